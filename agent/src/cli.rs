@@ -1,0 +1,97 @@
+//! Command-line flags of the agent.
+//!
+//! Most settings live in the config file, which the operator writes into the
+//! shard's ConfigMap and the agent reloads on change; flags hold only what a pod
+//! needs to start: where its files are, who it is, where to serve admin HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Watches a group of Kubernetes clusters and streams every change to the
+/// scale-agent hub (Spinnaker Clouddriver's side), and runs the deploy
+/// operations the hub sends back.
+///
+/// Replicas of one shard split its accounts among themselves through one
+/// coordination Lease per replica in the shard's namespace.
+#[derive(Debug, Parser)]
+#[command(name = "scale-agent", version, about, long_about)]
+pub struct Args {
+    /// The agent config file: hub address and TLS, accounts, budget. Written by
+    /// the operator into the shard's ConfigMap; reloaded when it changes.
+    #[arg(
+        long,
+        env = "SCALE_AGENT_CONFIG",
+        value_name = "PATH",
+        default_value = "/etc/scale-agent/config.yaml"
+    )]
+    pub config: PathBuf,
+
+    /// Directory of kubeconfig files, one per account, as mounted from the
+    /// shard's kubeconfig Secret; reloaded when it changes.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/etc/scale-agent/kubeconfigs"
+    )]
+    pub kubeconfig_dir: PathBuf,
+
+    /// This replica's identity: its Lease name, and the replica id it gives the
+    /// hub. In a pod, the pod name from the downward API.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub replica_id: String,
+
+    /// The namespace of the shard, where the replicas' Leases live. In a pod,
+    /// the pod namespace from the downward API.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    pub namespace: String,
+
+    /// Address of the admin HTTP server: /metrics (Prometheus), /healthz
+    /// (process alive), /readyz (connected to the hub and synced).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Log line format: human-readable text, or one JSON object per line for
+    /// log collectors.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_fill_in_what_is_not_given() {
+        let args = Args::try_parse_from([
+            "scale-agent",
+            "--replica-id",
+            "prod-east-agent-0",
+            "--namespace",
+            "spinnaker",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.kubeconfig_dir,
+            PathBuf::from("/etc/scale-agent/kubeconfigs")
+        );
+        assert_eq!(args.admin_addr, "0.0.0.0:8080".parse().expect("valid"));
+        assert_eq!(args.log_format, LogFormat::Text);
+    }
+}
