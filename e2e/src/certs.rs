@@ -1,0 +1,146 @@
+//! Certificates generated per run: one CA that signs the API servers' serving
+//! certificates and every client certificate, and a service-account signing key.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::{Error, Result};
+
+/// A certificate and its key, PEM encoded, with the files they were written to.
+#[derive(Debug, Clone)]
+pub struct CertPair {
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// Private key, PKCS#8 PEM.
+    pub key_pem: String,
+    /// Where the certificate was written.
+    pub cert_file: PathBuf,
+    /// Where the key was written.
+    pub key_file: PathBuf,
+}
+
+/// The run's certificate authority.
+pub struct Pki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    /// The CA certificate file.
+    pub ca_file: PathBuf,
+    /// The service-account signing key (PKCS#8 PEM file).
+    pub sa_key_file: PathBuf,
+    /// The service-account public key (PEM file) that verifies tokens.
+    pub sa_pub_file: PathBuf,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki").field("dir", &self.dir).finish()
+    }
+}
+
+impl Pki {
+    /// Creates a new CA and service-account key in `dir`.
+    pub fn create(dir: &Path) -> Result<Pki> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name("scale-agent test CA", None);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key)?;
+        let ca_pem = cert.pem();
+        let ca_file = write(dir, "ca.crt", &ca_pem)?;
+        write(dir, "ca.key", &key.serialize_pem())?;
+        let sa = KeyPair::generate()?;
+        let sa_key_file = write(dir, "sa.key", &sa.serialize_pem())?;
+        let sa_pub_file = write(dir, "sa.pub", &sa.public_key_pem())?;
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+            issuer: Issuer::new(params, key),
+            ca_pem,
+            ca_file,
+            sa_key_file,
+            sa_pub_file,
+        })
+    }
+
+    /// Issues a serving certificate for the given DNS names and IP addresses, written as
+    /// `<file_stem>.crt` / `<file_stem>.key`.
+    pub fn issue_server(&self, file_stem: &str, hosts: &[&str]) -> Result<CertPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(hosts.first().copied().unwrap_or(file_stem), None);
+        params.subject_alt_names = hosts.iter().map(|h| san(h)).collect::<Result<_>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(file_stem, params)
+    }
+
+    /// Issues a client certificate with common name `cn` and organization `org` (the API
+    /// server reads them as user name and group), plus optional URI/DNS SANs.
+    pub fn issue_client(
+        &self,
+        file_stem: &str,
+        cn: &str,
+        org: Option<&str>,
+        sans: &[&str],
+    ) -> Result<CertPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(cn, org);
+        params.subject_alt_names = sans.iter().map(|h| san(h)).collect::<Result<_>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(file_stem, params)
+    }
+
+    fn issue(&self, file_stem: &str, mut params: CertificateParams) -> Result<CertPair> {
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert_pem = cert.pem();
+        let key_pem = key.serialize_pem();
+        let cert_file = write(&self.dir, &format!("{file_stem}.crt"), &cert_pem)?;
+        let key_file = write(&self.dir, &format!("{file_stem}.key"), &key_pem)?;
+        Ok(CertPair {
+            cert_pem,
+            key_pem,
+            cert_file,
+            key_file,
+        })
+    }
+}
+
+fn name(cn: &str, org: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    if let Some(o) = org {
+        dn.push(DnType::OrganizationName, o);
+    }
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn san(host: &str) -> Result<SanType> {
+    if let Ok(ip) = host.parse() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    if host.contains("://") {
+        return Ok(SanType::URI(host.try_into()?));
+    }
+    Ok(SanType::DnsName(host.try_into()?))
+}
+
+fn write(dir: &Path, file: &str, text: &str) -> Result<PathBuf> {
+    let path = dir.join(file);
+    fs::write(&path, text).map_err(|e| Error::io("writing", &path, e))?;
+    Ok(path)
+}

@@ -1,0 +1,489 @@
+//! The real test control plane: one etcd; a management kube-apiserver with
+//! kube-controller-manager, kube-scheduler and kwok (fake nodes that run fake pods); and
+//! extra kube-apiservers on the same etcd, each under its own `--etcd-prefix`, acting as
+//! target clusters. Everything binds to 127.0.0.1 on free ports.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PostParams};
+use tempfile::TempDir;
+
+use crate::bins::Binaries;
+use crate::certs::{CertPair, Pki};
+use crate::kubeconfig;
+use crate::ports::free_port;
+use crate::process::{Proc, spawn_reaper, tail};
+use crate::{Error, Result};
+
+/// The name of the management cluster (where the operator, CRDs and agents live).
+pub const MANAGEMENT: &str = "management";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Names of the target clusters (one extra kube-apiserver each).
+    pub targets: Vec<String>,
+    /// Fake nodes kwok runs in the management cluster.
+    pub nodes: usize,
+    /// Folder for data, certificates, kubeconfigs and logs; a temporary one (removed on
+    /// drop) when `None`.
+    pub run_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            targets: Vec::new(),
+            nodes: 2,
+            run_dir: None,
+        }
+    }
+}
+
+/// One kube-apiserver: the management cluster or a target cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Cluster name; also its etcd prefix.
+    pub name: String,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+    /// The admin kubeconfig (CN=admin, O=system:masters).
+    pub kubeconfig: PathBuf,
+    args: Vec<OsString>,
+    binary: PathBuf,
+    run_dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Cluster {
+    /// A client with cluster-admin rights.
+    pub async fn client(&self) -> Result<kube::Client> {
+        kubeconfig::client(&self.kubeconfig).await
+    }
+
+    /// The kube-apiserver's process (to stop, freeze or inspect it).
+    pub fn process(&mut self) -> Option<&mut Proc> {
+        self.proc.as_mut()
+    }
+
+    /// Stops the kube-apiserver; its data stays in etcd.
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    /// Starts the kube-apiserver again with the same flags and port, and waits for `/readyz`.
+    pub async fn start(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.args);
+        let proc = Proc::spawn(&format!("kube-apiserver-{}", self.name), cmd, &self.run_dir)?;
+        self.proc = Some(proc);
+        self.wait_ready(Duration::from_secs(120)).await
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let client = self.client().await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.proc.as_mut() {
+                p.check_running()?;
+            }
+            let req = http::Request::get("/readyz").body(Vec::new());
+            if let Ok(req) = req
+                && let Ok(text) = client.request_text(req).await
+                && text.trim() == "ok"
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = self
+                    .proc
+                    .as_ref()
+                    .map(|p| p.log().to_path_buf())
+                    .unwrap_or_default();
+                return Err(Error::NotReady {
+                    component: format!("kube-apiserver {}", self.name),
+                    seconds: timeout.as_secs(),
+                    tail: tail(&log, 30),
+                    log,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// The running control plane. Dropping it stops every process (controllers first, etcd
+/// last) and removes a temporary run folder.
+#[derive(Debug)]
+pub struct ControlPlane {
+    // Field order is drop order.
+    kwok: Proc,
+    scheduler: Proc,
+    controller_manager: Proc,
+    /// The target clusters, in the order of [`Options::targets`].
+    pub targets: Vec<Cluster>,
+    /// The management cluster.
+    pub management: Cluster,
+    etcd: Proc,
+    /// `http://127.0.0.1:<port>` of etcd.
+    pub etcd_url: String,
+    /// The run's certificate authority (issue more certificates from it).
+    pub pki: Pki,
+    /// The binaries in use (kubectl among them).
+    pub bins: Binaries,
+    /// The run folder.
+    pub run_dir: PathBuf,
+    _reaper: Proc,
+    _tmp: Option<TempDir>,
+}
+
+impl ControlPlane {
+    /// Builds (first time only) and starts everything, returning when every API server
+    /// answers `/readyz` and the fake nodes exist.
+    pub async fn start(opts: Options) -> Result<ControlPlane> {
+        let bins = Binaries::ensure()?;
+        let (run_dir, tmp) = match &opts.run_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+                (dir.clone(), None)
+            }
+            None => {
+                let tmp = tempfile::Builder::new()
+                    .prefix("scale-agent-e2e-")
+                    .tempdir()
+                    .map_err(|e| Error::io("creating", std::env::temp_dir(), e))?;
+                (tmp.path().to_path_buf(), Some(tmp))
+            }
+        };
+        let reaper = spawn_reaper(&run_dir, std::process::id())?;
+        let pki = Pki::create(&run_dir.join("pki"))?;
+        let serving = pki.issue_server(
+            "apiserver",
+            &[
+                "127.0.0.1",
+                "localhost",
+                "10.0.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+            ],
+        )?;
+        let admin = pki.issue_client("admin", "admin", Some("system:masters"), &[])?;
+
+        let started = Instant::now();
+        let (etcd, etcd_url) = start_etcd(&bins, &run_dir).await?;
+        tracing::info!(elapsed = ?started.elapsed(), %etcd_url, "etcd ready");
+
+        let mut management = Cluster::new(
+            MANAGEMENT, &bins, &run_dir, &pki, &serving, &admin, &etcd_url,
+        )?;
+        let mut targets = opts
+            .targets
+            .iter()
+            .map(|name| Cluster::new(name, &bins, &run_dir, &pki, &serving, &admin, &etcd_url))
+            .collect::<Result<Vec<_>>>()?;
+        // Start every API server at once, then wait for each: they start in parallel.
+        management.spawn()?;
+        for t in &mut targets {
+            t.spawn()?;
+        }
+        management.wait_ready(Duration::from_secs(180)).await?;
+        for t in &mut targets {
+            t.wait_ready(Duration::from_secs(180)).await?;
+        }
+        tracing::info!(elapsed = ?started.elapsed(), clusters = 1 + targets.len(), "kube-apiservers ready");
+
+        let controller_manager = start_controller_manager(&bins, &run_dir, &pki, &management)?;
+        let scheduler = start_scheduler(&bins, &run_dir, &management)?;
+        let kwok = start_kwok(&bins, &run_dir, &management)?;
+        let client = management.client().await?;
+        create_nodes(&client, opts.nodes).await?;
+
+        Ok(ControlPlane {
+            kwok,
+            scheduler,
+            controller_manager,
+            targets,
+            management,
+            etcd,
+            etcd_url,
+            pki,
+            bins,
+            run_dir,
+            _reaper: reaper,
+            _tmp: tmp,
+        })
+    }
+
+    /// A client for the management cluster.
+    pub async fn client(&self) -> Result<kube::Client> {
+        self.management.client().await
+    }
+
+    /// The target cluster called `name`.
+    pub fn target(&self, name: &str) -> Option<&Cluster> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// Fails when a background component (etcd, controllers, kwok) has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        self.etcd.check_running()?;
+        self.controller_manager.check_running()?;
+        self.scheduler.check_running()?;
+        self.kwok.check_running()
+    }
+
+    /// Runs kubectl against the management cluster; returns stdout, or the error with
+    /// stderr.
+    pub fn kubectl<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        crate::kubectl::run(&self.bins.kubectl, &self.management.kubeconfig, args, None)
+    }
+
+    /// Runs kubectl with `stdin` as its standard input (e.g. `apply -f -`).
+    pub fn kubectl_stdin<I, S>(&self, args: I, stdin: &str) -> Result<crate::kubectl::Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        crate::kubectl::run_full(
+            &self.bins.kubectl,
+            &self.management.kubeconfig,
+            args,
+            Some(stdin),
+        )
+    }
+}
+
+impl Cluster {
+    fn new(
+        name: &str,
+        bins: &Binaries,
+        run_dir: &Path,
+        pki: &Pki,
+        serving: &CertPair,
+        admin: &CertPair,
+        etcd_url: &str,
+    ) -> Result<Cluster> {
+        let port = free_port()?;
+        let server = format!("https://127.0.0.1:{port}");
+        let dir = run_dir.join("clusters").join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        let kubeconfig = run_dir
+            .join("kubeconfigs")
+            .join(format!("{name}.kubeconfig"));
+        kubeconfig::write(
+            &kubeconfig,
+            &kubeconfig::render(name, &server, &pki.ca_pem, &admin.cert_pem, &admin.key_pem),
+        )?;
+        let args: Vec<OsString> = [
+            format!("--etcd-servers={etcd_url}"),
+            format!("--etcd-prefix=/{name}"),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            // The loopback address may not be an Endpoints IP; there is no in-cluster
+            // traffic to route anyway.
+            "--endpoint-reconciler-type=none".into(),
+            format!("--tls-cert-file={}", serving.cert_file.display()),
+            format!("--tls-private-key-file={}", serving.key_file.display()),
+            format!("--client-ca-file={}", pki.ca_file.display()),
+            format!("--service-account-issuer={server}"),
+            format!("--service-account-key-file={}", pki.sa_pub_file.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key_file.display()
+            ),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            "--authorization-mode=RBAC".into(),
+            format!("--cert-dir={}", dir.display()),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        Ok(Cluster {
+            name: name.to_string(),
+            server,
+            kubeconfig,
+            args,
+            binary: bins.get("kube-apiserver"),
+            run_dir: run_dir.to_path_buf(),
+            proc: None,
+        })
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.args);
+        self.proc = Some(Proc::spawn(
+            &format!("kube-apiserver-{}", self.name),
+            cmd,
+            &self.run_dir,
+        )?);
+        Ok(())
+    }
+}
+
+async fn start_etcd(bins: &Binaries, run_dir: &Path) -> Result<(Proc, String)> {
+    let mut last = None;
+    for _attempt in 0..3 {
+        let client_port = free_port()?;
+        let peer_port = free_port()?;
+        let url = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let data = run_dir.join("etcd");
+        let mut cmd = Command::new(bins.get("etcd"));
+        cmd.arg("--name=etcd")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=etcd={peer}"))
+            .arg("--unsafe-no-fsync=true")
+            .arg("--log-level=warn");
+        let mut proc = Proc::spawn("etcd", cmd, run_dir)?;
+        match wait_http(&mut proc, client_port, "/health", "\"health\":\"true\"", 60).await {
+            Ok(()) => return Ok((proc, url)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(Error::Timeout {
+        what: "etcd".into(),
+        seconds: 60,
+    }))
+}
+
+fn start_controller_manager(
+    bins: &Binaries,
+    run_dir: &Path,
+    pki: &Pki,
+    mgmt: &Cluster,
+) -> Result<Proc> {
+    let mut cmd = Command::new(bins.get("kube-controller-manager"));
+    cmd.arg(format!("--kubeconfig={}", mgmt.kubeconfig.display()))
+        .arg("--leader-elect=false")
+        .arg("--secure-port=0")
+        .arg(format!(
+            "--service-account-private-key-file={}",
+            pki.sa_key_file.display()
+        ))
+        .arg(format!("--root-ca-file={}", pki.ca_file.display()))
+        .arg("--use-service-account-credentials=true")
+        .arg("--controllers=*")
+        .arg("--v=1");
+    Proc::spawn("kube-controller-manager", cmd, run_dir)
+}
+
+fn start_scheduler(bins: &Binaries, run_dir: &Path, mgmt: &Cluster) -> Result<Proc> {
+    let mut cmd = Command::new(bins.get("kube-scheduler"));
+    cmd.arg(format!("--kubeconfig={}", mgmt.kubeconfig.display()))
+        .arg("--leader-elect=false")
+        .arg("--secure-port=0")
+        .arg("--v=1");
+    Proc::spawn("kube-scheduler", cmd, run_dir)
+}
+
+fn start_kwok(bins: &Binaries, run_dir: &Path, mgmt: &Cluster) -> Result<Proc> {
+    let mut cmd = Command::new(bins.get("kwok"));
+    cmd.arg(format!("--kubeconfig={}", mgmt.kubeconfig.display()))
+        .arg("--manage-all-nodes=false")
+        .arg(format!(
+            "--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake"
+        ))
+        .arg(format!("--config={}", kwok_stages().display()))
+        .arg("--node-lease-duration-seconds=40")
+        .arg("--cidr=10.244.0.1/16")
+        .arg("--node-ip=127.0.0.1")
+        .arg("--server-address=127.0.0.1:0");
+    Proc::spawn("kwok", cmd, run_dir)
+}
+
+/// The stages kwok plays: nodes and pods become ready at once.
+fn kwok_stages() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("kwok/stages.yaml")
+}
+
+/// The annotation that hands a Node to kwok.
+pub const KWOK_ANNOTATION: &str = "kwok.x-k8s.io/node";
+
+async fn create_nodes(client: &kube::Client, count: usize) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for i in 0..count {
+        let name = format!("kwok-node-{i}");
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": { KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0" },
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                },
+            },
+            "status": {
+                "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+                "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+            },
+        }))
+        .map_err(|e| Error::Kubeconfig {
+            path: PathBuf::from("<node manifest>"),
+            message: e.to_string(),
+        })?;
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(Error::kube(format!("creating node {name}"), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until plain-HTTP `GET path` on 127.0.0.1:`port` answers with a body containing
+/// `expect`.
+async fn wait_http(proc: &mut Proc, port: u16, path: &str, expect: &str, secs: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        proc.check_running()?;
+        if let Ok(body) = http_get(port, path).await
+            && body.contains(expect)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::NotReady {
+                component: proc.name().to_string(),
+                seconds: secs,
+                log: proc.log().to_path_buf(),
+                tail: tail(proc.log(), 30),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback, enough for health endpoints.
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out"))??;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}

@@ -1,0 +1,55 @@
+//! Kubeconfig files for the run's clusters, self-contained (certificates embedded).
+
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::{Error, Result};
+
+/// Renders a kubeconfig for `server` whose single context is `name`, trusting `ca_pem` and
+/// authenticating with the client certificate `cert_pem` / `key_pem`.
+pub fn render(name: &str, server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
+    let b64 = |s: &str| STANDARD.encode(s.as_bytes());
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": name, "cluster": {
+            "server": server,
+            "certificate-authority-data": b64(ca_pem),
+        }}],
+        "users": [{ "name": name, "user": {
+            "client-certificate-data": b64(cert_pem),
+            "client-key-data": b64(key_pem),
+        }}],
+        "contexts": [{ "name": name, "context": { "cluster": name, "user": name }}],
+        "current-context": name,
+    });
+    // A JSON value always renders as YAML.
+    serde_yaml::to_string(&doc).unwrap_or_default()
+}
+
+/// Writes `text` to `path`, readable by the owner only.
+pub fn write(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    }
+    std::fs::write(path, text).map_err(|e| Error::io("writing", path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("setting permissions of", path, e))
+}
+
+/// A kube client for the kubeconfig file at `path`.
+pub async fn client(path: &Path) -> Result<kube::Client> {
+    let err = |message: String| Error::Kubeconfig {
+        path: path.to_path_buf(),
+        message,
+    };
+    let kc = Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    kube::Client::try_from(config).map_err(|e| err(e.to_string()))
+}
