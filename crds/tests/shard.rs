@@ -271,3 +271,45 @@ fn condition_types_are_the_documented_ones() {
     );
     assert_eq!(AccountState::Conflict.to_string(), "Conflict");
 }
+
+/// Objects as kube-apiserver v1.36 returned them after applying the generated CRD:
+/// defaults filled in by the server, a status written through the subresource, and
+/// `kubectl scale` through the scale subresource.
+#[test]
+fn objects_written_by_the_api_server_read() {
+    let shard: AgentShard =
+        serde_json::from_str(include_str!("fixtures/server-prod-east.json")).expect("reads");
+    assert_eq!(
+        shard.spec.replicas, 3,
+        "scaled through the scale subresource"
+    );
+    assert_eq!(
+        shard.spec.budget,
+        Budget::default(),
+        "defaulted by the server"
+    );
+    let account = shard.spec.account("prod-east-1").expect("account");
+    assert_eq!(account.kubeconfig_secret_ref.key, "kubeconfig");
+    let status = shard.status.as_ref().expect("status");
+    assert_eq!((status.replicas, status.ready_replicas), (2, 1));
+    assert_eq!(
+        shard
+            .condition(condition_type::READY)
+            .map(|c| c.reason.as_str()),
+        Some("Progressing")
+    );
+    assert_eq!(
+        shard.account_status("prod-east-1").map(|a| a.state),
+        Some(AccountState::Active)
+    );
+
+    let int: AgentShard =
+        serde_json::from_str(include_str!("fixtures/server-int-quantity.json")).expect("reads");
+    assert_eq!(int.spec.budget.max_buffered_bytes.0, "67108864");
+    assert_eq!(
+        scale_agent_crds::BudgetConfig::from_spec(&int.spec.budget)
+            .expect("valid")
+            .max_buffered_bytes,
+        64 << 20
+    );
+}
