@@ -218,7 +218,7 @@ pub struct AgentShardSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HubSpec {
-    /// The hub's gRPC endpoint as host:port, e.g. clouddriver-grpc.example.com:443 or [fd00::1]:9091.
+    /// The hub's gRPC endpoint as host:port, e.g. clouddriver-grpc.example.com:443 (an IPv6 host goes in brackets).
     #[schemars(length(min = 3, max = HUB_ADDRESS_MAX_LEN), pattern(HUB_ADDRESS_PATTERN))]
     pub address: String,
 
