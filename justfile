@@ -1,0 +1,88 @@
+# scale-agent tasks. `just up` starts the local environment, `just test` runs every test.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+dev := justfile_directory() / ".dev"
+
+# List the recipes.
+default:
+    @just --list
+
+# Start the local control plane (3 target clusters), install the CRD, then show the shards.
+up: prereqs build-k8s
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -f "{{dev}}/dev.pid" ] && kill -0 "$(cat "{{dev}}/dev.pid")" 2>/dev/null; then
+        echo "already up (pid $(cat "{{dev}}/dev.pid")); run 'just down' first" >&2; exit 1
+    fi
+    echo "building scale-agent ..."
+    cargo build -q --workspace --bins
+    mkdir -p "{{dev}}"
+    rm -f "{{dev}}/ready"
+    nohup setsid target/debug/scale-agent-dev up --dir "{{dev}}" > "{{dev}}/dev.log" 2>&1 &
+    echo $! > "{{dev}}/dev.pid"
+    echo "starting the control plane (log: .dev/dev.log) ..."
+    for _ in $(seq 1 600); do
+        [ -f "{{dev}}/ready" ] && break
+        if ! kill -0 "$(cat "{{dev}}/dev.pid")" 2>/dev/null; then
+            echo "the environment failed to start; last lines of .dev/dev.log:" >&2
+            tail -n 30 "{{dev}}/dev.log" >&2; exit 1
+        fi
+        sleep 0.5
+    done
+    [ -f "{{dev}}/ready" ] || { echo "timed out; see .dev/dev.log" >&2; exit 1; }
+    echo "up. Use it with:  . .dev/env"
+    kubectl --kubeconfig "{{dev}}/kubeconfig" get agentshards -A
+
+# Stop everything `just up` started and check that no process is left behind.
+down:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    if [ -f "{{dev}}/dev.pid" ]; then
+        pid=$(cat "{{dev}}/dev.pid")
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL "$pid" 2>/dev/null || true
+        rm -f "{{dev}}/dev.pid" "{{dev}}/ready"
+    fi
+    if [ -f "{{dev}}/run/pgids" ]; then
+        while read -r g; do kill -KILL -- "-$g" 2>/dev/null || true; done < "{{dev}}/run/pgids"
+    fi
+    sleep 0.5
+    if pgrep -f "{{dev}}/run" >/dev/null; then
+        echo "processes left behind:" >&2; pgrep -af "{{dev}}/run" >&2; exit 1
+    fi
+    echo "down: no process left"
+
+# Run every test: unit, golden, and end-to-end against the real control plane.
+test: prereqs build-k8s
+    cargo test --workspace --no-fail-fast
+
+# Run only the end-to-end tests.
+e2e: prereqs build-k8s
+    cargo test -p scale-agent-e2e --no-fail-fast
+
+# Formatting and lints, as CI wants them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Regenerate the checked-in CRD YAML from the Rust types.
+crds:
+    cargo run -q -p scale-agent-crds --bin crdgen -- crds/agentshards.scaleagent.dev.yaml
+
+# Build (once, cached outside the repository) the Kubernetes binaries of the test control plane.
+build-k8s:
+    @e2e/scripts/build-k8s.sh > /dev/null
+
+# Check what `just up` and `just test` need, naming how to install what is missing.
+prereqs:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=0
+    need() { command -v "$1" >/dev/null || { echo "missing: $1 — install with: $2" >&2; missing=1; }; }
+    need cargo "https://rustup.rs (curl ... | sh)"
+    need go "Go >= 1.26 from https://go.dev/doc/install"
+    need kubectl "https://kubernetes.io/docs/tasks/tools/ (or apt-get install kubectl)"
+    need setsid "apt-get install util-linux"
+    exit $missing
