@@ -52,6 +52,24 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
 
+    /// How long a replica's membership Lease stays valid without renewal: a killed
+    /// replica's accounts move to the others after at most this long.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+
+    /// How often the Lease is renewed and the shard's members re-read.
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 3000)]
+    pub lease_renew_millis: u64,
+
+    /// How often the config file and kubeconfigs are checked for changes.
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
+    pub reload_millis: u64,
+
+    /// HTTP/2 keepalive ping interval towards the hub; keep it below the load
+    /// balancer's idle timeout.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
+    pub keepalive_seconds: u64,
+
     /// Log line format: human-readable text, or one JSON object per line for
     /// log collectors.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]

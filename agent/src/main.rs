@@ -1,15 +1,25 @@
-//! `scale-agent`: the agent binary. See `cli` for its flags.
-
-mod cli;
+//! `scale-agent`: the agent binary. See `scale_agent::cli` for its flags.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use scale_agent::cli::{Args, LogFormat};
 
-fn main() -> ExitCode {
-    let _args = cli::Args::parse();
-    // The run path (config, leases, watches, the hub stream, admin server) is
-    // not written yet; fail loudly rather than pretend to run.
-    eprintln!("scale-agent: not yet implemented");
-    ExitCode::FAILURE
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube_client=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    match scale_agent::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "scale-agent failed");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,278 @@
+//! One account within a hub session: connect to its cluster, identify it, register it
+//! with the hub, then stream each of its kinds until the session ends, the account is
+//! removed, or the hub gives it to a newer session.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::Discovery;
+use scale_agent_proto::v1::{Account, AccountResult, Register, RegisterReason, agent_frame::Frame};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::budget::Budget;
+use crate::config::AccountDesired;
+use crate::kinds;
+use crate::metrics::Metrics;
+use crate::operations::Cluster;
+use crate::outbound::{Closed, Outbound};
+use crate::state::State;
+use crate::watch::{self, KindCtx};
+use crate::{Error, Result};
+
+/// What an account task needs from its session.
+#[derive(Clone)]
+pub struct AccountCtx {
+    /// The session's sending half.
+    pub out: Outbound,
+    /// The agent's limits.
+    pub budget: Budget,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Shared state (clusters for operations, readiness).
+    pub state: Arc<State>,
+}
+
+/// Runs `desired` until cancelled (the task is aborted) or the session closes.
+/// `results` delivers the hub's RegisterResults for this account.
+pub async fn run(
+    ctx: AccountCtx,
+    desired: AccountDesired,
+    mut results: mpsc::Receiver<AccountResult>,
+) {
+    let name = desired.config.name.clone();
+    let span = tracing::info_span!("account", account = %name);
+    let _ = tracing::Instrument::instrument(
+        async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                match connect(&desired).await {
+                    Ok((client, account)) => {
+                        match serve(&ctx, &desired, client, account, &mut results).await {
+                            Ok(()) | Err(Closed) => return,
+                        }
+                    }
+                    Err(e) => {
+                        ctx.state.set_problem(&name, e.to_string());
+                        tracing::error!(error = %e, "cannot reach the account's cluster; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+        },
+        span,
+    )
+    .await;
+}
+
+/// Builds the client and identifies the cluster.
+async fn connect(desired: &AccountDesired) -> Result<(kube::Client, Account)> {
+    let name = &desired.config.name;
+    let kc_err = |message: String| Error::Kubeconfig {
+        account: name.clone(),
+        message,
+    };
+    let text = desired.kubeconfig.clone().map_err(&kc_err)?;
+    let kc = Kubeconfig::from_yaml(&text).map_err(|e| kc_err(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| kc_err(e.to_string()))?;
+    let server = config.cluster_url.to_string();
+    let ca = config.root_cert.clone().unwrap_or_default();
+    let client = kube::Client::try_from(config).map_err(|e| kc_err(e.to_string()))?;
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(|source| Error::Cluster {
+            account: name.clone(),
+            action: "reading /version".into(),
+            source,
+        })?;
+    let cluster_id = match Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await
+    {
+        Ok(ns) => ns.metadata.uid.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(account = %name, error = %e, "cannot read namespace kube-system; identifying the cluster by URL and CA");
+            fallback_cluster_id(&server, &ca)
+        }
+    };
+    Ok((
+        client,
+        Account {
+            name: name.clone(),
+            cluster_id,
+            server_url: server,
+            kubernetes_version: version.git_version,
+        },
+    ))
+}
+
+/// `url+ca-sha256:<hex sha256 of the URL, a newline and the CA certificates>`.
+pub fn fallback_cluster_id(server: &str, ca: &[Vec<u8>]) -> String {
+    let mut h = Sha256::new();
+    h.update(server.as_bytes());
+    h.update(b"\n");
+    for c in ca {
+        h.update(c);
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("url+ca-sha256:{hex}")
+}
+
+async fn serve(
+    ctx: &AccountCtx,
+    desired: &AccountDesired,
+    client: kube::Client,
+    account: Account,
+    results: &mut mpsc::Receiver<AccountResult>,
+) -> Result<(), Closed> {
+    let name = account.name.clone();
+    ctx.out
+        .send(Frame::Register(Register {
+            accounts: vec![account.clone()],
+        }))
+        .await?;
+    // Wait for the hub's answer.
+    let Some(r) = results.recv().await else {
+        return Err(Closed);
+    };
+    if r.accepted {
+        tracing::info!(cluster_id = %account.cluster_id, "registered");
+    } else {
+        let reason = RegisterReason::try_from(r.reason).unwrap_or_default();
+        let owner = r.owner.as_ref().map(|o| {
+            let shard = o
+                .shard
+                .as_ref()
+                .map(|s| format!("{}/{}", s.namespace, s.name))
+                .unwrap_or_default();
+            format!(" (held by shard {shard}, cluster {})", o.cluster_id)
+        });
+        let msg = format!(
+            "hub rejected the account: {reason:?}: {}{}",
+            r.message,
+            owner.unwrap_or_default()
+        );
+        tracing::error!("{msg}");
+        ctx.state.set_problem(&name, msg);
+        ctx.metrics.accounts_rejected.inc();
+        // Stay registered-but-idle; a later RegisterResult (the hub re-offers the
+        // account once its owner lets go) is still read.
+        let accepted = wait_for_acceptance(results).await;
+        ctx.metrics.accounts_rejected.dec();
+        accepted?;
+    }
+    ctx.state.clear_problem(&name);
+
+    let discovery = match Discovery::new(client.clone()).run_aggregated().await {
+        Ok(d) => d,
+        Err(e) => {
+            let msg = format!("discovery failed: {e}");
+            tracing::error!("{msg}");
+            ctx.state.set_problem(&name, msg);
+            return Ok(());
+        }
+    };
+    let (watched, unknown) = kinds::resolve(
+        &discovery,
+        &desired.config.kinds,
+        &desired.config.omit_kinds,
+    );
+    if !unknown.is_empty() {
+        tracing::warn!(?unknown, "kinds the cluster does not serve are skipped");
+    }
+    ctx.state.set_cluster(
+        &name,
+        Arc::new(Cluster {
+            client: client.clone(),
+            discovery,
+        }),
+    );
+    let flags: Vec<Arc<AtomicBool>> = watched
+        .iter()
+        .map(|_| Arc::new(AtomicBool::new(false)))
+        .collect();
+    ctx.state.set_sync_flags(&name, flags.clone());
+    ctx.metrics.accounts_streaming.inc();
+    let _streaming = scopeguard(ctx.metrics.clone());
+    let mut tasks = JoinSet::new();
+    for (kind, flag) in watched.into_iter().zip(flags) {
+        let kctx = KindCtx {
+            account: name.clone(),
+            client: client.clone(),
+            config: desired.config.clone(),
+            out: ctx.out.clone(),
+            budget: ctx.budget.clone(),
+            metrics: ctx.metrics.clone(),
+        };
+        tasks.spawn(watch::run(kctx, kind, flag));
+    }
+    loop {
+        tokio::select! {
+            r = results.recv() => match r {
+                None => return Err(Closed),
+                Some(r) if !r.accepted => {
+                    let reason = RegisterReason::try_from(r.reason).unwrap_or_default();
+                    tracing::warn!(?reason, message = %r.message, "the hub took the account back; stopping it");
+                    tasks.abort_all();
+                    ctx.out.ledger().forget(&name);
+                    ctx.state.set_problem(&name, format!("hub: {reason:?}: {}", r.message));
+                    ctx.state.remove_cluster(&name);
+                    wait_for_acceptance(results).await?;
+                    return Ok(());
+                }
+                Some(_) => {}
+            },
+            Some(done) = tasks.join_next() => {
+                if let Ok(Err(Closed)) = done {
+                    return Err(Closed);
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_acceptance(results: &mut mpsc::Receiver<AccountResult>) -> Result<(), Closed> {
+    loop {
+        match results.recv().await {
+            None => return Err(Closed),
+            Some(r) if r.accepted => return Ok(()),
+            Some(_) => {}
+        }
+    }
+}
+
+struct StreamingGuard(Arc<Metrics>);
+
+impl Drop for StreamingGuard {
+    fn drop(&mut self) {
+        self.0.accounts_streaming.dec();
+    }
+}
+
+fn scopeguard(m: Arc<Metrics>) -> StreamingGuard {
+    StreamingGuard(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_id_depends_on_url_and_ca() {
+        let a = fallback_cluster_id("https://a:6443", &[b"ca1".to_vec()]);
+        assert!(a.starts_with("url+ca-sha256:"));
+        assert_ne!(a, fallback_cluster_id("https://b:6443", &[b"ca1".to_vec()]));
+        assert_ne!(a, fallback_cluster_id("https://a:6443", &[b"ca2".to_vec()]));
+        assert_eq!(a, fallback_cluster_id("https://a:6443", &[b"ca1".to_vec()]));
+    }
+}

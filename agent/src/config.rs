@@ -1,0 +1,174 @@
+//! The agent's config file and kubeconfig files, as mounted from the shard's ConfigMap and
+//! Secret, reloaded when they change (the kubelet swaps them atomically; polling the
+//! content is simpler and more robust than following its symlink dance with inotify).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use scale_agent_crds::{AccountConfig, AgentConfig, BudgetConfig, HubConfig, ShardRef};
+use tokio::sync::watch;
+
+use crate::{Error, Result};
+
+/// One account as the agent should run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountDesired {
+    /// The account's settings from the config file.
+    pub config: AccountConfig,
+    /// The kubeconfig file's text, or why it could not be read.
+    pub kubeconfig: Result<String, String>,
+}
+
+/// Everything the files say, at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The shard this agent serves.
+    pub shard: ShardRef,
+    /// Where and how to reach the hub.
+    pub hub: HubConfig,
+    /// Memory budget.
+    pub budget: BudgetConfig,
+    /// Accounts by name.
+    pub accounts: BTreeMap<String, AccountDesired>,
+}
+
+/// Reads the config file and every account's kubeconfig file.
+pub fn load(config_path: &Path, kubeconfig_dir: &Path) -> Result<Snapshot> {
+    let text = std::fs::read_to_string(config_path).map_err(|source| Error::Read {
+        path: config_path.to_path_buf(),
+        source,
+    })?;
+    let config = AgentConfig::from_yaml(&text).map_err(|source| Error::Config {
+        path: config_path.to_path_buf(),
+        source,
+    })?;
+    let accounts = config
+        .accounts
+        .iter()
+        .map(|a| {
+            let path = kubeconfig_dir.join(&a.kubeconfig_file);
+            let kubeconfig = std::fs::read_to_string(&path)
+                .map_err(|e| format!("reading {}: {e}", path.display()));
+            (
+                a.name.clone(),
+                AccountDesired {
+                    config: a.clone(),
+                    kubeconfig,
+                },
+            )
+        })
+        .collect();
+    Ok(Snapshot {
+        shard: config.shard,
+        hub: config.hub,
+        budget: config.budget,
+        accounts,
+    })
+}
+
+/// Loads the files, then keeps reloading them every `interval`, publishing a new
+/// snapshot only when something changed. A file that turns invalid keeps the last good
+/// snapshot and logs why.
+pub fn watch(
+    config_path: PathBuf,
+    kubeconfig_dir: PathBuf,
+    interval: Duration,
+) -> Result<watch::Receiver<Arc<Snapshot>>> {
+    let first = load(&config_path, &kubeconfig_dir)?;
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(async move {
+        let mut last_error = None;
+        loop {
+            tokio::time::sleep(interval).await;
+            match load(&config_path, &kubeconfig_dir) {
+                Ok(next) => {
+                    last_error = None;
+                    let changed = **tx.borrow() != next;
+                    if changed {
+                        tracing::info!(accounts = next.accounts.len(), "config reloaded");
+                        if tx.send(Arc::new(next)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_error.as_ref() != Some(&msg) {
+                        tracing::error!(error = %msg, "config reload failed; keeping the last good config");
+                        last_error = Some(msg);
+                    }
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_config(dir: &Path, accounts: &[&str]) -> PathBuf {
+        let mut cfg = String::from(
+            "shard: { namespace: ns, name: s }\nhub: { address: \"127.0.0.1:9090\" }\nbudget: { concurrentSyncs: 2, maxBufferedBytes: 1048576 }\naccounts:\n",
+        );
+        for a in accounts {
+            cfg.push_str(&format!("- name: {a}\n  kubeconfigFile: {a}.kubeconfig\n"));
+        }
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, cfg).unwrap_or_default();
+        path
+    }
+
+    #[test]
+    fn missing_kubeconfig_is_reported_per_account() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kc = dir.path().join("kc");
+        std::fs::create_dir_all(&kc).expect("mkdir");
+        std::fs::write(kc.join("a.kubeconfig"), "x").expect("write");
+        let path = write_config(dir.path(), &["a", "b"]);
+        let snap = load(&path, &kc).expect("load");
+        assert_eq!(snap.accounts["a"].kubeconfig.as_deref(), Ok("x"));
+        let err = snap.accounts["b"]
+            .kubeconfig
+            .clone()
+            .expect_err("b has no file");
+        assert!(err.contains("b.kubeconfig"), "{err}");
+    }
+
+    #[test]
+    fn invalid_config_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "shard: 3").expect("write");
+        let err = load(&path, dir.path()).expect_err("invalid");
+        assert!(err.to_string().contains("config.yaml"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn reload_publishes_changes_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(dir.path(), &["a"]);
+        let mut rx = watch(
+            path.clone(),
+            dir.path().to_path_buf(),
+            Duration::from_millis(20),
+        )
+        .expect("watch");
+        rx.borrow_and_update();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!rx.has_changed().unwrap_or(true), "no change, no publish");
+        write_config(dir.path(), &["a", "b"]);
+        tokio::time::timeout(Duration::from_secs(2), rx.changed())
+            .await
+            .expect("published")
+            .expect("open");
+        assert_eq!(rx.borrow().accounts.len(), 2);
+        // A broken file keeps the last good snapshot.
+        std::fs::write(&path, "{").expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(rx.borrow().accounts.len(), 2);
+    }
+}

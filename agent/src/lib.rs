@@ -1,0 +1,147 @@
+//! The scale-agent agent: watches a group of Kubernetes clusters (one account each) and
+//! streams every change to the hub, Spinnaker Clouddriver's side, and runs the deploy
+//! operations the hub sends back.
+//!
+//! - [`config`]: the mounted config file and kubeconfigs, reloaded on change.
+//! - [`leases`] and [`assignment`]: replicas of one shard split its accounts.
+//! - [`session`]: the hub connection, reconnects, frame routing.
+//! - [`account`], [`kinds`], [`watch`]: per-account discovery and watches.
+//! - [`budget`], [`outbound`]: bounded memory and backpressure.
+//! - [`operations`]: apply, delete, patch, scale, rollout restart, get.
+
+pub mod account;
+pub mod admin;
+pub mod assignment;
+pub mod budget;
+pub mod cli;
+pub mod config;
+mod error;
+pub mod kinds;
+pub mod leases;
+pub mod metrics;
+pub mod operations;
+pub mod outbound;
+pub mod session;
+pub mod state;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{Error, Result};
+use tokio::sync::watch as tokio_watch;
+
+use crate::config::{AccountDesired, Snapshot};
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+pub async fn run(args: cli::Args) -> Result<()> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let state = Arc::new(state::State::default());
+    let config = config::watch(
+        args.config.clone(),
+        args.kubeconfig_dir.clone(),
+        Duration::from_millis(args.reload_millis),
+    )?;
+    let shard = config.borrow().shard.clone();
+    tracing::info!(shard = %shard, replica = %args.replica_id, accounts = config.borrow().accounts.len(), "starting");
+
+    let mgmt = kube::Client::try_default()
+        .await
+        .map_err(|source| Error::Kube {
+            action: "connecting to the cluster the agent runs in (for membership Leases)".into(),
+            source,
+        })?;
+    let membership = leases::Membership {
+        namespace: args.namespace.clone(),
+        shard: shard.name.clone(),
+        replica: args.replica_id.clone(),
+        lease_duration: Duration::from_secs(args.lease_duration_seconds),
+        renew_every: Duration::from_millis(args.lease_renew_millis),
+    };
+    let members = leases::run(mgmt.clone(), membership.clone(), metrics.clone());
+    let held = held_accounts(config.clone(), members, args.replica_id.clone());
+
+    let admin = tokio::spawn(admin::serve(
+        args.admin_addr,
+        state.clone(),
+        metrics.clone(),
+    ));
+    let (stop_tx, stop_rx) = tokio_watch::channel(false);
+    let session = tokio::spawn(session::run(session::Agent {
+        config,
+        held,
+        replica: args.replica_id.clone(),
+        state,
+        metrics,
+        ops: Arc::new(operations::Operations::default()),
+        keepalive: Duration::from_secs(args.keepalive_seconds.max(1)),
+        shutdown: stop_rx,
+    }));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Read {
+            path: "SIGTERM handler".into(),
+            source: e,
+        })?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: handing the accounts over"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        r = admin => {
+            if let Ok(Err(e)) = r {
+                tracing::error!(addr = %args.admin_addr, error = %e, "admin server failed");
+            }
+        }
+    }
+    // Give the Lease up first so the other replicas take the accounts at once.
+    leases::release(mgmt, &membership).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), session).await;
+    Ok(())
+}
+
+/// The accounts of the config that this replica holds among the live members.
+pub fn held(snapshot: &Snapshot, members: &[String], me: &str) -> BTreeMap<String, AccountDesired> {
+    snapshot
+        .accounts
+        .iter()
+        .filter(|(name, _)| assignment::holds(name, me, members))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn held_accounts(
+    mut config: tokio_watch::Receiver<Arc<Snapshot>>,
+    mut members: tokio_watch::Receiver<Vec<String>>,
+    me: String,
+) -> tokio_watch::Receiver<BTreeMap<String, AccountDesired>> {
+    let first = held(
+        &config.borrow_and_update(),
+        &members.borrow_and_update(),
+        &me,
+    );
+    let (tx, rx) = tokio_watch::channel(first);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = config.changed() => if r.is_err() { return },
+                r = members.changed() => if r.is_err() { return },
+            }
+            let next = held(
+                &config.borrow_and_update(),
+                &members.borrow_and_update(),
+                &me,
+            );
+            tx.send_if_modified(|cur| {
+                if *cur != next {
+                    tracing::info!(accounts = ?next.keys().collect::<Vec<_>>(), "held accounts changed");
+                    *cur = next;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    });
+    rx
+}

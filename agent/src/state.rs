@@ -1,0 +1,129 @@
+//! What the agent knows right now, shared by the session, the account tasks and the
+//! admin server: the clusters operations run against, and what readiness reports.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::operations::Cluster;
+
+/// Shared agent state.
+#[derive(Default)]
+pub struct State {
+    connected: AtomicBool,
+    clusters: RwLock<HashMap<String, Arc<Cluster>>>,
+    synced: RwLock<HashMap<String, Vec<Arc<AtomicBool>>>>,
+    held: RwLock<Vec<String>>,
+    problems: RwLock<BTreeMap<String, String>>,
+}
+
+impl State {
+    /// Whether a hub session is established.
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+
+    /// The accounts this replica should stream now.
+    pub fn set_held(&self, accounts: Vec<String>) {
+        if let Ok(mut h) = self.held.write() {
+            *h = accounts;
+        }
+    }
+
+    /// The cluster of a streaming account.
+    pub fn cluster(&self, account: &str) -> Option<Arc<Cluster>> {
+        self.clusters.read().ok()?.get(account).cloned()
+    }
+
+    /// Records a streaming account's cluster.
+    pub fn set_cluster(&self, account: &str, c: Arc<Cluster>) {
+        if let Ok(mut m) = self.clusters.write() {
+            m.insert(account.to_string(), c);
+        }
+    }
+
+    /// Forgets an account (stopped or handed over).
+    pub fn remove_cluster(&self, account: &str) {
+        if let Ok(mut m) = self.clusters.write() {
+            m.remove(account);
+        }
+        if let Ok(mut m) = self.synced.write() {
+            m.remove(account);
+        }
+    }
+
+    /// The per-kind "listed once" flags of an account.
+    pub fn set_sync_flags(&self, account: &str, flags: Vec<Arc<AtomicBool>>) {
+        if let Ok(mut m) = self.synced.write() {
+            m.insert(account.to_string(), flags);
+        }
+    }
+
+    /// Records why an account is not streaming.
+    pub fn set_problem(&self, account: &str, problem: String) {
+        if let Ok(mut m) = self.problems.write() {
+            m.insert(account.to_string(), problem);
+        }
+    }
+
+    /// The account streams again.
+    pub fn clear_problem(&self, account: &str) {
+        if let Ok(mut m) = self.problems.write() {
+            m.remove(account);
+        }
+    }
+
+    /// Forgets everything about accounts no longer held.
+    pub fn retain(&self, keep: &[String]) {
+        if let Ok(mut m) = self.problems.write() {
+            m.retain(|k, _| keep.contains(k));
+        }
+        if let Ok(mut m) = self.clusters.write() {
+            m.retain(|k, _| keep.contains(k));
+        }
+        if let Ok(mut m) = self.synced.write() {
+            m.retain(|k, _| keep.contains(k));
+        }
+    }
+
+    /// Ready means connected to the hub and every held account that can stream has
+    /// listed once. An account with a problem (unreachable cluster, rejected by the hub)
+    /// does not hold the others hostage: it is reported, not counted. Returns the reasons
+    /// when not ready.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut why = Vec::new();
+        if !self.connected.load(Ordering::Relaxed) {
+            why.push("not connected to the hub".to_string());
+        }
+        let held = self.held.read().map(|h| h.clone()).unwrap_or_default();
+        let synced = self.synced.read();
+        let problems = self.problems.read();
+        for a in held {
+            if let Ok(p) = &problems
+                && let Some(p) = p.get(&a)
+            {
+                tracing::trace!(account = %a, problem = %p, "not counted for readiness");
+                continue;
+            }
+            let done = synced
+                .as_ref()
+                .ok()
+                .and_then(|m| {
+                    m.get(&a)
+                        .map(|f| f.iter().all(|x| x.load(Ordering::Relaxed)))
+                })
+                .unwrap_or(false);
+            if !done {
+                why.push(format!("account {a}: not synced yet"));
+            }
+        }
+        if why.is_empty() { Ok(()) } else { Err(why) }
+    }
+}
+
+impl State {
+    /// Accounts that are not streaming, and why.
+    pub fn problems(&self) -> BTreeMap<String, String> {
+        self.problems.read().map(|p| p.clone()).unwrap_or_default()
+    }
+}
