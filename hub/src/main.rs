@@ -1,15 +1,82 @@
-//! `scale-agent-hub`: the hub binary. See `cli` for its flags.
+//! `scale-agent-hub`: the hub binary. See `cli` for its flags and the
+//! `scale_agent_hub` library for everything else.
 
 mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use scale_agent_hub::{Config, Hub, TlsConfig};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: cli::LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        cli::LogFormat::Text => builder.init(),
+        cli::LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn config(args: &cli::Args) -> Result<Config, scale_agent_hub::Error> {
+    let mut config = Config::new(args.grpc_addr, args.http_addr);
+    config.grace_period = args.grace_period;
+    config.store.clone_from(&args.store);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(TlsConfig::from_files(cert, key, args.client_ca.as_deref())?);
+    }
+    Ok(config)
+}
+
+async fn run(args: cli::Args) -> Result<(), scale_agent_hub::Error> {
+    let hub = Hub::start(config(&args)?).await?;
+    let stop = hub.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received; draining agent sessions and stopping");
+        stop.cancel();
+    });
+    hub.wait().await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
 
 fn main() -> ExitCode {
-    let _args = cli::Args::parse();
-    // The run path (store, registry, gRPC and HTTP servers) is not written yet;
-    // fail loudly rather than pretend to run.
-    eprintln!("scale-agent-hub: not yet implemented");
-    ExitCode::FAILURE
+    let args = cli::Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            error!(%err, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(%err, kind = err.label(), "hub stopped");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,521 @@
+//! The cache of every streamed object, per account, and the per-kind sync
+//! bookkeeping that keeps it equal to the cluster across reconnects.
+//!
+//! - Events apply in arrival order (the agent sends each object's changes in
+//!   watch order): ADDED and MODIFIED store the object, DELETED removes it.
+//! - A full relist of a kind is bracketed by SyncStart and SyncEnd. Every
+//!   object of that kind not sent in between vanished while the agent was away
+//!   and is dropped at SyncEnd, unless the agent says it sent more objects than
+//!   arrived (then nothing is dropped and the kind gets no resume point, so the
+//!   next reconnect relists it).
+//! - Per (account, kind) the hub tracks the resourceVersion to resume a watch
+//!   from: the SyncEnd's, then each later event's or WatchProgress's. While a
+//!   full relist is open the kind has no resume point (a half-done list is no
+//!   place to resume from).
+//!
+//! Kinds are keyed by (group, kind): the version an agent watches may change,
+//! the object does not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+/// A kind, without its version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KindKey {
+    /// API group; empty for the core group.
+    pub group: String,
+    /// Kind, as the API server spells it.
+    pub kind: String,
+}
+
+/// Where an object is cached: (group, kind, namespace, name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// API group; empty for the core group.
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace; empty for cluster-scoped objects.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The kind part of the key.
+    pub fn kind_key(&self) -> KindKey {
+        KindKey {
+            group: self.group.clone(),
+            kind: self.kind.clone(),
+        }
+    }
+}
+
+/// One cached object.
+#[derive(Debug, Clone)]
+pub struct CachedObject {
+    /// API version of the watch it came from, e.g. "v1".
+    pub version: String,
+    /// metadata.uid.
+    pub uid: String,
+    /// metadata.resourceVersion.
+    pub resource_version: String,
+    /// The object as JSON (validated on arrival).
+    pub body: Arc<RawValue>,
+    /// The full relist that last saw it (0: none).
+    seen_in_sync: u64,
+}
+
+/// An event, already parsed and validated outside the cache lock.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// What happened.
+    pub change: Change,
+    /// Where.
+    pub key: ObjectKey,
+    /// API version.
+    pub version: String,
+    /// metadata.uid.
+    pub uid: String,
+    /// metadata.resourceVersion.
+    pub resource_version: String,
+    /// The body; for Deleted it is not kept.
+    pub body: Arc<RawValue>,
+}
+
+/// The kind of change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Created or listed, or changed: stored.
+    Upsert,
+    /// Deleted: removed.
+    Delete,
+}
+
+/// How a kind is brought up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Everything is listed again; what is not listed is gone.
+    FullRelist,
+    /// The watch resumes; only changes follow.
+    ResumedWatch,
+}
+
+#[derive(Debug, Clone)]
+struct OpenSync {
+    generation: u64,
+    mode: SyncMode,
+    seen: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct KindState {
+    version: String,
+    open: Option<OpenSync>,
+    resume: Option<String>,
+}
+
+impl KindState {
+    fn in_full_relist(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|o| o.mode == SyncMode::FullRelist)
+    }
+}
+
+/// The outcome of a SyncEnd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncOutcome {
+    /// Objects dropped because the relist did not include them.
+    pub dropped: usize,
+    /// The agent sent more objects than arrived; nothing was dropped.
+    pub count_mismatch: bool,
+    /// There was no open sync for the kind.
+    pub unmatched: bool,
+}
+
+/// One account's objects and kinds.
+#[derive(Debug, Default)]
+pub struct AccountCache {
+    objects: BTreeMap<ObjectKey, CachedObject>,
+    kinds: HashMap<KindKey, KindState>,
+    next_generation: u64,
+}
+
+/// A resume point: kind (with version) and resourceVersion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The kind.
+    pub kind: KindKey,
+    /// The version the kind was last watched at.
+    pub version: String,
+    /// Where to resume.
+    pub resource_version: String,
+}
+
+impl AccountCache {
+    fn kind_mut(&mut self, kind: &KindKey, version: &str) -> &mut KindState {
+        let state = self.kinds.entry(kind.clone()).or_default();
+        if !version.is_empty() {
+            version.clone_into(&mut state.version);
+        }
+        state
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, event: Event) {
+        let kind = event.key.kind_key();
+        let state = self.kind_mut(&kind, &event.version);
+        let mut seen_in_sync = 0;
+        match &mut state.open {
+            Some(open) if open.mode == SyncMode::FullRelist => {
+                if event.change == Change::Upsert {
+                    open.seen += 1;
+                    seen_in_sync = open.generation;
+                }
+            }
+            _ => {
+                if !event.resource_version.is_empty() {
+                    state.resume = Some(event.resource_version.clone());
+                }
+            }
+        }
+        match event.change {
+            Change::Upsert => {
+                self.objects.insert(
+                    event.key,
+                    CachedObject {
+                        version: event.version,
+                        uid: event.uid,
+                        resource_version: event.resource_version,
+                        body: event.body,
+                        seen_in_sync,
+                    },
+                );
+            }
+            Change::Delete => {
+                self.objects.remove(&event.key);
+            }
+        }
+    }
+
+    /// Opens the sync of a kind; replaces an open one.
+    pub fn sync_start(&mut self, kind: &KindKey, version: &str, mode: SyncMode) {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let state = self.kind_mut(kind, version);
+        if mode == SyncMode::FullRelist {
+            state.resume = None;
+        }
+        state.open = Some(OpenSync {
+            generation,
+            mode,
+            seen: 0,
+        });
+    }
+
+    /// Closes the sync of a kind: after a full relist, drops what was not seen.
+    pub fn sync_end(
+        &mut self,
+        kind: &KindKey,
+        version: &str,
+        resource_version: &str,
+        object_count: u64,
+    ) -> SyncOutcome {
+        let state = self.kind_mut(kind, version);
+        let Some(open) = state.open.take() else {
+            if !resource_version.is_empty() {
+                state.resume = Some(resource_version.to_owned());
+            }
+            return SyncOutcome {
+                unmatched: true,
+                ..SyncOutcome::default()
+            };
+        };
+        if open.mode == SyncMode::FullRelist && open.seen < object_count {
+            state.resume = None;
+            return SyncOutcome {
+                count_mismatch: true,
+                ..SyncOutcome::default()
+            };
+        }
+        if !resource_version.is_empty() {
+            state.resume = Some(resource_version.to_owned());
+        }
+        let mut dropped = 0;
+        if open.mode == SyncMode::FullRelist {
+            let before = self.objects.len();
+            self.objects.retain(|key, object| {
+                key.group != kind.group
+                    || key.kind != kind.kind
+                    || object.seen_in_sync == open.generation
+            });
+            dropped = before - self.objects.len();
+        }
+        SyncOutcome {
+            dropped,
+            ..SyncOutcome::default()
+        }
+    }
+
+    /// A watch bookmark: the kind is current up to `resource_version`.
+    pub fn progress(&mut self, kind: &KindKey, version: &str, resource_version: &str) {
+        let state = self.kind_mut(kind, version);
+        if !state.in_full_relist() && !resource_version.is_empty() {
+            state.resume = Some(resource_version.to_owned());
+        }
+    }
+
+    /// A new session took the account over: syncs the old one left open are
+    /// abandoned, and a half-done relist leaves its kind without resume point.
+    pub fn abandon_open_syncs(&mut self) {
+        for state in self.kinds.values_mut() {
+            if state.in_full_relist() {
+                state.resume = None;
+            }
+            state.open = None;
+        }
+    }
+
+    /// Where each kind's watch can resume, for kinds with no relist open.
+    pub fn resume_points(&self) -> Vec<Resume> {
+        let mut points: Vec<Resume> = self
+            .kinds
+            .iter()
+            .filter(|(_, s)| !s.in_full_relist())
+            .filter_map(|(kind, s)| {
+                s.resume.as_ref().map(|rv| Resume {
+                    kind: kind.clone(),
+                    version: s.version.clone(),
+                    resource_version: rv.clone(),
+                })
+            })
+            .collect();
+        points.sort_by(|a, b| a.kind.cmp(&b.kind));
+        points
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Every object, in key order.
+    pub fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &CachedObject)> {
+        self.objects.iter()
+    }
+
+    /// One object.
+    pub fn get(&self, key: &ObjectKey) -> Option<&CachedObject> {
+        self.objects.get(key)
+    }
+
+    /// Kinds with objects or sync state, with their last version.
+    pub fn kinds(&self) -> impl Iterator<Item = (&KindKey, &str)> {
+        self.kinds.iter().map(|(k, s)| (k, s.version.as_str()))
+    }
+}
+
+/// Every account's cache.
+#[derive(Debug, Default)]
+pub struct Cache {
+    accounts: HashMap<String, AccountCache>,
+}
+
+impl Cache {
+    /// An empty cache.
+    pub fn new() -> Cache {
+        Cache::default()
+    }
+
+    /// The cache of `account`, created when missing.
+    pub fn account_mut(&mut self, account: &str) -> &mut AccountCache {
+        self.accounts.entry(account.to_owned()).or_default()
+    }
+
+    /// The cache of `account`, if any.
+    pub fn account(&self, account: &str) -> Option<&AccountCache> {
+        self.accounts.get(account)
+    }
+
+    /// Drops an account and all its objects.
+    pub fn remove(&mut self, account: &str) -> usize {
+        self.accounts.remove(account).map_or(0, |a| a.len())
+    }
+
+    /// Total number of cached objects.
+    pub fn total(&self) -> usize {
+        self.accounts.values().map(AccountCache::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy() -> KindKey {
+        KindKey {
+            group: "apps".into(),
+            kind: "Deployment".into(),
+        }
+    }
+
+    fn event(change: Change, kind: &KindKey, ns: &str, name: &str, rv: &str) -> Event {
+        let body =
+            serde_json::json!({"metadata": {"name": name, "namespace": ns, "resourceVersion": rv}});
+        Event {
+            change,
+            key: ObjectKey {
+                group: kind.group.clone(),
+                kind: kind.kind.clone(),
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            version: "v1".into(),
+            uid: format!("uid-{name}"),
+            resource_version: rv.into(),
+            body: Arc::from(RawValue::from_string(body.to_string()).expect("json")),
+        }
+    }
+
+    fn names(cache: &AccountCache) -> Vec<String> {
+        cache.objects().map(|(k, _)| k.name.clone()).collect()
+    }
+
+    #[test]
+    fn events_apply_in_order_and_deletes_remove() {
+        let mut c = AccountCache::default();
+        let k = deploy();
+        c.apply(event(Change::Upsert, &k, "a", "web", "1"));
+        c.apply(event(Change::Upsert, &k, "a", "web", "2"));
+        c.apply(event(Change::Upsert, &k, "a", "api", "3"));
+        c.apply(event(Change::Delete, &k, "a", "api", "4"));
+        assert_eq!(names(&c), ["web"]);
+        let key = ObjectKey {
+            group: "apps".into(),
+            kind: "Deployment".into(),
+            namespace: "a".into(),
+            name: "web".into(),
+        };
+        assert_eq!(c.get(&key).map(|o| o.resource_version.as_str()), Some("2"));
+        // Delete then re-create keeps the re-created one.
+        c.apply(event(Change::Delete, &k, "a", "web", "5"));
+        c.apply(event(Change::Upsert, &k, "a", "web", "6"));
+        assert_eq!(c.get(&key).map(|o| o.resource_version.as_str()), Some("6"));
+        assert_eq!(c.resume_points()[0].resource_version, "6");
+    }
+
+    #[test]
+    fn sync_end_drops_objects_not_relisted_of_that_kind_only() {
+        let mut c = AccountCache::default();
+        let k = deploy();
+        let svc = KindKey {
+            group: String::new(),
+            kind: "Service".into(),
+        };
+        c.apply(event(Change::Upsert, &k, "a", "stays", "1"));
+        c.apply(event(Change::Upsert, &k, "a", "vanished", "2"));
+        c.apply(event(Change::Upsert, &svc, "a", "other-kind", "3"));
+        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        assert!(
+            c.resume_points().iter().all(|p| p.kind != k),
+            "no resume point mid-relist"
+        );
+        c.apply(event(Change::Upsert, &k, "a", "stays", "10"));
+        c.apply(event(Change::Upsert, &k, "b", "new", "11"));
+        let outcome = c.sync_end(&k, "v1", "12", 2);
+        assert_eq!(outcome.dropped, 1);
+        assert_eq!(names(&c), ["other-kind", "stays", "new"]);
+        let points = c.resume_points();
+        assert!(
+            points
+                .iter()
+                .any(|p| p.kind == k && p.resource_version == "12")
+        );
+    }
+
+    #[test]
+    fn resumed_watch_drops_nothing() {
+        let mut c = AccountCache::default();
+        let k = deploy();
+        c.apply(event(Change::Upsert, &k, "a", "web", "1"));
+        c.sync_start(&k, "v1", SyncMode::ResumedWatch);
+        c.apply(event(Change::Upsert, &k, "a", "api", "2"));
+        assert_eq!(c.sync_end(&k, "v1", "3", 0).dropped, 0);
+        assert_eq!(names(&c), ["api", "web"]);
+    }
+
+    #[test]
+    fn count_mismatch_keeps_objects_and_forces_relist() {
+        let mut c = AccountCache::default();
+        let k = deploy();
+        c.apply(event(Change::Upsert, &k, "a", "web", "1"));
+        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        c.apply(event(Change::Upsert, &k, "a", "api", "2"));
+        let outcome = c.sync_end(&k, "v1", "3", 5);
+        assert!(outcome.count_mismatch);
+        assert_eq!(names(&c), ["api", "web"]);
+        assert!(c.resume_points().is_empty());
+    }
+
+    #[test]
+    fn a_new_sync_start_replaces_the_open_one() {
+        let mut c = AccountCache::default();
+        let k = deploy();
+        c.apply(event(Change::Upsert, &k, "a", "old", "1"));
+        c.sync_start(&k, "v1", SyncMode::ResumedWatch);
+        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        c.apply(event(Change::Upsert, &k, "a", "fresh", "2"));
+        assert_eq!(c.sync_end(&k, "v1", "3", 1).dropped, 1);
+        assert_eq!(names(&c), ["fresh"]);
+    }
+
+    #[test]
+    fn abandoned_relist_has_no_resume_point_and_later_relist_sweeps() {
+        let mut c = AccountCache::default();
+        let k = deploy();
+        c.apply(event(Change::Upsert, &k, "a", "web", "1"));
+        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        c.abandon_open_syncs();
+        assert!(c.resume_points().is_empty());
+        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        assert_eq!(c.sync_end(&k, "v1", "9", 0).dropped, 1);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn progress_moves_resume_point_outside_relists() {
+        let mut c = AccountCache::default();
+        let k = deploy();
+        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        c.progress(&k, "v1", "5");
+        assert!(c.resume_points().is_empty());
+        c.sync_end(&k, "v1", "6", 0);
+        c.progress(&k, "v1", "7");
+        assert_eq!(c.resume_points()[0].resource_version, "7");
+        assert_eq!(c.resume_points()[0].version, "v1");
+    }
+
+    #[test]
+    fn removing_an_account_drops_its_objects() {
+        let mut cache = Cache::new();
+        let k = deploy();
+        cache
+            .account_mut("a")
+            .apply(event(Change::Upsert, &k, "n", "x", "1"));
+        cache
+            .account_mut("b")
+            .apply(event(Change::Upsert, &k, "n", "y", "1"));
+        assert_eq!(cache.total(), 2);
+        assert_eq!(cache.remove("a"), 1);
+        assert_eq!(cache.total(), 1);
+        assert!(cache.account("a").is_none());
+    }
+}

@@ -1,0 +1,62 @@
+//! The hub's error type.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything that can stop the hub from starting or keep it from running.
+///
+/// Errors caused by one agent or one HTTP client never become an `Error`: they
+/// are answered on that stream or request and logged, and the hub serves on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The binding store (SQLite) could not be opened, read or written.
+    #[error("binding store {path}: {source}")]
+    Store {
+        /// The database file, or `:memory:`.
+        path: String,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Which server: "grpc" or "http".
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TLS file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    TlsFile {
+        /// Which file: certificate, key, client CA.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server could not be configured or failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+impl Error {
+    /// A stable, low-cardinality label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Store { .. } => "store",
+            Error::Bind { .. } => "bind",
+            Error::TlsFile { .. } => "tls_file",
+            Error::Transport(_) => "transport",
+            Error::Http(_) => "http",
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The AgentHub gRPC service: accepts a stream, checks its Hello, answers
+//! Welcome, and hands the stream to a [`Session`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scale_agent_proto::PROTOCOL_VERSION;
+use scale_agent_proto::v1::agent_hub_server::AgentHub;
+use scale_agent_proto::v1::{AgentFrame, HubFrame, Welcome, agent_frame, hub_frame};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument as _, info, info_span, warn};
+
+use crate::metrics::ReasonLabel;
+use crate::registry::{SessionId, ShardKey};
+use crate::session::Session;
+use crate::state::{SessionHandle, Shared};
+
+/// Capabilities this hub supports (Welcome.capabilities is the intersection
+/// with the agent's).
+pub const CAPABILITIES: &[&str] = &["watch-progress"];
+
+/// Frames queued towards one agent before the hub waits for it to read.
+const OUTBOUND_QUEUE: usize = 256;
+
+/// The AgentHub service.
+#[derive(Debug, Clone)]
+pub struct HubService {
+    shared: Arc<Shared>,
+}
+
+impl HubService {
+    /// A service over the shared state.
+    pub fn new(shared: Arc<Shared>) -> HubService {
+        HubService { shared }
+    }
+
+    fn reject(&self, reason: &'static str, status: Status) -> Status {
+        self.shared
+            .metrics
+            .sessions_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        status
+    }
+}
+
+fn frame_name(f: &agent_frame::Frame) -> &'static str {
+    match f {
+        agent_frame::Frame::Hello(_) => "Hello",
+        agent_frame::Frame::Register(_) => "Register",
+        agent_frame::Frame::Unregister(_) => "Unregister",
+        agent_frame::Frame::EventBatch(_) => "EventBatch",
+        agent_frame::Frame::SyncStart(_) => "SyncStart",
+        agent_frame::Frame::SyncEnd(_) => "SyncEnd",
+        agent_frame::Frame::OperationResult(_) => "OperationResult",
+        agent_frame::Frame::Heartbeat(_) => "Heartbeat",
+        agent_frame::Frame::WatchProgress(_) => "WatchProgress",
+    }
+}
+
+#[tonic::async_trait]
+impl AgentHub for HubService {
+    type ConnectStream = ReceiverStream<Result<HubFrame, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<AgentFrame>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let hello_timeout = self.shared.settings.hello_timeout;
+        let first = match tokio::time::timeout(hello_timeout, inbound.message()).await {
+            Err(_) => {
+                warn!(%peer, "no Hello within {hello_timeout:?}; refusing the stream");
+                return Err(self.reject(
+                    "hello_timeout",
+                    Status::deadline_exceeded(format!("no Hello within {hello_timeout:?}")),
+                ));
+            }
+            Ok(Err(status)) => {
+                info!(%peer, code = ?status.code(), "stream broke before Hello");
+                return Err(status);
+            }
+            Ok(Ok(None)) => {
+                return Err(self.reject(
+                    "no_hello",
+                    Status::invalid_argument("the stream ended before Hello"),
+                ));
+            }
+            Ok(Ok(Some(f))) => f,
+        };
+        let hello = match first.frame {
+            Some(agent_frame::Frame::Hello(hello)) => hello,
+            other => {
+                let got = other.as_ref().map_or("a frame of unknown kind", frame_name);
+                warn!(%peer, got, "first frame is not Hello; refusing the stream");
+                return Err(self.reject(
+                    "no_hello",
+                    Status::failed_precondition(format!(
+                        "the first frame must be Hello; got {got}"
+                    )),
+                ));
+            }
+        };
+        let shard = hello.shard.clone().unwrap_or_default();
+        if hello.protocol_version != PROTOCOL_VERSION {
+            warn!(%peer, shard = %format!("{}/{}", shard.namespace, shard.name), replica = %hello.replica_id,
+                version = hello.protocol_version, "unsupported protocol version; refusing the stream");
+            return Err(self.reject(
+                "protocol_version",
+                Status::failed_precondition(format!(
+                    "unsupported protocol version {}; this hub speaks {PROTOCOL_VERSION}",
+                    hello.protocol_version
+                )),
+            ));
+        }
+        if shard.name.is_empty() {
+            warn!(%peer, replica = %hello.replica_id, "Hello names no shard; refusing the stream");
+            return Err(self.reject(
+                "invalid_hello",
+                Status::invalid_argument("Hello.shard.name is required"),
+            ));
+        }
+        let shard = ShardKey {
+            namespace: shard.namespace,
+            name: shard.name,
+        };
+        let id: SessionId = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+        let replica = if hello.replica_id.is_empty() {
+            format!("unnamed-{id}")
+        } else {
+            hello.replica_id.clone()
+        };
+        let capabilities: Vec<String> = hello
+            .capabilities
+            .iter()
+            .filter(|c| CAPABILITIES.contains(&c.as_str()))
+            .cloned()
+            .collect();
+        let settings = &self.shared.settings;
+        let welcome = Welcome {
+            session_id: id.to_string(),
+            hub_id: settings.hub_id.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            heartbeat_interval: prost_types::Duration::try_from(settings.heartbeat_interval).ok(),
+            max_message_bytes: settings.max_message_bytes,
+            capabilities,
+            initial_window_bytes: settings.initial_window_bytes,
+        };
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        tx.try_send(Ok(HubFrame {
+            frame: Some(hub_frame::Frame::Welcome(welcome)),
+        }))
+        .map_err(|_| Status::internal("could not queue Welcome"))?;
+        self.shared.add_session(
+            id.clone(),
+            SessionHandle {
+                tx: tx.clone(),
+                shard: shard.clone(),
+                replica: replica.clone(),
+            },
+        );
+        let span = info_span!("session", session = %id, shard = %shard, replica = %replica);
+        span.in_scope(|| {
+            info!(%peer, agent_version = %hello.agent_version, capabilities = ?hello.capabilities, "session opened");
+        });
+        let session = Session {
+            shared: Arc::clone(&self.shared),
+            id,
+            shard,
+            replica,
+            tx,
+        };
+        tokio::spawn(session.run(inbound).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// How often the server pings idle connections, and how long it waits for
+/// the answer, to notice dead peers behind load balancers.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);

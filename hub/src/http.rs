@@ -1,0 +1,437 @@
+//! The HTTP JSON API: accounts, cached objects, operations; `/metrics` and
+//! `/healthz`.
+//!
+//! - `GET /v1/accounts` → `[Account]`
+//! - `GET /v1/accounts/{account}` → `Account` (404 when unknown)
+//! - `GET /v1/accounts/{account}/objects?kind=&namespace=` → `[Object]`
+//! - `GET /v1/accounts/{account}/objects/{kind}/{namespace}/{name}` → `Object`
+//!   (`_` for the namespace of cluster-scoped objects; kind case-insensitive,
+//!   `Kind.group` to pick a group; 404 when absent, 409 when ambiguous)
+//! - `POST /v1/accounts/{account}/operations` → `Outcome`: 200 success, 422
+//!   the agent or API server refused it, 400 malformed request, 404 unknown
+//!   account, 503 account disconnected, 504 no result before the deadline.
+//!
+//! Errors are `{"error": "..."}`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use scale_agent_proto::v1::{self as pb, HubFrame, hub_frame};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tracing::{info, warn};
+
+use crate::cache::{AccountCache, CachedObject, ObjectKey};
+use crate::operations::{self, Begin, OperationRequest, Outcome};
+use crate::registry::AccountState;
+use crate::state::Shared;
+
+/// The router over the shared state.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/accounts", get(list_accounts))
+        .route("/v1/accounts/{account}", get(get_account))
+        .route("/v1/accounts/{account}/objects", get(list_objects))
+        .route(
+            "/v1/accounts/{account}/objects/{kind}/{namespace}/{name}",
+            get(get_object),
+        )
+        .route("/v1/accounts/{account}/operations", post(post_operation))
+        .with_state(shared)
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    shared.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+}
+
+/// One account, as listed.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountView {
+    name: String,
+    cluster_id: String,
+    /// `namespace/name` of the AgentShard.
+    shard: String,
+    replica: String,
+    state: AccountState,
+    objects: usize,
+    server_url: String,
+    kubernetes_version: String,
+    /// The live session, when Connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    /// Seconds since the last state change.
+    since_seconds: u64,
+}
+
+fn account_views(shared: &Shared, only: Option<&str>) -> Vec<AccountView> {
+    let core = shared.core();
+    let now = SystemTime::now();
+    core.registry
+        .accounts()
+        .filter(|a| only.is_none_or(|n| n == a.name))
+        .map(|a| AccountView {
+            name: a.name.clone(),
+            cluster_id: a.binding.cluster_id.clone(),
+            shard: a.binding.shard.to_string(),
+            replica: a.replica.clone(),
+            state: a.state(),
+            objects: core.cache.account(&a.name).map_or(0, AccountCache::len),
+            server_url: a.binding.server_url.clone(),
+            kubernetes_version: a.kubernetes_version.clone(),
+            session: a.session.as_ref().map(ToString::to_string),
+            since_seconds: now.duration_since(a.since).map_or(0, |d| d.as_secs()),
+        })
+        .collect()
+}
+
+async fn list_accounts(State(shared): State<Arc<Shared>>) -> Json<Vec<AccountView>> {
+    Json(account_views(&shared, None))
+}
+
+async fn get_account(
+    State(shared): State<Arc<Shared>>,
+    Path(account): Path<String>,
+) -> Result<Json<AccountView>, ApiError> {
+    account_views(&shared, Some(&account))
+        .pop()
+        .map(Json)
+        .ok_or_else(|| unknown_account(&account))
+}
+
+fn unknown_account(account: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("account {account} is not known to this hub"),
+    )
+}
+
+/// One cached object.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectView<'a> {
+    kind: &'a str,
+    group: &'a str,
+    version: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+    uid: &'a str,
+    resource_version: &'a str,
+    object: &'a RawValue,
+}
+
+fn view<'a>(key: &'a ObjectKey, object: &'a CachedObject) -> ObjectView<'a> {
+    ObjectView {
+        kind: &key.kind,
+        group: &key.group,
+        version: &object.version,
+        namespace: &key.namespace,
+        name: &key.name,
+        uid: &object.uid,
+        resource_version: &object.resource_version,
+        object: &object.body,
+    }
+}
+
+/// A kind filter: case-insensitive kind, optional exact group.
+struct KindFilter {
+    kind: String,
+    group: Option<String>,
+}
+
+impl KindFilter {
+    fn parse(text: &str) -> KindFilter {
+        let (kind, group) = operations::split_kind(text.trim());
+        KindFilter {
+            kind: kind.to_owned(),
+            group: group.map(str::to_owned),
+        }
+    }
+
+    fn matches(&self, key: &ObjectKey) -> bool {
+        key.kind.eq_ignore_ascii_case(&self.kind)
+            && self.group.as_ref().is_none_or(|g| *g == key.group)
+    }
+}
+
+fn namespace_param(ns: &str) -> &str {
+    if ns == "_" { "" } else { ns }
+}
+
+#[derive(Debug, Deserialize)]
+struct ObjectQuery {
+    kind: Option<String>,
+    namespace: Option<String>,
+}
+
+fn json_response(body: Result<Vec<u8>, serde_json::Error>) -> Response {
+    match body {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(err) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding: {err}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn list_objects(
+    State(shared): State<Arc<Shared>>,
+    Path(account): Path<String>,
+    Query(query): Query<ObjectQuery>,
+) -> Response {
+    let filter = query
+        .kind
+        .as_deref()
+        .filter(|k| !k.is_empty())
+        .map(KindFilter::parse);
+    let namespace = query
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .map(namespace_param);
+    let core = shared.core();
+    if core.registry.get(&account).is_none() {
+        return unknown_account(&account).into_response();
+    }
+    // Serialized under the lock: bodies are borrowed, not copied twice.
+    let views: Vec<ObjectView<'_>> = core
+        .cache
+        .account(&account)
+        .map(|cache| {
+            cache
+                .objects()
+                .filter(|(k, _)| filter.as_ref().is_none_or(|f| f.matches(k)))
+                .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+                .map(|(k, o)| view(k, o))
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = serde_json::to_vec(&views);
+    drop(views);
+    drop(core);
+    json_response(body)
+}
+
+async fn get_object(
+    State(shared): State<Arc<Shared>>,
+    Path((account, kind, namespace, name)): Path<(String, String, String, String)>,
+) -> Response {
+    let filter = KindFilter::parse(&kind);
+    let namespace = namespace_param(&namespace);
+    let core = shared.core();
+    if core.registry.get(&account).is_none() {
+        return unknown_account(&account).into_response();
+    }
+    let matches: Vec<ObjectView<'_>> = core
+        .cache
+        .account(&account)
+        .map(|cache| {
+            cache
+                .objects()
+                .filter(|(k, _)| filter.matches(k) && k.namespace == namespace && k.name == name)
+                .map(|(k, o)| view(k, o))
+                .collect()
+        })
+        .unwrap_or_default();
+    let response = match matches.as_slice() {
+        [] => ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no {kind} {namespace}/{name} in account {account}"),
+        )
+        .into_response(),
+        [one] => json_response(serde_json::to_vec(one)),
+        many => ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{kind} is ambiguous: {}; write it as Kind.group",
+                many.iter()
+                    .map(|v| format!("{}.{}", v.kind, v.group))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .into_response(),
+    };
+    drop(matches);
+    drop(core);
+    response
+}
+
+/// Maps an outcome to its HTTP status.
+fn outcome_status(outcome: &Outcome) -> StatusCode {
+    if outcome.success {
+        return StatusCode::OK;
+    }
+    match outcome.code() {
+        Some("DEADLINE_EXCEEDED") => StatusCode::GATEWAY_TIMEOUT,
+        Some("UNKNOWN_ACCOUNT" | "UNAVAILABLE") => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+fn outcome_label(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::OK => "success",
+        StatusCode::GATEWAY_TIMEOUT => "timeout",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "failed",
+    }
+}
+
+async fn post_operation(
+    State(shared): State<Arc<Shared>>,
+    Path(account): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let invalid = |message: String| {
+        shared.metrics.operation("invalid");
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    };
+    let request: OperationRequest = serde_json::from_slice(&body)
+        .map_err(|err| invalid(format!("invalid operation request: {err}")))?;
+    let timeout = operations::timeout(&request, shared.settings.default_operation_timeout)
+        .map_err(&invalid)?;
+    // Which session holds the account, and the kinds it streamed (to resolve
+    // a kind given without group/version).
+    let (session, known) = {
+        let core = shared.core();
+        let Some(entry) = core.registry.get(&account) else {
+            drop(core);
+            shared.metrics.operation("unknown_account");
+            return Err(unknown_account(&account));
+        };
+        let known: Vec<(String, String, String)> = core
+            .cache
+            .account(&account)
+            .map(|c| {
+                c.kinds()
+                    .map(|(k, v)| (k.group.clone(), v.to_owned(), k.kind.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (entry.session.clone(), known)
+    };
+    let Some(session) = session else {
+        shared.metrics.operation("disconnected");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("account {account} is disconnected: its agent is not streaming it"),
+        ));
+    };
+    let kind = operations::build_kind(&request, &known).map_err(&invalid)?;
+    let id = request
+        .id
+        .clone()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let deadline = SystemTime::now() + timeout;
+    let op = pb::Operation {
+        id: id.clone(),
+        account: account.clone(),
+        deadline: Some(operations::timestamp(deadline)),
+        kind: Some(kind),
+    };
+    let mut rx = match shared.operations.begin(op.clone(), session.clone()) {
+        Begin::Finished(outcome) => {
+            let status = outcome_status(&outcome);
+            return Ok((status, Json(outcome)).into_response());
+        }
+        Begin::Joined(rx) => rx,
+        Begin::New(rx) => {
+            let Some(handle) = shared.session(&session) else {
+                shared.operations.give_up(&id);
+                shared.metrics.operation("disconnected");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("account {account} is disconnected: its session just ended"),
+                ));
+            };
+            info!(operation = %id, %account, session = %session, replica = %handle.replica, "routing operation to the agent");
+            let frame = HubFrame {
+                frame: Some(hub_frame::Frame::Operation(op)),
+            };
+            match tokio::time::timeout(timeout, handle.tx.send(Ok(frame))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    shared.operations.give_up(&id);
+                    shared.metrics.operation("disconnected");
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("account {account}: could not hand the operation to its agent"),
+                    ));
+                }
+            }
+            rx
+        }
+    };
+    // A little past the deadline, so the agent's own DEADLINE_EXCEEDED can
+    // still arrive and be reported as such.
+    let wait = timeout + Duration::from_millis(500);
+    let outcome = match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(done)) => done.clone(),
+        Ok(Err(_)) | Err(_) => None,
+    };
+    let Some(outcome) = outcome else {
+        shared.operations.give_up(&id);
+        shared.metrics.operation("timeout");
+        warn!(operation = %id, %account, ?timeout, "no result from the agent before the deadline");
+        let body = Outcome {
+            id,
+            success: false,
+            message: format!(
+                "no result from the agent within {timeout:?}; the operation may or may not have taken effect"
+            ),
+            result: serde_json::Value::Null,
+            error_code: Some("DEADLINE_EXCEEDED".into()),
+            http_status: None,
+        };
+        return Ok((StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response());
+    };
+    let status = outcome_status(&outcome);
+    shared.metrics.operation(outcome_label(status));
+    info!(operation = %outcome.id, %account, success = outcome.success, status = status.as_u16(), "operation finished");
+    Ok((status, Json(outcome)).into_response())
+}

@@ -1,0 +1,365 @@
+//! The scale-agent hub: the Clouddriver side of the protocol.
+//!
+//! Agents stream the objects of their clusters over gRPC
+//! (`AgentHub.Connect`); the hub keeps an account registry (name → cluster,
+//! shard, replica, session), a cache of every streamed object, and serves both
+//! over an HTTP JSON API, through which deploy operations are also routed to
+//! the agent replica that holds the account.
+//!
+//! Run it in-process:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), scale_agent_hub::Error> {
+//! use scale_agent_hub::{Config, Hub};
+//! let mut config = Config::local();
+//! config.grace_period = std::time::Duration::from_secs(1);
+//! let hub = Hub::start(config).await?;
+//! println!("gRPC on {}, HTTP on {}", hub.grpc_addr(), hub.http_addr());
+//! hub.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules, one responsibility each: [`registry`] (binding rules), [`cache`]
+//! (objects and resyncs), [`store`] (SQLite bindings), [`grpc`] (Hello and
+//! Welcome), [`session`] (one stream's frames), [`operations`] (requests and
+//! results), [`http`] (the JSON API), [`metrics`].
+
+pub mod cache;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod operations;
+pub mod registry;
+pub mod session;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use scale_agent_proto::v1::agent_hub_server::AgentHubServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
+
+pub use error::Error;
+
+use crate::state::{Settings, Shared};
+use crate::store::Store;
+
+/// TLS for the gRPC server, as PEM bytes.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// Certificate chain the server presents.
+    pub cert_pem: Vec<u8>,
+    /// Its private key.
+    pub key_pem: Vec<u8>,
+    /// When set, clients must present a certificate signed by one of these
+    /// CAs (mTLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("mtls", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConfig {
+    /// Reads the PEM files.
+    pub fn from_files(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<TlsConfig, Error> {
+        let read = |what: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|source| Error::TlsFile {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        Ok(TlsConfig {
+            cert_pem: read("certificate", cert)?,
+            key_pem: read("private key", key)?,
+            client_ca_pem: client_ca.map(|p| read("client CA bundle", p)).transpose()?,
+        })
+    }
+}
+
+/// How to run the hub.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC listen address (port 0: any free port).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (port 0: any free port).
+    pub http_addr: SocketAddr,
+    /// How long a dropped account is kept (Disconnected) for its agent to come
+    /// back before it, its cache and its binding are removed.
+    pub grace_period: Duration,
+    /// SQLite file for bindings; in memory when `None`.
+    pub store: Option<PathBuf>,
+    /// TLS for gRPC; plain HTTP/2 (h2c) when `None`.
+    pub tls: Option<TlsConfig>,
+    /// This instance's id, sent in Welcome; a random one by default.
+    pub hub_id: String,
+    /// Heartbeat interval announced to agents; a session silent for three
+    /// intervals is ended.
+    pub heartbeat_interval: Duration,
+    /// Largest frame accepted from an agent, in bytes.
+    pub max_message_bytes: u32,
+    /// Flow-control window per account, in bytes of EventBatch frames.
+    pub initial_window_bytes: u64,
+    /// Operation timeout when a request sets none.
+    pub default_operation_timeout: Duration,
+    /// How long a new stream may take to send Hello.
+    pub hello_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults on the given addresses: 600 s grace period, in-memory store,
+    /// no TLS.
+    pub fn new(grpc_addr: SocketAddr, http_addr: SocketAddr) -> Config {
+        Config {
+            grpc_addr,
+            http_addr,
+            grace_period: Duration::from_secs(600),
+            store: None,
+            tls: None,
+            hub_id: format!("hub-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            heartbeat_interval: Duration::from_secs(15),
+            max_message_bytes: 16 * 1024 * 1024,
+            initial_window_bytes: 32 * 1024 * 1024,
+            default_operation_timeout: Duration::from_secs(60),
+            hello_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Defaults on 127.0.0.1 with OS-chosen ports, for tests and dev runs.
+    pub fn local() -> Config {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config::new(any, any)
+    }
+}
+
+/// The hub.
+#[derive(Debug)]
+pub struct Hub;
+
+impl Hub {
+    /// Opens the store, binds both servers and starts serving. Returns once
+    /// both sockets listen.
+    pub async fn start(config: Config) -> Result<RunningHub, Error> {
+        let store = Store::open(config.store.as_deref())?;
+        let shutdown = CancellationToken::new();
+        let settings = Settings {
+            hub_id: config.hub_id.clone(),
+            grace_period: config.grace_period,
+            heartbeat_interval: config.heartbeat_interval.max(Duration::from_millis(100)),
+            max_message_bytes: config.max_message_bytes,
+            initial_window_bytes: config.initial_window_bytes,
+            default_operation_timeout: config.default_operation_timeout,
+            hello_timeout: config.hello_timeout,
+        };
+        let shared = Shared::new(settings, store, shutdown.clone())?;
+
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.grpc_addr,
+                what: "grpc",
+                source,
+            })?;
+        let grpc_addr = grpc_listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.grpc_addr,
+            what: "grpc",
+            source,
+        })?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.http_addr,
+                what: "http",
+                source,
+            })?;
+        let http_addr = http_listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.http_addr,
+            what: "http",
+            source,
+        })?;
+
+        let mut builder = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(grpc::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(grpc::KEEPALIVE_TIMEOUT));
+        match &config.tls {
+            Some(tls) => {
+                let mut server_tls = ServerTlsConfig::new()
+                    .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+                if let Some(ca) = &tls.client_ca_pem {
+                    server_tls = server_tls.client_ca_root(Certificate::from_pem(ca));
+                }
+                builder = builder.tls_config(server_tls)?;
+                info!(mtls = tls.client_ca_pem.is_some(), "gRPC serves TLS");
+            }
+            None => {
+                warn!(
+                    "gRPC serves plain HTTP/2 without TLS (--insecure): agents are not authenticated"
+                );
+            }
+        }
+        let max = usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX);
+        let service = AgentHubServer::new(grpc::HubService::new(Arc::clone(&shared)))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let grpc_task = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            shutdown.clone().cancelled_owned(),
+        ));
+        let http_task = tokio::spawn(
+            axum::serve(http_listener, http::router(Arc::clone(&shared)))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
+        info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
+            store = %config.store.as_deref().map_or_else(|| "memory".into(), |p| p.display().to_string()), "hub started");
+        Ok(RunningHub {
+            grpc_addr,
+            http_addr,
+            shutdown,
+            shared,
+            grpc_task: Some(grpc_task),
+            http_task: Some(http_task),
+        })
+    }
+}
+
+/// A running hub: its addresses, and the way to stop it.
+#[derive(Debug)]
+pub struct RunningHub {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    shared: Arc<Shared>,
+    grpc_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    http_task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningHub {
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// `http://<grpc addr>`, for a plaintext tonic channel.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// `http://<http addr>`, the base of the JSON API.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// A token that stops the hub when cancelled (e.g. from a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The hub's metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.shared.refresh_gauges();
+        self.shared.metrics.encode()
+    }
+
+    /// Serves until the shutdown token is cancelled or a server fails, then
+    /// stops both.
+    pub async fn wait(mut self) -> Result<(), Error> {
+        let failed = {
+            let (Some(grpc), Some(http)) = (self.grpc_task.as_mut(), self.http_task.as_mut())
+            else {
+                return Ok(());
+            };
+            tokio::select! {
+                () = self.shutdown.cancelled() => None,
+                r = grpc => Some(flatten_grpc(r)),
+                r = http => Some(flatten_http(r)),
+            }
+        };
+        match failed {
+            // One server stopped on its own: stop the other too.
+            Some(result) => {
+                self.shutdown.cancel();
+                self.grpc_task = None;
+                self.http_task = None;
+                result
+            }
+            None => self.stop().await,
+        }
+    }
+
+    /// Drains every agent session (Drain SHUTDOWN), stops both servers and
+    /// waits for them (at most 10 s).
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        self.stop().await
+    }
+
+    async fn stop(mut self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        let grpc = self.grpc_task.take();
+        let http = self.http_task.take();
+        let join = async {
+            let mut result = Ok(());
+            if let Some(task) = grpc {
+                result = result.and(flatten_grpc(task.await));
+            }
+            if let Some(task) = http {
+                result = result.and(flatten_http(task.await));
+            }
+            result
+        };
+        match tokio::time::timeout(Duration::from_secs(10), join).await {
+            Ok(result) => result,
+            Err(_) => {
+                warn!("servers did not stop within 10s; leaving them");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for RunningHub {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn flatten_grpc(
+    r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), Error> {
+    match r {
+        Ok(inner) => inner.map_err(Error::Transport),
+        Err(join) => Err(Error::Http(std::io::Error::other(join))),
+    }
+}
+
+fn flatten_http(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), Error> {
+    match r {
+        Ok(inner) => inner.map_err(Error::Http),
+        Err(join) => Err(Error::Http(std::io::Error::other(join))),
+    }
+}

@@ -1,0 +1,561 @@
+//! One agent session: the frames of one `Connect` stream after Hello.
+//!
+//! Frames are handled in order. Nothing an agent sends can hurt another
+//! session: events for accounts this session does not hold, malformed bodies
+//! and unknown frame kinds are dropped with a warning and a counter, and the
+//! stream goes on. Only liveness (no frame for three heartbeat intervals) and
+//! the agent closing the stream end it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use scale_agent_proto::v1::{
+    self as pb, AccountOwner, AccountResult, AgentFrame, Drain, DrainReason, ErrorCode, Heartbeat,
+    HubFrame, RegisterReason, ResumePoint, ShardRef, agent_frame, hub_frame,
+};
+use serde_json::value::RawValue;
+use tokio_stream::StreamExt as _;
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::cache::{Change, Event, KindKey, ObjectKey, SyncMode};
+use crate::metrics::ReasonLabel;
+use crate::operations::Outcome;
+use crate::registry::{Caller, Decision, Registration, RejectReason, Release, SessionId, ShardKey};
+use crate::state::{Outbound, Shared};
+
+/// A session after its Hello was accepted.
+pub struct Session {
+    /// Shared hub state.
+    pub shared: Arc<Shared>,
+    /// Session id.
+    pub id: SessionId,
+    /// The shard from Hello.
+    pub shard: ShardKey,
+    /// The replica from Hello.
+    pub replica: String,
+    /// Frames to the agent.
+    pub tx: Outbound,
+}
+
+fn frame(f: hub_frame::Frame) -> HubFrame {
+    HubFrame { frame: Some(f) }
+}
+
+fn shard_ref(shard: &ShardKey) -> ShardRef {
+    ShardRef {
+        namespace: shard.namespace.clone(),
+        name: shard.name.clone(),
+    }
+}
+
+fn kind_key(gvk: Option<&pb::GroupVersionKind>) -> Option<(KindKey, String)> {
+    let gvk = gvk?;
+    if gvk.kind.is_empty() {
+        return None;
+    }
+    Some((
+        KindKey {
+            group: gvk.group.clone(),
+            kind: gvk.kind.clone(),
+        },
+        gvk.version.clone(),
+    ))
+}
+
+impl Session {
+    async fn send(&self, f: hub_frame::Frame) -> bool {
+        self.tx.send(Ok(frame(f))).await.is_ok()
+    }
+
+    /// Runs the session until the agent goes, the stream breaks, or the hub
+    /// shuts down; then its accounts become Disconnected.
+    pub async fn run(self, mut inbound: Streaming<AgentFrame>) {
+        let interval = self.shared.settings.heartbeat_interval;
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                () = self.shared.shutdown.cancelled() => {
+                    let drain = Drain {
+                        reason: DrainReason::Shutdown as i32,
+                        message: "the hub is shutting down".into(),
+                        reconnect_after: None,
+                    };
+                    // Best effort: the agent learns why before the stream ends.
+                    let _ = self.tx.try_send(Ok(frame(hub_frame::Frame::Drain(drain))));
+                    break;
+                }
+                next = inbound.next() => match next {
+                    Some(Ok(f)) => {
+                        last_heard = Instant::now();
+                        if !self.handle(f).await {
+                            info!("the agent stopped reading; ending the session");
+                            break;
+                        }
+                    }
+                    Some(Err(status)) => {
+                        info!(code = ?status.code(), message = status.message(), "the stream broke");
+                        break;
+                    }
+                    None => {
+                        info!("the agent closed the stream");
+                        break;
+                    }
+                },
+                _ = beat.tick() => {
+                    if last_heard.elapsed() > interval.saturating_mul(3) {
+                        warn!(silent_for = ?last_heard.elapsed(), "nothing heard for three heartbeat intervals; ending the session");
+                        let _ = self.tx.try_send(Err(Status::unavailable("no frame from the agent for three heartbeat intervals")));
+                        break;
+                    }
+                    let hb = Heartbeat { sent_at: Some(prost_types::Timestamp::from(SystemTime::now())), reply_to: None };
+                    // A full queue means frames are flowing anyway.
+                    let _ = self.tx.try_send(Ok(frame(hub_frame::Frame::Heartbeat(hb))));
+                }
+            }
+        }
+        self.end();
+    }
+
+    fn end(&self) {
+        self.shared.remove_session(&self.id);
+        let disconnected = self
+            .shared
+            .core()
+            .registry
+            .disconnect_session(&self.id, SystemTime::now());
+        if !disconnected.is_empty() {
+            info!(
+                accounts = ?disconnected.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                grace_period = ?self.shared.settings.grace_period,
+                "session ended; its accounts are Disconnected for the grace period"
+            );
+        }
+        self.shared.schedule_expiry(disconnected);
+    }
+
+    /// Handles one frame; false when the agent's side is gone.
+    async fn handle(&self, f: AgentFrame) -> bool {
+        match f.frame {
+            Some(agent_frame::Frame::Hello(_)) => {
+                warn!("a second Hello on an open session; ignored");
+                self.shared.metrics.frame_ignored("duplicate_hello");
+                true
+            }
+            Some(agent_frame::Frame::Register(reg)) => self.register(reg).await,
+            Some(agent_frame::Frame::Unregister(unreg)) => {
+                self.unregister(unreg);
+                true
+            }
+            Some(agent_frame::Frame::EventBatch(batch)) => self.events(batch).await,
+            Some(agent_frame::Frame::SyncStart(start)) => {
+                self.sync_start(&start);
+                true
+            }
+            Some(agent_frame::Frame::SyncEnd(end)) => {
+                self.sync_end(&end);
+                true
+            }
+            Some(agent_frame::Frame::OperationResult(result)) => {
+                self.operation_result(result);
+                true
+            }
+            Some(agent_frame::Frame::Heartbeat(beat)) => {
+                let reply = Heartbeat {
+                    sent_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+                    reply_to: beat.sent_at,
+                };
+                self.send(hub_frame::Frame::Heartbeat(reply)).await
+            }
+            Some(agent_frame::Frame::WatchProgress(progress)) => {
+                self.watch_progress(&progress);
+                true
+            }
+            None => {
+                debug!("a frame of a kind this hub does not know; ignored");
+                self.shared.metrics.frame_ignored("unknown_frame_kind");
+                true
+            }
+        }
+    }
+
+    async fn register(&self, reg: pb::Register) -> bool {
+        let caller = Caller {
+            session: self.id.clone(),
+            shard: self.shard.clone(),
+            replica: self.replica.clone(),
+        };
+        let now = SystemTime::now();
+        let mut results = Vec::with_capacity(reg.accounts.len());
+        let mut persist = Vec::new();
+        let mut superseded = Vec::new();
+        let mut accepted = Vec::new();
+        {
+            let mut core = self.shared.core();
+            for account in reg.accounts {
+                let registration = Registration {
+                    name: account.name.clone(),
+                    cluster_id: account.cluster_id.clone(),
+                    server_url: account.server_url.clone(),
+                    kubernetes_version: account.kubernetes_version.clone(),
+                };
+                match core.registry.register(&caller, &registration, now) {
+                    Decision::Accepted {
+                        superseded: old,
+                        persist: binding,
+                        fresh,
+                    } => {
+                        let cache = core.cache.account_mut(&account.name);
+                        if old.is_some() {
+                            cache.abandon_open_syncs();
+                        }
+                        let resume_points = if fresh {
+                            Vec::new()
+                        } else {
+                            cache
+                                .resume_points()
+                                .into_iter()
+                                .map(|r| ResumePoint {
+                                    kind: Some(pb::GroupVersionKind {
+                                        group: r.kind.group,
+                                        version: r.version,
+                                        kind: r.kind.kind,
+                                    }),
+                                    resource_version: r.resource_version,
+                                })
+                                .collect()
+                        };
+                        info!(
+                            account = %account.name,
+                            cluster_id = %account.cluster_id,
+                            resume_points = resume_points.len(),
+                            superseded = old.as_ref().map(|(s, _)| &**s),
+                            "account accepted"
+                        );
+                        if let Some(b) = binding {
+                            persist.push((account.name.clone(), b));
+                        }
+                        if let Some(old) = old {
+                            superseded.push((account.name.clone(), old));
+                        }
+                        accepted.push(account.name.clone());
+                        results.push(AccountResult {
+                            name: account.name,
+                            accepted: true,
+                            reason: RegisterReason::Ok as i32,
+                            message: String::new(),
+                            owner: None,
+                            resume_points,
+                        });
+                    }
+                    Decision::Rejected {
+                        reason,
+                        message,
+                        owner,
+                    } => {
+                        warn!(account = %account.name, cluster_id = %account.cluster_id, reason = reason.label(), %message, "registration rejected");
+                        self.shared
+                            .metrics
+                            .registrations_rejected
+                            .get_or_create(&ReasonLabel {
+                                reason: reason.label(),
+                            })
+                            .inc();
+                        results.push(AccountResult {
+                            name: account.name,
+                            accepted: false,
+                            reason: match reason {
+                                RejectReason::Invalid => RegisterReason::Invalid,
+                                RejectReason::ClusterMismatch => RegisterReason::ClusterMismatch,
+                            } as i32,
+                            message,
+                            owner: owner.map(|b| AccountOwner {
+                                shard: Some(shard_ref(&b.shard)),
+                                cluster_id: b.cluster_id,
+                                replica_id: String::new(),
+                            }),
+                            resume_points: Vec::new(),
+                        });
+                    }
+                }
+            }
+        }
+        self.shared
+            .metrics
+            .registrations_accepted
+            .inc_by(accepted.len() as u64);
+        for (name, binding) in &persist {
+            self.shared.persist(name, binding);
+        }
+        for (name, (old_session, old_replica)) in superseded {
+            self.shared.metrics.registrations_superseded.inc();
+            info!(account = %name, old_session = %old_session, %old_replica, "a newer session took the account over; telling the older one");
+            let revoke = pb::RegisterResult {
+                accounts: vec![AccountResult {
+                    name: name.clone(),
+                    accepted: false,
+                    reason: RegisterReason::Superseded as i32,
+                    message: format!(
+                        "account {name} is now streamed by replica {} (session {}) of shard {}",
+                        self.replica, self.id, self.shard
+                    ),
+                    owner: Some(AccountOwner {
+                        shard: Some(shard_ref(&self.shard)),
+                        cluster_id: String::new(),
+                        replica_id: self.replica.clone(),
+                    }),
+                    resume_points: Vec::new(),
+                }],
+            };
+            self.shared.send_detached(
+                &old_session,
+                frame(hub_frame::Frame::RegisterResult(revoke)),
+            );
+        }
+        if !self
+            .send(hub_frame::Frame::RegisterResult(pb::RegisterResult {
+                accounts: results,
+            }))
+            .await
+        {
+            return false;
+        }
+        // Operations whose session died before answering go to the new holder.
+        for name in accepted {
+            let orphans = self
+                .shared
+                .operations
+                .take_orphans(&name, &self.id, |s| self.shared.is_live(s));
+            for op in orphans {
+                info!(account = %name, operation = %op.id, "sending an unanswered operation again to the account's new session");
+                if !self.send(hub_frame::Frame::Operation(op)).await {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn unregister(&self, unreg: pb::Unregister) {
+        let reason = pb::UnregisterReason::try_from(unreg.reason).unwrap_or_default();
+        let remove = reason == pb::UnregisterReason::Removed;
+        let now = SystemTime::now();
+        let mut expiries = Vec::new();
+        for name in &unreg.account_names {
+            let (release, objects) = {
+                let mut core = self.shared.core();
+                let release = core.registry.unregister(&self.id, name, remove, now);
+                let objects = if release == Release::Removed {
+                    core.cache.remove(name)
+                } else {
+                    0
+                };
+                (release, objects)
+            };
+            match release {
+                Release::NotHeld => {
+                    debug!(account = %name, "unregister of an account this session does not hold; ignored");
+                }
+                Release::Removed => {
+                    info!(account = %name, objects, message = %unreg.message, "account removed by its agent");
+                    self.shared.forget(name, "unregistered");
+                }
+                Release::Disconnected(epoch) => {
+                    info!(account = %name, reason = reason.as_str_name(), message = %unreg.message, "account unregistered; Disconnected for the grace period");
+                    expiries.push((name.clone(), epoch));
+                }
+            }
+        }
+        self.shared.schedule_expiry(expiries);
+    }
+
+    /// Parses events outside the lock; malformed ones are dropped and counted.
+    fn parse_events(&self, account: &str, events: Vec<pb::ObjectEvent>) -> Vec<Event> {
+        let mut parsed = Vec::with_capacity(events.len());
+        for ev in events {
+            let change = match pb::EventType::try_from(ev.r#type).unwrap_or_default() {
+                pb::EventType::Added | pb::EventType::Modified => Change::Upsert,
+                pb::EventType::Deleted => Change::Delete,
+                pb::EventType::Unspecified => {
+                    self.shared.metrics.event_rejected("unspecified_type");
+                    debug!(%account, name = %ev.name, "event without a type; dropped");
+                    continue;
+                }
+            };
+            let Some((kind, version)) = kind_key(ev.kind.as_ref()) else {
+                self.shared.metrics.event_rejected("missing_kind");
+                warn!(%account, name = %ev.name, "event without a kind; dropped");
+                continue;
+            };
+            if ev.name.is_empty() {
+                self.shared.metrics.event_rejected("missing_name");
+                warn!(%account, kind = %kind.kind, "event without a name; dropped");
+                continue;
+            }
+            let body: Arc<RawValue> = match serde_json::from_slice::<Box<RawValue>>(&ev.body_json) {
+                Ok(body) => Arc::from(body),
+                // A deletion needs no body.
+                Err(_) if change == Change::Delete => Arc::from(RawValue::NULL.to_owned()),
+                Err(err) => {
+                    self.shared.metrics.event_rejected("malformed_body");
+                    warn!(%account, kind = %kind.kind, namespace = %ev.namespace, name = %ev.name, %err, "event body is not valid JSON; dropped");
+                    continue;
+                }
+            };
+            parsed.push(Event {
+                change,
+                key: ObjectKey {
+                    group: kind.group,
+                    kind: kind.kind,
+                    namespace: ev.namespace,
+                    name: ev.name,
+                },
+                version,
+                uid: ev.uid,
+                resource_version: ev.resource_version,
+                body,
+            });
+        }
+        parsed
+    }
+
+    fn not_held(&self, account: &str, what: &'static str) {
+        self.shared.metrics.frame_ignored(what);
+        warn!(%account, frame = what, "frame for an account this session does not hold (not registered, rejected or superseded); ignored");
+    }
+
+    async fn events(&self, batch: pb::EventBatch) -> bool {
+        let account = batch.account;
+        let events = self.parse_events(&account, batch.events);
+        let applied = events.len();
+        {
+            let mut core = self.shared.core();
+            if !core.registry.holds(&account, &self.id) {
+                drop(core);
+                self.not_held(&account, "event_batch_not_held");
+                return true;
+            }
+            let cache = core.cache.account_mut(&account);
+            for event in events {
+                cache.apply(event);
+            }
+        }
+        self.shared.metrics.events_applied.inc_by(applied as u64);
+        self.send(hub_frame::Frame::Ack(pb::Ack {
+            account,
+            sequence: batch.sequence,
+            window_bytes: None,
+        }))
+        .await
+    }
+
+    fn sync_start(&self, start: &pb::SyncStart) {
+        let Some((kind, version)) = kind_key(start.kind.as_ref()) else {
+            self.shared.metrics.frame_ignored("sync_without_kind");
+            warn!(account = %start.account, "SyncStart without a kind; ignored");
+            return;
+        };
+        let mode = match pb::SyncMode::try_from(start.mode).unwrap_or_default() {
+            pb::SyncMode::ResumedWatch => SyncMode::ResumedWatch,
+            _ => SyncMode::FullRelist,
+        };
+        let mut core = self.shared.core();
+        if !core.registry.holds(&start.account, &self.id) {
+            drop(core);
+            self.not_held(&start.account, "sync_start_not_held");
+            return;
+        }
+        core.cache
+            .account_mut(&start.account)
+            .sync_start(&kind, &version, mode);
+        debug!(account = %start.account, kind = %kind.kind, group = %kind.group, ?mode, "sync started");
+    }
+
+    fn sync_end(&self, end: &pb::SyncEnd) {
+        let Some((kind, version)) = kind_key(end.kind.as_ref()) else {
+            self.shared.metrics.frame_ignored("sync_without_kind");
+            warn!(account = %end.account, "SyncEnd without a kind; ignored");
+            return;
+        };
+        let outcome = {
+            let mut core = self.shared.core();
+            if !core.registry.holds(&end.account, &self.id) {
+                drop(core);
+                self.not_held(&end.account, "sync_end_not_held");
+                return;
+            }
+            core.cache.account_mut(&end.account).sync_end(
+                &kind,
+                &version,
+                &end.resource_version,
+                end.object_count,
+            )
+        };
+        self.shared
+            .metrics
+            .objects_dropped_on_sync
+            .inc_by(outcome.dropped as u64);
+        if outcome.count_mismatch {
+            warn!(account = %end.account, kind = %kind.kind, group = %kind.group, object_count = end.object_count,
+                "the agent listed more objects than arrived; nothing dropped, the kind will be relisted on the next reconnect");
+        } else if outcome.unmatched {
+            debug!(account = %end.account, kind = %kind.kind, "SyncEnd without SyncStart");
+        } else {
+            debug!(account = %end.account, kind = %kind.kind, group = %kind.group, dropped = outcome.dropped, resource_version = %end.resource_version, "sync ended");
+        }
+    }
+
+    fn watch_progress(&self, progress: &pb::WatchProgress) {
+        let Some((kind, version)) = kind_key(progress.kind.as_ref()) else {
+            self.shared.metrics.frame_ignored("progress_without_kind");
+            return;
+        };
+        let mut core = self.shared.core();
+        if !core.registry.holds(&progress.account, &self.id) {
+            drop(core);
+            self.not_held(&progress.account, "watch_progress_not_held");
+            return;
+        }
+        core.cache.account_mut(&progress.account).progress(
+            &kind,
+            &version,
+            &progress.resource_version,
+        );
+    }
+
+    fn operation_result(&self, result: pb::OperationResult) {
+        let id = result.operation_id.clone();
+        if result.error_code == ErrorCode::UnknownAccount as i32 {
+            // The replica no longer holds the account: send it to the holder.
+            if let Some((op, _)) = self.shared.operations.pending(&id) {
+                let holder = self
+                    .shared
+                    .core()
+                    .registry
+                    .get(&op.account)
+                    .and_then(|a| a.session.clone());
+                if let Some(holder) = holder.filter(|h| *h != self.id && self.shared.is_live(h)) {
+                    info!(operation = %id, account = %op.account, to_session = %holder, "agent does not hold the account; routing the operation to its holder");
+                    self.shared.operations.sent_to(&id, holder.clone());
+                    self.shared
+                        .send_detached(&holder, frame(hub_frame::Frame::Operation(op)));
+                    return;
+                }
+            }
+        }
+        let outcome = Outcome::from_result(&result);
+        if !self.shared.operations.complete(outcome) {
+            debug!(operation = %id, "result for an operation nobody waits for (answered already or given up); ignored");
+            self.shared
+                .metrics
+                .frame_ignored("operation_result_unknown");
+        }
+    }
+}
+
+/// How long a client may stay silent: three heartbeat intervals.
+pub fn liveness_timeout(heartbeat: Duration) -> Duration {
+    heartbeat.saturating_mul(3)
+}

@@ -1,0 +1,250 @@
+//! The state every part of the hub shares: registry and cache (under one
+//! lock, so "is this account held by this session" and "apply its events"
+//! are one step), the store, live sessions, pending operations and metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use scale_agent_proto::v1::HubFrame;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::{info, warn};
+
+use crate::cache::Cache;
+use crate::metrics::{Metrics, ReasonLabel, StateLabel};
+use crate::operations::Operations;
+use crate::registry::{Binding, Registry, SessionId, ShardKey};
+use crate::store::Store;
+
+/// The frames the hub sends on one session.
+pub type Outbound = mpsc::Sender<Result<HubFrame, Status>>;
+
+/// Session terms and timings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This hub instance's id (Welcome.hub_id).
+    pub hub_id: String,
+    /// How long a dropped account waits for its agent.
+    pub grace_period: Duration,
+    /// Heartbeat interval announced in Welcome.
+    pub heartbeat_interval: Duration,
+    /// Largest frame accepted.
+    pub max_message_bytes: u32,
+    /// Flow-control window each account starts with.
+    pub initial_window_bytes: u64,
+    /// Operation timeout when the request sets none.
+    pub default_operation_timeout: Duration,
+    /// How long a new stream may take to send Hello.
+    pub hello_timeout: Duration,
+}
+
+/// Registry and cache, changed together.
+#[derive(Debug, Default)]
+pub struct Core {
+    /// Accounts.
+    pub registry: Registry,
+    /// Objects.
+    pub cache: Cache,
+}
+
+/// One live session, as other tasks see it.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// Where to send it frames.
+    pub tx: Outbound,
+    /// Its shard.
+    pub shard: ShardKey,
+    /// Its replica.
+    pub replica: String,
+}
+
+/// Everything shared.
+#[derive(Debug)]
+pub struct Shared {
+    /// Terms and timings.
+    pub settings: Settings,
+    core: Mutex<Core>,
+    /// Durable bindings.
+    pub store: Store,
+    sessions: Mutex<HashMap<SessionId, SessionHandle>>,
+    /// Operations waiting for results.
+    pub operations: Operations,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Cancelled when the hub shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Builds the shared state, loading bindings from the store; each loaded
+    /// binding is a Disconnected account whose grace period starts now.
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Shared>, crate::Error> {
+        let bindings = store.load()?;
+        let mut core = Core::default();
+        let expiries = core.registry.load(bindings, SystemTime::now());
+        if !expiries.is_empty() {
+            info!(
+                accounts = expiries.len(),
+                "loaded account bindings from the store"
+            );
+        }
+        let shared = Arc::new(Shared {
+            settings,
+            core: Mutex::new(core),
+            store,
+            sessions: Mutex::new(HashMap::new()),
+            operations: Operations::default(),
+            metrics: Metrics::new(),
+            shutdown,
+        });
+        shared.schedule_expiry(expiries);
+        Ok(shared)
+    }
+
+    /// Locks registry and cache. Never held across an await.
+    pub fn core(&self) -> MutexGuard<'_, Core> {
+        // Every change under this lock is a whole step of plain data updates;
+        // a panic cannot leave it half-way in a way worse than losing the
+        // hub, so keep serving rather than fail every later request.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<SessionId, SessionHandle>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a live session.
+    pub fn add_session(&self, id: SessionId, handle: SessionHandle) {
+        let count = {
+            let mut sessions = self.sessions();
+            sessions.insert(id, handle);
+            sessions.len()
+        };
+        self.metrics
+            .sessions
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Removes a session (it ended).
+    pub fn remove_session(&self, id: &SessionId) {
+        let count = {
+            let mut sessions = self.sessions();
+            sessions.remove(id);
+            sessions.len()
+        };
+        self.metrics
+            .sessions
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// A live session by id.
+    pub fn session(&self, id: &SessionId) -> Option<SessionHandle> {
+        self.sessions().get(id).cloned()
+    }
+
+    /// True when the session is live.
+    pub fn is_live(&self, id: &SessionId) -> bool {
+        self.sessions().contains_key(id)
+    }
+
+    /// Sends a frame to another session without waiting on its queue: the
+    /// caller's own stream must never stall on someone else's slow reader.
+    pub fn send_detached(&self, session: &SessionId, frame: HubFrame) {
+        if let Some(handle) = self.session(session) {
+            tokio::spawn(async move {
+                // The receiver may be gone; then there is nobody to tell.
+                let _ = handle.tx.send(Ok(frame)).await;
+            });
+        }
+    }
+
+    /// Writes a binding; a failure is logged and counted, the registration
+    /// stands (the binding is enforced in memory until the next restart).
+    pub fn persist(&self, name: &str, binding: &Binding) {
+        if let Err(err) = self.store.put(name, binding) {
+            self.metrics.store_errors.inc();
+            warn!(account = name, %err, "could not persist the account binding");
+        }
+    }
+
+    /// Removes an account with its cache and binding.
+    pub fn forget(&self, name: &str, reason: &'static str) {
+        if let Err(err) = self.store.remove(name) {
+            self.metrics.store_errors.inc();
+            warn!(account = name, %err, "could not remove the account binding from the store");
+        }
+        self.metrics
+            .accounts_removed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// After the grace period, removes each account that is still
+    /// Disconnected since the given epoch, with its objects and binding.
+    pub fn schedule_expiry(self: &Arc<Self>, expiries: Vec<(String, u64)>) {
+        if expiries.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(shared.settings.grace_period) => {}
+                () = shared.shutdown.cancelled() => return,
+            }
+            for (name, epoch) in expiries {
+                let removed = {
+                    let mut core = shared.core();
+                    if core.registry.expire(&name, epoch) {
+                        Some(core.cache.remove(&name))
+                    } else {
+                        None
+                    }
+                };
+                if let Some(objects) = removed {
+                    info!(
+                        account = %name,
+                        objects,
+                        grace_period = ?shared.settings.grace_period,
+                        "account removed: its agent did not come back within the grace period"
+                    );
+                    shared.forget(&name, "grace_period_expired");
+                }
+            }
+        });
+    }
+
+    /// Refreshes the gauges computed from the registry and cache.
+    pub fn refresh_gauges(&self) {
+        let (connected, disconnected, objects) = {
+            let core = self.core();
+            let (c, d) = core.registry.counts();
+            (c, d, core.cache.total())
+        };
+        let to_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .accounts
+            .get_or_create(&StateLabel { state: "connected" })
+            .set(to_i64(connected));
+        self.metrics
+            .accounts
+            .get_or_create(&StateLabel {
+                state: "disconnected",
+            })
+            .set(to_i64(disconnected));
+        self.metrics.objects.set(to_i64(objects));
+    }
+
+    /// Senders of every live session (for draining at shutdown).
+    pub fn all_sessions(&self) -> Vec<(SessionId, SessionHandle)> {
+        self.sessions()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
