@@ -1,0 +1,129 @@
+//! Command-line flags of the operator.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+
+/// Reconciles AgentShards (scaleagent.dev/v1alpha1) into agent Deployments, keeps
+/// account names unique across every shard in the cluster, and serves the admission
+/// webhook that warns about (or denies) a claim on a name another shard holds.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "scale-agent-operator", version, about, long_about)]
+pub struct Args {
+    /// The hub address (host:port) for shards that leave spec.hub out.
+    #[arg(long, env = "SCALE_AGENT_DEFAULT_HUB", value_name = "HOST:PORT")]
+    pub default_hub: Option<String>,
+
+    /// The agent image for shards that leave spec.image out.
+    #[arg(long, env = "SCALE_AGENT_DEFAULT_IMAGE", value_name = "IMAGE")]
+    pub default_image: Option<String>,
+
+    /// What the webhook does with a claim on a name another shard holds: allow it with a
+    /// warning naming the owner, or reject it with the same message.
+    #[arg(long, value_enum, default_value_t = WebhookMode::Warn)]
+    pub webhook_mode: WebhookMode,
+
+    /// Address the HTTPS admission webhook listens on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+
+    /// Call the webhook at this URL (clientConfig.url) instead of through a Service; for
+    /// API servers outside the cluster, like the test control plane
+    /// (https://127.0.0.1:<port>/validate).
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+
+    /// The Service (namespace/name, port 443) the API server calls the webhook through,
+    /// when --webhook-url is not given.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        default_value = "scale-agent-system/scale-agent-operator-webhook"
+    )]
+    pub webhook_service: String,
+
+    /// Name of the ValidatingWebhookConfiguration the operator keeps current (its
+    /// caBundle, its URL). Empty: do not register the webhook (it is still served).
+    #[arg(long, value_name = "NAME", default_value = "scale-agent-operator")]
+    pub webhook_config_name: String,
+
+    /// Address of the admin HTTP server: /metrics, /healthz, /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Namespace of the leader-election Lease and of the webhook's certificate Secret.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        value_name = "NAMESPACE",
+        default_value = "scale-agent-system"
+    )]
+    pub leader_election_namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = "scale-agent-operator")]
+    pub leader_election_name: String,
+
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME", value_name = "ID")]
+    pub identity: Option<String>,
+
+    /// How long a leader's Lease lasts without renewal before another replica may take it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u32,
+
+    /// The ServiceAccount of agent pods of shards that leave spec.serviceAccountName out.
+    /// Empty: the operator creates `<shard>-agent` with only the Lease access agents need.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub default_service_account: String,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// What the webhook does with a claim on a name another shard holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WebhookMode {
+    /// Allow the request, with an admission warning naming the owner (kubectl prints it).
+    Warn,
+    /// Reject the request with a message naming the owner.
+    Deny,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let a = Args::try_parse_from(["scale-agent-operator"]).expect("parses");
+        assert_eq!(a.webhook_mode, WebhookMode::Warn);
+        assert_eq!(a.lease_duration_seconds, 15);
+        assert!(a.default_hub.is_none());
+        let a = Args::try_parse_from([
+            "scale-agent-operator",
+            "--webhook-mode",
+            "deny",
+            "--webhook-url",
+            "https://127.0.0.1:1/validate",
+        ])
+        .expect("parses");
+        assert_eq!(a.webhook_mode, WebhookMode::Deny);
+    }
+}
