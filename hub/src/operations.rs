@@ -204,7 +204,7 @@ pub fn resolve_kind(
             found
                 .iter()
                 .map(|k| if k.group.is_empty() {
-                    format!("{}", k.kind)
+                    k.kind.clone()
                 } else {
                     format!("{}.{}", k.kind, k.group)
                 })

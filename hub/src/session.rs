@@ -7,7 +7,7 @@
 //! the agent closing the stream end it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use scale_agent_proto::v1::{
     self as pb, AccountOwner, AccountResult, AgentFrame, Drain, DrainReason, ErrorCode, Heartbeat,
@@ -553,9 +553,4 @@ impl Session {
                 .frame_ignored("operation_result_unknown");
         }
     }
-}
-
-/// How long a client may stay silent: three heartbeat intervals.
-pub fn liveness_timeout(heartbeat: Duration) -> Duration {
-    heartbeat.saturating_mul(3)
 }

@@ -1,0 +1,404 @@
+//! A fake agent speaking the generated tonic client, and small HTTP helpers,
+//! for the in-process hub tests.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use scale_agent_hub::{Config, Hub, RunningHub};
+use scale_agent_proto::PROTOCOL_VERSION;
+use scale_agent_proto::v1::agent_hub_client::AgentHubClient;
+use scale_agent_proto::v1::{
+    self as pb, AccountResult, AgentFrame, EventType, GroupVersionKind, Hello, HubFrame,
+    ObjectEvent, Operation, ShardRef, Welcome, agent_frame, hub_frame,
+};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Starts a hub on loopback with a grace period.
+pub async fn hub(grace: Duration) -> Result<RunningHub> {
+    let mut config = Config::local();
+    config.grace_period = grace;
+    Ok(Hub::start(config).await?)
+}
+
+/// Logs to the test output when RUST_LOG is set.
+pub fn logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// One fake agent replica: one stream.
+pub struct FakeAgent {
+    tx: mpsc::Sender<AgentFrame>,
+    inbound: Streaming<HubFrame>,
+    pub welcome: Welcome,
+    sequences: HashMap<String, u64>,
+    /// Frames read while waiting for something else (operations, revocations).
+    pub backlog: Vec<hub_frame::Frame>,
+}
+
+pub fn hello(shard: &str, replica: &str, version: u32) -> Hello {
+    Hello {
+        protocol_version: version,
+        shard: Some(ShardRef {
+            namespace: "spinnaker".into(),
+            name: shard.into(),
+        }),
+        replica_id: replica.into(),
+        agent_version: "test".into(),
+        capabilities: vec!["watch-progress".into(), "something-new".into()],
+    }
+}
+
+/// Opens a stream with `first` as the first frame; the hub's answer.
+pub async fn open(
+    addr: &str,
+    first: AgentFrame,
+) -> Result<Result<(mpsc::Sender<AgentFrame>, Streaming<HubFrame>), Status>> {
+    let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
+    let mut client = AgentHubClient::new(channel);
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(first).await?;
+    Ok(client
+        .connect(ReceiverStream::new(rx))
+        .await
+        .map(|r| (tx, r.into_inner())))
+}
+
+impl FakeAgent {
+    pub async fn connect(hub: &RunningHub, shard: &str, replica: &str) -> Result<FakeAgent> {
+        let first = AgentFrame {
+            frame: Some(agent_frame::Frame::Hello(hello(
+                shard,
+                replica,
+                PROTOCOL_VERSION,
+            ))),
+        };
+        let (tx, mut inbound) = open(&hub.grpc_url(), first).await??;
+        let welcome = match tokio::time::timeout(WAIT, inbound.message()).await?? {
+            Some(HubFrame {
+                frame: Some(hub_frame::Frame::Welcome(w)),
+            }) => w,
+            other => return Err(format!("expected Welcome, got {other:?}").into()),
+        };
+        Ok(FakeAgent {
+            tx,
+            inbound,
+            welcome,
+            sequences: HashMap::new(),
+            backlog: Vec::new(),
+        })
+    }
+
+    pub async fn send_raw(&self, frame: AgentFrame) -> Result<()> {
+        self.tx.send(frame).await?;
+        Ok(())
+    }
+
+    pub async fn send(&self, frame: agent_frame::Frame) -> Result<()> {
+        self.tx.send(AgentFrame { frame: Some(frame) }).await?;
+        Ok(())
+    }
+
+    /// The next frame other than a heartbeat.
+    pub async fn next(&mut self) -> Result<hub_frame::Frame> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.inbound.message()).await??;
+            match frame.and_then(|f| f.frame) {
+                Some(hub_frame::Frame::Heartbeat(_)) => continue,
+                Some(f) => return Ok(f),
+                None => return Err("stream ended".into()),
+            }
+        }
+    }
+
+    /// Waits for a frame matching `pick`, keeping others in the backlog.
+    pub async fn wait_for<T>(
+        &mut self,
+        mut pick: impl FnMut(&hub_frame::Frame) -> Option<T>,
+    ) -> Result<T> {
+        if let Some(i) = self.backlog.iter().position(|f| pick(f).is_some()) {
+            let f = self.backlog.remove(i);
+            return pick(&f).ok_or_else(|| "unreachable".into());
+        }
+        loop {
+            let f = self.next().await?;
+            if let Some(t) = pick(&f) {
+                return Ok(t);
+            }
+            self.backlog.push(f);
+        }
+    }
+
+    pub async fn register(&mut self, accounts: &[(&str, &str)]) -> Result<Vec<AccountResult>> {
+        let accounts = accounts
+            .iter()
+            .map(|(name, cluster)| pb::Account {
+                name: (*name).into(),
+                cluster_id: (*cluster).into(),
+                server_url: format!("https://{cluster}.example:6443"),
+                kubernetes_version: "v1.36.0".into(),
+            })
+            .collect();
+        self.send(agent_frame::Frame::Register(pb::Register { accounts }))
+            .await?;
+        self.wait_for(|f| match f {
+            hub_frame::Frame::RegisterResult(r) => Some(r.accounts.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends one batch and waits for its Ack.
+    pub async fn events(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<()> {
+        let seq = self.sequences.entry(account.to_owned()).or_default();
+        *seq += 1;
+        let sequence = *seq;
+        self.send(agent_frame::Frame::EventBatch(pb::EventBatch {
+            account: account.into(),
+            sequence,
+            events,
+        }))
+        .await?;
+        let account = account.to_owned();
+        self.wait_for(|f| match f {
+            hub_frame::Frame::Ack(a) if a.account == account && a.sequence == sequence => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a batch without waiting for an Ack.
+    pub async fn events_unacked(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<()> {
+        let seq = self.sequences.entry(account.to_owned()).or_default();
+        *seq += 1;
+        let sequence = *seq;
+        self.send(agent_frame::Frame::EventBatch(pb::EventBatch {
+            account: account.into(),
+            sequence,
+            events,
+        }))
+        .await
+    }
+
+    pub async fn sync_start(
+        &self,
+        account: &str,
+        gvk: GroupVersionKind,
+        mode: pb::SyncMode,
+    ) -> Result<()> {
+        self.send(agent_frame::Frame::SyncStart(pb::SyncStart {
+            account: account.into(),
+            kind: Some(gvk),
+            mode: mode as i32,
+            resource_version: String::new(),
+        }))
+        .await
+    }
+
+    pub async fn sync_end(
+        &self,
+        account: &str,
+        gvk: GroupVersionKind,
+        rv: &str,
+        count: u64,
+    ) -> Result<()> {
+        self.send(agent_frame::Frame::SyncEnd(pb::SyncEnd {
+            account: account.into(),
+            kind: Some(gvk),
+            resource_version: rv.into(),
+            object_count: count,
+        }))
+        .await
+    }
+
+    /// A heartbeat round trip: every frame sent before it has been handled.
+    pub async fn barrier(&mut self) -> Result<()> {
+        self.send(agent_frame::Frame::Heartbeat(pb::Heartbeat {
+            sent_at: Some(prost_types::Timestamp {
+                seconds: 42,
+                nanos: 7,
+            }),
+            reply_to: None,
+        }))
+        .await?;
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.inbound.message()).await??;
+            match frame.and_then(|f| f.frame) {
+                Some(hub_frame::Frame::Heartbeat(h))
+                    if h.reply_to
+                        .as_ref()
+                        .is_some_and(|t| t.seconds == 42 && t.nanos == 7) =>
+                {
+                    return Ok(());
+                }
+                Some(hub_frame::Frame::Heartbeat(_)) => continue,
+                Some(f) => self.backlog.push(f),
+                None => return Err("stream ended".into()),
+            }
+        }
+    }
+
+    pub async fn expect_operation(&mut self) -> Result<Operation> {
+        self.wait_for(|f| match f {
+            hub_frame::Frame::Operation(op) => Some(op.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn answer(
+        &self,
+        id: &str,
+        success: bool,
+        message: &str,
+        result: Value,
+    ) -> Result<()> {
+        self.send(agent_frame::Frame::OperationResult(pb::OperationResult {
+            operation_id: id.into(),
+            success,
+            message: message.into(),
+            result_json: if result.is_null() {
+                Vec::new().into()
+            } else {
+                result.to_string().into_bytes().into()
+            },
+            error_code: if success {
+                0
+            } else {
+                pb::ErrorCode::Invalid as i32
+            },
+            http_status: if success { 0 } else { 422 },
+        }))
+        .await
+    }
+
+    /// Closes the stream from the agent's side, as a dying agent would.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+pub fn deployments() -> GroupVersionKind {
+    GroupVersionKind {
+        group: "apps".into(),
+        version: "v1".into(),
+        kind: "Deployment".into(),
+    }
+}
+
+pub fn namespaces() -> GroupVersionKind {
+    GroupVersionKind {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "Namespace".into(),
+    }
+}
+
+pub fn object(t: EventType, gvk: GroupVersionKind, ns: &str, name: &str, rv: &str) -> ObjectEvent {
+    let api_version = if gvk.group.is_empty() {
+        gvk.version.clone()
+    } else {
+        format!("{}/{}", gvk.group, gvk.version)
+    };
+    let mut metadata =
+        serde_json::json!({"name": name, "uid": format!("uid-{name}"), "resourceVersion": rv});
+    if !ns.is_empty() {
+        metadata["namespace"] = Value::String(ns.into());
+    }
+    let body =
+        serde_json::json!({"apiVersion": api_version, "kind": gvk.kind, "metadata": metadata});
+    ObjectEvent {
+        r#type: t as i32,
+        kind: Some(gvk),
+        namespace: ns.into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        resource_version: rv.into(),
+        body_json: body.to_string().into_bytes().into(),
+    }
+}
+
+pub fn added(ns: &str, name: &str, rv: &str) -> ObjectEvent {
+    object(EventType::Added, deployments(), ns, name, rv)
+}
+
+pub async fn get(hub: &RunningHub, path: &str) -> Result<(u16, Value)> {
+    let resp = reqwest::get(format!("{}{path}", hub.http_url())).await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+pub async fn post(hub: &RunningHub, path: &str, body: &Value) -> Result<(u16, Value)> {
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", hub.http_url()))
+        .json(body)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+/// The names of an account's objects, sorted.
+pub async fn object_names(hub: &RunningHub, account: &str) -> Result<Vec<String>> {
+    let (status, body) = get(hub, &format!("/v1/accounts/{account}/objects")).await?;
+    if status != 200 {
+        return Err(format!("GET objects of {account}: {status} {body}").into());
+    }
+    let mut names: Vec<String> = body
+        .as_array()
+        .ok_or("not an array")?
+        .iter()
+        .filter_map(|o| o["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The account's entry in GET /v1/accounts, if listed.
+pub async fn account(hub: &RunningHub, name: &str) -> Result<Option<Value>> {
+    let (_, body) = get(hub, "/v1/accounts").await?;
+    Ok(body
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == name).cloned()))
+}
+
+/// Polls `check` until it is true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if start.elapsed() > within {
+            return Err(format!("condition not met within {within:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
