@@ -201,6 +201,7 @@ impl Session {
                     server_url: account.server_url.clone(),
                     kubernetes_version: account.kubernetes_version.clone(),
                 };
+                let held_before = core.registry.holds(&account.name, &self.id);
                 match core.registry.register(&caller, &registration, now) {
                     Decision::Accepted {
                         superseded: old,
@@ -208,7 +209,9 @@ impl Session {
                         fresh,
                     } => {
                         let cache = core.cache.account_mut(&account.name);
-                        if old.is_some() {
+                        if !held_before {
+                            // Syncs the previous holder left open (it died or
+                            // was superseded mid-relist) are void.
                             cache.abandon_open_syncs();
                         }
                         let resume_points = if fresh {

@@ -685,3 +685,85 @@ async fn shutdown_drains_agent_sessions() -> Result<()> {
     tokio::time::timeout(Duration::from_secs(10), stop).await???;
     Ok(())
 }
+
+#[tokio::test]
+async fn frequent_keepalive_pings_are_allowed() -> Result<()> {
+    logs();
+    let hub = hub(LONG).await?;
+    let channel = tonic::transport::Channel::from_shared(hub.grpc_url())?
+        .http2_keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true)
+        .keep_alive_timeout(Duration::from_secs(1))
+        .connect()
+        .await?;
+    let mut client = scale_agent_proto::v1::agent_hub_client::AgentHubClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AgentFrame {
+        frame: Some(agent_frame::Frame::Hello(hello("east", "east-0", 1))),
+    })
+    .await?;
+    let mut inbound = client
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    assert!(matches!(
+        inbound.message().await?.and_then(|f| f.frame),
+        Some(hub_frame::Frame::Welcome(_))
+    ));
+    // Twenty pings later the stream still works.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tx.send(AgentFrame {
+        frame: Some(agent_frame::Frame::Register(pb::Register {
+            accounts: vec![pb::Account {
+                name: "prod-1".into(),
+                cluster_id: "uid-a".into(),
+                ..Default::default()
+            }],
+        })),
+    })
+    .await?;
+    loop {
+        match inbound.message().await?.and_then(|f| f.frame) {
+            Some(hub_frame::Frame::RegisterResult(r)) => {
+                assert!(r.accounts[0].accepted);
+                break;
+            }
+            Some(hub_frame::Frame::Heartbeat(_)) => continue,
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    hub.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_agent_is_cut_off_after_three_heartbeat_intervals() -> Result<()> {
+    logs();
+    let mut config = Config::local();
+    config.heartbeat_interval = Duration::from_millis(200);
+    let hub = Hub::start(config).await?;
+    let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
+    assert_eq!(
+        agent.welcome.heartbeat_interval,
+        Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 200_000_000
+        })
+    );
+    agent.register(&[("prod-1", "uid-a")]).await?;
+    // Say nothing: the hub's heartbeats arrive, then the stream ends.
+    let ended = async {
+        loop {
+            if agent.next().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), ended).await?;
+    let a = account(&hub, "prod-1")
+        .await?
+        .ok_or("kept for the grace period")?;
+    assert_eq!(a["state"], "Disconnected");
+    hub.shutdown().await?;
+    Ok(())
+}
