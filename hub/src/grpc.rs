@@ -15,7 +15,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use crate::metrics::ReasonLabel;
 use crate::registry::{SessionId, ShardKey};
 use crate::session::Session;
-use crate::state::{SessionHandle, Shared};
+use crate::state::{Outbound, SessionHandle, Shared};
 
 /// Capabilities this hub supports (Welcome.capabilities is the intersection
 /// with the agent's).
@@ -64,6 +64,9 @@ fn frame_name(f: &agent_frame::Frame) -> &'static str {
 impl AgentHub for HubService {
     type ConnectStream = ReceiverStream<Result<HubFrame, Status>>;
 
+    /// Answers at once with the response stream, then reads Hello from the
+    /// request stream: the agent may send Hello before or after it sees the
+    /// response headers. A refused Hello ends the stream with its status.
     async fn connect(
         &self,
         request: Request<Streaming<AgentFrame>>,
@@ -72,6 +75,32 @@ impl AgentHub for HubService {
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let service = self.clone();
+        tokio::spawn(async move {
+            match service.handshake(&peer, &mut inbound, &tx).await {
+                Ok(session) => {
+                    let span = info_span!("session", session = %session.id, shard = %session.shard, replica = %session.replica);
+                    session.run(inbound).instrument(span).await;
+                }
+                Err(status) => {
+                    // The agent may be gone already; then nobody needs telling.
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl HubService {
+    /// Reads and checks Hello, sends Welcome, and registers the session.
+    async fn handshake(
+        &self,
+        peer: &str,
+        inbound: &mut Streaming<AgentFrame>,
+        tx: &Outbound,
+    ) -> Result<Session, Status> {
         let hello_timeout = self.shared.settings.hello_timeout;
         let first = match tokio::time::timeout(hello_timeout, inbound.message()).await {
             Err(_) => {
@@ -151,11 +180,11 @@ impl AgentHub for HubService {
             capabilities,
             initial_window_bytes: settings.initial_window_bytes,
         };
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        tx.try_send(Ok(HubFrame {
+        tx.send(Ok(HubFrame {
             frame: Some(hub_frame::Frame::Welcome(welcome)),
         }))
-        .map_err(|_| Status::internal("could not queue Welcome"))?;
+        .await
+        .map_err(|_| Status::cancelled("the agent went away before Welcome"))?;
         self.shared.add_session(
             id.clone(),
             SessionHandle {
@@ -164,19 +193,15 @@ impl AgentHub for HubService {
                 replica: replica.clone(),
             },
         );
-        let span = info_span!("session", session = %id, shard = %shard, replica = %replica);
-        span.in_scope(|| {
-            info!(%peer, agent_version = %hello.agent_version, capabilities = ?hello.capabilities, "session opened");
-        });
-        let session = Session {
+        info!(session = %id, shard = %shard, replica = %replica, %peer, agent_version = %hello.agent_version,
+            capabilities = ?hello.capabilities, "session opened");
+        Ok(Session {
             shared: Arc::clone(&self.shared),
             id,
             shard,
             replica,
-            tx,
-        };
-        tokio::spawn(session.run(inbound).instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+            tx: tx.clone(),
+        })
     }
 }
 

@@ -767,3 +767,30 @@ async fn a_silent_agent_is_cut_off_after_three_heartbeat_intervals() -> Result<(
     hub.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn hello_may_be_sent_after_the_response_headers_arrive() -> Result<()> {
+    logs();
+    let hub = hub(LONG).await?;
+    let channel = tonic::transport::Channel::from_shared(hub.grpc_url())?
+        .connect()
+        .await?;
+    let mut client = scale_agent_proto::v1::agent_hub_client::AgentHubClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await??;
+    let mut inbound = response.into_inner();
+    tx.send(AgentFrame {
+        frame: Some(agent_frame::Frame::Hello(hello("east", "east-0", 1))),
+    })
+    .await?;
+    assert!(matches!(
+        inbound.message().await?.and_then(|f| f.frame),
+        Some(hub_frame::Frame::Welcome(_))
+    ));
+    hub.shutdown().await?;
+    Ok(())
+}

@@ -64,19 +64,27 @@ pub fn hello(shard: &str, replica: &str, version: u32) -> Hello {
     }
 }
 
-/// Opens a stream with `first` as the first frame; the hub's answer.
+/// Opens a stream with `first` as the first frame; the hub's first answer
+/// (Welcome), or the status it ended the stream with.
 pub async fn open(
     addr: &str,
     first: AgentFrame,
-) -> Result<Result<(mpsc::Sender<AgentFrame>, Streaming<HubFrame>), Status>> {
+) -> Result<Result<(mpsc::Sender<AgentFrame>, Streaming<HubFrame>, Welcome), Status>> {
     let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
     let mut client = AgentHubClient::new(channel);
     let (tx, rx) = mpsc::channel(64);
     tx.send(first).await?;
-    Ok(client
-        .connect(ReceiverStream::new(rx))
-        .await
-        .map(|r| (tx, r.into_inner())))
+    let mut inbound = match client.connect(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Ok(Err(status)),
+    };
+    match tokio::time::timeout(WAIT, inbound.message()).await? {
+        Ok(Some(HubFrame {
+            frame: Some(hub_frame::Frame::Welcome(welcome)),
+        })) => Ok(Ok((tx, inbound, welcome))),
+        Ok(other) => Err(format!("expected Welcome, got {other:?}").into()),
+        Err(status) => Ok(Err(status)),
+    }
 }
 
 impl FakeAgent {
@@ -88,13 +96,7 @@ impl FakeAgent {
                 PROTOCOL_VERSION,
             ))),
         };
-        let (tx, mut inbound) = open(&hub.grpc_url(), first).await??;
-        let welcome = match tokio::time::timeout(WAIT, inbound.message()).await?? {
-            Some(HubFrame {
-                frame: Some(hub_frame::Frame::Welcome(w)),
-            }) => w,
-            other => return Err(format!("expected Welcome, got {other:?}").into()),
-        };
+        let (tx, inbound, welcome) = open(&hub.grpc_url(), first).await??;
         Ok(FakeAgent {
             tx,
             inbound,
