@@ -53,8 +53,14 @@ pub async fn run(
             loop {
                 match connect(&desired).await {
                     Ok((client, account)) => {
+                        backoff = Duration::from_secs(1);
                         match serve(&ctx, &desired, client, account, &mut results).await {
-                            Ok(()) | Err(Closed) => return,
+                            Ok(wait) => {
+                                tokio::time::sleep(wait).await;
+                                // Answers to the previous registration are stale now.
+                                while results.try_recv().is_ok() {}
+                            }
+                            Err(Closed) => return,
                         }
                     }
                     Err(e) => {
@@ -128,13 +134,22 @@ pub fn fallback_cluster_id(server: &str, ca: &[Vec<u8>]) -> String {
     format!("url+ca-sha256:{hex}")
 }
 
+/// How long a rejected account waits before registering again (unless offered sooner).
+const RETRY_REJECTED: Duration = Duration::from_secs(30);
+/// How long a superseded account waits before registering again.
+const RETRY_SUPERSEDED: Duration = Duration::from_secs(3);
+/// How long after a failed discovery the account starts over.
+const RETRY_DISCOVERY: Duration = Duration::from_secs(10);
+
+/// Registers and streams the account. Returns how long to wait before registering it
+/// again (rejected, taken back, discovery failed), or `Closed` when the session ended.
 async fn serve(
     ctx: &AccountCtx,
     desired: &AccountDesired,
     client: kube::Client,
     account: Account,
     results: &mut mpsc::Receiver<AccountResult>,
-) -> Result<(), Closed> {
+) -> Result<Duration, Closed> {
     let name = account.name.clone();
     ctx.out
         .send(Frame::Register(Register {
@@ -165,11 +180,16 @@ async fn serve(
         tracing::error!("{msg}");
         ctx.state.set_problem(&name, msg);
         ctx.metrics.accounts_rejected.inc();
-        // Stay registered-but-idle; a later RegisterResult (the hub re-offers the
-        // account once its owner lets go) is still read.
-        let accepted = wait_for_acceptance(results).await;
+        // Wait for the hub to offer the account (its owner let go), or ask again later.
+        let offered = tokio::select! {
+            r = wait_for_acceptance(results) => Some(r),
+            _ = tokio::time::sleep(RETRY_REJECTED) => None,
+        };
         ctx.metrics.accounts_rejected.dec();
-        accepted?;
+        match offered {
+            Some(r) => r?,
+            None => return Ok(Duration::ZERO),
+        }
     }
     ctx.state.clear_problem(&name);
 
@@ -179,7 +199,7 @@ async fn serve(
             let msg = format!("discovery failed: {e}");
             tracing::error!("{msg}");
             ctx.state.set_problem(&name, msg);
-            return Ok(());
+            return Ok(RETRY_DISCOVERY);
         }
     };
     let (watched, unknown) = kinds::resolve(
@@ -227,8 +247,9 @@ async fn serve(
                     ctx.out.ledger().forget(&name);
                     ctx.state.set_problem(&name, format!("hub: {reason:?}: {}", r.message));
                     ctx.state.remove_cluster(&name);
-                    wait_for_acceptance(results).await?;
-                    return Ok(());
+                    // Replicas briefly disagree on membership while a Lease changes; once
+                    // they agree, the other one lets go and this registration sticks.
+                    return Ok(RETRY_SUPERSEDED);
                 }
                 Some(_) => {}
             },

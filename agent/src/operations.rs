@@ -180,37 +180,64 @@ fn failure(id: &str, code: ErrorCode, status: i32, message: String) -> Operation
     }
 }
 
-/// Resolves a group/kind (version optional) to the cluster's resource and scope.
+/// Resolves a group/kind (version optional) to the cluster's resource and scope. An
+/// empty group that the core group does not serve matches the one group that does
+/// (`Deployment` means `Deployment.apps`).
 fn resolve(
     discovery: &Discovery,
     group: &str,
     version: &str,
     kind: &str,
 ) -> Result<(ApiResource, bool), OpError> {
+    let matches = |ar: &ApiResource| {
+        ar.kind.eq_ignore_ascii_case(kind) && (version.is_empty() || ar.version == version)
+    };
+    let mut loose = Vec::new();
     for g in discovery.groups() {
-        if g.name() != group {
+        let exact = g.name() == group;
+        if !exact && !group.is_empty() {
             continue;
         }
-        for (ar, caps) in g.recommended_resources() {
-            if ar.kind.eq_ignore_ascii_case(kind) && (version.is_empty() || ar.version == version) {
-                return Ok((ar, caps.scope == Scope::Namespaced));
+        let mut found: Vec<(ApiResource, bool)> = g
+            .recommended_resources()
+            .into_iter()
+            .filter(|(ar, _)| matches(ar))
+            .map(|(ar, caps)| (ar, caps.scope == Scope::Namespaced))
+            .collect();
+        if found.is_empty() && !version.is_empty() {
+            for v in g.versions() {
+                found.extend(
+                    g.versioned_resources(v)
+                        .into_iter()
+                        .filter(|(ar, _)| matches(ar))
+                        .map(|(ar, caps)| (ar, caps.scope == Scope::Namespaced)),
+                );
             }
         }
-        if !version.is_empty() {
-            for v in g.versions() {
-                for (ar, caps) in g.versioned_resources(v) {
-                    if ar.kind.eq_ignore_ascii_case(kind) && ar.version == version {
-                        return Ok((ar, caps.scope == Scope::Namespaced));
-                    }
-                }
+        if exact {
+            if let Some(first) = found.into_iter().next() {
+                return Ok(first);
             }
+        } else {
+            loose.extend(found);
         }
     }
-    Err(OpError {
-        code: ErrorCode::NotFound,
-        status: 404,
-        message: format!("the cluster does not serve kind {kind} in group {group:?}"),
-    })
+    match loose.len() {
+        1 => Ok(loose.remove(0)),
+        0 => Err(OpError {
+            code: ErrorCode::NotFound,
+            status: 404,
+            message: format!("the cluster does not serve kind {kind} in group {group:?}"),
+        }),
+        _ => Err(invalid(format!(
+            "kind {kind} is served by several groups ({}); name the group",
+            loose
+                .iter()
+                .map(|(ar, _)| ar.group.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 fn api_for(

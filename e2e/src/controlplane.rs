@@ -56,7 +56,7 @@ pub struct Cluster {
     args: Vec<OsString>,
     binary: PathBuf,
     run_dir: PathBuf,
-    proc: Option<Proc>,
+    proc: std::sync::Mutex<Option<Proc>>,
 }
 
 impl Cluster {
@@ -65,32 +65,52 @@ impl Cluster {
         kubeconfig::client(&self.kubeconfig).await
     }
 
-    /// The kube-apiserver's process (to stop, freeze or inspect it).
-    pub fn process(&mut self) -> Option<&mut Proc> {
-        self.proc.as_mut()
+    /// Sends `signal` to the kube-apiserver (e.g. SIGSTOP to freeze it).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Ok(p) = self.proc.lock()
+            && let Some(p) = p.as_ref()
+        {
+            p.signal(signal);
+        }
     }
 
     /// Stops the kube-apiserver; its data stays in etcd.
-    pub fn stop(&mut self) {
-        self.proc = None;
+    pub fn stop(&self) {
+        let proc = self.proc.lock().ok().and_then(|mut p| p.take());
+        drop(proc);
     }
 
     /// Starts the kube-apiserver again with the same flags and port, and waits for `/readyz`.
-    pub async fn start(&mut self) -> Result<()> {
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(&self.args);
-        let proc = Proc::spawn(&format!("kube-apiserver-{}", self.name), cmd, &self.run_dir)?;
-        self.proc = Some(proc);
+    pub async fn start(&self) -> Result<()> {
+        self.spawn()?;
         self.wait_ready(Duration::from_secs(120)).await
     }
 
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+    fn spawn(&self) -> Result<()> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.args);
+        let proc = Proc::spawn(&format!("kube-apiserver-{}", self.name), cmd, &self.run_dir)?;
+        if let Ok(mut p) = self.proc.lock() {
+            *p = Some(proc);
+        }
+        Ok(())
+    }
+
+    fn check_running(&self) -> Result<Option<PathBuf>> {
+        match self.proc.lock() {
+            Ok(mut p) => match p.as_mut() {
+                Some(p) => p.check_running().map(|()| Some(p.log().to_path_buf())),
+                None => Ok(None),
+            },
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let client = self.client().await?;
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(p) = self.proc.as_mut() {
-                p.check_running()?;
-            }
+            let log = self.check_running()?.unwrap_or_default();
             let req = http::Request::get("/readyz").body(Vec::new());
             if let Ok(req) = req
                 && let Ok(text) = client.request_text(req).await
@@ -99,11 +119,6 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let log = self
-                    .proc
-                    .as_ref()
-                    .map(|p| p.log().to_path_buf())
-                    .unwrap_or_default();
                 return Err(Error::NotReady {
                     component: format!("kube-apiserver {}", self.name),
                     seconds: timeout.as_secs(),
@@ -178,21 +193,21 @@ impl ControlPlane {
         let (etcd, etcd_url) = start_etcd(&bins, &run_dir).await?;
         tracing::info!(elapsed = ?started.elapsed(), %etcd_url, "etcd ready");
 
-        let mut management = Cluster::new(
+        let management = Cluster::new(
             MANAGEMENT, &bins, &run_dir, &pki, &serving, &admin, &etcd_url,
         )?;
-        let mut targets = opts
+        let targets = opts
             .targets
             .iter()
             .map(|name| Cluster::new(name, &bins, &run_dir, &pki, &serving, &admin, &etcd_url))
             .collect::<Result<Vec<_>>>()?;
         // Start every API server at once, then wait for each: they start in parallel.
         management.spawn()?;
-        for t in &mut targets {
+        for t in &targets {
             t.spawn()?;
         }
         management.wait_ready(Duration::from_secs(180)).await?;
-        for t in &mut targets {
+        for t in &targets {
             t.wait_ready(Duration::from_secs(180)).await?;
         }
         tracing::info!(elapsed = ?started.elapsed(), clusters = 1 + targets.len(), "kube-apiservers ready");
@@ -318,19 +333,8 @@ impl Cluster {
             args,
             binary: bins.get("kube-apiserver"),
             run_dir: run_dir.to_path_buf(),
-            proc: None,
+            proc: std::sync::Mutex::new(None),
         })
-    }
-
-    fn spawn(&mut self) -> Result<()> {
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(&self.args);
-        self.proc = Some(Proc::spawn(
-            &format!("kube-apiserver-{}", self.name),
-            cmd,
-            &self.run_dir,
-        )?);
-        Ok(())
     }
 }
 

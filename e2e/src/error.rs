@@ -65,6 +65,9 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    /// An HTTP call to a component failed.
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
     /// Something did not happen within its deadline.
     #[error("timed out after {seconds}s waiting for {what}")]
     Timeout { what: String, seconds: u64 },

@@ -11,15 +11,36 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 pub mod bins;
 pub mod certs;
 pub mod controlplane;
 mod error;
+pub mod hub;
 pub mod kubeconfig;
 pub mod kubectl;
+pub mod operator;
+pub mod pods;
 pub mod ports;
 pub mod process;
 pub mod wait;
 
 pub use controlplane::{Cluster, ControlPlane, MANAGEMENT, Options};
+
+/// A binary of this workspace (`scale-agent`, `scale-agent-hub`, `scale-agent-operator`),
+/// built by `cargo build --workspace --bins` (which `just test` runs first).
+pub fn workspace_binary(name: &str) -> Result<std::path::PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug").join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Missing {
+            program: "a workspace binary (scale-agent, scale-agent-hub or scale-agent-operator)",
+            install: "run `cargo build --workspace --bins` first (`just test` does)",
+        })
+    }
+}
 pub use error::{Error, Result};

@@ -1,0 +1,110 @@
+//! An agent process started directly with config files the test writes, without the
+//! operator (the operator's own tests cover the path from AgentShard to files).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use scale_agent_crds::AgentConfig;
+
+use crate::ports::free_port;
+use crate::process::Proc;
+use crate::{Error, Result};
+
+/// A running agent and its files.
+#[derive(Debug)]
+pub struct AgentProcess {
+    /// The process (kill it, freeze it, read its log).
+    pub proc: Proc,
+    /// `127.0.0.1:<port>` of its admin server.
+    pub admin: String,
+    /// Its config file.
+    pub config_file: PathBuf,
+    /// Its kubeconfig folder.
+    pub kubeconfig_dir: PathBuf,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// The `scale-agent` binary.
+    pub bin: PathBuf,
+    /// Replica id (and process name).
+    pub replica: String,
+    /// Namespace of the shard's Leases in the management cluster.
+    pub namespace: String,
+    /// Management cluster kubeconfig (for Leases).
+    pub management_kubeconfig: PathBuf,
+    /// Extra flags.
+    pub args: Vec<String>,
+}
+
+impl AgentProcess {
+    /// Writes `config` and `kubeconfigs` (file name → text) under `dir`, and starts the agent.
+    pub fn start(
+        spec: &AgentSpec,
+        dir: &Path,
+        config: &AgentConfig,
+        kubeconfigs: &BTreeMap<String, String>,
+        run_dir: &Path,
+    ) -> Result<AgentProcess> {
+        let config_file = dir.join("config.yaml");
+        let kubeconfig_dir = dir.join("kubeconfigs");
+        write_files(&config_file, &kubeconfig_dir, config, kubeconfigs)?;
+        let admin = format!("127.0.0.1:{}", free_port()?);
+        let mut cmd = Command::new(&spec.bin);
+        cmd.arg(format!("--config={}", config_file.display()))
+            .arg(format!("--kubeconfig-dir={}", kubeconfig_dir.display()))
+            .arg(format!("--replica-id={}", spec.replica))
+            .arg(format!("--namespace={}", spec.namespace))
+            .arg(format!("--admin-addr={admin}"))
+            .args(&spec.args)
+            .env("KUBECONFIG", &spec.management_kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("AGENT_LOG")
+                    .unwrap_or_else(|_| "info,scale_agent=debug,kube_client=warn".into()),
+            );
+        let proc = Proc::spawn(&format!("agent-{}", spec.replica), cmd, run_dir)?;
+        Ok(AgentProcess {
+            proc,
+            admin,
+            config_file,
+            kubeconfig_dir,
+        })
+    }
+
+    /// Rewrites the files the running agent reads (it reloads them by itself).
+    pub fn update(
+        &self,
+        config: &AgentConfig,
+        kubeconfigs: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        write_files(&self.config_file, &self.kubeconfig_dir, config, kubeconfigs)
+    }
+}
+
+fn write_files(
+    config_file: &Path,
+    kubeconfig_dir: &Path,
+    config: &AgentConfig,
+    kubeconfigs: &BTreeMap<String, String>,
+) -> Result<()> {
+    std::fs::create_dir_all(kubeconfig_dir)
+        .map_err(|e| Error::io("creating", kubeconfig_dir, e))?;
+    for (name, text) in kubeconfigs {
+        let path = kubeconfig_dir.join(name);
+        atomic_write(&path, text.as_bytes())?;
+    }
+    let yaml = config.to_yaml().map_err(|e| Error::Kubeconfig {
+        path: config_file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    atomic_write(config_file, yaml.as_bytes())
+}
+
+fn atomic_write(path: &Path, content: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).map_err(|e| Error::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming to", path, e))
+}

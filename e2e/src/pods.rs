@@ -1,0 +1,308 @@
+//! A stand-in kubelet for agent pods. There is no kubelet in the test control plane:
+//! kwok marks pods Running, and this runner starts a real `scale-agent` process for every
+//! Running agent pod, with the pod's ConfigMap and Secret volumes written out as files
+//! (kept current, swapped atomically as a kubelet does), its downward-API environment,
+//! and its arguments with mount paths pointed at those files. The process stops when the
+//! pod goes away. The agent reaches the management cluster with the admin kubeconfig in
+//! place of a service-account token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use kube::api::{Api, ListParams};
+use nix::sys::signal::Signal;
+
+use crate::ports::free_port;
+use crate::process::Proc;
+use crate::{Error, Result};
+
+/// The labels of agent pods.
+pub const AGENT_SELECTOR: &str =
+    "app.kubernetes.io/name=scale-agent,app.kubernetes.io/component=agent";
+
+/// One agent process standing in for a pod.
+#[derive(Debug)]
+pub struct PodProcess {
+    /// The process.
+    pub proc: Proc,
+    /// `127.0.0.1:<port>` of its admin server (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: String,
+    uid: String,
+}
+
+/// Runs agent processes for agent pods until dropped.
+#[derive(Debug)]
+pub struct PodRunner {
+    task: tokio::task::JoinHandle<()>,
+    pods: Arc<Mutex<HashMap<String, PodProcess>>>,
+}
+
+impl Drop for PodRunner {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Ok(mut p) = self.pods.lock() {
+            p.clear();
+        }
+    }
+}
+
+/// Settings of the runner.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The `scale-agent` binary.
+    pub agent_bin: PathBuf,
+    /// Kubeconfig standing in for the pods' service account (management cluster).
+    pub kubeconfig: PathBuf,
+    /// The run folder (pod files go to `<run>/pods/<namespace>/<pod>/`).
+    pub run_dir: PathBuf,
+    /// Extra environment for every agent (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+    /// Extra arguments for every agent (e.g. shorter lease timings for tests).
+    pub args: Vec<String>,
+}
+
+impl PodRunner {
+    /// Starts watching agent pods in every namespace of `client`'s cluster.
+    pub fn start(client: kube::Client, cfg: RunnerConfig) -> PodRunner {
+        let pods: Arc<Mutex<HashMap<String, PodProcess>>> = Arc::default();
+        let shared = pods.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Err(e) = sync(&client, &cfg, &shared).await {
+                    tracing::warn!(error = %e, "pod runner: sync failed");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        PodRunner { task, pods }
+    }
+
+    /// The keys (`namespace/name`) of pods with a running agent.
+    pub fn running(&self) -> Vec<String> {
+        self.pods
+            .lock()
+            .map(|p| {
+                let mut k: Vec<String> = p.keys().cloned().collect();
+                k.sort();
+                k
+            })
+            .unwrap_or_default()
+    }
+
+    /// The admin address of a pod's agent.
+    pub fn admin(&self, pod_key: &str) -> Option<String> {
+        self.pods.lock().ok()?.get(pod_key).map(|p| p.admin.clone())
+    }
+
+    /// Sends a signal to a pod's agent process (SIGKILL to simulate a crash, SIGSTOP to freeze it).
+    pub fn signal(&self, pod_key: &str, signal: Signal) -> bool {
+        match self.pods.lock() {
+            Ok(p) => p.get(pod_key).map(|pp| pp.proc.signal(signal)).is_some(),
+            Err(_) => false,
+        }
+    }
+
+    /// The log file of a pod's agent.
+    pub fn log(&self, pod_key: &str) -> Option<PathBuf> {
+        self.pods
+            .lock()
+            .ok()?
+            .get(pod_key)
+            .map(|p| p.proc.log().to_path_buf())
+    }
+}
+
+async fn sync(
+    client: &kube::Client,
+    cfg: &RunnerConfig,
+    procs: &Mutex<HashMap<String, PodProcess>>,
+) -> Result<()> {
+    let api: Api<Pod> = Api::all(client.clone());
+    let list = api
+        .list(&ListParams::default().labels(AGENT_SELECTOR))
+        .await
+        .map_err(|e| Error::kube("listing agent pods", e))?;
+    let mut live: BTreeMap<String, Pod> = BTreeMap::new();
+    for pod in list.items {
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let deleting = pod.metadata.deletion_timestamp.is_some();
+        if running && !deleting {
+            let key = format!(
+                "{}/{}",
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                pod.metadata.name.clone().unwrap_or_default()
+            );
+            live.insert(key, pod);
+        }
+    }
+    // Stop agents whose pod is gone (or replaced by one of the same name).
+    {
+        let mut p = procs.lock().map_err(|_| Error::Timeout {
+            what: "pod table lock".into(),
+            seconds: 0,
+        })?;
+        p.retain(|key, pp| {
+            let keep =
+                live.get(key).and_then(|pod| pod.metadata.uid.as_deref()) == Some(pp.uid.as_str());
+            if !keep {
+                tracing::info!(pod = %key, "pod gone: stopping its agent");
+            }
+            keep
+        });
+    }
+    for (key, pod) in &live {
+        let dir = cfg.run_dir.join("pods").join(key);
+        let Some(container) = pod.spec.as_ref().and_then(|s| s.containers.first()) else {
+            continue;
+        };
+        let mounts = write_volumes(client, pod, container, &dir).await?;
+        let started = procs.lock().map(|p| p.contains_key(key)).unwrap_or(true);
+        if !started {
+            let pp = spawn(cfg, pod, container, &mounts, key)?;
+            tracing::info!(pod = %key, admin = %pp.admin, "started an agent for the pod");
+            if let Ok(mut p) = procs.lock() {
+                p.insert(key.clone(), pp);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the pod's ConfigMap and Secret volumes under `dir`; returns mount path → folder.
+async fn write_volumes(
+    client: &kube::Client,
+    pod: &Pod,
+    container: &Container,
+    dir: &Path,
+) -> Result<Vec<(String, PathBuf)>> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let volumes = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for m in container.volume_mounts.clone().unwrap_or_default() {
+        let Some(v) = volumes.iter().find(|v| v.name == m.name) else {
+            continue;
+        };
+        let target = dir.join(&m.name);
+        let files: Option<BTreeMap<String, Vec<u8>>> = if let Some(cm) = &v.config_map {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+            api.get_opt(&cm.name).await.ok().flatten().map(|c| {
+                c.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect()
+            })
+        } else if let Some(s) = &v.secret {
+            let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let name = s.secret_name.clone().unwrap_or_default();
+            api.get_opt(&name).await.ok().flatten().map(|s| {
+                let mut files: BTreeMap<String, Vec<u8>> = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                for (k, v) in s.string_data.unwrap_or_default() {
+                    files.insert(k, v.into_bytes());
+                }
+                files
+            })
+        } else {
+            None
+        };
+        if let Some(files) = files {
+            sync_dir(&target, &files)?;
+        }
+        out.push((m.mount_path.clone(), target));
+    }
+    Ok(out)
+}
+
+/// Makes `dir` hold exactly `files`, each replaced atomically when it changed.
+fn sync_dir(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    for (name, content) in files {
+        let path = dir.join(name);
+        if std::fs::read(&path).ok().as_deref() == Some(content.as_slice()) {
+            continue;
+        }
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).map_err(|e| Error::io("writing", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming to", &path, e))?;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !files.contains_key(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rewrite(value: &str, mounts: &[(String, PathBuf)]) -> String {
+    let mut v = value.to_string();
+    for (mount, local) in mounts {
+        v = v.replace(mount.as_str(), &local.display().to_string());
+    }
+    v
+}
+
+fn spawn(
+    cfg: &RunnerConfig,
+    pod: &Pod,
+    c: &Container,
+    mounts: &[(String, PathBuf)],
+    key: &str,
+) -> Result<PodProcess> {
+    let port = free_port()?;
+    let admin = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(&cfg.agent_bin);
+    for a in c.args.clone().unwrap_or_default() {
+        cmd.arg(rewrite(&a, mounts));
+    }
+    cmd.arg(format!("--admin-addr={admin}"));
+    cmd.args(&cfg.args);
+    for e in c.env.clone().unwrap_or_default() {
+        let value = match (
+            &e.value,
+            e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()),
+        ) {
+            (Some(v), _) => rewrite(v, mounts),
+            (None, Some(f)) => match f.field_path.as_str() {
+                "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
+                "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
+                "metadata.uid" => pod.metadata.uid.clone().unwrap_or_default(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        cmd.env(&e.name, value);
+    }
+    cmd.env("KUBECONFIG", &cfg.kubeconfig);
+    for (k, v) in &cfg.env {
+        cmd.env(k, v);
+    }
+    let name = format!("agent-{}", key.replace('/', "-"));
+    let proc = Proc::spawn(&name, cmd, &cfg.run_dir)?;
+    Ok(PodProcess {
+        proc,
+        admin,
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+    })
+}
+
+/// Decodes base64 the way Secret `data` is written (for tests building Secrets by hand).
+pub fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
+}

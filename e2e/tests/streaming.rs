@@ -1,0 +1,878 @@
+//! The agent and the hub against the real control plane and three target clusters:
+//! objects stream, change and vanish; accounts come and go without restarts; names bound
+//! to another cluster are refused; the grace period; operations; replicas splitting
+//! accounts; relists after a watch expired. Every scenario ends with the hub's cache
+//! equal to a fresh list of the cluster.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use common::Env;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use nix::sys::signal::Signal;
+use scale_agent_crds::{AccountConfig, AgentConfig, BudgetConfig, HubConfig, ShardRef};
+use scale_agent_e2e::agent::{AgentProcess, AgentSpec};
+use scale_agent_e2e::hub::{HubOptions, HubProcess};
+use scale_agent_e2e::{Cluster, wait, workspace_binary};
+use serde_json::{Value, json};
+
+const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
+/// Restarted by the relist test; no other test uses it.
+const RESTARTED: &str = "cluster-restarted";
+
+fn main() {
+    common::main(
+        &[TARGETS[0], TARGETS[1], TARGETS[2], RESTARTED],
+        vec![
+            ("objects_created_changed_deleted_reach_the_hub", |e| {
+                Box::pin(objects_flow(e))
+            }),
+            ("account_added_streams_without_restart", |e| {
+                Box::pin(account_added(e))
+            }),
+            ("name_bound_to_another_cluster_is_rejected", |e| {
+                Box::pin(cluster_mismatch(e))
+            }),
+            ("grace_period_keeps_objects_when_agent_returns", |e| {
+                Box::pin(grace_return(e))
+            }),
+            ("grace_period_removes_account_when_agent_stays_away", |e| {
+                Box::pin(grace_expire(e))
+            }),
+            ("operations_change_the_target_cluster", |e| {
+                Box::pin(operations(e))
+            }),
+            ("replicas_split_accounts_and_take_over", |e| {
+                Box::pin(replicas(e))
+            }),
+            ("expired_watch_relists_without_loss", |e| {
+                Box::pin(relist_after_compaction(e))
+            }),
+        ],
+    );
+}
+
+// ---------- fixtures ----------
+
+struct Scenario {
+    hub: HubProcess,
+    dir: tempfile::TempDir,
+    ns: String,
+}
+
+async fn scenario(env: &Env, test: &str, grace: &str) -> anyhow::Result<Scenario> {
+    let ns = env.namespace(test).await?;
+    // The same namespace in every target cluster holds the test's objects.
+    for t in &env.cp.targets {
+        create_namespace(t, &ns).await?;
+    }
+    let hub = HubProcess::start(
+        HubOptions {
+            bin: workspace_binary("scale-agent-hub")?,
+            grace_period: grace.into(),
+            store: None,
+            args: vec![],
+        },
+        &env.cp.run_dir.join(&ns),
+    )
+    .await?;
+    Ok(Scenario {
+        hub,
+        dir: tempfile::tempdir()?,
+        ns,
+    })
+}
+
+async fn create_namespace(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(cluster.client().await?);
+    let obj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn account(name: &str, ns: &str) -> AccountConfig {
+    AccountConfig {
+        name: name.into(),
+        kubeconfig_file: format!("{name}.kubeconfig"),
+        namespaces: vec![ns.into()],
+        omit_namespaces: vec![],
+        kinds: vec!["ConfigMap".into(), "Deployment".into()],
+        omit_kinds: vec![],
+        only_spinnaker_managed: false,
+    }
+}
+
+fn config(s: &Scenario, shard: &str, accounts: Vec<AccountConfig>) -> AgentConfig {
+    AgentConfig {
+        shard: ShardRef::new(s.ns.clone(), shard.to_string()),
+        hub: HubConfig {
+            address: s.hub.grpc.clone(),
+            tls: None,
+        },
+        accounts,
+        budget: BudgetConfig::default(),
+    }
+}
+
+fn kubeconfigs(env: &Env, pairs: &[(&str, &str)]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|(account, cluster)| {
+            let c = env
+                .cp
+                .target(cluster)
+                .with_context(|| format!("no cluster {cluster}"))?;
+            Ok((
+                format!("{account}.kubeconfig"),
+                std::fs::read_to_string(&c.kubeconfig)?,
+            ))
+        })
+        .collect()
+}
+
+fn start_agent(
+    env: &Env,
+    s: &Scenario,
+    replica: &str,
+    cfg: &AgentConfig,
+    kcs: &BTreeMap<String, String>,
+    args: &[&str],
+) -> anyhow::Result<AgentProcess> {
+    let spec = AgentSpec {
+        bin: workspace_binary("scale-agent")?,
+        replica: replica.into(),
+        namespace: s.ns.clone(),
+        management_kubeconfig: env.cp.management.kubeconfig.clone(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    };
+    let dir: PathBuf = s.dir.path().join(replica);
+    Ok(AgentProcess::start(
+        &spec,
+        &dir,
+        cfg,
+        kcs,
+        &env.cp.run_dir.join(&s.ns),
+    )?)
+}
+
+fn target<'a>(env: &'a Env, name: &str) -> anyhow::Result<&'a Cluster> {
+    env.cp
+        .target(name)
+        .with_context(|| format!("no cluster {name}"))
+}
+
+async fn configmaps(cluster: &Cluster, ns: &str) -> anyhow::Result<Api<ConfigMap>> {
+    Ok(Api::namespaced(cluster.client().await?, ns))
+}
+
+async fn put_cm(api: &Api<ConfigMap>, name: &str, value: &str) -> anyhow::Result<()> {
+    let cm = json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": name }, "data": { "v": value } });
+    api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&cm))
+        .await?;
+    Ok(())
+}
+
+/// The hub's ConfigMaps of `account` in `ns`: name → (resourceVersion, data.v).
+async fn hub_configmaps(
+    hub: &HubProcess,
+    account: &str,
+    ns: &str,
+) -> Option<BTreeMap<String, (String, String)>> {
+    let (code, body) = hub
+        .get(&format!(
+            "/v1/accounts/{account}/objects?kind=ConfigMap&namespace={ns}"
+        ))
+        .await
+        .ok()?;
+    if code != 200 {
+        return None;
+    }
+    let items = body.as_array()?;
+    Some(
+        items
+            .iter()
+            .map(|o| {
+                (
+                    o["name"].as_str().unwrap_or_default().to_string(),
+                    (
+                        o["resourceVersion"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        o["object"]["data"]["v"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    ),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A fresh list of the cluster, in the same shape.
+async fn cluster_configmaps(
+    api: &Api<ConfigMap>,
+) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.name.as_deref() != Some("kube-root-ca.crt"))
+        .map(|c| {
+            let v = c
+                .data
+                .as_ref()
+                .and_then(|d| d.get("v"))
+                .cloned()
+                .unwrap_or_default();
+            (
+                c.metadata.name.unwrap_or_default(),
+                (c.metadata.resource_version.unwrap_or_default(), v),
+            )
+        })
+        .collect())
+}
+
+/// Waits until the hub's cache of `account` equals a fresh list of the cluster (names,
+/// resourceVersions and data): zero missing, zero stale, zero extra. Returns how long it took.
+async fn converge(
+    hub: &HubProcess,
+    account: &str,
+    api: &Api<ConfigMap>,
+    ns: &str,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    while start.elapsed() < timeout {
+        // The cluster may be restarting: a failed list is "not yet", not a failure.
+        let Ok(want) = cluster_configmaps(api).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let got = hub_configmaps(hub, account, ns).await.unwrap_or_default();
+        if got == want {
+            return Ok(start.elapsed());
+        }
+        last = (want, got);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (want, got) = last;
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    let stale: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+        .map(|(k, _)| k)
+        .collect();
+    bail!(
+        "account {account}: hub cache did not converge in {timeout:?}: missing {missing:?}, extra {extra:?}, stale {stale:?}"
+    )
+}
+
+async fn account_state(hub: &HubProcess, account: &str) -> Option<Value> {
+    let (code, body) = hub.get("/v1/accounts").await.ok()?;
+    if code != 200 {
+        return None;
+    }
+    body.as_array()?
+        .iter()
+        .find(|a| a["name"] == account)
+        .cloned()
+}
+
+async fn wait_state(
+    hub: &HubProcess,
+    account: &str,
+    state: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    Ok(wait::until(
+        &format!("account {account} {state} at the hub"),
+        timeout,
+        || async {
+            account_state(hub, account)
+                .await
+                .filter(|a| a["state"] == state)
+        },
+    )
+    .await?)
+}
+
+fn agent_log(a: &AgentProcess) -> String {
+    scale_agent_e2e::process::tail(a.proc.log(), 40)
+}
+
+// ---------- scenarios ----------
+
+async fn objects_flow(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "flow", "60s").await?;
+    let names = ["flow-a", "flow-b", "flow-c"];
+    let cfg = config(
+        &s,
+        "flow",
+        names.iter().map(|n| account(n, &s.ns)).collect(),
+    );
+    let kcs = kubeconfigs(
+        &env,
+        &[
+            ("flow-a", "cluster-1"),
+            ("flow-b", "cluster-2"),
+            ("flow-c", "cluster-3"),
+        ],
+    )?;
+    let agent = start_agent(
+        &env,
+        &s,
+        "flow-0",
+        &cfg,
+        &kcs,
+        &["--lease-renew-millis=500"],
+    )?;
+    for (account, cluster) in names.iter().zip(TARGETS) {
+        let api = configmaps(target(&env, cluster)?, &s.ns).await?;
+        for i in 0..5 {
+            put_cm(&api, &format!("cm-{i}"), "one").await?;
+        }
+        wait_state(&s.hub, account, "Connected", Duration::from_secs(30))
+            .await
+            .with_context(|| agent_log(&agent))?;
+        converge(&s.hub, account, &api, &s.ns, Duration::from_secs(30)).await?;
+        // Change and delete: the hub follows.
+        put_cm(&api, "cm-1", "two").await?;
+        api.delete("cm-2", &DeleteParams::default()).await?;
+        put_cm(&api, "cm-new", "three").await?;
+        let took = converge(&s.hub, account, &api, &s.ns, Duration::from_secs(30)).await?;
+        let hub = hub_configmaps(&s.hub, account, &s.ns)
+            .await
+            .unwrap_or_default();
+        ensure!(
+            hub.get("cm-1").map(|v| v.1.as_str()) == Some("two"),
+            "cm-1 not updated: {hub:?}"
+        );
+        ensure!(!hub.contains_key("cm-2"), "cm-2 not deleted: {hub:?}");
+        eprintln!("{account}: changes converged in {took:?}");
+    }
+    // Get by kind/namespace/name, case-insensitive kind; 404 when absent.
+    let (code, obj) = s
+        .hub
+        .get(&format!(
+            "/v1/accounts/flow-a/objects/configmap/{}/cm-1",
+            s.ns
+        ))
+        .await?;
+    ensure!(
+        code == 200 && obj["object"]["data"]["v"] == "two",
+        "get by name: {code} {obj}"
+    );
+    let (code, _) = s
+        .hub
+        .get(&format!(
+            "/v1/accounts/flow-a/objects/ConfigMap/{}/cm-2",
+            s.ns
+        ))
+        .await?;
+    ensure!(code == 404, "deleted object should 404, got {code}");
+    // The cluster id is the UID of kube-system in that cluster.
+    let ks: Namespace = Api::all(target(&env, "cluster-2")?.client().await?)
+        .get("kube-system")
+        .await?;
+    let a = account_state(&s.hub, "flow-b")
+        .await
+        .context("flow-b listed")?;
+    ensure!(
+        a["clusterId"] == ks.metadata.uid.unwrap_or_default().as_str(),
+        "cluster id: {a}"
+    );
+    Ok(())
+}
+
+async fn account_added(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "added", "60s").await?;
+    let mut cfg = config(&s, "added", vec![account("added-a", &s.ns)]);
+    let kcs = kubeconfigs(&env, &[("added-a", "cluster-1"), ("added-b", "cluster-2")])?;
+    let agent = start_agent(
+        &env,
+        &s,
+        "added-0",
+        &cfg,
+        &kcs,
+        &["--lease-renew-millis=500", "--reload-millis=300"],
+    )?;
+    wait_state(&s.hub, "added-a", "Connected", Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    let pid = agent.proc.pid();
+    let api_b = configmaps(target(&env, "cluster-2")?, &s.ns).await?;
+    put_cm(&api_b, "b-1", "x").await?;
+    cfg.accounts.push(account("added-b", &s.ns));
+    agent.update(&cfg, &kcs)?;
+    wait_state(&s.hub, "added-b", "Connected", Duration::from_secs(20))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    converge(&s.hub, "added-b", &api_b, &s.ns, Duration::from_secs(20)).await?;
+    ensure!(agent.proc.pid() == pid, "the agent restarted");
+    let mut agent = agent;
+    agent
+        .proc
+        .check_running()
+        .context("the agent process exited")?;
+    // The first account kept streaming.
+    let api_a = configmaps(target(&env, "cluster-1")?, &s.ns).await?;
+    put_cm(&api_a, "a-after", "y").await?;
+    converge(&s.hub, "added-a", &api_a, &s.ns, Duration::from_secs(20)).await?;
+    // Removing an account unregisters it; the other stays.
+    cfg.accounts.retain(|a| a.name != "added-a");
+    agent.update(&cfg, &kcs)?;
+    wait::until(
+        "added-a to leave the hub or disconnect",
+        Duration::from_secs(20),
+        || async {
+            match account_state(&s.hub, "added-a").await {
+                None => Some(()),
+                Some(a) if a["state"] != "Connected" => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        account_state(&s.hub, "added-b")
+            .await
+            .is_some_and(|a| a["state"] == "Connected"),
+        "added-b should stay"
+    );
+    Ok(())
+}
+
+async fn cluster_mismatch(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "mismatch", "60s").await?;
+    let first = config(&s, "first", vec![account("shared-name", &s.ns)]);
+    let a = start_agent(
+        &env,
+        &s,
+        "first-0",
+        &first,
+        &kubeconfigs(&env, &[("shared-name", "cluster-1")])?,
+        &["--lease-renew-millis=500"],
+    )?;
+    let held = wait_state(&s.hub, "shared-name", "Connected", Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&a))?;
+    // Another shard claims the same name for a different cluster.
+    let second = config(&s, "second", vec![account("shared-name", &s.ns)]);
+    let b = start_agent(
+        &env,
+        &s,
+        "second-0",
+        &second,
+        &kubeconfigs(&env, &[("shared-name", "cluster-2")])?,
+        &["--lease-renew-millis=500"],
+    )?;
+    let log = b.proc.log().to_path_buf();
+    wait::until(
+        "the second agent to log its rejection",
+        Duration::from_secs(30),
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).ok()?;
+                (text.contains("hub rejected the account") && text.contains("ClusterMismatch"))
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .with_context(|| agent_log(&b))?;
+    let now = account_state(&s.hub, "shared-name")
+        .await
+        .context("still listed")?;
+    ensure!(
+        now["clusterId"] == held["clusterId"] && now["state"] == "Connected",
+        "binding changed: {now}"
+    );
+    // The first keeps streaming.
+    let api = configmaps(target(&env, "cluster-1")?, &s.ns).await?;
+    put_cm(&api, "still-streaming", "yes").await?;
+    converge(&s.hub, "shared-name", &api, &s.ns, Duration::from_secs(20)).await?;
+    Ok(())
+}
+
+async fn grace_return(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "graceback", "20s").await?;
+    let cfg = config(&s, "graceback", vec![account("grace-back", &s.ns)]);
+    let kcs = kubeconfigs(&env, &[("grace-back", "cluster-1")])?;
+    let api = configmaps(target(&env, "cluster-1")?, &s.ns).await?;
+    for i in 0..3 {
+        put_cm(&api, &format!("g-{i}"), "v").await?;
+    }
+    let mut agent = start_agent(
+        &env,
+        &s,
+        "graceback-0",
+        &cfg,
+        &kcs,
+        &["--lease-renew-millis=500", "--lease-duration-seconds=3"],
+    )?;
+    wait_state(&s.hub, "grace-back", "Connected", Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    converge(&s.hub, "grace-back", &api, &s.ns, Duration::from_secs(20)).await?;
+    agent.proc.signal(Signal::SIGKILL);
+    agent.proc.stop(Duration::from_secs(1));
+    wait_state(
+        &s.hub,
+        "grace-back",
+        "Disconnected",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let kept = hub_configmaps(&s.hub, "grace-back", &s.ns)
+        .await
+        .unwrap_or_default();
+    ensure!(
+        kept.len() == 3,
+        "objects should stay while disconnected: {kept:?}"
+    );
+    // Changes while the agent is away are picked up when it is back (its lease has expired by then).
+    api.delete("g-0", &DeleteParams::default()).await?;
+    put_cm(&api, "g-while-away", "v").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let agent2 = start_agent(
+        &env,
+        &s,
+        "graceback-0",
+        &cfg,
+        &kcs,
+        &["--lease-renew-millis=500", "--lease-duration-seconds=3"],
+    )?;
+    wait_state(&s.hub, "grace-back", "Connected", Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent2))?;
+    let took = converge(&s.hub, "grace-back", &api, &s.ns, Duration::from_secs(20)).await?;
+    eprintln!("grace-back: resynced in {took:?} after the agent came back");
+    Ok(())
+}
+
+async fn grace_expire(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "graceexp", "3s").await?;
+    let cfg = config(&s, "graceexp", vec![account("grace-gone", &s.ns)]);
+    let api = configmaps(target(&env, "cluster-3")?, &s.ns).await?;
+    put_cm(&api, "e-1", "v").await?;
+    let mut agent = start_agent(
+        &env,
+        &s,
+        "graceexp-0",
+        &cfg,
+        &kubeconfigs(&env, &[("grace-gone", "cluster-3")])?,
+        &["--lease-renew-millis=500"],
+    )?;
+    wait_state(&s.hub, "grace-gone", "Connected", Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    converge(&s.hub, "grace-gone", &api, &s.ns, Duration::from_secs(20)).await?;
+    let dropped = Instant::now();
+    agent.proc.signal(Signal::SIGKILL);
+    agent.proc.stop(Duration::from_secs(1));
+    wait::until(
+        "grace-gone removed after the grace period",
+        Duration::from_secs(20),
+        || async {
+            account_state(&s.hub, "grace-gone")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await?;
+    let after = dropped.elapsed();
+    ensure!(
+        after >= Duration::from_millis(2500),
+        "removed after {after:?}, before the 3 s grace period"
+    );
+    let (code, _) = s
+        .hub
+        .get(&format!(
+            "/v1/accounts/grace-gone/objects?kind=ConfigMap&namespace={}",
+            s.ns
+        ))
+        .await?;
+    ensure!(
+        code == 404,
+        "objects of a removed account should be gone (404), got {code}"
+    );
+    Ok(())
+}
+
+async fn operations(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "ops", "60s").await?;
+    let cfg = config(&s, "ops", vec![account("ops-a", &s.ns)]);
+    let agent = start_agent(
+        &env,
+        &s,
+        "ops-0",
+        &cfg,
+        &kubeconfigs(&env, &[("ops-a", "cluster-2")])?,
+        &["--lease-renew-millis=500"],
+    )?;
+    wait_state(&s.hub, "ops-a", "Connected", Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    let client = target(&env, "cluster-2")?.client().await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &s.ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client, &s.ns);
+    let path = "/v1/accounts/ops-a/operations";
+
+    // apply
+    let manifest = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "web", "namespace": s.ns },
+        "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "web" } },
+                  "template": { "metadata": { "labels": { "app": "web" } },
+                                "spec": { "containers": [{ "name": "web", "image": "example.com/web:1" }] } } }
+    });
+    let (code, body) = s
+        .hub
+        .post(path, &json!({ "type": "apply", "manifest": manifest }))
+        .await?;
+    ensure!(code == 200, "apply: {code} {body}");
+    let d = deployments
+        .get("web")
+        .await
+        .context("apply created the Deployment")?;
+    let managers: Vec<String> = d
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    ensure!(
+        managers.contains(&"scale-agent".to_string()),
+        "field manager: {managers:?}"
+    );
+
+    // scale
+    let (code, body) = s.hub.post(path, &json!({ "type": "scale", "kind": "Deployment", "namespace": s.ns, "name": "web", "replicas": 3 })).await?;
+    ensure!(code == 200, "scale: {code} {body}");
+    ensure!(
+        deployments.get("web").await?.spec.and_then(|s| s.replicas) == Some(3),
+        "scale did not reach the cluster"
+    );
+
+    // patch (merge) a ConfigMap
+    put_cm(&cms, "settings", "old").await?;
+    let (code, body) = s.hub.post(path, &json!({ "type": "patch", "kind": "ConfigMap", "namespace": s.ns, "name": "settings", "patchType": "merge", "patch": { "data": { "v": "new" } } })).await?;
+    ensure!(code == 200, "patch: {code} {body}");
+    ensure!(
+        cms.get("settings")
+            .await?
+            .data
+            .and_then(|d| d.get("v").cloned())
+            .as_deref()
+            == Some("new"),
+        "patch did not reach the cluster"
+    );
+
+    // delete
+    let (code, body) = s.hub.post(path, &json!({ "type": "delete", "kind": "ConfigMap", "namespace": s.ns, "name": "settings" })).await?;
+    ensure!(code == 200, "delete: {code} {body}");
+    ensure!(
+        cms.get_opt("settings").await?.is_none(),
+        "delete did not reach the cluster"
+    );
+
+    // A bad manifest returns the API server's own error text.
+    let bad = json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "Bad_Name", "namespace": s.ns } });
+    let (code, body) = s
+        .hub
+        .post(path, &json!({ "type": "apply", "manifest": bad }))
+        .await?;
+    let text = body.to_string();
+    ensure!(code == 422, "bad manifest: expected 422, got {code} {text}");
+    ensure!(
+        text.contains("Bad_Name") && text.contains("RFC 1123"),
+        "the API server's message should come through: {text}"
+    );
+
+    // Unknown account: 404.
+    let (code, _) = s
+        .hub
+        .post(
+            "/v1/accounts/nobody/operations",
+            &json!({ "type": "get", "kind": "ConfigMap", "namespace": s.ns, "name": "x" }),
+        )
+        .await?;
+    ensure!(code == 404, "unknown account: {code}");
+    Ok(())
+}
+
+async fn replicas(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "replicas", "60s").await?;
+    let names: Vec<String> = (0..6).map(|i| format!("rep-{i}")).collect();
+    let accounts: Vec<AccountConfig> = names.iter().map(|n| account(n, &s.ns)).collect();
+    let pairs: Vec<(&str, &str)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), TARGETS[i % 3]))
+        .collect();
+    let kcs = kubeconfigs(&env, &pairs)?;
+    let cfg = config(&s, "replicas", accounts);
+    let args = ["--lease-renew-millis=500", "--lease-duration-seconds=4"];
+    let mut r0 = start_agent(&env, &s, "replicas-0", &cfg, &kcs, &args)?;
+    let r1 = start_agent(&env, &s, "replicas-1", &cfg, &kcs, &args)?;
+    // Every account connected, split over both replicas.
+    let split = wait::until(
+        "all accounts connected over two replicas",
+        Duration::from_secs(40),
+        || async {
+            let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for n in &names {
+                let a = account_state(&s.hub, n).await?;
+                if a["state"] != "Connected" {
+                    return None;
+                }
+                by.entry(a["replica"].as_str()?.to_string())
+                    .or_default()
+                    .push(n.clone());
+            }
+            (by.len() == 2).then_some(by)
+        },
+    )
+    .await
+    .with_context(|| format!("{}\n{}", agent_log(&r0), agent_log(&r1)))?;
+    eprintln!("split: {split:?}");
+    let moved: Vec<String> = split.get("replicas-0").cloned().unwrap_or_default();
+    ensure!(!moved.is_empty(), "replicas-0 holds nothing: {split:?}");
+    // Kill replicas-0 without a goodbye: its accounts move when its lease expires.
+    let killed = Instant::now();
+    r0.proc.signal(Signal::SIGKILL);
+    r0.proc.stop(Duration::from_secs(1));
+    wait::until(
+        "replicas-1 to take every account",
+        Duration::from_secs(30),
+        || async {
+            for n in &names {
+                let a = account_state(&s.hub, n).await?;
+                if a["state"] != "Connected" || a["replica"] != "replicas-1" {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await
+    .with_context(|| agent_log(&r1))?;
+    let took = killed.elapsed();
+    eprintln!(
+        "takeover of {} accounts after SIGKILL: {took:?} (lease 4 s)",
+        moved.len()
+    );
+    ensure!(took < Duration::from_secs(15), "takeover took {took:?}");
+    for (i, n) in names.iter().enumerate() {
+        let api = configmaps(target(&env, TARGETS[i % 3])?, &s.ns).await?;
+        put_cm(&api, &format!("after-{n}"), "v").await?;
+        converge(&s.hub, n, &api, &s.ns, Duration::from_secs(20)).await?;
+    }
+    Ok(())
+}
+
+async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "compact", "120s").await?;
+    let cfg = config(&s, "compact", vec![account("compact-a", &s.ns)]);
+    let agent = start_agent(
+        &env,
+        &s,
+        "compact-0",
+        &cfg,
+        &kubeconfigs(&env, &[("compact-a", RESTARTED)])?,
+        &["--lease-renew-millis=500"],
+    )?;
+    let api = configmaps(target(&env, RESTARTED)?, &s.ns).await?;
+    for i in 0..20 {
+        put_cm(&api, &format!("c-{i}"), "1").await?;
+    }
+    wait_state(&s.hub, "compact-a", "Connected", Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    converge(&s.hub, "compact-a", &api, &s.ns, Duration::from_secs(20)).await?;
+    let relists_before = relists(&agent).await;
+    // Stop the target's API server, move etcd far ahead through another cluster, compact
+    // etcd, and start it again: the agent's watch resumes from a compacted revision and
+    // gets 410 Gone.
+    let other = configmaps(target(&env, "cluster-1")?, &s.ns).await?;
+    let restarted = target(&env, RESTARTED)?;
+    restarted.stop();
+    for i in 0..30 {
+        put_cm(&other, &format!("churn-{i}"), "x").await?;
+    }
+    compact_etcd(&env.cp.etcd_url).await?;
+    restarted.start().await?;
+    // Changes after the restart, including a deletion.
+    api.delete("c-0", &DeleteParams::default()).await?;
+    put_cm(&api, "c-1", "2").await?;
+    put_cm(&api, "c-new", "1").await?;
+    let took = converge(&s.hub, "compact-a", &api, &s.ns, Duration::from_secs(60))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    let relists_after = relists(&agent).await;
+    eprintln!(
+        "relist after compaction converged in {took:?}; relists {relists_before} -> {relists_after}"
+    );
+    ensure!(
+        relists_after > relists_before,
+        "the agent did not relist ({relists_before} -> {relists_after})"
+    );
+    Ok(())
+}
+
+async fn relists(agent: &AgentProcess) -> u64 {
+    let Ok(resp) = reqwest::get(format!("http://{}/metrics", agent.admin)).await else {
+        return 0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("scale_agent_relists_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Compacts etcd at its current revision through its JSON gateway.
+async fn compact_etcd(etcd: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let range: Value = http
+        .post(format!("{etcd}/v3/kv/range"))
+        .json(&json!({ "key": "AA==" }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let rev: i64 = range["header"]["revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .context("etcd revision")?;
+    let resp = http
+        .post(format!("{etcd}/v3/kv/compaction"))
+        .json(&json!({ "revision": rev, "physical": true }))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().is_success(),
+        "compaction failed: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    Ok(())
+}
