@@ -13,6 +13,7 @@
 
 mod config;
 mod error;
+mod identity;
 mod quantity;
 mod shard;
 
@@ -22,6 +23,7 @@ pub use config::{
     kubeconfig_secret_name, validate_account_name, validate_hub_address,
 };
 pub use error::{ConfigError, QuantityProblem};
+pub use identity::{parse_shard_identity_uri, shard_identity_uri};
 pub use quantity::{format_quantity_bytes, parse_quantity_bytes};
 pub use shard::{
     AccountSpec, AccountState, AccountStatus, AgentShard, AgentShardSpec, AgentShardStatus,
