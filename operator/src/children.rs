@@ -64,7 +64,10 @@ pub fn labels(shard: &str) -> BTreeMap<String, String> {
 /// The labels selecting `shard`'s agent pods.
 pub fn selector_labels(shard: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "scale-agent".to_owned()),
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "scale-agent".to_owned(),
+        ),
         ("app.kubernetes.io/component".to_owned(), "agent".to_owned()),
         (SHARD_LABEL.to_owned(), shard.to_owned()),
     ])
@@ -188,10 +191,12 @@ pub fn role(shard: &ShardRef, owner: &OwnerReference) -> Role {
         rules: Some(vec![PolicyRule {
             api_groups: Some(vec!["coordination.k8s.io".to_owned()]),
             resources: Some(vec!["leases".to_owned()]),
-            verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-                .iter()
-                .map(|v| (*v).to_owned())
-                .collect(),
+            verbs: [
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ]
+            .iter()
+            .map(|v| (*v).to_owned())
+            .collect(),
             ..PolicyRule::default()
         }]),
     }
@@ -343,7 +348,11 @@ pub fn deployment(
 
 /// The PodDisruptionBudget `<shard>-agent`, only when the shard runs more than one
 /// replica: at most one agent down at a time during drains.
-pub fn pdb(shard_ref: &ShardRef, shard: &AgentShard, owner: &OwnerReference) -> Option<PodDisruptionBudget> {
+pub fn pdb(
+    shard_ref: &ShardRef,
+    shard: &AgentShard,
+    owner: &OwnerReference,
+) -> Option<PodDisruptionBudget> {
     (shard.spec.replicas > 1).then(|| PodDisruptionBudget {
         metadata: meta(shard_ref, deployment_name(&shard_ref.name), owner),
         spec: Some(PodDisruptionBudgetSpec {
@@ -476,13 +485,21 @@ mod tests {
     fn image_resources_and_tls_change_the_pod_template() {
         let base = shard(&["a"]);
         let r = ShardRef::new("ns", "east");
-        let t1 = deployment(&r, &base, &owner(), "img:1", "sa").spec.expect("spec").template;
-        let t2 = deployment(&r, &base, &owner(), "img:2", "sa").spec.expect("spec").template;
+        let t1 = deployment(&r, &base, &owner(), "img:1", "sa")
+            .spec
+            .expect("spec")
+            .template;
+        let t2 = deployment(&r, &base, &owner(), "img:2", "sa")
+            .spec
+            .expect("spec")
+            .template;
         assert_ne!(t1, t2);
         let mut tls = base.clone();
         tls.spec.hub = Some(HubSpec {
             address: "hub:443".into(),
-            tls_secret_ref: Some(LocalObjectRef { name: "mtls".into() }),
+            tls_secret_ref: Some(LocalObjectRef {
+                name: "mtls".into(),
+            }),
         });
         assert_ne!(template(&base), template(&tls));
     }
@@ -494,7 +511,10 @@ mod tests {
             (SHARD_LABEL.to_owned(), "other".to_owned()),
             ("team".to_owned(), "x".to_owned()),
         ]));
-        let labels = template(&s).metadata.and_then(|m| m.labels).expect("labels");
+        let labels = template(&s)
+            .metadata
+            .and_then(|m| m.labels)
+            .expect("labels");
         assert_eq!(labels[SHARD_LABEL], "east");
         assert_eq!(labels["team"], "x");
     }
@@ -529,7 +549,11 @@ mod tests {
         assert!(validate_kubeconfig(b"this is not a kubeconfig").is_err());
         assert!(validate_kubeconfig(b"\xff\xfe").is_err());
         let no_cluster = b"apiVersion: v1\nkind: Config\ncontexts:\n- name: x\n  context:\n    cluster: c\ncurrent-context: x\n";
-        assert!(validate_kubeconfig(no_cluster).unwrap_err().contains("not defined"));
+        assert!(
+            validate_kubeconfig(no_cluster)
+                .unwrap_err()
+                .contains("not defined")
+        );
     }
 
     #[test]

@@ -49,7 +49,11 @@ fn claims(shard: &AgentShard) -> Option<(ShardRef, Vec<String>, i64)> {
         .as_ref()
         .map(|t| t.0.as_second())
         .unwrap_or_else(|| Timestamp::now().as_second());
-    Some((sref, shard.account_names().map(str::to_owned).collect(), created))
+    Some((
+        sref,
+        shard.account_names().map(str::to_owned).collect(),
+        created,
+    ))
 }
 
 /// Watches every AgentShard: keeps the cache (`writer`) and the claims index current,
@@ -70,7 +74,9 @@ pub async fn watch_shards(
         let now = Timestamp::now().as_second();
         let affected = match event {
             Ok(Event::Apply(s)) => match (claims(&s), index.lock()) {
-                (Some((sref, names, created)), Ok(mut idx)) => idx.upsert(&sref, names, created, now),
+                (Some((sref, names, created)), Ok(mut idx)) => {
+                    idx.upsert(&sref, names, created, now)
+                }
                 _ => BTreeSet::new(),
             },
             Ok(Event::Delete(s)) => match (s.shard_ref(), index.lock()) {
@@ -154,7 +160,11 @@ pub async fn run_controller(l: Leading) {
             let (Some(sref), Some(st)) = (s.shard_ref(), &s.status) else {
                 continue;
             };
-            for a in st.accounts.iter().filter(|a| a.state == AccountState::Active) {
+            for a in st
+                .accounts
+                .iter()
+                .filter(|a| a.state == AccountState::Active)
+            {
                 idx.seed_holder(&a.name, &sref);
             }
         }
@@ -177,17 +187,17 @@ pub async fn run_controller(l: Leading) {
         failures: Mutex::new(HashMap::new()),
     });
     let reader = l.store.clone();
-    let trigger = UnboundedReceiverStream::new(rx).filter_map(move |r| {
-        future::ready(reader.get(&r).map(|s| Ok(s.as_ref().clone())))
-    });
-    let managed = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let trigger = UnboundedReceiverStream::new(rx)
+        .filter_map(move |r| future::ready(reader.get(&r).map(|s| Ok(s.as_ref().clone()))));
+    let managed =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let store = l.store.clone();
     let secrets = watch(
         Api::<PartialObjectMeta<Secret>>::all(l.client.clone()),
         watcher::Config::default(),
     )
-        .default_backoff()
-        .touched_objects();
+    .default_backoff()
+    .touched_objects();
     Controller::for_stream(trigger, l.store.clone())
         .owns(Api::<ConfigMap>::all(l.client.clone()), managed.clone())
         .owns(Api::<Deployment>::all(l.client.clone()), managed.clone())
@@ -211,7 +221,10 @@ pub async fn run_controller(l: Leading) {
 
 /// The shards a Secret matters to: the shard owning it (its managed kubeconfig Secret)
 /// and every shard in its namespace referencing it (kubeconfigs, hub TLS).
-fn shards_for_secret(store: &Store<AgentShard>, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<AgentShard>> {
+fn shards_for_secret(
+    store: &Store<AgentShard>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<AgentShard>> {
     let ns = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
     let mut out: Vec<ObjectRef<AgentShard>> = secret
@@ -229,8 +242,7 @@ fn shards_for_secret(store: &Store<AgentShard>, secret: &PartialObjectMeta<Secre
             .accounts
             .iter()
             .any(|a| a.kubeconfig_secret_ref.name == name)
-            || s
-                .spec
+            || s.spec
                 .hub
                 .as_ref()
                 .and_then(|h| h.tls_secret_ref.as_ref())

@@ -224,9 +224,7 @@ impl ClaimIndex {
         let released: Vec<String> = self
             .holders
             .iter()
-            .filter(|(n, h)| {
-                *h == shard && !carried.contains(*n) && !claimed.contains(n.as_str())
-            })
+            .filter(|(n, h)| *h == shard && !carried.contains(*n) && !claimed.contains(n.as_str()))
             .map(|(n, _)| n.clone())
             .collect();
         for name in &released {

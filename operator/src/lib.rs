@@ -200,7 +200,10 @@ fn webhook_hosts(endpoint: &Endpoint) -> Vec<String> {
             let authority = rest.split('/').next().unwrap_or(rest);
             let host = match authority.strip_prefix('[') {
                 Some(v6) => v6.split(']').next().unwrap_or(v6),
-                None => authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority),
+                None => authority
+                    .rsplit_once(':')
+                    .map(|(h, _)| h)
+                    .unwrap_or(authority),
             };
             if !host.is_empty() && !hosts.iter().any(|h| h == host) {
                 hosts.push(host.to_owned());

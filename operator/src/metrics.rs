@@ -70,19 +70,47 @@ impl Metrics {
         let conflicts = Gauge::default();
         let leader = Gauge::default();
         let admissions = Family::<AdmissionLabels, Counter>::default();
-        registry.register("reconciles", "AgentShard reconciles run", reconciles.clone());
-        registry.register("reconcile_errors", "AgentShard reconciles that failed, by error", errors.clone());
+        registry.register(
+            "reconciles",
+            "AgentShard reconciles run",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "AgentShard reconciles that failed, by error",
+            errors.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Duration of AgentShard reconciles",
             duration.clone(),
         );
-        registry.register("status_writes", "AgentShard status writes", status_writes.clone());
+        registry.register(
+            "status_writes",
+            "AgentShard status writes",
+            status_writes.clone(),
+        );
         registry.register("shards", "AgentShards known", shards.clone());
-        registry.register("accounts", "Accounts served by all shards", accounts.clone());
-        registry.register("conflicts", "Accounts left out for a conflict, all shards", conflicts.clone());
-        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        registry.register("admission_reviews", "Admission reviews answered, by result", admissions.clone());
+        registry.register(
+            "accounts",
+            "Accounts served by all shards",
+            accounts.clone(),
+        );
+        registry.register(
+            "conflicts",
+            "Accounts left out for a conflict, all shards",
+            conflicts.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        registry.register(
+            "admission_reviews",
+            "Admission reviews answered, by result",
+            admissions.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -175,8 +203,14 @@ mod tests {
             })
             .inc();
         let text = m.encode();
-        assert!(text.contains("scale_agent_operator_reconciles_total 1"), "{text}");
-        assert!(text.contains("scale_agent_operator_reconcile_errors_total{error=\"ApiConflict\"} 1"), "{text}");
+        assert!(
+            text.contains("scale_agent_operator_reconciles_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scale_agent_operator_reconcile_errors_total{error=\"ApiConflict\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("scale_agent_operator_leader 0"), "{text}");
     }
 }

@@ -17,7 +17,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
-use scale_agent_crds::{AccountSpec, AccountState, AccountStatus, AgentShard, ShardRef, deployment_name};
+use scale_agent_crds::{
+    AccountSpec, AccountState, AccountStatus, AgentShard, ShardRef, deployment_name,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedSender;
@@ -169,15 +171,25 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
                 let (r, m) = if *releasing {
                     (
                         reason::OWNER_RELEASING,
-                        format!("AgentShard {owner} dropped this account and is letting it go; it comes next"),
+                        format!(
+                            "AgentShard {owner} dropped this account and is letting it go; it comes next"
+                        ),
                     )
                 } else {
                     (
                         reason::OWNED_BY_ANOTHER_SHARD,
-                        format!("AgentShard {owner} owns this account name (the oldest claim wins)"),
+                        format!(
+                            "AgentShard {owner} owns this account name (the oldest claim wins)"
+                        ),
                     )
                 };
-                accounts.push(status::account(&a.name, AccountState::Conflict, r, m, Some(owner)));
+                accounts.push(status::account(
+                    &a.name,
+                    AccountState::Conflict,
+                    r,
+                    m,
+                    Some(owner),
+                ));
                 continue;
             }
             None => {
@@ -194,17 +206,22 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         }
         let secret_name = &a.kubeconfig_secret_ref.name;
         if !fetched.contains_key(secret_name) {
-            let s = secrets
-                .get_opt(secret_name)
-                .await
-                .map_err(|e| Error::kube(format!("reading Secret {}/{secret_name}", sref.namespace), e))?;
+            let s = secrets.get_opt(secret_name).await.map_err(|e| {
+                Error::kube(
+                    format!("reading Secret {}/{secret_name}", sref.namespace),
+                    e,
+                )
+            })?;
             fetched.insert(secret_name.clone(), s);
         }
         let key = &a.kubeconfig_secret_ref.key;
         let outcome = match fetched.get(secret_name).and_then(Option::as_ref) {
             None => Err((
                 reason::SECRET_NOT_FOUND,
-                format!("Secret {secret_name} not found in namespace {}", sref.namespace),
+                format!(
+                    "Secret {secret_name} not found in namespace {}",
+                    sref.namespace
+                ),
             )),
             Some(s) => match s.data.as_ref().and_then(|d| d.get(key)) {
                 None => Err((
@@ -233,7 +250,9 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
                     None,
                 ));
             }
-            Err((r, m)) => accounts.push(status::account(&a.name, AccountState::Invalid, r, m, None)),
+            Err((r, m)) => {
+                accounts.push(status::account(&a.name, AccountState::Invalid, r, m, None))
+            }
         }
     }
 
@@ -252,8 +271,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
                 .to_owned(),
         ),
         (_, None) => Err(
-            "no agent image: set spec.image, or start the operator with --default-image"
-                .to_owned(),
+            "no agent image: set spec.image, or start the operator with --default-image".to_owned(),
         ),
         (Some(hub), Some(image)) => children::agent_config(&sref, shard, hub, &served)
             .map(|c| (c, image))
@@ -271,8 +289,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         Err(problem) => {
             // Invalid input: keep the children as they are and wait for a change.
             observed.config_problem = Some(problem);
-            let deployments: Api<Deployment> =
-                Api::namespaced(ctx.client.clone(), &sref.namespace);
+            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &sref.namespace);
             if let Some(d) = deployments
                 .get_opt(&deployment_name(&sref.name))
                 .await
@@ -298,7 +315,13 @@ fn view(shard: &AgentShard, d: &Deployment) -> DeploymentView {
         .unwrap_or_default()
         .into_iter()
         .find(|c| c.type_ == "Available")
-        .map(|c| (c.status == "True", c.reason.unwrap_or_default(), c.message.unwrap_or_default()));
+        .map(|c| {
+            (
+                c.status == "True",
+                c.reason.unwrap_or_default(),
+                c.message.unwrap_or_default(),
+            )
+        });
     DeploymentView {
         desired: shard.spec.replicas,
         generation: d.metadata.generation,
@@ -321,9 +344,13 @@ where
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
-        .await
-        .map_err(|e| Error::kube(format!("applying {} {ns}/{name}", K::kind(&())), e))
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("applying {} {ns}/{name}", K::kind(&())), e))
 }
 
 /// Applies every child; returns the Deployment as the server has it (with its status).
@@ -350,7 +377,12 @@ async fn apply_children(
         apply::<RoleBinding>(client, ns, &children::role_binding(sref, &owner)).await?;
     }
     // The config and the kubeconfigs first: the Deployment mounts them.
-    apply::<Secret>(client, ns, &children::kubeconfig_secret(sref, &owner, kubeconfigs)).await?;
+    apply::<Secret>(
+        client,
+        ns,
+        &children::kubeconfig_secret(sref, &owner, kubeconfigs),
+    )
+    .await?;
     apply::<ConfigMap>(client, ns, &children::config_map(sref, &owner, config_yaml)).await?;
     // The config no longer carries what was dropped: hand released names to the next claimant.
     let carried: BTreeSet<String> = kubeconfigs.keys().cloned().collect();
@@ -363,7 +395,12 @@ async fn apply_children(
     }
     ctx.trigger(waiting);
 
-    let dep = apply::<Deployment>(client, ns, &children::deployment(sref, shard, &owner, image, &sa)).await?;
+    let dep = apply::<Deployment>(
+        client,
+        ns,
+        &children::deployment(sref, shard, &owner, image, &sa),
+    )
+    .await?;
     match children::pdb(sref, shard, &owner) {
         Some(pdb) => {
             apply::<PodDisruptionBudget>(client, ns, &pdb).await?;
@@ -383,7 +420,12 @@ async fn apply_children(
                 match api.delete(&name, &DeleteParams::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(Error::kube(format!("deleting PodDisruptionBudget {ns}/{name}"), e)),
+                    Err(e) => {
+                        return Err(Error::kube(
+                            format!("deleting PodDisruptionBudget {ns}/{name}"),
+                            e,
+                        ));
+                    }
                 }
             }
         }
@@ -393,7 +435,12 @@ async fn apply_children(
 
 /// Writes the status when it differs from the stored one, and publishes the Events its
 /// transitions deserve.
-async fn write_status(shard: &AgentShard, sref: &ShardRef, ctx: &Context, observed: &Observed) -> Result<()> {
+async fn write_status(
+    shard: &AgentShard,
+    sref: &ShardRef,
+    ctx: &Context,
+    observed: &Observed,
+) -> Result<()> {
     let old = shard.status.as_ref();
     let new = status::compute(old, observed, now());
     if old == Some(&new) {
@@ -401,16 +448,27 @@ async fn write_status(shard: &AgentShard, sref: &ShardRef, ctx: &Context, observ
     }
     let api: Api<AgentShard> = Api::namespaced(ctx.client.clone(), &sref.namespace);
     let patch = serde_json::json!({ "status": new });
-    api.patch_status(
-        &sref.name,
-        &PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PatchParams::default()
-        },
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("writing the status of AgentShard {sref}"), e))?;
+    let written = api
+        .patch_status(
+            &sref.name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await;
+    match written {
+        Ok(_) => {}
+        // Deleted meanwhile: nothing to report to.
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => {
+            return Err(Error::kube(
+                format!("writing the status of AgentShard {sref}"),
+                e,
+            ));
+        }
+    }
     ctx.metrics.status_writes.inc();
     tracing::info!(
         active = new.active_accounts,

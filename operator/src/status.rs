@@ -70,7 +70,8 @@ impl DeploymentView {
     /// Rolled out: the controller saw the latest spec, every replica runs it and is
     /// available, and the Deployment says Available.
     pub fn rolled_out(&self) -> bool {
-        let current = matches!((self.generation, self.observed_generation), (Some(g), Some(o)) if o >= g);
+        let current =
+            matches!((self.generation, self.observed_generation), (Some(g), Some(o)) if o >= g);
         current
             && self.updated >= self.desired
             && self.available_replicas >= self.desired
@@ -96,7 +97,13 @@ pub struct Observed {
 }
 
 /// An account's status.
-pub fn account(name: &str, state: AccountState, reason: &str, message: String, owner: Option<&ShardRef>) -> AccountStatus {
+pub fn account(
+    name: &str,
+    state: AccountState,
+    reason: &str,
+    message: String,
+    owner: Option<&ShardRef>,
+) -> AccountStatus {
     AccountStatus {
         name: name.to_owned(),
         state,
@@ -234,9 +241,16 @@ pub fn compute(old: Option<&AgentShardStatus>, obs: &Observed, now: Time) -> Age
     ));
 
     // Ready
-    let rolled_out = obs.deployment.as_ref().is_some_and(DeploymentView::rolled_out);
+    let rolled_out = obs
+        .deployment
+        .as_ref()
+        .is_some_and(DeploymentView::rolled_out);
     let (ready, ready_reason, ready_message) = if !config_valid {
-        (false, reason::CONFIG_INVALID, config_message_short(obs, &invalid))
+        (
+            false,
+            reason::CONFIG_INVALID,
+            config_message_short(obs, &invalid),
+        )
     } else if !unique {
         (false, reason::ACCOUNT_CONFLICT, unique_message)
     } else if !rolled_out {
@@ -281,7 +295,11 @@ fn config_message_short(obs: &Observed, invalid: &[&AccountStatus]) -> String {
         Some(p) => p.clone(),
         None => format!(
             "accounts left out: {}",
-            invalid.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+            invalid
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -305,7 +323,9 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
     let before = |name: &str| old.and_then(|o| o.account(name));
     for a in &new.accounts {
         let prev = before(&a.name);
-        let same = prev.is_some_and(|p| p.state == a.state && p.reason == a.reason && p.owner_shard == a.owner_shard);
+        let same = prev.is_some_and(|p| {
+            p.state == a.state && p.reason == a.reason && p.owner_shard == a.owner_shard
+        });
         if same {
             continue;
         }
@@ -344,7 +364,10 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
     if let Some(c) = new.condition(condition_type::CONFIG_VALID)
         && c.status == scale_agent_crds::condition_status::FALSE
         && was_problem != Some((c.status.clone(), c.message.clone()))
-        && new.accounts.iter().all(|a| a.state != AccountState::Invalid)
+        && new
+            .accounts
+            .iter()
+            .all(|a| a.state != AccountState::Invalid)
     {
         out.push(Notice {
             warning: true,
@@ -374,7 +397,13 @@ mod tests {
     }
 
     fn active(name: &str) -> AccountStatus {
-        account(name, AccountState::Active, reason::SERVING, String::new(), None)
+        account(
+            name,
+            AccountState::Active,
+            reason::SERVING,
+            String::new(),
+            None,
+        )
     }
 
     fn conflict(name: &str, owner: &str) -> AccountStatus {

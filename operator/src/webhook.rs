@@ -88,7 +88,10 @@ pub fn check(new: &AgentShard, old: Option<&AgentShard>, others: &[Arc<AgentShar
         let owner = serving.copied().or_else(|| {
             claimants.iter().copied().min_by_key(|o| {
                 (
-                    o.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()),
+                    o.metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0.as_second()),
                     o.shard_ref(),
                 )
             })
@@ -218,9 +221,13 @@ pub fn generate(hosts: &[String]) -> Result<(CertBundle, i64)> {
     let err = |e: rcgen::Error| Error::Certificate(e.to_string());
     let now = Timestamp::now();
     let not_after_ts = now
-        .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(24 * VALIDITY_DAYS))
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(
+            24 * VALIDITY_DAYS,
+        ))
         .map_err(|e| Error::Certificate(e.to_string()))?;
-    let date = not_after_ts.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).date();
+    let date = not_after_ts
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+        .date();
     let not_after = rcgen::date_time_ymd(
         i32::from(date.year()),
         u8::try_from(date.month()).unwrap_or(1),
@@ -243,7 +250,10 @@ pub fn generate(hosts: &[String]) -> Result<(CertBundle, i64)> {
     let mut leaf = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     leaf.distinguished_name.push(
         DnType::CommonName,
-        hosts.first().map(String::as_str).unwrap_or("scale-agent-operator"),
+        hosts
+            .first()
+            .map(String::as_str)
+            .unwrap_or("scale-agent-operator"),
     );
     leaf.subject_alt_names = hosts
         .iter()
@@ -271,9 +281,10 @@ pub fn generate(hosts: &[String]) -> Result<(CertBundle, i64)> {
 }
 
 fn certified_key(bundle: &CertBundle) -> Result<Arc<CertifiedKey>> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bundle.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Certificate(format!("reading the serving certificate: {e}")))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(bundle.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Certificate(format!("reading the serving certificate: {e}")))?;
     let key = PrivateKeyDer::from_pem_slice(bundle.key_pem.as_bytes())
         .map_err(|e| Error::Certificate(format!("reading the serving key: {e}")))?;
     let provider = rustls::crypto::ring::default_provider();
@@ -302,10 +313,12 @@ impl CertSecret {
         let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
         let want_hosts = self.hosts.join(",");
         for _attempt in 0..3 {
-            let existing = api
-                .get_opt(&self.name)
-                .await
-                .map_err(|e| Error::kube(format!("reading Secret {}/{}", self.namespace, self.name), e))?;
+            let existing = api.get_opt(&self.name).await.map_err(|e| {
+                Error::kube(
+                    format!("reading Secret {}/{}", self.namespace, self.name),
+                    e,
+                )
+            })?;
             if let Some(s) = &existing
                 && let Some(bundle) = self.usable(s, &want_hosts)
             {
@@ -324,9 +337,18 @@ impl CertSecret {
                 },
                 type_: Some("kubernetes.io/tls".to_owned()),
                 data: Some(BTreeMap::from([
-                    ("ca.crt".to_owned(), ByteString(bundle.ca_pem.clone().into_bytes())),
-                    ("tls.crt".to_owned(), ByteString(bundle.cert_pem.clone().into_bytes())),
-                    ("tls.key".to_owned(), ByteString(bundle.key_pem.clone().into_bytes())),
+                    (
+                        "ca.crt".to_owned(),
+                        ByteString(bundle.ca_pem.clone().into_bytes()),
+                    ),
+                    (
+                        "tls.crt".to_owned(),
+                        ByteString(bundle.cert_pem.clone().into_bytes()),
+                    ),
+                    (
+                        "tls.key".to_owned(),
+                        ByteString(bundle.key_pem.clone().into_bytes()),
+                    ),
                 ])),
                 ..Secret::default()
             };
@@ -334,7 +356,8 @@ impl CertSecret {
                 None => api.create(&PostParams::default(), &secret).await,
                 Some(old) => {
                     secret.metadata.resource_version = old.metadata.resource_version;
-                    api.replace(&self.name, &PostParams::default(), &secret).await
+                    api.replace(&self.name, &PostParams::default(), &secret)
+                        .await
                 }
             };
             match result {
@@ -389,9 +412,15 @@ pub enum Endpoint {
 }
 
 /// The ValidatingWebhookConfiguration `name`.
-pub fn configuration(name: &str, endpoint: &Endpoint, ca_pem: &str) -> Result<ValidatingWebhookConfiguration> {
+pub fn configuration(
+    name: &str,
+    endpoint: &Endpoint,
+    ca_pem: &str,
+) -> Result<ValidatingWebhookConfiguration> {
     let client_config = match endpoint {
-        Endpoint::Url(url) => serde_json::json!({ "url": url, "caBundle": ByteString(ca_pem.as_bytes().to_vec()) }),
+        Endpoint::Url(url) => {
+            serde_json::json!({ "url": url, "caBundle": ByteString(ca_pem.as_bytes().to_vec()) })
+        }
         Endpoint::Service(ns, svc) => serde_json::json!({
             "service": { "namespace": ns, "name": svc, "path": PATH, "port": 443 },
             "caBundle": ByteString(ca_pem.as_bytes().to_vec()),
@@ -425,7 +454,12 @@ pub fn configuration(name: &str, endpoint: &Endpoint, ca_pem: &str) -> Result<Va
 }
 
 /// Applies the webhook configuration (server-side apply: a no-op when nothing changed).
-pub async fn register(client: &Client, name: &str, endpoint: &Endpoint, ca_pem: &str) -> Result<()> {
+pub async fn register(
+    client: &Client,
+    name: &str,
+    endpoint: &Endpoint,
+    ca_pem: &str,
+) -> Result<()> {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let config = configuration(name, endpoint, ca_pem)?;
     api.patch(
@@ -456,7 +490,12 @@ impl WebhookServer {
     /// Serves the webhook until the process ends, and every minute re-reads the
     /// certificate Secret and re-applies the webhook configuration, so a rotated
     /// certificate or an edited caBundle is put right.
-    pub async fn run(self, client: Client, shards: Store<AgentShard>, metrics: Arc<Metrics>) -> Result<()> {
+    pub async fn run(
+        self,
+        client: Client,
+        shards: Store<AgentShard>,
+        metrics: Arc<Metrics>,
+    ) -> Result<()> {
         let bundle = self.cert.ensure(&client).await?;
         let resolver = Arc::new(CertResolver(RwLock::new(certified_key(&bundle)?)));
         let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -476,11 +515,13 @@ impl WebhookServer {
                 source,
             })?;
         tracing::info!(addr = %self.addr, mode = ?self.mode, "webhook listening");
-        let app = Router::new().route(PATH, post(handle)).with_state(WebhookState {
-            mode: self.mode,
-            shards,
-            metrics,
-        });
+        let app = Router::new()
+            .route(PATH, post(handle))
+            .with_state(WebhookState {
+                mode: self.mode,
+                shards,
+                metrics,
+            });
 
         // Keep the certificate and the registration current.
         let keeper = {
@@ -508,7 +549,9 @@ impl WebhookServer {
                             Err(e) => tracing::warn!(error = %e, "webhook: bad certificate"),
                         },
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "webhook: checking the certificate failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "webhook: checking the certificate failed")
+                        }
                     }
                 }
             }
@@ -549,9 +592,9 @@ impl WebhookServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::{account, reason};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use scale_agent_crds::{AccountSpec, AgentShardSpec, AgentShardStatus, SecretKeyRef};
-    use crate::status::{account, reason};
 
     fn shard(ns: &str, name: &str, created: i64, accounts: &[&str]) -> AgentShard {
         let spec: AgentShardSpec = serde_json::from_value(serde_json::json!({
@@ -572,7 +615,13 @@ mod tests {
         let b = Arc::new(shard("ns2", "b", 5, &["x"]));
         let new = shard("ns3", "c", 20, &["x", "y"]);
         let t = check(&new, None, &[a, b]);
-        assert_eq!(t, vec![Taken { account: "x".into(), owner: ShardRef::new("ns2", "b") }]);
+        assert_eq!(
+            t,
+            vec![Taken {
+                account: "x".into(),
+                owner: ShardRef::new("ns2", "b")
+            }]
+        );
         assert!(t[0].message().contains("ns2/b"));
     }
 
@@ -580,11 +629,21 @@ mod tests {
     fn the_serving_shard_is_the_owner() {
         let mut a = shard("ns1", "a", 10, &["x"]);
         a.status = Some(AgentShardStatus {
-            accounts: vec![account("x", AccountState::Active, reason::SERVING, String::new(), None)],
+            accounts: vec![account(
+                "x",
+                AccountState::Active,
+                reason::SERVING,
+                String::new(),
+                None,
+            )],
             ..AgentShardStatus::default()
         });
         let b = shard("ns2", "b", 5, &["x"]);
-        let t = check(&shard("ns3", "c", 20, &["x"]), None, &[Arc::new(a), Arc::new(b)]);
+        let t = check(
+            &shard("ns3", "c", 20, &["x"]),
+            None,
+            &[Arc::new(a), Arc::new(b)],
+        );
         assert_eq!(t[0].owner, ShardRef::new("ns1", "a"));
     }
 
@@ -615,7 +674,8 @@ mod tests {
                 "object": serde_json::to_value(&new).expect("json"),
             }
         });
-        let review_in: AdmissionReview<DynamicObject> = serde_json::from_value(review_json).expect("review");
+        let review_in: AdmissionReview<DynamicObject> =
+            serde_json::from_value(review_json).expect("review");
         let req: AdmissionRequest<DynamicObject> = review_in.try_into().expect("request");
         let (resp, result) = review(&req, WebhookMode::Deny, std::slice::from_ref(&a));
         assert_eq!(result, "denied");
@@ -633,7 +693,12 @@ mod tests {
         let (b, not_after) = generate(&["127.0.0.1".into(), "svc.ns.svc".into()]).expect("gen");
         assert!(not_after > Timestamp::now().as_second());
         certified_key(&b).expect("loads");
-        let c = configuration("x", &Endpoint::Url("https://127.0.0.1:1/validate".into()), &b.ca_pem).expect("vwc");
+        let c = configuration(
+            "x",
+            &Endpoint::Url("https://127.0.0.1:1/validate".into()),
+            &b.ca_pem,
+        )
+        .expect("vwc");
         let w = &c.webhooks.expect("webhooks")[0];
         assert_eq!(w.failure_policy.as_deref(), Some("Ignore"));
     }

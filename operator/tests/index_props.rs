@@ -54,7 +54,8 @@ impl World {
         self.now += 1;
         match op {
             Op::Upsert(s, mask, created) => {
-                self.idx.upsert(&shard(*s), names(*mask), *created, 10 + self.now);
+                self.idx
+                    .upsert(&shard(*s), names(*mask), *created, 10 + self.now);
             }
             Op::Remove(s) => {
                 self.idx.remove(&shard(*s));
@@ -77,7 +78,10 @@ impl World {
                 let claimed: BTreeSet<&str> = self.idx.claims_of(&s).collect();
                 for n in &before {
                     if claimed.contains(n.as_str()) {
-                        assert!(owned.contains(n), "{s} lost {n}, which it served and still claims");
+                        assert!(
+                            owned.contains(n),
+                            "{s} lost {n}, which it served and still claims"
+                        );
                     }
                 }
                 self.configs.insert(s.clone(), owned.clone());

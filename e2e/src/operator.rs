@@ -1,0 +1,316 @@
+//! Running the operator against the test control plane, as `just up` and the operator's
+//! end-to-end tests do: the real `scale-agent-operator` binary as a [`Proc`], its webhook
+//! called by the management kube-apiserver at `https://127.0.0.1:<port>/validate`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::controlplane::http_get;
+use crate::ports::free_port;
+use crate::process::{Proc, tail};
+use crate::{ControlPlane, Error, Result};
+
+/// The namespace of the operator's Lease and webhook certificate in the test environment.
+pub const NAMESPACE: &str = "scale-agent-system";
+
+/// How to start one operator.
+#[derive(Debug, Clone)]
+pub struct OperatorOptions {
+    /// Component name (log file `logs/<name>.log`) and Lease identity.
+    pub name: String,
+    /// `warn` or `deny`.
+    pub webhook_mode: String,
+    /// `--default-hub`.
+    pub default_hub: Option<String>,
+    /// `--default-image`.
+    pub default_image: Option<String>,
+    /// `--lease-duration-seconds`.
+    pub lease_duration_seconds: u32,
+    /// Name of the ValidatingWebhookConfiguration (and of the Lease); operators that
+    /// share it share leadership.
+    pub instance: String,
+    /// Register (and keep current) the ValidatingWebhookConfiguration; a standby started
+    /// next to a running operator leaves it pointing at the first one.
+    pub register_webhook: bool,
+    /// More flags.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for OperatorOptions {
+    fn default() -> Self {
+        Self {
+            name: "operator".into(),
+            webhook_mode: "warn".into(),
+            default_hub: Some("hub.scale-agent.invalid:443".into()),
+            default_image: Some("scale-agent:dev".into()),
+            lease_duration_seconds: 10,
+            instance: "scale-agent-operator".into(),
+            register_webhook: true,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running operator. Dropping it stops it (SIGTERM: it gives its Lease up).
+#[derive(Debug)]
+pub struct Operator {
+    proc: Proc,
+    /// Port of /metrics, /healthz, /readyz.
+    pub admin_port: u16,
+    /// Port of the HTTPS webhook.
+    pub webhook_port: u16,
+    /// The options it was started with.
+    pub options: OperatorOptions,
+}
+
+/// The operator binary: `$SCALE_AGENT_OPERATOR_BIN`, else `target/debug/scale-agent-operator`
+/// of this workspace. Fails when it is missing, naming the command that builds it
+/// (`cargo test --workspace` builds it); warns when it is older than its sources.
+pub fn binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SCALE_AGENT_OPERATOR_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("scale-agent-operator");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .map_err(|_| Error::Missing {
+            program: "scale-agent-operator",
+            install: "cargo build -p scale-agent-operator",
+        })?;
+    let newest = newest_mtime(&[root.join("operator/src"), root.join("crds/src")]);
+    if newest.is_some_and(|n| n > built) {
+        // Still usable; but say so, since the tests then run yesterday's operator.
+        eprintln!(
+            "warning: {} is older than the operator's sources; run `cargo build -p scale-agent-operator`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn newest_mtime(dirs: &[PathBuf]) -> Option<SystemTime> {
+    let mut newest = None;
+    let mut stack: Vec<PathBuf> = dirs.to_vec();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                newest = Some(newest.map_or(m, |n: SystemTime| n.max(m)));
+            }
+        }
+    }
+    newest
+}
+
+/// Creates `namespace` unless it exists.
+pub fn ensure_namespace(cp: &ControlPlane, namespace: &str) -> Result<()> {
+    let yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n");
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], &yaml)?;
+    if out.success {
+        Ok(())
+    } else {
+        Err(Error::Kubectl {
+            args: format!("apply namespace {namespace}"),
+            status: "non-zero exit".into(),
+            stderr: out.stderr,
+        })
+    }
+}
+
+impl Operator {
+    /// Starts the operator against the management cluster (as cluster admin) and waits
+    /// until it answers `/readyz` (its shard cache is synced and the webhook serves).
+    pub async fn start(cp: &ControlPlane, options: OperatorOptions) -> Result<Operator> {
+        ensure_namespace(cp, NAMESPACE)?;
+        let admin_port = free_port()?;
+        let webhook_port = free_port()?;
+        let mut cmd = Command::new(binary()?);
+        cmd.env("KUBECONFIG", &cp.management.kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("OPERATOR_LOG")
+                    .unwrap_or_else(|_| "info,scale_agent_operator=debug,kube=warn".into()),
+            )
+            .arg(format!("--webhook-mode={}", options.webhook_mode))
+            .arg(format!("--webhook-addr=127.0.0.1:{webhook_port}"))
+            .arg(format!(
+                "--webhook-url=https://127.0.0.1:{webhook_port}/validate"
+            ))
+            .arg(format!(
+                "--webhook-config-name={}",
+                if options.register_webhook {
+                    options.instance.as_str()
+                } else {
+                    ""
+                }
+            ))
+            .arg(format!("--admin-addr=127.0.0.1:{admin_port}"))
+            .arg(format!("--leader-election-namespace={NAMESPACE}"))
+            .arg(format!("--leader-election-name={}", options.instance))
+            .arg(format!("--identity={}", options.name))
+            .arg(format!(
+                "--lease-duration-seconds={}",
+                options.lease_duration_seconds
+            ))
+            .arg("--log-format=json");
+        if let Some(hub) = &options.default_hub {
+            cmd.arg(format!("--default-hub={hub}"));
+        }
+        if let Some(image) = &options.default_image {
+            cmd.arg(format!("--default-image={image}"));
+        }
+        cmd.args(&options.extra_args);
+        let proc = Proc::spawn(&options.name, cmd, &cp.run_dir)?;
+        let mut op = Operator {
+            proc,
+            admin_port,
+            webhook_port,
+            options,
+        };
+        op.wait_ready(Duration::from_secs(60)).await?;
+        Ok(op)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.proc.check_running()?;
+            if http_get(self.admin_port, "/readyz")
+                .await
+                .is_ok_and(|b| b.lines().next().is_some_and(|l| l.contains(" 200")))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::NotReady {
+                    component: self.proc.name().to_string(),
+                    seconds: timeout.as_secs(),
+                    log: self.proc.log().to_path_buf(),
+                    tail: tail(self.proc.log(), 30),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The operator's log file.
+    pub fn log(&self) -> &Path {
+        self.proc.log()
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn tail(&self, lines: usize) -> String {
+        tail(self.proc.log(), lines)
+    }
+
+    /// The process (to signal or stop it).
+    pub fn process(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        let raw = http_get(self.admin_port, "/metrics")
+            .await
+            .map_err(|e| Error::io("reading /metrics of", self.proc.log(), e))?;
+        Ok(raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or(raw))
+    }
+
+    /// The value of metric `name` (exact sample name with labels, e.g.
+    /// `scale_agent_operator_reconciles_total`), 0 when absent.
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        Ok(sample(&self.metrics().await?, name).unwrap_or(0.0))
+    }
+
+    /// Whether it holds the leader Lease (its `leader` gauge).
+    pub async fn is_leader(&self) -> bool {
+        self.metric("scale_agent_operator_leader")
+            .await
+            .is_ok_and(|v| v == 1.0)
+    }
+}
+
+/// The value of sample `name` in Prometheus text `text`.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok())?
+    })
+}
+
+/// Applies the examples of `manifests/examples/` (`dir`) for `just up`: first a kubeconfig
+/// Secret per account, built from the target clusters' kubeconfigs
+/// (`kc-<target>` in each example namespace), then the shards.
+pub fn apply_examples(cp: &ControlPlane, dir: &Path) -> Result<()> {
+    let namespaces = ["spinnaker", "team-b"];
+    for ns in namespaces {
+        ensure_namespace(cp, ns)?;
+        for t in &cp.targets {
+            let kubeconfig = t.kubeconfig.display().to_string();
+            let secret = cp.kubectl([
+                "create",
+                "secret",
+                "generic",
+                &format!("kc-{}", t.name),
+                "-n",
+                ns,
+                &format!("--from-file=kubeconfig={kubeconfig}"),
+                "--dry-run=client",
+                "-o",
+                "yaml",
+            ])?;
+            let out = cp.kubectl_stdin(["apply", "-f", "-"], &secret)?;
+            if !out.success {
+                return Err(Error::Kubectl {
+                    args: format!("apply secret kc-{} -n {ns}", t.name),
+                    status: "non-zero exit".into(),
+                    stderr: out.stderr,
+                });
+            }
+        }
+    }
+    // Shards in file order: the conflicting pair's owner is applied (and so created) first.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io("reading", dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for f in files {
+        cp.kubectl(["apply", "-f", &f.display().to_string()])?;
+        // creationTimestamp has one-second resolution: keep the examples' ages apart.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn reads_samples() {
+        let text = "# HELP x\nscale_agent_operator_leader 1\nscale_agent_operator_reconciles_total 12\nfoo{a=\"b\"} 3\n";
+        assert_eq!(sample(text, "scale_agent_operator_leader"), Some(1.0));
+        assert_eq!(
+            sample(text, "scale_agent_operator_reconciles_total"),
+            Some(12.0)
+        );
+        assert_eq!(sample(text, "foo{a=\"b\"}"), Some(3.0));
+        assert_eq!(sample(text, "missing"), None);
+    }
+}

@@ -1,0 +1,870 @@
+//! The operator against the real control plane (webhook in `warn` mode): children with
+//! owner references, account edits without a rollout, image changes with one, conflicts
+//! across namespaces with the Event and the webhook warning, handoff after the owner is
+//! deleted, a move between shards in one apply with no overlap, invalid accounts in
+//! status, garbage collection, `kubectl wait`, no status write on a no-op reconcile, and
+//! a second operator that stays standby.
+
+mod operator_env;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use operator_env::{Env, in_namespace, shard_yaml};
+use scale_agent_crds::{AccountState, AgentConfig, AgentShard, CONFIG_KEY, condition_type};
+use scale_agent_e2e::kubectl::table;
+use scale_agent_e2e::operator::{Operator, OperatorOptions};
+use scale_agent_e2e::wait;
+
+fn main() {
+    operator_env::main(
+        OperatorOptions::default(),
+        None,
+        vec![
+            ("children_are_applied_with_owner_references", |e| {
+                Box::pin(children(e))
+            }),
+            ("account_edit_does_not_change_the_pod_template", |e| {
+                Box::pin(account_edit(e))
+            }),
+            ("image_change_changes_the_pod_template", |e| {
+                Box::pin(image_change(e))
+            }),
+            (
+                "conflict_across_namespaces_older_wins_with_event_and_warning",
+                |e| Box::pin(conflict(e)),
+            ),
+            ("handoff_within_10s_after_the_owner_is_deleted", |e| {
+                Box::pin(handoff(e))
+            }),
+            ("account_moved_in_one_apply_never_in_two_configs", |e| {
+                Box::pin(move_account(e))
+            }),
+            ("missing_secret_and_garbage_kubeconfig_in_status", |e| {
+                Box::pin(invalid_accounts(e))
+            }),
+            ("shard_deletion_garbage_collects_children", |e| {
+                Box::pin(deletion(e))
+            }),
+            ("kubectl_wait_for_ready", |e| Box::pin(kubectl_wait(e))),
+            ("no_status_write_on_noop_reconcile", |e| Box::pin(no_op(e))),
+            ("paused_shard_is_left_alone", |e| Box::pin(paused(e))),
+            ("second_operator_stays_standby", |e| Box::pin(standby(e))),
+        ],
+    );
+}
+
+fn account_state(s: &AgentShard, name: &str) -> Option<AccountState> {
+    s.account_status(name).map(|a| a.state)
+}
+
+fn ready(s: &AgentShard) -> bool {
+    s.status_is_current() && s.is_condition_true(condition_type::READY)
+}
+
+async fn deployment(env: &Env, ns: &str, name: &str) -> anyhow::Result<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(env.client().await?, ns);
+    Ok(api.get(&format!("{name}-agent")).await?)
+}
+
+fn controller_uid<K: Resource>(obj: &K) -> Option<String> {
+    obj.meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "AgentShard")
+        .map(|o| o.uid.clone())
+}
+
+async fn children(env: Arc<Env>) -> anyhow::Result<()> {
+    in_namespace(env, "children", |env, ns| async move {
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.apply(&shard_yaml(
+            &ns,
+            "east",
+            &[("a", "kc-a")],
+            "  replicas: 2\n",
+        ))?;
+        let shard = env.wait_shard("east Ready", &ns, "east", 60, ready).await?;
+        let uid = shard.uid().context("shard uid")?;
+        let client = env.client().await?;
+        let check = |what: &str, owner: Option<String>| -> anyhow::Result<()> {
+            ensure!(
+                owner.as_deref() == Some(uid.as_str()),
+                "{what} is not controlled by the shard (owner {owner:?})"
+            );
+            Ok(())
+        };
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get("east-agent-config")
+            .await?;
+        check("ConfigMap", controller_uid(&cm))?;
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("east-agent-kubeconfigs")
+            .await?;
+        check("Secret", controller_uid(&secret))?;
+        let dep = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get("east-agent")
+            .await?;
+        check("Deployment", controller_uid(&dep))?;
+        let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+            .get("east-agent")
+            .await?;
+        check("PodDisruptionBudget", controller_uid(&pdb))?;
+        check(
+            "ServiceAccount",
+            controller_uid(
+                &Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                    .get("east-agent")
+                    .await?,
+            ),
+        )?;
+        check(
+            "Role",
+            controller_uid(
+                &Api::<Role>::namespaced(client.clone(), &ns)
+                    .get("east-agent")
+                    .await?,
+            ),
+        )?;
+        check(
+            "RoleBinding",
+            controller_uid(
+                &Api::<RoleBinding>::namespaced(client.clone(), &ns)
+                    .get("east-agent")
+                    .await?,
+            ),
+        )?;
+        // Field manager of the operator's writes.
+        ensure!(
+            cm.managed_fields()
+                .iter()
+                .any(|m| m.manager.as_deref() == Some("scale-agent-operator")),
+            "ConfigMap not applied by field manager scale-agent-operator"
+        );
+        // The config: default hub, the account, its kubeconfig copied.
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(CONFIG_KEY))
+            .context("config.yaml")?;
+        let config = AgentConfig::from_yaml(text)?;
+        ensure!(
+            config.hub.address == "hub.scale-agent.invalid:443",
+            "hub {:?}",
+            config.hub
+        );
+        ensure!(
+            config.accounts.len() == 1 && config.accounts[0].name == "a",
+            "accounts {:?}",
+            config.accounts
+        );
+        let source = std::fs::read(&env.cp.management.kubeconfig)?;
+        let copied = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("a.kubeconfig"))
+            .context("a.kubeconfig")?;
+        ensure!(copied.0 == source, "the kubeconfig was not copied as is");
+        // The pod template: the default image, both volumes, probes, the ServiceAccount.
+        let pod = dep
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .context("pod spec")?;
+        let c = &pod.containers[0];
+        ensure!(
+            c.image.as_deref() == Some("scale-agent:dev"),
+            "image {:?}",
+            c.image
+        );
+        ensure!(pod.service_account_name.as_deref() == Some("east-agent"));
+        let vols: Vec<String> = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        ensure!(vols == ["config", "kubeconfigs"], "volumes {vols:?}");
+        ensure!(
+            c.readiness_probe.is_some() && c.liveness_probe.is_some(),
+            "probes missing"
+        );
+        ensure!(dep.spec.as_ref().and_then(|s| s.replicas) == Some(2));
+        let st = shard.status.context("status")?;
+        ensure!(
+            st.ready_replicas == 2 && st.active_accounts == 1 && st.conflicts == 0,
+            "status {st:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn account_edit(env: Arc<Env>) -> anyhow::Result<()> {
+    in_namespace(env, "acct-edit", |env, ns| async move {
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.kubeconfig_secret(&ns, "kc-b")?;
+        env.apply(&shard_yaml(&ns, "east", &[("a", "kc-a")], ""))?;
+        env.wait_shard("east Ready", &ns, "east", 60, ready).await?;
+        let before = deployment(&env, &ns, "east").await?;
+        // Add an account and edit the other one's filters.
+        let edited = shard_yaml(&ns, "east", &[("a", "kc-a"), ("b", "kc-b")], "").replace(
+            "      name: kc-a\n",
+            "      name: kc-a\n    namespaces: [default]\n",
+        );
+        env.apply(&edited)?;
+        env.wait_config("config with a (filtered) and b", &ns, "east", 30, |c| {
+            c.account("b").is_some() && c.account("a").is_some_and(|a| a.namespaces == ["default"])
+        })
+        .await?;
+        env.wait_shard("east Ready with 2 accounts", &ns, "east", 30, |s| {
+            ready(s) && s.status.as_ref().is_some_and(|st| st.active_accounts == 2)
+        })
+        .await?;
+        let after = deployment(&env, &ns, "east").await?;
+        ensure!(
+            before.metadata.generation == after.metadata.generation,
+            "the Deployment changed generation ({:?} -> {:?}): accounts must not roll the pods",
+            before.metadata.generation,
+            after.metadata.generation
+        );
+        ensure!(
+            before.spec.as_ref().map(|s| &s.template) == after.spec.as_ref().map(|s| &s.template),
+            "the pod template changed"
+        );
+        // Removing an account does not roll either.
+        env.apply(&shard_yaml(&ns, "east", &[("b", "kc-b")], ""))?;
+        env.wait_config("config without a", &ns, "east", 30, |c| {
+            c.account("a").is_none()
+        })
+        .await?;
+        let removed = deployment(&env, &ns, "east").await?;
+        ensure!(
+            before.metadata.generation == removed.metadata.generation,
+            "removing an account rolled the pods"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn image_change(env: Arc<Env>) -> anyhow::Result<()> {
+    in_namespace(env, "image", |env, ns| async move {
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.apply(&shard_yaml(
+            &ns,
+            "east",
+            &[("a", "kc-a")],
+            "  image: example.com/agent:1\n",
+        ))?;
+        env.wait_shard("east Ready", &ns, "east", 60, ready).await?;
+        let before = deployment(&env, &ns, "east").await?;
+        env.apply(&shard_yaml(
+            &ns,
+            "east",
+            &[("a", "kc-a")],
+            "  image: example.com/agent:2\n",
+        ))?;
+        let api: Api<Deployment> = Api::namespaced(env.client().await?, &ns);
+        let after = wait::until(
+            "the Deployment to run agent:2",
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                async move {
+                    let d = api.get("east-agent").await.ok()?;
+                    let image = d.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+                        .image
+                        .clone()?;
+                    (image == "example.com/agent:2").then_some(d)
+                }
+            },
+        )
+        .await?;
+        ensure!(
+            after.metadata.generation > before.metadata.generation,
+            "the Deployment generation did not move: {:?} -> {:?}",
+            before.metadata.generation,
+            after.metadata.generation
+        );
+        // Ready again once the rollout is done, for the new generation.
+        env.wait_shard("east Ready after the rollout", &ns, "east", 60, ready)
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+async fn conflict(env: Arc<Env>) -> anyhow::Result<()> {
+    let env2 = env.clone();
+    let owner_ns = env.namespace("conflict-owner").await?;
+    let result = in_namespace(env, "conflict-late", |env, ns| {
+        let owner_ns = owner_ns.clone();
+        async move {
+            env.kubeconfig_secret(&owner_ns, "kc-x")?;
+            env.kubeconfig_secret(&ns, "kc-x")?;
+            env.kubeconfig_secret(&ns, "kc-y")?;
+            let x = format!("shared-{}", std::process::id());
+            env.apply(&shard_yaml(&owner_ns, "owner", &[(&x, "kc-x")], ""))?;
+            env.wait_shard("owner serving x", &owner_ns, "owner", 60, |s| {
+                account_state(s, &x) == Some(AccountState::Active)
+            })
+            .await?;
+            let warnings = env.apply(&shard_yaml(
+                &ns,
+                "late",
+                &[(&x, "kc-x"), ("yy", "kc-y")],
+                "",
+            ))?;
+            let owner_key = format!("{owner_ns}/owner");
+            ensure!(
+                warnings.contains("Warning:")
+                    && warnings.contains(&owner_key)
+                    && warnings.contains(&x),
+                "kubectl apply did not print the webhook's warning naming {owner_key}: {warnings:?}"
+            );
+            let late = env
+                .wait_shard("late to show the conflict", &ns, "late", 60, |s| {
+                    s.status_is_current()
+                        && account_state(s, &x) == Some(AccountState::Conflict)
+                        && account_state(s, "yy") == Some(AccountState::Active)
+                })
+                .await?;
+            let acct = late.account_status(&x).context("status of x")?;
+            ensure!(
+                acct.owner_shard.as_deref() == Some(owner_key.as_str()),
+                "ownerShard {:?}",
+                acct.owner_shard
+            );
+            let unique = late
+                .condition(condition_type::ACCOUNTS_UNIQUE)
+                .context("AccountsUnique")?;
+            ensure!(
+                unique.status == "False" && unique.message.contains(&owner_key),
+                "AccountsUnique {unique:?}"
+            );
+            // kubectl get ash shows it.
+            let out = env.cp.kubectl(["get", "ash", "-n", &ns])?;
+            let rows = table(&out);
+            let row: BTreeMap<String, String> = rows
+                .first()
+                .cloned()
+                .context("no row")?
+                .into_iter()
+                .collect();
+            ensure!(
+                row["CONFLICTS"] == "1" && row["ACCOUNTS"] == "1",
+                "kubectl get ash:\n{out}"
+            );
+            // The losing shard's config leaves x out; the owner's keeps it.
+            let cfg = env
+                .wait_config("late config with y", &ns, "late", 30, |c| {
+                    c.account("yy").is_some()
+                })
+                .await?;
+            ensure!(cfg.account(&x).is_none(), "late's config carries {x}");
+            let owner_cfg = env
+                .agent_config(&owner_ns, "owner")
+                .await?
+                .context("owner config")?;
+            ensure!(owner_cfg.account(&x).is_some(), "owner's config lost {x}");
+            let owner = env.shard(&owner_ns, "owner").await?.context("owner")?;
+            ensure!(
+                account_state(&owner, &x) == Some(AccountState::Active),
+                "owner lost {x}"
+            );
+            // A Warning Event naming the owner.
+            let events = wait::until("the AccountConflict Event", Duration::from_secs(20), || {
+                let env = env.clone();
+                let ns = ns.clone();
+                let owner_key = owner_key.clone();
+                async move {
+                    let out = env
+                        .cp
+                        .kubectl([
+                            "get",
+                            "events",
+                            "-n",
+                            &ns,
+                            "--field-selector",
+                            "reason=AccountConflict,type=Warning",
+                            "-o",
+                            "jsonpath={.items[*].message}",
+                        ])
+                        .ok()?;
+                    out.contains(&owner_key).then_some(out)
+                }
+            })
+            .await?;
+            ensure!(
+                events.contains(&x),
+                "event does not name the account: {events}"
+            );
+            Ok(())
+        }
+    })
+    .await;
+    env2.drop_namespace(&owner_ns).await;
+    result
+}
+
+async fn handoff(env: Arc<Env>) -> anyhow::Result<()> {
+    let env2 = env.clone();
+    let owner_ns = env.namespace("handoff-owner").await?;
+    let result = in_namespace(env, "handoff-next", |env, ns| {
+        let owner_ns = owner_ns.clone();
+        async move {
+            let x = format!("handoff-{}", std::process::id());
+            env.kubeconfig_secret(&owner_ns, "kc-x")?;
+            env.kubeconfig_secret(&ns, "kc-x")?;
+            env.apply(&shard_yaml(&owner_ns, "owner", &[(&x, "kc-x")], ""))?;
+            env.wait_shard("owner serving", &owner_ns, "owner", 60, |s| {
+                account_state(s, &x) == Some(AccountState::Active)
+            })
+            .await?;
+            env.apply(&shard_yaml(&ns, "next", &[(&x, "kc-x")], ""))?;
+            env.wait_shard("next in conflict", &ns, "next", 60, |s| {
+                account_state(s, &x) == Some(AccountState::Conflict)
+            })
+            .await?;
+            let api: Api<AgentShard> = Api::namespaced(env.client().await?, &owner_ns);
+            let deleted = Instant::now();
+            api.delete("owner", &DeleteParams::default()).await?;
+            env.wait_config("next's config to carry the account", &ns, "next", 10, |c| {
+                c.account(&x).is_some()
+            })
+            .await?;
+            let to_config = deleted.elapsed();
+            env.wait_shard("next Active", &ns, "next", 10, |s| {
+                account_state(s, &x) == Some(AccountState::Active)
+            })
+            .await?;
+            let to_status = deleted.elapsed();
+            eprintln!("handoff after deletion: config in {to_config:?}, status in {to_status:?}");
+            ensure!(
+                to_status < Duration::from_secs(10),
+                "handoff took {to_status:?}"
+            );
+            // The Normal Event says so.
+            let out = env.cp.kubectl([
+                "get",
+                "events",
+                "-n",
+                &ns,
+                "--field-selector",
+                "reason=AccountAcquired",
+                "-o",
+                "name",
+            ])?;
+            ensure!(!out.trim().is_empty(), "no AccountAcquired Event");
+            Ok(())
+        }
+    })
+    .await;
+    env2.drop_namespace(&owner_ns).await;
+    result
+}
+
+async fn move_account(env: Arc<Env>) -> anyhow::Result<()> {
+    in_namespace(env, "move", |env, ns| async move {
+        for s in ["kc-x", "kc-y", "kc-z"] {
+            env.kubeconfig_secret(&ns, s)?;
+        }
+        let x = format!("moving-{}", std::process::id());
+        env.apply(&shard_yaml(&ns, "a", &[(&x, "kc-x"), ("yy", "kc-y")], ""))?;
+        env.wait_shard("a serving x", &ns, "a", 60, |s| {
+            account_state(s, &x) == Some(AccountState::Active)
+        })
+        .await?;
+        env.apply(&shard_yaml(&ns, "b", &[("zz", "kc-z")], ""))?;
+        env.wait_shard("b serving z", &ns, "b", 60, |s| {
+            account_state(s, "zz") == Some(AccountState::Active)
+        })
+        .await?;
+
+        // Record every version of both ConfigMaps while the move happens.
+        let api: Api<ConfigMap> = Api::namespaced(env.client().await?, &ns);
+        let seen: Arc<Mutex<Vec<(u64, String, bool)>>> = Arc::default();
+        let recorder = {
+            let seen = seen.clone();
+            let x = x.clone();
+            tokio::spawn(async move {
+                let stream = watcher(api, watcher::Config::default()).touched_objects();
+                futures::pin_mut!(stream);
+                while let Some(Ok(cm)) = stream.next().await {
+                    let rv: u64 = cm
+                        .resource_version()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let carries = cm
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(CONFIG_KEY))
+                        .and_then(|t| AgentConfig::from_yaml(t).ok())
+                        .is_some_and(|c| c.account(&x).is_some());
+                    if let Ok(mut s) = seen.lock() {
+                        s.push((rv, cm.name_any(), carries));
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // One apply: b (gaining x) comes first, so it claims x before a lets go.
+        let both = format!(
+            "{}---\n{}",
+            shard_yaml(&ns, "b", &[("zz", "kc-z"), (&x, "kc-x")], ""),
+            shard_yaml(&ns, "a", &[("yy", "kc-y")], "")
+        );
+        let started = Instant::now();
+        env.apply(&both)?;
+        env.wait_config("b's config to carry x", &ns, "b", 30, |c| {
+            c.account(&x).is_some()
+        })
+        .await?;
+        env.wait_shard("b serving x", &ns, "b", 30, |s| {
+            s.status_is_current()
+                && account_state(s, &x) == Some(AccountState::Active)
+                && s.status.as_ref().is_some_and(|st| st.conflicts == 0)
+        })
+        .await?;
+        eprintln!("move completed in {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        recorder.abort();
+        let a_cfg = env.agent_config(&ns, "a").await?.context("a config")?;
+        ensure!(a_cfg.account(&x).is_none(), "a still carries x");
+        // Replay the versions in resourceVersion order: never both at once.
+        let mut events = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        events.sort();
+        let mut state: BTreeMap<String, bool> = BTreeMap::new();
+        for (rv, name, carries) in &events {
+            state.insert(name.clone(), *carries);
+            let holders: Vec<&String> = state.iter().filter(|(_, c)| **c).map(|(n, _)| n).collect();
+            if holders.len() > 1 {
+                bail!("at resourceVersion {rv} both {holders:?} carried {x}; versions: {events:?}");
+            }
+        }
+        ensure!(
+            state.get("b-agent-config") == Some(&true),
+            "the watch never saw b carry x: {events:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn invalid_accounts(env: Arc<Env>) -> anyhow::Result<()> {
+    in_namespace(env, "invalid", |env, ns| async move {
+        env.kubeconfig_secret(&ns, "kc-good")?;
+        env.apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kc-garbage\n  namespace: {ns}\nstringData:\n  kubeconfig: \"this is not a kubeconfig: [\"\n"
+        ))?;
+        env.apply(&shard_yaml(
+            &ns,
+            "mixed",
+            &[("good", "kc-good"), ("missing", "kc-missing"), ("garbage", "kc-garbage")],
+            "",
+        ))?;
+        let s = env
+            .wait_shard("mixed to report its accounts", &ns, "mixed", 60, |s| {
+                s.status_is_current() && s.status.as_ref().is_some_and(|st| st.accounts.len() == 3)
+            })
+            .await?;
+        let st = |n: &str| s.account_status(n).cloned().context(format!("status of {n}"));
+        ensure!(st("good")?.state == AccountState::Active, "good: {:?}", st("good")?);
+        let missing = st("missing")?;
+        ensure!(
+            missing.state == AccountState::Invalid && missing.reason == "SecretNotFound" && missing.message.contains("kc-missing"),
+            "missing: {missing:?}"
+        );
+        let garbage = st("garbage")?;
+        ensure!(
+            garbage.state == AccountState::Invalid && garbage.reason == "KubeconfigInvalid" && garbage.message.contains("kc-garbage"),
+            "garbage: {garbage:?}"
+        );
+        let cv = s.condition(condition_type::CONFIG_VALID).context("ConfigValid")?;
+        ensure!(
+            cv.status == "False" && cv.message.contains("kc-missing") && cv.message.contains("kc-garbage"),
+            "ConfigValid {cv:?}"
+        );
+        let cfg = env.wait_config("config with good", &ns, "mixed", 30, |c| c.account("good").is_some()).await?;
+        let names: Vec<&str> = cfg.accounts.iter().map(|a| a.name.as_str()).collect();
+        ensure!(names == ["good"], "config accounts {names:?}");
+        let d = deployment(&env, &ns, "mixed").await?;
+        ensure!(d.metadata.name.is_some());
+        // Creating the missing Secret fixes it within seconds (the Secret watch).
+        env.kubeconfig_secret(&ns, "kc-missing")?;
+        env.wait_config("config with missing", &ns, "mixed", 15, |c| c.account("missing").is_some()).await?;
+        env.wait_shard("missing Active", &ns, "mixed", 15, |s| account_state(s, "missing") == Some(AccountState::Active)).await?;
+        Ok(())
+    })
+    .await
+}
+
+async fn deletion(env: Arc<Env>) -> anyhow::Result<()> {
+    in_namespace(env, "gc", |env, ns| async move {
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.apply(&shard_yaml(
+            &ns,
+            "doomed",
+            &[("a", "kc-a")],
+            "  replicas: 2\n",
+        ))?;
+        env.wait_shard("doomed Ready", &ns, "doomed", 60, ready)
+            .await?;
+        let client = env.client().await?;
+        let api: Api<AgentShard> = Api::namespaced(client.clone(), &ns);
+        api.delete("doomed", &DeleteParams::default()).await?;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        wait::until(
+            "the children to be garbage-collected",
+            Duration::from_secs(60),
+            || {
+                let (cms, secrets, deps, pdbs, sas) = (
+                    cms.clone(),
+                    secrets.clone(),
+                    deps.clone(),
+                    pdbs.clone(),
+                    sas.clone(),
+                );
+                async move {
+                    let gone = cms.get_opt("doomed-agent-config").await.ok()?.is_none()
+                        && secrets
+                            .get_opt("doomed-agent-kubeconfigs")
+                            .await
+                            .ok()?
+                            .is_none()
+                        && deps.get_opt("doomed-agent").await.ok()?.is_none()
+                        && pdbs.get_opt("doomed-agent").await.ok()?.is_none()
+                        && sas.get_opt("doomed-agent").await.ok()?.is_none();
+                    gone.then_some(())
+                }
+            },
+        )
+        .await?;
+        // The user's Secret is not the shard's: it stays.
+        ensure!(
+            secrets.get_opt("kc-a").await?.is_some(),
+            "the user's Secret was deleted"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn kubectl_wait(env: Arc<Env>) -> anyhow::Result<()> {
+    in_namespace(env, "wait", |env, ns| async move {
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.apply(&shard_yaml(&ns, "waited", &[("a", "kc-a")], ""))?;
+        let started = Instant::now();
+        let out = env.cp.kubectl_stdin(
+            [
+                "wait",
+                "--for=condition=Ready",
+                "--timeout=60s",
+                "-n",
+                &ns,
+                "ash/waited",
+            ],
+            "",
+        )?;
+        ensure!(out.success, "kubectl wait failed: {}", out.stderr);
+        eprintln!("Ready in {:?}", started.elapsed());
+        let row = table(&env.cp.kubectl(["get", "ash", "-n", &ns])?);
+        let row: BTreeMap<String, String> = row
+            .first()
+            .cloned()
+            .context("no row")?
+            .into_iter()
+            .collect();
+        ensure!(
+            row["STATUS"] == "Ready"
+                && row["READY"] == "1"
+                && row["ACCOUNTS"] == "1"
+                && row["CONFLICTS"] == "0",
+            "row {row:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Lines of the operator's log saying shard `key` was reconciled.
+async fn reconciles_logged(env: &Env, key: &str) -> anyhow::Result<usize> {
+    let guard = env.op.lock().await;
+    let op = guard.as_ref().context("no operator")?;
+    let text = std::fs::read_to_string(op.log())?;
+    let needle = format!("\"shard\":\"{key}\"");
+    Ok(text
+        .lines()
+        .filter(|l| l.contains("\"message\":\"reconciled\"") && l.contains(&needle))
+        .count())
+}
+
+async fn no_op(env: Arc<Env>) -> anyhow::Result<()> {
+    in_namespace(env, "noop", |env, ns| async move {
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.apply(&shard_yaml(&ns, "quiet", &[("a", "kc-a")], ""))?;
+        env.wait_shard("quiet Ready", &ns, "quiet", 60, ready)
+            .await?;
+        // Let the last writes (Deployment status, our status) settle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let client = env.client().await?;
+        let shard_rv = |s: Option<AgentShard>| s.and_then(|s| s.resource_version());
+        let before = shard_rv(env.shard(&ns, "quiet").await?);
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let cm_before = cms.get("quiet-agent-config").await?.resource_version();
+        let dep_before = deps.get("quiet-agent").await?.resource_version();
+        let key = format!("{ns}/quiet");
+        let logged_before = reconciles_logged(&env, &key).await?;
+        // Touch the referenced Secret (a label): each touch makes the operator reconcile
+        // the unchanged shard.
+        let touches = 5;
+        for i in 0..touches {
+            env.cp.kubectl([
+                "label",
+                "secret",
+                "kc-a",
+                "-n",
+                &ns,
+                &format!("touch={i}"),
+                "--overwrite",
+            ])?;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        let reconciled = wait::until(
+            "the operator to reconcile the touched shard",
+            Duration::from_secs(20),
+            || {
+                let env = env.clone();
+                let key = key.clone();
+                async move {
+                    let n = reconciles_logged(&env, &key).await.ok()?;
+                    (n >= logged_before + touches).then_some(n - logged_before)
+                }
+            },
+        )
+        .await?;
+        let after = shard_rv(env.shard(&ns, "quiet").await?);
+        let cm_after = cms.get("quiet-agent-config").await?.resource_version();
+        let dep_after = deps.get("quiet-agent").await?.resource_version();
+        eprintln!("no-op: {reconciled} reconciles, shard resourceVersion {before:?} -> {after:?}");
+        ensure!(
+            before == after,
+            "the shard was written during {reconciled} no-op reconciles ({before:?} -> {after:?})"
+        );
+        ensure!(
+            cm_before == cm_after,
+            "the ConfigMap was written ({cm_before:?} -> {cm_after:?})"
+        );
+        ensure!(
+            dep_before == dep_after,
+            "the Deployment was written ({dep_before:?} -> {dep_after:?})"
+        );
+        let _ = secrets;
+        Ok(())
+    })
+    .await
+}
+
+async fn paused(env: Arc<Env>) -> anyhow::Result<()> {
+    in_namespace(env, "paused", |env, ns| async move {
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.apply(&shard_yaml(
+            &ns,
+            "still",
+            &[("a", "kc-a")],
+            "  image: example.com/agent:1\n",
+        ))?;
+        env.wait_shard("still Ready", &ns, "still", 60, ready)
+            .await?;
+        env.apply(&shard_yaml(
+            &ns,
+            "still",
+            &[("a", "kc-a")],
+            "  image: example.com/agent:2\n  paused: true\n",
+        ))?;
+        env.wait_shard("still Paused", &ns, "still", 30, |s| {
+            s.status_is_current()
+                && s.condition(condition_type::READY)
+                    .is_some_and(|c| c.reason == "Paused")
+        })
+        .await?;
+        let d = deployment(&env, &ns, "still").await?;
+        let image = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].image.clone());
+        ensure!(
+            image == Some(Some("example.com/agent:1".into())),
+            "a paused shard was rolled: {image:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn standby(env: Arc<Env>) -> anyhow::Result<()> {
+    in_namespace(env, "standby", |env, ns| async move {
+        let options = {
+            let guard = env.op.lock().await;
+            let first = guard.as_ref().context("no operator")?;
+            ensure!(first.is_leader().await, "the first operator does not lead");
+            OperatorOptions {
+                name: "operator-standby".into(),
+                register_webhook: false,
+                ..first.options.clone()
+            }
+        };
+        let second = Operator::start(&env.cp, options).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ensure!(!second.is_leader().await, "two operators lead at once");
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.apply(&shard_yaml(&ns, "seen", &[("a", "kc-a")], ""))?;
+        env.wait_shard("seen Ready", &ns, "seen", 60, ready).await?;
+        let second_reconciles = second
+            .metric("scale_agent_operator_reconciles_total")
+            .await?;
+        let second_writes = second
+            .metric("scale_agent_operator_status_writes_total")
+            .await?;
+        let first_reconciles = {
+            let guard = env.op.lock().await;
+            guard
+                .as_ref()
+                .context("no operator")?
+                .metric("scale_agent_operator_reconciles_total")
+                .await?
+        };
+        eprintln!("reconciles: leader {first_reconciles}, standby {second_reconciles}");
+        ensure!(
+            second_reconciles == 0.0 && second_writes == 0.0,
+            "the standby reconciled {second_reconciles} times and wrote {second_writes} statuses"
+        );
+        ensure!(first_reconciles > 0.0, "the leader did not reconcile");
+        // The standby still serves the webhook and its shard cache: it is ready.
+        ensure!(
+            second.metric("scale_agent_operator_shards").await? >= 1.0,
+            "the standby's cache is empty"
+        );
+        drop(second);
+        Ok(())
+    })
+    .await
+}
