@@ -314,3 +314,39 @@ mod tests {
         assert_eq!(sample(text, "missing"), None);
     }
 }
+
+/// For `just up`: starts the operator (webhook in `warn` mode, agents pointed at `hub`
+/// when given), applies the examples in `examples` with their kubeconfig Secrets, and
+/// waits until every example shard has a status, so `kubectl get ash -A` shows them (one
+/// with a conflict). Drop the returned operator before the control plane.
+pub async fn up(cp: &ControlPlane, examples: &Path, hub: Option<&str>) -> Result<Operator> {
+    let mut options = OperatorOptions {
+        lease_duration_seconds: 15,
+        ..OperatorOptions::default()
+    };
+    if let Some(hub) = hub {
+        options.default_hub = Some(hub.to_owned());
+    }
+    let op = Operator::start(cp, options).await?;
+    tracing::info!(log = %op.log().display(), "operator running; applying {}", examples.display());
+    apply_examples(cp, examples)?;
+    crate::wait::until(
+        "every example AgentShard to have a status",
+        Duration::from_secs(90),
+        || async {
+            let out = cp
+                .kubectl([
+                    "get",
+                    "ash",
+                    "-A",
+                    "-o",
+                    "jsonpath={range .items[*]}{.status.observedGeneration}{\"\\n\"}{end}",
+                ])
+                .ok()?;
+            let lines: Vec<&str> = out.lines().collect();
+            (!lines.is_empty() && lines.iter().all(|l| !l.trim().is_empty())).then_some(())
+        },
+    )
+    .await?;
+    Ok(op)
+}

@@ -94,6 +94,9 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
         "--timeout=60s",
         "crd/agentshards.scaleagent.dev",
     ])?;
+    // The operator, then the example shards (one conflicting pair).
+    let operator =
+        scale_agent_e2e::operator::up(&cp, Path::new("manifests/examples"), None).await?;
 
     let env = format!(
         "# Written by `just up`; source it: . .dev/env\nexport KUBECONFIG={}\n",
@@ -118,6 +121,7 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     }
     tracing::info!("stopping");
     let _ = std::fs::remove_file(&ready);
+    drop(operator);
     drop(cp);
     Ok(())
 }
