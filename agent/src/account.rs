@@ -2,6 +2,7 @@
 //! with the hub, then stream each of its kinds until the session ends, the account is
 //! removed, or the hub gives it to a newer session.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -160,8 +161,18 @@ async fn serve(
     let Some(r) = results.recv().await else {
         return Err(Closed);
     };
+    // Where the hub's cache of each kind stands: watches resume there instead of
+    // relisting, when the cluster still has that revision.
+    let mut resume: HashMap<(String, String), String> = HashMap::new();
     if r.accepted {
-        tracing::info!(cluster_id = %account.cluster_id, "registered");
+        tracing::info!(cluster_id = %account.cluster_id, resume_points = r.resume_points.len(), "registered");
+        for p in r.resume_points {
+            if let Some(k) = p.kind
+                && !p.resource_version.is_empty()
+            {
+                resume.insert((k.group, k.kind), p.resource_version);
+            }
+        }
     } else {
         let reason = RegisterReason::try_from(r.reason).unwrap_or_default();
         let owner = r.owner.as_ref().map(|o| {
@@ -226,7 +237,9 @@ async fn serve(
     let _streaming = scopeguard(ctx.metrics.clone());
     let mut tasks = JoinSet::new();
     for (kind, flag) in watched.into_iter().zip(flags) {
+        let resume_from = resume.remove(&(kind.resource.group.clone(), kind.resource.kind.clone()));
         let kctx = KindCtx {
+            resume_from,
             account: name.clone(),
             client: client.clone(),
             config: desired.config.clone(),

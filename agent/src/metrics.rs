@@ -14,6 +14,8 @@ pub struct Metrics {
     pub watch_errors: Counter,
     /// Whole-kind relists after a watch expired.
     pub relists: Counter,
+    /// Watches resumed from the hub's resume point (no relist).
+    pub resumes: Counter,
     /// Connections to the hub opened.
     pub connects: Counter,
     /// Connection attempts that failed.
@@ -48,6 +50,11 @@ impl Metrics {
             "relists",
             "Whole-kind relists after a watch expired",
             self.relists.clone(),
+        );
+        r.register(
+            "resumes",
+            "Watches resumed from the hub's resume point",
+            self.resumes.clone(),
         );
         r.register(
             "hub_connects",
@@ -85,5 +92,26 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_with_the_prefix_and_total_suffix() {
+        let m = Metrics::default();
+        m.resumes.inc();
+        m.relists.inc_by(2);
+        let text = m.render();
+        assert!(
+            text.lines().any(|l| l == "scale_agent_resumes_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l == "scale_agent_relists_total 2"),
+            "{text}"
+        );
     }
 }

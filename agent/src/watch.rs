@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, stream::BoxStream};
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, WatchEvent, WatchParams};
 use kube::runtime::watcher::{self, Event};
 use scale_agent_crds::AccountConfig;
 use scale_agent_proto::v1::{
@@ -41,6 +41,8 @@ pub struct KindCtx {
     pub budget: Budget,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The hub's resourceVersion for this kind, to resume the watch from.
+    pub resume_from: Option<String>,
 }
 
 /// Streams `kind` until the session ends. `synced` is set after the first SyncEnd.
@@ -50,6 +52,17 @@ pub async fn run(ctx: KindCtx, kind: WatchedKind, synced: Arc<AtomicBool>) -> Re
         version: kind.resource.version.clone(),
         kind: kind.resource.kind.clone(),
     };
+    if let Some(rv) = ctx.resume_from.clone() {
+        match resume(&ctx, &kind, &gvk, rv, &synced).await? {
+            Resumed::Expired => {
+                tracing::info!(account = %ctx.account, kind = %gvk.kind, "resume point expired (410 Gone); relisting");
+                ctx.metrics.relists.inc();
+            }
+            Resumed::Failed(e) => {
+                tracing::info!(account = %ctx.account, kind = %gvk.kind, error = %e, "resuming failed; relisting");
+            }
+        }
+    }
     let mut backoff = Duration::from_millis(500);
     loop {
         let restart = sync_and_watch(&ctx, &kind, &gvk, &synced).await?;
@@ -61,6 +74,89 @@ pub async fn run(ctx: KindCtx, kind: WatchedKind, synced: Arc<AtomicBool>) -> Re
         // The streams ended (they do not, normally): start over after a pause.
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+enum Resumed {
+    /// The revision is gone from the cluster (compacted or older than the watch cache).
+    Expired,
+    /// Another failure; relisting is the safe way on.
+    Failed(String),
+}
+
+/// Watches from the hub's resume point without listing: after a load-balancer blip or a
+/// hub restart nothing is sent twice. Runs until the watch cannot go on.
+async fn resume(
+    ctx: &KindCtx,
+    kind: &WatchedKind,
+    gvk: &GroupVersionKind,
+    mut rv: String,
+    synced: &AtomicBool,
+) -> Result<Resumed, Closed> {
+    let apis = apis(ctx, kind);
+    let [api] = apis.as_slice() else {
+        // One revision cannot resume several per-namespace watches safely.
+        return Ok(Resumed::Failed("several namespaces".into()));
+    };
+    let mut params = WatchParams::default().timeout(290);
+    if let Some(f) = field_selector(ctx, kind) {
+        params = params.fields(&f);
+    }
+    if ctx.config.only_spinnaker_managed {
+        params = params.labels(SPINNAKER_MANAGED);
+    }
+    tracing::info!(account = %ctx.account, kind = %gvk.kind, resource_version = %rv, "resuming the watch");
+    ctx.metrics.resumes.inc();
+    synced.store(true, Ordering::Relaxed);
+    loop {
+        let stream = match api.watch(&params, &rv).await {
+            Ok(s) => s,
+            Err(kube::Error::Api(s)) if s.code == 410 => return Ok(Resumed::Expired),
+            Err(e) => return Ok(Resumed::Failed(e.to_string())),
+        };
+        futures::pin_mut!(stream);
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let next = if batch.is_empty() {
+                stream.next().await
+            } else {
+                match tokio::time::timeout(Duration::from_millis(20), stream.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        flush(ctx, &mut batch, &mut bytes).await?;
+                        continue;
+                    }
+                }
+            };
+            let (ty, obj) = match next {
+                // The server ended the watch (its timeout): go on from the last revision.
+                None => break,
+                Some(Ok(WatchEvent::Added(o))) => (EventType::Added, o),
+                Some(Ok(WatchEvent::Modified(o))) => (EventType::Modified, o),
+                Some(Ok(WatchEvent::Deleted(o))) => (EventType::Deleted, o),
+                Some(Ok(WatchEvent::Bookmark(b))) => {
+                    rv = b.metadata.resource_version;
+                    continue;
+                }
+                Some(Ok(WatchEvent::Error(e))) if e.code == 410 => {
+                    flush(ctx, &mut batch, &mut bytes).await?;
+                    return Ok(Resumed::Expired);
+                }
+                Some(Ok(WatchEvent::Error(e))) => {
+                    flush(ctx, &mut batch, &mut bytes).await?;
+                    return Ok(Resumed::Failed(e.message));
+                }
+                Some(Err(e)) => {
+                    flush(ctx, &mut batch, &mut bytes).await?;
+                    return Ok(Resumed::Failed(e.to_string()));
+                }
+            };
+            if let Some(ev) = encode(kind, gvk, &ctx.config, ty, obj, &mut rv) {
+                push(ctx, &mut batch, &mut bytes, ev).await?;
+            }
+        }
+        flush(ctx, &mut batch, &mut bytes).await?;
     }
 }
 
@@ -234,32 +330,48 @@ async fn flush(
 
 type Tagged = (usize, Result<Event<DynamicObject>, watcher::Error>);
 
-/// The watch streams of a kind: one over all namespaces, or one per listed namespace.
-fn streams(ctx: &KindCtx, kind: &WatchedKind) -> Vec<BoxStream<'static, Tagged>> {
+/// The APIs a kind is watched through: all namespaces, or one per listed namespace.
+fn apis(ctx: &KindCtx, kind: &WatchedKind) -> Vec<Api<DynamicObject>> {
     let ar = &kind.resource;
-    let mut cfg = watcher::Config::default().page_size(PAGE_SIZE);
-    if ctx.config.only_spinnaker_managed {
-        cfg = cfg.labels(SPINNAKER_MANAGED);
-    }
-    let apis: Vec<Api<DynamicObject>> = if kind.namespaced && !ctx.config.namespaces.is_empty() {
+    if kind.namespaced && !ctx.config.namespaces.is_empty() {
         ctx.config
             .namespaces
             .iter()
             .map(|ns| Api::namespaced_with(ctx.client.clone(), ns, ar))
             .collect()
     } else {
-        if kind.namespaced && !ctx.config.omit_namespaces.is_empty() {
-            let sel: Vec<String> = ctx
-                .config
-                .omit_namespaces
-                .iter()
-                .map(|ns| format!("metadata.namespace!={ns}"))
-                .collect();
-            cfg = cfg.fields(&sel.join(","));
-        }
         vec![Api::all_with(ctx.client.clone(), ar)]
-    };
-    apis.into_iter()
+    }
+}
+
+/// The field selector that leaves out `omitNamespaces` (server side).
+fn field_selector(ctx: &KindCtx, kind: &WatchedKind) -> Option<String> {
+    if !kind.namespaced
+        || !ctx.config.namespaces.is_empty()
+        || ctx.config.omit_namespaces.is_empty()
+    {
+        return None;
+    }
+    let sel: Vec<String> = ctx
+        .config
+        .omit_namespaces
+        .iter()
+        .map(|ns| format!("metadata.namespace!={ns}"))
+        .collect();
+    Some(sel.join(","))
+}
+
+/// The watch streams of a kind: one over all namespaces, or one per listed namespace.
+fn streams(ctx: &KindCtx, kind: &WatchedKind) -> Vec<BoxStream<'static, Tagged>> {
+    let mut cfg = watcher::Config::default().page_size(PAGE_SIZE);
+    if ctx.config.only_spinnaker_managed {
+        cfg = cfg.labels(SPINNAKER_MANAGED);
+    }
+    if let Some(f) = field_selector(ctx, kind) {
+        cfg = cfg.fields(&f);
+    }
+    apis(ctx, kind)
+        .into_iter()
         .enumerate()
         .map(|(i, api)| {
             watcher::watcher(api, cfg.clone())

@@ -171,7 +171,14 @@ impl ControlPlane {
                     .prefix("scale-agent-e2e-")
                     .tempdir()
                     .map_err(|e| Error::io("creating", std::env::temp_dir(), e))?;
-                (tmp.path().to_path_buf(), Some(tmp))
+                if std::env::var_os("SCALE_AGENT_KEEP_RUN").is_some() {
+                    // Keep logs and data for a post-mortem.
+                    let path = tmp.keep();
+                    eprintln!("keeping the run folder {}", path.display());
+                    (path, None)
+                } else {
+                    (tmp.path().to_path_buf(), Some(tmp))
+                }
             }
         };
         let reaper = spawn_reaper(&run_dir, std::process::id())?;

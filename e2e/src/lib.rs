@@ -19,6 +19,7 @@ mod error;
 pub mod hub;
 pub mod kubeconfig;
 pub mod kubectl;
+pub mod nginx;
 pub mod operator;
 pub mod pods;
 pub mod ports;

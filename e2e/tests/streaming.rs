@@ -562,7 +562,16 @@ async fn grace_return(env: Arc<Env>) -> anyhow::Result<()> {
         .await
         .with_context(|| agent_log(&agent2))?;
     let took = converge(&s.hub, "grace-back", &api, &s.ns, Duration::from_secs(20)).await?;
-    eprintln!("grace-back: resynced in {took:?} after the agent came back");
+    // It resumed the watches from the hub's resume points instead of listing again.
+    let resumes = metric(&agent2, "scale_agent_resumes_total").await;
+    let relisted = relists(&agent2).await;
+    eprintln!(
+        "grace-back: resynced in {took:?} after the agent came back ({resumes} watches resumed, {relisted} relists)"
+    );
+    ensure!(
+        resumes >= 1,
+        "the agent should resume from the hub's resume points, resumed {resumes}"
+    );
     Ok(())
 }
 
@@ -839,12 +848,17 @@ async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
 }
 
 async fn relists(agent: &AgentProcess) -> u64 {
+    metric(agent, "scale_agent_relists_total").await
+}
+
+/// A counter from the agent's `/metrics`.
+async fn metric(agent: &AgentProcess, name: &str) -> u64 {
     let Ok(resp) = reqwest::get(format!("http://{}/metrics", agent.admin)).await else {
         return 0;
     };
     let text = resp.text().await.unwrap_or_default();
     text.lines()
-        .find(|l| l.starts_with("scale_agent_relists_total"))
+        .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
