@@ -11,8 +11,14 @@ use clap::{ArgGroup, Parser, ValueEnum};
 /// over HTTP (JSON), and routes deploy operations to the agent replica that
 /// holds the account.
 ///
-/// Serve with mTLS (--tls-cert, --tls-key, --client-ca) in production; plain
-/// HTTP/2 needs an explicit --insecure.
+/// Serve with mTLS (--tls-cert, --tls-key, --client-ca) in production, or
+/// behind a load balancer that verifies client certificates and forwards them
+/// (--trusted-proxy); plain HTTP/2 needs an explicit --insecure.
+///
+/// Agents are identified by the URI SAN of their client certificate,
+/// spiffe://scaleagent.dev/ns/<namespace>/shard/<name>; a Hello naming another
+/// shard is refused. With --authorize-shards an account is accepted only from
+/// the shard whose AgentShard lists it.
 #[derive(Debug, Parser)]
 #[command(name = "scale-agent-hub", version, about, long_about)]
 // Plaintext must be asked for: one of --tls-cert and --insecure is required.
@@ -39,24 +45,75 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub store: Option<PathBuf>,
 
-    /// PEM certificate chain the gRPC server presents.
+    /// PEM certificate chain the gRPC server presents. Reloaded when the file
+    /// changes (see --reload-interval): new connections use the new one, open
+    /// streams keep going.
     #[arg(long, value_name = "PATH", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
-    /// PEM private key of --tls-cert.
+    /// PEM private key of --tls-cert (reloaded with it).
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
     /// PEM bundle of the CAs that sign agent client certificates. When set,
-    /// agents without a certificate from one of them are refused (mTLS), and
-    /// the certificate names the agent's shard.
+    /// agents without a certificate from one of them are refused at the TLS
+    /// handshake (mTLS), and the certificate's URI SAN names the agent's
+    /// shard. Reloaded when it changes.
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
 
-    /// Serve gRPC without TLS (plain HTTP/2), e.g. behind a load balancer that
-    /// terminates TLS, or in tests. Agents are then not authenticated.
+    /// Serve gRPC without TLS (plain HTTP/2, h2c), e.g. behind a load
+    /// balancer that terminates TLS (then use --trusted-proxy), or in
+    /// development. Without --trusted-proxy agents are not authenticated and
+    /// the shard named in Hello is believed; a warning is logged at startup.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
     pub insecure: bool,
+
+    /// A load balancer (CIDR or address; repeatable) whose forwarded client
+    /// certificate is believed: when the TCP peer is in one of these, the
+    /// agent's identity is read from --client-cert-header. From any other
+    /// peer that header is ignored (with a warning). When set, every session
+    /// needs an identity (forwarded, or its own TLS client certificate).
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// The header a trusted proxy forwards the verified client certificate
+    /// in, as URL-encoded PEM (nginx: `grpc_set_header x-client-cert
+    /// $ssl_client_escaped_cert;`). Plain PEM is accepted too.
+    #[arg(long, value_name = "NAME", default_value = "x-client-cert")]
+    pub client_cert_header: String,
+
+    /// Enforce account ownership: watch the AgentShards of this namespace
+    /// (repeatable; `*` for all namespaces) through the in-cluster config or
+    /// KUBECONFIG, and accept an account only from the shard that lists it
+    /// (and is not in Conflict for it); others get NOT_OWNER naming the owner.
+    /// Without it any agent may register any account (a warning is logged).
+    #[arg(long = "authorize-shards", value_name = "NAMESPACE")]
+    pub authorize_shards: Vec<String>,
+
+    /// End each agent session after this age, ±10% jitter (Drain REBALANCE,
+    /// then the stream ends), so that agents spread over hub replicas after a
+    /// scale-out. The agent reconnects at once; its accounts stay. Off when
+    /// unset. A duration, e.g. 30m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_connection_age: Option<Duration>,
+
+    /// How long an aged-out session may stay open after its Drain before the
+    /// hub ends the stream.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub max_connection_age_grace: Duration,
+
+    /// File holding the bearer token of the HTTP API: every /v1/... request
+    /// then needs `Authorization: Bearer <token>` (401 otherwise). /healthz
+    /// and /metrics stay open. Re-read when it changes. Without it the API is
+    /// open (a warning is logged).
+    #[arg(long, value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// How often the TLS files and the API token file are checked for
+    /// changes.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
 
     /// Log line format: human-readable text, or one JSON object per line for
     /// log collectors.
@@ -71,6 +128,10 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    scale_agent_hub::identity::parse_cidr(text)
 }
 
 /// Parses a duration written as numbers with units, e.g. `600s`, `10m`,
@@ -130,6 +191,37 @@ mod tests {
         assert_eq!(args.grpc_addr, "0.0.0.0:9090".parse().expect("valid"));
         assert_eq!(args.http_addr, "0.0.0.0:8080".parse().expect("valid"));
         assert_eq!(args.store, None);
+        assert_eq!(args.client_cert_header, "x-client-cert");
+        assert_eq!(args.max_connection_age, None);
+        assert_eq!(args.max_connection_age_grace, Duration::from_secs(30));
+        assert!(args.trusted_proxies.is_empty());
+        assert!(args.authorize_shards.is_empty());
+    }
+
+    #[test]
+    fn security_flags() {
+        let args = Args::try_parse_from([
+            "scale-agent-hub",
+            "--insecure",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--authorize-shards",
+            "spinnaker",
+            "--max-connection-age",
+            "30m",
+            "--api-token-file",
+            "/run/token",
+        ])
+        .expect("parses");
+        assert_eq!(args.trusted_proxies.len(), 2);
+        assert_eq!(args.authorize_shards, vec!["spinnaker".to_owned()]);
+        assert_eq!(args.max_connection_age, Some(Duration::from_secs(1800)));
+        assert!(
+            Args::try_parse_from(["scale-agent-hub", "--insecure", "--trusted-proxy", "x"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -40,6 +40,24 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS material is not usable (bad PEM, key does not match, empty CA
+    /// bundle).
+    #[error("TLS: {message}")]
+    Tls {
+        /// What is wrong.
+        message: String,
+    },
+    /// The Kubernetes client for the AgentShard watch could not be built.
+    #[error("Kubernetes client (for --authorize-shards): {0}")]
+    Kube(String),
+    /// The API token file could not be read or is empty.
+    #[error("API token file {path}: {message}")]
+    ApiToken {
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The gRPC server could not be configured or failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -55,6 +73,9 @@ impl Error {
             Error::Store { .. } => "store",
             Error::Bind { .. } => "bind",
             Error::TlsFile { .. } => "tls_file",
+            Error::Tls { .. } => "tls",
+            Error::Kube(_) => "kube",
+            Error::ApiToken { .. } => "api_token",
             Error::Transport(_) => "transport",
             Error::Http(_) => "http",
         }

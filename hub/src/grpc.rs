@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, info, info_span, warn};
 
+use crate::identity::{IdentityError, IdentitySource, PeerInfo};
 use crate::metrics::ReasonLabel;
 use crate::registry::{SessionId, ShardKey};
 use crate::session::Session;
@@ -71,14 +72,33 @@ impl AgentHub for HubService {
         &self,
         request: Request<Streaming<AgentFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let peer = request
-            .remote_addr()
+        let info = request.extensions().get::<PeerInfo>().cloned();
+        let peer = info
+            .as_ref()
+            .map(|p| p.remote_addr)
+            .or_else(|| request.remote_addr())
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let policy = &self.shared.settings.identity;
+        let forwarded = request
+            .metadata()
+            .get(policy.client_cert_header.as_str())
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        let identity = match policy.resolve(info.as_ref(), forwarded.as_deref()) {
+            Ok(identity) => identity,
+            Err(IdentityError::Missing(message)) => {
+                warn!(%peer, %message, "unauthenticated stream refused");
+                return Err(self.reject("unauthenticated", Status::unauthenticated(message)));
+            }
+            Err(IdentityError::Invalid(message)) => {
+                warn!(%peer, %message, "stream with an unusable identity refused");
+                return Err(self.reject("bad_identity", Status::permission_denied(message)));
+            }
+        };
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let service = self.clone();
         tokio::spawn(async move {
-            match service.handshake(&peer, &mut inbound, &tx).await {
+            match service.handshake(&peer, identity, &mut inbound, &tx).await {
                 Ok(session) => {
                     let span = info_span!("session", session = %session.id, shard = %session.shard, replica = %session.replica);
                     session.run(inbound).instrument(span).await;
@@ -98,6 +118,7 @@ impl HubService {
     async fn handshake(
         &self,
         peer: &str,
+        identity: Option<(ShardKey, IdentitySource)>,
         inbound: &mut Streaming<AgentFrame>,
         tx: &Outbound,
     ) -> Result<Session, Status> {
@@ -158,6 +179,20 @@ impl HubService {
             namespace: shard.namespace,
             name: shard.name,
         };
+        let source = match identity {
+            Some((certified, source)) if certified != shard => {
+                warn!(%peer, hello_shard = %shard, certified_shard = %certified, source = source.label(),
+                    "Hello names another shard than the client certificate; refusing the stream");
+                return Err(self.reject(
+                    "wrong_shard",
+                    Status::permission_denied(format!(
+                        "Hello names shard {shard}, but the client certificate identifies shard {certified}: a replica may speak only for its own shard"
+                    )),
+                ));
+            }
+            Some((_, source)) => source,
+            None => IdentitySource::Hello,
+        };
         let id: SessionId = Arc::from(uuid::Uuid::new_v4().simple().to_string());
         let replica = if hello.replica_id.is_empty() {
             format!("unnamed-{id}")
@@ -193,7 +228,7 @@ impl HubService {
                 replica: replica.clone(),
             },
         );
-        info!(session = %id, shard = %shard, replica = %replica, %peer, agent_version = %hello.agent_version,
+        info!(session = %id, shard = %shard, replica = %replica, %peer, identity = source.label(), agent_version = %hello.agent_version,
             capabilities = ?hello.capabilities, "session opened");
         Ok(Session {
             shared: Arc::clone(&self.shared),
@@ -201,6 +236,7 @@ impl HubService {
             shard,
             replica,
             tx: tx.clone(),
+            identity: source,
         })
     }
 }

@@ -12,20 +12,29 @@
 //!   account, 503 account disconnected, 504 no result before the deadline.
 //!
 //! Errors are `{"error": "..."}`.
+//!
+//! With an API token (`--api-token-file`), every `/v1/...` request needs
+//! `Authorization: Bearer <token>`; without it or with another token the answer
+//! is 401. `/healthz` and `/metrics` stay open. The file is re-read when it
+//! changes, so the token can be rotated without a restart.
 
-use std::sync::Arc;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use scale_agent_proto::v1::{self as pb, HubFrame, hub_frame};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use subtle::ConstantTimeEq as _;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cache::{AccountCache, CachedObject, ObjectKey};
@@ -33,11 +42,112 @@ use crate::operations::{self, Begin, OperationRequest, Outcome};
 use crate::registry::AccountState;
 use crate::state::Shared;
 
-/// The router over the shared state.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+/// The bearer token of the HTTP API, read from a file and re-read when the
+/// file changes.
+#[derive(Debug)]
+pub struct ApiToken {
+    path: PathBuf,
+    current: RwLock<Vec<u8>>,
+}
+
+impl ApiToken {
+    fn read(path: &FsPath) -> Result<Vec<u8>, String> {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let token = bytes.trim_ascii();
+        if token.is_empty() {
+            return Err("the file is empty".into());
+        }
+        Ok(token.to_vec())
+    }
+
+    /// Reads the token, and checks the file every `interval` for a new one.
+    /// A file that becomes unreadable or empty keeps the old token (logged).
+    pub fn watch(
+        path: &FsPath,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<ApiToken>, crate::Error> {
+        let first = ApiToken::read(path).map_err(|message| crate::Error::ApiToken {
+            path: path.to_owned(),
+            message,
+        })?;
+        let token = Arc::new(ApiToken {
+            path: path.to_owned(),
+            current: RwLock::new(first),
+        });
+        let watched = Arc::clone(&token);
+        tokio::spawn(async move {
+            let mut last_error = String::new();
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                let path = watched.path.clone();
+                let Ok(read) = tokio::task::spawn_blocking(move || ApiToken::read(&path)).await
+                else {
+                    continue;
+                };
+                match read {
+                    Ok(next) => {
+                        last_error.clear();
+                        let mut current =
+                            watched.current.write().unwrap_or_else(|p| p.into_inner());
+                        if *current != next {
+                            *current = next;
+                            info!(path = %watched.path.display(), "API token file changed; the new token is in use");
+                        }
+                    }
+                    Err(err) => {
+                        if err != last_error {
+                            warn!(path = %watched.path.display(), %err, "cannot read the API token file; the previous token stays in use");
+                            last_error = err;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(token)
+    }
+
+    /// True when `presented` is the token (compared in constant time).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        bool::from(current.as_slice().ct_eq(presented))
+    }
+}
+
+async fn require_token(
+    State((shared, token)): State<(Arc<Shared>, Arc<ApiToken>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    let message = match presented {
+        Some(t) if token.matches(t.as_bytes()) => return next.run(request).await,
+        Some(_) => "the bearer token is not valid",
+        None => "this API needs an Authorization: Bearer <token> header",
+    };
+    shared.metrics.http_unauthorized.inc();
+    warn!(path = %request.uri().path(), message, "HTTP API request refused");
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"scale-agent-hub\""),
+    );
+    response
+}
+
+/// The router over the shared state; `/v1/...` needs `token` when set.
+pub fn router(shared: Arc<Shared>, token: Option<Arc<ApiToken>>) -> Router {
+    let mut api = Router::new()
         .route("/v1/accounts", get(list_accounts))
         .route("/v1/accounts/{account}", get(get_account))
         .route("/v1/accounts/{account}/objects", get(list_objects))
@@ -46,7 +156,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(get_object),
         )
         .route("/v1/accounts/{account}/operations", post(post_operation))
+        .with_state(Arc::clone(&shared));
+    if let Some(token) = token {
+        api = api.layer(middleware::from_fn_with_state(
+            (Arc::clone(&shared), token),
+            require_token,
+        ));
+    }
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .with_state(shared)
+        .merge(api)
 }
 
 /// An error answer.

@@ -28,72 +28,35 @@ pub mod cache;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod operations;
+pub mod ownership;
 pub mod registry;
 pub mod session;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use scale_agent_proto::v1::agent_hub_server::AgentHubServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub use error::Error;
+pub use ownership::ShardSource;
+pub use tls::{TlsConfig, TlsFiles};
 
 use crate::state::{Settings, Shared};
 use crate::store::Store;
-
-/// TLS for the gRPC server, as PEM bytes.
-#[derive(Clone)]
-pub struct TlsConfig {
-    /// Certificate chain the server presents.
-    pub cert_pem: Vec<u8>,
-    /// Its private key.
-    pub key_pem: Vec<u8>,
-    /// When set, clients must present a certificate signed by one of these
-    /// CAs (mTLS).
-    pub client_ca_pem: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for TlsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConfig")
-            .field("mtls", &self.client_ca_pem.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl TlsConfig {
-    /// Reads the PEM files.
-    pub fn from_files(
-        cert: &Path,
-        key: &Path,
-        client_ca: Option<&Path>,
-    ) -> Result<TlsConfig, Error> {
-        let read = |what: &'static str, path: &Path| {
-            std::fs::read(path).map_err(|source| Error::TlsFile {
-                what,
-                path: path.to_owned(),
-                source,
-            })
-        };
-        Ok(TlsConfig {
-            cert_pem: read("certificate", cert)?,
-            key_pem: read("private key", key)?,
-            client_ca_pem: client_ca.map(|p| read("client CA bundle", p)).transpose()?,
-        })
-    }
-}
 
 /// How to run the hub.
 #[derive(Debug, Clone)]
@@ -122,6 +85,26 @@ pub struct Config {
     pub default_operation_timeout: Duration,
     /// How long a new stream may take to send Hello.
     pub hello_timeout: Duration,
+    /// How often TLS files and the API token file are checked for changes.
+    pub reload_interval: Duration,
+    /// Peers (load balancers) whose forwarded client certificate header is
+    /// believed. When non-empty, every session needs an identity.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header trusted proxies forward the client certificate in (nginx
+    /// `$ssl_client_escaped_cert`: URL-encoded PEM).
+    pub client_cert_header: String,
+    /// Where account ownership is learned from; `None`: no ownership check
+    /// (any shard may register any account).
+    pub authorize: Option<ShardSource>,
+    /// Sessions older than this (±10% jitter) are drained (Drain REBALANCE)
+    /// so agents spread over hub replicas; `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// After the Drain, how long the agent has to close the stream before the
+    /// hub ends it.
+    pub max_connection_age_grace: Duration,
+    /// When set, every `/v1/...` HTTP request needs `Authorization: Bearer
+    /// <token>` with the token in this file (re-read when it changes).
+    pub api_token_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -140,6 +123,13 @@ impl Config {
             initial_window_bytes: 32 * 1024 * 1024,
             default_operation_timeout: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(30),
+            reload_interval: Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
+            client_cert_header: identity::DEFAULT_CLIENT_CERT_HEADER.into(),
+            authorize: None,
+            max_connection_age: None,
+            max_connection_age_grace: Duration::from_secs(30),
+            api_token_file: None,
         }
     }
 
@@ -160,6 +150,26 @@ impl Hub {
     pub async fn start(config: Config) -> Result<RunningHub, Error> {
         let store = Store::open(config.store.as_deref())?;
         let shutdown = CancellationToken::new();
+        let header = config.client_cert_header.to_ascii_lowercase();
+        if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(header.as_bytes())
+            .is_err()
+        {
+            return Err(Error::Tls {
+                message: format!("--client-cert-header {header:?} is not a valid header name"),
+            });
+        }
+        let identity = identity::IdentityPolicy {
+            trusted_proxies: config.trusted_proxies.clone(),
+            client_cert_header: header,
+            mtls: config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_pem.is_some()),
+        };
+        let ownership = match config.authorize.clone() {
+            Some(source) => Some(ownership::start(source, shutdown.clone()).await?),
+            None => None,
+        };
         let settings = Settings {
             hub_id: config.hub_id.clone(),
             grace_period: config.grace_period,
@@ -168,6 +178,18 @@ impl Hub {
             initial_window_bytes: config.initial_window_bytes,
             default_operation_timeout: config.default_operation_timeout,
             hello_timeout: config.hello_timeout,
+            identity,
+            ownership,
+            max_connection_age: config.max_connection_age,
+            max_connection_age_grace: config.max_connection_age_grace,
+        };
+        let api_token = match &config.api_token_file {
+            Some(path) => Some(http::ApiToken::watch(
+                path,
+                config.reload_interval,
+                shutdown.clone(),
+            )?),
+            None => None,
         };
         let shared = Shared::new(settings, store, shutdown.clone())?;
 
@@ -197,39 +219,79 @@ impl Hub {
         })?;
 
         let mut builder = Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(grpc::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(grpc::KEEPALIVE_TIMEOUT));
-        match &config.tls {
+        // The maximum connection age is enforced per session (Drain REBALANCE,
+        // then the stream ends), not with tonic's connection-level
+        // max_connection_age: a load balancer reuses its upstream connections
+        // for new streams, and a GOAWAY timed from the connection's start would
+        // cut a young session without a Drain. Agents open a new connection
+        // for every session, so the session's end frees the connection too.
+        let tls_state = match &config.tls {
             Some(tls) => {
-                let mut server_tls = ServerTlsConfig::new()
-                    .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
-                if let Some(ca) = &tls.client_ca_pem {
-                    server_tls = server_tls.client_ca_root(Certificate::from_pem(ca));
+                let state = tls::TlsState::new(tls)?;
+                if let Some(files) = &tls.files {
+                    state.watch_files(
+                        files.clone(),
+                        tls.clone(),
+                        config.reload_interval,
+                        shutdown.clone(),
+                        shared.metrics.tls_reloads.clone(),
+                    );
                 }
-                builder = builder.tls_config(server_tls)?;
-                info!(mtls = tls.client_ca_pem.is_some(), "gRPC serves TLS");
+                info!(
+                    mtls = tls.client_ca_pem.is_some(),
+                    reload = tls.files.is_some(),
+                    "gRPC serves TLS"
+                );
+                Some(state)
             }
             None => {
-                warn!(
-                    "gRPC serves plain HTTP/2 without TLS (--insecure): agents are not authenticated"
-                );
+                if config.trusted_proxies.is_empty() {
+                    warn!(
+                        "INSECURE: gRPC serves plain HTTP/2 without TLS (--insecure) and trusts no proxy: agents are not authenticated, and the shard named in Hello is believed"
+                    );
+                } else {
+                    warn!(
+                        trusted_proxies = ?config.trusted_proxies,
+                        "gRPC serves plain HTTP/2 without TLS: agents are authenticated only by the client certificate the trusted proxies forward"
+                    );
+                }
+                None
             }
+        };
+        if config.authorize.is_none() {
+            warn!(
+                "account ownership is not checked (no --authorize-shards): any agent may register any account"
+            );
+        }
+        if config.api_token_file.is_none() {
+            warn!(
+                "the HTTP API needs no token (no --api-token-file): anyone who reaches it may read the cache and run operations"
+            );
         }
         let max = usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX);
         let service = AgentHubServer::new(grpc::HubService::new(Arc::clone(&shared)))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let grpc_task = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
-            shutdown.clone().cancelled_owned(),
-        ));
+        let incoming = tls::incoming(
+            grpc_listener,
+            tls_state,
+            shutdown.clone(),
+            shared.metrics.tls_handshake_failures.clone(),
+        );
+        let grpc_task = tokio::spawn(
+            builder
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
+        );
         let http_task = tokio::spawn(
-            axum::serve(http_listener, http::router(Arc::clone(&shared)))
+            axum::serve(http_listener, http::router(Arc::clone(&shared), api_token))
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                 .into_future(),
         );
         info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
+            max_connection_age = ?config.max_connection_age,
             store = %config.store.as_deref().map_or_else(|| "memory".into(), |p| p.display().to_string()), "hub started");
         Ok(RunningHub {
             grpc_addr,

@@ -59,6 +59,15 @@ pub struct Metrics {
     pub operations: Family<OutcomeLabel, Counter>,
     /// Errors writing the binding store.
     pub store_errors: Counter,
+    /// TLS handshakes that failed (untrusted or missing client certificate,
+    /// timeouts, protocol errors).
+    pub tls_handshake_failures: Counter,
+    /// Times new TLS material was loaded from changed files.
+    pub tls_reloads: Counter,
+    /// Sessions drained because they reached the maximum connection age.
+    pub sessions_aged_out: Counter,
+    /// HTTP API requests refused for a missing or wrong bearer token.
+    pub http_unauthorized: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +96,10 @@ impl Metrics {
             objects_dropped_on_sync: Counter::default(),
             operations: Family::default(),
             store_errors: Counter::default(),
+            tls_handshake_failures: Counter::default(),
+            tls_reloads: Counter::default(),
+            sessions_aged_out: Counter::default(),
+            http_unauthorized: Counter::default(),
         };
         registry.register("sessions", "Live agent sessions", m.sessions.clone());
         registry.register("accounts", "Accounts by state", m.accounts.clone());
@@ -141,6 +154,26 @@ impl Metrics {
             "store_errors",
             "Errors writing the binding store",
             m.store_errors.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed (e.g. no trusted client certificate)",
+            m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Times changed TLS files were loaded",
+            m.tls_reloads.clone(),
+        );
+        registry.register(
+            "sessions_aged_out",
+            "Sessions drained at the maximum connection age",
+            m.sessions_aged_out.clone(),
+        );
+        registry.register(
+            "http_unauthorized",
+            "HTTP API requests refused for a missing or wrong bearer token",
+            m.http_unauthorized.clone(),
         );
         Metrics { registry, ..m }
     }

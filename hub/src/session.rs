@@ -19,8 +19,10 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::cache::{Change, Event, KindKey, ObjectKey, SyncMode};
+use crate::identity::IdentitySource;
 use crate::metrics::ReasonLabel;
 use crate::operations::Outcome;
+use crate::ownership::{Ownership, Verdict};
 use crate::registry::{Caller, Decision, Registration, RejectReason, Release, SessionId, ShardKey};
 use crate::state::{Outbound, Shared};
 
@@ -36,6 +38,42 @@ pub struct Session {
     pub replica: String,
     /// Frames to the agent.
     pub tx: Outbound,
+    /// Where the shard identity came from.
+    pub identity: IdentitySource,
+}
+
+/// The maximum connection age varies by ±this fraction per session, so that
+/// sessions opened together (after a hub restart) do not all drain together.
+pub const AGE_JITTER: f64 = 0.1;
+
+/// How long a Register waits for the first list of AgentShards before it is
+/// answered UNAVAILABLE.
+const OWNERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `age` × (1 ± [`AGE_JITTER`]), at random.
+pub fn jittered(age: std::time::Duration) -> std::time::Duration {
+    use rand::Rng as _;
+    let factor = rand::rng().random_range((1.0 - AGE_JITTER)..=(1.0 + AGE_JITTER));
+    age.mul_f64(factor)
+}
+
+/// The status the agent gets when its stream cannot be read any more: an
+/// oversized frame is RESOURCE_EXHAUSTED, a frame that does not decode is
+/// INVALID_ARGUMENT, each with a sentence saying so.
+fn stream_error(status: &Status, limit: u32) -> Option<Status> {
+    match status.code() {
+        tonic::Code::OutOfRange if status.message().contains("too large") => {
+            Some(Status::resource_exhausted(format!(
+                "frame larger than this hub accepts ({limit} bytes, Welcome.max_message_bytes): {}; the session ends, other sessions are not affected",
+                status.message()
+            )))
+        }
+        tonic::Code::Internal => Some(Status::invalid_argument(format!(
+            "malformed frame: {}; the session ends, other sessions are not affected",
+            status.message()
+        ))),
+        _ => None,
+    }
 }
 
 fn frame(f: hub_frame::Frame) -> HubFrame {
@@ -63,6 +101,18 @@ fn kind_key(gvk: Option<&pb::GroupVersionKind>) -> Option<(KindKey, String)> {
     ))
 }
 
+/// The ownership index, waiting a little for the first list; `None` when it
+/// is still not there.
+async fn ownership_snapshot(mut rx: crate::ownership::OwnershipRx) -> Option<Arc<Ownership>> {
+    if let Some(o) = rx.borrow().clone() {
+        return Some(o);
+    }
+    match tokio::time::timeout(OWNERSHIP_WAIT, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(o)) => o.clone(),
+        _ => None,
+    }
+}
+
 impl Session {
     async fn send(&self, f: hub_frame::Frame) -> bool {
         self.tx.send(Ok(frame(f))).await.is_ok()
@@ -75,8 +125,33 @@ impl Session {
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(30 * 365 * 86_400);
+        let age = self.shared.settings.max_connection_age.map(jittered);
+        let drain_at =
+            tokio::time::sleep_until(age.map_or(far, |a| tokio::time::Instant::now() + a));
+        tokio::pin!(drain_at);
+        let mut draining = false;
         loop {
             tokio::select! {
+                () = &mut drain_at => {
+                    if draining {
+                        info!("the agent did not close the drained stream within the grace period; ending it");
+                        break;
+                    }
+                    draining = true;
+                    let grace = self.shared.settings.max_connection_age_grace;
+                    self.shared.metrics.sessions_aged_out.inc();
+                    info!(age = ?age, ?grace, "maximum connection age reached; asking the agent to reconnect (Drain REBALANCE)");
+                    let drain = Drain {
+                        reason: DrainReason::Rebalance as i32,
+                        message: format!("maximum connection age reached; reconnect (the stream ends in {grace:?})"),
+                        reconnect_after: Some(prost_types::Duration::default()),
+                    };
+                    if !self.send(hub_frame::Frame::Drain(drain)).await {
+                        break;
+                    }
+                    drain_at.as_mut().reset(tokio::time::Instant::now() + grace);
+                }
                 () = self.shared.shutdown.cancelled() => {
                     let drain = Drain {
                         reason: DrainReason::Shutdown as i32,
@@ -96,7 +171,14 @@ impl Session {
                         }
                     }
                     Some(Err(status)) => {
-                        info!(code = ?status.code(), message = status.message(), "the stream broke");
+                        match stream_error(&status, self.shared.settings.max_message_bytes) {
+                            Some(answer) => {
+                                warn!(code = ?answer.code(), message = answer.message(), "unreadable frame; ending the session");
+                                self.shared.metrics.frame_ignored(if answer.code() == tonic::Code::ResourceExhausted { "oversized" } else { "malformed" });
+                                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.tx.send(Err(answer))).await;
+                            }
+                            None => info!(code = ?status.code(), message = status.message(), "the stream broke"),
+                        }
                         break;
                     }
                     None => {
@@ -187,6 +269,10 @@ impl Session {
             shard: self.shard.clone(),
             replica: self.replica.clone(),
         };
+        let ownership = match &self.shared.settings.ownership {
+            None => None,
+            Some(rx) => Some(ownership_snapshot(rx.clone()).await),
+        };
         let now = SystemTime::now();
         let mut results = Vec::with_capacity(reg.accounts.len());
         let mut persist = Vec::new();
@@ -195,6 +281,12 @@ impl Session {
         {
             let mut core = self.shared.core();
             for account in reg.accounts {
+                if let Some(ownership) = &ownership
+                    && let Some(refused) = self.check_owner(ownership.as_deref(), &account.name)
+                {
+                    results.push(refused);
+                    continue;
+                }
                 let registration = Registration {
                     name: account.name.clone(),
                     cluster_id: account.cluster_id.clone(),
@@ -339,6 +431,46 @@ impl Session {
             }
         }
         true
+    }
+
+    /// The refusal of `account` when this session's shard does not own it
+    /// (or ownership is not known yet); `None` when it does.
+    fn check_owner(&self, ownership: Option<&Ownership>, account: &str) -> Option<AccountResult> {
+        let (reason, label, message, owner) = match ownership {
+            None => (
+                RegisterReason::Unavailable,
+                "ownership_unavailable",
+                "the hub has not loaded the AgentShards yet, so it cannot tell who owns this account; retry shortly".to_owned(),
+                None,
+            ),
+            Some(ownership) => match ownership.check(account, &self.shard) {
+                Verdict::Owner => return None,
+                Verdict::NotOwner { owner, message } => (
+                    RegisterReason::NotOwner,
+                    "not_owner",
+                    message,
+                    owner,
+                ),
+            },
+        };
+        warn!(account, shard = %self.shard, identity = self.identity.label(), %message, "registration rejected");
+        self.shared
+            .metrics
+            .registrations_rejected
+            .get_or_create(&ReasonLabel { reason: label })
+            .inc();
+        Some(AccountResult {
+            name: account.to_owned(),
+            accepted: false,
+            reason: reason as i32,
+            message,
+            owner: owner.map(|shard| AccountOwner {
+                shard: Some(shard_ref(&shard)),
+                cluster_id: String::new(),
+                replica_id: String::new(),
+            }),
+            resume_points: Vec::new(),
+        })
     }
 
     fn unregister(&self, unreg: pb::Unregister) {

@@ -13,8 +13,10 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::cache::Cache;
+use crate::identity::IdentityPolicy;
 use crate::metrics::{Metrics, ReasonLabel, StateLabel};
 use crate::operations::Operations;
+use crate::ownership::OwnershipRx;
 use crate::registry::{Binding, Registry, SessionId, ShardKey};
 use crate::store::Store;
 
@@ -38,6 +40,14 @@ pub struct Settings {
     pub default_operation_timeout: Duration,
     /// How long a new stream may take to send Hello.
     pub hello_timeout: Duration,
+    /// How sessions are authenticated.
+    pub identity: IdentityPolicy,
+    /// Account ownership, when enforced (`--authorize-shards`).
+    pub ownership: Option<OwnershipRx>,
+    /// Sessions are drained after this age (±10%).
+    pub max_connection_age: Option<Duration>,
+    /// How long a drained session may stay open.
+    pub max_connection_age_grace: Duration,
 }
 
 /// Registry and cache, changed together.

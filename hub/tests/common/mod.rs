@@ -64,17 +64,30 @@ pub fn hello(shard: &str, replica: &str, version: u32) -> Hello {
     }
 }
 
+/// What [`open`] gives: the agent's sender, the hub's frames, and Welcome.
+pub type Opened = (mpsc::Sender<AgentFrame>, Streaming<HubFrame>, Welcome);
+
 /// Opens a stream with `first` as the first frame; the hub's first answer
 /// (Welcome), or the status it ended the stream with.
-pub async fn open(
-    addr: &str,
-    first: AgentFrame,
-) -> Result<Result<(mpsc::Sender<AgentFrame>, Streaming<HubFrame>, Welcome), Status>> {
+pub async fn open(addr: &str, first: AgentFrame) -> Result<Result<Opened, Status>> {
     let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
+    open_on(channel, &[], first).await
+}
+
+/// [`open`] on a given channel (e.g. TLS), with extra request headers.
+pub async fn open_on(
+    channel: Channel,
+    headers: &[(&'static str, String)],
+    first: AgentFrame,
+) -> Result<Result<Opened, Status>> {
     let mut client = AgentHubClient::new(channel);
     let (tx, rx) = mpsc::channel(64);
     tx.send(first).await?;
-    let mut inbound = match client.connect(ReceiverStream::new(rx)).await {
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    for (name, value) in headers {
+        request.metadata_mut().insert(*name, value.parse()?);
+    }
+    let mut inbound = match client.connect(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return Ok(Err(status)),
     };
@@ -87,6 +100,17 @@ pub async fn open(
     }
 }
 
+/// A Hello frame for `shard` (namespace spinnaker).
+pub fn hello_frame(shard: &str, replica: &str) -> AgentFrame {
+    AgentFrame {
+        frame: Some(agent_frame::Frame::Hello(hello(
+            shard,
+            replica,
+            PROTOCOL_VERSION,
+        ))),
+    }
+}
+
 impl FakeAgent {
     pub async fn connect(hub: &RunningHub, shard: &str, replica: &str) -> Result<FakeAgent> {
         let first = AgentFrame {
@@ -96,14 +120,24 @@ impl FakeAgent {
                 PROTOCOL_VERSION,
             ))),
         };
-        let (tx, inbound, welcome) = open(&hub.grpc_url(), first).await??;
-        Ok(FakeAgent {
+        Ok(FakeAgent::from_opened(open(&hub.grpc_url(), first).await??))
+    }
+
+    /// A fake agent over a stream opened with [`open_on`].
+    pub fn from_opened((tx, inbound, welcome): Opened) -> FakeAgent {
+        FakeAgent {
             tx,
             inbound,
             welcome,
             sequences: HashMap::new(),
             backlog: Vec::new(),
-        })
+        }
+    }
+
+    /// The next frame of any kind (heartbeats included), or the status the
+    /// stream ended with.
+    pub async fn next_raw(&mut self) -> Result<Result<Option<HubFrame>, Status>> {
+        Ok(tokio::time::timeout(WAIT, self.inbound.message()).await?)
     }
 
     pub async fn send_raw(&self, frame: AgentFrame) -> Result<()> {
