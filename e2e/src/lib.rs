@@ -15,6 +15,7 @@ pub mod agent;
 pub mod bins;
 pub mod certs;
 pub mod controlplane;
+pub mod converge;
 mod error;
 pub mod hub;
 pub mod kubeconfig;

@@ -6,21 +6,24 @@
 
 mod common;
 
+use common::agents::*;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use common::Env;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use nix::sys::signal::Signal;
-use scale_agent_crds::{AccountConfig, AgentConfig, BudgetConfig, HubConfig, ShardRef};
-use scale_agent_e2e::agent::{AgentProcess, AgentSpec};
-use scale_agent_e2e::hub::{HubOptions, HubProcess};
-use scale_agent_e2e::{Cluster, wait, workspace_binary};
+use scale_agent_crds::AccountConfig;
+use scale_agent_e2e::agent::AgentProcess;
+use scale_agent_e2e::converge::{
+    account_state, configmaps, converge, hub_snapshot, put_cm, wait_state,
+};
+use scale_agent_e2e::wait;
 use serde_json::{Value, json};
 
 const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
@@ -57,262 +60,6 @@ fn main() {
             }),
         ],
     );
-}
-
-// ---------- fixtures ----------
-
-struct Scenario {
-    hub: HubProcess,
-    dir: tempfile::TempDir,
-    ns: String,
-}
-
-async fn scenario(env: &Env, test: &str, grace: &str) -> anyhow::Result<Scenario> {
-    let ns = env.namespace(test).await?;
-    // The same namespace in every target cluster holds the test's objects.
-    for t in &env.cp.targets {
-        create_namespace(t, &ns).await?;
-    }
-    let hub = HubProcess::start(
-        HubOptions {
-            bin: workspace_binary("scale-agent-hub")?,
-            grace_period: grace.into(),
-            store: None,
-            args: vec![],
-        },
-        &env.cp.run_dir.join(&ns),
-    )
-    .await?;
-    Ok(Scenario {
-        hub,
-        dir: tempfile::tempdir()?,
-        ns,
-    })
-}
-
-async fn create_namespace(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
-    let api: Api<Namespace> = Api::all(cluster.client().await?);
-    let obj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
-    match api.create(&PostParams::default(), &obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn account(name: &str, ns: &str) -> AccountConfig {
-    AccountConfig {
-        name: name.into(),
-        kubeconfig_file: format!("{name}.kubeconfig"),
-        namespaces: vec![ns.into()],
-        omit_namespaces: vec![],
-        kinds: vec!["ConfigMap".into(), "Deployment".into()],
-        omit_kinds: vec![],
-        only_spinnaker_managed: false,
-    }
-}
-
-fn config(s: &Scenario, shard: &str, accounts: Vec<AccountConfig>) -> AgentConfig {
-    AgentConfig {
-        shard: ShardRef::new(s.ns.clone(), shard.to_string()),
-        hub: HubConfig {
-            address: s.hub.grpc.clone(),
-            tls: None,
-        },
-        accounts,
-        budget: BudgetConfig::default(),
-    }
-}
-
-fn kubeconfigs(env: &Env, pairs: &[(&str, &str)]) -> anyhow::Result<BTreeMap<String, String>> {
-    pairs
-        .iter()
-        .map(|(account, cluster)| {
-            let c = env
-                .cp
-                .target(cluster)
-                .with_context(|| format!("no cluster {cluster}"))?;
-            Ok((
-                format!("{account}.kubeconfig"),
-                std::fs::read_to_string(&c.kubeconfig)?,
-            ))
-        })
-        .collect()
-}
-
-fn start_agent(
-    env: &Env,
-    s: &Scenario,
-    replica: &str,
-    cfg: &AgentConfig,
-    kcs: &BTreeMap<String, String>,
-    args: &[&str],
-) -> anyhow::Result<AgentProcess> {
-    let spec = AgentSpec {
-        bin: workspace_binary("scale-agent")?,
-        replica: replica.into(),
-        namespace: s.ns.clone(),
-        management_kubeconfig: env.cp.management.kubeconfig.clone(),
-        args: args.iter().map(|a| a.to_string()).collect(),
-    };
-    let dir: PathBuf = s.dir.path().join(replica);
-    Ok(AgentProcess::start(
-        &spec,
-        &dir,
-        cfg,
-        kcs,
-        &env.cp.run_dir.join(&s.ns),
-    )?)
-}
-
-fn target<'a>(env: &'a Env, name: &str) -> anyhow::Result<&'a Cluster> {
-    env.cp
-        .target(name)
-        .with_context(|| format!("no cluster {name}"))
-}
-
-async fn configmaps(cluster: &Cluster, ns: &str) -> anyhow::Result<Api<ConfigMap>> {
-    Ok(Api::namespaced(cluster.client().await?, ns))
-}
-
-async fn put_cm(api: &Api<ConfigMap>, name: &str, value: &str) -> anyhow::Result<()> {
-    let cm = json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": name }, "data": { "v": value } });
-    api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&cm))
-        .await?;
-    Ok(())
-}
-
-/// The hub's ConfigMaps of `account` in `ns`: name → (resourceVersion, data.v).
-async fn hub_configmaps(
-    hub: &HubProcess,
-    account: &str,
-    ns: &str,
-) -> Option<BTreeMap<String, (String, String)>> {
-    let (code, body) = hub
-        .get(&format!(
-            "/v1/accounts/{account}/objects?kind=ConfigMap&namespace={ns}"
-        ))
-        .await
-        .ok()?;
-    if code != 200 {
-        return None;
-    }
-    let items = body.as_array()?;
-    Some(
-        items
-            .iter()
-            .map(|o| {
-                (
-                    o["name"].as_str().unwrap_or_default().to_string(),
-                    (
-                        o["resourceVersion"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                        o["object"]["data"]["v"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                    ),
-                )
-            })
-            .collect(),
-    )
-}
-
-/// A fresh list of the cluster, in the same shape.
-async fn cluster_configmaps(
-    api: &Api<ConfigMap>,
-) -> anyhow::Result<BTreeMap<String, (String, String)>> {
-    Ok(api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|c| c.metadata.name.as_deref() != Some("kube-root-ca.crt"))
-        .map(|c| {
-            let v = c
-                .data
-                .as_ref()
-                .and_then(|d| d.get("v"))
-                .cloned()
-                .unwrap_or_default();
-            (
-                c.metadata.name.unwrap_or_default(),
-                (c.metadata.resource_version.unwrap_or_default(), v),
-            )
-        })
-        .collect())
-}
-
-/// Waits until the hub's cache of `account` equals a fresh list of the cluster (names,
-/// resourceVersions and data): zero missing, zero stale, zero extra. Returns how long it took.
-async fn converge(
-    hub: &HubProcess,
-    account: &str,
-    api: &Api<ConfigMap>,
-    ns: &str,
-    timeout: Duration,
-) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let mut last = (BTreeMap::new(), BTreeMap::new());
-    while start.elapsed() < timeout {
-        // The cluster may be restarting: a failed list is "not yet", not a failure.
-        let Ok(want) = cluster_configmaps(api).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        let got = hub_configmaps(hub, account, ns).await.unwrap_or_default();
-        if got == want {
-            return Ok(start.elapsed());
-        }
-        last = (want, got);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (want, got) = last;
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-    let stale: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
-        .map(|(k, _)| k)
-        .collect();
-    bail!(
-        "account {account}: hub cache did not converge in {timeout:?}: missing {missing:?}, extra {extra:?}, stale {stale:?}"
-    )
-}
-
-async fn account_state(hub: &HubProcess, account: &str) -> Option<Value> {
-    let (code, body) = hub.get("/v1/accounts").await.ok()?;
-    if code != 200 {
-        return None;
-    }
-    body.as_array()?
-        .iter()
-        .find(|a| a["name"] == account)
-        .cloned()
-}
-
-async fn wait_state(
-    hub: &HubProcess,
-    account: &str,
-    state: &str,
-    timeout: Duration,
-) -> anyhow::Result<Value> {
-    Ok(wait::until(
-        &format!("account {account} {state} at the hub"),
-        timeout,
-        || async {
-            account_state(hub, account)
-                .await
-                .filter(|a| a["state"] == state)
-        },
-    )
-    .await?)
-}
-
-fn agent_log(a: &AgentProcess) -> String {
-    scale_agent_e2e::process::tail(a.proc.log(), 40)
 }
 
 // ---------- scenarios ----------
@@ -355,7 +102,7 @@ async fn objects_flow(env: Arc<Env>) -> anyhow::Result<()> {
         api.delete("cm-2", &DeleteParams::default()).await?;
         put_cm(&api, "cm-new", "three").await?;
         let took = converge(&s.hub, account, &api, &s.ns, Duration::from_secs(30)).await?;
-        let hub = hub_configmaps(&s.hub, account, &s.ns)
+        let hub = hub_snapshot(&s.hub, account, &s.ns)
             .await
             .unwrap_or_default();
         ensure!(
@@ -539,7 +286,7 @@ async fn grace_return(env: Arc<Env>) -> anyhow::Result<()> {
         Duration::from_secs(10),
     )
     .await?;
-    let kept = hub_configmaps(&s.hub, "grace-back", &s.ns)
+    let kept = hub_snapshot(&s.hub, "grace-back", &s.ns)
         .await
         .unwrap_or_default();
     ensure!(
@@ -847,23 +594,6 @@ async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn relists(agent: &AgentProcess) -> u64 {
-    metric(agent, "scale_agent_relists_total").await
-}
-
-/// A counter from the agent's `/metrics`.
-async fn metric(agent: &AgentProcess, name: &str) -> u64 {
-    let Ok(resp) = reqwest::get(format!("http://{}/metrics", agent.admin)).await else {
-        return 0;
-    };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Compacts etcd at its current revision through its JSON gateway.
 async fn compact_etcd(etcd: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
@@ -889,4 +619,12 @@ async fn compact_etcd(etcd: &str) -> anyhow::Result<()> {
         resp.text().await.unwrap_or_default()
     );
     Ok(())
+}
+
+async fn relists(agent: &AgentProcess) -> u64 {
+    metric(agent, "scale_agent_relists_total").await
+}
+
+async fn metric(agent: &AgentProcess, name: &str) -> u64 {
+    scale_agent_e2e::converge::metric(&agent.admin, name).await
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod agents;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,8 +59,17 @@ type TestFn =
 /// Starts the control plane with `targets`, installs the CRD, runs `tests`, stops
 /// everything, and exits with libtest's status.
 pub fn main(targets: &[&str], tests: Vec<(&'static str, TestFn)>) {
+    main_with(targets, tests, None)
+}
+
+/// [`main`], with at most `threads` tests at once (`Some(1)`: one after another, for tests
+/// that stop shared components).
+pub fn main_with(targets: &[&str], tests: Vec<(&'static str, TestFn)>, threads: Option<usize>) {
     let _ = tracing_subscriber_init();
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    if threads.is_some() {
+        args.test_threads = threads;
+    }
     if args.list {
         let trials = tests
             .iter()

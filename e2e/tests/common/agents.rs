@@ -1,0 +1,119 @@
+//! Fixtures for tests that run agents and a hub against the target clusters: a scenario
+//! (namespace in every cluster, its own hub), agent configs, kubeconfigs, agent processes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use scale_agent_crds::{AccountConfig, AgentConfig, BudgetConfig, HubConfig, ShardRef};
+use scale_agent_e2e::agent::{AgentProcess, AgentSpec};
+use scale_agent_e2e::converge::create_namespace;
+use scale_agent_e2e::hub::{HubOptions, HubProcess};
+use scale_agent_e2e::{Cluster, workspace_binary};
+
+use super::Env;
+
+/// One test's hub, folder and namespace.
+pub struct Scenario {
+    pub hub: HubProcess,
+    pub dir: tempfile::TempDir,
+    pub ns: String,
+}
+
+pub async fn scenario(env: &Env, test: &str, grace: &str) -> anyhow::Result<Scenario> {
+    let ns = env.namespace(test).await?;
+    // The same namespace in every target cluster holds the test's objects.
+    for t in &env.cp.targets {
+        create_namespace(t, &ns).await?;
+    }
+    let hub = HubProcess::start(
+        HubOptions {
+            bin: workspace_binary("scale-agent-hub")?,
+            grace_period: grace.into(),
+            store: None,
+            args: vec![],
+        },
+        &env.cp.run_dir.join(&ns),
+    )
+    .await?;
+    Ok(Scenario {
+        hub,
+        dir: tempfile::tempdir()?,
+        ns,
+    })
+}
+
+pub fn account(name: &str, ns: &str) -> AccountConfig {
+    AccountConfig {
+        name: name.into(),
+        kubeconfig_file: format!("{name}.kubeconfig"),
+        namespaces: vec![ns.into()],
+        omit_namespaces: vec![],
+        kinds: vec!["ConfigMap".into(), "Deployment".into()],
+        omit_kinds: vec![],
+        only_spinnaker_managed: false,
+    }
+}
+
+pub fn config(s: &Scenario, shard: &str, accounts: Vec<AccountConfig>) -> AgentConfig {
+    AgentConfig {
+        shard: ShardRef::new(s.ns.clone(), shard.to_string()),
+        hub: HubConfig {
+            address: s.hub.grpc.clone(),
+            tls: None,
+        },
+        accounts,
+        budget: BudgetConfig::default(),
+    }
+}
+
+pub fn kubeconfigs(env: &Env, pairs: &[(&str, &str)]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|(account, cluster)| {
+            let c = env
+                .cp
+                .target(cluster)
+                .with_context(|| format!("no cluster {cluster}"))?;
+            Ok((
+                format!("{account}.kubeconfig"),
+                std::fs::read_to_string(&c.kubeconfig)?,
+            ))
+        })
+        .collect()
+}
+
+pub fn start_agent(
+    env: &Env,
+    s: &Scenario,
+    replica: &str,
+    cfg: &AgentConfig,
+    kcs: &BTreeMap<String, String>,
+    args: &[&str],
+) -> anyhow::Result<AgentProcess> {
+    let spec = AgentSpec {
+        bin: workspace_binary("scale-agent")?,
+        replica: replica.into(),
+        namespace: s.ns.clone(),
+        management_kubeconfig: env.cp.management.kubeconfig.clone(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    };
+    let dir: PathBuf = s.dir.path().join(replica);
+    Ok(AgentProcess::start(
+        &spec,
+        &dir,
+        cfg,
+        kcs,
+        &env.cp.run_dir.join(&s.ns),
+    )?)
+}
+
+pub fn target<'a>(env: &'a Env, name: &str) -> anyhow::Result<&'a Cluster> {
+    env.cp
+        .target(name)
+        .with_context(|| format!("no cluster {name}"))
+}
+
+pub fn agent_log(a: &AgentProcess) -> String {
+    scale_agent_e2e::process::tail(a.proc.log(), 40)
+}
