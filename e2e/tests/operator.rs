@@ -478,22 +478,49 @@ async fn handoff(env: Arc<Env>) -> anyhow::Result<()> {
 
 async fn move_account(env: Arc<Env>) -> anyhow::Result<()> {
     in_namespace(env, "move", |env, ns| async move {
-        for s in ["kc-x", "kc-y", "kc-z"] {
-            env.kubeconfig_secret(&ns, s)?;
+        // a serves x and 20 more accounts (so its reconcile is the slower one), b one.
+        let fillers: Vec<String> = (0..20).map(|i| format!("fill-{i}")).collect();
+        let kubeconfig = std::fs::read_to_string(&env.cp.management.kubeconfig)?;
+        let mut secrets = String::new();
+        for name in ["x", "zz"].iter().map(|s| s.to_string()).chain(fillers.iter().cloned()) {
+            secrets += &format!(
+                "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: kc-{name}\n  namespace: {ns}\nstringData:\n  kubeconfig: {}\n",
+                serde_json::to_string(&kubeconfig)?
+            );
         }
+        env.apply(&secrets)?;
         let x = format!("moving-{}", std::process::id());
-        env.apply(&shard_yaml(&ns, "a", &[(&x, "kc-x"), ("yy", "kc-y")], ""))?;
+        let fill_secrets: Vec<String> = fillers.iter().map(|f| format!("kc-{f}")).collect();
+        let a_accounts = |with_x: bool| -> Vec<(&str, &str)> {
+            let mut v: Vec<(&str, &str)> = fillers
+                .iter()
+                .zip(&fill_secrets)
+                .map(|(f, s)| (f.as_str(), s.as_str()))
+                .collect();
+            if with_x {
+                v.insert(0, (x.as_str(), "kc-x"));
+            }
+            v
+        };
+        let b_accounts = |with_x: bool| -> Vec<(&str, &str)> {
+            let mut v = vec![("zz", "kc-zz")];
+            if with_x {
+                v.push((x.as_str(), "kc-x"));
+            }
+            v
+        };
+        env.apply(&shard_yaml(&ns, "a", &a_accounts(true), ""))?;
         env.wait_shard("a serving x", &ns, "a", 60, |s| {
             account_state(s, &x) == Some(AccountState::Active)
         })
         .await?;
-        env.apply(&shard_yaml(&ns, "b", &[("zz", "kc-z")], ""))?;
-        env.wait_shard("b serving z", &ns, "b", 60, |s| {
+        env.apply(&shard_yaml(&ns, "b", &b_accounts(false), ""))?;
+        env.wait_shard("b serving zz", &ns, "b", 60, |s| {
             account_state(s, "zz") == Some(AccountState::Active)
         })
         .await?;
 
-        // Record every version of both ConfigMaps while the move happens.
+        // Record every version of both ConfigMaps while the moves happen.
         let api: Api<ConfigMap> = Api::namespaced(env.client().await?, &ns);
         let seen: Arc<Mutex<Vec<(u64, String, bool)>>> = Arc::default();
         let recorder = {
@@ -520,29 +547,39 @@ async fn move_account(env: Arc<Env>) -> anyhow::Result<()> {
             })
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        // One apply: b (gaining x) comes first, so it claims x before a lets go.
-        let both = format!(
-            "{}---\n{}",
-            shard_yaml(&ns, "b", &[("zz", "kc-z"), (&x, "kc-x")], ""),
-            shard_yaml(&ns, "a", &[("yy", "kc-y")], "")
-        );
-        let started = Instant::now();
-        env.apply(&both)?;
-        env.wait_config("b's config to carry x", &ns, "b", 30, |c| {
-            c.account(&x).is_some()
-        })
-        .await?;
-        env.wait_shard("b serving x", &ns, "b", 30, |s| {
+        let serving = |s: &AgentShard| {
             s.status_is_current()
                 && account_state(s, &x) == Some(AccountState::Active)
                 && s.status.as_ref().is_some_and(|st| st.conflicts == 0)
-        })
-        .await?;
-        eprintln!("move completed in {:?}", started.elapsed());
+        };
+        for round in 0..3 {
+            // One apply: b (gaining x) comes first, so it claims x before a lets go.
+            let to_b = format!(
+                "{}---\n{}",
+                shard_yaml(&ns, "b", &b_accounts(true), ""),
+                shard_yaml(&ns, "a", &a_accounts(false), "")
+            );
+            let started = Instant::now();
+            env.apply(&to_b)?;
+            env.wait_config("b's config to carry x", &ns, "b", 30, |c| c.account(&x).is_some())
+                .await?;
+            env.wait_shard("b serving x", &ns, "b", 30, serving).await?;
+            eprintln!("move {round} to b completed in {:?}", started.elapsed());
+            let a_cfg = env.agent_config(&ns, "a").await?.context("a config")?;
+            ensure!(a_cfg.account(&x).is_none(), "a still carries x");
+            if round < 2 {
+                // And back, to move it again.
+                let to_a = format!(
+                    "{}---\n{}",
+                    shard_yaml(&ns, "b", &b_accounts(false), ""),
+                    shard_yaml(&ns, "a", &a_accounts(true), "")
+                );
+                env.apply(&to_a)?;
+                env.wait_shard("a serving x again", &ns, "a", 30, serving).await?;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         recorder.abort();
-        let a_cfg = env.agent_config(&ns, "a").await?.context("a config")?;
-        ensure!(a_cfg.account(&x).is_none(), "a still carries x");
         // Replay the versions in resourceVersion order: never both at once.
         let mut events = seen.lock().map(|s| s.clone()).unwrap_or_default();
         events.sort();
