@@ -192,6 +192,9 @@ impl Hub {
             None => None,
         };
         let shared = Shared::new(settings, store, shutdown.clone())?;
+        if let Some(rx) = &shared.settings.ownership {
+            session::revoke_on_ownership_change(Arc::clone(&shared), rx.clone());
+        }
 
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await

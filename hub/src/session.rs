@@ -101,6 +101,80 @@ fn kind_key(gvk: Option<&pb::GroupVersionKind>) -> Option<(KindKey, String)> {
     ))
 }
 
+/// Follows ownership changes: an account held by a session whose shard no
+/// longer owns it (the AgentShard dropped it, or another shard took it) is
+/// released from that session (Disconnected, so the owner's agent can take it
+/// over, or it is removed after the grace period) and the session is told with
+/// an unsolicited RegisterResult NOT_OWNER.
+pub fn revoke_on_ownership_change(shared: Arc<Shared>, mut rx: crate::ownership::OwnershipRx) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = shared.shutdown.cancelled() => return,
+            }
+            let Some(ownership) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let now = SystemTime::now();
+            let mut expiries = Vec::new();
+            let mut revoked = Vec::new();
+            {
+                let held: Vec<(String, SessionId)> = shared
+                    .core()
+                    .registry
+                    .accounts()
+                    .filter_map(|a| a.session.clone().map(|s| (a.name.clone(), s)))
+                    .collect();
+                for (name, session) in held {
+                    let Some(handle) = shared.session(&session) else {
+                        continue;
+                    };
+                    let Verdict::NotOwner { owner, message } =
+                        ownership.check(&name, &handle.shard)
+                    else {
+                        continue;
+                    };
+                    let release = shared
+                        .core()
+                        .registry
+                        .unregister(&session, &name, false, now);
+                    if let Release::Disconnected(epoch) = release {
+                        expiries.push((name.clone(), epoch));
+                        revoked.push((name, session, handle.shard, owner, message));
+                    }
+                }
+            }
+            for (name, session, shard, owner, message) in revoked {
+                warn!(account = %name, %shard, %session, %message, "the shard no longer owns the account; revoked from its session");
+                shared
+                    .metrics
+                    .registrations_rejected
+                    .get_or_create(&ReasonLabel {
+                        reason: "not_owner_revoked",
+                    })
+                    .inc();
+                let result = pb::RegisterResult {
+                    accounts: vec![AccountResult {
+                        name,
+                        accepted: false,
+                        reason: RegisterReason::NotOwner as i32,
+                        message,
+                        owner: owner.map(|o| AccountOwner {
+                            shard: Some(shard_ref(&o)),
+                            cluster_id: String::new(),
+                            replica_id: String::new(),
+                        }),
+                        resume_points: Vec::new(),
+                    }],
+                };
+                shared.send_detached(&session, frame(hub_frame::Frame::RegisterResult(result)));
+            }
+            shared.schedule_expiry(expiries);
+        }
+    });
+}
+
 /// The ownership index, waiting a little for the first list; `None` when it
 /// is still not there.
 async fn ownership_snapshot(mut rx: crate::ownership::OwnershipRx) -> Option<Arc<Ownership>> {

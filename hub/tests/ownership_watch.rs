@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use scale_agent_e2e::{ControlPlane, Options};
 use scale_agent_hub::ShardSource;
-use scale_agent_proto::v1::RegisterReason;
+use scale_agent_proto::v1::{RegisterReason, hub_frame};
 
 const CRD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -104,6 +104,33 @@ async fn not_owner_follows_the_agentshards_in_the_cluster() -> Result<()> {
         "{}",
         results[0].message
     );
+
+    // West drops prod-west from its spec: the hub revokes it from west's
+    // session (NOT_OWNER, unsolicited) and the account is Disconnected.
+    apply(&cp, &shard_yaml("west", &["prod-east"]))?;
+    let revoked = west
+        .wait_for(|f| match f {
+            hub_frame::Frame::RegisterResult(r) => r
+                .accounts
+                .iter()
+                .find(|a| a.name == "prod-west" && a.reason == RegisterReason::NotOwner as i32)
+                .cloned(),
+            _ => None,
+        })
+        .await?;
+    assert!(
+        revoked
+            .message
+            .contains("no AgentShard lists account prod-west"),
+        "{}",
+        revoked.message
+    );
+    let a = account(&hub, "prod-west")
+        .await?
+        .ok_or("kept for the grace period")?;
+    assert_eq!(a["state"], "Disconnected");
+    let a = account(&hub, "prod-east").await?.ok_or("listed")?;
+    assert_eq!(a["state"], "Connected");
     hub.shutdown().await?;
     Ok(())
 }
