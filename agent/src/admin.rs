@@ -50,5 +50,9 @@ async fn readyz(AxState(s): AxState<Shared>) -> (StatusCode, String) {
 }
 
 async fn metrics_text(AxState(s): AxState<Shared>) -> String {
+    let buffered = s.state.buffered_bytes();
+    s.metrics
+        .buffered_bytes
+        .set(i64::try_from(buffered).unwrap_or(i64::MAX));
     s.metrics.render()
 }

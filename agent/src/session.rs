@@ -187,6 +187,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         other => return Err(hub_err(format!("expected Welcome, got {other:?}"))),
     };
     agent.state.set_connected(true);
+    agent.state.set_budget(Some(budget.clone()));
 
     let ctx = AccountCtx {
         out: out.clone(),
@@ -227,10 +228,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
                             let _ = out.send(Frame::OperationResult(result)).await;
                         });
                     }
-                    Some(hub_frame::Frame::Ack(a)) => {
-                        out.ledger().acked(&a.account, a.sequence);
-                        agent.metrics.buffered_bytes.set(i64::try_from(ctx.budget.buffered_bytes()).unwrap_or(i64::MAX));
-                    }
+                    Some(hub_frame::Frame::Ack(a)) => out.ledger().acked(&a.account, a.sequence),
                     Some(hub_frame::Frame::Drain(d)) => {
                         let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default();
                         tracing::info!(reason = d.reason, message = %d.message, "the hub asked to reconnect");
@@ -262,7 +260,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         r.task.abort();
     }
     agent.state.retain(&[]);
-    agent.metrics.buffered_bytes.set(0);
+    agent.state.set_budget(None);
     end
 }
 

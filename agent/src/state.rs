@@ -11,6 +11,7 @@ use crate::operations::Cluster;
 #[derive(Default)]
 pub struct State {
     connected: AtomicBool,
+    budget: RwLock<Option<crate::budget::Budget>>,
     clusters: RwLock<HashMap<String, Arc<Cluster>>>,
     synced: RwLock<HashMap<String, Vec<Arc<AtomicBool>>>>,
     held: RwLock<Vec<String>>,
@@ -21,6 +22,22 @@ impl State {
     /// Whether a hub session is established.
     pub fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
+    }
+
+    /// The current session's memory budget.
+    pub fn set_budget(&self, budget: Option<crate::budget::Budget>) {
+        if let Ok(mut b) = self.budget.write() {
+            *b = budget;
+        }
+    }
+
+    /// Bytes sent and not yet acknowledged by the hub, now.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.budget
+            .read()
+            .ok()
+            .and_then(|b| b.as_ref().map(crate::budget::Budget::buffered_bytes))
+            .unwrap_or(0)
     }
 
     /// The accounts this replica should stream now.

@@ -259,6 +259,39 @@ impl ControlPlane {
         self.kwok.check_running()
     }
 
+    /// Compacts etcd at its current revision (through its JSON gateway), so watches that
+    /// resume from an older revision get 410 Gone.
+    pub async fn compact_etcd(&self) -> Result<i64> {
+        let http = reqwest::Client::new();
+        let fail = |message: String| Error::Http {
+            url: self.etcd_url.clone(),
+            message,
+        };
+        let range: serde_json::Value = http
+            .post(format!("{}/v3/kv/range", self.etcd_url))
+            .json(&serde_json::json!({ "key": "AA==" }))
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let rev: i64 = range["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| fail(format!("no revision in {range}")))?;
+        let resp = http
+            .post(format!("{}/v3/kv/compaction", self.etcd_url))
+            .json(&serde_json::json!({ "revision": rev, "physical": true }))
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(resp.text().await.unwrap_or_default()));
+        }
+        Ok(rev)
+    }
+
     /// Runs kubectl against the management cluster; returns stdout, or the error with
     /// stderr.
     pub fn kubectl<I, S>(&self, args: I) -> Result<String>

@@ -58,6 +58,11 @@ impl HubProcess {
         self.proc = None;
     }
 
+    /// The hub's process id (also its process group).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
     /// The hub's process.
     pub fn process(&mut self) -> Option<&mut Proc> {
         self.proc.as_mut()

@@ -24,7 +24,7 @@ use scale_agent_e2e::converge::{
     account_state, configmaps, converge, hub_snapshot, put_cm, wait_state,
 };
 use scale_agent_e2e::wait;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
 /// Restarted by the relist test; no other test uses it.
@@ -574,7 +574,7 @@ async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
     for i in 0..30 {
         put_cm(&other, &format!("churn-{i}"), "x").await?;
     }
-    compact_etcd(&env.cp.etcd_url).await?;
+    env.cp.compact_etcd().await?;
     restarted.start().await?;
     // Changes after the restart, including a deletion.
     api.delete("c-0", &DeleteParams::default()).await?;
@@ -590,33 +590,6 @@ async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
     ensure!(
         relists_after > relists_before,
         "the agent did not relist ({relists_before} -> {relists_after})"
-    );
-    Ok(())
-}
-
-/// Compacts etcd at its current revision through its JSON gateway.
-async fn compact_etcd(etcd: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let range: Value = http
-        .post(format!("{etcd}/v3/kv/range"))
-        .json(&json!({ "key": "AA==" }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let rev: i64 = range["header"]["revision"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .context("etcd revision")?;
-    let resp = http
-        .post(format!("{etcd}/v3/kv/compaction"))
-        .json(&json!({ "revision": rev, "physical": true }))
-        .send()
-        .await?;
-    ensure!(
-        resp.status().is_success(),
-        "compaction failed: {}",
-        resp.text().await.unwrap_or_default()
     );
     Ok(())
 }

@@ -21,6 +21,17 @@ pub struct Scenario {
 }
 
 pub async fn scenario(env: &Env, test: &str, grace: &str) -> anyhow::Result<Scenario> {
+    scenario_with(env, test, grace, None, Vec::new()).await
+}
+
+/// [`scenario`] with a hub store file and extra hub flags.
+pub async fn scenario_with(
+    env: &Env,
+    test: &str,
+    grace: &str,
+    store: Option<PathBuf>,
+    hub_args: Vec<String>,
+) -> anyhow::Result<Scenario> {
     let ns = env.namespace(test).await?;
     // The same namespace in every target cluster holds the test's objects.
     for t in &env.cp.targets {
@@ -30,8 +41,8 @@ pub async fn scenario(env: &Env, test: &str, grace: &str) -> anyhow::Result<Scen
         HubOptions {
             bin: workspace_binary("scale-agent-hub")?,
             grace_period: grace.into(),
-            store: None,
-            args: vec![],
+            store,
+            args: hub_args,
         },
         &env.cp.run_dir.join(&ns),
     )
