@@ -269,7 +269,7 @@ fn churn(apis: Vec<Api<ConfigMap>>, value_bytes: usize) -> Churn {
                 while !*rx.borrow() {
                     i += 1;
                     let name = format!("churn-{}", i % 15);
-                    let done = if i % 5 == 0 {
+                    let done = if i.is_multiple_of(5) {
                         api.delete(&name, &DeleteParams::default()).await.is_ok()
                     } else {
                         put_cm(&api, &name, &format!("{i}{pad}")).await.is_ok()
