@@ -33,6 +33,8 @@ pub struct OperatorOptions {
     /// Register (and keep current) the ValidatingWebhookConfiguration; a standby started
     /// next to a running operator leaves it pointing at the first one.
     pub register_webhook: bool,
+    /// The kubeconfig the operator uses; the management cluster's admin one when `None`.
+    pub kubeconfig: Option<PathBuf>,
     /// More flags.
     pub extra_args: Vec<String>,
 }
@@ -47,6 +49,7 @@ impl Default for OperatorOptions {
             lease_duration_seconds: 10,
             instance: "scale-agent-operator".into(),
             register_webhook: true,
+            kubeconfig: None,
             extra_args: Vec::new(),
         }
     }
@@ -135,34 +138,40 @@ impl Operator {
         let admin_port = free_port()?;
         let webhook_port = free_port()?;
         let mut cmd = Command::new(binary()?);
-        cmd.env("KUBECONFIG", &cp.management.kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("OPERATOR_LOG")
-                    .unwrap_or_else(|_| "info,scale_agent_operator=debug,kube=warn".into()),
-            )
-            .arg(format!("--webhook-mode={}", options.webhook_mode))
-            .arg(format!("--webhook-addr=127.0.0.1:{webhook_port}"))
-            .arg(format!(
-                "--webhook-url=https://127.0.0.1:{webhook_port}/validate"
-            ))
-            .arg(format!(
-                "--webhook-config-name={}",
-                if options.register_webhook {
-                    options.instance.as_str()
-                } else {
-                    ""
-                }
-            ))
-            .arg(format!("--admin-addr=127.0.0.1:{admin_port}"))
-            .arg(format!("--leader-election-namespace={NAMESPACE}"))
-            .arg(format!("--leader-election-name={}", options.instance))
-            .arg(format!("--identity={}", options.name))
-            .arg(format!(
-                "--lease-duration-seconds={}",
-                options.lease_duration_seconds
-            ))
-            .arg("--log-format=json");
+        cmd.env(
+            "KUBECONFIG",
+            options
+                .kubeconfig
+                .as_deref()
+                .unwrap_or(&cp.management.kubeconfig),
+        )
+        .env(
+            "RUST_LOG",
+            std::env::var("OPERATOR_LOG")
+                .unwrap_or_else(|_| "info,scale_agent_operator=debug,kube=warn".into()),
+        )
+        .arg(format!("--webhook-mode={}", options.webhook_mode))
+        .arg(format!("--webhook-addr=127.0.0.1:{webhook_port}"))
+        .arg(format!(
+            "--webhook-url=https://127.0.0.1:{webhook_port}/validate"
+        ))
+        .arg(format!(
+            "--webhook-config-name={}",
+            if options.register_webhook {
+                options.instance.as_str()
+            } else {
+                ""
+            }
+        ))
+        .arg(format!("--admin-addr=127.0.0.1:{admin_port}"))
+        .arg(format!("--leader-election-namespace={NAMESPACE}"))
+        .arg(format!("--leader-election-name={}", options.instance))
+        .arg(format!("--identity={}", options.name))
+        .arg(format!(
+            "--lease-duration-seconds={}",
+            options.lease_duration_seconds
+        ))
+        .arg("--log-format=json");
         if let Some(hub) = &options.default_hub {
             cmd.arg(format!("--default-hub={hub}"));
         }
@@ -241,6 +250,35 @@ impl Operator {
             .await
             .is_ok_and(|v| v == 1.0)
     }
+}
+
+/// Installs the operator's RBAC from `rbac_yaml` (manifests/operator/rbac.yaml) and
+/// writes a kubeconfig, `<run_dir>/kubeconfigs/scale-agent-operator.kubeconfig`, that
+/// authenticates as its ServiceAccount with a token: the operator then runs with exactly
+/// the permissions a real cluster gives it.
+pub fn service_account_kubeconfig(cp: &ControlPlane, rbac_yaml: &Path) -> Result<PathBuf> {
+    ensure_namespace(cp, NAMESPACE)?;
+    cp.kubectl(["apply", "-f", &rbac_yaml.display().to_string()])?;
+    let token = cp.kubectl([
+        "create",
+        "token",
+        "scale-agent-operator",
+        "-n",
+        NAMESPACE,
+        "--duration=4h",
+    ])?;
+    let ca = base64_std(cp.pki.ca_pem.as_bytes());
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: management\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: scale-agent-operator\n  user:\n    token: {}\ncontexts:\n- name: operator\n  context:\n    cluster: management\n    user: scale-agent-operator\ncurrent-context: operator\n",
+        cp.management.server,
+        token.trim()
+    );
+    let path = cp
+        .run_dir
+        .join("kubeconfigs")
+        .join("scale-agent-operator.kubeconfig");
+    crate::kubeconfig::write(&path, &text)?;
+    Ok(path)
 }
 
 /// The value of sample `name` in Prometheus text `text`.
@@ -349,4 +387,9 @@ pub async fn up(cp: &ControlPlane, examples: &Path, hub: Option<&str>) -> Result
     )
     .await?;
     Ok(op)
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

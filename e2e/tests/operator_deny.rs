@@ -1,5 +1,6 @@
 //! The operator with its webhook in `deny` mode, and leader failover: a second binary,
-//! because it needs an operator configured differently and it stops the leader.
+//! because it needs an operator configured differently and it stops the leader. Its
+//! operators run as the ServiceAccount of `manifests/operator/rbac.yaml`.
 
 mod operator_env;
 
@@ -9,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use operator_env::{Env, in_namespace, shard_yaml};
 use scale_agent_crds::{AccountState, condition_type};
-use scale_agent_e2e::operator::{Operator, OperatorOptions};
+use scale_agent_e2e::operator::{Operator, OperatorOptions, service_account_kubeconfig};
 use scale_agent_e2e::wait;
 
 fn main() {
-    operator_env::main(
+    operator_env::main_with(
         OperatorOptions {
             name: "operator-deny".into(),
             webhook_mode: "deny".into(),
@@ -21,6 +22,14 @@ fn main() {
         },
         // The failover test stops the leader: one test at a time.
         Some(1),
+        // These operators run as the ServiceAccount of manifests/operator/rbac.yaml, so the
+        // tests also show the RBAC there is enough.
+        |cp, options| {
+            let rbac = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../manifests/operator/rbac.yaml");
+            options.kubeconfig = Some(service_account_kubeconfig(cp, &rbac)?);
+            Ok(())
+        },
         vec![
             ("deny_mode_rejects_a_taken_name_naming_the_owner", |e| {
                 Box::pin(deny(e))

@@ -196,6 +196,17 @@ pub fn crd_path() -> PathBuf {
 /// `tests` (`threads` at a time, unless given on the command line), stops the operator,
 /// then everything else, and exits with libtest's status.
 pub fn main(options: OperatorOptions, threads: Option<usize>, tests: Vec<(&'static str, TestFn)>) {
+    main_with(options, threads, |_, _| Ok(()), tests)
+}
+
+/// [`main`], with `setup` run on the control plane before the operator starts (it may
+/// change the operator's options).
+pub fn main_with(
+    mut options: OperatorOptions,
+    threads: Option<usize>,
+    setup: fn(&ControlPlane, &mut OperatorOptions) -> anyhow::Result<()>,
+    tests: Vec<(&'static str, TestFn)>,
+) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -244,6 +255,9 @@ pub fn main(options: OperatorOptions, threads: Option<usize>, tests: Vec<(&'stat
         });
     if let Err(e) = installed {
         panic!("installing the CRD: {e}");
+    }
+    if let Err(e) = setup(&cp, &mut options) {
+        panic!("setting up: {e:#}");
     }
     let op = match rt.block_on(Operator::start(&cp, options)) {
         Ok(op) => op,
