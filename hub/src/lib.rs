@@ -19,10 +19,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Security, all optional and off in [`Config::local`]:
+//! - TLS/mTLS served by rustls ([`tls`]); certificate, key and client CA
+//!   files are reloaded when they change, without dropping open streams.
+//! - The agent's shard identity is the URI SAN of its client certificate,
+//!   from the TLS session or forwarded by a trusted load balancer in a header
+//!   ([`identity`]); a Hello naming another shard is refused.
+//! - With [`Config::authorize`] an account is accepted only from the shard
+//!   whose AgentShard lists it ([`ownership`]); without it any agent may
+//!   register any account.
+//! - [`Config::api_token_file`]: the HTTP API needs a bearer token.
+//! - [`Config::max_connection_age`]: sessions are drained (REBALANCE) at an
+//!   age with jitter, so agents spread over hub replicas.
+//!
 //! Modules, one responsibility each: [`registry`] (binding rules), [`cache`]
 //! (objects and resyncs), [`store`] (SQLite bindings), [`grpc`] (Hello and
 //! Welcome), [`session`] (one stream's frames), [`operations`] (requests and
-//! results), [`http`] (the JSON API), [`metrics`].
+//! results), [`http`] (the JSON API), [`identity`], [`ownership`], [`tls`],
+//! [`metrics`].
 
 pub mod cache;
 pub mod error;
