@@ -336,23 +336,6 @@ pub fn apply_examples(cp: &ControlPlane, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::sample;
-
-    #[test]
-    fn reads_samples() {
-        let text = "# HELP x\nscale_agent_operator_leader 1\nscale_agent_operator_reconciles_total 12\nfoo{a=\"b\"} 3\n";
-        assert_eq!(sample(text, "scale_agent_operator_leader"), Some(1.0));
-        assert_eq!(
-            sample(text, "scale_agent_operator_reconciles_total"),
-            Some(12.0)
-        );
-        assert_eq!(sample(text, "foo{a=\"b\"}"), Some(3.0));
-        assert_eq!(sample(text, "missing"), None);
-    }
-}
-
 /// For `just up`: starts the operator (webhook in `warn` mode, agents pointed at `hub`
 /// when given), applies the examples in `examples` with their kubeconfig Secrets, and
 /// waits until every example shard has a status, so `kubectl get ash -A` shows them (one
@@ -392,4 +375,21 @@ pub async fn up(cp: &ControlPlane, examples: &Path, hub: Option<&str>) -> Result
 fn base64_std(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn reads_samples() {
+        let text = "# HELP x\nscale_agent_operator_leader 1\nscale_agent_operator_reconciles_total 12\nfoo{a=\"b\"} 3\n";
+        assert_eq!(sample(text, "scale_agent_operator_leader"), Some(1.0));
+        assert_eq!(
+            sample(text, "scale_agent_operator_reconciles_total"),
+            Some(12.0)
+        );
+        assert_eq!(sample(text, "foo{a=\"b\"}"), Some(3.0));
+        assert_eq!(sample(text, "missing"), None);
+    }
 }
