@@ -95,7 +95,9 @@ impl Default for RigOptions {
 async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
     let pki = &env.cp.pki;
     let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
-    let mut hub_args = Vec::new();
+    // Behind nginx (GrpcTls) the hub takes each agent's identity from the certificate
+    // nginx verified and forwards; from anywhere else it would need its own TLS.
+    let mut hub_args = vec!["--trusted-proxy=127.0.0.1/32".to_string()];
     if o.mode == Mode::Passthrough {
         hub_args = vec![
             format!("--tls-cert={}", hub_cert.cert_file.display()),
@@ -188,6 +190,20 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
     }
     rig.converged(Duration::from_secs(30)).await?;
     Ok(rig)
+}
+
+/// A client certificate naming shard `ns/shard`, as the agent's TLS settings.
+fn agent_tls(env: &Env, ns: &str, shard: &str) -> anyhow::Result<TlsConfig> {
+    let pki = &env.cp.pki;
+    let identity = shard_identity_uri(&ShardRef::new(ns.to_string(), shard.to_string()));
+    let stem = format!("agent-{ns}-{shard}");
+    let client = pki.issue_client(&stem, &stem, None, &[&identity])?;
+    Ok(TlsConfig {
+        ca_file: pki.ca_file.display().to_string(),
+        cert_file: client.cert_file.display().to_string(),
+        key_file: client.key_file.display().to_string(),
+        server_name: None,
+    })
 }
 
 impl Rig {
@@ -383,11 +399,12 @@ async fn hub_restart(env: Arc<Env>) -> anyhow::Result<()> {
     let ended = Instant::now();
     // Straight after the restart, another cluster claims one of the names: refused, the
     // binding survived the restart.
-    let rogue_cfg = AgentConfig {
+    let mut rogue_cfg = AgentConfig {
         shard: ShardRef::new(rig.s.ns.clone(), "rogue".to_string()),
         accounts: vec![account("hubrestart-1", &rig.s.ns)],
         ..rig.cfg.clone()
     };
+    rogue_cfg.hub.tls = Some(agent_tls(&env, &rig.s.ns, "rogue")?);
     let rogue_kcs = kubeconfigs(&env, &[("hubrestart-1", "cluster-3")])?;
     let args: Vec<&str> = rig.agent_args.iter().map(String::as_str).collect();
     let rogue = start_agent(&env, &rig.s, "rogue-0", &rogue_cfg, &rogue_kcs, &args)?;
@@ -560,6 +577,7 @@ async fn reconnect_storm(env: Arc<Env>) -> anyhow::Result<()> {
     for i in 0..AGENTS {
         let mut cfg = idle.clone();
         cfg.shard = ShardRef::new(rig.s.ns.clone(), format!("storm-{i}"));
+        cfg.hub.tls = Some(agent_tls(&env, &rig.s.ns, &format!("storm-{i}"))?);
         crowd.push(start_agent(
             &env,
             &rig.s,

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use scale_agent_e2e::{ControlPlane, Error, Options, Result};
+use scale_agent_e2e::hub::{HubOptions, HubProcess};
+use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
+use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
+use scale_agent_e2e::{ControlPlane, Error, Options, Result, workspace_binary};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -94,13 +97,37 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
         "--timeout=60s",
         "crd/agentshards.scaleagent.dev",
     ])?;
-    // The operator, then the example shards (one conflicting pair).
+    // The hub (Clouddriver's side) and nginx in front of it.
+    let stack = Stack::start(&cp, &run_dir).await?;
+    // The operator, then the example shards (one conflicting pair). Agents reach the hub
+    // directly in this development setup (plain HTTP/2); LB_GRPC is nginx with TLS and
+    // client-certificate verification, for agents that carry a certificate.
     let operator =
-        scale_agent_e2e::operator::up(&cp, Path::new("manifests/examples"), None).await?;
+        scale_agent_e2e::operator::up(&cp, Path::new("manifests/examples"), Some(&stack.hub.grpc))
+            .await?;
+    // A real agent process for every agent pod (kwok runs the pods, nothing runs their
+    // containers).
+    let pods = PodRunner::start(
+        cp.client().await?,
+        RunnerConfig {
+            agent_bin: workspace_binary("scale-agent")?,
+            kubeconfig: cp.management.kubeconfig.clone(),
+            run_dir: run_dir.clone(),
+            env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
+            args: vec![],
+        },
+    );
 
     let env = format!(
-        "# Written by `just up`; source it: . .dev/env\nexport KUBECONFIG={}\n",
-        dir.join("kubeconfig").display()
+        "# Written by `just up`; source it: . .dev/env\n\
+         export KUBECONFIG={}\n\
+         export HUB_HTTP={}\n\
+         export HUB_GRPC={}\n\
+         export LB_GRPC={}\n",
+        dir.join("kubeconfig").display(),
+        stack.hub.http,
+        stack.hub.grpc,
+        stack.nginx.address,
     );
     write(&dir.join("env"), &env)?;
     write(&ready, &std::process::id().to_string())?;
@@ -121,9 +148,49 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     }
     tracing::info!("stopping");
     let _ = std::fs::remove_file(&ready);
+    drop(pods);
     drop(operator);
+    drop(stack);
     drop(cp);
     Ok(())
+}
+
+/// The hub and its load balancer.
+struct Stack {
+    nginx: Nginx,
+    hub: HubProcess,
+}
+
+impl Stack {
+    async fn start(cp: &ControlPlane, run_dir: &Path) -> Result<Stack> {
+        tracing::info!("starting the hub");
+        let hub = HubProcess::start(
+            HubOptions {
+                bin: workspace_binary("scale-agent-hub")?,
+                grace_period: "600s".into(),
+                store: Some(run_dir.join("hub.sqlite")),
+                // Development mode: agents connect straight to the plain gRPC port and
+                // the hub believes the shard their Hello names (it logs a warning).
+                args: vec![],
+            },
+            run_dir,
+        )
+        .await?;
+        tracing::info!("starting nginx in front of the hub");
+        let lb = cp.pki.issue_server("lb", &["127.0.0.1", "localhost"])?;
+        let nginx = Nginx::start(
+            &NginxOptions {
+                mode: Mode::GrpcTls,
+                hub_grpc: hub.grpc.clone(),
+                tls_cert: lb.cert_file,
+                tls_key: lb.key_file,
+                client_ca: cp.pki.ca_file.clone(),
+            },
+            run_dir,
+        )
+        .await?;
+        Ok(Stack { nginx, hub })
+    }
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {
