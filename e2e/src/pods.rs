@@ -268,8 +268,11 @@ fn spawn(
     let port = free_port()?;
     let admin = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(&cfg.agent_bin);
+    // The pod's admin port is the container's; here every agent shares 127.0.0.1.
     for a in c.args.clone().unwrap_or_default() {
-        cmd.arg(rewrite(&a, mounts));
+        if !a.starts_with("--admin-addr") {
+            cmd.arg(rewrite(&a, mounts));
+        }
     }
     cmd.arg(format!("--admin-addr={admin}"));
     cmd.args(&cfg.args);

@@ -1,0 +1,194 @@
+//! The whole system: an AgentShard applied with kubectl becomes an agent Deployment
+//! (operator), its pods run (kwok, and a real agent process per pod from the harness's
+//! stand-in kubelet), and the agents stream the target clusters to the hub. Scaling,
+//! editing and deleting the shard reach the running agents.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use common::Env;
+use common::agents::scenario;
+use scale_agent_e2e::converge::{account_state, configmaps, converge, put_cm, wait_state};
+use scale_agent_e2e::operator::{Operator, OperatorOptions};
+use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
+use scale_agent_e2e::{wait, workspace_binary};
+
+fn main() {
+    common::main(
+        &["cluster-1", "cluster-2"],
+        vec![(
+            "agentshard_applied_with_kubectl_streams_through_real_agents",
+            |e| Box::pin(stack(e)),
+        )],
+    );
+}
+
+fn secret(ns: &str, name: &str, kubeconfig: &str) -> String {
+    let indented: String = kubeconfig.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\nstringData:\n  kubeconfig: |\n{indented}"
+    )
+}
+
+fn shard(ns: &str, replicas: u32, accounts: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: stack\n  namespace: {ns}\nspec:\n  replicas: {replicas}\n  accounts:\n"
+    );
+    for (account, secret) in accounts {
+        y.push_str(&format!(
+            "  - name: {account}\n    kubeconfigSecretRef: {{ name: {secret} }}\n    namespaces: [{ns}]\n    kinds: [ConfigMap]\n"
+        ));
+    }
+    y
+}
+
+async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "stack", "5s").await?;
+    let ns = s.ns.clone();
+    let cp = &env.cp;
+    let _operator = Operator::start(
+        cp,
+        OperatorOptions {
+            default_hub: Some(s.hub.grpc.clone()),
+            ..OperatorOptions::default()
+        },
+    )
+    .await?;
+    let pods = PodRunner::start(
+        cp.client().await?,
+        RunnerConfig {
+            agent_bin: workspace_binary("scale-agent")?,
+            kubeconfig: cp.management.kubeconfig.clone(),
+            run_dir: cp.run_dir.join(&ns),
+            env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
+            args: vec![
+                "--lease-renew-millis=500".into(),
+                "--lease-duration-seconds=4".into(),
+                "--reload-millis=500".into(),
+            ],
+        },
+    );
+    for (i, c) in ["cluster-1", "cluster-2"].iter().enumerate() {
+        let kc = std::fs::read_to_string(&cp.target(c).context("cluster")?.kubeconfig)?;
+        cp.kubectl_stdin(
+            ["apply", "-f", "-"],
+            &secret(&ns, &format!("kc-{}", i + 1), &kc),
+        )?;
+    }
+    let api1 = configmaps(cp.target("cluster-1").context("cluster-1")?, &ns).await?;
+    let api2 = configmaps(cp.target("cluster-2").context("cluster-2")?, &ns).await?;
+    put_cm(&api1, "one", "1").await?;
+    put_cm(&api2, "two", "2").await?;
+
+    // 1. Apply a shard with one account: an agent pod runs, the account streams.
+    let applied = Instant::now();
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], &shard(&ns, 1, &[("stack-a", "kc-1")]))?;
+    ensure!(out.success, "apply: {}", out.stderr);
+    let a = wait_state(&s.hub, "stack-a", "Connected", Duration::from_secs(60))
+        .await
+        .with_context(|| {
+            format!(
+                "pods running: {:?}\n{}",
+                pods.running(),
+                cp.kubectl(["get", "ash,deploy,pods", "-n", &ns])
+                    .unwrap_or_default()
+            )
+        })?;
+    eprintln!(
+        "AgentShard applied -> account streaming at the hub in {:.2?}",
+        applied.elapsed()
+    );
+    let pod = a["replica"].as_str().unwrap_or_default().to_string();
+    ensure!(
+        pod.starts_with("stack-agent-"),
+        "the replica is the pod name, got {a}"
+    );
+    converge(&s.hub, "stack-a", &api1, &ns, Duration::from_secs(20)).await?;
+    cp.kubectl([
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=60s",
+        "-n",
+        &ns,
+        "ash/stack",
+    ])?;
+
+    // 2. Add an account with kubectl: the running agent picks it up, no new pod.
+    let pod_key = format!("{ns}/{pod}");
+    let pid_before = pods.admin(&pod_key).context("agent runs for the pod")?;
+    cp.kubectl_stdin(
+        ["apply", "-f", "-"],
+        &shard(&ns, 1, &[("stack-a", "kc-1"), ("stack-b", "kc-2")]),
+    )?;
+    wait_state(&s.hub, "stack-b", "Connected", Duration::from_secs(30)).await?;
+    converge(&s.hub, "stack-b", &api2, &ns, Duration::from_secs(20)).await?;
+    ensure!(
+        pods.running() == vec![pod_key.clone()],
+        "a new pod appeared: {:?}",
+        pods.running()
+    );
+    ensure!(
+        pods.admin(&pod_key) == Some(pid_before),
+        "the agent of the pod was restarted"
+    );
+
+    // 3. Scale to two replicas: each account moves to the replica that rendezvous
+    // hashing picks among the two pods (every replica computes the same).
+    cp.kubectl(["scale", "ash/stack", "-n", &ns, "--replicas=2"])?;
+    let placed = wait::until(
+        "accounts held where the assignment puts them",
+        Duration::from_secs(60),
+        || async {
+            let members: Vec<String> = pods
+                .running()
+                .iter()
+                .filter_map(|k| k.strip_prefix(&format!("{ns}/")).map(str::to_string))
+                .collect();
+            if members.len() != 2 {
+                return None;
+            }
+            let mut sorted = members.clone();
+            sorted.sort();
+            let mut placed = Vec::new();
+            for account in ["stack-a", "stack-b"] {
+                let want = scale_agent::assignment::owner(account, &sorted)?;
+                let got = account_state(&s.hub, account).await?;
+                if got["state"] != "Connected" || got["replica"] != want {
+                    return None;
+                }
+                placed.push(format!("{account} on {want}"));
+            }
+            Some(placed)
+        },
+    )
+    .await
+    .with_context(|| format!("pods: {:?}", pods.running()))?;
+    eprintln!("after scaling to 2: {placed:?}");
+    put_cm(&api1, "after-scale", "x").await?;
+    converge(&s.hub, "stack-a", &api1, &ns, Duration::from_secs(20)).await?;
+
+    // 4. Delete the shard: the pods go, their agents stop, the hub drops the accounts
+    // after its grace period (5 s here).
+    cp.kubectl(["delete", "ash/stack", "-n", &ns, "--wait=true"])?;
+    wait::until("the agents to stop", Duration::from_secs(60), || async {
+        pods.running()
+            .iter()
+            .all(|k| !k.starts_with(&format!("{ns}/")))
+            .then_some(())
+    })
+    .await?;
+    wait::until(
+        "the hub to drop the accounts",
+        Duration::from_secs(30),
+        || async {
+            (account_state(&s.hub, "stack-a").await.is_none()
+                && account_state(&s.hub, "stack-b").await.is_none())
+            .then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
