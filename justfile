@@ -56,10 +56,13 @@ down:
 
 # Run every test: unit, golden, and end-to-end against the real control plane.
 test: prereqs build-k8s
+    @echo "building the binaries the end-to-end tests run ..."
+    cargo build --workspace --bins
     cargo test --workspace --no-fail-fast
 
 # Run only the end-to-end tests.
 e2e: prereqs build-k8s
+    cargo build --workspace --bins
     cargo test -p scale-agent-e2e --no-fail-fast
 
 # Formatting and lints, as CI wants them.
@@ -85,4 +88,14 @@ prereqs:
     need go "Go >= 1.26 from https://go.dev/doc/install"
     need kubectl "https://kubernetes.io/docs/tasks/tools/ (or apt-get install kubectl)"
     need setsid "apt-get install util-linux"
+    # nginx (with the stream module) is the load balancer of `just up` and the tests.
+    if [ ! -x /usr/sbin/nginx ] || [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            echo "installing nginx (Debian packages nginx, libnginx-mod-stream) ..."
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream >/dev/null
+        else
+            echo "missing: nginx with the stream module — install with: sudo apt-get install nginx libnginx-mod-stream" >&2
+            missing=1
+        fi
+    fi
     exit $missing
