@@ -139,6 +139,21 @@ pub fn fallback_cluster_id(server: &str, ca: &[Vec<u8>]) -> String {
 const RETRY_REJECTED: Duration = Duration::from_secs(30);
 /// How long a superseded account waits before registering again.
 const RETRY_SUPERSEDED: Duration = Duration::from_secs(3);
+/// How long the hub's refusal of an account holds before registering it again.
+fn retry_after(reason: RegisterReason) -> Duration {
+    match reason {
+        // Replicas briefly disagree on membership while a Lease changes.
+        RegisterReason::Superseded => RETRY_SUPERSEDED,
+        // The hub could not decide yet (e.g. it is still reading AgentShards).
+        RegisterReason::Unavailable => RETRY_UNAVAILABLE,
+        // Bound to another cluster, owned by another shard, invalid: a person must act.
+        _ => RETRY_REJECTED,
+    }
+}
+
+/// How long after UNAVAILABLE the account registers again.
+const RETRY_UNAVAILABLE: Duration = Duration::from_secs(2);
+
 /// How long after a failed discovery the account starts over.
 const RETRY_DISCOVERY: Duration = Duration::from_secs(10);
 
@@ -194,7 +209,7 @@ async fn serve(
         // Wait for the hub to offer the account (its owner let go), or ask again later.
         let offered = tokio::select! {
             r = wait_for_acceptance(results) => Some(r),
-            _ = tokio::time::sleep(RETRY_REJECTED) => None,
+            _ = tokio::time::sleep(retry_after(reason)) => None,
         };
         ctx.metrics.accounts_rejected.dec();
         match offered {
@@ -262,7 +277,7 @@ async fn serve(
                     ctx.state.remove_cluster(&name);
                     // Replicas briefly disagree on membership while a Lease changes; once
                     // they agree, the other one lets go and this registration sticks.
-                    return Ok(RETRY_SUPERSEDED);
+                    return Ok(retry_after(reason));
                 }
                 Some(_) => {}
             },
@@ -308,5 +323,24 @@ mod tests {
         assert_ne!(a, fallback_cluster_id("https://b:6443", &[b"ca1".to_vec()]));
         assert_ne!(a, fallback_cluster_id("https://a:6443", &[b"ca2".to_vec()]));
         assert_eq!(a, fallback_cluster_id("https://a:6443", &[b"ca1".to_vec()]));
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn refusals_that_need_a_person_wait_longest() {
+        assert_eq!(retry_after(RegisterReason::Superseded), RETRY_SUPERSEDED);
+        assert_eq!(retry_after(RegisterReason::Unavailable), RETRY_UNAVAILABLE);
+        for r in [
+            RegisterReason::ClusterMismatch,
+            RegisterReason::NotOwner,
+            RegisterReason::Invalid,
+        ] {
+            assert_eq!(retry_after(r), RETRY_REJECTED);
+        }
+        assert!(RETRY_UNAVAILABLE < RETRY_SUPERSEDED && RETRY_SUPERSEDED < RETRY_REJECTED);
     }
 }
