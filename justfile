@@ -65,6 +65,11 @@ e2e: prereqs build-k8s
     cargo build --workspace --bins
     cargo test -p scale-agent-e2e --no-fail-fast
 
+# System benchmarks against the real control plane; the report goes to bench-results/.
+bench: prereqs build-k8s
+    cargo build --release --workspace --bins
+    SCALE_AGENT_PROFILE=release cargo bench -p scale-agent-e2e --bench system
+
 # Formatting and lints, as CI wants them.
 lint:
     cargo fmt --all --check

@@ -21,6 +21,8 @@ pub struct HubOptions {
     pub store: Option<PathBuf>,
     /// Extra flags.
     pub args: Vec<String>,
+    /// Kubeconfig of the cluster holding the AgentShards (for `--authorize-shards`).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A running hub.
@@ -78,6 +80,9 @@ impl HubProcess {
             .args(&self.opts.args);
         if !self.opts.args.iter().any(|a| a.starts_with("--tls-cert")) {
             cmd.arg("--insecure");
+        }
+        if let Some(kc) = &self.opts.kubeconfig {
+            cmd.env("KUBECONFIG", kc);
         }
         if let Some(store) = &self.opts.store {
             cmd.arg(format!("--store={}", store.display()));

@@ -35,7 +35,9 @@ pub fn workspace_binary(name: &str) -> Result<std::path::PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join(name);
+    // `just bench` runs release builds.
+    let profile = std::env::var("SCALE_AGENT_PROFILE").unwrap_or_else(|_| "debug".into());
+    let path = target.join(profile).join(name);
     if path.is_file() {
         Ok(path)
     } else {

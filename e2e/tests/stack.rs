@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use common::Env;
-use common::agents::scenario;
+use common::agents::{account, config, kubeconfigs, scenario_with, start_agent};
 use scale_agent_e2e::converge::{account_state, configmaps, converge, put_cm, wait_state};
 use scale_agent_e2e::operator::{Operator, OperatorOptions};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
@@ -46,7 +46,15 @@ fn shard(ns: &str, replicas: u32, accounts: &[(&str, &str)]) -> String {
 }
 
 async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
-    let s = scenario(&env, "stack", "5s").await?;
+    // The hub accepts an account only from the AgentShard that owns it.
+    let s = scenario_with(
+        &env,
+        "stack",
+        "5s",
+        None,
+        vec!["--authorize-shards=*".into()],
+    )
+    .await?;
     let ns = s.ns.clone();
     let cp = &env.cp;
     let _operator = Operator::start(
@@ -115,6 +123,42 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
         &ns,
         "ash/stack",
     ])?;
+
+    // An agent of another shard claiming the account (same cluster, so only ownership
+    // stands in its way) is refused with NOT_OWNER; the shard's agent keeps it.
+    let rogue_cfg = config(&s, "rogue", vec![account("stack-a", &ns)]);
+    let rogue = start_agent(
+        &env,
+        &s,
+        "rogue-0",
+        &rogue_cfg,
+        &kubeconfigs(&env, &[("stack-a", "cluster-1")])?,
+        &[],
+    )?;
+    let log = rogue.proc.log().to_path_buf();
+    wait::until(
+        "the rogue agent to be refused as not the owner",
+        Duration::from_secs(30),
+        || {
+            let log = log.clone();
+            async move {
+                std::fs::read_to_string(&log)
+                    .ok()?
+                    .contains("NotOwner")
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .with_context(|| scale_agent_e2e::process::tail(&log, 20))?;
+    let still = account_state(&s.hub, "stack-a")
+        .await
+        .context("stack-a listed")?;
+    ensure!(
+        still["replica"] == pod.as_str() && still["state"] == "Connected",
+        "stack-a moved: {still}"
+    );
+    drop(rogue);
 
     // 2. Add an account with kubectl: the running agent picks it up, no new pod.
     let pod_key = format!("{ns}/{pod}");

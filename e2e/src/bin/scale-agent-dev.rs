@@ -170,8 +170,10 @@ impl Stack {
                 grace_period: "600s".into(),
                 store: Some(run_dir.join("hub.sqlite")),
                 // Development mode: agents connect straight to the plain gRPC port and
-                // the hub believes the shard their Hello names (it logs a warning).
-                args: vec![],
+                // the hub believes the shard their Hello names (it logs a warning); it
+                // accepts an account only from the AgentShard that owns it.
+                args: vec!["--authorize-shards=*".into()],
+                kubeconfig: Some(cp.management.kubeconfig.clone()),
             },
             run_dir,
         )

@@ -43,6 +43,7 @@ pub async fn scenario_with(
             grace_period: grace.into(),
             store,
             args: hub_args,
+            kubeconfig: Some(env.cp.management.kubeconfig.clone()),
         },
         &env.cp.run_dir.join(&ns),
     )

@@ -1,0 +1,241 @@
+//! System benchmarks (`just bench`): the agent and hub against real clusters, each
+//! number next to a baseline measured in the same run, and written to
+//! `bench-results/system-<unix time>.md`.
+//!
+//! - initial sync of N objects through agent → hub, against a plain paginated list of the
+//!   same objects by one client (the least any sync can cost);
+//! - a burst of updates reaching the hub, against the time the API server took to accept
+//!   them;
+//! - the agent's memory with one account and with three (each with N objects): it must
+//!   not grow with the number of clusters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams};
+use scale_agent_crds::{AccountConfig, AgentConfig, BudgetConfig, HubConfig, ShardRef};
+use scale_agent_e2e::agent::{AgentProcess, AgentSpec};
+use scale_agent_e2e::converge::{configmaps, converge, create_namespace, put_cm};
+use scale_agent_e2e::hub::{HubOptions, HubProcess};
+use scale_agent_e2e::{ControlPlane, Options, workspace_binary};
+
+const OBJECTS: usize = 2000;
+const NS: &str = "bench";
+const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; nothing else is read.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(run())?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench-results");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let file = dir.join(format!("system-{stamp}.md"));
+    std::fs::write(&file, &report)?;
+    println!("{report}\nwritten to {}", file.display());
+    Ok(())
+}
+
+async fn run() -> anyhow::Result<String> {
+    let cp = ControlPlane::start(Options {
+        targets: TARGETS.iter().map(|s| s.to_string()).collect(),
+        ..Options::default()
+    })
+    .await?;
+    let client = cp.client().await?;
+    scale_agent_e2e::converge::create_namespace(&cp.management, NS).await?;
+    let mut apis = Vec::new();
+    for t in &cp.targets {
+        create_namespace(t, NS).await?;
+        let api = configmaps(t, NS).await?;
+        fill(&api, OBJECTS).await?;
+        apis.push(api);
+    }
+    drop(client);
+    let hub = HubProcess::start(
+        HubOptions {
+            bin: workspace_binary("scale-agent-hub")?,
+            grace_period: "600s".into(),
+            store: None,
+            args: vec![],
+            kubeconfig: None,
+        },
+        &cp.run_dir,
+    )
+    .await?;
+    let mut out = String::new();
+    writeln!(out, "# scale-agent system benchmark\n")?;
+    writeln!(
+        out,
+        "{OBJECTS} ConfigMaps of ~1 KiB per cluster; 2 cores shared by the control plane, hub and agent.\n"
+    )?;
+
+    // 1. Initial sync against a plain list.
+    let list = timed_list(&apis[0]).await?;
+    let dir = tempfile::tempdir()?;
+    let one = start(&cp, &hub, dir.path(), "one", &["b-1"], &TARGETS[..1])?;
+    let t = Instant::now();
+    converge(&hub, "b-1", &apis[0], NS, Duration::from_secs(300)).await?;
+    let sync = t.elapsed();
+    writeln!(
+        out,
+        "| measure | value | baseline | ratio |\n|---|---|---|---|"
+    )?;
+    writeln!(
+        out,
+        "| initial sync, agent start → hub cache equal ({OBJECTS} objects) | {:.2?} | paginated list by one client {:.2?} | {:.1}× |",
+        sync,
+        list,
+        sync.as_secs_f64() / list.as_secs_f64()
+    )?;
+
+    // 2. A burst of updates.
+    let t = Instant::now();
+    for i in 0..500 {
+        put_cm(&apis[0], &format!("obj-{i}"), &format!("updated-{i}")).await?;
+    }
+    let accepted = t.elapsed();
+    converge(&hub, "b-1", &apis[0], NS, Duration::from_secs(300)).await?;
+    let reached = t.elapsed();
+    writeln!(
+        out,
+        "| 500 updates, first write → hub cache equal | {:.2?} | API server accepting them {:.2?} | {:.2}× |",
+        reached,
+        accepted,
+        reached.as_secs_f64() / accepted.as_secs_f64()
+    )?;
+
+    // 3. Memory with one account and with three.
+    let rss_one = rss_kib(one.proc.pid());
+    let three = start(
+        &cp,
+        &hub,
+        dir.path(),
+        "three",
+        &["c-1", "c-2", "c-3"],
+        &TARGETS,
+    )?;
+    for (i, api) in apis.iter().enumerate() {
+        converge(
+            &hub,
+            &format!("c-{}", i + 1),
+            api,
+            NS,
+            Duration::from_secs(300),
+        )
+        .await?;
+    }
+    let rss_three = rss_kib(three.proc.pid());
+    writeln!(
+        out,
+        "| agent RSS after sync, 3 accounts ({} objects) | {rss_three} KiB | 1 account ({OBJECTS} objects) {rss_one} KiB | {:.2}× |",
+        3 * OBJECTS,
+        rss_three as f64 / rss_one.max(1) as f64
+    )?;
+    drop(three);
+    drop(one);
+    Ok(out)
+}
+
+async fn fill(api: &Api<ConfigMap>, n: usize) -> anyhow::Result<()> {
+    let pad = "x".repeat(1000);
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in 0..8 {
+        let api = api.clone();
+        let pad = pad.clone();
+        tasks.spawn(async move {
+            for i in (chunk..n).step_by(8) {
+                put_cm(&api, &format!("obj-{i}"), &pad).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+async fn timed_list(api: &Api<ConfigMap>) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut lp = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&lp).await?;
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    Ok(t.elapsed())
+}
+
+fn start(
+    cp: &ControlPlane,
+    hub: &HubProcess,
+    dir: &std::path::Path,
+    shard: &str,
+    accounts: &[&str],
+    clusters: &[&str],
+) -> anyhow::Result<AgentProcess> {
+    let mut kcs = BTreeMap::new();
+    let mut accs = Vec::new();
+    for (a, c) in accounts.iter().zip(clusters) {
+        let cluster = cp
+            .target(c)
+            .ok_or_else(|| anyhow::anyhow!("no cluster {c}"))?;
+        kcs.insert(
+            format!("{a}.kubeconfig"),
+            std::fs::read_to_string(&cluster.kubeconfig)?,
+        );
+        accs.push(AccountConfig {
+            name: a.to_string(),
+            kubeconfig_file: format!("{a}.kubeconfig"),
+            namespaces: vec![NS.into()],
+            omit_namespaces: vec![],
+            kinds: vec!["ConfigMap".into()],
+            omit_kinds: vec![],
+            only_spinnaker_managed: false,
+        });
+    }
+    let cfg = AgentConfig {
+        shard: ShardRef::new(NS.to_string(), shard.to_string()),
+        hub: HubConfig {
+            address: hub.grpc.clone(),
+            tls: None,
+        },
+        accounts: accs,
+        budget: BudgetConfig::default(),
+    };
+    let spec = AgentSpec {
+        bin: workspace_binary("scale-agent")?,
+        replica: format!("{shard}-0"),
+        namespace: NS.into(),
+        management_kubeconfig: cp.management.kubeconfig.clone(),
+        args: vec!["--lease-renew-millis=500".into()],
+    };
+    Ok(AgentProcess::start(
+        &spec,
+        &dir.join(shard),
+        &cfg,
+        &kcs,
+        &cp.run_dir,
+    )?)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
