@@ -3,7 +3,7 @@
 //! capped exponential backoff and jitter when the stream breaks. A Drain from the hub
 //! (maximum connection age, shutdown) reconnects at once without counting as a failure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +55,12 @@ pub struct Agent {
 
 enum End {
     Shutdown,
-    Reconnect { after: Duration },
+    Reconnect {
+        after: Duration,
+    },
+    /// An established session broke (the hub or the path went away): the next attempt
+    /// starts the backoff over, so rare blips never inherit a long wait.
+    Broken(Error),
 }
 
 /// Keeps a session with the hub until shutdown.
@@ -76,6 +81,15 @@ pub async fn run(mut agent: Agent) {
                 failures = 0;
                 tokio::time::sleep(after).await;
             }
+            Ok(End::Broken(e)) => {
+                failures = 1;
+                let wait = backoff(failures);
+                tracing::warn!(error = %e, "hub session broke; reconnecting in {wait:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = agent.shutdown.changed() => return,
+                }
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 agent.metrics.connect_failures.inc();
@@ -93,7 +107,7 @@ pub async fn run(mut agent: Agent) {
     }
 }
 
-/// Capped exponential backoff with full jitter: uniformly in [d/2, d], d = 0.5 s · 2^n,
+/// Capped exponential backoff with jitter: uniformly in [d/2, d], d = 0.5 s · 2^(n-1),
 /// at most 30 s. Jitter spreads many agents reconnecting after one outage.
 pub fn backoff(failures: u32) -> Duration {
     let exp = 500u64.saturating_mul(1u64 << failures.min(16).saturating_sub(1));
@@ -197,15 +211,15 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
     };
     let mut running: HashMap<String, Running> = HashMap::new();
     let held = agent.held.borrow_and_update().clone();
-    reconcile(&ctx, &mut running, &held).await;
+    reconcile(&ctx, &mut running, &held, &configured(&agent.config)).await;
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     let end = loop {
         tokio::select! {
             msg = inbound.message() => {
                 let frame = match msg {
                     Ok(Some(f)) => f,
-                    Ok(None) => break Err(hub_err("the hub closed the stream".into())),
-                    Err(s) => break Err(hub_err(format!("{}: {}", s.code(), s.message()))),
+                    Ok(None) => break Ok(End::Broken(hub_err("the hub closed the stream".into()))),
+                    Err(s) => break Ok(End::Broken(hub_err(format!("{}: {}", s.code(), s.message())))),
                 };
                 match frame.frame {
                     Some(hub_frame::Frame::RegisterResult(r)) => {
@@ -240,7 +254,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
             changed = agent.held.changed() => {
                 if changed.is_err() { break Ok(End::Shutdown); }
                 let held = agent.held.borrow_and_update().clone();
-                reconcile(&ctx, &mut running, &held).await;
+                reconcile(&ctx, &mut running, &held, &configured(&agent.config)).await;
             }
             changed = agent.config.changed() => {
                 if changed.is_err() { break Ok(End::Shutdown); }
@@ -264,12 +278,20 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
     end
 }
 
+/// The account names of the config file now.
+fn configured(config: &watch::Receiver<Arc<Snapshot>>) -> BTreeSet<String> {
+    config.borrow().accounts.keys().cloned().collect()
+}
+
 /// Starts, stops or restarts account tasks so that exactly `held` run, each with its
-/// current settings; untouched accounts keep streaming.
+/// current settings; untouched accounts keep streaming. An account that left `held` but
+/// is still `configured` moved to another replica (HANDOFF: the hub keeps its cache and
+/// binding for the new holder); one that left the config is REMOVED.
 async fn reconcile(
     ctx: &AccountCtx,
     running: &mut HashMap<String, Running>,
     held: &BTreeMap<String, AccountDesired>,
+    configured: &BTreeSet<String>,
 ) {
     let stale: Vec<String> = running
         .iter()
@@ -285,19 +307,31 @@ async fn reconcile(
                 ctx.state.clear_problem(name);
             }
         }
-        let gone: Vec<String> = stale
-            .iter()
-            .filter(|n| !held.contains_key(*n))
-            .cloned()
-            .collect();
-        if !gone.is_empty() {
-            tracing::info!(accounts = ?gone, "accounts no longer held; unregistering");
+        let gone = stale.iter().filter(|n| !held.contains_key(*n));
+        let (moved, removed): (Vec<String>, Vec<String>) =
+            gone.cloned().partition(|n| configured.contains(n));
+        for (names, reason, message) in [
+            (
+                moved,
+                UnregisterReason::Handoff,
+                "moved to another replica of the shard",
+            ),
+            (
+                removed,
+                UnregisterReason::Removed,
+                "removed from the shard's accounts",
+            ),
+        ] {
+            if names.is_empty() {
+                continue;
+            }
+            tracing::info!(accounts = ?names, ?reason, "unregistering");
             let _ = ctx
                 .out
                 .send(Frame::Unregister(Unregister {
-                    account_names: gone,
-                    reason: UnregisterReason::Removed as i32,
-                    message: "removed from this replica's accounts".into(),
+                    account_names: names,
+                    reason: reason as i32,
+                    message: message.into(),
                 }))
                 .await;
         }
@@ -334,5 +368,63 @@ mod tests {
         let late: Vec<Duration> = (0..20).map(|_| backoff(20)).collect();
         assert!(late.iter().any(|d| *d != late[0]), "no jitter: {late:?}");
         assert!(late.iter().all(|d| *d >= Duration::from_secs(15)));
+    }
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+    use scale_agent_crds::AccountConfig;
+
+    fn desired(name: &str) -> AccountDesired {
+        AccountDesired {
+            config: AccountConfig {
+                name: name.into(),
+                kubeconfig_file: format!("{name}.kubeconfig"),
+                namespaces: vec![],
+                omit_namespaces: vec![],
+                kinds: vec![],
+                omit_kinds: vec![],
+                only_spinnaker_managed: false,
+            },
+            kubeconfig: Ok(String::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_account_moved_to_another_replica_is_handed_off_not_removed() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let budget = Budget::new(1, 1024);
+        let ctx = AccountCtx {
+            out: Outbound::new(tx, budget.clone(), 1024),
+            budget,
+            metrics: Arc::default(),
+            state: Arc::default(),
+        };
+        let mut running = HashMap::new();
+        for name in ["moved", "deleted"] {
+            running.insert(
+                name.to_string(),
+                Running {
+                    task: tokio::spawn(std::future::pending()),
+                    results: mpsc::channel(1).0,
+                    desired: desired(name),
+                },
+            );
+        }
+        // Neither is held any more; only "moved" is still in the config.
+        let configured = BTreeSet::from(["moved".to_string()]);
+        reconcile(&ctx, &mut running, &BTreeMap::new(), &configured).await;
+        assert!(running.is_empty(), "both tasks stop");
+        let mut reasons = BTreeMap::new();
+        while let Ok(f) = rx.try_recv() {
+            if let Some(Frame::Unregister(u)) = f.frame {
+                for n in u.account_names {
+                    reasons.insert(n, UnregisterReason::try_from(u.reason).unwrap_or_default());
+                }
+            }
+        }
+        assert_eq!(reasons.get("moved"), Some(&UnregisterReason::Handoff));
+        assert_eq!(reasons.get("deleted"), Some(&UnregisterReason::Removed));
     }
 }

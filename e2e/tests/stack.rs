@@ -181,6 +181,30 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
 
     // 3. Scale to two replicas: each account moves to the replica that rendezvous
     // hashing picks among the two pods (every replica computes the same).
+    // Watch the hub while the account moves: a handoff keeps the account, its binding
+    // and its cached objects (no removal, no window for another cluster).
+    let (stop_watch, watching) = tokio::sync::watch::channel(false);
+    let hub_http = s.hub.http.clone();
+    let monitor = tokio::spawn(async move {
+        let mut missing = Vec::new();
+        while !*watching.borrow() {
+            if let Ok(resp) = reqwest::get(format!("{hub_http}/v1/accounts")).await
+                && let Ok(list) = resp.json::<serde_json::Value>().await
+            {
+                for name in ["stack-a", "stack-b"] {
+                    let listed = list.as_array().is_some_and(|l| {
+                        l.iter()
+                            .any(|a| a["name"] == name && a["objects"].as_u64() > Some(0))
+                    });
+                    if !listed {
+                        missing.push(name);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        missing
+    });
     cp.kubectl(["scale", "ash/stack", "-n", &ns, "--replicas=2"])?;
     let placed = wait::until(
         "accounts held where the assignment puts them",
@@ -211,6 +235,12 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("pods: {:?}", pods.running()))?;
     eprintln!("after scaling to 2: {placed:?}");
+    let _ = stop_watch.send(true);
+    let missing = monitor.await?;
+    ensure!(
+        missing.is_empty(),
+        "accounts vanished from the hub (or lost their objects) during the handoff: {missing:?}"
+    );
     put_cm(&api1, "after-scale", "x").await?;
     converge(&s.hub, "stack-a", &api1, &ns, Duration::from_secs(20)).await?;
 
