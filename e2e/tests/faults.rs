@@ -58,6 +58,9 @@ fn main() {
             ("passthrough_mtls_end_to_end_streams", |e| {
                 Box::pin(passthrough(e))
             }),
+            ("hub_max_connection_age_drains_without_failures", |e| {
+                Box::pin(connection_age(e))
+            }),
         ],
         Some(1),
     );
@@ -79,6 +82,7 @@ struct RigOptions {
     store: bool,
     replicas: usize,
     budget: Option<u64>,
+    hub_args: Vec<String>,
 }
 
 impl Default for RigOptions {
@@ -88,6 +92,7 @@ impl Default for RigOptions {
             store: false,
             replicas: 1,
             budget: None,
+            hub_args: Vec::new(),
         }
     }
 }
@@ -105,6 +110,7 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
             format!("--client-ca={}", pki.ca_file.display()),
         ];
     }
+    hub_args.extend(o.hub_args.iter().cloned());
     let store = o
         .store
         .then(|| env.cp.run_dir.join(format!("hub-{name}.sqlite")));
@@ -660,6 +666,55 @@ async fn passthrough(env: Arc<Env>) -> anyhow::Result<()> {
     rig.finish(
         churn,
         "(none) TCP passthrough, mTLS end to end",
+        Instant::now(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn connection_age(env: Arc<Env>) -> anyhow::Result<()> {
+    let opts = RigOptions {
+        hub_args: vec![
+            "--max-connection-age=4s".into(),
+            "--max-connection-age-grace=2s".into(),
+        ],
+        ..RigOptions::default()
+    };
+    let rig = rig(&env, "maxage", opts).await?;
+    let admin = rig.agents[0].admin.clone();
+    let connects = metric(&admin, "scale_agent_hub_connects_total").await;
+    let churn = rig.churn(0);
+    // Watch the accounts through several drains: never removed, never a failed attempt.
+    let start = Instant::now();
+    let mut gone = Vec::new();
+    while start.elapsed() < Duration::from_secs(14) {
+        for (n, _) in &rig.accounts {
+            if account_state(&rig.s.hub, n).await.is_none() {
+                gone.push(n.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reconnects = metric(&admin, "scale_agent_hub_connects_total").await - connects;
+    let failures = metric(&admin, "scale_agent_hub_connect_failures_total").await;
+    eprintln!(
+        "max connection age 4 s over 14 s: {reconnects} reconnects, {failures} failed attempts"
+    );
+    ensure!(
+        reconnects >= 2,
+        "the hub should have drained the session at least twice, saw {reconnects} reconnects"
+    );
+    ensure!(
+        failures == 0,
+        "a drain must not count as a failure ({failures})"
+    );
+    ensure!(
+        gone.is_empty(),
+        "accounts were removed during drains: {gone:?}"
+    );
+    rig.finish(
+        churn,
+        "(none) sessions drained every ~4 s by max connection age",
         Instant::now(),
     )
     .await?;

@@ -58,6 +58,9 @@ fn main() {
             ("expired_watch_relists_without_loss", |e| {
                 Box::pin(relist_after_compaction(e))
             }),
+            ("objects_near_the_size_limit_stream", |e| {
+                Box::pin(large_objects(e))
+            }),
         ],
     );
 }
@@ -590,6 +593,47 @@ async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
     ensure!(
         relists_after > relists_before,
         "the agent did not relist ({relists_before} -> {relists_after})"
+    );
+    Ok(())
+}
+
+async fn large_objects(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "large", "60s").await?;
+    let cfg = config(&s, "large", vec![account("large-a", &s.ns)]);
+    let api = configmaps(target(&env, "cluster-2")?, &s.ns).await?;
+    // ConfigMaps hold at most 1 MiB of data; a few of them at that size, and small ones
+    // around them, cross any batch boundary and gRPC's 4 MiB default limit together.
+    let big = "y".repeat(1000 * 1024);
+    for i in 0..5 {
+        put_cm(&api, &format!("big-{i}"), &big).await?;
+        put_cm(&api, &format!("small-{i}"), "s").await?;
+    }
+    let agent = start_agent(
+        &env,
+        &s,
+        "large-0",
+        &cfg,
+        &kubeconfigs(&env, &[("large-a", "cluster-2")])?,
+        &["--lease-renew-millis=500"],
+    )?;
+    wait_state(&s.hub, "large-a", "Connected", Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    converge(&s.hub, "large-a", &api, &s.ns, Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    // And as changes, not only in the initial list.
+    put_cm(&api, "big-0", &"z".repeat(1000 * 1024)).await?;
+    converge(&s.hub, "large-a", &api, &s.ns, Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    let hub = hub_snapshot(&s.hub, "large-a", &s.ns)
+        .await
+        .unwrap_or_default();
+    ensure!(
+        hub.get("big-0")
+            .is_some_and(|v| v.1.len() == 1000 * 1024 && v.1.starts_with('z')),
+        "big-0 not updated at the hub"
     );
     Ok(())
 }
