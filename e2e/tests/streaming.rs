@@ -327,20 +327,9 @@ async fn grace_return(env: Arc<Env>) -> anyhow::Result<()> {
 
 async fn grace_expire(env: Arc<Env>) -> anyhow::Result<()> {
     let s = scenario(&env, "graceexp", "3s").await?;
-    let cfg = config(&s, "graceexp", vec![account("grace-gone", &s.ns)]);
     let api = configmaps(target(&env, "cluster-3")?, &s.ns).await?;
     put_cm(&api, "e-1", "v").await?;
-    let mut agent = start_agent(
-        &env,
-        &s,
-        "graceexp-0",
-        &cfg,
-        &kubeconfigs(&env, &[("grace-gone", "cluster-3")])?,
-        &["--lease-renew-millis=500"],
-    )?;
-    wait_state(&s.hub, "grace-gone", "Connected", Duration::from_secs(30))
-        .await
-        .with_context(|| agent_log(&agent))?;
+    let mut agent = stream_one(&env, &s, "graceexp", "grace-gone", "cluster-3").await?;
     converge(&s.hub, "grace-gone", &api, &s.ns, Duration::from_secs(20)).await?;
     let dropped = Instant::now();
     agent.proc.signal(Signal::SIGKILL);
@@ -377,18 +366,7 @@ async fn grace_expire(env: Arc<Env>) -> anyhow::Result<()> {
 
 async fn operations(env: Arc<Env>) -> anyhow::Result<()> {
     let s = scenario(&env, "ops", "60s").await?;
-    let cfg = config(&s, "ops", vec![account("ops-a", &s.ns)]);
-    let agent = start_agent(
-        &env,
-        &s,
-        "ops-0",
-        &cfg,
-        &kubeconfigs(&env, &[("ops-a", "cluster-2")])?,
-        &["--lease-renew-millis=500"],
-    )?;
-    wait_state(&s.hub, "ops-a", "Connected", Duration::from_secs(30))
-        .await
-        .with_context(|| agent_log(&agent))?;
+    let _agent = stream_one(&env, &s, "ops", "ops-a", "cluster-2").await?;
     let client = target(&env, "cluster-2")?.client().await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &s.ns);
     let cms: Api<ConfigMap> = Api::namespaced(client, &s.ns);

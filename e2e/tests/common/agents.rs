@@ -35,7 +35,13 @@ pub async fn scenario_with(
     let ns = env.namespace(test).await?;
     // The same namespace in every target cluster holds the test's objects.
     for t in &env.cp.targets {
-        create_namespace(t, &ns).await?;
+        // A test elsewhere in the binary may be restarting this cluster: retry.
+        scale_agent_e2e::wait::until(
+            &format!("namespace {ns} in {}", t.name),
+            std::time::Duration::from_secs(60),
+            || async { create_namespace(t, &ns).await.ok() },
+        )
+        .await?;
     }
     let hub = HubProcess::start(
         HubOptions {
@@ -128,4 +134,33 @@ pub fn target<'a>(env: &'a Env, name: &str) -> anyhow::Result<&'a Cluster> {
 
 pub fn agent_log(a: &AgentProcess) -> String {
     scale_agent_e2e::process::tail(a.proc.log(), 40)
+}
+
+/// One agent of shard `shard` streaming `account` of `cluster`, connected at the hub.
+pub async fn stream_one(
+    env: &Env,
+    s: &Scenario,
+    shard: &str,
+    account_name: &str,
+    cluster: &str,
+) -> anyhow::Result<AgentProcess> {
+    let cfg = config(s, shard, vec![account(account_name, &s.ns)]);
+    let kcs = kubeconfigs(env, &[(account_name, cluster)])?;
+    let agent = start_agent(
+        env,
+        s,
+        &format!("{shard}-0"),
+        &cfg,
+        &kcs,
+        &["--lease-renew-millis=500"],
+    )?;
+    scale_agent_e2e::converge::wait_state(
+        &s.hub,
+        account_name,
+        "Connected",
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| agent_log(&agent))?;
+    Ok(agent)
 }
