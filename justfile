@@ -104,3 +104,21 @@ prereqs:
         fi
     fi
     exit $missing
+
+# Fuzz the hub's frame handling and the agent's config parser, each for FUZZ_SECONDS (default 60); not in CI.
+fuzz:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+    seconds="${FUZZ_SECONDS:-60}"
+    cd fuzz
+    for target in agent_config hub_frames; do
+        echo "fuzzing $target for ${seconds}s (corpus fuzz/corpus/$target, crashes in fuzz/artifacts/$target) ..."
+        mkdir -p "corpus/$target"
+        # Checked-in seeds and the inputs of past findings are run first.
+        seeds=()
+        for dir in "seeds/$target" "regressions/$target"; do
+            [ -d "$dir" ] && seeds+=("$dir")
+        done
+        cargo +nightly fuzz run "$target" "corpus/$target" "${seeds[@]}" -- -max_total_time="$seconds"
+    done

@@ -275,7 +275,11 @@ impl Session {
         self.end();
     }
 
-    fn end(&self) {
+    /// Ends the session: it is no longer live, and its accounts become
+    /// Disconnected for the grace period. [`Session::run`] calls it when the
+    /// stream ends; public so that frame handling can be driven without a
+    /// stream (the fuzz target, tests).
+    pub fn end(&self) {
         self.shared.remove_session(&self.id);
         let disconnected = self
             .shared
@@ -292,8 +296,11 @@ impl Session {
         self.shared.schedule_expiry(disconnected);
     }
 
-    /// Handles one frame; false when the agent's side is gone.
-    async fn handle(&self, f: AgentFrame) -> bool {
+    /// Handles one frame after Hello, exactly as [`Session::run`] does for
+    /// each frame it reads; false when the agent's side is gone (the answer
+    /// could not be queued). Public so that frame handling can be driven
+    /// without a stream (the fuzz target, tests).
+    pub async fn handle(&self, f: AgentFrame) -> bool {
         match f.frame {
             Some(agent_frame::Frame::Hello(_)) => {
                 warn!("a second Hello on an open session; ignored");
@@ -761,5 +768,124 @@ impl Session {
                 .metrics
                 .frame_ignored("operation_result_unknown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::IdentityPolicy;
+    use crate::state::{SessionHandle, Settings};
+    use crate::store::Store;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    fn shared() -> Arc<Shared> {
+        let settings = Settings {
+            hub_id: "hub-test".into(),
+            grace_period: Duration::from_secs(600),
+            heartbeat_interval: Duration::from_secs(15),
+            max_message_bytes: 1 << 20,
+            initial_window_bytes: 1 << 20,
+            default_operation_timeout: Duration::from_secs(60),
+            hello_timeout: Duration::from_secs(30),
+            identity: IdentityPolicy::default(),
+            ownership: None,
+            max_connection_age: None,
+            max_connection_age_grace: Duration::from_secs(30),
+        };
+        let store = Store::open(None).expect("in-memory store");
+        Shared::new(settings, store, tokio_util::sync::CancellationToken::new()).expect("shared")
+    }
+
+    fn session(
+        shared: &Arc<Shared>,
+        id: &str,
+    ) -> (Session, mpsc::Receiver<Result<HubFrame, Status>>) {
+        let (tx, rx) = mpsc::channel(16);
+        let shard = ShardKey {
+            namespace: "ns".into(),
+            name: "shard".into(),
+        };
+        let id: SessionId = Arc::from(id);
+        shared.add_session(
+            id.clone(),
+            SessionHandle {
+                tx: tx.clone(),
+                shard: shard.clone(),
+                replica: "r".into(),
+            },
+        );
+        let session = Session {
+            shared: Arc::clone(shared),
+            id,
+            shard,
+            replica: "r".into(),
+            tx,
+            identity: IdentitySource::Hello,
+        };
+        (session, rx)
+    }
+
+    fn agent(f: agent_frame::Frame) -> AgentFrame {
+        AgentFrame { frame: Some(f) }
+    }
+
+    /// Frames are handled without a stream: a Register is answered, events of
+    /// the held account are cached and acked, and ending the session leaves
+    /// the account Disconnected with its objects.
+    #[tokio::test]
+    async fn frames_are_handled_without_a_stream() {
+        let shared = shared();
+        let (s, mut rx) = session(&shared, "s1");
+        let register = pb::Register {
+            accounts: vec![pb::Account {
+                name: "a".into(),
+                cluster_id: "c1".into(),
+                ..Default::default()
+            }],
+        };
+        assert!(
+            s.handle(agent(agent_frame::Frame::Register(register)))
+                .await
+        );
+        let Ok(HubFrame {
+            frame: Some(hub_frame::Frame::RegisterResult(result)),
+        }) = rx.recv().await.expect("an answer")
+        else {
+            panic!("expected a RegisterResult");
+        };
+        assert!(result.accounts[0].accepted);
+        let batch = pb::EventBatch {
+            account: "a".into(),
+            sequence: 7,
+            events: vec![pb::ObjectEvent {
+                r#type: pb::EventType::Added as i32,
+                kind: Some(pb::GroupVersionKind {
+                    group: "apps".into(),
+                    version: "v1".into(),
+                    kind: "Deployment".into(),
+                }),
+                namespace: "n".into(),
+                name: "web".into(),
+                body_json: bytes::Bytes::from_static(b"{}"),
+                ..Default::default()
+            }],
+        };
+        assert!(s.handle(agent(agent_frame::Frame::EventBatch(batch))).await);
+        let Ok(HubFrame {
+            frame: Some(hub_frame::Frame::Ack(ack)),
+        }) = rx.recv().await.expect("an ack")
+        else {
+            panic!("expected an Ack");
+        };
+        assert_eq!(ack.sequence, 7);
+        assert_eq!(shared.core().cache.total(), 1);
+        s.end();
+        assert!(!shared.is_live(&s.id));
+        let core = shared.core();
+        let account = core.registry.get("a").expect("kept for the grace period");
+        assert!(account.session.is_none());
+        assert_eq!(core.cache.total(), 1);
     }
 }
