@@ -340,13 +340,23 @@ pub fn apply_examples(cp: &ControlPlane, dir: &Path) -> Result<()> {
 /// when given), applies the examples in `examples` with their kubeconfig Secrets, and
 /// waits until every example shard has a status, so `kubectl get ash -A` shows them (one
 /// with a conflict). Drop the returned operator before the control plane.
-pub async fn up(cp: &ControlPlane, examples: &Path, hub: Option<&str>) -> Result<Operator> {
+pub async fn up(
+    cp: &ControlPlane,
+    examples: &Path,
+    hub: Option<&str>,
+    hub_tls_secret: Option<&str>,
+) -> Result<Operator> {
     let mut options = OperatorOptions {
         lease_duration_seconds: 15,
         ..OperatorOptions::default()
     };
     if let Some(hub) = hub {
         options.default_hub = Some(hub.to_owned());
+    }
+    if let Some(secret) = hub_tls_secret {
+        options
+            .extra_args
+            .push(format!("--default-hub-tls-secret={secret}"));
     }
     let op = Operator::start(cp, options).await?;
     tracing::info!(log = %op.log().display(), "operator running; applying {}", examples.display());

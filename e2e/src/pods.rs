@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
 use kube::api::{Api, ListParams};
 use nix::sys::signal::Signal;
 
@@ -174,6 +174,8 @@ async fn sync(
 }
 
 /// Writes the pod's ConfigMap and Secret volumes under `dir`; returns mount path → folder.
+/// Paths under a mount that a ConfigMap's text names (the agent config names its TLS
+/// files) are pointed at the local folders too: here every "pod" shares one filesystem.
 async fn write_volumes(
     client: &kube::Client,
     pod: &Pod,
@@ -186,19 +188,28 @@ async fn write_volumes(
         .as_ref()
         .and_then(|s| s.volumes.clone())
         .unwrap_or_default();
-    let mut out = Vec::new();
-    for m in container.volume_mounts.clone().unwrap_or_default() {
-        let Some(v) = volumes.iter().find(|v| v.name == m.name) else {
-            continue;
-        };
-        let target = dir.join(&m.name);
+    let mounts: Vec<(String, PathBuf, Volume)> = container
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| {
+            let v = volumes.iter().find(|v| v.name == m.name)?.clone();
+            Some((m.mount_path.clone(), dir.join(&m.name), v))
+        })
+        .collect();
+    let paths: Vec<(String, PathBuf)> = mounts
+        .iter()
+        .map(|(m, d, _)| (m.clone(), d.clone()))
+        .collect();
+    for (_, target, v) in &mounts {
         let files: Option<BTreeMap<String, Vec<u8>>> = if let Some(cm) = &v.config_map {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
             api.get_opt(&cm.name).await.ok().flatten().map(|c| {
                 c.data
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
+                    .map(|(k, v)| (k, rewrite(&v, &paths).into_bytes()))
                     .collect()
             })
         } else if let Some(s) = &v.secret {
@@ -220,11 +231,10 @@ async fn write_volumes(
             None
         };
         if let Some(files) = files {
-            sync_dir(&target, &files)?;
+            sync_dir(target, &files)?;
         }
-        out.push((m.mount_path.clone(), target));
     }
-    Ok(out)
+    Ok(paths)
 }
 
 /// Makes `dir` hold exactly `files`, each replaced atomically when it changed.

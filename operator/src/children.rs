@@ -49,6 +49,32 @@ pub struct Defaults {
     pub image: Option<String>,
     /// ServiceAccount for shards without spec.serviceAccountName; `None`: a per-shard one.
     pub service_account: Option<String>,
+    /// TLS Secret (in the shard's namespace) for shards without spec.hub; `{shard}` in the
+    /// name is replaced by the shard's name, since each shard's certificate names it.
+    pub hub_tls_secret: Option<String>,
+}
+
+/// The shard as the operator builds its children: a shard that leaves `spec.hub` out gets
+/// the default hub and, when one is set, the default TLS Secret. Only the in-memory copy
+/// changes; the stored object is not touched.
+pub fn with_defaults<'a>(
+    shard: &'a AgentShard,
+    defaults: &Defaults,
+) -> std::borrow::Cow<'a, AgentShard> {
+    match (&shard.spec.hub, &defaults.hub, &defaults.hub_tls_secret) {
+        (None, Some(address), Some(secret)) => {
+            let name = shard.metadata.name.clone().unwrap_or_default();
+            let mut s = shard.clone();
+            s.spec.hub = Some(scale_agent_crds::HubSpec {
+                address: address.clone(),
+                tls_secret_ref: Some(scale_agent_crds::LocalObjectRef {
+                    name: secret.replace("{shard}", &name),
+                }),
+            });
+            std::borrow::Cow::Owned(s)
+        }
+        _ => std::borrow::Cow::Borrowed(shard),
+    }
 }
 
 /// Labels on every child of `shard`.
@@ -502,6 +528,40 @@ mod tests {
             }),
         });
         assert_ne!(template(&base), template(&tls));
+    }
+
+    #[test]
+    fn default_hub_tls_secret_applies_only_without_spec_hub() {
+        let defaults = Defaults {
+            hub: Some("lb:443".into()),
+            hub_tls_secret: Some("agent-mtls-{shard}".into()),
+            ..Defaults::default()
+        };
+        let s = shard(&["a"]);
+        let mut bare = s.clone();
+        bare.spec.hub = None;
+        let eff = with_defaults(&bare, &defaults);
+        let hub = eff.spec.hub.clone().expect("hub filled in");
+        assert_eq!(hub.address, "lb:443");
+        assert_eq!(
+            hub.tls_secret_ref.map(|r| r.name).as_deref(),
+            Some("agent-mtls-east")
+        );
+        // The TLS Secret is mounted and the config points at its files.
+        let d = deployment(&ShardRef::new("ns", "east"), &eff, &owner(), "img:1", "sa");
+        let vols = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.volumes)
+            .unwrap_or_default();
+        assert!(
+            vols.iter()
+                .any(|v| v.secret.as_ref().and_then(|x| x.secret_name.as_deref())
+                    == Some("agent-mtls-east"))
+        );
+        // A shard with its own hub is left as it is.
+        let own = with_defaults(&s, &defaults);
+        assert_eq!(own.spec.hub, s.spec.hub);
     }
 
     #[test]

@@ -14,6 +14,17 @@ pub struct Args {
     #[arg(long, env = "SCALE_AGENT_DEFAULT_HUB", value_name = "HOST:PORT")]
     pub default_hub: Option<String>,
 
+    /// The TLS Secret (ca.crt, tls.crt, tls.key; in the shard's namespace) agents use to
+    /// reach the default hub, for shards that leave spec.hub out. `{shard}` is replaced
+    /// by the shard's name: each shard's client certificate names its shard.
+    #[arg(
+        long,
+        env = "SCALE_AGENT_DEFAULT_HUB_TLS_SECRET",
+        value_name = "NAME",
+        requires = "default_hub"
+    )]
+    pub default_hub_tls_secret: Option<String>,
+
     /// The agent image for shards that leave spec.image out.
     #[arg(long, env = "SCALE_AGENT_DEFAULT_IMAGE", value_name = "IMAGE")]
     pub default_image: Option<String>,

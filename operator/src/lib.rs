@@ -149,6 +149,7 @@ pub async fn run(args: Args) -> Result<()> {
         hub: args.default_hub.clone(),
         image: args.default_image.clone(),
         service_account: Some(args.default_service_account.clone()).filter(|s| !s.is_empty()),
+        hub_tls_secret: args.default_hub_tls_secret.clone(),
     };
     let manage = async {
         let mut running: Option<Task> = None;

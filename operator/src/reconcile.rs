@@ -118,6 +118,7 @@ fn now() -> Time {
 }
 
 async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
+    let shard = &*children::with_defaults(shard, &ctx.defaults);
     let sref = shard.shard_ref().ok_or_else(|| Error::MissingField {
         what: format!("AgentShard {}", shard.name_any()),
         field: "metadata.namespace",

@@ -99,12 +99,20 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     ])?;
     // The hub (Clouddriver's side) and nginx in front of it.
     let stack = Stack::start(&cp, &run_dir).await?;
-    // The operator, then the example shards (one conflicting pair). Agents reach the hub
-    // directly in this development setup (plain HTTP/2); LB_GRPC is nginx with TLS and
-    // client-certificate verification, for agents that carry a certificate.
-    let operator =
-        scale_agent_e2e::operator::up(&cp, Path::new("manifests/examples"), Some(&stack.hub.grpc))
-            .await?;
+    // Each example shard's agents carry a client certificate naming their shard, in the
+    // Secret the operator mounts for shards without spec.hub; they reach the hub through
+    // nginx, which verifies the certificate and forwards it.
+    for (ns, shard) in EXAMPLE_SHARDS {
+        agent_tls_secret(&cp, ns, shard)?;
+    }
+    // The operator, then the example shards (one conflicting pair).
+    let operator = scale_agent_e2e::operator::up(
+        &cp,
+        Path::new("manifests/examples"),
+        Some(&stack.nginx.address),
+        Some(AGENT_TLS_SECRET),
+    )
+    .await?;
     // A real agent process for every agent pod (kwok runs the pods, nothing runs their
     // containers).
     let pods = PodRunner::start(
@@ -155,6 +163,38 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The shards of `manifests/examples/`, by namespace.
+const EXAMPLE_SHARDS: [(&str, &str); 3] = [
+    ("spinnaker", "prod-east"),
+    ("spinnaker", "prod-west"),
+    ("team-b", "team-b"),
+];
+
+/// The operator's `--default-hub-tls-secret`.
+const AGENT_TLS_SECRET: &str = "agent-mtls-{shard}";
+
+/// Creates the Secret with the CA and a client certificate naming `ns/shard`.
+fn agent_tls_secret(cp: &ControlPlane, ns: &str, shard: &str) -> Result<()> {
+    scale_agent_e2e::operator::ensure_namespace(cp, ns)?;
+    let identity =
+        scale_agent_crds::shard_identity_uri(&scale_agent_crds::ShardRef::new(ns, shard));
+    let cert = cp
+        .pki
+        .issue_client(&format!("agent-{ns}-{shard}"), shard, None, &[&identity])?;
+    let name = AGENT_TLS_SECRET.replace("{shard}", shard);
+    cp.kubectl([
+        "create".to_string(),
+        "secret".into(),
+        "generic".into(),
+        name,
+        format!("--namespace={ns}"),
+        format!("--from-file=ca.crt={}", cp.pki.ca_file.display()),
+        format!("--from-file=tls.crt={}", cert.cert_file.display()),
+        format!("--from-file=tls.key={}", cert.key_file.display()),
+    ])?;
+    Ok(())
+}
+
 /// The hub and its load balancer.
 struct Stack {
     nginx: Nginx,
@@ -169,10 +209,13 @@ impl Stack {
                 bin: workspace_binary("scale-agent-hub")?,
                 grace_period: "600s".into(),
                 store: Some(run_dir.join("hub.sqlite")),
-                // Development mode: agents connect straight to the plain gRPC port and
-                // the hub believes the shard their Hello names (it logs a warning); it
-                // accepts an account only from the AgentShard that owns it.
-                args: vec!["--authorize-shards=*".into()],
+                // Agents come through nginx, which forwards the certificate it
+                // verified; the hub accepts an account only from the AgentShard that
+                // owns it.
+                args: vec![
+                    "--trusted-proxy=127.0.0.1/32".into(),
+                    "--authorize-shards=*".into(),
+                ],
                 kubeconfig: Some(cp.management.kubeconfig.clone()),
             },
             run_dir,
