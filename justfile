@@ -8,7 +8,8 @@ dev := justfile_directory() / ".dev"
 default:
     @just --list
 
-# Start the local control plane (3 target clusters), install the CRD, then show the shards.
+# Start everything locally: control plane + 3 target clusters, CRD, hub, nginx, operator,
+# example shards and their agents; ends with `kubectl get agentshards -A`.
 up: prereqs build-k8s
     #!/usr/bin/env bash
     set -euo pipefail
