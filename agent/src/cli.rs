@@ -7,7 +7,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+pub use scale_agent_runtime::LogFormat;
 
 /// Watches a group of Kubernetes clusters and streams every change to the
 /// scale-agent hub (Spinnaker Clouddriver's side), and runs the deploy
@@ -74,15 +75,6 @@ pub struct Args {
     /// log collectors.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable text.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[cfg(test)]

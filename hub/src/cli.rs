@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Parser, ValueEnum};
+use clap::{ArgGroup, Parser};
+pub use scale_agent_runtime::LogFormat;
+use scale_agent_runtime::parse_duration;
 
 /// The Clouddriver side of scale-agent: accepts agent streams over gRPC, keeps
 /// the account registry and the cache of every streamed object, serves them
@@ -121,57 +123,8 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable text.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
     scale_agent_hub::identity::parse_cidr(text)
-}
-
-/// Parses a duration written as numbers with units, e.g. `600s`, `10m`,
-/// `1h30m`, `250ms`. A bare number is seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!("{text:?}: expected a number at {rest:?}"));
-        }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.saturating_mul(60)),
-            "h" => Duration::from_secs(number.saturating_mul(3600)),
-            "" => return Err(format!("{text:?}: missing unit (ms, s, m, h)")),
-            unit => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h)")),
-        };
-        total = total.saturating_add(part);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
 }
 
 #[cfg(test)]
@@ -242,21 +195,5 @@ mod tests {
         ])
         .expect("mTLS flags parse");
         assert_eq!(args.client_ca, Some(PathBuf::from("ca.pem")));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("600s"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("600"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(
-            parse_duration("1m30s500ms"),
-            Ok(Duration::from_millis(90_500))
-        );
-        for bad in ["", "s", "10x", "m10", "1.5s", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should fail");
-        }
     }
 }

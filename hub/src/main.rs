@@ -8,19 +8,6 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use scale_agent_hub::{Config, Hub, ShardSource, TlsConfig};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(format: cli::LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        cli::LogFormat::Text => builder.init(),
-        cli::LogFormat::Json => builder.json().init(),
-    }
-}
 
 fn config(args: &cli::Args) -> Result<Config, scale_agent_hub::Error> {
     let mut config = Config::new(args.grpc_addr, args.http_addr);
@@ -55,38 +42,16 @@ async fn run(args: cli::Args) -> Result<(), scale_agent_hub::Error> {
     let hub = Hub::start(config(&args)?).await?;
     let stop = hub.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        scale_agent_runtime::terminated().await;
         info!("signal received; draining agent sessions and stopping");
         stop.cancel();
     });
     hub.wait().await
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    init_logging(args.log_format);
+    scale_agent_runtime::init_logging(args.log_format, "info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

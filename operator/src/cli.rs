@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
+pub use scale_agent_runtime::LogFormat;
 
 /// Reconciles AgentShards (scaleagent.dev/v1alpha1) into agent Deployments, keeps
 /// account names unique across every shard in the cluster, and serves the admission
@@ -100,15 +101,6 @@ pub enum WebhookMode {
     Warn,
     /// Reject the request with a message naming the owner.
     Deny,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable text.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[cfg(test)]
