@@ -6,40 +6,52 @@
 //!   server-side dry run;
 //! - `manifests/install` applies for real (its pods admitted under `restricted`), a
 //!   second apply changes nothing, and its ServiceAccounts hold only what they need;
-//! - the operator and hub run as those ServiceAccounts with the manifests' own flags, and
-//!   a shard in a namespace opened with `manifests/shard-namespace` streams through them;
-//!   the alerts name metrics they really export.
+//! - the operator and hub run as those ServiceAccounts with the manifests' own flags: a
+//!   shard in a namespace opened with `manifests/shard-namespace` streams through them,
+//!   one elsewhere gets nothing, an agent of another shard is refused, and the alerts
+//!   name metrics they really export.
 
+#[path = "install/cluster.rs"]
+mod cluster;
 mod common;
+#[path = "install/image.rs"]
+mod image;
 #[path = "install/kubelet.rs"]
 mod kubelet;
 #[path = "install/kustomize.rs"]
 mod kustomize;
+#[path = "install/metrics.rs"]
+mod metrics;
 #[path = "install/oci.rs"]
 mod oci;
+#[path = "install/policy.rs"]
+mod policy;
+#[path = "install/running.rs"]
+mod running;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
+use cluster::{
+    applied_state, apply_install, apply_yaml, hub_volume, kubectl_full, secret, shard_namespace,
+    shard_yaml, stand_in_crds,
+};
 use common::Env;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
+use running::{Installed, NS};
 use scale_agent_crds::{AccountConfig, AgentConfig, BudgetConfig, HubConfig, ShardRef, TlsConfig};
 use scale_agent_e2e::agent::{AgentProcess, AgentSpec};
 use scale_agent_e2e::controlplane::http_get;
 use scale_agent_e2e::converge::{configmaps, create_namespace, put_cm};
-use scale_agent_e2e::kubectl::{Output, run_full};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
 use scale_agent_e2e::process::tail;
 use scale_agent_e2e::{wait, workspace_binary};
 use serde_json::Value;
 
-/// The namespace `manifests/install` installs into.
-const NS: &str = "scale-agent-system";
 /// The image the manifests name, at this workspace's version.
 const IMAGE: &str = concat!(
     "ghcr.io/scale-agent/scale-agent:v",
@@ -54,7 +66,7 @@ fn main() {
         &["cluster-1"],
         vec![
             ("image_archive_runs_each_binary_as_the_non_root_user", |e| {
-                Box::pin(image(e))
+                Box::pin(image_runs(e))
             }),
             (
                 "kustomizations_render_restricted_least_privilege_and_follow_namespace_and_image",
@@ -77,29 +89,8 @@ fn main() {
     );
 }
 
-// ---------------------------------------------------------------------------------------
-// The image
-
-/// The archive to test: `$SCALE_AGENT_IMAGE_ARCHIVE`, else the newer of the release and
-/// debug archives `just image` / `just image debug` write.
-fn image_archive() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SCALE_AGENT_IMAGE_ARCHIVE") {
-        return Some(PathBuf::from(p));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let version = env!("CARGO_PKG_VERSION");
-    ["", "-debug"]
-        .iter()
-        .map(|s| target.join(format!("images/scale-agent-{version}{s}.oci.tar")))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
-}
-
-async fn image(_env: Arc<Env>) -> anyhow::Result<()> {
-    let Some(archive) = image_archive() else {
+async fn image_runs(_env: Arc<Env>) -> anyhow::Result<()> {
+    let Some(archive) = image::image_archive() else {
         eprintln!(
             "SKIPPED image_archive_runs_each_binary_as_the_non_root_user: no image archive in \
              target/images/; build it with `just image` (or `just image debug`; `just test` does)"
@@ -107,7 +98,7 @@ async fn image(_env: Arc<Env>) -> anyhow::Result<()> {
         return Ok(());
     };
     ensure!(
-        ids(std::process::id())?.0.first() == Some(&0),
+        image::ids(std::process::id())?.0.first() == Some(&0),
         "this test runs the image's binaries with chroot, which needs root"
     );
     let dir = tempfile::tempdir()?;
@@ -130,30 +121,12 @@ async fn image(_env: Arc<Env>) -> anyhow::Result<()> {
         "image os {}",
         image.config["os"]
     );
-
-    // No shell, nothing set-user-ID, and the user owns only its home.
+    let problems = image::file_problems(&image.rootfs)?;
     ensure!(
-        !image.rootfs.join("bin/sh").exists() && !image.rootfs.join("usr/bin/sh").exists(),
-        "the image has a shell"
+        problems.is_empty(),
+        "the image's files:\n  {}",
+        problems.join("\n  ")
     );
-    for_each_file(&image.rootfs, &mut |path, meta| {
-        use std::os::unix::fs::MetadataExt;
-        let rel = path.strip_prefix(&image.rootfs).unwrap_or(path);
-        ensure!(
-            meta.mode() & 0o6000 == 0,
-            "{} is set-user-ID or set-group-ID",
-            rel.display()
-        );
-        if meta.uid() != 0 {
-            ensure!(
-                rel.starts_with("home/nonroot"),
-                "{} is owned by {}",
-                rel.display(),
-                meta.uid()
-            );
-        }
-        Ok(())
-    })?;
 
     // Each binary answers --version and --help from the image's own root filesystem
     // (its libraries, no host file), as the image's user.
@@ -166,19 +139,19 @@ async fn image(_env: Arc<Env>) -> anyhow::Result<()> {
     );
     for bin in BINARIES {
         let path = format!("/usr/local/bin/{bin}");
-        let out = in_image(&image.rootfs, user, &[&path, "--version"])?;
+        let out = image::in_image(&image.rootfs, user, &[&path, "--version"])?;
         ensure!(
             out.trim() == format!("{bin} {version}"),
             "{bin} --version printed {out:?}"
         );
-        let help = in_image(&image.rootfs, user, &[&path, "--help"])?;
+        let help = image::in_image(&image.rootfs, user, &[&path, "--help"])?;
         ensure!(help.contains("Usage:"), "{bin} --help printed {help:?}");
     }
 
     // A long-running binary: the hub serves from the image, and its process is not root.
     let grpc = scale_agent_e2e::ports::free_port()?;
     let http = scale_agent_e2e::ports::free_port()?;
-    let mut hub = Command::new(chroot()?)
+    let mut hub = Command::new(image::chroot()?)
         .arg(format!("--userspec={user}"))
         .arg(&image.rootfs)
         .args([
@@ -202,7 +175,7 @@ async fn image(_env: Arc<Env>) -> anyhow::Result<()> {
         },
     )
     .await;
-    let who = ids(hub.id());
+    let who = image::ids(hub.id());
     let _ = hub.kill();
     let _ = hub.wait();
     served?;
@@ -218,71 +191,6 @@ async fn image(_env: Arc<Env>) -> anyhow::Result<()> {
     eprintln!("the hub ran from the image as uid/gid 65532, groups {groups:?}");
     Ok(())
 }
-
-/// Runs `argv` inside `rootfs` as `user` (uid:gid) with no supplementary group; its stdout.
-fn in_image(rootfs: &Path, user: &str, argv: &[&str]) -> anyhow::Result<String> {
-    let gid = user.split(':').nth(1).unwrap_or(user);
-    let out = Command::new(chroot()?)
-        .arg(format!("--userspec={user}"))
-        .arg(format!("--groups={gid}"))
-        .arg(rootfs)
-        .args(argv)
-        .env_clear()
-        .output()
-        .with_context(|| format!("running {argv:?} in the image"))?;
-    ensure!(
-        out.status.success(),
-        "{argv:?} in the image failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The host's chroot (coreutils), found before the child's environment is cleared.
-fn chroot() -> anyhow::Result<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|d| d.join("chroot"))
-        .find(|p| p.is_file())
-        .context("chroot is missing (Debian: apt-get install coreutils)")
-}
-
-/// Real, effective, saved and filesystem uids; the same gids; supplementary groups.
-fn ids(pid: u32) -> anyhow::Result<(Vec<u32>, Vec<u32>, Vec<u32>)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Vec<u32> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| {
-                v.split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    Ok((field("Uid:"), field("Gid:"), field("Groups:")))
-}
-
-fn for_each_file(
-    dir: &Path,
-    f: &mut dyn FnMut(&Path, &std::fs::Metadata) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let meta = std::fs::symlink_metadata(&path)?;
-        f(&path, &meta)?;
-        if meta.is_dir() {
-            for_each_file(&path, f)?;
-        }
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
-// Rendering
 
 async fn render(_env: Arc<Env>) -> anyhow::Result<()> {
     // Every kustomization is one this test knows how to check.
@@ -306,8 +214,8 @@ async fn render(_env: Arc<Env>) -> anyhow::Result<()> {
     for k in kustomize::INSTALLS {
         let objects = kustomize::render(&manifests.join(k))?;
         let mut problems = Vec::new();
-        restricted_problems(&objects, &mut problems);
-        least_privilege_problems(&objects, &mut problems);
+        policy::restricted_problems(&objects, IMAGE, &mut problems);
+        policy::least_privilege_problems(&objects, &mut problems);
         ensure!(
             problems.is_empty(),
             "manifests/{k}:\n  {}",
@@ -347,7 +255,7 @@ async fn render(_env: Arc<Env>) -> anyhow::Result<()> {
             text.contains("registry.example/mirror/scale-agent:v9.9.9"),
             "the mirrored image is missing"
         );
-        let operator = find(&objects, "Deployment", "scale-agent-operator")?;
+        let operator = policy::find(&objects, "Deployment", "scale-agent-operator")?;
         let default_image = operator["spec"]["template"]["spec"]["containers"][0]["env"]
             .as_array()
             .and_then(|env| {
@@ -368,7 +276,7 @@ async fn render(_env: Arc<Env>) -> anyhow::Result<()> {
             );
         }
         if k.contains("cert-manager") {
-            let cert = find(&objects, "Certificate", "scale-agent-hub-tls")?;
+            let cert = policy::find(&objects, "Certificate", "scale-agent-hub-tls")?;
             ensure!(
                 cert["spec"]["dnsNames"]
                     .as_array()
@@ -379,140 +287,6 @@ async fn render(_env: Arc<Env>) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> anyhow::Result<&'a Value> {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .with_context(|| format!("no {kind} {name}"))
-}
-
-/// What Pod Security `restricted` requires of every pod template, plus a read-only root
-/// filesystem; and the image the manifests name.
-fn restricted_problems(objects: &[Value], problems: &mut Vec<String>) {
-    for o in objects {
-        if o["kind"] == "Namespace" {
-            let labels = &o["metadata"]["labels"];
-            if labels["pod-security.kubernetes.io/enforce"] != "restricted" {
-                problems.push(format!(
-                    "{}: Pod Security `restricted` is not enforced",
-                    kustomize::key(o)
-                ));
-            }
-        }
-        let Some(pod) = o["spec"]["template"]["spec"].as_object() else {
-            continue;
-        };
-        let key = kustomize::key(o);
-        let psc = &pod.get("securityContext").cloned().unwrap_or_default();
-        if psc["runAsNonRoot"] != true {
-            problems.push(format!("{key}: runAsNonRoot is not set"));
-        }
-        for c in pod
-            .get("containers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let name = c["name"].as_str().unwrap_or_default();
-            let sc = &c["securityContext"];
-            if sc["allowPrivilegeEscalation"] != false {
-                problems.push(format!(
-                    "{key} {name}: allowPrivilegeEscalation is not false"
-                ));
-            }
-            if sc["readOnlyRootFilesystem"] != true {
-                problems.push(format!("{key} {name}: the root filesystem is writable"));
-            }
-            if !sc["capabilities"]["drop"]
-                .as_array()
-                .is_some_and(|d| d.contains(&Value::from("ALL")))
-                || !sc["capabilities"]["add"].is_null()
-            {
-                problems.push(format!("{key} {name}: capabilities are not all dropped"));
-            }
-            let seccomp = if sc["seccompProfile"]["type"].is_null() {
-                &psc["seccompProfile"]["type"]
-            } else {
-                &sc["seccompProfile"]["type"]
-            };
-            if seccomp != "RuntimeDefault" {
-                problems.push(format!("{key} {name}: seccomp profile is {seccomp}"));
-            }
-            if c["image"] != IMAGE {
-                problems.push(format!("{key} {name}: image {} is not {IMAGE}", c["image"]));
-            }
-        }
-    }
-}
-
-/// No cluster-wide Secret or Lease write; the webhook configuration only by name.
-fn least_privilege_problems(objects: &[Value], problems: &mut Vec<String>) {
-    let writes = [
-        "create",
-        "update",
-        "patch",
-        "delete",
-        "deletecollection",
-        "*",
-    ];
-    for binding in objects.iter().filter(|o| o["kind"] == "ClusterRoleBinding") {
-        let role_name = binding["roleRef"]["name"].as_str().unwrap_or_default();
-        let Ok(role) = find(objects, "ClusterRole", role_name) else {
-            problems.push(format!(
-                "{} binds a ClusterRole not installed",
-                kustomize::key(binding)
-            ));
-            continue;
-        };
-        for rule in role["rules"].as_array().into_iter().flatten() {
-            let has = |field: &str, want: &str| {
-                rule[field]
-                    .as_array()
-                    .is_some_and(|v| v.iter().any(|x| x == want || x == "*"))
-            };
-            let writes_it = writes.iter().any(|w| has("verbs", w));
-            for resource in ["secrets", "leases"] {
-                if has("resources", resource) && writes_it {
-                    problems.push(format!(
-                        "ClusterRole {role_name} (bound cluster-wide) writes {resource}: {rule}"
-                    ));
-                }
-            }
-            if has("resources", "validatingwebhookconfigurations")
-                && rule["resourceNames"].as_array().is_none_or(Vec::is_empty)
-            {
-                problems.push(format!(
-                    "ClusterRole {role_name} may change every webhook configuration: {rule}"
-                ));
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Dry run
-
-/// Minimal stand-ins for the CRDs of kinds the test control plane does not have
-/// (cert-manager, Prometheus Operator): the kinds exist, their specs are not checked.
-fn stand_in_crds() -> String {
-    let kinds = [
-        ("cert-manager.io", "Issuer", "issuers"),
-        ("cert-manager.io", "Certificate", "certificates"),
-        ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
-        ("monitoring.coreos.com", "PodMonitor", "podmonitors"),
-        ("monitoring.coreos.com", "PrometheusRule", "prometheusrules"),
-    ];
-    kinds
-        .iter()
-        .map(|(group, kind, plural)| {
-            format!(
-                "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {plural}.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{ kind: {kind}, plural: {plural}, singular: {}, listKind: {kind}List }}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      schema:\n        openAPIV3Schema:\n          type: object\n          properties:\n            spec: {{ type: object, x-kubernetes-preserve-unknown-fields: true }}\n---\n",
-                kind.to_lowercase()
-            )
-        })
-        .collect()
 }
 
 async fn dry_run(env: Arc<Env>) -> anyhow::Result<()> {
@@ -567,65 +341,6 @@ async fn dry_run(env: Arc<Env>) -> anyhow::Result<()> {
             started.elapsed()
         );
     }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
-// Applying for real
-
-/// `kubectl apply --server-side -k manifests/install`: fails on an error or a warning.
-fn apply_install(env: &Env) -> anyhow::Result<String> {
-    let dir = kustomize::manifests().join("install").display().to_string();
-    let out = kubectl_full(&env.cp, ["apply", "--server-side", "-k", &dir])?;
-    ensure!(out.success, "applying manifests/install:\n{}", out.stderr);
-    ensure!(
-        !out.stderr.contains("Warning"),
-        "manifests/install applies with warnings:\n{}",
-        out.stderr
-    );
-    Ok(out.stdout)
-}
-
-/// What `kubectl` (the apply field manager) owns of each installed object, and its
-/// generation: a second apply that changes nothing leaves all of it as it was.
-fn applied_state(env: &Env) -> anyhow::Result<BTreeMap<String, Value>> {
-    let dir = kustomize::manifests().join("install").display().to_string();
-    let list: Value = serde_json::from_str(&env.cp.kubectl([
-        "get",
-        "-k",
-        &dir,
-        "-o",
-        "json",
-        "--show-managed-fields",
-    ])?)?;
-    let mut state = BTreeMap::new();
-    for o in list["items"].as_array().into_iter().flatten() {
-        let mine: Vec<&Value> = o["metadata"]["managedFields"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["manager"] == "kubectl" && m["operation"] == "Apply")
-            .collect();
-        state.insert(
-            kustomize::key(o),
-            serde_json::json!({ "generation": o["metadata"]["generation"], "applied": mine }),
-        );
-    }
-    Ok(state)
-}
-
-/// A volume for the hub's claim: the test control plane has no storage provisioner.
-fn hub_volume(env: &Env) -> anyhow::Result<()> {
-    let path = env.cp.run_dir.join("hub-store-volume");
-    std::fs::create_dir_all(&path)?;
-    let out = env.cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &format!(
-            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: scale-agent-hub-store\nspec:\n  capacity: {{ storage: 1Gi }}\n  accessModes: [ReadWriteOnce]\n  hostPath: {{ path: {} }}\n",
-            path.display()
-        ),
-    )?;
-    ensure!(out.success, "creating the hub's volume: {}", out.stderr);
     Ok(())
 }
 
@@ -698,10 +413,17 @@ async fn apply(env: Arc<Env>) -> anyhow::Result<()> {
     );
     eprintln!("second apply: {} objects, none changed", after.len());
 
-    // What the ServiceAccounts may do.
+    service_accounts_hold_only_what_they_need(&env).await
+}
+
+/// `kubectl auth can-i` as the installed ServiceAccounts: the operator writes a shard's
+/// children only in namespaces opened with manifests/shard-namespace, changes only its own
+/// webhook configuration and Lease; the hub only reads AgentShards.
+async fn service_accounts_hold_only_what_they_need(env: &Env) -> anyhow::Result<()> {
+    let cp = &env.cp;
     let elsewhere = env.namespace("not-a-shard-namespace").await?;
     let shards = env.namespace("shards").await?;
-    shard_namespace(&env, &shards)?;
+    shard_namespace(env, &shards)?;
     let checks: &[(&str, &[&str], bool)] = &[
         (
             OPERATOR_SA,
@@ -805,152 +527,74 @@ async fn apply(env: Arc<Env>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `manifests/shard-namespace` for namespace `ns`, as a user's overlay.
-fn shard_namespace(env: &Env, ns: &str) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    kustomize::overlay(dir.path(), "shard-namespace", &format!("namespace: {ns}"))?;
-    let out = kubectl_full(
-        &env.cp,
-        [
-            "apply",
-            "--server-side",
-            "-k",
-            &dir.path().display().to_string(),
-        ],
-    )?;
+async fn live(env: Arc<Env>) -> anyhow::Result<()> {
+    hub_volume(&env)?;
+    apply_install(&env)?;
+    let installed = Installed::start(&env).await?;
+    let ns = env.namespace("install-shard").await?;
+    let pods = opened_namespace_streams(&env, &installed, &ns).await?;
+    let closed = closed_namespace_gets_nothing(&env, &installed).await?;
+    another_shards_agent_is_refused(&env, &installed, &ns).await?;
+
+    // An account removed from the shard is revoked at the hub, and removed with its cache
+    // after the grace period.
+    apply_yaml(&env, &shard_yaml(&ns, "first", "install-c"))?;
+    wait::until(
+        "the removed account to leave the hub",
+        Duration::from_secs(60),
+        || async {
+            let m = metrics::scrape(&installed.hub_http()).await.ok()?;
+            m.contains("scaleagent_hub_accounts_removed_total{reason=\"grace_period_expired\"} 1")
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| installed.diagnostics())?;
+
+    // Every metric the alerts name is one the installed components export.
+    let agent_pod = pods
+        .running()
+        .into_iter()
+        .find(|p| p.starts_with(&format!("{ns}/")))
+        .context("no agent running")?;
+    let agent_admin = pods.admin(&agent_pod).context("agent admin address")?;
+    let mut exported = BTreeSet::new();
+    for addr in [
+        installed.operator_admin(),
+        installed.hub_http(),
+        agent_admin,
+    ] {
+        exported.extend(metrics::metric_names(&metrics::scrape(&addr).await?));
+    }
+    let missing: Vec<String> = metrics::alert_metrics()?
+        .into_iter()
+        .filter(|m| !exported.contains(m))
+        .collect();
     ensure!(
-        out.success,
-        "applying manifests/shard-namespace for {ns}: {}",
-        out.stderr
+        missing.is_empty(),
+        "the alerts name metrics nothing exports: {missing:?} (exported: {exported:?})"
     );
+
+    drop(pods);
+    drop(installed);
+    env.drop_namespace(&ns).await;
+    env.drop_namespace(&closed).await;
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------
-// Running what was installed
-
-async fn live(env: Arc<Env>) -> anyhow::Result<()> {
+/// A shard in namespace `ns`, opened with manifests/shard-namespace, streams through the
+/// installed hub with a client certificate naming it; the agent pods' stand-in runs.
+async fn opened_namespace_streams(
+    env: &Env,
+    installed: &Installed,
+    ns: &str,
+) -> anyhow::Result<PodRunner> {
     let cp = &env.cp;
-    hub_volume(&env)?;
-    apply_install(&env)?;
-    let dir = tempfile::tempdir()?;
-
-    // The hub's Secrets, as docs/install.md has users make them: a serving certificate
-    // (here for the loopback address the stand-in listens on) with the CA of the agents'
-    // client certificates, and the API token.
-    let serving = cp.pki.issue_server(
-        "install-hub",
-        &["127.0.0.1", "scale-agent-hub-grpc.scale-agent-system.svc"],
-    )?;
-    secret(
-        &env,
-        NS,
-        "scale-agent-hub-tls",
-        &[
-            ("tls.crt", serving.cert_pem.as_str()),
-            ("tls.key", serving.key_pem.as_str()),
-            ("ca.crt", cp.pki.ca_pem.as_str()),
-        ],
-    )?;
-    let token = format!("install-test-{}", std::process::id());
-    secret(
-        &env,
-        NS,
-        "scale-agent-hub-api-token",
-        &[("token", token.as_str())],
-    )?;
-
-    let hub = kubelet::run(cp, NS, "scale-agent-hub", dir.path(), |_| {
-        kubelet::Overrides {
-            // A dropped account waits 600 s by default; the test watches one go.
-            env: Vec::new(),
-            args: vec!["--grace-period=3s".into()],
-        }
-    })
-    .await
-    .context("starting the installed hub")?;
-    let hub_http = hub.ports["http"];
-    let hub_grpc = hub.ports["grpc"];
-    let hub_log = hub.proc.log().to_path_buf();
-    wait::until(
-        "the hub to list AgentShards as its ServiceAccount",
-        Duration::from_secs(60),
-        || async {
-            std::fs::read_to_string(&hub_log)
-                .ok()
-                .filter(|l| l.contains("account ownership is enforced"))
-        },
-    )
-    .await
-    .with_context(|| tail(&hub_log, 30))?;
-    let operator = kubelet::run(cp, NS, "scale-agent-operator", dir.path(), |ports| {
-        kubelet::Overrides {
-            // Cluster DNS would resolve the hub's Service; the API server would call the
-            // webhook through its Service.
-            env: vec![(
-                "SCALE_AGENT_DEFAULT_HUB".into(),
-                format!("127.0.0.1:{hub_grpc}"),
-            )],
-            args: vec![format!(
-                "--webhook-url=https://127.0.0.1:{}/validate",
-                ports["webhook"]
-            )],
-        }
-    })
-    .await
-    .context("starting the installed operator")?;
-    let admin = operator.ports["admin"];
-    let op_log = operator.proc.log().to_path_buf();
-    let diagnostics = || {
-        format!(
-            "operator log:\n{}\nhub log:\n{}",
-            tail(&op_log, 30),
-            tail(&hub_log, 30)
-        )
-    };
-    wait::until(
-        "the operator to be ready as its ServiceAccount",
-        Duration::from_secs(60),
-        || async {
-            http_get(admin, "/readyz")
-                .await
-                .ok()
-                .filter(|r| r.contains(" 200 "))
-        },
-    )
-    .await
-    .with_context(diagnostics)?;
-    wait::until("the operator to lead", Duration::from_secs(30), || async {
-        let m = http_get(admin, "/metrics").await.ok()?;
-        m.lines()
-            .any(|l| l == "scale_agent_operator_leader 1")
-            .then_some(())
-    })
-    .await
-    .with_context(diagnostics)?;
-    let webhook = cp.kubectl([
-        "get",
-        "validatingwebhookconfiguration",
-        "scale-agent-operator",
-        "-o",
-        "json",
-    ])?;
-    ensure!(
-        webhook.contains(&format!(
-            "https://127.0.0.1:{}/validate",
-            operator.ports["webhook"]
-        )),
-        "the operator did not register its webhook: {webhook}"
-    );
-
-    // A shard in a namespace opened with manifests/shard-namespace streams through the
-    // installed hub, with a client certificate naming it.
-    let ns = env.namespace("install-shard").await?;
-    shard_namespace(&env, &ns)?;
+    shard_namespace(env, ns)?;
     let cluster = cp.target("cluster-1").context("cluster-1")?;
-    create_namespace(cluster, &ns).await?;
+    create_namespace(cluster, ns).await?;
     let kc = std::fs::read_to_string(&cluster.kubeconfig)?;
-    secret(&env, &ns, "kc-1", &[("kubeconfig", kc.as_str())])?;
+    secret(env, ns, "kc-1", &[("kubeconfig", kc.as_str())])?;
     let client = cp.pki.issue_client(
         &format!("install-{ns}"),
         "first",
@@ -958,8 +602,8 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
         &[&format!("spiffe://scaleagent.dev/ns/{ns}/shard/first")],
     )?;
     secret(
-        &env,
-        &ns,
+        env,
+        ns,
         "first-hub-tls",
         &[
             ("tls.crt", client.cert_pem.as_str()),
@@ -972,28 +616,19 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
         RunnerConfig {
             agent_bin: workspace_binary("scale-agent")?,
             kubeconfig: cp.management.kubeconfig.clone(),
-            run_dir: cp.run_dir.join(&ns),
+            run_dir: cp.run_dir.join(ns),
             env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
             args: vec!["--reload-millis=500".into()],
         },
     );
-    let configmaps = configmaps(cluster, &ns).await?;
-    put_cm(&configmaps, "install-probe", "1").await?;
-    apply_yaml(&env, &shard_yaml(&ns, "first", "install-a"))?;
-    let http = reqwest::Client::new();
-    let objects_url =
-        format!("http://127.0.0.1:{hub_http}/v1/accounts/install-a/objects?kind=ConfigMap");
+    put_cm(&configmaps(cluster, ns).await?, "install-probe", "1").await?;
+    apply_yaml(env, &shard_yaml(ns, "first", "install-a"))?;
     wait::until(
         "the shard's ConfigMap at the hub",
         Duration::from_secs(90),
         || async {
-            let body = http
-                .get(&objects_url)
-                .bearer_auth(&token)
-                .send()
-                .await
-                .ok()?
-                .text()
+            let body = installed
+                .hub_api("/v1/accounts/install-a/objects?kind=ConfigMap")
                 .await
                 .ok()?;
             body.contains("install-probe").then_some(())
@@ -1004,9 +639,9 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
         format!(
             "pods: {:?}\n{}\n{}",
             pods.running(),
-            cp.kubectl(["get", "ash,deploy,pods,events", "-n", &ns])
+            cp.kubectl(["get", "ash,deploy,pods,events", "-n", ns])
                 .unwrap_or_default(),
-            diagnostics()
+            installed.diagnostics()
         )
     })?;
     cp.kubectl([
@@ -1014,74 +649,86 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
         "--for=condition=Ready",
         "--timeout=60s",
         "-n",
-        &ns,
+        ns,
         "agentshard/first",
     ])?;
-    let unauthorized = http
-        .get(format!("http://127.0.0.1:{hub_http}/v1/accounts"))
-        .send()
+    let unauthorized = reqwest::get(format!("http://{}/v1/accounts", installed.hub_http()))
         .await?
         .status();
     ensure!(
         unauthorized == 401,
         "the hub's API answered {unauthorized} without its token"
     );
+    Ok(pods)
+}
 
-    // A shard in a namespace nobody opened: the operator may not write there, so nothing
-    // is made and nothing runs.
+/// A shard in a namespace nobody opened: the operator may not write there, so nothing is
+/// made and nothing runs. Returns the namespace.
+async fn closed_namespace_gets_nothing(env: &Env, installed: &Installed) -> anyhow::Result<String> {
+    let cp = &env.cp;
     let closed = env.namespace("install-closed").await?;
-    secret(&env, &closed, "kc-1", &[("kubeconfig", kc.as_str())])?;
-    apply_yaml(&env, &shard_yaml(&closed, "second", "install-b"))?;
+    let kc = std::fs::read_to_string(&cp.target("cluster-1").context("cluster-1")?.kubeconfig)?;
+    secret(env, &closed, "kc-1", &[("kubeconfig", kc.as_str())])?;
+    apply_yaml(env, &shard_yaml(&closed, "second", "install-b"))?;
     wait::until(
         "the operator to be refused in a namespace not opened",
         Duration::from_secs(30),
         || async {
-            let m = http_get(admin, "/metrics").await.ok()?;
+            let m = metrics::scrape(&installed.operator_admin()).await.ok()?;
             m.contains("scale_agent_operator_reconcile_errors_total{error=\"ApiForbidden\"}")
                 .then_some(())
         },
     )
     .await
-    .with_context(diagnostics)?;
+    .with_context(|| installed.diagnostics())?;
     let deployments = Api::<Deployment>::namespaced(cp.client().await?, &closed);
     ensure!(
         deployments.get_opt("second-agent").await?.is_none(),
         "the operator made an agent Deployment in a namespace not opened to it"
     );
+    Ok(closed)
+}
 
-    // The installed hub, reading AgentShards as its ServiceAccount, refuses the account
-    // from an agent of another shard (with a valid certificate naming that shard).
-    let rogue_dir = dir.path().join("rogue");
-    let rogue_cert = cp.pki.issue_client(
+/// The installed hub, reading AgentShards as its ServiceAccount, refuses the account of
+/// shard `ns/first` from an agent of another shard (with a valid certificate naming it).
+async fn another_shards_agent_is_refused(
+    env: &Env,
+    installed: &Installed,
+    ns: &str,
+) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    let dir = tempfile::tempdir()?;
+    let cert = cp.pki.issue_client(
         &format!("install-rogue-{ns}"),
         "rogue",
         None,
         &[&format!("spiffe://scaleagent.dev/ns/{ns}/shard/rogue")],
     )?;
+    let kc = std::fs::read_to_string(&cp.target("cluster-1").context("cluster-1")?.kubeconfig)?;
     let rogue = AgentProcess::start(
         &AgentSpec {
             bin: workspace_binary("scale-agent")?,
             replica: "rogue-0".into(),
-            namespace: ns.clone(),
+            namespace: ns.to_owned(),
             management_kubeconfig: cp.management.kubeconfig.clone(),
             args: Vec::new(),
         },
-        &rogue_dir,
+        dir.path(),
         &AgentConfig {
-            shard: ShardRef::new(ns.clone(), "rogue"),
+            shard: ShardRef::new(ns.to_owned(), "rogue"),
             hub: HubConfig {
-                address: format!("127.0.0.1:{hub_grpc}"),
+                address: installed.hub_grpc(),
                 tls: Some(TlsConfig {
                     ca_file: cp.pki.ca_file.display().to_string(),
-                    cert_file: rogue_cert.cert_file.display().to_string(),
-                    key_file: rogue_cert.key_file.display().to_string(),
+                    cert_file: cert.cert_file.display().to_string(),
+                    key_file: cert.key_file.display().to_string(),
                     server_name: None,
                 }),
             },
             accounts: vec![AccountConfig {
                 name: "install-a".into(),
                 kubeconfig_file: "install-a.kubeconfig".into(),
-                namespaces: vec![ns.clone()],
+                namespaces: vec![ns.to_owned()],
                 omit_namespaces: vec![],
                 kinds: vec!["ConfigMap".into()],
                 omit_kinds: vec![],
@@ -1089,175 +736,25 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
             }],
             budget: BudgetConfig::default(),
         },
-        &BTreeMap::from([("install-a.kubeconfig".to_owned(), kc.clone())]),
-        &cp.run_dir.join(&ns),
+        &BTreeMap::from([("install-a.kubeconfig".to_owned(), kc)]),
+        &cp.run_dir.join(ns),
     )?;
-    let rogue_log = rogue.proc.log().to_path_buf();
     wait::until(
         "the hub to refuse the account from another shard",
         Duration::from_secs(60),
         || async {
-            let m = reqwest::get(format!("http://127.0.0.1:{hub_http}/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let m = metrics::scrape(&installed.hub_http()).await.ok()?;
             m.contains("scaleagent_hub_registrations_rejected_total{reason=\"not_owner\"}")
                 .then_some(())
         },
     )
     .await
-    .with_context(|| format!("rogue agent:\n{}\n{}", tail(&rogue_log, 20), diagnostics()))?;
-    drop(rogue);
-
-    // An account removed from the shard is revoked at the hub, and removed with its cache
-    // after the grace period.
-    apply_yaml(&env, &shard_yaml(&ns, "first", "install-c"))?;
-    wait::until(
-        "the removed account to leave the hub",
-        Duration::from_secs(60),
-        || async {
-            let m = reqwest::get(format!("http://127.0.0.1:{hub_http}/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            m.contains("scaleagent_hub_accounts_removed_total{reason=\"grace_period_expired\"} 1")
-                .then_some(())
-        },
-    )
-    .await
-    .with_context(diagnostics)?;
-
-    // Every metric the alerts name is one the installed components export.
-    let agent_pod = pods
-        .running()
-        .into_iter()
-        .find(|p| p.starts_with(&format!("{ns}/")))
-        .context("no agent running")?;
-    let agent_admin = pods.admin(&agent_pod).context("agent admin address")?;
-    let mut exported = BTreeSet::new();
-    for text in [
-        reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-            .await?
-            .text()
-            .await?,
-        reqwest::get(format!("http://127.0.0.1:{hub_http}/metrics"))
-            .await?
-            .text()
-            .await?,
-        reqwest::get(format!("http://{agent_admin}/metrics"))
-            .await?
-            .text()
-            .await?,
-    ] {
-        exported.extend(metric_names(&text));
-    }
-    let missing: Vec<String> = alert_metrics()?
-        .into_iter()
-        .filter(|m| !exported.contains(m))
-        .collect();
-    ensure!(
-        missing.is_empty(),
-        "the alerts name metrics nothing exports: {missing:?} (exported: {exported:?})"
-    );
-
-    drop(pods);
-    drop(operator);
-    drop(hub);
-    env.drop_namespace(&ns).await;
-    env.drop_namespace(&closed).await;
+    .with_context(|| {
+        format!(
+            "rogue agent:\n{}\n{}",
+            tail(rogue.proc.log(), 20),
+            installed.diagnostics()
+        )
+    })?;
     Ok(())
-}
-
-/// kubectl with `args`, whatever its exit status.
-fn kubectl_full<I, S>(cp: &scale_agent_e2e::ControlPlane, args: I) -> anyhow::Result<Output>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    Ok(run_full(
-        &cp.bins.kubectl,
-        &cp.management.kubeconfig,
-        args,
-        None,
-    )?)
-}
-
-/// `kubectl apply -f -` of `yaml`; fails with kubectl's stderr.
-fn apply_yaml(env: &Env, yaml: &str) -> anyhow::Result<()> {
-    let out = env.cp.kubectl_stdin(["apply", "-f", "-"], yaml)?;
-    ensure!(out.success, "kubectl apply failed: {}\n{yaml}", out.stderr);
-    Ok(())
-}
-
-fn shard_yaml(ns: &str, name: &str, account: &str) -> String {
-    format!(
-        "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  accounts:\n    - name: {account}\n      kubeconfigSecretRef: {{ name: kc-1 }}\n      namespaces: [{ns}]\n      kinds: [ConfigMap]\n"
-    )
-}
-
-/// A generic Secret `ns/name` with `data`.
-fn secret(env: &Env, ns: &str, name: &str, data: &[(&str, &str)]) -> anyhow::Result<()> {
-    let mut s = serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": { "name": name, "namespace": ns },
-        "stringData": {},
-    });
-    for (k, v) in data {
-        s["stringData"][*k] = Value::from(*v);
-    }
-    apply_yaml(env, &serde_json::to_string(&s)?)
-}
-
-/// Metric names of a Prometheus text exposition: sample names, and the family names of
-/// `# TYPE` lines with the suffixes their samples carry.
-fn metric_names(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut parts = rest.split_whitespace();
-            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            names.insert(name.to_owned());
-            let suffixes: &[&str] = match kind {
-                "counter" => &["_total"],
-                "histogram" => &["_bucket", "_sum", "_count"],
-                _ => &[],
-            };
-            for s in suffixes {
-                names.insert(format!("{name}{s}"));
-            }
-        } else if !line.starts_with('#') {
-            if let Some(name) = line.split(['{', ' ']).next().filter(|n| !n.is_empty()) {
-                names.insert(name.to_owned());
-            }
-        }
-    }
-    names
-}
-
-/// The scale-agent metrics the PrometheusRule of manifests/components/production names.
-fn alert_metrics() -> anyhow::Result<BTreeSet<String>> {
-    let objects = kustomize::render(&kustomize::manifests().join("overlays/production"))?;
-    let rule = find(&objects, "PrometheusRule", "scale-agent")?;
-    let mut names = BTreeSet::new();
-    for group in rule["spec"]["groups"].as_array().into_iter().flatten() {
-        for r in group["rules"].as_array().into_iter().flatten() {
-            let expr = r["expr"].as_str().unwrap_or_default();
-            for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-            {
-                if token.starts_with("scale_agent_") || token.starts_with("scaleagent_") {
-                    names.insert(token.to_owned());
-                }
-            }
-        }
-    }
-    if names.is_empty() {
-        bail!("the PrometheusRule names no scale-agent metric");
-    }
-    Ok(names)
 }
