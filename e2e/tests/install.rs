@@ -535,6 +535,7 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
     let pods = opened_namespace_streams(&env, &installed, &ns).await?;
     let closed = closed_namespace_gets_nothing(&env, &installed).await?;
     another_shards_agent_is_refused(&env, &installed, &ns).await?;
+    let remote = paused_shard_vouches_for_a_remote_agent(&env, &installed).await?;
 
     // An account removed from the shard is revoked at the hub, and removed with its cache
     // after the grace period.
@@ -579,6 +580,7 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
     drop(installed);
     env.drop_namespace(&ns).await;
     env.drop_namespace(&closed).await;
+    env.drop_namespace(&remote).await;
     Ok(())
 }
 
@@ -696,49 +698,8 @@ async fn another_shards_agent_is_refused(
     installed: &Installed,
     ns: &str,
 ) -> anyhow::Result<()> {
-    let cp = &env.cp;
     let dir = tempfile::tempdir()?;
-    let cert = cp.pki.issue_client(
-        &format!("install-rogue-{ns}"),
-        "rogue",
-        None,
-        &[&format!("spiffe://scaleagent.dev/ns/{ns}/shard/rogue")],
-    )?;
-    let kc = std::fs::read_to_string(&cp.target("cluster-1").context("cluster-1")?.kubeconfig)?;
-    let rogue = AgentProcess::start(
-        &AgentSpec {
-            bin: workspace_binary("scale-agent")?,
-            replica: "rogue-0".into(),
-            namespace: ns.to_owned(),
-            management_kubeconfig: cp.management.kubeconfig.clone(),
-            args: Vec::new(),
-        },
-        dir.path(),
-        &AgentConfig {
-            shard: ShardRef::new(ns.to_owned(), "rogue"),
-            hub: HubConfig {
-                address: installed.hub_grpc(),
-                tls: Some(TlsConfig {
-                    ca_file: cp.pki.ca_file.display().to_string(),
-                    cert_file: cert.cert_file.display().to_string(),
-                    key_file: cert.key_file.display().to_string(),
-                    server_name: None,
-                }),
-            },
-            accounts: vec![AccountConfig {
-                name: "install-a".into(),
-                kubeconfig_file: "install-a.kubeconfig".into(),
-                namespaces: vec![ns.to_owned()],
-                omit_namespaces: vec![],
-                kinds: vec!["ConfigMap".into()],
-                omit_kinds: vec![],
-                only_spinnaker_managed: false,
-            }],
-            budget: BudgetConfig::default(),
-        },
-        &BTreeMap::from([("install-a.kubeconfig".to_owned(), kc)]),
-        &cp.run_dir.join(ns),
-    )?;
+    let rogue = start_agent(env, installed, ns, "rogue", "install-a", dir.path())?;
     wait::until(
         "the hub to refuse the account from another shard",
         Duration::from_secs(60),
@@ -757,4 +718,115 @@ async fn another_shards_agent_is_refused(
         )
     })?;
     Ok(())
+}
+
+/// Agent mode as docs/deployment-modes.md describes it today: the agent runs elsewhere
+/// (here: started directly), and a paused AgentShard of the same namespace and name in the
+/// hub's cluster lists its account, so the hub (which sees only its own cluster's shards)
+/// accepts it. The paused shard makes nothing.
+async fn paused_shard_vouches_for_a_remote_agent(
+    env: &Env,
+    installed: &Installed,
+) -> anyhow::Result<String> {
+    let ns = env.namespace("install-remote").await?;
+    apply_yaml(
+        env,
+        &format!(
+            "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: remote\n  namespace: {ns}\nspec:\n  paused: true\n  hub: {{ address: {} }}\n  accounts:\n    - name: install-remote-a\n      kubeconfigSecretRef: {{ name: elsewhere }}\n",
+            installed.hub_grpc()
+        ),
+    )?;
+    let cluster = env.cp.target("cluster-1").context("cluster-1")?;
+    create_namespace(cluster, &ns).await?;
+    let dir = tempfile::tempdir()?;
+    let agent = start_agent(
+        env,
+        installed,
+        &ns,
+        "remote",
+        "install-remote-a",
+        dir.path(),
+    )?;
+    wait::until(
+        "the remote agent's account at the hub",
+        Duration::from_secs(60),
+        || async {
+            let body = installed.hub_api("/v1/accounts").await.ok()?;
+            let accounts: Value = serde_json::from_str(&body).ok()?;
+            accounts
+                .as_array()?
+                .iter()
+                .any(|a| a["name"] == "install-remote-a" && a["state"] == "Connected")
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "remote agent:\n{}\n{}",
+            tail(agent.proc.log(), 20),
+            installed.diagnostics()
+        )
+    })?;
+    let deployments = Api::<Deployment>::namespaced(env.cp.client().await?, &ns);
+    ensure!(
+        deployments.get_opt("remote-agent").await?.is_none(),
+        "the paused shard got an agent Deployment"
+    );
+    Ok(ns)
+}
+
+/// An agent of shard `ns/shard` streaming `account` (namespace `ns` of cluster-1) to the
+/// installed hub, with a client certificate naming the shard.
+fn start_agent(
+    env: &Env,
+    installed: &Installed,
+    ns: &str,
+    shard: &str,
+    account: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<AgentProcess> {
+    let cp = &env.cp;
+    let cert = cp.pki.issue_client(
+        &format!("install-{shard}-{ns}"),
+        shard,
+        None,
+        &[&format!("spiffe://scaleagent.dev/ns/{ns}/shard/{shard}")],
+    )?;
+    let kc = std::fs::read_to_string(&cp.target("cluster-1").context("cluster-1")?.kubeconfig)?;
+    let kubeconfig_file = format!("{account}.kubeconfig");
+    Ok(AgentProcess::start(
+        &AgentSpec {
+            bin: workspace_binary("scale-agent")?,
+            replica: format!("{shard}-0"),
+            namespace: ns.to_owned(),
+            management_kubeconfig: cp.management.kubeconfig.clone(),
+            args: Vec::new(),
+        },
+        dir,
+        &AgentConfig {
+            shard: ShardRef::new(ns.to_owned(), shard),
+            hub: HubConfig {
+                address: installed.hub_grpc(),
+                tls: Some(TlsConfig {
+                    ca_file: cp.pki.ca_file.display().to_string(),
+                    cert_file: cert.cert_file.display().to_string(),
+                    key_file: cert.key_file.display().to_string(),
+                    server_name: None,
+                }),
+            },
+            accounts: vec![AccountConfig {
+                name: account.into(),
+                kubeconfig_file: kubeconfig_file.clone(),
+                namespaces: vec![ns.to_owned()],
+                omit_namespaces: vec![],
+                kinds: vec!["ConfigMap".into()],
+                omit_kinds: vec![],
+                only_spinnaker_managed: false,
+            }],
+            budget: BudgetConfig::default(),
+        },
+        &BTreeMap::from([(kubeconfig_file, kc)]),
+        &cp.run_dir.join(ns),
+    )?)
 }
