@@ -211,7 +211,7 @@ async fn render(_env: Arc<Env>) -> anyhow::Result<()> {
     for k in kustomize::APPLIED {
         kustomize::render(&manifests.join(k))?;
     }
-    for k in kustomize::INSTALLS {
+    for (k, _) in kustomize::INSTALLS {
         let objects = kustomize::render(&manifests.join(k))?;
         let mut problems = Vec::new();
         policy::restricted_problems(&objects, IMAGE, &mut problems);
@@ -226,10 +226,10 @@ async fn render(_env: Arc<Env>) -> anyhow::Result<()> {
     // A user's overlay with another namespace and a mirrored image: nothing keeps the old
     // ones, once manifests/follow runs after them.
     let dir = tempfile::tempdir()?;
-    for k in kustomize::INSTALLS {
+    for (k, follow) in kustomize::INSTALLS {
         let overlay = dir.path().join(k.replace('/', "-"));
         std::fs::create_dir_all(&overlay)?;
-        let follow = kustomize::relative(&overlay, &manifests.join("follow"))?;
+        let follow = kustomize::relative(&overlay, &manifests.join(follow))?;
         kustomize::overlay(
             &overlay,
             k,
@@ -305,7 +305,7 @@ async fn dry_run(env: Arc<Env>) -> anyhow::Result<()> {
     ])?;
     // A dry run creates nothing: the namespaces the objects go to must exist.
     let manifests = kustomize::manifests();
-    let ns_file = manifests.join("install/namespace.yaml");
+    let ns_file = manifests.join("namespace/namespace.yaml");
     cp.kubectl([
         "apply",
         "--server-side",

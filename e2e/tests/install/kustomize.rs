@@ -9,6 +9,7 @@ use serde_json::Value;
 
 /// Every kustomization a user applies on its own (folders under `manifests/`).
 pub const APPLIED: &[&str] = &[
+    "namespace",
     "crd",
     "operator",
     "hub",
@@ -16,15 +17,26 @@ pub const APPLIED: &[&str] = &[
     "shard-namespace",
     "overlays/production",
     "overlays/cert-manager",
+    "overlays/agent-mode",
 ];
 
 /// Kustomizations that are parts of others, never applied alone: components and the
-/// `follow` transformer.
-pub const PARTS: &[&str] = &["components/production", "components/cert-manager", "follow"];
+/// `follow` transformers.
+pub const PARTS: &[&str] = &[
+    "components/production",
+    "components/cert-manager",
+    "follow",
+    "follow/image",
+];
 
 /// The kustomizations that install scale-agent (the rest are bases, the CRD alone, or the
-/// per-namespace binding).
-pub const INSTALLS: &[&str] = &["install", "overlays/production", "overlays/cert-manager"];
+/// per-namespace binding), with the `follow` transformer a user lists after them.
+pub const INSTALLS: &[(&str, &str)] = &[
+    ("install", "follow"),
+    ("overlays/production", "follow"),
+    ("overlays/cert-manager", "follow"),
+    ("overlays/agent-mode", "follow/image"),
+];
 
 /// The repository's `manifests/` folder.
 pub fn manifests() -> PathBuf {
