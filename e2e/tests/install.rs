@@ -5,11 +5,13 @@
 //!   least-privilege checks, follows a changed namespace and image, and passes a
 //!   server-side dry run;
 //! - `manifests/install` applies for real (its pods admitted under `restricted`), a
-//!   second apply changes nothing, and its ServiceAccounts hold only what they need;
+//!   second apply changes nothing (nor does one of `manifests/examples`), and its
+//!   ServiceAccounts hold only what they need;
 //! - the operator and hub run as those ServiceAccounts with the manifests' own flags: a
 //!   shard in a namespace opened with `manifests/shard-namespace` streams through them,
-//!   one elsewhere gets nothing, an agent of another shard is refused, and the alerts
-//!   name metrics they really export.
+//!   one elsewhere gets nothing, an agent of another shard is refused, a remote (agent
+//!   mode) shard's agent is accepted through a paused AgentShard, and the alerts name
+//!   metrics they really export.
 
 #[path = "install/cluster.rs"]
 mod cluster;
@@ -413,7 +415,70 @@ async fn apply(env: Arc<Env>) -> anyhow::Result<()> {
     );
     eprintln!("second apply: {} objects, none changed", after.len());
 
+    examples_reapply_unchanged(&env)?;
     service_accounts_hold_only_what_they_need(&env).await
+}
+
+/// `kubectl apply --server-side -f manifests/examples` twice: the second changes nothing
+/// (no generation, no field the apply owns) and `kubectl diff` finds nothing. The shards
+/// are deleted again (their namespaces are not opened, so nothing runs).
+fn examples_reapply_unchanged(env: &Env) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    for ns in ["spinnaker", "team-b"] {
+        apply_yaml(
+            env,
+            &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"),
+        )?;
+    }
+    let examples = kustomize::manifests()
+        .join("examples")
+        .display()
+        .to_string();
+    let state = || -> anyhow::Result<Value> {
+        let list: Value = serde_json::from_str(&cp.kubectl([
+            "get",
+            "-f",
+            &examples,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ])?)?;
+        Ok(list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| {
+                let mine: Vec<&Value> = o["metadata"]["managedFields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m["manager"] == "kubectl" && m["operation"] == "Apply")
+                    .collect();
+                serde_json::json!([kustomize::key(o), o["metadata"]["generation"], mine])
+            })
+            .collect())
+    };
+    cp.kubectl(["apply", "--server-side", "-f", &examples])?;
+    let before = state()?;
+    cp.kubectl(["apply", "--server-side", "-f", &examples])?;
+    let after = state()?;
+    let diff = kubectl_full(cp, ["diff", "--server-side", "-f", &examples])?;
+    cp.kubectl(["delete", "-f", &examples, "--wait"])?;
+    ensure!(
+        before == after,
+        "applying manifests/examples again changed them:\n{before}\n{after}"
+    );
+    ensure!(
+        diff.success && diff.stdout.is_empty(),
+        "kubectl diff after applying manifests/examples:\n{}{}",
+        diff.stdout,
+        diff.stderr
+    );
+    eprintln!(
+        "manifests/examples applied twice: {} shards, none changed",
+        before.as_array().map_or(0, Vec::len)
+    );
+    Ok(())
 }
 
 /// `kubectl auth can-i` as the installed ServiceAccounts: the operator writes a shard's
