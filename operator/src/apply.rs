@@ -110,36 +110,58 @@ pub async fn read_deployment(client: &Client, shard: &ShardRef) -> Result<Option
         .map_err(|e| Error::kube(format!("reading the Deployment of {shard}"), e))
 }
 
+/// What became of a status write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Written; the shard's new resourceVersion.
+    Yes(Option<String>),
+    /// Nothing to write: the status is already what it should be.
+    Unchanged,
+    /// Not written: the shard changed since it was read (the cache is behind the
+    /// operator's own writes, or the shard was deleted or created again). The watch
+    /// brings the newer version and a new reconcile.
+    Stale,
+}
+
 /// Records `accounts` in the shard's status before its agent config carries them (the
-/// conditions follow with the full status write). A shard deleted meanwhile is not an
-/// error.
-pub async fn reserve(client: &Client, shard: &ShardRef, accounts: &[AccountStatus]) -> Result<()> {
+/// conditions follow with the full status write), only onto the version of the shard
+/// they were decided from (`resource_version`).
+pub async fn reserve(
+    client: &Client,
+    shard: &ShardRef,
+    resource_version: Option<&str>,
+    accounts: &[AccountStatus],
+) -> Result<Written> {
     let count = |s: AccountState| {
         i32::try_from(accounts.iter().filter(|a| a.state == s).count()).unwrap_or(i32::MAX)
     };
-    let patch = serde_json::json!({ "status": {
+    let patch = serde_json::json!({
         "accounts": accounts,
         "activeAccounts": count(AccountState::Active),
         "conflicts": count(AccountState::Conflict),
-    }});
-    patch_status(client, shard, &patch).await
+    });
+    patch_status(client, shard, resource_version, patch).await
 }
 
-/// Writes `new` as `shard`'s status when it differs from the stored one (only the fields
-/// that changed), and publishes the Events its transitions deserve. Returns whether
-/// anything was written.
+/// Writes `new` as the status of `shard` (as read, at `resource_version`) when it differs
+/// from the stored one (only the fields that changed, and only onto that version), and
+/// publishes the Events its transitions deserve.
 pub async fn status(
     client: &Client,
     recorder: &Recorder,
     shard: &AgentShard,
     sref: &ShardRef,
+    resource_version: Option<&str>,
     new: &AgentShardStatus,
-) -> Result<bool> {
+) -> Result<Written> {
     let old = shard.status.as_ref();
     let Some(patch) = status::patch(old, new) else {
-        return Ok(false);
+        return Ok(Written::Unchanged);
     };
-    patch_status(client, sref, &patch).await?;
+    let written = patch_status(client, sref, resource_version, patch).await?;
+    if !matches!(written, Written::Yes(_)) {
+        return Ok(written);
+    }
     let reference = shard.object_ref(&());
     for n in status::notices(old, new) {
         let event = Event {
@@ -157,22 +179,34 @@ pub async fn status(
             tracing::warn!(error = %e, reason = n.reason, "publishing an Event failed");
         }
     }
-    Ok(true)
+    Ok(written)
 }
 
-async fn patch_status(client: &Client, shard: &ShardRef, patch: &serde_json::Value) -> Result<()> {
+/// Merge-patches the status subresource with `status`, on the condition that the shard
+/// is still at `resource_version` (the status was decided from that version; another
+/// one, even the same name created again, gets a 409).
+async fn patch_status(
+    client: &Client,
+    shard: &ShardRef,
+    resource_version: Option<&str>,
+    status: serde_json::Value,
+) -> Result<Written> {
     let api: Api<AgentShard> = Api::namespaced(client.clone(), &shard.namespace);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": resource_version },
+        "status": status,
+    });
     match api
-        .patch_status(&shard.name, &params, &Patch::Merge(patch))
+        .patch_status(&shard.name, &params, &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(()),
-        // Deleted meanwhile: nothing to report to.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Ok(s) => Ok(Written::Yes(s.metadata.resource_version)),
+        // Changed, or deleted, meanwhile.
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Written::Stale),
         Err(e) => Err(Error::kube(
             format!("writing the status of AgentShard {shard}"),
             e,

@@ -92,9 +92,12 @@ pub struct Decision {
     /// The children to apply; `None`: leave them as they are (paused, or the spec cannot
     /// become an agent config).
     pub children: Option<Children>,
-    /// Record `observed.accounts` in the status before applying the children: the agent
-    /// config is about to carry a name the stored status does not hold yet.
-    pub reserve: bool,
+    /// The accounts to record in the status before applying the children, when the
+    /// agent config is about to carry a name the stored status does not hold yet: the
+    /// new accounts, and the names the stored status holds that the spec dropped (the
+    /// config carries them until it is rewritten). Written only onto the status it was
+    /// decided from (resourceVersion precondition).
+    pub reserve: Option<Vec<AccountStatus>>,
     /// When to look again.
     pub next: Next,
 }
@@ -134,7 +137,7 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
                 ..Observed::default()
             },
             children: None,
-            reserve: false,
+            reserve: None,
             next: Next::AwaitChange,
         });
     }
@@ -221,13 +224,22 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
         }
     };
     let old = shard.status.as_ref();
-    let reserve = children.is_some()
-        && accounts.iter().any(|a| {
-            a.state == AccountState::Active
-                && !old
-                    .and_then(|o| o.account(&a.name))
-                    .is_some_and(|o| o.state.holds())
-        });
+    let newly_held = accounts.iter().any(|a| {
+        a.state == AccountState::Active
+            && !old
+                .and_then(|o| o.account(&a.name))
+                .is_some_and(|o| o.state.holds())
+    });
+    let reserve = (children.is_some() && newly_held).then(|| {
+        let mut list = accounts.clone();
+        list.extend(
+            old.into_iter()
+                .flat_map(|o| &o.accounts)
+                .filter(|a| a.state.holds() && !accounts.iter().any(|n| n.name == a.name))
+                .cloned(),
+        );
+        list
+    });
     Ok(Decision {
         observed: Observed {
             generation: shard.metadata.generation,
@@ -461,7 +473,7 @@ mod tests {
         assert!(kc.contains_key("a.kubeconfig") && kc.contains_key("b.kubeconfig"));
         assert!(children.identity.is_some() && children.pdb.is_none());
         // A shard with no status yet: its names are recorded before any config carries them.
-        assert!(d.reserve);
+        assert_eq!(d.reserve.as_ref(), Some(&d.observed.accounts));
         assert_eq!(d.next, Next::Resync);
         // Claimed at the shard's creation, the time the rule used.
         assert!(
@@ -486,10 +498,45 @@ mod tests {
             &owned(&["a"]),
             &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
         );
-        assert!(!again.reserve);
+        assert!(again.reserve.is_none());
         // The same decision again: the same status, so nothing would be written.
         let st = status::compute(s.status.as_ref(), &again.observed, t(2_000));
         assert_eq!(Some(&st), s.status.as_ref());
+    }
+
+    #[test]
+    fn the_reservation_keeps_the_names_the_config_still_carries() {
+        // b is in the config (held); the spec swaps it for a.
+        let mut s = shard(&["a"]);
+        s.status = Some(AgentShardStatus {
+            accounts: vec![AccountStatus {
+                claimed_at: Some(t(100)),
+                ..status::account(
+                    "b",
+                    AccountState::Active,
+                    reason::SERVING,
+                    String::new(),
+                    None,
+                )
+            }],
+            ..AgentShardStatus::default()
+        });
+        let d = run(
+            &s,
+            &owned(&["a"]),
+            &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
+        );
+        let reserved: Vec<&str> = d
+            .reserve
+            .as_ref()
+            .expect("a is newly carried")
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(reserved, ["a", "b"]);
+        // The status written after the config lets b go.
+        assert_eq!(states(&d).len(), 1);
+        assert_eq!(config(&d).accounts.len(), 1);
     }
 
     #[test]
@@ -650,7 +697,7 @@ mod tests {
         let mut s = shard(&["a"]);
         s.spec.paused = true;
         let d = run(&s, &BTreeMap::new(), &BTreeMap::new());
-        assert!(d.children.is_none() && !d.reserve && d.observed.paused);
+        assert!(d.children.is_none() && d.reserve.is_none() && d.observed.paused);
         assert_eq!(d.next, Next::AwaitChange);
     }
 

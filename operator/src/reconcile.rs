@@ -16,7 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use scale_agent_crds::{AgentShard, AgentShardStatus, ShardRef, condition_status, condition_type};
 
-use crate::apply;
+use crate::apply::{self, Written};
 use crate::children::{self, Defaults};
 use crate::claims_index::{ClaimsHandle, Resolution};
 use crate::decide::{self, Fetched};
@@ -135,9 +135,15 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     log_waiting(&resolutions);
 
     // Apply.
-    if decision.reserve {
-        apply::reserve(&ctx.client, &sref, &decision.observed.accounts).await?;
-        ctx.metrics.status_writes.inc();
+    let mut resource_version = shard.metadata.resource_version.clone();
+    if let Some(accounts) = &decision.reserve {
+        match apply::reserve(&ctx.client, &sref, resource_version.as_deref(), accounts).await? {
+            Written::Yes(rv) => {
+                ctx.metrics.status_writes.inc();
+                resource_version = rv;
+            }
+            Written::Unchanged | Written::Stale => return Ok(stale()),
+        }
     }
     let deployment = match &decision.children {
         Some(c) => {
@@ -150,14 +156,27 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         .as_ref()
         .map(|d| status::DeploymentView::of(shard.spec.replicas, d));
     let new = status::compute(shard.status.as_ref(), &decision.observed, now);
-    if apply::status(&ctx.client, &ctx.recorder, shard, &sref, &new).await? {
-        ctx.metrics.status_writes.inc();
-        tracing::info!(
-            active = new.active_accounts,
-            conflicts = new.conflicts,
-            ready = ready(&new),
-            "status written"
-        );
+    let written = apply::status(
+        &ctx.client,
+        &ctx.recorder,
+        shard,
+        &sref,
+        resource_version.as_deref(),
+        &new,
+    )
+    .await?;
+    match written {
+        Written::Yes(_) => {
+            ctx.metrics.status_writes.inc();
+            tracing::info!(
+                active = new.active_accounts,
+                conflicts = new.conflicts,
+                ready = ready(&new),
+                "status written"
+            );
+        }
+        Written::Unchanged => {}
+        Written::Stale => return Ok(stale()),
     }
     if !decision.observed.paused {
         ctx.claims.published(sref, status::holds(&new));
@@ -166,6 +185,14 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         .next
         .delay()
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The shard changed since the cache gave it (usually the cache is behind the operator's
+/// own last write): the watch brings the newer version, which triggers a new reconcile;
+/// the requeue is a safety net. The names granted stay reserved until then.
+fn stale() -> Action {
+    tracing::debug!("the shard changed since it was read; deciding again on the newer version");
+    Action::requeue(HANDOFF_RETRY)
 }
 
 async fn fetch_secrets(

@@ -162,8 +162,8 @@ pub fn holds(status: &AgentShardStatus) -> BTreeSet<String> {
         .collect()
 }
 
-/// The JSON merge patch that turns `old` into `new` on the status subresource, carrying
-/// only the fields that changed (so what this version cannot read, like an account state
+/// The JSON merge patch of `status` that turns `old` into `new`, carrying only the
+/// fields that changed (so what this version cannot read, like an account state
 /// a newer version wrote, is not written back unless it is replaced); `None` when
 /// nothing changed.
 pub fn patch(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Option<serde_json::Value> {
@@ -187,7 +187,7 @@ pub fn patch(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Option<s
     for k in old_m.keys().filter(|k| !new_m.contains_key(*k)) {
         out.insert(k.clone(), serde_json::Value::Null);
     }
-    (!out.is_empty()).then(|| serde_json::json!({ "status": out }))
+    (!out.is_empty()).then_some(serde_json::Value::Object(out))
 }
 
 /// The status a shard should have, starting from `old` (condition times are kept when a
