@@ -637,7 +637,7 @@ mod tests {
             &owned(&["a"]),
             &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
         );
-        assert!(d.children.is_none() && !d.reserve);
+        assert!(d.children.is_none() && d.reserve.is_none());
         assert!(
             d.observed
                 .config_problem
