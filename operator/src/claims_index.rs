@@ -252,7 +252,7 @@ impl ClaimsIndex {
 /// What the index task is told.
 enum Msg {
     /// An event of the AgentShard watch (already sifted: every shard decodes).
-    Watched(Event<AgentShard>),
+    Watched(Box<Event<AgentShard>>),
     /// A reconcile asks for its answer.
     Resolve(
         Box<AgentShard>,
@@ -284,7 +284,7 @@ impl std::fmt::Debug for Msg {
 impl ClaimsHandle {
     /// Tells the index what the AgentShard watch saw.
     pub fn watched(&self, event: Event<AgentShard>) {
-        let _ = self.tx.send(Msg::Watched(event));
+        let _ = self.tx.send(Msg::Watched(Box::new(event)));
     }
 
     /// The index's answer for every name in `shard`'s spec (granting it what the rule
@@ -324,28 +324,30 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut relisted: BTreeSet<ShardRef> = BTreeSet::new();
     while let Some(msg) = rx.recv().await {
         let affected = match msg {
-            Msg::Watched(Event::Apply(shard)) => index.observe(&shard),
-            Msg::Watched(Event::Delete(shard)) => match shard.shard_ref() {
-                Some(sref) => {
-                    tracing::info!(shard = %sref, "shard deleted: its account names are free");
-                    index.forget(&sref)
+            Msg::Watched(event) => match *event {
+                Event::Apply(shard) => index.observe(&shard),
+                Event::Delete(shard) => match shard.shard_ref() {
+                    Some(sref) => {
+                        tracing::info!(shard = %sref, "shard deleted: its account names are free");
+                        index.forget(&sref)
+                    }
+                    None => BTreeSet::new(),
+                },
+                Event::Init => {
+                    relisted.clear();
+                    BTreeSet::new()
                 }
-                None => BTreeSet::new(),
+                Event::InitApply(shard) => {
+                    index.observe(&shard);
+                    relisted.extend(shard.shard_ref());
+                    BTreeSet::new()
+                }
+                Event::InitDone => {
+                    let mut affected = index.retain(&relisted);
+                    affected.extend(std::mem::take(&mut relisted));
+                    affected
+                }
             },
-            Msg::Watched(Event::Init) => {
-                relisted.clear();
-                BTreeSet::new()
-            }
-            Msg::Watched(Event::InitApply(shard)) => {
-                index.observe(&shard);
-                relisted.extend(shard.shard_ref());
-                BTreeSet::new()
-            }
-            Msg::Watched(Event::InitDone) => {
-                let mut affected = index.retain(&relisted);
-                affected.extend(std::mem::take(&mut relisted));
-                affected
-            }
             Msg::Resolve(shard, reply) => {
                 let _ = reply.send(index.resolve(&shard));
                 BTreeSet::new()

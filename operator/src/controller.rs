@@ -287,23 +287,24 @@ mod tests {
     }
 
     fn secret(ns: &str, name: &str, owner: Option<&str>) -> PartialObjectMeta<Secret> {
-        let mut meta = PartialObjectMeta::<Secret>::default();
-        meta.metadata = ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            owner_references: owner.map(|o| {
-                vec![OwnerReference {
-                    api_version: "scaleagent.dev/v1alpha1".into(),
-                    kind: "AgentShard".into(),
-                    name: o.into(),
-                    uid: "u".into(),
-                    controller: Some(true),
-                    block_owner_deletion: None,
-                }]
-            }),
-            ..ObjectMeta::default()
-        };
-        meta
+        PartialObjectMeta::<Secret> {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                owner_references: owner.map(|o| {
+                    vec![OwnerReference {
+                        api_version: "scaleagent.dev/v1alpha1".into(),
+                        kind: "AgentShard".into(),
+                        name: o.into(),
+                        uid: "u".into(),
+                        controller: Some(true),
+                        block_owner_deletion: None,
+                    }]
+                }),
+                ..ObjectMeta::default()
+            },
+            ..PartialObjectMeta::default()
+        }
     }
 
     #[test]

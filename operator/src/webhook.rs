@@ -72,7 +72,7 @@ pub fn check(new: &AgentShard, old: Option<&AgentShard>, others: &[Arc<AgentShar
     };
     let added: Vec<&str> = new
         .account_names()
-        .filter(|name| !old.is_some_and(|o| o.spec.account(name).is_some()))
+        .filter(|name| old.is_none_or(|o| o.spec.account(name).is_none()))
         .collect();
     if added.is_empty() {
         return Vec::new();
