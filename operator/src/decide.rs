@@ -434,6 +434,28 @@ mod tests {
         .expect("decides")
     }
 
+    /// Gives `s` a stored status serving b (in its config), and decides it owning a.
+    fn with_b_in_the_config(s: &mut AgentShard) -> Decision {
+        s.status = Some(AgentShardStatus {
+            accounts: vec![AccountStatus {
+                claimed_at: Some(t(100)),
+                ..status::account(
+                    "b",
+                    AccountState::Active,
+                    reason::SERVING,
+                    String::new(),
+                    None,
+                )
+            }],
+            ..AgentShardStatus::default()
+        });
+        run(
+            s,
+            &owned(&["a"]),
+            &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
+        )
+    }
+
     fn config(d: &Decision) -> AgentConfig {
         let c = d.children.as_ref().expect("children");
         let yaml = &c.config_map.data.as_ref().expect("data")[CONFIG_KEY];
@@ -508,24 +530,7 @@ mod tests {
     fn the_reservation_keeps_the_names_the_config_still_carries() {
         // b is in the config (held); the spec swaps it for a.
         let mut s = shard(&["a"]);
-        s.status = Some(AgentShardStatus {
-            accounts: vec![AccountStatus {
-                claimed_at: Some(t(100)),
-                ..status::account(
-                    "b",
-                    AccountState::Active,
-                    reason::SERVING,
-                    String::new(),
-                    None,
-                )
-            }],
-            ..AgentShardStatus::default()
-        });
-        let d = run(
-            &s,
-            &owned(&["a"]),
-            &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
-        );
+        let d = with_b_in_the_config(&mut s);
         let reserved: Vec<&str> = d
             .reserve
             .as_ref()
@@ -619,24 +624,7 @@ mod tests {
         let mut s = shard(&["a"]);
         s.spec.hub = None;
         // The stored status shows b in the config; the spec dropped it.
-        s.status = Some(AgentShardStatus {
-            accounts: vec![AccountStatus {
-                claimed_at: Some(t(100)),
-                ..status::account(
-                    "b",
-                    AccountState::Active,
-                    reason::SERVING,
-                    String::new(),
-                    None,
-                )
-            }],
-            ..AgentShardStatus::default()
-        });
-        let d = run(
-            &s,
-            &owned(&["a"]),
-            &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
-        );
+        let d = with_b_in_the_config(&mut s);
         assert!(d.children.is_none() && d.reserve.is_none());
         assert!(
             d.observed

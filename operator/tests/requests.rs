@@ -83,6 +83,16 @@ async fn next(handle: &mut Mock) -> (Seen, SendResponse<Response<Body>>) {
     (Seen { body, ..seen }, send)
 }
 
+fn recorder(client: &Client) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "scale-agent-operator".into(),
+            instance: Some("test".into()),
+        },
+    )
+}
+
 fn respond(send: SendResponse<Response<Body>>, code: u16, body: &Value) {
     send.send_response(
         Response::builder()
@@ -143,6 +153,22 @@ fn decision(s: &AgentShard) -> Decision {
 
 fn sref() -> ShardRef {
     ShardRef::new("ns", "east")
+}
+
+/// Checks a write of the status: a merge patch of the status subresource by the
+/// operator's field manager, not forced.
+fn assert_status_patch(seen: &Seen) {
+    assert_eq!(seen.method, Method::PATCH);
+    assert_eq!(
+        seen.path,
+        "/apis/scaleagent.dev/v1alpha1/namespaces/ns/agentshards/east/status"
+    );
+    assert_eq!(seen.content_type, "application/merge-patch+json");
+    assert_eq!(
+        seen.query.get("fieldManager").map(String::as_str),
+        Some("scale-agent-operator")
+    );
+    assert!(!seen.query.contains_key("force"));
 }
 
 /// Checks a server-side apply of `kind` `name` and answers it with what was sent.
@@ -293,13 +319,7 @@ async fn the_status_is_a_merge_patch_of_what_changed_on_the_version_read_then_ev
         Time(Timestamp::from_second(1_800_000_000).expect("t")),
     );
     let (client, mut handle) = mock_client();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "scale-agent-operator".into(),
-            instance: Some("test".into()),
-        },
-    );
+    let recorder = recorder(&client);
     let task = {
         let (s, new) = (s.clone(), new.clone());
         tokio::spawn(async move {
@@ -307,17 +327,7 @@ async fn the_status_is_a_merge_patch_of_what_changed_on_the_version_read_then_ev
         })
     };
     let (seen, send) = next(&mut handle).await;
-    assert_eq!(seen.method, Method::PATCH);
-    assert_eq!(
-        seen.path,
-        "/apis/scaleagent.dev/v1alpha1/namespaces/ns/agentshards/east/status"
-    );
-    assert_eq!(seen.content_type, "application/merge-patch+json");
-    assert_eq!(
-        seen.query.get("fieldManager").map(String::as_str),
-        Some("scale-agent-operator")
-    );
-    assert!(!seen.query.contains_key("force"));
+    assert_status_patch(&seen);
     // Conditioned on the version it was decided from (the reservation's, here).
     assert_eq!(seen.body["metadata"], json!({ "resourceVersion": "8" }));
     assert_eq!(seen.body["status"]["observedGeneration"], 2);
@@ -340,13 +350,7 @@ async fn the_status_is_a_merge_patch_of_what_changed_on_the_version_read_then_ev
     let mut current = s.clone();
     current.status = Some(new.clone());
     let (client, _handle) = mock_client();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "scale-agent-operator".into(),
-            instance: None,
-        },
-    );
+    let recorder = recorder(&client);
     let unchanged = tokio::time::timeout(
         Duration::from_secs(5),
         apply::status(&client, &recorder, &current, &sref(), Some("9"), &new),
@@ -373,13 +377,7 @@ async fn a_status_change_publishes_its_events() {
     s.status = Some(status::compute(None, &before, t.clone()));
     let new = status::compute(s.status.as_ref(), &d.observed, t);
     let (client, mut handle) = mock_client();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "scale-agent-operator".into(),
-            instance: Some("test".into()),
-        },
-    );
+    let recorder = recorder(&client);
     let task = tokio::spawn(async move {
         apply::status(&client, &recorder, &s, &sref(), Some("7"), &new).await
     });
@@ -423,12 +421,7 @@ async fn a_status_write_that_loses_a_race_is_stale_not_an_error_and_publishes_no
                 async move { apply::reserve(&client, &sref(), Some("7"), &accounts).await },
             );
         let (seen, send) = next(&mut handle).await;
-        assert_eq!(seen.method, Method::PATCH);
-        assert_eq!(
-            seen.path,
-            "/apis/scaleagent.dev/v1alpha1/namespaces/ns/agentshards/east/status"
-        );
-        assert_eq!(seen.content_type, "application/merge-patch+json");
+        assert_status_patch(&seen);
         assert_eq!(seen.body["metadata"], json!({ "resourceVersion": "7" }));
         // The reservation: the accounts and their counts, nothing else.
         let keys: Vec<&String> = seen.body["status"]
@@ -629,13 +622,7 @@ async fn one_undecodable_shard_is_reported_and_skipped_and_the_others_are_watche
         let (claims, index) = claims_index::channel();
         let index = tokio::spawn(index);
         let metrics = Arc::new(Metrics::new());
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "scale-agent-operator".into(),
-                instance: Some("test".into()),
-            },
-        );
+        let recorder = recorder(&client);
         let (_lead_tx, lead_rx) = watch::channel(leading);
         let watch = tokio::spawn(controller::watch_shards(
             Api::<DeserializeGuard<AgentShard>>::all(client),
