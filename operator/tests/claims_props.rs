@@ -154,7 +154,7 @@ impl World {
                         s.metadata.generation = s.metadata.generation.map(|g| g + 1);
                         s
                     }
-                    None => new_shard(*i, self.now, *mask),
+                    None => new_shard(*i, self.seconds(), *mask),
                 };
                 self.rv += 1;
                 s.metadata.resource_version = Some(self.rv.to_string());
@@ -234,7 +234,7 @@ impl World {
                         secrets: &secrets,
                     },
                     &Defaults::default(),
-                    &time(self.now),
+                    &time(self.seconds()),
                 )
                 .expect("decides");
                 let mut rv = shard.metadata.resource_version.clone().expect("rv");
@@ -271,8 +271,11 @@ impl World {
                     .insert(i, Pending::Applied(shard, decision, rv));
             }
             Some(Pending::Applied(shard, decision, rv)) => {
-                let new =
-                    status::compute(shard.status.as_ref(), &decision.observed, time(self.now));
+                let new = status::compute(
+                    shard.status.as_ref(),
+                    &decision.observed,
+                    time(self.seconds()),
+                );
                 if let Some(patch) = status::patch(shard.status.as_ref(), &new)
                     && self.write_status(i, &rv, patch).is_none()
                 {
@@ -307,6 +310,12 @@ impl World {
                 );
             }
         }
+    }
+
+    /// The clock as the API server records times: whole seconds, several steps in one
+    /// (so claims often tie on time and the namespace/name tie-break decides).
+    fn seconds(&self) -> i64 {
+        self.now / 4
     }
 
     /// The statuses are as the operator wrote them: every event delivered, no reconcile
