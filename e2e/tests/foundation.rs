@@ -2,21 +2,18 @@
 //! server itself validates AgentShards, kwok makes Deployments Available, and the garbage
 //! collector removes dependents.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use common::Env;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, PostParams};
 use scale_agent_e2e::kubectl::table;
-use scale_agent_e2e::wait;
+use scale_agent_e2e::{Env, runner, wait};
 
 fn main() {
-    common::main(
+    runner::main(
         &[],
         vec![
             ("crd_is_served_with_names_and_categories", |e| {
@@ -101,7 +98,6 @@ async fn crd_is_served(env: Arc<Env>) -> anyhow::Result<()> {
         out.trim() == "agentshard.scaleagent.dev/by-category",
         "kubectl get scaleagent printed {out:?}"
     );
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -167,7 +163,6 @@ async fn get_ash_wide(env: Arc<Env>) -> anyhow::Result<()> {
         "jsonpath={.spec.budget.concurrentSyncs} {.spec.budget.maxBufferedBytes}",
     ])?;
     ensure!(budget == "4 64Mi", "budget defaults were {budget:?}");
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -186,7 +181,6 @@ async fn rejects_duplicates(env: Arc<Env>) -> anyhow::Result<()> {
         "unexpected error: {}",
         out.stderr
     );
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -208,7 +202,6 @@ async fn rejects_invalid_name(env: Arc<Env>) -> anyhow::Result<()> {
             out.stderr
         );
     }
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -227,7 +220,6 @@ async fn rejects_unknown_field(env: Arc<Env>) -> anyhow::Result<()> {
         "unexpected error: {}",
         out.stderr
     );
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -246,7 +238,6 @@ async fn rejects_cel_rule(env: Arc<Env>) -> anyhow::Result<()> {
         "the CEL message should name both fields: {}",
         out.stderr
     );
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -291,7 +282,6 @@ async fn deployment_available(env: Arc<Env>) -> anyhow::Result<()> {
             .unwrap_or_default();
         bail!("{e}\n{pods}");
     }
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -324,6 +314,5 @@ async fn gc_removes_dependent(env: Arc<Env>) -> anyhow::Result<()> {
         },
     )
     .await?;
-    env.drop_namespace(&ns).await;
     Ok(())
 }
