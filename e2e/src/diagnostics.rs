@@ -80,7 +80,14 @@ fn namespace_report(env: &Env, ns: &str, out: &mut String) {
     ));
     let _ = writeln!(out, "=== namespace {ns}: Events (latest last)");
     out.push_str(&clip(
-        &kubectl(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"]),
+        // Not by lastTimestamp: events.k8s.io Events (the operator's) may lack it.
+        &kubectl(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--sort-by=.metadata.creationTimestamp",
+        ]),
         LISTING_LINES,
         Keep::Tail,
     ));
@@ -121,7 +128,10 @@ fn shard_statuses(listing: &str) -> String {
     }
     let mut out = String::new();
     for item in items {
-        let status = serde_yaml::to_string(&item["status"]).unwrap_or_default();
+        let status = match &item["status"] {
+            serde_json::Value::Null => "(no status yet)\n".to_string(),
+            status => serde_yaml::to_string(status).unwrap_or_default(),
+        };
         let _ = writeln!(
             out,
             "{} (generation {}):\n{}",
@@ -257,6 +267,10 @@ mod tests {
         assert!(out.contains("  observedGeneration: 2\n"), "{out}");
         assert!(out.contains("type: Ready"), "{out}");
         assert_eq!(shard_statuses(r#"{"items":[]}"#), "(no AgentShards)\n");
+        assert_eq!(
+            shard_statuses(r#"{"items":[{"metadata":{"name":"new","generation":1}}]}"#),
+            "new (generation 1):\n  (no status yet)\n"
+        );
         assert_eq!(shard_statuses("(kubectl failed)"), "(kubectl failed)\n");
     }
 

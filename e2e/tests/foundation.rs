@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, PostParams};
 use scale_agent_e2e::kubectl::table;
-use scale_agent_e2e::{Env, runner, wait};
+use scale_agent_e2e::{Env, diagnostics, runner, wait};
 
 fn main() {
     runner::main(
@@ -39,6 +39,9 @@ fn main() {
             }),
             ("garbage_collector_removes_dependents", |e| {
                 Box::pin(gc_removes_dependent(e))
+            }),
+            ("failure_report_shows_the_namespace_and_its_logs", |e| {
+                Box::pin(failure_report(e))
             }),
         ],
     );
@@ -314,5 +317,64 @@ async fn gc_removes_dependent(env: Arc<Env>) -> anyhow::Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
+
+/// What a failed test prints, built from a real namespace: the shard's status as the
+/// status subresource holds it, the namespace's Events, the end of a component's log in
+/// the test's folder, and only the lines of a shared log that name the namespace.
+async fn failure_report(env: Arc<Env>) -> anyhow::Result<()> {
+    let ns = env.namespace("report").await?;
+    env.apply(&shard(&ns, "reported", &account("rep-1")))?;
+    env.cp.kubectl([
+        "patch",
+        "ash",
+        "reported",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"observedGeneration":1,"conditions":[{"type":"Ready","status":"False","reason":"StatusReason","message":"the status the report shows","lastTransitionTime":"2025-01-01T00:00:00Z"}]}}"#,
+    ])?;
+    env.apply(&format!(
+        "apiVersion: v1\nkind: Event\nmetadata:\n  name: reported.1\n  namespace: {ns}\ninvolvedObject:\n  apiVersion: scaleagent.dev/v1alpha1\n  kind: AgentShard\n  name: reported\n  namespace: {ns}\nreason: EventReason\nmessage: the event the report shows\ntype: Warning\nsource:\n  component: e2e\n"
+    ))?;
+    let logs = env.test_dir(&ns).join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let hub_log: String = (1..=100).map(|i| format!("hub line {i}\n")).collect();
+    std::fs::write(logs.join("hub.log"), hub_log)?;
+    let shared = env.test_dir(&ns).join("shared.txt");
+    std::fs::write(
+        &shared,
+        format!("about {ns}/reported\nabout another-namespace/x\n"),
+    )?;
+
+    let report = diagnostics::report(&env, std::slice::from_ref(&ns), &[shared]);
+    for expected in [
+        // The objects, the status and the Events of the namespace.
+        "agentshard.scaleagent.dev/reported",
+        "reason: StatusReason",
+        "the status the report shows",
+        "EventReason",
+        "the event the report shows",
+        // The end of the component's log, bounded.
+        "hub line 100\n",
+        "hub line 71\n",
+        "(70 earlier lines left out)",
+        // The shared log's line about this test.
+        &format!("about {ns}/reported"),
+    ] {
+        ensure!(
+            report.contains(expected),
+            "the report lacks {expected:?}:\n{report}"
+        );
+    }
+    for unexpected in ["hub line 70\n", "another-namespace", "failed:"] {
+        ensure!(
+            !report.contains(unexpected),
+            "the report shows {unexpected:?}:\n{report}"
+        );
+    }
     Ok(())
 }
