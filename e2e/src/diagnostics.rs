@@ -132,7 +132,7 @@ fn shard_statuses(listing: &str) -> String {
             serde_json::Value::Null => "(no status yet)\n".to_string(),
             status => serde_yaml::to_string(status).unwrap_or_default(),
         };
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{} (generation {}):\n{}",
             item["metadata"]["name"].as_str().unwrap_or("?"),
