@@ -78,7 +78,7 @@ impl AgentHub for HubService {
             .map(|p| p.remote_addr)
             .or_else(|| request.remote_addr())
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-        let policy = &self.shared.settings.identity;
+        let policy = &self.shared.identity;
         let forwarded = request
             .metadata()
             .get(policy.client_cert_header.as_str())
@@ -122,7 +122,7 @@ impl HubService {
         inbound: &mut Streaming<AgentFrame>,
         tx: &Outbound,
     ) -> Result<Session, Status> {
-        let hello_timeout = self.shared.settings.hello_timeout;
+        let hello_timeout = self.shared.config.hello_timeout;
         let first = match tokio::time::timeout(hello_timeout, inbound.message()).await {
             Err(_) => {
                 warn!(%peer, "no Hello within {hello_timeout:?}; refusing the stream");
@@ -205,39 +205,29 @@ impl HubService {
             .filter(|c| CAPABILITIES.contains(&c.as_str()))
             .cloned()
             .collect();
-        let settings = &self.shared.settings;
+        let config = &self.shared.config;
         let welcome = Welcome {
             session_id: id.to_string(),
-            hub_id: settings.hub_id.clone(),
+            hub_id: config.hub_id.clone(),
             protocol_version: PROTOCOL_VERSION,
-            heartbeat_interval: prost_types::Duration::try_from(settings.heartbeat_interval).ok(),
-            max_message_bytes: settings.max_message_bytes,
+            heartbeat_interval: prost_types::Duration::try_from(config.heartbeat_interval).ok(),
+            max_message_bytes: config.max_message_bytes,
             capabilities,
-            initial_window_bytes: settings.initial_window_bytes,
+            initial_window_bytes: config.initial_window_bytes,
         };
         tx.send(Ok(HubFrame {
             frame: Some(hub_frame::Frame::Welcome(welcome)),
         }))
         .await
         .map_err(|_| Status::cancelled("the agent went away before Welcome"))?;
-        self.shared.add_session(
-            id.clone(),
-            SessionHandle {
-                tx: tx.clone(),
-                shard: shard.clone(),
-                replica: replica.clone(),
-            },
-        );
-        info!(session = %id, shard = %shard, replica = %replica, %peer, identity = source.label(), agent_version = %hello.agent_version,
-            capabilities = ?hello.capabilities, "session opened");
-        Ok(Session {
-            shared: Arc::clone(&self.shared),
-            id,
+        let handle = SessionHandle {
+            tx: tx.clone(),
             shard,
             replica,
-            tx: tx.clone(),
-            identity: source,
-        })
+        };
+        info!(session = %id, shard = %handle.shard, replica = %handle.replica, %peer, identity = source.label(), agent_version = %hello.agent_version,
+            capabilities = ?hello.capabilities, "session opened");
+        Ok(Session::open(Arc::clone(&self.shared), id, handle, source))
     }
 }
 

@@ -242,6 +242,36 @@ fn document(value: &Value) -> Vec<u8> {
     }
 }
 
+/// The choice a request's `field` names, case-insensitively, among
+/// `choices`; `default` when it names none (absent or empty).
+fn choose<T: Copy>(
+    field: &str,
+    value: Option<&str>,
+    default: T,
+    choices: &[(&str, T)],
+) -> Result<T, String> {
+    let value = value.unwrap_or_default();
+    if value.is_empty() {
+        return Ok(default);
+    }
+    if let Some((_, choice)) = choices
+        .iter()
+        .find(|(word, _)| word.eq_ignore_ascii_case(value))
+    {
+        return Ok(*choice);
+    }
+    let words: Vec<&str> = choices.iter().map(|(word, _)| *word).collect();
+    let expected = match words.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(format!(
+        "{field} {:?}: expected {expected}",
+        value.to_ascii_lowercase()
+    ))
+}
+
 /// Translates a request into the `Operation.kind` oneof. `known` are the kinds
 /// the account has streamed, for resolving a kind without group/version.
 pub fn build_kind(
@@ -261,22 +291,16 @@ pub fn build_kind(
             })
         }
         OperationType::Delete => {
-            let policy = match req
-                .propagation_policy
-                .as_deref()
-                .map(str::to_ascii_lowercase)
-                .as_deref()
-            {
-                None | Some("") => PropagationPolicy::Unspecified,
-                Some("orphan") => PropagationPolicy::Orphan,
-                Some("background") => PropagationPolicy::Background,
-                Some("foreground") => PropagationPolicy::Foreground,
-                Some(other) => {
-                    return Err(format!(
-                        "propagationPolicy {other:?}: expected orphan, background or foreground"
-                    ));
-                }
-            };
+            let policy = choose(
+                "propagationPolicy",
+                req.propagation_policy.as_deref(),
+                PropagationPolicy::Unspecified,
+                &[
+                    ("orphan", PropagationPolicy::Orphan),
+                    ("background", PropagationPolicy::Background),
+                    ("foreground", PropagationPolicy::Foreground),
+                ],
+            )?;
             operation::Kind::Delete(pb::Delete {
                 target: Some(target(req, known)?),
                 propagation_policy: policy as i32,
@@ -285,23 +309,23 @@ pub fn build_kind(
         }
         OperationType::Patch => {
             let patch = req.patch.as_ref().ok_or("patch needs a patch document")?;
-            let patch_type = match req
-                .patch_type
-                .as_deref()
-                .map(str::to_ascii_lowercase)
-                .as_deref()
-            {
-                None | Some("") if patch.is_array() => PatchType::Json,
-                None | Some("") | Some("merge") => PatchType::Merge,
-                Some("json") => PatchType::Json,
-                Some("strategic") => PatchType::Strategic,
-                Some("apply") => PatchType::Apply,
-                Some(other) => {
-                    return Err(format!(
-                        "patchType {other:?}: expected merge, json, strategic or apply"
-                    ));
-                }
+            // A JSON array can only be a JSON patch.
+            let default = if patch.is_array() {
+                PatchType::Json
+            } else {
+                PatchType::Merge
             };
+            let patch_type = choose(
+                "patchType",
+                req.patch_type.as_deref(),
+                default,
+                &[
+                    ("merge", PatchType::Merge),
+                    ("json", PatchType::Json),
+                    ("strategic", PatchType::Strategic),
+                    ("apply", PatchType::Apply),
+                ],
+            )?;
             operation::Kind::Patch(pb::Patch {
                 target: Some(target(req, known)?),
                 patch_type: patch_type as i32,
@@ -610,6 +634,33 @@ mod tests {
         assert!(
             serde_json::from_value::<OperationRequest>(serde_json::json!({"type": "explode"}))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn choices_are_case_insensitive_and_a_wrong_one_lists_them_all() {
+        let r = req(
+            serde_json::json!({"type": "delete", "kind": "Deployment", "name": "x", "propagationPolicy": "Foreground"}),
+        );
+        match build_kind(&r, &[]) {
+            Ok(operation::Kind::Delete(d)) => {
+                assert_eq!(d.propagation_policy, PropagationPolicy::Foreground as i32);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let r = req(
+            serde_json::json!({"type": "patch", "kind": "Deployment", "name": "x", "patch": {}, "patchType": "Weird"}),
+        );
+        assert_eq!(
+            build_kind(&r, &[]).expect_err("invalid"),
+            "patchType \"weird\": expected merge, json, strategic or apply"
+        );
+        let r = req(
+            serde_json::json!({"type": "delete", "kind": "Deployment", "name": "x", "propagationPolicy": "now"}),
+        );
+        assert_eq!(
+            build_kind(&r, &[]).expect_err("invalid"),
+            "propagationPolicy \"now\": expected orphan, background or foreground"
         );
     }
 

@@ -333,6 +333,12 @@ impl Registry {
             .is_some_and(|a| a.session.as_ref() == Some(session))
     }
 
+    /// The session that streams `name`, if any: where frames about the
+    /// account (operations, requests) go.
+    pub fn holder(&self, name: &str) -> Option<&SessionId> {
+        self.accounts.get(name).and_then(|a| a.session.as_ref())
+    }
+
     /// An account by name.
     pub fn get(&self, name: &str) -> Option<&Account> {
         self.accounts.get(name)

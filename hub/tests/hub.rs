@@ -104,14 +104,14 @@ async fn registered_events_are_visible_over_http() -> Result<()> {
     let (status, text) = get(&hub, "/metrics").await?;
     assert_eq!(status, 200);
     let text = text.as_str().unwrap_or_default().to_owned();
-    assert!(text.contains("scaleagent_hub_sessions 1"), "{text}");
-    assert!(text.contains("scaleagent_hub_objects 2"), "{text}");
+    assert!(text.contains("scale_agent_hub_sessions 1"), "{text}");
+    assert!(text.contains("scale_agent_hub_objects 2"), "{text}");
     assert!(
-        text.contains("scaleagent_hub_events_applied_total 5"),
+        text.contains("scale_agent_hub_events_applied_total 5"),
         "{text}"
     );
     assert!(
-        text.contains(r#"scaleagent_hub_accounts{state="connected"} 1"#),
+        text.contains(r#"scale_agent_hub_accounts{state="connected"} 1"#),
         "{text}"
     );
     let (status, _) = get(&hub, "/healthz").await?;
@@ -158,7 +158,7 @@ async fn a_second_cluster_cannot_take_a_bound_name_and_the_first_keeps_streaming
     let metrics = hub.metrics_text();
     assert!(
         metrics.contains(
-            r#"scaleagent_hub_registrations_rejected_total{reason="cluster_mismatch"} 1"#
+            r#"scale_agent_hub_registrations_rejected_total{reason="cluster_mismatch"} 1"#
         ),
         "{metrics}"
     );
@@ -244,7 +244,7 @@ async fn agent_gone_past_grace_period_is_removed_with_its_objects_and_binding() 
     let metrics = hub.metrics_text();
     assert!(
         metrics
-            .contains(r#"scaleagent_hub_accounts_removed_total{reason="grace_period_expired"} 1"#),
+            .contains(r#"scale_agent_hub_accounts_removed_total{reason="grace_period_expired"} 1"#),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -623,19 +623,20 @@ async fn bad_hellos_are_refused_while_other_sessions_keep_working() -> Result<()
     assert_eq!(object_names(&hub, "prod-1").await?, ["one", "three", "two"]);
     let metrics = hub.metrics_text();
     assert!(
-        metrics.contains(r#"scaleagent_hub_sessions_rejected_total{reason="protocol_version"} 1"#),
+        metrics.contains(r#"scale_agent_hub_sessions_rejected_total{reason="protocol_version"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"scaleagent_hub_events_rejected_total{reason="malformed_body"} 1"#),
+        metrics.contains(r#"scale_agent_hub_events_rejected_total{reason="malformed_body"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"scaleagent_hub_frames_ignored_total{reason="event_batch_not_held"} 1"#),
+        metrics
+            .contains(r#"scale_agent_hub_frames_ignored_total{reason="event_batch_not_held"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"scaleagent_hub_frames_ignored_total{reason="unknown_frame_kind"} 1"#),
+        metrics.contains(r#"scale_agent_hub_frames_ignored_total{reason="unknown_frame_kind"} 1"#),
         "{metrics}"
     );
     hub.shutdown().await?;

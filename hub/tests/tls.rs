@@ -134,7 +134,7 @@ async fn mtls_accepts_trusted_agents_and_refuses_others_at_the_handshake() -> Re
     let metrics = hub.metrics_text();
     let failures: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("scaleagent_hub_tls_handshake_failures_total "))
+        .find_map(|l| l.strip_prefix("scale_agent_hub_tls_handshake_failures_total "))
         .ok_or("no handshake failure metric")?
         .trim()
         .parse()?;
@@ -191,7 +191,7 @@ async fn a_hello_for_another_shard_than_the_certificate_names_is_refused() -> Re
     good.barrier().await?;
     let metrics = hub.metrics_text();
     assert!(
-        metrics.contains(r#"scaleagent_hub_sessions_rejected_total{reason="wrong_shard"} 1"#),
+        metrics.contains(r#"scale_agent_hub_sessions_rejected_total{reason="wrong_shard"} 1"#),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -261,7 +261,7 @@ async fn rotated_certificate_files_serve_new_connections_and_open_streams_keep_g
     );
     assert!(
         hub.metrics_text()
-            .contains("scaleagent_hub_tls_reloads_total 1")
+            .contains("scale_agent_hub_tls_reloads_total 1")
     );
 
     // The stream opened before the rotation keeps working.
