@@ -347,8 +347,6 @@ impl Hub {
         self.generation += 1;
         let id: SessionId = Arc::from(format!("slot{slot}-{}", self.generation));
         let (tx, rx) = mpsc::channel(1024);
-        let shard = shard_of(slot);
-        let replica = format!("replica-{}", slot % 2);
         let handle = SessionHandle {
             tx,
             shard: shard_of(slot),

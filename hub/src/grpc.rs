@@ -13,7 +13,6 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::identity::{IdentityError, IdentitySource, PeerInfo};
-use crate::metrics::ReasonLabel;
 use crate::registry::{SessionId, ShardKey};
 use crate::session::Session;
 use crate::state::{Outbound, SessionHandle, Shared};
@@ -38,11 +37,7 @@ impl HubService {
     }
 
     fn reject(&self, reason: &'static str, status: Status) -> Status {
-        self.shared
-            .metrics
-            .sessions_rejected
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        self.shared.metrics.session_rejected(reason);
         status
     }
 }

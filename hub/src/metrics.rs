@@ -80,6 +80,11 @@ impl Default for Metrics {
 /// agent's `scale_agent_` and the operator's `scale_agent_operator_`.
 pub const PREFIX: &str = "scale_agent_hub";
 
+/// Adds one to the counter of `reason` in `family`.
+fn count(family: &Family<ReasonLabel, Counter>, reason: &'static str) {
+    family.get_or_create(&ReasonLabel { reason }).inc();
+}
+
 /// A new metric of type `M`, registered under `name` with `help`.
 fn register<M>(registry: &mut Registry, name: &str, help: &str) -> M
 where
@@ -163,23 +168,27 @@ impl Metrics {
 
     /// Counts a refused (or revoked) account registration.
     pub fn registration_rejected(&self, reason: &'static str) {
-        self.registrations_rejected
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        count(&self.registrations_rejected, reason);
     }
 
     /// Counts an event rejection.
     pub fn event_rejected(&self, reason: &'static str) {
-        self.events_rejected
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        count(&self.events_rejected, reason);
     }
 
     /// Counts an ignored frame.
     pub fn frame_ignored(&self, reason: &'static str) {
-        self.frames_ignored
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        count(&self.frames_ignored, reason);
+    }
+
+    /// Counts a stream refused before its session began.
+    pub fn session_rejected(&self, reason: &'static str) {
+        count(&self.sessions_rejected, reason);
+    }
+
+    /// Counts a removed account.
+    pub fn account_removed(&self, reason: &'static str) {
+        count(&self.accounts_removed, reason);
     }
 
     /// Counts an operation outcome.

@@ -242,6 +242,21 @@ fn document(value: &Value) -> Vec<u8> {
     }
 }
 
+/// `propagationPolicy` words.
+const PROPAGATION_POLICIES: &[(&str, PropagationPolicy)] = &[
+    ("orphan", PropagationPolicy::Orphan),
+    ("background", PropagationPolicy::Background),
+    ("foreground", PropagationPolicy::Foreground),
+];
+
+/// `patchType` words.
+const PATCH_TYPES: &[(&str, PatchType)] = &[
+    ("merge", PatchType::Merge),
+    ("json", PatchType::Json),
+    ("strategic", PatchType::Strategic),
+    ("apply", PatchType::Apply),
+];
+
 /// The choice a request's `field` names, case-insensitively, among
 /// `choices`; `default` when it names none (absent or empty).
 fn choose<T: Copy>(
@@ -295,11 +310,7 @@ pub fn build_kind(
                 "propagationPolicy",
                 req.propagation_policy.as_deref(),
                 PropagationPolicy::Unspecified,
-                &[
-                    ("orphan", PropagationPolicy::Orphan),
-                    ("background", PropagationPolicy::Background),
-                    ("foreground", PropagationPolicy::Foreground),
-                ],
+                PROPAGATION_POLICIES,
             )?;
             operation::Kind::Delete(pb::Delete {
                 target: Some(target(req, known)?),
@@ -315,17 +326,7 @@ pub fn build_kind(
             } else {
                 PatchType::Merge
             };
-            let patch_type = choose(
-                "patchType",
-                req.patch_type.as_deref(),
-                default,
-                &[
-                    ("merge", PatchType::Merge),
-                    ("json", PatchType::Json),
-                    ("strategic", PatchType::Strategic),
-                    ("apply", PatchType::Apply),
-                ],
-            )?;
+            let patch_type = choose("patchType", req.patch_type.as_deref(), default, PATCH_TYPES)?;
             operation::Kind::Patch(pb::Patch {
                 target: Some(target(req, known)?),
                 patch_type: patch_type as i32,
@@ -675,14 +676,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ids_are_idempotent() {
-        let ops = Operations::default();
-        let frame = pb::Operation {
+    /// Operation `op-1` on account `a`.
+    fn op_1() -> pb::Operation {
+        pb::Operation {
             id: "op-1".into(),
             account: "a".into(),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn ids_are_idempotent() {
+        let ops = Operations::default();
+        let frame = op_1();
         let s1: SessionId = "s1".into();
         let Begin::New(mut rx) = ops.begin(frame.clone(), s1.clone()) else {
             panic!("new")
@@ -707,11 +713,7 @@ mod tests {
     #[test]
     fn orphans_move_to_the_new_session() {
         let ops = Operations::default();
-        let frame = pb::Operation {
-            id: "op-1".into(),
-            account: "a".into(),
-            ..Default::default()
-        };
+        let frame = op_1();
         let old: SessionId = "old".into();
         let new: SessionId = "new".into();
         let _rx = ops.begin(frame, old.clone());

@@ -425,52 +425,41 @@ mod tests {
     use super::*;
     use crate::cache::{KindKey, SyncMode};
     use crate::registry::AccountState;
+    use crate::registry::testing::{caller, shard};
 
-    fn shard(name: &str) -> ShardKey {
-        ShardKey {
-            namespace: "spinnaker".into(),
-            name: name.into(),
-        }
-    }
-
-    fn caller(session: &str, shard_name: &str, replica: &str) -> Caller {
-        Caller {
-            session: Arc::from(session),
-            shard: shard(shard_name),
-            replica: replica.into(),
-        }
-    }
-
-    fn account(name: &str, cluster: &str) -> pb::Account {
-        pb::Account {
-            name: name.into(),
-            cluster_id: cluster.into(),
-            server_url: format!("https://{cluster}:6443"),
-            kubernetes_version: "v1.36.0".into(),
-        }
-    }
-
-    fn now() -> SystemTime {
-        SystemTime::UNIX_EPOCH
+    /// [`decide`] on accounts `(name, cluster)` registered by `who`.
+    fn register(
+        core: &mut Core,
+        who: &Caller,
+        owners: &Owners,
+        accounts: &[(&str, &str)],
+    ) -> Vec<Decided> {
+        let accounts = accounts
+            .iter()
+            .map(|(name, cluster)| pb::Account {
+                name: (*name).into(),
+                cluster_id: (*cluster).into(),
+                server_url: format!("https://{cluster}:6443"),
+                kubernetes_version: "v1.36.0".into(),
+            })
+            .collect();
+        decide(core, who, owners, accounts, SystemTime::UNIX_EPOCH)
     }
 
     /// Shard `east` owns `prod-*`; nobody owns anything else.
     fn east_owns_prod() -> Owners {
-        Owners::Known(Box::new(|account, shard| {
-            if account.starts_with("prod-") && shard.name == "east" {
-                Verdict::Owner
-            } else if account.starts_with("prod-") {
-                Verdict::NotOwner {
-                    owner: Some(ShardKey {
-                        namespace: "spinnaker".into(),
-                        name: "east".into(),
-                    }),
-                    message: format!("account {account} is owned by AgentShard spinnaker/east"),
-                }
-            } else {
+        Owners::Known(Box::new(|account, who| {
+            if !account.starts_with("prod-") {
                 Verdict::NotOwner {
                     owner: None,
                     message: format!("no AgentShard lists account {account}"),
+                }
+            } else if who.name == "east" {
+                Verdict::Owner
+            } else {
+                Verdict::NotOwner {
+                    owner: Some(shard("east")),
+                    message: format!("account {account} is owned by AgentShard spinnaker/east"),
                 }
             }
         }))
@@ -493,13 +482,8 @@ mod tests {
     #[test]
     fn a_new_account_is_bound_persisted_and_gets_no_resume_points() {
         let mut core = Core::default();
-        let decided = decide(
-            &mut core,
-            &caller("s1", "east", "r1"),
-            &Owners::Unchecked,
-            vec![account("prod-1", "uid-a")],
-            now(),
-        );
+        let s1 = caller("s1", "east", "r1");
+        let decided = register(&mut core, &s1, &Owners::Unchecked, &[("prod-1", "uid-a")]);
         assert_eq!(decided.len(), 1);
         assert_eq!(decided[0].answer, Answer::Accepted(Vec::new()));
         assert_eq!(
@@ -507,49 +491,35 @@ mod tests {
             Some("uid-a")
         );
         assert_eq!(decided[0].superseded, None);
-        assert!(core.registry.holds("prod-1", &Arc::from("s1")));
+        assert!(core.registry.holds("prod-1", &s1.session));
     }
 
     #[test]
     fn a_returning_account_resumes_from_the_cache_and_supersedes_its_holder() {
         let mut core = Core::default();
         let s1 = caller("s1", "east", "r1");
-        decide(
-            &mut core,
-            &s1,
-            &Owners::Unchecked,
-            vec![account("prod-1", "uid-a")],
-            now(),
-        );
+        register(&mut core, &s1, &Owners::Unchecked, &[("prod-1", "uid-a")]);
         let cache = core.cache.account_mut("prod-1");
         cache.sync_start(&deployments(), "v1", SyncMode::FullRelist);
         cache.sync_end(&deployments(), "v1", "1234", 0);
 
         let s2 = caller("s2", "east", "r2");
-        let decided = decide(
-            &mut core,
-            &s2,
-            &Owners::Unchecked,
-            vec![account("prod-1", "uid-a")],
-            now(),
-        );
+        let decided = register(&mut core, &s2, &Owners::Unchecked, &[("prod-1", "uid-a")]);
         let Answer::Accepted(points) = &decided[0].answer else {
             panic!("refused: {:?}", decided[0]);
         };
         assert_eq!(points.len(), 1);
         assert_eq!(points[0].resource_version, "1234");
+        let kind = points[0].kind.as_ref().expect("a kind");
         assert_eq!(
-            points[0].kind.as_ref().map(|k| (
-                k.group.as_str(),
-                k.version.as_str(),
-                k.kind.as_str()
-            )),
-            Some(("apps", "v1", "Deployment"))
+            (
+                kind.group.as_str(),
+                kind.version.as_str(),
+                kind.kind.as_str()
+            ),
+            ("apps", "v1", "Deployment")
         );
-        assert_eq!(
-            decided[0].superseded,
-            Some((Arc::from("s1"), "r1".to_owned()))
-        );
+        assert_eq!(decided[0].superseded, Some((s1.session, "r1".to_owned())));
         assert_eq!(decided[0].persist, None, "the binding did not change");
     }
 
@@ -557,59 +527,53 @@ mod tests {
     fn syncs_left_open_by_the_last_holder_are_void_but_a_refresh_keeps_its_own() {
         let mut core = Core::default();
         let s1 = caller("s1", "east", "r1");
-        let register = |core: &mut Core, who: &Caller| {
-            decide(
-                core,
-                who,
-                &Owners::Unchecked,
-                vec![account("prod-1", "uid-a")],
-                now(),
-            )
+        let prod = [("prod-1", "uid-a")];
+        register(&mut core, &s1, &Owners::Unchecked, &prod);
+        let open_sync = |core: &mut Core| {
+            core.cache.account_mut("prod-1").sync_start(
+                &deployments(),
+                "v1",
+                SyncMode::ResumedWatch,
+            );
         };
-        register(&mut core, &s1);
-        core.cache
-            .account_mut("prod-1")
-            .sync_start(&deployments(), "v1", SyncMode::ResumedWatch);
+        let end_sync = |core: &mut Core| {
+            core.cache
+                .account_mut("prod-1")
+                .sync_end(&deployments(), "v1", "5", 0)
+        };
+        open_sync(&mut core);
         // The same session registering again keeps its open sync.
-        register(&mut core, &s1);
-        let end = core
-            .cache
-            .account_mut("prod-1")
-            .sync_end(&deployments(), "v1", "5", 0);
+        register(&mut core, &s1, &Owners::Unchecked, &prod);
         assert!(
-            !end.unmatched,
+            !end_sync(&mut core).unmatched,
             "a refresh must not void the session's own sync"
         );
-
-        core.cache
-            .account_mut("prod-1")
-            .sync_start(&deployments(), "v1", SyncMode::ResumedWatch);
+        open_sync(&mut core);
         // Another session taking over voids it.
-        register(&mut core, &caller("s2", "east", "r2"));
-        let end = core
-            .cache
-            .account_mut("prod-1")
-            .sync_end(&deployments(), "v1", "6", 0);
-        assert!(end.unmatched, "the old holder's open sync must be void");
+        register(
+            &mut core,
+            &caller("s2", "east", "r2"),
+            &Owners::Unchecked,
+            &prod,
+        );
+        assert!(
+            end_sync(&mut core).unmatched,
+            "the old holder's open sync must be void"
+        );
     }
 
     #[test]
     fn refusals_name_who_has_the_account_and_leave_the_registry_alone() {
         let mut core = Core::default();
-        decide(
-            &mut core,
-            &caller("s1", "east", "r1"),
-            &Owners::Unchecked,
-            vec![account("prod-1", "uid-a")],
-            now(),
-        );
+        let s1 = caller("s1", "east", "r1");
+        register(&mut core, &s1, &Owners::Unchecked, &[("prod-1", "uid-a")]);
         let owners = east_owns_prod();
-        let decided = decide(
+        let west = caller("s2", "west", "w1");
+        let decided = register(
             &mut core,
-            &caller("s2", "west", "w1"),
+            &west,
             &owners,
-            vec![account("prod-1", "uid-a"), account("lab", "uid-l")],
-            now(),
+            &[("prod-1", "uid-a"), ("lab", "uid-l")],
         );
         let not_owner = refusal(&decided[0]);
         assert_eq!(not_owner.reason, RegisterReason::NotOwner);
@@ -620,7 +584,7 @@ mod tests {
         assert_eq!(unlisted.reason, RegisterReason::NotOwner);
         assert_eq!(unlisted.owner, None);
         assert!(
-            core.registry.holds("prod-1", &Arc::from("s1")),
+            core.registry.holds("prod-1", &s1.session),
             "the holder keeps it"
         );
         assert!(
@@ -629,32 +593,22 @@ mod tests {
         );
 
         // The owner's shard, from another cluster: the binding refuses it.
-        let decided = decide(
-            &mut core,
-            &caller("s3", "east", "r3"),
-            &owners,
-            vec![account("prod-1", "uid-other")],
-            now(),
-        );
+        let east = caller("s3", "east", "r3");
+        let decided = register(&mut core, &east, &owners, &[("prod-1", "uid-other")]);
         let mismatch = refusal(&decided[0]);
         assert_eq!(mismatch.reason, RegisterReason::ClusterMismatch);
         assert_eq!(mismatch.label, "cluster_mismatch");
         let owner = mismatch.owner.as_ref().expect("the binding in the way");
         assert_eq!(owner.cluster_id, "uid-a");
         assert_eq!(owner.shard.as_ref().map(|s| s.name.as_str()), Some("east"));
-        assert!(core.registry.holds("prod-1", &Arc::from("s1")));
+        assert!(core.registry.holds("prod-1", &s1.session));
     }
 
     #[test]
     fn unknown_ownership_refuses_everything_for_a_retry() {
         let mut core = Core::default();
-        let decided = decide(
-            &mut core,
-            &caller("s1", "east", "r1"),
-            &Owners::Unknown,
-            vec![account("prod-1", "uid-a")],
-            now(),
-        );
+        let s1 = caller("s1", "east", "r1");
+        let decided = register(&mut core, &s1, &Owners::Unknown, &[("prod-1", "uid-a")]);
         let r = refusal(&decided[0]);
         assert_eq!(r.reason, RegisterReason::Unavailable);
         assert_eq!(r.label, "ownership_unavailable");
@@ -664,27 +618,24 @@ mod tests {
     #[test]
     fn answers_keep_the_order_of_the_register() {
         let mut core = Core::default();
-        let owners = east_owns_prod();
-        let decided = decide(
-            &mut core,
-            &caller("s1", "east", "r1"),
-            &owners,
-            vec![
-                account("prod-2", "uid-b"),
-                account("", "uid-x"),
-                account("lab", "uid-l"),
-                account("prod-1", "uid-a"),
-            ],
-            now(),
-        );
+        let s1 = caller("s1", "east", "r1");
+        let accounts = [
+            ("prod-2", "uid-b"),
+            ("", "uid-x"),
+            ("lab", "uid-l"),
+            ("prod-1", "uid-a"),
+            ("prod-bad/name", "uid-c"),
+        ];
+        let decided = register(&mut core, &s1, &east_owns_prod(), &accounts);
         let names: Vec<&str> = decided.iter().map(|d| d.account.as_str()).collect();
-        assert_eq!(names, ["prod-2", "", "lab", "prod-1"]);
+        assert_eq!(names, ["prod-2", "", "lab", "prod-1", "prod-bad/name"]);
         let accepted: Vec<bool> = decided
             .iter()
             .map(|d| matches!(d.answer, Answer::Accepted(_)))
             .collect();
-        assert_eq!(accepted, [true, false, false, true]);
+        assert_eq!(accepted, [true, false, false, true, false]);
         assert_eq!(refusal(&decided[1]).reason, RegisterReason::NotOwner);
+        assert_eq!(refusal(&decided[4]).reason, RegisterReason::Invalid);
         assert_eq!(
             core.registry.get("prod-2").map(|a| a.state()),
             Some(AccountState::Connected)
@@ -698,7 +649,9 @@ mod tests {
         assert_eq!(accepted.reason, RegisterReason::Ok as i32);
         let superseded = Refusal::superseded("a", &caller("s2", "east", "r2"));
         assert!(
-            superseded.message.contains("replica r2") && superseded.message.contains("session s2")
+            superseded.message.contains("replica r2") && superseded.message.contains("session s2"),
+            "{}",
+            superseded.message
         );
         let result = Answer::Refused(superseded).result("a".into());
         assert!(!result.accepted);

@@ -102,41 +102,26 @@ pub fn revoke_on_ownership_change(shared: Arc<Shared>, mut rx: OwnershipRx) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Caller, Registration};
+    use crate::registry::testing::{caller, registration, shard};
     use scale_agent_proto::v1::RegisterReason;
 
-    fn shard(name: &str) -> ShardKey {
-        ShardKey {
-            namespace: "spinnaker".into(),
-            name: name.into(),
-        }
-    }
-
     fn register(registry: &mut Registry, session: &str, shard_name: &str, account: &str) {
-        let caller = Caller {
-            session: Arc::from(session),
-            shard: shard(shard_name),
-            replica: format!("{shard_name}-0"),
-        };
-        let registration = Registration {
-            name: account.into(),
-            cluster_id: format!("uid-{account}"),
-            ..Registration::default()
-        };
-        registry.register(&caller, &registration, SystemTime::UNIX_EPOCH);
+        let who = caller(session, shard_name, &format!("{shard_name}-0"));
+        let reg = registration(account, &format!("uid-{account}"));
+        registry.register(&who, &reg, SystemTime::UNIX_EPOCH);
     }
 
     /// `west` now owns `moved`; `east` keeps `kept`; nobody lists `dropped`.
-    fn rule(account: &str, shard: &ShardKey) -> Verdict {
+    fn rule(account: &str, who: &ShardKey) -> Verdict {
         let owner = match account {
-            "moved" => Some(self::shard("west")),
-            "kept" => Some(self::shard("east")),
+            "moved" => Some(shard("west")),
+            "kept" => Some(shard("east")),
             _ => None,
         };
         match owner {
-            Some(owner) if owner == *shard => Verdict::Owner,
+            Some(owner) if owner == *who => Verdict::Owner,
             owner => Verdict::NotOwner {
-                message: format!("account {account} is not {shard}'s"),
+                message: format!("account {account} is not {who}'s"),
                 owner,
             },
         }

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::identity::IdentityPolicy;
-use crate::metrics::{Metrics, ReasonLabel, StateLabel};
+use crate::metrics::{Metrics, StateLabel};
 use crate::operations::Operations;
 use crate::ownership::OwnershipRx;
 use crate::registry::{Binding, Registry, SessionId, ShardKey};
@@ -173,10 +173,7 @@ impl Shared {
             self.metrics.store_errors.inc();
             warn!(account = name, %err, "could not remove the account binding from the store");
         }
-        self.metrics
-            .accounts_removed
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        self.metrics.account_removed(reason);
     }
 
     /// After the grace period, removes each account that is still
