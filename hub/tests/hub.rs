@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use scale_agent_hub::{Config, Hub};
+use scale_agent_hub::Config;
 use scale_agent_proto::v1::{
     self as pb, AgentFrame, EventType, RegisterReason, agent_frame, hub_frame, operation,
 };
@@ -539,15 +539,14 @@ async fn bindings_survive_a_restart_with_a_store_file() -> Result<()> {
     logs();
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("hub.db");
-    let mut config = Config::local();
-    config.store = Some(path.clone());
-    let hub = Hub::start(config.clone()).await?;
+    let with_store = |c: &mut Config| c.store = Some(path.clone());
+    let hub = hub_with(with_store).await?;
     let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
     assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     agent.close();
     hub.shutdown().await?;
 
-    let hub = Hub::start(config).await?;
+    let hub = hub_with(with_store).await?;
     let a = account(&hub, "prod-1").await?.ok_or("binding loaded")?;
     assert_eq!(a["state"], "Disconnected");
     assert_eq!(a["clusterId"], "uid-a");
@@ -740,9 +739,7 @@ async fn frequent_keepalive_pings_are_allowed() -> Result<()> {
 #[tokio::test]
 async fn a_silent_agent_is_cut_off_after_three_heartbeat_intervals() -> Result<()> {
     logs();
-    let mut config = Config::local();
-    config.heartbeat_interval = Duration::from_millis(200);
-    let hub = Hub::start(config).await?;
+    let hub = hub_with(|c| c.heartbeat_interval = Duration::from_millis(200)).await?;
     let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
     assert_eq!(
         agent.welcome.heartbeat_interval,

@@ -13,13 +13,12 @@ use common::*;
 use prost::Message as _;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use scale_agent_crds::AgentShard;
-use scale_agent_hub::{Config, Hub, RunningHub, ShardSource};
+use scale_agent_hub::{RunningHub, ShardSource};
 use scale_agent_proto::v1::{self as pb, HubFrame, RegisterReason, agent_frame, hub_frame};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-const LONG: Duration = Duration::from_secs(600);
 const HEADER: &str = "x-client-cert";
 
 /// What nginx puts in `$ssl_client_escaped_cert`: the URL-encoded PEM of a
@@ -32,13 +31,6 @@ fn escaped_cert(shard: &str) -> Result<String> {
     ));
     let pem = params.self_signed(&key)?.pem();
     Ok(percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string())
-}
-
-async fn hub_with(change: impl FnOnce(&mut Config)) -> Result<RunningHub> {
-    let mut config = Config::local();
-    config.grace_period = LONG;
-    change(&mut config);
-    Ok(Hub::start(config).await?)
 }
 
 async fn plain(hub: &RunningHub) -> Result<Channel> {

@@ -24,11 +24,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Starts a hub on loopback with a grace period.
-pub async fn hub(grace: Duration) -> Result<RunningHub> {
+/// Starts a hub on the test default settings ([`Config::local`]: loopback,
+/// any free ports), with the fields a test is about changed by `change`.
+pub async fn hub_with(change: impl FnOnce(&mut Config)) -> Result<RunningHub> {
     let mut config = Config::local();
-    config.grace_period = grace;
+    change(&mut config);
     Ok(Hub::start(config).await?)
+}
+
+/// Starts a hub on the test default settings with a grace period.
+pub async fn hub(grace: Duration) -> Result<RunningHub> {
+    hub_with(|c| c.grace_period = grace).await
 }
 
 /// Logs to the test output when RUST_LOG is set.
