@@ -207,6 +207,17 @@ impl FakeAgent {
 
     /// Sends one batch and waits for its Ack.
     pub async fn events(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<()> {
+        let sequence = self.events_unacked(account, events).await?;
+        let account = account.to_owned();
+        self.wait_for(|f| match f {
+            hub_frame::Frame::Ack(a) if a.account == account && a.sequence == sequence => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a batch without waiting for an Ack; its sequence number.
+    pub async fn events_unacked(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<u64> {
         let seq = self.sequences.entry(account.to_owned()).or_default();
         *seq += 1;
         let sequence = *seq;
@@ -216,25 +227,7 @@ impl FakeAgent {
             events,
         }))
         .await?;
-        let account = account.to_owned();
-        self.wait_for(|f| match f {
-            hub_frame::Frame::Ack(a) if a.account == account && a.sequence == sequence => Some(()),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Sends a batch without waiting for an Ack.
-    pub async fn events_unacked(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<()> {
-        let seq = self.sequences.entry(account.to_owned()).or_default();
-        *seq += 1;
-        let sequence = *seq;
-        self.send(agent_frame::Frame::EventBatch(pb::EventBatch {
-            account: account.into(),
-            sequence,
-            events,
-        }))
-        .await
+        Ok(sequence)
     }
 
     pub async fn sync_start(
