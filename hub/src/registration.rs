@@ -647,16 +647,43 @@ mod tests {
         let accepted = Answer::Accepted(Vec::new()).result("a".into());
         assert!(accepted.accepted);
         assert_eq!(accepted.reason, RegisterReason::Ok as i32);
+        let refusals = [
+            Refusal::not_owner("theirs".into(), Some(shard("east"))),
+            Refusal::revoked("no longer yours".into(), None),
+            Refusal::ownership_unknown(),
+            Refusal::superseded("a", &caller("s2", "east", "r2")),
+            Refusal::from_registry(RejectReason::Invalid, "bad name".into(), None),
+            Refusal::from_registry(RejectReason::ClusterMismatch, "bound".into(), None),
+        ];
+        for refusal in refusals {
+            let reason = refusal.reason;
+            let result = Answer::Refused(refusal).result("a".into());
+            assert!(!result.accepted, "{reason:?} must not read as accepted");
+            assert_eq!(result.reason, reason as i32);
+            assert!(result.resume_points.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_superseded_session_is_told_who_took_the_account() {
         let superseded = Refusal::superseded("a", &caller("s2", "east", "r2"));
         assert!(
             superseded.message.contains("replica r2") && superseded.message.contains("session s2"),
             "{}",
             superseded.message
         );
-        let result = Answer::Refused(superseded).result("a".into());
-        assert!(!result.accepted);
-        assert_eq!(result.reason, RegisterReason::Superseded as i32);
-        assert_eq!(result.owner.map(|o| o.replica_id), Some("r2".to_owned()));
+        let HubFrame {
+            frame: Some(hub_frame::Frame::RegisterResult(notice)),
+        } = superseded.notice("a".into())
+        else {
+            panic!("a RegisterResult");
+        };
+        assert_eq!(notice.accounts.len(), 1);
+        let line = &notice.accounts[0];
+        assert_eq!(line.reason, RegisterReason::Superseded as i32);
+        let owner = line.owner.as_ref().expect("the new holder");
+        assert_eq!(owner.replica_id, "r2");
+        assert_eq!(owner.shard.as_ref().map(|s| s.name.as_str()), Some("east"));
         let revoked = Refusal::revoked("gone".into(), None);
         assert_eq!(
             (revoked.reason, revoked.label),
