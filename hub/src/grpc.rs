@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, info, info_span, warn};
 
+use crate::clip::clip;
 use crate::identity::{IdentityError, IdentitySource, PeerInfo};
 use crate::registry::{SessionId, ShardKey};
 use crate::session::Session;
@@ -95,7 +96,8 @@ impl AgentHub for HubService {
         tokio::spawn(async move {
             match service.handshake(&peer, identity, &mut inbound, &tx).await {
                 Ok(session) => {
-                    let span = info_span!("session", session = %session.id, shard = %session.shard, replica = %session.replica);
+                    let shard = session.shard.to_string();
+                    let span = info_span!("session", session = %session.id, shard = %clip(&shard), replica = %clip(&session.replica));
                     session.run(inbound).instrument(span).await;
                 }
                 Err(status) => {
@@ -153,7 +155,7 @@ impl HubService {
         };
         let shard = hello.shard.clone().unwrap_or_default();
         if hello.protocol_version != PROTOCOL_VERSION {
-            warn!(%peer, shard = %format!("{}/{}", shard.namespace, shard.name), replica = %hello.replica_id,
+            warn!(%peer, shard = %clip(&format!("{}/{}", shard.namespace, shard.name)), replica = %clip(&hello.replica_id),
                 version = hello.protocol_version, "unsupported protocol version; refusing the stream");
             return Err(self.reject(
                 "protocol_version",
@@ -164,7 +166,7 @@ impl HubService {
             ));
         }
         if shard.name.is_empty() {
-            warn!(%peer, replica = %hello.replica_id, "Hello names no shard; refusing the stream");
+            warn!(%peer, replica = %clip(&hello.replica_id), "Hello names no shard; refusing the stream");
             return Err(self.reject(
                 "invalid_hello",
                 Status::invalid_argument("Hello.shard.name is required"),
@@ -176,7 +178,7 @@ impl HubService {
         };
         let source = match identity {
             Some((certified, source)) if certified != shard => {
-                warn!(%peer, hello_shard = %shard, certified_shard = %certified, source = source.label(),
+                warn!(%peer, hello_shard = %clip(&shard.to_string()), certified_shard = %certified, source = source.label(),
                     "Hello names another shard than the client certificate; refusing the stream");
                 return Err(self.reject(
                     "wrong_shard",
@@ -220,8 +222,8 @@ impl HubService {
             shard,
             replica,
         };
-        info!(session = %id, shard = %handle.shard, replica = %handle.replica, %peer, identity = source.label(), agent_version = %hello.agent_version,
-            capabilities = ?hello.capabilities, "session opened");
+        info!(session = %id, shard = %clip(&handle.shard.to_string()), replica = %clip(&handle.replica), %peer, identity = source.label(),
+            agent_version = %clip(&hello.agent_version), capabilities = %clip(&hello.capabilities.join(",")), "session opened");
         Ok(Session::open(Arc::clone(&self.shared), id, handle, source))
     }
 }

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
 use crate::cache::{AccountCache, Change, Event, KindKey, ObjectKey, SyncMode};
+use crate::clip::clip;
 use crate::metrics::Metrics;
 use crate::session::Session;
 
@@ -47,7 +48,7 @@ fn on_held<R>(
         }
     }
     session.shared.metrics.frame_ignored(what);
-    warn!(%account, frame = what, "frame for an account this session does not hold (not registered, rejected or superseded); ignored");
+    warn!(account = %clip(account), frame = what, "frame for an account this session does not hold (not registered, rejected or superseded); ignored");
     None
 }
 
@@ -61,18 +62,18 @@ pub fn parse_events(metrics: &Metrics, account: &str, events: Vec<pb::ObjectEven
             pb::EventType::Deleted => Change::Delete,
             pb::EventType::Unspecified => {
                 metrics.event_rejected("unspecified_type");
-                debug!(%account, name = %ev.name, "event without a type; dropped");
+                debug!(account = %clip(account), name = %clip(&ev.name), "event without a type; dropped");
                 continue;
             }
         };
         let Some((kind, version)) = kind_key(ev.kind.as_ref()) else {
             metrics.event_rejected("missing_kind");
-            warn!(%account, name = %ev.name, "event without a kind; dropped");
+            warn!(account = %clip(account), name = %clip(&ev.name), "event without a kind; dropped");
             continue;
         };
         if ev.name.is_empty() {
             metrics.event_rejected("missing_name");
-            warn!(%account, kind = %kind.kind, "event without a name; dropped");
+            warn!(account = %clip(account), kind = %clip(&kind.kind), "event without a name; dropped");
             continue;
         }
         let body: Arc<RawValue> = match serde_json::from_slice::<Box<RawValue>>(&ev.body_json) {
@@ -81,7 +82,7 @@ pub fn parse_events(metrics: &Metrics, account: &str, events: Vec<pb::ObjectEven
             Err(_) if change == Change::Delete => Arc::from(RawValue::NULL.to_owned()),
             Err(err) => {
                 metrics.event_rejected("malformed_body");
-                warn!(%account, kind = %kind.kind, namespace = %ev.namespace, name = %ev.name, %err, "event body is not valid JSON; dropped");
+                warn!(account = %clip(account), kind = %clip(&kind.kind), namespace = %clip(&ev.namespace), name = %clip(&ev.name), %err, "event body is not valid JSON; dropped");
                 continue;
             }
         };
@@ -132,7 +133,7 @@ pub async fn events(session: &Session, batch: pb::EventBatch) -> bool {
 pub fn sync_start(session: &Session, start: &pb::SyncStart) {
     let Some((kind, version)) = kind_key(start.kind.as_ref()) else {
         session.shared.metrics.frame_ignored("sync_without_kind");
-        warn!(account = %start.account, "SyncStart without a kind; ignored");
+        warn!(account = %clip(&start.account), "SyncStart without a kind; ignored");
         return;
     };
     let mode = match pb::SyncMode::try_from(start.mode).unwrap_or_default() {
@@ -143,7 +144,7 @@ pub fn sync_start(session: &Session, start: &pb::SyncStart) {
         cache.sync_start(&kind, &version, mode);
     });
     if started.is_some() {
-        debug!(account = %start.account, kind = %kind.kind, group = %kind.group, ?mode, "sync started");
+        debug!(account = %start.account, kind = %clip(&kind.kind), group = %clip(&kind.group), ?mode, "sync started");
     }
 }
 
@@ -152,7 +153,7 @@ pub fn sync_start(session: &Session, start: &pb::SyncStart) {
 pub fn sync_end(session: &Session, end: &pb::SyncEnd) {
     let Some((kind, version)) = kind_key(end.kind.as_ref()) else {
         session.shared.metrics.frame_ignored("sync_without_kind");
-        warn!(account = %end.account, "SyncEnd without a kind; ignored");
+        warn!(account = %clip(&end.account), "SyncEnd without a kind; ignored");
         return;
     };
     let Some(outcome) = on_held(session, &end.account, "sync_end_not_held", |cache| {
@@ -166,12 +167,12 @@ pub fn sync_end(session: &Session, end: &pb::SyncEnd) {
         .objects_dropped_on_sync
         .inc_by(outcome.dropped as u64);
     if outcome.count_mismatch {
-        warn!(account = %end.account, kind = %kind.kind, group = %kind.group, object_count = end.object_count,
+        warn!(account = %end.account, kind = %clip(&kind.kind), group = %clip(&kind.group), object_count = end.object_count,
             "the agent listed more objects than arrived; nothing dropped, the kind will be relisted on the next reconnect");
     } else if outcome.unmatched {
-        debug!(account = %end.account, kind = %kind.kind, "SyncEnd without SyncStart");
+        debug!(account = %end.account, kind = %clip(&kind.kind), "SyncEnd without SyncStart");
     } else {
-        debug!(account = %end.account, kind = %kind.kind, group = %kind.group, dropped = outcome.dropped, resource_version = %end.resource_version, "sync ended");
+        debug!(account = %end.account, kind = %clip(&kind.kind), group = %clip(&kind.group), dropped = outcome.dropped, resource_version = %clip(&end.resource_version), "sync ended");
     }
 }
 

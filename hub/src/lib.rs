@@ -42,6 +42,7 @@
 //! [`identity`], [`ownership`], [`tls`], [`metrics`].
 
 pub mod cache;
+pub mod clip;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -23,6 +23,7 @@ use scale_agent_proto::v1::{
 use tracing::{debug, info, warn};
 
 use crate::cache::Resume;
+use crate::clip::clip;
 use crate::ownership::{Ownership, OwnershipRx, Verdict};
 use crate::registry::{
     Binding, Caller, Decision, Registration, RejectReason, Release, SessionId, ShardKey,
@@ -355,8 +356,8 @@ pub async fn register(session: &Session, reg: pb::Register) -> bool {
                 accepted.push(d.account.clone());
             }
             Answer::Refused(refusal) => {
-                warn!(account = %d.account, cluster_id = %d.cluster_id, identity = session.identity.label(),
-                    reason = refusal.label, message = %refusal.message, "registration rejected");
+                warn!(account = %clip(&d.account), cluster_id = %clip(&d.cluster_id), identity = session.identity.label(),
+                    reason = refusal.label, message = %clip(&refusal.message), "registration rejected");
                 shared.metrics.registration_rejected(refusal.label);
             }
         }
@@ -405,14 +406,14 @@ pub fn unregister(session: &Session, unreg: &pb::Unregister) {
         };
         match release {
             Release::NotHeld => {
-                debug!(account = %name, "unregister of an account this session does not hold; ignored");
+                debug!(account = %clip(name), "unregister of an account this session does not hold; ignored");
             }
             Release::Removed => {
-                info!(account = %name, objects, message = %unreg.message, "account removed by its agent");
+                info!(account = %name, objects, message = %clip(&unreg.message), "account removed by its agent");
                 shared.forget(name, "unregistered");
             }
             Release::Disconnected(epoch) => {
-                info!(account = %name, reason = reason.as_str_name(), message = %unreg.message, "account unregistered; Disconnected for the grace period");
+                info!(account = %name, reason = reason.as_str_name(), message = %clip(&unreg.message), "account unregistered; Disconnected for the grace period");
                 expiries.push((name.clone(), epoch));
             }
         }

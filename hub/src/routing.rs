@@ -8,6 +8,7 @@
 use scale_agent_proto::v1::{self as pb, ErrorCode, hub_frame};
 use tracing::{debug, info};
 
+use crate::clip::clip;
 use crate::operations::Outcome;
 use crate::session::{Session, frame};
 
@@ -27,7 +28,7 @@ pub fn result(session: &Session, result: pb::OperationResult) {
         }
     }
     if !shared.operations.complete(Outcome::from_result(&result)) {
-        debug!(operation = %id, "result for an operation nobody waits for (answered already or given up); ignored");
+        debug!(operation = %clip(&id), "result for an operation nobody waits for (answered already or given up); ignored");
         shared.metrics.frame_ignored("operation_result_unknown");
     }
 }
