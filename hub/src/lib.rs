@@ -39,7 +39,7 @@
 //! [`revocation`] (accounts a shard no longer owns), [`registry`] (binding
 //! rules), [`cache`] (objects and resyncs), [`store`] (SQLite bindings),
 //! [`operations`] (requests and results), [`http`] (the JSON API),
-//! [`identity`], [`ownership`], [`tls`], [`metrics`].
+//! [`identity`], [`ownership`], [`tls`], [`metrics`], [`clip`].
 
 pub mod cache;
 pub mod clip;

@@ -341,37 +341,15 @@ pub async fn register(session: &Session, reg: pb::Register) -> bool {
         let mut core = shared.core();
         decide(&mut core, &caller, &owners, reg.accounts, SystemTime::now())
     };
-    let mut results = Vec::with_capacity(decided.len());
-    let mut accepted = Vec::new();
-    for d in decided {
-        match &d.answer {
-            Answer::Accepted(points) => {
-                info!(
-                    account = %d.account,
-                    cluster_id = %d.cluster_id,
-                    resume_points = points.len(),
-                    superseded = d.superseded.as_ref().map(|(s, _)| &**s),
-                    "account accepted"
-                );
-                accepted.push(d.account.clone());
-            }
-            Answer::Refused(refusal) => {
-                warn!(account = %clip(&d.account), cluster_id = %clip(&d.cluster_id), identity = session.identity.label(),
-                    reason = refusal.label, message = %clip(&refusal.message), "registration rejected");
-                shared.metrics.registration_rejected(refusal.label);
-            }
-        }
-        if let Some(binding) = &d.persist {
-            shared.persist(&d.account, binding);
-        }
-        if let Some((old_session, old_replica)) = &d.superseded {
-            shared.metrics.registrations_superseded.inc();
-            info!(account = %d.account, %old_session, %old_replica, "a newer session took the account over; telling the older one");
-            let notice = Refusal::superseded(&d.account, &caller).notice(d.account.clone());
-            shared.send_detached(old_session, notice);
-        }
-        results.push(d.answer.result(d.account));
-    }
+    let accepted: Vec<String> = decided
+        .iter()
+        .filter(|d| matches!(d.answer, Answer::Accepted(_)))
+        .map(|d| d.account.clone())
+        .collect();
+    let results = decided
+        .into_iter()
+        .map(|d| carry_out(session, &caller, d))
+        .collect();
     shared
         .metrics
         .registrations_accepted
@@ -381,6 +359,37 @@ pub async fn register(session: &Session, reg: pb::Register) -> bool {
         return false;
     }
     routing::resend_orphans(session, &accepted).await
+}
+
+/// Logs and counts one decision, writes its binding, tells the session it
+/// supersedes; the account's line of the answer.
+fn carry_out(session: &Session, caller: &Caller, d: Decided) -> AccountResult {
+    let shared = &session.shared;
+    match &d.answer {
+        Answer::Accepted(points) => info!(
+            account = %d.account,
+            cluster_id = %clip(&d.cluster_id),
+            resume_points = points.len(),
+            superseded = d.superseded.as_ref().map(|(s, _)| &**s),
+            "account accepted"
+        ),
+        Answer::Refused(refusal) => {
+            warn!(account = %clip(&d.account), cluster_id = %clip(&d.cluster_id), identity = session.identity.label(),
+                reason = refusal.label, message = %clip(&refusal.message), "registration rejected");
+            shared.metrics.registration_rejected(refusal.label);
+        }
+    }
+    if let Some(binding) = &d.persist {
+        shared.persist(&d.account, binding);
+    }
+    if let Some((old_session, old_replica)) = &d.superseded {
+        shared.metrics.registrations_superseded.inc();
+        info!(account = %d.account, %old_session, old_replica = %clip(old_replica),
+            "a newer session took the account over; telling the older one");
+        let notice = Refusal::superseded(&d.account, caller).notice(d.account.clone());
+        shared.send_detached(old_session, notice);
+    }
+    d.answer.result(d.account)
 }
 
 /// Carries out an Unregister on `session`: reason REMOVED drops each held
