@@ -1,6 +1,7 @@
-//! The state every part of the hub shares: registry and cache (under one
-//! lock, so "is this account held by this session" and "apply its events"
-//! are one step), the store, live sessions, pending operations and metrics.
+//! The state every part of the hub shares: the settings, registry and cache
+//! (under one lock, so "is this account held by this session" and "apply its
+//! events" are one step), the store, live sessions, pending operations and
+//! metrics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
