@@ -595,7 +595,7 @@ async fn reconnect_storm(env: Arc<Env>) -> anyhow::Result<()> {
     let hub_admin = rig.s.hub.http.trim_start_matches("http://").to_string();
     let sessions = |want: u64| {
         let hub_admin = hub_admin.clone();
-        async move { (metric(&hub_admin, "scaleagent_hub_sessions").await >= want).then_some(()) }
+        async move { (metric(&hub_admin, "scale_agent_hub_sessions").await >= want).then_some(()) }
     };
     let all = (AGENTS + 1) as u64;
     wait::until("every agent connected", Duration::from_secs(60), || {
