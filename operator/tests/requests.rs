@@ -83,7 +83,7 @@ async fn next(handle: &mut Mock) -> (Seen, SendResponse<Response<Body>>) {
     (Seen { body, ..seen }, send)
 }
 
-fn recorder(client: &Client) -> Recorder {
+fn test_recorder(client: &Client) -> Recorder {
     Recorder::new(
         client.clone(),
         Reporter {
@@ -319,7 +319,7 @@ async fn the_status_is_a_merge_patch_of_what_changed_on_the_version_read_then_ev
         Time(Timestamp::from_second(1_800_000_000).expect("t")),
     );
     let (client, mut handle) = mock_client();
-    let recorder = recorder(&client);
+    let recorder = test_recorder(&client);
     let task = {
         let (s, new) = (s.clone(), new.clone());
         tokio::spawn(async move {
@@ -350,7 +350,7 @@ async fn the_status_is_a_merge_patch_of_what_changed_on_the_version_read_then_ev
     let mut current = s.clone();
     current.status = Some(new.clone());
     let (client, _handle) = mock_client();
-    let recorder = recorder(&client);
+    let recorder = test_recorder(&client);
     let unchanged = tokio::time::timeout(
         Duration::from_secs(5),
         apply::status(&client, &recorder, &current, &sref(), Some("9"), &new),
@@ -377,7 +377,7 @@ async fn a_status_change_publishes_its_events() {
     s.status = Some(status::compute(None, &before, t.clone()));
     let new = status::compute(s.status.as_ref(), &d.observed, t);
     let (client, mut handle) = mock_client();
-    let recorder = recorder(&client);
+    let recorder = test_recorder(&client);
     let task = tokio::spawn(async move {
         apply::status(&client, &recorder, &s, &sref(), Some("7"), &new).await
     });
@@ -622,7 +622,7 @@ async fn one_undecodable_shard_is_reported_and_skipped_and_the_others_are_watche
         let (claims, index) = claims_index::channel();
         let index = tokio::spawn(index);
         let metrics = Arc::new(Metrics::new());
-        let recorder = recorder(&client);
+        let recorder = test_recorder(&client);
         let (_lead_tx, lead_rx) = watch::channel(leading);
         let watch = tokio::spawn(controller::watch_shards(
             Api::<DeserializeGuard<AgentShard>>::all(client),
