@@ -40,6 +40,9 @@ pub enum Resolution {
     },
 }
 
+/// Account name → its owner and the shards with a stake in it, at one moment.
+type Owners = BTreeMap<String, (Option<Owner>, Vec<ShardRef>)>;
+
 /// Every shard's stakes, and the names granted but not yet seen in a status.
 #[derive(Clone, Debug, Default)]
 pub struct ClaimsIndex {
@@ -219,23 +222,20 @@ impl ClaimsIndex {
         out
     }
 
-    fn owners(&self, names: &BTreeSet<String>) -> BTreeMap<String, (Option<Owner>, Vec<ShardRef>)> {
+    /// Each name's owner and every shard with a stake in it.
+    fn owners(&self, names: &BTreeSet<String>) -> Owners {
         names
             .iter()
             .map(|n| {
                 let stakes = self.effective(n, None);
-                let holders = stakes.iter().map(|s| s.shard().clone()).collect();
-                (n.clone(), (claims::owner(&stakes), holders))
+                let stakeholders = stakes.iter().map(|s| s.shard().clone()).collect();
+                (n.clone(), (claims::owner(&stakes), stakeholders))
             })
             .collect()
     }
 
     /// Every shard with a stake (before or after) in a name whose owner changed.
-    fn changed(
-        &self,
-        names: &BTreeSet<String>,
-        before: BTreeMap<String, (Option<Owner>, Vec<ShardRef>)>,
-    ) -> BTreeSet<ShardRef> {
+    fn changed(&self, names: &BTreeSet<String>, before: Owners) -> BTreeSet<ShardRef> {
         let after = self.owners(names);
         let mut affected = BTreeSet::new();
         for (name, (owner, stakeholders)) in after {
