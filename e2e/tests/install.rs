@@ -15,7 +15,6 @@
 
 #[path = "install/cluster.rs"]
 mod cluster;
-mod common;
 #[path = "install/image.rs"]
 mod image;
 #[path = "install/kubelet.rs"]
@@ -38,10 +37,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use cluster::{
-    applied_state, apply_install, apply_yaml, hub_volume, kubectl_full, secret, shard_namespace,
-    shard_yaml, stand_in_crds,
+    applied_state, apply_install, hub_volume, kubectl_full, secret, shard_namespace, shard_yaml,
+    stand_in_crds,
 };
-use common::Env;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use running::{Installed, NS};
@@ -51,7 +49,7 @@ use scale_agent_e2e::controlplane::http_get;
 use scale_agent_e2e::converge::{configmaps, create_namespace, put_cm};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
 use scale_agent_e2e::process::tail;
-use scale_agent_e2e::{wait, workspace_binary};
+use scale_agent_e2e::{Env, runner, wait, workspace_binary};
 use serde_json::Value;
 
 /// The image the manifests name, at this workspace's version.
@@ -64,7 +62,7 @@ const OPERATOR_SA: &str = "system:serviceaccount:scale-agent-system:scale-agent-
 const HUB_SA: &str = "system:serviceaccount:scale-agent-system:scale-agent-hub";
 
 fn main() {
-    common::main_with(
+    runner::main_with(
         &["cluster-1"],
         vec![
             ("image_archive_runs_each_binary_as_the_non_root_user", |e| {
@@ -425,10 +423,9 @@ async fn apply(env: Arc<Env>) -> anyhow::Result<()> {
 fn examples_reapply_unchanged(env: &Env) -> anyhow::Result<()> {
     let cp = &env.cp;
     for ns in ["spinnaker", "team-b"] {
-        apply_yaml(
-            env,
-            &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"),
-        )?;
+        env.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+        ))?;
     }
     let examples = kustomize::manifests()
         .join("examples")
@@ -604,12 +601,14 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
 
     // An account removed from the shard is revoked at the hub, and removed with its cache
     // after the grace period.
-    apply_yaml(&env, &shard_yaml(&ns, "first", "install-c"))?;
+    env.apply(&shard_yaml(&ns, "first", "install-c"))?;
     wait::until(
         "the removed account to leave the hub",
         Duration::from_secs(60),
         || async {
-            let m = metrics::scrape(&installed.hub_http()).await.ok()?;
+            let m = scale_agent_e2e::metrics::scrape(&installed.hub_http())
+                .await
+                .ok()?;
             m.contains("scaleagent_hub_accounts_removed_total{reason=\"grace_period_expired\"} 1")
                 .then_some(())
         },
@@ -630,7 +629,9 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
         installed.hub_http(),
         agent_admin,
     ] {
-        exported.extend(metrics::metric_names(&metrics::scrape(&addr).await?));
+        exported.extend(metrics::metric_names(
+            &scale_agent_e2e::metrics::scrape(&addr).await?,
+        ));
     }
     let missing: Vec<String> = metrics::alert_metrics()?
         .into_iter()
@@ -689,7 +690,7 @@ async fn opened_namespace_streams(
         },
     );
     put_cm(&configmaps(cluster, ns).await?, "install-probe", "1").await?;
-    apply_yaml(env, &shard_yaml(ns, "first", "install-a"))?;
+    env.apply(&shard_yaml(ns, "first", "install-a"))?;
     wait::until(
         "the shard's ConfigMap at the hub",
         Duration::from_secs(90),
@@ -736,12 +737,14 @@ async fn closed_namespace_gets_nothing(env: &Env, installed: &Installed) -> anyh
     let closed = env.namespace("install-closed").await?;
     let kc = std::fs::read_to_string(&cp.target("cluster-1").context("cluster-1")?.kubeconfig)?;
     secret(env, &closed, "kc-1", &[("kubeconfig", kc.as_str())])?;
-    apply_yaml(env, &shard_yaml(&closed, "second", "install-b"))?;
+    env.apply(&shard_yaml(&closed, "second", "install-b"))?;
     wait::until(
         "the operator to be refused in a namespace not opened",
         Duration::from_secs(30),
         || async {
-            let m = metrics::scrape(&installed.operator_admin()).await.ok()?;
+            let m = scale_agent_e2e::metrics::scrape(&installed.operator_admin())
+                .await
+                .ok()?;
             m.contains("scale_agent_operator_reconcile_errors_total{error=\"ApiForbidden\"}")
                 .then_some(())
         },
@@ -769,7 +772,9 @@ async fn another_shards_agent_is_refused(
         "the hub to refuse the account from another shard",
         Duration::from_secs(60),
         || async {
-            let m = metrics::scrape(&installed.hub_http()).await.ok()?;
+            let m = scale_agent_e2e::metrics::scrape(&installed.hub_http())
+                .await
+                .ok()?;
             m.contains("scaleagent_hub_registrations_rejected_total{reason=\"not_owner\"}")
                 .then_some(())
         },
@@ -794,9 +799,7 @@ async fn paused_shard_vouches_for_a_remote_agent(
     installed: &Installed,
 ) -> anyhow::Result<String> {
     let ns = env.namespace("install-remote").await?;
-    apply_yaml(
-        env,
-        &format!(
+    env.apply(&format!(
             "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: remote\n  namespace: {ns}\nspec:\n  paused: true\n  hub: {{ address: {} }}\n  accounts:\n    - name: install-remote-a\n      kubeconfigSecretRef: {{ name: elsewhere }}\n",
             installed.hub_grpc()
         ),

@@ -3,11 +3,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::ensure;
-use scale_agent_e2e::ControlPlane;
 use scale_agent_e2e::kubectl::{Output, run_full};
+use scale_agent_e2e::{ControlPlane, Env};
 use serde_json::Value;
 
-use crate::common::Env;
 use crate::kustomize;
 
 /// kubectl with `args`, whatever its exit status.
@@ -24,13 +23,6 @@ where
     )?)
 }
 
-/// `kubectl apply -f -` of `yaml`; fails with kubectl's stderr.
-pub fn apply_yaml(env: &Env, yaml: &str) -> anyhow::Result<()> {
-    let out = env.cp.kubectl_stdin(["apply", "-f", "-"], yaml)?;
-    ensure!(out.success, "kubectl apply failed: {}\n{yaml}", out.stderr);
-    Ok(())
-}
-
 /// A generic Secret `ns/name` with `data`.
 pub fn secret(env: &Env, ns: &str, name: &str, data: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut s = serde_json::json!({
@@ -41,7 +33,8 @@ pub fn secret(env: &Env, ns: &str, name: &str, data: &[(&str, &str)]) -> anyhow:
     for (k, v) in data {
         s["stringData"][*k] = Value::from(*v);
     }
-    apply_yaml(env, &serde_json::to_string(&s)?)
+    env.apply(&serde_json::to_string(&s)?)?;
+    Ok(())
 }
 
 pub fn shard_yaml(ns: &str, name: &str, account: &str) -> String {

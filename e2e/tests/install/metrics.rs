@@ -55,11 +55,3 @@ pub fn alert_metrics() -> anyhow::Result<BTreeSet<String>> {
     }
     Ok(names)
 }
-
-/// The body of `GET http://<addr>/metrics`.
-pub async fn scrape(addr: &str) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("http://{addr}/metrics"))
-        .await?
-        .text()
-        .await?)
-}

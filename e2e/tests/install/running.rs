@@ -7,10 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use scale_agent_e2e::controlplane::http_get;
 use scale_agent_e2e::process::tail;
-use scale_agent_e2e::wait;
+use scale_agent_e2e::{Env, wait};
 
 use crate::cluster::secret;
-use crate::common::Env;
 use crate::kubelet::{self, Overrides, PodProcess};
 
 /// The namespace `manifests/install` installs into.
