@@ -609,7 +609,7 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
             let m = scale_agent_e2e::metrics::scrape(&installed.hub_http())
                 .await
                 .ok()?;
-            m.contains("scaleagent_hub_accounts_removed_total{reason=\"grace_period_expired\"} 1")
+            m.contains("scale_agent_hub_accounts_removed_total{reason=\"grace_period_expired\"} 1")
                 .then_some(())
         },
     )
@@ -775,7 +775,7 @@ async fn another_shards_agent_is_refused(
             let m = scale_agent_e2e::metrics::scrape(&installed.hub_http())
                 .await
                 .ok()?;
-            m.contains("scaleagent_hub_registrations_rejected_total{reason=\"not_owner\"}")
+            m.contains("scale_agent_hub_registrations_rejected_total{reason=\"not_owner\"}")
                 .then_some(())
         },
     )

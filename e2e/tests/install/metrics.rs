@@ -44,7 +44,7 @@ pub fn alert_metrics() -> anyhow::Result<BTreeSet<String>> {
             let expr = r["expr"].as_str().unwrap_or_default();
             for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
             {
-                if token.starts_with("scale_agent_") || token.starts_with("scaleagent_") {
+                if token.starts_with("scale_agent_") {
                     names.insert(token.to_owned());
                 }
             }
