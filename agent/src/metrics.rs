@@ -16,6 +16,8 @@ pub struct Metrics {
     pub relists: Counter,
     /// Watches resumed from the hub's resume point (no relist).
     pub resumes: Counter,
+    /// Watch bookmarks passed on to the hub as watch progress.
+    pub watch_progress: Counter,
     /// Connections to the hub opened.
     pub connects: Counter,
     /// Connection attempts that failed.
@@ -55,6 +57,11 @@ impl Metrics {
             "resumes",
             "Watches resumed from the hub's resume point",
             self.resumes.clone(),
+        );
+        r.register(
+            "watch_progress",
+            "Watch bookmarks passed on to the hub as watch progress",
+            self.watch_progress.clone(),
         );
         r.register(
             "hub_connects",

@@ -73,9 +73,9 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
             run_dir: cp.run_dir.join(&ns),
             env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
             args: vec![
-                "--lease-renew-millis=500".into(),
-                "--lease-duration-seconds=4".into(),
-                "--reload-millis=500".into(),
+                "--lease-renew-interval=500ms".into(),
+                "--lease-duration=4s".into(),
+                "--reload-interval=500ms".into(),
             ],
         },
     );

@@ -152,7 +152,7 @@ pub async fn stream_one(
         &format!("{shard}-0"),
         &cfg,
         &kcs,
-        &["--lease-renew-millis=500"],
+        &["--lease-renew-interval=500ms"],
     )?;
     scale_agent_e2e::converge::wait_state(
         &s.hub,
