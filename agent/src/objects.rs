@@ -117,14 +117,6 @@ mod tests {
         }
     }
 
-    fn gvk(kind: &str) -> GroupVersionKind {
-        GroupVersionKind {
-            group: String::new(),
-            version: "v1".into(),
-            kind: kind.into(),
-        }
-    }
-
     fn account() -> AccountConfig {
         AccountConfig {
             name: "a".into(),
@@ -137,30 +129,46 @@ mod tests {
         }
     }
 
-    fn object(value: serde_json::Value) -> DynamicObject {
-        serde_json::from_value(value).expect("object")
+    /// The event an account configured as `config` sends for `object`, a core-group
+    /// object of its own `kind`.
+    fn event(config: &AccountConfig, object: serde_json::Value) -> Option<ObjectEvent> {
+        let name = object["kind"].as_str().unwrap_or("Namespace").to_string();
+        let namespaced = name != "Namespace";
+        let gvk = GroupVersionKind {
+            group: String::new(),
+            version: "v1".into(),
+            kind: name.clone(),
+        };
+        let obj: DynamicObject = serde_json::from_value(object).expect("object");
+        encode(
+            &kind(&name, namespaced),
+            &gvk,
+            config,
+            EventType::Added,
+            obj,
+        )
+    }
+
+    fn body(ev: &ObjectEvent) -> serde_json::Value {
+        serde_json::from_slice(&ev.body_json).expect("json")
     }
 
     #[test]
     fn strips_managed_fields_and_last_applied() {
-        let obj = object(serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {
-                "name": "x", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
-                "annotations": { LAST_APPLIED: "{}", "keep": "me" },
-                "managedFields": [{ "manager": "kubectl" }]
-            },
-            "data": { "k": "v" }
-        }));
-        let ev = encode(
-            &kind("ConfigMap", true),
-            &gvk("ConfigMap"),
+        let ev = event(
             &account(),
-            EventType::Added,
-            obj,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {
+                    "name": "x", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
+                    "annotations": { LAST_APPLIED: "{}", "keep": "me" },
+                    "managedFields": [{ "manager": "kubectl" }]
+                },
+                "data": { "k": "v" }
+            }),
         )
         .expect("event");
-        let body: serde_json::Value = serde_json::from_slice(&ev.body_json).expect("json");
+        let body = body(&ev);
         assert!(body["metadata"].get("managedFields").is_none());
         assert!(body["metadata"]["annotations"].get(LAST_APPLIED).is_none());
         assert_eq!(body["metadata"]["annotations"]["keep"], "me");
@@ -178,38 +186,23 @@ mod tests {
 
     #[test]
     fn secret_data_never_leaves() {
-        let obj = object(serde_json::json!({
+        let secret = serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": { "name": "s", "namespace": "ns" },
             "data": { "password": "aHVudGVyMg==" },
             "stringData": { "token": "t" },
             "type": "Opaque"
-        }));
-        let ev = encode(
-            &kind("Secret", true),
-            &gvk("Secret"),
-            &account(),
-            EventType::Added,
-            obj,
-        )
-        .expect("event");
-        let body: serde_json::Value = serde_json::from_slice(&ev.body_json).expect("json");
+        });
+        let ev = event(&account(), secret).expect("event");
+        let body = body(&ev);
         assert!(body.get("data").is_none() && body.get("stringData").is_none());
         assert_eq!(body["type"], "Opaque");
     }
 
     #[test]
     fn namespace_objects_follow_the_namespace_filters() {
-        let ns = |name: &str| object(serde_json::json!({ "metadata": { "name": name } }));
         let send = |config: &AccountConfig, name: &str| {
-            encode(
-                &kind("Namespace", false),
-                &gvk("Namespace"),
-                config,
-                EventType::Added,
-                ns(name),
-            )
-            .is_some()
+            event(config, serde_json::json!({ "metadata": { "name": name } })).is_some()
         };
         let only = AccountConfig {
             namespaces: vec!["team".into()],

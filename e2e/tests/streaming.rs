@@ -1,8 +1,8 @@
 //! The agent and the hub against the real control plane and three target clusters:
 //! objects stream, change and vanish; accounts come and go without restarts; names bound
 //! to another cluster are refused; the grace period; operations; replicas splitting
-//! accounts; relists after a watch expired. Every scenario ends with the hub's cache
-//! equal to a fresh list of the cluster.
+//! accounts; relists after a watch expired; a quiet kind resuming through bookmarks.
+//! Every scenario ends with the hub's cache equal to a fresh list of the cluster.
 
 mod common;
 
