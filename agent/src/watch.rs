@@ -309,7 +309,7 @@ impl KindWatch {
             tokio::time::sleep(delay).await;
             api.watch(&params, &version).await
         };
-        stream::once(opened)
+        let steps = stream::once(opened)
             .flat_map(|opened| match opened {
                 Ok(events) => events
                     .map(classify)
@@ -318,15 +318,15 @@ impl KindWatch {
                     .boxed(),
                 Err(e) => stream::once(async move { classify(Err(e)) }).boxed(),
             })
-            .scan(false, |ended, step| {
-                let item = (!*ended).then(|| {
-                    *ended = step.ends_the_watch();
-                    step
-                });
-                async move { item }
-            })
-            .map(move |step| (i, step))
-            .boxed()
+            .boxed();
+        // After the step that ends it, the watch (and its connection) is dropped at once.
+        stream::unfold(Some(steps), move |steps| async move {
+            let mut steps = steps?;
+            let step = steps.next().await?;
+            let rest = (!step.ends_the_watch()).then_some(steps);
+            Some(((i, step), rest))
+        })
+        .boxed()
     }
 
     fn encode(
@@ -512,5 +512,272 @@ mod tests {
     fn truncation_keeps_characters_whole() {
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("hello", 10), "hello");
+    }
+}
+
+/// The loop against a scripted API server (kube's client over a mock service): which
+/// requests it makes and which frames reach the hub, in which order.
+#[cfg(test)]
+mod loop_tests {
+    use super::*;
+    use crate::batch::Limits;
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body::Frame as BodyFrame;
+    use http_body_util::StreamBody;
+    use kube::client::Body;
+    use kube::discovery::ApiResource;
+    use scale_agent_proto::v1::AgentFrame;
+    use std::convert::Infallible;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    type Chunks = ReceiverStream<Result<BodyFrame<Bytes>, Infallible>>;
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<StreamBody<Chunks>>>;
+
+    struct Rig {
+        api: Handle,
+        frames: mpsc::Receiver<AgentFrame>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn start(resume_from: Option<&str>, watch_progress: bool) -> Rig {
+        let (service, api) =
+            tower_test::mock::pair::<Request<Body>, Response<StreamBody<Chunks>>>();
+        let (tx, frames) = mpsc::channel(64);
+        let budget = Budget::new(1, 1 << 20);
+        let metrics = Arc::new(Metrics::default());
+        let ctx = KindCtx {
+            account: "a".into(),
+            client: kube::Client::new(service, "default"),
+            // As the config file says it: every filter left at its default.
+            config: serde_json::from_value(
+                serde_json::json!({ "name": "a", "kubeconfigFile": "a.kubeconfig" }),
+            )
+            .expect("account config"),
+            out: Outbound::new(tx, budget.clone(), Limits::default()),
+            budget,
+            metrics: metrics.clone(),
+            resume_from: resume_from.map(str::to_string),
+            watch_progress,
+        };
+        let kind = WatchedKind {
+            resource: ApiResource {
+                group: String::new(),
+                version: "v1".into(),
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                plural: "configmaps".into(),
+            },
+            namespaced: true,
+        };
+        tokio::spawn(run(ctx, kind, Arc::default()));
+        Rig {
+            api,
+            frames,
+            metrics,
+        }
+    }
+
+    fn cm(name: &str, version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": name, "namespace": "ns", "resourceVersion": version }
+        })
+    }
+
+    fn line(value: serde_json::Value) -> Bytes {
+        let mut text = value.to_string();
+        text.push('\n');
+        Bytes::from(text)
+    }
+
+    impl Rig {
+        /// Waits for the next request; returns its query and the sender of its body.
+        async fn request(
+            &mut self,
+        ) -> (String, mpsc::Sender<Result<BodyFrame<Bytes>, Infallible>>) {
+            let (req, reply) =
+                tokio::time::timeout(Duration::from_secs(5), self.api.next_request())
+                    .await
+                    .expect("a request within 5 s")
+                    .expect("the client is alive");
+            assert_eq!(req.uri().path(), "/api/v1/configmaps");
+            let (tx, rx) = mpsc::channel(16);
+            reply.send_response(Response::new(StreamBody::new(ReceiverStream::new(rx))));
+            (req.uri().query().unwrap_or_default().to_string(), tx)
+        }
+
+        /// Answers the next request, a list, with `items` at `version`.
+        async fn list(&mut self, items: Vec<serde_json::Value>, version: &str) {
+            let (query, body) = self.request().await;
+            assert!(!query.contains("watch"), "expected a list: {query}");
+            assert!(query.contains("limit=500"), "{query}");
+            let list = serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMapList",
+                "metadata": { "resourceVersion": version }, "items": items
+            });
+            send(&body, line(list)).await;
+        }
+
+        /// Takes the next request, a watch from `version`; returns its body's sender.
+        async fn watch(
+            &mut self,
+            version: &str,
+        ) -> mpsc::Sender<Result<BodyFrame<Bytes>, Infallible>> {
+            let (query, body) = self.request().await;
+            for want in [
+                "watch=true".to_string(),
+                format!("resourceVersion={version}"),
+                "allowWatchBookmarks=true".into(),
+                format!("timeoutSeconds={WATCH_TIMEOUT_SECS}"),
+            ] {
+                assert!(query.contains(&want), "{want} not in {query}");
+            }
+            body
+        }
+
+        /// The next frame to the hub, in short.
+        async fn frame(&mut self) -> String {
+            let f = tokio::time::timeout(Duration::from_secs(5), self.frames.recv())
+                .await
+                .expect("a frame within 5 s")
+                .expect("the session is open");
+            match f.frame {
+                Some(Frame::SyncStart(_)) => "SyncStart".into(),
+                Some(Frame::SyncEnd(e)) => {
+                    format!("SyncEnd {} {}", e.resource_version, e.object_count)
+                }
+                Some(Frame::EventBatch(b)) => {
+                    let names: Vec<String> = b
+                        .events
+                        .iter()
+                        .map(|e| format!("{}@{}", e.name, e.resource_version))
+                        .collect();
+                    format!("batch {}", names.join(","))
+                }
+                Some(Frame::WatchProgress(p)) => format!("progress {}", p.resource_version),
+                other => format!("{other:?}"),
+            }
+        }
+
+        async fn no_frame(&mut self) {
+            let f = tokio::time::timeout(Duration::from_millis(200), self.frames.recv()).await;
+            assert!(f.is_err(), "unexpected frame {f:?}");
+        }
+    }
+
+    async fn send(body: &mpsc::Sender<Result<BodyFrame<Bytes>, Infallible>>, bytes: Bytes) {
+        body.send(Ok(BodyFrame::data(bytes)))
+            .await
+            .expect("the client reads");
+    }
+
+    fn event(ty: &str, object: serde_json::Value) -> Bytes {
+        line(serde_json::json!({ "type": ty, "object": object }))
+    }
+
+    fn bookmark(version: &str) -> Bytes {
+        event(
+            "BOOKMARK",
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "resourceVersion": version }
+            }),
+        )
+    }
+
+    fn gone() -> Bytes {
+        event(
+            "ERROR",
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "message": "too old resource version", "reason": "Expired", "code": 410
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn lists_watches_from_the_list_and_passes_new_bookmarks_on_after_the_events() {
+        let mut rig = start(None, true);
+        rig.list(vec![cm("x", "5")], "10").await;
+        assert_eq!(rig.frame().await, "SyncStart");
+        assert_eq!(rig.frame().await, "batch x@5");
+        assert_eq!(rig.frame().await, "SyncEnd 10 1");
+
+        let body = rig.watch("10").await;
+        send(&body, event("ADDED", cm("y", "11"))).await;
+        send(&body, bookmark("12")).await;
+        // The event is still lingering when the bookmark comes: it must go first.
+        assert_eq!(rig.frame().await, "batch y@11");
+        assert_eq!(rig.frame().await, "progress 12");
+        // A bookmark at a version the hub already has says nothing new.
+        send(&body, bookmark("12")).await;
+        rig.no_frame().await;
+        send(&body, bookmark("13")).await;
+        assert_eq!(rig.frame().await, "progress 13");
+        assert_eq!(rig.metrics.watch_progress.get(), 2);
+
+        // 410 Gone: the kind is listed again, as a whole.
+        send(&body, gone()).await;
+        rig.list(vec![cm("y", "11")], "20").await;
+        assert_eq!(rig.frame().await, "SyncStart");
+        assert_eq!(rig.frame().await, "batch y@11");
+        assert_eq!(rig.frame().await, "SyncEnd 20 1");
+        rig.watch("20").await;
+        assert_eq!(rig.metrics.relists.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_the_capability_bookmarks_stay_with_the_agent() {
+        let mut rig = start(None, false);
+        rig.list(vec![], "10").await;
+        assert_eq!(rig.frame().await, "SyncStart");
+        assert_eq!(rig.frame().await, "SyncEnd 10 0");
+        let body = rig.watch("10").await;
+        send(&body, bookmark("15")).await;
+        rig.no_frame().await;
+        // The watch itself still moves on: the next one starts at the bookmark.
+        drop(body);
+        rig.watch("15").await;
+        assert_eq!(rig.metrics.watch_progress.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn resumes_without_listing_and_retries_a_failed_watch_from_the_same_version() {
+        let mut rig = start(Some("7"), true);
+        let body = rig.watch("7").await;
+        send(
+            &body,
+            event(
+                "ERROR",
+                serde_json::json!({
+                    "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                    "message": "etcd is unavailable", "reason": "InternalError", "code": 500
+                }),
+            ),
+        )
+        .await;
+        // Not a reason to relist: the same version again, after a pause.
+        let body = rig.watch("7").await;
+        send(&body, event("MODIFIED", cm("x", "8"))).await;
+        assert_eq!(rig.frame().await, "batch x@8");
+        // The server ends the watch (its timeout): the next starts at the last event.
+        drop(body);
+        rig.watch("8").await;
+        assert_eq!(rig.metrics.resumes.get(), 1);
+        assert_eq!(rig.metrics.relists.get(), 0);
+        assert_eq!(rig.metrics.watch_errors.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_resume_point_the_server_no_longer_has_relists() {
+        let mut rig = start(Some("7"), true);
+        let body = rig.watch("7").await;
+        send(&body, gone()).await;
+        rig.list(vec![cm("x", "9")], "30").await;
+        assert_eq!(rig.frame().await, "SyncStart");
+        assert_eq!(rig.frame().await, "batch x@9");
+        assert_eq!(rig.frame().await, "SyncEnd 30 1");
+        assert_eq!(rig.metrics.relists.get(), 1);
     }
 }
