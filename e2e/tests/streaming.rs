@@ -4,16 +4,11 @@
 //! accounts; relists after a watch expired; a quiet kind resuming through bookmarks.
 //! Every scenario ends with the hub's cache equal to a fresh list of the cluster.
 
-mod common;
-
-use common::agents::*;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use common::Env;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -24,7 +19,8 @@ use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::converge::{
     account_state, configmaps, converge, create_namespace, hub_snapshot, put_cm, wait_state,
 };
-use scale_agent_e2e::wait;
+use scale_agent_e2e::scenario::*;
+use scale_agent_e2e::{Env, runner, wait};
 use serde_json::json;
 
 const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
@@ -34,7 +30,7 @@ const RESTARTED: &str = "cluster-restarted";
 const QUIET: &str = "cluster-quiet";
 
 fn main() {
-    common::main(
+    runner::main(
         &[TARGETS[0], TARGETS[1], TARGETS[2], RESTARTED, QUIET],
         vec![
             ("objects_created_changed_deleted_reach_the_hub", |e| {
@@ -729,5 +725,5 @@ async fn relists(agent: &AgentProcess) -> u64 {
 }
 
 async fn metric(agent: &AgentProcess, name: &str) -> u64 {
-    scale_agent_e2e::converge::metric(&agent.admin, name).await
+    scale_agent_e2e::metrics::metric(&agent.admin, name).await
 }
