@@ -11,6 +11,7 @@
 //! - [`claims`]: the account-ownership rule, which the operator, its webhook and the hub
 //!   all use.
 //! - [`decode`]: reading a watch of AgentShards when one of them does not decode.
+//! - [`membership`]: which Leases are live replicas of a shard (agents and operator).
 //!
 //! This crate has types and pure functions only: no client, no I/O.
 
@@ -19,6 +20,7 @@ mod config;
 pub mod decode;
 mod error;
 mod identity;
+pub mod membership;
 mod quantity;
 mod shard;
 
