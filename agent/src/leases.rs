@@ -1,31 +1,39 @@
 //! Shard membership: one coordination Lease per replica, renewed every few seconds. The
-//! live members are the Leases of the shard whose renewal has not expired. SIGTERM
-//! deletes this replica's Lease so the others take its accounts at once.
+//! live members are the shard's Leases that prove they belong to a live replica: named
+//! after, owned by and held by a Running Pod of the shard's Deployment (the rule is
+//! [`scale_agent_crds::membership`], shared with the operator). A Lease anyone else
+//! wrote is ignored and logged, so it can neither join the shard nor take accounts off
+//! the real replicas. SIGTERM deletes this replica's Lease so the others take its
+//! accounts at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use scale_agent_crds::membership::{self, NotMember};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 
 /// The label that ties a Lease to its shard.
-pub const SHARD_LABEL: &str = "scaleagent.dev/shard";
+pub const SHARD_LABEL: &str = membership::SHARD_LABEL;
 const FIELD_MANAGER: &str = "scale-agent";
+/// At most this many refused Leases are named in one log line.
+const LOGGED_REFUSALS: usize = 10;
 
 /// How membership is kept.
 #[derive(Debug, Clone)]
 pub struct Membership {
-    /// Namespace of the shard (and of the Leases).
+    /// Namespace of the shard (and of the Leases and the agent pods).
     pub namespace: String,
     /// The shard's name.
     pub shard: String,
-    /// This replica's id.
+    /// This replica's id: its Pod's name.
     pub replica: String,
     /// How long a Lease stays valid without renewal.
     pub lease_duration: Duration,
@@ -35,8 +43,15 @@ pub struct Membership {
 
 impl Membership {
     fn lease_name(&self) -> String {
-        // Pod names are unique in the namespace; prefixing keeps our Leases apart from others'.
-        format!("scale-agent-{}", self.replica)
+        membership::lease_name(&self.replica)
+    }
+
+    fn pod_selector(&self) -> String {
+        membership::selector_labels(&self.shard)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -48,15 +63,21 @@ pub fn run(
 ) -> watch::Receiver<Vec<String>> {
     let (tx, rx) = watch::channel(Vec::new());
     tokio::spawn(async move {
-        let api: Api<Lease> = Api::namespaced(client, &m.namespace);
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &m.namespace);
+        let pods: Api<Pod> = Api::namespaced(client, &m.namespace);
         let mut failures = 0u32;
+        let mut refused_before: Vec<(String, NotMember)> = Vec::new();
         loop {
-            match renew_and_list(&api, &m).await {
-                Ok(members) => {
+            match renew_and_list(&leases, &pods, &m).await {
+                Ok((members, refused)) => {
                     if failures > 0 {
                         tracing::info!(shard = %m.shard, "lease renewal recovered");
                     }
                     failures = 0;
+                    if refused != refused_before {
+                        log_refused(&m, &refused);
+                        refused_before = refused;
+                    }
                     metrics.members.set(members.len() as i64);
                     tx.send_if_modified(|cur| {
                         if *cur != members {
@@ -92,55 +113,78 @@ pub fn run(
     rx
 }
 
-async fn renew_and_list(api: &Api<Lease>, m: &Membership) -> Result<Vec<String>> {
+/// Logs the shard's Leases that are not members, and why (a bounded number of them).
+fn log_refused(m: &Membership, refused: &[(String, NotMember)]) {
+    if refused.is_empty() {
+        return;
+    }
+    let named: Vec<String> = refused
+        .iter()
+        .take(LOGGED_REFUSALS)
+        .map(|(lease, why)| format!("{lease}: {why}"))
+        .collect();
+    tracing::warn!(shard = %m.shard, count = refused.len(), leases = ?named,
+        "Leases labelled for the shard that are not a live replica of it are ignored");
+}
+
+/// Renews this replica's Lease, owned by its Pod, and reads the members; returns them
+/// with the Leases that are not members.
+async fn renew_and_list(
+    leases: &Api<Lease>,
+    pods: &Api<Pod>,
+    m: &Membership,
+) -> Result<(Vec<String>, Vec<(String, NotMember)>)> {
     let now = Timestamp::now();
+    let pod_list = pods
+        .list(&ListParams::default().labels(&m.pod_selector()))
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("listing the agent pods of shard {}/{}", m.namespace, m.shard),
+            source,
+        })?;
+    let uid = pod_list
+        .items
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(m.replica.as_str()))
+        .and_then(|p| p.metadata.uid.clone())
+        .ok_or_else(|| Error::NotAReplica {
+            pod: format!("{}/{}", m.namespace, m.replica),
+            shard: m.shard.clone(),
+        })?;
     let lease = serde_json::json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
-        "metadata": { "name": m.lease_name(), "labels": { SHARD_LABEL: m.shard } },
+        "metadata": {
+            "name": m.lease_name(),
+            "labels": { SHARD_LABEL: m.shard },
+            // Proves the Lease is this Pod's; the garbage collector deletes it with the Pod.
+            "ownerReferences": [{ "apiVersion": "v1", "kind": "Pod", "name": m.replica, "uid": uid }],
+        },
         "spec": {
             "holderIdentity": m.replica,
             "leaseDurationSeconds": m.lease_duration.as_secs(),
             "renewTime": MicroTime(now),
         }
     });
-    api.patch(
-        &m.lease_name(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&lease),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        action: format!("renewing lease {}/{}", m.namespace, m.lease_name()),
-        source,
-    })?;
-    let list = api
+    leases
+        .patch(
+            &m.lease_name(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&lease),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("renewing lease {}/{}", m.namespace, m.lease_name()),
+            source,
+        })?;
+    let list = leases
         .list(&ListParams::default().labels(&format!("{SHARD_LABEL}={}", m.shard)))
         .await
         .map_err(|source| Error::Kube {
             action: format!("listing leases of shard {}/{}", m.namespace, m.shard),
             source,
         })?;
-    let mut members: Vec<String> = list
-        .items
-        .iter()
-        .filter_map(|l| live_holder(l, now))
-        .collect();
-    members.sort();
-    members.dedup();
-    Ok(members)
-}
-
-/// The holder of a Lease whose renewal has not expired at `now`.
-pub fn live_holder(lease: &Lease, now: Timestamp) -> Option<String> {
-    let spec = lease.spec.as_ref()?;
-    let holder = spec.holder_identity.clone()?;
-    let renewed = spec.renew_time.as_ref()?.0;
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    let expires = renewed
-        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(duration))
-        .ok()?;
-    (expires > now).then_some(holder)
+    Ok(membership::members(&m.shard, &list.items, &pod_list.items, now))
 }
 
 /// Gives this replica's Lease up (on SIGTERM), so its accounts move at once.
@@ -151,28 +195,5 @@ pub async fn release(client: kube::Client, m: &Membership) {
         Err(e) => {
             tracing::warn!(shard = %m.shard, error = %e, "releasing the lease failed; it expires by itself")
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lease(holder: &str, renewed: Timestamp, secs: i32) -> Lease {
-        serde_json::from_value(serde_json::json!({
-            "metadata": { "name": holder },
-            "spec": { "holderIdentity": holder, "leaseDurationSeconds": secs, "renewTime": MicroTime(renewed) }
-        }))
-        .expect("lease")
-    }
-
-    #[test]
-    fn expired_leases_are_not_members() {
-        let now = Timestamp::now();
-        let old = now
-            .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(30))
-            .expect("time");
-        assert_eq!(live_holder(&lease("a", now, 15), now).as_deref(), Some("a"));
-        assert_eq!(live_holder(&lease("b", old, 15), now), None);
     }
 }

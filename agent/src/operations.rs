@@ -15,6 +15,7 @@ use scale_agent_proto::v1::{
     ErrorCode, ObjectRef, Operation, OperationResult, PatchType, PropagationPolicy, operation::Kind,
 };
 use tokio::sync::OnceCell;
+use crate::objects;
 
 /// The field manager of every write the agent makes.
 pub const FIELD_MANAGER: &str = "scale-agent";
@@ -116,7 +117,7 @@ async fn execute(op: Operation, cluster: Option<Arc<Cluster>>) -> OperationResul
             success: true,
             message: String::new(),
             result_json: obj
-                .map(|o| serde_json::to_vec(&o).unwrap_or_default())
+                .map(|o| serde_json::to_vec(&objects::strip_result(o)).unwrap_or_default())
                 .unwrap_or_default()
                 .into(),
             error_code: ErrorCode::Unspecified as i32,

@@ -11,6 +11,7 @@
 //! - [`claims`]: the account-ownership rule, which the operator, its webhook and the hub
 //!   all use.
 //! - [`decode`]: reading a watch of AgentShards when one of them does not decode.
+//! - [`check_kubeconfig`]: what an account's kubeconfig may ask of the agent.
 //! - [`membership`]: which Leases are live replicas of a shard (agents and operator).
 //!
 //! This crate has types and pure functions only: no client, no I/O.
@@ -20,6 +21,7 @@ mod config;
 pub mod decode;
 mod error;
 mod identity;
+mod kubeconfig;
 pub mod membership;
 mod quantity;
 mod shard;
@@ -31,6 +33,9 @@ pub use config::{
 };
 pub use error::{ConfigError, QuantityProblem};
 pub use identity::{parse_shard_identity_uri, shard_identity_uri};
+pub use kubeconfig::{
+    KubeconfigAllow, KubeconfigFeature, KubeconfigProblem, KubeconfigTarget, check_kubeconfig,
+};
 pub use quantity::{format_quantity_bytes, parse_quantity_bytes};
 pub use shard::{
     AccountSpec, AccountState, AccountStatus, AgentShard, AgentShardSpec, AgentShardStatus,

@@ -209,6 +209,7 @@ fn start(
         },
         accounts: accs,
         budget: BudgetConfig::default(),
+        allow_kubeconfig: Default::default(),
     };
     let spec = AgentSpec {
         bin: workspace_binary("scale-agent")?,

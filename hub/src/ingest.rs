@@ -141,7 +141,7 @@ pub fn sync_start(session: &Session, start: &pb::SyncStart) {
         _ => SyncMode::FullRelist,
     };
     let started = on_held(session, &start.account, "sync_start_not_held", |cache| {
-        cache.sync_start(&kind, &version, mode);
+        cache.sync_start(&kind, &version, mode, &start.selection);
     });
     if started.is_some() {
         debug!(account = %start.account, kind = %clip(&kind.kind), group = %clip(&kind.group), ?mode, "sync started");
@@ -284,6 +284,7 @@ mod tests {
                 kind: gvk.clone(),
                 mode: pb::SyncMode::FullRelist as i32,
                 resource_version: String::new(),
+                selection: String::new(),
             },
         );
         watch_progress(

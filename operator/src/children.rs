@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use scale_agent_crds::{
     AccountConfig, AccountSpec, AgentConfig, AgentShard, BudgetConfig, ConfigError, HubConfig,
-    ShardRef, TlsConfig, config_map_name, deployment_name, kubeconfig_file_name,
+    KubeconfigAllow, ShardRef, TlsConfig, config_map_name, deployment_name, kubeconfig_file_name,
     kubeconfig_secret_name,
 };
 
@@ -52,6 +52,8 @@ pub struct Defaults {
     /// TLS Secret (in the shard's namespace) for shards without spec.hub; `{shard}` in the
     /// name is replaced by the shard's name, since each shard's certificate names it.
     pub hub_tls_secret: Option<String>,
+    /// Kubeconfig features accounts may use (`--allow-kubeconfig`); none by default.
+    pub allow_kubeconfig: KubeconfigAllow,
 }
 
 /// The shard as the operator builds its children: a shard that leaves `spec.hub` out gets
@@ -154,6 +156,7 @@ pub fn agent_config(
             .map(|a| AccountConfig::from_spec(a, kubeconfig_file_name(&a.name)))
             .collect(),
         budget: BudgetConfig::from_spec(&shard.spec.budget)?,
+        allow_kubeconfig: KubeconfigAllow::default(),
     };
     config.validate()?;
     Ok(config)
@@ -209,22 +212,30 @@ pub fn service_account(shard: &ShardRef, owner: &OwnerReference) -> ServiceAccou
     }
 }
 
-/// The Role of the per-shard ServiceAccount: only the coordination Leases the replicas
-/// use to split the accounts.
+/// The Role of the per-shard ServiceAccount: the coordination Leases the replicas use to
+/// split the accounts, and reading the Pods that prove a Lease is a replica's.
 pub fn role(shard: &ShardRef, owner: &OwnerReference) -> Role {
     Role {
         metadata: meta(shard, deployment_name(&shard.name), owner),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec!["coordination.k8s.io".to_owned()]),
-            resources: Some(vec!["leases".to_owned()]),
-            verbs: [
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ]
-            .iter()
-            .map(|v| (*v).to_owned())
-            .collect(),
-            ..PolicyRule::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["pods".to_owned()]),
+                verbs: vec!["get".to_owned(), "list".to_owned()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec!["coordination.k8s.io".to_owned()]),
+                resources: Some(vec!["leases".to_owned()]),
+                verbs: [
+                    "get", "list", "watch", "create", "update", "patch", "delete",
+                ]
+                .iter()
+                .map(|v| (*v).to_owned())
+                .collect(),
+                ..PolicyRule::default()
+            },
+        ]),
     }
 }
 
@@ -393,38 +404,12 @@ pub fn pdb(
     })
 }
 
-/// Checks a kubeconfig the agent will use: YAML of the kubeconfig shape, with a current
-/// context (or a single one) naming a cluster that is defined and has a server.
-pub fn validate_kubeconfig(bytes: &[u8]) -> Result<(), String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_owned())?;
-    let kc = kube::config::Kubeconfig::from_yaml(text)
-        .map_err(|e| format!("it does not parse as a kubeconfig: {e}"))?;
-    let context = match &kc.current_context {
-        Some(name) if !name.is_empty() => kc
-            .contexts
-            .iter()
-            .find(|c| &c.name == name)
-            .ok_or_else(|| format!("current-context {name:?} is not among its contexts"))?,
-        _ => match kc.contexts.as_slice() {
-            [only] => only,
-            [] => return Err("it has no context".to_owned()),
-            _ => return Err("it has several contexts and no current-context".to_owned()),
-        },
-    };
-    let cluster_name = context
-        .context
-        .as_ref()
-        .map(|c| c.cluster.clone())
-        .ok_or_else(|| format!("context {:?} names no cluster", context.name))?;
-    let cluster = kc
-        .clusters
-        .iter()
-        .find(|c| c.name == cluster_name)
-        .ok_or_else(|| format!("cluster {cluster_name:?} is not defined"))?;
-    match cluster.cluster.as_ref().and_then(|c| c.server.as_deref()) {
-        Some(server) if !server.is_empty() => Ok(()),
-        _ => Err(format!("cluster {cluster_name:?} has no server")),
-    }
+/// Checks a kubeconfig the agent will use (see [`scale_agent_crds::check_kubeconfig`]).
+pub fn validate_kubeconfig(
+    bytes: &[u8],
+    allow: &KubeconfigAllow,
+) -> Result<(), scale_agent_crds::KubeconfigProblem> {
+    scale_agent_crds::check_kubeconfig(bytes, allow).map(|_| ())
 }
 
 fn mount(name: &str, path: &str) -> VolumeMount {
@@ -605,14 +590,15 @@ mod tests {
     #[test]
     fn kubeconfigs_are_checked() {
         let good = b"apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
-        assert_eq!(validate_kubeconfig(good), Ok(()));
-        assert!(validate_kubeconfig(b"this is not a kubeconfig").is_err());
-        assert!(validate_kubeconfig(b"\xff\xfe").is_err());
+        let none = KubeconfigAllow::default();
+        assert_eq!(validate_kubeconfig(good, &none), Ok(()));
+        assert!(validate_kubeconfig(b"this is not a kubeconfig", &none).is_err());
+        assert!(validate_kubeconfig(b"\xff\xfe", &none).is_err());
         let no_cluster = b"apiVersion: v1\nkind: Config\ncontexts:\n- name: x\n  context:\n    cluster: c\ncurrent-context: x\n";
         assert!(
-            validate_kubeconfig(no_cluster)
+            validate_kubeconfig(no_cluster, &none)
                 .err()
-                .is_some_and(|e| e.contains("not defined"))
+                .is_some_and(|e| e.to_string().contains("not defined"))
         );
     }
 

@@ -19,7 +19,8 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 use scale_agent_crds::{
-    AccountSpec, AccountState, AccountStatus, AgentConfig, AgentShard, ShardRef, claims,
+    AccountSpec, AccountState, AccountStatus, AgentConfig, AgentShard, KubeconfigProblem, ShardRef,
+    claims,
 };
 
 use crate::children::{self, Defaults};
@@ -148,7 +149,7 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
     let mut waiting = false;
     for a in &shard.spec.accounts {
         let state = match f.resolutions.get(&a.name) {
-            Some(Resolution::Owned) => match kubeconfig(&sref, a, f.secrets) {
+            Some(Resolution::Owned) => match kubeconfig(&sref, a, f.secrets, defaults) {
                 Ok(bytes) => {
                     kubeconfigs.insert(a.name.clone(), bytes);
                     served.push(a);
@@ -263,6 +264,7 @@ fn kubeconfig(
     sref: &ShardRef,
     a: &AccountSpec,
     secrets: &BTreeMap<String, Option<Secret>>,
+    defaults: &Defaults,
 ) -> Result<Vec<u8>, (&'static str, String)> {
     let name = &a.kubeconfig_secret_ref.name;
     let key = &a.kubeconfig_secret_ref.key;
@@ -282,11 +284,15 @@ fn kubeconfig(
                 format!("Secret {name} has no key {key}"),
             )
         })?;
-    children::validate_kubeconfig(&bytes.0)
+    children::validate_kubeconfig(&bytes.0, &defaults.allow_kubeconfig)
         .map(|()| bytes.0.clone())
         .map_err(|why| {
+            let reason = match why {
+                KubeconfigProblem::Refused { .. } => reason::KUBECONFIG_REFUSED,
+                _ => reason::KUBECONFIG_INVALID,
+            };
             (
-                reason::KUBECONFIG_INVALID,
+                reason,
                 format!("the kubeconfig in Secret {name} key {key}: {why}"),
             )
         })
@@ -306,7 +312,9 @@ fn agent_config<'a>(
     let image = children::image(shard, defaults).ok_or_else(|| {
         "no agent image: set spec.image, or start the operator with --default-image".to_owned()
     })?;
-    let config = children::agent_config(sref, shard, hub, served).map_err(|e| e.to_string())?;
+    let mut config = children::agent_config(sref, shard, hub, served).map_err(|e| e.to_string())?;
+    // The agents check every kubeconfig again against the same allowance.
+    config.allow_kubeconfig = defaults.allow_kubeconfig.clone();
     Ok((config, image))
 }
 
@@ -619,6 +627,54 @@ mod tests {
         assert!(c.message.contains("kc-gone"), "{}", c.message);
     }
 
+    /// A kubeconfig that would run a program in the agent is Invalid (KubeconfigRefused)
+    /// and left out of the agent config, unless the operator allows exec; the agents get
+    /// the same allowance, to check again.
+    #[test]
+    fn kubeconfigs_that_run_code_are_refused_unless_allowed() {
+        let exec = KUBECONFIG.replace(
+            "user: {}",
+            "user:\n    exec: { apiVersion: client.authentication.k8s.io/v1, command: /bin/sh }",
+        );
+        let s = shard(&["exec", "ok"]);
+        let sec = secrets(&[
+            ("kc-exec", secret(Some(&exec))),
+            ("kc-ok", secret(Some(KUBECONFIG))),
+        ]);
+        let d = run(&s, &owned(&["exec", "ok"]), &sec);
+        let got = states(&d);
+        assert_eq!(got[0].2, "KubeconfigRefused", "{got:?}");
+        let st = status::compute(None, &d.observed, t(1_000));
+        let exec_status = st.account("exec").expect("exec account");
+        assert_eq!(exec_status.state, AccountState::Invalid);
+        assert!(
+            exec_status.message.contains("exec") && exec_status.message.contains("--allow-kubeconfig=exec"),
+            "{}",
+            exec_status.message
+        );
+        assert_eq!(config(&d).accounts.len(), 1);
+        assert!(config(&d).allow_kubeconfig.is_empty());
+
+        let allowing = Defaults {
+            allow_kubeconfig: scale_agent_crds::KubeconfigAllow(vec![
+                scale_agent_crds::KubeconfigFeature::Exec,
+            ]),
+            ..Defaults::default()
+        };
+        let d = decide(
+            Fetched {
+                shard: &s,
+                resolutions: &owned(&["exec", "ok"]),
+                secrets: &sec,
+            },
+            &allowing,
+            &t(1_000),
+        )
+        .expect("decides");
+        assert_eq!(config(&d).accounts.len(), 2);
+        assert_eq!(config(&d).allow_kubeconfig, allowing.allow_kubeconfig);
+    }
+
     #[test]
     fn no_hub_leaves_the_children_alone_and_keeps_what_the_config_carries() {
         let mut s = shard(&["a"]);
@@ -654,6 +710,7 @@ mod tests {
             image: Some("img:2".into()),
             service_account: Some("shared".into()),
             hub_tls_secret: None,
+            allow_kubeconfig: Default::default(),
         };
         let d = decide(
             Fetched {

@@ -192,6 +192,7 @@ pub async fn run(args: Args) -> Result<()> {
         image: args.default_image.clone(),
         service_account: Some(args.default_service_account.clone()).filter(|s| !s.is_empty()),
         hub_tls_secret: args.default_hub_tls_secret.clone(),
+        allow_kubeconfig: scale_agent_crds::KubeconfigAllow(args.allow_kubeconfig.clone()),
     };
     let manage = async {
         let mut running: Option<Task> = None;

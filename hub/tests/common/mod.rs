@@ -241,6 +241,7 @@ impl FakeAgent {
             kind: Some(gvk),
             mode: mode as i32,
             resource_version: String::new(),
+            selection: String::new(),
         }))
         .await
     }
