@@ -197,10 +197,9 @@ async fn serve(
     // Where the hub's cache of each kind stands: watches resume there instead of
     // relisting, when it was listed with the same selection and the cluster still has
     // that revision.
-    let mut points = Vec::new();
-    if r.accepted {
+    let points = if r.accepted {
         tracing::info!(cluster_id = %account.cluster_id, resume_points = r.resume_points.len(), "registered");
-        points = r.resume_points;
+        r.resume_points
     } else {
         let reason = RegisterReason::try_from(r.reason).unwrap_or_default();
         let owner = r.owner.as_ref().map(|o| {
@@ -226,10 +225,10 @@ async fn serve(
         };
         ctx.metrics.accounts_rejected.dec();
         match offered {
-            Some(r) => points = r?.resume_points,
+            Some(r) => r?.resume_points,
             None => return Ok(Duration::ZERO),
         }
-    }
+    };
     ctx.state.clear_problem(&name);
 
     let discovery = match Discovery::new(client.clone()).run_aggregated().await {

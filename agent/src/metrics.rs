@@ -2,7 +2,9 @@
 //! its field name is its metric name and its doc comment its help text.
 
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -53,26 +55,40 @@ metrics! {
 }
 
 /// Why a kind is listed again from scratch instead of resuming its watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RelistCause {
     /// The hub has no resume point for the kind (first sync, or a new holder).
-    #[prometheus(name = "no_resume_point")]
     NoResumePoint,
     /// The watch's resourceVersion expired (410 Gone, or the server no longer has it).
-    #[prometheus(name = "expired")]
     Expired,
     /// The account's cluster or filters differ from those the hub's cache was listed with.
-    #[prometheus(name = "selection_changed")]
     SelectionChanged,
     /// The hub's resume point is ahead of what the cluster has: not to be trusted.
-    #[prometheus(name = "suspicious_resume")]
     SuspiciousResume,
     /// The kind is watched in several namespaces: one resume point cannot resume them all.
-    #[prometheus(name = "several_namespaces")]
     SeveralNamespaces,
     /// The kind is no longer watched: listed empty so the hub drops what it cached.
-    #[prometheus(name = "kind_removed")]
     KindRemoved,
+}
+
+impl RelistCause {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoResumePoint => "no_resume_point",
+            Self::Expired => "expired",
+            Self::SelectionChanged => "selection_changed",
+            Self::SuspiciousResume => "suspicious_resume",
+            Self::SeveralNamespaces => "several_namespaces",
+            Self::KindRemoved => "kind_removed",
+        }
+    }
+}
+
+impl EncodeLabelValue for RelistCause {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
 }
 
 /// The label of `relists`.

@@ -107,6 +107,9 @@ pub fn strip(obj: &mut DynamicObject, secret: bool) {
 /// streamed object. A value that is no object (a Status without metadata) is returned
 /// as it is: it carries none of what is stripped.
 pub fn strip_result(value: serde_json::Value) -> serde_json::Value {
+    if !value.get("metadata").is_some_and(serde_json::Value::is_object) {
+        return value;
+    }
     let Ok(mut obj) = serde_json::from_value::<DynamicObject>(value.clone()) else {
         return value;
     };
