@@ -1,6 +1,6 @@
 //! Shard membership: one coordination Lease per replica, renewed every few seconds. The
 //! live members are the shard's Leases that prove they belong to a live replica: named
-//! after, owned by and held by a Running Pod of the shard's Deployment (the rule is
+//! after, owned by and held by a Pod of the shard's Deployment (the rule is
 //! [`scale_agent_crds::membership`], shared with the operator). A Lease anyone else
 //! wrote is ignored and logged, so it can neither join the shard nor take accounts off
 //! the real replicas. SIGTERM deletes this replica's Lease so the others take its
@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use scale_agent_crds::ShardRef;
 use scale_agent_crds::membership::{self, NotMember};
 use tokio::sync::watch;
 
@@ -47,7 +48,7 @@ impl Membership {
     }
 
     fn pod_selector(&self) -> String {
-        membership::selector_labels(&self.shard)
+        membership::agent_selector_labels(&self.shard)
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
@@ -158,7 +159,7 @@ async fn renew_and_list(
             "name": m.lease_name(),
             "labels": { SHARD_LABEL: m.shard },
             // Proves the Lease is this Pod's; the garbage collector deletes it with the Pod.
-            "ownerReferences": [{ "apiVersion": "v1", "kind": "Pod", "name": m.replica, "uid": uid }],
+            "ownerReferences": [membership::lease_owner(&m.replica, &uid)],
         },
         "spec": {
             "holderIdentity": m.replica,
@@ -184,7 +185,35 @@ async fn renew_and_list(
             action: format!("listing leases of shard {}/{}", m.namespace, m.shard),
             source,
         })?;
-    Ok(membership::members(&m.shard, &list.items, &pod_list.items, now))
+    Ok(members(m, &list.items, &pod_list.items, now))
+}
+
+/// The live members among `leases` (sorted, each once), and the Leases that are not
+/// members with why, by the shared rule ([`membership::member`]).
+pub fn members(
+    m: &Membership,
+    leases: &[Lease],
+    pods: &[Pod],
+    now: Timestamp,
+) -> (Vec<String>, Vec<(String, NotMember)>) {
+    let shard = ShardRef::new(m.namespace.clone(), m.shard.clone());
+    let mut ok = Vec::new();
+    let mut refused = Vec::new();
+    for lease in leases {
+        let pod = membership::holder(lease).and_then(|h| {
+            pods.iter()
+                .find(|p| p.metadata.name.as_deref() == Some(h))
+                .map(|p| &p.metadata)
+        });
+        match membership::member(&shard, lease, pod, now) {
+            Ok(member) => ok.push(member.replica),
+            Err(why) => refused.push((lease.metadata.name.clone().unwrap_or_default(), why)),
+        }
+    }
+    ok.sort();
+    ok.dedup();
+    refused.sort();
+    (ok, refused)
 }
 
 /// Gives this replica's Lease up (on SIGTERM), so its accounts move at once.
@@ -195,5 +224,64 @@ pub async fn release(client: kube::Client, m: &Membership) {
         Err(e) => {
             tracing::warn!(shard = %m.shard, error = %e, "releasing the lease failed; it expires by itself")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn membership() -> Membership {
+        Membership {
+            namespace: "ns".into(),
+            shard: "east".into(),
+            replica: "east-agent-5d8f-aaaaa".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(3),
+        }
+    }
+
+    fn pod(name: &str, uid: &str) -> Pod {
+        let mut labels = membership::agent_selector_labels("east");
+        labels.insert(membership::POD_TEMPLATE_HASH_LABEL.into(), "5d8f".into());
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": "ns", "uid": uid, "labels": labels,
+                "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "east-agent-5d8f", "uid": "rs", "controller": true }] },
+        }))
+        .expect("pod")
+    }
+
+    fn lease(holder: &str, uid: Option<&str>, now: Timestamp) -> Lease {
+        let owners: Vec<_> = uid.map(|u| membership::lease_owner(holder, u)).into_iter().collect();
+        serde_json::from_value(json!({
+            "metadata": { "name": membership::lease_name(holder), "namespace": "ns",
+                "labels": { SHARD_LABEL: "east" }, "ownerReferences": owners },
+            "spec": { "holderIdentity": holder, "leaseDurationSeconds": 3600, "renewTime": MicroTime(now) },
+        }))
+        .expect("lease")
+    }
+
+    /// Ghost Leases (no pod, a chosen name, a pod of another uid) are not members and
+    /// are reported with why; only the replicas backed by their pods count.
+    #[test]
+    fn only_leases_backed_by_live_agent_pods_are_members() {
+        let now = Timestamp::now();
+        let pods = [pod("east-agent-5d8f-aaaaa", "u1"), pod("east-agent-5d8f-bbbbb", "u2")];
+        let leases = [
+            lease("east-agent-5d8f-aaaaa", Some("u1"), now),
+            lease("east-agent-5d8f-bbbbb", Some("u2"), now),
+            lease("chosen-17", None, now),
+            lease("ghost-1", Some("u9"), now),
+            lease("east-agent-5d8f-bbbbb", Some("old-uid"), now),
+        ];
+        let (ok, refused) = members(&membership(), &leases, &pods, now);
+        assert_eq!(ok, ["east-agent-5d8f-aaaaa", "east-agent-5d8f-bbbbb"]);
+        let why: Vec<NotMember> = refused.iter().map(|(_, w)| *w).collect();
+        assert!(why.contains(&NotMember::NotOwnedByPod), "{refused:?}");
+        assert!(why.contains(&NotMember::NoSuchPod), "{refused:?}");
+        assert!(why.contains(&NotMember::PodReplaced), "{refused:?}");
+        assert_eq!(refused.len(), 3);
     }
 }

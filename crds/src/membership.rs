@@ -1,45 +1,45 @@
-//! Who is a replica of a shard: the membership rule the agents use to split a shard's
-//! accounts, and the operator uses to read what the replicas report.
+//! Which coordination Leases are replicas of a shard: the one membership rule the agents
+//! (to split the accounts) and the operator (to read the replicas' reports, see
+//! [`crate::report`]) share.
 //!
-//! Each agent replica keeps one coordination Lease in the shard's namespace. A label alone
-//! cannot be trusted: anyone who may write Leases there (and many apps may, for their own
-//! leader election) could add members, and an account assigned to a member that does not
-//! run is streamed by nobody. So a Lease counts only when it proves it belongs to a live
-//! replica of the shard:
+//! Anyone who may write Leases in a namespace (every shard's agents there, for a start)
+//! can write one labelled for any shard, so the label alone proves nothing. A Lease is
+//! a live member of shard `ns/name` when all of this holds:
 //!
-//! - it carries the label [`SHARD_LABEL`] with the shard's name, is named
-//!   [`lease_name`]`(pod)` and is held by `pod` (`spec.holderIdentity`), and its renewal
-//!   has not expired;
-//! - it has an ownerReference to Pod `pod` with that Pod's uid (which only someone who can
-//!   read the Pod knows, and which goes stale when the Pod is replaced: the garbage
-//!   collector then deletes the Lease);
-//! - Pod `pod` exists with that uid, is Running and not being deleted, carries the shard's
-//!   [`selector_labels`], and is controlled by a ReplicaSet of the shard's Deployment
-//!   (named `<shard>-agent-<hash>`; the garbage collector deletes a Pod whose controller
-//!   does not exist, so the reference cannot be made up).
+//! - it is in the shard's namespace and labelled `scaleagent.dev/shard=<name>`;
+//! - its `holderIdentity` is a pod name and the Lease is named after it
+//!   ([`lease_name`]), so there is one Lease per pod and a pod's own agent, renewing
+//!   it, overwrites whatever anyone else wrote there;
+//! - it is owned by that pod: an ownerReference with the pod's uid ([`lease_owner`]),
+//!   which a Lease of an earlier pod of the same name does not have (and garbage
+//!   collection deletes the Lease with its pod);
+//! - the pod exists, is not being deleted, carries the shard's agent labels
+//!   ([`agent_selector_labels`]) and is controlled by a ReplicaSet of the shard's agent
+//!   Deployment (`<name>-agent-<pod-template-hash>`);
+//! - its renewal has not expired.
 //!
-//! Faking a member therefore takes creating Pods in the shard's namespace, and whoever can
-//! do that can already run an agent with the shard's kubeconfigs.
+//! The rule trusts pods: who may create pods in the namespace may run an agent for any
+//! shard there anyway. It does not trust Lease writers.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::deployment_name;
+use crate::{ShardRef, deployment_name};
 
-/// The label that ties a Lease (and the agent pods) to its shard.
+/// The label naming the shard, on its agent pods, its children and its replicas' Leases.
 pub const SHARD_LABEL: &str = "scaleagent.dev/shard";
+/// The label the ReplicaSet controller puts on pods: their template's hash, the suffix
+/// of their ReplicaSet's name.
+pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+/// What every replica's Lease name starts with.
+pub const LEASE_PREFIX: &str = "scale-agent-";
 
-/// The name of the membership Lease of the replica running in Pod `pod`. Pod names are
-/// unique in a namespace; the prefix keeps these Leases apart from other apps'.
-pub fn lease_name(pod: &str) -> String {
-    format!("scale-agent-{pod}")
-}
-
-/// The labels that select shard `shard`'s agent pods (the Deployment's selector).
-pub fn selector_labels(shard: &str) -> BTreeMap<String, String> {
+/// The labels of shard `shard`'s agent pods (its Deployment's selector).
+pub fn agent_selector_labels(shard: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
@@ -50,344 +50,298 @@ pub fn selector_labels(shard: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// Why a Lease is not a member of a shard; agents log it (once per change) so a stray or
-/// forged Lease is visible.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NotMember {
-    /// The Lease is labelled for another shard (or not at all).
-    #[error("it is not labelled {SHARD_LABEL}={shard}")]
-    OtherShard {
-        /// The shard asked about.
-        shard: String,
-    },
-    /// No `spec.holderIdentity`.
-    #[error("it has no holder")]
-    NoHolder,
-    /// The Lease's name is not the one its holder's Lease must have.
-    #[error("its name is not {expected} (the Lease of its holder {holder})")]
-    Name {
-        /// The holder it names.
-        holder: String,
-        /// The name that holder's Lease has.
-        expected: String,
-    },
-    /// Not renewed within its duration (or no renewal time at all).
-    #[error("it has expired")]
-    Expired,
-    /// No ownerReference to the holder's Pod.
-    #[error("it is not owned by Pod {pod}")]
-    NoPodOwner {
-        /// The holder's Pod.
-        pod: String,
-    },
-    /// The holder's Pod does not exist, or is another Pod of that name now.
-    #[error("Pod {pod} with uid {uid} does not exist")]
-    NoPod {
-        /// The holder's Pod.
-        pod: String,
-        /// The uid the Lease's ownerReference names.
-        uid: String,
-    },
-    /// The Pod is being deleted, or is not Running.
-    #[error("Pod {pod} is not running")]
-    PodNotRunning {
-        /// The holder's Pod.
-        pod: String,
-    },
-    /// The Pod lacks one of the shard's selector labels.
-    #[error("Pod {pod} does not carry the labels of shard {shard}'s agent pods")]
-    PodLabels {
-        /// The holder's Pod.
-        pod: String,
-        /// The shard asked about.
-        shard: String,
-    },
-    /// The Pod is not controlled by a ReplicaSet of the shard's Deployment.
-    #[error("Pod {pod} is not controlled by a ReplicaSet of Deployment {deployment}")]
-    PodController {
-        /// The holder's Pod.
-        pod: String,
-        /// The shard's agent Deployment.
-        deployment: String,
-    },
+/// The label selector of every agent pod, whatever its shard (for list and watch calls).
+pub const AGENT_POD_SELECTOR: &str =
+    "app.kubernetes.io/name=scale-agent,app.kubernetes.io/component=agent";
+
+/// The Lease of the replica running in pod `pod`.
+pub fn lease_name(pod: &str) -> String {
+    format!("{LEASE_PREFIX}{pod}")
 }
 
-/// The replica (Pod name) `lease` proves to be a live member of shard `shard` at `now`,
-/// given the Pods of the shard's namespace; or why it does not.
-pub fn member(
-    shard: &str,
-    lease: &Lease,
-    pods: &[Pod],
-    now: Timestamp,
-) -> Result<String, NotMember> {
-    let labels = lease.metadata.labels.as_ref();
-    if labels.and_then(|l| l.get(SHARD_LABEL)).map(String::as_str) != Some(shard) {
-        return Err(NotMember::OtherShard {
-            shard: shard.to_owned(),
-        });
+/// The ownerReference a replica puts on its Lease: its pod (uid `pod_uid`). Not
+/// blocking the pod's deletion, so no permission on pods is needed to set it.
+pub fn lease_owner(pod: &str, pod_uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".to_owned(),
+        kind: "Pod".to_owned(),
+        name: pod.to_owned(),
+        uid: pod_uid.to_owned(),
+        controller: None,
+        block_owner_deletion: None,
     }
-    let spec = lease.spec.as_ref();
-    let holder = spec
-        .and_then(|s| s.holder_identity.clone())
+}
+
+/// A Lease that is a live member of its shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The replica: its pod's name.
+    pub replica: String,
+    /// When its renewal expires, unless renewed.
+    pub expires: Timestamp,
+}
+
+/// Why a Lease is not a live member of a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NotMember {
+    /// Another namespace, or not labelled for the shard.
+    OtherShard,
+    /// No holderIdentity.
+    NoHolder,
+    /// Not named after its holder.
+    NotNamedForHolder,
+    /// No ownerReference to its holder's pod.
+    NotOwnedByPod,
+    /// Its holder's pod does not exist.
+    NoSuchPod,
+    /// The ownerReference names another pod of the same name (an earlier one).
+    PodReplaced,
+    /// The pod is being deleted.
+    PodDeleting,
+    /// The pod is not an agent pod of the shard's Deployment.
+    PodNotOfShard,
+    /// Never renewed (no renewTime or duration).
+    NeverRenewed,
+    /// Its renewal expired.
+    Expired,
+}
+
+impl NotMember {
+    /// A stable CamelCase word for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::OtherShard => "OtherShard",
+            Self::NoHolder => "NoHolder",
+            Self::NotNamedForHolder => "NotNamedForHolder",
+            Self::NotOwnedByPod => "NotOwnedByPod",
+            Self::NoSuchPod => "NoSuchPod",
+            Self::PodReplaced => "PodReplaced",
+            Self::PodDeleting => "PodDeleting",
+            Self::PodNotOfShard => "PodNotOfShard",
+            Self::NeverRenewed => "NeverRenewed",
+            Self::Expired => "Expired",
+        }
+    }
+}
+
+impl fmt::Display for NotMember {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The pod a Lease claims to be held by: its holderIdentity (to look the pod up in the
+/// Lease's namespace).
+pub fn holder(lease: &Lease) -> Option<&str> {
+    lease
+        .spec
+        .as_ref()?
+        .holder_identity
+        .as_deref()
         .filter(|h| !h.is_empty())
-        .ok_or(NotMember::NoHolder)?;
-    let expected = lease_name(&holder);
-    if lease.metadata.name.as_deref() != Some(expected.as_str()) {
-        return Err(NotMember::Name { holder, expected });
+}
+
+/// Whether `lease` is a live member of `shard` at `now`, given `pod`, the metadata of
+/// the pod in the Lease's namespace named by its holder (`None`: no such pod). See the
+/// module documentation for the rule.
+pub fn member(
+    shard: &ShardRef,
+    lease: &Lease,
+    pod: Option<&ObjectMeta>,
+    now: Timestamp,
+) -> Result<Member, NotMember> {
+    let meta = &lease.metadata;
+    let labelled = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SHARD_LABEL))
+        .is_some_and(|s| *s == shard.name);
+    if meta.namespace.as_deref() != Some(shard.namespace.as_str()) || !labelled {
+        return Err(NotMember::OtherShard);
     }
-    if !live(lease, now) {
-        return Err(NotMember::Expired);
+    let replica = holder(lease).ok_or(NotMember::NoHolder)?;
+    if meta.name.as_deref() != Some(lease_name(replica).as_str()) {
+        return Err(NotMember::NotNamedForHolder);
     }
-    let uid = lease
-        .metadata
+    let owner_uid = meta
         .owner_references
         .iter()
         .flatten()
-        .find(|o| o.kind == "Pod" && o.api_version == "v1" && o.name == holder)
-        .map(|o| o.uid.clone())
-        .ok_or_else(|| NotMember::NoPodOwner {
-            pod: holder.clone(),
-        })?;
-    let pod = pods
-        .iter()
-        .find(|p| {
-            p.metadata.name.as_deref() == Some(holder.as_str())
-                && p.metadata.uid.as_deref() == Some(uid.as_str())
-        })
-        .ok_or_else(|| NotMember::NoPod {
-            pod: holder.clone(),
-            uid,
-        })?;
-    pod_of_shard(shard, pod)?;
-    Ok(holder)
+        .find(|o| o.kind == "Pod" && o.api_version == "v1" && o.name == replica)
+        .map(|o| o.uid.as_str())
+        .ok_or(NotMember::NotOwnedByPod)?;
+    let pod = pod.ok_or(NotMember::NoSuchPod)?;
+    if pod.name.as_deref() != Some(replica) || pod.namespace != meta.namespace {
+        return Err(NotMember::NoSuchPod);
+    }
+    if pod.uid.as_deref() != Some(owner_uid) {
+        return Err(NotMember::PodReplaced);
+    }
+    if pod.deletion_timestamp.is_some() {
+        return Err(NotMember::PodDeleting);
+    }
+    if !is_agent_pod_of(shard, pod) {
+        return Err(NotMember::PodNotOfShard);
+    }
+    let expires = expiry(lease).ok_or(NotMember::NeverRenewed)?;
+    if expires <= now {
+        return Err(NotMember::Expired);
+    }
+    Ok(Member {
+        replica: replica.to_owned(),
+        expires,
+    })
 }
 
-/// Checks that `pod` is a live agent pod of shard `shard`: Running, not being deleted,
-/// with the shard's selector labels, controlled by a ReplicaSet of the shard's Deployment.
-pub fn pod_of_shard(shard: &str, pod: &Pod) -> Result<(), NotMember> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-    if !running || pod.metadata.deletion_timestamp.is_some() {
-        return Err(NotMember::PodNotRunning { pod: name });
-    }
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    if selector_labels(shard)
+/// When a Lease's renewal expires: renewTime + leaseDurationSeconds.
+pub fn expiry(lease: &Lease) -> Option<Timestamp> {
+    let spec = lease.spec.as_ref()?;
+    let renewed = spec.renew_time.as_ref()?.0;
+    let seconds = spec.lease_duration_seconds.filter(|s| *s > 0)?;
+    renewed
+        .checked_add(SignedDuration::from_secs(i64::from(seconds)))
+        .ok()
+}
+
+/// Whether `pod` is an agent pod of `shard`'s Deployment: the shard's agent labels, and
+/// controlled by the ReplicaSet `<shard>-agent-<pod-template-hash>`.
+pub fn is_agent_pod_of(shard: &ShardRef, pod: &ObjectMeta) -> bool {
+    let Some(labels) = &pod.labels else {
+        return false;
+    };
+    let labelled = agent_selector_labels(&shard.name)
         .iter()
-        .any(|(k, v)| labels.get(k) != Some(v))
-    {
-        return Err(NotMember::PodLabels {
-            pod: name,
-            shard: shard.to_owned(),
-        });
-    }
-    let deployment = deployment_name(shard);
-    let prefix = format!("{deployment}-");
-    let controlled = pod.metadata.owner_references.iter().flatten().any(|o| {
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let Some(hash) = labels.get(POD_TEMPLATE_HASH_LABEL) else {
+        return false;
+    };
+    let replica_set = format!("{}-{hash}", deployment_name(&shard.name));
+    let controlled = pod.owner_references.iter().flatten().any(|o| {
         o.controller == Some(true)
             && o.kind == "ReplicaSet"
             && o.api_version == "apps/v1"
-            && o.name
-                .strip_prefix(&prefix)
-                .is_some_and(|hash| !hash.is_empty() && !hash.contains('-'))
+            && o.name == replica_set
     });
-    if !controlled {
-        return Err(NotMember::PodController {
-            pod: name,
-            deployment,
-        });
-    }
-    Ok(())
-}
-
-/// Whether `lease` was renewed less than its duration before `now`.
-pub fn live(lease: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = lease.spec.as_ref() else {
-        return false;
-    };
-    let Some(renewed) = spec.renew_time.as_ref().map(|t| t.0) else {
-        return false;
-    };
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0).max(0));
-    renewed
-        .checked_add(SignedDuration::from_secs(duration))
-        .is_ok_and(|expires| expires > now)
-}
-
-/// The live members of shard `shard` at `now`, sorted, each once, with the Leases that
-/// are not members and why. Every replica that computes it from the same Leases and Pods
-/// gets the same members.
-pub fn members(
-    shard: &str,
-    leases: &[Lease],
-    pods: &[Pod],
-    now: Timestamp,
-) -> (Vec<String>, Vec<(String, NotMember)>) {
-    let mut ok = Vec::new();
-    let mut refused = Vec::new();
-    for lease in leases {
-        match member(shard, lease, pods, now) {
-            Ok(m) => ok.push(m),
-            Err(why) => refused.push((lease.metadata.name.clone().unwrap_or_default(), why)),
-        }
-    }
-    ok.sort();
-    ok.dedup();
-    refused.sort_by(|a, b| a.0.cmp(&b.0));
-    (ok, refused)
+    labelled && controlled
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+
     use super::*;
-    use serde_json::json;
 
-    const SHARD: &str = "east";
-
-    fn now() -> Timestamp {
-        Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+    fn shard() -> ShardRef {
+        ShardRef::new("ns", "east")
     }
 
-    fn pod(name: &str, uid: &str) -> serde_json::Value {
-        json!({
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).expect("valid")
+    }
+
+    fn pod(name: &str, uid: &str) -> ObjectMeta {
+        let mut labels = agent_selector_labels("east");
+        labels.insert(POD_TEMPLATE_HASH_LABEL.into(), "5d8f".into());
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            uid: Some(uid.into()),
+            labels: Some(labels),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "ReplicaSet".into(),
+                name: "east-agent-5d8f".into(),
+                uid: "rs-uid".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn lease(pod: &str, uid: &str, renewed: i64) -> Lease {
+        let mut l: Lease = serde_json::from_value(serde_json::json!({
             "metadata": {
-                "name": name, "uid": uid,
-                "labels": selector_labels(SHARD),
-                "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                    "name": "east-agent-5d8f7c9b4", "uid": "rs-1", "controller": true }],
+                "name": lease_name(pod), "namespace": "ns",
+                "labels": { SHARD_LABEL: "east" },
             },
-            "status": { "phase": "Running" },
-        })
-    }
-
-    fn lease(pod: &str, uid: &str) -> serde_json::Value {
-        json!({
-            "metadata": {
-                "name": lease_name(pod),
-                "labels": { SHARD_LABEL: SHARD },
-                "ownerReferences": [{ "apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid }],
-            },
-            "spec": {
-                "holderIdentity": pod, "leaseDurationSeconds": 15,
-                "renewTime": "2027-01-15T08:00:00.000000Z",
-            },
-        })
-    }
-
-    fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-        serde_json::from_value(v).unwrap_or_else(|e| panic!("fixture: {e}"))
-    }
-
-    /// `now()` is 2027-01-15T08:00:00Z; the fixture Leases were renewed then.
-    fn check(l: serde_json::Value, p: serde_json::Value) -> Result<String, NotMember> {
-        member(SHARD, &parse(l), &[parse(p)], now())
+            "spec": { "holderIdentity": pod, "leaseDurationSeconds": 15, "renewTime": MicroTime(at(renewed)) }
+        }))
+        .expect("lease");
+        l.metadata.owner_references = Some(vec![lease_owner(pod, uid)]);
+        l
     }
 
     #[test]
-    fn a_replica_of_the_shard_is_a_member() {
+    fn a_lease_of_a_live_agent_pod_is_a_member_until_it_expires() {
+        let p = pod("east-agent-5d8f-abcde", "u1");
+        let l = lease("east-agent-5d8f-abcde", "u1", 100);
         assert_eq!(
-            check(lease("east-agent-1", "u1"), pod("east-agent-1", "u1")),
-            Ok("east-agent-1".into())
+            member(&shard(), &l, Some(&p), at(110)),
+            Ok(Member {
+                replica: "east-agent-5d8f-abcde".into(),
+                expires: at(115)
+            })
+        );
+        assert_eq!(
+            member(&shard(), &l, Some(&p), at(115)),
+            Err(NotMember::Expired)
         );
     }
 
     #[test]
-    fn a_lease_without_a_live_pod_of_the_shard_is_not() {
-        let good = || (lease("p", "u1"), pod("p", "u1"));
-        let cases: Vec<(
-            &str,
-            Box<dyn Fn(&mut serde_json::Value, &mut serde_json::Value)>,
-        )> = vec![
-            (
-                "other shard",
-                Box::new(|l, _| l["metadata"]["labels"][SHARD_LABEL] = json!("west")),
-            ),
-            (
-                "no holder",
-                Box::new(|l, _| l["spec"]["holderIdentity"] = json!(null)),
-            ),
-            (
-                "chosen name",
-                Box::new(|l, _| l["metadata"]["name"] = json!("scale-agent-zzz")),
-            ),
-            (
-                "holder not the pod",
-                Box::new(|l, _| l["spec"]["holderIdentity"] = json!("q")),
-            ),
-            (
-                "expired",
-                Box::new(|l, _| l["spec"]["renewTime"] = json!("2027-01-15T07:59:00.000000Z")),
-            ),
-            (
-                "no owner",
-                Box::new(|l, _| l["metadata"]["ownerReferences"] = json!([])),
-            ),
-            (
-                "owner is a ConfigMap",
-                Box::new(|l, _| l["metadata"]["ownerReferences"][0]["kind"] = json!("ConfigMap")),
-            ),
-            (
-                "stale uid",
-                Box::new(|l, _| l["metadata"]["ownerReferences"][0]["uid"] = json!("old")),
-            ),
-            (
-                "pod gone",
-                Box::new(|_, p| p["metadata"]["name"] = json!("other")),
-            ),
-            (
-                "pod pending",
-                Box::new(|_, p| p["status"]["phase"] = json!("Pending")),
-            ),
-            (
-                "pod deleting",
-                Box::new(|_, p| p["metadata"]["deletionTimestamp"] = json!("2027-01-15T07:59:00Z")),
-            ),
-            (
-                "pod of another shard",
-                Box::new(|_, p| p["metadata"]["labels"][SHARD_LABEL] = json!("west")),
-            ),
-            (
-                "pod without controller",
-                Box::new(|_, p| p["metadata"]["ownerReferences"][0]["controller"] = json!(false)),
-            ),
-            (
-                "pod of another Deployment",
-                Box::new(|_, p| {
-                    p["metadata"]["ownerReferences"][0]["name"] = json!("west-agent-5d8f7c9b4")
-                }),
-            ),
-            (
-                "pod of a Deployment named like ours",
-                Box::new(|_, p| {
-                    p["metadata"]["ownerReferences"][0]["name"] = json!("east-agent-x-5d8f7c9b4")
-                }),
-            ),
-            (
-                "pod of a bare ReplicaSet kind elsewhere",
-                Box::new(|_, p| {
-                    p["metadata"]["ownerReferences"][0]["apiVersion"] = json!("example.com/v1")
-                }),
-            ),
-        ];
-        for (what, spoil) in cases {
-            let (mut l, mut p) = good();
-            spoil(&mut l, &mut p);
-            assert!(check(l, p).is_err(), "{what}: counted as a member");
-        }
-    }
+    fn ghosts_are_not_members() {
+        let p = pod("east-agent-5d8f-abcde", "u1");
+        let good = lease("east-agent-5d8f-abcde", "u1", 100);
+        let now = at(101);
+        let check = |l: &Lease, p: Option<&ObjectMeta>| member(&shard(), l, p, now);
 
-    #[test]
-    fn members_are_sorted_unique_and_say_why_others_are_not() {
-        let leases: Vec<Lease> = vec![
-            parse(lease("b", "ub")),
-            parse(lease("a", "ua")),
-            parse(lease("ghost", "ug")),
-        ];
-        let pods: Vec<Pod> = vec![parse(pod("a", "ua")), parse(pod("b", "ub"))];
-        let (ok, refused) = members(SHARD, &leases, &pods, now());
-        assert_eq!(ok, vec!["a".to_owned(), "b".to_owned()]);
-        assert_eq!(refused.len(), 1);
-        assert_eq!(refused[0].0, "scale-agent-ghost");
-        assert!(matches!(refused[0].1, NotMember::NoPod { .. }));
-        assert!(refused[0].1.to_string().contains("ghost"));
+        // Labelled for another shard, or in another namespace.
+        let mut other = good.clone();
+        other.metadata.labels = Some([(SHARD_LABEL.to_owned(), "west".to_owned())].into());
+        assert_eq!(check(&other, Some(&p)), Err(NotMember::OtherShard));
+        let mut elsewhere = good.clone();
+        elsewhere.metadata.namespace = Some("other".into());
+        assert_eq!(check(&elsewhere, Some(&p)), Err(NotMember::OtherShard));
+
+        // A chosen name that is not its holder's.
+        let mut renamed = good.clone();
+        renamed.metadata.name = Some("scale-agent-zzz".into());
+        assert_eq!(check(&renamed, Some(&p)), Err(NotMember::NotNamedForHolder));
+
+        // Without the pod's ownerReference, or with an earlier pod's uid.
+        let mut unowned = good.clone();
+        unowned.metadata.owner_references = None;
+        assert_eq!(check(&unowned, Some(&p)), Err(NotMember::NotOwnedByPod));
+        let stale = lease("east-agent-5d8f-abcde", "u0", 100);
+        assert_eq!(check(&stale, Some(&p)), Err(NotMember::PodReplaced));
+
+        // A holder that is no pod, a pod being deleted, a pod of another Deployment.
+        assert_eq!(check(&good, None), Err(NotMember::NoSuchPod));
+        let mut going = p.clone();
+        going.deletion_timestamp = Some(Time(at(100)));
+        assert_eq!(check(&good, Some(&going)), Err(NotMember::PodDeleting));
+        let mut bare = p.clone();
+        bare.owner_references = None;
+        assert_eq!(check(&good, Some(&bare)), Err(NotMember::PodNotOfShard));
+        let mut west = p.clone();
+        if let Some(l) = west.labels.as_mut() {
+            l.insert(SHARD_LABEL.into(), "west".into());
+        }
+        assert_eq!(check(&good, Some(&west)), Err(NotMember::PodNotOfShard));
+        let mut other_rs = p.clone();
+        if let Some(o) = other_rs.owner_references.as_mut() {
+            o[0].name = "east-agent-other".into();
+        }
+        assert_eq!(check(&good, Some(&other_rs)), Err(NotMember::PodNotOfShard));
+
+        // Never renewed.
+        let mut never = good.clone();
+        if let Some(s) = never.spec.as_mut() {
+            s.renew_time = None;
+        }
+        assert_eq!(check(&never, Some(&p)), Err(NotMember::NeverRenewed));
+
+        assert!(check(&good, Some(&p)).is_ok());
     }
 }

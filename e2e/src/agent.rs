@@ -4,8 +4,8 @@
 //! Agents count only the Leases of live agent pods of their shard's Deployment as
 //! members, so each directly started agent gets a Pod of its own in the management
 //! cluster, named after its replica, with the shard's labels and controlled by a
-//! ReplicaSet named like the Deployment's (`<shard>-agent-<replica>`), running on a
-//! kwok node. The pod runner ([`crate::pods`]) leaves these pods alone.
+//! ReplicaSet named like the Deployment's (`<shard>-agent-<hash>`, the hash being the
+//! replica's name), running on a kwok node. The pod runner ([`crate::pods`]) leaves these pods alone.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -102,9 +102,14 @@ fn back_with_pod(spec: &AgentSpec, shard: &str) -> Result<()> {
         .replica
         .chars()
         .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
         .collect();
     let rs = format!("{}-{suffix}", scale_agent_crds::deployment_name(shard));
-    let mut labels = scale_agent_crds::membership::selector_labels(shard);
+    let mut labels = scale_agent_crds::membership::agent_selector_labels(shard);
+    labels.insert(
+        scale_agent_crds::membership::POD_TEMPLATE_HASH_LABEL.into(),
+        suffix.clone(),
+    );
     labels.insert("e2e.scaleagent.dev/replica".into(), spec.replica.clone());
     let annotations = BTreeMap::from([(DIRECT_AGENT_ANNOTATION.to_owned(), "true".to_owned())]);
     let pod_spec = serde_json::json!({
