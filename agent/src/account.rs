@@ -352,11 +352,21 @@ pub fn selection(config: &AccountConfig, account: &Account) -> String {
     let namespaces = sorted(&config.namespaces);
     let omitted = sorted(&config.omit_namespaces);
     field("cluster", &[&account.cluster_id, &account.server_url]);
-    field("namespaces", &namespaces.iter().map(String::as_str).collect::<Vec<_>>());
-    field("omitNamespaces", &omitted.iter().map(String::as_str).collect::<Vec<_>>());
+    field(
+        "namespaces",
+        &namespaces.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    field(
+        "omitNamespaces",
+        &omitted.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     field(
         "onlySpinnakerManaged",
-        &[if config.only_spinnaker_managed { "true" } else { "false" }],
+        &[if config.only_spinnaker_managed {
+            "true"
+        } else {
+            "false"
+        }],
     );
     let digest = h.finalize();
     let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
@@ -451,7 +461,8 @@ mod plan_tests {
     use super::*;
 
     fn config(yaml: &str) -> AccountConfig {
-        serde_yaml::from_str(&format!("name: a\nkubeconfigFile: a.kubeconfig\n{yaml}")).expect("config")
+        serde_yaml::from_str(&format!("name: a\nkubeconfigFile: a.kubeconfig\n{yaml}"))
+            .expect("config")
     }
 
     fn account(server: &str) -> Account {
@@ -485,15 +496,30 @@ mod plan_tests {
         assert_eq!(base, selection(&config(""), &account("https://a")));
         assert!(base.starts_with("e1:"));
         for (what, other) in [
-            ("omitNamespaces", selection(&config("omitNamespaces: [kube-system]"), &account("https://a"))),
-            ("namespaces", selection(&config("namespaces: [web]"), &account("https://a"))),
-            ("onlySpinnakerManaged", selection(&config("onlySpinnakerManaged: true"), &account("https://a"))),
+            (
+                "omitNamespaces",
+                selection(
+                    &config("omitNamespaces: [kube-system]"),
+                    &account("https://a"),
+                ),
+            ),
+            (
+                "namespaces",
+                selection(&config("namespaces: [web]"), &account("https://a")),
+            ),
+            (
+                "onlySpinnakerManaged",
+                selection(&config("onlySpinnakerManaged: true"), &account("https://a")),
+            ),
             ("server", selection(&config(""), &account("https://b"))),
         ] {
             assert_ne!(base, other, "{what} must change the selection");
         }
         // Kinds have their own resume points; order of namespaces does not matter.
-        assert_eq!(base, selection(&config("kinds: [ConfigMap]"), &account("https://a")));
+        assert_eq!(
+            base,
+            selection(&config("kinds: [ConfigMap]"), &account("https://a"))
+        );
         assert_eq!(
             selection(&config("namespaces: [a, b]"), &account("https://a")),
             selection(&config("namespaces: [b, a]"), &account("https://a"))
@@ -511,9 +537,18 @@ mod plan_tests {
         ];
         let (starts, cleared) = plan(&watched, points, "sel");
         assert_eq!(starts[&key("ConfigMap")], Start::Resume("10".into()));
-        assert_eq!(starts[&key("Secret")], Start::Relist(RelistCause::SelectionChanged));
-        assert_eq!(starts[&key("Service")], Start::Relist(RelistCause::NoResumePoint));
-        assert_eq!(starts[&key("Pod")], Start::Relist(RelistCause::NoResumePoint));
+        assert_eq!(
+            starts[&key("Secret")],
+            Start::Relist(RelistCause::SelectionChanged)
+        );
+        assert_eq!(
+            starts[&key("Service")],
+            Start::Relist(RelistCause::NoResumePoint)
+        );
+        assert_eq!(
+            starts[&key("Pod")],
+            Start::Relist(RelistCause::NoResumePoint)
+        );
         assert_eq!(cleared.len(), 1);
         assert_eq!(cleared[0].kind, "Namespace");
         // A hub that keeps no selection: resume as before.

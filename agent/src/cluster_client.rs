@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::retry::RetryPolicy;
 use kube::client::{Body, ClientBuilder, ConfigExt};
 use tower::ServiceBuilder;
@@ -26,9 +26,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the account's client from its kubeconfig's `config`.
 pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
-    let mut tls = config.rustls_client_config()?;
-    // Offer HTTP/2 first; a server that does not take it answers in HTTP/1.1.
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = config.rustls_client_config()?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(config.connect_timeout);
@@ -40,11 +38,16 @@ pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
         let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
             kube::Error::RustlsTls(kube::client::RustlsTlsError::InvalidServerName(e))
         })?;
-        builder = builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+        builder =
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
     }
+    // ALPN offers h2, then http/1.1: a server that does not take HTTP/2 answers in 1.1.
     let connector = builder.enable_all_versions().wrap_connector(http);
     let http_client: hyper_util::client::legacy::Client<_, Body> =
         hyper_util::client::legacy::Builder::new(TokioExecutor::new())
+            // Keepalive pings and idle-pool expiry need a timer.
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .http2_keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .http2_keep_alive_while_idle(true)

@@ -57,7 +57,10 @@ pub fn load(config_path: &Path, kubeconfig_dir: &Path) -> Result<Snapshot> {
             let kubeconfig = std::fs::read_to_string(&path)
                 .map_err(|e| format!("reading {}: {e}", path.display()))
                 .and_then(|text| {
-                    match scale_agent_crds::check_kubeconfig(text.as_bytes(), &config.allow_kubeconfig) {
+                    match scale_agent_crds::check_kubeconfig(
+                        text.as_bytes(),
+                        &config.allow_kubeconfig,
+                    ) {
                         Ok(_) => Ok(text),
                         Err(why) => Err(format!("kubeconfig {}: {why}", a.kubeconfig_file)),
                     }
@@ -166,13 +169,19 @@ mod tests {
         let snap = load(&path, &kc).expect("load");
         for (account, field) in [("a", "exec"), ("b", "tokenFile")] {
             let err = snap.accounts[account].kubeconfig.clone().expect_err(field);
-            assert!(err.contains(field) && err.contains("--allow-kubeconfig"), "{err}");
+            assert!(
+                err.contains(field) && err.contains("--allow-kubeconfig"),
+                "{err}"
+            );
         }
         // The operator allows reading files: the tokenFile account may run, exec still not.
         let text = std::fs::read_to_string(&path).expect("read");
         std::fs::write(&path, format!("{text}allowKubeconfig: [files]\n")).expect("write");
         let snap = load(&path, &kc).expect("load");
-        assert_eq!(snap.accounts["b"].kubeconfig.as_deref(), Ok(token_file.as_str()));
+        assert_eq!(
+            snap.accounts["b"].kubeconfig.as_deref(),
+            Ok(token_file.as_str())
+        );
         assert!(snap.accounts["a"].kubeconfig.is_err());
     }
 

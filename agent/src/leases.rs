@@ -140,7 +140,10 @@ async fn renew_and_list(
         .list(&ListParams::default().labels(&m.pod_selector()))
         .await
         .map_err(|source| Error::Kube {
-            action: format!("listing the agent pods of shard {}/{}", m.namespace, m.shard),
+            action: format!(
+                "listing the agent pods of shard {}/{}",
+                m.namespace, m.shard
+            ),
             source,
         })?;
     let uid = pod_list
@@ -254,7 +257,10 @@ mod tests {
     }
 
     fn lease(holder: &str, uid: Option<&str>, now: Timestamp) -> Lease {
-        let owners: Vec<_> = uid.map(|u| membership::lease_owner(holder, u)).into_iter().collect();
+        let owners: Vec<_> = uid
+            .map(|u| membership::lease_owner(holder, u))
+            .into_iter()
+            .collect();
         serde_json::from_value(json!({
             "metadata": { "name": membership::lease_name(holder), "namespace": "ns",
                 "labels": { SHARD_LABEL: "east" }, "ownerReferences": owners },
@@ -268,7 +274,10 @@ mod tests {
     #[test]
     fn only_leases_backed_by_live_agent_pods_are_members() {
         let now = Timestamp::now();
-        let pods = [pod("east-agent-5d8f-aaaaa", "u1"), pod("east-agent-5d8f-bbbbb", "u2")];
+        let pods = [
+            pod("east-agent-5d8f-aaaaa", "u1"),
+            pod("east-agent-5d8f-bbbbb", "u2"),
+        ];
         let leases = [
             lease("east-agent-5d8f-aaaaa", Some("u1"), now),
             lease("east-agent-5d8f-bbbbb", Some("u2"), now),

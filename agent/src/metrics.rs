@@ -154,7 +154,10 @@ mod tests {
             "scale_agent_relists_total{cause=\"expired\"} 2",
             "scale_agent_relists_total{cause=\"selection_changed\"} 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing from {text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from {text}"
+            );
         }
     }
 

@@ -107,7 +107,10 @@ pub fn strip(obj: &mut DynamicObject, secret: bool) {
 /// streamed object. A value that is no object (a Status without metadata) is returned
 /// as it is: it carries none of what is stripped.
 pub fn strip_result(value: serde_json::Value) -> serde_json::Value {
-    if !value.get("metadata").is_some_and(serde_json::Value::is_object) {
+    if !value
+        .get("metadata")
+        .is_some_and(serde_json::Value::is_object)
+    {
         return value;
     }
     let Ok(mut obj) = serde_json::from_value::<DynamicObject>(value.clone()) else {
@@ -281,9 +284,15 @@ mod tests {
             "type": "Opaque",
         });
         let out = strip_result(secret);
-        assert!(out.get("data").is_none() && out.get("stringData").is_none(), "{out}");
+        assert!(
+            out.get("data").is_none() && out.get("stringData").is_none(),
+            "{out}"
+        );
         assert!(out["metadata"].get("managedFields").is_none(), "{out}");
-        assert_eq!(out["metadata"]["annotations"], serde_json::json!({ "keep": "me" }));
+        assert_eq!(
+            out["metadata"]["annotations"],
+            serde_json::json!({ "keep": "me" })
+        );
         assert_eq!(out["type"], "Opaque");
         // Other kinds keep their data; a Status passes through.
         let cm = serde_json::json!({ "apiVersion": "v1", "kind": "ConfigMap",
@@ -291,7 +300,8 @@ mod tests {
         let out = strip_result(cm);
         assert_eq!(out["data"]["k"], "v");
         assert!(out["metadata"].get("managedFields").is_none());
-        let status = serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
+        let status =
+            serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
         assert_eq!(strip_result(status.clone()), status);
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::objects;
 use kube::api::{
     Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy as KubePropagation,
 };
@@ -15,7 +16,6 @@ use scale_agent_proto::v1::{
     ErrorCode, ObjectRef, Operation, OperationResult, PatchType, PropagationPolicy, operation::Kind,
 };
 use tokio::sync::OnceCell;
-use crate::objects;
 
 /// The field manager of every write the agent makes.
 pub const FIELD_MANAGER: &str = "scale-agent";

@@ -112,11 +112,19 @@ fn back_with_pod(spec: &AgentSpec, shard: &str) -> Result<()> {
     );
     labels.insert("e2e.scaleagent.dev/replica".into(), spec.replica.clone());
     let annotations = BTreeMap::from([(DIRECT_AGENT_ANNOTATION.to_owned(), "true".to_owned())]);
+    // A ServiceAccount of its own: a fresh namespace's `default` may not exist yet.
+    let service_account = "scale-agent-e2e-direct";
     let pod_spec = serde_json::json!({
         "nodeName": "kwok-node-0",
+        "serviceAccountName": service_account,
+        "automountServiceAccountToken": false,
         "containers": [{ "name": "agent", "image": "scale-agent:e2e" }],
     });
     let docs = [
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": { "name": service_account, "namespace": spec.namespace },
+        }),
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": { "name": spec.replica, "namespace": spec.namespace,

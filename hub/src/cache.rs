@@ -518,7 +518,11 @@ mod tests {
         let outcome = c.sync_end(&k, "v1", "3", 5);
         assert!(outcome.count_mismatch);
         assert_eq!(names(&c), ["api", "web"]);
-        assert!(c.resume_points().iter().all(|p| p.resource_version.is_empty()));
+        assert!(
+            c.resume_points()
+                .iter()
+                .all(|p| p.resource_version.is_empty())
+        );
     }
 
     #[test]
@@ -536,7 +540,11 @@ mod tests {
         let (mut c, k) = holding("web");
         c.sync_start(&k, "v1", SyncMode::FullRelist, "");
         c.abandon_open_syncs();
-        assert!(c.resume_points().iter().all(|p| p.resource_version.is_empty()));
+        assert!(
+            c.resume_points()
+                .iter()
+                .all(|p| p.resource_version.is_empty())
+        );
         c.sync_start(&k, "v1", SyncMode::FullRelist, "");
         assert_eq!(c.sync_end(&k, "v1", "9", 0).dropped, 1);
         assert!(c.is_empty());

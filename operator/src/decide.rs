@@ -648,7 +648,8 @@ mod tests {
         let exec_status = st.account("exec").expect("exec account");
         assert_eq!(exec_status.state, AccountState::Invalid);
         assert!(
-            exec_status.message.contains("exec") && exec_status.message.contains("--allow-kubeconfig=exec"),
+            exec_status.message.contains("exec")
+                && exec_status.message.contains("--allow-kubeconfig=exec"),
             "{}",
             exec_status.message
         );
