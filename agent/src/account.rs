@@ -104,13 +104,7 @@ async fn connect(desired: &AccountDesired) -> Result<(kube::Client, Account)> {
         .map_err(|e| kc_err(e.to_string()))?;
     let server = config.cluster_url.to_string();
     let ca = config.root_cert.clone().unwrap_or_default();
-    // Measurement switch for the connection comparison; removed before commit.
-    let client = if std::env::var_os("SCALE_AGENT_HTTP1").is_some() {
-        kube::Client::try_from(config)
-    } else {
-        crate::cluster_client::client(config)
-    }
-    .map_err(|e| kc_err(e.to_string()))?;
+    let client = crate::cluster_client::client(config).map_err(|e| kc_err(e.to_string()))?;
     let version = client
         .apiserver_version()
         .await

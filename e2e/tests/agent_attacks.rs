@@ -720,12 +720,20 @@ async fn one_connection_per_account(env: Arc<Env>) -> anyhow::Result<()> {
     let kcs = kubeconfigs(&env, &refs)?;
     let agent = start_agent(&env, &s, "conns-0", &cfg, &kcs, FAST_LEASES)?;
     let started = Instant::now();
-    wait::until("every account ready", Duration::from_secs(180), || async {
-        let r = reqwest::get(format!("http://{}/readyz", agent.admin))
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
+    let total = pairs.len() as u64;
+    wait::until(
+        "every account streaming and synced",
+        Duration::from_secs(180),
+        || async {
+            if metric(&agent.admin, "scale_agent_accounts_streaming").await != total {
+                return None;
+            }
+            let r = reqwest::get(format!("http://{}/readyz", agent.admin))
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
     .await
     .with_context(|| agent_log(&agent))?;
     let ready = started.elapsed();
