@@ -18,8 +18,7 @@
 //! is 401. `/healthz` and `/metrics` stay open. The file is re-read when it
 //! changes, so the token can be rotated without a restart.
 
-use std::path::{Path as FsPath, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
@@ -33,92 +32,16 @@ use axum::routing::{get, post};
 use scale_agent_proto::v1::{self as pb, HubFrame, hub_frame};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use subtle::ConstantTimeEq as _;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cache::{AccountCache, CachedObject, ObjectKey};
 use crate::operations::{self, Begin, OperationRequest, Outcome};
 use crate::registry::AccountState;
+use crate::secret::SecretFile;
 use crate::state::{Core, Shared};
 
-/// The bearer token of the HTTP API, read from a file and re-read when the
-/// file changes.
-#[derive(Debug)]
-pub struct ApiToken {
-    path: PathBuf,
-    current: RwLock<Vec<u8>>,
-}
-
-impl ApiToken {
-    fn read(path: &FsPath) -> Result<Vec<u8>, String> {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        let token = bytes.trim_ascii();
-        if token.is_empty() {
-            return Err("the file is empty".into());
-        }
-        Ok(token.to_vec())
-    }
-
-    /// Reads the token, and checks the file every `interval` for a new one.
-    /// A file that becomes unreadable or empty keeps the old token (logged).
-    pub fn watch(
-        path: &FsPath,
-        interval: Duration,
-        shutdown: CancellationToken,
-    ) -> Result<Arc<ApiToken>, crate::Error> {
-        let first = ApiToken::read(path).map_err(|message| crate::Error::ApiToken {
-            path: path.to_owned(),
-            message,
-        })?;
-        let token = Arc::new(ApiToken {
-            path: path.to_owned(),
-            current: RwLock::new(first),
-        });
-        let watched = Arc::clone(&token);
-        tokio::spawn(async move {
-            let mut last_error = String::new();
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                let path = watched.path.clone();
-                let Ok(read) = tokio::task::spawn_blocking(move || ApiToken::read(&path)).await
-                else {
-                    continue;
-                };
-                match read {
-                    Ok(next) => {
-                        last_error.clear();
-                        let mut current =
-                            watched.current.write().unwrap_or_else(|p| p.into_inner());
-                        if *current != next {
-                            *current = next;
-                            info!(path = %watched.path.display(), "API token file changed; the new token is in use");
-                        }
-                    }
-                    Err(err) => {
-                        if err != last_error {
-                            warn!(path = %watched.path.display(), %err, "cannot read the API token file; the previous token stays in use");
-                            last_error = err;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(token)
-    }
-
-    /// True when `presented` is the token (compared in constant time).
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-        bool::from(current.as_slice().ct_eq(presented))
-    }
-}
-
 async fn require_token(
-    State((shared, token)): State<(Arc<Shared>, Arc<ApiToken>)>,
+    State((shared, token)): State<(Arc<Shared>, Arc<SecretFile>)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -146,7 +69,7 @@ async fn require_token(
 }
 
 /// The router over the shared state; `/v1/...` needs `token` when set.
-pub fn router(shared: Arc<Shared>, token: Option<Arc<ApiToken>>) -> Router {
+pub fn router(shared: Arc<Shared>, token: Option<Arc<SecretFile>>) -> Router {
     let mut api = Router::new()
         .route("/v1/accounts", get(list_accounts))
         .route("/v1/accounts/{account}", get(get_account))

@@ -56,6 +56,7 @@ pub mod registration;
 pub mod registry;
 pub mod revocation;
 pub mod routing;
+pub mod secret;
 pub mod session;
 pub mod state;
 pub mod store;
@@ -105,11 +106,18 @@ impl Hub {
         let shared = Shared::new(config, ownership, shutdown.clone())?;
         let config = &shared.config;
         let api_token = match &config.api_token_file {
-            Some(path) => Some(http::ApiToken::watch(
-                path,
-                config.reload_interval,
-                shutdown.clone(),
-            )?),
+            Some(path) => Some(
+                secret::SecretFile::watch(
+                    "API token",
+                    path,
+                    config.reload_interval,
+                    shutdown.clone(),
+                )
+                .map_err(|message| Error::ApiToken {
+                    path: path.clone(),
+                    message,
+                })?,
+            ),
             None => None,
         };
         if let Some(rx) = &shared.ownership {
@@ -160,6 +168,12 @@ impl Hub {
                 None
             }
         };
+        for warning in identity::trust_warnings(
+            &config.trusted_proxies,
+            config.proxy_secret_file.is_some(),
+        ) {
+            warn!("INSECURE: {warning}");
+        }
         if config.authorize.is_none() {
             warn!(
                 "account ownership is not checked (no --authorize-shards): any agent may register any account"
