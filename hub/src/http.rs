@@ -9,7 +9,10 @@
 //!   `Kind.group` to pick a group; 404 when absent, 409 when ambiguous)
 //! - `POST /v1/accounts/{account}/operations` → `Outcome`: 200 success, 422
 //!   the agent or API server refused it, 400 malformed request, 404 unknown
-//!   account, 503 account disconnected, 504 no result before the deadline.
+//!   account, 409 the request's `id` was used on this account for a
+//!   different request, 503 account disconnected, 504 no result before the
+//!   deadline. An `id` is the caller's, scoped to the account: the same
+//!   request with the same id is answered once and the result returned again.
 //!
 //! Errors are `{"error": "..."}`.
 //!
@@ -29,13 +32,13 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use scale_agent_proto::v1::{self as pb, HubFrame, hub_frame};
+use scale_agent_proto::v1::{HubFrame, hub_frame};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::{info, warn};
 
 use crate::cache::{AccountCache, CachedObject, ObjectKey};
-use crate::operations::{self, Begin, OperationRequest, Outcome};
+use crate::operations::{self, Begin, CallerKey, OperationRequest, Outcome};
 use crate::registry::AccountState;
 use crate::secret::SecretFile;
 use crate::state::{Core, Shared};
@@ -418,35 +421,44 @@ async fn post_operation(
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let deadline = SystemTime::now() + timeout;
-    let op = pb::Operation {
-        id: id.clone(),
+    let key = CallerKey {
         account: account.clone(),
-        deadline: Some(operations::timestamp(deadline)),
-        kind: Some(kind),
+        id: id.clone(),
     };
-    let mut rx = match shared.operations.begin(op.clone(), session.clone()) {
+    let began = shared.operations.begin(
+        key,
+        kind,
+        Some(operations::timestamp(deadline)),
+        session.clone(),
+    );
+    let (wire, mut rx) = match began {
         Begin::Finished(outcome) => {
             let status = outcome_status(&outcome);
             return Ok((status, Json(outcome)).into_response());
         }
-        Begin::Joined(rx) => rx,
-        Begin::New(rx) => {
+        Begin::Conflict(message) => {
+            shared.metrics.operation("conflict");
+            return Err(ApiError::new(StatusCode::CONFLICT, message));
+        }
+        Begin::Joined(rx) => (None, rx),
+        Begin::New(op, rx) => {
+            let wire = op.id.clone();
             let Some(handle) = shared.session(&session) else {
-                shared.operations.give_up(&id);
+                shared.operations.give_up(&wire);
                 shared.metrics.operation("disconnected");
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("account {account} is disconnected: its session just ended"),
                 ));
             };
-            info!(operation = %id, %account, session = %session, replica = %handle.replica, "routing operation to the agent");
+            info!(operation = %id, wire_id = %wire, %account, session = %session, replica = %handle.replica, "routing operation to the agent");
             let frame = HubFrame {
                 frame: Some(hub_frame::Frame::Operation(op)),
             };
             match tokio::time::timeout(timeout, handle.tx.send(Ok(frame))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => {
-                    shared.operations.give_up(&id);
+                    shared.operations.give_up(&wire);
                     shared.metrics.operation("disconnected");
                     return Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -454,7 +466,7 @@ async fn post_operation(
                     ));
                 }
             }
-            rx
+            (Some(wire), rx)
         }
     };
     // A little past the deadline, so the agent's own DEADLINE_EXCEEDED can
@@ -465,7 +477,9 @@ async fn post_operation(
         Ok(Err(_)) | Err(_) => None,
     };
     let Some(outcome) = outcome else {
-        shared.operations.give_up(&id);
+        if let Some(wire) = &wire {
+            shared.operations.give_up(wire);
+        }
         shared.metrics.operation("timeout");
         warn!(operation = %id, %account, ?timeout, "no result from the agent before the deadline");
         let body = Outcome {

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use tracing::warn;
 
 use crate::ownership::{OwnershipRx, Verdict};
-use crate::registration::Refusal;
+use crate::registration::{DECISIONS_LOGGED, Refusal};
 use crate::registry::{Registry, Release, SessionId, ShardKey};
 use crate::state::Shared;
 
@@ -87,9 +87,18 @@ pub fn revoke_on_ownership_change(shared: Arc<Shared>, mut rx: OwnershipRx) {
                 SystemTime::now(),
             );
             let mut expiries = Vec::with_capacity(revoked.len());
-            for r in revoked {
-                warn!(account = %r.account, shard = %r.shard, session = %r.session, message = %r.refusal.message,
-                    "the shard no longer owns the account; revoked from its session");
+            let count = revoked.len();
+            for (i, r) in revoked.into_iter().enumerate() {
+                if i < DECISIONS_LOGGED {
+                    warn!(account = %r.account, shard = %r.shard, session = %r.session, message = %r.refusal.message,
+                        "the shard no longer owns the account; revoked from its session");
+                } else if i == DECISIONS_LOGGED {
+                    warn!(
+                        revoked = count,
+                        not_logged = count - DECISIONS_LOGGED,
+                        "more accounts revoked than are logged one by one"
+                    );
+                }
                 shared.metrics.registration_rejected(r.refusal.label);
                 shared.send_detached(&r.session, r.refusal.notice(r.account.clone()));
                 expiries.push((r.account, r.epoch));
@@ -108,7 +117,7 @@ mod tests {
     fn register(registry: &mut Registry, session: &str, shard_name: &str, account: &str) {
         let who = caller(session, shard_name, &format!("{shard_name}-0"));
         let reg = registration(account, &format!("uid-{account}"));
-        registry.register(&who, &reg, SystemTime::UNIX_EPOCH);
+        registry.register(&who, &reg, false, SystemTime::UNIX_EPOCH);
     }
 
     /// `west` now owns `moved`; `east` keeps `kept`; nobody lists `dropped`.
