@@ -1,7 +1,7 @@
 //! The HTTP JSON API: accounts, cached objects, operations; `/metrics` and
 //! `/healthz`.
 //!
-//! - `GET /v1/accounts` → `[Account]`
+//! - `GET /v1/accounts` → `[Account]` (`clusterId` only with an API token)
 //! - `GET /v1/accounts/{account}` → `Account` (404 when unknown)
 //! - `GET /v1/accounts/{account}/objects?kind=&namespace=` → `[Object]`
 //! - `GET /v1/accounts/{account}/objects/{kind}/{namespace}/{name}` → `Object`
@@ -13,6 +13,9 @@
 //!   different request, 503 account disconnected, 504 no result before the
 //!   deadline. An `id` is the caller's, scoped to the account: the same
 //!   request with the same id is answered once and the result returned again.
+//!
+//! Lists come in pages ([`page`]): `?limit=` (default 500, at most 5000)
+//! and `?continue=` with the token of the `x-continue` response header.
 //!
 //! Errors are `{"error": "..."}`.
 //!
@@ -39,7 +42,8 @@ use tracing::{info, warn};
 
 use crate::cache::{AccountCache, CachedObject, ObjectKey};
 use crate::operations::{self, Begin, CallerKey, OperationRequest, Outcome};
-use crate::registry::AccountState;
+use crate::page::{self, PageQuery};
+use crate::registry::{Account, AccountState};
 use crate::secret::SecretFile;
 use crate::state::{Core, Shared};
 
@@ -138,7 +142,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 #[serde(rename_all = "camelCase")]
 pub struct AccountView {
     name: String,
-    cluster_id: String,
+    /// The bound cluster's id; shown only to authenticated callers (with
+    /// `--api-token-file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<String>,
     /// `namespace/name` of the AgentShard.
     shard: String,
     replica: String,
@@ -153,38 +160,69 @@ pub struct AccountView {
     since_seconds: u64,
 }
 
-fn account_views(shared: &Shared, only: Option<&str>) -> Vec<AccountView> {
-    let core = shared.core();
-    let now = SystemTime::now();
-    core.registry
-        .accounts()
-        .filter(|a| only.is_none_or(|n| n == a.name))
-        .map(|a| AccountView {
-            name: a.name.clone(),
-            cluster_id: a.binding.cluster_id.clone(),
-            shard: a.binding.shard.to_string(),
-            replica: a.replica.clone(),
-            state: a.state(),
-            objects: core.cache.account(&a.name).map_or(0, AccountCache::len),
-            server_url: a.binding.server_url.clone(),
-            kubernetes_version: a.kubernetes_version.clone(),
-            session: a.session.as_ref().map(ToString::to_string),
-            since_seconds: now.duration_since(a.since).map_or(0, |d| d.as_secs()),
-        })
-        .collect()
+fn account_view(shared: &Shared, core: &Core, a: &Account, now: SystemTime) -> AccountView {
+    // Without an API token every caller is anonymous: the cluster id grants
+    // nothing, but it is the cluster's identity and stays between the hub and
+    // the callers it knows.
+    let authenticated = shared.config.api_token_file.is_some();
+    AccountView {
+        name: a.name.clone(),
+        cluster_id: authenticated.then(|| a.binding.cluster_id.clone()),
+        shard: a.binding.shard.to_string(),
+        replica: a.replica.clone(),
+        state: a.state(),
+        objects: core.cache.account(&a.name).map_or(0, AccountCache::len),
+        server_url: a.binding.server_url.clone(),
+        kubernetes_version: a.kubernetes_version.clone(),
+        session: a.session.as_ref().map(ToString::to_string),
+        since_seconds: now.duration_since(a.since).map_or(0, |d| d.as_secs()),
+    }
 }
 
-async fn list_accounts(State(shared): State<Arc<Shared>>) -> Json<Vec<AccountView>> {
-    Json(account_views(&shared, None))
+/// A JSON array answer, with the next page's token when more remain.
+fn page_response<T: Serialize>(items: &[T], next: Option<String>) -> Response {
+    let mut response = json_response(serde_json::to_vec(items));
+    if let Some(token) = next
+        && let Ok(value) = header::HeaderValue::from_str(&token)
+    {
+        response.headers_mut().insert(page::CONTINUE_HEADER, value);
+    }
+    response
+}
+
+fn bad_page(message: String) -> Response {
+    ApiError::new(StatusCode::BAD_REQUEST, message).into_response()
+}
+
+async fn list_accounts(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let (limit, after) = match query.limit().and_then(|l| Ok((l, query.after::<String>()?))) {
+        Ok(page) => page,
+        Err(message) => return bad_page(message),
+    };
+    let (views, next) = {
+        let core = shared.core();
+        let now = SystemTime::now();
+        page::take(
+            core.registry
+                .accounts_after(after.as_deref())
+                .map(|a| (a.name.clone(), account_view(&shared, &core, a, now))),
+            limit,
+        )
+    };
+    page_response(&views, next)
 }
 
 async fn get_account(
     State(shared): State<Arc<Shared>>,
     Path(account): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
-    account_views(&shared, Some(&account))
-        .pop()
-        .map(Json)
+    let core = shared.core();
+    core.registry
+        .get(&account)
+        .map(|a| Json(account_view(&shared, &core, a, SystemTime::now())))
         .ok_or_else(|| unknown_account(&account))
 }
 
@@ -222,13 +260,28 @@ fn view<'a>(key: &'a ObjectKey, object: &'a CachedObject) -> ObjectView<'a> {
     }
 }
 
-/// The objects of a known account that `keep` selects, borrowed from the
-/// cache; 404 when the hub does not know the account.
+/// The key of an object in a continue token.
+type TokenKey = (String, String, String, String);
+
+fn token_key(key: &ObjectKey) -> TokenKey {
+    (
+        key.group.clone(),
+        key.kind.clone(),
+        key.namespace.clone(),
+        key.name.clone(),
+    )
+}
+
+/// A page of the objects of a known account that `keep` selects, borrowed
+/// from the cache, with the next page's token; 404 when the hub does not know
+/// the account.
 fn object_views<'a>(
     core: &'a Core,
     account: &str,
+    after: Option<&ObjectKey>,
+    limit: usize,
     keep: impl Fn(&ObjectKey) -> bool,
-) -> Result<Vec<ObjectView<'a>>, ApiError> {
+) -> Result<(Vec<ObjectView<'a>>, Option<String>), ApiError> {
     if core.registry.get(account).is_none() {
         return Err(unknown_account(account));
     }
@@ -236,11 +289,13 @@ fn object_views<'a>(
         .cache
         .account(account)
         .map(|cache| {
-            cache
-                .objects()
-                .filter(|(k, _)| keep(k))
-                .map(|(k, o)| view(k, o))
-                .collect()
+            page::take(
+                cache
+                    .objects_after(after)
+                    .filter(|(k, _)| keep(k))
+                    .map(|(k, o)| (token_key(k), view(k, o))),
+                limit,
+            )
         })
         .unwrap_or_default())
 }
@@ -274,6 +329,8 @@ fn namespace_param(ns: &str) -> &str {
 struct ObjectQuery {
     kind: Option<String>,
     namespace: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
 }
 
 fn json_response(body: Result<Vec<u8>, serde_json::Error>) -> Response {
@@ -302,18 +359,32 @@ async fn list_objects(
         .as_deref()
         .filter(|n| !n.is_empty())
         .map(namespace_param);
+    let (limit, after) = match query
+        .page
+        .limit()
+        .and_then(|l| Ok((l, query.page.after::<TokenKey>()?)))
+    {
+        Ok(page) => page,
+        Err(message) => return bad_page(message),
+    };
+    let after = after.map(|(group, kind, namespace, name)| ObjectKey {
+        group,
+        kind,
+        namespace,
+        name,
+    });
     let core = shared.core();
     // Serialized under the lock: bodies are borrowed, not copied twice.
-    let views = match object_views(&core, &account, |k| {
+    let (views, next) = match object_views(&core, &account, after.as_ref(), limit, |k| {
         filter.as_ref().is_none_or(|f| f.matches(k)) && namespace.is_none_or(|ns| k.namespace == ns)
     }) {
-        Ok(views) => views,
+        Ok(page) => page,
         Err(err) => return err.into_response(),
     };
-    let body = serde_json::to_vec(&views);
+    let response = page_response(&views, next);
     drop(views);
     drop(core);
-    json_response(body)
+    response
 }
 
 async fn get_object(
@@ -323,10 +394,12 @@ async fn get_object(
     let filter = KindFilter::parse(&kind);
     let namespace = namespace_param(&namespace);
     let core = shared.core();
-    let matches = match object_views(&core, &account, |k| {
+    // At most a few objects share a name across groups: two are enough to
+    // call it ambiguous.
+    let matches = match object_views(&core, &account, None, 16, |k| {
         filter.matches(k) && k.namespace == namespace && k.name == name
     }) {
-        Ok(views) => views,
+        Ok((views, _)) => views,
         Err(err) => return err.into_response(),
     };
     let response = match matches.as_slice() {

@@ -52,6 +52,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod operations;
 pub mod ownership;
+pub mod page;
 pub mod registration;
 pub mod registry;
 pub mod revocation;

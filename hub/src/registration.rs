@@ -832,6 +832,89 @@ mod tests {
     }
 
     #[test]
+    fn without_agentshards_an_account_stays_with_the_shard_that_has_it() {
+        let mut core = Core::default();
+        let east = caller("s1", "east", "r1");
+        register(&mut core, &east, &Owners::Unchecked, &[("prod-1", "uid-a")]);
+        let west = caller("s2", "west", "w1");
+        for cluster in ["uid-a", "uid-guess"] {
+            let decided = register(&mut core, &west, &Owners::Unchecked, &[("prod-1", cluster)]);
+            let r = refusal(&decided[0]);
+            assert_eq!(r.reason, RegisterReason::NotOwner, "{cluster}: {r:?}");
+            assert!(decided[0].superseded.is_none() && decided[0].moved_from.is_none());
+            let owner = r.owner.as_ref().expect("the owner");
+            assert_eq!(owner.shard.as_ref().map(|s| s.name.as_str()), Some("east"));
+            assert_eq!(owner.replica_id, "r1", "the holder's replica is safe to say");
+            // The bound cluster id is said only to a caller that named it.
+            let told = if cluster == "uid-a" { "uid-a" } else { "" };
+            assert_eq!(owner.cluster_id, told);
+            assert!(!r.message.contains("uid-a"), "{}", r.message);
+        }
+        assert!(core.registry.holds("prod-1", &east.session));
+    }
+
+    #[test]
+    fn the_agentshards_owner_takes_the_account_and_the_old_session_is_displaced() {
+        let mut core = Core::default();
+        let west = caller("s1", "west", "w1");
+        register(&mut core, &west, &Owners::Unchecked, &[("prod-1", "uid-a")]);
+        let east = caller("s2", "east", "r1");
+        let decided = register(&mut core, &east, &east_owns_prod(), &[("prod-1", "uid-a")]);
+        assert!(matches!(decided[0].answer, Answer::Accepted(_)));
+        assert_eq!(decided[0].superseded, None, "another shard never supersedes");
+        assert_eq!(
+            decided[0].moved_from,
+            Some((west.session.clone(), shard("west")))
+        );
+        assert!(core.registry.holds("prod-1", &east.session));
+    }
+
+    #[test]
+    fn accounts_past_the_frame_or_session_limit_are_refused_saying_so() {
+        let mut core = Core::default();
+        let s1 = caller("s1", "east", "r1");
+        let limits = Limits {
+            per_session: 3,
+            per_frame: 2,
+        };
+        let accounts = |names: &[&str]| -> Vec<pb::Account> {
+            names
+                .iter()
+                .map(|n| pb::Account {
+                    name: (*n).into(),
+                    cluster_id: format!("uid-{n}"),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let now = SystemTime::UNIX_EPOCH;
+        let decided = decide(&mut core, &s1, &Owners::Unchecked, limits, accounts(&["a", "b", "c"]), now);
+        let labels: Vec<&str> = decided
+            .iter()
+            .map(|d| match &d.answer {
+                Answer::Accepted(_) => "accepted",
+                Answer::Refused(r) => r.label,
+            })
+            .collect();
+        assert_eq!(labels, ["accepted", "accepted", "too_many_in_frame"]);
+        assert!(refusal(&decided[2]).message.contains("at most 2 per frame"));
+        let decided = decide(&mut core, &s1, &Owners::Unchecked, limits, accounts(&["a", "c", "d"]), now);
+        let labels: Vec<&str> = decided
+            .iter()
+            .map(|d| match &d.answer {
+                Answer::Accepted(_) => "accepted",
+                Answer::Refused(r) => r.label,
+            })
+            .collect();
+        // "a" is held already (a refresh); "c" is the third; "d" is over.
+        assert_eq!(labels, ["accepted", "accepted", "too_many_in_frame"]);
+        let decided = decide(&mut core, &s1, &Owners::Unchecked, limits, accounts(&["d"]), now);
+        assert_eq!(refusal(&decided[0]).label, "too_many_in_session");
+        assert!(refusal(&decided[0]).message.contains("holds 3 accounts"));
+        assert_eq!(core.registry.counts(), (3, 0));
+    }
+
+    #[test]
     fn unknown_ownership_refuses_everything_for_a_retry() {
         let mut core = Core::default();
         let s1 = caller("s1", "east", "r1");

@@ -418,6 +418,16 @@ impl Registry {
         self.accounts.values()
     }
 
+    /// The accounts whose names sort after `after` (all when `None`), by
+    /// name: a page of the list.
+    pub fn accounts_after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = &'a Account> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |name| Bound::Excluded(name.to_owned()));
+        self.accounts
+            .range::<String, _>((start, Bound::Unbounded))
+            .map(|(_, a)| a)
+    }
+
     /// Accounts `session` holds.
     pub fn held_by<'a>(&'a self, session: &'a SessionId) -> impl Iterator<Item = &'a Account> + 'a {
         self.accounts
@@ -735,6 +745,103 @@ mod tests {
             );
         }
         assert_eq!(r.counts(), (0, 0));
+    }
+
+    #[test]
+    fn another_shard_never_takes_a_bound_name_nor_learns_its_cluster() {
+        let (mut r, s1) = held_by_s1(&[("prod", "uid-a")]);
+        let west = testing::caller("w1", "west", "w-0");
+        // The right cluster id, the wrong shard: refused, the holder keeps it.
+        let d = r.register(&west, &reg("prod", "uid-a"), false, now());
+        let Decision::Rejected {
+            reason: RejectReason::OtherShard,
+            message,
+            ..
+        } = d
+        else {
+            panic!("unexpected {d:?}");
+        };
+        assert!(message.contains("spinnaker/east"), "{message}");
+        assert!(r.holds("prod", &s1.session));
+        // Another cluster id from another shard: the message names no cluster.
+        let d = r.register(&west, &reg("prod", "uid-b"), true, now());
+        let Decision::Rejected {
+            reason: RejectReason::ClusterMismatch,
+            message,
+            ..
+        } = d
+        else {
+            panic!("unexpected {d:?}");
+        };
+        assert!(!message.contains("uid-a"), "{message}");
+        // Also while Disconnected.
+        r.disconnect_session(&s1.session, now());
+        assert!(matches!(
+            r.register(&west, &reg("prod", "uid-a"), false, now()),
+            Decision::Rejected {
+                reason: RejectReason::OtherShard,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_declared_owner_takes_the_name_and_the_old_shard_is_told_not_superseded() {
+        let (mut r, s1) = held_by_s1(&[("prod", "uid-a")]);
+        let west = testing::caller("w1", "west", "w-0");
+        let d = r.register(&west, &reg("prod", "uid-a"), true, now());
+        let Decision::Accepted {
+            superseded: None,
+            moved_from: Some((old, old_shard)),
+            persist: Some(binding),
+            ..
+        } = d
+        else {
+            panic!("unexpected {d:?}");
+        };
+        assert_eq!((old, old_shard), (s1.session.clone(), testing::shard("east")));
+        assert_eq!(binding.shard, testing::shard("west"));
+        // Now east is the other shard.
+        assert!(matches!(
+            r.register(&s1, &reg("prod", "uid-a"), false, now()),
+            Decision::Rejected {
+                reason: RejectReason::OtherShard,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_removal_sent_before_the_agent_heard_of_its_release_still_counts() {
+        let (mut r, s1) = held_by_s1(&[("prod", "uid-a"), ("stage", "uid-b")]);
+        // The hub releases both (a revocation); the agent, not knowing yet,
+        // says one was removed and the other merely stopped.
+        assert!(matches!(
+            r.unregister(&s1.session, "prod", false, now()),
+            Release::Disconnected(_)
+        ));
+        assert!(matches!(
+            r.unregister(&s1.session, "stage", false, now()),
+            Release::Disconnected(_)
+        ));
+        assert_eq!(
+            r.unregister(&s1.session, "prod", true, now()),
+            Release::Removed
+        );
+        assert!(r.get("prod").is_none(), "the name is free at once");
+        assert_eq!(
+            r.unregister(&s1.session, "stage", false, now()),
+            Release::NotHeld
+        );
+        // Once another session took an account, the old one's word is void.
+        let s2 = caller("s2", "r2");
+        r.register(&s2, &reg("stage", "uid-b"), false, now());
+        r.disconnect_session(&s2.session, now());
+        assert_eq!(
+            r.unregister(&s1.session, "stage", true, now()),
+            Release::NotHeld
+        );
+        assert!(r.get("stage").is_some());
     }
 
     #[test]
