@@ -58,6 +58,7 @@ pub mod registry;
 pub mod revocation;
 pub mod routing;
 pub mod secret;
+pub mod serve;
 pub mod session;
 pub mod state;
 pub mod store;
@@ -200,11 +201,12 @@ impl Hub {
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
         );
-        let http_task = tokio::spawn(
-            axum::serve(http_listener, http::router(Arc::clone(&shared), api_token))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
+        let http_task = tokio::spawn(serve::http(
+            http_listener,
+            http::router(Arc::clone(&shared), api_token),
+            config.http_limits,
+            shutdown.clone(),
+        ));
         info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
             max_connection_age = ?config.max_connection_age,
             store = %config.store.as_deref().map_or_else(|| "memory".into(), |p| p.display().to_string()), "hub started");

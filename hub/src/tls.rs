@@ -334,20 +334,12 @@ pub fn incoming(
     handshake_failures: prometheus_client::metrics::counter::Counter,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let mut acceptor = crate::serve::Acceptor::new(listener, "grpc");
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
+            let (stream, remote_addr) = tokio::select! {
                 () = shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, remote_addr) = match accepted {
-                Ok(a) => a,
-                Err(err) => {
-                    // Out of file descriptors and the like: wait, do not spin.
-                    warn!(%err, "accepting a gRPC connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+                accepted = acceptor.accept() => accepted,
             };
             let _ = stream.set_nodelay(true);
             match &tls {
