@@ -172,4 +172,56 @@ mod tests {
         assert!(revoke(&mut registry, rule, live, SystemTime::UNIX_EPOCH).is_empty());
         assert!(registry.holds("moved", &Arc::from("gone")));
     }
+
+    /// The race: the hub revokes an account (the AgentShards dropped it)
+    /// while the agent, not told yet, unregisters it as REMOVED. Before, the
+    /// Unregister was ignored (the session no longer held it) and the name
+    /// stayed bound for the whole grace period; now it is removed at once.
+    #[tokio::test]
+    async fn a_removal_that_races_a_revocation_frees_the_name_at_once() {
+        use crate::registration;
+        use crate::session::testing::{session, shared};
+        use scale_agent_proto::v1 as pb;
+
+        let shared = shared();
+        let (s, _rx) = session(&shared, "s1", "east", "east-0");
+        assert!(
+            registration::register(
+                &s,
+                pb::Register {
+                    accounts: vec![pb::Account {
+                        name: "dropped".into(),
+                        cluster_id: "uid-d".into(),
+                        ..Default::default()
+                    }],
+                }
+            )
+            .await
+        );
+        let revoked = revoke(
+            &mut shared.core().registry,
+            rule,
+            |_| Some(shard("east")),
+            SystemTime::now(),
+        );
+        assert_eq!(revoked.len(), 1);
+        registration::unregister(
+            &s,
+            &pb::Unregister {
+                account_names: vec!["dropped".into()],
+                reason: pb::UnregisterReason::Removed as i32,
+                message: "removed from the AgentShard".into(),
+            },
+        );
+        assert!(
+            shared.core().registry.get("dropped").is_none(),
+            "the account lingered after its agent removed it"
+        );
+        assert!(
+            shared
+                .metrics
+                .encode()
+                .contains(r#"scale_agent_hub_accounts_removed_total{reason="unregistered"} 1"#)
+        );
+    }
 }
