@@ -101,7 +101,10 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
     let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
     // Behind nginx (GrpcTls) the hub takes each agent's identity from the certificate
     // nginx verified and forwards; from anywhere else it would need its own TLS.
-    let mut hub_args = vec!["--trusted-proxy=127.0.0.1/32".to_string()];
+    let mut hub_args = vec![
+        "--trusted-proxy=127.0.0.1/32".to_string(),
+        format!("--client-ca={}", pki.ca_file.display()),
+    ];
     if o.mode == Mode::Passthrough {
         hub_args = vec![
             format!("--tls-cert={}", hub_cert.cert_file.display()),
@@ -122,6 +125,7 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
             tls_cert: lb_cert.cert_file,
             tls_key: lb_cert.key_file,
             client_ca: pki.ca_file.clone(),
+            proxy_secret: None,
         },
         &env.test_dir(&s.ns),
     )
