@@ -116,7 +116,10 @@ impl Nginx {
             ("TLS_CERT", opts.tls_cert.display().to_string()),
             ("TLS_KEY", opts.tls_key.display().to_string()),
             ("CLIENT_CA", opts.client_ca.display().to_string()),
-            ("PROXY_SECRET", opts.proxy_secret.clone().unwrap_or_default()),
+            (
+                "PROXY_SECRET",
+                opts.proxy_secret.clone().unwrap_or_default(),
+            ),
             ("NGINX_MODULES", "/usr/lib/nginx/modules".to_string()),
         ]);
         let conf_text = render(&template, &vars).map_err(|message| Error::Kubeconfig {

@@ -305,7 +305,10 @@ mod tests {
         std::fs::write(&ca, "the CA").expect("write");
         let defaults = config(&["--insecure"]);
         assert_eq!(
-            (defaults.max_accounts_per_session, defaults.max_accounts_per_frame),
+            (
+                defaults.max_accounts_per_session,
+                defaults.max_accounts_per_frame
+            ),
             (10_000, 1_000)
         );
         assert_eq!(defaults.http_limits, HttpLimits::default());
@@ -365,10 +368,16 @@ mod tests {
         assert_eq!(set.grace_period, Duration::from_secs(90));
         assert_eq!(set.store, Some(PathBuf::from("/var/lib/hub.db")));
         assert_eq!(set.trusted_proxies.len(), 1);
-        let forwarded = set.forwarded_client_ca.as_ref().expect("the CA of forwarded certificates");
+        let forwarded = set
+            .forwarded_client_ca
+            .as_ref()
+            .expect("the CA of forwarded certificates");
         assert_eq!(forwarded.pem, b"the CA");
         assert_eq!(forwarded.file.as_deref(), Some(ca.as_path()));
-        assert_eq!(set.proxy_secret_file, Some(PathBuf::from("/run/proxy-secret")));
+        assert_eq!(
+            set.proxy_secret_file,
+            Some(PathBuf::from("/run/proxy-secret"))
+        );
         assert_eq!(set.client_cert_header, "x-ssl-cert");
         assert_eq!(
             (set.max_accounts_per_session, set.max_accounts_per_frame),

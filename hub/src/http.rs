@@ -198,7 +198,10 @@ async fn list_accounts(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<PageQuery>,
 ) -> Response {
-    let (limit, after) = match query.limit().and_then(|l| Ok((l, query.after::<String>()?))) {
+    let (limit, after) = match query
+        .limit()
+        .and_then(|l| Ok((l, query.after::<String>()?)))
+    {
         Ok(page) => page,
         Err(message) => return bad_page(message),
     };

@@ -255,7 +255,10 @@ impl IdentityPolicy {
         Ok(IdentityPolicy {
             trusted_proxies: config.trusted_proxies.clone(),
             client_cert_header: config.client_cert_header.clone(),
-            mtls: config.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
+            mtls: config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_pem.is_some()),
             forwarded_ca,
             proxy_secret,
         })
@@ -604,7 +607,9 @@ mod tests {
 
     fn at(year: i32) -> UnixTime {
         let seconds = rcgen::date_time_ymd(year, 6, 1).unix_timestamp();
-        UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(seconds).expect("after 1970")))
+        UnixTime::since_unix_epoch(Duration::from_secs(
+            u64::try_from(seconds).expect("after 1970"),
+        ))
     }
 
     #[test]
@@ -665,8 +670,15 @@ mod tests {
         ));
         // A forwarded certificate signed by the CA and valid now is believed.
         assert_eq!(
-            proxied.resolve(Some(&peer("10.0.0.1", None)), header(&escaped(&signed)), now),
-            Ok(Some((shard("spinnaker", "east"), IdentitySource::Forwarded)))
+            proxied.resolve(
+                Some(&peer("10.0.0.1", None)),
+                header(&escaped(&signed)),
+                now
+            ),
+            Ok(Some((
+                shard("spinnaker", "east"),
+                IdentitySource::Forwarded
+            )))
         );
         // A self-signed one, or one not valid now, is not.
         for (cert, when, why) in [
@@ -689,7 +701,10 @@ mod tests {
                 header(&escaped(&signed)),
                 now
             ),
-            Ok(Some((shard("spinnaker", "west"), IdentitySource::Certificate)))
+            Ok(Some((
+                shard("spinnaker", "west"),
+                IdentitySource::Certificate
+            )))
         );
     }
 
@@ -704,8 +719,13 @@ mod tests {
             trusted_proxies: vec![parse_cidr("127.0.0.1").expect("ip")],
             forwarded_ca: Some(ForwardedCa::new(ca_pem.as_bytes()).expect("a CA")),
             proxy_secret: Some(
-                SecretFile::watch("proxy secret", &path, Duration::from_secs(60), shutdown.clone())
-                    .expect("readable"),
+                SecretFile::watch(
+                    "proxy secret",
+                    &path,
+                    Duration::from_secs(60),
+                    shutdown.clone(),
+                )
+                .expect("readable"),
             ),
             ..IdentityPolicy::default()
         };
@@ -728,7 +748,10 @@ mod tests {
         }
         assert_eq!(
             policy.resolve(Some(&peer), with(Some("shared")), at(2030)),
-            Ok(Some((shard("spinnaker", "east"), IdentitySource::Forwarded)))
+            Ok(Some((
+                shard("spinnaker", "east"),
+                IdentitySource::Forwarded
+            )))
         );
         shutdown.cancel();
     }

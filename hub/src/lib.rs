@@ -170,10 +170,9 @@ impl Hub {
                 None
             }
         };
-        for warning in identity::trust_warnings(
-            &config.trusted_proxies,
-            config.proxy_secret_file.is_some(),
-        ) {
+        for warning in
+            identity::trust_warnings(&config.trusted_proxies, config.proxy_secret_file.is_some())
+        {
             warn!("INSECURE: {warning}");
         }
         if config.authorize.is_none() {

@@ -885,7 +885,9 @@ mod tests {
         );
         let outcome = rx.borrow_and_update().clone().expect("completed");
         assert_eq!(outcome.id, "op-1", "the caller sees its own id");
-        assert!(matches!(ops.begin(key("a", "op-1"), scale(3), None, s1.clone()), Begin::Finished(o) if o == outcome));
+        assert!(
+            matches!(ops.begin(key("a", "op-1"), scale(3), None, s1.clone()), Begin::Finished(o) if o == outcome)
+        );
         assert!(matches!(
             ops.begin(key("a", "op-1"), scale(4), None, s1.clone()),
             Begin::Conflict(_)
@@ -955,24 +957,31 @@ mod tests {
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"managedFields": []}, "data": {"k": "v"}}]});
         strip(&mut list);
         assert_eq!(list["items"][0].get("data"), None);
-        assert_eq!(list["items"][1]["data"]["k"], "v", "a ConfigMap keeps its data");
+        assert_eq!(
+            list["items"][1]["data"]["k"], "v",
+            "a ConfigMap keeps its data"
+        );
         assert_eq!(list["items"][1]["metadata"].get("managedFields"), None);
         // A Secret of another group is not the core Secret.
-        let mut other = serde_json::json!({"apiVersion": "example.com/v1", "kind": "Secret", "data": {"k": 1}});
+        let mut other =
+            serde_json::json!({"apiVersion": "example.com/v1", "kind": "Secret", "data": {"k": 1}});
         strip(&mut other);
         assert_eq!(other["data"]["k"], 1);
     }
 
     #[test]
     fn failure_outcome_carries_code_and_status() {
-        let o = Outcome::from_result("x", &pb::OperationResult {
-            operation_id: "x".into(),
-            success: false,
-            message: "Deployment.apps \"x\" is invalid".into(),
-            error_code: ErrorCode::Invalid as i32,
-            http_status: 422,
-            ..Default::default()
-        });
+        let o = Outcome::from_result(
+            "x",
+            &pb::OperationResult {
+                operation_id: "x".into(),
+                success: false,
+                message: "Deployment.apps \"x\" is invalid".into(),
+                error_code: ErrorCode::Invalid as i32,
+                http_status: 422,
+                ..Default::default()
+            },
+        );
         assert!(!o.success);
         assert_eq!(o.code(), Some("INVALID"));
         assert_eq!(o.http_status, Some(422));

@@ -65,7 +65,7 @@ pub fn encode<K: serde::Serialize>(key: &K) -> String {
 
 fn decode<K: DeserializeOwned>(token: &str) -> Result<K, String> {
     let invalid = || "the continue token is not one this hub gave out".to_owned();
-    if token.len() % 2 != 0 || token.len() > 4 * 1024 {
+    if !token.len().is_multiple_of(2) || token.len() > 4 * 1024 {
         return Err(invalid());
     }
     let bytes = (0..token.len())
@@ -134,7 +134,12 @@ mod tests {
             };
             assert!(query.after::<String>().is_err(), "{bad}");
         }
-        let key = ("apps".to_owned(), "Deployment".to_owned(), "web".to_owned(), "a b/c".to_owned());
+        let key = (
+            "apps".to_owned(),
+            "Deployment".to_owned(),
+            "web".to_owned(),
+            "a b/c".to_owned(),
+        );
         let query = PageQuery {
             limit: None,
             continue_token: Some(encode(&key)),

@@ -62,13 +62,15 @@ impl Owners {
     /// it owns it (it may then take the name from another shard), `Ok(false)`
     /// when ownership is not checked (the registry's first-claim rule
     /// decides), the refusal otherwise.
-    pub fn check(&self, account: &str, shard: &ShardKey) -> Result<bool, Refusal> {
+    pub fn check(&self, account: &str, shard: &ShardKey) -> Result<bool, Box<Refusal>> {
         match self {
             Owners::Unchecked => Ok(false),
-            Owners::Unknown => Err(Refusal::ownership_unknown()),
+            Owners::Unknown => Err(Box::new(Refusal::ownership_unknown())),
             Owners::Known(rule) => match rule(account, shard) {
                 Verdict::Owner => Ok(true),
-                Verdict::NotOwner { owner, message } => Err(Refusal::not_owner(message, owner)),
+                Verdict::NotOwner { owner, message } => {
+                    Err(Box::new(Refusal::not_owner(message, owner)))
+                }
             },
         }
     }
@@ -368,7 +370,7 @@ fn decide_one(
             }
         }
         Err(refusal) => {
-            let refusal = refusal.tell(
+            let refusal = (*refusal).tell(
                 caller,
                 &account.cluster_id,
                 core.registry.get(&account.name),
@@ -391,7 +393,7 @@ fn admit(
     account: &pb::Account,
     declared: bool,
     now: SystemTime,
-) -> Result<(Vec<ResumePoint>, Option<Binding>, Displaced), Refusal> {
+) -> Result<(Vec<ResumePoint>, Option<Binding>, Displaced), Box<Refusal>> {
     let held_before = core.registry.holds(&account.name, &caller.session);
     let registration = Registration {
         name: account.name.clone(),
@@ -425,7 +427,7 @@ fn admit(
             reason,
             message,
             owner,
-        } => Err(Refusal::from_registry(reason, message, owner)),
+        } => Err(Box::new(Refusal::from_registry(reason, message, owner))),
     }
 }
 
@@ -557,7 +559,12 @@ impl Summary {
 /// Logs (while `summary` allows) and counts one decision, writes its
 /// binding, tells the session it displaced; the account's line of the
 /// answer.
-fn carry_out(session: &Session, caller: &Caller, d: Decided, summary: &mut Summary) -> AccountResult {
+fn carry_out(
+    session: &Session,
+    caller: &Caller,
+    d: Decided,
+    summary: &mut Summary,
+) -> AccountResult {
     let shared = &session.shared;
     let log = summary.count(&d);
     match &d.answer {
@@ -598,7 +605,8 @@ fn carry_out(session: &Session, caller: &Caller, d: Decided, summary: &mut Summa
             "account {} is owned by AgentShard {}, not by {old_shard}; it streams there now",
             d.account, caller.shard
         );
-        let notice = Refusal::revoked(message, Some(caller.shard.clone())).notice(d.account.clone());
+        let notice =
+            Refusal::revoked(message, Some(caller.shard.clone())).notice(d.account.clone());
         shared.send_detached(old_session, notice);
     }
     d.answer.result(d.account)
@@ -844,7 +852,10 @@ mod tests {
             assert!(decided[0].superseded.is_none() && decided[0].moved_from.is_none());
             let owner = r.owner.as_ref().expect("the owner");
             assert_eq!(owner.shard.as_ref().map(|s| s.name.as_str()), Some("east"));
-            assert_eq!(owner.replica_id, "r1", "the holder's replica is safe to say");
+            assert_eq!(
+                owner.replica_id, "r1",
+                "the holder's replica is safe to say"
+            );
             // The bound cluster id is said only to a caller that named it.
             let told = if cluster == "uid-a" { "uid-a" } else { "" };
             assert_eq!(owner.cluster_id, told);
@@ -861,7 +872,10 @@ mod tests {
         let east = caller("s2", "east", "r1");
         let decided = register(&mut core, &east, &east_owns_prod(), &[("prod-1", "uid-a")]);
         assert!(matches!(decided[0].answer, Answer::Accepted(_)));
-        assert_eq!(decided[0].superseded, None, "another shard never supersedes");
+        assert_eq!(
+            decided[0].superseded, None,
+            "another shard never supersedes"
+        );
         assert_eq!(
             decided[0].moved_from,
             Some((west.session.clone(), shard("west")))
@@ -888,7 +902,14 @@ mod tests {
                 .collect()
         };
         let now = SystemTime::UNIX_EPOCH;
-        let decided = decide(&mut core, &s1, &Owners::Unchecked, limits, accounts(&["a", "b", "c"]), now);
+        let decided = decide(
+            &mut core,
+            &s1,
+            &Owners::Unchecked,
+            limits,
+            accounts(&["a", "b", "c"]),
+            now,
+        );
         let labels: Vec<&str> = decided
             .iter()
             .map(|d| match &d.answer {
@@ -898,7 +919,14 @@ mod tests {
             .collect();
         assert_eq!(labels, ["accepted", "accepted", "too_many_in_frame"]);
         assert!(refusal(&decided[2]).message.contains("at most 2 per frame"));
-        let decided = decide(&mut core, &s1, &Owners::Unchecked, limits, accounts(&["a", "c", "d"]), now);
+        let decided = decide(
+            &mut core,
+            &s1,
+            &Owners::Unchecked,
+            limits,
+            accounts(&["a", "c", "d"]),
+            now,
+        );
         let labels: Vec<&str> = decided
             .iter()
             .map(|d| match &d.answer {
@@ -908,7 +936,14 @@ mod tests {
             .collect();
         // "a" is held already (a refresh); "c" is the third; "d" is over.
         assert_eq!(labels, ["accepted", "accepted", "too_many_in_frame"]);
-        let decided = decide(&mut core, &s1, &Owners::Unchecked, limits, accounts(&["d"]), now);
+        let decided = decide(
+            &mut core,
+            &s1,
+            &Owners::Unchecked,
+            limits,
+            accounts(&["d"]),
+            now,
+        );
         assert_eq!(refusal(&decided[0]).label, "too_many_in_session");
         assert!(refusal(&decided[0]).message.contains("holds 3 accounts"));
         assert_eq!(core.registry.counts(), (3, 0));

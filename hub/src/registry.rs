@@ -799,7 +799,10 @@ mod tests {
         else {
             panic!("unexpected {d:?}");
         };
-        assert_eq!((old, old_shard), (s1.session.clone(), testing::shard("east")));
+        assert_eq!(
+            (old, old_shard),
+            (s1.session.clone(), testing::shard("east"))
+        );
         assert_eq!(binding.shard, testing::shard("west"));
         // Now east is the other shard.
         assert!(matches!(

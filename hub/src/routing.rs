@@ -38,7 +38,9 @@ pub fn result(session: &Session, result: pb::OperationResult) {
         }
         Completion::WrongSession => {
             warn!(operation = %clip(&id), "result for an operation this session was not sent; ignored");
-            shared.metrics.frame_ignored("operation_result_wrong_session");
+            shared
+                .metrics
+                .frame_ignored("operation_result_wrong_session");
         }
     }
 }
@@ -67,8 +69,8 @@ mod tests {
     use crate::operations::{Begin, CallerKey};
     use crate::registration;
     use crate::registry::SessionId;
-    use crate::state::Shared;
     use crate::session::testing::{Inbox, session, shared};
+    use crate::state::Shared;
     use std::time::Duration;
 
     fn register(account: &str) -> pb::Register {
@@ -147,9 +149,16 @@ mod tests {
             ..Default::default()
         };
         result(&old, answer.clone());
-        assert!(done.borrow_and_update().is_none(), "not the session it went to");
+        assert!(
+            done.borrow_and_update().is_none(),
+            "not the session it went to"
+        );
         result(&new, answer.clone());
-        assert!(done.borrow_and_update().as_ref().is_some_and(|o| o.success && o.id == "op-1"));
+        assert!(
+            done.borrow_and_update()
+                .as_ref()
+                .is_some_and(|o| o.success && o.id == "op-1")
+        );
         result(&new, answer);
         let metrics = shared.metrics.encode();
         for reason in ["operation_result_unknown", "operation_result_wrong_session"] {
@@ -187,7 +196,10 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert!(done.borrow_and_update().is_none(), "the forged result completed it");
+        assert!(
+            done.borrow_and_update().is_none(),
+            "the forged result completed it"
+        );
         assert_eq!(
             shared.operations.pending(&op.id).map(|(_, s)| s),
             Some(holder.id.clone())
@@ -203,7 +215,9 @@ mod tests {
             },
         );
         assert_eq!(
-            done.borrow_and_update().as_ref().map(|o| o.message.as_str()),
+            done.borrow_and_update()
+                .as_ref()
+                .map(|o| o.message.as_str()),
             Some("real")
         );
     }

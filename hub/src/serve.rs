@@ -58,7 +58,11 @@ impl Acceptor {
             match self.listener.accept().await {
                 Ok(accepted) => {
                     if self.failures > 0 {
-                        info!(listener = self.what, failures = self.failures, "accepting connections again");
+                        info!(
+                            listener = self.what,
+                            failures = self.failures,
+                            "accepting connections again"
+                        );
                     }
                     self.delay = FIRST_BACKOFF;
                     self.failures = 0;
@@ -98,8 +102,10 @@ pub async fn http(
             Ok(slot) => slot,
             Err(_) => {
                 if full_since.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                    warn!(max_connections = limits.max_connections,
-                        "the HTTP API holds its most connections (--http-max-connections); new ones wait until one closes");
+                    warn!(
+                        max_connections = limits.max_connections,
+                        "the HTTP API holds its most connections (--http-max-connections); new ones wait until one closes"
+                    );
                     full_since = Some(Instant::now());
                 }
                 tokio::select! {

@@ -15,7 +15,6 @@ use common::{
 use scale_agent_hub::{RunningHub, TlsConfig};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-
 fn client_tls(trust: &str, identity: Option<&(String, String)>) -> ClientTlsConfig {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(trust))

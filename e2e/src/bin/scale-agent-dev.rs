@@ -240,8 +240,8 @@ fn random_secret() -> Result<String> {
 
 /// Writes a file only its owner can read.
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
