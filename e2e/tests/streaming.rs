@@ -209,7 +209,8 @@ async fn cluster_mismatch(env: Arc<Env>) -> anyhow::Result<()> {
     let held = account_state(&s.hub, "shared-name")
         .await
         .context("shared-name listed")?;
-    // Another shard claims the same name for a different cluster.
+    // Another shard claims the same name for a different cluster: the name is bound to
+    // the first shard (and its cluster), so it is refused as not its to take.
     let second = config(&s, "second", vec![account("shared-name", &s.ns)]);
     let b = start_agent(
         &env,
@@ -227,7 +228,7 @@ async fn cluster_mismatch(env: Arc<Env>) -> anyhow::Result<()> {
             let log = log.clone();
             async move {
                 let text = std::fs::read_to_string(&log).ok()?;
-                (text.contains("hub rejected the account") && text.contains("ClusterMismatch"))
+                (text.contains("hub rejected the account") && text.contains("NotOwner"))
                     .then_some(())
             }
         },
@@ -238,7 +239,9 @@ async fn cluster_mismatch(env: Arc<Env>) -> anyhow::Result<()> {
         .await
         .context("still listed")?;
     ensure!(
-        now["clusterId"] == held["clusterId"] && now["state"] == "Connected",
+        now["shard"] == held["shard"]
+            && now["serverUrl"] == held["serverUrl"]
+            && now["state"] == "Connected",
         "binding changed: {now}"
     );
     // The first keeps streaming.
