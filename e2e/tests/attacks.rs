@@ -38,6 +38,7 @@ fn main() {
 struct Stack {
     s: Scenario,
     nginx: Nginx,
+    secret: String,
 }
 
 async fn stack(env: &Env, name: &str) -> anyhow::Result<Stack> {
@@ -66,12 +67,12 @@ async fn stack(env: &Env, name: &str) -> anyhow::Result<Stack> {
             tls_cert: lb.cert_file,
             tls_key: lb.key_file,
             client_ca: pki.ca_file.clone(),
-            proxy_secret: Some(secret),
+            proxy_secret: Some(secret.clone()),
         },
         &env.test_dir(&s.ns),
     )
     .await?;
-    Ok(Stack { s, nginx })
+    Ok(Stack { s, nginx, secret })
 }
 
 /// A client certificate naming shard `ns/shard`: (cert PEM, key PEM, agent TLS settings).
@@ -176,28 +177,35 @@ async fn forged_certificates(env: Arc<Env>) -> anyhow::Result<()> {
     put_cm(&api, "before", "1").await?;
     converge(&s.hub, "victim", &api, &s.ns, Duration::from_secs(30)).await?;
 
-    let forged_header = vec![("x-client-cert", escaped(&forged(&s.ns, "prod-east")?))];
-    let refused = attempt(
-        direct(&s.hub.grpc).await?,
-        &forged_header,
-        &s.ns,
-        "prod-east",
-    )
-    .await?
-    .context("a self-signed certificate in the header opened a session")?;
-    ensure!(
-        refused.code() == tonic::Code::PermissionDenied,
-        "forged: {refused:?}"
-    );
-
+    // Straight to the hub's port: a self-signed certificate, then a genuine one of the
+    // shard (certificates are not secret). Without the proxy secret neither is read.
+    let forged_pem = forged(&s.ns, "prod-east")?;
     let (genuine_pem, _, _) = client_cert(&env, &s.ns, "prod-east")?;
-    let replayed = vec![("x-client-cert", escaped(&genuine_pem))];
-    let refused = attempt(direct(&s.hub.grpc).await?, &replayed, &s.ns, "prod-east")
+    for (what, pem) in [("forged", &forged_pem), ("replayed", &genuine_pem)] {
+        let headers = vec![("x-client-cert", escaped(pem))];
+        let refused = attempt(direct(&s.hub.grpc).await?, &headers, &s.ns, "prod-east")
+            .await?
+            .with_context(|| {
+                format!("a {what} certificate without the proxy secret opened a session")
+            })?;
+        ensure!(
+            refused.code() == tonic::Code::Unauthenticated,
+            "{what}: {refused:?}"
+        );
+    }
+    // Even with the secret (say it leaked), a certificate the agents' CA did not sign
+    // is refused.
+    let headers = vec![
+        ("x-client-cert", escaped(&forged_pem)),
+        ("x-scale-agent-proxy-secret", stack.secret.clone()),
+    ];
+    let refused = attempt(direct(&s.hub.grpc).await?, &headers, &s.ns, "prod-east")
         .await?
-        .context("a genuine certificate without the proxy secret opened a session")?;
+        .context("a self-signed certificate with the proxy secret opened a session")?;
     ensure!(
-        refused.code() == tonic::Code::Unauthenticated,
-        "replayed: {refused:?}"
+        refused.code() == tonic::Code::PermissionDenied
+            && refused.message().contains("not trusted"),
+        "forged with the secret: {refused:?}"
     );
 
     let (own_pem, own_key, _) = client_cert(&env, &s.ns, "intruder")?;
@@ -242,9 +250,9 @@ async fn forged_certificates(env: Arc<Env>) -> anyhow::Result<()> {
             .unwrap_or(0.0)
         })
         .sum();
-    ensure!(refusals >= 3.0, "three refusals counted: {text}");
+    ensure!(refusals >= 4.0, "four refusals counted: {text}");
     eprintln!(
-        "forged, replayed and smuggled certificates: 3 of 3 refused; the real agent kept its account"
+        "forged, replayed, forged-with-secret and smuggled certificates: 4 of 4 refused; the real agent kept its account"
     );
     Ok(())
 }
