@@ -105,7 +105,8 @@ pub struct Args {
     /// (repeatable; `*` for all namespaces) through the in-cluster config or
     /// KUBECONFIG, and accept an account only from the shard that lists it
     /// (and is not in Conflict for it); others get NOT_OWNER naming the owner.
-    /// Without it any agent may register any account (a warning is logged).
+    /// Without it a name belongs to the first shard that registers it, and is
+    /// refused to every other shard until it is removed (a warning is logged).
     #[arg(long = "authorize-shards", value_name = "NAMESPACE")]
     pub authorize_shards: Vec<String>,
 

@@ -68,8 +68,8 @@ pub struct Config {
     /// The header trusted proxies forward the client certificate in (nginx
     /// `$ssl_client_escaped_cert`: URL-encoded PEM).
     pub client_cert_header: String,
-    /// Where account ownership is learned from; `None`: no ownership check
-    /// (any shard may register any account).
+    /// Where account ownership is learned from; `None`: first claim (a name
+    /// belongs to the shard that registered it first, until it is removed).
     pub authorize: Option<ShardSource>,
     /// Sessions older than this (±10% jitter) are drained (Drain REBALANCE)
     /// so agents spread over hub replicas; `None`: never.

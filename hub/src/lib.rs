@@ -26,8 +26,15 @@
 //!   from the TLS session or forwarded by a trusted load balancer in a header
 //!   ([`identity`]); a Hello naming another shard is refused.
 //! - With [`Config::authorize`] an account is accepted only from the shard
-//!   whose AgentShard lists it ([`ownership`]); without it any agent may
-//!   register any account.
+//!   whose AgentShard lists it ([`ownership`]); without it a name belongs to
+//!   the first shard that registers it ([`registry`]). Either way another
+//!   shard never takes a streaming account, whatever cluster id it names.
+//! - Forwarded certificates must chain to the agents' CA
+//!   ([`Config::forwarded_client_ca`]); trusted proxies may have to prove
+//!   themselves with a shared secret ([`Config::proxy_secret_file`]).
+//! - Limits: accounts per session and per Register frame, HTTP header and
+//!   idle timeouts and a connection cap ([`serve`]), pages of every list
+//!   ([`page`]).
 //! - [`Config::api_token_file`]: the HTTP API needs a bearer token.
 //! - [`Config::max_connection_age`]: sessions are drained (REBALANCE) at an
 //!   age with jitter, so agents spread over hub replicas.
@@ -39,7 +46,9 @@
 //! [`revocation`] (accounts a shard no longer owns), [`registry`] (binding
 //! rules), [`cache`] (objects and resyncs), [`store`] (SQLite bindings),
 //! [`operations`] (requests and results), [`http`] (the JSON API),
-//! [`identity`], [`ownership`], [`tls`], [`metrics`], [`clip`].
+//! [`page`] (pages of its lists), [`serve`] (accept loops, the HTTP
+//! server's limits), [`identity`], [`secret`], [`ownership`], [`tls`],
+//! [`metrics`], [`clip`].
 
 pub mod cache;
 pub mod clip;
@@ -177,7 +186,7 @@ impl Hub {
         }
         if config.authorize.is_none() {
             warn!(
-                "account ownership is not checked (no --authorize-shards): any agent may register any account"
+                "account ownership is not checked against AgentShards (no --authorize-shards): a name belongs to the first shard that registers it"
             );
         }
         if config.api_token_file.is_none() {

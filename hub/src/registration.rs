@@ -42,8 +42,9 @@ pub type OwnerRule = Box<dyn Fn(&str, &ShardKey) -> Verdict + Send + Sync>;
 
 /// Whether, and how, ownership is checked for a Register.
 pub enum Owners {
-    /// Not enforced (no `--authorize-shards`): any shard may register any
-    /// account.
+    /// Not checked against AgentShards (no `--authorize-shards`): the
+    /// registry's first-claim rule alone decides (a name belongs to the shard
+    /// that registered it first).
     Unchecked,
     /// Enforced, but the AgentShards are not listed yet, so nobody can be
     /// told they own an account.
