@@ -103,8 +103,11 @@ async fn a_forwarded_certificate_is_believed_only_from_a_trusted_proxy() -> Resu
     Ok(())
 }
 
+/// AgentShard `spinnaker/<name>` listing `accounts`; its status (only when there are
+/// `conflicts`) shows each (account, owner) in Conflict. A status that does not list
+/// an account would say the name was claimed after the operator last wrote it.
 fn shard(name: &str, created: i64, accounts: &[&str], conflicts: &[(&str, &str)]) -> AgentShard {
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "apiVersion": "scaleagent.dev/v1alpha1",
         "kind": "AgentShard",
         "metadata": {
@@ -122,6 +125,11 @@ fn shard(name: &str, created: i64, accounts: &[&str], conflicts: &[(&str, &str)]
             })).collect::<Vec<_>>(),
         },
     });
+    if conflicts.is_empty()
+        && let Some(object) = value.as_object_mut()
+    {
+        object.remove("status");
+    }
     serde_json::from_value(value).expect("an AgentShard")
 }
 
