@@ -168,7 +168,7 @@ async fn forged_certificates(env: Arc<Env>) -> anyhow::Result<()> {
         "prod-east-0",
         &cfg,
         &kcs,
-        &["--lease-renew-millis=500"],
+        &["--lease-renew-interval=500ms"],
     )?;
     wait_state(&s.hub, "victim", "Connected", Duration::from_secs(40))
         .await
@@ -286,7 +286,7 @@ async fn another_shard(env: Arc<Env>) -> anyhow::Result<()> {
         "team-b-0",
         &cfg,
         &kubeconfigs(&env, &[("contested", "cluster-2")])?,
-        &["--lease-renew-millis=500"],
+        &["--lease-renew-interval=500ms"],
     )?;
     let log = second.proc.log().to_path_buf();
     wait::until(
