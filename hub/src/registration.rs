@@ -302,22 +302,11 @@ pub fn decide(
     accounts: Vec<pb::Account>,
     now: SystemTime,
 ) -> Vec<Decided> {
-    let total = accounts.len();
+    let (accounts, excess) = split_frame(accounts, limits.per_frame);
     let mut held = core.registry.held_by(&caller.session).count();
-    accounts
+    let mut decided: Vec<Decided> = accounts
         .into_iter()
-        .enumerate()
-        .map(|(i, account)| {
-            if i >= limits.per_frame {
-                let refusal = Refusal::over_limit(
-                    "too_many_in_frame",
-                    format!(
-                        "this Register frame carries {total} accounts; the hub takes at most {} per frame (--max-accounts-per-frame): register the rest in later frames",
-                        limits.per_frame
-                    ),
-                );
-                return refused(account, refusal);
-            }
+        .map(|account| {
             let already = core.registry.holds(&account.name, &caller.session);
             if !already && held >= limits.per_session {
                 let refusal = Refusal::over_limit(
@@ -334,7 +323,36 @@ pub fn decide(
             }
             decided
         })
-        .collect()
+        .collect();
+    decided.extend(excess);
+    decided
+}
+
+/// Splits a Register's accounts into the first `per_frame`, to decide, and
+/// the refusals of the rest. Needs no lock: [`register`] calls it before it
+/// takes one, so a huge frame costs other sessions nothing.
+pub fn split_frame(
+    mut accounts: Vec<pb::Account>,
+    per_frame: usize,
+) -> (Vec<pb::Account>, Vec<Decided>) {
+    if accounts.len() <= per_frame {
+        return (accounts, Vec::new());
+    }
+    let total = accounts.len();
+    let excess = accounts.split_off(per_frame);
+    let message = format!(
+        "this Register frame carries {total} accounts; the hub takes at most {per_frame} per frame (--max-accounts-per-frame): register the rest in later frames"
+    );
+    let refusals = excess
+        .into_iter()
+        .map(|account| {
+            refused(
+                account,
+                Refusal::over_limit("too_many_in_frame", message.clone()),
+            )
+        })
+        .collect();
+    (accounts, refusals)
 }
 
 fn refused(account: pb::Account, refusal: Refusal) -> Decided {
@@ -479,17 +497,19 @@ pub async fn register(session: &Session, reg: pb::Register) -> bool {
         per_session: shared.config.max_accounts_per_session,
         per_frame: shared.config.max_accounts_per_frame,
     };
-    let decided = {
+    let (accounts, excess) = split_frame(reg.accounts, limits.per_frame);
+    let mut decided = {
         let mut core = shared.core();
         decide(
             &mut core,
             &caller,
             &owners,
             limits,
-            reg.accounts,
+            accounts,
             SystemTime::now(),
         )
     };
+    decided.extend(excess);
     let accepted: Vec<String> = decided
         .iter()
         .filter(|d| matches!(d.answer, Answer::Accepted(_)))
