@@ -156,7 +156,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,kube_client=off")),
         )
         .with_writer(std::io::stderr)
         .init();
