@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use scale_agent_e2e::bench::goal::Goal;
 use scale_agent_e2e::bench::report::Figure;
@@ -65,7 +66,7 @@ async fn watchers(
     for (ns, api) in apis {
         let (ns, api, arrivals, tx) = (ns.clone(), api.clone(), Arc::clone(arrivals), tx.clone());
         tasks.spawn(async move {
-            let stream = watcher::watcher(api, watcher::Config::default());
+            let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
             futures::pin_mut!(stream);
             while let Some(e) = stream.next().await {
                 match e {

@@ -167,7 +167,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(params)) {
+    let result = rt.block_on(run(params));
+    // A task still running must not keep the process from exiting.
+    rt.shutdown_timeout(Duration::from_secs(10));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("benchmark failed: {e:#}");

@@ -17,6 +17,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use scale_agent_crds::AgentShard;
 use scale_agent_e2e::bench::convergence::{Claim, is_final, owners, shard_of};
@@ -231,8 +232,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     // Watch the statuses from before the first shard exists.
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, AgentShard)>();
     let shards_api: Api<AgentShard> = Api::all(client.clone());
-    let watch = tokio::spawn(async move {
-        let stream = watcher::watcher(shards_api, watcher::Config::default());
+    // In a JoinSet, so that it stops however this function returns.
+    let mut watch = tokio::task::JoinSet::new();
+    watch.spawn(async move {
+        let stream = watcher::watcher(shards_api, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
         while let Some(e) = stream.next().await {
             if let Ok(Event::Apply(s) | Event::InitApply(s)) = e
@@ -304,7 +307,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let convergence = match converged {
         Some(at) => at - started,
         None => {
-            watch.abort();
+            watch.abort_all();
             anyhow::bail!(
                 "{} of {} shards final after {} s; operator log: {}",
                 tracker.final_.len(),
@@ -373,7 +376,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             }
         }
     }
-    watch.abort();
+    watch.abort_all();
     let settled = settled.context("the edited shard's status did not show the new account Active within 120 s")?;
     let edit_last = quiet(&proxy, edit_started).await;
     let edit_requests = proxy.requests_since(edit_started);

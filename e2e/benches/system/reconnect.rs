@@ -37,39 +37,63 @@ pub fn names() -> Vec<(String, &'static str)> {
     ]
 }
 
-/// Creates, updates and deletes objects across `apis` at `rate` per second until
-/// `stop`; returns the changes made.
-fn churn(apis: Vec<Api<ConfigMap>>, rate: f64, bytes: usize, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
+/// Changes going on in the background; dropping it stops them.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    made: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Churn {
+    /// Creates, updates and deletes objects across `apis` at `rate` per second.
+    fn start(apis: Vec<Api<ConfigMap>>, rate: f64, bytes: usize) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
         let made = Arc::new(AtomicU64::new(0));
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
-        let mut tasks = JoinSet::new();
-        let mut i = 0u64;
-        let pad = "x".repeat(bytes);
-        while !stop.load(Ordering::Relaxed) {
-            tick.tick().await;
-            let api = apis[i as usize % apis.len()].clone();
-            let round = i / apis.len() as u64;
-            let name = format!("churn-{}", round % CHURNED);
-            let value = format!("{i}-{pad}");
-            let made = Arc::clone(&made);
-            let delete = round % 5 == 4;
-            tasks.spawn(async move {
-                // Failures (nothing to delete) are not changes.
-                let ok = if delete {
-                    api.delete(&name, &DeleteParams::default()).await.is_ok()
-                } else {
-                    put_cm(&api, &name, &value).await.is_ok()
-                };
-                if ok {
-                    made.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-            i += 1;
-        }
-        while tasks.join_next().await.is_some() {}
-        made.load(Ordering::Relaxed)
-    })
+        let (stopping, counter) = (Arc::clone(&stop), Arc::clone(&made));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
+            let mut tasks = JoinSet::new();
+            let mut i = 0u64;
+            let pad = "x".repeat(bytes);
+            while !stopping.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let api = apis[i as usize % apis.len()].clone();
+                let round = i / apis.len() as u64;
+                let name = format!("churn-{}", round % CHURNED);
+                let value = format!("{i}-{pad}");
+                let made = Arc::clone(&counter);
+                let delete = round % 5 == 4;
+                tasks.spawn(async move {
+                    // Failures (nothing to delete) are not changes.
+                    let ok = if delete {
+                        api.delete(&name, &DeleteParams::default()).await.is_ok()
+                    } else {
+                        put_cm(&api, &name, &value).await.is_ok()
+                    };
+                    if ok {
+                        made.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                while tasks.try_join_next().is_some() {}
+                i += 1;
+            }
+            while tasks.join_next().await.is_some() {}
+        });
+        Churn { stop, made, task }
+    }
+
+    /// Stops the changes; returns how many were made.
+    async fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = (&mut self.task).await;
+        self.made.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Waits until every account's cache equals its cluster (all checked at once); returns
@@ -130,9 +154,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let relists = metric(&admin, "scale_agent_relists_total").await;
     let resumes = metric(&admin, "scale_agent_resumes_total").await;
     let connects = metric(&admin, "scale_agent_hub_connects_total").await;
-    let stop = Arc::new(AtomicBool::new(false));
     let apis: Vec<Api<ConfigMap>> = checked.iter().map(|(_, _, a)| a.clone()).collect();
-    let churning = churn(apis, p.reconnect_rate, p.object_bytes, Arc::clone(&stop));
+    let churning = Churn::start(apis, p.reconnect_rate, p.object_bytes);
     tokio::time::sleep(Duration::from_secs(3)).await;
     tracing::info!("reconnect: stopping nginx");
     stack.nginx.stop();
@@ -147,8 +170,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     .with_context(|| scale_agent_e2e::process::tail(agent.proc.log(), 20))?;
     let equal = all_equal(&stack, &checked, Duration::from_secs(120)).await?;
     let time_to_equal = equal - up;
-    stop.store(true, Ordering::Relaxed);
-    let changes = churning.await.unwrap_or(0);
+    let changes = churning.stop().await;
     let relisted = metric(&admin, "scale_agent_relists_total").await.saturating_sub(relists);
     let resumed = metric(&admin, "scale_agent_resumes_total").await.saturating_sub(resumes);
     drop(agent);
