@@ -9,7 +9,7 @@
 //! counted as the operator made them and attributed to the shard they are about. Every
 //! account has its own kubeconfig Secret, as in production.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use scale_agent_crds::AgentShard;
-use scale_agent_e2e::bench::convergence::{Claim, is_final, owners, shard_of};
+use scale_agent_e2e::bench::convergence::{Key, Tracker, shard_of};
 use scale_agent_e2e::bench::goal::Goal;
 use scale_agent_e2e::bench::proxy::{ApiProxy, Recorded};
 use scale_agent_e2e::bench::report::Figure;
@@ -52,8 +52,6 @@ pub fn names() -> Vec<(String, &'static str)> {
     ]
 }
 
-type Key = (String, String);
-
 fn namespace(s: usize) -> String {
     format!("ops-{}", s % NAMESPACES)
 }
@@ -83,50 +81,6 @@ fn accounts_of(s: usize, per_shard: usize, conflicts: &BTreeSet<usize>) -> Vec<s
             json!({ "name": name, "kubeconfigSecretRef": { "name": format!("kc-{s}-{k}") } })
         })
         .collect()
-}
-
-/// Tracks the shards' statuses from a watch until all are final.
-struct Tracker {
-    shards: HashMap<Key, AgentShard>,
-    owners: Option<HashMap<String, Claim>>,
-    final_: BTreeSet<Key>,
-    expected: usize,
-}
-
-impl Tracker {
-    fn apply(&mut self, shard: AgentShard) {
-        let key = (
-            shard.metadata.namespace.clone().unwrap_or_default(),
-            shard.metadata.name.clone().unwrap_or_default(),
-        );
-        let new = !self.shards.contains_key(&key);
-        self.shards.insert(key.clone(), shard);
-        if self.owners.is_none() && self.shards.len() >= self.expected {
-            // Every shard exists: who owns which name is settled.
-            self.owners = Some(owners(self.shards.values()));
-            let keys: Vec<Key> = self.shards.keys().cloned().collect();
-            for k in keys {
-                self.judge(&k);
-            }
-        } else if !new || self.owners.is_some() {
-            self.judge(&key);
-        }
-    }
-
-    fn judge(&mut self, key: &Key) {
-        let (Some(owners), Some(shard)) = (&self.owners, self.shards.get(key)) else {
-            return;
-        };
-        if is_final(shard, owners) {
-            self.final_.insert(key.clone());
-        } else {
-            self.final_.remove(key);
-        }
-    }
-
-    fn all_final(&self) -> bool {
-        self.owners.is_some() && self.final_.len() == self.expected
-    }
 }
 
 fn writes(requests: &[Recorded]) -> Vec<&Recorded> {
@@ -248,12 +202,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
 
     let total_accounts = p.shards * p.accounts_per_shard;
     let conflicts = conflicting(p.shards, (total_accounts as f64 * p.conflict_percent / 100.0).round() as usize);
-    let mut tracker = Tracker {
-        shards: HashMap::new(),
-        owners: None,
-        final_: BTreeSet::new(),
-        expected: p.shards,
-    };
+    let mut tracker = Tracker::new(p.shards);
     tracing::info!(shards = p.shards, accounts = total_accounts, conflicts = conflicts.len(), "operator_convergence: creating the shards");
     let started = Instant::now();
     let creating = {
@@ -309,8 +258,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         None => {
             watch.abort_all();
             anyhow::bail!(
-                "{} of {} shards final after {} s; operator log: {}",
-                tracker.final_.len(),
+                "{} of {} shards seen with a current status, or an account name Active in more or fewer than one shard, after {} s; operator log: {}",
+                tracker.current(),
                 p.shards,
                 TIMEOUT.as_secs(),
                 op.tail(10)
@@ -381,7 +330,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let edit_last = quiet(&proxy, edit_started).await;
     let edit_requests = proxy.requests_since(edit_started);
     let edit_writes: Vec<&Recorded> = writes(&edit_requests).into_iter().filter(|r| r.at <= edit_last).collect();
-    let known: BTreeSet<Key> = tracker.shards.keys().cloned().collect();
+    let known: BTreeSet<Key> = tracker.shards().map(|(k, _)| k.clone()).collect();
     let (mut own, mut others, mut unattributed) = (0usize, 0usize, 0usize);
     let mut other_list = BTreeSet::new();
     for r in &edit_writes {
@@ -400,12 +349,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         .filter(|r| r.path.as_ref().is_some_and(|p| p.resource != "events"))
         .map(|r| r.resource())
         .collect();
-    // Judged again with the owners of the names as they are now (the edit added one).
-    let now_owners = owners(tracker.shards.values());
-    let all_still_final = tracker
-        .shards
-        .values()
-        .all(|s| is_final(s, &now_owners));
+    let all_still_final = tracker.all_final();
     let op_log = op.tail(5);
     drop(sampler);
     drop(op);
@@ -446,7 +390,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             .goal(Goal::AtMost { limit: 60.0 })
             .params(&params)
             .note(format!(
-                "from the first create until every status was final (current generation, every account Active or Conflict as the oldest claim says), seen by a watch; creating the shards took {:.1} s; {} reads and {} writes by the operator until {:.1} s without a write",
+                "from the first create until every status was final (current generation, every account Active or Conflict, every name Active in exactly one shard), seen by a watch; creating the shards took {:.1} s; {} reads and {} writes by the operator until {:.1} s without a write",
                 secs(created - started),
                 conv_reads,
                 conv_writes.len(),

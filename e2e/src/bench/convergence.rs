@@ -1,68 +1,104 @@
-//! When the operator is done with a set of AgentShards, judged from their statuses: a
-//! shard is final when its status describes its current spec (`observedGeneration`) and
-//! lists every account it claims in the state the uniqueness rule gives it — `Active`
-//! for the oldest claim of a name (creationTimestamp, then namespace/name), `Conflict`
-//! for every later one. And which shard an API request of the operator is about, to
-//! count its writes per shard.
+//! When the operator is done with a set of AgentShards, judged from their statuses (the
+//! operator is the component that knows): every shard's status describes its current
+//! spec (`observedGeneration`) and gives each account it claims a state, Active or
+//! Conflict; and every claimed account name is Active in exactly one shard. Which
+//! claimant owns a name is the operator's call (the oldest claim, unless another already
+//! holds it); that there is exactly one is the rule users rely on. And which shard an API
+//! request of the operator is about, to count its writes per shard.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use scale_agent_crds::{AccountState, AgentShard};
 
 use super::proxy::Recorded;
 
-/// A claimant of an account name: (creation second, namespace, name). The smallest wins.
-pub type Claim = (i64, String, String);
+/// A shard: (namespace, name).
+pub type Key = (String, String);
 
-fn claim(shard: &AgentShard) -> Claim {
+fn key(shard: &AgentShard) -> Key {
     (
-        shard
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(i64::MAX, |t| t.0.as_second()),
         shard.metadata.namespace.clone().unwrap_or_default(),
         shard.metadata.name.clone().unwrap_or_default(),
     )
 }
 
-/// The owner of every account name claimed by `shards`: its oldest claimant.
-pub fn owners<'a>(shards: impl IntoIterator<Item = &'a AgentShard>) -> HashMap<String, Claim> {
-    let mut out: HashMap<String, Claim> = HashMap::new();
-    for s in shards {
-        let c = claim(s);
-        for name in s.account_names() {
-            match out.get(name) {
-                Some(held) if *held <= c => {}
-                _ => {
-                    out.insert(name.to_owned(), c.clone());
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Whether `shard`'s status is final given the `owners` of every name.
-pub fn is_final(shard: &AgentShard, owners: &HashMap<String, Claim>) -> bool {
+/// Whether `shard`'s status describes its current spec and gives every account it
+/// claims a state of Active or Conflict.
+pub fn is_current(shard: &AgentShard) -> bool {
     let Some(status) = &shard.status else {
         return false;
     };
-    if status.observed_generation.is_none() || status.observed_generation != shard.metadata.generation {
-        return false;
+    status.observed_generation.is_some()
+        && status.observed_generation == shard.metadata.generation
+        && shard.account_names().all(|name| {
+            status.accounts.iter().any(|a| {
+                a.name == name && matches!(a.state, AccountState::Active | AccountState::Conflict)
+            })
+        })
+}
+
+/// The shards as last seen, and whether they are all final.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    shards: HashMap<Key, AgentShard>,
+    current: BTreeSet<Key>,
+    expected: usize,
+}
+
+impl Tracker {
+    /// A tracker waiting for `expected` shards.
+    pub fn new(expected: usize) -> Tracker {
+        Tracker {
+            expected,
+            ..Tracker::default()
+        }
     }
-    let me = claim(shard);
-    shard.account_names().all(|name| {
-        let want = match owners.get(name) {
-            Some(owner) if owner.1 == me.1 && owner.2 == me.2 => AccountState::Active,
-            Some(_) => AccountState::Conflict,
-            None => return false,
-        };
-        status
-            .accounts
-            .iter()
-            .any(|a| a.name == name && a.state == want)
-    })
+
+    /// Takes the shard as it is now.
+    pub fn apply(&mut self, shard: AgentShard) {
+        let k = key(&shard);
+        if is_current(&shard) {
+            self.current.insert(k.clone());
+        } else {
+            self.current.remove(&k);
+        }
+        self.shards.insert(k, shard);
+    }
+
+    /// Shards seen.
+    pub fn seen(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Shards whose status is current.
+    pub fn current(&self) -> usize {
+        self.current.len()
+    }
+
+    /// Every shard seen.
+    pub fn shards(&self) -> impl Iterator<Item = (&Key, &AgentShard)> {
+        self.shards.iter()
+    }
+
+    /// Every expected shard is there with a current status, and every claimed name is
+    /// Active in exactly one of them.
+    pub fn all_final(&self) -> bool {
+        if self.shards.len() < self.expected || self.current.len() < self.shards.len() {
+            return false;
+        }
+        let mut active: HashMap<&str, usize> = HashMap::new();
+        for s in self.shards.values() {
+            for name in s.account_names() {
+                active.entry(name).or_insert(0);
+            }
+            if let Some(st) = &s.status {
+                for a in st.accounts.iter().filter(|a| a.state == AccountState::Active) {
+                    *active.entry(a.name.as_str()).or_insert(0) += 1;
+                }
+            }
+        }
+        active.values().all(|n| *n == 1)
+    }
 }
 
 /// The names of a shard's children end in one of these (longest first).
@@ -99,7 +135,7 @@ mod tests {
     use crate::bench::proxy::parse_path;
     use std::time::Instant;
 
-    fn shard(ns: &str, name: &str, created: &str, accounts: &[&str]) -> AgentShard {
+    fn shard(ns: &str, name: &str, accounts: &[&str]) -> AgentShard {
         let accounts: Vec<_> = accounts
             .iter()
             .map(|a| serde_json::json!({ "name": a, "kubeconfigSecretRef": { "name": "kc" } }))
@@ -107,7 +143,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "scaleagent.dev/v1alpha1",
             "kind": "AgentShard",
-            "metadata": { "name": name, "namespace": ns, "creationTimestamp": created, "generation": 1 },
+            "metadata": { "name": name, "namespace": ns, "generation": 1 },
             "spec": { "accounts": accounts },
         }))
         .expect("a shard")
@@ -127,26 +163,34 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_claim_owns_a_name_then_namespace_and_name_decide() {
-        let a = shard("ns", "a", "2026-01-01T00:00:02Z", &["x", "y"]);
-        let b = shard("ns", "b", "2026-01-01T00:00:01Z", &["x"]);
-        let c = shard("ns", "c", "2026-01-01T00:00:02Z", &["y"]);
-        let o = owners([&a, &b, &c]);
-        assert_eq!(o["x"].2, "b", "older wins");
-        assert_eq!(o["y"].2, "a", "same second: namespace/name");
+    fn a_status_is_current_when_it_is_about_this_generation_and_every_account() {
+        let a = shard("ns", "a", &["x", "y"]);
+        assert!(!is_current(&a), "no status yet");
+        assert!(is_current(&with_status(a.clone(), 1, &[("x", "Active"), ("y", "Conflict")])));
+        assert!(!is_current(&with_status(a.clone(), 0, &[("x", "Active"), ("y", "Active")])), "stale generation");
+        assert!(!is_current(&with_status(a.clone(), 1, &[("x", "Active")])), "an account missing");
+        assert!(!is_current(&with_status(a, 1, &[("x", "Active"), ("y", "Invalid")])), "an Invalid account");
     }
 
     #[test]
-    fn a_shard_is_final_when_its_status_is_current_and_every_account_is_as_the_rule_says() {
-        let a = shard("ns", "a", "2026-01-01T00:00:01Z", &["x", "y"]);
-        let b = shard("ns", "b", "2026-01-01T00:00:02Z", &["x"]);
-        let o = owners([&a, &b]);
-        assert!(!is_final(&a, &o), "no status yet");
-        assert!(is_final(&with_status(a.clone(), 1, &[("x", "Active"), ("y", "Active")]), &o));
-        assert!(!is_final(&with_status(a.clone(), 0, &[("x", "Active"), ("y", "Active")]), &o), "stale generation");
-        assert!(!is_final(&with_status(a.clone(), 1, &[("x", "Active")]), &o), "an account missing");
-        assert!(is_final(&with_status(b.clone(), 1, &[("x", "Conflict")]), &o));
-        assert!(!is_final(&with_status(b, 1, &[("x", "Active")]), &o), "two Active owners of x");
+    fn final_needs_every_shard_current_and_one_active_owner_per_name() {
+        let a = shard("ns", "a", &["x", "y"]);
+        let b = shard("ns", "b", &["x"]);
+        let mut t = Tracker::new(2);
+        t.apply(with_status(a.clone(), 1, &[("x", "Active"), ("y", "Active")]));
+        assert!(!t.all_final(), "b not seen yet");
+        t.apply(b.clone());
+        assert!(!t.all_final(), "b has no status");
+        t.apply(with_status(b.clone(), 1, &[("x", "Active")]));
+        assert!(!t.all_final(), "x Active twice");
+        t.apply(with_status(b.clone(), 1, &[("x", "Conflict")]));
+        assert!(t.all_final());
+        // Either claimant may own the name, as long as exactly one does.
+        t.apply(with_status(a.clone(), 1, &[("x", "Conflict"), ("y", "Active")]));
+        assert!(!t.all_final(), "x owned by nobody");
+        t.apply(with_status(b, 1, &[("x", "Active")]));
+        assert!(t.all_final());
+        assert_eq!((t.seen(), t.current()), (2, 2));
     }
 
     fn rec(method: &str, path: &str, regarding: Option<&str>) -> Recorded {
