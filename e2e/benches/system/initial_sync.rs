@@ -85,6 +85,38 @@ async fn object_kib(ctx: &Ctx) -> anyhow::Result<f64> {
     Ok(bytes as f64 / items.len().max(1) as f64 / 1024.0)
 }
 
+/// CPU seconds used so far by each part of the path: (name, seconds).
+fn cpu(parts: &[(&str, Vec<u32>)]) -> Vec<f64> {
+    parts
+        .iter()
+        .map(|(name, groups)| {
+            if *name == "this benchmark (the LIST client)" {
+                groups.iter().filter_map(|p| procfs::cpu_seconds(*p)).sum()
+            } else {
+                groups.iter().map(|g| procfs::group_cpu_seconds(*g)).sum()
+            }
+        })
+        .collect()
+}
+
+/// "name 1.2 s, ..." of the CPU used between two snapshots.
+fn cpu_used(parts: &[(&str, Vec<u32>)], before: &[f64], after: &[f64]) -> String {
+    parts
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|((name, _), (b, a))| format!("{name} {:.1} s", a - b))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The process (group) of each target cluster's kube-apiserver.
+fn apiservers(ctx: &Ctx) -> Vec<u32> {
+    ctx.cluster_ports()
+        .keys()
+        .filter_map(|port| procfs::find_process(&format!("--secure-port={port} ")))
+        .collect()
+}
+
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let p = &ctx.p;
@@ -99,7 +131,14 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         ));
     }
     tracing::info!(accounts = accounts.len(), "initial_sync: baseline LISTs");
+    let me = std::process::id();
+    let list_parts = [
+        ("API servers", apiservers(ctx)),
+        ("this benchmark (the LIST client)", vec![me]),
+    ];
+    let cpu0 = cpu(&list_parts);
     let before = bare_lists(ctx, &layout).await?;
+    let list_cpu = cpu_used(&list_parts, &cpu0, &cpu(&list_parts));
     let objects: usize = before.per_account.values().sum();
 
     let stack = Stack::start(&ctx.env, "initial-sync").await?;
@@ -108,6 +147,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let started = Instant::now();
     let mut agent = stack.agent(&ctx.env, "sync", &accounts, &[])?;
     let sampler = Sampler::start(agent.proc.pid(), Duration::from_millis(100));
+    let sync_parts = [
+        ("agent", vec![agent.proc.pid()]),
+        ("nginx", stack.nginx.process().map(|p| p.pid()).into_iter().collect()),
+        ("hub", vec![hub_pid]),
+        ("API servers", apiservers(ctx)),
+    ];
+    let cpu1 = cpu(&sync_parts);
     tracing::info!(objects, "initial_sync: agent started");
     let synced = stack
         .wait_synced(
@@ -118,6 +164,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         )
         .await?;
     let sync = synced - started;
+    let sync_cpu = cpu_used(&sync_parts, &cpu1, &cpu(&sync_parts));
     let agent_peak = sampler.peak_kib();
     drop(sampler);
     // Let the hub's allocator settle before reading its resident set.
@@ -148,7 +195,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 "from starting the agent process (new hub, cold) to the hub holding every object, polled every 100 ms; baseline LISTs took {:.1} s before and {:.1} s after the agent ran, the faster counts",
                 secs(before.took),
                 secs(after.took)
-            )),
+            ))
+            .note(format!("CPU used during the sync: {sync_cpu}; during the first baseline LISTs: {list_cpu}")),
         Figure::new(
             "initial_sync",
             "initial_sync.agent_peak_rss",

@@ -53,6 +53,27 @@ pub fn account(name: &str, kubeconfig: &str, namespaces: Vec<String>, kinds: &[&
     }
 }
 
+/// The workspace binary `name`, or, when the environment variable `wrapper_var` names
+/// a command (`heaptrack -o /tmp/agent`, `perf record -g -o /tmp/agent.data --`), a
+/// script in `dir` that runs the binary under it: for profiling a scenario's agent or
+/// hub. Figures measured through a wrapper are the wrapper's, not the component's.
+fn wrapped(dir: &std::path::Path, name: &str, wrapper_var: &str) -> anyhow::Result<PathBuf> {
+    let bin = workspace_binary(name)?;
+    let Ok(wrapper) = std::env::var(wrapper_var) else {
+        return Ok(bin);
+    };
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    let script = dir.join(format!("{name}-wrapped"));
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexec {wrapper} {} \"$@\"\n", bin.display()),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    tracing::warn!(%name, %wrapper, "running under a profiler: its figures are the profiler's");
+    Ok(script)
+}
+
 impl Stack {
     /// Starts a hub (in-memory store, trusting nginx's forwarded client certificate)
     /// and nginx in front of it (the shipped `nginx-grpc-tls.conf`).
@@ -61,7 +82,7 @@ impl Stack {
         std::fs::create_dir_all(&dir)?;
         let hub = HubProcess::start(
             HubOptions {
-                bin: workspace_binary("scale-agent-hub")?,
+                bin: wrapped(&dir, "scale-agent-hub", "BENCH_HUB_WRAPPER")?,
                 grace_period: "600s".into(),
                 store: None,
                 args: vec!["--trusted-proxy=127.0.0.1/32".into()],
@@ -122,7 +143,7 @@ impl Stack {
         let mut flags = vec!["--lease-renew-millis=1000".to_string()];
         flags.extend(args.iter().map(|a| a.to_string()));
         let spec = AgentSpec {
-            bin: workspace_binary("scale-agent")?,
+            bin: wrapped(&self.dir, "scale-agent", "BENCH_AGENT_WRAPPER")?,
             replica: format!("{shard}-0"),
             namespace: LEASE_NAMESPACE.into(),
             management_kubeconfig: env.cp.management.kubeconfig.clone(),

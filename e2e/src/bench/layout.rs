@@ -56,8 +56,9 @@ mod tests {
                 assert!(seen.insert(i), "namespace {i} given twice");
             }
         }
-        // 17 accounts on cluster 0 take 119 of its namespaces: the last is obj-354.
-        assert_eq!(sync_namespaces_needed(50, 7, 3), 355);
+        // Clusters 0 and 1 get 17 accounts each, 119 namespaces: cluster 1's last is
+        // obj-355 (1 + 3 × 118).
+        assert_eq!(sync_namespaces_needed(50, 7, 3), 356);
         assert_eq!(sync_namespaces_needed(0, 7, 3), 0);
     }
 

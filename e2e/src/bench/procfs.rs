@@ -67,6 +67,38 @@ fn clock_ticks() -> u64 {
     })
 }
 
+/// The process group (field 5) of `/proc/<pid>/stat` text.
+pub fn parse_stat_group(text: &str) -> Option<u32> {
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// CPU seconds used so far by the live processes of process group `group` (a
+/// component and the workers it forked, like nginx's).
+pub fn group_cpu_seconds(group: u32) -> f64 {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let ticks: u64 = entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| parse_stat_group(stat) == Some(group))
+        .filter_map(|stat| parse_stat_ticks(&stat))
+        .sum();
+    ticks as f64 / clock_ticks() as f64
+}
+
+/// The first process whose command line contains `needle` (arguments joined by spaces).
+pub fn find_process(needle: &str) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        text.contains(needle).then_some(pid)
+    })
+}
+
 /// Open file descriptors of process `pid`.
 pub fn open_fds(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
@@ -184,6 +216,7 @@ mod tests {
         let text = "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
         assert_eq!(parse_stat_ticks(text), Some(300));
         assert_eq!(parse_stat_ticks("garbage"), None);
+        assert_eq!(parse_stat_group(text), Some(4242));
     }
 
     #[test]
@@ -221,5 +254,9 @@ mod tests {
         let _client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let by_port = connections_by_remote_port(me).expect("own sockets");
         assert_eq!(by_port.get(&port), Some(&1), "{by_port:?}");
+        let group = parse_stat_group(&fs::read_to_string("/proc/self/stat").expect("stat")).expect("group");
+        assert!(group_cpu_seconds(group) > 0.0);
+        let needle = std::env::args().next().expect("argv0");
+        assert!(find_process(&needle).is_some());
     }
 }
