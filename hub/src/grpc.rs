@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::UnixTime;
 use scale_agent_proto::PROTOCOL_VERSION;
 use scale_agent_proto::v1::agent_hub_server::AgentHub;
 use scale_agent_proto::v1::{AgentFrame, HubFrame, Welcome, agent_frame, hub_frame};
@@ -12,8 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::identity::{IdentityError, IdentitySource, PeerInfo};
-use crate::metrics::ReasonLabel;
+use crate::clip::clip;
+use crate::identity::{IdentityError, IdentitySource, PROXY_SECRET_HEADER, PeerInfo, Presented};
 use crate::registry::{SessionId, ShardKey};
 use crate::session::Session;
 use crate::state::{Outbound, SessionHandle, Shared};
@@ -38,11 +39,7 @@ impl HubService {
     }
 
     fn reject(&self, reason: &'static str, status: Status) -> Status {
-        self.shared
-            .metrics
-            .sessions_rejected
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        self.shared.metrics.session_rejected(reason);
         status
     }
 }
@@ -78,12 +75,18 @@ impl AgentHub for HubService {
             .map(|p| p.remote_addr)
             .or_else(|| request.remote_addr())
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-        let policy = &self.shared.settings.identity;
-        let forwarded = request
-            .metadata()
-            .get(policy.client_cert_header.as_str())
-            .map(|v| v.to_str().unwrap_or_default().to_owned());
-        let identity = match policy.resolve(info.as_ref(), forwarded.as_deref()) {
+        let policy = &self.shared.identity;
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .map(|v| v.to_str().unwrap_or_default())
+        };
+        let presented = Presented {
+            client_cert: header(policy.client_cert_header.as_str()),
+            proxy_secret: header(PROXY_SECRET_HEADER),
+        };
+        let identity = match policy.resolve(info.as_ref(), presented, UnixTime::now()) {
             Ok(identity) => identity,
             Err(IdentityError::Missing(message)) => {
                 warn!(%peer, %message, "unauthenticated stream refused");
@@ -100,7 +103,8 @@ impl AgentHub for HubService {
         tokio::spawn(async move {
             match service.handshake(&peer, identity, &mut inbound, &tx).await {
                 Ok(session) => {
-                    let span = info_span!("session", session = %session.id, shard = %session.shard, replica = %session.replica);
+                    let shard = session.shard.to_string();
+                    let span = info_span!("session", session = %session.id, shard = %clip(&shard), replica = %clip(&session.replica));
                     session.run(inbound).instrument(span).await;
                 }
                 Err(status) => {
@@ -122,7 +126,7 @@ impl HubService {
         inbound: &mut Streaming<AgentFrame>,
         tx: &Outbound,
     ) -> Result<Session, Status> {
-        let hello_timeout = self.shared.settings.hello_timeout;
+        let hello_timeout = self.shared.config.hello_timeout;
         let first = match tokio::time::timeout(hello_timeout, inbound.message()).await {
             Err(_) => {
                 warn!(%peer, "no Hello within {hello_timeout:?}; refusing the stream");
@@ -158,7 +162,7 @@ impl HubService {
         };
         let shard = hello.shard.clone().unwrap_or_default();
         if hello.protocol_version != PROTOCOL_VERSION {
-            warn!(%peer, shard = %format!("{}/{}", shard.namespace, shard.name), replica = %hello.replica_id,
+            warn!(%peer, shard = %clip(&format!("{}/{}", shard.namespace, shard.name)), replica = %clip(&hello.replica_id),
                 version = hello.protocol_version, "unsupported protocol version; refusing the stream");
             return Err(self.reject(
                 "protocol_version",
@@ -169,7 +173,7 @@ impl HubService {
             ));
         }
         if shard.name.is_empty() {
-            warn!(%peer, replica = %hello.replica_id, "Hello names no shard; refusing the stream");
+            warn!(%peer, replica = %clip(&hello.replica_id), "Hello names no shard; refusing the stream");
             return Err(self.reject(
                 "invalid_hello",
                 Status::invalid_argument("Hello.shard.name is required"),
@@ -181,7 +185,7 @@ impl HubService {
         };
         let source = match identity {
             Some((certified, source)) if certified != shard => {
-                warn!(%peer, hello_shard = %shard, certified_shard = %certified, source = source.label(),
+                warn!(%peer, hello_shard = %clip(&shard.to_string()), certified_shard = %certified, source = source.label(),
                     "Hello names another shard than the client certificate; refusing the stream");
                 return Err(self.reject(
                     "wrong_shard",
@@ -205,39 +209,29 @@ impl HubService {
             .filter(|c| CAPABILITIES.contains(&c.as_str()))
             .cloned()
             .collect();
-        let settings = &self.shared.settings;
+        let config = &self.shared.config;
         let welcome = Welcome {
             session_id: id.to_string(),
-            hub_id: settings.hub_id.clone(),
+            hub_id: config.hub_id.clone(),
             protocol_version: PROTOCOL_VERSION,
-            heartbeat_interval: prost_types::Duration::try_from(settings.heartbeat_interval).ok(),
-            max_message_bytes: settings.max_message_bytes,
+            heartbeat_interval: prost_types::Duration::try_from(config.heartbeat_interval).ok(),
+            max_message_bytes: config.max_message_bytes,
             capabilities,
-            initial_window_bytes: settings.initial_window_bytes,
+            initial_window_bytes: config.initial_window_bytes,
         };
         tx.send(Ok(HubFrame {
             frame: Some(hub_frame::Frame::Welcome(welcome)),
         }))
         .await
         .map_err(|_| Status::cancelled("the agent went away before Welcome"))?;
-        self.shared.add_session(
-            id.clone(),
-            SessionHandle {
-                tx: tx.clone(),
-                shard: shard.clone(),
-                replica: replica.clone(),
-            },
-        );
-        info!(session = %id, shard = %shard, replica = %replica, %peer, identity = source.label(), agent_version = %hello.agent_version,
-            capabilities = ?hello.capabilities, "session opened");
-        Ok(Session {
-            shared: Arc::clone(&self.shared),
-            id,
+        let handle = SessionHandle {
+            tx: tx.clone(),
             shard,
             replica,
-            tx: tx.clone(),
-            identity: source,
-        })
+        };
+        info!(session = %id, shard = %clip(&handle.shard.to_string()), replica = %clip(&handle.replica), %peer, identity = source.label(),
+            agent_version = %clip(&hello.agent_version), capabilities = %clip(&hello.capabilities.join(",")), "session opened");
+        Ok(Session::open(Arc::clone(&self.shared), id, handle, source))
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use scale_agent_hub::{Config, Hub};
+use scale_agent_hub::Config;
 use scale_agent_proto::v1::{
     self as pb, AgentFrame, EventType, RegisterReason, agent_frame, hub_frame, operation,
 };
@@ -53,7 +53,11 @@ async fn registered_events_are_visible_over_http() -> Result<()> {
     assert_eq!(status, 200);
     let a = &accounts[0];
     assert_eq!(a["name"], "prod-1");
-    assert_eq!(a["clusterId"], "uid-a");
+    assert_eq!(
+        a.get("clusterId"),
+        None,
+        "without an API token every caller is anonymous and sees no cluster id"
+    );
     assert_eq!(a["shard"], "spinnaker/east");
     assert_eq!(a["replica"], "east-0");
     assert_eq!(a["state"], "Connected");
@@ -104,14 +108,14 @@ async fn registered_events_are_visible_over_http() -> Result<()> {
     let (status, text) = get(&hub, "/metrics").await?;
     assert_eq!(status, 200);
     let text = text.as_str().unwrap_or_default().to_owned();
-    assert!(text.contains("scaleagent_hub_sessions 1"), "{text}");
-    assert!(text.contains("scaleagent_hub_objects 2"), "{text}");
+    assert!(text.contains("scale_agent_hub_sessions 1"), "{text}");
+    assert!(text.contains("scale_agent_hub_objects 2"), "{text}");
     assert!(
-        text.contains("scaleagent_hub_events_applied_total 5"),
+        text.contains("scale_agent_hub_events_applied_total 5"),
         "{text}"
     );
     assert!(
-        text.contains(r#"scaleagent_hub_accounts{state="connected"} 1"#),
+        text.contains(r#"scale_agent_hub_accounts{state="connected"} 1"#),
         "{text}"
     );
     let (status, _) = get(&hub, "/healthz").await?;
@@ -130,9 +134,11 @@ async fn a_second_cluster_cannot_take_a_bound_name_and_the_first_keeps_streaming
         .events("prod-1", vec![added("web", "one", "1")])
         .await?;
 
-    let mut second = FakeAgent::connect(&hub, "west", "west-0").await?;
+    // Another replica of the same shard, pointed at another cluster: the
+    // shard is told which cluster the name is bound to.
+    let mut second = FakeAgent::connect(&hub, "east", "east-1").await?;
     let results = second
-        .register(&[("prod-1", "uid-b"), ("west-1", "uid-w")])
+        .register(&[("prod-1", "uid-b"), ("east-2", "uid-w")])
         .await?;
     let refused = &results[0];
     assert!(!refused.accepted);
@@ -153,12 +159,11 @@ async fn a_second_cluster_cannot_take_a_bound_name_and_the_first_keeps_streaming
         .await?;
     assert_eq!(object_names(&hub, "prod-1").await?, ["one", "two"]);
     let a = account(&hub, "prod-1").await?.ok_or("listed")?;
-    assert_eq!(a["clusterId"], "uid-a");
     assert_eq!(a["replica"], "east-0");
     let metrics = hub.metrics_text();
     assert!(
         metrics.contains(
-            r#"scaleagent_hub_registrations_rejected_total{reason="cluster_mismatch"} 1"#
+            r#"scale_agent_hub_registrations_rejected_total{reason="cluster_mismatch"} 1"#
         ),
         "{metrics}"
     );
@@ -244,7 +249,7 @@ async fn agent_gone_past_grace_period_is_removed_with_its_objects_and_binding() 
     let metrics = hub.metrics_text();
     assert!(
         metrics
-            .contains(r#"scaleagent_hub_accounts_removed_total{reason="grace_period_expired"} 1"#),
+            .contains(r#"scale_agent_hub_accounts_removed_total{reason="grace_period_expired"} 1"#),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -369,7 +374,11 @@ async fn an_operation_goes_to_the_agent_and_its_result_comes_back() -> Result<()
         })
     };
     let op = agent.expect_operation().await?;
-    assert_eq!(op.id, "op-1");
+    assert!(
+        !op.id.is_empty() && op.id != "op-1",
+        "the agent sees the hub's own id, unique across accounts: {}",
+        op.id
+    );
     assert_eq!(op.account, "prod-1");
     assert!(op.deadline.is_some());
     match &op.kind {
@@ -389,7 +398,7 @@ async fn an_operation_goes_to_the_agent_and_its_result_comes_back() -> Result<()
     }
     agent
         .answer(
-            "op-1",
+            &op.id,
             true,
             "scaled",
             json!({"kind": "Deployment", "spec": {"replicas": 3}}),
@@ -539,20 +548,25 @@ async fn bindings_survive_a_restart_with_a_store_file() -> Result<()> {
     logs();
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("hub.db");
-    let mut config = Config::local();
-    config.store = Some(path.clone());
-    let hub = Hub::start(config.clone()).await?;
+    let with_store = |c: &mut Config| c.store = Some(path.clone());
+    let hub = hub_with(with_store).await?;
     let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
     assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     agent.close();
     hub.shutdown().await?;
 
-    let hub = Hub::start(config).await?;
+    let hub = hub_with(with_store).await?;
     let a = account(&hub, "prod-1").await?.ok_or("binding loaded")?;
     assert_eq!(a["state"], "Disconnected");
-    assert_eq!(a["clusterId"], "uid-a");
+    assert_eq!(a["shard"], "spinnaker/east");
+    // The binding holds from the first second: its cluster for the shard's
+    // own replicas, and the shard itself for everyone else.
     let mut intruder = FakeAgent::connect(&hub, "west", "west-0").await?;
-    let refused = intruder.register(&[("prod-1", "uid-b")]).await?;
+    let refused = intruder.register(&[("prod-1", "uid-a")]).await?;
+    assert!(!refused[0].accepted);
+    assert_eq!(refused[0].reason, RegisterReason::NotOwner as i32);
+    let mut other_cluster = FakeAgent::connect(&hub, "east", "east-1").await?;
+    let refused = other_cluster.register(&[("prod-1", "uid-b")]).await?;
     assert!(!refused[0].accepted);
     assert_eq!(refused[0].reason, RegisterReason::ClusterMismatch as i32);
     let mut owner = FakeAgent::connect(&hub, "east", "east-0").await?;
@@ -623,19 +637,20 @@ async fn bad_hellos_are_refused_while_other_sessions_keep_working() -> Result<()
     assert_eq!(object_names(&hub, "prod-1").await?, ["one", "three", "two"]);
     let metrics = hub.metrics_text();
     assert!(
-        metrics.contains(r#"scaleagent_hub_sessions_rejected_total{reason="protocol_version"} 1"#),
+        metrics.contains(r#"scale_agent_hub_sessions_rejected_total{reason="protocol_version"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"scaleagent_hub_events_rejected_total{reason="malformed_body"} 1"#),
+        metrics.contains(r#"scale_agent_hub_events_rejected_total{reason="malformed_body"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"scaleagent_hub_frames_ignored_total{reason="event_batch_not_held"} 1"#),
+        metrics
+            .contains(r#"scale_agent_hub_frames_ignored_total{reason="event_batch_not_held"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"scaleagent_hub_frames_ignored_total{reason="unknown_frame_kind"} 1"#),
+        metrics.contains(r#"scale_agent_hub_frames_ignored_total{reason="unknown_frame_kind"} 1"#),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -739,9 +754,7 @@ async fn frequent_keepalive_pings_are_allowed() -> Result<()> {
 #[tokio::test]
 async fn a_silent_agent_is_cut_off_after_three_heartbeat_intervals() -> Result<()> {
     logs();
-    let mut config = Config::local();
-    config.heartbeat_interval = Duration::from_millis(200);
-    let hub = Hub::start(config).await?;
+    let hub = hub_with(|c| c.heartbeat_interval = Duration::from_millis(200)).await?;
     let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
     assert_eq!(
         agent.welcome.heartbeat_interval,

@@ -11,35 +11,14 @@ use std::time::Duration;
 use bytes::BufMut as _;
 use common::*;
 use prost::Message as _;
-use rcgen::{CertificateParams, KeyPair, SanType};
 use scale_agent_crds::AgentShard;
-use scale_agent_hub::{Config, Hub, RunningHub, ShardSource};
+use scale_agent_hub::{RunningHub, ShardSource};
 use scale_agent_proto::v1::{self as pb, HubFrame, RegisterReason, agent_frame, hub_frame};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-const LONG: Duration = Duration::from_secs(600);
 const HEADER: &str = "x-client-cert";
-
-/// What nginx puts in `$ssl_client_escaped_cert`: the URL-encoded PEM of a
-/// certificate naming `spinnaker/<shard>`.
-fn escaped_cert(shard: &str) -> Result<String> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names.push(SanType::URI(
-        format!("spiffe://scaleagent.dev/ns/spinnaker/shard/{shard}").try_into()?,
-    ));
-    let pem = params.self_signed(&key)?.pem();
-    Ok(percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string())
-}
-
-async fn hub_with(change: impl FnOnce(&mut Config)) -> Result<RunningHub> {
-    let mut config = Config::local();
-    config.grace_period = LONG;
-    change(&mut config);
-    Ok(Hub::start(config).await?)
-}
 
 async fn plain(hub: &RunningHub) -> Result<Channel> {
     Ok(Channel::from_shared(hub.grpc_url())?.connect().await?)
@@ -65,7 +44,8 @@ async fn open_as(
 #[tokio::test]
 async fn a_forwarded_certificate_is_believed_only_from_a_trusted_proxy() -> Result<()> {
     logs();
-    let east = escaped_cert("east")?;
+    let ca = Ca::new("agents")?;
+    let east = ca.escaped_agent("east")?;
 
     // No trusted proxy: the header is ignored and Hello is believed.
     let open = hub_with(|_| {}).await?;
@@ -78,10 +58,7 @@ async fn a_forwarded_certificate_is_believed_only_from_a_trusted_proxy() -> Resu
     open.shutdown().await?;
 
     // 127.0.0.1 is trusted: the header decides.
-    let trusting = hub_with(|c| {
-        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
-    })
-    .await?;
+    let trusting = hub_with(|c| trusting_localhost(c, &ca)).await?;
     let mut good = open_as(&trusting, "east", Some(&east))
         .await?
         .map_err(|s| format!("the forwarded identity matches Hello: {s:?}"))?;
@@ -113,6 +90,7 @@ async fn a_forwarded_certificate_is_believed_only_from_a_trusted_proxy() -> Resu
     // Proxies are trusted, but not 127.0.0.1: its header is ignored, and
     // without it there is no identity.
     let elsewhere = hub_with(|c| {
+        trusting_localhost(c, &ca);
         c.trusted_proxies = vec!["10.0.0.0/8".parse().expect("cidr")];
     })
     .await?;
@@ -125,8 +103,11 @@ async fn a_forwarded_certificate_is_believed_only_from_a_trusted_proxy() -> Resu
     Ok(())
 }
 
+/// AgentShard `spinnaker/<name>` listing `accounts`; its status (only when there are
+/// `conflicts`) shows each (account, owner) in Conflict. A status that does not list
+/// an account would say the name was claimed after the operator last wrote it.
 fn shard(name: &str, created: i64, accounts: &[&str], conflicts: &[(&str, &str)]) -> AgentShard {
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "apiVersion": "scaleagent.dev/v1alpha1",
         "kind": "AgentShard",
         "metadata": {
@@ -144,6 +125,11 @@ fn shard(name: &str, created: i64, accounts: &[&str], conflicts: &[(&str, &str)]
             })).collect::<Vec<_>>(),
         },
     });
+    if conflicts.is_empty()
+        && let Some(object) = value.as_object_mut()
+    {
+        object.remove("status");
+    }
     serde_json::from_value(value).expect("an AgentShard")
 }
 
@@ -216,7 +202,7 @@ async fn accounts_are_accepted_only_from_the_shard_that_owns_them() -> Result<()
     );
     let metrics = hub.metrics_text();
     assert!(
-        metrics.contains(r#"scaleagent_hub_registrations_rejected_total{reason="not_owner"} 3"#),
+        metrics.contains(r#"scale_agent_hub_registrations_rejected_total{reason="not_owner"} 3"#),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -281,11 +267,11 @@ async fn an_aged_session_is_drained_and_the_agent_comes_back_with_its_accounts()
     assert_eq!(object_names(&hub, "prod-1").await?, ["one", "two"]);
     let metrics = hub.metrics_text();
     assert!(
-        !metrics.contains("scaleagent_hub_accounts_removed_total{"),
+        !metrics.contains("scale_agent_hub_accounts_removed_total{"),
         "no account removed: {metrics}"
     );
     assert!(
-        !metrics.contains("scaleagent_hub_sessions_aged_out_total 0"),
+        !metrics.contains("scale_agent_hub_sessions_aged_out_total 0"),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -344,7 +330,7 @@ async fn the_http_api_needs_the_bearer_token_from_the_file() -> Result<()> {
     let metrics = hub.metrics_text();
     let refused: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("scaleagent_hub_http_unauthorized_total "))
+        .find_map(|l| l.strip_prefix("scale_agent_hub_http_unauthorized_total "))
         .ok_or("no unauthorized metric")?
         .trim()
         .parse()?;
@@ -466,8 +452,8 @@ async fn oversized_and_malformed_frames_end_only_their_own_session() -> Result<(
     assert_eq!(object_names(&hub, "prod-1").await?, ["one"]);
     let metrics = hub.metrics_text();
     assert!(
-        metrics.contains(r#"scaleagent_hub_frames_ignored_total{reason="oversized"} 1"#)
-            && metrics.contains(r#"scaleagent_hub_frames_ignored_total{reason="malformed"} 1"#),
+        metrics.contains(r#"scale_agent_hub_frames_ignored_total{reason="oversized"} 1"#)
+            && metrics.contains(r#"scale_agent_hub_frames_ignored_total{reason="malformed"} 1"#),
         "{metrics}"
     );
     hub.shutdown().await?;

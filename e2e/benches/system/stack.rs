@@ -85,7 +85,12 @@ impl Stack {
                 bin: wrapped(&dir, "scale-agent-hub", "BENCH_HUB_WRAPPER")?,
                 grace_period: "600s".into(),
                 store: None,
-                args: vec!["--trusted-proxy=127.0.0.1/32".into()],
+                // nginx verifies agent certificates and forwards them; the hub checks
+                // the forwarded certificate against the same CA.
+                args: vec![
+                    "--trusted-proxy=127.0.0.1/32".into(),
+                    format!("--client-ca={}", env.cp.pki.ca_file.display()),
+                ],
                 kubeconfig: None,
             },
             &dir,
@@ -100,6 +105,7 @@ impl Stack {
                 tls_cert: lb.cert_file,
                 tls_key: lb.key_file,
                 client_ca: pki.ca_file.clone(),
+                proxy_secret: None,
             },
             &dir,
         )
@@ -140,7 +146,7 @@ impl Stack {
             .iter()
             .map(|a| (a.config.kubeconfig_file.clone(), a.kubeconfig.clone()))
             .collect();
-        let mut flags = vec!["--lease-renew-millis=1000".to_string()];
+        let mut flags = vec!["--lease-renew-interval=1s".to_string()];
         flags.extend(args.iter().map(|a| a.to_string()));
         let spec = AgentSpec {
             bin: wrapped(&self.dir, "scale-agent", "BENCH_AGENT_WRAPPER")?,
@@ -158,24 +164,39 @@ impl Stack {
         )?)
     }
 
-    /// Objects the hub holds per account (`GET /v1/accounts`); `None` when it does not
-    /// answer.
+    /// Objects the hub holds per account (`GET /v1/accounts`, every page); `None` when
+    /// it does not answer.
     pub async fn counts(&self) -> Option<BTreeMap<String, usize>> {
-        let (code, body) = self.hub.get("/v1/accounts").await.ok()?;
-        if code != 200 {
-            return None;
+        let http = reqwest::Client::new();
+        let mut out = BTreeMap::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut req = http
+                .get(format!("{}/v1/accounts", self.hub.http))
+                .query(&[("limit", "5000")])
+                .timeout(Duration::from_secs(30));
+            if let Some(t) = &token {
+                req = req.query(&[("continue", t.as_str())]);
+            }
+            let resp = req.send().await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            token = resp
+                .headers()
+                .get("x-continue")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body: serde_json::Value = resp.json().await.ok()?;
+            for a in body.as_array()? {
+                if let (Some(name), Some(n)) = (a["name"].as_str(), a["objects"].as_u64()) {
+                    out.insert(name.to_string(), usize::try_from(n).ok()?);
+                }
+            }
+            if token.is_none() {
+                return Some(out);
+            }
         }
-        Some(
-            body.as_array()?
-                .iter()
-                .filter_map(|a| {
-                    Some((
-                        a["name"].as_str()?.to_string(),
-                        usize::try_from(a["objects"].as_u64()?).ok()?,
-                    ))
-                })
-                .collect(),
-        )
     }
 
     /// Polls the hub every `every` until each account of `expected` holds at least its

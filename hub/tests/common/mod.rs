@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use scale_agent_hub::{Config, Hub, RunningHub};
 use scale_agent_proto::PROTOCOL_VERSION;
 use scale_agent_proto::v1::agent_hub_client::AgentHubClient;
@@ -24,11 +25,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Starts a hub on loopback with a grace period.
-pub async fn hub(grace: Duration) -> Result<RunningHub> {
+/// Starts a hub on the test default settings ([`Config::local`]: loopback,
+/// any free ports), with the fields a test is about changed by `change`.
+pub async fn hub_with(change: impl FnOnce(&mut Config)) -> Result<RunningHub> {
     let mut config = Config::local();
-    config.grace_period = grace;
+    change(&mut config);
     Ok(Hub::start(config).await?)
+}
+
+/// Starts a hub on the test default settings with a grace period.
+pub async fn hub(grace: Duration) -> Result<RunningHub> {
+    hub_with(|c| c.grace_period = grace).await
 }
 
 /// Logs to the test output when RUST_LOG is set.
@@ -39,6 +46,87 @@ pub fn logs() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// A CA and certificates it signs.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Result<Ca> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Ok(Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
+        })
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A leaf certificate with these DNS names and URI SANs: (cert, key) PEM.
+    pub fn leaf(&self, dns: &[&str], uris: &[&str]) -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, "leaf");
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into()?));
+        }
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    pub fn server(&self) -> Result<(String, String)> {
+        self.leaf(&["localhost"], &[])
+    }
+
+    pub fn agent(&self, namespace: &str, shard: &str) -> Result<(String, String)> {
+        self.leaf(
+            &[],
+            &[&format!(
+                "spiffe://scaleagent.dev/ns/{namespace}/shard/{shard}"
+            )],
+        )
+    }
+
+    /// What nginx puts in `$ssl_client_escaped_cert`: the URL-encoded PEM of
+    /// a certificate this CA signed naming `spinnaker/<shard>`.
+    pub fn escaped_agent(&self, shard: &str) -> Result<String> {
+        let (pem, _) = self.agent("spinnaker", shard)?;
+        Ok(escape(&pem))
+    }
+}
+
+/// URL-encodes a PEM as nginx's `$ssl_client_escaped_cert` does.
+pub fn escape(pem: &str) -> String {
+    percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A self-signed certificate naming `spinnaker/<shard>`, URL-encoded: what
+/// anyone can make.
+pub fn forged_escaped_cert(shard: &str) -> Result<String> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names.push(SanType::URI(
+        format!("spiffe://scaleagent.dev/ns/spinnaker/shard/{shard}").try_into()?,
+    ));
+    Ok(escape(&params.self_signed(&key)?.pem()))
+}
+
+/// Settings that trust forwarded certificates from 127.0.0.1 when they
+/// chain to `ca`.
+pub fn trusting_localhost(config: &mut Config, ca: &Ca) {
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().expect("a CIDR")];
+    config.forwarded_client_ca = Some(scale_agent_hub::config::CaBundle {
+        pem: ca.pem().into_bytes(),
+        file: None,
+    });
 }
 
 /// One fake agent replica: one stream.
@@ -201,6 +289,17 @@ impl FakeAgent {
 
     /// Sends one batch and waits for its Ack.
     pub async fn events(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<()> {
+        let sequence = self.events_unacked(account, events).await?;
+        let account = account.to_owned();
+        self.wait_for(|f| match f {
+            hub_frame::Frame::Ack(a) if a.account == account && a.sequence == sequence => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a batch without waiting for an Ack; its sequence number.
+    pub async fn events_unacked(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<u64> {
         let seq = self.sequences.entry(account.to_owned()).or_default();
         *seq += 1;
         let sequence = *seq;
@@ -210,25 +309,7 @@ impl FakeAgent {
             events,
         }))
         .await?;
-        let account = account.to_owned();
-        self.wait_for(|f| match f {
-            hub_frame::Frame::Ack(a) if a.account == account && a.sequence == sequence => Some(()),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Sends a batch without waiting for an Ack.
-    pub async fn events_unacked(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<()> {
-        let seq = self.sequences.entry(account.to_owned()).or_default();
-        *seq += 1;
-        let sequence = *seq;
-        self.send(agent_frame::Frame::EventBatch(pb::EventBatch {
-            account: account.into(),
-            sequence,
-            events,
-        }))
-        .await
+        Ok(sequence)
     }
 
     pub async fn sync_start(
