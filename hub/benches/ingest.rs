@@ -24,11 +24,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
-use scale_agent_hub::identity::{IdentityPolicy, IdentitySource};
+use scale_agent_hub::identity::IdentitySource;
 use scale_agent_hub::registry::{SessionId, ShardKey};
 use scale_agent_hub::session::Session;
-use scale_agent_hub::state::{SessionHandle, Settings, Shared};
-use scale_agent_hub::store::Store;
+use scale_agent_hub::state::{SessionHandle, Shared};
 use scale_agent_proto::v1::{self as pb, AgentFrame, HubFrame, agent_frame};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -49,22 +48,10 @@ fn runtime() -> tokio::runtime::Runtime {
 /// A hub's shared state as `Hub::start` builds it (in-memory store, no ownership check)
 /// and one session holding every account.
 fn hub(rt: &tokio::runtime::Runtime) -> (Arc<Shared>, Session, Rx) {
-    let settings = Settings {
-        hub_id: "hub-bench".into(),
-        grace_period: Duration::from_secs(600),
-        heartbeat_interval: Duration::from_secs(15),
-        max_message_bytes: 16 << 20,
-        initial_window_bytes: 32 << 20,
-        default_operation_timeout: Duration::from_secs(60),
-        hello_timeout: Duration::from_secs(30),
-        identity: IdentityPolicy::default(),
-        ownership: None,
-        max_connection_age: None,
-        max_connection_age_grace: Duration::from_secs(30),
-    };
+    let mut config = scale_agent_hub::Config::local();
+    config.hub_id = "hub-bench".into();
     let _guard = rt.enter();
-    let store = Store::open(None).expect("in-memory store");
-    let shared = Shared::new(settings, store, tokio_util::sync::CancellationToken::new())
+    let shared = Shared::new(config, None, tokio_util::sync::CancellationToken::new())
         .expect("shared state");
     let (tx, rx) = mpsc::channel(1024);
     let shard = ShardKey {

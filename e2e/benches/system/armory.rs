@@ -171,8 +171,16 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             let bytes = p.object_bytes;
             jobs.push(async move {
                 let name = format!("app-{d}");
-                create(&Api::<Deployment>::namespaced(client.clone(), &ns), &deployment(&name)?).await?;
-                create(&Api::<Service>::namespaced(client.clone(), &ns), &service(&name)?).await?;
+                create(
+                    &Api::<Deployment>::namespaced(client.clone(), &ns),
+                    &deployment(&name)?,
+                )
+                .await?;
+                create(
+                    &Api::<Service>::namespaced(client.clone(), &ns),
+                    &service(&name)?,
+                )
+                .await?;
                 let cm = seed::configmap(&format!("{name}-config"), bytes)?;
                 create(&Api::<ConfigMap>::namespaced(client, &ns), &cm).await?;
                 Ok(())
@@ -201,7 +209,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             account(
                 &format!("armory-{a}"),
                 &kubeconfig,
-                (0..p.armory_namespaces.max(1)).map(|k| namespace(a, k)).collect(),
+                (0..p.armory_namespaces.max(1))
+                    .map(|k| namespace(a, k))
+                    .collect(),
                 &KINDS,
             )
         })
@@ -210,7 +220,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         accounts: (0..p.armory_accounts)
             .map(|a| SpecAccount {
                 kubeconfig: env.cp.management.kubeconfig.clone(),
-                namespaces: (0..p.armory_namespaces.max(1)).map(|k| namespace(a, k)).collect(),
+                namespaces: (0..p.armory_namespaces.max(1))
+                    .map(|k| namespace(a, k))
+                    .collect(),
                 kinds: KINDS.iter().map(|k| k.to_string()).collect(),
             })
             .collect(),
@@ -225,13 +237,17 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let mut base = Baseline::start(&stack.dir, "reflector-armory", &spec)?;
     let base_sampler = Sampler::start(base.proc.pid(), every);
     let admin = agent.admin.clone();
-    scale_agent_e2e::wait::until("the agent to be ready (every account synced)", Duration::from_secs(900), || {
-        let admin = admin.clone();
-        async move {
-            let r = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
-            r.status().is_success().then_some(())
-        }
-    })
+    scale_agent_e2e::wait::until(
+        "the agent to be ready (every account synced)",
+        Duration::from_secs(900),
+        || {
+            let admin = admin.clone();
+            async move {
+                let r = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        },
+    )
     .await
     .with_context(|| scale_agent_e2e::process::tail(agent.proc.log(), 20))?;
     let agent_synced = Instant::now();
@@ -240,7 +256,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
 
     // The workload: one create and one delete per account per minute, spread evenly.
     let mut owned: Vec<VecDeque<String>> = (0..p.armory_accounts)
-        .map(|_| (0..p.armory_deployments).map(|d| format!("app-{d}")).collect())
+        .map(|_| {
+            (0..p.armory_deployments)
+                .map(|d| format!("app-{d}"))
+                .collect()
+        })
         .collect();
     let ops_per_minute = p.armory_accounts * 2;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(60.0 / ops_per_minute as f64));
@@ -280,14 +300,23 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         s.cpu_between(steady_from, work_end)
             .map_or(0.0, |(cpu, wall)| cpu / wall * 60.0)
     };
-    let sync_cpu = |s: &Sampler, until: Instant| s.cpu_between(started, until).map_or(0.0, |(cpu, _)| cpu);
+    let sync_cpu =
+        |s: &Sampler, until: Instant| s.cpu_between(started, until).map_or(0.0, |(cpu, _)| cpu);
     let agent_cpu = cpu_per_min(&agent_sampler);
     let base_cpu = cpu_per_min(&base_sampler);
     let agent_sync_cpu = sync_cpu(&agent_sampler, agent_synced);
     let base_sync_cpu = sync_cpu(&base_sampler, base_synced);
     let median = |s: &Sampler| s.median_rss_kib(second_half, work_end).unwrap_or(0.0) / 1024.0;
-    let (agent_steady, base_steady, hub_steady) = (median(&agent_sampler), median(&base_sampler), median(&hub_sampler));
-    let (agent_peak, base_peak, hub_peak) = (agent_sampler.peak_kib(), base_sampler.peak_kib(), hub_sampler.peak_kib());
+    let (agent_steady, base_steady, hub_steady) = (
+        median(&agent_sampler),
+        median(&base_sampler),
+        median(&hub_sampler),
+    );
+    let (agent_peak, base_peak, hub_peak) = (
+        agent_sampler.peak_kib(),
+        base_sampler.peak_kib(),
+        hub_sampler.peak_kib(),
+    );
     let hub_objects: usize = stack.counts().await.map_or(0, |c| c.values().sum());
     let fds = procfs::open_fds(agent.proc.pid()).unwrap_or(0);
     drop(base);
@@ -298,7 +327,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     params.insert("accounts".into(), json!(p.armory_accounts));
     params.insert("kinds".into(), json!(KINDS.join(", ")));
     params.insert("namespaces_per_account".into(), json!(p.armory_namespaces));
-    params.insert("deployments_per_account".into(), json!(p.armory_deployments));
+    params.insert(
+        "deployments_per_account".into(),
+        json!(p.armory_deployments),
+    );
     params.insert("workload_minutes".into(), json!(p.armory_minutes));
     params.insert("kwok_nodes".into(), json!(node_count + 2));
     params.insert(

@@ -144,7 +144,10 @@ async fn reflect_account(account: SpecAccount) -> anyhow::Result<usize> {
             watches.push((Api::all_with(client.clone(), &ar), config));
         } else if kind.namespaced {
             for ns in &account.namespaces {
-                watches.push((Api::namespaced_with(client.clone(), ns, &ar), config.clone()));
+                watches.push((
+                    Api::namespaced_with(client.clone(), ns, &ar),
+                    config.clone(),
+                ));
             }
         } else if is_namespace {
             // Only the account's own namespaces, as the agent sends them.
@@ -171,7 +174,8 @@ async fn reflect_account(account: SpecAccount) -> anyhow::Result<usize> {
                         && !listed
                     {
                         listed = true;
-                        OBJECTS.fetch_add(reader.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        OBJECTS
+                            .fetch_add(reader.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let _ = done.send(());
                     }
                 }

@@ -13,9 +13,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
 use scale_agent_e2e::bench::goal::Goal;
 use scale_agent_e2e::bench::layout::{seeded, sync_namespaces};
+use scale_agent_e2e::bench::procfs;
 use scale_agent_e2e::bench::report::Figure;
 use scale_agent_e2e::bench::sampler::Sampler;
-use scale_agent_e2e::bench::procfs;
 use serde_json::json;
 
 use crate::stack::{Stack, account};
@@ -149,7 +149,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let sampler = Sampler::start(agent.proc.pid(), Duration::from_millis(100));
     let sync_parts = [
         ("agent", vec![agent.proc.pid()]),
-        ("nginx", stack.nginx.process().map(|p| p.pid()).into_iter().collect()),
+        (
+            "nginx",
+            stack.nginx.process().map(|p| p.pid()).into_iter().collect(),
+        ),
         ("hub", vec![hub_pid]),
         ("API servers", apiservers(ctx)),
     ];

@@ -20,8 +20,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use scale_agent_e2e::bench::goal::Goal;
 use scale_agent_e2e::bench::report::Figure;
-use scale_agent_e2e::bench::stats::summarize;
 use scale_agent_e2e::bench::seed;
+use scale_agent_e2e::bench::stats::summarize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -72,7 +72,11 @@ async fn watchers(
                 match e {
                     Ok(Event::Apply(cm)) => {
                         let now = Instant::now();
-                        let key = (ns.clone(), cm.metadata.name.clone().unwrap_or_default(), rv_of(&cm));
+                        let key = (
+                            ns.clone(),
+                            cm.metadata.name.clone().unwrap_or_default(),
+                            rv_of(&cm),
+                        );
                         if let Ok(mut a) = arrivals.lock() {
                             a.entry(key).or_insert(now);
                         }
@@ -100,7 +104,12 @@ fn value(seq: u64, bytes: usize) -> String {
 
 /// Changes objects as fast as `workers` concurrent writers can for `for_`; returns
 /// changes per second.
-async fn closed_loop(targets: &[(String, Api<ConfigMap>, String)], bytes: usize, workers: usize, for_: Duration) -> f64 {
+async fn closed_loop(
+    targets: &[(String, Api<ConfigMap>, String)],
+    bytes: usize,
+    workers: usize,
+    for_: Duration,
+) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + for_;
     let mut tasks = JoinSet::new();
@@ -158,7 +167,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             4,
         )
         .await?;
-        accounts.push(account(&name, &ctx.kubeconfig(j % clusters)?, vec![ns.clone()], &["ConfigMap"]));
+        accounts.push(account(
+            &name,
+            &ctx.kubeconfig(j % clusters)?,
+            vec![ns.clone()],
+            &["ConfigMap"],
+        ));
         expected.insert(name.clone(), OBJECTS);
         account_of.insert(ns.clone(), name);
         let api: Api<ConfigMap> = Api::namespaced(client, &ns);
@@ -173,7 +187,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let stack = Stack::start(&ctx.env, "change-latency").await?;
     let mut agent = stack.agent(&ctx.env, "latency", &accounts, &[])?;
     stack
-        .wait_synced(&mut agent, &expected, Duration::from_millis(200), Duration::from_secs(300))
+        .wait_synced(
+            &mut agent,
+            &expected,
+            Duration::from_millis(200),
+            Duration::from_secs(300),
+        )
         .await?;
     let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
     let mut watch_tasks = JoinSet::new();

@@ -155,12 +155,16 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,kube_client=off")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,kube=warn,kube_client=off")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("starting the async runtime: {e}");
@@ -221,9 +225,7 @@ async fn run(p: Params) -> anyhow::Result<()> {
                 "change_latency" => settle(s, latency::run(&ctx).await, latency::names()),
                 "reconnect" => settle(s, reconnect::run(&ctx).await, reconnect::names()),
                 "armory_workload" => settle(s, armory::run(&ctx).await, armory::names()),
-                "operator_convergence" => {
-                    settle(s, operator::run(&ctx).await, operator::names())
-                }
+                "operator_convergence" => settle(s, operator::run(&ctx).await, operator::names()),
                 _ => (Vec::new(), None),
             };
             if let Some(e) = &error {
@@ -237,7 +239,10 @@ async fn run(p: Params) -> anyhow::Result<()> {
             });
         }
         if p.keep_run_dir {
-            eprintln!("the run folder is kept: {}", ctx.env.cp.keep_run_dir().display());
+            eprintln!(
+                "the run folder is kept: {}",
+                ctx.env.cp.keep_run_dir().display()
+            );
         }
     }
     if p.runs("hub_ingest") && !figures.iter().any(|f| f.name == ingest::RSS_PER_OBJECT) {
@@ -257,8 +262,14 @@ async fn run(p: Params) -> anyhow::Result<()> {
     };
     let report = Report {
         command: std::env::var("BENCH_COMMAND").unwrap_or_else(|_| {
-            let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-            format!("cargo bench -p scale-agent-e2e --bench system -- {}", args.join(" "))
+            let args: Vec<String> = std::env::args()
+                .skip(1)
+                .filter(|a| a != "--bench")
+                .collect();
+            format!(
+                "cargo bench -p scale-agent-e2e --bench system -- {}",
+                args.join(" ")
+            )
         }),
         commit: commit(),
         started_unix,
@@ -419,7 +430,10 @@ fn write(out: &Path, report: &Report, stamp: u64) -> anyhow::Result<()> {
         .filter(|s| s.error.is_some())
         .map(|s| s.name.as_str())
         .collect();
-    anyhow::ensure!(failed.is_empty(), "scenarios failed: {failed:?} (see the report)");
+    anyhow::ensure!(
+        failed.is_empty(),
+        "scenarios failed: {failed:?} (see the report)"
+    );
     Ok(())
 }
 

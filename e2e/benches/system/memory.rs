@@ -28,7 +28,10 @@ pub fn names(p: &Params) -> Vec<(String, &'static str)> {
             [
                 (format!("agent_memory_scaling.peak_rss.{n}"), "MiB"),
                 (format!("agent_memory_scaling.steady_rss.{n}"), "MiB"),
-                (format!("agent_memory_scaling.connections_per_cluster.{n}"), "connections"),
+                (
+                    format!("agent_memory_scaling.connections_per_cluster.{n}"),
+                    "connections",
+                ),
                 (format!("agent_memory_scaling.sync_seconds.{n}"), "s"),
             ]
         })
@@ -156,7 +159,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             p.insert("objects".into(), json!(objects));
             p.insert(
                 "kinds".into(),
-                json!(format!("the default set ({kinds}), one namespace per account")),
+                json!(format!(
+                    "the default set ({kinds}), one namespace per account"
+                )),
             );
             p
         };

@@ -48,7 +48,10 @@ pub fn names() -> Vec<(String, &'static str)> {
         ("operator_convergence.peak_rss".into(), "MiB"),
         ("operator_convergence.edit_settle".into(), "s"),
         ("operator_convergence.edit_writes".into(), "writes"),
-        ("operator_convergence.edit_writes_other_shards".into(), "writes"),
+        (
+            "operator_convergence.edit_writes_other_shards".into(),
+            "writes",
+        ),
     ]
 }
 
@@ -67,7 +70,9 @@ fn conflicting(shards: usize, conflicts: usize) -> BTreeSet<usize> {
         return BTreeSet::new();
     }
     let step = (shards / conflicts).max(1);
-    (0..conflicts.min(shards - 1)).map(|i| i * step + 1).collect()
+    (0..conflicts.min(shards - 1))
+        .map(|i| i * step + 1)
+        .collect()
 }
 
 fn accounts_of(s: usize, per_shard: usize, conflicts: &BTreeSet<usize>) -> Vec<serde_json::Value> {
@@ -144,17 +149,31 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..16 {
-        let (client, jobs, next, kubeconfig) = (client.clone(), Arc::clone(&jobs), Arc::clone(&next), kubeconfig.clone());
+        let (client, jobs, next, kubeconfig) = (
+            client.clone(),
+            Arc::clone(&jobs),
+            Arc::clone(&next),
+            kubeconfig.clone(),
+        );
         workers.spawn(async move {
-            while let Some((ns, name)) = jobs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            while let Some((ns, name)) =
+                jobs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            {
                 let secret: Secret = serde_json::from_value(json!({
                     "metadata": { "name": name },
                     "stringData": { "kubeconfig": kubeconfig },
                 }))?;
-                match Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await {
+                match Api::<Secret>::namespaced(client.clone(), ns)
+                    .create(&PostParams::default(), &secret)
+                    .await
+                {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(anyhow::Error::from(e).context(format!("creating Secret {ns}/{name}"))),
+                    Err(e) => {
+                        return Err(
+                            anyhow::Error::from(e).context(format!("creating Secret {ns}/{name}"))
+                        );
+                    }
                 }
             }
             anyhow::Ok(())
@@ -201,18 +220,32 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     });
 
     let total_accounts = p.shards * p.accounts_per_shard;
-    let conflicts = conflicting(p.shards, (total_accounts as f64 * p.conflict_percent / 100.0).round() as usize);
+    let conflicts = conflicting(
+        p.shards,
+        (total_accounts as f64 * p.conflict_percent / 100.0).round() as usize,
+    );
     let mut tracker = Tracker::new(p.shards);
-    tracing::info!(shards = p.shards, accounts = total_accounts, conflicts = conflicts.len(), "operator_convergence: creating the shards");
+    tracing::info!(
+        shards = p.shards,
+        accounts = total_accounts,
+        conflicts = conflicts.len(),
+        "operator_convergence: creating the shards"
+    );
     let started = Instant::now();
     let creating = {
-        let (client, per_shard, conflicts, shards) = (client.clone(), p.accounts_per_shard, conflicts.clone(), p.shards);
+        let (client, per_shard, conflicts, shards) = (
+            client.clone(),
+            p.accounts_per_shard,
+            conflicts.clone(),
+            p.shards,
+        );
         tokio::spawn(async move {
             let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let conflicts = Arc::new(conflicts);
             let mut workers = tokio::task::JoinSet::new();
             for _ in 0..16 {
-                let (client, next, conflicts) = (client.clone(), Arc::clone(&next), Arc::clone(&conflicts));
+                let (client, next, conflicts) =
+                    (client.clone(), Arc::clone(&next), Arc::clone(&conflicts));
                 workers.spawn(async move {
                     loop {
                         let s = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -275,7 +308,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let mut by_resource: BTreeMap<String, usize> = BTreeMap::new();
     let mut distinct: BTreeSet<(String, String, String)> = BTreeSet::new();
     for r in &conv_writes {
-        *by_resource.entry(format!("{} {}", r.method, r.resource())).or_insert(0) += 1;
+        *by_resource
+            .entry(format!("{} {}", r.method, r.resource()))
+            .or_insert(0) += 1;
         if let Some(path) = &r.path
             && !path.name.is_empty()
             && path.resource != "events"
@@ -290,7 +325,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         .count() as f64
         / p.shards as f64;
     let peak = sampler.peak_kib();
-    let conv_reads = all.iter().filter(|r| !r.is_write() && r.at <= last_write).count();
+    let conv_reads = all
+        .iter()
+        .filter(|r| !r.is_write() && r.at <= last_write)
+        .count();
 
     // The edit: one shard that takes no part in a conflict gets one more account.
     let edited = (0..p.shards)
@@ -303,7 +341,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let api: Api<AgentShard> = Api::namespaced(client.clone(), &key.0);
     let edit_started = Instant::now();
     let patched = api
-        .patch(&key.1, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "accounts": accounts } })))
+        .patch(
+            &key.1,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "accounts": accounts } })),
+        )
         .await?;
     let patch_rtt = edit_started.elapsed();
     let generation = patched.metadata.generation;
@@ -311,13 +353,16 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let mut settled = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     while settled.is_none() && Instant::now() < deadline {
-        if let Ok(Some((at, shard))) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+        if let Ok(Some((at, shard))) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await
+        {
             let done = shard.metadata.name.as_deref() == Some(key.1.as_str())
                 && shard.metadata.namespace.as_deref() == Some(key.0.as_str())
                 && shard.metadata.generation == generation
                 && shard.status.as_ref().is_some_and(|st| {
                     st.observed_generation == generation
-                        && st.accounts.iter().any(|a| a.name == new_name && a.state == scale_agent_crds::AccountState::Active)
+                        && st.accounts.iter().any(|a| {
+                            a.name == new_name && a.state == scale_agent_crds::AccountState::Active
+                        })
                 });
             tracker.apply(shard);
             if done {
@@ -326,10 +371,14 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         }
     }
     watch.abort_all();
-    let settled = settled.context("the edited shard's status did not show the new account Active within 120 s")?;
+    let settled = settled
+        .context("the edited shard's status did not show the new account Active within 120 s")?;
     let edit_last = quiet(&proxy, edit_started).await;
     let edit_requests = proxy.requests_since(edit_started);
-    let edit_writes: Vec<&Recorded> = writes(&edit_requests).into_iter().filter(|r| r.at <= edit_last).collect();
+    let edit_writes: Vec<&Recorded> = writes(&edit_requests)
+        .into_iter()
+        .filter(|r| r.at <= edit_last)
+        .collect();
     let known: BTreeSet<Key> = tracker.shards().map(|(k, _)| k.clone()).collect();
     let (mut own, mut others, mut unattributed) = (0usize, 0usize, 0usize);
     let mut other_list = BTreeSet::new();
@@ -379,7 +428,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         json!("an API server of its own (same etcd), no controllers: agent pods do not run"),
     );
     params.insert("webhook_mode".to_string(), json!("warn"));
-    let breakdown: Vec<String> = by_resource.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let breakdown: Vec<String> = by_resource
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     Ok(vec![
         Figure::new("operator_convergence", "operator_convergence", secs(convergence), "s")
             .baseline(

@@ -137,7 +137,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             4,
         )
         .await?;
-        accounts.push(account(&name, &ctx.kubeconfig(j % clusters)?, vec![ns.clone()], &["ConfigMap"]));
+        accounts.push(account(
+            &name,
+            &ctx.kubeconfig(j % clusters)?,
+            vec![ns.clone()],
+            &["ConfigMap"],
+        ));
         expected.insert(name.clone(), OBJECTS);
         checked.push((name, ns.clone(), Api::<ConfigMap>::namespaced(client, &ns)));
     }
@@ -145,7 +150,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let started = Instant::now();
     let mut agent = stack.agent(&ctx.env, "reconnect", &accounts, &[])?;
     let synced = stack
-        .wait_synced(&mut agent, &expected, Duration::from_millis(100), Duration::from_secs(300))
+        .wait_synced(
+            &mut agent,
+            &expected,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )
         .await?;
     let cold = synced - started;
     all_equal(&stack, &checked, Duration::from_secs(60)).await?;
@@ -171,8 +181,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let equal = all_equal(&stack, &checked, Duration::from_secs(120)).await?;
     let time_to_equal = equal - up;
     let changes = churning.stop().await;
-    let relisted = metric(&admin, "scale_agent_relists_total").await.saturating_sub(relists);
-    let resumed = metric(&admin, "scale_agent_resumes_total").await.saturating_sub(resumes);
+    let relisted = metric(&admin, "scale_agent_relists_total")
+        .await
+        .saturating_sub(relists);
+    let resumed = metric(&admin, "scale_agent_resumes_total")
+        .await
+        .saturating_sub(resumes);
     drop(agent);
     drop(stack);
 

@@ -225,10 +225,9 @@ impl Stack {
                     return Ok(Instant::now());
                 }
             }
-            agent
-                .proc
-                .check_running()
-                .with_context(|| format!("the agent exited with {got} of {want} objects at the hub"))?;
+            agent.proc.check_running().with_context(|| {
+                format!("the agent exited with {got} of {want} objects at the hub")
+            })?;
             if Instant::now() > deadline {
                 bail!(
                     "the hub held {got} of {want} objects after {} s; agent log: {}",

@@ -92,7 +92,11 @@ impl Tracker {
                 active.entry(name).or_insert(0);
             }
             if let Some(st) = &s.status {
-                for a in st.accounts.iter().filter(|a| a.state == AccountState::Active) {
+                for a in st
+                    .accounts
+                    .iter()
+                    .filter(|a| a.state == AccountState::Active)
+                {
                     *active.entry(a.name.as_str()).or_insert(0) += 1;
                 }
             }
@@ -166,10 +170,27 @@ mod tests {
     fn a_status_is_current_when_it_is_about_this_generation_and_every_account() {
         let a = shard("ns", "a", &["x", "y"]);
         assert!(!is_current(&a), "no status yet");
-        assert!(is_current(&with_status(a.clone(), 1, &[("x", "Active"), ("y", "Conflict")])));
-        assert!(!is_current(&with_status(a.clone(), 0, &[("x", "Active"), ("y", "Active")])), "stale generation");
-        assert!(!is_current(&with_status(a.clone(), 1, &[("x", "Active")])), "an account missing");
-        assert!(!is_current(&with_status(a, 1, &[("x", "Active"), ("y", "Invalid")])), "an Invalid account");
+        assert!(is_current(&with_status(
+            a.clone(),
+            1,
+            &[("x", "Active"), ("y", "Conflict")]
+        )));
+        assert!(
+            !is_current(&with_status(
+                a.clone(),
+                0,
+                &[("x", "Active"), ("y", "Active")]
+            )),
+            "stale generation"
+        );
+        assert!(
+            !is_current(&with_status(a.clone(), 1, &[("x", "Active")])),
+            "an account missing"
+        );
+        assert!(
+            !is_current(&with_status(a, 1, &[("x", "Active"), ("y", "Invalid")])),
+            "an Invalid account"
+        );
     }
 
     #[test]
@@ -177,7 +198,11 @@ mod tests {
         let a = shard("ns", "a", &["x", "y"]);
         let b = shard("ns", "b", &["x"]);
         let mut t = Tracker::new(2);
-        t.apply(with_status(a.clone(), 1, &[("x", "Active"), ("y", "Active")]));
+        t.apply(with_status(
+            a.clone(),
+            1,
+            &[("x", "Active"), ("y", "Active")],
+        ));
         assert!(!t.all_final(), "b not seen yet");
         t.apply(b.clone());
         assert!(!t.all_final(), "b has no status");
@@ -186,7 +211,11 @@ mod tests {
         t.apply(with_status(b.clone(), 1, &[("x", "Conflict")]));
         assert!(t.all_final());
         // Either claimant may own the name, as long as exactly one does.
-        t.apply(with_status(a.clone(), 1, &[("x", "Conflict"), ("y", "Active")]));
+        t.apply(with_status(
+            a.clone(),
+            1,
+            &[("x", "Conflict"), ("y", "Active")],
+        ));
         assert!(!t.all_final(), "x owned by nobody");
         t.apply(with_status(b, 1, &[("x", "Active")]));
         assert!(t.all_final());
@@ -207,30 +236,62 @@ mod tests {
     fn requests_are_attributed_to_their_shard() {
         let of = |r: Recorded| shard_of(&r).map(|(ns, n)| format!("{ns}/{n}"));
         assert_eq!(
-            of(rec("PATCH", "/apis/scaleagent.dev/v1alpha1/namespaces/o/agentshards/shard-1/status", None)).as_deref(),
+            of(rec(
+                "PATCH",
+                "/apis/scaleagent.dev/v1alpha1/namespaces/o/agentshards/shard-1/status",
+                None
+            ))
+            .as_deref(),
             Some("o/shard-1")
         );
-        for child in ["shard-1-agent", "shard-1-agent-config", "shard-1-agent-kubeconfigs"] {
+        for child in [
+            "shard-1-agent",
+            "shard-1-agent-config",
+            "shard-1-agent-kubeconfigs",
+        ] {
             assert_eq!(
-                of(rec("PATCH", &format!("/api/v1/namespaces/o/configmaps/{child}"), None)).as_deref(),
+                of(rec(
+                    "PATCH",
+                    &format!("/api/v1/namespaces/o/configmaps/{child}"),
+                    None
+                ))
+                .as_deref(),
                 Some("o/shard-1"),
                 "{child}"
             );
         }
         assert_eq!(
-            of(rec("POST", "/apis/events.k8s.io/v1/namespaces/o/events", Some("shard-2"))).as_deref(),
+            of(rec(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/o/events",
+                Some("shard-2")
+            ))
+            .as_deref(),
             Some("o/shard-2")
         );
         assert_eq!(
-            of(rec("PATCH", "/apis/events.k8s.io/v1/namespaces/o/events/shard-3.17a2b", None)).as_deref(),
+            of(rec(
+                "PATCH",
+                "/apis/events.k8s.io/v1/namespaces/o/events/shard-3.17a2b",
+                None
+            ))
+            .as_deref(),
             Some("o/shard-3")
         );
         assert_eq!(
-            of(rec("PUT", "/apis/coordination.k8s.io/v1/namespaces/scale-agent-system/leases/scale-agent-operator", None)),
+            of(rec(
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/scale-agent-system/leases/scale-agent-operator",
+                None
+            )),
             None
         );
         assert_eq!(
-            of(rec("PATCH", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/x", None)),
+            of(rec(
+                "PATCH",
+                "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/x",
+                None
+            )),
             None
         );
     }

@@ -81,7 +81,11 @@ pub fn group_cpu_seconds(group: u32) -> f64 {
     };
     let ticks: u64 = entries
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
         .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
         .filter(|stat| parse_stat_group(stat) == Some(group))
         .filter_map(|stat| parse_stat_ticks(&stat))
@@ -200,7 +204,8 @@ mod tests {
 
     #[test]
     fn status_gives_rss_and_high_water_mark() {
-        let text = "Name:\tscale-agent\nVmPeak:\t  900 kB\nVmHWM:\t  51200 kB\nVmRSS:\t  40960 kB\n";
+        let text =
+            "Name:\tscale-agent\nVmPeak:\t  900 kB\nVmHWM:\t  51200 kB\nVmRSS:\t  40960 kB\n";
         assert_eq!(
             parse_status(text),
             Some(Memory {
@@ -213,7 +218,8 @@ mod tests {
 
     #[test]
     fn stat_ticks_skip_a_command_name_with_spaces_and_parentheses() {
-        let text = "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
+        let text =
+            "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
         assert_eq!(parse_stat_ticks(text), Some(300));
         assert_eq!(parse_stat_ticks("garbage"), None);
         assert_eq!(parse_stat_group(text), Some(4242));
@@ -254,7 +260,8 @@ mod tests {
         let _client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let by_port = connections_by_remote_port(me).expect("own sockets");
         assert_eq!(by_port.get(&port), Some(&1), "{by_port:?}");
-        let group = parse_stat_group(&fs::read_to_string("/proc/self/stat").expect("stat")).expect("group");
+        let group =
+            parse_stat_group(&fs::read_to_string("/proc/self/stat").expect("stat")).expect("group");
         assert!(group_cpu_seconds(group) > 0.0);
         let needle = std::env::args().next().expect("argv0");
         assert!(find_process(&needle).is_some());

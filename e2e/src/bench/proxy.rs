@@ -197,10 +197,10 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let path = parse_path(parts.uri.path());
-    let watch = parts.uri.query().is_some_and(|q| {
-        q.split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1")
-    });
+    let watch = parts
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
     let regarding = match &path {
         Some(p) if p.resource == "events" && !body.is_empty() => event_subject(&body),
         _ => None,
@@ -234,7 +234,12 @@ async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             let drop: Vec<HeaderName> = parts
                 .headers
                 .keys()
-                .filter(|k| matches!(k.as_str(), "connection" | "transfer-encoding" | "keep-alive"))
+                .filter(|k| {
+                    matches!(
+                        k.as_str(),
+                        "connection" | "transfer-encoding" | "keep-alive"
+                    )
+                })
                 .cloned()
                 .collect();
             for k in drop {

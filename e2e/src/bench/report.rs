@@ -219,7 +219,9 @@ impl Report {
                 Some(b) => format!("{} {} ({})", number(b), f.unit, f.baseline_what),
                 None => "—".into(),
             };
-            let ratio = f.ratio.map_or_else(|| "—".into(), |r| format!("{}×", number(r)));
+            let ratio = f
+                .ratio
+                .map_or_else(|| "—".into(), |r| format!("{}×", number(r)));
             let goal = f.goal.clone().unwrap_or_else(|| "—".into());
             let met = match (f.met, f.over_by()) {
                 (Some(true), _) => "yes".to_string(),

@@ -41,10 +41,12 @@ pub fn configmap(name: &str, bytes: usize) -> Result<ConfigMap> {
 /// Creates namespace `name` through `client` unless it exists.
 pub async fn namespace(client: &kube::Client, name: &str) -> Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } }))
-        .map_err(|e| Error::Invalid {
-            what: format!("namespace {name}"),
-            message: e.to_string(),
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": name } })).map_err(|e| {
+            Error::Invalid {
+                what: format!("namespace {name}"),
+                message: e.to_string(),
+            }
         })?;
     match api.create(&PostParams::default(), &ns).await {
         Ok(_) => Ok(()),
@@ -69,7 +71,9 @@ pub async fn configmaps(
     let jobs: Arc<Vec<(String, String)>> = Arc::new(
         batches
             .iter()
-            .flat_map(|b| (0..b.count).map(move |i| (b.namespace.clone(), format!("{}-{i}", b.prefix))))
+            .flat_map(|b| {
+                (0..b.count).map(move |i| (b.namespace.clone(), format!("{}-{i}", b.prefix)))
+            })
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
