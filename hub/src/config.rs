@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use crate::Error;
 use crate::identity::{self, IdentityPolicy};
+pub use crate::store::StoreLocation;
 use crate::ownership::ShardSource;
 use crate::tls::TlsConfig;
 
@@ -24,8 +25,19 @@ pub struct Config {
     /// How long a dropped account is kept (Disconnected) for its agent to come
     /// back before it, its cache and its binding are removed.
     pub grace_period: Duration,
-    /// SQLite file for bindings; in memory when `None`.
-    pub store: Option<PathBuf>,
+    /// Where bindings (and, shared between replicas, the registry, resume
+    /// points and operations in flight) are kept.
+    pub store: StoreLocation,
+    /// The host or address other replicas reach this one's HTTP API at, for
+    /// forwarding (with a shared store); the HTTP listener's address when
+    /// `None` and it is a specific one.
+    pub advertise_address: Option<String>,
+    /// How often a replica sharing a store records that it is alive.
+    pub replica_heartbeat: Duration,
+    /// A replica sharing a store and silent for longer is dead: its
+    /// accounts are Disconnected, and its operations in flight go to the
+    /// accounts' next holders.
+    pub replica_timeout: Duration,
     /// TLS for gRPC; plain HTTP/2 (h2c) when `None`.
     pub tls: Option<TlsConfig>,
     /// This instance's id, sent in Welcome; a random one by default.
@@ -68,14 +80,18 @@ pub struct Config {
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Config {
-    /// Defaults on the given addresses: 600 s grace period, in-memory store,
+    /// Defaults on the given addresses: 600 s grace period, in-memory store
+    /// (replicas of a shared store heartbeat every 2 s, dead after 10 s),
     /// no TLS, no ownership check, no API token.
     pub fn new(grpc_addr: SocketAddr, http_addr: SocketAddr) -> Config {
         Config {
             grpc_addr,
             http_addr,
             grace_period: Duration::from_secs(600),
-            store: None,
+            store: StoreLocation::Memory,
+            advertise_address: None,
+            replica_heartbeat: Duration::from_secs(2),
+            replica_timeout: Duration::from_secs(10),
             tls: None,
             hub_id: format!("hub-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             heartbeat_interval: Duration::from_secs(15),
@@ -100,9 +116,27 @@ impl Config {
         Config::new(any, any)
     }
 
+    /// The base URL other replicas forward this replica's API requests to:
+    /// `http://<advertised address>:<port>`; `None` when the listener's
+    /// address is unspecified (0.0.0.0) and nothing is advertised.
+    pub fn advertised_api(&self, bound: SocketAddr) -> Option<String> {
+        let host = match &self.advertise_address {
+            Some(host) => host.clone(),
+            None if bound.ip().is_unspecified() => return None,
+            None => bound.ip().to_string(),
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Some(format!("http://{host}:{}", bound.port()))
+    }
+
     /// The settings as the hub runs them: the heartbeat interval raised to
     /// [`MIN_HEARTBEAT_INTERVAL`], and how sessions are authenticated; an
-    /// error when the client certificate header is not a valid header name.
+    /// error when the client certificate header is not a valid header name,
+    /// or replicas would count each other dead between heartbeats.
     pub fn checked(mut self) -> Result<(Config, IdentityPolicy), Error> {
         self.heartbeat_interval = self.heartbeat_interval.max(MIN_HEARTBEAT_INTERVAL);
         let header = self.client_cert_header.to_ascii_lowercase();
@@ -110,6 +144,15 @@ impl Config {
             setting: "--client-cert-header",
             message,
         })?;
+        if self.store.is_shared() && self.replica_timeout <= self.replica_heartbeat {
+            return Err(Error::Setting {
+                setting: "--replica-timeout",
+                message: format!(
+                    "{:?} must be longer than the heartbeat interval {:?} (three intervals or more), or live replicas count as dead",
+                    self.replica_timeout, self.replica_heartbeat
+                ),
+            });
+        }
         let policy = IdentityPolicy {
             trusted_proxies: self.trusted_proxies.clone(),
             client_cert_header: header,

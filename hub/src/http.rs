@@ -156,7 +156,13 @@ pub fn router(shared: Arc<Shared>, token: Option<Arc<ApiToken>>) -> Router {
             get(get_object),
         )
         .route("/v1/accounts/{account}/operations", post(post_operation))
-        .with_state(Arc::clone(&shared));
+        .with_state(Arc::clone(&shared))
+        // Requests about an account another replica holds go there (after
+        // the token check below, which runs first).
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            crate::forward::json_api,
+        ));
     if let Some(token) = token {
         api = api.layer(middleware::from_fn_with_state(
             (Arc::clone(&shared), token),
@@ -165,6 +171,7 @@ pub fn router(shared: Arc<Shared>, token: Option<Arc<ApiToken>>) -> Router {
     }
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(shared)
         .merge(api)
@@ -193,6 +200,16 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response()
+    }
+}
+
+/// 200 when the hub can do all it should; 503 with the reason when not (its
+/// shared store does not answer: it serves what it holds, but takes no new
+/// accounts).
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.ready() {
+        Ok(()) => "ok\n".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
     }
 }
 

@@ -28,8 +28,8 @@ use crate::ownership::{Ownership, OwnershipRx, Verdict};
 use crate::registry::{
     Binding, Caller, Decision, Registration, RejectReason, Release, SessionId, ShardKey,
 };
-use crate::routing;
 use crate::session::{Session, frame};
+use crate::{claim, routing};
 use crate::state::Core;
 
 /// How long a Register waits for the first list of AgentShards before it is
@@ -126,6 +126,20 @@ impl Refusal {
         }
     }
 
+    /// The hub's shared store cannot be used (`why`), so nothing can be
+    /// bound or claimed; the agent retries.
+    pub fn store_unavailable(why: &str) -> Refusal {
+        Refusal {
+            reason: RegisterReason::Unavailable,
+            label: "store_unavailable",
+            message: format!(
+                "the hub cannot reach its shared store, so it cannot bind or take accounts now ({}); retry shortly",
+                clip(why)
+            ),
+            owner: None,
+        }
+    }
+
     /// A newer session (`by`) took the account over.
     pub fn superseded(account: &str, by: &Caller) -> Refusal {
         Refusal {
@@ -204,6 +218,20 @@ pub struct Decided {
     /// The older session that held the account, with its replica: it is
     /// told SUPERSEDED.
     pub superseded: Option<(SessionId, String)>,
+}
+
+impl Decided {
+    /// `account` of cluster `cluster_id`, refused for `refusal`, with nothing
+    /// else to do.
+    pub fn refused(account: String, cluster_id: String, refusal: Refusal) -> Decided {
+        Decided {
+            account,
+            cluster_id,
+            answer: Answer::Refused(refusal),
+            persist: None,
+            superseded: None,
+        }
+    }
 }
 
 fn resume_point(r: Resume) -> ResumePoint {
@@ -337,10 +365,10 @@ pub async fn register(session: &Session, reg: pb::Register) -> bool {
     let shared = &session.shared;
     let owners = owners(shared.ownership.as_ref()).await;
     let caller = session.caller();
-    let decided = {
-        let mut core = shared.core();
-        decide(&mut core, &caller, &owners, reg.accounts, SystemTime::now())
-    };
+    let decided = claim::decide(shared, &caller, reg.accounts, |core, accounts| {
+        decide(core, &caller, &owners, accounts, SystemTime::now())
+    })
+    .await;
     let accepted: Vec<String> = decided
         .iter()
         .filter(|d| matches!(d.answer, Answer::Accepted(_)))
