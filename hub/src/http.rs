@@ -242,6 +242,33 @@ pub struct AccountView {
     session: Option<String>,
     /// Seconds since the last state change.
     since_seconds: u64,
+    /// With a shared store: the hub replica that holds (or last held) the
+    /// account's stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hub_replica: Option<String>,
+}
+
+impl AccountView {
+    /// An account as the shared store has it (held by another replica).
+    fn stored(row: crate::store::postgres::AccountRow, now: SystemTime) -> AccountView {
+        AccountView {
+            state: if row.session.is_some() {
+                AccountState::Connected
+            } else {
+                AccountState::Disconnected
+            },
+            objects: usize::try_from(row.objects).unwrap_or(usize::MAX),
+            since_seconds: now.duration_since(row.since).map_or(0, |d| d.as_secs()),
+            name: row.name,
+            cluster_id: row.binding.cluster_id,
+            shard: row.binding.shard.to_string(),
+            replica: row.agent_replica,
+            server_url: row.binding.server_url,
+            kubernetes_version: row.kubernetes_version,
+            session: row.session,
+            hub_replica: Some(row.holder),
+        }
+    }
 }
 
 fn account_views(shared: &Shared, only: Option<&str>) -> Vec<AccountView> {
@@ -261,12 +288,41 @@ fn account_views(shared: &Shared, only: Option<&str>) -> Vec<AccountView> {
             kubernetes_version: a.kubernetes_version.clone(),
             session: a.session.as_ref().map(ToString::to_string),
             since_seconds: now.duration_since(a.since).map_or(0, |d| d.as_secs()),
+            hub_replica: shared.replicas.as_ref().map(|r| r.id()),
         })
         .collect()
 }
 
 async fn list_accounts(State(shared): State<Arc<Shared>>) -> Json<Vec<AccountView>> {
-    Json(account_views(&shared, None))
+    let local = account_views(&shared, None);
+    let Some(replicas) = &shared.replicas else {
+        return Json(local);
+    };
+    // Every replica's accounts, as the shared store has them; those this
+    // replica holds, as it sees them (its object count is current). When
+    // the store does not answer, what this replica holds.
+    let rows = match replicas.store().accounts(replicas.timing().timeout).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            warn!(%err, "listing accounts: the shared store does not answer; listing this replica's");
+            return Json(local);
+        }
+    };
+    let me = replicas.id();
+    let mut held: std::collections::HashMap<String, AccountView> = local
+        .into_iter()
+        .filter(|v| v.session.is_some())
+        .map(|v| (v.name.clone(), v))
+        .collect();
+    let now = SystemTime::now();
+    Json(
+        rows.into_iter()
+            .map(|row| match held.remove(&row.name) {
+                Some(view) if row.holder == me => view,
+                _ => AccountView::stored(row, now),
+            })
+            .collect(),
+    )
 }
 
 async fn get_account(

@@ -1,0 +1,357 @@
+//! Hub replicas in-process sharing a real PostgreSQL (Debian's, started by
+//! the e2e harness), driven by fake agents over real gRPC: one holder per
+//! account whatever the races, takeovers that resume from the written-behind
+//! cache, forwarding between replicas, and a database that goes away and
+//! comes back.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use scale_agent_e2e::postgres::Postgres;
+use scale_agent_hub::RunningHub;
+use scale_agent_hub::config::StoreLocation;
+use scale_agent_proto::v1::{RegisterReason, hub_frame};
+use tokio::sync::Mutex;
+
+const LONG: Duration = Duration::from_secs(600);
+
+/// The run folder of this test process (logs, and the list of processes a
+/// reaper stops when the process ends).
+fn run_dir() -> &'static std::path::Path {
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a run folder").keep();
+        let reaper = scale_agent_e2e::process::spawn_reaper(&dir, std::process::id())
+            .expect("a reaper for the test's processes");
+        // It outlives the tests and stops what they leave when the process ends.
+        std::mem::forget(reaper);
+        dir
+    })
+}
+
+/// The PostgreSQL server the tests share (each has its database).
+fn postgres() -> &'static Mutex<Postgres> {
+    static PG: OnceLock<Mutex<Postgres>> = OnceLock::new();
+    PG.get_or_init(|| {
+        let dir = run_dir().to_path_buf();
+        let pg = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(Postgres::start(&dir))
+        })
+        .join()
+        .expect("PostgreSQL starts")
+        .expect("PostgreSQL starts");
+        Mutex::new(pg)
+    })
+}
+
+/// A fresh database named after the test.
+async fn database(test: &str) -> Result<String> {
+    Ok(postgres().lock().await.database(test)?)
+}
+
+/// A hub replica on the database at `url`, heartbeating every 200 ms.
+async fn replica(url: &str, id: &str) -> Result<RunningHub> {
+    hub_with(|c| {
+        c.grace_period = LONG;
+        c.store = StoreLocation::Postgres(url.to_owned());
+        c.hub_id = id.to_owned();
+        c.replica_heartbeat = Duration::from_millis(200);
+        c.replica_timeout = Duration::from_secs(2);
+    })
+    .await
+}
+
+/// Waits until `check` holds (at most 10 s).
+async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ready(hub: &RunningHub) -> Result<bool> {
+    Ok(get(hub, "/readyz").await?.0 == 200)
+}
+
+/// The holder of each account, as the database has it.
+async fn holders(db: &str) -> Result<Vec<(String, String, String)>> {
+    let text = postgres().lock().await.psql(
+        db,
+        "SELECT name, holder, COALESCE(session, '') FROM accounts ORDER BY name",
+    )?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut parts = l.split('|').map(str::to_owned);
+            (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn any_replica_answers_for_an_account_another_holds() -> Result<()> {
+    logs();
+    let url = database("forwarding").await?;
+    let a = replica(&url, "hub-a").await?;
+    let b = replica(&url, "hub-b").await?;
+    eventually("both ready", || async { Ok(ready(&a).await? && ready(&b).await?) }).await?;
+    let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
+    assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
+    agent
+        .events("prod-1", vec![added("web", "frontend", "10")])
+        .await?;
+
+    // Through the replica without the stream: forwarded to the holder.
+    let (status, objects) = get(&b, "/v1/accounts/prod-1/objects").await?;
+    assert_eq!(status, 200, "{objects}");
+    assert_eq!(objects[0]["name"], "frontend");
+    let (status, account) = get(&b, "/v1/accounts/prod-1").await?;
+    assert_eq!(status, 200, "{account}");
+    assert_eq!(account["hubReplica"], "hub-a");
+    // Every replica lists every account.
+    let (_, listed) = get(&b, "/v1/accounts").await?;
+    assert_eq!(listed[0]["name"], "prod-1", "{listed}");
+    assert_eq!(listed[0]["state"], "Connected");
+    assert_eq!(listed[0]["hubReplica"], "hub-a");
+
+    // A request forwarded once is never forwarded again.
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/accounts/prod-1/objects", b.http_url()))
+        .header("x-scale-agent-forwarded-by", "hub-x")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 503);
+    let text = response.text().await?;
+    assert!(text.contains("hub-x") && text.contains("retry"), "{text}");
+
+    // Unknown everywhere: 404 from whichever replica is asked.
+    assert_eq!(get(&b, "/v1/accounts/nope/objects").await?.0, 404);
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache() -> Result<()> {
+    logs();
+    let url = database("takeover").await?;
+    let a = replica(&url, "hub-a").await?;
+    let b = replica(&url, "hub-b").await?;
+    eventually("both ready", || async { Ok(ready(&a).await? && ready(&b).await?) }).await?;
+    let mut first = FakeAgent::connect(&a, "east", "east-0").await?;
+    assert!(first.register(&[("prod-1", "uid-a")]).await?[0].accepted);
+    first
+        .sync_start("prod-1", deployments(), scale_agent_proto::v1::SyncMode::FullRelist)
+        .await?;
+    first
+        .events(
+            "prod-1",
+            vec![added("web", "frontend", "10"), added("web", "api", "11")],
+        )
+        .await?;
+    first.sync_end("prod-1", deployments(), "12", 2).await?;
+    first.barrier().await?;
+    // Written behind within a flush interval.
+    eventually("the cache written behind", || async {
+        let text = postgres().lock().await.psql(
+            "takeover",
+            "SELECT (SELECT count(*) FROM objects), (SELECT string_agg(resource_version, ',') FROM resume_points)",
+        )?;
+        Ok(text == "2|12")
+    })
+    .await?;
+
+    // Another replica of the shard reaches the other hub: it takes the
+    // account over, resuming where the first left off.
+    let mut second = FakeAgent::connect(&b, "east", "east-1").await?;
+    let results = second.register(&[("prod-1", "uid-a")]).await?;
+    assert!(results[0].accepted, "{results:?}");
+    let points: Vec<(&str, &str)> = results[0]
+        .resume_points
+        .iter()
+        .map(|p| {
+            (
+                p.kind.as_ref().map_or("", |k| k.kind.as_str()),
+                p.resource_version.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(points, [("Deployment", "12")]);
+    assert_eq!(object_names(&b, "prod-1").await?, ["api", "frontend"]);
+    // The first session is told it lost the account, and its late events
+    // change nothing anywhere.
+    let notice = first
+        .wait_for(|f| match f {
+            hub_frame::Frame::RegisterResult(r) => Some(r.accounts.clone()),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(notice[0].reason, RegisterReason::Superseded as i32, "{notice:?}");
+    first
+        .events_unacked("prod-1", vec![added("web", "late", "13")])
+        .await?;
+    first.barrier().await?;
+    second
+        .events("prod-1", vec![added("web", "fresh", "14")])
+        .await?;
+    for hub in [&a, &b] {
+        assert_eq!(
+            object_names(hub, "prod-1").await?,
+            ["api", "fresh", "frontend"]
+        );
+    }
+    assert_eq!(
+        holders("takeover").await?,
+        [(
+            "prod-1".to_owned(),
+            "hub-b".to_owned(),
+            second.welcome.session_id.clone()
+        )]
+    );
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn replicas_racing_for_new_names_bind_each_once() -> Result<()> {
+    logs();
+    let url = database("races").await?;
+    let a = replica(&url, "hub-a").await?;
+    let b = replica(&url, "hub-b").await?;
+    eventually("both ready", || async { Ok(ready(&a).await? && ready(&b).await?) }).await?;
+    const NAMES: usize = 20;
+    let mut east = FakeAgent::connect(&a, "east", "east-0").await?;
+    let mut west = FakeAgent::connect(&b, "east", "east-1").await?;
+    let mut won = (0, 0);
+    for i in 0..NAMES {
+        let name = format!("race-{i}");
+        // The same new name from two clusters at the same time, one at each
+        // replica: exactly one binds it.
+        let (to_east, to_west) = ([(name.as_str(), "uid-east")], [(name.as_str(), "uid-west")]);
+        let (x, y) = tokio::join!(east.register(&to_east), west.register(&to_west));
+        let (x, y) = (x?.remove(0), y?.remove(0));
+        assert!(x.accepted != y.accepted, "{name}: {x:?} / {y:?}");
+        let loser = if x.accepted { &y } else { &x };
+        assert_eq!(loser.reason, RegisterReason::ClusterMismatch as i32, "{loser:?}");
+        if x.accepted {
+            won.0 += 1;
+        } else {
+            won.1 += 1;
+        }
+    }
+    eprintln!("races for new names: hub-a bound {}, hub-b bound {}", won.0, won.1);
+    let bound = holders("races").await?;
+    assert_eq!(bound.len(), NAMES);
+    let mut east_sessions = 0;
+    for (name, holder, session) in &bound {
+        let expected = if holder == "hub-a" {
+            east_sessions += 1;
+            &east.welcome.session_id
+        } else {
+            &west.welcome.session_id
+        };
+        assert_eq!(session, expected, "{name}");
+    }
+    assert_eq!(east_sessions, won.0);
+
+    // The same cluster racing itself (two replicas of a shard during a
+    // lease change): both are accepted in turn, the later one holds it,
+    // the earlier is told, and the replicas agree.
+    let (x, y) = tokio::join!(
+        east.register(&[("shared", "uid-s")]),
+        west.register(&[("shared", "uid-s")])
+    );
+    assert!(x?[0].accepted && y?[0].accepted);
+    let (_, holder, session) = holders("races")
+        .await?
+        .into_iter()
+        .find(|(n, _, _)| n == "shared")
+        .ok_or("no row")?;
+    let (winner, loser, loser_hub) = if holder == "hub-a" {
+        (&east, &mut west, &b)
+    } else {
+        (&west, &mut east, &a)
+    };
+    assert_eq!(session, winner.welcome.session_id);
+    let notice = loser
+        .wait_for(|f| match f {
+            hub_frame::Frame::RegisterResult(r) if r.accounts[0].name == "shared" => {
+                Some(r.accounts[0].clone())
+            }
+            _ => None,
+        })
+        .await?;
+    assert_eq!(notice.reason, RegisterReason::Superseded as i32);
+    eventually("the losing replica to let the account go", || async {
+        let (_, view) = get(loser_hub, "/v1/accounts/shared").await?;
+        Ok(view["hubReplica"] == holder.as_str())
+    })
+    .await?;
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_its_database_a_replica_serves_what_it_holds_and_recovers() -> Result<()> {
+    logs();
+    // A server of its own: it is stopped while the other tests run.
+    let mut pg = Postgres::start(run_dir()).await?;
+    let url = pg.database("outage")?;
+    let a = replica(&url, "hub-a").await?;
+    eventually("ready", || ready(&a)).await?;
+    let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
+    assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
+    agent.events("prod-1", vec![added("web", "one", "1")]).await?;
+
+    pg.stop();
+    eventually("unready", || async { Ok(!ready(&a).await?) }).await?;
+    let (_, body) = get(&a, "/readyz").await?;
+    assert!(body.as_str().unwrap_or_default().contains("shared store"), "{body}");
+    // What it holds streams on and is served.
+    agent.events("prod-1", vec![added("web", "two", "2")]).await?;
+    assert_eq!(object_names(&a, "prod-1").await?, ["one", "two"]);
+    // Nothing new is bound.
+    let refused = agent.register(&[("prod-2", "uid-b")]).await?;
+    assert!(!refused[0].accepted);
+    assert_eq!(refused[0].reason, RegisterReason::Unavailable as i32);
+    assert!(refused[0].message.contains("shared store"), "{refused:?}");
+
+    pg.restart().await?;
+    eventually("ready again", || ready(&a)).await?;
+    assert!(agent.register(&[("prod-2", "uid-b")]).await?[0].accepted);
+    // What arrived during the outage reached the database.
+    eventually("the outage's changes written behind", || async {
+        let text = pg.psql(
+            "outage",
+            "SELECT string_agg(name, ',' ORDER BY name) FROM objects WHERE account = 'prod-1'",
+        )?;
+        Ok(text == "one,two")
+    })
+    .await?;
+    a.shutdown().await?;
+    Ok(())
+}
