@@ -55,6 +55,12 @@ pub struct Args {
     #[arg(long, value_name = "PATH|URL", value_parser = parse_store)]
     pub store: Option<StoreLocation>,
 
+    /// This replica's id: sent to agents in Welcome and, with a shared store,
+    /// the name other replicas know it by (in Kubernetes, the pod name).
+    /// Random when unset.
+    #[arg(long, value_name = "ID", env = "SCALE_AGENT_HUB_ID")]
+    pub hub_id: Option<String>,
+
     /// With a shared store: the host or address other replicas reach this
     /// one's HTTP API at (in Kubernetes, the pod IP from the downward API).
     /// Defaults to the --http-addr address when that is a specific one.
@@ -197,7 +203,8 @@ impl Args {
             api_token_file: self.api_token_file,
             reload_interval: self.reload_interval,
             ..Config::new(self.grpc_addr, self.http_addr)
-        })
+        }
+        .with_hub_id(self.hub_id))
     }
 }
 

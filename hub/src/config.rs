@@ -116,6 +116,15 @@ impl Config {
         Config::new(any, any)
     }
 
+    /// These settings with hub id `id`, when given (the random one stays
+    /// otherwise).
+    pub fn with_hub_id(mut self, id: Option<String>) -> Config {
+        if let Some(id) = id.filter(|id| !id.trim().is_empty()) {
+            self.hub_id = id;
+        }
+        self
+    }
+
     /// The base URL other replicas forward this replica's API requests to:
     /// `http://<advertised address>:<port>`; `None` when the listener's
     /// address is unspecified (0.0.0.0) and nothing is advertised.
@@ -144,6 +153,21 @@ impl Config {
             setting: "--client-cert-header",
             message,
         })?;
+        let id_ok = !self.hub_id.is_empty()
+            && self.hub_id.len() <= 253
+            && self
+                .hub_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !id_ok {
+            return Err(Error::Setting {
+                setting: "--hub-id",
+                message: format!(
+                    "{:?}: use 1 to 253 ASCII letters, digits and -_. (it names this replica in headers and the shared store)",
+                    self.hub_id
+                ),
+            });
+        }
         if self.store.is_shared() && self.replica_timeout <= self.replica_heartbeat {
             return Err(Error::Setting {
                 setting: "--replica-timeout",
