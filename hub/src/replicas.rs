@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -77,6 +77,8 @@ pub struct Replicas {
     health: watch::Sender<Health>,
     leader: AtomicBool,
     timing: Timing,
+    /// Since when the store has answered without a break.
+    answering_since: Mutex<Option<Instant>>,
     task: Mutex<Option<JoinHandle<()>>>,
     /// The client requests are forwarded to other replicas with.
     pub forwarder: Forwarder,
@@ -102,6 +104,7 @@ impl Replicas {
             health,
             leader: AtomicBool::new(false),
             timing,
+            answering_since: Mutex::new(None),
             task: Mutex::new(None),
             forwarder: Forwarder::default(),
         })
@@ -179,7 +182,26 @@ impl Replicas {
         self.claims_lock().remove(account);
     }
 
+    /// True when the store has answered for longer than the replica
+    /// timeout: a replica whose heartbeat is older than that is dead, not
+    /// just kept from the store by the store's own outage.
+    fn can_judge_liveness(&self) -> bool {
+        self.answering_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|since| since.elapsed() > self.timing.timeout)
+    }
+
     fn set_health(&self, health: Health) {
+        {
+            let mut since = self.answering_since.lock().unwrap_or_else(|p| p.into_inner());
+            match health {
+                Health::Ready => {
+                    since.get_or_insert_with(Instant::now);
+                }
+                _ => *since = None,
+            }
+        }
         self.health.send_if_modified(|h| {
             let changed = *h != health;
             if changed {
@@ -345,7 +367,8 @@ async fn heartbeat(shared: &Arc<Shared>, replicas: &Arc<Replicas>) {
         }
     }
     if replicas.is_leader() {
-        match replicas.store.sweep(timing.grace, timing.timeout).await {
+        let judge = replicas.can_judge_liveness();
+        match replicas.store.sweep(timing.grace, timing.timeout, judge).await {
             Ok(sweep) => {
                 if !sweep.disconnected.is_empty() {
                     info!(accounts = ?sweep.disconnected, "a hub replica stopped heartbeating: its accounts are Disconnected for the grace period");
@@ -436,13 +459,34 @@ async fn check(shared: &Arc<Shared>, replicas: &Arc<Replicas>, accounts: Vec<Str
         match stored.remove(&account) {
             // Still ours, or ours again by a claim not recorded yet.
             Some(row) if row.holder == me => {
-                if row.epoch < epoch {
-                    debug!(%account, "the store is behind this replica's claim");
+                if row.epoch == epoch && row.session.is_none() {
+                    reassert(shared, replicas, &me, &account, epoch).await;
                 }
             }
             Some(row) => let_go(shared, replicas, &account, epoch, Some(&row)),
             None => let_go(shared, replicas, &account, epoch, None),
         }
+    }
+}
+
+/// `account` is streamed here at `epoch`, but the store has it Disconnected
+/// (the leader took this replica for dead while it could not heartbeat):
+/// records the session again, so that it is not removed at the end of a grace
+/// period while it streams.
+async fn reassert(shared: &Shared, replicas: &Replicas, me: &str, account: &str, epoch: u64) {
+    let session = shared
+        .core()
+        .registry
+        .get(account)
+        .and_then(|a| a.session.clone())
+        .filter(|s| shared.is_live(s));
+    let Some(session) = session else {
+        return;
+    };
+    match replicas.store.reassert(me, account, epoch, &session).await {
+        Ok(true) => info!(%account, %session, "the shared store had the account Disconnected while this replica streams it; recorded it Connected again"),
+        Ok(false) => {}
+        Err(err) => debug!(%account, %err, "could not record the account Connected again this round"),
     }
 }
 

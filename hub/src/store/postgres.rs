@@ -409,17 +409,27 @@ impl PgStore {
 
     /// The leader's round: accounts of replicas silent for longer than
     /// `timeout` become Disconnected (their grace period counted from the
-    /// replica's last heartbeat); accounts Disconnected for longer than
-    /// `grace` are removed with their objects and resume points; operations
-    /// of removed accounts, and operations nobody waits for whose deadline
-    /// passed, are failed with a message saying why.
-    pub async fn sweep(&self, grace: Duration, timeout: Duration) -> Result<Sweep, StoreError> {
+    /// replica's last heartbeat) — when `judge_liveness`: not right after the
+    /// store itself was out, when everyone's heartbeat is old; accounts
+    /// Disconnected for longer than `grace` are removed with their objects
+    /// and resume points; operations of removed accounts, and operations
+    /// nobody waits for whose deadline passed, are failed with a message
+    /// saying why.
+    pub async fn sweep(
+        &self,
+        grace: Duration,
+        timeout: Duration,
+        judge_liveness: bool,
+    ) -> Result<Sweep, StoreError> {
         const WHAT: &str = "enforcing grace periods";
         self.bounded(WHAT, async {
             let mut client = self.client(WHAT).await?;
             let err = |e| self.error(WHAT, e);
             let tx = client.transaction().await.map_err(err)?;
-            let disconnected: Vec<String> = tx
+            let disconnected: Vec<String> = if !judge_liveness {
+                Vec::new()
+            } else {
+                tx
                 .query(
                     "UPDATE accounts a SET session = NULL,
                          since = COALESCE((SELECT r.heartbeat_at FROM replicas r WHERE r.id = a.holder), now())
@@ -433,7 +443,8 @@ impl PgStore {
                 .map_err(err)?
                 .iter()
                 .map(|r| r.get(0))
-                .collect();
+                .collect()
+            };
             let expired: Vec<String> = tx
                 .query(
                     "DELETE FROM accounts
@@ -457,8 +468,10 @@ impl PgStore {
                 )
                 .await
                 .map_err(err)?;
-            let abandoned = tx
-                .execute(
+            let abandoned = if !judge_liveness {
+                0
+            } else {
+                tx.execute(
                     "UPDATE operations o SET owner = NULL, finished_at = now(),
                          outcome = jsonb_build_object('id', caller_id, 'success', false, 'result', NULL,
                              'errorCode', 'DEADLINE_EXCEEDED',
@@ -469,7 +482,8 @@ impl PgStore {
                     &[&secs(timeout)],
                 )
                 .await
-                .map_err(err)?;
+                .map_err(err)?
+            };
             tx.execute(
                 "DELETE FROM operations WHERE finished_at < now() - interval '15 minutes'",
                 &[],
@@ -810,6 +824,32 @@ impl PgStore {
                     "UPDATE accounts SET session = NULL, since = now()
                      WHERE name = $1 AND holder = $2 AND epoch = $3 AND session IS NOT NULL",
                     &[&account, &me, &to_i64(epoch)],
+                )
+                .await
+                .map_err(|e| self.error(WHAT, e))?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    /// `account`, held by `me` since `epoch`, is streamed on `session` here
+    /// although the store has it Disconnected (the leader took this replica
+    /// for dead while it could not heartbeat): the store says so again.
+    pub async fn reassert(
+        &self,
+        me: &str,
+        account: &str,
+        epoch: u64,
+        session: &str,
+    ) -> Result<bool, StoreError> {
+        const WHAT: &str = "recording a held account again";
+        self.bounded(WHAT, async {
+            let client = self.client(WHAT).await?;
+            let changed = client
+                .execute(
+                    "UPDATE accounts SET session = $4, since = now()
+                     WHERE name = $1 AND holder = $2 AND epoch = $3 AND session IS NULL",
+                    &[&account, &me, &to_i64(epoch), &session],
                 )
                 .await
                 .map_err(|e| self.error(WHAT, e))?;
