@@ -574,6 +574,14 @@ async fn post_operation(
         deadline: Some(operations::timestamp(deadline)),
         kind: Some(kind),
     };
+    // Posted before, maybe through a replica that died since: its outcome.
+    if request.id.is_some()
+        && shared.operations.pending(&id).is_none()
+        && let Some(outcome) = crate::inflight::finished(&shared, &account, &id).await
+    {
+        let status = outcome_status(&outcome);
+        return Ok((status, Json(outcome)).into_response());
+    }
     let mut rx = match shared.operations.begin(op.clone(), session.clone()) {
         Begin::Finished(outcome) => {
             let status = outcome_status(&outcome);
@@ -590,6 +598,7 @@ async fn post_operation(
                 ));
             };
             info!(operation = %id, %account, session = %session, replica = %handle.replica, "routing operation to the agent");
+            crate::inflight::record(&shared, &op, &id).await;
             let frame = HubFrame {
                 frame: Some(hub_frame::Frame::Operation(op)),
             };

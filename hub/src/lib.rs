@@ -41,7 +41,8 @@
 //! the PostgreSQL store several replicas share), [`replicas`] (this
 //! replica's side of a shared store: heartbeats, leader, write-behind),
 //! [`claim`] (registration through a shared store), [`forward`] (requests
-//! about accounts another replica holds), [`operations`] (requests and
+//! about accounts another replica holds), [`inflight`] (operations in flight
+//! shared between replicas), [`operations`] (requests and
 //! results), [`http`] (the JSON API), [`identity`], [`ownership`], [`tls`],
 //! [`metrics`], [`clip`].
 
@@ -54,6 +55,7 @@ pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod inflight;
 pub mod ingest;
 pub mod metrics;
 pub mod operations;

@@ -77,6 +77,9 @@ pub struct Metrics {
     pub store_flushes: Counter,
     /// Accounts this replica let go because another replica took them over.
     pub accounts_handed_over: Counter,
+    /// Operations sent again because the replica that sent them stopped
+    /// (or let their account go) before they were answered.
+    pub operations_adopted: Counter,
     /// Requests about accounts held by another replica, by outcome
     /// (`forwarded`, `failed`, `refused_second_hop`).
     pub forwarded: Family<OutcomeLabel, Counter>,
@@ -200,6 +203,11 @@ impl Metrics {
                 &mut r,
                 "accounts_handed_over",
                 "Accounts this replica let go because another replica took them over",
+            ),
+            operations_adopted: register(
+                &mut r,
+                "operations_adopted",
+                "Operations sent again by this replica because the replica that sent them stopped before they were answered",
             ),
             forwarded: register(
                 &mut r,

@@ -368,8 +368,9 @@ pub fn timestamp(at: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(at)
 }
 
-/// The result of an operation, as the HTTP API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The result of an operation, as the HTTP API returns it (and the shared
+/// store keeps it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Outcome {
     /// The operation id.
@@ -538,6 +539,16 @@ impl Operations {
             }
         }
         frames
+    }
+
+    /// Operations whose session is not live any more (per `is_live`).
+    pub fn stranded(&self, is_live: impl Fn(&SessionId) -> bool) -> Vec<pb::Operation> {
+        self.lock()
+            .pending
+            .values()
+            .filter(|p| !is_live(&p.session))
+            .map(|p| p.frame.clone())
+            .collect()
     }
 
     /// Number of operations waiting.

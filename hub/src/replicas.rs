@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::clip::clip;
 use crate::forward::Forwarder;
+use crate::inflight;
 use crate::registration::Refusal;
 use crate::registry::{Caller, SessionId};
 use crate::state::Shared;
@@ -386,8 +387,20 @@ async fn heartbeat(shared: &Arc<Shared>, replicas: &Arc<Replicas>) {
     }
     let claimed: Vec<String> = replicas.claims().into_keys().collect();
     if !claimed.is_empty() {
-        check(shared, replicas, claimed).await;
+        check(shared, replicas, claimed.clone()).await;
     }
+    // Operations: those this replica sent on accounts it let go go to their
+    // new holders; those nobody waits for on accounts streamed here are sent
+    // again.
+    inflight::hand_over(shared, replicas).await;
+    let streamed: Vec<String> = {
+        let core = shared.core();
+        claimed
+            .into_iter()
+            .filter(|a| core.registry.holder(a).is_some_and(|s| shared.is_live(s)))
+            .collect()
+    };
+    inflight::adopt(shared, replicas, streamed).await;
 }
 
 /// Writes the changes of every claimed account; an account claimed

@@ -9,6 +9,7 @@ use scale_agent_proto::v1::{self as pb, ErrorCode, hub_frame};
 use tracing::{debug, info};
 
 use crate::clip::clip;
+use crate::inflight;
 use crate::operations::Outcome;
 use crate::session::{Session, frame};
 
@@ -27,7 +28,13 @@ pub fn result(session: &Session, result: pb::OperationResult) {
             return;
         }
     }
-    if !shared.operations.complete(Outcome::from_result(&result)) {
+    let account = shared.operations.pending(&id).map(|(op, _)| op.account);
+    let outcome = Outcome::from_result(&result);
+    if shared.operations.complete(outcome.clone()) {
+        if let Some(account) = account {
+            inflight::finish(shared, &account, &id, &outcome);
+        }
+    } else {
         debug!(operation = %clip(&id), "result for an operation nobody waits for (answered already or given up); ignored");
         shared.metrics.frame_ignored("operation_result_unknown");
     }

@@ -100,15 +100,16 @@ CREATE TABLE objects (
 -- the replica waiting for the result; NULL when nobody is (its replica died
 -- or let the account go), until the account's holder takes it.
 CREATE TABLE operations (
-    wire_id     TEXT PRIMARY KEY,
     account     TEXT NOT NULL,
+    wire_id     TEXT NOT NULL,
     caller_id   TEXT NOT NULL,
     frame       BYTEA NOT NULL,
     owner       TEXT,
     deadline    TIMESTAMPTZ,
     outcome     JSONB,
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
-    finished_at TIMESTAMPTZ
+    finished_at TIMESTAMPTZ,
+    PRIMARY KEY (account, wire_id)
 );
 CREATE INDEX operations_in_flight ON operations (account) WHERE outcome IS NULL;
 CREATE INDEX operations_by_caller ON operations (account, caller_id);

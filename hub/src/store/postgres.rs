@@ -936,7 +936,7 @@ impl PgStore {
                 .execute(
                     "INSERT INTO operations (wire_id, account, caller_id, frame, owner, deadline)
                      VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (wire_id) DO UPDATE SET owner = excluded.owner,
+                     ON CONFLICT (account, wire_id) DO UPDATE SET owner = excluded.owner,
                          deadline = excluded.deadline, frame = excluded.frame
                      WHERE operations.outcome IS NULL",
                     &[
@@ -955,9 +955,11 @@ impl PgStore {
         .await
     }
 
-    /// Records the outcome of operation `wire_id` (the first one wins).
+    /// Records the outcome of operation `wire_id` on `account` (the first
+    /// one wins).
     pub async fn finish_operation(
         &self,
+        account: &str,
         wire_id: &str,
         outcome: &serde_json::Value,
     ) -> Result<(), StoreError> {
@@ -966,9 +968,9 @@ impl PgStore {
             let client = self.client(WHAT).await?;
             client
                 .execute(
-                    "UPDATE operations SET outcome = $2, finished_at = now(), owner = NULL
-                     WHERE wire_id = $1 AND outcome IS NULL",
-                    &[&wire_id, outcome],
+                    "UPDATE operations SET outcome = $3, finished_at = now(), owner = NULL
+                     WHERE account = $1 AND wire_id = $2 AND outcome IS NULL",
+                    &[&account, &wire_id, outcome],
                 )
                 .await
                 .map_err(|e| self.error(WHAT, e))?;
@@ -977,9 +979,10 @@ impl PgStore {
         .await
     }
 
-    /// The outcome of operation `wire_id`, once it has one.
+    /// The outcome of operation `wire_id` on `account`, once it has one.
     pub async fn operation_outcome(
         &self,
+        account: &str,
         wire_id: &str,
     ) -> Result<Option<serde_json::Value>, StoreError> {
         const WHAT: &str = "reading an operation's outcome";
@@ -987,8 +990,32 @@ impl PgStore {
             let client = self.client(WHAT).await?;
             let row = client
                 .query_opt(
-                    "SELECT outcome FROM operations WHERE wire_id = $1",
-                    &[&wire_id],
+                    "SELECT outcome FROM operations WHERE account = $1 AND wire_id = $2",
+                    &[&account, &wire_id],
+                )
+                .await
+                .map_err(|e| self.error(WHAT, e))?;
+            Ok(row.and_then(|r| r.get(0)))
+        })
+        .await
+    }
+
+    /// The latest outcome of an operation a caller posted as `caller_id` on
+    /// `account`, when one finished.
+    pub async fn find_outcome(
+        &self,
+        account: &str,
+        caller_id: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        const WHAT: &str = "looking an operation up";
+        self.bounded(WHAT, async {
+            let client = self.client(WHAT).await?;
+            let row = client
+                .query_opt(
+                    "SELECT outcome FROM operations
+                     WHERE account = $1 AND caller_id = $2 AND outcome IS NOT NULL
+                     ORDER BY finished_at DESC LIMIT 1",
+                    &[&account, &caller_id],
                 )
                 .await
                 .map_err(|e| self.error(WHAT, e))?;
@@ -1044,11 +1071,12 @@ impl PgStore {
         .await
     }
 
-    /// `me` no longer waits for operations `wire_ids` (it let their account
-    /// go): the account's holder takes them.
+    /// `me` no longer waits for operations `wire_ids` on `account` (it let
+    /// the account go): the account's holder takes them.
     pub async fn hand_over_operations(
         &self,
         me: &str,
+        account: &str,
         wire_ids: &[String],
     ) -> Result<(), StoreError> {
         const WHAT: &str = "handing operations over";
@@ -1057,8 +1085,8 @@ impl PgStore {
             client
                 .execute(
                     "UPDATE operations SET owner = NULL
-                     WHERE wire_id = ANY($2) AND owner = $1 AND outcome IS NULL",
-                    &[&me, &wire_ids],
+                     WHERE account = $2 AND wire_id = ANY($3) AND owner = $1 AND outcome IS NULL",
+                    &[&me, &account, &wire_ids],
                 )
                 .await
                 .map_err(|e| self.error(WHAT, e))?;
