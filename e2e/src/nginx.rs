@@ -125,7 +125,10 @@ impl Nginx {
         let vars = BTreeMap::from([
             ("PREFIX", prefix.display().to_string()),
             ("LB_LISTEN", format!("127.0.0.1:{port}")),
-            ("HUB_GRPC", opts.hubs_grpc.first().cloned().unwrap_or_default()),
+            (
+                "HUB_GRPC",
+                opts.hubs_grpc.first().cloned().unwrap_or_default(),
+            ),
             ("TLS_CERT", opts.tls_cert.display().to_string()),
             ("TLS_KEY", opts.tls_key.display().to_string()),
             ("CLIENT_CA", opts.client_ca.display().to_string()),

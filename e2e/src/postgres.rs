@@ -99,10 +99,8 @@ impl Postgres {
         let bin = bin_dir()?;
         let user = server_user()?;
         let port = free_port()?;
-        let data = std::env::temp_dir().join(format!(
-            "scale-agent-pg-{}-{port}",
-            std::process::id()
-        ));
+        let data =
+            std::env::temp_dir().join(format!("scale-agent-pg-{}-{port}", std::process::id()));
         if data.exists() {
             std::fs::remove_dir_all(&data).map_err(|e| Error::io("removing", &data, e))?;
         }

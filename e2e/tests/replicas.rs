@@ -24,7 +24,9 @@ use scale_agent_e2e::metrics::metric;
 use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
 use scale_agent_e2e::postgres::Postgres;
 use scale_agent_e2e::runner::{self, Fixture};
-use scale_agent_e2e::scenario::{Scenario, account, config, kubeconfigs, scenario_with, start_agent, target};
+use scale_agent_e2e::scenario::{
+    Scenario, account, config, kubeconfigs, scenario_with, start_agent, target,
+};
 use scale_agent_e2e::{Env, Options, wait, workspace_binary};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
@@ -76,12 +78,14 @@ fn main() {
             ("a_sigkill_of_the_busiest_replica_loses_nothing", |f| {
                 Box::pin(busiest_replica_killed(f))
             }),
-            ("b_operation_through_the_replica_without_the_stream_runs_once", |f| {
-                Box::pin(operation_forwarded(f))
-            }),
-            ("c_operation_in_flight_when_its_replica_dies_is_reported", |f| {
-                Box::pin(operation_orphaned(f))
-            }),
+            (
+                "b_operation_through_the_replica_without_the_stream_runs_once",
+                |f| Box::pin(operation_forwarded(f)),
+            ),
+            (
+                "c_operation_in_flight_when_its_replica_dies_is_reported",
+                |f| Box::pin(operation_orphaned(f)),
+            ),
             ("d_postgres_restarted_under_load_loses_nothing", |f| {
                 Box::pin(postgres_restarted(f))
             }),
@@ -208,7 +212,11 @@ impl Rig {
     }
 
     fn hub_mut(&mut self, i: usize) -> &mut HubProcess {
-        if i == 0 { &mut self.s.hub } else { &mut self.other }
+        if i == 0 {
+            &mut self.s.hub
+        } else {
+            &mut self.other
+        }
     }
 
     /// Starts the agent of account `i` (its replica id says which start it is).
@@ -247,7 +255,11 @@ impl Rig {
 
     /// Every account's cache, seen through `hub`, equals its cluster; how long it
     /// took.
-    async fn converged_through(&self, hub: &HubProcess, timeout: Duration) -> anyhow::Result<Duration> {
+    async fn converged_through(
+        &self,
+        hub: &HubProcess,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
         let start = Instant::now();
         for (n, api) in &self.accounts {
             converge(hub, n, api, &self.s.ns, timeout)
@@ -387,7 +399,12 @@ async fn ready(hub: &HubProcess) -> bool {
 // ---------- operations ----------
 
 /// A Deployment `name` in the rig's namespace of cluster `cluster`; its generation.
-async fn deployment(env: &Env, cluster: &str, ns: &str, name: &str) -> anyhow::Result<(Api<Deployment>, i64)> {
+async fn deployment(
+    env: &Env,
+    cluster: &str,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<(Api<Deployment>, i64)> {
     let api: Api<Deployment> = Api::namespaced(target(env, cluster)?.client().await?, ns);
     let d: Deployment = serde_json::from_value(json!({
         "metadata": { "name": name },
@@ -428,7 +445,10 @@ async fn busiest_replica_killed(shared: Arc<Shared>) -> anyhow::Result<()> {
     let busiest = (0..2)
         .max_by_key(|i| holders.iter().filter(|(_, h, _)| *h == rig.ids[*i]).count())
         .unwrap_or(0);
-    let streams = holders.iter().filter(|(_, h, _)| *h == rig.ids[busiest]).count();
+    let streams = holders
+        .iter()
+        .filter(|(_, h, _)| *h == rig.ids[busiest])
+        .count();
     let survivor = 1 - busiest;
     let full_before = metric(
         rig.hubs()[survivor].http.trim_start_matches("http://"),
@@ -460,7 +480,8 @@ async fn busiest_replica_killed(shared: Arc<Shared>) -> anyhow::Result<()> {
         "scale_agent_hub_syncs_total{mode=\"full_relist\"}",
     )
     .await;
-    let agent_relists = agents_metric(&rig, "scale_agent_relists_total").await - agent_relists_before;
+    let agent_relists =
+        agents_metric(&rig, "scale_agent_relists_total").await - agent_relists_before;
     let resumed = agents_metric(&rig, "scale_agent_resumes_total").await - resumes_before;
     // The killed replica comes back (as its pod would) and answers for every account,
     // forwarding to the survivor that holds them now.
@@ -509,11 +530,18 @@ async fn operation_forwarded(shared: Arc<Shared>) -> anyhow::Result<()> {
     let started = Instant::now();
     let (code, outcome) = without.post(&path, &request).await?;
     let took = started.elapsed();
-    ensure!(code == 200 && outcome["success"] == true, "{code} {outcome}");
+    ensure!(
+        code == 200 && outcome["success"] == true,
+        "{code} {outcome}"
+    );
     // Retried, through either replica: the same outcome, no second run.
     for hub in [rig.hubs()[holder], without] {
         let (code, again) = hub.post(&path, &request).await?;
-        ensure!(code == 200 && again == outcome, "a retry through {}: {code} {again}", hub.http);
+        ensure!(
+            code == 200 && again == outcome,
+            "a retry through {}: {code} {again}",
+            hub.http
+        );
     }
     let runs = generation(&api, "op-b").await? - generation_before;
     eprintln!(
@@ -593,7 +621,11 @@ async fn operation_orphaned(shared: Arc<Shared>) -> anyhow::Result<()> {
         "REPLICAS c: operation in flight when its replica was SIGKILLed: the first POST ended with {first:?}; \
          reported {} ({}) {reported:.2?} after the kill, after {attempts} retries; runs: {runs}; stored outcome success={stored}",
         outcome.0,
-        if outcome.1["success"] == true { "completed" } else { "failed" },
+        if outcome.1["success"] == true {
+            "completed"
+        } else {
+            "failed"
+        },
     );
     ensure!(runs <= 1, "the operation ran {runs} times");
     if outcome.1["success"] == true {
@@ -618,9 +650,11 @@ async fn postgres_restarted(shared: Arc<Shared>) -> anyhow::Result<()> {
     let stopped = Instant::now();
     shared.pg.lock().await.stop();
     for hub in rig.hubs() {
-        wait::until("the replica to report unready", Duration::from_secs(15), || async {
-            (!ready(hub).await).then_some(())
-        })
+        wait::until(
+            "the replica to report unready",
+            Duration::from_secs(15),
+            || async { (!ready(hub).await).then_some(()) },
+        )
         .await?;
     }
     let unready_after = stopped.elapsed();
@@ -646,14 +680,17 @@ async fn postgres_restarted(shared: Arc<Shared>) -> anyhow::Result<()> {
     shared.pg.lock().await.restart().await?;
     let back = Instant::now();
     for hub in rig.hubs() {
-        wait::until("the replica to be ready again", Duration::from_secs(30), || async {
-            ready(hub).await.then_some(())
-        })
+        wait::until(
+            "the replica to be ready again",
+            Duration::from_secs(30),
+            || async { ready(hub).await.then_some(()) },
+        )
         .await?;
     }
     let ready_after = back.elapsed();
     let changes = churn.stop().await;
-    rig.wait_connected(&rig.accounts[2].0, Duration::from_secs(30)).await?;
+    rig.wait_connected(&rig.accounts[2].0, Duration::from_secs(30))
+        .await?;
     let converged = rig.converged(Duration::from_secs(60)).await?;
     let since_back = back.elapsed();
     rig.one_holder_each(&shared).await?;
@@ -684,10 +721,22 @@ async fn postgres_restarted(shared: Arc<Shared>) -> anyhow::Result<()> {
         back.duration_since(stopped),
         2 * rig.accounts.len(),
     );
-    ensure!(refused, "the agent that started during the outage was not refused UNAVAILABLE");
-    ensure!(bindings_before == bindings_after, "bindings changed: {bindings_before} -> {bindings_after}");
-    ensure!(stored_equal, "the database's objects differ from the clusters");
-    ensure!(served >= rig.accounts.len(), "only {served} reads served during the outage");
+    ensure!(
+        refused,
+        "the agent that started during the outage was not refused UNAVAILABLE"
+    );
+    ensure!(
+        bindings_before == bindings_after,
+        "bindings changed: {bindings_before} -> {bindings_after}"
+    );
+    ensure!(
+        stored_equal,
+        "the database's objects differ from the clusters"
+    );
+    ensure!(
+        served >= rig.accounts.len(),
+        "only {served} reads served during the outage"
+    );
     Ok(())
 }
 
@@ -719,7 +768,11 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
         .await?;
         let shard = format!("race-shard-{i}");
         let cluster = TARGETS[i];
-        let mut cfg = config(&rig.s, &shard, names.iter().map(|n| account(n, &rig.s.ns)).collect());
+        let mut cfg = config(
+            &rig.s,
+            &shard,
+            names.iter().map(|n| account(n, &rig.s.ns)).collect(),
+        );
         cfg.hub.address = lb.address.clone();
         cfg.hub.tls = Some(agent_tls(env, &rig.s.ns, &shard)?);
         lbs.push(lb);
@@ -751,7 +804,10 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
         &rig.db,
         "SELECT name, cluster_id, shard_name, holder FROM accounts WHERE name LIKE 'race-new-%' ORDER BY name",
     )?;
-    let rows: Vec<Vec<String>> = rows.lines().map(|l| l.split('|').map(str::to_owned).collect()).collect();
+    let rows: Vec<Vec<String>> = rows
+        .lines()
+        .map(|l| l.split('|').map(str::to_owned).collect())
+        .collect();
     ensure!(rows.len() == NAMES, "{rows:?}");
     let mut by_shard = BTreeMap::new();
     for row in &rows {
@@ -762,8 +818,15 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
         // Both replicas agree on the holder and on who streams it.
         for hub in rig.hubs() {
             let (code, view) = hub.get(&format!("/v1/accounts/{name}")).await?;
-            ensure!(code == 200 && view["hubReplica"] == holder.as_str() && view["shard"].as_str().is_some_and(|s| s.ends_with(shard.as_str())),
-                "{name}: the database says {shard} through {holder}, {} says {code} {view}", hub.http);
+            ensure!(
+                code == 200
+                    && view["hubReplica"] == holder.as_str()
+                    && view["shard"]
+                        .as_str()
+                        .is_some_and(|s| s.ends_with(shard.as_str())),
+                "{name}: the database says {shard} through {holder}, {} says {code} {view}",
+                hub.http
+            );
         }
     }
     let mut told = 0;
@@ -774,7 +837,10 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
     eprintln!(
         "REPLICAS e: {NAMES} new names claimed at once by two clusters through two replicas: bound per shard {by_shard:?}, each to one cluster and one replica; {told} rejections told to the agents"
     );
-    ensure!(told >= NAMES, "the losing agent was told about {told} of {NAMES} names");
+    ensure!(
+        told >= NAMES,
+        "the losing agent was told about {told} of {NAMES} names"
+    );
     drop(agents);
     drop(lbs);
     Ok(())

@@ -56,21 +56,15 @@ pub async fn decide(
     let current = replicas.claims();
     let claimed = replicas
         .store()
-        .claim(
-            &me,
-            &names,
-            &current,
-            replicas.timing().timeout,
-            |view| {
-                let mut core = shared.core();
-                let lost = import(&mut core, replicas, &me, caller, view, &names);
-                let decided = registry_decides(&mut core, accounts);
-                let writes = writes(&core, caller, &decided);
-                drop(core);
-                tell_lost(shared, lost);
-                (decided, writes)
-            },
-        )
+        .claim(&me, &names, &current, replicas.timing().timeout, |view| {
+            let mut core = shared.core();
+            let lost = import(&mut core, replicas, &me, caller, view, &names);
+            let decided = registry_decides(&mut core, accounts);
+            let writes = writes(&core, caller, &decided);
+            drop(core);
+            tell_lost(shared, lost);
+            (decided, writes)
+        })
         .await;
     match claimed {
         Ok((decided, epochs)) => {

@@ -11,8 +11,8 @@ use ipnet::IpNet;
 
 use crate::Error;
 use crate::identity::{self, IdentityPolicy};
-pub use crate::store::StoreLocation;
 use crate::ownership::ShardSource;
+pub use crate::store::StoreLocation;
 use crate::tls::TlsConfig;
 
 /// How to run the hub.

@@ -328,7 +328,10 @@ mod tests {
 
     #[test]
     fn the_account_of_a_json_api_path() {
-        assert_eq!(account_in_path("/v1/accounts/prod-1"), Some("prod-1".into()));
+        assert_eq!(
+            account_in_path("/v1/accounts/prod-1"),
+            Some("prod-1".into())
+        );
         assert_eq!(
             account_in_path("/v1/accounts/prod%3A1/objects/ConfigMap/a/b"),
             Some("prod:1".into())

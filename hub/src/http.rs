@@ -209,7 +209,11 @@ impl IntoResponse for ApiError {
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     match shared.ready() {
         Ok(()) => "ok\n".into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 

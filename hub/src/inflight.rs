@@ -129,7 +129,7 @@ pub async fn adopt(shared: &Arc<Shared>, replicas: &Replicas, accounts: Vec<Stri
             // Held here a moment ago; whoever holds it next takes it.
             let _ = replicas
                 .store()
-                .hand_over_operations(&replicas.id(), &op.account, &[op.wire_id.clone()])
+                .hand_over_operations(&replicas.id(), &op.account, std::slice::from_ref(&op.wire_id))
                 .await;
             continue;
         };
@@ -167,7 +167,7 @@ pub async fn hand_over(shared: &Arc<Shared>, replicas: &Replicas) {
     for op in stranded {
         let store = replicas.store();
         if let Err(err) = store
-            .hand_over_operations(&me, &op.account, &[op.id.clone()])
+            .hand_over_operations(&me, &op.account, std::slice::from_ref(&op.id))
             .await
         {
             debug!(%err, "could not hand an operation over this round");

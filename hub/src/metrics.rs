@@ -257,7 +257,9 @@ impl Metrics {
 
     /// Counts a request about an account held by another replica.
     pub fn forwarded(&self, outcome: &'static str) {
-        self.forwarded.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.forwarded
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// The text exposition format.

@@ -29,8 +29,8 @@ use crate::registry::{
     Binding, Caller, Decision, Registration, RejectReason, Release, SessionId, ShardKey,
 };
 use crate::session::{Session, frame};
-use crate::{claim, routing};
 use crate::state::Core;
+use crate::{claim, routing};
 
 /// How long a Register waits for the first list of AgentShards before it is
 /// answered UNAVAILABLE.

@@ -134,7 +134,10 @@ impl Replicas {
     /// Where the others reach this replica's Kubernetes API, when it serves
     /// one.
     pub fn advertise_kube_api(&self, url: String) {
-        self.me.write().unwrap_or_else(|p| p.into_inner()).kube_api_url = url;
+        self.me
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .kube_api_url = url;
     }
 
     /// The liveness settings.
@@ -195,7 +198,10 @@ impl Replicas {
 
     fn set_health(&self, health: Health) {
         {
-            let mut since = self.answering_since.lock().unwrap_or_else(|p| p.into_inner());
+            let mut since = self
+                .answering_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             match health {
                 Health::Ready => {
                     since.get_or_insert_with(Instant::now);
@@ -277,11 +283,7 @@ impl Replicas {
         let replicas = Arc::clone(self);
         let account = account.to_owned();
         tokio::spawn(async move {
-            if let Err(err) = replicas
-                .store
-                .remove(&replicas.id(), &account, epoch)
-                .await
-            {
+            if let Err(err) = replicas.store.remove(&replicas.id(), &account, epoch).await {
                 warn!(%account, %err, "could not remove the account from the shared store; the leader removes it after its grace period");
             }
         });
@@ -333,7 +335,9 @@ async fn run(shared: Arc<Shared>, replicas: Arc<Replicas>) {
     write_behind(&shared, &replicas).await;
     match replicas.store.leave(&replicas.id()).await {
         Ok(()) => info!("left the shared store: this replica's accounts are Disconnected"),
-        Err(err) => warn!(%err, "could not leave the shared store; the leader disconnects this replica's accounts when its heartbeat stops"),
+        Err(err) => {
+            warn!(%err, "could not leave the shared store; the leader disconnects this replica's accounts when its heartbeat stops")
+        }
     }
 }
 
@@ -355,8 +359,11 @@ async fn heartbeat(shared: &Arc<Shared>, replicas: &Arc<Replicas>) {
             replicas.set_health(Health::Ready);
             let was = replicas.leader.swap(beat.leader, Ordering::Relaxed);
             if beat.leader != was {
-                info!(leader = beat.leader, "leader lease (grace periods of every replica's accounts) {}",
-                    if beat.leader { "taken" } else { "lost" });
+                info!(
+                    leader = beat.leader,
+                    "leader lease (grace periods of every replica's accounts) {}",
+                    if beat.leader { "taken" } else { "lost" }
+                );
             }
             shared.metrics.replica_leader.set(i64::from(beat.leader));
         }
@@ -369,7 +376,11 @@ async fn heartbeat(shared: &Arc<Shared>, replicas: &Arc<Replicas>) {
     }
     if replicas.is_leader() {
         let judge = replicas.can_judge_liveness();
-        match replicas.store.sweep(timing.grace, timing.timeout, judge).await {
+        match replicas
+            .store
+            .sweep(timing.grace, timing.timeout, judge)
+            .await
+        {
             Ok(sweep) => {
                 if !sweep.disconnected.is_empty() {
                     info!(accounts = ?sweep.disconnected, "a hub replica stopped heartbeating: its accounts are Disconnected for the grace period");
@@ -379,7 +390,10 @@ async fn heartbeat(shared: &Arc<Shared>, replicas: &Arc<Replicas>) {
                     shared.metrics.account_removed("grace_period_expired");
                 }
                 if sweep.failed_operations > 0 {
-                    warn!(operations = sweep.failed_operations, "failed operations nobody can answer any more (their account was removed, or their replica stopped and the deadline passed)");
+                    warn!(
+                        operations = sweep.failed_operations,
+                        "failed operations nobody can answer any more (their account was removed, or their replica stopped and the deadline passed)"
+                    );
                 }
             }
             Err(err) => warn!(%err, "could not enforce grace periods this round"),
@@ -415,7 +429,10 @@ async fn write_behind(shared: &Arc<Shared>, replicas: &Arc<Replicas>) {
         claims
             .into_iter()
             .filter_map(|(account, epoch)| {
-                let changes = core.cache.account_mut_if_present(&account)?.take_changes()?;
+                let changes = core
+                    .cache
+                    .account_mut_if_present(&account)?
+                    .take_changes()?;
                 Some((account, epoch, changes))
             })
             .collect()
@@ -497,9 +514,13 @@ async fn reassert(shared: &Shared, replicas: &Replicas, me: &str, account: &str,
         return;
     };
     match replicas.store.reassert(me, account, epoch, &session).await {
-        Ok(true) => info!(%account, %session, "the shared store had the account Disconnected while this replica streams it; recorded it Connected again"),
+        Ok(true) => {
+            info!(%account, %session, "the shared store had the account Disconnected while this replica streams it; recorded it Connected again")
+        }
         Ok(false) => {}
-        Err(err) => debug!(%account, %err, "could not record the account Connected again this round"),
+        Err(err) => {
+            debug!(%account, %err, "could not record the account Connected again this round")
+        }
     }
 }
 

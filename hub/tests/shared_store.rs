@@ -116,7 +116,10 @@ async fn any_replica_answers_for_an_account_another_holds() -> Result<()> {
     let url = database("forwarding").await?;
     let a = replica(&url, "hub-a").await?;
     let b = replica(&url, "hub-b").await?;
-    eventually("both ready", || async { Ok(ready(&a).await? && ready(&b).await?) }).await?;
+    eventually("both ready", || async {
+        Ok(ready(&a).await? && ready(&b).await?)
+    })
+    .await?;
     let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
     assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     agent
@@ -159,11 +162,18 @@ async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache(
     let url = database("takeover").await?;
     let a = replica(&url, "hub-a").await?;
     let b = replica(&url, "hub-b").await?;
-    eventually("both ready", || async { Ok(ready(&a).await? && ready(&b).await?) }).await?;
+    eventually("both ready", || async {
+        Ok(ready(&a).await? && ready(&b).await?)
+    })
+    .await?;
     let mut first = FakeAgent::connect(&a, "east", "east-0").await?;
     assert!(first.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     first
-        .sync_start("prod-1", deployments(), scale_agent_proto::v1::SyncMode::FullRelist)
+        .sync_start(
+            "prod-1",
+            deployments(),
+            scale_agent_proto::v1::SyncMode::FullRelist,
+        )
         .await?;
     first
         .events(
@@ -208,7 +218,11 @@ async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache(
             _ => None,
         })
         .await?;
-    assert_eq!(notice[0].reason, RegisterReason::Superseded as i32, "{notice:?}");
+    assert_eq!(
+        notice[0].reason,
+        RegisterReason::Superseded as i32,
+        "{notice:?}"
+    );
     first
         .events_unacked("prod-1", vec![added("web", "late", "13")])
         .await?;
@@ -241,7 +255,10 @@ async fn replicas_racing_for_new_names_bind_each_once() -> Result<()> {
     let url = database("races").await?;
     let a = replica(&url, "hub-a").await?;
     let b = replica(&url, "hub-b").await?;
-    eventually("both ready", || async { Ok(ready(&a).await? && ready(&b).await?) }).await?;
+    eventually("both ready", || async {
+        Ok(ready(&a).await? && ready(&b).await?)
+    })
+    .await?;
     const NAMES: usize = 20;
     let mut east = FakeAgent::connect(&a, "east", "east-0").await?;
     let mut west = FakeAgent::connect(&b, "east", "east-1").await?;
@@ -255,14 +272,21 @@ async fn replicas_racing_for_new_names_bind_each_once() -> Result<()> {
         let (x, y) = (x?.remove(0), y?.remove(0));
         assert!(x.accepted != y.accepted, "{name}: {x:?} / {y:?}");
         let loser = if x.accepted { &y } else { &x };
-        assert_eq!(loser.reason, RegisterReason::ClusterMismatch as i32, "{loser:?}");
+        assert_eq!(
+            loser.reason,
+            RegisterReason::ClusterMismatch as i32,
+            "{loser:?}"
+        );
         if x.accepted {
             won.0 += 1;
         } else {
             won.1 += 1;
         }
     }
-    eprintln!("races for new names: hub-a bound {}, hub-b bound {}", won.0, won.1);
+    eprintln!(
+        "races for new names: hub-a bound {}, hub-b bound {}",
+        won.0, won.1
+    );
     let bound = holders("races").await?;
     assert_eq!(bound.len(), NAMES);
     let mut east_sessions = 0;
@@ -325,14 +349,21 @@ async fn without_its_database_a_replica_serves_what_it_holds_and_recovers() -> R
     eventually("ready", || ready(&a)).await?;
     let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
     assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
-    agent.events("prod-1", vec![added("web", "one", "1")]).await?;
+    agent
+        .events("prod-1", vec![added("web", "one", "1")])
+        .await?;
 
     pg.stop();
     eventually("unready", || async { Ok(!ready(&a).await?) }).await?;
     let (_, body) = get(&a, "/readyz").await?;
-    assert!(body.as_str().unwrap_or_default().contains("shared store"), "{body}");
+    assert!(
+        body.as_str().unwrap_or_default().contains("shared store"),
+        "{body}"
+    );
     // What it holds streams on and is served.
-    agent.events("prod-1", vec![added("web", "two", "2")]).await?;
+    agent
+        .events("prod-1", vec![added("web", "two", "2")])
+        .await?;
     assert_eq!(object_names(&a, "prod-1").await?, ["one", "two"]);
     // Nothing new is bound.
     let refused = agent.register(&[("prod-2", "uid-b")]).await?;

@@ -22,6 +22,7 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -29,7 +30,6 @@ use scale_agent_proto::v1 as pb;
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
-use deadpool_postgres::GenericClient;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::migrations;
@@ -342,13 +342,12 @@ impl PgStore {
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
-                let pending = migrations::pending(&applied).map_err(|message| {
-                    StoreError::Corrupt {
+                let pending =
+                    migrations::pending(&applied).map_err(|message| StoreError::Corrupt {
                         location: self.location.clone(),
                         what: "schema version",
                         message,
-                    }
-                })?;
+                    })?;
                 let mut done = Vec::new();
                 for migration in pending {
                     let tx = client.transaction().await.map_err(err)?;
@@ -525,7 +524,10 @@ impl PgStore {
                 .await
                 .map_err(err)?;
             client
-                .execute("UPDATE operations SET owner = NULL WHERE owner = $1 AND outcome IS NULL", &[&me])
+                .execute(
+                    "UPDATE operations SET owner = NULL WHERE owner = $1 AND outcome IS NULL",
+                    &[&me],
+                )
                 .await
                 .map_err(err)?;
             client
@@ -604,7 +606,11 @@ impl PgStore {
         let (tx, view) = match tokio::time::timeout(CALL_TIMEOUT, read).await {
             Ok(Ok(read)) => read,
             Ok(Err(e)) => return Err(failed(e)),
-            Err(_) => return Err(failed(self.error(WHAT, "no answer within the call timeout"))),
+            Err(_) => {
+                return Err(failed(
+                    self.error(WHAT, "no answer within the call timeout"),
+                ));
+            }
         };
         let (decided, writes) = decide(view);
         let write = async {
@@ -809,7 +815,11 @@ impl PgStore {
                 Ok(true)
             })
             .await?;
-        if result { Ok(()) } else { Err(FlushError::Lost) }
+        if result {
+            Ok(())
+        } else {
+            Err(FlushError::Lost)
+        }
     }
 
     /// The session of `account`, held by `me` since `epoch`, ended: the
