@@ -157,6 +157,106 @@ async fn any_replica_answers_for_an_account_another_holds() -> Result<()> {
 }
 
 #[tokio::test]
+async fn forwarded_requests_carry_the_callers_token_and_the_holder_checks_it() -> Result<()> {
+    logs();
+    let url = database("forwarding_token").await?;
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n")?;
+    let with_token = |id: &'static str| {
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            hub_with(move |c| {
+                c.store = StoreLocation::Postgres(url);
+                c.hub_id = id.into();
+                c.replica_heartbeat = Duration::from_millis(200);
+                c.replica_timeout = Duration::from_secs(2);
+                c.api_token_file = Some(token);
+            })
+            .await
+        }
+    };
+    let a = with_token("hub-a").await?;
+    let b = with_token("hub-b").await?;
+    eventually("both ready", || async { Ok(ready(&a).await? && ready(&b).await?) }).await?;
+    let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
+    assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
+    let client = reqwest::Client::new();
+    let objects = format!("{}/v1/accounts/prod-1/objects", b.http_url());
+    // Without the token: refused by the replica asked, never forwarded.
+    let refused = client.get(&objects).send().await?;
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().get("x-scale-agent-served-by").is_none());
+    // With it: forwarded, and accepted by the holder, which checks it again.
+    let served = client.get(&objects).bearer_auth("s3cret").send().await?;
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        served.headers().get("x-scale-agent-served-by").map(|v| v.as_bytes()),
+        Some(&b"hub-a"[..])
+    );
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_an_account_cannot_write_over_its_new_holder() -> Result<()> {
+    use scale_agent_hub::cache::Changes;
+    use scale_agent_hub::registry::{Binding, ShardKey};
+    use scale_agent_hub::store::postgres::{ClaimWrite, FlushError, PgStore};
+    logs();
+    let url = database("fencing").await?;
+    let store = PgStore::new(&url)?;
+    store.migrate().await?;
+    // Migrations are applied once, whoever starts first.
+    assert!(store.migrate().await?.is_empty());
+    let write = |session: &str| ClaimWrite {
+        name: "prod-1".into(),
+        binding: Binding {
+            cluster_id: "uid-a".into(),
+            shard: ShardKey {
+                namespace: "spinnaker".into(),
+                name: "east".into(),
+            },
+            server_url: String::new(),
+        },
+        session: session.into(),
+        agent_replica: "east-0".into(),
+        kubernetes_version: String::new(),
+    };
+    let names = ["prod-1".to_owned()];
+    let none = std::collections::HashMap::new();
+    let timeout = Duration::from_secs(2);
+    let (_, a) = store
+        .claim("hub-a", &names, &none, timeout, |_| ((), vec![write("s1")]))
+        .await
+        .map_err(|f| f.error)?;
+    let (_, b) = store
+        .claim("hub-b", &names, &none, timeout, |_| ((), vec![write("s2")]))
+        .await
+        .map_err(|f| f.error)?;
+    assert_eq!((a[0].1, b[0].1), (1, 2), "each claim raises the epoch");
+    let changes = Changes {
+        objects: 7,
+        ..Changes::default()
+    };
+    assert!(matches!(
+        store.flush("hub-a", "prod-1", a[0].1, &changes).await,
+        Err(FlushError::Lost)
+    ));
+    assert!(!store.release("hub-a", "prod-1", a[0].1).await?);
+    assert!(!store.remove("hub-a", "prod-1", a[0].1).await?);
+    store.flush("hub-b", "prod-1", b[0].1, &changes).await?;
+    let rows = store.accounts(timeout).await?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].holder.as_str(), rows[0].session.as_deref(), rows[0].objects),
+        ("hub-b", Some("s2"), 7)
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache() -> Result<()> {
     logs();
     let url = database("takeover").await?;
