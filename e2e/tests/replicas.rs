@@ -112,15 +112,17 @@ struct Rig {
     agent_args: Vec<String>,
 }
 
-/// The flags of a hub replica on `url`.
-fn replica_args(url: &str, id: &str) -> Vec<String> {
+/// The flags of a hub replica `id` on the database at `url`.
+fn replica_args(env: &Env, url: &str, id: &str) -> Vec<String> {
     vec![
         format!("--store={url}"),
         format!("--hub-id={id}"),
         format!("--replica-heartbeat={HEARTBEAT}"),
         format!("--replica-timeout={REPLICA_TIMEOUT}"),
-        // Agents come through nginx, which verifies their certificates.
+        // Agents come through nginx, which verifies their certificates against the
+        // agents' CA and forwards them; the hub checks them against it too.
         "--trusted-proxy=127.0.0.1/32".into(),
+        format!("--client-ca={}", env.cp.pki.ca_file.display()),
     ]
 }
 
@@ -143,13 +145,13 @@ async fn rig(shared: &Shared, name: &str) -> anyhow::Result<Rig> {
     let db = name.replace('-', "_");
     let url = shared.pg.lock().await.database(&db)?;
     let ids = [format!("{name}-hub-a"), format!("{name}-hub-b")];
-    let s = scenario_with(env, name, "120s", None, replica_args(&url, &ids[0])).await?;
+    let s = scenario_with(env, name, "120s", None, replica_args(env, &url, &ids[0])).await?;
     let other = HubProcess::start(
         HubOptions {
             bin: workspace_binary("scale-agent-hub")?,
             grace_period: "120s".into(),
             store: None,
-            args: replica_args(&url, &ids[1]),
+            args: replica_args(env, &url, &ids[1]),
             kubeconfig: None,
         },
         &env.test_dir(&s.ns),
@@ -164,6 +166,7 @@ async fn rig(shared: &Shared, name: &str) -> anyhow::Result<Rig> {
             tls_cert: lb_cert.cert_file,
             tls_key: lb_cert.key_file,
             client_ca: pki.ca_file.clone(),
+            proxy_secret: None,
         },
         &env.test_dir(&s.ns),
     )
@@ -762,6 +765,7 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
                 tls_cert: lb_cert.cert_file,
                 tls_key: lb_cert.key_file,
                 client_ca: pki.ca_file.clone(),
+                proxy_secret: None,
             },
             &env.test_dir(&rig.s.ns),
         )

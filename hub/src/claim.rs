@@ -209,6 +209,7 @@ fn undo(shared: &Shared, replicas: &Replicas, decided: Vec<Decided>, why: &str) 
                 answer: Answer::Refused(Refusal::store_unavailable(why)),
                 persist: None,
                 superseded: None,
+                moved_from: None,
                 ..d
             }
         })

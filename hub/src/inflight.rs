@@ -21,29 +21,40 @@
 
 use std::sync::Arc;
 
-use scale_agent_proto::v1::{self as pb, HubFrame, hub_frame};
+use scale_agent_proto::v1::{self as pb, HubFrame, hub_frame, operation};
 use tracing::{debug, info, warn};
 
-use crate::operations::{Begin, Outcome};
+use crate::operations::{CallerKey, Outcome};
 use crate::replicas::Replicas;
 use crate::state::Shared;
 use crate::store::postgres::StoredOperation;
 
-/// The outcome stored for caller id `caller_id` on `account`, when an
-/// earlier POST of it finished on any replica.
-pub async fn finished(shared: &Shared, account: &str, caller_id: &str) -> Option<Outcome> {
+/// The stored outcome of operation `key`, when an earlier POST of it
+/// finished on any replica: `Err` with a sentence when that POST asked for
+/// something else than `kind` (the id was reused).
+pub async fn finished(
+    shared: &Shared,
+    key: &CallerKey,
+    kind: &operation::Kind,
+) -> Option<Result<Outcome, String>> {
     let replicas = shared.replicas.as_ref()?;
-    match replicas.store().find_outcome(account, caller_id).await {
-        Ok(Some(value)) => match serde_json::from_value::<Outcome>(value) {
-            Ok(outcome) => Some(outcome),
-            Err(err) => {
-                warn!(%account, operation = %caller_id, %err, "a stored outcome does not read; sending the operation again");
-                None
-            }
-        },
-        Ok(None) => None,
+    let (frame, value) = match replicas.store().find_outcome(&key.account, &key.id).await {
+        Ok(found) => found?,
         Err(err) => {
-            debug!(%account, operation = %caller_id, %err, "could not look the operation up in the shared store");
+            debug!(account = %key.account, operation = %key.id, %err, "could not look the operation up in the shared store");
+            return None;
+        }
+    };
+    if frame.kind.as_ref() != Some(kind) {
+        return Some(Err(format!(
+            "operation id {} on account {} was already used for a different request; use a new id for a new request",
+            key.id, key.account
+        )));
+    }
+    match serde_json::from_value::<Outcome>(value) {
+        Ok(outcome) => Some(Ok(outcome)),
+        Err(err) => {
+            warn!(account = %key.account, operation = %key.id, %err, "a stored outcome does not read; sending the operation again");
             None
         }
     }
@@ -133,7 +144,11 @@ pub async fn adopt(shared: &Arc<Shared>, replicas: &Replicas, accounts: Vec<Stri
                 .await;
             continue;
         };
-        if let Begin::New(_) = shared.operations.begin(op.frame.clone(), session.clone()) {
+        let key = CallerKey {
+            account: op.account.clone(),
+            id: op.caller_id.clone(),
+        };
+        if shared.operations.adopt(key, op.frame.clone(), session.clone()) {
             info!(account = %op.account, operation = %op.wire_id, caller_id = %op.caller_id, %session,
                 "sending again an operation whose replica stopped before it was answered");
             shared.metrics.operations_adopted.inc();
@@ -177,7 +192,7 @@ pub async fn hand_over(shared: &Arc<Shared>, replicas: &Replicas) {
             Ok(Some(value)) => {
                 if let Ok(outcome) = serde_json::from_value::<Outcome>(value) {
                     debug!(account = %op.account, operation = %op.id, "another replica recorded the outcome of an operation sent from here");
-                    shared.operations.complete(outcome);
+                    shared.operations.settle(&op.id, outcome);
                 }
             }
             Ok(None) => {}

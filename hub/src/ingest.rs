@@ -271,6 +271,7 @@ mod tests {
                 cluster_id: "uid-a".into(),
                 ..Default::default()
             },
+            false,
             std::time::SystemTime::now(),
         );
         let batch = pb::EventBatch {

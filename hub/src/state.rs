@@ -81,7 +81,8 @@ impl Shared {
         ownership: Option<OwnershipRx>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Shared>, crate::Error> {
-        let (config, identity) = config.checked()?;
+        let config = config.checked()?;
+        let identity = IdentityPolicy::start(&config, &shutdown)?;
         let store = store::open(&config.store)?;
         let bindings = store.load()?;
         let replicas = match &config.store {

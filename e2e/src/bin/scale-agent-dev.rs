@@ -225,14 +225,22 @@ impl Stack {
             Some(pg) => Some(pg.database("scaleagent")?),
             None => None,
         };
+        // Agents come through nginx, which verifies their certificates and forwards
+        // them. Every local process can connect from 127.0.0.1, so the address alone
+        // proves nothing: nginx also sends a secret only it and the hubs know, and a
+        // hub believes a forwarded certificate only with that secret and only when
+        // the certificate chains to the agents' CA. A hub accepts an account only
+        // from the AgentShard that owns it.
+        let proxy_secret = random_secret()?;
+        let secret_file = run_dir.join("hub-proxy-secret");
+        write_private(&secret_file, &proxy_secret)?;
         let mut hubs = Vec::new();
         for i in 1..=replicas {
             tracing::info!("starting hub replica {i} of {replicas}");
-            // Agents come through nginx, which forwards the certificate it
-            // verified; the hub accepts an account only from the AgentShard that
-            // owns it.
             let mut args = vec![
                 "--trusted-proxy=127.0.0.1/32".to_string(),
+                format!("--client-ca={}", cp.pki.ca_file.display()),
+                format!("--proxy-secret-file={}", secret_file.display()),
                 "--authorize-shards=*".into(),
             ];
             if let Some(url) = &store_url {
@@ -261,6 +269,7 @@ impl Stack {
                 tls_cert: lb.cert_file,
                 tls_key: lb.key_file,
                 client_ca: cp.pki.ca_file.clone(),
+                proxy_secret: Some(proxy_secret),
             },
             run_dir,
         )
@@ -272,6 +281,31 @@ impl Stack {
             _postgres: postgres,
         })
     }
+}
+
+/// 32 random bytes from the OS, in hex: the secret nginx and the hub share.
+fn random_secret() -> Result<String> {
+    use std::io::Read as _;
+    let source = Path::new("/dev/urandom");
+    let mut bytes = [0u8; 32];
+    std::fs::File::open(source)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("reading", source, e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| Error::io("writing", path, e))
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {

@@ -1010,28 +1010,41 @@ impl PgStore {
         .await
     }
 
-    /// The latest outcome of an operation a caller posted as `caller_id` on
-    /// `account`, when one finished.
+    /// The latest finished operation a caller posted as `caller_id` on
+    /// `account`: the frame it sent (what it asked for) and its outcome.
     pub async fn find_outcome(
         &self,
         account: &str,
         caller_id: &str,
-    ) -> Result<Option<serde_json::Value>, StoreError> {
+    ) -> Result<Option<(pb::Operation, serde_json::Value)>, StoreError> {
         const WHAT: &str = "looking an operation up";
         self.bounded(WHAT, async {
             let client = self.client(WHAT).await?;
             let row = client
                 .query_opt(
-                    "SELECT outcome FROM operations
+                    "SELECT frame, outcome FROM operations
                      WHERE account = $1 AND caller_id = $2 AND outcome IS NOT NULL
                      ORDER BY finished_at DESC LIMIT 1",
                     &[&account, &caller_id],
                 )
                 .await
                 .map_err(|e| self.error(WHAT, e))?;
-            Ok(row.and_then(|r| r.get(0)))
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let bytes: Vec<u8> = row.get("frame");
+            let frame = self.frame(&bytes)?;
+            Ok(Some((frame, row.get("outcome"))))
         })
         .await
+    }
+
+    fn frame(&self, bytes: &[u8]) -> Result<pb::Operation, StoreError> {
+        pb::Operation::decode(bytes).map_err(|e| StoreError::Corrupt {
+            location: self.location.clone(),
+            what: "a stored operation",
+            message: e.to_string(),
+        })
     }
 
     /// Takes for `me` the operations in flight on `accounts` that nobody
@@ -1062,13 +1075,7 @@ impl PgStore {
             let mut adopted = Vec::with_capacity(rows.len());
             for row in rows {
                 let bytes: Vec<u8> = row.get("frame");
-                let frame = pb::Operation::decode(bytes.as_slice()).map_err(|e| {
-                    StoreError::Corrupt {
-                        location: self.location.clone(),
-                        what: "a stored operation",
-                        message: e.to_string(),
-                    }
-                })?;
+                let frame = self.frame(&bytes)?;
                 adopted.push(StoredOperation {
                     wire_id: row.get("wire_id"),
                     account: row.get("account"),
