@@ -159,7 +159,14 @@ pub async fn locate(shared: &Shared, account: &str, endpoint: Endpoint) -> Holde
         }
     };
     if row.holder == me {
-        return Holder::Here;
+        if shared.core().registry.get(account).is_some() {
+            return Holder::Here;
+        }
+        // Held by this replica's previous run (a restart under the same id):
+        // its copy is gone with it.
+        return Holder::Unavailable(format!(
+            "account {account} was held by this hub replica before it restarted and is Disconnected; its objects are back when its agent reconnects"
+        ));
     }
     if !row.holder_alive {
         return Holder::Unavailable(format!(

@@ -293,15 +293,22 @@ impl Replicas {
 async fn run(shared: Arc<Shared>, replicas: Arc<Replicas>) {
     let timing = replicas.timing;
     let shutdown = shared.shutdown.clone();
-    // The schema first: nothing else works without it.
+    // The schema first: nothing else works without it. Then what a previous
+    // run under this id held is let go.
     loop {
-        match replicas.store.migrate().await {
-            Ok(applied) => {
-                if !applied.is_empty() {
-                    info!(store = %replicas.store.location(), ?applied, "migrated the shared store");
-                }
-                break;
+        let started = async {
+            let applied = replicas.store.migrate().await?;
+            if !applied.is_empty() {
+                info!(store = %replicas.store.location(), ?applied, "migrated the shared store");
             }
+            let released = replicas.store.restart(&replicas.id()).await?;
+            if released > 0 {
+                info!(accounts = released, "accounts held by this replica's previous run are Disconnected");
+            }
+            Ok::<_, crate::store::StoreError>(())
+        };
+        match started.await {
+            Ok(()) => break,
             Err(err) => replicas.set_health(Health::Unreachable(err.to_string())),
         }
         tokio::select! {

@@ -543,6 +543,35 @@ impl PgStore {
         .await
     }
 
+    /// Replica `me` starts: what a previous run under the same id held is
+    /// not held any more (its sessions died with it). Its accounts are
+    /// Disconnected, their grace period starting now, and its operations go
+    /// to the accounts' next holders.
+    pub async fn restart(&self, me: &str) -> Result<u64, StoreError> {
+        const WHAT: &str = "starting";
+        self.bounded(WHAT, async {
+            let client = self.client(WHAT).await?;
+            let err = |e| self.error(WHAT, e);
+            let released = client
+                .execute(
+                    "UPDATE accounts SET session = NULL, since = now()
+                     WHERE holder = $1 AND session IS NOT NULL",
+                    &[&me],
+                )
+                .await
+                .map_err(err)?;
+            client
+                .execute(
+                    "UPDATE operations SET owner = NULL WHERE owner = $1 AND outcome IS NULL",
+                    &[&me],
+                )
+                .await
+                .map_err(err)?;
+            Ok(released)
+        })
+        .await
+    }
+
     /// Claims accounts `names` for replica `me`.
     ///
     /// In one transaction: locks the names, reads their rows into a
