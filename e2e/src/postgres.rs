@@ -99,8 +99,8 @@ impl Postgres {
         let bin = bin_dir()?;
         let user = server_user()?;
         let port = free_port()?;
-        let data =
-            std::env::temp_dir().join(format!("scale-agent-pg-{}-{port}", std::process::id()));
+        remove_abandoned_data();
+        let data = std::env::temp_dir().join(format!("{DATA_PREFIX}{}-{port}", std::process::id()));
         if data.exists() {
             std::fs::remove_dir_all(&data).map_err(|e| Error::io("removing", &data, e))?;
         }
@@ -249,6 +249,32 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// The data folders' name: `<prefix><pid of the harness>-<port>`.
+const DATA_PREFIX: &str = "scale-agent-pg-";
+
+/// Removes the data folders of harness processes that are gone (killed before they
+/// could remove their own).
+fn remove_abandoned_data() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DATA_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

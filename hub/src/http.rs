@@ -287,7 +287,9 @@ async fn list_accounts(
                 drop(core);
                 return page_response(&views, next);
             }
-            Err(err) => warn!(%err, "listing accounts: the shared store does not answer; listing this replica's"),
+            Err(err) => {
+                warn!(%err, "listing accounts: the shared store does not answer; listing this replica's")
+            }
         }
     }
     let (views, next) = {

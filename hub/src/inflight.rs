@@ -140,7 +140,11 @@ pub async fn adopt(shared: &Arc<Shared>, replicas: &Replicas, accounts: Vec<Stri
             // Held here a moment ago; whoever holds it next takes it.
             let _ = replicas
                 .store()
-                .hand_over_operations(&replicas.id(), &op.account, std::slice::from_ref(&op.wire_id))
+                .hand_over_operations(
+                    &replicas.id(),
+                    &op.account,
+                    std::slice::from_ref(&op.wire_id),
+                )
                 .await;
             continue;
         };
@@ -148,7 +152,10 @@ pub async fn adopt(shared: &Arc<Shared>, replicas: &Replicas, accounts: Vec<Stri
             account: op.account.clone(),
             id: op.caller_id.clone(),
         };
-        if shared.operations.adopt(key, op.frame.clone(), session.clone()) {
+        if shared
+            .operations
+            .adopt(key, op.frame.clone(), session.clone())
+        {
             info!(account = %op.account, operation = %op.wire_id, caller_id = %op.caller_id, %session,
                 "sending again an operation whose replica stopped before it was answered");
             shared.metrics.operations_adopted.inc();

@@ -303,7 +303,10 @@ async fn run(shared: Arc<Shared>, replicas: Arc<Replicas>) {
             }
             let released = replicas.store.restart(&replicas.id()).await?;
             if released > 0 {
-                info!(accounts = released, "accounts held by this replica's previous run are Disconnected");
+                info!(
+                    accounts = released,
+                    "accounts held by this replica's previous run are Disconnected"
+                );
             }
             Ok::<_, crate::store::StoreError>(())
         };

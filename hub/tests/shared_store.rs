@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,46 +13,20 @@ use scale_agent_e2e::postgres::Postgres;
 use scale_agent_hub::RunningHub;
 use scale_agent_hub::config::StoreLocation;
 use scale_agent_proto::v1::{RegisterReason, hub_frame};
-use tokio::sync::Mutex;
 
 const LONG: Duration = Duration::from_secs(600);
 
-/// The run folder of this test process (logs, and the list of processes a
-/// reaper stops when the process ends).
-fn run_dir() -> &'static std::path::Path {
-    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("a run folder").keep();
-        let reaper = scale_agent_e2e::process::spawn_reaper(&dir, std::process::id())
-            .expect("a reaper for the test's processes");
-        // It outlives the tests and stops what they leave when the process ends.
-        std::mem::forget(reaper);
-        dir
-    })
-}
-
-/// The PostgreSQL server the tests share (each has its database).
-fn postgres() -> &'static Mutex<Postgres> {
-    static PG: OnceLock<Mutex<Postgres>> = OnceLock::new();
-    PG.get_or_init(|| {
-        let dir = run_dir().to_path_buf();
-        let pg = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(Postgres::start(&dir))
-        })
-        .join()
-        .expect("PostgreSQL starts")
-        .expect("PostgreSQL starts");
-        Mutex::new(pg)
-    })
-}
-
-/// A fresh database named after the test.
-async fn database(test: &str) -> Result<String> {
-    Ok(postgres().lock().await.database(test)?)
+/// A PostgreSQL server of the test's own, with database `name`, and the
+/// folder of its logs: stopped and removed when the test ends, also when it
+/// fails (and by a reaper, should the test process be killed).
+async fn postgres(name: &str) -> Result<(Postgres, String, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let reaper = scale_agent_e2e::process::spawn_reaper(dir.path(), std::process::id())?;
+    // It outlives the test and stops what it left when the process ends.
+    std::mem::forget(reaper);
+    let pg = Postgres::start(dir.path()).await?;
+    let url = pg.database(name)?;
+    Ok((pg, url, dir))
 }
 
 /// A hub replica on the database at `url`, heartbeating every 200 ms.
@@ -90,9 +63,9 @@ async fn ready(hub: &RunningHub) -> Result<bool> {
     Ok(get(hub, "/readyz").await?.0 == 200)
 }
 
-/// The holder of each account, as the database has it.
-async fn holders(db: &str) -> Result<Vec<(String, String, String)>> {
-    let text = postgres().lock().await.psql(
+/// The holder of each account, as database `db` has it.
+fn holders(pg: &Postgres, db: &str) -> Result<Vec<(String, String, String)>> {
+    let text = pg.psql(
         db,
         "SELECT name, holder, COALESCE(session, '') FROM accounts ORDER BY name",
     )?;
@@ -113,7 +86,8 @@ async fn holders(db: &str) -> Result<Vec<(String, String, String)>> {
 #[tokio::test]
 async fn any_replica_answers_for_an_account_another_holds() -> Result<()> {
     logs();
-    let url = database("forwarding").await?;
+    // Stopped when the test ends.
+    let (_pg, url, _dir) = postgres("forwarding").await?;
     let a = replica(&url, "hub-a").await?;
     let b = replica(&url, "hub-b").await?;
     eventually("both ready", || async {
@@ -159,7 +133,8 @@ async fn any_replica_answers_for_an_account_another_holds() -> Result<()> {
 #[tokio::test]
 async fn forwarded_requests_carry_the_callers_token_and_the_holder_checks_it() -> Result<()> {
     logs();
-    let url = database("forwarding_token").await?;
+    // Stopped when the test ends.
+    let (_pg, url, _dir) = postgres("forwarding_token").await?;
     let dir = tempfile::tempdir()?;
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n")?;
@@ -178,7 +153,10 @@ async fn forwarded_requests_carry_the_callers_token_and_the_holder_checks_it() -
     };
     let a = with_token("hub-a").await?;
     let b = with_token("hub-b").await?;
-    eventually("both ready", || async { Ok(ready(&a).await? && ready(&b).await?) }).await?;
+    eventually("both ready", || async {
+        Ok(ready(&a).await? && ready(&b).await?)
+    })
+    .await?;
     let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
     assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     let client = reqwest::Client::new();
@@ -191,7 +169,10 @@ async fn forwarded_requests_carry_the_callers_token_and_the_holder_checks_it() -
     let served = client.get(&objects).bearer_auth("s3cret").send().await?;
     assert_eq!(served.status(), 200);
     assert_eq!(
-        served.headers().get("x-scale-agent-served-by").map(|v| v.as_bytes()),
+        served
+            .headers()
+            .get("x-scale-agent-served-by")
+            .map(|v| v.as_bytes()),
         Some(&b"hub-a"[..])
     );
     a.shutdown().await?;
@@ -205,7 +186,8 @@ async fn a_replica_that_lost_an_account_cannot_write_over_its_new_holder() -> Re
     use scale_agent_hub::registry::{Binding, ShardKey};
     use scale_agent_hub::store::postgres::{ClaimWrite, FlushError, PgStore};
     logs();
-    let url = database("fencing").await?;
+    // Stopped when the test ends.
+    let (_pg, url, _dir) = postgres("fencing").await?;
     let store = PgStore::new(&url)?;
     store.migrate().await?;
     // Migrations are applied once, whoever starts first.
@@ -250,7 +232,11 @@ async fn a_replica_that_lost_an_account_cannot_write_over_its_new_holder() -> Re
     let rows = store.accounts(timeout).await?;
     assert_eq!(rows.len(), 1);
     assert_eq!(
-        (rows[0].holder.as_str(), rows[0].session.as_deref(), rows[0].objects),
+        (
+            rows[0].holder.as_str(),
+            rows[0].session.as_deref(),
+            rows[0].objects
+        ),
         ("hub-b", Some("s2"), 7)
     );
     Ok(())
@@ -259,7 +245,7 @@ async fn a_replica_that_lost_an_account_cannot_write_over_its_new_holder() -> Re
 #[tokio::test]
 async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache() -> Result<()> {
     logs();
-    let url = database("takeover").await?;
+    let (pg, url, _dir) = postgres("takeover").await?;
     let a = replica(&url, "hub-a").await?;
     let b = replica(&url, "hub-b").await?;
     eventually("both ready", || async {
@@ -285,7 +271,7 @@ async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache(
     first.barrier().await?;
     // Written behind within a flush interval.
     eventually("the cache written behind", || async {
-        let text = postgres().lock().await.psql(
+        let text = pg.psql(
             "takeover",
             "SELECT (SELECT count(*) FROM objects), (SELECT string_agg(resource_version, ',') FROM resume_points)",
         )?;
@@ -337,7 +323,7 @@ async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache(
         );
     }
     assert_eq!(
-        holders("takeover").await?,
+        holders(&pg, "takeover")?,
         [(
             "prod-1".to_owned(),
             "hub-b".to_owned(),
@@ -352,7 +338,7 @@ async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache(
 #[tokio::test]
 async fn replicas_racing_for_new_names_bind_each_once() -> Result<()> {
     logs();
-    let url = database("races").await?;
+    let (pg, url, _dir) = postgres("races").await?;
     let a = replica(&url, "hub-a").await?;
     let b = replica(&url, "hub-b").await?;
     eventually("both ready", || async {
@@ -387,7 +373,7 @@ async fn replicas_racing_for_new_names_bind_each_once() -> Result<()> {
         "races for new names: hub-a bound {}, hub-b bound {}",
         won.0, won.1
     );
-    let bound = holders("races").await?;
+    let bound = holders(&pg, "races")?;
     assert_eq!(bound.len(), NAMES);
     let mut east_sessions = 0;
     for (name, holder, session) in &bound {
@@ -409,8 +395,7 @@ async fn replicas_racing_for_new_names_bind_each_once() -> Result<()> {
         west.register(&[("shared", "uid-s")])
     );
     assert!(x?[0].accepted && y?[0].accepted);
-    let (_, holder, session) = holders("races")
-        .await?
+    let (_, holder, session) = holders(&pg, "races")?
         .into_iter()
         .find(|(n, _, _)| n == "shared")
         .ok_or("no row")?;
@@ -442,9 +427,7 @@ async fn replicas_racing_for_new_names_bind_each_once() -> Result<()> {
 #[tokio::test]
 async fn without_its_database_a_replica_serves_what_it_holds_and_recovers() -> Result<()> {
     logs();
-    // A server of its own: it is stopped while the other tests run.
-    let mut pg = Postgres::start(run_dir()).await?;
-    let url = pg.database("outage")?;
+    let (mut pg, url, _dir) = postgres("outage").await?;
     let a = replica(&url, "hub-a").await?;
     eventually("ready", || ready(&a)).await?;
     let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
