@@ -745,7 +745,8 @@ async fn postgres_restarted(shared: Arc<Shared>) -> anyhow::Result<()> {
 
 /// (e) Two clusters claim the same new account names at the same moment, each
 /// through its own replica: every name is bound once, to one cluster, held by one
-/// replica, and the other agent is told why.
+/// replica, no agent is ever accepted for a name the other holds, and the other
+/// agent is told why.
 async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
     let env = &shared.env;
     let rig = rig(&shared, "race").await?;
@@ -834,10 +835,23 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
         }
     }
     let mut told = 0;
+    // The names each agent was ever accepted for: a replica that bound a name while
+    // the other replica bound it too would show here even after one of them let go.
+    let mut accepted = Vec::new();
     for a in &agents {
         let log = std::fs::read_to_string(a.proc.log()).unwrap_or_default();
         told += log.matches("hub rejected the account").count();
+        accepted.push(registered_names(&log));
     }
+    ensure!(
+        accepted[0].union(&accepted[1]).count() == NAMES,
+        "the agents' logs show {accepted:?} accepted"
+    );
+    let twice: Vec<&String> = accepted[0].intersection(&accepted[1]).collect();
+    ensure!(
+        twice.is_empty(),
+        "accepted for both clusters at some point: {twice:?}"
+    );
     eprintln!(
         "REPLICAS e: {NAMES} new names claimed at once by two clusters through two replicas: bound per shard {by_shard:?}, each to one cluster and one replica; {told} rejections told to the agents"
     );
@@ -848,4 +862,16 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
     drop(agents);
     drop(lbs);
     Ok(())
+}
+
+/// The accounts an agent's log says the hub accepted (its `registered` lines,
+/// inside the account's span).
+fn registered_names(log: &str) -> std::collections::BTreeSet<String> {
+    log.lines()
+        .filter(|line| line.contains(": registered"))
+        .filter_map(|line| {
+            let rest = line.split("account{account=").nth(1)?;
+            Some(rest.split('}').next()?.to_owned())
+        })
+        .collect()
 }
