@@ -92,6 +92,10 @@ fn main() {
             ("e_replicas_racing_for_the_same_names_bind_each_once", |f| {
                 Box::pin(racing_registrations(f))
             }),
+            (
+                "f_max_connection_age_spreads_streams_after_a_scale_up",
+                |f| Box::pin(scale_up_spreads_streams(f)),
+            ),
         ],
     );
 }
@@ -141,17 +145,27 @@ fn agent_tls(env: &Env, ns: &str, shard: &str) -> anyhow::Result<TlsConfig> {
 }
 
 async fn rig(shared: &Shared, name: &str) -> anyhow::Result<Rig> {
+    rig_with(shared, name, &[]).await
+}
+
+/// [`rig`] with `extra` flags for both replicas.
+async fn rig_with(shared: &Shared, name: &str, extra: &[String]) -> anyhow::Result<Rig> {
     let env = &shared.env;
     let db = name.replace('-', "_");
     let url = shared.pg.lock().await.database(&db)?;
     let ids = [format!("{name}-hub-a"), format!("{name}-hub-b")];
-    let s = scenario_with(env, name, "120s", None, replica_args(env, &url, &ids[0])).await?;
+    let args = |id: &str| {
+        let mut args = replica_args(env, &url, id);
+        args.extend_from_slice(extra);
+        args
+    };
+    let s = scenario_with(env, name, "120s", None, args(&ids[0])).await?;
     let other = HubProcess::start(
         HubOptions {
             bin: workspace_binary("scale-agent-hub")?,
             grace_period: "120s".into(),
             store: None,
-            args: replica_args(env, &url, &ids[1]),
+            args: args(&ids[1]),
             kubeconfig: None,
         },
         &env.test_dir(&s.ns),
@@ -861,6 +875,96 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
     );
     drop(agents);
     drop(lbs);
+    Ok(())
+}
+
+/// (f) Every stream on one replica, then the other comes (back) up: with
+/// `--max-connection-age`, agents reconnecting through the load balancer spread over
+/// both replicas, resuming their watches without relisting, and the caches seen
+/// through either replica equal the clusters.
+async fn scale_up_spreads_streams(shared: Arc<Shared>) -> anyhow::Result<()> {
+    /// Short, so that a few ages fit in the test; the hub adds ±10% jitter.
+    const AGE_SECS: u64 = 3;
+    let extra = [
+        format!("--max-connection-age={AGE_SECS}s"),
+        "--max-connection-age-grace=1s".to_owned(),
+    ];
+    let mut rig = rig_with(&shared, "spread", &extra).await?;
+    // Scale down to one replica: the other stops (SIGTERM, its sessions drained) and
+    // every agent reconnects to the one left.
+    rig.hub_mut(1).stop();
+    let all_on_one = Duration::from_secs(30);
+    wait::until(
+        "every stream on the remaining replica",
+        all_on_one,
+        || async {
+            let holders = rig.holders(&shared).await.ok()?;
+            holders
+                .iter()
+                .all(|(_, h, s)| *h == rig.ids[0] && !s.is_empty())
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| rig.logs())?;
+    let full_before = metric(
+        rig.hubs()[0].http.trim_start_matches("http://"),
+        "scale_agent_hub_syncs_total{mode=\"full_relist\"}",
+    )
+    .await;
+    let agent_relists_before = agents_metric(&rig, "scale_agent_relists_total").await;
+    let churn = rig.churn();
+    // Scale up again.
+    rig.hub_mut(1).restart().await?;
+    let up = Instant::now();
+    // nginx avoids a server for 10 s after a refused connection (its default
+    // fail_timeout), so the wait allows for that and a few ages.
+    let spread = Duration::from_secs(10 + 6 * AGE_SECS);
+    wait::until("streams on both replicas", spread, || async {
+        let holders = rig.holders(&shared).await.ok()?;
+        rig.ids
+            .iter()
+            .all(|id| holders.iter().any(|(_, h, s)| h == id && !s.is_empty()))
+            .then_some(())
+    })
+    .await
+    .with_context(|| rig.logs())?;
+    let spread_in = up.elapsed();
+    let changes = churn.stop().await;
+    rig.converged(Duration::from_secs(30)).await?;
+    // The started replica counts from zero.
+    let mut full_after = 0;
+    for hub in rig.hubs() {
+        full_after += metric(
+            hub.http.trim_start_matches("http://"),
+            "scale_agent_hub_syncs_total{mode=\"full_relist\"}",
+        )
+        .await;
+    }
+    let agent_relists =
+        agents_metric(&rig, "scale_agent_relists_total").await - agent_relists_before;
+    let holders = rig.holders(&shared).await?;
+    let on_new = holders.iter().filter(|(_, h, _)| *h == rig.ids[1]).count();
+    eprintln!(
+        "REPLICAS f: max connection age {AGE_SECS}s: {on_new} of {} streams on the replica started again {spread_in:.2?} after it was up; \
+         {changes} changes meanwhile; relists: {} full relists at the replicas, {agent_relists} at the agents",
+        rig.accounts.len(),
+        full_after - full_before,
+    );
+    ensure!(
+        full_after == full_before && agent_relists == 0,
+        "spreading relisted: {} full relists at the replicas, {agent_relists} at the agents",
+        full_after - full_before
+    );
+    // Sessions keep ageing out, so a moment where the database and both replicas
+    // agree is waited for.
+    wait::until(
+        "one holder each, as both replicas say",
+        Duration::from_secs(15),
+        || async { rig.one_holder_each(&shared).await.ok() },
+    )
+    .await
+    .with_context(|| rig.logs())?;
     Ok(())
 }
 
