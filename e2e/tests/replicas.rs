@@ -1,9 +1,10 @@
 //! Two hub replicas behind a real nginx, sharing a real PostgreSQL (Debian's), with
 //! agents streaming three target clusters that change all the time. Each test breaks
 //! something — the replica holding most streams, the replica an operation went to,
-//! PostgreSQL itself — or races the replicas, and ends with the cache seen through
-//! either replica equal to a fresh list of every cluster, and each account held by
-//! exactly one replica. The figures they print are the ones docs/hub.md quotes.
+//! PostgreSQL itself — races the replicas, or scales them up, and ends with the cache
+//! seen through either replica equal to a fresh list of every cluster, and each
+//! account held by exactly one replica. The figures they print are the ones
+//! docs/hub.md quotes.
 //!
 //! The tests run one after another: they stop shared parts (PostgreSQL).
 
