@@ -5,7 +5,7 @@
 //!   watch order): ADDED and MODIFIED store the object, DELETED removes it.
 //! - A full relist of a kind is bracketed by SyncStart and SyncEnd. Every
 //!   object of that kind not sent in between vanished while the agent was away
-//!   and is dropped at SyncEnd, unless the agent says it sent more objects than
+//!   and is dropped at SyncEnd ([`crate::resync`], the resync diff), unless the agent says it sent more objects than
 //!   arrived (then nothing is dropped and the kind gets no resume point, so the
 //!   next reconnect relists it).
 //! - Per (account, kind) the hub tracks the resourceVersion to resume a watch
@@ -70,7 +70,7 @@ pub struct CachedObject {
     /// The object as JSON (validated on arrival).
     pub body: Arc<RawValue>,
     /// The full relist that last saw it (0: none).
-    seen_in_sync: u64,
+    pub(crate) seen_in_sync: u64,
 }
 
 /// An event, already parsed and validated outside the cache lock.
@@ -299,18 +299,14 @@ impl AccountCache {
         }
         let mut dropped = 0;
         if open.mode == SyncMode::FullRelist {
-            let before = self.objects.len();
-            let dirty = &mut self.dirty;
-            self.objects.retain(|key, object| {
-                let keep = key.group != kind.group
-                    || key.kind != kind.kind
-                    || object.seen_in_sync == open.generation;
-                if !keep && let Some(dirty) = dirty.as_mut() {
-                    dirty.keys.insert(key.clone());
+            for key in crate::resync::unlisted(&self.objects, kind, open.generation) {
+                self.objects.remove(&key);
+                // A shared store drops the object too, with the next write-behind.
+                if let Some(dirty) = &mut self.dirty {
+                    dirty.keys.insert(key);
                 }
-                keep
-            });
-            dropped = before - self.objects.len();
+                dropped += 1;
+            }
         }
         SyncOutcome {
             dropped,

@@ -44,14 +44,15 @@
 //! [`registration`] (what a Register is answered), [`ingest`] (events and
 //! syncs into the cache), [`routing`] (operations between sessions),
 //! [`revocation`] (accounts a shard no longer owns), [`registry`] (binding
-//! rules), [`cache`] (objects and resyncs), [`store`] (SQLite bindings, or
-//! the PostgreSQL store several replicas share), [`replicas`] (this
-//! replica's side of a shared store: heartbeats, leader, write-behind),
-//! [`claim`] (registration through a shared store), [`forward`] (requests
-//! about accounts another replica holds), [`inflight`] (operations in flight
-//! shared between replicas), [`operations`] (requests and results), [`http`]
-//! (the JSON API), [`page`] (pages of its lists), [`serve`] (accept loops,
-//! the HTTP server's limits), [`identity`], [`secret`], [`ownership`], [`tls`],
+//! rules), [`cache`] (objects and syncs), [`resync`] (the resync diff),
+//! [`store`] (SQLite bindings, or the PostgreSQL store several replicas
+//! share), [`replicas`] (this replica's side of a shared store: heartbeats,
+//! leader, write-behind), [`claim`] (registration through a shared store),
+//! [`forward`] (requests about accounts another replica holds), [`inflight`]
+//! (operations in flight shared between replicas), [`operations`] (requests
+//! and results), [`http`] (the JSON API), [`page`] (pages of its lists),
+//! [`serve`] (accept loops, the HTTP server's limits), [`identity`],
+//! [`secret`], [`ownership`], [`tls`],
 //! [`metrics`], [`clip`].
 
 pub mod cache;
@@ -72,6 +73,7 @@ pub mod page;
 pub mod registration;
 pub mod registry;
 pub mod replicas;
+pub mod resync;
 pub mod revocation;
 pub mod routing;
 pub mod secret;
