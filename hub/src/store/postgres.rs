@@ -752,6 +752,8 @@ impl PgStore {
                     kind,
                     version: row.get("version"),
                     resource_version: row.get("resource_version"),
+                    // Not stored: an agent takes an unknown selection as its own.
+                    selection: String::new(),
                 });
             }
         }
