@@ -381,6 +381,7 @@ mod reconcile_tests {
             config: AccountConfig {
                 name: name.into(),
                 kubeconfig_file: format!("{name}.kubeconfig"),
+                in_cluster: false,
                 namespaces: vec![],
                 omit_namespaces: vec![],
                 kinds: vec![],

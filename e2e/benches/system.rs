@@ -194,6 +194,7 @@ fn start(
         accs.push(AccountConfig {
             name: a.to_string(),
             kubeconfig_file: format!("{a}.kubeconfig"),
+            in_cluster: false,
             namespaces: vec![NS.into()],
             omit_namespaces: vec![],
             kinds: vec!["ConfigMap".into()],
