@@ -8,6 +8,8 @@
 //! - [`account`], [`kinds`], [`watch`]: per-account discovery and watches.
 //! - [`budget`], [`outbound`]: bounded memory and backpressure.
 //! - [`operations`]: apply, delete, patch, scale, rollout restart, get.
+//! - [`report`]: what this replica tells the operator, through its Lease.
+//! - [`tls`]: the hub TLS files, and reconnecting when they are renewed.
 
 pub mod account;
 pub mod admin;
@@ -21,8 +23,10 @@ pub mod leases;
 pub mod metrics;
 pub mod operations;
 pub mod outbound;
+pub mod report;
 pub mod session;
 pub mod state;
+pub mod tls;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -58,9 +62,12 @@ pub async fn run(args: cli::Args) -> Result<()> {
         replica: args.replica_id.clone(),
         lease_duration: Duration::from_secs(args.lease_duration_seconds),
         renew_every: Duration::from_millis(args.lease_renew_millis),
+        pod_uid: args.pod_uid.clone(),
     };
-    let members = leases::run(mgmt.clone(), membership.clone(), metrics.clone());
-    let held = held_accounts(config.clone(), members, args.replica_id.clone());
+    let (held_tx, held_rx) = tokio_watch::channel(BTreeMap::new());
+    let report = report::run(state.clone(), held_rx);
+    let members = leases::run(mgmt.clone(), membership.clone(), metrics.clone(), report);
+    let held = held_accounts(config.clone(), members, args.replica_id.clone(), held_tx);
 
     let admin = tokio::spawn(admin::serve(
         args.admin_addr,
@@ -76,6 +83,7 @@ pub async fn run(args: cli::Args) -> Result<()> {
         metrics,
         ops: Arc::new(operations::Operations::default()),
         keepalive: Duration::from_secs(args.keepalive_seconds.max(1)),
+        tls_poll: Duration::from_millis(args.reload_millis),
         shutdown: stop_rx,
     }));
 
@@ -110,17 +118,21 @@ pub fn held(snapshot: &Snapshot, members: &[String], me: &str) -> BTreeMap<Strin
         .collect()
 }
 
+/// The accounts this replica holds, kept current; `tx` (whose receivers the report
+/// reads) is the channel they go to.
 fn held_accounts(
     mut config: tokio_watch::Receiver<Arc<Snapshot>>,
     mut members: tokio_watch::Receiver<Vec<String>>,
     me: String,
+    tx: tokio_watch::Sender<BTreeMap<String, AccountDesired>>,
 ) -> tokio_watch::Receiver<BTreeMap<String, AccountDesired>> {
     let first = held(
         &config.borrow_and_update(),
         &members.borrow_and_update(),
         &me,
     );
-    let (tx, rx) = tokio_watch::channel(first);
+    tx.send_replace(first);
+    let rx = tx.subscribe();
     tokio::spawn(async move {
         loop {
             tokio::select! {
