@@ -33,6 +33,7 @@ pub mod crd;
 pub mod diagnostics;
 mod env;
 mod error;
+pub mod gitops;
 pub mod hub;
 pub mod kubeconfig;
 pub mod kubectl;

@@ -67,6 +67,8 @@ pub struct RunnerConfig {
     pub env: Vec<(String, String)>,
     /// Extra arguments for every agent (e.g. shorter lease timings for tests).
     pub args: Vec<String>,
+    /// Only the agent pods of this namespace (a test's own); every namespace when `None`.
+    pub namespace: Option<String>,
 }
 
 impl RunnerConfig {
@@ -79,6 +81,7 @@ impl RunnerConfig {
             run_dir,
             env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
             args: Vec::new(),
+            namespace: None,
         })
     }
 }
@@ -124,6 +127,11 @@ impl PodRunner {
         }
     }
 
+    /// The process id of a pod's agent (the same while the agent is not restarted).
+    pub fn pid(&self, pod_key: &str) -> Option<u32> {
+        self.pods.lock().ok()?.get(pod_key).map(|p| p.proc.pid())
+    }
+
     /// The log file of a pod's agent.
     pub fn log(&self, pod_key: &str) -> Option<PathBuf> {
         self.pods
@@ -139,7 +147,10 @@ async fn sync(
     cfg: &RunnerConfig,
     procs: &Mutex<HashMap<String, PodProcess>>,
 ) -> Result<()> {
-    let api: Api<Pod> = Api::all(client.clone());
+    let api: Api<Pod> = match &cfg.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let list = api
         .list(&ListParams::default().labels(AGENT_SELECTOR))
         .await

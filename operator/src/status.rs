@@ -636,9 +636,9 @@ pub struct Notice {
 
 /// The Events a status change deserves, once per transition: one per account that newly
 /// conflicts, becomes invalid, is refused by the hub, loses its cluster, or is acquired
-/// after a conflict; one when the shard's config becomes unusable; one when the shard
-/// becomes Ready, and one when it stops streaming because no replica holds an account
-/// or the hub cannot be reached (not while a new shard's agents are still starting).
+/// after a conflict; one when the shard's config becomes unusable; one when accounts a
+/// replica held lose it (not for a new shard whose agents are still starting); one when
+/// the shard becomes Ready, and one when it is not because the hub cannot be reached.
 /// Nothing when nothing changed, so no-op reconciles publish nothing.
 pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<Notice> {
     let mut out = Vec::new();
@@ -707,15 +707,33 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
             note: c.message.clone(),
         });
     }
+    // Accounts a replica held before and none holds now.
+    let orphaned: Vec<&str> = new
+        .accounts
+        .iter()
+        .filter(|a| {
+            a.state == AccountState::NoReplica
+                && before(&a.name).is_some_and(|p| p.state.served() && p.state != AccountState::NoReplica)
+        })
+        .map(|a| a.name.as_str())
+        .collect();
+    if !orphaned.is_empty() {
+        out.push(Notice {
+            warning: true,
+            reason: reason::NO_REPLICA,
+            note: format!(
+                "no live agent replica holds {} any more: {}",
+                if orphaned.len() == 1 { "this account" } else { "these accounts" },
+                orphaned.join(", ")
+            ),
+        });
+    }
     let ready_before = old
         .and_then(|o| o.condition(condition_type::READY))
         .map(|c| (c.status.as_str(), c.reason.as_str()));
     if let Some(c) = new.condition(condition_type::READY)
         && ready_before != Some((c.status.as_str(), c.reason.as_str()))
     {
-        let starting = ready_before.is_none_or(|(status, r)| {
-            status == condition_status::UNKNOWN || r == reason::PROGRESSING
-        });
         let notice = |warning, reason| Notice {
             warning,
             reason,
@@ -725,9 +743,6 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
             (condition_status::TRUE, _) => out.push(notice(false, reason::READY)),
             (condition_status::FALSE, reason::HUB_UNREACHABLE) => {
                 out.push(notice(true, reason::HUB_UNREACHABLE));
-            }
-            (condition_status::FALSE, reason::NO_REPLICA) if !starting => {
-                out.push(notice(true, reason::NO_REPLICA));
             }
             _ => {}
         }
@@ -1009,12 +1024,22 @@ mod tests {
         };
         // A new shard's agents starting: no NoReplica warning, then Ready.
         let first = compute(None, &no_replica, t(1));
+        assert!(notices(None, &first).is_empty());
         let (n, starting) = reasons(&first, &no_replica);
         assert!(n.is_empty(), "{n:?}");
         let (n, ready) = reasons(&starting, &streaming);
         assert_eq!(n, [reason::READY]);
-        // Its replicas die: one NoReplica warning, and not again while it lasts.
-        let (n, dead) = reasons(&ready, &no_replica);
+        // Its replicas die (their pods become unready first, then their Leases expire):
+        // one NoReplica warning, and not again while it lasts.
+        let mut unready = streaming.clone();
+        unready.deployment = Some(DeploymentView {
+            available_replicas: 0,
+            available: Some((false, "MinimumReplicasUnavailable".into(), "no".into())),
+            ..rolled_out()
+        });
+        let (n, progressing) = reasons(&ready, &unready);
+        assert!(n.is_empty(), "{n:?}");
+        let (n, dead) = reasons(&progressing, &no_replica);
         assert_eq!(n, [reason::NO_REPLICA]);
         let (n, _) = reasons(&dead, &no_replica);
         assert!(n.is_empty(), "{n:?}");
