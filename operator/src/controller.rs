@@ -200,6 +200,9 @@ pub struct Leading {
     pub metrics: Arc<Metrics>,
 }
 
+/// How long the leader waits for the replicas' Leases and pods before reconciling.
+const REPLICAS_WAIT: Duration = Duration::from_secs(30);
+
 /// Aborts the task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -355,9 +358,17 @@ pub async fn run_controller(l: Leading) {
         pod_signature,
         replica_tx,
     );
-    // Deciding before the replicas are known would report every account NoReplica.
-    if leases.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
-        return;
+    // Deciding before the replicas are known would report every account NoReplica; but
+    // an operator that may not read them (its RBAC) still makes the children.
+    let known = async {
+        leases.wait_until_ready().await.is_ok() && pods.wait_until_ready().await.is_ok()
+    };
+    match tokio::time::timeout(REPLICAS_WAIT, known).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(_) => tracing::error!(
+            "the agent replicas' Leases and pods cannot be read (RBAC: list and watch leases and pods): reconciling without them, every account shows NoReplica"
+        ),
     }
     l.claims.lead(Some(tx));
     let ctx = Arc::new(Context {
