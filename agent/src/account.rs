@@ -31,6 +31,8 @@ use crate::{Error, Result};
 pub struct AccountCtx {
     /// The session's sending half.
     pub out: Outbound,
+    /// Whether the hub takes WatchProgress frames on this session.
+    pub watch_progress: bool,
     /// The agent's limits.
     pub budget: Budget,
     /// Metrics.
@@ -269,6 +271,7 @@ async fn serve(
             out: ctx.out.clone(),
             budget: ctx.budget.clone(),
             metrics: ctx.metrics.clone(),
+            watch_progress: ctx.watch_progress,
         };
         tasks.spawn(watch::run(kctx, kind, flag));
     }

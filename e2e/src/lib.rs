@@ -35,6 +35,7 @@ mod env;
 mod error;
 pub mod gitops;
 pub mod hub;
+pub mod hubstack;
 pub mod kubeconfig;
 pub mod kubectl;
 pub mod metrics;

@@ -19,25 +19,24 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use scale_agent_crds::{AccountState, AgentShard, ShardRef, condition_type, shard_identity_uri};
 use scale_agent_e2e::converge::{configmaps, converge, put_cm};
-use scale_agent_e2e::hub::{HubOptions, HubProcess};
-use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
+use scale_agent_e2e::hubstack::HubStack;
 use scale_agent_e2e::operator::{NAMESPACE, Operator, OperatorOptions};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
 use scale_agent_e2e::runner::{self, Fixture};
-use scale_agent_e2e::{Env, Options, wait, workspace_binary};
+use scale_agent_e2e::{Env, Options, wait};
 
 /// The Secret in the operator's namespace holding the run's CA.
 const CA_SECRET: &str = "agent-ca";
 /// A lifetime short enough to see renewals within a test (renewed every ~17 s).
 const LIFETIME: &str = "40s";
 
-/// The control plane, the hub behind nginx, and the operator issuing certificates.
+/// The control plane, the hub behind nginx (as `just up` runs them), and the operator
+/// issuing certificates.
 struct CertsEnv {
     // Field order is drop order: the operator, then the load balancer and hub, then the
     // control plane.
     op: tokio::sync::Mutex<Option<Operator>>,
-    nginx: Nginx,
-    hub: HubProcess,
+    stack: HubStack,
     env: Env,
 }
 
@@ -65,7 +64,7 @@ impl CertsEnv {
         extra_args.push(format!("--agent-cert-lifetime={LIFETIME}"));
         OperatorOptions {
             name: name.into(),
-            default_hub: Some(self.nginx.address.clone()),
+            default_hub: Some(self.stack.nginx.address.clone()),
             extra_args,
             ..OperatorOptions::default()
         }
@@ -75,40 +74,12 @@ impl CertsEnv {
 async fn start() -> anyhow::Result<CertsEnv> {
     let env = Env::start(Options::default()).await?;
     let cp = &env.cp;
-    // As `just up`: agents come through nginx, which verifies their certificate against
-    // the run's CA and forwards it; the hub accepts an account only from its owner.
-    let hub = HubProcess::start(
-        HubOptions {
-            bin: workspace_binary("scale-agent-hub")?,
-            grace_period: "30s".into(),
-            store: None,
-            args: vec![
-                "--trusted-proxy=127.0.0.1/32".into(),
-                "--authorize-shards=*".into(),
-            ],
-            kubeconfig: Some(cp.management.kubeconfig.clone()),
-        },
-        &cp.run_dir,
-    )
-    .await?;
-    let lb = cp.pki.issue_server("lb", &["127.0.0.1", "localhost"])?;
-    let nginx = Nginx::start(
-        &NginxOptions {
-            mode: Mode::GrpcTls,
-            hub_grpc: hub.grpc.clone(),
-            tls_cert: lb.cert_file,
-            tls_key: lb.key_file,
-            client_ca: cp.pki.ca_file.clone(),
-        },
-        &cp.run_dir,
-    )
-    .await?;
+    let stack = HubStack::start(cp, &cp.run_dir, "30s", None).await?;
     scale_agent_e2e::operator::ensure_namespace(cp, NAMESPACE)?;
     cp.apply(&cp.pki.ca_secret_yaml(NAMESPACE, CA_SECRET)?)?;
     let mut fixture = CertsEnv {
         op: tokio::sync::Mutex::new(None),
-        nginx,
-        hub,
+        stack,
         env,
     };
     let options = fixture.operator_options(
@@ -145,9 +116,9 @@ async fn agents(env: &CertsEnv, ns: &str) -> anyhow::Result<PodRunner> {
         env.env.client().await?,
         RunnerConfig {
             args: vec![
-                "--lease-renew-millis=500".into(),
-                "--lease-duration-seconds=4".into(),
-                "--reload-millis=500".into(),
+                "--lease-renew-interval=500ms".into(),
+                "--lease-duration=4s".into(),
+                "--reload-interval=500ms".into(),
             ],
             namespace: Some(ns.to_owned()),
             ..RunnerConfig::new(&env.env.cp, env.env.test_dir(ns))?
@@ -250,7 +221,7 @@ async fn fresh_namespace(env: Arc<CertsEnv>) -> anyhow::Result<()> {
         "owner: {:?}",
         tls.metadata.owner_references
     );
-    converge(&env.hub, &account, &api, &ns, Duration::from_secs(30)).await?;
+    converge(&env.stack.hub, &account, &api, &ns, Duration::from_secs(30)).await?;
     let pod = pods
         .running()
         .into_iter()
@@ -289,7 +260,7 @@ async fn fresh_namespace(env: Arc<CertsEnv>) -> anyhow::Result<()> {
     // Let the agent pick up the last one, then check nothing was lost.
     tokio::time::sleep(Duration::from_secs(3)).await;
     put_cm(&api, "after", "1").await?;
-    let took = converge(&env.hub, &account, &api, &ns, Duration::from_secs(30)).await?;
+    let took = converge(&env.stack.hub, &account, &api, &ns, Duration::from_secs(30)).await?;
     eprintln!("the hub's cache equals the cluster {took:.1?} after the last write");
     ensure!(
         pods.pid(&pod) == Some(pid),
@@ -312,7 +283,7 @@ async fn tls_secret_problems(env: Arc<CertsEnv>) -> anyhow::Result<()> {
     let account = format!("{ns}-a");
     let own = format!(
         "  hub:\n    address: \"{}\"\n    tlsSecretRef: {{ name: mtls }}\n",
-        env.nginx.address
+        env.stack.nginx.address
     );
     env.env.apply(&shard(&ns, "own", &account, &own))?;
 

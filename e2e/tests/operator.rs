@@ -744,7 +744,7 @@ async fn kubectl_wait(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             env.client().await?,
             RunnerConfig {
                 namespace: Some(ns.clone()),
-                args: vec!["--lease-renew-millis=500".into()],
+                args: vec!["--lease-renew-interval=500ms".into()],
                 ..RunnerConfig::new(&env.cp, env.test_dir(&ns))?
             },
         );

@@ -104,9 +104,9 @@ async fn test(env: &StatusEnv, name: &str, hub_args: Vec<String>) -> anyhow::Res
         env.env.client().await?,
         RunnerConfig {
             args: vec![
-                "--lease-renew-millis=500".into(),
-                "--lease-duration-seconds=4".into(),
-                "--reload-millis=500".into(),
+                "--lease-renew-interval=500ms".into(),
+                "--lease-duration=4s".into(),
+                "--reload-interval=500ms".into(),
             ],
             namespace: Some(ns.clone()),
             ..RunnerConfig::new(&env.env.cp, env.env.test_dir(&ns))?

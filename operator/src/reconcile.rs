@@ -172,7 +172,32 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     }
     let deployment = match &decision.children {
         Some(c) => {
-            Some(apply::children(&ctx.client, &sref, shard.metadata.uid.as_deref(), c).await?)
+            match apply::children(&ctx.client, &sref, shard.metadata.uid.as_deref(), c).await {
+                Ok(d) => Some(d),
+                Err(e) if e.label() == "ApiForbidden" => {
+                    // Say so in the status (the operator may write statuses everywhere),
+                    // then fail the reconcile: it retries with backoff.
+                    decision.observed.config_problem = Some(status::Problem::new(
+                        status::reason::NAMESPACE_NOT_OPENED,
+                        format!(
+                            "the operator may not write this shard's agents in namespace {}: bind the ClusterRole scale-agent-operator-shards to its ServiceAccount there (manifests/shard-namespace); {e}",
+                            sref.namespace
+                        ),
+                    ));
+                    let new = status::compute(shard.status.as_ref(), &decision.observed, now);
+                    apply::status(
+                        &ctx.client,
+                        &ctx.recorder,
+                        shard,
+                        &sref,
+                        resource_version.as_deref(),
+                        &new,
+                    )
+                    .await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
         None if decision.observed.paused => None,
         None => apply::read_deployment(&ctx.client, &sref).await?,

@@ -63,6 +63,9 @@ pub mod reason {
     /// Condition ConfigValid, Event: the operator's CA (`--agent-ca-secret`) cannot
     /// issue the shard's certificate.
     pub const AGENT_CA_INVALID: &str = "AgentCaInvalid";
+    /// Condition ConfigValid, Event: the operator may not write the shard's children in
+    /// its namespace (no RoleBinding to the ClusterRole scale-agent-operator-shards).
+    pub const NAMESPACE_NOT_OPENED: &str = "NamespaceNotOpened";
     /// Condition ConfigValid, Event: spec.image is not one the operator may run.
     pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
     /// Condition ConfigValid, Event: spec.serviceAccountName is not one the operator may
@@ -766,6 +769,7 @@ fn config_reason(r: &str) -> &'static str {
         reason::TLS_CERTIFICATE_WRONG_SHARD,
         reason::TLS_CERTIFICATE_INVALID,
         reason::AGENT_CA_INVALID,
+        reason::NAMESPACE_NOT_OPENED,
         reason::IMAGE_NOT_ALLOWED,
         reason::SERVICE_ACCOUNT_NOT_ALLOWED,
     ]

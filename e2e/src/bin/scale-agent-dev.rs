@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use scale_agent_e2e::hub::{HubOptions, HubProcess};
-use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
+use scale_agent_e2e::hubstack::HubStack;
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
-use scale_agent_e2e::{ControlPlane, Error, Options, Result, workspace_binary};
+use scale_agent_e2e::{ControlPlane, Error, Options, Result};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,7 +86,7 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     tracing::info!("installing the AgentShard CRD from {}", crd.display());
     scale_agent_e2e::crd::install(&cp, crd)?;
     // The hub (Clouddriver's side) and nginx in front of it.
-    let stack = Stack::start(&cp, &run_dir).await?;
+    let stack = HubStack::start(&cp, &run_dir, "600s", Some(run_dir.join("hub.sqlite"))).await?;
     // The operator issues every shard's agents a client certificate naming their shard,
     // from the run's CA (the one nginx verifies agents with): any shard applied, in any
     // namespace, reaches the hub through nginx with no manual step.
@@ -151,49 +150,6 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
 /// The Secret (in the operator's namespace) holding the CA the operator issues agents'
 /// client certificates from.
 const AGENT_CA_SECRET: &str = "scale-agent-agent-ca";
-
-/// The hub and its load balancer.
-struct Stack {
-    nginx: Nginx,
-    hub: HubProcess,
-}
-
-impl Stack {
-    async fn start(cp: &ControlPlane, run_dir: &Path) -> Result<Stack> {
-        tracing::info!("starting the hub");
-        let hub = HubProcess::start(
-            HubOptions {
-                bin: workspace_binary("scale-agent-hub")?,
-                grace_period: "600s".into(),
-                store: Some(run_dir.join("hub.sqlite")),
-                // Agents come through nginx, which forwards the certificate it
-                // verified; the hub accepts an account only from the AgentShard that
-                // owns it.
-                args: vec![
-                    "--trusted-proxy=127.0.0.1/32".into(),
-                    "--authorize-shards=*".into(),
-                ],
-                kubeconfig: Some(cp.management.kubeconfig.clone()),
-            },
-            run_dir,
-        )
-        .await?;
-        tracing::info!("starting nginx in front of the hub");
-        let lb = cp.pki.issue_server("lb", &["127.0.0.1", "localhost"])?;
-        let nginx = Nginx::start(
-            &NginxOptions {
-                mode: Mode::GrpcTls,
-                hub_grpc: hub.grpc.clone(),
-                tls_cert: lb.cert_file,
-                tls_key: lb.key_file,
-                client_ca: cp.pki.ca_file.clone(),
-            },
-            run_dir,
-        )
-        .await?;
-        Ok(Stack { nginx, hub })
-    }
-}
 
 fn copy(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
