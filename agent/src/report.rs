@@ -50,7 +50,11 @@ pub fn build<'a>(
             } else {
                 HubState::Disconnected
             },
-            message: if connected { String::new() } else { hub_message },
+            message: if connected {
+                String::new()
+            } else {
+                hub_message
+            },
         },
         accounts,
         truncated: false,

@@ -132,10 +132,7 @@ impl State {
             .read()
             .ok()
             .and_then(|p| p.get(account).cloned());
-        let accepted = self
-            .accepted
-            .read()
-            .is_ok_and(|a| a.contains(account));
+        let accepted = self.accepted.read().is_ok_and(|a| a.contains(account));
         let synced = self.synced.read().ok().is_some_and(|m| {
             m.get(account)
                 .is_some_and(|f| f.iter().all(|x| x.load(Ordering::Relaxed)))

@@ -259,10 +259,7 @@ impl AccountConfig {
                     account: self.name.clone(),
                 });
             }
-        } else if file.is_empty()
-            || file == "."
-            || file == ".."
-            || file.contains(['/', '\\', '\0'])
+        } else if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\\', '\0'])
         {
             return Err(ConfigError::InvalidKubeconfigFile {
                 account: self.name.clone(),

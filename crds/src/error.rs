@@ -75,7 +75,9 @@ pub enum ConfigError {
     },
 
     /// An account names a kubeconfig file and is in-cluster too.
-    #[error("account {account:?}: kubeconfigFile and inCluster cannot both be set; use one of them")]
+    #[error(
+        "account {account:?}: kubeconfigFile and inCluster cannot both be set; use one of them"
+    )]
     ConflictingCredentials {
         /// The account.
         account: String,

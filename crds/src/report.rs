@@ -98,7 +98,11 @@ impl AccountReport {
     }
 
     /// A report of `state` saying why.
-    pub fn because(state: StreamState, reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn because(
+        state: StreamState,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             state,
             reason: reason.into(),
@@ -268,7 +272,10 @@ mod tests {
 
     #[test]
     fn oversized_and_malformed_reports_are_refused() {
-        let huge = format!("{{\"hub\":{{\"state\":\"Connected\",\"message\":\"{}\"}}}}", "x".repeat(MAX_REPORT_BYTES));
+        let huge = format!(
+            "{{\"hub\":{{\"state\":\"Connected\",\"message\":\"{}\"}}}}",
+            "x".repeat(MAX_REPORT_BYTES)
+        );
         assert!(matches!(
             ReplicaReport::decode(&huge),
             Err(ReportError::TooLarge { .. })

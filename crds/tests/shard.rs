@@ -43,7 +43,14 @@ fn the_architecture_example_reads() {
     );
     let account = shard.spec.account("prod-east-1").expect("account");
     assert_eq!(account.omit_namespaces, ["kube-system"]);
-    assert_eq!(account.kubeconfig_secret_ref.as_ref().expect("a kubeconfig").key, "kubeconfig");
+    assert_eq!(
+        account
+            .kubeconfig_secret_ref
+            .as_ref()
+            .expect("a kubeconfig")
+            .key,
+        "kubeconfig"
+    );
     assert_eq!(shard.spec.budget, Budget::default());
     assert_eq!(
         shard.shard_ref(),
@@ -64,7 +71,14 @@ fn a_minimal_spec_gets_the_defaults() {
     let account: scale_agent_crds::AccountSpec =
         serde_json::from_value(json!({ "name": "a", "kubeconfigSecretRef": { "name": "kc" } }))
             .expect("minimal account");
-    assert_eq!(account.kubeconfig_secret_ref.as_ref().expect("a kubeconfig").key, "kubeconfig");
+    assert_eq!(
+        account
+            .kubeconfig_secret_ref
+            .as_ref()
+            .expect("a kubeconfig")
+            .key,
+        "kubeconfig"
+    );
 }
 
 #[test]
@@ -344,7 +358,14 @@ fn objects_written_by_the_api_server_read() {
         "defaulted by the server"
     );
     let account = shard.spec.account("prod-east-1").expect("account");
-    assert_eq!(account.kubeconfig_secret_ref.as_ref().expect("a kubeconfig").key, "kubeconfig");
+    assert_eq!(
+        account
+            .kubeconfig_secret_ref
+            .as_ref()
+            .expect("a kubeconfig")
+            .key,
+        "kubeconfig"
+    );
     let status = shard.status.as_ref().expect("status");
     assert_eq!((status.replicas, status.ready_replicas), (2, 1));
     assert_eq!(

@@ -247,7 +247,11 @@ async fn probe_readiness(
         pod.metadata.name.clone().unwrap_or_default(),
     );
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let reason = if ready { None } else { Some("ReadinessProbeFailed") };
+    let reason = if ready {
+        None
+    } else {
+        Some("ReadinessProbeFailed")
+    };
     let patch = serde_json::json!({
         "status": {
             "conditions": [
@@ -442,6 +446,11 @@ fn spawn(
     })
 }
 
+/// Encodes base64 the way Secret `data` is written (for tests building Secrets by hand).
+pub fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,19 +468,20 @@ mod tests {
         let d = dir.path().join("tls");
         sync_dir(&d, &files(&[("tls.crt", "cert-1"), ("tls.key", "key-1")])).expect("sync");
         let target = std::fs::read_link(d.join(DATA)).expect("..data");
-        assert_eq!(std::fs::read_to_string(d.join("tls.crt")).expect("read"), "cert-1");
+        assert_eq!(
+            std::fs::read_to_string(d.join("tls.crt")).expect("read"),
+            "cert-1"
+        );
         // Nothing changed: nothing is rewritten.
         sync_dir(&d, &files(&[("tls.crt", "cert-1"), ("tls.key", "key-1")])).expect("sync");
         assert_eq!(std::fs::read_link(d.join(DATA)).expect("..data"), target);
         // A renewal: both files change at once, and a key that went is gone.
         sync_dir(&d, &files(&[("tls.crt", "cert-2")])).expect("sync");
-        assert_eq!(std::fs::read_to_string(d.join("tls.crt")).expect("read"), "cert-2");
+        assert_eq!(
+            std::fs::read_to_string(d.join("tls.crt")).expect("read"),
+            "cert-2"
+        );
         assert!(!d.join("tls.key").exists());
         assert!(!d.join(&target).exists(), "the old contents are removed");
     }
-}
-
-/// Decodes base64 the way Secret `data` is written (for tests building Secrets by hand).
-pub fn b64(text: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
 }

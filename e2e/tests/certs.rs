@@ -100,12 +100,14 @@ fn main() {
                 "a_shard_in_a_fresh_namespace_streams_through_nginx_and_renews_without_losing_an_event",
                 |e| Box::pin(fresh_namespace(e)),
             ),
-            ("tls_secret_problems_are_reported_once_and_nothing_rolls_out", |e| {
-                Box::pin(tls_secret_problems(e))
-            }),
-            ("with_an_issuer_the_operator_writes_a_cert_manager_certificate", |e| {
-                Box::pin(cert_manager(e))
-            }),
+            (
+                "tls_secret_problems_are_reported_once_and_nothing_rolls_out",
+                |e| Box::pin(tls_secret_problems(e)),
+            ),
+            (
+                "with_an_issuer_the_operator_writes_a_cert_manager_certificate",
+                |e| Box::pin(cert_manager(e)),
+            ),
         ],
     );
 }
@@ -222,11 +224,7 @@ async fn fresh_namespace(env: Arc<CertsEnv>) -> anyhow::Result<()> {
         tls.metadata.owner_references
     );
     converge(&env.stack.hub, &account, &api, &ns, Duration::from_secs(30)).await?;
-    let pod = pods
-        .running()
-        .into_iter()
-        .next()
-        .context("an agent runs")?;
+    let pod = pods.running().into_iter().next().context("an agent runs")?;
     let pid = pods.pid(&pod).context("agent pid")?;
     let cert = |s: &Secret| {
         s.data
@@ -271,7 +269,10 @@ async fn fresh_namespace(env: Arc<CertsEnv>) -> anyhow::Result<()> {
     let reloads = std::fs::read_to_string(&log)?
         .matches("the hub TLS files changed; reconnecting")
         .count();
-    ensure!(reloads >= 2, "the agent reloaded its certificate {reloads} times");
+    ensure!(
+        reloads >= 2,
+        "the agent reloaded its certificate {reloads} times"
+    );
     wait_shard(&env.env, "fresh still Ready", &ns, "fresh", 30, ready).await?;
     Ok(())
 }
@@ -303,15 +304,22 @@ async fn tls_secret_problems(env: Arc<CertsEnv>) -> anyhow::Result<()> {
         deployments.get_opt("own-agent").await?.is_none(),
         "nothing rolls out with a TLS Secret the agents cannot use"
     );
-    wait::until("the TlsSecretNotFound Event", Duration::from_secs(20), || async {
-        (event_count(&env.env, &ns, "own", "TlsSecretNotFound").ok()? >= 1).then_some(())
-    })
+    wait::until(
+        "the TlsSecretNotFound Event",
+        Duration::from_secs(20),
+        || async {
+            (event_count(&env.env, &ns, "own", "TlsSecretNotFound").ok()? >= 1).then_some(())
+        },
+    )
     .await?;
     // No silent loop: the status stays as it is and the Event is not repeated.
     let rv = s.metadata.resource_version.clone();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let later = wait_shard(&env.env, "own", &ns, "own", 5, |_| true).await?;
-    ensure!(later.metadata.resource_version == rv, "the status keeps being rewritten");
+    ensure!(
+        later.metadata.resource_version == rv,
+        "the status keeps being rewritten"
+    );
     ensure!(
         event_count(&env.env, &ns, "own", "TlsSecretNotFound")? == 1,
         "the Event repeats"
@@ -348,9 +356,14 @@ async fn tls_secret_problems(env: Arc<CertsEnv>) -> anyhow::Result<()> {
         Ok(())
     };
     create("mtls", &mine.cert_file, &mine.key_file, false)?;
-    wait_shard(&env.env, "own: TLS Secret without ca.crt", &ns, "own", 60, |s| {
-        config_valid_reason(s).as_deref() == Some("False/TlsSecretKeyNotFound")
-    })
+    wait_shard(
+        &env.env,
+        "own: TLS Secret without ca.crt",
+        &ns,
+        "own",
+        60,
+        |s| config_valid_reason(s).as_deref() == Some("False/TlsSecretKeyNotFound"),
+    )
     .await?;
 
     // Naming another shard.
@@ -361,23 +374,40 @@ async fn tls_secret_problems(env: Arc<CertsEnv>) -> anyhow::Result<()> {
         &[&shard_identity_uri(&ShardRef::new(ns.as_str(), "other"))],
     )?;
     create("mtls", &other.cert_file, &other.key_file, true)?;
-    let s = wait_shard(&env.env, "own: another shard's certificate", &ns, "own", 60, |s| {
-        config_valid_reason(s).as_deref() == Some("False/TlsCertificateWrongShard")
-    })
+    let s = wait_shard(
+        &env.env,
+        "own: another shard's certificate",
+        &ns,
+        "own",
+        60,
+        |s| config_valid_reason(s).as_deref() == Some("False/TlsCertificateWrongShard"),
+    )
     .await?;
     let message = s
         .condition(condition_type::CONFIG_VALID)
         .map(|c| c.message.clone())
         .unwrap_or_default();
     ensure!(message.contains(&format!("{ns}/other")), "{message}");
-    wait::until("the TlsCertificateWrongShard Event", Duration::from_secs(20), || async {
-        (event_count(&env.env, &ns, "own", "TlsCertificateWrongShard").ok()? >= 1).then_some(())
-    })
+    wait::until(
+        "the TlsCertificateWrongShard Event",
+        Duration::from_secs(20),
+        || async {
+            (event_count(&env.env, &ns, "own", "TlsCertificateWrongShard").ok()? >= 1).then_some(())
+        },
+    )
     .await?;
 
     // Its own certificate: it streams.
     create("mtls", &mine.cert_file, &mine.key_file, true)?;
-    wait_shard(&env.env, "own Ready with its own certificate", &ns, "own", 120, ready).await?;
+    wait_shard(
+        &env.env,
+        "own Ready with its own certificate",
+        &ns,
+        "own",
+        120,
+        ready,
+    )
+    .await?;
     ensure!(
         secret(&env.env, &ns, "own-agent-tls").await?.is_none(),
         "the operator issued a certificate for a shard that has its own"
@@ -441,7 +471,11 @@ async fn cert_manager_steps(env: &CertsEnv) -> anyhow::Result<()> {
     let _pods = agents(env, &ns).await?;
     let account = format!("{ns}-a");
     env.env.apply(&shard(&ns, "managed", &account, ""))?;
-    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"));
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cert-manager.io",
+        "v1",
+        "Certificate",
+    ));
     let certs: Api<DynamicObject> = Api::namespaced_with(env.env.client().await?, &ns, &ar);
     let cert = wait::until("the Certificate", Duration::from_secs(60), || async {
         certs.get_opt("managed-agent-tls").await.ok()?
@@ -452,11 +486,18 @@ async fn cert_manager_steps(env: &CertsEnv) -> anyhow::Result<()> {
     ensure!(spec["uris"] == serde_json::json!([identity]), "{spec}");
     ensure!(spec["secretName"] == "managed-agent-tls", "{spec}");
     ensure!(
-        spec["issuerRef"] == serde_json::json!({ "group": "cert-manager.io", "kind": "ClusterIssuer", "name": "scale-agent-ca" }),
+        spec["issuerRef"]
+            == serde_json::json!({ "group": "cert-manager.io", "kind": "ClusterIssuer", "name": "scale-agent-ca" }),
         "{spec}"
     );
-    ensure!(spec["usages"] == serde_json::json!(["client auth", "digital signature"]), "{spec}");
-    ensure!(spec["duration"] == "3600s" && spec["renewBefore"] == "1200s", "{spec}");
+    ensure!(
+        spec["usages"] == serde_json::json!(["client auth", "digital signature"]),
+        "{spec}"
+    );
+    ensure!(
+        spec["duration"] == "3600s" && spec["renewBefore"] == "1200s",
+        "{spec}"
+    );
     ensure!(
         cert.metadata
             .owner_references
@@ -467,11 +508,11 @@ async fn cert_manager_steps(env: &CertsEnv) -> anyhow::Result<()> {
         cert.metadata.owner_references
     );
     // The agents mount the Secret cert-manager fills; do what cert-manager would.
-    let pair = env
-        .env
-        .cp
-        .pki
-        .issue_client(&format!("{ns}-managed"), "managed", None, &[&identity])?;
+    let pair =
+        env.env
+            .cp
+            .pki
+            .issue_client(&format!("{ns}-managed"), "managed", None, &[&identity])?;
     let yaml = env.env.cp.kubectl([
         "create".to_owned(),
         "secret".into(),

@@ -147,7 +147,9 @@ async fn children(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             &[("a", "kc-a")],
             "  replicas: 2\n",
         ))?;
-        let shard = env.wait_shard("east reconciled", &ns, "east", 60, reconciled).await?;
+        let shard = env
+            .wait_shard("east reconciled", &ns, "east", 60, reconciled)
+            .await?;
         let uid = shard.uid().context("shard uid")?;
         let client = env.client().await?;
         let cm: ConfigMap = controlled_child(&client, &ns, "east-agent-config", &uid).await?;
@@ -244,7 +246,8 @@ async fn account_edit(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.kubeconfig_secret(&ns, "kc-b")?;
         env.apply(&shard_yaml(&ns, "east", &[("a", "kc-a")], ""))?;
-        env.wait_shard("east reconciled", &ns, "east", 60, reconciled).await?;
+        env.wait_shard("east reconciled", &ns, "east", 60, reconciled)
+            .await?;
         let before = deployment(&env, &ns, "east").await?;
         // Add an account and edit the other one's filters.
         let edited = shard_yaml(&ns, "east", &[("a", "kc-a"), ("b", "kc-b")], "").replace(
@@ -296,7 +299,8 @@ async fn image_change(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             &[("a", "kc-a")],
             "  image: example.com/agent:1\n",
         ))?;
-        env.wait_shard("east reconciled", &ns, "east", 60, reconciled).await?;
+        env.wait_shard("east reconciled", &ns, "east", 60, reconciled)
+            .await?;
         let before = deployment(&env, &ns, "east").await?;
         env.apply(&shard_yaml(
             &ns,
@@ -327,8 +331,14 @@ async fn image_change(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             after.metadata.generation
         );
         // Reconciled again, for the new generation.
-        env.wait_shard("east reconciled after the change", &ns, "east", 60, reconciled)
-            .await?;
+        env.wait_shard(
+            "east reconciled after the change",
+            &ns,
+            "east",
+            60,
+            reconciled,
+        )
+        .await?;
         Ok(())
     })
     .await
@@ -344,10 +354,8 @@ async fn conflict(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             env.kubeconfig_secret(&ns, "kc-y")?;
             let x = format!("shared-{}", std::process::id());
             env.apply(&shard_yaml(&owner_ns, "owner", &[(&x, "kc-x")], ""))?;
-            env.wait_shard("owner serving x", &owner_ns, "owner", 60, |s| {
-                served(s, &x)
-            })
-            .await?;
+            env.wait_shard("owner serving x", &owner_ns, "owner", 60, |s| served(s, &x))
+                .await?;
             let warnings = env.apply(&shard_yaml(
                 &ns,
                 "late",
@@ -408,10 +416,7 @@ async fn conflict(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
                 .context("owner config")?;
             ensure!(owner_cfg.account(&x).is_some(), "owner's config lost {x}");
             let owner = env.shard(&owner_ns, "owner").await?.context("owner")?;
-            ensure!(
-                served(&owner, &x),
-                "owner lost {x}"
-            );
+            ensure!(served(&owner, &x), "owner lost {x}");
             // A Warning Event naming the owner.
             let events = wait::until("the AccountConflict Event", Duration::from_secs(20), || {
                 let env = env.clone();
@@ -454,10 +459,8 @@ async fn handoff(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             env.kubeconfig_secret(&owner_ns, "kc-x")?;
             env.kubeconfig_secret(&ns, "kc-x")?;
             env.apply(&shard_yaml(&owner_ns, "owner", &[(&x, "kc-x")], ""))?;
-            env.wait_shard("owner serving", &owner_ns, "owner", 60, |s| {
-                served(s, &x)
-            })
-            .await?;
+            env.wait_shard("owner serving", &owner_ns, "owner", 60, |s| served(s, &x))
+                .await?;
             env.apply(&shard_yaml(&ns, "next", &[(&x, "kc-x")], ""))?;
             env.wait_shard("next in conflict", &ns, "next", 60, |s| {
                 account_state(s, &x) == Some(AccountState::Conflict)
@@ -471,10 +474,8 @@ async fn handoff(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             })
             .await?;
             let to_config = deleted.elapsed();
-            env.wait_shard("next serving it", &ns, "next", 10, |s| {
-                served(s, &x)
-            })
-            .await?;
+            env.wait_shard("next serving it", &ns, "next", 10, |s| served(s, &x))
+                .await?;
             let to_status = deleted.elapsed();
             eprintln!("handoff after deletion: config in {to_config:?}, status in {to_status:?}");
             ensure!(
@@ -928,7 +929,8 @@ async fn standby(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         ensure!(!second.is_leader().await, "two operators lead at once");
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.apply(&shard_yaml(&ns, "seen", &[("a", "kc-a")], ""))?;
-        env.wait_shard("seen reconciled", &ns, "seen", 60, reconciled).await?;
+        env.wait_shard("seen reconciled", &ns, "seen", 60, reconciled)
+            .await?;
         let second_reconciles = second
             .metric("scale_agent_operator_reconciles_total")
             .await?;

@@ -112,11 +112,7 @@ async fn test(env: &StatusEnv, name: &str, hub_args: Vec<String>) -> anyhow::Res
             ..RunnerConfig::new(&env.env.cp, env.env.test_dir(&ns))?
         },
     );
-    Ok(Test {
-        ns,
-        scenario,
-        pods,
-    })
+    Ok(Test { ns, scenario, pods })
 }
 
 /// A shard streaming the ConfigMaps of `ns` in the management cluster, for each of
@@ -208,7 +204,13 @@ async fn expect_gitops(
 }
 
 /// Waits for an Event with `reason` (and `type_`) about shard `name`; returns its note.
-async fn event(env: &Env, ns: &str, name: &str, reason: &str, type_: &str) -> anyhow::Result<String> {
+async fn event(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    type_: &str,
+) -> anyhow::Result<String> {
     let selector = format!("reason={reason},type={type_},involvedObject.name={name}");
     Ok(wait::until(
         &format!("a {type_} Event {reason} about {ns}/{name}"),
@@ -245,20 +247,30 @@ async fn streaming(env: Arc<StatusEnv>) -> anyhow::Result<()> {
         "pod-security.kubernetes.io/enforce=restricted",
     ])?;
     let account = format!("{ns}-a");
-    env.env.apply(&shard(ns, "good", &t.scenario.hub.grpc, &[&account], ""))?;
+    env.env
+        .apply(&shard(ns, "good", &t.scenario.hub.grpc, &[&account], ""))?;
     let s = wait_shard(&env.env, "good Ready", ns, "good", 90, |s| {
         is(s, condition_type::READY, "True")
     })
     .await?;
-    ensure!(account_state(&s, &account) == Some(AccountState::Active), "{:?}", s.status);
+    ensure!(
+        account_state(&s, &account) == Some(AccountState::Active),
+        "{:?}",
+        s.status
+    );
     let st = s.status.as_ref().context("status")?;
     ensure!(
         st.active_accounts == 1 && st.ready_replicas == 1,
         "counts: {st:?}"
     );
-    ensure!(is(&s, condition_type::RECONCILING, "False") && is(&s, condition_type::STALLED, "False"));
+    ensure!(
+        is(&s, condition_type::RECONCILING, "False") && is(&s, condition_type::STALLED, "False")
+    );
     // The printer column ACCOUNTS counts streaming accounts.
-    let row = env.env.cp.kubectl(["get", "ash", "good", "-n", ns, "--no-headers"])?;
+    let row = env
+        .env
+        .cp
+        .kubectl(["get", "ash", "good", "-n", ns, "--no-headers"])?;
     let columns: Vec<&str> = row.split_whitespace().collect();
     ensure!(columns.get(3) == Some(&"1"), "kubectl get ash: {row}");
     expect_gitops(&env.env, ns, "good", "Current", "Healthy").await?;
@@ -272,7 +284,8 @@ async fn unreachable_hub(env: Arc<StatusEnv>) -> anyhow::Result<()> {
     // Nothing listens there.
     let nowhere = format!("127.0.0.1:{}", scale_agent_e2e::ports::free_port()?);
     let account = format!("{ns}-a");
-    env.env.apply(&shard(ns, "lost", &nowhere, &[&account], ""))?;
+    env.env
+        .apply(&shard(ns, "lost", &nowhere, &[&account], ""))?;
     let s = wait_shard(&env.env, "lost says HubUnreachable", ns, "lost", 90, |s| {
         account_state(s, &account) == Some(AccountState::HubUnreachable)
             && ready(s).is_some_and(|r| r.1 == "HubUnreachable")
@@ -284,9 +297,17 @@ async fn unreachable_hub(env: Arc<StatusEnv>) -> anyhow::Result<()> {
         message.contains(&nowhere) || message.contains("connect"),
         "Ready says why: {message}"
     );
-    ensure!(is(&s, condition_type::RECONCILING, "True"), "{:?}", s.status);
+    ensure!(
+        is(&s, condition_type::RECONCILING, "True"),
+        "{:?}",
+        s.status
+    );
     // The agent is not ready either: the Deployment has no ready replica.
-    ensure!(s.status.as_ref().is_some_and(|st| st.ready_replicas == 0), "{:?}", s.status);
+    ensure!(
+        s.status.as_ref().is_some_and(|st| st.ready_replicas == 0),
+        "{:?}",
+        s.status
+    );
     expect_gitops(&env.env, ns, "lost", "InProgress", "Progressing").await?;
     event(&env.env, ns, "lost", "HubUnreachable", "Warning").await?;
     Ok(())
@@ -302,11 +323,19 @@ async fn refused(env: Arc<StatusEnv>) -> anyhow::Result<()> {
     .await?;
     let ns = &t.ns;
     let account = format!("{ns}-a");
-    env.env.apply(&shard(ns, "refused", &t.scenario.hub.grpc, &[&account], ""))?;
-    let s = wait_shard(&env.env, "refused says RefusedByHub", ns, "refused", 90, |s| {
-        account_state(s, &account) == Some(AccountState::RefusedByHub)
-            && ready(s).is_some_and(|r| r.1 == "RefusedByHub")
-    })
+    env.env
+        .apply(&shard(ns, "refused", &t.scenario.hub.grpc, &[&account], ""))?;
+    let s = wait_shard(
+        &env.env,
+        "refused says RefusedByHub",
+        ns,
+        "refused",
+        90,
+        |s| {
+            account_state(s, &account) == Some(AccountState::RefusedByHub)
+                && ready(s).is_some_and(|r| r.1 == "RefusedByHub")
+        },
+    )
     .await?;
     let a = s.account_status(&account).context("account")?;
     ensure!(a.reason == "NotOwner", "the hub's reason: {a:?}");
@@ -317,7 +346,10 @@ async fn refused(env: Arc<StatusEnv>) -> anyhow::Result<()> {
     );
     expect_gitops(&env.env, ns, "refused", "Failed", "Degraded").await?;
     let note = event(&env.env, ns, "refused", "RefusedByHub", "Warning").await?;
-    ensure!(note.contains(&account) && note.contains("NotOwner"), "{note}");
+    ensure!(
+        note.contains(&account) && note.contains("NotOwner"),
+        "{note}"
+    );
     Ok(())
 }
 
@@ -326,7 +358,13 @@ async fn killed(env: Arc<StatusEnv>) -> anyhow::Result<()> {
     let ns = &t.ns;
     let accounts = [format!("{ns}-a"), format!("{ns}-b")];
     let names: Vec<&str> = accounts.iter().map(String::as_str).collect();
-    env.env.apply(&shard(ns, "mortal", &t.scenario.hub.grpc, &names, "  replicas: 2\n"))?;
+    env.env.apply(&shard(
+        ns,
+        "mortal",
+        &t.scenario.hub.grpc,
+        &names,
+        "  replicas: 2\n",
+    ))?;
     wait_shard(&env.env, "mortal Ready", ns, "mortal", 90, |s| {
         is(s, condition_type::READY, "True")
     })
@@ -355,7 +393,13 @@ async fn ghosts(env: Arc<StatusEnv>) -> anyhow::Result<()> {
     let ns = &t.ns;
     let account = format!("{ns}-a");
     // No replica runs.
-    env.env.apply(&shard(ns, "haunted", &t.scenario.hub.grpc, &[&account], "  replicas: 0\n"))?;
+    env.env.apply(&shard(
+        ns,
+        "haunted",
+        &t.scenario.hub.grpc,
+        &[&account],
+        "  replicas: 0\n",
+    ))?;
     wait_shard(&env.env, "haunted NoReplica", ns, "haunted", 60, |s| {
         account_state(s, &account) == Some(AccountState::NoReplica)
     })
@@ -366,10 +410,15 @@ async fn ghosts(env: Arc<StatusEnv>) -> anyhow::Result<()> {
         "{{\"hub\":{{\"state\":\"Connected\"}},\"accounts\":{{\"{account}\":{{\"state\":\"Streaming\"}}}}}}"
     );
     let now = k8s_openapi::jiff::Timestamp::now();
-    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(env.env.client().await?, ns);
+    let leases =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(env.env.client().await?, ns);
     for (name, holder, owner) in [
         ("ghost-1", "ghost-1", None),
-        ("scale-agent-haunted-agent-x", "haunted-agent-x", Some("haunted-agent-x")),
+        (
+            "scale-agent-haunted-agent-x",
+            "haunted-agent-x",
+            Some("haunted-agent-x"),
+        ),
     ] {
         let mut lease: k8s_openapi::api::coordination::v1::Lease =
             serde_json::from_value(serde_json::json!({
@@ -385,9 +434,11 @@ async fn ghosts(env: Arc<StatusEnv>) -> anyhow::Result<()> {
                 },
             }))?;
         if let Some(pod) = owner {
-            lease.metadata.owner_references = Some(vec![
-                scale_agent_crds::membership::lease_owner(pod, "00000000-0000-0000-0000-000000000000"),
-            ]);
+            lease.metadata.owner_references =
+                Some(vec![scale_agent_crds::membership::lease_owner(
+                    pod,
+                    "00000000-0000-0000-0000-000000000000",
+                )]);
         }
         leases.create(&PostParams::default(), &lease).await?;
     }
@@ -399,7 +450,11 @@ async fn ghosts(env: Arc<StatusEnv>) -> anyhow::Result<()> {
         "a ghost Lease made the account look streaming: {:?}",
         s.status
     );
-    ensure!(ready(&s).is_some_and(|r| r.0 == "False" && r.1 == "NoReplica"), "{:?}", s.status);
+    ensure!(
+        ready(&s).is_some_and(|r| r.0 == "False" && r.1 == "NoReplica"),
+        "{:?}",
+        s.status
+    );
     expect_gitops(&env.env, ns, "haunted", "InProgress", "Progressing").await?;
     Ok(())
 }
@@ -409,13 +464,15 @@ async fn conflict_and_invalid(env: Arc<StatusEnv>) -> anyhow::Result<()> {
     let ns = &t.ns;
     let hub = &t.scenario.hub.grpc;
     let taken = format!("{ns}-taken");
-    env.env.apply(&shard(ns, "owner", hub, &[&taken], "  replicas: 0\n"))?;
+    env.env
+        .apply(&shard(ns, "owner", hub, &[&taken], "  replicas: 0\n"))?;
     wait_shard(&env.env, "owner holds the account", ns, "owner", 60, |s| {
         account_state(s, &taken).is_some_and(AccountState::served)
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    env.env.apply(&shard(ns, "latecomer", hub, &[&taken], "  replicas: 0\n"))?;
+    env.env
+        .apply(&shard(ns, "latecomer", hub, &[&taken], "  replicas: 0\n"))?;
     wait_shard(&env.env, "latecomer conflicts", ns, "latecomer", 60, |s| {
         account_state(s, &taken) == Some(AccountState::Conflict)
             && is(s, condition_type::STALLED, "True")
@@ -443,13 +500,15 @@ async fn handoff(env: Arc<StatusEnv>) -> anyhow::Result<()> {
     let ns = &t.ns;
     let hub = &t.scenario.hub.grpc;
     let name = format!("{ns}-h");
-    env.env.apply(&shard(ns, "giver", hub, &[&name], "  replicas: 0\n"))?;
+    env.env
+        .apply(&shard(ns, "giver", hub, &[&name], "  replicas: 0\n"))?;
     wait_shard(&env.env, "giver holds it", ns, "giver", 60, |s| {
         account_state(s, &name).is_some_and(AccountState::served)
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    env.env.apply(&shard(ns, "taker", hub, &[&name], "  replicas: 0\n"))?;
+    env.env
+        .apply(&shard(ns, "taker", hub, &[&name], "  replicas: 0\n"))?;
     wait_shard(&env.env, "taker waits", ns, "taker", 60, |s| {
         account_state(s, &name) == Some(AccountState::Conflict)
     })

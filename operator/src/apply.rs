@@ -88,7 +88,12 @@ async fn apply_certificate(client: &Client, ns: &str, cert: &DynamicObject) -> R
         &Patch::Apply(cert),
     )
     .await
-    .map_err(|e| Error::kube(format!("applying Certificate {ns}/{name} (is cert-manager installed?)"), e))?;
+    .map_err(|e| {
+        Error::kube(
+            format!("applying Certificate {ns}/{name} (is cert-manager installed?)"),
+            e,
+        )
+    })?;
     Ok(())
 }
 

@@ -85,7 +85,9 @@ fn first_cert(pem: &str) -> Result<(Vec<u8>, Timestamp, Timestamp, Vec<String>),
 
 fn validity(cert: &X509Certificate<'_>) -> Result<(Timestamp, Timestamp), String> {
     let v = cert.validity();
-    let ts = |t: i64| Timestamp::from_second(t).map_err(|e| format!("its validity is out of range ({e})"));
+    let ts = |t: i64| {
+        Timestamp::from_second(t).map_err(|e| format!("its validity is out of range ({e})"))
+    };
     Ok((ts(v.not_before.timestamp())?, ts(v.not_after.timestamp())?))
 }
 
@@ -115,8 +117,9 @@ impl AgentCa {
             .ok_or_else(|| format!("the CA Secret {what} has no key {TLS_CRT}"))?;
         let key_pem = key_text(data, TLS_KEY)
             .ok_or_else(|| format!("the CA Secret {what} has no key {TLS_KEY}"))?;
-        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-            .map_err(|e| format!("the CA Secret {what}: {TLS_CRT} holds no PEM certificate ({e})"))?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| {
+            format!("the CA Secret {what}: {TLS_CRT} holds no PEM certificate ({e})")
+        })?;
         let cert = pem
             .parse_x509()
             .map_err(|e| format!("the CA Secret {what}: its certificate does not parse ({e})"))?;
@@ -169,8 +172,14 @@ impl AgentCa {
         let cert = params.signed_by(&key, &self.issuer).map_err(fail)?;
         Ok(BTreeMap::from([
             (TLS_CRT.to_owned(), ByteString(cert.pem().into_bytes())),
-            (TLS_KEY.to_owned(), ByteString(key.serialize_pem().into_bytes())),
-            (CA_CRT.to_owned(), ByteString(self.trust_pem.clone().into_bytes())),
+            (
+                TLS_KEY.to_owned(),
+                ByteString(key.serialize_pem().into_bytes()),
+            ),
+            (
+                CA_CRT.to_owned(),
+                ByteString(self.trust_pem.clone().into_bytes()),
+            ),
         ]))
     }
 
@@ -218,7 +227,9 @@ impl AgentCa {
             return Assessment::Reissue("its validity is out of range".to_owned());
         };
         let own = na.duration_since(nb);
-        let wanted = signed(lifetime).checked_add(signed(BACKDATE)).unwrap_or(own);
+        let wanted = signed(lifetime)
+            .checked_add(signed(BACKDATE))
+            .unwrap_or(own);
         let span = if wanted < own { wanted } else { own };
         let renew_at = nb
             .checked_add(span.checked_mul(2).unwrap_or(span) / 3)
@@ -320,7 +331,9 @@ pub fn check_secret(
             })
             .unwrap_or(false);
         if !matches {
-            return Err(invalid(format!("{TLS_KEY} is not the key of its certificate")));
+            return Err(invalid(format!(
+                "{TLS_KEY} is not the key of its certificate"
+            )));
         }
     }
     Ok(na)
@@ -346,7 +359,10 @@ mod tests {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "test CA");
         params.distinguished_name = dn;
@@ -354,11 +370,17 @@ mod tests {
         let secret = Secret {
             data: Some(BTreeMap::from([
                 (TLS_CRT.to_owned(), ByteString(cert.pem().into_bytes())),
-                (TLS_KEY.to_owned(), ByteString(key.serialize_pem().into_bytes())),
+                (
+                    TLS_KEY.to_owned(),
+                    ByteString(key.serialize_pem().into_bytes()),
+                ),
             ])),
             ..Secret::default()
         };
-        (AgentCa::from_secret(&secret, "ns/ca").expect("a CA"), secret)
+        (
+            AgentCa::from_secret(&secret, "ns/ca").expect("a CA"),
+            secret,
+        )
     }
 
     fn at(secs: i64) -> Timestamp {
@@ -383,13 +405,21 @@ mod tests {
     fn an_issued_certificate_names_the_shard_and_is_renewed_at_two_thirds() {
         let (ca, _) = ca();
         let data = ca.issue(&shard(), DAY, at(NOW)).expect("issued");
-        let expires = check_secret(Some(&secret(data.clone())), "east-agent-tls", &shard(), at(NOW))
-            .expect("usable by the agents");
+        let expires = check_secret(
+            Some(&secret(data.clone())),
+            "east-agent-tls",
+            &shard(),
+            at(NOW),
+        )
+        .expect("usable by the agents");
         assert_eq!(expires, at(NOW + 86_400));
         match ca.assess(Some(&data), &shard(), DAY, at(NOW + 3_600)) {
             Assessment::Keep { renew_at } => {
                 let due = (86_400 + 30) * 2 / 3 - 30;
-                assert!((renew_at.as_second() - (NOW + due)).abs() <= 1, "{renew_at}");
+                assert!(
+                    (renew_at.as_second() - (NOW + due)).abs() <= 1,
+                    "{renew_at}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -399,7 +429,12 @@ mod tests {
         ));
         // A shorter lifetime asked for later renews sooner.
         assert!(matches!(
-            ca.assess(Some(&data), &shard(), Duration::from_secs(600), at(NOW + 3_600)),
+            ca.assess(
+                Some(&data),
+                &shard(),
+                Duration::from_secs(600),
+                at(NOW + 3_600)
+            ),
             Assessment::Reissue(_)
         ));
     }
@@ -410,17 +445,25 @@ mod tests {
         let (other, _) = ca_other();
         let foreign = other.issue(&shard(), DAY, at(NOW)).expect("issued");
         let mut foreign_trust = foreign.clone();
-        foreign_trust.insert(CA_CRT.into(), ca.issue(&shard(), DAY, at(NOW)).expect("i")[CA_CRT].clone());
+        foreign_trust.insert(
+            CA_CRT.into(),
+            ca.issue(&shard(), DAY, at(NOW)).expect("i")[CA_CRT].clone(),
+        );
         assert!(matches!(
             ca.assess(Some(&foreign_trust), &shard(), DAY, at(NOW)),
             Assessment::Reissue(why) if why.contains("current CA")
         ));
-        let west = ca.issue(&ShardRef::new("team", "west"), DAY, at(NOW)).expect("i");
+        let west = ca
+            .issue(&ShardRef::new("team", "west"), DAY, at(NOW))
+            .expect("i");
         assert!(matches!(
             ca.assess(Some(&west), &shard(), DAY, at(NOW)),
             Assessment::Reissue(why) if why.contains("name this shard")
         ));
-        assert!(matches!(ca.assess(None, &shard(), DAY, at(NOW)), Assessment::Reissue(_)));
+        assert!(matches!(
+            ca.assess(None, &shard(), DAY, at(NOW)),
+            Assessment::Reissue(_)
+        ));
     }
 
     fn ca_other() -> (AgentCa, Secret) {
@@ -438,9 +481,14 @@ mod tests {
         let mut no_ca = good.clone();
         no_ca.remove(CA_CRT);
         assert_eq!(check(Some(no_ca), NOW), Err("TlsSecretKeyNotFound"));
-        let west = ca.issue(&ShardRef::new("team", "west"), DAY, at(NOW)).expect("i");
+        let west = ca
+            .issue(&ShardRef::new("team", "west"), DAY, at(NOW))
+            .expect("i");
         assert_eq!(check(Some(west), NOW), Err("TlsCertificateWrongShard"));
-        assert_eq!(check(Some(good.clone()), NOW + 2 * 86_400), Err("TlsCertificateInvalid"));
+        assert_eq!(
+            check(Some(good.clone()), NOW + 2 * 86_400),
+            Err("TlsCertificateInvalid")
+        );
         let mut garbage = good.clone();
         garbage.insert(TLS_CRT.into(), ByteString(b"not a certificate".to_vec()));
         assert_eq!(check(Some(garbage), NOW), Err("TlsCertificateInvalid"));

@@ -19,10 +19,10 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
-    ServiceAccount, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, ServiceAccount, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -140,7 +140,12 @@ pub enum TlsSource {
 /// certificate the operator issues (or has cert-manager issue); else, for a shard that
 /// leaves spec.hub out, the operator's default Secret; else none.
 pub fn tls_source(shard: &AgentShard, defaults: &Defaults) -> TlsSource {
-    if let Some(own) = shard.spec.hub.as_ref().and_then(|h| h.tls_secret_ref.as_ref()) {
+    if let Some(own) = shard
+        .spec
+        .hub
+        .as_ref()
+        .and_then(|h| h.tls_secret_ref.as_ref())
+    {
         return TlsSource::Secret(own.name.clone());
     }
     let name = shard.metadata.name.clone().unwrap_or_default();
@@ -304,7 +309,11 @@ pub fn tls_secret(shard: &ShardRef, name: &str, data: BTreeMap<String, ByteStrin
 
 /// The API of cert-manager Certificates (cert-manager.io/v1).
 pub fn certificate_api_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cert-manager.io",
+        "v1",
+        "Certificate",
+    ))
 }
 
 /// The cert-manager Certificate `name` for `shard`'s agents: the shard's identity as a
@@ -761,8 +770,8 @@ mod tests {
                 .any(|v| v.secret.as_ref().and_then(|x| x.secret_name.as_deref())
                     == Some("agent-mtls-east"))
         );
-        let c = agent_config(&ShardRef::new("ns", "east"), &s, "hub:443", &[], true)
-            .expect("config");
+        let c =
+            agent_config(&ShardRef::new("ns", "east"), &s, "hub:443", &[], true).expect("config");
         assert_eq!(
             c.hub.tls.map(|t| t.cert_file).as_deref(),
             Some("/etc/scale-agent/tls/tls.crt")
@@ -773,11 +782,9 @@ mod tests {
     fn agent_pods_pass_pod_security_restricted() {
         let mut s = shard(&["a"]);
         s.spec.priority_class_name = Some("high".into());
-        s.spec.image_pull_secrets = Some(vec![
-            k8s_openapi::api::core::v1::LocalObjectReference {
-                name: "regcred".into(),
-            },
-        ]);
+        s.spec.image_pull_secrets = Some(vec![k8s_openapi::api::core::v1::LocalObjectReference {
+            name: "regcred".into(),
+        }]);
         let pod = template(&s).spec.expect("pod");
         let psc = pod.security_context.as_ref().expect("pod securityContext");
         assert_eq!(psc.run_as_non_root, Some(true));
@@ -818,7 +825,10 @@ mod tests {
             &"Issuer/agents".parse().expect("issuer"),
             Duration::from_secs(86_400),
         );
-        assert_eq!(c.types.as_ref().map(|t| t.api_version.as_str()), Some("cert-manager.io/v1"));
+        assert_eq!(
+            c.types.as_ref().map(|t| t.api_version.as_str()),
+            Some("cert-manager.io/v1")
+        );
         let spec = &c.data["spec"];
         assert_eq!(spec["uris"][0], "spiffe://scaleagent.dev/ns/ns/shard/east");
         assert_eq!(spec["secretName"], "east-agent-tls");

@@ -19,8 +19,8 @@ use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
@@ -269,7 +269,9 @@ fn owners(meta: &ObjectMeta) -> Vec<(&str, &str, &str)> {
 pub fn lease_signature(l: &Lease) -> u64 {
     let m = &l.metadata;
     hash_of((
-        m.annotations.as_ref().and_then(|a| a.get(REPORT_ANNOTATION)),
+        m.annotations
+            .as_ref()
+            .and_then(|a| a.get(REPORT_ANNOTATION)),
         l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()),
         owners(m),
         m.labels.as_ref().and_then(|a| a.get(SHARD_LABEL)),
@@ -360,9 +362,8 @@ pub async fn run_controller(l: Leading) {
     );
     // Deciding before the replicas are known would report every account NoReplica; but
     // an operator that may not read them (its RBAC) still makes the children.
-    let known = async {
-        leases.wait_until_ready().await.is_ok() && pods.wait_until_ready().await.is_ok()
-    };
+    let known =
+        async { leases.wait_until_ready().await.is_ok() && pods.wait_until_ready().await.is_ok() };
     match tokio::time::timeout(REPLICAS_WAIT, known).await {
         Ok(true) => {}
         Ok(false) => return,
@@ -432,7 +433,10 @@ pub fn shards_for_secret(
         .as_ref()
         .is_some_and(|ca| ca.namespace == ns && ca.name == name)
     {
-        return shards.iter().map(|s| ObjectRef::from_obj(s.as_ref())).collect();
+        return shards
+            .iter()
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect();
     }
     let mut out: Vec<ObjectRef<AgentShard>> = secret
         .owner_references()
@@ -530,7 +534,7 @@ mod tests {
 
     #[test]
     fn the_default_tls_secret_and_the_ca_concern_their_shards() {
-        let shards = vec![
+        let shards = [
             shard("ns", "bare", &[], None),
             shard("other", "bare", &[], None),
         ];
@@ -569,10 +573,19 @@ mod tests {
         let mut s = Signatures::default();
         let east = Some(ObjectRef::new("east").within("ns"));
         let mut trigger = |e: &Event<Lease>| s.trigger(e, lease_signature, labelled_shard);
-        assert_eq!(trigger(&lease_event("a", "2025-01-01T00:00:00.000000Z")), east);
+        assert_eq!(
+            trigger(&lease_event("a", "2025-01-01T00:00:00.000000Z")),
+            east
+        );
         // A renewal: nothing.
-        assert_eq!(trigger(&lease_event("a", "2025-01-01T00:00:03.000000Z")), None);
-        assert_eq!(trigger(&lease_event("b", "2025-01-01T00:00:06.000000Z")), east);
+        assert_eq!(
+            trigger(&lease_event("a", "2025-01-01T00:00:03.000000Z")),
+            None
+        );
+        assert_eq!(
+            trigger(&lease_event("b", "2025-01-01T00:00:06.000000Z")),
+            east
+        );
         let Event::Apply(gone) = lease_event("b", "2025-01-01T00:00:09.000000Z") else {
             unreachable!()
         };

@@ -449,7 +449,8 @@ fn plan<'a>(
             };
             let existing = f.tls_secret.and_then(|s| s.data.as_ref());
             let lifetime = defaults.cert_lifetime;
-            let data: BTreeMap<String, ByteString> = match ca.assess(existing, sref, lifetime, now) {
+            let data: BTreeMap<String, ByteString> = match ca.assess(existing, sref, lifetime, now)
+            {
                 Assessment::Keep { renew_at } => {
                     due.push(renew_at);
                     existing.cloned().unwrap_or_default()
@@ -459,7 +460,9 @@ fn plan<'a>(
                     let data = ca
                         .issue(sref, lifetime, now)
                         .map_err(|e| Problem::new(reason::AGENT_CA_INVALID, e))?;
-                    if let Assessment::Keep { renew_at } = ca.assess(Some(&data), sref, lifetime, now) {
+                    if let Assessment::Keep { renew_at } =
+                        ca.assess(Some(&data), sref, lifetime, now)
+                    {
                         due.push(renew_at);
                     }
                     data
@@ -473,9 +476,10 @@ fn plan<'a>(
                     .map_err(|p| Problem::new(p.reason, p.message))?;
                 due.push(expires);
             }
-            let issuer = defaults.cert_issuer.as_ref().ok_or_else(|| {
-                Problem::new(reason::CONFIG_INVALID, "no cert-manager issuer")
-            })?;
+            let issuer = defaults
+                .cert_issuer
+                .as_ref()
+                .ok_or_else(|| Problem::new(reason::CONFIG_INVALID, "no cert-manager issuer"))?;
             TlsPlan::CertManager(
                 children::certificate(sref, &name, issuer, defaults.cert_lifetime),
                 name,
@@ -1048,7 +1052,11 @@ mod more_tests {
             "kc-a".to_owned(),
             Some(Secret {
                 data: Some(
-                    [("kubeconfig".to_owned(), ByteString(KUBECONFIG.as_bytes().to_vec()))].into(),
+                    [(
+                        "kubeconfig".to_owned(),
+                        ByteString(KUBECONFIG.as_bytes().to_vec()),
+                    )]
+                    .into(),
                 ),
                 ..Secret::default()
             }),
@@ -1070,12 +1078,33 @@ mod more_tests {
                 expires: Timestamp::from_second(NOW + 7).expect("t"),
                 report: Ok(ReplicaReport {
                     hub: HubLink {
-                        state: if connected { HubState::Connected } else { HubState::Disconnected },
-                        message: if connected { String::new() } else { "TLS: reading /etc/scale-agent/tls/ca.crt: No such file".into() },
+                        state: if connected {
+                            HubState::Connected
+                        } else {
+                            HubState::Disconnected
+                        },
+                        message: if connected {
+                            String::new()
+                        } else {
+                            "TLS: reading /etc/scale-agent/tls/ca.crt: No such file".into()
+                        },
                     },
                     accounts: accounts
                         .iter()
-                        .map(|(a, s)| ((*a).to_owned(), AccountReport::because(*s, if *s == StreamState::Refused { "NotOwner" } else { "" }, "why")))
+                        .map(|(a, s)| {
+                            (
+                                (*a).to_owned(),
+                                AccountReport::because(
+                                    *s,
+                                    if *s == StreamState::Refused {
+                                        "NotOwner"
+                                    } else {
+                                        ""
+                                    },
+                                    "why",
+                                ),
+                            )
+                        })
                         .collect(),
                     truncated: false,
                 }),
@@ -1115,11 +1144,26 @@ mod more_tests {
     fn an_account_is_active_only_while_a_live_replica_reports_it_streaming() {
         let s = one_account();
         for (replicas, expected) in [
-            (replica(true, &[("a", StreamState::Streaming)]), (AccountState::Active, "Streaming")),
-            (replica(true, &[("a", StreamState::Syncing)]), (AccountState::Syncing, "Syncing")),
-            (replica(true, &[("a", StreamState::Refused)]), (AccountState::RefusedByHub, "NotOwner")),
-            (replica(true, &[("a", StreamState::ClusterUnreachable)]), (AccountState::ClusterUnreachable, "ClusterUnreachable")),
-            (replica(false, &[("a", StreamState::Streaming)]), (AccountState::HubUnreachable, "HubUnreachable")),
+            (
+                replica(true, &[("a", StreamState::Streaming)]),
+                (AccountState::Active, "Streaming"),
+            ),
+            (
+                replica(true, &[("a", StreamState::Syncing)]),
+                (AccountState::Syncing, "Syncing"),
+            ),
+            (
+                replica(true, &[("a", StreamState::Refused)]),
+                (AccountState::RefusedByHub, "NotOwner"),
+            ),
+            (
+                replica(true, &[("a", StreamState::ClusterUnreachable)]),
+                (AccountState::ClusterUnreachable, "ClusterUnreachable"),
+            ),
+            (
+                replica(false, &[("a", StreamState::Streaming)]),
+                (AccountState::HubUnreachable, "HubUnreachable"),
+            ),
             (replica(true, &[]), (AccountState::NoReplica, "NoReplica")),
             (Replicas::default(), (AccountState::NoReplica, "NoReplica")),
         ] {
@@ -1132,9 +1176,21 @@ mod more_tests {
 
     #[test]
     fn the_shard_is_looked_at_again_when_a_replica_lease_expires() {
-        let d = run_with(&one_account(), &defaults(), &replica(true, &[("a", StreamState::Streaming)]), None, None);
+        let d = run_with(
+            &one_account(),
+            &defaults(),
+            &replica(true, &[("a", StreamState::Streaming)]),
+            None,
+            None,
+        );
         assert_eq!(d.next, Next::At(Duration::from_secs(8)));
-        let quiet = run_with(&one_account(), &defaults(), &Replicas::default(), None, None);
+        let quiet = run_with(
+            &one_account(),
+            &defaults(),
+            &Replicas::default(),
+            None,
+            None,
+        );
         assert_eq!(quiet.next, Next::Resync);
     }
 
@@ -1144,7 +1200,10 @@ mod more_tests {
         s.spec.image = Some("attacker.example.com/miner:latest".into());
         let d = run_with(&s, &defaults(), &Replicas::default(), None, None);
         assert!(d.children.is_none());
-        assert_eq!(d.observed.config_problem.as_ref().map(|p| p.reason), Some("ImageNotAllowed"));
+        assert_eq!(
+            d.observed.config_problem.as_ref().map(|p| p.reason),
+            Some("ImageNotAllowed")
+        );
         let mut s = one_account();
         s.spec.service_account_name = Some("cluster-admin".into());
         let d = run_with(&s, &defaults(), &Replicas::default(), None, None);
@@ -1158,7 +1217,11 @@ mod more_tests {
         };
         let mut s = one_account();
         s.spec.image = Some("attacker.example.com/miner:latest".into());
-        assert!(run_with(&s, &allowed, &Replicas::default(), None, None).children.is_some());
+        assert!(
+            run_with(&s, &allowed, &Replicas::default(), None, None)
+                .children
+                .is_some()
+        );
     }
 
     #[test]
@@ -1166,7 +1229,9 @@ mod more_tests {
         let mut s = one_account();
         s.spec.hub = Some(HubSpec {
             address: "hub:443".into(),
-            tls_secret_ref: Some(LocalObjectRef { name: "mtls".into() }),
+            tls_secret_ref: Some(LocalObjectRef {
+                name: "mtls".into(),
+            }),
         });
         let d = run_with(&s, &defaults(), &Replicas::default(), None, None);
         assert!(d.children.is_none());
@@ -1183,30 +1248,68 @@ mod more_tests {
             cert_lifetime: Duration::from_secs(120),
             ..defaults()
         };
-        let d = run_with(&one_account(), &issuing, &Replicas::default(), None, Some(&Ok(ca.clone_for_test())));
+        let d = run_with(
+            &one_account(),
+            &issuing,
+            &Replicas::default(),
+            None,
+            Some(&Ok(ca.clone_for_test())),
+        );
         let c = d.children.expect("children");
         let tls = c.tls.expect("the issued Secret");
         assert_eq!(tls.metadata.name.as_deref(), Some("east-agent-tls"));
         assert_eq!(
-            tls.metadata.owner_references.as_ref().map(|o| o[0].kind.as_str()),
+            tls.metadata
+                .owner_references
+                .as_ref()
+                .map(|o| o[0].kind.as_str()),
             Some("AgentShard")
         );
-        let pod = c.deployment.spec.and_then(|s| s.template.spec).expect("pod");
-        assert!(pod.volumes.iter().flatten().any(|v| v
-            .secret
-            .as_ref()
-            .and_then(|s| s.secret_name.as_deref())
-            == Some("east-agent-tls")));
-        let config = AgentConfig::from_yaml(&c.config_map.data.expect("data")[CONFIG_KEY]).expect("config");
+        let pod = c
+            .deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        assert!(
+            pod.volumes.iter().flatten().any(|v| v
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref())
+                == Some("east-agent-tls"))
+        );
+        let config =
+            AgentConfig::from_yaml(&c.config_map.data.expect("data")[CONFIG_KEY]).expect("config");
         assert!(config.hub.tls.is_some());
         // Renewal due at two thirds of the lifetime (the certificate starts 30 s early).
-        assert!(matches!(d.next, Next::At(d) if (65..=75).contains(&d.as_secs())), "{:?}", d.next);
+        assert!(
+            matches!(d.next, Next::At(d) if (65..=75).contains(&d.as_secs())),
+            "{:?}",
+            d.next
+        );
         // Next time the same certificate is kept.
-        let again = run_with(&one_account(), &issuing, &Replicas::default(), Some(&tls), Some(&Ok(ca.clone_for_test())));
-        assert_eq!(again.children.and_then(|c| c.tls).and_then(|s| s.data), tls.data);
+        let again = run_with(
+            &one_account(),
+            &issuing,
+            &Replicas::default(),
+            Some(&tls),
+            Some(&Ok(ca.clone_for_test())),
+        );
+        assert_eq!(
+            again.children.and_then(|c| c.tls).and_then(|s| s.data),
+            tls.data
+        );
         // A CA that cannot issue is a config problem.
-        let broken = run_with(&one_account(), &issuing, &Replicas::default(), None, Some(&Err("the CA Secret system/ca does not exist".into())));
-        assert_eq!(broken.observed.config_problem.map(|p| p.reason), Some("AgentCaInvalid"));
+        let broken = run_with(
+            &one_account(),
+            &issuing,
+            &Replicas::default(),
+            None,
+            Some(&Err("the CA Secret system/ca does not exist".into())),
+        );
+        assert_eq!(
+            broken.observed.config_problem.map(|p| p.reason),
+            Some("AgentCaInvalid")
+        );
     }
 
     /// A CA for tests, as the Secret the operator reads.
@@ -1228,7 +1331,10 @@ mod more_tests {
             data: Some(
                 [
                     ("tls.crt".to_owned(), ByteString(cert.pem().into_bytes())),
-                    ("tls.key".to_owned(), ByteString(key.serialize_pem().into_bytes())),
+                    (
+                        "tls.key".to_owned(),
+                        ByteString(key.serialize_pem().into_bytes()),
+                    ),
                 ]
                 .into(),
             ),
@@ -1245,7 +1351,8 @@ mod more_tests {
         let d = run_with(&s, &defaults(), &Replicas::default(), None, None);
         assert_eq!(d.observed.accounts[0].state, AccountState::NoReplica);
         let c = d.children.expect("children");
-        let config = AgentConfig::from_yaml(&c.config_map.data.expect("data")[CONFIG_KEY]).expect("config");
+        let config =
+            AgentConfig::from_yaml(&c.config_map.data.expect("data")[CONFIG_KEY]).expect("config");
         assert!(config.accounts[0].in_cluster);
         assert!(c.kubeconfigs.data.unwrap_or_default().is_empty());
     }

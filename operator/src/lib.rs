@@ -201,8 +201,9 @@ pub async fn run(args: Args) -> Result<()> {
         .agent_ca_secret
         .as_deref()
         .map(|s| {
-            s.parse::<scale_agent_crds::ShardRef>()
-                .map_err(|_| Error::ClientConfig(format!("--agent-ca-secret {s:?} is not namespace/name")))
+            s.parse::<scale_agent_crds::ShardRef>().map_err(|_| {
+                Error::ClientConfig(format!("--agent-ca-secret {s:?} is not namespace/name"))
+            })
         })
         .transpose()?;
     let defaults = Defaults {

@@ -133,14 +133,43 @@ mod tests {
     fn by_default_only_the_operators_own_image() {
         let none = Allowed::default();
         let default = Some("ghcr.io/scale-agent/scale-agent:v1");
-        assert!(check_image(&shard(None, None), "ghcr.io/scale-agent/scale-agent:v1", default, &none).is_ok());
-        assert!(check_image(&shard(Some("ghcr.io/scale-agent/scale-agent:v1"), None), "ghcr.io/scale-agent/scale-agent:v1", default, &none).is_ok());
-        let r = check_image(&shard(Some("evil:latest"), None), "evil:latest", default, &none)
-            .expect_err("refused");
+        assert!(
+            check_image(
+                &shard(None, None),
+                "ghcr.io/scale-agent/scale-agent:v1",
+                default,
+                &none
+            )
+            .is_ok()
+        );
+        assert!(
+            check_image(
+                &shard(Some("ghcr.io/scale-agent/scale-agent:v1"), None),
+                "ghcr.io/scale-agent/scale-agent:v1",
+                default,
+                &none
+            )
+            .is_ok()
+        );
+        let r = check_image(
+            &shard(Some("evil:latest"), None),
+            "evil:latest",
+            default,
+            &none,
+        )
+        .expect_err("refused");
         assert_eq!(r.reason, "ImageNotAllowed");
         assert!(r.message.contains("--allowed-images"), "{}", r.message);
         let some = Allowed::new(["evil:*"]);
-        assert!(check_image(&shard(Some("evil:latest"), None), "evil:latest", default, &some).is_ok());
+        assert!(
+            check_image(
+                &shard(Some("evil:latest"), None),
+                "evil:latest",
+                default,
+                &some
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -152,6 +181,13 @@ mod tests {
         let r = check_service_account(&shard(None, Some("cluster-admin-sa")), None, &none)
             .expect_err("refused");
         assert_eq!(r.reason, "ServiceAccountNotAllowed");
-        assert!(check_service_account(&shard(None, Some("team-x")), None, &Allowed::new(["team-*"])).is_ok());
+        assert!(
+            check_service_account(
+                &shard(None, Some("team-x")),
+                None,
+                &Allowed::new(["team-*"])
+            )
+            .is_ok()
+        );
     }
 }

@@ -188,7 +188,10 @@ pub fn account_view(reports: &[(&str, AccountReport)], live: usize) -> AccountVi
         return view(
             AccountState::RefusedByHub,
             why,
-            format!("the hub refused it ({why}) from replica {replica}: {}", r.message),
+            format!(
+                "the hub refused it ({why}) from replica {replica}: {}",
+                r.message
+            ),
         );
     }
     if let Some((replica, r)) = find(&|r| r.state == StreamState::ClusterUnreachable) {
@@ -294,7 +297,11 @@ mod tests {
         Replicas::observe(
             &ShardRef::new("ns", "east"),
             leases,
-            |name| pods.iter().find(|p| p.name.as_deref() == Some(name)).cloned(),
+            |name| {
+                pods.iter()
+                    .find(|p| p.name.as_deref() == Some(name))
+                    .cloned()
+            },
             at(now),
         )
     }
@@ -308,7 +315,10 @@ mod tests {
         // The same Lease once expired, or without its pod: nobody streams it.
         let expired = observe(&[lease("p1", 100, Some(&streaming))], &["p1"], 111);
         assert_eq!(expired.account("a").state, AccountState::NoReplica);
-        assert_eq!(expired.ignored, [("scale-agent-p1".into(), NotMember::Expired)]);
+        assert_eq!(
+            expired.ignored,
+            [("scale-agent-p1".into(), NotMember::Expired)]
+        );
         let ghost = observe(&[lease("p1", 100, Some(&streaming))], &[], 105);
         assert_eq!(ghost.account("a").state, AccountState::NoReplica);
         assert_eq!(ghost.ignored[0].1, NotMember::NoSuchPod);
@@ -320,7 +330,11 @@ mod tests {
         let mut ghost = lease("ghost", 100, Some(&streaming));
         ghost.metadata.owner_references = None;
         let honest = report(true, &[("a", AccountReport::new(StreamState::Syncing))]);
-        let r = observe(&[ghost, lease("p1", 100, Some(&honest))], &["p1", "ghost"], 101);
+        let r = observe(
+            &[ghost, lease("p1", 100, Some(&honest))],
+            &["p1", "ghost"],
+            101,
+        );
         assert_eq!(r.account("a").state, AccountState::Syncing);
         assert_eq!(r.members.len(), 1);
     }
@@ -332,7 +346,10 @@ mod tests {
         let v = r.account("a");
         assert_eq!(v.state, AccountState::HubUnreachable);
         assert!(v.message.contains("No such file"), "{}", v.message);
-        assert_eq!(r.disconnected(), [("p1", "TLS: reading ca.crt: No such file")]);
+        assert_eq!(
+            r.disconnected(),
+            [("p1", "TLS: reading ca.crt: No such file")]
+        );
     }
 
     #[test]
@@ -371,7 +388,10 @@ mod tests {
         );
         assert_eq!(
             state(&[hub.clone(), cluster]),
-            (AccountState::ClusterUnreachable, "ClusterUnreachable".into())
+            (
+                AccountState::ClusterUnreachable,
+                "ClusterUnreachable".into()
+            )
         );
         assert_eq!(
             state(&[hub]),

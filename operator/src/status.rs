@@ -286,14 +286,21 @@ pub fn patch(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Option<s
 pub fn compute(old: Option<&AgentShardStatus>, obs: &Observed, now: Time) -> AgentShardStatus {
     let mut st = old.cloned().unwrap_or_default();
     let generation = obs.generation;
-    let first_sight = old.and_then(|o| o.condition(condition_type::READY)).is_none();
+    let first_sight = old
+        .and_then(|o| o.condition(condition_type::READY))
+        .is_none();
     let cond = |type_: &str, status: bool, reason: &str, message: String| {
         new_condition(type_, status, reason, message, generation, now.clone())
     };
     st.observed_generation = generation;
     if obs.paused {
         let why = "spec.paused is true: the operator leaves this shard's agents as they are";
-        st.set_condition(cond(condition_type::READY, false, reason::PAUSED, why.into()));
+        st.set_condition(cond(
+            condition_type::READY,
+            false,
+            reason::PAUSED,
+            why.into(),
+        ));
         st.set_condition(cond(
             condition_type::RECONCILING,
             false,
@@ -590,7 +597,9 @@ fn verdict(
         );
         if state == AccountState::HubUnreachable || state == AccountState::NoReplica {
             for (replica, error) in &obs.replicas.disconnected {
-                message.push_str(&format!("; replica {replica} is not connected to the hub: {error}"));
+                message.push_str(&format!(
+                    "; replica {replica} is not connected to the hub: {error}"
+                ));
             }
         }
         return working(why, message);
@@ -716,7 +725,8 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
         .iter()
         .filter(|a| {
             a.state == AccountState::NoReplica
-                && before(&a.name).is_some_and(|p| p.state.served() && p.state != AccountState::NoReplica)
+                && before(&a.name)
+                    .is_some_and(|p| p.state.served() && p.state != AccountState::NoReplica)
         })
         .map(|a| a.name.as_str())
         .collect();
@@ -726,7 +736,11 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
             reason: reason::NO_REPLICA,
             note: format!(
                 "no live agent replica holds {} any more: {}",
-                if orphaned.len() == 1 { "this account" } else { "these accounts" },
+                if orphaned.len() == 1 {
+                    "this account"
+                } else {
+                    "these accounts"
+                },
                 orphaned.join(", ")
             ),
         });
@@ -853,7 +867,12 @@ mod tests {
         )
     }
 
-    fn sum(ready: &str, why: &str, reconciling: &str, stalled: &str) -> (String, String, String, String) {
+    fn sum(
+        ready: &str,
+        why: &str,
+        reconciling: &str,
+        stalled: &str,
+    ) -> (String, String, String, String) {
         (ready.into(), why.into(), reconciling.into(), stalled.into())
     }
 
@@ -878,20 +897,54 @@ mod tests {
         // kstatus: Stalled=True is Failed, Reconciling=True is InProgress, Ready=True
         // with neither is Current.
         let cases = [
-            (with("a", AccountState::Syncing, reason::SYNCING), sum("False", "Syncing", "True", "False")),
-            (with("a", AccountState::NoReplica, reason::NO_REPLICA), sum("False", "NoReplica", "True", "False")),
-            (with("a", AccountState::HubUnreachable, reason::HUB_UNREACHABLE), sum("False", "HubUnreachable", "True", "False")),
-            (with("a", AccountState::ClusterUnreachable, reason::CLUSTER_UNREACHABLE), sum("False", "ClusterUnreachable", "True", "False")),
-            (with("a", AccountState::RefusedByHub, "NotOwner"), sum("False", "RefusedByHub", "False", "True")),
-            (with("a", AccountState::Invalid, reason::SECRET_NOT_FOUND), sum("False", "ConfigInvalid", "False", "True")),
-            (conflict("a", "o/x"), sum("False", "AccountConflict", "False", "True")),
             (
-                account("a", AccountState::Conflict, reason::OWNER_RELEASING, "next".into(), None),
+                with("a", AccountState::Syncing, reason::SYNCING),
+                sum("False", "Syncing", "True", "False"),
+            ),
+            (
+                with("a", AccountState::NoReplica, reason::NO_REPLICA),
+                sum("False", "NoReplica", "True", "False"),
+            ),
+            (
+                with("a", AccountState::HubUnreachable, reason::HUB_UNREACHABLE),
+                sum("False", "HubUnreachable", "True", "False"),
+            ),
+            (
+                with(
+                    "a",
+                    AccountState::ClusterUnreachable,
+                    reason::CLUSTER_UNREACHABLE,
+                ),
+                sum("False", "ClusterUnreachable", "True", "False"),
+            ),
+            (
+                with("a", AccountState::RefusedByHub, "NotOwner"),
+                sum("False", "RefusedByHub", "False", "True"),
+            ),
+            (
+                with("a", AccountState::Invalid, reason::SECRET_NOT_FOUND),
+                sum("False", "ConfigInvalid", "False", "True"),
+            ),
+            (
+                conflict("a", "o/x"),
+                sum("False", "AccountConflict", "False", "True"),
+            ),
+            (
+                account(
+                    "a",
+                    AccountState::Conflict,
+                    reason::OWNER_RELEASING,
+                    "next".into(),
+                    None,
+                ),
                 sum("False", "OwnerReleasing", "True", "False"),
             ),
         ];
         for (account, expected) in cases {
-            let s = settled(&obs(vec![active("ok"), account.clone()], Some(rolled_out())));
+            let s = settled(&obs(
+                vec![active("ok"), account.clone()],
+                Some(rolled_out()),
+            ));
             assert_eq!(summary(&s), expected, "{account:?}");
         }
         let mut rolling = rolled_out();
@@ -922,23 +975,40 @@ mod tests {
         ));
         let ready = s.condition(condition_type::READY).expect("ready");
         assert_eq!(ready.reason, "RefusedByHub");
-        assert!(ready.message.contains("b is RefusedByHub"), "{}", ready.message);
+        assert!(
+            ready.message.contains("b is RefusedByHub"),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
     fn a_disconnected_replica_says_why_in_ready() {
         let mut o = obs(
-            vec![with("a", AccountState::HubUnreachable, reason::HUB_UNREACHABLE)],
+            vec![with(
+                "a",
+                AccountState::HubUnreachable,
+                reason::HUB_UNREACHABLE,
+            )],
             None,
         );
-        o.replicas.disconnected = vec![("east-agent-x".into(), "TLS: reading ca.crt: No such file".into())];
-        let ready = settled(&o).condition(condition_type::READY).cloned().expect("ready");
+        o.replicas.disconnected = vec![(
+            "east-agent-x".into(),
+            "TLS: reading ca.crt: No such file".into(),
+        )];
+        let ready = settled(&o)
+            .condition(condition_type::READY)
+            .cloned()
+            .expect("ready");
         assert!(ready.message.contains("No such file"), "{}", ready.message);
     }
 
     #[test]
     fn conflict_makes_ready_false_and_counts() {
-        let s = settled(&obs(vec![active("a"), conflict("b", "o/x")], Some(rolled_out())));
+        let s = settled(&obs(
+            vec![active("a"), conflict("b", "o/x")],
+            Some(rolled_out()),
+        ));
         assert_eq!((s.active_accounts, s.conflicts), (1, 1));
         let ready = s.condition(condition_type::READY).expect("ready");
         assert_eq!(ready.reason, reason::ACCOUNT_CONFLICT);
@@ -998,7 +1068,10 @@ mod tests {
         assert!(n[0].warning && n[0].note.contains("o/x"));
         let after = compute(
             Some(&before),
-            &obs(vec![with("b", AccountState::NoReplica, reason::NO_REPLICA)], None),
+            &obs(
+                vec![with("b", AccountState::NoReplica, reason::NO_REPLICA)],
+                None,
+            ),
             t(2),
         );
         let n = notices(Some(&before), &after);
@@ -1022,7 +1095,10 @@ mod tests {
         let reasons = |old: &AgentShardStatus, o: &Observed| {
             let new = compute(Some(old), o, t(5));
             (
-                notices(Some(old), &new).iter().map(|n| n.reason).collect::<Vec<_>>(),
+                notices(Some(old), &new)
+                    .iter()
+                    .map(|n| n.reason)
+                    .collect::<Vec<_>>(),
                 new,
             )
         };
