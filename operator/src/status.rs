@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use scale_agent_crds::decode::bounded;
 use scale_agent_crds::{
     AccountState, AccountStatus, AgentShardStatus, ShardRef, condition_status, condition_type,
     new_condition, unknown_condition,
@@ -104,6 +105,14 @@ pub mod reason {
     /// Condition Reconciling (False): the shard is Stalled.
     pub const STALLED_REASON: &str = "Stalled";
 }
+
+/// The longest condition message written (metav1.Condition's limit): a shard with
+/// hundreds of accounts in trouble says so without growing its status without bound.
+pub const MAX_CONDITION_MESSAGE_BYTES: usize = 32 * 1024;
+
+/// The longest Event note published: the API server refuses events.k8s.io/v1 Events
+/// with a longer note, and the Event would be lost.
+pub const MAX_NOTE_BYTES: usize = 1024;
 
 /// What the reconciler found about the agent Deployment.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -290,6 +299,7 @@ pub fn compute(old: Option<&AgentShardStatus>, obs: &Observed, now: Time) -> Age
         .and_then(|o| o.condition(condition_type::READY))
         .is_none();
     let cond = |type_: &str, status: bool, reason: &str, message: String| {
+        let message = bounded(&message, MAX_CONDITION_MESSAGE_BYTES);
         new_condition(type_, status, reason, message, generation, now.clone())
     };
     st.observed_generation = generation;
@@ -764,6 +774,9 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
             _ => {}
         }
     }
+    for n in &mut out {
+        n.note = bounded(&n.note, MAX_NOTE_BYTES);
+    }
     out
 }
 
@@ -1058,6 +1071,56 @@ mod tests {
         assert!(n[0].warning && n[0].note.contains("ns/west"));
         // Once: the same problem again says nothing.
         assert!(notices(Some(&s), &compute(Some(&s), &o, t(9))).is_empty());
+    }
+
+    #[test]
+    fn hundreds_of_accounts_in_trouble_keep_messages_and_notes_within_limits() {
+        // 500 accounts (the most a shard has) whose replica cannot reach the hub, each
+        // with a long error: the conditions stay within metav1.Condition's limit and the
+        // Event note within what the API server accepts, so the Event is not lost.
+        let long = "x".repeat(300);
+        let accounts: Vec<AccountStatus> = (0..500)
+            .map(|i| {
+                account(
+                    &format!("account-{i}"),
+                    AccountState::HubUnreachable,
+                    reason::HUB_UNREACHABLE,
+                    long.clone(),
+                    None,
+                )
+            })
+            .collect();
+        let before = settled(&obs(vec![active("account-0")], Some(rolled_out())));
+        let after = compute(Some(&before), &obs(accounts, Some(rolled_out())), t(5));
+        for c in &after.conditions {
+            assert!(
+                c.message.len() <= MAX_CONDITION_MESSAGE_BYTES,
+                "{}: {} bytes",
+                c.type_,
+                c.message.len()
+            );
+        }
+        let ready = after.condition(condition_type::READY).expect("Ready");
+        assert_eq!(ready.reason, reason::HUB_UNREACHABLE);
+        assert!(
+            ready
+                .message
+                .starts_with("500 of 500 accounts: account-0: xxx")
+        );
+        assert!(ready.message.ends_with('…'), "cut, and says so");
+        let n = notices(Some(&before), &after);
+        assert!(
+            n.iter().any(|n| n.reason == reason::HUB_UNREACHABLE),
+            "{n:?}"
+        );
+        for n in &n {
+            assert!(
+                n.note.len() <= MAX_NOTE_BYTES,
+                "{}: {} bytes",
+                n.reason,
+                n.note.len()
+            );
+        }
     }
 
     #[test]
