@@ -33,6 +33,8 @@ pub const REPORT_ANNOTATION: &str = "scaleagent.dev/report";
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;
 /// The longest message kept in a report, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 256;
+/// The longest reason a report carries (the hub's reasons are short CamelCase words).
+pub const MAX_REASON_BYTES: usize = 64;
 
 /// One replica's report.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -158,11 +160,7 @@ impl ReplicaReport {
     /// still be too large, messages are left out, then accounts (and `truncated` set).
     pub fn encode(&self) -> String {
         let mut r = self.clone();
-        r.hub.message = bounded(&r.hub.message, MAX_MESSAGE_BYTES);
-        for a in r.accounts.values_mut() {
-            a.message = bounded(&a.message, MAX_MESSAGE_BYTES);
-            a.reason = bounded(&a.reason, 64);
-        }
+        r.bound_texts();
         let text = to_json(&r);
         if text.len() <= MAX_REPORT_BYTES {
             return text;
@@ -186,14 +184,27 @@ impl ReplicaReport {
 
     /// Reads an annotation's value. Unknown fields and states are tolerated (a newer
     /// agent may write them); a value larger than [`MAX_REPORT_BYTES`] is refused
-    /// unread.
+    /// unread. Messages and reasons are cut as [`Self::encode`] cuts them, whoever wrote
+    /// the annotation: what a reader copies into a status stays small.
     pub fn decode(text: &str) -> Result<Self, ReportError> {
         if text.len() > MAX_REPORT_BYTES {
             return Err(ReportError::TooLarge { len: text.len() });
         }
-        serde_json::from_str(text).map_err(|e| ReportError::Malformed {
+        let mut r: Self = serde_json::from_str(text).map_err(|e| ReportError::Malformed {
             reason: bounded(&e.to_string(), MAX_MESSAGE_BYTES),
-        })
+        })?;
+        r.bound_texts();
+        Ok(r)
+    }
+
+    /// Cuts the hub message and each account's message to [`MAX_MESSAGE_BYTES`] and
+    /// reason to [`MAX_REASON_BYTES`].
+    fn bound_texts(&mut self) {
+        self.hub.message = bounded(&self.hub.message, MAX_MESSAGE_BYTES);
+        for a in self.accounts.values_mut() {
+            a.message = bounded(&a.message, MAX_MESSAGE_BYTES);
+            a.reason = bounded(&a.reason, MAX_REASON_BYTES);
+        }
     }
 }
 
@@ -245,6 +256,20 @@ mod tests {
         let back = ReplicaReport::decode(&r.encode()).expect("decodes");
         let a = back.accounts.values().next().expect("one");
         assert!(a.message.len() <= MAX_MESSAGE_BYTES, "{}", a.message.len());
+    }
+
+    #[test]
+    fn a_hand_written_report_is_read_with_its_texts_cut() {
+        // Not what an agent writes: someone with write access to the Lease wrote it.
+        let text = format!(
+            r#"{{"hub":{{"state":"Disconnected","message":"{m}"}},"accounts":{{"a":{{"state":"Refused","reason":"{r}","message":"{m}"}}}}}}"#,
+            m = "m".repeat(30_000),
+            r = "R".repeat(1_000),
+        );
+        let back = ReplicaReport::decode(&text).expect("decodes");
+        assert!(back.hub.message.len() <= MAX_MESSAGE_BYTES);
+        assert!(back.accounts["a"].message.len() <= MAX_MESSAGE_BYTES);
+        assert!(back.accounts["a"].reason.len() <= MAX_REASON_BYTES);
     }
 
     #[test]
