@@ -404,20 +404,46 @@ async fn ghosts(env: Arc<StatusEnv>) -> anyhow::Result<()> {
         account_state(s, &account) == Some(AccountState::NoReplica)
     })
     .await?;
-    // Leases labelled for the shard that say the account streams: one with no pod
-    // behind it, one named after a pod that does not exist.
+    // A pod of the namespace that is not an agent of the shard.
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.env.client().await?, ns);
+    let impostor: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "impostor", "labels": { "app": "impostor" } },
+        "spec": {
+            "securityContext": { "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } },
+            "containers": [{
+                "name": "impostor",
+                "image": "registry.invalid/impostor:1",
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": { "drop": ["ALL"] },
+                },
+            }],
+        },
+    }))?;
+    let impostor = pods.create(&PostParams::default(), &impostor).await?;
+    let impostor_uid = impostor.metadata.uid.clone().context("the pod's uid")?;
+    // Leases labelled for the shard that say the account streams: one not named after
+    // its holder, one owned by a pod that does not exist, one named after a pod but not
+    // owned by it, one owned by a pod that is not an agent of the shard.
     let report = format!(
         "{{\"hub\":{{\"state\":\"Connected\"}},\"accounts\":{{\"{account}\":{{\"state\":\"Streaming\"}}}}}}"
     );
     let now = k8s_openapi::jiff::Timestamp::now();
     let leases =
         Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(env.env.client().await?, ns);
+    let absent = "00000000-0000-0000-0000-000000000000";
     for (name, holder, owner) in [
         ("ghost-1", "ghost-1", None),
         (
             "scale-agent-haunted-agent-x",
             "haunted-agent-x",
-            Some("haunted-agent-x"),
+            Some(("haunted-agent-x", absent)),
+        ),
+        ("scale-agent-haunted-agent-y", "haunted-agent-y", None),
+        (
+            "scale-agent-impostor",
+            "impostor",
+            Some(("impostor", impostor_uid.as_str())),
         ),
     ] {
         let mut lease: k8s_openapi::api::coordination::v1::Lease =
@@ -433,12 +459,9 @@ async fn ghosts(env: Arc<StatusEnv>) -> anyhow::Result<()> {
                     "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now),
                 },
             }))?;
-        if let Some(pod) = owner {
+        if let Some((pod, uid)) = owner {
             lease.metadata.owner_references =
-                Some(vec![scale_agent_crds::membership::lease_owner(
-                    pod,
-                    "00000000-0000-0000-0000-000000000000",
-                )]);
+                Some(vec![scale_agent_crds::membership::lease_owner(pod, uid)]);
         }
         leases.create(&PostParams::default(), &lease).await?;
     }
