@@ -55,7 +55,7 @@ impl HubStack {
         let nginx = Nginx::start(
             &NginxOptions {
                 mode: Mode::GrpcTls,
-                hub_grpc: hub.grpc.clone(),
+                hubs_grpc: vec![hub.grpc.clone()],
                 tls_cert: lb.cert_file,
                 tls_key: lb.key_file,
                 client_ca: cp.pki.ca_file.clone(),

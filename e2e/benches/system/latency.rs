@@ -20,13 +20,12 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use scale_agent_e2e::bench::goal::Goal;
 use scale_agent_e2e::bench::report::Figure;
-use scale_agent_e2e::bench::seed;
 use scale_agent_e2e::bench::stats::summarize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::Ctx;
-use crate::stack::{Stack, account};
+use crate::stack::{Stack, configmap_accounts};
 
 /// Objects per account; changes go round-robin over all of them, so one object changes
 /// again only after every other did.
@@ -145,37 +144,18 @@ struct Change {
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let p = &ctx.p;
-    let clusters = ctx.clusters.len();
     let mut accounts = Vec::new();
     let mut expected = std::collections::BTreeMap::new();
     // (namespace, api, object) for every object, and the account of each namespace.
     let mut targets: Vec<(String, Api<ConfigMap>, String)> = Vec::new();
     let mut apis = Vec::new();
     let mut account_of: HashMap<String, String> = HashMap::new();
-    for j in 0..p.latency_accounts {
-        let ns = format!("lat-{j}");
-        let name = format!("lat-{j}");
-        let client = ctx.client(j % clusters).await?;
-        seed::configmaps(
-            &client,
-            &[seed::Batch {
-                namespace: ns.clone(),
-                prefix: "obj".into(),
-                count: OBJECTS,
-            }],
-            p.object_bytes,
-            4,
-        )
-        .await?;
-        accounts.push(account(
-            &name,
-            &ctx.kubeconfig(j % clusters)?,
-            vec![ns.clone()],
-            &["ConfigMap"],
-        ));
-        expected.insert(name.clone(), OBJECTS);
-        account_of.insert(ns.clone(), name);
-        let api: Api<ConfigMap> = Api::namespaced(client, &ns);
+    for seeded in configmap_accounts(ctx, "lat", p.latency_accounts, OBJECTS).await? {
+        let ns = seeded.name.clone();
+        accounts.push(seeded.account);
+        expected.insert(seeded.name.clone(), OBJECTS);
+        account_of.insert(ns.clone(), seeded.name);
+        let api: Api<ConfigMap> = Api::namespaced(seeded.client, &ns);
         apis.push((ns.clone(), api.clone()));
         for k in 0..OBJECTS {
             targets.push((ns.clone(), api.clone(), format!("obj-{k}")));

@@ -15,13 +15,12 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams};
 use scale_agent_e2e::bench::goal::Goal;
 use scale_agent_e2e::bench::report::Figure;
-use scale_agent_e2e::bench::seed;
 use scale_agent_e2e::converge::{converge, put_cm};
 use scale_agent_e2e::metrics::metric;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::stack::{Stack, account};
+use crate::stack::{Stack, configmap_accounts};
 use crate::{Ctx, secs};
 
 /// Objects each account starts with.
@@ -118,33 +117,18 @@ async fn all_equal(
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let p = &ctx.p;
-    let clusters = ctx.clusters.len();
     let mut accounts = Vec::new();
     let mut checked = Vec::new();
     let mut expected = std::collections::BTreeMap::new();
-    for j in 0..p.reconnect_accounts {
-        let ns = format!("rc-{j}");
-        let name = format!("rc-{j}");
-        let client = ctx.client(j % clusters).await?;
-        seed::configmaps(
-            &client,
-            &[seed::Batch {
-                namespace: ns.clone(),
-                prefix: "obj".into(),
-                count: OBJECTS,
-            }],
-            p.object_bytes,
-            4,
-        )
-        .await?;
-        accounts.push(account(
-            &name,
-            &ctx.kubeconfig(j % clusters)?,
-            vec![ns.clone()],
-            &["ConfigMap"],
+    for seeded in configmap_accounts(ctx, "rc", p.reconnect_accounts, OBJECTS).await? {
+        let ns = seeded.name.clone();
+        accounts.push(seeded.account);
+        expected.insert(seeded.name.clone(), OBJECTS);
+        checked.push((
+            seeded.name,
+            ns.clone(),
+            Api::<ConfigMap>::namespaced(seeded.client, &ns),
         ));
-        expected.insert(name.clone(), OBJECTS);
-        checked.push((name, ns.clone(), Api::<ConfigMap>::namespaced(client, &ns)));
     }
     let mut stack = Stack::start(&ctx.env, "reconnect").await?;
     let started = Instant::now();

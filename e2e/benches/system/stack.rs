@@ -54,6 +54,57 @@ pub fn account(name: &str, kubeconfig: &str, namespaces: Vec<String>, kinds: &[&
     }
 }
 
+/// One account per namespace `<prefix>-<j>` (`j` below `count`), on the shared clusters
+/// in turn, each namespace seeded with `objects` ConfigMaps named `obj-<k>` and the
+/// account watching only ConfigMaps there: the shape of the latency and reconnect
+/// scenarios.
+pub struct ConfigMapAccount {
+    /// The account (and namespace) name.
+    pub name: String,
+    /// A client of its cluster.
+    pub client: kube::Client,
+    /// The account as the agent lists it.
+    pub account: Account,
+}
+
+/// Seeds and describes the accounts of [`ConfigMapAccount`].
+pub async fn configmap_accounts(
+    ctx: &crate::Ctx,
+    prefix: &str,
+    count: usize,
+    objects: usize,
+) -> anyhow::Result<Vec<ConfigMapAccount>> {
+    let clusters = ctx.clusters.len();
+    let mut out = Vec::with_capacity(count);
+    for j in 0..count {
+        let name = format!("{prefix}-{j}");
+        let client = ctx.client(j % clusters).await?;
+        scale_agent_e2e::bench::seed::configmaps(
+            &client,
+            &[scale_agent_e2e::bench::seed::Batch {
+                namespace: name.clone(),
+                prefix: "obj".into(),
+                count: objects,
+            }],
+            ctx.p.object_bytes,
+            4,
+        )
+        .await?;
+        let account = account(
+            &name,
+            &ctx.kubeconfig(j % clusters)?,
+            vec![name.clone()],
+            &["ConfigMap"],
+        );
+        out.push(ConfigMapAccount {
+            name,
+            client,
+            account,
+        });
+    }
+    Ok(out)
+}
+
 /// The workspace binary `name`, or, when the environment variable `wrapper_var` names
 /// a command (`heaptrack -o /tmp/agent`, `perf record -g -o /tmp/agent.data --`), a
 /// script in `dir` that runs the binary under it: for profiling a scenario's agent or
@@ -102,7 +153,7 @@ impl Stack {
         let nginx = Nginx::start(
             &NginxOptions {
                 mode: Mode::GrpcTls,
-                hub_grpc: hub.grpc.clone(),
+                hubs_grpc: vec![hub.grpc.clone()],
                 tls_cert: lb.cert_file,
                 tls_key: lb.key_file,
                 client_ca: pki.ca_file.clone(),

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use scale_agent_e2e::hubstack::HubStack;
+use scale_agent_e2e::hub::{HubOptions, HubProcess};
+use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
-use scale_agent_e2e::{ControlPlane, Error, Options, Result};
+use scale_agent_e2e::postgres::Postgres;
+use scale_agent_e2e::{ControlPlane, Error, Options, Result, workspace_binary};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -85,8 +87,9 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     }
     tracing::info!("installing the AgentShard CRD from {}", crd.display());
     scale_agent_e2e::crd::install(&cp, crd)?;
-    // The hub (Clouddriver's side) and nginx in front of it.
-    let stack = HubStack::start(&cp, &run_dir, "600s", Some(run_dir.join("hub.sqlite"))).await?;
+    // The hub (Clouddriver's side) and nginx in front of it; with
+    // SCALE_AGENT_HUB_REPLICAS=2 (or more), that many replicas sharing PostgreSQL.
+    let stack = Stack::start(&cp, &run_dir, hub_replicas()?).await?;
     // The operator issues every shard's agents a client certificate naming their shard,
     // from the run's CA (the one nginx verifies agents with): any shard applied, in any
     // namespace, reaches the hub through nginx with no manual step.
@@ -110,17 +113,28 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     // containers).
     let pods = PodRunner::start(cp.client().await?, RunnerConfig::new(&cp, run_dir.clone())?);
 
-    let env = format!(
+    let hub = stack.hubs.first().ok_or_else(|| Error::Invalid {
+        what: "the hub".into(),
+        message: "no replica started".into(),
+    })?;
+    let mut env = format!(
         "# Written by `just up`; source it: . .dev/env\n\
          export KUBECONFIG={}\n\
          export HUB_HTTP={}\n\
          export HUB_GRPC={}\n\
          export LB_GRPC={}\n",
         dir.join("kubeconfig").display(),
-        stack.hub.http,
-        stack.hub.grpc,
+        hub.http,
+        hub.grpc,
         stack.nginx.address,
     );
+    if let Some(url) = &stack.store_url {
+        let replicas: Vec<&str> = stack.hubs.iter().map(|h| h.http.as_str()).collect();
+        env.push_str(&format!(
+            "export HUB_REPLICAS_HTTP=\"{}\"\nexport HUB_STORE={url}\n",
+            replicas.join(" ")
+        ));
+    }
     write(&dir.join("env"), &env)?;
     write(&ready, &std::process::id().to_string())?;
     tracing::info!("ready: . {}/env; kubectl get agentshards", dir.display());
@@ -150,6 +164,126 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
 /// The Secret (in the operator's namespace) holding the CA the operator issues agents'
 /// client certificates from.
 const AGENT_CA_SECRET: &str = "scale-agent-agent-ca";
+
+/// How many hub replicas to run: `SCALE_AGENT_HUB_REPLICAS`, 1 by default (SQLite);
+/// from 2 on they share a PostgreSQL database.
+fn hub_replicas() -> Result<usize> {
+    match std::env::var("SCALE_AGENT_HUB_REPLICAS") {
+        Err(_) => Ok(1),
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n) if (1..=9).contains(&n) => Ok(n),
+            _ => Err(Error::Invalid {
+                what: format!("SCALE_AGENT_HUB_REPLICAS={text}"),
+                message: "a number of hub replicas from 1 to 9".into(),
+            }),
+        },
+    }
+}
+
+/// The hub replicas, their shared store, and the load balancer in front of them.
+struct Stack {
+    nginx: Nginx,
+    /// The replicas (fields drop in order: nginx, then the hubs, then PostgreSQL).
+    hubs: Vec<HubProcess>,
+    /// The database the replicas share, when there are several.
+    store_url: Option<String>,
+    _postgres: Option<Postgres>,
+}
+
+impl Stack {
+    async fn start(cp: &ControlPlane, run_dir: &Path, replicas: usize) -> Result<Stack> {
+        let postgres = if replicas > 1 {
+            tracing::info!("starting PostgreSQL, the store of {replicas} hub replicas");
+            Some(Postgres::start(run_dir).await?)
+        } else {
+            None
+        };
+        let store_url = match &postgres {
+            Some(pg) => Some(pg.database("scaleagent")?),
+            None => None,
+        };
+        // Agents come through nginx, which verifies their certificates and forwards
+        // them. Every local process can connect from 127.0.0.1, so the address alone
+        // proves nothing: nginx also sends a secret only it and the hubs know, and a
+        // hub believes a forwarded certificate only with that secret and only when
+        // the certificate chains to the agents' CA. A hub accepts an account only
+        // from the AgentShard that owns it.
+        let proxy_secret = random_secret()?;
+        let secret_file = run_dir.join("hub-proxy-secret");
+        write_private(&secret_file, &proxy_secret)?;
+        let mut hubs = Vec::new();
+        for i in 1..=replicas {
+            tracing::info!("starting hub replica {i} of {replicas}");
+            let mut args = vec![
+                "--trusted-proxy=127.0.0.1/32".to_string(),
+                format!("--client-ca={}", cp.pki.ca_file.display()),
+                format!("--proxy-secret-file={}", secret_file.display()),
+                "--authorize-shards=*".into(),
+            ];
+            if let Some(url) = &store_url {
+                args.extend([format!("--store={url}"), format!("--hub-id=hub-{i}")]);
+            }
+            hubs.push(
+                HubProcess::start(
+                    HubOptions {
+                        bin: workspace_binary("scale-agent-hub")?,
+                        grace_period: "600s".into(),
+                        store: store_url.is_none().then(|| run_dir.join("hub.sqlite")),
+                        args,
+                        kubeconfig: Some(cp.management.kubeconfig.clone()),
+                    },
+                    run_dir,
+                )
+                .await?,
+            );
+        }
+        tracing::info!("starting nginx in front of the hub");
+        let lb = cp.pki.issue_server("lb", &["127.0.0.1", "localhost"])?;
+        let nginx = Nginx::start(
+            &NginxOptions {
+                mode: Mode::GrpcTls,
+                hubs_grpc: hubs.iter().map(|h| h.grpc.clone()).collect(),
+                tls_cert: lb.cert_file,
+                tls_key: lb.key_file,
+                client_ca: cp.pki.ca_file.clone(),
+                proxy_secret: Some(proxy_secret),
+            },
+            run_dir,
+        )
+        .await?;
+        Ok(Stack {
+            nginx,
+            hubs,
+            store_url,
+            _postgres: postgres,
+        })
+    }
+}
+
+/// 32 random bytes from the OS, in hex: the secret nginx and the hub share.
+fn random_secret() -> Result<String> {
+    use std::io::Read as _;
+    let source = Path::new("/dev/urandom");
+    let mut bytes = [0u8; 32];
+    std::fs::File::open(source)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("reading", source, e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| Error::io("writing", path, e))
+}
 
 fn copy(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
