@@ -87,11 +87,18 @@ async fn connect(desired: &AccountDesired) -> Result<(kube::Client, Account)> {
         account: name.clone(),
         message,
     };
-    let text = desired.kubeconfig.clone().map_err(&kc_err)?;
-    let kc = Kubeconfig::from_yaml(&text).map_err(|e| kc_err(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| kc_err(e.to_string()))?;
+    let config = if desired.config.in_cluster {
+        // The agent's own credentials: its ServiceAccount in a pod.
+        kube::Config::infer()
+            .await
+            .map_err(|e| kc_err(format!("in-cluster credentials: {e}")))?
+    } else {
+        let text = desired.kubeconfig.clone().map_err(&kc_err)?;
+        let kc = Kubeconfig::from_yaml(&text).map_err(|e| kc_err(e.to_string()))?;
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| kc_err(e.to_string()))?
+    };
     let server = config.cluster_url.to_string();
     let ca = config.root_cert.clone().unwrap_or_default();
     let client = kube::Client::try_from(config).map_err(|e| kc_err(e.to_string()))?;
@@ -206,7 +213,7 @@ async fn serve(
             owner.unwrap_or_default()
         );
         tracing::error!("{msg}");
-        ctx.state.set_problem(&name, msg);
+        ctx.state.set_refused(&name, format!("{reason:?}"), msg);
         ctx.metrics.accounts_rejected.inc();
         // Wait for the hub to offer the account (its owner let go), or ask again later.
         let offered = tokio::select! {
@@ -220,6 +227,7 @@ async fn serve(
         }
     }
     ctx.state.clear_problem(&name);
+    ctx.state.set_accepted(&name);
 
     let discovery = match Discovery::new(client.clone()).run_aggregated().await {
         Ok(d) => d,
@@ -276,8 +284,8 @@ async fn serve(
                     tracing::warn!(?reason, message = %r.message, "the hub took the account back; stopping it");
                     tasks.abort_all();
                     ctx.out.ledger().forget(&name);
-                    ctx.state.set_problem(&name, format!("hub: {reason:?}: {}", r.message));
                     ctx.state.remove_cluster(&name);
+                    ctx.state.set_refused(&name, format!("{reason:?}"), format!("hub: {reason:?}: {}", r.message));
                     // Replicas briefly disagree on membership while a Lease changes; once
                     // they agree, the other one lets go and this registration sticks.
                     return Ok(retry_after(reason));

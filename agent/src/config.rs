@@ -49,8 +49,12 @@ pub fn load(config_path: &Path, kubeconfig_dir: &Path) -> Result<Snapshot> {
         .iter()
         .map(|a| {
             let path = kubeconfig_dir.join(&a.kubeconfig_file);
-            let kubeconfig = std::fs::read_to_string(&path)
-                .map_err(|e| format!("reading {}: {e}", path.display()));
+            let kubeconfig = if a.in_cluster {
+                Ok(String::new())
+            } else {
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))
+            };
             (
                 a.name.clone(),
                 AccountDesired {

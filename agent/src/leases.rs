@@ -1,6 +1,11 @@
 //! Shard membership: one coordination Lease per replica, renewed every few seconds. The
 //! live members are the Leases of the shard whose renewal has not expired. SIGTERM
 //! deletes this replica's Lease so the others take its accounts at once.
+//!
+//! The Lease also carries this replica's report ([`crate::report`]) for the operator,
+//! written with each renewal and, when it changes, at once (at most once a second); and,
+//! in a pod, an ownerReference to the pod, which the operator's membership rule
+//! requires ([`scale_agent_crds::membership`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,27 +36,35 @@ pub struct Membership {
     pub lease_duration: Duration,
     /// How often it is renewed and the members re-read.
     pub renew_every: Duration,
+    /// The uid of this replica's pod (downward API), to name the pod as the Lease's owner.
+    pub pod_uid: Option<String>,
 }
 
 impl Membership {
     fn lease_name(&self) -> String {
         // Pod names are unique in the namespace; prefixing keeps our Leases apart from others'.
-        format!("scale-agent-{}", self.replica)
+        scale_agent_crds::membership::lease_name(&self.replica)
     }
 }
 
-/// Starts keeping this replica's Lease and publishing the sorted live members.
+/// The shortest time between two writes of the Lease when only the report changed.
+const MIN_REPORT_GAP: Duration = Duration::from_secs(1);
+
+/// Starts keeping this replica's Lease, with `report` in it, and publishing the sorted
+/// live members.
 pub fn run(
     client: kube::Client,
     m: Membership,
     metrics: Arc<Metrics>,
+    mut report: watch::Receiver<String>,
 ) -> watch::Receiver<Vec<String>> {
     let (tx, rx) = watch::channel(Vec::new());
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &m.namespace);
         let mut failures = 0u32;
         loop {
-            match renew_and_list(&api, &m).await {
+            let text = report.borrow_and_update().clone();
+            match renew_and_list(&api, &m, &text).await {
                 Ok(members) => {
                     if failures > 0 {
                         tracing::info!(shard = %m.shard, "lease renewal recovered");
@@ -86,18 +99,43 @@ pub fn run(
             if tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(m.renew_every).await;
+            // Renew on time, or sooner when the report changed.
+            let renew = tokio::time::sleep(m.renew_every);
+            tokio::pin!(renew);
+            tokio::select! {
+                () = &mut renew => {}
+                changed = report.changed() => {
+                    if changed.is_ok() {
+                        tokio::select! {
+                            () = &mut renew => {}
+                            () = tokio::time::sleep(MIN_REPORT_GAP) => {}
+                        }
+                    } else {
+                        renew.await;
+                    }
+                }
+            }
         }
     });
     rx
 }
 
-async fn renew_and_list(api: &Api<Lease>, m: &Membership) -> Result<Vec<String>> {
+async fn renew_and_list(api: &Api<Lease>, m: &Membership, report: &str) -> Result<Vec<String>> {
     let now = Timestamp::now();
+    let owner = m
+        .pod_uid
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .map(|uid| scale_agent_crds::membership::lease_owner(&m.replica, uid));
     let lease = serde_json::json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
-        "metadata": { "name": m.lease_name(), "labels": { SHARD_LABEL: m.shard } },
+        "metadata": {
+            "name": m.lease_name(),
+            "labels": { SHARD_LABEL: m.shard },
+            "annotations": { scale_agent_crds::report::REPORT_ANNOTATION: report },
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        },
         "spec": {
             "holderIdentity": m.replica,
             "leaseDurationSeconds": m.lease_duration.as_secs(),

@@ -52,6 +52,8 @@ pub struct Agent {
     pub ops: Arc<Operations>,
     /// HTTP/2 keepalive interval.
     pub keepalive: Duration,
+    /// How often the hub TLS files are checked for a renewed certificate.
+    pub tls_poll: Duration,
     /// Set to true to end the session for good.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -78,6 +80,11 @@ pub async fn run(mut agent: Agent) {
         let span = tracing::info_span!("session", hub = %hub.address);
         let result = tracing::Instrument::instrument(session(&mut agent, &hub, budget), span).await;
         agent.state.set_connected(false);
+        agent.state.set_hub_error(match &result {
+            Ok(End::Broken(e)) | Err(e) => Some(e.to_string()),
+            Ok(End::Reconnect { .. }) => Some("reconnecting".to_owned()),
+            Ok(End::Shutdown) => Some("shutting down".to_owned()),
+        });
         match result {
             Ok(End::Shutdown) => return,
             Ok(End::Reconnect { after }) => {
@@ -119,7 +126,9 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_millis(ms)
 }
 
-async fn endpoint(hub: &HubConfig, keepalive: Duration) -> Result<Channel> {
+/// Connects to the hub; returns the channel and the fingerprint of the TLS files it
+/// used, if any.
+async fn endpoint(hub: &HubConfig, keepalive: Duration) -> Result<(Channel, Option<u64>)> {
     let err = |message: String| Error::Hub {
         address: hub.address.clone(),
         message,
@@ -132,25 +141,26 @@ async fn endpoint(hub: &HubConfig, keepalive: Duration) -> Result<Channel> {
         .http2_keep_alive_interval(keepalive)
         .keep_alive_timeout(keepalive.min(Duration::from_secs(20)))
         .keep_alive_while_idle(true);
+    let mut fingerprint = None;
     if let Some(tls) = &hub.tls {
-        let read = |p: &str| std::fs::read(p).map_err(|e| Error::Tls(format!("reading {p}: {e}")));
+        let material = crate::tls::Material::read(tls)?;
+        fingerprint = Some(material.fingerprint());
         let host = hub
             .address
             .rsplit_once(':')
             .map(|(h, _)| h)
             .unwrap_or(&hub.address);
         let cfg = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&tls.ca_file)?))
-            .identity(Identity::from_pem(
-                read(&tls.cert_file)?,
-                read(&tls.key_file)?,
-            ))
+            .ca_certificate(Certificate::from_pem(material.ca))
+            .identity(Identity::from_pem(material.cert, material.key))
             .domain_name(tls.server_name.clone().unwrap_or_else(|| host.to_string()));
         ep = ep.tls_config(cfg).map_err(|e| Error::Tls(e.to_string()))?;
     }
-    ep.connect()
+    let channel = ep
+        .connect()
         .await
-        .map_err(|e| err(format!("connecting: {e}")))
+        .map_err(|e| err(format!("connecting: {e}")))?;
+    Ok((channel, fingerprint))
 }
 
 struct Running {
@@ -164,7 +174,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         address: hub.address.clone(),
         message,
     };
-    let channel = endpoint(hub, agent.keepalive).await?;
+    let (channel, tls_fingerprint) = endpoint(hub, agent.keepalive).await?;
     agent.metrics.hub_connects.inc();
     let (tx, rx) = mpsc::channel(256);
     let out = Outbound::new(tx, budget.clone(), Limits::default());
@@ -208,7 +218,18 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         other => return Err(hub_err(format!("expected Welcome, got {other:?}"))),
     };
     agent.state.set_connected(true);
+    agent.state.set_hub_error(None);
     agent.state.set_budget(Some(budget.clone()));
+    // A renewed client certificate: reconnect with it (watches resume where they were).
+    let tls_renewed = async {
+        match (&hub.tls, tls_fingerprint) {
+            (Some(tls), Some(current)) => {
+                crate::tls::changed(tls.clone(), current, agent.tls_poll).await;
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(tls_renewed);
 
     let ctx = AccountCtx {
         out: out.clone(),
@@ -271,6 +292,10 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
                     tracing::info!("hub settings changed; reconnecting");
                     break Ok(End::Reconnect { after: Duration::ZERO });
                 }
+            }
+            () = &mut tls_renewed => {
+                tracing::info!("the hub TLS files changed; reconnecting with them");
+                break Ok(End::Reconnect { after: Duration::ZERO });
             }
             _ = heartbeat.tick() => {
                 let _ = out.send(Frame::Heartbeat(Heartbeat { sent_at: Some(std::time::SystemTime::now().into()), reply_to: None })).await;
@@ -389,6 +414,7 @@ mod reconcile_tests {
             config: AccountConfig {
                 name: name.into(),
                 kubeconfig_file: format!("{name}.kubeconfig"),
+                in_cluster: false,
                 namespaces: vec![],
                 omit_namespaces: vec![],
                 kinds: vec![],

@@ -11,6 +11,10 @@
 //! - [`claims`]: the account-ownership rule, which the operator, its webhook and the hub
 //!   all use.
 //! - [`decode`]: reading a watch of AgentShards when one of them does not decode.
+//! - [`membership`]: which coordination Leases are replicas of a shard, the rule the
+//!   agents and the operator share.
+//! - [`report`]: what each agent replica reports about the accounts it holds, carried in
+//!   its Lease, and what the operator reads from it.
 //!
 //! This crate has types and pure functions only: no client, no I/O.
 
@@ -19,13 +23,15 @@ mod config;
 pub mod decode;
 mod error;
 mod identity;
+pub mod membership;
 mod quantity;
+pub mod report;
 mod shard;
 
 pub use config::{
     AccountConfig, AgentConfig, BudgetConfig, CONFIG_KEY, DEFAULT_MAX_BUFFERED_BYTES_VALUE,
-    HubConfig, TlsConfig, config_map_name, deployment_name, kubeconfig_file_name,
-    kubeconfig_secret_name, validate_account_name, validate_hub_address,
+    HubConfig, TlsConfig, agent_tls_secret_name, config_map_name, deployment_name,
+    kubeconfig_file_name, kubeconfig_secret_name, validate_account_name, validate_hub_address,
 };
 pub use error::{ConfigError, QuantityProblem};
 pub use identity::{parse_shard_identity_uri, shard_identity_uri};
@@ -37,7 +43,7 @@ pub use shard::{
     DNS_SUBDOMAIN_MAX_LEN, DNS_SUBDOMAIN_PATTERN, GROUP, HUB_ADDRESS_MAX_LEN, HUB_ADDRESS_PATTERN,
     HubSpec, KIND_PATTERN, LocalObjectRef, MAX_ACCOUNTS, MAX_CONCURRENT_SYNCS, MAX_FILTER_ITEMS,
     SECRET_KEY_PATTERN, SecretKeyRef, ShardRef, VERSION, condition_status, condition_type,
-    new_condition,
+    new_condition, unknown_condition,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -90,18 +90,23 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     // The hub (Clouddriver's side) and nginx in front of it; with
     // SCALE_AGENT_HUB_REPLICAS=2 (or more), that many replicas sharing PostgreSQL.
     let stack = Stack::start(&cp, &run_dir, hub_replicas()?).await?;
-    // Each example shard's agents carry a client certificate naming their shard, in the
-    // Secret the operator mounts for shards without spec.hub; they reach the hub through
-    // nginx, which verifies the certificate and forwards it.
-    for (ns, shard) in EXAMPLE_SHARDS {
-        agent_tls_secret(&cp, ns, shard)?;
-    }
+    // The operator issues every shard's agents a client certificate naming their shard,
+    // from the run's CA (the one nginx verifies agents with): any shard applied, in any
+    // namespace, reaches the hub through nginx with no manual step.
+    scale_agent_e2e::operator::ensure_namespace(&cp, scale_agent_e2e::operator::NAMESPACE)?;
+    cp.apply(
+        &cp.pki
+            .ca_secret_yaml(scale_agent_e2e::operator::NAMESPACE, AGENT_CA_SECRET)?,
+    )?;
     // The operator, then the example shards (one conflicting pair).
     let operator = scale_agent_e2e::operator::up(
         &cp,
         Path::new("manifests/examples"),
         Some(&stack.nginx.address),
-        Some(AGENT_TLS_SECRET),
+        Some(&format!(
+            "{}/{AGENT_CA_SECRET}",
+            scale_agent_e2e::operator::NAMESPACE
+        )),
     )
     .await?;
     // A real agent process for every agent pod (kwok runs the pods, nothing runs their
@@ -156,37 +161,9 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The shards of `manifests/examples/`, by namespace.
-const EXAMPLE_SHARDS: [(&str, &str); 3] = [
-    ("spinnaker", "prod-east"),
-    ("spinnaker", "prod-west"),
-    ("team-b", "team-b"),
-];
-
-/// The operator's `--default-hub-tls-secret`.
-const AGENT_TLS_SECRET: &str = "agent-mtls-{shard}";
-
-/// Creates the Secret with the CA and a client certificate naming `ns/shard`.
-fn agent_tls_secret(cp: &ControlPlane, ns: &str, shard: &str) -> Result<()> {
-    scale_agent_e2e::operator::ensure_namespace(cp, ns)?;
-    let identity =
-        scale_agent_crds::shard_identity_uri(&scale_agent_crds::ShardRef::new(ns, shard));
-    let cert = cp
-        .pki
-        .issue_client(&format!("agent-{ns}-{shard}"), shard, None, &[&identity])?;
-    let name = AGENT_TLS_SECRET.replace("{shard}", shard);
-    cp.kubectl([
-        "create".to_string(),
-        "secret".into(),
-        "generic".into(),
-        name,
-        format!("--namespace={ns}"),
-        format!("--from-file=ca.crt={}", cp.pki.ca_file.display()),
-        format!("--from-file=tls.crt={}", cert.cert_file.display()),
-        format!("--from-file=tls.key={}", cert.key_file.display()),
-    ])?;
-    Ok(())
-}
+/// The Secret (in the operator's namespace) holding the CA the operator issues agents'
+/// client certificates from.
+const AGENT_CA_SECRET: &str = "scale-agent-agent-ca";
 
 /// How many hub replicas to run: `SCALE_AGENT_HUB_REPLICAS`, 1 by default (SQLite);
 /// from 2 on they share a PostgreSQL database.
