@@ -8,6 +8,7 @@
 //! - [`account`], [`kinds`], [`watch`]: per-account discovery and watches.
 //! - [`budget`], [`outbound`]: bounded memory and backpressure.
 //! - [`operations`]: apply, delete, patch, scale, rollout restart, get.
+//! - [`proxy`]: Kubernetes API requests the hub carries, replayed against the cluster.
 
 pub mod account;
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod leases;
 pub mod metrics;
 pub mod operations;
 pub mod outbound;
+pub mod proxy;
 pub mod session;
 pub mod state;
 pub mod watch;

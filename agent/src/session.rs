@@ -25,6 +25,7 @@ use crate::config::{AccountDesired, Snapshot};
 use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::outbound::Outbound;
+use crate::proxy::Proxy;
 use crate::state::State;
 use crate::{Error, Result};
 
@@ -174,7 +175,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         }),
         replica_id: agent.replica.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        capabilities: vec![],
+        capabilities: vec![scale_agent_proto::kube_api::CAPABILITY.to_owned()],
     }))
     .await
     .map_err(|e| hub_err(e.to_string()))?;
@@ -210,6 +211,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         state: agent.state.clone(),
     };
     let mut running: HashMap<String, Running> = HashMap::new();
+    let proxy = Proxy::new(agent.state.clone(), out.clone());
     let held = agent.held.borrow_and_update().clone();
     reconcile(&ctx, &mut running, &held, &configured(&agent.config)).await;
     let mut heartbeat = tokio::time::interval(heartbeat_every);
@@ -243,6 +245,10 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
                         });
                     }
                     Some(hub_frame::Frame::Ack(a)) => out.ledger().acked(&a.account, a.sequence),
+                    Some(hub_frame::Frame::KubeRequest(r)) => proxy.request(r),
+                    Some(hub_frame::Frame::KubeRequestBody(b)) => proxy.body(b),
+                    Some(hub_frame::Frame::KubeWindow(w)) => proxy.window(w),
+                    Some(hub_frame::Frame::KubeCancel(c)) => proxy.cancel(c),
                     Some(hub_frame::Frame::Drain(d)) => {
                         let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default();
                         tracing::info!(reason = d.reason, message = %d.message, "the hub asked to reconnect");

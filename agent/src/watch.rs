@@ -106,6 +106,16 @@ async fn resume(
         params = params.labels(SPINNAKER_MANAGED);
     }
     tracing::info!(account = %ctx.account, kind = %gvk.kind, resource_version = %rv, "resuming the watch");
+    ctx.out
+        .send(Frame::SyncStart(SyncStart {
+            account: ctx.account.clone(),
+            kind: Some(gvk.clone()),
+            mode: SyncMode::ResumedWatch as i32,
+            resource_version: rv.clone(),
+            resource: kind.resource.plural.clone(),
+            namespaced: kind.namespaced,
+        }))
+        .await?;
     ctx.metrics.resumes.inc();
     synced.store(true, Ordering::Relaxed);
     loop {
@@ -186,6 +196,8 @@ async fn sync_and_watch(
             kind: Some(gvk.clone()),
             mode: SyncMode::FullRelist as i32,
             resource_version: String::new(),
+            resource: kind.resource.plural.clone(),
+            namespaced: kind.namespaced,
         }))
         .await?;
     let mut phase = Phase::Listing {

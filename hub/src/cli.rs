@@ -112,6 +112,29 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub api_token_file: Option<PathBuf>,
 
+    /// Serve the Kubernetes API of every account on this address, at
+    /// /accounts/<account>/ (point a kubeconfig's server there; `scale-agent-hub
+    /// kubeconfig` writes one). TLS with --tls-cert when the hub has one. Needs
+    /// --kube-api-tokens-file. Off when unset.
+    #[arg(long, value_name = "ADDR", requires = "kube_api_tokens_file")]
+    pub kube_api_addr: Option<SocketAddr>,
+
+    /// The bearer tokens of the Kubernetes API: one per line, then the accounts
+    /// it may use (`*`, or names separated by commas). Tokens have at least 16
+    /// characters. Re-read when the file changes.
+    #[arg(long, value_name = "PATH", requires = "kube_api_addr")]
+    pub kube_api_tokens_file: Option<PathBuf>,
+
+    /// Pass Impersonate-* headers on to the clusters. They act there with the
+    /// agent's rights to impersonate, so by default they are refused (403).
+    #[arg(long, requires = "kube_api_addr")]
+    pub kube_api_allow_impersonation: bool,
+
+    /// How long a Kubernetes API request waits for the cluster's answer to begin
+    /// when it names no timeout of its own; past it the client gets 504.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub kube_api_request_timeout: Duration,
+
     /// How often the TLS files and the API token file are checked for
     /// changes.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -149,6 +172,35 @@ mod tests {
         assert_eq!(args.max_connection_age_grace, Duration::from_secs(30));
         assert!(args.trusted_proxies.is_empty());
         assert!(args.authorize_shards.is_empty());
+        assert_eq!(args.kube_api_addr, None);
+        assert!(!args.kube_api_allow_impersonation);
+        assert_eq!(args.kube_api_request_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_kube_api_needs_its_tokens() {
+        assert!(
+            Args::try_parse_from([
+                "scale-agent-hub",
+                "--insecure",
+                "--kube-api-addr",
+                "127.0.0.1:8443"
+            ])
+            .is_err()
+        );
+        let args = Args::try_parse_from([
+            "scale-agent-hub",
+            "--insecure",
+            "--kube-api-addr",
+            "127.0.0.1:8443",
+            "--kube-api-tokens-file",
+            "/run/tokens",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.kube_api_tokens_file,
+            Some(PathBuf::from("/run/tokens"))
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::state::{Outbound, SessionHandle, Shared};
 
 /// Capabilities this hub supports (Welcome.capabilities is the intersection
 /// with the agent's).
-pub const CAPABILITIES: &[&str] = &["watch-progress"];
+pub const CAPABILITIES: &[&str] = &["watch-progress", scale_agent_proto::kube_api::CAPABILITY];
 
 /// Frames queued towards one agent before the hub waits for it to read.
 const OUTBOUND_QUEUE: usize = 256;
@@ -58,6 +58,8 @@ fn frame_name(f: &agent_frame::Frame) -> &'static str {
         agent_frame::Frame::OperationResult(_) => "OperationResult",
         agent_frame::Frame::Heartbeat(_) => "Heartbeat",
         agent_frame::Frame::WatchProgress(_) => "WatchProgress",
+        agent_frame::Frame::KubeResponseHead(_) => "KubeResponseHead",
+        agent_frame::Frame::KubeResponseBody(_) => "KubeResponseBody",
     }
 }
 
@@ -199,7 +201,7 @@ impl HubService {
         } else {
             hello.replica_id.clone()
         };
-        let capabilities: Vec<String> = hello
+        let welcome_capabilities: Vec<String> = hello
             .capabilities
             .iter()
             .filter(|c| CAPABILITIES.contains(&c.as_str()))
@@ -212,7 +214,7 @@ impl HubService {
             protocol_version: PROTOCOL_VERSION,
             heartbeat_interval: prost_types::Duration::try_from(settings.heartbeat_interval).ok(),
             max_message_bytes: settings.max_message_bytes,
-            capabilities,
+            capabilities: welcome_capabilities.clone(),
             initial_window_bytes: settings.initial_window_bytes,
         };
         tx.send(Ok(HubFrame {
@@ -228,6 +230,12 @@ impl HubService {
                 replica: replica.clone(),
             },
         );
+        if welcome_capabilities
+            .iter()
+            .any(|c| c == scale_agent_proto::kube_api::CAPABILITY)
+        {
+            self.shared.tunnels.enable(&id);
+        }
         info!(session = %id, shard = %shard, replica = %replica, %peer, identity = source.label(), agent_version = %hello.agent_version,
             capabilities = ?hello.capabilities, "session opened");
         Ok(Session {

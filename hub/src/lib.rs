@@ -43,6 +43,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod kubeapi;
 pub mod metrics;
 pub mod operations;
 pub mod ownership;
@@ -119,6 +120,9 @@ pub struct Config {
     /// When set, every `/v1/...` HTTP request needs `Authorization: Bearer
     /// <token>` with the token in this file (re-read when it changes).
     pub api_token_file: Option<PathBuf>,
+    /// The Kubernetes API of every account (`/accounts/<account>/...`), on its
+    /// own listener; off when `None`.
+    pub kube_api: Option<kubeapi::KubeApiConfig>,
 }
 
 impl Config {
@@ -144,6 +148,7 @@ impl Config {
             max_connection_age: None,
             max_connection_age_grace: Duration::from_secs(30),
             api_token_file: None,
+            kube_api: None,
         }
     }
 
@@ -254,6 +259,7 @@ impl Hub {
                         config.reload_interval,
                         shutdown.clone(),
                         shared.metrics.tls_reloads.clone(),
+                        TlsConfig::server_config,
                     );
                 }
                 info!(
@@ -307,12 +313,43 @@ impl Hub {
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                 .into_future(),
         );
+        let kube_api = match config.kube_api.clone() {
+            Some(api) => {
+                let tokens = match &api.tokens {
+                    kubeapi::TokenSource::File(path) => kubeapi::auth::Tokens::watch(
+                        path,
+                        config.reload_interval,
+                        shutdown.clone(),
+                    )?,
+                    kubeapi::TokenSource::Text(text) => kubeapi::auth::Tokens::from_text(text)
+                        .map_err(|message| Error::ApiToken {
+                            path: PathBuf::from("(inline)"),
+                            message,
+                        })?,
+                };
+                Some(
+                    kubeapi::server::start(
+                        Arc::clone(&shared),
+                        api,
+                        tokens,
+                        config.tls.as_ref(),
+                        config.reload_interval,
+                        shutdown.clone(),
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
+        let (kube_api_addr, kube_api_task) = kube_api.unzip();
         info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
             max_connection_age = ?config.max_connection_age,
             store = %config.store.as_deref().map_or_else(|| "memory".into(), |p| p.display().to_string()), "hub started");
         Ok(RunningHub {
             grpc_addr,
             http_addr,
+            kube_api_addr,
+            kube_api_task,
             shutdown,
             shared,
             grpc_task: Some(grpc_task),
@@ -326,6 +363,8 @@ impl Hub {
 pub struct RunningHub {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    kube_api_addr: Option<SocketAddr>,
+    kube_api_task: Option<JoinHandle<std::io::Result<()>>>,
     shutdown: CancellationToken,
     shared: Arc<Shared>,
     grpc_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
@@ -341,6 +380,11 @@ impl RunningHub {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The bound address of the accounts' Kubernetes API, when served.
+    pub fn kube_api_addr(&self) -> Option<SocketAddr> {
+        self.kube_api_addr
     }
 
     /// `http://<grpc addr>`, for a plaintext tonic channel.
@@ -401,7 +445,11 @@ impl RunningHub {
         self.shutdown.cancel();
         let grpc = self.grpc_task.take();
         let http = self.http_task.take();
+        let kube_api = self.kube_api_task.take();
         let join = async {
+            if let Some(task) = kube_api {
+                let _ = task.await;
+            }
             let mut result = Ok(());
             if let Some(task) = grpc {
                 result = result.and(flatten_grpc(task.await));

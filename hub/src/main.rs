@@ -6,6 +6,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource, kubeconfig};
 use scale_agent_hub::{Config, Hub, ShardSource, TlsConfig};
 use tracing::{error, info};
 
@@ -35,7 +36,35 @@ fn config(args: &cli::Args) -> Result<Config, scale_agent_hub::Error> {
     config.max_connection_age_grace = args.max_connection_age_grace;
     config.api_token_file.clone_from(&args.api_token_file);
     config.reload_interval = args.reload_interval;
+    if let (Some(addr), Some(tokens)) = (args.kube_api_addr, &args.kube_api_tokens_file) {
+        let mut api = KubeApiConfig::new(addr, TokenSource::File(tokens.clone()));
+        api.allow_impersonation = args.kube_api_allow_impersonation;
+        api.request_timeout = args.kube_api_request_timeout;
+        config.kube_api = Some(api);
+    }
     Ok(config)
+}
+
+/// `scale-agent-hub kubeconfig ...`: see `kubeconfig::Args`.
+fn write_kubeconfig() -> ExitCode {
+    let args = kubeconfig::Args::parse_from(std::env::args_os().skip(1));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("scale-agent-hub kubeconfig: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(kubeconfig::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("scale-agent-hub kubeconfig: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(args: cli::Args) -> Result<(), scale_agent_hub::Error> {
@@ -50,6 +79,12 @@ async fn run(args: cli::Args) -> Result<(), scale_agent_hub::Error> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "kubeconfig")
+    {
+        return write_kubeconfig();
+    }
     let args = cli::Args::parse();
     scale_agent_runtime::init_logging(args.log_format, "info");
     let runtime = match tokio::runtime::Runtime::new() {

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::{Change, Event, KindKey, ObjectKey, SyncMode};
 use crate::identity::IdentitySource;
+use crate::kubeapi::tunnel::Part;
 use crate::metrics::ReasonLabel;
 use crate::operations::Outcome;
 use crate::ownership::{Ownership, Verdict};
@@ -281,6 +282,7 @@ impl Session {
     /// stream (the fuzz target, tests).
     pub fn end(&self) {
         self.shared.remove_session(&self.id);
+        self.shared.tunnels.session_ended(&self.id);
         let disconnected = self
             .shared
             .core()
@@ -334,6 +336,14 @@ impl Session {
             }
             Some(agent_frame::Frame::WatchProgress(progress)) => {
                 self.watch_progress(&progress);
+                true
+            }
+            Some(agent_frame::Frame::KubeResponseHead(head)) => {
+                crate::kubeapi::tunnel::from_agent(&self.shared, &self.id, Part::Head(head));
+                true
+            }
+            Some(agent_frame::Frame::KubeResponseBody(body)) => {
+                crate::kubeapi::tunnel::from_agent(&self.shared, &self.id, Part::Body(body));
                 true
             }
             None => {

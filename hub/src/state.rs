@@ -81,6 +81,8 @@ pub struct Shared {
     sessions: Mutex<HashMap<SessionId, SessionHandle>>,
     /// Operations waiting for results.
     pub operations: Operations,
+    /// Kubernetes API requests in flight over sessions.
+    pub tunnels: crate::kubeapi::Tunnels,
     /// Metrics.
     pub metrics: Metrics,
     /// Cancelled when the hub shuts down.
@@ -110,6 +112,7 @@ impl Shared {
             store,
             sessions: Mutex::new(HashMap::new()),
             operations: Operations::default(),
+            tunnels: crate::kubeapi::Tunnels::default(),
             metrics: Metrics::new(),
             shutdown,
         });

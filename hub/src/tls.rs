@@ -140,6 +140,21 @@ impl TlsConfig {
     }
 }
 
+impl TlsConfig {
+    /// The rustls configuration of the per-account Kubernetes API: the same
+    /// certificate, no client certificate asked for (clients authenticate with
+    /// bearer tokens), HTTP/2 or HTTP/1.1.
+    pub fn https_server_config(&self) -> Result<ServerConfig, Error> {
+        let plain = TlsConfig {
+            client_ca_pem: None,
+            ..self.clone()
+        };
+        let mut config = plain.server_config()?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
 impl TlsFiles {
     fn read(&self) -> Result<TlsConfig, Error> {
         Ok(TlsConfig {
@@ -164,9 +179,15 @@ pub struct TlsState {
 impl TlsState {
     /// From a first configuration.
     pub fn new(config: &TlsConfig) -> Result<Arc<TlsState>, Error> {
-        Ok(Arc::new(TlsState {
-            current: RwLock::new(Arc::new(config.server_config()?)),
-        }))
+        Ok(TlsState::with(config.server_config()?))
+    }
+
+    /// From a rustls configuration built some other way (see
+    /// [`TlsConfig::https_server_config`]).
+    pub fn with(config: ServerConfig) -> Arc<TlsState> {
+        Arc::new(TlsState {
+            current: RwLock::new(Arc::new(config)),
+        })
     }
 
     fn get(&self) -> Arc<ServerConfig> {
@@ -180,7 +201,8 @@ impl TlsState {
     /// Polls the files every `interval`; when their content changed and the
     /// new material is valid, new handshakes use it. Invalid material (e.g. a
     /// certificate written before its key) is logged and retried on the next
-    /// poll; the old material stays in use meanwhile.
+    /// poll; the old material stays in use meanwhile. `build` turns the material
+    /// into a rustls configuration ([`TlsConfig::server_config`] for gRPC).
     pub fn watch_files(
         self: &Arc<Self>,
         files: TlsFiles,
@@ -188,6 +210,7 @@ impl TlsState {
         interval: Duration,
         shutdown: CancellationToken,
         reloads: prometheus_client::metrics::counter::Counter,
+        build: fn(&TlsConfig) -> Result<ServerConfig, Error>,
     ) {
         let state = Arc::clone(self);
         tokio::spawn(async move {
@@ -217,7 +240,7 @@ impl TlsState {
                 {
                     continue;
                 }
-                match next.server_config() {
+                match build(&next) {
                     Ok(config) => {
                         state.set(config);
                         reloads.inc();

@@ -1,0 +1,256 @@
+//! The listener of the per-account Kubernetes API: TLS with the hub's certificate when
+//! it has one (reloaded with it), HTTP/2 and HTTP/1.1, bounded connections and header
+//! timeouts; and the order every request goes through: which account, who is asking,
+//! what they may do, where the account is, then the answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use scale_agent_proto::kube_api;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use super::KubeApiConfig;
+use super::auth::{Refusal, Tokens};
+use super::locate::{Located, locate};
+use super::passthrough::{self, MAX_REQUEST_BODY, Replay};
+use super::path::{self, PathError};
+use super::status::Failure;
+use crate::Error;
+use crate::state::Shared;
+use crate::tls::{TlsConfig, TlsState};
+
+/// How long a client may take to send a request's headers (also the idle time of a
+/// kept-alive HTTP/1.1 connection).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long open connections get to finish when the hub stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The per-account Kubernetes API.
+pub struct KubeApi {
+    shared: Arc<Shared>,
+    tokens: Arc<Tokens>,
+    config: KubeApiConfig,
+}
+
+/// Starts serving; returns the bound address and the server's task.
+pub async fn start(
+    shared: Arc<Shared>,
+    config: KubeApiConfig,
+    tokens: Arc<Tokens>,
+    tls: Option<&TlsConfig>,
+    reload_interval: Duration,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), Error> {
+    let bind = |source| Error::Bind {
+        addr: config.addr,
+        what: "kube-api",
+        source,
+    };
+    let listener = TcpListener::bind(config.addr).await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let tls_state = match tls {
+        Some(tls) => {
+            let state = TlsState::with(tls.https_server_config()?);
+            if let Some(files) = &tls.files {
+                state.watch_files(
+                    files.clone(),
+                    tls.clone(),
+                    reload_interval,
+                    shutdown.clone(),
+                    shared.metrics.tls_reloads.clone(),
+                    TlsConfig::https_server_config,
+                );
+            }
+            Some(state)
+        }
+        None => {
+            warn!(%addr, "the Kubernetes API of the accounts is served without TLS (the hub has no certificate): bearer tokens cross the network in the clear");
+            None
+        }
+    };
+    info!(%addr, tls = tls_state.is_some(), allow_impersonation = config.allow_impersonation, "serving the Kubernetes API of every account at /accounts/<account>/");
+    let max_connections = config.max_connections;
+    let api = Arc::new(KubeApi {
+        shared: Arc::clone(&shared),
+        tokens,
+        config,
+    });
+    let mut incoming = crate::tls::incoming(
+        listener,
+        tls_state,
+        shutdown.clone(),
+        shared.metrics.tls_handshake_failures.clone(),
+    );
+    let task = tokio::spawn(async move {
+        let limit = Arc::new(Semaphore::new(max_connections));
+        let mut refused: u64 = 0;
+        while let Some(conn) = incoming.next().await {
+            let Ok(conn) = conn else { continue };
+            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                refused += 1;
+                if refused == 1 || refused.is_multiple_of(1000) {
+                    warn!(
+                        limit = max_connections,
+                        refused, "too many Kubernetes API connections; closing new ones"
+                    );
+                }
+                continue;
+            };
+            let api = Arc::clone(&api);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let api = Arc::clone(&api);
+                    async move { Ok::<_, Infallible>(api.handle(req).await) }
+                });
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(Duration::from_secs(30)));
+                let conn = builder.serve_connection(TokioIo::new(conn), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(err) = r {
+                            debug!(%err, "Kubernetes API connection ended with an error");
+                        }
+                    }
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(DRAIN, conn).await;
+                    }
+                }
+                drop(permit);
+            });
+        }
+        Ok(())
+    });
+    Ok((addr, task))
+}
+
+impl KubeApi {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let (account, rest) = match path::route(req.uri().path()) {
+            Ok((account, rest)) => (account.to_owned(), rest.to_owned()),
+            Err(PathError::NotAccount) => {
+                return Failure::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "the Kubernetes API of an account is served under /accounts/<account>/",
+                )
+                .response();
+            }
+            Err(err) => return Failure::bad_request(err.to_string()).response(),
+        };
+        let span = info_span!("kube_api", %account, method = %req.method());
+        self.serve(req, account, rest).instrument(span).await
+    }
+
+    async fn serve(&self, req: Request<Incoming>, account: String, rest: String) -> Response<Body> {
+        match self.tokens.check(req.headers(), &account) {
+            Ok(_) => {}
+            Err(Refusal::Unauthenticated) => {
+                self.shared.metrics.http_unauthorized.inc();
+                debug!("Kubernetes API request without a valid token");
+                return Failure::unauthorized().response();
+            }
+            Err(Refusal::NotAllowed) => {
+                warn!("a token used for an account it is not allowed");
+                return Failure::forbidden(format!("this token may not use account {account:?}"))
+                    .response();
+            }
+        }
+        if !self.config.allow_impersonation
+            && req
+                .headers()
+                .keys()
+                .any(|k| kube_api::is_impersonation(k.as_str()))
+        {
+            warn!("refused a request asking to impersonate (Impersonate-* headers)");
+            return Failure::forbidden(
+                "Impersonate-* headers are refused by this hub: the request would act with the agent's rights to impersonate (the hub's operator can allow it with --kube-api-allow-impersonation)",
+            )
+            .response();
+        }
+        if req.headers().contains_key(http::header::UPGRADE) {
+            return Failure::bad_request(
+                "exec, attach and port-forward (connection upgrades) are not carried by the hub",
+            )
+            .response();
+        }
+        let (session, tx) = match locate(&self.shared, &account) {
+            Located::Unknown => return Failure::unknown_account(&account).response(),
+            Located::Disconnected => return Failure::disconnected(&account).response(),
+            Located::NotCapable => {
+                return Failure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!(
+                        "account {account:?} is streamed by an agent that cannot carry Kubernetes API requests; upgrade the agent"
+                    ),
+                )
+                .response();
+            }
+            Located::Here { session, tx } => (session, tx),
+        };
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest,
+        };
+        let (parts, body) = req.into_parts();
+        let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) => {
+                let too_large = err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                return if too_large {
+                    Failure::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RequestEntityTooLarge",
+                        format!("the request body is larger than {MAX_REQUEST_BODY} bytes"),
+                    )
+                    .response()
+                } else {
+                    Failure::bad_request(format!("reading the request body: {err}")).response()
+                };
+            }
+        };
+        passthrough::replay(
+            &self.shared,
+            Replay {
+                account: &account,
+                session,
+                tx,
+                method: &parts.method,
+                path_and_query: &path_and_query,
+                headers: &parts.headers,
+                body,
+                default_timeout: self.config.request_timeout,
+                window: self.config.window_bytes,
+            },
+        )
+        .await
+    }
+}
