@@ -30,6 +30,10 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     /// Live replicas of the shard, this one included.
     pub members: Gauge,
+    /// Kubernetes API requests from the hub being replayed now.
+    pub kube_api_requests_in_flight: Gauge,
+    /// Kubernetes API requests from the hub replayed, by any outcome.
+    pub kube_api_requests: Counter,
 }
 
 impl Metrics {
@@ -86,6 +90,16 @@ impl Metrics {
             "members",
             "Live replicas of the shard",
             self.members.clone(),
+        );
+        r.register(
+            "kube_api_requests_in_flight",
+            "Kubernetes API requests from the hub being replayed now",
+            self.kube_api_requests_in_flight.clone(),
+        );
+        r.register(
+            "kube_api_requests",
+            "Kubernetes API requests from the hub replayed",
+            self.kube_api_requests.clone(),
         );
         let mut out = String::new();
         if encode(&mut out, &r).is_err() {

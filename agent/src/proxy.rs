@@ -26,6 +26,7 @@ use scale_agent_proto::v1::{
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
+use crate::metrics::Metrics;
 use crate::outbound::{Closed, Outbound};
 use crate::state::State;
 
@@ -44,6 +45,7 @@ const LOGGED_PATH: usize = 200;
 /// every one of them.
 pub struct Proxy {
     state: Arc<State>,
+    metrics: Arc<Metrics>,
     out: Outbound,
     inflight: Arc<Mutex<HashMap<u64, InFlight>>>,
 }
@@ -77,9 +79,10 @@ fn short(path: &str) -> &str {
 
 impl Proxy {
     /// The proxy of a new session.
-    pub fn new(state: Arc<State>, out: Outbound) -> Proxy {
+    pub fn new(state: Arc<State>, metrics: Arc<Metrics>, out: Outbound) -> Proxy {
         Proxy {
             state,
+            metrics,
             out,
             inflight: Arc::default(),
         }
@@ -125,8 +128,12 @@ impl Proxy {
         let cluster = self.state.cluster(&req.account);
         let inflight = Arc::downgrade(&self.inflight);
         let task_window = window.clone();
+        self.metrics.kube_api_requests.inc();
+        let gauge = InFlightGauge::new(&self.metrics);
         let task = tokio::spawn(tracing::Instrument::instrument(
             async move {
+                // Dropped when the task ends or is aborted.
+                let _gauge = gauge;
                 let chunk = usize::try_from(initial).unwrap_or(MAX_CHUNK).min(MAX_CHUNK);
                 let client = cluster.map(|c| c.proxy.clone());
                 let outcome = replay(&out, req, client, body_rx, &task_window, chunk).await;
@@ -178,6 +185,22 @@ impl Proxy {
             tracing::debug!(id = cancel.id, reason = %short(&cancel.reason), "Kubernetes API request cancelled by the hub");
             r.task.abort();
         }
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlightGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlightGauge {
+    fn new(metrics: &Metrics) -> InFlightGauge {
+        metrics.kube_api_requests_in_flight.inc();
+        InFlightGauge(metrics.kube_api_requests_in_flight.clone())
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -211,7 +211,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         state: agent.state.clone(),
     };
     let mut running: HashMap<String, Running> = HashMap::new();
-    let proxy = Proxy::new(agent.state.clone(), out.clone());
+    let proxy = Proxy::new(agent.state.clone(), agent.metrics.clone(), out.clone());
     let held = agent.held.borrow_and_update().clone();
     reconcile(&ctx, &mut running, &held, &configured(&agent.config)).await;
     let mut heartbeat = tokio::time::interval(heartbeat_every);

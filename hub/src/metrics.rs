@@ -27,6 +27,16 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// How a request to an account's Kubernetes API was answered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KubeApiLabel {
+    /// `cluster` (carried to the agent), `cache` (from the hub's cache) or `hub`
+    /// (refused by the hub itself).
+    pub source: &'static str,
+    /// The HTTP status class: `2xx`, `3xx`, `4xx`, `5xx`.
+    pub code: &'static str,
+}
+
 /// Every metric of the hub.
 #[derive(Debug)]
 pub struct Metrics {
@@ -68,6 +78,11 @@ pub struct Metrics {
     pub sessions_aged_out: Counter,
     /// HTTP API requests refused for a missing or wrong bearer token.
     pub http_unauthorized: Counter,
+    /// Requests to the accounts' Kubernetes API, by source and status class.
+    pub kube_api_requests: Family<KubeApiLabel, Counter>,
+    /// Kubernetes API requests carried to agents and not finished (set at
+    /// scrape time).
+    pub kube_api_requests_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -100,6 +115,8 @@ impl Metrics {
             tls_reloads: Counter::default(),
             sessions_aged_out: Counter::default(),
             http_unauthorized: Counter::default(),
+            kube_api_requests: Family::default(),
+            kube_api_requests_in_flight: Gauge::default(),
         };
         registry.register("sessions", "Live agent sessions", m.sessions.clone());
         registry.register("accounts", "Accounts by state", m.accounts.clone());
@@ -175,6 +192,16 @@ impl Metrics {
             "HTTP API requests refused for a missing or wrong bearer token",
             m.http_unauthorized.clone(),
         );
+        registry.register(
+            "kube_api_requests",
+            "Requests to the accounts' Kubernetes API, by source (cluster, cache, hub) and status class",
+            m.kube_api_requests.clone(),
+        );
+        registry.register(
+            "kube_api_requests_in_flight",
+            "Kubernetes API requests carried to agents and not finished",
+            m.kube_api_requests_in_flight.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -196,6 +223,19 @@ impl Metrics {
     pub fn operation(&self, outcome: &'static str) {
         self.operations
             .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts a Kubernetes API answer.
+    pub fn kube_api(&self, source: &'static str, status: u16) {
+        let code = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.kube_api_requests
+            .get_or_create(&KubeApiLabel { source, code })
             .inc();
     }
 

@@ -251,6 +251,9 @@ impl Shared {
             })
             .set(to_i64(disconnected));
         self.metrics.objects.set(to_i64(objects));
+        self.metrics
+            .kube_api_requests_in_flight
+            .set(to_i64(self.tunnels.in_flight()));
     }
 
     /// Senders of every live session (for draining at shutdown).

@@ -229,6 +229,7 @@ pub async fn replay(shared: &Arc<Shared>, r: Replay<'_>) -> Response<Body> {
     }
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
+    response.extensions_mut().insert(AnsweredBy("cluster"));
     for h in head.headers {
         if kube_api::is_hop_by_hop(&h.name) {
             continue;
@@ -250,6 +251,11 @@ pub async fn replay(shared: &Arc<Shared>, r: Replay<'_>) -> Response<Body> {
     *response.body_mut() = Body::from_stream(answer);
     response
 }
+
+/// Which part answered a request (for metrics): set on answers that did not come
+/// from the hub itself.
+#[derive(Debug, Clone, Copy)]
+pub struct AnsweredBy(pub &'static str);
 
 fn short(path: &str) -> &str {
     match path.char_indices().nth(200) {

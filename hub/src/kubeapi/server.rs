@@ -161,7 +161,15 @@ impl KubeApi {
             Err(err) => return Failure::bad_request(err.to_string()).response(),
         };
         let span = info_span!("kube_api", %account, method = %req.method());
-        self.serve(req, account, rest).instrument(span).await
+        let response = self.serve(req, account, rest).instrument(span).await;
+        let source = response
+            .extensions()
+            .get::<passthrough::AnsweredBy>()
+            .map_or("hub", |a| a.0);
+        self.shared
+            .metrics
+            .kube_api(source, response.status().as_u16());
+        response
     }
 
     async fn serve(&self, req: Request<Incoming>, account: String, rest: String) -> Response<Body> {
