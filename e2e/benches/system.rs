@@ -9,7 +9,6 @@
 //! - the agent's memory with one account and with three (each with N objects): it must
 //!   not grow with the number of clusters.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,9 @@ use scale_agent_crds::{AccountConfig, AgentConfig, BudgetConfig, HubConfig, Shar
 use scale_agent_e2e::agent::{AgentProcess, AgentSpec};
 use scale_agent_e2e::converge::{configmaps, converge, create_namespace, put_cm};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
-use scale_agent_e2e::{ControlPlane, Options, workspace_binary};
+use scale_agent_e2e::process::rss_kib;
+use scale_agent_e2e::scenario::kubeconfigs;
+use scale_agent_e2e::{Env, Options, workspace_binary};
 
 const OBJECTS: usize = 2000;
 const NS: &str = "bench";
@@ -43,13 +44,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<String> {
-    let cp = ControlPlane::start(Options {
+    let env = Env::start(Options {
         targets: TARGETS.iter().map(|s| s.to_string()).collect(),
         ..Options::default()
     })
     .await?;
-    let client = cp.client().await?;
-    scale_agent_e2e::converge::create_namespace(&cp.management, NS).await?;
+    let cp = &env.cp;
+    create_namespace(&cp.management, NS).await?;
     let mut apis = Vec::new();
     for t in &cp.targets {
         create_namespace(t, NS).await?;
@@ -57,7 +58,6 @@ async fn run() -> anyhow::Result<String> {
         fill(&api, OBJECTS).await?;
         apis.push(api);
     }
-    drop(client);
     let hub = HubProcess::start(
         HubOptions {
             bin: workspace_binary("scale-agent-hub")?,
@@ -79,7 +79,7 @@ async fn run() -> anyhow::Result<String> {
     // 1. Initial sync against a plain list.
     let list = timed_list(&apis[0]).await?;
     let dir = tempfile::tempdir()?;
-    let one = start(&cp, &hub, dir.path(), "one", &["b-1"], &TARGETS[..1])?;
+    let one = start(&env, &hub, dir.path(), "one", &["b-1"], &TARGETS[..1])?;
     let t = Instant::now();
     converge(&hub, "b-1", &apis[0], NS, Duration::from_secs(300)).await?;
     let sync = t.elapsed();
@@ -114,7 +114,7 @@ async fn run() -> anyhow::Result<String> {
     // 3. Memory with one account and with three.
     let rss_one = rss_kib(one.proc.pid());
     let three = start(
-        &cp,
+        &env,
         &hub,
         dir.path(),
         "three",
@@ -176,23 +176,21 @@ async fn timed_list(api: &Api<ConfigMap>) -> anyhow::Result<Duration> {
 }
 
 fn start(
-    cp: &ControlPlane,
+    env: &Env,
     hub: &HubProcess,
     dir: &std::path::Path,
     shard: &str,
     accounts: &[&str],
     clusters: &[&str],
 ) -> anyhow::Result<AgentProcess> {
-    let mut kcs = BTreeMap::new();
+    let pairs: Vec<(&str, &str)> = accounts
+        .iter()
+        .copied()
+        .zip(clusters.iter().copied())
+        .collect();
+    let kcs = kubeconfigs(env, &pairs)?;
     let mut accs = Vec::new();
-    for (a, c) in accounts.iter().zip(clusters) {
-        let cluster = cp
-            .target(c)
-            .ok_or_else(|| anyhow::anyhow!("no cluster {c}"))?;
-        kcs.insert(
-            format!("{a}.kubeconfig"),
-            std::fs::read_to_string(&cluster.kubeconfig)?,
-        );
+    for a in accounts {
         accs.push(AccountConfig {
             name: a.to_string(),
             kubeconfig_file: format!("{a}.kubeconfig"),
@@ -216,7 +214,7 @@ fn start(
         bin: workspace_binary("scale-agent")?,
         replica: format!("{shard}-0"),
         namespace: NS.into(),
-        management_kubeconfig: cp.management.kubeconfig.clone(),
+        management_kubeconfig: env.cp.management.kubeconfig.clone(),
         args: vec!["--lease-renew-millis=500".into()],
     };
     Ok(AgentProcess::start(
@@ -224,18 +222,6 @@ fn start(
         &dir.join(shard),
         &cfg,
         &kcs,
-        &cp.run_dir,
+        &env.cp.run_dir,
     )?)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -153,7 +153,8 @@ pub struct ControlPlane {
     /// The run folder.
     pub run_dir: PathBuf,
     _reaper: Proc,
-    _tmp: Option<TempDir>,
+    /// The temporary run folder, removed on drop unless kept ([`ControlPlane::keep_run_dir`]).
+    tmp: std::sync::Mutex<Option<TempDir>>,
 }
 
 impl ControlPlane {
@@ -237,13 +238,24 @@ impl ControlPlane {
             bins,
             run_dir,
             _reaper: reaper,
-            _tmp: tmp,
+            tmp: std::sync::Mutex::new(tmp),
         })
     }
 
     /// A client for the management cluster.
     pub async fn client(&self) -> Result<kube::Client> {
         self.management.client().await
+    }
+
+    /// Keeps the run folder (every component's log and data) after the control plane
+    /// stops, for a look after a failure; returns where it is.
+    pub fn keep_run_dir(&self) -> &Path {
+        if let Ok(mut tmp) = self.tmp.lock()
+            && let Some(dir) = tmp.take()
+        {
+            let _ = dir.keep();
+        }
+        &self.run_dir
     }
 
     /// The target cluster called `name`.
@@ -300,6 +312,40 @@ impl ControlPlane {
         S: AsRef<std::ffi::OsStr>,
     {
         crate::kubectl::run(&self.bins.kubectl, &self.management.kubeconfig, args, None)
+    }
+
+    /// `kubectl apply -f -` of `yaml` (one or more documents); fails with kubectl's
+    /// stderr. Returns stderr, where kubectl prints admission warnings.
+    pub fn apply(&self, yaml: &str) -> Result<String> {
+        let out = self.kubectl_stdin(["apply", "-f", "-"], yaml)?;
+        if out.success {
+            Ok(out.stderr)
+        } else {
+            Err(Error::Kubectl {
+                args: "apply -f -".into(),
+                status: "non-zero exit".into(),
+                stderr: format!("{}--- the manifest:\n{yaml}", out.stderr),
+            })
+        }
+    }
+
+    /// Creates or updates Secret `name` in namespace `ns` holding the file `kubeconfig`
+    /// under the key `kubeconfig`, as AgentShards reference kubeconfigs.
+    pub fn kubeconfig_secret(&self, ns: &str, name: &str, kubeconfig: &Path) -> Result<()> {
+        let yaml = self.kubectl([
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            ns,
+            &format!("--from-file=kubeconfig={}", kubeconfig.display()),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ])?;
+        self.apply(&yaml)?;
+        Ok(())
     }
 
     /// Runs kubectl with `stdin` as its standard input (e.g. `apply -f -`).

@@ -172,17 +172,3 @@ pub async fn wait_state(
     )
     .await
 }
-
-/// A counter or gauge from a Prometheus text endpoint (`http://addr/metrics`); 0 when absent.
-pub async fn metric(admin: &str, name: &str) -> u64 {
-    let Ok(resp) = reqwest::get(format!("http://{admin}/metrics")).await else {
-        return 0;
-    };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}

@@ -68,6 +68,10 @@ pub enum Error {
     /// An HTTP call to a component failed.
     #[error("{url}: {message}")]
     Http { url: String, message: String },
+    /// Something the harness reads or builds is not what it should be (a manifest, an
+    /// agent config, a cluster name).
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
     /// Something did not happen within its deadline.
     #[error("timed out after {seconds}s waiting for {what}")]
     Timeout { what: String, seconds: u64 },

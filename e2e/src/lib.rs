@@ -1,7 +1,20 @@
-//! The real test control plane for scale-agent, shared by `just up` and the end-to-end
-//! tests: etcd, kube-apiservers (one management cluster plus target clusters on the same
-//! etcd under their own prefixes), kube-controller-manager, kube-scheduler and kwok, all
-//! built from their Go modules and run as local processes on 127.0.0.1.
+//! The real test control plane for scale-agent, shared by `just up`, the end-to-end
+//! tests and the system benchmarks: etcd, kube-apiservers (one management cluster plus
+//! target clusters on the same etcd under their own prefixes), kube-controller-manager,
+//! kube-scheduler and kwok, all built from their Go modules and run as local processes on
+//! 127.0.0.1; and the components under test as processes (hub, agents, operator, nginx).
+//!
+//! The tests stand on three pieces, one place each:
+//! - [`Env`]: the control plane with the AgentShard CRD installed ([`crd::install`], the
+//!   one install `just up` and the benchmarks use too), a namespace per test and a folder
+//!   per test for the logs of what it starts;
+//! - [`runner`]: the one libtest-compatible runner of every test binary; it deletes a
+//!   passing test's namespaces and appends the [`diagnostics`] of a failing one;
+//! - fixtures on top: [`scenario`] (a hub and agents per test) and [`operator_env`] (an
+//!   [`Env`] plus the operator under test).
+//!
+//! Errors are this crate's [`Error`], except where a fixture hands on the tests' own
+//! (`anyhow`): [`scenario`], the runner's test bodies and setup hooks.
 //!
 //! ```no_run
 //! # async fn demo() -> scale_agent_e2e::Result<()> {
@@ -16,18 +29,26 @@ pub mod bins;
 pub mod certs;
 pub mod controlplane;
 pub mod converge;
+pub mod crd;
+pub mod diagnostics;
+mod env;
 mod error;
 pub mod hub;
 pub mod kubeconfig;
 pub mod kubectl;
+pub mod metrics;
 pub mod nginx;
 pub mod operator;
+pub mod operator_env;
 pub mod pods;
 pub mod ports;
 pub mod process;
+pub mod runner;
+pub mod scenario;
 pub mod wait;
 
 pub use controlplane::{Cluster, ControlPlane, MANAGEMENT, Options};
+pub use env::Env;
 
 /// A binary of this workspace (`scale-agent`, `scale-agent-hub`, `scale-agent-operator`),
 /// built by `cargo build --workspace --bins` (which `just test` runs first).

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::controlplane::http_get;
 use crate::ports::free_port;
-use crate::process::{Proc, tail};
-use crate::{ControlPlane, Error, Result};
+use crate::process::{Proc, files_under, tail};
+use crate::{ControlPlane, Error, Result, metrics, workspace_binary};
 
 /// The namespace of the operator's Lease and webhook certificate in the test environment.
 pub const NAMESPACE: &str = "scale-agent-system";
@@ -35,6 +35,9 @@ pub struct OperatorOptions {
     pub register_webhook: bool,
     /// The kubeconfig the operator uses; the management cluster's admin one when `None`.
     pub kubeconfig: Option<PathBuf>,
+    /// The folder whose `logs/` gets its log: a test's folder for an operator one test
+    /// starts; the control plane's run folder when `None`.
+    pub run_dir: Option<PathBuf>,
     /// More flags.
     pub extra_args: Vec<String>,
 }
@@ -50,6 +53,7 @@ impl Default for OperatorOptions {
             instance: "scale-agent-operator".into(),
             register_webhook: true,
             kubeconfig: None,
+            run_dir: None,
             extra_args: Vec::new(),
         }
     }
@@ -67,24 +71,17 @@ pub struct Operator {
     pub options: OperatorOptions,
 }
 
-/// The operator binary: `$SCALE_AGENT_OPERATOR_BIN`, else `target/debug/scale-agent-operator`
-/// of this workspace. Fails when it is missing, naming the command that builds it
-/// (`cargo test --workspace` builds it); warns when it is older than its sources.
+/// The operator binary: `$SCALE_AGENT_OPERATOR_BIN`, else this workspace's (see
+/// [`workspace_binary`]). Warns when it is older than its sources.
 pub fn binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("SCALE_AGENT_OPERATOR_BIN") {
         return Ok(PathBuf::from(p));
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug").join("scale-agent-operator");
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .map_err(|_| Error::Missing {
-            program: "scale-agent-operator",
-            install: "cargo build -p scale-agent-operator",
-        })?;
+    let bin = workspace_binary("scale-agent-operator")?;
+    let Ok(built) = std::fs::metadata(&bin).and_then(|m| m.modified()) else {
+        return Ok(bin);
+    };
     let newest = newest_mtime(&[root.join("operator/src"), root.join("crds/src")]);
     if newest.is_some_and(|n| n > built) {
         // Still usable; but say so, since the tests then run yesterday's operator.
@@ -97,37 +94,18 @@ pub fn binary() -> Result<PathBuf> {
 }
 
 fn newest_mtime(dirs: &[PathBuf]) -> Option<SystemTime> {
-    let mut newest = None;
-    let mut stack: Vec<PathBuf> = dirs.to_vec();
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
-                newest = Some(newest.map_or(m, |n: SystemTime| n.max(m)));
-            }
-        }
-    }
-    newest
+    dirs.iter()
+        .flat_map(|d| files_under(d))
+        .filter_map(|f| f.metadata().and_then(|m| m.modified()).ok())
+        .max()
 }
 
 /// Creates `namespace` unless it exists.
 pub fn ensure_namespace(cp: &ControlPlane, namespace: &str) -> Result<()> {
-    let yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n");
-    let out = cp.kubectl_stdin(["apply", "-f", "-"], &yaml)?;
-    if out.success {
-        Ok(())
-    } else {
-        Err(Error::Kubectl {
-            args: format!("apply namespace {namespace}"),
-            status: "non-zero exit".into(),
-            stderr: out.stderr,
-        })
-    }
+    cp.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
+    ))?;
+    Ok(())
 }
 
 impl Operator {
@@ -179,7 +157,8 @@ impl Operator {
             cmd.arg(format!("--default-image={image}"));
         }
         cmd.args(&options.extra_args);
-        let proc = Proc::spawn(&options.name, cmd, &cp.run_dir)?;
+        let run_dir = options.run_dir.as_deref().unwrap_or(&cp.run_dir);
+        let proc = Proc::spawn(&options.name, cmd, run_dir)?;
         let mut op = Operator {
             proc,
             admin_port,
@@ -229,19 +208,13 @@ impl Operator {
 
     /// Its `/metrics` text.
     pub async fn metrics(&self) -> Result<String> {
-        let raw = http_get(self.admin_port, "/metrics")
-            .await
-            .map_err(|e| Error::io("reading /metrics of", self.proc.log(), e))?;
-        Ok(raw
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or(raw))
+        metrics::scrape(&format!("127.0.0.1:{}", self.admin_port)).await
     }
 
-    /// The value of metric `name` (exact sample name with labels, e.g.
-    /// `scale_agent_operator_reconciles_total`), 0 when absent.
-    pub async fn metric(&self, name: &str) -> Result<f64> {
-        Ok(sample(&self.metrics().await?, name).unwrap_or(0.0))
+    /// The value of metric `series` (name with labels, as [`metrics::sample`] reads it),
+    /// 0 when absent.
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        Ok(metrics::sample(&self.metrics().await?, series).unwrap_or(0.0))
     }
 
     /// Whether it holds the leader Lease (its `leader` gauge).
@@ -281,14 +254,6 @@ pub fn service_account_kubeconfig(cp: &ControlPlane, rbac_yaml: &Path) -> Result
     Ok(path)
 }
 
-/// The value of sample `name` in Prometheus text `text`.
-pub fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (n, v) = l.rsplit_once(' ')?;
-        (n == name).then(|| v.parse().ok())?
-    })
-}
-
 /// Applies the examples of `manifests/examples/` (`dir`) for `just up`: first a kubeconfig
 /// Secret per account, built from the target clusters' kubeconfigs
 /// (`kc-<target>` in each example namespace), then the shards.
@@ -297,27 +262,7 @@ pub fn apply_examples(cp: &ControlPlane, dir: &Path) -> Result<()> {
     for ns in namespaces {
         ensure_namespace(cp, ns)?;
         for t in &cp.targets {
-            let kubeconfig = t.kubeconfig.display().to_string();
-            let secret = cp.kubectl([
-                "create",
-                "secret",
-                "generic",
-                &format!("kc-{}", t.name),
-                "-n",
-                ns,
-                &format!("--from-file=kubeconfig={kubeconfig}"),
-                "--dry-run=client",
-                "-o",
-                "yaml",
-            ])?;
-            let out = cp.kubectl_stdin(["apply", "-f", "-"], &secret)?;
-            if !out.success {
-                return Err(Error::Kubectl {
-                    args: format!("apply secret kc-{} -n {ns}", t.name),
-                    status: "non-zero exit".into(),
-                    stderr: out.stderr,
-                });
-            }
+            cp.kubeconfig_secret(ns, &format!("kc-{}", t.name), &t.kubeconfig)?;
         }
     }
     // Shards in file order: the conflicting pair's owner is applied (and so created) first.
@@ -385,21 +330,4 @@ pub async fn up(
 fn base64_std(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sample;
-
-    #[test]
-    fn reads_samples() {
-        let text = "# HELP x\nscale_agent_operator_leader 1\nscale_agent_operator_reconciles_total 12\nfoo{a=\"b\"} 3\n";
-        assert_eq!(sample(text, "scale_agent_operator_leader"), Some(1.0));
-        assert_eq!(
-            sample(text, "scale_agent_operator_reconciles_total"),
-            Some(12.0)
-        );
-        assert_eq!(sample(text, "foo{a=\"b\"}"), Some(3.0));
-        assert_eq!(sample(text, "missing"), None);
-    }
 }

@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 
 use crate::ports::free_port;
 use crate::process::Proc;
-use crate::{Error, Result};
+use crate::{ControlPlane, Error, Result, workspace_binary};
 
 /// The labels of agent pods.
 pub const AGENT_SELECTOR: &str =
@@ -64,6 +64,20 @@ pub struct RunnerConfig {
     pub env: Vec<(String, String)>,
     /// Extra arguments for every agent (e.g. shorter lease timings for tests).
     pub args: Vec<String>,
+}
+
+impl RunnerConfig {
+    /// Agents of this workspace's `scale-agent` binary, logging at `info`, reaching the
+    /// management cluster of `cp` as its admin, with their files and logs under `run_dir`.
+    pub fn new(cp: &ControlPlane, run_dir: PathBuf) -> Result<RunnerConfig> {
+        Ok(RunnerConfig {
+            agent_bin: workspace_binary("scale-agent")?,
+            kubeconfig: cp.management.kubeconfig.clone(),
+            run_dir,
+            env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
+            args: Vec::new(),
+        })
+    }
 }
 
 impl PodRunner {

@@ -3,23 +3,22 @@
 //! cluster (zero missing, zero stale, zero extra) and prints how long convergence took
 //! after the fault ended. The tests run one after another: they stop shared parts.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use common::Env;
-use common::agents::*;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams};
 use nix::sys::signal::Signal;
 use scale_agent_crds::{AgentConfig, BudgetConfig, ShardRef, TlsConfig, shard_identity_uri};
 use scale_agent_e2e::agent::AgentProcess;
-use scale_agent_e2e::converge::{account_state, configmaps, converge, metric, put_cm, wait_state};
+use scale_agent_e2e::converge::{account_state, configmaps, converge, put_cm, wait_state};
+use scale_agent_e2e::metrics::metric;
 use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
-use scale_agent_e2e::wait;
+use scale_agent_e2e::process::rss_kib;
+use scale_agent_e2e::scenario::*;
+use scale_agent_e2e::{Env, runner, wait};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -28,7 +27,7 @@ const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
 const KEEPALIVE_SECS: u64 = 2;
 
 fn main() {
-    common::main_with(
+    runner::main_with(
         &TARGETS,
         vec![
             ("fault_1_nginx_stopped_and_started", |e| {
@@ -124,7 +123,7 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
             tls_key: lb_cert.key_file,
             client_ca: pki.ca_file.clone(),
         },
-        &env.cp.run_dir.join(&s.ns),
+        &env.test_dir(&s.ns),
     )
     .await?;
     let identity = shard_identity_uri(&ShardRef::new(s.ns.clone(), name.to_string()));
@@ -596,7 +595,7 @@ async fn reconnect_storm(env: Arc<Env>) -> anyhow::Result<()> {
     let hub_admin = rig.s.hub.http.trim_start_matches("http://").to_string();
     let sessions = |want: u64| {
         let hub_admin = hub_admin.clone();
-        async move { (metric(&hub_admin, "scaleagent_hub_sessions").await >= want).then_some(()) }
+        async move { (metric(&hub_admin, "scale_agent_hub_sessions").await >= want).then_some(()) }
     };
     let all = (AGENTS + 1) as u64;
     wait::until("every agent connected", Duration::from_secs(60), || {
@@ -719,16 +718,4 @@ async fn connection_age(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }

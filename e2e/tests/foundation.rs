@@ -2,21 +2,18 @@
 //! server itself validates AgentShards, kwok makes Deployments Available, and the garbage
 //! collector removes dependents.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use common::Env;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, PostParams};
 use scale_agent_e2e::kubectl::table;
-use scale_agent_e2e::wait;
+use scale_agent_e2e::{Env, diagnostics, runner, wait};
 
 fn main() {
-    common::main(
+    runner::main(
         &[],
         vec![
             ("crd_is_served_with_names_and_categories", |e| {
@@ -42,6 +39,9 @@ fn main() {
             }),
             ("garbage_collector_removes_dependents", |e| {
                 Box::pin(gc_removes_dependent(e))
+            }),
+            ("failure_report_shows_the_namespace_and_its_logs", |e| {
+                Box::pin(failure_report(e))
             }),
         ],
     );
@@ -101,7 +101,6 @@ async fn crd_is_served(env: Arc<Env>) -> anyhow::Result<()> {
         out.trim() == "agentshard.scaleagent.dev/by-category",
         "kubectl get scaleagent printed {out:?}"
     );
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -167,7 +166,6 @@ async fn get_ash_wide(env: Arc<Env>) -> anyhow::Result<()> {
         "jsonpath={.spec.budget.concurrentSyncs} {.spec.budget.maxBufferedBytes}",
     ])?;
     ensure!(budget == "4 64Mi", "budget defaults were {budget:?}");
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -186,7 +184,6 @@ async fn rejects_duplicates(env: Arc<Env>) -> anyhow::Result<()> {
         "unexpected error: {}",
         out.stderr
     );
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -208,7 +205,6 @@ async fn rejects_invalid_name(env: Arc<Env>) -> anyhow::Result<()> {
             out.stderr
         );
     }
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -227,7 +223,6 @@ async fn rejects_unknown_field(env: Arc<Env>) -> anyhow::Result<()> {
         "unexpected error: {}",
         out.stderr
     );
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -246,7 +241,6 @@ async fn rejects_cel_rule(env: Arc<Env>) -> anyhow::Result<()> {
         "the CEL message should name both fields: {}",
         out.stderr
     );
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -291,7 +285,6 @@ async fn deployment_available(env: Arc<Env>) -> anyhow::Result<()> {
             .unwrap_or_default();
         bail!("{e}\n{pods}");
     }
-    env.drop_namespace(&ns).await;
     Ok(())
 }
 
@@ -324,6 +317,64 @@ async fn gc_removes_dependent(env: Arc<Env>) -> anyhow::Result<()> {
         },
     )
     .await?;
-    env.drop_namespace(&ns).await;
+    Ok(())
+}
+
+/// What a failed test prints, built from a real namespace: the shard's status as the
+/// status subresource holds it, the namespace's Events, the end of a component's log in
+/// the test's folder, and only the lines of a shared log that name the namespace.
+async fn failure_report(env: Arc<Env>) -> anyhow::Result<()> {
+    let ns = env.namespace("report").await?;
+    env.apply(&shard(&ns, "reported", &account("rep-1")))?;
+    env.cp.kubectl([
+        "patch",
+        "ash",
+        "reported",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"observedGeneration":1,"conditions":[{"type":"Ready","status":"False","reason":"StatusReason","message":"the status the report shows","lastTransitionTime":"2025-01-01T00:00:00Z"}]}}"#,
+    ])?;
+    env.apply(&format!(
+        "apiVersion: v1\nkind: Event\nmetadata:\n  name: reported.1\n  namespace: {ns}\ninvolvedObject:\n  apiVersion: scaleagent.dev/v1alpha1\n  kind: AgentShard\n  name: reported\n  namespace: {ns}\nreason: EventReason\nmessage: the event the report shows\ntype: Warning\nsource:\n  component: e2e\n"
+    ))?;
+    let logs = env.test_dir(&ns).join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let hub_log: String = (1..=100).map(|i| format!("hub line {i}\n")).collect();
+    std::fs::write(logs.join("hub.log"), hub_log)?;
+    let shared = env.test_dir(&ns).join("shared.txt");
+    std::fs::write(
+        &shared,
+        format!("about {ns}/reported\nabout another-namespace/x\n"),
+    )?;
+
+    let report = diagnostics::report(&env, std::slice::from_ref(&ns), &[shared]);
+    for expected in [
+        // The objects, the status and the Events of the namespace.
+        "agentshard.scaleagent.dev/reported",
+        "reason: StatusReason",
+        "the status the report shows",
+        "EventReason",
+        "the event the report shows",
+        // The end of the component's log, bounded.
+        "hub line 100\n",
+        "hub line 71\n",
+        "(70 earlier lines left out)",
+        // The shared log's line about this test.
+        &format!("about {ns}/reported"),
+    ] {
+        ensure!(
+            report.contains(expected),
+            "the report lacks {expected:?}:\n{report}"
+        );
+    }
+    for unexpected in ["hub line 70\n", "another-namespace", "failed:"] {
+        ensure!(
+            !report.contains(unexpected),
+            "the report shows {unexpected:?}:\n{report}"
+        );
+    }
     Ok(())
 }

@@ -8,29 +8,25 @@
 //! One account streams the management cluster (it has controllers and kwok, so
 //! Deployments roll out, Jobs run and Events exist), another a bare target cluster.
 
-mod common;
-
-use common::agents::*;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use common::Env;
 use scale_agent_crds::{AccountConfig, ShardRef, TlsConfig, shard_identity_uri};
 use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::converge::wait_state;
 use scale_agent_e2e::kubectl::{self, Output};
 use scale_agent_e2e::ports::free_port;
-use scale_agent_e2e::wait;
+use scale_agent_e2e::scenario::*;
+use scale_agent_e2e::{Env, runner, wait};
 use serde_json::{Value, json};
 
 const TARGET: &str = "cluster-1";
 
 fn main() {
-    common::main(
+    runner::main(
         &[TARGET],
         vec![
             (
@@ -87,7 +83,10 @@ async fn rig(env: &Env, name: &str, extra_hub_args: &[&str]) -> anyhow::Result<R
     let pki = &env.cp.pki;
     let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
     let port = free_port()?;
-    let dir = env.cp.run_dir.join(format!("kubeapi-{name}"));
+    let dir = env
+        .cp
+        .run_dir
+        .join(format!("kubeapi-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mgmt = format!("{name}-mgmt");
     let target = format!("{name}-target");
@@ -173,7 +172,7 @@ async fn rig(env: &Env, name: &str, extra_hub_args: &[&str]) -> anyhow::Result<R
         hub_kubeconfig,
         ca_file: pki.ca_file.clone(),
         direct: env.cp.management.kubeconfig.clone(),
-        hub_log: env.cp.run_dir.join(&s.ns).join("logs/hub.log"),
+        hub_log: env.test_dir(&s.ns).join("logs/hub.log"),
         s,
     })
 }
@@ -1015,7 +1014,7 @@ async fn streaming(env: Arc<Env>) -> anyhow::Result<()> {
     }
     let hub_metrics = format!("{}/metrics", rig.s.hub.http);
     let agent_metrics = format!("http://{}/metrics", rig.agent.admin);
-    let in_flight = metric(&hub_metrics, "scaleagent_hub_kube_api_requests_in_flight").await?;
+    let in_flight = metric(&hub_metrics, "scale_agent_hub_kube_api_requests_in_flight").await?;
     ensure!(in_flight >= 5.0, "hub requests in flight: {in_flight}");
     let started = Instant::now();
     scale_agent_e2e::converge::put_cm(&cms, "while-held", "v").await?;
@@ -1042,7 +1041,7 @@ async fn streaming(env: Arc<Env>) -> anyhow::Result<()> {
         "held requests cancelled",
         Duration::from_secs(10),
         || async {
-            let hub = metric(&hub_metrics, "scaleagent_hub_kube_api_requests_in_flight")
+            let hub = metric(&hub_metrics, "scale_agent_hub_kube_api_requests_in_flight")
                 .await
                 .ok()?;
             let agent = metric(&agent_metrics, "scale_agent_kube_api_requests_in_flight")

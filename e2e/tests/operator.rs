@@ -5,14 +5,13 @@
 //! status, garbage collection, `kubectl wait`, no status write on a no-op reconcile, and
 //! a second operator that stays standby.
 
-mod operator_env;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -20,11 +19,13 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use operator_env::{Env, in_namespace, shard_yaml};
 use scale_agent_crds::{AccountState, AgentConfig, AgentShard, CONFIG_KEY, condition_type};
 use scale_agent_e2e::kubectl::table;
 use scale_agent_e2e::operator::{Operator, OperatorOptions};
+use scale_agent_e2e::operator_env::{self, OperatorEnv, shard_yaml};
+use scale_agent_e2e::runner::in_namespace;
 use scale_agent_e2e::wait;
+use serde::de::DeserializeOwned;
 
 fn main() {
     operator_env::main(
@@ -72,7 +73,7 @@ fn ready(s: &AgentShard) -> bool {
     s.status_is_current() && s.is_condition_true(condition_type::READY)
 }
 
-async fn deployment(env: &Env, ns: &str, name: &str) -> anyhow::Result<Deployment> {
+async fn deployment(env: &OperatorEnv, ns: &str, name: &str) -> anyhow::Result<Deployment> {
     let api: Api<Deployment> = Api::namespaced(env.client().await?, ns);
     Ok(api.get(&format!("{name}-agent")).await?)
 }
@@ -86,7 +87,31 @@ fn controller_uid<K: Resource>(obj: &K) -> Option<String> {
         .map(|o| o.uid.clone())
 }
 
-async fn children(env: Arc<Env>) -> anyhow::Result<()> {
+/// Child `name` of kind `K` in `ns`, failing unless the shard with uid `shard_uid`
+/// controls it.
+async fn controlled_child<K>(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    shard_uid: &str,
+) -> anyhow::Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let child = Api::<K>::namespaced(client.clone(), ns).get(name).await?;
+    let owner = controller_uid(&child);
+    ensure!(
+        owner.as_deref() == Some(shard_uid),
+        "{} {name} is not controlled by the shard (owner {owner:?})",
+        K::kind(&())
+    );
+    Ok(child)
+}
+
+async fn children(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "children", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.apply(&shard_yaml(
@@ -98,53 +123,13 @@ async fn children(env: Arc<Env>) -> anyhow::Result<()> {
         let shard = env.wait_shard("east Ready", &ns, "east", 60, ready).await?;
         let uid = shard.uid().context("shard uid")?;
         let client = env.client().await?;
-        let check = |what: &str, owner: Option<String>| -> anyhow::Result<()> {
-            ensure!(
-                owner.as_deref() == Some(uid.as_str()),
-                "{what} is not controlled by the shard (owner {owner:?})"
-            );
-            Ok(())
-        };
-        let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
-            .get("east-agent-config")
-            .await?;
-        check("ConfigMap", controller_uid(&cm))?;
-        let secret = Api::<Secret>::namespaced(client.clone(), &ns)
-            .get("east-agent-kubeconfigs")
-            .await?;
-        check("Secret", controller_uid(&secret))?;
-        let dep = Api::<Deployment>::namespaced(client.clone(), &ns)
-            .get("east-agent")
-            .await?;
-        check("Deployment", controller_uid(&dep))?;
-        let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
-            .get("east-agent")
-            .await?;
-        check("PodDisruptionBudget", controller_uid(&pdb))?;
-        check(
-            "ServiceAccount",
-            controller_uid(
-                &Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-                    .get("east-agent")
-                    .await?,
-            ),
-        )?;
-        check(
-            "Role",
-            controller_uid(
-                &Api::<Role>::namespaced(client.clone(), &ns)
-                    .get("east-agent")
-                    .await?,
-            ),
-        )?;
-        check(
-            "RoleBinding",
-            controller_uid(
-                &Api::<RoleBinding>::namespaced(client.clone(), &ns)
-                    .get("east-agent")
-                    .await?,
-            ),
-        )?;
+        let cm: ConfigMap = controlled_child(&client, &ns, "east-agent-config", &uid).await?;
+        let secret: Secret = controlled_child(&client, &ns, "east-agent-kubeconfigs", &uid).await?;
+        let dep: Deployment = controlled_child(&client, &ns, "east-agent", &uid).await?;
+        controlled_child::<PodDisruptionBudget>(&client, &ns, "east-agent", &uid).await?;
+        controlled_child::<ServiceAccount>(&client, &ns, "east-agent", &uid).await?;
+        controlled_child::<Role>(&client, &ns, "east-agent", &uid).await?;
+        controlled_child::<RoleBinding>(&client, &ns, "east-agent", &uid).await?;
         // Field manager of the operator's writes.
         ensure!(
             cm.managed_fields()
@@ -211,7 +196,7 @@ async fn children(env: Arc<Env>) -> anyhow::Result<()> {
     .await
 }
 
-async fn account_edit(env: Arc<Env>) -> anyhow::Result<()> {
+async fn account_edit(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "acct-edit", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.kubeconfig_secret(&ns, "kc-b")?;
@@ -259,7 +244,7 @@ async fn account_edit(env: Arc<Env>) -> anyhow::Result<()> {
     .await
 }
 
-async fn image_change(env: Arc<Env>) -> anyhow::Result<()> {
+async fn image_change(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "image", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.apply(&shard_yaml(
@@ -306,10 +291,9 @@ async fn image_change(env: Arc<Env>) -> anyhow::Result<()> {
     .await
 }
 
-async fn conflict(env: Arc<Env>) -> anyhow::Result<()> {
-    let env2 = env.clone();
+async fn conflict(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     let owner_ns = env.namespace("conflict-owner").await?;
-    let result = in_namespace(env, "conflict-late", |env, ns| {
+    in_namespace(env, "conflict-late", |env, ns| {
         let owner_ns = owner_ns.clone();
         async move {
             env.kubeconfig_secret(&owner_ns, "kc-x")?;
@@ -414,15 +398,12 @@ async fn conflict(env: Arc<Env>) -> anyhow::Result<()> {
             Ok(())
         }
     })
-    .await;
-    env2.drop_namespace(&owner_ns).await;
-    result
+    .await
 }
 
-async fn handoff(env: Arc<Env>) -> anyhow::Result<()> {
-    let env2 = env.clone();
+async fn handoff(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     let owner_ns = env.namespace("handoff-owner").await?;
-    let result = in_namespace(env, "handoff-next", |env, ns| {
+    in_namespace(env, "handoff-next", |env, ns| {
         let owner_ns = owner_ns.clone();
         async move {
             let x = format!("handoff-{}", std::process::id());
@@ -471,12 +452,10 @@ async fn handoff(env: Arc<Env>) -> anyhow::Result<()> {
             Ok(())
         }
     })
-    .await;
-    env2.drop_namespace(&owner_ns).await;
-    result
+    .await
 }
 
-async fn move_account(env: Arc<Env>) -> anyhow::Result<()> {
+async fn move_account(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "move", |env, ns| async move {
         // a serves x and 20 more accounts (so its reconcile is the slower one), b one.
         let fillers: Vec<String> = (0..20).map(|i| format!("fill-{i}")).collect();
@@ -600,7 +579,7 @@ async fn move_account(env: Arc<Env>) -> anyhow::Result<()> {
     .await
 }
 
-async fn invalid_accounts(env: Arc<Env>) -> anyhow::Result<()> {
+async fn invalid_accounts(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "invalid", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-good")?;
         env.apply(&format!(
@@ -648,7 +627,7 @@ async fn invalid_accounts(env: Arc<Env>) -> anyhow::Result<()> {
     .await
 }
 
-async fn deletion(env: Arc<Env>) -> anyhow::Result<()> {
+async fn deletion(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "gc", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.apply(&shard_yaml(
@@ -703,7 +682,7 @@ async fn deletion(env: Arc<Env>) -> anyhow::Result<()> {
     .await
 }
 
-async fn kubectl_wait(env: Arc<Env>) -> anyhow::Result<()> {
+async fn kubectl_wait(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "wait", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.apply(&shard_yaml(&ns, "waited", &[("a", "kc-a")], ""))?;
@@ -741,7 +720,7 @@ async fn kubectl_wait(env: Arc<Env>) -> anyhow::Result<()> {
 }
 
 /// Lines of the operator's log saying shard `key` was reconciled.
-async fn reconciles_logged(env: &Env, key: &str) -> anyhow::Result<usize> {
+async fn reconciles_logged(env: &OperatorEnv, key: &str) -> anyhow::Result<usize> {
     let guard = env.op.lock().await;
     let op = guard.as_ref().context("no operator")?;
     let text = std::fs::read_to_string(op.log())?;
@@ -752,7 +731,7 @@ async fn reconciles_logged(env: &Env, key: &str) -> anyhow::Result<usize> {
         .count())
 }
 
-async fn no_op(env: Arc<Env>) -> anyhow::Result<()> {
+async fn no_op(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "noop", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.apply(&shard_yaml(&ns, "quiet", &[("a", "kc-a")], ""))?;
@@ -820,7 +799,7 @@ async fn no_op(env: Arc<Env>) -> anyhow::Result<()> {
     .await
 }
 
-async fn paused(env: Arc<Env>) -> anyhow::Result<()> {
+async fn paused(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "paused", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.apply(&shard_yaml(
@@ -857,7 +836,7 @@ async fn paused(env: Arc<Env>) -> anyhow::Result<()> {
     .await
 }
 
-async fn standby(env: Arc<Env>) -> anyhow::Result<()> {
+async fn standby(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "standby", |env, ns| async move {
         let options = {
             let guard = env.op.lock().await;
@@ -866,6 +845,7 @@ async fn standby(env: Arc<Env>) -> anyhow::Result<()> {
             OperatorOptions {
                 name: "operator-standby".into(),
                 register_webhook: false,
+                run_dir: Some(env.test_dir(&ns)),
                 ..first.options.clone()
             }
         };

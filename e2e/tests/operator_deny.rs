@@ -2,15 +2,14 @@
 //! because it needs an operator configured differently and it stops the leader. Its
 //! operators run as the ServiceAccount of `manifests/operator/rbac.yaml`.
 
-mod operator_env;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use operator_env::{Env, in_namespace, shard_yaml};
 use scale_agent_crds::{AccountState, condition_type};
 use scale_agent_e2e::operator::{Operator, OperatorOptions, service_account_kubeconfig};
+use scale_agent_e2e::operator_env::{self, OperatorEnv, shard_yaml};
+use scale_agent_e2e::runner::in_namespace;
 use scale_agent_e2e::wait;
 
 fn main() {
@@ -39,10 +38,9 @@ fn main() {
     );
 }
 
-async fn deny(env: Arc<Env>) -> anyhow::Result<()> {
-    let env2 = env.clone();
+async fn deny(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     let owner_ns = env.namespace("deny-owner").await?;
-    let result = in_namespace(env, "deny-late", |env, ns| {
+    in_namespace(env, "deny-late", |env, ns| {
         let owner_ns = owner_ns.clone();
         async move {
             env.kubeconfig_secret(&owner_ns, "kc-x")?;
@@ -93,12 +91,10 @@ async fn deny(env: Arc<Env>) -> anyhow::Result<()> {
             Ok(())
         }
     })
-    .await;
-    env2.drop_namespace(&owner_ns).await;
-    result
+    .await
 }
 
-async fn failover(env: Arc<Env>) -> anyhow::Result<()> {
+async fn failover(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "failover", |env, ns| async move {
         let options = {
             let guard = env.op.lock().await;
@@ -106,6 +102,7 @@ async fn failover(env: Arc<Env>) -> anyhow::Result<()> {
             ensure!(first.is_leader().await, "the first operator does not lead");
             OperatorOptions {
                 name: "operator-deny-2".into(),
+                run_dir: Some(env.test_dir(&ns)),
                 ..first.options.clone()
             }
         };

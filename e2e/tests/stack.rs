@@ -3,21 +3,18 @@
 //! stand-in kubelet), and the agents stream the target clusters to the hub. Scaling,
 //! editing and deleting the shard reach the running agents.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use common::Env;
-use common::agents::{account, config, kubeconfigs, scenario_with, start_agent};
 use scale_agent_e2e::converge::{account_state, configmaps, converge, put_cm, wait_state};
 use scale_agent_e2e::operator::{Operator, OperatorOptions};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
-use scale_agent_e2e::{wait, workspace_binary};
+use scale_agent_e2e::scenario::{account, config, kubeconfigs, scenario_with, start_agent};
+use scale_agent_e2e::{Env, runner, wait};
 
 fn main() {
-    common::main(
+    runner::main(
         &["cluster-1", "cluster-2"],
         vec![(
             "agentshard_applied_with_kubectl_streams_through_real_agents",
@@ -61,6 +58,7 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
         cp,
         OperatorOptions {
             default_hub: Some(s.hub.grpc.clone()),
+            run_dir: Some(env.test_dir(&ns)),
             ..OperatorOptions::default()
         },
     )
@@ -68,15 +66,12 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
     let pods = PodRunner::start(
         cp.client().await?,
         RunnerConfig {
-            agent_bin: workspace_binary("scale-agent")?,
-            kubeconfig: cp.management.kubeconfig.clone(),
-            run_dir: cp.run_dir.join(&ns),
-            env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
             args: vec![
                 "--lease-renew-millis=500".into(),
                 "--lease-duration-seconds=4".into(),
                 "--reload-millis=500".into(),
             ],
+            ..RunnerConfig::new(cp, env.test_dir(&ns))?
         },
     );
     for (i, c) in ["cluster-1", "cluster-2"].iter().enumerate() {

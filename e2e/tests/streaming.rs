@@ -4,16 +4,11 @@
 //! accounts; relists after a watch expired. Every scenario ends with the hub's cache
 //! equal to a fresh list of the cluster.
 
-mod common;
-
-use common::agents::*;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use common::Env;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams};
@@ -23,7 +18,8 @@ use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::converge::{
     account_state, configmaps, converge, hub_snapshot, put_cm, wait_state,
 };
-use scale_agent_e2e::wait;
+use scale_agent_e2e::scenario::*;
+use scale_agent_e2e::{Env, runner, wait};
 use serde_json::json;
 
 const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
@@ -31,7 +27,7 @@ const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
 const RESTARTED: &str = "cluster-restarted";
 
 fn main() {
-    common::main(
+    runner::main(
         &[TARGETS[0], TARGETS[1], TARGETS[2], RESTARTED],
         vec![
             ("objects_created_changed_deleted_reach_the_hub", |e| {
@@ -602,5 +598,5 @@ async fn relists(agent: &AgentProcess) -> u64 {
 }
 
 async fn metric(agent: &AgentProcess, name: &str) -> u64 {
-    scale_agent_e2e::converge::metric(&agent.admin, name).await
+    scale_agent_e2e::metrics::metric(&agent.admin, name).await
 }

@@ -34,11 +34,11 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
-use scale_agent_hub::identity::{IdentityPolicy, IdentitySource};
+use scale_agent_hub::Config;
+use scale_agent_hub::identity::IdentitySource;
 use scale_agent_hub::registry::{SessionId, ShardKey, validate_name};
 use scale_agent_hub::session::Session;
-use scale_agent_hub::state::{SessionHandle, Settings, Shared};
-use scale_agent_hub::store::Store;
+use scale_agent_hub::state::{SessionHandle, Shared};
 use scale_agent_proto::v1::{self as pb, AgentFrame, HubFrame, agent_frame, hub_frame};
 use tokio::sync::mpsc;
 
@@ -208,6 +208,7 @@ impl Frame {
                         cluster_id: a.cluster.get("cluster-"),
                         server_url: "https://k8s".into(),
                         kubernetes_version: "v1.36.0".into(),
+                        ..Default::default()
                     })
                     .collect(),
             })),
@@ -250,6 +251,7 @@ impl Frame {
                 kind: kind.get(),
                 mode: i32::from(*mode % 4),
                 resource_version: rv.get(""),
+                ..Default::default()
             })),
             Frame::SyncEnd {
                 account,
@@ -322,21 +324,11 @@ fn shard_of(slot: usize) -> ShardKey {
 
 impl Hub {
     fn new(grace_period: Duration) -> Hub {
-        let settings = Settings {
-            hub_id: "hub-fuzz".into(),
+        let config = Config {
             grace_period,
-            heartbeat_interval: Duration::from_secs(15),
-            max_message_bytes: 1 << 20,
-            initial_window_bytes: 1 << 20,
-            default_operation_timeout: Duration::from_secs(60),
-            hello_timeout: Duration::from_secs(30),
-            identity: IdentityPolicy::default(),
-            ownership: None,
-            max_connection_age: None,
-            max_connection_age_grace: Duration::from_secs(30),
+            ..Config::local()
         };
-        let store = Store::open(None).expect("in-memory store");
-        let shared = Shared::new(settings, store, tokio_util::sync::CancellationToken::new())
+        let shared = Shared::new(config, None, tokio_util::sync::CancellationToken::new())
             .expect("shared state");
         let mut hub = Hub {
             shared,
@@ -357,25 +349,13 @@ impl Hub {
         self.generation += 1;
         let id: SessionId = Arc::from(format!("slot{slot}-{}", self.generation));
         let (tx, rx) = mpsc::channel(1024);
-        let shard = shard_of(slot);
-        let replica = format!("replica-{}", slot % 2);
-        self.shared.add_session(
-            id.clone(),
-            SessionHandle {
-                tx: tx.clone(),
-                shard: shard.clone(),
-                replica: replica.clone(),
-            },
-        );
+        let handle = SessionHandle {
+            tx,
+            shard: shard_of(slot),
+            replica: format!("replica-{}", slot % 2),
+        };
         Slot {
-            session: Session {
-                shared: Arc::clone(&self.shared),
-                id,
-                shard,
-                replica,
-                tx,
-                identity: IdentitySource::Hello,
-            },
+            session: Session::open(Arc::clone(&self.shared), id, handle, IdentitySource::Hello),
             rx,
         }
     }

@@ -385,17 +385,27 @@ mod tests {
         }
     }
 
+    fn upsert(c: &mut AccountCache, k: &KindKey, name: &str, rv: &str) {
+        c.apply(event(Change::Upsert, k, "a", name, rv));
+    }
+
+    /// A cache holding Deployment `a/<name>` at resourceVersion 1.
+    fn holding(name: &str) -> (AccountCache, KindKey) {
+        let mut c = AccountCache::default();
+        let k = deploy();
+        upsert(&mut c, &k, name, "1");
+        (c, k)
+    }
+
     fn names(cache: &AccountCache) -> Vec<String> {
         cache.objects().map(|(k, _)| k.name.clone()).collect()
     }
 
     #[test]
     fn events_apply_in_order_and_deletes_remove() {
-        let mut c = AccountCache::default();
-        let k = deploy();
-        c.apply(event(Change::Upsert, &k, "a", "web", "1"));
-        c.apply(event(Change::Upsert, &k, "a", "web", "2"));
-        c.apply(event(Change::Upsert, &k, "a", "api", "3"));
+        let (mut c, k) = holding("web");
+        upsert(&mut c, &k, "web", "2");
+        upsert(&mut c, &k, "api", "3");
         c.apply(event(Change::Delete, &k, "a", "api", "4"));
         assert_eq!(names(&c), ["web"]);
         let key = ObjectKey {
@@ -407,7 +417,7 @@ mod tests {
         assert_eq!(c.get(&key).map(|o| o.resource_version.as_str()), Some("2"));
         // Delete then re-create keeps the re-created one.
         c.apply(event(Change::Delete, &k, "a", "web", "5"));
-        c.apply(event(Change::Upsert, &k, "a", "web", "6"));
+        upsert(&mut c, &k, "web", "6");
         assert_eq!(c.get(&key).map(|o| o.resource_version.as_str()), Some("6"));
         assert_eq!(c.resume_points()[0].resource_version, "6");
     }
@@ -420,15 +430,15 @@ mod tests {
             group: String::new(),
             kind: "Service".into(),
         };
-        c.apply(event(Change::Upsert, &k, "a", "stays", "1"));
-        c.apply(event(Change::Upsert, &k, "a", "vanished", "2"));
+        upsert(&mut c, &k, "stays", "1");
+        upsert(&mut c, &k, "vanished", "2");
         c.apply(event(Change::Upsert, &svc, "a", "other-kind", "3"));
         c.sync_start(&k, "v1", SyncMode::FullRelist);
         assert!(
             c.resume_points().iter().all(|p| p.kind != k),
             "no resume point mid-relist"
         );
-        c.apply(event(Change::Upsert, &k, "a", "stays", "10"));
+        upsert(&mut c, &k, "stays", "10");
         c.apply(event(Change::Upsert, &k, "b", "new", "11"));
         let outcome = c.sync_end(&k, "v1", "12", 2);
         assert_eq!(outcome.dropped, 1);
@@ -443,22 +453,18 @@ mod tests {
 
     #[test]
     fn resumed_watch_drops_nothing() {
-        let mut c = AccountCache::default();
-        let k = deploy();
-        c.apply(event(Change::Upsert, &k, "a", "web", "1"));
+        let (mut c, k) = holding("web");
         c.sync_start(&k, "v1", SyncMode::ResumedWatch);
-        c.apply(event(Change::Upsert, &k, "a", "api", "2"));
+        upsert(&mut c, &k, "api", "2");
         assert_eq!(c.sync_end(&k, "v1", "3", 0).dropped, 0);
         assert_eq!(names(&c), ["api", "web"]);
     }
 
     #[test]
     fn count_mismatch_keeps_objects_and_forces_relist() {
-        let mut c = AccountCache::default();
-        let k = deploy();
-        c.apply(event(Change::Upsert, &k, "a", "web", "1"));
+        let (mut c, k) = holding("web");
         c.sync_start(&k, "v1", SyncMode::FullRelist);
-        c.apply(event(Change::Upsert, &k, "a", "api", "2"));
+        upsert(&mut c, &k, "api", "2");
         let outcome = c.sync_end(&k, "v1", "3", 5);
         assert!(outcome.count_mismatch);
         assert_eq!(names(&c), ["api", "web"]);
@@ -467,21 +473,17 @@ mod tests {
 
     #[test]
     fn a_new_sync_start_replaces_the_open_one() {
-        let mut c = AccountCache::default();
-        let k = deploy();
-        c.apply(event(Change::Upsert, &k, "a", "old", "1"));
+        let (mut c, k) = holding("old");
         c.sync_start(&k, "v1", SyncMode::ResumedWatch);
         c.sync_start(&k, "v1", SyncMode::FullRelist);
-        c.apply(event(Change::Upsert, &k, "a", "fresh", "2"));
+        upsert(&mut c, &k, "fresh", "2");
         assert_eq!(c.sync_end(&k, "v1", "3", 1).dropped, 1);
         assert_eq!(names(&c), ["fresh"]);
     }
 
     #[test]
     fn abandoned_relist_has_no_resume_point_and_later_relist_sweeps() {
-        let mut c = AccountCache::default();
-        let k = deploy();
-        c.apply(event(Change::Upsert, &k, "a", "web", "1"));
+        let (mut c, k) = holding("web");
         c.sync_start(&k, "v1", SyncMode::FullRelist);
         c.abandon_open_syncs();
         assert!(c.resume_points().is_empty());

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
+use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
+use scale_agent_hub::{Config, Error, ShardSource, TlsConfig};
 pub use scale_agent_runtime::LogFormat;
 use scale_agent_runtime::parse_duration;
 
@@ -82,7 +84,7 @@ pub struct Args {
     /// The header a trusted proxy forwards the verified client certificate
     /// in, as URL-encoded PEM (nginx: `grpc_set_header x-client-cert
     /// $ssl_client_escaped_cert;`). Plain PEM is accepted too.
-    #[arg(long, value_name = "NAME", default_value = "x-client-cert")]
+    #[arg(long, value_name = "NAME", default_value = "x-client-cert", value_parser = parse_header_name)]
     pub client_cert_header: String,
 
     /// Enforce account ownership: watch the AgentShards of this namespace
@@ -148,6 +150,54 @@ pub struct Args {
 
 fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
     scale_agent_hub::identity::parse_cidr(text)
+}
+
+fn parse_header_name(text: &str) -> Result<String, String> {
+    scale_agent_hub::identity::check_header_name(text).map(|()| text.to_owned())
+}
+
+impl Args {
+    /// The hub's settings these flags ask for; the TLS files are read here,
+    /// so a missing or unreadable one stops the hub before it listens.
+    pub fn into_config(self) -> Result<Config, Error> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsConfig::from_files(cert, key, self.client_ca.as_deref())?)
+            }
+            _ => None,
+        };
+        let authorize = (!self.authorize_shards.is_empty()).then(|| ShardSource::Watch {
+            // `*` anywhere means every namespace.
+            namespaces: if self.authorize_shards.iter().any(|n| n == "*") {
+                Vec::new()
+            } else {
+                self.authorize_shards
+            },
+            client: None,
+        });
+        let kube_api = match (self.kube_api_addr, self.kube_api_tokens_file) {
+            (Some(addr), Some(tokens)) => Some(KubeApiConfig {
+                allow_impersonation: self.kube_api_allow_impersonation,
+                request_timeout: self.kube_api_request_timeout,
+                ..KubeApiConfig::new(addr, TokenSource::File(tokens))
+            }),
+            _ => None,
+        };
+        Ok(Config {
+            grace_period: self.grace_period,
+            store: self.store,
+            tls,
+            trusted_proxies: self.trusted_proxies,
+            client_cert_header: self.client_cert_header,
+            authorize,
+            max_connection_age: self.max_connection_age,
+            max_connection_age_grace: self.max_connection_age_grace,
+            api_token_file: self.api_token_file,
+            reload_interval: self.reload_interval,
+            kube_api,
+            ..Config::new(self.grpc_addr, self.http_addr)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -227,6 +277,107 @@ mod tests {
             Args::try_parse_from(["scale-agent-hub", "--insecure", "--trusted-proxy", "x"])
                 .is_err()
         );
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let args =
+            Args::try_parse_from(["scale-agent-hub"].iter().chain(args)).expect("the flags parse");
+        args.into_config().expect("the settings build")
+    }
+
+    #[test]
+    fn the_flags_become_the_settings() {
+        let defaults = config(&["--insecure"]);
+        let library = Config::new(defaults.grpc_addr, defaults.http_addr);
+        assert_eq!(defaults.grpc_addr, "0.0.0.0:9090".parse().expect("valid"));
+        assert_eq!(defaults.grace_period, library.grace_period);
+        assert_eq!(defaults.reload_interval, library.reload_interval);
+        assert_eq!(defaults.client_cert_header, library.client_cert_header);
+        assert_eq!(
+            defaults.max_connection_age_grace,
+            library.max_connection_age_grace
+        );
+        assert!(defaults.tls.is_none() && defaults.authorize.is_none());
+
+        let set = config(&[
+            "--insecure",
+            "--grpc-addr",
+            "127.0.0.1:7000",
+            "--http-addr",
+            "127.0.0.1:7001",
+            "--grace-period",
+            "1m30s",
+            "--store",
+            "/var/lib/hub.db",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--client-cert-header",
+            "x-ssl-cert",
+            "--authorize-shards",
+            "spinnaker",
+            "--authorize-shards",
+            "tenants",
+            "--max-connection-age",
+            "30m",
+            "--max-connection-age-grace",
+            "10s",
+            "--api-token-file",
+            "/run/token",
+            "--reload-interval",
+            "2s",
+        ]);
+        assert_eq!(set.grpc_addr, "127.0.0.1:7000".parse().expect("valid"));
+        assert_eq!(set.http_addr, "127.0.0.1:7001".parse().expect("valid"));
+        assert_eq!(set.grace_period, Duration::from_secs(90));
+        assert_eq!(set.store, Some(PathBuf::from("/var/lib/hub.db")));
+        assert_eq!(set.trusted_proxies.len(), 1);
+        assert_eq!(set.client_cert_header, "x-ssl-cert");
+        assert!(matches!(
+            &set.authorize,
+            Some(ShardSource::Watch { namespaces, client: None }) if namespaces == &["spinnaker", "tenants"]
+        ));
+        assert_eq!(set.max_connection_age, Some(Duration::from_secs(1800)));
+        assert_eq!(set.max_connection_age_grace, Duration::from_secs(10));
+        assert_eq!(set.api_token_file, Some(PathBuf::from("/run/token")));
+        assert_eq!(set.reload_interval, Duration::from_secs(2));
+
+        let all = config(&[
+            "--insecure",
+            "--authorize-shards",
+            "spinnaker",
+            "--authorize-shards",
+            "*",
+        ]);
+        assert!(matches!(
+            &all.authorize,
+            Some(ShardSource::Watch { namespaces, .. }) if namespaces.is_empty()
+        ));
+    }
+
+    #[test]
+    fn a_header_name_that_is_not_one_is_refused_at_parse_time() {
+        let err = Args::try_parse_from([
+            "scale-agent-hub",
+            "--insecure",
+            "--client-cert-header",
+            "x client cert",
+        ])
+        .expect_err("not a header name");
+        assert!(err.to_string().contains("not a valid header name"), "{err}");
+    }
+
+    #[test]
+    fn missing_tls_files_stop_the_hub_with_the_path() {
+        let args = Args::try_parse_from([
+            "scale-agent-hub",
+            "--tls-cert",
+            "/nonexistent/c.pem",
+            "--tls-key",
+            "/nonexistent/k.pem",
+        ])
+        .expect("the flags parse");
+        let err = args.into_config().expect_err("the files are missing");
+        assert!(err.to_string().contains("/nonexistent/c.pem"), "{err}");
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A setting is not usable (e.g. a header name that is not one).
+    #[error("{setting}: {message}")]
+    Setting {
+        /// The flag (or the `Config` field) at fault.
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The Kubernetes client for the AgentShard watch could not be built.
     #[error("Kubernetes client (for --authorize-shards): {0}")]
     Kube(String),
@@ -74,6 +82,7 @@ impl Error {
             Error::Bind { .. } => "bind",
             Error::TlsFile { .. } => "tls_file",
             Error::Tls { .. } => "tls",
+            Error::Setting { .. } => "setting",
             Error::Kube(_) => "kube",
             Error::ApiToken { .. } => "api_token",
             Error::Transport(_) => "transport",

@@ -12,8 +12,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, info, info_span, warn};
 
+use crate::clip::clip;
 use crate::identity::{IdentityError, IdentitySource, PeerInfo};
-use crate::metrics::ReasonLabel;
 use crate::registry::{SessionId, ShardKey};
 use crate::session::Session;
 use crate::state::{Outbound, SessionHandle, Shared};
@@ -38,11 +38,7 @@ impl HubService {
     }
 
     fn reject(&self, reason: &'static str, status: Status) -> Status {
-        self.shared
-            .metrics
-            .sessions_rejected
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        self.shared.metrics.session_rejected(reason);
         status
     }
 }
@@ -80,7 +76,7 @@ impl AgentHub for HubService {
             .map(|p| p.remote_addr)
             .or_else(|| request.remote_addr())
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-        let policy = &self.shared.settings.identity;
+        let policy = &self.shared.identity;
         let forwarded = request
             .metadata()
             .get(policy.client_cert_header.as_str())
@@ -102,7 +98,8 @@ impl AgentHub for HubService {
         tokio::spawn(async move {
             match service.handshake(&peer, identity, &mut inbound, &tx).await {
                 Ok(session) => {
-                    let span = info_span!("session", session = %session.id, shard = %session.shard, replica = %session.replica);
+                    let shard = session.shard.to_string();
+                    let span = info_span!("session", session = %session.id, shard = %clip(&shard), replica = %clip(&session.replica));
                     session.run(inbound).instrument(span).await;
                 }
                 Err(status) => {
@@ -124,7 +121,7 @@ impl HubService {
         inbound: &mut Streaming<AgentFrame>,
         tx: &Outbound,
     ) -> Result<Session, Status> {
-        let hello_timeout = self.shared.settings.hello_timeout;
+        let hello_timeout = self.shared.config.hello_timeout;
         let first = match tokio::time::timeout(hello_timeout, inbound.message()).await {
             Err(_) => {
                 warn!(%peer, "no Hello within {hello_timeout:?}; refusing the stream");
@@ -160,7 +157,7 @@ impl HubService {
         };
         let shard = hello.shard.clone().unwrap_or_default();
         if hello.protocol_version != PROTOCOL_VERSION {
-            warn!(%peer, shard = %format!("{}/{}", shard.namespace, shard.name), replica = %hello.replica_id,
+            warn!(%peer, shard = %clip(&format!("{}/{}", shard.namespace, shard.name)), replica = %clip(&hello.replica_id),
                 version = hello.protocol_version, "unsupported protocol version; refusing the stream");
             return Err(self.reject(
                 "protocol_version",
@@ -171,7 +168,7 @@ impl HubService {
             ));
         }
         if shard.name.is_empty() {
-            warn!(%peer, replica = %hello.replica_id, "Hello names no shard; refusing the stream");
+            warn!(%peer, replica = %clip(&hello.replica_id), "Hello names no shard; refusing the stream");
             return Err(self.reject(
                 "invalid_hello",
                 Status::invalid_argument("Hello.shard.name is required"),
@@ -183,7 +180,7 @@ impl HubService {
         };
         let source = match identity {
             Some((certified, source)) if certified != shard => {
-                warn!(%peer, hello_shard = %shard, certified_shard = %certified, source = source.label(),
+                warn!(%peer, hello_shard = %clip(&shard.to_string()), certified_shard = %certified, source = source.label(),
                     "Hello names another shard than the client certificate; refusing the stream");
                 return Err(self.reject(
                     "wrong_shard",
@@ -201,51 +198,42 @@ impl HubService {
         } else {
             hello.replica_id.clone()
         };
-        let welcome_capabilities: Vec<String> = hello
+        let capabilities: Vec<String> = hello
             .capabilities
             .iter()
             .filter(|c| CAPABILITIES.contains(&c.as_str()))
             .cloned()
             .collect();
-        let settings = &self.shared.settings;
+        let kube_api = capabilities
+            .iter()
+            .any(|c| c == scale_agent_proto::kube_api::CAPABILITY);
+        let config = &self.shared.config;
         let welcome = Welcome {
             session_id: id.to_string(),
-            hub_id: settings.hub_id.clone(),
+            hub_id: config.hub_id.clone(),
             protocol_version: PROTOCOL_VERSION,
-            heartbeat_interval: prost_types::Duration::try_from(settings.heartbeat_interval).ok(),
-            max_message_bytes: settings.max_message_bytes,
-            capabilities: welcome_capabilities.clone(),
-            initial_window_bytes: settings.initial_window_bytes,
+            heartbeat_interval: prost_types::Duration::try_from(config.heartbeat_interval).ok(),
+            max_message_bytes: config.max_message_bytes,
+            capabilities,
+            initial_window_bytes: config.initial_window_bytes,
         };
         tx.send(Ok(HubFrame {
             frame: Some(hub_frame::Frame::Welcome(welcome)),
         }))
         .await
         .map_err(|_| Status::cancelled("the agent went away before Welcome"))?;
-        self.shared.add_session(
-            id.clone(),
-            SessionHandle {
-                tx: tx.clone(),
-                shard: shard.clone(),
-                replica: replica.clone(),
-            },
-        );
-        if welcome_capabilities
-            .iter()
-            .any(|c| c == scale_agent_proto::kube_api::CAPABILITY)
-        {
-            self.shared.tunnels.enable(&id);
-        }
-        info!(session = %id, shard = %shard, replica = %replica, %peer, identity = source.label(), agent_version = %hello.agent_version,
-            capabilities = ?hello.capabilities, "session opened");
-        Ok(Session {
-            shared: Arc::clone(&self.shared),
-            id,
+        let handle = SessionHandle {
+            tx: tx.clone(),
             shard,
             replica,
-            tx: tx.clone(),
-            identity: source,
-        })
+        };
+        info!(session = %id, shard = %clip(&handle.shard.to_string()), replica = %clip(&handle.replica), %peer, identity = source.label(),
+            agent_version = %clip(&hello.agent_version), capabilities = %clip(&hello.capabilities.join(",")), "session opened");
+        let session = Session::open(Arc::clone(&self.shared), id, handle, source);
+        if kube_api {
+            self.shared.tunnels.enable(&session.id);
+        }
+        Ok(session)
     }
 }
 

@@ -40,7 +40,7 @@ use tracing::{info, warn};
 use crate::cache::{AccountCache, CachedObject, ObjectKey};
 use crate::operations::{self, Begin, OperationRequest, Outcome};
 use crate::registry::AccountState;
-use crate::state::Shared;
+use crate::state::{Core, Shared};
 
 /// The bearer token of the HTTP API, read from a file and re-read when the
 /// file changes.
@@ -296,6 +296,29 @@ fn view<'a>(key: &'a ObjectKey, object: &'a CachedObject) -> ObjectView<'a> {
     }
 }
 
+/// The objects of a known account that `keep` selects, borrowed from the
+/// cache; 404 when the hub does not know the account.
+fn object_views<'a>(
+    core: &'a Core,
+    account: &str,
+    keep: impl Fn(&ObjectKey) -> bool,
+) -> Result<Vec<ObjectView<'a>>, ApiError> {
+    if core.registry.get(account).is_none() {
+        return Err(unknown_account(account));
+    }
+    Ok(core
+        .cache
+        .account(account)
+        .map(|cache| {
+            cache
+                .objects()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, o)| view(k, o))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// A kind filter: case-insensitive kind, optional exact group.
 struct KindFilter {
     kind: String,
@@ -354,22 +377,13 @@ async fn list_objects(
         .filter(|n| !n.is_empty())
         .map(namespace_param);
     let core = shared.core();
-    if core.registry.get(&account).is_none() {
-        return unknown_account(&account).into_response();
-    }
     // Serialized under the lock: bodies are borrowed, not copied twice.
-    let views: Vec<ObjectView<'_>> = core
-        .cache
-        .account(&account)
-        .map(|cache| {
-            cache
-                .objects()
-                .filter(|(k, _)| filter.as_ref().is_none_or(|f| f.matches(k)))
-                .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
-                .map(|(k, o)| view(k, o))
-                .collect()
-        })
-        .unwrap_or_default();
+    let views = match object_views(&core, &account, |k| {
+        filter.as_ref().is_none_or(|f| f.matches(k)) && namespace.is_none_or(|ns| k.namespace == ns)
+    }) {
+        Ok(views) => views,
+        Err(err) => return err.into_response(),
+    };
     let body = serde_json::to_vec(&views);
     drop(views);
     drop(core);
@@ -383,20 +397,12 @@ async fn get_object(
     let filter = KindFilter::parse(&kind);
     let namespace = namespace_param(&namespace);
     let core = shared.core();
-    if core.registry.get(&account).is_none() {
-        return unknown_account(&account).into_response();
-    }
-    let matches: Vec<ObjectView<'_>> = core
-        .cache
-        .account(&account)
-        .map(|cache| {
-            cache
-                .objects()
-                .filter(|(k, _)| filter.matches(k) && k.namespace == namespace && k.name == name)
-                .map(|(k, o)| view(k, o))
-                .collect()
-        })
-        .unwrap_or_default();
+    let matches = match object_views(&core, &account, |k| {
+        filter.matches(k) && k.namespace == namespace && k.name == name
+    }) {
+        Ok(views) => views,
+        Err(err) => return err.into_response(),
+    };
     let response = match matches.as_slice() {
         [] => ApiError::new(
             StatusCode::NOT_FOUND,
@@ -453,8 +459,8 @@ async fn post_operation(
     };
     let request: OperationRequest = serde_json::from_slice(&body)
         .map_err(|err| invalid(format!("invalid operation request: {err}")))?;
-    let timeout = operations::timeout(&request, shared.settings.default_operation_timeout)
-        .map_err(&invalid)?;
+    let timeout =
+        operations::timeout(&request, shared.config.default_operation_timeout).map_err(&invalid)?;
     // Which session holds the account, and the kinds it streamed (to resolve
     // a kind given without group/version).
     let (session, known) = {

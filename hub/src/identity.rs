@@ -223,6 +223,15 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is neither a CIDR (10.0.0.0/8) nor an IP address"))
 }
 
+/// Checks a `--client-cert-header` value: gRPC metadata keys are lower-case
+/// ASCII header names, and a name that cannot be one would never match.
+pub fn check_header_name(name: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(lower.as_bytes())
+        .map(drop)
+        .map_err(|_| format!("{name:?} is not a valid header name"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

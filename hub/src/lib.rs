@@ -32,33 +32,41 @@
 //! - [`Config::max_connection_age`]: sessions are drained (REBALANCE) at an
 //!   age with jitter, so agents spread over hub replicas.
 //!
-//! Modules, one responsibility each: [`registry`] (binding rules), [`cache`]
-//! (objects and resyncs), [`store`] (SQLite bindings), [`grpc`] (Hello and
-//! Welcome), [`session`] (one stream's frames), [`operations`] (requests and
-//! results), [`http`] (the JSON API), [`identity`], [`ownership`], [`tls`],
-//! [`metrics`].
+//! Modules, one responsibility each: [`config`] (the settings), [`grpc`]
+//! (Hello and Welcome), [`session`] (one stream's frame loop),
+//! [`registration`] (what a Register is answered), [`ingest`] (events and
+//! syncs into the cache), [`routing`] (operations between sessions),
+//! [`revocation`] (accounts a shard no longer owns), [`registry`] (binding
+//! rules), [`cache`] (objects and resyncs), [`store`] (SQLite bindings),
+//! [`operations`] (requests and results), [`http`] (the JSON API),
+//! [`identity`], [`ownership`], [`tls`], [`metrics`], [`clip`], [`kubeapi`] (the
+//! Kubernetes API of every account).
 
 pub mod cache;
+pub mod clip;
+pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod ingest;
 pub mod kubeapi;
 pub mod metrics;
 pub mod operations;
 pub mod ownership;
+pub mod registration;
 pub mod registry;
+pub mod revocation;
+pub mod routing;
 pub mod session;
 pub mod state;
 pub mod store;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use scale_agent_proto::v1::agent_hub_server::AgentHubServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -66,142 +74,38 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+pub use config::Config;
 pub use error::Error;
 pub use ownership::ShardSource;
 pub use tls::{TlsConfig, TlsFiles};
 
-use crate::state::{Settings, Shared};
-use crate::store::Store;
-
-/// How to run the hub.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// gRPC listen address (port 0: any free port).
-    pub grpc_addr: SocketAddr,
-    /// HTTP listen address (port 0: any free port).
-    pub http_addr: SocketAddr,
-    /// How long a dropped account is kept (Disconnected) for its agent to come
-    /// back before it, its cache and its binding are removed.
-    pub grace_period: Duration,
-    /// SQLite file for bindings; in memory when `None`.
-    pub store: Option<PathBuf>,
-    /// TLS for gRPC; plain HTTP/2 (h2c) when `None`.
-    pub tls: Option<TlsConfig>,
-    /// This instance's id, sent in Welcome; a random one by default.
-    pub hub_id: String,
-    /// Heartbeat interval announced to agents; a session silent for three
-    /// intervals is ended.
-    pub heartbeat_interval: Duration,
-    /// Largest frame accepted from an agent, in bytes.
-    pub max_message_bytes: u32,
-    /// Flow-control window per account, in bytes of EventBatch frames.
-    pub initial_window_bytes: u64,
-    /// Operation timeout when a request sets none.
-    pub default_operation_timeout: Duration,
-    /// How long a new stream may take to send Hello.
-    pub hello_timeout: Duration,
-    /// How often TLS files and the API token file are checked for changes.
-    pub reload_interval: Duration,
-    /// Peers (load balancers) whose forwarded client certificate header is
-    /// believed. When non-empty, every session needs an identity.
-    pub trusted_proxies: Vec<IpNet>,
-    /// The header trusted proxies forward the client certificate in (nginx
-    /// `$ssl_client_escaped_cert`: URL-encoded PEM).
-    pub client_cert_header: String,
-    /// Where account ownership is learned from; `None`: no ownership check
-    /// (any shard may register any account).
-    pub authorize: Option<ShardSource>,
-    /// Sessions older than this (±10% jitter) are drained (Drain REBALANCE)
-    /// so agents spread over hub replicas; `None`: never.
-    pub max_connection_age: Option<Duration>,
-    /// After the Drain, how long the agent has to close the stream before the
-    /// hub ends it.
-    pub max_connection_age_grace: Duration,
-    /// When set, every `/v1/...` HTTP request needs `Authorization: Bearer
-    /// <token>` with the token in this file (re-read when it changes).
-    pub api_token_file: Option<PathBuf>,
-    /// The Kubernetes API of every account (`/accounts/<account>/...`), on its
-    /// own listener; off when `None`.
-    pub kube_api: Option<kubeapi::KubeApiConfig>,
-}
-
-impl Config {
-    /// Defaults on the given addresses: 600 s grace period, in-memory store,
-    /// no TLS.
-    pub fn new(grpc_addr: SocketAddr, http_addr: SocketAddr) -> Config {
-        Config {
-            grpc_addr,
-            http_addr,
-            grace_period: Duration::from_secs(600),
-            store: None,
-            tls: None,
-            hub_id: format!("hub-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-            heartbeat_interval: Duration::from_secs(15),
-            max_message_bytes: 16 * 1024 * 1024,
-            initial_window_bytes: 32 * 1024 * 1024,
-            default_operation_timeout: Duration::from_secs(60),
-            hello_timeout: Duration::from_secs(30),
-            reload_interval: Duration::from_secs(5),
-            trusted_proxies: Vec::new(),
-            client_cert_header: identity::DEFAULT_CLIENT_CERT_HEADER.into(),
-            authorize: None,
-            max_connection_age: None,
-            max_connection_age_grace: Duration::from_secs(30),
-            api_token_file: None,
-            kube_api: None,
-        }
-    }
-
-    /// Defaults on 127.0.0.1 with OS-chosen ports, for tests and dev runs.
-    pub fn local() -> Config {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        Config::new(any, any)
-    }
-}
+use crate::state::Shared;
 
 /// The hub.
 #[derive(Debug)]
 pub struct Hub;
 
+/// Binds one of the hub's listening sockets; `what` names it in the error.
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<(TcpListener, SocketAddr), Error> {
+    let error = |source| Error::Bind { addr, what, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
+}
+
 impl Hub {
     /// Opens the store, binds both servers and starts serving. Returns once
     /// both sockets listen.
     pub async fn start(config: Config) -> Result<RunningHub, Error> {
-        let store = Store::open(config.store.as_deref())?;
         let shutdown = CancellationToken::new();
-        let header = config.client_cert_header.to_ascii_lowercase();
-        if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(header.as_bytes())
-            .is_err()
-        {
-            return Err(Error::Tls {
-                message: format!("--client-cert-header {header:?} is not a valid header name"),
-            });
-        }
-        let identity = identity::IdentityPolicy {
-            trusted_proxies: config.trusted_proxies.clone(),
-            client_cert_header: header,
-            mtls: config
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.client_ca_pem.is_some()),
-        };
+        // Whatever was started before a failure below stops with it.
+        let started = shutdown.clone().drop_guard();
         let ownership = match config.authorize.clone() {
             Some(source) => Some(ownership::start(source, shutdown.clone()).await?),
             None => None,
         };
-        let settings = Settings {
-            hub_id: config.hub_id.clone(),
-            grace_period: config.grace_period,
-            heartbeat_interval: config.heartbeat_interval.max(Duration::from_millis(100)),
-            max_message_bytes: config.max_message_bytes,
-            initial_window_bytes: config.initial_window_bytes,
-            default_operation_timeout: config.default_operation_timeout,
-            hello_timeout: config.hello_timeout,
-            identity,
-            ownership,
-            max_connection_age: config.max_connection_age,
-            max_connection_age_grace: config.max_connection_age_grace,
-        };
+        let shared = Shared::new(config, ownership, shutdown.clone())?;
+        let config = &shared.config;
         let api_token = match &config.api_token_file {
             Some(path) => Some(http::ApiToken::watch(
                 path,
@@ -210,35 +114,11 @@ impl Hub {
             )?),
             None => None,
         };
-        let shared = Shared::new(settings, store, shutdown.clone())?;
-        if let Some(rx) = &shared.settings.ownership {
-            session::revoke_on_ownership_change(Arc::clone(&shared), rx.clone());
+        if let Some(rx) = &shared.ownership {
+            revocation::revoke_on_ownership_change(Arc::clone(&shared), rx.clone());
         }
-
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.grpc_addr,
-                what: "grpc",
-                source,
-            })?;
-        let grpc_addr = grpc_listener.local_addr().map_err(|source| Error::Bind {
-            addr: config.grpc_addr,
-            what: "grpc",
-            source,
-        })?;
-        let http_listener = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.http_addr,
-                what: "http",
-                source,
-            })?;
-        let http_addr = http_listener.local_addr().map_err(|source| Error::Bind {
-            addr: config.http_addr,
-            what: "http",
-            source,
-        })?;
+        let (grpc_listener, grpc_addr) = bind(config.grpc_addr, "grpc").await?;
+        let (http_listener, http_addr) = bind(config.http_addr, "http").await?;
 
         let mut builder = Server::builder()
             .http2_keepalive_interval(Some(grpc::KEEPALIVE_INTERVAL))
@@ -314,37 +194,14 @@ impl Hub {
                 .into_future(),
         );
         let kube_api = match config.kube_api.clone() {
-            Some(api) => {
-                let tokens = match &api.tokens {
-                    kubeapi::TokenSource::File(path) => kubeapi::auth::Tokens::watch(
-                        path,
-                        config.reload_interval,
-                        shutdown.clone(),
-                    )?,
-                    kubeapi::TokenSource::Text(text) => kubeapi::auth::Tokens::from_text(text)
-                        .map_err(|message| Error::ApiToken {
-                            path: PathBuf::from("(inline)"),
-                            message,
-                        })?,
-                };
-                Some(
-                    kubeapi::server::start(
-                        Arc::clone(&shared),
-                        api,
-                        tokens,
-                        config.tls.as_ref(),
-                        config.reload_interval,
-                        shutdown.clone(),
-                    )
-                    .await?,
-                )
-            }
+            Some(api) => Some(kubeapi::server::start(Arc::clone(&shared), api).await?),
             None => None,
         };
         let (kube_api_addr, kube_api_task) = kube_api.unzip();
         info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
             max_connection_age = ?config.max_connection_age,
             store = %config.store.as_deref().map_or_else(|| "memory".into(), |p| p.display().to_string()), "hub started");
+        started.disarm();
         Ok(RunningHub {
             grpc_addr,
             http_addr,
@@ -448,6 +305,7 @@ impl RunningHub {
         let kube_api = self.kube_api_task.take();
         let join = async {
             if let Some(task) = kube_api {
+                // Its connections drain on their own; nothing to report.
                 let _ = task.await;
             }
             let mut result = Ok(());

@@ -6,43 +6,19 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource, kubeconfig};
-use scale_agent_hub::{Config, Hub, ShardSource, TlsConfig};
+use scale_agent_hub::kubeapi::kubeconfig;
+use scale_agent_hub::{Error, Hub};
 use tracing::{error, info};
 
-fn config(args: &cli::Args) -> Result<Config, scale_agent_hub::Error> {
-    let mut config = Config::new(args.grpc_addr, args.http_addr);
-    config.grace_period = args.grace_period;
-    config.store.clone_from(&args.store);
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config.tls = Some(TlsConfig::from_files(cert, key, args.client_ca.as_deref())?);
-    }
-    config.trusted_proxies.clone_from(&args.trusted_proxies);
-    config
-        .client_cert_header
-        .clone_from(&args.client_cert_header);
-    if !args.authorize_shards.is_empty() {
-        let namespaces = if args.authorize_shards.iter().any(|n| n == "*") {
-            Vec::new()
-        } else {
-            args.authorize_shards.clone()
-        };
-        config.authorize = Some(ShardSource::Watch {
-            namespaces,
-            client: None,
-        });
-    }
-    config.max_connection_age = args.max_connection_age;
-    config.max_connection_age_grace = args.max_connection_age_grace;
-    config.api_token_file.clone_from(&args.api_token_file);
-    config.reload_interval = args.reload_interval;
-    if let (Some(addr), Some(tokens)) = (args.kube_api_addr, &args.kube_api_tokens_file) {
-        let mut api = KubeApiConfig::new(addr, TokenSource::File(tokens.clone()));
-        api.allow_impersonation = args.kube_api_allow_impersonation;
-        api.request_timeout = args.kube_api_request_timeout;
-        config.kube_api = Some(api);
-    }
-    Ok(config)
+async fn run(args: cli::Args) -> Result<(), Error> {
+    let hub = Hub::start(args.into_config()?).await?;
+    let stop = hub.shutdown_token();
+    tokio::spawn(async move {
+        scale_agent_runtime::terminated().await;
+        info!("signal received; draining agent sessions and stopping");
+        stop.cancel();
+    });
+    hub.wait().await
 }
 
 /// `scale-agent-hub kubeconfig ...`: see `kubeconfig::Args`.
@@ -65,17 +41,6 @@ fn write_kubeconfig() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn run(args: cli::Args) -> Result<(), scale_agent_hub::Error> {
-    let hub = Hub::start(config(&args)?).await?;
-    let stop = hub.shutdown_token();
-    tokio::spawn(async move {
-        scale_agent_runtime::terminated().await;
-        info!("signal received; draining agent sessions and stopping");
-        stop.cancel();
-    });
-    hub.wait().await
 }
 
 fn main() -> ExitCode {

@@ -1,4 +1,4 @@
-//! Prometheus metrics of the hub, prefixed `scaleagent_hub_`.
+//! Prometheus metrics of the hub, prefixed `scale_agent_hub_`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -91,132 +91,129 @@ impl Default for Metrics {
     }
 }
 
+/// The prefix of every hub metric (`scale_agent_hub_...`), beside the
+/// agent's `scale_agent_` and the operator's `scale_agent_operator_`.
+pub const PREFIX: &str = "scale_agent_hub";
+
+/// Adds one to the counter of `reason` in `family`.
+fn count(family: &Family<ReasonLabel, Counter>, reason: &'static str) {
+    family.get_or_create(&ReasonLabel { reason }).inc();
+}
+
+/// A new metric of type `M`, registered under `name` with `help`.
+fn register<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: prometheus_client::registry::Metric + Default + Clone,
+{
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("scaleagent_hub");
-        let m = Metrics {
-            registry: Registry::default(),
-            sessions: Gauge::default(),
-            accounts: Family::default(),
-            objects: Gauge::default(),
-            events_applied: Counter::default(),
-            events_rejected: Family::default(),
-            frames_ignored: Family::default(),
-            sessions_rejected: Family::default(),
-            registrations_accepted: Counter::default(),
-            registrations_rejected: Family::default(),
-            registrations_superseded: Counter::default(),
-            accounts_removed: Family::default(),
-            objects_dropped_on_sync: Counter::default(),
-            operations: Family::default(),
-            store_errors: Counter::default(),
-            tls_handshake_failures: Counter::default(),
-            tls_reloads: Counter::default(),
-            sessions_aged_out: Counter::default(),
-            http_unauthorized: Counter::default(),
-            kube_api_requests: Family::default(),
-            kube_api_requests_in_flight: Gauge::default(),
-        };
-        registry.register("sessions", "Live agent sessions", m.sessions.clone());
-        registry.register("accounts", "Accounts by state", m.accounts.clone());
-        registry.register("objects", "Cached objects", m.objects.clone());
-        registry.register(
-            "events_applied",
-            "Object events applied to the cache",
-            m.events_applied.clone(),
-        );
-        registry.register(
-            "events_rejected",
-            "Object events not applied, by reason",
-            m.events_rejected.clone(),
-        );
-        registry.register(
-            "frames_ignored",
-            "Agent frames ignored, by reason",
-            m.frames_ignored.clone(),
-        );
-        registry.register(
-            "sessions_rejected",
-            "Agent streams refused before a session began, by reason",
-            m.sessions_rejected.clone(),
-        );
-        registry.register(
-            "registrations_accepted",
-            "Account registrations accepted",
-            m.registrations_accepted.clone(),
-        );
-        registry.register(
-            "registrations_rejected",
-            "Account registrations rejected, by reason",
-            m.registrations_rejected.clone(),
-        );
-        registry.register(
-            "registrations_superseded",
-            "Accounts taken over by a newer session",
-            m.registrations_superseded.clone(),
-        );
-        registry.register(
-            "accounts_removed",
-            "Accounts removed with their cache, by reason",
-            m.accounts_removed.clone(),
-        );
-        registry.register(
-            "objects_dropped_on_sync",
-            "Objects dropped at SyncEnd because a relist no longer had them",
-            m.objects_dropped_on_sync.clone(),
-        );
-        registry.register("operations", "Operations by outcome", m.operations.clone());
-        registry.register(
-            "store_errors",
-            "Errors writing the binding store",
-            m.store_errors.clone(),
-        );
-        registry.register(
-            "tls_handshake_failures",
-            "TLS handshakes that failed (e.g. no trusted client certificate)",
-            m.tls_handshake_failures.clone(),
-        );
-        registry.register(
-            "tls_reloads",
-            "Times changed TLS files were loaded",
-            m.tls_reloads.clone(),
-        );
-        registry.register(
-            "sessions_aged_out",
-            "Sessions drained at the maximum connection age",
-            m.sessions_aged_out.clone(),
-        );
-        registry.register(
-            "http_unauthorized",
-            "HTTP API requests refused for a missing or wrong bearer token",
-            m.http_unauthorized.clone(),
-        );
-        registry.register(
-            "kube_api_requests",
-            "Requests to the accounts' Kubernetes API, by source (cluster, cache, hub) and status class",
-            m.kube_api_requests.clone(),
-        );
-        registry.register(
-            "kube_api_requests_in_flight",
-            "Kubernetes API requests carried to agents and not finished",
-            m.kube_api_requests_in_flight.clone(),
-        );
-        Metrics { registry, ..m }
+        let mut r = Registry::with_prefix(PREFIX);
+        Metrics {
+            sessions: register(&mut r, "sessions", "Live agent sessions"),
+            accounts: register(&mut r, "accounts", "Accounts by state"),
+            objects: register(&mut r, "objects", "Cached objects"),
+            events_applied: register(
+                &mut r,
+                "events_applied",
+                "Object events applied to the cache",
+            ),
+            events_rejected: register(
+                &mut r,
+                "events_rejected",
+                "Object events not applied, by reason",
+            ),
+            frames_ignored: register(&mut r, "frames_ignored", "Agent frames ignored, by reason"),
+            sessions_rejected: register(
+                &mut r,
+                "sessions_rejected",
+                "Agent streams refused before a session began, by reason",
+            ),
+            registrations_accepted: register(
+                &mut r,
+                "registrations_accepted",
+                "Account registrations accepted",
+            ),
+            registrations_rejected: register(
+                &mut r,
+                "registrations_rejected",
+                "Account registrations rejected, by reason",
+            ),
+            registrations_superseded: register(
+                &mut r,
+                "registrations_superseded",
+                "Accounts taken over by a newer session",
+            ),
+            accounts_removed: register(
+                &mut r,
+                "accounts_removed",
+                "Accounts removed with their cache, by reason",
+            ),
+            objects_dropped_on_sync: register(
+                &mut r,
+                "objects_dropped_on_sync",
+                "Objects dropped at SyncEnd because a relist no longer had them",
+            ),
+            operations: register(&mut r, "operations", "Operations by outcome"),
+            store_errors: register(&mut r, "store_errors", "Errors writing the binding store"),
+            tls_handshake_failures: register(
+                &mut r,
+                "tls_handshake_failures",
+                "TLS handshakes that failed (e.g. no trusted client certificate)",
+            ),
+            tls_reloads: register(&mut r, "tls_reloads", "Times changed TLS files were loaded"),
+            sessions_aged_out: register(
+                &mut r,
+                "sessions_aged_out",
+                "Sessions drained at the maximum connection age",
+            ),
+            http_unauthorized: register(
+                &mut r,
+                "http_unauthorized",
+                "HTTP API requests refused for a missing or wrong bearer token",
+            ),
+            kube_api_requests: register(
+                &mut r,
+                "kube_api_requests",
+                "Requests to the accounts' Kubernetes API, by source (cluster, cache, hub) and status class",
+            ),
+            kube_api_requests_in_flight: register(
+                &mut r,
+                "kube_api_requests_in_flight",
+                "Kubernetes API requests carried to agents and not finished",
+            ),
+            registry: r,
+        }
+    }
+
+    /// Counts a refused (or revoked) account registration.
+    pub fn registration_rejected(&self, reason: &'static str) {
+        count(&self.registrations_rejected, reason);
     }
 
     /// Counts an event rejection.
     pub fn event_rejected(&self, reason: &'static str) {
-        self.events_rejected
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        count(&self.events_rejected, reason);
     }
 
     /// Counts an ignored frame.
     pub fn frame_ignored(&self, reason: &'static str) {
-        self.frames_ignored
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        count(&self.frames_ignored, reason);
+    }
+
+    /// Counts a stream refused before its session began.
+    pub fn session_rejected(&self, reason: &'static str) {
+        count(&self.sessions_rejected, reason);
+    }
+
+    /// Counts a removed account.
+    pub fn account_removed(&self, reason: &'static str) {
+        count(&self.accounts_removed, reason);
     }
 
     /// Counts an operation outcome.

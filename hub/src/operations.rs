@@ -242,6 +242,51 @@ fn document(value: &Value) -> Vec<u8> {
     }
 }
 
+/// `propagationPolicy` words.
+const PROPAGATION_POLICIES: &[(&str, PropagationPolicy)] = &[
+    ("orphan", PropagationPolicy::Orphan),
+    ("background", PropagationPolicy::Background),
+    ("foreground", PropagationPolicy::Foreground),
+];
+
+/// `patchType` words.
+const PATCH_TYPES: &[(&str, PatchType)] = &[
+    ("merge", PatchType::Merge),
+    ("json", PatchType::Json),
+    ("strategic", PatchType::Strategic),
+    ("apply", PatchType::Apply),
+];
+
+/// The choice a request's `field` names, case-insensitively, among
+/// `choices`; `default` when it names none (absent or empty).
+fn choose<T: Copy>(
+    field: &str,
+    value: Option<&str>,
+    default: T,
+    choices: &[(&str, T)],
+) -> Result<T, String> {
+    let value = value.unwrap_or_default();
+    if value.is_empty() {
+        return Ok(default);
+    }
+    if let Some((_, choice)) = choices
+        .iter()
+        .find(|(word, _)| word.eq_ignore_ascii_case(value))
+    {
+        return Ok(*choice);
+    }
+    let words: Vec<&str> = choices.iter().map(|(word, _)| *word).collect();
+    let expected = match words.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(format!(
+        "{field} {:?}: expected {expected}",
+        value.to_ascii_lowercase()
+    ))
+}
+
 /// Translates a request into the `Operation.kind` oneof. `known` are the kinds
 /// the account has streamed, for resolving a kind without group/version.
 pub fn build_kind(
@@ -261,22 +306,12 @@ pub fn build_kind(
             })
         }
         OperationType::Delete => {
-            let policy = match req
-                .propagation_policy
-                .as_deref()
-                .map(str::to_ascii_lowercase)
-                .as_deref()
-            {
-                None | Some("") => PropagationPolicy::Unspecified,
-                Some("orphan") => PropagationPolicy::Orphan,
-                Some("background") => PropagationPolicy::Background,
-                Some("foreground") => PropagationPolicy::Foreground,
-                Some(other) => {
-                    return Err(format!(
-                        "propagationPolicy {other:?}: expected orphan, background or foreground"
-                    ));
-                }
-            };
+            let policy = choose(
+                "propagationPolicy",
+                req.propagation_policy.as_deref(),
+                PropagationPolicy::Unspecified,
+                PROPAGATION_POLICIES,
+            )?;
             operation::Kind::Delete(pb::Delete {
                 target: Some(target(req, known)?),
                 propagation_policy: policy as i32,
@@ -285,23 +320,13 @@ pub fn build_kind(
         }
         OperationType::Patch => {
             let patch = req.patch.as_ref().ok_or("patch needs a patch document")?;
-            let patch_type = match req
-                .patch_type
-                .as_deref()
-                .map(str::to_ascii_lowercase)
-                .as_deref()
-            {
-                None | Some("") if patch.is_array() => PatchType::Json,
-                None | Some("") | Some("merge") => PatchType::Merge,
-                Some("json") => PatchType::Json,
-                Some("strategic") => PatchType::Strategic,
-                Some("apply") => PatchType::Apply,
-                Some(other) => {
-                    return Err(format!(
-                        "patchType {other:?}: expected merge, json, strategic or apply"
-                    ));
-                }
+            // A JSON array can only be a JSON patch.
+            let default = if patch.is_array() {
+                PatchType::Json
+            } else {
+                PatchType::Merge
             };
+            let patch_type = choose("patchType", req.patch_type.as_deref(), default, PATCH_TYPES)?;
             operation::Kind::Patch(pb::Patch {
                 target: Some(target(req, known)?),
                 patch_type: patch_type as i32,
@@ -614,6 +639,33 @@ mod tests {
     }
 
     #[test]
+    fn choices_are_case_insensitive_and_a_wrong_one_lists_them_all() {
+        let r = req(
+            serde_json::json!({"type": "delete", "kind": "Deployment", "name": "x", "propagationPolicy": "Foreground"}),
+        );
+        match build_kind(&r, &[]) {
+            Ok(operation::Kind::Delete(d)) => {
+                assert_eq!(d.propagation_policy, PropagationPolicy::Foreground as i32);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let r = req(
+            serde_json::json!({"type": "patch", "kind": "Deployment", "name": "x", "patch": {}, "patchType": "Weird"}),
+        );
+        assert_eq!(
+            build_kind(&r, &[]).expect_err("invalid"),
+            "patchType \"weird\": expected merge, json, strategic or apply"
+        );
+        let r = req(
+            serde_json::json!({"type": "delete", "kind": "Deployment", "name": "x", "propagationPolicy": "now"}),
+        );
+        assert_eq!(
+            build_kind(&r, &[]).expect_err("invalid"),
+            "propagationPolicy \"now\": expected orphan, background or foreground"
+        );
+    }
+
+    #[test]
     fn json_patch_is_default_for_arrays() {
         let r = req(
             serde_json::json!({"type": "patch", "kind": "ConfigMap", "namespace": "n", "name": "c", "patch": [{"op": "add", "path": "/data/x", "value": "1"}]}),
@@ -624,14 +676,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ids_are_idempotent() {
-        let ops = Operations::default();
-        let frame = pb::Operation {
+    /// Operation `op-1` on account `a`.
+    fn op_1() -> pb::Operation {
+        pb::Operation {
             id: "op-1".into(),
             account: "a".into(),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn ids_are_idempotent() {
+        let ops = Operations::default();
+        let frame = op_1();
         let s1: SessionId = "s1".into();
         let Begin::New(mut rx) = ops.begin(frame.clone(), s1.clone()) else {
             panic!("new")
@@ -656,11 +713,7 @@ mod tests {
     #[test]
     fn orphans_move_to_the_new_session() {
         let ops = Operations::default();
-        let frame = pb::Operation {
-            id: "op-1".into(),
-            account: "a".into(),
-            ..Default::default()
-        };
+        let frame = op_1();
         let old: SessionId = "old".into();
         let new: SessionId = "new".into();
         let _rx = ops.begin(frame, old.clone());

@@ -333,6 +333,12 @@ impl Registry {
             .is_some_and(|a| a.session.as_ref() == Some(session))
     }
 
+    /// The session that streams `name`, if any: where frames about the
+    /// account (operations, requests) go.
+    pub fn holder(&self, name: &str) -> Option<&SessionId> {
+        self.accounts.get(name).and_then(|a| a.session.as_ref())
+    }
+
     /// An account by name.
     pub fn get(&self, name: &str) -> Option<&Account> {
         self.accounts.get(name)
@@ -424,28 +430,62 @@ impl Registry {
     }
 }
 
+/// Fixtures for the tests of the registry and of the modules that decide
+/// over it.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    fn caller(session: &str, replica: &str) -> Caller {
+    /// Shard `spinnaker/<name>`.
+    pub(crate) fn shard(name: &str) -> ShardKey {
+        ShardKey {
+            namespace: "spinnaker".into(),
+            name: name.into(),
+        }
+    }
+
+    /// Replica `replica` of shard `spinnaker/<shard_name>` on `session`.
+    pub(crate) fn caller(session: &str, shard_name: &str, replica: &str) -> Caller {
         Caller {
             session: Arc::from(session),
-            shard: ShardKey {
-                namespace: "spinnaker".into(),
-                name: "east".into(),
-            },
+            shard: shard(shard_name),
             replica: replica.into(),
         }
     }
 
-    fn reg(name: &str, cluster: &str) -> Registration {
+    /// Account `name` of cluster `cluster`.
+    pub(crate) fn registration(name: &str, cluster: &str) -> Registration {
         Registration {
             name: name.into(),
             cluster_id: cluster.into(),
             server_url: format!("https://{cluster}:6443"),
             kubernetes_version: "v1.36.0".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::registration as reg;
+    use super::*;
+
+    fn caller(session: &str, replica: &str) -> Caller {
+        testing::caller(session, "east", replica)
+    }
+
+    /// A registry where replica r1 on session s1 holds `accounts` (name,
+    /// cluster).
+    fn held_by_s1(accounts: &[(&str, &str)]) -> (Registry, Caller) {
+        let mut r = Registry::new();
+        let s1 = caller("s1", "r1");
+        for (name, cluster) in accounts {
+            r.register(&s1, &reg(name, cluster), now());
+        }
+        (r, s1)
+    }
+
+    fn state(r: &Registry, name: &str) -> Option<AccountState> {
+        r.get(name).map(Account::state)
     }
 
     fn now() -> SystemTime {
@@ -464,17 +504,12 @@ mod tests {
             } => assert_eq!(b.cluster_id, "uid-a"),
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(
-            r.get("prod").map(Account::state),
-            Some(AccountState::Connected)
-        );
+        assert_eq!(state(&r, "prod"), Some(AccountState::Connected));
     }
 
     #[test]
     fn cluster_mismatch_is_rejected_and_holder_keeps_streaming() {
-        let mut r = Registry::new();
-        let s1 = caller("s1", "r1");
-        r.register(&s1, &reg("prod", "uid-a"), now());
+        let (mut r, s1) = held_by_s1(&[("prod", "uid-a")]);
         let d = r.register(&caller("s2", "r9"), &reg("prod", "uid-b"), now());
         match d {
             Decision::Rejected {
@@ -504,14 +539,9 @@ mod tests {
 
     #[test]
     fn same_cluster_back_is_accepted_without_persisting_again() {
-        let mut r = Registry::new();
-        let s1 = caller("s1", "r1");
-        r.register(&s1, &reg("prod", "uid-a"), now());
+        let (mut r, s1) = held_by_s1(&[("prod", "uid-a")]);
         r.disconnect_session(&s1.session, now());
-        assert_eq!(
-            r.get("prod").map(Account::state),
-            Some(AccountState::Disconnected)
-        );
+        assert_eq!(state(&r, "prod"), Some(AccountState::Disconnected));
         let d = r.register(&caller("s2", "r1"), &reg("prod", "uid-a"), now());
         assert_eq!(
             d,
@@ -521,10 +551,7 @@ mod tests {
                 fresh: false
             }
         );
-        assert_eq!(
-            r.get("prod").map(Account::state),
-            Some(AccountState::Connected)
-        );
+        assert_eq!(state(&r, "prod"), Some(AccountState::Connected));
     }
 
     #[test]
@@ -546,10 +573,7 @@ mod tests {
         assert!(!r.holds("prod", &s1.session));
         // The old session ending later does not disconnect the account.
         assert!(r.disconnect_session(&s1.session, now()).is_empty());
-        assert_eq!(
-            r.get("prod").map(Account::state),
-            Some(AccountState::Connected)
-        );
+        assert_eq!(state(&r, "prod"), Some(AccountState::Connected));
         // Nor can it unregister it.
         assert_eq!(
             r.unregister(&s1.session, "prod", true, now()),
@@ -567,10 +591,7 @@ mod tests {
 
     #[test]
     fn grace_expiry_removes_only_if_still_disconnected() {
-        let mut r = Registry::new();
-        let s1 = caller("s1", "r1");
-        r.register(&s1, &reg("prod", "uid-a"), now());
-        r.register(&s1, &reg("stage", "uid-b"), now());
+        let (mut r, s1) = held_by_s1(&[("prod", "uid-a"), ("stage", "uid-b")]);
         let expiries = r.disconnect_session(&s1.session, now());
         assert_eq!(expiries.len(), 2);
         // prod comes back in time; stage does not.
@@ -590,9 +611,7 @@ mod tests {
 
     #[test]
     fn stale_timer_from_an_earlier_disconnection_is_ignored() {
-        let mut r = Registry::new();
-        let s1 = caller("s1", "r1");
-        r.register(&s1, &reg("prod", "uid-a"), now());
+        let (mut r, s1) = held_by_s1(&[("prod", "uid-a")]);
         let first = r.disconnect_session(&s1.session, now());
         let s2 = caller("s2", "r1");
         r.register(&s2, &reg("prod", "uid-a"), now());
@@ -603,10 +622,7 @@ mod tests {
 
     #[test]
     fn unregister_removed_drops_at_once_other_reasons_wait() {
-        let mut r = Registry::new();
-        let s1 = caller("s1", "r1");
-        r.register(&s1, &reg("a", "uid-a"), now());
-        r.register(&s1, &reg("b", "uid-b"), now());
+        let (mut r, s1) = held_by_s1(&[("a", "uid-a"), ("b", "uid-b")]);
         assert_eq!(
             r.unregister(&s1.session, "a", true, now()),
             Release::Removed

@@ -1,10 +1,11 @@
-//! The state every part of the hub shares: registry and cache (under one
-//! lock, so "is this account held by this session" and "apply its events"
-//! are one step), the store, live sessions, pending operations and metrics.
+//! The state every part of the hub shares: the settings, registry and cache
+//! (under one lock, so "is this account held by this session" and "apply its
+//! events" are one step), the store, live sessions, pending operations and
+//! metrics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use scale_agent_proto::v1::HubFrame;
 use tokio::sync::mpsc;
@@ -13,8 +14,9 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::cache::Cache;
+use crate::config::Config;
 use crate::identity::IdentityPolicy;
-use crate::metrics::{Metrics, ReasonLabel, StateLabel};
+use crate::metrics::{Metrics, StateLabel};
 use crate::operations::Operations;
 use crate::ownership::OwnershipRx;
 use crate::registry::{Binding, Registry, SessionId, ShardKey};
@@ -22,33 +24,6 @@ use crate::store::Store;
 
 /// The frames the hub sends on one session.
 pub type Outbound = mpsc::Sender<Result<HubFrame, Status>>;
-
-/// Session terms and timings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// This hub instance's id (Welcome.hub_id).
-    pub hub_id: String,
-    /// How long a dropped account waits for its agent.
-    pub grace_period: Duration,
-    /// Heartbeat interval announced in Welcome.
-    pub heartbeat_interval: Duration,
-    /// Largest frame accepted.
-    pub max_message_bytes: u32,
-    /// Flow-control window each account starts with.
-    pub initial_window_bytes: u64,
-    /// Operation timeout when the request sets none.
-    pub default_operation_timeout: Duration,
-    /// How long a new stream may take to send Hello.
-    pub hello_timeout: Duration,
-    /// How sessions are authenticated.
-    pub identity: IdentityPolicy,
-    /// Account ownership, when enforced (`--authorize-shards`).
-    pub ownership: Option<OwnershipRx>,
-    /// Sessions are drained after this age (±10%).
-    pub max_connection_age: Option<Duration>,
-    /// How long a drained session may stay open.
-    pub max_connection_age_grace: Duration,
-}
 
 /// Registry and cache, changed together.
 #[derive(Debug, Default)]
@@ -73,8 +48,12 @@ pub struct SessionHandle {
 /// Everything shared.
 #[derive(Debug)]
 pub struct Shared {
-    /// Terms and timings.
-    pub settings: Settings,
+    /// The hub's settings, as checked by [`Config::checked`].
+    pub config: Config,
+    /// How sessions are authenticated (from the settings).
+    pub identity: IdentityPolicy,
+    /// Who owns which account, when enforced ([`Config::authorize`]).
+    pub ownership: Option<OwnershipRx>,
     core: Mutex<Core>,
     /// Durable bindings.
     pub store: Store,
@@ -90,13 +69,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state, loading bindings from the store; each loaded
-    /// binding is a Disconnected account whose grace period starts now.
+    /// Builds the shared state from the settings: opens the store
+    /// ([`Config::store`]) and loads its bindings, each a Disconnected
+    /// account whose grace period starts now. `ownership` is the index
+    /// [`crate::ownership::start`] keeps, when ownership is enforced.
     pub fn new(
-        settings: Settings,
-        store: Store,
+        config: Config,
+        ownership: Option<OwnershipRx>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Shared>, crate::Error> {
+        let (config, identity) = config.checked()?;
+        let store = Store::open(config.store.as_deref())?;
         let bindings = store.load()?;
         let mut core = Core::default();
         let expiries = core.registry.load(bindings, SystemTime::now());
@@ -107,7 +90,9 @@ impl Shared {
             );
         }
         let shared = Arc::new(Shared {
-            settings,
+            config,
+            identity,
+            ownership,
             core: Mutex::new(core),
             store,
             sessions: Mutex::new(HashMap::new()),
@@ -192,10 +177,7 @@ impl Shared {
             self.metrics.store_errors.inc();
             warn!(account = name, %err, "could not remove the account binding from the store");
         }
-        self.metrics
-            .accounts_removed
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        self.metrics.account_removed(reason);
     }
 
     /// After the grace period, removes each account that is still
@@ -207,7 +189,7 @@ impl Shared {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
             tokio::select! {
-                () = tokio::time::sleep(shared.settings.grace_period) => {}
+                () = tokio::time::sleep(shared.config.grace_period) => {}
                 () = shared.shutdown.cancelled() => return,
             }
             for (name, epoch) in expiries {
@@ -223,7 +205,7 @@ impl Shared {
                     info!(
                         account = %name,
                         objects,
-                        grace_period = ?shared.settings.grace_period,
+                        grace_period = ?shared.config.grace_period,
                         "account removed: its agent did not come back within the grace period"
                     );
                     shared.forget(&name, "grace_period_expired");

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use scale_agent_hub::{Config, Hub};
+use scale_agent_hub::Config;
 use scale_agent_proto::v1::{
     self as pb, AgentFrame, EventType, RegisterReason, agent_frame, hub_frame, operation,
 };
@@ -104,14 +104,14 @@ async fn registered_events_are_visible_over_http() -> Result<()> {
     let (status, text) = get(&hub, "/metrics").await?;
     assert_eq!(status, 200);
     let text = text.as_str().unwrap_or_default().to_owned();
-    assert!(text.contains("scaleagent_hub_sessions 1"), "{text}");
-    assert!(text.contains("scaleagent_hub_objects 2"), "{text}");
+    assert!(text.contains("scale_agent_hub_sessions 1"), "{text}");
+    assert!(text.contains("scale_agent_hub_objects 2"), "{text}");
     assert!(
-        text.contains("scaleagent_hub_events_applied_total 5"),
+        text.contains("scale_agent_hub_events_applied_total 5"),
         "{text}"
     );
     assert!(
-        text.contains(r#"scaleagent_hub_accounts{state="connected"} 1"#),
+        text.contains(r#"scale_agent_hub_accounts{state="connected"} 1"#),
         "{text}"
     );
     let (status, _) = get(&hub, "/healthz").await?;
@@ -158,7 +158,7 @@ async fn a_second_cluster_cannot_take_a_bound_name_and_the_first_keeps_streaming
     let metrics = hub.metrics_text();
     assert!(
         metrics.contains(
-            r#"scaleagent_hub_registrations_rejected_total{reason="cluster_mismatch"} 1"#
+            r#"scale_agent_hub_registrations_rejected_total{reason="cluster_mismatch"} 1"#
         ),
         "{metrics}"
     );
@@ -244,7 +244,7 @@ async fn agent_gone_past_grace_period_is_removed_with_its_objects_and_binding() 
     let metrics = hub.metrics_text();
     assert!(
         metrics
-            .contains(r#"scaleagent_hub_accounts_removed_total{reason="grace_period_expired"} 1"#),
+            .contains(r#"scale_agent_hub_accounts_removed_total{reason="grace_period_expired"} 1"#),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -539,15 +539,14 @@ async fn bindings_survive_a_restart_with_a_store_file() -> Result<()> {
     logs();
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("hub.db");
-    let mut config = Config::local();
-    config.store = Some(path.clone());
-    let hub = Hub::start(config.clone()).await?;
+    let with_store = |c: &mut Config| c.store = Some(path.clone());
+    let hub = hub_with(with_store).await?;
     let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
     assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     agent.close();
     hub.shutdown().await?;
 
-    let hub = Hub::start(config).await?;
+    let hub = hub_with(with_store).await?;
     let a = account(&hub, "prod-1").await?.ok_or("binding loaded")?;
     assert_eq!(a["state"], "Disconnected");
     assert_eq!(a["clusterId"], "uid-a");
@@ -623,19 +622,20 @@ async fn bad_hellos_are_refused_while_other_sessions_keep_working() -> Result<()
     assert_eq!(object_names(&hub, "prod-1").await?, ["one", "three", "two"]);
     let metrics = hub.metrics_text();
     assert!(
-        metrics.contains(r#"scaleagent_hub_sessions_rejected_total{reason="protocol_version"} 1"#),
+        metrics.contains(r#"scale_agent_hub_sessions_rejected_total{reason="protocol_version"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"scaleagent_hub_events_rejected_total{reason="malformed_body"} 1"#),
+        metrics.contains(r#"scale_agent_hub_events_rejected_total{reason="malformed_body"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"scaleagent_hub_frames_ignored_total{reason="event_batch_not_held"} 1"#),
+        metrics
+            .contains(r#"scale_agent_hub_frames_ignored_total{reason="event_batch_not_held"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"scaleagent_hub_frames_ignored_total{reason="unknown_frame_kind"} 1"#),
+        metrics.contains(r#"scale_agent_hub_frames_ignored_total{reason="unknown_frame_kind"} 1"#),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -739,9 +739,7 @@ async fn frequent_keepalive_pings_are_allowed() -> Result<()> {
 #[tokio::test]
 async fn a_silent_agent_is_cut_off_after_three_heartbeat_intervals() -> Result<()> {
     logs();
-    let mut config = Config::local();
-    config.heartbeat_interval = Duration::from_millis(200);
-    let hub = Hub::start(config).await?;
+    let hub = hub_with(|c| c.heartbeat_interval = Duration::from_millis(200)).await?;
     let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
     assert_eq!(
         agent.welcome.heartbeat_interval,

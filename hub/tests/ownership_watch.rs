@@ -59,12 +59,13 @@ async fn not_owner_follows_the_agentshards_in_the_cluster() -> Result<()> {
     apply(&cp, &shard_yaml("west", &["prod-west"]))?;
 
     let client = cp.client().await?;
-    let mut config = scale_agent_hub::Config::local();
-    config.authorize = Some(ShardSource::Watch {
-        namespaces: vec!["spinnaker".into()],
-        client: Some(client),
-    });
-    let hub = scale_agent_hub::Hub::start(config).await?;
+    let hub = hub_with(|c| {
+        c.authorize = Some(ShardSource::Watch {
+            namespaces: vec!["spinnaker".into()],
+            client: Some(client),
+        });
+    })
+    .await?;
 
     let mut west = FakeAgent::connect(&hub, "west", "west-0").await?;
     let results = west

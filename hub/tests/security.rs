@@ -13,13 +13,12 @@ use common::*;
 use prost::Message as _;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use scale_agent_crds::AgentShard;
-use scale_agent_hub::{Config, Hub, RunningHub, ShardSource};
+use scale_agent_hub::{RunningHub, ShardSource};
 use scale_agent_proto::v1::{self as pb, HubFrame, RegisterReason, agent_frame, hub_frame};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-const LONG: Duration = Duration::from_secs(600);
 const HEADER: &str = "x-client-cert";
 
 /// What nginx puts in `$ssl_client_escaped_cert`: the URL-encoded PEM of a
@@ -32,13 +31,6 @@ fn escaped_cert(shard: &str) -> Result<String> {
     ));
     let pem = params.self_signed(&key)?.pem();
     Ok(percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string())
-}
-
-async fn hub_with(change: impl FnOnce(&mut Config)) -> Result<RunningHub> {
-    let mut config = Config::local();
-    config.grace_period = LONG;
-    change(&mut config);
-    Ok(Hub::start(config).await?)
 }
 
 async fn plain(hub: &RunningHub) -> Result<Channel> {
@@ -216,7 +208,7 @@ async fn accounts_are_accepted_only_from_the_shard_that_owns_them() -> Result<()
     );
     let metrics = hub.metrics_text();
     assert!(
-        metrics.contains(r#"scaleagent_hub_registrations_rejected_total{reason="not_owner"} 3"#),
+        metrics.contains(r#"scale_agent_hub_registrations_rejected_total{reason="not_owner"} 3"#),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -281,11 +273,11 @@ async fn an_aged_session_is_drained_and_the_agent_comes_back_with_its_accounts()
     assert_eq!(object_names(&hub, "prod-1").await?, ["one", "two"]);
     let metrics = hub.metrics_text();
     assert!(
-        !metrics.contains("scaleagent_hub_accounts_removed_total{"),
+        !metrics.contains("scale_agent_hub_accounts_removed_total{"),
         "no account removed: {metrics}"
     );
     assert!(
-        !metrics.contains("scaleagent_hub_sessions_aged_out_total 0"),
+        !metrics.contains("scale_agent_hub_sessions_aged_out_total 0"),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -344,7 +336,7 @@ async fn the_http_api_needs_the_bearer_token_from_the_file() -> Result<()> {
     let metrics = hub.metrics_text();
     let refused: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("scaleagent_hub_http_unauthorized_total "))
+        .find_map(|l| l.strip_prefix("scale_agent_hub_http_unauthorized_total "))
         .ok_or("no unauthorized metric")?
         .trim()
         .parse()?;
@@ -466,8 +458,8 @@ async fn oversized_and_malformed_frames_end_only_their_own_session() -> Result<(
     assert_eq!(object_names(&hub, "prod-1").await?, ["one"]);
     let metrics = hub.metrics_text();
     assert!(
-        metrics.contains(r#"scaleagent_hub_frames_ignored_total{reason="oversized"} 1"#)
-            && metrics.contains(r#"scaleagent_hub_frames_ignored_total{reason="malformed"} 1"#),
+        metrics.contains(r#"scale_agent_hub_frames_ignored_total{reason="oversized"} 1"#)
+            && metrics.contains(r#"scale_agent_hub_frames_ignored_total{reason="malformed"} 1"#),
         "{metrics}"
     );
     hub.shutdown().await?;

@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{FakeAgent, Result, added, eventually, hello_frame, logs, object_names, open_on};
+use common::{
+    FakeAgent, Result, added, eventually, hello_frame, hub_with, logs, object_names, open_on,
+};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
-use scale_agent_hub::{Config, Hub, RunningHub, TlsConfig};
+use scale_agent_hub::{RunningHub, TlsConfig};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// A CA and certificates it signs.
@@ -90,14 +92,13 @@ async fn try_session(addr: SocketAddr, tls: ClientTlsConfig, replica: &str) -> R
 }
 
 async fn mtls_hub(ca: &Ca, server: &(String, String)) -> Result<RunningHub> {
-    let mut config = Config::local();
-    config.tls = Some(TlsConfig {
+    let tls = TlsConfig {
         cert_pem: server.0.clone().into_bytes(),
         key_pem: server.1.clone().into_bytes(),
         client_ca_pem: Some(ca.pem().into_bytes()),
         files: None,
-    });
-    Ok(Hub::start(config).await?)
+    };
+    hub_with(|c| c.tls = Some(tls)).await
 }
 
 #[tokio::test]
@@ -134,7 +135,7 @@ async fn mtls_accepts_trusted_agents_and_refuses_others_at_the_handshake() -> Re
     let metrics = hub.metrics_text();
     let failures: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("scaleagent_hub_tls_handshake_failures_total "))
+        .find_map(|l| l.strip_prefix("scale_agent_hub_tls_handshake_failures_total "))
         .ok_or("no handshake failure metric")?
         .trim()
         .parse()?;
@@ -191,7 +192,7 @@ async fn a_hello_for_another_shard_than_the_certificate_names_is_refused() -> Re
     good.barrier().await?;
     let metrics = hub.metrics_text();
     assert!(
-        metrics.contains(r#"scaleagent_hub_sessions_rejected_total{reason="wrong_shard"} 1"#),
+        metrics.contains(r#"scale_agent_hub_sessions_rejected_total{reason="wrong_shard"} 1"#),
         "{metrics}"
     );
     hub.shutdown().await?;
@@ -221,10 +222,12 @@ async fn rotated_certificate_files_serve_new_connections_and_open_streams_keep_g
     write(&cert, &old_server.0)?;
     write(&key, &old_server.1)?;
     write(&client_ca, &old_ca.pem())?;
-    let mut config = Config::local();
-    config.tls = Some(TlsConfig::from_files(&cert, &key, Some(&client_ca))?);
-    config.reload_interval = Duration::from_millis(100);
-    let hub = Hub::start(config).await?;
+    let tls = TlsConfig::from_files(&cert, &key, Some(&client_ca))?;
+    let hub = hub_with(|c| {
+        c.tls = Some(tls);
+        c.reload_interval = Duration::from_millis(100);
+    })
+    .await?;
     let addr = hub.grpc_addr();
 
     let old_agent = old_ca.agent("spinnaker", "east")?;
@@ -261,7 +264,7 @@ async fn rotated_certificate_files_serve_new_connections_and_open_streams_keep_g
     );
     assert!(
         hub.metrics_text()
-            .contains("scaleagent_hub_tls_reloads_total 1")
+            .contains("scale_agent_hub_tls_reloads_total 1")
     );
 
     // The stream opened before the rotation keeps working.

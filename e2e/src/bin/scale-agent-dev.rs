@@ -85,18 +85,7 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
         )?;
     }
     tracing::info!("installing the AgentShard CRD from {}", crd.display());
-    cp.kubectl(
-        ["apply", "--server-side", "-f"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([crd.display().to_string()]),
-    )?;
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/agentshards.scaleagent.dev",
-    ])?;
+    scale_agent_e2e::crd::install(&cp, crd)?;
     // The hub (Clouddriver's side) and nginx in front of it.
     let stack = Stack::start(&cp, &run_dir).await?;
     // Each example shard's agents carry a client certificate naming their shard, in the
@@ -115,16 +104,7 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     .await?;
     // A real agent process for every agent pod (kwok runs the pods, nothing runs their
     // containers).
-    let pods = PodRunner::start(
-        cp.client().await?,
-        RunnerConfig {
-            agent_bin: workspace_binary("scale-agent")?,
-            kubeconfig: cp.management.kubeconfig.clone(),
-            run_dir: run_dir.clone(),
-            env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
-            args: vec![],
-        },
-    );
+    let pods = PodRunner::start(cp.client().await?, RunnerConfig::new(&cp, run_dir.clone())?);
 
     let env = format!(
         "# Written by `just up`; source it: . .dev/env\n\

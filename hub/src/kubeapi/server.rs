@@ -19,15 +19,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use super::KubeApiConfig;
 use super::auth::{Refusal, Tokens};
 use super::locate::{Located, locate};
 use super::passthrough::{self, MAX_REQUEST_BODY, Replay};
 use super::path::{self, PathError};
 use super::status::Failure;
+use super::{KubeApiConfig, TokenSource};
 use crate::Error;
 use crate::state::Shared;
 use crate::tls::{TlsConfig, TlsState};
@@ -45,15 +44,22 @@ pub struct KubeApi {
     config: KubeApiConfig,
 }
 
-/// Starts serving; returns the bound address and the server's task.
+/// Starts serving (TLS with the hub's certificate, when it has one); returns the
+/// bound address and the server's task, which ends when the hub shuts down.
 pub async fn start(
     shared: Arc<Shared>,
     config: KubeApiConfig,
-    tokens: Arc<Tokens>,
-    tls: Option<&TlsConfig>,
-    reload_interval: Duration,
-    shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), Error> {
+    let shutdown = shared.shutdown.clone();
+    let reload_interval = shared.config.reload_interval;
+    let tls = shared.config.tls.as_ref();
+    let tokens = match &config.tokens {
+        TokenSource::File(path) => Tokens::watch(path, reload_interval, shutdown.clone())?,
+        TokenSource::Text(text) => Tokens::from_text(text).map_err(|message| Error::Setting {
+            setting: "--kube-api-tokens-file",
+            message,
+        })?,
+    };
     let bind = |source| Error::Bind {
         addr: config.addr,
         what: "kube-api",

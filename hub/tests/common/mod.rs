@@ -24,11 +24,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Starts a hub on loopback with a grace period.
-pub async fn hub(grace: Duration) -> Result<RunningHub> {
+/// Starts a hub on the test default settings ([`Config::local`]: loopback,
+/// any free ports), with the fields a test is about changed by `change`.
+pub async fn hub_with(change: impl FnOnce(&mut Config)) -> Result<RunningHub> {
     let mut config = Config::local();
-    config.grace_period = grace;
+    change(&mut config);
     Ok(Hub::start(config).await?)
+}
+
+/// Starts a hub on the test default settings with a grace period.
+pub async fn hub(grace: Duration) -> Result<RunningHub> {
+    hub_with(|c| c.grace_period = grace).await
 }
 
 /// Logs to the test output when RUST_LOG is set.
@@ -202,6 +208,17 @@ impl FakeAgent {
 
     /// Sends one batch and waits for its Ack.
     pub async fn events(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<()> {
+        let sequence = self.events_unacked(account, events).await?;
+        let account = account.to_owned();
+        self.wait_for(|f| match f {
+            hub_frame::Frame::Ack(a) if a.account == account && a.sequence == sequence => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a batch without waiting for an Ack; its sequence number.
+    pub async fn events_unacked(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<u64> {
         let seq = self.sequences.entry(account.to_owned()).or_default();
         *seq += 1;
         let sequence = *seq;
@@ -211,25 +228,7 @@ impl FakeAgent {
             events,
         }))
         .await?;
-        let account = account.to_owned();
-        self.wait_for(|f| match f {
-            hub_frame::Frame::Ack(a) if a.account == account && a.sequence == sequence => Some(()),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Sends a batch without waiting for an Ack.
-    pub async fn events_unacked(&mut self, account: &str, events: Vec<ObjectEvent>) -> Result<()> {
-        let seq = self.sequences.entry(account.to_owned()).or_default();
-        *seq += 1;
-        let sequence = *seq;
-        self.send(agent_frame::Frame::EventBatch(pb::EventBatch {
-            account: account.into(),
-            sequence,
-            events,
-        }))
-        .await
+        Ok(sequence)
     }
 
     pub async fn sync_start(

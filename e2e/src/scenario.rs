@@ -1,25 +1,30 @@
 //! Fixtures for tests that run agents and a hub against the target clusters: a scenario
-//! (namespace in every cluster, its own hub), agent configs, kubeconfigs, agent processes.
+//! (a namespace in every cluster, its own hub), agent configs, kubeconfigs, agent
+//! processes. Their errors are the tests' own (`anyhow`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use scale_agent_crds::{AccountConfig, AgentConfig, BudgetConfig, HubConfig, ShardRef};
-use scale_agent_e2e::agent::{AgentProcess, AgentSpec};
-use scale_agent_e2e::converge::create_namespace;
-use scale_agent_e2e::hub::{HubOptions, HubProcess};
-use scale_agent_e2e::{Cluster, workspace_binary};
 
-use super::Env;
+use crate::agent::{AgentProcess, AgentSpec};
+use crate::converge::create_namespace;
+use crate::hub::{HubOptions, HubProcess};
+use crate::{Cluster, Env, workspace_binary};
 
 /// One test's hub, folder and namespace.
 pub struct Scenario {
+    /// The test's own hub (its log is in the test's folder).
     pub hub: HubProcess,
+    /// Where the agents' config files go.
     pub dir: tempfile::TempDir,
+    /// The test's namespace: in the management cluster (the agents' Leases) and in every
+    /// target cluster (the objects they stream).
     pub ns: String,
 }
 
+/// A fresh namespace for `test` in every cluster and a hub with grace period `grace`.
 pub async fn scenario(env: &Env, test: &str, grace: &str) -> anyhow::Result<Scenario> {
     scenario_with(env, test, grace, None, Vec::new()).await
 }
@@ -36,7 +41,7 @@ pub async fn scenario_with(
     // The same namespace in every target cluster holds the test's objects.
     for t in &env.cp.targets {
         // A test elsewhere in the binary may be restarting this cluster: retry.
-        scale_agent_e2e::wait::until(
+        crate::wait::until(
             &format!("namespace {ns} in {}", t.name),
             std::time::Duration::from_secs(60),
             || async { create_namespace(t, &ns).await.ok() },
@@ -51,7 +56,7 @@ pub async fn scenario_with(
             args: hub_args,
             kubeconfig: Some(env.cp.management.kubeconfig.clone()),
         },
-        &env.cp.run_dir.join(&ns),
+        &env.test_dir(&ns),
     )
     .await?;
     Ok(Scenario {
@@ -61,6 +66,8 @@ pub async fn scenario_with(
     })
 }
 
+/// Account `name` streaming the ConfigMaps and Deployments of namespace `ns`, its
+/// kubeconfig in `<name>.kubeconfig`.
 pub fn account(name: &str, ns: &str) -> AccountConfig {
     AccountConfig {
         name: name.into(),
@@ -73,6 +80,8 @@ pub fn account(name: &str, ns: &str) -> AccountConfig {
     }
 }
 
+/// The config of an agent of shard `shard` (in the scenario's namespace) streaming
+/// `accounts` to the scenario's hub, without TLS.
 pub fn config(s: &Scenario, shard: &str, accounts: Vec<AccountConfig>) -> AgentConfig {
     AgentConfig {
         shard: ShardRef::new(s.ns.clone(), shard.to_string()),
@@ -85,14 +94,13 @@ pub fn config(s: &Scenario, shard: &str, accounts: Vec<AccountConfig>) -> AgentC
     }
 }
 
+/// The kubeconfig files (name → text) that give each account of `pairs` (account,
+/// target cluster) its cluster.
 pub fn kubeconfigs(env: &Env, pairs: &[(&str, &str)]) -> anyhow::Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|(account, cluster)| {
-            let c = env
-                .cp
-                .target(cluster)
-                .with_context(|| format!("no cluster {cluster}"))?;
+            let c = target(env, cluster)?;
             Ok((
                 format!("{account}.kubeconfig"),
                 std::fs::read_to_string(&c.kubeconfig)?,
@@ -101,6 +109,8 @@ pub fn kubeconfigs(env: &Env, pairs: &[(&str, &str)]) -> anyhow::Result<BTreeMap
         .collect()
 }
 
+/// Starts agent replica `replica` with `cfg`, kubeconfig files `kcs` and extra flags
+/// `args`; its log goes to the test's folder.
 pub fn start_agent(
     env: &Env,
     s: &Scenario,
@@ -122,18 +132,20 @@ pub fn start_agent(
         &dir,
         cfg,
         kcs,
-        &env.cp.run_dir.join(&s.ns),
+        &env.test_dir(&s.ns),
     )?)
 }
 
+/// The target cluster `name`.
 pub fn target<'a>(env: &'a Env, name: &str) -> anyhow::Result<&'a Cluster> {
     env.cp
         .target(name)
         .with_context(|| format!("no cluster {name}"))
 }
 
+/// The last lines of an agent's log, to add to an error.
 pub fn agent_log(a: &AgentProcess) -> String {
-    scale_agent_e2e::process::tail(a.proc.log(), 40)
+    crate::process::tail(a.proc.log(), 40)
 }
 
 /// One agent of shard `shard` streaming `account` of `cluster`, connected at the hub.
@@ -154,7 +166,7 @@ pub async fn stream_one(
         &kcs,
         &["--lease-renew-millis=500"],
     )?;
-    scale_agent_e2e::converge::wait_state(
+    crate::converge::wait_state(
         &s.hub,
         account_name,
         "Connected",

@@ -1,0 +1,127 @@
+//! Reading the Prometheus text that the agent, the hub and the operator serve on
+//! `/metrics`: tests assert on counters and gauges (relists, reconnects, reconciles).
+
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// The value of the sample `series` in Prometheus text `text`: the metric name with its
+/// labels exactly as exposed (`scale_agent_relists_total`,
+/// `requests_total{code="200"}`).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(parse_line)
+        .find(|(s, _)| *s == series)
+        .map(|(_, v)| v)
+}
+
+/// Splits a sample line into its series (name and labels) and its value; `None` for
+/// comments, blank lines and lines that are not samples. Label values may hold spaces,
+/// braces and escaped quotes; a timestamp after the value is ignored.
+fn parse_line(line: &str) -> Option<(&str, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let end = series_end(line)?;
+    let (series, rest) = line.split_at(end);
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some((series, value))
+}
+
+/// Where the series of a sample line ends: after the closing brace of its labels, or at
+/// the first white space when it has none.
+fn series_end(line: &str) -> Option<usize> {
+    let name_end = line
+        .find(|c: char| c == '{' || c.is_whitespace())
+        .unwrap_or(line.len());
+    if !line[name_end..].starts_with('{') {
+        return Some(name_end);
+    }
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in line.char_indices().skip(name_end) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return Some(i + 1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The `/metrics` text of the admin server at `addr` (`127.0.0.1:<port>`).
+pub async fn scrape(addr: &str) -> Result<String> {
+    let url = format!("http://{addr}/metrics");
+    let fail = |e: reqwest::Error| Error::Http {
+        url: url.clone(),
+        message: e.to_string(),
+    };
+    reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(fail)?
+        .error_for_status()
+        .map_err(fail)?
+        .text()
+        .await
+        .map_err(fail)
+}
+
+/// A counter or gauge of the admin server at `addr`, as a whole number; 0 when it is
+/// absent or the server does not answer (a process that is down has counted nothing).
+pub async fn metric(addr: &str, series: &str) -> u64 {
+    match scrape(addr).await {
+        Ok(text) => sample(&text, series).map_or(0, |v| v as u64),
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    const TEXT: &str = r#"# HELP scale_agent_operator_leader Whether this replica leads.
+# TYPE scale_agent_operator_leader gauge
+scale_agent_operator_leader 1
+scale_agent_operator_reconciles_total 12
+scale_agent_operator_reconciles_total_created 1700000000
+foo{a="b"} 3
+foo{a="b c",d="}"} 4
+foo{a="say \"hi\" }"} 5
+with_timestamp 6 1700000000000
+broken{a="b" 7
+"#;
+
+    #[test]
+    fn reads_samples_by_exact_series() {
+        assert_eq!(sample(TEXT, "scale_agent_operator_leader"), Some(1.0));
+        assert_eq!(
+            sample(TEXT, "scale_agent_operator_reconciles_total"),
+            Some(12.0)
+        );
+        assert_eq!(sample(TEXT, "foo{a=\"b\"}"), Some(3.0));
+        assert_eq!(sample(TEXT, "missing"), None);
+        assert_eq!(
+            sample(TEXT, "foo"),
+            None,
+            "a name alone is not a labelled series"
+        );
+    }
+
+    #[test]
+    fn label_values_may_hold_spaces_braces_and_quotes() {
+        assert_eq!(sample(TEXT, r#"foo{a="b c",d="}"}"#), Some(4.0));
+        assert_eq!(sample(TEXT, r#"foo{a="say \"hi\" }"}"#), Some(5.0));
+    }
+
+    #[test]
+    fn a_timestamp_is_not_the_value_and_broken_lines_are_skipped() {
+        assert_eq!(sample(TEXT, "with_timestamp"), Some(6.0));
+        assert_eq!(sample(TEXT, "broken{a=\"b\" 7"), None);
+        assert_eq!(sample(TEXT, "broken"), None);
+    }
+}
