@@ -141,6 +141,7 @@ pub fn sync_start(session: &Session, start: &pb::SyncStart) {
         _ => SyncMode::FullRelist,
     };
     let started = on_held(session, &start.account, "sync_start_not_held", |cache| {
+        cache.describe(&kind, &version, &start.resource, start.namespaced);
         cache.sync_start(&kind, &version, mode);
     });
     if started.is_some() {

@@ -62,6 +62,7 @@ pub mod session;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod window;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

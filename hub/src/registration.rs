@@ -22,7 +22,7 @@ use scale_agent_proto::v1::{
 };
 use tracing::{debug, info, warn};
 
-use crate::cache::Resume;
+use crate::cache::{Resume, Scope};
 use crate::clip::clip;
 use crate::ownership::{Ownership, OwnershipRx, Verdict};
 use crate::registry::{
@@ -284,6 +284,11 @@ fn admit(
             if !held_before {
                 cache.abandon_open_syncs();
             }
+            cache.registered(account.scope.as_ref().map(|s| Scope {
+                namespaces: s.namespaces.clone(),
+                omit_namespaces: s.omit_namespaces.clone(),
+                label_selector: s.label_selector.clone(),
+            }));
             let points = if fresh {
                 Vec::new()
             } else {
