@@ -999,7 +999,8 @@ async fn streaming(env: Arc<Env>) -> anyhow::Result<()> {
         t.await??;
     }
     let all = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
-    let list = format!("/api/v1/namespaces/{ns}/configmaps");
+    // `pretty` is a parameter the cache does not answer: the list goes to the cluster.
+    let list = format!("/api/v1/namespaces/{ns}/configmaps?pretty=false");
     // A whole list streams through the window, byte for byte as the cluster sends it.
     let (code, body) = call(&all, "GET", &list, &[]).await?;
     ensure!(code == 200, "list: {code}");
@@ -1052,15 +1053,24 @@ async fn streaming(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| rig.logs())?;
-    // A watch streams changes as they happen, and ends at the agent when dropped.
+    // A watch the cluster answers (Secrets never come from the cache) streams changes
+    // as they happen, and ends at the agent when dropped.
     let watch = format!(
-        "/api/v1/namespaces/{ns}/configmaps?watch=true&fieldSelector=metadata.name%3Dwatched"
+        "/api/v1/namespaces/{ns}/secrets?watch=true&fieldSelector=metadata.name%3Dwatched"
     );
     let req = http::Request::get(&watch).body(kube::client::Body::empty())?;
     let response = all.send(req).await?;
     ensure!(response.status() == 200, "watch: {}", response.status());
     let mut body = response.into_body();
-    scale_agent_e2e::converge::put_cm(&cms, "watched", "1").await?;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(target.client().await?, &ns);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "watched" },
+        "stringData": { "k": "v" }
+    }))?;
+    secrets
+        .create(&kube::api::PostParams::default(), &secret)
+        .await?;
     let frame = tokio::time::timeout(
         Duration::from_secs(10),
         http_body_util::BodyExt::frame(&mut body),

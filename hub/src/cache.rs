@@ -381,6 +381,11 @@ impl AccountCache {
             })
     }
 
+    /// The Kubernetes API's view of `kind`.
+    pub fn window(&self, kind: &KindKey) -> Option<&KindWindow> {
+        self.kinds.get(kind).map(|s| &s.api)
+    }
+
     /// The objects of `kind` (in `namespace`, when given), in key order.
     pub fn objects_of<'a>(
         &'a self,

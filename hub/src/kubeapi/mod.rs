@@ -2,25 +2,36 @@
 //! any client-go or kube-rs program can use an account through the hub with nothing
 //! but a kubeconfig whose `server:` is `https://<hub>:<port>/accounts/<account>`.
 //!
-//! Requests travel over the stream of the agent that holds the account, which replays
-//! them against the cluster with the account's credentials ([`passthrough`]); the
-//! target cluster never has to be reachable from Spinnaker.
+//! Lists and watches of the kinds the account's agent streams are answered from the
+//! hub's cache, with the cluster's resourceVersions ([`read`], [`cached`], [`watch`]);
+//! a client's own writes are a read barrier ([`barrier`]). Everything else travels over
+//! the stream of the agent that holds the account, which replays it against the
+//! cluster with the account's credentials ([`passthrough`]); the target cluster never
+//! has to be reachable from Spinnaker.
 //!
 //! Modules, one job each: [`server`] (listener, the order a request goes through),
 //! [`path`] (routing and what a path names), [`auth`] (bearer tokens and their
-//! accounts), [`locate`] (which session holds an account), [`tunnel`] (requests in
-//! flight per session, flow control), [`passthrough`] (replaying a request through the
-//! agent), [`status`] (Kubernetes `Status` answers), [`kubeconfig`] (the kubeconfig
-//! Spinnaker operators paste into Clouddriver).
+//! accounts), [`locate`] (which session holds an account), [`read`] (which reads the
+//! cache answers, lists and pages), [`selector`] (label and field selectors),
+//! [`cached`] (the checks under the cache's lock), [`watch`] (watches from the
+//! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
+//! session, flow control), [`passthrough`] (replaying a request through the agent),
+//! [`status`] (Kubernetes `Status` answers), [`kubeconfig`] (the kubeconfig Spinnaker
+//! operators paste into Clouddriver).
 
 pub mod auth;
+pub mod barrier;
+pub mod cached;
 pub mod kubeconfig;
 pub mod locate;
 pub mod passthrough;
 pub mod path;
+pub mod read;
+pub mod selector;
 pub mod server;
 pub mod status;
 pub mod tunnel;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

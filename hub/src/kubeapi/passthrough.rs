@@ -22,6 +22,7 @@ use scale_agent_proto::v1::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::barrier::{self, Barriers};
 use super::status::Failure;
 use super::tunnel::Part;
 use crate::registry::SessionId;
@@ -55,6 +56,72 @@ pub struct Replay<'a> {
     pub default_timeout: Duration,
     /// The response window.
     pub window: u64,
+    /// For a request that names a resource: where a successful write's version is
+    /// recorded, so the client's later reads reflect it.
+    pub barrier: Option<BarrierFor>,
+}
+
+/// The kind a write is to, and where its version goes.
+#[derive(Debug)]
+pub struct BarrierFor {
+    /// The account's barriers.
+    pub barriers: Arc<Barriers>,
+    /// API group of the resource.
+    pub group: String,
+    /// API version in the path.
+    pub version: String,
+    /// The resource (plural).
+    pub resource: String,
+}
+
+/// A write's answer is at most this large to be read whole for its version; a
+/// larger one sets the barrier to the kind's next change.
+const MAX_WRITE_ANSWER: usize = 16 << 20;
+
+/// Reads a successful write's whole answer, records the version it is at as the
+/// floor of the client's next reads of the kind, and answers with the same bytes.
+async fn record_write(
+    shared: &Shared,
+    account: &str,
+    method: &Method,
+    barrier: &BarrierFor,
+    response: Response<Body>,
+) -> Response<Body> {
+    let (parts, body) = response.into_parts();
+    let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+        body,
+        MAX_WRITE_ANSWER,
+    ))
+    .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(err) => {
+            warn!(account, %err, "the answer to a write could not be read whole");
+            return Failure::new(
+                StatusCode::BAD_GATEWAY,
+                "InternalError",
+                format!("the cluster's answer to the write broke off: {err}"),
+            )
+            .response();
+        }
+    };
+    let floor = match barrier::written(method, &bytes) {
+        Some(w) => w.floor(),
+        // No version in the answer (a Status): the kind's next change.
+        None => {
+            let core = shared.core();
+            core.cache
+                .account(account)
+                .and_then(|c| c.kind_for(&barrier.group, &barrier.version, &barrier.resource))
+                .map_or(0, |k| k.window.mark().rv + 1)
+        }
+    };
+    if floor > 0 {
+        barrier
+            .barriers
+            .note(account, &barrier.group, &barrier.resource, floor);
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// Parses a Go duration as kubectl writes `timeout=` (`32s`, `1m0s`, `500ms`).
@@ -249,7 +316,12 @@ pub async fn replay(shared: &Arc<Shared>, r: Replay<'_>) -> Response<Body> {
         done: false,
     };
     *response.body_mut() = Body::from_stream(answer);
-    response
+    match &r.barrier {
+        Some(barrier) if write && status.is_success() => {
+            record_write(shared, r.account, r.method, barrier, response).await
+        }
+        _ => response,
+    }
 }
 
 /// Which part answered a request (for metrics): set on answers that did not come

@@ -22,12 +22,16 @@ use tokio_stream::StreamExt as _;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::auth::{Refusal, Tokens};
+use super::barrier::Barriers;
+use super::cached::{self, Ctx};
 use super::locate::{Located, locate};
 use super::passthrough::{self, MAX_REQUEST_BODY, Replay};
 use super::path::{self, PathError};
+use super::read::{self, Snapshots};
 use super::status::Failure;
 use super::{KubeApiConfig, TokenSource};
 use crate::Error;
+use crate::clip::clip;
 use crate::state::Shared;
 use crate::tls::{TlsConfig, TlsState};
 
@@ -42,6 +46,8 @@ pub struct KubeApi {
     shared: Arc<Shared>,
     tokens: Arc<Tokens>,
     config: KubeApiConfig,
+    snapshots: Snapshots,
+    barriers: Arc<Barriers>,
 }
 
 /// Starts serving (TLS with the hub's certificate, when it has one); returns the
@@ -93,6 +99,8 @@ pub async fn start(
         shared: Arc::clone(&shared),
         tokens,
         config,
+        snapshots: Snapshots::default(),
+        barriers: Arc::default(),
     });
     let mut incoming = crate::tls::incoming(
         listener,
@@ -225,10 +233,42 @@ impl KubeApi {
             }
             Located::Here { session, tx } => (session, tx),
         };
+        let resource = path::resource_path(&rest);
+        if let Some(resource) = &resource {
+            let query = path::query(req.uri().query());
+            match read::plan(req.method(), resource, &query, req.headers()) {
+                Ok(read) => {
+                    let ctx = Ctx {
+                        shared: &self.shared,
+                        snapshots: &self.snapshots,
+                        barriers: &self.barriers,
+                    };
+                    let fingerprint = read::fingerprint(&account, &rest, &query);
+                    match cached::answer(&ctx, &account, resource, read, fingerprint).await {
+                        Ok(mut response) => {
+                            response
+                                .extensions_mut()
+                                .insert(passthrough::AnsweredBy("cache"));
+                            return response;
+                        }
+                        Err(why) => debug!(path = %clip(&rest), why, "read goes to the cluster"),
+                    }
+                }
+                Err(why) => debug!(path = %clip(&rest), why, "request goes to the cluster"),
+            }
+        }
         let path_and_query = match req.uri().query() {
             Some(q) => format!("{rest}?{q}"),
             None => rest,
         };
+        let barrier = resource
+            .filter(|r| r.subresource.as_deref() != Some("log"))
+            .map(|r| passthrough::BarrierFor {
+                barriers: Arc::clone(&self.barriers),
+                group: r.group,
+                version: r.version,
+                resource: r.resource,
+            });
         let (parts, body) = req.into_parts();
         let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
             .collect()
@@ -263,6 +303,7 @@ impl KubeApi {
                 body,
                 default_timeout: self.config.request_timeout,
                 window: self.config.window_bytes,
+                barrier,
             },
         )
         .await
