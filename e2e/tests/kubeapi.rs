@@ -42,6 +42,15 @@ fn main() {
             ("answers_stream_with_flow_control_and_cancel", |e| {
                 Box::pin(streaming(e))
             }),
+            ("lists_from_the_cache_equal_the_cluster", |e| {
+                Box::pin(cached_lists(e))
+            }),
+            ("watchers_through_the_hub_see_what_the_cluster_shows", |e| {
+                Box::pin(watchers(e))
+            }),
+            ("reads_reflect_writes_through_the_hub", |e| {
+                Box::pin(read_your_writes(e))
+            }),
         ],
     );
 }
@@ -1055,9 +1064,8 @@ async fn streaming(env: Arc<Env>) -> anyhow::Result<()> {
     .with_context(|| rig.logs())?;
     // A watch the cluster answers (Secrets never come from the cache) streams changes
     // as they happen, and ends at the agent when dropped.
-    let watch = format!(
-        "/api/v1/namespaces/{ns}/secrets?watch=true&fieldSelector=metadata.name%3Dwatched"
-    );
+    let watch =
+        format!("/api/v1/namespaces/{ns}/secrets?watch=true&fieldSelector=metadata.name%3Dwatched");
     let req = http::Request::get(&watch).body(kube::client::Body::empty())?;
     let response = all.send(req).await?;
     ensure!(response.status() == 200, "watch: {}", response.status());
@@ -1100,5 +1108,412 @@ async fn streaming(env: Arc<Env>) -> anyhow::Result<()> {
     if text.contains("more response body than the hub granted") {
         bail!("the agent overran a window:\n{}", rig.logs());
     }
+    Ok(())
+}
+
+// ---------- reads from the cache ----------
+
+/// The cluster's own answer to a raw request (status, JSON body).
+async fn direct_call(
+    cluster: &scale_agent_e2e::Cluster,
+    path: &str,
+) -> anyhow::Result<(u16, Value)> {
+    call(&cluster.client().await?, "GET", path, &[]).await
+}
+
+/// An item as the cache holds it: the stream leaves out `managedFields` and the
+/// last-applied annotation.
+fn as_streamed(mut item: Value) -> Value {
+    if let Some(meta) = item.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            if a.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+    }
+    item
+}
+
+fn list_items(list: &Value) -> Vec<Value> {
+    list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(as_streamed)
+        .collect()
+}
+
+async fn cache_answers(rig: &Rig) -> anyhow::Result<f64> {
+    Ok(metric(
+        &format!("{}/metrics", rig.s.hub.http),
+        "scale_agent_hub_kube_api_requests_total{source=\"cache\",code=\"2xx\"}",
+    )
+    .await
+    .unwrap_or(0.0))
+}
+
+/// Waits until the hub's cache of `account` holds every ConfigMap of the cluster.
+async fn cache_caught_up(
+    rig: &Rig,
+    account: &str,
+    cms: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
+) -> anyhow::Result<()> {
+    scale_agent_e2e::converge::converge(
+        &rig.s.hub,
+        account,
+        cms,
+        &rig.s.ns,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| rig.logs())?;
+    Ok(())
+}
+
+async fn cached_lists(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kls", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let cluster = target(&env, TARGET)?;
+    let cms = scale_agent_e2e::converge::configmaps(cluster, &ns).await?;
+    for i in 0..30 {
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+            "metadata": { "name": format!("cm-{i:02}"), "labels": { "tier": if i % 2 == 0 { "a" } else { "b" }, "n": i.to_string() } },
+            "data": { "v": i.to_string() }
+        }))?;
+        cms.create(&kube::api::PostParams::default(), &cm).await?;
+    }
+    cache_caught_up(&rig, &rig.target, &cms).await?;
+    let hub = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    let before = cache_answers(&rig).await?;
+    let base = format!("/api/v1/namespaces/{ns}/configmaps");
+    let queries = [
+        String::new(),
+        "?labelSelector=tier%3Da".into(),
+        "?labelSelector=tier!%3Da".into(),
+        "?labelSelector=tier+in+(a,b),!missing,n".into(),
+        "?fieldSelector=metadata.name%3Dcm-07".into(),
+        "?fieldSelector=metadata.name!%3Dcm-07,metadata.namespace%3D".to_string() + &ns,
+        "?resourceVersion=0".into(),
+    ];
+    for q in &queries {
+        let (code, through) = call(&hub, "GET", &format!("{base}{q}"), &[]).await?;
+        let (dcode, direct) = direct_call(cluster, &format!("{base}{q}")).await?;
+        ensure!(code == 200 && dcode == 200, "{q}: {code} / {dcode}");
+        ensure!(
+            through["kind"] == direct["kind"] && through["apiVersion"] == direct["apiVersion"],
+            "{q}: list type {} {} vs {} {}",
+            through["kind"],
+            through["apiVersion"],
+            direct["kind"],
+            direct["apiVersion"]
+        );
+        let (t, d) = (list_items(&through), list_items(&direct));
+        ensure!(
+            t == d,
+            "{q}: items from the cache differ from the cluster's:\n{t:?}\n---\n{d:?}"
+        );
+        ensure!(
+            through["metadata"]["resourceVersion"]
+                .as_str()
+                .is_some_and(|rv| !rv.is_empty()),
+            "{q}: no resourceVersion: {}",
+            through["metadata"]
+        );
+    }
+    let after = cache_answers(&rig).await?;
+    ensure!(
+        after - before >= queries.len() as f64,
+        "only {} of {} lists came from the cache",
+        after - before,
+        queries.len()
+    );
+    // Pages come from one snapshot: a change made between pages does not show.
+    let (_, full) = direct_call(cluster, &base).await?;
+    let want: Vec<String> = list_items(&full)
+        .iter()
+        .map(|i| {
+            i["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut rv = None;
+    let mut pages = 0;
+    loop {
+        let q = if token.is_empty() {
+            format!("{base}?limit=7")
+        } else {
+            format!("{base}?limit=7&continue={token}")
+        };
+        let (code, page) = call(&hub, "GET", &q, &[]).await?;
+        ensure!(code == 200, "page {pages}: {code} {page}");
+        pages += 1;
+        let page_rv = page["metadata"]["resourceVersion"].clone();
+        ensure!(
+            rv.get_or_insert_with(|| page_rv.clone()) == &page_rv,
+            "pages at different versions"
+        );
+        for item in list_items(&page) {
+            if item["metadata"]["name"] == "cm-20" {
+                ensure!(
+                    item["data"]["v"] == "20",
+                    "a change between pages showed: {item}"
+                );
+            }
+            seen.push(
+                item["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        if pages == 1 {
+            scale_agent_e2e::converge::put_cm(&cms, "cm-20", "changed").await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(t) if !t.is_empty() => token = t.to_owned(),
+            _ => break,
+        }
+    }
+    ensure!(
+        pages == 5 && seen == want,
+        "{pages} pages: {seen:?}, want {want:?}"
+    );
+    // What the cache cannot answer exactly goes to the cluster, which gives its own
+    // answer: a field it does not index, a resource the agent does not stream.
+    for q in [
+        format!("{base}?fieldSelector=data.v%3D1"),
+        format!("/api/v1/namespaces/{ns}/endpoints"),
+        "/api/v1/namespaces".to_owned(),
+    ] {
+        let (code, through) = call(&hub, "GET", &q, &[]).await?;
+        let (dcode, direct) = direct_call(cluster, &q).await?;
+        ensure!(
+            code == dcode
+                && through["message"] == direct["message"]
+                && list_items(&through).len() == list_items(&direct).len(),
+            "{q}: through the hub {code} {}, directly {dcode} {}",
+            through["message"],
+            direct["message"]
+        );
+    }
+    Ok(())
+}
+
+async fn watchers(env: Arc<Env>) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+    let mut rig = rig(&env, "kwt", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let cluster = target(&env, TARGET)?;
+    let cms = scale_agent_e2e::converge::configmaps(cluster, &ns).await?;
+    for i in 0..5 {
+        scale_agent_e2e::converge::put_cm(&cms, &format!("w-{i}"), "0").await?;
+    }
+    cache_caught_up(&rig, &rig.target, &cms).await?;
+    let hub = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    // The same watcher (kube-rs, with bookmarks) through the hub and on the cluster.
+    let start = |client: kube::Client| {
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let stream = reflector(
+            writer,
+            watcher(
+                kube::Api::<ConfigMap>::namespaced(client, &ns),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects();
+        let task = tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while stream.next().await.is_some() {}
+        });
+        (reader, task)
+    };
+    let (through, through_task) = start(hub.clone());
+    let (direct, direct_task) = start(cluster.client().await?);
+    let state = |store: &reflector::Store<ConfigMap>| {
+        let mut s: Vec<(String, String, String)> = store
+            .state()
+            .iter()
+            .map(|c| {
+                (
+                    c.metadata.name.clone().unwrap_or_default(),
+                    c.metadata.resource_version.clone().unwrap_or_default(),
+                    c.data
+                        .as_ref()
+                        .and_then(|d| d.get("v").cloned())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        s.sort();
+        s
+    };
+    let same = |what: &'static str| {
+        let (through, direct) = (through.clone(), direct.clone());
+        let cms = cms.clone();
+        async move {
+            wait::until(what, Duration::from_secs(60), || async {
+                let fresh = cms.list(&Default::default()).await.ok()?;
+                let mut want: Vec<(String, String, String)> = fresh
+                    .items
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.metadata.name.clone().unwrap_or_default(),
+                            c.metadata.resource_version.clone().unwrap_or_default(),
+                            c.data
+                                .as_ref()
+                                .and_then(|d| d.get("v").cloned())
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                want.sort();
+                (state(&through) == want && state(&direct) == want).then_some(())
+            })
+            .await
+        }
+    };
+    same("both watchers see the cluster's ConfigMaps").await?;
+    let started = Instant::now();
+    for i in 0..10 {
+        scale_agent_e2e::converge::put_cm(&cms, &format!("w-{i}"), "1").await?;
+    }
+    for i in 0..3 {
+        cms.delete(&format!("w-{i}"), &Default::default()).await?;
+    }
+    same("both watchers follow changes and deletions").await?;
+    eprintln!(
+        "changes seen through the hub's watch and directly in {:?}",
+        started.elapsed()
+    );
+    // A watch from a version the hub cannot vouch for (older than its window) goes to
+    // the cluster, which answers it from its own history: the same bytes.
+    let old =
+        format!("/api/v1/namespaces/{ns}/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1");
+    let (code, through_old) = call(&hub, "GET", &old, &[]).await?;
+    let (dcode, direct_old) = direct_call(cluster, &old).await?;
+    ensure!(
+        code == dcode && through_old == direct_old,
+        "watch from resourceVersion 1: through the hub {code} {through_old}, directly {dcode} {direct_old}"
+    );
+    // A watch from the hub's own list version is served from the cache.
+    let before = cache_answers(&rig).await?;
+    let (_, listed) = call(
+        &hub,
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/configmaps"),
+        &[],
+    )
+    .await?;
+    let rv = listed["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let recent = format!(
+        "/api/v1/namespaces/{ns}/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=2"
+    );
+    let writer = {
+        let cms = cms.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            scale_agent_e2e::converge::put_cm(&cms, "w-9", "3").await
+        })
+    };
+    let (code, events) = call(&hub, "GET", &recent, &[]).await?;
+    writer.await??;
+    let events = events
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| events.to_string());
+    ensure!(
+        code == 200 && events.contains("\"MODIFIED\"") && events.contains("\"w-9\""),
+        "watch from {rv} through the hub: {code} {events}"
+    );
+    ensure!(
+        cache_answers(&rig).await? - before >= 2.0,
+        "the list and the watch did not both come from the cache"
+    );
+    // The hub restarts (its cache is gone; the agent streams again): the watcher
+    // through the hub watches again, lists again when told 410, and converges,
+    // changes made while the hub was down included.
+    rig.s.hub.stop();
+    scale_agent_e2e::converge::put_cm(&cms, "while-down", "x").await?;
+    scale_agent_e2e::converge::put_cm(&cms, "w-5", "2").await?;
+    cms.delete("w-6", &Default::default()).await?;
+    let restarted = Instant::now();
+    rig.s.hub.restart().await?;
+    same("the watcher through the restarted hub converges").await?;
+    eprintln!(
+        "converged {:?} after the hub restarted",
+        restarted.elapsed()
+    );
+    through_task.abort();
+    direct_task.abort();
+    Ok(())
+}
+
+async fn read_your_writes(env: Arc<Env>) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{ListParams, Patch, PatchParams};
+    let rig = rig(&env, "kryw", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let hub = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    let api: kube::Api<Deployment> = kube::Api::namespaced(hub, &ns);
+    let by_name = ListParams::default().fields("metadata.name=web");
+    let before = cache_answers(&rig).await?;
+    let mut took = Vec::new();
+    for i in 0..200 {
+        let image = format!("nginx:1.{i}");
+        let manifest: Value = serde_json::from_str(&deployment(&ns, &image))?;
+        let started = Instant::now();
+        let written = api
+            .patch(
+                "web",
+                &PatchParams::apply("e2e-ryw").force(),
+                &Patch::Apply(&manifest),
+            )
+            .await?;
+        let generation = written.metadata.generation;
+        // At once, from the cache: the new generation and image, every time.
+        let list = api.list(&by_name).await?;
+        took.push(started.elapsed());
+        let got = list.items.first().context("web is not in the list")?;
+        let got_image = got
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone());
+        ensure!(
+            got.metadata.generation == generation && got_image.as_deref() == Some(image.as_str()),
+            "write {i}: wrote generation {generation:?} image {image}, read generation {:?} image {got_image:?}",
+            got.metadata.generation
+        );
+    }
+    let after = cache_answers(&rig).await?;
+    ensure!(
+        after - before >= 190.0,
+        "only {} of 200 reads came from the cache: the barrier was not exercised",
+        after - before
+    );
+    took.sort();
+    eprintln!(
+        "200 write-then-read through the hub: p50 {:?}, p99 {:?}, max {:?}; {} reads from the cache",
+        took[100],
+        took[197],
+        took[199],
+        after - before
+    );
     Ok(())
 }

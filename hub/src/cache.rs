@@ -317,8 +317,7 @@ impl AccountCache {
         state.api.advance(resource_version);
         if open.mode == SyncMode::FullRelist {
             // The hub lost continuity while the kind was relisted: watches start over.
-            let rv = state.api.mark().rv;
-            state.api.restart(rv);
+            state.api.restart();
         }
         let mut dropped = 0;
         if open.mode == SyncMode::FullRelist {

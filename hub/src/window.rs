@@ -5,11 +5,19 @@
 //!
 //! The window holds the kind's changes in the order they were applied, each with the
 //! object's previous state (a watch with a selector turns a change that makes an
-//! object stop matching into a deletion, as the API server does). It covers the
-//! changes after `start`; older ones fall out (count and bytes are bounded), and a
-//! watch from before `start` is answered `410 Gone`. A full relist of the kind means
-//! the hub lost continuity: the window starts over at the relist's version and its
-//! epoch changes, which ends every watch opened before.
+//! object stop matching into a deletion, as the API server does). Older changes fall
+//! out (count and bytes are bounded).
+//!
+//! A watch from resourceVersion X can be served from the window only when the hub can
+//! vouch that every change after X is in it. A full relist of the kind breaks that:
+//! the agent's list folds whatever happened while the hub was not following (objects
+//! deleted meanwhile simply are not listed) into one state, at a revision of the
+//! cluster the hub is not told, so a client that followed the kind before the relist
+//! could miss those deletions. After a relist the window therefore vouches for no
+//! version until the first change after it arrives, and from then on only for
+//! versions at or after that change; the epoch changes, which ends every watch opened
+//! before. A watch the window does not vouch for goes to the cluster, which knows its
+//! own history (and answers `410 Gone` when it does not either).
 //!
 //! Pure bookkeeping apart from one `tokio::sync::watch` channel that wakes the watches
 //! (and the reads waiting for their own writes) when something changes.
@@ -73,11 +81,11 @@ pub struct Mark {
     pub rv: u64,
 }
 
-/// A watch asked for changes older than the window holds.
+/// A watch asked for changes the window cannot vouch for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooOld {
-    /// The oldest resourceVersion a watch can start from now.
-    pub start: u64,
+    /// The oldest resourceVersion a watch can start from now, if any.
+    pub start: Option<u64>,
 }
 
 /// The Kubernetes API's view of one kind.
@@ -93,7 +101,8 @@ pub struct KindWindow {
     /// A resourceVersion that is not a number was seen: the kind is never answered
     /// from the cache (versions cannot be compared).
     pub opaque: bool,
-    start: u64,
+    /// Watches from this resourceVersion on are served; `None` right after a relist.
+    start: Option<u64>,
     changes: VecDeque<Arc<Change>>,
     bytes: usize,
     mark: watch::Sender<Mark>,
@@ -106,7 +115,7 @@ impl Default for KindWindow {
             namespaced: false,
             live: false,
             opaque: false,
-            start: 0,
+            start: None,
             changes: VecDeque::new(),
             bytes: 0,
             mark: watch::Sender::new(Mark::default()),
@@ -131,8 +140,8 @@ impl KindWindow {
         self.mark.subscribe()
     }
 
-    /// The oldest resourceVersion a watch can start from.
-    pub fn start(&self) -> u64 {
+    /// The oldest resourceVersion a watch can start from, if any.
+    pub fn start(&self) -> Option<u64> {
         self.start
     }
 
@@ -165,30 +174,32 @@ impl KindWindow {
     pub fn record(&mut self, change: Change) {
         self.bytes += change.body.get().len();
         let rv = change.rv;
+        // The first change after a relist: every later version is covered.
+        self.start.get_or_insert(rv);
         self.changes.push_back(Arc::new(change));
         while self.changes.len() > MAX_CHANGES || (self.bytes > MAX_BYTES && self.changes.len() > 1)
         {
             if let Some(old) = self.changes.pop_front() {
                 self.bytes -= old.body.get().len();
-                self.start = self.start.max(old.rv);
+                self.start = self.start.map(|s| s.max(old.rv));
             }
         }
         self.bump(rv, false);
     }
 
-    /// A full relist ended at `rv`: continuity was lost, so the window starts over
-    /// there and watches opened before end.
-    pub fn restart(&mut self, rv: u64) {
+    /// A full relist ended: continuity was lost, so the window starts over (vouching
+    /// for nothing until the next change) and watches opened before end.
+    pub fn restart(&mut self) {
         self.changes.clear();
         self.bytes = 0;
-        let rv = rv.max(self.mark().rv);
-        self.start = rv;
+        self.start = None;
+        let rv = self.mark().rv;
         self.bump(rv, true);
     }
 
     /// The changes after `rv` (oldest first), or how far back the window reaches.
     pub fn since(&self, rv: u64) -> Result<Vec<Arc<Change>>, TooOld> {
-        if rv < self.start {
+        if self.start.is_none_or(|start| rv < start) {
             return Err(TooOld { start: self.start });
         }
         // Changes are in resourceVersion order: skip the old ones from the back.
@@ -225,35 +236,45 @@ mod tests {
     #[test]
     fn a_watch_gets_exactly_the_changes_after_its_version() {
         let mut w = KindWindow::default();
-        w.restart(10);
+        w.advance("10");
+        w.restart();
+        assert_eq!(
+            w.since(10).err(),
+            Some(TooOld { start: None }),
+            "right after a relist the window vouches for no version"
+        );
         for rv in [11, 12, 15] {
             w.record(change(rv, "a", 1));
         }
-        assert_eq!(rvs(&w.since(10).expect("in the window")), [11, 12, 15]);
+        assert_eq!(rvs(&w.since(11).expect("in the window")), [12, 15]);
         assert_eq!(rvs(&w.since(12).expect("in the window")), [15]);
         assert_eq!(rvs(&w.since(13).expect("in the window")), [15]);
         assert!(w.since(15).expect("current").is_empty());
-        assert_eq!(w.since(9).err(), Some(TooOld { start: 10 }));
+        assert_eq!(
+            w.since(10).err(),
+            Some(TooOld { start: Some(11) }),
+            "a version from before the first change after the relist may miss deletions"
+        );
         assert_eq!(w.mark().rv, 15);
     }
 
     #[test]
     fn old_changes_fall_out_by_count_and_by_bytes() {
         let mut w = KindWindow::default();
-        w.restart(0);
+        w.restart();
         for rv in 1..=(MAX_CHANGES as u64 + 5) {
             w.record(change(rv, "a", 1));
         }
-        assert_eq!(w.start(), 5);
+        assert_eq!(w.start(), Some(5));
         assert!(w.since(4).is_err());
         assert_eq!(w.since(5).expect("in the window").len(), MAX_CHANGES);
         let mut w = KindWindow::default();
-        w.restart(0);
+        w.restart();
         let big = MAX_BYTES / 3;
         for rv in 1..=4 {
             w.record(change(rv, "a", big));
         }
-        assert_eq!(w.start(), 2, "the two oldest fell out");
+        assert_eq!(w.start(), Some(2), "the two oldest fell out");
         assert_eq!(rvs(&w.since(2).expect("in the window")), [3, 4]);
     }
 
@@ -261,15 +282,26 @@ mod tests {
     fn a_relist_starts_a_new_epoch_and_window() {
         let mut w = KindWindow::default();
         let rx = w.subscribe();
-        w.restart(5);
+        w.restart();
         w.record(change(6, "a", 1));
         let before = w.mark();
-        w.restart(20);
+        w.advance("20");
+        w.restart();
         let after = *rx.borrow();
         assert_eq!(after.epoch, before.epoch + 1);
         assert_eq!(after.rv, 20);
         assert!(w.since(6).is_err(), "changes before the relist are gone");
-        assert!(w.since(20).expect("current").is_empty());
+        assert!(
+            w.since(20).is_err(),
+            "nothing is vouched for until the next change"
+        );
+        w.record(change(21, "b", 1));
+        w.record(change(22, "c", 1));
+        assert_eq!(rvs(&w.since(21).expect("covered")), [22]);
+        assert!(
+            w.since(20).is_err(),
+            "20 may predate what the relist folded in"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use http::{HeaderValue, Response, header};
+use http::Response;
 
 use super::barrier::Barriers;
 use super::path::ResourcePath;
@@ -26,7 +26,6 @@ enum Step {
     List(read::Listed),
     Continue,
     Watch(Box<Watch>),
-    TooOld { asked: u64, oldest: u64 },
 }
 
 /// What a read needs from the hub besides the request.
@@ -70,14 +69,6 @@ pub async fn answer(
             }
             Step::Continue => return Ok(read::page(ctx.snapshots, &read, None, fingerprint)),
             Step::Watch(w) => return Ok(watch::serve(Arc::clone(ctx.shared), *w)),
-            Step::TooOld { asked, oldest } => {
-                let mut response = Response::new(Body::from(watch::too_old(asked, oldest)));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                return Ok(response);
-            }
         }
     }
 }
@@ -131,11 +122,10 @@ fn step(
     let start = match read.version {
         Version::Latest | Version::Any => Start::Objects(listed().items),
         Version::NotOlderThan(rv) => {
-            if let Err(too_old) = kind.window.since(rv) {
-                return Ok(Step::TooOld {
-                    asked: rv,
-                    oldest: too_old.start,
-                });
+            if kind.window.since(rv).is_err() {
+                // The cluster knows its history: it streams from there, or answers
+                // 410 Gone itself.
+                return Err("a version the window does not vouch for");
             }
             Start::After(rv)
         }

@@ -4,8 +4,6 @@
 //!
 //! - Without a resourceVersion (or with "0") the watch starts with an ADDED event per
 //!   object, then follows the changes, as the API server's does.
-//! - From a resourceVersion older than the window: one ERROR event carrying the API
-//!   server's `410 Expired` Status, so the client lists again.
 //! - A selector turns a change that makes an object match into ADDED and one that makes
 //!   it stop matching into DELETED (with its previous state at the change's version).
 //! - The watch ends (the client watches again from its last version) when the hub
@@ -72,20 +70,6 @@ fn line(kind: &str, object: &str) -> Bytes {
     out.push_str(object);
     out.push_str("}\n");
     Bytes::from(out)
-}
-
-/// The API server's answer to a watch from a version older than its window.
-pub fn too_old(asked: u64, oldest: u64) -> Bytes {
-    let status = serde_json::json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": format!("too old resource version: {asked} ({oldest})"),
-        "reason": "Expired",
-        "code": 410,
-    });
-    line("ERROR", &status.to_string())
 }
 
 fn bookmark(kind: &str, api_version: &str, rv: u64) -> Bytes {
@@ -333,13 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_and_bookmark_events_look_like_the_api_servers() {
-        let ev: Value = serde_json::from_slice(&too_old(5, 20)).expect("json");
-        assert_eq!(ev["type"], "ERROR");
-        assert_eq!(ev["object"]["kind"], "Status");
-        assert_eq!(ev["object"]["code"], 410);
-        assert_eq!(ev["object"]["reason"], "Expired");
-        assert_eq!(ev["object"]["message"], "too old resource version: 5 (20)");
+    fn bookmarks_look_like_the_api_servers() {
         let b: Value = serde_json::from_slice(&bookmark("ConfigMap", "v1", 9)).expect("json");
         assert_eq!(b["type"], "BOOKMARK");
         assert_eq!(b["object"]["metadata"]["resourceVersion"], "9");
