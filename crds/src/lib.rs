@@ -8,10 +8,15 @@
 //! - [`parse_quantity_bytes`]: Kubernetes quantities (`64Mi`) as exact byte counts.
 //! - [`crd_yaml`]: the CRD manifest; the `crdgen` binary writes it to
 //!   [`CRD_FILE`], which is checked in (a test fails when it is stale).
+//! - [`claims`]: the account-ownership rule, which the operator, its webhook and the hub
+//!   all use.
+//! - [`decode`]: reading a watch of AgentShards when one of them does not decode.
 //!
 //! This crate has types and pure functions only: no client, no I/O.
 
+pub mod claims;
 mod config;
+pub mod decode;
 mod error;
 mod identity;
 mod quantity;

@@ -402,6 +402,10 @@ pub struct AccountStatus {
     /// The shard that owns the account name (namespace/name), when it is another one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_shard: Option<String>,
+
+    /// When this shard claimed the name, as the operator first recorded it. Claims on one name are served in this order (oldest first), so it is kept across restarts of the operator; see the ownership rule in the operator's documentation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<Time>,
 }
 
 /// Whether the shard serves an account.
@@ -413,6 +417,13 @@ pub enum AccountState {
     Conflict,
     /// Left out: its configuration cannot be used (e.g. the kubeconfig Secret is missing).
     Invalid,
+    /// A state written by a newer version of the operator that this version does not
+    /// know. Read so that one new value does not make the whole AgentShard unreadable;
+    /// never written (the schema does not list it). The ownership rule counts it as
+    /// holding the name, the safe side.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 impl AccountState {
@@ -422,7 +433,15 @@ impl AccountState {
             Self::Active => "Active",
             Self::Conflict => "Conflict",
             Self::Invalid => "Invalid",
+            Self::Unknown => "Unknown",
         }
+    }
+
+    /// Whether a shard whose status shows this state holds the name: everything but
+    /// `Conflict` (an `Invalid` account is left out of the agent config but stays
+    /// reserved for its shard).
+    pub fn holds(self) -> bool {
+        self != Self::Conflict
     }
 }
 

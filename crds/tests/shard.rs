@@ -117,6 +117,7 @@ fn status_shape() {
             reason: "ClaimedByOlderShard".to_owned(),
             message: "owned by spinnaker/prod-west".to_owned(),
             owner_shard: Some("spinnaker/prod-west".to_owned()),
+            claimed_at: Some(time(1_700_000_000)),
         }],
         replicas: 2,
         ready_replicas: 1,
@@ -142,6 +143,7 @@ fn status_shape() {
                 "reason": "ClaimedByOlderShard",
                 "message": "owned by spinnaker/prod-west",
                 "ownerShard": "spinnaker/prod-west",
+                "claimedAt": "2023-11-14T22:13:20Z",
             }],
             "replicas": 2,
             "readyReplicas": 1,
@@ -221,6 +223,7 @@ fn shard_helpers_read_the_status() {
         reason: String::new(),
         message: String::new(),
         owner_shard: None,
+        claimed_at: None,
     });
     shard.status = Some(status);
     assert!(shard.is_condition_true(condition_type::READY));
@@ -238,6 +241,31 @@ fn shard_helpers_read_the_status() {
     );
     shard.metadata.generation = Some(4);
     assert!(!shard.status_is_current());
+}
+
+#[test]
+fn an_account_state_from_a_newer_version_reads_as_unknown() {
+    // A newer operator may write a state this version does not know: the shard still
+    // reads, and the state counts as holding the name.
+    let shard: AgentShard = serde_json::from_value(json!({
+        "apiVersion": "scaleagent.dev/v1alpha1",
+        "kind": "AgentShard",
+        "metadata": { "name": "east", "namespace": "ns" },
+        "spec": { "accounts": [{ "name": "a", "kubeconfigSecretRef": { "name": "kc" } }] },
+        "status": { "accounts": [
+            { "name": "a", "state": "Draining", "claimedAt": "2024-01-01T00:00:00Z" },
+            { "name": "b", "state": "Active" },
+        ]},
+    }))
+    .expect("a newer status reads");
+    let a = shard.account_status("a").expect("a");
+    assert_eq!(a.state, AccountState::Unknown);
+    assert!(a.state.holds());
+    assert_eq!(
+        shard.account_status("b").map(|b| b.state),
+        Some(AccountState::Active)
+    );
+    assert!(!AccountState::Conflict.holds());
 }
 
 #[test]

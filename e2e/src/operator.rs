@@ -25,7 +25,7 @@ pub struct OperatorOptions {
     pub default_hub: Option<String>,
     /// `--default-image`.
     pub default_image: Option<String>,
-    /// `--lease-duration-seconds`.
+    /// `--lease-duration`, in seconds.
     pub lease_duration_seconds: u32,
     /// Name of the ValidatingWebhookConfiguration (and of the Lease); operators that
     /// share it share leadership.
@@ -146,7 +146,7 @@ impl Operator {
         .arg(format!("--leader-election-name={}", options.instance))
         .arg(format!("--identity={}", options.name))
         .arg(format!(
-            "--lease-duration-seconds={}",
+            "--lease-duration={}s",
             options.lease_duration_seconds
         ))
         .arg("--log-format=json");

@@ -1,49 +1,41 @@
 //! Which shard owns which account, learned by watching AgentShards
 //! (`--authorize-shards`).
 //!
-//! An account is owned by a shard whose `spec.accounts` lists it, unless that
-//! shard's status marks it `Conflict` (the operator gave the name to an older
-//! claim). When several shards list a name and the status does not settle it
-//! (the operator has not written it yet), the hub decides as the operator
-//! will: a shard whose status says `Active` for it, then the oldest shard
-//! (creationTimestamp), then namespace/name.
+//! The owner of an account name is decided by the ownership rule the operator and its
+//! webhook use ([`scale_agent_crds::claims`]): the shard whose status holds the name
+//! (any state but `Conflict`), else the oldest claim in the specs (recorded claim time,
+//! then creationTimestamp, then namespace/name). A shard may stream an account only
+//! when it owns it and its spec still lists it: a holder letting a name go (its spec no
+//! longer lists it) keeps it from everyone until the operator has rewritten its agent
+//! config and status without it.
 //!
 //! Before the first complete list of AgentShards the hub cannot decide; a
-//! Register then waits a few seconds and is answered `UNAVAILABLE` (retry).
+//! Register then waits a few seconds and is answered `UNAVAILABLE` (retry). An
+//! AgentShard the hub cannot decode is skipped (logged once per version) and stands as
+//! its last decodable version, so it neither stops the watch nor frees its names.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
-use scale_agent_crds::{AccountState, AgentShard};
+use scale_agent_crds::claims::Claims;
+use scale_agent_crds::decode::{self, Undecodable};
+use scale_agent_crds::{AgentShard, ShardRef};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::registry::ShardKey;
 
-/// One shard's claim on an account name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Claim {
-    shard: ShardKey,
-    /// creationTimestamp in seconds; `i64::MAX` when unknown.
-    created: i64,
-    /// The status says Conflict for this account on this shard.
-    conflict: bool,
-    /// The status says Active for it.
-    active: bool,
-    /// The owner the status names when in Conflict.
-    owner_hint: Option<ShardKey>,
-}
-
 /// The account → owner index, built from a complete set of AgentShards.
 #[derive(Debug, Clone, Default)]
 pub struct Ownership {
-    claims: HashMap<String, Vec<Claim>>,
-    shards: usize,
+    claims: Claims,
 }
 
 /// The answer for one account and one shard.
@@ -60,103 +52,65 @@ pub enum Verdict {
     },
 }
 
-fn shard_key(text: &str) -> Option<ShardKey> {
-    let (namespace, name) = text.split_once('/')?;
-    (!namespace.is_empty() && !name.is_empty()).then(|| ShardKey {
-        namespace: namespace.into(),
-        name: name.into(),
-    })
+fn key(shard: ShardRef) -> ShardKey {
+    ShardKey {
+        namespace: shard.namespace,
+        name: shard.name,
+    }
 }
 
 impl Ownership {
     /// The index over these shards.
     pub fn from_shards<'a>(shards: impl IntoIterator<Item = &'a AgentShard>) -> Ownership {
-        let mut claims: HashMap<String, Vec<Claim>> = HashMap::new();
-        let mut count = 0;
-        for shard in shards {
-            let Some(sref) = shard.shard_ref() else {
-                continue;
-            };
-            if shard.metadata.deletion_timestamp.is_some() {
-                // Being deleted: its names are free for the next claimant.
-                continue;
-            }
-            count += 1;
-            let key = ShardKey {
-                namespace: sref.namespace,
-                name: sref.name,
-            };
-            let created = shard
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map_or(i64::MAX, |t| t.0.as_second());
-            for name in shard.account_names() {
-                let status = shard.account_status(name);
-                claims.entry(name.to_owned()).or_default().push(Claim {
-                    shard: key.clone(),
-                    created,
-                    conflict: status.is_some_and(|s| s.state == AccountState::Conflict),
-                    active: status.is_some_and(|s| s.state == AccountState::Active),
-                    owner_hint: status
-                        .and_then(|s| s.owner_shard.as_deref())
-                        .and_then(shard_key),
-                });
-            }
-        }
         Ownership {
-            claims,
-            shards: count,
+            claims: Claims::from_shards(shards),
         }
     }
 
-    /// Number of shards indexed.
+    /// Number of shards indexed (those being deleted are not).
     pub fn shards(&self) -> usize {
-        self.shards
+        self.claims.shard_count()
     }
 
-    /// The shard that owns `account`, if any shard lists it.
+    /// The shard that owns `account`, if any shard holds or lists it.
     pub fn owner(&self, account: &str) -> Option<ShardKey> {
-        let claims = self.claims.get(account)?;
-        let best = claims
-            .iter()
-            .filter(|c| !c.conflict)
-            .min_by(|a, b| (!a.active, a.created, &a.shard).cmp(&(!b.active, b.created, &b.shard)));
-        match best {
-            Some(claim) => Some(claim.shard.clone()),
-            // Every lister is in Conflict (the owner's shard is gone and the
-            // operator has not caught up): the status names the owner.
-            None => claims.iter().find_map(|c| c.owner_hint.clone()),
-        }
+        self.claims.owner(account).map(|o| key(o.shard))
     }
 
     /// May `shard` stream `account`?
     pub fn check(&self, account: &str, shard: &ShardKey) -> Verdict {
-        match self.owner(account) {
-            Some(owner) if owner == *shard => Verdict::Owner,
-            Some(owner) => {
-                let listed = self
-                    .claims
-                    .get(account)
-                    .is_some_and(|c| c.iter().any(|c| c.shard == *shard));
-                let why = if listed {
-                    " (this shard lists it too, but the name is taken: its status shows Conflict)"
-                } else {
-                    ""
-                };
-                Verdict::NotOwner {
-                    message: format!(
-                        "account {account} is owned by AgentShard {owner}, not by {shard}{why}"
-                    ),
-                    owner: Some(owner),
-                }
-            }
-            None => Verdict::NotOwner {
+        let me = ShardRef::new(shard.namespace.as_str(), shard.name.as_str());
+        let Some(owner) = self.claims.owner(account) else {
+            return Verdict::NotOwner {
                 owner: None,
                 message: format!(
                     "no AgentShard lists account {account}; shard {shard} may not stream it"
                 ),
-            },
+            };
+        };
+        if owner.serves(&me) {
+            return Verdict::Owner;
+        }
+        let message = if owner.releasing {
+            format!(
+                "account {account} is being released by AgentShard {}: its spec no longer lists it, and no shard may stream it until the operator has rewritten that shard's agent config without it",
+                owner.shard
+            )
+        } else {
+            let listed = self.claims.stake(account, &me).is_some_and(|s| s.claims);
+            let why = if listed {
+                " (this shard lists it too, but the name is taken: its status shows Conflict)"
+            } else {
+                ""
+            };
+            format!(
+                "account {account} is owned by AgentShard {}, not by {shard}{why}",
+                owner.shard
+            )
+        };
+        Verdict::NotOwner {
+            owner: Some(key(owner.shard)),
+            message,
         }
     }
 }
@@ -217,7 +171,7 @@ pub async fn start(
             };
             let (tx, rx) = watch::channel(None);
             let tx = Arc::new(tx);
-            let apis: Vec<(String, Api<AgentShard>)> = if namespaces.is_empty() {
+            let apis: Vec<(String, Api<DeserializeGuard<AgentShard>>)> = if namespaces.is_empty() {
                 vec![("*".into(), Api::all(client))]
             } else {
                 namespaces
@@ -245,18 +199,19 @@ pub async fn start(
 async fn watch_namespace(
     index: usize,
     namespace: String,
-    api: Api<AgentShard>,
+    api: Api<DeserializeGuard<AgentShard>>,
     stores: Arc<std::sync::Mutex<Vec<Option<reflector::Store<AgentShard>>>>>,
     tx: Arc<watch::Sender<Option<Arc<Ownership>>>>,
     shutdown: CancellationToken,
 ) {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
+    let mut writer = reflector::store::Writer::<AgentShard>::default();
+    let reader = writer.as_reader();
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     let mut ready = false;
     let mut last_error = String::new();
+    // Shard → the resourceVersion last reported as undecodable.
+    let mut undecodable: HashMap<ShardRef, Option<String>> = HashMap::new();
     loop {
         let event = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -265,8 +220,45 @@ async fn watch_namespace(
         let Some(event) = event else {
             return;
         };
+        let event = match event {
+            Ok(event) => event,
+            Err(err) => {
+                let text = decode::bounded(&err.to_string(), decode::MAX_REASON_LEN);
+                if text != last_error {
+                    warn!(%namespace, err = %text, "watching AgentShards failed; retrying (ownership decisions use the last list)");
+                    last_error = text;
+                }
+                // The backoff delays the next attempt.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let sifted = decode::sift(event, |r| {
+            reader
+                .get(&ObjectRef::new(&r.name).within(&r.namespace))
+                .map(|s| s.as_ref().clone())
+        });
+        match sifted.undecodable {
+            Some(u) => report_undecodable(&mut undecodable, u),
+            None => {
+                if !undecodable.is_empty()
+                    && let Some(
+                        watcher::Event::Apply(s)
+                        | watcher::Event::InitApply(s)
+                        | watcher::Event::Delete(s),
+                    ) = &sifted.event
+                    && let Some(r) = s.shard_ref()
+                {
+                    undecodable.remove(&r);
+                }
+            }
+        }
+        let Some(event) = sifted.event else {
+            continue;
+        };
+        writer.apply_watcher_event(&event);
         match event {
-            Ok(watcher::Event::InitDone) => {
+            watcher::Event::InitDone => {
                 if !ready {
                     ready = true;
                     info!(%namespace, shards = reader.state().len(), "AgentShards listed; account ownership is enforced");
@@ -279,23 +271,29 @@ async fn watch_namespace(
                 last_error.clear();
                 publish(&stores, &tx);
             }
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
                 if ready {
                     publish(&stores, &tx);
                 }
             }
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-            Err(err) => {
-                let text = err.to_string();
-                if text != last_error {
-                    warn!(%namespace, %err, "watching AgentShards failed; retrying (ownership decisions use the last list)");
-                    last_error = text;
-                }
-                // The backoff delays the next attempt.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
     }
+}
+
+/// Logs an AgentShard that cannot be decoded, once per version.
+fn report_undecodable(reported: &mut HashMap<ShardRef, Option<String>>, u: Undecodable) {
+    if reported.get(&u.shard) == Some(&u.resource_version) {
+        return;
+    }
+    warn!(
+        shard = %u.shard,
+        resource_version = u.resource_version.as_deref().unwrap_or(""),
+        reason = %u.reason,
+        kept_last_good = u.kept_last_good,
+        "AgentShard cannot be decoded; skipped (ownership uses its last decodable version, if any)"
+    );
+    reported.insert(u.shard, u.resource_version);
 }
 
 fn publish(
@@ -318,7 +316,7 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
-    use scale_agent_crds::{AccountStatus, AgentShardStatus};
+    use scale_agent_crds::{AccountState, AccountStatus, AgentShardStatus};
 
     fn shard(ns: &str, name: &str, created: i64, accounts: &[&str]) -> AgentShard {
         let spec = serde_json::json!({
@@ -345,6 +343,7 @@ mod tests {
             reason: String::new(),
             message: String::new(),
             owner_shard: (!owner.is_empty()).then(|| owner.to_owned()),
+            claimed_at: None,
         });
         s
     }
@@ -422,8 +421,15 @@ mod tests {
     }
 
     #[test]
-    fn a_deleted_shard_owns_nothing_and_all_conflict_uses_the_hint() {
-        let mut gone = shard("spinnaker", "gone", 100, &["x"]);
+    fn a_deleting_shard_owns_nothing_and_the_next_claimant_owns_at_once() {
+        // The operator frees a deleting shard's names at once, and so does the hub:
+        // the deleting shard's agents are refused, the next claimant is not.
+        let mut gone = with_status(
+            shard("spinnaker", "gone", 100, &["x"]),
+            "x",
+            AccountState::Active,
+            "",
+        );
         gone.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(150).expect("t")));
         let waiting = with_status(
             shard("spinnaker", "next", 200, &["x"]),
@@ -432,10 +438,48 @@ mod tests {
             "spinnaker/gone",
         );
         let o = Ownership::from_shards(&[gone, waiting]);
-        assert_eq!(o.owner("x"), Some(key("spinnaker", "gone")));
+        assert_eq!(o.owner("x"), Some(key("spinnaker", "next")));
+        assert_eq!(o.shards(), 1);
+        assert_eq!(o.check("x", &key("spinnaker", "next")), Verdict::Owner);
         assert!(matches!(
-            o.check("x", &key("spinnaker", "next")),
+            o.check("x", &key("spinnaker", "gone")),
             Verdict::NotOwner { .. }
         ));
+    }
+
+    #[test]
+    fn a_name_being_released_is_nobodys_to_stream() {
+        // east's status holds x, its spec dropped it; west claims it.
+        let east = with_status(
+            shard("spinnaker", "east", 100, &[]),
+            "x",
+            AccountState::Active,
+            "",
+        );
+        let west = shard("spinnaker", "west", 50, &["x"]);
+        let o = Ownership::from_shards(&[east, west]);
+        assert_eq!(o.owner("x"), Some(key("spinnaker", "east")));
+        for who in ["east", "west"] {
+            match o.check("x", &key("spinnaker", who)) {
+                Verdict::NotOwner { owner, message } => {
+                    assert_eq!(owner, Some(key("spinnaker", "east")));
+                    assert!(message.contains("being released"), "{message}");
+                }
+                v => panic!("{who}: {v:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_state_from_a_newer_operator_still_holds() {
+        let status: AgentShardStatus = serde_json::from_value(serde_json::json!({
+            "accounts": [{ "name": "x", "state": "SomethingNew" }],
+        }))
+        .expect("an unknown state reads");
+        let mut newer = shard("spinnaker", "newer", 100, &["x"]);
+        newer.status = Some(status);
+        let older = shard("spinnaker", "older", 10, &["x"]);
+        let o = Ownership::from_shards(&[newer, older]);
+        assert_eq!(o.check("x", &key("spinnaker", "newer")), Verdict::Owner);
     }
 }

@@ -39,15 +39,15 @@ fn apply(cp: &ControlPlane, yaml: &str) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn not_owner_follows_the_agentshards_in_the_cluster() -> Result<()> {
-    logs();
+/// A control plane with the AgentShard CRD `crd` (YAML or JSON) established and the
+/// namespace `spinnaker`.
+async fn control_plane(crd: &str) -> Result<ControlPlane> {
     let cp = ControlPlane::start(Options {
         nodes: 0,
         ..Options::default()
     })
     .await?;
-    cp.kubectl(["apply", "--server-side", "-f", CRD])?;
+    apply(&cp, crd)?;
     cp.kubectl([
         "wait",
         "--for=condition=established",
@@ -55,6 +55,13 @@ async fn not_owner_follows_the_agentshards_in_the_cluster() -> Result<()> {
         "--timeout=60s",
     ])?;
     cp.kubectl(["create", "namespace", "spinnaker"])?;
+    Ok(cp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_owner_follows_the_agentshards_in_the_cluster() -> Result<()> {
+    logs();
+    let cp = control_plane(&std::fs::read_to_string(CRD)?).await?;
     apply(&cp, &shard_yaml("east", &["prod-east"]))?;
     apply(&cp, &shard_yaml("west", &["prod-west"]))?;
 
@@ -132,6 +139,96 @@ async fn not_owner_follows_the_agentshards_in_the_cluster() -> Result<()> {
     assert_eq!(a["state"], "Disconnected");
     let a = account(&hub, "prod-east").await?.ok_or("listed")?;
     assert_eq!(a["state"], "Connected");
+    hub.shutdown().await?;
+    Ok(())
+}
+
+/// The AgentShard CRD with `spec.budget.concurrentSyncs` loosened to any integer or
+/// string, so the API server stores shards this version cannot decode, as a newer (or
+/// broken) version of the CRD would.
+fn loose_crd() -> Result<String> {
+    let mut crd = serde_json::to_value(scale_agent_crds::crd())?;
+    let syncs = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["budget"]["properties"]["concurrentSyncs"];
+    if syncs.is_null() {
+        return Err("the CRD has no spec.budget.concurrentSyncs".into());
+    }
+    *syncs = serde_json::json!({ "x-kubernetes-int-or-string": true });
+    Ok(serde_json::to_string(&crd)?)
+}
+
+/// The hub refused the account, naming `owner`.
+fn assert_not_owner(result: &scale_agent_proto::v1::AccountResult, owner: &str) {
+    assert_eq!(result.reason, RegisterReason::NotOwner as i32, "{result:?}");
+    assert!(result.message.contains(owner), "{}", result.message);
+}
+
+/// Registers `account` until the hub accepts it (for at most 10 s).
+async fn accepted_within_10s(agent: &mut FakeAgent, account: &str) -> Result<bool> {
+    for _ in 0..100 {
+        if agent.register(&[(account, "uid")]).await?[0].accepted {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(false)
+}
+
+fn undecodable(yaml: &str) -> String {
+    format!("{yaml}  budget:\n    concurrentSyncs: lots\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agentshard_that_does_not_decode_neither_stops_the_watch_nor_frees_its_names()
+-> Result<()> {
+    logs();
+    let cp = control_plane(&loose_crd()?).await?;
+    apply(&cp, &shard_yaml("east", &["prod-east"]))?;
+    apply(&cp, &undecodable(&shard_yaml("broken", &["prod-broken"])))?;
+    apply(&cp, &shard_yaml("flaky", &["prod-flaky"]))?;
+
+    let mut config = scale_agent_hub::Config::local();
+    config.authorize = Some(ShardSource::Watch {
+        namespaces: vec!["spinnaker".into()],
+        client: Some(cp.client().await?),
+    });
+    let hub = scale_agent_hub::Hub::start(config).await?;
+
+    // The list held one shard that does not decode: the others are enforced as usual.
+    let mut east = FakeAgent::connect(&hub, "east", "east-0").await?;
+    let results = east.register(&[("prod-east", "uid-e")]).await?;
+    assert!(results[0].accepted, "{:?}", results[0]);
+    let mut broken = FakeAgent::connect(&hub, "broken", "broken-0").await?;
+    let results = broken.register(&[("prod-broken", "uid-b")]).await?;
+    assert_eq!(results[0].reason, RegisterReason::NotOwner as i32);
+    let mut flaky = FakeAgent::connect(&hub, "flaky", "flaky-0").await?;
+    let results = flaky.register(&[("prod-flaky", "uid-f")]).await?;
+    assert!(results[0].accepted, "{:?}", results[0]);
+
+    // flaky becomes undecodable, in a version whose spec drops prod-flaky: the hub keeps
+    // the last version it could read, so prod-flaky stays flaky's.
+    apply(&cp, &undecodable(&shard_yaml("flaky", &[])))?;
+    // A later, readable change: once the hub follows it, it has seen flaky's too.
+    apply(&cp, &shard_yaml("marker", &["prod-marker"]))?;
+    let mut marker = FakeAgent::connect(&hub, "marker", "marker-0").await?;
+    assert!(
+        accepted_within_10s(&mut marker, "prod-marker").await?,
+        "the hub follows changes after an undecodable one"
+    );
+    let a = account(&hub, "prod-flaky").await?.ok_or("listed")?;
+    assert_eq!(a["state"], "Connected", "prod-flaky was not revoked: {a}");
+    apply(&cp, &shard_yaml("later", &["prod-flaky"]))?;
+    let mut later = FakeAgent::connect(&hub, "later", "later-0").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results = later.register(&[("prod-flaky", "uid-f")]).await?;
+    assert_not_owner(&results[0], "spinnaker/flaky");
+
+    // Fixed, broken is readable again and owns its account.
+    apply(&cp, &shard_yaml("broken", &["prod-broken"]))?;
+    assert!(
+        accepted_within_10s(&mut broken, "prod-broken").await?,
+        "broken owns prod-broken once it decodes"
+    );
     hub.shutdown().await?;
     Ok(())
 }

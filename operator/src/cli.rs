@@ -1,6 +1,7 @@
 //! Command-line flags of the operator.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 pub use scale_agent_runtime::LogFormat;
@@ -80,9 +81,17 @@ pub struct Args {
     #[arg(long, env = "POD_NAME", value_name = "ID")]
     pub identity: Option<String>,
 
-    /// How long a leader's Lease lasts without renewal before another replica may take it.
-    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
-    pub lease_duration_seconds: u32,
+    /// How long a leader's Lease lasts without renewal before another replica may take
+    /// it (`15s`, `1m`; at least 2s). `--lease-duration-seconds=N` is still read, as N
+    /// seconds.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "15s",
+        value_parser = scale_agent_runtime::parse_duration,
+        alias = "lease-duration-seconds"
+    )]
+    pub lease_duration: Duration,
 
     /// The ServiceAccount of agent pods of shards that leave spec.serviceAccountName out.
     /// Empty: the operator creates `<shard>-agent` with only the Lease access agents need.
@@ -117,7 +126,7 @@ mod tests {
     fn defaults() {
         let a = Args::try_parse_from(["scale-agent-operator"]).expect("parses");
         assert_eq!(a.webhook_mode, WebhookMode::Warn);
-        assert_eq!(a.lease_duration_seconds, 15);
+        assert_eq!(a.lease_duration, Duration::from_secs(15));
         assert!(a.default_hub.is_none());
         let a = Args::try_parse_from([
             "scale-agent-operator",
@@ -128,5 +137,25 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(a.webhook_mode, WebhookMode::Deny);
+    }
+
+    #[test]
+    fn lease_duration_in_the_duration_style_and_the_old_spelling() {
+        let parse = |flag: &str| {
+            Args::try_parse_from(["scale-agent-operator", flag]).map(|a| a.lease_duration)
+        };
+        assert_eq!(
+            parse("--lease-duration=1m30s").ok(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse("--lease-duration=500ms").ok(),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse("--lease-duration-seconds=8").ok(),
+            Some(Duration::from_secs(8))
+        );
+        assert!(parse("--lease-duration=soon").is_err());
     }
 }

@@ -63,6 +63,19 @@ pub enum Error {
     /// The client could not be configured from the environment or kubeconfig.
     #[error("configuring the Kubernetes client: {0}")]
     ClientConfig(String),
+
+    /// The claims index task is gone: no ownership decision can be made.
+    #[error("the claims index stopped")]
+    IndexStopped,
+
+    /// A task the operator cannot run without ended.
+    #[error("the {task} stopped: {reason}")]
+    TaskEnded {
+        /// Which task (`admin server`, `webhook`, `shard watch`...).
+        task: &'static str,
+        /// Its error, or how it ended.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -91,6 +104,8 @@ impl Error {
             Self::Certificate(_) => "Certificate",
             Self::Serve { .. } => "Serve",
             Self::ClientConfig(_) => "ClientConfig",
+            Self::IndexStopped => "IndexStopped",
+            Self::TaskEnded { .. } => "TaskEnded",
         }
     }
 }

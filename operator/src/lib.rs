@@ -1,45 +1,54 @@
 //! scale-agent's operator: every AgentShard becomes its own agent Deployment, and account
 //! names stay unique across every shard.
 //!
-//! - [`index`]: the uniqueness rule (claims index).
+//! - [`claims_index`]: the claims index (the ownership rule of
+//!   [`scale_agent_crds::claims`] over every shard, and the grants made since the
+//!   statuses were written) and the one place reconcile triggers come from.
+//! - [`decide`]: what one reconcile does, decided from what it fetched (pure).
 //! - [`children`]: what a shard becomes (agent config, ConfigMap, Secret, Deployment...).
 //! - [`status`]: the status and Events, computed from what was observed.
-//! - [`reconcile`]: one shard's reconcile (fetch, decide, apply, write status).
+//! - [`apply`]: the reconciler's writes (server-side apply, status patches, Events).
+//! - [`reconcile`]: one shard's reconcile (fetch, decide, apply).
 //! - [`controller`]: the watches and the kube-runtime Controller.
 //! - [`webhook`]: the validating admission webhook and its certificate.
 //! - [`leader`]: Lease leader election (only the leader reconciles).
 //! - [`metrics`]: Prometheus metrics and the admin server.
 //! - [`cli`], [`error`].
 
+pub mod apply;
 pub mod children;
+pub mod claims_index;
 pub mod cli;
 pub mod controller;
+pub mod decide;
 pub mod error;
-pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
 pub mod webhook;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::{Api, Client};
 use scale_agent_crds::AgentShard;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::children::Defaults;
 use crate::cli::Args;
-use crate::controller::{Leading, TriggerSlot};
+use crate::controller::{Leading, Undecodables};
 use crate::error::{Error, Result};
-use crate::index::ClaimIndex;
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::webhook::{CertSecret, Endpoint, WebhookServer};
+
+/// The shortest Lease the operator takes: renewals come every fifth of it.
+pub const MIN_LEASE_DURATION: Duration = Duration::from_secs(2);
 
 /// Aborts the task when dropped.
 struct Task(JoinHandle<()>);
@@ -50,7 +59,41 @@ impl Drop for Task {
     }
 }
 
-/// Runs the operator until SIGTERM or Ctrl-C.
+/// The tasks the operator cannot run without; the first to end ends the operator.
+#[derive(Default)]
+struct Essential(JoinSet<(&'static str, Result<()>)>);
+
+impl Essential {
+    fn spawn<F>(&mut self, task: &'static str, f: F)
+    where
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.0.spawn(async move { (task, f.await) });
+    }
+
+    /// Waits for the first task to end: its error (every task is meant to run until
+    /// the operator stops).
+    async fn first_ended(&mut self) -> Error {
+        match self.0.join_next().await {
+            Some(Ok((task, Err(e)))) => Error::TaskEnded {
+                task,
+                reason: e.to_string(),
+            },
+            Some(Ok((task, Ok(())))) => Error::TaskEnded {
+                task,
+                reason: "it ended".to_owned(),
+            },
+            Some(Err(e)) => Error::TaskEnded {
+                task: "task",
+                reason: e.to_string(),
+            },
+            None => futures::future::pending().await,
+        }
+    }
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C, or until a task it cannot run without
+/// ends; either way it gives its Lease up before returning.
 pub async fn run(args: Args) -> Result<()> {
     let client = Client::try_default()
         .await
@@ -64,26 +107,39 @@ pub async fn run(args: Args) -> Result<()> {
     });
     tracing::info!(%identity, mode = ?args.webhook_mode, "scale-agent-operator starting");
     let metrics = Arc::new(Metrics::new());
-    let _admin = Task(tokio::spawn({
-        let metrics = metrics.clone();
-        let addr = args.admin_addr;
-        async move {
-            if let Err(e) = metrics::serve_admin(addr, metrics).await {
-                tracing::error!(error = %e, "admin server stopped");
-                std::process::exit(2);
-            }
-        }
-    }));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: children::FIELD_MANAGER.to_owned(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let (leading_tx, mut leading_rx) = watch::channel(false);
+    let mut tasks = Essential::default();
+    tasks.spawn(
+        "admin server",
+        metrics::serve_admin(args.admin_addr, metrics.clone()),
+    );
 
-    let (store, writer) = reflector::store::<AgentShard>();
-    let index = Arc::new(Mutex::new(ClaimIndex::new()));
-    let slot: TriggerSlot = Arc::new(Mutex::new(None));
-    let _watch = Task(tokio::spawn(controller::watch_shards(
-        Api::all(client.clone()),
-        writer,
-        index.clone(),
-        slot.clone(),
-    )));
+    let (claims, index) = claims_index::channel();
+    tasks.spawn("claims index", async move {
+        index.await;
+        Err(Error::IndexStopped)
+    });
+    let writer = reflector::store::Writer::<AgentShard>::default();
+    let store = writer.as_reader();
+    tasks.spawn("shard watch", {
+        let watch = controller::watch_shards(
+            Api::<DeserializeGuard<AgentShard>>::all(client.clone()),
+            writer,
+            claims.clone(),
+            Undecodables::new(recorder.clone(), metrics.clone(), leading_rx.clone()),
+        );
+        async move {
+            watch.await;
+            Ok(())
+        }
+    });
     let _gauges = Task(tokio::spawn(controller::update_gauges(
         store.clone(),
         metrics.clone(),
@@ -111,21 +167,15 @@ pub async fn run(args: Args) -> Result<()> {
         config_name: Some(args.webhook_config_name.clone()).filter(|n| !n.is_empty()),
         endpoint,
     };
-    let _webhook = Task(tokio::spawn({
-        let client = client.clone();
-        let store = store.clone();
-        let metrics = metrics.clone();
-        async move {
-            if let Err(e) = server.run(client, store, metrics).await {
-                tracing::error!(error = %e, "webhook stopped");
-                std::process::exit(2);
-            }
-        }
-    }));
+    tasks.spawn(
+        "webhook",
+        server.run(client.clone(), store.clone(), metrics.clone()),
+    );
 
     tokio::select! {
         r = store.wait_until_ready() => if r.is_err() { return Ok(()) },
-        _ = shutdown() => return Ok(()),
+        e = tasks.first_ended() => return Err(e),
+        () = scale_agent_runtime::terminated() => return Ok(()),
     }
     metrics.set_ready(true);
     tracing::info!(shards = store.state().len(), "shard cache synced");
@@ -134,17 +184,9 @@ pub async fn run(args: Args) -> Result<()> {
         namespace: args.leader_election_namespace.clone(),
         name: args.leader_election_name.clone(),
         identity: identity.clone(),
-        duration: Duration::from_secs(u64::from(args.lease_duration_seconds.max(2))),
+        duration: args.lease_duration.max(MIN_LEASE_DURATION),
     };
-    let elector = Elector::new(client.clone(), lease);
-    let (leading_tx, mut leading_rx) = watch::channel(false);
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: children::FIELD_MANAGER.to_owned(),
-            instance: Some(identity.clone()),
-        },
-    );
+    let mut elector = Elector::new(client.clone(), lease);
     let defaults = Defaults {
         hub: args.default_hub.clone(),
         image: args.default_image.clone(),
@@ -161,8 +203,7 @@ pub async fn run(args: Args) -> Result<()> {
                 running = Some(Task(tokio::spawn(controller::run_controller(Leading {
                     client: client.clone(),
                     store: store.clone(),
-                    index: index.clone(),
-                    slot: slot.clone(),
+                    claims: claims.clone(),
                     defaults: defaults.clone(),
                     recorder: recorder.clone(),
                     metrics: metrics.clone(),
@@ -170,21 +211,25 @@ pub async fn run(args: Args) -> Result<()> {
             } else if !leading && running.is_some() {
                 tracing::warn!("lost the lead: stopped reconciling");
                 running = None;
+                claims.lead(None);
             }
             if leading_rx.changed().await.is_err() {
                 return;
             }
         }
     };
-    let mut elector = elector;
-    tokio::select! {
-        _ = elector.run(leading_tx) => {}
-        _ = manage => {}
-        _ = shutdown() => {}
+    let outcome = tokio::select! {
+        () = elector.run(leading_tx) => Ok(()),
+        () = manage => Ok(()),
+        e = tasks.first_ended() => Err(e),
+        () = scale_agent_runtime::terminated() => Ok(()),
+    };
+    match &outcome {
+        Ok(()) => tracing::info!("shutting down"),
+        Err(e) => tracing::error!(error = %e, "shutting down"),
     }
-    tracing::info!("shutting down");
     elector.release().await;
-    Ok(())
+    outcome
 }
 
 /// The hosts the webhook's serving certificate names: loopback, the Service's DNS names,
@@ -212,19 +257,4 @@ fn webhook_hosts(endpoint: &Endpoint) -> Vec<String> {
         }
     }
     hosts
-}
-
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => futures::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Admission reviews answered, by result.
     pub admissions: Family<AdmissionLabels, Counter>,
+    /// Versions of AgentShards the watch could not decode (each is skipped).
+    pub undecodable_shards: Counter,
     ready: AtomicBool,
 }
 
@@ -70,6 +72,7 @@ impl Metrics {
         let conflicts = Gauge::default();
         let leader = Gauge::default();
         let admissions = Family::<AdmissionLabels, Counter>::default();
+        let undecodable_shards = Counter::default();
         registry.register(
             "reconciles",
             "AgentShard reconciles run",
@@ -111,6 +114,11 @@ impl Metrics {
             "Admission reviews answered, by result",
             admissions.clone(),
         );
+        registry.register(
+            "undecodable_shards",
+            "Versions of AgentShards that could not be decoded and were skipped",
+            undecodable_shards.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -122,6 +130,7 @@ impl Metrics {
             conflicts,
             leader,
             admissions,
+            undecodable_shards,
             ready: AtomicBool::new(false),
         }
     }

@@ -3,6 +3,9 @@
 //! [`compute`] returns something different from what is stored, so a reconcile of an
 //! unchanged shard writes nothing.
 
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use scale_agent_crds::{
     AccountState, AccountStatus, AgentShardStatus, ShardRef, condition_type, new_condition,
@@ -17,6 +20,10 @@ pub mod reason {
     pub const OWNED_BY_ANOTHER_SHARD: &str = "OwnedByAnotherShard";
     /// Account: the owner dropped the name and is rewriting its config; it comes next.
     pub const OWNER_RELEASING: &str = "OwnerReleasing";
+    /// Account: no longer in the spec, but still in the agent config, which cannot be
+    /// rewritten until the shard's config problem is fixed; the name stays this shard's
+    /// until then.
+    pub const RELEASING: &str = "Releasing";
     /// Account: the kubeconfig Secret does not exist.
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     /// Account: the Secret has no such key.
@@ -80,6 +87,36 @@ impl DeploymentView {
     }
 }
 
+impl DeploymentView {
+    /// What the reconciler sees of `d`, the agent Deployment of a shard that asks for
+    /// `desired` replicas.
+    pub fn of(desired: i32, d: &Deployment) -> Self {
+        let st = d.status.clone().unwrap_or_default();
+        let available = st
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Available")
+            .map(|c| {
+                (
+                    c.status == "True",
+                    c.reason.unwrap_or_default(),
+                    c.message.unwrap_or_default(),
+                )
+            });
+        Self {
+            desired,
+            generation: d.metadata.generation,
+            observed_generation: st.observed_generation,
+            replicas: st.replicas.unwrap_or(0),
+            ready: st.ready_replicas.unwrap_or(0),
+            updated: st.updated_replicas.unwrap_or(0),
+            available_replicas: st.available_replicas.unwrap_or(0),
+            available,
+        }
+    }
+}
+
 /// Everything the status is computed from.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
@@ -110,7 +147,47 @@ pub fn account(
         reason: reason.to_owned(),
         message,
         owner_shard: owner.map(ShardRef::key),
+        claimed_at: None,
     }
+}
+
+/// The names a status holds: every account in a state other than `Conflict` (see
+/// [`scale_agent_crds::claims`]).
+pub fn holds(status: &AgentShardStatus) -> BTreeSet<String> {
+    status
+        .accounts
+        .iter()
+        .filter(|a| a.state.holds())
+        .map(|a| a.name.clone())
+        .collect()
+}
+
+/// The JSON merge patch of `status` that turns `old` into `new`, carrying only the
+/// fields that changed (so what this version cannot read, like an account state
+/// a newer version wrote, is not written back unless it is replaced); `None` when
+/// nothing changed.
+pub fn patch(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Option<serde_json::Value> {
+    if old == Some(new) {
+        return None;
+    }
+    let new_v = serde_json::to_value(new).ok()?;
+    let old_v = old
+        .and_then(|o| serde_json::to_value(o).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    let (serde_json::Value::Object(new_m), serde_json::Value::Object(old_m)) = (new_v, old_v)
+    else {
+        return None;
+    };
+    let mut out = serde_json::Map::new();
+    for (k, v) in &new_m {
+        if old_m.get(k) != Some(v) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    for k in old_m.keys().filter(|k| !new_m.contains_key(*k)) {
+        out.insert(k.clone(), serde_json::Value::Null);
+    }
+    (!out.is_empty()).then_some(serde_json::Value::Object(out))
 }
 
 /// The status a shard should have, starting from `old` (condition times are kept when a
@@ -355,7 +432,7 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
                     ),
                 })
             }
-            AccountState::Active => {}
+            AccountState::Active | AccountState::Unknown => {}
         }
     }
     let was_problem = old

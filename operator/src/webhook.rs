@@ -32,7 +32,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use scale_agent_crds::{AccountState, AgentShard, ShardRef};
+use scale_agent_crds::claims::Claims;
+use scale_agent_crds::{AgentShard, ShardRef};
 
 use crate::children::FIELD_MANAGER;
 use crate::cli::WebhookMode;
@@ -61,49 +62,38 @@ impl Taken {
     }
 }
 
-/// The accounts `new` adds (not in `old`) that another shard in `others` owns. The owner
-/// of a name is the shard whose status says it serves it, else the oldest claimant by
-/// creationTimestamp, then namespace/name — what the reconciler will decide.
+/// The accounts `new` adds (not in `old`) that the ownership rule
+/// ([`scale_agent_crds::claims`]) gives to another shard, `new` stored as asked among
+/// `others` — what the reconciler will decide (a copy of `new` in `others`, the stored
+/// one, is left out).
 pub fn check(new: &AgentShard, old: Option<&AgentShard>, others: &[Arc<AgentShard>]) -> Vec<Taken> {
-    let me = new.shard_ref();
-    let others: Vec<&AgentShard> = others
-        .iter()
-        .map(Arc::as_ref)
-        .filter(|o| o.shard_ref() != me && o.metadata.deletion_timestamp.is_none())
+    let Some(me) = new.shard_ref() else {
+        return Vec::new();
+    };
+    let added: Vec<&str> = new
+        .account_names()
+        .filter(|name| old.is_none_or(|o| o.spec.account(name).is_none()))
         .collect();
-    let mut out = Vec::new();
-    for name in new.account_names() {
-        if old.is_some_and(|o| o.spec.account(name).is_some()) {
-            continue;
-        }
-        let claimants: Vec<&AgentShard> = others
-            .iter()
-            .copied()
-            .filter(|o| o.spec.account(name).is_some())
-            .collect();
-        let serving = claimants.iter().find(|o| {
-            o.account_status(name)
-                .is_some_and(|a| a.state == AccountState::Active)
-        });
-        let owner = serving.copied().or_else(|| {
-            claimants.iter().copied().min_by_key(|o| {
-                (
-                    o.metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|t| t.0.as_second()),
-                    o.shard_ref(),
-                )
-            })
-        });
-        if let Some(owner) = owner.and_then(AgentShard::shard_ref) {
-            out.push(Taken {
-                account: name.to_owned(),
-                owner,
-            });
-        }
+    if added.is_empty() {
+        return Vec::new();
     }
-    out
+    let mut claims = Claims::from_shards(
+        others
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|o| o.shard_ref().as_ref() != Some(&me)),
+    );
+    claims.upsert(new);
+    added
+        .into_iter()
+        .filter_map(|name| {
+            let owner = claims.owner(name)?;
+            (owner.shard != me).then(|| Taken {
+                account: name.to_owned(),
+                owner: owner.shard,
+            })
+        })
+        .collect()
 }
 
 /// Answers one AdmissionReview of an AgentShard.
@@ -594,7 +584,9 @@ mod tests {
     use super::*;
     use crate::status::{account, reason};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use scale_agent_crds::{AccountSpec, AgentShardSpec, AgentShardStatus, SecretKeyRef};
+    use scale_agent_crds::{
+        AccountSpec, AccountState, AgentShardSpec, AgentShardStatus, SecretKeyRef,
+    };
 
     fn shard(ns: &str, name: &str, created: i64, accounts: &[&str]) -> AgentShard {
         let spec: AgentShardSpec = serde_json::from_value(serde_json::json!({

@@ -1,0 +1,215 @@
+//! The reconciler's writes: the children by server-side apply (field manager
+//! `scale-agent-operator`, forced: the operator owns them), the status through the status
+//! subresource as a merge patch of what changed, and the Events its transitions deserve.
+//! [`crate::decide`] says what to write and in which order.
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use scale_agent_crds::{
+    AccountState, AccountStatus, AgentShard, AgentShardStatus, ShardRef, deployment_name,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::children::FIELD_MANAGER;
+use crate::decide::Children;
+use crate::error::{Error, Result};
+use crate::status;
+
+/// Server-side applies `obj` in `ns`; returns it as the server has it.
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("applying {} {ns}/{name}", K::kind(&())), e))
+}
+
+/// Applies every child of `shard` (whose uid is `owner_uid`): the agents' identity, then
+/// the kubeconfigs and the config (the Deployment mounts them), the Deployment, and the
+/// PodDisruptionBudget — or deletes the budget the shard owns when it needs none.
+/// Returns the Deployment as the server has it, with its status.
+pub async fn children(
+    client: &Client,
+    shard: &ShardRef,
+    owner_uid: Option<&str>,
+    c: &Children,
+) -> Result<Deployment> {
+    let ns = shard.namespace.as_str();
+    if let Some((sa, role, binding)) = &c.identity {
+        apply::<ServiceAccount>(client, ns, sa).await?;
+        apply::<Role>(client, ns, role).await?;
+        apply::<RoleBinding>(client, ns, binding).await?;
+    }
+    apply::<Secret>(client, ns, &c.kubeconfigs).await?;
+    apply::<ConfigMap>(client, ns, &c.config_map).await?;
+    let dep = apply::<Deployment>(client, ns, &c.deployment).await?;
+    match &c.pdb {
+        Some(pdb) => {
+            apply::<PodDisruptionBudget>(client, ns, pdb).await?;
+        }
+        None => delete_owned_pdb(client, shard, owner_uid).await?,
+    }
+    Ok(dep)
+}
+
+async fn delete_owned_pdb(
+    client: &Client,
+    shard: &ShardRef,
+    owner_uid: Option<&str>,
+) -> Result<()> {
+    let ns = shard.namespace.as_str();
+    let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    let name = deployment_name(&shard.name);
+    let Some(existing) = api
+        .get_metadata_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("reading PodDisruptionBudget {ns}/{name}"), e))?
+    else {
+        return Ok(());
+    };
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| Some(o.uid.as_str()) == owner_uid);
+    if !ours {
+        return Ok(());
+    }
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(
+            format!("deleting PodDisruptionBudget {ns}/{name}"),
+            e,
+        )),
+    }
+}
+
+/// The shard's agent Deployment, when the children are left as they are.
+pub async fn read_deployment(client: &Client, shard: &ShardRef) -> Result<Option<Deployment>> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &shard.namespace);
+    api.get_opt(&deployment_name(&shard.name))
+        .await
+        .map_err(|e| Error::kube(format!("reading the Deployment of {shard}"), e))
+}
+
+/// What became of a status write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Written; the shard's new resourceVersion.
+    Yes(Option<String>),
+    /// Nothing to write: the status is already what it should be.
+    Unchanged,
+    /// Not written: the shard changed since it was read (the cache is behind the
+    /// operator's own writes, or the shard was deleted or created again). The watch
+    /// brings the newer version and a new reconcile.
+    Stale,
+}
+
+/// Records `accounts` in the shard's status before its agent config carries them (the
+/// conditions follow with the full status write), only onto the version of the shard
+/// they were decided from (`resource_version`).
+pub async fn reserve(
+    client: &Client,
+    shard: &ShardRef,
+    resource_version: Option<&str>,
+    accounts: &[AccountStatus],
+) -> Result<Written> {
+    let count = |s: AccountState| {
+        i32::try_from(accounts.iter().filter(|a| a.state == s).count()).unwrap_or(i32::MAX)
+    };
+    let patch = serde_json::json!({
+        "accounts": accounts,
+        "activeAccounts": count(AccountState::Active),
+        "conflicts": count(AccountState::Conflict),
+    });
+    patch_status(client, shard, resource_version, patch).await
+}
+
+/// Writes `new` as the status of `shard` (as read, at `resource_version`) when it differs
+/// from the stored one (only the fields that changed, and only onto that version), and
+/// publishes the Events its transitions deserve.
+pub async fn status(
+    client: &Client,
+    recorder: &Recorder,
+    shard: &AgentShard,
+    sref: &ShardRef,
+    resource_version: Option<&str>,
+    new: &AgentShardStatus,
+) -> Result<Written> {
+    let old = shard.status.as_ref();
+    let Some(patch) = status::patch(old, new) else {
+        return Ok(Written::Unchanged);
+    };
+    let written = patch_status(client, sref, resource_version, patch).await?;
+    if !matches!(written, Written::Yes(_)) {
+        return Ok(written);
+    }
+    let reference = shard.object_ref(&());
+    for n in status::notices(old, new) {
+        let event = Event {
+            type_: if n.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: n.reason.to_owned(),
+            note: Some(n.note.clone()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, reason = n.reason, "publishing an Event failed");
+        }
+    }
+    Ok(written)
+}
+
+/// Merge-patches the status subresource with `status`, on the condition that the shard
+/// is still at `resource_version` (the status was decided from that version; another
+/// one, even the same name created again, gets a 409).
+async fn patch_status(
+    client: &Client,
+    shard: &ShardRef,
+    resource_version: Option<&str>,
+    status: serde_json::Value,
+) -> Result<Written> {
+    let api: Api<AgentShard> = Api::namespaced(client.clone(), &shard.namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": resource_version },
+        "status": status,
+    });
+    match api
+        .patch_status(&shard.name, &params, &Patch::Merge(&patch))
+        .await
+    {
+        Ok(s) => Ok(Written::Yes(s.metadata.resource_version)),
+        // Changed, or deleted, meanwhile.
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Written::Stale),
+        Err(e) => Err(Error::kube(
+            format!("writing the status of AgentShard {shard}"),
+            e,
+        )),
+    }
+}
