@@ -241,6 +241,53 @@ impl Kubectl<'_> {
         Ok(kubectl::run(&self.bin, &self.rig.direct, args, None)?)
     }
 
+    /// Starts a long-running kubectl (`get -w`) through the hub, runs `then`, and
+    /// returns what it printed once a line contains `expect` (or after 20 s).
+    fn hub_watch(
+        &self,
+        args: &[&str],
+        expect: &str,
+        then: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<String> {
+        use std::io::BufRead as _;
+        let mut child = Command::new(&self.bin)
+            .arg("--kubeconfig")
+            .arg(&self.rig.hub_kubeconfig)
+            .args(self.hub_args(args))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("kubectl's stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // Let the watch start before the change.
+        std::thread::sleep(Duration::from_millis(1500));
+        let outcome = then();
+        let mut printed = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains(expect) {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        outcome?;
+        Ok(printed)
+    }
+
     /// `-o json` through the hub, parsed.
     fn hub_json(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Value> {
         let out = self.hub(args, stdin)?;
@@ -618,6 +665,27 @@ async fn run_command_lines(k: &Kubectl<'_>, ns: &str, full: bool) -> anyhow::Res
         None,
     )?;
 
+    // `get -w`: printing a table (the cluster answers the watch) and as JSON (the hub's
+    // cache answers it): both show a ConfigMap created after they started.
+    for (i, output) in ["wide", "json"].into_iter().enumerate() {
+        let name = format!("watched-{i}");
+        let printed = k.hub_watch(
+            &["get", "configmaps", "-n", ns, "-w", "-o", output],
+            &name,
+            || {
+                let cm = json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": { "name": name, "namespace": ns }
+                });
+                k.direct_full(&["create", "-f", "-"], Some(&cm.to_string()))
+                    .map(|_| ())
+            },
+        )?;
+        ensure!(
+            printed.contains(&name),
+            "get -w -o {output} printed:\n{printed}"
+        );
+    }
     // Logs: the cluster's own answer (kwok runs no containers), through the hub as
     // directly; the same for a Job's logs and for `top`, which needs a metrics API
     // this cluster does not have.

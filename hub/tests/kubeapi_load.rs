@@ -85,7 +85,9 @@ async fn agent_with_objects(hub: &scale_agent_hub::RunningHub) -> Result<FakeAge
             .collect();
         agent.events("big", events).await?;
     }
-    agent.sync_end("big", deployments(), &rv.to_string(), OBJECTS as u64).await?;
+    agent
+        .sync_end("big", deployments(), &rv.to_string(), OBJECTS as u64)
+        .await?;
     agent.barrier().await?;
     Ok(agent)
 }
@@ -150,7 +152,11 @@ fn hammer(
                     let Ok(bytes) = resp.bytes().await else {
                         continue;
                     };
-                    assert!(bytes.len() > OBJECTS * 1500, "a short list: {} bytes", bytes.len());
+                    assert!(
+                        bytes.len() > OBJECTS * 1500,
+                        "a short list: {} bytes",
+                        bytes.len()
+                    );
                     longest = longest.max(started.elapsed());
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
@@ -203,7 +209,10 @@ async fn listing_ten_thousand_objects_does_not_stall_event_ingestion() -> Result
     let longest_json = task.await?;
 
     eprintln!("{OBJECTS} objects; a change's Ack, one at a time:");
-    eprintln!("  no lists:                                  {}", summary(&quiet));
+    eprintln!(
+        "  no lists:                                  {}",
+        summary(&quiet)
+    );
     eprintln!(
         "  4 clients listing through the Kubernetes API: {} ({cache_lists} lists in {elapsed:?}, longest {longest_list:?})",
         summary(&busy)
@@ -215,9 +224,8 @@ async fn listing_ten_thousand_objects_does_not_stall_event_ingestion() -> Result
     );
     let metrics = hub.metrics_text();
     assert!(
-        metrics.lines().any(|l| l.starts_with(
-            "scale_agent_hub_kube_api_requests_total{source=\"cache\",code=\"2xx\"}"
-        )),
+        metrics.lines().any(|l| l
+            .starts_with("scale_agent_hub_kube_api_requests_total{source=\"cache\",code=\"2xx\"}")),
         "the lists did not come from the cache"
     );
     assert!(cache_lists >= 4, "only {cache_lists} lists finished");

@@ -105,17 +105,22 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     // A real agent process for every agent pod (kwok runs the pods, nothing runs their
     // containers).
     let pods = PodRunner::start(cp.client().await?, RunnerConfig::new(&cp, run_dir.clone())?);
+    // The kubeconfig of the accounts' Kubernetes API on the hub, one context per
+    // example account, written by the hub's own subcommand.
+    hub_kubeconfig(&stack, &dir.join("hub-kubeconfig"))?;
 
     let env = format!(
         "# Written by `just up`; source it: . .dev/env\n\
          export KUBECONFIG={}\n\
          export HUB_HTTP={}\n\
          export HUB_GRPC={}\n\
-         export LB_GRPC={}\n",
+         export LB_GRPC={}\n\
+         export HUB_KUBE_API={}\n",
         dir.join("kubeconfig").display(),
         stack.hub.http,
         stack.hub.grpc,
         stack.nginx.address,
+        stack.kube_api,
     );
     write(&dir.join("env"), &env)?;
     write(&ready, &std::process::id().to_string())?;
@@ -175,15 +180,60 @@ fn agent_tls_secret(cp: &ControlPlane, ns: &str, shard: &str) -> Result<()> {
     Ok(())
 }
 
+/// The accounts of the example shards (`manifests/examples/`).
+const EXAMPLE_ACCOUNTS: [&str; 4] = ["cluster-1", "cluster-2", "cluster-3", "team-b-sandbox"];
+
+/// Writes the kubeconfig of the accounts' Kubernetes API with `scale-agent-hub
+/// kubeconfig`.
+fn hub_kubeconfig(stack: &Stack, out: &Path) -> Result<()> {
+    let bin = workspace_binary("scale-agent-hub")?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("kubeconfig")
+        .arg(format!("--server={}", stack.kube_api))
+        .arg(format!("--token-file={}", stack.kube_api_token.display()))
+        .arg(format!("--output={}", out.display()));
+    for account in EXAMPLE_ACCOUNTS {
+        cmd.arg(format!("--account={account}"));
+    }
+    let output = cmd.output().map_err(|e| Error::io("running", &bin, e))?;
+    if !output.status.success() {
+        return Err(Error::Invalid {
+            what: "scale-agent-hub kubeconfig".into(),
+            message: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A random token for the local hub's Kubernetes API.
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    let path = Path::new("/dev/urandom");
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    std::io::Read::read_exact(&mut f, &mut bytes).map_err(|e| Error::io("reading", path, e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The hub and its load balancer.
 struct Stack {
     nginx: Nginx,
     hub: HubProcess,
+    /// `http://127.0.0.1:<port>`: the accounts' Kubernetes API (plain HTTP: the local
+    /// hub has no certificate of its own; nginx terminates the agents' TLS).
+    kube_api: String,
+    /// The file holding the API's token.
+    kube_api_token: PathBuf,
 }
 
 impl Stack {
     async fn start(cp: &ControlPlane, run_dir: &Path) -> Result<Stack> {
         tracing::info!("starting the hub");
+        let token = random_token()?;
+        let tokens_file = run_dir.join("kube-api-tokens");
+        write(&tokens_file, &format!("{token} *\n"))?;
+        let kube_api_token = run_dir.join("kube-api-token");
+        write(&kube_api_token, &format!("{token}\n"))?;
+        let kube_api_port = scale_agent_e2e::ports::free_port()?;
         let hub = HubProcess::start(
             HubOptions {
                 bin: workspace_binary("scale-agent-hub")?,
@@ -195,6 +245,8 @@ impl Stack {
                 args: vec![
                     "--trusted-proxy=127.0.0.1/32".into(),
                     "--authorize-shards=*".into(),
+                    format!("--kube-api-addr=127.0.0.1:{kube_api_port}"),
+                    format!("--kube-api-tokens-file={}", tokens_file.display()),
                 ],
                 kubeconfig: Some(cp.management.kubeconfig.clone()),
             },
@@ -214,7 +266,12 @@ impl Stack {
             run_dir,
         )
         .await?;
-        Ok(Stack { nginx, hub })
+        Ok(Stack {
+            nginx,
+            hub,
+            kube_api: format!("http://127.0.0.1:{kube_api_port}"),
+            kube_api_token,
+        })
     }
 }
 

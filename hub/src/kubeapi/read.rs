@@ -229,13 +229,10 @@ pub fn in_scope(scope: &Scope, read: &Read, kind: &KindKey) -> bool {
     true
 }
 
-/// One object of a list.
+/// One object of a list: its body as cached, shared with the cache (taking a list
+/// under the cache's lock copies nothing else).
 #[derive(Debug, Clone)]
 pub struct Item {
-    /// Namespace ("" for cluster-scoped).
-    pub namespace: String,
-    /// Name.
-    pub name: String,
     /// The object as cached.
     pub body: Arc<RawValue>,
 }
@@ -264,9 +261,7 @@ pub fn take(
 ) -> Listed {
     let items = cache
         .objects_of(kind, namespace)
-        .map(|(k, o)| Item {
-            namespace: k.namespace.clone(),
-            name: k.name.clone(),
+        .map(|(_, o)| Item {
             body: Arc::clone(&o.body),
         })
         .collect();
@@ -286,12 +281,31 @@ pub fn take(
 struct Meta {
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: String,
 }
 
 #[derive(Deserialize)]
 struct WithMeta {
     #[serde(default)]
     metadata: Option<Meta>,
+}
+
+/// True when the object (whose namespace and name are read from its body) passes the
+/// read's selectors.
+pub fn selected_object(read: &Read, kind: &KindKey, body: &RawValue) -> bool {
+    if read.labels.is_empty() && read.fields.is_empty() {
+        return true;
+    }
+    let meta = serde_json::from_str::<WithMeta>(body.get())
+        .ok()
+        .and_then(|o| o.metadata);
+    let (namespace, name) = meta
+        .as_ref()
+        .map_or(("", ""), |m| (m.namespace.as_str(), m.name.as_str()));
+    selected(read, kind, namespace, name, body)
 }
 
 /// True when the object passes the read's selectors.
@@ -542,7 +556,7 @@ pub fn page(snapshots: &Snapshots, read: &Read, list: Option<Listed>, q: u64) ->
             let items = list
                 .items
                 .into_iter()
-                .filter(|i| selected(read, &list.kind, &i.namespace, &i.name, &i.body))
+                .filter(|i| selected_object(read, &list.kind, &i.body))
                 .collect();
             (
                 Arc::new(Filtered {
@@ -819,8 +833,6 @@ mod tests {
             rv: 77,
             items: (0..n)
                 .map(|i| Item {
-                    namespace: "a".into(),
-                    name: format!("d{i:02}"),
                     body: Arc::from(
                         RawValue::from_string(format!(
                             r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"d{i:02}","labels":{{"even":"{}"}}}}}}"#,

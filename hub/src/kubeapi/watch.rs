@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
-use super::read::{Item, Read, selected};
+use super::read::{Item, Read, selected, selected_object};
 use crate::cache::KindKey;
 use crate::state::Shared;
 use crate::window::{Change, ChangeType, Mark};
@@ -165,7 +165,7 @@ pub fn serve(shared: Arc<Shared>, mut w: Watch) -> Response<Body> {
         let mut cursor = match std::mem::replace(&mut w.start, Start::After(0)) {
             Start::Objects(items) => {
                 for item in items {
-                    if !selected(&w.read, &w.kind, &item.namespace, &item.name, &item.body) {
+                    if !selected_object(&w.read, &w.kind, &item.body) {
                         continue;
                     }
                     if tx.send(Ok(line("ADDED", item.body.get()))).await.is_err() {
