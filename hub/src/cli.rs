@@ -127,6 +127,16 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "kube_api_addr")]
     pub kube_api_tokens_file: Option<PathBuf>,
 
+    /// PEM certificate chain the Kubernetes API is served with, when not the
+    /// hub's own --tls-cert (e.g. a certificate from a public CA, while agents
+    /// use a private one). Reloaded when it changes.
+    #[arg(long, value_name = "PATH", requires_all = ["kube_api_addr", "kube_api_tls_key"])]
+    pub kube_api_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --kube-api-tls-cert.
+    #[arg(long, value_name = "PATH", requires = "kube_api_tls_cert")]
+    pub kube_api_tls_key: Option<PathBuf>,
+
     /// Pass Impersonate-* headers on to the clusters. They act there with the
     /// agent's rights to impersonate, so by default they are refused (403).
     #[arg(long, requires = "kube_api_addr")]
@@ -175,10 +185,15 @@ impl Args {
             },
             client: None,
         });
+        let kube_api_tls = match (&self.kube_api_tls_cert, &self.kube_api_tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key, None)?),
+            _ => None,
+        };
         let kube_api = match (self.kube_api_addr, self.kube_api_tokens_file) {
             (Some(addr), Some(tokens)) => Some(KubeApiConfig {
                 allow_impersonation: self.kube_api_allow_impersonation,
                 request_timeout: self.kube_api_request_timeout,
+                tls: kube_api_tls,
                 ..KubeApiConfig::new(addr, TokenSource::File(tokens))
             }),
             _ => None,

@@ -191,6 +191,10 @@ fn hub_kubeconfig(stack: &Stack, out: &Path) -> Result<()> {
     cmd.arg("kubeconfig")
         .arg(format!("--server={}", stack.kube_api))
         .arg(format!("--token-file={}", stack.kube_api_token.display()))
+        .arg(format!(
+            "--certificate-authority={}",
+            stack.kube_api_ca.display()
+        ))
         .arg(format!("--output={}", out.display()));
     for account in EXAMPLE_ACCOUNTS {
         cmd.arg(format!("--account={account}"));
@@ -218,11 +222,14 @@ fn random_token() -> Result<String> {
 struct Stack {
     nginx: Nginx,
     hub: HubProcess,
-    /// `http://127.0.0.1:<port>`: the accounts' Kubernetes API (plain HTTP: the local
-    /// hub has no certificate of its own; nginx terminates the agents' TLS).
+    /// `https://127.0.0.1:<port>`: the accounts' Kubernetes API, with a certificate
+    /// of its own (the hub's gRPC is plain behind nginx, which terminates the agents'
+    /// TLS).
     kube_api: String,
     /// The file holding the API's token.
     kube_api_token: PathBuf,
+    /// The CA of the API's certificate.
+    kube_api_ca: PathBuf,
 }
 
 impl Stack {
@@ -234,6 +241,9 @@ impl Stack {
         let kube_api_token = run_dir.join("kube-api-token");
         write(&kube_api_token, &format!("{token}\n"))?;
         let kube_api_port = scale_agent_e2e::ports::free_port()?;
+        let kube_api_cert = cp
+            .pki
+            .issue_server("hub-kube-api", &["127.0.0.1", "localhost"])?;
         let hub = HubProcess::start(
             HubOptions {
                 bin: workspace_binary("scale-agent-hub")?,
@@ -247,6 +257,8 @@ impl Stack {
                     "--authorize-shards=*".into(),
                     format!("--kube-api-addr=127.0.0.1:{kube_api_port}"),
                     format!("--kube-api-tokens-file={}", tokens_file.display()),
+                    format!("--kube-api-tls-cert={}", kube_api_cert.cert_file.display()),
+                    format!("--kube-api-tls-key={}", kube_api_cert.key_file.display()),
                 ],
                 kubeconfig: Some(cp.management.kubeconfig.clone()),
             },
@@ -269,8 +281,9 @@ impl Stack {
         Ok(Stack {
             nginx,
             hub,
-            kube_api: format!("http://127.0.0.1:{kube_api_port}"),
+            kube_api: format!("https://127.0.0.1:{kube_api_port}"),
             kube_api_token,
+            kube_api_ca: cp.pki.ca_file.clone(),
         })
     }
 }

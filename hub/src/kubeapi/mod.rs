@@ -65,11 +65,14 @@ pub struct KubeApiConfig {
     pub window_bytes: u64,
     /// Open connections at most; more are closed at once.
     pub max_connections: usize,
+    /// The certificate the API is served with, when not the hub's own (`Config::tls`);
+    /// with neither, it is served over plain HTTP.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl KubeApiConfig {
     /// Defaults on `addr` with `tokens`: impersonation refused, 60 s request timeout,
-    /// 1 MiB window, 4096 connections.
+    /// 1 MiB window, 4096 connections, the hub's own certificate.
     pub fn new(addr: SocketAddr, tokens: TokenSource) -> KubeApiConfig {
         KubeApiConfig {
             addr,
@@ -78,6 +81,7 @@ impl KubeApiConfig {
             request_timeout: Duration::from_secs(60),
             window_bytes: 1 << 20,
             max_connections: 4096,
+            tls: None,
         }
     }
 }

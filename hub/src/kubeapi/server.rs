@@ -58,7 +58,7 @@ pub async fn start(
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), Error> {
     let shutdown = shared.shutdown.clone();
     let reload_interval = shared.config.reload_interval;
-    let tls = shared.config.tls.as_ref();
+    let tls = config.tls.as_ref().or(shared.config.tls.as_ref());
     let tokens = match &config.tokens {
         TokenSource::File(path) => Tokens::watch(path, reload_interval, shutdown.clone())?,
         TokenSource::Text(text) => Tokens::from_text(text).map_err(|message| Error::Setting {
@@ -89,7 +89,7 @@ pub async fn start(
             Some(state)
         }
         None => {
-            warn!(%addr, "the Kubernetes API of the accounts is served without TLS (the hub has no certificate): bearer tokens cross the network in the clear");
+            warn!(%addr, "the Kubernetes API of the accounts is served without TLS (no --kube-api-tls-cert, and the hub has no certificate): bearer tokens cross the network in the clear, and kubectl does not send them over plain HTTP");
             None
         }
     };
