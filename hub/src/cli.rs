@@ -266,6 +266,20 @@ mod tests {
             args.kube_api_tokens_file,
             Some(PathBuf::from("/run/tokens"))
         );
+        // Its own certificate needs its key.
+        assert!(
+            Args::try_parse_from([
+                "scale-agent-hub",
+                "--insecure",
+                "--kube-api-addr",
+                "127.0.0.1:8443",
+                "--kube-api-tokens-file",
+                "/run/tokens",
+                "--kube-api-tls-cert",
+                "api.crt",
+            ])
+            .is_err()
+        );
     }
 
     #[test]
