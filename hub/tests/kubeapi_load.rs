@@ -4,8 +4,8 @@
 //! (its Ack) is measured with and without the lists, and against the JSON API's list,
 //! which writes the objects out while holding the lock event ingestion needs.
 //!
-//! Prints the figures; fails when a change waits more than a generous bound while the
-//! lists run, or when the lists do not come from the cache.
+//! Prints the figures; fails when the lists do not come from the cache, or when a
+//! change waits nearly as long behind them as behind the JSON API's lists.
 
 mod common;
 
@@ -229,10 +229,13 @@ async fn listing_ten_thousand_objects_does_not_stall_event_ingestion() -> Result
         "the lists did not come from the cache"
     );
     assert!(cache_lists >= 4, "only {cache_lists} lists finished");
-    let worst = busy[busy.len() - 1];
+    // Compared with the JSON API's list on the same machine in the same run, so the
+    // check holds on a busy machine: the cache's lists take only shared bodies under
+    // the lock, the JSON API's write 15 MB out under it.
+    let (busy_p50, locked_p50) = (busy[busy.len() / 2], locked[locked.len() / 2]);
     assert!(
-        worst < Duration::from_millis(500),
-        "a change waited {worst:?} while 10,000-object lists were answered"
+        busy_p50 * 5 < locked_p50,
+        "the median change waited {busy_p50:?} with Kubernetes API lists, {locked_p50:?} with JSON API lists"
     );
     hub.shutdown().await?;
     Ok(())
