@@ -59,6 +59,8 @@ down:
 test: prereqs build-k8s
     @echo "building the binaries the end-to-end tests run ..."
     cargo build --workspace --bins
+    @# The image test runs this archive; made from the debug binaries to spare a release build.
+    scripts/build-oci-image.sh --profile debug
     cargo test --workspace --no-fail-fast
 
 # Run only the end-to-end tests.
@@ -79,6 +81,30 @@ lint:
 # Regenerate the checked-in CRD YAML from the Rust types.
 crds:
     cargo run -q -p scale-agent-crds --bin crdgen -- crds/agentshards.scaleagent.dev.yaml
+
+# Build the container image, with no container engine, into target/images/ (`just image debug`: from debug binaries).
+image profile="release":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # Output: target/images/scale-agent-<version>[-debug].oci.tar. Load it with `docker load -i`,
+    # or push it with `skopeo copy oci-archive:<file> docker://<registry>/<name>:<tag>`.
+    # The image is written by scripts/build-oci-image.sh with tar, gzip, coreutils and ldd.
+    missing=()
+    for tool in tar gzip sha256sum ldd; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            echo "installing ${missing[*]} (Debian packages tar gzip coreutils libc-bin) ..."
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tar gzip coreutils libc-bin >/dev/null
+        else
+            echo "missing: ${missing[*]} — install with: sudo apt-get install tar gzip coreutils libc-bin" >&2; exit 1
+        fi
+    fi
+    case "{{profile}}" in
+        release) cargo build --release --locked -p scale-agent -p scale-agent-operator -p scale-agent-hub --bins ;;
+        debug) cargo build --locked --workspace --bins ;;
+        *) echo "profile is release or debug" >&2; exit 1 ;;
+    esac
+    scripts/build-oci-image.sh --profile "{{profile}}"
 
 # Build (once, cached outside the repository) the Kubernetes binaries of the test control plane.
 build-k8s:

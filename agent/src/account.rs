@@ -33,6 +33,8 @@ use crate::{Error, Result};
 pub struct AccountCtx {
     /// The session's sending half.
     pub out: Outbound,
+    /// Whether the hub takes WatchProgress frames on this session.
+    pub watch_progress: bool,
     /// The agent's limits.
     pub budget: Budget,
     /// Metrics.
@@ -93,7 +95,7 @@ fn scope(config: &scale_agent_crds::AccountConfig) -> StreamScope {
         namespaces: config.namespaces.clone(),
         omit_namespaces: config.omit_namespaces.clone(),
         label_selector: if config.only_spinnaker_managed {
-            watch::SPINNAKER_MANAGED.to_owned()
+            crate::objects::SPINNAKER_MANAGED.to_owned()
         } else {
             String::new()
         },
@@ -289,6 +291,7 @@ async fn serve(
             out: ctx.out.clone(),
             budget: ctx.budget.clone(),
             metrics: ctx.metrics.clone(),
+            watch_progress: ctx.watch_progress,
         };
         tasks.spawn(watch::run(kctx, kind, flag));
     }

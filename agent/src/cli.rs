@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 pub use scale_agent_runtime::LogFormat;
@@ -55,26 +56,35 @@ pub struct Args {
 
     /// How long a replica's membership Lease stays valid without renewal: a killed
     /// replica's accounts move to the others after at most this long.
-    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
-    pub lease_duration_seconds: u64,
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = positive_duration)]
+    pub lease_duration: Duration,
 
     /// How often the Lease is renewed and the shard's members re-read.
-    #[arg(long, value_name = "MILLISECONDS", default_value_t = 3000)]
-    pub lease_renew_millis: u64,
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = positive_duration)]
+    pub lease_renew_interval: Duration,
 
     /// How often the config file and kubeconfigs are checked for changes.
-    #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
-    pub reload_millis: u64,
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = positive_duration)]
+    pub reload_interval: Duration,
 
     /// HTTP/2 keepalive ping interval towards the hub; keep it below the load
     /// balancer's idle timeout.
-    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
-    pub keepalive_seconds: u64,
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = positive_duration)]
+    pub keepalive_interval: Duration,
 
     /// Log line format: human-readable text, or one JSON object per line for
     /// log collectors.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// A duration flag (`15s`, `500ms`, `1m30s`) that must not be zero: each of them paces a
+/// loop or a timeout, and zero would spin or expire at once.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match scale_agent_runtime::parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?}: must be longer than zero")),
+        d => Ok(d),
+    }
 }
 
 #[cfg(test)]
@@ -103,5 +113,46 @@ mod tests {
         );
         assert_eq!(args.admin_addr, "0.0.0.0:8080".parse().expect("valid"));
         assert_eq!(args.log_format, LogFormat::Text);
+        assert_eq!(args.lease_duration, Duration::from_secs(15));
+        assert_eq!(args.lease_renew_interval, Duration::from_secs(3));
+        assert_eq!(args.reload_interval, Duration::from_secs(2));
+        assert_eq!(args.keepalive_interval, Duration::from_secs(20));
+    }
+
+    fn parse(flags: &[&str]) -> Result<Args, clap::Error> {
+        let base = ["scale-agent", "--replica-id", "r", "--namespace", "n"];
+        Args::try_parse_from(base.iter().chain(flags))
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let args = parse(&[
+            "--lease-duration=1m30s",
+            "--lease-renew-interval=500ms",
+            "--reload-interval=2s",
+            "--keepalive-interval=10",
+        ])
+        .expect("parses");
+        assert_eq!(args.lease_duration, Duration::from_secs(90));
+        assert_eq!(args.lease_renew_interval, Duration::from_millis(500));
+        assert_eq!(args.reload_interval, Duration::from_secs(2));
+        // A bare number is seconds.
+        assert_eq!(args.keepalive_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_the_flag_named() {
+        for flag in [
+            "--lease-duration=0s",
+            "--keepalive-interval=0",
+            "--reload-interval=2x",
+            "--lease-renew-interval=",
+        ] {
+            let err = parse(&[flag]).expect_err(flag).to_string();
+            let name = flag.split('=').next().unwrap_or_default();
+            assert!(err.contains(name), "{flag}: {err}");
+        }
+        // The old spellings are gone, not silently ignored.
+        assert!(parse(&["--lease-duration-seconds=15"]).is_err());
     }
 }

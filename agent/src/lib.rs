@@ -5,14 +5,17 @@
 //! - [`config`]: the mounted config file and kubeconfigs, reloaded on change.
 //! - [`leases`] and [`assignment`]: replicas of one shard split its accounts.
 //! - [`session`]: the hub connection, reconnects, frame routing.
-//! - [`account`], [`kinds`], [`watch`]: per-account discovery and watches.
-//! - [`budget`], [`outbound`]: bounded memory and backpressure.
+//! - [`account`], [`kinds`], [`watch`], [`objects`]: per-account discovery, watches, and
+//!   what of each object is sent.
+//! - [`batch`], [`outbound`], [`budget`]: events into batches, batches onto the stream,
+//!   bounded memory and backpressure.
 //! - [`operations`]: apply, delete, patch, scale, rollout restart, get.
 //! - [`proxy`]: Kubernetes API requests the hub carries, replayed against the cluster.
 
 pub mod account;
 pub mod admin;
 pub mod assignment;
+pub mod batch;
 pub mod budget;
 pub mod cli;
 pub mod config;
@@ -20,6 +23,7 @@ mod error;
 pub mod kinds;
 pub mod leases;
 pub mod metrics;
+pub mod objects;
 pub mod operations;
 pub mod outbound;
 pub mod proxy;
@@ -43,7 +47,7 @@ pub async fn run(args: cli::Args) -> Result<()> {
     let config = config::watch(
         args.config.clone(),
         args.kubeconfig_dir.clone(),
-        Duration::from_millis(args.reload_millis),
+        args.reload_interval,
     )?;
     let shard = config.borrow().shard.clone();
     tracing::info!(shard = %shard, replica = %args.replica_id, accounts = config.borrow().accounts.len(), "starting");
@@ -58,8 +62,8 @@ pub async fn run(args: cli::Args) -> Result<()> {
         namespace: args.namespace.clone(),
         shard: shard.name.clone(),
         replica: args.replica_id.clone(),
-        lease_duration: Duration::from_secs(args.lease_duration_seconds),
-        renew_every: Duration::from_millis(args.lease_renew_millis),
+        lease_duration: args.lease_duration,
+        renew_every: args.lease_renew_interval,
     };
     let members = leases::run(mgmt.clone(), membership.clone(), metrics.clone());
     let held = held_accounts(config.clone(), members, args.replica_id.clone());
@@ -77,18 +81,12 @@ pub async fn run(args: cli::Args) -> Result<()> {
         state,
         metrics,
         ops: Arc::new(operations::Operations::default()),
-        keepalive: Duration::from_secs(args.keepalive_seconds.max(1)),
+        keepalive: args.keepalive_interval,
         shutdown: stop_rx,
     }));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::Read {
-            path: "SIGTERM handler".into(),
-            source: e,
-        })?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: handing the accounts over"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        () = scale_agent_runtime::terminated() => tracing::info!("terminated: handing the accounts over"),
         r = admin => {
             if let Ok(Err(e)) = r {
                 tracing::error!(addr = %args.admin_addr, error = %e, "admin server failed");

@@ -1,108 +1,77 @@
-//! The agent's Prometheus metrics (`scale_agent_*`).
+//! The agent's Prometheus metrics (`scale_agent_*`). Each metric is declared once, below:
+//! its field name is its metric name and its doc comment its help text.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Every metric the agent exports.
-#[derive(Debug, Default)]
-pub struct Metrics {
+/// Declares [`Metrics`] and registers every field under its own name.
+macro_rules! metrics {
+    ($( $(#[doc = $doc:literal])+ $name:ident: $ty:ty, )+) => {
+        /// Every metric the agent exports.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( $(#[doc = $doc])+ pub $name: $ty, )+
+        }
+
+        impl Metrics {
+            fn register(&self, registry: &mut Registry) {
+                $( registry.register(stringify!($name), help(&[$($doc),+]), self.$name.clone()); )+
+            }
+        }
+    };
+}
+
+metrics! {
     /// Objects sent to the hub.
-    pub events_sent: Counter,
-    /// Watch errors (each retried).
-    pub watch_errors: Counter,
+    events_sent: Counter,
+    /// Failed lists and watches, and unreadable watch events (each retried or skipped).
+    watch_errors: Counter,
     /// Whole-kind relists after a watch expired.
-    pub relists: Counter,
+    relists: Counter,
     /// Watches resumed from the hub's resume point (no relist).
-    pub resumes: Counter,
+    resumes: Counter,
+    /// Watch bookmarks passed on to the hub as watch progress.
+    watch_progress: Counter,
     /// Connections to the hub opened.
-    pub connects: Counter,
-    /// Connection attempts that failed.
-    pub connect_failures: Counter,
+    hub_connects: Counter,
+    /// Sessions with the hub that failed (connecting or later).
+    hub_connect_failures: Counter,
     /// Operations run, by any outcome.
-    pub operations: Counter,
+    operations: Counter,
     /// Accounts this replica streams now.
-    pub accounts_streaming: Gauge,
+    accounts_streaming: Gauge,
     /// Accounts the hub rejected.
-    pub accounts_rejected: Gauge,
+    accounts_rejected: Gauge,
     /// Bytes sent and not yet acknowledged by the hub.
-    pub buffered_bytes: Gauge,
+    buffered_bytes: Gauge,
     /// Live replicas of the shard, this one included.
-    pub members: Gauge,
+    members: Gauge,
     /// Kubernetes API requests from the hub being replayed now.
-    pub kube_api_requests_in_flight: Gauge,
+    kube_api_requests_in_flight: Gauge,
     /// Kubernetes API requests from the hub replayed, by any outcome.
-    pub kube_api_requests: Counter,
+    kube_api_requests: Counter,
+}
+
+/// A help text from doc comment lines (each starts with the space after `///`).
+fn help(lines: &[&str]) -> String {
+    lines
+        .iter()
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end_matches('.')
+        .to_string()
 }
 
 impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut r = Registry::with_prefix("scale_agent");
-        r.register(
-            "events_sent",
-            "Objects sent to the hub",
-            self.events_sent.clone(),
-        );
-        r.register(
-            "watch_errors",
-            "Watch errors, each retried",
-            self.watch_errors.clone(),
-        );
-        r.register(
-            "relists",
-            "Whole-kind relists after a watch expired",
-            self.relists.clone(),
-        );
-        r.register(
-            "resumes",
-            "Watches resumed from the hub's resume point",
-            self.resumes.clone(),
-        );
-        r.register(
-            "hub_connects",
-            "Connections to the hub opened",
-            self.connects.clone(),
-        );
-        r.register(
-            "hub_connect_failures",
-            "Failed connection attempts to the hub",
-            self.connect_failures.clone(),
-        );
-        r.register("operations", "Operations run", self.operations.clone());
-        r.register(
-            "accounts_streaming",
-            "Accounts this replica streams",
-            self.accounts_streaming.clone(),
-        );
-        r.register(
-            "accounts_rejected",
-            "Accounts the hub rejected",
-            self.accounts_rejected.clone(),
-        );
-        r.register(
-            "buffered_bytes",
-            "Bytes sent and not yet acknowledged",
-            self.buffered_bytes.clone(),
-        );
-        r.register(
-            "members",
-            "Live replicas of the shard",
-            self.members.clone(),
-        );
-        r.register(
-            "kube_api_requests_in_flight",
-            "Kubernetes API requests from the hub being replayed now",
-            self.kube_api_requests_in_flight.clone(),
-        );
-        r.register(
-            "kube_api_requests",
-            "Kubernetes API requests from the hub replayed",
-            self.kube_api_requests.clone(),
-        );
+        let mut registry = Registry::with_prefix("scale_agent");
+        self.register(&mut registry);
         let mut out = String::new();
-        if encode(&mut out, &r).is_err() {
+        if encode(&mut out, &registry).is_err() {
             out.clear();
         }
         out
@@ -127,5 +96,22 @@ mod tests {
             text.lines().any(|l| l == "scale_agent_relists_total 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_metric_has_its_name_and_help() {
+        let text = Metrics::default().render();
+        for line in [
+            "# HELP scale_agent_hub_connects Connections to the hub opened.",
+            "# TYPE scale_agent_watch_progress counter",
+            "scale_agent_watch_progress_total 0",
+            "# HELP scale_agent_members Live replicas of the shard, this one included.",
+            "scale_agent_buffered_bytes 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from {text}"
+            );
+        }
     }
 }

@@ -298,7 +298,7 @@ async fn dispatch(cluster: &Cluster, kind: Kind) -> Result<Option<serde_json::Va
             let mut pp = PatchParams::apply(manager);
             pp.force = a.force;
             let out = api.patch(&name, &pp, &Patch::Apply(&obj)).await?;
-            Ok(Some(serde_json::to_value(out).unwrap_or_default()))
+            answer(out)
         }
         Kind::Delete(d) => {
             let target = d.target.unwrap_or_default();
@@ -348,36 +348,45 @@ async fn dispatch(cluster: &Cluster, kind: Kind) -> Result<Option<serde_json::Va
                 }
                 PatchType::Json => json_patch(cluster, &api, &target.name, &p.patch).await?,
             };
-            Ok(Some(serde_json::to_value(out).unwrap_or_default()))
+            answer(out)
         }
         Kind::Scale(s) => {
             let target = s.target.unwrap_or_default();
             let (api, _) = api_for(cluster, &target)?;
-            let patch = serde_json::json!({ "spec": { "replicas": s.replicas } });
-            let out = api
-                .patch_scale(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            Ok(Some(serde_json::to_value(out).unwrap_or_default()))
+            let replicas = serde_json::json!({ "spec": { "replicas": s.replicas } });
+            let params = PatchParams::default();
+            answer(
+                api.patch_scale(&target.name, &params, &Patch::Merge(&replicas))
+                    .await?,
+            )
         }
         Kind::RolloutRestart(r) => {
             let target = r.target.unwrap_or_default();
             let (api, _) = api_for(cluster, &target)?;
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            let patch = serde_json::json!({ "spec": { "template": { "metadata": { "annotations": {
+            let restart = serde_json::json!({ "spec": { "template": { "metadata": { "annotations": {
                 "kubectl.kubernetes.io/restartedAt": now
             }}}}});
-            let out = api
-                .patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            Ok(Some(serde_json::to_value(out).unwrap_or_default()))
+            answer(
+                api.patch(
+                    &target.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&restart),
+                )
+                .await?,
+            )
         }
         Kind::Get(g) => {
             let target = g.target.unwrap_or_default();
             let (api, _) = api_for(cluster, &target)?;
-            let out = api.get(&target.name).await?;
-            Ok(Some(serde_json::to_value(out).unwrap_or_default()))
+            answer(api.get(&target.name).await?)
         }
     }
+}
+
+/// What an operation returns: the object as the API server answered it.
+fn answer(object: impl serde::Serialize) -> Result<Option<serde_json::Value>, OpError> {
+    Ok(Some(serde_json::to_value(object).unwrap_or_default()))
 }
 
 /// A JSON patch (RFC 6902) sent as is.

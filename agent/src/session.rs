@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::account::{self, AccountCtx};
+use crate::batch::Limits;
 use crate::budget::Budget;
 use crate::config::{AccountDesired, Snapshot};
 use crate::metrics::Metrics;
@@ -31,8 +32,10 @@ use crate::{Error, Result};
 
 /// Largest frame either side sends (Kubernetes objects reach 1.5 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
-/// Largest event batch, by object bytes.
-pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// The optional protocol features this agent speaks (Hello.capabilities).
+pub const CAPABILITIES: &[&str] = &[WATCH_PROGRESS, scale_agent_proto::kube_api::CAPABILITY];
+/// Watch bookmarks are passed on to the hub as WatchProgress frames.
+pub const WATCH_PROGRESS: &str = "watch-progress";
 
 /// Everything a session needs.
 pub struct Agent {
@@ -93,7 +96,7 @@ pub async fn run(mut agent: Agent) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                agent.metrics.connect_failures.inc();
+                agent.metrics.hub_connect_failures.inc();
                 let wait = backoff(failures);
                 tracing::warn!(error = %e, attempt = failures, "hub session failed; reconnecting in {wait:?}");
                 tokio::select! {
@@ -163,9 +166,9 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         message,
     };
     let channel = endpoint(hub, agent.keepalive).await?;
-    agent.metrics.connects.inc();
+    agent.metrics.hub_connects.inc();
     let (tx, rx) = mpsc::channel(256);
-    let out = Outbound::new(tx, budget.clone(), MAX_BATCH_BYTES);
+    let out = Outbound::new(tx, budget.clone(), Limits::default());
     let shard = agent.config.borrow().shard.clone();
     out.send(Frame::Hello(Hello {
         protocol_version: scale_agent_proto::PROTOCOL_VERSION,
@@ -175,7 +178,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         }),
         replica_id: agent.replica.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        capabilities: vec![scale_agent_proto::kube_api::CAPABILITY.to_owned()],
+        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
     }))
     .await
     .map_err(|e| hub_err(e.to_string()))?;
@@ -191,13 +194,17 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         .await
         .map_err(|_| hub_err("no Welcome within 15s".into()))?
         .map_err(|s| hub_err(format!("{}: {}", s.code(), s.message())))?;
-    let heartbeat_every = match welcome.and_then(|f| f.frame) {
+    let (heartbeat_every, watch_progress) = match welcome.and_then(|f| f.frame) {
         Some(hub_frame::Frame::Welcome(w)) => {
-            tracing::info!(session = %w.session_id, hub = %w.hub_id, "connected to the hub");
-            w.heartbeat_interval
+            // Only what both sides listed may be used.
+            let watch_progress = w.capabilities.iter().any(|c| c == WATCH_PROGRESS);
+            tracing::info!(session = %w.session_id, hub = %w.hub_id, watch_progress, "connected to the hub");
+            let heartbeat = w
+                .heartbeat_interval
                 .and_then(|d| Duration::try_from(d).ok())
                 .filter(|d| !d.is_zero())
-                .unwrap_or(Duration::from_secs(10))
+                .unwrap_or(Duration::from_secs(10));
+            (heartbeat, watch_progress)
         }
         other => return Err(hub_err(format!("expected Welcome, got {other:?}"))),
     };
@@ -206,6 +213,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
 
     let ctx = AccountCtx {
         out: out.clone(),
+        watch_progress,
         budget,
         metrics: agent.metrics.clone(),
         state: agent.state.clone(),
@@ -402,7 +410,8 @@ mod reconcile_tests {
         let (tx, mut rx) = mpsc::channel(8);
         let budget = Budget::new(1, 1024);
         let ctx = AccountCtx {
-            out: Outbound::new(tx, budget.clone(), 1024),
+            out: Outbound::new(tx, budget.clone(), Limits::default()),
+            watch_progress: false,
             budget,
             metrics: Arc::default(),
             state: Arc::default(),

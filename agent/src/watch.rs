@@ -1,30 +1,39 @@
-//! One kind of one account: list (paginated) between SyncStart and SyncEnd, then stream
-//! every change in order. With `namespaces` set, one watcher per namespace, merged; any
-//! relist (a watch expired past etcd compaction: 410 Gone) relists the whole kind, so the
-//! hub can drop exactly what vanished. No object is kept in memory.
+//! One kind of one account, from the API server to the hub: list it (paginated)
+//! between SyncStart and SyncEnd, or resume from the hub's resourceVersion without
+//! listing, then watch every change in order. Watch bookmarks go to the hub as watch
+//! progress, so the resume point of a quiet kind stays fresh. With several
+//! `namespaces`, one watch per namespace, merged; when any of them expires (410 Gone)
+//! the whole kind is relisted, so the hub can drop exactly what vanished. No object is
+//! kept in memory; events leave through the kind's [`KindSender`].
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{StreamExt, stream::BoxStream};
-use kube::api::{Api, DynamicObject, WatchEvent, WatchParams};
-use kube::runtime::watcher::{self, Event};
+use futures::StreamExt;
+use futures::stream::{self, BoxStream, SelectAll};
+use kube::api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams};
+use kube::core::Status;
 use scale_agent_crds::AccountConfig;
 use scale_agent_proto::v1::{
-    EventType, GroupVersionKind, ObjectEvent, SyncEnd, SyncMode, SyncStart, agent_frame::Frame,
+    EventType, GroupVersionKind, SyncEnd, SyncMode, SyncStart, WatchProgress, agent_frame::Frame,
 };
+use tracing::Instrument;
 
+use crate::batch::KindSender;
 use crate::budget::Budget;
 use crate::kinds::WatchedKind;
 use crate::metrics::Metrics;
+use crate::objects::{self, Selectors};
 use crate::outbound::{Closed, Outbound};
 
-/// The label Spinnaker puts on what it deploys.
-pub const SPINNAKER_MANAGED: &str = "app.kubernetes.io/managed-by=spinnaker";
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// Objects per list page.
 const PAGE_SIZE: u32 = 500;
+/// How long the API server keeps one watch open; the next starts where it ended.
+const WATCH_TIMEOUT_SECS: u32 = 290;
+/// A watch that outlives its timeout by this much is taken for dead (the connection
+/// dropped silently) and started again.
+const WATCH_DEAD_AFTER: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 5);
 
 /// What a kind watcher needs.
 #[derive(Clone)]
@@ -43,417 +52,532 @@ pub struct KindCtx {
     pub metrics: Arc<Metrics>,
     /// The hub's resourceVersion for this kind, to resume the watch from.
     pub resume_from: Option<String>,
+    /// Whether the hub takes WatchProgress frames on this session.
+    pub watch_progress: bool,
 }
 
-/// Streams `kind` until the session ends. `synced` is set after the first SyncEnd.
+/// Streams `kind` until the session ends. `synced` is set once the kind is current at
+/// the hub (listed, or resumed).
 pub async fn run(ctx: KindCtx, kind: WatchedKind, synced: Arc<AtomicBool>) -> Result<(), Closed> {
-    let gvk = GroupVersionKind {
-        group: kind.resource.group.clone(),
-        version: kind.resource.version.clone(),
-        kind: kind.resource.kind.clone(),
-    };
-    if let Some(rv) = ctx.resume_from.clone() {
-        match resume(&ctx, &kind, &gvk, rv, &synced).await? {
-            Resumed::Expired => {
-                tracing::info!(account = %ctx.account, kind = %gvk.kind, "resume point expired (410 Gone); relisting");
-                ctx.metrics.relists.inc();
+    let span = tracing::info_span!("watch", account = %ctx.account, kind = %kind.resource.kind);
+    KindWatch::new(ctx, kind, synced)
+        .run()
+        .instrument(span)
+        .await
+}
+
+/// The state of one kind's list-and-watch loop.
+struct KindWatch {
+    ctx: KindCtx,
+    kind: WatchedKind,
+    gvk: GroupVersionKind,
+    /// One per listed namespace, or one over all namespaces.
+    apis: Vec<Api<DynamicObject>>,
+    selectors: Selectors,
+    sender: KindSender,
+    synced: Arc<AtomicBool>,
+    /// The latest resourceVersion of this kind the hub has been sent (by an event, a
+    /// SyncEnd or a WatchProgress): a bookmark at the same version tells it nothing.
+    told_hub: String,
+}
+
+impl KindWatch {
+    fn new(ctx: KindCtx, kind: WatchedKind, synced: Arc<AtomicBool>) -> KindWatch {
+        let gvk = GroupVersionKind {
+            group: kind.resource.group.clone(),
+            version: kind.resource.version.clone(),
+            kind: kind.resource.kind.clone(),
+        };
+        let ar = &kind.resource;
+        let apis = if kind.namespaced && !ctx.config.namespaces.is_empty() {
+            ctx.config
+                .namespaces
+                .iter()
+                .map(|ns| Api::namespaced_with(ctx.client.clone(), ns, ar))
+                .collect()
+        } else {
+            vec![Api::all_with(ctx.client.clone(), ar)]
+        };
+        let selectors = Selectors::of(&ctx.config, &kind);
+        let sender = KindSender::new(ctx.account.clone(), ctx.out.clone(), ctx.metrics.clone());
+        KindWatch {
+            ctx,
+            kind,
+            gvk,
+            apis,
+            selectors,
+            sender,
+            synced,
+            told_hub: String::new(),
+        }
+    }
+
+    async fn run(mut self) -> Result<(), Closed> {
+        let mut start = match self.ctx.resume_from.take() {
+            // One resourceVersion cannot resume several per-namespace watches safely.
+            Some(rv) if self.apis.len() == 1 => {
+                tracing::info!(resource_version = %rv, "resuming the watch");
+                self.ctx.metrics.resumes.inc();
+                self.synced.store(true, Ordering::Relaxed);
+                self.told_hub.clone_from(&rv);
+                Some(vec![rv])
             }
-            Resumed::Failed(e) => {
-                tracing::info!(account = %ctx.account, kind = %gvk.kind, error = %e, "resuming failed; relisting");
+            Some(_) => {
+                tracing::info!("several namespaces are watched: relisting instead of resuming");
+                None
+            }
+            None => None,
+        };
+        if let Some([rv]) = start.as_deref() {
+            // Tells the hub the kind is streamed on this registration, and how it
+            // appears in API paths.
+            self.sender
+                .frame(Frame::SyncStart(SyncStart {
+                    account: self.ctx.account.clone(),
+                    kind: Some(self.gvk.clone()),
+                    mode: SyncMode::ResumedWatch as i32,
+                    resource_version: rv.clone(),
+                    resource: self.kind.resource.plural.clone(),
+                    namespaced: self.kind.namespaced,
+                }))
+                .await?;
+        }
+        loop {
+            let versions = match start.take() {
+                Some(versions) => versions,
+                None => self.list().await?,
+            };
+            self.watch(versions).await?;
+            tracing::info!("watch expired (410 Gone); relisting");
+            self.ctx.metrics.relists.inc();
+        }
+    }
+
+    /// Lists every object of the kind between SyncStart and SyncEnd, within a sync
+    /// slot of the budget. Returns the resourceVersion of each API's list, to watch
+    /// from. A failed list starts over with a new SyncStart.
+    async fn list(&mut self) -> Result<Vec<String>, Closed> {
+        let _slot = self.ctx.budget.sync_slot().await;
+        let mut failures = 0u32;
+        loop {
+            self.sender
+                .frame(Frame::SyncStart(SyncStart {
+                    account: self.ctx.account.clone(),
+                    kind: Some(self.gvk.clone()),
+                    mode: SyncMode::FullRelist as i32,
+                    resource_version: String::new(),
+                    resource: self.kind.resource.plural.clone(),
+                    namespaced: self.kind.namespaced,
+                }))
+                .await?;
+            match self.list_once().await? {
+                Ok((versions, count)) => {
+                    // Lists are taken one after another: the last is the newest.
+                    let newest = versions.last().cloned().unwrap_or_default();
+                    self.sender
+                        .frame(Frame::SyncEnd(SyncEnd {
+                            account: self.ctx.account.clone(),
+                            kind: Some(self.gvk.clone()),
+                            resource_version: newest.clone(),
+                            object_count: count,
+                        }))
+                        .await?;
+                    self.told_hub = newest;
+                    self.synced.store(true, Ordering::Relaxed);
+                    tracing::debug!(objects = count, "synced");
+                    return Ok(versions);
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.failed(failures, "list", &e);
+                    tokio::time::sleep(retry_delay(failures)).await;
+                }
             }
         }
     }
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let restart = sync_and_watch(&ctx, &kind, &gvk, &synced).await?;
-        if restart {
-            tracing::info!(account = %ctx.account, kind = %gvk.kind, "relisting");
-            ctx.metrics.relists.inc();
-            continue;
+
+    /// One pass over every page of every API. `Ok(Err(..))` when a request failed.
+    async fn list_once(&mut self) -> Result<Result<(Vec<String>, u64), String>, Closed> {
+        let mut versions = Vec::with_capacity(self.apis.len());
+        let mut count = 0u64;
+        for api in self.apis.clone() {
+            let mut params = ListParams::default().limit(PAGE_SIZE);
+            params.label_selector.clone_from(&self.selectors.labels);
+            params.field_selector.clone_from(&self.selectors.fields);
+            loop {
+                let page = match api.list(&params).await {
+                    Ok(page) => page,
+                    Err(e) => return Ok(Err(e.to_string())),
+                };
+                for obj in page.items {
+                    if let Some(ev) = self.encode(EventType::Added, obj) {
+                        count += 1;
+                        self.sender.event(ev).await?;
+                    }
+                }
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(token) => params.continue_token = Some(token),
+                    None => match page.metadata.resource_version.filter(|v| !v.is_empty()) {
+                        Some(version) => {
+                            versions.push(version);
+                            break;
+                        }
+                        None => return Ok(Err("the list has no resourceVersion".into())),
+                    },
+                }
+            }
         }
-        // The streams ended (they do not, normally): start over after a pause.
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        Ok(Ok((versions, count)))
+    }
+
+    /// Watches every API from its resourceVersion in `versions` until one of them
+    /// expires (returns then, to relist). Watches that end or fail start again from
+    /// the last resourceVersion they delivered.
+    async fn watch(&mut self, mut versions: Vec<String>) -> Result<(), Closed> {
+        let mut watches = SelectAll::new();
+        let mut failures = vec![0u32; versions.len()];
+        for (i, version) in versions.iter().enumerate() {
+            watches.push(self.open(i, version.clone(), Duration::ZERO));
+        }
+        loop {
+            let due = self.sender.due();
+            let next = tokio::select! {
+                next = watches.next() => next,
+                () = sleep_until(due), if due.is_some() => {
+                    self.sender.flush().await?;
+                    continue;
+                }
+            };
+            // Every watch is opened again when it stops, so the set never runs dry.
+            let Some((i, step)) = next else {
+                return Ok(());
+            };
+            match step {
+                Step::Change(ty, obj) => {
+                    failures[i] = 0;
+                    if let Some(version) = obj.metadata.resource_version.as_ref() {
+                        versions[i].clone_from(version);
+                    }
+                    if let Some(ev) = self.encode(ty, *obj) {
+                        self.told_hub.clone_from(&ev.resource_version);
+                        self.sender.event(ev).await?;
+                    }
+                }
+                Step::Bookmark(version) => {
+                    failures[i] = 0;
+                    versions[i].clone_from(&version);
+                    self.progress(version).await?;
+                }
+                Step::Skipped(e) => {
+                    self.ctx.metrics.watch_errors.inc();
+                    let error = truncate(&e, 512);
+                    tracing::warn!(%error, "an unreadable watch event was skipped");
+                }
+                Step::Ended => watches.push(self.open(i, versions[i].clone(), Duration::ZERO)),
+                Step::Expired => return Ok(()),
+                Step::Failed(e) => {
+                    failures[i] += 1;
+                    self.failed(failures[i], "watch", &e);
+                    watches.push(self.open(i, versions[i].clone(), retry_delay(failures[i])));
+                }
+            }
+        }
+    }
+
+    /// Tells the hub the kind is current up to `version`, when the session speaks
+    /// watch progress and the hub does not know it yet. Only a kind watched through
+    /// one API: the hub keeps one resume point per kind, and several namespace watches
+    /// are each at their own version.
+    async fn progress(&mut self, version: String) -> Result<(), Closed> {
+        if !self.ctx.watch_progress
+            || self.apis.len() != 1
+            || version.is_empty()
+            || version == self.told_hub
+        {
+            return Ok(());
+        }
+        self.sender
+            .frame(Frame::WatchProgress(WatchProgress {
+                account: self.ctx.account.clone(),
+                kind: Some(self.gvk.clone()),
+                resource_version: version.clone(),
+            }))
+            .await?;
+        self.ctx.metrics.watch_progress.inc();
+        self.told_hub = version;
+        Ok(())
+    }
+
+    /// One watch of API `i` from `version`, after `delay`; its items tagged with `i`.
+    /// The stream stops after the first step that ends the watch.
+    fn open(
+        &self,
+        i: usize,
+        version: String,
+        delay: Duration,
+    ) -> BoxStream<'static, (usize, Step)> {
+        let api = self.apis[i].clone();
+        let mut params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+        params.bookmarks = true;
+        params.label_selector.clone_from(&self.selectors.labels);
+        params.field_selector.clone_from(&self.selectors.fields);
+        let opened = async move {
+            tokio::time::sleep(delay).await;
+            api.watch(&params, &version).await
+        };
+        let steps = stream::once(opened)
+            .flat_map(|opened| match opened {
+                Ok(events) => events
+                    .map(classify)
+                    .take_until(tokio::time::sleep(WATCH_DEAD_AFTER))
+                    .chain(stream::once(async { Step::Ended }))
+                    .boxed(),
+                Err(e) => stream::once(async move { classify(Err(e)) }).boxed(),
+            })
+            .boxed();
+        // After the step that ends it, the watch (and its connection) is dropped at once.
+        stream::unfold(Some(steps), move |steps| async move {
+            let mut steps = steps?;
+            let step = steps.next().await?;
+            let rest = (!step.ends_the_watch()).then_some(steps);
+            Some(((i, step), rest))
+        })
+        .boxed()
+    }
+
+    fn encode(
+        &self,
+        ty: EventType,
+        obj: DynamicObject,
+    ) -> Option<scale_agent_proto::v1::ObjectEvent> {
+        objects::encode(&self.kind, &self.gvk, &self.ctx.config, ty, obj)
+    }
+
+    /// Counts a failed request and logs it: the first time, then every 20th.
+    fn failed(&self, failures: u32, what: &str, error: &str) {
+        self.ctx.metrics.watch_errors.inc();
+        if failures == 1 || failures.is_multiple_of(20) {
+            let error = truncate(error, 512);
+            tracing::warn!(%error, failures, "{what} failed; retrying");
+        }
     }
 }
 
-enum Resumed {
-    /// The revision is gone from the cluster (compacted or older than the watch cache).
+/// What one item of a watch means for the loop.
+#[derive(Debug)]
+enum Step {
+    /// An object was added, changed or deleted.
+    Change(EventType, Box<DynamicObject>),
+    /// The watch is current up to this resourceVersion.
+    Bookmark(String),
+    /// An item that could not be read; the watch goes on without it.
+    Skipped(String),
+    /// The server closed the watch (its timeout), or it went silent: watch again
+    /// from the last resourceVersion.
+    Ended,
+    /// The resourceVersion cannot be watched from any more (410 Gone, or one the
+    /// server does not have): relist.
     Expired,
-    /// Another failure; relisting is the safe way on.
+    /// The watch failed: watch again from the last resourceVersion after a pause.
     Failed(String),
 }
 
-/// Watches from the hub's resume point without listing: after a load-balancer blip or a
-/// hub restart nothing is sent twice. Runs until the watch cannot go on.
-async fn resume(
-    ctx: &KindCtx,
-    kind: &WatchedKind,
-    gvk: &GroupVersionKind,
-    mut rv: String,
-    synced: &AtomicBool,
-) -> Result<Resumed, Closed> {
-    let apis = apis(ctx, kind);
-    let [api] = apis.as_slice() else {
-        // One revision cannot resume several per-namespace watches safely.
-        return Ok(Resumed::Failed("several namespaces".into()));
-    };
-    let mut params = WatchParams::default().timeout(290);
-    if let Some(f) = field_selector(ctx, kind) {
-        params = params.fields(&f);
-    }
-    if ctx.config.only_spinnaker_managed {
-        params = params.labels(SPINNAKER_MANAGED);
-    }
-    tracing::info!(account = %ctx.account, kind = %gvk.kind, resource_version = %rv, "resuming the watch");
-    ctx.out
-        .send(Frame::SyncStart(SyncStart {
-            account: ctx.account.clone(),
-            kind: Some(gvk.clone()),
-            mode: SyncMode::ResumedWatch as i32,
-            resource_version: rv.clone(),
-            resource: kind.resource.plural.clone(),
-            namespaced: kind.namespaced,
-        }))
-        .await?;
-    ctx.metrics.resumes.inc();
-    synced.store(true, Ordering::Relaxed);
-    loop {
-        let stream = match api.watch(&params, &rv).await {
-            Ok(s) => s,
-            Err(kube::Error::Api(s)) if s.code == 410 => return Ok(Resumed::Expired),
-            Err(e) => return Ok(Resumed::Failed(e.to_string())),
-        };
-        futures::pin_mut!(stream);
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        loop {
-            let next = if batch.is_empty() {
-                stream.next().await
-            } else {
-                match tokio::time::timeout(Duration::from_millis(20), stream.next()).await {
-                    Ok(n) => n,
-                    Err(_) => {
-                        flush(ctx, &mut batch, &mut bytes).await?;
-                        continue;
-                    }
-                }
-            };
-            let (ty, obj) = match next {
-                // The server ended the watch (its timeout): go on from the last revision.
-                None => break,
-                Some(Ok(WatchEvent::Added(o))) => (EventType::Added, o),
-                Some(Ok(WatchEvent::Modified(o))) => (EventType::Modified, o),
-                Some(Ok(WatchEvent::Deleted(o))) => (EventType::Deleted, o),
-                Some(Ok(WatchEvent::Bookmark(b))) => {
-                    rv = b.metadata.resource_version;
-                    continue;
-                }
-                Some(Ok(WatchEvent::Error(e))) if e.code == 410 => {
-                    flush(ctx, &mut batch, &mut bytes).await?;
-                    return Ok(Resumed::Expired);
-                }
-                Some(Ok(WatchEvent::Error(e))) => {
-                    flush(ctx, &mut batch, &mut bytes).await?;
-                    return Ok(Resumed::Failed(e.message));
-                }
-                Some(Err(e)) => {
-                    flush(ctx, &mut batch, &mut bytes).await?;
-                    return Ok(Resumed::Failed(e.to_string()));
-                }
-            };
-            if let Some(ev) = encode(kind, gvk, &ctx.config, ty, obj, &mut rv) {
-                push(ctx, &mut batch, &mut bytes, ev).await?;
-            }
-        }
-        flush(ctx, &mut batch, &mut bytes).await?;
+impl Step {
+    fn ends_the_watch(&self) -> bool {
+        matches!(self, Step::Ended | Step::Expired | Step::Failed(_))
     }
 }
 
-enum Phase {
-    Listing {
-        pending: BTreeSet<usize>,
-        count: u64,
-    },
-    Watching,
-}
-
-/// One list-then-watch cycle. Returns `Ok(true)` when a stream restarted and the kind
-/// must be relisted as a whole.
-async fn sync_and_watch(
-    ctx: &KindCtx,
-    kind: &WatchedKind,
-    gvk: &GroupVersionKind,
-    synced: &AtomicBool,
-) -> Result<bool, Closed> {
-    let mut slot = Some(ctx.budget.sync_slot().await);
-    let streams = streams(ctx, kind);
-    let n = streams.len();
-    let mut merged = futures::stream::select_all(streams);
-    ctx.out
-        .send(Frame::SyncStart(SyncStart {
-            account: ctx.account.clone(),
-            kind: Some(gvk.clone()),
-            mode: SyncMode::FullRelist as i32,
-            resource_version: String::new(),
-            resource: kind.resource.plural.clone(),
-            namespaced: kind.namespaced,
-        }))
-        .await?;
-    let mut phase = Phase::Listing {
-        pending: (0..n).collect(),
-        count: 0,
-    };
-    let mut seen_init: BTreeSet<usize> = BTreeSet::new();
-    let mut batch: Vec<ObjectEvent> = Vec::new();
-    let mut batch_bytes = 0usize;
-    let mut last_rv = String::new();
-    let mut errors = 0u32;
-    loop {
-        let next = if batch.is_empty() {
-            merged.next().await
-        } else {
-            match tokio::time::timeout(Duration::from_millis(20), merged.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    flush(ctx, &mut batch, &mut batch_bytes).await?;
-                    continue;
-                }
-            }
-        };
-        let Some((i, item)) = next else {
-            flush(ctx, &mut batch, &mut batch_bytes).await?;
-            return Ok(false);
-        };
-        let event = match item {
-            Ok(e) => {
-                errors = 0;
-                e
-            }
-            Err(e) => {
-                errors += 1;
-                ctx.metrics.watch_errors.inc();
-                if errors == 1 || errors.is_multiple_of(20) {
-                    tracing::warn!(account = %ctx.account, kind = %gvk.kind, error = %e, "watch error; retrying");
-                }
-                flush(ctx, &mut batch, &mut batch_bytes).await?;
-                tokio::time::sleep(Duration::from_millis(
-                    (250 * u64::from(errors.min(20))).max(250),
-                ))
-                .await;
-                continue;
-            }
-        };
-        match event {
-            Event::Init => {
-                if !seen_init.insert(i) {
-                    // A stream that already listed lists again (its watch expired):
-                    // relist every stream of the kind between a new SyncStart/SyncEnd.
-                    flush(ctx, &mut batch, &mut batch_bytes).await?;
-                    return Ok(true);
-                }
-            }
-            Event::InitApply(obj) => {
-                if let Some(ev) =
-                    encode(kind, gvk, &ctx.config, EventType::Added, obj, &mut last_rv)
-                {
-                    if let Phase::Listing { count, .. } = &mut phase {
-                        *count += 1;
-                    }
-                    push(ctx, &mut batch, &mut batch_bytes, ev).await?;
-                }
-            }
-            Event::InitDone => {
-                if let Phase::Listing { pending, count } = &mut phase {
-                    pending.remove(&i);
-                    if pending.is_empty() {
-                        let count = *count;
-                        flush(ctx, &mut batch, &mut batch_bytes).await?;
-                        ctx.out
-                            .send(Frame::SyncEnd(SyncEnd {
-                                account: ctx.account.clone(),
-                                kind: Some(gvk.clone()),
-                                resource_version: last_rv.clone(),
-                                object_count: count,
-                            }))
-                            .await?;
-                        drop(slot.take());
-                        synced.store(true, Ordering::Relaxed);
-                        phase = Phase::Watching;
-                        tracing::debug!(account = %ctx.account, kind = %gvk.kind, objects = count, "synced");
-                    }
-                }
-            }
-            Event::Apply(obj) => {
-                if let Some(ev) = encode(
-                    kind,
-                    gvk,
-                    &ctx.config,
-                    EventType::Modified,
-                    obj,
-                    &mut last_rv,
-                ) {
-                    push(ctx, &mut batch, &mut batch_bytes, ev).await?;
-                }
-            }
-            Event::Delete(obj) => {
-                if let Some(ev) = encode(
-                    kind,
-                    gvk,
-                    &ctx.config,
-                    EventType::Deleted,
-                    obj,
-                    &mut last_rv,
-                ) {
-                    push(ctx, &mut batch, &mut batch_bytes, ev).await?;
-                }
-            }
-        }
+/// Reads one item of a watch stream (or the error opening it).
+fn classify(item: Result<WatchEvent<DynamicObject>, kube::Error>) -> Step {
+    match item {
+        Ok(WatchEvent::Added(o)) => Step::Change(EventType::Added, Box::new(o)),
+        Ok(WatchEvent::Modified(o)) => Step::Change(EventType::Modified, Box::new(o)),
+        Ok(WatchEvent::Deleted(o)) => Step::Change(EventType::Deleted, Box::new(o)),
+        Ok(WatchEvent::Bookmark(b)) => Step::Bookmark(b.metadata.resource_version),
+        Ok(WatchEvent::Error(status)) | Err(kube::Error::Api(status)) => refused(&status),
+        Err(kube::Error::SerdeError(e)) => Step::Skipped(e.to_string()),
+        Err(e) => Step::Failed(e.to_string()),
     }
 }
 
-async fn push(
-    ctx: &KindCtx,
-    batch: &mut Vec<ObjectEvent>,
-    bytes: &mut usize,
-    ev: ObjectEvent,
-) -> Result<(), Closed> {
-    *bytes += crate::outbound::event_size(&ev);
-    batch.push(ev);
-    if *bytes >= ctx.out.max_batch_bytes {
-        flush(ctx, batch, bytes).await?;
-    }
-    Ok(())
-}
-
-async fn flush(
-    ctx: &KindCtx,
-    batch: &mut Vec<ObjectEvent>,
-    bytes: &mut usize,
-) -> Result<(), Closed> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let events = std::mem::take(batch);
-    ctx.metrics.events_sent.inc_by(events.len() as u64);
-    *bytes = 0;
-    ctx.out.events(&ctx.account, events).await
-}
-
-type Tagged = (usize, Result<Event<DynamicObject>, watcher::Error>);
-
-/// The APIs a kind is watched through: all namespaces, or one per listed namespace.
-fn apis(ctx: &KindCtx, kind: &WatchedKind) -> Vec<Api<DynamicObject>> {
-    let ar = &kind.resource;
-    if kind.namespaced && !ctx.config.namespaces.is_empty() {
-        ctx.config
-            .namespaces
+/// The API server refused the watch: expired when the resourceVersion is the reason
+/// (gone, newer than the server has, or not a version at all), failed otherwise.
+fn refused(status: &Status) -> Step {
+    let about_the_version = status.details.as_ref().is_some_and(|d| {
+        d.causes
             .iter()
-            .map(|ns| Api::namespaced_with(ctx.client.clone(), ns, ar))
-            .collect()
-    } else {
-        vec![Api::all_with(ctx.client.clone(), ar)]
-    }
-}
-
-/// The field selector that leaves out `omitNamespaces` (server side).
-fn field_selector(ctx: &KindCtx, kind: &WatchedKind) -> Option<String> {
-    if !kind.namespaced
-        || !ctx.config.namespaces.is_empty()
-        || ctx.config.omit_namespaces.is_empty()
-    {
-        return None;
-    }
-    let sel: Vec<String> = ctx
-        .config
-        .omit_namespaces
-        .iter()
-        .map(|ns| format!("metadata.namespace!={ns}"))
-        .collect();
-    Some(sel.join(","))
-}
-
-/// The watch streams of a kind: one over all namespaces, or one per listed namespace.
-fn streams(ctx: &KindCtx, kind: &WatchedKind) -> Vec<BoxStream<'static, Tagged>> {
-    let mut cfg = watcher::Config::default().page_size(PAGE_SIZE);
-    if ctx.config.only_spinnaker_managed {
-        cfg = cfg.labels(SPINNAKER_MANAGED);
-    }
-    if let Some(f) = field_selector(ctx, kind) {
-        cfg = cfg.fields(&f);
-    }
-    apis(ctx, kind)
-        .into_iter()
-        .enumerate()
-        .map(|(i, api)| {
-            watcher::watcher(api, cfg.clone())
-                .map(move |e| (i, e))
-                .boxed()
-        })
-        .collect()
-}
-
-/// Turns an object into an event: strips managedFields, the last-applied annotation and
-/// Secret data, and applies the filters a field selector cannot express (Namespace
-/// objects by name). Returns `None` for an object the account does not stream.
-fn encode(
-    kind: &WatchedKind,
-    gvk: &GroupVersionKind,
-    config: &AccountConfig,
-    ty: EventType,
-    mut obj: DynamicObject,
-    last_rv: &mut String,
-) -> Option<ObjectEvent> {
-    let name = obj.metadata.name.clone().unwrap_or_default();
-    if kind.resource.group.is_empty() && kind.resource.kind == "Namespace" {
-        if !config.namespaces.is_empty() && !config.namespaces.contains(&name) {
-            return None;
-        }
-        if config.omit_namespaces.contains(&name) {
-            return None;
-        }
-    }
-    obj.metadata.managed_fields = None;
-    if let Some(a) = obj.metadata.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
-        if a.is_empty() {
-            obj.metadata.annotations = None;
-        }
-    }
-    if kind.resource.group.is_empty()
-        && kind.resource.kind == "Secret"
-        && let Some(map) = obj.data.as_object_mut()
-    {
-        map.remove("data");
-        map.remove("stringData");
-    }
-    obj.types = Some(kube::api::TypeMeta {
-        api_version: kind.resource.api_version.clone(),
-        kind: kind.resource.kind.clone(),
+            .any(|c| c.reason == "ResourceVersionTooLarge" || c.field == "resourceVersion")
     });
-    let rv = obj.metadata.resource_version.clone().unwrap_or_default();
-    if !rv.is_empty() {
-        last_rv.clone_from(&rv);
+    if status.code == 410 || about_the_version {
+        Step::Expired
+    } else {
+        Step::Failed(format!("{} ({})", status.message, status.code))
     }
-    let body = serde_json::to_vec(&obj).ok()?;
-    Some(ObjectEvent {
-        r#type: ty as i32,
-        kind: Some(gvk.clone()),
-        namespace: obj.metadata.namespace.clone().unwrap_or_default(),
-        name,
-        uid: obj.metadata.uid.clone().unwrap_or_default(),
-        resource_version: rv,
-        body_json: body.into(),
-    })
+}
+
+/// The pause before retrying a failed list or watch: 250 ms per consecutive failure,
+/// at most 5 s.
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(250 * u64::from(failures.clamp(1, 20)))
+}
+
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::discovery::ApiResource;
 
-    fn cm_kind() -> WatchedKind {
-        WatchedKind {
+    /// A Status as the API server writes it, with `causes` as (reason, field) pairs.
+    fn status(code: u16, causes: Vec<(&str, &str)>) -> Box<Status> {
+        let causes: Vec<serde_json::Value> = causes
+            .into_iter()
+            .map(|(reason, field)| serde_json::json!({ "reason": reason, "field": field }))
+            .collect();
+        let s: Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "no", "reason": "Reason", "code": code,
+            "details": { "causes": causes }
+        }))
+        .expect("status");
+        s.boxed()
+    }
+
+    #[test]
+    fn only_a_version_the_server_cannot_watch_from_relists() {
+        assert!(matches!(
+            classify(Ok(WatchEvent::Error(status(410, vec![])))),
+            Step::Expired
+        ));
+        assert!(matches!(
+            classify(Err(kube::Error::Api(status(410, vec![])))),
+            Step::Expired
+        ));
+        // A resume point newer than the cluster has (etcd restored from a backup).
+        assert!(matches!(
+            classify(Ok(WatchEvent::Error(status(
+                504,
+                vec![("ResourceVersionTooLarge", "")]
+            )))),
+            Step::Expired
+        ));
+        // A resume point that is no version at all.
+        assert!(matches!(
+            classify(Err(kube::Error::Api(status(
+                500,
+                vec![("FieldValueInvalid", "resourceVersion")]
+            )))),
+            Step::Expired
+        ));
+        // Everything else is retried from the same version.
+        for code in [403, 429, 500, 503, 504] {
+            assert!(
+                matches!(
+                    classify(Ok(WatchEvent::Error(status(code, vec![])))),
+                    Step::Failed(_)
+                ),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn bookmarks_carry_their_version() {
+        let bookmark: WatchEvent<DynamicObject> = serde_json::from_value(serde_json::json!({
+            "type": "BOOKMARK",
+            "object": { "kind": "ConfigMap", "apiVersion": "v1", "metadata": { "resourceVersion": "1234" } }
+        }))
+        .expect("bookmark");
+        assert!(matches!(classify(Ok(bookmark)), Step::Bookmark(v) if v == "1234"));
+    }
+
+    #[test]
+    fn steps_that_end_a_watch() {
+        assert!(Step::Ended.ends_the_watch());
+        assert!(Step::Expired.ends_the_watch());
+        assert!(Step::Failed(String::new()).ends_the_watch());
+        assert!(!Step::Bookmark(String::new()).ends_the_watch());
+        assert!(!Step::Skipped(String::new()).ends_the_watch());
+    }
+
+    #[test]
+    fn retries_slow_down_to_a_cap() {
+        assert_eq!(retry_delay(1), Duration::from_millis(250));
+        assert_eq!(retry_delay(4), Duration::from_secs(1));
+        assert_eq!(retry_delay(1000), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("hello", 10), "hello");
+    }
+}
+
+/// The loop against a scripted API server (kube's client over a mock service): which
+/// requests it makes and which frames reach the hub, in which order.
+#[cfg(test)]
+mod loop_tests {
+    use super::*;
+    use crate::batch::Limits;
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body::Frame as BodyFrame;
+    use http_body_util::StreamBody;
+    use kube::client::Body;
+    use kube::discovery::ApiResource;
+    use scale_agent_proto::v1::AgentFrame;
+    use std::convert::Infallible;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    type Chunks = ReceiverStream<Result<BodyFrame<Bytes>, Infallible>>;
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<StreamBody<Chunks>>>;
+
+    struct Rig {
+        api: Handle,
+        frames: mpsc::Receiver<AgentFrame>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn start(resume_from: Option<&str>, watch_progress: bool) -> Rig {
+        let (service, api) =
+            tower_test::mock::pair::<Request<Body>, Response<StreamBody<Chunks>>>();
+        let (tx, frames) = mpsc::channel(64);
+        let budget = Budget::new(1, 1 << 20);
+        let metrics = Arc::new(Metrics::default());
+        let ctx = KindCtx {
+            account: "a".into(),
+            client: kube::Client::new(service, "default"),
+            // As the config file says it: every filter left at its default.
+            config: serde_json::from_value(
+                serde_json::json!({ "name": "a", "kubeconfigFile": "a.kubeconfig" }),
+            )
+            .expect("account config"),
+            out: Outbound::new(tx, budget.clone(), Limits::default()),
+            budget,
+            metrics: metrics.clone(),
+            resume_from: resume_from.map(str::to_string),
+            watch_progress,
+        };
+        let kind = WatchedKind {
             resource: ApiResource {
                 group: String::new(),
                 version: "v1".into(),
@@ -462,54 +586,217 @@ mod tests {
                 plural: "configmaps".into(),
             },
             namespaced: true,
-        }
-    }
-
-    fn account() -> AccountConfig {
-        AccountConfig {
-            name: "a".into(),
-            kubeconfig_file: "a.kubeconfig".into(),
-            namespaces: vec![],
-            omit_namespaces: vec![],
-            kinds: vec![],
-            omit_kinds: vec![],
-            only_spinnaker_managed: false,
-        }
-    }
-
-    #[test]
-    fn strips_managed_fields_and_last_applied() {
-        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {
-                "name": "x", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
-                "annotations": { LAST_APPLIED: "{}", "keep": "me" },
-                "managedFields": [{ "manager": "kubectl" }]
-            },
-            "data": { "k": "v" }
-        }))
-        .expect("object");
-        let kind = cm_kind();
-        let gvk = GroupVersionKind {
-            group: String::new(),
-            version: "v1".into(),
-            kind: "ConfigMap".into(),
         };
-        let mut rv = String::new();
-        let ev = encode(&kind, &gvk, &account(), EventType::Added, obj, &mut rv).expect("event");
-        let body: serde_json::Value = serde_json::from_slice(&ev.body_json).expect("json");
-        assert!(body["metadata"].get("managedFields").is_none());
-        assert!(body["metadata"]["annotations"].get(LAST_APPLIED).is_none());
-        assert_eq!(body["metadata"]["annotations"]["keep"], "me");
-        assert_eq!(body["data"]["k"], "v");
-        assert_eq!(
-            (
-                ev.namespace.as_str(),
-                ev.name.as_str(),
-                ev.uid.as_str(),
-                rv.as_str()
+        tokio::spawn(run(ctx, kind, Arc::default()));
+        Rig {
+            api,
+            frames,
+            metrics,
+        }
+    }
+
+    fn cm(name: &str, version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": name, "namespace": "ns", "resourceVersion": version }
+        })
+    }
+
+    fn line(value: serde_json::Value) -> Bytes {
+        let mut text = value.to_string();
+        text.push('\n');
+        Bytes::from(text)
+    }
+
+    impl Rig {
+        /// Waits for the next request; returns its query and the sender of its body.
+        async fn request(
+            &mut self,
+        ) -> (String, mpsc::Sender<Result<BodyFrame<Bytes>, Infallible>>) {
+            let (req, reply) =
+                tokio::time::timeout(Duration::from_secs(5), self.api.next_request())
+                    .await
+                    .expect("a request within 5 s")
+                    .expect("the client is alive");
+            assert_eq!(req.uri().path(), "/api/v1/configmaps");
+            let (tx, rx) = mpsc::channel(16);
+            reply.send_response(Response::new(StreamBody::new(ReceiverStream::new(rx))));
+            (req.uri().query().unwrap_or_default().to_string(), tx)
+        }
+
+        /// Answers the next request, a list, with `items` at `version`.
+        async fn list(&mut self, items: Vec<serde_json::Value>, version: &str) {
+            let (query, body) = self.request().await;
+            assert!(!query.contains("watch"), "expected a list: {query}");
+            assert!(query.contains("limit=500"), "{query}");
+            let list = serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMapList",
+                "metadata": { "resourceVersion": version }, "items": items
+            });
+            send(&body, line(list)).await;
+        }
+
+        /// Takes the next request, a watch from `version`; returns its body's sender.
+        async fn watch(
+            &mut self,
+            version: &str,
+        ) -> mpsc::Sender<Result<BodyFrame<Bytes>, Infallible>> {
+            let (query, body) = self.request().await;
+            for want in [
+                "watch=true".to_string(),
+                format!("resourceVersion={version}"),
+                "allowWatchBookmarks=true".into(),
+                format!("timeoutSeconds={WATCH_TIMEOUT_SECS}"),
+            ] {
+                assert!(query.contains(&want), "{want} not in {query}");
+            }
+            body
+        }
+
+        /// The next frame to the hub, in short.
+        async fn frame(&mut self) -> String {
+            let f = tokio::time::timeout(Duration::from_secs(5), self.frames.recv())
+                .await
+                .expect("a frame within 5 s")
+                .expect("the session is open");
+            match f.frame {
+                Some(Frame::SyncStart(_)) => "SyncStart".into(),
+                Some(Frame::SyncEnd(e)) => {
+                    format!("SyncEnd {} {}", e.resource_version, e.object_count)
+                }
+                Some(Frame::EventBatch(b)) => {
+                    let names: Vec<String> = b
+                        .events
+                        .iter()
+                        .map(|e| format!("{}@{}", e.name, e.resource_version))
+                        .collect();
+                    format!("batch {}", names.join(","))
+                }
+                Some(Frame::WatchProgress(p)) => format!("progress {}", p.resource_version),
+                other => format!("{other:?}"),
+            }
+        }
+
+        async fn no_frame(&mut self) {
+            let f = tokio::time::timeout(Duration::from_millis(200), self.frames.recv()).await;
+            assert!(f.is_err(), "unexpected frame {f:?}");
+        }
+    }
+
+    async fn send(body: &mpsc::Sender<Result<BodyFrame<Bytes>, Infallible>>, bytes: Bytes) {
+        body.send(Ok(BodyFrame::data(bytes)))
+            .await
+            .expect("the client reads");
+    }
+
+    fn event(ty: &str, object: serde_json::Value) -> Bytes {
+        line(serde_json::json!({ "type": ty, "object": object }))
+    }
+
+    fn bookmark(version: &str) -> Bytes {
+        event(
+            "BOOKMARK",
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "resourceVersion": version }
+            }),
+        )
+    }
+
+    fn gone() -> Bytes {
+        event(
+            "ERROR",
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "message": "too old resource version", "reason": "Expired", "code": 410
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn lists_watches_from_the_list_and_passes_new_bookmarks_on_after_the_events() {
+        let mut rig = start(None, true);
+        rig.list(vec![cm("x", "5")], "10").await;
+        assert_eq!(rig.frame().await, "SyncStart");
+        assert_eq!(rig.frame().await, "batch x@5");
+        assert_eq!(rig.frame().await, "SyncEnd 10 1");
+
+        let body = rig.watch("10").await;
+        send(&body, event("ADDED", cm("y", "11"))).await;
+        send(&body, bookmark("12")).await;
+        // The event is still lingering when the bookmark comes: it must go first.
+        assert_eq!(rig.frame().await, "batch y@11");
+        assert_eq!(rig.frame().await, "progress 12");
+        // A bookmark at a version the hub already has says nothing new.
+        send(&body, bookmark("12")).await;
+        rig.no_frame().await;
+        send(&body, bookmark("13")).await;
+        assert_eq!(rig.frame().await, "progress 13");
+        assert_eq!(rig.metrics.watch_progress.get(), 2);
+
+        // 410 Gone: the kind is listed again, as a whole.
+        send(&body, gone()).await;
+        rig.list(vec![cm("y", "11")], "20").await;
+        assert_eq!(rig.frame().await, "SyncStart");
+        assert_eq!(rig.frame().await, "batch y@11");
+        assert_eq!(rig.frame().await, "SyncEnd 20 1");
+        rig.watch("20").await;
+        assert_eq!(rig.metrics.relists.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_the_capability_bookmarks_stay_with_the_agent() {
+        let mut rig = start(None, false);
+        rig.list(vec![], "10").await;
+        assert_eq!(rig.frame().await, "SyncStart");
+        assert_eq!(rig.frame().await, "SyncEnd 10 0");
+        let body = rig.watch("10").await;
+        send(&body, bookmark("15")).await;
+        rig.no_frame().await;
+        // The watch itself still moves on: the next one starts at the bookmark.
+        drop(body);
+        rig.watch("15").await;
+        assert_eq!(rig.metrics.watch_progress.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn resumes_without_listing_and_retries_a_failed_watch_from_the_same_version() {
+        let mut rig = start(Some("7"), true);
+        let body = rig.watch("7").await;
+        // The hub learns the kind is streamed (and its resource name) first.
+        assert_eq!(rig.frame().await, "SyncStart");
+        send(
+            &body,
+            event(
+                "ERROR",
+                serde_json::json!({
+                    "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                    "message": "etcd is unavailable", "reason": "InternalError", "code": 500
+                }),
             ),
-            ("ns", "x", "u1", "7")
-        );
+        )
+        .await;
+        // Not a reason to relist: the same version again, after a pause.
+        let body = rig.watch("7").await;
+        send(&body, event("MODIFIED", cm("x", "8"))).await;
+        assert_eq!(rig.frame().await, "batch x@8");
+        // The server ends the watch (its timeout): the next starts at the last event.
+        drop(body);
+        rig.watch("8").await;
+        assert_eq!(rig.metrics.resumes.get(), 1);
+        assert_eq!(rig.metrics.relists.get(), 0);
+        assert_eq!(rig.metrics.watch_errors.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_resume_point_the_server_no_longer_has_relists() {
+        let mut rig = start(Some("7"), true);
+        let body = rig.watch("7").await;
+        assert_eq!(rig.frame().await, "SyncStart", "the resumed watch's");
+        send(&body, gone()).await;
+        rig.list(vec![cm("x", "9")], "30").await;
+        assert_eq!(rig.frame().await, "SyncStart");
+        assert_eq!(rig.frame().await, "batch x@9");
+        assert_eq!(rig.frame().await, "SyncEnd 30 1");
+        assert_eq!(rig.metrics.relists.get(), 1);
     }
 }

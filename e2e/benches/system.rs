@@ -215,7 +215,7 @@ fn start(
         replica: format!("{shard}-0"),
         namespace: NS.into(),
         management_kubeconfig: env.cp.management.kubeconfig.clone(),
-        args: vec!["--lease-renew-millis=500".into()],
+        args: vec!["--lease-renew-interval=500ms".into()],
     };
     Ok(AgentProcess::start(
         &spec,

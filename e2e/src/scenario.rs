@@ -164,7 +164,7 @@ pub async fn stream_one(
         &format!("{shard}-0"),
         &cfg,
         &kcs,
-        &["--lease-renew-millis=500"],
+        &["--lease-renew-interval=500ms"],
     )?;
     crate::converge::wait_state(
         &s.hub,

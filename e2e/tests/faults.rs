@@ -155,9 +155,9 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
         .collect();
     let kcs = kubeconfigs(env, &pairs)?;
     let agent_args: Vec<String> = vec![
-        format!("--keepalive-seconds={KEEPALIVE_SECS}"),
-        "--lease-renew-millis=500".into(),
-        "--lease-duration-seconds=4".into(),
+        format!("--keepalive-interval={KEEPALIVE_SECS}s"),
+        "--lease-renew-interval=500ms".into(),
+        "--lease-duration=4s".into(),
     ];
     let args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
     let mut agents = Vec::new();

@@ -27,6 +27,15 @@ fn main() {
             let rbac = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../manifests/operator/rbac.yaml");
             options.kubeconfig = Some(service_account_kubeconfig(cp, &rbac)?);
+            // Each test makes its own namespace: let the operator write shards' children in
+            // all of them (an install binds scale-agent-operator-shards per namespace).
+            cp.kubectl([
+                "create",
+                "clusterrolebinding",
+                "scale-agent-operator-shards-all-namespaces",
+                "--clusterrole=scale-agent-operator-shards",
+                "--serviceaccount=scale-agent-system:scale-agent-operator",
+            ])?;
             Ok(())
         },
         vec![

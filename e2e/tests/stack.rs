@@ -67,9 +67,9 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
         cp.client().await?,
         RunnerConfig {
             args: vec![
-                "--lease-renew-millis=500".into(),
-                "--lease-duration-seconds=4".into(),
-                "--reload-millis=500".into(),
+                "--lease-renew-interval=500ms".into(),
+                "--lease-duration=4s".into(),
+                "--reload-interval=500ms".into(),
             ],
             ..RunnerConfig::new(cp, env.test_dir(&ns))?
         },

@@ -1,22 +1,23 @@
 //! The agent and the hub against the real control plane and three target clusters:
 //! objects stream, change and vanish; accounts come and go without restarts; names bound
 //! to another cluster are refused; the grace period; operations; replicas splitting
-//! accounts; relists after a watch expired. Every scenario ends with the hub's cache
-//! equal to a fresh list of the cluster.
+//! accounts; relists after a watch expired; a quiet kind resuming through bookmarks.
+//! Every scenario ends with the hub's cache equal to a fresh list of the cluster.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, ListParams, WatchEvent, WatchParams};
 use nix::sys::signal::Signal;
 use scale_agent_crds::AccountConfig;
 use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::converge::{
-    account_state, configmaps, converge, hub_snapshot, put_cm, wait_state,
+    account_state, configmaps, converge, create_namespace, hub_snapshot, put_cm, wait_state,
 };
 use scale_agent_e2e::scenario::*;
 use scale_agent_e2e::{Env, runner, wait};
@@ -25,10 +26,12 @@ use serde_json::json;
 const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
 /// Restarted by the relist test; no other test uses it.
 const RESTARTED: &str = "cluster-restarted";
+/// The quiet-kind test's: only its own ConfigMaps move this API server's watch window.
+const QUIET: &str = "cluster-quiet";
 
 fn main() {
     runner::main(
-        &[TARGETS[0], TARGETS[1], TARGETS[2], RESTARTED],
+        &[TARGETS[0], TARGETS[1], TARGETS[2], RESTARTED, QUIET],
         vec![
             ("objects_created_changed_deleted_reach_the_hub", |e| {
                 Box::pin(objects_flow(e))
@@ -53,6 +56,9 @@ fn main() {
             }),
             ("expired_watch_relists_without_loss", |e| {
                 Box::pin(relist_after_compaction(e))
+            }),
+            ("quiet_kind_resumes_after_its_window_moved_on", |e| {
+                Box::pin(quiet_kind_resumes(e))
             }),
             ("objects_near_the_size_limit_stream", |e| {
                 Box::pin(large_objects(e))
@@ -85,7 +91,7 @@ async fn objects_flow(env: Arc<Env>) -> anyhow::Result<()> {
         "flow-0",
         &cfg,
         &kcs,
-        &["--lease-renew-millis=500"],
+        &["--lease-renew-interval=500ms"],
     )?;
     for (account, cluster) in names.iter().zip(TARGETS) {
         let api = configmaps(target(&env, cluster)?, &s.ns).await?;
@@ -155,7 +161,7 @@ async fn account_added(env: Arc<Env>) -> anyhow::Result<()> {
         "added-0",
         &cfg,
         &kcs,
-        &["--lease-renew-millis=500", "--reload-millis=300"],
+        &["--lease-renew-interval=500ms", "--reload-interval=300ms"],
     )?;
     wait_state(&s.hub, "added-a", "Connected", Duration::from_secs(30))
         .await
@@ -217,7 +223,7 @@ async fn cluster_mismatch(env: Arc<Env>) -> anyhow::Result<()> {
         "second-0",
         &second,
         &kubeconfigs(&env, &[("shared-name", "cluster-2")])?,
-        &["--lease-renew-millis=500"],
+        &["--lease-renew-interval=500ms"],
     )?;
     let log = b.proc.log().to_path_buf();
     wait::until(
@@ -262,7 +268,7 @@ async fn grace_return(env: Arc<Env>) -> anyhow::Result<()> {
         "graceback-0",
         &cfg,
         &kcs,
-        &["--lease-renew-millis=500", "--lease-duration-seconds=3"],
+        &["--lease-renew-interval=500ms", "--lease-duration=3s"],
     )?;
     wait_state(&s.hub, "grace-back", "Connected", Duration::from_secs(30))
         .await
@@ -294,7 +300,7 @@ async fn grace_return(env: Arc<Env>) -> anyhow::Result<()> {
         "graceback-0",
         &cfg,
         &kcs,
-        &["--lease-renew-millis=500", "--lease-duration-seconds=3"],
+        &["--lease-renew-interval=500ms", "--lease-duration=3s"],
     )?;
     wait_state(&s.hub, "grace-back", "Connected", Duration::from_secs(30))
         .await
@@ -455,7 +461,7 @@ async fn replicas(env: Arc<Env>) -> anyhow::Result<()> {
         .collect();
     let kcs = kubeconfigs(&env, &pairs)?;
     let cfg = config(&s, "replicas", accounts);
-    let args = ["--lease-renew-millis=500", "--lease-duration-seconds=4"];
+    let args = ["--lease-renew-interval=500ms", "--lease-duration=4s"];
     let mut r0 = start_agent(&env, &s, "replicas-0", &cfg, &kcs, &args)?;
     let r1 = start_agent(&env, &s, "replicas-1", &cfg, &kcs, &args)?;
     // Every account connected, split over both replicas.
@@ -523,7 +529,7 @@ async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
         "compact-0",
         &cfg,
         &kubeconfigs(&env, &[("compact-a", RESTARTED)])?,
-        &["--lease-renew-millis=500"],
+        &["--lease-renew-interval=500ms"],
     )?;
     let api = configmaps(target(&env, RESTARTED)?, &s.ns).await?;
     for i in 0..20 {
@@ -561,6 +567,127 @@ async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
         "the agent did not relist ({relists_before} -> {relists_after})"
     );
     Ok(())
+}
+
+/// An account's ConfigMaps stay quiet while the rest of the cluster's ConfigMaps change:
+/// the API server's watch window (its watch cache keeps about 75 s of a resource's
+/// changes) moves past every revision the account's objects carry, so a watch from
+/// the hub's list-time resume point would get 410 Gone. The agent passes the watch's
+/// bookmarks on as watch progress; after a reconnect it resumes from there, with no
+/// relist, and picks up what changed while it was away.
+async fn quiet_kind_resumes(env: Arc<Env>) -> anyhow::Result<()> {
+    let s = scenario(&env, "quiet", "120s").await?;
+    let cluster = target(&env, QUIET)?;
+    let quiet = configmaps(cluster, &s.ns).await?;
+    for i in 0..3 {
+        put_cm(&quiet, &format!("q-{i}"), "v").await?;
+    }
+    // The rest of the cluster: ConfigMaps of a namespace the account does not stream.
+    let busy_ns = format!("{}-busy", s.ns);
+    create_namespace(cluster, &busy_ns).await?;
+    let busy = configmaps(cluster, &busy_ns).await?;
+    let cfg = config(&s, "quiet", vec![account("quiet-a", &s.ns)]);
+    let kcs = kubeconfigs(&env, &[("quiet-a", QUIET)])?;
+    let args = ["--lease-renew-interval=500ms", "--lease-duration=3s"];
+    let mut agent = start_agent(&env, &s, "quiet-0", &cfg, &kcs, &args)?;
+    wait_state(&s.hub, "quiet-a", "Connected", Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    converge(&s.hub, "quiet-a", &quiet, &s.ns, Duration::from_secs(20)).await?;
+    // No revision the account has seen is newer than this.
+    let synced_at = quiet
+        .list(&ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .context("a list without resourceVersion")?;
+
+    // Let the account's last changes age out of the window's minimum (75 s), then change
+    // the busy namespace until the window has moved past them.
+    tokio::time::sleep(Duration::from_secs(80)).await;
+    let mut writes = 0;
+    while !watch_expired(&quiet, &synced_at).await? {
+        ensure!(
+            writes < 2000,
+            "after {writes} changes the API server still serves watches from {synced_at}"
+        );
+        for _ in 0..50 {
+            put_cm(&busy, &format!("b-{}", writes % 400), &writes.to_string()).await?;
+            writes += 1;
+        }
+    }
+    eprintln!(
+        "quiet-kind: the watch window moved past {synced_at} after {writes} changes elsewhere"
+    );
+
+    // The cluster keeps changing slowly (as clusters do) while the agent's watch sends
+    // its next bookmark, about once a minute.
+    let progress_before = metric(&agent, "scale_agent_watch_progress_total").await;
+    let waited = Instant::now();
+    let mut beat = 0;
+    while metric(&agent, "scale_agent_watch_progress_total").await == progress_before {
+        ensure!(
+            waited.elapsed() < Duration::from_secs(100),
+            "no watch progress sent within {:?}: {}",
+            waited.elapsed(),
+            agent_log(&agent)
+        );
+        put_cm(&busy, "heartbeat", &beat.to_string()).await?;
+        beat += 1;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    eprintln!(
+        "quiet-kind: watch progress reached the hub {:?} after the window moved",
+        waited.elapsed()
+    );
+    ensure!(
+        relists(&agent).await == 0,
+        "the streaming agent relisted while its kind was quiet"
+    );
+
+    // Reconnect: the agent dies, the account changes while it is away, a new one starts.
+    agent.proc.signal(Signal::SIGKILL);
+    agent.proc.stop(Duration::from_secs(1));
+    wait_state(&s.hub, "quiet-a", "Disconnected", Duration::from_secs(10)).await?;
+    quiet.delete("q-0", &DeleteParams::default()).await?;
+    put_cm(&quiet, "q-1", "changed").await?;
+    put_cm(&quiet, "q-new", "v").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let agent = start_agent(&env, &s, "quiet-0", &cfg, &kcs, &args)?;
+    wait_state(&s.hub, "quiet-a", "Connected", Duration::from_secs(30))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    let took = converge(&s.hub, "quiet-a", &quiet, &s.ns, Duration::from_secs(20))
+        .await
+        .with_context(|| agent_log(&agent))?;
+    let resumes = metric(&agent, "scale_agent_resumes_total").await;
+    let relisted = relists(&agent).await;
+    eprintln!(
+        "quiet-kind: back in {took:?} after the reconnect ({resumes} watches resumed, {relisted} relists)"
+    );
+    ensure!(
+        relisted == 0,
+        "the reconnected agent relisted {relisted} kinds: {}",
+        agent_log(&agent)
+    );
+    ensure!(resumes >= 1, "the reconnected agent resumed no watch");
+    Ok(())
+}
+
+/// Whether a watch of `api` from `version` is refused with 410 Gone.
+async fn watch_expired(api: &Api<ConfigMap>, version: &str) -> anyhow::Result<bool> {
+    let params = WatchParams::default().timeout(1);
+    let events = match api.watch(&params, version).await {
+        Err(kube::Error::Api(s)) if s.code == 410 => return Ok(true),
+        other => other?,
+    };
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        if let WatchEvent::Error(s) = event? {
+            return Ok(s.code == 410);
+        }
+    }
+    Ok(false)
 }
 
 async fn large_objects(env: Arc<Env>) -> anyhow::Result<()> {

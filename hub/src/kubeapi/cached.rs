@@ -100,6 +100,13 @@ fn step(
     if !read::in_scope(scope, read, kind.key) {
         return Err("outside what the agent streams");
     }
+    // An agent watching several namespaces apart merges their changes as they come,
+    // not in one resourceVersion order: a version then says nothing about what the
+    // cache holds, so neither a watch nor a read that must reach a version can be
+    // answered from it.
+    if kind.window.namespaced && scope.namespaces.len() > 1 && (read.watch.is_some() || floor > 0) {
+        return Err("several namespaces watched apart: versions are not in one order");
+    }
     let mark = kind.window.mark();
     if mark.rv < floor {
         return Ok(Step::Wait(kind.window.subscribe()));

@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# The scale-agent container image, for hosts with a container engine:
+#
+#   docker build -t ghcr.io/scale-agent/scale-agent:v0.1.0 .
+#
+# Without one, `just image` builds the same image (same files, same user, same
+# entrypoint) as an OCI archive: both use scripts/image-rootfs.sh.
+#
+# One image holds the three binaries (scale-agent, scale-agent-operator, scale-agent-hub):
+# they share almost all their code, so one image is barely larger than any one of them,
+# the operator's default agent image is its own (agents always match the operator that
+# configures them), and there is one tag to mirror, scan and pin. The entrypoint is the
+# agent, because the operator starts agent pods with arguments only; the operator and hub
+# Deployments set `command`.
+
+ARG RUST_VERSION=1.95
+
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+COPY . .
+# The binaries are copied out of the cached target folder within the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p scale-agent -p scale-agent-operator -p scale-agent-hub --bins \
+    && mkdir /out \
+    && cp target/release/scale-agent target/release/scale-agent-operator target/release/scale-agent-hub /out/ \
+    && scripts/image-rootfs.sh /out /rootfs
+
+# No shell, no package manager: the binaries, their shared libraries, passwd/group, CAs.
+FROM scratch
+COPY --from=build /rootfs/ /
+COPY --from=build --chown=65532:65532 /rootfs/home/nonroot /home/nonroot
+USER 65532:65532
+WORKDIR /home/nonroot
+ENV PATH=/usr/local/bin
+ENTRYPOINT ["/usr/local/bin/scale-agent"]
+LABEL org.opencontainers.image.title="scale-agent" \
+      org.opencontainers.image.description="scale-agent, scale-agent-operator and scale-agent-hub" \
+      org.opencontainers.image.source="https://github.com/scale-agent/scale-agent" \
+      org.opencontainers.image.licenses="Apache-2.0"

@@ -1,0 +1,247 @@
+//! What of a cluster's objects an account streams, and how each is sent: the selectors
+//! the API server applies (`onlySpinnakerManaged`, `omitNamespaces`), the filters it
+//! cannot express (Namespace objects by name), and the object stripped of what the hub
+//! does not need or must not see (managedFields, the last-applied annotation, Secret
+//! data).
+
+use kube::api::DynamicObject;
+use scale_agent_crds::AccountConfig;
+use scale_agent_proto::v1::{EventType, GroupVersionKind, ObjectEvent};
+
+use crate::kinds::WatchedKind;
+
+/// The label Spinnaker puts on what it deploys.
+pub const SPINNAKER_MANAGED: &str = "app.kubernetes.io/managed-by=spinnaker";
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The selectors the API server filters a kind's lists and watches by.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selectors {
+    /// Label selector.
+    pub labels: Option<String>,
+    /// Field selector.
+    pub fields: Option<String>,
+}
+
+impl Selectors {
+    /// The selectors of `kind` for an account configured as `config`.
+    pub fn of(config: &AccountConfig, kind: &WatchedKind) -> Selectors {
+        Selectors {
+            labels: config
+                .only_spinnaker_managed
+                .then(|| SPINNAKER_MANAGED.to_string()),
+            fields: omitted_namespaces(config, kind),
+        }
+    }
+}
+
+/// The field selector that leaves out `omitNamespaces`; `omitNamespaces` counts only
+/// when `namespaces` is empty.
+fn omitted_namespaces(config: &AccountConfig, kind: &WatchedKind) -> Option<String> {
+    if !kind.namespaced || !config.namespaces.is_empty() || config.omit_namespaces.is_empty() {
+        return None;
+    }
+    let sel: Vec<String> = config
+        .omit_namespaces
+        .iter()
+        .map(|ns| format!("metadata.namespace!={ns}"))
+        .collect();
+    Some(sel.join(","))
+}
+
+/// Turns an object into the event the hub receives. Returns `None` for an object the
+/// account does not stream, or one that cannot be encoded.
+pub fn encode(
+    kind: &WatchedKind,
+    gvk: &GroupVersionKind,
+    config: &AccountConfig,
+    ty: EventType,
+    mut obj: DynamicObject,
+) -> Option<ObjectEvent> {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let core = kind.resource.group.is_empty();
+    if core && kind.resource.kind == "Namespace" {
+        if !config.namespaces.is_empty() && !config.namespaces.contains(&name) {
+            return None;
+        }
+        if config.omit_namespaces.contains(&name) {
+            return None;
+        }
+    }
+    obj.metadata.managed_fields = None;
+    if let Some(a) = obj.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            obj.metadata.annotations = None;
+        }
+    }
+    if core
+        && kind.resource.kind == "Secret"
+        && let Some(map) = obj.data.as_object_mut()
+    {
+        map.remove("data");
+        map.remove("stringData");
+    }
+    obj.types = Some(kube::api::TypeMeta {
+        api_version: kind.resource.api_version.clone(),
+        kind: kind.resource.kind.clone(),
+    });
+    let body = serde_json::to_vec(&obj).ok()?;
+    let meta = obj.metadata;
+    Some(ObjectEvent {
+        r#type: ty as i32,
+        kind: Some(gvk.clone()),
+        namespace: meta.namespace.unwrap_or_default(),
+        name,
+        uid: meta.uid.unwrap_or_default(),
+        resource_version: meta.resource_version.unwrap_or_default(),
+        body_json: body.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::discovery::ApiResource;
+
+    fn kind(kind: &str, namespaced: bool) -> WatchedKind {
+        WatchedKind {
+            resource: ApiResource {
+                group: String::new(),
+                version: "v1".into(),
+                api_version: "v1".into(),
+                kind: kind.into(),
+                plural: format!("{}s", kind.to_ascii_lowercase()),
+            },
+            namespaced,
+        }
+    }
+
+    fn account() -> AccountConfig {
+        AccountConfig {
+            name: "a".into(),
+            kubeconfig_file: "a.kubeconfig".into(),
+            namespaces: vec![],
+            omit_namespaces: vec![],
+            kinds: vec![],
+            omit_kinds: vec![],
+            only_spinnaker_managed: false,
+        }
+    }
+
+    /// The event an account configured as `config` sends for `object`, a core-group
+    /// object of its own `kind`.
+    fn event(config: &AccountConfig, object: serde_json::Value) -> Option<ObjectEvent> {
+        let name = object["kind"].as_str().unwrap_or("Namespace").to_string();
+        let namespaced = name != "Namespace";
+        let gvk = GroupVersionKind {
+            group: String::new(),
+            version: "v1".into(),
+            kind: name.clone(),
+        };
+        let obj: DynamicObject = serde_json::from_value(object).expect("object");
+        encode(
+            &kind(&name, namespaced),
+            &gvk,
+            config,
+            EventType::Added,
+            obj,
+        )
+    }
+
+    fn body(ev: &ObjectEvent) -> serde_json::Value {
+        serde_json::from_slice(&ev.body_json).expect("json")
+    }
+
+    #[test]
+    fn strips_managed_fields_and_last_applied() {
+        let ev = event(
+            &account(),
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {
+                    "name": "x", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
+                    "annotations": { LAST_APPLIED: "{}", "keep": "me" },
+                    "managedFields": [{ "manager": "kubectl" }]
+                },
+                "data": { "k": "v" }
+            }),
+        )
+        .expect("event");
+        let body = body(&ev);
+        assert!(body["metadata"].get("managedFields").is_none());
+        assert!(body["metadata"]["annotations"].get(LAST_APPLIED).is_none());
+        assert_eq!(body["metadata"]["annotations"]["keep"], "me");
+        assert_eq!(body["data"]["k"], "v");
+        assert_eq!(
+            (
+                ev.namespace.as_str(),
+                ev.name.as_str(),
+                ev.uid.as_str(),
+                ev.resource_version.as_str()
+            ),
+            ("ns", "x", "u1", "7")
+        );
+    }
+
+    #[test]
+    fn secret_data_never_leaves() {
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": "s", "namespace": "ns" },
+            "data": { "password": "aHVudGVyMg==" },
+            "stringData": { "token": "t" },
+            "type": "Opaque"
+        });
+        let ev = event(&account(), secret).expect("event");
+        let body = body(&ev);
+        assert!(body.get("data").is_none() && body.get("stringData").is_none());
+        assert_eq!(body["type"], "Opaque");
+    }
+
+    #[test]
+    fn namespace_objects_follow_the_namespace_filters() {
+        let send = |config: &AccountConfig, name: &str| {
+            event(config, serde_json::json!({ "metadata": { "name": name } })).is_some()
+        };
+        let only = AccountConfig {
+            namespaces: vec!["team".into()],
+            ..account()
+        };
+        assert!(send(&only, "team") && !send(&only, "other"));
+        let omit = AccountConfig {
+            omit_namespaces: vec!["kube-system".into()],
+            ..account()
+        };
+        assert!(send(&omit, "team") && !send(&omit, "kube-system"));
+    }
+
+    #[test]
+    fn selectors_follow_the_account() {
+        let cm = kind("ConfigMap", true);
+        assert_eq!(Selectors::of(&account(), &cm), Selectors::default());
+        let config = AccountConfig {
+            omit_namespaces: vec!["a".into(), "b".into()],
+            only_spinnaker_managed: true,
+            ..account()
+        };
+        assert_eq!(
+            Selectors::of(&config, &cm),
+            Selectors {
+                labels: Some(SPINNAKER_MANAGED.into()),
+                fields: Some("metadata.namespace!=a,metadata.namespace!=b".into()),
+            }
+        );
+        // Cluster-scoped kinds have no namespace to select on.
+        assert_eq!(
+            Selectors::of(&config, &kind("Namespace", false)).fields,
+            None
+        );
+        // With `namespaces` set, `omitNamespaces` does not count.
+        let listed = AccountConfig {
+            namespaces: vec!["a".into()],
+            ..config
+        };
+        assert_eq!(Selectors::of(&listed, &cm).fields, None);
+    }
+}

@@ -1,0 +1,900 @@
+//! Installing scale-agent as a user does, against the real control plane:
+//! - the image archive of `just image` is a valid OCI image whose binaries run from its
+//!   own root filesystem as its non-root user;
+//! - every kustomization of `manifests/` renders, passes Pod Security `restricted` and
+//!   least-privilege checks, follows a changed namespace and image, and passes a
+//!   server-side dry run;
+//! - `manifests/install` applies for real (its pods admitted under `restricted`), a
+//!   second apply changes nothing (nor does one of `manifests/examples`), and its
+//!   ServiceAccounts hold only what they need;
+//! - the operator and hub run as those ServiceAccounts with the manifests' own flags: a
+//!   shard in a namespace opened with `manifests/shard-namespace` streams through them,
+//!   one elsewhere gets nothing, an agent of another shard is refused, a remote (agent
+//!   mode) shard's agent is accepted through a paused AgentShard, and the alerts name
+//!   metrics they really export.
+
+#[path = "install/cluster.rs"]
+mod cluster;
+#[path = "install/image.rs"]
+mod image;
+#[path = "install/kubelet.rs"]
+mod kubelet;
+#[path = "install/kustomize.rs"]
+mod kustomize;
+#[path = "install/metrics.rs"]
+mod metrics;
+#[path = "install/oci.rs"]
+mod oci;
+#[path = "install/policy.rs"]
+mod policy;
+#[path = "install/running.rs"]
+mod running;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use cluster::{
+    applied_state, apply_install, hub_volume, kubectl_full, secret, shard_namespace, shard_yaml,
+    stand_in_crds,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use running::{Installed, NS};
+use scale_agent_crds::{AccountConfig, AgentConfig, BudgetConfig, HubConfig, ShardRef, TlsConfig};
+use scale_agent_e2e::agent::{AgentProcess, AgentSpec};
+use scale_agent_e2e::controlplane::http_get;
+use scale_agent_e2e::converge::{configmaps, create_namespace, put_cm};
+use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
+use scale_agent_e2e::process::tail;
+use scale_agent_e2e::{Env, runner, wait, workspace_binary};
+use serde_json::Value;
+
+/// The image the manifests name, at this workspace's version.
+const IMAGE: &str = concat!(
+    "ghcr.io/scale-agent/scale-agent:v",
+    env!("CARGO_PKG_VERSION")
+);
+const BINARIES: &[&str] = &["scale-agent", "scale-agent-operator", "scale-agent-hub"];
+const OPERATOR_SA: &str = "system:serviceaccount:scale-agent-system:scale-agent-operator";
+const HUB_SA: &str = "system:serviceaccount:scale-agent-system:scale-agent-hub";
+
+fn main() {
+    runner::main_with(
+        &["cluster-1"],
+        vec![
+            ("image_archive_runs_each_binary_as_the_non_root_user", |e| {
+                Box::pin(image_runs(e))
+            }),
+            (
+                "kustomizations_render_restricted_least_privilege_and_follow_namespace_and_image",
+                |e| Box::pin(render(e)),
+            ),
+            ("every_kustomization_passes_a_server_side_dry_run", |e| {
+                Box::pin(dry_run(e))
+            }),
+            (
+                "install_applies_under_pod_security_restricted_and_reapplies_unchanged",
+                |e| Box::pin(apply(e)),
+            ),
+            (
+                "installed_operator_and_hub_run_as_their_service_accounts_and_a_shard_streams",
+                |e| Box::pin(live(e)),
+            ),
+        ],
+        // The tests share the installed namespace: one at a time.
+        Some(1),
+    );
+}
+
+async fn image_runs(_env: Arc<Env>) -> anyhow::Result<()> {
+    let Some(archive) = image::image_archive() else {
+        eprintln!(
+            "SKIPPED image_archive_runs_each_binary_as_the_non_root_user: no image archive in \
+             target/images/; build it with `just image` (or `just image debug`; `just test` does)"
+        );
+        return Ok(());
+    };
+    ensure!(
+        image::ids(std::process::id())?.0.first() == Some(&0),
+        "this test runs the image's binaries with chroot, which needs root"
+    );
+    let dir = tempfile::tempdir()?;
+    let image = oci::unpack(&archive, dir.path())
+        .with_context(|| format!("reading {}", archive.display()))?;
+    eprintln!("{}: {}", archive.display(), image.repo_tag);
+    ensure!(
+        image.repo_tag.starts_with(IMAGE),
+        "the archive is tagged {}, the manifests name {IMAGE}",
+        image.repo_tag
+    );
+    let config = &image.config["config"];
+    let user = config["User"].as_str().unwrap_or_default();
+    ensure!(
+        user == "65532:65532",
+        "the image's user is {user:?}, not 65532:65532"
+    );
+    ensure!(
+        image.config["os"] == "linux",
+        "image os {}",
+        image.config["os"]
+    );
+    let problems = image::file_problems(&image.rootfs)?;
+    ensure!(
+        problems.is_empty(),
+        "the image's files:\n  {}",
+        problems.join("\n  ")
+    );
+
+    // Each binary answers --version and --help from the image's own root filesystem
+    // (its libraries, no host file), as the image's user.
+    let version = env!("CARGO_PKG_VERSION");
+    let entrypoint: Vec<String> = serde_json::from_value(config["Entrypoint"].clone())
+        .context("the image has no Entrypoint")?;
+    ensure!(
+        entrypoint == ["/usr/local/bin/scale-agent"],
+        "the entrypoint is {entrypoint:?}: the operator starts agent pods with arguments only"
+    );
+    for bin in BINARIES {
+        let path = format!("/usr/local/bin/{bin}");
+        let out = image::in_image(&image.rootfs, user, &[&path, "--version"])?;
+        ensure!(
+            out.trim() == format!("{bin} {version}"),
+            "{bin} --version printed {out:?}"
+        );
+        let help = image::in_image(&image.rootfs, user, &[&path, "--help"])?;
+        ensure!(help.contains("Usage:"), "{bin} --help printed {help:?}");
+    }
+
+    // A long-running binary: the hub serves from the image, and its process is not root.
+    let grpc = scale_agent_e2e::ports::free_port()?;
+    let http = scale_agent_e2e::ports::free_port()?;
+    let mut hub = Command::new(image::chroot()?)
+        .arg(format!("--userspec={user}"))
+        .arg(&image.rootfs)
+        .args([
+            "/usr/local/bin/scale-agent-hub",
+            "--insecure",
+            &format!("--grpc-addr=127.0.0.1:{grpc}"),
+            &format!("--http-addr=127.0.0.1:{http}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the hub from the image")?;
+    let served = wait::until(
+        "the hub from the image to serve /healthz",
+        Duration::from_secs(30),
+        || async {
+            http_get(http, "/healthz")
+                .await
+                .ok()
+                .filter(|r| r.contains(" 200 "))
+        },
+    )
+    .await;
+    let who = image::ids(hub.id());
+    let _ = hub.kill();
+    let _ = hub.wait();
+    served?;
+    let (uids, gids, groups) = who?;
+    ensure!(
+        uids.iter().all(|&u| u == 65532) && gids.iter().all(|&g| g == 65532),
+        "the hub runs as uids {uids:?}, gids {gids:?}"
+    );
+    ensure!(
+        groups.iter().all(|&g| g == 65532),
+        "the hub keeps supplementary groups {groups:?}"
+    );
+    eprintln!("the hub ran from the image as uid/gid 65532, groups {groups:?}");
+    Ok(())
+}
+
+async fn render(_env: Arc<Env>) -> anyhow::Result<()> {
+    // Every kustomization is one this test knows how to check.
+    let mut known: Vec<String> = kustomize::APPLIED
+        .iter()
+        .chain(kustomize::PARTS)
+        .map(|s| (*s).to_owned())
+        .collect();
+    known.sort();
+    let found = kustomize::all()?;
+    ensure!(
+        found == known,
+        "manifests/ has kustomizations {found:?}; this test checks {known:?}: add new ones to \
+         kustomize::APPLIED or kustomize::PARTS"
+    );
+
+    let manifests = kustomize::manifests();
+    for k in kustomize::APPLIED {
+        kustomize::render(&manifests.join(k))?;
+    }
+    for (k, _) in kustomize::INSTALLS {
+        let objects = kustomize::render(&manifests.join(k))?;
+        let mut problems = Vec::new();
+        policy::restricted_problems(&objects, IMAGE, &mut problems);
+        policy::least_privilege_problems(&objects, &mut problems);
+        ensure!(
+            problems.is_empty(),
+            "manifests/{k}:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+
+    // A user's overlay with another namespace and a mirrored image: nothing keeps the old
+    // ones, once manifests/follow runs after them.
+    let dir = tempfile::tempdir()?;
+    for (k, follow) in kustomize::INSTALLS {
+        let overlay = dir.path().join(k.replace('/', "-"));
+        std::fs::create_dir_all(&overlay)?;
+        let follow = kustomize::relative(&overlay, &manifests.join(follow))?;
+        kustomize::overlay(
+            &overlay,
+            k,
+            &format!(
+                "namespace: elsewhere\nimages:\n  - {{ name: ghcr.io/scale-agent/scale-agent, newName: registry.example/mirror/scale-agent, newTag: v9.9.9 }}\ntransformers:\n  - {}",
+                follow.display()
+            ),
+        )?;
+        let objects = kustomize::render(&overlay)?;
+        let text = serde_json::to_string(&objects)?;
+        for stale in [NS, "ghcr.io/"] {
+            let keys: Vec<String> = objects
+                .iter()
+                .filter(|o| o.to_string().contains(stale))
+                .map(kustomize::key)
+                .collect();
+            ensure!(
+                keys.is_empty(),
+                "manifests/{k} under another namespace and image still says {stale} in {keys:?}"
+            );
+        }
+        ensure!(
+            text.contains("registry.example/mirror/scale-agent:v9.9.9"),
+            "the mirrored image is missing"
+        );
+        let operator = policy::find(&objects, "Deployment", "scale-agent-operator")?;
+        let default_image = operator["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .and_then(|env| {
+                env.iter()
+                    .find(|e| e["name"] == "SCALE_AGENT_DEFAULT_IMAGE")
+            })
+            .map(|e| e["value"].clone());
+        ensure!(
+            default_image == Some(Value::from("registry.example/mirror/scale-agent:v9.9.9")),
+            "agents would run {default_image:?}, not the operator's own image"
+        );
+        for o in objects.iter().filter(|o| o["kind"] == "ClusterRoleBinding") {
+            ensure!(
+                o["subjects"][0]["namespace"] == "elsewhere",
+                "{} binds a ServiceAccount in {}",
+                kustomize::key(o),
+                o["subjects"][0]["namespace"]
+            );
+        }
+        if k.contains("cert-manager") {
+            let cert = policy::find(&objects, "Certificate", "scale-agent-hub-tls")?;
+            ensure!(
+                cert["spec"]["dnsNames"]
+                    .as_array()
+                    .is_some_and(|d| d.contains(&Value::from("scale-agent-hub-grpc.elsewhere.svc"))),
+                "the hub's certificate does not name its Service: {}",
+                cert["spec"]["dnsNames"]
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn dry_run(env: Arc<Env>) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    let out = cp.kubectl_stdin(["apply", "--server-side", "-f", "-"], &stand_in_crds())?;
+    ensure!(out.success, "installing the stand-in CRDs: {}", out.stderr);
+    cp.kubectl([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/issuers.cert-manager.io",
+        "crd/certificates.cert-manager.io",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/podmonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+    ])?;
+    // A dry run creates nothing: the namespaces the objects go to must exist.
+    let manifests = kustomize::manifests();
+    let ns_file = manifests.join("namespace/namespace.yaml");
+    cp.kubectl([
+        "apply",
+        "--server-side",
+        "-f",
+        &ns_file.display().to_string(),
+    ])?;
+    let out = cp.kubectl_stdin(
+        ["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: spinnaker\n",
+    )?;
+    ensure!(out.success, "creating namespace spinnaker: {}", out.stderr);
+
+    for k in kustomize::APPLIED {
+        let dir = manifests.join(k).display().to_string();
+        let started = Instant::now();
+        let out = kubectl_full(
+            cp,
+            ["apply", "--server-side", "--dry-run=server", "-k", &dir],
+        )?;
+        ensure!(
+            out.success,
+            "kubectl apply --server-side --dry-run=server -k manifests/{k}:\n{}",
+            out.stderr
+        );
+        ensure!(
+            !out.stderr.contains("Warning"),
+            "manifests/{k} applies with warnings:\n{}",
+            out.stderr
+        );
+        eprintln!(
+            "manifests/{k}: {} objects pass a server-side dry run ({:.1?})",
+            out.stdout.lines().count(),
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
+async fn apply(env: Arc<Env>) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    hub_volume(&env)?;
+    let started = Instant::now();
+    let first = apply_install(&env)?;
+    eprintln!(
+        "manifests/install applied: {} objects in {:.1?}",
+        first.lines().count(),
+        started.elapsed()
+    );
+
+    // Pod Security `restricted` is enforced in the namespace: a pod without the settings
+    // is refused, so the operator's and hub's pods running there passed it.
+    let probe = kubectl_full(
+        cp,
+        [
+            "run",
+            "pod-security-probe",
+            "-n",
+            NS,
+            "--image=scale-agent",
+            "--dry-run=server",
+            // An existing ServiceAccount: the namespace's `default` may not be made yet.
+            "--overrides={\"apiVersion\":\"v1\",\"spec\":{\"serviceAccountName\":\"scale-agent-hub\"}}",
+        ],
+    )?;
+    ensure!(
+        !probe.success && probe.stderr.contains("violates PodSecurity \"restricted"),
+        "a pod with no security settings was not refused: {} {}",
+        probe.stdout,
+        probe.stderr
+    );
+    cp.kubectl([
+        "wait",
+        "--for=condition=Available",
+        "--timeout=120s",
+        "-n",
+        NS,
+        "deployment/scale-agent-operator",
+        "deployment/scale-agent-hub",
+    ])
+    .with_context(|| {
+        cp.kubectl(["get", "deploy,rs,pods,pvc,events", "-n", NS])
+            .unwrap_or_default()
+    })?;
+
+    // A second apply changes nothing.
+    let before = applied_state(&env)?;
+    apply_install(&env)?;
+    let after = applied_state(&env)?;
+    let changed: Vec<&String> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .collect();
+    ensure!(
+        changed.is_empty() && before.len() == after.len(),
+        "the second apply changed {changed:?}"
+    );
+    let dir = kustomize::manifests().join("install").display().to_string();
+    let diff = kubectl_full(cp, ["diff", "--server-side", "-k", &dir])?;
+    ensure!(
+        diff.success && diff.stdout.is_empty(),
+        "kubectl diff after applying:\n{}{}",
+        diff.stdout,
+        diff.stderr
+    );
+    eprintln!("second apply: {} objects, none changed", after.len());
+
+    examples_reapply_unchanged(&env)?;
+    service_accounts_hold_only_what_they_need(&env).await
+}
+
+/// `kubectl apply --server-side -f manifests/examples` twice: the second changes nothing
+/// (no generation, no field the apply owns) and `kubectl diff` finds nothing. The shards
+/// are deleted again (their namespaces are not opened, so nothing runs).
+fn examples_reapply_unchanged(env: &Env) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    for ns in ["spinnaker", "team-b"] {
+        env.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+        ))?;
+    }
+    let examples = kustomize::manifests()
+        .join("examples")
+        .display()
+        .to_string();
+    let state = || -> anyhow::Result<Value> {
+        let list: Value = serde_json::from_str(&cp.kubectl([
+            "get",
+            "-f",
+            &examples,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ])?)?;
+        Ok(list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| {
+                let mine: Vec<&Value> = o["metadata"]["managedFields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m["manager"] == "kubectl" && m["operation"] == "Apply")
+                    .collect();
+                serde_json::json!([kustomize::key(o), o["metadata"]["generation"], mine])
+            })
+            .collect())
+    };
+    cp.kubectl(["apply", "--server-side", "-f", &examples])?;
+    let before = state()?;
+    cp.kubectl(["apply", "--server-side", "-f", &examples])?;
+    let after = state()?;
+    let diff = kubectl_full(cp, ["diff", "--server-side", "-f", &examples])?;
+    cp.kubectl(["delete", "-f", &examples, "--wait"])?;
+    ensure!(
+        before == after,
+        "applying manifests/examples again changed them:\n{before}\n{after}"
+    );
+    ensure!(
+        diff.success && diff.stdout.is_empty(),
+        "kubectl diff after applying manifests/examples:\n{}{}",
+        diff.stdout,
+        diff.stderr
+    );
+    eprintln!(
+        "manifests/examples applied twice: {} shards, none changed",
+        before.as_array().map_or(0, Vec::len)
+    );
+    Ok(())
+}
+
+/// `kubectl auth can-i` as the installed ServiceAccounts: the operator writes a shard's
+/// children only in namespaces opened with manifests/shard-namespace, changes only its own
+/// webhook configuration and Lease; the hub only reads AgentShards.
+async fn service_accounts_hold_only_what_they_need(env: &Env) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    let elsewhere = env.namespace("not-a-shard-namespace").await?;
+    let shards = env.namespace("shards").await?;
+    shard_namespace(env, &shards)?;
+    let checks: &[(&str, &[&str], bool)] = &[
+        (
+            OPERATOR_SA,
+            &["list", "agentshards.scaleagent.dev", "-A"],
+            true,
+        ),
+        (
+            OPERATOR_SA,
+            &[
+                "patch",
+                "agentshards.scaleagent.dev",
+                "--subresource=status",
+                "-A",
+            ],
+            true,
+        ),
+        (OPERATOR_SA, &["create", "secrets", "-A"], false),
+        (OPERATOR_SA, &["create", "secrets", "-n", &elsewhere], false),
+        (
+            OPERATOR_SA,
+            &["create", "deployments.apps", "-n", &elsewhere],
+            false,
+        ),
+        (
+            OPERATOR_SA,
+            &["create", "leases.coordination.k8s.io", "-n", &elsewhere],
+            false,
+        ),
+        (OPERATOR_SA, &["create", "secrets", "-n", &shards], true),
+        (
+            OPERATOR_SA,
+            &["create", "deployments.apps", "-n", &shards],
+            true,
+        ),
+        (
+            OPERATOR_SA,
+            &[
+                "patch",
+                "validatingwebhookconfigurations/scale-agent-operator",
+            ],
+            true,
+        ),
+        (
+            OPERATOR_SA,
+            &["patch", "validatingwebhookconfigurations/another-webhook"],
+            false,
+        ),
+        (
+            OPERATOR_SA,
+            &[
+                "delete",
+                "validatingwebhookconfigurations/scale-agent-operator",
+            ],
+            false,
+        ),
+        (
+            OPERATOR_SA,
+            &[
+                "update",
+                "leases.coordination.k8s.io/scale-agent-operator",
+                "-n",
+                NS,
+            ],
+            true,
+        ),
+        (
+            OPERATOR_SA,
+            &[
+                "update",
+                "leases.coordination.k8s.io/another-lease",
+                "-n",
+                NS,
+            ],
+            false,
+        ),
+        (HUB_SA, &["watch", "agentshards.scaleagent.dev", "-A"], true),
+        (HUB_SA, &["get", "secrets", "-n", NS], false),
+        (
+            HUB_SA,
+            &["create", "agentshards.scaleagent.dev", "-n", &shards],
+            false,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (who, what, want) in checks {
+        let mut args = vec!["auth", "can-i"];
+        args.extend_from_slice(what);
+        let out = kubectl_full(cp, args.iter().copied().chain(["--as", who]))?;
+        let got = out.stdout.trim() == "yes";
+        if got != *want {
+            wrong.push(format!(
+                "{who} {what:?}: {} (want {})",
+                out.stdout.trim(),
+                if *want { "yes" } else { "no" }
+            ));
+        }
+    }
+    env.drop_namespace(&elsewhere).await;
+    env.drop_namespace(&shards).await;
+    ensure!(wrong.is_empty(), "permissions:\n  {}", wrong.join("\n  "));
+    Ok(())
+}
+
+async fn live(env: Arc<Env>) -> anyhow::Result<()> {
+    hub_volume(&env)?;
+    apply_install(&env)?;
+    let installed = Installed::start(&env).await?;
+    let ns = env.namespace("install-shard").await?;
+    let pods = opened_namespace_streams(&env, &installed, &ns).await?;
+    let closed = closed_namespace_gets_nothing(&env, &installed).await?;
+    another_shards_agent_is_refused(&env, &installed, &ns).await?;
+    let remote = paused_shard_vouches_for_a_remote_agent(&env, &installed).await?;
+
+    // An account removed from the shard is revoked at the hub, and removed with its cache
+    // after the grace period.
+    env.apply(&shard_yaml(&ns, "first", "install-c"))?;
+    wait::until(
+        "the removed account to leave the hub",
+        Duration::from_secs(60),
+        || async {
+            let m = scale_agent_e2e::metrics::scrape(&installed.hub_http())
+                .await
+                .ok()?;
+            m.contains("scale_agent_hub_accounts_removed_total{reason=\"grace_period_expired\"} 1")
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| installed.diagnostics())?;
+
+    // Every metric the alerts name is one the installed components export.
+    let agent_pod = pods
+        .running()
+        .into_iter()
+        .find(|p| p.starts_with(&format!("{ns}/")))
+        .context("no agent running")?;
+    let agent_admin = pods.admin(&agent_pod).context("agent admin address")?;
+    let mut exported = BTreeSet::new();
+    for addr in [
+        installed.operator_admin(),
+        installed.hub_http(),
+        agent_admin,
+    ] {
+        exported.extend(metrics::metric_names(
+            &scale_agent_e2e::metrics::scrape(&addr).await?,
+        ));
+    }
+    let missing: Vec<String> = metrics::alert_metrics()?
+        .into_iter()
+        .filter(|m| !exported.contains(m))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "the alerts name metrics nothing exports: {missing:?} (exported: {exported:?})"
+    );
+
+    drop(pods);
+    drop(installed);
+    env.drop_namespace(&ns).await;
+    env.drop_namespace(&closed).await;
+    env.drop_namespace(&remote).await;
+    Ok(())
+}
+
+/// A shard in namespace `ns`, opened with manifests/shard-namespace, streams through the
+/// installed hub with a client certificate naming it; the agent pods' stand-in runs.
+async fn opened_namespace_streams(
+    env: &Env,
+    installed: &Installed,
+    ns: &str,
+) -> anyhow::Result<PodRunner> {
+    let cp = &env.cp;
+    shard_namespace(env, ns)?;
+    let cluster = cp.target("cluster-1").context("cluster-1")?;
+    create_namespace(cluster, ns).await?;
+    let kc = std::fs::read_to_string(&cluster.kubeconfig)?;
+    secret(env, ns, "kc-1", &[("kubeconfig", kc.as_str())])?;
+    let client = cp.pki.issue_client(
+        &format!("install-{ns}"),
+        "first",
+        None,
+        &[&format!("spiffe://scaleagent.dev/ns/{ns}/shard/first")],
+    )?;
+    secret(
+        env,
+        ns,
+        "first-hub-tls",
+        &[
+            ("tls.crt", client.cert_pem.as_str()),
+            ("tls.key", client.key_pem.as_str()),
+            ("ca.crt", cp.pki.ca_pem.as_str()),
+        ],
+    )?;
+    let pods = PodRunner::start(
+        cp.client().await?,
+        RunnerConfig {
+            agent_bin: workspace_binary("scale-agent")?,
+            kubeconfig: cp.management.kubeconfig.clone(),
+            run_dir: cp.run_dir.join(ns),
+            env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
+            args: vec!["--reload-millis=500".into()],
+        },
+    );
+    put_cm(&configmaps(cluster, ns).await?, "install-probe", "1").await?;
+    env.apply(&shard_yaml(ns, "first", "install-a"))?;
+    wait::until(
+        "the shard's ConfigMap at the hub",
+        Duration::from_secs(90),
+        || async {
+            let body = installed
+                .hub_api("/v1/accounts/install-a/objects?kind=ConfigMap")
+                .await
+                .ok()?;
+            body.contains("install-probe").then_some(())
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "pods: {:?}\n{}\n{}",
+            pods.running(),
+            cp.kubectl(["get", "ash,deploy,pods,events", "-n", ns])
+                .unwrap_or_default(),
+            installed.diagnostics()
+        )
+    })?;
+    cp.kubectl([
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=60s",
+        "-n",
+        ns,
+        "agentshard/first",
+    ])?;
+    let unauthorized = reqwest::get(format!("http://{}/v1/accounts", installed.hub_http()))
+        .await?
+        .status();
+    ensure!(
+        unauthorized == 401,
+        "the hub's API answered {unauthorized} without its token"
+    );
+    Ok(pods)
+}
+
+/// A shard in a namespace nobody opened: the operator may not write there, so nothing is
+/// made and nothing runs. Returns the namespace.
+async fn closed_namespace_gets_nothing(env: &Env, installed: &Installed) -> anyhow::Result<String> {
+    let cp = &env.cp;
+    let closed = env.namespace("install-closed").await?;
+    let kc = std::fs::read_to_string(&cp.target("cluster-1").context("cluster-1")?.kubeconfig)?;
+    secret(env, &closed, "kc-1", &[("kubeconfig", kc.as_str())])?;
+    env.apply(&shard_yaml(&closed, "second", "install-b"))?;
+    wait::until(
+        "the operator to be refused in a namespace not opened",
+        Duration::from_secs(30),
+        || async {
+            let m = scale_agent_e2e::metrics::scrape(&installed.operator_admin())
+                .await
+                .ok()?;
+            m.contains("scale_agent_operator_reconcile_errors_total{error=\"ApiForbidden\"}")
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| installed.diagnostics())?;
+    let deployments = Api::<Deployment>::namespaced(cp.client().await?, &closed);
+    ensure!(
+        deployments.get_opt("second-agent").await?.is_none(),
+        "the operator made an agent Deployment in a namespace not opened to it"
+    );
+    Ok(closed)
+}
+
+/// The installed hub, reading AgentShards as its ServiceAccount, refuses the account of
+/// shard `ns/first` from an agent of another shard (with a valid certificate naming it).
+async fn another_shards_agent_is_refused(
+    env: &Env,
+    installed: &Installed,
+    ns: &str,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rogue = start_agent(env, installed, ns, "rogue", "install-a", dir.path())?;
+    wait::until(
+        "the hub to refuse the account from another shard",
+        Duration::from_secs(60),
+        || async {
+            let m = scale_agent_e2e::metrics::scrape(&installed.hub_http())
+                .await
+                .ok()?;
+            m.contains("scale_agent_hub_registrations_rejected_total{reason=\"not_owner\"}")
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "rogue agent:\n{}\n{}",
+            tail(rogue.proc.log(), 20),
+            installed.diagnostics()
+        )
+    })?;
+    Ok(())
+}
+
+/// Agent mode as docs/deployment-modes.md describes it today: the agent runs elsewhere
+/// (here: started directly), and a paused AgentShard of the same namespace and name in the
+/// hub's cluster lists its account, so the hub (which sees only its own cluster's shards)
+/// accepts it. The paused shard makes nothing.
+async fn paused_shard_vouches_for_a_remote_agent(
+    env: &Env,
+    installed: &Installed,
+) -> anyhow::Result<String> {
+    let ns = env.namespace("install-remote").await?;
+    env.apply(&format!(
+            "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: remote\n  namespace: {ns}\nspec:\n  paused: true\n  hub: {{ address: {} }}\n  accounts:\n    - name: install-remote-a\n      kubeconfigSecretRef: {{ name: elsewhere }}\n",
+            installed.hub_grpc()
+        ),
+    )?;
+    let cluster = env.cp.target("cluster-1").context("cluster-1")?;
+    create_namespace(cluster, &ns).await?;
+    let dir = tempfile::tempdir()?;
+    let agent = start_agent(
+        env,
+        installed,
+        &ns,
+        "remote",
+        "install-remote-a",
+        dir.path(),
+    )?;
+    wait::until(
+        "the remote agent's account at the hub",
+        Duration::from_secs(60),
+        || async {
+            let body = installed.hub_api("/v1/accounts").await.ok()?;
+            let accounts: Value = serde_json::from_str(&body).ok()?;
+            accounts
+                .as_array()?
+                .iter()
+                .any(|a| a["name"] == "install-remote-a" && a["state"] == "Connected")
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "remote agent:\n{}\n{}",
+            tail(agent.proc.log(), 20),
+            installed.diagnostics()
+        )
+    })?;
+    let deployments = Api::<Deployment>::namespaced(env.cp.client().await?, &ns);
+    ensure!(
+        deployments.get_opt("remote-agent").await?.is_none(),
+        "the paused shard got an agent Deployment"
+    );
+    Ok(ns)
+}
+
+/// An agent of shard `ns/shard` streaming `account` (namespace `ns` of cluster-1) to the
+/// installed hub, with a client certificate naming the shard.
+fn start_agent(
+    env: &Env,
+    installed: &Installed,
+    ns: &str,
+    shard: &str,
+    account: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<AgentProcess> {
+    let cp = &env.cp;
+    let cert = cp.pki.issue_client(
+        &format!("install-{shard}-{ns}"),
+        shard,
+        None,
+        &[&format!("spiffe://scaleagent.dev/ns/{ns}/shard/{shard}")],
+    )?;
+    let kc = std::fs::read_to_string(&cp.target("cluster-1").context("cluster-1")?.kubeconfig)?;
+    let kubeconfig_file = format!("{account}.kubeconfig");
+    Ok(AgentProcess::start(
+        &AgentSpec {
+            bin: workspace_binary("scale-agent")?,
+            replica: format!("{shard}-0"),
+            namespace: ns.to_owned(),
+            management_kubeconfig: cp.management.kubeconfig.clone(),
+            args: Vec::new(),
+        },
+        dir,
+        &AgentConfig {
+            shard: ShardRef::new(ns.to_owned(), shard),
+            hub: HubConfig {
+                address: installed.hub_grpc(),
+                tls: Some(TlsConfig {
+                    ca_file: cp.pki.ca_file.display().to_string(),
+                    cert_file: cert.cert_file.display().to_string(),
+                    key_file: cert.key_file.display().to_string(),
+                    server_name: None,
+                }),
+            },
+            accounts: vec![AccountConfig {
+                name: account.into(),
+                kubeconfig_file: kubeconfig_file.clone(),
+                namespaces: vec![ns.to_owned()],
+                omit_namespaces: vec![],
+                kinds: vec!["ConfigMap".into()],
+                omit_kinds: vec![],
+                only_spinnaker_managed: false,
+            }],
+            budget: BudgetConfig::default(),
+        },
+        &BTreeMap::from([(kubeconfig_file, kc)]),
+        &cp.run_dir.join(ns),
+    )?)
+}
