@@ -185,6 +185,16 @@ enum Frame {
     Heartbeat {
         sent: Option<(i64, i32)>,
     },
+    /// An answer to a Kubernetes API request this session was never sent: dropped.
+    KubeHead {
+        id: u64,
+        status: u32,
+    },
+    KubeBody {
+        id: u64,
+        chunk: Vec<u8>,
+        done: bool,
+    },
 }
 
 impl Frame {
@@ -278,6 +288,17 @@ impl Frame {
                 success: *success,
                 error_code: i32::from(*error_code % 11),
                 ..Default::default()
+            })),
+            Frame::KubeHead { id, status } => Some(F::KubeResponseHead(pb::KubeResponseHead {
+                id: *id,
+                status: *status,
+                headers: Vec::new(),
+            })),
+            Frame::KubeBody { id, chunk, done } => Some(F::KubeResponseBody(pb::KubeResponseBody {
+                id: *id,
+                chunk: bytes::Bytes::from(chunk.clone()),
+                done: *done,
+                error: String::new(),
             })),
             Frame::Heartbeat { sent } => Some(F::Heartbeat(pb::Heartbeat {
                 sent_at: sent.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
