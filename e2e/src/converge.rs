@@ -48,7 +48,9 @@ pub async fn put_cm(api: &Api<ConfigMap>, name: &str, value: &str) -> Result<()>
 pub async fn hub_snapshot(hub: &HubProcess, account: &str, ns: &str) -> Option<Snapshot> {
     let (code, body) = hub
         .get(&format!(
-            "/v1/accounts/{account}/objects?kind=ConfigMap&namespace={ns}"
+            // The hub answers lists in pages; one page of its largest size holds
+            // every ConfigMap the tests and benchmarks create in a namespace.
+            "/v1/accounts/{account}/objects?kind=ConfigMap&namespace={ns}&limit=5000"
         ))
         .await
         .ok()?;

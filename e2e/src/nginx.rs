@@ -92,6 +92,9 @@ pub struct NginxOptions {
     pub tls_key: PathBuf,
     /// CA of agent certificates (GrpcTls).
     pub client_ca: PathBuf,
+    /// The secret shared with the hub (`--proxy-secret-file`), sent in every
+    /// request (GrpcTls); none when `None`.
+    pub proxy_secret: Option<String>,
 }
 
 impl Nginx {
@@ -113,6 +116,10 @@ impl Nginx {
             ("TLS_CERT", opts.tls_cert.display().to_string()),
             ("TLS_KEY", opts.tls_key.display().to_string()),
             ("CLIENT_CA", opts.client_ca.display().to_string()),
+            (
+                "PROXY_SECRET",
+                opts.proxy_secret.clone().unwrap_or_default(),
+            ),
             ("NGINX_MODULES", "/usr/lib/nginx/modules".to_string()),
         ]);
         let conf_text = render(&template, &vars).map_err(|message| Error::Kubeconfig {

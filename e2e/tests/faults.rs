@@ -101,7 +101,10 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
     let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
     // Behind nginx (GrpcTls) the hub takes each agent's identity from the certificate
     // nginx verified and forwards; from anywhere else it would need its own TLS.
-    let mut hub_args = vec!["--trusted-proxy=127.0.0.1/32".to_string()];
+    let mut hub_args = vec![
+        "--trusted-proxy=127.0.0.1/32".to_string(),
+        format!("--client-ca={}", pki.ca_file.display()),
+    ];
     if o.mode == Mode::Passthrough {
         hub_args = vec![
             format!("--tls-cert={}", hub_cert.cert_file.display()),
@@ -122,6 +125,7 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
             tls_cert: lb_cert.cert_file,
             tls_key: lb_cert.key_file,
             client_ca: pki.ca_file.clone(),
+            proxy_secret: None,
         },
         &env.test_dir(&s.ns),
     )
@@ -402,8 +406,9 @@ async fn hub_restart(env: Arc<Env>) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     rig.s.hub.restart().await?;
     let ended = Instant::now();
-    // Straight after the restart, another cluster claims one of the names: refused, the
-    // binding survived the restart.
+    // Straight after the restart, another shard claims one of the names for another
+    // cluster: refused (the name belongs to the shard that bound it), the binding
+    // survived the restart.
     let mut rogue_cfg = AgentConfig {
         shard: ShardRef::new(rig.s.ns.clone(), "rogue".to_string()),
         accounts: vec![account("hubrestart-1", &rig.s.ns)],
@@ -421,7 +426,7 @@ async fn hub_restart(env: Arc<Env>) -> anyhow::Result<()> {
             let log = log.clone();
             async move {
                 let text = std::fs::read_to_string(&log).ok()?;
-                text.contains("ClusterMismatch").then_some(())
+                text.contains("NotOwner").then_some(())
             }
         },
     )
@@ -433,7 +438,7 @@ async fn hub_restart(env: Arc<Env>) -> anyhow::Result<()> {
         .await
         .context("listed")?;
     ensure!(
-        now["clusterId"] == held["clusterId"],
+        now["shard"] == held["shard"] && now["serverUrl"] == held["serverUrl"],
         "the binding moved: {held} -> {now}"
     );
     drop(rogue);

@@ -141,12 +141,22 @@ async fn objects_flow(env: Arc<Env>) -> anyhow::Result<()> {
     let ks: Namespace = Api::all(target(&env, "cluster-2")?.client().await?)
         .get("kube-system")
         .await?;
+    // The agent registered flow-b with it; the hub shows cluster ids only to callers
+    // with an API token, and this hub has none.
+    let uid = ks.metadata.uid.unwrap_or_default();
+    let log = std::fs::read_to_string(agent.proc.log())?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("account=flow-b") && l.contains(&format!("cluster_id={uid}"))),
+        "flow-b registered with another cluster id than {uid}: {}",
+        agent_log(&agent)
+    );
     let a = account_state(&s.hub, "flow-b")
         .await
         .context("flow-b listed")?;
     ensure!(
-        a["clusterId"] == ks.metadata.uid.unwrap_or_default().as_str(),
-        "cluster id: {a}"
+        a.get("clusterId").is_none(),
+        "anonymous caller saw a cluster id: {a}"
     );
     Ok(())
 }
@@ -215,7 +225,8 @@ async fn cluster_mismatch(env: Arc<Env>) -> anyhow::Result<()> {
     let held = account_state(&s.hub, "shared-name")
         .await
         .context("shared-name listed")?;
-    // Another shard claims the same name for a different cluster.
+    // Another shard claims the same name for a different cluster: the name is bound to
+    // the first shard (and its cluster), so it is refused as not its to take.
     let second = config(&s, "second", vec![account("shared-name", &s.ns)]);
     let b = start_agent(
         &env,
@@ -233,7 +244,7 @@ async fn cluster_mismatch(env: Arc<Env>) -> anyhow::Result<()> {
             let log = log.clone();
             async move {
                 let text = std::fs::read_to_string(&log).ok()?;
-                (text.contains("hub rejected the account") && text.contains("ClusterMismatch"))
+                (text.contains("hub rejected the account") && text.contains("NotOwner"))
                     .then_some(())
             }
         },
@@ -244,7 +255,9 @@ async fn cluster_mismatch(env: Arc<Env>) -> anyhow::Result<()> {
         .await
         .context("still listed")?;
     ensure!(
-        now["clusterId"] == held["clusterId"] && now["state"] == "Connected",
+        now["shard"] == held["shard"]
+            && now["serverUrl"] == held["serverUrl"]
+            && now["state"] == "Connected",
         "binding changed: {now}"
     );
     // The first keeps streaming.

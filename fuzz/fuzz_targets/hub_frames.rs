@@ -36,6 +36,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 use scale_agent_hub::Config;
 use scale_agent_hub::identity::IdentitySource;
+use scale_agent_hub::operations::CallerKey;
 use scale_agent_hub::registry::{SessionId, ShardKey, validate_name};
 use scale_agent_hub::session::Session;
 use scale_agent_hub::state::{SessionHandle, Shared};
@@ -600,15 +601,17 @@ fn run_steps(data: &[u8]) {
                 Step::Reconnect { slot } => hub.reconnect(usize::from(slot) % SLOTS),
                 Step::Operation { slot, id, account } => {
                     let slot = usize::from(slot) % SLOTS;
-                    let op = pb::Operation {
-                        id: format!("op-{}", id % 4),
+                    let key = CallerKey {
                         account: account.get(),
-                        ..Default::default()
+                        id: format!("op-{}", id % 4),
                     };
-                    let _ = hub
-                        .shared
-                        .operations
-                        .begin(op, hub.slots[slot].session.id.clone());
+                    let kind = pb::operation::Kind::Get(pb::Get::default());
+                    let _ = hub.shared.operations.begin(
+                        key,
+                        kind,
+                        None,
+                        hub.slots[slot].session.id.clone(),
+                    );
                 }
             }
             hub.settle().await;

@@ -448,6 +448,17 @@ impl AccountCache {
         self.objects.iter()
     }
 
+    /// The objects whose keys sort after `after` (all when `None`), in key
+    /// order: a page of the list.
+    pub fn objects_after(
+        &self,
+        after: Option<&ObjectKey>,
+    ) -> impl Iterator<Item = (&ObjectKey, &CachedObject)> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |key| Bound::Excluded(key.clone()));
+        self.objects.range((start, Bound::Unbounded))
+    }
+
     /// One object.
     pub fn get(&self, key: &ObjectKey) -> Option<&CachedObject> {
         self.objects.get(key)

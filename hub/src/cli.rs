@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
+use scale_agent_hub::config::{CaBundle, HttpLimits};
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
 use scale_agent_hub::{Config, Error, ShardSource, TlsConfig};
 pub use scale_agent_runtime::LogFormat;
@@ -59,27 +60,41 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// PEM bundle of the CAs that sign agent client certificates. When set,
+    /// PEM bundle of the CAs that sign agent client certificates. With TLS,
     /// agents without a certificate from one of them are refused at the TLS
     /// handshake (mTLS), and the certificate's URI SAN names the agent's
-    /// shard. Reloaded when it changes.
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    /// shard. Certificates forwarded by a --trusted-proxy must chain to it
+    /// too (required with --trusted-proxy, also with --insecure). Reloaded
+    /// when it changes.
+    #[arg(long, value_name = "PATH")]
     pub client_ca: Option<PathBuf>,
 
     /// Serve gRPC without TLS (plain HTTP/2, h2c), e.g. behind a load
     /// balancer that terminates TLS (then use --trusted-proxy), or in
     /// development. Without --trusted-proxy agents are not authenticated and
     /// the shard named in Hello is believed; a warning is logged at startup.
-    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     pub insecure: bool,
 
     /// A load balancer (CIDR or address; repeatable) whose forwarded client
     /// certificate is believed: when the TCP peer is in one of these, the
-    /// agent's identity is read from --client-cert-header. From any other
-    /// peer that header is ignored (with a warning). When set, every session
-    /// needs an identity (forwarded, or its own TLS client certificate).
+    /// agent's identity is read from --client-cert-header, provided the
+    /// certificate chains to --client-ca (required) and is valid now. From
+    /// any other peer that header is ignored (with a warning). When set,
+    /// every session needs an identity (forwarded, or its own TLS client
+    /// certificate, which always wins over a header). A CIDR with host bits
+    /// set (10.0.0.5/8) is refused; 0.0.0.0/0 is warned about.
     #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_cidr)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// File holding a secret shared with the trusted proxies: a forwarded
+    /// certificate is then believed only when the request also carries it in
+    /// header x-scale-agent-proxy-secret (nginx: `grpc_set_header
+    /// x-scale-agent-proxy-secret <secret>;`), so that a process that can
+    /// connect from a trusted address is not trusted for that alone.
+    /// Re-read when it changes. Without it a warning is logged.
+    #[arg(long, value_name = "PATH", requires = "trusted_proxies")]
+    pub proxy_secret_file: Option<PathBuf>,
 
     /// The header a trusted proxy forwards the verified client certificate
     /// in, as URL-encoded PEM (nginx: `grpc_set_header x-client-cert
@@ -91,7 +106,8 @@ pub struct Args {
     /// (repeatable; `*` for all namespaces) through the in-cluster config or
     /// KUBECONFIG, and accept an account only from the shard that lists it
     /// (and is not in Conflict for it); others get NOT_OWNER naming the owner.
-    /// Without it any agent may register any account (a warning is logged).
+    /// Without it a name belongs to the first shard that registers it, and is
+    /// refused to every other shard until it is removed (a warning is logged).
     #[arg(long = "authorize-shards", value_name = "NAMESPACE")]
     pub authorize_shards: Vec<String>,
 
@@ -147,6 +163,28 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub kube_api_request_timeout: Duration,
 
+    /// The most accounts one agent session may hold; registrations past it
+    /// are refused (INVALID, with the limit in the message).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_accounts_per_session: usize,
+
+    /// The most accounts one Register frame may carry; the rest of the frame
+    /// is refused (INVALID, with the limit in the message). Agents register
+    /// one account per frame.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    pub max_accounts_per_frame: usize,
+
+    /// How long an HTTP client may take to send a request's headers (from
+    /// connecting, or from the end of its previous response): slower or idle
+    /// connections are closed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// The most open HTTP connections; more wait in the listen backlog until
+    /// one closes, so the API can never use up the hub's file descriptors.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub http_max_connections: usize,
+
     /// How often the TLS files and the API token file are checked for
     /// changes.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -176,6 +214,23 @@ impl Args {
             }
             _ => None,
         };
+        if tls.is_none() && self.client_ca.is_some() && self.trusted_proxies.is_empty() {
+            return Err(Error::Setting {
+                setting: "--client-ca",
+                message: "without TLS it only checks certificates forwarded by a --trusted-proxy; give --trusted-proxy, or serve TLS with --tls-cert and --tls-key".into(),
+            });
+        }
+        let forwarded_client_ca = match &self.client_ca {
+            Some(path) if !self.trusted_proxies.is_empty() => Some(CaBundle {
+                pem: std::fs::read(path).map_err(|source| Error::TlsFile {
+                    what: "client CA bundle",
+                    path: path.clone(),
+                    source,
+                })?,
+                file: Some(path.clone()),
+            }),
+            _ => None,
+        };
         let authorize = (!self.authorize_shards.is_empty()).then(|| ShardSource::Watch {
             // `*` anywhere means every namespace.
             namespaces: if self.authorize_shards.iter().any(|n| n == "*") {
@@ -203,6 +258,8 @@ impl Args {
             store: self.store,
             tls,
             trusted_proxies: self.trusted_proxies,
+            forwarded_client_ca,
+            proxy_secret_file: self.proxy_secret_file,
             client_cert_header: self.client_cert_header,
             authorize,
             max_connection_age: self.max_connection_age,
@@ -210,6 +267,12 @@ impl Args {
             api_token_file: self.api_token_file,
             reload_interval: self.reload_interval,
             kube_api,
+            max_accounts_per_session: self.max_accounts_per_session,
+            max_accounts_per_frame: self.max_accounts_per_frame,
+            http_limits: HttpLimits {
+                header_timeout: self.http_header_timeout,
+                max_connections: self.http_max_connections,
+            },
             ..Config::new(self.grpc_addr, self.http_addr)
         })
     }
@@ -306,6 +369,19 @@ mod tests {
             Args::try_parse_from(["scale-agent-hub", "--insecure", "--trusted-proxy", "x"])
                 .is_err()
         );
+        let host_bits = Args::try_parse_from([
+            "scale-agent-hub",
+            "--insecure",
+            "--trusted-proxy",
+            "10.0.0.5/8",
+        ])
+        .expect_err("host bits set");
+        assert!(host_bits.to_string().contains("host bits"), "{host_bits}");
+        assert!(
+            Args::try_parse_from(["scale-agent-hub", "--insecure", "--proxy-secret-file", "s"])
+                .is_err(),
+            "a proxy secret needs trusted proxies"
+        );
     }
 
     fn config(args: &[&str]) -> Config {
@@ -316,7 +392,19 @@ mod tests {
 
     #[test]
     fn the_flags_become_the_settings() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "the CA").expect("write");
         let defaults = config(&["--insecure"]);
+        assert_eq!(
+            (
+                defaults.max_accounts_per_session,
+                defaults.max_accounts_per_frame
+            ),
+            (10_000, 1_000)
+        );
+        assert_eq!(defaults.http_limits, HttpLimits::default());
+        assert!(defaults.forwarded_client_ca.is_none());
         let library = Config::new(defaults.grpc_addr, defaults.http_addr);
         assert_eq!(defaults.grpc_addr, "0.0.0.0:9090".parse().expect("valid"));
         assert_eq!(defaults.grace_period, library.grace_period);
@@ -340,8 +428,20 @@ mod tests {
             "/var/lib/hub.db",
             "--trusted-proxy",
             "10.0.0.0/8",
+            "--client-ca",
+            ca.to_str().expect("utf-8"),
+            "--proxy-secret-file",
+            "/run/proxy-secret",
             "--client-cert-header",
             "x-ssl-cert",
+            "--max-accounts-per-session",
+            "50",
+            "--max-accounts-per-frame",
+            "5",
+            "--http-header-timeout",
+            "7s",
+            "--http-max-connections",
+            "9",
             "--authorize-shards",
             "spinnaker",
             "--authorize-shards",
@@ -360,7 +460,28 @@ mod tests {
         assert_eq!(set.grace_period, Duration::from_secs(90));
         assert_eq!(set.store, Some(PathBuf::from("/var/lib/hub.db")));
         assert_eq!(set.trusted_proxies.len(), 1);
+        let forwarded = set
+            .forwarded_client_ca
+            .as_ref()
+            .expect("the CA of forwarded certificates");
+        assert_eq!(forwarded.pem, b"the CA");
+        assert_eq!(forwarded.file.as_deref(), Some(ca.as_path()));
+        assert_eq!(
+            set.proxy_secret_file,
+            Some(PathBuf::from("/run/proxy-secret"))
+        );
         assert_eq!(set.client_cert_header, "x-ssl-cert");
+        assert_eq!(
+            (set.max_accounts_per_session, set.max_accounts_per_frame),
+            (50, 5)
+        );
+        assert_eq!(
+            set.http_limits,
+            HttpLimits {
+                header_timeout: Duration::from_secs(7),
+                max_connections: 9
+            }
+        );
         assert!(matches!(
             &set.authorize,
             Some(ShardSource::Watch { namespaces, client: None }) if namespaces == &["spinnaker", "tenants"]
@@ -407,6 +528,14 @@ mod tests {
         .expect("the flags parse");
         let err = args.into_config().expect_err("the files are missing");
         assert!(err.to_string().contains("/nonexistent/c.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_client_ca_without_tls_is_only_for_trusted_proxies() {
+        let args = Args::try_parse_from(["scale-agent-hub", "--insecure", "--client-ca", "ca.pem"])
+            .expect("the flags parse");
+        let err = args.into_config().expect_err("nothing to check");
+        assert!(err.to_string().contains("--trusted-proxy"), "{err}");
     }
 
     #[test]

@@ -10,9 +10,19 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::Error;
-use crate::identity::{self, IdentityPolicy};
+use crate::identity;
 use crate::ownership::ShardSource;
 use crate::tls::TlsConfig;
+
+/// A PEM CA bundle, and the file it came from (then re-read when it
+/// changes).
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    /// The PEM certificates.
+    pub pem: Vec<u8>,
+    /// The file to follow; `None` for a bundle given as bytes.
+    pub file: Option<PathBuf>,
+}
 
 /// How to run the hub.
 #[derive(Debug, Clone)]
@@ -44,13 +54,22 @@ pub struct Config {
     /// How often TLS files and the API token file are checked for changes.
     pub reload_interval: Duration,
     /// Peers (load balancers) whose forwarded client certificate header is
-    /// believed. When non-empty, every session needs an identity.
+    /// believed. When non-empty, every session needs an identity, and
+    /// [`Config::forwarded_client_ca`] (or the TLS client CA) is required.
     pub trusted_proxies: Vec<IpNet>,
+    /// The agents' CA: a forwarded client certificate is believed only when
+    /// it chains to it and is valid now. `None`: the TLS client CA, when
+    /// there is one.
+    pub forwarded_client_ca: Option<CaBundle>,
+    /// A file holding a secret the trusted proxies send in
+    /// [`identity::PROXY_SECRET_HEADER`]: with it, an address alone does not
+    /// make a peer a trusted proxy.
+    pub proxy_secret_file: Option<PathBuf>,
     /// The header trusted proxies forward the client certificate in (nginx
     /// `$ssl_client_escaped_cert`: URL-encoded PEM).
     pub client_cert_header: String,
-    /// Where account ownership is learned from; `None`: no ownership check
-    /// (any shard may register any account).
+    /// Where account ownership is learned from; `None`: first claim (a name
+    /// belongs to the shard that registered it first, until it is removed).
     pub authorize: Option<ShardSource>,
     /// Sessions older than this (±10% jitter) are drained (Drain REBALANCE)
     /// so agents spread over hub replicas; `None`: never.
@@ -64,6 +83,37 @@ pub struct Config {
     /// The Kubernetes API of every account (`/accounts/<account>/...`), on its
     /// own listener; off when `None`.
     pub kube_api: Option<crate::kubeapi::KubeApiConfig>,
+    /// The most accounts one session may hold; registrations past it are
+    /// refused (INVALID, saying so), the ones before it stand.
+    pub max_accounts_per_session: usize,
+    /// The most accounts one Register frame may carry; the rest of the frame
+    /// is refused (INVALID, saying so).
+    pub max_accounts_per_frame: usize,
+    /// Limits of the HTTP API's connections.
+    pub http_limits: HttpLimits,
+}
+
+/// How the HTTP API keeps slow or idle clients from holding its connections
+/// (and the hub's file descriptors) for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// How long a client may take to send a request's headers, from the
+    /// connection's start or the end of the previous response; the
+    /// connection is closed after it (this is also the idle timeout of a
+    /// kept-alive connection).
+    pub header_timeout: Duration,
+    /// Open connections at most; more wait in the listen backlog until one
+    /// closes.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
 }
 
 /// The shortest heartbeat interval the hub runs with: a shorter (or zero)
@@ -88,12 +138,17 @@ impl Config {
             hello_timeout: Duration::from_secs(30),
             reload_interval: Duration::from_secs(5),
             trusted_proxies: Vec::new(),
+            forwarded_client_ca: None,
+            proxy_secret_file: None,
             client_cert_header: identity::DEFAULT_CLIENT_CERT_HEADER.into(),
             authorize: None,
             max_connection_age: None,
             max_connection_age_grace: Duration::from_secs(30),
             api_token_file: None,
             kube_api: None,
+            max_accounts_per_session: 10_000,
+            max_accounts_per_frame: 1_000,
+            http_limits: HttpLimits::default(),
         }
     }
 
@@ -105,21 +160,61 @@ impl Config {
     }
 
     /// The settings as the hub runs them: the heartbeat interval raised to
-    /// [`MIN_HEARTBEAT_INTERVAL`], and how sessions are authenticated; an
-    /// error when the client certificate header is not a valid header name.
-    pub fn checked(mut self) -> Result<(Config, IdentityPolicy), Error> {
+    /// [`MIN_HEARTBEAT_INTERVAL`], the client certificate header in lower
+    /// case, the forwarded certificates' CA defaulted to the TLS client CA;
+    /// an error for a setting that cannot work (a header name that is not
+    /// one, a trusted proxy CIDR with host bits set, trusted proxies without
+    /// a CA to check what they forward, a zero limit).
+    pub fn checked(mut self) -> Result<Config, Error> {
         self.heartbeat_interval = self.heartbeat_interval.max(MIN_HEARTBEAT_INTERVAL);
         let header = self.client_cert_header.to_ascii_lowercase();
         identity::check_header_name(&header).map_err(|message| Error::Setting {
             setting: "--client-cert-header",
             message,
         })?;
-        let policy = IdentityPolicy {
-            trusted_proxies: self.trusted_proxies.clone(),
-            client_cert_header: header,
-            mtls: self.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
-        };
-        Ok((self, policy))
+        self.client_cert_header = header;
+        if let Some(net) = self.trusted_proxies.iter().find(|n| n.trunc() != **n) {
+            return Err(Error::Setting {
+                setting: "--trusted-proxy",
+                message: identity::parse_cidr(&net.to_string())
+                    .err()
+                    .unwrap_or_else(|| format!("{net} has host bits set")),
+            });
+        }
+        if self.forwarded_client_ca.is_none()
+            && let Some(tls) = &self.tls
+            && let Some(pem) = &tls.client_ca_pem
+        {
+            self.forwarded_client_ca = Some(CaBundle {
+                pem: pem.clone(),
+                file: tls.files.as_ref().and_then(|f| f.client_ca.clone()),
+            });
+        }
+        if !self.trusted_proxies.is_empty() && self.forwarded_client_ca.is_none() {
+            return Err(Error::Setting {
+                setting: "--trusted-proxy",
+                message: "needs --client-ca (the agents' CA): a forwarded client certificate is believed only when it chains to it".into(),
+            });
+        }
+        if self.proxy_secret_file.is_some() && self.trusted_proxies.is_empty() {
+            return Err(Error::Setting {
+                setting: "--proxy-secret-file",
+                message: "is the secret of trusted proxies; give --trusted-proxy too".into(),
+            });
+        }
+        for (setting, value) in [
+            ("--max-accounts-per-session", self.max_accounts_per_session),
+            ("--max-accounts-per-frame", self.max_accounts_per_frame),
+            ("--http-max-connections", self.http_limits.max_connections),
+        ] {
+            if value == 0 {
+                return Err(Error::Setting {
+                    setting,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -128,16 +223,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn checked_raises_a_too_short_heartbeat_and_derives_the_identity_policy() {
+    fn checked_raises_a_too_short_heartbeat_and_lowers_the_header() {
         let mut config = Config::local();
         config.heartbeat_interval = Duration::ZERO;
         config.client_cert_header = "X-SSL-Client-Cert".into();
-        config.trusted_proxies = vec!["10.0.0.0/8".parse().expect("a CIDR")];
-        let (config, policy) = config.checked().expect("valid settings");
+        let config = config.checked().expect("valid settings");
         assert_eq!(config.heartbeat_interval, MIN_HEARTBEAT_INTERVAL);
-        assert_eq!(policy.client_cert_header, "x-ssl-client-cert");
-        assert_eq!(policy.trusted_proxies, config.trusted_proxies);
-        assert!(!policy.mtls);
+        assert_eq!(config.client_cert_header, "x-ssl-client-cert");
     }
 
     #[test]
@@ -149,5 +241,27 @@ mod tests {
             err.to_string().contains("--client-cert-header"),
             "the error names the setting: {err}"
         );
+    }
+
+    #[test]
+    fn trusted_proxies_need_a_ca_and_a_clean_network() {
+        let mut config = Config::local();
+        config.trusted_proxies = vec!["10.0.0.0/8".parse().expect("a CIDR")];
+        let err = config.clone().checked().expect_err("no CA");
+        assert!(err.to_string().contains("--client-ca"), "{err}");
+        config.forwarded_client_ca = Some(CaBundle {
+            pem: b"a bundle".to_vec(),
+            file: None,
+        });
+        assert!(config.clone().checked().is_ok());
+        config.trusted_proxies = vec!["10.0.0.5/8".parse().expect("a CIDR")];
+        let err = config.clone().checked().expect_err("host bits");
+        assert!(err.to_string().contains("host bits"), "{err}");
+        let mut alone = Config::local();
+        alone.proxy_secret_file = Some("/run/secret".into());
+        assert!(alone.checked().is_err(), "a proxy secret without proxies");
+        let mut zero = Config::local();
+        zero.max_accounts_per_frame = 0;
+        assert!(zero.checked().is_err());
     }
 }

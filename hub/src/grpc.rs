@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::UnixTime;
 use scale_agent_proto::PROTOCOL_VERSION;
 use scale_agent_proto::v1::agent_hub_server::AgentHub;
 use scale_agent_proto::v1::{AgentFrame, HubFrame, Welcome, agent_frame, hub_frame};
@@ -13,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::clip::clip;
-use crate::identity::{IdentityError, IdentitySource, PeerInfo};
+use crate::identity::{IdentityError, IdentitySource, PROXY_SECRET_HEADER, PeerInfo, Presented};
 use crate::registry::{SessionId, ShardKey};
 use crate::session::Session;
 use crate::state::{Outbound, SessionHandle, Shared};
@@ -77,11 +78,17 @@ impl AgentHub for HubService {
             .or_else(|| request.remote_addr())
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let policy = &self.shared.identity;
-        let forwarded = request
-            .metadata()
-            .get(policy.client_cert_header.as_str())
-            .map(|v| v.to_str().unwrap_or_default().to_owned());
-        let identity = match policy.resolve(info.as_ref(), forwarded.as_deref()) {
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .map(|v| v.to_str().unwrap_or_default())
+        };
+        let presented = Presented {
+            client_cert: header(policy.client_cert_header.as_str()),
+            proxy_secret: header(PROXY_SECRET_HEADER),
+        };
+        let identity = match policy.resolve(info.as_ref(), presented, UnixTime::now()) {
             Ok(identity) => identity,
             Err(IdentityError::Missing(message)) => {
                 warn!(%peer, %message, "unauthenticated stream refused");

@@ -1,7 +1,7 @@
 //! The HTTP JSON API: accounts, cached objects, operations; `/metrics` and
 //! `/healthz`.
 //!
-//! - `GET /v1/accounts` → `[Account]`
+//! - `GET /v1/accounts` → `[Account]` (`clusterId` only with an API token)
 //! - `GET /v1/accounts/{account}` → `Account` (404 when unknown)
 //! - `GET /v1/accounts/{account}/objects?kind=&namespace=` → `[Object]`
 //! - `GET /v1/accounts/{account}/objects/{kind}/{namespace}/{name}` → `Object`
@@ -9,7 +9,13 @@
 //!   `Kind.group` to pick a group; 404 when absent, 409 when ambiguous)
 //! - `POST /v1/accounts/{account}/operations` → `Outcome`: 200 success, 422
 //!   the agent or API server refused it, 400 malformed request, 404 unknown
-//!   account, 503 account disconnected, 504 no result before the deadline.
+//!   account, 409 the request's `id` was used on this account for a
+//!   different request, 503 account disconnected, 504 no result before the
+//!   deadline. An `id` is the caller's, scoped to the account: the same
+//!   request with the same id is answered once and the result returned again.
+//!
+//! Lists come in pages ([`page`]): `?limit=` (default 500, at most 5000)
+//! and `?continue=` with the token of the `x-continue` response header.
 //!
 //! Errors are `{"error": "..."}`.
 //!
@@ -18,8 +24,7 @@
 //! is 401. `/healthz` and `/metrics` stay open. The file is re-read when it
 //! changes, so the token can be rotated without a restart.
 
-use std::path::{Path as FsPath, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
@@ -30,95 +35,20 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use scale_agent_proto::v1::{self as pb, HubFrame, hub_frame};
+use scale_agent_proto::v1::{HubFrame, hub_frame};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use subtle::ConstantTimeEq as _;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cache::{AccountCache, CachedObject, ObjectKey};
-use crate::operations::{self, Begin, OperationRequest, Outcome};
-use crate::registry::AccountState;
+use crate::operations::{self, Begin, CallerKey, OperationRequest, Outcome};
+use crate::page::{self, PageQuery};
+use crate::registry::{Account, AccountState};
+use crate::secret::SecretFile;
 use crate::state::{Core, Shared};
 
-/// The bearer token of the HTTP API, read from a file and re-read when the
-/// file changes.
-#[derive(Debug)]
-pub struct ApiToken {
-    path: PathBuf,
-    current: RwLock<Vec<u8>>,
-}
-
-impl ApiToken {
-    fn read(path: &FsPath) -> Result<Vec<u8>, String> {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        let token = bytes.trim_ascii();
-        if token.is_empty() {
-            return Err("the file is empty".into());
-        }
-        Ok(token.to_vec())
-    }
-
-    /// Reads the token, and checks the file every `interval` for a new one.
-    /// A file that becomes unreadable or empty keeps the old token (logged).
-    pub fn watch(
-        path: &FsPath,
-        interval: Duration,
-        shutdown: CancellationToken,
-    ) -> Result<Arc<ApiToken>, crate::Error> {
-        let first = ApiToken::read(path).map_err(|message| crate::Error::ApiToken {
-            path: path.to_owned(),
-            message,
-        })?;
-        let token = Arc::new(ApiToken {
-            path: path.to_owned(),
-            current: RwLock::new(first),
-        });
-        let watched = Arc::clone(&token);
-        tokio::spawn(async move {
-            let mut last_error = String::new();
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                let path = watched.path.clone();
-                let Ok(read) = tokio::task::spawn_blocking(move || ApiToken::read(&path)).await
-                else {
-                    continue;
-                };
-                match read {
-                    Ok(next) => {
-                        last_error.clear();
-                        let mut current =
-                            watched.current.write().unwrap_or_else(|p| p.into_inner());
-                        if *current != next {
-                            *current = next;
-                            info!(path = %watched.path.display(), "API token file changed; the new token is in use");
-                        }
-                    }
-                    Err(err) => {
-                        if err != last_error {
-                            warn!(path = %watched.path.display(), %err, "cannot read the API token file; the previous token stays in use");
-                            last_error = err;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(token)
-    }
-
-    /// True when `presented` is the token (compared in constant time).
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-        bool::from(current.as_slice().ct_eq(presented))
-    }
-}
-
 async fn require_token(
-    State((shared, token)): State<(Arc<Shared>, Arc<ApiToken>)>,
+    State((shared, token)): State<(Arc<Shared>, Arc<SecretFile>)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -146,7 +76,7 @@ async fn require_token(
 }
 
 /// The router over the shared state; `/v1/...` needs `token` when set.
-pub fn router(shared: Arc<Shared>, token: Option<Arc<ApiToken>>) -> Router {
+pub fn router(shared: Arc<Shared>, token: Option<Arc<SecretFile>>) -> Router {
     let mut api = Router::new()
         .route("/v1/accounts", get(list_accounts))
         .route("/v1/accounts/{account}", get(get_account))
@@ -212,7 +142,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 #[serde(rename_all = "camelCase")]
 pub struct AccountView {
     name: String,
-    cluster_id: String,
+    /// The bound cluster's id; shown only to authenticated callers (with
+    /// `--api-token-file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<String>,
     /// `namespace/name` of the AgentShard.
     shard: String,
     replica: String,
@@ -227,38 +160,72 @@ pub struct AccountView {
     since_seconds: u64,
 }
 
-fn account_views(shared: &Shared, only: Option<&str>) -> Vec<AccountView> {
-    let core = shared.core();
-    let now = SystemTime::now();
-    core.registry
-        .accounts()
-        .filter(|a| only.is_none_or(|n| n == a.name))
-        .map(|a| AccountView {
-            name: a.name.clone(),
-            cluster_id: a.binding.cluster_id.clone(),
-            shard: a.binding.shard.to_string(),
-            replica: a.replica.clone(),
-            state: a.state(),
-            objects: core.cache.account(&a.name).map_or(0, AccountCache::len),
-            server_url: a.binding.server_url.clone(),
-            kubernetes_version: a.kubernetes_version.clone(),
-            session: a.session.as_ref().map(ToString::to_string),
-            since_seconds: now.duration_since(a.since).map_or(0, |d| d.as_secs()),
-        })
-        .collect()
+fn account_view(shared: &Shared, core: &Core, a: &Account, now: SystemTime) -> AccountView {
+    // Without an API token every caller is anonymous: the cluster id grants
+    // nothing, but it is the cluster's identity and stays between the hub and
+    // the callers it knows.
+    let authenticated = shared.config.api_token_file.is_some();
+    AccountView {
+        name: a.name.clone(),
+        cluster_id: authenticated.then(|| a.binding.cluster_id.clone()),
+        shard: a.binding.shard.to_string(),
+        replica: a.replica.clone(),
+        state: a.state(),
+        objects: core.cache.account(&a.name).map_or(0, AccountCache::len),
+        server_url: a.binding.server_url.clone(),
+        kubernetes_version: a.kubernetes_version.clone(),
+        session: a.session.as_ref().map(ToString::to_string),
+        since_seconds: now.duration_since(a.since).map_or(0, |d| d.as_secs()),
+    }
 }
 
-async fn list_accounts(State(shared): State<Arc<Shared>>) -> Json<Vec<AccountView>> {
-    Json(account_views(&shared, None))
+/// A JSON array answer, with the next page's token when more remain.
+fn page_response<T: Serialize>(items: &[T], next: Option<String>) -> Response {
+    let mut response = json_response(serde_json::to_vec(items));
+    if let Some(token) = next
+        && let Ok(value) = header::HeaderValue::from_str(&token)
+    {
+        response.headers_mut().insert(page::CONTINUE_HEADER, value);
+    }
+    response
+}
+
+fn bad_page(message: String) -> Response {
+    ApiError::new(StatusCode::BAD_REQUEST, message).into_response()
+}
+
+async fn list_accounts(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let (limit, after) = match query
+        .limit()
+        .and_then(|l| Ok((l, query.after::<String>()?)))
+    {
+        Ok(page) => page,
+        Err(message) => return bad_page(message),
+    };
+    let (views, next) = {
+        let core = shared.core();
+        let now = SystemTime::now();
+        page::take(
+            core.registry
+                .accounts_after(after.as_deref())
+                .map(|a| (a.name.clone(), account_view(&shared, &core, a, now))),
+            limit,
+        )
+    };
+    page_response(&views, next)
 }
 
 async fn get_account(
     State(shared): State<Arc<Shared>>,
     Path(account): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
-    account_views(&shared, Some(&account))
-        .pop()
-        .map(Json)
+    let core = shared.core();
+    core.registry
+        .get(&account)
+        .map(|a| Json(account_view(&shared, &core, a, SystemTime::now())))
         .ok_or_else(|| unknown_account(&account))
 }
 
@@ -296,13 +263,28 @@ fn view<'a>(key: &'a ObjectKey, object: &'a CachedObject) -> ObjectView<'a> {
     }
 }
 
-/// The objects of a known account that `keep` selects, borrowed from the
-/// cache; 404 when the hub does not know the account.
+/// The key of an object in a continue token.
+type TokenKey = (String, String, String, String);
+
+fn token_key(key: &ObjectKey) -> TokenKey {
+    (
+        key.group.clone(),
+        key.kind.clone(),
+        key.namespace.clone(),
+        key.name.clone(),
+    )
+}
+
+/// A page of the objects of a known account that `keep` selects, borrowed
+/// from the cache, with the next page's token; 404 when the hub does not know
+/// the account.
 fn object_views<'a>(
     core: &'a Core,
     account: &str,
+    after: Option<&ObjectKey>,
+    limit: usize,
     keep: impl Fn(&ObjectKey) -> bool,
-) -> Result<Vec<ObjectView<'a>>, ApiError> {
+) -> Result<(Vec<ObjectView<'a>>, Option<String>), ApiError> {
     if core.registry.get(account).is_none() {
         return Err(unknown_account(account));
     }
@@ -310,11 +292,13 @@ fn object_views<'a>(
         .cache
         .account(account)
         .map(|cache| {
-            cache
-                .objects()
-                .filter(|(k, _)| keep(k))
-                .map(|(k, o)| view(k, o))
-                .collect()
+            page::take(
+                cache
+                    .objects_after(after)
+                    .filter(|(k, _)| keep(k))
+                    .map(|(k, o)| (token_key(k), view(k, o))),
+                limit,
+            )
         })
         .unwrap_or_default())
 }
@@ -348,6 +332,8 @@ fn namespace_param(ns: &str) -> &str {
 struct ObjectQuery {
     kind: Option<String>,
     namespace: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
 }
 
 fn json_response(body: Result<Vec<u8>, serde_json::Error>) -> Response {
@@ -376,18 +362,32 @@ async fn list_objects(
         .as_deref()
         .filter(|n| !n.is_empty())
         .map(namespace_param);
+    let (limit, after) = match query
+        .page
+        .limit()
+        .and_then(|l| Ok((l, query.page.after::<TokenKey>()?)))
+    {
+        Ok(page) => page,
+        Err(message) => return bad_page(message),
+    };
+    let after = after.map(|(group, kind, namespace, name)| ObjectKey {
+        group,
+        kind,
+        namespace,
+        name,
+    });
     let core = shared.core();
     // Serialized under the lock: bodies are borrowed, not copied twice.
-    let views = match object_views(&core, &account, |k| {
+    let (views, next) = match object_views(&core, &account, after.as_ref(), limit, |k| {
         filter.as_ref().is_none_or(|f| f.matches(k)) && namespace.is_none_or(|ns| k.namespace == ns)
     }) {
-        Ok(views) => views,
+        Ok(page) => page,
         Err(err) => return err.into_response(),
     };
-    let body = serde_json::to_vec(&views);
+    let response = page_response(&views, next);
     drop(views);
     drop(core);
-    json_response(body)
+    response
 }
 
 async fn get_object(
@@ -397,10 +397,12 @@ async fn get_object(
     let filter = KindFilter::parse(&kind);
     let namespace = namespace_param(&namespace);
     let core = shared.core();
-    let matches = match object_views(&core, &account, |k| {
+    // At most a few objects share a name across groups: two are enough to
+    // call it ambiguous.
+    let matches = match object_views(&core, &account, None, 16, |k| {
         filter.matches(k) && k.namespace == namespace && k.name == name
     }) {
-        Ok(views) => views,
+        Ok((views, _)) => views,
         Err(err) => return err.into_response(),
     };
     let response = match matches.as_slice() {
@@ -495,35 +497,44 @@ async fn post_operation(
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let deadline = SystemTime::now() + timeout;
-    let op = pb::Operation {
-        id: id.clone(),
+    let key = CallerKey {
         account: account.clone(),
-        deadline: Some(operations::timestamp(deadline)),
-        kind: Some(kind),
+        id: id.clone(),
     };
-    let mut rx = match shared.operations.begin(op.clone(), session.clone()) {
+    let began = shared.operations.begin(
+        key,
+        kind,
+        Some(operations::timestamp(deadline)),
+        session.clone(),
+    );
+    let (wire, mut rx) = match began {
         Begin::Finished(outcome) => {
             let status = outcome_status(&outcome);
             return Ok((status, Json(outcome)).into_response());
         }
-        Begin::Joined(rx) => rx,
-        Begin::New(rx) => {
+        Begin::Conflict(message) => {
+            shared.metrics.operation("conflict");
+            return Err(ApiError::new(StatusCode::CONFLICT, message));
+        }
+        Begin::Joined(rx) => (None, rx),
+        Begin::New(op, rx) => {
+            let wire = op.id.clone();
             let Some(handle) = shared.session(&session) else {
-                shared.operations.give_up(&id);
+                shared.operations.give_up(&wire);
                 shared.metrics.operation("disconnected");
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("account {account} is disconnected: its session just ended"),
                 ));
             };
-            info!(operation = %id, %account, session = %session, replica = %handle.replica, "routing operation to the agent");
+            info!(operation = %id, wire_id = %wire, %account, session = %session, replica = %handle.replica, "routing operation to the agent");
             let frame = HubFrame {
                 frame: Some(hub_frame::Frame::Operation(op)),
             };
             match tokio::time::timeout(timeout, handle.tx.send(Ok(frame))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => {
-                    shared.operations.give_up(&id);
+                    shared.operations.give_up(&wire);
                     shared.metrics.operation("disconnected");
                     return Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -531,7 +542,7 @@ async fn post_operation(
                     ));
                 }
             }
-            rx
+            (Some(wire), rx)
         }
     };
     // A little past the deadline, so the agent's own DEADLINE_EXCEEDED can
@@ -542,7 +553,9 @@ async fn post_operation(
         Ok(Err(_)) | Err(_) => None,
     };
     let Some(outcome) = outcome else {
-        shared.operations.give_up(&id);
+        if let Some(wire) = &wire {
+            shared.operations.give_up(wire);
+        }
         shared.metrics.operation("timeout");
         warn!(operation = %id, %account, ?timeout, "no result from the agent before the deadline");
         let body = Outcome {

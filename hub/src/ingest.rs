@@ -268,6 +268,7 @@ mod tests {
                 cluster_id: "uid-a".into(),
                 ..Default::default()
             },
+            false,
             std::time::SystemTime::now(),
         );
         let batch = pb::EventBatch {

@@ -26,8 +26,15 @@
 //!   from the TLS session or forwarded by a trusted load balancer in a header
 //!   ([`identity`]); a Hello naming another shard is refused.
 //! - With [`Config::authorize`] an account is accepted only from the shard
-//!   whose AgentShard lists it ([`ownership`]); without it any agent may
-//!   register any account.
+//!   whose AgentShard lists it ([`ownership`]); without it a name belongs to
+//!   the first shard that registers it ([`registry`]). Either way another
+//!   shard never takes a streaming account, whatever cluster id it names.
+//! - Forwarded certificates must chain to the agents' CA
+//!   ([`Config::forwarded_client_ca`]); trusted proxies may have to prove
+//!   themselves with a shared secret ([`Config::proxy_secret_file`]).
+//! - Limits: accounts per session and per Register frame, HTTP header and
+//!   idle timeouts and a connection cap ([`serve`]), pages of every list
+//!   ([`page`]).
 //! - [`Config::api_token_file`]: the HTTP API needs a bearer token.
 //! - [`Config::max_connection_age`]: sessions are drained (REBALANCE) at an
 //!   age with jitter, so agents spread over hub replicas.
@@ -39,8 +46,10 @@
 //! [`revocation`] (accounts a shard no longer owns), [`registry`] (binding
 //! rules), [`cache`] (objects and resyncs), [`store`] (SQLite bindings),
 //! [`operations`] (requests and results), [`http`] (the JSON API),
-//! [`identity`], [`ownership`], [`tls`], [`metrics`], [`clip`], [`kubeapi`] (the
-//! Kubernetes API of every account).
+//! [`page`] (pages of its lists), [`serve`] (accept loops, the HTTP
+//! server's limits), [`identity`], [`secret`], [`ownership`], [`tls`],
+//! [`metrics`], [`clip`], [`window`] (what the Kubernetes API knows of a kind),
+//! [`kubeapi`] (the Kubernetes API of every account).
 
 pub mod cache;
 pub mod clip;
@@ -54,10 +63,13 @@ pub mod kubeapi;
 pub mod metrics;
 pub mod operations;
 pub mod ownership;
+pub mod page;
 pub mod registration;
 pub mod registry;
 pub mod revocation;
 pub mod routing;
+pub mod secret;
+pub mod serve;
 pub mod session;
 pub mod state;
 pub mod store;
@@ -108,11 +120,18 @@ impl Hub {
         let shared = Shared::new(config, ownership, shutdown.clone())?;
         let config = &shared.config;
         let api_token = match &config.api_token_file {
-            Some(path) => Some(http::ApiToken::watch(
-                path,
-                config.reload_interval,
-                shutdown.clone(),
-            )?),
+            Some(path) => Some(
+                secret::SecretFile::watch(
+                    "API token",
+                    path,
+                    config.reload_interval,
+                    shutdown.clone(),
+                )
+                .map_err(|message| Error::ApiToken {
+                    path: path.clone(),
+                    message,
+                })?,
+            ),
             None => None,
         };
         if let Some(rx) = &shared.ownership {
@@ -164,9 +183,14 @@ impl Hub {
                 None
             }
         };
+        for warning in
+            identity::trust_warnings(&config.trusted_proxies, config.proxy_secret_file.is_some())
+        {
+            warn!("INSECURE: {warning}");
+        }
         if config.authorize.is_none() {
             warn!(
-                "account ownership is not checked (no --authorize-shards): any agent may register any account"
+                "account ownership is not checked against AgentShards (no --authorize-shards): a name belongs to the first shard that registers it"
             );
         }
         if config.api_token_file.is_none() {
@@ -180,6 +204,7 @@ impl Hub {
             .max_encoding_message_size(max);
         let incoming = tls::incoming(
             grpc_listener,
+            "grpc",
             tls_state,
             shutdown.clone(),
             shared.metrics.tls_handshake_failures.clone(),
@@ -189,11 +214,12 @@ impl Hub {
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
         );
-        let http_task = tokio::spawn(
-            axum::serve(http_listener, http::router(Arc::clone(&shared), api_token))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
+        let http_task = tokio::spawn(serve::http(
+            http_listener,
+            http::router(Arc::clone(&shared), api_token),
+            config.http_limits,
+            shutdown.clone(),
+        ));
         let kube_api = match config.kube_api.clone() {
             Some(api) => Some(kubeapi::server::start(Arc::clone(&shared), api).await?),
             None => None,

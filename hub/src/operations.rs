@@ -1,12 +1,24 @@
 //! Deploy operations: the HTTP request shape, its translation into an
 //! `Operation` frame, and the table of operations waiting for their result.
 //!
-//! Operations are idempotent by id on the hub's side too: a POST with the id of
-//! an operation still running joins it, a POST with the id of one that finished
-//! (within the last [`FINISHED_TTL`]) gets the stored result, and a result that
-//! arrives twice is applied once. When the session an operation was sent to
-//! ends and the account comes back on another session, the operation is sent
-//! again with the same id (the agent runs each id at most once).
+//! Operations are idempotent by id on the hub's side too. A caller's id is
+//! scoped to its account: a POST with the id of an operation still running on
+//! that account joins it, a POST with the id of one that finished (within the
+//! last [`FINISHED_TTL`]) gets the stored result — when it asks for the same
+//! thing (type, target, body). The same id with a different request is
+//! refused ([`Begin::Conflict`], HTTP 409), and the same id on another
+//! account is another operation.
+//!
+//! The agent sees a hub-chosen id, unique across accounts, so that its own
+//! run-once-per-id memory can never answer one account's operation with
+//! another's result. Only the session the operation was sent to may complete
+//! it; a result from any other session is ignored. When that session ends and
+//! the account comes back on another session, the operation is sent again
+//! with the same wire id (the agent runs each id at most once).
+//!
+//! Results are stored and returned without `metadata.managedFields`, the
+//! last-applied-configuration annotation, and a Secret's `data` and
+//! `stringData`, whatever the agent sent.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -372,7 +384,7 @@ pub fn timestamp(at: SystemTime) -> prost_types::Timestamp {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Outcome {
-    /// The operation id.
+    /// The operation id (the caller's, or the one the hub chose for it).
     pub id: String,
     /// True when it did what it asked.
     pub success: bool,
@@ -388,20 +400,59 @@ pub struct Outcome {
     pub http_status: Option<i32>,
 }
 
+/// The annotation that repeats an object's last applied manifest (with a
+/// Secret's data, if it was applied with kubectl).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Removes from an object (or each item of a list) what the hub never keeps
+/// or shows: `metadata.managedFields`, the last-applied annotation, and a
+/// Secret's `data` and `stringData`.
+pub fn strip(value: &mut Value) {
+    let Some(object) = value.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Array(items)) = object.get_mut("items") {
+        for item in items {
+            strip(item);
+        }
+    }
+    if let Some(Value::Object(metadata)) = object.get_mut("metadata") {
+        metadata.remove("managedFields");
+        if let Some(Value::Object(annotations)) = metadata.get_mut("annotations") {
+            annotations.remove(LAST_APPLIED);
+        }
+    }
+    let core_secret = object.get("kind").and_then(Value::as_str) == Some("Secret")
+        && object.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    if core_secret {
+        object.remove("data");
+        object.remove("stringData");
+    }
+}
+
 impl Outcome {
-    /// Converts an agent's OperationResult.
-    pub fn from_result(result: &pb::OperationResult) -> Outcome {
+    /// Converts an agent's OperationResult, answering the caller's `id`.
+    pub fn from_result(id: &str, result: &pb::OperationResult) -> Outcome {
         let body = if result.result_json.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&result.result_json).unwrap_or_else(|_| {
-                Value::String(String::from_utf8_lossy(&result.result_json).into_owned())
-            })
+            match serde_json::from_slice::<Value>(&result.result_json) {
+                Ok(mut value) => {
+                    strip(&mut value);
+                    value
+                }
+                // Not JSON: no object to strip, and nothing the hub may
+                // pass on unread either.
+                Err(_) => Value::String(format!(
+                    "the agent's result ({} bytes) is not JSON",
+                    result.result_json.len()
+                )),
+            }
         };
         let code = ErrorCode::try_from(result.error_code).unwrap_or(ErrorCode::Internal);
         let failed = !result.success || code != ErrorCode::Unspecified;
         Outcome {
-            id: result.operation_id.clone(),
+            id: id.to_owned(),
             success: !failed,
             message: result.message.clone(),
             result: body,
@@ -419,26 +470,60 @@ impl Outcome {
     }
 }
 
+/// An operation as its caller names it: the caller's id within an account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CallerKey {
+    /// The account.
+    pub account: String,
+    /// The caller's id.
+    pub id: String,
+}
+
 struct Pending {
+    caller: CallerKey,
     frame: pb::Operation,
     session: SessionId,
     done: watch::Sender<Option<Outcome>>,
 }
 
+struct Finished {
+    at: Instant,
+    request: Option<operation::Kind>,
+    outcome: Outcome,
+}
+
 #[derive(Default)]
 struct Table {
+    /// By wire id.
     pending: HashMap<String, Pending>,
-    finished: HashMap<String, (Instant, Outcome)>,
+    /// Caller key → wire id of the pending operation.
+    by_caller: HashMap<CallerKey, String>,
+    finished: HashMap<CallerKey, Finished>,
 }
 
 /// How a POST of an operation starts.
 pub enum Begin {
-    /// New: send the frame, then wait on the receiver.
-    New(watch::Receiver<Option<Outcome>>),
-    /// The id is running already: wait on the receiver.
+    /// New: send the frame (its id is the hub's wire id), then wait on the
+    /// receiver.
+    New(pb::Operation, watch::Receiver<Option<Outcome>>),
+    /// The id is running already with the same request: wait on the receiver.
     Joined(watch::Receiver<Option<Outcome>>),
-    /// The id finished recently: here is its result.
+    /// The id finished recently with the same request: here is its result.
     Finished(Outcome),
+    /// The id is (or was recently) another request on this account.
+    Conflict(String),
+}
+
+/// What a result from an agent did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// It completed the operation.
+    Done,
+    /// No operation with that id is waiting (answered already, given up, or
+    /// never sent).
+    Unknown,
+    /// The operation was sent to another session; the result is ignored.
+    WrongSession,
 }
 
 /// Operations waiting for their result, and recent results.
@@ -453,37 +538,87 @@ impl std::fmt::Debug for Operations {
     }
 }
 
+fn describe(kind: Option<&operation::Kind>) -> &'static str {
+    match kind {
+        Some(operation::Kind::Apply(_)) => "apply",
+        Some(operation::Kind::Delete(_)) => "delete",
+        Some(operation::Kind::Patch(_)) => "patch",
+        Some(operation::Kind::Scale(_)) => "scale",
+        Some(operation::Kind::RolloutRestart(_)) => "rolloutRestart",
+        Some(operation::Kind::Get(_)) => "get",
+        _ => "another operation",
+    }
+}
+
+fn conflict(key: &CallerKey, earlier: Option<&operation::Kind>) -> String {
+    format!(
+        "operation id {} on account {} was already used for a different request (a {}); use a new id for a new request",
+        key.id,
+        key.account,
+        describe(earlier)
+    )
+}
+
 impl Operations {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts (or joins) the operation `frame.id`, sent to `session`.
-    pub fn begin(&self, frame: pb::Operation, session: SessionId) -> Begin {
+    /// Starts (or joins) the operation `key` asking for `kind`, to be sent to
+    /// `session` with `deadline`.
+    pub fn begin(
+        &self,
+        key: CallerKey,
+        kind: operation::Kind,
+        deadline: Option<prost_types::Timestamp>,
+        session: SessionId,
+    ) -> Begin {
         let mut table = self.lock();
         let now = Instant::now();
         table
             .finished
-            .retain(|_, (at, _)| now.duration_since(*at) < FINISHED_TTL);
-        if let Some((_, outcome)) = table.finished.get(&frame.id) {
-            return Begin::Finished(outcome.clone());
+            .retain(|_, f| now.duration_since(f.at) < FINISHED_TTL);
+        if let Some(finished) = table.finished.get(&key) {
+            return if finished.request.as_ref() == Some(&kind) {
+                Begin::Finished(finished.outcome.clone())
+            } else {
+                Begin::Conflict(conflict(&key, finished.request.as_ref()))
+            };
         }
-        if let Some(pending) = table.pending.get(&frame.id) {
-            return Begin::Joined(pending.done.subscribe());
+        if let Some(pending) = table
+            .by_caller
+            .get(&key)
+            .and_then(|wire| table.pending.get(wire))
+        {
+            return if pending.frame.kind.as_ref() == Some(&kind) {
+                Begin::Joined(pending.done.subscribe())
+            } else {
+                Begin::Conflict(conflict(&key, pending.frame.kind.as_ref()))
+            };
         }
+        let wire = uuid::Uuid::new_v4().to_string();
+        let frame = pb::Operation {
+            id: wire.clone(),
+            account: key.account.clone(),
+            deadline,
+            kind: Some(kind),
+        };
         let (done, rx) = watch::channel(None);
+        table.by_caller.insert(key.clone(), wire.clone());
         table.pending.insert(
-            frame.id.clone(),
+            wire,
             Pending {
-                frame,
+                caller: key,
+                frame: frame.clone(),
                 session,
                 done,
             },
         );
-        Begin::New(rx)
+        Begin::New(frame, rx)
     }
 
-    /// The pending operation `id`: its frame and the session it went to.
+    /// The pending operation with wire id `id`: its frame and the session it
+    /// went to.
     pub fn pending(&self, id: &str) -> Option<(pb::Operation, SessionId)> {
         self.lock()
             .pending
@@ -498,24 +633,40 @@ impl Operations {
         }
     }
 
-    /// A result arrived. False when no operation `id` is waiting (unknown,
-    /// already answered, or given up).
-    pub fn complete(&self, outcome: Outcome) -> bool {
+    /// A result from `session` arrived. It completes the operation only
+    /// when that is the session the operation was sent to.
+    pub fn complete(&self, session: &SessionId, result: &pb::OperationResult) -> Completion {
         let mut table = self.lock();
-        let Some(pending) = table.pending.remove(&outcome.id) else {
-            return false;
+        match table.pending.get(&result.operation_id) {
+            None => return Completion::Unknown,
+            Some(p) if p.session != *session => return Completion::WrongSession,
+            Some(_) => {}
+        }
+        let Some(pending) = table.pending.remove(&result.operation_id) else {
+            return Completion::Unknown;
         };
+        table.by_caller.remove(&pending.caller);
+        let outcome = Outcome::from_result(&pending.caller.id, result);
         pending.done.send_replace(Some(outcome.clone()));
-        table
-            .finished
-            .insert(outcome.id.clone(), (Instant::now(), outcome));
-        true
+        table.finished.insert(
+            pending.caller,
+            Finished {
+                at: Instant::now(),
+                request: pending.frame.kind,
+                outcome,
+            },
+        );
+        Completion::Done
     }
 
-    /// The caller stopped waiting (deadline passed): forget `id` so a late
-    /// result is ignored and a retried POST sends it again.
+    /// The caller stopped waiting (deadline passed) for the operation with
+    /// wire id `id`: forget it so a late result is ignored and a retried POST
+    /// sends it again.
     pub fn give_up(&self, id: &str) {
-        self.lock().pending.remove(id);
+        let mut table = self.lock();
+        if let Some(pending) = table.pending.remove(id) {
+            table.by_caller.remove(&pending.caller);
+        }
     }
 
     /// Operations of `account` whose session is not live any more (per
@@ -545,7 +696,6 @@ impl Operations {
         self.lock().pending.len()
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,65 +826,162 @@ mod tests {
         }
     }
 
-    /// Operation `op-1` on account `a`.
-    fn op_1() -> pb::Operation {
-        pb::Operation {
-            id: "op-1".into(),
-            account: "a".into(),
+    fn key(account: &str, id: &str) -> CallerKey {
+        CallerKey {
+            account: account.into(),
+            id: id.into(),
+        }
+    }
+
+    fn scale(replicas: i32) -> operation::Kind {
+        operation::Kind::Scale(pb::Scale {
+            target: None,
+            replicas,
+        })
+    }
+
+    fn delete() -> operation::Kind {
+        operation::Kind::Delete(pb::Delete::default())
+    }
+
+    fn success(wire: &str) -> pb::OperationResult {
+        pb::OperationResult {
+            operation_id: wire.into(),
+            success: true,
+            message: "ok".into(),
+            result_json: br#"{"kind":"Deployment"}"#.to_vec().into(),
             ..Default::default()
         }
     }
 
     #[test]
-    fn ids_are_idempotent() {
+    fn ids_are_idempotent_per_account_and_request() {
         let ops = Operations::default();
-        let frame = op_1();
         let s1: SessionId = "s1".into();
-        let Begin::New(mut rx) = ops.begin(frame.clone(), s1.clone()) else {
+        let Begin::New(frame, mut rx) = ops.begin(key("a", "op-1"), scale(3), None, s1.clone())
+        else {
             panic!("new")
         };
+        assert_ne!(frame.id, "op-1", "the agent sees the hub's own id");
         assert!(matches!(
-            ops.begin(frame.clone(), s1.clone()),
+            ops.begin(key("a", "op-1"), scale(3), None, s1.clone()),
             Begin::Joined(_)
         ));
-        let outcome = Outcome::from_result(&pb::OperationResult {
-            operation_id: "op-1".into(),
-            success: true,
-            message: "ok".into(),
-            result_json: br#"{"kind":"Deployment"}"#.to_vec().into(),
-            ..Default::default()
-        });
-        assert!(ops.complete(outcome.clone()));
-        assert!(!ops.complete(outcome.clone()), "second result ignored");
-        assert_eq!(rx.borrow_and_update().clone(), Some(outcome.clone()));
-        assert!(matches!(ops.begin(frame, s1), Begin::Finished(o) if o == outcome));
+        assert!(matches!(
+            ops.begin(key("a", "op-1"), delete(), None, s1.clone()),
+            Begin::Conflict(m) if m.contains("scale")
+        ));
+        // The same id on another account is another operation, with another
+        // wire id.
+        let Begin::New(other, _) = ops.begin(key("b", "op-1"), delete(), None, s1.clone()) else {
+            panic!("another account's op-1 is new")
+        };
+        assert_ne!(other.id, frame.id);
+        assert_eq!(ops.complete(&s1, &success(&frame.id)), Completion::Done);
+        assert_eq!(
+            ops.complete(&s1, &success(&frame.id)),
+            Completion::Unknown,
+            "second result ignored"
+        );
+        let outcome = rx.borrow_and_update().clone().expect("completed");
+        assert_eq!(outcome.id, "op-1", "the caller sees its own id");
+        assert!(
+            matches!(ops.begin(key("a", "op-1"), scale(3), None, s1.clone()), Begin::Finished(o) if o == outcome)
+        );
+        assert!(matches!(
+            ops.begin(key("a", "op-1"), scale(4), None, s1.clone()),
+            Begin::Conflict(_)
+        ));
+        assert!(matches!(
+            ops.begin(key("b", "op-1"), delete(), None, s1),
+            Begin::Joined(_)
+        ));
+    }
+
+    #[test]
+    fn only_the_session_an_operation_went_to_completes_it() {
+        let ops = Operations::default();
+        let to: SessionId = "to".into();
+        let other: SessionId = "other".into();
+        let Begin::New(frame, rx) = ops.begin(key("a", "op-1"), scale(1), None, to.clone()) else {
+            panic!("new")
+        };
+        assert_eq!(
+            ops.complete(&other, &success(&frame.id)),
+            Completion::WrongSession
+        );
+        assert!(rx.borrow().is_none(), "still waiting");
+        assert_eq!(ops.complete(&to, &success(&frame.id)), Completion::Done);
     }
 
     #[test]
     fn orphans_move_to_the_new_session() {
         let ops = Operations::default();
-        let frame = op_1();
         let old: SessionId = "old".into();
         let new: SessionId = "new".into();
-        let _rx = ops.begin(frame, old.clone());
+        let Begin::New(frame, _rx) = ops.begin(key("a", "op-1"), scale(1), None, old) else {
+            panic!("new")
+        };
         assert!(
             ops.take_orphans("a", &new, |_| true).is_empty(),
             "old still live"
         );
         assert_eq!(ops.take_orphans("a", &new, |_| false).len(), 1);
-        assert_eq!(ops.pending("op-1").map(|(_, s)| s), Some(new));
+        assert_eq!(ops.pending(&frame.id).map(|(_, s)| s), Some(new));
+    }
+
+    #[test]
+    fn results_lose_managed_fields_and_secret_data() {
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "managedFields": [{"manager": "x"}],
+                "annotations": {LAST_APPLIED: "{\"data\":{\"k\":\"djE=\"}}", "keep": "me"}},
+            "data": {"k": "djE="}, "stringData": {"k": "v1"}, "type": "Opaque"
+        });
+        let result = pb::OperationResult {
+            operation_id: "w".into(),
+            success: true,
+            result_json: secret.to_string().into_bytes().into(),
+            ..Default::default()
+        };
+        let outcome = Outcome::from_result("op", &result);
+        assert_eq!(
+            outcome.result,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "s", "annotations": {"keep": "me"}},
+                "type": "Opaque"
+            })
+        );
+        let mut list = serde_json::json!({"kind": "List", "items": [secret,
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"managedFields": []}, "data": {"k": "v"}}]});
+        strip(&mut list);
+        assert_eq!(list["items"][0].get("data"), None);
+        assert_eq!(
+            list["items"][1]["data"]["k"], "v",
+            "a ConfigMap keeps its data"
+        );
+        assert_eq!(list["items"][1]["metadata"].get("managedFields"), None);
+        // A Secret of another group is not the core Secret.
+        let mut other =
+            serde_json::json!({"apiVersion": "example.com/v1", "kind": "Secret", "data": {"k": 1}});
+        strip(&mut other);
+        assert_eq!(other["data"]["k"], 1);
     }
 
     #[test]
     fn failure_outcome_carries_code_and_status() {
-        let o = Outcome::from_result(&pb::OperationResult {
-            operation_id: "x".into(),
-            success: false,
-            message: "Deployment.apps \"x\" is invalid".into(),
-            error_code: ErrorCode::Invalid as i32,
-            http_status: 422,
-            ..Default::default()
-        });
+        let o = Outcome::from_result(
+            "x",
+            &pb::OperationResult {
+                operation_id: "x".into(),
+                success: false,
+                message: "Deployment.apps \"x\" is invalid".into(),
+                error_code: ErrorCode::Invalid as i32,
+                http_status: 422,
+                ..Default::default()
+            },
+        );
         assert!(!o.success);
         assert_eq!(o.code(), Some("INVALID"));
         assert_eq!(o.http_status, Some(422));

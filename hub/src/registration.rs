@@ -26,7 +26,7 @@ use crate::cache::{Resume, Scope};
 use crate::clip::clip;
 use crate::ownership::{Ownership, OwnershipRx, Verdict};
 use crate::registry::{
-    Binding, Caller, Decision, Registration, RejectReason, Release, SessionId, ShardKey,
+    Account, Binding, Caller, Decision, Registration, RejectReason, Release, SessionId, ShardKey,
 };
 use crate::routing;
 use crate::session::{Session, frame};
@@ -42,8 +42,9 @@ pub type OwnerRule = Box<dyn Fn(&str, &ShardKey) -> Verdict + Send + Sync>;
 
 /// Whether, and how, ownership is checked for a Register.
 pub enum Owners {
-    /// Not enforced (no `--authorize-shards`): any shard may register any
-    /// account.
+    /// Not checked against AgentShards (no `--authorize-shards`): the
+    /// registry's first-claim rule alone decides (a name belongs to the shard
+    /// that registered it first).
     Unchecked,
     /// Enforced, but the AgentShards are not listed yet, so nobody can be
     /// told they own an account.
@@ -58,14 +59,19 @@ impl Owners {
         Owners::Known(Box::new(move |account, shard| index.check(account, shard)))
     }
 
-    /// The refusal of `account` for `shard`; `None` when it may stream it.
-    pub fn refusal(&self, account: &str, shard: &ShardKey) -> Option<Refusal> {
+    /// May `shard` stream `account`? `Ok(true)` when the AgentShards say
+    /// it owns it (it may then take the name from another shard), `Ok(false)`
+    /// when ownership is not checked (the registry's first-claim rule
+    /// decides), the refusal otherwise.
+    pub fn check(&self, account: &str, shard: &ShardKey) -> Result<bool, Box<Refusal>> {
         match self {
-            Owners::Unchecked => None,
-            Owners::Unknown => Some(Refusal::ownership_unknown()),
+            Owners::Unchecked => Ok(false),
+            Owners::Unknown => Err(Box::new(Refusal::ownership_unknown())),
             Owners::Known(rule) => match rule(account, shard) {
-                Verdict::Owner => None,
-                Verdict::NotOwner { owner, message } => Some(Refusal::not_owner(message, owner)),
+                Verdict::Owner => Ok(true),
+                Verdict::NotOwner { owner, message } => {
+                    Err(Box::new(Refusal::not_owner(message, owner)))
+                }
             },
         }
     }
@@ -140,17 +146,66 @@ impl Refusal {
     }
 
     /// The registry refused the registration; `owner` is the binding in the
-    /// way, if any.
+    /// way, if any (what of it the caller is told is [`Refusal::tell`]'s
+    /// choice).
     fn from_registry(reason: RejectReason, message: String, owner: Option<Binding>) -> Refusal {
         Refusal {
             reason: match reason {
                 RejectReason::Invalid => RegisterReason::Invalid,
                 RejectReason::ClusterMismatch => RegisterReason::ClusterMismatch,
+                RejectReason::OtherShard => RegisterReason::NotOwner,
             },
             label: reason.label(),
             message,
             owner: owner.map(|b| account_owner(&b.shard, b.cluster_id, String::new())),
         }
+    }
+
+    /// The account is past one of the session's limits.
+    fn over_limit(label: &'static str, message: String) -> Refusal {
+        Refusal {
+            reason: RegisterReason::Invalid,
+            label,
+            message,
+            owner: None,
+        }
+    }
+
+    /// What `caller` (registering from `cluster_id`) may be told of the
+    /// owner, given the registry's `account` entry: the owner's shard; the
+    /// replica streaming it, when that shard holds it now; the bound cluster
+    /// id only when it is the caller's own shard's binding or equals the
+    /// cluster the caller named (a refusal never teaches another shard a
+    /// cluster id it did not know).
+    fn tell(mut self, caller: &Caller, cluster_id: &str, account: Option<&Account>) -> Refusal {
+        let Some(owner) = self.owner.as_mut() else {
+            return self;
+        };
+        let owner_shard = owner
+            .shard
+            .as_ref()
+            .map(|s| ShardKey {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+            })
+            .unwrap_or_default();
+        owner.cluster_id = match account {
+            Some(a)
+                if a.binding.shard == owner_shard
+                    && (a.binding.shard == caller.shard || a.binding.cluster_id == cluster_id) =>
+            {
+                a.binding.cluster_id.clone()
+            }
+            _ => String::new(),
+        };
+        if owner.replica_id.is_empty()
+            && let Some(a) = account
+            && a.session.is_some()
+            && a.binding.shard == owner_shard
+        {
+            owner.replica_id.clone_from(&a.replica);
+        }
+        self
     }
 
     /// An unsolicited RegisterResult telling a session it lost `account`.
@@ -201,9 +256,22 @@ pub struct Decided {
     pub answer: Answer,
     /// The binding to write to the store (new or changed).
     pub persist: Option<Binding>,
-    /// The older session that held the account, with its replica: it is
-    /// told SUPERSEDED.
+    /// The older session of the same shard that held the account, with its
+    /// replica: it is told SUPERSEDED.
     pub superseded: Option<(SessionId, String)>,
+    /// The session of another shard that held the account until the
+    /// AgentShards gave it to the caller's shard, with that shard: it is told
+    /// NOT_OWNER.
+    pub moved_from: Option<(SessionId, ShardKey)>,
+}
+
+/// How many accounts a session may hold, and a Register frame may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Accounts one session may hold.
+    pub per_session: usize,
+    /// Accounts one Register frame may carry.
+    pub per_frame: usize,
 }
 
 fn resume_point(r: Resume) -> ResumePoint {
@@ -220,23 +288,82 @@ fn resume_point(r: Resume) -> ResumePoint {
 /// Decides a Register from `caller`, account by account in order, and
 /// records the accepted ones in the registry and cache.
 ///
-/// An account is refused when `owners` says the caller's shard may not
-/// stream it (the registry is then not touched), or when the registry's
-/// binding rules refuse it. An accepted account that was not already held by
-/// this session voids the syncs its last holder left open (it died or was
-/// superseded mid-relist); one the hub knew before is answered with the
-/// resume points of its cache.
+/// An account is refused when it is past the frame's or the session's limit,
+/// when `owners` says the caller's shard may not stream it (the registry is
+/// then not touched), or when the registry's binding rules refuse it. An
+/// accepted account that was not already held by this session voids the
+/// syncs its last holder left open (it died or was superseded mid-relist);
+/// one the hub knew before is answered with the resume points of its cache.
 pub fn decide(
     core: &mut Core,
     caller: &Caller,
     owners: &Owners,
+    limits: Limits,
     accounts: Vec<pb::Account>,
     now: SystemTime,
 ) -> Vec<Decided> {
-    accounts
+    let (accounts, excess) = split_frame(accounts, limits.per_frame);
+    let mut held = core.registry.held_by(&caller.session).count();
+    let mut decided: Vec<Decided> = accounts
         .into_iter()
-        .map(|account| decide_one(core, caller, owners, account, now))
-        .collect()
+        .map(|account| {
+            let already = core.registry.holds(&account.name, &caller.session);
+            if !already && held >= limits.per_session {
+                let refusal = Refusal::over_limit(
+                    "too_many_in_session",
+                    format!(
+                        "this session holds {held} accounts, the most one session may hold (--max-accounts-per-session)"
+                    ),
+                );
+                return refused(account, refusal);
+            }
+            let decided = decide_one(core, caller, owners, account, now);
+            if !already && matches!(decided.answer, Answer::Accepted(_)) {
+                held += 1;
+            }
+            decided
+        })
+        .collect();
+    decided.extend(excess);
+    decided
+}
+
+/// Splits a Register's accounts into the first `per_frame`, to decide, and
+/// the refusals of the rest. Needs no lock: [`register`] calls it before it
+/// takes one, so a huge frame costs other sessions nothing.
+pub fn split_frame(
+    mut accounts: Vec<pb::Account>,
+    per_frame: usize,
+) -> (Vec<pb::Account>, Vec<Decided>) {
+    if accounts.len() <= per_frame {
+        return (accounts, Vec::new());
+    }
+    let total = accounts.len();
+    let excess = accounts.split_off(per_frame);
+    let message = format!(
+        "this Register frame carries {total} accounts; the hub takes at most {per_frame} per frame (--max-accounts-per-frame): register the rest in later frames"
+    );
+    let refusals = excess
+        .into_iter()
+        .map(|account| {
+            refused(
+                account,
+                Refusal::over_limit("too_many_in_frame", message.clone()),
+            )
+        })
+        .collect();
+    (accounts, refusals)
+}
+
+fn refused(account: pb::Account, refusal: Refusal) -> Decided {
+    Decided {
+        account: account.name,
+        cluster_id: account.cluster_id,
+        answer: Answer::Refused(refusal),
+        persist: None,
+        superseded: None,
+        moved_from: None,
+    }
 }
 
 fn decide_one(
@@ -246,27 +373,46 @@ fn decide_one(
     account: pb::Account,
     now: SystemTime,
 ) -> Decided {
-    let (answer, persist, superseded) = match owners.refusal(&account.name, &caller.shard) {
-        Some(refusal) => (Answer::Refused(refusal), None, None),
-        None => admit(core, caller, &account, now),
-    };
-    Decided {
-        account: account.name,
-        cluster_id: account.cluster_id,
-        answer,
-        persist,
-        superseded,
+    let admitted = owners
+        .check(&account.name, &caller.shard)
+        .and_then(|declared| admit(core, caller, &account, declared, now));
+    match admitted {
+        Ok((points, persist, displaced)) => {
+            let (superseded, moved_from) = displaced;
+            Decided {
+                account: account.name,
+                cluster_id: account.cluster_id,
+                answer: Answer::Accepted(points),
+                persist,
+                superseded,
+                moved_from,
+            }
+        }
+        Err(refusal) => {
+            let refusal = (*refusal).tell(
+                caller,
+                &account.cluster_id,
+                core.registry.get(&account.name),
+            );
+            refused(account, refusal)
+        }
     }
 }
 
+/// The sessions an accepted registration displaced: one of the same shard
+/// (superseded), or one of another shard the AgentShards no longer give the
+/// account to.
+type Displaced = (Option<(SessionId, String)>, Option<(SessionId, ShardKey)>);
+
 /// The registry's and the cache's part of [`decide`], for an account the
-/// caller's shard may stream.
+/// caller's shard may stream (`declared`: the AgentShards say it owns it).
 fn admit(
     core: &mut Core,
     caller: &Caller,
     account: &pb::Account,
+    declared: bool,
     now: SystemTime,
-) -> (Answer, Option<Binding>, Option<(SessionId, String)>) {
+) -> Result<(Vec<ResumePoint>, Option<Binding>, Displaced), Box<Refusal>> {
     let held_before = core.registry.holds(&account.name, &caller.session);
     let registration = Registration {
         name: account.name.clone(),
@@ -274,9 +420,10 @@ fn admit(
         server_url: account.server_url.clone(),
         kubernetes_version: account.kubernetes_version.clone(),
     };
-    match core.registry.register(caller, &registration, now) {
+    match core.registry.register(caller, &registration, declared, now) {
         Decision::Accepted {
             superseded,
+            moved_from,
             persist,
             fresh,
         } => {
@@ -298,17 +445,13 @@ fn admit(
                     .map(resume_point)
                     .collect()
             };
-            (Answer::Accepted(points), persist, superseded)
+            Ok((points, persist, (superseded, moved_from)))
         }
         Decision::Rejected {
             reason,
             message,
             owner,
-        } => (
-            Answer::Refused(Refusal::from_registry(reason, message, owner)),
-            None,
-            None,
-        ),
+        } => Err(Box::new(Refusal::from_registry(reason, message, owner))),
     }
 }
 
@@ -335,52 +478,138 @@ async fn owners(ownership: Option<&OwnershipRx>) -> Owners {
     }
 }
 
+/// Lines of one RegisterResult frame at most: a Register refused in bulk
+/// is answered in several frames, each far below the message size limit.
+pub const RESULT_LINES_PER_FRAME: usize = 1_000;
+
+/// Decisions of one Register logged one by one; the rest only in the
+/// frame's summary line, so that no Register makes the log grow with its
+/// size.
+pub const DECISIONS_LOGGED: usize = 20;
+
+/// Account names a summary line shows.
+pub const NAMES_SHOWN: usize = 10;
+
 /// Answers a Register on `session`, then carries out what [`decide`] said:
-/// store writes, SUPERSEDED notices to older sessions, and operations that
-/// waited for an account's new holder. False when the agent's side is gone.
+/// store writes, SUPERSEDED and NOT_OWNER notices to the sessions it
+/// displaced, and operations that waited for an account's new holder. False
+/// when the agent's side is gone.
 pub async fn register(session: &Session, reg: pb::Register) -> bool {
     let shared = &session.shared;
     let owners = owners(shared.ownership.as_ref()).await;
     let caller = session.caller();
-    let decided = {
-        let mut core = shared.core();
-        decide(&mut core, &caller, &owners, reg.accounts, SystemTime::now())
+    let limits = Limits {
+        per_session: shared.config.max_accounts_per_session,
+        per_frame: shared.config.max_accounts_per_frame,
     };
+    let (accounts, excess) = split_frame(reg.accounts, limits.per_frame);
+    let mut decided = {
+        let mut core = shared.core();
+        decide(
+            &mut core,
+            &caller,
+            &owners,
+            limits,
+            accounts,
+            SystemTime::now(),
+        )
+    };
+    decided.extend(excess);
     let accepted: Vec<String> = decided
         .iter()
         .filter(|d| matches!(d.answer, Answer::Accepted(_)))
         .map(|d| d.account.clone())
         .collect();
-    let results = decided
+    let mut summary = Summary::default();
+    let results: Vec<AccountResult> = decided
         .into_iter()
-        .map(|d| carry_out(session, &caller, d))
+        .map(|d| carry_out(session, &caller, d, &mut summary))
         .collect();
+    summary.log(session);
     shared
         .metrics
         .registrations_accepted
         .inc_by(accepted.len() as u64);
-    let answer = pb::RegisterResult { accounts: results };
-    if !session.send(hub_frame::Frame::RegisterResult(answer)).await {
-        return false;
+    let mut results = results.into_iter().peekable();
+    while results.peek().is_some() {
+        let accounts: Vec<AccountResult> = results.by_ref().take(RESULT_LINES_PER_FRAME).collect();
+        let answer = pb::RegisterResult { accounts };
+        if !session.send(hub_frame::Frame::RegisterResult(answer)).await {
+            return false;
+        }
     }
     routing::resend_orphans(session, &accepted).await
 }
 
-/// Logs and counts one decision, writes its binding, tells the session it
-/// supersedes; the account's line of the answer.
-fn carry_out(session: &Session, caller: &Caller, d: Decided) -> AccountResult {
+/// What one Register did, for its summary line: counts by outcome and the
+/// first few names.
+#[derive(Debug, Default)]
+struct Summary {
+    decisions: usize,
+    accepted: usize,
+    refused: std::collections::BTreeMap<&'static str, usize>,
+    names: Vec<String>,
+}
+
+impl Summary {
+    /// Counts a decision; true when it is still logged on its own.
+    fn count(&mut self, d: &Decided) -> bool {
+        self.decisions += 1;
+        match &d.answer {
+            Answer::Accepted(_) => self.accepted += 1,
+            Answer::Refused(r) => *self.refused.entry(r.label).or_default() += 1,
+        }
+        if self.names.len() < NAMES_SHOWN {
+            self.names.push(clip(&d.account).to_string());
+        }
+        self.decisions <= DECISIONS_LOGGED
+    }
+
+    /// One line for a Register too large to log account by account.
+    fn log(&self, session: &Session) {
+        if self.decisions <= DECISIONS_LOGGED {
+            return;
+        }
+        warn!(
+            identity = session.identity.label(),
+            accounts = self.decisions,
+            accepted = self.accepted,
+            refused = ?self.refused,
+            first = ?self.names,
+            logged_one_by_one = DECISIONS_LOGGED,
+            "a Register of many accounts; the ones past the first few are summed up here"
+        );
+    }
+}
+
+/// Logs (while `summary` allows) and counts one decision, writes its
+/// binding, tells the session it displaced; the account's line of the
+/// answer.
+fn carry_out(
+    session: &Session,
+    caller: &Caller,
+    d: Decided,
+    summary: &mut Summary,
+) -> AccountResult {
     let shared = &session.shared;
+    let log = summary.count(&d);
     match &d.answer {
-        Answer::Accepted(points) => info!(
-            account = %d.account,
-            cluster_id = %clip(&d.cluster_id),
-            resume_points = points.len(),
-            superseded = d.superseded.as_ref().map(|(s, _)| &**s),
-            "account accepted"
-        ),
+        Answer::Accepted(points) => {
+            if log {
+                info!(
+                    account = %d.account,
+                    cluster_id = %clip(&d.cluster_id),
+                    resume_points = points.len(),
+                    superseded = d.superseded.as_ref().map(|(s, _)| &**s),
+                    "account accepted"
+                );
+            }
+        }
         Answer::Refused(refusal) => {
-            warn!(account = %clip(&d.account), cluster_id = %clip(&d.cluster_id), identity = session.identity.label(),
-                reason = refusal.label, message = %clip(&refusal.message), "registration rejected");
+            if log {
+                warn!(account = %clip(&d.account), cluster_id = %clip(&d.cluster_id), identity = session.identity.label(),
+                    reason = refusal.label, message = %clip(&refusal.message), "registration rejected");
+            }
             shared.metrics.registration_rejected(refusal.label);
         }
     }
@@ -390,8 +619,20 @@ fn carry_out(session: &Session, caller: &Caller, d: Decided) -> AccountResult {
     if let Some((old_session, old_replica)) = &d.superseded {
         shared.metrics.registrations_superseded.inc();
         info!(account = %d.account, %old_session, old_replica = %clip(old_replica),
-            "a newer session took the account over; telling the older one");
+            "a newer session of the shard took the account over; telling the older one");
         let notice = Refusal::superseded(&d.account, caller).notice(d.account.clone());
+        shared.send_detached(old_session, notice);
+    }
+    if let Some((old_session, old_shard)) = &d.moved_from {
+        shared.metrics.registration_rejected("not_owner_revoked");
+        warn!(account = %d.account, %old_session, %old_shard, new_shard = %caller.shard,
+            "the AgentShards give the account to another shard; telling the session of the old one");
+        let message = format!(
+            "account {} is owned by AgentShard {}, not by {old_shard}; it streams there now",
+            d.account, caller.shard
+        );
+        let notice =
+            Refusal::revoked(message, Some(caller.shard.clone())).notice(d.account.clone());
         shared.send_detached(old_session, notice);
     }
     d.answer.result(d.account)
@@ -459,8 +700,13 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        decide(core, who, owners, accounts, SystemTime::UNIX_EPOCH)
+        decide(core, who, owners, LIMITS, accounts, SystemTime::UNIX_EPOCH)
     }
+
+    const LIMITS: Limits = Limits {
+        per_session: 100,
+        per_frame: 100,
+    };
 
     /// Shard `east` owns `prod-*`; nobody owns anything else.
     fn east_owns_prod() -> Owners {
@@ -618,6 +864,116 @@ mod tests {
         assert_eq!(owner.cluster_id, "uid-a");
         assert_eq!(owner.shard.as_ref().map(|s| s.name.as_str()), Some("east"));
         assert!(core.registry.holds("prod-1", &s1.session));
+    }
+
+    #[test]
+    fn without_agentshards_an_account_stays_with_the_shard_that_has_it() {
+        let mut core = Core::default();
+        let east = caller("s1", "east", "r1");
+        register(&mut core, &east, &Owners::Unchecked, &[("prod-1", "uid-a")]);
+        let west = caller("s2", "west", "w1");
+        for cluster in ["uid-a", "uid-guess"] {
+            let decided = register(&mut core, &west, &Owners::Unchecked, &[("prod-1", cluster)]);
+            let r = refusal(&decided[0]);
+            assert_eq!(r.reason, RegisterReason::NotOwner, "{cluster}: {r:?}");
+            assert!(decided[0].superseded.is_none() && decided[0].moved_from.is_none());
+            let owner = r.owner.as_ref().expect("the owner");
+            assert_eq!(owner.shard.as_ref().map(|s| s.name.as_str()), Some("east"));
+            assert_eq!(
+                owner.replica_id, "r1",
+                "the holder's replica is safe to say"
+            );
+            // The bound cluster id is said only to a caller that named it.
+            let told = if cluster == "uid-a" { "uid-a" } else { "" };
+            assert_eq!(owner.cluster_id, told);
+            assert!(!r.message.contains("uid-a"), "{}", r.message);
+        }
+        assert!(core.registry.holds("prod-1", &east.session));
+    }
+
+    #[test]
+    fn the_agentshards_owner_takes_the_account_and_the_old_session_is_displaced() {
+        let mut core = Core::default();
+        let west = caller("s1", "west", "w1");
+        register(&mut core, &west, &Owners::Unchecked, &[("prod-1", "uid-a")]);
+        let east = caller("s2", "east", "r1");
+        let decided = register(&mut core, &east, &east_owns_prod(), &[("prod-1", "uid-a")]);
+        assert!(matches!(decided[0].answer, Answer::Accepted(_)));
+        assert_eq!(
+            decided[0].superseded, None,
+            "another shard never supersedes"
+        );
+        assert_eq!(
+            decided[0].moved_from,
+            Some((west.session.clone(), shard("west")))
+        );
+        assert!(core.registry.holds("prod-1", &east.session));
+    }
+
+    #[test]
+    fn accounts_past_the_frame_or_session_limit_are_refused_saying_so() {
+        let mut core = Core::default();
+        let s1 = caller("s1", "east", "r1");
+        let limits = Limits {
+            per_session: 3,
+            per_frame: 2,
+        };
+        let accounts = |names: &[&str]| -> Vec<pb::Account> {
+            names
+                .iter()
+                .map(|n| pb::Account {
+                    name: (*n).into(),
+                    cluster_id: format!("uid-{n}"),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let now = SystemTime::UNIX_EPOCH;
+        let decided = decide(
+            &mut core,
+            &s1,
+            &Owners::Unchecked,
+            limits,
+            accounts(&["a", "b", "c"]),
+            now,
+        );
+        let labels: Vec<&str> = decided
+            .iter()
+            .map(|d| match &d.answer {
+                Answer::Accepted(_) => "accepted",
+                Answer::Refused(r) => r.label,
+            })
+            .collect();
+        assert_eq!(labels, ["accepted", "accepted", "too_many_in_frame"]);
+        assert!(refusal(&decided[2]).message.contains("at most 2 per frame"));
+        let decided = decide(
+            &mut core,
+            &s1,
+            &Owners::Unchecked,
+            limits,
+            accounts(&["a", "c", "d"]),
+            now,
+        );
+        let labels: Vec<&str> = decided
+            .iter()
+            .map(|d| match &d.answer {
+                Answer::Accepted(_) => "accepted",
+                Answer::Refused(r) => r.label,
+            })
+            .collect();
+        // "a" is held already (a refresh); "c" is the third; "d" is over.
+        assert_eq!(labels, ["accepted", "accepted", "too_many_in_frame"]);
+        let decided = decide(
+            &mut core,
+            &s1,
+            &Owners::Unchecked,
+            limits,
+            accounts(&["d"]),
+            now,
+        );
+        assert_eq!(refusal(&decided[0]).label, "too_many_in_session");
+        assert!(refusal(&decided[0]).message.contains("holds 3 accounts"));
+        assert_eq!(core.registry.counts(), (3, 0));
     }
 
     #[test]

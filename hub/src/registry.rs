@@ -9,15 +9,24 @@
 //! - A name is bound to the cluster id of its first registration. A
 //!   registration of that name with another cluster id is rejected
 //!   (`CLUSTER_MISMATCH`) and the holder keeps streaming.
-//! - The same cluster coming back (agent restart, another replica of the
-//!   shard) is accepted. When another live session holds the account, the
-//!   newer session wins and the older one is told it was superseded.
+//! - A name also belongs to the shard that registered it: a registration
+//!   from another shard is refused (`NOT_OWNER`), whatever cluster id it
+//!   names, unless the AgentShards say that shard owns it now
+//!   (`--authorize-shards`); then it moves, and a session of the old shard
+//!   that still held it is told it lost it. The cluster id is no secret and
+//!   grants nothing.
+//! - The same cluster coming back on the same shard (agent restart, another
+//!   replica of the shard) is accepted. When another live session of that
+//!   shard holds the account, the newer session wins and the older one is
+//!   told it was superseded; a session of another shard never supersedes.
 //! - When a session ends, its accounts become Disconnected for the grace
 //!   period; each change of holder or state bumps the account's epoch, so a
 //!   grace timer started for an older disconnection cannot remove an account
 //!   that came back.
 //! - When the grace period runs out (or the agent unregisters the account with
-//!   reason REMOVED), the account, its cache *and its binding* are removed: a
+//!   reason REMOVED — also right after the hub released it from that agent's
+//!   session, as long as nobody else took it since), the account, its cache
+//!   *and its binding* are removed: a
 //!   name that nobody streams any more may be registered again, by any cluster.
 //!   While it is present (connected or within its grace period) the binding
 //!   holds, also across hub restarts.
@@ -37,6 +46,14 @@ pub struct ShardKey {
     pub namespace: String,
     /// Name of the AgentShard.
     pub name: String,
+}
+
+impl ShardKey {
+    /// True for the empty key (a binding stored before bindings named their
+    /// shard): it claims no shard.
+    pub fn is_unset(&self) -> bool {
+        self.namespace.is_empty() && self.name.is_empty()
+    }
 }
 
 impl fmt::Display for ShardKey {
@@ -80,6 +97,9 @@ pub struct Account {
     pub kubernetes_version: String,
     /// The session that streams it; `None` when Disconnected.
     pub session: Option<SessionId>,
+    /// The session that streamed it last (also after it was released from
+    /// it), so that its agent's Unregister REMOVED still counts.
+    pub last_session: Option<SessionId>,
     /// When it last changed state.
     pub since: SystemTime,
     /// Bumped on every change of holder or state.
@@ -128,6 +148,8 @@ pub enum RejectReason {
     Invalid,
     /// The name is bound to another cluster.
     ClusterMismatch,
+    /// The name belongs to another shard.
+    OtherShard,
 }
 
 impl RejectReason {
@@ -136,6 +158,7 @@ impl RejectReason {
         match self {
             RejectReason::Invalid => "invalid",
             RejectReason::ClusterMismatch => "cluster_mismatch",
+            RejectReason::OtherShard => "not_owner_bound",
         }
     }
 }
@@ -145,9 +168,13 @@ impl RejectReason {
 pub enum Decision {
     /// Stream it on this session.
     Accepted {
-        /// The older session that held the account and must be told
-        /// (SUPERSEDED), with its replica.
+        /// The older session of the same shard that held the account and
+        /// must be told (SUPERSEDED), with its replica.
         superseded: Option<(SessionId, String)>,
+        /// The session of another shard that held the account, which the
+        /// AgentShards now give to the caller's shard: it must be told it is
+        /// no longer the owner (NOT_OWNER).
+        moved_from: Option<(SessionId, ShardKey)>,
         /// The binding to write to the store, when it is new or changed.
         persist: Option<Binding>,
         /// True when the account was not present before (no cache to resume).
@@ -238,6 +265,7 @@ impl Registry {
                     replica: String::new(),
                     kubernetes_version: String::new(),
                     session: None,
+                    last_session: None,
                     since: now,
                     epoch,
                 },
@@ -246,8 +274,17 @@ impl Registry {
         expiries
     }
 
-    /// Decides on one registration from `caller`, and records it when accepted.
-    pub fn register(&mut self, caller: &Caller, reg: &Registration, now: SystemTime) -> Decision {
+    /// Decides on one registration from `caller`, and records it when
+    /// accepted. `declared_owner` is true when the AgentShards say the
+    /// caller's shard owns the account: only then may it take a name bound
+    /// to another shard.
+    pub fn register(
+        &mut self,
+        caller: &Caller,
+        reg: &Registration,
+        declared_owner: bool,
+        now: SystemTime,
+    ) -> Decision {
         if let Err(message) = validate_name(&reg.name) {
             return Decision::Rejected {
                 reason: RejectReason::Invalid,
@@ -269,25 +306,53 @@ impl Registry {
         };
         let epoch = self.epoch();
         match self.accounts.get_mut(&reg.name) {
-            Some(existing) if existing.binding.cluster_id != reg.cluster_id => Decision::Rejected {
-                reason: RejectReason::ClusterMismatch,
-                message: format!(
-                    "account {} is bound to cluster {} (shard {}, server {}); \
-                         this registration is from cluster {}",
-                    reg.name,
-                    existing.binding.cluster_id,
-                    existing.binding.shard,
-                    existing.binding.server_url,
-                    reg.cluster_id
-                ),
-                owner: Some(existing.binding.clone()),
-            },
+            Some(existing)
+                if !existing.binding.shard.is_unset()
+                    && existing.binding.shard != caller.shard
+                    && !declared_owner =>
+            {
+                Decision::Rejected {
+                    reason: RejectReason::OtherShard,
+                    message: format!(
+                        "account {} belongs to shard {}, which registered it first; shard {} may not stream it",
+                        reg.name, existing.binding.shard, caller.shard
+                    ),
+                    owner: Some(existing.binding.clone()),
+                }
+            }
+            Some(existing) if existing.binding.cluster_id != reg.cluster_id => {
+                // The bound cluster id is told only to the shard that bound it.
+                let message = if existing.binding.shard == caller.shard {
+                    format!(
+                        "account {} is bound to cluster {} (server {}); this registration is from cluster {}",
+                        reg.name,
+                        existing.binding.cluster_id,
+                        existing.binding.server_url,
+                        reg.cluster_id
+                    )
+                } else {
+                    format!(
+                        "account {} is bound to another cluster (registered by shard {}); this registration is from cluster {}",
+                        reg.name, existing.binding.shard, reg.cluster_id
+                    )
+                };
+                Decision::Rejected {
+                    reason: RejectReason::ClusterMismatch,
+                    message,
+                    owner: Some(existing.binding.clone()),
+                }
+            }
             Some(existing) => {
-                let superseded = match &existing.session {
-                    Some(old) if *old != caller.session => {
-                        Some((old.clone(), existing.replica.clone()))
-                    }
-                    _ => None,
+                let same_shard =
+                    existing.binding.shard.is_unset() || existing.binding.shard == caller.shard;
+                let displaced = existing
+                    .session
+                    .clone()
+                    .filter(|old| *old != caller.session);
+                let (superseded, moved_from) = match displaced {
+                    Some(old) if same_shard => (Some((old, existing.replica.clone())), None),
+                    Some(old) => (None, Some((old, existing.binding.shard.clone()))),
+                    None => (None, None),
                 };
                 let persist = (existing.binding != binding).then(|| binding.clone());
                 existing.binding = binding;
@@ -297,9 +362,11 @@ impl Registry {
                     existing.since = now;
                 }
                 existing.session = Some(caller.session.clone());
+                existing.last_session = Some(caller.session.clone());
                 existing.epoch = epoch;
                 Decision::Accepted {
                     superseded,
+                    moved_from,
                     persist,
                     fresh: false,
                 }
@@ -313,12 +380,14 @@ impl Registry {
                         replica: caller.replica.clone(),
                         kubernetes_version: reg.kubernetes_version.clone(),
                         session: Some(caller.session.clone()),
+                        last_session: Some(caller.session.clone()),
                         since: now,
                         epoch,
                     },
                 );
                 Decision::Accepted {
                     superseded: None,
+                    moved_from: None,
                     persist: Some(binding),
                     fresh: true,
                 }
@@ -349,6 +418,16 @@ impl Registry {
         self.accounts.values()
     }
 
+    /// The accounts whose names sort after `after` (all when `None`), by
+    /// name: a page of the list.
+    pub fn accounts_after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = &'a Account> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |name| Bound::Excluded(name.to_owned()));
+        self.accounts
+            .range::<String, _>((start, Bound::Unbounded))
+            .map(|(_, a)| a)
+    }
+
     /// Accounts `session` holds.
     pub fn held_by<'a>(&'a self, session: &'a SessionId) -> impl Iterator<Item = &'a Account> + 'a {
         self.accounts
@@ -358,6 +437,11 @@ impl Registry {
 
     /// An Unregister of `name` by `session`: `remove` for reason REMOVED (drop
     /// at once), otherwise the account waits for the grace period.
+    ///
+    /// A REMOVED from the session the hub released the account from (a
+    /// revocation the agent had not heard of when it sent it) still removes
+    /// it, as long as no other session took it since: the agent's word that
+    /// the account is gone is not lost to the race.
     pub fn unregister(
         &mut self,
         session: &SessionId,
@@ -365,12 +449,18 @@ impl Registry {
         remove: bool,
         now: SystemTime,
     ) -> Release {
-        if !self.holds(name, session) {
+        let Some(account) = self.accounts.get(name) else {
             return Release::NotHeld;
-        }
-        if remove {
+        };
+        let held = account.session.as_ref() == Some(session);
+        let released_from_it =
+            account.session.is_none() && account.last_session.as_ref() == Some(session);
+        if remove && (held || released_from_it) {
             self.accounts.remove(name);
             return Release::Removed;
+        }
+        if !held {
+            return Release::NotHeld;
         }
         let epoch = self.epoch();
         match self.accounts.get_mut(name) {
@@ -479,7 +569,7 @@ mod tests {
         let mut r = Registry::new();
         let s1 = caller("s1", "r1");
         for (name, cluster) in accounts {
-            r.register(&s1, &reg(name, cluster), now());
+            r.register(&s1, &reg(name, cluster), false, now());
         }
         (r, s1)
     }
@@ -495,10 +585,11 @@ mod tests {
     #[test]
     fn first_registration_binds_and_persists() {
         let mut r = Registry::new();
-        let d = r.register(&caller("s1", "r1"), &reg("prod", "uid-a"), now());
+        let d = r.register(&caller("s1", "r1"), &reg("prod", "uid-a"), false, now());
         match d {
             Decision::Accepted {
                 superseded: None,
+                moved_from: None,
                 persist: Some(b),
                 fresh: true,
             } => assert_eq!(b.cluster_id, "uid-a"),
@@ -510,7 +601,7 @@ mod tests {
     #[test]
     fn cluster_mismatch_is_rejected_and_holder_keeps_streaming() {
         let (mut r, s1) = held_by_s1(&[("prod", "uid-a")]);
-        let d = r.register(&caller("s2", "r9"), &reg("prod", "uid-b"), now());
+        let d = r.register(&caller("s2", "r9"), &reg("prod", "uid-b"), false, now());
         match d {
             Decision::Rejected {
                 reason: RejectReason::ClusterMismatch,
@@ -529,7 +620,7 @@ mod tests {
         // Also rejected while disconnected: the binding outlives the session.
         r.disconnect_session(&s1.session, now());
         assert!(matches!(
-            r.register(&caller("s3", "r9"), &reg("prod", "uid-b"), now()),
+            r.register(&caller("s3", "r9"), &reg("prod", "uid-b"), false, now()),
             Decision::Rejected {
                 reason: RejectReason::ClusterMismatch,
                 ..
@@ -542,11 +633,12 @@ mod tests {
         let (mut r, s1) = held_by_s1(&[("prod", "uid-a")]);
         r.disconnect_session(&s1.session, now());
         assert_eq!(state(&r, "prod"), Some(AccountState::Disconnected));
-        let d = r.register(&caller("s2", "r1"), &reg("prod", "uid-a"), now());
+        let d = r.register(&caller("s2", "r1"), &reg("prod", "uid-a"), false, now());
         assert_eq!(
             d,
             Decision::Accepted {
                 superseded: None,
+                moved_from: None,
                 persist: None,
                 fresh: false
             }
@@ -559,12 +651,13 @@ mod tests {
         let mut r = Registry::new();
         let s1 = caller("s1", "r1");
         let s2 = caller("s2", "r2");
-        r.register(&s1, &reg("prod", "uid-a"), now());
-        let d = r.register(&s2, &reg("prod", "uid-a"), now());
+        r.register(&s1, &reg("prod", "uid-a"), false, now());
+        let d = r.register(&s2, &reg("prod", "uid-a"), false, now());
         assert_eq!(
             d,
             Decision::Accepted {
                 superseded: Some((Arc::from("s1"), "r1".to_owned())),
+                moved_from: None,
                 persist: None,
                 fresh: false
             }
@@ -581,7 +674,7 @@ mod tests {
         );
         // Re-registering on the same session is a refresh, not a supersede.
         assert!(matches!(
-            r.register(&s2, &reg("prod", "uid-a"), now()),
+            r.register(&s2, &reg("prod", "uid-a"), false, now()),
             Decision::Accepted {
                 superseded: None,
                 ..
@@ -595,7 +688,7 @@ mod tests {
         let expiries = r.disconnect_session(&s1.session, now());
         assert_eq!(expiries.len(), 2);
         // prod comes back in time; stage does not.
-        r.register(&caller("s2", "r1"), &reg("prod", "uid-a"), now());
+        r.register(&caller("s2", "r1"), &reg("prod", "uid-a"), false, now());
         for (name, epoch) in &expiries {
             let removed = r.expire(name, *epoch);
             assert_eq!(removed, name == "stage", "{name}");
@@ -604,7 +697,7 @@ mod tests {
         assert!(r.get("stage").is_none());
         // After removal the name is free, for any cluster.
         assert!(matches!(
-            r.register(&caller("s3", "r1"), &reg("stage", "uid-z"), now()),
+            r.register(&caller("s3", "r1"), &reg("stage", "uid-z"), false, now()),
             Decision::Accepted { fresh: true, .. }
         ));
     }
@@ -614,7 +707,7 @@ mod tests {
         let (mut r, s1) = held_by_s1(&[("prod", "uid-a")]);
         let first = r.disconnect_session(&s1.session, now());
         let s2 = caller("s2", "r1");
-        r.register(&s2, &reg("prod", "uid-a"), now());
+        r.register(&s2, &reg("prod", "uid-a"), false, now());
         let second = r.disconnect_session(&s2.session, now());
         assert!(!r.expire("prod", first[0].1), "old timer must not remove");
         assert!(r.expire("prod", second[0].1));
@@ -642,7 +735,7 @@ mod tests {
         for (name, cluster) in [("", "uid"), ("a/b", "uid"), ("a b", "uid"), ("ok", " ")] {
             assert!(
                 matches!(
-                    r.register(&c, &reg(name, cluster), now()),
+                    r.register(&c, &reg(name, cluster), false, now()),
                     Decision::Rejected {
                         reason: RejectReason::Invalid,
                         ..
@@ -655,6 +748,106 @@ mod tests {
     }
 
     #[test]
+    fn another_shard_never_takes_a_bound_name_nor_learns_its_cluster() {
+        let (mut r, s1) = held_by_s1(&[("prod", "uid-a")]);
+        let west = testing::caller("w1", "west", "w-0");
+        // The right cluster id, the wrong shard: refused, the holder keeps it.
+        let d = r.register(&west, &reg("prod", "uid-a"), false, now());
+        let Decision::Rejected {
+            reason: RejectReason::OtherShard,
+            message,
+            ..
+        } = d
+        else {
+            panic!("unexpected {d:?}");
+        };
+        assert!(message.contains("spinnaker/east"), "{message}");
+        assert!(r.holds("prod", &s1.session));
+        // Another cluster id from another shard: the message names no cluster.
+        let d = r.register(&west, &reg("prod", "uid-b"), true, now());
+        let Decision::Rejected {
+            reason: RejectReason::ClusterMismatch,
+            message,
+            ..
+        } = d
+        else {
+            panic!("unexpected {d:?}");
+        };
+        assert!(!message.contains("uid-a"), "{message}");
+        // Also while Disconnected.
+        r.disconnect_session(&s1.session, now());
+        assert!(matches!(
+            r.register(&west, &reg("prod", "uid-a"), false, now()),
+            Decision::Rejected {
+                reason: RejectReason::OtherShard,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_declared_owner_takes_the_name_and_the_old_shard_is_told_not_superseded() {
+        let (mut r, s1) = held_by_s1(&[("prod", "uid-a")]);
+        let west = testing::caller("w1", "west", "w-0");
+        let d = r.register(&west, &reg("prod", "uid-a"), true, now());
+        let Decision::Accepted {
+            superseded: None,
+            moved_from: Some((old, old_shard)),
+            persist: Some(binding),
+            ..
+        } = d
+        else {
+            panic!("unexpected {d:?}");
+        };
+        assert_eq!(
+            (old, old_shard),
+            (s1.session.clone(), testing::shard("east"))
+        );
+        assert_eq!(binding.shard, testing::shard("west"));
+        // Now east is the other shard.
+        assert!(matches!(
+            r.register(&s1, &reg("prod", "uid-a"), false, now()),
+            Decision::Rejected {
+                reason: RejectReason::OtherShard,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_removal_sent_before_the_agent_heard_of_its_release_still_counts() {
+        let (mut r, s1) = held_by_s1(&[("prod", "uid-a"), ("stage", "uid-b")]);
+        // The hub releases both (a revocation); the agent, not knowing yet,
+        // says one was removed and the other merely stopped.
+        assert!(matches!(
+            r.unregister(&s1.session, "prod", false, now()),
+            Release::Disconnected(_)
+        ));
+        assert!(matches!(
+            r.unregister(&s1.session, "stage", false, now()),
+            Release::Disconnected(_)
+        ));
+        assert_eq!(
+            r.unregister(&s1.session, "prod", true, now()),
+            Release::Removed
+        );
+        assert!(r.get("prod").is_none(), "the name is free at once");
+        assert_eq!(
+            r.unregister(&s1.session, "stage", false, now()),
+            Release::NotHeld
+        );
+        // Once another session took an account, the old one's word is void.
+        let s2 = caller("s2", "r2");
+        r.register(&s2, &reg("stage", "uid-b"), false, now());
+        r.disconnect_session(&s2.session, now());
+        assert_eq!(
+            r.unregister(&s1.session, "stage", true, now()),
+            Release::NotHeld
+        );
+        assert!(r.get("stage").is_some());
+    }
+
+    #[test]
     fn loaded_bindings_are_enforced_and_expire() {
         let mut r = Registry::new();
         let binding = Binding {
@@ -664,7 +857,7 @@ mod tests {
         };
         let expiries = r.load(vec![("prod".into(), binding)], now());
         assert!(matches!(
-            r.register(&caller("s1", "r1"), &reg("prod", "uid-b"), now()),
+            r.register(&caller("s1", "r1"), &reg("prod", "uid-b"), false, now()),
             Decision::Rejected {
                 reason: RejectReason::ClusterMismatch,
                 ..

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use tracing::warn;
 
 use crate::ownership::{OwnershipRx, Verdict};
-use crate::registration::Refusal;
+use crate::registration::{DECISIONS_LOGGED, Refusal};
 use crate::registry::{Registry, Release, SessionId, ShardKey};
 use crate::state::Shared;
 
@@ -87,9 +87,18 @@ pub fn revoke_on_ownership_change(shared: Arc<Shared>, mut rx: OwnershipRx) {
                 SystemTime::now(),
             );
             let mut expiries = Vec::with_capacity(revoked.len());
-            for r in revoked {
-                warn!(account = %r.account, shard = %r.shard, session = %r.session, message = %r.refusal.message,
-                    "the shard no longer owns the account; revoked from its session");
+            let count = revoked.len();
+            for (i, r) in revoked.into_iter().enumerate() {
+                if i < DECISIONS_LOGGED {
+                    warn!(account = %r.account, shard = %r.shard, session = %r.session, message = %r.refusal.message,
+                        "the shard no longer owns the account; revoked from its session");
+                } else if i == DECISIONS_LOGGED {
+                    warn!(
+                        revoked = count,
+                        not_logged = count - DECISIONS_LOGGED,
+                        "more accounts revoked than are logged one by one"
+                    );
+                }
                 shared.metrics.registration_rejected(r.refusal.label);
                 shared.send_detached(&r.session, r.refusal.notice(r.account.clone()));
                 expiries.push((r.account, r.epoch));
@@ -108,7 +117,7 @@ mod tests {
     fn register(registry: &mut Registry, session: &str, shard_name: &str, account: &str) {
         let who = caller(session, shard_name, &format!("{shard_name}-0"));
         let reg = registration(account, &format!("uid-{account}"));
-        registry.register(&who, &reg, SystemTime::UNIX_EPOCH);
+        registry.register(&who, &reg, false, SystemTime::UNIX_EPOCH);
     }
 
     /// `west` now owns `moved`; `east` keeps `kept`; nobody lists `dropped`.
@@ -162,5 +171,57 @@ mod tests {
         register(&mut registry, "gone", "east", "moved");
         assert!(revoke(&mut registry, rule, live, SystemTime::UNIX_EPOCH).is_empty());
         assert!(registry.holds("moved", &Arc::from("gone")));
+    }
+
+    /// The race: the hub revokes an account (the AgentShards dropped it)
+    /// while the agent, not told yet, unregisters it as REMOVED. Before, the
+    /// Unregister was ignored (the session no longer held it) and the name
+    /// stayed bound for the whole grace period; now it is removed at once.
+    #[tokio::test]
+    async fn a_removal_that_races_a_revocation_frees_the_name_at_once() {
+        use crate::registration;
+        use crate::session::testing::{session, shared};
+        use scale_agent_proto::v1 as pb;
+
+        let shared = shared();
+        let (s, _rx) = session(&shared, "s1", "east", "east-0");
+        assert!(
+            registration::register(
+                &s,
+                pb::Register {
+                    accounts: vec![pb::Account {
+                        name: "dropped".into(),
+                        cluster_id: "uid-d".into(),
+                        ..Default::default()
+                    }],
+                }
+            )
+            .await
+        );
+        let revoked = revoke(
+            &mut shared.core().registry,
+            rule,
+            |_| Some(shard("east")),
+            SystemTime::now(),
+        );
+        assert_eq!(revoked.len(), 1);
+        registration::unregister(
+            &s,
+            &pb::Unregister {
+                account_names: vec!["dropped".into()],
+                reason: pb::UnregisterReason::Removed as i32,
+                message: "removed from the AgentShard".into(),
+            },
+        );
+        assert!(
+            shared.core().registry.get("dropped").is_none(),
+            "the account lingered after its agent removed it"
+        );
+        assert!(
+            shared
+                .metrics
+                .encode()
+                .contains(r#"scale_agent_hub_accounts_removed_total{reason="unregistered"} 1"#)
+        );
     }
 }

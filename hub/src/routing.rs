@@ -1,15 +1,17 @@
 //! Routing of operations between sessions, as the agents' frames move them:
-//! a result completes the operation waiting for it; a result saying the
-//! replica does not hold the account (it moved) sends the operation on to
-//! the session that holds it now; and operations whose session ended before
-//! answering are sent again to the account's new session. The agent runs
-//! each operation id at most once, so resending is safe.
+//! a result from the session an operation was sent to completes it (from any
+//! other session it is ignored and counted: a session may answer only what
+//! it was asked); a result saying the replica does not hold the account (it
+//! moved) sends the operation on to the session that holds it now; and
+//! operations whose session ended before answering are sent again to the
+//! account's new session. The agent runs each operation id at most once, so
+//! resending is safe.
 
 use scale_agent_proto::v1::{self as pb, ErrorCode, hub_frame};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::clip::clip;
-use crate::operations::Outcome;
+use crate::operations::Completion;
 use crate::session::{Session, frame};
 
 /// Handles an OperationResult from `session`.
@@ -17,7 +19,8 @@ pub fn result(session: &Session, result: pb::OperationResult) {
     let shared = &session.shared;
     let id = result.operation_id.clone();
     if result.error_code == ErrorCode::UnknownAccount as i32
-        && let Some((op, _)) = shared.operations.pending(&id)
+        && let Some((op, sent_to)) = shared.operations.pending(&id)
+        && sent_to == session.id
     {
         let holder = shared.core().registry.holder(&op.account).cloned();
         if let Some(holder) = holder.filter(|h| *h != session.id && shared.is_live(h)) {
@@ -27,9 +30,18 @@ pub fn result(session: &Session, result: pb::OperationResult) {
             return;
         }
     }
-    if !shared.operations.complete(Outcome::from_result(&result)) {
-        debug!(operation = %clip(&id), "result for an operation nobody waits for (answered already or given up); ignored");
-        shared.metrics.frame_ignored("operation_result_unknown");
+    match shared.operations.complete(&session.id, &result) {
+        Completion::Done => {}
+        Completion::Unknown => {
+            debug!(operation = %clip(&id), "result for an operation nobody waits for (answered already or given up); ignored");
+            shared.metrics.frame_ignored("operation_result_unknown");
+        }
+        Completion::WrongSession => {
+            warn!(operation = %clip(&id), "result for an operation this session was not sent; ignored");
+            shared
+                .metrics
+                .frame_ignored("operation_result_wrong_session");
+        }
     }
 }
 
@@ -54,9 +66,11 @@ pub async fn resend_orphans(session: &Session, accounts: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operations::Begin;
+    use crate::operations::{Begin, CallerKey};
     use crate::registration;
+    use crate::registry::SessionId;
     use crate::session::testing::{Inbox, session, shared};
+    use crate::state::Shared;
     use std::time::Duration;
 
     fn register(account: &str) -> pb::Register {
@@ -84,11 +98,23 @@ mod tests {
         }
     }
 
-    fn op(id: &str, account: &str) -> pb::Operation {
-        pb::Operation {
-            id: id.into(),
+    fn begin(
+        shared: &Shared,
+        id: &str,
+        account: &str,
+        session: SessionId,
+    ) -> (
+        pb::Operation,
+        tokio::sync::watch::Receiver<Option<crate::operations::Outcome>>,
+    ) {
+        let key = CallerKey {
             account: account.into(),
-            ..Default::default()
+            id: id.into(),
+        };
+        let kind = pb::operation::Kind::Get(pb::Get::default());
+        match shared.operations.begin(key, kind, None, session) {
+            Begin::New(frame, done) => (frame, done),
+            _ => panic!("a new operation"),
         }
     }
 
@@ -98,40 +124,114 @@ mod tests {
         let (old, _old_rx) = session(&shared, "s1", "east", "e0");
         let (new, mut new_rx) = session(&shared, "s2", "east", "e1");
         assert!(registration::register(&new, register("prod-1")).await);
-        let Begin::New(mut done) = shared
-            .operations
-            .begin(op("op-1", "prod-1"), old.id.clone())
-        else {
-            panic!("a new operation");
-        };
+        let (op, mut done) = begin(&shared, "op-1", "prod-1", old.id.clone());
         result(
             &old,
             pb::OperationResult {
-                operation_id: "op-1".into(),
+                operation_id: op.id.clone(),
                 error_code: ErrorCode::UnknownAccount as i32,
                 ..Default::default()
             },
         );
         let rerouted = operation(&mut new_rx).await.expect("sent to the holder");
-        assert_eq!(rerouted.id, "op-1");
+        assert_eq!(rerouted.id, op.id);
         assert!(done.borrow_and_update().is_none(), "still waiting");
         assert_eq!(
-            shared.operations.pending("op-1").map(|(_, s)| s),
+            shared.operations.pending(&op.id).map(|(_, s)| s),
             Some(new.id.clone())
         );
 
-        // The holder's answer completes it; a second answer is ignored.
+        // The old session may not answer it any more; the holder's answer
+        // completes it; a second answer is ignored.
         let answer = pb::OperationResult {
-            operation_id: "op-1".into(),
+            operation_id: op.id.clone(),
             success: true,
             ..Default::default()
         };
+        result(&old, answer.clone());
+        assert!(
+            done.borrow_and_update().is_none(),
+            "not the session it went to"
+        );
         result(&new, answer.clone());
-        assert!(done.borrow_and_update().as_ref().is_some_and(|o| o.success));
+        assert!(
+            done.borrow_and_update()
+                .as_ref()
+                .is_some_and(|o| o.success && o.id == "op-1")
+        );
         result(&new, answer);
-        assert!(shared.metrics.encode().contains(
-            "scale_agent_hub_frames_ignored_total{reason=\"operation_result_unknown\"} 1"
-        ));
+        let metrics = shared.metrics.encode();
+        for reason in ["operation_result_unknown", "operation_result_wrong_session"] {
+            assert!(
+                metrics.contains(&format!(
+                    "scale_agent_hub_frames_ignored_total{{reason=\"{reason}\"}} 1"
+                )),
+                "{reason}: {metrics}"
+            );
+        }
+    }
+
+    /// The attack: another shard's session answers an operation routed to
+    /// the account's holder; the caller must never see that answer.
+    #[tokio::test]
+    async fn a_session_cannot_answer_an_operation_it_was_not_sent() {
+        let shared = shared();
+        let (holder, mut holder_rx) = session(&shared, "s1", "east", "e0");
+        let (intruder, _intruder_rx) = session(&shared, "s2", "west", "w0");
+        assert!(registration::register(&holder, register("prod-1")).await);
+        let (op, mut done) = begin(&shared, "op-1", "prod-1", holder.id.clone());
+        let forged = pb::OperationResult {
+            operation_id: op.id.clone(),
+            success: true,
+            message: "forged".into(),
+            ..Default::default()
+        };
+        result(&intruder, forged);
+        // A forged "moved" answer does not reroute it either.
+        result(
+            &intruder,
+            pb::OperationResult {
+                operation_id: op.id.clone(),
+                error_code: ErrorCode::UnknownAccount as i32,
+                ..Default::default()
+            },
+        );
+        assert!(
+            done.borrow_and_update().is_none(),
+            "the forged result completed it"
+        );
+        assert_eq!(
+            shared.operations.pending(&op.id).map(|(_, s)| s),
+            Some(holder.id.clone())
+        );
+        assert!(next_operation_is_none(&mut holder_rx));
+        result(
+            &holder,
+            pb::OperationResult {
+                operation_id: op.id.clone(),
+                success: true,
+                message: "real".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            done.borrow_and_update()
+                .as_ref()
+                .map(|o| o.message.as_str()),
+            Some("real")
+        );
+    }
+
+    fn next_operation_is_none(rx: &mut Inbox) -> bool {
+        while let Ok(f) = rx.try_recv() {
+            if let Ok(pb::HubFrame {
+                frame: Some(hub_frame::Frame::Operation(_)),
+            }) = f
+            {
+                return false;
+            }
+        }
+        true
     }
 
     #[tokio::test]
@@ -139,21 +239,19 @@ mod tests {
         let shared = shared();
         let (old, _old_rx) = session(&shared, "s1", "east", "e0");
         assert!(registration::register(&old, register("prod-1")).await);
-        let _ = shared
-            .operations
-            .begin(op("op-1", "prod-1"), old.id.clone());
-        let _ = shared.operations.begin(op("op-2", "other"), old.id.clone());
+        let (op1, _done1) = begin(&shared, "op-1", "prod-1", old.id.clone());
+        let (op2, _done2) = begin(&shared, "op-2", "other", old.id.clone());
         old.end();
         let (new, mut new_rx) = session(&shared, "s2", "east", "e1");
         assert!(registration::register(&new, register("prod-1")).await);
         let resent = operation(&mut new_rx).await.expect("resent");
-        assert_eq!(resent.id, "op-1");
+        assert_eq!(resent.id, op1.id);
         assert_eq!(
-            shared.operations.pending("op-1").map(|(_, s)| s),
+            shared.operations.pending(&op1.id).map(|(_, s)| s),
             Some(new.id.clone())
         );
         assert_eq!(
-            shared.operations.pending("op-2").map(|(_, s)| s),
+            shared.operations.pending(&op2.id).map(|(_, s)| s),
             Some(old.id.clone())
         );
     }

@@ -19,6 +19,7 @@ use tokio_stream::StreamExt as _;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::clip::clip;
 use crate::identity::IdentitySource;
 use crate::kubeapi::tunnel::{self, Part};
 use crate::registry::{Caller, SessionId, ShardKey};
@@ -242,8 +243,14 @@ impl Session {
             .registry
             .disconnect_session(&self.id, SystemTime::now());
         if !disconnected.is_empty() {
+            let first: Vec<String> = disconnected
+                .iter()
+                .take(crate::registration::NAMES_SHOWN)
+                .map(|(n, _)| clip(n).to_string())
+                .collect();
             info!(
-                accounts = ?disconnected.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                accounts = disconnected.len(),
+                first = ?first,
                 grace_period = ?self.shared.config.grace_period,
                 "session ended; its accounts are Disconnected for the grace period"
             );

@@ -78,7 +78,8 @@ impl Shared {
         ownership: Option<OwnershipRx>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Shared>, crate::Error> {
-        let (config, identity) = config.checked()?;
+        let config = config.checked()?;
+        let identity = IdentityPolicy::start(&config, &shutdown)?;
         let store = Store::open(config.store.as_deref())?;
         let bindings = store.load()?;
         let mut core = Core::default();

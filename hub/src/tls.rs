@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -109,27 +110,11 @@ impl TlsConfig {
         }
         let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
             .map_err(|e| invalid(format!("private key: {e}")))?;
-        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        let builder = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| invalid(e.to_string()))?;
         let builder = match &self.client_ca_pem {
-            Some(pem) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(pem) {
-                    let cert = cert.map_err(|e| invalid(format!("client CA bundle: {e}")))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| invalid(format!("client CA bundle: {e}")))?;
-                }
-                if roots.is_empty() {
-                    return Err(invalid("client CA bundle: no PEM certificate".into()));
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                        .build()
-                        .map_err(|e| invalid(format!("client CA bundle: {e}")))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+            Some(pem) => builder.with_client_cert_verifier(client_verifier(pem)?),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder
@@ -153,6 +138,28 @@ impl TlsConfig {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }
+}
+
+/// The verifier of client certificates signed by the CAs of a PEM bundle:
+/// used by the TLS handshake (mTLS) and for certificates a trusted load
+/// balancer forwards, so both accept exactly the same certificates (chained
+/// to the bundle, valid now).
+pub fn client_verifier(pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+    let invalid = |message: String| Error::Tls { message };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| invalid(format!("client CA bundle: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| invalid(format!("client CA bundle: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("client CA bundle: no PEM certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| invalid(format!("client CA bundle: {e}")))
 }
 
 impl TlsFiles {
@@ -342,28 +349,22 @@ impl AsyncWrite for Conn {
 
 /// Accepts connections on `listener` (doing the TLS handshake when `tls` is
 /// set, each in its own task so a slow client holds up nobody) until
-/// `shutdown`; the stream of connections for tonic's `serve_with_incoming`.
+/// `shutdown`; the stream of connections for tonic's `serve_with_incoming`
+/// and the Kubernetes API. `what` names the listener in log lines.
 pub fn incoming(
     listener: TcpListener,
+    what: &'static str,
     tls: Option<Arc<TlsState>>,
     shutdown: CancellationToken,
     handshake_failures: prometheus_client::metrics::counter::Counter,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let mut acceptor = crate::serve::Acceptor::new(listener, what);
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
+            let (stream, remote_addr) = tokio::select! {
                 () = shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, remote_addr) = match accepted {
-                Ok(a) => a,
-                Err(err) => {
-                    // Out of file descriptors and the like: wait, do not spin.
-                    warn!(%err, "accepting a gRPC connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+                accepted = acceptor.accept() => accepted,
             };
             let _ = stream.set_nodelay(true);
             match &tls {

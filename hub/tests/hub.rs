@@ -53,7 +53,11 @@ async fn registered_events_are_visible_over_http() -> Result<()> {
     assert_eq!(status, 200);
     let a = &accounts[0];
     assert_eq!(a["name"], "prod-1");
-    assert_eq!(a["clusterId"], "uid-a");
+    assert_eq!(
+        a.get("clusterId"),
+        None,
+        "without an API token every caller is anonymous and sees no cluster id"
+    );
     assert_eq!(a["shard"], "spinnaker/east");
     assert_eq!(a["replica"], "east-0");
     assert_eq!(a["state"], "Connected");
@@ -130,9 +134,11 @@ async fn a_second_cluster_cannot_take_a_bound_name_and_the_first_keeps_streaming
         .events("prod-1", vec![added("web", "one", "1")])
         .await?;
 
-    let mut second = FakeAgent::connect(&hub, "west", "west-0").await?;
+    // Another replica of the same shard, pointed at another cluster: the
+    // shard is told which cluster the name is bound to.
+    let mut second = FakeAgent::connect(&hub, "east", "east-1").await?;
     let results = second
-        .register(&[("prod-1", "uid-b"), ("west-1", "uid-w")])
+        .register(&[("prod-1", "uid-b"), ("east-2", "uid-w")])
         .await?;
     let refused = &results[0];
     assert!(!refused.accepted);
@@ -153,7 +159,6 @@ async fn a_second_cluster_cannot_take_a_bound_name_and_the_first_keeps_streaming
         .await?;
     assert_eq!(object_names(&hub, "prod-1").await?, ["one", "two"]);
     let a = account(&hub, "prod-1").await?.ok_or("listed")?;
-    assert_eq!(a["clusterId"], "uid-a");
     assert_eq!(a["replica"], "east-0");
     let metrics = hub.metrics_text();
     assert!(
@@ -369,7 +374,11 @@ async fn an_operation_goes_to_the_agent_and_its_result_comes_back() -> Result<()
         })
     };
     let op = agent.expect_operation().await?;
-    assert_eq!(op.id, "op-1");
+    assert!(
+        !op.id.is_empty() && op.id != "op-1",
+        "the agent sees the hub's own id, unique across accounts: {}",
+        op.id
+    );
     assert_eq!(op.account, "prod-1");
     assert!(op.deadline.is_some());
     match &op.kind {
@@ -389,7 +398,7 @@ async fn an_operation_goes_to_the_agent_and_its_result_comes_back() -> Result<()
     }
     agent
         .answer(
-            "op-1",
+            &op.id,
             true,
             "scaled",
             json!({"kind": "Deployment", "spec": {"replicas": 3}}),
@@ -549,9 +558,15 @@ async fn bindings_survive_a_restart_with_a_store_file() -> Result<()> {
     let hub = hub_with(with_store).await?;
     let a = account(&hub, "prod-1").await?.ok_or("binding loaded")?;
     assert_eq!(a["state"], "Disconnected");
-    assert_eq!(a["clusterId"], "uid-a");
+    assert_eq!(a["shard"], "spinnaker/east");
+    // The binding holds from the first second: its cluster for the shard's
+    // own replicas, and the shard itself for everyone else.
     let mut intruder = FakeAgent::connect(&hub, "west", "west-0").await?;
-    let refused = intruder.register(&[("prod-1", "uid-b")]).await?;
+    let refused = intruder.register(&[("prod-1", "uid-a")]).await?;
+    assert!(!refused[0].accepted);
+    assert_eq!(refused[0].reason, RegisterReason::NotOwner as i32);
+    let mut other_cluster = FakeAgent::connect(&hub, "east", "east-1").await?;
+    let refused = other_cluster.register(&[("prod-1", "uid-b")]).await?;
     assert!(!refused[0].accepted);
     assert_eq!(refused[0].reason, RegisterReason::ClusterMismatch as i32);
     let mut owner = FakeAgent::connect(&hub, "east", "east-0").await?;

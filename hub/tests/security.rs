@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::BufMut as _;
 use common::*;
 use prost::Message as _;
-use rcgen::{CertificateParams, KeyPair, SanType};
 use scale_agent_crds::AgentShard;
 use scale_agent_hub::{RunningHub, ShardSource};
 use scale_agent_proto::v1::{self as pb, HubFrame, RegisterReason, agent_frame, hub_frame};
@@ -20,18 +19,6 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 const HEADER: &str = "x-client-cert";
-
-/// What nginx puts in `$ssl_client_escaped_cert`: the URL-encoded PEM of a
-/// certificate naming `spinnaker/<shard>`.
-fn escaped_cert(shard: &str) -> Result<String> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names.push(SanType::URI(
-        format!("spiffe://scaleagent.dev/ns/spinnaker/shard/{shard}").try_into()?,
-    ));
-    let pem = params.self_signed(&key)?.pem();
-    Ok(percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string())
-}
 
 async fn plain(hub: &RunningHub) -> Result<Channel> {
     Ok(Channel::from_shared(hub.grpc_url())?.connect().await?)
@@ -57,7 +44,8 @@ async fn open_as(
 #[tokio::test]
 async fn a_forwarded_certificate_is_believed_only_from_a_trusted_proxy() -> Result<()> {
     logs();
-    let east = escaped_cert("east")?;
+    let ca = Ca::new("agents")?;
+    let east = ca.escaped_agent("east")?;
 
     // No trusted proxy: the header is ignored and Hello is believed.
     let open = hub_with(|_| {}).await?;
@@ -70,10 +58,7 @@ async fn a_forwarded_certificate_is_believed_only_from_a_trusted_proxy() -> Resu
     open.shutdown().await?;
 
     // 127.0.0.1 is trusted: the header decides.
-    let trusting = hub_with(|c| {
-        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
-    })
-    .await?;
+    let trusting = hub_with(|c| trusting_localhost(c, &ca)).await?;
     let mut good = open_as(&trusting, "east", Some(&east))
         .await?
         .map_err(|s| format!("the forwarded identity matches Hello: {s:?}"))?;
@@ -105,6 +90,7 @@ async fn a_forwarded_certificate_is_believed_only_from_a_trusted_proxy() -> Resu
     // Proxies are trusted, but not 127.0.0.1: its header is ignored, and
     // without it there is no identity.
     let elsewhere = hub_with(|c| {
+        trusting_localhost(c, &ca);
         c.trusted_proxies = vec!["10.0.0.0/8".parse().expect("cidr")];
     })
     .await?;
@@ -117,8 +103,11 @@ async fn a_forwarded_certificate_is_believed_only_from_a_trusted_proxy() -> Resu
     Ok(())
 }
 
+/// AgentShard `spinnaker/<name>` listing `accounts`; its status (only when there are
+/// `conflicts`) shows each (account, owner) in Conflict. A status that does not list
+/// an account would say the name was claimed after the operator last wrote it.
 fn shard(name: &str, created: i64, accounts: &[&str], conflicts: &[(&str, &str)]) -> AgentShard {
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "apiVersion": "scaleagent.dev/v1alpha1",
         "kind": "AgentShard",
         "metadata": {
@@ -136,6 +125,11 @@ fn shard(name: &str, created: i64, accounts: &[&str], conflicts: &[(&str, &str)]
             })).collect::<Vec<_>>(),
         },
     });
+    if conflicts.is_empty()
+        && let Some(object) = value.as_object_mut()
+    {
+        object.remove("status");
+    }
     serde_json::from_value(value).expect("an AgentShard")
 }
 

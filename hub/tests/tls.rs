@@ -10,59 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    FakeAgent, Result, added, eventually, hello_frame, hub_with, logs, object_names, open_on,
+    Ca, FakeAgent, Result, added, eventually, hello_frame, hub_with, logs, object_names, open_on,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use scale_agent_hub::{RunningHub, TlsConfig};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-/// A CA and certificates it signs.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Result<Ca> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Ok(Ca {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
-        })
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A leaf certificate with these DNS names and URI SANs: (cert, key) PEM.
-    fn leaf(&self, dns: &[&str], uris: &[&str]) -> Result<(String, String)> {
-        let key = KeyPair::generate()?;
-        let mut params =
-            CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>())?;
-        params.distinguished_name.push(DnType::CommonName, "leaf");
-        for uri in uris {
-            params
-                .subject_alt_names
-                .push(SanType::URI((*uri).try_into()?));
-        }
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
-
-    fn server(&self) -> Result<(String, String)> {
-        self.leaf(&["localhost"], &[])
-    }
-
-    fn agent(&self, namespace: &str, shard: &str) -> Result<(String, String)> {
-        self.leaf(
-            &[],
-            &[&format!(
-                "spiffe://scaleagent.dev/ns/{namespace}/shard/{shard}"
-            )],
-        )
-    }
-}
 
 fn client_tls(trust: &str, identity: Option<&(String, String)>) -> ClientTlsConfig {
     let tls = ClientTlsConfig::new()
@@ -146,6 +97,47 @@ async fn mtls_accepts_trusted_agents_and_refuses_others_at_the_handshake() -> Re
         .events("prod-1", vec![added("web", "one", "1")])
         .await?;
     assert_eq!(object_names(&hub, "prod-1").await?, ["one"]);
+    hub.shutdown().await?;
+    Ok(())
+}
+
+/// A load balancer may forward a header, but a connection with its own
+/// verified client certificate is that certificate's shard: a header naming
+/// another shard (even with a certificate from the same CA) changes nothing.
+#[tokio::test]
+async fn the_tls_sessions_own_certificate_wins_over_a_forwarded_header() -> Result<()> {
+    logs();
+    let ca = Ca::new("scale-agent test CA")?;
+    let server = ca.server()?;
+    let tls = TlsConfig {
+        cert_pem: server.0.clone().into_bytes(),
+        key_pem: server.1.clone().into_bytes(),
+        client_ca_pem: Some(ca.pem().into_bytes()),
+        files: None,
+    };
+    let hub = hub_with(|c| {
+        common::trusting_localhost(c, &ca);
+        c.tls = Some(tls);
+    })
+    .await?;
+    let addr = hub.grpc_addr();
+    let team_b = ca.agent("spinnaker", "team-b")?;
+    let east_header = vec![("x-client-cert", ca.escaped_agent("east")?)];
+    let ch = channel(addr, client_tls(&ca.pem(), Some(&team_b))).await?;
+    let status = open_on(ch, &east_header, hello_frame("east", "east-0"))
+        .await?
+        .err()
+        .ok_or("team-b's connection spoke for east through a header")?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("spinnaker/team-b"),
+        "the TLS certificate's shard decides: {}",
+        status.message()
+    );
+    let ch = channel(addr, client_tls(&ca.pem(), Some(&team_b))).await?;
+    open_on(ch, &east_header, hello_frame("team-b", "b-0"))
+        .await?
+        .map_err(|s| format!("team-b speaking for itself: {s:?}"))?;
     hub.shutdown().await?;
     Ok(())
 }

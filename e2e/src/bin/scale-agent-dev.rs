@@ -209,15 +209,6 @@ fn hub_kubeconfig(stack: &Stack, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A random token for the local hub's Kubernetes API.
-fn random_token() -> Result<String> {
-    let mut bytes = [0u8; 24];
-    let path = Path::new("/dev/urandom");
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    std::io::Read::read_exact(&mut f, &mut bytes).map_err(|e| Error::io("reading", path, e))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// The hub and its load balancer.
 struct Stack {
     nginx: Nginx,
@@ -235,25 +226,34 @@ struct Stack {
 impl Stack {
     async fn start(cp: &ControlPlane, run_dir: &Path) -> Result<Stack> {
         tracing::info!("starting the hub");
-        let token = random_token()?;
+        // The accounts' Kubernetes API: one token for every account.
+        let token = random_secret()?;
         let tokens_file = run_dir.join("kube-api-tokens");
-        write(&tokens_file, &format!("{token} *\n"))?;
+        write_private(&tokens_file, &format!("{token} *\n"))?;
         let kube_api_token = run_dir.join("kube-api-token");
-        write(&kube_api_token, &format!("{token}\n"))?;
+        write_private(&kube_api_token, &format!("{token}\n"))?;
         let kube_api_port = scale_agent_e2e::ports::free_port()?;
         let kube_api_cert = cp
             .pki
             .issue_server("hub-kube-api", &["127.0.0.1", "localhost"])?;
+        // Agents come through nginx, which verifies their certificates and forwards
+        // them. Every local process can connect from 127.0.0.1, so the address alone
+        // proves nothing: nginx also sends a secret only it and the hub know, and the
+        // hub believes a forwarded certificate only with that secret and only when
+        // the certificate chains to the agents' CA. The hub accepts an account only
+        // from the AgentShard that owns it.
+        let proxy_secret = random_secret()?;
+        let secret_file = run_dir.join("hub-proxy-secret");
+        write_private(&secret_file, &proxy_secret)?;
         let hub = HubProcess::start(
             HubOptions {
                 bin: workspace_binary("scale-agent-hub")?,
                 grace_period: "600s".into(),
                 store: Some(run_dir.join("hub.sqlite")),
-                // Agents come through nginx, which forwards the certificate it
-                // verified; the hub accepts an account only from the AgentShard that
-                // owns it.
                 args: vec![
                     "--trusted-proxy=127.0.0.1/32".into(),
+                    format!("--client-ca={}", cp.pki.ca_file.display()),
+                    format!("--proxy-secret-file={}", secret_file.display()),
                     "--authorize-shards=*".into(),
                     format!("--kube-api-addr=127.0.0.1:{kube_api_port}"),
                     format!("--kube-api-tokens-file={}", tokens_file.display()),
@@ -274,6 +274,7 @@ impl Stack {
                 tls_cert: lb.cert_file,
                 tls_key: lb.key_file,
                 client_ca: cp.pki.ca_file.clone(),
+                proxy_secret: Some(proxy_secret),
             },
             run_dir,
         )
@@ -286,6 +287,31 @@ impl Stack {
             kube_api_ca: cp.pki.ca_file.clone(),
         })
     }
+}
+
+/// 32 random bytes from the OS, in hex: the secret nginx and the hub share.
+fn random_secret() -> Result<String> {
+    use std::io::Read as _;
+    let source = Path::new("/dev/urandom");
+    let mut bytes = [0u8; 32];
+    std::fs::File::open(source)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("reading", source, e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| Error::io("writing", path, e))
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {

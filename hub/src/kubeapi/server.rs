@@ -35,9 +35,6 @@ use crate::clip::clip;
 use crate::state::Shared;
 use crate::tls::{TlsConfig, TlsState};
 
-/// How long a client may take to send a request's headers (also the idle time of a
-/// kept-alive HTTP/1.1 connection).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open connections get to finish when the hub stops.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -95,6 +92,9 @@ pub async fn start(
     };
     info!(%addr, tls = tls_state.is_some(), allow_impersonation = config.allow_impersonation, "serving the Kubernetes API of every account at /accounts/<account>/");
     let max_connections = config.max_connections;
+    // The same header timeout as the HTTP API (`--http-header-timeout`): also the idle
+    // time of a kept-alive HTTP/1.1 connection.
+    let header_timeout = shared.config.http_limits.header_timeout;
     let api = Arc::new(KubeApi {
         shared: Arc::clone(&shared),
         tokens,
@@ -104,6 +104,7 @@ pub async fn start(
     });
     let mut incoming = crate::tls::incoming(
         listener,
+        "kube-api",
         tls_state,
         shutdown.clone(),
         shared.metrics.tls_handshake_failures.clone(),
@@ -134,7 +135,7 @@ pub async fn start(
                 builder
                     .http1()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT);
+                    .header_read_timeout(header_timeout);
                 builder
                     .http2()
                     .timer(TokioTimer::new())

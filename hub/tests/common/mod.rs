@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use scale_agent_hub::{Config, Hub, RunningHub};
 use scale_agent_proto::PROTOCOL_VERSION;
 use scale_agent_proto::v1::agent_hub_client::AgentHubClient;
@@ -45,6 +46,87 @@ pub fn logs() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// A CA and certificates it signs.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Result<Ca> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Ok(Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
+        })
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A leaf certificate with these DNS names and URI SANs: (cert, key) PEM.
+    pub fn leaf(&self, dns: &[&str], uris: &[&str]) -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, "leaf");
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into()?));
+        }
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    pub fn server(&self) -> Result<(String, String)> {
+        self.leaf(&["localhost"], &[])
+    }
+
+    pub fn agent(&self, namespace: &str, shard: &str) -> Result<(String, String)> {
+        self.leaf(
+            &[],
+            &[&format!(
+                "spiffe://scaleagent.dev/ns/{namespace}/shard/{shard}"
+            )],
+        )
+    }
+
+    /// What nginx puts in `$ssl_client_escaped_cert`: the URL-encoded PEM of
+    /// a certificate this CA signed naming `spinnaker/<shard>`.
+    pub fn escaped_agent(&self, shard: &str) -> Result<String> {
+        let (pem, _) = self.agent("spinnaker", shard)?;
+        Ok(escape(&pem))
+    }
+}
+
+/// URL-encodes a PEM as nginx's `$ssl_client_escaped_cert` does.
+pub fn escape(pem: &str) -> String {
+    percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A self-signed certificate naming `spinnaker/<shard>`, URL-encoded: what
+/// anyone can make.
+pub fn forged_escaped_cert(shard: &str) -> Result<String> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names.push(SanType::URI(
+        format!("spiffe://scaleagent.dev/ns/spinnaker/shard/{shard}").try_into()?,
+    ));
+    Ok(escape(&params.self_signed(&key)?.pem()))
+}
+
+/// Settings that trust forwarded certificates from 127.0.0.1 when they
+/// chain to `ca`.
+pub fn trusting_localhost(config: &mut Config, ca: &Ca) {
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().expect("a CIDR")];
+    config.forwarded_client_ca = Some(scale_agent_hub::config::CaBundle {
+        pem: ca.pem().into_bytes(),
+        file: None,
+    });
 }
 
 /// One fake agent replica: one stream.
