@@ -227,6 +227,7 @@ mod tests {
             ("TLS_KEY", "/k".to_string()),
             ("CLIENT_CA", "/ca".to_string()),
             ("NGINX_MODULES", "/m".to_string()),
+            ("PROXY_SECRET", "00ff".to_string()),
         ]);
         for mode in [Mode::GrpcTls, Mode::Passthrough] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -686,7 +686,7 @@ async fn opened_namespace_streams(
             kubeconfig: cp.management.kubeconfig.clone(),
             run_dir: cp.run_dir.join(ns),
             env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
-            args: vec!["--reload-millis=500".into()],
+            args: vec!["--reload-interval=500ms".into()],
         },
     );
     put_cm(&configmaps(cluster, ns).await?, "install-probe", "1").await?;
