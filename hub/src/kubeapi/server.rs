@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use scale_agent_proto::kube_api;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tracing::{Instrument as _, debug, info, info_span, warn};
@@ -127,7 +127,10 @@ pub async fn start(
             let api = Arc::clone(&api);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
+                let first_request = Arc::new(Notify::new());
+                let started = Arc::clone(&first_request);
                 let service = hyper::service::service_fn(move |req| {
+                    started.notify_one();
                     let api = Arc::clone(&api);
                     async move { Ok::<_, Infallible>(api.handle(req).await) }
                 });
@@ -152,6 +155,9 @@ pub async fn start(
                         conn.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(DRAIN, conn).await;
                     }
+                    () = silent(&first_request, header_timeout) => {
+                        debug!("closed a Kubernetes API connection that sent no request within the header timeout");
+                    }
                 }
                 drop(permit);
             });
@@ -159,6 +165,19 @@ pub async fn start(
         Ok(())
     });
     Ok((addr, task))
+}
+
+/// Ends when a connection has not begun a request within `timeout` of its start;
+/// never otherwise. The HTTP/1.1 header timeout only starts once the protocol is
+/// known, so without this a client that sends nothing at all would hold its
+/// connection for ever.
+async fn silent(first_request: &Notify, timeout: Duration) {
+    if tokio::time::timeout(timeout, first_request.notified())
+        .await
+        .is_ok()
+    {
+        std::future::pending::<()>().await;
+    }
 }
 
 impl KubeApi {
