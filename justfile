@@ -68,10 +68,31 @@ e2e: prereqs build-k8s
     cargo build --workspace --bins
     cargo test -p scale-agent-e2e --no-fail-fast
 
-# System benchmarks against the real control plane; the report goes to bench-results/.
-bench: prereqs build-k8s
+# System benchmarks on the real control plane with release builds; the report goes to
+# bench-results/latest.{json,md}. Scale and selection flags follow `--`, e.g.
+# `just bench -- --only initial_sync,reconnect --accounts 10,100` (`-- --help` lists them).
+bench *ARGS: prereqs build-k8s
+    #!/usr/bin/env bash
+    set -euo pipefail
+    args=({{ARGS}})
+    if [ "${args[0]:-}" = "--" ]; then args=("${args[@]:1}"); fi
+    # hub_ingest's events per second come from the criterion benchmark, run first
+    # unless --only leaves hub_ingest out.
+    only="${BENCH_ONLY:-}"
+    for ((i = 0; i < ${#args[@]}; i++)); do
+        case "${args[$i]}" in
+            --only=*) only="${args[$i]#--only=}" ;;
+            --only) only="${args[$((i + 1))]:-}" ;;
+            --help|-h) only="none" ;;
+        esac
+    done
     cargo build --release --workspace --bins
-    SCALE_AGENT_PROFILE=release cargo bench -p scale-agent-e2e --bench system
+    if [ -z "$only" ] || [[ ",$only," == *",hub_ingest,"* ]]; then
+        export BENCH_INGEST_SINCE="$(date +%s)"
+        cargo bench -p scale-agent-hub --bench ingest
+    fi
+    BENCH_COMMAND="just bench {{ARGS}}" SCALE_AGENT_PROFILE=release \
+        cargo bench -p scale-agent-e2e --bench system -- "${args[@]}"
 
 # Formatting and lints, as CI wants them.
 lint:

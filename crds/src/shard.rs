@@ -295,7 +295,10 @@ pub struct AccountSpec {
     pub omit_kinds: Vec<String>,
 
     /// Stream only objects Spinnaker manages (those with Spinnaker's annotations).
-    #[serde(default)]
+    // Left out when false, so the schema carries no default inside list items: a
+    // default there makes every client-side `kubectl apply` of an unchanged shard
+    // send the whole list again ("configured").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub only_spinnaker_managed: bool,
 }
 
@@ -306,10 +309,18 @@ pub struct SecretKeyRef {
     #[schemars(length(min = 1, max = DNS_SUBDOMAIN_MAX_LEN), pattern(DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
 
-    /// Key in the Secret's data.
-    #[serde(default = "default_kubeconfig_key")]
+    /// Key in the Secret's data; `kubeconfig` when unset.
+    // Left out when it is the default, for the reason `only_spinnaker_managed` is.
+    #[serde(
+        default = "default_kubeconfig_key",
+        skip_serializing_if = "is_default_kubeconfig_key"
+    )]
     #[schemars(length(min = 1, max = DNS_SUBDOMAIN_MAX_LEN), pattern(SECRET_KEY_PATTERN))]
     pub key: String,
+}
+
+fn is_default_kubeconfig_key(key: &String) -> bool {
+    *key == default_kubeconfig_key()
 }
 
 impl SecretKeyRef {

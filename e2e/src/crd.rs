@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{ControlPlane, Result};
+use std::time::{Duration, Instant};
+
+use crate::{ControlPlane, Error, Result};
 
 /// The CRD's name.
 pub const NAME: &str = "agentshards.scaleagent.dev";
@@ -23,11 +25,25 @@ pub fn install(cp: &ControlPlane, path: &Path) -> Result<()> {
         "-f".as_ref(),
         path.as_os_str(),
     ])?;
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        &format!("crd/{NAME}"),
-    ])?;
-    Ok(())
+    // Polled rather than `kubectl wait`: right after the create the CRD has no
+    // conditions yet, and `kubectl wait` then fails ("accessor error") instead of waiting.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let established = cp.kubectl([
+            "get",
+            &format!("crd/{NAME}"),
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+        ])?;
+        if established.trim() == "True" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: format!("crd/{NAME} to be Established"),
+                seconds: 60,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod agent;
+pub mod bench;
 pub mod bins;
 pub mod certs;
 pub mod controlplane;

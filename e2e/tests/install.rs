@@ -414,6 +414,7 @@ async fn apply(env: Arc<Env>) -> anyhow::Result<()> {
     eprintln!("second apply: {} objects, none changed", after.len());
 
     examples_reapply_unchanged(&env)?;
+    client_side_reapply_is_unchanged(&env).await?;
     service_accounts_hold_only_what_they_need(&env).await
 }
 
@@ -475,6 +476,38 @@ fn examples_reapply_unchanged(env: &Env) -> anyhow::Result<()> {
         "manifests/examples applied twice: {} shards, none changed",
         before.as_array().map_or(0, Vec::len)
     );
+    Ok(())
+}
+
+/// A shard with only the required fields, applied client-side (`kubectl apply -f`, what
+/// most users and Argo CD's default sync do) a second time, is `unchanged`: nothing the
+/// API server fills in inside its accounts makes kubectl send the list again.
+async fn client_side_reapply_is_unchanged(env: &Env) -> anyhow::Result<()> {
+    let ns = env.namespace("client-side").await?;
+    let file = env.cp.run_dir.join(format!("{ns}-minimal.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: minimal\n  \
+             namespace: {ns}\nspec:\n  paused: true\n  accounts:\n    - name: {ns}-a\n      \
+             kubeconfigSecretRef: {{ name: kc-a }}\n"
+        ),
+    )?;
+    let file = file.to_string_lossy().into_owned();
+    env.cp.kubectl(["apply", "-f", &file])?;
+    let again = kubectl_full(&env.cp, ["apply", "-f", &file])?;
+    env.cp.kubectl(["delete", "-f", &file, "--wait"])?;
+    ensure!(
+        again.success && again.stdout.contains("unchanged"),
+        "a second client-side apply of an unchanged shard said: {}{}",
+        again.stdout,
+        again.stderr
+    );
+    eprintln!(
+        "client-side apply of a minimal shard, again: {}",
+        again.stdout.trim()
+    );
+    env.drop_namespace(&ns).await;
     Ok(())
 }
 

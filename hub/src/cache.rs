@@ -5,7 +5,7 @@
 //!   watch order): ADDED and MODIFIED store the object, DELETED removes it.
 //! - A full relist of a kind is bracketed by SyncStart and SyncEnd. Every
 //!   object of that kind not sent in between vanished while the agent was away
-//!   and is dropped at SyncEnd, unless the agent says it sent more objects than
+//!   and is dropped at SyncEnd ([`crate::resync`], the resync diff), unless the agent says it sent more objects than
 //!   arrived (then nothing is dropped and the kind gets no resume point, so the
 //!   next reconnect relists it).
 //! - Per (account, kind) the hub tracks the resourceVersion to resume a watch
@@ -67,7 +67,7 @@ pub struct CachedObject {
     /// The object as JSON (validated on arrival).
     pub body: Arc<RawValue>,
     /// The full relist that last saw it (0: none).
-    seen_in_sync: u64,
+    pub(crate) seen_in_sync: u64,
 }
 
 /// An event, already parsed and validated outside the cache lock.
@@ -321,13 +321,10 @@ impl AccountCache {
         }
         let mut dropped = 0;
         if open.mode == SyncMode::FullRelist {
-            let before = self.objects.len();
-            self.objects.retain(|key, object| {
-                key.group != kind.group
-                    || key.kind != kind.kind
-                    || object.seen_in_sync == open.generation
-            });
-            dropped = before - self.objects.len();
+            for key in crate::resync::unlisted(&self.objects, kind, open.generation) {
+                self.objects.remove(&key);
+                dropped += 1;
+            }
         }
         SyncOutcome {
             dropped,

@@ -44,7 +44,7 @@
 //! [`registration`] (what a Register is answered), [`ingest`] (events and
 //! syncs into the cache), [`routing`] (operations between sessions),
 //! [`revocation`] (accounts a shard no longer owns), [`registry`] (binding
-//! rules), [`cache`] (objects and resyncs), [`store`] (SQLite bindings),
+//! rules), [`cache`] (objects and syncs), [`resync`] (the resync diff), [`store`] (SQLite bindings),
 //! [`operations`] (requests and results), [`http`] (the JSON API),
 //! [`page`] (pages of its lists), [`serve`] (accept loops, the HTTP
 //! server's limits), [`identity`], [`secret`], [`ownership`], [`tls`],
@@ -66,6 +66,7 @@ pub mod ownership;
 pub mod page;
 pub mod registration;
 pub mod registry;
+pub mod resync;
 pub mod revocation;
 pub mod routing;
 pub mod secret;

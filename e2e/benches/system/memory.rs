@@ -1,0 +1,226 @@
+//! `agent_memory_scaling`: one agent with N accounts (each its own namespace of seeded
+//! objects, the default kinds, the default budget), for each N: peak resident set
+//! during the initial sync (`VmHWM` when the hub holds everything), steady resident set
+//! after it (median of the second half of the steady window), and established
+//! connections to each cluster's API server. Baseline, in the same run on the same
+//! objects: a process with a kube-rs reflector per kind holding them.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use scale_agent_e2e::bench::goal::Goal;
+use scale_agent_e2e::bench::layout::{cluster_of, seeded};
+use scale_agent_e2e::bench::procfs;
+use scale_agent_e2e::bench::report::Figure;
+use scale_agent_e2e::bench::sampler::Sampler;
+use serde_json::json;
+
+use crate::baseline::{Baseline, Spec, SpecAccount};
+use crate::params::Params;
+use crate::stack::{Stack, account};
+use crate::{Ctx, mib, secs};
+
+/// The figures this scenario makes, with their units.
+pub fn names(p: &Params) -> Vec<(String, &'static str)> {
+    p.accounts
+        .iter()
+        .flat_map(|n| {
+            [
+                (format!("agent_memory_scaling.peak_rss.{n}"), "MiB"),
+                (format!("agent_memory_scaling.steady_rss.{n}"), "MiB"),
+                (
+                    format!("agent_memory_scaling.connections_per_cluster.{n}"),
+                    "connections",
+                ),
+                (format!("agent_memory_scaling.sync_seconds.{n}"), "s"),
+            ]
+        })
+        .collect()
+}
+
+/// What one process showed.
+struct Measured {
+    sync: Duration,
+    peak_kib: u64,
+    steady_kib: f64,
+    /// Established connections to the busiest cluster's API server.
+    per_cluster: usize,
+    /// Established connections to every cluster's API server.
+    to_clusters: usize,
+    fds: usize,
+}
+
+/// Measures a started process `pid` until it has synced (`synced` resolves), then over
+/// the steady window.
+async fn measure<F>(ctx: &Ctx, pid: u32, started: Instant, synced: F) -> anyhow::Result<Measured>
+where
+    F: std::future::Future<Output = anyhow::Result<Instant>>,
+{
+    let sampler = Sampler::start(pid, Duration::from_millis(100));
+    let at = synced.await?;
+    let peak_kib = sampler.peak_kib_until(Instant::now());
+    let steady = Duration::from_secs(ctx.p.steady_seconds.max(2));
+    tokio::time::sleep(steady).await;
+    let steady_kib = sampler
+        .median_rss_kib(at + steady / 2, Instant::now())
+        .unwrap_or(0.0);
+    let ports = ctx.cluster_ports();
+    let conns = procfs::connections_by_remote_port(pid).unwrap_or_default();
+    let mut by_cluster: BTreeMap<usize, usize> = BTreeMap::new();
+    for (port, n) in conns {
+        if let Some(c) = ports.get(&port) {
+            *by_cluster.entry(*c).or_insert(0) += n;
+        }
+    }
+    Ok(Measured {
+        sync: at - started,
+        peak_kib,
+        steady_kib,
+        per_cluster: by_cluster.values().copied().max().unwrap_or(0),
+        to_clusters: by_cluster.values().sum(),
+        fds: procfs::open_fds(pid).unwrap_or(0),
+    })
+}
+
+/// Runs the scenario.
+pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    let clusters = ctx.clusters.len();
+    let kinds = scale_agent::kinds::DEFAULT_KINDS.len();
+    for &n in &ctx.p.accounts {
+        let mut accounts = Vec::new();
+        let mut expected = BTreeMap::new();
+        for i in 0..n {
+            let name = format!("mem-{n}-{i}");
+            accounts.push(account(
+                &name,
+                &ctx.kubeconfig(cluster_of(i, clusters))?,
+                vec![seeded(i)],
+                &[],
+            ));
+            // Its ConfigMaps and its Namespace (the other default kinds are empty there).
+            expected.insert(name, ctx.seeded_per_namespace + 1);
+        }
+        let objects: usize = expected.values().sum();
+        tracing::info!(accounts = n, objects, "agent_memory_scaling: agent");
+        let stack = Stack::start(&ctx.env, &format!("memory-{n}")).await?;
+        let started = Instant::now();
+        let mut agent = stack.agent(&ctx.env, &format!("mem{n}"), &accounts, &[])?;
+        let pid = agent.proc.pid();
+        let agent_m = {
+            let synced = stack.wait_synced(
+                &mut agent,
+                &expected,
+                Duration::from_millis(250),
+                Duration::from_secs(1500),
+            );
+            measure(ctx, pid, started, synced).await?
+        };
+        let hub_kib = stack
+            .hub
+            .pid()
+            .and_then(procfs::memory)
+            .map_or(0, |m| m.rss_kib);
+        drop(agent);
+        drop(stack);
+
+        tracing::info!(accounts = n, "agent_memory_scaling: reflector baseline");
+        let spec = Spec {
+            accounts: (0..n)
+                .map(|i| {
+                    Ok(SpecAccount {
+                        kubeconfig: ctx.kubeconfig_path(cluster_of(i, clusters))?,
+                        namespaces: vec![seeded(i)],
+                        kinds: vec![],
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        let dir = ctx.env.cp.run_dir.join("bench").join(format!("memory-{n}"));
+        let started = Instant::now();
+        let mut base = Baseline::start(&dir, &format!("reflector-{n}"), &spec)?;
+        let pid = base.proc.pid();
+        let base_m = {
+            let synced = async {
+                let (at, held) = base.wait_synced(Duration::from_secs(1500)).await?;
+                anyhow::ensure!(
+                    held as usize >= objects,
+                    "the reflectors hold {held} objects, the agent sent {objects}"
+                );
+                Ok(at)
+            };
+            measure(ctx, pid, started, synced).await?
+        };
+        drop(base);
+
+        let params = {
+            let mut p = ctx.stream_params();
+            p.insert("accounts".into(), json!(n));
+            p.insert("objects".into(), json!(objects));
+            p.insert(
+                "kinds".into(),
+                json!(format!(
+                    "the default set ({kinds}), one namespace per account"
+                )),
+            );
+            p
+        };
+        let base_what = "kube-rs reflector per kind holding the same objects";
+        out.push(
+            Figure::new(
+                "agent_memory_scaling",
+                &format!("agent_memory_scaling.peak_rss.{n}"),
+                mib(agent_m.peak_kib),
+                "MiB",
+            )
+            .baseline(mib(base_m.peak_kib), base_what)
+            .goal(Goal::AtMost { limit: 256.0 })
+            .params(&params)
+            .note(format!(
+                "VmHWM at the end of the initial sync; the hub then held {:.0} MiB",
+                mib(hub_kib)
+            )),
+        );
+        out.push(
+            Figure::new(
+                "agent_memory_scaling",
+                &format!("agent_memory_scaling.steady_rss.{n}"),
+                agent_m.steady_kib / 1024.0,
+                "MiB",
+            )
+            .baseline(base_m.steady_kib / 1024.0, base_what)
+            .params(&params)
+            .note(format!(
+                "median VmRSS over the second half of {} s after the sync",
+                ctx.p.steady_seconds
+            )),
+        );
+        out.push(
+            Figure::new(
+                "agent_memory_scaling",
+                &format!("agent_memory_scaling.connections_per_cluster.{n}"),
+                agent_m.per_cluster as f64,
+                "connections",
+            )
+            .baseline(base_m.per_cluster as f64, base_what)
+            .goal(Goal::AtMost { limit: 2.0 })
+            .params(&params)
+            .note(format!(
+                "established TCP connections to the busiest API server ({n} accounts over {clusters} API servers); {} in all, {} open file descriptors (the baseline: {} and {})",
+                agent_m.to_clusters, agent_m.fds, base_m.to_clusters, base_m.fds
+            )),
+        );
+        out.push(
+            Figure::new(
+                "agent_memory_scaling",
+                &format!("agent_memory_scaling.sync_seconds.{n}"),
+                secs(agent_m.sync),
+                "s",
+            )
+            .baseline(secs(base_m.sync), base_what)
+            .params(&params)
+            .note("process start → every object at the hub (the baseline: every reflector listed)"),
+        );
+    }
+    Ok(out)
+}
