@@ -10,6 +10,7 @@ default:
 
 # Start everything locally: control plane + 3 target clusters, CRD, hub, nginx, operator,
 # example shards and their agents; ends with `kubectl get agentshards -A`.
+# SCALE_AGENT_HUB_REPLICAS=2 just up: two hub replicas behind nginx sharing PostgreSQL.
 up: prereqs build-k8s
     #!/usr/bin/env bash
     set -euo pipefail
@@ -148,6 +149,16 @@ prereqs:
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream >/dev/null
         else
             echo "missing: nginx with the stream module — install with: sudo apt-get install nginx libnginx-mod-stream" >&2
+            missing=1
+        fi
+    fi
+    # PostgreSQL is the store hub replicas share (`SCALE_AGENT_HUB_REPLICAS=2 just up`, the replica tests).
+    if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            echo "installing PostgreSQL (Debian package postgresql) ..."
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+        else
+            echo "missing: PostgreSQL — install with: sudo apt-get install postgresql" >&2
             missing=1
         fi
     fi

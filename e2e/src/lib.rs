@@ -43,6 +43,7 @@ pub mod operator;
 pub mod operator_env;
 pub mod pods;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod runner;
 pub mod scenario;

@@ -67,6 +67,21 @@ pub fn render(
     }
 }
 
+/// The rendered configuration with one `server` line per hub replica: the
+/// templates name one (`server ${HUB_GRPC};`), and deployments with several
+/// replicas repeat the line, as done here.
+pub fn upstreams(conf: &str, hubs: &[String]) -> std::result::Result<String, String> {
+    let Some(first) = hubs.first() else {
+        return Err("no hub to balance over".into());
+    };
+    let line = format!("server {first};");
+    if !conf.contains(&line) {
+        return Err(format!("the template has no `{line}` line"));
+    }
+    let all: Vec<String> = hubs.iter().map(|h| format!("server {h};")).collect();
+    Ok(conf.replacen(&line, &all.join("\n        "), 1))
+}
+
 /// A running nginx.
 #[derive(Debug)]
 pub struct Nginx {
@@ -84,8 +99,9 @@ pub struct Nginx {
 pub struct NginxOptions {
     /// Which setup.
     pub mode: Mode,
-    /// The hub's gRPC address.
-    pub hub_grpc: String,
+    /// The gRPC address of each hub replica the load balancer spreads
+    /// streams over (one, or several sharing a store).
+    pub hubs_grpc: Vec<String>,
     /// The load balancer's serving certificate and key (GrpcTls).
     pub tls_cert: PathBuf,
     /// Key of `tls_cert`.
@@ -112,7 +128,10 @@ impl Nginx {
         let vars = BTreeMap::from([
             ("PREFIX", prefix.display().to_string()),
             ("LB_LISTEN", format!("127.0.0.1:{port}")),
-            ("HUB_GRPC", opts.hub_grpc.clone()),
+            (
+                "HUB_GRPC",
+                opts.hubs_grpc.first().cloned().unwrap_or_default(),
+            ),
             ("TLS_CERT", opts.tls_cert.display().to_string()),
             ("TLS_KEY", opts.tls_key.display().to_string()),
             ("CLIENT_CA", opts.client_ca.display().to_string()),
@@ -122,10 +141,12 @@ impl Nginx {
             ),
             ("NGINX_MODULES", "/usr/lib/nginx/modules".to_string()),
         ]);
-        let conf_text = render(&template, &vars).map_err(|message| Error::Kubeconfig {
-            path: template_path.clone(),
-            message,
-        })?;
+        let conf_text = render(&template, &vars)
+            .and_then(|text| upstreams(&text, &opts.hubs_grpc))
+            .map_err(|message| Error::Kubeconfig {
+                path: template_path.clone(),
+                message,
+            })?;
         let conf = prefix.join("nginx.conf");
         std::fs::write(&conf, conf_text).map_err(|e| Error::io("writing", &conf, e))?;
         let mut nginx = Nginx {
@@ -241,5 +262,18 @@ mod tests {
             );
         }
         assert!(render("listen ${NOPE};", &vars).is_err());
+    }
+
+    #[test]
+    fn several_hubs_get_a_server_line_each() {
+        let conf = "upstream hub {\n        server 127.0.0.1:1;\n        keepalive 64;\n    }";
+        let hubs = ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+        let out = upstreams(conf, &hubs).expect("rendered");
+        assert!(
+            out.contains("server 127.0.0.1:1;\n        server 127.0.0.1:2;\n        keepalive"),
+            "{out}"
+        );
+        assert!(upstreams(conf, &[]).is_err());
+        assert!(upstreams("upstream hub {}", &hubs).is_err());
     }
 }

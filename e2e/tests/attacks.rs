@@ -63,7 +63,7 @@ async fn stack(env: &Env, name: &str) -> anyhow::Result<Stack> {
     let nginx = Nginx::start(
         &NginxOptions {
             mode: Mode::GrpcTls,
-            hub_grpc: s.hub.grpc.clone(),
+            hubs_grpc: vec![s.hub.grpc.clone()],
             tls_cert: lb.cert_file,
             tls_key: lb.key_file,
             client_ca: pki.ca_file.clone(),

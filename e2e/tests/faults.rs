@@ -121,7 +121,7 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
     let nginx = Nginx::start(
         &NginxOptions {
             mode: o.mode,
-            hub_grpc: s.hub.grpc.clone(),
+            hubs_grpc: vec![s.hub.grpc.clone()],
             tls_cert: lb_cert.cert_file,
             tls_key: lb_cert.key_file,
             client_ca: pki.ca_file.clone(),

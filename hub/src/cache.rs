@@ -15,8 +15,13 @@
 //!
 //! Kinds are keyed by (group, kind): the version an agent watches may change,
 //! the object does not.
+//!
+//! With a shared store, each account's cache also notes what changed since
+//! the store last took it ([`AccountCache::take_changes`]): the holder writes
+//! the changes behind, and a replica taking the account over starts from
+//! them ([`Cache::restore`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
@@ -182,6 +187,47 @@ pub struct AccountCache {
     next_generation: u64,
     /// What the current registration streams; `None`: not said.
     scope: Option<Scope>,
+    /// What changed since the store last took it; `None` when no store
+    /// takes changes (one replica).
+    dirty: Option<Dirty>,
+}
+
+/// The objects changed, and whether the resume points may have moved.
+#[derive(Debug, Default)]
+struct Dirty {
+    keys: BTreeSet<ObjectKey>,
+    resume: bool,
+}
+
+/// What changed in an account's cache since the store last took it: each
+/// changed object as it is now (or gone), and the resume points as they are
+/// now. Taken at one instant, so the resume points never run ahead of the
+/// objects.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Objects present now.
+    pub upserts: Vec<(ObjectKey, CachedObject)>,
+    /// Objects gone.
+    pub deletes: Vec<ObjectKey>,
+    /// Every resume point of the account.
+    pub resume: Vec<Resume>,
+    /// The account's number of objects.
+    pub objects: usize,
+}
+
+/// One object as a store kept it.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    /// Where.
+    pub key: ObjectKey,
+    /// API version.
+    pub version: String,
+    /// metadata.uid.
+    pub uid: String,
+    /// metadata.resourceVersion.
+    pub resource_version: String,
+    /// The object as JSON.
+    pub body: Arc<RawValue>,
 }
 
 /// A resume point: kind (with version) and resourceVersion.
@@ -197,6 +243,10 @@ pub struct Resume {
 
 impl AccountCache {
     fn kind_mut(&mut self, kind: &KindKey, version: &str) -> &mut KindState {
+        // Whatever reaches a kind's state may move its resume point.
+        if let Some(dirty) = &mut self.dirty {
+            dirty.resume = true;
+        }
         let state = self.kinds.entry(kind.clone()).or_default();
         if !version.is_empty() {
             version.clone_into(&mut state.version);
@@ -249,6 +299,9 @@ impl AccountCache {
                     state.resume = Some(event.resource_version.clone());
                 }
             }
+        }
+        if let Some(dirty) = &mut self.dirty {
+            dirty.keys.insert(event.key.clone());
         }
         match event.change {
             Change::Upsert => {
@@ -323,6 +376,10 @@ impl AccountCache {
         if open.mode == SyncMode::FullRelist {
             for key in crate::resync::unlisted(&self.objects, kind, open.generation) {
                 self.objects.remove(&key);
+                // A shared store drops the object too, with the next write-behind.
+                if let Some(dirty) = &mut self.dirty {
+                    dirty.keys.insert(key);
+                }
                 dropped += 1;
             }
         }
@@ -404,6 +461,9 @@ impl AccountCache {
     /// A new session took the account over: syncs the old one left open are
     /// abandoned, and a half-done relist leaves its kind without resume point.
     pub fn abandon_open_syncs(&mut self) {
+        if let Some(dirty) = &mut self.dirty {
+            dirty.resume = true;
+        }
         for state in self.kinds.values_mut() {
             if state.in_full_relist() {
                 state.resume = None;
@@ -465,12 +525,48 @@ impl AccountCache {
     pub fn kinds(&self) -> impl Iterator<Item = (&KindKey, &str)> {
         self.kinds.iter().map(|(k, s)| (k, s.version.as_str()))
     }
+
+    /// What changed since the last call, when changes are noted and there
+    /// are any; the account then counts as unchanged.
+    pub fn take_changes(&mut self) -> Option<Changes> {
+        let dirty = self.dirty.as_mut()?;
+        if dirty.keys.is_empty() && !dirty.resume {
+            return None;
+        }
+        let dirty = std::mem::take(dirty);
+        let mut changes = Changes {
+            objects: self.objects.len(),
+            resume: self.resume_points(),
+            ..Changes::default()
+        };
+        for key in dirty.keys {
+            match self.objects.get(&key) {
+                Some(object) => changes.upserts.push((key, object.clone())),
+                None => changes.deletes.push(key),
+            }
+        }
+        Some(changes)
+    }
+
+    /// Changes the store could not take: they count as changed again (with
+    /// their values as they will be at the next take).
+    pub fn put_back(&mut self, changes: &Changes) {
+        if let Some(dirty) = &mut self.dirty {
+            dirty.resume = true;
+            dirty
+                .keys
+                .extend(changes.upserts.iter().map(|(k, _)| k.clone()));
+            dirty.keys.extend(changes.deletes.iter().cloned());
+        }
+    }
 }
 
 /// Every account's cache.
 #[derive(Debug, Default)]
 pub struct Cache {
     accounts: HashMap<String, AccountCache>,
+    /// Accounts note their changes for a shared store.
+    noting: bool,
 }
 
 impl Cache {
@@ -479,9 +575,60 @@ impl Cache {
         Cache::default()
     }
 
+    /// An empty cache whose accounts note their changes, for a store that
+    /// takes them ([`AccountCache::take_changes`]).
+    pub fn noting_changes() -> Cache {
+        Cache {
+            noting: true,
+            ..Cache::default()
+        }
+    }
+
     /// The cache of `account`, created when missing.
     pub fn account_mut(&mut self, account: &str) -> &mut AccountCache {
-        self.accounts.entry(account.to_owned()).or_default()
+        let noting = self.noting;
+        self.accounts
+            .entry(account.to_owned())
+            .or_insert_with(|| AccountCache {
+                dirty: noting.then(Dirty::default),
+                ..AccountCache::default()
+            })
+    }
+
+    /// Replaces the cache of `account` with what a store kept: `objects`,
+    /// and the kinds' resume points. Nothing counts as changed.
+    pub fn restore(&mut self, account: &str, objects: Vec<StoredObject>, resume: Vec<Resume>) {
+        let mut cache = AccountCache {
+            dirty: self.noting.then(Dirty::default),
+            ..AccountCache::default()
+        };
+        for point in resume {
+            let state = cache.kinds.entry(point.kind).or_default();
+            state.version = point.version;
+            state.resume = Some(point.resource_version);
+        }
+        for object in objects {
+            let state = cache.kinds.entry(object.key.kind_key()).or_default();
+            if state.version.is_empty() {
+                state.version.clone_from(&object.version);
+            }
+            cache.objects.insert(
+                object.key,
+                CachedObject {
+                    version: object.version,
+                    uid: object.uid,
+                    resource_version: object.resource_version,
+                    body: object.body,
+                    seen_in_sync: 0,
+                },
+            );
+        }
+        self.accounts.insert(account.to_owned(), cache);
+    }
+
+    /// The cache of `account`, to change, if there is one.
+    pub fn account_mut_if_present(&mut self, account: &str) -> Option<&mut AccountCache> {
+        self.accounts.get_mut(account)
     }
 
     /// The cache of `account`, if any.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
-use scale_agent_hub::config::{CaBundle, HttpLimits};
+use scale_agent_hub::config::{CaBundle, HttpLimits, StoreLocation};
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
 use scale_agent_hub::{Config, Error, ShardSource, TlsConfig};
 pub use scale_agent_runtime::LogFormat;
@@ -45,10 +45,39 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "600s", value_parser = parse_duration)]
     pub grace_period: Duration,
 
-    /// SQLite database where account bindings (name to cluster id and shard)
-    /// are kept, so they survive a restart. Without it they live in memory only.
-    #[arg(long, value_name = "PATH")]
-    pub store: Option<PathBuf>,
+    /// Where the hub keeps its state. A file path: a SQLite database holding
+    /// the account bindings (name to cluster id and shard), so they survive a
+    /// restart, for one hub. A `postgres://user:password@host:port/database`
+    /// URL: a PostgreSQL database several hub replicas share behind one load
+    /// balancer (bindings, which replica holds which account, resume points,
+    /// operations in flight); each replica forwards requests about accounts
+    /// another holds to it. The hub creates and migrates its tables itself.
+    /// Without it bindings live in memory only.
+    #[arg(long, value_name = "PATH|URL", value_parser = parse_store)]
+    pub store: Option<StoreLocation>,
+
+    /// This replica's id: sent to agents in Welcome and, with a shared store,
+    /// the name other replicas know it by (in Kubernetes, the pod name).
+    /// Random when unset.
+    #[arg(long, value_name = "ID", env = "SCALE_AGENT_HUB_ID")]
+    pub hub_id: Option<String>,
+
+    /// With a shared store: the host or address other replicas reach this
+    /// one's HTTP API at (in Kubernetes, the pod IP from the downward API).
+    /// Defaults to the --http-addr address when that is a specific one.
+    #[arg(long, value_name = "HOST")]
+    pub advertise_address: Option<String>,
+
+    /// With a shared store: how often this replica records that it is alive.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub replica_heartbeat: Duration,
+
+    /// With a shared store: a replica silent for longer is dead; its
+    /// accounts are Disconnected (their grace period counted from its last
+    /// heartbeat) and its operations in flight go to the accounts' next
+    /// holders.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub replica_timeout: Duration,
 
     /// PEM certificate chain the gRPC server presents. Reloaded when the file
     /// changes (see --reload-interval): new connections use the new one, open
@@ -196,6 +225,13 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
+fn parse_store(text: &str) -> Result<StoreLocation, String> {
+    if text.trim().is_empty() {
+        return Err("empty: give a SQLite file path or a postgres:// URL".into());
+    }
+    Ok(StoreLocation::parse(text))
+}
+
 fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
     scale_agent_hub::identity::parse_cidr(text)
 }
@@ -255,7 +291,10 @@ impl Args {
         };
         Ok(Config {
             grace_period: self.grace_period,
-            store: self.store,
+            store: self.store.unwrap_or_default(),
+            advertise_address: self.advertise_address,
+            replica_heartbeat: self.replica_heartbeat,
+            replica_timeout: self.replica_timeout,
             tls,
             trusted_proxies: self.trusted_proxies,
             forwarded_client_ca,
@@ -274,7 +313,8 @@ impl Args {
                 max_connections: self.http_max_connections,
             },
             ..Config::new(self.grpc_addr, self.http_addr)
-        })
+        }
+        .with_hub_id(self.hub_id))
     }
 }
 
@@ -458,7 +498,7 @@ mod tests {
         assert_eq!(set.grpc_addr, "127.0.0.1:7000".parse().expect("valid"));
         assert_eq!(set.http_addr, "127.0.0.1:7001".parse().expect("valid"));
         assert_eq!(set.grace_period, Duration::from_secs(90));
-        assert_eq!(set.store, Some(PathBuf::from("/var/lib/hub.db")));
+        assert_eq!(set.store, StoreLocation::Sqlite("/var/lib/hub.db".into()));
         assert_eq!(set.trusted_proxies.len(), 1);
         let forwarded = set
             .forwarded_client_ca

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use crate::Error;
 use crate::identity;
 use crate::ownership::ShardSource;
+pub use crate::store::StoreLocation;
 use crate::tls::TlsConfig;
 
 /// A PEM CA bundle, and the file it came from (then re-read when it
@@ -34,8 +35,19 @@ pub struct Config {
     /// How long a dropped account is kept (Disconnected) for its agent to come
     /// back before it, its cache and its binding are removed.
     pub grace_period: Duration,
-    /// SQLite file for bindings; in memory when `None`.
-    pub store: Option<PathBuf>,
+    /// Where bindings (and, shared between replicas, the registry, resume
+    /// points and operations in flight) are kept.
+    pub store: StoreLocation,
+    /// The host or address other replicas reach this one's HTTP API at, for
+    /// forwarding (with a shared store); the HTTP listener's address when
+    /// `None` and it is a specific one.
+    pub advertise_address: Option<String>,
+    /// How often a replica sharing a store records that it is alive.
+    pub replica_heartbeat: Duration,
+    /// A replica sharing a store and silent for longer is dead: its
+    /// accounts are Disconnected, and its operations in flight go to the
+    /// accounts' next holders.
+    pub replica_timeout: Duration,
     /// TLS for gRPC; plain HTTP/2 (h2c) when `None`.
     pub tls: Option<TlsConfig>,
     /// This instance's id, sent in Welcome; a random one by default.
@@ -121,14 +133,18 @@ impl Default for HttpLimits {
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Config {
-    /// Defaults on the given addresses: 600 s grace period, in-memory store,
+    /// Defaults on the given addresses: 600 s grace period, in-memory store
+    /// (replicas of a shared store heartbeat every 2 s, dead after 10 s),
     /// no TLS, no ownership check, no API token.
     pub fn new(grpc_addr: SocketAddr, http_addr: SocketAddr) -> Config {
         Config {
             grpc_addr,
             http_addr,
             grace_period: Duration::from_secs(600),
-            store: None,
+            store: StoreLocation::Memory,
+            advertise_address: None,
+            replica_heartbeat: Duration::from_secs(2),
+            replica_timeout: Duration::from_secs(10),
             tls: None,
             hub_id: format!("hub-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             heartbeat_interval: Duration::from_secs(15),
@@ -159,12 +175,40 @@ impl Config {
         Config::new(any, any)
     }
 
+    /// These settings with hub id `id`, when given (the random one stays
+    /// otherwise).
+    pub fn with_hub_id(mut self, id: Option<String>) -> Config {
+        if let Some(id) = id.filter(|id| !id.trim().is_empty()) {
+            self.hub_id = id;
+        }
+        self
+    }
+
+    /// The base URL other replicas forward this replica's API requests to:
+    /// `http://<advertised address>:<port>`; `None` when the listener's
+    /// address is unspecified (0.0.0.0) and nothing is advertised.
+    pub fn advertised_api(&self, bound: SocketAddr) -> Option<String> {
+        let host = match &self.advertise_address {
+            Some(host) => host.clone(),
+            None if bound.ip().is_unspecified() => return None,
+            None => bound.ip().to_string(),
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Some(format!("http://{host}:{}", bound.port()))
+    }
+
     /// The settings as the hub runs them: the heartbeat interval raised to
     /// [`MIN_HEARTBEAT_INTERVAL`], the client certificate header in lower
     /// case, the forwarded certificates' CA defaulted to the TLS client CA;
     /// an error for a setting that cannot work (a header name that is not
     /// one, a trusted proxy CIDR with host bits set, trusted proxies without
-    /// a CA to check what they forward, a zero limit).
+    /// a CA to check what they forward, a zero limit, a hub id that cannot
+    /// name a replica, replicas that would count each other dead between
+    /// heartbeats).
     pub fn checked(mut self) -> Result<Config, Error> {
         self.heartbeat_interval = self.heartbeat_interval.max(MIN_HEARTBEAT_INTERVAL);
         let header = self.client_cert_header.to_ascii_lowercase();
@@ -213,6 +257,30 @@ impl Config {
                     message: "must be at least 1".into(),
                 });
             }
+        }
+        let id_ok = !self.hub_id.is_empty()
+            && self.hub_id.len() <= 253
+            && self
+                .hub_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !id_ok {
+            return Err(Error::Setting {
+                setting: "--hub-id",
+                message: format!(
+                    "{:?}: use 1 to 253 ASCII letters, digits and -_. (it names this replica in headers and the shared store)",
+                    self.hub_id
+                ),
+            });
+        }
+        if self.store.is_shared() && self.replica_timeout <= self.replica_heartbeat {
+            return Err(Error::Setting {
+                setting: "--replica-timeout",
+                message: format!(
+                    "{:?} must be longer than the heartbeat interval {:?} (three intervals or more), or live replicas count as dead",
+                    self.replica_timeout, self.replica_heartbeat
+                ),
+            });
         }
         Ok(self)
     }

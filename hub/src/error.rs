@@ -9,15 +9,10 @@ use std::path::PathBuf;
 /// are answered on that stream or request and logged, and the hub serves on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The binding store (SQLite) could not be opened, read or written.
-    #[error("binding store {path}: {source}")]
-    Store {
-        /// The database file, or `:memory:`.
-        path: String,
-        /// What SQLite said.
-        #[source]
-        source: rusqlite::Error,
-    },
+    /// The store (SQLite, or the shared PostgreSQL) could not be opened,
+    /// read or written.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -78,7 +73,7 @@ impl Error {
     /// A stable, low-cardinality label for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Error::Store { .. } => "store",
+            Error::Store(_) => "store",
             Error::Bind { .. } => "bind",
             Error::TlsFile { .. } => "tls_file",
             Error::Tls { .. } => "tls",

@@ -86,7 +86,13 @@ pub fn router(shared: Arc<Shared>, token: Option<Arc<SecretFile>>) -> Router {
             get(get_object),
         )
         .route("/v1/accounts/{account}/operations", post(post_operation))
-        .with_state(Arc::clone(&shared));
+        .with_state(Arc::clone(&shared))
+        // Requests about an account another replica holds go there (after
+        // the token check below, which runs first).
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            crate::forward::json_api,
+        ));
     if let Some(token) = token {
         api = api.layer(middleware::from_fn_with_state(
             (Arc::clone(&shared), token),
@@ -95,6 +101,7 @@ pub fn router(shared: Arc<Shared>, token: Option<Arc<SecretFile>>) -> Router {
     }
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(shared)
         .merge(api)
@@ -123,6 +130,20 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response()
+    }
+}
+
+/// 200 when the hub can do all it should; 503 with the reason when not (its
+/// shared store does not answer: it serves what it holds, but takes no new
+/// accounts).
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.ready() {
+        Ok(()) => "ok\n".into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -158,6 +179,38 @@ pub struct AccountView {
     session: Option<String>,
     /// Seconds since the last state change.
     since_seconds: u64,
+    /// With a shared store: the hub replica that holds (or last held) the
+    /// account's stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hub_replica: Option<String>,
+}
+
+impl AccountView {
+    /// An account as the shared store has it (held by another replica); the
+    /// cluster id only for `authenticated` callers.
+    fn stored(
+        row: crate::store::postgres::AccountRow,
+        now: SystemTime,
+        authenticated: bool,
+    ) -> AccountView {
+        AccountView {
+            state: if row.session.is_some() {
+                AccountState::Connected
+            } else {
+                AccountState::Disconnected
+            },
+            objects: usize::try_from(row.objects).unwrap_or(usize::MAX),
+            since_seconds: now.duration_since(row.since).map_or(0, |d| d.as_secs()),
+            name: row.name,
+            cluster_id: authenticated.then_some(row.binding.cluster_id),
+            shard: row.binding.shard.to_string(),
+            replica: row.agent_replica,
+            server_url: row.binding.server_url,
+            kubernetes_version: row.kubernetes_version,
+            session: row.session,
+            hub_replica: Some(row.holder),
+        }
+    }
 }
 
 fn account_view(shared: &Shared, core: &Core, a: &Account, now: SystemTime) -> AccountView {
@@ -176,6 +229,7 @@ fn account_view(shared: &Shared, core: &Core, a: &Account, now: SystemTime) -> A
         kubernetes_version: a.kubernetes_version.clone(),
         session: a.session.as_ref().map(ToString::to_string),
         since_seconds: now.duration_since(a.since).map_or(0, |d| d.as_secs()),
+        hub_replica: shared.replicas.as_ref().map(|r| r.id()),
     }
 }
 
@@ -205,6 +259,39 @@ async fn list_accounts(
         Ok(page) => page,
         Err(message) => return bad_page(message),
     };
+    if let Some(replicas) = &shared.replicas {
+        // Every replica's accounts, as the shared store has them; those this
+        // replica streams, as it sees them (its object count is current).
+        // When the store does not answer, what this replica holds.
+        match replicas.store().accounts(replicas.timing().timeout).await {
+            Ok(rows) => {
+                let me = replicas.id();
+                let authenticated = shared.config.api_token_file.is_some();
+                let now = SystemTime::now();
+                let core = shared.core();
+                let (views, next) = page::take(
+                    rows.into_iter()
+                        .filter(|row| after.as_ref().is_none_or(|a| row.name > *a))
+                        .map(|row| {
+                            let name = row.name.clone();
+                            let view = match core.registry.get(&name) {
+                                Some(a) if row.holder == me && a.session.is_some() => {
+                                    account_view(&shared, &core, a, now)
+                                }
+                                _ => AccountView::stored(row, now, authenticated),
+                            };
+                            (name, view)
+                        }),
+                    limit,
+                );
+                drop(core);
+                return page_response(&views, next);
+            }
+            Err(err) => {
+                warn!(%err, "listing accounts: the shared store does not answer; listing this replica's")
+            }
+        }
+    }
     let (views, next) = {
         let core = shared.core();
         let now = SystemTime::now();
@@ -501,8 +588,24 @@ async fn post_operation(
         account: account.clone(),
         id: id.clone(),
     };
+    // Posted before, maybe through a replica that died since: its outcome.
+    if request.id.is_some()
+        && !shared.operations.knows(&key)
+        && let Some(stored) = crate::inflight::finished(&shared, &key, &kind).await
+    {
+        return match stored {
+            Ok(outcome) => {
+                let status = outcome_status(&outcome);
+                Ok((status, Json(outcome)).into_response())
+            }
+            Err(message) => {
+                shared.metrics.operation("conflict");
+                Err(ApiError::new(StatusCode::CONFLICT, message))
+            }
+        };
+    }
     let began = shared.operations.begin(
-        key,
+        key.clone(),
         kind,
         Some(operations::timestamp(deadline)),
         session.clone(),
@@ -528,6 +631,7 @@ async fn post_operation(
                 ));
             };
             info!(operation = %id, wire_id = %wire, %account, session = %session, replica = %handle.replica, "routing operation to the agent");
+            crate::inflight::record(&shared, &op, &key.id).await;
             let frame = HubFrame {
                 frame: Some(hub_frame::Frame::Operation(op)),
             };

@@ -145,6 +145,10 @@ pub fn sync_start(session: &Session, start: &pb::SyncStart) {
         cache.sync_start(&kind, &version, mode);
     });
     if started.is_some() {
+        session.shared.metrics.sync(match mode {
+            SyncMode::FullRelist => "full_relist",
+            SyncMode::ResumedWatch => "resumed_watch",
+        });
         debug!(account = %start.account, kind = %clip(&kind.kind), group = %clip(&kind.group), ?mode, "sync started");
     }
 }

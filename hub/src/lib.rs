@@ -44,20 +44,28 @@
 //! [`registration`] (what a Register is answered), [`ingest`] (events and
 //! syncs into the cache), [`routing`] (operations between sessions),
 //! [`revocation`] (accounts a shard no longer owns), [`registry`] (binding
-//! rules), [`cache`] (objects and syncs), [`resync`] (the resync diff), [`store`] (SQLite bindings),
-//! [`operations`] (requests and results), [`http`] (the JSON API),
-//! [`page`] (pages of its lists), [`serve`] (accept loops, the HTTP
-//! server's limits), [`identity`], [`secret`], [`ownership`], [`tls`],
+//! rules), [`cache`] (objects and syncs), [`resync`] (the resync diff),
+//! [`store`] (SQLite bindings, or the PostgreSQL store several replicas
+//! share), [`replicas`] (this replica's side of a shared store: heartbeats,
+//! leader, write-behind), [`claim`] (registration through a shared store),
+//! [`forward`] (requests about accounts another replica holds), [`inflight`]
+//! (operations in flight shared between replicas), [`operations`] (requests
+//! and results), [`http`] (the JSON API), [`page`] (pages of its lists),
+//! [`serve`] (accept loops, the HTTP server's limits), [`identity`],
+//! [`secret`], [`ownership`], [`tls`],
 //! [`metrics`], [`clip`], [`window`] (what the Kubernetes API knows of a kind),
 //! [`kubeapi`] (the Kubernetes API of every account).
 
 pub mod cache;
+pub mod claim;
 pub mod clip;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod inflight;
 pub mod ingest;
 pub mod kubeapi;
 pub mod metrics;
@@ -66,6 +74,7 @@ pub mod ownership;
 pub mod page;
 pub mod registration;
 pub mod registry;
+pub mod replicas;
 pub mod resync;
 pub mod revocation;
 pub mod routing;
@@ -140,6 +149,18 @@ impl Hub {
         }
         let (grpc_listener, grpc_addr) = bind(config.grpc_addr, "grpc").await?;
         let (http_listener, http_addr) = bind(config.http_addr, "http").await?;
+        if let Some(replicas) = &shared.replicas {
+            let url = config
+                .advertised_api(http_addr)
+                .ok_or_else(|| Error::Setting {
+                    setting: "--advertise-address",
+                    message: format!(
+                        "with a shared store, other replicas must reach this one's HTTP API, and {http_addr} names no single address: give the address they reach it at (in Kubernetes, the pod IP)"
+                    ),
+                })?;
+            replicas.advertise_api(url);
+            replicas::Replicas::start(&shared);
+        }
 
         let mut builder = Server::builder()
             .http2_keepalive_interval(Some(grpc::KEEPALIVE_INTERVAL))
@@ -228,7 +249,7 @@ impl Hub {
         let (kube_api_addr, kube_api_task) = kube_api.unzip();
         info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
             max_connection_age = ?config.max_connection_age,
-            store = %config.store.as_deref().map_or_else(|| "memory".into(), |p| p.display().to_string()), "hub started");
+            store = %config.store, "hub started");
         started.disarm();
         Ok(RunningHub {
             grpc_addr,
@@ -345,13 +366,17 @@ impl RunningHub {
             }
             result
         };
-        match tokio::time::timeout(Duration::from_secs(10), join).await {
+        let result = match tokio::time::timeout(Duration::from_secs(10), join).await {
             Ok(result) => result,
             Err(_) => {
                 warn!("servers did not stop within 10s; leaving them");
                 Ok(())
             }
+        };
+        if let Some(replicas) = &self.shared.replicas {
+            replicas.finish(Duration::from_secs(5)).await;
         }
+        result
     }
 }
 

@@ -83,6 +83,28 @@ pub struct Metrics {
     /// Kubernetes API requests carried to agents and not finished (set at
     /// scrape time).
     pub kube_api_requests_in_flight: Gauge,
+    /// Syncs the agents opened, by mode: `full_relist` (everything listed
+    /// again) or `resumed_watch` (resumed from the hub's resume point).
+    pub syncs: Family<ModeLabel, Counter>,
+    /// 1 while this replica holds the leader lease of a shared store.
+    pub replica_leader: Gauge,
+    /// Account changes written behind to the shared store.
+    pub store_flushes: Counter,
+    /// Accounts this replica let go because another replica took them over.
+    pub accounts_handed_over: Counter,
+    /// Operations sent again because the replica that sent them stopped
+    /// (or let their account go) before they were answered.
+    pub operations_adopted: Counter,
+    /// Requests about accounts held by another replica, by outcome
+    /// (`forwarded`, `failed`, `refused_second_hop`).
+    pub forwarded: Family<OutcomeLabel, Counter>,
+}
+
+/// The mode of a sync.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ModeLabel {
+    /// `full_relist` or `resumed_watch`.
+    pub mode: &'static str,
 }
 
 impl Default for Metrics {
@@ -187,6 +209,36 @@ impl Metrics {
                 "kube_api_requests_in_flight",
                 "Kubernetes API requests carried to agents and not finished",
             ),
+            syncs: register(
+                &mut r,
+                "syncs",
+                "Syncs opened by agents, by mode (full_relist, resumed_watch)",
+            ),
+            replica_leader: register(
+                &mut r,
+                "replica_leader",
+                "1 while this replica enforces grace periods for every replica (leader lease of the shared store)",
+            ),
+            store_flushes: register(
+                &mut r,
+                "store_flushes",
+                "Account changes written behind to the shared store",
+            ),
+            accounts_handed_over: register(
+                &mut r,
+                "accounts_handed_over",
+                "Accounts this replica let go because another replica took them over",
+            ),
+            operations_adopted: register(
+                &mut r,
+                "operations_adopted",
+                "Operations sent again by this replica because the replica that sent them stopped before they were answered",
+            ),
+            forwarded: register(
+                &mut r,
+                "forwarded_requests",
+                "Requests about accounts held by another replica, by outcome",
+            ),
             registry: r,
         }
     }
@@ -233,6 +285,18 @@ impl Metrics {
         };
         self.kube_api_requests
             .get_or_create(&KubeApiLabel { source, code })
+            .inc();
+    }
+
+    /// Counts a sync opened in `mode`.
+    pub fn sync(&self, mode: &'static str) {
+        self.syncs.get_or_create(&ModeLabel { mode }).inc();
+    }
+
+    /// Counts a request about an account held by another replica.
+    pub fn forwarded(&self, outcome: &'static str) {
+        self.forwarded
+            .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 

@@ -11,7 +11,10 @@
 //!
 //! The agent sees a hub-chosen id, unique across accounts, so that its own
 //! run-once-per-id memory can never answer one account's operation with
-//! another's result. Only the session the operation was sent to may complete
+//! another's result: a digest of the account, the caller's id and the request
+//! ([`wire_id`]), so that every hub replica chooses the same one and a POST
+//! repeated through another replica (after the first died) is not run again
+//! by the agent. Only the session the operation was sent to may complete
 //! it; a result from any other session is ignored. When that session ends and
 //! the account comes back on another session, the operation is sent again
 //! with the same wire id (the agent runs each id at most once).
@@ -380,8 +383,9 @@ pub fn timestamp(at: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(at)
 }
 
-/// The result of an operation, as the HTTP API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The result of an operation, as the HTTP API returns it (and the shared
+/// store keeps it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Outcome {
     /// The operation id (the caller's, or the one the hub chose for it).
@@ -550,6 +554,27 @@ fn describe(kind: Option<&operation::Kind>) -> &'static str {
     }
 }
 
+/// The id the agent sees for operation `key` asking for `kind`: the same on
+/// every replica, different for another account, caller id or request.
+pub fn wire_id(key: &CallerKey, kind: &operation::Kind) -> String {
+    use prost::Message as _;
+    use sha2::{Digest as _, Sha256};
+    let request = pb::Operation {
+        kind: Some(kind.clone()),
+        ..Default::default()
+    };
+    let mut digest = Sha256::new();
+    for part in [key.account.as_bytes(), key.id.as_bytes()] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    }
+    digest.update(request.encode_to_vec());
+    digest.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn conflict(key: &CallerKey, earlier: Option<&operation::Kind>) -> String {
     format!(
         "operation id {} on account {} was already used for a different request (a {}); use a new id for a new request",
@@ -596,7 +621,7 @@ impl Operations {
                 Begin::Conflict(conflict(&key, pending.frame.kind.as_ref()))
             };
         }
-        let wire = uuid::Uuid::new_v4().to_string();
+        let wire = wire_id(&key, &kind);
         let frame = pb::Operation {
             id: wire.clone(),
             account: key.account.clone(),
@@ -615,6 +640,68 @@ impl Operations {
             },
         );
         Begin::New(frame, rx)
+    }
+
+    /// True when operation `key` is in flight here or finished recently.
+    pub fn knows(&self, key: &CallerKey) -> bool {
+        let table = self.lock();
+        table.by_caller.contains_key(key) || table.finished.contains_key(key)
+    }
+
+    /// The caller's key of the pending operation with wire id `id`.
+    pub fn caller_of(&self, id: &str) -> Option<CallerKey> {
+        self.lock().pending.get(id).map(|p| p.caller.clone())
+    }
+
+    /// The outcome of operation `key`, when it finished recently.
+    pub fn finished_outcome(&self, key: &CallerKey) -> Option<Outcome> {
+        self.lock().finished.get(key).map(|f| f.outcome.clone())
+    }
+
+    /// Takes over `frame`, an operation another replica sent as `key` and
+    /// nobody waits for any more, to be sent again (same wire id) to
+    /// `session`. False when it is already here (pending or finished).
+    pub fn adopt(&self, key: CallerKey, frame: pb::Operation, session: SessionId) -> bool {
+        let mut table = self.lock();
+        if table.by_caller.contains_key(&key)
+            || table.finished.contains_key(&key)
+            || table.pending.contains_key(&frame.id)
+        {
+            return false;
+        }
+        let (done, _) = watch::channel(None);
+        table.by_caller.insert(key.clone(), frame.id.clone());
+        table.pending.insert(
+            frame.id.clone(),
+            Pending {
+                caller: key,
+                frame,
+                session,
+                done,
+            },
+        );
+        true
+    }
+
+    /// Another replica recorded `outcome` for the pending operation with
+    /// wire id `id` (this one let its account go): it completes it. False
+    /// when nothing waits for it.
+    pub fn settle(&self, id: &str, outcome: Outcome) -> bool {
+        let mut table = self.lock();
+        let Some(pending) = table.pending.remove(id) else {
+            return false;
+        };
+        table.by_caller.remove(&pending.caller);
+        pending.done.send_replace(Some(outcome.clone()));
+        table.finished.insert(
+            pending.caller,
+            Finished {
+                at: Instant::now(),
+                request: pending.frame.kind,
+                outcome,
+            },
+        );
+        true
     }
 
     /// The pending operation with wire id `id`: its frame and the session it
@@ -689,6 +776,16 @@ impl Operations {
             }
         }
         frames
+    }
+
+    /// Operations whose session is not live any more (per `is_live`).
+    pub fn stranded(&self, is_live: impl Fn(&SessionId) -> bool) -> Vec<pb::Operation> {
+        self.lock()
+            .pending
+            .values()
+            .filter(|p| !is_live(&p.session))
+            .map(|p| p.frame.clone())
+            .collect()
     }
 
     /// Number of operations waiting.

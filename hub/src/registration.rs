@@ -28,9 +28,9 @@ use crate::ownership::{Ownership, OwnershipRx, Verdict};
 use crate::registry::{
     Account, Binding, Caller, Decision, Registration, RejectReason, Release, SessionId, ShardKey,
 };
-use crate::routing;
 use crate::session::{Session, frame};
 use crate::state::Core;
+use crate::{claim, routing};
 
 /// How long a Register waits for the first list of AgentShards before it is
 /// answered UNAVAILABLE.
@@ -128,6 +128,20 @@ impl Refusal {
             reason: RegisterReason::Unavailable,
             label: "ownership_unavailable",
             message: "the hub has not loaded the AgentShards yet, so it cannot tell who owns this account; retry shortly".to_owned(),
+            owner: None,
+        }
+    }
+
+    /// The hub's shared store cannot be used (`why`), so nothing can be
+    /// bound or claimed; the agent retries.
+    pub fn store_unavailable(why: &str) -> Refusal {
+        Refusal {
+            reason: RegisterReason::Unavailable,
+            label: "store_unavailable",
+            message: format!(
+                "the hub cannot reach its shared store, so it cannot bind or take accounts now ({}); retry shortly",
+                clip(why)
+            ),
             owner: None,
         }
     }
@@ -272,6 +286,21 @@ pub struct Limits {
     pub per_session: usize,
     /// Accounts one Register frame may carry.
     pub per_frame: usize,
+}
+
+impl Decided {
+    /// `account` of cluster `cluster_id`, refused for `refusal`, with nothing
+    /// else to do.
+    pub fn refused(account: String, cluster_id: String, refusal: Refusal) -> Decided {
+        Decided {
+            account,
+            cluster_id,
+            answer: Answer::Refused(refusal),
+            persist: None,
+            superseded: None,
+            moved_from: None,
+        }
+    }
 }
 
 fn resume_point(r: Resume) -> ResumePoint {
@@ -503,17 +532,10 @@ pub async fn register(session: &Session, reg: pb::Register) -> bool {
         per_frame: shared.config.max_accounts_per_frame,
     };
     let (accounts, excess) = split_frame(reg.accounts, limits.per_frame);
-    let mut decided = {
-        let mut core = shared.core();
-        decide(
-            &mut core,
-            &caller,
-            &owners,
-            limits,
-            accounts,
-            SystemTime::now(),
-        )
-    };
+    let mut decided = claim::decide(shared, &caller, accounts, |core, accounts| {
+        decide(core, &caller, &owners, limits, accounts, SystemTime::now())
+    })
+    .await;
     decided.extend(excess);
     let accepted: Vec<String> = decided
         .iter()

@@ -509,6 +509,12 @@ impl Registry {
         expired
     }
 
+    /// Removes `name` whatever its state (another hub replica holds it now,
+    /// or the shared store no longer has it); the removed account.
+    pub fn remove(&mut self, name: &str) -> Option<Account> {
+        self.accounts.remove(name)
+    }
+
     /// Number of accounts in each state: (connected, disconnected).
     pub fn counts(&self) -> (usize, usize) {
         let connected = self

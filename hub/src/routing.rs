@@ -11,6 +11,7 @@ use scale_agent_proto::v1::{self as pb, ErrorCode, hub_frame};
 use tracing::{debug, info, warn};
 
 use crate::clip::clip;
+use crate::inflight;
 use crate::operations::Completion;
 use crate::session::{Session, frame};
 
@@ -30,8 +31,15 @@ pub fn result(session: &Session, result: pb::OperationResult) {
             return;
         }
     }
+    let caller = shared.operations.caller_of(&id);
     match shared.operations.complete(&session.id, &result) {
-        Completion::Done => {}
+        Completion::Done => {
+            if let Some(caller) = caller
+                && let Some(outcome) = shared.operations.finished_outcome(&caller)
+            {
+                inflight::finish(shared, &caller.account, &id, &outcome);
+            }
+        }
         Completion::Unknown => {
             debug!(operation = %clip(&id), "result for an operation nobody waits for (answered already or given up); ignored");
             shared.metrics.frame_ignored("operation_result_unknown");

@@ -1,7 +1,8 @@
 //! The state every part of the hub shares: the settings, registry and cache
 //! (under one lock, so "is this account held by this session" and "apply its
-//! events" are one step), the store, live sessions, pending operations and
-//! metrics.
+//! events" are one step), the store (and, when it is shared with other
+//! replicas, this replica's side of it), live sessions, pending operations
+//! and metrics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,7 +12,7 @@ use scale_agent_proto::v1::HubFrame;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
 use crate::config::Config;
@@ -20,7 +21,8 @@ use crate::metrics::{Metrics, StateLabel};
 use crate::operations::Operations;
 use crate::ownership::OwnershipRx;
 use crate::registry::{Binding, Registry, SessionId, ShardKey};
-use crate::store::Store;
+use crate::replicas::{Replicas, Timing};
+use crate::store::{self, Store, StoreLocation};
 
 /// The frames the hub sends on one session.
 pub type Outbound = mpsc::Sender<Result<HubFrame, Status>>;
@@ -56,7 +58,10 @@ pub struct Shared {
     pub ownership: Option<OwnershipRx>,
     core: Mutex<Core>,
     /// Durable bindings.
-    pub store: Store,
+    pub store: Box<dyn Store>,
+    /// This replica's side of a store shared with other replicas
+    /// (`--store postgres://...`); `None` for one hub.
+    pub replicas: Option<Arc<Replicas>>,
     sessions: Mutex<HashMap<SessionId, SessionHandle>>,
     /// Operations waiting for results.
     pub operations: Operations,
@@ -80,9 +85,26 @@ impl Shared {
     ) -> Result<Arc<Shared>, crate::Error> {
         let config = config.checked()?;
         let identity = IdentityPolicy::start(&config, &shutdown)?;
-        let store = Store::open(config.store.as_deref())?;
+        let store = store::open(&config.store)?;
         let bindings = store.load()?;
+        let replicas = match &config.store {
+            StoreLocation::Postgres(url) => Some(Arc::new(Replicas::new(
+                url,
+                &config.hub_id,
+                Timing {
+                    heartbeat: config.replica_heartbeat,
+                    timeout: config.replica_timeout,
+                    grace: config.grace_period,
+                },
+            )?)),
+            _ => None,
+        };
         let mut core = Core::default();
+        if replicas.is_some() {
+            // The changes of every account are written behind to the shared
+            // store.
+            core.cache = crate::cache::Cache::noting_changes();
+        }
         let expiries = core.registry.load(bindings, SystemTime::now());
         if !expiries.is_empty() {
             info!(
@@ -96,6 +118,7 @@ impl Shared {
             ownership,
             core: Mutex::new(core),
             store,
+            replicas,
             sessions: Mutex::new(HashMap::new()),
             operations: Operations::default(),
             tunnels: crate::kubeapi::Tunnels::default(),
@@ -178,14 +201,33 @@ impl Shared {
             self.metrics.store_errors.inc();
             warn!(account = name, %err, "could not remove the account binding from the store");
         }
+        if let Some(replicas) = &self.replicas {
+            replicas.removed(name);
+        }
         self.metrics.account_removed(reason);
+    }
+
+    /// Whether the hub can do all it should: `Err` says why not (the shared
+    /// store does not answer).
+    pub fn ready(&self) -> Result<(), String> {
+        match &self.replicas {
+            Some(replicas) => replicas.ready(),
+            None => Ok(()),
+        }
     }
 
     /// After the grace period, removes each account that is still
     /// Disconnected since the given epoch, with its objects and binding.
+    ///
+    /// With a shared store the accounts are recorded Disconnected there now,
+    /// and its leader removes them after the grace period (once, for every
+    /// replica); here only the local copy is dropped then.
     pub fn schedule_expiry(self: &Arc<Self>, expiries: Vec<(String, u64)>) {
         if expiries.is_empty() {
             return;
+        }
+        if let Some(replicas) = &self.replicas {
+            replicas.released(expiries.iter().map(|(name, _)| name.clone()).collect());
         }
         let shared = Arc::clone(self);
         tokio::spawn(async move {
@@ -197,11 +239,18 @@ impl Shared {
                 let removed = {
                     let mut core = shared.core();
                     if core.registry.expire(&name, epoch) {
+                        if let Some(replicas) = &shared.replicas {
+                            replicas.forget_claim(&name);
+                        }
                         Some(core.cache.remove(&name))
                     } else {
                         None
                     }
                 };
+                if let (Some(objects), Some(_)) = (removed, &shared.replicas) {
+                    debug!(account = %name, objects, "grace period over: dropped this replica's copy (the shared store's leader removes the account)");
+                    continue;
+                }
                 if let Some(objects) = removed {
                     info!(
                         account = %name,

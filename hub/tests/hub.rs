@@ -548,7 +548,8 @@ async fn bindings_survive_a_restart_with_a_store_file() -> Result<()> {
     logs();
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("hub.db");
-    let with_store = |c: &mut Config| c.store = Some(path.clone());
+    let with_store =
+        |c: &mut Config| c.store = scale_agent_hub::config::StoreLocation::Sqlite(path.clone());
     let hub = hub_with(with_store).await?;
     let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
     assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);

@@ -152,7 +152,7 @@ impl Stack {
         let nginx = Nginx::start(
             &NginxOptions {
                 mode: Mode::GrpcTls,
-                hub_grpc: hub.grpc.clone(),
+                hubs_grpc: vec![hub.grpc.clone()],
                 tls_cert: lb.cert_file,
                 tls_key: lb.key_file,
                 client_ca: pki.ca_file.clone(),

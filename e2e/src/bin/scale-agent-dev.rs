@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
 use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
+use scale_agent_e2e::postgres::Postgres;
 use scale_agent_e2e::{ControlPlane, Error, Options, Result, workspace_binary};
 
 #[derive(Parser, Debug)]
@@ -86,8 +87,9 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     }
     tracing::info!("installing the AgentShard CRD from {}", crd.display());
     scale_agent_e2e::crd::install(&cp, crd)?;
-    // The hub (Clouddriver's side) and nginx in front of it.
-    let stack = Stack::start(&cp, &run_dir).await?;
+    // The hub (Clouddriver's side) and nginx in front of it; with
+    // SCALE_AGENT_HUB_REPLICAS=2 (or more), that many replicas sharing PostgreSQL.
+    let stack = Stack::start(&cp, &run_dir, hub_replicas()?).await?;
     // Each example shard's agents carry a client certificate naming their shard, in the
     // Secret the operator mounts for shards without spec.hub; they reach the hub through
     // nginx, which verifies the certificate and forwards it.
@@ -109,7 +111,11 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     // example account, written by the hub's own subcommand.
     hub_kubeconfig(&stack, &dir.join("hub-kubeconfig"))?;
 
-    let env = format!(
+    let hub = stack.hubs.first().ok_or_else(|| Error::Invalid {
+        what: "the hub".into(),
+        message: "no replica started".into(),
+    })?;
+    let mut env = format!(
         "# Written by `just up`; source it: . .dev/env\n\
          export KUBECONFIG={}\n\
          export HUB_HTTP={}\n\
@@ -117,11 +123,18 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
          export LB_GRPC={}\n\
          export HUB_KUBE_API={}\n",
         dir.join("kubeconfig").display(),
-        stack.hub.http,
-        stack.hub.grpc,
+        hub.http,
+        hub.grpc,
         stack.nginx.address,
         stack.kube_api,
     );
+    if let Some(url) = &stack.store_url {
+        let replicas: Vec<&str> = stack.hubs.iter().map(|h| h.http.as_str()).collect();
+        env.push_str(&format!(
+            "export HUB_REPLICAS_HTTP=\"{}\"\nexport HUB_STORE={url}\n",
+            replicas.join(" ")
+        ));
+    }
     write(&dir.join("env"), &env)?;
     write(&ready, &std::process::id().to_string())?;
     tracing::info!("ready: . {}/env; kubectl get agentshards", dir.display());
@@ -209,13 +222,32 @@ fn hub_kubeconfig(stack: &Stack, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The hub and its load balancer.
+/// How many hub replicas to run: `SCALE_AGENT_HUB_REPLICAS`, 1 by default (SQLite);
+/// from 2 on they share a PostgreSQL database.
+fn hub_replicas() -> Result<usize> {
+    match std::env::var("SCALE_AGENT_HUB_REPLICAS") {
+        Err(_) => Ok(1),
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n) if (1..=9).contains(&n) => Ok(n),
+            _ => Err(Error::Invalid {
+                what: format!("SCALE_AGENT_HUB_REPLICAS={text}"),
+                message: "a number of hub replicas from 1 to 9".into(),
+            }),
+        },
+    }
+}
+
+/// The hub replicas, their shared store, and the load balancer in front of them.
 struct Stack {
     nginx: Nginx,
-    hub: HubProcess,
-    /// `https://127.0.0.1:<port>`: the accounts' Kubernetes API, with a certificate
-    /// of its own (the hub's gRPC is plain behind nginx, which terminates the agents'
-    /// TLS).
+    /// The replicas (fields drop in order: nginx, then the hubs, then PostgreSQL).
+    hubs: Vec<HubProcess>,
+    /// The database the replicas share, when there are several.
+    store_url: Option<String>,
+    _postgres: Option<Postgres>,
+    /// `https://127.0.0.1:<port>`: the accounts' Kubernetes API, served by the first
+    /// replica with a certificate of its own (the hubs' gRPC is plain behind nginx,
+    /// which terminates the agents' TLS).
     kube_api: String,
     /// The file holding the API's token.
     kube_api_token: PathBuf,
@@ -224,8 +256,17 @@ struct Stack {
 }
 
 impl Stack {
-    async fn start(cp: &ControlPlane, run_dir: &Path) -> Result<Stack> {
-        tracing::info!("starting the hub");
+    async fn start(cp: &ControlPlane, run_dir: &Path, replicas: usize) -> Result<Stack> {
+        let postgres = if replicas > 1 {
+            tracing::info!("starting PostgreSQL, the store of {replicas} hub replicas");
+            Some(Postgres::start(run_dir).await?)
+        } else {
+            None
+        };
+        let store_url = match &postgres {
+            Some(pg) => Some(pg.database("scaleagent")?),
+            None => None,
+        };
         // The accounts' Kubernetes API: one token for every account.
         let token = random_secret()?;
         let tokens_file = run_dir.join("kube-api-tokens");
@@ -238,39 +279,53 @@ impl Stack {
             .issue_server("hub-kube-api", &["127.0.0.1", "localhost"])?;
         // Agents come through nginx, which verifies their certificates and forwards
         // them. Every local process can connect from 127.0.0.1, so the address alone
-        // proves nothing: nginx also sends a secret only it and the hub know, and the
+        // proves nothing: nginx also sends a secret only it and the hubs know, and a
         // hub believes a forwarded certificate only with that secret and only when
-        // the certificate chains to the agents' CA. The hub accepts an account only
+        // the certificate chains to the agents' CA. A hub accepts an account only
         // from the AgentShard that owns it.
         let proxy_secret = random_secret()?;
         let secret_file = run_dir.join("hub-proxy-secret");
         write_private(&secret_file, &proxy_secret)?;
-        let hub = HubProcess::start(
-            HubOptions {
-                bin: workspace_binary("scale-agent-hub")?,
-                grace_period: "600s".into(),
-                store: Some(run_dir.join("hub.sqlite")),
-                args: vec![
-                    "--trusted-proxy=127.0.0.1/32".into(),
-                    format!("--client-ca={}", cp.pki.ca_file.display()),
-                    format!("--proxy-secret-file={}", secret_file.display()),
-                    "--authorize-shards=*".into(),
+        let mut hubs = Vec::new();
+        for i in 1..=replicas {
+            tracing::info!("starting hub replica {i} of {replicas}");
+            let mut args = vec![
+                "--trusted-proxy=127.0.0.1/32".to_string(),
+                format!("--client-ca={}", cp.pki.ca_file.display()),
+                format!("--proxy-secret-file={}", secret_file.display()),
+                "--authorize-shards=*".into(),
+            ];
+            if i == 1 {
+                args.extend([
                     format!("--kube-api-addr=127.0.0.1:{kube_api_port}"),
                     format!("--kube-api-tokens-file={}", tokens_file.display()),
                     format!("--kube-api-tls-cert={}", kube_api_cert.cert_file.display()),
                     format!("--kube-api-tls-key={}", kube_api_cert.key_file.display()),
-                ],
-                kubeconfig: Some(cp.management.kubeconfig.clone()),
-            },
-            run_dir,
-        )
-        .await?;
+                ]);
+            }
+            if let Some(url) = &store_url {
+                args.extend([format!("--store={url}"), format!("--hub-id=hub-{i}")]);
+            }
+            hubs.push(
+                HubProcess::start(
+                    HubOptions {
+                        bin: workspace_binary("scale-agent-hub")?,
+                        grace_period: "600s".into(),
+                        store: store_url.is_none().then(|| run_dir.join("hub.sqlite")),
+                        args,
+                        kubeconfig: Some(cp.management.kubeconfig.clone()),
+                    },
+                    run_dir,
+                )
+                .await?,
+            );
+        }
         tracing::info!("starting nginx in front of the hub");
         let lb = cp.pki.issue_server("lb", &["127.0.0.1", "localhost"])?;
         let nginx = Nginx::start(
             &NginxOptions {
                 mode: Mode::GrpcTls,
-                hub_grpc: hub.grpc.clone(),
+                hubs_grpc: hubs.iter().map(|h| h.grpc.clone()).collect(),
                 tls_cert: lb.cert_file,
                 tls_key: lb.key_file,
                 client_ca: cp.pki.ca_file.clone(),
@@ -281,7 +336,9 @@ impl Stack {
         .await?;
         Ok(Stack {
             nginx,
-            hub,
+            hubs,
+            store_url,
+            _postgres: postgres,
             kube_api: format!("https://127.0.0.1:{kube_api_port}"),
             kube_api_token,
             kube_api_ca: cp.pki.ca_file.clone(),

@@ -1,27 +1,27 @@
-//! Durable account bindings: account name → cluster id and shard, in SQLite.
-//!
-//! The binding is what makes "an account name can never silently point at
-//! another cluster" hold across hub restarts. Only bindings are stored; the
-//! object cache is rebuilt from the agents' resync after a restart.
+//! The store of one hub: account bindings (name → cluster id and shard) in a
+//! SQLite file. Only bindings are stored; the object cache is rebuilt from
+//! the agents' resync after a restart.
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, params};
 
-use crate::error::Error;
+use super::{Store, StoreError};
 use crate::registry::{Binding, ShardKey};
 
 /// The binding store: a SQLite file, or an in-memory database when no path is
 /// given (bindings then last as long as the process).
-pub struct Store {
+pub struct SqliteStore {
     path: String,
     conn: Mutex<Connection>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -36,12 +36,12 @@ CREATE TABLE IF NOT EXISTS bindings (
 );
 ";
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating when needed) the database at `path`, or an in-memory
     /// one when `path` is `None`.
-    pub fn open(path: Option<&Path>) -> Result<Store, Error> {
+    pub fn open(path: Option<&Path>) -> Result<SqliteStore, StoreError> {
         let label = path.map_or_else(|| ":memory:".to_owned(), |p| p.display().to_string());
-        let err = |source| Error::Store {
+        let err = |source| StoreError::Sqlite {
             path: label.clone(),
             source,
         };
@@ -58,14 +58,14 @@ impl Store {
                 .map_err(err)?;
         }
         conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(Store {
+        Ok(SqliteStore {
             path: label,
             conn: Mutex::new(conn),
         })
     }
 
-    fn err(&self, source: rusqlite::Error) -> Error {
-        Error::Store {
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
             path: self.path.clone(),
             source,
         }
@@ -78,9 +78,19 @@ impl Store {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+impl Store for SqliteStore {
+    fn location(&self) -> String {
+        if self.path == ":memory:" {
+            "memory".to_owned()
+        } else {
+            format!("sqlite:{}", self.path)
+        }
+    }
 
     /// Every stored binding, by account name.
-    pub fn load(&self) -> Result<Vec<(String, Binding)>, Error> {
+    fn load(&self) -> Result<Vec<(String, Binding)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
@@ -106,8 +116,7 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    /// Records (or replaces) the binding of `name`.
-    pub fn put(&self, name: &str, binding: &Binding) -> Result<(), Error> {
+    fn put(&self, name: &str, binding: &Binding) -> Result<(), StoreError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -134,8 +143,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Forgets the binding of `name` (the account was removed).
-    pub fn remove(&self, name: &str) -> Result<(), Error> {
+    fn remove(&self, name: &str) -> Result<(), StoreError> {
         self.lock()
             .execute("DELETE FROM bindings WHERE name = ?1", params![name])
             .map(|_| ())
@@ -163,14 +171,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("hub.db");
         {
-            let store = Store::open(Some(&path)).expect("open");
+            let store = SqliteStore::open(Some(&path)).expect("open");
             store.put("prod-1", &binding("uid-a")).expect("put");
             store.put("prod-2", &binding("uid-b")).expect("put");
             store.put("prod-2", &binding("uid-c")).expect("replace");
             store.put("gone", &binding("uid-d")).expect("put");
             store.remove("gone").expect("remove");
         }
-        let store = Store::open(Some(&path)).expect("reopen");
+        let store = SqliteStore::open(Some(&path)).expect("reopen");
         let loaded = store.load().expect("load");
         assert_eq!(
             loaded,
@@ -183,7 +191,7 @@ mod tests {
 
     #[test]
     fn in_memory_store_works() {
-        let store = Store::open(None).expect("open");
+        let store = SqliteStore::open(None).expect("open");
         store.put("a", &binding("x")).expect("put");
         assert_eq!(store.load().expect("load").len(), 1);
         store.remove("a").expect("remove");

@@ -1,0 +1,471 @@
+//! Hub replicas in-process sharing a real PostgreSQL (Debian's, started by
+//! the e2e harness), driven by fake agents over real gRPC: one holder per
+//! account whatever the races, takeovers that resume from the written-behind
+//! cache, forwarding between replicas, and a database that goes away and
+//! comes back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use scale_agent_e2e::postgres::Postgres;
+use scale_agent_hub::RunningHub;
+use scale_agent_hub::config::StoreLocation;
+use scale_agent_proto::v1::{RegisterReason, hub_frame};
+
+const LONG: Duration = Duration::from_secs(600);
+
+/// A PostgreSQL server of the test's own, with database `name`, and the
+/// folder of its logs: stopped and removed when the test ends, also when it
+/// fails (and by a reaper, should the test process be killed).
+async fn postgres(name: &str) -> Result<(Postgres, String, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let reaper = scale_agent_e2e::process::spawn_reaper(dir.path(), std::process::id())?;
+    // It outlives the test and stops what it left when the process ends.
+    std::mem::forget(reaper);
+    let pg = Postgres::start(dir.path()).await?;
+    let url = pg.database(name)?;
+    Ok((pg, url, dir))
+}
+
+/// A hub replica on the database at `url`, heartbeating every 200 ms.
+async fn replica(url: &str, id: &str) -> Result<RunningHub> {
+    hub_with(|c| {
+        c.grace_period = LONG;
+        c.store = StoreLocation::Postgres(url.to_owned());
+        c.hub_id = id.to_owned();
+        c.replica_heartbeat = Duration::from_millis(200);
+        c.replica_timeout = Duration::from_secs(2);
+    })
+    .await
+}
+
+/// Waits until `check` holds (at most 10 s).
+async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ready(hub: &RunningHub) -> Result<bool> {
+    Ok(get(hub, "/readyz").await?.0 == 200)
+}
+
+/// The holder of each account, as database `db` has it.
+fn holders(pg: &Postgres, db: &str) -> Result<Vec<(String, String, String)>> {
+    let text = pg.psql(
+        db,
+        "SELECT name, holder, COALESCE(session, '') FROM accounts ORDER BY name",
+    )?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut parts = l.split('|').map(str::to_owned);
+            (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn any_replica_answers_for_an_account_another_holds() -> Result<()> {
+    logs();
+    // Stopped when the test ends.
+    let (_pg, url, _dir) = postgres("forwarding").await?;
+    let a = replica(&url, "hub-a").await?;
+    let b = replica(&url, "hub-b").await?;
+    eventually("both ready", || async {
+        Ok(ready(&a).await? && ready(&b).await?)
+    })
+    .await?;
+    let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
+    assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
+    agent
+        .events("prod-1", vec![added("web", "frontend", "10")])
+        .await?;
+
+    // Through the replica without the stream: forwarded to the holder.
+    let (status, objects) = get(&b, "/v1/accounts/prod-1/objects").await?;
+    assert_eq!(status, 200, "{objects}");
+    assert_eq!(objects[0]["name"], "frontend");
+    let (status, account) = get(&b, "/v1/accounts/prod-1").await?;
+    assert_eq!(status, 200, "{account}");
+    assert_eq!(account["hubReplica"], "hub-a");
+    // Every replica lists every account.
+    let (_, listed) = get(&b, "/v1/accounts").await?;
+    assert_eq!(listed[0]["name"], "prod-1", "{listed}");
+    assert_eq!(listed[0]["state"], "Connected");
+    assert_eq!(listed[0]["hubReplica"], "hub-a");
+
+    // A request forwarded once is never forwarded again.
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/accounts/prod-1/objects", b.http_url()))
+        .header("x-scale-agent-forwarded-by", "hub-x")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 503);
+    let text = response.text().await?;
+    assert!(text.contains("hub-x") && text.contains("retry"), "{text}");
+
+    // Unknown everywhere: 404 from whichever replica is asked.
+    assert_eq!(get(&b, "/v1/accounts/nope/objects").await?.0, 404);
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn forwarded_requests_carry_the_callers_token_and_the_holder_checks_it() -> Result<()> {
+    logs();
+    // Stopped when the test ends.
+    let (_pg, url, _dir) = postgres("forwarding_token").await?;
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n")?;
+    let with_token = |id: &'static str| {
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            hub_with(move |c| {
+                c.store = StoreLocation::Postgres(url);
+                c.hub_id = id.into();
+                c.replica_heartbeat = Duration::from_millis(200);
+                c.replica_timeout = Duration::from_secs(2);
+                c.api_token_file = Some(token);
+            })
+            .await
+        }
+    };
+    let a = with_token("hub-a").await?;
+    let b = with_token("hub-b").await?;
+    eventually("both ready", || async {
+        Ok(ready(&a).await? && ready(&b).await?)
+    })
+    .await?;
+    let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
+    assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
+    let client = reqwest::Client::new();
+    let objects = format!("{}/v1/accounts/prod-1/objects", b.http_url());
+    // Without the token: refused by the replica asked, never forwarded.
+    let refused = client.get(&objects).send().await?;
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().get("x-scale-agent-served-by").is_none());
+    // With it: forwarded, and accepted by the holder, which checks it again.
+    let served = client.get(&objects).bearer_auth("s3cret").send().await?;
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        served
+            .headers()
+            .get("x-scale-agent-served-by")
+            .map(|v| v.as_bytes()),
+        Some(&b"hub-a"[..])
+    );
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_an_account_cannot_write_over_its_new_holder() -> Result<()> {
+    use scale_agent_hub::cache::Changes;
+    use scale_agent_hub::registry::{Binding, ShardKey};
+    use scale_agent_hub::store::postgres::{ClaimWrite, FlushError, PgStore};
+    logs();
+    // Stopped when the test ends.
+    let (_pg, url, _dir) = postgres("fencing").await?;
+    let store = PgStore::new(&url)?;
+    store.migrate().await?;
+    // Migrations are applied once, whoever starts first.
+    assert!(store.migrate().await?.is_empty());
+    let write = |session: &str| ClaimWrite {
+        name: "prod-1".into(),
+        binding: Binding {
+            cluster_id: "uid-a".into(),
+            shard: ShardKey {
+                namespace: "spinnaker".into(),
+                name: "east".into(),
+            },
+            server_url: String::new(),
+        },
+        session: session.into(),
+        agent_replica: "east-0".into(),
+        kubernetes_version: String::new(),
+    };
+    let names = ["prod-1".to_owned()];
+    let none = std::collections::HashMap::new();
+    let timeout = Duration::from_secs(2);
+    let (_, a) = store
+        .claim("hub-a", &names, &none, timeout, |_| ((), vec![write("s1")]))
+        .await
+        .map_err(|f| f.error)?;
+    let (_, b) = store
+        .claim("hub-b", &names, &none, timeout, |_| ((), vec![write("s2")]))
+        .await
+        .map_err(|f| f.error)?;
+    assert_eq!((a[0].1, b[0].1), (1, 2), "each claim raises the epoch");
+    let changes = Changes {
+        objects: 7,
+        ..Changes::default()
+    };
+    assert!(matches!(
+        store.flush("hub-a", "prod-1", a[0].1, &changes).await,
+        Err(FlushError::Lost)
+    ));
+    assert!(!store.release("hub-a", "prod-1", a[0].1).await?);
+    assert!(!store.remove("hub-a", "prod-1", a[0].1).await?);
+    store.flush("hub-b", "prod-1", b[0].1, &changes).await?;
+    let rows = store.accounts(timeout).await?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            rows[0].holder.as_str(),
+            rows[0].session.as_deref(),
+            rows[0].objects
+        ),
+        ("hub-b", Some("s2"), 7)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache() -> Result<()> {
+    logs();
+    let (pg, url, _dir) = postgres("takeover").await?;
+    let a = replica(&url, "hub-a").await?;
+    let b = replica(&url, "hub-b").await?;
+    eventually("both ready", || async {
+        Ok(ready(&a).await? && ready(&b).await?)
+    })
+    .await?;
+    let mut first = FakeAgent::connect(&a, "east", "east-0").await?;
+    assert!(first.register(&[("prod-1", "uid-a")]).await?[0].accepted);
+    first
+        .sync_start(
+            "prod-1",
+            deployments(),
+            scale_agent_proto::v1::SyncMode::FullRelist,
+        )
+        .await?;
+    first
+        .events(
+            "prod-1",
+            vec![added("web", "frontend", "10"), added("web", "api", "11")],
+        )
+        .await?;
+    first.sync_end("prod-1", deployments(), "12", 2).await?;
+    first.barrier().await?;
+    // Written behind within a flush interval.
+    eventually("the cache written behind", || async {
+        let text = pg.psql(
+            "takeover",
+            "SELECT (SELECT count(*) FROM objects), (SELECT string_agg(resource_version, ',') FROM resume_points)",
+        )?;
+        Ok(text == "2|12")
+    })
+    .await?;
+
+    // Another replica of the shard reaches the other hub: it takes the
+    // account over, resuming where the first left off.
+    let mut second = FakeAgent::connect(&b, "east", "east-1").await?;
+    let results = second.register(&[("prod-1", "uid-a")]).await?;
+    assert!(results[0].accepted, "{results:?}");
+    let points: Vec<(&str, &str)> = results[0]
+        .resume_points
+        .iter()
+        .map(|p| {
+            (
+                p.kind.as_ref().map_or("", |k| k.kind.as_str()),
+                p.resource_version.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(points, [("Deployment", "12")]);
+    assert_eq!(object_names(&b, "prod-1").await?, ["api", "frontend"]);
+    // The first session is told it lost the account, and its late events
+    // change nothing anywhere.
+    let notice = first
+        .wait_for(|f| match f {
+            hub_frame::Frame::RegisterResult(r) => Some(r.accounts.clone()),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(
+        notice[0].reason,
+        RegisterReason::Superseded as i32,
+        "{notice:?}"
+    );
+    first
+        .events_unacked("prod-1", vec![added("web", "late", "13")])
+        .await?;
+    first.barrier().await?;
+    second
+        .events("prod-1", vec![added("web", "fresh", "14")])
+        .await?;
+    for hub in [&a, &b] {
+        assert_eq!(
+            object_names(hub, "prod-1").await?,
+            ["api", "fresh", "frontend"]
+        );
+    }
+    assert_eq!(
+        holders(&pg, "takeover")?,
+        [(
+            "prod-1".to_owned(),
+            "hub-b".to_owned(),
+            second.welcome.session_id.clone()
+        )]
+    );
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn replicas_racing_for_new_names_bind_each_once() -> Result<()> {
+    logs();
+    let (pg, url, _dir) = postgres("races").await?;
+    let a = replica(&url, "hub-a").await?;
+    let b = replica(&url, "hub-b").await?;
+    eventually("both ready", || async {
+        Ok(ready(&a).await? && ready(&b).await?)
+    })
+    .await?;
+    const NAMES: usize = 20;
+    let mut east = FakeAgent::connect(&a, "east", "east-0").await?;
+    let mut west = FakeAgent::connect(&b, "east", "east-1").await?;
+    let mut won = (0, 0);
+    for i in 0..NAMES {
+        let name = format!("race-{i}");
+        // The same new name from two clusters at the same time, one at each
+        // replica: exactly one binds it.
+        let (to_east, to_west) = ([(name.as_str(), "uid-east")], [(name.as_str(), "uid-west")]);
+        let (x, y) = tokio::join!(east.register(&to_east), west.register(&to_west));
+        let (x, y) = (x?.remove(0), y?.remove(0));
+        assert!(x.accepted != y.accepted, "{name}: {x:?} / {y:?}");
+        let loser = if x.accepted { &y } else { &x };
+        assert_eq!(
+            loser.reason,
+            RegisterReason::ClusterMismatch as i32,
+            "{loser:?}"
+        );
+        if x.accepted {
+            won.0 += 1;
+        } else {
+            won.1 += 1;
+        }
+    }
+    eprintln!(
+        "races for new names: hub-a bound {}, hub-b bound {}",
+        won.0, won.1
+    );
+    let bound = holders(&pg, "races")?;
+    assert_eq!(bound.len(), NAMES);
+    let mut east_sessions = 0;
+    for (name, holder, session) in &bound {
+        let expected = if holder == "hub-a" {
+            east_sessions += 1;
+            &east.welcome.session_id
+        } else {
+            &west.welcome.session_id
+        };
+        assert_eq!(session, expected, "{name}");
+    }
+    assert_eq!(east_sessions, won.0);
+
+    // The same cluster racing itself (two replicas of a shard during a
+    // lease change): both are accepted in turn, the later one holds it,
+    // the earlier is told, and the replicas agree.
+    let (x, y) = tokio::join!(
+        east.register(&[("shared", "uid-s")]),
+        west.register(&[("shared", "uid-s")])
+    );
+    assert!(x?[0].accepted && y?[0].accepted);
+    let (_, holder, session) = holders(&pg, "races")?
+        .into_iter()
+        .find(|(n, _, _)| n == "shared")
+        .ok_or("no row")?;
+    let (winner, loser, loser_hub) = if holder == "hub-a" {
+        (&east, &mut west, &b)
+    } else {
+        (&west, &mut east, &a)
+    };
+    assert_eq!(session, winner.welcome.session_id);
+    let notice = loser
+        .wait_for(|f| match f {
+            hub_frame::Frame::RegisterResult(r) if r.accounts[0].name == "shared" => {
+                Some(r.accounts[0].clone())
+            }
+            _ => None,
+        })
+        .await?;
+    assert_eq!(notice.reason, RegisterReason::Superseded as i32);
+    eventually("the losing replica to let the account go", || async {
+        let (_, view) = get(loser_hub, "/v1/accounts/shared").await?;
+        Ok(view["hubReplica"] == holder.as_str())
+    })
+    .await?;
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_its_database_a_replica_serves_what_it_holds_and_recovers() -> Result<()> {
+    logs();
+    let (mut pg, url, _dir) = postgres("outage").await?;
+    let a = replica(&url, "hub-a").await?;
+    eventually("ready", || ready(&a)).await?;
+    let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
+    assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
+    agent
+        .events("prod-1", vec![added("web", "one", "1")])
+        .await?;
+
+    pg.stop();
+    eventually("unready", || async { Ok(!ready(&a).await?) }).await?;
+    let (_, body) = get(&a, "/readyz").await?;
+    assert!(
+        body.as_str().unwrap_or_default().contains("shared store"),
+        "{body}"
+    );
+    // What it holds streams on and is served.
+    agent
+        .events("prod-1", vec![added("web", "two", "2")])
+        .await?;
+    assert_eq!(object_names(&a, "prod-1").await?, ["one", "two"]);
+    // Nothing new is bound.
+    let refused = agent.register(&[("prod-2", "uid-b")]).await?;
+    assert!(!refused[0].accepted);
+    assert_eq!(refused[0].reason, RegisterReason::Unavailable as i32);
+    assert!(refused[0].message.contains("shared store"), "{refused:?}");
+
+    pg.restart().await?;
+    eventually("ready again", || ready(&a)).await?;
+    assert!(agent.register(&[("prod-2", "uid-b")]).await?[0].accepted);
+    // What arrived during the outage reached the database.
+    eventually("the outage's changes written behind", || async {
+        let text = pg.psql(
+            "outage",
+            "SELECT string_agg(name, ',' ORDER BY name) FROM objects WHERE account = 'prod-1'",
+        )?;
+        Ok(text == "one,two")
+    })
+    .await?;
+    a.shutdown().await?;
+    Ok(())
+}
