@@ -11,7 +11,9 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::Discovery;
-use scale_agent_proto::v1::{Account, AccountResult, Register, RegisterReason, agent_frame::Frame};
+use scale_agent_proto::v1::{
+    Account, AccountResult, Register, RegisterReason, StreamScope, agent_frame::Frame,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -55,9 +57,9 @@ pub async fn run(
             let mut backoff = Duration::from_secs(1);
             loop {
                 match connect(&desired).await {
-                    Ok((client, account)) => {
+                    Ok((clients, account)) => {
                         backoff = Duration::from_secs(1);
-                        match serve(&ctx, &desired, client, account, &mut results).await {
+                        match serve(&ctx, &desired, clients, account, &mut results).await {
                             Ok(wait) => {
                                 tokio::time::sleep(wait).await;
                                 // Answers to the previous registration are stale now.
@@ -80,8 +82,28 @@ pub async fn run(
     .await;
 }
 
-/// Builds the client and identifies the cluster.
-async fn connect(desired: &AccountDesired) -> Result<(kube::Client, Account)> {
+/// The account's clients: for watches and operations, and without retries for the
+/// requests the hub carries.
+struct Clients {
+    client: kube::Client,
+    proxy: kube::Client,
+}
+
+/// What the account streams, for the hub to know which reads its cache can answer.
+fn scope(config: &scale_agent_crds::AccountConfig) -> StreamScope {
+    StreamScope {
+        namespaces: config.namespaces.clone(),
+        omit_namespaces: config.omit_namespaces.clone(),
+        label_selector: if config.only_spinnaker_managed {
+            crate::objects::SPINNAKER_MANAGED.to_owned()
+        } else {
+            String::new()
+        },
+    }
+}
+
+/// Builds the clients and identifies the cluster.
+async fn connect(desired: &AccountDesired) -> Result<(Clients, Account)> {
     let name = &desired.config.name;
     let kc_err = |message: String| Error::Kubeconfig {
         account: name.clone(),
@@ -101,6 +123,9 @@ async fn connect(desired: &AccountDesired) -> Result<(kube::Client, Account)> {
     };
     let server = config.cluster_url.to_string();
     let ca = config.root_cert.clone().unwrap_or_default();
+    let mut proxy_config = config.clone();
+    proxy_config.default_retry = false;
+    let proxy = kube::Client::try_from(proxy_config).map_err(|e| kc_err(e.to_string()))?;
     let client = kube::Client::try_from(config).map_err(|e| kc_err(e.to_string()))?;
     let version = client
         .apiserver_version()
@@ -121,12 +146,13 @@ async fn connect(desired: &AccountDesired) -> Result<(kube::Client, Account)> {
         }
     };
     Ok((
-        client,
+        Clients { client, proxy },
         Account {
             name: name.clone(),
             cluster_id,
             server_url: server,
             kubernetes_version: version.git_version,
+            scope: Some(scope(&desired.config)),
         },
     ))
 }
@@ -171,10 +197,11 @@ const RETRY_DISCOVERY: Duration = Duration::from_secs(10);
 async fn serve(
     ctx: &AccountCtx,
     desired: &AccountDesired,
-    client: kube::Client,
+    clients: Clients,
     account: Account,
     results: &mut mpsc::Receiver<AccountResult>,
 ) -> Result<Duration, Closed> {
+    let Clients { client, proxy } = clients;
     let name = account.name.clone();
     ctx.out
         .send(Frame::Register(Register {
@@ -250,6 +277,7 @@ async fn serve(
         &name,
         Arc::new(Cluster {
             client: client.clone(),
+            proxy,
             discovery,
         }),
     );

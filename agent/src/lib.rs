@@ -10,6 +10,7 @@
 //! - [`batch`], [`outbound`], [`budget`]: events into batches, batches onto the stream,
 //!   bounded memory and backpressure.
 //! - [`operations`]: apply, delete, patch, scale, rollout restart, get.
+//! - [`proxy`]: Kubernetes API requests the hub carries, replayed against the cluster.
 //! - [`report`]: what this replica tells the operator, through its Lease.
 //! - [`tls`]: the hub TLS files, and reconnecting when they are renewed.
 
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod objects;
 pub mod operations;
 pub mod outbound;
+pub mod proxy;
 pub mod report;
 pub mod session;
 pub mod state;

@@ -48,6 +48,10 @@ metrics! {
     buffered_bytes: Gauge,
     /// Live replicas of the shard, this one included.
     members: Gauge,
+    /// Kubernetes API requests from the hub being replayed now.
+    kube_api_requests_in_flight: Gauge,
+    /// Kubernetes API requests from the hub replayed, by any outcome.
+    kube_api_requests: Counter,
 }
 
 /// A help text from doc comment lines (each starts with the space after `///`).

@@ -26,13 +26,14 @@ use crate::config::{AccountDesired, Snapshot};
 use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::outbound::Outbound;
+use crate::proxy::Proxy;
 use crate::state::State;
 use crate::{Error, Result};
 
 /// Largest frame either side sends (Kubernetes objects reach 1.5 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// The optional protocol features this agent speaks (Hello.capabilities).
-pub const CAPABILITIES: &[&str] = &[WATCH_PROGRESS];
+pub const CAPABILITIES: &[&str] = &[WATCH_PROGRESS, scale_agent_proto::kube_api::CAPABILITY];
 /// Watch bookmarks are passed on to the hub as WatchProgress frames.
 pub const WATCH_PROGRESS: &str = "watch-progress";
 
@@ -239,6 +240,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         state: agent.state.clone(),
     };
     let mut running: HashMap<String, Running> = HashMap::new();
+    let proxy = Proxy::new(agent.state.clone(), agent.metrics.clone(), out.clone());
     let held = agent.held.borrow_and_update().clone();
     reconcile(&ctx, &mut running, &held, &configured(&agent.config)).await;
     let mut heartbeat = tokio::time::interval(heartbeat_every);
@@ -272,6 +274,10 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
                         });
                     }
                     Some(hub_frame::Frame::Ack(a)) => out.ledger().acked(&a.account, a.sequence),
+                    Some(hub_frame::Frame::KubeRequest(r)) => proxy.request(r),
+                    Some(hub_frame::Frame::KubeRequestBody(b)) => proxy.body(b),
+                    Some(hub_frame::Frame::KubeWindow(w)) => proxy.window(w),
+                    Some(hub_frame::Frame::KubeCancel(c)) => proxy.cancel(c),
                     Some(hub_frame::Frame::Drain(d)) => {
                         let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default();
                         tracing::info!(reason = d.reason, message = %d.message, "the hub asked to reconnect");

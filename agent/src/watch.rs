@@ -128,6 +128,20 @@ impl KindWatch {
             }
             None => None,
         };
+        if let Some([rv]) = start.as_deref() {
+            // Tells the hub the kind is streamed on this registration, and how it
+            // appears in API paths.
+            self.sender
+                .frame(Frame::SyncStart(SyncStart {
+                    account: self.ctx.account.clone(),
+                    kind: Some(self.gvk.clone()),
+                    mode: SyncMode::ResumedWatch as i32,
+                    resource_version: rv.clone(),
+                    resource: self.kind.resource.plural.clone(),
+                    namespaced: self.kind.namespaced,
+                }))
+                .await?;
+        }
         loop {
             let versions = match start.take() {
                 Some(versions) => versions,
@@ -152,6 +166,8 @@ impl KindWatch {
                     kind: Some(self.gvk.clone()),
                     mode: SyncMode::FullRelist as i32,
                     resource_version: String::new(),
+                    resource: self.kind.resource.plural.clone(),
+                    namespaced: self.kind.namespaced,
                 }))
                 .await?;
             match self.list_once().await? {
@@ -746,6 +762,8 @@ mod loop_tests {
     async fn resumes_without_listing_and_retries_a_failed_watch_from_the_same_version() {
         let mut rig = start(Some("7"), true);
         let body = rig.watch("7").await;
+        // The hub learns the kind is streamed (and its resource name) first.
+        assert_eq!(rig.frame().await, "SyncStart");
         send(
             &body,
             event(
@@ -773,6 +791,7 @@ mod loop_tests {
     async fn a_resume_point_the_server_no_longer_has_relists() {
         let mut rig = start(Some("7"), true);
         let body = rig.watch("7").await;
+        assert_eq!(rig.frame().await, "SyncStart", "the resumed watch's");
         send(&body, gone()).await;
         rig.list(vec![cm("x", "9")], "30").await;
         assert_eq!(rig.frame().await, "SyncStart");

@@ -112,6 +112,9 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     // A real agent process for every agent pod (kwok runs the pods, nothing runs their
     // containers).
     let pods = PodRunner::start(cp.client().await?, RunnerConfig::new(&cp, run_dir.clone())?);
+    // The kubeconfig of the accounts' Kubernetes API on the hub, one context per
+    // example account, written by the hub's own subcommand.
+    hub_kubeconfig(&stack, &dir.join("hub-kubeconfig"))?;
 
     let hub = stack.hubs.first().ok_or_else(|| Error::Invalid {
         what: "the hub".into(),
@@ -122,11 +125,13 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
          export KUBECONFIG={}\n\
          export HUB_HTTP={}\n\
          export HUB_GRPC={}\n\
-         export LB_GRPC={}\n",
+         export LB_GRPC={}\n\
+         export HUB_KUBE_API={}\n",
         dir.join("kubeconfig").display(),
         hub.http,
         hub.grpc,
         stack.nginx.address,
+        stack.kube_api,
     );
     if let Some(url) = &stack.store_url {
         let replicas: Vec<&str> = stack.hubs.iter().map(|h| h.http.as_str()).collect();
@@ -165,6 +170,35 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
 /// client certificates from.
 const AGENT_CA_SECRET: &str = "scale-agent-agent-ca";
 
+/// The accounts of the example shards (`manifests/examples/`).
+const EXAMPLE_ACCOUNTS: [&str; 4] = ["cluster-1", "cluster-2", "cluster-3", "team-b-sandbox"];
+
+/// Writes the kubeconfig of the accounts' Kubernetes API with `scale-agent-hub
+/// kubeconfig`.
+fn hub_kubeconfig(stack: &Stack, out: &Path) -> Result<()> {
+    let bin = workspace_binary("scale-agent-hub")?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("kubeconfig")
+        .arg(format!("--server={}", stack.kube_api))
+        .arg(format!("--token-file={}", stack.kube_api_token.display()))
+        .arg(format!(
+            "--certificate-authority={}",
+            stack.kube_api_ca.display()
+        ))
+        .arg(format!("--output={}", out.display()));
+    for account in EXAMPLE_ACCOUNTS {
+        cmd.arg(format!("--account={account}"));
+    }
+    let output = cmd.output().map_err(|e| Error::io("running", &bin, e))?;
+    if !output.status.success() {
+        return Err(Error::Invalid {
+            what: "scale-agent-hub kubeconfig".into(),
+            message: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// How many hub replicas to run: `SCALE_AGENT_HUB_REPLICAS`, 1 by default (SQLite);
 /// from 2 on they share a PostgreSQL database.
 fn hub_replicas() -> Result<usize> {
@@ -188,6 +222,14 @@ struct Stack {
     /// The database the replicas share, when there are several.
     store_url: Option<String>,
     _postgres: Option<Postgres>,
+    /// `https://127.0.0.1:<port>`: the accounts' Kubernetes API, served by the first
+    /// replica with a certificate of its own (the hubs' gRPC is plain behind nginx,
+    /// which terminates the agents' TLS).
+    kube_api: String,
+    /// The file holding the API's token.
+    kube_api_token: PathBuf,
+    /// The CA of the API's certificate.
+    kube_api_ca: PathBuf,
 }
 
 impl Stack {
@@ -202,6 +244,16 @@ impl Stack {
             Some(pg) => Some(pg.database("scaleagent")?),
             None => None,
         };
+        // The accounts' Kubernetes API: one token for every account.
+        let token = random_secret()?;
+        let tokens_file = run_dir.join("kube-api-tokens");
+        write_private(&tokens_file, &format!("{token} *\n"))?;
+        let kube_api_token = run_dir.join("kube-api-token");
+        write_private(&kube_api_token, &format!("{token}\n"))?;
+        let kube_api_port = scale_agent_e2e::ports::free_port()?;
+        let kube_api_cert = cp
+            .pki
+            .issue_server("hub-kube-api", &["127.0.0.1", "localhost"])?;
         // Agents come through nginx, which verifies their certificates and forwards
         // them. Every local process can connect from 127.0.0.1, so the address alone
         // proves nothing: nginx also sends a secret only it and the hubs know, and a
@@ -220,6 +272,14 @@ impl Stack {
                 format!("--proxy-secret-file={}", secret_file.display()),
                 "--authorize-shards=*".into(),
             ];
+            if i == 1 {
+                args.extend([
+                    format!("--kube-api-addr=127.0.0.1:{kube_api_port}"),
+                    format!("--kube-api-tokens-file={}", tokens_file.display()),
+                    format!("--kube-api-tls-cert={}", kube_api_cert.cert_file.display()),
+                    format!("--kube-api-tls-key={}", kube_api_cert.key_file.display()),
+                ]);
+            }
             if let Some(url) = &store_url {
                 args.extend([format!("--store={url}"), format!("--hub-id=hub-{i}")]);
             }
@@ -256,6 +316,9 @@ impl Stack {
             hubs,
             store_url,
             _postgres: postgres,
+            kube_api: format!("https://127.0.0.1:{kube_api_port}"),
+            kube_api_token,
+            kube_api_ca: cp.pki.ca_file.clone(),
         })
     }
 }
