@@ -19,8 +19,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::Discovery;
 use scale_agent_crds::AccountConfig;
 use scale_agent_proto::v1::{
-    Account, AccountResult, GroupVersionKind, Register, RegisterReason, ResumePoint, SyncEnd,
-    SyncMode, SyncStart, agent_frame::Frame,
+    Account, AccountResult, GroupVersionKind, Register, RegisterReason, ResumePoint, StreamScope,
+    SyncEnd, SyncMode, SyncStart, agent_frame::Frame,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -65,9 +65,9 @@ pub async fn run(
             let mut backoff = Duration::from_secs(1);
             loop {
                 match connect(&desired).await {
-                    Ok((client, account)) => {
+                    Ok((clients, account)) => {
                         backoff = Duration::from_secs(1);
-                        match serve(&ctx, &desired, client, account, &mut results).await {
+                        match serve(&ctx, &desired, clients, account, &mut results).await {
                             Ok(wait) => {
                                 tokio::time::sleep(wait).await;
                                 // Answers to the previous registration are stale now.
@@ -90,21 +90,49 @@ pub async fn run(
     .await;
 }
 
-/// Builds the client and identifies the cluster.
-async fn connect(desired: &AccountDesired) -> Result<(kube::Client, Account)> {
+/// The account's clients: for watches and operations, and without retries for the
+/// requests the hub carries.
+struct Clients {
+    client: kube::Client,
+    proxy: kube::Client,
+}
+
+/// What the account streams, for the hub to know which reads its cache can answer.
+fn scope(config: &scale_agent_crds::AccountConfig) -> StreamScope {
+    StreamScope {
+        namespaces: config.namespaces.clone(),
+        omit_namespaces: config.omit_namespaces.clone(),
+        label_selector: if config.only_spinnaker_managed {
+            crate::objects::SPINNAKER_MANAGED.to_owned()
+        } else {
+            String::new()
+        },
+    }
+}
+
+/// Builds the clients and identifies the cluster.
+async fn connect(desired: &AccountDesired) -> Result<(Clients, Account)> {
     let name = &desired.config.name;
     let kc_err = |message: String| Error::Kubeconfig {
         account: name.clone(),
         message,
     };
-    let text = desired.kubeconfig.clone().map_err(&kc_err)?;
-    let kc = Kubeconfig::from_yaml(&text).map_err(|e| kc_err(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| kc_err(e.to_string()))?;
+    let config = if desired.config.in_cluster {
+        // The agent's own credentials: its ServiceAccount in a pod.
+        kube::Config::infer()
+            .await
+            .map_err(|e| kc_err(format!("in-cluster credentials: {e}")))?
+    } else {
+        let text = desired.kubeconfig.clone().map_err(&kc_err)?;
+        let kc = Kubeconfig::from_yaml(&text).map_err(|e| kc_err(e.to_string()))?;
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| kc_err(e.to_string()))?
+    };
     let server = config.cluster_url.to_string();
     let ca = config.root_cert.clone().unwrap_or_default();
-    let client = crate::cluster_client::client(config).map_err(|e| kc_err(e.to_string()))?;
+    let (client, proxy) =
+        crate::cluster_client::clients(config).map_err(|e| kc_err(e.to_string()))?;
     let version = client
         .apiserver_version()
         .await
@@ -124,12 +152,13 @@ async fn connect(desired: &AccountDesired) -> Result<(kube::Client, Account)> {
         }
     };
     Ok((
-        client,
+        Clients { client, proxy },
         Account {
             name: name.clone(),
             cluster_id,
             server_url: server,
             kubernetes_version: version.git_version,
+            scope: Some(scope(&desired.config)),
         },
     ))
 }
@@ -174,10 +203,11 @@ const RETRY_DISCOVERY: Duration = Duration::from_secs(10);
 async fn serve(
     ctx: &AccountCtx,
     desired: &AccountDesired,
-    client: kube::Client,
+    clients: Clients,
     account: Account,
     results: &mut mpsc::Receiver<AccountResult>,
 ) -> Result<Duration, Closed> {
+    let Clients { client, proxy } = clients;
     let name = account.name.clone();
     ctx.out
         .send(Frame::Register(Register {
@@ -210,7 +240,7 @@ async fn serve(
             owner.unwrap_or_default()
         );
         tracing::error!("{msg}");
-        ctx.state.set_problem(&name, msg);
+        ctx.state.set_refused(&name, format!("{reason:?}"), msg);
         ctx.metrics.accounts_rejected.inc();
         // Wait for the hub to offer the account (its owner let go), or ask again later.
         let offered = tokio::select! {
@@ -224,6 +254,7 @@ async fn serve(
         }
     };
     ctx.state.clear_problem(&name);
+    ctx.state.set_accepted(&name);
 
     let discovery = match Discovery::new(client.clone()).run_aggregated().await {
         Ok(d) => d,
@@ -246,6 +277,7 @@ async fn serve(
         &name,
         Arc::new(Cluster {
             client: client.clone(),
+            proxy,
             discovery,
         }),
     );
@@ -294,8 +326,8 @@ async fn serve(
                     tracing::warn!(?reason, message = %r.message, "the hub took the account back; stopping it");
                     tasks.abort_all();
                     ctx.out.ledger().forget(&name);
-                    ctx.state.set_problem(&name, format!("hub: {reason:?}: {}", r.message));
                     ctx.state.remove_cluster(&name);
+                    ctx.state.set_refused(&name, format!("{reason:?}"), format!("hub: {reason:?}: {}", r.message));
                     // Replicas briefly disagree on membership while a Lease changes; once
                     // they agree, the other one lets go and this registration sticks.
                     return Ok(retry_after(reason));
@@ -412,7 +444,7 @@ async fn clear(out: &Outbound, account: &str, kind: GroupVersionKind) -> Result<
         kind: Some(kind.clone()),
         mode: SyncMode::FullRelist as i32,
         resource_version: String::new(),
-        selection: String::new(),
+        ..SyncStart::default()
     }))
     .await?;
     out.send(Frame::SyncEnd(SyncEnd {
@@ -465,6 +497,7 @@ mod plan_tests {
             cluster_id: "uid-1".into(),
             server_url: server.into(),
             kubernetes_version: String::new(),
+            scope: None,
         }
     }
 

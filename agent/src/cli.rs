@@ -44,6 +44,11 @@ pub struct Args {
     #[arg(long, env = "POD_NAME", value_name = "NAME")]
     pub replica_id: String,
 
+    /// The uid of this replica's pod (downward API): its Lease names the pod as owner,
+    /// which the operator requires before it believes the replica's report.
+    #[arg(long, env = "POD_UID", value_name = "UID")]
+    pub pod_uid: Option<String>,
+
     /// The namespace of the shard, where the replicas' Leases live. In a pod,
     /// the pod namespace from the downward API.
     #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]

@@ -24,8 +24,11 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is taken for dead.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the account's client from its kubeconfig's `config`.
-pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
+/// Builds the account's two clients from its kubeconfig's `config`, sharing one
+/// connection pool: the agent's own (retrying server errors, as kube does) and the one
+/// that carries the hub's Kubernetes API requests ([`crate::proxy`]), which never
+/// retries, so a caller's request reaches the cluster at most once.
+pub fn clients(config: kube::Config) -> Result<(kube::Client, kube::Client), kube::Error> {
     let tls = config.rustls_client_config()?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -52,17 +55,15 @@ pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
             .http2_keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .http2_keep_alive_while_idle(true)
             .build(connector);
-    let default_ns = config.default_namespace.clone();
-    let service = ServiceBuilder::new()
-        .layer(config.base_uri_layer())
-        .option_layer(
-            config
-                .default_retry
-                .then(|| tower::retry::RetryLayer::new(RetryPolicy::server_retry())),
-        )
-        .option_layer(config.auth_layer()?)
-        .layer(config.extra_headers_layer()?)
-        .map_err(tower::BoxError::from)
-        .service(http_client);
-    Ok(ClientBuilder::new(service, default_ns).build())
+    let build = |retry: bool| -> Result<kube::Client, kube::Error> {
+        let service = ServiceBuilder::new()
+            .layer(config.base_uri_layer())
+            .option_layer(retry.then(|| tower::retry::RetryLayer::new(RetryPolicy::server_retry())))
+            .option_layer(config.auth_layer()?)
+            .layer(config.extra_headers_layer()?)
+            .map_err(tower::BoxError::from)
+            .service(http_client.clone());
+        Ok(ClientBuilder::new(service, config.default_namespace.clone()).build())
+    };
+    Ok((build(config.default_retry)?, build(false)?))
 }

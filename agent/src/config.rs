@@ -53,18 +53,22 @@ pub fn load(config_path: &Path, kubeconfig_dir: &Path) -> Result<Snapshot> {
             let path = kubeconfig_dir.join(&a.kubeconfig_file);
             // Checked here, where the file is read, so that nothing else ever sees a
             // kubeconfig the operator does not allow: the Secret may have changed since
-            // the operator checked it.
-            let kubeconfig = std::fs::read_to_string(&path)
-                .map_err(|e| format!("reading {}: {e}", path.display()))
-                .and_then(|text| {
-                    match scale_agent_crds::check_kubeconfig(
-                        text.as_bytes(),
-                        &config.allow_kubeconfig,
-                    ) {
-                        Ok(_) => Ok(text),
-                        Err(why) => Err(format!("kubeconfig {}: {why}", a.kubeconfig_file)),
-                    }
-                });
+            // the operator checked it. An inCluster account has no kubeconfig.
+            let kubeconfig = if a.in_cluster {
+                Ok(String::new())
+            } else {
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))
+                    .and_then(|text| {
+                        match scale_agent_crds::check_kubeconfig(
+                            text.as_bytes(),
+                            &config.allow_kubeconfig,
+                        ) {
+                            Ok(_) => Ok(text),
+                            Err(why) => Err(format!("kubeconfig {}: {why}", a.kubeconfig_file)),
+                        }
+                    })
+            };
             (
                 a.name.clone(),
                 AccountDesired {

@@ -5,6 +5,9 @@
 //! wrote is ignored and logged, so it can neither join the shard nor take accounts off
 //! the real replicas. SIGTERM deletes this replica's Lease so the others take its
 //! accounts at once.
+//!
+//! The Lease also carries this replica's report ([`crate::report`]) for the operator,
+//! written with each renewal and, when it changes, at once (at most once a second).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +43,9 @@ pub struct Membership {
     pub lease_duration: Duration,
     /// How often it is renewed and the members re-read.
     pub renew_every: Duration,
+    /// The uid of this replica's pod (downward API), when known: the listed pod of this
+    /// replica's name must have it, so a namesake pod is never taken for this replica.
+    pub pod_uid: Option<String>,
 }
 
 impl Membership {
@@ -56,11 +62,16 @@ impl Membership {
     }
 }
 
-/// Starts keeping this replica's Lease and publishing the sorted live members.
+/// The shortest time between two writes of the Lease when only the report changed.
+const MIN_REPORT_GAP: Duration = Duration::from_secs(1);
+
+/// Starts keeping this replica's Lease, with `report` in it, and publishing the sorted
+/// live members.
 pub fn run(
     client: kube::Client,
     m: Membership,
     metrics: Arc<Metrics>,
+    mut report: watch::Receiver<String>,
 ) -> watch::Receiver<Vec<String>> {
     let (tx, rx) = watch::channel(Vec::new());
     tokio::spawn(async move {
@@ -69,7 +80,8 @@ pub fn run(
         let mut failures = 0u32;
         let mut refused_before: Vec<(String, NotMember)> = Vec::new();
         loop {
-            match renew_and_list(&leases, &pods, &m).await {
+            let text = report.borrow_and_update().clone();
+            match renew_and_list(&leases, &pods, &m, &text).await {
                 Ok((members, refused)) => {
                     if failures > 0 {
                         tracing::info!(shard = %m.shard, "lease renewal recovered");
@@ -108,7 +120,22 @@ pub fn run(
             if tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(m.renew_every).await;
+            // Renew on time, or sooner when the report changed.
+            let renew = tokio::time::sleep(m.renew_every);
+            tokio::pin!(renew);
+            tokio::select! {
+                () = &mut renew => {}
+                changed = report.changed() => {
+                    if changed.is_ok() {
+                        tokio::select! {
+                            () = &mut renew => {}
+                            () = tokio::time::sleep(MIN_REPORT_GAP) => {}
+                        }
+                    } else {
+                        renew.await;
+                    }
+                }
+            }
         }
     });
     rx
@@ -129,11 +156,12 @@ fn log_refused(m: &Membership, refused: &[(String, NotMember)]) {
 }
 
 /// Renews this replica's Lease, owned by its Pod, and reads the members; returns them
-/// with the Leases that are not members.
+/// with the Leases that are not members. `report` goes into the Lease for the operator.
 async fn renew_and_list(
     leases: &Api<Lease>,
     pods: &Api<Pod>,
     m: &Membership,
+    report: &str,
 ) -> Result<(Vec<String>, Vec<(String, NotMember)>)> {
     let now = Timestamp::now();
     let pod_list = pods
@@ -151,6 +179,13 @@ async fn renew_and_list(
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some(m.replica.as_str()))
         .and_then(|p| p.metadata.uid.clone())
+        // A uid from the downward API must be the listed pod's: another pod of that name
+        // is not this replica.
+        .filter(|uid| {
+            m.pod_uid
+                .as_deref()
+                .is_none_or(|mine| mine.is_empty() || mine == uid)
+        })
         .ok_or_else(|| Error::NotAReplica {
             pod: format!("{}/{}", m.namespace, m.replica),
             shard: m.shard.clone(),
@@ -161,6 +196,7 @@ async fn renew_and_list(
         "metadata": {
             "name": m.lease_name(),
             "labels": { SHARD_LABEL: m.shard },
+            "annotations": { scale_agent_crds::report::REPORT_ANNOTATION: report },
             // Proves the Lease is this Pod's; the garbage collector deletes it with the Pod.
             "ownerReferences": [membership::lease_owner(&m.replica, &uid)],
         },
@@ -242,6 +278,7 @@ mod tests {
             replica: "east-agent-5d8f-aaaaa".into(),
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(3),
+            pod_uid: None,
         }
     }
 

@@ -10,6 +10,9 @@
 //! - [`batch`], [`outbound`], [`budget`]: events into batches, batches onto the stream,
 //!   bounded memory and backpressure.
 //! - [`operations`]: apply, delete, patch, scale, rollout restart, get.
+//! - [`proxy`]: Kubernetes API requests the hub carries, replayed against the cluster.
+//! - [`report`]: what this replica tells the operator, through its Lease.
+//! - [`tls`]: the hub TLS files, and reconnecting when they are renewed.
 
 pub mod account;
 pub mod admin;
@@ -26,8 +29,11 @@ pub mod metrics;
 pub mod objects;
 pub mod operations;
 pub mod outbound;
+pub mod proxy;
+pub mod report;
 pub mod session;
 pub mod state;
+pub mod tls;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -63,9 +69,12 @@ pub async fn run(args: cli::Args) -> Result<()> {
         replica: args.replica_id.clone(),
         lease_duration: args.lease_duration,
         renew_every: args.lease_renew_interval,
+        pod_uid: args.pod_uid.clone(),
     };
-    let members = leases::run(mgmt.clone(), membership.clone(), metrics.clone());
-    let held = held_accounts(config.clone(), members, args.replica_id.clone());
+    let (held_tx, held_rx) = tokio_watch::channel(BTreeMap::new());
+    let report = report::run(state.clone(), held_rx);
+    let members = leases::run(mgmt.clone(), membership.clone(), metrics.clone(), report);
+    let held = held_accounts(config.clone(), members, args.replica_id.clone(), held_tx);
 
     let admin = tokio::spawn(admin::serve(
         args.admin_addr,
@@ -81,6 +90,7 @@ pub async fn run(args: cli::Args) -> Result<()> {
         metrics,
         ops: Arc::new(operations::Operations::default()),
         keepalive: args.keepalive_interval,
+        tls_poll: args.reload_interval,
         shutdown: stop_rx,
     }));
 
@@ -109,17 +119,21 @@ pub fn held(snapshot: &Snapshot, members: &[String], me: &str) -> BTreeMap<Strin
         .collect()
 }
 
+/// The accounts this replica holds, kept current; `tx` (whose receivers the report
+/// reads) is the channel they go to.
 fn held_accounts(
     mut config: tokio_watch::Receiver<Arc<Snapshot>>,
     mut members: tokio_watch::Receiver<Vec<String>>,
     me: String,
+    tx: tokio_watch::Sender<BTreeMap<String, AccountDesired>>,
 ) -> tokio_watch::Receiver<BTreeMap<String, AccountDesired>> {
     let first = held(
         &config.borrow_and_update(),
         &members.borrow_and_update(),
         &me,
     );
-    let (tx, rx) = tokio_watch::channel(first);
+    tx.send_replace(first);
+    let rx = tx.subscribe();
     tokio::spawn(async move {
         loop {
             tokio::select! {

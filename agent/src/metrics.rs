@@ -52,6 +52,10 @@ metrics! {
     buffered_bytes: Gauge,
     /// Live replicas of the shard, this one included.
     members: Gauge,
+    /// Kubernetes API requests from the hub being replayed now.
+    kube_api_requests_in_flight: Gauge,
+    /// Kubernetes API requests from the hub replayed, by any outcome.
+    kube_api_requests: Counter,
 }
 
 /// Why a kind is listed again from scratch instead of resuming its watch.

@@ -146,6 +146,7 @@ mod tests {
         AccountConfig {
             name: "a".into(),
             kubeconfig_file: "a.kubeconfig".into(),
+            in_cluster: false,
             namespaces: vec![],
             omit_namespaces: vec![],
             kinds: vec![],

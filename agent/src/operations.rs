@@ -25,6 +25,9 @@ const REMEMBERED: usize = 1024;
 pub struct Cluster {
     /// Client for the cluster.
     pub client: kube::Client,
+    /// The same client without retries, for the Kubernetes API requests the hub
+    /// carries: their own client decides whether to try again.
+    pub proxy: kube::Client,
     /// The cluster's API resources.
     pub discovery: Discovery,
 }

@@ -26,13 +26,14 @@ use crate::config::{AccountDesired, Snapshot};
 use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::outbound::Outbound;
+use crate::proxy::Proxy;
 use crate::state::State;
 use crate::{Error, Result};
 
 /// Largest frame either side sends (Kubernetes objects reach 1.5 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// The optional protocol features this agent speaks (Hello.capabilities).
-pub const CAPABILITIES: &[&str] = &[WATCH_PROGRESS];
+pub const CAPABILITIES: &[&str] = &[WATCH_PROGRESS, scale_agent_proto::kube_api::CAPABILITY];
 /// Watch bookmarks are passed on to the hub as WatchProgress frames.
 pub const WATCH_PROGRESS: &str = "watch-progress";
 
@@ -52,6 +53,8 @@ pub struct Agent {
     pub ops: Arc<Operations>,
     /// HTTP/2 keepalive interval.
     pub keepalive: Duration,
+    /// How often the hub TLS files are checked for a renewed certificate.
+    pub tls_poll: Duration,
     /// Set to true to end the session for good.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -78,6 +81,11 @@ pub async fn run(mut agent: Agent) {
         let span = tracing::info_span!("session", hub = %hub.address);
         let result = tracing::Instrument::instrument(session(&mut agent, &hub, budget), span).await;
         agent.state.set_connected(false);
+        agent.state.set_hub_error(match &result {
+            Ok(End::Broken(e)) | Err(e) => Some(e.to_string()),
+            Ok(End::Reconnect { .. }) => Some("reconnecting".to_owned()),
+            Ok(End::Shutdown) => Some("shutting down".to_owned()),
+        });
         match result {
             Ok(End::Shutdown) => return,
             Ok(End::Reconnect { after }) => {
@@ -119,7 +127,9 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_millis(ms)
 }
 
-async fn endpoint(hub: &HubConfig, keepalive: Duration) -> Result<Channel> {
+/// Connects to the hub; returns the channel and the fingerprint of the TLS files it
+/// used, if any.
+async fn endpoint(hub: &HubConfig, keepalive: Duration) -> Result<(Channel, Option<u64>)> {
     let err = |message: String| Error::Hub {
         address: hub.address.clone(),
         message,
@@ -132,25 +142,26 @@ async fn endpoint(hub: &HubConfig, keepalive: Duration) -> Result<Channel> {
         .http2_keep_alive_interval(keepalive)
         .keep_alive_timeout(keepalive.min(Duration::from_secs(20)))
         .keep_alive_while_idle(true);
+    let mut fingerprint = None;
     if let Some(tls) = &hub.tls {
-        let read = |p: &str| std::fs::read(p).map_err(|e| Error::Tls(format!("reading {p}: {e}")));
+        let material = crate::tls::Material::read(tls)?;
+        fingerprint = Some(material.fingerprint());
         let host = hub
             .address
             .rsplit_once(':')
             .map(|(h, _)| h)
             .unwrap_or(&hub.address);
         let cfg = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&tls.ca_file)?))
-            .identity(Identity::from_pem(
-                read(&tls.cert_file)?,
-                read(&tls.key_file)?,
-            ))
+            .ca_certificate(Certificate::from_pem(material.ca))
+            .identity(Identity::from_pem(material.cert, material.key))
             .domain_name(tls.server_name.clone().unwrap_or_else(|| host.to_string()));
         ep = ep.tls_config(cfg).map_err(|e| Error::Tls(e.to_string()))?;
     }
-    ep.connect()
+    let channel = ep
+        .connect()
         .await
-        .map_err(|e| err(format!("connecting: {e}")))
+        .map_err(|e| err(format!("connecting: {e}")))?;
+    Ok((channel, fingerprint))
 }
 
 struct Running {
@@ -164,7 +175,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         address: hub.address.clone(),
         message,
     };
-    let channel = endpoint(hub, agent.keepalive).await?;
+    let (channel, tls_fingerprint) = endpoint(hub, agent.keepalive).await?;
     agent.metrics.hub_connects.inc();
     let (tx, rx) = mpsc::channel(256);
     let out = Outbound::new(tx, budget.clone(), Limits::default());
@@ -208,7 +219,18 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         other => return Err(hub_err(format!("expected Welcome, got {other:?}"))),
     };
     agent.state.set_connected(true);
+    agent.state.set_hub_error(None);
     agent.state.set_budget(Some(budget.clone()));
+    // A renewed client certificate: reconnect with it (watches resume where they were).
+    let tls_renewed = async {
+        match (&hub.tls, tls_fingerprint) {
+            (Some(tls), Some(current)) => {
+                crate::tls::changed(tls.clone(), current, agent.tls_poll).await;
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(tls_renewed);
 
     let ctx = AccountCtx {
         out: out.clone(),
@@ -218,6 +240,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         state: agent.state.clone(),
     };
     let mut running: HashMap<String, Running> = HashMap::new();
+    let proxy = Proxy::new(agent.state.clone(), agent.metrics.clone(), out.clone());
     let held = agent.held.borrow_and_update().clone();
     reconcile(&ctx, &mut running, &held, &configured(&agent.config)).await;
     let mut heartbeat = tokio::time::interval(heartbeat_every);
@@ -251,6 +274,10 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
                         });
                     }
                     Some(hub_frame::Frame::Ack(a)) => out.ledger().acked(&a.account, a.sequence),
+                    Some(hub_frame::Frame::KubeRequest(r)) => proxy.request(r),
+                    Some(hub_frame::Frame::KubeRequestBody(b)) => proxy.body(b),
+                    Some(hub_frame::Frame::KubeWindow(w)) => proxy.window(w),
+                    Some(hub_frame::Frame::KubeCancel(c)) => proxy.cancel(c),
                     Some(hub_frame::Frame::Drain(d)) => {
                         let after = d.reconnect_after.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default();
                         tracing::info!(reason = d.reason, message = %d.message, "the hub asked to reconnect");
@@ -271,6 +298,10 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
                     tracing::info!("hub settings changed; reconnecting");
                     break Ok(End::Reconnect { after: Duration::ZERO });
                 }
+            }
+            () = &mut tls_renewed => {
+                tracing::info!("the hub TLS files changed; reconnecting with them");
+                break Ok(End::Reconnect { after: Duration::ZERO });
             }
             _ = heartbeat.tick() => {
                 let _ = out.send(Frame::Heartbeat(Heartbeat { sent_at: Some(std::time::SystemTime::now().into()), reply_to: None })).await;
@@ -389,6 +420,7 @@ mod reconcile_tests {
             config: AccountConfig {
                 name: name.into(),
                 kubeconfig_file: format!("{name}.kubeconfig"),
+                in_cluster: false,
                 namespaces: vec![],
                 omit_namespaces: vec![],
                 kinds: vec![],

@@ -1,7 +1,7 @@
 //! What the agent knows right now, shared by the session, the account tasks and the
 //! admin server: the clusters operations run against, and what readiness reports.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -16,6 +16,9 @@ pub struct State {
     synced: RwLock<HashMap<String, Vec<Arc<AtomicBool>>>>,
     held: RwLock<Vec<String>>,
     problems: RwLock<BTreeMap<String, String>>,
+    hub_error: RwLock<Option<String>>,
+    accepted: RwLock<BTreeSet<String>>,
+    refusals: RwLock<BTreeMap<String, (String, String)>>,
 }
 
 impl State {
@@ -64,6 +67,9 @@ impl State {
         if let Ok(mut m) = self.clusters.write() {
             m.remove(account);
         }
+        if let Ok(mut a) = self.accepted.write() {
+            a.remove(account);
+        }
         if let Ok(mut m) = self.synced.write() {
             m.remove(account);
         }
@@ -73,6 +79,69 @@ impl State {
     pub fn set_sync_flags(&self, account: &str, flags: Vec<Arc<AtomicBool>>) {
         if let Ok(mut m) = self.synced.write() {
             m.insert(account.to_string(), flags);
+        }
+    }
+
+    /// Records why the last attempt to reach the hub failed (`None`: it succeeded).
+    pub fn set_hub_error(&self, error: Option<String>) {
+        if let Ok(mut e) = self.hub_error.write() {
+            *e = error;
+        }
+    }
+
+    /// Whether a hub session is established, and why not.
+    pub fn hub_link(&self) -> (bool, Option<String>) {
+        (
+            self.connected.load(Ordering::Relaxed),
+            self.hub_error.read().ok().and_then(|e| e.clone()),
+        )
+    }
+
+    /// The hub accepted the account's registration.
+    pub fn set_accepted(&self, account: &str) {
+        if let Ok(mut a) = self.accepted.write() {
+            a.insert(account.to_string());
+        }
+        if let Ok(mut r) = self.refusals.write() {
+            r.remove(account);
+        }
+    }
+
+    /// The hub refused the account (or took it back): its reason (`NotOwner`...) and
+    /// message. Also a problem.
+    pub fn set_refused(&self, account: &str, reason: String, message: String) {
+        if let Ok(mut a) = self.accepted.write() {
+            a.remove(account);
+        }
+        if let Ok(mut r) = self.refusals.write() {
+            r.insert(account.to_string(), (reason, message.clone()));
+        }
+        self.set_problem(account, message);
+    }
+
+    /// Where each account stands: accepted by the hub, refused (reason, message), its
+    /// problem, and whether every kind has listed once.
+    pub fn account_phase(&self, account: &str) -> AccountPhase {
+        let refused = self
+            .refusals
+            .read()
+            .ok()
+            .and_then(|r| r.get(account).cloned());
+        let problem = self
+            .problems
+            .read()
+            .ok()
+            .and_then(|p| p.get(account).cloned());
+        let accepted = self.accepted.read().is_ok_and(|a| a.contains(account));
+        let synced = self.synced.read().ok().is_some_and(|m| {
+            m.get(account)
+                .is_some_and(|f| f.iter().all(|x| x.load(Ordering::Relaxed)))
+        });
+        AccountPhase {
+            accepted,
+            synced,
+            refused,
+            problem,
         }
     }
 
@@ -88,12 +157,21 @@ impl State {
         if let Ok(mut m) = self.problems.write() {
             m.remove(account);
         }
+        if let Ok(mut r) = self.refusals.write() {
+            r.remove(account);
+        }
     }
 
     /// Forgets everything about accounts no longer held.
     pub fn retain(&self, keep: &[String]) {
         if let Ok(mut m) = self.problems.write() {
             m.retain(|k, _| keep.contains(k));
+        }
+        if let Ok(mut m) = self.refusals.write() {
+            m.retain(|k, _| keep.contains(k));
+        }
+        if let Ok(mut m) = self.accepted.write() {
+            m.retain(|k| keep.contains(k));
         }
         if let Ok(mut m) = self.clusters.write() {
             m.retain(|k, _| keep.contains(k));
@@ -136,6 +214,19 @@ impl State {
         }
         if why.is_empty() { Ok(()) } else { Err(why) }
     }
+}
+
+/// Where one account stands in this replica (see [`State::account_phase`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountPhase {
+    /// The hub accepted its registration in the current session.
+    pub accepted: bool,
+    /// Every kind has listed once.
+    pub synced: bool,
+    /// The hub refused it: its reason and message.
+    pub refused: Option<(String, String)>,
+    /// Why it is not streaming (cluster unreachable, refused...).
+    pub problem: Option<String>,
 }
 
 impl State {

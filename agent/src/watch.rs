@@ -154,6 +154,21 @@ impl KindWatch {
             }
             Start::Relist(cause) => Err(cause),
         };
+        if let Ok([rv]) = start.as_deref() {
+            // Tells the hub the kind is streamed on this registration, and how it
+            // appears in API paths.
+            self.sender
+                .frame(Frame::SyncStart(SyncStart {
+                    account: self.ctx.account.clone(),
+                    kind: Some(self.gvk.clone()),
+                    mode: SyncMode::ResumedWatch as i32,
+                    resource_version: rv.clone(),
+                    selection: self.ctx.selection.clone(),
+                    resource: self.kind.resource.plural.clone(),
+                    namespaced: self.kind.namespaced,
+                }))
+                .await?;
+        }
         loop {
             let versions = match start {
                 Ok(versions) => versions,
@@ -196,6 +211,8 @@ impl KindWatch {
                     mode: SyncMode::FullRelist as i32,
                     resource_version: String::new(),
                     selection: self.ctx.selection.clone(),
+                    resource: self.kind.resource.plural.clone(),
+                    namespaced: self.kind.namespaced,
                 }))
                 .await?;
             match self.list_once().await? {
@@ -826,6 +843,8 @@ mod loop_tests {
         let mut rig = start(Some("7"), true);
         rig.newest("7").await;
         let body = rig.watch("7").await;
+        // The hub learns the kind is streamed (and its resource name) first.
+        assert_eq!(rig.frame().await, "SyncStart");
         send(
             &body,
             event(
@@ -856,6 +875,7 @@ mod loop_tests {
         let mut rig = start(Some("7"), true);
         rig.newest("25").await;
         let body = rig.watch("7").await;
+        assert_eq!(rig.frame().await, "SyncStart", "the resumed watch's");
         send(&body, gone()).await;
         rig.list(vec![cm("x", "9")], "30").await;
         assert_eq!(rig.frame().await, "SyncStart");

@@ -43,6 +43,12 @@ pub fn kubeconfig_secret_name(shard: &str) -> String {
     format!("{shard}-agent-kubeconfigs")
 }
 
+/// The Secret holding the client certificate the operator issues for shard `shard`'s
+/// agents (`<shard>-agent-tls`).
+pub fn agent_tls_secret_name(shard: &str) -> String {
+    format!("{shard}-agent-tls")
+}
+
 /// The agent Deployment of shard `shard` (`<shard>-agent`).
 pub fn deployment_name(shard: &str) -> String {
     format!("{shard}-agent")
@@ -107,8 +113,14 @@ pub struct TlsConfig {
 pub struct AccountConfig {
     /// The Spinnaker account name.
     pub name: String,
-    /// The kubeconfig's file name in the mounted kubeconfig directory.
+    /// The kubeconfig's file name in the mounted kubeconfig directory; empty for an
+    /// in-cluster account.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kubeconfig_file: String,
+    /// Stream the cluster the agent runs in, with the agent's own credentials (its
+    /// ServiceAccount in a pod) instead of a kubeconfig file.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub in_cluster: bool,
     /// Namespaces to watch; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
@@ -223,11 +235,16 @@ impl HubConfig {
 
 impl AccountConfig {
     /// The config of an account of the spec, reading its kubeconfig from `kubeconfig_file`
-    /// (usually [`kubeconfig_file_name`] of its name).
+    /// (usually [`kubeconfig_file_name`] of its name); an in-cluster account has none.
     pub fn from_spec(spec: &AccountSpec, kubeconfig_file: impl Into<String>) -> Self {
         Self {
             name: spec.name.clone(),
-            kubeconfig_file: kubeconfig_file.into(),
+            kubeconfig_file: if spec.in_cluster {
+                String::new()
+            } else {
+                kubeconfig_file.into()
+            },
+            in_cluster: spec.in_cluster,
             namespaces: spec.namespaces.clone(),
             omit_namespaces: spec.omit_namespaces.clone(),
             kinds: spec.kinds.clone(),
@@ -236,12 +253,19 @@ impl AccountConfig {
         }
     }
 
-    /// Checks the name, the kubeconfig file name, the namespaces, and that each
-    /// include/exclude pair has at most one side set.
+    /// Checks the name, the credentials (a kubeconfig file name, or in-cluster: exactly
+    /// one), the namespaces, and that each include/exclude pair has at most one side set.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_account_name(&self.name)?;
         let file = self.kubeconfig_file.as_str();
-        if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\\', '\0']) {
+        if self.in_cluster {
+            if !file.is_empty() {
+                return Err(ConfigError::ConflictingCredentials {
+                    account: self.name.clone(),
+                });
+            }
+        } else if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\\', '\0'])
+        {
             return Err(ConfigError::InvalidKubeconfigFile {
                 account: self.name.clone(),
                 file: file.to_owned(),
@@ -306,6 +330,10 @@ impl BudgetConfig {
         }
         Ok(())
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Checks an account name is a DNS-1123 label (what the CRD's pattern says).

@@ -74,6 +74,15 @@ pub enum ConfigError {
         file: String,
     },
 
+    /// An account names a kubeconfig file and is in-cluster too.
+    #[error(
+        "account {account:?}: kubeconfigFile and inCluster cannot both be set; use one of them"
+    )]
+    ConflictingCredentials {
+        /// The account.
+        account: String,
+    },
+
     /// An account sets both an include list and its exclude list.
     #[error("account {account:?}: {include} and {exclude} cannot both be set; use one of them")]
     ConflictingFilters {
@@ -125,6 +134,7 @@ impl ConfigError {
             Self::DuplicateAccount { .. } => "DuplicateAccount",
             Self::InvalidKubeconfigFile { .. } => "InvalidKubeconfigFile",
             Self::ConflictingFilters { .. } => "ConflictingFilters",
+            Self::ConflictingCredentials { .. } => "ConflictingCredentials",
             Self::InvalidBudget { .. } => "InvalidBudget",
             Self::InvalidQuantity { .. } => "InvalidQuantity",
             Self::InvalidShardRef { .. } => "InvalidShardRef",

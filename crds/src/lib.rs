@@ -12,7 +12,10 @@
 //!   all use.
 //! - [`decode`]: reading a watch of AgentShards when one of them does not decode.
 //! - [`check_kubeconfig`]: what an account's kubeconfig may ask of the agent.
-//! - [`membership`]: which Leases are live replicas of a shard (agents and operator).
+//! - [`membership`]: which coordination Leases are live replicas of a shard, the rule the
+//!   agents and the operator share.
+//! - [`report`]: what each agent replica reports about the accounts it holds, carried in
+//!   its Lease, and what the operator reads from it.
 //!
 //! This crate has types and pure functions only: no client, no I/O.
 
@@ -24,12 +27,13 @@ mod identity;
 mod kubeconfig;
 pub mod membership;
 mod quantity;
+pub mod report;
 mod shard;
 
 pub use config::{
     AccountConfig, AgentConfig, BudgetConfig, CONFIG_KEY, DEFAULT_MAX_BUFFERED_BYTES_VALUE,
-    HubConfig, TlsConfig, config_map_name, deployment_name, kubeconfig_file_name,
-    kubeconfig_secret_name, validate_account_name, validate_hub_address,
+    HubConfig, TlsConfig, agent_tls_secret_name, config_map_name, deployment_name,
+    kubeconfig_file_name, kubeconfig_secret_name, validate_account_name, validate_hub_address,
 };
 pub use error::{ConfigError, QuantityProblem};
 pub use identity::{parse_shard_identity_uri, shard_identity_uri};
@@ -44,7 +48,7 @@ pub use shard::{
     DNS_SUBDOMAIN_MAX_LEN, DNS_SUBDOMAIN_PATTERN, GROUP, HUB_ADDRESS_MAX_LEN, HUB_ADDRESS_PATTERN,
     HubSpec, KIND_PATTERN, LocalObjectRef, MAX_ACCOUNTS, MAX_CONCURRENT_SYNCS, MAX_FILTER_ITEMS,
     SECRET_KEY_PATTERN, SecretKeyRef, ShardRef, VERSION, condition_status, condition_type,
-    new_condition,
+    new_condition, unknown_condition,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -9,7 +9,9 @@
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use k8s_openapi::{
-    api::core::v1::{Affinity, ResourceRequirements, Toleration},
+    api::core::v1::{
+        Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+    },
     apimachinery::pkg::{
         api::resource::Quantity,
         apis::meta::v1::{Condition, Time},
@@ -66,8 +68,12 @@ pub const DEFAULT_KUBECONFIG_KEY: &str = "kubeconfig";
 
 /// The condition types the operator sets on an AgentShard.
 pub mod condition_type {
-    /// The shard does what it was asked: config valid, every account it claims is its own, and its agents are available. The summary condition (kstatus reads it).
+    /// The shard does what it was asked: config valid, every account it claims is its own, and every account streaming, as a live agent replica reports it. The summary condition (kstatus and Argo CD read it); `Unknown` until the operator has looked at the shard once.
     pub const READY: &str = "Ready";
+    /// The operator or the agents are still working towards Ready (rolling out, syncing, waiting for replicas or for a name its owner is releasing); it clears by itself. False while the shard is Stalled (kstatus: InProgress).
+    pub const RECONCILING: &str = "Reconciling";
+    /// Only a person can make the shard Ready: an invalid config, an account another shard owns, an account the hub refuses (kstatus: Failed).
+    pub const STALLED: &str = "Stalled";
     /// No account of this shard is claimed by an older shard.
     pub const ACCOUNTS_UNIQUE: &str = "AccountsUnique";
     /// The spec could be turned into an agent config (Secrets found, budget readable...).
@@ -75,7 +81,14 @@ pub mod condition_type {
     /// The agent Deployment has its minimum of available replicas.
     pub const AVAILABLE: &str = "Available";
     /// All of the above, in the order the operator writes them.
-    pub const ALL: [&str; 4] = [READY, ACCOUNTS_UNIQUE, CONFIG_VALID, AVAILABLE];
+    pub const ALL: [&str; 6] = [
+        READY,
+        RECONCILING,
+        STALLED,
+        ACCOUNTS_UNIQUE,
+        CONFIG_VALID,
+        AVAILABLE,
+    ];
 }
 
 /// The values of a condition's `status`.
@@ -119,7 +132,7 @@ pub mod condition_status {
         name = "Accounts",
         type_ = "integer",
         json_path = ".status.activeAccounts",
-        description = "Accounts this shard serves"
+        description = "Accounts streaming, as the agent replicas report them"
     ),
     printcolumn(
         name = "Conflicts",
@@ -170,7 +183,7 @@ pub struct AgentShardSpec {
     #[serde(default)]
     pub budget: Budget,
 
-    /// Agent container image. When unset the operator's default image is used.
+    /// Agent container image. When unset the operator's default image is used. The operator accepts only the images its flags allow (by default its own agent image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
@@ -204,7 +217,20 @@ pub struct AgentShardSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_annotations: Option<BTreeMap<String, String>>,
 
-    /// Service account of the agent pods (it needs to read and renew its coordination Leases). When unset the operator's default is used.
+    /// Secrets holding credentials to pull the agent image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+
+    /// PriorityClass of the agent pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = DNS_SUBDOMAIN_MAX_LEN), pattern(DNS_SUBDOMAIN_PATTERN))]
+    pub priority_class_name: Option<String>,
+
+    /// How the agent pods spread over zones and nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+
+    /// Service account of the agent pods (it needs to read and renew its coordination Leases). When unset the operator's default is used. The operator accepts only the ServiceAccounts its flags allow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = DNS_SUBDOMAIN_MAX_LEN), pattern(DNS_SUBDOMAIN_PATTERN))]
     pub service_account_name: Option<String>,
@@ -222,7 +248,7 @@ pub struct HubSpec {
     #[schemars(length(min = 3, max = HUB_ADDRESS_MAX_LEN), pattern(HUB_ADDRESS_PATTERN))]
     pub address: String,
 
-    /// A Secret in the shard's namespace with the agent's mTLS material: tls.crt and tls.key (the client certificate naming this shard) and ca.crt (the hub's CA). When unset the agents connect without TLS.
+    /// A Secret in the shard's namespace with the agent's mTLS material: tls.crt and tls.key (the client certificate naming this shard) and ca.crt (the hub's CA). When unset the operator issues one (when it is given a CA or a cert-manager issuer), else the agents connect without TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_ref: Option<LocalObjectRef>,
 }
@@ -248,15 +274,24 @@ pub struct LocalObjectRef {
         "!has(self.kinds) || !has(self.omitKinds) || self.kinds.size() == 0 || self.omitKinds.size() == 0"
     )
     .message("kinds and omitKinds cannot both be set: list the kinds to watch, or the ones to skip")
-    .field_path(".omitKinds")
+    .field_path(".omitKinds"),
+    validation = Rule::new(
+        "has(self.kubeconfigSecretRef) != (has(self.inCluster) && self.inCluster)"
+    )
+    .message("set exactly one of kubeconfigSecretRef (a kubeconfig for the cluster) and inCluster: true (the cluster the agents run in)")
 )]
 pub struct AccountSpec {
     /// The Spinnaker account name. Unique across every AgentShard in the cluster; a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters).
     #[schemars(length(min = 1, max = DNS_LABEL_MAX_LEN), pattern(DNS_LABEL_PATTERN))]
     pub name: String,
 
-    /// The Secret, in the shard's namespace, holding a kubeconfig for the cluster.
-    pub kubeconfig_secret_ref: SecretKeyRef,
+    /// The Secret, in the shard's namespace, holding a kubeconfig for the cluster. Exactly one of this and inCluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+
+    /// Stream the cluster the agents run in, with the credentials of their own ServiceAccount (agent mode). Exactly one of this and kubeconfigSecretRef.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub in_cluster: bool,
 
     /// Namespaces to watch. Empty means all namespaces (less omitNamespaces).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -365,12 +400,12 @@ pub struct AgentShardStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Ready, AccountsUnique, ConfigValid and Available.
+    /// Ready, Reconciling, Stalled, AccountsUnique, ConfigValid and Available.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 
-    /// One entry per account in the spec: whether this shard serves it.
+    /// One entry per account in the spec: whether this shard serves it, and whether it streams.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub accounts: Vec<AccountStatus>,
@@ -383,7 +418,7 @@ pub struct AgentShardStatus {
     #[serde(default)]
     pub ready_replicas: i32,
 
-    /// Accounts in the agent config (state Active).
+    /// Accounts streaming (state Active): a live agent replica reports the hub accepted them and their initial sync finished.
     #[serde(default)]
     pub active_accounts: i32,
 
@@ -399,10 +434,10 @@ pub struct AccountStatus {
     /// The account name.
     pub name: String,
 
-    /// Active, Conflict or Invalid.
+    /// Active (streaming), Syncing, NoReplica, HubUnreachable, RefusedByHub, ClusterUnreachable (in the agent config, not streaming), Conflict or Invalid (left out).
     pub state: AccountState,
 
-    /// Why, as one CamelCase word.
+    /// Why, as one CamelCase word (for RefusedByHub, the hub's reason, e.g. NotOwner).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 
@@ -419,11 +454,25 @@ pub struct AccountStatus {
     pub claimed_at: Option<Time>,
 }
 
-/// Whether the shard serves an account.
+/// Whether the shard serves an account, and how that goes.
+///
+/// The first six states are accounts in the shard's agent config (the shard holds the
+/// name); `Conflict` and `Invalid` are left out of it. Readers written before a state
+/// existed read it as [`AccountState::Unknown`].
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum AccountState {
-    /// In the agent config and streaming (or trying to).
+    /// Streaming: a live agent replica of the shard reports that the hub accepted the account and its initial sync finished.
     Active,
+    /// In the agent config; a replica holds it and is registering it or listing it for the first time.
+    Syncing,
+    /// In the agent config, but no live replica of the shard holds it (none running, or none has picked it up yet).
+    NoReplica,
+    /// In the agent config; the replica holding it cannot reach the hub (the message says why).
+    HubUnreachable,
+    /// In the agent config; the hub refuses it (the reason is the hub's: NotOwner, ClusterMismatch...).
+    RefusedByHub,
+    /// In the agent config; the replica holding it cannot reach the account's cluster.
+    ClusterUnreachable,
     /// Left out: an older shard claims the same name.
     Conflict,
     /// Left out: its configuration cannot be used (e.g. the kubeconfig Secret is missing).
@@ -438,10 +487,27 @@ pub enum AccountState {
 }
 
 impl AccountState {
+    /// Every state the operator writes.
+    pub const WRITTEN: [AccountState; 8] = [
+        Self::Active,
+        Self::Syncing,
+        Self::NoReplica,
+        Self::HubUnreachable,
+        Self::RefusedByHub,
+        Self::ClusterUnreachable,
+        Self::Conflict,
+        Self::Invalid,
+    ];
+
     /// The state as written in the status.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "Active",
+            Self::Syncing => "Syncing",
+            Self::NoReplica => "NoReplica",
+            Self::HubUnreachable => "HubUnreachable",
+            Self::RefusedByHub => "RefusedByHub",
+            Self::ClusterUnreachable => "ClusterUnreachable",
             Self::Conflict => "Conflict",
             Self::Invalid => "Invalid",
             Self::Unknown => "Unknown",
@@ -450,9 +516,22 @@ impl AccountState {
 
     /// Whether a shard whose status shows this state holds the name: everything but
     /// `Conflict` (an `Invalid` account is left out of the agent config but stays
-    /// reserved for its shard).
+    /// reserved for its shard; every state of an account in the config holds it).
     pub fn holds(self) -> bool {
         self != Self::Conflict
+    }
+
+    /// Whether the account is in the shard's agent config: it streams or should.
+    pub fn served(self) -> bool {
+        matches!(
+            self,
+            Self::Active
+                | Self::Syncing
+                | Self::NoReplica
+                | Self::HubUnreachable
+                | Self::RefusedByHub
+                | Self::ClusterUnreachable
+        )
     }
 }
 
@@ -557,6 +636,14 @@ impl AgentShardSpec {
     }
 }
 
+impl AccountSpec {
+    /// The name of the Secret holding the account's kubeconfig (none for an in-cluster
+    /// account).
+    pub fn kubeconfig_secret_name(&self) -> Option<&str> {
+        self.kubeconfig_secret_ref.as_ref().map(|r| r.name.as_str())
+    }
+}
+
 impl AgentShardStatus {
     /// The condition of type `type_`, if any.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
@@ -612,6 +699,25 @@ pub fn new_condition(
         observed_generation,
         last_transition_time: now,
     }
+}
+
+/// A condition of type `type_` with status `Unknown`, stamped with `now` and the
+/// generation it is about.
+pub fn unknown_condition(
+    type_: &str,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    Condition {
+        status: condition_status::UNKNOWN.to_owned(),
+        ..new_condition(type_, false, reason, message, observed_generation, now)
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_replicas() -> i32 {

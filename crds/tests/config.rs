@@ -10,6 +10,7 @@ fn account(name: &str) -> AccountConfig {
     AccountConfig {
         name: name.to_owned(),
         kubeconfig_file: kubeconfig_file_name(name),
+        in_cluster: false,
         namespaces: Vec::new(),
         omit_namespaces: Vec::new(),
         kinds: Vec::new(),
@@ -334,7 +335,8 @@ fn budget_from_spec() {
 fn account_from_spec() {
     let spec = AccountSpec {
         name: "prod-east-1".to_owned(),
-        kubeconfig_secret_ref: SecretKeyRef::new("kc-prod-east-1"),
+        kubeconfig_secret_ref: Some(SecretKeyRef::new("kc-prod-east-1")),
+        in_cluster: false,
         namespaces: vec!["apps".to_owned()],
         omit_namespaces: Vec::new(),
         kinds: Vec::new(),
@@ -347,6 +349,7 @@ fn account_from_spec() {
         AccountConfig {
             name: "prod-east-1".to_owned(),
             kubeconfig_file: "prod-east-1.kubeconfig".to_owned(),
+            in_cluster: false,
             namespaces: vec!["apps".to_owned()],
             omit_namespaces: Vec::new(),
             kinds: Vec::new(),

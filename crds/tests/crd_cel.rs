@@ -65,7 +65,28 @@ fn rules_use_only_what_their_scope_has() {
         assert!(warnings.is_empty(), "{}: {warnings:?}", rule.rule.rule);
         checked += 1;
     }
-    assert_eq!(checked, 2);
+    assert_eq!(checked, 3);
+}
+
+#[test]
+fn credentials_are_a_kubeconfig_or_in_cluster_not_both_nor_neither() {
+    let in_cluster = json!({ "name": "self", "inCluster": true });
+    assert_eq!(
+        failures(&shard("agent-mode", json!([in_cluster]))),
+        Vec::<String>::new()
+    );
+    for bad in [
+        json!({ "name": "both", "inCluster": true, "kubeconfigSecretRef": { "name": "kc" } }),
+        json!({ "name": "neither" }),
+        json!({ "name": "off", "inCluster": false }),
+    ] {
+        let failures = failures(&shard("agent-mode", json!([bad.clone()])));
+        assert_eq!(failures.len(), 1, "{bad}: {failures:?}");
+        assert!(
+            failures[0].contains("set exactly one of kubeconfigSecretRef"),
+            "{failures:?}"
+        );
+    }
 }
 
 #[test]

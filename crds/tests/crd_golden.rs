@@ -135,7 +135,16 @@ fn status_lists_are_list_maps() {
     );
     assert_eq!(
         props["accounts"]["items"]["properties"]["state"]["enum"],
-        json!(["Active", "Conflict", "Invalid"])
+        json!([
+            "Active",
+            "Syncing",
+            "NoReplica",
+            "HubUnreachable",
+            "RefusedByHub",
+            "ClusterUnreachable",
+            "Conflict",
+            "Invalid"
+        ])
     );
     for field in [
         "observedGeneration",
@@ -173,6 +182,10 @@ fn cel_rules_and_messages() {
                 "rule": "!has(self.kinds) || !has(self.omitKinds) || self.kinds.size() == 0 || self.omitKinds.size() == 0",
                 "message": "kinds and omitKinds cannot both be set: list the kinds to watch, or the ones to skip",
                 "fieldPath": ".omitKinds",
+            },
+            {
+                "rule": "has(self.kubeconfigSecretRef) != (has(self.inCluster) && self.inCluster)",
+                "message": "set exactly one of kubeconfigSecretRef (a kubeconfig for the cluster) and inCluster: true (the cluster the agents run in)",
             },
         ])
     );

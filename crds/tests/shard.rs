@@ -43,7 +43,14 @@ fn the_architecture_example_reads() {
     );
     let account = shard.spec.account("prod-east-1").expect("account");
     assert_eq!(account.omit_namespaces, ["kube-system"]);
-    assert_eq!(account.kubeconfig_secret_ref.key, "kubeconfig");
+    assert_eq!(
+        account
+            .kubeconfig_secret_ref
+            .as_ref()
+            .expect("a kubeconfig")
+            .key,
+        "kubeconfig"
+    );
     assert_eq!(shard.spec.budget, Budget::default());
     assert_eq!(
         shard.shard_ref(),
@@ -64,7 +71,14 @@ fn a_minimal_spec_gets_the_defaults() {
     let account: scale_agent_crds::AccountSpec =
         serde_json::from_value(json!({ "name": "a", "kubeconfigSecretRef": { "name": "kc" } }))
             .expect("minimal account");
-    assert_eq!(account.kubeconfig_secret_ref.key, "kubeconfig");
+    assert_eq!(
+        account
+            .kubeconfig_secret_ref
+            .as_ref()
+            .expect("a kubeconfig")
+            .key,
+        "kubeconfig"
+    );
 }
 
 #[test]
@@ -295,9 +309,36 @@ fn shard_refs() {
 fn condition_types_are_the_documented_ones() {
     assert_eq!(
         condition_type::ALL,
-        ["Ready", "AccountsUnique", "ConfigValid", "Available"]
+        [
+            "Ready",
+            "Reconciling",
+            "Stalled",
+            "AccountsUnique",
+            "ConfigValid",
+            "Available"
+        ]
     );
     assert_eq!(AccountState::Conflict.to_string(), "Conflict");
+}
+
+#[test]
+fn account_states_read_back_and_every_state_but_conflict_holds_the_name() {
+    for state in AccountState::WRITTEN {
+        let text = serde_json::to_string(&state).expect("writes");
+        assert_eq!(text, format!("\"{state}\""));
+        let back: AccountState = serde_json::from_str(&text).expect("reads");
+        assert_eq!(back, state);
+        assert_eq!(state.holds(), state != AccountState::Conflict, "{state}");
+        assert_eq!(
+            state.served(),
+            !matches!(state, AccountState::Conflict | AccountState::Invalid),
+            "{state}"
+        );
+    }
+    // A state of a newer operator reads as Unknown, which holds the name.
+    let newer: AccountState = serde_json::from_str("\"Draining\"").expect("tolerated");
+    assert_eq!(newer, AccountState::Unknown);
+    assert!(newer.holds() && !newer.served());
 }
 
 /// Objects as kube-apiserver v1.36 returned them after applying the generated CRD:
@@ -317,7 +358,14 @@ fn objects_written_by_the_api_server_read() {
         "defaulted by the server"
     );
     let account = shard.spec.account("prod-east-1").expect("account");
-    assert_eq!(account.kubeconfig_secret_ref.key, "kubeconfig");
+    assert_eq!(
+        account
+            .kubeconfig_secret_ref
+            .as_ref()
+            .expect("a kubeconfig")
+            .key,
+        "kubeconfig"
+    );
     let status = shard.status.as_ref().expect("status");
     assert_eq!((status.replicas, status.ready_replicas), (2, 1));
     assert_eq!(

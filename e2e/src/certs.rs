@@ -32,6 +32,9 @@ pub struct Pki {
     pub ca_pem: String,
     /// The CA certificate file.
     pub ca_file: PathBuf,
+    /// The CA's private key file (PKCS#8 PEM), for components that issue certificates
+    /// themselves (the operator's agent certificates).
+    pub ca_key_file: PathBuf,
     /// The service-account signing key (PKCS#8 PEM file).
     pub sa_key_file: PathBuf,
     /// The service-account public key (PEM file) that verifies tokens.
@@ -60,7 +63,7 @@ impl Pki {
         let cert = params.self_signed(&key)?;
         let ca_pem = cert.pem();
         let ca_file = write(dir, "ca.crt", &ca_pem)?;
-        write(dir, "ca.key", &key.serialize_pem())?;
+        let ca_key_file = write(dir, "ca.key", &key.serialize_pem())?;
         let sa = KeyPair::generate()?;
         let sa_key_file = write(dir, "sa.key", &sa.serialize_pem())?;
         let sa_pub_file = write(dir, "sa.pub", &sa.public_key_pem())?;
@@ -69,6 +72,7 @@ impl Pki {
             issuer: Issuer::new(params, key),
             ca_pem,
             ca_file,
+            ca_key_file,
             sa_key_file,
             sa_pub_file,
         })
@@ -82,6 +86,22 @@ impl Pki {
         params.subject_alt_names = hosts.iter().map(|h| san(h)).collect::<Result<_>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(file_stem, params)
+    }
+
+    /// The CA as a Secret `name` in namespace `ns` (`tls.crt`, `tls.key`), as the
+    /// operator's `--agent-ca-secret` reads it: created, or replaced.
+    pub fn ca_secret_yaml(&self, ns: &str, name: &str) -> Result<String> {
+        use base64::Engine as _;
+        let b64 = |p: &Path| {
+            fs::read(p)
+                .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+                .map_err(|e| Error::io("reading", p, e))
+        };
+        Ok(format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+            b64(&self.ca_file)?,
+            b64(&self.ca_key_file)?
+        ))
     }
 
     /// Issues a client certificate with common name `cn` and organization `org` (the API

@@ -282,14 +282,16 @@ pub fn apply_examples(cp: &ControlPlane, dir: &Path) -> Result<()> {
 }
 
 /// For `just up`: starts the operator (webhook in `warn` mode, agents pointed at `hub`
-/// when given), applies the examples in `examples` with their kubeconfig Secrets, and
-/// waits until every example shard has a status, so `kubectl get ash -A` shows them (one
-/// with a conflict). Drop the returned operator before the control plane.
+/// when given, their client certificates issued from the CA Secret `agent_ca`
+/// (`namespace/name`) when given), applies the examples in `examples` with their
+/// kubeconfig Secrets, and waits until every example shard has a status, so `kubectl
+/// get ash -A` shows them (one with a conflict). Drop the returned operator before the
+/// control plane.
 pub async fn up(
     cp: &ControlPlane,
     examples: &Path,
     hub: Option<&str>,
-    hub_tls_secret: Option<&str>,
+    agent_ca: Option<&str>,
 ) -> Result<Operator> {
     let mut options = OperatorOptions {
         lease_duration_seconds: 15,
@@ -298,10 +300,10 @@ pub async fn up(
     if let Some(hub) = hub {
         options.default_hub = Some(hub.to_owned());
     }
-    if let Some(secret) = hub_tls_secret {
+    if let Some(secret) = agent_ca {
         options
             .extra_args
-            .push(format!("--default-hub-tls-secret={secret}"));
+            .push(format!("--agent-ca-secret={secret}"));
     }
     let op = Operator::start(cp, options).await?;
     tracing::info!(log = %op.log().display(), "operator running; applying {}", examples.display());

@@ -1,10 +1,13 @@
 //! A stand-in kubelet for agent pods. There is no kubelet in the test control plane:
-//! kwok marks pods Running, and this runner starts a real `scale-agent` process for every
-//! Running agent pod, with the pod's ConfigMap and Secret volumes written out as files
-//! (kept current, swapped atomically as a kubelet does), its downward-API environment,
-//! and its arguments with mount paths pointed at those files. The process stops when the
-//! pod goes away. The agent reaches the management cluster with the admin kubeconfig in
-//! place of a service-account token.
+//! kwok marks pods Running (but agent pods not Ready), and this runner starts a real
+//! `scale-agent` process for every Running agent pod, with the pod's ConfigMap and
+//! Secret volumes written out as files (kept current, swapped atomically as a kubelet
+//! does: every file of a volume changes at once), its downward-API environment, and its
+//! arguments with mount paths pointed at those files. Like a kubelet it runs the
+//! container's readiness probe and writes the pod's Ready condition from it, so the
+//! agent Deployment is available only while its agents answer `/readyz` (connected to
+//! the hub and synced). The process stops when the pod goes away. The agent reaches the
+//! management cluster with the admin kubeconfig in place of a service-account token.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use nix::sys::signal::Signal;
 
 use crate::ports::free_port;
@@ -64,6 +67,8 @@ pub struct RunnerConfig {
     pub env: Vec<(String, String)>,
     /// Extra arguments for every agent (e.g. shorter lease timings for tests).
     pub args: Vec<String>,
+    /// Only the agent pods of this namespace (a test's own); every namespace when `None`.
+    pub namespace: Option<String>,
 }
 
 impl RunnerConfig {
@@ -76,6 +81,7 @@ impl RunnerConfig {
             run_dir,
             env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
             args: Vec::new(),
+            namespace: None,
         })
     }
 }
@@ -121,6 +127,11 @@ impl PodRunner {
         }
     }
 
+    /// The process id of a pod's agent (the same while the agent is not restarted).
+    pub fn pid(&self, pod_key: &str) -> Option<u32> {
+        self.pods.lock().ok()?.get(pod_key).map(|p| p.proc.pid())
+    }
+
     /// The log file of a pod's agent.
     pub fn log(&self, pod_key: &str) -> Option<PathBuf> {
         self.pods
@@ -136,7 +147,10 @@ async fn sync(
     cfg: &RunnerConfig,
     procs: &Mutex<HashMap<String, PodProcess>>,
 ) -> Result<()> {
-    let api: Api<Pod> = Api::all(client.clone());
+    let api: Api<Pod> = match &cfg.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let list = api
         .list(&ListParams::default().labels(AGENT_SELECTOR))
         .await
@@ -188,7 +202,75 @@ async fn sync(
                 p.insert(key.clone(), pp);
             }
         }
+        let admin = procs
+            .lock()
+            .ok()
+            .and_then(|p| p.get(key).map(|pp| pp.admin.clone()));
+        if let Some(admin) = admin {
+            probe_readiness(client, pod, container, &admin).await?;
+        }
     }
+    Ok(())
+}
+
+/// The readiness probe's path: the container's `httpGet` probe, else `/readyz`.
+fn readiness_path(c: &Container) -> String {
+    c.readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .and_then(|h| h.path.clone())
+        .unwrap_or_else(|| "/readyz".to_owned())
+}
+
+/// Runs the container's readiness probe against the agent's admin server and writes the
+/// pod's Ready and ContainersReady conditions when they change, as a kubelet does.
+async fn probe_readiness(
+    client: &kube::Client,
+    pod: &Pod,
+    container: &Container,
+    admin: &str,
+) -> Result<()> {
+    let url = format!("http://{admin}{}", readiness_path(container));
+    let ready = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    let status = if ready { "True" } else { "False" };
+    let was = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str());
+    if was == Some(status) {
+        return Ok(());
+    }
+    let (ns, name) = (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let reason = if ready {
+        None
+    } else {
+        Some("ReadinessProbeFailed")
+    };
+    let patch = serde_json::json!({
+        "status": {
+            "conditions": [
+                { "type": "Ready", "status": status, "lastTransitionTime": now, "reason": reason },
+                { "type": "ContainersReady", "status": status, "lastTransitionTime": now, "reason": reason },
+            ],
+            "containerStatuses": [{ "name": container.name, "ready": ready }],
+        }
+    });
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("writing the readiness of pod {ns}/{name}"), e))?;
+    tracing::info!(pod = %format!("{ns}/{name}"), ready, "pod readiness changed");
     Ok(())
 }
 
@@ -256,17 +338,52 @@ async fn write_volumes(
     Ok(paths)
 }
 
-/// Makes `dir` hold exactly `files`, each replaced atomically when it changed.
+/// The entry of a volume folder that points at its current contents, as the kubelet's.
+const DATA: &str = "..data";
+
+/// Makes `dir` hold exactly `files`, all of them replaced at once when any changed, as
+/// the kubelet's atomic writer does: the files live in a hidden folder, `..data` points
+/// at it, and each name is a link through `..data`; a change writes a new hidden folder
+/// and swaps `..data` in one rename. A reader never sees a new certificate with an old
+/// key.
 fn sync_dir(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
-    for (name, content) in files {
-        let path = dir.join(name);
-        if std::fs::read(&path).ok().as_deref() == Some(content.as_slice()) {
-            continue;
+    let data = dir.join(DATA);
+    let unchanged = files
+        .iter()
+        .all(|(name, content)| std::fs::read(data.join(name)).ok().as_deref() == Some(content))
+        && std::fs::read_dir(&data).map(|d| d.count()).ok() == Some(files.len());
+    if !unchanged {
+        let stamp = format!(
+            "..{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let fresh = dir.join(&stamp);
+        std::fs::create_dir_all(&fresh).map_err(|e| Error::io("creating", &fresh, e))?;
+        for (name, content) in files {
+            let path = fresh.join(name);
+            std::fs::write(&path, content).map_err(|e| Error::io("writing", &path, e))?;
         }
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, content).map_err(|e| Error::io("writing", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming to", &path, e))?;
+        let old = std::fs::read_link(&data).ok();
+        let tmp = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&stamp, &tmp).map_err(|e| Error::io("linking", &tmp, e))?;
+        std::fs::rename(&tmp, &data).map_err(|e| Error::io("renaming to", &data, e))?;
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(dir.join(old));
+        }
+    }
+    // One link per file, through ..data; nothing else (hidden entries are the writer's).
+    for name in files.keys() {
+        let link = dir.join(name);
+        if std::fs::read_link(&link).ok() != Some(Path::new(DATA).join(name)) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(Path::new(DATA).join(name), &link)
+                .map_err(|e| Error::io("linking", &link, e))?;
+        }
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -334,7 +451,42 @@ fn spawn(
     })
 }
 
-/// Decodes base64 the way Secret `data` is written (for tests building Secrets by hand).
+/// Encodes base64 the way Secret `data` is written (for tests building Secrets by hand).
 pub fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn volumes_are_swapped_whole_as_a_kubelet_does() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = dir.path().join("tls");
+        sync_dir(&d, &files(&[("tls.crt", "cert-1"), ("tls.key", "key-1")])).expect("sync");
+        let target = std::fs::read_link(d.join(DATA)).expect("..data");
+        assert_eq!(
+            std::fs::read_to_string(d.join("tls.crt")).expect("read"),
+            "cert-1"
+        );
+        // Nothing changed: nothing is rewritten.
+        sync_dir(&d, &files(&[("tls.crt", "cert-1"), ("tls.key", "key-1")])).expect("sync");
+        assert_eq!(std::fs::read_link(d.join(DATA)).expect("..data"), target);
+        // A renewal: both files change at once, and a key that went is gone.
+        sync_dir(&d, &files(&[("tls.crt", "cert-2")])).expect("sync");
+        assert_eq!(
+            std::fs::read_to_string(d.join("tls.crt")).expect("read"),
+            "cert-2"
+        );
+        assert!(!d.join("tls.key").exists());
+        assert!(!d.join(&target).exists(), "the old contents are removed");
+    }
 }

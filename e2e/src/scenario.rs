@@ -72,6 +72,7 @@ pub fn account(name: &str, ns: &str) -> AccountConfig {
     AccountConfig {
         name: name.into(),
         kubeconfig_file: format!("{name}.kubeconfig"),
+        in_cluster: false,
         namespaces: vec![ns.into()],
         omit_namespaces: vec![],
         kinds: vec!["ConfigMap".into(), "Deployment".into()],

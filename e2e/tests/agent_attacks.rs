@@ -385,6 +385,7 @@ async fn future_resume_point(env: Arc<Env>) -> anyhow::Result<()> {
             cluster_id: kube_system.metadata.uid.unwrap_or_default(),
             server_url: cluster.server.clone(),
             kubernetes_version: String::new(),
+            scope: None,
         },
     )
     .await?;

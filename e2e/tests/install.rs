@@ -696,22 +696,7 @@ async fn opened_namespace_streams(
     create_namespace(cluster, ns).await?;
     let kc = std::fs::read_to_string(&cluster.kubeconfig)?;
     secret(env, ns, "kc-1", &[("kubeconfig", kc.as_str())])?;
-    let client = cp.pki.issue_client(
-        &format!("install-{ns}"),
-        "first",
-        None,
-        &[&format!("spiffe://scaleagent.dev/ns/{ns}/shard/first")],
-    )?;
-    secret(
-        env,
-        ns,
-        "first-hub-tls",
-        &[
-            ("tls.crt", client.cert_pem.as_str()),
-            ("tls.key", client.key_pem.as_str()),
-            ("ca.crt", cp.pki.ca_pem.as_str()),
-        ],
-    )?;
+    // No certificate of the shard's own: the operator issues it from scale-agent-ca.
     let pods = PodRunner::start(
         cp.client().await?,
         RunnerConfig {
@@ -720,6 +705,7 @@ async fn opened_namespace_streams(
             run_dir: cp.run_dir.join(ns),
             env: vec![("RUST_LOG".into(), "info,kube_client=warn".into())],
             args: vec!["--reload-interval=500ms".into()],
+            namespace: Some(ns.to_owned()),
         },
     );
     put_cm(&configmaps(cluster, ns).await?, "install-probe", "1").await?;
@@ -753,6 +739,8 @@ async fn opened_namespace_streams(
         ns,
         "agentshard/first",
     ])?;
+    cp.kubectl(["get", "secret", "first-agent-tls", "-n", ns])
+        .context("the client certificate the operator issued")?;
     let unauthorized = reqwest::get(format!("http://{}/v1/accounts", installed.hub_http()))
         .await?
         .status();
@@ -789,6 +777,28 @@ async fn closed_namespace_gets_nothing(env: &Env, installed: &Installed) -> anyh
         deployments.get_opt("second-agent").await?.is_none(),
         "the operator made an agent Deployment in a namespace not opened to it"
     );
+    // The shard's status says why, and what to do.
+    wait::until(
+        "the shard's status to say its namespace is not opened",
+        Duration::from_secs(30),
+        || async {
+            let out = cp
+                .kubectl([
+                    "get",
+                    "agentshard",
+                    "second",
+                    "-n",
+                    &closed,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"ConfigValid\")].reason} {.status.conditions[?(@.type==\"ConfigValid\")].message}",
+                ])
+                .ok()?;
+            (out.starts_with("NamespaceNotOpened") && out.contains("scale-agent-operator-shards"))
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| installed.diagnostics())?;
     Ok(closed)
 }
 
@@ -919,6 +929,7 @@ fn start_agent(
             accounts: vec![AccountConfig {
                 name: account.into(),
                 kubeconfig_file: kubeconfig_file.clone(),
+                in_cluster: false,
                 namespaces: vec![ns.to_owned()],
                 omit_namespaces: vec![],
                 kinds: vec!["ConfigMap".into()],

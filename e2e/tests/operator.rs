@@ -4,6 +4,10 @@
 //! deleted, a move between shards in one apply with no overlap, invalid accounts in
 //! status, garbage collection, `kubectl wait`, no status write on a no-op reconcile, and
 //! a second operator that stays standby.
+//!
+//! No agent runs in these tests but in `kubectl_wait_for_ready`: the accounts a shard
+//! serves are in its agent config and hold their names, and honestly show that no
+//! replica streams them (`NoReplica`); `e2e/tests/status.rs` covers streaming.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,16 +24,22 @@ use kube::api::{Api, DeleteParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use scale_agent_crds::{AccountState, AgentConfig, AgentShard, CONFIG_KEY, condition_type};
+use scale_agent_e2e::hub::{HubOptions, HubProcess};
 use scale_agent_e2e::kubectl::table;
 use scale_agent_e2e::operator::{Operator, OperatorOptions};
 use scale_agent_e2e::operator_env::{self, OperatorEnv, shard_yaml};
+use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
 use scale_agent_e2e::runner::in_namespace;
-use scale_agent_e2e::wait;
+use scale_agent_e2e::{wait, workspace_binary};
 use serde::de::DeserializeOwned;
 
 fn main() {
     operator_env::main(
-        OperatorOptions::default(),
+        OperatorOptions {
+            // The image tests name their own images.
+            extra_args: vec!["--allowed-images=example.com/agent:*".into()],
+            ..OperatorOptions::default()
+        },
         None,
         vec![
             ("children_are_applied_with_owner_references", |e| {
@@ -70,8 +80,25 @@ fn account_state(s: &AgentShard, name: &str) -> Option<AccountState> {
     s.account_status(name).map(|a| a.state)
 }
 
-fn ready(s: &AgentShard) -> bool {
-    s.status_is_current() && s.is_condition_true(condition_type::READY)
+/// The Ready condition's status and reason.
+fn shard_ready(st: &scale_agent_crds::AgentShardStatus) -> Option<(&str, &str)> {
+    st.condition(condition_type::READY)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+/// The operator has looked at the current spec (twice: Ready is no longer Unknown), the
+/// config is valid and every account is the shard's own.
+fn reconciled(s: &AgentShard) -> bool {
+    s.status_is_current()
+        && s.condition(condition_type::READY)
+            .is_some_and(|c| c.status != "Unknown")
+        && s.is_condition_true(condition_type::CONFIG_VALID)
+        && s.is_condition_true(condition_type::ACCOUNTS_UNIQUE)
+}
+
+/// Account `name` is in the shard's agent config (whether a replica streams it or not).
+fn served(s: &AgentShard, name: &str) -> bool {
+    account_state(s, name).is_some_and(AccountState::served)
 }
 
 async fn deployment(env: &OperatorEnv, ns: &str, name: &str) -> anyhow::Result<Deployment> {
@@ -121,7 +148,9 @@ async fn children(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             &[("a", "kc-a")],
             "  replicas: 2\n",
         ))?;
-        let shard = env.wait_shard("east Ready", &ns, "east", 60, ready).await?;
+        let shard = env
+            .wait_shard("east reconciled", &ns, "east", 60, reconciled)
+            .await?;
         let uid = shard.uid().context("shard uid")?;
         let client = env.client().await?;
         let cm: ConfigMap = controlled_child(&client, &ns, "east-agent-config", &uid).await?;
@@ -187,10 +216,26 @@ async fn children(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             "probes missing"
         );
         ensure!(dep.spec.as_ref().and_then(|s| s.replicas) == Some(2));
+        // Two pods, no agent running in them: nothing streams, and the status says so.
+        let shard = env
+            .wait_shard("east's pods counted", &ns, "east", 30, |s| {
+                s.status.as_ref().is_some_and(|st| st.replicas == 2)
+            })
+            .await?;
+        ensure!(
+            account_state(&shard, "a") == Some(AccountState::NoReplica),
+            "status {:?}",
+            shard.status
+        );
         let st = shard.status.context("status")?;
         ensure!(
-            st.ready_replicas == 2 && st.active_accounts == 1 && st.conflicts == 0,
+            st.ready_replicas == 0 && st.active_accounts == 0 && st.conflicts == 0,
             "status {st:?}"
+        );
+        ensure!(
+            shard_ready(&st) == Some(("False", "NoReplica")),
+            "Ready {:?}",
+            st.conditions
         );
         Ok(())
     })
@@ -202,7 +247,8 @@ async fn account_edit(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.kubeconfig_secret(&ns, "kc-b")?;
         env.apply(&shard_yaml(&ns, "east", &[("a", "kc-a")], ""))?;
-        env.wait_shard("east Ready", &ns, "east", 60, ready).await?;
+        env.wait_shard("east reconciled", &ns, "east", 60, reconciled)
+            .await?;
         let before = deployment(&env, &ns, "east").await?;
         // Add an account and edit the other one's filters.
         let edited = shard_yaml(&ns, "east", &[("a", "kc-a"), ("b", "kc-b")], "").replace(
@@ -214,8 +260,8 @@ async fn account_edit(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             c.account("b").is_some() && c.account("a").is_some_and(|a| a.namespaces == ["default"])
         })
         .await?;
-        env.wait_shard("east Ready with 2 accounts", &ns, "east", 30, |s| {
-            ready(s) && s.status.as_ref().is_some_and(|st| st.active_accounts == 2)
+        env.wait_shard("east serving 2 accounts", &ns, "east", 30, |s| {
+            reconciled(s) && served(s, "a") && served(s, "b")
         })
         .await?;
         let after = deployment(&env, &ns, "east").await?;
@@ -254,7 +300,8 @@ async fn image_change(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             &[("a", "kc-a")],
             "  image: example.com/agent:1\n",
         ))?;
-        env.wait_shard("east Ready", &ns, "east", 60, ready).await?;
+        env.wait_shard("east reconciled", &ns, "east", 60, reconciled)
+            .await?;
         let before = deployment(&env, &ns, "east").await?;
         env.apply(&shard_yaml(
             &ns,
@@ -284,9 +331,15 @@ async fn image_change(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             before.metadata.generation,
             after.metadata.generation
         );
-        // Ready again once the rollout is done, for the new generation.
-        env.wait_shard("east Ready after the rollout", &ns, "east", 60, ready)
-            .await?;
+        // Reconciled again, for the new generation.
+        env.wait_shard(
+            "east reconciled after the change",
+            &ns,
+            "east",
+            60,
+            reconciled,
+        )
+        .await?;
         Ok(())
     })
     .await
@@ -302,10 +355,8 @@ async fn conflict(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             env.kubeconfig_secret(&ns, "kc-y")?;
             let x = format!("shared-{}", std::process::id());
             env.apply(&shard_yaml(&owner_ns, "owner", &[(&x, "kc-x")], ""))?;
-            env.wait_shard("owner serving x", &owner_ns, "owner", 60, |s| {
-                account_state(s, &x) == Some(AccountState::Active)
-            })
-            .await?;
+            env.wait_shard("owner serving x", &owner_ns, "owner", 60, |s| served(s, &x))
+                .await?;
             let warnings = env.apply(&shard_yaml(
                 &ns,
                 "late",
@@ -323,7 +374,7 @@ async fn conflict(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
                 .wait_shard("late to show the conflict", &ns, "late", 60, |s| {
                     s.status_is_current()
                         && account_state(s, &x) == Some(AccountState::Conflict)
-                        && account_state(s, "yy") == Some(AccountState::Active)
+                        && served(s, "yy")
                 })
                 .await?;
             let acct = late.account_status(&x).context("status of x")?;
@@ -339,7 +390,8 @@ async fn conflict(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
                 unique.status == "False" && unique.message.contains(&owner_key),
                 "AccountsUnique {unique:?}"
             );
-            // kubectl get ash shows it.
+            // kubectl get ash shows it (ACCOUNTS counts streaming accounts: no agent
+            // runs here).
             let out = env.cp.kubectl(["get", "ash", "-n", &ns])?;
             let rows = table(&out);
             let row: BTreeMap<String, String> = rows
@@ -349,7 +401,7 @@ async fn conflict(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
                 .into_iter()
                 .collect();
             ensure!(
-                row["CONFLICTS"] == "1" && row["ACCOUNTS"] == "1",
+                row["CONFLICTS"] == "1" && row["ACCOUNTS"] == "0",
                 "kubectl get ash:\n{out}"
             );
             // The losing shard's config leaves x out; the owner's keeps it.
@@ -365,10 +417,7 @@ async fn conflict(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
                 .context("owner config")?;
             ensure!(owner_cfg.account(&x).is_some(), "owner's config lost {x}");
             let owner = env.shard(&owner_ns, "owner").await?.context("owner")?;
-            ensure!(
-                account_state(&owner, &x) == Some(AccountState::Active),
-                "owner lost {x}"
-            );
+            ensure!(served(&owner, &x), "owner lost {x}");
             // A Warning Event naming the owner.
             let events = wait::until("the AccountConflict Event", Duration::from_secs(20), || {
                 let env = env.clone();
@@ -411,10 +460,8 @@ async fn handoff(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             env.kubeconfig_secret(&owner_ns, "kc-x")?;
             env.kubeconfig_secret(&ns, "kc-x")?;
             env.apply(&shard_yaml(&owner_ns, "owner", &[(&x, "kc-x")], ""))?;
-            env.wait_shard("owner serving", &owner_ns, "owner", 60, |s| {
-                account_state(s, &x) == Some(AccountState::Active)
-            })
-            .await?;
+            env.wait_shard("owner serving", &owner_ns, "owner", 60, |s| served(s, &x))
+                .await?;
             env.apply(&shard_yaml(&ns, "next", &[(&x, "kc-x")], ""))?;
             env.wait_shard("next in conflict", &ns, "next", 60, |s| {
                 account_state(s, &x) == Some(AccountState::Conflict)
@@ -428,10 +475,8 @@ async fn handoff(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             })
             .await?;
             let to_config = deleted.elapsed();
-            env.wait_shard("next Active", &ns, "next", 10, |s| {
-                account_state(s, &x) == Some(AccountState::Active)
-            })
-            .await?;
+            env.wait_shard("next serving it", &ns, "next", 10, |s| served(s, &x))
+                .await?;
             let to_status = deleted.elapsed();
             eprintln!("handoff after deletion: config in {to_config:?}, status in {to_status:?}");
             ensure!(
@@ -491,12 +536,12 @@ async fn move_account(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         };
         env.apply(&shard_yaml(&ns, "a", &a_accounts(true), ""))?;
         env.wait_shard("a serving x", &ns, "a", 60, |s| {
-            account_state(s, &x) == Some(AccountState::Active)
+            served(s, &x)
         })
         .await?;
         env.apply(&shard_yaml(&ns, "b", &b_accounts(false), ""))?;
         env.wait_shard("b serving zz", &ns, "b", 60, |s| {
-            account_state(s, "zz") == Some(AccountState::Active)
+            served(s, "zz")
         })
         .await?;
 
@@ -529,7 +574,7 @@ async fn move_account(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let serving = |s: &AgentShard| {
             s.status_is_current()
-                && account_state(s, &x) == Some(AccountState::Active)
+                && served(s, &x)
                 && s.status.as_ref().is_some_and(|st| st.conflicts == 0)
         };
         for round in 0..3 {
@@ -602,7 +647,7 @@ async fn invalid_accounts(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             })
             .await?;
         let st = |n: &str| s.account_status(n).cloned().context(format!("status of {n}"));
-        ensure!(st("good")?.state == AccountState::Active, "good: {:?}", st("good")?);
+        ensure!(st("good")?.state.served(), "good: {:?}", st("good")?);
         let missing = st("missing")?;
         ensure!(
             missing.state == AccountState::Invalid && missing.reason == "SecretNotFound" && missing.message.contains("kc-missing"),
@@ -631,7 +676,7 @@ async fn invalid_accounts(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         // Creating the missing Secret fixes it within seconds (the Secret watch).
         env.kubeconfig_secret(&ns, "kc-missing")?;
         env.wait_config("config with missing", &ns, "mixed", 15, |c| c.account("missing").is_some()).await?;
-        env.wait_shard("missing Active", &ns, "mixed", 15, |s| account_state(s, "missing") == Some(AccountState::Active)).await?;
+        env.wait_shard("missing served", &ns, "mixed", 15, |s| served(s, "missing")).await?;
         Ok(())
     })
     .await
@@ -646,7 +691,7 @@ async fn deletion(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             &[("a", "kc-a")],
             "  replicas: 2\n",
         ))?;
-        env.wait_shard("doomed Ready", &ns, "doomed", 60, ready)
+        env.wait_shard("doomed reconciled", &ns, "doomed", 60, reconciled)
             .await?;
         let client = env.client().await?;
         let api: Api<AgentShard> = Api::namespaced(client.clone(), &ns);
@@ -694,14 +739,44 @@ async fn deletion(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
 
 async fn kubectl_wait(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "wait", |env, ns| async move {
+        // Ready means streaming: this test runs a hub and the agents of its pods.
+        let hub = HubProcess::start(
+            HubOptions {
+                bin: workspace_binary("scale-agent-hub")?,
+                grace_period: "5s".into(),
+                store: None,
+                args: Vec::new(),
+                kubeconfig: None,
+            },
+            &env.test_dir(&ns),
+        )
+        .await?;
+        let _agents = PodRunner::start(
+            env.client().await?,
+            RunnerConfig {
+                namespace: Some(ns.clone()),
+                args: vec!["--lease-renew-interval=500ms".into()],
+                ..RunnerConfig::new(&env.cp, env.test_dir(&ns))?
+            },
+        );
         env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(&ns, "waited", &[("a", "kc-a")], ""))?;
+        let shard = shard_yaml(
+            &ns,
+            "waited",
+            &[("a", "kc-a")],
+            &format!("  hub: {{ address: \"{}\" }}\n", hub.grpc),
+        )
+        .replace(
+            "      name: kc-a\n",
+            &format!("      name: kc-a\n    namespaces: [{ns}]\n    kinds: [ConfigMap]\n"),
+        );
+        env.apply(&shard)?;
         let started = Instant::now();
         let out = env.cp.kubectl_stdin(
             [
                 "wait",
                 "--for=condition=Ready",
-                "--timeout=60s",
+                "--timeout=90s",
                 "-n",
                 &ns,
                 "ash/waited",
@@ -745,7 +820,7 @@ async fn no_op(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "noop", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.apply(&shard_yaml(&ns, "quiet", &[("a", "kc-a")], ""))?;
-        env.wait_shard("quiet Ready", &ns, "quiet", 60, ready)
+        env.wait_shard("quiet reconciled", &ns, "quiet", 60, reconciled)
             .await?;
         // Let the last writes (Deployment status, our status) settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -818,7 +893,7 @@ async fn paused(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             &[("a", "kc-a")],
             "  image: example.com/agent:1\n",
         ))?;
-        env.wait_shard("still Ready", &ns, "still", 60, ready)
+        env.wait_shard("still reconciled", &ns, "still", 60, reconciled)
             .await?;
         env.apply(&shard_yaml(
             &ns,
@@ -864,7 +939,8 @@ async fn standby(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         ensure!(!second.is_leader().await, "two operators lead at once");
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.apply(&shard_yaml(&ns, "seen", &[("a", "kc-a")], ""))?;
-        env.wait_shard("seen Ready", &ns, "seen", 60, ready).await?;
+        env.wait_shard("seen reconciled", &ns, "seen", 60, reconciled)
+            .await?;
         let second_reconciles = second
             .metric("scale_agent_operator_reconciles_total")
             .await?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use scale_agent_crds::{AccountState, condition_type};
+use scale_agent_crds::condition_type;
 use scale_agent_e2e::operator::{Operator, OperatorOptions, service_account_kubeconfig};
 use scale_agent_e2e::operator_env::{self, OperatorEnv, shard_yaml};
 use scale_agent_e2e::runner::in_namespace;
@@ -56,8 +56,7 @@ async fn deny(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             env.kubeconfig_secret(&ns, "kc-x")?;
             env.apply(&shard_yaml(&owner_ns, "owner", &[("x", "kc-x")], ""))?;
             env.wait_shard("owner serving x", &owner_ns, "owner", 60, |s| {
-                s.account_status("x")
-                    .is_some_and(|a| a.state == AccountState::Active)
+                s.account_status("x").is_some_and(|a| a.state.served())
             })
             .await?;
             let out = env.cp.kubectl_stdin(
@@ -93,8 +92,7 @@ async fn deny(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
                 "",
             ))?;
             env.wait_shard("late serving x", &ns, "late", 30, |s| {
-                s.account_status("x")
-                    .is_some_and(|a| a.state == AccountState::Active)
+                s.account_status("x").is_some_and(|a| a.state.served())
             })
             .await?;
             Ok(())
@@ -136,8 +134,11 @@ async fn failover(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         eprintln!("failover: the standby leads {took:?} after the leader stopped");
         env.kubeconfig_secret(&ns, "kc-a")?;
         env.apply(&shard_yaml(&ns, "after", &[("a", "kc-a")], ""))?;
-        env.wait_shard("after Ready", &ns, "after", 60, |s| {
-            s.status_is_current() && s.is_condition_true(condition_type::READY)
+        env.wait_shard("after reconciled", &ns, "after", 60, |s| {
+            s.status_is_current()
+                && s.is_condition_true(condition_type::CONFIG_VALID)
+                && s.condition(condition_type::READY)
+                    .is_some_and(|c| c.status != "Unknown")
         })
         .await?;
         ensure!(

@@ -186,6 +186,16 @@ enum Frame {
     Heartbeat {
         sent: Option<(i64, i32)>,
     },
+    /// An answer to a Kubernetes API request this session was never sent: dropped.
+    KubeHead {
+        id: u64,
+        status: u32,
+    },
+    KubeBody {
+        id: u64,
+        chunk: Vec<u8>,
+        done: bool,
+    },
 }
 
 impl Frame {
@@ -209,6 +219,7 @@ impl Frame {
                         cluster_id: a.cluster.get("cluster-"),
                         server_url: "https://k8s".into(),
                         kubernetes_version: "v1.36.0".into(),
+                        ..Default::default()
                     })
                     .collect(),
             })),
@@ -251,6 +262,7 @@ impl Frame {
                 kind: kind.get(),
                 mode: i32::from(*mode % 4),
                 resource_version: rv.get(""),
+                ..Default::default()
             })),
             Frame::SyncEnd {
                 account,
@@ -277,6 +289,17 @@ impl Frame {
                 success: *success,
                 error_code: i32::from(*error_code % 11),
                 ..Default::default()
+            })),
+            Frame::KubeHead { id, status } => Some(F::KubeResponseHead(pb::KubeResponseHead {
+                id: *id,
+                status: *status,
+                headers: Vec::new(),
+            })),
+            Frame::KubeBody { id, chunk, done } => Some(F::KubeResponseBody(pb::KubeResponseBody {
+                id: *id,
+                chunk: bytes::Bytes::from(chunk.clone()),
+                done: *done,
+                error: String::new(),
             })),
             Frame::Heartbeat { sent } => Some(F::Heartbeat(pb::Heartbeat {
                 sent_at: sent.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),

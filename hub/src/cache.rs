@@ -34,6 +34,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use crate::window::{self, ChangeType, KindWindow};
+
 /// A kind, without its version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KindKey {
@@ -124,13 +126,15 @@ struct OpenSync {
     selection: String,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct KindState {
     version: String,
     open: Option<OpenSync>,
     resume: Option<String>,
     /// The selection of the last complete full relist.
     selection: String,
+    /// How the Kubernetes API of the account serves the kind.
+    api: KindWindow,
 }
 
 impl KindState {
@@ -139,6 +143,40 @@ impl KindState {
             .as_ref()
             .is_some_and(|o| o.mode == SyncMode::FullRelist)
     }
+
+    /// The cache holds the kind exactly as the cluster has it (up to the stream's
+    /// lag): the account's current registration streams it, no relist is under way,
+    /// it has synced, and its versions are comparable.
+    fn servable(&self) -> bool {
+        self.api.live
+            && !self.api.opaque
+            && !self.api.resource.is_empty()
+            && !self.in_full_relist()
+            && self.resume.is_some()
+    }
+}
+
+/// What an account's agent streams of its cluster (its filters), so that reads
+/// asking for more are not answered from the cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Only these namespaces; empty means all.
+    pub namespaces: Vec<String>,
+    /// Never these namespaces.
+    pub omit_namespaces: Vec<String>,
+    /// Only objects matching this label selector; empty means all.
+    pub label_selector: String,
+}
+
+/// A kind as the Kubernetes API of the account sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct KindView<'a> {
+    /// The cache's key of the kind.
+    pub key: &'a KindKey,
+    /// Whether reads of it can be answered from the cache.
+    pub servable: bool,
+    /// Its resource name, version and window of recent changes.
+    pub window: &'a KindWindow,
 }
 
 /// The outcome of a SyncEnd.
@@ -158,6 +196,8 @@ pub struct AccountCache {
     objects: BTreeMap<ObjectKey, CachedObject>,
     kinds: HashMap<KindKey, KindState>,
     next_generation: u64,
+    /// What the current registration streams; `None`: not said.
+    scope: Option<Scope>,
     /// What changed since the store last took it; `None` when no store
     /// takes changes (one replica).
     dirty: Option<Dirty>,
@@ -240,7 +280,35 @@ impl AccountCache {
     /// Applies one event.
     pub fn apply(&mut self, event: Event) {
         let kind = event.key.kind_key();
+        let prev = self.objects.get(&event.key).map(|o| Arc::clone(&o.body));
         let state = self.kind_mut(&kind, &event.version);
+        if state.in_full_relist() {
+            state.api.advance(&event.resource_version);
+        } else {
+            match window::parse_rv(&event.resource_version) {
+                Some(rv) => {
+                    let change = match (event.change, &prev) {
+                        (Change::Delete, _) => ChangeType::Deleted,
+                        (Change::Upsert, Some(_)) => ChangeType::Modified,
+                        (Change::Upsert, None) => ChangeType::Added,
+                    };
+                    // A deletion whose body did not parse is shown with its last state.
+                    let body = match (&prev, event.body.get()) {
+                        (Some(p), "null") if event.change == Change::Delete => Arc::clone(p),
+                        _ => Arc::clone(&event.body),
+                    };
+                    state.api.record(window::Change {
+                        rv,
+                        change,
+                        namespace: event.key.namespace.clone(),
+                        name: event.key.name.clone(),
+                        body,
+                        prev,
+                    });
+                }
+                None => state.api.advance(&event.resource_version),
+            }
+        }
         let mut seen_in_sync = 0;
         match &mut state.open {
             Some(open) if open.mode == SyncMode::FullRelist => {
@@ -283,6 +351,7 @@ impl AccountCache {
         self.next_generation += 1;
         let generation = self.next_generation;
         let state = self.kind_mut(kind, version);
+        state.api.live = true;
         if mode == SyncMode::FullRelist {
             state.resume = None;
         }
@@ -307,6 +376,7 @@ impl AccountCache {
             if !resource_version.is_empty() {
                 state.resume = Some(resource_version.to_owned());
             }
+            state.api.advance(resource_version);
             return SyncOutcome {
                 unmatched: true,
                 ..SyncOutcome::default()
@@ -321,6 +391,11 @@ impl AccountCache {
         }
         if !resource_version.is_empty() {
             state.resume = Some(resource_version.to_owned());
+        }
+        state.api.advance(resource_version);
+        if open.mode == SyncMode::FullRelist {
+            // The hub lost continuity while the kind was relisted: watches start over.
+            state.api.restart();
         }
         let mut dropped = 0;
         if open.mode == SyncMode::FullRelist {
@@ -348,7 +423,68 @@ impl AccountCache {
             && not_older(resource_version, state.resume.as_deref())
         {
             state.resume = Some(resource_version.to_owned());
+            state.api.advance(resource_version);
         }
+    }
+
+    /// The agent says how the kind appears in API paths (from its SyncStart).
+    pub fn describe(&mut self, kind: &KindKey, version: &str, resource: &str, namespaced: bool) {
+        let state = self.kind_mut(kind, version);
+        if !resource.is_empty() {
+            resource.clone_into(&mut state.api.resource);
+            state.api.namespaced = namespaced;
+        }
+    }
+
+    /// The account was (re)registered with `scope`: until each kind's sync starts
+    /// again, nothing is known to be streamed.
+    pub fn registered(&mut self, scope: Option<Scope>) {
+        for state in self.kinds.values_mut() {
+            state.api.live = false;
+        }
+        self.scope = scope;
+    }
+
+    /// What the current registration streams, when it said.
+    pub fn scope(&self) -> Option<&Scope> {
+        self.scope.as_ref()
+    }
+
+    /// The kind served at `/<group>/<version>/<resource>`, if the cache has it at
+    /// that version.
+    pub fn kind_for(&self, group: &str, version: &str, resource: &str) -> Option<KindView<'_>> {
+        self.kinds
+            .iter()
+            .find(|(k, s)| k.group == group && s.version == version && s.api.resource == resource)
+            .map(|(key, s)| KindView {
+                key,
+                servable: s.servable(),
+                window: &s.api,
+            })
+    }
+
+    /// The Kubernetes API's view of `kind`.
+    pub fn window(&self, kind: &KindKey) -> Option<&KindWindow> {
+        self.kinds.get(kind).map(|s| &s.api)
+    }
+
+    /// The objects of `kind` (in `namespace`, when given), in key order.
+    pub fn objects_of<'a>(
+        &'a self,
+        kind: &'a KindKey,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a CachedObject)> + 'a {
+        let from = ObjectKey {
+            group: kind.group.clone(),
+            kind: kind.kind.clone(),
+            namespace: namespace.unwrap_or_default().to_owned(),
+            name: String::new(),
+        };
+        self.objects.range(from..).take_while(move |(k, _)| {
+            k.group == kind.group
+                && k.kind == kind.kind
+                && namespace.is_none_or(|ns| k.namespace == ns)
+        })
     }
 
     /// A new session took the account over: syncs the old one left open are

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 use scale_agent_hub::config::{CaBundle, HttpLimits, StoreLocation};
+use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
 use scale_agent_hub::{Config, Error, ShardSource, TlsConfig};
 pub use scale_agent_runtime::LogFormat;
 use scale_agent_runtime::parse_duration;
@@ -158,6 +159,39 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub api_token_file: Option<PathBuf>,
 
+    /// Serve the Kubernetes API of every account on this address, at
+    /// /accounts/<account>/ (point a kubeconfig's server there; `scale-agent-hub
+    /// kubeconfig` writes one). TLS with --tls-cert when the hub has one. Needs
+    /// --kube-api-tokens-file. Off when unset.
+    #[arg(long, value_name = "ADDR", requires = "kube_api_tokens_file")]
+    pub kube_api_addr: Option<SocketAddr>,
+
+    /// The bearer tokens of the Kubernetes API: one per line, then the accounts
+    /// it may use (`*`, or names separated by commas). Tokens have at least 16
+    /// characters. Re-read when the file changes.
+    #[arg(long, value_name = "PATH", requires = "kube_api_addr")]
+    pub kube_api_tokens_file: Option<PathBuf>,
+
+    /// PEM certificate chain the Kubernetes API is served with, when not the
+    /// hub's own --tls-cert (e.g. a certificate from a public CA, while agents
+    /// use a private one). Reloaded when it changes.
+    #[arg(long, value_name = "PATH", requires_all = ["kube_api_addr", "kube_api_tls_key"])]
+    pub kube_api_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --kube-api-tls-cert.
+    #[arg(long, value_name = "PATH", requires = "kube_api_tls_cert")]
+    pub kube_api_tls_key: Option<PathBuf>,
+
+    /// Pass Impersonate-* headers on to the clusters. They act there with the
+    /// agent's rights to impersonate, so by default they are refused (403).
+    #[arg(long, requires = "kube_api_addr")]
+    pub kube_api_allow_impersonation: bool,
+
+    /// How long a Kubernetes API request waits for the cluster's answer to begin
+    /// when it names no timeout of its own; past it the client gets 504.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub kube_api_request_timeout: Duration,
+
     /// The most accounts one agent session may hold; registrations past it
     /// are refused (INVALID, with the limit in the message).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
@@ -242,6 +276,19 @@ impl Args {
             },
             client: None,
         });
+        let kube_api_tls = match (&self.kube_api_tls_cert, &self.kube_api_tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key, None)?),
+            _ => None,
+        };
+        let kube_api = match (self.kube_api_addr, self.kube_api_tokens_file) {
+            (Some(addr), Some(tokens)) => Some(KubeApiConfig {
+                allow_impersonation: self.kube_api_allow_impersonation,
+                request_timeout: self.kube_api_request_timeout,
+                tls: kube_api_tls,
+                ..KubeApiConfig::new(addr, TokenSource::File(tokens))
+            }),
+            _ => None,
+        };
         Ok(Config {
             grace_period: self.grace_period,
             store: self.store.unwrap_or_default(),
@@ -258,6 +305,7 @@ impl Args {
             max_connection_age_grace: self.max_connection_age_grace,
             api_token_file: self.api_token_file,
             reload_interval: self.reload_interval,
+            kube_api,
             max_accounts_per_session: self.max_accounts_per_session,
             max_accounts_per_frame: self.max_accounts_per_frame,
             http_limits: HttpLimits {
@@ -292,6 +340,49 @@ mod tests {
         assert_eq!(args.max_connection_age_grace, Duration::from_secs(30));
         assert!(args.trusted_proxies.is_empty());
         assert!(args.authorize_shards.is_empty());
+        assert_eq!(args.kube_api_addr, None);
+        assert!(!args.kube_api_allow_impersonation);
+        assert_eq!(args.kube_api_request_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_kube_api_needs_its_tokens() {
+        assert!(
+            Args::try_parse_from([
+                "scale-agent-hub",
+                "--insecure",
+                "--kube-api-addr",
+                "127.0.0.1:8443"
+            ])
+            .is_err()
+        );
+        let args = Args::try_parse_from([
+            "scale-agent-hub",
+            "--insecure",
+            "--kube-api-addr",
+            "127.0.0.1:8443",
+            "--kube-api-tokens-file",
+            "/run/tokens",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.kube_api_tokens_file,
+            Some(PathBuf::from("/run/tokens"))
+        );
+        // Its own certificate needs its key.
+        assert!(
+            Args::try_parse_from([
+                "scale-agent-hub",
+                "--insecure",
+                "--kube-api-addr",
+                "127.0.0.1:8443",
+                "--kube-api-tokens-file",
+                "/run/tokens",
+                "--kube-api-tls-cert",
+                "api.crt",
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub struct Config {
     /// When set, every `/v1/...` HTTP request needs `Authorization: Bearer
     /// <token>` with the token in this file (re-read when it changes).
     pub api_token_file: Option<PathBuf>,
+    /// The Kubernetes API of every account (`/accounts/<account>/...`), on its
+    /// own listener; off when `None`.
+    pub kube_api: Option<crate::kubeapi::KubeApiConfig>,
     /// The most accounts one session may hold; registrations past it are
     /// refused (INVALID, saying so), the ones before it stand.
     pub max_accounts_per_session: usize,
@@ -158,6 +161,7 @@ impl Config {
             max_connection_age: None,
             max_connection_age_grace: Duration::from_secs(30),
             api_token_file: None,
+            kube_api: None,
             max_accounts_per_session: 10_000,
             max_accounts_per_frame: 1_000,
             http_limits: HttpLimits::default(),

@@ -21,7 +21,7 @@ use crate::state::{Outbound, SessionHandle, Shared};
 
 /// Capabilities this hub supports (Welcome.capabilities is the intersection
 /// with the agent's).
-pub const CAPABILITIES: &[&str] = &["watch-progress"];
+pub const CAPABILITIES: &[&str] = &["watch-progress", scale_agent_proto::kube_api::CAPABILITY];
 
 /// Frames queued towards one agent before the hub waits for it to read.
 const OUTBOUND_QUEUE: usize = 256;
@@ -55,6 +55,8 @@ fn frame_name(f: &agent_frame::Frame) -> &'static str {
         agent_frame::Frame::OperationResult(_) => "OperationResult",
         agent_frame::Frame::Heartbeat(_) => "Heartbeat",
         agent_frame::Frame::WatchProgress(_) => "WatchProgress",
+        agent_frame::Frame::KubeResponseHead(_) => "KubeResponseHead",
+        agent_frame::Frame::KubeResponseBody(_) => "KubeResponseBody",
     }
 }
 
@@ -209,6 +211,9 @@ impl HubService {
             .filter(|c| CAPABILITIES.contains(&c.as_str()))
             .cloned()
             .collect();
+        let kube_api = capabilities
+            .iter()
+            .any(|c| c == scale_agent_proto::kube_api::CAPABILITY);
         let config = &self.shared.config;
         let welcome = Welcome {
             session_id: id.to_string(),
@@ -231,7 +236,11 @@ impl HubService {
         };
         info!(session = %id, shard = %clip(&handle.shard.to_string()), replica = %clip(&handle.replica), %peer, identity = source.label(),
             agent_version = %clip(&hello.agent_version), capabilities = %clip(&hello.capabilities.join(",")), "session opened");
-        Ok(Session::open(Arc::clone(&self.shared), id, handle, source))
+        let session = Session::open(Arc::clone(&self.shared), id, handle, source);
+        if kube_api {
+            self.shared.tunnels.enable(&session.id);
+        }
+        Ok(session)
     }
 }
 

@@ -141,6 +141,7 @@ pub fn sync_start(session: &Session, start: &pb::SyncStart) {
         _ => SyncMode::FullRelist,
     };
     let started = on_held(session, &start.account, "sync_start_not_held", |cache| {
+        cache.describe(&kind, &version, &start.resource, start.namespaced);
         cache.sync_start(&kind, &version, mode, &start.selection);
     });
     if started.is_some() {
@@ -289,7 +290,7 @@ mod tests {
                 kind: gvk.clone(),
                 mode: pb::SyncMode::FullRelist as i32,
                 resource_version: String::new(),
-                selection: String::new(),
+                ..Default::default()
             },
         );
         watch_progress(

@@ -53,7 +53,8 @@
 //! and results), [`http`] (the JSON API), [`page`] (pages of its lists),
 //! [`serve`] (accept loops, the HTTP server's limits), [`identity`],
 //! [`secret`], [`ownership`], [`tls`],
-//! [`metrics`], [`clip`].
+//! [`metrics`], [`clip`], [`window`] (what the Kubernetes API knows of a kind),
+//! [`kubeapi`] (the Kubernetes API of every account).
 
 pub mod cache;
 pub mod claim;
@@ -66,6 +67,7 @@ pub mod http;
 pub mod identity;
 pub mod inflight;
 pub mod ingest;
+pub mod kubeapi;
 pub mod metrics;
 pub mod operations;
 pub mod ownership;
@@ -82,6 +84,7 @@ pub mod session;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod window;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -178,6 +181,7 @@ impl Hub {
                         config.reload_interval,
                         shutdown.clone(),
                         shared.metrics.tls_reloads.clone(),
+                        TlsConfig::server_config,
                     );
                 }
                 info!(
@@ -222,6 +226,7 @@ impl Hub {
             .max_encoding_message_size(max);
         let incoming = tls::incoming(
             grpc_listener,
+            "grpc",
             tls_state,
             shutdown.clone(),
             shared.metrics.tls_handshake_failures.clone(),
@@ -237,6 +242,11 @@ impl Hub {
             config.http_limits,
             shutdown.clone(),
         ));
+        let kube_api = match config.kube_api.clone() {
+            Some(api) => Some(kubeapi::server::start(Arc::clone(&shared), api).await?),
+            None => None,
+        };
+        let (kube_api_addr, kube_api_task) = kube_api.unzip();
         info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
             max_connection_age = ?config.max_connection_age,
             store = %config.store, "hub started");
@@ -244,6 +254,8 @@ impl Hub {
         Ok(RunningHub {
             grpc_addr,
             http_addr,
+            kube_api_addr,
+            kube_api_task,
             shutdown,
             shared,
             grpc_task: Some(grpc_task),
@@ -257,6 +269,8 @@ impl Hub {
 pub struct RunningHub {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    kube_api_addr: Option<SocketAddr>,
+    kube_api_task: Option<JoinHandle<std::io::Result<()>>>,
     shutdown: CancellationToken,
     shared: Arc<Shared>,
     grpc_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
@@ -272,6 +286,11 @@ impl RunningHub {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The bound address of the accounts' Kubernetes API, when served.
+    pub fn kube_api_addr(&self) -> Option<SocketAddr> {
+        self.kube_api_addr
     }
 
     /// `http://<grpc addr>`, for a plaintext tonic channel.
@@ -332,7 +351,12 @@ impl RunningHub {
         self.shutdown.cancel();
         let grpc = self.grpc_task.take();
         let http = self.http_task.take();
+        let kube_api = self.kube_api_task.take();
         let join = async {
+            if let Some(task) = kube_api {
+                // Its connections drain on their own; nothing to report.
+                let _ = task.await;
+            }
             let mut result = Ok(());
             if let Some(task) = grpc {
                 result = result.and(flatten_grpc(task.await));

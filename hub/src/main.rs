@@ -6,6 +6,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use scale_agent_hub::kubeapi::kubeconfig;
 use scale_agent_hub::{Error, Hub};
 use tracing::{error, info};
 
@@ -20,7 +21,35 @@ async fn run(args: cli::Args) -> Result<(), Error> {
     hub.wait().await
 }
 
+/// `scale-agent-hub kubeconfig ...`: see `kubeconfig::Args`.
+fn write_kubeconfig() -> ExitCode {
+    let args = kubeconfig::Args::parse_from(std::env::args_os().skip(1));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("scale-agent-hub kubeconfig: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(kubeconfig::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("scale-agent-hub kubeconfig: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "kubeconfig")
+    {
+        return write_kubeconfig();
+    }
     let args = cli::Args::parse();
     scale_agent_runtime::init_logging(args.log_format, "info");
     let runtime = match tokio::runtime::Runtime::new() {

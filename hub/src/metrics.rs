@@ -27,6 +27,16 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// How a request to an account's Kubernetes API was answered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KubeApiLabel {
+    /// `cluster` (carried to the agent), `cache` (from the hub's cache) or `hub`
+    /// (refused by the hub itself).
+    pub source: &'static str,
+    /// The HTTP status class: `2xx`, `3xx`, `4xx`, `5xx`.
+    pub code: &'static str,
+}
+
 /// Every metric of the hub.
 #[derive(Debug)]
 pub struct Metrics {
@@ -68,6 +78,11 @@ pub struct Metrics {
     pub sessions_aged_out: Counter,
     /// HTTP API requests refused for a missing or wrong bearer token.
     pub http_unauthorized: Counter,
+    /// Requests to the accounts' Kubernetes API, by source and status class.
+    pub kube_api_requests: Family<KubeApiLabel, Counter>,
+    /// Kubernetes API requests carried to agents and not finished (set at
+    /// scrape time).
+    pub kube_api_requests_in_flight: Gauge,
     /// Syncs the agents opened, by mode: `full_relist` (everything listed
     /// again) or `resumed_watch` (resumed from the hub's resume point).
     pub syncs: Family<ModeLabel, Counter>,
@@ -184,6 +199,16 @@ impl Metrics {
                 "http_unauthorized",
                 "HTTP API requests refused for a missing or wrong bearer token",
             ),
+            kube_api_requests: register(
+                &mut r,
+                "kube_api_requests",
+                "Requests to the accounts' Kubernetes API, by source (cluster, cache, hub) and status class",
+            ),
+            kube_api_requests_in_flight: register(
+                &mut r,
+                "kube_api_requests_in_flight",
+                "Kubernetes API requests carried to agents and not finished",
+            ),
             syncs: register(
                 &mut r,
                 "syncs",
@@ -247,6 +272,19 @@ impl Metrics {
     pub fn operation(&self, outcome: &'static str) {
         self.operations
             .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts a Kubernetes API answer.
+    pub fn kube_api(&self, source: &'static str, status: u16) {
+        let code = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.kube_api_requests
+            .get_or_create(&KubeApiLabel { source, code })
             .inc();
     }
 

@@ -22,7 +22,7 @@ use scale_agent_proto::v1::{
 };
 use tracing::{debug, info, warn};
 
-use crate::cache::Resume;
+use crate::cache::{Resume, Scope};
 use crate::clip::clip;
 use crate::ownership::{Ownership, OwnershipRx, Verdict};
 use crate::registry::{
@@ -461,6 +461,11 @@ fn admit(
             if !held_before {
                 cache.abandon_open_syncs();
             }
+            cache.registered(account.scope.as_ref().map(|s| Scope {
+                namespaces: s.namespaces.clone(),
+                omit_namespaces: s.omit_namespaces.clone(),
+                label_selector: s.label_selector.clone(),
+            }));
             let points = if fresh {
                 Vec::new()
             } else {
@@ -715,6 +720,7 @@ mod tests {
                 cluster_id: (*cluster).into(),
                 server_url: format!("https://{cluster}:6443"),
                 kubernetes_version: "v1.36.0".into(),
+                ..Default::default()
             })
             .collect();
         decide(core, who, owners, LIMITS, accounts, SystemTime::UNIX_EPOCH)

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::clip::clip;
 use crate::identity::IdentitySource;
+use crate::kubeapi::tunnel::{self, Part};
 use crate::registry::{Caller, SessionId, ShardKey};
 use crate::state::{Outbound, SessionHandle, Shared};
 use crate::{ingest, registration, routing};
@@ -235,6 +236,7 @@ impl Session {
     /// stream (the fuzz target, tests).
     pub fn end(&self) {
         self.shared.remove_session(&self.id);
+        self.shared.tunnels.session_ended(&self.id);
         let disconnected = self
             .shared
             .core()
@@ -290,6 +292,14 @@ impl Session {
                 true
             }
             Some(agent_frame::Frame::Heartbeat(beat)) => self.send(heartbeat(beat.sent_at)).await,
+            Some(agent_frame::Frame::KubeResponseHead(head)) => {
+                tunnel::from_agent(&self.shared, &self.id, Part::Head(head));
+                true
+            }
+            Some(agent_frame::Frame::KubeResponseBody(body)) => {
+                tunnel::from_agent(&self.shared, &self.id, Part::Body(body));
+                true
+            }
             None => {
                 debug!("a frame of a kind this hub does not know; ignored");
                 self.shared.metrics.frame_ignored("unknown_frame_kind");

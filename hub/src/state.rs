@@ -65,6 +65,8 @@ pub struct Shared {
     sessions: Mutex<HashMap<SessionId, SessionHandle>>,
     /// Operations waiting for results.
     pub operations: Operations,
+    /// Kubernetes API requests in flight over sessions.
+    pub tunnels: crate::kubeapi::Tunnels,
     /// Metrics.
     pub metrics: Metrics,
     /// Cancelled when the hub shuts down.
@@ -119,6 +121,7 @@ impl Shared {
             replicas,
             sessions: Mutex::new(HashMap::new()),
             operations: Operations::default(),
+            tunnels: crate::kubeapi::Tunnels::default(),
             metrics: Metrics::new(),
             shutdown,
         });
@@ -280,6 +283,9 @@ impl Shared {
             })
             .set(to_i64(disconnected));
         self.metrics.objects.set(to_i64(objects));
+        self.metrics
+            .kube_api_requests_in_flight
+            .set(to_i64(self.tunnels.in_flight()));
     }
 
     /// Senders of every live session (for draining at shutdown).

@@ -125,6 +125,21 @@ impl TlsConfig {
     }
 }
 
+impl TlsConfig {
+    /// The rustls configuration of the per-account Kubernetes API: the same
+    /// certificate, no client certificate asked for (clients authenticate with
+    /// bearer tokens), HTTP/2 or HTTP/1.1.
+    pub fn https_server_config(&self) -> Result<ServerConfig, Error> {
+        let plain = TlsConfig {
+            client_ca_pem: None,
+            ..self.clone()
+        };
+        let mut config = plain.server_config()?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
 /// The verifier of client certificates signed by the CAs of a PEM bundle:
 /// used by the TLS handshake (mTLS) and for certificates a trusted load
 /// balancer forwards, so both accept exactly the same certificates (chained
@@ -171,9 +186,15 @@ pub struct TlsState {
 impl TlsState {
     /// From a first configuration.
     pub fn new(config: &TlsConfig) -> Result<Arc<TlsState>, Error> {
-        Ok(Arc::new(TlsState {
-            current: RwLock::new(Arc::new(config.server_config()?)),
-        }))
+        Ok(TlsState::with(config.server_config()?))
+    }
+
+    /// From a rustls configuration built some other way (see
+    /// [`TlsConfig::https_server_config`]).
+    pub fn with(config: ServerConfig) -> Arc<TlsState> {
+        Arc::new(TlsState {
+            current: RwLock::new(Arc::new(config)),
+        })
     }
 
     fn get(&self) -> Arc<ServerConfig> {
@@ -187,7 +208,8 @@ impl TlsState {
     /// Polls the files every `interval`; when their content changed and the
     /// new material is valid, new handshakes use it. Invalid material (e.g. a
     /// certificate written before its key) is logged and retried on the next
-    /// poll; the old material stays in use meanwhile.
+    /// poll; the old material stays in use meanwhile. `build` turns the material
+    /// into a rustls configuration ([`TlsConfig::server_config`] for gRPC).
     pub fn watch_files(
         self: &Arc<Self>,
         files: TlsFiles,
@@ -195,6 +217,7 @@ impl TlsState {
         interval: Duration,
         shutdown: CancellationToken,
         reloads: prometheus_client::metrics::counter::Counter,
+        build: fn(&TlsConfig) -> Result<ServerConfig, Error>,
     ) {
         let state = Arc::clone(self);
         tokio::spawn(async move {
@@ -224,7 +247,7 @@ impl TlsState {
                 {
                     continue;
                 }
-                match next.server_config() {
+                match build(&next) {
                     Ok(config) => {
                         state.set(config);
                         reloads.inc();
@@ -326,15 +349,17 @@ impl AsyncWrite for Conn {
 
 /// Accepts connections on `listener` (doing the TLS handshake when `tls` is
 /// set, each in its own task so a slow client holds up nobody) until
-/// `shutdown`; the stream of connections for tonic's `serve_with_incoming`.
+/// `shutdown`; the stream of connections for tonic's `serve_with_incoming`
+/// and the Kubernetes API. `what` names the listener in log lines.
 pub fn incoming(
     listener: TcpListener,
+    what: &'static str,
     tls: Option<Arc<TlsState>>,
     shutdown: CancellationToken,
     handshake_failures: prometheus_client::metrics::counter::Counter,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-    let mut acceptor = crate::serve::Acceptor::new(listener, "grpc");
+    let mut acceptor = crate::serve::Acceptor::new(listener, what);
     tokio::spawn(async move {
         loop {
             let (stream, remote_addr) = tokio::select! {

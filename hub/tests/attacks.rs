@@ -511,3 +511,59 @@ async fn slow_and_idle_http_clients_are_cut_off_and_capped() -> Result<()> {
     hub.shutdown().await?;
     Ok(())
 }
+
+/// The Kubernetes API of the accounts is a listener of its own, with the same
+/// header timeout as the HTTP API: a client that never finishes its headers,
+/// or stays idle, is closed, and a real request is still answered.
+#[tokio::test]
+async fn slow_and_idle_kube_api_clients_are_cut_off() -> Result<()> {
+    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
+    logs();
+    let hub = hub_with(|c| {
+        c.http_limits.header_timeout = Duration::from_millis(500);
+        c.kube_api = Some(KubeApiConfig::new(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            TokenSource::Text("a-token-of-the-kube-api *\n".into()),
+        ));
+    })
+    .await?;
+    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        if i % 2 == 0 {
+            stream
+                .write_all(b"GET /accounts/a/api HTTP/1.1\r\nHost: hub\r\n")
+                .await?;
+        }
+        held.push(stream);
+    }
+    let mut real = tokio::net::TcpStream::connect(addr).await?;
+    real.write_all(b"GET /accounts/a/api HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), real.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "a request without a token is refused: {answer}"
+    );
+    let started = Instant::now();
+    let mut closed = 0;
+    for mut stream in held {
+        let mut buf = [0u8; 256];
+        if tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .is_ok()
+        {
+            closed += 1;
+        }
+    }
+    eprintln!(
+        "4 slow Kubernetes API clients: {closed} closed by the hub within {:?}",
+        started.elapsed()
+    );
+    assert_eq!(closed, 4, "every slow or idle connection is closed");
+    hub.shutdown().await?;
+    Ok(())
+}

@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use scale_agent_crds::{
@@ -17,7 +17,7 @@ use scale_agent_crds::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::children::FIELD_MANAGER;
+use crate::children::{self, FIELD_MANAGER};
 use crate::decide::Children;
 use crate::error::{Error, Result};
 use crate::status;
@@ -43,8 +43,9 @@ where
 }
 
 /// Applies every child of `shard` (whose uid is `owner_uid`): the agents' identity, then
-/// the kubeconfigs and the config (the Deployment mounts them), the Deployment, and the
-/// PodDisruptionBudget — or deletes the budget the shard owns when it needs none.
+/// the kubeconfigs, the TLS Secret or cert-manager Certificate, and the config (the
+/// Deployment mounts them), the Deployment, and the PodDisruptionBudget — or deletes the
+/// budget the shard owns when it needs none.
 /// Returns the Deployment as the server has it, with its status.
 pub async fn children(
     client: &Client,
@@ -59,6 +60,12 @@ pub async fn children(
         apply::<RoleBinding>(client, ns, binding).await?;
     }
     apply::<Secret>(client, ns, &c.kubeconfigs).await?;
+    if let Some(tls) = &c.tls {
+        apply::<Secret>(client, ns, tls).await?;
+    }
+    if let Some(cert) = &c.certificate {
+        apply_certificate(client, ns, cert).await?;
+    }
     apply::<ConfigMap>(client, ns, &c.config_map).await?;
     let dep = apply::<Deployment>(client, ns, &c.deployment).await?;
     match &c.pdb {
@@ -68,6 +75,26 @@ pub async fn children(
         None => delete_owned_pdb(client, shard, owner_uid).await?,
     }
     Ok(dep)
+}
+
+/// Server-side applies a cert-manager Certificate.
+async fn apply_certificate(client: &Client, ns: &str, cert: &DynamicObject) -> Result<()> {
+    let name = cert.metadata.name.clone().unwrap_or_default();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &children::certificate_api_resource());
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(cert),
+    )
+    .await
+    .map_err(|e| {
+        Error::kube(
+            format!("applying Certificate {ns}/{name} (is cert-manager installed?)"),
+            e,
+        )
+    })?;
+    Ok(())
 }
 
 async fn delete_owned_pdb(

@@ -1,31 +1,42 @@
 //! What a shard becomes: its agent config and the objects the operator applies for it
-//! (ConfigMap, kubeconfig Secret, ServiceAccount + Role + RoleBinding, Deployment,
-//! PodDisruptionBudget). Pure functions of the shard, the accounts it serves and the
-//! operator's defaults.
+//! (ConfigMap, kubeconfig Secret, TLS Secret or cert-manager Certificate,
+//! ServiceAccount + Role + RoleBinding, Deployment, PodDisruptionBudget). Pure functions
+//! of the shard, the accounts it serves and the operator's defaults.
 //!
 //! The pod template depends only on what should restart the agents (image, resources,
-//! scheduling, the hub's TLS Secret...). Accounts reach running agents through the
-//! mounted ConfigMap and Secret, which kubelet refreshes in place: the template carries
-//! no hash of them, so adding, removing or editing an account never rolls the pods.
+//! scheduling, which TLS Secret...). Accounts reach running agents through the mounted
+//! ConfigMap and Secret, which kubelet refreshes in place: the template carries no hash
+//! of them, so adding, removing or editing an account never rolls the pods, and neither
+//! does a renewed certificate (agents reload it).
+//!
+//! Agent pods pass Pod Security `restricted`: non-root, read-only root filesystem, no
+//! privilege escalation, every capability dropped, the runtime's default seccomp
+//! profile.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Secret,
-    SecretVolumeSource, ServiceAccount, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, ServiceAccount, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use scale_agent_crds::membership::agent_selector_labels;
 use scale_agent_crds::{
     AccountConfig, AccountSpec, AgentConfig, AgentShard, BudgetConfig, ConfigError, HubConfig,
-    KubeconfigAllow, ShardRef, TlsConfig, config_map_name, deployment_name, kubeconfig_file_name,
-    kubeconfig_secret_name,
+    KubeconfigAllow, ShardRef, TlsConfig, agent_tls_secret_name, config_map_name, deployment_name,
+    kubeconfig_file_name, kubeconfig_secret_name, shard_identity_uri,
 };
+
+use crate::policy::Allowed;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "scale-agent-operator";
@@ -38,10 +49,40 @@ pub const TLS_DIR: &str = "/etc/scale-agent/tls";
 /// The agent's admin port (/metrics, /healthz, /readyz).
 pub const ADMIN_PORT: i32 = 8080;
 /// The label naming the shard on every child and agent pod.
-pub const SHARD_LABEL: &str = "scaleagent.dev/shard";
+pub const SHARD_LABEL: &str = scale_agent_crds::membership::SHARD_LABEL;
+/// The default lifetime of the agents' client certificates.
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// The operator's defaults for what a shard may leave out.
-#[derive(Clone, Debug, Default)]
+/// A cert-manager issuer: `ClusterIssuer/<name>` or `Issuer/<name>` (in the shard's
+/// namespace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuerRef {
+    /// `ClusterIssuer` or `Issuer`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl std::str::FromStr for IssuerRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, name) = s.split_once('/').unwrap_or(("ClusterIssuer", s));
+        if !matches!(kind, "ClusterIssuer" | "Issuer") || name.is_empty() || name.contains('/') {
+            return Err(format!(
+                "{s:?} is not ClusterIssuer/<name> or Issuer/<name>"
+            ));
+        }
+        Ok(Self {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// The operator's defaults for what a shard may leave out, and its limits on what a
+/// shard may ask for.
+#[derive(Clone, Debug)]
 pub struct Defaults {
     /// Hub address for shards without spec.hub.
     pub hub: Option<String>,
@@ -49,33 +90,77 @@ pub struct Defaults {
     pub image: Option<String>,
     /// ServiceAccount for shards without spec.serviceAccountName; `None`: a per-shard one.
     pub service_account: Option<String>,
-    /// TLS Secret (in the shard's namespace) for shards without spec.hub; `{shard}` in the
-    /// name is replaced by the shard's name, since each shard's certificate names it.
+    /// TLS Secret (in the shard's namespace) for shards without spec.hub, when the
+    /// operator issues no certificates; `{shard}` in the name is replaced by the shard's
+    /// name, since each shard's certificate names it.
     pub hub_tls_secret: Option<String>,
     /// Kubeconfig features accounts may use (`--allow-kubeconfig`); none by default.
     pub allow_kubeconfig: KubeconfigAllow,
+    /// The CA Secret (`namespace/name`) the operator issues agents' certificates from.
+    pub agent_ca: Option<ShardRef>,
+    /// The cert-manager issuer of agents' certificates, instead of the operator.
+    pub cert_issuer: Option<IssuerRef>,
+    /// Lifetime of the agents' certificates (renewed at two thirds of it).
+    pub cert_lifetime: Duration,
+    /// Images a shard may name besides the default.
+    pub allowed_images: Allowed,
+    /// ServiceAccounts a shard may name besides its own and the default.
+    pub allowed_service_accounts: Allowed,
 }
 
-/// The shard as the operator builds its children: a shard that leaves `spec.hub` out gets
-/// the default hub and, when one is set, the default TLS Secret. Only the in-memory copy
-/// changes; the stored object is not touched.
-pub fn with_defaults<'a>(
-    shard: &'a AgentShard,
-    defaults: &Defaults,
-) -> std::borrow::Cow<'a, AgentShard> {
-    match (&shard.spec.hub, &defaults.hub, &defaults.hub_tls_secret) {
-        (None, Some(address), Some(secret)) => {
-            let name = shard.metadata.name.clone().unwrap_or_default();
-            let mut s = shard.clone();
-            s.spec.hub = Some(scale_agent_crds::HubSpec {
-                address: address.clone(),
-                tls_secret_ref: Some(scale_agent_crds::LocalObjectRef {
-                    name: secret.replace("{shard}", &name),
-                }),
-            });
-            std::borrow::Cow::Owned(s)
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            hub: None,
+            image: None,
+            service_account: None,
+            hub_tls_secret: None,
+            allow_kubeconfig: KubeconfigAllow::default(),
+            agent_ca: None,
+            cert_issuer: None,
+            cert_lifetime: DEFAULT_CERT_LIFETIME,
+            allowed_images: Allowed::default(),
+            allowed_service_accounts: Allowed::default(),
         }
-        _ => std::borrow::Cow::Borrowed(shard),
+    }
+}
+
+/// Where a shard's agents get their TLS material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsSource {
+    /// Nowhere: they connect in plain text.
+    None,
+    /// A Secret the shard names (`spec.hub.tlsSecretRef`), or the operator's default
+    /// (`--default-hub-tls-secret`): checked, and mounted.
+    Secret(String),
+    /// The operator issues it into this Secret (`<shard>-agent-tls`).
+    Issued(String),
+    /// A cert-manager Certificate fills this Secret (`<shard>-agent-tls`).
+    CertManager(String),
+}
+
+/// Where `shard`'s agents get their TLS material: the shard's own Secret; else the
+/// certificate the operator issues (or has cert-manager issue); else, for a shard that
+/// leaves spec.hub out, the operator's default Secret; else none.
+pub fn tls_source(shard: &AgentShard, defaults: &Defaults) -> TlsSource {
+    if let Some(own) = shard
+        .spec
+        .hub
+        .as_ref()
+        .and_then(|h| h.tls_secret_ref.as_ref())
+    {
+        return TlsSource::Secret(own.name.clone());
+    }
+    let name = shard.metadata.name.clone().unwrap_or_default();
+    if defaults.agent_ca.is_some() {
+        return TlsSource::Issued(agent_tls_secret_name(&name));
+    }
+    if defaults.cert_issuer.is_some() {
+        return TlsSource::CertManager(agent_tls_secret_name(&name));
+    }
+    match (&shard.spec.hub, &defaults.hub_tls_secret) {
+        (None, Some(secret)) => TlsSource::Secret(secret.replace("{shard}", &name)),
+        _ => TlsSource::None,
     }
 }
 
@@ -91,14 +176,7 @@ pub fn labels(shard: &str) -> BTreeMap<String, String> {
 
 /// The labels selecting `shard`'s agent pods.
 pub fn selector_labels(shard: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_owned(),
-            "scale-agent".to_owned(),
-        ),
-        ("app.kubernetes.io/component".to_owned(), "agent".to_owned()),
-        (SHARD_LABEL.to_owned(), shard.to_owned()),
-    ])
+    agent_selector_labels(shard)
 }
 
 /// The hub address a shard streams to: its own, else the default.
@@ -116,6 +194,16 @@ pub fn image<'a>(shard: &'a AgentShard, defaults: &'a Defaults) -> Option<&'a st
     shard.spec.image.as_deref().or(defaults.image.as_deref())
 }
 
+/// Whether the agent pods run as the shard's own ServiceAccount (`<shard>-agent`), which
+/// the operator makes with only what agents need.
+pub fn own_service_account(shard: &AgentShard, defaults: &Defaults) -> bool {
+    let own = deployment_name(shard.metadata.name.as_deref().unwrap_or_default());
+    match shard.spec.service_account_name.as_deref() {
+        Some(sa) => sa == own,
+        None => defaults.service_account.is_none(),
+    }
+}
+
 /// The ServiceAccount the agent pods run as.
 pub fn service_account_name(shard: &AgentShard, defaults: &Defaults) -> String {
     shard
@@ -126,25 +214,22 @@ pub fn service_account_name(shard: &AgentShard, defaults: &Defaults) -> String {
         .unwrap_or_else(|| deployment_name(&shard.metadata.name.clone().unwrap_or_default()))
 }
 
-/// The agent config: `hub`, the `accounts` the shard serves (already filtered to those it
-/// owns and can use), and its budget. Validated.
+/// The agent config: `hub` (with the mounted TLS files when `tls`), the `accounts` the
+/// shard serves (already filtered to those it owns and can use), and its budget.
+/// Validated.
 pub fn agent_config(
     shard_ref: &ShardRef,
     shard: &AgentShard,
     hub: &str,
     accounts: &[&AccountSpec],
+    tls: bool,
 ) -> Result<AgentConfig, ConfigError> {
-    let tls = shard
-        .spec
-        .hub
-        .as_ref()
-        .and_then(|h| h.tls_secret_ref.as_ref())
-        .map(|_| TlsConfig {
-            ca_file: format!("{TLS_DIR}/ca.crt"),
-            cert_file: format!("{TLS_DIR}/tls.crt"),
-            key_file: format!("{TLS_DIR}/tls.key"),
-            server_name: None,
-        });
+    let tls = tls.then(|| TlsConfig {
+        ca_file: format!("{TLS_DIR}/ca.crt"),
+        cert_file: format!("{TLS_DIR}/tls.crt"),
+        key_file: format!("{TLS_DIR}/tls.key"),
+        server_name: None,
+    });
     let config = AgentConfig {
         shard: shard_ref.clone(),
         hub: HubConfig {
@@ -204,6 +289,64 @@ pub fn kubeconfig_secret(
     }
 }
 
+/// `secret` with the labels of `shard`'s children and its controller reference.
+pub fn owned(mut secret: Secret, owner: &OwnerReference) -> Secret {
+    secret.metadata.owner_references = Some(vec![owner.clone()]);
+    secret
+}
+
+/// The Secret `name` holding the agents' client certificate the operator issued
+/// (`data`: tls.crt, tls.key, ca.crt); its owner is added by [`owned`].
+pub fn tls_secret(shard: &ShardRef, name: &str, data: BTreeMap<String, ByteString>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(shard.namespace.clone()),
+            labels: Some(labels(&shard.name)),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// The API of cert-manager Certificates (cert-manager.io/v1).
+pub fn certificate_api_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cert-manager.io",
+        "v1",
+        "Certificate",
+    ))
+}
+
+/// The cert-manager Certificate `name` for `shard`'s agents: the shard's identity as a
+/// URI SAN, client auth, `lifetime` renewed at two thirds, a new ECDSA key each time
+/// (PKCS#8), into the Secret `name`, issued by `issuer`. Its owner is set by the caller.
+pub fn certificate(
+    shard: &ShardRef,
+    name: &str,
+    issuer: &IssuerRef,
+    lifetime: Duration,
+) -> DynamicObject {
+    let seconds = lifetime.as_secs().max(3600);
+    let mut cert = DynamicObject::new(name, &certificate_api_resource()).within(&shard.namespace);
+    cert.metadata.labels = Some(labels(&shard.name));
+    cert.data = serde_json::json!({
+        "spec": {
+            "secretName": name,
+            "commonName": shard.name,
+            "uris": [shard_identity_uri(shard)],
+            "usages": ["client auth", "digital signature"],
+            "duration": format!("{seconds}s"),
+            "renewBefore": format!("{}s", seconds / 3),
+            "privateKey": { "algorithm": "ECDSA", "size": 256, "encoding": "PKCS8", "rotationPolicy": "Always" },
+            "issuerRef": { "group": "cert-manager.io", "kind": issuer.kind, "name": issuer.name },
+        }
+    });
+    cert
+}
+
 /// The per-shard ServiceAccount `<shard>-agent`.
 pub fn service_account(shard: &ShardRef, owner: &OwnerReference) -> ServiceAccount {
     ServiceAccount {
@@ -212,27 +355,26 @@ pub fn service_account(shard: &ShardRef, owner: &OwnerReference) -> ServiceAccou
     }
 }
 
-/// The Role of the per-shard ServiceAccount: the coordination Leases the replicas use to
-/// split the accounts, and reading the Pods that prove a Lease is a replica's.
+/// The Role of the per-shard ServiceAccount: the coordination Leases the replicas use
+/// to split the accounts and report, and reading pods (a Lease counts only while the
+/// agent pod holding it lives, see [`scale_agent_crds::membership`]).
 pub fn role(shard: &ShardRef, owner: &OwnerReference) -> Role {
+    let verbs = |v: &[&str]| v.iter().map(|v| (*v).to_owned()).collect();
     Role {
         metadata: meta(shard, deployment_name(&shard.name), owner),
         rules: Some(vec![
             PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["pods".to_owned()]),
-                verbs: vec!["get".to_owned(), "list".to_owned()],
+                api_groups: Some(vec!["coordination.k8s.io".to_owned()]),
+                resources: Some(vec!["leases".to_owned()]),
+                verbs: verbs(&[
+                    "get", "list", "watch", "create", "update", "patch", "delete",
+                ]),
                 ..PolicyRule::default()
             },
             PolicyRule {
-                api_groups: Some(vec!["coordination.k8s.io".to_owned()]),
-                resources: Some(vec!["leases".to_owned()]),
-                verbs: [
-                    "get", "list", "watch", "create", "update", "patch", "delete",
-                ]
-                .iter()
-                .map(|v| (*v).to_owned())
-                .collect(),
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["pods".to_owned()]),
+                verbs: verbs(&["get", "list", "watch"]),
                 ..PolicyRule::default()
             },
         ]),
@@ -258,23 +400,20 @@ pub fn role_binding(shard: &ShardRef, owner: &OwnerReference) -> RoleBinding {
     }
 }
 
-/// The agent Deployment `<shard>-agent`.
+/// The agent Deployment `<shard>-agent`, mounting the TLS Secret `tls_secret` when the
+/// agents use one.
 pub fn deployment(
     shard_ref: &ShardRef,
     shard: &AgentShard,
     owner: &OwnerReference,
     image: &str,
     service_account: &str,
+    tls_secret: Option<&str>,
 ) -> Deployment {
     let spec = &shard.spec;
     let selector = selector_labels(&shard_ref.name);
     let mut pod_labels = spec.pod_labels.clone().unwrap_or_default();
     pod_labels.extend(selector.clone());
-    let tls_secret = spec
-        .hub
-        .as_ref()
-        .and_then(|h| h.tls_secret_ref.as_ref())
-        .map(|r| r.name.clone());
 
     let mut volumes = vec![
         Volume {
@@ -302,7 +441,7 @@ pub fn deployment(
         volumes.push(Volume {
             name: "hub-tls".to_owned(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(secret),
+                secret_name: Some(secret.to_owned()),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
@@ -341,6 +480,8 @@ pub fn deployment(
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            // The agent's Lease names its pod as owner: membership needs the uid.
+            field_env("POD_UID", "metadata.uid"),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("admin".to_owned()),
@@ -351,6 +492,17 @@ pub fn deployment(
         readiness_probe: Some(probe("/readyz", 5)),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
         ..Container::default()
     };
     Deployment {
@@ -374,6 +526,14 @@ pub fn deployment(
                     node_selector: spec.node_selector.clone(),
                     tolerations: spec.tolerations.clone(),
                     affinity: spec.affinity.clone(),
+                    image_pull_secrets: spec.image_pull_secrets.clone(),
+                    priority_class_name: spec.priority_class_name.clone(),
+                    topology_spread_constraints: spec.topology_spread_constraints.clone(),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(runtime_default()),
+                        ..PodSecurityContext::default()
+                    }),
                     ..PodSpec::default()
                 }),
             },
@@ -412,6 +572,13 @@ pub fn validate_kubeconfig(
     scale_agent_crds::check_kubeconfig(bytes, allow).map(|_| ())
 }
 
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        ..SeccompProfile::default()
+    }
+}
+
 fn mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
@@ -439,7 +606,8 @@ mod tests {
                     .iter()
                     .map(|n| AccountSpec {
                         name: (*n).into(),
-                        kubeconfig_secret_ref: SecretKeyRef::new(format!("kc-{n}")),
+                        kubeconfig_secret_ref: Some(SecretKeyRef::new(format!("kc-{n}"))),
+                        in_cluster: false,
                         namespaces: vec![],
                         omit_namespaces: vec![],
                         kinds: vec![],
@@ -456,6 +624,9 @@ mod tests {
                 affinity: None,
                 pod_labels: None,
                 pod_annotations: None,
+                image_pull_secrets: None,
+                priority_class_name: None,
+                topology_spread_constraints: None,
                 service_account_name: None,
                 paused: false,
             },
@@ -478,7 +649,7 @@ mod tests {
 
     fn template(s: &AgentShard) -> PodTemplateSpec {
         let r = ShardRef::new("ns", "east");
-        let d = deployment(&r, s, &owner(), "img:1", "east-agent");
+        let d = deployment(&r, s, &owner(), "img:1", "east-agent", None);
         d.spec.expect("spec").template
     }
 
@@ -496,27 +667,24 @@ mod tests {
     fn image_resources_and_tls_change_the_pod_template() {
         let base = shard(&["a"]);
         let r = ShardRef::new("ns", "east");
-        let t1 = deployment(&r, &base, &owner(), "img:1", "sa")
+        let t1 = deployment(&r, &base, &owner(), "img:1", "sa", None)
             .spec
             .expect("spec")
             .template;
-        let t2 = deployment(&r, &base, &owner(), "img:2", "sa")
+        let t2 = deployment(&r, &base, &owner(), "img:2", "sa", None)
             .spec
             .expect("spec")
             .template;
         assert_ne!(t1, t2);
-        let mut tls = base.clone();
-        tls.spec.hub = Some(HubSpec {
-            address: "hub:443".into(),
-            tls_secret_ref: Some(LocalObjectRef {
-                name: "mtls".into(),
-            }),
-        });
-        assert_ne!(template(&base), template(&tls));
+        let t3 = deployment(&r, &base, &owner(), "img:1", "sa", Some("mtls"))
+            .spec
+            .expect("spec")
+            .template;
+        assert_ne!(t1, t3);
     }
 
     #[test]
-    fn default_hub_tls_secret_applies_only_without_spec_hub() {
+    fn tls_comes_from_the_shard_then_the_operators_certificates_then_the_default_secret() {
         let defaults = Defaults {
             hub: Some("lb:443".into()),
             hub_tls_secret: Some("agent-mtls-{shard}".into()),
@@ -525,15 +693,51 @@ mod tests {
         let s = shard(&["a"]);
         let mut bare = s.clone();
         bare.spec.hub = None;
-        let eff = with_defaults(&bare, &defaults);
-        let hub = eff.spec.hub.clone().expect("hub filled in");
-        assert_eq!(hub.address, "lb:443");
         assert_eq!(
-            hub.tls_secret_ref.map(|r| r.name).as_deref(),
-            Some("agent-mtls-east")
+            tls_source(&bare, &defaults),
+            TlsSource::Secret("agent-mtls-east".into())
         );
+        // A shard with its own hub and no Secret talks plain text, unless the operator
+        // issues certificates.
+        assert_eq!(tls_source(&s, &defaults), TlsSource::None);
+        let issuing = Defaults {
+            agent_ca: Some(ShardRef::new("system", "ca")),
+            ..defaults.clone()
+        };
+        assert_eq!(
+            tls_source(&s, &issuing),
+            TlsSource::Issued("east-agent-tls".into())
+        );
+        assert_eq!(
+            tls_source(&bare, &issuing),
+            TlsSource::Issued("east-agent-tls".into())
+        );
+        let cert_manager = Defaults {
+            cert_issuer: Some("ClusterIssuer/ca".parse().expect("issuer")),
+            ..defaults.clone()
+        };
+        assert_eq!(
+            tls_source(&bare, &cert_manager),
+            TlsSource::CertManager("east-agent-tls".into())
+        );
+        // The shard's own Secret always wins.
+        let mut own = s.clone();
+        own.spec.hub = Some(HubSpec {
+            address: "hub:443".into(),
+            tls_secret_ref: Some(LocalObjectRef {
+                name: "mine".into(),
+            }),
+        });
+        assert_eq!(tls_source(&own, &issuing), TlsSource::Secret("mine".into()));
         // The TLS Secret is mounted and the config points at its files.
-        let d = deployment(&ShardRef::new("ns", "east"), &eff, &owner(), "img:1", "sa");
+        let d = deployment(
+            &ShardRef::new("ns", "east"),
+            &bare,
+            &owner(),
+            "img:1",
+            "sa",
+            Some("agent-mtls-east"),
+        );
         let vols = d
             .spec
             .and_then(|s| s.template.spec)
@@ -544,9 +748,77 @@ mod tests {
                 .any(|v| v.secret.as_ref().and_then(|x| x.secret_name.as_deref())
                     == Some("agent-mtls-east"))
         );
-        // A shard with its own hub is left as it is.
-        let own = with_defaults(&s, &defaults);
-        assert_eq!(own.spec.hub, s.spec.hub);
+        let c =
+            agent_config(&ShardRef::new("ns", "east"), &s, "hub:443", &[], true).expect("config");
+        assert_eq!(
+            c.hub.tls.map(|t| t.cert_file).as_deref(),
+            Some("/etc/scale-agent/tls/tls.crt")
+        );
+    }
+
+    #[test]
+    fn agent_pods_pass_pod_security_restricted() {
+        let mut s = shard(&["a"]);
+        s.spec.priority_class_name = Some("high".into());
+        s.spec.image_pull_secrets = Some(vec![k8s_openapi::api::core::v1::LocalObjectReference {
+            name: "regcred".into(),
+        }]);
+        let pod = template(&s).spec.expect("pod");
+        let psc = pod.security_context.as_ref().expect("pod securityContext");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        let sc = pod.containers[0]
+            .security_context
+            .as_ref()
+            .expect("container securityContext");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()])
+        );
+        assert!(sc.capabilities.as_ref().is_some_and(|c| c.add.is_none()));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+        assert_eq!(
+            pod.image_pull_secrets.map(|s| s[0].name.clone()).as_deref(),
+            Some("regcred")
+        );
+        let env: Vec<String> = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.clone())
+            .collect();
+        assert!(env.contains(&"POD_UID".to_owned()), "{env:?}");
+    }
+
+    #[test]
+    fn a_certificate_for_cert_manager_names_the_shard() {
+        let c = certificate(
+            &ShardRef::new("ns", "east"),
+            "east-agent-tls",
+            &"Issuer/agents".parse().expect("issuer"),
+            Duration::from_secs(86_400),
+        );
+        assert_eq!(
+            c.types.as_ref().map(|t| t.api_version.as_str()),
+            Some("cert-manager.io/v1")
+        );
+        let spec = &c.data["spec"];
+        assert_eq!(spec["uris"][0], "spiffe://scaleagent.dev/ns/ns/shard/east");
+        assert_eq!(spec["secretName"], "east-agent-tls");
+        assert_eq!(spec["issuerRef"]["kind"], "Issuer");
+        assert_eq!(spec["duration"], "86400s");
+        assert_eq!(spec["renewBefore"], "28800s");
+        assert_eq!(spec["privateKey"]["encoding"], "PKCS8");
+        assert!("Other/x".parse::<IssuerRef>().is_err());
+        assert_eq!(
+            "ca".parse::<IssuerRef>().map(|i| i.kind),
+            Ok("ClusterIssuer".to_owned())
+        );
     }
 
     #[test]
@@ -578,7 +850,7 @@ mod tests {
         let s = shard(&["a", "b"]);
         let r = ShardRef::new("ns", "east");
         let served = [&s.spec.accounts[1]];
-        let c = agent_config(&r, &s, "hub:443", &served).expect("valid");
+        let c = agent_config(&r, &s, "hub:443", &served, false).expect("valid");
         assert_eq!(c.accounts.len(), 1);
         assert_eq!(c.accounts[0].name, "b");
         assert_eq!(c.accounts[0].kubeconfig_file, "b.kubeconfig");

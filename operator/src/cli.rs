@@ -6,6 +6,12 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 pub use scale_agent_runtime::LogFormat;
 
+use crate::children::IssuerRef;
+
+fn parse_issuer(s: &str) -> Result<IssuerRef, String> {
+    s.parse()
+}
+
 /// Reconciles AgentShards (scaleagent.dev/v1alpha1) into agent Deployments, keeps
 /// account names unique across every shard in the cluster, and serves the admission
 /// webhook that warns about (or denies) a claim on a name another shard holds.
@@ -27,9 +33,64 @@ pub struct Args {
     )]
     pub default_hub_tls_secret: Option<String>,
 
-    /// The agent image for shards that leave spec.image out.
+    /// The agent image for shards that leave spec.image out. Shards may name only this
+    /// image, and those --allowed-images allows.
     #[arg(long, env = "SCALE_AGENT_DEFAULT_IMAGE", value_name = "IMAGE")]
     pub default_image: Option<String>,
+
+    /// Images shards may name in spec.image besides --default-image: exact names, or
+    /// prefixes ending in `*` (`registry.example.com/scale-agent:*`); `*` allows any.
+    /// Whoever may create an AgentShard picks the image of pods the operator creates.
+    #[arg(
+        long,
+        env = "SCALE_AGENT_ALLOWED_IMAGES",
+        value_name = "PATTERN",
+        value_delimiter = ','
+    )]
+    pub allowed_images: Vec<String>,
+
+    /// ServiceAccounts shards may name in spec.serviceAccountName besides their own
+    /// `<shard>-agent` and --default-service-account: exact names or `prefix*`.
+    #[arg(
+        long,
+        env = "SCALE_AGENT_ALLOWED_SERVICE_ACCOUNTS",
+        value_name = "PATTERN",
+        value_delimiter = ','
+    )]
+    pub allowed_service_accounts: Vec<String>,
+
+    /// Issue each shard's agent client certificate from this CA (a Secret
+    /// `namespace/name` with tls.crt and a PKCS#8 tls.key; ca.crt, when present, is what
+    /// agents verify the hub with, else the CA itself), into the Secret
+    /// `<shard>-agent-tls` the operator owns, for shards without spec.hub.tlsSecretRef.
+    #[arg(
+        long,
+        env = "SCALE_AGENT_AGENT_CA_SECRET",
+        value_name = "NAMESPACE/NAME",
+        conflicts_with = "agent_cert_issuer"
+    )]
+    pub agent_ca_secret: Option<String>,
+
+    /// Have cert-manager issue each shard's agent client certificate instead: a
+    /// Certificate `<shard>-agent-tls` from this issuer (`ClusterIssuer/<name>`, or
+    /// `Issuer/<name>` in the shard's namespace).
+    #[arg(
+        long,
+        env = "SCALE_AGENT_AGENT_CERT_ISSUER",
+        value_name = "KIND/NAME",
+        value_parser = parse_issuer
+    )]
+    pub agent_cert_issuer: Option<IssuerRef>,
+
+    /// Lifetime of the agents' client certificates (`24h`, `30m`); renewed at two thirds
+    /// of it, and picked up by running agents without a restart.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "24h",
+        value_parser = scale_agent_runtime::parse_duration
+    )]
+    pub agent_cert_lifetime: Duration,
 
     /// What the webhook does with a claim on a name another shard holds: allow it with a
     /// warning naming the owner, or reject it with the same message.
@@ -94,7 +155,8 @@ pub struct Args {
     pub lease_duration: Duration,
 
     /// The ServiceAccount of agent pods of shards that leave spec.serviceAccountName out.
-    /// Empty: the operator creates `<shard>-agent` with only the Lease access agents need.
+    /// Empty: the operator creates `<shard>-agent` with only the access agents need
+    /// (their Leases, reading pods).
     #[arg(long, value_name = "NAME", default_value = "")]
     pub default_service_account: String,
 
@@ -150,6 +212,8 @@ mod tests {
         assert!(
             Args::try_parse_from(["scale-agent-operator", "--allow-kubeconfig=shell"]).is_err()
         );
+        assert_eq!(a.agent_cert_lifetime, Duration::from_secs(86_400));
+        assert!(a.allowed_images.is_empty() && a.agent_ca_secret.is_none());
         let a = Args::try_parse_from([
             "scale-agent-operator",
             "--webhook-mode",
@@ -159,6 +223,28 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(a.webhook_mode, WebhookMode::Deny);
+    }
+
+    #[test]
+    fn certificate_and_policy_flags() {
+        let a = Args::try_parse_from([
+            "scale-agent-operator",
+            "--agent-ca-secret=scale-agent-system/scale-agent-ca",
+            "--agent-cert-lifetime=90s",
+            "--allowed-images=reg/a:*,reg/b:1",
+        ])
+        .expect("parses");
+        assert_eq!(a.agent_cert_lifetime, Duration::from_secs(90));
+        assert_eq!(a.allowed_images, ["reg/a:*", "reg/b:1"]);
+        let both = Args::try_parse_from([
+            "scale-agent-operator",
+            "--agent-ca-secret=ns/ca",
+            "--agent-cert-issuer=ClusterIssuer/ca",
+        ]);
+        assert!(both.is_err(), "a CA and an issuer exclude each other");
+        assert!(
+            Args::try_parse_from(["scale-agent-operator", "--agent-cert-issuer=Foo/x"]).is_err()
+        );
     }
 
     #[test]

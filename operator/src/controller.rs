@@ -1,17 +1,26 @@
 //! The watches: one AgentShard watch (every replica) that feeds the shard cache and the
 //! claims index, read tolerantly (a shard that does not decode is reported and skipped,
 //! never stops the others); and, on the leader only, the kube-runtime Controller that
-//! reconciles the shards the index asks for, their children's changes and those of the
-//! user Secrets they reference.
+//! reconciles the shards the index asks for, their children's changes, those of the
+//! user Secrets they reference, and the agent replicas' Leases and pods.
+//!
+//! Lease renewals come every few seconds from every replica; only a change of what a
+//! Lease says (its report, its holder, its owner) triggers a reconcile of its shard
+//! ([`Signatures`]), so a steady fleet costs no reconcile. A replica that stops renewing
+//! changes nothing: its shard is looked at again when its Lease expires (the reconcile
+//! asks for that).
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, future};
+use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
@@ -20,10 +29,12 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch};
 use kube::{Api, Client, Resource, ResourceExt};
 use scale_agent_crds::decode::{self, Undecodable};
+use scale_agent_crds::membership::{AGENT_POD_SELECTOR, SHARD_LABEL};
+use scale_agent_crds::report::REPORT_ANNOTATION;
 use scale_agent_crds::{AgentShard, ShardRef};
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use crate::children::{Defaults, FIELD_MANAGER};
+use crate::children::{self, Defaults, FIELD_MANAGER, TlsSource};
 use crate::claims_index::ClaimsHandle;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
@@ -189,10 +200,177 @@ pub struct Leading {
     pub metrics: Arc<Metrics>,
 }
 
+/// How long the leader waits for the replicas' Leases and pods before reconciling.
+const REPLICAS_WAIT: Duration = Duration::from_secs(30);
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What each watched object last said, as far as its shard's status is concerned: a
+/// reconcile is asked for only when that changes (or the object goes).
+#[derive(Default)]
+pub struct Signatures {
+    seen: HashMap<(String, String), u64>,
+}
+
+impl Signatures {
+    /// The shard to reconcile for this watch event, if what the object says changed:
+    /// `signature` hashes what matters of an object, `shard` names its shard.
+    pub fn trigger<K: Resource>(
+        &mut self,
+        event: &Event<K>,
+        signature: impl Fn(&K) -> u64,
+        shard: impl Fn(&K) -> Option<ObjectRef<AgentShard>>,
+    ) -> Option<ObjectRef<AgentShard>> {
+        let key = |k: &K| {
+            (
+                k.meta().namespace.clone().unwrap_or_default(),
+                k.meta().name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            Event::Apply(k) | Event::InitApply(k) => {
+                let sig = signature(k);
+                (self.seen.insert(key(k), sig) != Some(sig))
+                    .then(|| shard(k))
+                    .flatten()
+            }
+            Event::Delete(k) => {
+                self.seen.remove(&key(k));
+                shard(k)
+            }
+            Event::Init | Event::InitDone => None,
+        }
+    }
+}
+
+fn hash_of(value: impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+fn owners(meta: &ObjectMeta) -> Vec<(&str, &str, &str)> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .map(|o| (o.kind.as_str(), o.name.as_str(), o.uid.as_str()))
+        .collect()
+}
+
+/// What matters of a replica's Lease: its report, holder, owner and shard label (not its
+/// renewal time).
+pub fn lease_signature(l: &Lease) -> u64 {
+    let m = &l.metadata;
+    hash_of((
+        m.annotations
+            .as_ref()
+            .and_then(|a| a.get(REPORT_ANNOTATION)),
+        l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()),
+        owners(m),
+        m.labels.as_ref().and_then(|a| a.get(SHARD_LABEL)),
+        m.uid.as_ref(),
+    ))
+}
+
+/// What matters of an agent pod for membership: its uid, labels, owner and deletion.
+pub fn pod_signature(p: &PartialObjectMeta<Pod>) -> u64 {
+    let m = &p.metadata;
+    hash_of((
+        m.uid.as_ref(),
+        m.labels.as_ref(),
+        owners(m),
+        m.deletion_timestamp.is_some(),
+    ))
+}
+
+/// The shard an object labelled `scaleagent.dev/shard` belongs to.
+pub fn labelled_shard<K: Resource>(k: &K) -> Option<ObjectRef<AgentShard>> {
+    let m = k.meta();
+    let shard = m.labels.as_ref()?.get(SHARD_LABEL)?;
+    Some(ObjectRef::new(shard).within(m.namespace.as_deref()?))
+}
+
+/// Feeds `writer` from the watch `events` and sends the shards whose status may change
+/// to `triggers`.
+fn forward<K>(
+    events: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+    mut writer: Writer<K>,
+    signature: fn(&K) -> u64,
+    triggers: UnboundedSender<ObjectRef<AgentShard>>,
+) -> AbortOnDrop
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    AbortOnDrop(tokio::spawn(async move {
+        let mut signatures = Signatures::default();
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    let error = decode::bounded(&e.to_string(), decode::MAX_REASON_LEN);
+                    tracing::warn!(kind = %K::kind(&()), %error, "watch failed; retrying");
+                    continue;
+                }
+            };
+            writer.apply_watcher_event(&event);
+            if let Some(shard) = signatures.trigger(&event, signature, labelled_shard)
+                && triggers.send(shard).is_err()
+            {
+                return;
+            }
+        }
+    }))
+}
+
 /// Runs the controller until the future is dropped (leadership lost). The claims index
-/// sends it every shard once at the start, then each shard a change concerns.
+/// sends it every shard once at the start, then each shard a change concerns; the agent
+/// replicas' Leases and pods, each shard whose replicas' reports changed.
 pub async fn run_controller(l: Leading) {
     let (tx, rx) = unbounded_channel();
+    let (replica_tx, replica_rx) = unbounded_channel();
+    let lease_writer = Writer::<Lease>::default();
+    let leases = lease_writer.as_reader();
+    let pod_writer = Writer::<PartialObjectMeta<Pod>>::default();
+    let pods = pod_writer.as_reader();
+    let _lease_watch = forward(
+        watch(
+            Api::<Lease>::all(l.client.clone()),
+            watcher::Config::default().labels(SHARD_LABEL),
+        )
+        .default_backoff(),
+        lease_writer,
+        lease_signature,
+        replica_tx.clone(),
+    );
+    let _pod_watch = forward(
+        watch(
+            Api::<PartialObjectMeta<Pod>>::all(l.client.clone()),
+            watcher::Config::default().labels(AGENT_POD_SELECTOR),
+        )
+        .default_backoff(),
+        pod_writer,
+        pod_signature,
+        replica_tx,
+    );
+    // Deciding before the replicas are known would report every account NoReplica; but
+    // an operator that may not read them (its RBAC) still makes the children.
+    let known =
+        async { leases.wait_until_ready().await.is_ok() && pods.wait_until_ready().await.is_ok() };
+    match tokio::time::timeout(REPLICAS_WAIT, known).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(_) => tracing::error!(
+            "the agent replicas' Leases and pods cannot be read (RBAC: list and watch leases and pods): reconciling without them, every account shows NoReplica"
+        ),
+    }
     l.claims.lead(Some(tx));
     let ctx = Arc::new(Context {
         client: l.client.clone(),
@@ -201,14 +379,20 @@ pub async fn run_controller(l: Leading) {
         recorder: l.recorder.clone(),
         metrics: l.metrics.clone(),
         failures: std::sync::Mutex::new(HashMap::new()),
+        leases,
+        pods,
     });
     let reader = l.store.clone();
     let trigger =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
             .filter_map(move |r| future::ready(reader.get(&r).map(|s| Ok(s.as_ref().clone()))));
+    let replica_triggers = futures::stream::unfold(replica_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let store = l.store.clone();
+    let defaults = l.defaults.clone();
     let secrets = watch(
         Api::<PartialObjectMeta<Secret>>::all(l.client.clone()),
         watcher::Config::default(),
@@ -220,8 +404,9 @@ pub async fn run_controller(l: Leading) {
         .owns(Api::<Deployment>::all(l.client.clone()), managed.clone())
         .owns(Api::<PodDisruptionBudget>::all(l.client.clone()), managed)
         .watches_stream(secrets, move |secret: PartialObjectMeta<Secret>| {
-            shards_for_secret(&store.state(), &secret)
+            shards_for_secret(&store.state(), &secret, &defaults)
         })
+        .reconcile_on(replica_triggers)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(50)))
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| {
@@ -233,14 +418,26 @@ pub async fn run_controller(l: Leading) {
         .await;
 }
 
-/// The shards a Secret matters to: the shard owning it (its managed kubeconfig Secret)
-/// and every shard in its namespace referencing it (kubeconfigs, hub TLS).
+/// The shards a Secret matters to: the shard owning it (its managed kubeconfig and TLS
+/// Secrets), every shard in its namespace referencing it (kubeconfigs, hub TLS, the
+/// operator's default TLS Secret), and every shard when it is the operator's CA.
 pub fn shards_for_secret(
     shards: &[Arc<AgentShard>],
     secret: &PartialObjectMeta<Secret>,
+    defaults: &Defaults,
 ) -> Vec<ObjectRef<AgentShard>> {
     let ns = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
+    if defaults
+        .agent_ca
+        .as_ref()
+        .is_some_and(|ca| ca.namespace == ns && ca.name == name)
+    {
+        return shards
+            .iter()
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect();
+    }
     let mut out: Vec<ObjectRef<AgentShard>> = secret
         .owner_references()
         .iter()
@@ -255,12 +452,11 @@ pub fn shards_for_secret(
             .spec
             .accounts
             .iter()
-            .any(|a| a.kubeconfig_secret_ref.name == name)
-            || s.spec
-                .hub
-                .as_ref()
-                .and_then(|h| h.tls_secret_ref.as_ref())
-                .is_some_and(|r| r.name == name);
+            .any(|a| a.kubeconfig_secret_name() == Some(name.as_str()))
+            || matches!(
+                children::tls_source(s, defaults),
+                TlsSource::Secret(n) | TlsSource::CertManager(n) if n == name
+            );
         if references {
             out.push(ObjectRef::from_obj(s.as_ref()));
         }
@@ -315,7 +511,7 @@ mod tests {
             shard("ns", "unrelated", &["other"], None),
             shard("elsewhere", "same-name", &["kc"], None),
         ];
-        let mut hit = shards_for_secret(&shards, &secret("ns", "kc", None));
+        let mut hit = shards_for_secret(&shards, &secret("ns", "kc", None), &Defaults::default());
         hit.sort_by_key(|r| r.name.clone());
         assert_eq!(
             hit,
@@ -328,7 +524,71 @@ mod tests {
 
     #[test]
     fn a_managed_secret_concerns_its_owner() {
-        let hit = shards_for_secret(&[], &secret("ns", "east-agent-kubeconfigs", Some("east")));
+        let hit = shards_for_secret(
+            &[],
+            &secret("ns", "east-agent-kubeconfigs", Some("east")),
+            &Defaults::default(),
+        );
         assert_eq!(hit, [ObjectRef::new("east").within("ns")]);
+    }
+
+    #[test]
+    fn the_default_tls_secret_and_the_ca_concern_their_shards() {
+        let shards = [
+            shard("ns", "bare", &[], None),
+            shard("other", "bare", &[], None),
+        ];
+        let mut defaults = Defaults {
+            hub: Some("lb:443".into()),
+            hub_tls_secret: Some("{shard}-hub-tls".into()),
+            ..Defaults::default()
+        };
+        // Shards made by `shard` name a hub: give the first none, so the default applies.
+        let mut no_hub = (*shards[0]).clone();
+        no_hub.spec.hub = None;
+        let shards = vec![Arc::new(no_hub), shards[1].clone()];
+        let hit = shards_for_secret(&shards, &secret("ns", "bare-hub-tls", None), &defaults);
+        assert_eq!(hit, [ObjectRef::new("bare").within("ns")]);
+        defaults.agent_ca = Some(ShardRef::new("system", "ca"));
+        let hit = shards_for_secret(&shards, &secret("system", "ca", None), &defaults);
+        assert_eq!(hit.len(), 2);
+    }
+
+    fn lease_event(report: &str, renewed: &str) -> Event<Lease> {
+        Event::Apply(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": "scale-agent-p", "namespace": "ns",
+                    "labels": { SHARD_LABEL: "east" },
+                    "annotations": { REPORT_ANNOTATION: report },
+                },
+                "spec": { "holderIdentity": "p", "renewTime": renewed },
+            }))
+            .expect("lease"),
+        )
+    }
+
+    #[test]
+    fn only_a_changed_report_triggers_its_shard() {
+        let mut s = Signatures::default();
+        let east = Some(ObjectRef::new("east").within("ns"));
+        let mut trigger = |e: &Event<Lease>| s.trigger(e, lease_signature, labelled_shard);
+        assert_eq!(
+            trigger(&lease_event("a", "2025-01-01T00:00:00.000000Z")),
+            east
+        );
+        // A renewal: nothing.
+        assert_eq!(
+            trigger(&lease_event("a", "2025-01-01T00:00:03.000000Z")),
+            None
+        );
+        assert_eq!(
+            trigger(&lease_event("b", "2025-01-01T00:00:06.000000Z")),
+            east
+        );
+        let Event::Apply(gone) = lease_event("b", "2025-01-01T00:00:09.000000Z") else {
+            unreachable!()
+        };
+        assert_eq!(trigger(&Event::Delete(gone)), east);
     }
 }

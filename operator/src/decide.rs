@@ -1,7 +1,15 @@
 //! What one reconcile does to a shard, decided from what it fetched: each account's
 //! state, the children to apply, and what the status is computed from. Pure: the
-//! reconciler fetches (the shard, the claims index's answer, the kubeconfig Secrets),
-//! calls [`decide`], and applies the [`Decision`].
+//! reconciler fetches (the shard, the claims index's answer, the kubeconfig and TLS
+//! Secrets, the operator's CA, the agent replicas' reports from the watches), calls
+//! [`decide`], and applies the [`Decision`].
+//!
+//! An account the shard owns and can use goes into the agent config; its state says
+//! whether it streams, from what the shard's live replicas report
+//! ([`Replicas::account`]). The agents' TLS material is the shard's own Secret, the one
+//! the operator issues and renews, or a cert-manager Certificate's
+//! ([`children::tls_source`]); a Secret the agents could not use is a config problem,
+//! reported before anything is rolled out.
 //!
 //! The order of the writes keeps the ownership rule's promise that a status holds every
 //! name an agent config carries: a name newly carried is recorded in the status first
@@ -12,27 +20,36 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
+use kube::api::DynamicObject;
 use scale_agent_crds::{
     AccountSpec, AccountState, AccountStatus, AgentConfig, AgentShard, KubeconfigProblem, ShardRef,
     claims,
 };
 
-use crate::children::{self, Defaults};
+use crate::certs::{self, AgentCa, Assessment};
+use crate::children::{self, Defaults, TlsSource};
 use crate::claims_index::Resolution;
 use crate::error::{Error, Result};
-use crate::status::{self, Observed, reason};
+use crate::policy;
+use crate::replicas::Replicas;
+use crate::status::{self, Observed, Problem, ReplicaSummary, reason};
 
 /// How often an unchanged shard is looked at again (drift of its children).
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a shard waiting for a name its owner is releasing looks again (a trigger
 /// normally comes first).
 pub const HANDOFF_RETRY: Duration = Duration::from_secs(2);
+/// How long after a replica's Lease expires the shard is looked at: the report of a
+/// replica that stopped renewing stops counting then.
+pub const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
 /// What a reconcile found, for [`decide`].
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +60,14 @@ pub struct Fetched<'a> {
     pub resolutions: &'a BTreeMap<String, Resolution>,
     /// The kubeconfig Secrets of the accounts the shard owns, by name; `None`: not found.
     pub secrets: &'a BTreeMap<String, Option<Secret>>,
+    /// The TLS Secret the agents would mount ([`children::tls_source`]), as found;
+    /// `None`: not found, or the shard has none.
+    pub tls_secret: Option<&'a Secret>,
+    /// The operator's CA, when it issues certificates (`--agent-ca-secret`): the CA, or
+    /// why it cannot be used.
+    pub agent_ca: Option<&'a std::result::Result<AgentCa, String>>,
+    /// The shard's live agent replicas and their reports.
+    pub replicas: &'a Replicas,
 }
 
 /// The objects a shard becomes, ready to apply.
@@ -53,6 +78,10 @@ pub struct Children {
     pub identity: Option<(ServiceAccount, Role, RoleBinding)>,
     /// The kubeconfigs of the accounts served.
     pub kubeconfigs: Secret,
+    /// The agents' client certificate, when the operator issues it.
+    pub tls: Option<Secret>,
+    /// The cert-manager Certificate making it, when a cert-manager issuer does.
+    pub certificate: Option<DynamicObject>,
     /// The agent config.
     pub config_map: ConfigMap,
     /// The agents.
@@ -69,6 +98,9 @@ pub enum Next {
     Resync,
     /// Soon ([`HANDOFF_RETRY`]): an account waits for a name its owner is releasing.
     HandoffRetry,
+    /// When something is due sooner: a replica's Lease expires, a certificate is due for
+    /// renewal or expires.
+    At(Duration),
     /// Only on a change (paused).
     AwaitChange,
 }
@@ -79,7 +111,16 @@ impl Next {
         match self {
             Self::Resync => Some(RESYNC),
             Self::HandoffRetry => Some(HANDOFF_RETRY),
+            Self::At(d) => Some(d),
             Self::AwaitChange => None,
+        }
+    }
+
+    /// This, or `at` when that comes first.
+    fn or_sooner(self, at: Option<Duration>) -> Self {
+        match (self.delay(), at) {
+            (Some(d), Some(at)) if at < d => Self::At(at),
+            _ => self,
         }
     }
 }
@@ -113,7 +154,7 @@ pub fn secrets_to_fetch(
         .accounts
         .iter()
         .filter(|a| resolutions.get(&a.name) == Some(&Resolution::Owned))
-        .map(|a| a.kubeconfig_secret_ref.name.clone())
+        .filter_map(|a| a.kubeconfig_secret_name().map(str::to_owned))
         .collect()
 }
 
@@ -142,6 +183,13 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
             next: Next::AwaitChange,
         });
     }
+    let at = now.0;
+    let mut due: Vec<Timestamp> = f
+        .replicas
+        .next_expiry()
+        .and_then(|t| t.checked_add(EXPIRY_MARGIN).ok())
+        .into_iter()
+        .collect();
 
     let mut accounts: Vec<AccountStatus> = Vec::with_capacity(shard.spec.accounts.len());
     let mut served: Vec<&AccountSpec> = Vec::new();
@@ -151,15 +199,12 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
         let state = match f.resolutions.get(&a.name) {
             Some(Resolution::Owned) => match kubeconfig(&sref, a, f.secrets, defaults) {
                 Ok(bytes) => {
-                    kubeconfigs.insert(a.name.clone(), bytes);
+                    if let Some(bytes) = bytes {
+                        kubeconfigs.insert(a.name.clone(), bytes);
+                    }
                     served.push(a);
-                    status::account(
-                        &a.name,
-                        AccountState::Active,
-                        reason::SERVING,
-                        String::new(),
-                        None,
-                    )
+                    let v = f.replicas.account(&a.name);
+                    status::account(&a.name, v.state, &v.reason, v.message, None)
                 }
                 Err((r, m)) => status::account(&a.name, AccountState::Invalid, r, m, None),
             },
@@ -202,9 +247,10 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
     }
 
     let mut config_problem = None;
-    let children = match agent_config(shard, &sref, defaults, &served) {
-        Ok((config, image)) => {
-            let yaml = config.to_yaml().map_err(|source| Error::Config {
+    let children = match plan(&f, &sref, defaults, &served, at) {
+        Ok(plan) => {
+            due.extend(plan.due);
+            let yaml = plan.config.to_yaml().map_err(|source| Error::Config {
                 shard: sref.key(),
                 source,
             })?;
@@ -214,19 +260,20 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
                 defaults,
                 yaml,
                 &kubeconfigs,
-                image,
+                plan.image,
+                plan.tls,
             )?)
         }
         Err(problem) => {
             // The agent config stays as it is, so the names it carries stay held.
-            accounts.extend(still_carried(shard));
+            accounts.extend(still_carried(shard, f.replicas));
             config_problem = Some(problem);
             None
         }
     };
     let old = shard.status.as_ref();
     let newly_held = accounts.iter().any(|a| {
-        a.state == AccountState::Active
+        a.state.served()
             && !old
                 .and_then(|o| o.account(&a.name))
                 .is_some_and(|o| o.state.holds())
@@ -241,6 +288,15 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
         );
         list
     });
+    let soonest = due
+        .into_iter()
+        .min()
+        .map(|t| Duration::try_from(t.duration_since(at)).unwrap_or(Duration::ZERO));
+    let base = if waiting {
+        Next::HandoffRetry
+    } else {
+        Next::Resync
+    };
     Ok(Decision {
         observed: Observed {
             generation: shard.metadata.generation,
@@ -248,26 +304,47 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
             accounts,
             config_problem,
             deployment: None,
+            replicas: ReplicaSummary {
+                live: f.replicas.members.len(),
+                disconnected: f
+                    .replicas
+                    .disconnected()
+                    .into_iter()
+                    .map(|(r, m)| (r.to_owned(), m.to_owned()))
+                    .collect(),
+            },
         },
         children,
         reserve,
-        next: if waiting {
-            Next::HandoffRetry
-        } else {
-            Next::Resync
-        },
+        next: base.or_sooner(soonest),
     })
 }
 
-/// The account's kubeconfig, checked; or why it cannot be used (reason, message).
+/// The account's kubeconfig, checked (`None` for an in-cluster account); or why it
+/// cannot be used (reason, message).
 fn kubeconfig(
     sref: &ShardRef,
     a: &AccountSpec,
     secrets: &BTreeMap<String, Option<Secret>>,
     defaults: &Defaults,
-) -> Result<Vec<u8>, (&'static str, String)> {
-    let name = &a.kubeconfig_secret_ref.name;
-    let key = &a.kubeconfig_secret_ref.key;
+) -> Result<Option<Vec<u8>>, (&'static str, String)> {
+    let Some(r) = &a.kubeconfig_secret_ref else {
+        return if a.in_cluster {
+            Ok(None)
+        } else {
+            Err((
+                reason::KUBECONFIG_INVALID,
+                "set kubeconfigSecretRef or inCluster: true".to_owned(),
+            ))
+        };
+    };
+    if a.in_cluster {
+        return Err((
+            reason::KUBECONFIG_INVALID,
+            "kubeconfigSecretRef and inCluster cannot both be set".to_owned(),
+        ));
+    }
+    let (name, key) = (&r.name, &r.key);
     let secret = secrets.get(name).and_then(Option::as_ref).ok_or_else(|| {
         (
             reason::SECRET_NOT_FOUND,
@@ -285,7 +362,7 @@ fn kubeconfig(
             )
         })?;
     children::validate_kubeconfig(&bytes.0, &defaults.allow_kubeconfig)
-        .map(|()| bytes.0.clone())
+        .map(|()| Some(bytes.0.clone()))
         .map_err(|why| {
             let reason = match why {
                 KubeconfigProblem::Refused { .. } => reason::KUBECONFIG_REFUSED,
@@ -298,24 +375,134 @@ fn kubeconfig(
         })
 }
 
-/// The agent config and the image; or the problem that keeps the spec from becoming
-/// one.
-fn agent_config<'a>(
-    shard: &'a AgentShard,
+/// How the agents get their TLS material, as decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TlsPlan {
+    /// Plain text.
+    None,
+    /// Mount this Secret (the shard's own, the operator's default, or one cert-manager
+    /// fills).
+    Mount(String),
+    /// Apply this Secret (issued by the operator) and mount it.
+    Issued(Secret),
+    /// Apply this cert-manager Certificate and mount the Secret it fills.
+    CertManager(DynamicObject, String),
+}
+
+struct Plan<'a> {
+    config: AgentConfig,
+    image: &'a str,
+    tls: TlsPlan,
+    /// When to look again, at the latest, for what is decided here.
+    due: Vec<Timestamp>,
+}
+
+/// The agent config, the image and the TLS material; or the problem that keeps the spec
+/// from becoming them.
+fn plan<'a>(
+    f: &Fetched<'a>,
     sref: &ShardRef,
     defaults: &'a Defaults,
     served: &[&AccountSpec],
-) -> Result<(AgentConfig, &'a str), String> {
+    now: Timestamp,
+) -> Result<Plan<'a>, Problem> {
+    let shard = f.shard;
     let hub = children::hub_address(shard, defaults).ok_or_else(|| {
-        "no hub address: set spec.hub.address, or start the operator with --default-hub".to_owned()
+        Problem::new(
+            reason::CONFIG_INVALID,
+            "no hub address: set spec.hub.address, or start the operator with --default-hub",
+        )
     })?;
     let image = children::image(shard, defaults).ok_or_else(|| {
-        "no agent image: set spec.image, or start the operator with --default-image".to_owned()
+        Problem::new(
+            reason::CONFIG_INVALID,
+            "no agent image: set spec.image, or start the operator with --default-image",
+        )
     })?;
-    let mut config = children::agent_config(sref, shard, hub, served).map_err(|e| e.to_string())?;
+    let refused = |r: policy::Refused| Problem::new(r.reason, r.message);
+    policy::check_image(
+        shard,
+        image,
+        defaults.image.as_deref(),
+        &defaults.allowed_images,
+    )
+    .map_err(refused)?;
+    policy::check_service_account(
+        shard,
+        defaults.service_account.as_deref(),
+        &defaults.allowed_service_accounts,
+    )
+    .map_err(refused)?;
+    let mut due = Vec::new();
+    let tls = match children::tls_source(shard, defaults) {
+        TlsSource::None => TlsPlan::None,
+        TlsSource::Secret(name) => {
+            let expires = certs::check_secret(f.tls_secret, &name, sref, now)
+                .map_err(|p| Problem::new(p.reason, p.message))?;
+            due.push(expires);
+            TlsPlan::Mount(name)
+        }
+        TlsSource::Issued(name) => {
+            let ca = match f.agent_ca {
+                Some(Ok(ca)) => ca,
+                Some(Err(why)) => return Err(Problem::new(reason::AGENT_CA_INVALID, why.clone())),
+                None => {
+                    return Err(Problem::new(
+                        reason::AGENT_CA_INVALID,
+                        "the operator's CA has not been read",
+                    ));
+                }
+            };
+            let existing = f.tls_secret.and_then(|s| s.data.as_ref());
+            let lifetime = defaults.cert_lifetime;
+            let data: BTreeMap<String, ByteString> = match ca.assess(existing, sref, lifetime, now)
+            {
+                Assessment::Keep { renew_at } => {
+                    due.push(renew_at);
+                    existing.cloned().unwrap_or_default()
+                }
+                Assessment::Reissue(why) => {
+                    tracing::info!(shard = %sref, %why, "issuing the agents' client certificate");
+                    let data = ca
+                        .issue(sref, lifetime, now)
+                        .map_err(|e| Problem::new(reason::AGENT_CA_INVALID, e))?;
+                    if let Assessment::Keep { renew_at } =
+                        ca.assess(Some(&data), sref, lifetime, now)
+                    {
+                        due.push(renew_at);
+                    }
+                    data
+                }
+            };
+            TlsPlan::Issued(children::tls_secret(sref, &name, data))
+        }
+        TlsSource::CertManager(name) => {
+            if let Some(secret) = f.tls_secret {
+                let expires = certs::check_secret(Some(secret), &name, sref, now)
+                    .map_err(|p| Problem::new(p.reason, p.message))?;
+                due.push(expires);
+            }
+            let issuer = defaults
+                .cert_issuer
+                .as_ref()
+                .ok_or_else(|| Problem::new(reason::CONFIG_INVALID, "no cert-manager issuer"))?;
+            TlsPlan::CertManager(
+                children::certificate(sref, &name, issuer, defaults.cert_lifetime),
+                name,
+            )
+        }
+    };
+    let with_tls = !matches!(tls, TlsPlan::None);
+    let mut config = children::agent_config(sref, shard, hub, served, with_tls)
+        .map_err(|e| Problem::new(reason::CONFIG_INVALID, e.to_string()))?;
     // The agents check every kubeconfig again against the same allowance.
     config.allow_kubeconfig = defaults.allow_kubeconfig.clone();
-    Ok((config, image))
+    Ok(Plan {
+        config,
+        image,
+        tls,
+        due,
+    })
 }
 
 fn build_children(
@@ -325,6 +512,7 @@ fn build_children(
     config_yaml: String,
     kubeconfigs: &BTreeMap<String, Vec<u8>>,
     image: &str,
+    tls: TlsPlan,
 ) -> Result<Children> {
     let owner = shard
         .controller_owner_ref(&())
@@ -332,9 +520,21 @@ fn build_children(
             what: format!("AgentShard {sref}"),
             field: "metadata.uid",
         })?;
-    let own_identity =
-        shard.spec.service_account_name.is_none() && defaults.service_account.is_none();
+    let own_identity = children::own_service_account(shard, defaults);
     let sa = children::service_account_name(shard, defaults);
+    let (tls_mount, tls_secret, certificate) = match tls {
+        TlsPlan::None => (None, None, None),
+        TlsPlan::Mount(name) => (Some(name), None, None),
+        TlsPlan::Issued(secret) => (
+            secret.metadata.name.clone(),
+            Some(children::owned(secret, &owner)),
+            None,
+        ),
+        TlsPlan::CertManager(mut cert, name) => {
+            cert.metadata.owner_references = Some(vec![owner.clone()]);
+            (Some(name), None, Some(cert))
+        }
+    };
     Ok(Children {
         identity: own_identity.then(|| {
             (
@@ -344,16 +544,18 @@ fn build_children(
             )
         }),
         kubeconfigs: children::kubeconfig_secret(sref, &owner, kubeconfigs),
+        tls: tls_secret,
+        certificate,
         config_map: children::config_map(sref, &owner, config_yaml),
-        deployment: children::deployment(sref, shard, &owner, image, &sa),
+        deployment: children::deployment(sref, shard, &owner, image, &sa, tls_mount.as_deref()),
         pdb: children::pdb(sref, shard, &owner),
     })
 }
 
 /// The accounts the stored status shows in the agent config that the spec no longer
-/// lists, for when the config cannot be rewritten: they stay held (as Active, reason
-/// Releasing) until it can.
-fn still_carried(shard: &AgentShard) -> Vec<AccountStatus> {
+/// lists, for when the config cannot be rewritten: they stay held (in a state of the
+/// config, reason Releasing) until it can.
+fn still_carried(shard: &AgentShard, replicas: &Replicas) -> Vec<AccountStatus> {
     let Some(old) = &shard.status else {
         return Vec::new();
     };
@@ -361,14 +563,20 @@ fn still_carried(shard: &AgentShard) -> Vec<AccountStatus> {
         .iter()
         .filter(|a| {
             shard.spec.account(&a.name).is_none()
-                && matches!(a.state, AccountState::Active | AccountState::Unknown)
+                && (a.state.served() || a.state == AccountState::Unknown)
         })
-        .map(|a| AccountStatus {
-            state: AccountState::Active,
-            reason: reason::RELEASING.to_owned(),
-            message: "removed from the spec; the agent config still carries it until the shard's config problem is fixed".to_owned(),
-            owner_shard: None,
-            ..a.clone()
+        .map(|a| {
+            let v = replicas.account(&a.name);
+            AccountStatus {
+                state: v.state,
+                reason: reason::RELEASING.to_owned(),
+                message: format!(
+                    "removed from the spec; the agent config still carries it until the shard's config problem is fixed ({})",
+                    v.message
+                ),
+                owner_shard: None,
+                ..a.clone()
+            }
         })
         .collect()
 }
@@ -377,10 +585,34 @@ fn still_carried(shard: &AgentShard) -> Vec<AccountStatus> {
 mod tests {
     use k8s_openapi::ByteString;
     use k8s_openapi::jiff::Timestamp;
+    use scale_agent_crds::report::{AccountReport, HubLink, HubState, ReplicaReport, StreamState};
     use scale_agent_crds::{AgentShardStatus, CONFIG_KEY, condition_type};
 
     use super::*;
+    use crate::replicas::ReplicaView;
     use crate::status::DeploymentView;
+
+    /// One live replica streaming `accounts`, its Lease expiring at 1 010.
+    fn streaming_replicas(accounts: &[&str]) -> Replicas {
+        Replicas {
+            members: vec![ReplicaView {
+                replica: "east-agent-x".into(),
+                expires: Timestamp::from_second(1_010).expect("t"),
+                report: Ok(ReplicaReport {
+                    hub: HubLink {
+                        state: HubState::Connected,
+                        message: String::new(),
+                    },
+                    accounts: accounts
+                        .iter()
+                        .map(|a| ((*a).to_owned(), AccountReport::new(StreamState::Streaming)))
+                        .collect(),
+                    truncated: false,
+                }),
+            }],
+            ignored: Vec::new(),
+        }
+    }
 
     const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
 
@@ -435,11 +667,22 @@ mod tests {
                 shard: s,
                 resolutions: r,
                 secrets: sec,
+                tls_secret: None,
+                agent_ca: None,
+                replicas: &Replicas::default(),
             },
-            &Defaults::default(),
+            &defaults(),
             &t(1_000),
         )
         .expect("decides")
+    }
+
+    /// The operator's defaults for these tests: the shards' image is its own.
+    fn defaults() -> Defaults {
+        Defaults {
+            image: Some("example.com/agent:1".into()),
+            ..Defaults::default()
+        }
     }
 
     /// Gives `s` a stored status serving b (in its config), and decides it owning a.
@@ -489,11 +732,12 @@ mod tests {
                 ("kc-b", secret(Some(KUBECONFIG))),
             ]),
         );
+        // No replica runs yet: in the config, not streaming.
         assert_eq!(
             states(&d),
             [
-                ("a".into(), AccountState::Active, "Serving".into()),
-                ("b".into(), AccountState::Active, "Serving".into())
+                ("a".into(), AccountState::NoReplica, "NoReplica".into()),
+                ("b".into(), AccountState::NoReplica, "NoReplica".into())
             ]
         );
         let c = config(&d);
@@ -522,7 +766,8 @@ mod tests {
             &owned(&["a"]),
             &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
         );
-        s.status = Some(status::compute(None, &first.observed, t(1_000)));
+        let seen = status::compute(None, &first.observed, t(1_000));
+        s.status = Some(status::compute(Some(&seen), &first.observed, t(1_000)));
         let again = run(
             &s,
             &owned(&["a"]),
@@ -575,7 +820,7 @@ mod tests {
         assert_eq!(
             states(&d),
             [
-                ("a".into(), AccountState::Active, "Serving".into()),
+                ("a".into(), AccountState::NoReplica, "NoReplica".into()),
                 (
                     "x".into(),
                     AccountState::Conflict,
@@ -592,7 +837,8 @@ mod tests {
         // Waiting for y: look again soon.
         assert_eq!(d.next, Next::HandoffRetry);
         let st = status::compute(None, &d.observed, t(1_000));
-        assert_eq!((st.active_accounts, st.conflicts), (1, 2));
+        // Nothing streams yet; one account is in the config, two are left out.
+        assert_eq!((st.active_accounts, st.conflicts), (0, 2));
     }
 
     #[test]
@@ -615,7 +861,7 @@ mod tests {
                 "SecretNotFound",
                 "SecretKeyNotFound",
                 "KubeconfigInvalid",
-                "Serving"
+                "NoReplica"
             ]
         );
         assert_eq!(config(&d).accounts.len(), 1);
@@ -660,13 +906,16 @@ mod tests {
             allow_kubeconfig: scale_agent_crds::KubeconfigAllow(vec![
                 scale_agent_crds::KubeconfigFeature::Exec,
             ]),
-            ..Defaults::default()
+            ..defaults()
         };
         let d = decide(
             Fetched {
                 shard: &s,
                 resolutions: &owned(&["exec", "ok"]),
                 secrets: &sec,
+                tls_secret: None,
+                agent_ca: None,
+                replicas: &Replicas::default(),
             },
             &allowing,
             &t(1_000),
@@ -686,14 +935,14 @@ mod tests {
         assert!(
             d.observed
                 .config_problem
-                .as_deref()
-                .is_some_and(|p| p.contains("--default-hub"))
+                .as_ref()
+                .is_some_and(|p| p.message.contains("--default-hub"))
         );
         assert_eq!(
             states(&d),
             [
-                ("a".into(), AccountState::Active, "Serving".into()),
-                ("b".into(), AccountState::Active, "Releasing".into()),
+                ("a".into(), AccountState::NoReplica, "NoReplica".into()),
+                ("b".into(), AccountState::NoReplica, "Releasing".into()),
             ]
         );
         // a was never in the stored status: recorded now, after every earlier claim.
@@ -710,14 +959,16 @@ mod tests {
             hub: Some("lb:443".into()),
             image: Some("img:2".into()),
             service_account: Some("shared".into()),
-            hub_tls_secret: None,
-            allow_kubeconfig: Default::default(),
+            ..Defaults::default()
         };
         let d = decide(
             Fetched {
                 shard: &s,
                 resolutions: &owned(&["a"]),
                 secrets: &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
+                tls_secret: None,
+                agent_ca: None,
+                replicas: &Replicas::default(),
             },
             &defaults,
             &t(1),
@@ -751,11 +1002,20 @@ mod tests {
     fn the_full_status_of_a_served_shard() {
         let mut s = shard(&["a"]);
         s.spec.replicas = 2;
-        let mut d = run(
-            &s,
-            &owned(&["a"]),
-            &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
-        );
+        let streaming = streaming_replicas(&["a"]);
+        let mut d = decide(
+            Fetched {
+                shard: &s,
+                resolutions: &owned(&["a"]),
+                secrets: &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
+                tls_secret: None,
+                agent_ca: None,
+                replicas: &streaming,
+            },
+            &defaults(),
+            &t(1_000),
+        )
+        .expect("decides");
         assert!(d.children.as_ref().is_some_and(|c| c.pdb.is_some()));
         d.observed.deployment = Some(DeploymentView {
             desired: 2,
@@ -767,7 +1027,14 @@ mod tests {
             available_replicas: 2,
             available: Some((true, "MinimumReplicasAvailable".into(), "ok".into())),
         });
-        let st = status::compute(None, &d.observed, t(1_000));
+        // Ready is Unknown on first sight, then what the replicas and the rollout say.
+        let first = status::compute(None, &d.observed, t(1_000));
+        assert!(
+            first
+                .condition(condition_type::READY)
+                .is_some_and(|c| c.status == "Unknown")
+        );
+        let st = status::compute(Some(&first), &d.observed, t(1_000));
         assert!(
             st.condition(condition_type::READY)
                 .is_some_and(|c| c.status == "True")
@@ -788,8 +1055,11 @@ mod tests {
                 shard: &s,
                 resolutions: &BTreeMap::new(),
                 secrets: &BTreeMap::new(),
+                tls_secret: None,
+                agent_ca: None,
+                replicas: &Replicas::default(),
             },
-            &Defaults::default(),
+            &defaults(),
             &t(1),
         );
         assert!(matches!(
@@ -799,5 +1069,351 @@ mod tests {
                 ..
             })
         ));
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    //! Streaming states, certificates, policy and timing.
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::jiff::Timestamp;
+    use scale_agent_crds::report::{AccountReport, HubLink, HubState, ReplicaReport, StreamState};
+    use scale_agent_crds::{CONFIG_KEY, HubSpec, LocalObjectRef};
+
+    use super::*;
+    use crate::replicas::ReplicaView;
+
+    const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
+    const NOW: i64 = 1_800_000_000;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).expect("valid"))
+    }
+
+    fn shard(spec: serde_json::Value) -> AgentShard {
+        let mut s = AgentShard::new("east", serde_json::from_value(spec).expect("spec"));
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.uid = Some("uid-1".into());
+        s.metadata.generation = Some(1);
+        s.metadata.creation_timestamp = Some(t(100));
+        s
+    }
+
+    fn one_account() -> AgentShard {
+        shard(serde_json::json!({
+            "hub": { "address": "hub.example.com:443" },
+            "accounts": [{ "name": "a", "kubeconfigSecretRef": { "name": "kc-a" } }]
+        }))
+    }
+
+    fn kc() -> BTreeMap<String, Option<Secret>> {
+        [(
+            "kc-a".to_owned(),
+            Some(Secret {
+                data: Some(
+                    [(
+                        "kubeconfig".to_owned(),
+                        ByteString(KUBECONFIG.as_bytes().to_vec()),
+                    )]
+                    .into(),
+                ),
+                ..Secret::default()
+            }),
+        )]
+        .into()
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            image: Some("ghcr.io/scale-agent/scale-agent:v1".into()),
+            ..Defaults::default()
+        }
+    }
+
+    fn replica(connected: bool, accounts: &[(&str, StreamState)]) -> Replicas {
+        Replicas {
+            members: vec![ReplicaView {
+                replica: "east-agent-x".into(),
+                expires: Timestamp::from_second(NOW + 7).expect("t"),
+                report: Ok(ReplicaReport {
+                    hub: HubLink {
+                        state: if connected {
+                            HubState::Connected
+                        } else {
+                            HubState::Disconnected
+                        },
+                        message: if connected {
+                            String::new()
+                        } else {
+                            "TLS: reading /etc/scale-agent/tls/ca.crt: No such file".into()
+                        },
+                    },
+                    accounts: accounts
+                        .iter()
+                        .map(|(a, s)| {
+                            (
+                                (*a).to_owned(),
+                                AccountReport::because(
+                                    *s,
+                                    if *s == StreamState::Refused {
+                                        "NotOwner"
+                                    } else {
+                                        ""
+                                    },
+                                    "why",
+                                ),
+                            )
+                        })
+                        .collect(),
+                    truncated: false,
+                }),
+            }],
+            ignored: Vec::new(),
+        }
+    }
+
+    fn run_with(
+        s: &AgentShard,
+        d: &Defaults,
+        replicas: &Replicas,
+        tls_secret: Option<&Secret>,
+        agent_ca: Option<&std::result::Result<AgentCa, String>>,
+    ) -> Decision {
+        decide(
+            Fetched {
+                shard: s,
+                resolutions: &[("a".to_owned(), Resolution::Owned)].into(),
+                secrets: &kc(),
+                tls_secret,
+                agent_ca,
+                replicas,
+            },
+            d,
+            &t(NOW),
+        )
+        .expect("decides")
+    }
+
+    fn state(d: &Decision) -> (AccountState, String) {
+        let a = &d.observed.accounts[0];
+        (a.state, a.reason.clone())
+    }
+
+    #[test]
+    fn an_account_is_active_only_while_a_live_replica_reports_it_streaming() {
+        let s = one_account();
+        for (replicas, expected) in [
+            (
+                replica(true, &[("a", StreamState::Streaming)]),
+                (AccountState::Active, "Streaming"),
+            ),
+            (
+                replica(true, &[("a", StreamState::Syncing)]),
+                (AccountState::Syncing, "Syncing"),
+            ),
+            (
+                replica(true, &[("a", StreamState::Refused)]),
+                (AccountState::RefusedByHub, "NotOwner"),
+            ),
+            (
+                replica(true, &[("a", StreamState::ClusterUnreachable)]),
+                (AccountState::ClusterUnreachable, "ClusterUnreachable"),
+            ),
+            (
+                replica(false, &[("a", StreamState::Streaming)]),
+                (AccountState::HubUnreachable, "HubUnreachable"),
+            ),
+            (replica(true, &[]), (AccountState::NoReplica, "NoReplica")),
+            (Replicas::default(), (AccountState::NoReplica, "NoReplica")),
+        ] {
+            let d = run_with(&s, &defaults(), &replicas, None, None);
+            assert_eq!(state(&d), (expected.0, expected.1.to_owned()));
+            // Every such state keeps the name this shard's.
+            assert!(d.observed.accounts[0].state.holds());
+        }
+    }
+
+    #[test]
+    fn the_shard_is_looked_at_again_when_a_replica_lease_expires() {
+        let d = run_with(
+            &one_account(),
+            &defaults(),
+            &replica(true, &[("a", StreamState::Streaming)]),
+            None,
+            None,
+        );
+        assert_eq!(d.next, Next::At(Duration::from_secs(8)));
+        let quiet = run_with(
+            &one_account(),
+            &defaults(),
+            &Replicas::default(),
+            None,
+            None,
+        );
+        assert_eq!(quiet.next, Next::Resync);
+    }
+
+    #[test]
+    fn an_image_or_service_account_not_allowed_is_a_config_problem_and_nothing_rolls_out() {
+        let mut s = one_account();
+        s.spec.image = Some("attacker.example.com/miner:latest".into());
+        let d = run_with(&s, &defaults(), &Replicas::default(), None, None);
+        assert!(d.children.is_none());
+        assert_eq!(
+            d.observed.config_problem.as_ref().map(|p| p.reason),
+            Some("ImageNotAllowed")
+        );
+        let mut s = one_account();
+        s.spec.service_account_name = Some("cluster-admin".into());
+        let d = run_with(&s, &defaults(), &Replicas::default(), None, None);
+        assert_eq!(
+            d.observed.config_problem.as_ref().map(|p| p.reason),
+            Some("ServiceAccountNotAllowed")
+        );
+        let allowed = Defaults {
+            allowed_images: crate::policy::Allowed::new(["attacker.example.com/*"]),
+            ..defaults()
+        };
+        let mut s = one_account();
+        s.spec.image = Some("attacker.example.com/miner:latest".into());
+        assert!(
+            run_with(&s, &allowed, &Replicas::default(), None, None)
+                .children
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_tls_secret_the_agents_could_not_use_is_reported_not_rolled_out() {
+        let mut s = one_account();
+        s.spec.hub = Some(HubSpec {
+            address: "hub:443".into(),
+            tls_secret_ref: Some(LocalObjectRef {
+                name: "mtls".into(),
+            }),
+        });
+        let d = run_with(&s, &defaults(), &Replicas::default(), None, None);
+        assert!(d.children.is_none());
+        let p = d.observed.config_problem.expect("a problem");
+        assert_eq!(p.reason, "TlsSecretNotFound");
+        assert!(p.message.contains("mtls"), "{}", p.message);
+    }
+
+    #[test]
+    fn the_operator_issues_the_certificate_mounts_it_and_keeps_it_until_renewal() {
+        let ca = test_ca();
+        let issuing = Defaults {
+            agent_ca: Some(ShardRef::new("system", "ca")),
+            cert_lifetime: Duration::from_secs(120),
+            ..defaults()
+        };
+        let d = run_with(
+            &one_account(),
+            &issuing,
+            &Replicas::default(),
+            None,
+            Some(&Ok(ca.clone_for_test())),
+        );
+        let c = d.children.expect("children");
+        let tls = c.tls.expect("the issued Secret");
+        assert_eq!(tls.metadata.name.as_deref(), Some("east-agent-tls"));
+        assert_eq!(
+            tls.metadata
+                .owner_references
+                .as_ref()
+                .map(|o| o[0].kind.as_str()),
+            Some("AgentShard")
+        );
+        let pod = c
+            .deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        assert!(
+            pod.volumes.iter().flatten().any(|v| v
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref())
+                == Some("east-agent-tls"))
+        );
+        let config =
+            AgentConfig::from_yaml(&c.config_map.data.expect("data")[CONFIG_KEY]).expect("config");
+        assert!(config.hub.tls.is_some());
+        // Renewal due at two thirds of the lifetime (the certificate starts 30 s early).
+        assert!(
+            matches!(d.next, Next::At(d) if (65..=75).contains(&d.as_secs())),
+            "{:?}",
+            d.next
+        );
+        // Next time the same certificate is kept.
+        let again = run_with(
+            &one_account(),
+            &issuing,
+            &Replicas::default(),
+            Some(&tls),
+            Some(&Ok(ca.clone_for_test())),
+        );
+        assert_eq!(
+            again.children.and_then(|c| c.tls).and_then(|s| s.data),
+            tls.data
+        );
+        // A CA that cannot issue is a config problem.
+        let broken = run_with(
+            &one_account(),
+            &issuing,
+            &Replicas::default(),
+            None,
+            Some(&Err("the CA Secret system/ca does not exist".into())),
+        );
+        assert_eq!(
+            broken.observed.config_problem.map(|p| p.reason),
+            Some("AgentCaInvalid")
+        );
+    }
+
+    /// A CA for tests, as the Secret the operator reads.
+    struct TestCa(Secret);
+
+    impl TestCa {
+        fn clone_for_test(&self) -> AgentCa {
+            AgentCa::from_secret(&self.0, "system/ca").expect("CA")
+        }
+    }
+
+    fn test_ca() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("cert");
+        TestCa(Secret {
+            data: Some(
+                [
+                    ("tls.crt".to_owned(), ByteString(cert.pem().into_bytes())),
+                    (
+                        "tls.key".to_owned(),
+                        ByteString(key.serialize_pem().into_bytes()),
+                    ),
+                ]
+                .into(),
+            ),
+            ..Secret::default()
+        })
+    }
+
+    #[test]
+    fn an_in_cluster_account_needs_no_kubeconfig() {
+        let s = shard(serde_json::json!({
+            "hub": { "address": "hub.example.com:443" },
+            "accounts": [{ "name": "a", "inCluster": true }]
+        }));
+        let d = run_with(&s, &defaults(), &Replicas::default(), None, None);
+        assert_eq!(d.observed.accounts[0].state, AccountState::NoReplica);
+        let c = d.children.expect("children");
+        let config =
+            AgentConfig::from_yaml(&c.config_map.data.expect("data")[CONFIG_KEY]).expect("config");
+        assert!(config.accounts[0].in_cluster);
+        assert!(c.kubeconfigs.data.unwrap_or_default().is_empty());
     }
 }

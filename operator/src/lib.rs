@@ -6,6 +6,11 @@
 //!   statuses were written) and the one place reconcile triggers come from.
 //! - [`decide`]: what one reconcile does, decided from what it fetched (pure).
 //! - [`children`]: what a shard becomes (agent config, ConfigMap, Secret, Deployment...).
+//! - [`replicas`]: the shard's agent replicas, from their Leases, and what they report
+//!   about each account (pure).
+//! - [`certs`]: the agents' client certificates, issued and renewed from a CA, and the
+//!   checks of a TLS Secret a shard names (pure).
+//! - [`policy`]: the images and ServiceAccounts a shard may ask for (pure).
 //! - [`status`]: the status and Events, computed from what was observed.
 //! - [`apply`]: the reconciler's writes (server-side apply, status patches, Events).
 //! - [`reconcile`]: one shard's reconcile (fetch, decide, apply).
@@ -16,6 +21,7 @@
 //! - [`cli`], [`error`].
 
 pub mod apply;
+pub mod certs;
 pub mod children;
 pub mod claims_index;
 pub mod cli;
@@ -24,7 +30,9 @@ pub mod decide;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod reconcile;
+pub mod replicas;
 pub mod status;
 pub mod webhook;
 
@@ -49,6 +57,8 @@ use crate::webhook::{CertSecret, Endpoint, WebhookServer};
 
 /// The shortest Lease the operator takes: renewals come every fifth of it.
 pub const MIN_LEASE_DURATION: Duration = Duration::from_secs(2);
+/// The shortest lifetime of an agent certificate (renewed at two thirds of it).
+pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Aborts the task when dropped.
 struct Task(JoinHandle<()>);
@@ -187,12 +197,26 @@ pub async fn run(args: Args) -> Result<()> {
         duration: args.lease_duration.max(MIN_LEASE_DURATION),
     };
     let mut elector = Elector::new(client.clone(), lease);
+    let agent_ca = args
+        .agent_ca_secret
+        .as_deref()
+        .map(|s| {
+            s.parse::<scale_agent_crds::ShardRef>().map_err(|_| {
+                Error::ClientConfig(format!("--agent-ca-secret {s:?} is not namespace/name"))
+            })
+        })
+        .transpose()?;
     let defaults = Defaults {
         hub: args.default_hub.clone(),
         image: args.default_image.clone(),
         service_account: Some(args.default_service_account.clone()).filter(|s| !s.is_empty()),
         hub_tls_secret: args.default_hub_tls_secret.clone(),
         allow_kubeconfig: scale_agent_crds::KubeconfigAllow(args.allow_kubeconfig.clone()),
+        agent_ca,
+        cert_issuer: args.agent_cert_issuer.clone(),
+        cert_lifetime: args.agent_cert_lifetime.max(MIN_CERT_LIFETIME),
+        allowed_images: policy::Allowed::new(args.allowed_images.clone()),
+        allowed_service_accounts: policy::Allowed::new(args.allowed_service_accounts.clone()),
     };
     let manage = async {
         let mut running: Option<Task> = None;

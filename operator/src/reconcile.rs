@@ -7,21 +7,26 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
+use scale_agent_crds::membership::SHARD_LABEL;
 use scale_agent_crds::{AgentShard, AgentShardStatus, ShardRef, condition_status, condition_type};
 
 use crate::apply::{self, Written};
-use crate::children::{self, Defaults};
+use crate::certs::AgentCa;
+use crate::children::{self, Defaults, TlsSource};
 use crate::claims_index::{ClaimsHandle, Resolution};
 use crate::decide::{self, Fetched};
 use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics};
+use crate::replicas::Replicas;
 use crate::status;
 
 pub use crate::decide::{HANDOFF_RETRY, RESYNC};
@@ -40,6 +45,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per shard, for the error backoff.
     pub failures: Mutex<HashMap<ObjectRef<AgentShard>, u32>>,
+    /// The agent replicas' Leases (labelled for a shard).
+    pub leases: Store<Lease>,
+    /// The agent pods' metadata.
+    pub pods: Store<PartialObjectMeta<Pod>>,
 }
 
 /// Reconciles one shard. Errors are failures to talk to the API server; problems with
@@ -98,7 +107,6 @@ fn now() -> Time {
 }
 
 async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
-    let shard = &*children::with_defaults(shard, &ctx.defaults);
     let sref = shard.shard_ref().ok_or_else(|| Error::MissingField {
         what: format!("AgentShard {}", shard.name_any()),
         field: "metadata.namespace",
@@ -120,14 +128,31 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         decide::secrets_to_fetch(shard, &resolutions),
     )
     .await?;
+    let tls_secret = match children::tls_source(shard, &ctx.defaults) {
+        TlsSource::None => None,
+        TlsSource::Secret(name) | TlsSource::Issued(name) | TlsSource::CertManager(name) => {
+            fetch_secret(&ctx.client, &sref.namespace, &name).await?
+        }
+    };
+    let agent_ca = match &ctx.defaults.agent_ca {
+        Some(ca) if !shard.spec.paused => Some(read_ca(&ctx.client, ca).await?),
+        _ => None,
+    };
+    let now = now();
+    let replicas = observe_replicas(ctx, &sref, &now);
+    for (lease, why) in &replicas.ignored {
+        tracing::debug!(%lease, %why, "a Lease labelled for the shard is not a live replica");
+    }
 
     // Decide.
-    let now = now();
     let mut decision = decide::decide(
         Fetched {
             shard,
             resolutions: &resolutions,
             secrets: &secrets,
+            tls_secret: tls_secret.as_ref(),
+            agent_ca: agent_ca.as_ref(),
+            replicas: &replicas,
         },
         &ctx.defaults,
         &now,
@@ -147,7 +172,32 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     }
     let deployment = match &decision.children {
         Some(c) => {
-            Some(apply::children(&ctx.client, &sref, shard.metadata.uid.as_deref(), c).await?)
+            match apply::children(&ctx.client, &sref, shard.metadata.uid.as_deref(), c).await {
+                Ok(d) => Some(d),
+                Err(e) if e.label() == "ApiForbidden" => {
+                    // Say so in the status (the operator may write statuses everywhere),
+                    // then fail the reconcile: it retries with backoff.
+                    decision.observed.config_problem = Some(status::Problem::new(
+                        status::reason::NAMESPACE_NOT_OPENED,
+                        format!(
+                            "the operator may not write this shard's agents in namespace {}: bind the ClusterRole scale-agent-operator-shards to its ServiceAccount there (manifests/shard-namespace); {e}",
+                            sref.namespace
+                        ),
+                    ));
+                    let new = status::compute(shard.status.as_ref(), &decision.observed, now);
+                    apply::status(
+                        &ctx.client,
+                        &ctx.recorder,
+                        shard,
+                        &sref,
+                        resource_version.as_deref(),
+                        &new,
+                    )
+                    .await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
         None if decision.observed.paused => None,
         None => apply::read_deployment(&ctx.client, &sref).await?,
@@ -193,6 +243,46 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
 fn stale() -> Action {
     tracing::debug!("the shard changed since it was read; deciding again on the newer version");
     Action::requeue(HANDOFF_RETRY)
+}
+
+/// The shard's replicas as the watches show them now.
+fn observe_replicas(ctx: &Context, sref: &ShardRef, now: &Time) -> Replicas {
+    let mut leases = ctx.leases.state();
+    leases.retain(|l| {
+        l.metadata.namespace.as_deref() == Some(sref.namespace.as_str())
+            && l.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SHARD_LABEL))
+                .is_some_and(|s| *s == sref.name)
+    });
+    Replicas::observe(
+        sref,
+        leases.iter().map(AsRef::as_ref),
+        |pod| {
+            ctx.pods
+                .get(&ObjectRef::new(pod).within(&sref.namespace))
+                .map(|p| p.metadata.clone())
+        },
+        now.0,
+    )
+}
+
+/// The operator's CA, or why it cannot issue certificates.
+async fn read_ca(client: &Client, ca: &ShardRef) -> Result<std::result::Result<AgentCa, String>> {
+    Ok(match fetch_secret(client, &ca.namespace, &ca.name).await? {
+        Some(secret) => AgentCa::from_secret(&secret, &ca.key()),
+        None => Err(format!(
+            "the CA Secret {ca} (--agent-ca-secret) does not exist"
+        )),
+    })
+}
+
+async fn fetch_secret(client: &Client, ns: &str, name: &str) -> Result<Option<Secret>> {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading Secret {ns}/{name}"), e))
 }
 
 async fn fetch_secrets(

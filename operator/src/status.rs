@@ -7,18 +7,39 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use scale_agent_crds::decode::bounded;
 use scale_agent_crds::{
-    AccountState, AccountStatus, AgentShardStatus, ShardRef, condition_type, new_condition,
+    AccountState, AccountStatus, AgentShardStatus, ShardRef, condition_status, condition_type,
+    new_condition, unknown_condition,
 };
 
 /// Stable reasons, in conditions, account statuses and Events (see
 /// docs/troubleshooting.md).
 pub mod reason {
-    /// Account: in the agent config.
+    /// Account: streaming (a live replica reports it).
+    pub const STREAMING: &str = "Streaming";
+    /// Account, conditions Ready and Reconciling: a replica is registering it with the
+    /// hub or listing it for the first time.
+    pub const SYNCING: &str = "Syncing";
+    /// Account, conditions Ready and Reconciling, Event: no live replica of the shard
+    /// holds it.
+    pub const NO_REPLICA: &str = "NoReplica";
+    /// Account, conditions Ready and Reconciling, Event: the replica holding it cannot
+    /// reach the hub.
+    pub const HUB_UNREACHABLE: &str = "HubUnreachable";
+    /// Account, conditions Ready and Reconciling, Event: the replica holding it cannot
+    /// reach its cluster.
+    pub const CLUSTER_UNREACHABLE: &str = "ClusterUnreachable";
+    /// Conditions Ready and Stalled, Event: the hub refuses an account (the account's
+    /// own reason is the hub's: NotOwner, ClusterMismatch...).
+    pub const REFUSED_BY_HUB: &str = "RefusedByHub";
+    /// Account: in the agent config (the state says whether it streams). Written by
+    /// older versions of the operator.
     pub const SERVING: &str = "Serving";
     /// Account: an older claim (or the current holder) owns the name.
     pub const OWNED_BY_ANOTHER_SHARD: &str = "OwnedByAnotherShard";
-    /// Account: the owner dropped the name and is rewriting its config; it comes next.
+    /// Account, conditions Ready and Reconciling: the owner dropped the name and is
+    /// rewriting its config; it comes next.
     pub const OWNER_RELEASING: &str = "OwnerReleasing";
     /// Account: no longer in the spec, but still in the agent config, which cannot be
     /// rewritten until the shard's config problem is fixed; the name stays this shard's
@@ -33,27 +54,68 @@ pub mod reason {
     /// Account: the kubeconfig asks for something the operator does not allow (running a
     /// program, reading the agent's files...).
     pub const KUBECONFIG_REFUSED: &str = "KubeconfigRefused";
-    /// Condition Ready: everything holds.
+    /// Condition ConfigValid, Event: the shard's TLS Secret does not exist.
+    pub const TLS_SECRET_NOT_FOUND: &str = "TlsSecretNotFound";
+    /// Condition ConfigValid, Event: the TLS Secret lacks tls.crt, tls.key or ca.crt.
+    pub const TLS_SECRET_KEY_NOT_FOUND: &str = "TlsSecretKeyNotFound";
+    /// Condition ConfigValid, Event: the TLS Secret's certificate names another shard
+    /// (or none).
+    pub const TLS_CERTIFICATE_WRONG_SHARD: &str = "TlsCertificateWrongShard";
+    /// Condition ConfigValid, Event: the TLS Secret's certificate does not parse, is not
+    /// valid now, or does not match its key.
+    pub const TLS_CERTIFICATE_INVALID: &str = "TlsCertificateInvalid";
+    /// Condition ConfigValid, Event: the operator's CA (`--agent-ca-secret`) cannot
+    /// issue the shard's certificate.
+    pub const AGENT_CA_INVALID: &str = "AgentCaInvalid";
+    /// Condition ConfigValid, Event: the operator may not write the shard's children in
+    /// its namespace (no RoleBinding to the ClusterRole scale-agent-operator-shards).
+    pub const NAMESPACE_NOT_OPENED: &str = "NamespaceNotOpened";
+    /// Condition ConfigValid, Event: spec.image is not one the operator may run.
+    pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
+    /// Condition ConfigValid, Event: spec.serviceAccountName is not one the operator may
+    /// run pods as.
+    pub const SERVICE_ACCOUNT_NOT_ALLOWED: &str = "ServiceAccountNotAllowed";
+    /// Condition Ready: Ready until the operator has looked at the shard once
+    /// (status Unknown); condition Reconciling then.
+    pub const RECONCILING: &str = "Reconciling";
+    /// Condition Ready, Event: every account streams and the agents are rolled out.
     pub const READY: &str = "Ready";
-    /// Conditions Ready, AccountsUnique: an account is left out for a conflict.
+    /// Condition Reconciling (False): nothing left to do.
+    pub const RECONCILED: &str = "Reconciled";
+    /// Condition Stalled (False): nothing needs a person.
+    pub const NOT_STALLED: &str = "NotStalled";
+    /// Conditions Ready, AccountsUnique, Stalled, Event: an account is left out for a
+    /// conflict.
     pub const ACCOUNT_CONFLICT: &str = "AccountConflict";
     /// Condition AccountsUnique: no conflict.
     pub const ALL_ACCOUNTS_OWNED: &str = "AllAccountsOwned";
-    /// Conditions Ready, ConfigValid: something in the spec cannot be used.
+    /// Conditions Ready, ConfigValid, Stalled, Event: something in the spec cannot be
+    /// used.
     pub const CONFIG_INVALID: &str = "ConfigInvalid";
-    /// Condition ConfigValid: the spec became an agent config.
+    /// Condition ConfigValid: the spec became the agent config.
     pub const CONFIG_APPLIED: &str = "ConfigApplied";
-    /// Conditions Ready, Available: the agent Deployment is rolling out or not yet available.
+    /// Conditions Ready, Reconciling, Available: the agent Deployment is rolling out or
+    /// not yet available.
     pub const PROGRESSING: &str = "Progressing";
     /// Condition Available: the agent Deployment has its replicas available.
     pub const AVAILABLE: &str = "DeploymentAvailable";
     /// Condition Available: the Deployment reports it is not available.
     pub const UNAVAILABLE: &str = "DeploymentUnavailable";
-    /// Condition Ready: spec.paused is true; nothing is reconciled.
+    /// Conditions Ready and Reconciling: spec.paused is true; nothing is reconciled.
     pub const PAUSED: &str = "Paused";
     /// Event: an account left out for a conflict is now served.
     pub const ACCOUNT_ACQUIRED: &str = "AccountAcquired";
+    /// Condition Reconciling (False): the shard is Stalled.
+    pub const STALLED_REASON: &str = "Stalled";
 }
+
+/// The longest condition message written (metav1.Condition's limit): a shard with
+/// hundreds of accounts in trouble says so without growing its status without bound.
+pub const MAX_CONDITION_MESSAGE_BYTES: usize = 32 * 1024;
+
+/// The longest Event note published: the API server refuses events.k8s.io/v1 Events
+/// with a longer note, and the Event would be lost.
+pub const MAX_NOTE_BYTES: usize = 1024;
 
 /// What the reconciler found about the agent Deployment.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -120,6 +182,36 @@ impl DeploymentView {
     }
 }
 
+/// A problem of the whole shard: the spec cannot become an agent config (no hub, no
+/// image, a budget the agent cannot read, an image or ServiceAccount not allowed, an
+/// unusable TLS Secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Stable reason (ConfigValid's).
+    pub reason: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with `reason` and `message`.
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the agent replicas say about themselves, in short.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaSummary {
+    /// Live replicas (members of the shard renewing their Lease).
+    pub live: usize,
+    /// Live replicas without a hub session, and why (their last connection error).
+    pub disconnected: Vec<(String, String)>,
+}
+
 /// Everything the status is computed from.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
@@ -127,13 +219,14 @@ pub struct Observed {
     pub generation: Option<i64>,
     /// spec.paused.
     pub paused: bool,
-    /// One entry per account in the spec, in spec order.
+    /// One entry per account in the spec, in spec order (plus those still carried).
     pub accounts: Vec<AccountStatus>,
-    /// A problem of the whole shard (no hub, no image, a budget the agent cannot read):
-    /// the message. The children were not applied.
-    pub config_problem: Option<String>,
+    /// A problem of the whole shard; the children were not applied.
+    pub config_problem: Option<Problem>,
     /// The agent Deployment, when it exists.
     pub deployment: Option<DeploymentView>,
+    /// The live agent replicas.
+    pub replicas: ReplicaSummary,
 }
 
 /// An account's status.
@@ -195,22 +288,47 @@ pub fn patch(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Option<s
 
 /// The status a shard should have, starting from `old` (condition times are kept when a
 /// condition's status does not change).
+///
+/// Ready is `Unknown` until the shard has had a status with conditions (first sight);
+/// then True only when the config is valid, every account is its own, every account
+/// streams (as a live replica reports it) and the agents are rolled out. Stalled is
+/// True when only a person can make it Ready (an invalid config, a conflict that is not
+/// a handoff, an account the hub refuses); Reconciling is True while it is on its way
+/// by itself, and False while Stalled, so kstatus reads Failed, InProgress or Current.
 pub fn compute(old: Option<&AgentShardStatus>, obs: &Observed, now: Time) -> AgentShardStatus {
     let mut st = old.cloned().unwrap_or_default();
     let generation = obs.generation;
+    let first_sight = old
+        .and_then(|o| o.condition(condition_type::READY))
+        .is_none();
+    let cond = |type_: &str, status: bool, reason: &str, message: String| {
+        let message = bounded(&message, MAX_CONDITION_MESSAGE_BYTES);
+        new_condition(type_, status, reason, message, generation, now.clone())
+    };
+    st.observed_generation = generation;
     if obs.paused {
-        st.set_condition(new_condition(
+        let why = "spec.paused is true: the operator leaves this shard's agents as they are";
+        st.set_condition(cond(
             condition_type::READY,
             false,
             reason::PAUSED,
-            "spec.paused is true: the operator leaves this shard's agents as they are",
-            generation,
-            now,
+            why.into(),
         ));
-        st.observed_generation = generation;
+        st.set_condition(cond(
+            condition_type::RECONCILING,
+            false,
+            reason::PAUSED,
+            why.into(),
+        ));
+        st.set_condition(cond(
+            condition_type::STALLED,
+            false,
+            reason::NOT_STALLED,
+            "paused".into(),
+        ));
+        sort_conditions(&mut st);
         return st;
     }
-    st.observed_generation = generation;
     st.accounts = obs.accounts.clone();
     let count = |s: AccountState| {
         i32::try_from(obs.accounts.iter().filter(|a| a.state == s).count()).unwrap_or(i32::MAX)
@@ -232,31 +350,31 @@ pub fn compute(old: Option<&AgentShardStatus>, obs: &Observed, now: Time) -> Age
         .filter(|a| a.state == AccountState::Invalid)
         .collect();
     let config_valid = obs.config_problem.is_none() && invalid.is_empty();
-    let config_message = match &obs.config_problem {
-        Some(p) => p.clone(),
-        None if !invalid.is_empty() => format!(
-            "{} of {} accounts cannot be used and are left out: {}",
-            invalid.len(),
-            obs.accounts.len(),
-            invalid
-                .iter()
-                .map(|a| format!("{} ({})", a.name, a.message))
-                .collect::<Vec<_>>()
-                .join("; ")
+    let (config_reason, config_message) = match &obs.config_problem {
+        Some(p) => (p.reason, p.message.clone()),
+        None if !invalid.is_empty() => (
+            reason::CONFIG_INVALID,
+            format!(
+                "{} of {} accounts cannot be used and are left out: {}",
+                invalid.len(),
+                obs.accounts.len(),
+                invalid
+                    .iter()
+                    .map(|a| format!("{} ({})", a.name, a.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
         ),
-        None => "the spec became the agent config".to_owned(),
+        None => (
+            reason::CONFIG_APPLIED,
+            "the spec became the agent config".to_owned(),
+        ),
     };
-    st.set_condition(new_condition(
+    st.set_condition(cond(
         condition_type::CONFIG_VALID,
         config_valid,
-        if config_valid {
-            reason::CONFIG_APPLIED
-        } else {
-            reason::CONFIG_INVALID
-        },
-        config_message,
-        generation,
-        now.clone(),
+        config_reason,
+        config_message.clone(),
     ));
 
     // AccountsUnique
@@ -281,7 +399,7 @@ pub fn compute(old: Option<&AgentShardStatus>, obs: &Observed, now: Time) -> Age
             .collect::<Vec<_>>()
             .join("; ")
     };
-    st.set_condition(new_condition(
+    st.set_condition(cond(
         condition_type::ACCOUNTS_UNIQUE,
         unique,
         if unique {
@@ -290,8 +408,6 @@ pub fn compute(old: Option<&AgentShardStatus>, obs: &Observed, now: Time) -> Age
             reason::ACCOUNT_CONFLICT
         },
         unique_message.clone(),
-        generation,
-        now.clone(),
     ));
 
     // Available
@@ -311,76 +427,224 @@ pub fn compute(old: Option<&AgentShardStatus>, obs: &Observed, now: Time) -> Age
             ),
         },
     };
-    st.set_condition(new_condition(
+    st.set_condition(cond(
         condition_type::AVAILABLE,
         available,
         avail_reason,
         avail_message,
-        generation,
-        now.clone(),
     ));
 
-    // Ready
-    let rolled_out = obs
-        .deployment
-        .as_ref()
-        .is_some_and(DeploymentView::rolled_out);
-    let (ready, ready_reason, ready_message) = if !config_valid {
-        (
-            false,
-            reason::CONFIG_INVALID,
-            config_message_short(obs, &invalid),
-        )
-    } else if !unique {
-        (false, reason::ACCOUNT_CONFLICT, unique_message)
-    } else if !rolled_out {
-        let m = match &obs.deployment {
-            Some(d) => format!(
-                "agent Deployment: {} of {} replicas updated, {} available",
-                d.updated, d.desired, d.available_replicas
-            ),
-            None => "the agent Deployment does not exist yet".to_owned(),
-        };
-        (false, reason::PROGRESSING, m)
+    // Ready, Reconciling, Stalled
+    let verdict = verdict(obs, &invalid, &conflicts, unique_message);
+    if first_sight {
+        st.set_condition(unknown_condition(
+            condition_type::READY,
+            reason::RECONCILING,
+            "the operator has not looked at this shard's agents yet",
+            generation,
+            now.clone(),
+        ));
     } else {
-        (
-            true,
-            reason::READY,
-            format!(
-                "{} accounts served by {} agent replicas",
-                st.active_accounts, st.ready_replicas
-            ),
-        )
+        st.set_condition(cond(
+            condition_type::READY,
+            verdict.ready,
+            verdict.reason,
+            verdict.message.clone(),
+        ));
+    }
+    let (reconciling, reconciling_reason) = match verdict.progress {
+        Progress::Done => (false, reason::RECONCILED),
+        Progress::Stalled => (false, reason::STALLED_REASON),
+        Progress::Working => (true, verdict.reason),
     };
-    st.set_condition(new_condition(
-        condition_type::READY,
-        ready,
-        ready_reason,
-        ready_message,
-        generation,
-        now,
+    st.set_condition(cond(
+        condition_type::RECONCILING,
+        reconciling,
+        reconciling_reason,
+        verdict.message.clone(),
     ));
-    // Conditions in a stable order, so a reorder is never a change.
+    let stalled = verdict.progress == Progress::Stalled;
+    st.set_condition(cond(
+        condition_type::STALLED,
+        stalled,
+        if stalled {
+            verdict.stall_reason
+        } else {
+            reason::NOT_STALLED
+        },
+        if stalled {
+            verdict.message
+        } else {
+            "nothing needs a person".to_owned()
+        },
+    ));
+    sort_conditions(&mut st);
+    st
+}
+
+/// Conditions in a stable order, so a reorder is never a change.
+fn sort_conditions(st: &mut AgentShardStatus) {
     st.conditions.sort_by_key(|c| {
         condition_type::ALL
             .iter()
             .position(|t| *t == c.type_)
             .unwrap_or(usize::MAX)
     });
-    st
 }
 
-fn config_message_short(obs: &Observed, invalid: &[&AccountStatus]) -> String {
-    match &obs.config_problem {
-        Some(p) => p.clone(),
-        None => format!(
-            "accounts left out: {}",
-            invalid
-                .iter()
-                .map(|a| a.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+/// Where a shard stands on its way to Ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    /// Ready.
+    Done,
+    /// On its way by itself (Reconciling).
+    Working,
+    /// Only a person can move it (Stalled).
+    Stalled,
+}
+
+struct Verdict {
+    ready: bool,
+    reason: &'static str,
+    stall_reason: &'static str,
+    message: String,
+    progress: Progress,
+}
+
+/// The first thing that keeps the shard from Ready, what a person can act on first.
+fn verdict(
+    obs: &Observed,
+    invalid: &[&AccountStatus],
+    conflicts: &[&AccountStatus],
+    unique_message: String,
+) -> Verdict {
+    let not_ready = |reason, stall_reason, message, progress| Verdict {
+        ready: false,
+        reason,
+        stall_reason,
+        message,
+        progress,
+    };
+    let working = |reason, message| not_ready(reason, reason, message, Progress::Working);
+    if let Some(p) = &obs.config_problem {
+        return not_ready(
+            reason::CONFIG_INVALID,
+            p.reason,
+            p.message.clone(),
+            Progress::Stalled,
+        );
+    }
+    if !invalid.is_empty() {
+        return not_ready(
+            reason::CONFIG_INVALID,
+            reason::CONFIG_INVALID,
+            format!(
+                "accounts left out: {}",
+                invalid
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Progress::Stalled,
+        );
+    }
+    if conflicts
+        .iter()
+        .any(|a| a.reason != reason::OWNER_RELEASING)
+    {
+        return not_ready(
+            reason::ACCOUNT_CONFLICT,
+            reason::ACCOUNT_CONFLICT,
+            unique_message,
+            Progress::Stalled,
+        );
+    }
+    let with = |state: AccountState| -> Vec<&AccountStatus> {
+        obs.accounts.iter().filter(|a| a.state == state).collect()
+    };
+    let describe = |accounts: &[&AccountStatus]| {
+        accounts
+            .iter()
+            .map(|a| format!("{}: {}", a.name, a.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let refused = with(AccountState::RefusedByHub);
+    if !refused.is_empty() {
+        return not_ready(
+            reason::REFUSED_BY_HUB,
+            reason::REFUSED_BY_HUB,
+            format!("the hub refuses {}", describe(&refused)),
+            Progress::Stalled,
+        );
+    }
+    if !conflicts.is_empty() {
+        return working(
+            reason::OWNER_RELEASING,
+            format!("waiting for a handoff: {unique_message}"),
+        );
+    }
+    let states = [
+        AccountState::ClusterUnreachable,
+        AccountState::HubUnreachable,
+        AccountState::NoReplica,
+        AccountState::Syncing,
+    ];
+    for state in states {
+        let accounts = with(state);
+        if accounts.is_empty() {
+            continue;
+        }
+        let why = match state {
+            AccountState::ClusterUnreachable => reason::CLUSTER_UNREACHABLE,
+            AccountState::HubUnreachable => reason::HUB_UNREACHABLE,
+            AccountState::NoReplica => reason::NO_REPLICA,
+            _ => reason::SYNCING,
+        };
+        let mut message = format!(
+            "{} of {} accounts: {}",
+            accounts.len(),
+            obs.accounts.len(),
+            describe(&accounts)
+        );
+        if state == AccountState::HubUnreachable || state == AccountState::NoReplica {
+            for (replica, error) in &obs.replicas.disconnected {
+                message.push_str(&format!(
+                    "; replica {replica} is not connected to the hub: {error}"
+                ));
+            }
+        }
+        return working(why, message);
+    }
+    let rolled_out = obs
+        .deployment
+        .as_ref()
+        .is_some_and(DeploymentView::rolled_out);
+    if !rolled_out {
+        let message = match &obs.deployment {
+            Some(d) => format!(
+                "agent Deployment: {} of {} replicas updated, {} available",
+                d.updated, d.desired, d.available_replicas
+            ),
+            None => "the agent Deployment does not exist yet".to_owned(),
+        };
+        return working(reason::PROGRESSING, message);
+    }
+    let streaming = obs
+        .accounts
+        .iter()
+        .filter(|a| a.state == AccountState::Active)
+        .count();
+    Verdict {
+        ready: true,
+        reason: reason::READY,
+        stall_reason: reason::NOT_STALLED,
+        message: format!(
+            "{streaming} accounts streaming from {} agent replicas",
+            obs.replicas.live
         ),
+        progress: Progress::Done,
     }
 }
 
@@ -395,9 +659,12 @@ pub struct Notice {
     pub note: String,
 }
 
-/// The Events a status change deserves: one per account that newly conflicts, becomes
-/// invalid or is acquired after a conflict, and one when the shard's config becomes
-/// unusable. Nothing when nothing changed, so no-op reconciles publish nothing.
+/// The Events a status change deserves, once per transition: one per account that newly
+/// conflicts, becomes invalid, is refused by the hub, loses its cluster, or is acquired
+/// after a conflict; one when the shard's config becomes unusable; one when accounts a
+/// replica held lose it (not for a new shard whose agents are still starting); one when
+/// the shard becomes Ready, and one when it is not because the hub cannot be reached.
+/// Nothing when nothing changed, so no-op reconciles publish nothing.
 pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<Notice> {
     let mut out = Vec::new();
     let before = |name: &str| old.and_then(|o| o.account(name));
@@ -409,6 +676,7 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
         if same {
             continue;
         }
+        let was = |s: AccountState| prev.is_some_and(|p| p.state == s);
         match a.state {
             AccountState::Conflict if a.reason == reason::OWNED_BY_ANOTHER_SHARD => out.push(Notice {
                 warning: true,
@@ -419,30 +687,39 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
                     a.owner_shard.as_deref().unwrap_or("?")
                 ),
             }),
-            AccountState::Conflict => {}
             AccountState::Invalid => out.push(Notice {
                 warning: true,
                 reason: invalid_reason(&a.reason),
                 note: format!("account {}: {}", a.name, a.message),
             }),
-            AccountState::Active if prev.is_some_and(|p| p.state == AccountState::Conflict) => {
+            AccountState::RefusedByHub if !was(AccountState::RefusedByHub) => out.push(Notice {
+                warning: true,
+                reason: reason::REFUSED_BY_HUB,
+                note: format!("account {}: {}", a.name, a.message),
+            }),
+            AccountState::ClusterUnreachable if !was(AccountState::ClusterUnreachable) => {
                 out.push(Notice {
-                    warning: false,
-                    reason: reason::ACCOUNT_ACQUIRED,
-                    note: format!(
-                        "account {} is now served by this shard (its previous owner released it)",
-                        a.name
-                    ),
+                    warning: true,
+                    reason: reason::CLUSTER_UNREACHABLE,
+                    note: format!("account {}: {}", a.name, a.message),
                 })
             }
-            AccountState::Active | AccountState::Unknown => {}
+            s if s.served() && was(AccountState::Conflict) => out.push(Notice {
+                warning: false,
+                reason: reason::ACCOUNT_ACQUIRED,
+                note: format!(
+                    "account {} is now this shard's (its previous owner released it)",
+                    a.name
+                ),
+            }),
+            _ => {}
         }
     }
     let was_problem = old
         .and_then(|o| o.condition(condition_type::CONFIG_VALID))
         .map(|c| (c.status.clone(), c.message.clone()));
     if let Some(c) = new.condition(condition_type::CONFIG_VALID)
-        && c.status == scale_agent_crds::condition_status::FALSE
+        && c.status == condition_status::FALSE
         && was_problem != Some((c.status.clone(), c.message.clone()))
         && new
             .accounts
@@ -451,9 +728,57 @@ pub fn notices(old: Option<&AgentShardStatus>, new: &AgentShardStatus) -> Vec<No
     {
         out.push(Notice {
             warning: true,
-            reason: reason::CONFIG_INVALID,
+            reason: config_reason(&c.reason),
             note: c.message.clone(),
         });
+    }
+    // Accounts a replica held before and none holds now.
+    let orphaned: Vec<&str> = new
+        .accounts
+        .iter()
+        .filter(|a| {
+            a.state == AccountState::NoReplica
+                && before(&a.name)
+                    .is_some_and(|p| p.state.served() && p.state != AccountState::NoReplica)
+        })
+        .map(|a| a.name.as_str())
+        .collect();
+    if !orphaned.is_empty() {
+        out.push(Notice {
+            warning: true,
+            reason: reason::NO_REPLICA,
+            note: format!(
+                "no live agent replica holds {} any more: {}",
+                if orphaned.len() == 1 {
+                    "this account"
+                } else {
+                    "these accounts"
+                },
+                orphaned.join(", ")
+            ),
+        });
+    }
+    let ready_before = old
+        .and_then(|o| o.condition(condition_type::READY))
+        .map(|c| (c.status.as_str(), c.reason.as_str()));
+    if let Some(c) = new.condition(condition_type::READY)
+        && ready_before != Some((c.status.as_str(), c.reason.as_str()))
+    {
+        let notice = |warning, reason| Notice {
+            warning,
+            reason,
+            note: c.message.clone(),
+        };
+        match (c.status.as_str(), c.reason.as_str()) {
+            (condition_status::TRUE, _) => out.push(notice(false, reason::READY)),
+            (condition_status::FALSE, reason::HUB_UNREACHABLE) => {
+                out.push(notice(true, reason::HUB_UNREACHABLE));
+            }
+            _ => {}
+        }
+    }
+    for n in &mut out {
+        n.note = bounded(&n.note, MAX_NOTE_BYTES);
     }
     out
 }
@@ -467,6 +792,23 @@ fn invalid_reason(r: &str) -> &'static str {
     }
 }
 
+/// ConfigValid's reason as an Event reason (one of the stable words).
+fn config_reason(r: &str) -> &'static str {
+    [
+        reason::TLS_SECRET_NOT_FOUND,
+        reason::TLS_SECRET_KEY_NOT_FOUND,
+        reason::TLS_CERTIFICATE_WRONG_SHARD,
+        reason::TLS_CERTIFICATE_INVALID,
+        reason::AGENT_CA_INVALID,
+        reason::NAMESPACE_NOT_OPENED,
+        reason::IMAGE_NOT_ALLOWED,
+        reason::SERVICE_ACCOUNT_NOT_ALLOWED,
+    ]
+    .into_iter()
+    .find(|known| *known == r)
+    .unwrap_or(reason::CONFIG_INVALID)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,14 +819,12 @@ mod tests {
         Time(Timestamp::from_second(secs).expect("valid"))
     }
 
+    fn with(name: &str, state: AccountState, reason: &str) -> AccountStatus {
+        account(name, state, reason, format!("{name} is {state}"), None)
+    }
+
     fn active(name: &str) -> AccountStatus {
-        account(
-            name,
-            AccountState::Active,
-            reason::SERVING,
-            String::new(),
-            None,
-        )
+        with(name, AccountState::Active, reason::STREAMING)
     }
 
     fn conflict(name: &str, owner: &str) -> AccountStatus {
@@ -518,27 +858,174 @@ mod tests {
             accounts,
             config_problem: None,
             deployment: d,
+            replicas: ReplicaSummary {
+                live: 1,
+                disconnected: Vec::new(),
+            },
         }
     }
 
+    /// The status after the first sight: what the operator writes from then on.
+    fn settled(o: &Observed) -> AgentShardStatus {
+        let first = compute(None, o, t(1));
+        compute(Some(&first), o, t(2))
+    }
+
+    /// (Ready status, Ready reason, Reconciling, Stalled).
+    fn summary(s: &AgentShardStatus) -> (String, String, String, String) {
+        let c = |t| s.condition(t).map(|c| c.status.clone()).unwrap_or_default();
+        (
+            c(condition_type::READY),
+            s.condition(condition_type::READY)
+                .map(|c| c.reason.clone())
+                .unwrap_or_default(),
+            c(condition_type::RECONCILING),
+            c(condition_type::STALLED),
+        )
+    }
+
+    fn sum(
+        ready: &str,
+        why: &str,
+        reconciling: &str,
+        stalled: &str,
+    ) -> (String, String, String, String) {
+        (ready.into(), why.into(), reconciling.into(), stalled.into())
+    }
+
     #[test]
-    fn ready_when_valid_unique_and_rolled_out() {
-        let s = compute(None, &obs(vec![active("a")], Some(rolled_out())), t(1));
+    fn ready_is_unknown_on_first_sight_then_true_when_everything_streams() {
+        let o = obs(vec![active("a")], Some(rolled_out()));
+        let first = compute(None, &o, t(1));
+        let ready = first.condition(condition_type::READY).expect("ready");
+        assert_eq!(ready.status, condition_status::UNKNOWN);
+        let s = compute(Some(&first), &o, t(2));
         let ready = s.condition(condition_type::READY).expect("ready");
         assert_eq!(ready.status, condition_status::TRUE);
         assert_eq!(ready.observed_generation, Some(3));
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!((s.active_accounts, s.conflicts), (1, 0));
-        assert_eq!(s.conditions.len(), 4);
+        assert_eq!(s.conditions.len(), 6);
+        assert_eq!(summary(&s), sum("True", "Ready", "False", "False"));
+    }
+
+    #[test]
+    fn each_state_speaks_the_gitops_tools_language() {
+        // kstatus: Stalled=True is Failed, Reconciling=True is InProgress, Ready=True
+        // with neither is Current.
+        let cases = [
+            (
+                with("a", AccountState::Syncing, reason::SYNCING),
+                sum("False", "Syncing", "True", "False"),
+            ),
+            (
+                with("a", AccountState::NoReplica, reason::NO_REPLICA),
+                sum("False", "NoReplica", "True", "False"),
+            ),
+            (
+                with("a", AccountState::HubUnreachable, reason::HUB_UNREACHABLE),
+                sum("False", "HubUnreachable", "True", "False"),
+            ),
+            (
+                with(
+                    "a",
+                    AccountState::ClusterUnreachable,
+                    reason::CLUSTER_UNREACHABLE,
+                ),
+                sum("False", "ClusterUnreachable", "True", "False"),
+            ),
+            (
+                with("a", AccountState::RefusedByHub, "NotOwner"),
+                sum("False", "RefusedByHub", "False", "True"),
+            ),
+            (
+                with("a", AccountState::Invalid, reason::SECRET_NOT_FOUND),
+                sum("False", "ConfigInvalid", "False", "True"),
+            ),
+            (
+                conflict("a", "o/x"),
+                sum("False", "AccountConflict", "False", "True"),
+            ),
+            (
+                account(
+                    "a",
+                    AccountState::Conflict,
+                    reason::OWNER_RELEASING,
+                    "next".into(),
+                    None,
+                ),
+                sum("False", "OwnerReleasing", "True", "False"),
+            ),
+        ];
+        for (account, expected) in cases {
+            let s = settled(&obs(
+                vec![active("ok"), account.clone()],
+                Some(rolled_out()),
+            ));
+            assert_eq!(summary(&s), expected, "{account:?}");
+        }
+        let mut rolling = rolled_out();
+        rolling.updated = 0;
+        assert_eq!(
+            summary(&settled(&obs(vec![active("a")], Some(rolling)))),
+            sum("False", "Progressing", "True", "False")
+        );
+        let mut bad = obs(vec![], Some(rolled_out()));
+        bad.config_problem = Some(Problem::new(reason::IMAGE_NOT_ALLOWED, "no"));
+        let s = settled(&bad);
+        assert_eq!(summary(&s), sum("False", "ConfigInvalid", "False", "True"));
+        let stalled = s.condition(condition_type::STALLED).expect("stalled");
+        assert_eq!(stalled.reason, "ImageNotAllowed");
+        let config = s.condition(condition_type::CONFIG_VALID).expect("config");
+        assert_eq!(config.reason, "ImageNotAllowed");
+    }
+
+    #[test]
+    fn what_a_person_can_act_on_comes_first() {
+        let s = settled(&obs(
+            vec![
+                with("a", AccountState::NoReplica, reason::NO_REPLICA),
+                with("b", AccountState::RefusedByHub, "ClusterMismatch"),
+                with("c", AccountState::HubUnreachable, reason::HUB_UNREACHABLE),
+            ],
+            None,
+        ));
+        let ready = s.condition(condition_type::READY).expect("ready");
+        assert_eq!(ready.reason, "RefusedByHub");
+        assert!(
+            ready.message.contains("b is RefusedByHub"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
+    fn a_disconnected_replica_says_why_in_ready() {
+        let mut o = obs(
+            vec![with(
+                "a",
+                AccountState::HubUnreachable,
+                reason::HUB_UNREACHABLE,
+            )],
+            None,
+        );
+        o.replicas.disconnected = vec![(
+            "east-agent-x".into(),
+            "TLS: reading ca.crt: No such file".into(),
+        )];
+        let ready = settled(&o)
+            .condition(condition_type::READY)
+            .cloned()
+            .expect("ready");
+        assert!(ready.message.contains("No such file"), "{}", ready.message);
     }
 
     #[test]
     fn conflict_makes_ready_false_and_counts() {
-        let s = compute(
-            None,
-            &obs(vec![active("a"), conflict("b", "o/x")], Some(rolled_out())),
-            t(1),
-        );
+        let s = settled(&obs(
+            vec![active("a"), conflict("b", "o/x")],
+            Some(rolled_out()),
+        ));
         assert_eq!((s.active_accounts, s.conflicts), (1, 1));
         let ready = s.condition(condition_type::READY).expect("ready");
         assert_eq!(ready.reason, reason::ACCOUNT_CONFLICT);
@@ -548,20 +1035,9 @@ mod tests {
     }
 
     #[test]
-    fn not_ready_while_rolling_out() {
-        let mut d = rolled_out();
-        d.updated = 0;
-        let s = compute(None, &obs(vec![active("a")], Some(d)), t(1));
-        assert_eq!(
-            s.condition(condition_type::READY).expect("r").reason,
-            reason::PROGRESSING
-        );
-    }
-
-    #[test]
     fn same_observation_is_no_change_even_later() {
         let o = obs(vec![active("a"), conflict("b", "o/x")], Some(rolled_out()));
-        let first = compute(None, &o, t(1));
+        let first = settled(&o);
         let second = compute(Some(&first), &o, t(100));
         assert_eq!(first, second);
         assert!(notices(Some(&first), &second).is_empty());
@@ -586,27 +1062,146 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_problem_is_an_event_with_its_own_reason() {
+        let mut o = obs(vec![], Some(rolled_out()));
+        o.config_problem = Some(Problem::new(
+            reason::TLS_CERTIFICATE_WRONG_SHARD,
+            "TLS Secret mtls: its certificate names ns/west",
+        ));
+        let s = compute(None, &o, t(1));
+        let n = notices(None, &s);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].reason, "TlsCertificateWrongShard");
+        assert!(n[0].warning && n[0].note.contains("ns/west"));
+        // Once: the same problem again says nothing.
+        assert!(notices(Some(&s), &compute(Some(&s), &o, t(9))).is_empty());
+    }
+
+    #[test]
+    fn hundreds_of_accounts_in_trouble_keep_messages_and_notes_within_limits() {
+        // 500 accounts (the most a shard has) whose replica cannot reach the hub, each
+        // with a long error: the conditions stay within metav1.Condition's limit and the
+        // Event note within what the API server accepts, so the Event is not lost.
+        let long = "x".repeat(300);
+        let accounts: Vec<AccountStatus> = (0..500)
+            .map(|i| {
+                account(
+                    &format!("account-{i}"),
+                    AccountState::HubUnreachable,
+                    reason::HUB_UNREACHABLE,
+                    long.clone(),
+                    None,
+                )
+            })
+            .collect();
+        let before = settled(&obs(vec![active("account-0")], Some(rolled_out())));
+        let after = compute(Some(&before), &obs(accounts, Some(rolled_out())), t(5));
+        for c in &after.conditions {
+            assert!(
+                c.message.len() <= MAX_CONDITION_MESSAGE_BYTES,
+                "{}: {} bytes",
+                c.type_,
+                c.message.len()
+            );
+        }
+        let ready = after.condition(condition_type::READY).expect("Ready");
+        assert_eq!(ready.reason, reason::HUB_UNREACHABLE);
+        assert!(
+            ready
+                .message
+                .starts_with("500 of 500 accounts: account-0: xxx")
+        );
+        assert!(ready.message.ends_with('…'), "cut, and says so");
+        let n = notices(Some(&before), &after);
+        assert!(
+            n.iter().any(|n| n.reason == reason::HUB_UNREACHABLE),
+            "{n:?}"
+        );
+        for n in &n {
+            assert!(
+                n.note.len() <= MAX_NOTE_BYTES,
+                "{}: {} bytes",
+                n.reason,
+                n.note.len()
+            );
+        }
+    }
+
+    #[test]
     fn notices_on_conflict_and_on_acquire() {
         let before = compute(None, &obs(vec![conflict("b", "o/x")], None), t(1));
         let n = notices(None, &before);
         assert_eq!(n.len(), 1);
         assert!(n[0].warning && n[0].note.contains("o/x"));
-        let after = compute(Some(&before), &obs(vec![active("b")], None), t(2));
+        let after = compute(
+            Some(&before),
+            &obs(
+                vec![with("b", AccountState::NoReplica, reason::NO_REPLICA)],
+                None,
+            ),
+            t(2),
+        );
         let n = notices(Some(&before), &after);
-        assert_eq!(n.len(), 1);
-        assert_eq!(n[0].reason, reason::ACCOUNT_ACQUIRED);
+        assert_eq!(
+            n.iter().map(|n| n.reason).collect::<Vec<_>>(),
+            [reason::ACCOUNT_ACQUIRED]
+        );
     }
 
     #[test]
-    fn paused_only_touches_ready() {
-        let running = compute(None, &obs(vec![active("a")], Some(rolled_out())), t(1));
+    fn events_once_per_transition_of_the_streaming_truth() {
+        let streaming = obs(vec![active("a")], Some(rolled_out()));
+        let no_replica = obs(
+            vec![with("a", AccountState::NoReplica, reason::NO_REPLICA)],
+            Some(rolled_out()),
+        );
+        let refused = obs(
+            vec![with("a", AccountState::RefusedByHub, "NotOwner")],
+            Some(rolled_out()),
+        );
+        let reasons = |old: &AgentShardStatus, o: &Observed| {
+            let new = compute(Some(old), o, t(5));
+            (
+                notices(Some(old), &new)
+                    .iter()
+                    .map(|n| n.reason)
+                    .collect::<Vec<_>>(),
+                new,
+            )
+        };
+        // A new shard's agents starting: no NoReplica warning, then Ready.
+        let first = compute(None, &no_replica, t(1));
+        assert!(notices(None, &first).is_empty());
+        let (n, starting) = reasons(&first, &no_replica);
+        assert!(n.is_empty(), "{n:?}");
+        let (n, ready) = reasons(&starting, &streaming);
+        assert_eq!(n, [reason::READY]);
+        // Its replicas die (their pods become unready first, then their Leases expire):
+        // one NoReplica warning, and not again while it lasts.
+        let mut unready = streaming.clone();
+        unready.deployment = Some(DeploymentView {
+            available_replicas: 0,
+            available: Some((false, "MinimumReplicasUnavailable".into(), "no".into())),
+            ..rolled_out()
+        });
+        let (n, progressing) = reasons(&ready, &unready);
+        assert!(n.is_empty(), "{n:?}");
+        let (n, dead) = reasons(&progressing, &no_replica);
+        assert_eq!(n, [reason::NO_REPLICA]);
+        let (n, _) = reasons(&dead, &no_replica);
+        assert!(n.is_empty(), "{n:?}");
+        // The hub refuses the account: one RefusedByHub warning naming it.
+        let (n, _) = reasons(&ready, &refused);
+        assert_eq!(n, [reason::REFUSED_BY_HUB]);
+    }
+
+    #[test]
+    fn paused_only_touches_the_summary_conditions() {
+        let running = settled(&obs(vec![active("a")], Some(rolled_out())));
         let mut o = obs(vec![], None);
         o.paused = true;
-        let paused = compute(Some(&running), &o, t(2));
+        let paused = compute(Some(&running), &o, t(3));
         assert_eq!(paused.accounts, running.accounts);
-        assert_eq!(
-            paused.condition(condition_type::READY).expect("r").reason,
-            reason::PAUSED
-        );
+        assert_eq!(summary(&paused), sum("False", "Paused", "False", "False"));
     }
 }

@@ -27,6 +27,7 @@ use scale_agent_hub::registry::ShardKey;
 use scale_agent_operator::children::Defaults;
 use scale_agent_operator::claims_index::{ClaimsIndex, Resolution};
 use scale_agent_operator::decide::{self, Decision, Fetched};
+use scale_agent_operator::replicas::Replicas;
 use scale_agent_operator::{status, webhook};
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
@@ -232,8 +233,14 @@ impl World {
                         shard: &shard,
                         resolutions: &resolutions,
                         secrets: &secrets,
+                        tls_secret: None,
+                        agent_ca: None,
+                        replicas: &Replicas::default(),
                     },
-                    &Defaults::default(),
+                    &Defaults {
+                        image: Some("example.com/agent:1".into()),
+                        ..Defaults::default()
+                    },
                     &time(self.seconds()),
                 )
                 .expect("decides");

@@ -26,6 +26,7 @@ use scale_agent_operator::controller::{self, Undecodables};
 use scale_agent_operator::decide::{self, Decision, Fetched};
 use scale_agent_operator::leader::{Elector, LeaseConfig};
 use scale_agent_operator::metrics::Metrics;
+use scale_agent_operator::replicas::Replicas;
 use scale_agent_operator::status;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -144,8 +145,14 @@ fn decision(s: &AgentShard) -> Decision {
             shard: s,
             resolutions: &[("a".to_owned(), Resolution::Owned)].into(),
             secrets: &[("kc-a".to_owned(), Some(secret))].into(),
+            tls_secret: None,
+            agent_ca: None,
+            replicas: &Replicas::default(),
         },
-        &Defaults::default(),
+        &Defaults {
+            image: Some("example.com/agent:1".into()),
+            ..Defaults::default()
+        },
         &Time(Timestamp::from_second(1_800_000_000).expect("t")),
     )
     .expect("decides")
@@ -332,7 +339,8 @@ async fn the_status_is_a_merge_patch_of_what_changed_on_the_version_read_then_ev
     assert_eq!(seen.body["metadata"], json!({ "resourceVersion": "8" }));
     assert_eq!(seen.body["status"]["observedGeneration"], 2);
     assert_eq!(seen.body["status"]["accounts"][0]["name"], "a");
-    assert_eq!(seen.body["status"]["accounts"][0]["state"], "Active");
+    // In the agent config; no replica reports it yet.
+    assert_eq!(seen.body["status"]["accounts"][0]["state"], "NoReplica");
     assert_eq!(
         seen.body["status"]["accounts"][0]["claimedAt"],
         "2024-01-01T00:00:00Z"
@@ -362,7 +370,7 @@ async fn the_status_is_a_merge_patch_of_what_changed_on_the_version_read_then_ev
 
 #[tokio::test]
 async fn a_status_change_publishes_its_events() {
-    // Conflict → Active: a Normal AccountAcquired Event about the shard.
+    // Conflict → in the config: a Normal AccountAcquired Event about the shard.
     let mut s = shard(1);
     let d = decision(&s);
     let t = Time(Timestamp::from_second(1_800_000_000).expect("t"));

@@ -6,11 +6,12 @@ use prost_types::{Duration, Timestamp};
 use scale_agent_proto::PROTOCOL_VERSION;
 use scale_agent_proto::v1::{
     Account, AccountOwner, AccountResult, Ack, AgentFrame, Apply, Delete, Drain, DrainReason,
-    ErrorCode, EventBatch, EventType, Get, GroupVersionKind, Heartbeat, Hello, HubFrame,
-    ObjectEvent, ObjectRef, Operation, OperationResult, Patch, PatchType, PropagationPolicy,
-    Register, RegisterReason, RegisterResult, ResumePoint, RolloutRestart, Scale, ShardRef,
-    SyncEnd, SyncMode, SyncStart, Unregister, UnregisterReason, WatchProgress, Welcome,
-    agent_frame, hub_frame, operation,
+    ErrorCode, EventBatch, EventType, Get, GroupVersionKind, Heartbeat, Hello, HttpHeader,
+    HubFrame, KubeCancel, KubeRequest, KubeRequestBody, KubeResponseBody, KubeResponseHead,
+    KubeWindow, ObjectEvent, ObjectRef, Operation, OperationResult, Patch, PatchType,
+    PropagationPolicy, Register, RegisterReason, RegisterResult, ResumePoint, RolloutRestart,
+    Scale, ShardRef, StreamScope, SyncEnd, SyncMode, SyncStart, Unregister, UnregisterReason,
+    WatchProgress, Welcome, agent_frame, hub_frame, operation,
 };
 
 fn gvk(group: &str, version: &str, kind: &str) -> Option<GroupVersionKind> {
@@ -56,6 +57,11 @@ fn agent_frames() -> Vec<agent_frame::Frame> {
                 cluster_id: "6f1c2f7e-3d0b-4c1e-9d47-0a4b7c1b2d3e".into(),
                 server_url: "https://10.0.0.1:6443".into(),
                 kubernetes_version: "v1.36.0".into(),
+                scope: Some(StreamScope {
+                    namespaces: vec!["web".into()],
+                    omit_namespaces: vec!["kube-system".into()],
+                    label_selector: "app.kubernetes.io/managed-by=spinnaker".into(),
+                }),
             }],
         }),
         Frame::Unregister(Unregister {
@@ -92,7 +98,9 @@ fn agent_frames() -> Vec<agent_frame::Frame> {
             kind: gvk("apps", "v1", "Deployment"),
             mode: SyncMode::FullRelist.into(),
             resource_version: "900".into(),
-            selection: String::new(),
+            selection: "sel-7f3a".into(),
+            resource: "deployments".into(),
+            namespaced: true,
         }),
         Frame::SyncEnd(SyncEnd {
             account: "prod-east-1".into(),
@@ -116,6 +124,20 @@ fn agent_frames() -> Vec<agent_frame::Frame> {
             account: "prod-east-1".into(),
             kind: gvk("apps", "v1", "Deployment"),
             resource_version: "1200".into(),
+        }),
+        Frame::KubeResponseHead(KubeResponseHead {
+            id: 7,
+            status: 200,
+            headers: vec![HttpHeader {
+                name: "content-type".into(),
+                value: Bytes::from_static(b"application/json"),
+            }],
+        }),
+        Frame::KubeResponseBody(KubeResponseBody {
+            id: 7,
+            chunk: Bytes::from_static(b"{\"kind\":\"Status\"}"),
+            done: true,
+            error: String::new(),
         }),
     ]
 }
@@ -216,6 +238,33 @@ fn hub_frames() -> Vec<hub_frame::Frame> {
                 nanos: 500_000_000,
             }),
         }),
+        Frame::KubeRequest(KubeRequest {
+            id: 7,
+            account: "prod-east-1".into(),
+            method: "PATCH".into(),
+            path: "/apis/apps/v1/namespaces/web/deployments/web?fieldManager=kubectl".into(),
+            headers: vec![HttpHeader {
+                name: "content-type".into(),
+                value: Bytes::from_static(b"application/apply-patch+yaml"),
+            }],
+            deadline: at(1_700_000_030),
+            body: Bytes::from_static(b"kind: Deployment\n"),
+            body_done: false,
+            window_bytes: 1 << 20,
+        }),
+        Frame::KubeRequestBody(KubeRequestBody {
+            id: 7,
+            chunk: Bytes::from_static(b"metadata: {}\n"),
+            done: true,
+        }),
+        Frame::KubeWindow(KubeWindow {
+            id: 7,
+            bytes: 256 << 10,
+        }),
+        Frame::KubeCancel(KubeCancel {
+            id: 7,
+            reason: "the client went away".into(),
+        }),
     ];
     for (i, kind) in operations().into_iter().enumerate() {
         frames.push(Frame::Operation(Operation {
@@ -237,7 +286,7 @@ fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(message: &M) {
 #[test]
 fn every_agent_frame_round_trips() {
     let frames = agent_frames();
-    assert_eq!(frames.len(), 9, "a new AgentFrame kind needs a case here");
+    assert_eq!(frames.len(), 11, "a new AgentFrame kind needs a case here");
     for frame in frames {
         round_trip(&AgentFrame { frame: Some(frame) });
     }
@@ -248,7 +297,7 @@ fn every_hub_frame_round_trips() {
     let frames = hub_frames();
     assert_eq!(
         frames.len(),
-        5 + 6,
+        9 + 6,
         "a new HubFrame or Operation kind needs a case here"
     );
     for frame in frames {

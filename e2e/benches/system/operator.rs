@@ -1,7 +1,8 @@
 //! `operator_convergence`: `--shards` AgentShards with `--accounts-per-shard` accounts
 //! each (`--conflict-percent` of the accounts claiming a name another shard claims too)
-//! created at once → every status final (current generation, each account Active or
-//! Conflict as the oldest-claim rule says). Then one shard edited (an account added) →
+//! created at once → every status final (current generation, each account served or
+//! Conflict as the oldest-claim rule says; no agent runs, so served accounts show
+//! NoReplica). Then one shard edited (an account added) →
 //! its status final again, and the writes the edit caused.
 //!
 //! The operator runs against an API server of its own with no controllers (the agent
@@ -291,7 +292,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         None => {
             watch.abort_all();
             anyhow::bail!(
-                "{} of {} shards seen with a current status, or an account name Active in more or fewer than one shard, after {} s; operator log: {}",
+                "{} of {} shards seen with a current status, or an account name served by more or fewer than one shard, after {} s; operator log: {}",
                 tracker.current(),
                 p.shards,
                 TIMEOUT.as_secs(),
@@ -360,9 +361,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 && shard.metadata.generation == generation
                 && shard.status.as_ref().is_some_and(|st| {
                     st.observed_generation == generation
-                        && st.accounts.iter().any(|a| {
-                            a.name == new_name && a.state == scale_agent_crds::AccountState::Active
-                        })
+                        && st
+                            .accounts
+                            .iter()
+                            .any(|a| a.name == new_name && a.state.served())
                 });
             tracker.apply(shard);
             if done {
@@ -372,7 +374,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     }
     watch.abort_all();
     let settled = settled
-        .context("the edited shard's status did not show the new account Active within 120 s")?;
+        .context("the edited shard's status did not show the new account served within 120 s")?;
     let edit_last = quiet(&proxy, edit_started).await;
     let edit_requests = proxy.requests_since(edit_started);
     let edit_writes: Vec<&Recorded> = writes(&edit_requests)
@@ -441,7 +443,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             .goal(Goal::AtMost { limit: 60.0 })
             .params(&params)
             .note(format!(
-                "from the first create until every status was final (current generation, every account Active or Conflict, every name Active in exactly one shard), seen by a watch; creating the shards took {:.1} s; {} reads and {} writes by the operator until {:.1} s without a write",
+                "from the first create until every status was final (current generation, every account served or Conflict, every name served by exactly one shard), seen by a watch; creating the shards took {:.1} s; {} reads and {} writes by the operator until {:.1} s without a write",
                 secs(created - started),
                 conv_reads,
                 conv_writes.len(),
@@ -463,7 +465,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             .baseline(secs(patch_rtt), "the edit's own API round trip")
             .params(&params)
             .note(format!(
-                "one account added to {}/{}: from the patch until its status showed the new generation with the account Active; every shard still final afterwards: {all_still_final}",
+                "one account added to {}/{}: from the patch until its status showed the new generation with the account served; every shard still final afterwards: {all_still_final}",
                 key.0, key.1
             )),
         Figure::new("operator_convergence", "operator_convergence.edit_writes", (own + others + unattributed) as f64, "writes")

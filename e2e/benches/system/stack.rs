@@ -43,6 +43,7 @@ pub fn account(name: &str, kubeconfig: &str, namespaces: Vec<String>, kinds: &[&
         config: AccountConfig {
             name: name.into(),
             kubeconfig_file: format!("{name}.kubeconfig"),
+            in_cluster: false,
             namespaces,
             omit_namespaces: vec![],
             kinds: kinds.iter().map(|k| k.to_string()).collect(),

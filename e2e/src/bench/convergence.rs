@@ -1,7 +1,8 @@
 //! When the operator is done with a set of AgentShards, judged from their statuses (the
 //! operator is the component that knows): every shard's status describes its current
-//! spec (`observedGeneration`) and gives each account it claims a state, Active or
-//! Conflict; and every claimed account name is Active in exactly one shard. Which
+//! spec (`observedGeneration`) and gives each account it claims a state, served (in the
+//! shard's agent config: Active once an agent streams it, NoReplica while none runs) or
+//! Conflict; and every claimed account name is served by exactly one shard. Which
 //! claimant owns a name is the operator's call (the oldest claim, unless another already
 //! holds it); that there is exactly one is the rule users rely on. And which shard an API
 //! request of the operator is about, to count its writes per shard.
@@ -23,7 +24,7 @@ fn key(shard: &AgentShard) -> Key {
 }
 
 /// Whether `shard`'s status describes its current spec and gives every account it
-/// claims a state of Active or Conflict.
+/// claims a state: served or Conflict.
 pub fn is_current(shard: &AgentShard) -> bool {
     let Some(status) = &shard.status else {
         return false;
@@ -31,9 +32,10 @@ pub fn is_current(shard: &AgentShard) -> bool {
     status.observed_generation.is_some()
         && status.observed_generation == shard.metadata.generation
         && shard.account_names().all(|name| {
-            status.accounts.iter().any(|a| {
-                a.name == name && matches!(a.state, AccountState::Active | AccountState::Conflict)
-            })
+            status
+                .accounts
+                .iter()
+                .any(|a| a.name == name && (a.state.served() || a.state == AccountState::Conflict))
         })
 }
 
@@ -81,7 +83,7 @@ impl Tracker {
     }
 
     /// Every expected shard is there with a current status, and every claimed name is
-    /// Active in exactly one of them.
+    /// served by exactly one of them.
     pub fn all_final(&self) -> bool {
         if self.shards.len() < self.expected || self.current.len() < self.shards.len() {
             return false;
@@ -92,11 +94,7 @@ impl Tracker {
                 active.entry(name).or_insert(0);
             }
             if let Some(st) = &s.status {
-                for a in st
-                    .accounts
-                    .iter()
-                    .filter(|a| a.state == AccountState::Active)
-                {
+                for a in st.accounts.iter().filter(|a| a.state.served()) {
                     *active.entry(a.name.as_str()).or_insert(0) += 1;
                 }
             }
@@ -220,6 +218,24 @@ mod tests {
         t.apply(with_status(b, 1, &[("x", "Active")]));
         assert!(t.all_final());
         assert_eq!((t.seen(), t.current()), (2, 2));
+    }
+
+    #[test]
+    fn an_account_no_agent_streams_is_served_all_the_same() {
+        // The benchmark runs no agents: the owner's accounts show NoReplica.
+        let a = shard("ns", "a", &["x"]);
+        let b = shard("ns", "b", &["x"]);
+        let mut t = Tracker::new(2);
+        t.apply(with_status(a.clone(), 1, &[("x", "NoReplica")]));
+        t.apply(with_status(b.clone(), 1, &[("x", "Conflict")]));
+        assert!(is_current(&with_status(
+            a.clone(),
+            1,
+            &[("x", "NoReplica")]
+        )));
+        assert!(t.all_final());
+        t.apply(with_status(b, 1, &[("x", "NoReplica")]));
+        assert!(!t.all_final(), "x served twice");
     }
 
     fn rec(method: &str, path: &str, regarding: Option<&str>) -> Recorded {

@@ -90,23 +90,31 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     // The hub (Clouddriver's side) and nginx in front of it; with
     // SCALE_AGENT_HUB_REPLICAS=2 (or more), that many replicas sharing PostgreSQL.
     let stack = Stack::start(&cp, &run_dir, hub_replicas()?).await?;
-    // Each example shard's agents carry a client certificate naming their shard, in the
-    // Secret the operator mounts for shards without spec.hub; they reach the hub through
-    // nginx, which verifies the certificate and forwards it.
-    for (ns, shard) in EXAMPLE_SHARDS {
-        agent_tls_secret(&cp, ns, shard)?;
-    }
+    // The operator issues every shard's agents a client certificate naming their shard,
+    // from the run's CA (the one nginx verifies agents with): any shard applied, in any
+    // namespace, reaches the hub through nginx with no manual step.
+    scale_agent_e2e::operator::ensure_namespace(&cp, scale_agent_e2e::operator::NAMESPACE)?;
+    cp.apply(
+        &cp.pki
+            .ca_secret_yaml(scale_agent_e2e::operator::NAMESPACE, AGENT_CA_SECRET)?,
+    )?;
     // The operator, then the example shards (one conflicting pair).
     let operator = scale_agent_e2e::operator::up(
         &cp,
         Path::new("manifests/examples"),
         Some(&stack.nginx.address),
-        Some(AGENT_TLS_SECRET),
+        Some(&format!(
+            "{}/{AGENT_CA_SECRET}",
+            scale_agent_e2e::operator::NAMESPACE
+        )),
     )
     .await?;
     // A real agent process for every agent pod (kwok runs the pods, nothing runs their
     // containers).
     let pods = PodRunner::start(cp.client().await?, RunnerConfig::new(&cp, run_dir.clone())?);
+    // The kubeconfig of the accounts' Kubernetes API on the hub, one context per
+    // example account, written by the hub's own subcommand.
+    hub_kubeconfig(&stack, &dir.join("hub-kubeconfig"))?;
 
     let hub = stack.hubs.first().ok_or_else(|| Error::Invalid {
         what: "the hub".into(),
@@ -117,11 +125,13 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
          export KUBECONFIG={}\n\
          export HUB_HTTP={}\n\
          export HUB_GRPC={}\n\
-         export LB_GRPC={}\n",
+         export LB_GRPC={}\n\
+         export HUB_KUBE_API={}\n",
         dir.join("kubeconfig").display(),
         hub.http,
         hub.grpc,
         stack.nginx.address,
+        stack.kube_api,
     );
     if let Some(url) = &stack.store_url {
         let replicas: Vec<&str> = stack.hubs.iter().map(|h| h.http.as_str()).collect();
@@ -156,35 +166,36 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The shards of `manifests/examples/`, by namespace.
-const EXAMPLE_SHARDS: [(&str, &str); 3] = [
-    ("spinnaker", "prod-east"),
-    ("spinnaker", "prod-west"),
-    ("team-b", "team-b"),
-];
+/// The Secret (in the operator's namespace) holding the CA the operator issues agents'
+/// client certificates from.
+const AGENT_CA_SECRET: &str = "scale-agent-agent-ca";
 
-/// The operator's `--default-hub-tls-secret`.
-const AGENT_TLS_SECRET: &str = "agent-mtls-{shard}";
+/// The accounts of the example shards (`manifests/examples/`).
+const EXAMPLE_ACCOUNTS: [&str; 4] = ["cluster-1", "cluster-2", "cluster-3", "team-b-sandbox"];
 
-/// Creates the Secret with the CA and a client certificate naming `ns/shard`.
-fn agent_tls_secret(cp: &ControlPlane, ns: &str, shard: &str) -> Result<()> {
-    scale_agent_e2e::operator::ensure_namespace(cp, ns)?;
-    let identity =
-        scale_agent_crds::shard_identity_uri(&scale_agent_crds::ShardRef::new(ns, shard));
-    let cert = cp
-        .pki
-        .issue_client(&format!("agent-{ns}-{shard}"), shard, None, &[&identity])?;
-    let name = AGENT_TLS_SECRET.replace("{shard}", shard);
-    cp.kubectl([
-        "create".to_string(),
-        "secret".into(),
-        "generic".into(),
-        name,
-        format!("--namespace={ns}"),
-        format!("--from-file=ca.crt={}", cp.pki.ca_file.display()),
-        format!("--from-file=tls.crt={}", cert.cert_file.display()),
-        format!("--from-file=tls.key={}", cert.key_file.display()),
-    ])?;
+/// Writes the kubeconfig of the accounts' Kubernetes API with `scale-agent-hub
+/// kubeconfig`.
+fn hub_kubeconfig(stack: &Stack, out: &Path) -> Result<()> {
+    let bin = workspace_binary("scale-agent-hub")?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("kubeconfig")
+        .arg(format!("--server={}", stack.kube_api))
+        .arg(format!("--token-file={}", stack.kube_api_token.display()))
+        .arg(format!(
+            "--certificate-authority={}",
+            stack.kube_api_ca.display()
+        ))
+        .arg(format!("--output={}", out.display()));
+    for account in EXAMPLE_ACCOUNTS {
+        cmd.arg(format!("--account={account}"));
+    }
+    let output = cmd.output().map_err(|e| Error::io("running", &bin, e))?;
+    if !output.status.success() {
+        return Err(Error::Invalid {
+            what: "scale-agent-hub kubeconfig".into(),
+            message: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
     Ok(())
 }
 
@@ -211,6 +222,14 @@ struct Stack {
     /// The database the replicas share, when there are several.
     store_url: Option<String>,
     _postgres: Option<Postgres>,
+    /// `https://127.0.0.1:<port>`: the accounts' Kubernetes API, served by the first
+    /// replica with a certificate of its own (the hubs' gRPC is plain behind nginx,
+    /// which terminates the agents' TLS).
+    kube_api: String,
+    /// The file holding the API's token.
+    kube_api_token: PathBuf,
+    /// The CA of the API's certificate.
+    kube_api_ca: PathBuf,
 }
 
 impl Stack {
@@ -225,6 +244,16 @@ impl Stack {
             Some(pg) => Some(pg.database("scaleagent")?),
             None => None,
         };
+        // The accounts' Kubernetes API: one token for every account.
+        let token = random_secret()?;
+        let tokens_file = run_dir.join("kube-api-tokens");
+        write_private(&tokens_file, &format!("{token} *\n"))?;
+        let kube_api_token = run_dir.join("kube-api-token");
+        write_private(&kube_api_token, &format!("{token}\n"))?;
+        let kube_api_port = scale_agent_e2e::ports::free_port()?;
+        let kube_api_cert = cp
+            .pki
+            .issue_server("hub-kube-api", &["127.0.0.1", "localhost"])?;
         // Agents come through nginx, which verifies their certificates and forwards
         // them. Every local process can connect from 127.0.0.1, so the address alone
         // proves nothing: nginx also sends a secret only it and the hubs know, and a
@@ -243,6 +272,14 @@ impl Stack {
                 format!("--proxy-secret-file={}", secret_file.display()),
                 "--authorize-shards=*".into(),
             ];
+            if i == 1 {
+                args.extend([
+                    format!("--kube-api-addr=127.0.0.1:{kube_api_port}"),
+                    format!("--kube-api-tokens-file={}", tokens_file.display()),
+                    format!("--kube-api-tls-cert={}", kube_api_cert.cert_file.display()),
+                    format!("--kube-api-tls-key={}", kube_api_cert.key_file.display()),
+                ]);
+            }
             if let Some(url) = &store_url {
                 args.extend([format!("--store={url}"), format!("--hub-id=hub-{i}")]);
             }
@@ -279,6 +316,9 @@ impl Stack {
             hubs,
             store_url,
             _postgres: postgres,
+            kube_api: format!("https://127.0.0.1:{kube_api_port}"),
+            kube_api_token,
+            kube_api_ca: cp.pki.ca_file.clone(),
         })
     }
 }

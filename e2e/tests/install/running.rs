@@ -25,7 +25,7 @@ pub struct Installed {
 }
 
 impl Installed {
-    /// Makes the hub's Secrets, then starts the hub and the operator and waits until the
+    /// Makes the hub's Secrets and the agents' CA, then starts the hub and the operator and waits until the
     /// hub has listed AgentShards and the operator is ready, leads, and has registered its
     /// webhook: each only possible with the permissions of its ServiceAccount.
     pub async fn start(env: &Env) -> anyhow::Result<Installed> {
@@ -45,6 +45,17 @@ impl Installed {
                 ("tls.crt", serving.cert_pem.as_str()),
                 ("tls.key", serving.key_pem.as_str()),
                 ("ca.crt", cp.pki.ca_pem.as_str()),
+            ],
+        )?;
+        // The CA itself, which the operator issues agents' certificates from.
+        let ca_key = std::fs::read_to_string(&cp.pki.ca_key_file)?;
+        secret(
+            env,
+            NS,
+            "scale-agent-ca",
+            &[
+                ("tls.crt", cp.pki.ca_pem.as_str()),
+                ("tls.key", ca_key.as_str()),
             ],
         )?;
         let token = format!("install-test-{}", std::process::id());

@@ -276,6 +276,7 @@ impl FakeAgent {
                 cluster_id: (*cluster).into(),
                 server_url: format!("https://{cluster}.example:6443"),
                 kubernetes_version: "v1.36.0".into(),
+                ..Default::default()
             })
             .collect();
         self.send(agent_frame::Frame::Register(pb::Register { accounts }))
@@ -323,7 +324,7 @@ impl FakeAgent {
             kind: Some(gvk),
             mode: mode as i32,
             resource_version: String::new(),
-            selection: String::new(),
+            ..Default::default()
         }))
         .await
     }

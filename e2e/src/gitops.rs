@@ -1,0 +1,197 @@
+//! What GitOps tools make of AgentShards, with their own code: kstatus (the
+//! sigs.k8s.io/cli-utils library Flux and kpt wait on, built from `e2e/kstatus/` by
+//! `e2e/scripts/build-kstatus.sh`) and Argo CD's health check
+//! (`manifests/gitops/argocd/health.lua`, run with Lua 5.1, the dialect Argo CD embeds;
+//! Debian's `lua5.1` is installed with apt-get when missing).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The kstatus of one object, as the library computes it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct Kstatus {
+    /// `namespace/name`.
+    pub name: String,
+    /// Current, InProgress, Failed, Terminating, NotFound or Unknown.
+    pub status: String,
+    /// The library's message.
+    pub message: String,
+}
+
+/// The kstatus binary, built first when the cache lacks it.
+pub fn kstatus_binary() -> Result<PathBuf> {
+    let script = repo().join("e2e/scripts/build-kstatus.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| Error::io("running", &script, e))?;
+    if !out.status.success() {
+        return Err(Error::Build {
+            status: format!("{} (e2e/scripts/build-kstatus.sh)", out.status),
+        });
+    }
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    ))
+}
+
+/// The kstatus of every AgentShard in namespace `ns`, read through `kubeconfig`, by name.
+pub fn kstatus(kubeconfig: &Path, ns: &str) -> Result<BTreeMap<String, Kstatus>> {
+    let bin = kstatus_binary()?;
+    let out = Command::new(&bin)
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--namespace={ns}"))
+        .output()
+        .map_err(|e| Error::io("running", &bin, e))?;
+    if !out.status.success() {
+        return Err(Error::Invalid {
+            what: "the kstatus run".into(),
+            message: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let k: Kstatus = serde_json::from_str(l).map_err(|e| Error::Invalid {
+                what: format!("kstatus line {l:?}"),
+                message: e.to_string(),
+            })?;
+            Ok((k.name.clone(), k))
+        })
+        .collect()
+}
+
+/// Lua 5.1, installed from Debian when missing (once per process, waiting for dpkg's
+/// lock when another install holds it).
+pub fn lua() -> Result<PathBuf> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock();
+    if let Some(p) = crate::bins::which("lua5.1") {
+        return Ok(p);
+    }
+    let out = Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "-o",
+            "DPkg::Lock::Timeout=300",
+            "lua5.1",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .map_err(|e| Error::io("running", Path::new("apt-get"), e))?;
+    crate::bins::which("lua5.1").ok_or_else(|| Error::Invalid {
+        what: "installing lua5.1 with apt-get".into(),
+        message: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// The Argo CD health check as users paste it.
+pub fn argocd_health_script() -> Result<String> {
+    let path = repo().join("manifests/gitops/argocd/health.lua");
+    std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))
+}
+
+/// What Argo CD's health check says of `obj` (an object as the API server returns it,
+/// JSON): its status (Healthy, Progressing, Degraded, Suspended) and message.
+pub fn argocd_health(obj: &Value) -> Result<(String, String)> {
+    let lua = lua()?;
+    let program = format!(
+        "local obj = {}\nlocal function check(obj)\n{}\nend\nlocal hs = check(obj)\nio.write(hs.status, \"\\t\", hs.message or \"\")\n",
+        lua_literal(obj),
+        argocd_health_script()?
+    );
+    let dir = tempfile::tempdir().map_err(|e| Error::io("creating", Path::new("/tmp"), e))?;
+    let file = dir.path().join("check.lua");
+    std::fs::write(&file, program).map_err(|e| Error::io("writing", &file, e))?;
+    let out = Command::new(&lua)
+        .arg(&file)
+        .output()
+        .map_err(|e| Error::io("running", &lua, e))?;
+    if !out.status.success() {
+        return Err(Error::Invalid {
+            what: "the Argo CD health check".into(),
+            message: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, message) = text.split_once('\t').unwrap_or((text.as_str(), ""));
+    Ok((status.to_owned(), message.to_owned()))
+}
+
+/// `value` as a Lua table constructor, as Argo CD hands objects to health checks
+/// (JSON objects become tables with string keys, arrays sequences from 1).
+pub fn lua_literal(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => lua_string(s),
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua_literal).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("[{}] = {}", lua_string(k), lua_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn lua_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\{}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_becomes_lua() {
+        let v = serde_json::json!({ "a": [1, "x\"y\n"], "b": { "c": true, "d": null } });
+        assert_eq!(
+            lua_literal(&v),
+            r#"{["a"] = {1, "x\"y\n"}, ["b"] = {["c"] = true, ["d"] = nil}}"#
+        );
+    }
+
+    #[test]
+    fn the_argocd_cm_snippet_is_the_script() {
+        let script = argocd_health_script().expect("health.lua");
+        let path = repo().join("manifests/gitops/argocd/argocd-cm.yaml");
+        let cm: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).expect("argocd-cm.yaml"))
+                .expect("YAML");
+        let snippet = cm["data"]["resource.customizations.health.scaleagent.dev_AgentShard"]
+            .as_str()
+            .expect("the health entry");
+        assert_eq!(snippet.trim_end(), script.trim_end());
+    }
+}

@@ -1,0 +1,94 @@
+//! The hub behind nginx, as `just up` runs it and the certificate tests use it: agents
+//! connect to nginx with a client certificate from the run's CA; nginx verifies it and
+//! forwards it to the hub with a secret only the two share; the hub believes a
+//! forwarded certificate only with that secret and only when it chains to the agents'
+//! CA, and accepts an account only from the AgentShard that owns it.
+
+use std::path::{Path, PathBuf};
+
+use crate::hub::{HubOptions, HubProcess};
+use crate::nginx::{Mode, Nginx, NginxOptions};
+use crate::{ControlPlane, Error, Result, workspace_binary};
+
+/// The hub and its load balancer. Dropping it stops nginx, then the hub.
+#[derive(Debug)]
+pub struct HubStack {
+    /// nginx, where agents connect (`nginx.address`).
+    pub nginx: Nginx,
+    /// The hub.
+    pub hub: HubProcess,
+}
+
+impl HubStack {
+    /// Starts the hub (grace period `grace`, its store in `store` or in memory) and
+    /// nginx in front of it, logging into `run_dir`.
+    pub async fn start(
+        cp: &ControlPlane,
+        run_dir: &Path,
+        grace: &str,
+        store: Option<PathBuf>,
+    ) -> Result<HubStack> {
+        tracing::info!("starting the hub");
+        // Every local process can connect from 127.0.0.1, so the address alone proves
+        // nothing: nginx also sends a secret only it and the hub know.
+        let proxy_secret = random_secret()?;
+        let secret_file = run_dir.join("hub-proxy-secret");
+        write_private(&secret_file, &proxy_secret)?;
+        let hub = HubProcess::start(
+            HubOptions {
+                bin: workspace_binary("scale-agent-hub")?,
+                grace_period: grace.into(),
+                store,
+                args: vec![
+                    "--trusted-proxy=127.0.0.1/32".into(),
+                    format!("--client-ca={}", cp.pki.ca_file.display()),
+                    format!("--proxy-secret-file={}", secret_file.display()),
+                    "--authorize-shards=*".into(),
+                ],
+                kubeconfig: Some(cp.management.kubeconfig.clone()),
+            },
+            run_dir,
+        )
+        .await?;
+        tracing::info!("starting nginx in front of the hub");
+        let lb = cp.pki.issue_server("lb", &["127.0.0.1", "localhost"])?;
+        let nginx = Nginx::start(
+            &NginxOptions {
+                mode: Mode::GrpcTls,
+                hubs_grpc: vec![hub.grpc.clone()],
+                tls_cert: lb.cert_file,
+                tls_key: lb.key_file,
+                client_ca: cp.pki.ca_file.clone(),
+                proxy_secret: Some(proxy_secret),
+            },
+            run_dir,
+        )
+        .await?;
+        Ok(HubStack { nginx, hub })
+    }
+}
+
+/// 32 random bytes, hex.
+fn random_secret() -> Result<String> {
+    use std::io::Read as _;
+    let source = Path::new("/dev/urandom");
+    let mut bytes = [0u8; 32];
+    std::fs::File::open(source)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("reading", source, e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| Error::io("writing", path, e))
+}

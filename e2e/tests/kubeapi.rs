@@ -1,0 +1,1593 @@
+//! The Kubernetes API the hub serves for every account, against the real control
+//! plane: Clouddriver's kubectl command lines through the hub with nothing but the
+//! hub's kubeconfig (with the installed kubectl and with Debian's older one), compared
+//! with the same commands run directly against the cluster; the hub's own refusals
+//! (401, 403, 404, 503, 504, Impersonate-*, unsafe paths) as Kubernetes Status
+//! objects; streaming with flow control and cancellation.
+//!
+//! One account streams the management cluster (it has controllers and kwok, so
+//! Deployments roll out, Jobs run and Events exist), another a bare target cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use scale_agent_crds::{AccountConfig, ShardRef, TlsConfig, shard_identity_uri};
+use scale_agent_e2e::agent::AgentProcess;
+use scale_agent_e2e::converge::wait_state;
+use scale_agent_e2e::kubectl::{self, Output};
+use scale_agent_e2e::ports::free_port;
+use scale_agent_e2e::scenario::*;
+use scale_agent_e2e::{Env, runner, wait};
+use serde_json::{Value, json};
+
+const TARGET: &str = "cluster-1";
+
+fn main() {
+    runner::main(
+        &[TARGET],
+        vec![
+            (
+                "clouddriver_kubectl_command_lines_work_through_the_hub",
+                |e| Box::pin(clouddriver_command_lines(e)),
+            ),
+            ("debian_kubectl_works_through_the_hub", |e| {
+                Box::pin(debian_kubectl(e))
+            }),
+            ("the_hub_refuses_with_kubernetes_status", |e| {
+                Box::pin(refusals(e))
+            }),
+            ("answers_stream_with_flow_control_and_cancel", |e| {
+                Box::pin(streaming(e))
+            }),
+            ("lists_from_the_cache_equal_the_cluster", |e| {
+                Box::pin(cached_lists(e))
+            }),
+            ("watchers_through_the_hub_see_what_the_cluster_shows", |e| {
+                Box::pin(watchers(e))
+            }),
+            ("reads_reflect_writes_through_the_hub", |e| {
+                Box::pin(read_your_writes(e))
+            }),
+        ],
+    );
+}
+
+// ---------- the rig: a hub with TLS and its Kubernetes API, one agent, two accounts ----------
+
+/// A token allowed every account.
+const TOKEN_ALL: &str = "e2e-clouddriver-token-all-accounts";
+/// A token allowed only the target-cluster account.
+const TOKEN_ONE: &str = "e2e-team-token-only-the-target";
+
+struct Rig {
+    s: Scenario,
+    agent: AgentProcess,
+    /// The account streaming the management cluster.
+    mgmt: String,
+    /// The account streaming the target cluster.
+    target: String,
+    /// `https://127.0.0.1:<port>` of the Kubernetes API.
+    kube_api: String,
+    /// The kubeconfig `scale-agent-hub kubeconfig` wrote (token: every account).
+    hub_kubeconfig: PathBuf,
+    /// The CA of the hub's certificate.
+    ca_file: PathBuf,
+    /// The management cluster's admin kubeconfig (direct access).
+    direct: PathBuf,
+    /// The hub's log file.
+    hub_log: PathBuf,
+}
+
+fn stream_all_kinds(name: &str, ns: &str) -> AccountConfig {
+    AccountConfig {
+        kinds: vec![],
+        ..account(name, ns)
+    }
+}
+
+async fn rig(env: &Env, name: &str, extra_hub_args: &[&str]) -> anyhow::Result<Rig> {
+    let pki = &env.cp.pki;
+    let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
+    let port = free_port()?;
+    let dir = env
+        .cp
+        .run_dir
+        .join(format!("kubeapi-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mgmt = format!("{name}-mgmt");
+    let target = format!("{name}-target");
+    let tokens = dir.join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("# e2e tokens\n{TOKEN_ALL} *\n{TOKEN_ONE} {target}\n"),
+    )?;
+    let mut hub_args = vec![
+        format!("--tls-cert={}", hub_cert.cert_file.display()),
+        format!("--tls-key={}", hub_cert.key_file.display()),
+        format!("--client-ca={}", pki.ca_file.display()),
+        format!("--kube-api-addr=127.0.0.1:{port}"),
+        format!("--kube-api-tokens-file={}", tokens.display()),
+    ];
+    hub_args.extend(extra_hub_args.iter().map(|a| a.to_string()));
+    let s = scenario_with(env, name, "600s", None, hub_args).await?;
+    let identity = shard_identity_uri(&ShardRef::new(s.ns.clone(), name.to_string()));
+    let client = pki.issue_client(&format!("agent-{name}"), "agent", None, &[&identity])?;
+    let mut cfg = config(
+        &s,
+        name,
+        vec![
+            stream_all_kinds(&mgmt, &s.ns),
+            stream_all_kinds(&target, &s.ns),
+        ],
+    );
+    cfg.hub.tls = Some(TlsConfig {
+        ca_file: pki.ca_file.display().to_string(),
+        cert_file: client.cert_file.display().to_string(),
+        key_file: client.key_file.display().to_string(),
+        server_name: None,
+    });
+    let mut kcs = kubeconfigs(env, &[(&target, TARGET)])?;
+    kcs.insert(
+        format!("{mgmt}.kubeconfig"),
+        std::fs::read_to_string(&env.cp.management.kubeconfig)?,
+    );
+    let agent = start_agent(
+        env,
+        &s,
+        &format!("{name}-0"),
+        &cfg,
+        &kcs,
+        &["--lease-renew-interval=500ms"],
+    )?;
+    for account in [&mgmt, &target] {
+        wait_state(&s.hub, account, "Connected", Duration::from_secs(40))
+            .await
+            .with_context(|| agent_log(&agent))?;
+    }
+    // The kubeconfig a Spinnaker operator would paste into Clouddriver, written by the
+    // hub's own subcommand from the accounts the hub knows.
+    let token_file = dir.join("clouddriver-token");
+    std::fs::write(&token_file, format!("{TOKEN_ALL}\n"))?;
+    let hub_kubeconfig = dir.join("hub-kubeconfig");
+    let kube_api = format!("https://127.0.0.1:{port}");
+    let out = Command::new(scale_agent_e2e::workspace_binary("scale-agent-hub")?)
+        .arg("kubeconfig")
+        .arg(format!("--server={kube_api}"))
+        .arg(format!("--token-file={}", token_file.display()))
+        .arg(format!("--certificate-authority={}", pki.ca_file.display()))
+        .arg(format!("--hub-api={}", s.hub.http))
+        .arg(format!("--output={}", hub_kubeconfig.display()))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "scale-agent-hub kubeconfig: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&hub_kubeconfig)?;
+    for account in [&mgmt, &target] {
+        ensure!(
+            text.contains(&format!("{kube_api}/accounts/{account}")),
+            "no context for {account} in:\n{text}"
+        );
+    }
+    Ok(Rig {
+        agent,
+        mgmt,
+        target,
+        kube_api,
+        hub_kubeconfig,
+        ca_file: pki.ca_file.clone(),
+        direct: env.cp.management.kubeconfig.clone(),
+        hub_log: env.test_dir(&s.ns).join("logs/hub.log"),
+        s,
+    })
+}
+
+impl Rig {
+    fn logs(&self) -> String {
+        format!(
+            "agent:\n{}\nhub:\n{}",
+            agent_log(&self.agent),
+            scale_agent_e2e::process::tail(&self.hub_log, 30)
+        )
+    }
+}
+
+/// kubectl through the hub (context = account) and directly, same arguments.
+struct Kubectl<'a> {
+    bin: PathBuf,
+    rig: &'a Rig,
+    account: String,
+}
+
+impl Kubectl<'_> {
+    fn hub_args(&self, args: &[&str]) -> Vec<String> {
+        let mut all = vec!["--context".to_owned(), self.account.clone()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all
+    }
+
+    /// Through the hub; must succeed.
+    fn hub(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        kubectl::run(
+            &self.bin,
+            &self.rig.hub_kubeconfig,
+            self.hub_args(args),
+            stdin,
+        )
+        .with_context(|| self.rig.logs())
+    }
+
+    /// Through the hub, whatever the exit status.
+    fn hub_full(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        Ok(kubectl::run_full(
+            &self.bin,
+            &self.rig.hub_kubeconfig,
+            self.hub_args(args),
+            stdin,
+        )?)
+    }
+
+    /// Directly against the cluster, whatever the exit status.
+    fn direct_full(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        Ok(kubectl::run_full(&self.bin, &self.rig.direct, args, stdin)?)
+    }
+
+    /// Directly; must succeed.
+    fn direct(&self, args: &[&str]) -> anyhow::Result<String> {
+        Ok(kubectl::run(&self.bin, &self.rig.direct, args, None)?)
+    }
+
+    /// Starts a long-running kubectl (`get -w`) through the hub, runs `then`, and
+    /// returns what it printed once a line contains `expect` (or after 20 s).
+    fn hub_watch(
+        &self,
+        args: &[&str],
+        expect: &str,
+        then: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<String> {
+        use std::io::BufRead as _;
+        let mut child = Command::new(&self.bin)
+            .arg("--kubeconfig")
+            .arg(&self.rig.hub_kubeconfig)
+            .args(self.hub_args(args))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("kubectl's stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // Let the watch start before the change.
+        std::thread::sleep(Duration::from_millis(1500));
+        let outcome = then();
+        let mut printed = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains(expect) {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        outcome?;
+        Ok(printed)
+    }
+
+    /// `-o json` through the hub, parsed.
+    fn hub_json(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Value> {
+        let out = self.hub(args, stdin)?;
+        serde_json::from_str(&out).with_context(|| format!("kubectl {args:?} printed:\n{out}"))
+    }
+}
+
+fn items(list: &Value) -> Vec<(String, String, String)> {
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    (
+                        i["kind"].as_str().unwrap_or_default().to_owned(),
+                        i["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        i["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn deployment(ns: &str, image: &str) -> String {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "web",
+            "namespace": ns,
+            "labels": { "app": "web", "app.kubernetes.io/managed-by": "spinnaker" },
+            "annotations": { "moniker.spinnaker.io/application": "web" }
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": { "containers": [{ "name": "main", "image": image }] }
+            }
+        }
+    })
+    .to_string()
+}
+
+// ---------- Clouddriver's command lines ----------
+
+async fn clouddriver_command_lines(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kcd", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl {
+        bin: env.cp.bins.kubectl.clone(),
+        rig: &rig,
+        account: rig.mgmt.clone(),
+    };
+    run_command_lines(&k, &ns, true).await
+}
+
+/// The command lines Clouddriver's `KubectlJobExecutor` runs, each through the hub,
+/// asserting what Clouddriver reads from their output. `full`: also the ones older
+/// kubectl versions do not have.
+async fn run_command_lines(k: &Kubectl<'_>, ns: &str, full: bool) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    // Deploy: client-side apply, as Clouddriver does by default.
+    let applied = k.hub_json(
+        &["apply", "-o", "json", "-f", "-"],
+        Some(&deployment(ns, "nginx:1.25")),
+    )?;
+    ensure!(
+        applied["kind"] == "Deployment" && applied["metadata"]["name"] == "web",
+        "apply -o json: {applied}"
+    );
+    ensure!(
+        applied["metadata"]["annotations"]
+            .get("kubectl.kubernetes.io/last-applied-configuration")
+            .is_some(),
+        "client-side apply wrote no last-applied annotation: {applied}"
+    );
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "web", "namespace": ns, "labels": { "app": "web" } },
+        "spec": { "selector": { "app": "web" }, "ports": [{ "port": 80 }] }
+    });
+    let created = k.hub_json(
+        &["create", "-o", "json", "-f", "-"],
+        Some(&service.to_string()),
+    )?;
+    ensure!(created["kind"] == "Service", "create -o json: {created}");
+    // A second client-side apply with a change: kubectl reads the object (and its
+    // last-applied annotation) through the hub to compute the patch.
+    let reapplied = k.hub_json(
+        &["apply", "-o", "json", "-f", "-"],
+        Some(&deployment(ns, "nginx:1.26")),
+    )?;
+    ensure!(
+        reapplied["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.26",
+        "re-apply: {reapplied}"
+    );
+    // The Deployment controller creates a ReplicaSet; wait for it through the hub.
+    wait::until(
+        "a ReplicaSet of web through the hub",
+        Duration::from_secs(30),
+        || async {
+            let list = k
+                .hub_json(&["-o", "json", "get", "replicaset", "-n", ns], None)
+                .ok()?;
+            (!items(&list).is_empty()).then_some(())
+        },
+    )
+    .await?;
+
+    // The caching cycle: several kinds of a namespace, with and without a selector.
+    let args = [
+        "-o",
+        "json",
+        "get",
+        "deployment,replicaset,service",
+        "-n",
+        ns,
+    ];
+    let through = k.hub_json(&args, None)?;
+    let direct: Value = serde_json::from_str(&k.direct(&args)?)?;
+    let mut seen = items(&through);
+    let mut want = items(&direct);
+    seen.sort();
+    want.sort();
+    ensure!(
+        seen == want,
+        "get deployment,replicaset,service through the hub:\n{seen:?}\ndirectly:\n{want:?}"
+    );
+    let kinds: Vec<&str> = seen.iter().map(|(k, _, _)| k.as_str()).collect();
+    for kind in ["Deployment", "ReplicaSet", "Service"] {
+        ensure!(kinds.contains(&kind), "no {kind} in {seen:?}");
+    }
+    let selected = k.hub_json(
+        &[
+            "-o",
+            "json",
+            "get",
+            "deployment,replicaset,service",
+            "-n",
+            ns,
+            "-l",
+            "app.kubernetes.io/managed-by=spinnaker",
+        ],
+        None,
+    )?;
+    let selected = items(&selected);
+    ensure!(
+        selected.len() == 1 && selected[0].0 == "Deployment",
+        "-l app.kubernetes.io/managed-by=spinnaker: {selected:?}"
+    );
+    // Cluster-scoped kinds, without -n.
+    let cluster_scoped = k.hub_json(&["-o", "json", "get", "namespace,clusterrole"], None)?;
+    let names: Vec<String> = items(&cluster_scoped)
+        .into_iter()
+        .map(|(_, n, _)| n)
+        .collect();
+    ensure!(
+        names.iter().any(|n| n == ns) && names.iter().any(|n| n == "cluster-admin"),
+        "get namespace,clusterrole: {names:?}"
+    );
+    // One object by name: the same object, byte for byte, as directly (nothing
+    // changes the Service meanwhile).
+    let one = k.hub(&["get", "service", "web", "-n", ns, "-o", "json"], None)?;
+    let direct_one = k.direct(&["get", "service", "web", "-n", ns, "-o", "json"])?;
+    ensure!(
+        one == direct_one,
+        "get service web -o json differs:\n{one}\n---\n{direct_one}"
+    );
+    // Events of one object, by field selector.
+    wait::until(
+        "the Deployment's events through the hub",
+        Duration::from_secs(30),
+        || async {
+            let events = k
+                .hub_json(
+                    &[
+                        "get",
+                        "event",
+                        "-n",
+                        ns,
+                        "--field-selector",
+                        "involvedObject.name=web,involvedObject.kind=Deployment",
+                        "-o",
+                        "json",
+                    ],
+                    None,
+                )
+                .ok()?;
+            let list = events["items"].as_array()?;
+            (!list.is_empty() && list.iter().all(|e| e["involvedObject"]["name"] == "web"))
+                .then_some(())
+        },
+    )
+    .await?;
+    // Discovery: the same API resources as the cluster.
+    let resources = k.hub(&["api-resources"], None)?;
+    let direct_resources = k.direct(&["api-resources"])?;
+    ensure!(
+        resources == direct_resources,
+        "api-resources differs:\n{resources}\n---\n{direct_resources}"
+    );
+    // Tables.
+    let table = k.hub(&["get", "namespaces"], None)?;
+    ensure!(
+        kubectl::table(&table)
+            .iter()
+            .any(|row| row.iter().any(|(c, v)| c == "NAME" && v == ns)),
+        "get namespaces:\n{table}"
+    );
+    let crds = k.hub(&["get", "crd"], None)?;
+    ensure!(
+        crds.contains("agentshards.scaleagent.dev"),
+        "get crd:\n{crds}"
+    );
+    let deployments = k.hub(&["get", "deployments", "-n", ns], None)?;
+    ensure!(
+        kubectl::table(&deployments)
+            .iter()
+            .any(|row| row.iter().any(|(c, v)| c == "NAME" && v == "web")),
+        "get deployments:\n{deployments}"
+    );
+
+    // Server-side apply, create, replace.
+    let ssa = k.hub_json(
+        &[
+            "apply",
+            "--server-side=true",
+            "--force-conflicts=true",
+            "-o",
+            "json",
+            "-f",
+            "-",
+        ],
+        Some(&deployment(ns, "nginx:1.27")),
+    )?;
+    ensure!(
+        ssa["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.27",
+        "apply --server-side: {ssa}"
+    );
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "settings", "namespace": ns, "labels": { "tier": "conf" } },
+        "data": { "v": "1" }
+    });
+    k.hub_json(&["create", "-o", "json", "-f", "-"], Some(&cm.to_string()))?;
+    let mut cm2 = cm.clone();
+    cm2["data"]["v"] = json!("2");
+    let replaced = k.hub_json(
+        &["replace", "-o", "json", "-f", "-"],
+        Some(&cm2.to_string()),
+    )?;
+    ensure!(replaced["data"]["v"] == "2", "replace: {replaced}");
+    // A bad request gets the cluster's own answer.
+    let bad = json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "Not_Valid", "namespace": ns } });
+    let hub_bad = k.hub_full(&["create", "-f", "-"], Some(&bad.to_string()))?;
+    let direct_bad = k.direct_full(&["create", "-f", "-"], Some(&bad.to_string()))?;
+    ensure!(
+        !hub_bad.success && hub_bad.stderr == direct_bad.stderr,
+        "an invalid object: through the hub {:?}, directly {:?}",
+        hub_bad.stderr,
+        direct_bad.stderr
+    );
+
+    // Scale, patch (three types), rollout.
+    k.hub(
+        &["scale", "deployment", "web", "-n", ns, "--replicas=2"],
+        None,
+    )?;
+    let scaled = k.hub_json(&["get", "deployment", "web", "-n", ns, "-o", "json"], None)?;
+    ensure!(scaled["spec"]["replicas"] == 2, "scale: {scaled}");
+    for (ty, patch, check) in [
+        (
+            "strategic",
+            r#"{"metadata":{"labels":{"patched":"strategic"}}}"#,
+            "strategic",
+        ),
+        (
+            "merge",
+            r#"{"metadata":{"labels":{"patched":"merge"}}}"#,
+            "merge",
+        ),
+        (
+            "json",
+            r#"[{"op":"replace","path":"/metadata/labels/patched","value":"json"}]"#,
+            "json",
+        ),
+    ] {
+        k.hub(
+            &[
+                "patch",
+                "deployment",
+                "web",
+                "-n",
+                ns,
+                "--type",
+                ty,
+                "-p",
+                patch,
+            ],
+            None,
+        )?;
+        let got = k.hub_json(&["get", "deployment", "web", "-n", ns, "-o", "json"], None)?;
+        ensure!(
+            got["metadata"]["labels"]["patched"] == check,
+            "patch --type {ty}: {}",
+            got["metadata"]["labels"]
+        );
+    }
+    let history = k.hub(&["rollout", "history", "deployment/web", "-n", ns], None)?;
+    ensure!(history.contains("REVISION"), "rollout history:\n{history}");
+    ensure!(
+        history == k.direct(&["rollout", "history", "deployment/web", "-n", ns])?,
+        "rollout history differs from the cluster's"
+    );
+    // Which image revision 1 had depends on how fast the controller saw the applies:
+    // its ReplicaSet says.
+    let sets = k.hub_json(&["get", "replicaset", "-n", ns, "-o", "json"], None)?;
+    let first_image = sets["items"]
+        .as_array()
+        .and_then(|sets| {
+            sets.iter().find(|rs| {
+                rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+            })
+        })
+        .map(|rs| rs["spec"]["template"]["spec"]["containers"][0]["image"].clone())
+        .context("no ReplicaSet of revision 1")?;
+    ensure!(first_image != "nginx:1.27", "revision 1 runs {first_image}");
+    k.hub(
+        &[
+            "rollout",
+            "undo",
+            "deployment/web",
+            "-n",
+            ns,
+            "--to-revision=1",
+        ],
+        None,
+    )?;
+    let undone = k.hub_json(&["get", "deployment", "web", "-n", ns, "-o", "json"], None)?;
+    ensure!(
+        undone["spec"]["template"]["spec"]["containers"][0]["image"] == first_image,
+        "rollout undo --to-revision=1: {}",
+        undone["spec"]["template"]
+    );
+    k.hub(&["rollout", "pause", "deployment/web", "-n", ns], None)?;
+    let paused = k.hub_json(&["get", "deployment", "web", "-n", ns, "-o", "json"], None)?;
+    ensure!(paused["spec"]["paused"] == true, "rollout pause");
+    k.hub(&["rollout", "resume", "deployment/web", "-n", ns], None)?;
+    k.hub(&["rollout", "restart", "deployment/web", "-n", ns], None)?;
+    let restarted = k.hub_json(&["get", "deployment", "web", "-n", ns, "-o", "json"], None)?;
+    ensure!(
+        restarted["spec"]["template"]["metadata"]["annotations"]
+            .get("kubectl.kubernetes.io/restartedAt")
+            .is_some(),
+        "rollout restart: {}",
+        restarted["spec"]["template"]
+    );
+    // Wait for a condition (the controller and kwok make the Deployment available).
+    k.hub(
+        &[
+            "wait",
+            "--for=condition=Available",
+            "deployment/web",
+            "-n",
+            ns,
+            "--timeout=60s",
+        ],
+        None,
+    )?;
+
+    // `get -w`: printing a table (the cluster answers the watch) and as JSON (the hub's
+    // cache answers it): both show a ConfigMap created after they started.
+    for (i, output) in ["wide", "json"].into_iter().enumerate() {
+        let name = format!("watched-{i}");
+        let printed = k.hub_watch(
+            &["get", "configmaps", "-n", ns, "-w", "-o", output],
+            &name,
+            || {
+                let cm = json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": { "name": name, "namespace": ns }
+                });
+                k.direct_full(&["create", "-f", "-"], Some(&cm.to_string()))
+                    .map(|_| ())
+            },
+        )?;
+        ensure!(
+            printed.contains(&name),
+            "get -w -o {output} printed:\n{printed}"
+        );
+    }
+    // Logs: the cluster's own answer (kwok runs no containers), through the hub as
+    // directly; the same for a Job's logs and for `top`, which needs a metrics API
+    // this cluster does not have.
+    let pods = k.hub_json(
+        &["get", "pods", "-n", ns, "-l", "app=web", "-o", "json"],
+        None,
+    )?;
+    let pod = pods["items"][0]["metadata"]["name"]
+        .as_str()
+        .context("a pod of web")?
+        .to_owned();
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": { "name": "once", "namespace": ns },
+        "spec": { "template": { "spec": { "restartPolicy": "Never",
+            "containers": [{ "name": "run", "image": "busybox" }] } } }
+    });
+    k.hub(&["create", "-f", "-"], Some(&job.to_string()))?;
+    let mut same = vec![
+        vec!["logs", pod.as_str(), "-c", "main", "-n", ns],
+        vec!["top", "pod", "--containers", "-n", ns],
+    ];
+    if full {
+        same.push(vec!["logs", "job/once", "-n", ns]);
+    }
+    for args in same {
+        let hub = k.hub_full(&args, None)?;
+        let direct = k.direct_full(&args, None)?;
+        ensure!(
+            hub.success == direct.success && hub.stdout == direct.stdout,
+            "kubectl {args:?}: through the hub {hub:?}, directly {direct:?}"
+        );
+        // Error texts may name the request's own path: compare their first words.
+        let first = |s: &str| s.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
+        ensure!(
+            first(&hub.stderr) == first(&direct.stderr),
+            "kubectl {args:?}: stderr through the hub {:?}, directly {:?}",
+            hub.stderr,
+            direct.stderr
+        );
+    }
+
+    // Delete: by name with each cascade, and by label.
+    for (cascade, kind, name) in [
+        ("orphan", "job", "once"),
+        ("background", "service", "web"),
+        ("foreground", "deployment", "web"),
+    ] {
+        k.hub(
+            &[
+                "delete",
+                kind,
+                name,
+                "-n",
+                ns,
+                "--ignore-not-found=true",
+                &format!("--cascade={cascade}"),
+                "--grace-period=0",
+            ],
+            None,
+        )?;
+    }
+    k.hub(&["delete", "configmap", "-n", ns, "-l", "tier=conf"], None)?;
+    let again = k.hub(
+        &[
+            "delete",
+            "deployment",
+            "web",
+            "-n",
+            ns,
+            "--ignore-not-found=true",
+        ],
+        None,
+    )?;
+    ensure!(again.trim().is_empty(), "--ignore-not-found: {again}");
+    wait::until("the Deployment gone", Duration::from_secs(30), || async {
+        let out = k
+            .hub_full(&["get", "deployment", "web", "-n", ns], None)
+            .ok()?;
+        (!out.success && out.stderr.contains("NotFound")).then_some(())
+    })
+    .await?;
+    let left = k.hub_json(
+        &[
+            "get",
+            "configmap",
+            "-n",
+            ns,
+            "-l",
+            "tier=conf",
+            "-o",
+            "json",
+        ],
+        None,
+    )?;
+    ensure!(items(&left).is_empty(), "delete -l: {left}");
+    eprintln!("command lines through the hub: {:?}", t0.elapsed());
+    Ok(())
+}
+
+// ---------- Debian's kubectl ----------
+
+/// Debian's `kubernetes-client` (an older kubectl, as Clouddriver ships one), unpacked
+/// into the cache folder of the test binaries; installed from the Debian archive when
+/// missing, without touching the system's own kubectl.
+fn debian_kubectl_binary() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let root = Path::new(&home).join(".cache/scale-agent/debian-kubernetes-client");
+    let bin = root.join("usr/bin/kubectl");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let download = tempfile::tempdir()?;
+    let run = |cmd: &mut Command| -> anyhow::Result<()> {
+        let out = cmd.stdout(Stdio::null()).output()?;
+        ensure!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    eprintln!("fetching Debian's kubernetes-client (apt-get download) ...");
+    if run(Command::new("apt-get")
+        .args(["download", "kubernetes-client"])
+        .current_dir(download.path()))
+    .is_err()
+    {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["download", "kubernetes-client"])
+            .current_dir(download.path()))?;
+    }
+    let deb = std::fs::read_dir(download.path())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    std::fs::create_dir_all(&root)?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    ensure!(bin.is_file(), "the package has no usr/bin/kubectl");
+    Ok(bin)
+}
+
+async fn debian_kubectl(env: Arc<Env>) -> anyhow::Result<()> {
+    let bin = debian_kubectl_binary()?;
+    let version = Command::new(&bin)
+        .args(["version", "--client", "--short"])
+        .output()?;
+    eprintln!(
+        "Debian's kubectl: {}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
+    let rig = rig(&env, "kdeb", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl {
+        bin,
+        rig: &rig,
+        account: rig.mgmt.clone(),
+    };
+    // An older kubectl reads OpenAPI v2 (protobuf) for apply: through the hub it is
+    // the cluster's own document.
+    run_command_lines(&k, &ns, false).await
+}
+
+// ---------- refusals ----------
+
+/// A kube-rs client for the hub's Kubernetes API of `account`, with `token` (or none).
+async fn hub_client(rig: &Rig, account: &str, token: Option<&str>) -> anyhow::Result<kube::Client> {
+    let mut user = json!({});
+    if let Some(t) = token {
+        user = json!({ "token": t });
+    }
+    let kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{ "name": "hub", "cluster": {
+            "server": format!("{}/accounts/{account}", rig.kube_api),
+            "certificate-authority": rig.ca_file.display().to_string(),
+        }}],
+        "users": [{ "name": "u", "user": user }],
+        "contexts": [{ "name": "c", "context": { "cluster": "hub", "user": "u" } }],
+        "current-context": "c",
+    });
+    let kc: kube::config::Kubeconfig = serde_json::from_value(kubeconfig)?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Sends a request and returns the status and the body as JSON.
+async fn call(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, Value)> {
+    let mut req = http::Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let response = client.send(req.body(kube::client::Body::empty())?).await?;
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await?
+        .to_bytes();
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    Ok((status, json))
+}
+
+fn expect_status(got: &(u16, Value), code: u16, reason: &str, what: &str) -> anyhow::Result<()> {
+    let (status, body) = got;
+    ensure!(
+        *status == code
+            && body["kind"] == "Status"
+            && body["apiVersion"] == "v1"
+            && body["status"] == "Failure"
+            && body["reason"] == reason
+            && body["code"] == code,
+        "{what}: expected {code} {reason} as a Status, got {status} {body}"
+    );
+    Ok(())
+}
+
+async fn refusals(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kref", &["--kube-api-request-timeout=3s"]).await?;
+    let ns = rig.s.ns.clone();
+    let list = format!("/api/v1/namespaces/{ns}/configmaps");
+    // No token, a wrong token: 401.
+    let anonymous = hub_client(&rig, &rig.target, None).await?;
+    expect_status(
+        &call(&anonymous, "GET", &list, &[]).await?,
+        401,
+        "Unauthorized",
+        "no token",
+    )?;
+    let wrong = hub_client(&rig, &rig.target, Some("not-a-token-the-hub-knows")).await?;
+    expect_status(
+        &call(&wrong, "GET", &list, &[]).await?,
+        401,
+        "Unauthorized",
+        "wrong token",
+    )?;
+    // A token limited to the target account: in for it, 403 for the other (and for
+    // an account that does not exist, so it cannot probe names).
+    let scoped = hub_client(&rig, &rig.target, Some(TOKEN_ONE)).await?;
+    let (code, body) = call(&scoped, "GET", &list, &[]).await?;
+    ensure!(
+        code == 200 && body["kind"] == "ConfigMapList",
+        "scoped token on its account: {code} {body}"
+    );
+    let other = hub_client(&rig, &rig.mgmt, Some(TOKEN_ONE)).await?;
+    expect_status(
+        &call(&other, "GET", &list, &[]).await?,
+        403,
+        "Forbidden",
+        "scoped token on another account",
+    )?;
+    let nowhere = hub_client(&rig, "no-such-account", Some(TOKEN_ONE)).await?;
+    expect_status(
+        &call(&nowhere, "GET", &list, &[]).await?,
+        403,
+        "Forbidden",
+        "scoped token on an unknown account",
+    )?;
+    // An unknown account: 404.
+    let unknown = hub_client(&rig, "no-such-account", Some(TOKEN_ALL)).await?;
+    let got = call(&unknown, "GET", &list, &[]).await?;
+    expect_status(&got, 404, "NotFound", "unknown account")?;
+    ensure!(
+        got.1["details"]["name"] == "no-such-account",
+        "404 details: {}",
+        got.1
+    );
+    // Impersonation is refused: it would act with the agent's rights.
+    let all = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    for header in [
+        "Impersonate-User",
+        "Impersonate-Group",
+        "Impersonate-Extra-Scopes",
+    ] {
+        expect_status(
+            &call(&all, "GET", &list, &[(header, "system:admin")]).await?,
+            403,
+            "Forbidden",
+            header,
+        )?;
+    }
+    // Paths that could leave the cluster's API root are refused, not replayed.
+    for path in [
+        "/api/%2e%2e/%2e%2e/x",
+        "/api/v1%2Fnamespaces",
+        "/api/./v1/namespaces",
+    ] {
+        expect_status(
+            &call(&all, "GET", path, &[]).await?,
+            400,
+            "BadRequest",
+            path,
+        )?;
+    }
+    // The cluster's own answers come back unchanged: 404 for a missing object.
+    let (code, body) = call(&all, "GET", &format!("{list}/nope"), &[]).await?;
+    ensure!(
+        code == 404 && body["reason"] == "NotFound" && body["details"]["kind"] == "configmaps",
+        "the cluster's 404: {code} {body}"
+    );
+    // An agent too slow to answer: 504 (the request's own timeout, then the hub's
+    // default, --kube-api-request-timeout=3s). One object by name goes to the cluster
+    // (a list would come from the cache, which needs no agent).
+    rig.agent.proc.signal(nix::sys::signal::Signal::SIGSTOP);
+    let one = format!("{list}/kube-root-ca.crt");
+    let frozen = async {
+        let started = Instant::now();
+        let got = call(&all, "GET", &format!("{one}?timeout=1s"), &[]).await?;
+        expect_status(&got, 504, "Timeout", "frozen agent, timeout=1s")?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(6),
+            "504 took {:?}",
+            started.elapsed()
+        );
+        let got = call(&all, "GET", &one, &[]).await?;
+        expect_status(&got, 504, "Timeout", "frozen agent, default timeout")?;
+        anyhow::Ok(())
+    }
+    .await;
+    rig.agent.proc.signal(nix::sys::signal::Signal::SIGCONT);
+    frozen?;
+    // The agent gone (its accounts wait out the grace period): 503 with a message.
+
+    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    wait::until(
+        "the account Disconnected",
+        Duration::from_secs(60),
+        || async {
+            scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
+                .await
+                .filter(|a| a["state"] == "Disconnected")
+        },
+    )
+    .await?;
+    let got = call(&all, "GET", &list, &[]).await?;
+    expect_status(&got, 503, "ServiceUnavailable", "disconnected account")?;
+    ensure!(
+        got.1["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disconnected")),
+        "503 message: {}",
+        got.1
+    );
+    Ok(())
+}
+
+// ---------- streaming, flow control, cancellation ----------
+
+async fn metric(url: &str, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(url).await?.text().await?;
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .with_context(|| format!("no {name} in {url}"))
+}
+
+async fn streaming(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kstr", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let target = target(&env, TARGET)?;
+    let cms = scale_agent_e2e::converge::configmaps(target, &ns).await?;
+    // 600 ConfigMaps of 32 KiB: a list of ~19 MiB, far more than the 1 MiB window
+    // plus what the sockets between the client and the hub can buffer.
+    let filler = "x".repeat(32 << 10);
+    let mut tasks = Vec::new();
+    for chunk in 0..6 {
+        let cms = cms.clone();
+        let filler = filler.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+                    "metadata": { "name": format!("big-{chunk}-{i}") },
+                    "data": { "v": filler }
+                }))?;
+                cms.create(&kube::api::PostParams::default(), &cm).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let all = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    // `pretty` is a parameter the cache does not answer: the list goes to the cluster.
+    let list = format!("/api/v1/namespaces/{ns}/configmaps?pretty=false");
+    // A whole list streams through the window, byte for byte as the cluster sends it.
+    let (code, body) = call(&all, "GET", &list, &[]).await?;
+    ensure!(code == 200, "list: {code}");
+    let n = body["items"].as_array().map_or(0, Vec::len);
+    ensure!(n >= 600, "list through the hub has {n} items");
+    // Five clients that never read their answer: the agent stops at their windows,
+    // and the account's objects keep streaming on the same session meanwhile.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let req = http::Request::get(&list).body(kube::client::Body::empty())?;
+        held.push(all.send(req).await?);
+    }
+    let hub_metrics = format!("{}/metrics", rig.s.hub.http);
+    let agent_metrics = format!("http://{}/metrics", rig.agent.admin);
+    let in_flight = metric(&hub_metrics, "scale_agent_hub_kube_api_requests_in_flight").await?;
+    ensure!(in_flight >= 5.0, "hub requests in flight: {in_flight}");
+    let started = Instant::now();
+    scale_agent_e2e::converge::put_cm(&cms, "while-held", "v").await?;
+    wait::until(
+        "a change while answers are held",
+        Duration::from_secs(10),
+        || async {
+            scale_agent_e2e::converge::hub_snapshot(&rig.s.hub, &rig.target, &ns)
+                .await
+                .filter(|s| s.contains_key("while-held"))
+        },
+    )
+    .await
+    .with_context(|| rig.logs())?;
+    let lag = started.elapsed();
+    ensure!(
+        lag < Duration::from_secs(3),
+        "a change took {lag:?} to reach the hub while five answers were held"
+    );
+    eprintln!("change reached the hub in {lag:?} with five unread 19 MiB answers held");
+    // The clients go away: their requests end at the hub and at the agent.
+    drop(held);
+    wait::until(
+        "held requests cancelled",
+        Duration::from_secs(10),
+        || async {
+            let hub = metric(&hub_metrics, "scale_agent_hub_kube_api_requests_in_flight")
+                .await
+                .ok()?;
+            let agent = metric(&agent_metrics, "scale_agent_kube_api_requests_in_flight")
+                .await
+                .ok()?;
+            (hub == 0.0 && agent == 0.0).then_some(())
+        },
+    )
+    .await
+    .with_context(|| rig.logs())?;
+    // A watch the cluster answers (Secrets never come from the cache) streams changes
+    // as they happen, and ends at the agent when dropped.
+    let watch =
+        format!("/api/v1/namespaces/{ns}/secrets?watch=true&fieldSelector=metadata.name%3Dwatched");
+    let req = http::Request::get(&watch).body(kube::client::Body::empty())?;
+    let response = all.send(req).await?;
+    ensure!(response.status() == 200, "watch: {}", response.status());
+    let mut body = response.into_body();
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(target.client().await?, &ns);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "watched" },
+        "stringData": { "k": "v" }
+    }))?;
+    secrets
+        .create(&kube::api::PostParams::default(), &secret)
+        .await?;
+    let frame = tokio::time::timeout(
+        Duration::from_secs(10),
+        http_body_util::BodyExt::frame(&mut body),
+    )
+    .await
+    .context("no watch event within 10s")?
+    .context("the watch ended")??;
+    let data = frame.into_data().ok().context("a data frame")?;
+    let event: Value = serde_json::from_slice(&data)?;
+    ensure!(
+        event["type"] == "ADDED" && event["object"]["metadata"]["name"] == "watched",
+        "watch event: {event}"
+    );
+    drop(body);
+    wait::until(
+        "the watch cancelled at the agent",
+        Duration::from_secs(10),
+        || async {
+            let agent = metric(&agent_metrics, "scale_agent_kube_api_requests_in_flight")
+                .await
+                .ok()?;
+            (agent == 0.0).then_some(())
+        },
+    )
+    .await?;
+    let text = std::fs::read_to_string(&rig.hub_log).unwrap_or_default();
+    if text.contains("more response body than the hub granted") {
+        bail!("the agent overran a window:\n{}", rig.logs());
+    }
+    Ok(())
+}
+
+// ---------- reads from the cache ----------
+
+/// The cluster's own answer to a raw request (status, JSON body).
+async fn direct_call(
+    cluster: &scale_agent_e2e::Cluster,
+    path: &str,
+) -> anyhow::Result<(u16, Value)> {
+    call(&cluster.client().await?, "GET", path, &[]).await
+}
+
+/// An item as the cache holds it: the stream leaves out `managedFields` and the
+/// last-applied annotation.
+fn as_streamed(mut item: Value) -> Value {
+    if let Some(meta) = item.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            if a.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+    }
+    item
+}
+
+fn list_items(list: &Value) -> Vec<Value> {
+    list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(as_streamed)
+        .collect()
+}
+
+async fn cache_answers(rig: &Rig) -> anyhow::Result<f64> {
+    Ok(metric(
+        &format!("{}/metrics", rig.s.hub.http),
+        "scale_agent_hub_kube_api_requests_total{source=\"cache\",code=\"2xx\"}",
+    )
+    .await
+    .unwrap_or(0.0))
+}
+
+/// Waits until the hub's cache of `account` holds every ConfigMap of the cluster.
+async fn cache_caught_up(
+    rig: &Rig,
+    account: &str,
+    cms: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
+) -> anyhow::Result<()> {
+    scale_agent_e2e::converge::converge(
+        &rig.s.hub,
+        account,
+        cms,
+        &rig.s.ns,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| rig.logs())?;
+    Ok(())
+}
+
+async fn cached_lists(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kls", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let cluster = target(&env, TARGET)?;
+    let cms = scale_agent_e2e::converge::configmaps(cluster, &ns).await?;
+    for i in 0..30 {
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+            "metadata": { "name": format!("cm-{i:02}"), "labels": { "tier": if i % 2 == 0 { "a" } else { "b" }, "n": i.to_string() } },
+            "data": { "v": i.to_string() }
+        }))?;
+        cms.create(&kube::api::PostParams::default(), &cm).await?;
+    }
+    cache_caught_up(&rig, &rig.target, &cms).await?;
+    let hub = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    let before = cache_answers(&rig).await?;
+    let base = format!("/api/v1/namespaces/{ns}/configmaps");
+    let queries = [
+        String::new(),
+        "?labelSelector=tier%3Da".into(),
+        "?labelSelector=tier!%3Da".into(),
+        "?labelSelector=tier+in+(a,b),!missing,n".into(),
+        "?fieldSelector=metadata.name%3Dcm-07".into(),
+        "?fieldSelector=metadata.name!%3Dcm-07,metadata.namespace%3D".to_string() + &ns,
+        "?resourceVersion=0".into(),
+    ];
+    for q in &queries {
+        let (code, through) = call(&hub, "GET", &format!("{base}{q}"), &[]).await?;
+        let (dcode, direct) = direct_call(cluster, &format!("{base}{q}")).await?;
+        ensure!(code == 200 && dcode == 200, "{q}: {code} / {dcode}");
+        ensure!(
+            through["kind"] == direct["kind"] && through["apiVersion"] == direct["apiVersion"],
+            "{q}: list type {} {} vs {} {}",
+            through["kind"],
+            through["apiVersion"],
+            direct["kind"],
+            direct["apiVersion"]
+        );
+        let (t, d) = (list_items(&through), list_items(&direct));
+        ensure!(
+            t == d,
+            "{q}: items from the cache differ from the cluster's:\n{t:?}\n---\n{d:?}"
+        );
+        ensure!(
+            through["metadata"]["resourceVersion"]
+                .as_str()
+                .is_some_and(|rv| !rv.is_empty()),
+            "{q}: no resourceVersion: {}",
+            through["metadata"]
+        );
+    }
+    let after = cache_answers(&rig).await?;
+    ensure!(
+        after - before >= queries.len() as f64,
+        "only {} of {} lists came from the cache",
+        after - before,
+        queries.len()
+    );
+    // Pages come from one snapshot: a change made between pages does not show.
+    let (_, full) = direct_call(cluster, &base).await?;
+    let want: Vec<String> = list_items(&full)
+        .iter()
+        .map(|i| {
+            i["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut rv = None;
+    let mut pages = 0;
+    loop {
+        let q = if token.is_empty() {
+            format!("{base}?limit=7")
+        } else {
+            format!("{base}?limit=7&continue={token}")
+        };
+        let (code, page) = call(&hub, "GET", &q, &[]).await?;
+        ensure!(code == 200, "page {pages}: {code} {page}");
+        pages += 1;
+        let page_rv = page["metadata"]["resourceVersion"].clone();
+        ensure!(
+            rv.get_or_insert_with(|| page_rv.clone()) == &page_rv,
+            "pages at different versions"
+        );
+        for item in list_items(&page) {
+            if item["metadata"]["name"] == "cm-20" {
+                ensure!(
+                    item["data"]["v"] == "20",
+                    "a change between pages showed: {item}"
+                );
+            }
+            seen.push(
+                item["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        if pages == 1 {
+            scale_agent_e2e::converge::put_cm(&cms, "cm-20", "changed").await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(t) if !t.is_empty() => token = t.to_owned(),
+            _ => break,
+        }
+    }
+    ensure!(
+        pages == 5 && seen == want,
+        "{pages} pages: {seen:?}, want {want:?}"
+    );
+    // What the cache cannot answer exactly goes to the cluster, which gives its own
+    // answer: a field it does not index, a resource the agent does not stream.
+    for q in [
+        format!("{base}?fieldSelector=data.v%3D1"),
+        format!("/api/v1/namespaces/{ns}/endpoints"),
+        "/api/v1/namespaces".to_owned(),
+    ] {
+        let (code, through) = call(&hub, "GET", &q, &[]).await?;
+        let (dcode, direct) = direct_call(cluster, &q).await?;
+        ensure!(
+            code == dcode
+                && through["message"] == direct["message"]
+                && list_items(&through).len() == list_items(&direct).len(),
+            "{q}: through the hub {code} {}, directly {dcode} {}",
+            through["message"],
+            direct["message"]
+        );
+    }
+    Ok(())
+}
+
+async fn watchers(env: Arc<Env>) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+    let mut rig = rig(&env, "kwt", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let cluster = target(&env, TARGET)?;
+    let cms = scale_agent_e2e::converge::configmaps(cluster, &ns).await?;
+    for i in 0..5 {
+        scale_agent_e2e::converge::put_cm(&cms, &format!("w-{i}"), "0").await?;
+    }
+    cache_caught_up(&rig, &rig.target, &cms).await?;
+    let hub = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    // The same watcher (kube-rs, with bookmarks) through the hub and on the cluster.
+    let start = |client: kube::Client| {
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let stream = reflector(
+            writer,
+            watcher(
+                kube::Api::<ConfigMap>::namespaced(client, &ns),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects();
+        let task = tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while stream.next().await.is_some() {}
+        });
+        (reader, task)
+    };
+    let (through, through_task) = start(hub.clone());
+    let (direct, direct_task) = start(cluster.client().await?);
+    let state = |store: &reflector::Store<ConfigMap>| {
+        let mut s: Vec<(String, String, String)> = store
+            .state()
+            .iter()
+            .map(|c| {
+                (
+                    c.metadata.name.clone().unwrap_or_default(),
+                    c.metadata.resource_version.clone().unwrap_or_default(),
+                    c.data
+                        .as_ref()
+                        .and_then(|d| d.get("v").cloned())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        s.sort();
+        s
+    };
+    let same = |what: &'static str| {
+        let (through, direct) = (through.clone(), direct.clone());
+        let cms = cms.clone();
+        async move {
+            wait::until(what, Duration::from_secs(60), || async {
+                let fresh = cms.list(&Default::default()).await.ok()?;
+                let mut want: Vec<(String, String, String)> = fresh
+                    .items
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.metadata.name.clone().unwrap_or_default(),
+                            c.metadata.resource_version.clone().unwrap_or_default(),
+                            c.data
+                                .as_ref()
+                                .and_then(|d| d.get("v").cloned())
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                want.sort();
+                (state(&through) == want && state(&direct) == want).then_some(())
+            })
+            .await
+        }
+    };
+    same("both watchers see the cluster's ConfigMaps").await?;
+    let started = Instant::now();
+    for i in 0..10 {
+        scale_agent_e2e::converge::put_cm(&cms, &format!("w-{i}"), "1").await?;
+    }
+    for i in 0..3 {
+        cms.delete(&format!("w-{i}"), &Default::default()).await?;
+    }
+    same("both watchers follow changes and deletions").await?;
+    eprintln!(
+        "changes seen through the hub's watch and directly in {:?}",
+        started.elapsed()
+    );
+    // A watch from a version the hub cannot vouch for (older than its window) goes to
+    // the cluster, which answers it from its own history: the same bytes.
+    let old =
+        format!("/api/v1/namespaces/{ns}/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1");
+    let (code, through_old) = call(&hub, "GET", &old, &[]).await?;
+    let (dcode, direct_old) = direct_call(cluster, &old).await?;
+    ensure!(
+        code == dcode && through_old == direct_old,
+        "watch from resourceVersion 1: through the hub {code} {through_old}, directly {dcode} {direct_old}"
+    );
+    // A watch from the hub's own list version is served from the cache.
+    let before = cache_answers(&rig).await?;
+    let (_, listed) = call(
+        &hub,
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/configmaps"),
+        &[],
+    )
+    .await?;
+    let rv = listed["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let recent = format!(
+        "/api/v1/namespaces/{ns}/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=2"
+    );
+    let writer = {
+        let cms = cms.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            scale_agent_e2e::converge::put_cm(&cms, "w-9", "3").await
+        })
+    };
+    let (code, events) = call(&hub, "GET", &recent, &[]).await?;
+    writer.await??;
+    let events = events
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| events.to_string());
+    ensure!(
+        code == 200 && events.contains("\"MODIFIED\"") && events.contains("\"w-9\""),
+        "watch from {rv} through the hub: {code} {events}"
+    );
+    ensure!(
+        cache_answers(&rig).await? - before >= 2.0,
+        "the list and the watch did not both come from the cache"
+    );
+    // The hub restarts (its cache is gone; the agent streams again): the watcher
+    // through the hub watches again, lists again when told 410, and converges,
+    // changes made while the hub was down included.
+    // Only a deletion while the hub is down: the relist after the restart simply does
+    // not list the object, and the version the watcher resumes from is not older than
+    // any object the hub lists; the deletion must still reach it.
+    rig.s.hub.stop();
+    cms.delete("w-6", &Default::default()).await?;
+    let restarted = Instant::now();
+    rig.s.hub.restart().await?;
+    same("the watcher through the restarted hub sees the deletion").await?;
+    eprintln!(
+        "converged {:?} after the hub restarted",
+        restarted.elapsed()
+    );
+    scale_agent_e2e::converge::put_cm(&cms, "after-restart", "x").await?;
+    scale_agent_e2e::converge::put_cm(&cms, "w-5", "2").await?;
+    same("the watcher through the restarted hub follows new changes").await?;
+    through_task.abort();
+    direct_task.abort();
+    Ok(())
+}
+
+async fn read_your_writes(env: Arc<Env>) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{ListParams, Patch, PatchParams};
+    let rig = rig(&env, "kryw", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let hub = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    let api: kube::Api<Deployment> = kube::Api::namespaced(hub, &ns);
+    let by_name = ListParams::default().fields("metadata.name=web");
+    let before = cache_answers(&rig).await?;
+    let mut took = Vec::new();
+    for i in 0..200 {
+        let image = format!("nginx:1.{i}");
+        let manifest: Value = serde_json::from_str(&deployment(&ns, &image))?;
+        let started = Instant::now();
+        let written = api
+            .patch(
+                "web",
+                &PatchParams::apply("e2e-ryw").force(),
+                &Patch::Apply(&manifest),
+            )
+            .await?;
+        let generation = written.metadata.generation;
+        // At once, from the cache: the new generation and image, every time.
+        let list = api.list(&by_name).await?;
+        took.push(started.elapsed());
+        let got = list.items.first().context("web is not in the list")?;
+        let got_image = got
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone());
+        ensure!(
+            got.metadata.generation == generation && got_image.as_deref() == Some(image.as_str()),
+            "write {i}: wrote generation {generation:?} image {image}, read generation {:?} image {got_image:?}",
+            got.metadata.generation
+        );
+    }
+    let after = cache_answers(&rig).await?;
+    ensure!(
+        after - before >= 190.0,
+        "only {} of 200 reads came from the cache: the barrier was not exercised",
+        after - before
+    );
+    took.sort();
+    eprintln!(
+        "200 write-then-read through the hub: p50 {:?}, p99 {:?}, max {:?}; {} reads from the cache",
+        took[100],
+        took[197],
+        took[199],
+        after - before
+    );
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Answering a read from the cache: the checks that need the cache (is the kind
+//! streamed, synced, inside the account's scope, new enough for the client's own
+//! writes), taken under the cache's lock in one short step that copies out only names
+//! and shared bodies; the list is filtered and written, and the watch followed,
+//! outside the lock, so a 10,000-object list does not hold up the agents' streams.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::Response;
+
+use super::barrier::Barriers;
+use super::path::ResourcePath;
+use super::read::{self, Pass, Read, Snapshots, Version};
+use super::watch::{self, Start, Watch};
+use crate::state::Shared;
+use crate::window::Mark;
+
+/// How long a read waits for the cache to reach the client's own write (or the
+/// resourceVersion it asks for) before it goes to the cluster instead.
+pub const CATCH_UP: Duration = Duration::from_secs(3);
+
+enum Step {
+    Wait(tokio::sync::watch::Receiver<Mark>),
+    List(read::Listed),
+    Continue,
+    Watch(Box<Watch>),
+}
+
+/// What a read needs from the hub besides the request.
+pub struct Ctx<'a> {
+    /// Shared state (the cache).
+    pub shared: &'a Arc<Shared>,
+    /// Lists kept for their next pages.
+    pub snapshots: &'a Snapshots,
+    /// Versions reads must reach after the clients' writes.
+    pub barriers: &'a Barriers,
+}
+
+/// Answers `read` of `path` in `account` from the cache, or says why it goes to the
+/// cluster.
+pub async fn answer(
+    ctx: &Ctx<'_>,
+    account: &str,
+    path: &ResourcePath,
+    read: Read,
+    fingerprint: u64,
+) -> Result<Response<Body>, Pass> {
+    let written = ctx.barriers.floor(account, &path.group, &path.resource);
+    let asked = match read.version {
+        Version::NotOlderThan(n) if read.watch.is_none() => n,
+        _ => 0,
+    };
+    let floor = written.max(asked);
+    let give_up = Instant::now() + CATCH_UP;
+    loop {
+        match step(ctx.shared, account, path, &read, floor)? {
+            Step::Wait(mut rx) => {
+                let left = give_up.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err("the cache has not caught up with the client's write");
+                }
+                // Woken by the kind's next change; the check runs again.
+                let _ = tokio::time::timeout(left, rx.changed()).await;
+            }
+            Step::List(listed) => {
+                return Ok(read::page(ctx.snapshots, &read, Some(listed), fingerprint));
+            }
+            Step::Continue => return Ok(read::page(ctx.snapshots, &read, None, fingerprint)),
+            Step::Watch(w) => return Ok(watch::serve(Arc::clone(ctx.shared), *w)),
+        }
+    }
+}
+
+fn step(
+    shared: &Shared,
+    account: &str,
+    path: &ResourcePath,
+    read: &Read,
+    floor: u64,
+) -> Result<Step, Pass> {
+    let core = shared.core();
+    let cache = core.cache.account(account).ok_or("nothing cached")?;
+    let scope = cache
+        .scope()
+        .ok_or("the agent did not say what it streams")?;
+    let kind = cache
+        .kind_for(&path.group, &path.version, &path.resource)
+        .ok_or("a kind (or version) the agent does not stream")?;
+    if !kind.servable {
+        return Err("the kind is not synced");
+    }
+    if path.namespace.is_some() && !kind.window.namespaced {
+        return Err("a namespace for a cluster-scoped kind");
+    }
+    if !read.fields.supported(&kind.key.group, &kind.key.kind) {
+        return Err("a field the hub does not index");
+    }
+    if !read::in_scope(scope, read, kind.key) {
+        return Err("outside what the agent streams");
+    }
+    // An agent watching several namespaces apart merges their changes as they come,
+    // not in one resourceVersion order: a version then says nothing about what the
+    // cache holds, so neither a watch nor a read that must reach a version can be
+    // answered from it.
+    if kind.window.namespaced && scope.namespaces.len() > 1 && (read.watch.is_some() || floor > 0) {
+        return Err("several namespaces watched apart: versions are not in one order");
+    }
+    let mark = kind.window.mark();
+    if mark.rv < floor {
+        return Ok(Step::Wait(kind.window.subscribe()));
+    }
+    if read.cont.is_some() {
+        return Ok(Step::Continue);
+    }
+    let listed = || {
+        read::take(
+            cache,
+            kind.key,
+            &path.version,
+            read.namespace.as_deref(),
+            mark.rv,
+        )
+    };
+    let Some(_) = &read.watch else {
+        return Ok(Step::List(listed()));
+    };
+    let start = match read.version {
+        Version::Latest | Version::Any => Start::Objects(listed().items),
+        Version::NotOlderThan(rv) => {
+            if kind.window.since(rv).is_err() {
+                // The cluster knows its history: it streams from there, or answers
+                // 410 Gone itself.
+                return Err("a version the window does not vouch for");
+            }
+            Start::After(rv)
+        }
+    };
+    let api_version = listed_api_version(&kind.key.group, &path.version);
+    Ok(Step::Watch(Box::new(Watch {
+        account: account.to_owned(),
+        kind: kind.key.clone(),
+        api_version,
+        read: read.clone(),
+        start,
+        mark,
+        changes: kind.window.subscribe(),
+    })))
+}
+
+fn listed_api_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    }
+}

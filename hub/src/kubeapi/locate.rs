@@ -1,0 +1,49 @@
+//! Where an account's Kubernetes API is answered: the one place that decides which
+//! live session holds an account. With several hub replicas this is where a request
+//! for an account held by another replica will be sent on to it.
+
+use crate::registry::SessionId;
+use crate::state::{Outbound, Shared};
+
+/// Where an account is.
+#[derive(Debug, Clone)]
+pub enum Located {
+    /// This hub knows no such account.
+    Unknown,
+    /// Known, but no agent streams it now (within its grace period).
+    Disconnected,
+    /// Streamed on a session of this hub whose agent cannot carry Kubernetes API
+    /// requests (an older agent).
+    NotCapable,
+    /// Streamed on a session of this hub that carries requests.
+    Here {
+        /// The session.
+        session: SessionId,
+        /// Its outbound frames.
+        tx: Outbound,
+    },
+}
+
+/// Finds the session holding `account`.
+pub fn locate(shared: &Shared, account: &str) -> Located {
+    let session = {
+        let core = shared.core();
+        match core.registry.get(account) {
+            None => return Located::Unknown,
+            Some(a) => a.session.clone(),
+        }
+    };
+    let Some(session) = session else {
+        return Located::Disconnected;
+    };
+    let Some(handle) = shared.session(&session) else {
+        return Located::Disconnected;
+    };
+    if !shared.tunnels.capable(&session) {
+        return Located::NotCapable;
+    }
+    Located::Here {
+        session,
+        tx: handle.tx,
+    }
+}

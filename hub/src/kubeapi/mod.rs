@@ -1,0 +1,87 @@
+//! A Kubernetes API for every account, so that stock Clouddriver, kubectl, helm and
+//! any client-go or kube-rs program can use an account through the hub with nothing
+//! but a kubeconfig whose `server:` is `https://<hub>:<port>/accounts/<account>`.
+//!
+//! Lists and watches of the kinds the account's agent streams are answered from the
+//! hub's cache, with the cluster's resourceVersions ([`read`], [`cached`], [`watch`]);
+//! a client's own writes are a read barrier ([`barrier`]). Everything else travels over
+//! the stream of the agent that holds the account, which replays it against the
+//! cluster with the account's credentials ([`passthrough`]); the target cluster never
+//! has to be reachable from Spinnaker.
+//!
+//! Modules, one job each: [`server`] (listener, the order a request goes through),
+//! [`path`] (routing and what a path names), [`auth`] (bearer tokens and their
+//! accounts), [`locate`] (which session holds an account), [`read`] (which reads the
+//! cache answers, lists and pages), [`selector`] (label and field selectors),
+//! [`cached`] (the checks under the cache's lock), [`watch`] (watches from the
+//! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
+//! session, flow control), [`passthrough`] (replaying a request through the agent),
+//! [`status`] (Kubernetes `Status` answers), [`kubeconfig`] (the kubeconfig Spinnaker
+//! operators paste into Clouddriver).
+
+pub mod auth;
+pub mod barrier;
+pub mod cached;
+pub mod kubeconfig;
+pub mod locate;
+pub mod passthrough;
+pub mod path;
+pub mod read;
+pub mod selector;
+pub mod server;
+pub mod status;
+pub mod tunnel;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use tunnel::Tunnels;
+
+/// Where the bearer tokens of the Kubernetes API come from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// A file (see [`auth`] for its format), re-read when it changes.
+    File(PathBuf),
+    /// The file's content, given directly (tests, embedding).
+    Text(String),
+}
+
+/// How to serve the per-account Kubernetes API.
+#[derive(Debug, Clone)]
+pub struct KubeApiConfig {
+    /// Listen address (port 0: any free port).
+    pub addr: SocketAddr,
+    /// The tokens clients authenticate with.
+    pub tokens: TokenSource,
+    /// Pass `Impersonate-*` headers on to the cluster, where they act with the
+    /// agent's rights; refused (403) when false.
+    pub allow_impersonation: bool,
+    /// How long the hub waits for the head of the cluster's answer when the request
+    /// names no `timeout`; past it the client gets 504.
+    pub request_timeout: Duration,
+    /// Bytes of a response body the agent may send ahead of what the client read.
+    pub window_bytes: u64,
+    /// Open connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// The certificate the API is served with, when not the hub's own (`Config::tls`);
+    /// with neither, it is served over plain HTTP.
+    pub tls: Option<crate::tls::TlsConfig>,
+}
+
+impl KubeApiConfig {
+    /// Defaults on `addr` with `tokens`: impersonation refused, 60 s request timeout,
+    /// 1 MiB window, 4096 connections, the hub's own certificate.
+    pub fn new(addr: SocketAddr, tokens: TokenSource) -> KubeApiConfig {
+        KubeApiConfig {
+            addr,
+            tokens,
+            allow_impersonation: false,
+            request_timeout: Duration::from_secs(60),
+            window_bytes: 1 << 20,
+            max_connections: 4096,
+            tls: None,
+        }
+    }
+}

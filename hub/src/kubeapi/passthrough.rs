@@ -1,0 +1,485 @@
+//! Requests the hub does not answer itself travel to the agent that holds the account,
+//! which replays them against the cluster; the answer comes back byte for byte.
+//!
+//! The response body streams: the agent may be at most a window ahead of what the
+//! client has read (the hub grants more as the client reads), so a slow client holds
+//! back its own answer and nothing else on the stream. When the client goes away the
+//! request is cancelled at the agent, which closes it at the API server.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures::Stream;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use scale_agent_proto::kube_api;
+use scale_agent_proto::v1::{
+    HttpHeader, HubFrame, KubeCancel, KubeRequest, KubeRequestBody, KubeWindow, hub_frame,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::barrier::{self, Barriers};
+use super::status::Failure;
+use super::tunnel::Part;
+use crate::registry::SessionId;
+use crate::state::{Outbound, Shared};
+
+/// The largest request body the hub carries (the API server takes at most 3 MiB).
+pub const MAX_REQUEST_BODY: usize = 16 << 20;
+/// The largest part of a request body in one frame.
+const REQUEST_CHUNK: usize = 1 << 20;
+/// A deadline given in the request's `timeout` parameter is honoured up to this.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What to replay.
+#[derive(Debug)]
+pub struct Replay<'a> {
+    /// The account.
+    pub account: &'a str,
+    /// The session holding it.
+    pub session: SessionId,
+    /// Its outbound frames.
+    pub tx: Outbound,
+    /// The method.
+    pub method: &'a Method,
+    /// Path and query relative to the cluster's API root.
+    pub path_and_query: &'a str,
+    /// The client's headers.
+    pub headers: &'a HeaderMap,
+    /// The request body.
+    pub body: Bytes,
+    /// How long to wait for the answer's head when the request names no timeout.
+    pub default_timeout: Duration,
+    /// The response window.
+    pub window: u64,
+    /// For a request that names a resource: where a successful write's version is
+    /// recorded, so the client's later reads reflect it.
+    pub barrier: Option<BarrierFor>,
+}
+
+/// The kind a write is to, and where its version goes.
+#[derive(Debug)]
+pub struct BarrierFor {
+    /// The account's barriers.
+    pub barriers: Arc<Barriers>,
+    /// API group of the resource.
+    pub group: String,
+    /// API version in the path.
+    pub version: String,
+    /// The resource (plural).
+    pub resource: String,
+}
+
+/// A write's answer is at most this large to be read whole for its version; a
+/// larger one sets the barrier to the kind's next change.
+const MAX_WRITE_ANSWER: usize = 16 << 20;
+
+/// Reads a successful write's whole answer, records the version it is at as the
+/// floor of the client's next reads of the kind, and answers with the same bytes.
+async fn record_write(
+    shared: &Shared,
+    account: &str,
+    method: &Method,
+    barrier: &BarrierFor,
+    response: Response<Body>,
+) -> Response<Body> {
+    let (parts, body) = response.into_parts();
+    let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+        body,
+        MAX_WRITE_ANSWER,
+    ))
+    .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(err) => {
+            warn!(account, %err, "the answer to a write could not be read whole");
+            return Failure::new(
+                StatusCode::BAD_GATEWAY,
+                "InternalError",
+                format!("the cluster's answer to the write broke off: {err}"),
+            )
+            .response();
+        }
+    };
+    let floor = match barrier::written(method, &bytes) {
+        Some(w) => w.floor(),
+        // No version in the answer (a Status): the kind's next change.
+        None => {
+            let core = shared.core();
+            core.cache
+                .account(account)
+                .and_then(|c| c.kind_for(&barrier.group, &barrier.version, &barrier.resource))
+                .map_or(0, |k| k.window.mark().rv + 1)
+        }
+    };
+    if floor > 0 {
+        barrier
+            .barriers
+            .note(account, &barrier.group, &barrier.resource, floor);
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Parses a Go duration as kubectl writes `timeout=` (`32s`, `1m0s`, `500ms`).
+pub fn go_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => value / 1e9,
+            "us" | "µs" => value / 1e6,
+            "ms" => value / 1e3,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(seconds).ok()?;
+    }
+    Some(total)
+}
+
+/// The headers the cluster gets: the client's, minus hop-by-hop headers and
+/// credentials (the agent adds the account's own).
+pub fn forwarded_headers(headers: &HeaderMap) -> Vec<HttpHeader> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !kube_api::is_hop_by_hop(name.as_str()) && !kube_api::is_credential(name.as_str())
+        })
+        .map(|(name, value)| HttpHeader {
+            name: name.as_str().to_owned(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        })
+        .collect()
+}
+
+fn frame(f: hub_frame::Frame) -> HubFrame {
+    HubFrame { frame: Some(f) }
+}
+
+fn head_deadline(path_and_query: &str, default: Duration) -> Duration {
+    let query = path_and_query.split_once('?').map(|(_, q)| q);
+    super::path::query(query)
+        .into_iter()
+        .find(|(k, _)| k == "timeout")
+        .and_then(|(_, v)| go_duration(&v))
+        .filter(|d| !d.is_zero())
+        .map_or(default, |d| d.min(MAX_TIMEOUT))
+}
+
+/// Sends the request to the agent and answers with what the cluster answered.
+pub async fn replay(shared: &Arc<Shared>, r: Replay<'_>) -> Response<Body> {
+    let started = Instant::now();
+    let deadline = head_deadline(r.path_and_query, r.default_timeout);
+    let Some((id, mut rx)) = shared.tunnels.open(&r.session, r.window) else {
+        return Failure::disconnected(r.account).response();
+    };
+    let mut body = r.body;
+    let first = body.split_to(body.len().min(REQUEST_CHUNK));
+    let request = KubeRequest {
+        id,
+        account: r.account.to_owned(),
+        method: r.method.as_str().to_owned(),
+        path: r.path_and_query.to_owned(),
+        headers: forwarded_headers(r.headers),
+        deadline: Some(prost_types::Timestamp::from(SystemTime::now() + deadline)),
+        body: first,
+        body_done: body.is_empty(),
+        window_bytes: r.window,
+    };
+    let mut cancel = CancelOnDrop {
+        shared: Arc::clone(shared),
+        session: r.session.clone(),
+        tx: r.tx.clone(),
+        id,
+        armed: true,
+    };
+    let send = async {
+        r.tx.send(Ok(frame(hub_frame::Frame::KubeRequest(request))))
+            .await
+            .ok()?;
+        while !body.is_empty() {
+            let chunk = body.split_to(body.len().min(REQUEST_CHUNK));
+            let part = KubeRequestBody {
+                id,
+                chunk,
+                done: body.is_empty(),
+            };
+            r.tx.send(Ok(frame(hub_frame::Frame::KubeRequestBody(part))))
+                .await
+                .ok()?;
+        }
+        Some(())
+    };
+    // The agent's own deadline answers 504 first; a little more here covers the trip.
+    let wait = deadline + Duration::from_secs(2);
+    let head = tokio::time::timeout(wait, async {
+        send.await?;
+        loop {
+            match rx.recv().await? {
+                Part::Head(head) => return Some(head),
+                // A body before the head: the agent is confused; ignore it.
+                Part::Body(_) => continue,
+            }
+        }
+    })
+    .await;
+    let head = match head {
+        Ok(Some(head)) => head,
+        Ok(None) => {
+            cancel.armed = false;
+            info!(
+                account = r.account,
+                "the agent's session ended before it answered"
+            );
+            return Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!(
+                    "account {:?}: the agent's session ended before it answered; retry",
+                    r.account
+                ),
+            )
+            .response();
+        }
+        Err(_) => {
+            warn!(
+                account = r.account,
+                ?deadline,
+                "no answer from the agent before the deadline"
+            );
+            return Failure::timeout(format!(
+                "account {:?}: no answer from its agent within {deadline:?}",
+                r.account
+            ))
+            .response();
+        }
+    };
+    let Ok(status) = StatusCode::from_u16(u16::try_from(head.status).unwrap_or(0)) else {
+        warn!(
+            account = r.account,
+            status = head.status,
+            "the agent answered an invalid HTTP status"
+        );
+        return Failure::new(
+            StatusCode::BAD_GATEWAY,
+            "InternalError",
+            "the agent answered an invalid HTTP status",
+        )
+        .response();
+    };
+    let write = !matches!(*r.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if write {
+        info!(account = r.account, method = %r.method, path = %short(r.path_and_query), status = status.as_u16(), took = ?started.elapsed(), "write passed to the cluster");
+    } else {
+        debug!(account = r.account, method = %r.method, path = %short(r.path_and_query), status = status.as_u16(), took = ?started.elapsed(), "read passed to the cluster");
+    }
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    response.extensions_mut().insert(AnsweredBy("cluster"));
+    for h in head.headers {
+        if kube_api::is_hop_by_hop(&h.name) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(&h.value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    let answer = Answer {
+        rx,
+        cancel,
+        window: r.window,
+        unacked: 0,
+        done: false,
+    };
+    *response.body_mut() = Body::from_stream(answer);
+    match &r.barrier {
+        Some(barrier) if write && status.is_success() => {
+            record_write(shared, r.account, r.method, barrier, response).await
+        }
+        _ => response,
+    }
+}
+
+/// Which part answered a request (for metrics): set on answers that did not come
+/// from the hub itself.
+#[derive(Debug, Clone, Copy)]
+pub struct AnsweredBy(pub &'static str);
+
+fn short(path: &str) -> &str {
+    match path.char_indices().nth(200) {
+        Some((i, _)) => &path[..i],
+        None => path,
+    }
+}
+
+/// Tells the agent to stop a request the hub no longer waits for.
+struct CancelOnDrop {
+    shared: Arc<Shared>,
+    session: SessionId,
+    tx: Outbound,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.shared.tunnels.close(&self.session, self.id);
+        let cancel = frame(hub_frame::Frame::KubeCancel(KubeCancel {
+            id: self.id,
+            reason: "the client went away or the hub stopped waiting".into(),
+        }));
+        if let Err(mpsc::error::TrySendError::Full(f)) = self.tx.try_send(Ok(cancel)) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(f).await;
+            });
+        }
+    }
+}
+
+/// The response body: the agent's parts as the client reads them.
+struct Answer {
+    rx: mpsc::UnboundedReceiver<Part>,
+    cancel: CancelOnDrop,
+    window: u64,
+    unacked: u64,
+    done: bool,
+}
+
+impl Answer {
+    /// Grants the agent what the client has read, in steps of a quarter window.
+    fn read(&mut self, bytes: u64) {
+        self.unacked += bytes;
+        if self.unacked < (self.window / 4).max(1) {
+            return;
+        }
+        let grant = std::mem::take(&mut self.unacked);
+        let c = &self.cancel;
+        c.shared.tunnels.grant(&c.session, c.id, grant);
+        let f = frame(hub_frame::Frame::KubeWindow(KubeWindow {
+            id: c.id,
+            bytes: grant,
+        }));
+        if let Err(mpsc::error::TrySendError::Full(f)) = c.tx.try_send(Ok(f)) {
+            let tx = c.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(f).await;
+            });
+        }
+    }
+}
+
+impl Stream for Answer {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    // The session ended, or the agent overran its window.
+                    self.done = true;
+                    self.cancel.armed = false;
+                    return Poll::Ready(Some(Err(std::io::Error::other(
+                        "the agent's answer ended before it was complete",
+                    ))));
+                }
+                Poll::Ready(Some(Part::Head(_))) => continue,
+                Poll::Ready(Some(Part::Body(b))) => {
+                    if b.done {
+                        self.done = true;
+                        self.cancel.armed = false;
+                        if !b.error.is_empty() {
+                            return Poll::Ready(Some(Err(std::io::Error::other(b.error))));
+                        }
+                        if b.chunk.is_empty() {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Ok(b.chunk)));
+                    }
+                    if b.chunk.is_empty() {
+                        continue;
+                    }
+                    self.read(b.chunk.len() as u64);
+                    return Poll::Ready(Some(Ok(b.chunk)));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration("32s"), Some(Duration::from_secs(32)));
+        assert_eq!(go_duration("1m0s"), Some(Duration::from_secs(60)));
+        assert_eq!(go_duration("1h2m3s"), Some(Duration::from_secs(3723)));
+        assert_eq!(go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(go_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "s", "10", "10x", "-1s"] {
+            assert_eq!(go_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_timeout_parameter_sets_the_deadline() {
+        let d = Duration::from_secs(60);
+        assert_eq!(head_deadline("/api/v1/pods", d), d);
+        assert_eq!(
+            head_deadline("/api/v1/pods?timeout=5s&limit=1", d),
+            Duration::from_secs(5)
+        );
+        assert_eq!(head_deadline("/api/v1/pods?timeout=0", d), d);
+        assert_eq!(head_deadline("/api/v1/pods?timeout=100h", d), MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn credentials_and_connection_headers_stay_at_the_hub() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer t"),
+            ("connection", "keep-alive"),
+            ("host", "hub"),
+            ("content-type", "application/apply-patch+yaml"),
+            ("x-remote-user", "admin"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let names: Vec<String> = forwarded_headers(&h).into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["content-type"]);
+    }
+}

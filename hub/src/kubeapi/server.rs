@@ -1,0 +1,331 @@
+//! The listener of the per-account Kubernetes API: TLS with the hub's certificate when
+//! it has one (reloaded with it), HTTP/2 and HTTP/1.1, bounded connections and header
+//! timeouts; and the order every request goes through: which account, who is asking,
+//! what they may do, where the account is, then the answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use scale_agent_proto::kube_api;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use super::auth::{Refusal, Tokens};
+use super::barrier::Barriers;
+use super::cached::{self, Ctx};
+use super::locate::{Located, locate};
+use super::passthrough::{self, MAX_REQUEST_BODY, Replay};
+use super::path::{self, PathError};
+use super::read::{self, Snapshots};
+use super::status::Failure;
+use super::{KubeApiConfig, TokenSource};
+use crate::Error;
+use crate::clip::clip;
+use crate::state::Shared;
+use crate::tls::{TlsConfig, TlsState};
+
+/// How long open connections get to finish when the hub stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The per-account Kubernetes API.
+pub struct KubeApi {
+    shared: Arc<Shared>,
+    tokens: Arc<Tokens>,
+    config: KubeApiConfig,
+    snapshots: Snapshots,
+    barriers: Arc<Barriers>,
+}
+
+/// Starts serving (TLS with the hub's certificate, when it has one); returns the
+/// bound address and the server's task, which ends when the hub shuts down.
+pub async fn start(
+    shared: Arc<Shared>,
+    config: KubeApiConfig,
+) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), Error> {
+    let shutdown = shared.shutdown.clone();
+    let reload_interval = shared.config.reload_interval;
+    let tls = config.tls.as_ref().or(shared.config.tls.as_ref());
+    let tokens = match &config.tokens {
+        TokenSource::File(path) => Tokens::watch(path, reload_interval, shutdown.clone())?,
+        TokenSource::Text(text) => Tokens::from_text(text).map_err(|message| Error::Setting {
+            setting: "--kube-api-tokens-file",
+            message,
+        })?,
+    };
+    let bind = |source| Error::Bind {
+        addr: config.addr,
+        what: "kube-api",
+        source,
+    };
+    let listener = TcpListener::bind(config.addr).await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let tls_state = match tls {
+        Some(tls) => {
+            let state = TlsState::with(tls.https_server_config()?);
+            if let Some(files) = &tls.files {
+                state.watch_files(
+                    files.clone(),
+                    tls.clone(),
+                    reload_interval,
+                    shutdown.clone(),
+                    shared.metrics.tls_reloads.clone(),
+                    TlsConfig::https_server_config,
+                );
+            }
+            Some(state)
+        }
+        None => {
+            warn!(%addr, "the Kubernetes API of the accounts is served without TLS (no --kube-api-tls-cert, and the hub has no certificate): bearer tokens cross the network in the clear, and kubectl does not send them over plain HTTP");
+            None
+        }
+    };
+    info!(%addr, tls = tls_state.is_some(), allow_impersonation = config.allow_impersonation, "serving the Kubernetes API of every account at /accounts/<account>/");
+    let max_connections = config.max_connections;
+    // The same header timeout as the HTTP API (`--http-header-timeout`): also the idle
+    // time of a kept-alive HTTP/1.1 connection.
+    let header_timeout = shared.config.http_limits.header_timeout;
+    let api = Arc::new(KubeApi {
+        shared: Arc::clone(&shared),
+        tokens,
+        config,
+        snapshots: Snapshots::default(),
+        barriers: Arc::default(),
+    });
+    let mut incoming = crate::tls::incoming(
+        listener,
+        "kube-api",
+        tls_state,
+        shutdown.clone(),
+        shared.metrics.tls_handshake_failures.clone(),
+    );
+    let task = tokio::spawn(async move {
+        let limit = Arc::new(Semaphore::new(max_connections));
+        let mut refused: u64 = 0;
+        while let Some(conn) = incoming.next().await {
+            let Ok(conn) = conn else { continue };
+            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                refused += 1;
+                if refused == 1 || refused.is_multiple_of(1000) {
+                    warn!(
+                        limit = max_connections,
+                        refused, "too many Kubernetes API connections; closing new ones"
+                    );
+                }
+                continue;
+            };
+            let api = Arc::clone(&api);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let first_request = Arc::new(Notify::new());
+                let started = Arc::clone(&first_request);
+                let service = hyper::service::service_fn(move |req| {
+                    started.notify_one();
+                    let api = Arc::clone(&api);
+                    async move { Ok::<_, Infallible>(api.handle(req).await) }
+                });
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(Duration::from_secs(30)));
+                let conn = builder.serve_connection(TokioIo::new(conn), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(err) = r {
+                            debug!(%err, "Kubernetes API connection ended with an error");
+                        }
+                    }
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(DRAIN, conn).await;
+                    }
+                    () = silent(&first_request, header_timeout) => {
+                        debug!("closed a Kubernetes API connection that sent no request within the header timeout");
+                    }
+                }
+                drop(permit);
+            });
+        }
+        Ok(())
+    });
+    Ok((addr, task))
+}
+
+/// Ends when a connection has not begun a request within `timeout` of its start;
+/// never otherwise. The HTTP/1.1 header timeout only starts once the protocol is
+/// known, so without this a client that sends nothing at all would hold its
+/// connection for ever.
+async fn silent(first_request: &Notify, timeout: Duration) {
+    if tokio::time::timeout(timeout, first_request.notified())
+        .await
+        .is_ok()
+    {
+        std::future::pending::<()>().await;
+    }
+}
+
+impl KubeApi {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let (account, rest) = match path::route(req.uri().path()) {
+            Ok((account, rest)) => (account.to_owned(), rest.to_owned()),
+            Err(PathError::NotAccount) => {
+                return Failure::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "the Kubernetes API of an account is served under /accounts/<account>/",
+                )
+                .response();
+            }
+            Err(err) => return Failure::bad_request(err.to_string()).response(),
+        };
+        let span = info_span!("kube_api", %account, method = %req.method());
+        let response = self.serve(req, account, rest).instrument(span).await;
+        let source = response
+            .extensions()
+            .get::<passthrough::AnsweredBy>()
+            .map_or("hub", |a| a.0);
+        self.shared
+            .metrics
+            .kube_api(source, response.status().as_u16());
+        response
+    }
+
+    async fn serve(&self, req: Request<Incoming>, account: String, rest: String) -> Response<Body> {
+        match self.tokens.check(req.headers(), &account) {
+            Ok(_) => {}
+            Err(Refusal::Unauthenticated) => {
+                self.shared.metrics.http_unauthorized.inc();
+                debug!("Kubernetes API request without a valid token");
+                return Failure::unauthorized().response();
+            }
+            Err(Refusal::NotAllowed) => {
+                warn!("a token used for an account it is not allowed");
+                return Failure::forbidden(format!("this token may not use account {account:?}"))
+                    .response();
+            }
+        }
+        if !self.config.allow_impersonation
+            && req
+                .headers()
+                .keys()
+                .any(|k| kube_api::is_impersonation(k.as_str()))
+        {
+            warn!("refused a request asking to impersonate (Impersonate-* headers)");
+            return Failure::forbidden(
+                "Impersonate-* headers are refused by this hub: the request would act with the agent's rights to impersonate (the hub's operator can allow it with --kube-api-allow-impersonation)",
+            )
+            .response();
+        }
+        if req.headers().contains_key(http::header::UPGRADE) {
+            return Failure::bad_request(
+                "exec, attach and port-forward (connection upgrades) are not carried by the hub",
+            )
+            .response();
+        }
+        let (session, tx) = match locate(&self.shared, &account) {
+            Located::Unknown => return Failure::unknown_account(&account).response(),
+            Located::Disconnected => return Failure::disconnected(&account).response(),
+            Located::NotCapable => {
+                return Failure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!(
+                        "account {account:?} is streamed by an agent that cannot carry Kubernetes API requests; upgrade the agent"
+                    ),
+                )
+                .response();
+            }
+            Located::Here { session, tx } => (session, tx),
+        };
+        let resource = path::resource_path(&rest);
+        if let Some(resource) = &resource {
+            let query = path::query(req.uri().query());
+            match read::plan(req.method(), resource, &query, req.headers()) {
+                Ok(read) => {
+                    let ctx = Ctx {
+                        shared: &self.shared,
+                        snapshots: &self.snapshots,
+                        barriers: &self.barriers,
+                    };
+                    let fingerprint = read::fingerprint(&account, &rest, &query);
+                    match cached::answer(&ctx, &account, resource, read, fingerprint).await {
+                        Ok(mut response) => {
+                            response
+                                .extensions_mut()
+                                .insert(passthrough::AnsweredBy("cache"));
+                            return response;
+                        }
+                        Err(why) => debug!(path = %clip(&rest), why, "read goes to the cluster"),
+                    }
+                }
+                Err(why) => debug!(path = %clip(&rest), why, "request goes to the cluster"),
+            }
+        }
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest,
+        };
+        let barrier = resource
+            .filter(|r| r.subresource.as_deref() != Some("log"))
+            .map(|r| passthrough::BarrierFor {
+                barriers: Arc::clone(&self.barriers),
+                group: r.group,
+                version: r.version,
+                resource: r.resource,
+            });
+        let (parts, body) = req.into_parts();
+        let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) => {
+                let too_large = err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                return if too_large {
+                    Failure::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RequestEntityTooLarge",
+                        format!("the request body is larger than {MAX_REQUEST_BODY} bytes"),
+                    )
+                    .response()
+                } else {
+                    Failure::bad_request(format!("reading the request body: {err}")).response()
+                };
+            }
+        };
+        passthrough::replay(
+            &self.shared,
+            Replay {
+                account: &account,
+                session,
+                tx,
+                method: &parts.method,
+                path_and_query: &path_and_query,
+                headers: &parts.headers,
+                body,
+                default_timeout: self.config.request_timeout,
+                window: self.config.window_bytes,
+                barrier,
+            },
+        )
+        .await
+    }
+}

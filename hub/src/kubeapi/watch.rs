@@ -1,0 +1,326 @@
+//! Watches served from the cache: the changes of a kind after a resourceVersion, from
+//! the kind's window ([`crate::window`]), written as the API server writes a watch
+//! (one JSON event per line), with bookmarks when asked.
+//!
+//! - Without a resourceVersion (or with "0") the watch starts with an ADDED event per
+//!   object, then follows the changes, as the API server's does.
+//! - A selector turns a change that makes an object match into ADDED and one that makes
+//!   it stop matching into DELETED (with its previous state at the change's version).
+//! - The watch ends (the client watches again from its last version) when the hub
+//!   relisted the kind (continuity lost), the account left the cache, the client fell
+//!   so far behind that its next change left the window, or its timeout passed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderValue, Response, header};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::debug;
+
+use super::read::{Item, Read, selected, selected_object};
+use crate::cache::KindKey;
+use crate::state::Shared;
+use crate::window::{Change, ChangeType, Mark};
+
+/// How often a watch that asked for bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+/// A watch without a timeout ends after this (the API server picks 30–60 min).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Events written ahead of the client.
+const QUEUE: usize = 64;
+
+/// Where a watch starts.
+#[derive(Debug)]
+pub enum Start {
+    /// With every current object (ADDED), at the kind's current version.
+    Objects(Vec<Item>),
+    /// After this resourceVersion.
+    After(u64),
+}
+
+/// A watch from the cache.
+#[derive(Debug)]
+pub struct Watch {
+    /// The account.
+    pub account: String,
+    /// The kind.
+    pub kind: KindKey,
+    /// `group/version` of the kind.
+    pub api_version: String,
+    /// The request.
+    pub read: Read,
+    /// Where it starts.
+    pub start: Start,
+    /// The kind's epoch and version when the watch was planned.
+    pub mark: Mark,
+    /// Wakes on every change of the kind.
+    pub changes: watch::Receiver<Mark>,
+}
+
+fn line(kind: &str, object: &str) -> Bytes {
+    let mut out = String::with_capacity(object.len() + 32);
+    out.push_str("{\"type\":\"");
+    out.push_str(kind);
+    out.push_str("\",\"object\":");
+    out.push_str(object);
+    out.push_str("}\n");
+    Bytes::from(out)
+}
+
+fn bookmark(kind: &str, api_version: &str, rv: u64) -> Bytes {
+    let object = serde_json::json!({
+        "kind": kind,
+        "apiVersion": api_version,
+        "metadata": { "resourceVersion": rv.to_string() },
+    });
+    line("BOOKMARK", &object.to_string())
+}
+
+/// `body` with its `metadata.resourceVersion` set to `rv`.
+fn at_version(body: &RawValue, rv: u64) -> String {
+    match serde_json::from_str::<Value>(body.get()) {
+        Ok(mut v) => {
+            if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+            }
+            v.to_string()
+        }
+        Err(_) => body.get().to_owned(),
+    }
+}
+
+/// The event a watch with `read`'s namespace and selectors sees for a change, if any.
+pub fn event(read: &Read, kind: &KindKey, c: &Change) -> Option<Bytes> {
+    if read.namespace.as_ref().is_some_and(|ns| *ns != c.namespace) {
+        return None;
+    }
+    let passes = |body: &RawValue| selected(read, kind, &c.namespace, &c.name, body);
+    let now = c.change != ChangeType::Deleted && passes(&c.body);
+    let before = match c.change {
+        ChangeType::Deleted => passes(c.prev.as_deref().unwrap_or(&c.body)),
+        _ => c.prev.as_deref().is_some_and(passes),
+    };
+    match (c.change, before, now) {
+        (ChangeType::Deleted, true, _) => Some(line("DELETED", c.body.get())),
+        (ChangeType::Deleted, false, _) => None,
+        (_, false, true) => Some(line("ADDED", c.body.get())),
+        (_, true, true) => Some(line("MODIFIED", c.body.get())),
+        (_, true, false) => {
+            let prev = c.prev.as_deref().unwrap_or(&c.body);
+            Some(line("DELETED", &at_version(prev, c.rv)))
+        }
+        (_, false, false) => None,
+    }
+}
+
+/// What the watch's next look at the window found.
+enum Next {
+    Changes(Vec<Arc<Change>>, Mark),
+    /// The kind was relisted, or dropped with its account: the watch ends.
+    Ended(&'static str),
+    /// The client fell behind the window.
+    Behind,
+}
+
+fn look(shared: &Shared, w: &Watch, cursor: u64) -> Next {
+    let core = shared.core();
+    let Some(kind) = core
+        .cache
+        .account(&w.account)
+        .and_then(|c| c.window(&w.kind))
+    else {
+        return Next::Ended("the account or kind left the cache");
+    };
+    let mark = kind.mark();
+    if mark.epoch != w.mark.epoch {
+        return Next::Ended("the hub relisted the kind");
+    }
+    match kind.since(cursor) {
+        Ok(changes) => Next::Changes(changes, mark),
+        Err(_) => Next::Behind,
+    }
+}
+
+/// Answers the watch: a streaming body fed by a task that follows the window.
+pub fn serve(shared: Arc<Shared>, mut w: Watch) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
+    tokio::spawn(async move {
+        let timeout = w
+            .read
+            .watch
+            .as_ref()
+            .and_then(|a| a.timeout)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let bookmarks = w.read.watch.as_ref().is_some_and(|a| a.bookmarks);
+        let end = tokio::time::sleep(timeout);
+        tokio::pin!(end);
+        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+        let mut cursor = match std::mem::replace(&mut w.start, Start::After(0)) {
+            Start::Objects(items) => {
+                for item in items {
+                    if !selected_object(&w.read, &w.kind, &item.body) {
+                        continue;
+                    }
+                    if tx.send(Ok(line("ADDED", item.body.get()))).await.is_err() {
+                        return;
+                    }
+                }
+                w.mark.rv
+            }
+            Start::After(rv) => rv,
+        };
+        loop {
+            match look(&shared, &w, cursor) {
+                Next::Ended(why) => {
+                    debug!(account = %w.account, kind = %w.kind.kind, why, "watch from the cache ends");
+                    return;
+                }
+                Next::Behind => {
+                    debug!(account = %w.account, kind = %w.kind.kind, "a watch fell behind the window; ending it");
+                    return;
+                }
+                Next::Changes(changes, mark) => {
+                    for c in &changes {
+                        if let Some(ev) = event(&w.read, &w.kind, c)
+                            && tx.send(Ok(ev)).await.is_err()
+                        {
+                            return;
+                        }
+                        cursor = c.rv;
+                    }
+                    cursor = cursor.max(mark.rv);
+                }
+            }
+            tokio::select! {
+                changed = w.changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tick.tick(), if bookmarks => {
+                    if tx.send(Ok(bookmark(&w.kind.kind, &w.api_version, cursor))).await.is_err() {
+                        return;
+                    }
+                }
+                () = &mut end => return,
+                () = tx.closed() => return,
+            }
+        }
+    });
+    let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubeapi::path::ResourcePath;
+    use crate::kubeapi::read::plan;
+
+    fn body(name: &str, app: &str, rv: u64) -> Arc<RawValue> {
+        Arc::from(
+            RawValue::from_string(format!(
+                r#"{{"kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"a","resourceVersion":"{rv}","labels":{{"app":"{app}"}}}}}}"#
+            ))
+            .expect("json"),
+        )
+    }
+
+    fn change(t: ChangeType, prev: Option<(&str, u64)>, now: (&str, u64)) -> Change {
+        Change {
+            rv: now.1,
+            change: t,
+            namespace: "a".into(),
+            name: "cm".into(),
+            body: body("cm", now.0, now.1),
+            prev: prev.map(|(app, rv)| body("cm", app, rv)),
+        }
+    }
+
+    fn read(selector: &str) -> Read {
+        let path = ResourcePath {
+            group: String::new(),
+            version: "v1".into(),
+            namespace: Some("a".into()),
+            resource: "configmaps".into(),
+            name: None,
+            subresource: None,
+        };
+        let q = vec![
+            ("watch".to_owned(), "true".to_owned()),
+            ("labelSelector".to_owned(), selector.to_owned()),
+        ];
+        plan(&http::Method::GET, &path, &q, &http::HeaderMap::new()).expect("planned")
+    }
+
+    fn seen(read: &Read, c: &Change) -> Option<(String, String)> {
+        let kind = KindKey {
+            group: String::new(),
+            kind: "ConfigMap".into(),
+        };
+        let ev: Value = serde_json::from_slice(&event(read, &kind, c)?).expect("json");
+        Some((
+            ev["type"].as_str().expect("type").to_owned(),
+            ev["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .expect("rv")
+                .to_owned(),
+        ))
+    }
+
+    #[test]
+    fn selectors_turn_changes_into_the_events_the_api_server_sends() {
+        let web = read("app=web");
+        let ev = |t, prev, now| seen(&web, &change(t, prev, now));
+        let s = |t: &str, rv: &str| Some((t.to_owned(), rv.to_owned()));
+        assert_eq!(ev(ChangeType::Added, None, ("web", 5)), s("ADDED", "5"));
+        assert_eq!(ev(ChangeType::Added, None, ("api", 5)), None);
+        assert_eq!(
+            ev(ChangeType::Modified, Some(("web", 5)), ("web", 6)),
+            s("MODIFIED", "6")
+        );
+        // Starts matching: ADDED. Stops matching: DELETED, previous state at the new version.
+        assert_eq!(
+            ev(ChangeType::Modified, Some(("api", 5)), ("web", 6)),
+            s("ADDED", "6")
+        );
+        assert_eq!(
+            ev(ChangeType::Modified, Some(("web", 6)), ("api", 7)),
+            s("DELETED", "7")
+        );
+        assert_eq!(ev(ChangeType::Modified, Some(("api", 6)), ("api", 7)), None);
+        assert_eq!(
+            ev(ChangeType::Deleted, Some(("web", 7)), ("web", 8)),
+            s("DELETED", "8")
+        );
+        assert_eq!(ev(ChangeType::Deleted, Some(("api", 7)), ("api", 8)), None);
+        // No selector: every change as it is.
+        let all = read("");
+        assert_eq!(
+            seen(
+                &all,
+                &change(ChangeType::Modified, Some(("api", 6)), ("api", 7))
+            ),
+            s("MODIFIED", "7")
+        );
+    }
+
+    #[test]
+    fn bookmarks_look_like_the_api_servers() {
+        let b: Value = serde_json::from_slice(&bookmark("ConfigMap", "v1", 9)).expect("json");
+        assert_eq!(b["type"], "BOOKMARK");
+        assert_eq!(b["object"]["metadata"]["resourceVersion"], "9");
+        assert_eq!(b["object"]["apiVersion"], "v1");
+    }
+}
