@@ -654,6 +654,7 @@ impl Cache {
             let state = cache.kinds.entry(point.kind).or_default();
             state.version = point.version;
             state.resume = Some(point.resource_version);
+            state.selection = point.selection;
         }
         for object in objects {
             let state = cache.kinds.entry(object.key.kind_key()).or_default();
