@@ -5,8 +5,7 @@
 //! every `--latency-poll-ms`). Baseline: a bare kube-rs watcher per namespace on the
 //! same API servers, in this process, timed from the same instant.
 //!
-//! A watch through the hub's own Kubernetes API is not measured: the hub does not serve
-//! one yet.
+//! A watch through the hub's own Kubernetes API is the `kube_api` scenario.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +40,6 @@ pub fn names() -> Vec<(String, &'static str)> {
         ("change_latency.max".into(), "ms"),
         ("change_latency.ratio_p99".into(), "×"),
         ("change_latency.rate".into(), "changes/s"),
-        ("change_latency.hub_kubernetes_api_watch".into(), "ms"),
     ]
 }
 
@@ -311,11 +309,5 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             .baseline(max_rate, "closed-loop writes with 8 concurrent writers (5 s), what the API servers here accepted")
             .params(&params)
             .note("the steady rate is half of what the API servers accepted flat out, at most --latency-rate, so writes do not queue"),
-        Figure::not_measured(
-            "change_latency",
-            "change_latency.hub_kubernetes_api_watch",
-            "ms",
-            "the hub serves no Kubernetes API (watch through /accounts/<account>/...) yet; only its cache (HTTP JSON API) is measured",
-        ),
     ])
 }

@@ -16,6 +16,9 @@
 //!   cache, through nginx, against a bare kube-rs watcher on the same API servers;
 //! - `reconnect`: nginx restarted under load: relists, and time until the cache equals
 //!   the clusters again;
+//! - `kube_api`: `kubectl get -o json` of a 2,000-object account through the hub's
+//!   Kubernetes API against the API server, and change → seen by a watch through the
+//!   hub against a watch on the API server;
 //! - `armory_workload`: one agent, 100 accounts, deploys and deletes every minute, kwok
 //!   running the pods, next to a reflector baseline under the same workload;
 //! - `operator_convergence`: 1,000 AgentShards applied at once → every status final;
@@ -25,6 +28,7 @@ mod armory;
 mod baseline;
 mod ingest;
 mod initial_sync;
+mod kube_api;
 mod latency;
 mod memory;
 mod operator;
@@ -224,6 +228,7 @@ async fn run(p: Params) -> anyhow::Result<()> {
                 "agent_memory_scaling" => settle(s, memory::run(&ctx).await, memory::names(&p)),
                 "change_latency" => settle(s, latency::run(&ctx).await, latency::names()),
                 "reconnect" => settle(s, reconnect::run(&ctx).await, reconnect::names()),
+                "kube_api" => settle(s, kube_api::run(&ctx).await, kube_api::names()),
                 "armory_workload" => settle(s, armory::run(&ctx).await, armory::names()),
                 "operator_convergence" => settle(s, operator::run(&ctx).await, operator::names()),
                 _ => (Vec::new(), None),

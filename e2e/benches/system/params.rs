@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "hub_ingest",
     "initial_sync",
     "agent_memory_scaling",
     "change_latency",
     "reconnect",
+    "kube_api",
     "armory_workload",
     "operator_convergence",
 ];

@@ -130,6 +130,11 @@ impl Stack {
     /// Starts a hub (in-memory store, trusting nginx's forwarded client certificate)
     /// and nginx in front of it (the shipped `nginx-grpc-tls.conf`).
     pub async fn start(env: &Env, name: &str) -> anyhow::Result<Stack> {
+        Stack::start_with(env, name, Vec::new()).await
+    }
+
+    /// [`Stack::start`], the hub given the extra flags `hub_args`.
+    pub async fn start_with(env: &Env, name: &str, hub_args: Vec<String>) -> anyhow::Result<Stack> {
         let dir = env.cp.run_dir.join("bench").join(name);
         std::fs::create_dir_all(&dir)?;
         let hub = HubProcess::start(
@@ -139,10 +144,13 @@ impl Stack {
                 store: None,
                 // nginx verifies agent certificates and forwards them; the hub checks
                 // the forwarded certificate against the same CA.
-                args: vec![
-                    "--trusted-proxy=127.0.0.1/32".into(),
+                args: [
+                    "--trusted-proxy=127.0.0.1/32".to_string(),
                     format!("--client-ca={}", env.cp.pki.ca_file.display()),
-                ],
+                ]
+                .into_iter()
+                .chain(hub_args)
+                .collect(),
                 kubeconfig: None,
             },
             &dir,
