@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scale_agent_crds::report::{AccountReport, HubLink, HubState, ReplicaReport, StreamState};
+use scale_agent_crds::report::{AccountReport, HubLink, ReplicaReport, StreamState};
 use tokio::sync::watch;
 
 use crate::config::AccountDesired;
@@ -44,18 +44,7 @@ pub fn build<'a>(
         })
         .collect();
     ReplicaReport {
-        hub: HubLink {
-            state: if connected {
-                HubState::Connected
-            } else {
-                HubState::Disconnected
-            },
-            message: if connected {
-                String::new()
-            } else {
-                hub_message
-            },
-        },
+        hub: HubLink::new(connected, hub_message),
         accounts,
         truncated: false,
     }
@@ -101,6 +90,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scale_agent_crds::report::HubState;
 
     fn phase(accepted: bool, synced: bool) -> AccountPhase {
         AccountPhase {

@@ -62,6 +62,24 @@ pub struct HubLink {
     pub message: String,
 }
 
+impl HubLink {
+    /// Connected, or not with `error` (the last connection error) as the reason; the
+    /// error is dropped while connected, so a report never says both.
+    pub fn new(connected: bool, error: impl Into<String>) -> HubLink {
+        if connected {
+            HubLink {
+                state: HubState::Connected,
+                message: String::new(),
+            }
+        } else {
+            HubLink {
+                state: HubState::Disconnected,
+                message: error.into(),
+            }
+        }
+    }
+}
+
 /// Whether a replica has a session with the hub.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HubState {

@@ -68,8 +68,9 @@ impl HubStack {
     }
 }
 
-/// 32 random bytes, hex.
-fn random_secret() -> Result<String> {
+/// 32 random bytes from the OS, in hex: a secret nginx and the hub share, or an API
+/// token.
+pub fn random_secret() -> Result<String> {
     use std::io::Read as _;
     let source = Path::new("/dev/urandom");
     let mut bytes = [0u8; 32];
@@ -80,7 +81,7 @@ fn random_secret() -> Result<String> {
 }
 
 /// Writes a file only its owner can read.
-fn write_private(path: &Path, text: &str) -> Result<()> {
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()

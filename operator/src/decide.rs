@@ -1078,7 +1078,7 @@ mod more_tests {
 
     use k8s_openapi::ByteString;
     use k8s_openapi::jiff::Timestamp;
-    use scale_agent_crds::report::{AccountReport, HubLink, HubState, ReplicaReport, StreamState};
+    use scale_agent_crds::report::{AccountReport, HubLink, ReplicaReport, StreamState};
     use scale_agent_crds::{CONFIG_KEY, HubSpec, LocalObjectRef};
 
     use super::*;
@@ -1137,18 +1137,10 @@ mod more_tests {
                 replica: "east-agent-x".into(),
                 expires: Timestamp::from_second(NOW + 7).expect("t"),
                 report: Ok(ReplicaReport {
-                    hub: HubLink {
-                        state: if connected {
-                            HubState::Connected
-                        } else {
-                            HubState::Disconnected
-                        },
-                        message: if connected {
-                            String::new()
-                        } else {
-                            "TLS: reading /etc/scale-agent/tls/ca.crt: No such file".into()
-                        },
-                    },
+                    hub: HubLink::new(
+                        connected,
+                        "TLS: reading /etc/scale-agent/tls/ca.crt: No such file",
+                    ),
                     accounts: accounts
                         .iter()
                         .map(|(a, s)| {

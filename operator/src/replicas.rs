@@ -272,18 +272,7 @@ mod tests {
 
     fn report(connected: bool, accounts: &[(&str, AccountReport)]) -> ReplicaReport {
         ReplicaReport {
-            hub: HubLink {
-                state: if connected {
-                    HubState::Connected
-                } else {
-                    HubState::Disconnected
-                },
-                message: if connected {
-                    String::new()
-                } else {
-                    "TLS: reading ca.crt: No such file".into()
-                },
-            },
+            hub: HubLink::new(connected, "TLS: reading ca.crt: No such file"),
             accounts: accounts
                 .iter()
                 .map(|(n, r)| ((*n).to_owned(), r.clone()))

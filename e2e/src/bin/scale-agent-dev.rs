@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
+use scale_agent_e2e::hubstack::{random_secret, write_private};
 use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
 use scale_agent_e2e::postgres::Postgres;
@@ -321,31 +322,6 @@ impl Stack {
             kube_api_ca: cp.pki.ca_file.clone(),
         })
     }
-}
-
-/// 32 random bytes from the OS, in hex: the secret nginx and the hub share.
-fn random_secret() -> Result<String> {
-    use std::io::Read as _;
-    let source = Path::new("/dev/urandom");
-    let mut bytes = [0u8; 32];
-    std::fs::File::open(source)
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Error::io("reading", source, e))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Writes a file only its owner can read.
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| Error::io("writing", path, e))
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {
