@@ -34,6 +34,9 @@ up: prereqs build-k8s
     done
     [ -f "{{dev}}/ready" ] || { echo "timed out; see .dev/dev.log" >&2; exit 1; }
     echo "up. Use it with:  . .dev/env"
+    # The example shards settle (streaming, or stalled with a reason) within seconds.
+    kubectl --kubeconfig "{{dev}}/kubeconfig" wait --for=condition=Reconciling=false \
+        agentshards --all -A --timeout=120s >/dev/null || true
     kubectl --kubeconfig "{{dev}}/kubeconfig" get agentshards -A
 
 # Stop everything `just up` started and check that no process is left behind.
