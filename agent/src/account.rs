@@ -1,6 +1,12 @@
 //! One account within a hub session: connect to its cluster, identify it, register it
 //! with the hub, then stream each of its kinds until the session ends, the account is
 //! removed, or the hub gives it to a newer session.
+//!
+//! What the hub caches must always equal what the account selects now. The hub returns,
+//! per kind it caches, where to resume and the *selection* (a fingerprint of the
+//! cluster, namespaces and filters) the cache was listed with: a kind resumes only when
+//! the selection is the same, is relisted otherwise, and a kind the account no longer
+//! watches is listed empty, so the hub drops it ([`plan`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,8 +17,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::Discovery;
+use scale_agent_crds::AccountConfig;
 use scale_agent_proto::v1::{
-    Account, AccountResult, Register, RegisterReason, StreamScope, agent_frame::Frame,
+    Account, AccountResult, GroupVersionKind, Register, RegisterReason, ResumePoint, StreamScope,
+    SyncEnd, SyncMode, SyncStart, agent_frame::Frame,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -21,11 +29,11 @@ use tokio::task::JoinSet;
 use crate::budget::Budget;
 use crate::config::AccountDesired;
 use crate::kinds;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RelistCause};
 use crate::operations::Cluster;
 use crate::outbound::{Closed, Outbound};
 use crate::state::State;
-use crate::watch::{self, KindCtx};
+use crate::watch::{self, KindCtx, Start};
 use crate::{Error, Result};
 
 /// What an account task needs from its session.
@@ -123,10 +131,8 @@ async fn connect(desired: &AccountDesired) -> Result<(Clients, Account)> {
     };
     let server = config.cluster_url.to_string();
     let ca = config.root_cert.clone().unwrap_or_default();
-    let mut proxy_config = config.clone();
-    proxy_config.default_retry = false;
-    let proxy = kube::Client::try_from(proxy_config).map_err(|e| kc_err(e.to_string()))?;
-    let client = kube::Client::try_from(config).map_err(|e| kc_err(e.to_string()))?;
+    let (client, proxy) =
+        crate::cluster_client::clients(config).map_err(|e| kc_err(e.to_string()))?;
     let version = client
         .apiserver_version()
         .await
@@ -213,17 +219,11 @@ async fn serve(
         return Err(Closed);
     };
     // Where the hub's cache of each kind stands: watches resume there instead of
-    // relisting, when the cluster still has that revision.
-    let mut resume: HashMap<(String, String), String> = HashMap::new();
-    if r.accepted {
+    // relisting, when it was listed with the same selection and the cluster still has
+    // that revision.
+    let points = if r.accepted {
         tracing::info!(cluster_id = %account.cluster_id, resume_points = r.resume_points.len(), "registered");
-        for p in r.resume_points {
-            if let Some(k) = p.kind
-                && !p.resource_version.is_empty()
-            {
-                resume.insert((k.group, k.kind), p.resource_version);
-            }
-        }
+        r.resume_points
     } else {
         let reason = RegisterReason::try_from(r.reason).unwrap_or_default();
         let owner = r.owner.as_ref().map(|o| {
@@ -249,10 +249,10 @@ async fn serve(
         };
         ctx.metrics.accounts_rejected.dec();
         match offered {
-            Some(r) => r?,
+            Some(r) => r?.resume_points,
             None => return Ok(Duration::ZERO),
         }
-    }
+    };
     ctx.state.clear_problem(&name);
     ctx.state.set_accepted(&name);
 
@@ -281,6 +281,17 @@ async fn serve(
             discovery,
         }),
     );
+    let selection = selection(&desired.config, &account);
+    let keys: Vec<(String, String)> = watched
+        .iter()
+        .map(|k| (k.resource.group.clone(), k.resource.kind.clone()))
+        .collect();
+    let (mut starts, cleared) = plan(&keys, points, &selection);
+    for gvk in cleared {
+        tracing::info!(kind = %gvk.kind, group = %gvk.group, "the hub caches a kind the account no longer watches; clearing it");
+        ctx.metrics.relist(RelistCause::KindRemoved);
+        clear(&ctx.out, &name, gvk).await?;
+    }
     let flags: Vec<Arc<AtomicBool>> = watched
         .iter()
         .map(|_| Arc::new(AtomicBool::new(false)))
@@ -290,9 +301,12 @@ async fn serve(
     let _streaming = scopeguard(ctx.metrics.clone());
     let mut tasks = JoinSet::new();
     for (kind, flag) in watched.into_iter().zip(flags) {
-        let resume_from = resume.remove(&(kind.resource.group.clone(), kind.resource.kind.clone()));
+        let start = starts
+            .remove(&(kind.resource.group.clone(), kind.resource.kind.clone()))
+            .unwrap_or(Start::Relist(RelistCause::NoResumePoint));
         let kctx = KindCtx {
-            resume_from,
+            start,
+            selection: selection.clone(),
             account: name.clone(),
             client: client.clone(),
             config: desired.config.clone(),
@@ -329,14 +343,117 @@ async fn serve(
     }
 }
 
-async fn wait_for_acceptance(results: &mut mpsc::Receiver<AccountResult>) -> Result<(), Closed> {
+async fn wait_for_acceptance(
+    results: &mut mpsc::Receiver<AccountResult>,
+) -> Result<AccountResult, Closed> {
     loop {
         match results.recv().await {
             None => return Err(Closed),
-            Some(r) if r.accepted => return Ok(()),
+            Some(r) if r.accepted => return Ok(r),
             Some(_) => {}
         }
     }
+}
+
+/// What sets the objects of every kind of an account apart, as one fingerprint: the
+/// cluster (its identity and URL), the namespaces and filters, and how objects are
+/// encoded (bump [`ENCODING`] when what is sent of an object changes). Kinds are not in
+/// it: each kind has its own resume point.
+pub fn selection(config: &AccountConfig, account: &Account) -> String {
+    let mut h = Sha256::new();
+    let mut field = |name: &str, values: &[&str]| {
+        h.update(name.as_bytes());
+        for v in values {
+            h.update([0u8]);
+            h.update(v.as_bytes());
+        }
+        h.update([0xffu8]);
+    };
+    let sorted = |v: &[String]| {
+        let mut v: Vec<String> = v.to_vec();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let namespaces = sorted(&config.namespaces);
+    let omitted = sorted(&config.omit_namespaces);
+    field("cluster", &[&account.cluster_id, &account.server_url]);
+    field(
+        "namespaces",
+        &namespaces.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    field(
+        "omitNamespaces",
+        &omitted.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    field(
+        "onlySpinnakerManaged",
+        &[if config.only_spinnaker_managed {
+            "true"
+        } else {
+            "false"
+        }],
+    );
+    let digest = h.finalize();
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("{ENCODING}:{hex}")
+}
+
+/// The version of what the agent sends of an object (see [`crate::objects`]).
+const ENCODING: &str = "e1";
+
+/// How each watched kind (group, kind) starts, from the hub's resume points, and the
+/// kinds the hub caches that are no longer watched (to be cleared). A kind resumes only
+/// from a resourceVersion listed with the same `selection` (an empty stored selection,
+/// from a hub that keeps none, is taken as the same); otherwise it is relisted.
+pub fn plan(
+    watched: &[(String, String)],
+    points: Vec<ResumePoint>,
+    selection: &str,
+) -> (HashMap<(String, String), Start>, Vec<GroupVersionKind>) {
+    let mut starts = HashMap::new();
+    let mut cleared = Vec::new();
+    for p in points {
+        let Some(kind) = p.kind else { continue };
+        let key = (kind.group.clone(), kind.kind.clone());
+        if !watched.contains(&key) {
+            cleared.push(kind);
+            continue;
+        }
+        let start = if p.resource_version.is_empty() {
+            Start::Relist(RelistCause::NoResumePoint)
+        } else if !p.selection.is_empty() && p.selection != selection {
+            Start::Relist(RelistCause::SelectionChanged)
+        } else {
+            Start::Resume(p.resource_version)
+        };
+        starts.insert(key, start);
+    }
+    for key in watched {
+        starts
+            .entry(key.clone())
+            .or_insert(Start::Relist(RelistCause::NoResumePoint));
+    }
+    (starts, cleared)
+}
+
+/// Lists a kind as empty, so the hub drops every object of it it caches.
+async fn clear(out: &Outbound, account: &str, kind: GroupVersionKind) -> Result<(), Closed> {
+    out.send(Frame::SyncStart(SyncStart {
+        account: account.to_owned(),
+        kind: Some(kind.clone()),
+        mode: SyncMode::FullRelist as i32,
+        resource_version: String::new(),
+        ..SyncStart::default()
+    }))
+    .await?;
+    out.send(Frame::SyncEnd(SyncEnd {
+        account: account.to_owned(),
+        kind: Some(kind),
+        resource_version: String::new(),
+        object_count: 0,
+    }))
+    .await
 }
 
 struct StreamingGuard(Arc<Metrics>);
@@ -362,6 +479,108 @@ mod tests {
         assert_ne!(a, fallback_cluster_id("https://b:6443", &[b"ca1".to_vec()]));
         assert_ne!(a, fallback_cluster_id("https://a:6443", &[b"ca2".to_vec()]));
         assert_eq!(a, fallback_cluster_id("https://a:6443", &[b"ca1".to_vec()]));
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    fn config(yaml: &str) -> AccountConfig {
+        serde_yaml::from_str(&format!("name: a\nkubeconfigFile: a.kubeconfig\n{yaml}"))
+            .expect("config")
+    }
+
+    fn account(server: &str) -> Account {
+        Account {
+            name: "a".into(),
+            cluster_id: "uid-1".into(),
+            server_url: server.into(),
+            kubernetes_version: String::new(),
+            scope: None,
+        }
+    }
+
+    fn point(kind: &str, rv: &str, selection: &str) -> ResumePoint {
+        ResumePoint {
+            kind: Some(GroupVersionKind {
+                group: String::new(),
+                version: "v1".into(),
+                kind: kind.into(),
+            }),
+            resource_version: rv.into(),
+            selection: selection.into(),
+        }
+    }
+
+    fn key(kind: &str) -> (String, String) {
+        (String::new(), kind.into())
+    }
+
+    #[test]
+    fn the_selection_changes_with_cluster_namespaces_and_filters_only() {
+        let base = selection(&config(""), &account("https://a"));
+        assert_eq!(base, selection(&config(""), &account("https://a")));
+        assert!(base.starts_with("e1:"));
+        for (what, other) in [
+            (
+                "omitNamespaces",
+                selection(
+                    &config("omitNamespaces: [kube-system]"),
+                    &account("https://a"),
+                ),
+            ),
+            (
+                "namespaces",
+                selection(&config("namespaces: [web]"), &account("https://a")),
+            ),
+            (
+                "onlySpinnakerManaged",
+                selection(&config("onlySpinnakerManaged: true"), &account("https://a")),
+            ),
+            ("server", selection(&config(""), &account("https://b"))),
+        ] {
+            assert_ne!(base, other, "{what} must change the selection");
+        }
+        // Kinds have their own resume points; order of namespaces does not matter.
+        assert_eq!(
+            base,
+            selection(&config("kinds: [ConfigMap]"), &account("https://a"))
+        );
+        assert_eq!(
+            selection(&config("namespaces: [a, b]"), &account("https://a")),
+            selection(&config("namespaces: [b, a]"), &account("https://a"))
+        );
+    }
+
+    #[test]
+    fn a_kind_resumes_only_from_its_own_selection_and_unwatched_kinds_are_cleared() {
+        let watched = [key("ConfigMap"), key("Secret"), key("Service"), key("Pod")];
+        let points = vec![
+            point("ConfigMap", "10", "sel"),
+            point("Secret", "11", "old"),
+            point("Service", "", "sel"),
+            point("Namespace", "12", "sel"),
+        ];
+        let (starts, cleared) = plan(&watched, points, "sel");
+        assert_eq!(starts[&key("ConfigMap")], Start::Resume("10".into()));
+        assert_eq!(
+            starts[&key("Secret")],
+            Start::Relist(RelistCause::SelectionChanged)
+        );
+        assert_eq!(
+            starts[&key("Service")],
+            Start::Relist(RelistCause::NoResumePoint)
+        );
+        assert_eq!(
+            starts[&key("Pod")],
+            Start::Relist(RelistCause::NoResumePoint)
+        );
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(cleared[0].kind, "Namespace");
+        // A hub that keeps no selection: resume as before.
+        let (starts, _) = plan(&watched, vec![point("ConfigMap", "10", "")], "sel");
+        assert_eq!(starts[&key("ConfigMap")], Start::Resume("10".into()));
     }
 }
 

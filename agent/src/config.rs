@@ -17,7 +17,9 @@ use crate::{Error, Result};
 pub struct AccountDesired {
     /// The account's settings from the config file.
     pub config: AccountConfig,
-    /// The kubeconfig file's text, or why it could not be read.
+    /// The kubeconfig file's text, or why it cannot be used: unreadable, or asking for
+    /// something the operator does not allow (running a program, reading the agent's
+    /// files...; see [`scale_agent_crds::check_kubeconfig`]).
     pub kubeconfig: Result<String, String>,
 }
 
@@ -49,11 +51,23 @@ pub fn load(config_path: &Path, kubeconfig_dir: &Path) -> Result<Snapshot> {
         .iter()
         .map(|a| {
             let path = kubeconfig_dir.join(&a.kubeconfig_file);
+            // Checked here, where the file is read, so that nothing else ever sees a
+            // kubeconfig the operator does not allow: the Secret may have changed since
+            // the operator checked it. An inCluster account has no kubeconfig.
             let kubeconfig = if a.in_cluster {
                 Ok(String::new())
             } else {
                 std::fs::read_to_string(&path)
                     .map_err(|e| format!("reading {}: {e}", path.display()))
+                    .and_then(|text| {
+                        match scale_agent_crds::check_kubeconfig(
+                            text.as_bytes(),
+                            &config.allow_kubeconfig,
+                        ) {
+                            Ok(_) => Ok(text),
+                            Err(why) => Err(format!("kubeconfig {}: {why}", a.kubeconfig_file)),
+                        }
+                    })
             };
             (
                 a.name.clone(),
@@ -131,15 +145,48 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let kc = dir.path().join("kc");
         std::fs::create_dir_all(&kc).expect("mkdir");
-        std::fs::write(kc.join("a.kubeconfig"), "x").expect("write");
+        let good = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: { server: 'https://127.0.0.1:1' }\ncontexts:\n- name: x\n  context: { cluster: c }\ncurrent-context: x\n";
+        std::fs::write(kc.join("a.kubeconfig"), good).expect("write");
         let path = write_config(dir.path(), &["a", "b"]);
         let snap = load(&path, &kc).expect("load");
-        assert_eq!(snap.accounts["a"].kubeconfig.as_deref(), Ok("x"));
+        assert_eq!(snap.accounts["a"].kubeconfig.as_deref(), Ok(good));
         let err = snap.accounts["b"]
             .kubeconfig
             .clone()
             .expect_err("b has no file");
         assert!(err.contains("b.kubeconfig"), "{err}");
+    }
+
+    #[test]
+    fn kubeconfigs_that_run_code_or_read_files_are_refused_unless_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kc = dir.path().join("kc");
+        std::fs::create_dir_all(&kc).expect("mkdir");
+        let exec = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: { server: 'https://127.0.0.1:1' }\ncontexts:\n- name: x\n  context: { cluster: c, user: u }\ncurrent-context: x\nusers:\n- name: u\n  user:\n    exec: { apiVersion: client.authentication.k8s.io/v1, command: /bin/sh, args: [-c, 'touch /tmp/pwned'] }\n";
+        let token_file = exec.replace(
+            "exec: { apiVersion: client.authentication.k8s.io/v1, command: /bin/sh, args: [-c, 'touch /tmp/pwned'] }",
+            "tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token",
+        );
+        std::fs::write(kc.join("a.kubeconfig"), exec).expect("write");
+        std::fs::write(kc.join("b.kubeconfig"), &token_file).expect("write");
+        let path = write_config(dir.path(), &["a", "b"]);
+        let snap = load(&path, &kc).expect("load");
+        for (account, field) in [("a", "exec"), ("b", "tokenFile")] {
+            let err = snap.accounts[account].kubeconfig.clone().expect_err(field);
+            assert!(
+                err.contains(field) && err.contains("--allow-kubeconfig"),
+                "{err}"
+            );
+        }
+        // The operator allows reading files: the tokenFile account may run, exec still not.
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, format!("{text}allowKubeconfig: [files]\n")).expect("write");
+        let snap = load(&path, &kc).expect("load");
+        assert_eq!(
+            snap.accounts["b"].kubeconfig.as_deref(),
+            Ok(token_file.as_str())
+        );
+        assert!(snap.accounts["a"].kubeconfig.is_err());
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// This replica's own Pod is not among the shard's agent pods, so its Lease cannot
+    /// prove membership: the agent holds no account.
+    #[error(
+        "Pod {pod} is not an agent pod of shard {shard} (it must exist with the shard's selector labels; --replica-id and --namespace come from the downward API)"
+    )]
+    NotAReplica { pod: String, shard: String },
     /// The hub could not be reached or the stream broke.
     #[error("hub {address}: {message}")]
     Hub { address: String, message: String },
@@ -54,6 +60,7 @@ impl Error {
             Error::Kubeconfig { .. } => "kubeconfig",
             Error::Cluster { .. } => "cluster",
             Error::Kube { .. } => "kube",
+            Error::NotAReplica { .. } => "not_a_replica",
             Error::Hub { .. } => "hub",
             Error::Tls(_) => "tls",
         }

@@ -6,7 +6,7 @@
 //! - [`leases`] and [`assignment`]: replicas of one shard split its accounts.
 //! - [`session`]: the hub connection, reconnects, frame routing.
 //! - [`account`], [`kinds`], [`watch`], [`objects`]: per-account discovery, watches, and
-//!   what of each object is sent.
+//!   what of each object is sent; [`cluster_client`]: one HTTP/2 connection per cluster.
 //! - [`batch`], [`outbound`], [`budget`]: events into batches, batches onto the stream,
 //!   bounded memory and backpressure.
 //! - [`operations`]: apply, delete, patch, scale, rollout restart, get.
@@ -20,6 +20,7 @@ pub mod assignment;
 pub mod batch;
 pub mod budget;
 pub mod cli;
+pub mod cluster_client;
 pub mod config;
 mod error;
 pub mod kinds;

@@ -2,7 +2,11 @@
 //! its field name is its metric name and its doc comment its help text.
 
 use prometheus_client::encoding::text::encode;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -28,8 +32,8 @@ metrics! {
     events_sent: Counter,
     /// Failed lists and watches, and unreadable watch events (each retried or skipped).
     watch_errors: Counter,
-    /// Whole-kind relists after a watch expired.
-    relists: Counter,
+    /// Full relists of a kind (every object listed again between SyncStart and SyncEnd), by cause.
+    relists: Family<RelistLabels, Counter>,
     /// Watches resumed from the hub's resume point (no relist).
     resumes: Counter,
     /// Watch bookmarks passed on to the hub as watch progress.
@@ -52,6 +56,62 @@ metrics! {
     kube_api_requests_in_flight: Gauge,
     /// Kubernetes API requests from the hub replayed, by any outcome.
     kube_api_requests: Counter,
+}
+
+/// Why a kind is listed again from scratch instead of resuming its watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RelistCause {
+    /// The hub has no resume point for the kind (first sync, or a new holder).
+    NoResumePoint,
+    /// The watch's resourceVersion expired (410 Gone, or the server no longer has it).
+    Expired,
+    /// The account's cluster or filters differ from those the hub's cache was listed with.
+    SelectionChanged,
+    /// The hub's resume point is ahead of what the cluster has: not to be trusted.
+    SuspiciousResume,
+    /// The kind is watched in several namespaces: one resume point cannot resume them all.
+    SeveralNamespaces,
+    /// The kind is no longer watched: listed empty so the hub drops what it cached.
+    KindRemoved,
+}
+
+impl RelistCause {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoResumePoint => "no_resume_point",
+            Self::Expired => "expired",
+            Self::SelectionChanged => "selection_changed",
+            Self::SuspiciousResume => "suspicious_resume",
+            Self::SeveralNamespaces => "several_namespaces",
+            Self::KindRemoved => "kind_removed",
+        }
+    }
+}
+
+impl EncodeLabelValue for RelistCause {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// The label of `relists`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RelistLabels {
+    /// Why.
+    pub cause: RelistCause,
+}
+
+impl Metrics {
+    /// Counts one full relist.
+    pub fn relist(&self, cause: RelistCause) {
+        self.relists.get_or_create(&RelistLabels { cause }).inc();
+    }
+
+    /// Full relists so far for `cause`.
+    pub fn relists(&self, cause: RelistCause) -> u64 {
+        self.relists.get_or_create(&RelistLabels { cause }).get()
+    }
 }
 
 /// A help text from doc comment lines (each starts with the space after `///`).
@@ -86,16 +146,23 @@ mod tests {
     fn counters_render_with_the_prefix_and_total_suffix() {
         let m = Metrics::default();
         m.resumes.inc();
-        m.relists.inc_by(2);
+        m.relist(RelistCause::Expired);
+        m.relist(RelistCause::Expired);
+        m.relist(RelistCause::SelectionChanged);
         let text = m.render();
         assert!(
             text.lines().any(|l| l == "scale_agent_resumes_total 1"),
             "{text}"
         );
-        assert!(
-            text.lines().any(|l| l == "scale_agent_relists_total 2"),
-            "{text}"
-        );
+        for line in [
+            "scale_agent_relists_total{cause=\"expired\"} 2",
+            "scale_agent_relists_total{cause=\"selection_changed\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from {text}"
+            );
+        }
     }
 
     #[test]

@@ -68,20 +68,7 @@ pub fn encode(
             return None;
         }
     }
-    obj.metadata.managed_fields = None;
-    if let Some(a) = obj.metadata.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
-        if a.is_empty() {
-            obj.metadata.annotations = None;
-        }
-    }
-    if core
-        && kind.resource.kind == "Secret"
-        && let Some(map) = obj.data.as_object_mut()
-    {
-        map.remove("data");
-        map.remove("stringData");
-    }
+    strip(&mut obj, core && kind.resource.kind == "Secret");
     obj.types = Some(kube::api::TypeMeta {
         api_version: kind.resource.api_version.clone(),
         kind: kind.resource.kind.clone(),
@@ -97,6 +84,44 @@ pub fn encode(
         resource_version: meta.resource_version.unwrap_or_default(),
         body_json: body.into(),
     })
+}
+
+/// Removes what the hub does not need or must not see: managedFields, the last-applied
+/// annotation, and a Secret's `data` and `stringData`. The one place for streamed
+/// objects and operation results alike.
+pub fn strip(obj: &mut DynamicObject, secret: bool) {
+    obj.metadata.managed_fields = None;
+    if let Some(a) = obj.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            obj.metadata.annotations = None;
+        }
+    }
+    if secret && let Some(map) = obj.data.as_object_mut() {
+        map.remove("data");
+        map.remove("stringData");
+    }
+}
+
+/// An operation's result (the object as the API server answered) stripped like a
+/// streamed object. A value that is no object (a Status without metadata) is returned
+/// as it is: it carries none of what is stripped.
+pub fn strip_result(value: serde_json::Value) -> serde_json::Value {
+    if !value
+        .get("metadata")
+        .is_some_and(serde_json::Value::is_object)
+    {
+        return value;
+    }
+    let Ok(mut obj) = serde_json::from_value::<DynamicObject>(value.clone()) else {
+        return value;
+    };
+    let secret = obj
+        .types
+        .as_ref()
+        .is_some_and(|t| t.api_version == "v1" && t.kind == "Secret");
+    strip(&mut obj, secret);
+    serde_json::to_value(obj).unwrap_or(value)
 }
 
 #[cfg(test)]
@@ -244,5 +269,40 @@ mod tests {
             ..config
         };
         assert_eq!(Selectors::of(&listed, &cm).fields, None);
+    }
+
+    #[test]
+    fn operation_results_are_stripped_like_streamed_objects() {
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {
+                "name": "db", "namespace": "a",
+                "managedFields": [{ "manager": "kubectl" }],
+                "annotations": { LAST_APPLIED: "{}", "keep": "me" },
+            },
+            "data": { "password": "aHVudGVyMg==" },
+            "stringData": { "token": "t" },
+            "type": "Opaque",
+        });
+        let out = strip_result(secret);
+        assert!(
+            out.get("data").is_none() && out.get("stringData").is_none(),
+            "{out}"
+        );
+        assert!(out["metadata"].get("managedFields").is_none(), "{out}");
+        assert_eq!(
+            out["metadata"]["annotations"],
+            serde_json::json!({ "keep": "me" })
+        );
+        assert_eq!(out["type"], "Opaque");
+        // Other kinds keep their data; a Status passes through.
+        let cm = serde_json::json!({ "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "c", "managedFields": [] }, "data": { "k": "v" } });
+        let out = strip_result(cm);
+        assert_eq!(out["data"]["k"], "v");
+        assert!(out["metadata"].get("managedFields").is_none());
+        let status =
+            serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
+        assert_eq!(strip_result(status.clone()), status);
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::objects;
 use kube::api::{
     Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy as KubePropagation,
 };
@@ -119,7 +120,7 @@ async fn execute(op: Operation, cluster: Option<Arc<Cluster>>) -> OperationResul
             success: true,
             message: String::new(),
             result_json: obj
-                .map(|o| serde_json::to_vec(&o).unwrap_or_default())
+                .map(|o| serde_json::to_vec(&objects::strip_result(o)).unwrap_or_default())
                 .unwrap_or_default()
                 .into(),
             error_code: ErrorCode::Unspecified as i32,

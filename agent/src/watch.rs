@@ -1,6 +1,9 @@
 //! One kind of one account, from the API server to the hub: list it (paginated)
 //! between SyncStart and SyncEnd, or resume from the hub's resourceVersion without
-//! listing, then watch every change in order. Watch bookmarks go to the hub as watch
+//! listing, then watch every change in order. A resume point is checked first: one
+//! ahead of the newest resourceVersion the API server has would make the watch wait
+//! for changes that never come, so the kind is relisted instead. Every relist is
+//! counted with its cause. Watch bookmarks go to the hub as watch
 //! progress, so the resume point of a quiet kind stays fresh. With several
 //! `namespaces`, one watch per namespace, merged; when any of them expires (410 Gone)
 //! the whole kind is relisted, so the hub can drop exactly what vanished. No object is
@@ -23,7 +26,7 @@ use tracing::Instrument;
 use crate::batch::KindSender;
 use crate::budget::Budget;
 use crate::kinds::WatchedKind;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RelistCause};
 use crate::objects::{self, Selectors};
 use crate::outbound::{Closed, Outbound};
 
@@ -50,10 +53,22 @@ pub struct KindCtx {
     pub budget: Budget,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// The hub's resourceVersion for this kind, to resume the watch from.
-    pub resume_from: Option<String>,
+    /// How the kind starts: resuming from the hub's resourceVersion, or relisting.
+    pub start: Start,
+    /// The account's selection fingerprint, sent with every full relist (see
+    /// [`crate::account::selection`]).
+    pub selection: String,
     /// Whether the hub takes WatchProgress frames on this session.
     pub watch_progress: bool,
+}
+
+/// How a kind's watch starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Resume from the hub's resume point (checked against the server first).
+    Resume(String),
+    /// List everything again, for this reason.
+    Relist(RelistCause),
 }
 
 /// Streams `kind` until the session ends. `synced` is set once the kind is current at
@@ -113,22 +128,33 @@ impl KindWatch {
     }
 
     async fn run(mut self) -> Result<(), Closed> {
-        let mut start = match self.ctx.resume_from.take() {
+        let first = match self.ctx.start.clone() {
             // One resourceVersion cannot resume several per-namespace watches safely.
-            Some(rv) if self.apis.len() == 1 => {
+            Start::Resume(_) if self.apis.len() > 1 => {
+                tracing::info!("several namespaces are watched: relisting instead of resuming");
+                Start::Relist(RelistCause::SeveralNamespaces)
+            }
+            Start::Resume(rv) => match self.newest_version().await {
+                Some(newest) if ahead(&rv, &newest) => {
+                    tracing::warn!(resume_point = %truncate(&rv, 64), newest = %newest,
+                        "the hub's resume point is ahead of the API server's newest resourceVersion; relisting instead of resuming");
+                    Start::Relist(RelistCause::SuspiciousResume)
+                }
+                _ => Start::Resume(rv),
+            },
+            relist => relist,
+        };
+        let mut start = match first {
+            Start::Resume(rv) => {
                 tracing::info!(resource_version = %rv, "resuming the watch");
                 self.ctx.metrics.resumes.inc();
                 self.synced.store(true, Ordering::Relaxed);
                 self.told_hub.clone_from(&rv);
-                Some(vec![rv])
+                Ok(vec![rv])
             }
-            Some(_) => {
-                tracing::info!("several namespaces are watched: relisting instead of resuming");
-                None
-            }
-            None => None,
+            Start::Relist(cause) => Err(cause),
         };
-        if let Some([rv]) = start.as_deref() {
+        if let Ok([rv]) = start.as_deref() {
             // Tells the hub the kind is streamed on this registration, and how it
             // appears in API paths.
             self.sender
@@ -137,19 +163,37 @@ impl KindWatch {
                     kind: Some(self.gvk.clone()),
                     mode: SyncMode::ResumedWatch as i32,
                     resource_version: rv.clone(),
+                    selection: self.ctx.selection.clone(),
                     resource: self.kind.resource.plural.clone(),
                     namespaced: self.kind.namespaced,
                 }))
                 .await?;
         }
         loop {
-            let versions = match start.take() {
-                Some(versions) => versions,
-                None => self.list().await?,
+            let versions = match start {
+                Ok(versions) => versions,
+                Err(cause) => {
+                    self.ctx.metrics.relist(cause);
+                    self.list().await?
+                }
             };
             self.watch(versions).await?;
             tracing::info!("watch expired (410 Gone); relisting");
-            self.ctx.metrics.relists.inc();
+            start = Err(RelistCause::Expired);
+        }
+    }
+
+    /// The newest resourceVersion the API server has for the kind (a one-item list of
+    /// metadata); `None` when it cannot be read, and then nothing is judged by it.
+    async fn newest_version(&self) -> Option<String> {
+        let api = self.apis.first()?;
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(list) => list.metadata.resource_version.filter(|v| !v.is_empty()),
+            Err(e) => {
+                let error = e.to_string();
+                tracing::debug!(error = %truncate(&error, 512), "cannot read the newest resourceVersion; resuming unchecked");
+                None
+            }
         }
     }
 
@@ -166,6 +210,7 @@ impl KindWatch {
                     kind: Some(self.gvk.clone()),
                     mode: SyncMode::FullRelist as i32,
                     resource_version: String::new(),
+                    selection: self.ctx.selection.clone(),
                     resource: self.kind.resource.plural.clone(),
                     namespaced: self.kind.namespaced,
                 }))
@@ -416,6 +461,13 @@ fn refused(status: &Status) -> Step {
     }
 }
 
+/// Whether resume point `rv` is ahead of `newest`, the newest resourceVersion the API
+/// server has. Kubernetes resourceVersions are opaque, but every API server's are
+/// numbers that grow; when either is not one, nothing is judged.
+fn ahead(rv: &str, newest: &str) -> bool {
+    matches!((rv.parse::<u64>(), newest.parse::<u64>()), (Ok(r), Ok(n)) if r > n)
+}
+
 /// The pause before retrying a failed list or watch: 250 ms per consecutive failure,
 /// at most 5 s.
 fn retry_delay(failures: u32) -> Duration {
@@ -518,6 +570,15 @@ mod tests {
     }
 
     #[test]
+    fn only_a_resume_point_beyond_the_newest_version_is_ahead() {
+        assert!(ahead("999999", "1200"));
+        assert!(!ahead("1200", "1200"));
+        assert!(!ahead("800", "1200"));
+        assert!(!ahead("opaque", "1200"));
+        assert!(!ahead("5", ""));
+    }
+
+    #[test]
     fn retries_slow_down_to_a_cap() {
         assert_eq!(retry_delay(1), Duration::from_millis(250));
         assert_eq!(retry_delay(4), Duration::from_secs(1));
@@ -558,6 +619,10 @@ mod loop_tests {
     }
 
     fn start(resume_from: Option<&str>, watch_progress: bool) -> Rig {
+        let start = match resume_from {
+            Some(rv) => Start::Resume(rv.to_string()),
+            None => Start::Relist(RelistCause::NoResumePoint),
+        };
         let (service, api) =
             tower_test::mock::pair::<Request<Body>, Response<StreamBody<Chunks>>>();
         let (tx, frames) = mpsc::channel(64);
@@ -574,7 +639,8 @@ mod loop_tests {
             out: Outbound::new(tx, budget.clone(), Limits::default()),
             budget,
             metrics: metrics.clone(),
-            resume_from: resume_from.map(str::to_string),
+            start,
+            selection: "sel".into(),
             watch_progress,
         };
         let kind = WatchedKind {
@@ -632,6 +698,19 @@ mod loop_tests {
             let list = serde_json::json!({
                 "apiVersion": "v1", "kind": "ConfigMapList",
                 "metadata": { "resourceVersion": version }, "items": items
+            });
+            send(&body, line(list)).await;
+        }
+
+        /// Answers the next request, a one-item list of metadata, with `version` as the
+        /// newest resourceVersion the server has.
+        async fn newest(&mut self, version: &str) {
+            let (query, body) = self.request().await;
+            assert!(!query.contains("watch"), "expected a list: {query}");
+            assert!(query.split('&').any(|p| p == "limit=1"), "{query}");
+            let list = serde_json::json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                "metadata": { "resourceVersion": version }, "items": []
             });
             send(&body, line(list)).await;
         }
@@ -740,7 +819,8 @@ mod loop_tests {
         assert_eq!(rig.frame().await, "batch y@11");
         assert_eq!(rig.frame().await, "SyncEnd 20 1");
         rig.watch("20").await;
-        assert_eq!(rig.metrics.relists.get(), 1);
+        assert_eq!(rig.metrics.relists(RelistCause::Expired), 1);
+        assert_eq!(rig.metrics.relists(RelistCause::NoResumePoint), 1);
     }
 
     #[tokio::test]
@@ -761,6 +841,7 @@ mod loop_tests {
     #[tokio::test]
     async fn resumes_without_listing_and_retries_a_failed_watch_from_the_same_version() {
         let mut rig = start(Some("7"), true);
+        rig.newest("7").await;
         let body = rig.watch("7").await;
         // The hub learns the kind is streamed (and its resource name) first.
         assert_eq!(rig.frame().await, "SyncStart");
@@ -783,13 +864,16 @@ mod loop_tests {
         drop(body);
         rig.watch("8").await;
         assert_eq!(rig.metrics.resumes.get(), 1);
-        assert_eq!(rig.metrics.relists.get(), 0);
+        for cause in [RelistCause::Expired, RelistCause::NoResumePoint] {
+            assert_eq!(rig.metrics.relists(cause), 0);
+        }
         assert_eq!(rig.metrics.watch_errors.get(), 1);
     }
 
     #[tokio::test]
     async fn a_resume_point_the_server_no_longer_has_relists() {
         let mut rig = start(Some("7"), true);
+        rig.newest("25").await;
         let body = rig.watch("7").await;
         assert_eq!(rig.frame().await, "SyncStart", "the resumed watch's");
         send(&body, gone()).await;
@@ -797,6 +881,32 @@ mod loop_tests {
         assert_eq!(rig.frame().await, "SyncStart");
         assert_eq!(rig.frame().await, "batch x@9");
         assert_eq!(rig.frame().await, "SyncEnd 30 1");
-        assert_eq!(rig.metrics.relists.get(), 1);
+        assert_eq!(rig.metrics.relists(RelistCause::Expired), 1);
+    }
+
+    /// A resume point from the future (planted, or from another cluster) would make
+    /// the watch wait for changes that never come: the kind is relisted instead, and
+    /// the relist carries the account's selection.
+    #[tokio::test]
+    async fn a_resume_point_ahead_of_the_server_relists_instead_of_watching() {
+        let mut rig = start(Some("999999"), true);
+        rig.newest("1200").await;
+        rig.list(vec![cm("x", "1100")], "1200").await;
+        let f = tokio::time::timeout(Duration::from_secs(5), rig.frames.recv())
+            .await
+            .expect("a frame")
+            .expect("open");
+        match f.frame {
+            Some(Frame::SyncStart(s)) => {
+                assert_eq!(s.mode, SyncMode::FullRelist as i32);
+                assert_eq!(s.selection, "sel");
+            }
+            other => panic!("expected SyncStart, got {other:?}"),
+        }
+        assert_eq!(rig.frame().await, "batch x@1100");
+        assert_eq!(rig.frame().await, "SyncEnd 1200 1");
+        rig.watch("1200").await;
+        assert_eq!(rig.metrics.relists(RelistCause::SuspiciousResume), 1);
+        assert_eq!(rig.metrics.resumes.get(), 0);
     }
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     AccountSpec, Budget, ConfigError, DEFAULT_CONCURRENT_SYNCS, DNS_LABEL_MAX_LEN,
-    HUB_ADDRESS_MAX_LEN, ShardRef, parse_quantity_bytes,
+    HUB_ADDRESS_MAX_LEN, KubeconfigAllow, ShardRef, parse_quantity_bytes,
 };
 
 /// The key of the agent config in its ConfigMap, and so the file name in the mount.
@@ -74,6 +74,11 @@ pub struct AgentConfig {
     /// Memory and concurrency limits.
     #[serde(default)]
     pub budget: BudgetConfig,
+    /// The kubeconfig features the operator allows (running programs, reading the agent's
+    /// files...); empty, the default, allows none. The agent refuses a kubeconfig that
+    /// asks for more, whatever the Secret says now.
+    #[serde(default, skip_serializing_if = "KubeconfigAllow::is_empty")]
+    pub allow_kubeconfig: KubeconfigAllow,
 }
 
 /// Where the agent streams to.

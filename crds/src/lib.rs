@@ -11,7 +11,8 @@
 //! - [`claims`]: the account-ownership rule, which the operator, its webhook and the hub
 //!   all use.
 //! - [`decode`]: reading a watch of AgentShards when one of them does not decode.
-//! - [`membership`]: which coordination Leases are replicas of a shard, the rule the
+//! - [`check_kubeconfig`]: what an account's kubeconfig may ask of the agent.
+//! - [`membership`]: which coordination Leases are live replicas of a shard, the rule the
 //!   agents and the operator share.
 //! - [`report`]: what each agent replica reports about the accounts it holds, carried in
 //!   its Lease, and what the operator reads from it.
@@ -23,6 +24,7 @@ mod config;
 pub mod decode;
 mod error;
 mod identity;
+mod kubeconfig;
 pub mod membership;
 mod quantity;
 pub mod report;
@@ -35,6 +37,9 @@ pub use config::{
 };
 pub use error::{ConfigError, QuantityProblem};
 pub use identity::{parse_shard_identity_uri, shard_identity_uri};
+pub use kubeconfig::{
+    KubeconfigAllow, KubeconfigFeature, KubeconfigProblem, KubeconfigTarget, check_kubeconfig,
+};
 pub use quantity::{format_quantity_bytes, parse_quantity_bytes};
 pub use shard::{
     AccountSpec, AccountState, AccountStatus, AgentShard, AgentShardSpec, AgentShardStatus,

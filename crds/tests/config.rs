@@ -50,6 +50,7 @@ fn config() -> AgentConfig {
             concurrent_syncs: 4,
             max_buffered_bytes: 64 << 20,
         },
+        allow_kubeconfig: Default::default(),
     }
 }
 

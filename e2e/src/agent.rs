@@ -1,5 +1,11 @@
 //! An agent process started directly with config files the test writes, without the
 //! operator (the operator's own tests cover the path from AgentShard to files).
+//!
+//! Agents count only the Leases of live agent pods of their shard's Deployment as
+//! members, so each directly started agent gets a Pod of its own in the management
+//! cluster, named after its replica, with the shard's labels and controlled by a
+//! ReplicaSet named like the Deployment's (`<shard>-agent-<hash>`, the hash being the
+//! replica's name), running on a kwok node. The pod runner ([`crate::pods`]) leaves these pods alone.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +54,7 @@ impl AgentProcess {
         kubeconfigs: &BTreeMap<String, String>,
         run_dir: &Path,
     ) -> Result<AgentProcess> {
+        back_with_pod(spec, &config.shard.name)?;
         let config_file = dir.join("config.yaml");
         let kubeconfig_dir = dir.join("kubeconfigs");
         write_files(&config_file, &kubeconfig_dir, config, kubeconfigs)?;
@@ -82,6 +89,72 @@ impl AgentProcess {
     ) -> Result<()> {
         write_files(&self.config_file, &self.kubeconfig_dir, config, kubeconfigs)
     }
+}
+
+/// The annotation that marks an agent pod started directly by a test: the pod runner
+/// starts no agent for it.
+pub const DIRECT_AGENT_ANNOTATION: &str = "e2e.scaleagent.dev/direct";
+
+/// Creates (or keeps) the Pod that makes agent `spec.replica` a replica of shard `shard`:
+/// an orphan Pod first, then a one-replica ReplicaSet selecting it, which adopts it.
+fn back_with_pod(spec: &AgentSpec, shard: &str) -> Result<()> {
+    let suffix: String = spec
+        .replica
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let rs = format!("{}-{suffix}", scale_agent_crds::deployment_name(shard));
+    let mut labels = scale_agent_crds::membership::agent_selector_labels(shard);
+    labels.insert(
+        scale_agent_crds::membership::POD_TEMPLATE_HASH_LABEL.into(),
+        suffix.clone(),
+    );
+    labels.insert("e2e.scaleagent.dev/replica".into(), spec.replica.clone());
+    let annotations = BTreeMap::from([(DIRECT_AGENT_ANNOTATION.to_owned(), "true".to_owned())]);
+    // A ServiceAccount of its own: a fresh namespace's `default` may not exist yet.
+    let service_account = "scale-agent-e2e-direct";
+    let pod_spec = serde_json::json!({
+        "nodeName": "kwok-node-0",
+        "serviceAccountName": service_account,
+        "automountServiceAccountToken": false,
+        "containers": [{ "name": "agent", "image": "scale-agent:e2e" }],
+    });
+    let docs = [
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": { "name": service_account, "namespace": spec.namespace },
+        }),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": spec.replica, "namespace": spec.namespace,
+                "labels": labels, "annotations": annotations },
+            "spec": pod_spec,
+        }),
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": { "name": rs, "namespace": spec.namespace, "labels": labels },
+            "spec": {
+                "replicas": 1,
+                "selector": { "matchLabels": labels },
+                "template": {
+                    "metadata": { "labels": labels, "annotations": annotations },
+                    "spec": pod_spec,
+                },
+            },
+        }),
+    ];
+    let kubectl = crate::bins::kubectl()?;
+    for doc in docs {
+        // The Pod must exist before the ReplicaSet, or the ReplicaSet makes its own.
+        crate::kubectl::run(
+            &kubectl,
+            &spec.management_kubeconfig,
+            ["apply", "-f", "-"],
+            Some(&doc.to_string()),
+        )?;
+    }
+    Ok(())
 }
 
 fn write_files(

@@ -58,7 +58,8 @@ fn build() -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
-fn kubectl() -> Result<PathBuf> {
+/// The kubectl the tests drive: `$KUBECTL`, else the one on `PATH`.
+pub fn kubectl() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("KUBECTL") {
         return Ok(PathBuf::from(path));
     }

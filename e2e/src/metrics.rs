@@ -15,6 +15,16 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .map(|(_, v)| v)
 }
 
+/// The sum of every series of metric `name` in Prometheus text `text`, whatever their
+/// labels (`scale_agent_relists_total` over all causes); 0 when there is none.
+pub fn sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(parse_line)
+        .filter(|(s, _)| s.split('{').next() == Some(name))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// Splits a sample line into its series (name and labels) and its value; `None` for
 /// comments, blank lines and lines that are not samples. Label values may hold spaces,
 /// braces and escaped quotes; a timestamp after the value is ignored.
@@ -80,9 +90,18 @@ pub async fn metric(addr: &str, series: &str) -> u64 {
     }
 }
 
+/// The sum of every series of metric `name` at the admin server at `addr` (0 when it
+/// does not answer).
+pub async fn metric_sum(addr: &str, name: &str) -> u64 {
+    match scrape(addr).await {
+        Ok(text) => sum(&text, name) as u64,
+        Err(_) => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::sample;
+    use super::{sample, sum};
 
     const TEXT: &str = r#"# HELP scale_agent_operator_leader Whether this replica leads.
 # TYPE scale_agent_operator_leader gauge
@@ -110,6 +129,13 @@ broken{a="b" 7
             None,
             "a name alone is not a labelled series"
         );
+    }
+
+    #[test]
+    fn sums_every_series_of_a_metric() {
+        assert_eq!(sum(TEXT, "foo"), 12.0);
+        assert_eq!(sum(TEXT, "scale_agent_operator_leader"), 1.0);
+        assert_eq!(sum(TEXT, "missing"), 0.0);
     }
 
     #[test]

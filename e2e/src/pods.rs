@@ -159,7 +159,12 @@ async fn sync(
     for pod in list.items {
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         let deleting = pod.metadata.deletion_timestamp.is_some();
-        if running && !deleting {
+        let direct = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(crate::agent::DIRECT_AGENT_ANNOTATION));
+        if running && !deleting && !direct {
             let key = format!(
                 "{}/{}",
                 pod.metadata.namespace.clone().unwrap_or_default(),

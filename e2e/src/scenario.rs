@@ -92,6 +92,7 @@ pub fn config(s: &Scenario, shard: &str, accounts: Vec<AccountConfig>) -> AgentC
         },
         accounts,
         budget: BudgetConfig::default(),
+        allow_kubeconfig: Default::default(),
     }
 }
 

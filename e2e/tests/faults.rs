@@ -508,7 +508,7 @@ async fn apiserver_restart(env: Arc<Env>) -> anyhow::Result<()> {
 async fn etcd_compacted(env: Arc<Env>) -> anyhow::Result<()> {
     let rig = rig(&env, "compacted", RigOptions::default()).await?;
     let admin = rig.agents[0].admin.clone();
-    let before = metric(&admin, "scale_agent_relists_total").await;
+    let before = metric(&admin, "scale_agent_relists_total{cause=\"expired\"}").await;
     let churn = rig.churn(0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The API server's watch cache starts over after a restart; with etcd compacted past
@@ -522,7 +522,7 @@ async fn etcd_compacted(env: Arc<Env>) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     rig.finish(churn, "6 etcd compacted, watches expired", ended)
         .await?;
-    let after = metric(&admin, "scale_agent_relists_total").await;
+    let after = metric(&admin, "scale_agent_relists_total{cause=\"expired\"}").await;
     ensure!(
         after > before,
         "no relist after compaction ({before} -> {after})"

@@ -937,6 +937,7 @@ fn start_agent(
                 only_spinnaker_managed: false,
             }],
             budget: BudgetConfig::default(),
+            allow_kubeconfig: Default::default(),
         },
         &BTreeMap::from([(kubeconfig_file, kc)]),
         &cp.run_dir.join(ns),

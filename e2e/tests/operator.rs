@@ -61,9 +61,10 @@ fn main() {
             ("account_moved_in_one_apply_never_in_two_configs", |e| {
                 Box::pin(move_account(e))
             }),
-            ("missing_secret_and_garbage_kubeconfig_in_status", |e| {
-                Box::pin(invalid_accounts(e))
-            }),
+            (
+                "missing_secret_garbage_and_refused_kubeconfigs_in_status",
+                |e| Box::pin(invalid_accounts(e)),
+            ),
             ("shard_deletion_garbage_collects_children", |e| {
                 Box::pin(deletion(e))
             }),
@@ -630,15 +631,19 @@ async fn invalid_accounts(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         env.apply(&format!(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kc-garbage\n  namespace: {ns}\nstringData:\n  kubeconfig: \"this is not a kubeconfig: [\"\n"
         ))?;
+        // A kubeconfig that would make the agent run a program.
+        env.apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kc-exec\n  namespace: {ns}\nstringData:\n  kubeconfig: |\n    apiVersion: v1\n    kind: Config\n    clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:6443'}}}}]\n    users: [{{name: u, user: {{exec: {{apiVersion: client.authentication.k8s.io/v1, command: /bin/sh, args: [-c, 'touch /tmp/ran']}}}}}}]\n    contexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n    current-context: x\n"
+        ))?;
         env.apply(&shard_yaml(
             &ns,
             "mixed",
-            &[("good", "kc-good"), ("missing", "kc-missing"), ("garbage", "kc-garbage")],
+            &[("good", "kc-good"), ("missing", "kc-missing"), ("garbage", "kc-garbage"), ("exec", "kc-exec")],
             "",
         ))?;
         let s = env
             .wait_shard("mixed to report its accounts", &ns, "mixed", 60, |s| {
-                s.status_is_current() && s.status.as_ref().is_some_and(|st| st.accounts.len() == 3)
+                s.status_is_current() && s.status.as_ref().is_some_and(|st| st.accounts.len() == 4)
             })
             .await?;
         let st = |n: &str| s.account_status(n).cloned().context(format!("status of {n}"));
@@ -652,6 +657,11 @@ async fn invalid_accounts(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         ensure!(
             garbage.state == AccountState::Invalid && garbage.reason == "KubeconfigInvalid" && garbage.message.contains("kc-garbage"),
             "garbage: {garbage:?}"
+        );
+        let exec = st("exec")?;
+        ensure!(
+            exec.state == AccountState::Invalid && exec.reason == "KubeconfigRefused" && exec.message.contains("kc-exec") && exec.message.contains("--allow-kubeconfig=exec"),
+            "exec: {exec:?}"
         );
         let cv = s.condition(condition_type::CONFIG_VALID).context("ConfigValid")?;
         ensure!(

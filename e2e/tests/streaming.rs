@@ -552,7 +552,7 @@ async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
         .await
         .with_context(|| agent_log(&agent))?;
     converge(&s.hub, "compact-a", &api, &s.ns, Duration::from_secs(20)).await?;
-    let relists_before = relists(&agent).await;
+    let relists_before = expired_relists(&agent).await;
     // Stop the target's API server, move etcd far ahead through another cluster, compact
     // etcd, and start it again: the agent's watch resumes from a compacted revision and
     // gets 410 Gone.
@@ -571,7 +571,7 @@ async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
     let took = converge(&s.hub, "compact-a", &api, &s.ns, Duration::from_secs(60))
         .await
         .with_context(|| agent_log(&agent))?;
-    let relists_after = relists(&agent).await;
+    let relists_after = expired_relists(&agent).await;
     eprintln!(
         "relist after compaction converged in {took:?}; relists {relists_before} -> {relists_after}"
     );
@@ -654,7 +654,7 @@ async fn quiet_kind_resumes(env: Arc<Env>) -> anyhow::Result<()> {
         waited.elapsed()
     );
     ensure!(
-        relists(&agent).await == 0,
+        expired_relists(&agent).await == 0,
         "the streaming agent relisted while its kind was quiet"
     );
 
@@ -733,8 +733,14 @@ async fn large_objects(env: Arc<Env>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Full relists of every cause (the first list of a kind included).
 async fn relists(agent: &AgentProcess) -> u64 {
-    metric(agent, "scale_agent_relists_total").await
+    scale_agent_e2e::metrics::metric_sum(&agent.admin, "scale_agent_relists_total").await
+}
+
+/// Relists because a watch's resourceVersion expired (410 Gone).
+async fn expired_relists(agent: &AgentProcess) -> u64 {
+    metric(agent, "scale_agent_relists_total{cause=\"expired\"}").await
 }
 
 async fn metric(agent: &AgentProcess, name: &str) -> u64 {

@@ -11,7 +11,15 @@
 //! - Per (account, kind) the hub tracks the resourceVersion to resume a watch
 //!   from: the SyncEnd's, then each later event's or WatchProgress's. While a
 //!   full relist is open the kind has no resume point (a half-done list is no
-//!   place to resume from).
+//!   place to resume from). A resume point only moves forward: a bookmark at an
+//!   older resourceVersion than the kind's resume point (a late or replayed frame)
+//!   leaves it where it is.
+//! - Per kind the hub also keeps the *selection* (the agent's fingerprint of the
+//!   account's cluster and filters) of the last complete full relist, and returns it
+//!   with the resume point: an agent whose filters changed relists instead of
+//!   resuming. A kind with cached objects but no resume point is still reported
+//!   (with an empty resourceVersion), so an agent that no longer watches it can
+//!   clear it.
 //!
 //! Kinds are keyed by (group, kind): the version an agent watches may change,
 //! the object does not.
@@ -115,6 +123,7 @@ struct OpenSync {
     generation: u64,
     mode: SyncMode,
     seen: u64,
+    selection: String,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +131,8 @@ struct KindState {
     version: String,
     open: Option<OpenSync>,
     resume: Option<String>,
+    /// The selection of the last complete full relist.
+    selection: String,
     /// How the Kubernetes API of the account serves the kind.
     api: KindWindow,
 }
@@ -237,8 +248,20 @@ pub struct Resume {
     pub kind: KindKey,
     /// The version the kind was last watched at.
     pub version: String,
-    /// Where to resume.
+    /// Where to resume; empty when the kind has cached objects but no point to
+    /// resume from.
     pub resource_version: String,
+    /// The selection the kind's objects were listed with (empty: unknown).
+    pub selection: String,
+}
+
+/// Whether resourceVersion `next` may replace `current` as a resume point: not when
+/// both are numbers (as every API server's are) and `next` is older.
+fn not_older(next: &str, current: Option<&str>) -> bool {
+    match (next.parse::<u64>(), current.map(str::parse::<u64>)) {
+        (Ok(n), Some(Ok(c))) => n >= c,
+        _ => true,
+    }
 }
 
 impl AccountCache {
@@ -322,8 +345,9 @@ impl AccountCache {
         }
     }
 
-    /// Opens the sync of a kind; replaces an open one.
-    pub fn sync_start(&mut self, kind: &KindKey, version: &str, mode: SyncMode) {
+    /// Opens the sync of a kind; replaces an open one. `selection` is what a full
+    /// relist selects; it becomes the kind's once the relist completes.
+    pub fn sync_start(&mut self, kind: &KindKey, version: &str, mode: SyncMode, selection: &str) {
         self.next_generation += 1;
         let generation = self.next_generation;
         let state = self.kind_mut(kind, version);
@@ -335,6 +359,7 @@ impl AccountCache {
             generation,
             mode,
             seen: 0,
+            selection: selection.to_owned(),
         });
     }
 
@@ -374,6 +399,7 @@ impl AccountCache {
         }
         let mut dropped = 0;
         if open.mode == SyncMode::FullRelist {
+            state.selection = open.selection;
             for key in crate::resync::unlisted(&self.objects, kind, open.generation) {
                 self.objects.remove(&key);
                 // A shared store drops the object too, with the next write-behind.
@@ -392,7 +418,10 @@ impl AccountCache {
     /// A watch bookmark: the kind is current up to `resource_version`.
     pub fn progress(&mut self, kind: &KindKey, version: &str, resource_version: &str) {
         let state = self.kind_mut(kind, version);
-        if !state.in_full_relist() && !resource_version.is_empty() {
+        if !state.in_full_relist()
+            && !resource_version.is_empty()
+            && not_older(resource_version, state.resume.as_deref())
+        {
             state.resume = Some(resource_version.to_owned());
             state.api.advance(resource_version);
         }
@@ -472,22 +501,41 @@ impl AccountCache {
         }
     }
 
-    /// Where each kind's watch can resume, for kinds with no relist open.
+    /// Where each kind's watch can resume, for kinds with no relist open; and kinds
+    /// with cached objects and no resume point, with an empty resourceVersion.
     pub fn resume_points(&self) -> Vec<Resume> {
         let mut points: Vec<Resume> = self
             .kinds
             .iter()
-            .filter(|(_, s)| !s.in_full_relist())
             .filter_map(|(kind, s)| {
-                s.resume.as_ref().map(|rv| Resume {
+                let rv = match &s.resume {
+                    Some(rv) if !s.in_full_relist() => rv.clone(),
+                    _ if self.has_objects_of(kind) => String::new(),
+                    _ => return None,
+                };
+                Some(Resume {
                     kind: kind.clone(),
                     version: s.version.clone(),
-                    resource_version: rv.clone(),
+                    resource_version: rv,
+                    selection: s.selection.clone(),
                 })
             })
             .collect();
         points.sort_by(|a, b| a.kind.cmp(&b.kind));
         points
+    }
+
+    fn has_objects_of(&self, kind: &KindKey) -> bool {
+        let first = ObjectKey {
+            group: kind.group.clone(),
+            kind: kind.kind.clone(),
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range(first..)
+            .next()
+            .is_some_and(|(k, _)| k.group == kind.group && k.kind == kind.kind)
     }
 
     /// Number of objects.
@@ -606,6 +654,7 @@ impl Cache {
             let state = cache.kinds.entry(point.kind).or_default();
             state.version = point.version;
             state.resume = Some(point.resource_version);
+            state.selection = point.selection;
         }
         for object in objects {
             let state = cache.kinds.entry(object.key.kind_key()).or_default();
@@ -724,9 +773,11 @@ mod tests {
         upsert(&mut c, &k, "stays", "1");
         upsert(&mut c, &k, "vanished", "2");
         c.apply(event(Change::Upsert, &svc, "a", "other-kind", "3"));
-        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "");
         assert!(
-            c.resume_points().iter().all(|p| p.kind != k),
+            c.resume_points()
+                .iter()
+                .all(|p| p.kind != k || p.resource_version.is_empty()),
             "no resume point mid-relist"
         );
         upsert(&mut c, &k, "stays", "10");
@@ -745,7 +796,7 @@ mod tests {
     #[test]
     fn resumed_watch_drops_nothing() {
         let (mut c, k) = holding("web");
-        c.sync_start(&k, "v1", SyncMode::ResumedWatch);
+        c.sync_start(&k, "v1", SyncMode::ResumedWatch, "");
         upsert(&mut c, &k, "api", "2");
         assert_eq!(c.sync_end(&k, "v1", "3", 0).dropped, 0);
         assert_eq!(names(&c), ["api", "web"]);
@@ -754,19 +805,23 @@ mod tests {
     #[test]
     fn count_mismatch_keeps_objects_and_forces_relist() {
         let (mut c, k) = holding("web");
-        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "");
         upsert(&mut c, &k, "api", "2");
         let outcome = c.sync_end(&k, "v1", "3", 5);
         assert!(outcome.count_mismatch);
         assert_eq!(names(&c), ["api", "web"]);
-        assert!(c.resume_points().is_empty());
+        assert!(
+            c.resume_points()
+                .iter()
+                .all(|p| p.resource_version.is_empty())
+        );
     }
 
     #[test]
     fn a_new_sync_start_replaces_the_open_one() {
         let (mut c, k) = holding("old");
-        c.sync_start(&k, "v1", SyncMode::ResumedWatch);
-        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        c.sync_start(&k, "v1", SyncMode::ResumedWatch, "");
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "");
         upsert(&mut c, &k, "fresh", "2");
         assert_eq!(c.sync_end(&k, "v1", "3", 1).dropped, 1);
         assert_eq!(names(&c), ["fresh"]);
@@ -775,19 +830,67 @@ mod tests {
     #[test]
     fn abandoned_relist_has_no_resume_point_and_later_relist_sweeps() {
         let (mut c, k) = holding("web");
-        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "");
         c.abandon_open_syncs();
-        assert!(c.resume_points().is_empty());
-        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        assert!(
+            c.resume_points()
+                .iter()
+                .all(|p| p.resource_version.is_empty())
+        );
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "");
         assert_eq!(c.sync_end(&k, "v1", "9", 0).dropped, 1);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn progress_never_moves_a_resume_point_back() {
+        let mut c = AccountCache::default();
+        let k = deploy();
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "");
+        c.sync_end(&k, "v1", "100", 0);
+        c.progress(&k, "v1", "90");
+        assert_eq!(c.resume_points()[0].resource_version, "100");
+        c.progress(&k, "v1", "120");
+        assert_eq!(c.resume_points()[0].resource_version, "120");
+        // A relist starts over from its own list's version, older or not.
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "");
+        c.sync_end(&k, "v1", "50", 0);
+        assert_eq!(c.resume_points()[0].resource_version, "50");
+    }
+
+    #[test]
+    fn a_complete_relist_records_its_selection() {
+        let (mut c, k) = holding("web");
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "sel-a");
+        upsert(&mut c, &k, "web", "2");
+        c.sync_end(&k, "v1", "3", 1);
+        assert_eq!(c.resume_points()[0].selection, "sel-a");
+        // A resumed watch keeps it; a relist cut short does not take the new one.
+        c.sync_start(&k, "v1", SyncMode::ResumedWatch, "sel-b");
+        c.sync_end(&k, "v1", "4", 0);
+        assert_eq!(c.resume_points()[0].selection, "sel-a");
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "sel-b");
+        c.abandon_open_syncs();
+        let points = c.resume_points();
+        assert_eq!(points.len(), 1, "objects cached, so the kind is reported");
+        assert_eq!(points[0].resource_version, "", "but with nowhere to resume");
+        assert_eq!(points[0].selection, "sel-a");
+    }
+
+    #[test]
+    fn an_empty_relist_clears_a_kind_and_it_is_no_longer_reported() {
+        let (mut c, k) = holding("web");
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "");
+        c.sync_end(&k, "v1", "", 0);
+        assert!(c.is_empty());
+        assert!(c.resume_points().is_empty());
     }
 
     #[test]
     fn progress_moves_resume_point_outside_relists() {
         let mut c = AccountCache::default();
         let k = deploy();
-        c.sync_start(&k, "v1", SyncMode::FullRelist);
+        c.sync_start(&k, "v1", SyncMode::FullRelist, "");
         c.progress(&k, "v1", "5");
         assert!(c.resume_points().is_empty());
         c.sync_end(&k, "v1", "6", 0);

@@ -142,7 +142,7 @@ pub fn sync_start(session: &Session, start: &pb::SyncStart) {
     };
     let started = on_held(session, &start.account, "sync_start_not_held", |cache| {
         cache.describe(&kind, &version, &start.resource, start.namespaced);
-        cache.sync_start(&kind, &version, mode);
+        cache.sync_start(&kind, &version, mode, &start.selection);
     });
     if started.is_some() {
         session.shared.metrics.sync(match mode {

@@ -311,6 +311,7 @@ fn resume_point(r: Resume) -> ResumePoint {
             kind: r.kind.kind,
         }),
         resource_version: r.resource_version,
+        selection: r.selection,
     }
 }
 
@@ -784,7 +785,7 @@ mod tests {
         let s1 = caller("s1", "east", "r1");
         register(&mut core, &s1, &Owners::Unchecked, &[("prod-1", "uid-a")]);
         let cache = core.cache.account_mut("prod-1");
-        cache.sync_start(&deployments(), "v1", SyncMode::FullRelist);
+        cache.sync_start(&deployments(), "v1", SyncMode::FullRelist, "");
         cache.sync_end(&deployments(), "v1", "1234", 0);
 
         let s2 = caller("s2", "east", "r2");
@@ -818,6 +819,7 @@ mod tests {
                 &deployments(),
                 "v1",
                 SyncMode::ResumedWatch,
+                "",
             );
         };
         let end_sync = |core: &mut Core| {

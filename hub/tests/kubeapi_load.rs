@@ -64,6 +64,7 @@ async fn agent_with_objects(hub: &scale_agent_hub::RunningHub) -> Result<FakeAge
             resource_version: String::new(),
             resource: "deployments".into(),
             namespaced: true,
+            ..Default::default()
         }))
         .await?;
     let mut rv = 1000;

@@ -255,10 +255,11 @@ async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache(
     let mut first = FakeAgent::connect(&a, "east", "east-0").await?;
     assert!(first.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     first
-        .sync_start(
+        .sync_start_selecting(
             "prod-1",
             deployments(),
             scale_agent_proto::v1::SyncMode::FullRelist,
+            "sel-east",
         )
         .await?;
     first
@@ -269,13 +270,13 @@ async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache(
         .await?;
     first.sync_end("prod-1", deployments(), "12", 2).await?;
     first.barrier().await?;
-    // Written behind within a flush interval.
+    // Written behind within a flush interval, with the selection listed.
     eventually("the cache written behind", || async {
         let text = pg.psql(
             "takeover",
-            "SELECT (SELECT count(*) FROM objects), (SELECT string_agg(resource_version, ',') FROM resume_points)",
+            "SELECT (SELECT count(*) FROM objects), (SELECT string_agg(resource_version || '/' || selection, ',') FROM resume_points)",
         )?;
-        Ok(text == "2|12")
+        Ok(text == "2|12/sel-east")
     })
     .await?;
 
@@ -284,17 +285,20 @@ async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache(
     let mut second = FakeAgent::connect(&b, "east", "east-1").await?;
     let results = second.register(&[("prod-1", "uid-a")]).await?;
     assert!(results[0].accepted, "{results:?}");
-    let points: Vec<(&str, &str)> = results[0]
+    // With the selection the objects were listed with: an agent selecting
+    // otherwise relists rather than resuming into a cache its filters did not make.
+    let points: Vec<(&str, &str, &str)> = results[0]
         .resume_points
         .iter()
         .map(|p| {
             (
                 p.kind.as_ref().map_or("", |k| k.kind.as_str()),
                 p.resource_version.as_str(),
+                p.selection.as_str(),
             )
         })
         .collect();
-    assert_eq!(points, [("Deployment", "12")]);
+    assert_eq!(points, [("Deployment", "12", "sel-east")]);
     assert_eq!(object_names(&b, "prod-1").await?, ["api", "frontend"]);
     // The first session is told it lost the account, and its late events
     // change nothing anywhere.

@@ -32,7 +32,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use scale_agent_crds::membership::agent_selector_labels;
 use scale_agent_crds::{
     AccountConfig, AccountSpec, AgentConfig, AgentShard, BudgetConfig, ConfigError, HubConfig,
-    ShardRef, TlsConfig, agent_tls_secret_name, config_map_name, deployment_name,
+    KubeconfigAllow, ShardRef, TlsConfig, agent_tls_secret_name, config_map_name, deployment_name,
     kubeconfig_file_name, kubeconfig_secret_name, shard_identity_uri,
 };
 
@@ -94,6 +94,8 @@ pub struct Defaults {
     /// operator issues no certificates; `{shard}` in the name is replaced by the shard's
     /// name, since each shard's certificate names it.
     pub hub_tls_secret: Option<String>,
+    /// Kubeconfig features accounts may use (`--allow-kubeconfig`); none by default.
+    pub allow_kubeconfig: KubeconfigAllow,
     /// The CA Secret (`namespace/name`) the operator issues agents' certificates from.
     pub agent_ca: Option<ShardRef>,
     /// The cert-manager issuer of agents' certificates, instead of the operator.
@@ -113,6 +115,7 @@ impl Default for Defaults {
             image: None,
             service_account: None,
             hub_tls_secret: None,
+            allow_kubeconfig: KubeconfigAllow::default(),
             agent_ca: None,
             cert_issuer: None,
             cert_lifetime: DEFAULT_CERT_LIFETIME,
@@ -238,6 +241,7 @@ pub fn agent_config(
             .map(|a| AccountConfig::from_spec(a, kubeconfig_file_name(&a.name)))
             .collect(),
         budget: BudgetConfig::from_spec(&shard.spec.budget)?,
+        allow_kubeconfig: KubeconfigAllow::default(),
     };
     config.validate()?;
     Ok(config)
@@ -560,38 +564,12 @@ pub fn pdb(
     })
 }
 
-/// Checks a kubeconfig the agent will use: YAML of the kubeconfig shape, with a current
-/// context (or a single one) naming a cluster that is defined and has a server.
-pub fn validate_kubeconfig(bytes: &[u8]) -> Result<(), String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_owned())?;
-    let kc = kube::config::Kubeconfig::from_yaml(text)
-        .map_err(|e| format!("it does not parse as a kubeconfig: {e}"))?;
-    let context = match &kc.current_context {
-        Some(name) if !name.is_empty() => kc
-            .contexts
-            .iter()
-            .find(|c| &c.name == name)
-            .ok_or_else(|| format!("current-context {name:?} is not among its contexts"))?,
-        _ => match kc.contexts.as_slice() {
-            [only] => only,
-            [] => return Err("it has no context".to_owned()),
-            _ => return Err("it has several contexts and no current-context".to_owned()),
-        },
-    };
-    let cluster_name = context
-        .context
-        .as_ref()
-        .map(|c| c.cluster.clone())
-        .ok_or_else(|| format!("context {:?} names no cluster", context.name))?;
-    let cluster = kc
-        .clusters
-        .iter()
-        .find(|c| c.name == cluster_name)
-        .ok_or_else(|| format!("cluster {cluster_name:?} is not defined"))?;
-    match cluster.cluster.as_ref().and_then(|c| c.server.as_deref()) {
-        Some(server) if !server.is_empty() => Ok(()),
-        _ => Err(format!("cluster {cluster_name:?} has no server")),
-    }
+/// Checks a kubeconfig the agent will use (see [`scale_agent_crds::check_kubeconfig`]).
+pub fn validate_kubeconfig(
+    bytes: &[u8],
+    allow: &KubeconfigAllow,
+) -> Result<(), scale_agent_crds::KubeconfigProblem> {
+    scale_agent_crds::check_kubeconfig(bytes, allow).map(|_| ())
 }
 
 fn runtime_default() -> SeccompProfile {
@@ -884,14 +862,15 @@ mod tests {
     #[test]
     fn kubeconfigs_are_checked() {
         let good = b"apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
-        assert_eq!(validate_kubeconfig(good), Ok(()));
-        assert!(validate_kubeconfig(b"this is not a kubeconfig").is_err());
-        assert!(validate_kubeconfig(b"\xff\xfe").is_err());
+        let none = KubeconfigAllow::default();
+        assert_eq!(validate_kubeconfig(good, &none), Ok(()));
+        assert!(validate_kubeconfig(b"this is not a kubeconfig", &none).is_err());
+        assert!(validate_kubeconfig(b"\xff\xfe", &none).is_err());
         let no_cluster = b"apiVersion: v1\nkind: Config\ncontexts:\n- name: x\n  context:\n    cluster: c\ncurrent-context: x\n";
         assert!(
-            validate_kubeconfig(no_cluster)
+            validate_kubeconfig(no_cluster, &none)
                 .err()
-                .is_some_and(|e| e.contains("not defined"))
+                .is_some_and(|e| e.to_string().contains("not defined"))
         );
     }
 

@@ -160,6 +160,15 @@ pub struct Args {
     #[arg(long, value_name = "NAME", default_value = "")]
     pub default_service_account: String,
 
+    /// Kubeconfig features accounts may use, comma-separated: `exec` (exec and
+    /// auth-provider plugins: the agent runs a program), `files` (tokenFile,
+    /// client-certificate, client-key, certificate-authority paths: the agent reads its
+    /// own files), `insecure-tls` (insecure-skip-tls-verify), `proxy` (proxy-url). None by
+    /// default: an account whose kubeconfig uses one is Invalid (KubeconfigRefused), and
+    /// the agents refuse it too.
+    #[arg(long, value_name = "FEATURES", value_delimiter = ',')]
+    pub allow_kubeconfig: Vec<scale_agent_crds::KubeconfigFeature>,
+
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -190,6 +199,19 @@ mod tests {
         assert_eq!(a.webhook_mode, WebhookMode::Warn);
         assert_eq!(a.lease_duration, Duration::from_secs(15));
         assert!(a.default_hub.is_none());
+        assert!(a.allow_kubeconfig.is_empty());
+        let a = Args::try_parse_from(["scale-agent-operator", "--allow-kubeconfig=exec,files"])
+            .expect("parses");
+        assert_eq!(
+            a.allow_kubeconfig,
+            [
+                scale_agent_crds::KubeconfigFeature::Exec,
+                scale_agent_crds::KubeconfigFeature::Files
+            ]
+        );
+        assert!(
+            Args::try_parse_from(["scale-agent-operator", "--allow-kubeconfig=shell"]).is_err()
+        );
         assert_eq!(a.agent_cert_lifetime, Duration::from_secs(86_400));
         assert!(a.allowed_images.is_empty() && a.agent_ca_secret.is_none());
         let a = Args::try_parse_from([

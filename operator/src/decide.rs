@@ -30,7 +30,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use kube::api::DynamicObject;
 use scale_agent_crds::{
-    AccountSpec, AccountState, AccountStatus, AgentConfig, AgentShard, ShardRef, claims,
+    AccountSpec, AccountState, AccountStatus, AgentConfig, AgentShard, KubeconfigProblem, ShardRef,
+    claims,
 };
 
 use crate::certs::{self, AgentCa, Assessment};
@@ -196,7 +197,7 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
     let mut waiting = false;
     for a in &shard.spec.accounts {
         let state = match f.resolutions.get(&a.name) {
-            Some(Resolution::Owned) => match kubeconfig(&sref, a, f.secrets) {
+            Some(Resolution::Owned) => match kubeconfig(&sref, a, f.secrets, defaults) {
                 Ok(bytes) => {
                     if let Some(bytes) = bytes {
                         kubeconfigs.insert(a.name.clone(), bytes);
@@ -325,6 +326,7 @@ fn kubeconfig(
     sref: &ShardRef,
     a: &AccountSpec,
     secrets: &BTreeMap<String, Option<Secret>>,
+    defaults: &Defaults,
 ) -> Result<Option<Vec<u8>>, (&'static str, String)> {
     let Some(r) = &a.kubeconfig_secret_ref else {
         return if a.in_cluster {
@@ -359,11 +361,15 @@ fn kubeconfig(
                 format!("Secret {name} has no key {key}"),
             )
         })?;
-    children::validate_kubeconfig(&bytes.0)
+    children::validate_kubeconfig(&bytes.0, &defaults.allow_kubeconfig)
         .map(|()| Some(bytes.0.clone()))
         .map_err(|why| {
+            let reason = match why {
+                KubeconfigProblem::Refused { .. } => reason::KUBECONFIG_REFUSED,
+                _ => reason::KUBECONFIG_INVALID,
+            };
             (
-                reason::KUBECONFIG_INVALID,
+                reason,
                 format!("the kubeconfig in Secret {name} key {key}: {why}"),
             )
         })
@@ -487,8 +493,10 @@ fn plan<'a>(
         }
     };
     let with_tls = !matches!(tls, TlsPlan::None);
-    let config = children::agent_config(sref, shard, hub, served, with_tls)
+    let mut config = children::agent_config(sref, shard, hub, served, with_tls)
         .map_err(|e| Problem::new(reason::CONFIG_INVALID, e.to_string()))?;
+    // The agents check every kubeconfig again against the same allowance.
+    config.allow_kubeconfig = defaults.allow_kubeconfig.clone();
     Ok(Plan {
         config,
         image,
@@ -863,6 +871,58 @@ mod tests {
             .expect("ConfigValid");
         assert_eq!(c.status, "False");
         assert!(c.message.contains("kc-gone"), "{}", c.message);
+    }
+
+    /// A kubeconfig that would run a program in the agent is Invalid (KubeconfigRefused)
+    /// and left out of the agent config, unless the operator allows exec; the agents get
+    /// the same allowance, to check again.
+    #[test]
+    fn kubeconfigs_that_run_code_are_refused_unless_allowed() {
+        let exec = KUBECONFIG.replace(
+            "user: {}",
+            "user:\n    exec: { apiVersion: client.authentication.k8s.io/v1, command: /bin/sh }",
+        );
+        let s = shard(&["exec", "ok"]);
+        let sec = secrets(&[
+            ("kc-exec", secret(Some(&exec))),
+            ("kc-ok", secret(Some(KUBECONFIG))),
+        ]);
+        let d = run(&s, &owned(&["exec", "ok"]), &sec);
+        let got = states(&d);
+        assert_eq!(got[0].2, "KubeconfigRefused", "{got:?}");
+        let st = status::compute(None, &d.observed, t(1_000));
+        let exec_status = st.account("exec").expect("exec account");
+        assert_eq!(exec_status.state, AccountState::Invalid);
+        assert!(
+            exec_status.message.contains("exec")
+                && exec_status.message.contains("--allow-kubeconfig=exec"),
+            "{}",
+            exec_status.message
+        );
+        assert_eq!(config(&d).accounts.len(), 1);
+        assert!(config(&d).allow_kubeconfig.is_empty());
+
+        let allowing = Defaults {
+            allow_kubeconfig: scale_agent_crds::KubeconfigAllow(vec![
+                scale_agent_crds::KubeconfigFeature::Exec,
+            ]),
+            ..defaults()
+        };
+        let d = decide(
+            Fetched {
+                shard: &s,
+                resolutions: &owned(&["exec", "ok"]),
+                secrets: &sec,
+                tls_secret: None,
+                agent_ca: None,
+                replicas: &Replicas::default(),
+            },
+            &allowing,
+            &t(1_000),
+        )
+        .expect("decides");
+        assert_eq!(config(&d).accounts.len(), 2);
+        assert_eq!(config(&d).allow_kubeconfig, allowing.allow_kubeconfig);
     }
 
     #[test]

@@ -211,6 +211,7 @@ pub async fn run(args: Args) -> Result<()> {
         image: args.default_image.clone(),
         service_account: Some(args.default_service_account.clone()).filter(|s| !s.is_empty()),
         hub_tls_secret: args.default_hub_tls_secret.clone(),
+        allow_kubeconfig: scale_agent_crds::KubeconfigAllow(args.allow_kubeconfig.clone()),
         agent_ca,
         cert_issuer: args.agent_cert_issuer.clone(),
         cert_lifetime: args.agent_cert_lifetime.max(MIN_CERT_LIFETIME),

@@ -51,6 +51,9 @@ pub mod reason {
     pub const SECRET_KEY_NOT_FOUND: &str = "SecretKeyNotFound";
     /// Account: the kubeconfig does not parse or names no usable cluster.
     pub const KUBECONFIG_INVALID: &str = "KubeconfigInvalid";
+    /// Account: the kubeconfig asks for something the operator does not allow (running a
+    /// program, reading the agent's files...).
+    pub const KUBECONFIG_REFUSED: &str = "KubeconfigRefused";
     /// Condition ConfigValid, Event: the shard's TLS Secret does not exist.
     pub const TLS_SECRET_NOT_FOUND: &str = "TlsSecretNotFound";
     /// Condition ConfigValid, Event: the TLS Secret lacks tls.crt, tls.key or ca.crt.
@@ -784,6 +787,7 @@ fn invalid_reason(r: &str) -> &'static str {
     match r {
         reason::SECRET_NOT_FOUND => reason::SECRET_NOT_FOUND,
         reason::SECRET_KEY_NOT_FOUND => reason::SECRET_KEY_NOT_FOUND,
+        reason::KUBECONFIG_REFUSED => reason::KUBECONFIG_REFUSED,
         _ => reason::KUBECONFIG_INVALID,
     }
 }

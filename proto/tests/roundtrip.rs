@@ -98,6 +98,7 @@ fn agent_frames() -> Vec<agent_frame::Frame> {
             kind: gvk("apps", "v1", "Deployment"),
             mode: SyncMode::FullRelist.into(),
             resource_version: "900".into(),
+            selection: "sel-7f3a".into(),
             resource: "deployments".into(),
             namespaced: true,
         }),
@@ -200,6 +201,7 @@ fn hub_frames() -> Vec<hub_frame::Frame> {
                     resume_points: vec![ResumePoint {
                         kind: gvk("apps", "v1", "Deployment"),
                         resource_version: "1200".into(),
+                        selection: "v1:4f2a".into(),
                     }],
                 },
                 AccountResult {

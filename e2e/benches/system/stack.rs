@@ -201,6 +201,7 @@ impl Stack {
             },
             accounts: accounts.iter().map(|a| a.config.clone()).collect(),
             budget: BudgetConfig::default(),
+            allow_kubeconfig: Default::default(),
         };
         let kubeconfigs: BTreeMap<String, String> = accounts
             .iter()

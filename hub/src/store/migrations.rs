@@ -31,10 +31,11 @@ CREATE TABLE IF NOT EXISTS scale_agent_migrations (
 )";
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "replicas, accounts, resume points, objects, operations",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "replicas, accounts, resume points, objects, operations",
+        sql: "
 -- Each hub replica: where the others reach it, and when it was last alive.
 CREATE TABLE replicas (
     id           TEXT PRIMARY KEY,
@@ -114,7 +115,18 @@ CREATE TABLE operations (
 CREATE INDEX operations_in_flight ON operations (account) WHERE outcome IS NULL;
 CREATE INDEX operations_by_caller ON operations (account, caller_id);
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "resume points keep the selection their objects were listed with",
+        sql: "
+-- The agent's fingerprint of what the kind's objects were listed with: an agent
+-- whose filters differ relists instead of resuming. Empty: unknown (rows
+-- written before this column).
+ALTER TABLE resume_points ADD COLUMN IF NOT EXISTS selection TEXT NOT NULL DEFAULT '';
+",
+    },
+];
 
 /// The migrations not in `applied`, in order; an error naming the unknown
 /// ones when `applied` holds a number this hub does not know.

@@ -737,7 +737,7 @@ impl PgStore {
         }
         for row in client
             .query(
-                "SELECT api_group, kind, version, resource_version FROM resume_points WHERE account = $1",
+                "SELECT api_group, kind, version, resource_version, selection FROM resume_points WHERE account = $1",
                 &[&account],
             )
             .await
@@ -752,6 +752,7 @@ impl PgStore {
                     kind,
                     version: row.get("version"),
                     resource_version: row.get("resource_version"),
+                    selection: row.get("selection"),
                 });
             }
         }
@@ -832,10 +833,12 @@ impl PgStore {
                         .iter()
                         .map(|r| r.resource_version.as_str())
                         .collect();
+                    let selections: Vec<&str> =
+                        changes.resume.iter().map(|r| r.selection.as_str()).collect();
                     tx.execute(
-                        "INSERT INTO resume_points (account, api_group, kind, version, resource_version)
-                         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])",
-                        &[&account, &groups, &kinds, &versions, &rvs],
+                        "INSERT INTO resume_points (account, api_group, kind, version, resource_version, selection)
+                         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])",
+                        &[&account, &groups, &kinds, &versions, &rvs, &selections],
                     )
                     .await
                     .map_err(err)?;

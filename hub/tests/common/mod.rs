@@ -319,11 +319,23 @@ impl FakeAgent {
         gvk: GroupVersionKind,
         mode: pb::SyncMode,
     ) -> Result<()> {
+        self.sync_start_selecting(account, gvk, mode, "").await
+    }
+
+    /// A SyncStart that says what the agent selects of the kind (`selection`).
+    pub async fn sync_start_selecting(
+        &self,
+        account: &str,
+        gvk: GroupVersionKind,
+        mode: pb::SyncMode,
+        selection: &str,
+    ) -> Result<()> {
         self.send(agent_frame::Frame::SyncStart(pb::SyncStart {
             account: account.into(),
             kind: Some(gvk),
             mode: mode as i32,
             resource_version: String::new(),
+            selection: selection.into(),
             ..Default::default()
         }))
         .await
