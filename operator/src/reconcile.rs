@@ -184,14 +184,13 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
                             sref.namespace
                         ),
                     ));
-                    let new = status::compute(shard.status.as_ref(), &decision.observed, now);
-                    apply::status(
-                        &ctx.client,
-                        &ctx.recorder,
+                    write_status(
+                        ctx,
                         shard,
                         &sref,
                         resource_version.as_deref(),
-                        &new,
+                        &decision.observed,
+                        now,
                     )
                     .await?;
                     return Err(e);
@@ -205,14 +204,13 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     decision.observed.deployment = deployment
         .as_ref()
         .map(|d| status::DeploymentView::of(shard.spec.replicas, d));
-    let new = status::compute(shard.status.as_ref(), &decision.observed, now);
-    let written = apply::status(
-        &ctx.client,
-        &ctx.recorder,
+    let (written, new) = write_status(
+        ctx,
         shard,
         &sref,
         resource_version.as_deref(),
-        &new,
+        &decision.observed,
+        now,
     )
     .await?;
     match written {
@@ -240,6 +238,29 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
 /// The shard changed since the cache gave it (usually the cache is behind the operator's
 /// own last write): the watch brings the newer version, which triggers a new reconcile;
 /// the requeue is a safety net. The names granted stay reserved until then.
+/// The status computed from what the reconcile observed, written when it changed;
+/// returns it with what became of the write.
+async fn write_status(
+    ctx: &Context,
+    shard: &AgentShard,
+    sref: &ShardRef,
+    resource_version: Option<&str>,
+    observed: &status::Observed,
+    now: Time,
+) -> Result<(Written, AgentShardStatus)> {
+    let new = status::compute(shard.status.as_ref(), observed, now);
+    let written = apply::status(
+        &ctx.client,
+        &ctx.recorder,
+        shard,
+        sref,
+        resource_version,
+        &new,
+    )
+    .await?;
+    Ok((written, new))
+}
+
 fn stale() -> Action {
     tracing::debug!("the shard changed since it was read; deciding again on the newer version");
     Action::requeue(HANDOFF_RETRY)
