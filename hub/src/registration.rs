@@ -757,6 +757,17 @@ mod tests {
         }
     }
 
+    /// "accepted", or the refusal's metric label, per account in order.
+    fn answer_labels(decided: &[Decided]) -> Vec<&str> {
+        decided
+            .iter()
+            .map(|d| match &d.answer {
+                Answer::Accepted(_) => "accepted",
+                Answer::Refused(r) => r.label,
+            })
+            .collect()
+    }
+
     fn refusal(d: &Decided) -> &Refusal {
         match &d.answer {
             Answer::Refused(r) => r,
@@ -961,13 +972,7 @@ mod tests {
             accounts(&["a", "b", "c"]),
             now,
         );
-        let labels: Vec<&str> = decided
-            .iter()
-            .map(|d| match &d.answer {
-                Answer::Accepted(_) => "accepted",
-                Answer::Refused(r) => r.label,
-            })
-            .collect();
+        let labels = answer_labels(&decided);
         assert_eq!(labels, ["accepted", "accepted", "too_many_in_frame"]);
         assert!(refusal(&decided[2]).message.contains("at most 2 per frame"));
         let decided = decide(
@@ -978,13 +983,7 @@ mod tests {
             accounts(&["a", "c", "d"]),
             now,
         );
-        let labels: Vec<&str> = decided
-            .iter()
-            .map(|d| match &d.answer {
-                Answer::Accepted(_) => "accepted",
-                Answer::Refused(r) => r.label,
-            })
-            .collect();
+        let labels = answer_labels(&decided);
         // "a" is held already (a refresh); "c" is the third; "d" is over.
         assert_eq!(labels, ["accepted", "accepted", "too_many_in_frame"]);
         let decided = decide(
