@@ -1,7 +1,7 @@
 //! One connection per cluster: the Kubernetes client of an account, speaking HTTP/2 when
 //! the API server offers it (ALPN `h2`, as every kube-apiserver over TLS does), so that
 //! every watch, list and operation of the account shares one multiplexed connection, as
-//! client-go does. kube's default client speaks HTTP/1.1 only, which takes one
+//! client-go does (the hub's Kubernetes API requests get a second one, see [`clients`]). kube's default client speaks HTTP/1.1 only, which takes one
 //! connection per open watch: about fifteen per account. A server that does not offer
 //! `h2` (plain `http://`, or a proxy in front that speaks HTTP/1.1 only) is spoken to in
 //! HTTP/1.1, as before.
@@ -24,10 +24,14 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is taken for dead.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the account's two clients from its kubeconfig's `config`, sharing one
-/// connection pool: the agent's own (retrying server errors, as kube does) and the one
-/// that carries the hub's Kubernetes API requests ([`crate::proxy`]), which never
-/// retries, so a caller's request reaches the cluster at most once.
+/// Builds the account's two clients from its kubeconfig's `config`, each with a
+/// connection pool of its own: the agent's (retrying server errors, as kube does), whose
+/// one HTTP/2 connection carries every watch, and the one that carries the hub's
+/// Kubernetes API requests ([`crate::proxy`]), which never retries, so a caller's
+/// request reaches the cluster at most once. Separate connections, because HTTP/2 flow
+/// control is per connection too: a caller that stops reading a large answer must not
+/// hold the account's watches back. The second connection opens only when the first
+/// such request comes.
 pub fn clients(config: kube::Config) -> Result<(kube::Client, kube::Client), kube::Error> {
     let tls = config.rustls_client_config()?;
     let mut http = HttpConnector::new();
@@ -46,7 +50,7 @@ pub fn clients(config: kube::Config) -> Result<(kube::Client, kube::Client), kub
     }
     // ALPN offers h2, then http/1.1: a server that does not take HTTP/2 answers in 1.1.
     let connector = builder.enable_all_versions().wrap_connector(http);
-    let http_client: hyper_util::client::legacy::Client<_, Body> =
+    let pool = || -> hyper_util::client::legacy::Client<_, Body> {
         hyper_util::client::legacy::Builder::new(TokioExecutor::new())
             // Keepalive pings and idle-pool expiry need a timer.
             .timer(TokioTimer::new())
@@ -54,7 +58,8 @@ pub fn clients(config: kube::Config) -> Result<(kube::Client, kube::Client), kub
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .http2_keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .http2_keep_alive_while_idle(true)
-            .build(connector);
+            .build(connector.clone())
+    };
     let build = |retry: bool| -> Result<kube::Client, kube::Error> {
         let service = ServiceBuilder::new()
             .layer(config.base_uri_layer())
@@ -62,7 +67,7 @@ pub fn clients(config: kube::Config) -> Result<(kube::Client, kube::Client), kub
             .option_layer(config.auth_layer()?)
             .layer(config.extra_headers_layer()?)
             .map_err(tower::BoxError::from)
-            .service(http_client.clone());
+            .service(pool());
         Ok(ClientBuilder::new(service, config.default_namespace.clone()).build())
     };
     Ok((build(config.default_retry)?, build(false)?))
