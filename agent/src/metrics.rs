@@ -36,8 +36,8 @@ metrics! {
     relists: Family<RelistLabels, Counter>,
     /// Watches resumed from the hub's resume point (no relist).
     resumes: Counter,
-    /// Watch bookmarks passed on to the hub as watch progress.
-    watch_progress: Counter,
+    /// Watch bookmarks passed on to the hub as watch progress, by kind.
+    watch_progress: Family<KindLabels, Counter>,
     /// Connections to the hub opened.
     hub_connects: Counter,
     /// Sessions with the hub that failed (connecting or later).
@@ -102,7 +102,39 @@ pub struct RelistLabels {
     pub cause: RelistCause,
 }
 
+/// The label of a per-kind metric: `kind` is `Kind` for the core group and `Kind.group`
+/// otherwise, as accounts name kinds in their config. Only watched kinds get one, so the
+/// series are bounded by the kinds the config selects, not by accounts or objects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `Kind` or `Kind.group`.
+    pub kind: String,
+}
+
+impl KindLabels {
+    /// The label of the kind `kind` of API group `group` (empty for the core group).
+    pub fn of(group: &str, kind: &str) -> KindLabels {
+        KindLabels {
+            kind: if group.is_empty() {
+                kind.to_owned()
+            } else {
+                format!("{kind}.{group}")
+            },
+        }
+    }
+}
+
 impl Metrics {
+    /// Counts one bookmark of `kind` passed on to the hub as watch progress.
+    pub fn watch_progressed(&self, kind: &KindLabels) {
+        self.watch_progress.get_or_create(kind).inc();
+    }
+
+    /// Bookmarks of `kind` passed on to the hub so far (reading adds no series).
+    pub fn watch_progress_of(&self, kind: &KindLabels) -> u64 {
+        self.watch_progress.get(kind).map_or(0, |c| c.get())
+    }
+
     /// Counts one full relist.
     pub fn relist(&self, cause: RelistCause) {
         self.relists.get_or_create(&RelistLabels { cause }).inc();
@@ -166,12 +198,34 @@ mod tests {
     }
 
     #[test]
+    fn watch_progress_is_counted_by_kind_and_group() {
+        let m = Metrics::default();
+        let configmaps = KindLabels::of("", "ConfigMap");
+        let deployments = KindLabels::of("apps", "Deployment");
+        m.watch_progressed(&configmaps);
+        m.watch_progressed(&configmaps);
+        m.watch_progressed(&deployments);
+        assert_eq!(m.watch_progress_of(&configmaps), 2);
+        assert_eq!(m.watch_progress_of(&KindLabels::of("", "Secret")), 0);
+        let text = m.render();
+        assert!(!text.contains("Secret"), "a read added a series: {text}");
+        for line in [
+            "scale_agent_watch_progress_total{kind=\"ConfigMap\"} 2",
+            "scale_agent_watch_progress_total{kind=\"Deployment.apps\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from {text}"
+            );
+        }
+    }
+
+    #[test]
     fn every_metric_has_its_name_and_help() {
         let text = Metrics::default().render();
         for line in [
             "# HELP scale_agent_hub_connects Connections to the hub opened.",
             "# TYPE scale_agent_watch_progress counter",
-            "scale_agent_watch_progress_total 0",
             "# HELP scale_agent_members Live replicas of the shard, this one included.",
             "scale_agent_buffered_bytes 0",
         ] {

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::batch::KindSender;
 use crate::budget::Budget;
 use crate::kinds::WatchedKind;
-use crate::metrics::{Metrics, RelistCause};
+use crate::metrics::{KindLabels, Metrics, RelistCause};
 use crate::objects::{self, Selectors};
 use crate::outbound::{Closed, Outbound};
 
@@ -94,6 +94,8 @@ struct KindWatch {
     /// The latest resourceVersion of this kind the hub has been sent (by an event, a
     /// SyncEnd or a WatchProgress): a bookmark at the same version tells it nothing.
     told_hub: String,
+    /// The kind's label on per-kind metrics.
+    label: KindLabels,
 }
 
 impl KindWatch {
@@ -115,6 +117,7 @@ impl KindWatch {
         };
         let selectors = Selectors::of(&ctx.config, &kind);
         let sender = KindSender::new(ctx.account.clone(), ctx.out.clone(), ctx.metrics.clone());
+        let label = KindLabels::of(&ar.group, &ar.kind);
         KindWatch {
             ctx,
             kind,
@@ -124,6 +127,7 @@ impl KindWatch {
             sender,
             synced,
             told_hub: String::new(),
+            label,
         }
     }
 
@@ -348,7 +352,7 @@ impl KindWatch {
                 resource_version: version.clone(),
             }))
             .await?;
-        self.ctx.metrics.watch_progress.inc();
+        self.ctx.metrics.watch_progressed(&self.label);
         self.told_hub = version;
         Ok(())
     }
@@ -661,6 +665,11 @@ mod loop_tests {
         }
     }
 
+    /// The per-kind metric label of the kind the rig watches.
+    fn configmaps() -> KindLabels {
+        KindLabels::of("", "ConfigMap")
+    }
+
     fn cm(name: &str, version: &str) -> serde_json::Value {
         serde_json::json!({
             "apiVersion": "v1", "kind": "ConfigMap",
@@ -810,7 +819,7 @@ mod loop_tests {
         rig.no_frame().await;
         send(&body, bookmark("13")).await;
         assert_eq!(rig.frame().await, "progress 13");
-        assert_eq!(rig.metrics.watch_progress.get(), 2);
+        assert_eq!(rig.metrics.watch_progress_of(&configmaps()), 2);
 
         // 410 Gone: the kind is listed again, as a whole.
         send(&body, gone()).await;
@@ -835,7 +844,7 @@ mod loop_tests {
         // The watch itself still moves on: the next one starts at the bookmark.
         drop(body);
         rig.watch("15").await;
-        assert_eq!(rig.metrics.watch_progress.get(), 0);
+        assert_eq!(rig.metrics.watch_progress_of(&configmaps()), 0);
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::converge::{
     account_state, configmaps, converge, create_namespace, hub_snapshot, put_cm, wait_state,
 };
+use scale_agent_e2e::hub::HubProcess;
 use scale_agent_e2e::scenario::*;
 use scale_agent_e2e::{Env, runner, wait};
 use serde_json::json;
@@ -588,6 +589,11 @@ async fn relist_after_compaction(env: Arc<Env>) -> anyhow::Result<()> {
 /// the hub's list-time resume point would get 410 Gone. The agent passes the watch's
 /// bookmarks on as watch progress; after a reconnect it resumes from there, with no
 /// relist, and picks up what changed while it was away.
+///
+/// The reconnect waits for the one thing it depends on: the hub's resume point of the
+/// account's ConfigMaps is newer than anything the account has seen *and* still inside
+/// the window. Another kind's progress says nothing about ConfigMaps, and a ConfigMap
+/// bookmark taken while the window was moving may have left it since.
 async fn quiet_kind_resumes(env: Arc<Env>) -> anyhow::Result<()> {
     let s = scenario(&env, "quiet", "120s").await?;
     let cluster = target(&env, QUIET)?;
@@ -607,6 +613,8 @@ async fn quiet_kind_resumes(env: Arc<Env>) -> anyhow::Result<()> {
         .await
         .with_context(|| agent_log(&agent))?;
     converge(&s.hub, "quiet-a", &quiet, &s.ns, Duration::from_secs(20)).await?;
+    // Read first: a bookmark newer than `synced_at` is counted after this.
+    let progress_at_sync = configmap_progress(&agent).await;
     // No revision the account has seen is newer than this.
     let synced_at = quiet
         .list(&ListParams::default())
@@ -633,24 +641,37 @@ async fn quiet_kind_resumes(env: Arc<Env>) -> anyhow::Result<()> {
         "quiet-kind: the watch window moved past {synced_at} after {writes} changes elsewhere"
     );
 
-    // The cluster keeps changing slowly (as clusters do) while the agent's watch sends
-    // its next bookmark, about once a minute.
-    let progress_before = metric(&agent, "scale_agent_watch_progress_total").await;
+    // The cluster keeps changing slowly (as clusters do) while the agent's ConfigMap
+    // watch sends its next bookmark, about once a minute, until the hub's resume point
+    // for the account's ConfigMaps is past `synced_at`, still inside the window, and the
+    // agent counts a ConfigMap bookmark since the sync (nothing else moves that point:
+    // the account's ConfigMaps do not change).
     let waited = Instant::now();
     let mut beat = 0;
-    while metric(&agent, "scale_agent_watch_progress_total").await == progress_before {
+    let resume_from = loop {
+        let point = configmap_resume_point(&s.hub, "quiet-a").await?;
+        let progress = configmap_progress(&agent).await;
+        if let Some(rv) = point.as_deref().filter(|rv| newer(rv, &synced_at))
+            && progress > progress_at_sync
+            && !watch_expired(&quiet, rv).await?
+        {
+            break rv.to_owned();
+        }
         ensure!(
             waited.elapsed() < Duration::from_secs(100),
-            "no watch progress sent within {:?}: {}",
+            "within {:?} the hub's ConfigMap resume point ({point:?}) did not get past \
+             {synced_at} and stay inside the window ({} ConfigMap bookmarks passed on since \
+             the sync): {}",
             waited.elapsed(),
+            progress - progress_at_sync,
             agent_log(&agent)
         );
         put_cm(&busy, "heartbeat", &beat.to_string()).await?;
         beat += 1;
         tokio::time::sleep(Duration::from_secs(3)).await;
-    }
+    };
     eprintln!(
-        "quiet-kind: watch progress reached the hub {:?} after the window moved",
+        "quiet-kind: the hub's ConfigMap resume point moved to {resume_from} {:?} after the window moved",
         waited.elapsed()
     );
     ensure!(
@@ -673,8 +694,19 @@ async fn quiet_kind_resumes(env: Arc<Env>) -> anyhow::Result<()> {
     let took = converge(&s.hub, "quiet-a", &quiet, &s.ns, Duration::from_secs(20))
         .await
         .with_context(|| agent_log(&agent))?;
-    let resumes = metric(&agent, "scale_agent_resumes_total").await;
-    let relisted = relists(&agent).await;
+    // Every kind of the account has started (resumed or relisted), not only ConfigMaps.
+    let kinds = cfg.accounts[0].kinds.len() as u64;
+    let (resumes, relisted) = wait::until(
+        "every kind of quiet-a to start",
+        Duration::from_secs(20),
+        || async {
+            let resumes = metric(&agent, "scale_agent_resumes_total").await;
+            let relisted = relists(&agent).await;
+            (resumes + relisted >= kinds).then_some((resumes, relisted))
+        },
+    )
+    .await
+    .with_context(|| agent_log(&agent))?;
     eprintln!(
         "quiet-kind: back in {took:?} after the reconnect ({resumes} watches resumed, {relisted} relists)"
     );
@@ -683,8 +715,32 @@ async fn quiet_kind_resumes(env: Arc<Env>) -> anyhow::Result<()> {
         "the reconnected agent relisted {relisted} kinds: {}",
         agent_log(&agent)
     );
-    ensure!(resumes >= 1, "the reconnected agent resumed no watch");
+    ensure!(
+        resumes == kinds,
+        "the reconnected agent resumed {resumes} of {kinds} watches"
+    );
     Ok(())
+}
+
+/// Where the hub resumes `account`'s ConfigMap watch after a reconnect, as the
+/// account's answer shows it; `None` while it has no point to resume from.
+async fn configmap_resume_point(hub: &HubProcess, account: &str) -> anyhow::Result<Option<String>> {
+    let (code, answer) = hub.get(&format!("/v1/accounts/{account}")).await?;
+    ensure!(code == 200, "account {account}: {code} {answer}");
+    let points = answer["resumePoints"]
+        .as_array()
+        .with_context(|| format!("account {account} without resumePoints: {answer}"))?;
+    Ok(points
+        .iter()
+        .find(|p| p["group"] == "" && p["kind"] == "ConfigMap")
+        .and_then(|p| p["resourceVersion"].as_str())
+        .filter(|rv| !rv.is_empty())
+        .map(str::to_owned))
+}
+
+/// Whether resourceVersion `a` is newer than `b` (the test's API servers number them).
+fn newer(a: &str, b: &str) -> bool {
+    matches!((a.parse::<u64>(), b.parse::<u64>()), (Ok(a), Ok(b)) if a > b)
 }
 
 /// Whether a watch of `api` from `version` is refused with 410 Gone.
@@ -736,6 +792,15 @@ async fn large_objects(env: Arc<Env>) -> anyhow::Result<()> {
 /// Full relists of every cause (the first list of a kind included).
 async fn relists(agent: &AgentProcess) -> u64 {
     scale_agent_e2e::metrics::metric_sum(&agent.admin, "scale_agent_relists_total").await
+}
+
+/// ConfigMap bookmarks the agent passed on to the hub as watch progress.
+async fn configmap_progress(agent: &AgentProcess) -> u64 {
+    metric(
+        agent,
+        "scale_agent_watch_progress_total{kind=\"ConfigMap\"}",
+    )
+    .await
 }
 
 /// Relists because a watch's resourceVersion expired (410 Gone).

@@ -2,7 +2,7 @@
 //! `/healthz`.
 //!
 //! - `GET /v1/accounts` → `[Account]` (`clusterId` only with an API token)
-//! - `GET /v1/accounts/{account}` → `Account` (404 when unknown)
+//! - `GET /v1/accounts/{account}` → `Account` with `resumePoints` (404 when unknown)
 //! - `GET /v1/accounts/{account}/objects?kind=&namespace=` → `[Object]`
 //! - `GET /v1/accounts/{account}/objects/{kind}/{namespace}/{name}` → `Object`
 //!   (`_` for the namespace of cluster-scoped objects; kind case-insensitive,
@@ -305,15 +305,51 @@ async fn list_accounts(
     page_response(&views, next)
 }
 
+/// One account, asked for by name: as listed, and where each kind's watch resumes
+/// after a reconnect (a kind that relists after a reconnect shows why here).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountDetail {
+    #[serde(flatten)]
+    account: AccountView,
+    resume_points: Vec<ResumeView>,
+}
+
+/// The resume point of one kind: empty when the kind has cached objects and will be
+/// listed again.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeView {
+    group: String,
+    kind: String,
+    resource_version: String,
+}
+
 async fn get_account(
     State(shared): State<Arc<Shared>>,
     Path(account): Path<String>,
-) -> Result<Json<AccountView>, ApiError> {
+) -> Result<Json<AccountDetail>, ApiError> {
     let core = shared.core();
-    core.registry
+    let a = core
+        .registry
         .get(&account)
-        .map(|a| Json(account_view(&shared, &core, a, SystemTime::now())))
-        .ok_or_else(|| unknown_account(&account))
+        .ok_or_else(|| unknown_account(&account))?;
+    let resume_points = core
+        .cache
+        .account(&account)
+        .map(AccountCache::resume_points)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| ResumeView {
+            group: r.kind.group,
+            kind: r.kind.kind,
+            resource_version: r.resource_version,
+        })
+        .collect();
+    Ok(Json(AccountDetail {
+        account: account_view(&shared, &core, a, SystemTime::now()),
+        resume_points,
+    }))
 }
 
 fn unknown_account(account: &str) -> ApiError {

@@ -200,6 +200,13 @@ async fn agent_back_within_grace_period_loses_nothing_and_gets_resume_points() -
         ["one", "two"],
         "objects kept while disconnected"
     );
+    // The account's own answer shows where the agent will resume.
+    let (_, detail) = get(&hub, "/v1/accounts/prod-1").await?;
+    assert_eq!(
+        detail["resumePoints"],
+        json!([{ "group": "apps", "kind": "Deployment", "resourceVersion": "8" }]),
+        "{detail}"
+    );
 
     let mut back = FakeAgent::connect(&hub, "east", "east-1").await?;
     let results = back.register(&[("prod-1", "uid-a")]).await?;
