@@ -210,6 +210,8 @@ mod tests {
         let text = m.render();
         assert!(!text.contains("Secret"), "a read added a series: {text}");
         for line in [
+            "# HELP scale_agent_watch_progress Watch bookmarks passed on to the hub as watch progress, by kind.",
+            "# TYPE scale_agent_watch_progress counter",
             "scale_agent_watch_progress_total{kind=\"ConfigMap\"} 2",
             "scale_agent_watch_progress_total{kind=\"Deployment.apps\"} 1",
         ] {
@@ -225,7 +227,7 @@ mod tests {
         let text = Metrics::default().render();
         for line in [
             "# HELP scale_agent_hub_connects Connections to the hub opened.",
-            "# TYPE scale_agent_watch_progress counter",
+            "# TYPE scale_agent_resumes counter",
             "# HELP scale_agent_members Live replicas of the shard, this one included.",
             "scale_agent_buffered_bytes 0",
         ] {

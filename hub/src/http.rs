@@ -306,7 +306,8 @@ async fn list_accounts(
 }
 
 /// One account, asked for by name: as listed, and where each kind's watch resumes
-/// after a reconnect (a kind that relists after a reconnect shows why here).
+/// when its agent reconnects, so whoever wonders whether a kind will resume or be
+/// listed again can see it.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountDetail {
