@@ -165,14 +165,17 @@ pub fn place(reserved: &[usize], limit: usize, streams: usize) -> Option<usize> 
 }
 
 /// The streams an account keeps open: one watch per kind it names (the default set when
-/// it names none), and one for its lists and operations.
+/// it names none) and namespace it lists (a namespaced kind is watched in each), and one
+/// for its lists and operations. Cluster-scoped kinds are counted per namespace too: a
+/// reservation a little too large costs a connection sooner, one too small a watch that
+/// waits.
 pub fn streams_for(config: &scale_agent_crds::AccountConfig) -> usize {
     let kinds = if config.kinds.is_empty() {
         crate::kinds::DEFAULT_KINDS.len()
     } else {
         config.kinds.len()
     };
-    kinds + 1
+    kinds * config.namespaces.len().max(1) + 1
 }
 
 /// What decides how the connection to the account's cluster is made, or `None` when it
@@ -391,6 +394,27 @@ mod tests {
         assert_eq!(place(&[32, 96], 100, 16), Some(0));
         // Too big for any connection: one of its own.
         assert_eq!(place(&[0], 10, 16), None);
+    }
+
+    #[test]
+    fn an_account_reserves_a_stream_per_watch_and_one_more() {
+        let account = |kinds: &[&str], namespaces: &[&str]| scale_agent_crds::AccountConfig {
+            name: "a".into(),
+            kubeconfig_file: "a.kubeconfig".into(),
+            in_cluster: false,
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+            omit_namespaces: vec![],
+            kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            omit_kinds: vec![],
+            only_spinnaker_managed: false,
+        };
+        let defaults = crate::kinds::DEFAULT_KINDS.len();
+        assert_eq!(streams_for(&account(&[], &[])), defaults + 1);
+        assert_eq!(streams_for(&account(&[], &["a"])), defaults + 1);
+        assert_eq!(
+            streams_for(&account(&["ConfigMap", "Deployment"], &["a", "b", "c"])),
+            7
+        );
     }
 
     fn config(yaml: &str) -> kube::Config {
