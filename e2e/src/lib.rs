@@ -28,6 +28,7 @@ pub mod agent;
 pub mod bench;
 pub mod bins;
 pub mod certs;
+pub mod churn;
 pub mod controlplane;
 pub mod converge;
 pub mod crd;

@@ -9,18 +9,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use nix::sys::signal::Signal;
 use scale_agent_crds::{AgentConfig, BudgetConfig, ShardRef, TlsConfig, shard_identity_uri};
 use scale_agent_e2e::agent::AgentProcess;
-use scale_agent_e2e::converge::{account_state, configmaps, converge, put_cm, wait_state};
+use scale_agent_e2e::churn::{Churn, churn};
+use scale_agent_e2e::converge::{account_state, configmaps, converge_all, put_cm, wait_state};
 use scale_agent_e2e::metrics::metric;
 use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
 use scale_agent_e2e::process::rss_kib;
 use scale_agent_e2e::scenario::*;
 use scale_agent_e2e::{Env, runner, wait};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
 /// The agent's HTTP/2 keepalive in these tests: a dead path shows within two of these.
@@ -228,15 +227,9 @@ impl Rig {
 
     /// Every account's cache equals its cluster; returns the longest wait.
     async fn converged(&self, timeout: Duration) -> anyhow::Result<Duration> {
-        let mut longest = Duration::ZERO;
-        let start = Instant::now();
-        for (n, api) in &self.accounts {
-            converge(&self.s.hub, n, api, &self.s.ns, timeout)
-                .await
-                .with_context(|| self.logs())?;
-            longest = start.elapsed();
-        }
-        Ok(longest)
+        converge_all(&self.s.hub, &self.accounts, &self.s.ns, timeout)
+            .await
+            .with_context(|| self.logs())
     }
 
     fn churn(&self, value_bytes: usize) -> Churn {
@@ -271,52 +264,6 @@ impl Rig {
         );
         ensure!(changes > 20, "the churn made only {changes} changes");
         Ok(since_fault)
-    }
-}
-
-struct Churn {
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<u64>>,
-}
-
-/// Changes ConfigMaps continuously (create, update, delete) until stopped; failures (a
-/// cluster restarting) are skipped.
-fn churn(apis: Vec<Api<ConfigMap>>, value_bytes: usize) -> Churn {
-    let (stop, rx) = watch::channel(false);
-    let tasks = apis
-        .into_iter()
-        .map(|api| {
-            let rx = rx.clone();
-            tokio::spawn(async move {
-                let mut ok = 0u64;
-                let mut i = 0u64;
-                let pad = "x".repeat(value_bytes);
-                while !*rx.borrow() {
-                    i += 1;
-                    let name = format!("churn-{}", i % 15);
-                    let done = if i.is_multiple_of(5) {
-                        api.delete(&name, &DeleteParams::default()).await.is_ok()
-                    } else {
-                        put_cm(&api, &name, &format!("{i}{pad}")).await.is_ok()
-                    };
-                    ok += u64::from(done);
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                }
-                ok
-            })
-        })
-        .collect();
-    Churn { stop, tasks }
-}
-
-impl Churn {
-    async fn stop(self) -> u64 {
-        let _ = self.stop.send(true);
-        let mut n = 0;
-        for t in self.tasks {
-            n += t.await.unwrap_or(0);
-        }
-        n
     }
 }
 
