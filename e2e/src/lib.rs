@@ -50,6 +50,7 @@ pub mod postgres;
 pub mod process;
 pub mod runner;
 pub mod scenario;
+pub mod shards;
 pub mod wait;
 
 pub use controlplane::{Cluster, ControlPlane, MANAGEMENT, Options};
