@@ -11,7 +11,7 @@ use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use nix::sys::signal::Signal;
-use scale_agent_crds::{AgentConfig, BudgetConfig, ShardRef, TlsConfig, shard_identity_uri};
+use scale_agent_crds::{AgentConfig, BudgetConfig, ShardRef};
 use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::churn::{Churn, churn};
 use scale_agent_e2e::converge::{account_state, configmaps, converge_all, put_cm, wait_state};
@@ -129,22 +129,10 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
         &env.test_dir(&s.ns),
     )
     .await?;
-    let identity = shard_identity_uri(&ShardRef::new(s.ns.clone(), name.to_string()));
-    let client = pki.issue_client(
-        &format!("agent-{name}"),
-        &format!("agent-{name}"),
-        None,
-        &[&identity],
-    )?;
     let names: Vec<String> = (1..=3).map(|i| format!("{name}-{i}")).collect();
     let mut cfg = config(&s, name, names.iter().map(|n| account(n, &s.ns)).collect());
     cfg.hub.address = nginx.address.clone();
-    cfg.hub.tls = Some(TlsConfig {
-        ca_file: pki.ca_file.display().to_string(),
-        cert_file: client.cert_file.display().to_string(),
-        key_file: client.key_file.display().to_string(),
-        server_name: None,
-    });
+    cfg.hub.tls = Some(pki.agent_tls(&s.ns, name)?);
     if let Some(b) = o.budget {
         cfg.budget = BudgetConfig {
             concurrent_syncs: 2,
@@ -198,20 +186,6 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
     }
     rig.converged(Duration::from_secs(30)).await?;
     Ok(rig)
-}
-
-/// A client certificate naming shard `ns/shard`, as the agent's TLS settings.
-fn agent_tls(env: &Env, ns: &str, shard: &str) -> anyhow::Result<TlsConfig> {
-    let pki = &env.cp.pki;
-    let identity = shard_identity_uri(&ShardRef::new(ns.to_string(), shard.to_string()));
-    let stem = format!("agent-{ns}-{shard}");
-    let client = pki.issue_client(&stem, &stem, None, &[&identity])?;
-    Ok(TlsConfig {
-        ca_file: pki.ca_file.display().to_string(),
-        cert_file: client.cert_file.display().to_string(),
-        key_file: client.key_file.display().to_string(),
-        server_name: None,
-    })
 }
 
 impl Rig {
@@ -361,7 +335,7 @@ async fn hub_restart(env: Arc<Env>) -> anyhow::Result<()> {
         accounts: vec![account("hubrestart-1", &rig.s.ns)],
         ..rig.cfg.clone()
     };
-    rogue_cfg.hub.tls = Some(agent_tls(&env, &rig.s.ns, "rogue")?);
+    rogue_cfg.hub.tls = Some(env.cp.pki.agent_tls(&rig.s.ns, "rogue")?);
     let rogue_kcs = kubeconfigs(&env, &[("hubrestart-1", "cluster-3")])?;
     let args: Vec<&str> = rig.agent_args.iter().map(String::as_str).collect();
     let rogue = start_agent(&env, &rig.s, "rogue-0", &rogue_cfg, &rogue_kcs, &args)?;
@@ -534,7 +508,7 @@ async fn reconnect_storm(env: Arc<Env>) -> anyhow::Result<()> {
     for i in 0..AGENTS {
         let mut cfg = idle.clone();
         cfg.shard = ShardRef::new(rig.s.ns.clone(), format!("storm-{i}"));
-        cfg.hub.tls = Some(agent_tls(&env, &rig.s.ns, &format!("storm-{i}"))?);
+        cfg.hub.tls = Some(env.cp.pki.agent_tls(&rig.s.ns, &format!("storm-{i}"))?);
         crowd.push(start_agent(
             &env,
             &rig.s,

@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use nix::sys::signal::Signal;
-use scale_agent_crds::{AgentConfig, ShardRef, TlsConfig, shard_identity_uri};
+use scale_agent_crds::AgentConfig;
 use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::churn::{Churn, churn};
 use scale_agent_e2e::converge::{configmaps, converge_all, hub_snapshot, put_cm};
@@ -131,20 +131,6 @@ fn replica_args(env: &Env, url: &str, id: &str) -> Vec<String> {
     ]
 }
 
-/// A client certificate naming shard `ns/shard`, as the agent's TLS settings.
-fn agent_tls(env: &Env, ns: &str, shard: &str) -> anyhow::Result<TlsConfig> {
-    let pki = &env.cp.pki;
-    let identity = shard_identity_uri(&ShardRef::new(ns.to_string(), shard.to_string()));
-    let stem = format!("agent-{ns}-{shard}");
-    let client = pki.issue_client(&stem, &stem, None, &[&identity])?;
-    Ok(TlsConfig {
-        ca_file: pki.ca_file.display().to_string(),
-        cert_file: client.cert_file.display().to_string(),
-        key_file: client.key_file.display().to_string(),
-        server_name: None,
-    })
-}
-
 async fn rig(shared: &Shared, name: &str) -> anyhow::Result<Rig> {
     rig_with(shared, name, &[]).await
 }
@@ -207,7 +193,7 @@ async fn rig_with(shared: &Shared, name: &str, extra: &[String]) -> anyhow::Resu
         let shard = format!("{name}-{}", i + 1);
         let mut cfg = config(&rig.s, &shard, vec![account(&account_name, &rig.s.ns)]);
         cfg.hub.address = rig.nginx.address.clone();
-        cfg.hub.tls = Some(agent_tls(env, &rig.s.ns, &shard)?);
+        cfg.hub.tls = Some(env.cp.pki.agent_tls(&rig.s.ns, &shard)?);
         let api = configmaps(target(env, cluster)?, &rig.s.ns).await?;
         for j in 0..5 {
             put_cm(&api, &format!("seed-{j}"), "seed").await?;
@@ -750,7 +736,7 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
             names.iter().map(|n| account(n, &rig.s.ns)).collect(),
         );
         cfg.hub.address = lb.address.clone();
-        cfg.hub.tls = Some(agent_tls(env, &rig.s.ns, &shard)?);
+        cfg.hub.tls = Some(env.cp.pki.agent_tls(&rig.s.ns, &shard)?);
         lbs.push(lb);
         let pairs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), cluster)).collect();
         let kcs = kubeconfigs(env, &pairs)?;
