@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::budget::Budget;
+use crate::cluster_client::{AccountClients, Connections};
 use crate::config::AccountDesired;
 use crate::kinds;
 use crate::metrics::{Metrics, RelistCause};
@@ -49,6 +50,8 @@ pub struct AccountCtx {
     pub metrics: Arc<Metrics>,
     /// Shared state (clusters for operations, readiness).
     pub state: Arc<State>,
+    /// The connections to the clusters, shared by accounts of the same transport.
+    pub connections: Arc<Connections>,
 }
 
 /// Runs `desired` until cancelled (the task is aborted) or the session closes.
@@ -64,7 +67,7 @@ pub async fn run(
         async move {
             let mut backoff = Duration::from_secs(1);
             loop {
-                match connect(&desired).await {
+                match connect(&ctx.connections, &desired).await {
                     Ok((clients, account)) => {
                         backoff = Duration::from_secs(1);
                         match serve(&ctx, &desired, clients, account, &mut results).await {
@@ -90,13 +93,6 @@ pub async fn run(
     .await;
 }
 
-/// The account's clients: for watches and operations, and without retries for the
-/// requests the hub carries.
-struct Clients {
-    client: kube::Client,
-    proxy: kube::Client,
-}
-
 /// What the account streams, for the hub to know which reads its cache can answer.
 fn scope(config: &scale_agent_crds::AccountConfig) -> StreamScope {
     StreamScope {
@@ -111,7 +107,10 @@ fn scope(config: &scale_agent_crds::AccountConfig) -> StreamScope {
 }
 
 /// Builds the clients and identifies the cluster.
-async fn connect(desired: &AccountDesired) -> Result<(Clients, Account)> {
+async fn connect(
+    connections: &Arc<Connections>,
+    desired: &AccountDesired,
+) -> Result<(AccountClients, Account)> {
     let name = &desired.config.name;
     let kc_err = |message: String| Error::Kubeconfig {
         account: name.clone(),
@@ -131,8 +130,11 @@ async fn connect(desired: &AccountDesired) -> Result<(Clients, Account)> {
     };
     let server = config.cluster_url.to_string();
     let ca = config.root_cert.clone().unwrap_or_default();
-    let (client, proxy) =
-        crate::cluster_client::clients(config).map_err(|e| kc_err(e.to_string()))?;
+    let clients = connections
+        .clients(&config, crate::cluster_client::streams_for(&desired.config))
+        .await
+        .map_err(|e| kc_err(e.to_string()))?;
+    let client = clients.client.clone();
     let version = client
         .apiserver_version()
         .await
@@ -152,7 +154,7 @@ async fn connect(desired: &AccountDesired) -> Result<(Clients, Account)> {
         }
     };
     Ok((
-        Clients { client, proxy },
+        clients,
         Account {
             name: name.clone(),
             cluster_id,
@@ -203,11 +205,16 @@ const RETRY_DISCOVERY: Duration = Duration::from_secs(10);
 async fn serve(
     ctx: &AccountCtx,
     desired: &AccountDesired,
-    clients: Clients,
+    clients: AccountClients,
     account: Account,
     results: &mut mpsc::Receiver<AccountResult>,
 ) -> Result<Duration, Closed> {
-    let Clients { client, proxy } = clients;
+    // The lease keeps the account's streams reserved while it streams.
+    let AccountClients {
+        client,
+        proxy,
+        lease: _lease,
+    } = clients;
     let name = account.name.clone();
     ctx.out
         .send(Frame::Register(Register {

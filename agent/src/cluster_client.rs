@@ -1,38 +1,310 @@
-//! One connection per cluster: the Kubernetes client of an account, speaking HTTP/2 when
-//! the API server offers it (ALPN `h2`, as every kube-apiserver over TLS does), so that
-//! every watch, list and operation of the account shares one multiplexed connection, as
-//! client-go does (the hub's Kubernetes API requests get a second one, see [`clients`]). kube's default client speaks HTTP/1.1 only, which takes one
-//! connection per open watch: about fifteen per account. A server that does not offer
-//! `h2` (plain `http://`, or a proxy in front that speaks HTTP/1.1 only) is spoken to in
-//! HTTP/1.1, as before.
+//! The agent's connections to the clusters: accounts whose connection would be made the
+//! same way share it, as client-go's transport cache shares one HTTP/2 connection among
+//! every client of a cluster with the same TLS settings. kube's default client speaks
+//! HTTP/1.1 only, which takes one connection per open watch: about fifteen per account.
+//!
+//! An account's connection is decided by its *transport*: the server, the CA, the client
+//! certificate and the TLS server name ([`transport_key`]). Bearer tokens, exec-plugin
+//! tokens and extra headers go on each request (kube's layers above the pool), so
+//! accounts that differ only in them share a connection safely; a client certificate is
+//! the connection's identity, so a different one means a different connection.
+//!
+//! An HTTP/2 connection carries at most the number of streams the server allows (a
+//! kube-apiserver: 100, its `--http2-max-streams-per-connection`); a request past that
+//! waits for a stream to end, and a watch never ends on its own. So each account reserves
+//! as many streams as it keeps open (one watch per kind, and one for its lists and
+//! operations, which come and go) on a connection that has room ([`place`]), and a
+//! transport gets another connection when none has, as Go's HTTP/2 client (client-go's)
+//! opens another when one is full. The limit is the server's own, read once per transport
+//! from its HTTP/2 SETTINGS ([`probe_max_streams`]).
+//!
+//! The hub's Kubernetes API requests ([`crate::proxy`]) get one more connection per
+//! transport, without retries, opened only when the first such request comes: HTTP/2 flow
+//! control is per connection too, and a caller that stops reading a large answer must not
+//! hold the watches back.
+//!
+//! A server that does not offer `h2` (plain `http://`, or a proxy in front that speaks
+//! HTTP/1.1 only) is spoken to in HTTP/1.1, one connection per request in flight.
 //!
 //! The stack is kube's own, from the same `kube::Config`: its TLS settings (CA, client
-//! certificate, server name), base URI, authentication and extra headers, and its
-//! retry of server errors; only the connector and the HTTP client differ.
+//! certificate, server name), base URI, authentication and extra headers, and its retry of
+//! server errors; only the connector and the HTTP client differ.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kube::client::retry::RetryPolicy;
 use kube::client::{Body, ClientBuilder, ConfigExt};
-use tower::ServiceBuilder;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use tower::{ServiceBuilder, ServiceExt};
 
 /// How often an idle HTTP/2 connection is pinged: a dead one is noticed, and no load
 /// balancer in between closes it for idleness.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is taken for dead.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The connection-level HTTP/2 receive window, as client-go's (1 GiB): many accounts'
+/// watches share a connection, and a stream whose reader is slow may hold at most its
+/// own window (hyper's default, 2 MiB), never every other stream's.
+const CONNECTION_WINDOW: u32 = 1 << 30;
+/// Streams per connection when the server's limit cannot be read: the least HTTP/2
+/// (RFC 9113, 6.5.2) recommends a server to allow.
+const FALLBACK_MAX_STREAMS: usize = 100;
+/// How long reading the server's limit may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the account's two clients from its kubeconfig's `config`, each with a
-/// connection pool of its own: the agent's (retrying server errors, as kube does), whose
-/// one HTTP/2 connection carries every watch, and the one that carries the hub's
-/// Kubernetes API requests ([`crate::proxy`]), which never retries, so a caller's
-/// request reaches the cluster at most once. Separate connections, because HTTP/2 flow
-/// control is per connection too: a caller that stops reading a large answer must not
-/// hold the account's watches back. The second connection opens only when the first
-/// such request comes.
-pub fn clients(config: kube::Config) -> Result<(kube::Client, kube::Client), kube::Error> {
+type Pool = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
+
+/// What decides an account's connection: two accounts with the same key may share one.
+type Key = [u8; 32];
+
+/// The clients of one account, and its share of a connection.
+pub struct AccountClients {
+    /// Watches, lists and operations (retrying server errors, as kube does).
+    pub client: kube::Client,
+    /// The hub's Kubernetes API requests: never retried, so a caller's request reaches
+    /// the cluster at most once.
+    pub proxy: kube::Client,
+    /// The streams this account reserved; given back when dropped.
+    pub lease: StreamLease,
+}
+
+/// Every connection of the agent, by transport.
+#[derive(Default)]
+pub struct Connections {
+    transports: Mutex<HashMap<Key, Transport>>,
+}
+
+/// The connections of one transport.
+struct Transport {
+    /// How many streams one connection may reserve for watches.
+    limit: usize,
+    /// The watch connections, each with the streams reserved on it.
+    slots: Vec<Slot>,
+    /// The connection for the hub's Kubernetes API requests.
+    proxy: Pool,
+    /// Builds another watch connection.
+    connector: HttpsConnector<HttpConnector>,
+    /// Whether the server speaks HTTP/2.
+    http2: bool,
+    /// Numbers the slots, so a lease finds its own after others were removed.
+    next_slot: u64,
+}
+
+impl Transport {
+    /// A transport with no connection yet, and the server's stream limit.
+    async fn new(config: &kube::Config) -> Result<Self, kube::Error> {
+        let connector = connector(config)?;
+        let (limit, http2) = match probe_max_streams(&connector, &config.cluster_url).await {
+            Ok(Some(n)) => (n.max(1), true),
+            // HTTP/1.1: one connection per request, nothing to share.
+            Ok(None) => (usize::MAX, false),
+            Err(e) => {
+                tracing::warn!(server = %config.cluster_url, error = %e, "cannot read the server's HTTP/2 stream limit; assuming {FALLBACK_MAX_STREAMS}");
+                (FALLBACK_MAX_STREAMS, false)
+            }
+        };
+        tracing::info!(server = %config.cluster_url, http2, streams_per_connection = limit, "connecting to a cluster");
+        Ok(Transport {
+            limit,
+            slots: Vec::new(),
+            proxy: pool(&connector, http2),
+            connector,
+            http2,
+            next_slot: 0,
+        })
+    }
+}
+
+struct Slot {
+    id: u64,
+    pool: Pool,
+    reserved: usize,
+}
+
+/// An account's reservation on a connection; dropping it gives the streams back, and the
+/// connection goes when nobody has streams on it.
+pub struct StreamLease {
+    connections: Arc<Connections>,
+    key: Key,
+    slot: u64,
+    streams: usize,
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        let mut transports = self
+            .connections
+            .transports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(transport) = transports.get_mut(&self.key) else {
+            return;
+        };
+        if let Some(slot) = transport.slots.iter_mut().find(|s| s.id == self.slot) {
+            slot.reserved = slot.reserved.saturating_sub(self.streams);
+        }
+        transport.slots.retain(|s| s.reserved > 0);
+        if transport.slots.is_empty() {
+            transports.remove(&self.key);
+        }
+    }
+}
+
+/// The connection an account reserving `streams` goes on: the first whose reservations
+/// leave room for it, or `None` for a new one. An account that alone needs more than
+/// `limit` gets a connection of its own (a new one).
+pub fn place(reserved: &[usize], limit: usize, streams: usize) -> Option<usize> {
+    reserved.iter().position(|r| r + streams <= limit)
+}
+
+/// The streams an account keeps open: one watch per kind it names (the default set when
+/// it names none) and namespace it lists (a namespaced kind is watched in each), and one
+/// for its lists and operations. Cluster-scoped kinds are counted per namespace too: a
+/// reservation a little too large costs a connection sooner, one too small a watch that
+/// waits.
+pub fn streams_for(config: &scale_agent_crds::AccountConfig) -> usize {
+    let kinds = if config.kinds.is_empty() {
+        crate::kinds::DEFAULT_KINDS.len()
+    } else {
+        config.kinds.len()
+    };
+    kinds * config.namespaces.len().max(1) + 1
+}
+
+/// What decides how the connection to the account's cluster is made, or `None` when it
+/// must not be shared: a client certificate from a file or an exec plugin may change
+/// between two accounts' reads, so each such account gets its own.
+fn transport_key(config: &kube::Config) -> Option<Key> {
+    let auth = &config.auth_info;
+    if auth.exec.is_some() || auth.client_certificate.is_some() || auth.client_key.is_some() {
+        return None;
+    }
+    let mut h = Sha256::new();
+    let mut field = |tag: &str, bytes: &[u8]| {
+        h.update(tag.as_bytes());
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field("url", config.cluster_url.to_string().as_bytes());
+    for ca in config.root_cert.iter().flatten() {
+        field("ca", ca);
+    }
+    if let Some(path) = &config.root_cert_file {
+        field("ca-file", path.to_string_lossy().as_bytes());
+    }
+    field("insecure", &[u8::from(config.accept_invalid_certs)]);
+    if let Some(name) = &config.tls_server_name {
+        field("server-name", name.as_bytes());
+    }
+    if let Some(proxy) = &config.proxy_url {
+        field("proxy", proxy.to_string().as_bytes());
+    }
+    if let Some(t) = config.connect_timeout {
+        field("connect-timeout", &t.as_millis().to_be_bytes());
+    }
+    if let Some(cert) = &auth.client_certificate_data {
+        field("cert", cert.as_bytes());
+    }
+    if let Some(key) = &auth.client_key_data {
+        field("key", key.expose_secret().as_bytes());
+    }
+    Some(h.finalize().into())
+}
+
+impl Connections {
+    /// The clients of an account with kubeconfig `config` that keeps `streams` open: on a
+    /// connection shared with the other accounts of the same transport that has room,
+    /// or a new one.
+    pub async fn clients(
+        self: &Arc<Self>,
+        config: &kube::Config,
+        streams: usize,
+    ) -> Result<AccountClients, kube::Error> {
+        // A transport that must not be shared gets a key nobody else has.
+        let key = transport_key(config).unwrap_or_else(rand::random);
+        let mut fresh = None;
+        loop {
+            if let Some(reserved) = self.reserve(key, &mut fresh, config, streams) {
+                return reserved;
+            }
+            fresh = Some(Transport::new(config).await?);
+        }
+    }
+
+    /// Reserves `streams` on a connection of transport `key`, which is `fresh` when it is
+    /// not there yet; `None` when it is not there and there is no `fresh` one.
+    fn reserve(
+        self: &Arc<Self>,
+        key: Key,
+        fresh: &mut Option<Transport>,
+        config: &kube::Config,
+        streams: usize,
+    ) -> Option<Result<AccountClients, kube::Error>> {
+        let mut transports = self.lock();
+        let transport = match (transports.entry(key), fresh.take()) {
+            (Entry::Occupied(o), _) => o.into_mut(),
+            (Entry::Vacant(v), Some(t)) => v.insert(t),
+            (Entry::Vacant(_), None) => return None,
+        };
+        let reserved: Vec<usize> = transport.slots.iter().map(|s| s.reserved).collect();
+        let index = match place(&reserved, transport.limit, streams) {
+            Some(i) => i,
+            None => {
+                if streams > transport.limit {
+                    tracing::warn!(server = %config.cluster_url, streams, limit = transport.limit, "the account keeps more streams open than one connection to its server carries; some of its watches wait for others to end");
+                }
+                tracing::info!(server = %config.cluster_url, connections = transport.slots.len() + 1, "another connection to the cluster");
+                transport.next_slot += 1;
+                transport.slots.push(Slot {
+                    id: transport.next_slot,
+                    pool: pool(&transport.connector, transport.http2),
+                    reserved: 0,
+                });
+                transport.slots.len() - 1
+            }
+        };
+        let slot = &mut transport.slots[index];
+        // The clients first: a lease dropped here, under the lock, would wait for it.
+        let built = client(config, slot.pool.clone(), config.default_retry)
+            .and_then(|c| Ok((c, client(config, transport.proxy.clone(), false)?)));
+        let (client, proxy) = match built {
+            Ok(clients) => clients,
+            Err(e) => {
+                transport.slots.retain(|s| s.reserved > 0);
+                return Some(Err(e));
+            }
+        };
+        slot.reserved += streams;
+        let lease = StreamLease {
+            connections: self.clone(),
+            key,
+            slot: slot.id,
+            streams,
+        };
+        Some(Ok(AccountClients {
+            client,
+            proxy,
+            lease,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Transport>> {
+        self.transports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The connector of `config`'s transport: kube's TLS settings, ALPN offering h2 then
+/// http/1.1, so a server that does not take HTTP/2 answers in 1.1.
+fn connector(config: &kube::Config) -> Result<HttpsConnector<HttpConnector>, kube::Error> {
     let tls = config.rustls_client_config()?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -48,27 +320,142 @@ pub fn clients(config: kube::Config) -> Result<(kube::Client, kube::Client), kub
         builder =
             builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
     }
-    // ALPN offers h2, then http/1.1: a server that does not take HTTP/2 answers in 1.1.
-    let connector = builder.enable_all_versions().wrap_connector(http);
-    let pool = || -> hyper_util::client::legacy::Client<_, Body> {
-        hyper_util::client::legacy::Builder::new(TokioExecutor::new())
-            // Keepalive pings and idle-pool expiry need a timer.
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .http2_keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .http2_keep_alive_while_idle(true)
-            .build(connector.clone())
-    };
-    let build = |retry: bool| -> Result<kube::Client, kube::Error> {
-        let service = ServiceBuilder::new()
-            .layer(config.base_uri_layer())
-            .option_layer(retry.then(|| tower::retry::RetryLayer::new(RetryPolicy::server_retry())))
-            .option_layer(config.auth_layer()?)
-            .layer(config.extra_headers_layer()?)
-            .map_err(tower::BoxError::from)
-            .service(pool());
-        Ok(ClientBuilder::new(service, config.default_namespace.clone()).build())
-    };
-    Ok((build(config.default_retry)?, build(false)?))
+    Ok(builder.enable_all_versions().wrap_connector(http))
+}
+
+/// A connection pool of its own: over HTTP/2, one connection. Told that the server
+/// speaks HTTP/2, requests that come together while it connects wait for that one
+/// connection instead of each opening their own.
+fn pool(connector: &HttpsConnector<HttpConnector>, http2: bool) -> Pool {
+    hyper_util::client::legacy::Builder::new(TokioExecutor::new())
+        .http2_only(http2)
+        // Keepalive pings and idle-pool expiry need a timer.
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .http2_keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .http2_keep_alive_while_idle(true)
+        .http2_initial_connection_window_size(CONNECTION_WINDOW)
+        .build(connector.clone())
+}
+
+/// A kube client of the account over `pool`: its base URI, authentication and headers.
+fn client(config: &kube::Config, pool: Pool, retry: bool) -> Result<kube::Client, kube::Error> {
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(retry.then(|| tower::retry::RetryLayer::new(RetryPolicy::server_retry())))
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(pool);
+    Ok(ClientBuilder::new(service, config.default_namespace.clone()).build())
+}
+
+/// The server's HTTP/2 limit of concurrent streams per connection, read from its SETTINGS
+/// over a connection of its own; `None` when it does not speak HTTP/2. No credentials
+/// are sent: the answer to an anonymous `GET /version` only tells that the SETTINGS,
+/// which the server sends first, have arrived.
+async fn probe_max_streams(
+    connector: &HttpsConnector<HttpConnector>,
+    server: &http::Uri,
+) -> Result<Option<usize>, tower::BoxError> {
+    tokio::time::timeout(PROBE_TIMEOUT, async {
+        let stream = connector.clone().oneshot(server.clone()).await?;
+        if !stream.connected().is_negotiated_h2() {
+            return Ok(None);
+        }
+        let (send, connection) = h2::client::handshake(TokioIo::new(stream)).await?;
+        let connection = tokio::spawn(connection);
+        let mut send = send.ready().await?;
+        let mut uri = server.clone().into_parts();
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/version"));
+        let request = http::Request::get(http::Uri::from_parts(uri)?).body(())?;
+        let (response, _) = send.send_request(request, true)?;
+        response.await?;
+        let limit = send.current_max_send_streams();
+        connection.abort();
+        Ok(Some(limit))
+    })
+    .await
+    .map_err(|_| tower::BoxError::from("no answer in time"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_fill_a_connection_before_the_next_one_opens() {
+        assert_eq!(place(&[], 100, 16), None);
+        assert_eq!(place(&[16], 100, 16), Some(0));
+        assert_eq!(place(&[96], 100, 16), None);
+        assert_eq!(place(&[96, 16], 100, 16), Some(1));
+        // Room freed on the first is used again.
+        assert_eq!(place(&[32, 96], 100, 16), Some(0));
+        // Too big for any connection: one of its own.
+        assert_eq!(place(&[0], 10, 16), None);
+    }
+
+    #[test]
+    fn an_account_reserves_a_stream_per_watch_and_one_more() {
+        let account = |kinds: &[&str], namespaces: &[&str]| scale_agent_crds::AccountConfig {
+            name: "a".into(),
+            kubeconfig_file: "a.kubeconfig".into(),
+            in_cluster: false,
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+            omit_namespaces: vec![],
+            kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            omit_kinds: vec![],
+            only_spinnaker_managed: false,
+        };
+        let defaults = crate::kinds::DEFAULT_KINDS.len();
+        assert_eq!(streams_for(&account(&[], &[])), defaults + 1);
+        assert_eq!(streams_for(&account(&[], &["a"])), defaults + 1);
+        assert_eq!(
+            streams_for(&account(&["ConfigMap", "Deployment"], &["a", "b", "c"])),
+            7
+        );
+    }
+
+    fn config(yaml: &str) -> kube::Config {
+        let kc = kube::config::Kubeconfig::from_yaml(yaml).expect("kubeconfig");
+        futures::executor::block_on(kube::Config::from_custom_kubeconfig(
+            kc,
+            &kube::config::KubeConfigOptions::default(),
+        ))
+        .expect("config")
+    }
+
+    fn kubeconfig(server: &str, user: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: c\n  cluster:\n    server: {server}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\nusers:\n- name: u\n  user:\n{user}\n"
+        )
+    }
+
+    #[test]
+    fn tokens_share_a_connection_and_certificates_or_servers_do_not() {
+        let a = config(&kubeconfig("https://10.0.0.1:6443", "    token: a"));
+        let b = config(&kubeconfig("https://10.0.0.1:6443", "    token: b"));
+        let other = config(&kubeconfig("https://10.0.0.2:6443", "    token: a"));
+        assert!(transport_key(&a).is_some());
+        assert_eq!(transport_key(&a), transport_key(&b));
+        assert_ne!(transport_key(&a), transport_key(&other));
+
+        let cert = |data: &str| {
+            config(&kubeconfig(
+                "https://10.0.0.1:6443",
+                &format!("    client-certificate-data: {data}\n    client-key-data: {data}"),
+            ))
+        };
+        assert_ne!(transport_key(&cert("Y2VydDE=")), transport_key(&a));
+        assert_ne!(
+            transport_key(&cert("Y2VydDE=")),
+            transport_key(&cert("Y2VydDI="))
+        );
+        let exec = config(&kubeconfig(
+            "https://10.0.0.1:6443",
+            "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: get-token",
+        ));
+        assert_eq!(transport_key(&exec), None);
+    }
 }

@@ -88,6 +88,7 @@ pub async fn run(args: cli::Args) -> Result<()> {
         replica: args.replica_id.clone(),
         state,
         metrics,
+        connections: Arc::default(),
         ops: Arc::new(operations::Operations::default()),
         keepalive: args.keepalive_interval,
         tls_poll: args.reload_interval,

@@ -22,6 +22,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::account::{self, AccountCtx};
 use crate::batch::Limits;
 use crate::budget::Budget;
+use crate::cluster_client::Connections;
 use crate::config::{AccountDesired, Snapshot};
 use crate::metrics::Metrics;
 use crate::operations::Operations;
@@ -49,6 +50,8 @@ pub struct Agent {
     pub state: Arc<State>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The connections to the clusters, kept across sessions.
+    pub connections: Arc<Connections>,
     /// Operation runner.
     pub ops: Arc<Operations>,
     /// HTTP/2 keepalive interval.
@@ -238,6 +241,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         budget,
         metrics: agent.metrics.clone(),
         state: agent.state.clone(),
+        connections: agent.connections.clone(),
     };
     let mut running: HashMap<String, Running> = HashMap::new();
     let proxy = Proxy::new(agent.state.clone(), agent.metrics.clone(), out.clone());
@@ -441,6 +445,7 @@ mod reconcile_tests {
             budget,
             metrics: Arc::default(),
             state: Arc::default(),
+            connections: Arc::default(),
         };
         let mut running = HashMap::new();
         for name in ["moved", "deleted"] {

@@ -17,6 +17,10 @@ use serde_json::json;
 
 use crate::baseline::{Baseline, Spec, SpecAccount};
 use crate::params::Params;
+
+/// Streams a kube-apiserver carries at once on one HTTP/2 connection when its
+/// `--http2-max-streams-per-connection` is not set, as on the benchmark's API servers.
+const API_SERVER_STREAMS: usize = 100;
 use crate::stack::{Stack, account};
 use crate::{Ctx, mib, secs};
 
@@ -195,6 +199,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 ctx.p.steady_seconds
             )),
         );
+        // The fewest connections the busiest server's accounts can stream over.
+        let busiest = n.div_ceil(clusters);
+        let least = (busiest * (kinds + 1)).div_ceil(API_SERVER_STREAMS);
         out.push(
             Figure::new(
                 "agent_memory_scaling",
@@ -206,8 +213,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             .goal(Goal::AtMost { limit: 2.0 })
             .params(&params)
             .note(format!(
-                "established TCP connections to the busiest API server ({n} accounts over {clusters} API servers); {} in all, {} open file descriptors (the baseline: {} and {})",
-                agent_m.to_clusters, agent_m.fds, base_m.to_clusters, base_m.fds
+                "established TCP connections to the busiest API server ({n} accounts over {clusters} API servers); {} in all, {} open file descriptors (the baseline: {} and {}). Its {busiest} accounts keep {} watches open each and reserve one stream more: the API server's {API_SERVER_STREAMS} streams per connection (kube-apiserver's default) take at least {least} connections",
+                agent_m.to_clusters, agent_m.fds, base_m.to_clusters, base_m.fds, kinds
             )),
         );
         out.push(
