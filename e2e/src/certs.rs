@@ -9,6 +9,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use scale_agent_crds::{ShardRef, TlsConfig, shard_identity_uri};
+
 use crate::{Error, Result};
 
 /// A certificate and its key, PEM encoded, with the files they were written to.
@@ -118,6 +120,20 @@ impl Pki {
         params.subject_alt_names = sans.iter().map(|h| san(h)).collect::<Result<_>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(file_stem, params)
+    }
+
+    /// A client certificate naming shard `ns/shard` (its URI SAN, as the operator issues
+    /// them and the hub reads them), as an agent's TLS settings trusting this CA.
+    pub fn agent_tls(&self, ns: &str, shard: &str) -> Result<TlsConfig> {
+        let identity = shard_identity_uri(&ShardRef::new(ns.to_string(), shard.to_string()));
+        let stem = format!("agent-{ns}-{shard}");
+        let client = self.issue_client(&stem, &stem, None, &[&identity])?;
+        Ok(TlsConfig {
+            ca_file: self.ca_file.display().to_string(),
+            cert_file: client.cert_file.display().to_string(),
+            key_file: client.key_file.display().to_string(),
+            server_name: None,
+        })
     }
 
     fn issue(&self, file_stem: &str, mut params: CertificateParams) -> Result<CertPair> {

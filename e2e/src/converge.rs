@@ -104,6 +104,21 @@ pub async fn cluster_snapshot(api: &Api<ConfigMap>) -> Result<Snapshot> {
         .collect())
 }
 
+/// [`converge`] for each `(account, ConfigMaps of ns)` in turn, each within `timeout`.
+/// Returns how long until the last one converged.
+pub async fn converge_all(
+    hub: &HubProcess,
+    accounts: &[(String, Api<ConfigMap>)],
+    ns: &str,
+    timeout: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    for (account, api) in accounts {
+        converge(hub, account, api, ns, timeout).await?;
+    }
+    Ok(start.elapsed())
+}
+
 /// Waits until the hub's cache of `account` equals a fresh list of the cluster. Returns
 /// how long it took; on timeout, the error lists what is missing, extra and stale.
 pub async fn converge(

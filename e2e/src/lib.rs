@@ -28,6 +28,7 @@ pub mod agent;
 pub mod bench;
 pub mod bins;
 pub mod certs;
+pub mod churn;
 pub mod controlplane;
 pub mod converge;
 pub mod crd;
@@ -49,6 +50,7 @@ pub mod postgres;
 pub mod process;
 pub mod runner;
 pub mod scenario;
+pub mod shards;
 pub mod wait;
 
 pub use controlplane::{Cluster, ControlPlane, MANAGEMENT, Options};

@@ -80,16 +80,7 @@ impl OperatorEnv {
         secs: u64,
         check: impl Fn(&AgentShard) -> bool,
     ) -> Result<AgentShard> {
-        let api: Api<AgentShard> = Api::namespaced(self.client().await?, ns);
-        let check = &check;
-        wait::until(what, Duration::from_secs(secs), || {
-            let api = api.clone();
-            async move {
-                let s = api.get_opt(name).await.ok()??;
-                check(&s).then_some(s)
-            }
-        })
-        .await
+        crate::shards::until_shard(&self.env, what, ns, name, secs, check).await
     }
 
     /// Waits (at most `secs`) until the agent config of shard `ns/name` satisfies `check`.

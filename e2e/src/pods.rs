@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 
 use crate::ports::free_port;
 use crate::process::Proc;
-use crate::{ControlPlane, Error, Result, workspace_binary};
+use crate::{ControlPlane, Env, Error, Result, workspace_binary};
 
 /// The labels of agent pods.
 pub const AGENT_SELECTOR: &str =
@@ -87,6 +87,24 @@ impl RunnerConfig {
 }
 
 impl PodRunner {
+    /// Agents for the pods of the test namespace `ns` of `env` only, logging into the
+    /// test's folder, with short Leases (renewed every 500 ms, lasting 4 s) so that a dead
+    /// replica is noticed within seconds, and config reloads every 500 ms.
+    pub async fn for_test(env: &Env, ns: &str) -> Result<PodRunner> {
+        Ok(PodRunner::start(
+            env.client().await?,
+            RunnerConfig {
+                args: vec![
+                    "--lease-renew-interval=500ms".into(),
+                    "--lease-duration=4s".into(),
+                    "--reload-interval=500ms".into(),
+                ],
+                namespace: Some(ns.to_owned()),
+                ..RunnerConfig::new(&env.cp, env.test_dir(ns))?
+            },
+        ))
+    }
+
     /// Starts watching agent pods in every namespace of `client`'s cluster.
     pub fn start(client: kube::Client, cfg: RunnerConfig) -> PodRunner {
         let pods: Arc<Mutex<HashMap<String, PodProcess>>> = Arc::default();

@@ -21,8 +21,9 @@ use scale_agent_crds::{AccountState, AgentShard, ShardRef, condition_type, shard
 use scale_agent_e2e::converge::{configmaps, converge, put_cm};
 use scale_agent_e2e::hubstack::HubStack;
 use scale_agent_e2e::operator::{NAMESPACE, Operator, OperatorOptions};
-use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
+use scale_agent_e2e::pods::PodRunner;
 use scale_agent_e2e::runner::{self, Fixture};
+use scale_agent_e2e::shards::{configmap_shard, wait_shard};
 use scale_agent_e2e::{Env, Options, wait};
 
 /// The Secret in the operator's namespace holding the run's CA.
@@ -112,50 +113,6 @@ fn main() {
     );
 }
 
-/// Agents for the pods of namespace `ns`, logging into the test's folder.
-async fn agents(env: &CertsEnv, ns: &str) -> anyhow::Result<PodRunner> {
-    Ok(PodRunner::start(
-        env.env.client().await?,
-        RunnerConfig {
-            args: vec![
-                "--lease-renew-interval=500ms".into(),
-                "--lease-duration=4s".into(),
-                "--reload-interval=500ms".into(),
-            ],
-            namespace: Some(ns.to_owned()),
-            ..RunnerConfig::new(&env.env.cp, env.env.test_dir(ns))?
-        },
-    ))
-}
-
-/// A shard streaming the ConfigMaps of `ns` (management cluster) as account `account`,
-/// with `extra` spec lines (none: the operator's default hub and certificates).
-fn shard(ns: &str, name: &str, account: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{extra}  accounts:\n  - name: {account}\n    kubeconfigSecretRef: {{ name: kc }}\n    namespaces: [{ns}]\n    kinds: [ConfigMap]\n"
-    )
-}
-
-async fn wait_shard(
-    env: &Env,
-    what: &str,
-    ns: &str,
-    name: &str,
-    secs: u64,
-    check: impl Fn(&AgentShard) -> bool,
-) -> anyhow::Result<AgentShard> {
-    let api = Api::<AgentShard>::namespaced(env.client().await?, ns);
-    let check = &check;
-    Ok(wait::until(what, Duration::from_secs(secs), || {
-        let api = api.clone();
-        async move {
-            let s = api.get_opt(name).await.ok()??;
-            (s.status_is_current() && check(&s)).then_some(s)
-        }
-    })
-    .await?)
-}
-
 fn ready(s: &AgentShard) -> bool {
     s.is_condition_true(condition_type::READY)
 }
@@ -197,12 +154,13 @@ fn event_count(env: &Env, ns: &str, name: &str, reason: &str) -> anyhow::Result<
 async fn fresh_namespace(env: Arc<CertsEnv>) -> anyhow::Result<()> {
     let ns = env.env.namespace("certs-fresh").await?;
     env.env.kubeconfig_secret(&ns, "kc")?;
-    let pods = agents(&env, &ns).await?;
+    let pods = PodRunner::for_test(&env.env, &ns).await?;
     let account = format!("{ns}-a");
     let api = configmaps(&env.env.cp.management, &ns).await?;
     put_cm(&api, "before", "0").await?;
     // No certificate of its own, no hub of its own: the operator's defaults.
-    env.env.apply(&shard(&ns, "fresh", &account, ""))?;
+    env.env
+        .apply(&configmap_shard(&ns, "fresh", &[&account], ""))?;
     let s = wait_shard(&env.env, "fresh Ready", &ns, "fresh", 120, ready).await?;
     ensure!(
         s.account_status(&account).map(|a| a.state) == Some(AccountState::Active),
@@ -280,13 +238,14 @@ async fn fresh_namespace(env: Arc<CertsEnv>) -> anyhow::Result<()> {
 async fn tls_secret_problems(env: Arc<CertsEnv>) -> anyhow::Result<()> {
     let ns = env.env.namespace("certs-own").await?;
     env.env.kubeconfig_secret(&ns, "kc")?;
-    let _pods = agents(&env, &ns).await?;
+    let _pods = PodRunner::for_test(&env.env, &ns).await?;
     let account = format!("{ns}-a");
     let own = format!(
         "  hub:\n    address: \"{}\"\n    tlsSecretRef: {{ name: mtls }}\n",
         env.stack.nginx.address
     );
-    env.env.apply(&shard(&ns, "own", &account, &own))?;
+    env.env
+        .apply(&configmap_shard(&ns, "own", &[&account], &own))?;
 
     // Missing.
     let s = wait_shard(&env.env, "own: TLS Secret missing", &ns, "own", 60, |s| {
@@ -468,9 +427,10 @@ async fn cert_manager(env: Arc<CertsEnv>) -> anyhow::Result<()> {
 async fn cert_manager_steps(env: &CertsEnv) -> anyhow::Result<()> {
     let ns = env.env.namespace("certs-cm").await?;
     env.env.kubeconfig_secret(&ns, "kc")?;
-    let _pods = agents(env, &ns).await?;
+    let _pods = PodRunner::for_test(&env.env, &ns).await?;
     let account = format!("{ns}-a");
-    env.env.apply(&shard(&ns, "managed", &account, ""))?;
+    env.env
+        .apply(&configmap_shard(&ns, "managed", &[&account], ""))?;
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
         "cert-manager.io",
         "v1",

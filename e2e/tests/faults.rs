@@ -9,18 +9,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use nix::sys::signal::Signal;
-use scale_agent_crds::{AgentConfig, BudgetConfig, ShardRef, TlsConfig, shard_identity_uri};
+use scale_agent_crds::{AgentConfig, BudgetConfig, ShardRef};
 use scale_agent_e2e::agent::AgentProcess;
-use scale_agent_e2e::converge::{account_state, configmaps, converge, put_cm, wait_state};
+use scale_agent_e2e::churn::{Churn, churn};
+use scale_agent_e2e::converge::{account_state, configmaps, converge_all, put_cm, wait_state};
 use scale_agent_e2e::metrics::metric;
 use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
 use scale_agent_e2e::process::rss_kib;
 use scale_agent_e2e::scenario::*;
 use scale_agent_e2e::{Env, runner, wait};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
 /// The agent's HTTP/2 keepalive in these tests: a dead path shows within two of these.
@@ -130,22 +129,10 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
         &env.test_dir(&s.ns),
     )
     .await?;
-    let identity = shard_identity_uri(&ShardRef::new(s.ns.clone(), name.to_string()));
-    let client = pki.issue_client(
-        &format!("agent-{name}"),
-        &format!("agent-{name}"),
-        None,
-        &[&identity],
-    )?;
     let names: Vec<String> = (1..=3).map(|i| format!("{name}-{i}")).collect();
     let mut cfg = config(&s, name, names.iter().map(|n| account(n, &s.ns)).collect());
     cfg.hub.address = nginx.address.clone();
-    cfg.hub.tls = Some(TlsConfig {
-        ca_file: pki.ca_file.display().to_string(),
-        cert_file: client.cert_file.display().to_string(),
-        key_file: client.key_file.display().to_string(),
-        server_name: None,
-    });
+    cfg.hub.tls = Some(pki.agent_tls(&s.ns, name)?);
     if let Some(b) = o.budget {
         cfg.budget = BudgetConfig {
             concurrent_syncs: 2,
@@ -201,20 +188,6 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
     Ok(rig)
 }
 
-/// A client certificate naming shard `ns/shard`, as the agent's TLS settings.
-fn agent_tls(env: &Env, ns: &str, shard: &str) -> anyhow::Result<TlsConfig> {
-    let pki = &env.cp.pki;
-    let identity = shard_identity_uri(&ShardRef::new(ns.to_string(), shard.to_string()));
-    let stem = format!("agent-{ns}-{shard}");
-    let client = pki.issue_client(&stem, &stem, None, &[&identity])?;
-    Ok(TlsConfig {
-        ca_file: pki.ca_file.display().to_string(),
-        cert_file: client.cert_file.display().to_string(),
-        key_file: client.key_file.display().to_string(),
-        server_name: None,
-    })
-}
-
 impl Rig {
     fn logs(&self) -> String {
         let mut out = String::new();
@@ -228,15 +201,9 @@ impl Rig {
 
     /// Every account's cache equals its cluster; returns the longest wait.
     async fn converged(&self, timeout: Duration) -> anyhow::Result<Duration> {
-        let mut longest = Duration::ZERO;
-        let start = Instant::now();
-        for (n, api) in &self.accounts {
-            converge(&self.s.hub, n, api, &self.s.ns, timeout)
-                .await
-                .with_context(|| self.logs())?;
-            longest = start.elapsed();
-        }
-        Ok(longest)
+        converge_all(&self.s.hub, &self.accounts, &self.s.ns, timeout)
+            .await
+            .with_context(|| self.logs())
     }
 
     fn churn(&self, value_bytes: usize) -> Churn {
@@ -271,52 +238,6 @@ impl Rig {
         );
         ensure!(changes > 20, "the churn made only {changes} changes");
         Ok(since_fault)
-    }
-}
-
-struct Churn {
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<u64>>,
-}
-
-/// Changes ConfigMaps continuously (create, update, delete) until stopped; failures (a
-/// cluster restarting) are skipped.
-fn churn(apis: Vec<Api<ConfigMap>>, value_bytes: usize) -> Churn {
-    let (stop, rx) = watch::channel(false);
-    let tasks = apis
-        .into_iter()
-        .map(|api| {
-            let rx = rx.clone();
-            tokio::spawn(async move {
-                let mut ok = 0u64;
-                let mut i = 0u64;
-                let pad = "x".repeat(value_bytes);
-                while !*rx.borrow() {
-                    i += 1;
-                    let name = format!("churn-{}", i % 15);
-                    let done = if i.is_multiple_of(5) {
-                        api.delete(&name, &DeleteParams::default()).await.is_ok()
-                    } else {
-                        put_cm(&api, &name, &format!("{i}{pad}")).await.is_ok()
-                    };
-                    ok += u64::from(done);
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                }
-                ok
-            })
-        })
-        .collect();
-    Churn { stop, tasks }
-}
-
-impl Churn {
-    async fn stop(self) -> u64 {
-        let _ = self.stop.send(true);
-        let mut n = 0;
-        for t in self.tasks {
-            n += t.await.unwrap_or(0);
-        }
-        n
     }
 }
 
@@ -414,7 +335,7 @@ async fn hub_restart(env: Arc<Env>) -> anyhow::Result<()> {
         accounts: vec![account("hubrestart-1", &rig.s.ns)],
         ..rig.cfg.clone()
     };
-    rogue_cfg.hub.tls = Some(agent_tls(&env, &rig.s.ns, "rogue")?);
+    rogue_cfg.hub.tls = Some(env.cp.pki.agent_tls(&rig.s.ns, "rogue")?);
     let rogue_kcs = kubeconfigs(&env, &[("hubrestart-1", "cluster-3")])?;
     let args: Vec<&str> = rig.agent_args.iter().map(String::as_str).collect();
     let rogue = start_agent(&env, &rig.s, "rogue-0", &rogue_cfg, &rogue_kcs, &args)?;
@@ -587,7 +508,7 @@ async fn reconnect_storm(env: Arc<Env>) -> anyhow::Result<()> {
     for i in 0..AGENTS {
         let mut cfg = idle.clone();
         cfg.shard = ShardRef::new(rig.s.ns.clone(), format!("storm-{i}"));
-        cfg.hub.tls = Some(agent_tls(&env, &rig.s.ns, &format!("storm-{i}"))?);
+        cfg.hub.tls = Some(env.cp.pki.agent_tls(&rig.s.ns, &format!("storm-{i}"))?);
         crowd.push(start_agent(
             &env,
             &rig.s,

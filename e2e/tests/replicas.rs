@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use nix::sys::signal::Signal;
-use scale_agent_crds::{AgentConfig, ShardRef, TlsConfig, shard_identity_uri};
+use scale_agent_crds::AgentConfig;
 use scale_agent_e2e::agent::AgentProcess;
-use scale_agent_e2e::converge::{configmaps, converge, hub_snapshot, put_cm};
+use scale_agent_e2e::churn::{Churn, churn};
+use scale_agent_e2e::converge::{configmaps, converge_all, hub_snapshot, put_cm};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
 use scale_agent_e2e::metrics::metric;
 use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
@@ -30,8 +31,7 @@ use scale_agent_e2e::scenario::{
 };
 use scale_agent_e2e::{Env, Options, wait, workspace_binary};
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::Mutex;
 
 const TARGETS: [&str; 3] = ["cluster-1", "cluster-2", "cluster-3"];
 /// The agents' HTTP/2 keepalive: a dead path shows within two of these.
@@ -131,20 +131,6 @@ fn replica_args(env: &Env, url: &str, id: &str) -> Vec<String> {
     ]
 }
 
-/// A client certificate naming shard `ns/shard`, as the agent's TLS settings.
-fn agent_tls(env: &Env, ns: &str, shard: &str) -> anyhow::Result<TlsConfig> {
-    let pki = &env.cp.pki;
-    let identity = shard_identity_uri(&ShardRef::new(ns.to_string(), shard.to_string()));
-    let stem = format!("agent-{ns}-{shard}");
-    let client = pki.issue_client(&stem, &stem, None, &[&identity])?;
-    Ok(TlsConfig {
-        ca_file: pki.ca_file.display().to_string(),
-        cert_file: client.cert_file.display().to_string(),
-        key_file: client.key_file.display().to_string(),
-        server_name: None,
-    })
-}
-
 async fn rig(shared: &Shared, name: &str) -> anyhow::Result<Rig> {
     rig_with(shared, name, &[]).await
 }
@@ -207,7 +193,7 @@ async fn rig_with(shared: &Shared, name: &str, extra: &[String]) -> anyhow::Resu
         let shard = format!("{name}-{}", i + 1);
         let mut cfg = config(&rig.s, &shard, vec![account(&account_name, &rig.s.ns)]);
         cfg.hub.address = rig.nginx.address.clone();
-        cfg.hub.tls = Some(agent_tls(env, &rig.s.ns, &shard)?);
+        cfg.hub.tls = Some(env.cp.pki.agent_tls(&rig.s.ns, &shard)?);
         let api = configmaps(target(env, cluster)?, &rig.s.ns).await?;
         for j in 0..5 {
             put_cm(&api, &format!("seed-{j}"), "seed").await?;
@@ -278,13 +264,9 @@ impl Rig {
         hub: &HubProcess,
         timeout: Duration,
     ) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        for (n, api) in &self.accounts {
-            converge(hub, n, api, &self.s.ns, timeout)
-                .await
-                .with_context(|| self.logs())?;
-        }
-        Ok(start.elapsed())
+        converge_all(hub, &self.accounts, &self.s.ns, timeout)
+            .await
+            .with_context(|| self.logs())
     }
 
     /// Converged through both replicas.
@@ -354,7 +336,10 @@ impl Rig {
     }
 
     fn churn(&self) -> Churn {
-        churn(self.accounts.iter().map(|(_, api)| api.clone()).collect())
+        churn(
+            self.accounts.iter().map(|(_, api)| api.clone()).collect(),
+            0,
+        )
     }
 }
 
@@ -365,49 +350,6 @@ async fn agents_metric(rig: &Rig, series: &str) -> u64 {
         n += metric(&a.admin, series).await;
     }
     n
-}
-
-struct Churn {
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<u64>>,
-}
-
-/// Changes ConfigMaps continuously (create, update, delete) until stopped.
-fn churn(apis: Vec<Api<ConfigMap>>) -> Churn {
-    let (stop, rx) = watch::channel(false);
-    let tasks = apis
-        .into_iter()
-        .map(|api| {
-            let rx = rx.clone();
-            tokio::spawn(async move {
-                let (mut ok, mut i) = (0u64, 0u64);
-                while !*rx.borrow() {
-                    i += 1;
-                    let name = format!("churn-{}", i % 15);
-                    let done = if i.is_multiple_of(5) {
-                        api.delete(&name, &DeleteParams::default()).await.is_ok()
-                    } else {
-                        put_cm(&api, &name, &i.to_string()).await.is_ok()
-                    };
-                    ok += u64::from(done);
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                }
-                ok
-            })
-        })
-        .collect();
-    Churn { stop, tasks }
-}
-
-impl Churn {
-    async fn stop(self) -> u64 {
-        let _ = self.stop.send(true);
-        let mut n = 0;
-        for t in self.tasks {
-            n += t.await.unwrap_or(0);
-        }
-        n
-    }
 }
 
 async fn ready(hub: &HubProcess) -> bool {
@@ -794,7 +736,7 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
             names.iter().map(|n| account(n, &rig.s.ns)).collect(),
         );
         cfg.hub.address = lb.address.clone();
-        cfg.hub.tls = Some(agent_tls(env, &rig.s.ns, &shard)?);
+        cfg.hub.tls = Some(env.cp.pki.agent_tls(&rig.s.ns, &shard)?);
         lbs.push(lb);
         let pairs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), cluster)).collect();
         let kcs = kubeconfigs(env, &pairs)?;

@@ -28,9 +28,10 @@ use nix::sys::signal::Signal;
 use scale_agent_crds::{AccountState, AgentShard, condition_type};
 use scale_agent_e2e::gitops::{argocd_health, kstatus};
 use scale_agent_e2e::operator::{Operator, OperatorOptions};
-use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
+use scale_agent_e2e::pods::PodRunner;
 use scale_agent_e2e::runner::{self, Fixture};
 use scale_agent_e2e::scenario::{Scenario, scenario_with};
+use scale_agent_e2e::shards::{configmap_shard, wait_shard};
 use scale_agent_e2e::{Env, Options, wait};
 
 /// The control plane and the operator under test, shared by the tests.
@@ -100,63 +101,21 @@ async fn test(env: &StatusEnv, name: &str, hub_args: Vec<String>) -> anyhow::Res
     let scenario = scenario_with(&env.env, name, "5s", None, hub_args).await?;
     let ns = scenario.ns.clone();
     env.env.kubeconfig_secret(&ns, "kc")?;
-    let pods = PodRunner::start(
-        env.env.client().await?,
-        RunnerConfig {
-            args: vec![
-                "--lease-renew-interval=500ms".into(),
-                "--lease-duration=4s".into(),
-                "--reload-interval=500ms".into(),
-            ],
-            namespace: Some(ns.clone()),
-            ..RunnerConfig::new(&env.env.cp, env.env.test_dir(&ns))?
-        },
-    );
+    let pods = PodRunner::for_test(&env.env, &ns).await?;
     Ok(Test { ns, scenario, pods })
 }
 
 /// A shard streaming the ConfigMaps of `ns` in the management cluster, for each of
 /// `accounts`, to `hub`, with `extra` spec lines.
 fn shard(ns: &str, name: &str, hub: &str, accounts: &[&str], extra: &str) -> String {
-    let mut y = format!(
-        "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  hub: {{ address: \"{hub}\" }}\n{extra}  accounts:\n"
-    );
-    if accounts.is_empty() {
-        y = y.replace("  accounts:\n", "  accounts: []\n");
-    }
-    for a in accounts {
-        y.push_str(&format!(
-            "  - name: {a}\n    kubeconfigSecretRef: {{ name: kc }}\n    namespaces: [{ns}]\n    kinds: [ConfigMap]\n"
-        ));
-    }
-    y
+    let extra = format!("  hub: {{ address: \"{hub}\" }}\n{extra}");
+    configmap_shard(ns, name, accounts, &extra)
 }
 
 async fn get(env: &Env, ns: &str, name: &str) -> anyhow::Result<AgentShard> {
     Ok(Api::<AgentShard>::namespaced(env.client().await?, ns)
         .get(name)
         .await?)
-}
-
-/// Waits (at most `secs`) until shard `ns/name`, its status current, satisfies `check`.
-async fn wait_shard(
-    env: &Env,
-    what: &str,
-    ns: &str,
-    name: &str,
-    secs: u64,
-    check: impl Fn(&AgentShard) -> bool,
-) -> anyhow::Result<AgentShard> {
-    let api = Api::<AgentShard>::namespaced(env.client().await?, ns);
-    let check = &check;
-    Ok(wait::until(what, Duration::from_secs(secs), || {
-        let api = api.clone();
-        async move {
-            let s = api.get_opt(name).await.ok()??;
-            (s.status_is_current() && check(&s)).then_some(s)
-        }
-    })
-    .await?)
 }
 
 fn ready(s: &AgentShard) -> Option<(String, String, String)> {

@@ -52,7 +52,7 @@
 //! (operations in flight shared between replicas), [`operations`] (requests
 //! and results), [`http`] (the JSON API), [`page`] (pages of its lists),
 //! [`serve`] (accept loops, the HTTP server's limits), [`identity`],
-//! [`secret`], [`ownership`], [`tls`],
+//! [`secret`], [`reload`] (files re-read every interval), [`ownership`], [`tls`],
 //! [`metrics`], [`clip`], [`window`] (what the Kubernetes API knows of a kind),
 //! [`kubeapi`] (the Kubernetes API of every account).
 
@@ -74,6 +74,7 @@ pub mod ownership;
 pub mod page;
 pub mod registration;
 pub mod registry;
+pub mod reload;
 pub mod replicas;
 pub mod resync;
 pub mod revocation;

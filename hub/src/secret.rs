@@ -2,27 +2,28 @@
 //! API's bearer token, and the secret a trusted load balancer proves itself
 //! with. Compared in constant time; never logged.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::reload::{Reload, Reloaded};
+
 /// The current contents of a secret file (surrounding whitespace trimmed).
 pub struct SecretFile {
     /// What the secret is for, in log lines ("API token", "proxy secret").
     what: &'static str,
-    path: PathBuf,
-    current: RwLock<Vec<u8>>,
+    file: Arc<Reloaded<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for SecretFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretFile")
             .field("what", &self.what)
-            .field("path", &self.path)
+            .field("path", &self.file.path())
             .finish_non_exhaustive()
     }
 }
@@ -46,55 +47,32 @@ impl SecretFile {
         interval: Duration,
         shutdown: CancellationToken,
     ) -> Result<Arc<SecretFile>, String> {
-        let first = read(path)?;
-        let secret = Arc::new(SecretFile {
-            what,
-            path: path.to_owned(),
-            current: RwLock::new(first),
-        });
-        let watched = Arc::clone(&secret);
-        tokio::spawn(async move {
-            let mut last_error = String::new();
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    () = shutdown.cancelled() => return,
+        let file = Reloaded::watch(
+            path,
+            interval,
+            shutdown,
+            read,
+            |current, next| current != next,
+            move |path, reload| match reload {
+                Reload::Changed(_) => {
+                    info!(path = %path.display(), what, "secret file changed; the new secret is in use");
                 }
-                let path = watched.path.clone();
-                let Ok(next) = tokio::task::spawn_blocking(move || read(&path)).await else {
-                    continue;
-                };
-                match next {
-                    Ok(next) => {
-                        last_error.clear();
-                        let mut current =
-                            watched.current.write().unwrap_or_else(|p| p.into_inner());
-                        if *current != next {
-                            *current = next;
-                            info!(path = %watched.path.display(), what = watched.what, "secret file changed; the new secret is in use");
-                        }
-                    }
-                    Err(err) => {
-                        if err != last_error {
-                            warn!(path = %watched.path.display(), what = watched.what, %err, "cannot read the secret file; the previous secret stays in use");
-                            last_error = err;
-                        }
-                    }
+                Reload::Failed(err) => {
+                    warn!(path = %path.display(), what, %err, "cannot read the secret file; the previous secret stays in use");
                 }
-            }
-        });
-        Ok(secret)
+            },
+        )?;
+        Ok(Arc::new(SecretFile { what, file }))
     }
 
     /// True when `presented` is the secret (compared in constant time).
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-        bool::from(current.as_slice().ct_eq(presented))
+        bool::from(self.file.current().as_slice().ct_eq(presented))
     }
 
     /// The file it is read from.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 }
 

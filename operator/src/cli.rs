@@ -12,6 +12,20 @@ fn parse_issuer(s: &str) -> Result<IssuerRef, String> {
     s.parse()
 }
 
+/// How an allow-list flag is read, the same for every such flag: patterns
+/// (exact names, or prefixes ending in `*`) separated by commas, in one value
+/// or several (`--allowed-images=a,b --allowed-images=c`), or from its
+/// environment variable. Used as `#[arg(allow_list())]`.
+trait AllowList {
+    fn allow_list(self) -> Self;
+}
+
+impl AllowList for clap::Arg {
+    fn allow_list(self) -> Self {
+        self.value_name("PATTERN").value_delimiter(',')
+    }
+}
+
 /// Reconciles AgentShards (scaleagent.dev/v1alpha1) into agent Deployments, keeps
 /// account names unique across every shard in the cluster, and serves the admission
 /// webhook that warns about (or denies) a claim on a name another shard holds.
@@ -41,22 +55,12 @@ pub struct Args {
     /// Images shards may name in spec.image besides --default-image: exact names, or
     /// prefixes ending in `*` (`registry.example.com/scale-agent:*`); `*` allows any.
     /// Whoever may create an AgentShard picks the image of pods the operator creates.
-    #[arg(
-        long,
-        env = "SCALE_AGENT_ALLOWED_IMAGES",
-        value_name = "PATTERN",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "SCALE_AGENT_ALLOWED_IMAGES", allow_list())]
     pub allowed_images: Vec<String>,
 
     /// ServiceAccounts shards may name in spec.serviceAccountName besides their own
     /// `<shard>-agent` and --default-service-account: exact names or `prefix*`.
-    #[arg(
-        long,
-        env = "SCALE_AGENT_ALLOWED_SERVICE_ACCOUNTS",
-        value_name = "PATTERN",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "SCALE_AGENT_ALLOWED_SERVICE_ACCOUNTS", allow_list())]
     pub allowed_service_accounts: Vec<String>,
 
     /// Issue each shard's agent client certificate from this CA (a Secret
@@ -245,6 +249,46 @@ mod tests {
         assert!(
             Args::try_parse_from(["scale-agent-operator", "--agent-cert-issuer=Foo/x"]).is_err()
         );
+    }
+
+    #[test]
+    fn allow_lists_take_commas_repeats_and_their_environment_variable() {
+        for (flag, env) in [
+            ("allowed-images", "SCALE_AGENT_ALLOWED_IMAGES"),
+            (
+                "allowed-service-accounts",
+                "SCALE_AGENT_ALLOWED_SERVICE_ACCOUNTS",
+            ),
+        ] {
+            let a = Args::try_parse_from([
+                "scale-agent-operator".to_owned(),
+                format!("--{flag}=a*,b"),
+                format!("--{flag}"),
+                "c".to_owned(),
+            ])
+            .expect("parses");
+            let got = match flag {
+                "allowed-images" => a.allowed_images,
+                _ => a.allowed_service_accounts,
+            };
+            assert_eq!(got, ["a*", "b", "c"], "--{flag}");
+            let command = Args::command();
+            let arg = command
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(flag))
+                .expect("the flag exists");
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(env),
+                "--{flag}"
+            );
+            assert_eq!(
+                arg.get_value_names()
+                    .map(|names| names.iter().map(|n| n.as_str()).collect::<Vec<_>>()),
+                Some(vec!["PATTERN"]),
+                "--{flag}"
+            );
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //! the file, gets 401; a token used for an account it is not allowed gets 403 (whether
 //! or not the account exists, so a token cannot probe for the names of others).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::registry::validate_name;
+use crate::reload::{Reload, Reloaded};
 
 /// Tokens shorter than this are refused: they could be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -105,14 +106,13 @@ pub fn parse(text: &str) -> Result<Vec<(String, Scope)>, String> {
 
 /// The tokens of the Kubernetes API, from a file that is re-read when it changes.
 pub struct Tokens {
-    path: PathBuf,
-    current: RwLock<Arc<Vec<Entry>>>,
+    file: Arc<Reloaded<Arc<Vec<Entry>>>>,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokens")
-            .field("path", &self.path)
+            .field("path", &self.file.path())
             .finish_non_exhaustive()
     }
 }
@@ -138,9 +138,19 @@ fn entries(text: &str) -> Result<Vec<Entry>, String> {
         .collect())
 }
 
-fn read(path: &Path) -> Result<Vec<Entry>, String> {
+fn read(path: &Path) -> Result<Arc<Vec<Entry>>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    entries(&text)
+    entries(&text).map(Arc::new)
+}
+
+/// True when `next` lets in other tokens or other accounts than `current`
+/// (a moved line alone is no change).
+fn differs(current: &Arc<Vec<Entry>>, next: &Arc<Vec<Entry>>) -> bool {
+    current.len() != next.len()
+        || current
+            .iter()
+            .zip(next.iter())
+            .any(|(a, b)| a.token != b.token || a.scope != b.scope)
 }
 
 /// The bearer token of a request, if it has one.
@@ -157,8 +167,7 @@ impl Tokens {
     /// Tokens given as text (tests, and tools that embed the hub).
     pub fn from_text(text: &str) -> Result<Arc<Tokens>, String> {
         Ok(Arc::new(Tokens {
-            path: PathBuf::new(),
-            current: RwLock::new(Arc::new(entries(text)?)),
+            file: Arc::new(Reloaded::fixed(Arc::new(entries(text)?))),
         }))
     }
 
@@ -169,55 +178,30 @@ impl Tokens {
         interval: Duration,
         shutdown: CancellationToken,
     ) -> Result<Arc<Tokens>, crate::Error> {
-        let first = read(path).map_err(|message| crate::Error::ApiToken {
+        let file = Reloaded::watch(
+            path,
+            interval,
+            shutdown,
+            read,
+            differs,
+            |path, reload| match reload {
+                Reload::Changed(tokens) => {
+                    info!(path = %path.display(), tokens = tokens.len(), "Kubernetes API tokens file changed; the new tokens are in use");
+                }
+                Reload::Failed(err) => {
+                    warn!(path = %path.display(), %err, "cannot read the Kubernetes API tokens file; the tokens loaded before stay in use");
+                }
+            },
+        )
+        .map_err(|message| crate::Error::ApiToken {
             path: path.to_owned(),
             message,
         })?;
-        let tokens = Arc::new(Tokens {
-            path: path.to_owned(),
-            current: RwLock::new(Arc::new(first)),
-        });
-        let watched = Arc::clone(&tokens);
-        tokio::spawn(async move {
-            let mut last_error = String::new();
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                let path = watched.path.clone();
-                let Ok(next) = tokio::task::spawn_blocking(move || read(&path)).await else {
-                    continue;
-                };
-                match next {
-                    Ok(next) => {
-                        last_error.clear();
-                        let mut current =
-                            watched.current.write().unwrap_or_else(|p| p.into_inner());
-                        let changed = current.len() != next.len()
-                            || current
-                                .iter()
-                                .zip(&next)
-                                .any(|(a, b)| a.token != b.token || a.scope != b.scope);
-                        if changed {
-                            *current = Arc::new(next);
-                            info!(path = %watched.path.display(), tokens = current.len(), "Kubernetes API tokens file changed; the new tokens are in use");
-                        }
-                    }
-                    Err(err) => {
-                        if err != last_error {
-                            warn!(path = %watched.path.display(), %err, "cannot read the Kubernetes API tokens file; the tokens loaded before stay in use");
-                            last_error = err;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(tokens)
+        Ok(Arc::new(Tokens { file }))
     }
 
     fn snapshot(&self) -> Arc<Vec<Entry>> {
-        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.file.current())
     }
 
     /// Lets a request in for `account`, or says why not. Returns the token's line in

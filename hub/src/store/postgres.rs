@@ -30,6 +30,7 @@ use scale_agent_proto::v1 as pb;
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
+use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::migrations;
@@ -202,22 +203,77 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn epoch_of(row: &Row, column: &str) -> u64 {
+/// A count or epoch column (`bigint`); a negative one, which no write of
+/// ours makes, reads as 0.
+fn u64_of(row: &Row, column: &str) -> u64 {
     u64::try_from(row.get::<_, i64>(column)).unwrap_or_default()
+}
+
+/// The first column of every row.
+fn first_column<T: for<'a> FromSql<'a>>(rows: &[Row]) -> Vec<T> {
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// One `text[]` column of `items`, for `unnest`.
+fn column<'a, T>(items: &'a [T], field: impl Fn(&'a T) -> &'a str) -> Vec<&'a str> {
+    items.iter().map(field).collect()
+}
+
+/// Runs `statement` on `account` only while `me` still holds it at `epoch`,
+/// so that a replica that lost the account to a later claim changes nothing:
+/// `statement WHERE name = $1 AND holder = $2 AND epoch = $3 also`, with
+/// `more` as `$4`, ... True when it changed a row.
+async fn fenced(
+    client: &impl GenericClient,
+    statement: &str,
+    also: &str,
+    (account, me, epoch): (&str, &str, u64),
+    more: &[&(dyn ToSql + Sync)],
+) -> Result<bool, tokio_postgres::Error> {
+    let sql = format!("{statement} WHERE name = $1 AND holder = $2 AND epoch = $3 {also}");
+    let epoch = to_i64(epoch);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&account, &me, &epoch];
+    params.extend_from_slice(more);
+    Ok(client.execute(&sql, &params).await? > 0)
+}
+
+/// Ends every session `me` holds (its accounts become Disconnected, their
+/// grace period starting now) and hands its operations in flight to the
+/// accounts' next holders. Returns how many accounts it let go.
+async fn let_go_of_everything(
+    client: &impl GenericClient,
+    me: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let released = client
+        .execute(
+            "UPDATE accounts SET session = NULL, since = now()
+             WHERE holder = $1 AND session IS NOT NULL",
+            &[&me],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE operations SET owner = NULL WHERE owner = $1 AND outcome IS NULL",
+            &[&me],
+        )
+        .await?;
+    Ok(released)
 }
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The columns [`account_row`] reads, from `accounts a LEFT JOIN replicas
-/// r`; parameter `$<timeout>` is the replica timeout in seconds.
-fn account_columns(timeout: u8) -> String {
+/// Selects the columns [`account_row`] reads, from `accounts a` joined with
+/// their holders `r`, followed by `rest` (`WHERE ...`, `ORDER BY ...`);
+/// parameter `$<timeout>` is the replica timeout in seconds.
+fn select_accounts(timeout: u8, rest: &str) -> String {
     format!(
-        "a.name, a.cluster_id, a.shard_namespace, a.shard_name, a.server_url,
+        "SELECT a.name, a.cluster_id, a.shard_namespace, a.shard_name, a.server_url,
          a.kubernetes_version, a.agent_replica, a.holder, a.session, a.epoch, a.since, a.objects,
          COALESCE(r.heartbeat_at > now() - make_interval(secs => ${timeout}), false) AS holder_alive,
-         r.api_url, r.kube_api_url"
+         r.api_url, r.kube_api_url
+         FROM accounts a LEFT JOIN replicas r ON r.id = a.holder {rest}"
     )
 }
 
@@ -236,9 +292,9 @@ fn account_row(row: &Row) -> AccountRow {
         agent_replica: row.get("agent_replica"),
         holder: row.get("holder"),
         session: row.get("session"),
-        epoch: epoch_of(row, "epoch"),
+        epoch: u64_of(row, "epoch"),
         since: row.get("since"),
-        objects: u64::try_from(row.get::<_, i64>("objects")).unwrap_or_default(),
+        objects: u64_of(row, "objects"),
         holder_alive: row.get("holder_alive"),
         holder_api_url: row.get("api_url"),
         holder_kube_api_url: row.get("kube_api_url"),
@@ -322,6 +378,42 @@ impl PgStore {
         self.pool.get().await.map_err(|e| self.error(what, e))
     }
 
+    /// Runs one statement on a connection of its own, within
+    /// [`CALL_TIMEOUT`]. Returns how many rows it changed.
+    async fn execute(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.bounded(what, async {
+            let client = self.client(what).await?;
+            client
+                .execute(sql, params)
+                .await
+                .map_err(|e| self.error(what, e))
+        })
+        .await
+    }
+
+    /// [`fenced`] on a connection of its own, within [`CALL_TIMEOUT`].
+    async fn fenced(
+        &self,
+        what: &'static str,
+        statement: &str,
+        also: &str,
+        held: (&str, &str, u64),
+        more: &[&(dyn ToSql + Sync)],
+    ) -> Result<bool, StoreError> {
+        self.bounded(what, async {
+            let client = self.client(what).await?;
+            fenced(&client, statement, also, held, more)
+                .await
+                .map_err(|e| self.error(what, e))
+        })
+        .await
+    }
+
     /// Applies the migrations this database lacks (see [`migrations`]).
     /// Returns the versions it applied.
     pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
@@ -335,13 +427,12 @@ impl PgStore {
                 .map_err(err)?;
             let result = async {
                 client.batch_execute(migrations::TABLE).await.map_err(err)?;
-                let applied: Vec<i32> = client
-                    .query("SELECT version FROM scale_agent_migrations", &[])
-                    .await
-                    .map_err(err)?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
+                let applied: Vec<i32> = first_column(
+                    &client
+                        .query("SELECT version FROM scale_agent_migrations", &[])
+                        .await
+                        .map_err(err)?,
+                );
                 let pending =
                     migrations::pending(&applied).map_err(|message| StoreError::Corrupt {
                         location: self.location.clone(),
@@ -428,7 +519,7 @@ impl PgStore {
             let disconnected: Vec<String> = if !judge_liveness {
                 Vec::new()
             } else {
-                tx
+                first_column(&tx
                 .query(
                     "UPDATE accounts a SET session = NULL,
                          since = COALESCE((SELECT r.heartbeat_at FROM replicas r WHERE r.id = a.holder), now())
@@ -439,23 +530,18 @@ impl PgStore {
                     &[&secs(timeout)],
                 )
                 .await
-                .map_err(err)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
+                .map_err(err)?)
             };
-            let expired: Vec<String> = tx
-                .query(
+            let expired: Vec<String> = first_column(
+                &tx.query(
                     "DELETE FROM accounts
                      WHERE session IS NULL AND since < now() - make_interval(secs => $1)
                      RETURNING name",
                     &[&secs(grace)],
                 )
                 .await
-                .map_err(err)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+                .map_err(err)?,
+            );
             let removed = tx
                 .execute(
                     "UPDATE operations SET owner = NULL, finished_at = now(),
@@ -515,21 +601,7 @@ impl PgStore {
         self.bounded(WHAT, async {
             let client = self.client(WHAT).await?;
             let err = |e| self.error(WHAT, e);
-            client
-                .execute(
-                    "UPDATE accounts SET session = NULL, since = now()
-                     WHERE holder = $1 AND session IS NOT NULL",
-                    &[&me],
-                )
-                .await
-                .map_err(err)?;
-            client
-                .execute(
-                    "UPDATE operations SET owner = NULL WHERE owner = $1 AND outcome IS NULL",
-                    &[&me],
-                )
-                .await
-                .map_err(err)?;
+            let_go_of_everything(&client, me).await.map_err(err)?;
             client
                 .execute("DELETE FROM leader WHERE replica = $1", &[&me])
                 .await
@@ -551,23 +623,9 @@ impl PgStore {
         const WHAT: &str = "starting";
         self.bounded(WHAT, async {
             let client = self.client(WHAT).await?;
-            let err = |e| self.error(WHAT, e);
-            let released = client
-                .execute(
-                    "UPDATE accounts SET session = NULL, since = now()
-                     WHERE holder = $1 AND session IS NOT NULL",
-                    &[&me],
-                )
+            let_go_of_everything(&client, me)
                 .await
-                .map_err(err)?;
-            client
-                .execute(
-                    "UPDATE operations SET owner = NULL WHERE owner = $1 AND outcome IS NULL",
-                    &[&me],
-                )
-                .await
-                .map_err(err)?;
-            Ok(released)
+                .map_err(|e| self.error(WHAT, e))
         })
         .await
     }
@@ -611,11 +669,7 @@ impl PgStore {
             }
             let rows = tx
                 .query(
-                    &format!(
-                        "SELECT {} FROM accounts a LEFT JOIN replicas r ON r.id = a.holder
-                         WHERE a.name = ANY($1) FOR UPDATE OF a",
-                        account_columns(2)
-                    ),
+                    &select_accounts(2, "WHERE a.name = ANY($1) FOR UPDATE OF a"),
                     &[&names, &secs(replica_timeout)],
                 )
                 .await
@@ -672,7 +726,7 @@ impl PgStore {
                     )
                     .await
                     .map_err(err)?;
-                epochs.push((w.name.clone(), epoch_of(&row, "epoch")));
+                epochs.push((w.name.clone(), u64_of(&row, "epoch")));
             }
             let claimed: Vec<&str> = writes.iter().map(|w| w.name.as_str()).collect();
             tx.execute(
@@ -774,14 +828,16 @@ impl PgStore {
                 let mut client = self.client(WHAT).await?;
                 let err = |e| self.error(WHAT, e);
                 let tx = client.transaction().await.map_err(err)?;
-                let held = tx
-                    .execute(
-                        "UPDATE accounts SET objects = $4 WHERE name = $1 AND holder = $2 AND epoch = $3",
-                        &[&account, &me, &to_i64(epoch), &to_i64(changes.objects as u64)],
-                    )
-                    .await
-                    .map_err(err)?;
-                if held == 0 {
+                let held = fenced(
+                    &tx,
+                    "UPDATE accounts SET objects = $4",
+                    "",
+                    (account, me, epoch),
+                    &[&to_i64(changes.objects as u64)],
+                )
+                .await
+                .map_err(err)?;
+                if !held {
                     return Ok(false);
                 }
                 if !changes.deletes.is_empty() {
@@ -799,16 +855,10 @@ impl PgStore {
                 if !changes.upserts.is_empty() {
                     let (groups, kinds, namespaces, names) =
                         key_columns(changes.upserts.iter().map(|(k, _)| k));
-                    let versions: Vec<&str> =
-                        changes.upserts.iter().map(|(_, o)| o.version.as_str()).collect();
-                    let uids: Vec<&str> = changes.upserts.iter().map(|(_, o)| o.uid.as_str()).collect();
-                    let rvs: Vec<&str> = changes
-                        .upserts
-                        .iter()
-                        .map(|(_, o)| o.resource_version.as_str())
-                        .collect();
-                    let bodies: Vec<&str> =
-                        changes.upserts.iter().map(|(_, o)| o.body.get()).collect();
+                    let versions = column(&changes.upserts, |(_, o)| o.version.as_str());
+                    let uids = column(&changes.upserts, |(_, o)| o.uid.as_str());
+                    let rvs = column(&changes.upserts, |(_, o)| o.resource_version.as_str());
+                    let bodies = column(&changes.upserts, |(_, o)| o.body.get());
                     tx.execute(
                         "INSERT INTO objects (account, api_group, kind, namespace, name, version, uid, resource_version, body)
                          SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[],
@@ -825,16 +875,11 @@ impl PgStore {
                     .await
                     .map_err(err)?;
                 if !changes.resume.is_empty() {
-                    let groups: Vec<&str> = changes.resume.iter().map(|r| r.kind.group.as_str()).collect();
-                    let kinds: Vec<&str> = changes.resume.iter().map(|r| r.kind.kind.as_str()).collect();
-                    let versions: Vec<&str> = changes.resume.iter().map(|r| r.version.as_str()).collect();
-                    let rvs: Vec<&str> = changes
-                        .resume
-                        .iter()
-                        .map(|r| r.resource_version.as_str())
-                        .collect();
-                    let selections: Vec<&str> =
-                        changes.resume.iter().map(|r| r.selection.as_str()).collect();
+                    let groups = column(&changes.resume, |r| r.kind.group.as_str());
+                    let kinds = column(&changes.resume, |r| r.kind.kind.as_str());
+                    let versions = column(&changes.resume, |r| r.version.as_str());
+                    let rvs = column(&changes.resume, |r| r.resource_version.as_str());
+                    let selections = column(&changes.resume, |r| r.selection.as_str());
                     tx.execute(
                         "INSERT INTO resume_points (account, api_group, kind, version, resource_version, selection)
                          SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])",
@@ -858,19 +903,13 @@ impl PgStore {
     /// account is Disconnected and its grace period starts. Nothing happens
     /// when another claim came since. True when it was released.
     pub async fn release(&self, me: &str, account: &str, epoch: u64) -> Result<bool, StoreError> {
-        const WHAT: &str = "releasing an account";
-        self.bounded(WHAT, async {
-            let client = self.client(WHAT).await?;
-            let changed = client
-                .execute(
-                    "UPDATE accounts SET session = NULL, since = now()
-                     WHERE name = $1 AND holder = $2 AND epoch = $3 AND session IS NOT NULL",
-                    &[&account, &me, &to_i64(epoch)],
-                )
-                .await
-                .map_err(|e| self.error(WHAT, e))?;
-            Ok(changed > 0)
-        })
+        self.fenced(
+            "releasing an account",
+            "UPDATE accounts SET session = NULL, since = now()",
+            "AND session IS NOT NULL",
+            (account, me, epoch),
+            &[],
+        )
         .await
     }
 
@@ -884,19 +923,13 @@ impl PgStore {
         epoch: u64,
         session: &str,
     ) -> Result<bool, StoreError> {
-        const WHAT: &str = "recording a held account again";
-        self.bounded(WHAT, async {
-            let client = self.client(WHAT).await?;
-            let changed = client
-                .execute(
-                    "UPDATE accounts SET session = $4, since = now()
-                     WHERE name = $1 AND holder = $2 AND epoch = $3 AND session IS NULL",
-                    &[&account, &me, &to_i64(epoch), &session],
-                )
-                .await
-                .map_err(|e| self.error(WHAT, e))?;
-            Ok(changed > 0)
-        })
+        self.fenced(
+            "recording a held account again",
+            "UPDATE accounts SET session = $4, since = now()",
+            "AND session IS NULL",
+            (account, me, epoch),
+            &[&session],
+        )
         .await
     }
 
@@ -904,18 +937,13 @@ impl PgStore {
     /// `epoch`, with its objects; nothing happens when another claim came
     /// since. True when it was removed.
     pub async fn remove(&self, me: &str, account: &str, epoch: u64) -> Result<bool, StoreError> {
-        const WHAT: &str = "removing an account";
-        self.bounded(WHAT, async {
-            let client = self.client(WHAT).await?;
-            let changed = client
-                .execute(
-                    "DELETE FROM accounts WHERE name = $1 AND holder = $2 AND epoch = $3",
-                    &[&account, &me, &to_i64(epoch)],
-                )
-                .await
-                .map_err(|e| self.error(WHAT, e))?;
-            Ok(changed > 0)
-        })
+        self.fenced(
+            "removing an account",
+            "DELETE FROM accounts",
+            "",
+            (account, me, epoch),
+            &[],
+        )
         .await
     }
 
@@ -942,18 +970,14 @@ impl PgStore {
     ) -> Result<Vec<AccountRow>, StoreError> {
         self.bounded(what, async {
             let client = self.client(what).await?;
-            let from = "FROM accounts a LEFT JOIN replicas r ON r.id = a.holder";
             let timeout = secs(replica_timeout);
             let rows = match names {
                 Some(names) => {
-                    let sql = format!(
-                        "SELECT {} {from} WHERE a.name = ANY($1) ORDER BY a.name",
-                        account_columns(2)
-                    );
+                    let sql = select_accounts(2, "WHERE a.name = ANY($1) ORDER BY a.name");
                     client.query(&sql, &[&names, &timeout]).await
                 }
                 None => {
-                    let sql = format!("SELECT {} {from} ORDER BY a.name", account_columns(1));
+                    let sql = select_accounts(1, "ORDER BY a.name");
                     client.query(&sql, &[&timeout]).await
                 }
             }
@@ -971,30 +995,24 @@ impl PgStore {
         op: &StoredOperation,
         deadline: Option<SystemTime>,
     ) -> Result<(), StoreError> {
-        const WHAT: &str = "recording an operation";
-        self.bounded(WHAT, async {
-            let client = self.client(WHAT).await?;
-            client
-                .execute(
-                    "INSERT INTO operations (wire_id, account, caller_id, frame, owner, deadline)
-                     VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (account, wire_id) DO UPDATE SET owner = excluded.owner,
-                         deadline = excluded.deadline, frame = excluded.frame
-                     WHERE operations.outcome IS NULL",
-                    &[
-                        &op.wire_id,
-                        &op.account,
-                        &op.caller_id,
-                        &op.frame.encode_to_vec(),
-                        &owner,
-                        &deadline,
-                    ],
-                )
-                .await
-                .map_err(|e| self.error(WHAT, e))?;
-            Ok(())
-        })
-        .await
+        self.execute(
+            "recording an operation",
+            "INSERT INTO operations (wire_id, account, caller_id, frame, owner, deadline)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (account, wire_id) DO UPDATE SET owner = excluded.owner,
+                 deadline = excluded.deadline, frame = excluded.frame
+             WHERE operations.outcome IS NULL",
+            &[
+                &op.wire_id,
+                &op.account,
+                &op.caller_id,
+                &op.frame.encode_to_vec(),
+                &owner,
+                &deadline,
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Records the outcome of operation `wire_id` on `account` (the first
@@ -1005,20 +1023,14 @@ impl PgStore {
         wire_id: &str,
         outcome: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        const WHAT: &str = "recording an operation's outcome";
-        self.bounded(WHAT, async {
-            let client = self.client(WHAT).await?;
-            client
-                .execute(
-                    "UPDATE operations SET outcome = $3, finished_at = now(), owner = NULL
-                     WHERE account = $1 AND wire_id = $2 AND outcome IS NULL",
-                    &[&account, &wire_id, outcome],
-                )
-                .await
-                .map_err(|e| self.error(WHAT, e))?;
-            Ok(())
-        })
-        .await
+        self.execute(
+            "recording an operation's outcome",
+            "UPDATE operations SET outcome = $3, finished_at = now(), owner = NULL
+             WHERE account = $1 AND wire_id = $2 AND outcome IS NULL",
+            &[&account, &wire_id, outcome],
+        )
+        .await?;
+        Ok(())
     }
 
     /// The outcome of operation `wire_id` on `account`, once it has one.
@@ -1064,14 +1076,14 @@ impl PgStore {
             let Some(row) = row else {
                 return Ok(None);
             };
-            let bytes: Vec<u8> = row.get("frame");
-            let frame = self.frame(&bytes)?;
-            Ok(Some((frame, row.get("outcome"))))
+            Ok(Some((self.frame(&row)?, row.get("outcome"))))
         })
         .await
     }
 
-    fn frame(&self, bytes: &[u8]) -> Result<pb::Operation, StoreError> {
+    /// The operation frame of a row of `operations` (column `frame`).
+    fn frame(&self, row: &Row) -> Result<pb::Operation, StoreError> {
+        let bytes: &[u8] = row.get("frame");
         pb::Operation::decode(bytes).map_err(|e| StoreError::Corrupt {
             location: self.location.clone(),
             what: "a stored operation",
@@ -1104,18 +1116,16 @@ impl PgStore {
                 )
                 .await
                 .map_err(|e| self.error(WHAT, e))?;
-            let mut adopted = Vec::with_capacity(rows.len());
-            for row in rows {
-                let bytes: Vec<u8> = row.get("frame");
-                let frame = self.frame(&bytes)?;
-                adopted.push(StoredOperation {
-                    wire_id: row.get("wire_id"),
-                    account: row.get("account"),
-                    caller_id: row.get("caller_id"),
-                    frame,
-                });
-            }
-            Ok(adopted)
+            rows.iter()
+                .map(|row| {
+                    Ok(StoredOperation {
+                        wire_id: row.get("wire_id"),
+                        account: row.get("account"),
+                        caller_id: row.get("caller_id"),
+                        frame: self.frame(row)?,
+                    })
+                })
+                .collect()
         })
         .await
     }
@@ -1128,20 +1138,14 @@ impl PgStore {
         account: &str,
         wire_ids: &[String],
     ) -> Result<(), StoreError> {
-        const WHAT: &str = "handing operations over";
-        self.bounded(WHAT, async {
-            let client = self.client(WHAT).await?;
-            client
-                .execute(
-                    "UPDATE operations SET owner = NULL
-                     WHERE account = $2 AND wire_id = ANY($3) AND owner = $1 AND outcome IS NULL",
-                    &[&me, &account, &wire_ids],
-                )
-                .await
-                .map_err(|e| self.error(WHAT, e))?;
-            Ok(())
-        })
-        .await
+        self.execute(
+            "handing operations over",
+            "UPDATE operations SET owner = NULL
+             WHERE account = $2 AND wire_id = ANY($3) AND owner = $1 AND outcome IS NULL",
+            &[&me, &account, &wire_ids],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Listens for claims: each item is the name of an account some replica
