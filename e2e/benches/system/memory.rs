@@ -201,7 +201,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         );
         // The fewest connections the busiest server's accounts can stream over.
         let busiest = n.div_ceil(clusters);
-        let least = (busiest * (kinds + 1)).div_ceil(API_SERVER_STREAMS);
+        // Whole accounts per connection: each reserves its watches and one stream more.
+        let least = busiest.div_ceil((API_SERVER_STREAMS / (kinds + 1)).max(1));
         out.push(
             Figure::new(
                 "agent_memory_scaling",
@@ -213,7 +214,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             .goal(Goal::AtMost { limit: 2.0 })
             .params(&params)
             .note(format!(
-                "established TCP connections to the busiest API server ({n} accounts over {clusters} API servers); {} in all, {} open file descriptors (the baseline: {} and {}). Its {busiest} accounts keep {} watches open each and reserve one stream more: the API server's {API_SERVER_STREAMS} streams per connection (kube-apiserver's default) take at least {least} connections",
+                "established TCP connections to the busiest API server ({n} accounts over {clusters} API servers); {} in all, {} open file descriptors (the baseline: {} and {}). Its {busiest} accounts keep {} watches open each and reserve one stream more: at the API server's {API_SERVER_STREAMS} streams per connection (kube-apiserver's default) they need at least {least} connections",
                 agent_m.to_clusters, agent_m.fds, base_m.to_clusters, base_m.fds, kinds
             )),
         );
