@@ -12,6 +12,8 @@
 //!   checks of a TLS Secret a shard names (pure).
 //! - [`policy`]: the images and ServiceAccounts a shard may ask for (pure).
 //! - [`status`]: the status and Events, computed from what was observed.
+//! - [`applied`]: what the operator last applied of each child, and whether a child
+//!   needs applying again (pure rule).
 //! - [`apply`]: the reconciler's writes (server-side apply, status patches, Events).
 //! - [`reconcile`]: one shard's reconcile (fetch, decide, apply).
 //! - [`controller`]: the watches and the kube-runtime Controller.
@@ -20,6 +22,7 @@
 //! - [`metrics`]: Prometheus metrics and the admin server.
 //! - [`cli`], [`error`].
 
+pub mod applied;
 pub mod apply;
 pub mod certs;
 pub mod children;

@@ -19,6 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use scale_agent_crds::membership::SHARD_LABEL;
 use scale_agent_crds::{AgentShard, AgentShardStatus, ShardRef, condition_status, condition_type};
 
+use crate::applied::{Applied, Watched};
 use crate::apply::{self, Written};
 use crate::certs::AgentCa;
 use crate::children::{self, Defaults, TlsSource};
@@ -49,6 +50,10 @@ pub struct Context {
     pub leases: Store<Lease>,
     /// The agent pods' metadata.
     pub pods: Store<PartialObjectMeta<Pod>>,
+    /// What the operator last applied of each shard's children.
+    pub applied: Applied,
+    /// The children as the watches show them.
+    pub watched: Watched,
 }
 
 /// Reconciles one shard. Errors are failures to talk to the API server; problems with
@@ -113,6 +118,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     })?;
     if shard.metadata.deletion_timestamp.is_some() {
         // Garbage collection removes the children; the watch frees the names.
+        ctx.applied.forget(&sref);
         return Ok(Action::await_change());
     }
 
@@ -172,7 +178,16 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     }
     let deployment = match &decision.children {
         Some(c) => {
-            match apply::children(&ctx.client, &sref, shard.metadata.uid.as_deref(), c).await {
+            match apply::children(
+                &ctx.client,
+                &sref,
+                shard.metadata.uid.as_deref(),
+                c,
+                &ctx.applied,
+                &ctx.watched,
+            )
+            .await
+            {
                 Ok(d) => Some(d),
                 Err(e) if e.label() == "ApiForbidden" => {
                     // Say so in the status (the operator may write statuses everywhere),
