@@ -39,6 +39,7 @@ use crate::children::{self, Defaults, FIELD_MANAGER, TlsSource};
 use crate::claims_index::ClaimsHandle;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
+use crate::superseded::Superseded;
 
 /// The stable reason of the Warning Event about an AgentShard that cannot be decoded.
 pub const UNDECODABLE_REASON: &str = "Undecodable";
@@ -424,6 +425,7 @@ pub async fn run_controller(l: Leading) {
             deployments,
             pdbs,
         },
+        superseded: Superseded::new(),
     });
     let reader = l.store.clone();
     let trigger =

@@ -16,6 +16,8 @@
 //!   needs applying again (pure rule).
 //! - [`apply`]: the reconciler's writes (server-side apply, status patches, Events).
 //! - [`reconcile`]: one shard's reconcile (fetch, decide, apply).
+//! - [`superseded`]: the shard versions the operator's own status writes replaced (a
+//!   reconcile of one of them waits for the newer one).
 //! - [`controller`]: the watches and the kube-runtime Controller.
 //! - [`webhook`]: the validating admission webhook and its certificate.
 //! - [`leader`]: Lease leader election (only the leader reconciles).
@@ -37,6 +39,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod replicas;
 pub mod status;
+pub mod superseded;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::replicas::Replicas;
 use crate::status;
+use crate::superseded::Superseded;
 
 pub use crate::decide::{HANDOFF_RETRY, RESYNC};
 
@@ -54,6 +55,8 @@ pub struct Context {
     pub applied: Applied,
     /// The children as the watches show them.
     pub watched: Watched,
+    /// The shard versions the operator's own status writes replaced.
+    pub superseded: Superseded,
 }
 
 /// Reconciles one shard. Errors are failures to talk to the API server; problems with
@@ -119,7 +122,16 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     if shard.metadata.deletion_timestamp.is_some() {
         // Garbage collection removes the children; the watch frees the names.
         ctx.applied.forget(&sref);
+        ctx.superseded.forget(&sref);
         return Ok(Action::await_change());
+    }
+    if ctx
+        .superseded
+        .is_behind(&sref, shard.metadata.resource_version.as_deref())
+    {
+        // The cache has not seen the operator's last status write yet: its watch event
+        // brings a reconcile of the newer version.
+        return Ok(stale());
     }
 
     // Fetch.
@@ -171,6 +183,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         match apply::reserve(&ctx.client, &sref, resource_version.as_deref(), accounts).await? {
             Written::Yes(rv) => {
                 ctx.metrics.status_writes.inc();
+                ctx.superseded.replaced(&sref, resource_version.as_deref());
                 resource_version = rv;
             }
             Written::Unchanged | Written::Stale => return Ok(stale()),
@@ -199,7 +212,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
                             sref.namespace
                         ),
                     ));
-                    write_status(
+                    let (written, _) = write_status(
                         ctx,
                         shard,
                         &sref,
@@ -208,6 +221,9 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
                         now,
                     )
                     .await?;
+                    if matches!(written, Written::Yes(_)) {
+                        ctx.superseded.replaced(&sref, resource_version.as_deref());
+                    }
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -231,6 +247,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     match written {
         Written::Yes(_) => {
             ctx.metrics.status_writes.inc();
+            ctx.superseded.replaced(&sref, resource_version.as_deref());
             tracing::info!(
                 active = new.active_accounts,
                 conflicts = new.conflicts,
