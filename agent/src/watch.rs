@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::{self, BoxStream, SelectAll};
+use futures::{FutureExt, StreamExt};
 use kube::api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams};
 use kube::core::Status;
 use scale_agent_crds::AccountConfig;
@@ -289,12 +289,22 @@ impl KindWatch {
             watches.push(self.open(i, version.clone(), Duration::ZERO));
         }
         loop {
-            let due = self.sender.due();
-            let next = tokio::select! {
-                next = watches.next() => next,
-                () = sleep_until(due), if due.is_some() => {
+            // What the watches have already delivered joins the waiting batch; once they
+            // have nothing more at hand the batch goes out. A burst that arrived together
+            // becomes one frame, and a lone change does not wait for others that may
+            // never come. A stream that never pauses is bounded by the linger.
+            if self
+                .sender
+                .due()
+                .is_some_and(|due| due <= tokio::time::Instant::now())
+            {
+                self.sender.flush().await?;
+            }
+            let next = match watches.next().now_or_never() {
+                Some(next) => next,
+                None => {
                     self.sender.flush().await?;
-                    continue;
+                    watches.next().await
                 }
             };
             // Every watch is opened again when it stops, so the set never runs dry.
@@ -476,13 +486,6 @@ fn ahead(rv: &str, newest: &str) -> bool {
 /// at most 5 s.
 fn retry_delay(failures: u32) -> Duration {
     Duration::from_millis(250 * u64::from(failures.clamp(1, 20)))
-}
-
-async fn sleep_until(due: Option<tokio::time::Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
