@@ -213,6 +213,13 @@ impl Applied {
         }
     }
 
+    /// Keeps the records of the shards `keep` says still exist.
+    pub fn retain(&self, keep: impl Fn(&ShardRef) -> bool) {
+        if let Ok(mut s) = self.shards.lock() {
+            s.retain(|shard, _| keep(shard));
+        }
+    }
+
     /// How many shards have records.
     pub fn len(&self) -> usize {
         self.shards.lock().map(|s| s.len()).unwrap_or(0)
@@ -329,5 +336,9 @@ mod tests {
         applied.record(&east, cm.clone(), r);
         applied.forget(&east);
         assert!(applied.is_empty());
+        applied.record(&east, cm.clone(), r);
+        applied.record(&west, cm.clone(), r);
+        applied.retain(|s| s == &west);
+        assert_eq!((applied.get(&east, &cm), applied.len()), (None, 1));
     }
 }

@@ -145,29 +145,9 @@ impl Child<'_> {
             kind: K::kind(&()).into_owned(),
             name: obj.meta().name.clone().unwrap_or_default(),
         };
-        let desired = applied::desired_hash(obj);
-        let last = self.applied.get(self.shard, &key);
-        if !applied::needs_apply(last.as_ref(), desired, seen, self.now) {
-            return Ok(None);
-        }
-        match apply(self.client, &self.shard.namespace, obj).await {
-            Ok(k) => {
-                self.applied.record(
-                    self.shard,
-                    key,
-                    Record {
-                        desired,
-                        observed: applied::fingerprint(k.meta()),
-                        at: self.now,
-                    },
-                );
-                Ok(Some(k))
-            }
-            Err(e) => {
-                self.applied.forget_child(self.shard, &key);
-                Err(e)
-            }
-        }
+        let write = apply(self.client, &self.shard.namespace, obj);
+        self.when_needed(key, applied::desired_hash(obj), seen, write)
+            .await
     }
 
     /// [`apply_certificate`], when it needs it (the Certificate is not watched).
@@ -176,23 +156,34 @@ impl Child<'_> {
             kind: "Certificate".to_owned(),
             name: cert.metadata.name.clone().unwrap_or_default(),
         };
-        let desired = applied::desired_hash(cert);
+        let write = apply_certificate(self.client, &self.shard.namespace, cert);
+        self.when_needed(key, applied::desired_hash(cert), Seen::Unwatched, write)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `write` (the apply of `key`, whose desired object hashes to `desired`) when
+    /// [`applied::needs_apply`] says so, and records what it left.
+    async fn when_needed<K: Resource>(
+        &self,
+        key: ChildKey,
+        desired: u64,
+        seen: Seen,
+        write: impl Future<Output = Result<K>>,
+    ) -> Result<Option<K>> {
         let last = self.applied.get(self.shard, &key);
-        if !applied::needs_apply(last.as_ref(), desired, Seen::Unwatched, self.now) {
-            return Ok(());
+        if !applied::needs_apply(last.as_ref(), desired, seen, self.now) {
+            return Ok(None);
         }
-        match apply_certificate(self.client, &self.shard.namespace, cert).await {
-            Ok(c) => {
-                self.applied.record(
-                    self.shard,
-                    key,
-                    Record {
-                        desired,
-                        observed: applied::fingerprint(&c.metadata),
-                        at: self.now,
-                    },
-                );
-                Ok(())
+        match write.await {
+            Ok(k) => {
+                let record = Record {
+                    desired,
+                    observed: applied::fingerprint(k.meta()),
+                    at: self.now,
+                };
+                self.applied.record(self.shard, key, record);
+                Ok(Some(k))
             }
             Err(e) => {
                 self.applied.forget_child(self.shard, &key);

@@ -427,6 +427,23 @@ pub async fn run_controller(l: Leading) {
         },
         superseded: Superseded::new(),
     });
+    // A shard deleted without a reconcile (no finalizer: the watch just loses it) leaves
+    // its records behind; drop them now and then.
+    let _prune = {
+        let (ctx, store) = (Arc::clone(&ctx), l.store.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(reconcile::RESYNC).await;
+                let exists = |s: &ShardRef| {
+                    store
+                        .get(&ObjectRef::new(&s.name).within(&s.namespace))
+                        .is_some()
+                };
+                ctx.applied.retain(exists);
+                ctx.superseded.retain(exists);
+            }
+        }))
+    };
     let reader = l.store.clone();
     let trigger =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })

@@ -54,6 +54,13 @@ impl Superseded {
             .is_some_and(|s| s.get(shard).is_some_and(|v| v.iter().any(|r| r == rv)))
     }
 
+    /// Keeps the versions of the shards `keep` says still exist.
+    pub fn retain(&self, keep: impl Fn(&ShardRef) -> bool) {
+        if let Ok(mut s) = self.shards.lock() {
+            s.retain(|shard, _| keep(shard));
+        }
+    }
+
     /// Forgets a shard that is going.
     pub fn forget(&self, shard: &ShardRef) {
         if let Ok(mut s) = self.shards.lock() {
@@ -79,6 +86,10 @@ mod tests {
         assert!(!s.is_behind(&east, None));
         s.forget(&east);
         assert!(!s.is_behind(&east, Some("7")));
+        s.replaced(&east, Some("7"));
+        s.replaced(&west, Some("7"));
+        s.retain(|r| r == &west);
+        assert!(!s.is_behind(&east, Some("7")) && s.is_behind(&west, Some("7")));
     }
 
     #[test]
