@@ -26,16 +26,12 @@ pub fn install(cp: &ControlPlane, path: &Path) -> Result<()> {
         path.as_os_str(),
     ])?;
     // Polled rather than `kubectl wait`: right after the create the CRD has no
-    // conditions yet, and `kubectl wait` then fails ("accessor error") instead of waiting.
+    // conditions yet, and `kubectl wait` then fails ("accessor error") instead of waiting;
+    // a jsonpath filter over the conditions fails the same way, so the JSON is read.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let established = cp.kubectl([
-            "get",
-            &format!("crd/{NAME}"),
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-        ])?;
-        if established.trim() == "True" {
+        let crd = cp.kubectl(["get", &format!("crd/{NAME}"), "-o", "json"])?;
+        if established(&crd) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -45,5 +41,36 @@ pub fn install(cp: &ControlPlane, path: &Path) -> Result<()> {
             });
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the CRD (`kubectl get -o json`) has condition Established True; false while it
+/// has no conditions yet.
+fn established(crd_json: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(crd_json)
+        .ok()
+        .and_then(|crd| crd.pointer("/status/conditions").cloned())
+        .and_then(|c| c.as_array().cloned())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn established_only_with_the_condition_true() {
+        assert!(!established(r#"{"status":{}}"#));
+        assert!(!established(r#"{"metadata":{}}"#));
+        assert!(!established(
+            r#"{"status":{"conditions":[{"type":"Established","status":"False"}]}}"#
+        ));
+        assert!(established(
+            r#"{"status":{"conditions":[{"type":"NamesAccepted","status":"True"},{"type":"Established","status":"True"}]}}"#
+        ));
     }
 }
