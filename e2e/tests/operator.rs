@@ -45,6 +45,9 @@ fn main() {
             ("children_are_applied_with_owner_references", |e| {
                 Box::pin(children(e))
             }),
+            ("edited_or_deleted_children_are_put_back", |e| {
+                Box::pin(children_put_back(e))
+            }),
             ("account_edit_does_not_change_the_pod_template", |e| {
                 Box::pin(account_edit(e))
             }),
@@ -137,6 +140,69 @@ where
         K::kind(&())
     );
     Ok(child)
+}
+
+/// The operator applies a child only when it needs it: a child someone edits or deletes
+/// is still put back, by the reconcile its change brings.
+async fn children_put_back(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
+    in_namespace(env, "put-back", |env, ns| async move {
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.apply(&shard_yaml(&ns, "east", &[("a", "kc-a")], ""))?;
+        env.wait_shard("east reconciled", &ns, "east", 60, reconciled)
+            .await?;
+        let client = env.client().await?;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let config = |cm: Option<ConfigMap>| {
+            cm.and_then(|c| c.data)
+                .and_then(|d| d.get(CONFIG_KEY).cloned())
+        };
+        let applied = config(cms.get_opt("east-agent-config").await?).context("the config")?;
+        env.cp.kubectl([
+            "patch",
+            "configmap",
+            "east-agent-config",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"data":{{"{CONFIG_KEY}":"edited"}}}}"#),
+        ])?;
+        wait::until(
+            "the edited ConfigMap put back",
+            Duration::from_secs(20),
+            || {
+                let (cms, applied) = (cms.clone(), applied.clone());
+                async move {
+                    (config(cms.get_opt("east-agent-config").await.ok()?)? == applied).then_some(())
+                }
+            },
+        )
+        .await?;
+        secrets
+            .delete("east-agent-kubeconfigs", &DeleteParams::default())
+            .await?;
+        deps.delete("east-agent", &DeleteParams::default()).await?;
+        wait::until(
+            "the deleted Secret and Deployment put back",
+            Duration::from_secs(20),
+            || {
+                let (secrets, deps) = (secrets.clone(), deps.clone());
+                async move {
+                    let secret = secrets.get_opt("east-agent-kubeconfigs").await.ok()??;
+                    deps.get_opt("east-agent").await.ok()??;
+                    secret
+                        .data
+                        .is_some_and(|d| d.contains_key("a.kubeconfig"))
+                        .then_some(())
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    })
+    .await
 }
 
 async fn children(env: Arc<OperatorEnv>) -> anyhow::Result<()> {

@@ -3,13 +3,16 @@
 //! subresource as a merge patch of what changed, and the Events its transitions deserve.
 //! [`crate::decide`] says what to write and in which order.
 
+use std::time::Instant;
+
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use scale_agent_crds::{
     AccountState, AccountStatus, AgentShard, AgentShardStatus, ShardRef, deployment_name,
@@ -17,6 +20,7 @@ use scale_agent_crds::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::applied::{self, Applied, ChildKey, Record, Seen, Watched};
 use crate::children::{self, FIELD_MANAGER};
 use crate::decide::Children;
 use crate::error::{Error, Result};
@@ -42,43 +46,159 @@ where
     .map_err(|e| Error::kube(format!("applying {} {ns}/{name}", K::kind(&())), e))
 }
 
-/// Applies every child of `shard` (whose uid is `owner_uid`): the agents' identity, then
-/// the kubeconfigs, the TLS Secret or cert-manager Certificate, and the config (the
-/// Deployment mounts them), the Deployment, and the PodDisruptionBudget — or deletes the
-/// budget the shard owns when it needs none.
-/// Returns the Deployment as the server has it, with its status.
+/// Applies every child of `shard` (whose uid is `owner_uid`) that needs it
+/// ([`applied::needs_apply`]): the agents' identity, then the kubeconfigs, the TLS
+/// Secret or cert-manager Certificate, and the config (the Deployment mounts them), the
+/// Deployment, and the PodDisruptionBudget — or deletes the budget the shard owns when
+/// it needs none.
+/// Returns the Deployment as the server has it, with its status (as the watch shows it
+/// when it was left as it is).
 pub async fn children(
     client: &Client,
     shard: &ShardRef,
     owner_uid: Option<&str>,
     c: &Children,
+    applied: &Applied,
+    watched: &Watched,
 ) -> Result<Deployment> {
     let ns = shard.namespace.as_str();
+    let child = Child {
+        client,
+        shard,
+        applied,
+        now: Instant::now(),
+    };
     if let Some((sa, role, binding)) = &c.identity {
-        apply::<ServiceAccount>(client, ns, sa).await?;
-        apply::<Role>(client, ns, role).await?;
-        apply::<RoleBinding>(client, ns, binding).await?;
+        child.apply(sa, Seen::Unwatched).await?;
+        child.apply(role, Seen::Unwatched).await?;
+        child.apply(binding, Seen::Unwatched).await?;
     }
-    apply::<Secret>(client, ns, &c.kubeconfigs).await?;
+    let seen_secret = |s: &Secret| watched.secret(ns, s.metadata.name.as_deref().unwrap_or(""));
+    child
+        .apply(&c.kubeconfigs, seen_secret(&c.kubeconfigs))
+        .await?;
     if let Some(tls) = &c.tls {
-        apply::<Secret>(client, ns, tls).await?;
+        child.apply(tls, seen_secret(tls)).await?;
     }
     if let Some(cert) = &c.certificate {
-        apply_certificate(client, ns, cert).await?;
+        child.apply_certificate(cert).await?;
     }
-    apply::<ConfigMap>(client, ns, &c.config_map).await?;
-    let dep = apply::<Deployment>(client, ns, &c.deployment).await?;
+    let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
+    child
+        .apply(
+            &c.config_map,
+            watched.config_map(ns, &name(&c.config_map.metadata)),
+        )
+        .await?;
+    let dep_name = name(&c.deployment.metadata);
+    let dep = match child
+        .apply(&c.deployment, watched.deployment(ns, &dep_name))
+        .await?
+    {
+        Some(d) => d,
+        None => match watched
+            .deployments
+            .get(&ObjectRef::new(&dep_name).within(ns))
+        {
+            Some(d) => d.as_ref().clone(),
+            // Gone from the watch since it was looked at: apply it.
+            None => apply::<Deployment>(client, ns, &c.deployment).await?,
+        },
+    };
     match &c.pdb {
         Some(pdb) => {
-            apply::<PodDisruptionBudget>(client, ns, pdb).await?;
+            child
+                .apply(pdb, watched.pdb(ns, &name(&pdb.metadata)))
+                .await?;
         }
-        None => delete_owned_pdb(client, shard, owner_uid).await?,
+        None => {
+            // Only a budget the watch shows can be the shard's (the watch brings one that
+            // appears, and with it a reconcile).
+            if watched.pdb(ns, &deployment_name(&shard.name)) != Seen::Watched(None) {
+                delete_owned_pdb(client, shard, owner_uid).await?;
+            }
+        }
     }
     Ok(dep)
 }
 
-/// Server-side applies a cert-manager Certificate.
-async fn apply_certificate(client: &Client, ns: &str, cert: &DynamicObject) -> Result<()> {
+/// One reconcile's applies of a shard's children, each only when it needs it.
+struct Child<'a> {
+    client: &'a Client,
+    shard: &'a ShardRef,
+    applied: &'a Applied,
+    now: Instant,
+}
+
+impl Child<'_> {
+    /// Applies `obj` unless it is what the operator last applied and still sees
+    /// (`seen`); returns it as the server has it when applied.
+    async fn apply<K>(&self, obj: &K, seen: Seen) -> Result<Option<K>>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let key = ChildKey {
+            kind: K::kind(&()).into_owned(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+        };
+        let write = apply(self.client, &self.shard.namespace, obj);
+        self.when_needed(key, applied::desired_hash(obj), seen, write)
+            .await
+    }
+
+    /// [`apply_certificate`], when it needs it (the Certificate is not watched).
+    async fn apply_certificate(&self, cert: &DynamicObject) -> Result<()> {
+        let key = ChildKey {
+            kind: "Certificate".to_owned(),
+            name: cert.metadata.name.clone().unwrap_or_default(),
+        };
+        let write = apply_certificate(self.client, &self.shard.namespace, cert);
+        self.when_needed(key, applied::desired_hash(cert), Seen::Unwatched, write)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `write` (the apply of `key`, whose desired object hashes to `desired`) when
+    /// [`applied::needs_apply`] says so, and records what it left.
+    async fn when_needed<K: Resource>(
+        &self,
+        key: ChildKey,
+        desired: u64,
+        seen: Seen,
+        write: impl Future<Output = Result<K>>,
+    ) -> Result<Option<K>> {
+        let last = self.applied.get(self.shard, &key);
+        if !applied::needs_apply(last.as_ref(), desired, seen, self.now) {
+            return Ok(None);
+        }
+        match write.await {
+            Ok(k) => {
+                let record = Record {
+                    desired,
+                    observed: applied::fingerprint(k.meta()),
+                    at: self.now,
+                };
+                self.applied.record(self.shard, key, record);
+                Ok(Some(k))
+            }
+            Err(e) => {
+                self.applied.forget_child(self.shard, &key);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Server-side applies a cert-manager Certificate; returns it as the server has it.
+async fn apply_certificate(
+    client: &Client,
+    ns: &str,
+    cert: &DynamicObject,
+) -> Result<DynamicObject> {
     let name = cert.metadata.name.clone().unwrap_or_default();
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns, &children::certificate_api_resource());
@@ -93,8 +213,7 @@ async fn apply_certificate(client: &Client, ns: &str, cert: &DynamicObject) -> R
             format!("applying Certificate {ns}/{name} (is cert-manager installed?)"),
             e,
         )
-    })?;
-    Ok(())
+    })
 }
 
 async fn delete_owned_pdb(

@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt, future};
+use futures::{Stream, StreamExt, TryStreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -34,10 +34,12 @@ use scale_agent_crds::report::REPORT_ANNOTATION;
 use scale_agent_crds::{AgentShard, ShardRef};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
+use crate::applied::{Applied, Watched};
 use crate::children::{self, Defaults, FIELD_MANAGER, TlsSource};
 use crate::claims_index::ClaimsHandle;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
+use crate::superseded::Superseded;
 
 /// The stable reason of the Warning Event about an AgentShard that cannot be decoded.
 pub const UNDECODABLE_REASON: &str = "Undecodable";
@@ -371,6 +373,41 @@ pub async fn run_controller(l: Leading) {
             "the agent replicas' Leases and pods cannot be read (RBAC: list and watch leases and pods): reconciling without them, every account shows NoReplica"
         ),
     }
+    let managed =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let (config_maps, config_map_writer) = reflector::store();
+    let config_map_events = watch(
+        Api::<PartialObjectMeta<ConfigMap>>::all(l.client.clone()),
+        managed.clone(),
+    )
+    .default_backoff()
+    .modify(strip_managed_fields)
+    .reflect(config_map_writer)
+    .touched_objects();
+    let (deployments, deployment_writer) = reflector::store();
+    let deployment_events = watch(Api::<Deployment>::all(l.client.clone()), managed.clone())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(deployment_writer)
+        .touched_objects();
+    let (pdbs, pdb_writer) = reflector::store();
+    let pdb_events = watch(
+        Api::<PartialObjectMeta<PodDisruptionBudget>>::all(l.client.clone()),
+        managed,
+    )
+    .default_backoff()
+    .modify(strip_managed_fields)
+    .reflect(pdb_writer)
+    .touched_objects();
+    let (managed_secrets, mut secret_writer) = reflector::store();
+    let secrets = watch(
+        Api::<PartialObjectMeta<Secret>>::all(l.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(strip_managed_fields)
+    .inspect_ok(move |event| reflect_managed(&mut secret_writer, event))
+    .touched_objects();
     l.claims.lead(Some(tx));
     let ctx = Arc::new(Context {
         client: l.client.clone(),
@@ -381,7 +418,32 @@ pub async fn run_controller(l: Leading) {
         failures: std::sync::Mutex::new(HashMap::new()),
         leases,
         pods,
+        applied: Applied::new(),
+        watched: Watched {
+            config_maps,
+            secrets: managed_secrets,
+            deployments,
+            pdbs,
+        },
+        superseded: Superseded::new(),
     });
+    // A shard deleted without a reconcile (no finalizer: the watch just loses it) leaves
+    // its records behind; drop them now and then.
+    let _prune = {
+        let (ctx, store) = (Arc::clone(&ctx), l.store.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(reconcile::RESYNC).await;
+                let exists = |s: &ShardRef| {
+                    store
+                        .get(&ObjectRef::new(&s.name).within(&s.namespace))
+                        .is_some()
+                };
+                ctx.applied.retain(exists);
+                ctx.superseded.retain(exists);
+            }
+        }))
+    };
     let reader = l.store.clone();
     let trigger =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
@@ -389,20 +451,12 @@ pub async fn run_controller(l: Leading) {
     let replica_triggers = futures::stream::unfold(replica_rx, |mut rx| async move {
         rx.recv().await.map(|r| (r, rx))
     });
-    let managed =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let store = l.store.clone();
     let defaults = l.defaults.clone();
-    let secrets = watch(
-        Api::<PartialObjectMeta<Secret>>::all(l.client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects();
     Controller::for_stream(trigger, l.store.clone())
-        .owns(Api::<ConfigMap>::all(l.client.clone()), managed.clone())
-        .owns(Api::<Deployment>::all(l.client.clone()), managed.clone())
-        .owns(Api::<PodDisruptionBudget>::all(l.client.clone()), managed)
+        .owns_stream(config_map_events)
+        .owns_stream(deployment_events)
+        .owns_stream(pdb_events)
         .watches_stream(secrets, move |secret: PartialObjectMeta<Secret>| {
             shards_for_secret(&store.state(), &secret, &defaults)
         })
@@ -416,6 +470,30 @@ pub async fn run_controller(l: Leading) {
             future::ready(())
         })
         .await;
+}
+
+/// What the operator's stores keep of an object: not who wrote which field.
+fn strip_managed_fields<K: Resource>(k: &mut K) {
+    k.meta_mut().managed_fields = None;
+}
+
+/// Keeps `writer` (the Secrets the operator manages) current from the watch of every
+/// Secret: a Secret that is not (or no longer) labelled as the operator's is left out.
+fn reflect_managed(
+    writer: &mut Writer<PartialObjectMeta<Secret>>,
+    event: &Event<PartialObjectMeta<Secret>>,
+) {
+    let managed = |s: &PartialObjectMeta<Secret>| {
+        s.labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str)
+            == Some(FIELD_MANAGER)
+    };
+    match event {
+        Event::Apply(s) if !managed(s) => writer.apply_watcher_event(&Event::Delete(s.clone())),
+        Event::InitApply(s) if !managed(s) => {}
+        e => writer.apply_watcher_event(e),
+    }
 }
 
 /// The shards a Secret matters to: the shard owning it (its managed kubeconfig and TLS

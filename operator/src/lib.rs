@@ -12,14 +12,19 @@
 //!   checks of a TLS Secret a shard names (pure).
 //! - [`policy`]: the images and ServiceAccounts a shard may ask for (pure).
 //! - [`status`]: the status and Events, computed from what was observed.
+//! - [`applied`]: what the operator last applied of each child, and whether a child
+//!   needs applying again (pure rule).
 //! - [`apply`]: the reconciler's writes (server-side apply, status patches, Events).
 //! - [`reconcile`]: one shard's reconcile (fetch, decide, apply).
+//! - [`superseded`]: the shard versions the operator's own status writes replaced (a
+//!   reconcile of one of them waits for the newer one).
 //! - [`controller`]: the watches and the kube-runtime Controller.
 //! - [`webhook`]: the validating admission webhook and its certificate.
 //! - [`leader`]: Lease leader election (only the leader reconciles).
 //! - [`metrics`]: Prometheus metrics and the admin server.
 //! - [`cli`], [`error`].
 
+pub mod applied;
 pub mod apply;
 pub mod certs;
 pub mod children;
@@ -34,6 +39,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod replicas;
 pub mod status;
+pub mod superseded;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -19,6 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use scale_agent_crds::membership::SHARD_LABEL;
 use scale_agent_crds::{AgentShard, AgentShardStatus, ShardRef, condition_status, condition_type};
 
+use crate::applied::{Applied, Watched};
 use crate::apply::{self, Written};
 use crate::certs::AgentCa;
 use crate::children::{self, Defaults, TlsSource};
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::replicas::Replicas;
 use crate::status;
+use crate::superseded::Superseded;
 
 pub use crate::decide::{HANDOFF_RETRY, RESYNC};
 
@@ -49,6 +51,12 @@ pub struct Context {
     pub leases: Store<Lease>,
     /// The agent pods' metadata.
     pub pods: Store<PartialObjectMeta<Pod>>,
+    /// What the operator last applied of each shard's children.
+    pub applied: Applied,
+    /// The children as the watches show them.
+    pub watched: Watched,
+    /// The shard versions the operator's own status writes replaced.
+    pub superseded: Superseded,
 }
 
 /// Reconciles one shard. Errors are failures to talk to the API server; problems with
@@ -113,7 +121,17 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     })?;
     if shard.metadata.deletion_timestamp.is_some() {
         // Garbage collection removes the children; the watch frees the names.
+        ctx.applied.forget(&sref);
+        ctx.superseded.forget(&sref);
         return Ok(Action::await_change());
+    }
+    if ctx
+        .superseded
+        .is_behind(&sref, shard.metadata.resource_version.as_deref())
+    {
+        // The cache has not seen the operator's last status write yet: its watch event
+        // brings a reconcile of the newer version.
+        return Ok(stale());
     }
 
     // Fetch.
@@ -165,6 +183,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         match apply::reserve(&ctx.client, &sref, resource_version.as_deref(), accounts).await? {
             Written::Yes(rv) => {
                 ctx.metrics.status_writes.inc();
+                ctx.superseded.replaced(&sref, resource_version.as_deref());
                 resource_version = rv;
             }
             Written::Unchanged | Written::Stale => return Ok(stale()),
@@ -172,7 +191,16 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     }
     let deployment = match &decision.children {
         Some(c) => {
-            match apply::children(&ctx.client, &sref, shard.metadata.uid.as_deref(), c).await {
+            match apply::children(
+                &ctx.client,
+                &sref,
+                shard.metadata.uid.as_deref(),
+                c,
+                &ctx.applied,
+                &ctx.watched,
+            )
+            .await
+            {
                 Ok(d) => Some(d),
                 Err(e) if e.label() == "ApiForbidden" => {
                     // Say so in the status (the operator may write statuses everywhere),
@@ -184,7 +212,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
                             sref.namespace
                         ),
                     ));
-                    write_status(
+                    let (written, _) = write_status(
                         ctx,
                         shard,
                         &sref,
@@ -193,6 +221,9 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
                         now,
                     )
                     .await?;
+                    if matches!(written, Written::Yes(_)) {
+                        ctx.superseded.replaced(&sref, resource_version.as_deref());
+                    }
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -216,6 +247,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     match written {
         Written::Yes(_) => {
             ctx.metrics.status_writes.inc();
+            ctx.superseded.replaced(&sref, resource_version.as_deref());
             tracing::info!(
                 active = new.active_accounts,
                 conflicts = new.conflicts,

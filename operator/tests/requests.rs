@@ -10,15 +10,21 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, header};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher::Event;
 use kube::{Api, Client};
 use scale_agent_crds::{AgentShard, ShardRef};
+use scale_agent_operator::applied::{Applied, Watched};
 use scale_agent_operator::apply::{self, Written};
 use scale_agent_operator::children::Defaults;
 use scale_agent_operator::claims_index::{self, Resolution};
@@ -158,6 +164,199 @@ fn decision(s: &AgentShard) -> Decision {
     .expect("decides")
 }
 
+/// The writers of the children's watches, and what the reconciler reads of them.
+struct Writers {
+    config_maps: Writer<PartialObjectMeta<ConfigMap>>,
+    secrets: Writer<PartialObjectMeta<Secret>>,
+    deployments: Writer<Deployment>,
+    pdbs: Writer<PartialObjectMeta<PodDisruptionBudget>>,
+}
+
+fn watches() -> (Writers, Watched) {
+    let (config_maps, cm) = reflector::store();
+    let (secrets, sec) = reflector::store();
+    let (deployments, dep) = reflector::store();
+    let (pdbs, pdb) = reflector::store();
+    (
+        Writers {
+            config_maps: cm,
+            secrets: sec,
+            deployments: dep,
+            pdbs: pdb,
+        },
+        Watched {
+            config_maps,
+            secrets,
+            deployments,
+            pdbs,
+        },
+    )
+}
+
+impl Writers {
+    /// What the watches bring after an apply answered with `object`.
+    fn saw(&mut self, object: &Value) {
+        fn meta<K: serde::de::DeserializeOwned>(object: &Value) -> K {
+            serde_json::from_value(object.clone()).expect("an object")
+        }
+        match object["kind"].as_str() {
+            Some("ConfigMap") => self
+                .config_maps
+                .apply_watcher_event(&Event::Apply(meta(object))),
+            Some("Secret") => self
+                .secrets
+                .apply_watcher_event(&Event::Apply(meta(object))),
+            Some("Deployment") => self
+                .deployments
+                .apply_watcher_event(&Event::Apply(meta(object))),
+            Some("PodDisruptionBudget") => {
+                self.pdbs.apply_watcher_event(&Event::Apply(meta(object)))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Answers every request `apply::children` makes as the API server would a server-side
+/// apply (a uid, a new resourceVersion, a generation for what has a spec) until it
+/// returns; the objects as answered, and the paths written.
+async fn serve_applies(
+    handle: &mut Mock,
+    task: tokio::task::JoinHandle<scale_agent_operator::error::Result<Deployment>>,
+    rv: &mut u64,
+) -> (Vec<Value>, Vec<String>) {
+    let (mut objects, mut paths) = (Vec::new(), Vec::new());
+    futures::pin_mut!(task);
+    loop {
+        tokio::select! {
+            done = &mut task => {
+                done.expect("joins").expect("applies");
+                return (objects, paths);
+            }
+            req = handle.next_request() => {
+                let (req, send) = req.expect("the client is still there");
+                assert_eq!(req.method(), Method::PATCH, "{}", req.uri());
+                paths.push(req.uri().path().to_owned());
+                let bytes = req.into_body().collect_bytes().await.expect("a body");
+                let mut obj: Value = serde_json::from_slice(&bytes).expect("json");
+                *rv += 1;
+                let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                obj["metadata"]["uid"] = json!(format!("{kind}/{name}"));
+                obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+                if kind == "Deployment" || kind == "PodDisruptionBudget" {
+                    obj["metadata"]["generation"] = json!(1);
+                }
+                respond(send, 200, &obj);
+                objects.push(obj);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unchanged_shard_has_its_children_applied_once_and_put_back_when_changed() {
+    let s = shard(2);
+    let children = Arc::new(decision(&s).children.expect("children"));
+    let (client, mut handle) = mock_client();
+    let (mut writers, watched) = watches();
+    let state = Arc::new((Applied::new(), watched));
+    let run = |children: Arc<decide::Children>| {
+        let (client, state) = (client.clone(), Arc::clone(&state));
+        tokio::spawn(async move {
+            apply::children(
+                &client,
+                &sref(),
+                Some("uid-1"),
+                &children,
+                &state.0,
+                &state.1,
+            )
+            .await
+        })
+    };
+    let mut rv = 100;
+
+    // The first reconcile applies the seven children.
+    let (objects, paths) = serve_applies(&mut handle, run(Arc::clone(&children)), &mut rv).await;
+    assert_eq!(paths.len(), 7, "{paths:?}");
+    for o in &objects {
+        writers.saw(o);
+    }
+
+    // The same shard again, its children as applied: no write at all.
+    let (_, paths) = serve_applies(&mut handle, run(Arc::clone(&children)), &mut rv).await;
+    assert_eq!(paths, Vec::<String>::new());
+
+    // A Deployment status change (a new resourceVersion, the same generation) is not an
+    // edit: still nothing; the Deployment returned is the watched one, with its status.
+    let mut dep = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment")
+        .clone();
+    dep["metadata"]["resourceVersion"] = json!("500");
+    dep["status"] = json!({ "readyReplicas": 2 });
+    writers.saw(&dep);
+    let task = run(Arc::clone(&children));
+    let (_, paths) = serve_applies(&mut handle, task, &mut rv).await;
+    assert_eq!(paths, Vec::<String>::new());
+    let d = apply::children(
+        &client,
+        &sref(),
+        Some("uid-1"),
+        &children,
+        &state.0,
+        &state.1,
+    )
+    .await
+    .expect("reads the watched Deployment");
+    assert_eq!(d.status.and_then(|s| s.ready_replicas), Some(2));
+
+    // Someone edits the ConfigMap and deletes the kubeconfig Secret: both are put back,
+    // nothing else is written.
+    let mut cm = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap")
+        .expect("a ConfigMap")
+        .clone();
+    cm["metadata"]["resourceVersion"] = json!("501");
+    cm["data"]["config.yaml"] = json!("edited");
+    writers.saw(&cm);
+    let secret: PartialObjectMeta<Secret> = serde_json::from_value(
+        objects
+            .iter()
+            .find(|o| o["kind"] == "Secret")
+            .expect("a Secret")
+            .clone(),
+    )
+    .expect("a Secret");
+    writers.secrets.apply_watcher_event(&Event::Delete(secret));
+    let (objects, mut paths) =
+        serve_applies(&mut handle, run(Arc::clone(&children)), &mut rv).await;
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/namespaces/ns/configmaps/east-agent-config",
+            "/api/v1/namespaces/ns/secrets/east-agent-kubeconfigs",
+        ]
+    );
+    for o in &objects {
+        writers.saw(o);
+    }
+
+    // The shard changes (two replicas to three; the budget stays the same): only the
+    // Deployment is written.
+    let s = shard(3);
+    let changed = Arc::new(decision(&s).children.expect("children"));
+    let (_, paths) = serve_applies(&mut handle, run(changed), &mut rv).await;
+    assert_eq!(
+        paths,
+        ["/apis/apps/v1/namespaces/ns/deployments/east-agent"]
+    );
+}
+
 fn sref() -> ShardRef {
     ShardRef::new("ns", "east")
 }
@@ -214,10 +413,18 @@ async fn children_are_server_side_applied_in_order_with_the_operators_field_mana
     let d = decision(&s);
     let children = d.children.expect("children");
     let (client, mut handle) = mock_client();
-    let task =
-        tokio::spawn(
-            async move { apply::children(&client, &sref(), Some("uid-1"), &children).await },
-        );
+    let task = tokio::spawn(async move {
+        let (_, watched) = watches();
+        apply::children(
+            &client,
+            &sref(),
+            Some("uid-1"),
+            &children,
+            &Applied::new(),
+            &watched,
+        )
+        .await
+    });
     expect_apply(
         &mut handle,
         "/api/v1/namespaces/ns/serviceaccounts/east-agent",
@@ -278,8 +485,25 @@ async fn one_replica_deletes_only_the_budget_the_shard_owns() {
         let s = shard(1);
         let children = decision(&s).children.expect("children");
         let (client, mut handle) = mock_client();
+        let (mut writers, watched) = watches();
+        // The watch shows a budget of that name.
+        writers.pdbs.apply_watcher_event(&Event::Apply(
+            serde_json::from_value(json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": { "name": "east-agent", "namespace": "ns", "uid": "pdb-1" },
+            }))
+            .expect("metadata"),
+        ));
         let task = tokio::spawn(async move {
-            apply::children(&client, &sref(), Some("uid-1"), &children).await
+            apply::children(
+                &client,
+                &sref(),
+                Some("uid-1"),
+                &children,
+                &Applied::new(),
+                &watched,
+            )
+            .await
         });
         for _ in 0..6 {
             let (seen, send) = next(&mut handle).await;
