@@ -263,17 +263,7 @@ async fn an_unchanged_shard_has_its_children_applied_once_and_put_back_when_chan
     let state = Arc::new((Applied::new(), watched));
     let run = |children: Arc<decide::Children>| {
         let (client, state) = (client.clone(), Arc::clone(&state));
-        tokio::spawn(async move {
-            apply::children(
-                &client,
-                &sref(),
-                Some("uid-1"),
-                &children,
-                &state.0,
-                &state.1,
-            )
-            .await
-        })
+        tokio::spawn(async move { apply_children(&client, &children, &state.0, &state.1).await })
     };
     let mut rv = 100;
 
@@ -301,16 +291,9 @@ async fn an_unchanged_shard_has_its_children_applied_once_and_put_back_when_chan
     let task = run(Arc::clone(&children));
     let (_, paths) = serve_applies(&mut handle, task, &mut rv).await;
     assert_eq!(paths, Vec::<String>::new());
-    let d = apply::children(
-        &client,
-        &sref(),
-        Some("uid-1"),
-        &children,
-        &state.0,
-        &state.1,
-    )
-    .await
-    .expect("reads the watched Deployment");
+    let d = apply_children(&client, &children, &state.0, &state.1)
+        .await
+        .expect("reads the watched Deployment");
     assert_eq!(d.status.and_then(|s| s.ready_replicas), Some(2));
 
     // Someone edits the ConfigMap and deletes the kubeconfig Secret: both are put back,
@@ -355,6 +338,16 @@ async fn an_unchanged_shard_has_its_children_applied_once_and_put_back_when_chan
         paths,
         ["/apis/apps/v1/namespaces/ns/deployments/east-agent"]
     );
+}
+
+/// The children of shard [`sref`] (owner `uid-1`) applied as a reconcile does.
+async fn apply_children(
+    client: &Client,
+    children: &decide::Children,
+    applied: &Applied,
+    watched: &Watched,
+) -> scale_agent_operator::error::Result<Deployment> {
+    apply::children(client, &sref(), Some("uid-1"), children, applied, watched).await
 }
 
 fn sref() -> ShardRef {
@@ -415,15 +408,7 @@ async fn children_are_server_side_applied_in_order_with_the_operators_field_mana
     let (client, mut handle) = mock_client();
     let task = tokio::spawn(async move {
         let (_, watched) = watches();
-        apply::children(
-            &client,
-            &sref(),
-            Some("uid-1"),
-            &children,
-            &Applied::new(),
-            &watched,
-        )
-        .await
+        apply_children(&client, &children, &Applied::new(), &watched).await
     });
     expect_apply(
         &mut handle,
@@ -495,15 +480,7 @@ async fn one_replica_deletes_only_the_budget_the_shard_owns() {
             .expect("metadata"),
         ));
         let task = tokio::spawn(async move {
-            apply::children(
-                &client,
-                &sref(),
-                Some("uid-1"),
-                &children,
-                &Applied::new(),
-                &watched,
-            )
-            .await
+            apply_children(&client, &children, &Applied::new(), &watched).await
         });
         for _ in 0..6 {
             let (seen, send) = next(&mut handle).await;
