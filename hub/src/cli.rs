@@ -233,11 +233,11 @@ fn parse_store(text: &str) -> Result<StoreLocation, String> {
 }
 
 fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
-    scale_agent_hub::identity::parse_cidr(text)
+    scale_agent_hub::net::identity::parse_cidr(text)
 }
 
 fn parse_header_name(text: &str) -> Result<String, String> {
-    scale_agent_hub::identity::check_header_name(text).map(|()| text.to_owned())
+    scale_agent_hub::net::identity::check_header_name(text).map(|()| text.to_owned())
 }
 
 impl Args {

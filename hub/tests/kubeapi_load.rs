@@ -24,7 +24,7 @@ use scale_agent_proto::v1::{
 const TOKEN: &str = "load-test-token-0123456789";
 const OBJECTS: usize = 10_000;
 /// The JSON API's largest page.
-const JSON_PAGE: usize = scale_agent_hub::page::MAX_LIMIT;
+const JSON_PAGE: usize = scale_agent_hub::api::page::MAX_LIMIT;
 
 fn body_of(i: usize) -> String {
     // About 1.5 KiB, like a small Deployment.
@@ -140,7 +140,7 @@ async fn list_all(client: &reqwest::Client, url: &str) -> Option<usize> {
         let resp = request.send().await.ok()?;
         next = resp
             .headers()
-            .get(scale_agent_hub::page::CONTINUE_HEADER)
+            .get(scale_agent_hub::api::page::CONTINUE_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         bytes += resp.bytes().await.ok()?.len();

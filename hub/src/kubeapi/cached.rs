@@ -14,8 +14,8 @@ use super::barrier::Barriers;
 use super::path::ResourcePath;
 use super::read::{self, Pass, Read, Snapshots, Version};
 use super::watch::{self, Start, Watch};
+use crate::core::window::Mark;
 use crate::state::Shared;
-use crate::window::Mark;
 
 /// How long a read waits for the cache to reach the client's own write (or the
 /// resourceVersion it asks for) before it goes to the cluster instead.

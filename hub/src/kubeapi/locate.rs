@@ -2,7 +2,7 @@
 //! live session holds an account. With several hub replicas this is where a request
 //! for an account held by another replica will be sent on to it.
 
-use crate::registry::SessionId;
+use crate::core::registry::SessionId;
 use crate::state::{Outbound, Shared};
 
 /// Where an account is.

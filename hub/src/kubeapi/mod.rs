@@ -30,14 +30,13 @@ pub mod read;
 pub mod selector;
 pub mod server;
 pub mod status;
-pub mod tunnel;
 pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use tunnel::Tunnels;
+pub use crate::stream::tunnel::Tunnels;
 
 /// Where the bearer tokens of the Kubernetes API come from.
 #[derive(Debug, Clone)]
@@ -67,7 +66,7 @@ pub struct KubeApiConfig {
     pub max_connections: usize,
     /// The certificate the API is served with, when not the hub's own (`Config::tls`);
     /// with neither, it is served over plain HTTP.
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<crate::net::tls::TlsConfig>,
 }
 
 impl KubeApiConfig {

@@ -35,7 +35,7 @@ use serde_json::value::RawValue;
 use super::path::ResourcePath;
 use super::selector::{self, FieldSelector, LabelSelector};
 use super::status::Failure;
-use crate::cache::{AccountCache, KindKey, Scope};
+use crate::core::cache::{AccountCache, KindKey, Scope};
 
 /// How long the pages of a list stay available after its first page.
 pub const SNAPSHOT_TTL: Duration = Duration::from_secs(90);

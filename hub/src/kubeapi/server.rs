@@ -31,9 +31,9 @@ use super::read::{self, Snapshots};
 use super::status::Failure;
 use super::{KubeApiConfig, TokenSource};
 use crate::Error;
-use crate::clip::clip;
+use crate::core::clip::clip;
+use crate::net::tls::{TlsConfig, TlsState};
 use crate::state::Shared;
-use crate::tls::{TlsConfig, TlsState};
 
 /// How long open connections get to finish when the hub stops.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -102,7 +102,7 @@ pub async fn start(
         snapshots: Snapshots::default(),
         barriers: Arc::default(),
     });
-    let mut incoming = crate::tls::incoming(
+    let mut incoming = crate::net::tls::incoming(
         listener,
         "kube-api",
         tls_state,

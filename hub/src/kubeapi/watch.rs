@@ -1,5 +1,5 @@
 //! Watches served from the cache: the changes of a kind after a resourceVersion, from
-//! the kind's window ([`crate::window`]), written as the API server writes a watch
+//! the kind's window ([`crate::core::window`]), written as the API server writes a watch
 //! (one JSON event per line), with bookmarks when asked.
 //!
 //! - Without a resourceVersion (or with "0") the watch starts with an ADDED event per
@@ -23,9 +23,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use super::read::{Item, Read, selected, selected_object};
-use crate::cache::KindKey;
+use crate::core::cache::KindKey;
+use crate::core::window::{Change, ChangeType, Mark};
 use crate::state::Shared;
-use crate::window::{Change, ChangeType, Mark};
 
 /// How often a watch that asked for bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);

@@ -24,7 +24,7 @@ pub mod sqlite;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::registry::Binding;
+use crate::core::registry::Binding;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

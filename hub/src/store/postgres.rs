@@ -35,8 +35,8 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::migrations;
 use super::{StoreError, redact};
-use crate::cache::{Changes, KindKey, ObjectKey, Resume, StoredObject};
-use crate::registry::{Binding, ShardKey};
+use crate::core::cache::{Changes, KindKey, ObjectKey, Resume, StoredObject};
+use crate::core::registry::{Binding, ShardKey};
 
 /// The longest any call to the database may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 
 use super::{Store, StoreError};
-use crate::registry::{Binding, ShardKey};
+use crate::core::registry::{Binding, ShardKey};
 
 /// The binding store: a SQLite file, or an in-memory database when no path is
 /// given (bindings then last as long as the process).

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::registry::ShardKey;
+use crate::core::registry::ShardKey;
 
 /// The account → owner index, built from a complete set of AgentShards.
 #[derive(Debug, Clone, Default)]

@@ -41,7 +41,7 @@ impl PageQuery {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
             _ => Err(format!(
                 "limit {:?}: must be a number between 1 and {MAX_LIMIT}",
-                crate::clip::clip(text).to_string()
+                crate::core::clip::clip(text).to_string()
             )),
         }
     }

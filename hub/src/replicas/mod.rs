@@ -4,7 +4,7 @@
 //! Each replica holds the streams that reached it, caches their accounts,
 //! and keeps its word in the shared store:
 //! - **Claims.** An account is held by the replica whose claim came last
-//!   ([`crate::claim`]); the claim raises the account's epoch, and the
+//!   ([`crate::stream::register_shared`]); the claim raises the account's epoch, and the
 //!   replica writes only at the epoch it claimed at. [`Replicas::claims`] is
 //!   this replica's side of that: account → epoch, for the accounts whose
 //!   cache here is current.
@@ -25,6 +25,9 @@
 //!   `/readyz`, keeps the changes it could not write, and catches up by
 //!   itself when the database answers again.
 
+pub mod forward;
+pub mod inflight;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -34,13 +37,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::clip::clip;
-use crate::forward::Forwarder;
-use crate::inflight;
-use crate::registration::Refusal;
-use crate::registry::{Caller, SessionId};
+use crate::core::clip::clip;
+use crate::core::registry::{Caller, SessionId};
 use crate::state::Shared;
 use crate::store::postgres::{AccountRow, FlushError, PgStore, ReplicaInfo};
+use crate::stream::register::Refusal;
+use forward::Forwarder;
 
 /// How often each claimed account's changes are written to the store: the
 /// most a replica taking an account over has to replay from the cluster.
@@ -434,7 +436,7 @@ async fn write_behind(shared: &Arc<Shared>, replicas: &Arc<Replicas>) {
     if claims.is_empty() {
         return;
     }
-    let pending: Vec<(String, u64, crate::cache::Changes)> = {
+    let pending: Vec<(String, u64, crate::core::cache::Changes)> = {
         let mut core = shared.core();
         claims
             .into_iter()
@@ -546,7 +548,7 @@ fn let_go(
     now: Option<&AccountRow>,
 ) {
     let dropped = {
-        // Claims change under the core lock (see `crate::claim`): checked
+        // Claims change under the core lock (see `crate::stream::register_shared`): checked
         // and dropped under it too.
         let mut core = shared.core();
         let mut claims = replicas.claims_lock();

@@ -35,7 +35,7 @@ use scale_agent_proto::v1::{
     self as pb, ErrorCode, GroupVersionKind, ObjectRef, PatchType, PropagationPolicy, operation,
 };
 
-use crate::registry::SessionId;
+use crate::core::registry::SessionId;
 
 /// How long finished results are kept for repeated POSTs of the same id.
 pub const FINISHED_TTL: Duration = Duration::from_secs(15 * 60);

@@ -13,11 +13,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::clip::clip;
-use crate::identity::{IdentityError, IdentitySource, PROXY_SECRET_HEADER, PeerInfo, Presented};
-use crate::registry::{SessionId, ShardKey};
-use crate::session::Session;
+use crate::core::clip::clip;
+use crate::core::registry::{SessionId, ShardKey};
+use crate::net::identity::{
+    IdentityError, IdentitySource, PROXY_SECRET_HEADER, PeerInfo, Presented,
+};
 use crate::state::{Outbound, SessionHandle, Shared};
+use crate::stream::session::Session;
 
 /// Capabilities this hub supports (Welcome.capabilities is the intersection
 /// with the agent's).

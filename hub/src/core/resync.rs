@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cache::{CachedObject, KindKey, ObjectKey};
+use crate::core::cache::{CachedObject, KindKey, ObjectKey};
 
 /// The objects of `kind` that the relist numbered `generation` did not list:
 /// the ones to drop when it ends. Objects of other kinds are never part of it.

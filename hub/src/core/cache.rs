@@ -5,7 +5,7 @@
 //!   watch order): ADDED and MODIFIED store the object, DELETED removes it.
 //! - A full relist of a kind is bracketed by SyncStart and SyncEnd. Every
 //!   object of that kind not sent in between vanished while the agent was away
-//!   and is dropped at SyncEnd ([`crate::resync`], the resync diff), unless the agent says it sent more objects than
+//!   and is dropped at SyncEnd ([`crate::core::resync`], the resync diff), unless the agent says it sent more objects than
 //!   arrived (then nothing is dropped and the kind gets no resume point, so the
 //!   next reconnect relists it).
 //! - Per (account, kind) the hub tracks the resourceVersion to resume a watch
@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use crate::window::{self, ChangeType, KindWindow};
+use crate::core::window::{self, ChangeType, KindWindow};
 
 /// A kind, without its version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -400,7 +400,7 @@ impl AccountCache {
         let mut dropped = 0;
         if open.mode == SyncMode::FullRelist {
             state.selection = open.selection;
-            for key in crate::resync::unlisted(&self.objects, kind, open.generation) {
+            for key in crate::core::resync::unlisted(&self.objects, kind, open.generation) {
                 self.objects.remove(&key);
                 // A shared store drops the object too, with the next write-behind.
                 if let Some(dirty) = &mut self.dirty {

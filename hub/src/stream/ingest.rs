@@ -12,10 +12,10 @@ use scale_agent_proto::v1::{self as pb, hub_frame};
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
-use crate::cache::{AccountCache, Change, Event, KindKey, ObjectKey, SyncMode};
-use crate::clip::clip;
+use crate::core::cache::{AccountCache, Change, Event, KindKey, ObjectKey, SyncMode};
+use crate::core::clip::clip;
 use crate::metrics::Metrics;
-use crate::session::Session;
+use crate::stream::session::Session;
 
 /// The cache's key of a kind, and the version it is watched at; `None`
 /// when the frame names no kind.
@@ -202,7 +202,7 @@ pub fn watch_progress(session: &Session, progress: &pb::WatchProgress) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::testing::{next, session, shared};
+    use crate::stream::session::testing::{next, session, shared};
 
     fn deployment(t: pb::EventType, name: &str, body: &'static [u8]) -> pb::ObjectEvent {
         pb::ObjectEvent {
@@ -267,7 +267,7 @@ mod tests {
         let (other, mut other_rx) = session(&shared, "s2", "west", "w0");
         shared.core().registry.register(
             &holder.caller(),
-            &crate::registry::Registration {
+            &crate::core::registry::Registration {
                 name: "prod-1".into(),
                 cluster_id: "uid-a".into(),
                 ..Default::default()

@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::reload::{Reload, Reloaded};
+use crate::net::reload::{Reload, Reloaded};
 
 /// The current contents of a secret file (surrounding whitespace trimmed).
 pub struct SecretFile {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use scale_agent_proto::v1::{KubeResponseBody, KubeResponseHead};
 use tokio::sync::mpsc;
 
-use crate::registry::SessionId;
+use crate::core::registry::SessionId;
 
 /// A piece of an agent's answer.
 #[derive(Debug)]

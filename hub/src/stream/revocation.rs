@@ -13,10 +13,10 @@ use std::time::SystemTime;
 
 use tracing::warn;
 
-use crate::ownership::{OwnershipRx, Verdict};
-use crate::registration::{DECISIONS_LOGGED, Refusal};
-use crate::registry::{Registry, Release, SessionId, ShardKey};
+use crate::core::ownership::{OwnershipRx, Verdict};
+use crate::core::registry::{Registry, Release, SessionId, ShardKey};
 use crate::state::Shared;
+use crate::stream::register::{DECISIONS_LOGGED, Refusal};
 
 /// One account taken from a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,7 +111,7 @@ pub fn revoke_on_ownership_change(shared: Arc<Shared>, mut rx: OwnershipRx) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::testing::{caller, registration, shard};
+    use crate::core::registry::testing::{caller, registration, shard};
     use scale_agent_proto::v1::RegisterReason;
 
     fn register(registry: &mut Registry, session: &str, shard_name: &str, account: &str) {
@@ -179,14 +179,14 @@ mod tests {
     /// stayed bound for the whole grace period; now it is removed at once.
     #[tokio::test]
     async fn a_removal_that_races_a_revocation_frees_the_name_at_once() {
-        use crate::registration;
-        use crate::session::testing::{session, shared};
+        use crate::stream::register;
+        use crate::stream::session::testing::{session, shared};
         use scale_agent_proto::v1 as pb;
 
         let shared = shared();
         let (s, _rx) = session(&shared, "s1", "east", "east-0");
         assert!(
-            registration::register(
+            register::register(
                 &s,
                 pb::Register {
                     accounts: vec![pb::Account {
@@ -205,7 +205,7 @@ mod tests {
             SystemTime::now(),
         );
         assert_eq!(revoked.len(), 1);
-        registration::unregister(
+        register::unregister(
             &s,
             &pb::Unregister {
                 account_names: vec!["dropped".into()],

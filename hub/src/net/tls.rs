@@ -29,7 +29,7 @@ use tonic::transport::server::Connected;
 use tracing::{debug, info, warn};
 
 use crate::Error;
-use crate::identity::PeerInfo;
+use crate::net::identity::PeerInfo;
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -359,7 +359,7 @@ pub fn incoming(
     handshake_failures: prometheus_client::metrics::counter::Counter,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-    let mut acceptor = crate::serve::Acceptor::new(listener, what);
+    let mut acceptor = crate::net::serve::Acceptor::new(listener, what);
     tokio::spawn(async move {
         loop {
             let (stream, remote_addr) = tokio::select! {

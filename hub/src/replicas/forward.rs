@@ -41,7 +41,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tracing::{debug, warn};
 
-use crate::clip::clip;
+use crate::core::clip::clip;
 use crate::state::Shared;
 
 /// Marks a request one replica forwarded to another (its value names the

@@ -22,15 +22,15 @@ use scale_agent_proto::v1::{
 };
 use tracing::{debug, info, warn};
 
-use crate::cache::{Resume, Scope};
-use crate::clip::clip;
-use crate::ownership::{Ownership, OwnershipRx, Verdict};
-use crate::registry::{
+use crate::core::cache::{Resume, Scope};
+use crate::core::clip::clip;
+use crate::core::ownership::{Ownership, OwnershipRx, Verdict};
+use crate::core::registry::{
     Account, Binding, Caller, Decision, Registration, RejectReason, Release, SessionId, ShardKey,
 };
-use crate::session::{Session, frame};
 use crate::state::Core;
-use crate::{claim, routing};
+use crate::stream::session::{Session, frame};
+use crate::stream::{register_shared, routing};
 
 /// How long a Register waits for the first list of AgentShards before it is
 /// answered UNAVAILABLE.
@@ -533,7 +533,7 @@ pub async fn register(session: &Session, reg: pb::Register) -> bool {
         per_frame: shared.config.max_accounts_per_frame,
     };
     let (accounts, excess) = split_frame(reg.accounts, limits.per_frame);
-    let mut decided = claim::decide(shared, &caller, accounts, |core, accounts| {
+    let mut decided = register_shared::decide(shared, &caller, accounts, |core, accounts| {
         decide(core, &caller, &owners, limits, accounts, SystemTime::now())
     })
     .await;
@@ -702,9 +702,9 @@ pub fn unregister(session: &Session, unreg: &pb::Unregister) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{KindKey, SyncMode};
-    use crate::registry::AccountState;
-    use crate::registry::testing::{caller, shard};
+    use crate::core::cache::{KindKey, SyncMode};
+    use crate::core::registry::AccountState;
+    use crate::core::registry::testing::{caller, shard};
 
     /// [`decide`] on accounts `(name, cluster)` registered by `who`.
     fn register(

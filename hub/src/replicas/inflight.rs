@@ -24,7 +24,7 @@ use std::sync::Arc;
 use scale_agent_proto::v1::{self as pb, HubFrame, hub_frame, operation};
 use tracing::{debug, info, warn};
 
-use crate::operations::{CallerKey, Outcome};
+use crate::core::operations::{CallerKey, Outcome};
 use crate::replicas::Replicas;
 use crate::state::Shared;
 use crate::store::postgres::StoredOperation;

@@ -40,11 +40,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::{info, warn};
 
-use crate::cache::{AccountCache, CachedObject, ObjectKey};
-use crate::operations::{self, Begin, CallerKey, OperationRequest, Outcome};
-use crate::page::{self, PageQuery};
-use crate::registry::{Account, AccountState};
-use crate::secret::SecretFile;
+use crate::api::page::{self, PageQuery};
+use crate::core::cache::{AccountCache, CachedObject, ObjectKey};
+use crate::core::operations::{self, Begin, CallerKey, OperationRequest, Outcome};
+use crate::core::registry::{Account, AccountState};
+use crate::net::secret::SecretFile;
 use crate::state::{Core, Shared};
 
 async fn require_token(
@@ -91,7 +91,7 @@ pub fn router(shared: Arc<Shared>, token: Option<Arc<SecretFile>>) -> Router {
         // the token check below, which runs first).
         .layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
-            crate::forward::json_api,
+            crate::replicas::forward::json_api,
         ));
     if let Some(token) = token {
         api = api.layer(middleware::from_fn_with_state(
@@ -628,7 +628,7 @@ async fn post_operation(
     // Posted before, maybe through a replica that died since: its outcome.
     if request.id.is_some()
         && !shared.operations.knows(&key)
-        && let Some(stored) = crate::inflight::finished(&shared, &key, &kind).await
+        && let Some(stored) = crate::replicas::inflight::finished(&shared, &key, &kind).await
     {
         return match stored {
             Ok(outcome) => {
@@ -668,7 +668,7 @@ async fn post_operation(
                 ));
             };
             info!(operation = %id, wire_id = %wire, %account, session = %session, replica = %handle.replica, "routing operation to the agent");
-            crate::inflight::record(&shared, &op, &key.id).await;
+            crate::replicas::inflight::record(&shared, &op, &key.id).await;
             let frame = HubFrame {
                 frame: Some(hub_frame::Frame::Operation(op)),
             };

@@ -1,8 +1,8 @@
 //! One agent session: moves the frames of one `Connect` stream after Hello.
 //!
 //! The session reads frames in order and hands each to the module that owns
-//! its meaning ([`crate::registration`], [`crate::ingest`],
-//! [`crate::routing`]); it keeps the stream alive (heartbeats), drains it
+//! its meaning ([`crate::stream::register`], [`crate::stream::ingest`],
+//! [`crate::stream::routing`]); it keeps the stream alive (heartbeats), drains it
 //! (maximum connection age, hub shutdown) and ends it. Nothing an agent sends
 //! can hurt another session: what it may not do is dropped with a warning and
 //! a counter, and the stream goes on. Only liveness (no frame for three
@@ -19,12 +19,12 @@ use tokio_stream::StreamExt as _;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::clip::clip;
-use crate::identity::IdentitySource;
-use crate::kubeapi::tunnel::{self, Part};
-use crate::registry::{Caller, SessionId, ShardKey};
+use crate::core::clip::clip;
+use crate::core::registry::{Caller, SessionId, ShardKey};
+use crate::net::identity::IdentitySource;
 use crate::state::{Outbound, SessionHandle, Shared};
-use crate::{ingest, registration, routing};
+use crate::stream::tunnel::{self, Part};
+use crate::stream::{ingest, register, routing};
 
 /// A session after its Hello was accepted.
 pub struct Session {
@@ -245,7 +245,7 @@ impl Session {
         if !disconnected.is_empty() {
             let first: Vec<String> = disconnected
                 .iter()
-                .take(crate::registration::NAMES_SHOWN)
+                .take(crate::stream::register::NAMES_SHOWN)
                 .map(|(n, _)| clip(n).to_string())
                 .collect();
             info!(
@@ -269,9 +269,9 @@ impl Session {
                 self.shared.metrics.frame_ignored("duplicate_hello");
                 true
             }
-            Some(agent_frame::Frame::Register(reg)) => registration::register(self, reg).await,
+            Some(agent_frame::Frame::Register(reg)) => register::register(self, reg).await,
             Some(agent_frame::Frame::Unregister(unreg)) => {
-                registration::unregister(self, &unreg);
+                register::unregister(self, &unreg);
                 true
             }
             Some(agent_frame::Frame::EventBatch(batch)) => ingest::events(self, batch).await,

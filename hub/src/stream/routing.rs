@@ -10,10 +10,10 @@
 use scale_agent_proto::v1::{self as pb, ErrorCode, hub_frame};
 use tracing::{debug, info, warn};
 
-use crate::clip::clip;
-use crate::inflight;
-use crate::operations::Completion;
-use crate::session::{Session, frame};
+use crate::core::clip::clip;
+use crate::core::operations::Completion;
+use crate::replicas::inflight;
+use crate::stream::session::{Session, frame};
 
 /// Handles an OperationResult from `session`.
 pub fn result(session: &Session, result: pb::OperationResult) {
@@ -74,11 +74,11 @@ pub async fn resend_orphans(session: &Session, accounts: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operations::{Begin, CallerKey};
-    use crate::registration;
-    use crate::registry::SessionId;
-    use crate::session::testing::{Inbox, session, shared};
+    use crate::core::operations::{Begin, CallerKey};
+    use crate::core::registry::SessionId;
     use crate::state::Shared;
+    use crate::stream::register;
+    use crate::stream::session::testing::{Inbox, session, shared};
     use std::time::Duration;
 
     fn register(account: &str) -> pb::Register {
@@ -113,7 +113,7 @@ mod tests {
         session: SessionId,
     ) -> (
         pb::Operation,
-        tokio::sync::watch::Receiver<Option<crate::operations::Outcome>>,
+        tokio::sync::watch::Receiver<Option<crate::core::operations::Outcome>>,
     ) {
         let key = CallerKey {
             account: account.into(),
@@ -131,7 +131,7 @@ mod tests {
         let shared = shared();
         let (old, _old_rx) = session(&shared, "s1", "east", "e0");
         let (new, mut new_rx) = session(&shared, "s2", "east", "e1");
-        assert!(registration::register(&new, register("prod-1")).await);
+        assert!(register::register(&new, register("prod-1")).await);
         let (op, mut done) = begin(&shared, "op-1", "prod-1", old.id.clone());
         result(
             &old,
@@ -186,7 +186,7 @@ mod tests {
         let shared = shared();
         let (holder, mut holder_rx) = session(&shared, "s1", "east", "e0");
         let (intruder, _intruder_rx) = session(&shared, "s2", "west", "w0");
-        assert!(registration::register(&holder, register("prod-1")).await);
+        assert!(register::register(&holder, register("prod-1")).await);
         let (op, mut done) = begin(&shared, "op-1", "prod-1", holder.id.clone());
         let forged = pb::OperationResult {
             operation_id: op.id.clone(),
@@ -246,12 +246,12 @@ mod tests {
     async fn operations_of_an_ended_session_go_to_the_accounts_next_session() {
         let shared = shared();
         let (old, _old_rx) = session(&shared, "s1", "east", "e0");
-        assert!(registration::register(&old, register("prod-1")).await);
+        assert!(register::register(&old, register("prod-1")).await);
         let (op1, _done1) = begin(&shared, "op-1", "prod-1", old.id.clone());
         let (op2, _done2) = begin(&shared, "op-2", "other", old.id.clone());
         old.end();
         let (new, mut new_rx) = session(&shared, "s2", "east", "e1");
-        assert!(registration::register(&new, register("prod-1")).await);
+        assert!(register::register(&new, register("prod-1")).await);
         let resent = operation(&mut new_rx).await.expect("resent");
         assert_eq!(resent.id, op1.id);
         assert_eq!(

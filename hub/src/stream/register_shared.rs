@@ -1,5 +1,5 @@
 //! Registration with a store several replicas share: the decision of
-//! [`crate::registration::decide`], taken inside a claim transaction of the
+//! [`crate::stream::register::decide`], taken inside a claim transaction of the
 //! shared store, so that two replicas can never both hold an account.
 //!
 //! For the accounts of a Register, in one transaction
@@ -24,11 +24,11 @@ use std::time::SystemTime;
 use scale_agent_proto::v1 as pb;
 use tracing::{info, warn};
 
-use crate::registration::{Answer, Decided, Refusal};
-use crate::registry::{Caller, SessionId, validate_name};
+use crate::core::registry::{Caller, SessionId, validate_name};
 use crate::replicas::Replicas;
 use crate::state::{Core, Shared};
 use crate::store::postgres::{ClaimView, ClaimWrite};
+use crate::stream::register::{Answer, Decided, Refusal};
 
 /// Decides a Register from `caller` with `decide` (the registry's decision
 /// over the core), inside a claim of the shared store when there is one.

@@ -40,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use x509_parser::extensions::GeneralName;
 
-use crate::registry::ShardKey;
-use crate::secret::SecretFile;
+use crate::core::registry::ShardKey;
+use crate::net::secret::SecretFile;
 
 /// The default header a trusted load balancer forwards the client certificate in.
 pub const DEFAULT_CLIENT_CERT_HEADER: &str = "x-client-cert";
@@ -95,7 +95,7 @@ impl ForwardedCa {
     /// From a PEM bundle; an error when it holds no usable CA.
     pub fn new(pem: &[u8]) -> Result<Arc<ForwardedCa>, crate::Error> {
         Ok(Arc::new(ForwardedCa {
-            verifier: RwLock::new(crate::tls::client_verifier(pem)?),
+            verifier: RwLock::new(crate::net::tls::client_verifier(pem)?),
         }))
     }
 
@@ -144,7 +144,7 @@ impl ForwardedCa {
                         continue;
                     }
                 };
-                match crate::tls::client_verifier(&next) {
+                match crate::net::tls::client_verifier(&next) {
                     Ok(verifier) => {
                         *ca.verifier.write().unwrap_or_else(|p| p.into_inner()) = verifier;
                         info!(file = %file.display(), "client CA bundle changed; forwarded certificates are checked against the new one");
