@@ -25,7 +25,7 @@
 //! changes, so the token can be rotated without a restart.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::Json;
 use axum::Router;
@@ -35,17 +35,17 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use scale_agent_proto::v1::{HubFrame, hub_frame};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::api::page::{self, PageQuery};
 use crate::core::cache::{AccountCache, CachedObject, ObjectKey};
-use crate::core::operations::{self, Begin, CallerKey, OperationRequest, Outcome};
+use crate::core::operations::{self, OperationRequest, Outcome};
 use crate::core::registry::{Account, AccountState};
 use crate::net::secret::SecretFile;
 use crate::state::{Core, Shared};
+use crate::stream::routing::{self, NotRouted, Operated};
 
 async fn require_token(
     State((shared, token)): State<(Arc<Shared>, Arc<SecretFile>)>,
@@ -579,140 +579,34 @@ async fn post_operation(
     Path(account): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let invalid = |message: String| {
+    let request: OperationRequest = serde_json::from_slice(&body).map_err(|err| {
         shared.metrics.operation("invalid");
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    };
-    let request: OperationRequest = serde_json::from_slice(&body)
-        .map_err(|err| invalid(format!("invalid operation request: {err}")))?;
-    let timeout =
-        operations::timeout(&request, shared.config.default_operation_timeout).map_err(&invalid)?;
-    // Which session holds the account, and the kinds it streamed (to resolve
-    // a kind given without group/version).
-    let (session, known) = {
-        let core = shared.core();
-        let Some(entry) = core.registry.get(&account) else {
-            drop(core);
-            shared.metrics.operation("unknown_account");
-            return Err(unknown_account(&account));
-        };
-        let known: Vec<(String, String, String)> = core
-            .cache
-            .account(&account)
-            .map(|c| {
-                c.kinds()
-                    .map(|(k, v)| (k.group.clone(), v.to_owned(), k.kind.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        (entry.session.clone(), known)
-    };
-    let Some(session) = session else {
-        shared.metrics.operation("disconnected");
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("account {account} is disconnected: its agent is not streaming it"),
-        ));
-    };
-    let kind = operations::build_kind(&request, &known).map_err(&invalid)?;
-    let id = request
-        .id
-        .clone()
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let deadline = SystemTime::now() + timeout;
-    let key = CallerKey {
-        account: account.clone(),
-        id: id.clone(),
-    };
-    // Posted before, maybe through a replica that died since: its outcome.
-    if request.id.is_some()
-        && !shared.operations.knows(&key)
-        && let Some(stored) = crate::replicas::inflight::finished(&shared, &key, &kind).await
-    {
-        return match stored {
-            Ok(outcome) => {
-                let status = outcome_status(&outcome);
-                Ok((status, Json(outcome)).into_response())
-            }
-            Err(message) => {
-                shared.metrics.operation("conflict");
-                Err(ApiError::new(StatusCode::CONFLICT, message))
-            }
-        };
-    }
-    let began = shared.operations.begin(
-        key.clone(),
-        kind,
-        Some(operations::timestamp(deadline)),
-        session.clone(),
-    );
-    let (wire, mut rx) = match began {
-        Begin::Finished(outcome) => {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid operation request: {err}"),
+        )
+    })?;
+    match routing::operate(&shared, &account, request).await {
+        Ok(Operated::Finished(outcome)) => {
             let status = outcome_status(&outcome);
-            return Ok((status, Json(outcome)).into_response());
+            shared.metrics.operation(outcome_label(status));
+            Ok((status, Json(outcome)).into_response())
         }
-        Begin::Conflict(message) => {
-            shared.metrics.operation("conflict");
-            return Err(ApiError::new(StatusCode::CONFLICT, message));
+        Ok(Operated::Known(outcome)) => {
+            let status = outcome_status(&outcome);
+            Ok((status, Json(outcome)).into_response())
         }
-        Begin::Joined(rx) => (None, rx),
-        Begin::New(op, rx) => {
-            let wire = op.id.clone();
-            let Some(handle) = shared.session(&session) else {
-                shared.operations.give_up(&wire);
-                shared.metrics.operation("disconnected");
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("account {account} is disconnected: its session just ended"),
-                ));
+        Ok(Operated::NoResult(outcome)) => {
+            Ok((StatusCode::GATEWAY_TIMEOUT, Json(outcome)).into_response())
+        }
+        Err(refused) => {
+            let status = match &refused {
+                NotRouted::Invalid(_) => StatusCode::BAD_REQUEST,
+                NotRouted::UnknownAccount => return Err(unknown_account(&account)),
+                NotRouted::Disconnected(_) => StatusCode::SERVICE_UNAVAILABLE,
+                NotRouted::Conflict(_) => StatusCode::CONFLICT,
             };
-            info!(operation = %id, wire_id = %wire, %account, session = %session, replica = %handle.replica, "routing operation to the agent");
-            crate::replicas::inflight::record(&shared, &op, &key.id).await;
-            let frame = HubFrame {
-                frame: Some(hub_frame::Frame::Operation(op)),
-            };
-            match tokio::time::timeout(timeout, handle.tx.send(Ok(frame))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
-                    shared.operations.give_up(&wire);
-                    shared.metrics.operation("disconnected");
-                    return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("account {account}: could not hand the operation to its agent"),
-                    ));
-                }
-            }
-            (Some(wire), rx)
+            Err(ApiError::new(status, refused.to_string()))
         }
-    };
-    // A little past the deadline, so the agent's own DEADLINE_EXCEEDED can
-    // still arrive and be reported as such.
-    let wait = timeout + Duration::from_millis(500);
-    let outcome = match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
-        Ok(Ok(done)) => done.clone(),
-        Ok(Err(_)) | Err(_) => None,
-    };
-    let Some(outcome) = outcome else {
-        if let Some(wire) = &wire {
-            shared.operations.give_up(wire);
-        }
-        shared.metrics.operation("timeout");
-        warn!(operation = %id, %account, ?timeout, "no result from the agent before the deadline");
-        let body = Outcome {
-            id,
-            success: false,
-            message: format!(
-                "no result from the agent within {timeout:?}; the operation may or may not have taken effect"
-            ),
-            result: serde_json::Value::Null,
-            error_code: Some("DEADLINE_EXCEEDED".into()),
-            http_status: None,
-        };
-        return Ok((StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response());
-    };
-    let status = outcome_status(&outcome);
-    shared.metrics.operation(outcome_label(status));
-    info!(operation = %outcome.id, %account, success = outcome.success, status = status.as_u16(), "operation finished");
-    Ok((status, Json(outcome)).into_response())
+    }
 }

@@ -1,4 +1,6 @@
-//! Routing of operations between sessions, as the agents' frames move them:
+//! Routing of operations to sessions: [`operate`] sends one to the session
+//! that holds its account and waits for the answer; the rest moves them as
+//! the agents' frames ask:
 //! a result from the session an operation was sent to completes it (from any
 //! other session it is ignored and counted: a session may answer only what
 //! it was asked); a result saying the replica does not hold the account (it
@@ -7,12 +9,15 @@
 //! account's new session. The agent runs each operation id at most once, so
 //! resending is safe.
 
+use std::time::{Duration, SystemTime};
+
 use scale_agent_proto::v1::{self as pb, ErrorCode, hub_frame};
 use tracing::{debug, info, warn};
 
 use crate::core::clip::clip;
-use crate::core::operations::Completion;
+use crate::core::operations::{self, Begin, CallerKey, Completion, OperationRequest, Outcome};
 use crate::replicas::inflight;
+use crate::state::Shared;
 use crate::stream::session::{Session, frame};
 
 /// Handles an OperationResult from `session`.
@@ -69,6 +74,161 @@ pub async fn resend_orphans(session: &Session, accounts: &[String]) -> bool {
         }
     }
     true
+}
+
+/// How a posted operation ended, when it was routed.
+#[derive(Debug)]
+pub enum Operated {
+    /// The agent answered.
+    Finished(Outcome),
+    /// It was posted (and answered) before with this id: that outcome.
+    Known(Outcome),
+    /// No answer before the deadline: it may or may not have taken effect.
+    NoResult(Outcome),
+}
+
+/// Why an operation was not routed to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum NotRouted {
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The hub does not know the account.
+    #[error("the account is not known to this hub")]
+    UnknownAccount,
+    /// No session streams the account now.
+    #[error("{0}")]
+    Disconnected(String),
+    /// The id was used for another operation.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Sends an operation on `account` to the session that holds it and waits
+/// for its result, a little past its deadline. An operation posted again
+/// with the same id joins the first (or gets its outcome); one posted before
+/// through a replica that died since gets the outcome the store kept.
+pub async fn operate(
+    shared: &Shared,
+    account: &str,
+    request: OperationRequest,
+) -> Result<Operated, NotRouted> {
+    let invalid = |message: String| {
+        shared.metrics.operation("invalid");
+        NotRouted::Invalid(message)
+    };
+    let timeout =
+        operations::timeout(&request, shared.config.default_operation_timeout).map_err(invalid)?;
+    // Which session holds the account, and the kinds it streamed (to resolve
+    // a kind given without group/version).
+    let (session, known) = {
+        let core = shared.core();
+        let Some(entry) = core.registry.get(account) else {
+            drop(core);
+            shared.metrics.operation("unknown_account");
+            return Err(NotRouted::UnknownAccount);
+        };
+        let known: Vec<(String, String, String)> = core
+            .cache
+            .account(account)
+            .map(|c| {
+                c.kinds()
+                    .map(|(k, v)| (k.group.clone(), v.to_owned(), k.kind.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (entry.session.clone(), known)
+    };
+    let disconnected = |message: String| {
+        shared.metrics.operation("disconnected");
+        NotRouted::Disconnected(message)
+    };
+    let Some(session) = session else {
+        return Err(disconnected(format!(
+            "account {account} is disconnected: its agent is not streaming it"
+        )));
+    };
+    let kind = operations::build_kind(&request, &known).map_err(invalid)?;
+    let id = request
+        .id
+        .clone()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let deadline = SystemTime::now() + timeout;
+    let key = CallerKey {
+        account: account.to_owned(),
+        id: id.clone(),
+    };
+    let conflict = |message: String| {
+        shared.metrics.operation("conflict");
+        NotRouted::Conflict(message)
+    };
+    // Posted before, maybe through a replica that died since: its outcome.
+    if request.id.is_some()
+        && !shared.operations.knows(&key)
+        && let Some(stored) = inflight::finished(shared, &key, &kind).await
+    {
+        return stored.map(Operated::Known).map_err(conflict);
+    }
+    let began = shared.operations.begin(
+        key.clone(),
+        kind,
+        Some(operations::timestamp(deadline)),
+        session.clone(),
+    );
+    let (wire, mut rx) = match began {
+        Begin::Finished(outcome) => return Ok(Operated::Known(outcome)),
+        Begin::Conflict(message) => return Err(conflict(message)),
+        Begin::Joined(rx) => (None, rx),
+        Begin::New(op, rx) => {
+            let wire = op.id.clone();
+            let Some(handle) = shared.session(&session) else {
+                shared.operations.give_up(&wire);
+                return Err(disconnected(format!(
+                    "account {account} is disconnected: its session just ended"
+                )));
+            };
+            info!(operation = %id, wire_id = %wire, %account, session = %session, replica = %handle.replica, "routing operation to the agent");
+            inflight::record(shared, &op, &key.id).await;
+            let frame = frame(hub_frame::Frame::Operation(op));
+            match tokio::time::timeout(timeout, handle.tx.send(Ok(frame))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    shared.operations.give_up(&wire);
+                    return Err(disconnected(format!(
+                        "account {account}: could not hand the operation to its agent"
+                    )));
+                }
+            }
+            (Some(wire), rx)
+        }
+    };
+    // A little past the deadline, so the agent's own DEADLINE_EXCEEDED can
+    // still arrive and be reported as such.
+    let wait = timeout + Duration::from_millis(500);
+    let outcome = match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(done)) => done.clone(),
+        Ok(Err(_)) | Err(_) => None,
+    };
+    if let Some(outcome) = outcome {
+        info!(operation = %outcome.id, %account, success = outcome.success, "operation finished");
+        return Ok(Operated::Finished(outcome));
+    }
+    if let Some(wire) = &wire {
+        shared.operations.give_up(wire);
+    }
+    shared.metrics.operation("timeout");
+    warn!(operation = %id, %account, ?timeout, "no result from the agent before the deadline");
+    Ok(Operated::NoResult(Outcome {
+        id,
+        success: false,
+        message: format!(
+            "no result from the agent within {timeout:?}; the operation may or may not have taken effect"
+        ),
+        result: serde_json::Value::Null,
+        error_code: Some("DEADLINE_EXCEEDED".into()),
+        http_status: None,
+    }))
 }
 
 #[cfg(test)]
