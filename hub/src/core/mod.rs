@@ -3,6 +3,7 @@
 //! changes the Kubernetes API watches from), who owns an account by the
 //! AgentShards (the one watch in this folder), operations waiting for results, and bounded strings.
 
+pub mod answer;
 pub mod cache;
 pub mod clip;
 pub mod operations;

@@ -4,7 +4,7 @@
 //! Each replica holds the streams that reached it, caches their accounts,
 //! and keeps its word in the shared store:
 //! - **Claims.** An account is held by the replica whose claim came last
-//!   ([`crate::stream::register_shared`]); the claim raises the account's epoch, and the
+//!   (`stream/register_shared.rs`); the claim raises the account's epoch, and the
 //!   replica writes only at the epoch it claimed at. [`Replicas::claims`] is
 //!   this replica's side of that: account → epoch, for the accounts whose
 //!   cache here is current.
@@ -37,11 +37,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::core::answer::Refusal;
 use crate::core::clip::clip;
 use crate::core::registry::{Caller, SessionId};
 use crate::state::Shared;
 use crate::store::postgres::{AccountRow, FlushError, PgStore, ReplicaInfo};
-use crate::stream::register::Refusal;
 use forward::Forwarder;
 
 /// How often each claimed account's changes are written to the store: the
@@ -548,7 +548,7 @@ fn let_go(
     now: Option<&AccountRow>,
 ) {
     let dropped = {
-        // Claims change under the core lock (see `crate::stream::register_shared`): checked
+        // Claims change under the core lock (see `stream/register_shared.rs`): checked
         // and dropped under it too.
         let mut core = shared.core();
         let mut claims = replicas.claims_lock();

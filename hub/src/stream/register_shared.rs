@@ -24,11 +24,12 @@ use std::time::SystemTime;
 use scale_agent_proto::v1 as pb;
 use tracing::{info, warn};
 
+use crate::core::answer::{Answer, Refusal};
 use crate::core::registry::{Caller, SessionId, validate_name};
 use crate::replicas::Replicas;
 use crate::state::{Core, Shared};
 use crate::store::postgres::{ClaimView, ClaimWrite};
-use crate::stream::register::{Answer, Decided, Refusal};
+use crate::stream::register::Decided;
 
 /// Decides a Register from `caller` with `decide` (the registry's decision
 /// over the core), inside a claim of the shared store when there is one.

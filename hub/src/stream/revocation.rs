@@ -13,10 +13,11 @@ use std::time::SystemTime;
 
 use tracing::warn;
 
+use crate::core::answer::Refusal;
 use crate::core::ownership::{OwnershipRx, Verdict};
 use crate::core::registry::{Registry, Release, SessionId, ShardKey};
 use crate::state::Shared;
-use crate::stream::register::{DECISIONS_LOGGED, Refusal};
+use crate::stream::register::DECISIONS_LOGGED;
 
 /// One account taken from a session.
 #[derive(Debug, Clone, PartialEq)]
