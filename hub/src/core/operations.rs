@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use scale_agent_crds::objects;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -404,36 +405,6 @@ pub struct Outcome {
     pub http_status: Option<i32>,
 }
 
-/// The annotation that repeats an object's last applied manifest (with a
-/// Secret's data, if it was applied with kubectl).
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// Removes from an object (or each item of a list) what the hub never keeps
-/// or shows: `metadata.managedFields`, the last-applied annotation, and a
-/// Secret's `data` and `stringData`.
-pub fn strip(value: &mut Value) {
-    let Some(object) = value.as_object_mut() else {
-        return;
-    };
-    if let Some(Value::Array(items)) = object.get_mut("items") {
-        for item in items {
-            strip(item);
-        }
-    }
-    if let Some(Value::Object(metadata)) = object.get_mut("metadata") {
-        metadata.remove("managedFields");
-        if let Some(Value::Object(annotations)) = metadata.get_mut("annotations") {
-            annotations.remove(LAST_APPLIED);
-        }
-    }
-    let core_secret = object.get("kind").and_then(Value::as_str) == Some("Secret")
-        && object.get("apiVersion").and_then(Value::as_str) == Some("v1");
-    if core_secret {
-        object.remove("data");
-        object.remove("stringData");
-    }
-}
-
 impl Outcome {
     /// Converts an agent's OperationResult, answering the caller's `id`.
     pub fn from_result(id: &str, result: &pb::OperationResult) -> Outcome {
@@ -442,7 +413,7 @@ impl Outcome {
         } else {
             match serde_json::from_slice::<Value>(&result.result_json) {
                 Ok(mut value) => {
-                    strip(&mut value);
+                    objects::strip(&mut value);
                     value
                 }
                 // Not JSON: no object to strip, and nothing the hub may
@@ -1029,6 +1000,7 @@ mod tests {
 
     #[test]
     fn results_lose_managed_fields_and_secret_data() {
+        use scale_agent_crds::objects::LAST_APPLIED;
         let secret = serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "s", "managedFields": [{"manager": "x"}],
@@ -1050,20 +1022,6 @@ mod tests {
                 "type": "Opaque"
             })
         );
-        let mut list = serde_json::json!({"kind": "List", "items": [secret,
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"managedFields": []}, "data": {"k": "v"}}]});
-        strip(&mut list);
-        assert_eq!(list["items"][0].get("data"), None);
-        assert_eq!(
-            list["items"][1]["data"]["k"], "v",
-            "a ConfigMap keeps its data"
-        );
-        assert_eq!(list["items"][1]["metadata"].get("managedFields"), None);
-        // A Secret of another group is not the core Secret.
-        let mut other =
-            serde_json::json!({"apiVersion": "example.com/v1", "kind": "Secret", "data": {"k": 1}});
-        strip(&mut other);
-        assert_eq!(other["data"]["k"], 1);
     }
 
     #[test]
