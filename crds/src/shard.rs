@@ -545,7 +545,7 @@ impl fmt::Display for AccountState {
 /// `ownerShard` of a conflicting account, and the `shard` of an agent config.
 ///
 /// Orders by namespace, then name: the tie-break between claims made at the same instant.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardRef {
     /// The shard's namespace.
     pub namespace: String,
@@ -565,6 +565,12 @@ impl ShardRef {
     /// `namespace/name`.
     pub fn key(&self) -> String {
         self.to_string()
+    }
+
+    /// True for the empty reference (e.g. a hub binding stored before
+    /// bindings named their shard): it names no shard.
+    pub fn is_unset(&self) -> bool {
+        self.namespace.is_empty() && self.name.is_empty()
     }
 }
 

@@ -37,7 +37,7 @@ use prost::Message as _;
 use scale_agent_hub::Config;
 use scale_agent_hub::net::identity::IdentitySource;
 use scale_agent_hub::core::operations::CallerKey;
-use scale_agent_hub::core::registry::{SessionId, ShardKey, validate_name};
+use scale_agent_hub::core::registry::{SessionId, ShardRef, validate_name};
 use scale_agent_hub::stream::session::Session;
 use scale_agent_hub::state::{SessionHandle, Shared};
 use scale_agent_proto::v1::{self as pb, AgentFrame, HubFrame, agent_frame, hub_frame};
@@ -337,8 +337,8 @@ struct Hub {
     accounts: HashSet<String>,
 }
 
-fn shard_of(slot: usize) -> ShardKey {
-    ShardKey {
+fn shard_of(slot: usize) -> ShardRef {
+    ShardRef {
         namespace: "ns".into(),
         name: if slot < 2 { "s1".into() } else { "s2".into() },
     }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
-use scale_agent_hub::core::registry::{SessionId, ShardKey};
+use scale_agent_hub::core::registry::{SessionId, ShardRef};
 use scale_agent_hub::net::identity::IdentitySource;
 use scale_agent_hub::state::{SessionHandle, Shared};
 use scale_agent_hub::stream::session::Session;
@@ -54,7 +54,7 @@ fn hub(rt: &tokio::runtime::Runtime) -> (Arc<Shared>, Session, Rx) {
     let shared = Shared::new(config, None, tokio_util::sync::CancellationToken::new())
         .expect("shared state");
     let (tx, rx) = mpsc::channel(1024);
-    let shard = ShardKey {
+    let shard = ShardRef {
         namespace: "bench".into(),
         name: "shard".into(),
     };

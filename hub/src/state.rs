@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::core::cache::Cache;
 use crate::core::operations::Operations;
 use crate::core::ownership::OwnershipRx;
-use crate::core::registry::{Binding, Registry, SessionId, ShardKey};
+use crate::core::registry::{Binding, Registry, SessionId, ShardRef};
 use crate::metrics::{Metrics, StateLabel};
 use crate::net::identity::IdentityPolicy;
 use crate::replicas::{Replicas, Timing};
@@ -42,7 +42,7 @@ pub struct SessionHandle {
     /// Where to send it frames.
     pub tx: Outbound,
     /// Its shard.
-    pub shard: ShardKey,
+    pub shard: ShardRef,
     /// Its replica.
     pub replica: String,
 }

@@ -5,12 +5,11 @@
 //! by [`Answer::result`].
 
 use scale_agent_proto::v1::{
-    self as pb, AccountOwner, AccountResult, HubFrame, RegisterReason, ResumePoint, ShardRef,
-    hub_frame,
+    self as pb, AccountOwner, AccountResult, HubFrame, RegisterReason, ResumePoint, hub_frame,
 };
 
 use crate::core::clip::clip;
-use crate::core::registry::{Account, Binding, Caller, RejectReason, ShardKey};
+use crate::core::registry::{Account, Binding, Caller, RejectReason, ShardRef};
 
 /// Why an account is not (or no longer) streamed on a session, as the agent
 /// is told.
@@ -26,9 +25,9 @@ pub struct Refusal {
     pub owner: Option<AccountOwner>,
 }
 
-fn account_owner(shard: &ShardKey, cluster_id: String, replica_id: String) -> AccountOwner {
+fn account_owner(shard: &ShardRef, cluster_id: String, replica_id: String) -> AccountOwner {
     AccountOwner {
-        shard: Some(ShardRef {
+        shard: Some(pb::ShardRef {
             namespace: shard.namespace.clone(),
             name: shard.name.clone(),
         }),
@@ -39,7 +38,7 @@ fn account_owner(shard: &ShardKey, cluster_id: String, replica_id: String) -> Ac
 
 impl Refusal {
     /// The shard does not own the account; `owner` is the one that does.
-    pub fn not_owner(message: String, owner: Option<ShardKey>) -> Refusal {
+    pub fn not_owner(message: String, owner: Option<ShardRef>) -> Refusal {
         Refusal {
             reason: RegisterReason::NotOwner,
             label: "not_owner",
@@ -50,7 +49,7 @@ impl Refusal {
 
     /// The shard owned the account but no longer does (the AgentShards
     /// changed while it streamed).
-    pub fn revoked(message: String, owner: Option<ShardKey>) -> Refusal {
+    pub fn revoked(message: String, owner: Option<ShardRef>) -> Refusal {
         Refusal {
             label: "not_owner_revoked",
             ..Refusal::not_owner(message, owner)
@@ -142,7 +141,7 @@ impl Refusal {
         let owner_shard = owner
             .shard
             .as_ref()
-            .map(|s| ShardKey {
+            .map(|s| ShardRef {
                 namespace: s.namespace.clone(),
                 name: s.name.clone(),
             })

@@ -30,7 +30,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::core::registry::ShardKey;
 
 /// The account → owner index, built from a complete set of AgentShards.
 #[derive(Debug, Clone, Default)]
@@ -46,17 +45,10 @@ pub enum Verdict {
     /// It does not; `owner` is the shard that does, when there is one.
     NotOwner {
         /// The owning shard.
-        owner: Option<ShardKey>,
+        owner: Option<ShardRef>,
         /// A sentence for the agent and the shard's status.
         message: String,
     },
-}
-
-fn key(shard: ShardRef) -> ShardKey {
-    ShardKey {
-        namespace: shard.namespace,
-        name: shard.name,
-    }
 }
 
 impl Ownership {
@@ -73,13 +65,13 @@ impl Ownership {
     }
 
     /// The shard that owns `account`, if any shard holds or lists it.
-    pub fn owner(&self, account: &str) -> Option<ShardKey> {
-        self.claims.owner(account).map(|o| key(o.shard))
+    pub fn owner(&self, account: &str) -> Option<ShardRef> {
+        self.claims.owner(account).map(|o| o.shard)
     }
 
     /// May `shard` stream `account`?
-    pub fn check(&self, account: &str, shard: &ShardKey) -> Verdict {
-        let me = ShardRef::new(shard.namespace.as_str(), shard.name.as_str());
+    pub fn check(&self, account: &str, shard: &ShardRef) -> Verdict {
+        let me = shard;
         let Some(owner) = self.claims.owner(account) else {
             return Verdict::NotOwner {
                 owner: None,
@@ -109,7 +101,7 @@ impl Ownership {
             )
         };
         Verdict::NotOwner {
-            owner: Some(key(owner.shard)),
+            owner: Some(owner.shard),
             message,
         }
     }
@@ -348,8 +340,8 @@ mod tests {
         s
     }
 
-    fn key(ns: &str, name: &str) -> ShardKey {
-        ShardKey {
+    fn key(ns: &str, name: &str) -> ShardRef {
+        ShardRef {
             namespace: ns.into(),
             name: name.into(),
         }

@@ -32,35 +32,14 @@
 //!   holds, also across hub restarts.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Identifies one agent session (one `Connect` stream).
 pub type SessionId = Arc<str>;
 
-/// The namespaced name of an AgentShard.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ShardKey {
-    /// Namespace of the AgentShard.
-    pub namespace: String,
-    /// Name of the AgentShard.
-    pub name: String,
-}
-
-impl ShardKey {
-    /// True for the empty key (a binding stored before bindings named their
-    /// shard): it claims no shard.
-    pub fn is_unset(&self) -> bool {
-        self.namespace.is_empty() && self.name.is_empty()
-    }
-}
-
-impl fmt::Display for ShardKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+/// The namespaced name of an AgentShard: the one type every component uses.
+pub use scale_agent_crds::ShardRef;
 
 /// What an account name is bound to; persisted in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +48,7 @@ pub struct Binding {
     /// fingerprint).
     pub cluster_id: String,
     /// The shard that registered it last.
-    pub shard: ShardKey,
+    pub shard: ShardRef,
     /// The API server URL, for display.
     pub server_url: String,
 }
@@ -123,7 +102,7 @@ pub struct Caller {
     /// Its session id.
     pub session: SessionId,
     /// The shard named in its Hello.
-    pub shard: ShardKey,
+    pub shard: ShardRef,
     /// The replica named in its Hello.
     pub replica: String,
 }
@@ -174,7 +153,7 @@ pub enum Decision {
         /// The session of another shard that held the account, which the
         /// AgentShards now give to the caller's shard: it must be told it is
         /// no longer the owner (NOT_OWNER).
-        moved_from: Option<(SessionId, ShardKey)>,
+        moved_from: Option<(SessionId, ShardRef)>,
         /// The binding to write to the store, when it is new or changed.
         persist: Option<Binding>,
         /// True when the account was not present before (no cache to resume).
@@ -533,8 +512,8 @@ pub(crate) mod testing {
     use super::*;
 
     /// Shard `spinnaker/<name>`.
-    pub(crate) fn shard(name: &str) -> ShardKey {
-        ShardKey {
+    pub(crate) fn shard(name: &str) -> ShardRef {
+        ShardRef {
             namespace: "spinnaker".into(),
             name: name.into(),
         }
@@ -858,7 +837,7 @@ mod tests {
         let mut r = Registry::new();
         let binding = Binding {
             cluster_id: "uid-a".into(),
-            shard: ShardKey::default(),
+            shard: ShardRef::default(),
             server_url: String::new(),
         };
         let expiries = r.load(vec![("prod".into(), binding)], now());

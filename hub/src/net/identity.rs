@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use x509_parser::extensions::GeneralName;
 
-use crate::core::registry::ShardKey;
+use crate::core::registry::ShardRef;
 use crate::net::secret::SecretFile;
 
 /// The default header a trusted load balancer forwards the client certificate in.
@@ -282,7 +282,7 @@ impl IdentityPolicy {
         peer: Option<&PeerInfo>,
         presented: Presented<'_>,
         now: UnixTime,
-    ) -> Result<Option<(ShardKey, IdentitySource)>, IdentityError> {
+    ) -> Result<Option<(ShardRef, IdentitySource)>, IdentityError> {
         let peer_text = || peer.map_or_else(|| "unknown".to_owned(), |p| p.remote_addr.to_string());
         if let Some(cert) = peer.and_then(|p| p.client_cert.as_ref()) {
             if presented.client_cert.is_some() {
@@ -350,7 +350,7 @@ impl IdentityPolicy {
     }
 
     /// The shard of a forwarded certificate that chains to the agents' CA.
-    fn forwarded(&self, value: &str, now: UnixTime) -> Result<ShardKey, IdentityError> {
+    fn forwarded(&self, value: &str, now: UnixTime) -> Result<ShardRef, IdentityError> {
         let header = &self.client_cert_header;
         let der = decode_forwarded_cert(value).map_err(|e| {
             IdentityError::Invalid(format!(
@@ -413,18 +413,18 @@ pub fn decode_forwarded_cert(value: &str) -> Result<CertificateDer<'static>, Str
 
 /// The shard a certificate's URI SANs name. Exactly one shard must be named
 /// (several URIs naming the same shard are fine).
-pub fn shard_from_cert(der: &[u8]) -> Result<ShardKey, String> {
+pub fn shard_from_cert(der: &[u8]) -> Result<ShardRef, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| format!("bad subjectAltName extension: {e}"))?;
-    let mut found: Option<ShardKey> = None;
+    let mut found: Option<ShardRef> = None;
     for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
         if let GeneralName::URI(uri) = name
             && let Some(shard) = parse_shard_identity_uri(uri)
         {
-            let shard = ShardKey {
+            let shard = ShardRef {
                 namespace: shard.namespace,
                 name: shard.name,
             };
@@ -491,8 +491,8 @@ mod tests {
         params.self_signed(&key).expect("cert").der().clone()
     }
 
-    fn shard(ns: &str, name: &str) -> ShardKey {
-        ShardKey {
+    fn shard(ns: &str, name: &str) -> ShardRef {
+        ShardRef {
             namespace: ns.into(),
             name: name.into(),
         }

@@ -36,7 +36,7 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 use super::migrations;
 use super::{StoreError, redact};
 use crate::core::cache::{Changes, KindKey, ObjectKey, Resume, StoredObject};
-use crate::core::registry::{Binding, ShardKey};
+use crate::core::registry::{Binding, ShardRef};
 
 /// The longest any call to the database may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -282,7 +282,7 @@ fn account_row(row: &Row) -> AccountRow {
         name: row.get("name"),
         binding: Binding {
             cluster_id: row.get("cluster_id"),
-            shard: ShardKey {
+            shard: ShardRef {
                 namespace: row.get("shard_namespace"),
                 name: row.get("shard_name"),
             },

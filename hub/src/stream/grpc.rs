@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::core::clip::clip;
-use crate::core::registry::{SessionId, ShardKey};
+use crate::core::registry::{SessionId, ShardRef};
 use crate::net::identity::{
     IdentityError, IdentitySource, PROXY_SECRET_HEADER, PeerInfo, Presented,
 };
@@ -126,7 +126,7 @@ impl HubService {
     async fn handshake(
         &self,
         peer: &str,
-        identity: Option<(ShardKey, IdentitySource)>,
+        identity: Option<(ShardRef, IdentitySource)>,
         inbound: &mut Streaming<AgentFrame>,
         tx: &Outbound,
     ) -> Result<Session, Status> {
@@ -183,7 +183,7 @@ impl HubService {
                 Status::invalid_argument("Hello.shard.name is required"),
             ));
         }
-        let shard = ShardKey {
+        let shard = ShardRef {
             namespace: shard.namespace,
             name: shard.name,
         };

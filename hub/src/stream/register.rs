@@ -24,7 +24,7 @@ use crate::core::cache::{Resume, Scope};
 use crate::core::clip::clip;
 use crate::core::ownership::{Ownership, OwnershipRx, Verdict};
 use crate::core::registry::{
-    Binding, Caller, Decision, Registration, Release, SessionId, ShardKey,
+    Binding, Caller, Decision, Registration, Release, SessionId, ShardRef,
 };
 use crate::state::Core;
 use crate::stream::session::Session;
@@ -36,7 +36,7 @@ const OWNERSHIP_WAIT: Duration = Duration::from_secs(5);
 
 /// The ownership rule as the registration asks it: may this shard stream
 /// this account?
-pub type OwnerRule = Box<dyn Fn(&str, &ShardKey) -> Verdict + Send + Sync>;
+pub type OwnerRule = Box<dyn Fn(&str, &ShardRef) -> Verdict + Send + Sync>;
 
 /// Whether, and how, ownership is checked for a Register.
 pub enum Owners {
@@ -61,7 +61,7 @@ impl Owners {
     /// it owns it (it may then take the name from another shard), `Ok(false)`
     /// when ownership is not checked (the registry's first-claim rule
     /// decides), the refusal otherwise.
-    pub fn check(&self, account: &str, shard: &ShardKey) -> Result<bool, Box<Refusal>> {
+    pub fn check(&self, account: &str, shard: &ShardRef) -> Result<bool, Box<Refusal>> {
         match self {
             Owners::Unchecked => Ok(false),
             Owners::Unknown => Err(Box::new(Refusal::ownership_unknown())),
@@ -92,7 +92,7 @@ pub struct Decided {
     /// The session of another shard that held the account until the
     /// AgentShards gave it to the caller's shard, with that shard: it is told
     /// NOT_OWNER.
-    pub moved_from: Option<(SessionId, ShardKey)>,
+    pub moved_from: Option<(SessionId, ShardRef)>,
 }
 
 /// How many accounts a session may hold, and a Register frame may carry.
@@ -248,7 +248,7 @@ fn decide_one(
 /// The sessions an accepted registration displaced: one of the same shard
 /// (superseded), or one of another shard the AgentShards no longer give the
 /// account to.
-type Displaced = (Option<(SessionId, String)>, Option<(SessionId, ShardKey)>);
+type Displaced = (Option<(SessionId, String)>, Option<(SessionId, ShardRef)>);
 
 /// The registry's and the cache's part of [`decide`], for an account the
 /// caller's shard may stream (`declared`: the AgentShards say it owns it).

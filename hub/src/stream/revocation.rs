@@ -15,7 +15,7 @@ use tracing::warn;
 
 use crate::core::answer::Refusal;
 use crate::core::ownership::{OwnershipRx, Verdict};
-use crate::core::registry::{Registry, Release, SessionId, ShardKey};
+use crate::core::registry::{Registry, Release, SessionId, ShardRef};
 use crate::state::Shared;
 use crate::stream::register::DECISIONS_LOGGED;
 
@@ -27,7 +27,7 @@ pub struct Revoked {
     /// The session that held it.
     pub session: SessionId,
     /// That session's shard.
-    pub shard: ShardKey,
+    pub shard: ShardRef,
     /// The epoch of its disconnection, for the grace period's expiry.
     pub epoch: u64,
     /// What the session is told.
@@ -40,8 +40,8 @@ pub struct Revoked {
 /// session is ending, which disconnects them anyway).
 pub fn revoke(
     registry: &mut Registry,
-    check: impl Fn(&str, &ShardKey) -> Verdict,
-    shard_of: impl Fn(&SessionId) -> Option<ShardKey>,
+    check: impl Fn(&str, &ShardRef) -> Verdict,
+    shard_of: impl Fn(&SessionId) -> Option<ShardRef>,
     now: SystemTime,
 ) -> Vec<Revoked> {
     let held: Vec<(String, SessionId)> = registry
@@ -122,7 +122,7 @@ mod tests {
     }
 
     /// `west` now owns `moved`; `east` keeps `kept`; nobody lists `dropped`.
-    fn rule(account: &str, who: &ShardKey) -> Verdict {
+    fn rule(account: &str, who: &ShardRef) -> Verdict {
         let owner = match account {
             "moved" => Some(shard("west")),
             "kept" => Some(shard("east")),
@@ -137,7 +137,7 @@ mod tests {
         }
     }
 
-    fn live(session: &SessionId) -> Option<ShardKey> {
+    fn live(session: &SessionId) -> Option<ShardRef> {
         (&**session != "gone").then(|| shard("east"))
     }
 

@@ -20,7 +20,7 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::core::clip::clip;
-use crate::core::registry::{Caller, SessionId, ShardKey};
+use crate::core::registry::{Caller, SessionId, ShardRef};
 use crate::net::identity::IdentitySource;
 use crate::state::{Outbound, SessionHandle, Shared};
 use crate::stream::tunnel::{self, Part};
@@ -33,7 +33,7 @@ pub struct Session {
     /// Session id.
     pub id: SessionId,
     /// The shard from Hello.
-    pub shard: ShardKey,
+    pub shard: ShardRef,
     /// The replica from Hello.
     pub replica: String,
     /// Frames to the agent.
@@ -340,7 +340,7 @@ pub(crate) mod testing {
         let (tx, rx) = mpsc::channel(16);
         let handle = SessionHandle {
             tx,
-            shard: ShardKey {
+            shard: ShardRef {
                 namespace: "ns".into(),
                 name: shard.into(),
             },
