@@ -211,10 +211,11 @@ impl Operator {
         metrics::scrape(&format!("127.0.0.1:{}", self.admin_port)).await
     }
 
-    /// The value of metric `series` (name with labels, as [`metrics::sample`] reads it),
-    /// 0 when absent.
+    /// The value of metric `series` (name with labels, as [`metrics::sample`] reads it);
+    /// an error when it is not exposed, so that `== 0` checks cannot pass on a renamed
+    /// metric.
     pub async fn metric(&self, series: &str) -> Result<f64> {
-        Ok(metrics::sample(&self.metrics().await?, series).unwrap_or(0.0))
+        metrics::require(&self.metrics().await?, series)
     }
 
     /// Whether it holds the leader Lease (its `leader` gauge).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use scale_agent_crds::{ShardRef, TlsConfig, shard_identity_uri};
 use scale_agent_e2e::converge::{account_state, configmaps, converge, put_cm, wait_state};
-use scale_agent_e2e::metrics::{sample, scrape};
+use scale_agent_e2e::metrics::{require, sample, scrape};
 use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
 use scale_agent_e2e::scenario::*;
 use scale_agent_e2e::{Env, runner, wait};
@@ -316,7 +316,8 @@ async fn another_shard(env: Arc<Env>) -> anyhow::Result<()> {
         put_cm(&api, &format!("round-{i}"), "x").await?;
     }
     let text = scrape(hub_addr(&s)).await?;
-    let superseded = sample(&text, "scale_agent_hub_registrations_superseded_total").unwrap_or(0.0);
+    // The counter must exist: a renamed metric would otherwise read as "never superseded".
+    let superseded = require(&text, "scale_agent_hub_registrations_superseded_total")?;
     ensure!(
         superseded == 0.0,
         "prod-east was superseded {superseded} times"
