@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::goal::{Goal, number};
+use super::sampler::Measured;
 
 /// One measured number.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -29,6 +30,9 @@ pub struct Figure {
     pub baseline: Option<f64>,
     /// What the baseline is.
     pub baseline_what: String,
+    /// Whether `baseline` is a reference the value equals by construction (the rate
+    /// asked for), not a measurement to compare with: then there is no ratio.
+    pub reference: bool,
     /// `value / baseline`.
     pub ratio: Option<f64>,
     /// What it was measured with (scale, rates, durations, what shares what).
@@ -57,6 +61,7 @@ impl Figure {
             unit: unit.into(),
             baseline: None,
             baseline_what: String::new(),
+            reference: false,
             ratio: None,
             parameters: BTreeMap::new(),
             goal: None,
@@ -77,10 +82,39 @@ impl Figure {
         }
     }
 
+    /// A measured value, or a figure not measured saying why.
+    pub fn measured(scenario: &str, name: &str, value: Measured<f64>, unit: &str) -> Figure {
+        match value {
+            Ok(v) => Figure::new(scenario, name, v, unit),
+            Err(why) => Figure::not_measured(scenario, name, unit, &why),
+        }
+    }
+
     /// Sets the baseline (and so the ratio).
     pub fn baseline(mut self, value: f64, what: &str) -> Figure {
         self.baseline = Some(value);
         self.baseline_what = what.into();
+        self.reference = false;
+        self.evaluate();
+        self
+    }
+
+    /// Sets the baseline when it was measured; otherwise the figure has none and a note
+    /// says why.
+    pub fn baseline_measured(self, value: Measured<f64>, what: &str) -> Figure {
+        match value {
+            Ok(v) => self.baseline(v, what),
+            Err(why) => self.note(format!("baseline ({what}) not measured: {why}")),
+        }
+    }
+
+    /// A reference the figure equals by construction (the rate asked for, a count the
+    /// scenario set up): shown next to the value, never compared with it (no ratio, no
+    /// goal judged by it).
+    pub fn reference(mut self, value: f64, what: &str) -> Figure {
+        self.baseline = Some(value);
+        self.baseline_what = what.into();
+        self.reference = true;
         self.evaluate();
         self
     }
@@ -111,15 +145,20 @@ impl Figure {
         self
     }
 
+    /// The baseline a ratio or a relative goal may use: a measured one, not a reference.
+    fn compared_with(&self) -> Option<f64> {
+        self.baseline.filter(|_| !self.reference)
+    }
+
     fn evaluate(&mut self) {
-        self.ratio = match (self.value, self.baseline) {
+        self.ratio = match (self.value, self.compared_with()) {
             (Some(v), Some(b)) if b != 0.0 && b.is_finite() && v.is_finite() => Some(v / b),
             _ => None,
         };
         if let Some(goal) = self.goal_spec {
             self.goal = Some(goal.describe(&self.unit));
-            self.allowed = goal.allowed(self.baseline);
-            self.met = goal.met(self.value, self.baseline);
+            self.allowed = goal.allowed(self.compared_with());
+            self.met = goal.met(self.value, self.compared_with());
         }
     }
 
@@ -216,6 +255,12 @@ impl Report {
                 None => "not measured".into(),
             };
             let baseline = match f.baseline {
+                Some(b) if f.reference => format!(
+                    "reference, not a measurement: {} {} ({})",
+                    number(b),
+                    f.unit,
+                    f.baseline_what
+                ),
                 Some(b) => format!("{} {} ({})", number(b), f.unit, f.baseline_what),
                 None => "—".into(),
             };
@@ -385,6 +430,34 @@ mod tests {
         }
         assert_eq!(f["met"], false);
         assert_eq!(json["figures"][1]["met"], Value::Null);
+    }
+
+    #[test]
+    fn a_reference_is_never_a_met_comparison() {
+        let f = Figure::new("armory_workload", "ops", 200.0, "operations/min")
+            .reference(200.0, "asked")
+            .goal(Goal::RatioAtMost { ratio: 1.0 });
+        assert_eq!(f.ratio, None);
+        assert_eq!(f.met, None);
+        let md = report(vec![f]).to_markdown();
+        assert!(
+            md.contains(
+                "| reference, not a measurement: 200 operations/min (asked) | — | ratio ≤ 1 | — |"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn an_unmeasured_value_or_baseline_is_said_so() {
+        let f = Figure::measured("s", "x", Err("no sample in the window".into()), "s")
+            .baseline_measured(Ok(2.0), "bare");
+        assert_eq!(f.value, None);
+        assert_eq!(f.not_measured.as_deref(), Some("no sample in the window"));
+        let f = Figure::measured("s", "y", Ok(1.0), "s")
+            .baseline_measured(Err("exited".into()), "bare");
+        assert_eq!((f.value, f.baseline, f.ratio), (Some(1.0), None, None));
+        assert!(f.notes[0].contains("not measured: exited"), "{:?}", f.notes);
     }
 
     #[test]
