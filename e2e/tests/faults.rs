@@ -17,8 +17,9 @@ use scale_agent_crds::{AgentConfig, BudgetConfig, ShardRef};
 use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::churn::{Churn, churn};
 use scale_agent_e2e::converge::{account_state, configmaps, converge_all, put_cm, wait_state};
+use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front};
 use scale_agent_e2e::metrics::{metric, require, require_sum, required, scrape};
-use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
+use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::process::rss_kib;
 use scale_agent_e2e::scenario::*;
 use scale_agent_e2e::{Env, runner, wait};
@@ -102,10 +103,7 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
     let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
     // Behind nginx (GrpcTls) the hub takes each agent's identity from the certificate
     // nginx verified and forwards; from anywhere else it would need its own TLS.
-    let mut hub_args = vec![
-        "--trusted-proxy=127.0.0.1/32".to_string(),
-        format!("--client-ca={}", pki.ca_file.display()),
-    ];
+    let mut hub_args = behind_nginx(pki, None);
     if o.mode == Mode::Passthrough {
         hub_args = vec![
             format!("--tls-cert={}", hub_cert.cert_file.display()),
@@ -118,16 +116,12 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
         .store
         .then(|| env.cp.run_dir.join(format!("hub-{name}.sqlite")));
     let s = scenario_with(env, name, "120s", store, hub_args).await?;
-    let lb_cert = pki.issue_server(&format!("lb-{name}"), &["127.0.0.1", "localhost"])?;
-    let nginx = Nginx::start(
-        &NginxOptions {
-            mode: o.mode,
-            hubs_grpc: vec![s.hub.grpc.clone()],
-            tls_cert: lb_cert.cert_file,
-            tls_key: lb_cert.key_file,
-            client_ca: pki.ca_file.clone(),
-            proxy_secret: None,
-        },
+    let nginx = nginx_in_front(
+        pki,
+        &format!("lb-{name}"),
+        o.mode,
+        vec![s.hub.grpc.clone()],
+        None,
         &env.test_dir(&s.ns),
     )
     .await?;
