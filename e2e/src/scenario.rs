@@ -150,6 +150,21 @@ pub fn agent_log(a: &AgentProcess) -> String {
     crate::process::tail(a.proc.log(), 40)
 }
 
+/// Waits up to 30 s until the agent's log holds every one of `needles` (a refusal it was
+/// told, say); fails with the log's tail, saying it waited for `what`.
+pub async fn wait_logged(a: &AgentProcess, what: &str, needles: &[&str]) -> anyhow::Result<()> {
+    let log = a.proc.log().to_path_buf();
+    crate::wait::until(what, std::time::Duration::from_secs(30), || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).ok()?;
+            needles.iter().all(|n| text.contains(n)).then_some(())
+        }
+    })
+    .await
+    .with_context(|| crate::process::tail(&log, 20))
+}
+
 /// One agent of shard `shard` streaming `account` of `cluster`, connected at the hub.
 pub async fn stream_one(
     env: &Env,

@@ -14,7 +14,7 @@ use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front};
 use scale_agent_e2e::metrics::{require, sample, scrape};
 use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::scenario::*;
-use scale_agent_e2e::{Env, runner, wait};
+use scale_agent_e2e::{Env, runner};
 use scale_agent_proto::PROTOCOL_VERSION;
 use scale_agent_proto::v1::agent_hub_client::AgentHubClient;
 use scale_agent_proto::v1::{AgentFrame, Hello, HubFrame, agent_frame, hub_frame};
@@ -281,21 +281,12 @@ async fn another_shard(env: Arc<Env>) -> anyhow::Result<()> {
         &kubeconfigs(&env, &[("contested", "cluster-2")])?,
         &["--lease-renew-interval=500ms"],
     )?;
-    let log = second.proc.log().to_path_buf();
-    wait::until(
+    wait_logged(
+        &second,
         "team-b's agent to log its refusal",
-        Duration::from_secs(30),
-        || {
-            let log = log.clone();
-            async move {
-                let text = std::fs::read_to_string(&log).ok()?;
-                (text.contains("hub rejected the account") && text.contains("NotOwner"))
-                    .then_some(())
-            }
-        },
+        &["hub rejected the account", "NotOwner"],
     )
-    .await
-    .with_context(|| agent_log(&second))?;
+    .await?;
     // Long enough for several retries of team-b's agent.
     for i in 0..5 {
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -393,20 +393,12 @@ async fn hub_restart(env: Arc<Env>) -> anyhow::Result<()> {
     let rogue_kcs = kubeconfigs(&env, &[("hubrestart-1", "cluster-3")])?;
     let args: Vec<&str> = rig.agent_args.iter().map(String::as_str).collect();
     let rogue = start_agent(&env, &rig.s, "rogue-0", &rogue_cfg, &rogue_kcs, &args)?;
-    let log = rogue.proc.log().to_path_buf();
-    wait::until(
+    wait_logged(
+        &rogue,
         "the rogue registration to be refused",
-        Duration::from_secs(30),
-        || {
-            let log = log.clone();
-            async move {
-                let text = std::fs::read_to_string(&log).ok()?;
-                text.contains("NotOwner").then_some(())
-            }
-        },
+        &["NotOwner"],
     )
-    .await
-    .with_context(|| scale_agent_e2e::process::tail(&log, 20))?;
+    .await?;
     rig.finish(churn, "3 hub restarted (bindings in SQLite)", ended)
         .await?;
     let now = account_state(&rig.s.hub, "hubrestart-1")

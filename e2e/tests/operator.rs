@@ -104,6 +104,21 @@ fn served(s: &AgentShard, name: &str) -> bool {
     account_state(s, name).is_some_and(AccountState::served)
 }
 
+/// Shard `name` in `ns` with one account `a` (its kubeconfig in Secret `kc-a`) and the
+/// spec lines `extra`, applied and reconciled.
+async fn one_account_shard(
+    env: &OperatorEnv,
+    ns: &str,
+    name: &str,
+    extra: &str,
+) -> anyhow::Result<()> {
+    env.kubeconfig_secret(ns, "kc-a")?;
+    env.apply(&shard_yaml(ns, name, &[("a", "kc-a")], extra))?;
+    env.wait_shard(&format!("{name} reconciled"), ns, name, 60, reconciled)
+        .await?;
+    Ok(())
+}
+
 async fn deployment(env: &OperatorEnv, ns: &str, name: &str) -> anyhow::Result<Deployment> {
     let api: Api<Deployment> = Api::namespaced(env.client().await?, ns);
     Ok(api.get(&format!("{name}-agent")).await?)
@@ -146,10 +161,7 @@ where
 /// is still put back, by the reconcile its change brings.
 async fn children_put_back(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "put-back", |env, ns| async move {
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(&ns, "east", &[("a", "kc-a")], ""))?;
-        env.wait_shard("east reconciled", &ns, "east", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "east", "").await?;
         let client = env.client().await?;
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -359,15 +371,7 @@ async fn account_edit(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
 
 async fn image_change(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "image", |env, ns| async move {
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(
-            &ns,
-            "east",
-            &[("a", "kc-a")],
-            "  image: example.com/agent:1\n",
-        ))?;
-        env.wait_shard("east reconciled", &ns, "east", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "east", "  image: example.com/agent:1\n").await?;
         let before = deployment(&env, &ns, "east").await?;
         env.apply(&shard_yaml(
             &ns,
@@ -750,15 +754,7 @@ async fn invalid_accounts(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
 
 async fn deletion(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "gc", |env, ns| async move {
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(
-            &ns,
-            "doomed",
-            &[("a", "kc-a")],
-            "  replicas: 2\n",
-        ))?;
-        env.wait_shard("doomed reconciled", &ns, "doomed", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "doomed", "  replicas: 2\n").await?;
         let client = env.client().await?;
         let api: Api<AgentShard> = Api::namespaced(client.clone(), &ns);
         api.delete("doomed", &DeleteParams::default()).await?;
@@ -884,10 +880,7 @@ async fn reconciles_logged(env: &OperatorEnv, key: &str) -> anyhow::Result<usize
 
 async fn no_op(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "noop", |env, ns| async move {
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(&ns, "quiet", &[("a", "kc-a")], ""))?;
-        env.wait_shard("quiet reconciled", &ns, "quiet", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "quiet", "").await?;
         // Let the last writes (Deployment status, our status) settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let client = env.client().await?;
@@ -952,15 +945,7 @@ async fn no_op(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
 
 async fn paused(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "paused", |env, ns| async move {
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(
-            &ns,
-            "still",
-            &[("a", "kc-a")],
-            "  image: example.com/agent:1\n",
-        ))?;
-        env.wait_shard("still reconciled", &ns, "still", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "still", "  image: example.com/agent:1\n").await?;
         env.apply(&shard_yaml(
             &ns,
             "still",
@@ -1003,10 +988,7 @@ async fn standby(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         let second = Operator::start(&env.cp, options).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         ensure!(!second.is_leader().await, "two operators lead at once");
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(&ns, "seen", &[("a", "kc-a")], ""))?;
-        env.wait_shard("seen reconciled", &ns, "seen", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "seen", "").await?;
         let second_reconciles = second
             .metric("scale_agent_operator_reconciles_total")
             .await?;

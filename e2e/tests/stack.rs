@@ -10,7 +10,9 @@ use anyhow::{Context, ensure};
 use scale_agent_e2e::converge::{account_state, configmaps, converge, put_cm, wait_state};
 use scale_agent_e2e::operator::{Operator, OperatorOptions};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
-use scale_agent_e2e::scenario::{account, config, kubeconfigs, scenario_with, start_agent};
+use scale_agent_e2e::scenario::{
+    account, config, kubeconfigs, scenario_with, start_agent, wait_logged,
+};
 use scale_agent_e2e::{Env, runner, wait};
 
 fn main() {
@@ -130,22 +132,12 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
         &kubeconfigs(&env, &[("stack-a", "cluster-1")])?,
         &[],
     )?;
-    let log = rogue.proc.log().to_path_buf();
-    wait::until(
+    wait_logged(
+        &rogue,
         "the rogue agent to be refused as not the owner",
-        Duration::from_secs(30),
-        || {
-            let log = log.clone();
-            async move {
-                std::fs::read_to_string(&log)
-                    .ok()?
-                    .contains("NotOwner")
-                    .then_some(())
-            }
-        },
+        &["NotOwner"],
     )
-    .await
-    .with_context(|| scale_agent_e2e::process::tail(&log, 20))?;
+    .await?;
     let still = account_state(&s.hub, "stack-a")
         .await
         .context("stack-a listed")?;

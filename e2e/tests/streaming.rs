@@ -237,21 +237,12 @@ async fn cluster_mismatch(env: Arc<Env>) -> anyhow::Result<()> {
         &kubeconfigs(&env, &[("shared-name", "cluster-2")])?,
         &["--lease-renew-interval=500ms"],
     )?;
-    let log = b.proc.log().to_path_buf();
-    wait::until(
+    wait_logged(
+        &b,
         "the second agent to log its rejection",
-        Duration::from_secs(30),
-        || {
-            let log = log.clone();
-            async move {
-                let text = std::fs::read_to_string(&log).ok()?;
-                (text.contains("hub rejected the account") && text.contains("NotOwner"))
-                    .then_some(())
-            }
-        },
+        &["hub rejected the account", "NotOwner"],
     )
-    .await
-    .with_context(|| agent_log(&b))?;
+    .await?;
     let now = account_state(&s.hub, "shared-name")
         .await
         .context("still listed")?;
