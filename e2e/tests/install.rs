@@ -440,13 +440,11 @@ fn examples_reapply_unchanged(env: &Env) -> anyhow::Result<()> {
             .into_iter()
             .flatten()
             .map(|o| {
-                let mine: Vec<&Value> = o["metadata"]["managedFields"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|m| m["manager"] == "kubectl" && m["operation"] == "Apply")
-                    .collect();
-                serde_json::json!([kustomize::key(o), o["metadata"]["generation"], mine])
+                serde_json::json!([
+                    kustomize::key(o),
+                    o["metadata"]["generation"],
+                    cluster::applied_by_kubectl(o)
+                ])
             })
             .collect())
     };

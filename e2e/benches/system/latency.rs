@@ -163,14 +163,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     targets.sort_by_key(|(ns, _, name)| (name.clone(), ns.clone()));
 
     let stack = Stack::start(&ctx.env, "change-latency").await?;
-    let mut agent = stack.agent(&ctx.env, "latency", &accounts, &[])?;
-    stack
-        .wait_synced(
-            &mut agent,
-            &expected,
-            Duration::from_millis(200),
-            Duration::from_secs(300),
-        )
+    let agent = stack
+        .synced_agent(&ctx.env, "latency", &accounts, &expected)
         .await?;
     let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
     let mut watch_tasks = JoinSet::new();

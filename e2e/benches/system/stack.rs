@@ -253,6 +253,26 @@ impl Stack {
         }
     }
 
+    /// Starts an agent of shard `shard` streaming `accounts` ([`Stack::agent`]) and waits
+    /// until the hub holds the objects of `expected` (polled every 200 ms, at most 300 s).
+    pub async fn synced_agent(
+        &self,
+        env: &Env,
+        shard: &str,
+        accounts: &[Account],
+        expected: &BTreeMap<String, usize>,
+    ) -> anyhow::Result<AgentProcess> {
+        let mut agent = self.agent(env, shard, accounts, &[])?;
+        self.wait_synced(
+            &mut agent,
+            expected,
+            Duration::from_millis(200),
+            Duration::from_secs(300),
+        )
+        .await?;
+        Ok(agent)
+    }
+
     /// Polls the hub every `every` until each account of `expected` holds at least its
     /// expected number of objects; returns when that was first seen. Fails when the
     /// agent exits or `timeout` passes, saying how far the sync got.
