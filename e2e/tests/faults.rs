@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use nix::sys::signal::Signal;
 use scale_agent_crds::{AgentConfig, BudgetConfig, ShardRef};
-use scale_agent_e2e::agent::AgentProcess;
+use scale_agent_e2e::agent::{AgentProcess, ready};
 use scale_agent_e2e::churn::{Churn, churn};
 use scale_agent_e2e::converge::{account_state, configmaps, converge_all, put_cm, wait_state};
 use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front};
@@ -234,13 +234,6 @@ impl Rig {
         );
         ensure!(changes > 20, "the churn made only {changes} changes");
         Ok(since_fault)
-    }
-}
-
-async fn ready(admin: &str) -> bool {
-    match reqwest::get(format!("http://{admin}/readyz")).await {
-        Ok(r) => r.status().is_success(),
-        Err(_) => false,
     }
 }
 

@@ -41,40 +41,20 @@ fn main() {
             ..OperatorOptions::default()
         },
         None,
-        vec![
-            ("children_are_applied_with_owner_references", |e| {
-                Box::pin(children(e))
-            }),
-            ("edited_or_deleted_children_are_put_back", |e| {
-                Box::pin(children_put_back(e))
-            }),
-            ("account_edit_does_not_change_the_pod_template", |e| {
-                Box::pin(account_edit(e))
-            }),
-            ("image_change_changes_the_pod_template", |e| {
-                Box::pin(image_change(e))
-            }),
-            (
-                "conflict_across_namespaces_older_wins_with_event_and_warning",
-                |e| Box::pin(conflict(e)),
-            ),
-            ("handoff_within_10s_after_the_owner_is_deleted", |e| {
-                Box::pin(handoff(e))
-            }),
-            ("account_moved_in_one_apply_never_in_two_configs", |e| {
-                Box::pin(move_account(e))
-            }),
-            (
-                "missing_secret_garbage_and_refused_kubeconfigs_in_status",
-                |e| Box::pin(invalid_accounts(e)),
-            ),
-            ("shard_deletion_garbage_collects_children", |e| {
-                Box::pin(deletion(e))
-            }),
-            ("kubectl_wait_for_ready", |e| Box::pin(kubectl_wait(e))),
-            ("no_status_write_on_noop_reconcile", |e| Box::pin(no_op(e))),
-            ("paused_shard_is_left_alone", |e| Box::pin(paused(e))),
-            ("second_operator_stays_standby", |e| Box::pin(standby(e))),
+        scale_agent_e2e::tests![
+            children_are_applied_with_owner_references => children,
+            edited_or_deleted_children_are_put_back => children_put_back,
+            account_edit_does_not_change_the_pod_template => account_edit,
+            image_change_changes_the_pod_template => image_change,
+            conflict_across_namespaces_older_wins_with_event_and_warning => conflict,
+            handoff_within_10s_after_the_owner_is_deleted => handoff,
+            account_moved_in_one_apply_never_in_two_configs => move_account,
+            missing_secret_garbage_and_refused_kubeconfigs_in_status => invalid_accounts,
+            shard_deletion_garbage_collects_children => deletion,
+            kubectl_wait_for_ready => kubectl_wait,
+            no_status_write_on_noop_reconcile => no_op,
+            paused_shard_is_left_alone => paused,
+            second_operator_stays_standby => standby,
         ],
     );
 }

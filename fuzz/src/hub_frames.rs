@@ -93,7 +93,8 @@ enum Kind {
     Deployment,
     DeploymentV1beta1,
     Service,
-    EmptyKind,
+    /// A kind whose name is empty.
+    Unnamed,
     Other {
         group: String,
         version: String,
@@ -113,7 +114,7 @@ impl Kind {
             Kind::Deployment => Some(gvk("apps", "v1", "Deployment")),
             Kind::DeploymentV1beta1 => Some(gvk("apps", "v1beta1", "Deployment")),
             Kind::Service => Some(gvk("", "v1", "Service")),
-            Kind::EmptyKind => Some(gvk("apps", "v1", "")),
+            Kind::Unnamed => Some(gvk("apps", "v1", "")),
             Kind::Other {
                 group,
                 version,

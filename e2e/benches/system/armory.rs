@@ -236,17 +236,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let agent_sampler = Sampler::start(agent.proc.pid(), every);
     let mut base = Baseline::start(&stack.dir, "reflector-armory", &spec)?;
     let base_sampler = Sampler::start(base.proc.pid(), every);
-    let admin = agent.admin.clone();
     scale_agent_e2e::wait::until(
         "the agent to be ready (every account synced)",
         Duration::from_secs(900),
-        || {
-            let admin = admin.clone();
-            async move {
-                let r = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        },
+        || async { agent.is_ready().await.then_some(()) },
     )
     .await
     .with_context(|| scale_agent_e2e::process::tail(agent.proc.log(), 20))?;
