@@ -234,10 +234,7 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
         unanswered.len(),
         unanswered.iter().take(3).collect::<Vec<_>>()
     );
-    ensure!(
-        answered >= 5,
-        "the handoff was watched by only {answered} answered polls"
-    );
+    ensure!(answered > 0, "no poll of the hub was answered during the handoff");
     ensure!(
         missing.is_empty(),
         "accounts vanished from the hub (or lost their objects) during the handoff: {missing:?}"
