@@ -2,12 +2,14 @@
 //!
 //! A port found free can be taken by another process before the component binds it
 //! (the test suite and a benchmark on one machine). Every component the harness starts
-//! and waits for — etcd, the kube-apiservers, the hub, nginx, the operator, PostgreSQL —
-//! starts through [`start_on_free_ports`], which picks new ports and starts it again
-//! when it lost one ("address already in use" in its log). A restart on the same ports
-//! (after a test stopped a component) cannot pick new ones: the rest of the test knows
-//! the address. Agents are not waited for at start (their readiness needs the hub): an
-//! agent that lost its admin port exits saying so, and the test fails with its log.
+//! and waits for starts again on new ports when it lost one ("address already in use"
+//! in its log): etcd, the hub, nginx, the operator and PostgreSQL through
+//! [`start_on_free_ports`], the kube-apiservers (started together) by the same test,
+//! [`lost_its_port`]. Not re-picked: a restart on the same ports (after a test stopped a
+//! component: the rest of the test knows the address), and a port a caller passes in a
+//! component's flags (the hub's Kubernetes API port in `just up`). Agents are not waited
+//! for at start (their readiness needs the hub): an agent that lost its admin port exits
+//! saying so, and the test fails with its log.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
