@@ -234,7 +234,10 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
         unanswered.len(),
         unanswered.iter().take(3).collect::<Vec<_>>()
     );
-    ensure!(answered > 0, "no poll of the hub was answered during the handoff");
+    ensure!(
+        answered > 0,
+        "no poll of the hub was answered during the handoff"
+    );
     ensure!(
         missing.is_empty(),
         "accounts vanished from the hub (or lost their objects) during the handoff: {missing:?}"
