@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -29,20 +29,7 @@ pub struct Kstatus {
 
 /// The kstatus binary, built first when the cache lacks it.
 pub fn kstatus_binary() -> Result<PathBuf> {
-    let script = repo().join("e2e/scripts/build-kstatus.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| Error::io("running", &script, e))?;
-    if !out.status.success() {
-        return Err(Error::Build {
-            status: format!("{} (e2e/scripts/build-kstatus.sh)", out.status),
-        });
-    }
-    Ok(PathBuf::from(
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    ))
+    crate::bins::build_script(&repo().join("e2e/scripts/build-kstatus.sh"))
 }
 
 /// The kstatus of every AgentShard in namespace `ns`, read through `kubeconfig`, by name.

@@ -1389,6 +1389,19 @@ async fn cached_lists(env: Arc<Env>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a watcher and the cluster must agree on about a ConfigMap: its name, its
+/// resourceVersion and its `v`.
+fn seen(c: &k8s_openapi::api::core::v1::ConfigMap) -> (String, String, String) {
+    (
+        c.metadata.name.clone().unwrap_or_default(),
+        c.metadata.resource_version.clone().unwrap_or_default(),
+        c.data
+            .as_ref()
+            .and_then(|d| d.get("v").cloned())
+            .unwrap_or_default(),
+    )
+}
+
 async fn watchers(env: Arc<Env>) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -1423,20 +1436,7 @@ async fn watchers(env: Arc<Env>) -> anyhow::Result<()> {
     let (through, through_task) = start(hub.clone());
     let (direct, direct_task) = start(cluster.client().await?);
     let state = |store: &reflector::Store<ConfigMap>| {
-        let mut s: Vec<(String, String, String)> = store
-            .state()
-            .iter()
-            .map(|c| {
-                (
-                    c.metadata.name.clone().unwrap_or_default(),
-                    c.metadata.resource_version.clone().unwrap_or_default(),
-                    c.data
-                        .as_ref()
-                        .and_then(|d| d.get("v").cloned())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
+        let mut s: Vec<_> = store.state().iter().map(|c| seen(c)).collect();
         s.sort();
         s
     };
@@ -1446,20 +1446,7 @@ async fn watchers(env: Arc<Env>) -> anyhow::Result<()> {
         async move {
             wait::until(what, Duration::from_secs(60), || async {
                 let fresh = cms.list(&Default::default()).await.ok()?;
-                let mut want: Vec<(String, String, String)> = fresh
-                    .items
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.metadata.name.clone().unwrap_or_default(),
-                            c.metadata.resource_version.clone().unwrap_or_default(),
-                            c.data
-                                .as_ref()
-                                .and_then(|d| d.get("v").cloned())
-                                .unwrap_or_default(),
-                        )
-                    })
-                    .collect();
+                let mut want: Vec<_> = fresh.items.iter().map(seen).collect();
                 want.sort();
                 (state(&through) == want && state(&direct) == want).then_some(())
             })

@@ -30,7 +30,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-
 /// The account → owner index, built from a complete set of AgentShards.
 #[derive(Debug, Clone, Default)]
 pub struct Ownership {
