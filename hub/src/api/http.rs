@@ -41,7 +41,8 @@ use tracing::warn;
 
 use crate::api::page::{self, PageQuery};
 use crate::core::cache::{AccountCache, CachedObject, ObjectKey};
-use crate::core::operations::{self, OperationRequest, Outcome};
+use crate::core::operation_request::{self, OperationRequest};
+use crate::core::operations::Outcome;
 use crate::core::registry::{Account, AccountState};
 use crate::net::secret::SecretFile;
 use crate::state::{Core, Shared};
@@ -435,7 +436,7 @@ struct KindFilter {
 
 impl KindFilter {
     fn parse(text: &str) -> KindFilter {
-        let (kind, group) = operations::split_kind(text.trim());
+        let (kind, group) = operation_request::split_kind(text.trim());
         KindFilter {
             kind: kind.to_owned(),
             group: group.map(str::to_owned),

@@ -15,7 +15,8 @@ use scale_agent_proto::v1::{self as pb, ErrorCode, hub_frame};
 use tracing::{debug, info, warn};
 
 use crate::core::clip::clip;
-use crate::core::operations::{self, Begin, CallerKey, Completion, OperationRequest, Outcome};
+use crate::core::operation_request::{self, OperationRequest};
+use crate::core::operations::{Begin, CallerKey, Completion, Outcome};
 use crate::replicas::inflight;
 use crate::state::Shared;
 use crate::stream::session::{Session, frame};
@@ -117,8 +118,8 @@ pub async fn operate(
         shared.metrics.operation("invalid");
         NotRouted::Invalid(message)
     };
-    let timeout =
-        operations::timeout(&request, shared.config.default_operation_timeout).map_err(invalid)?;
+    let timeout = operation_request::timeout(&request, shared.config.default_operation_timeout)
+        .map_err(invalid)?;
     // Which session holds the account, and the kinds it streamed (to resolve
     // a kind given without group/version).
     let (session, known) = {
@@ -148,7 +149,7 @@ pub async fn operate(
             "account {account} is disconnected: its agent is not streaming it"
         )));
     };
-    let kind = operations::build_kind(&request, &known).map_err(invalid)?;
+    let kind = operation_request::build_kind(&request, &known).map_err(invalid)?;
     let id = request
         .id
         .clone()
@@ -173,7 +174,7 @@ pub async fn operate(
     let began = shared.operations.begin(
         key.clone(),
         kind,
-        Some(operations::timestamp(deadline)),
+        Some(operation_request::timestamp(deadline)),
         session.clone(),
     );
     let (wire, mut rx) = match began {
