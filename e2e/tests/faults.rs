@@ -264,7 +264,7 @@ impl Seen {
     async fn of(admin: &str) -> anyhow::Result<Seen> {
         let text = scrape(admin).await?;
         Ok(Seen {
-            connects: require(&text, "scale_agent_hub_connects_total")?,
+            connects: require(&text, "scale_agent_connects_total")?,
             watch_starts: require(&text, "scale_agent_resumes_total")?
                 + require_sum(&text, "scale_agent_relists_total")?,
             watch_errors: require(&text, "scale_agent_watch_errors_total")?,
@@ -589,8 +589,8 @@ async fn reconnect_storm(env: Arc<Env>) -> anyhow::Result<()> {
         async move {
             let mut n = 0;
             for a in &admins {
-                n += metric(a, "scale_agent_hub_connects_total").await
-                    + metric(a, "scale_agent_hub_connect_failures_total").await;
+                n += metric(a, "scale_agent_connects_total").await
+                    + metric(a, "scale_agent_connect_failures_total").await;
             }
             n
         }
@@ -670,7 +670,7 @@ async fn connection_age(env: Arc<Env>) -> anyhow::Result<()> {
     };
     let rig = rig(&env, "maxage", opts).await?;
     let admin = rig.agents[0].admin.clone();
-    let connects = required(&admin, "scale_agent_hub_connects_total").await?;
+    let connects = required(&admin, "scale_agent_connects_total").await?;
     let churn = rig.churn(0);
     // Watch the accounts through several drains: never removed, never a failed attempt.
     let start = Instant::now();
@@ -683,8 +683,8 @@ async fn connection_age(env: Arc<Env>) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let reconnects = required(&admin, "scale_agent_hub_connects_total").await? - connects;
-    let failures = required(&admin, "scale_agent_hub_connect_failures_total").await?;
+    let reconnects = required(&admin, "scale_agent_connects_total").await? - connects;
+    let failures = required(&admin, "scale_agent_connect_failures_total").await?;
     eprintln!(
         "max connection age 4 s over 14 s: {reconnects} reconnects, {failures} failed attempts"
     );

@@ -122,7 +122,7 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             operations: Operations::default(),
             tunnels: crate::kubeapi::Tunnels::default(),
-            metrics: Metrics::new(),
+            metrics: Metrics::default(),
             shutdown,
         });
         shared.schedule_expiry(expiries);

@@ -149,7 +149,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     // counter read here must exist, or the figure would read 0 for ever.
     let relists = relists_total(&admin).await?;
     let resumes = required(&admin, "scale_agent_resumes_total").await?;
-    let connects = required(&admin, "scale_agent_hub_connects_total").await?;
+    let connects = required(&admin, "scale_agent_connects_total").await?;
     let apis: Vec<Api<ConfigMap>> = checked.iter().map(|(_, _, a)| a.clone()).collect();
     let churning = Churn::start(apis, p.reconnect_rate, p.object_bytes);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -161,11 +161,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     scale_agent_e2e::wait::until("the agent to reconnect", Duration::from_secs(120), || {
         let admin = admin.clone();
         async move {
-            (required(&admin, "scale_agent_hub_connects_total")
-                .await
-                .ok()?
-                > connects)
-                .then_some(())
+            (required(&admin, "scale_agent_connects_total").await.ok()? > connects).then_some(())
         }
     })
     .await

@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn events_the_cache_cannot_use_are_dropped_and_counted_by_reason() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::default();
         let mut no_kind = deployment(pb::EventType::Added, "no-kind", b"{}");
         no_kind.kind = None;
         let events = vec![
