@@ -11,8 +11,9 @@ use axum::body::Body;
 use http::Response;
 
 use super::barrier::Barriers;
+use super::list::{self, Snapshots};
 use super::path::ResourcePath;
-use super::read::{self, Pass, Read, Snapshots, Version};
+use super::read::{self, Pass, Read, Version};
 use super::watch::{self, Start, Watch};
 use crate::state::Shared;
 use crate::window::Mark;
@@ -23,7 +24,7 @@ pub const CATCH_UP: Duration = Duration::from_secs(3);
 
 enum Step {
     Wait(tokio::sync::watch::Receiver<Mark>),
-    List(read::Listed),
+    List(list::Listed),
     Continue,
     Watch(Box<Watch>),
 }
@@ -65,9 +66,9 @@ pub async fn answer(
                 let _ = tokio::time::timeout(left, rx.changed()).await;
             }
             Step::List(listed) => {
-                return Ok(read::page(ctx.snapshots, &read, Some(listed), fingerprint));
+                return Ok(list::page(ctx.snapshots, &read, Some(listed), fingerprint));
             }
-            Step::Continue => return Ok(read::page(ctx.snapshots, &read, None, fingerprint)),
+            Step::Continue => return Ok(list::page(ctx.snapshots, &read, None, fingerprint)),
             Step::Watch(w) => return Ok(watch::serve(Arc::clone(ctx.shared), *w)),
         }
     }
@@ -115,7 +116,7 @@ fn step(
         return Ok(Step::Continue);
     }
     let listed = || {
-        read::take(
+        list::take(
             cache,
             kind.key,
             &path.version,

@@ -12,7 +12,7 @@
 //! Modules, one job each: [`server`] (listener, the order a request goes through),
 //! [`path`] (routing and what a path names), [`auth`] (bearer tokens and their
 //! accounts), [`locate`] (which session holds an account), [`read`] (which reads the
-//! cache answers, lists and pages), [`selector`] (label and field selectors),
+//! cache answers), [`list`] (lists and their pages), [`selector`] (label and field selectors),
 //! [`cached`] (the checks under the cache's lock), [`watch`] (watches from the
 //! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
 //! session, flow control), [`passthrough`] (replaying a request through the agent),
@@ -23,6 +23,7 @@ pub mod auth;
 pub mod barrier;
 pub mod cached;
 pub mod kubeconfig;
+pub mod list;
 pub mod locate;
 pub mod passthrough;
 pub mod path;

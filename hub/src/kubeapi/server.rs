@@ -24,10 +24,11 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use super::auth::{Refusal, Tokens};
 use super::barrier::Barriers;
 use super::cached::{self, Ctx};
+use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
 use super::passthrough::{self, MAX_REQUEST_BODY, Replay};
 use super::path::{self, PathError};
-use super::read::{self, Snapshots};
+use super::read;
 use super::status::Failure;
 use super::{KubeApiConfig, TokenSource};
 use crate::Error;
@@ -263,7 +264,7 @@ impl KubeApi {
                         snapshots: &self.snapshots,
                         barriers: &self.barriers,
                     };
-                    let fingerprint = read::fingerprint(&account, &rest, &query);
+                    let fingerprint = list::fingerprint(&account, &rest, &query);
                     match cached::answer(&ctx, &account, resource, read, fingerprint).await {
                         Ok(mut response) => {
                             response

@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
-use super::read::{Item, Read, selected, selected_object};
+use super::list::Item;
+use super::read::{Read, selected, selected_object};
 use crate::cache::KindKey;
 use crate::state::Shared;
 use crate::window::{Change, ChangeType, Mark};
