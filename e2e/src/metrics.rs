@@ -25,6 +25,22 @@ pub fn sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The sum of the series of metric `name` whose labels include `label` (`source="cluster"`),
+/// whatever their other labels; 0 when there is none.
+pub fn sum_with(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter_map(parse_line)
+        .filter(|(s, _)| {
+            let mut parts = s.splitn(2, '{');
+            parts.next() == Some(name)
+                && parts.next().is_some_and(|labels| {
+                    labels.trim_end_matches('}').split(',').any(|l| l == label)
+                })
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// Splits a sample line into its series (name and labels) and its value; `None` for
 /// comments, blank lines and lines that are not samples. Label values may hold spaces,
 /// braces and escaped quotes; a timestamp after the value is ignored.
@@ -101,7 +117,7 @@ pub async fn metric_sum(addr: &str, name: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{sample, sum};
+    use super::{sample, sum, sum_with};
 
     const TEXT: &str = r#"# HELP scale_agent_operator_leader Whether this replica leads.
 # TYPE scale_agent_operator_leader gauge
@@ -136,6 +152,8 @@ broken{a="b" 7
         assert_eq!(sum(TEXT, "foo"), 12.0);
         assert_eq!(sum(TEXT, "scale_agent_operator_leader"), 1.0);
         assert_eq!(sum(TEXT, "missing"), 0.0);
+        assert_eq!(sum_with(TEXT, "foo", "a=\"b\""), 3.0);
+        assert_eq!(sum_with(TEXT, "foo", "a=\"c\""), 0.0);
     }
 
     #[test]

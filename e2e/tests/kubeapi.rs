@@ -51,6 +51,10 @@ fn main() {
             ("reads_reflect_writes_through_the_hub", |e| {
                 Box::pin(read_your_writes(e))
             }),
+            (
+                "a_client_go_informer_through_the_hub_never_reaches_the_cluster",
+                |e| Box::pin(informer(e)),
+            ),
         ],
     );
 }
@@ -1600,6 +1604,127 @@ async fn read_your_writes(env: Arc<Env>) -> anyhow::Result<()> {
         took[197],
         took[199],
         after - before
+    );
+    Ok(())
+}
+
+/// The hub's Kubernetes API requests so far: (from the cache, to the cluster).
+async fn answered(rig: &Rig) -> anyhow::Result<(f64, f64)> {
+    let text = reqwest::get(format!("{}/metrics", rig.s.hub.http))
+        .await?
+        .text()
+        .await?;
+    let name = "scale_agent_hub_kube_api_requests_total";
+    Ok((
+        scale_agent_e2e::metrics::sum_with(&text, name, "source=\"cache\""),
+        scale_agent_e2e::metrics::sum_with(&text, name, "source=\"cluster\""),
+    ))
+}
+
+/// client-go's own informer (`e2e/informer/`, client-go 0.36: it lists with a streaming
+/// watch, `sendInitialEvents=true`) through the hub: it syncs to what the cluster holds
+/// and follows a change made on the cluster, and not one of its requests reaches the
+/// cluster.
+async fn informer(env: Arc<Env>) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let rig = rig(&env, "kinf", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let cluster = target(&env, TARGET)?;
+    let cms = scale_agent_e2e::converge::configmaps(cluster, &ns).await?;
+    for i in 0..20 {
+        scale_agent_e2e::converge::put_cm(&cms, &format!("i-{i:02}"), "0").await?;
+    }
+    cache_caught_up(&rig, &rig.target, &cms).await?;
+    let bin = scale_agent_e2e::gitops::go_tool("informer")?;
+    let before = answered(&rig).await?;
+    let mut child = Command::new(&bin)
+        .arg(format!("--kubeconfig={}", rig.hub_kubeconfig.display()))
+        .arg(format!("--context={}", rig.target))
+        .arg(format!("--namespace={ns}"))
+        .arg("--for=120s")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("the informer's stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    // Behind a lock so that the test's future stays `Send`.
+    let rx = std::sync::Mutex::new(rx);
+    let next = |what: &str, want: fn(&Value) -> bool| -> anyhow::Result<Value> {
+        let rx = rx.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(v) if want(&v) => return Ok(v),
+                Ok(_) => {}
+                Err(_) => bail!("the informer printed no {what} within 60 s\n{}", rig.logs()),
+            }
+        }
+    };
+    let start = next("start line", |v| v["event"] == "start")?;
+    ensure!(
+        start["watchListClient"] == true,
+        "this client-go does not list with a streaming watch: {start}"
+    );
+    let synced = next("sync", |v| v["event"] == "synced")?;
+    let mut want: Vec<String> = cms
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    want.sort();
+    ensure!(
+        synced["names"] == json!(want),
+        "the informer synced to {} but the cluster holds {want:?}",
+        synced["names"]
+    );
+    scale_agent_e2e::converge::put_cm(&cms, "made-after-sync", "1").await?;
+    next("ConfigMap made on the cluster after the sync", |v| {
+        v["event"] == "added" && v["name"] == "made-after-sync"
+    })?;
+    scale_agent_e2e::converge::put_cm(&cms, "i-03", "2").await?;
+    next("change of i-03", |v| {
+        v["event"] == "updated" && v["name"] == "i-03"
+    })?;
+    drop(child.stdin.take());
+    let status = child.wait()?;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut err);
+    }
+    ensure!(status.success(), "the informer failed: {status}\n{err}");
+    let after = answered(&rig).await?;
+    eprintln!(
+        "client-go informer through the hub: {} requests answered from the cache, {} reached the cluster",
+        after.0 - before.0,
+        after.1 - before.1
+    );
+    ensure!(
+        after.1 == before.1,
+        "{} of the informer's requests reached the cluster (from the cache: {})\n{err}",
+        after.1 - before.1,
+        after.0 - before.0
+    );
+    ensure!(
+        after.0 > before.0,
+        "no request of the informer was answered from the cache"
     );
     Ok(())
 }

@@ -49,8 +49,10 @@ pub async fn answer(
     fingerprint: u64,
 ) -> Result<Response<Body>, Pass> {
     let written = ctx.barriers.floor(account, &path.group, &path.resource);
+    // A list, or a watch that starts with the objects, shows the objects at a version
+    // not older than the one asked; a watch from a version starts after it instead.
     let asked = match read.version {
-        Version::NotOlderThan(n) if read.watch.is_none() => n,
+        Version::NotOlderThan(n) if read.watch.as_ref().is_none_or(|w| w.initial_events) => n,
         _ => 0,
     };
     let floor = written.max(asked);
@@ -124,11 +126,17 @@ fn step(
             mark.rv,
         )
     };
-    let Some(_) = &read.watch else {
+    let Some(ask) = &read.watch else {
         return Ok(Step::List(listed()));
     };
     let start = match read.version {
-        Version::Latest | Version::Any => Start::Objects(listed().items),
+        _ if ask.initial_events => Start::Objects(listed().items),
+        Version::Latest | Version::Any => {
+            if kind.window.since(mark.rv).is_err() {
+                return Err("the window does not vouch for the kind's current version");
+            }
+            Start::After(mark.rv)
+        }
         Version::NotOlderThan(rv) => {
             if kind.window.since(rv).is_err() {
                 // The cluster knows its history: it streams from there, or answers

@@ -12,7 +12,8 @@
 //! Modules, one job each: [`server`] (listener, the order a request goes through),
 //! [`path`] (routing and what a path names), [`auth`] (bearer tokens and their
 //! accounts), [`locate`] (which session holds an account), [`read`] (which reads the
-//! cache answers), [`list`] (lists and their pages), [`selector`] (label and field selectors),
+//! cache answers), [`list`] (lists and their pages), [`options`] (list options
+//! checked as the API server checks them), [`selector`] (label and field selectors),
 //! [`cached`] (the checks under the cache's lock), [`watch`] (watches from the
 //! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
 //! session, flow control), [`passthrough`] (replaying a request through the agent),
@@ -25,6 +26,7 @@ pub mod cached;
 pub mod kubeconfig;
 pub mod list;
 pub mod locate;
+pub mod options;
 pub mod passthrough;
 pub mod path;
 pub mod read;

@@ -13,9 +13,13 @@
 //! - a kind the agent does not stream, at another version, mid-relist, or outside the
 //!   account's namespaces or label filter;
 //! - Table or metadata-only answers (`Accept: ...;as=Table`), `pretty`,
-//!   `sendInitialEvents`, `resourceVersionMatch=Exact`, parameters the hub does not
-//!   know, selectors it cannot evaluate exactly (a field the kind does not index, a
-//!   selector the API server would refuse), and a `continue` token the cluster issued.
+//!   `resourceVersionMatch=Exact`, parameters the hub does not know, selectors it
+//!   cannot evaluate exactly (a field the kind does not index, a selector the API
+//!   server would refuse), and a `continue` token the cluster issued.
+//!
+//! Streaming lists (`watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan`,
+//! client-go's informers since 0.35) are watches that start with every object; list
+//! options the API server refuses get its own `422` ([`super::options`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,6 +30,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::list::Token;
+use super::options::{self, NOT_OLDER_THAN, go_bool};
 use super::path::ResourcePath;
 use super::selector::{self, FieldSelector, LabelSelector};
 use crate::cache::{KindKey, Scope};
@@ -50,6 +55,11 @@ pub struct WatchAsk {
     pub bookmarks: bool,
     /// `timeoutSeconds`.
     pub timeout: Option<Duration>,
+    /// The watch starts with every current object as ADDED (`sendInitialEvents=true`,
+    /// or no resourceVersion or "0" without `sendInitialEvents`, as the API server
+    /// defaults it); with `bookmarks`, a BOOKMARK marked
+    /// `k8s.io/initial-events-end: "true"` follows them.
+    pub initial_events: bool,
 }
 
 /// A read the cache may answer, as the request asks it.
@@ -69,10 +79,6 @@ pub struct Read {
     pub version: Version,
     /// Set for `watch=true`.
     pub watch: Option<WatchAsk>,
-}
-
-fn truthy(v: &str) -> bool {
-    matches!(v, "true" | "1" | "True" | "TRUE")
 }
 
 /// True when the client takes plain JSON (not a Table or metadata-only answer).
@@ -143,9 +149,10 @@ pub fn plan(
                 read.cont = Some(Token::decode(v).ok_or("a continue token the hub did not issue")?)
             }
             "resourceVersion" => rv = Some(v),
-            "resourceVersionMatch" if v.is_empty() || v == "NotOlderThan" => {}
-            "watch" => watch = truthy(v),
-            "allowWatchBookmarks" => bookmarks = truthy(v),
+            "resourceVersionMatch" if v.is_empty() || v == NOT_OLDER_THAN => {}
+            "sendInitialEvents" => {}
+            "watch" => watch = go_bool(v),
+            "allowWatchBookmarks" => bookmarks = go_bool(v),
             "timeoutSeconds" => {
                 let s: u64 = v.parse().map_err(|_| "timeoutSeconds")?;
                 timeout = (s > 0).then(|| Duration::from_secs(s));
@@ -160,11 +167,25 @@ pub fn plan(
         Some("0") => Version::Any,
         Some(n) => Version::NotOlderThan(n.parse().map_err(|_| "an opaque resourceVersion")?),
     };
+    let given = options::ListOptions::from_query(query);
+    if !options::validate(&given).is_empty() {
+        return Err("list options the API server refuses");
+    }
     if watch {
         if read.cont.is_some() || read.limit > 0 {
             return Err("a watch with limit or continue");
         }
-        read.watch = Some(WatchAsk { bookmarks, timeout });
+        // The API server's defaults: a watch from no version or "0" that says
+        // nothing of initial events gets them.
+        let initial_events = given.send_initial_events.unwrap_or(
+            given.resource_version_match.is_empty()
+                && matches!(read.version, Version::Latest | Version::Any),
+        );
+        read.watch = Some(WatchAsk {
+            bookmarks,
+            timeout,
+            initial_events,
+        });
     } else if read.cont.is_some() && rv.is_some_and(|v| !v.is_empty()) {
         return Err("continue with a resourceVersion");
     }
@@ -357,6 +378,7 @@ mod tests {
         for pass in [
             ("pretty", "true"),
             ("sendInitialEvents", "true"),
+            ("resourceVersionMatch", "NotOlderThan"),
             ("resourceVersionMatch", "Exact"),
             ("labelSelector", "a in ("),
             ("resourceVersion", "abc"),
@@ -400,7 +422,8 @@ mod tests {
             watch.watch,
             Some(WatchAsk {
                 bookmarks: true,
-                timeout: Some(Duration::from_secs(300))
+                timeout: Some(Duration::from_secs(300)),
+                initial_events: false,
             })
         );
     }

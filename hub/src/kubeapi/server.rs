@@ -26,6 +26,7 @@ use super::barrier::Barriers;
 use super::cached::{self, Ctx};
 use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
+use super::options;
 use super::passthrough::{self, MAX_REQUEST_BODY, Replay};
 use super::path::{self, PathError};
 use super::read;
@@ -257,6 +258,13 @@ impl KubeApi {
         let resource = path::resource_path(&rest);
         if let Some(resource) = &resource {
             let query = path::query(req.uri().query());
+            if req.method() == http::Method::GET
+                && resource.name.is_none()
+                && resource.subresource.is_none()
+                && let Err(refused) = options::check(&query)
+            {
+                return refused.response();
+            }
             match read::plan(req.method(), resource, &query, req.headers()) {
                 Ok(read) => {
                     let ctx = Ctx {
