@@ -55,6 +55,9 @@ fn main() {
                 "a_client_go_informer_through_the_hub_never_reaches_the_cluster",
                 |e| Box::pin(informer(e)),
             ),
+            ("reads_answer_from_the_cache_while_the_agent_is_away", |e| {
+                Box::pin(stale_reads(e))
+            }),
         ],
     );
 }
@@ -917,7 +920,14 @@ fn expect_status(got: &(u16, Value), code: u16, reason: &str, what: &str) -> any
 }
 
 async fn refusals(env: Arc<Env>) -> anyhow::Result<()> {
-    let rig = rig(&env, "kref", &["--kube-api-request-timeout=3s"]).await?;
+    // Stale reads off: a disconnected account answers every request 503 (see
+    // `stale_reads` for the default).
+    let rig = rig(
+        &env,
+        "kref",
+        &["--kube-api-request-timeout=3s", "--kube-api-no-stale-reads"],
+    )
+    .await?;
     let ns = rig.s.ns.clone();
     let list = format!("/api/v1/namespaces/{ns}/configmaps");
     // No token, a wrong token: 401.
@@ -1034,7 +1044,12 @@ async fn refusals(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await?;
     let got = call(&all, "GET", &list, &[]).await?;
-    expect_status(&got, 503, "ServiceUnavailable", "disconnected account")?;
+    expect_status(
+        &got,
+        503,
+        "ServiceUnavailable",
+        "disconnected account, stale reads off",
+    )?;
     ensure!(
         got.1["message"]
             .as_str()
@@ -1726,5 +1741,124 @@ async fn informer(env: Arc<Env>) -> anyhow::Result<()> {
         after.0 > before.0,
         "no request of the informer was answered from the cache"
     );
+    Ok(())
+}
+
+/// The agent gone (its account waits out the grace period): kubectl's list through the
+/// hub still answers, from the cache, with a Warning saying since when it is not
+/// followed; a write and a read only the cluster can answer get 503 at once; the
+/// account says it serves stale data.
+async fn stale_reads(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kstale", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let cluster = target(&env, TARGET)?;
+    let cms = scale_agent_e2e::converge::configmaps(cluster, &ns).await?;
+    for i in 0..5 {
+        scale_agent_e2e::converge::put_cm(&cms, &format!("s-{i}"), "0").await?;
+    }
+    cache_caught_up(&rig, &rig.target, &cms).await?;
+    let k = Kubectl {
+        bin: env.cp.bins.kubectl.clone(),
+        rig: &rig,
+        account: rig.target.clone(),
+    };
+    let get = ["get", "configmaps", "-n", ns.as_str(), "-o", "json"];
+    // While connected (this also leaves kubectl's discovery in its disk cache:
+    // discovery goes to the cluster).
+    let connected = k.hub_full(&get, None)?;
+    ensure!(
+        connected.success && !connected.stderr.contains("disconnected"),
+        "kubectl get while connected: {}",
+        connected.stderr
+    );
+    let names = |out: &str| -> anyhow::Result<Vec<String>> {
+        let list: Value = serde_json::from_str(out)?;
+        let mut n: Vec<String> = items(&list).into_iter().map(|(_, name, _)| name).collect();
+        n.sort();
+        Ok(n)
+    };
+    let want = names(&connected.stdout)?;
+    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    wait::until(
+        "the account Disconnected",
+        Duration::from_secs(60),
+        || async {
+            scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
+                .await
+                .filter(|a| a["state"] == "Disconnected")
+        },
+    )
+    .await?;
+    let away = k.hub_full(&get, None)?;
+    ensure!(
+        away.success,
+        "kubectl get while the agent is away failed: {}",
+        away.stderr
+    );
+    ensure!(
+        names(&away.stdout)? == want,
+        "while away kubectl listed {:?}, before {want:?}",
+        names(&away.stdout)?
+    );
+    ensure!(
+        away.stderr.contains(&format!(
+            "Warning: account {} is disconnected: this answer is the hub's last known state of the cluster, not followed since ",
+            rig.target
+        )),
+        "kubectl printed no warning: {}",
+        away.stderr
+    );
+    eprintln!("kubectl while the agent is away: {}", away.stderr.trim());
+    // A write, and a read only the cluster can answer (one object by name): 503 at once.
+    let hub = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    let body = json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "written-while-away" } });
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("/api/v1/namespaces/{ns}/configmaps"))
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(serde_json::to_vec(&body)?))?;
+    let started = Instant::now();
+    let response = hub.send(req).await?;
+    let took = started.elapsed();
+    ensure!(
+        response.status().as_u16() == 503,
+        "a write while away: {}",
+        response.status()
+    );
+    ensure!(
+        took < Duration::from_secs(1),
+        "the write's 503 took {took:?}"
+    );
+    eprintln!("a write while the agent is away: 503 in {took:?}");
+    let by_name = call(
+        &hub,
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/configmaps/s-1"),
+        &[],
+    )
+    .await?;
+    expect_status(
+        &by_name,
+        503,
+        "ServiceUnavailable",
+        "one object by name while away",
+    )?;
+    let account = scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
+        .await
+        .context("the account is gone")?;
+    ensure!(
+        account["servingStale"] == true,
+        "the account does not say it serves stale data: {account}"
+    );
+    let text = reqwest::get(format!("{}/metrics", rig.s.hub.http))
+        .await?
+        .text()
+        .await?;
+    let stale = scale_agent_e2e::metrics::sum_with(
+        &text,
+        "scale_agent_hub_kube_api_requests_total",
+        "source=\"stale\"",
+    );
+    ensure!(stale >= 1.0, "no answer counted as stale");
     Ok(())
 }

@@ -202,7 +202,7 @@ impl Metrics {
             kube_api_requests: register(
                 &mut r,
                 "kube_api_requests",
-                "Requests to the accounts' Kubernetes API, by source (cluster, cache, hub) and status class",
+                "Requests to the accounts' Kubernetes API, by source (cluster, cache, stale: the cache of an account whose agent is away, hub) and status class",
             ),
             kube_api_requests_in_flight: register(
                 &mut r,

@@ -37,6 +37,9 @@ pub struct Ctx<'a> {
     pub snapshots: &'a Snapshots,
     /// Versions reads must reach after the clients' writes.
     pub barriers: &'a Barriers,
+    /// The account's agent is away: the cache answers from its last known state and
+    /// cannot catch up with anything, so a read that would wait goes elsewhere at once.
+    pub stale: bool,
 }
 
 /// Answers `read` of `path` in `account` from the cache, or says why it goes to the
@@ -59,6 +62,9 @@ pub async fn answer(
     let give_up = Instant::now() + CATCH_UP;
     loop {
         match step(ctx.shared, account, path, &read, floor)? {
+            Step::Wait(_) if ctx.stale => {
+                return Err("the cache is not followed while the agent is away");
+            }
             Step::Wait(mut rx) => {
                 let left = give_up.saturating_duration_since(Instant::now());
                 if left.is_zero() {

@@ -16,7 +16,8 @@
 //! checked as the API server checks them), [`selector`] (label and field selectors),
 //! [`cached`] (the checks under the cache's lock), [`watch`] (watches from the
 //! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
-//! session, flow control), [`passthrough`] (replaying a request through the agent),
+//! session, flow control), [`passthrough`] (replaying a request through the agent), [`stale`] (reads
+//! while an account's agent is away),
 //! [`status`] (Kubernetes `Status` answers), [`kubeconfig`] (the kubeconfig Spinnaker
 //! operators paste into Clouddriver).
 
@@ -32,6 +33,7 @@ pub mod path;
 pub mod read;
 pub mod selector;
 pub mod server;
+pub mod stale;
 pub mod status;
 pub mod tunnel;
 pub mod watch;
@@ -61,6 +63,10 @@ pub struct KubeApiConfig {
     /// Pass `Impersonate-*` headers on to the cluster, where they act with the
     /// agent's rights; refused (403) when false.
     pub allow_impersonation: bool,
+    /// While an account's agent is away (within the grace period), answer the reads
+    /// the cache can answer from its last known state, with a `Warning` saying since
+    /// when it is not followed (503 like every other request when false).
+    pub stale_reads: bool,
     /// How long the hub waits for the head of the cluster's answer when the request
     /// names no `timeout`; past it the client gets 504.
     pub request_timeout: Duration,
@@ -74,13 +80,15 @@ pub struct KubeApiConfig {
 }
 
 impl KubeApiConfig {
-    /// Defaults on `addr` with `tokens`: impersonation refused, 60 s request timeout,
-    /// 1 MiB window, 4096 connections, the hub's own certificate.
+    /// Defaults on `addr` with `tokens`: impersonation refused, stale reads served,
+    /// 60 s request timeout, 1 MiB window, 4096 connections, the hub's own
+    /// certificate.
     pub fn new(addr: SocketAddr, tokens: TokenSource) -> KubeApiConfig {
         KubeApiConfig {
             addr,
             tokens,
             allow_impersonation: false,
+            stale_reads: true,
             request_timeout: Duration::from_secs(60),
             window_bytes: 1 << 20,
             max_connections: 4096,
