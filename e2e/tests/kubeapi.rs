@@ -58,6 +58,9 @@ fn main() {
             ("reads_answer_from_the_cache_while_the_agent_is_away", |e| {
                 Box::pin(stale_reads(e))
             }),
+            ("kubectl_prints_the_same_tables_through_the_hub", |e| {
+                Box::pin(tables(e))
+            }),
         ],
     );
 }
@@ -1860,5 +1863,117 @@ async fn stale_reads(env: Arc<Env>) -> anyhow::Result<()> {
         "source=\"stale\"",
     );
     ensure!(stale >= 1.0, "no answer counted as stale");
+    Ok(())
+}
+
+/// kubectl's printed table without its AGE column (ages differ by when each was asked).
+fn without_age(out: &str) -> Vec<Vec<String>> {
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let age = header.iter().position(|c| *c == "AGE");
+    std::iter::once(header.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>())
+        .chain(lines.map(|l| l.split_whitespace().map(str::to_owned).collect()))
+        .map(|mut cells: Vec<String>| {
+            if let Some(i) = age.filter(|i| *i < cells.len()) {
+                cells.remove(i);
+            }
+            cells
+        })
+        .collect()
+}
+
+/// `kubectl get` (printed columns, and `-o wide`) through the hub prints what it prints
+/// against the cluster, AGE excepted, and the Tables it asks for come from the cache.
+async fn tables(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "ktab", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl {
+        bin: env.cp.bins.kubectl.clone(),
+        rig: &rig,
+        account: rig.mgmt.clone(),
+    };
+    for i in 0..3 {
+        k.direct(&[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            &format!("t-{i}"),
+            &format!("--from-literal=a={i}"),
+            "--from-literal=b=x",
+        ])?;
+    }
+    k.direct(&["-n", &ns, "create", "serviceaccount", "robot"])?;
+    k.direct(&[
+        "-n",
+        &ns,
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=2",
+    ])?;
+    k.direct(&[
+        "-n",
+        &ns,
+        "create",
+        "deployment",
+        "two",
+        "--image=busybox",
+        "--image=redis",
+    ])?;
+    // Warm kubectl's discovery cache (discovery goes to the cluster).
+    k.hub(&["-n", &ns, "get", "configmaps"], None)?;
+    let gets: Vec<Vec<&str>> = ["configmaps", "serviceaccounts", "deployments"]
+        .iter()
+        .flat_map(|kind| {
+            [
+                vec!["-n", ns.as_str(), "get", *kind],
+                vec!["-n", ns.as_str(), "get", *kind, "-o", "wide"],
+            ]
+        })
+        .collect();
+    let (cache_before, _) = answered(&rig).await?;
+    for args in &gets {
+        // The cache follows the cluster (Deployments roll out meanwhile): the same
+        // table within a while.
+        let mut last = (String::new(), String::new());
+        let same = wait::until(
+            "the same table through the hub and directly",
+            Duration::from_secs(30),
+            || {
+                let through = k.hub(args, None);
+                let direct = k.direct(args);
+                let outcome = match (through, direct) {
+                    (Ok(t), Ok(d)) => {
+                        let same = without_age(&t) == without_age(&d) && t.lines().count() > 1;
+                        last = (t, d);
+                        same.then_some(())
+                    }
+                    _ => None,
+                };
+                async move { outcome }
+            },
+        )
+        .await;
+        ensure!(
+            same.is_ok(),
+            "kubectl {args:?}: through the hub\n{}\ndirectly\n{}",
+            last.0,
+            last.1
+        );
+        eprintln!("kubectl {}:\n{}", args.join(" "), last.0);
+    }
+    let (cache_after, _) = answered(&rig).await?;
+    ensure!(
+        cache_after - cache_before >= gets.len() as f64,
+        "only {} of {} tables came from the cache",
+        cache_after - cache_before,
+        gets.len()
+    );
     Ok(())
 }

@@ -103,6 +103,9 @@ fn step(
     if path.namespace.is_some() && !kind.window.namespaced {
         return Err("a namespace for a cluster-scoped kind");
     }
+    if read.table.is_some() && super::table::printer(kind.key).is_none() {
+        return Err("a Table of a kind the hub has no printer for");
+    }
     if !read.fields.supported(&kind.key.group, &kind.key.kind) {
         return Err("a field the hub does not index");
     }

@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use super::read::{Read, selected_object};
 use super::status::Failure;
+use super::table;
 use crate::cache::{AccountCache, KindKey};
 
 /// How long the pages of a list stay available after its first page.
@@ -337,6 +338,22 @@ pub fn page(snapshots: &Snapshots, read: &Read, list: Option<Listed>, q: u64) ->
         if read.labels.is_empty() && read.fields.is_empty() {
             metadata.insert("remainingItemCount".into(), Value::from(total - to));
         }
+    }
+    if let Some(ask) = &read.table
+        && let Some(printer) = table::printer(&filtered.kind)
+    {
+        let now = std::time::SystemTime::now();
+        let rows = filtered.items[from..to]
+            .iter()
+            .map(|i| table::row(printer, i.body.get(), ask.include, now))
+            .collect();
+        let body = table::table(printer, Value::Object(metadata), rows);
+        let mut response = Response::new(Body::from(format!("{body}\n")));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"),
+        );
+        return response;
     }
     let strip = built_in(&filtered.kind.group);
     let mut out = String::with_capacity(

@@ -18,7 +18,8 @@
 //! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
 //! session, flow control), [`passthrough`] (replaying a request through the agent), [`stale`] (reads
 //! while an account's agent is away),
-//! [`status`] (Kubernetes `Status` answers), [`kubeconfig`] (the kubeconfig Spinnaker
+//! [`status`] (Kubernetes `Status` answers), [`table`] (lists as
+//! `Table`s, the columns `kubectl get` prints), [`kubeconfig`] (the kubeconfig Spinnaker
 //! operators paste into Clouddriver).
 
 pub mod auth;
@@ -35,6 +36,7 @@ pub mod selector;
 pub mod server;
 pub mod stale;
 pub mod status;
+pub mod table;
 pub mod tunnel;
 pub mod watch;
 

@@ -12,7 +12,8 @@
 //!   out), subresources, Secrets (the stream scrubs their data);
 //! - a kind the agent does not stream, at another version, mid-relist, or outside the
 //!   account's namespaces or label filter;
-//! - Table or metadata-only answers (`Accept: ...;as=Table`), `pretty`,
+//! - metadata-only answers, Tables of kinds the hub has no printer for
+//!   ([`super::table`]), watches of Tables, `pretty`,
 //!   `resourceVersionMatch=Exact`, parameters the hub does not know, selectors it
 //!   cannot evaluate exactly (a field the kind does not index, a selector the API
 //!   server would refuse), and a `continue` token the cluster issued.
@@ -24,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, Method};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -33,6 +34,7 @@ use super::list::Token;
 use super::options::{self, NOT_OLDER_THAN, go_bool};
 use super::path::ResourcePath;
 use super::selector::{self, FieldSelector, LabelSelector};
+use super::table::{self, Include, TableAsk};
 use crate::cache::{KindKey, Scope};
 /// Why a read goes to the cluster (for logs).
 pub type Pass = &'static str;
@@ -79,23 +81,8 @@ pub struct Read {
     pub version: Version,
     /// Set for `watch=true`.
     pub watch: Option<WatchAsk>,
-}
-
-/// True when the client takes plain JSON (not a Table or metadata-only answer).
-fn accepts_json(headers: &HeaderMap) -> bool {
-    let Some(accept) = headers.get(header::ACCEPT) else {
-        return true;
-    };
-    let Ok(accept) = accept.to_str() else {
-        return false;
-    };
-    if accept.contains("as=") {
-        return false;
-    }
-    accept.split(',').any(|t| {
-        let media = t.split(';').next().unwrap_or_default().trim();
-        matches!(media, "application/json" | "*/*" | "application/*" | "")
-    })
+    /// Set when the answer is a `Table` (`Accept: ...;as=Table;v=v1;g=meta.k8s.io`).
+    pub table: Option<TableAsk>,
 }
 
 /// Decides from the request alone whether the cache may answer it.
@@ -117,9 +104,7 @@ pub fn plan(
     if path.group.is_empty() && path.resource == "secrets" {
         return Err("Secrets");
     }
-    if !accepts_json(headers) {
-        return Err("not a plain JSON answer");
-    }
+    let table = table::wanted(headers)?;
     let mut read = Read {
         namespace: path.namespace.clone(),
         labels: LabelSelector::default(),
@@ -128,6 +113,9 @@ pub fn plan(
         cont: None,
         version: Version::Latest,
         watch: None,
+        table: table.map(|()| TableAsk {
+            include: Include::Metadata,
+        }),
     };
     let mut watch = false;
     let mut bookmarks = false;
@@ -159,6 +147,11 @@ pub fn plan(
             }
             // kubectl's request timeout: the answer comes from memory, far sooner.
             "timeout" => {}
+            "includeObject" => {
+                if let Some(t) = &mut read.table {
+                    t.include = table::include(v)?;
+                }
+            }
             _ => return Err("a parameter the hub does not answer itself"),
         }
     }
@@ -172,6 +165,9 @@ pub fn plan(
         return Err("list options the API server refuses");
     }
     if watch {
+        if read.table.is_some() {
+            return Err("a watch of Tables");
+        }
         if read.cont.is_some() || read.limit > 0 {
             return Err("a watch with limit or continue");
         }
@@ -299,7 +295,7 @@ pub fn selected(read: &Read, kind: &KindKey, namespace: &str, name: &str, body: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderValue, header};
 
     fn rp(ns: Option<&str>, resource: &str, name: Option<&str>) -> ResourcePath {
         ResourcePath {
@@ -364,7 +360,7 @@ mod tests {
                 &[],
                 &accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
             )
-            .is_err()
+            .is_ok_and(|r| r.table.is_some())
         );
         assert!(
             plan(
