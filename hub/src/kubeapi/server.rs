@@ -213,7 +213,7 @@ impl KubeApi {
     /// goes to the cluster, `Err(Some(answer))` when it is refused as the API server
     /// would refuse it. `stale`: the account's agent is away, the cache waits for
     /// nothing.
-    async fn from_cache(
+    async fn answer_from_cache(
         &self,
         req: &Request<Incoming>,
         account: &str,
@@ -309,7 +309,7 @@ impl KubeApi {
         };
         if let Some(resource) = &resource {
             match self
-                .from_cache(&req, &account, &rest, resource, stale_since.is_some())
+                .answer_from_cache(&req, &account, &rest, resource, stale_since.is_some())
                 .await
             {
                 Ok(mut response) => {
