@@ -1926,17 +1926,55 @@ async fn tables(env: Arc<Env>) -> anyhow::Result<()> {
         "--image=busybox",
         "--image=redis",
     ])?;
+    let workloads = format!(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{ name: db, namespace: {ns} }}
+spec:
+  replicas: 1
+  serviceName: db
+  selector: {{ matchLabels: {{ app: db }} }}
+  template:
+    metadata: {{ labels: {{ app: db }} }}
+    spec: {{ containers: [{{ name: db, image: postgres:17 }}] }}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{ name: agent, namespace: {ns} }}
+spec:
+  selector: {{ matchLabels: {{ app: agent }} }}
+  template:
+    metadata: {{ labels: {{ app: agent }} }}
+    spec:
+      nodeSelector: {{ kubernetes.io/os: linux }}
+      containers: [{{ name: agent, image: busybox }}, {{ name: side, image: redis }}]
+"#
+    );
+    let applied = k.direct_full(&["apply", "-f", "-"], Some(&workloads))?;
+    ensure!(
+        applied.success,
+        "applying the workloads: {}",
+        applied.stderr
+    );
     // Warm kubectl's discovery cache (discovery goes to the cluster).
     k.hub(&["-n", &ns, "get", "configmaps"], None)?;
-    let gets: Vec<Vec<&str>> = ["configmaps", "serviceaccounts", "deployments"]
-        .iter()
-        .flat_map(|kind| {
-            [
-                vec!["-n", ns.as_str(), "get", *kind],
-                vec!["-n", ns.as_str(), "get", *kind, "-o", "wide"],
-            ]
-        })
-        .collect();
+    let gets: Vec<Vec<&str>> = [
+        "configmaps",
+        "serviceaccounts",
+        "deployments",
+        "replicasets",
+        "statefulsets",
+        "daemonsets",
+    ]
+    .iter()
+    .flat_map(|kind| {
+        [
+            vec!["-n", ns.as_str(), "get", *kind],
+            vec!["-n", ns.as_str(), "get", *kind, "-o", "wide"],
+        ]
+    })
+    .collect();
     let (cache_before, _) = answered(&rig).await?;
     for args in &gets {
         // The cache follows the cluster (Deployments roll out meanwhile): the same

@@ -80,6 +80,7 @@ pub struct Printer {
 
 struct Column {
     name: &'static str,
+    kind: &'static str,
     format: &'static str,
     description: &'static str,
     priority: u8,
@@ -91,14 +92,27 @@ const AGE_DOC: &str = "CreationTimestamp is a timestamp representing the server 
 const fn col(name: &'static str, description: &'static str, priority: u8) -> Column {
     Column {
         name,
+        kind: "string",
         format: "",
         description,
         priority,
     }
 }
 
+/// An `integer` column.
+const fn int(name: &'static str, description: &'static str) -> Column {
+    Column {
+        name,
+        kind: "integer",
+        format: "",
+        description,
+        priority: 0,
+    }
+}
+
 const NAME: Column = Column {
     name: "Name",
+    kind: "string",
     format: "name",
     description: NAME_DOC,
     priority: 0,
@@ -171,17 +185,7 @@ static DEPLOYMENT: Printer = Printer {
     cells: |o, now| {
         let n = |v: &Value| v.as_i64().unwrap_or(0);
         let status = &o["status"];
-        let containers = o["spec"]["template"]["spec"]["containers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let joined = |f: &str| {
-            containers
-                .iter()
-                .map(|c| c[f].as_str().unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let [names, images] = containers(o);
         vec![
             name(o),
             json!(format!(
@@ -192,9 +196,187 @@ static DEPLOYMENT: Printer = Printer {
             json!(n(&status["updatedReplicas"])),
             json!(n(&status["availableReplicas"])),
             age(o, now),
-            json!(joined("name")),
-            json!(joined("image")),
+            names,
+            images,
             json!(selector(&o["spec"]["selector"])),
+        ]
+    },
+};
+
+const CONTAINERS: Column = col("Containers", "Names of each container in the template.", 1);
+const IMAGES: Column = col(
+    "Images",
+    "Images referenced by each container in the template.",
+    1,
+);
+
+/// The container names and images of a pod template, as the API server lays them out.
+fn containers(o: &Value) -> [Value; 2] {
+    let list = o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let joined = |f: &str| {
+        list.iter()
+            .map(|c| c[f].as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    [json!(joined("name")), json!(joined("image"))]
+}
+
+fn int_of(v: &Value) -> Value {
+    json!(v.as_i64().unwrap_or(0))
+}
+
+/// apimachinery's `FormatLabelSelector`: the selector, or `<none>` when empty.
+fn format_selector(s: &Value) -> String {
+    let text = selector(s);
+    if text.is_empty() {
+        "<none>".into()
+    } else {
+        text
+    }
+}
+
+/// apimachinery's `labels.FormatLabels`: `k=v` sorted by key, or `<none>`.
+fn format_labels(m: &Value) -> String {
+    let mut pairs: Vec<(&String, &str)> = m
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k, v.as_str().unwrap_or_default()))
+        .collect();
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    if pairs.is_empty() {
+        "<none>".into()
+    } else {
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+static REPLICA_SET: Printer = Printer {
+    columns: &[
+        NAME,
+        int(
+            "Desired",
+            "Replicas is the number of desired pods. This is a pointer to distinguish between explicit zero and unspecified. Defaults to 1. More info: https://kubernetes.io/docs/concepts/workloads/controllers/replicaset",
+        ),
+        int(
+            "Current",
+            "Replicas is the most recently observed number of non-terminating pods. More info: https://kubernetes.io/docs/concepts/workloads/controllers/replicaset",
+        ),
+        int(
+            "Ready",
+            "The number of non-terminating pods targeted by this ReplicaSet with a Ready Condition.",
+        ),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+        col(
+            "Selector",
+            "Selector is a label query over pods that should match the replica count. Label keys and values that must match in order to be controlled by this replica set. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+            1,
+        ),
+    ],
+    cells: |o, now| {
+        let [names, images] = containers(o);
+        vec![
+            name(o),
+            int_of(&o["spec"]["replicas"]),
+            int_of(&o["status"]["replicas"]),
+            int_of(&o["status"]["readyReplicas"]),
+            age(o, now),
+            names,
+            images,
+            json!(format_selector(&o["spec"]["selector"])),
+        ]
+    },
+};
+
+static STATEFUL_SET: Printer = Printer {
+    columns: &[
+        NAME,
+        col("Ready", "Number of the pod with ready state", 0),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+    ],
+    cells: |o, now| {
+        let n = |v: &Value| v.as_i64().unwrap_or(0);
+        let [names, images] = containers(o);
+        vec![
+            name(o),
+            json!(format!(
+                "{}/{}",
+                n(&o["status"]["readyReplicas"]),
+                n(&o["spec"]["replicas"])
+            )),
+            age(o, now),
+            names,
+            images,
+        ]
+    },
+};
+
+static DAEMON_SET: Printer = Printer {
+    columns: &[
+        NAME,
+        int(
+            "Desired",
+            "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod). More info: https://kubernetes.io/docs/concepts/workloads/controllers/daemonset/",
+        ),
+        int(
+            "Current",
+            "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod. More info: https://kubernetes.io/docs/concepts/workloads/controllers/daemonset/",
+        ),
+        int(
+            "Ready",
+            "numberReady is the number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition.",
+        ),
+        int(
+            "Up-to-date",
+            "The total number of nodes that are running updated daemon pod",
+        ),
+        int(
+            "Available",
+            "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+        ),
+        col(
+            "Node Selector",
+            "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node. More info: https://kubernetes.io/docs/concepts/configuration/assign-pod-node/",
+            0,
+        ),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+        col(
+            "Selector",
+            "A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+            1,
+        ),
+    ],
+    cells: |o, now| {
+        let st = &o["status"];
+        let [names, images] = containers(o);
+        vec![
+            name(o),
+            int_of(&st["desiredNumberScheduled"]),
+            int_of(&st["currentNumberScheduled"]),
+            int_of(&st["numberReady"]),
+            int_of(&st["updatedNumberScheduled"]),
+            int_of(&st["numberAvailable"]),
+            json!(format_labels(
+                &o["spec"]["template"]["spec"]["nodeSelector"]
+            )),
+            age(o, now),
+            names,
+            images,
+            json!(format_selector(&o["spec"]["selector"])),
         ]
     },
 };
@@ -206,6 +388,9 @@ pub fn printer(kind: &KindKey) -> Option<&'static Printer> {
         ("", "Namespace") => Some(&NAMESPACE),
         ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
         ("apps", "Deployment") => Some(&DEPLOYMENT),
+        ("apps", "ReplicaSet") => Some(&REPLICA_SET),
+        ("apps", "StatefulSet") => Some(&STATEFUL_SET),
+        ("apps", "DaemonSet") => Some(&DAEMON_SET),
         _ => None,
     }
 }
@@ -326,7 +511,7 @@ pub fn columns(p: &Printer) -> Value {
             .map(|c| {
                 json!({
                     "name": c.name,
-                    "type": "string",
+                    "type": c.kind,
                     "format": c.format,
                     "description": c.description,
                     "priority": c.priority,
@@ -466,6 +651,21 @@ mod tests {
             row(&NAMESPACE, ns, Include::None, now)["cells"],
             json!(["n", "Active", "<unknown>"])
         );
+        let rs = format!(
+            r#"{{"metadata":{{"name":"web-1","creationTimestamp":"{created}"}},"spec":{{"replicas":2,"selector":{{}},"template":{{"spec":{{"containers":[{{"name":"a","image":"i"}}]}}}}}},"status":{{"replicas":2,"readyReplicas":1}}}}"#
+        );
+        assert_eq!(
+            row(&REPLICA_SET, &rs, Include::None, now)["cells"],
+            json!(["web-1", 2, 2, 1, "2m5s", "a", "i", "<none>"])
+        );
+        let ds = format!(
+            r#"{{"metadata":{{"name":"d","creationTimestamp":"{created}"}},"spec":{{"selector":{{"matchLabels":{{"app":"d"}}}},"template":{{"spec":{{"nodeSelector":{{"a.b":"2","a":"1"}},"containers":[{{"name":"a","image":"i"}}]}}}}}},"status":{{"desiredNumberScheduled":3,"numberReady":2}}}}"#
+        );
+        assert_eq!(
+            row(&DAEMON_SET, &ds, Include::None, now)["cells"],
+            json!(["d", 3, 0, 2, 0, 0, "a=1,a.b=2", "2m5s", "a", "i", "app=d"])
+        );
+        assert_eq!(columns(&DAEMON_SET)[1]["type"], "integer");
         let cols = columns(&DEPLOYMENT);
         assert_eq!(cols[0]["format"], "name");
         assert_eq!(cols[5]["priority"], 1);
