@@ -44,14 +44,15 @@ fn build() -> Result<PathBuf> {
             install: "install Go >= 1.26 from https://go.dev/doc/install (or apt-get install golang-go when new enough)",
         });
     }
-    build_script(&script)
+    build_script(&script, &[])
 }
 
-/// Runs a build script of `e2e/scripts/` (its progress on stderr) and returns the path
-/// it prints: what it built, cached outside the repository.
-pub fn build_script(script: &Path) -> Result<PathBuf> {
+/// Runs a build script of `e2e/scripts/` with `args` (its progress on stderr) and returns
+/// the path it prints: what it built, cached outside the repository.
+pub fn build_script(script: &Path, args: &[&str]) -> Result<PathBuf> {
     let out = Command::new("bash")
         .arg(script)
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| Error::io("running", script, e))?;

@@ -1,6 +1,6 @@
 //! What GitOps tools make of AgentShards, with their own code: kstatus (the
 //! sigs.k8s.io/cli-utils library Flux and kpt wait on, built from `e2e/kstatus/` by
-//! `e2e/scripts/build-kstatus.sh`) and Argo CD's health check
+//! `e2e/scripts/build-go-tool.sh`; [`go_tool`] builds the other Go programs of `e2e/` too) and Argo CD's health check
 //! (`manifests/gitops/argocd/health.lua`, run with Lua 5.1, the dialect Argo CD embeds;
 //! Debian's `lua5.1` is installed with apt-get when missing).
 
@@ -29,7 +29,13 @@ pub struct Kstatus {
 
 /// The kstatus binary, built first when the cache lacks it.
 pub fn kstatus_binary() -> Result<PathBuf> {
-    crate::bins::build_script(&repo().join("e2e/scripts/build-kstatus.sh"))
+    go_tool("kstatus")
+}
+
+/// The binary of the Go program in `e2e/<name>/` (kstatus, informer), built by
+/// `e2e/scripts/build-go-tool.sh` first when the cache lacks it.
+pub fn go_tool(name: &str) -> Result<PathBuf> {
+    crate::bins::build_script(&repo().join("e2e/scripts/build-go-tool.sh"), &[name])
 }
 
 /// The kstatus of every AgentShard in namespace `ns`, read through `kubeconfig`, by name.

@@ -62,6 +62,22 @@ fn sample_names(text: &str) -> impl Iterator<Item = &str> {
         .filter_map(|(s, _)| s.split('{').next())
 }
 
+/// The sum of the series of metric `name` whose labels include `label` (`source="cluster"`),
+/// whatever their other labels; 0 when there is none.
+pub fn sum_with(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter_map(parse_line)
+        .filter(|(s, _)| {
+            let mut parts = s.splitn(2, '{');
+            parts.next() == Some(name)
+                && parts.next().is_some_and(|labels| {
+                    labels.trim_end_matches('}').split(',').any(|l| l == label)
+                })
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// Splits a sample line into its series (name and labels) and its value; `None` for
 /// comments, blank lines and lines that are not samples. Label values may hold spaces,
 /// braces and escaped quotes; a timestamp after the value is ignored.
@@ -144,7 +160,7 @@ pub async fn required(addr: &str, series: &str) -> Result<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{require, require_sum, sample, sum};
+    use super::{require, require_sum, sample, sum, sum_with};
 
     const TEXT: &str = r#"# HELP scale_agent_operator_leader Whether this replica leads.
 # TYPE scale_agent_operator_leader gauge
@@ -179,6 +195,8 @@ broken{a="b" 7
         assert_eq!(sum(TEXT, "foo"), 12.0);
         assert_eq!(sum(TEXT, "scale_agent_operator_leader"), 1.0);
         assert_eq!(sum(TEXT, "missing"), 0.0);
+        assert_eq!(sum_with(TEXT, "foo", "a=\"b\""), 3.0);
+        assert_eq!(sum_with(TEXT, "foo", "a=\"c\""), 0.0);
     }
 
     #[test]

@@ -78,7 +78,8 @@ scale_agent_runtime::metrics! {
         sessions_aged_out: Counter,
         /// HTTP API requests refused for a missing or wrong bearer token.
         http_unauthorized: Counter,
-        /// Requests to the accounts' Kubernetes API, by source and status class.
+        /// Requests to the accounts' Kubernetes API, by source (cluster, cache, stale: the
+        /// cache of an account whose agent is away, hub) and status class.
         kube_api_requests: Family<KubeApiLabel, Counter>,
         /// Kubernetes API requests carried to agents and not finished (set at
         /// scrape time).

@@ -184,6 +184,9 @@ pub struct AccountView {
     /// account's stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     hub_replica: Option<String>,
+    /// The account is Disconnected and its Kubernetes API answers reads from the
+    /// cache's last known state (not followed since `sinceSeconds` ago).
+    serving_stale: bool,
 }
 
 impl AccountView {
@@ -210,6 +213,7 @@ impl AccountView {
             kubernetes_version: row.kubernetes_version,
             session: row.session,
             hub_replica: Some(row.holder),
+            serving_stale: false,
         }
     }
 }
@@ -231,6 +235,17 @@ fn account_view(shared: &Shared, core: &Core, a: &Account, now: SystemTime) -> A
         session: a.session.as_ref().map(ToString::to_string),
         since_seconds: now.duration_since(a.since).map_or(0, |d| d.as_secs()),
         hub_replica: shared.replicas.as_ref().map(|r| r.id()),
+        serving_stale: crate::kubeapi::stale::serving(
+            shared
+                .config
+                .kube_api
+                .as_ref()
+                .is_some_and(|k| k.stale_reads),
+            a.session.is_some(),
+            core.cache
+                .account(&a.name)
+                .is_some_and(|c| c.scope().is_some()),
+        ),
     }
 }
 

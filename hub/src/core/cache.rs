@@ -394,8 +394,9 @@ impl AccountCache {
         }
         state.api.advance(resource_version);
         if open.mode == SyncMode::FullRelist {
-            // The hub lost continuity while the kind was relisted: watches start over.
-            state.api.restart();
+            // The hub lost continuity while the kind was relisted: watches start over,
+            // from the list's version.
+            state.api.restart(window::parse_rv(resource_version));
         }
         let mut dropped = 0;
         if open.mode == SyncMode::FullRelist {

@@ -11,13 +11,15 @@
 //! A watch from resourceVersion X can be served from the window only when the hub can
 //! vouch that every change after X is in it. A full relist of the kind breaks that:
 //! the agent's list folds whatever happened while the hub was not following (objects
-//! deleted meanwhile simply are not listed) into one state, at a revision of the
-//! cluster the hub is not told, so a client that followed the kind before the relist
-//! could miss those deletions. After a relist the window therefore vouches for no
-//! version until the first change after it arrives, and from then on only for
-//! versions at or after that change; the epoch changes, which ends every watch opened
-//! before. A watch the window does not vouch for goes to the cluster, which knows its
-//! own history (and answers `410 Gone` when it does not either).
+//! deleted meanwhile simply are not listed) into one state, so a client that followed
+//! the kind before the relist could miss those deletions. That state is the cluster's
+//! at the list's own resourceVersion (the agent's SyncEnd says it, and its watch goes
+//! on from there), so after a relist the window vouches for that version and later
+//! ones only; when the list's version is not known, for none until the first change
+//! after it arrives, and from then on for versions at or after that change. The
+//! epoch changes, which ends every watch opened before. A watch the window does not
+//! vouch for goes to the cluster, which knows its own history (and answers `410 Gone`
+//! when it does not either).
 //!
 //! Pure bookkeeping apart from one `tokio::sync::watch` channel that wakes the watches
 //! (and the reads waiting for their own writes) when something changes.
@@ -187,13 +189,15 @@ impl KindWindow {
         self.bump(rv, false);
     }
 
-    /// A full relist ended: continuity was lost, so the window starts over (vouching
-    /// for nothing until the next change) and watches opened before end.
-    pub fn restart(&mut self) {
+    /// A full relist ended, the list taken at `listed_at` (when known): continuity
+    /// was lost, so the window starts over, vouching for the list's version and later
+    /// ones (for nothing until the next change when the list's version is unknown or
+    /// older than what the kind showed before), and watches opened before end.
+    pub fn restart(&mut self, listed_at: Option<u64>) {
         self.changes.clear();
         self.bytes = 0;
-        self.start = None;
         let rv = self.mark().rv;
+        self.start = listed_at.filter(|at| *at >= rv);
         self.bump(rv, true);
     }
 
@@ -237,11 +241,11 @@ mod tests {
     fn a_watch_gets_exactly_the_changes_after_its_version() {
         let mut w = KindWindow::default();
         w.advance("10");
-        w.restart();
+        w.restart(None);
         assert_eq!(
             w.since(10).err(),
             Some(TooOld { start: None }),
-            "right after a relist the window vouches for no version"
+            "right after a relist at an unknown version the window vouches for none"
         );
         for rv in [11, 12, 15] {
             w.record(change(rv, "a", 1));
@@ -261,7 +265,7 @@ mod tests {
     #[test]
     fn old_changes_fall_out_by_count_and_by_bytes() {
         let mut w = KindWindow::default();
-        w.restart();
+        w.restart(None);
         for rv in 1..=(MAX_CHANGES as u64 + 5) {
             w.record(change(rv, "a", 1));
         }
@@ -269,7 +273,7 @@ mod tests {
         assert!(w.since(4).is_err());
         assert_eq!(w.since(5).expect("in the window").len(), MAX_CHANGES);
         let mut w = KindWindow::default();
-        w.restart();
+        w.restart(None);
         let big = MAX_BYTES / 3;
         for rv in 1..=4 {
             w.record(change(rv, "a", big));
@@ -282,11 +286,11 @@ mod tests {
     fn a_relist_starts_a_new_epoch_and_window() {
         let mut w = KindWindow::default();
         let rx = w.subscribe();
-        w.restart();
+        w.restart(None);
         w.record(change(6, "a", 1));
         let before = w.mark();
         w.advance("20");
-        w.restart();
+        w.restart(None);
         let after = *rx.borrow();
         assert_eq!(after.epoch, before.epoch + 1);
         assert_eq!(after.rv, 20);
@@ -302,6 +306,17 @@ mod tests {
             w.since(20).is_err(),
             "20 may predate what the relist folded in"
         );
+        // A relist whose own version is known vouches for it: the cache is the
+        // cluster's state there, and every later change follows.
+        w.advance("30");
+        w.restart(Some(30));
+        assert!(w.since(30).expect("the list's version").is_empty());
+        assert!(w.since(29).is_err(), "older versions may miss deletions");
+        w.record(change(31, "d", 1));
+        assert_eq!(rvs(&w.since(30).expect("covered")), [31]);
+        // A list older than what the kind showed before proves nothing.
+        w.restart(Some(25));
+        assert!(w.since(31).is_err());
     }
 
     #[test]
