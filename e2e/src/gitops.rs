@@ -1,7 +1,8 @@
 //! What GitOps tools make of AgentShards, with their own code: kstatus (the
 //! sigs.k8s.io/cli-utils library Flux and kpt wait on, built from `e2e/kstatus/` by
 //! `e2e/scripts/build-kstatus.sh`) and Argo CD's health check
-//! (`manifests/gitops/argocd/health.lua`, run with Lua 5.1, the dialect Argo CD embeds;
+//! (`manifests/gitops/argocd/scaleagent.dev/AgentShard/health.lua`, in Argo CD's own
+//! layout with its test cases, run with Lua 5.1, the dialect Argo CD embeds;
 //! Debian's `lua5.1` is installed with apt-get when missing).
 
 use std::collections::BTreeMap;
@@ -71,6 +72,39 @@ pub fn kstatus(kubeconfig: &Path, ns: &str) -> Result<BTreeMap<String, Kstatus>>
         .collect()
 }
 
+/// The kstatus of one object (JSON, as the API server returned it: from a server-side
+/// dry run, say), as the library computes it.
+pub fn kstatus_of(obj: &Value) -> Result<Kstatus> {
+    let bin = kstatus_binary()?;
+    let mut child = Command::new(&bin)
+        .arg("--stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("running", &bin, e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(obj.to_string().as_bytes())
+            .map_err(|e| Error::io("writing to", &bin, e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io("running", &bin, e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(Error::Invalid {
+            what: "the kstatus run".into(),
+            message: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    serde_json::from_str(text.trim()).map_err(|e| Error::Invalid {
+        what: format!("kstatus line {text:?}"),
+        message: e.to_string(),
+    })
+}
+
 /// Lua 5.1, installed from Debian when missing (once per process, waiting for dpkg's
 /// lock when another install holds it).
 pub fn lua() -> Result<PathBuf> {
@@ -97,9 +131,13 @@ pub fn lua() -> Result<PathBuf> {
     })
 }
 
+/// The folder of the Argo CD health check, laid out as Argo CD's
+/// `resource_customizations/<group>/<kind>/`: `health.lua`, `health_test.yaml`, `testdata/`.
+pub const ARGOCD_CHECK: &str = "manifests/gitops/argocd/scaleagent.dev/AgentShard";
+
 /// The Argo CD health check as users paste it.
 pub fn argocd_health_script() -> Result<String> {
-    let path = repo().join("manifests/gitops/argocd/health.lua");
+    let path = repo().join(ARGOCD_CHECK).join("health.lua");
     std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))
 }
 
