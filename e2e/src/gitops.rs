@@ -168,6 +168,52 @@ pub fn argocd_health(obj: &Value) -> Result<(String, String)> {
     Ok((status.to_owned(), message.to_owned()))
 }
 
+/// One case of the check's `health_test.yaml`, in Argo CD's format: the object in
+/// `inputPath` (relative to the check's folder) and the health the check must give it.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthTest {
+    /// The object, a YAML file under `testdata/`.
+    pub input_path: String,
+    /// What the check must answer.
+    pub health_status: HealthStatus,
+}
+
+/// A health check's answer, as Argo CD compares it: both fields exactly.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct HealthStatus {
+    /// Healthy, Progressing, Degraded, Suspended...
+    pub status: String,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The test cases of the Argo CD check (its `health_test.yaml`).
+pub fn argocd_health_tests() -> Result<Vec<HealthTest>> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        tests: Vec<HealthTest>,
+    }
+    let path = repo().join(ARGOCD_CHECK).join("health_test.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let file: File = serde_yaml::from_str(&text).map_err(|e| Error::Invalid {
+        what: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(file.tests)
+}
+
+/// The object of one test case, as JSON.
+pub fn argocd_test_input(case: &HealthTest) -> Result<Value> {
+    let path = repo().join(ARGOCD_CHECK).join(&case.input_path);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    serde_yaml::from_str(&text).map_err(|e| Error::Invalid {
+        what: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
 /// `value` as a Lua table constructor, as Argo CD hands objects to health checks
 /// (JSON objects become tables with string keys, arrays sequences from 1).
 pub fn lua_literal(value: &Value) -> String {
@@ -218,6 +264,46 @@ mod tests {
             lua_literal(&v),
             r#"{["a"] = {1, "x\"y\n"}, ["b"] = {["c"] = true, ["d"] = nil}}"#
         );
+    }
+
+    /// The check's own test cases (Argo CD's `health_test.yaml` and `testdata/`, as its
+    /// `TestLuaHealthScript` runs them upstream), with Lua 5.1: every case gives exactly
+    /// the status and message it names, and every file in `testdata/` is a case.
+    #[test]
+    fn the_argocd_check_passes_its_test_cases() {
+        let cases = argocd_health_tests().expect("health_test.yaml");
+        let mut wrong = Vec::new();
+        for case in &cases {
+            let obj = argocd_test_input(case).expect("test input");
+            let (status, message) = argocd_health(&obj).expect("the check runs");
+            let got = HealthStatus { status, message };
+            if got != case.health_status {
+                wrong.push(format!(
+                    "{}: got {got:?}, want {:?}",
+                    case.input_path, case.health_status
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        let mut files: Vec<String> = std::fs::read_dir(repo().join(ARGOCD_CHECK).join("testdata"))
+            .expect("testdata")
+            .map(|e| {
+                format!(
+                    "testdata/{}",
+                    e.expect("entry").file_name().to_string_lossy()
+                )
+            })
+            .collect();
+        files.sort();
+        let mut listed: Vec<String> = cases.iter().map(|c| c.input_path.clone()).collect();
+        listed.sort();
+        assert_eq!(files, listed, "every file in testdata/ is a case, once");
+        for state in ["Healthy", "Progressing", "Degraded", "Suspended"] {
+            assert!(
+                cases.iter().any(|c| c.health_status.status == state),
+                "no case is {state}"
+            );
+        }
     }
 
     #[test]
