@@ -83,10 +83,124 @@ fn main() {
                 "installed_operator_and_hub_run_as_their_service_accounts_and_a_shard_streams",
                 |e| Box::pin(live(e)),
             ),
+            ("the_install_guide_runs_as_written", |e| Box::pin(guide(e))),
         ],
         // The tests share the installed namespace: one at a time.
         Some(1),
     );
+}
+
+/// docs/install.md's commands, taken from the Markdown (the blocks marked to run, see
+/// `scale_agent_e2e::guide`), run in order by bash as a user would: from the certificates
+/// to the uninstall, on a cluster where nothing of scale-agent is installed. The guide
+/// assumes a default StorageClass (here a volume made beforehand) and a kubeconfig of the
+/// first shard's cluster in the current directory (here cluster-1's). After the uninstall
+/// nothing of the install is left.
+async fn guide(env: Arc<Env>) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let blocks = scale_agent_e2e::guide::read(&repo.join("docs/install.md"))?;
+
+    // Other tests of this binary install scale-agent too: start from nothing.
+    let manifests = kustomize::manifests();
+    let install = manifests.join("install").display().to_string();
+    kubectl_full(
+        cp,
+        ["delete", "-k", &install, "--ignore-not-found", "--wait"],
+    )?;
+    for args in [
+        &[
+            "delete",
+            "namespace",
+            "spinnaker",
+            "team-b",
+            "--ignore-not-found",
+            "--wait",
+        ][..],
+        &[
+            "delete",
+            "validatingwebhookconfiguration",
+            "scale-agent-operator",
+            "--ignore-not-found",
+        ],
+        &[
+            "delete",
+            "pv",
+            "scale-agent-hub-store",
+            "--ignore-not-found",
+            "--wait",
+        ],
+    ] {
+        cp.kubectl(args)?;
+    }
+    hub_volume(&env)?;
+
+    let dir = tempfile::tempdir()?;
+    for d in ["manifests", "crds"] {
+        std::os::unix::fs::symlink(repo.join(d).canonicalize()?, dir.path().join(d))?;
+    }
+    std::fs::copy(
+        &cp.target("cluster-1").context("cluster-1")?.kubeconfig,
+        dir.path().join("prod-east-1.kubeconfig"),
+    )?;
+    let script = scale_agent_e2e::guide::script("docs/install.md", &blocks);
+    let kubectl_dir = cp.bins.kubectl.parent().context("kubectl's folder")?;
+    let path = format!(
+        "{}:{}",
+        kubectl_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("KUBECONFIG", &cp.management.kubeconfig)
+        .env("PATH", path)
+        .output()
+        .context("running bash")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ran = blocks
+        .iter()
+        .filter(|b| b.marker == scale_agent_e2e::guide::Marker::Run)
+        .count();
+    ensure!(
+        out.status.success(),
+        "docs/install.md, as written, fails ({}); the last lines of its output:\n{}",
+        out.status,
+        stderr
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!(
+        "docs/install.md: {ran} of {} sh blocks ran in {:.1?}",
+        blocks.len(),
+        started.elapsed()
+    );
+
+    // The uninstall left nothing of the install.
+    let left = kubectl_full(
+        cp,
+        ["get", "-k", &install, "-o", "name", "--ignore-not-found"],
+    )?;
+    ensure!(
+        left.stdout.trim().is_empty(),
+        "after the guide's uninstall these are left:\n{}",
+        left.stdout
+    );
+    cp.kubectl([
+        "delete",
+        "pv",
+        "scale-agent-hub-store",
+        "--ignore-not-found",
+    ])?;
+    Ok(())
 }
 
 async fn image_runs(_env: Arc<Env>) -> anyhow::Result<()> {
