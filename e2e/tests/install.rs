@@ -529,7 +529,126 @@ async fn apply(env: Arc<Env>) -> anyhow::Result<()> {
 
     examples_reapply_unchanged(&env)?;
     client_side_reapply_is_unchanged(&env).await?;
-    service_accounts_hold_only_what_they_need(&env).await
+    service_accounts_hold_only_what_they_need(&env).await?;
+    people_get_the_roles_they_are_given(&env).await
+}
+
+/// The installed roles for people: someone bound only to the built-in `view` (or `edit`)
+/// in a namespace reads its AgentShards (the viewer role is aggregated into them) but
+/// cannot create one; `scale-agent-agentshards-edit`, bound on purpose, can.
+async fn people_get_the_roles_they_are_given(env: &Env) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    let ns = env.namespace("people").await?;
+    for (user, role) in [
+        ("viewer@example.com", "view"),
+        ("editor@example.com", "edit"),
+        ("shard-author@example.com", "scale-agent-agentshards-edit"),
+    ] {
+        cp.kubectl([
+            "create",
+            "rolebinding",
+            &format!("{}-{role}", user.split('@').next().unwrap_or(user)),
+            "-n",
+            &ns,
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+        ])?;
+    }
+    let checks: &[(&str, &str, bool)] = &[
+        ("viewer@example.com", "get", true),
+        ("viewer@example.com", "list", true),
+        ("viewer@example.com", "watch", true),
+        ("viewer@example.com", "create", false),
+        ("viewer@example.com", "delete", false),
+        ("editor@example.com", "list", true),
+        ("editor@example.com", "create", false),
+        ("editor@example.com", "update", false),
+        ("shard-author@example.com", "create", true),
+        ("shard-author@example.com", "update", true),
+        ("shard-author@example.com", "delete", true),
+    ];
+    // The controller-manager aggregates the viewer role into `view` and `edit` shortly
+    // after the install.
+    let wrong = wait::until(
+        "the built-in roles to carry the AgentShard viewer role",
+        Duration::from_secs(30),
+        || async {
+            let mut wrong = Vec::new();
+            for (user, verb, want) in checks {
+                let out = kubectl_full(
+                    cp,
+                    [
+                        "auth",
+                        "can-i",
+                        verb,
+                        "agentshards.scaleagent.dev",
+                        "-n",
+                        &ns,
+                        "--as",
+                        user,
+                    ],
+                )
+                .ok()?;
+                if (out.stdout.trim() == "yes") != *want {
+                    wrong.push(format!("{user} {verb}: {}", out.stdout.trim()));
+                }
+            }
+            wrong.is_empty().then_some(())
+        },
+    )
+    .await;
+    if wrong.is_err() {
+        let mut seen = Vec::new();
+        for (user, verb, want) in checks {
+            let out = kubectl_full(
+                cp,
+                [
+                    "auth",
+                    "can-i",
+                    verb,
+                    "agentshards.scaleagent.dev",
+                    "-n",
+                    &ns,
+                    "--as",
+                    user,
+                ],
+            )?;
+            if (out.stdout.trim() == "yes") != *want {
+                seen.push(format!(
+                    "{user} {verb}: {} (want {want})",
+                    out.stdout.trim()
+                ));
+            }
+        }
+        anyhow::bail!("permissions of people:\n  {}", seen.join("\n  "));
+    }
+    // Not only what can-i says: the viewer really lists, and really cannot create.
+    let as_viewer = ["--as", "viewer@example.com", "-n", ns.as_str()];
+    let list = kubectl_full(cp, ["get", "agentshards"].iter().chain(&as_viewer))?;
+    ensure!(
+        list.success,
+        "the viewer cannot list AgentShards: {}",
+        list.stderr
+    );
+    let create = cp.kubectl_stdin(
+        [
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            "--as",
+            "viewer@example.com",
+        ],
+        &shard_yaml(&ns, "by-viewer", "people-a"),
+    )?;
+    ensure!(
+        !create.success && create.stderr.contains("forbidden"),
+        "the viewer created an AgentShard: {} {}",
+        create.stdout,
+        create.stderr
+    );
+    env.drop_namespace(&ns).await;
+    Ok(())
 }
 
 /// `kubectl apply --server-side -f manifests/examples` twice: the second changes nothing
