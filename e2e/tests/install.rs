@@ -859,6 +859,7 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
     hub_volume(&env)?;
     apply_install(&env)?;
     let installed = Installed::start(&env).await?;
+    probes_answer(&env, &installed).await?;
     let ns = env.namespace("install-shard").await?;
     let pods = opened_namespace_streams(&env, &installed, &ns).await?;
     let closed = closed_namespace_gets_nothing(&env, &installed).await?;
@@ -913,6 +914,55 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
     env.drop_namespace(&ns).await;
     env.drop_namespace(&closed).await;
     env.drop_namespace(&remote).await;
+    Ok(())
+}
+
+/// Every probe of the installed operator and hub names an endpoint its process serves,
+/// and the readiness probes the one that says whether it can do its work (`/readyz`), not
+/// only that it is alive.
+async fn probes_answer(env: &Env, installed: &Installed) -> anyhow::Result<()> {
+    let deployments = Api::<Deployment>::namespaced(env.cp.client().await?, NS);
+    for (name, pod) in [
+        ("scale-agent-hub", &installed.hub),
+        ("scale-agent-operator", &installed.operator),
+    ] {
+        let d = deployments.get(name).await?;
+        let c = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.into_iter().next())
+            .with_context(|| format!("{name} has no container"))?;
+        for (kind, probe) in [
+            ("readiness", &c.readiness_probe),
+            ("liveness", &c.liveness_probe),
+        ] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.clone())
+                .with_context(|| format!("{name} has no HTTP {kind} probe"))?;
+            let path = get.path.unwrap_or_default();
+            if kind == "readiness" {
+                ensure!(
+                    path == "/readyz",
+                    "{name}'s readiness probe asks {path}, not /readyz"
+                );
+            }
+            let port = match &get.port {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(p) => p.clone(),
+                other => anyhow::bail!("{name}'s {kind} probe names port {other:?}, not a name"),
+            };
+            let port = *pod
+                .ports
+                .get(&port)
+                .with_context(|| format!("{name} has no port {port}"))?;
+            let answer = http_get(port, &path).await?;
+            ensure!(
+                answer.contains(" 200 "),
+                "{name}'s {kind} probe {path} answers {}",
+                answer.lines().next().unwrap_or_default()
+            );
+        }
+    }
     Ok(())
 }
 
