@@ -50,8 +50,8 @@ pub use shard::{
     DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_REPLICAS, DNS_LABEL_MAX_LEN, DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_MAX_LEN, DNS_SUBDOMAIN_PATTERN, GROUP, HUB_ADDRESS_MAX_LEN, HUB_ADDRESS_PATTERN,
     HubSpec, KIND_PATTERN, LocalObjectRef, MAX_ACCOUNTS, MAX_CONCURRENT_SYNCS, MAX_FILTER_ITEMS,
-    SECRET_KEY_PATTERN, SecretKeyRef, ShardRef, VERSION, condition_status, condition_type,
-    new_condition, unknown_condition,
+    SECRET_KEY_PATTERN, SecretKeyRef, ShardRef, UNOBSERVED_GENERATION, VERSION, condition_status,
+    condition_type, new_condition, unknown_condition,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

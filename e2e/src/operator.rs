@@ -322,8 +322,12 @@ pub async fn up(
                     "jsonpath={range .items[*]}{.status.observedGeneration}{\"\\n\"}{end}",
                 ])
                 .ok()?;
-            let lines: Vec<&str> = out.lines().collect();
-            (!lines.is_empty() && lines.iter().all(|l| !l.trim().is_empty())).then_some(())
+            // Until the operator writes one, the API server shows the CRD's default
+            // status, observedGeneration 0.
+            let unobserved = scale_agent_crds::UNOBSERVED_GENERATION.to_string();
+            let lines: Vec<&str> = out.lines().map(str::trim).collect();
+            (!lines.is_empty() && lines.iter().all(|l| !l.is_empty() && *l != unobserved))
+                .then_some(())
         },
     )
     .await?;

@@ -200,6 +200,12 @@ async fn children_put_back(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
 async fn children(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "children", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-a")?;
+        // A ResourceQuota counting CPU and memory, as many clusters give each namespace:
+        // it refuses pods that do not say what they need, so the agent pods below exist
+        // only because the operator gives them requests and limits by default.
+        env.apply(&format!(
+            "apiVersion: v1\nkind: ResourceQuota\nmetadata: {{ name: compute, namespace: {ns} }}\nspec:\n  hard: {{ requests.cpu: '4', requests.memory: 4Gi, limits.cpu: '8', limits.memory: 8Gi }}\n"
+        ))?;
         env.apply(&shard_yaml(
             &ns,
             "east",
@@ -272,6 +278,14 @@ async fn children(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         ensure!(
             c.readiness_probe.is_some() && c.liveness_probe.is_some(),
             "probes missing"
+        );
+        let resources = c.resources.clone().unwrap_or_default();
+        ensure!(
+            ["cpu", "memory"].iter().all(|k| {
+                resources.requests.as_ref().is_some_and(|r| r.contains_key(*k))
+                    && resources.limits.as_ref().is_some_and(|l| l.contains_key(*k))
+            }),
+            "a shard without resources gets no default requests and limits: {resources:?}"
         );
         ensure!(dep.spec.as_ref().and_then(|s| s.replicas) == Some(2));
         // Two pods, no agent running in them: nothing streams, and the status says so.

@@ -1,13 +1,17 @@
 -- Argo CD health check for scaleagent.dev/AgentShard (Lua 5.1, as Argo CD embeds it).
 -- The same truth kstatus reads from the status the operator writes:
 --   Suspended   spec.paused is true
---   Progressing no status for this generation yet, or Reconciling (rolling out,
---               syncing, waiting for replicas, a hub not reached yet, a handoff)
+--   Progressing no status for this generation yet (a new shard shows the CRD's
+--               default status, observedGeneration 0, until the operator writes
+--               one), or Reconciling (rolling out, syncing, waiting for replicas, a
+--               hub not reached yet, a handoff)
 --   Degraded    Stalled: only a person can fix it (an invalid config, an account
 --               another shard owns, an account the hub refuses)
 --   Healthy     Ready: every account streams, as a live agent replica reports it
--- Paste it under resource.customizations.health.scaleagent.dev_AgentShard in the
--- argocd-cm ConfigMap (see argocd-cm.yaml next to this file).
+-- Laid out as Argo CD's resource_customizations/scaleagent.dev/AgentShard/, with its
+-- test cases (health_test.yaml, testdata/). Or paste it under
+-- resource.customizations.health.scaleagent.dev_AgentShard in the argocd-cm ConfigMap
+-- (manifests/gitops/argocd/argocd-cm.yaml has it so).
 local hs = { status = "Progressing", message = "Waiting for the operator" }
 
 local function condition(status, kind)
