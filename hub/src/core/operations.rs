@@ -131,6 +131,23 @@ struct Table {
     finished: HashMap<CallerKey, Finished>,
 }
 
+impl Table {
+    /// Completes `pending` (already out of `pending`) with `outcome`: its
+    /// waiters get it, and a repeated POST of its id within [`FINISHED_TTL`].
+    fn finish(&mut self, pending: Pending, outcome: Outcome) {
+        self.by_caller.remove(&pending.caller);
+        pending.done.send_replace(Some(outcome.clone()));
+        self.finished.insert(
+            pending.caller,
+            Finished {
+                at: Instant::now(),
+                request: pending.frame.kind,
+                outcome,
+            },
+        );
+    }
+}
+
 /// How a POST of an operation starts.
 pub enum Begin {
     /// New: send the frame (its id is the hub's wire id), then wait on the
@@ -317,16 +334,7 @@ impl Operations {
         let Some(pending) = table.pending.remove(id) else {
             return false;
         };
-        table.by_caller.remove(&pending.caller);
-        pending.done.send_replace(Some(outcome.clone()));
-        table.finished.insert(
-            pending.caller,
-            Finished {
-                at: Instant::now(),
-                request: pending.frame.kind,
-                outcome,
-            },
-        );
+        table.finish(pending, outcome);
         true
     }
 
@@ -358,17 +366,8 @@ impl Operations {
         let Some(pending) = table.pending.remove(&result.operation_id) else {
             return Completion::Unknown;
         };
-        table.by_caller.remove(&pending.caller);
         let outcome = Outcome::from_result(&pending.caller.id, result);
-        pending.done.send_replace(Some(outcome.clone()));
-        table.finished.insert(
-            pending.caller,
-            Finished {
-                at: Instant::now(),
-                request: pending.frame.kind,
-                outcome,
-            },
-        );
+        table.finish(pending, outcome);
         Completion::Done
     }
 

@@ -70,7 +70,6 @@ impl Ownership {
 
     /// May `shard` stream `account`?
     pub fn check(&self, account: &str, shard: &ShardRef) -> Verdict {
-        let me = shard;
         let Some(owner) = self.claims.owner(account) else {
             return Verdict::NotOwner {
                 owner: None,
@@ -79,7 +78,7 @@ impl Ownership {
                 ),
             };
         };
-        if owner.serves(&me) {
+        if owner.serves(shard) {
             return Verdict::Owner;
         }
         let message = if owner.releasing {
@@ -88,7 +87,7 @@ impl Ownership {
                 owner.shard
             )
         } else {
-            let listed = self.claims.stake(account, &me).is_some_and(|s| s.claims);
+            let listed = self.claims.stake(account, shard).is_some_and(|s| s.claims);
             let why = if listed {
                 " (this shard lists it too, but the name is taken: its status shows Conflict)"
             } else {

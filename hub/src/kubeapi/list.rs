@@ -379,12 +379,7 @@ pub fn page(snapshots: &Snapshots, read: &Read, list: Option<Listed>, q: u64) ->
         }
     }
     out.push_str("]}\n");
-    let mut response = Response::new(Body::from(out));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    super::status::json_response(Body::from(out))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{HeaderValue, Response, header};
+use http::Response;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
@@ -236,12 +236,7 @@ pub fn serve(shared: Arc<Shared>, mut w: Watch) -> Response<Body> {
             }
         }
     });
-    let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    super::status::json_response(Body::from_stream(ReceiverStream::new(rx)))
 }
 
 #[cfg(test)]

@@ -515,8 +515,8 @@ mod tests {
         assert!(shard_from_cert(b"garbage").is_err());
     }
 
-    #[test]
-    fn decodes_nginx_escaped_pem() {
+    /// A self-signed certificate naming shard spinnaker/east.
+    fn east_self_signed() -> rcgen::Certificate {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.subject_alt_names.push(SanType::URI(
@@ -524,7 +524,12 @@ mod tests {
                 .try_into()
                 .expect("ia5"),
         ));
-        let cert = params.self_signed(&key).expect("cert");
+        params.self_signed(&key).expect("cert")
+    }
+
+    #[test]
+    fn decodes_nginx_escaped_pem() {
+        let cert = east_self_signed();
         let escaped: String =
             percent_encoding::utf8_percent_encode(&cert.pem(), percent_encoding::NON_ALPHANUMERIC)
                 .to_string();
@@ -615,14 +620,7 @@ mod tests {
     #[test]
     fn resolve_policy() {
         let (ca_pem, signed) = signed_by_a_ca();
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.subject_alt_names.push(SanType::URI(
-            "spiffe://scaleagent.dev/ns/spinnaker/shard/east"
-                .try_into()
-                .expect("ia5"),
-        ));
-        let self_signed = params.self_signed(&key).expect("cert");
+        let self_signed = east_self_signed();
         let peer = |ip: &str, cert: Option<CertificateDer<'static>>| PeerInfo {
             remote_addr: SocketAddr::new(ip.parse().expect("ip"), 1234),
             client_cert: cert,
