@@ -63,6 +63,9 @@ down:
 test: prereqs build-k8s
     @echo "building the binaries the end-to-end tests run ..."
     cargo build --workspace --bins
+    @# The tests' build can rebuild a binary (dev-dependencies add features), so build it
+    @# before the image: the image test checks the archive is not older than the binaries.
+    cargo test --workspace --no-run
     @# The image test runs this archive; made from the debug binaries to spare a release build.
     scripts/build-oci-image.sh --profile debug
     cargo test --workspace --no-fail-fast
