@@ -323,7 +323,9 @@ async fn account_edit(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         );
         env.apply(&edited)?;
         env.wait_config("config with a (filtered) and b", &ns, "east", 30, |c| {
-            c.account("b").is_some() && c.account("a").is_some_and(|a| a.namespaces == ["default"])
+            c.account("b").is_some()
+                && c.account("a")
+                    .is_some_and(|a| a.scope.namespaces == ["default"])
         })
         .await?;
         env.wait_shard("east serving 2 accounts", &ns, "east", 30, |s| {

@@ -564,14 +564,6 @@ pub fn pdb(
     })
 }
 
-/// Checks a kubeconfig the agent will use (see [`scale_agent_crds::check_kubeconfig`]).
-pub fn validate_kubeconfig(
-    bytes: &[u8],
-    allow: &KubeconfigAllow,
-) -> Result<(), scale_agent_crds::KubeconfigProblem> {
-    scale_agent_crds::check_kubeconfig(bytes, allow).map(|_| ())
-}
-
 fn runtime_default() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".to_owned(),
@@ -591,7 +583,7 @@ fn mount(name: &str, path: &str) -> VolumeMount {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scale_agent_crds::{AgentShardSpec, HubSpec, LocalObjectRef, SecretKeyRef};
+    use scale_agent_crds::{AgentShardSpec, HubSpec, LocalObjectRef};
 
     fn shard(accounts: &[&str]) -> AgentShard {
         let mut s = AgentShard::new(
@@ -604,16 +596,7 @@ mod tests {
                 }),
                 accounts: accounts
                     .iter()
-                    .map(|n| AccountSpec {
-                        name: (*n).into(),
-                        kubeconfig_secret_ref: Some(SecretKeyRef::new(format!("kc-{n}"))),
-                        in_cluster: false,
-                        namespaces: vec![],
-                        omit_namespaces: vec![],
-                        kinds: vec![],
-                        omit_kinds: vec![],
-                        only_spinnaker_managed: false,
-                    })
+                    .map(|n| AccountSpec::new(*n, format!("kc-{n}")))
                     .collect(),
                 budget: Default::default(),
                 image: Some("example.com/agent:1".into()),
@@ -658,7 +641,7 @@ mod tests {
         let one = shard(&["a"]);
         let three = shard(&["a", "b", "c"]);
         let mut edited = shard(&["a"]);
-        edited.spec.accounts[0].namespaces = vec!["x".into()];
+        edited.spec.accounts[0].scope.namespaces = vec!["x".into()];
         assert_eq!(template(&one), template(&three));
         assert_eq!(template(&one), template(&edited));
     }
@@ -857,21 +840,6 @@ mod tests {
         assert_eq!(c.budget.max_buffered_bytes, 64 << 20);
         let yaml = c.to_yaml().expect("yaml");
         assert_eq!(AgentConfig::from_yaml(&yaml).expect("reads back"), c);
-    }
-
-    #[test]
-    fn kubeconfigs_are_checked() {
-        let good = b"apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
-        let none = KubeconfigAllow::default();
-        assert_eq!(validate_kubeconfig(good, &none), Ok(()));
-        assert!(validate_kubeconfig(b"this is not a kubeconfig", &none).is_err());
-        assert!(validate_kubeconfig(b"\xff\xfe", &none).is_err());
-        let no_cluster = b"apiVersion: v1\nkind: Config\ncontexts:\n- name: x\n  context:\n    cluster: c\ncurrent-context: x\n";
-        assert!(
-            validate_kubeconfig(no_cluster, &none)
-                .err()
-                .is_some_and(|e| e.to_string().contains("not defined"))
-        );
     }
 
     #[test]

@@ -361,18 +361,22 @@ fn kubeconfig(
                 format!("Secret {name} has no key {key}"),
             )
         })?;
-    children::validate_kubeconfig(&bytes.0, &defaults.allow_kubeconfig)
-        .map(|()| Some(bytes.0.clone()))
-        .map_err(|why| {
-            let reason = match why {
-                KubeconfigProblem::Refused { .. } => reason::KUBECONFIG_REFUSED,
-                _ => reason::KUBECONFIG_INVALID,
-            };
-            (
-                reason,
-                format!("the kubeconfig in Secret {name} key {key}: {why}"),
-            )
-        })
+    scale_agent_crds::check_kubeconfig(
+        &bytes.0,
+        a.scope.context.as_deref(),
+        &defaults.allow_kubeconfig,
+    )
+    .map(|_| Some(bytes.0.clone()))
+    .map_err(|why| {
+        let reason = match why {
+            KubeconfigProblem::Refused { .. } => reason::KUBECONFIG_REFUSED,
+            _ => reason::KUBECONFIG_INVALID,
+        };
+        (
+            reason,
+            format!("the kubeconfig in Secret {name} key {key}: {why}"),
+        )
+    })
 }
 
 /// How the agents get their TLS material, as decided.
@@ -614,7 +618,7 @@ mod tests {
         }
     }
 
-    const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
+    const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://192.0.2.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).expect("valid"))
@@ -673,6 +677,23 @@ mod tests {
             },
             &defaults(),
             &t(1_000),
+        )
+        .expect("decides")
+    }
+
+    /// Decides `s` owning its account a, whose kubeconfig is valid.
+    fn decide_a(s: &AgentShard, replicas: &Replicas, defaults: &Defaults, now: i64) -> Decision {
+        decide(
+            Fetched {
+                shard: s,
+                resolutions: &owned(&["a"]),
+                secrets: &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
+                tls_secret: None,
+                agent_ca: None,
+                replicas,
+            },
+            defaults,
+            &t(now),
         )
         .expect("decides")
     }
@@ -873,6 +894,35 @@ mod tests {
         assert!(c.message.contains("kc-gone"), "{}", c.message);
     }
 
+    /// An account pointed at a Secret that is not a kubeconfig (a service-account token, a
+    /// private key) is Invalid; its message says where the YAML broke, never what the
+    /// Secret holds: whoever may write AgentShards must not read Secrets through them.
+    #[test]
+    fn a_secret_that_is_not_a_kubeconfig_is_never_quoted() {
+        const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6Ik1ZS0VZIn0.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDphZG1pbiJ9.U0lHTkFUVVJFU0lHTkFUVVJF";
+        const KEY: &str = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIHNlY3JldHNlY3JldHNlY3JldHNlY3JldHNlY3JldHNlY3JldA==\n-----END EC PRIVATE KEY-----\n";
+        let s = shard(&["token", "key"]);
+        let d = run(
+            &s,
+            &owned(&["token", "key"]),
+            &secrets(&[
+                ("kc-token", secret(Some(JWT))),
+                ("kc-key", secret(Some(KEY))),
+            ]),
+        );
+        for a in &d.observed.accounts {
+            assert_eq!(a.reason, "KubeconfigInvalid", "{a:?}");
+            assert!(
+                a.message.contains(&format!("Secret kc-{}", a.name)),
+                "{}",
+                a.message
+            );
+            for secret in ["eyJhbGci", "U0lHTkFU", "MHcCAQEE", "c2VjcmV0"] {
+                assert!(!a.message.contains(secret), "{}", a.message);
+            }
+        }
+    }
+
     /// A kubeconfig that would run a program in the agent is Invalid (KubeconfigRefused)
     /// and left out of the agent config, unless the operator allows exec; the agents get
     /// the same allowance, to check again.
@@ -961,19 +1011,7 @@ mod tests {
             service_account: Some("shared".into()),
             ..Defaults::default()
         };
-        let d = decide(
-            Fetched {
-                shard: &s,
-                resolutions: &owned(&["a"]),
-                secrets: &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
-                tls_secret: None,
-                agent_ca: None,
-                replicas: &Replicas::default(),
-            },
-            &defaults,
-            &t(1),
-        )
-        .expect("decides");
+        let d = decide_a(&s, &Replicas::default(), &defaults, 1);
         assert_eq!(config(&d).hub.address, "lb:443");
         let c = d.children.expect("children");
         assert!(
@@ -1003,19 +1041,7 @@ mod tests {
         let mut s = shard(&["a"]);
         s.spec.replicas = 2;
         let streaming = streaming_replicas(&["a"]);
-        let mut d = decide(
-            Fetched {
-                shard: &s,
-                resolutions: &owned(&["a"]),
-                secrets: &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]),
-                tls_secret: None,
-                agent_ca: None,
-                replicas: &streaming,
-            },
-            &defaults(),
-            &t(1_000),
-        )
-        .expect("decides");
+        let mut d = decide_a(&s, &streaming, &defaults(), 1_000);
         assert!(d.children.as_ref().is_some_and(|c| c.pdb.is_some()));
         d.observed.deployment = Some(DeploymentView {
             desired: 2,
@@ -1084,7 +1110,7 @@ mod more_tests {
     use super::*;
     use crate::replicas::ReplicaView;
 
-    const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
+    const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://192.0.2.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
     const NOW: i64 = 1_800_000_000;
 
     fn t(secs: i64) -> Time {

@@ -117,6 +117,10 @@ pub const MAX_CONDITION_MESSAGE_BYTES: usize = 32 * 1024;
 /// with a longer note, and the Event would be lost.
 pub const MAX_NOTE_BYTES: usize = 1024;
 
+/// The longest account message written (`status.accounts[].message`): hundreds of
+/// accounts each say what is wrong without growing the status without bound.
+pub const MAX_ACCOUNT_MESSAGE_BYTES: usize = 1024;
+
 /// What the reconciler found about the agent Deployment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeploymentView {
@@ -241,7 +245,7 @@ pub fn account(
         name: name.to_owned(),
         state,
         reason: reason.to_owned(),
-        message,
+        message: bounded(&message, MAX_ACCOUNT_MESSAGE_BYTES),
         owner_shard: owner.map(ShardRef::key),
         claimed_at: None,
     }
