@@ -41,22 +41,25 @@ pub enum KubeconfigFeature {
     /// A `server: http://...`: the agent sends its requests and the credential
     /// unencrypted.
     Http,
-    /// A `server` whose host is a loopback (127.0.0.0/8, ::1, `localhost`), link-local
-    /// (169.254.0.0/16, fe80::/10: cloud metadata endpoints live there) or unspecified
-    /// (0.0.0.0, ::) address: the agent would call its own host or the node's metadata
-    /// service. The test control plane's clusters listen on 127.0.0.1.
-    LocalAddresses,
+    /// A `server` whose host is a loopback (127.0.0.0/8, ::1, `localhost`) or unspecified
+    /// (0.0.0.0/8, ::) address: the agent would call its own host (its pod: the admin
+    /// port, sidecars). The test control plane's clusters listen on 127.0.0.1.
+    Loopback,
+    /// A `server` whose host is a link-local address (169.254.0.0/16, fe80::/10): the
+    /// node's cloud metadata endpoint (169.254.169.254) lives there.
+    LinkLocal,
 }
 
 impl KubeconfigFeature {
     /// Every feature, in flag order.
-    pub const ALL: [KubeconfigFeature; 6] = [
+    pub const ALL: [KubeconfigFeature; 7] = [
         Self::Exec,
         Self::Files,
         Self::InsecureTls,
         Self::Proxy,
         Self::Http,
-        Self::LocalAddresses,
+        Self::Loopback,
+        Self::LinkLocal,
     ];
 
     /// The spelling in flags and in the agent config.
@@ -67,7 +70,8 @@ impl KubeconfigFeature {
             Self::InsecureTls => "insecure-tls",
             Self::Proxy => "proxy",
             Self::Http => "http",
-            Self::LocalAddresses => "local-addresses",
+            Self::Loopback => "loopback",
+            Self::LinkLocal => "link-local",
         }
     }
 }
@@ -217,13 +221,20 @@ pub fn check_kubeconfig(
             KubeconfigFeature::Http,
         )?;
     }
-    if let Some(kind) = address.local {
-        refuse(
+    match address.local {
+        Some(Local::Loopback) => refuse(
             "cluster",
-            kind.field(),
-            "points the agent at its own host or a link-local service such as a cloud metadata endpoint",
-            KubeconfigFeature::LocalAddresses,
-        )?;
+            "a server at a loopback or unspecified address",
+            "points the agent at its own host",
+            KubeconfigFeature::Loopback,
+        )?,
+        Some(Local::LinkLocal) => refuse(
+            "cluster",
+            "a server at a link-local address",
+            "points the agent at the node's link-local services, such as a cloud metadata endpoint",
+            KubeconfigFeature::LinkLocal,
+        )?,
+        None => {}
     }
     const READS: &str = "makes the agent read a file of its own";
     if let Some(c) = cluster {
@@ -345,23 +356,14 @@ fn choose_context<'k>(
     }
 }
 
-/// What a local address is, for the message.
+/// Which local range a server's address is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names)] // link-local is the name of the range
 enum Local {
+    /// Loopback, or unspecified (which reaches the host itself).
     Loopback,
+    /// Link-local.
     LinkLocal,
-    Unspecified,
-}
-
-impl Local {
-    fn field(self) -> &'static str {
-        match self {
-            Local::Loopback => "a server at a loopback address",
-            Local::LinkLocal => "a server at a link-local address",
-            Local::Unspecified => "a server at the unspecified address",
-        }
-    }
 }
 
 /// What a server URL asks for.
@@ -418,7 +420,7 @@ fn local_host(host: &str) -> Option<Local> {
             Some(Local::LinkLocal)
         } else if ip.octets()[0] == 0 {
             // 0.0.0.0/8: "this network"; 0.0.0.0 reaches the host itself.
-            Some(Local::Unspecified)
+            Some(Local::Loopback)
         } else {
             None
         }
@@ -429,7 +431,7 @@ fn local_host(host: &str) -> Option<Local> {
         } else if ip.is_loopback() {
             Some(Local::Loopback)
         } else if ip.is_unspecified() {
-            Some(Local::Unspecified)
+            Some(Local::Loopback)
         } else if ip.segments()[0] & 0xffc0 == 0xfe80 {
             Some(Local::LinkLocal)
         } else {
@@ -502,7 +504,7 @@ mod tests {
 
     /// What the tests' 127.0.0.1 server needs.
     fn local() -> KubeconfigAllow {
-        KubeconfigAllow(vec![KubeconfigFeature::LocalAddresses])
+        KubeconfigAllow(vec![KubeconfigFeature::Loopback])
     }
 
     fn check(text: &str, allow: &KubeconfigAllow) -> Result<KubeconfigTarget, KubeconfigProblem> {
@@ -605,7 +607,7 @@ mod tests {
             assert!(
                 check(
                     &text,
-                    &KubeconfigAllow(vec![feature, KubeconfigFeature::LocalAddresses])
+                    &KubeconfigAllow(vec![feature, KubeconfigFeature::Loopback])
                 )
                 .is_ok(),
                 "{field}: still refused when allowed"
@@ -673,41 +675,40 @@ mod tests {
         assert!(e.to_string().contains("--allow-kubeconfig=http"), "{e}");
         assert!(!e.to_string().contains("10.0.0.1"), "{e}");
         check(&http, &KubeconfigAllow(vec![KubeconfigFeature::Http])).expect("allowed");
-        for url in [
-            "https://127.0.0.1:6443",
-            "https://127.1",
-            "https://2130706433",
-            "https://0x7f000001",
-            "https://0177.0.0.1",
-            "https://localhost:6443",
-            "https://LOCALHOST.",
-            "https://api.localhost",
-            "https://[::1]:6443",
-            "https://169.254.169.254",
-            "https://user@169.254.169.254:443/latest/meta-data",
-            "https://[fe80::1%25eth0]",
-            "https://[::ffff:169.254.169.254]",
-            "https://0.0.0.0:6443",
-            "https://[::]",
-            "http://169.254.169.254",
+        use KubeconfigFeature::{Http, LinkLocal, Loopback};
+        for (url, feature) in [
+            ("https://127.0.0.1:6443", Loopback),
+            ("https://127.1", Loopback),
+            ("https://2130706433", Loopback),
+            ("https://0x7f000001", Loopback),
+            ("https://0177.0.0.1", Loopback),
+            ("https://localhost:6443", Loopback),
+            ("https://LOCALHOST.", Loopback),
+            ("https://api.localhost", Loopback),
+            ("https://[::1]:6443", Loopback),
+            ("https://0.0.0.0:6443", Loopback),
+            ("https://[::]", Loopback),
+            ("https://169.254.169.254", LinkLocal),
+            (
+                "https://user@169.254.169.254:443/latest/meta-data",
+                LinkLocal,
+            ),
+            ("https://[fe80::1%25eth0]", LinkLocal),
+            ("https://[::ffff:169.254.169.254]", LinkLocal),
+            ("http://169.254.169.254", LinkLocal),
         ] {
-            let e = check(
-                &server(url),
-                &KubeconfigAllow(vec![KubeconfigFeature::Http]),
-            )
-            .expect_err(url);
+            let other = if feature == Loopback {
+                LinkLocal
+            } else {
+                Loopback
+            };
+            let e = check(&server(url), &KubeconfigAllow(vec![Http, other])).expect_err(url);
             assert!(
-                e.to_string().contains("--allow-kubeconfig=local-addresses"),
+                e.to_string()
+                    .contains(&format!("--allow-kubeconfig={feature}")),
                 "{url}: {e}"
             );
-            check(
-                &server(url),
-                &KubeconfigAllow(vec![
-                    KubeconfigFeature::Http,
-                    KubeconfigFeature::LocalAddresses,
-                ]),
-            )
-            .expect(url);
+            check(&server(url), &KubeconfigAllow(vec![Http, feature])).expect(url);
         }
         for url in [
             "https://10.0.0.1:6443",

@@ -10,9 +10,9 @@ use crate::{Error, Result};
 
 /// What the run's kubeconfigs need of `--allow-kubeconfig` (and of an agent config's
 /// `allowKubeconfig`): their clusters listen on 127.0.0.1, a loopback address the
-/// operator and the agents refuse by default.
+/// operator and the agents refuse by default. Link-local servers stay refused.
 pub const NEEDS: scale_agent_crds::KubeconfigFeature =
-    scale_agent_crds::KubeconfigFeature::LocalAddresses;
+    scale_agent_crds::KubeconfigFeature::Loopback;
 
 /// [`NEEDS`] as an agent config's allowance.
 pub fn allow() -> scale_agent_crds::KubeconfigAllow {
