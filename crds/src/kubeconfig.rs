@@ -414,13 +414,11 @@ fn local_host(host: &str) -> Option<Local> {
         return Some(Local::Loopback);
     }
     let v4 = |ip: Ipv4Addr| {
-        if ip.is_loopback() {
+        // 0.0.0.0/8 ("this network"): 0.0.0.0 reaches the host itself.
+        if ip.is_loopback() || ip.octets()[0] == 0 {
             Some(Local::Loopback)
         } else if ip.is_link_local() {
             Some(Local::LinkLocal)
-        } else if ip.octets()[0] == 0 {
-            // 0.0.0.0/8: "this network"; 0.0.0.0 reaches the host itself.
-            Some(Local::Loopback)
         } else {
             None
         }
@@ -428,9 +426,7 @@ fn local_host(host: &str) -> Option<Local> {
     let v6 = |ip: Ipv6Addr| {
         if let Some(mapped) = ip.to_ipv4_mapped() {
             v4(mapped)
-        } else if ip.is_loopback() {
-            Some(Local::Loopback)
-        } else if ip.is_unspecified() {
+        } else if ip.is_loopback() || ip.is_unspecified() {
             Some(Local::Loopback)
         } else if ip.segments()[0] & 0xffc0 == 0xfe80 {
             Some(Local::LinkLocal)
