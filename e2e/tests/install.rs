@@ -511,8 +511,8 @@ async fn client_side_reapply_is_unchanged(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kubectl auth can-i` as the installed ServiceAccounts: the operator writes a shard's
-/// children only in namespaces opened with manifests/shard-namespace, changes only its own
+/// `kubectl auth can-i` as the installed ServiceAccounts: the operator reads Secrets and
+/// writes a shard's children only in namespaces opened with manifests/shard-namespace, changes only its own
 /// webhook configuration and Lease; the hub only reads AgentShards.
 async fn service_accounts_hold_only_what_they_need(env: &Env) -> anyhow::Result<()> {
     let cp = &env.cp;
@@ -537,6 +537,13 @@ async fn service_accounts_hold_only_what_they_need(env: &Env) -> anyhow::Result<
         ),
         (OPERATOR_SA, &["create", "secrets", "-A"], false),
         (OPERATOR_SA, &["create", "secrets", "-n", &elsewhere], false),
+        // Issue 21: no Secret read outside the namespaces opened to it.
+        (OPERATOR_SA, &["get", "secrets", "-n", &elsewhere], false),
+        (OPERATOR_SA, &["list", "secrets", "-A"], false),
+        (OPERATOR_SA, &["watch", "secrets", "-n", &elsewhere], false),
+        (OPERATOR_SA, &["get", "secrets", "-n", "kube-system"], false),
+        (OPERATOR_SA, &["get", "secrets", "-n", &shards], true),
+        (OPERATOR_SA, &["watch", "secrets", "-n", &shards], true),
         (
             OPERATOR_SA,
             &["create", "deployments.apps", "-n", &elsewhere],
