@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use k8s_openapi::ByteString;
+mod common;
+
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -32,8 +33,6 @@ use scale_agent_operator::{status, webhook};
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 const SHARDS: usize = 6;
-
-const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
 
 fn sref(i: usize) -> ShardRef {
     ShardRef::new(format!("ns-{}", i % 3), format!("shard-{i}"))
@@ -120,19 +119,7 @@ struct World {
 fn secrets() -> BTreeMap<String, Option<Secret>> {
     NAMES
         .iter()
-        .map(|n| {
-            let s = Secret {
-                data: Some(
-                    [(
-                        "kubeconfig".to_owned(),
-                        ByteString(KUBECONFIG.as_bytes().to_vec()),
-                    )]
-                    .into(),
-                ),
-                ..Secret::default()
-            };
-            (format!("kc-{n}"), Some(s))
-        })
+        .map(|n| (format!("kc-{n}"), Some(common::kubeconfig_secret())))
         .collect()
 }
 

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use http::{Method, Request, Response, header};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::Secret;
@@ -39,8 +40,6 @@ use tokio::sync::watch;
 use tower_test::mock::{self, Handle, SendResponse};
 
 type Mock = Handle<Request<Body>, Response<Body>>;
-
-const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
 
 fn mock_client() -> (Client, Mock) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -136,16 +135,7 @@ fn shard(replicas: i32) -> AgentShard {
 }
 
 fn decision(s: &AgentShard) -> Decision {
-    let secret = Secret {
-        data: Some(
-            [(
-                "kubeconfig".to_owned(),
-                ByteString(KUBECONFIG.as_bytes().to_vec()),
-            )]
-            .into(),
-        ),
-        ..Secret::default()
-    };
+    let secret = common::kubeconfig_secret();
     decide::decide(
         Fetched {
             shard: s,
