@@ -129,6 +129,13 @@ async fn kubeconfig_attacks(env: Arc<Env>) -> anyhow::Result<()> {
             .map(|a| account(a, &s.ns))
             .collect(),
     );
+    // The attacker's server speaks plain HTTP on loopback: both allowed here, so what
+    // refuses the tokenFile kubeconfig is its tokenFile (plain HTTP is refused by default
+    // too: crds/src/kubeconfig.rs, e2e/tests/operator.rs).
+    cfg.allow_kubeconfig = scale_agent_crds::KubeconfigAllow(vec![
+        scale_agent_e2e::kubeconfig::NEEDS,
+        KubeconfigFeature::Http,
+    ]);
     let agent = start_agent(&env, &s, "kcattack-0", &cfg, &kcs, FAST_LEASES)?;
     // The good account streams: the agent has read every kubeconfig by now.
     wait_state(&s.hub, "kc-good", "Connected", Duration::from_secs(60))
@@ -169,6 +176,7 @@ async fn kubeconfig_attacks(env: Arc<Env>) -> anyhow::Result<()> {
     cfg.allow_kubeconfig = scale_agent_crds::KubeconfigAllow(vec![
         KubeconfigFeature::Exec,
         KubeconfigFeature::Files,
+        KubeconfigFeature::Http,
         scale_agent_e2e::kubeconfig::NEEDS,
     ]);
     agent.update(&cfg, &kcs)?;
