@@ -25,10 +25,8 @@ use proptest::prelude::*;
 use scale_agent_crds::{AgentConfig, AgentShard, CONFIG_KEY, ShardRef};
 use scale_agent_hub::ownership::{Ownership, Verdict};
 use scale_agent_hub::registry::ShardKey;
-use scale_agent_operator::children::Defaults;
 use scale_agent_operator::claims_index::{ClaimsIndex, Resolution};
-use scale_agent_operator::decide::{self, Decision, Fetched};
-use scale_agent_operator::replicas::Replicas;
+use scale_agent_operator::decide::Decision;
 use scale_agent_operator::{status, webhook};
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
@@ -215,22 +213,8 @@ impl World {
                 };
                 let resolutions = self.index.resolve(&shard);
                 let secrets = secrets();
-                let decision = decide::decide(
-                    Fetched {
-                        shard: &shard,
-                        resolutions: &resolutions,
-                        secrets: &secrets,
-                        tls_secret: None,
-                        agent_ca: None,
-                        replicas: &Replicas::default(),
-                    },
-                    &Defaults {
-                        image: Some("example.com/agent:1".into()),
-                        ..Defaults::default()
-                    },
-                    &time(self.seconds()),
-                )
-                .expect("decides");
+                let decision =
+                    common::decide(&shard, &resolutions, &secrets, &time(self.seconds()));
                 let mut rv = shard.metadata.resource_version.clone().expect("rv");
                 if let Some(accounts) = &decision.reserve {
                     let patch = serde_json::json!({ "accounts": accounts });

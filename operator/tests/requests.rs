@@ -27,13 +27,11 @@ use kube::{Api, Client};
 use scale_agent_crds::{AgentShard, ShardRef};
 use scale_agent_operator::applied::{Applied, Watched};
 use scale_agent_operator::apply::{self, Written};
-use scale_agent_operator::children::Defaults;
 use scale_agent_operator::claims_index::{self, Resolution};
 use scale_agent_operator::controller::{self, Undecodables};
-use scale_agent_operator::decide::{self, Decision, Fetched};
+use scale_agent_operator::decide::{self, Decision};
 use scale_agent_operator::leader::{Elector, LeaseConfig};
 use scale_agent_operator::metrics::Metrics;
-use scale_agent_operator::replicas::Replicas;
 use scale_agent_operator::status;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -136,22 +134,12 @@ fn shard(replicas: i32) -> AgentShard {
 
 fn decision(s: &AgentShard) -> Decision {
     let secret = common::kubeconfig_secret();
-    decide::decide(
-        Fetched {
-            shard: s,
-            resolutions: &[("a".to_owned(), Resolution::Owned)].into(),
-            secrets: &[("kc-a".to_owned(), Some(secret))].into(),
-            tls_secret: None,
-            agent_ca: None,
-            replicas: &Replicas::default(),
-        },
-        &Defaults {
-            image: Some("example.com/agent:1".into()),
-            ..Defaults::default()
-        },
+    common::decide(
+        s,
+        &[("a".to_owned(), Resolution::Owned)].into(),
+        &[("kc-a".to_owned(), Some(secret))].into(),
         &Time(Timestamp::from_second(1_800_000_000).expect("t")),
     )
-    .expect("decides")
 }
 
 /// The writers of the children's watches, and what the reconciler reads of them.

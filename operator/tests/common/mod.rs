@@ -1,7 +1,15 @@
 //! What the operator's integration tests share.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use scale_agent_crds::AgentShard;
+use scale_agent_operator::children::Defaults;
+use scale_agent_operator::claims_index::Resolution;
+use scale_agent_operator::decide::{self, Decision, Fetched};
+use scale_agent_operator::replicas::Replicas;
 
 /// A kubeconfig every check accepts with the operator's defaults: an `https://` server at a
 /// documentation address (192.0.2.0/24), nothing the agent would run or read.
@@ -19,4 +27,30 @@ pub fn kubeconfig_secret() -> Secret {
         ),
         ..Secret::default()
     }
+}
+
+/// What the operator decides for `shard` at `now`, with these claims and Secrets, no TLS
+/// and no replica, its defaults naming the shards' image.
+pub fn decide(
+    shard: &AgentShard,
+    resolutions: &BTreeMap<String, Resolution>,
+    secrets: &BTreeMap<String, Option<Secret>>,
+    now: &Time,
+) -> Decision {
+    decide::decide(
+        Fetched {
+            shard,
+            resolutions,
+            secrets,
+            tls_secret: None,
+            agent_ca: None,
+            replicas: &Replicas::default(),
+        },
+        &Defaults {
+            image: Some("example.com/agent:1".into()),
+            ..Defaults::default()
+        },
+        now,
+    )
+    .expect("decides")
 }
