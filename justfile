@@ -155,6 +155,16 @@ prereqs:
             missing=1
         fi
     fi
+    # Lua 5.1 (the dialect Argo CD embeds) runs the Argo CD health check's test cases.
+    if ! command -v lua5.1 >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            echo "installing Lua 5.1 (Debian package lua5.1) ..."
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.1 >/dev/null
+        else
+            echo "missing: lua5.1 — install with: sudo apt-get install lua5.1" >&2
+            missing=1
+        fi
+    fi
     # PostgreSQL is the store hub replicas share (`SCALE_AGENT_HUB_REPLICAS=2 just up`, the replica tests).
     if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -1,61 +1,46 @@
-//! The agent's Prometheus metrics (`scale_agent_*`). Each metric is declared once, below:
-//! its field name is its metric name and its doc comment its help text.
+//! The agent's Prometheus metrics (`scale_agent_*`), declared once below with
+//! [`scale_agent_runtime::metrics!`]: a field's name is its metric name, its doc comment its
+//! help text.
 
-use prometheus_client::encoding::text::encode;
 use std::fmt::Write as _;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
-/// Declares [`Metrics`] and registers every field under its own name.
-macro_rules! metrics {
-    ($( $(#[doc = $doc:literal])+ $name:ident: $ty:ty, )+) => {
-        /// Every metric the agent exports.
-        #[derive(Debug, Default)]
-        pub struct Metrics {
-            $( $(#[doc = $doc])+ pub $name: $ty, )+
-        }
-
-        impl Metrics {
-            fn register(&self, registry: &mut Registry) {
-                $( registry.register(stringify!($name), help(&[$($doc),+]), self.$name.clone()); )+
-            }
-        }
-    };
-}
-
-metrics! {
-    /// Objects sent to the hub.
-    events_sent: Counter,
-    /// Failed lists and watches, and unreadable watch events (each retried or skipped).
-    watch_errors: Counter,
-    /// Full relists of a kind (every object listed again between SyncStart and SyncEnd), by cause.
-    relists: Family<RelistLabels, Counter>,
-    /// Watches resumed from the hub's resume point (no relist).
-    resumes: Counter,
-    /// Watch bookmarks passed on to the hub as watch progress, by kind.
-    watch_progress: Family<KindLabels, Counter>,
-    /// Connections to the hub opened.
-    hub_connects: Counter,
-    /// Sessions with the hub that failed (connecting or later).
-    hub_connect_failures: Counter,
-    /// Operations run, by any outcome.
-    operations: Counter,
-    /// Accounts this replica streams now.
-    accounts_streaming: Gauge,
-    /// Accounts the hub rejected.
-    accounts_rejected: Gauge,
-    /// Bytes sent and not yet acknowledged by the hub.
-    buffered_bytes: Gauge,
-    /// Live replicas of the shard, this one included.
-    members: Gauge,
-    /// Kubernetes API requests from the hub being replayed now.
-    kube_api_requests_in_flight: Gauge,
-    /// Kubernetes API requests from the hub replayed, by any outcome.
-    kube_api_requests: Counter,
+scale_agent_runtime::metrics! {
+    /// Every metric the agent exports.
+    pub struct Metrics {
+        /// Objects sent to the hub.
+        events_sent: Counter,
+        /// Failed lists and watches, and unreadable watch events (each retried or skipped).
+        watch_errors: Counter,
+        /// Full relists of a kind (every object listed again between SyncStart and SyncEnd), by cause.
+        relists: Family<RelistLabels, Counter>,
+        /// Watches resumed from the hub's resume point (no relist).
+        resumes: Counter,
+        /// Watch bookmarks passed on to the hub as watch progress, by kind.
+        watch_progress: Family<KindLabels, Counter>,
+        /// Connections to the hub opened.
+        connects: Counter,
+        /// Sessions with the hub that failed (connecting or later).
+        connect_failures: Counter,
+        /// Operations run, by any outcome.
+        operations: Counter,
+        /// Accounts this replica streams now.
+        accounts_streaming: Gauge,
+        /// Accounts the hub rejected.
+        accounts_rejected: Gauge,
+        /// Bytes sent and not yet acknowledged by the hub.
+        buffered_bytes: Gauge,
+        /// Live replicas of the shard, this one included.
+        members: Gauge,
+        /// Kubernetes API requests from the hub being replayed now.
+        kube_api_requests_in_flight: Gauge,
+        /// Kubernetes API requests from the hub replayed, by any outcome.
+        kube_api_requests: Counter,
+    }
 }
 
 /// Why a kind is listed again from scratch instead of resuming its watch.
@@ -146,27 +131,10 @@ impl Metrics {
     }
 }
 
-/// A help text from doc comment lines (each starts with the space after `///`).
-fn help(lines: &[&str]) -> String {
-    lines
-        .iter()
-        .map(|l| l.trim())
-        .collect::<Vec<_>>()
-        .join(" ")
-        .trim_end_matches('.')
-        .to_string()
-}
-
 impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut registry = Registry::with_prefix("scale_agent");
-        self.register(&mut registry);
-        let mut out = String::new();
-        if encode(&mut out, &registry).is_err() {
-            out.clear();
-        }
-        out
+        scale_agent_runtime::metrics::render("scale_agent", |registry| self.register(registry))
     }
 }
 
@@ -226,7 +194,7 @@ mod tests {
     fn every_metric_has_its_name_and_help() {
         let text = Metrics::default().render();
         for line in [
-            "# HELP scale_agent_hub_connects Connections to the hub opened.",
+            "# HELP scale_agent_connects Connections to the hub opened.",
             "# TYPE scale_agent_resumes counter",
             "# HELP scale_agent_members Live replicas of the shard, this one included.",
             "scale_agent_buffered_bytes 0",

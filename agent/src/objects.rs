@@ -5,14 +5,13 @@
 //! data).
 
 use kube::api::DynamicObject;
-use scale_agent_crds::AccountConfig;
+use scale_agent_crds::{AccountConfig, objects};
 use scale_agent_proto::v1::{EventType, GroupVersionKind, ObjectEvent};
 
 use crate::kinds::WatchedKind;
 
 /// The label Spinnaker puts on what it deploys.
 pub const SPINNAKER_MANAGED: &str = "app.kubernetes.io/managed-by=spinnaker";
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The selectors the API server filters a kind's lists and watches by.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,42 +90,20 @@ pub fn encode(
     })
 }
 
-/// Removes what the hub does not need or must not see: managedFields, the last-applied
-/// annotation, and a Secret's `data` and `stringData`. The one place for streamed
-/// objects and operation results alike.
+/// Removes what the hub does not need or must not see, by the one rule in
+/// [`scale_agent_crds::objects`].
 pub fn strip(obj: &mut DynamicObject, secret: bool) {
-    obj.metadata.managed_fields = None;
-    if let Some(a) = obj.metadata.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
-        if a.is_empty() {
-            obj.metadata.annotations = None;
-        }
-    }
-    if secret && let Some(map) = obj.data.as_object_mut() {
-        map.remove("data");
-        map.remove("stringData");
+    objects::strip_metadata(&mut obj.metadata);
+    if secret && let Some(body) = obj.data.as_object_mut() {
+        objects::strip_secret_data(body);
     }
 }
 
-/// An operation's result (the object as the API server answered) stripped like a
-/// streamed object. A value that is no object (a Status without metadata) is returned
-/// as it is: it carries none of what is stripped.
-pub fn strip_result(value: serde_json::Value) -> serde_json::Value {
-    if !value
-        .get("metadata")
-        .is_some_and(serde_json::Value::is_object)
-    {
-        return value;
-    }
-    let Ok(mut obj) = serde_json::from_value::<DynamicObject>(value.clone()) else {
-        return value;
-    };
-    let secret = obj
-        .types
-        .as_ref()
-        .is_some_and(|t| t.api_version == "v1" && t.kind == "Secret");
-    strip(&mut obj, secret);
-    serde_json::to_value(obj).unwrap_or(value)
+/// An operation's result (the object, or list, as the API server answered)
+/// stripped like a streamed object.
+pub fn strip_result(mut value: serde_json::Value) -> serde_json::Value {
+    objects::strip(&mut value);
+    value
 }
 
 #[cfg(test)]
@@ -134,6 +111,7 @@ mod tests {
     use super::*;
     use kube::discovery::ApiResource;
     use scale_agent_crds::AccountScope;
+    use scale_agent_crds::objects::LAST_APPLIED;
 
     fn kind(kind: &str, namespaced: bool) -> WatchedKind {
         WatchedKind {

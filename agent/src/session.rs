@@ -106,7 +106,7 @@ pub async fn run(mut agent: Agent) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                agent.metrics.hub_connect_failures.inc();
+                agent.metrics.connect_failures.inc();
                 let wait = backoff(failures);
                 tracing::warn!(error = %e, attempt = failures, "hub session failed; reconnecting in {wait:?}");
                 tokio::select! {
@@ -179,7 +179,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         message,
     };
     let (channel, tls_fingerprint) = endpoint(hub, agent.keepalive).await?;
-    agent.metrics.hub_connects.inc();
+    agent.metrics.connects.inc();
     let (tx, rx) = mpsc::channel(256);
     let out = Outbound::new(tx, budget.clone(), Limits::default());
     let shard = agent.config.borrow().shard.clone();

@@ -145,7 +145,7 @@ pub fn stakes(shard: &AgentShard) -> BTreeMap<String, Stake> {
             .or(created)
             .map_or(ClaimTime::Unrecorded, ClaimTime::At)
     };
-    match &shard.status {
+    match shard.written_status() {
         None => {
             let since = created.map_or(ClaimTime::Unrecorded, ClaimTime::At);
             for name in shard.account_names() {
@@ -195,7 +195,7 @@ pub fn stakes(shard: &AgentShard) -> BTreeMap<String, Stake> {
 /// [`stakes`] reads back, so recording a claim never moves it in the queue.
 pub fn claimed_at(shard: &AgentShard, name: &str, now: &Time) -> Time {
     let created = shard.metadata.creation_timestamp.as_ref();
-    let recorded = match &shard.status {
+    let recorded = match shard.written_status() {
         None => created,
         Some(status) => status
             .account(name)
@@ -416,6 +416,26 @@ mod tests {
         assert_eq!(stakes(&old)["n"].order.since, ClaimTime::Unrecorded);
         let c = Claims::from_shards(&[old, young]);
         assert_eq!(c.owner("n").map(|o| o.shard), Some(r("ns", "young")));
+    }
+
+    #[test]
+    fn the_api_servers_default_status_is_no_status_yet() {
+        // The API server shows `{observedGeneration: 0, accounts: []...}` until the
+        // operator writes a status: the new shard's claim counts from its creation, as
+        // with no status at all, and is recorded at that time.
+        let mut fresh = shard("ns", "fresh", 10, &["n"]);
+        fresh.status = Some(AgentShardStatus {
+            observed_generation: Some(crate::UNOBSERVED_GENERATION),
+            ..AgentShardStatus::default()
+        });
+        assert_eq!(stakes(&fresh)["n"].order.since, ClaimTime::At(10));
+        let now = Time(Timestamp::from_second(99).expect("time"));
+        assert_eq!(seconds(Some(&claimed_at(&fresh, "n", &now))), Some(10));
+        // A younger shard, also not observed yet, queues behind it.
+        let mut younger = shard("ns", "younger", 20, &["n"]);
+        younger.status = fresh.status.clone();
+        let c = Claims::from_shards(&[younger, fresh]);
+        assert_eq!(c.owner("n").map(|o| o.shard), Some(r("ns", "fresh")));
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`check_kubeconfig`]: what an account's kubeconfig may ask of the agent.
 //! - [`membership`]: which coordination Leases are live replicas of a shard, the rule the
 //!   agents and the operator share.
+//! - [`objects`]: what of a cluster's object is never sent or kept (managedFields,
+//!   last-applied, a Secret's data).
 //! - [`report`]: what each agent replica reports about the accounts it holds, carried in
 //!   its Lease, and what the operator reads from it.
 //!
@@ -26,6 +28,7 @@ mod error;
 mod identity;
 mod kubeconfig;
 pub mod membership;
+pub mod objects;
 mod quantity;
 pub mod report;
 mod shard;
@@ -47,8 +50,8 @@ pub use shard::{
     DEFAULT_KUBECONFIG_KEY, DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_REPLICAS, DNS_LABEL_MAX_LEN,
     DNS_LABEL_PATTERN, DNS_SUBDOMAIN_MAX_LEN, DNS_SUBDOMAIN_PATTERN, GROUP, HUB_ADDRESS_MAX_LEN,
     HUB_ADDRESS_PATTERN, HubSpec, KIND_PATTERN, LocalObjectRef, MAX_ACCOUNTS, MAX_CONCURRENT_SYNCS,
-    MAX_FILTER_ITEMS, SECRET_KEY_PATTERN, SecretKeyRef, ShardRef, VERSION, condition_status,
-    condition_type, new_condition, unknown_condition,
+    MAX_FILTER_ITEMS, SECRET_KEY_PATTERN, SecretKeyRef, ShardRef, UNOBSERVED_GENERATION, VERSION,
+    condition_status, condition_type, new_condition, unknown_condition,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -408,9 +408,22 @@ impl Default for Budget {
     }
 }
 
-/// What the operator last saw and did for a shard.
+/// The `observedGeneration` of a status the operator has not written: what the API server
+/// shows of a shard the operator has not observed yet (the CRD's default status).
+/// Generations start at 1, so no status the operator writes says 0.
+pub const UNOBSERVED_GENERATION: i64 = 0;
+
+/// What the operator last saw and did for a shard. Until the operator writes it: observedGeneration 0.
+// Until the operator writes one, the API server shows the schema's default,
+// `{observedGeneration: 0}` (and the defaults inside): the status subresource drops any
+// status sent with a create, but defaults are applied whenever the object is read (also
+// in the response to a create or a server-side dry run). So GitOps tools see the
+// generation as not observed yet (kstatus reads InProgress, the Argo CD check
+// Progressing) instead of a shard with no status, which kstatus reads as Current.
+// `AgentShard::written_status` reads that default as no status.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = { "observedGeneration": UNOBSERVED_GENERATION }))]
 pub struct AgentShardStatus {
     /// The metadata.generation this status is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -561,7 +574,7 @@ impl fmt::Display for AccountState {
 /// `ownerShard` of a conflicting account, and the `shard` of an agent config.
 ///
 /// Orders by namespace, then name: the tie-break between claims made at the same instant.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardRef {
     /// The shard's namespace.
     pub namespace: String,
@@ -581,6 +594,12 @@ impl ShardRef {
     /// `namespace/name`.
     pub fn key(&self) -> String {
         self.to_string()
+    }
+
+    /// True for the empty reference (e.g. a hub binding stored before
+    /// bindings named their shard): it names no shard.
+    pub fn is_unset(&self) -> bool {
+        self.namespace.is_empty() && self.name.is_empty()
     }
 }
 
@@ -634,6 +653,14 @@ impl AgentShard {
     /// The account names in the spec, in spec order.
     pub fn account_names(&self) -> impl Iterator<Item = &str> {
         self.spec.accounts.iter().map(|a| a.name.as_str())
+    }
+
+    /// The status the operator wrote; `None` before it wrote one, when the API server
+    /// shows the CRD's default status (observedGeneration 0) in its place.
+    pub fn written_status(&self) -> Option<&AgentShardStatus> {
+        self.status
+            .as_ref()
+            .filter(|s| s.observed_generation != Some(UNOBSERVED_GENERATION))
     }
 
     /// Whether the status describes the current spec (observedGeneration = generation).

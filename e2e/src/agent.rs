@@ -81,6 +81,12 @@ impl AgentProcess {
         })
     }
 
+    /// Whether the agent answers `/readyz` with success: connected to the hub and every
+    /// account synced.
+    pub async fn is_ready(&self) -> bool {
+        ready(&self.admin).await
+    }
+
     /// Rewrites the files the running agent reads (it reloads them by itself).
     pub fn update(
         &self,
@@ -89,6 +95,17 @@ impl AgentProcess {
     ) -> Result<()> {
         write_files(&self.config_file, &self.kubeconfig_dir, config, kubeconfigs)
     }
+}
+
+/// Whether the agent whose admin server is at `admin` (`127.0.0.1:<port>`) answers
+/// `/readyz` with success.
+pub async fn ready(admin: &str) -> bool {
+    reqwest::Client::new()
+        .get(format!("http://{admin}/readyz"))
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 /// The annotation that marks an agent pod started directly by a test: the pod runner

@@ -44,18 +44,26 @@ fn build() -> Result<PathBuf> {
             install: "install Go >= 1.26 from https://go.dev/doc/install (or apt-get install golang-go when new enough)",
         });
     }
+    build_script(&script, &[])
+}
+
+/// Runs a build script of `e2e/scripts/` with `args` (its progress on stderr) and returns
+/// the path it prints: what it built, cached outside the repository.
+pub fn build_script(script: &Path, args: &[&str]) -> Result<PathBuf> {
     let out = Command::new("bash")
-        .arg(&script)
+        .arg(script)
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| Error::io("running", &script, e))?;
+        .map_err(|e| Error::io("running", script, e))?;
     if !out.status.success() {
         return Err(Error::Build {
-            status: out.status.to_string(),
+            status: format!("{} ({})", out.status, script.display()),
         });
     }
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Ok(PathBuf::from(dir))
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    ))
 }
 
 /// The kubectl the tests drive: `$KUBECTL`, else the one on `PATH`.

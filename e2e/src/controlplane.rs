@@ -15,8 +15,8 @@ use tempfile::TempDir;
 use crate::bins::Binaries;
 use crate::certs::{CertPair, Pki};
 use crate::kubeconfig;
-use crate::ports::free_port;
-use crate::process::{Proc, spawn_reaper, tail};
+use crate::ports::{self, free_port, start_on_free_ports};
+use crate::process::{Proc, spawn_reaper, tail, wait_ready};
 use crate::{Error, Result};
 
 /// The name of the management cluster (where the operator, CRDs and agents live).
@@ -201,22 +201,33 @@ impl ControlPlane {
         let (etcd, etcd_url) = start_etcd(&bins, &run_dir).await?;
         tracing::info!(elapsed = ?started.elapsed(), %etcd_url, "etcd ready");
 
-        let management = Cluster::new(
-            MANAGEMENT, &bins, &run_dir, &pki, &serving, &admin, &etcd_url,
-        )?;
-        let targets = opts
+        let new =
+            |name: &str| Cluster::new(name, &bins, &run_dir, &pki, &serving, &admin, &etcd_url);
+        let mut management = new(MANAGEMENT)?;
+        let mut targets = opts
             .targets
             .iter()
-            .map(|name| Cluster::new(name, &bins, &run_dir, &pki, &serving, &admin, &etcd_url))
+            .map(|name| new(name))
             .collect::<Result<Vec<_>>>()?;
-        // Start every API server at once, then wait for each: they start in parallel.
+        // Start every API server at once, then wait for each: they start in parallel. One
+        // that lost its port to another process starts again on a new one.
         management.spawn()?;
         for t in &targets {
             t.spawn()?;
         }
-        management.wait_ready(Duration::from_secs(180)).await?;
-        for t in &targets {
-            t.wait_ready(Duration::from_secs(180)).await?;
+        for cluster in std::iter::once(&mut management).chain(targets.iter_mut()) {
+            let mut attempt = 1;
+            loop {
+                match cluster.wait_ready(Duration::from_secs(180)).await {
+                    Err(e) if attempt < ports::ATTEMPTS && ports::lost_its_port(&e) => {
+                        tracing::warn!(cluster = %cluster.name, error = %e, "the API server's port was taken; starting it on a new one");
+                        *cluster = new(&cluster.name.clone())?;
+                        cluster.spawn()?;
+                        attempt += 1;
+                    }
+                    result => break result?,
+                }
+            }
         }
         tracing::info!(elapsed = ?started.elapsed(), clusters = 1 + targets.len(), "kube-apiservers ready");
 
@@ -425,8 +436,7 @@ impl Cluster {
 }
 
 async fn start_etcd(bins: &Binaries, run_dir: &Path) -> Result<(Proc, String)> {
-    let mut last = None;
-    for _attempt in 0..3 {
+    start_on_free_ports("etcd", || async {
         let client_port = free_port()?;
         let peer_port = free_port()?;
         let url = format!("http://127.0.0.1:{client_port}");
@@ -443,15 +453,10 @@ async fn start_etcd(bins: &Binaries, run_dir: &Path) -> Result<(Proc, String)> {
             .arg("--unsafe-no-fsync=true")
             .arg("--log-level=warn");
         let mut proc = Proc::spawn("etcd", cmd, run_dir)?;
-        match wait_http(&mut proc, client_port, "/health", "\"health\":\"true\"", 60).await {
-            Ok(()) => return Ok((proc, url)),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or(Error::Timeout {
-        what: "etcd".into(),
-        seconds: 60,
-    }))
+        wait_http(&mut proc, client_port, "/health", "\"health\":\"true\"", 60).await?;
+        Ok((proc, url))
+    })
+    .await
 }
 
 fn start_controller_manager(
@@ -545,24 +550,13 @@ async fn create_nodes(client: &kube::Client, count: usize) -> Result<()> {
 /// Waits until plain-HTTP `GET path` on 127.0.0.1:`port` answers with a body containing
 /// `expect`.
 async fn wait_http(proc: &mut Proc, port: u16, path: &str, expect: &str, secs: u64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        proc.check_running()?;
-        if let Ok(body) = http_get(port, path).await
-            && body.contains(expect)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Error::NotReady {
-                component: proc.name().to_string(),
-                seconds: secs,
-                log: proc.log().to_path_buf(),
-                tail: tail(proc.log(), 30),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(
+        proc,
+        Duration::from_secs(secs),
+        Duration::from_millis(100),
+        || async move { http_get(port, path).await.is_ok_and(|b| b.contains(expect)) },
+    )
+    .await
 }
 
 /// A minimal HTTP/1.0 GET on loopback, enough for health endpoints.

@@ -1,7 +1,8 @@
 //! What GitOps tools make of AgentShards, with their own code: kstatus (the
 //! sigs.k8s.io/cli-utils library Flux and kpt wait on, built from `e2e/kstatus/` by
-//! `e2e/scripts/build-kstatus.sh`) and Argo CD's health check
-//! (`manifests/gitops/argocd/health.lua`, run with Lua 5.1, the dialect Argo CD embeds;
+//! `e2e/scripts/build-go-tool.sh`; [`go_tool`] builds the other Go programs of `e2e/` too) and
+//! Argo CD's health check (`manifests/gitops/argocd/scaleagent.dev/AgentShard/health.lua`, in
+//! Argo CD's own layout with its test cases, run with Lua 5.1, the dialect Argo CD embeds;
 //! Debian's `lua5.1` is installed with apt-get when missing).
 
 use std::collections::BTreeMap;
@@ -29,20 +30,13 @@ pub struct Kstatus {
 
 /// The kstatus binary, built first when the cache lacks it.
 pub fn kstatus_binary() -> Result<PathBuf> {
-    let script = repo().join("e2e/scripts/build-kstatus.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| Error::io("running", &script, e))?;
-    if !out.status.success() {
-        return Err(Error::Build {
-            status: format!("{} (e2e/scripts/build-kstatus.sh)", out.status),
-        });
-    }
-    Ok(PathBuf::from(
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    ))
+    go_tool("kstatus")
+}
+
+/// The binary of the Go program in `e2e/<name>/` (kstatus, informer), built by
+/// `e2e/scripts/build-go-tool.sh` first when the cache lacks it.
+pub fn go_tool(name: &str) -> Result<PathBuf> {
+    crate::bins::build_script(&repo().join("e2e/scripts/build-go-tool.sh"), &[name])
 }
 
 /// The kstatus of every AgentShard in namespace `ns`, read through `kubeconfig`, by name.
@@ -71,6 +65,39 @@ pub fn kstatus(kubeconfig: &Path, ns: &str) -> Result<BTreeMap<String, Kstatus>>
         .collect()
 }
 
+/// The kstatus of one object (JSON, as the API server returned it: from a server-side
+/// dry run, say), as the library computes it.
+pub fn kstatus_of(obj: &Value) -> Result<Kstatus> {
+    let bin = kstatus_binary()?;
+    let mut child = Command::new(&bin)
+        .arg("--stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("running", &bin, e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(obj.to_string().as_bytes())
+            .map_err(|e| Error::io("writing to", &bin, e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io("running", &bin, e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(Error::Invalid {
+            what: "the kstatus run".into(),
+            message: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    serde_json::from_str(text.trim()).map_err(|e| Error::Invalid {
+        what: format!("kstatus line {text:?}"),
+        message: e.to_string(),
+    })
+}
+
 /// Lua 5.1, installed from Debian when missing (once per process, waiting for dpkg's
 /// lock when another install holds it).
 pub fn lua() -> Result<PathBuf> {
@@ -97,9 +124,13 @@ pub fn lua() -> Result<PathBuf> {
     })
 }
 
+/// The folder of the Argo CD health check, laid out as Argo CD's
+/// `resource_customizations/<group>/<kind>/`: `health.lua`, `health_test.yaml`, `testdata/`.
+pub const ARGOCD_CHECK: &str = "manifests/gitops/argocd/scaleagent.dev/AgentShard";
+
 /// The Argo CD health check as users paste it.
 pub fn argocd_health_script() -> Result<String> {
-    let path = repo().join("manifests/gitops/argocd/health.lua");
+    let path = repo().join(ARGOCD_CHECK).join("health.lua");
     std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))
 }
 
@@ -128,6 +159,52 @@ pub fn argocd_health(obj: &Value) -> Result<(String, String)> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (status, message) = text.split_once('\t').unwrap_or((text.as_str(), ""));
     Ok((status.to_owned(), message.to_owned()))
+}
+
+/// One case of the check's `health_test.yaml`, in Argo CD's format: the object in
+/// `inputPath` (relative to the check's folder) and the health the check must give it.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthTest {
+    /// The object, a YAML file under `testdata/`.
+    pub input_path: String,
+    /// What the check must answer.
+    pub health_status: HealthStatus,
+}
+
+/// A health check's answer, as Argo CD compares it: both fields exactly.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct HealthStatus {
+    /// Healthy, Progressing, Degraded, Suspended...
+    pub status: String,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The test cases of the Argo CD check (its `health_test.yaml`).
+pub fn argocd_health_tests() -> Result<Vec<HealthTest>> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        tests: Vec<HealthTest>,
+    }
+    let path = repo().join(ARGOCD_CHECK).join("health_test.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let file: File = serde_yaml::from_str(&text).map_err(|e| Error::Invalid {
+        what: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(file.tests)
+}
+
+/// The object of one test case, as JSON.
+pub fn argocd_test_input(case: &HealthTest) -> Result<Value> {
+    let path = repo().join(ARGOCD_CHECK).join(&case.input_path);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    serde_yaml::from_str(&text).map_err(|e| Error::Invalid {
+        what: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// `value` as a Lua table constructor, as Argo CD hands objects to health checks
@@ -180,6 +257,46 @@ mod tests {
             lua_literal(&v),
             r#"{["a"] = {1, "x\"y\n"}, ["b"] = {["c"] = true, ["d"] = nil}}"#
         );
+    }
+
+    /// The check's own test cases (Argo CD's `health_test.yaml` and `testdata/`, as its
+    /// `TestLuaHealthScript` runs them upstream), with Lua 5.1: every case gives exactly
+    /// the status and message it names, and every file in `testdata/` is a case.
+    #[test]
+    fn the_argocd_check_passes_its_test_cases() {
+        let cases = argocd_health_tests().expect("health_test.yaml");
+        let mut wrong = Vec::new();
+        for case in &cases {
+            let obj = argocd_test_input(case).expect("test input");
+            let (status, message) = argocd_health(&obj).expect("the check runs");
+            let got = HealthStatus { status, message };
+            if got != case.health_status {
+                wrong.push(format!(
+                    "{}: got {got:?}, want {:?}",
+                    case.input_path, case.health_status
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        let mut files: Vec<String> = std::fs::read_dir(repo().join(ARGOCD_CHECK).join("testdata"))
+            .expect("testdata")
+            .map(|e| {
+                format!(
+                    "testdata/{}",
+                    e.expect("entry").file_name().to_string_lossy()
+                )
+            })
+            .collect();
+        files.sort();
+        let mut listed: Vec<String> = cases.iter().map(|c| c.input_path.clone()).collect();
+        listed.sort();
+        assert_eq!(files, listed, "every file in testdata/ is a case, once");
+        for state in ["Healthy", "Progressing", "Degraded", "Suspended"] {
+            assert!(
+                cases.iter().any(|c| c.health_status.status == state),
+                "no case is {state}"
+            );
+        }
     }
 
     #[test]

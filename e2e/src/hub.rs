@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::controlplane::http_get;
-use crate::ports::free_port;
-use crate::process::{Proc, tail};
+use crate::ports::{free_port, start_on_free_ports};
+use crate::process::{Proc, wait_ready};
 use crate::{Error, Result};
 
 /// How to start the hub.
@@ -41,18 +41,24 @@ pub struct HubProcess {
 impl HubProcess {
     /// Starts the hub and waits for `/healthz`.
     pub async fn start(opts: HubOptions, run_dir: &std::path::Path) -> Result<HubProcess> {
-        let grpc_port = free_port()?;
-        let http_port = free_port()?;
-        let mut hub = HubProcess {
-            proc: None,
-            opts,
-            run_dir: run_dir.to_path_buf(),
-            grpc: format!("127.0.0.1:{grpc_port}"),
-            http: format!("http://127.0.0.1:{http_port}"),
-            http_port,
-        };
-        hub.restart().await?;
-        Ok(hub)
+        start_on_free_ports("hub", || {
+            let opts = opts.clone();
+            async move {
+                let grpc_port = free_port()?;
+                let http_port = free_port()?;
+                let mut hub = HubProcess {
+                    proc: None,
+                    opts,
+                    run_dir: run_dir.to_path_buf(),
+                    grpc: format!("127.0.0.1:{grpc_port}"),
+                    http: format!("http://127.0.0.1:{http_port}"),
+                    http_port,
+                };
+                hub.restart().await?;
+                Ok(hub)
+            }
+        })
+        .await
     }
 
     /// Stops the hub (SIGTERM, then SIGKILL).
@@ -88,25 +94,18 @@ impl HubProcess {
             cmd.arg(format!("--store={}", store.display()));
         }
         let mut proc = Proc::spawn("hub", cmd, &self.run_dir)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            proc.check_running()?;
-            if let Ok(body) = http_get(self.http_port, "/healthz").await
-                && body.starts_with("HTTP/1.")
-                && body.contains(" 200 ")
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(Error::NotReady {
-                    component: "hub".into(),
-                    seconds: 30,
-                    log: proc.log().to_path_buf(),
-                    tail: tail(proc.log(), 30),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let port = self.http_port;
+        wait_ready(
+            &mut proc,
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async move {
+                http_get(port, "/healthz")
+                    .await
+                    .is_ok_and(|body| body.starts_with("HTTP/1.") && body.contains(" 200 "))
+            },
+        )
+        .await?;
         self.proc = Some(proc);
         Ok(())
     }

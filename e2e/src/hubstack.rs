@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::certs::Pki;
 use crate::hub::{HubOptions, HubProcess};
 use crate::nginx::{Mode, Nginx, NginxOptions};
 use crate::{ControlPlane, Error, Result, workspace_binary};
@@ -34,38 +35,72 @@ impl HubStack {
         let proxy_secret = random_secret()?;
         let secret_file = run_dir.join("hub-proxy-secret");
         write_private(&secret_file, &proxy_secret)?;
+        let mut args = behind_nginx(&cp.pki, Some(&secret_file));
+        args.push("--authorize-shards=*".into());
         let hub = HubProcess::start(
             HubOptions {
                 bin: workspace_binary("scale-agent-hub")?,
                 grace_period: grace.into(),
                 store,
-                args: vec![
-                    "--trusted-proxy=127.0.0.1/32".into(),
-                    format!("--client-ca={}", cp.pki.ca_file.display()),
-                    format!("--proxy-secret-file={}", secret_file.display()),
-                    "--authorize-shards=*".into(),
-                ],
+                args,
                 kubeconfig: Some(cp.management.kubeconfig.clone()),
             },
             run_dir,
         )
         .await?;
         tracing::info!("starting nginx in front of the hub");
-        let lb = cp.pki.issue_server("lb", &["127.0.0.1", "localhost"])?;
-        let nginx = Nginx::start(
-            &NginxOptions {
-                mode: Mode::GrpcTls,
-                hubs_grpc: vec![hub.grpc.clone()],
-                tls_cert: lb.cert_file,
-                tls_key: lb.key_file,
-                client_ca: cp.pki.ca_file.clone(),
-                proxy_secret: Some(proxy_secret),
-            },
+        let nginx = nginx_in_front(
+            &cp.pki,
+            "lb",
+            Mode::GrpcTls,
+            vec![hub.grpc.clone()],
+            Some(proxy_secret),
             run_dir,
         )
         .await?;
         Ok(HubStack { nginx, hub })
     }
+}
+
+/// The hub's flags for running behind nginx in [`Mode::GrpcTls`]: it takes an agent's
+/// identity from the certificate nginx verified and forwards, only from 127.0.0.1, only
+/// when it chains to the run's CA, and, given `secret_file`, only with the secret nginx
+/// and the hub share.
+pub fn behind_nginx(pki: &Pki, secret_file: Option<&Path>) -> Vec<String> {
+    let mut args = vec![
+        "--trusted-proxy=127.0.0.1/32".to_string(),
+        format!("--client-ca={}", pki.ca_file.display()),
+    ];
+    if let Some(file) = secret_file {
+        args.push(format!("--proxy-secret-file={}", file.display()));
+    }
+    args
+}
+
+/// nginx in front of the hubs at `hubs_grpc` (one, or replicas sharing a store) in
+/// `mode`: serving certificate `<lb_name>` from the run's CA, agents' certificates checked
+/// against that CA, and `proxy_secret` sent to the hubs when given; logs in `run_dir`.
+pub async fn nginx_in_front(
+    pki: &Pki,
+    lb_name: &str,
+    mode: Mode,
+    hubs_grpc: Vec<String>,
+    proxy_secret: Option<String>,
+    run_dir: &Path,
+) -> Result<Nginx> {
+    let lb = pki.issue_server(lb_name, &["127.0.0.1", "localhost"])?;
+    Nginx::start(
+        &NginxOptions {
+            mode,
+            hubs_grpc,
+            tls_cert: lb.cert_file,
+            tls_key: lb.key_file,
+            client_ca: pki.ca_file.clone(),
+            proxy_secret,
+        },
+        run_dir,
+    )
+    .await
 }
 
 /// 32 random bytes from the OS, in hex: a secret nginx and the hub share, or an API

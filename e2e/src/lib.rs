@@ -36,6 +36,7 @@ pub mod diagnostics;
 mod env;
 mod error;
 pub mod gitops;
+pub mod guide;
 pub mod hub;
 pub mod hubstack;
 pub mod kubeconfig;

@@ -25,6 +25,59 @@ pub fn sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The value of `series` in `text`, or an error naming it when it is not exposed: for
+/// counters a test compares, so that a renamed or removed metric fails the test instead
+/// of reading as 0 for ever.
+pub fn require(text: &str, series: &str) -> Result<f64> {
+    sample(text, series).ok_or_else(|| Error::Invalid {
+        what: format!("metric {series}"),
+        message: "not exposed (renamed or removed?)".into(),
+    })
+}
+
+/// [`sum`] of metric `name` (a sample name such as `scale_agent_relists_total`), or an
+/// error when the metric is not declared at all: a family with no series yet sums to 0,
+/// a metric that does not exist is an error.
+pub fn require_sum(text: &str, name: &str) -> Result<f64> {
+    let family = name.strip_suffix("_total").unwrap_or(name);
+    let declared = text.lines().any(|l| {
+        let mut words = l.split_whitespace();
+        words.next() == Some("#")
+            && words.next() == Some("TYPE")
+            && matches!(words.next(), Some(n) if n == name || n == family)
+    });
+    if declared || sample_names(text).any(|n| n == name) {
+        Ok(sum(text, name))
+    } else {
+        Err(Error::Invalid {
+            what: format!("metric {name}"),
+            message: "not declared (renamed or removed?)".into(),
+        })
+    }
+}
+
+fn sample_names(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .filter_map(parse_line)
+        .filter_map(|(s, _)| s.split('{').next())
+}
+
+/// The sum of the series of metric `name` whose labels include `label` (`source="cluster"`),
+/// whatever their other labels; 0 when there is none.
+pub fn sum_with(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter_map(parse_line)
+        .filter(|(s, _)| {
+            let mut parts = s.splitn(2, '{');
+            parts.next() == Some(name)
+                && parts.next().is_some_and(|labels| {
+                    labels.trim_end_matches('}').split(',').any(|l| l == label)
+                })
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// Splits a sample line into its series (name and labels) and its value; `None` for
 /// comments, blank lines and lines that are not samples. Label values may hold spaces,
 /// braces and escaped quotes; a timestamp after the value is ignored.
@@ -99,9 +152,15 @@ pub async fn metric_sum(addr: &str, name: &str) -> u64 {
     }
 }
 
+/// [`require`] at the admin server at `addr`: fails when it does not answer or does not
+/// expose `series`.
+pub async fn required(addr: &str, series: &str) -> Result<f64> {
+    require(&scrape(addr).await?, series)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{sample, sum};
+    use super::{require, require_sum, sample, sum, sum_with};
 
     const TEXT: &str = r#"# HELP scale_agent_operator_leader Whether this replica leads.
 # TYPE scale_agent_operator_leader gauge
@@ -136,6 +195,18 @@ broken{a="b" 7
         assert_eq!(sum(TEXT, "foo"), 12.0);
         assert_eq!(sum(TEXT, "scale_agent_operator_leader"), 1.0);
         assert_eq!(sum(TEXT, "missing"), 0.0);
+        assert_eq!(sum_with(TEXT, "foo", "a=\"b\""), 3.0);
+        assert_eq!(sum_with(TEXT, "foo", "a=\"c\""), 0.0);
+    }
+
+    #[test]
+    fn a_missing_metric_is_an_error_not_zero() {
+        assert_eq!(require(TEXT, "foo{a=\"b\"}").ok(), Some(3.0));
+        assert!(require(TEXT, "scale_agent_renamed_total").is_err());
+        let family = "# HELP relists Relists.\n# TYPE relists counter\n";
+        assert_eq!(require_sum(family, "relists_total").ok(), Some(0.0));
+        assert_eq!(require_sum(TEXT, "foo").ok(), Some(12.0));
+        assert!(require_sum(TEXT, "scale_agent_renamed_total").is_err());
     }
 
     #[test]

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::ports::free_port;
-use crate::process::{Proc, tail};
+use crate::ports::{free_port, start_on_free_ports};
+use crate::process::{Proc, tail, wait_ready};
 use crate::{Error, Result};
 
 /// Which of the tested setups.
@@ -117,6 +117,10 @@ impl Nginx {
     /// Renders the template into `<run_dir>/nginx-<n>/nginx.conf`, checks it with
     /// `nginx -t`, and starts nginx.
     pub async fn start(opts: &NginxOptions, run_dir: &Path) -> Result<Nginx> {
+        start_on_free_ports("nginx", || Nginx::start_on_a_free_port(opts, run_dir)).await
+    }
+
+    async fn start_on_a_free_port(opts: &NginxOptions, run_dir: &Path) -> Result<Nginx> {
         let port = free_port()?;
         let prefix = run_dir.join(format!("nginx-{port}"));
         std::fs::create_dir_all(&prefix).map_err(|e| Error::io("creating", &prefix, e))?;
@@ -195,25 +199,30 @@ impl Nginx {
             .arg("-g")
             .arg("daemon off;");
         let mut proc = Proc::spawn(&format!("nginx-{}", self.port), cmd, &self.run_dir)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            proc.check_running()?;
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(Error::NotReady {
-                    component: "nginx".into(),
-                    seconds: 10,
-                    tail: tail(&self.prefix.join("error.log"), 30),
-                    log: self.prefix.join("error.log"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let port = self.port;
+        wait_ready(
+            &mut proc,
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            // nginx logs why it did not start into its own error log.
+            Error::NotReady {
+                component, seconds, ..
+            } => Error::NotReady {
+                component,
+                seconds,
+                tail: tail(&self.prefix.join("error.log"), 30),
+                log: self.prefix.join("error.log"),
+            },
+            other => other,
+        })?;
         self.proc = Some(proc);
         Ok(())
     }

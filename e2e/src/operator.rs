@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::controlplane::http_get;
-use crate::ports::free_port;
-use crate::process::{Proc, files_under, tail};
+use crate::ports::{free_port, start_on_free_ports};
+use crate::process::{Proc, files_under, tail, wait_ready};
 use crate::{ControlPlane, Error, Result, metrics, workspace_binary};
 
 /// The namespace of the operator's Lease and webhook certificate in the test environment.
@@ -113,6 +113,13 @@ impl Operator {
     /// until it answers `/readyz` (its shard cache is synced and the webhook serves).
     pub async fn start(cp: &ControlPlane, options: OperatorOptions) -> Result<Operator> {
         ensure_namespace(cp, NAMESPACE)?;
+        start_on_free_ports(&options.name.clone(), || {
+            Operator::start_on_free_ports(cp, options.clone())
+        })
+        .await
+    }
+
+    async fn start_on_free_ports(cp: &ControlPlane, options: OperatorOptions) -> Result<Operator> {
         let admin_port = free_port()?;
         let webhook_port = free_port()?;
         let mut cmd = Command::new(binary()?);
@@ -171,25 +178,18 @@ impl Operator {
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.proc.check_running()?;
-            if http_get(self.admin_port, "/readyz")
-                .await
-                .is_ok_and(|b| b.lines().next().is_some_and(|l| l.contains(" 200")))
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Error::NotReady {
-                    component: self.proc.name().to_string(),
-                    seconds: timeout.as_secs(),
-                    log: self.proc.log().to_path_buf(),
-                    tail: tail(self.proc.log(), 30),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let port = self.admin_port;
+        wait_ready(
+            &mut self.proc,
+            timeout,
+            Duration::from_millis(200),
+            || async move {
+                http_get(port, "/readyz")
+                    .await
+                    .is_ok_and(|b| b.lines().next().is_some_and(|l| l.contains(" 200")))
+            },
+        )
+        .await
     }
 
     /// The operator's log file.
@@ -212,10 +212,11 @@ impl Operator {
         metrics::scrape(&format!("127.0.0.1:{}", self.admin_port)).await
     }
 
-    /// The value of metric `series` (name with labels, as [`metrics::sample`] reads it),
-    /// 0 when absent.
+    /// The value of metric `series` (name with labels, as [`metrics::sample`] reads it);
+    /// an error when it is not exposed, so that `== 0` checks cannot pass on a renamed
+    /// metric.
     pub async fn metric(&self, series: &str) -> Result<f64> {
-        Ok(metrics::sample(&self.metrics().await?, series).unwrap_or(0.0))
+        metrics::require(&self.metrics().await?, series)
     }
 
     /// Whether it holds the leader Lease (its `leader` gauge).
@@ -322,8 +323,12 @@ pub async fn up(
                     "jsonpath={range .items[*]}{.status.observedGeneration}{\"\\n\"}{end}",
                 ])
                 .ok()?;
-            let lines: Vec<&str> = out.lines().collect();
-            (!lines.is_empty() && lines.iter().all(|l| !l.trim().is_empty())).then_some(())
+            // Until the operator writes one, the API server shows the CRD's default
+            // status, observedGeneration 0.
+            let unobserved = scale_agent_crds::UNOBSERVED_GENERATION.to_string();
+            let lines: Vec<&str> = out.lines().map(str::trim).collect();
+            (!lines.is_empty() && lines.iter().all(|l| !l.is_empty() && *l != unobserved))
+                .then_some(())
         },
     )
     .await?;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::ports::free_port;
-use crate::process::{Proc, tail};
+use crate::ports::{free_port, start_on_free_ports};
+use crate::process::{Proc, wait_ready};
 use crate::{Error, Result};
 
 /// The role the hubs connect as (superuser of this throwaway server).
@@ -96,6 +96,10 @@ impl Postgres {
     /// Creates a data folder with `initdb` and starts the server on a free port; its log
     /// goes to `<run_dir>/logs/postgres-<port>.log`.
     pub async fn start(run_dir: &Path) -> Result<Postgres> {
+        start_on_free_ports("PostgreSQL", || Postgres::start_on_a_free_port(run_dir)).await
+    }
+
+    async fn start_on_a_free_port(run_dir: &Path) -> Result<Postgres> {
         let bin = bin_dir()?;
         let user = server_user()?;
         let port = free_port()?;
@@ -155,22 +159,13 @@ impl Postgres {
             .args(["-c", "max_connections=200"]);
         as_user(&mut cmd, self.user);
         let mut proc = Proc::spawn(&format!("postgres-{}", self.port), cmd, &self.run_dir)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            proc.check_running()?;
-            if self.psql("postgres", "SELECT 1").is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(Error::NotReady {
-                    component: "PostgreSQL".into(),
-                    seconds: 30,
-                    log: proc.log().to_path_buf(),
-                    tail: tail(proc.log(), 30),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(
+            &mut proc,
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || std::future::ready(self.psql("postgres", "SELECT 1").is_ok()),
+        )
+        .await?;
         self.proc = Some(proc);
         Ok(())
     }

@@ -178,6 +178,39 @@ exit 0"#;
     })
 }
 
+/// Waits until the component `proc` is ready: polls `ready` every `every`; fails with
+/// its log's tail when it exits, or when it is not ready within `timeout`. The one
+/// readiness poll of the components the harness starts.
+pub async fn wait_ready<F, Fut>(
+    proc: &mut Proc,
+    timeout: Duration,
+    every: Duration,
+    mut ready: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        proc.check_running()?;
+        if ready().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            // It may have exited while we waited: say so rather than "not ready".
+            proc.check_running()?;
+            return Err(Error::NotReady {
+                component: proc.name().to_string(),
+                seconds: timeout.as_secs(),
+                log: proc.log().to_path_buf(),
+                tail: tail(proc.log(), 30),
+            });
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// The last `lines` lines of a log file (empty when it cannot be read).
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = read_end(path, 64 * 1024);

@@ -29,6 +29,15 @@ pub type TestFn<F> = fn(Arc<F>) -> Pin<Box<dyn Future<Output = TestResult> + Sen
 /// A named test.
 pub type Test<F> = (&'static str, TestFn<F>);
 
+/// A test binary's list of tests, one line each: `tests![name => function, ...]`, each
+/// function an `async fn(Arc<F>) -> TestResult`, each name the test's.
+#[macro_export]
+macro_rules! tests {
+    ($($name:ident => $f:path),* $(,)?) => {
+        vec![$((stringify!($name), |e| Box::pin($f(e)))),*]
+    };
+}
+
 /// What the tests of one binary share: an [`Env`], and whatever the binary adds to it
 /// (an operator, say).
 pub trait Fixture: Send + Sync + 'static {

@@ -144,6 +144,44 @@ pub fn agent_log(a: &AgentProcess) -> String {
     crate::process::tail(a.proc.log(), 40)
 }
 
+/// Waits up to 30 s until the agent's log holds every one of `needles` (a refusal it was
+/// told, say); fails with the log's tail, saying it waited for `what`.
+pub async fn wait_logged(a: &AgentProcess, what: &str, needles: &[&str]) -> anyhow::Result<()> {
+    let log = a.proc.log().to_path_buf();
+    crate::wait::until(what, std::time::Duration::from_secs(30), || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).ok()?;
+            needles.iter().all(|n| text.contains(n)).then_some(())
+        }
+    })
+    .await
+    .with_context(|| crate::process::tail(&log, 20))
+}
+
+/// Starts an agent ([`start_agent`]) and waits up to 30 s until the hub shows `account`
+/// Connected; fails with the agent's log.
+pub async fn start_connected(
+    env: &Env,
+    s: &Scenario,
+    replica: &str,
+    cfg: &AgentConfig,
+    kubeconfigs: &BTreeMap<String, String>,
+    args: &[&str],
+    account: &str,
+) -> anyhow::Result<AgentProcess> {
+    let agent = start_agent(env, s, replica, cfg, kubeconfigs, args)?;
+    crate::converge::wait_state(
+        &s.hub,
+        account,
+        "Connected",
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| agent_log(&agent))?;
+    Ok(agent)
+}
+
 /// One agent of shard `shard` streaming `account` of `cluster`, connected at the hub.
 pub async fn stream_one(
     env: &Env,
@@ -154,21 +192,14 @@ pub async fn stream_one(
 ) -> anyhow::Result<AgentProcess> {
     let cfg = config(s, shard, vec![account(account_name, &s.ns)]);
     let kcs = kubeconfigs(env, &[(account_name, cluster)])?;
-    let agent = start_agent(
+    start_connected(
         env,
         s,
         &format!("{shard}-0"),
         &cfg,
         &kcs,
         &["--lease-renew-interval=500ms"],
-    )?;
-    crate::converge::wait_state(
-        &s.hub,
         account_name,
-        "Connected",
-        std::time::Duration::from_secs(30),
     )
     .await
-    .with_context(|| agent_log(&agent))?;
-    Ok(agent)
 }

@@ -741,10 +741,7 @@ async fn accounts_share_a_connection(env: Arc<Env>) -> anyhow::Result<()> {
             if metric(&agent.admin, "scale_agent_accounts_streaming").await != total {
                 return None;
             }
-            let r = reqwest::get(format!("http://{}/readyz", agent.admin))
-                .await
-                .ok()?;
-            r.status().is_success().then_some(())
+            agent.is_ready().await.then_some(())
         },
     )
     .await

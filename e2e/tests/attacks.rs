@@ -10,10 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use scale_agent_crds::{ShardRef, TlsConfig, shard_identity_uri};
 use scale_agent_e2e::converge::{account_state, configmaps, converge, put_cm, wait_state};
-use scale_agent_e2e::metrics::{sample, scrape};
-use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
+use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front};
+use scale_agent_e2e::metrics::{require, sample, scrape};
+use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::scenario::*;
-use scale_agent_e2e::{Env, runner, wait};
+use scale_agent_e2e::{Env, runner};
 use scale_agent_proto::PROTOCOL_VERSION;
 use scale_agent_proto::v1::agent_hub_client::AgentHubClient;
 use scale_agent_proto::v1::{AgentFrame, Hello, HubFrame, agent_frame, hub_frame};
@@ -50,25 +51,17 @@ async fn stack(env: &Env, name: &str) -> anyhow::Result<Stack> {
     let secret_dir = tempfile::tempdir()?;
     let secret_file = secret_dir.path().join("proxy-secret");
     std::fs::write(&secret_file, &secret)?;
-    let hub_args = vec![
-        "--trusted-proxy=127.0.0.1/32".to_string(),
-        format!("--client-ca={}", pki.ca_file.display()),
-        format!("--proxy-secret-file={}", secret_file.display()),
-    ];
+    let hub_args = behind_nginx(pki, Some(&secret_file));
     let s = scenario_with(env, name, "120s", None, hub_args).await?;
     // The hub read the file at startup and keeps it; a copy stays for its reloads.
     let kept = env.test_dir(&s.ns).join("hub-proxy-secret");
     std::fs::copy(&secret_file, &kept)?;
-    let lb = pki.issue_server(&format!("lb-{name}"), &["127.0.0.1", "localhost"])?;
-    let nginx = Nginx::start(
-        &NginxOptions {
-            mode: Mode::GrpcTls,
-            hubs_grpc: vec![s.hub.grpc.clone()],
-            tls_cert: lb.cert_file,
-            tls_key: lb.key_file,
-            client_ca: pki.ca_file.clone(),
-            proxy_secret: Some(secret.clone()),
-        },
+    let nginx = nginx_in_front(
+        pki,
+        &format!("lb-{name}"),
+        Mode::GrpcTls,
+        vec![s.hub.grpc.clone()],
+        Some(secret.clone()),
         &env.test_dir(&s.ns),
     )
     .await?;
@@ -288,21 +281,12 @@ async fn another_shard(env: Arc<Env>) -> anyhow::Result<()> {
         &kubeconfigs(&env, &[("contested", "cluster-2")])?,
         &["--lease-renew-interval=500ms"],
     )?;
-    let log = second.proc.log().to_path_buf();
-    wait::until(
+    wait_logged(
+        &second,
         "team-b's agent to log its refusal",
-        Duration::from_secs(30),
-        || {
-            let log = log.clone();
-            async move {
-                let text = std::fs::read_to_string(&log).ok()?;
-                (text.contains("hub rejected the account") && text.contains("NotOwner"))
-                    .then_some(())
-            }
-        },
+        &["hub rejected the account", "NotOwner"],
     )
-    .await
-    .with_context(|| agent_log(&second))?;
+    .await?;
     // Long enough for several retries of team-b's agent.
     for i in 0..5 {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -316,7 +300,8 @@ async fn another_shard(env: Arc<Env>) -> anyhow::Result<()> {
         put_cm(&api, &format!("round-{i}"), "x").await?;
     }
     let text = scrape(hub_addr(&s)).await?;
-    let superseded = sample(&text, "scale_agent_hub_registrations_superseded_total").unwrap_or(0.0);
+    // The counter must exist: a renamed metric would otherwise read as "never superseded".
+    let superseded = require(&text, "scale_agent_hub_registrations_superseded_total")?;
     ensure!(
         superseded == 0.0,
         "prod-east was superseded {superseded} times"

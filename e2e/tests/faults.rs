@@ -1,7 +1,9 @@
 //! Faults, through a real nginx load balancer, while objects change continuously in three
 //! target clusters. Each test ends with the hub's cache equal to a fresh list of every
 //! cluster (zero missing, zero stale, zero extra) and prints how long convergence took
-//! after the fault ended. The tests run one after another: they stop shared parts.
+//! after the fault ended, and shows that the fault reached the agent (its session
+//! dropped and resumed, its watches failed), so that a fault that did nothing fails the
+//! test. The tests run one after another: they stop shared parts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,11 +14,12 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use nix::sys::signal::Signal;
 use scale_agent_crds::{AgentConfig, BudgetConfig, ShardRef};
-use scale_agent_e2e::agent::AgentProcess;
+use scale_agent_e2e::agent::{AgentProcess, ready};
 use scale_agent_e2e::churn::{Churn, churn};
 use scale_agent_e2e::converge::{account_state, configmaps, converge_all, put_cm, wait_state};
-use scale_agent_e2e::metrics::metric;
-use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
+use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front};
+use scale_agent_e2e::metrics::{metric, require, require_sum, required, scrape};
+use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::process::rss_kib;
 use scale_agent_e2e::scenario::*;
 use scale_agent_e2e::{Env, runner, wait};
@@ -100,10 +103,7 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
     let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
     // Behind nginx (GrpcTls) the hub takes each agent's identity from the certificate
     // nginx verified and forwards; from anywhere else it would need its own TLS.
-    let mut hub_args = vec![
-        "--trusted-proxy=127.0.0.1/32".to_string(),
-        format!("--client-ca={}", pki.ca_file.display()),
-    ];
+    let mut hub_args = behind_nginx(pki, None);
     if o.mode == Mode::Passthrough {
         hub_args = vec![
             format!("--tls-cert={}", hub_cert.cert_file.display()),
@@ -116,16 +116,12 @@ async fn rig(env: &Env, name: &str, o: RigOptions) -> anyhow::Result<Rig> {
         .store
         .then(|| env.cp.run_dir.join(format!("hub-{name}.sqlite")));
     let s = scenario_with(env, name, "120s", store, hub_args).await?;
-    let lb_cert = pki.issue_server(&format!("lb-{name}"), &["127.0.0.1", "localhost"])?;
-    let nginx = Nginx::start(
-        &NginxOptions {
-            mode: o.mode,
-            hubs_grpc: vec![s.hub.grpc.clone()],
-            tls_cert: lb_cert.cert_file,
-            tls_key: lb_cert.key_file,
-            client_ca: pki.ca_file.clone(),
-            proxy_secret: None,
-        },
+    let nginx = nginx_in_front(
+        pki,
+        &format!("lb-{name}"),
+        o.mode,
+        vec![s.hub.grpc.clone()],
+        None,
         &env.test_dir(&s.ns),
     )
     .await?;
@@ -241,26 +237,87 @@ impl Rig {
     }
 }
 
-async fn ready(admin: &str) -> bool {
-    match reqwest::get(format!("http://{admin}/readyz")).await {
-        Ok(r) => r.status().is_success(),
-        Err(_) => false,
+/// Waits up to `within` for the agent at `admin` to stop being ready: its session with
+/// the hub dropped. Returns how long that took.
+async fn session_dropped(admin: &str, within: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    wait::until("the agent's hub session to drop", within, || async {
+        (!ready(admin).await).then_some(())
+    })
+    .await?;
+    Ok(start.elapsed())
+}
+
+/// The agent's counters a fault moves, read before and after it: each must exist (a
+/// renamed metric fails the test instead of passing it).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Hub sessions opened.
+    connects: f64,
+    /// Watches started on a session: resumed from the hub's resume point or relisted.
+    watch_starts: f64,
+    /// Failed lists and watches.
+    watch_errors: f64,
+}
+
+impl Seen {
+    async fn of(admin: &str) -> anyhow::Result<Seen> {
+        let text = scrape(admin).await?;
+        Ok(Seen {
+            connects: require(&text, "scale_agent_connects_total")?,
+            watch_starts: require(&text, "scale_agent_resumes_total")?
+                + require_sum(&text, "scale_agent_relists_total")?,
+            watch_errors: require(&text, "scale_agent_watch_errors_total")?,
+        })
     }
+
+    /// The agent's session went down and came back: it opened a new one and started its
+    /// watches on it.
+    fn resumed_since(&self, before: &Seen) -> anyhow::Result<()> {
+        ensure!(
+            self.connects > before.connects,
+            "the agent opened no new hub session ({} -> {}): the fault never reached it",
+            before.connects,
+            self.connects
+        );
+        ensure!(
+            self.watch_starts > before.watch_starts,
+            "no watch resumed or relisted on the new session ({} -> {})",
+            before.watch_starts,
+            self.watch_starts
+        );
+        Ok(())
+    }
+}
+
+/// Stops nginx for `outage`, then starts it again. The agent's session must drop while
+/// nginx is down; returns when nginx is back.
+async fn bounce_nginx(rig: &mut Rig, outage: Duration) -> anyhow::Result<Instant> {
+    let admin = rig.agents[0].admin.clone();
+    let stopped = Instant::now();
+    rig.nginx.stop();
+    let dropped = session_dropped(&admin, outage).await;
+    tokio::time::sleep(outage.saturating_sub(stopped.elapsed())).await;
+    rig.nginx.restart().await?;
+    let back = Instant::now();
+    let took = dropped.context("nginx was stopped, the agent's session stayed up")?;
+    eprintln!("the agent's session dropped {took:.2?} after nginx stopped");
+    Ok(back)
 }
 
 // ---------- the faults ----------
 
 async fn nginx_restart(env: Arc<Env>) -> anyhow::Result<()> {
     let mut rig = rig(&env, "lbrestart", RigOptions::default()).await?;
+    let admin = rig.agents[0].admin.clone();
+    let before = Seen::of(&admin).await?;
     let churn = rig.churn(0);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    rig.nginx.stop();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    rig.nginx.restart().await?;
-    let ended = Instant::now();
+    let ended = bounce_nginx(&mut rig, Duration::from_secs(3)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     rig.finish(churn, "1 nginx stopped 3 s and started", ended)
         .await?;
+    Seen::of(&admin).await?.resumed_since(&before)?;
     Ok(())
 }
 
@@ -269,29 +326,19 @@ async fn nginx_frozen(env: Arc<Env>) -> anyhow::Result<()> {
     let admin = rig.agents[0].admin.clone();
     let churn = rig.churn(0);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let frozen = Instant::now();
     rig.nginx
         .process()
         .context("nginx runs")?
         .signal(Signal::SIGSTOP);
     // The agent notices the dead path by its keepalive, not by waiting for TCP.
-    let noticed = wait::until(
-        "the agent to notice the frozen path",
-        Duration::from_secs(20),
-        || {
-            let admin = admin.clone();
-            async move { (!ready(&admin).await).then_some(()) }
-        },
-    )
-    .await;
-    let detect = frozen.elapsed();
+    let noticed = session_dropped(&admin, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     rig.nginx
         .process()
         .context("nginx runs")?
         .signal(Signal::SIGCONT);
     let ended = Instant::now();
-    noticed?;
+    let detect = noticed?;
     eprintln!(
         "FAULT 2: the agent noticed the frozen load balancer after {detect:.2?} (keepalive {KEEPALIVE_SECS} s)"
     );
@@ -339,20 +386,12 @@ async fn hub_restart(env: Arc<Env>) -> anyhow::Result<()> {
     let rogue_kcs = kubeconfigs(&env, &[("hubrestart-1", "cluster-3")])?;
     let args: Vec<&str> = rig.agent_args.iter().map(String::as_str).collect();
     let rogue = start_agent(&env, &rig.s, "rogue-0", &rogue_cfg, &rogue_kcs, &args)?;
-    let log = rogue.proc.log().to_path_buf();
-    wait::until(
+    wait_logged(
+        &rogue,
         "the rogue registration to be refused",
-        Duration::from_secs(30),
-        || {
-            let log = log.clone();
-            async move {
-                let text = std::fs::read_to_string(&log).ok()?;
-                text.contains("NotOwner").then_some(())
-            }
-        },
+        &["NotOwner"],
     )
-    .await
-    .with_context(|| scale_agent_e2e::process::tail(&log, 20))?;
+    .await?;
     rig.finish(churn, "3 hub restarted (bindings in SQLite)", ended)
         .await?;
     let now = account_state(&rig.s.hub, "hubrestart-1")
@@ -413,16 +452,32 @@ async fn agent_killed(env: Arc<Env>) -> anyhow::Result<()> {
 
 async fn apiserver_restart(env: Arc<Env>) -> anyhow::Result<()> {
     let rig = rig(&env, "apirestart", RigOptions::default()).await?;
+    let admin = rig.agents[0].admin.clone();
+    let before = Seen::of(&admin).await?;
     let churn = rig.churn(0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let c1 = target(&env, "cluster-1")?;
     c1.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The agent's watches of cluster-1 ended and reopening them failed while it was down.
+    let during = Seen::of(&admin).await?;
     c1.start().await?;
     let ended = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Convergence under churn needs cluster-1's watches open again: the changes made
+    // after the restart reach the hub only through them.
     rig.finish(churn, "5 target kube-apiserver restarted", ended)
         .await?;
+    eprintln!(
+        "FAULT 5: {} failed watches while the API server was down",
+        during.watch_errors - before.watch_errors
+    );
+    ensure!(
+        during.watch_errors > before.watch_errors,
+        "no watch failed while cluster-1's API server was stopped ({} -> {}): the fault never reached the agent",
+        before.watch_errors,
+        during.watch_errors
+    );
     Ok(())
 }
 
@@ -473,7 +528,8 @@ async fn hub_frozen(env: Arc<Env>) -> anyhow::Result<()> {
     let mut peak_rss = rss_before;
     let frozen = Instant::now();
     while frozen.elapsed() < Duration::from_secs(8) {
-        peak_buffered = peak_buffered.max(metric(&agent.admin, "scale_agent_buffered_bytes").await);
+        let buffered = required(&agent.admin, "scale_agent_buffered_bytes").await? as u64;
+        peak_buffered = peak_buffered.max(buffered);
         peak_rss = peak_rss.max(rss_kib(agent.proc.pid()));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -533,8 +589,8 @@ async fn reconnect_storm(env: Arc<Env>) -> anyhow::Result<()> {
         async move {
             let mut n = 0;
             for a in &admins {
-                n += metric(a, "scale_agent_hub_connects_total").await
-                    + metric(a, "scale_agent_hub_connect_failures_total").await;
+                n += metric(a, "scale_agent_connects_total").await
+                    + metric(a, "scale_agent_connect_failures_total").await;
             }
             n
         }
@@ -577,7 +633,7 @@ async fn reconnect_storm(env: Arc<Env>) -> anyhow::Result<()> {
 }
 
 async fn passthrough(env: Arc<Env>) -> anyhow::Result<()> {
-    let rig = rig(
+    let mut rig = rig(
         &env,
         "passthru",
         RigOptions {
@@ -586,14 +642,21 @@ async fn passthrough(env: Arc<Env>) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let admin = rig.agents[0].admin.clone();
+    let before = Seen::of(&admin).await?;
     let churn = rig.churn(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The stream runs through nginx's TCP passthrough: stopping nginx drops it, starting
+    // it again lets the agent resume over a new mTLS connection.
+    let ended = bounce_nginx(&mut rig, Duration::from_secs(2)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     rig.finish(
         churn,
-        "(none) TCP passthrough, mTLS end to end",
-        Instant::now(),
+        "nginx (TCP passthrough, mTLS end to end) stopped 2 s and started",
+        ended,
     )
     .await?;
+    Seen::of(&admin).await?.resumed_since(&before)?;
     Ok(())
 }
 
@@ -607,7 +670,7 @@ async fn connection_age(env: Arc<Env>) -> anyhow::Result<()> {
     };
     let rig = rig(&env, "maxage", opts).await?;
     let admin = rig.agents[0].admin.clone();
-    let connects = metric(&admin, "scale_agent_hub_connects_total").await;
+    let connects = required(&admin, "scale_agent_connects_total").await?;
     let churn = rig.churn(0);
     // Watch the accounts through several drains: never removed, never a failed attempt.
     let start = Instant::now();
@@ -620,17 +683,17 @@ async fn connection_age(env: Arc<Env>) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let reconnects = metric(&admin, "scale_agent_hub_connects_total").await - connects;
-    let failures = metric(&admin, "scale_agent_hub_connect_failures_total").await;
+    let reconnects = required(&admin, "scale_agent_connects_total").await? - connects;
+    let failures = required(&admin, "scale_agent_connect_failures_total").await?;
     eprintln!(
         "max connection age 4 s over 14 s: {reconnects} reconnects, {failures} failed attempts"
     );
     ensure!(
-        reconnects >= 2,
+        reconnects >= 2.0,
         "the hub should have drained the session at least twice, saw {reconnects} reconnects"
     );
     ensure!(
-        failures == 0,
+        failures == 0.0,
         "a drain must not count as a failure ({failures})"
     );
     ensure!(

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, PostParams};
 use scale_agent_e2e::kubectl::table;
-use scale_agent_e2e::{Env, diagnostics, runner, wait};
+use scale_agent_e2e::{Env, diagnostics, gitops, runner, wait};
 
 fn main() {
     runner::main(
@@ -34,6 +34,10 @@ fn main() {
             ("api_server_rejects_both_namespaces_and_omit", |e| {
                 Box::pin(rejects_cel_rule(e))
             }),
+            (
+                "a_new_shard_is_in_progress_for_gitops_until_the_operator_observes_it",
+                |e| Box::pin(new_shard_in_progress(e)),
+            ),
             ("kwok_makes_deployment_available", |e| {
                 Box::pin(deployment_available(e))
             }),
@@ -136,16 +140,17 @@ async fn get_ash_wide(env: Arc<Env>) -> anyhow::Result<()> {
             .map(|(_, v)| v.as_str())
             .unwrap_or("?")
     };
-    // No operator runs here, so the status columns are empty; the defaulted replicas (1)
-    // shows that the server applies the schema's defaults.
+    // No operator runs here, so the status columns show the CRD's default status (nothing
+    // ready, no Ready reason); the defaulted replicas (1) shows that the server applies
+    // the schema's defaults.
     ensure!(cell("NAME") == "east", "row was {row:?}");
     ensure!(
         cell("REPLICAS") == "1",
         "REPLICAS should default to 1, row was {row:?}"
     );
     ensure!(
-        cell("READY").is_empty() && cell("CONFLICTS").is_empty(),
-        "status columns should be empty, row was {row:?}"
+        cell("READY") == "0" && cell("CONFLICTS") == "0" && cell("STATUS").is_empty(),
+        "status columns should show the default status, row was {row:?}"
     );
     ensure!(
         cell("HUB") == "hub.example.com:443",
@@ -166,6 +171,108 @@ async fn get_ash_wide(env: Arc<Env>) -> anyhow::Result<()> {
         "jsonpath={.spec.budget.concurrentSyncs} {.spec.budget.maxBufferedBytes}",
     ])?;
     ensure!(budget == "4 64Mi", "budget defaults were {budget:?}");
+    Ok(())
+}
+
+/// What kstatus (Flux's `wait: true`, kpt) and the Argo CD health check make of `obj`.
+fn gitops(obj: &serde_json::Value) -> anyhow::Result<(String, String)> {
+    let k = gitops::kstatus_of(obj)?;
+    let (argo, message) = gitops::argocd_health(obj)?;
+    eprintln!(
+        "kstatus {} ({}), Argo CD {argo} ({message})",
+        k.status, k.message
+    );
+    Ok((k.status, argo))
+}
+
+/// No operator runs here: a shard nobody has looked at must not read as done. kstatus
+/// reads an object with no status and no conditions as Current, so the API server itself
+/// gives a new shard a status saying the operator has not observed it yet — in the
+/// response to a create (also a server-side dry run, what Flux diffs against), and on
+/// every read until the operator writes its own. Once the operator writes a status for
+/// the generation, the tools read it as they always did.
+async fn new_shard_in_progress(env: Arc<Env>) -> anyhow::Result<()> {
+    let ns = env.namespace("fresh").await?;
+    let yaml = shard(&ns, "fresh", &account("fresh-1"));
+    let want = ("InProgress".to_owned(), "Progressing".to_owned());
+
+    let out = env.cp.kubectl_stdin(
+        ["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        &yaml,
+    )?;
+    ensure!(out.success, "dry-run create failed: {}", out.stderr);
+    let dry: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let seen = gitops(&dry)?;
+    ensure!(
+        seen == want,
+        "a server-side dry-run create reads {seen:?}, not {want:?}: {}",
+        dry["status"]
+    );
+
+    let out = env
+        .cp
+        .kubectl_stdin(["create", "-o", "json", "-f", "-"], &yaml)?;
+    ensure!(out.success, "create failed: {}", out.stderr);
+    let created: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let seen = gitops(&created)?;
+    ensure!(
+        seen == want,
+        "the create's response reads {seen:?}: {}",
+        created["status"]
+    );
+    let listed = gitops::kstatus(&env.cp.management.kubeconfig, &ns)?;
+    let k = listed
+        .get(&format!("{ns}/fresh"))
+        .with_context(|| format!("kstatus lists no {ns}/fresh: {listed:?}"))?;
+    ensure!(
+        k.status == "InProgress",
+        "listed, the new shard reads {k:?}"
+    );
+    let read: serde_json::Value = serde_json::from_str(
+        &env.cp
+            .kubectl(["get", "ash", "fresh", "-n", &ns, "-o", "json"])?,
+    )?;
+    let seen = gitops(&read)?;
+    ensure!(seen == want, "read back, the new shard reads {seen:?}");
+
+    // The operator's first status write (a merge patch of the status subresource, as
+    // it writes one) replaces the default: Ready for this generation reads Current and
+    // Healthy.
+    let now = "2026-01-01T00:00:00Z";
+    let condition = |type_: &str, status: &str| {
+        serde_json::json!({
+            "type": type_, "status": status, "reason": "Ready", "message": "every account streams",
+            "observedGeneration": 1, "lastTransitionTime": now,
+        })
+    };
+    let patch = serde_json::json!({ "status": {
+        "observedGeneration": 1,
+        "conditions": [
+            condition("Ready", "True"),
+            condition("Reconciling", "False"),
+            condition("Stalled", "False"),
+        ],
+    }});
+    let out = env.cp.kubectl([
+        "patch",
+        "ash",
+        "fresh",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-o",
+        "json",
+        "-p",
+        &patch.to_string(),
+    ])?;
+    let written: serde_json::Value = serde_json::from_str(&out)?;
+    let seen = gitops(&written)?;
+    ensure!(
+        seen == ("Current".to_owned(), "Healthy".to_owned()),
+        "after the operator's status, the shard reads {seen:?}: {}",
+        written["status"]
+    );
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! Installing scale-agent as a user does, against the real control plane:
-//! - the image archive of `just image` is a valid OCI image whose binaries run from its
+//! - the debug image archive `just test` builds is a valid OCI image whose binaries run from its
 //!   own root filesystem as its non-root user;
 //! - every kustomization of `manifests/` renders, passes Pod Security `restricted` and
 //!   least-privilege checks, follows a changed namespace and image, and passes a
@@ -83,20 +83,128 @@ fn main() {
                 "installed_operator_and_hub_run_as_their_service_accounts_and_a_shard_streams",
                 |e| Box::pin(live(e)),
             ),
+            ("the_install_guide_runs_as_written", |e| Box::pin(guide(e))),
         ],
         // The tests share the installed namespace: one at a time.
         Some(1),
     );
 }
 
+/// docs/install.md's commands, taken from the Markdown (the blocks marked to run, see
+/// `scale_agent_e2e::guide`), run in order by bash as a user would: from the certificates
+/// to the uninstall, on a cluster where nothing of scale-agent is installed. The guide
+/// assumes a default StorageClass (here a volume made beforehand) and a kubeconfig of the
+/// first shard's cluster in the current directory (here cluster-1's). After the uninstall
+/// nothing of the install is left.
+async fn guide(env: Arc<Env>) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let blocks = scale_agent_e2e::guide::read(&repo.join("docs/install.md"))?;
+
+    // Other tests of this binary install scale-agent too: start from nothing.
+    let manifests = kustomize::manifests();
+    let install = manifests.join("install").display().to_string();
+    kubectl_full(
+        cp,
+        ["delete", "-k", &install, "--ignore-not-found", "--wait"],
+    )?;
+    for args in [
+        &[
+            "delete",
+            "namespace",
+            "spinnaker",
+            "team-b",
+            "--ignore-not-found",
+            "--wait",
+        ][..],
+        &[
+            "delete",
+            "validatingwebhookconfiguration",
+            "scale-agent-operator",
+            "--ignore-not-found",
+        ],
+        &[
+            "delete",
+            "pv",
+            "scale-agent-hub-store",
+            "--ignore-not-found",
+            "--wait",
+        ],
+    ] {
+        cp.kubectl(args)?;
+    }
+    hub_volume(&env)?;
+
+    let dir = tempfile::tempdir()?;
+    for d in ["manifests", "crds"] {
+        std::os::unix::fs::symlink(repo.join(d).canonicalize()?, dir.path().join(d))?;
+    }
+    std::fs::copy(
+        &cp.target("cluster-1").context("cluster-1")?.kubeconfig,
+        dir.path().join("prod-east-1.kubeconfig"),
+    )?;
+    let script = scale_agent_e2e::guide::script("docs/install.md", &blocks);
+    let kubectl_dir = cp.bins.kubectl.parent().context("kubectl's folder")?;
+    let path = format!(
+        "{}:{}",
+        kubectl_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("KUBECONFIG", &cp.management.kubeconfig)
+        .env("PATH", path)
+        .output()
+        .context("running bash")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ran = blocks
+        .iter()
+        .filter(|b| b.marker == scale_agent_e2e::guide::Marker::Run)
+        .count();
+    ensure!(
+        out.status.success(),
+        "docs/install.md, as written, fails ({}); the last lines of its output:\n{}",
+        out.status,
+        stderr
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!(
+        "docs/install.md: {ran} of {} sh blocks ran in {:.1?}",
+        blocks.len(),
+        started.elapsed()
+    );
+
+    // The uninstall left nothing of the install.
+    let left = kubectl_full(
+        cp,
+        ["get", "-k", &install, "-o", "name", "--ignore-not-found"],
+    )?;
+    ensure!(
+        left.stdout.trim().is_empty(),
+        "after the guide's uninstall these are left:\n{}",
+        left.stdout
+    );
+    cp.kubectl([
+        "delete",
+        "pv",
+        "scale-agent-hub-store",
+        "--ignore-not-found",
+    ])?;
+    Ok(())
+}
+
 async fn image_runs(_env: Arc<Env>) -> anyhow::Result<()> {
-    let Some(archive) = image::image_archive() else {
-        eprintln!(
-            "SKIPPED image_archive_runs_each_binary_as_the_non_root_user: no image archive in \
-             target/images/; build it with `just image` (or `just image debug`; `just test` does)"
-        );
-        return Ok(());
-    };
+    let archive = image::image_archive()?;
     ensure!(
         image::ids(std::process::id())?.0.first() == Some(&0),
         "this test runs the image's binaries with chroot, which needs root"
@@ -415,7 +523,126 @@ async fn apply(env: Arc<Env>) -> anyhow::Result<()> {
 
     examples_reapply_unchanged(&env)?;
     client_side_reapply_is_unchanged(&env).await?;
-    service_accounts_hold_only_what_they_need(&env).await
+    service_accounts_hold_only_what_they_need(&env).await?;
+    people_get_the_roles_they_are_given(&env).await
+}
+
+/// The installed roles for people: someone bound only to the built-in `view` (or `edit`)
+/// in a namespace reads its AgentShards (the viewer role is aggregated into them) but
+/// cannot create one; `scale-agent-agentshards-edit`, bound on purpose, can.
+async fn people_get_the_roles_they_are_given(env: &Env) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    let ns = env.namespace("people").await?;
+    for (user, role) in [
+        ("viewer@example.com", "view"),
+        ("editor@example.com", "edit"),
+        ("shard-author@example.com", "scale-agent-agentshards-edit"),
+    ] {
+        cp.kubectl([
+            "create",
+            "rolebinding",
+            &format!("{}-{role}", user.split('@').next().unwrap_or(user)),
+            "-n",
+            &ns,
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+        ])?;
+    }
+    let checks: &[(&str, &str, bool)] = &[
+        ("viewer@example.com", "get", true),
+        ("viewer@example.com", "list", true),
+        ("viewer@example.com", "watch", true),
+        ("viewer@example.com", "create", false),
+        ("viewer@example.com", "delete", false),
+        ("editor@example.com", "list", true),
+        ("editor@example.com", "create", false),
+        ("editor@example.com", "update", false),
+        ("shard-author@example.com", "create", true),
+        ("shard-author@example.com", "update", true),
+        ("shard-author@example.com", "delete", true),
+    ];
+    // The controller-manager aggregates the viewer role into `view` and `edit` shortly
+    // after the install.
+    let wrong = wait::until(
+        "the built-in roles to carry the AgentShard viewer role",
+        Duration::from_secs(30),
+        || async {
+            let mut wrong = Vec::new();
+            for (user, verb, want) in checks {
+                let out = kubectl_full(
+                    cp,
+                    [
+                        "auth",
+                        "can-i",
+                        verb,
+                        "agentshards.scaleagent.dev",
+                        "-n",
+                        &ns,
+                        "--as",
+                        user,
+                    ],
+                )
+                .ok()?;
+                if (out.stdout.trim() == "yes") != *want {
+                    wrong.push(format!("{user} {verb}: {}", out.stdout.trim()));
+                }
+            }
+            wrong.is_empty().then_some(())
+        },
+    )
+    .await;
+    if wrong.is_err() {
+        let mut seen = Vec::new();
+        for (user, verb, want) in checks {
+            let out = kubectl_full(
+                cp,
+                [
+                    "auth",
+                    "can-i",
+                    verb,
+                    "agentshards.scaleagent.dev",
+                    "-n",
+                    &ns,
+                    "--as",
+                    user,
+                ],
+            )?;
+            if (out.stdout.trim() == "yes") != *want {
+                seen.push(format!(
+                    "{user} {verb}: {} (want {want})",
+                    out.stdout.trim()
+                ));
+            }
+        }
+        anyhow::bail!("permissions of people:\n  {}", seen.join("\n  "));
+    }
+    // Not only what can-i says: the viewer really lists, and really cannot create.
+    let as_viewer = ["--as", "viewer@example.com", "-n", ns.as_str()];
+    let list = kubectl_full(cp, ["get", "agentshards"].iter().chain(&as_viewer))?;
+    ensure!(
+        list.success,
+        "the viewer cannot list AgentShards: {}",
+        list.stderr
+    );
+    let create = cp.kubectl_stdin(
+        [
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            "--as",
+            "viewer@example.com",
+        ],
+        &shard_yaml(&ns, "by-viewer", "people-a"),
+    )?;
+    ensure!(
+        !create.success && create.stderr.contains("forbidden"),
+        "the viewer created an AgentShard: {} {}",
+        create.stdout,
+        create.stderr
+    );
+    env.drop_namespace(&ns).await;
+    Ok(())
 }
 
 /// `kubectl apply --server-side -f manifests/examples` twice: the second changes nothing
@@ -446,13 +673,11 @@ fn examples_reapply_unchanged(env: &Env) -> anyhow::Result<()> {
             .into_iter()
             .flatten()
             .map(|o| {
-                let mine: Vec<&Value> = o["metadata"]["managedFields"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|m| m["manager"] == "kubectl" && m["operation"] == "Apply")
-                    .collect();
-                serde_json::json!([kustomize::key(o), o["metadata"]["generation"], mine])
+                serde_json::json!([
+                    kustomize::key(o),
+                    o["metadata"]["generation"],
+                    cluster::applied_by_kubectl(o)
+                ])
             })
             .collect())
     };
@@ -633,6 +858,7 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
     hub_volume(&env)?;
     apply_install(&env)?;
     let installed = Installed::start(&env).await?;
+    probes_answer(&env, &installed).await?;
     let ns = env.namespace("install-shard").await?;
     let pods = opened_namespace_streams(&env, &installed, &ns).await?;
     let closed = closed_namespace_gets_nothing(&env, &installed).await?;
@@ -687,6 +913,55 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
     env.drop_namespace(&ns).await;
     env.drop_namespace(&closed).await;
     env.drop_namespace(&remote).await;
+    Ok(())
+}
+
+/// Every probe of the installed operator and hub names an endpoint its process serves,
+/// and the readiness probes the one that says whether it can do its work (`/readyz`), not
+/// only that it is alive.
+async fn probes_answer(env: &Env, installed: &Installed) -> anyhow::Result<()> {
+    let deployments = Api::<Deployment>::namespaced(env.cp.client().await?, NS);
+    for (name, pod) in [
+        ("scale-agent-hub", &installed.hub),
+        ("scale-agent-operator", &installed.operator),
+    ] {
+        let d = deployments.get(name).await?;
+        let c = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.into_iter().next())
+            .with_context(|| format!("{name} has no container"))?;
+        for (kind, probe) in [
+            ("readiness", &c.readiness_probe),
+            ("liveness", &c.liveness_probe),
+        ] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.clone())
+                .with_context(|| format!("{name} has no HTTP {kind} probe"))?;
+            let path = get.path.unwrap_or_default();
+            if kind == "readiness" {
+                ensure!(
+                    path == "/readyz",
+                    "{name}'s readiness probe asks {path}, not /readyz"
+                );
+            }
+            let port = match &get.port {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(p) => p.clone(),
+                other => anyhow::bail!("{name}'s {kind} probe names port {other:?}, not a name"),
+            };
+            let port = *pod
+                .ports
+                .get(&port)
+                .with_context(|| format!("{name} has no port {port}"))?;
+            let answer = http_get(port, &path).await?;
+            ensure!(
+                answer.contains(" 200 "),
+                "{name}'s {kind} probe {path} answers {}",
+                answer.lines().next().unwrap_or_default()
+            );
+        }
+    }
     Ok(())
 }
 

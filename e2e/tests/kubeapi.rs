@@ -51,6 +51,16 @@ fn main() {
             ("reads_reflect_writes_through_the_hub", |e| {
                 Box::pin(read_your_writes(e))
             }),
+            (
+                "a_client_go_informer_through_the_hub_never_reaches_the_cluster",
+                |e| Box::pin(informer(e)),
+            ),
+            ("reads_answer_from_the_cache_while_the_agent_is_away", |e| {
+                Box::pin(stale_reads(e))
+            }),
+            ("kubectl_prints_the_same_tables_through_the_hub", |e| {
+                Box::pin(tables(e))
+            }),
         ],
     );
 }
@@ -912,7 +922,14 @@ fn expect_status(got: &(u16, Value), code: u16, reason: &str, what: &str) -> any
 }
 
 async fn refusals(env: Arc<Env>) -> anyhow::Result<()> {
-    let rig = rig(&env, "kref", &["--kube-api-request-timeout=3s"]).await?;
+    // Stale reads off: a disconnected account answers every request 503 (see
+    // `stale_reads` for the default).
+    let rig = rig(
+        &env,
+        "kref",
+        &["--kube-api-request-timeout=3s", "--kube-api-no-stale-reads"],
+    )
+    .await?;
     let ns = rig.s.ns.clone();
     let list = format!("/api/v1/namespaces/{ns}/configmaps");
     // No token, a wrong token: 401.
@@ -1029,7 +1046,12 @@ async fn refusals(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await?;
     let got = call(&all, "GET", &list, &[]).await?;
-    expect_status(&got, 503, "ServiceUnavailable", "disconnected account")?;
+    expect_status(
+        &got,
+        503,
+        "ServiceUnavailable",
+        "disconnected account, stale reads off",
+    )?;
     ensure!(
         got.1["message"]
             .as_str()
@@ -1388,6 +1410,19 @@ async fn cached_lists(env: Arc<Env>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a watcher and the cluster must agree on about a ConfigMap: its name, its
+/// resourceVersion and its `v`.
+fn seen(c: &k8s_openapi::api::core::v1::ConfigMap) -> (String, String, String) {
+    (
+        c.metadata.name.clone().unwrap_or_default(),
+        c.metadata.resource_version.clone().unwrap_or_default(),
+        c.data
+            .as_ref()
+            .and_then(|d| d.get("v").cloned())
+            .unwrap_or_default(),
+    )
+}
+
 async fn watchers(env: Arc<Env>) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -1422,20 +1457,7 @@ async fn watchers(env: Arc<Env>) -> anyhow::Result<()> {
     let (through, through_task) = start(hub.clone());
     let (direct, direct_task) = start(cluster.client().await?);
     let state = |store: &reflector::Store<ConfigMap>| {
-        let mut s: Vec<(String, String, String)> = store
-            .state()
-            .iter()
-            .map(|c| {
-                (
-                    c.metadata.name.clone().unwrap_or_default(),
-                    c.metadata.resource_version.clone().unwrap_or_default(),
-                    c.data
-                        .as_ref()
-                        .and_then(|d| d.get("v").cloned())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
+        let mut s: Vec<_> = store.state().iter().map(|c| seen(c)).collect();
         s.sort();
         s
     };
@@ -1445,20 +1467,7 @@ async fn watchers(env: Arc<Env>) -> anyhow::Result<()> {
         async move {
             wait::until(what, Duration::from_secs(60), || async {
                 let fresh = cms.list(&Default::default()).await.ok()?;
-                let mut want: Vec<(String, String, String)> = fresh
-                    .items
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.metadata.name.clone().unwrap_or_default(),
-                            c.metadata.resource_version.clone().unwrap_or_default(),
-                            c.data
-                                .as_ref()
-                                .and_then(|d| d.get("v").cloned())
-                                .unwrap_or_default(),
-                        )
-                    })
-                    .collect();
+                let mut want: Vec<_> = fresh.items.iter().map(seen).collect();
                 want.sort();
                 (state(&through) == want && state(&direct) == want).then_some(())
             })
@@ -1599,6 +1608,396 @@ async fn read_your_writes(env: Arc<Env>) -> anyhow::Result<()> {
         took[197],
         took[199],
         after - before
+    );
+    Ok(())
+}
+
+/// The hub's Kubernetes API requests so far: (from the cache, to the cluster).
+async fn answered(rig: &Rig) -> anyhow::Result<(f64, f64)> {
+    let text = reqwest::get(format!("{}/metrics", rig.s.hub.http))
+        .await?
+        .text()
+        .await?;
+    let name = "scale_agent_hub_kube_api_requests_total";
+    Ok((
+        scale_agent_e2e::metrics::sum_with(&text, name, "source=\"cache\""),
+        scale_agent_e2e::metrics::sum_with(&text, name, "source=\"cluster\""),
+    ))
+}
+
+/// client-go's own informer (`e2e/informer/`, client-go 0.36: it lists with a streaming
+/// watch, `sendInitialEvents=true`) through the hub: it syncs to what the cluster holds
+/// and follows a change made on the cluster, and not one of its requests reaches the
+/// cluster.
+async fn informer(env: Arc<Env>) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let rig = rig(&env, "kinf", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let cluster = target(&env, TARGET)?;
+    let cms = scale_agent_e2e::converge::configmaps(cluster, &ns).await?;
+    for i in 0..20 {
+        scale_agent_e2e::converge::put_cm(&cms, &format!("i-{i:02}"), "0").await?;
+    }
+    cache_caught_up(&rig, &rig.target, &cms).await?;
+    let bin = scale_agent_e2e::gitops::go_tool("informer")?;
+    let before = answered(&rig).await?;
+    let mut child = Command::new(&bin)
+        .arg(format!("--kubeconfig={}", rig.hub_kubeconfig.display()))
+        .arg(format!("--context={}", rig.target))
+        .arg(format!("--namespace={ns}"))
+        .arg("--for=120s")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("the informer's stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    // Behind a lock so that the test's future stays `Send`.
+    let rx = std::sync::Mutex::new(rx);
+    let next = |what: &str, want: fn(&Value) -> bool| -> anyhow::Result<Value> {
+        let rx = rx.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(v) if want(&v) => return Ok(v),
+                Ok(_) => {}
+                Err(_) => bail!("the informer printed no {what} within 60 s\n{}", rig.logs()),
+            }
+        }
+    };
+    let start = next("start line", |v| v["event"] == "start")?;
+    ensure!(
+        start["watchListClient"] == true,
+        "this client-go does not list with a streaming watch: {start}"
+    );
+    let synced = next("sync", |v| v["event"] == "synced")?;
+    let mut want: Vec<String> = cms
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    want.sort();
+    ensure!(
+        synced["names"] == json!(want),
+        "the informer synced to {} but the cluster holds {want:?}",
+        synced["names"]
+    );
+    scale_agent_e2e::converge::put_cm(&cms, "made-after-sync", "1").await?;
+    next("ConfigMap made on the cluster after the sync", |v| {
+        v["event"] == "added" && v["name"] == "made-after-sync"
+    })?;
+    scale_agent_e2e::converge::put_cm(&cms, "i-03", "2").await?;
+    next("change of i-03", |v| {
+        v["event"] == "updated" && v["name"] == "i-03"
+    })?;
+    drop(child.stdin.take());
+    let status = child.wait()?;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut err);
+    }
+    ensure!(status.success(), "the informer failed: {status}\n{err}");
+    let after = answered(&rig).await?;
+    eprintln!(
+        "client-go informer through the hub: {} requests answered from the cache, {} reached the cluster",
+        after.0 - before.0,
+        after.1 - before.1
+    );
+    ensure!(
+        after.1 == before.1,
+        "{} of the informer's requests reached the cluster (from the cache: {})\n{err}",
+        after.1 - before.1,
+        after.0 - before.0
+    );
+    ensure!(
+        after.0 > before.0,
+        "no request of the informer was answered from the cache"
+    );
+    Ok(())
+}
+
+/// The agent gone (its account waits out the grace period): kubectl's list through the
+/// hub still answers, from the cache, with a Warning saying since when it is not
+/// followed; a write and a read only the cluster can answer get 503 at once; the
+/// account says it serves stale data.
+async fn stale_reads(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kstale", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let cluster = target(&env, TARGET)?;
+    let cms = scale_agent_e2e::converge::configmaps(cluster, &ns).await?;
+    for i in 0..5 {
+        scale_agent_e2e::converge::put_cm(&cms, &format!("s-{i}"), "0").await?;
+    }
+    cache_caught_up(&rig, &rig.target, &cms).await?;
+    let k = Kubectl {
+        bin: env.cp.bins.kubectl.clone(),
+        rig: &rig,
+        account: rig.target.clone(),
+    };
+    let get = ["get", "configmaps", "-n", ns.as_str(), "-o", "json"];
+    // While connected (this also leaves kubectl's discovery in its disk cache:
+    // discovery goes to the cluster).
+    let connected = k.hub_full(&get, None)?;
+    ensure!(
+        connected.success && !connected.stderr.contains("disconnected"),
+        "kubectl get while connected: {}",
+        connected.stderr
+    );
+    let names = |out: &str| -> anyhow::Result<Vec<String>> {
+        let list: Value = serde_json::from_str(out)?;
+        let mut n: Vec<String> = items(&list).into_iter().map(|(_, name, _)| name).collect();
+        n.sort();
+        Ok(n)
+    };
+    let want = names(&connected.stdout)?;
+    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    wait::until(
+        "the account Disconnected",
+        Duration::from_secs(60),
+        || async {
+            scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
+                .await
+                .filter(|a| a["state"] == "Disconnected")
+        },
+    )
+    .await?;
+    let away = k.hub_full(&get, None)?;
+    ensure!(
+        away.success,
+        "kubectl get while the agent is away failed: {}",
+        away.stderr
+    );
+    ensure!(
+        names(&away.stdout)? == want,
+        "while away kubectl listed {:?}, before {want:?}",
+        names(&away.stdout)?
+    );
+    ensure!(
+        away.stderr.contains(&format!(
+            "Warning: account {} is disconnected: this answer is the hub's last known state of the cluster, not followed since ",
+            rig.target
+        )),
+        "kubectl printed no warning: {}",
+        away.stderr
+    );
+    eprintln!("kubectl while the agent is away: {}", away.stderr.trim());
+    // A write, and a read only the cluster can answer (one object by name): 503 at once.
+    let hub = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    let body = json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "written-while-away" } });
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("/api/v1/namespaces/{ns}/configmaps"))
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(serde_json::to_vec(&body)?))?;
+    let started = Instant::now();
+    let response = hub.send(req).await?;
+    let took = started.elapsed();
+    ensure!(
+        response.status().as_u16() == 503,
+        "a write while away: {}",
+        response.status()
+    );
+    ensure!(
+        took < Duration::from_secs(1),
+        "the write's 503 took {took:?}"
+    );
+    eprintln!("a write while the agent is away: 503 in {took:?}");
+    let by_name = call(
+        &hub,
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/configmaps/s-1"),
+        &[],
+    )
+    .await?;
+    expect_status(
+        &by_name,
+        503,
+        "ServiceUnavailable",
+        "one object by name while away",
+    )?;
+    let account = scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
+        .await
+        .context("the account is gone")?;
+    ensure!(
+        account["servingStale"] == true,
+        "the account does not say it serves stale data: {account}"
+    );
+    let text = reqwest::get(format!("{}/metrics", rig.s.hub.http))
+        .await?
+        .text()
+        .await?;
+    let stale = scale_agent_e2e::metrics::sum_with(
+        &text,
+        "scale_agent_hub_kube_api_requests_total",
+        "source=\"stale\"",
+    );
+    ensure!(stale >= 1.0, "no answer counted as stale");
+    Ok(())
+}
+
+/// kubectl's printed table without its AGE column (ages differ by when each was asked).
+fn without_age(out: &str) -> Vec<Vec<String>> {
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let age = header.iter().position(|c| *c == "AGE");
+    std::iter::once(header.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>())
+        .chain(lines.map(|l| l.split_whitespace().map(str::to_owned).collect()))
+        .map(|mut cells: Vec<String>| {
+            if let Some(i) = age.filter(|i| *i < cells.len()) {
+                cells.remove(i);
+            }
+            cells
+        })
+        .collect()
+}
+
+/// `kubectl get` (printed columns, and `-o wide`) through the hub prints what it prints
+/// against the cluster, AGE excepted, and the Tables it asks for come from the cache.
+async fn tables(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "ktab", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl {
+        bin: env.cp.bins.kubectl.clone(),
+        rig: &rig,
+        account: rig.mgmt.clone(),
+    };
+    for i in 0..3 {
+        k.direct(&[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            &format!("t-{i}"),
+            &format!("--from-literal=a={i}"),
+            "--from-literal=b=x",
+        ])?;
+    }
+    k.direct(&["-n", &ns, "create", "serviceaccount", "robot"])?;
+    k.direct(&[
+        "-n",
+        &ns,
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=2",
+    ])?;
+    k.direct(&[
+        "-n",
+        &ns,
+        "create",
+        "deployment",
+        "two",
+        "--image=busybox",
+        "--image=redis",
+    ])?;
+    let workloads = format!(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{ name: db, namespace: {ns} }}
+spec:
+  replicas: 1
+  serviceName: db
+  selector: {{ matchLabels: {{ app: db }} }}
+  template:
+    metadata: {{ labels: {{ app: db }} }}
+    spec: {{ containers: [{{ name: db, image: postgres:17 }}] }}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{ name: agent, namespace: {ns} }}
+spec:
+  selector: {{ matchLabels: {{ app: agent }} }}
+  template:
+    metadata: {{ labels: {{ app: agent }} }}
+    spec:
+      nodeSelector: {{ kubernetes.io/os: linux }}
+      containers: [{{ name: agent, image: busybox }}, {{ name: side, image: redis }}]
+"#
+    );
+    let applied = k.direct_full(&["apply", "-f", "-"], Some(&workloads))?;
+    ensure!(
+        applied.success,
+        "applying the workloads: {}",
+        applied.stderr
+    );
+    // Warm kubectl's discovery cache (discovery goes to the cluster).
+    k.hub(&["-n", &ns, "get", "configmaps"], None)?;
+    let gets: Vec<Vec<&str>> = [
+        "configmaps",
+        "serviceaccounts",
+        "deployments",
+        "replicasets",
+        "statefulsets",
+        "daemonsets",
+    ]
+    .iter()
+    .flat_map(|kind| {
+        [
+            vec!["-n", ns.as_str(), "get", *kind],
+            vec!["-n", ns.as_str(), "get", *kind, "-o", "wide"],
+        ]
+    })
+    .collect();
+    let (cache_before, _) = answered(&rig).await?;
+    for args in &gets {
+        // The cache follows the cluster (Deployments roll out meanwhile): the same
+        // table within a while.
+        let mut last = (String::new(), String::new());
+        let same = wait::until(
+            "the same table through the hub and directly",
+            Duration::from_secs(30),
+            || {
+                let through = k.hub(args, None);
+                let direct = k.direct(args);
+                let outcome = match (through, direct) {
+                    (Ok(t), Ok(d)) => {
+                        let same = without_age(&t) == without_age(&d) && t.lines().count() > 1;
+                        last = (t, d);
+                        same.then_some(())
+                    }
+                    _ => None,
+                };
+                async move { outcome }
+            },
+        )
+        .await;
+        ensure!(
+            same.is_ok(),
+            "kubectl {args:?}: through the hub\n{}\ndirectly\n{}",
+            last.0,
+            last.1
+        );
+        eprintln!("kubectl {}:\n{}", args.join(" "), last.0);
+    }
+    let (cache_after, _) = answered(&rig).await?;
+    ensure!(
+        cache_after - cache_before >= gets.len() as f64,
+        "only {} of {} tables came from the cache",
+        cache_after - cache_before,
+        gets.len()
     );
     Ok(())
 }

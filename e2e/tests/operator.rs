@@ -41,44 +41,21 @@ fn main() {
             ..OperatorOptions::default()
         },
         None,
-        vec![
-            ("children_are_applied_with_owner_references", |e| {
-                Box::pin(children(e))
-            }),
-            ("edited_or_deleted_children_are_put_back", |e| {
-                Box::pin(children_put_back(e))
-            }),
-            ("account_edit_does_not_change_the_pod_template", |e| {
-                Box::pin(account_edit(e))
-            }),
-            ("image_change_changes_the_pod_template", |e| {
-                Box::pin(image_change(e))
-            }),
-            (
-                "conflict_across_namespaces_older_wins_with_event_and_warning",
-                |e| Box::pin(conflict(e)),
-            ),
-            ("handoff_within_10s_after_the_owner_is_deleted", |e| {
-                Box::pin(handoff(e))
-            }),
-            ("account_moved_in_one_apply_never_in_two_configs", |e| {
-                Box::pin(move_account(e))
-            }),
-            (
-                "missing_secret_garbage_and_refused_kubeconfigs_in_status",
-                |e| Box::pin(invalid_accounts(e)),
-            ),
-            (
-                "secrets_that_are_not_kubeconfigs_are_never_quoted_and_servers_are_checked",
-                |e| Box::pin(kubeconfig_trust(e)),
-            ),
-            ("shard_deletion_garbage_collects_children", |e| {
-                Box::pin(deletion(e))
-            }),
-            ("kubectl_wait_for_ready", |e| Box::pin(kubectl_wait(e))),
-            ("no_status_write_on_noop_reconcile", |e| Box::pin(no_op(e))),
-            ("paused_shard_is_left_alone", |e| Box::pin(paused(e))),
-            ("second_operator_stays_standby", |e| Box::pin(standby(e))),
+        scale_agent_e2e::tests![
+            children_are_applied_with_owner_references => children,
+            edited_or_deleted_children_are_put_back => children_put_back,
+            account_edit_does_not_change_the_pod_template => account_edit,
+            image_change_changes_the_pod_template => image_change,
+            conflict_across_namespaces_older_wins_with_event_and_warning => conflict,
+            handoff_within_10s_after_the_owner_is_deleted => handoff,
+            account_moved_in_one_apply_never_in_two_configs => move_account,
+            missing_secret_garbage_and_refused_kubeconfigs_in_status => invalid_accounts,
+            secrets_that_are_not_kubeconfigs_are_never_quoted_and_servers_are_checked => kubeconfig_trust,
+            shard_deletion_garbage_collects_children => deletion,
+            kubectl_wait_for_ready => kubectl_wait,
+            no_status_write_on_noop_reconcile => no_op,
+            paused_shard_is_left_alone => paused,
+            second_operator_stays_standby => standby,
         ],
     );
 }
@@ -106,6 +83,21 @@ fn reconciled(s: &AgentShard) -> bool {
 /// Account `name` is in the shard's agent config (whether a replica streams it or not).
 fn served(s: &AgentShard, name: &str) -> bool {
     account_state(s, name).is_some_and(AccountState::served)
+}
+
+/// Shard `name` in `ns` with one account `a` (its kubeconfig in Secret `kc-a`) and the
+/// spec lines `extra`, applied and reconciled.
+async fn one_account_shard(
+    env: &OperatorEnv,
+    ns: &str,
+    name: &str,
+    extra: &str,
+) -> anyhow::Result<()> {
+    env.kubeconfig_secret(ns, "kc-a")?;
+    env.apply(&shard_yaml(ns, name, &[("a", "kc-a")], extra))?;
+    env.wait_shard(&format!("{name} reconciled"), ns, name, 60, reconciled)
+        .await?;
+    Ok(())
 }
 
 async fn deployment(env: &OperatorEnv, ns: &str, name: &str) -> anyhow::Result<Deployment> {
@@ -150,10 +142,7 @@ where
 /// is still put back, by the reconcile its change brings.
 async fn children_put_back(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "put-back", |env, ns| async move {
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(&ns, "east", &[("a", "kc-a")], ""))?;
-        env.wait_shard("east reconciled", &ns, "east", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "east", "").await?;
         let client = env.client().await?;
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -212,6 +201,12 @@ async fn children_put_back(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
 async fn children(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "children", |env, ns| async move {
         env.kubeconfig_secret(&ns, "kc-a")?;
+        // A ResourceQuota counting CPU and memory, as many clusters give each namespace:
+        // it refuses pods that do not say what they need, so the agent pods below exist
+        // only because the operator gives them requests and limits by default.
+        env.apply(&format!(
+            "apiVersion: v1\nkind: ResourceQuota\nmetadata: {{ name: compute, namespace: {ns} }}\nspec:\n  hard: {{ requests.cpu: '4', requests.memory: 4Gi, limits.cpu: '8', limits.memory: 8Gi }}\n"
+        ))?;
         env.apply(&shard_yaml(
             &ns,
             "east",
@@ -284,6 +279,14 @@ async fn children(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         ensure!(
             c.readiness_probe.is_some() && c.liveness_probe.is_some(),
             "probes missing"
+        );
+        let resources = c.resources.clone().unwrap_or_default();
+        ensure!(
+            ["cpu", "memory"].iter().all(|k| {
+                resources.requests.as_ref().is_some_and(|r| r.contains_key(*k))
+                    && resources.limits.as_ref().is_some_and(|l| l.contains_key(*k))
+            }),
+            "a shard without resources gets no default requests and limits: {resources:?}"
         );
         ensure!(dep.spec.as_ref().and_then(|s| s.replicas) == Some(2));
         // Two pods, no agent running in them: nothing streams, and the status says so.
@@ -365,15 +368,7 @@ async fn account_edit(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
 
 async fn image_change(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "image", |env, ns| async move {
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(
-            &ns,
-            "east",
-            &[("a", "kc-a")],
-            "  image: example.com/agent:1\n",
-        ))?;
-        env.wait_shard("east reconciled", &ns, "east", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "east", "  image: example.com/agent:1\n").await?;
         let before = deployment(&env, &ns, "east").await?;
         env.apply(&shard_yaml(
             &ns,
@@ -831,15 +826,7 @@ async fn kubeconfig_trust(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
 
 async fn deletion(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "gc", |env, ns| async move {
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(
-            &ns,
-            "doomed",
-            &[("a", "kc-a")],
-            "  replicas: 2\n",
-        ))?;
-        env.wait_shard("doomed reconciled", &ns, "doomed", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "doomed", "  replicas: 2\n").await?;
         let client = env.client().await?;
         let api: Api<AgentShard> = Api::namespaced(client.clone(), &ns);
         api.delete("doomed", &DeleteParams::default()).await?;
@@ -965,10 +952,7 @@ async fn reconciles_logged(env: &OperatorEnv, key: &str) -> anyhow::Result<usize
 
 async fn no_op(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "noop", |env, ns| async move {
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(&ns, "quiet", &[("a", "kc-a")], ""))?;
-        env.wait_shard("quiet reconciled", &ns, "quiet", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "quiet", "").await?;
         // Let the last writes (Deployment status, our status) settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let client = env.client().await?;
@@ -1033,15 +1017,7 @@ async fn no_op(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
 
 async fn paused(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     in_namespace(env, "paused", |env, ns| async move {
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(
-            &ns,
-            "still",
-            &[("a", "kc-a")],
-            "  image: example.com/agent:1\n",
-        ))?;
-        env.wait_shard("still reconciled", &ns, "still", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "still", "  image: example.com/agent:1\n").await?;
         env.apply(&shard_yaml(
             &ns,
             "still",
@@ -1084,10 +1060,7 @@ async fn standby(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         let second = Operator::start(&env.cp, options).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         ensure!(!second.is_leader().await, "two operators lead at once");
-        env.kubeconfig_secret(&ns, "kc-a")?;
-        env.apply(&shard_yaml(&ns, "seen", &[("a", "kc-a")], ""))?;
-        env.wait_shard("seen reconciled", &ns, "seen", 60, reconciled)
-            .await?;
+        one_account_shard(&env, &ns, "seen", "").await?;
         let second_reconciles = second
             .metric("scale_agent_operator_reconciles_total")
             .await?;

@@ -22,8 +22,9 @@ use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::churn::{Churn, churn};
 use scale_agent_e2e::converge::{configmaps, converge_all, hub_snapshot, put_cm};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
+use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front};
 use scale_agent_e2e::metrics::metric;
-use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
+use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::postgres::Postgres;
 use scale_agent_e2e::runner::{self, Fixture};
 use scale_agent_e2e::scenario::{
@@ -119,16 +120,16 @@ struct Rig {
 
 /// The flags of a hub replica `id` on the database at `url`.
 fn replica_args(env: &Env, url: &str, id: &str) -> Vec<String> {
-    vec![
+    let mut args = vec![
         format!("--store={url}"),
         format!("--hub-id={id}"),
         format!("--replica-heartbeat={HEARTBEAT}"),
         format!("--replica-timeout={REPLICA_TIMEOUT}"),
-        // Agents come through nginx, which verifies their certificates against the
-        // agents' CA and forwards them; the hub checks them against it too.
-        "--trusted-proxy=127.0.0.1/32".into(),
-        format!("--client-ca={}", env.cp.pki.ca_file.display()),
-    ]
+    ];
+    // Agents come through nginx, which verifies their certificates against the agents'
+    // CA and forwards them; the hub checks them against it too.
+    args.extend(behind_nginx(&env.cp.pki, None));
+    args
 }
 
 async fn rig(shared: &Shared, name: &str) -> anyhow::Result<Rig> {
@@ -158,17 +159,12 @@ async fn rig_with(shared: &Shared, name: &str, extra: &[String]) -> anyhow::Resu
         &env.test_dir(&s.ns),
     )
     .await?;
-    let pki = &env.cp.pki;
-    let lb_cert = pki.issue_server(&format!("lb-{name}"), &["127.0.0.1", "localhost"])?;
-    let nginx = Nginx::start(
-        &NginxOptions {
-            mode: Mode::GrpcTls,
-            hubs_grpc: vec![s.hub.grpc.clone(), other.grpc.clone()],
-            tls_cert: lb_cert.cert_file,
-            tls_key: lb_cert.key_file,
-            client_ca: pki.ca_file.clone(),
-            proxy_secret: None,
-        },
+    let nginx = nginx_in_front(
+        &env.cp.pki,
+        &format!("lb-{name}"),
+        Mode::GrpcTls,
+        vec![s.hub.grpc.clone(), other.grpc.clone()],
+        None,
         &env.test_dir(&s.ns),
     )
     .await?;
@@ -715,16 +711,12 @@ async fn racing_registrations(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut racers = Vec::new();
     let mut lbs = Vec::new();
     for (i, hub) in rig.hubs().iter().enumerate() {
-        let lb_cert = pki.issue_server(&format!("lb-race-{i}"), &["127.0.0.1", "localhost"])?;
-        let lb = Nginx::start(
-            &NginxOptions {
-                mode: Mode::GrpcTls,
-                hubs_grpc: vec![hub.grpc.clone()],
-                tls_cert: lb_cert.cert_file,
-                tls_key: lb_cert.key_file,
-                client_ca: pki.ca_file.clone(),
-                proxy_secret: None,
-            },
+        let lb = nginx_in_front(
+            pki,
+            &format!("lb-race-{i}"),
+            Mode::GrpcTls,
+            vec![hub.grpc.clone()],
+            None,
             &env.test_dir(&rig.s.ns),
         )
         .await?;

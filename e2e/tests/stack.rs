@@ -10,7 +10,9 @@ use anyhow::{Context, ensure};
 use scale_agent_e2e::converge::{account_state, configmaps, converge, put_cm, wait_state};
 use scale_agent_e2e::operator::{Operator, OperatorOptions};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
-use scale_agent_e2e::scenario::{account, config, kubeconfigs, scenario_with, start_agent};
+use scale_agent_e2e::scenario::{
+    account, config, kubeconfigs, scenario_with, start_agent, wait_logged,
+};
 use scale_agent_e2e::{Env, runner, wait};
 
 fn main() {
@@ -130,22 +132,12 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
         &kubeconfigs(&env, &[("stack-a", "cluster-1")])?,
         &[],
     )?;
-    let log = rogue.proc.log().to_path_buf();
-    wait::until(
+    wait_logged(
+        &rogue,
         "the rogue agent to be refused as not the owner",
-        Duration::from_secs(30),
-        || {
-            let log = log.clone();
-            async move {
-                std::fs::read_to_string(&log)
-                    .ok()?
-                    .contains("NotOwner")
-                    .then_some(())
-            }
-        },
+        &["NotOwner"],
     )
-    .await
-    .with_context(|| scale_agent_e2e::process::tail(&log, 20))?;
+    .await?;
     let still = account_state(&s.hub, "stack-a")
         .await
         .context("stack-a listed")?;
@@ -180,25 +172,28 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
     // and its cached objects (no removal, no window for another cluster).
     let (stop_watch, watching) = tokio::sync::watch::channel(false);
     let hub_http = s.hub.http.clone();
+    // Every poll must be answered: a moment the hub could not be asked is a moment the
+    // handoff was not watched.
     let monitor = tokio::spawn(async move {
-        let mut missing = Vec::new();
+        let (mut missing, mut answered, mut unanswered) = (Vec::new(), 0u32, Vec::new());
         while !*watching.borrow() {
-            if let Ok(resp) = reqwest::get(format!("{hub_http}/v1/accounts")).await
-                && let Ok(list) = resp.json::<serde_json::Value>().await
-            {
-                for name in ["stack-a", "stack-b"] {
-                    let listed = list.as_array().is_some_and(|l| {
-                        l.iter()
-                            .any(|a| a["name"] == name && a["objects"].as_u64() > Some(0))
-                    });
-                    if !listed {
-                        missing.push(name);
+            match accounts_listed(&hub_http).await {
+                Ok(list) => {
+                    answered += 1;
+                    for name in ["stack-a", "stack-b"] {
+                        let listed = list
+                            .iter()
+                            .any(|a| a["name"] == name && a["objects"].as_u64() > Some(0));
+                        if !listed {
+                            missing.push(name);
+                        }
                     }
                 }
+                Err(e) => unanswered.push(e.to_string()),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        missing
+        (missing, answered, unanswered)
     });
     cp.kubectl(["scale", "ash/stack", "-n", &ns, "--replicas=2"])?;
     let placed = wait::until(
@@ -231,7 +226,18 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
     .with_context(|| format!("pods: {:?}", pods.running()))?;
     eprintln!("after scaling to 2: {placed:?}");
     let _ = stop_watch.send(true);
-    let missing = monitor.await?;
+    let (missing, answered, unanswered) = monitor.await?;
+    eprintln!("the hub answered {answered} polls during the handoff");
+    ensure!(
+        unanswered.is_empty(),
+        "{} of the hub's answers during the handoff were missing or unreadable: {:?}",
+        unanswered.len(),
+        unanswered.iter().take(3).collect::<Vec<_>>()
+    );
+    ensure!(
+        answered > 0,
+        "no poll of the hub was answered during the handoff"
+    );
     ensure!(
         missing.is_empty(),
         "accounts vanished from the hub (or lost their objects) during the handoff: {missing:?}"
@@ -260,4 +266,19 @@ async fn stack(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// The hub's list of accounts (`GET /v1/accounts`); an error when the hub does not
+/// answer 200 with a JSON array.
+async fn accounts_listed(hub_http: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let resp = reqwest::Client::new()
+        .get(format!("{hub_http}/v1/accounts"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?;
+    match resp.json::<serde_json::Value>().await? {
+        serde_json::Value::Array(list) => Ok(list),
+        other => anyhow::bail!("not a list of accounts: {other}"),
+    }
 }

@@ -61,32 +61,16 @@ fn main() {
     runner::run(
         None,
         start(),
-        vec![
-            ("streaming_shard_is_ready_current_and_healthy", |e| {
-                Box::pin(streaming(e))
-            }),
-            ("unreachable_hub_is_not_ready_and_says_why", |e| {
-                Box::pin(unreachable_hub(e))
-            }),
-            ("refused_account_is_stalled_failed_and_degraded", |e| {
-                Box::pin(refused(e))
-            }),
-            ("killed_replicas_leave_accounts_without_a_replica", |e| {
-                Box::pin(killed(e))
-            }),
-            ("ghost_leases_do_not_make_an_account_streaming", |e| {
-                Box::pin(ghosts(e))
-            }),
-            ("conflict_and_invalid_config_are_failed_and_degraded", |e| {
-                Box::pin(conflict_and_invalid(e))
-            }),
-            ("a_handoff_in_progress_is_in_progress", |e| {
-                Box::pin(handoff(e))
-            }),
-            ("a_paused_shard_is_suspended", |e| Box::pin(paused(e))),
-            ("the_accounts_context_picks_one_of_two_and_streams", |e| {
-                Box::pin(chosen_context(e))
-            }),
+        scale_agent_e2e::tests![
+            streaming_shard_is_ready_current_and_healthy => streaming,
+            unreachable_hub_is_not_ready_and_says_why => unreachable_hub,
+            refused_account_is_stalled_failed_and_degraded => refused,
+            killed_replicas_leave_accounts_without_a_replica => killed,
+            ghost_leases_do_not_make_an_account_streaming => ghosts,
+            conflict_and_invalid_config_are_failed_and_degraded => conflict_and_invalid,
+            a_handoff_in_progress_is_in_progress => handoff,
+            a_paused_shard_is_suspended => paused,
+            the_accounts_context_picks_one_of_two_and_streams => chosen_context,
         ],
     );
 }

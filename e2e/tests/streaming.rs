@@ -166,17 +166,16 @@ async fn account_added(env: Arc<Env>) -> anyhow::Result<()> {
     let s = scenario(&env, "added", "60s").await?;
     let mut cfg = config(&s, "added", vec![account("added-a", &s.ns)]);
     let kcs = kubeconfigs(&env, &[("added-a", "cluster-1"), ("added-b", "cluster-2")])?;
-    let agent = start_agent(
+    let agent = start_connected(
         &env,
         &s,
         "added-0",
         &cfg,
         &kcs,
         &["--lease-renew-interval=500ms", "--reload-interval=300ms"],
-    )?;
-    wait_state(&s.hub, "added-a", "Connected", Duration::from_secs(30))
-        .await
-        .with_context(|| agent_log(&agent))?;
+        "added-a",
+    )
+    .await?;
     let pid = agent.proc.pid();
     let api_b = configmaps(target(&env, "cluster-2")?, &s.ns).await?;
     put_cm(&api_b, "b-1", "x").await?;
@@ -237,21 +236,12 @@ async fn cluster_mismatch(env: Arc<Env>) -> anyhow::Result<()> {
         &kubeconfigs(&env, &[("shared-name", "cluster-2")])?,
         &["--lease-renew-interval=500ms"],
     )?;
-    let log = b.proc.log().to_path_buf();
-    wait::until(
+    wait_logged(
+        &b,
         "the second agent to log its rejection",
-        Duration::from_secs(30),
-        || {
-            let log = log.clone();
-            async move {
-                let text = std::fs::read_to_string(&log).ok()?;
-                (text.contains("hub rejected the account") && text.contains("NotOwner"))
-                    .then_some(())
-            }
-        },
+        &["hub rejected the account", "NotOwner"],
     )
-    .await
-    .with_context(|| agent_log(&b))?;
+    .await?;
     let now = account_state(&s.hub, "shared-name")
         .await
         .context("still listed")?;
@@ -276,17 +266,19 @@ async fn grace_return(env: Arc<Env>) -> anyhow::Result<()> {
     for i in 0..3 {
         put_cm(&api, &format!("g-{i}"), "v").await?;
     }
-    let mut agent = start_agent(
-        &env,
-        &s,
-        "graceback-0",
-        &cfg,
-        &kcs,
-        &["--lease-renew-interval=500ms", "--lease-duration=3s"],
-    )?;
-    wait_state(&s.hub, "grace-back", "Connected", Duration::from_secs(30))
-        .await
-        .with_context(|| agent_log(&agent))?;
+    // The agent, started again after it was killed.
+    let start = || {
+        start_connected(
+            &env,
+            &s,
+            "graceback-0",
+            &cfg,
+            &kcs,
+            &["--lease-renew-interval=500ms", "--lease-duration=3s"],
+            "grace-back",
+        )
+    };
+    let mut agent = start().await?;
     converge(&s.hub, "grace-back", &api, &s.ns, Duration::from_secs(20)).await?;
     agent.proc.signal(Signal::SIGKILL);
     agent.proc.stop(Duration::from_secs(1));
@@ -308,17 +300,7 @@ async fn grace_return(env: Arc<Env>) -> anyhow::Result<()> {
     api.delete("g-0", &DeleteParams::default()).await?;
     put_cm(&api, "g-while-away", "v").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let agent2 = start_agent(
-        &env,
-        &s,
-        "graceback-0",
-        &cfg,
-        &kcs,
-        &["--lease-renew-interval=500ms", "--lease-duration=3s"],
-    )?;
-    wait_state(&s.hub, "grace-back", "Connected", Duration::from_secs(30))
-        .await
-        .with_context(|| agent_log(&agent2))?;
+    let agent2 = start().await?;
     let took = converge(&s.hub, "grace-back", &api, &s.ns, Duration::from_secs(20)).await?;
     // It resumed the watches from the hub's resume points instead of listing again.
     let resumes = metric(&agent2, "scale_agent_resumes_total").await;
@@ -608,10 +590,7 @@ async fn quiet_kind_resumes(env: Arc<Env>) -> anyhow::Result<()> {
     let cfg = config(&s, "quiet", vec![account("quiet-a", &s.ns)]);
     let kcs = kubeconfigs(&env, &[("quiet-a", QUIET)])?;
     let args = ["--lease-renew-interval=500ms", "--lease-duration=3s"];
-    let mut agent = start_agent(&env, &s, "quiet-0", &cfg, &kcs, &args)?;
-    wait_state(&s.hub, "quiet-a", "Connected", Duration::from_secs(30))
-        .await
-        .with_context(|| agent_log(&agent))?;
+    let mut agent = start_connected(&env, &s, "quiet-0", &cfg, &kcs, &args, "quiet-a").await?;
     converge(&s.hub, "quiet-a", &quiet, &s.ns, Duration::from_secs(20)).await?;
     // Read first: a bookmark newer than `synced_at` is counted after this.
     let progress_at_sync = configmap_progress(&agent).await;
@@ -687,10 +666,7 @@ async fn quiet_kind_resumes(env: Arc<Env>) -> anyhow::Result<()> {
     put_cm(&quiet, "q-1", "changed").await?;
     put_cm(&quiet, "q-new", "v").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let agent = start_agent(&env, &s, "quiet-0", &cfg, &kcs, &args)?;
-    wait_state(&s.hub, "quiet-a", "Connected", Duration::from_secs(30))
-        .await
-        .with_context(|| agent_log(&agent))?;
+    let agent = start_connected(&env, &s, "quiet-0", &cfg, &kcs, &args, "quiet-a").await?;
     let took = converge(&s.hub, "quiet-a", &quiet, &s.ns, Duration::from_secs(20))
         .await
         .with_context(|| agent_log(&agent))?;

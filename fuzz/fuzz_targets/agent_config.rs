@@ -1,27 +1,5 @@
-//! The agent's config parser: any bytes, read as (lossy) UTF-8, must never make
-//! `AgentConfig::from_yaml` panic; a config it accepts must survive
-//! `to_yaml` and `from_yaml` again unchanged.
+//! libFuzzer target: the body is `scale_agent_fuzz::agent_config::run`
+//! (fuzz/src/agent_config.rs).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use scale_agent_crds::AgentConfig;
-
-fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    let Ok(config) = AgentConfig::from_yaml(&text) else {
-        return;
-    };
-    let yaml = match config.to_yaml() {
-        Ok(yaml) => yaml,
-        Err(err) => panic!("an accepted config does not serialize: {err}\n{config:#?}"),
-    };
-    match AgentConfig::from_yaml(&yaml) {
-        Ok(again) => assert_eq!(
-            again, config,
-            "the config changed in a YAML round trip; written as:\n{yaml}"
-        ),
-        Err(err) => {
-            panic!("an accepted config, written out, is refused: {err}\nwritten as:\n{yaml}")
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| scale_agent_fuzz::agent_config::run(data));

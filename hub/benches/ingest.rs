@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
-use scale_agent_hub::identity::IdentitySource;
-use scale_agent_hub::registry::{SessionId, ShardKey};
-use scale_agent_hub::session::Session;
+use scale_agent_hub::core::registry::{SessionId, ShardRef};
+use scale_agent_hub::net::identity::IdentitySource;
 use scale_agent_hub::state::{SessionHandle, Shared};
+use scale_agent_hub::stream::session::Session;
 use scale_agent_proto::v1::{self as pb, AgentFrame, HubFrame, agent_frame};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -54,7 +54,7 @@ fn hub(rt: &tokio::runtime::Runtime) -> (Arc<Shared>, Session, Rx) {
     let shared = Shared::new(config, None, tokio_util::sync::CancellationToken::new())
         .expect("shared state");
     let (tx, rx) = mpsc::channel(1024);
-    let shard = ShardKey {
+    let shard = ShardRef {
         namespace: "bench".into(),
         name: "shard".into(),
     };

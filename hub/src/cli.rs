@@ -187,6 +187,12 @@ pub struct Args {
     #[arg(long, requires = "kube_api_addr")]
     pub kube_api_allow_impersonation: bool,
 
+    /// While an account's agent is away (within the grace period), answer reads the
+    /// cache can answer with 503 like every other request, instead of from the
+    /// account's last known state with a Warning.
+    #[arg(long, requires = "kube_api_addr")]
+    pub kube_api_no_stale_reads: bool,
+
     /// How long a Kubernetes API request waits for the cluster's answer to begin
     /// when it names no timeout of its own; past it the client gets 504.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
@@ -233,11 +239,11 @@ fn parse_store(text: &str) -> Result<StoreLocation, String> {
 }
 
 fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
-    scale_agent_hub::identity::parse_cidr(text)
+    scale_agent_hub::net::identity::parse_cidr(text)
 }
 
 fn parse_header_name(text: &str) -> Result<String, String> {
-    scale_agent_hub::identity::check_header_name(text).map(|()| text.to_owned())
+    scale_agent_hub::net::identity::check_header_name(text).map(|()| text.to_owned())
 }
 
 impl Args {
@@ -283,6 +289,7 @@ impl Args {
         let kube_api = match (self.kube_api_addr, self.kube_api_tokens_file) {
             (Some(addr), Some(tokens)) => Some(KubeApiConfig {
                 allow_impersonation: self.kube_api_allow_impersonation,
+                stale_reads: !self.kube_api_no_stale_reads,
                 request_timeout: self.kube_api_request_timeout,
                 tls: kube_api_tls,
                 ..KubeApiConfig::new(addr, TokenSource::File(tokens))

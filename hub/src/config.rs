@@ -10,10 +10,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::Error;
-use crate::identity;
-use crate::ownership::ShardSource;
+use crate::core::ownership::ShardSource;
+use crate::net::identity;
+use crate::net::tls::TlsConfig;
 pub use crate::store::StoreLocation;
-use crate::tls::TlsConfig;
 
 /// A PEM CA bundle, and the file it came from (then re-read when it
 /// changes).

@@ -20,72 +20,52 @@
 //! ```
 //!
 //! Security, all optional and off in [`Config::local`]:
-//! - TLS/mTLS served by rustls ([`tls`]); certificate, key and client CA
+//! - TLS/mTLS served by rustls ([`net::tls`]); certificate, key and client CA
 //!   files are reloaded when they change, without dropping open streams.
 //! - The agent's shard identity is the URI SAN of its client certificate,
 //!   from the TLS session or forwarded by a trusted load balancer in a header
-//!   ([`identity`]); a Hello naming another shard is refused.
+//!   ([`net::identity`]); a Hello naming another shard is refused.
 //! - With [`Config::authorize`] an account is accepted only from the shard
-//!   whose AgentShard lists it ([`ownership`]); without it a name belongs to
-//!   the first shard that registers it ([`registry`]). Either way another
+//!   whose AgentShard lists it ([`core::ownership`]); without it a name belongs to
+//!   the first shard that registers it ([`core::registry`]). Either way another
 //!   shard never takes a streaming account, whatever cluster id it names.
 //! - Forwarded certificates must chain to the agents' CA
 //!   ([`Config::forwarded_client_ca`]); trusted proxies may have to prove
 //!   themselves with a shared secret ([`Config::proxy_secret_file`]).
 //! - Limits: accounts per session and per Register frame, HTTP header and
-//!   idle timeouts and a connection cap ([`serve`]), pages of every list
-//!   ([`page`]).
+//!   idle timeouts and a connection cap ([`net::serve`]), pages of every list
+//!   ([`api::page`]).
 //! - [`Config::api_token_file`]: the HTTP API needs a bearer token.
 //! - [`Config::max_connection_age`]: sessions are drained (REBALANCE) at an
 //!   age with jitter, so agents spread over hub replicas.
 //!
-//! Modules, one responsibility each: [`config`] (the settings), [`grpc`]
-//! (Hello and Welcome), [`session`] (one stream's frame loop),
-//! [`registration`] (what a Register is answered), [`ingest`] (events and
-//! syncs into the cache), [`routing`] (operations between sessions),
-//! [`revocation`] (accounts a shard no longer owns), [`registry`] (binding
-//! rules), [`cache`] (objects and syncs), [`resync`] (the resync diff),
-//! [`store`] (SQLite bindings, or the PostgreSQL store several replicas
-//! share), [`replicas`] (this replica's side of a shared store: heartbeats,
-//! leader, write-behind), [`claim`] (registration through a shared store),
-//! [`forward`] (requests about accounts another replica holds), [`inflight`]
-//! (operations in flight shared between replicas), [`operations`] (requests
-//! and results), [`http`] (the JSON API), [`page`] (pages of its lists),
-//! [`serve`] (accept loops, the HTTP server's limits), [`identity`],
-//! [`secret`], [`reload`] (files re-read every interval), [`ownership`], [`tls`],
-//! [`metrics`], [`clip`], [`window`] (what the Kubernetes API knows of a kind),
-//! [`kubeapi`] (the Kubernetes API of every account).
+//! The code is grouped by job, one folder each (see `ARCHITECTURE.md`):
+//! - [`stream`]: the agents' gRPC side — sessions, registration (alone or
+//!   through the shared store), ingest, routing of operations and proxied
+//!   requests to the session that holds an account, revocation.
+//! - [`core`]: the hub's state and its rules — the registry's binding rules, the
+//!   cache, the resync diff, the window of recent changes, ownership,
+//!   operations waiting for results; the only I/O is the AgentShards watch
+//!   that feeds ownership.
+//! - [`replicas`]: this replica's side of a store shared with other replicas —
+//!   heartbeats, the leader, write-behind, forwarding, operations in flight.
+//! - [`api`]: the JSON API; [`kubeapi`]: the Kubernetes API of every account.
+//! - [`net`]: TLS, identity, the accept loops and their limits, reloaded files.
+//! - [`store`]: the SQLite store of one hub, or the PostgreSQL store replicas share.
+//! - At the root, the wiring every folder reads: [`config`], [`state`]
+//!   (the [`state::Shared`] context), [`metrics`], [`error`].
 
-pub mod cache;
-pub mod claim;
-pub mod clip;
+pub mod api;
 pub mod config;
+pub mod core;
 pub mod error;
-pub mod forward;
-pub mod grpc;
-pub mod http;
-pub mod identity;
-pub mod inflight;
-pub mod ingest;
 pub mod kubeapi;
 pub mod metrics;
-pub mod operations;
-pub mod ownership;
-pub mod page;
-pub mod registration;
-pub mod registry;
-pub mod reload;
+pub mod net;
 pub mod replicas;
-pub mod resync;
-pub mod revocation;
-pub mod routing;
-pub mod secret;
-pub mod serve;
-pub mod session;
 pub mod state;
 pub mod store;
-pub mod tls;
-pub mod window;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,9 +79,14 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub use config::Config;
+pub use core::ownership::ShardSource;
 pub use error::Error;
-pub use ownership::ShardSource;
-pub use tls::{TlsConfig, TlsFiles};
+pub use net::tls::{TlsConfig, TlsFiles};
+
+use crate::api::http;
+use crate::core::ownership;
+use crate::net::{identity, secret, serve, tls};
+use crate::stream::{grpc, revocation};
 
 use crate::state::Shared;
 

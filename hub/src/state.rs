@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
-use crate::cache::Cache;
 use crate::config::Config;
-use crate::identity::IdentityPolicy;
+use crate::core::cache::Cache;
+use crate::core::operations::Operations;
+use crate::core::ownership::OwnershipRx;
+use crate::core::registry::{Binding, Registry, SessionId, ShardRef};
 use crate::metrics::{Metrics, StateLabel};
-use crate::operations::Operations;
-use crate::ownership::OwnershipRx;
-use crate::registry::{Binding, Registry, SessionId, ShardKey};
+use crate::net::identity::IdentityPolicy;
 use crate::replicas::{Replicas, Timing};
 use crate::store::{self, Store, StoreLocation};
 
@@ -42,7 +42,7 @@ pub struct SessionHandle {
     /// Where to send it frames.
     pub tx: Outbound,
     /// Its shard.
-    pub shard: ShardKey,
+    pub shard: ShardRef,
     /// Its replica.
     pub replica: String,
 }
@@ -77,7 +77,7 @@ impl Shared {
     /// Builds the shared state from the settings: opens the store
     /// ([`Config::store`]) and loads its bindings, each a Disconnected
     /// account whose grace period starts now. `ownership` is the index
-    /// [`crate::ownership::start`] keeps, when ownership is enforced.
+    /// [`crate::core::ownership::start`] keeps, when ownership is enforced.
     pub fn new(
         config: Config,
         ownership: Option<OwnershipRx>,
@@ -103,7 +103,7 @@ impl Shared {
         if replicas.is_some() {
             // The changes of every account are written behind to the shared
             // store.
-            core.cache = crate::cache::Cache::noting_changes();
+            core.cache = crate::core::cache::Cache::noting_changes();
         }
         let expiries = core.registry.load(bindings, SystemTime::now());
         if !expiries.is_empty() {
@@ -122,7 +122,7 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             operations: Operations::default(),
             tunnels: crate::kubeapi::Tunnels::default(),
-            metrics: Metrics::new(),
+            metrics: Metrics::default(),
             shutdown,
         });
         shared.schedule_expiry(expiries);

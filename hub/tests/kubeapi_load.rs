@@ -1,12 +1,12 @@
-//! Answering big lists from the cache must not stall the agents' streams: an account
-//! of 10,000 objects is listed over and over through the Kubernetes API while the
-//! same agent keeps sending changes, and the time each change takes to be applied
-//! (its Ack) is measured with and without the lists, and against the JSON API's list
-//! (in its largest pages), which writes the objects out while holding the lock event
-//! ingestion needs.
+//! Answering big lists from the cache must not block the agents' streams: an account
+//! of 10,000 objects (about 15 MB) is listed through the Kubernetes API by clients
+//! that stop reading after the first bytes (so the hub is stuck writing their answers)
+//! while other clients list it over and over, and every change the same agent sends
+//! meanwhile must still be applied (Acked).
 //!
-//! Prints the figures; fails when the lists do not come from the cache, or when a
-//! change waits as long behind them as behind the JSON API's pages.
+//! The property is asserted, not a speed: a change waits for nothing but its own frame,
+//! so its bound only tells a blocked stream from a slow machine. How long changes take
+//! under list load is for the benchmark to measure, not for a test to judge.
 
 mod common;
 
@@ -23,8 +23,6 @@ use scale_agent_proto::v1::{
 
 const TOKEN: &str = "load-test-token-0123456789";
 const OBJECTS: usize = 10_000;
-/// The JSON API's largest page.
-const JSON_PAGE: usize = scale_agent_hub::page::MAX_LIMIT;
 
 fn body_of(i: usize) -> String {
     // About 1.5 KiB, like a small Deployment.
@@ -96,8 +94,14 @@ async fn agent_with_objects(hub: &scale_agent_hub::RunningHub) -> Result<FakeAge
     Ok(agent)
 }
 
-/// Sends `n` one-event batches, each after the previous one's Ack; the Ack times.
-async fn ack_times(agent: &mut FakeAgent, n: usize, rv: &mut u64) -> Result<Vec<Duration>> {
+/// Sends `n` one-event batches, each after the previous one's Ack, each within
+/// `bound`; their Ack times, sorted.
+async fn changes_applied(
+    agent: &mut FakeAgent,
+    n: usize,
+    rv: &mut u64,
+    bound: Duration,
+) -> Result<Vec<Duration>> {
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
         *rv += 1;
@@ -109,7 +113,11 @@ async fn ack_times(agent: &mut FakeAgent, n: usize, rv: &mut u64) -> Result<Vec<
             &rv.to_string(),
         );
         let started = Instant::now();
-        agent.events("big", vec![ev]).await?;
+        tokio::time::timeout(bound, agent.events("big", vec![ev]))
+            .await
+            .map_err(|_| {
+                format!("change {i} was not applied within {bound:?}: ingestion is blocked")
+            })??;
         times.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -127,6 +135,25 @@ fn summary(times: &[Duration]) -> String {
     )
 }
 
+/// Starts `n` lists of the whole account at `url` and reads only the first bytes of
+/// each: the answers stay open with most of their body unread.
+async fn held_lists(url: &str, n: usize) -> Result<Vec<reqwest::Response>> {
+    let client = reqwest::Client::new();
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut resp = client.get(url).bearer_auth(TOKEN).send().await?;
+        assert!(
+            resp.status().is_success(),
+            "a list answered {}",
+            resp.status()
+        );
+        let first = resp.chunk().await?.map_or(0, |c| c.len());
+        assert!(first > 0, "a list answered nothing");
+        held.push(resp);
+    }
+    Ok(held)
+}
+
 /// The bytes of a list of every object at `url`, page after page while the JSON
 /// API's answer names a next one; `None` when a request fails.
 async fn list_all(client: &reqwest::Client, url: &str) -> Option<usize> {
@@ -140,7 +167,7 @@ async fn list_all(client: &reqwest::Client, url: &str) -> Option<usize> {
         let resp = request.send().await.ok()?;
         next = resp
             .headers()
-            .get(scale_agent_hub::page::CONTINUE_HEADER)
+            .get(scale_agent_hub::api::page::CONTINUE_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         bytes += resp.bytes().await.ok()?.len();
@@ -193,7 +220,7 @@ fn hammer(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn listing_ten_thousand_objects_does_not_stall_event_ingestion() -> Result<()> {
+async fn lists_of_ten_thousand_objects_do_not_block_event_ingestion() -> Result<()> {
     common::logs();
     let hub = common::hub_with(|c| {
         c.kube_api = Some(KubeApiConfig::new(
@@ -205,46 +232,28 @@ async fn listing_ten_thousand_objects_does_not_stall_event_ingestion() -> Result
     let api = hub.kube_api_addr().expect("the Kubernetes API is served");
     let mut agent = agent_with_objects(&hub).await?;
     let mut rv = 100_000;
-    let quiet = ack_times(&mut agent, 200, &mut rv).await?;
+    // Far above any Ack time on a loaded machine; only a blocked stream reaches it.
+    let bound = Duration::from_secs(30);
 
-    // From the cache, through the Kubernetes API.
+    // From the cache, through the Kubernetes API: four answers held unread (15 MB each,
+    // more than the sockets buffer), four clients listing over and over.
     let url = format!("http://{api}/accounts/big/apis/apps/v1/deployments");
+    let held = held_lists(&url, 4).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (lists, task) = hammer(url, 4, Arc::clone(&stop));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
-    let busy = ack_times(&mut agent, 200, &mut rv).await?;
-    let elapsed = started.elapsed();
+    let busy = changes_applied(&mut agent, 200, &mut rv, bound).await?;
+    // The held answers were still unread while every change was applied.
+    let held_count = held.len();
+    drop(held);
+    let stopped = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let longest_list = task.await?;
     let cache_lists = lists.load(Ordering::Relaxed);
-
-    // The JSON API's list, for comparison: it writes the objects out under the lock,
-    // a page (its largest, half the account) at a time.
-    let url = format!(
-        "{}/v1/accounts/big/objects?limit={JSON_PAGE}",
-        hub.http_url()
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let (json_lists, task) = hammer(url, 4, Arc::clone(&stop));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let locked = ack_times(&mut agent, 200, &mut rv).await?;
-    stop.store(true, Ordering::Relaxed);
-    let longest_json = task.await?;
-
-    eprintln!("{OBJECTS} objects; a change's Ack, one at a time:");
     eprintln!(
-        "  no lists:                                  {}",
-        summary(&quiet)
-    );
-    eprintln!(
-        "  4 clients listing through the Kubernetes API: {} ({cache_lists} lists in {elapsed:?}, longest {longest_list:?})",
-        summary(&busy)
-    );
-    eprintln!(
-        "  4 clients listing through the JSON API:       {} ({} lists, longest {longest_json:?})",
-        summary(&locked),
-        json_lists.load(Ordering::Relaxed)
+        "{OBJECTS} objects, {held_count} lists held unread, 4 clients listing: 200 changes applied ({}); {cache_lists} lists finished, longest {longest_list:?}; lists stopped in {:?}",
+        summary(&busy),
+        stopped.elapsed()
     );
     let metrics = hub.metrics_text();
     assert!(
@@ -252,16 +261,9 @@ async fn listing_ten_thousand_objects_does_not_stall_event_ingestion() -> Result
             .starts_with("scale_agent_hub_kube_api_requests_total{source=\"cache\",code=\"2xx\"}")),
         "the lists did not come from the cache"
     );
-    assert!(cache_lists >= 4, "only {cache_lists} lists finished");
-    // Compared with the JSON API's list on the same machine in the same run, so the
-    // check holds on a busy machine: the cache's lists take only shared bodies under
-    // the lock, the JSON API's write each page (5,000 objects, 7.5 MB) out under it.
-    // A 10,000-object list written out under the lock would hold it twice as long as
-    // such a page; taken from the cache it must hold up the stream less than one.
-    let (busy_p50, locked_p50) = (busy[busy.len() / 2], locked[locked.len() / 2]);
     assert!(
-        busy_p50 < locked_p50,
-        "the median change waited {busy_p50:?} with Kubernetes API lists, {locked_p50:?} with JSON API lists"
+        cache_lists >= 1,
+        "no list finished while the changes were applied"
     );
     hub.shutdown().await?;
     Ok(())

@@ -182,8 +182,8 @@ async fn forwarded_requests_carry_the_callers_token_and_the_holder_checks_it() -
 
 #[tokio::test]
 async fn a_replica_that_lost_an_account_cannot_write_over_its_new_holder() -> Result<()> {
-    use scale_agent_hub::cache::Changes;
-    use scale_agent_hub::registry::{Binding, ShardKey};
+    use scale_agent_hub::core::cache::Changes;
+    use scale_agent_hub::core::registry::{Binding, ShardRef};
     use scale_agent_hub::store::postgres::{ClaimWrite, FlushError, PgStore};
     logs();
     // Stopped when the test ends.
@@ -196,7 +196,7 @@ async fn a_replica_that_lost_an_account_cannot_write_over_its_new_holder() -> Re
         name: "prod-1".into(),
         binding: Binding {
             cluster_id: "uid-a".into(),
-            shard: ShardKey {
+            shard: ShardRef {
                 namespace: "spinnaker".into(),
                 name: "east".into(),
             },

@@ -21,11 +21,12 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, ServiceAccount, Volume,
-    VolumeMount,
+    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
+    ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -490,7 +491,11 @@ pub fn deployment(
         }]),
         liveness_probe: Some(probe("/healthz", 10)),
         readiness_probe: Some(probe("/readyz", 5)),
-        resources: spec.resources.clone(),
+        resources: Some(
+            spec.resources
+                .clone()
+                .unwrap_or_else(default_agent_resources),
+        ),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -540,6 +545,37 @@ pub fn deployment(
             ..DeploymentSpec::default()
         }),
         status: None,
+    }
+}
+
+/// The agent container's CPU request when the shard sets no `resources`.
+pub const DEFAULT_AGENT_CPU_REQUEST: &str = "100m";
+/// The agent container's memory request when the shard sets no `resources`.
+pub const DEFAULT_AGENT_MEMORY_REQUEST: &str = "128Mi";
+/// The agent container's CPU limit when the shard sets no `resources`.
+pub const DEFAULT_AGENT_CPU_LIMIT: &str = "1";
+/// The agent container's memory limit when the shard sets no `resources`.
+pub const DEFAULT_AGENT_MEMORY_LIMIT: &str = "512Mi";
+
+/// The agent container's resources when the shard sets none (a shard's own
+/// `spec.resources` replaces them whole). Requests and limits for both CPU and memory, so
+/// that a namespace whose ResourceQuota counts any of them admits the pods (it refuses
+/// pods that leave out what it counts), and the pods are not BestEffort, the first
+/// evicted. The memory limit leaves room over the default budget (64 MiB of buffered
+/// events) and the peaks measured in docs/install.md ("Sizing": 184 MiB for the initial
+/// sync of 105,000 objects in 50 accounts).
+pub fn default_agent_resources() -> ResourceRequirements {
+    let q = |v: &str| Quantity(v.to_owned());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), q(DEFAULT_AGENT_CPU_REQUEST)),
+            ("memory".to_owned(), q(DEFAULT_AGENT_MEMORY_REQUEST)),
+        ])),
+        limits: Some(BTreeMap::from([
+            ("cpu".to_owned(), q(DEFAULT_AGENT_CPU_LIMIT)),
+            ("memory".to_owned(), q(DEFAULT_AGENT_MEMORY_LIMIT)),
+        ])),
+        ..ResourceRequirements::default()
     }
 }
 
@@ -644,6 +680,36 @@ mod tests {
         edited.spec.accounts[0].scope.namespaces = vec!["x".into()];
         assert_eq!(template(&one), template(&three));
         assert_eq!(template(&one), template(&edited));
+    }
+
+    #[test]
+    fn agents_get_default_resources_unless_the_shard_sets_its_own() {
+        let resources = |s: &AgentShard| {
+            template(s).spec.expect("pod").containers[0]
+                .resources
+                .clone()
+        };
+        let defaults = resources(&shard(&["a"])).expect("default resources");
+        let q = |r: &Option<BTreeMap<String, Quantity>>, k: &str| {
+            r.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
+        };
+        // Not BestEffort, and admitted where a ResourceQuota counts requests or limits.
+        for k in ["cpu", "memory"] {
+            assert!(q(&defaults.requests, k).is_some(), "request {k}");
+            assert!(q(&defaults.limits, k).is_some(), "limit {k}");
+        }
+        assert_eq!(q(&defaults.limits, "memory").as_deref(), Some("512Mi"));
+
+        let mut own = shard(&["a"]);
+        let mine = ResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("1Gi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        };
+        own.spec.resources = Some(mine.clone());
+        assert_eq!(resources(&own), Some(mine));
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub async fn run(args: Args) -> Result<()> {
         )
     });
     tracing::info!(%identity, mode = ?args.webhook_mode, "scale-agent-operator starting");
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::default());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {

@@ -67,7 +67,7 @@ pub async fn reconcile(shard: Arc<AgentShard>, ctx: Arc<Context>) -> Result<Acti
     ctx.metrics.reconciles.inc();
     let result = reconcile_shard(&shard, &ctx).await;
     ctx.metrics
-        .duration
+        .reconcile_duration_seconds
         .observe(started.elapsed().as_secs_f64());
     match &result {
         Ok(action) => {
@@ -85,7 +85,7 @@ pub async fn reconcile(shard: Arc<AgentShard>, ctx: Arc<Context>) -> Result<Acti
 /// by the next success.
 pub fn error_policy(shard: Arc<AgentShard>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
-        .errors
+        .reconcile_errors
         .get_or_create(&ErrorLabels {
             error: error.label().to_owned(),
         })

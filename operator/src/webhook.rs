@@ -160,7 +160,7 @@ async fn handle(
     );
     state
         .metrics
-        .admissions
+        .admission_reviews
         .get_or_create(&AdmissionLabels {
             result: result.to_owned(),
         })

@@ -23,8 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::watcher::Event;
 use proptest::prelude::*;
 use scale_agent_crds::{AgentConfig, AgentShard, CONFIG_KEY, ShardRef};
-use scale_agent_hub::ownership::{Ownership, Verdict};
-use scale_agent_hub::registry::ShardKey;
+use scale_agent_hub::core::ownership::{Ownership, Verdict};
 use scale_agent_operator::claims_index::{ClaimsIndex, Resolution};
 use scale_agent_operator::decide::Decision;
 use scale_agent_operator::{status, webhook};
@@ -334,13 +333,9 @@ impl World {
     fn check_agreement(&self) -> Result<(), TestCaseError> {
         let shards: Vec<Arc<AgentShard>> = self.api.values().cloned().map(Arc::new).collect();
         let hub = Ownership::from_shards(shards.iter().map(AsRef::as_ref));
-        let key = |r: &ShardRef| ShardKey {
-            namespace: r.namespace.clone(),
-            name: r.name.clone(),
-        };
         for n in NAMES {
             prop_assert_eq!(
-                self.index.owner(n).map(|o| key(&o.shard)),
+                self.index.owner(n).map(|o| o.shard.clone()),
                 hub.owner(n),
                 "index and hub name different owners of {}",
                 n
@@ -355,7 +350,7 @@ impl World {
                 .map(|t| (t.account, t.owner))
                 .collect();
             for (n, r) in &resolutions {
-                let verdict = hub.check(n, &key(&me));
+                let verdict = hub.check(n, &me);
                 match r {
                     Resolution::Owned => {
                         prop_assert_eq!(&verdict, &Verdict::Owner, "{} {}: index Owned", me, n);
@@ -363,7 +358,7 @@ impl World {
                     }
                     Resolution::Taken { owner, .. } => {
                         prop_assert!(
-                            matches!(&verdict, Verdict::NotOwner { owner: Some(o), .. } if *o == key(owner)),
+                            matches!(&verdict, Verdict::NotOwner { owner: Some(o), .. } if o == owner),
                             "{} {}: index says {} owns it, hub says {:?}",
                             me,
                             n,

@@ -808,7 +808,7 @@ async fn one_undecodable_shard_is_reported_and_skipped_and_the_others_are_watche
         let store = writer.as_reader();
         let (claims, index) = claims_index::channel();
         let index = tokio::spawn(index);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::default());
         let recorder = test_recorder(&client);
         let (_lead_tx, lead_rx) = watch::channel(leading);
         let watch = tokio::spawn(controller::watch_shards(

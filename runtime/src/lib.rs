@@ -1,6 +1,7 @@
 //! What every scale-agent binary (operator, agent, hub) does the same way, in one place:
 //!
 //! - [`logging`]: the `--log-format` flag and the tracing subscriber behind it;
+//! - [`metrics`]: metrics declared once per binary and exported with its build;
 //! - [`duration`]: duration flags in one style (`15s`, `500ms`, `10m`, `1h30m`);
 //! - [`flags`]: the check of a binary's flag declarations, and non-zero duration flags;
 //! - [`signal`]: waiting for SIGTERM or Ctrl-C, so a binary can let go of what it holds
@@ -9,6 +10,7 @@
 pub mod duration;
 pub mod flags;
 pub mod logging;
+pub mod metrics;
 pub mod signal;
 
 pub use duration::parse_duration;

@@ -236,22 +236,18 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let agent_sampler = Sampler::start(agent.proc.pid(), every);
     let mut base = Baseline::start(&stack.dir, "reflector-armory", &spec)?;
     let base_sampler = Sampler::start(base.proc.pid(), every);
-    let admin = agent.admin.clone();
     scale_agent_e2e::wait::until(
         "the agent to be ready (every account synced)",
         Duration::from_secs(900),
-        || {
-            let admin = admin.clone();
-            async move {
-                let r = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        },
+        || async { agent.is_ready().await.then_some(()) },
     )
     .await
     .with_context(|| scale_agent_e2e::process::tail(agent.proc.log(), 20))?;
     let agent_synced = Instant::now();
-    let (base_synced, _) = base.wait_synced(Duration::from_secs(900)).await?;
+    // CPU from each process's start until it synced: its CPU time read at that moment.
+    let agent_sync_cpu = agent_sampler.cpu_so_far();
+    base.wait_synced(Duration::from_secs(900)).await?;
+    let base_sync_cpu = base_sampler.cpu_so_far();
     tracing::info!(sync = ?agent_synced - started, "armory_workload: workload starts");
 
     // The workload: one create and one delete per account per minute, spread evenly.
@@ -266,10 +262,28 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(60.0 / ops_per_minute as f64));
     let work_start = Instant::now();
     let run_for = Duration::from_secs(60 * p.armory_minutes);
+    // The windows the figures are computed over, each with a sample at both edges: steady
+    // CPU after the first minute (or half), memory over the second half.
+    let samplers = [&agent_sampler, &base_sampler, &hub_sampler];
+    let edge = || {
+        let at = Instant::now();
+        for s in samplers {
+            s.sample_now();
+        }
+        at
+    };
+    let (steady_after, half) = (Duration::from_secs(60).min(run_for / 2), run_for / 2);
+    let (mut steady_from, mut second_half) = (None, None);
     let mut ops = JoinSet::new();
     let (mut op, mut seq) = (0usize, 0usize);
     while work_start.elapsed() < run_for {
         tick.tick().await;
+        if steady_from.is_none() && work_start.elapsed() >= steady_after {
+            steady_from = Some(edge());
+        }
+        if second_half.is_none() && work_start.elapsed() >= half {
+            second_half = Some(edge());
+        }
         let a = (op / 2) % p.armory_accounts;
         let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace(a, 0));
         if op % 2 == 0 {
@@ -291,34 +305,34 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     while let Some(r) = ops.join_next().await {
         r??;
     }
-    let work_end = Instant::now();
+    let work_end = edge();
     let minutes = (work_end - work_start).as_secs_f64() / 60.0;
-    // Steady: after the first minute of the workload; memory over its second half.
-    let steady_from = work_start + Duration::from_secs(60).min((work_end - work_start) / 2);
-    let second_half = work_start + (work_end - work_start) / 2;
+    let steady_from = steady_from.unwrap_or(work_end);
+    let second_half = second_half.unwrap_or(work_end);
     let cpu_per_min = |s: &Sampler| {
         s.cpu_between(steady_from, work_end)
-            .map_or(0.0, |(cpu, wall)| cpu / wall * 60.0)
+            .map(|(cpu, wall)| cpu / wall * 60.0)
     };
-    let sync_cpu =
-        |s: &Sampler, until: Instant| s.cpu_between(started, until).map_or(0.0, |(cpu, _)| cpu);
     let agent_cpu = cpu_per_min(&agent_sampler);
     let base_cpu = cpu_per_min(&base_sampler);
-    let agent_sync_cpu = sync_cpu(&agent_sampler, agent_synced);
-    let base_sync_cpu = sync_cpu(&base_sampler, base_synced);
-    let median = |s: &Sampler| s.median_rss_kib(second_half, work_end).unwrap_or(0.0) / 1024.0;
+    let median = |s: &Sampler| {
+        s.median_rss_kib(second_half, work_end)
+            .map(|kib| kib / 1024.0)
+    };
     let (agent_steady, base_steady, hub_steady) = (
         median(&agent_sampler),
         median(&base_sampler),
         median(&hub_sampler),
     );
+    let peak = |s: &Sampler| s.peak_kib().map(mib);
     let (agent_peak, base_peak, hub_peak) = (
-        agent_sampler.peak_kib(),
-        base_sampler.peak_kib(),
-        hub_sampler.peak_kib(),
+        peak(&agent_sampler),
+        peak(&base_sampler),
+        peak(&hub_sampler),
     );
     let hub_objects: usize = stack.counts().await.map_or(0, |c| c.values().sum());
-    let fds = procfs::open_fds(agent.proc.pid()).unwrap_or(0);
+    let fds =
+        procfs::open_fds(agent.proc.pid()).map_or_else(|| "unknown".into(), |n| n.to_string());
     drop(base);
     drop(agent);
     drop(stack);
@@ -339,31 +353,35 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     );
     params.insert("objects_at_hub_after".into(), json!(hub_objects));
     let base_what = "kube-rs reflector per kind holding the same objects, same workload, same time";
+    let hub_peak = hub_peak.map_or_else(
+        |why| format!("not measured: {why}"),
+        |p| format!("{p:.0} MiB"),
+    );
     Ok(vec![
-        Figure::new("armory_workload", "armory_workload.agent_peak_rss", mib(agent_peak), "MiB")
-            .baseline(mib(base_peak), base_what)
+        Figure::measured("armory_workload", "armory_workload.agent_peak_rss", agent_peak, "MiB")
+            .baseline_measured(base_peak, base_what)
             .goal(Goal::AtMost { limit: 256.0 })
             .params(&params)
             .note("VmHWM over the initial sync and the workload"),
-        Figure::new("armory_workload", "armory_workload.agent_steady_rss", agent_steady, "MiB")
-            .baseline(base_steady, base_what)
+        Figure::measured("armory_workload", "armory_workload.agent_steady_rss", agent_steady.clone(), "MiB")
+            .baseline_measured(base_steady.clone(), base_what)
             .params(&params)
-            .note("median VmRSS over the second half of the workload"),
-        Figure::new("armory_workload", "armory_workload.agent_cpu", agent_cpu, "CPU s/min")
-            .baseline(base_cpu, base_what)
+            .note("median VmRSS over the second half of the workload, sampled at both its edges"),
+        Figure::measured("armory_workload", "armory_workload.agent_cpu", agent_cpu, "CPU s/min")
+            .baseline_measured(base_cpu, base_what)
             .goal(Goal::AtMost { limit: 3.0 })
             .params(&params)
-            .note(format!("CPU seconds (user + system) per minute of the workload after its first minute; 3 CPU s/min is 0.05 core; {fds} open file descriptors at the end")),
-        Figure::new("armory_workload", "armory_workload.agent_sync_cpu", agent_sync_cpu, "CPU s")
-            .baseline(base_sync_cpu, base_what)
+            .note(format!("CPU seconds (user + system) per minute of the workload after its first minute, sampled at both edges of that window; 3 CPU s/min is 0.05 core; {fds} open file descriptors at the end")),
+        Figure::measured("armory_workload", "armory_workload.agent_sync_cpu", agent_sync_cpu, "CPU s")
+            .baseline_measured(base_sync_cpu, base_what)
             .params(&params)
-            .note(format!("CPU seconds from the agent's start until ready ({:.1} s)", secs(agent_synced - started))),
-        Figure::new("armory_workload", "armory_workload.hub_rss", hub_steady, "MiB")
-            .baseline(base_steady, "the reflector baseline, which holds the same objects")
+            .note(format!("CPU seconds from the process's start until it was ready ({:.1} s for the agent), read from /proc at that moment", secs(agent_synced - started))),
+        Figure::measured("armory_workload", "armory_workload.hub_rss", hub_steady, "MiB")
+            .baseline_measured(base_steady, "the reflector baseline, which holds the same objects")
             .params(&params)
-            .note(format!("median VmRSS of the hub over the second half of the workload; peak {:.0} MiB", mib(hub_peak))),
+            .note(format!("median VmRSS of the hub over the second half of the workload; peak {hub_peak}")),
         Figure::new("armory_workload", "armory_workload.operations", (op as f64) / minutes, "operations/min")
-            .baseline(ops_per_minute as f64, "asked: one deploy and one delete per account per minute")
+            .reference(ops_per_minute as f64, "asked: one deploy and one delete per account per minute")
             .params(&params),
     ])
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
 use scale_agent_e2e::bench::goal::Goal;
@@ -142,8 +143,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let objects: usize = before.per_account.values().sum();
 
     let stack = Stack::start(&ctx.env, "initial-sync").await?;
-    let hub_pid = stack.hub.pid().unwrap_or(0);
-    let hub_empty = procfs::memory(hub_pid).map_or(0, |m| m.rss_kib);
+    let hub_pid = stack.hub.pid().context("the hub runs")?;
+    let hub_rss = || {
+        procfs::memory(hub_pid)
+            .map(|m| m.rss_kib)
+            .ok_or_else(|| format!("the hub's /proc/{hub_pid}/status could not be read"))
+    };
+    let hub_empty = hub_rss();
     let started = Instant::now();
     let mut agent = stack.agent(&ctx.env, "sync", &accounts, &[])?;
     let sampler = Sampler::start(agent.proc.pid(), Duration::from_millis(100));
@@ -168,11 +174,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         .await?;
     let sync = synced - started;
     let sync_cpu = cpu_used(&sync_parts, &cpu1, &cpu(&sync_parts));
+    sampler.sample_now();
     let agent_peak = sampler.peak_kib();
     drop(sampler);
     // Let the hub's allocator settle before reading its resident set.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let hub_full = procfs::memory(hub_pid).map_or(0, |m| m.rss_kib);
+    let hub_full = hub_rss();
     drop(agent);
     drop(stack);
 
@@ -185,7 +192,16 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     params.insert("namespaces_per_account".into(), json!(p.sync_namespaces));
     params.insert("objects".into(), json!(objects));
     params.insert("kinds".into(), json!("ConfigMap"));
-    let per_object = (hub_full.saturating_sub(hub_empty)) as f64 / objects.max(1) as f64;
+    let per_object = hub_full.clone().and_then(|full| {
+        let empty = hub_empty.clone()?;
+        Ok(full.saturating_sub(empty) as f64 / objects.max(1) as f64)
+    });
+    let hub_mib = |m: &Result<u64, String>| {
+        m.as_ref().map_or_else(
+            |why| format!("not measured ({why})"),
+            |k| format!("{:.0} MiB", mib(*k)),
+        )
+    };
     Ok(vec![
         Figure::new("initial_sync", "initial_sync", secs(sync), "s")
             .baseline(
@@ -200,21 +216,21 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 secs(after.took)
             ))
             .note(format!("CPU used during the sync: {sync_cpu}; during the first baseline LISTs: {list_cpu}")),
-        Figure::new(
+        Figure::measured(
             "initial_sync",
             "initial_sync.agent_peak_rss",
-            mib(agent_peak),
+            agent_peak.map(mib),
             "MiB",
         )
         .params(&params)
         .note("VmHWM of the agent during the sync"),
-        Figure::new("hub_ingest", crate::ingest::RSS_PER_OBJECT, per_object, "KiB")
+        Figure::measured("hub_ingest", crate::ingest::RSS_PER_OBJECT, per_object, "KiB")
             .baseline(object_kib, "the object's own JSON, as the hub keeps it")
             .params(&params)
             .note(format!(
-                "the hub of initial_sync: resident set {:.0} MiB holding {objects} objects, {:.0} MiB before the agent started",
-                mib(hub_full),
-                mib(hub_empty)
+                "the hub of initial_sync: resident set {} holding {objects} objects, {} before the agent started",
+                hub_mib(&hub_full),
+                hub_mib(&hub_empty)
             )),
     ])
 }

@@ -66,15 +66,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         ],
     )
     .await?;
-    let mut agent = stack.agent(&ctx.env, "kube-api", &[account.account], &[])?;
     let expected = std::collections::BTreeMap::from([(ns.clone(), OBJECTS)]);
-    stack
-        .wait_synced(
-            &mut agent,
-            &expected,
-            Duration::from_millis(200),
-            Duration::from_secs(300),
-        )
+    let agent = stack
+        .synced_agent(&ctx.env, "kube-api", &[account.account], &expected)
         .await?;
     let kubeconfig = hub_kubeconfig(ctx, &format!("https://127.0.0.1:{port}"), &token, &ns, &dir)?;
     let direct = ctx.kubeconfig_path(0)?;

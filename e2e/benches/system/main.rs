@@ -409,7 +409,8 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Writes the report as `latest.{json,md}` and `system-<time>.{json,md}` in `out`
-/// (relative to the workspace root).
+/// (relative to the workspace root); for `bench-results/`, also the figures the README
+/// and docs/performance.md show.
 fn write(out: &Path, report: &Report, stamp: u64) -> anyhow::Result<()> {
     let dir = if out.is_absolute() {
         out.to_path_buf()
@@ -429,6 +430,12 @@ fn write(out: &Path, report: &Report, stamp: u64) -> anyhow::Result<()> {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{md}\nwritten to {}", dir.join("latest.md").display());
+    // The documents show the figures of the report in bench-results/, never of one
+    // written elsewhere.
+    if dir == workspace_root().join("bench-results") {
+        scale_agent_e2e::bench::report::publish(&workspace_root(), report)
+            .map_err(|e| anyhow::anyhow!("writing the figures into the documents: {e}"))?;
+    }
     let failed: Vec<&str> = report
         .scenarios
         .iter()

@@ -12,7 +12,7 @@ use scale_agent_e2e::bench::goal::Goal;
 use scale_agent_e2e::bench::layout::{cluster_of, seeded};
 use scale_agent_e2e::bench::procfs;
 use scale_agent_e2e::bench::report::Figure;
-use scale_agent_e2e::bench::sampler::Sampler;
+use scale_agent_e2e::bench::sampler::{self, Sampler};
 use serde_json::json;
 
 use crate::baseline::{Baseline, Spec, SpecAccount};
@@ -45,13 +45,13 @@ pub fn names(p: &Params) -> Vec<(String, &'static str)> {
 /// What one process showed.
 struct Measured {
     sync: Duration,
-    peak_kib: u64,
-    steady_kib: f64,
+    peak_kib: sampler::Measured<u64>,
+    steady_kib: sampler::Measured<f64>,
     /// Established connections to the busiest cluster's API server.
-    per_cluster: usize,
+    per_cluster: sampler::Measured<usize>,
     /// Established connections to every cluster's API server.
     to_clusters: usize,
-    fds: usize,
+    fds: String,
 }
 
 /// Measures a started process `pid` until it has synced (`synced` resolves), then over
@@ -62,16 +62,21 @@ where
 {
     let sampler = Sampler::start(pid, Duration::from_millis(100));
     let at = synced.await?;
+    sampler.sample_now();
     let peak_kib = sampler.peak_kib_until(Instant::now());
     let steady = Duration::from_secs(ctx.p.steady_seconds.max(2));
-    tokio::time::sleep(steady).await;
-    let steady_kib = sampler
-        .median_rss_kib(at + steady / 2, Instant::now())
-        .unwrap_or(0.0);
+    tokio::time::sleep(steady / 2).await;
+    // A sample at each edge of the window the median is taken over.
+    let from = Instant::now();
+    sampler.sample_now();
+    tokio::time::sleep(steady - steady / 2).await;
+    sampler.sample_now();
+    let steady_kib = sampler.median_rss_kib(from, Instant::now());
     let ports = ctx.cluster_ports();
-    let conns = procfs::connections_by_remote_port(pid).unwrap_or_default();
+    let conns = procfs::connections_by_remote_port(pid)
+        .ok_or_else(|| format!("the sockets of process {pid} could not be read"));
     let mut by_cluster: BTreeMap<usize, usize> = BTreeMap::new();
-    for (port, n) in conns {
+    for (port, n) in conns.clone().unwrap_or_default() {
         if let Some(c) = ports.get(&port) {
             *by_cluster.entry(*c).or_insert(0) += n;
         }
@@ -80,9 +85,9 @@ where
         sync: at - started,
         peak_kib,
         steady_kib,
-        per_cluster: by_cluster.values().copied().max().unwrap_or(0),
+        per_cluster: conns.map(|_| by_cluster.values().copied().max().unwrap_or(0)),
         to_clusters: by_cluster.values().sum(),
-        fds: procfs::open_fds(pid).unwrap_or(0),
+        fds: procfs::open_fds(pid).map_or_else(|| "unknown".into(), |n| n.to_string()),
     })
 }
 
@@ -120,11 +125,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             );
             measure(ctx, pid, started, synced).await?
         };
-        let hub_kib = stack
-            .hub
-            .pid()
-            .and_then(procfs::memory)
-            .map_or(0, |m| m.rss_kib);
+        let hub_mib = stack.hub.pid().and_then(procfs::memory).map_or_else(
+            || "an unknown amount (not readable)".into(),
+            |m| format!("{:.0} MiB", mib(m.rss_kib)),
+        );
         drop(agent);
         drop(stack);
 
@@ -171,28 +175,27 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         };
         let base_what = "kube-rs reflector per kind holding the same objects";
         out.push(
-            Figure::new(
+            Figure::measured(
                 "agent_memory_scaling",
                 &format!("agent_memory_scaling.peak_rss.{n}"),
-                mib(agent_m.peak_kib),
+                agent_m.peak_kib.clone().map(mib),
                 "MiB",
             )
-            .baseline(mib(base_m.peak_kib), base_what)
+            .baseline_measured(base_m.peak_kib.clone().map(mib), base_what)
             .goal(Goal::AtMost { limit: 256.0 })
             .params(&params)
             .note(format!(
-                "VmHWM at the end of the initial sync; the hub then held {:.0} MiB",
-                mib(hub_kib)
+                "VmHWM at the end of the initial sync; the hub then held {hub_mib}"
             )),
         );
         out.push(
-            Figure::new(
+            Figure::measured(
                 "agent_memory_scaling",
                 &format!("agent_memory_scaling.steady_rss.{n}"),
-                agent_m.steady_kib / 1024.0,
+                agent_m.steady_kib.clone().map(|k| k / 1024.0),
                 "MiB",
             )
-            .baseline(base_m.steady_kib / 1024.0, base_what)
+            .baseline_measured(base_m.steady_kib.clone().map(|k| k / 1024.0), base_what)
             .params(&params)
             .note(format!(
                 "median VmRSS over the second half of {} s after the sync",
@@ -204,13 +207,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         // Whole accounts per connection: each reserves its watches and one stream more.
         let least = busiest.div_ceil((API_SERVER_STREAMS / (kinds + 1)).max(1));
         out.push(
-            Figure::new(
+            Figure::measured(
                 "agent_memory_scaling",
                 &format!("agent_memory_scaling.connections_per_cluster.{n}"),
-                agent_m.per_cluster as f64,
+                agent_m.per_cluster.clone().map(|c| c as f64),
                 "connections",
             )
-            .baseline(base_m.per_cluster as f64, base_what)
+            .baseline_measured(base_m.per_cluster.clone().map(|c| c as f64), base_what)
             .goal(Goal::AtMost { limit: 2.0 })
             .params(&params)
             .note(format!(

@@ -325,6 +325,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         .filter(|(res, _, _)| !res.starts_with("validatingwebhook") && !res.starts_with("leases"))
         .count() as f64
         / p.shards as f64;
+    sampler.sample_now();
     let peak = sampler.peak_kib();
     let conv_reads = all
         .iter()
@@ -416,6 +417,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let base_sampler = Sampler::start(base.proc.pid(), Duration::from_millis(250));
     base.wait_synced(Duration::from_secs(300)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
+    base_sampler.sample_now();
     let base_peak = base_sampler.peak_kib();
     drop(base);
 
@@ -457,8 +459,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 breakdown.join(", "),
                 other_writes.len()
             )),
-        Figure::new("operator_convergence", "operator_convergence.peak_rss", mib(peak), "MiB")
-            .baseline(mib(base_peak), "kube-rs reflector holding the same AgentShards")
+        Figure::measured("operator_convergence", "operator_convergence.peak_rss", peak.map(mib), "MiB")
+            .baseline_measured(base_peak.map(mib), "kube-rs reflector holding the same AgentShards")
             .params(&params)
             .note("VmHWM of the operator over the convergence and the edit"),
         Figure::new("operator_convergence", "operator_convergence.edit_settle", secs(settled - edit_started), "s")

@@ -12,7 +12,8 @@ use scale_agent_crds::{
 };
 use scale_agent_e2e::agent::{AgentProcess, AgentSpec};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
-use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
+use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front};
+use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::{Env, workspace_binary};
 
 /// The management namespace of the agents' Leases.
@@ -142,29 +143,21 @@ impl Stack {
                 store: None,
                 // nginx verifies agent certificates and forwards them; the hub checks
                 // the forwarded certificate against the same CA.
-                args: [
-                    "--trusted-proxy=127.0.0.1/32".to_string(),
-                    format!("--client-ca={}", env.cp.pki.ca_file.display()),
-                ]
-                .into_iter()
-                .chain(hub_args)
-                .collect(),
+                args: behind_nginx(&env.cp.pki, None)
+                    .into_iter()
+                    .chain(hub_args)
+                    .collect(),
                 kubeconfig: None,
             },
             &dir,
         )
         .await?;
-        let pki = &env.cp.pki;
-        let lb = pki.issue_server(&format!("lb-{name}"), &["127.0.0.1", "localhost"])?;
-        let nginx = Nginx::start(
-            &NginxOptions {
-                mode: Mode::GrpcTls,
-                hubs_grpc: vec![hub.grpc.clone()],
-                tls_cert: lb.cert_file,
-                tls_key: lb.key_file,
-                client_ca: pki.ca_file.clone(),
-                proxy_secret: None,
-            },
+        let nginx = nginx_in_front(
+            &env.cp.pki,
+            &format!("lb-{name}"),
+            Mode::GrpcTls,
+            vec![hub.grpc.clone()],
+            None,
             &dir,
         )
         .await?;
@@ -256,6 +249,26 @@ impl Stack {
                 return Some(out);
             }
         }
+    }
+
+    /// Starts an agent of shard `shard` streaming `accounts` ([`Stack::agent`]) and waits
+    /// until the hub holds the objects of `expected` (polled every 200 ms, at most 300 s).
+    pub async fn synced_agent(
+        &self,
+        env: &Env,
+        shard: &str,
+        accounts: &[Account],
+        expected: &BTreeMap<String, usize>,
+    ) -> anyhow::Result<AgentProcess> {
+        let mut agent = self.agent(env, shard, accounts, &[])?;
+        self.wait_synced(
+            &mut agent,
+            expected,
+            Duration::from_millis(200),
+            Duration::from_secs(300),
+        )
+        .await?;
+        Ok(agent)
     }
 
     /// Polls the hub every `every` until each account of `expected` holds at least its

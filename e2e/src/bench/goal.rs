@@ -3,10 +3,10 @@
 //! allowance ("p99 ≤ 1.5× the bare watcher's + 5 ms"). Pure: whether a value meets its
 //! goal, what value the goal allows, and how the goal reads in a report.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a figure must reach. Every goal here is an upper bound: lower is better.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Goal {
     /// The value is at most `limit`, in the figure's unit.

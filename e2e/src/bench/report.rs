@@ -9,13 +9,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::goal::{Goal, number};
+use super::sampler::Measured;
 
 /// One measured number.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Figure {
     /// The scenario that measured it (`initial_sync`, `agent_memory_scaling`, ...).
     pub scenario: String,
@@ -29,6 +30,10 @@ pub struct Figure {
     pub baseline: Option<f64>,
     /// What the baseline is.
     pub baseline_what: String,
+    /// Whether `baseline` is a reference the value equals by construction (the rate
+    /// asked for), not a measurement to compare with: then there is no ratio.
+    #[serde(default)]
+    pub reference: bool,
     /// `value / baseline`.
     pub ratio: Option<f64>,
     /// What it was measured with (scale, rates, durations, what shares what).
@@ -57,6 +62,7 @@ impl Figure {
             unit: unit.into(),
             baseline: None,
             baseline_what: String::new(),
+            reference: false,
             ratio: None,
             parameters: BTreeMap::new(),
             goal: None,
@@ -77,10 +83,39 @@ impl Figure {
         }
     }
 
+    /// A measured value, or a figure not measured saying why.
+    pub fn measured(scenario: &str, name: &str, value: Measured<f64>, unit: &str) -> Figure {
+        match value {
+            Ok(v) => Figure::new(scenario, name, v, unit),
+            Err(why) => Figure::not_measured(scenario, name, unit, &why),
+        }
+    }
+
     /// Sets the baseline (and so the ratio).
     pub fn baseline(mut self, value: f64, what: &str) -> Figure {
         self.baseline = Some(value);
         self.baseline_what = what.into();
+        self.reference = false;
+        self.evaluate();
+        self
+    }
+
+    /// Sets the baseline when it was measured; otherwise the figure has none and a note
+    /// says why.
+    pub fn baseline_measured(self, value: Measured<f64>, what: &str) -> Figure {
+        match value {
+            Ok(v) => self.baseline(v, what),
+            Err(why) => self.note(format!("baseline ({what}) not measured: {why}")),
+        }
+    }
+
+    /// A reference the figure equals by construction (the rate asked for, a count the
+    /// scenario set up): shown next to the value, never compared with it (no ratio, no
+    /// goal judged by it).
+    pub fn reference(mut self, value: f64, what: &str) -> Figure {
+        self.baseline = Some(value);
+        self.baseline_what = what.into();
+        self.reference = true;
         self.evaluate();
         self
     }
@@ -111,15 +146,20 @@ impl Figure {
         self
     }
 
+    /// The baseline a ratio or a relative goal may use: a measured one, not a reference.
+    fn compared_with(&self) -> Option<f64> {
+        self.baseline.filter(|_| !self.reference)
+    }
+
     fn evaluate(&mut self) {
-        self.ratio = match (self.value, self.baseline) {
+        self.ratio = match (self.value, self.compared_with()) {
             (Some(v), Some(b)) if b != 0.0 && b.is_finite() && v.is_finite() => Some(v / b),
             _ => None,
         };
         if let Some(goal) = self.goal_spec {
             self.goal = Some(goal.describe(&self.unit));
-            self.allowed = goal.allowed(self.baseline);
-            self.met = goal.met(self.value, self.baseline);
+            self.allowed = goal.allowed(self.compared_with());
+            self.met = goal.met(self.value, self.compared_with());
         }
     }
 
@@ -134,7 +174,7 @@ impl Figure {
 }
 
 /// How loaded the machine was: `/proc/loadavg`'s one-minute average.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Load {
     /// Before the first scenario.
     pub before: f64,
@@ -147,7 +187,7 @@ pub struct Load {
 }
 
 /// One scenario's run.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ScenarioRun {
     /// The scenario.
     pub name: String,
@@ -158,7 +198,7 @@ pub struct ScenarioRun {
 }
 
 /// The whole report.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     /// The command that produced it.
     pub command: String,
@@ -188,15 +228,15 @@ impl Report {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
-    /// The report as Markdown: what ran where, one table row per figure, then the notes
-    /// and parameters of each scenario.
-    pub fn to_markdown(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "# scale-agent system benchmark\n");
-        let _ = writeln!(out, "`{}`", self.command);
-        let _ = writeln!(
-            out,
-            "\n{} CPUs, {} MiB; commit {}; {:.0} s in all; load average (1 min) {} before, {} mean and {} max during, {} after.\n",
+    /// A report read back from its JSON (`bench-results/latest.json`).
+    pub fn from_json(text: &str) -> Result<Report, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Where and how the run ran, in one sentence.
+    pub fn machine_line(&self) -> String {
+        format!(
+            "{} CPUs, {} MiB; commit {}; {:.0} s in all; load average (1 min) {} before, {} mean and {} max during, {} after.",
             self.cpus,
             self.memory_mib,
             self.commit.as_deref().unwrap_or("unknown"),
@@ -205,7 +245,13 @@ impl Report {
             number(self.load.mean),
             number(self.load.max),
             number(self.load.after),
-        );
+        )
+    }
+
+    /// The figures' table: one row per figure. A reference (a value the figure equals
+    /// by construction) shows in the baseline column as such, with no ratio.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
         let _ = writeln!(
             out,
             "| figure | value | baseline | ratio | goal | met |\n|---|---|---|---|---|---|"
@@ -216,6 +262,12 @@ impl Report {
                 None => "not measured".into(),
             };
             let baseline = match f.baseline {
+                Some(b) if f.reference => format!(
+                    "reference, not a measurement: {} {} ({})",
+                    number(b),
+                    f.unit,
+                    f.baseline_what
+                ),
                 Some(b) => format!("{} {} ({})", number(b), f.unit, f.baseline_what),
                 None => "—".into(),
             };
@@ -235,6 +287,29 @@ impl Report {
                 f.name
             );
         }
+        out
+    }
+
+    /// What the README and docs/performance.md show of the run, between
+    /// [`GENERATED_BEGIN`] and [`GENERATED_END`]: the command, the machine line and the
+    /// table. Written by the benchmark; a test checks the documents hold exactly this.
+    pub fn published(&self) -> String {
+        format!(
+            "`{}` ({})\n\n{}",
+            self.command.trim(),
+            self.machine_line(),
+            self.table()
+        )
+    }
+
+    /// The report as Markdown: what ran where, one table row per figure, then the notes
+    /// and parameters of each scenario.
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# scale-agent system benchmark\n");
+        let _ = writeln!(out, "`{}`", self.command);
+        let _ = writeln!(out, "\n{}\n", self.machine_line());
+        out.push_str(&self.table());
         let mut scenarios: Vec<&str> = Vec::new();
         for f in &self.figures {
             if !scenarios.contains(&f.scenario.as_str()) {
@@ -278,6 +353,45 @@ impl Report {
         }
         out
     }
+}
+
+/// The line before the figures a document shows from `bench-results/latest.json`.
+pub const GENERATED_BEGIN: &str =
+    "<!-- figures from bench-results/latest.json, written by `just bench`: do not edit -->";
+/// The line after them.
+pub const GENERATED_END: &str = "<!-- end of the figures from bench-results/latest.json -->";
+
+/// `doc` with the text between [`GENERATED_BEGIN`] and [`GENERATED_END`] replaced by
+/// `generated`; an error when the markers are missing or out of order.
+pub fn splice(doc: &str, generated: &str) -> Result<String, String> {
+    let begin = doc
+        .find(GENERATED_BEGIN)
+        .ok_or("no figures marker in the document")?
+        + GENERATED_BEGIN.len();
+    let end = doc[begin..]
+        .find(GENERATED_END)
+        .ok_or("no end marker after the figures marker")?
+        + begin;
+    Ok(format!(
+        "{}\n{}\n{}",
+        &doc[..begin],
+        generated.trim_end(),
+        &doc[end..]
+    ))
+}
+
+/// The documents that show the run's figures (relative to the workspace root).
+pub const PUBLISHED_IN: [&str; 2] = ["README.md", "docs/performance.md"];
+
+/// Writes `report`'s figures into each document of [`PUBLISHED_IN`] under `root`.
+pub fn publish(root: &std::path::Path, report: &Report) -> Result<(), String> {
+    for doc in PUBLISHED_IN {
+        let path = root.join(doc);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{doc}: {e}"))?;
+        let new = splice(&text, &report.published()).map_err(|e| format!("{doc}: {e}"))?;
+        std::fs::write(&path, new).map_err(|e| format!("{doc}: {e}"))?;
+    }
+    Ok(())
 }
 
 fn compact(v: &Value) -> String {
@@ -385,6 +499,69 @@ mod tests {
         }
         assert_eq!(f["met"], false);
         assert_eq!(json["figures"][1]["met"], Value::Null);
+    }
+
+    #[test]
+    fn a_reference_is_never_a_met_comparison() {
+        let f = Figure::new("armory_workload", "ops", 200.0, "operations/min")
+            .reference(200.0, "asked")
+            .goal(Goal::RatioAtMost { ratio: 1.0 });
+        assert_eq!(f.ratio, None);
+        assert_eq!(f.met, None);
+        let md = report(vec![f]).to_markdown();
+        assert!(
+            md.contains(
+                "| reference, not a measurement: 200 operations/min (asked) | — | ratio ≤ 1 | — |"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn an_unmeasured_value_or_baseline_is_said_so() {
+        let f = Figure::measured("s", "x", Err("no sample in the window".into()), "s")
+            .baseline_measured(Ok(2.0), "bare");
+        assert_eq!(f.value, None);
+        assert_eq!(f.not_measured.as_deref(), Some("no sample in the window"));
+        let f = Figure::measured("s", "y", Ok(1.0), "s")
+            .baseline_measured(Err("exited".into()), "bare");
+        assert_eq!((f.value, f.baseline, f.ratio), (Some(1.0), None, None));
+        assert!(f.notes[0].contains("not measured: exited"), "{:?}", f.notes);
+    }
+
+    #[test]
+    fn the_documents_show_the_figures_of_latest_json() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let json = std::fs::read_to_string(root.join("bench-results/latest.json"))
+            .expect("bench-results/latest.json");
+        let report = Report::from_json(&json).expect("latest.json is a report");
+        for doc in PUBLISHED_IN {
+            let text = std::fs::read_to_string(root.join(doc)).expect(doc);
+            let want = splice(&text, &report.published()).expect(doc);
+            assert!(
+                text == want,
+                "{doc} does not show the figures of bench-results/latest.json; \
+                 run `cargo run -p scale-agent-e2e --bin bench-report` to write them"
+            );
+        }
+        let md = std::fs::read_to_string(root.join("bench-results/latest.md")).expect("latest.md");
+        assert_eq!(
+            md,
+            report.to_markdown(),
+            "latest.md is latest.json's Markdown"
+        );
+    }
+
+    #[test]
+    fn splice_replaces_only_between_the_markers() {
+        let doc = format!("a\n{GENERATED_BEGIN}\nold\n{GENERATED_END}\nb\n");
+        let out = splice(&doc, "new\n").expect("markers");
+        assert_eq!(
+            out,
+            format!("a\n{GENERATED_BEGIN}\nnew\n{GENERATED_END}\nb\n")
+        );
+        assert_eq!(splice(&out, "new").expect("again"), out);
+        assert!(splice("no markers", "x").is_err());
     }
 
     #[test]

@@ -11,6 +11,10 @@ use tokio::task::JoinHandle;
 use super::procfs;
 use super::stats::median;
 
+/// A measurement, or why there is none (a figure without a measurement is reported
+/// `not_measured` with that reason, never as a number).
+pub type Measured<T> = Result<T, String>;
+
 /// One sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
@@ -72,45 +76,80 @@ impl Sampler {
     }
 
     /// The highest resident set seen so far, KiB: the kernel's high-water mark, or the
-    /// highest sample if that is higher.
-    pub fn peak_kib(&self) -> u64 {
+    /// highest sample if that is higher. An error when nothing was sampled.
+    pub fn peak_kib(&self) -> Measured<u64> {
         self.samples()
             .iter()
             .map(|s| s.hwm_kib.max(s.rss_kib))
             .max()
-            .unwrap_or(0)
+            .ok_or_else(|| format!("process {} was never sampled", self.pid))
     }
 
     /// The highest resident set up to `until`, KiB (the high-water mark of the last
-    /// sample taken by then).
-    pub fn peak_kib_until(&self, until: Instant) -> u64 {
+    /// sample taken by then). An error when nothing was sampled by then.
+    pub fn peak_kib_until(&self, until: Instant) -> Measured<u64> {
         self.samples()
             .iter()
             .filter(|s| s.at <= until)
             .map(|s| s.hwm_kib.max(s.rss_kib))
             .max()
-            .unwrap_or(0)
+            .ok_or_else(|| format!("process {} was not sampled by then", self.pid))
     }
 
-    /// The median resident set of the samples taken in `[from, to]`, KiB.
-    pub fn median_rss_kib(&self, from: Instant, to: Instant) -> Option<f64> {
+    /// The median resident set of the samples taken in `[from, to]`, KiB. An error when
+    /// no sample falls in the window.
+    pub fn median_rss_kib(&self, from: Instant, to: Instant) -> Measured<f64> {
         let window: Vec<f64> = self
             .samples()
             .iter()
             .filter(|s| s.at >= from && s.at <= to)
             .map(|s| s.rss_kib as f64)
             .collect();
-        median(&window)
+        median(&window).ok_or_else(|| {
+            format!(
+                "no sample of process {} in the {:.1} s window",
+                self.pid,
+                to.saturating_duration_since(from).as_secs_f64()
+            )
+        })
     }
 
     /// CPU seconds used between the first sample at or after `from` and the last at or
-    /// before `to`, and the seconds between those two samples.
-    pub fn cpu_between(&self, from: Instant, to: Instant) -> Option<(f64, f64)> {
+    /// before `to`, and the seconds between those two samples. Take a sample at each
+    /// edge of the window ([`Sampler::sample_now`]) so the two are the window's own; an
+    /// error when fewer than two samples fall in it.
+    pub fn cpu_between(&self, from: Instant, to: Instant) -> Measured<(f64, f64)> {
         let samples = self.samples();
-        let first = samples.iter().find(|s| s.at >= from)?;
-        let last = samples.iter().rev().find(|s| s.at <= to)?;
-        let wall = last.at.checked_duration_since(first.at)?.as_secs_f64();
-        (wall > 0.0).then_some((last.cpu_s - first.cpu_s, wall))
+        let window = || {
+            format!(
+                "fewer than two samples of process {} in the {:.1} s window",
+                self.pid,
+                to.saturating_duration_since(from).as_secs_f64()
+            )
+        };
+        let first = samples.iter().find(|s| s.at >= from).ok_or_else(window)?;
+        let last = samples
+            .iter()
+            .rev()
+            .find(|s| s.at <= to)
+            .ok_or_else(window)?;
+        let wall = last
+            .at
+            .checked_duration_since(first.at)
+            .ok_or_else(window)?
+            .as_secs_f64();
+        if wall > 0.0 {
+            Ok((last.cpu_s - first.cpu_s, wall))
+        } else {
+            Err(window())
+        }
+    }
+
+    /// CPU seconds the process used from its start until now (a sample taken now).
+    pub fn cpu_so_far(&self) -> Measured<f64> {
+        self.sample_now()
+            .map(|s| s.cpu_s)
+            .ok_or_else(|| format!("process {} could not be read (exited?)", self.pid))
     }
 
     /// Stops sampling (after one last sample) and returns every sample.
@@ -188,12 +227,33 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let after = s.sample_now().expect("alive");
         assert!(std::hint::black_box(&big).iter().all(|b| *b == 1));
+        let before = before.expect("sampled");
         assert!(
             after.hwm_kib >= before + 60 * 1024,
             "{before} KiB → {after:?}"
         );
-        assert!(s.median_rss_kib(start, Instant::now()).is_some());
+        assert!(s.median_rss_kib(start, Instant::now()).is_ok());
+        assert!(s.cpu_so_far().is_ok());
         let samples = s.stop();
         assert!(samples.len() >= 3);
+    }
+
+    #[tokio::test]
+    async fn a_window_without_samples_is_not_measured() {
+        let s = Sampler::start(std::process::id(), Duration::from_secs(3600));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let from = Instant::now();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let to = Instant::now();
+        assert!(s.cpu_between(from, to).is_err(), "no sample inside");
+        assert!(s.median_rss_kib(from, to).is_err());
+        // Sampling at both edges measures the window.
+        let s2 = Sampler::start(std::process::id(), Duration::from_secs(3600));
+        let from = Instant::now();
+        s2.sample_now();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s2.sample_now();
+        let to = Instant::now();
+        assert!(s2.cpu_between(from, to).is_ok());
     }
 }

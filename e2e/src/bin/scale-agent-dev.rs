@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
-use scale_agent_e2e::hubstack::{random_secret, write_private};
-use scale_agent_e2e::nginx::{Mode, Nginx, NginxOptions};
+use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front, random_secret, write_private};
+use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
 use scale_agent_e2e::postgres::Postgres;
 use scale_agent_e2e::{ControlPlane, Error, Options, Result, workspace_binary};
@@ -267,12 +267,8 @@ impl Stack {
         let mut hubs = Vec::new();
         for i in 1..=replicas {
             tracing::info!("starting hub replica {i} of {replicas}");
-            let mut args = vec![
-                "--trusted-proxy=127.0.0.1/32".to_string(),
-                format!("--client-ca={}", cp.pki.ca_file.display()),
-                format!("--proxy-secret-file={}", secret_file.display()),
-                "--authorize-shards=*".into(),
-            ];
+            let mut args = behind_nginx(&cp.pki, Some(&secret_file));
+            args.push("--authorize-shards=*".into());
             if i == 1 {
                 args.extend([
                     format!("--kube-api-addr=127.0.0.1:{kube_api_port}"),
@@ -299,16 +295,12 @@ impl Stack {
             );
         }
         tracing::info!("starting nginx in front of the hub");
-        let lb = cp.pki.issue_server("lb", &["127.0.0.1", "localhost"])?;
-        let nginx = Nginx::start(
-            &NginxOptions {
-                mode: Mode::GrpcTls,
-                hubs_grpc: hubs.iter().map(|h| h.grpc.clone()).collect(),
-                tls_cert: lb.cert_file,
-                tls_key: lb.key_file,
-                client_ca: cp.pki.ca_file.clone(),
-                proxy_secret: Some(proxy_secret),
-            },
+        let nginx = nginx_in_front(
+            &cp.pki,
+            "lb",
+            Mode::GrpcTls,
+            hubs.iter().map(|h| h.grpc.clone()).collect(),
+            Some(proxy_secret),
             run_dir,
         )
         .await?;

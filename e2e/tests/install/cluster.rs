@@ -91,12 +91,7 @@ pub fn applied_state(env: &Env) -> anyhow::Result<BTreeMap<String, Value>> {
     ])?)?;
     let mut state = BTreeMap::new();
     for o in list["items"].as_array().into_iter().flatten() {
-        let mine: Vec<&Value> = o["metadata"]["managedFields"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["manager"] == "kubectl" && m["operation"] == "Apply")
-            .collect();
+        let mine = applied_by_kubectl(o);
         state.insert(
             kustomize::key(o),
             serde_json::json!({ "generation": o["metadata"]["generation"], "applied": mine }),
@@ -139,4 +134,14 @@ pub fn shard_namespace(env: &Env, ns: &str) -> anyhow::Result<()> {
         out.stderr
     );
     Ok(())
+}
+
+/// The managed-fields entries of object `o` that `kubectl apply` (server-side) owns.
+pub fn applied_by_kubectl(o: &Value) -> Vec<&Value> {
+    o["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["manager"] == "kubectl" && m["operation"] == "Apply")
+        .collect()
 }

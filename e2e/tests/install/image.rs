@@ -6,22 +6,46 @@ use std::process::Command;
 
 use anyhow::{Context, ensure};
 
-/// The archive to test: `$SCALE_AGENT_IMAGE_ARCHIVE`, else the newer of the release and
-/// debug archives `just image` / `just image debug` write.
-pub fn image_archive() -> Option<PathBuf> {
+/// The archive to test: `$SCALE_AGENT_IMAGE_ARCHIVE`, else the one `just test` builds
+/// (`scripts/build-oci-image.sh --profile debug`:
+/// `target/images/scale-agent-<version>-debug.oci.tar`), by path. An error when it is
+/// missing, or older than the debug binaries it should hold (left from an earlier build).
+pub fn image_archive() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("SCALE_AGENT_IMAGE_ARCHIVE") {
-        return Some(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        ensure!(
+            p.is_file(),
+            "SCALE_AGENT_IMAGE_ARCHIVE={} is not a file",
+            p.display()
+        );
+        return Ok(p);
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let version = env!("CARGO_PKG_VERSION");
-    ["", "-debug"]
-        .iter()
-        .map(|s| target.join(format!("images/scale-agent-{version}{s}.oci.tar")))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
+    let archive = target.join(format!("images/scale-agent-{version}-debug.oci.tar"));
+    let built = std::fs::metadata(&archive)
+        .and_then(|m| m.modified())
+        .with_context(|| {
+            format!(
+                "no image archive at {}: build it with `scripts/build-oci-image.sh --profile debug` \
+                 (`just test` does), or name one in SCALE_AGENT_IMAGE_ARCHIVE",
+                archive.display()
+            )
+        })?;
+    for bin in ["scale-agent", "scale-agent-hub", "scale-agent-operator"] {
+        let binary = target.join("debug").join(bin);
+        if let Ok(compiled) = std::fs::metadata(&binary).and_then(|m| m.modified()) {
+            ensure!(
+                built >= compiled,
+                "{} is older than {}: rebuild it with `scripts/build-oci-image.sh --profile debug`",
+                archive.display(),
+                binary.display()
+            );
+        }
+    }
+    Ok(archive)
 }
 
 /// Runs `argv` inside `rootfs` as `user` (uid:gid) with no supplementary group; its stdout.

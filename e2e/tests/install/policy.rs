@@ -74,6 +74,31 @@ pub fn restricted_problems(objects: &[Value], image: &str, problems: &mut Vec<St
 
 /// No cluster-wide Secret or Lease write; the webhook configuration only by name.
 pub fn least_privilege_problems(objects: &[Value], problems: &mut Vec<String>) {
+    // A ClusterRole aggregated into the built-in roles reaches everyone bound to them:
+    // it may only read (writing a shard chooses an image and a ServiceAccount).
+    let aggregated = |role: &Value| {
+        ["view", "edit", "admin"].iter().any(|r| {
+            role["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{r}")]
+                == "true"
+        })
+    };
+    for role in objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" && aggregated(o))
+    {
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            let verbs = rule["verbs"].as_array().cloned().unwrap_or_default();
+            if verbs
+                .iter()
+                .any(|v| !["get", "list", "watch"].contains(&v.as_str().unwrap_or("*")))
+            {
+                problems.push(format!(
+                    "{} is aggregated into the built-in roles and grants more than reading: {rule}",
+                    kustomize::key(role)
+                ));
+            }
+        }
+    }
     let writes = [
         "create",
         "update",

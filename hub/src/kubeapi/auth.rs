@@ -22,8 +22,8 @@ use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::registry::validate_name;
-use crate::reload::{Reload, Reloaded};
+use crate::core::registry::validate_name;
+use crate::net::reload::{Reload, Reloaded};
 
 /// Tokens shorter than this are refused: they could be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;

@@ -11,11 +11,12 @@ use axum::body::Body;
 use http::Response;
 
 use super::barrier::Barriers;
+use super::list::{self, Snapshots};
 use super::path::ResourcePath;
-use super::read::{self, Pass, Read, Snapshots, Version};
+use super::read::{self, Pass, Read, Version};
 use super::watch::{self, Start, Watch};
+use crate::core::window::Mark;
 use crate::state::Shared;
-use crate::window::Mark;
 
 /// How long a read waits for the cache to reach the client's own write (or the
 /// resourceVersion it asks for) before it goes to the cluster instead.
@@ -23,7 +24,7 @@ pub const CATCH_UP: Duration = Duration::from_secs(3);
 
 enum Step {
     Wait(tokio::sync::watch::Receiver<Mark>),
-    List(read::Listed),
+    List(list::Listed),
     Continue,
     Watch(Box<Watch>),
 }
@@ -36,6 +37,9 @@ pub struct Ctx<'a> {
     pub snapshots: &'a Snapshots,
     /// Versions reads must reach after the clients' writes.
     pub barriers: &'a Barriers,
+    /// The account's agent is away: the cache answers from its last known state and
+    /// cannot catch up with anything, so a read that would wait goes elsewhere at once.
+    pub stale: bool,
 }
 
 /// Answers `read` of `path` in `account` from the cache, or says why it goes to the
@@ -48,14 +52,19 @@ pub async fn answer(
     fingerprint: u64,
 ) -> Result<Response<Body>, Pass> {
     let written = ctx.barriers.floor(account, &path.group, &path.resource);
+    // A list, or a watch that starts with the objects, shows the objects at a version
+    // not older than the one asked; a watch from a version starts after it instead.
     let asked = match read.version {
-        Version::NotOlderThan(n) if read.watch.is_none() => n,
+        Version::NotOlderThan(n) if read.watch.as_ref().is_none_or(|w| w.initial_events) => n,
         _ => 0,
     };
     let floor = written.max(asked);
     let give_up = Instant::now() + CATCH_UP;
     loop {
         match step(ctx.shared, account, path, &read, floor)? {
+            Step::Wait(_) if ctx.stale => {
+                return Err("the cache is not followed while the agent is away");
+            }
             Step::Wait(mut rx) => {
                 let left = give_up.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -65,9 +74,9 @@ pub async fn answer(
                 let _ = tokio::time::timeout(left, rx.changed()).await;
             }
             Step::List(listed) => {
-                return Ok(read::page(ctx.snapshots, &read, Some(listed), fingerprint));
+                return Ok(list::page(ctx.snapshots, &read, Some(listed), fingerprint));
             }
-            Step::Continue => return Ok(read::page(ctx.snapshots, &read, None, fingerprint)),
+            Step::Continue => return Ok(list::page(ctx.snapshots, &read, None, fingerprint)),
             Step::Watch(w) => return Ok(watch::serve(Arc::clone(ctx.shared), *w)),
         }
     }
@@ -94,6 +103,9 @@ fn step(
     if path.namespace.is_some() && !kind.window.namespaced {
         return Err("a namespace for a cluster-scoped kind");
     }
+    if read.table.is_some() && super::table::printer(kind.key).is_none() {
+        return Err("a Table of a kind the hub has no printer for");
+    }
     if !read.fields.supported(&kind.key.group, &kind.key.kind) {
         return Err("a field the hub does not index");
     }
@@ -115,7 +127,7 @@ fn step(
         return Ok(Step::Continue);
     }
     let listed = || {
-        read::take(
+        list::take(
             cache,
             kind.key,
             &path.version,
@@ -123,11 +135,17 @@ fn step(
             mark.rv,
         )
     };
-    let Some(_) = &read.watch else {
+    let Some(ask) = &read.watch else {
         return Ok(Step::List(listed()));
     };
     let start = match read.version {
-        Version::Latest | Version::Any => Start::Objects(listed().items),
+        _ if ask.initial_events => Start::Objects(listed().items),
+        Version::Latest | Version::Any => {
+            if kind.window.since(mark.rv).is_err() {
+                return Err("the window does not vouch for the kind's current version");
+            }
+            Start::After(mark.rv)
+        }
         Version::NotOlderThan(rv) => {
             if kind.window.since(rv).is_err() {
                 // The cluster knows its history: it streams from there, or answers

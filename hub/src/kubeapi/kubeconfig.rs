@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use clap::Parser;
 
-use crate::registry::validate_name;
+use crate::core::registry::validate_name;
 
 /// One account's entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,9 @@
 //! live session holds an account. With several hub replicas this is where a request
 //! for an account held by another replica will be sent on to it.
 
-use crate::registry::SessionId;
+use std::time::SystemTime;
+
+use crate::core::registry::SessionId;
 use crate::state::{Outbound, Shared};
 
 /// Where an account is.
@@ -11,7 +13,10 @@ pub enum Located {
     /// This hub knows no such account.
     Unknown,
     /// Known, but no agent streams it now (within its grace period).
-    Disconnected,
+    Disconnected {
+        /// When its cache stopped following the cluster.
+        since: SystemTime,
+    },
     /// Streamed on a session of this hub whose agent cannot carry Kubernetes API
     /// requests (an older agent).
     NotCapable,
@@ -26,18 +31,21 @@ pub enum Located {
 
 /// Finds the session holding `account`.
 pub fn locate(shared: &Shared, account: &str) -> Located {
-    let session = {
+    let (session, since) = {
         let core = shared.core();
         match core.registry.get(account) {
             None => return Located::Unknown,
-            Some(a) => a.session.clone(),
+            Some(a) => (a.session.clone(), a.since),
         }
     };
     let Some(session) = session else {
-        return Located::Disconnected;
+        return Located::Disconnected { since };
     };
     let Some(handle) = shared.session(&session) else {
-        return Located::Disconnected;
+        // The session is ending: its accounts become Disconnected now.
+        return Located::Disconnected {
+            since: SystemTime::now(),
+        };
     };
     if !shared.tunnels.capable(&session) {
         return Located::NotCapable;

@@ -12,32 +12,38 @@
 //! Modules, one job each: [`server`] (listener, the order a request goes through),
 //! [`path`] (routing and what a path names), [`auth`] (bearer tokens and their
 //! accounts), [`locate`] (which session holds an account), [`read`] (which reads the
-//! cache answers, lists and pages), [`selector`] (label and field selectors),
+//! cache answers), [`list`] (lists and their pages), [`options`] (list options
+//! checked as the API server checks them), [`selector`] (label and field selectors),
 //! [`cached`] (the checks under the cache's lock), [`watch`] (watches from the
 //! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
-//! session, flow control), [`passthrough`] (replaying a request through the agent),
-//! [`status`] (Kubernetes `Status` answers), [`kubeconfig`] (the kubeconfig Spinnaker
+//! session, flow control), [`passthrough`] (replaying a request through the agent), [`stale`] (reads
+//! while an account's agent is away),
+//! [`status`] (Kubernetes `Status` answers), [`table`] (lists as
+//! `Table`s, the columns `kubectl get` prints), [`kubeconfig`] (the kubeconfig Spinnaker
 //! operators paste into Clouddriver).
 
 pub mod auth;
 pub mod barrier;
 pub mod cached;
 pub mod kubeconfig;
+pub mod list;
 pub mod locate;
+pub mod options;
 pub mod passthrough;
 pub mod path;
 pub mod read;
 pub mod selector;
 pub mod server;
+pub mod stale;
 pub mod status;
-pub mod tunnel;
+pub mod table;
 pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use tunnel::Tunnels;
+pub use crate::stream::tunnel::Tunnels;
 
 /// Where the bearer tokens of the Kubernetes API come from.
 #[derive(Debug, Clone)]
@@ -58,6 +64,10 @@ pub struct KubeApiConfig {
     /// Pass `Impersonate-*` headers on to the cluster, where they act with the
     /// agent's rights; refused (403) when false.
     pub allow_impersonation: bool,
+    /// While an account's agent is away (within the grace period), answer the reads
+    /// the cache can answer from its last known state, with a `Warning` saying since
+    /// when it is not followed (503 like every other request when false).
+    pub stale_reads: bool,
     /// How long the hub waits for the head of the cluster's answer when the request
     /// names no `timeout`; past it the client gets 504.
     pub request_timeout: Duration,
@@ -67,17 +77,19 @@ pub struct KubeApiConfig {
     pub max_connections: usize,
     /// The certificate the API is served with, when not the hub's own (`Config::tls`);
     /// with neither, it is served over plain HTTP.
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<crate::net::tls::TlsConfig>,
 }
 
 impl KubeApiConfig {
-    /// Defaults on `addr` with `tokens`: impersonation refused, 60 s request timeout,
-    /// 1 MiB window, 4096 connections, the hub's own certificate.
+    /// Defaults on `addr` with `tokens`: impersonation refused, stale reads served,
+    /// 60 s request timeout, 1 MiB window, 4096 connections, the hub's own
+    /// certificate.
     pub fn new(addr: SocketAddr, tokens: TokenSource) -> KubeApiConfig {
         KubeApiConfig {
             addr,
             tokens,
             allow_impersonation: false,
+            stale_reads: true,
             request_timeout: Duration::from_secs(60),
             window_bytes: 1 << 20,
             max_connections: 4096,

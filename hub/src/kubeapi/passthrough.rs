@@ -24,9 +24,9 @@ use tracing::{debug, info, warn};
 
 use super::barrier::{self, Barriers};
 use super::status::Failure;
-use super::tunnel::Part;
-use crate::registry::SessionId;
+use crate::core::registry::SessionId;
 use crate::state::{Outbound, Shared};
+use crate::stream::tunnel::Part;
 
 /// The largest request body the hub carries (the API server takes at most 3 MiB).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;

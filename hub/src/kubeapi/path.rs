@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
 
-use crate::registry::validate_name;
+use crate::core::registry::validate_name;
 
 /// The prefix of every per-account path.
 pub const PREFIX: &str = "/accounts/";

@@ -24,16 +24,19 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use super::auth::{Refusal, Tokens};
 use super::barrier::Barriers;
 use super::cached::{self, Ctx};
+use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
+use super::options;
 use super::passthrough::{self, MAX_REQUEST_BODY, Replay};
 use super::path::{self, PathError};
-use super::read::{self, Snapshots};
+use super::read;
+use super::stale;
 use super::status::Failure;
 use super::{KubeApiConfig, TokenSource};
 use crate::Error;
-use crate::clip::clip;
+use crate::core::clip::clip;
+use crate::net::tls::{TlsConfig, TlsState};
 use crate::state::Shared;
-use crate::tls::{TlsConfig, TlsState};
 
 /// How long open connections get to finish when the hub stops.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -102,7 +105,7 @@ pub async fn start(
         snapshots: Snapshots::default(),
         barriers: Arc::default(),
     });
-    let mut incoming = crate::tls::incoming(
+    let mut incoming = crate::net::tls::incoming(
         listener,
         "kube-api",
         tls_state,
@@ -206,6 +209,48 @@ impl KubeApi {
         response
     }
 
+    /// Answers a read of `resource` from the cache when it can: `Err(None)` when it
+    /// goes to the cluster, `Err(Some(answer))` when it is refused as the API server
+    /// would refuse it. `stale`: the account's agent is away, the cache waits for
+    /// nothing.
+    async fn answer_from_cache(
+        &self,
+        req: &Request<Incoming>,
+        account: &str,
+        rest: &str,
+        resource: &path::ResourcePath,
+        stale: bool,
+    ) -> Result<Response<Body>, Option<Response<Body>>> {
+        let query = path::query(req.uri().query());
+        if req.method() == http::Method::GET
+            && resource.name.is_none()
+            && resource.subresource.is_none()
+            && let Err(refused) = options::check(&query)
+        {
+            return Err(Some(refused.response()));
+        }
+        let read = match read::plan(req.method(), resource, &query, req.headers()) {
+            Ok(read) => read,
+            Err(why) => {
+                debug!(path = %clip(rest), why, "request goes to the cluster");
+                return Err(None);
+            }
+        };
+        let ctx = Ctx {
+            shared: &self.shared,
+            snapshots: &self.snapshots,
+            barriers: &self.barriers,
+            stale,
+        };
+        let fingerprint = list::fingerprint(account, rest, &query);
+        cached::answer(&ctx, account, resource, read, fingerprint)
+            .await
+            .map_err(|why| {
+                debug!(path = %clip(rest), why, "read goes to the cluster");
+                None
+            })
+    }
+
     async fn serve(&self, req: Request<Incoming>, account: String, rest: String) -> Response<Body> {
         match self.tokens.check(req.headers(), &account) {
             Ok(_) => {}
@@ -238,9 +283,18 @@ impl KubeApi {
             )
             .response();
         }
-        let (session, tx) = match locate(&self.shared, &account) {
+        let located = locate(&self.shared, &account);
+        let resource = path::resource_path(&rest);
+        let stale_since = match &located {
+            Located::Disconnected { since } => Some(*since),
+            _ => None,
+        };
+        let (session, tx) = match located {
             Located::Unknown => return Failure::unknown_account(&account).response(),
-            Located::Disconnected => return Failure::disconnected(&account).response(),
+            Located::Disconnected { .. } if !self.config.stale_reads => {
+                return Failure::disconnected(&account).response();
+            }
+            Located::Disconnected { .. } => (None, None),
             Located::NotCapable => {
                 return Failure::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -251,32 +305,36 @@ impl KubeApi {
                 )
                 .response();
             }
-            Located::Here { session, tx } => (session, tx),
+            Located::Here { session, tx } => (Some(session), Some(tx)),
         };
-        let resource = path::resource_path(&rest);
         if let Some(resource) = &resource {
-            let query = path::query(req.uri().query());
-            match read::plan(req.method(), resource, &query, req.headers()) {
-                Ok(read) => {
-                    let ctx = Ctx {
-                        shared: &self.shared,
-                        snapshots: &self.snapshots,
-                        barriers: &self.barriers,
-                    };
-                    let fingerprint = read::fingerprint(&account, &rest, &query);
-                    match cached::answer(&ctx, &account, resource, read, fingerprint).await {
-                        Ok(mut response) => {
+            match self
+                .answer_from_cache(&req, &account, &rest, resource, stale_since.is_some())
+                .await
+            {
+                Ok(mut response) => {
+                    let source = match stale_since {
+                        Some(since) => {
                             response
-                                .extensions_mut()
-                                .insert(passthrough::AnsweredBy("cache"));
-                            return response;
+                                .headers_mut()
+                                .insert(http::header::WARNING, stale::warning(&account, since));
+                            "stale"
                         }
-                        Err(why) => debug!(path = %clip(&rest), why, "read goes to the cluster"),
-                    }
+                        None => "cache",
+                    };
+                    response
+                        .extensions_mut()
+                        .insert(passthrough::AnsweredBy(source));
+                    return response;
                 }
-                Err(why) => debug!(path = %clip(&rest), why, "request goes to the cluster"),
+                Err(Some(refused)) => return refused,
+                Err(None) => {}
             }
         }
+        let (Some(session), Some(tx)) = (session, tx) else {
+            // Away: what the cache cannot answer waits for the agent.
+            return Failure::disconnected(&account).response();
+        };
         let path_and_query = match req.uri().query() {
             Some(q) => format!("{rest}?{q}"),
             None => rest,

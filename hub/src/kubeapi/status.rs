@@ -92,12 +92,8 @@ impl Failure {
 
     /// The HTTP answer.
     pub fn response(&self) -> Response<Body> {
-        let mut response = Response::new(Body::from(self.body().to_string()));
+        let mut response = json_response(Body::from(self.body().to_string()));
         *response.status_mut() = self.code;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         if self.code == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -106,6 +102,16 @@ impl Failure {
         }
         response
     }
+}
+
+/// A `200 OK` answer with a JSON body.
+pub fn json_response(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
 //! Watches served from the cache: the changes of a kind after a resourceVersion, from
-//! the kind's window ([`crate::window`]), written as the API server writes a watch
+//! the kind's window ([`crate::core::window`]), written as the API server writes a watch
 //! (one JSON event per line), with bookmarks when asked.
 //!
-//! - Without a resourceVersion (or with "0") the watch starts with an ADDED event per
-//!   object, then follows the changes, as the API server's does.
+//! - Without a resourceVersion (or with "0"), or with `sendInitialEvents=true`, the
+//!   watch starts with an ADDED event per object, then follows the changes, as the API
+//!   server's does; when it allows bookmarks, a BOOKMARK marked
+//!   `k8s.io/initial-events-end: "true"` at the objects' resourceVersion comes between
+//!   (the end of a streaming list, which client-go's informers wait for).
 //! - A selector turns a change that makes an object match into ADDED and one that makes
 //!   it stop matching into DELETED (with its previous state at the change's version).
 //! - The watch ends (the client watches again from its last version) when the hub
@@ -15,17 +18,18 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{HeaderValue, Response, header};
+use http::Response;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
-use super::read::{Item, Read, selected, selected_object};
-use crate::cache::KindKey;
+use super::list::Item;
+use super::read::{Read, selected, selected_object};
+use crate::core::cache::KindKey;
+use crate::core::window::{Change, ChangeType, Mark, TooOld};
 use crate::state::Shared;
-use crate::window::{Change, ChangeType, Mark};
 
 /// How often a watch that asked for bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
@@ -72,11 +76,18 @@ fn line(kind: &str, object: &str) -> Bytes {
     Bytes::from(out)
 }
 
-fn bookmark(kind: &str, api_version: &str, rv: u64) -> Bytes {
+/// The annotation of the bookmark that ends a watch's initial events.
+pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+fn bookmark(kind: &str, api_version: &str, rv: u64, initial_events_end: bool) -> Bytes {
+    let mut metadata = serde_json::json!({ "resourceVersion": rv.to_string() });
+    if initial_events_end {
+        metadata["annotations"] = serde_json::json!({ INITIAL_EVENTS_END: "true" });
+    }
     let object = serde_json::json!({
         "kind": kind,
         "apiVersion": api_version,
-        "metadata": { "resourceVersion": rv.to_string() },
+        "metadata": metadata,
     });
     line("BOOKMARK", &object.to_string())
 }
@@ -142,6 +153,11 @@ fn look(shared: &Shared, w: &Watch, cursor: u64) -> Next {
     }
     match kind.since(cursor) {
         Ok(changes) => Next::Changes(changes, mark),
+        // No change since the kind was (re)listed: a watch that started with the
+        // objects of this epoch has nothing to catch up on. (A watch from a version
+        // was served only when the window vouched for it, and the window vouches for
+        // some version from its first change until the epoch ends.)
+        Err(TooOld { start: None }) => Next::Changes(Vec::new(), mark),
         Err(_) => Next::Behind,
     }
 }
@@ -169,6 +185,12 @@ pub fn serve(shared: Arc<Shared>, mut w: Watch) -> Response<Body> {
                         continue;
                     }
                     if tx.send(Ok(line("ADDED", item.body.get()))).await.is_err() {
+                        return;
+                    }
+                }
+                if bookmarks {
+                    let end = bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true);
+                    if tx.send(Ok(end)).await.is_err() {
                         return;
                     }
                 }
@@ -205,7 +227,7 @@ pub fn serve(shared: Arc<Shared>, mut w: Watch) -> Response<Body> {
                     }
                 }
                 _ = tick.tick(), if bookmarks => {
-                    if tx.send(Ok(bookmark(&w.kind.kind, &w.api_version, cursor))).await.is_err() {
+                    if tx.send(Ok(bookmark(&w.kind.kind, &w.api_version, cursor, false))).await.is_err() {
                         return;
                     }
                 }
@@ -214,12 +236,7 @@ pub fn serve(shared: Arc<Shared>, mut w: Watch) -> Response<Body> {
             }
         }
     });
-    let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    super::status::json_response(Body::from_stream(ReceiverStream::new(rx)))
 }
 
 #[cfg(test)]
@@ -318,9 +335,17 @@ mod tests {
 
     #[test]
     fn bookmarks_look_like_the_api_servers() {
-        let b: Value = serde_json::from_slice(&bookmark("ConfigMap", "v1", 9)).expect("json");
+        let b: Value =
+            serde_json::from_slice(&bookmark("ConfigMap", "v1", 9, false)).expect("json");
         assert_eq!(b["type"], "BOOKMARK");
         assert_eq!(b["object"]["metadata"]["resourceVersion"], "9");
         assert_eq!(b["object"]["apiVersion"], "v1");
+        assert!(b["object"]["metadata"].get("annotations").is_none());
+        let end: Value =
+            serde_json::from_slice(&bookmark("ConfigMap", "v1", 9, true)).expect("json");
+        assert_eq!(
+            end["object"]["metadata"]["annotations"][INITIAL_EVENTS_END],
+            "true"
+        );
     }
 }

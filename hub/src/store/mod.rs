@@ -9,7 +9,7 @@
 //! [`migrations`]): the bindings, which replica holds which account's stream
 //! (with an epoch that fences the holder's writes), the replicas and their
 //! heartbeats, every held account's objects and resume points (written
-//! behind the cache), and the operations in flight. [`crate::replicas`]
+//! behind the cache), and the operations in flight. the replicas (`hub/src/replicas/`)
 //! drives it.
 //!
 //! [`Store`] is what both kinds answer: the bindings a hub enforces from its
@@ -24,7 +24,7 @@ pub mod sqlite;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::registry::Binding;
+use crate::core::registry::Binding;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -160,7 +160,7 @@ pub trait Store: Send + Sync + fmt::Debug {
 
 /// Opens the store of one replica at `location`: SQLite, or memory. A
 /// PostgreSQL location is opened by [`PgStore::new`] and driven by
-/// [`crate::replicas`]; here it gets a store with nothing to load or write.
+/// the replicas (`hub/src/replicas/`); here it gets a store with nothing to load or write.
 pub fn open(location: &StoreLocation) -> Result<Box<dyn Store>, StoreError> {
     Ok(match location {
         StoreLocation::Memory => Box::new(SqliteStore::open(None)?),

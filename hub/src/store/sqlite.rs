@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 
 use super::{Store, StoreError};
-use crate::registry::{Binding, ShardKey};
+use crate::core::registry::{Binding, ShardRef};
 
 /// The binding store: a SQLite file, or an in-memory database when no path is
 /// given (bindings then last as long as the process).
@@ -104,7 +104,7 @@ impl Store for SqliteStore {
                     row.get::<_, String>(0)?,
                     Binding {
                         cluster_id: row.get(1)?,
-                        shard: ShardKey {
+                        shard: ShardRef {
                             namespace: row.get(2)?,
                             name: row.get(3)?,
                         },
@@ -158,7 +158,7 @@ mod tests {
     fn binding(cluster: &str) -> Binding {
         Binding {
             cluster_id: cluster.into(),
-            shard: ShardKey {
+            shard: ShardRef {
                 namespace: "spinnaker".into(),
                 name: "east".into(),
             },

@@ -1,0 +1,4 @@
+//! The JSON API: accounts, objects, resume points and operations, in pages.
+
+pub mod http;
+pub mod page;

@@ -1,0 +1,333 @@
+//! What the hub knows of one kind beyond its objects, for serving it as a Kubernetes
+//! API: its resource name, whether it can be answered from the cache at all, the
+//! resourceVersion the cache is current to, and a window of its recent changes, so that
+//! a watch from a resourceVersion inside the window gets exactly the changes after it.
+//!
+//! The window holds the kind's changes in the order they were applied, each with the
+//! object's previous state (a watch with a selector turns a change that makes an
+//! object stop matching into a deletion, as the API server does). Older changes fall
+//! out (count and bytes are bounded).
+//!
+//! A watch from resourceVersion X can be served from the window only when the hub can
+//! vouch that every change after X is in it. A full relist of the kind breaks that:
+//! the agent's list folds whatever happened while the hub was not following (objects
+//! deleted meanwhile simply are not listed) into one state, so a client that followed
+//! the kind before the relist could miss those deletions. That state is the cluster's
+//! at the list's own resourceVersion (the agent's SyncEnd says it, and its watch goes
+//! on from there), so after a relist the window vouches for that version and later
+//! ones only; when the list's version is not known, for none until the first change
+//! after it arrives, and from then on for versions at or after that change. The
+//! epoch changes, which ends every watch opened before. A watch the window does not
+//! vouch for goes to the cluster, which knows its own history (and answers `410 Gone`
+//! when it does not either).
+//!
+//! Pure bookkeeping apart from one `tokio::sync::watch` channel that wakes the watches
+//! (and the reads waiting for their own writes) when something changes.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+/// Changes kept per kind at most.
+pub const MAX_CHANGES: usize = 1024;
+/// Bytes of object bodies kept per kind at most.
+pub const MAX_BYTES: usize = 8 << 20;
+
+/// What happened to an object, as a watch says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeType {
+    /// It appeared.
+    Added,
+    /// It changed.
+    Modified,
+    /// It was deleted.
+    Deleted,
+}
+
+impl ChangeType {
+    /// The watch event type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Added => "ADDED",
+            ChangeType::Modified => "MODIFIED",
+            ChangeType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change in the window.
+#[derive(Debug)]
+pub struct Change {
+    /// Its resourceVersion.
+    pub rv: u64,
+    /// What happened.
+    pub change: ChangeType,
+    /// The object's namespace ("" for cluster-scoped kinds).
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+    /// The object after the change (the last state for a deletion).
+    pub body: Arc<RawValue>,
+    /// The object before the change, when there was one.
+    pub prev: Option<Arc<RawValue>>,
+}
+
+/// Where the kind stands, as watches and waiting reads see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mark {
+    /// Changes with every full relist; a watch opened in an older epoch ends.
+    pub epoch: u64,
+    /// The resourceVersion the cache of the kind is current to.
+    pub rv: u64,
+}
+
+/// A watch asked for changes the window cannot vouch for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooOld {
+    /// The oldest resourceVersion a watch can start from now, if any.
+    pub start: Option<u64>,
+}
+
+/// The Kubernetes API's view of one kind.
+#[derive(Debug)]
+pub struct KindWindow {
+    /// The resource name in API paths (plural); empty until the agent says it.
+    pub resource: String,
+    /// Whether objects of the kind live in namespaces.
+    pub namespaced: bool,
+    /// The current registration of the account streams this kind (it said so since
+    /// it registered).
+    pub live: bool,
+    /// A resourceVersion that is not a number was seen: the kind is never answered
+    /// from the cache (versions cannot be compared).
+    pub opaque: bool,
+    /// Watches from this resourceVersion on are served; `None` right after a relist.
+    start: Option<u64>,
+    changes: VecDeque<Arc<Change>>,
+    bytes: usize,
+    mark: watch::Sender<Mark>,
+}
+
+impl Default for KindWindow {
+    fn default() -> Self {
+        KindWindow {
+            resource: String::new(),
+            namespaced: false,
+            live: false,
+            opaque: false,
+            start: None,
+            changes: VecDeque::new(),
+            bytes: 0,
+            mark: watch::Sender::new(Mark::default()),
+        }
+    }
+}
+
+/// A resourceVersion as a number; `None` for an empty or opaque one.
+pub fn parse_rv(rv: &str) -> Option<u64> {
+    rv.parse().ok()
+}
+
+impl KindWindow {
+    /// Where the kind stands now.
+    pub fn mark(&self) -> Mark {
+        *self.mark.borrow()
+    }
+
+    /// A receiver that wakes on every change of [`KindWindow::mark`]; it ends when
+    /// the kind (or its account) is dropped from the cache.
+    pub fn subscribe(&self) -> watch::Receiver<Mark> {
+        self.mark.subscribe()
+    }
+
+    /// The oldest resourceVersion a watch can start from, if any.
+    pub fn start(&self) -> Option<u64> {
+        self.start
+    }
+
+    fn bump(&mut self, rv: u64, new_epoch: bool) {
+        self.mark.send_if_modified(|m| {
+            let next = Mark {
+                epoch: m.epoch + u64::from(new_epoch),
+                rv: m.rv.max(rv),
+            };
+            let changed = next != *m;
+            *m = next;
+            changed
+        });
+    }
+
+    /// Notes a resourceVersion the kind is current to without a change to keep (a
+    /// listed object during a relist, a SyncEnd, a bookmark). An opaque one makes
+    /// the kind unservable.
+    pub fn advance(&mut self, rv: &str) {
+        if rv.is_empty() {
+            return;
+        }
+        match parse_rv(rv) {
+            Some(n) => self.bump(n, false),
+            None => self.opaque = true,
+        }
+    }
+
+    /// Records a change applied to the cache outside a full relist.
+    pub fn record(&mut self, change: Change) {
+        self.bytes += change.body.get().len();
+        let rv = change.rv;
+        // The first change after a relist: every later version is covered.
+        self.start.get_or_insert(rv);
+        self.changes.push_back(Arc::new(change));
+        while self.changes.len() > MAX_CHANGES || (self.bytes > MAX_BYTES && self.changes.len() > 1)
+        {
+            if let Some(old) = self.changes.pop_front() {
+                self.bytes -= old.body.get().len();
+                self.start = self.start.map(|s| s.max(old.rv));
+            }
+        }
+        self.bump(rv, false);
+    }
+
+    /// A full relist ended, the list taken at `listed_at` (when known): continuity
+    /// was lost, so the window starts over, vouching for the list's version and later
+    /// ones (for nothing until the next change when the list's version is unknown or
+    /// older than what the kind showed before), and watches opened before end.
+    pub fn restart(&mut self, listed_at: Option<u64>) {
+        self.changes.clear();
+        self.bytes = 0;
+        let rv = self.mark().rv;
+        self.start = listed_at.filter(|at| *at >= rv);
+        self.bump(rv, true);
+    }
+
+    /// The changes after `rv` (oldest first), or how far back the window reaches.
+    pub fn since(&self, rv: u64) -> Result<Vec<Arc<Change>>, TooOld> {
+        if self.start.is_none_or(|start| rv < start) {
+            return Err(TooOld { start: self.start });
+        }
+        // Changes are in resourceVersion order: skip the old ones from the back.
+        let newer = self.changes.iter().rev().take_while(|c| c.rv > rv).count();
+        Ok(self
+            .changes
+            .iter()
+            .skip(self.changes.len() - newer)
+            .cloned()
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(rv: u64, name: &str, size: usize) -> Change {
+        let body = format!("{{\"x\":\"{}\"}}", "a".repeat(size));
+        Change {
+            rv,
+            change: ChangeType::Modified,
+            namespace: "ns".into(),
+            name: name.into(),
+            body: Arc::from(RawValue::from_string(body).expect("json")),
+            prev: None,
+        }
+    }
+
+    fn rvs(changes: &[Arc<Change>]) -> Vec<u64> {
+        changes.iter().map(|c| c.rv).collect()
+    }
+
+    #[test]
+    fn a_watch_gets_exactly_the_changes_after_its_version() {
+        let mut w = KindWindow::default();
+        w.advance("10");
+        w.restart(None);
+        assert_eq!(
+            w.since(10).err(),
+            Some(TooOld { start: None }),
+            "right after a relist at an unknown version the window vouches for none"
+        );
+        for rv in [11, 12, 15] {
+            w.record(change(rv, "a", 1));
+        }
+        assert_eq!(rvs(&w.since(11).expect("in the window")), [12, 15]);
+        assert_eq!(rvs(&w.since(12).expect("in the window")), [15]);
+        assert_eq!(rvs(&w.since(13).expect("in the window")), [15]);
+        assert!(w.since(15).expect("current").is_empty());
+        assert_eq!(
+            w.since(10).err(),
+            Some(TooOld { start: Some(11) }),
+            "a version from before the first change after the relist may miss deletions"
+        );
+        assert_eq!(w.mark().rv, 15);
+    }
+
+    #[test]
+    fn old_changes_fall_out_by_count_and_by_bytes() {
+        let mut w = KindWindow::default();
+        w.restart(None);
+        for rv in 1..=(MAX_CHANGES as u64 + 5) {
+            w.record(change(rv, "a", 1));
+        }
+        assert_eq!(w.start(), Some(5));
+        assert!(w.since(4).is_err());
+        assert_eq!(w.since(5).expect("in the window").len(), MAX_CHANGES);
+        let mut w = KindWindow::default();
+        w.restart(None);
+        let big = MAX_BYTES / 3;
+        for rv in 1..=4 {
+            w.record(change(rv, "a", big));
+        }
+        assert_eq!(w.start(), Some(2), "the two oldest fell out");
+        assert_eq!(rvs(&w.since(2).expect("in the window")), [3, 4]);
+    }
+
+    #[test]
+    fn a_relist_starts_a_new_epoch_and_window() {
+        let mut w = KindWindow::default();
+        let rx = w.subscribe();
+        w.restart(None);
+        w.record(change(6, "a", 1));
+        let before = w.mark();
+        w.advance("20");
+        w.restart(None);
+        let after = *rx.borrow();
+        assert_eq!(after.epoch, before.epoch + 1);
+        assert_eq!(after.rv, 20);
+        assert!(w.since(6).is_err(), "changes before the relist are gone");
+        assert!(
+            w.since(20).is_err(),
+            "nothing is vouched for until the next change"
+        );
+        w.record(change(21, "b", 1));
+        w.record(change(22, "c", 1));
+        assert_eq!(rvs(&w.since(21).expect("covered")), [22]);
+        assert!(
+            w.since(20).is_err(),
+            "20 may predate what the relist folded in"
+        );
+        // A relist whose own version is known vouches for it: the cache is the
+        // cluster's state there, and every later change follows.
+        w.advance("30");
+        w.restart(Some(30));
+        assert!(w.since(30).expect("the list's version").is_empty());
+        assert!(w.since(29).is_err(), "older versions may miss deletions");
+        w.record(change(31, "d", 1));
+        assert_eq!(rvs(&w.since(30).expect("covered")), [31]);
+        // A list older than what the kind showed before proves nothing.
+        w.restart(Some(25));
+        assert!(w.since(31).is_err());
+    }
+
+    #[test]
+    fn versions_that_are_not_numbers_make_the_kind_opaque() {
+        let mut w = KindWindow::default();
+        w.advance("17");
+        assert_eq!(w.mark().rv, 17);
+        assert!(!w.opaque);
+        w.advance("etcd-17");
+        assert!(w.opaque);
+        w.advance("");
+        assert_eq!(w.mark().rv, 17);
+    }
+}

@@ -1,0 +1,674 @@
+//! Lists answered as `Table`s (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`,
+//! what `kubectl get` asks for to print columns), written as kube-apiserver writes
+//! them: its column definitions (always with the `-o wide` ones, priority 1), one row
+//! per object with the cells its printers compute (`pkg/printers/internalversion`),
+//! and the object's metadata (`includeObject=Metadata`, the default) or nothing
+//! (`None`).
+//!
+//! Only the kinds whose printers the hub has are answered from the cache; a Table of
+//! any other kind (or of a custom resource, whose `additionalPrinterColumns` the cache
+//! does not know) goes to the cluster.
+
+use std::time::SystemTime;
+
+use http::{HeaderMap, header};
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::core::cache::KindKey;
+
+/// What a row of a Table carries besides its cells (`includeObject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Include {
+    /// The object's metadata (`PartialObjectMetadata`), the default.
+    Metadata,
+    /// Nothing.
+    None,
+}
+
+/// The Table a read asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableAsk {
+    /// What each row carries.
+    pub include: Include,
+}
+
+/// How the client wants a list: `None` for plain JSON, `Some` for a `meta.k8s.io/v1`
+/// Table; `Err` when the hub does not write what it asks for (metadata-only answers,
+/// protobuf alone, a v1beta1 Table).
+pub fn wanted(headers: &HeaderMap) -> Result<Option<()>, &'static str> {
+    let Some(accept) = headers.get(header::ACCEPT) else {
+        return Ok(None);
+    };
+    let accept = accept
+        .to_str()
+        .map_err(|_| "an Accept header that is not text")?;
+    // The API server answers with the first media type it can write.
+    for t in accept.split(',') {
+        let mut parts = t.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        let params: Vec<(&str, &str)> = parts.filter_map(|p| p.split_once('=')).collect();
+        let param = |k: &str| params.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        match (media, param("as")) {
+            ("application/json", Some("Table"))
+                if param("v") == Some("v1") && param("g") == Some("meta.k8s.io") =>
+            {
+                return Ok(Some(()));
+            }
+            (_, Some(_)) => return Err("an answer the hub does not write (as=...)"),
+            ("application/json" | "*/*" | "application/*" | "", None) => return Ok(None),
+            _ => {}
+        }
+    }
+    Err("no media type the hub writes")
+}
+
+/// `includeObject` as the API server reads it.
+pub fn include(v: &str) -> Result<Include, &'static str> {
+    match v {
+        "" | "Metadata" => Ok(Include::Metadata),
+        "None" => Ok(Include::None),
+        _ => Err("includeObject other than Metadata or None"),
+    }
+}
+
+/// A kind's columns and how to fill them.
+pub struct Printer {
+    columns: &'static [Column],
+    cells: fn(&Value, SystemTime) -> Vec<Value>,
+}
+
+struct Column {
+    name: &'static str,
+    kind: &'static str,
+    format: &'static str,
+    description: &'static str,
+    priority: u8,
+}
+
+const NAME_DOC: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
+const AGE_DOC: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
+
+const fn col(name: &'static str, description: &'static str, priority: u8) -> Column {
+    Column {
+        name,
+        kind: "string",
+        format: "",
+        description,
+        priority,
+    }
+}
+
+/// An `integer` column.
+const fn int(name: &'static str, description: &'static str) -> Column {
+    Column {
+        name,
+        kind: "integer",
+        format: "",
+        description,
+        priority: 0,
+    }
+}
+
+const NAME: Column = Column {
+    name: "Name",
+    kind: "string",
+    format: "name",
+    description: NAME_DOC,
+    priority: 0,
+};
+const AGE: Column = col("Age", AGE_DOC, 0);
+
+static CONFIG_MAP: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Data",
+            "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored in Data must not overlap with the keys in the BinaryData field, this is enforced during validation process.",
+            0,
+        ),
+        AGE,
+    ],
+    cells: |o, now| {
+        let count = |f: &str| o[f].as_object().map_or(0, serde_json::Map::len);
+        vec![
+            name(o),
+            json!(count("data") + count("binaryData")),
+            age(o, now),
+        ]
+    },
+};
+
+static NAMESPACE: Printer = Printer {
+    columns: &[NAME, col("Status", "The status of the namespace", 0), AGE],
+    cells: |o, now| {
+        vec![
+            name(o),
+            json!(o["status"]["phase"].as_str().unwrap_or_default()),
+            age(o, now),
+        ]
+    },
+};
+
+static SERVICE_ACCOUNT: Printer = Printer {
+    columns: &[NAME, AGE],
+    cells: |o, now| vec![name(o), age(o, now)],
+};
+
+static DEPLOYMENT: Printer = Printer {
+    columns: &[
+        NAME,
+        col("Ready", "Number of the pod with ready state", 0),
+        col(
+            "Up-to-date",
+            "Total number of non-terminating pods targeted by this deployment that have the desired template spec.",
+            0,
+        ),
+        col(
+            "Available",
+            "Total number of available non-terminating pods (ready for at least minReadySeconds) targeted by this deployment.",
+            0,
+        ),
+        AGE,
+        col("Containers", "Names of each container in the template.", 1),
+        col(
+            "Images",
+            "Images referenced by each container in the template.",
+            1,
+        ),
+        col(
+            "Selector",
+            "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment. It must match the pod template's labels.",
+            1,
+        ),
+    ],
+    cells: |o, now| {
+        let n = |v: &Value| v.as_i64().unwrap_or(0);
+        let status = &o["status"];
+        let [names, images] = containers(o);
+        vec![
+            name(o),
+            json!(format!(
+                "{}/{}",
+                n(&status["readyReplicas"]),
+                n(&o["spec"]["replicas"])
+            )),
+            json!(n(&status["updatedReplicas"])),
+            json!(n(&status["availableReplicas"])),
+            age(o, now),
+            names,
+            images,
+            json!(selector(&o["spec"]["selector"])),
+        ]
+    },
+};
+
+const CONTAINERS: Column = col("Containers", "Names of each container in the template.", 1);
+const IMAGES: Column = col(
+    "Images",
+    "Images referenced by each container in the template.",
+    1,
+);
+
+/// The container names and images of a pod template, as the API server lays them out.
+fn containers(o: &Value) -> [Value; 2] {
+    let list = o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let joined = |f: &str| {
+        list.iter()
+            .map(|c| c[f].as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    [json!(joined("name")), json!(joined("image"))]
+}
+
+fn int_of(v: &Value) -> Value {
+    json!(v.as_i64().unwrap_or(0))
+}
+
+/// apimachinery's `FormatLabelSelector`: the selector, or `<none>` when empty.
+fn format_selector(s: &Value) -> String {
+    let text = selector(s);
+    if text.is_empty() {
+        "<none>".into()
+    } else {
+        text
+    }
+}
+
+/// apimachinery's `labels.FormatLabels`: `k=v` sorted by key, or `<none>`.
+fn format_labels(m: &Value) -> String {
+    let mut pairs: Vec<(&String, &str)> = m
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k, v.as_str().unwrap_or_default()))
+        .collect();
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    if pairs.is_empty() {
+        "<none>".into()
+    } else {
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+static REPLICA_SET: Printer = Printer {
+    columns: &[
+        NAME,
+        int(
+            "Desired",
+            "Replicas is the number of desired pods. This is a pointer to distinguish between explicit zero and unspecified. Defaults to 1. More info: https://kubernetes.io/docs/concepts/workloads/controllers/replicaset",
+        ),
+        int(
+            "Current",
+            "Replicas is the most recently observed number of non-terminating pods. More info: https://kubernetes.io/docs/concepts/workloads/controllers/replicaset",
+        ),
+        int(
+            "Ready",
+            "The number of non-terminating pods targeted by this ReplicaSet with a Ready Condition.",
+        ),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+        col(
+            "Selector",
+            "Selector is a label query over pods that should match the replica count. Label keys and values that must match in order to be controlled by this replica set. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+            1,
+        ),
+    ],
+    cells: |o, now| {
+        let [names, images] = containers(o);
+        vec![
+            name(o),
+            int_of(&o["spec"]["replicas"]),
+            int_of(&o["status"]["replicas"]),
+            int_of(&o["status"]["readyReplicas"]),
+            age(o, now),
+            names,
+            images,
+            json!(format_selector(&o["spec"]["selector"])),
+        ]
+    },
+};
+
+static STATEFUL_SET: Printer = Printer {
+    columns: &[
+        NAME,
+        col("Ready", "Number of the pod with ready state", 0),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+    ],
+    cells: |o, now| {
+        let n = |v: &Value| v.as_i64().unwrap_or(0);
+        let [names, images] = containers(o);
+        vec![
+            name(o),
+            json!(format!(
+                "{}/{}",
+                n(&o["status"]["readyReplicas"]),
+                n(&o["spec"]["replicas"])
+            )),
+            age(o, now),
+            names,
+            images,
+        ]
+    },
+};
+
+static DAEMON_SET: Printer = Printer {
+    columns: &[
+        NAME,
+        int(
+            "Desired",
+            "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod). More info: https://kubernetes.io/docs/concepts/workloads/controllers/daemonset/",
+        ),
+        int(
+            "Current",
+            "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod. More info: https://kubernetes.io/docs/concepts/workloads/controllers/daemonset/",
+        ),
+        int(
+            "Ready",
+            "numberReady is the number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition.",
+        ),
+        int(
+            "Up-to-date",
+            "The total number of nodes that are running updated daemon pod",
+        ),
+        int(
+            "Available",
+            "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+        ),
+        col(
+            "Node Selector",
+            "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node. More info: https://kubernetes.io/docs/concepts/configuration/assign-pod-node/",
+            0,
+        ),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+        col(
+            "Selector",
+            "A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+            1,
+        ),
+    ],
+    cells: |o, now| {
+        let st = &o["status"];
+        let [names, images] = containers(o);
+        vec![
+            name(o),
+            int_of(&st["desiredNumberScheduled"]),
+            int_of(&st["currentNumberScheduled"]),
+            int_of(&st["numberReady"]),
+            int_of(&st["updatedNumberScheduled"]),
+            int_of(&st["numberAvailable"]),
+            json!(format_labels(
+                &o["spec"]["template"]["spec"]["nodeSelector"]
+            )),
+            age(o, now),
+            names,
+            images,
+            json!(format_selector(&o["spec"]["selector"])),
+        ]
+    },
+};
+
+/// The printer of `kind`, when the hub has it.
+pub fn printer(kind: &KindKey) -> Option<&'static Printer> {
+    match (kind.group.as_str(), kind.kind.as_str()) {
+        ("", "ConfigMap") => Some(&CONFIG_MAP),
+        ("", "Namespace") => Some(&NAMESPACE),
+        ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
+        ("apps", "Deployment") => Some(&DEPLOYMENT),
+        ("apps", "ReplicaSet") => Some(&REPLICA_SET),
+        ("apps", "StatefulSet") => Some(&STATEFUL_SET),
+        ("apps", "DaemonSet") => Some(&DAEMON_SET),
+        _ => None,
+    }
+}
+
+fn name(o: &Value) -> Value {
+    json!(o["metadata"]["name"].as_str().unwrap_or_default())
+}
+
+fn age(o: &Value, now: SystemTime) -> Value {
+    let created = o["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    let Some(created) = created else {
+        return json!("<unknown>");
+    };
+    let now = Timestamp::try_from(now).unwrap_or(created);
+    let secs = now.as_second() - created.as_second();
+    json!(human_duration(secs))
+}
+
+/// apimachinery's `duration.HumanDuration`, from whole seconds.
+pub fn human_duration(seconds: i64) -> String {
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    if seconds < 0 {
+        return "0s".into();
+    }
+    if seconds < 60 * 2 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        let s = seconds % 60;
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
+    }
+    if minutes < 60 * 3 {
+        return format!("{minutes}m");
+    }
+    let hours = seconds / 3600;
+    if hours < 8 {
+        let m = minutes % 60;
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        let h = hours % 24;
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        let dy = (hours / 24) % 365;
+        return if dy == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{dy}d", hours / 24 / 365)
+        };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+/// A label selector as apimachinery's `LabelSelectorAsSelector(...).String()` writes
+/// it: requirements sorted by key, values sorted.
+fn selector(s: &Value) -> String {
+    let mut reqs: Vec<(String, String)> = Vec::new();
+    if let Some(labels) = s["matchLabels"].as_object() {
+        for (k, v) in labels {
+            reqs.push((k.clone(), format!("{k}={}", v.as_str().unwrap_or_default())));
+        }
+    }
+    for e in s["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default().to_owned();
+        let mut values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        let text = match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.clone(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return "<invalid>".into(),
+        };
+        reqs.push((key, text));
+    }
+    reqs.sort_by(|a, b| a.0.cmp(&b.0));
+    reqs.into_iter()
+        .map(|(_, t)| t)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The column definitions, as the API server writes them.
+pub fn columns(p: &Printer) -> Value {
+    Value::Array(
+        p.columns
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "type": c.kind,
+                    "format": c.format,
+                    "description": c.description,
+                    "priority": c.priority,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// One row of `object` (its JSON as cached).
+pub fn row(p: &Printer, object: &str, include: Include, now: SystemTime) -> Value {
+    let o: Value = serde_json::from_str(object).unwrap_or(Value::Null);
+    let mut row = json!({ "cells": (p.cells)(&o, now) });
+    if include == Include::Metadata {
+        row["object"] = json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": o["metadata"],
+        });
+    }
+    row
+}
+
+/// A whole Table: `metadata` is the list's, `rows` already written.
+pub fn table(p: &Printer, metadata: Value, rows: Vec<Value>) -> Value {
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": columns(p),
+        "rows": rows,
+    })
+}
+
+/// How long ago, for tests.
+#[cfg(test)]
+fn ago(created: &str, later: std::time::Duration) -> SystemTime {
+    let t: Timestamp = created.parse().expect("timestamp");
+    SystemTime::from(t) + later
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn accept(v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static(v));
+        h
+    }
+
+    #[test]
+    fn kubectls_accept_header_asks_for_a_v1_table() {
+        assert_eq!(
+            wanted(&accept(
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+            )),
+            Ok(Some(()))
+        );
+        assert_eq!(wanted(&HeaderMap::new()), Ok(None));
+        assert_eq!(wanted(&accept("application/json, */*")), Ok(None));
+        assert_eq!(
+            wanted(&accept(
+                "application/vnd.kubernetes.protobuf, application/json"
+            )),
+            Ok(None)
+        );
+        assert!(wanted(&accept("application/json;as=Table;v=v1beta1;g=meta.k8s.io")).is_err());
+        assert!(
+            wanted(&accept(
+                "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+            ))
+            .is_err()
+        );
+        assert!(wanted(&accept("application/vnd.kubernetes.protobuf")).is_err());
+    }
+
+    #[test]
+    fn ages_read_as_kubectl_prints_them() {
+        for (secs, want) in [
+            (-5, "<invalid>"),
+            (-1, "0s"),
+            (0, "0s"),
+            (119, "119s"),
+            (120, "2m"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 60, "3h1m"),
+            (8 * 3600, "8h"),
+            (48 * 3600, "2d"),
+            (49 * 3600, "2d1h"),
+            (8 * 24 * 3600, "8d"),
+            (2 * 365 * 24 * 3600, "2y"),
+            (2 * 365 * 24 * 3600 + 24 * 3600, "2y1d"),
+            (9 * 365 * 24 * 3600, "9y"),
+        ] {
+            assert_eq!(human_duration(secs), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn rows_have_the_api_servers_cells() {
+        let created = "2026-01-01T00:00:00Z";
+        let now = ago(created, std::time::Duration::from_secs(125));
+        let cm = format!(
+            r#"{{"metadata":{{"name":"c","namespace":"a","creationTimestamp":"{created}"}},"data":{{"a":"1","b":"2"}},"binaryData":{{"c":""}}}}"#
+        );
+        let r = row(&CONFIG_MAP, &cm, Include::Metadata, now);
+        assert_eq!(r["cells"], json!(["c", 3, "2m5s"]));
+        assert_eq!(r["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(r["object"]["metadata"]["namespace"], "a");
+        assert!(
+            row(&CONFIG_MAP, &cm, Include::None, now)
+                .get("object")
+                .is_none()
+        );
+        let d = format!(
+            r#"{{"metadata":{{"name":"web","creationTimestamp":"{created}"}},"spec":{{"replicas":3,"selector":{{"matchLabels":{{"z":"1","app":"web"}},"matchExpressions":[{{"key":"tier","operator":"In","values":["b","a"]}},{{"key":"gone","operator":"DoesNotExist"}}]}},"template":{{"spec":{{"containers":[{{"name":"a","image":"nginx:1"}},{{"name":"b","image":"busybox"}}]}}}}}},"status":{{"readyReplicas":2,"updatedReplicas":3}}}}"#
+        );
+        assert_eq!(
+            row(&DEPLOYMENT, &d, Include::None, now)["cells"],
+            json!([
+                "web",
+                "2/3",
+                3,
+                0,
+                "2m5s",
+                "a,b",
+                "nginx:1,busybox",
+                "app=web,!gone,tier in (a,b),z=1"
+            ])
+        );
+        let ns = r#"{"metadata":{"name":"n"},"status":{"phase":"Active"}}"#;
+        assert_eq!(
+            row(&NAMESPACE, ns, Include::None, now)["cells"],
+            json!(["n", "Active", "<unknown>"])
+        );
+        let rs = format!(
+            r#"{{"metadata":{{"name":"web-1","creationTimestamp":"{created}"}},"spec":{{"replicas":2,"selector":{{}},"template":{{"spec":{{"containers":[{{"name":"a","image":"i"}}]}}}}}},"status":{{"replicas":2,"readyReplicas":1}}}}"#
+        );
+        assert_eq!(
+            row(&REPLICA_SET, &rs, Include::None, now)["cells"],
+            json!(["web-1", 2, 2, 1, "2m5s", "a", "i", "<none>"])
+        );
+        let ds = format!(
+            r#"{{"metadata":{{"name":"d","creationTimestamp":"{created}"}},"spec":{{"selector":{{"matchLabels":{{"app":"d"}}}},"template":{{"spec":{{"nodeSelector":{{"a.b":"2","a":"1"}},"containers":[{{"name":"a","image":"i"}}]}}}}}},"status":{{"desiredNumberScheduled":3,"numberReady":2}}}}"#
+        );
+        assert_eq!(
+            row(&DAEMON_SET, &ds, Include::None, now)["cells"],
+            json!(["d", 3, 0, 2, 0, 0, "a=1,a.b=2", "2m5s", "a", "i", "app=d"])
+        );
+        assert_eq!(columns(&DAEMON_SET)[1]["type"], "integer");
+        let cols = columns(&DEPLOYMENT);
+        assert_eq!(cols[0]["format"], "name");
+        assert_eq!(cols[5]["priority"], 1);
+        assert_eq!(cols[1]["format"], "");
+    }
+}
