@@ -96,9 +96,9 @@ pub async fn run(
 /// What the account streams, for the hub to know which reads its cache can answer.
 fn scope(config: &scale_agent_crds::AccountConfig) -> StreamScope {
     StreamScope {
-        namespaces: config.namespaces.clone(),
-        omit_namespaces: config.omit_namespaces.clone(),
-        label_selector: if config.only_spinnaker_managed {
+        namespaces: config.scope.namespaces.clone(),
+        omit_namespaces: config.scope.omit_namespaces.clone(),
+        label_selector: if config.scope.only_spinnaker_managed {
             crate::objects::SPINNAKER_MANAGED.to_owned()
         } else {
             String::new()
@@ -122,9 +122,16 @@ async fn connect(
             .await
             .map_err(|e| kc_err(format!("in-cluster credentials: {e}")))?
     } else {
-        let text = desired.kubeconfig.clone().map_err(&kc_err)?;
-        let kc = Kubeconfig::from_yaml(&text).map_err(|e| kc_err(e.to_string()))?;
-        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        let usable = desired.kubeconfig.as_ref().map_err(|e| kc_err(e.clone()))?;
+        // Checked when read (config.rs), so a parse error here cannot quote it; the
+        // context is the one the check chose, whatever current-context says.
+        let kc = Kubeconfig::from_yaml(&usable.text)
+            .map_err(|_| kc_err("the kubeconfig does not parse".to_owned()))?;
+        let options = KubeConfigOptions {
+            context: Some(usable.context.clone()),
+            ..KubeConfigOptions::default()
+        };
+        kube::Config::from_custom_kubeconfig(kc, &options)
             .await
             .map_err(|e| kc_err(e.to_string()))?
     };
@@ -274,8 +281,8 @@ async fn serve(
     };
     let (watched, unknown) = kinds::resolve(
         &discovery,
-        &desired.config.kinds,
-        &desired.config.omit_kinds,
+        &desired.config.scope.kinds,
+        &desired.config.scope.omit_kinds,
     );
     if !unknown.is_empty() {
         tracing::warn!(?unknown, "kinds the cluster does not serve are skipped");
@@ -382,8 +389,8 @@ pub fn selection(config: &AccountConfig, account: &Account) -> String {
         v.dedup();
         v
     };
-    let namespaces = sorted(&config.namespaces);
-    let omitted = sorted(&config.omit_namespaces);
+    let namespaces = sorted(&config.scope.namespaces);
+    let omitted = sorted(&config.scope.omit_namespaces);
     field("cluster", &[&account.cluster_id, &account.server_url]);
     field(
         "namespaces",
@@ -395,7 +402,7 @@ pub fn selection(config: &AccountConfig, account: &Account) -> String {
     );
     field(
         "onlySpinnakerManaged",
-        &[if config.only_spinnaker_managed {
+        &[if config.scope.only_spinnaker_managed {
             "true"
         } else {
             "false"

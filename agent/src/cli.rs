@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 pub use scale_agent_runtime::LogFormat;
+use scale_agent_runtime::flags::positive_duration;
 
 /// Watches a group of Kubernetes clusters and streams every change to the
 /// scale-agent hub (Spinnaker Clouddriver's side), and runs the deploy
@@ -83,23 +84,13 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
-/// A duration flag (`15s`, `500ms`, `1m30s`) that must not be zero: each of them paces a
-/// loop or a timeout, and zero would spin or expire at once.
-fn positive_duration(text: &str) -> Result<Duration, String> {
-    match scale_agent_runtime::parse_duration(text)? {
-        d if d.is_zero() => Err(format!("{text:?}: must be longer than zero")),
-        d => Ok(d),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn flags_are_consistent() {
-        Args::command().debug_assert();
+        scale_agent_runtime::flags::assert_consistent::<Args>();
     }
 
     #[test]

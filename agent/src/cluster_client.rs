@@ -170,12 +170,12 @@ pub fn place(reserved: &[usize], limit: usize, streams: usize) -> Option<usize> 
 /// reservation a little too large costs a connection sooner, one too small a watch that
 /// waits.
 pub fn streams_for(config: &scale_agent_crds::AccountConfig) -> usize {
-    let kinds = if config.kinds.is_empty() {
+    let kinds = if config.scope.kinds.is_empty() {
         crate::kinds::DEFAULT_KINDS.len()
     } else {
-        config.kinds.len()
+        config.scope.kinds.len()
     };
-    kinds * config.namespaces.len().max(1) + 1
+    kinds * config.scope.namespaces.len().max(1) + 1
 }
 
 /// What decides how the connection to the account's cluster is made, or `None` when it
@@ -398,15 +398,11 @@ mod tests {
 
     #[test]
     fn an_account_reserves_a_stream_per_watch_and_one_more() {
-        let account = |kinds: &[&str], namespaces: &[&str]| scale_agent_crds::AccountConfig {
-            name: "a".into(),
-            kubeconfig_file: "a.kubeconfig".into(),
-            in_cluster: false,
-            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
-            omit_namespaces: vec![],
-            kinds: kinds.iter().map(|k| k.to_string()).collect(),
-            omit_kinds: vec![],
-            only_spinnaker_managed: false,
+        let account = |kinds: &[&str], namespaces: &[&str]| {
+            let mut a = scale_agent_crds::AccountConfig::new("a");
+            a.scope.namespaces = namespaces.iter().map(|n| n.to_string()).collect();
+            a.scope.kinds = kinds.iter().map(|k| k.to_string()).collect();
+            a
         };
         let defaults = crate::kinds::DEFAULT_KINDS.len();
         assert_eq!(streams_for(&account(&[], &[])), defaults + 1);

@@ -17,10 +17,22 @@ use crate::{Error, Result};
 pub struct AccountDesired {
     /// The account's settings from the config file.
     pub config: AccountConfig,
-    /// The kubeconfig file's text, or why it cannot be used: unreadable, or asking for
-    /// something the operator does not allow (running a program, reading the agent's
-    /// files...; see [`scale_agent_crds::check_kubeconfig`]).
-    pub kubeconfig: Result<String, String>,
+    /// The kubeconfig file's text and the context to use, or why it cannot be used:
+    /// unreadable, without a context to use, or asking for something the operator does
+    /// not allow (running a program, reading the agent's files, a plain-HTTP or local
+    /// server...; see [`scale_agent_crds::check_kubeconfig`]).
+    pub kubeconfig: Result<UsableKubeconfig, String>,
+}
+
+/// A kubeconfig that passed [`scale_agent_crds::check_kubeconfig`] (empty for an
+/// in-cluster account).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsableKubeconfig {
+    /// The file's text.
+    pub text: String,
+    /// The context the check chose (the account's, else current-context, else the only
+    /// one): the agent connects with this one.
+    pub context: String,
 }
 
 /// Everything the files say, at one moment.
@@ -55,16 +67,20 @@ pub fn load(config_path: &Path, kubeconfig_dir: &Path) -> Result<Snapshot> {
             // kubeconfig the operator does not allow: the Secret may have changed since
             // the operator checked it. An inCluster account has no kubeconfig.
             let kubeconfig = if a.in_cluster {
-                Ok(String::new())
+                Ok(UsableKubeconfig::default())
             } else {
                 std::fs::read_to_string(&path)
                     .map_err(|e| format!("reading {}: {e}", path.display()))
                     .and_then(|text| {
                         match scale_agent_crds::check_kubeconfig(
                             text.as_bytes(),
+                            a.scope.context.as_deref(),
                             &config.allow_kubeconfig,
                         ) {
-                            Ok(_) => Ok(text),
+                            Ok(target) => Ok(UsableKubeconfig {
+                                text,
+                                context: target.context,
+                            }),
                             Err(why) => Err(format!("kubeconfig {}: {why}", a.kubeconfig_file)),
                         }
                     })
@@ -128,6 +144,13 @@ pub fn watch(
 mod tests {
     use super::*;
 
+    fn kc_text<'s>(snap: &'s Snapshot, account: &str) -> Result<&'s str, &'s str> {
+        match &snap.accounts[account].kubeconfig {
+            Ok(k) => Ok(k.text.as_str()),
+            Err(e) => Err(e.as_str()),
+        }
+    }
+
     fn write_config(dir: &Path, accounts: &[&str]) -> PathBuf {
         let mut cfg = String::from(
             "shard: { namespace: ns, name: s }\nhub: { address: \"127.0.0.1:9090\" }\nbudget: { concurrentSyncs: 2, maxBufferedBytes: 1048576 }\naccounts:\n",
@@ -145,11 +168,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let kc = dir.path().join("kc");
         std::fs::create_dir_all(&kc).expect("mkdir");
-        let good = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: { server: 'https://127.0.0.1:1' }\ncontexts:\n- name: x\n  context: { cluster: c }\ncurrent-context: x\n";
+        let good = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: { server: 'https://192.0.2.1:1' }\ncontexts:\n- name: x\n  context: { cluster: c }\ncurrent-context: x\n";
         std::fs::write(kc.join("a.kubeconfig"), good).expect("write");
         let path = write_config(dir.path(), &["a", "b"]);
         let snap = load(&path, &kc).expect("load");
-        assert_eq!(snap.accounts["a"].kubeconfig.as_deref(), Ok(good));
+        assert_eq!(kc_text(&snap, "a"), Ok(good));
+        assert_eq!(
+            snap.accounts["a"]
+                .kubeconfig
+                .as_ref()
+                .map(|k| k.context.as_str()),
+            Ok("x")
+        );
         let err = snap.accounts["b"]
             .kubeconfig
             .clone()
@@ -162,7 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let kc = dir.path().join("kc");
         std::fs::create_dir_all(&kc).expect("mkdir");
-        let exec = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: { server: 'https://127.0.0.1:1' }\ncontexts:\n- name: x\n  context: { cluster: c, user: u }\ncurrent-context: x\nusers:\n- name: u\n  user:\n    exec: { apiVersion: client.authentication.k8s.io/v1, command: /bin/sh, args: [-c, 'touch /tmp/pwned'] }\n";
+        let exec = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: { server: 'https://192.0.2.1:1' }\ncontexts:\n- name: x\n  context: { cluster: c, user: u }\ncurrent-context: x\nusers:\n- name: u\n  user:\n    exec: { apiVersion: client.authentication.k8s.io/v1, command: /bin/sh, args: [-c, 'touch /tmp/pwned'] }\n";
         let token_file = exec.replace(
             "exec: { apiVersion: client.authentication.k8s.io/v1, command: /bin/sh, args: [-c, 'touch /tmp/pwned'] }",
             "tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token",
@@ -182,10 +212,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         std::fs::write(&path, format!("{text}allowKubeconfig: [files]\n")).expect("write");
         let snap = load(&path, &kc).expect("load");
-        assert_eq!(
-            snap.accounts["b"].kubeconfig.as_deref(),
-            Ok(token_file.as_str())
-        );
+        assert_eq!(kc_text(&snap, "b"), Ok(token_file.as_str()));
         assert!(snap.accounts["a"].kubeconfig.is_err());
     }
 

@@ -27,6 +27,7 @@ impl Selectors {
     pub fn of(config: &AccountConfig, kind: &WatchedKind) -> Selectors {
         Selectors {
             labels: config
+                .scope
                 .only_spinnaker_managed
                 .then(|| SPINNAKER_MANAGED.to_string()),
             fields: omitted_namespaces(config, kind),
@@ -37,10 +38,14 @@ impl Selectors {
 /// The field selector that leaves out `omitNamespaces`; `omitNamespaces` counts only
 /// when `namespaces` is empty.
 fn omitted_namespaces(config: &AccountConfig, kind: &WatchedKind) -> Option<String> {
-    if !kind.namespaced || !config.namespaces.is_empty() || config.omit_namespaces.is_empty() {
+    if !kind.namespaced
+        || !config.scope.namespaces.is_empty()
+        || config.scope.omit_namespaces.is_empty()
+    {
         return None;
     }
     let sel: Vec<String> = config
+        .scope
         .omit_namespaces
         .iter()
         .map(|ns| format!("metadata.namespace!={ns}"))
@@ -60,10 +65,10 @@ pub fn encode(
     let name = obj.metadata.name.clone().unwrap_or_default();
     let core = kind.resource.group.is_empty();
     if core && kind.resource.kind == "Namespace" {
-        if !config.namespaces.is_empty() && !config.namespaces.contains(&name) {
+        if !config.scope.namespaces.is_empty() && !config.scope.namespaces.contains(&name) {
             return None;
         }
-        if config.omit_namespaces.contains(&name) {
+        if config.scope.omit_namespaces.contains(&name) {
             return None;
         }
     }
@@ -105,6 +110,7 @@ pub fn strip_result(mut value: serde_json::Value) -> serde_json::Value {
 mod tests {
     use super::*;
     use kube::discovery::ApiResource;
+    use scale_agent_crds::AccountScope;
     use scale_agent_crds::objects::LAST_APPLIED;
 
     fn kind(kind: &str, namespaced: bool) -> WatchedKind {
@@ -121,16 +127,11 @@ mod tests {
     }
 
     fn account() -> AccountConfig {
-        AccountConfig {
-            name: "a".into(),
-            kubeconfig_file: "a.kubeconfig".into(),
-            in_cluster: false,
-            namespaces: vec![],
-            omit_namespaces: vec![],
-            kinds: vec![],
-            omit_kinds: vec![],
-            only_spinnaker_managed: false,
-        }
+        AccountConfig::new("a")
+    }
+
+    fn scoped(scope: AccountScope) -> AccountConfig {
+        AccountConfig { scope, ..account() }
     }
 
     /// The event an account configured as `config` sends for `object`, a core-group
@@ -208,15 +209,15 @@ mod tests {
         let send = |config: &AccountConfig, name: &str| {
             event(config, serde_json::json!({ "metadata": { "name": name } })).is_some()
         };
-        let only = AccountConfig {
+        let only = scoped(AccountScope {
             namespaces: vec!["team".into()],
-            ..account()
-        };
+            ..AccountScope::default()
+        });
         assert!(send(&only, "team") && !send(&only, "other"));
-        let omit = AccountConfig {
+        let omit = scoped(AccountScope {
             omit_namespaces: vec!["kube-system".into()],
-            ..account()
-        };
+            ..AccountScope::default()
+        });
         assert!(send(&omit, "team") && !send(&omit, "kube-system"));
     }
 
@@ -224,11 +225,11 @@ mod tests {
     fn selectors_follow_the_account() {
         let cm = kind("ConfigMap", true);
         assert_eq!(Selectors::of(&account(), &cm), Selectors::default());
-        let config = AccountConfig {
+        let config = scoped(AccountScope {
             omit_namespaces: vec!["a".into(), "b".into()],
             only_spinnaker_managed: true,
-            ..account()
-        };
+            ..AccountScope::default()
+        });
         assert_eq!(
             Selectors::of(&config, &cm),
             Selectors {
@@ -242,10 +243,10 @@ mod tests {
             None
         );
         // With `namespaces` set, `omitNamespaces` does not count.
-        let listed = AccountConfig {
+        let listed = scoped(AccountScope {
             namespaces: vec!["a".into()],
-            ..config
-        };
+            ..config.scope
+        });
         assert_eq!(Selectors::of(&listed, &cm).fields, None);
     }
 

@@ -421,17 +421,8 @@ mod reconcile_tests {
 
     fn desired(name: &str) -> AccountDesired {
         AccountDesired {
-            config: AccountConfig {
-                name: name.into(),
-                kubeconfig_file: format!("{name}.kubeconfig"),
-                in_cluster: false,
-                namespaces: vec![],
-                omit_namespaces: vec![],
-                kinds: vec![],
-                omit_kinds: vec![],
-                only_spinnaker_managed: false,
-            },
-            kubeconfig: Ok(String::new()),
+            config: AccountConfig::new(name),
+            kubeconfig: Ok(Default::default()),
         }
     }
 

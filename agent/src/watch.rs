@@ -106,8 +106,9 @@ impl KindWatch {
             kind: kind.resource.kind.clone(),
         };
         let ar = &kind.resource;
-        let apis = if kind.namespaced && !ctx.config.namespaces.is_empty() {
+        let apis = if kind.namespaced && !ctx.config.scope.namespaces.is_empty() {
             ctx.config
+                .scope
                 .namespaces
                 .iter()
                 .map(|ns| Api::namespaced_with(ctx.client.clone(), ns, ar))

@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccountSpec, Budget, ConfigError, DEFAULT_CONCURRENT_SYNCS, DNS_LABEL_MAX_LEN,
+    AccountScope, AccountSpec, Budget, ConfigError, DEFAULT_CONCURRENT_SYNCS, DNS_LABEL_MAX_LEN,
     HUB_ADDRESS_MAX_LEN, KubeconfigAllow, ShardRef, parse_quantity_bytes,
 };
 
@@ -121,22 +121,10 @@ pub struct AccountConfig {
     /// ServiceAccount in a pod) instead of a kubeconfig file.
     #[serde(default, skip_serializing_if = "is_false")]
     pub in_cluster: bool,
-    /// Namespaces to watch; empty means all.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub namespaces: Vec<String>,
-    /// Namespaces not to watch (only when `namespaces` is empty).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub omit_namespaces: Vec<String>,
-    /// Kinds to watch (`Deployment`, `Ingress.networking.k8s.io`); empty means the
-    /// agent's default set.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub kinds: Vec<String>,
-    /// Kinds not to watch (only when `kinds` is empty).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub omit_kinds: Vec<String>,
-    /// Stream only objects Spinnaker manages.
-    #[serde(default)]
-    pub only_spinnaker_managed: bool,
+    /// Which context of the kubeconfig, and what of the cluster, to stream: the
+    /// fields of the AgentShard's account, as they are.
+    #[serde(flatten)]
+    pub scope: AccountScope,
 }
 
 /// Memory and concurrency limits of one agent replica, in plain numbers.
@@ -234,6 +222,17 @@ impl HubConfig {
 }
 
 impl AccountConfig {
+    /// An account `name` reading the kubeconfig file [`kubeconfig_file_name`] of its name,
+    /// streaming everything of the cluster its kubeconfig's context points at.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kubeconfig_file: kubeconfig_file_name(name),
+            in_cluster: false,
+            scope: AccountScope::default(),
+        }
+    }
+
     /// The config of an account of the spec, reading its kubeconfig from `kubeconfig_file`
     /// (usually [`kubeconfig_file_name`] of its name); an in-cluster account has none.
     pub fn from_spec(spec: &AccountSpec, kubeconfig_file: impl Into<String>) -> Self {
@@ -245,11 +244,7 @@ impl AccountConfig {
                 kubeconfig_file.into()
             },
             in_cluster: spec.in_cluster,
-            namespaces: spec.namespaces.clone(),
-            omit_namespaces: spec.omit_namespaces.clone(),
-            kinds: spec.kinds.clone(),
-            omit_kinds: spec.omit_kinds.clone(),
-            only_spinnaker_managed: spec.only_spinnaker_managed,
+            scope: spec.scope.clone(),
         }
     }
 
@@ -271,19 +266,25 @@ impl AccountConfig {
                 file: file.to_owned(),
             });
         }
-        for namespace in self.namespaces.iter().chain(&self.omit_namespaces) {
+        let scope = &self.scope;
+        if scope.context.as_deref() == Some("") {
+            return Err(ConfigError::Empty {
+                field: "accounts[].context",
+            });
+        }
+        for namespace in scope.namespaces.iter().chain(&scope.omit_namespaces) {
             check_dns_label(namespace, || {
                 format!("namespace of account {:?}", self.name)
             })?;
         }
-        if !self.namespaces.is_empty() && !self.omit_namespaces.is_empty() {
+        if !scope.namespaces.is_empty() && !scope.omit_namespaces.is_empty() {
             return Err(ConfigError::ConflictingFilters {
                 account: self.name.clone(),
                 include: "namespaces",
                 exclude: "omitNamespaces",
             });
         }
-        if !self.kinds.is_empty() && !self.omit_kinds.is_empty() {
+        if !scope.kinds.is_empty() && !scope.omit_kinds.is_empty() {
             return Err(ConfigError::ConflictingFilters {
                 account: self.name.clone(),
                 include: "kinds",

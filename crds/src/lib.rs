@@ -45,13 +45,13 @@ pub use kubeconfig::{
 };
 pub use quantity::{format_quantity_bytes, parse_quantity_bytes};
 pub use shard::{
-    AccountSpec, AccountState, AccountStatus, AgentShard, AgentShardSpec, AgentShardStatus,
-    BYTE_QUANTITY_PATTERN, Budget, DEFAULT_CONCURRENT_SYNCS, DEFAULT_KUBECONFIG_KEY,
-    DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_REPLICAS, DNS_LABEL_MAX_LEN, DNS_LABEL_PATTERN,
-    DNS_SUBDOMAIN_MAX_LEN, DNS_SUBDOMAIN_PATTERN, GROUP, HUB_ADDRESS_MAX_LEN, HUB_ADDRESS_PATTERN,
-    HubSpec, KIND_PATTERN, LocalObjectRef, MAX_ACCOUNTS, MAX_CONCURRENT_SYNCS, MAX_FILTER_ITEMS,
-    SECRET_KEY_PATTERN, SecretKeyRef, ShardRef, UNOBSERVED_GENERATION, VERSION, condition_status,
-    condition_type, new_condition, unknown_condition,
+    AccountScope, AccountSpec, AccountState, AccountStatus, AgentShard, AgentShardSpec,
+    AgentShardStatus, BYTE_QUANTITY_PATTERN, Budget, DEFAULT_CONCURRENT_SYNCS,
+    DEFAULT_KUBECONFIG_KEY, DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_REPLICAS, DNS_LABEL_MAX_LEN,
+    DNS_LABEL_PATTERN, DNS_SUBDOMAIN_MAX_LEN, DNS_SUBDOMAIN_PATTERN, GROUP, HUB_ADDRESS_MAX_LEN,
+    HUB_ADDRESS_PATTERN, HubSpec, KIND_PATTERN, LocalObjectRef, MAX_ACCOUNTS, MAX_CONCURRENT_SYNCS,
+    MAX_FILTER_ITEMS, SECRET_KEY_PATTERN, SecretKeyRef, ShardRef, UNOBSERVED_GENERATION, VERSION,
+    condition_status, condition_type, new_condition, unknown_condition,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -293,6 +293,22 @@ pub struct AccountSpec {
     #[serde(default, skip_serializing_if = "is_false")]
     pub in_cluster: bool,
 
+    /// Which context of the kubeconfig, and what of the cluster, the account streams.
+    #[serde(flatten)]
+    pub scope: AccountScope,
+}
+
+/// Which context of an account's kubeconfig the agent uses and what of that cluster it
+/// streams: the same fields in an AgentShard's `spec.accounts[]` and in the agent's
+/// config file ([`crate::AccountConfig`]), defined once here.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountScope {
+    /// The context of the kubeconfig to use, for a kubeconfig with several (as a Clouddriver account's context). Unset: the kubeconfig's current-context, else its only context; a kubeconfig with several contexts and no current-context needs this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = DNS_SUBDOMAIN_MAX_LEN))]
+    pub context: Option<String>,
+
     /// Namespaces to watch. Empty means all namespaces (less omitNamespaces).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
@@ -664,6 +680,17 @@ impl AgentShardSpec {
 }
 
 impl AccountSpec {
+    /// An account `name` whose kubeconfig is the Secret `secret`'s default key, streaming
+    /// everything of the cluster.
+    pub fn new(name: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kubeconfig_secret_ref: Some(SecretKeyRef::new(secret)),
+            in_cluster: false,
+            scope: AccountScope::default(),
+        }
+    }
+
     /// The name of the Secret holding the account's kubeconfig (none for an in-cluster
     /// account).
     pub fn kubeconfig_secret_name(&self) -> Option<&str> {

@@ -2,21 +2,12 @@
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use scale_agent_crds::{
-    AccountConfig, AccountSpec, AgentConfig, Budget, BudgetConfig, ConfigError, HubConfig,
-    SecretKeyRef, ShardRef, TlsConfig, kubeconfig_file_name,
+    AccountConfig, AccountScope, AccountSpec, AgentConfig, Budget, BudgetConfig, ConfigError,
+    HubConfig, ShardRef, TlsConfig, kubeconfig_file_name,
 };
 
 fn account(name: &str) -> AccountConfig {
-    AccountConfig {
-        name: name.to_owned(),
-        kubeconfig_file: kubeconfig_file_name(name),
-        in_cluster: false,
-        namespaces: Vec::new(),
-        omit_namespaces: Vec::new(),
-        kinds: Vec::new(),
-        omit_kinds: Vec::new(),
-        only_spinnaker_managed: false,
-    }
+    AccountConfig::new(name)
 }
 
 fn config() -> AgentConfig {
@@ -33,16 +24,23 @@ fn config() -> AgentConfig {
         },
         accounts: vec![
             AccountConfig {
-                omit_namespaces: vec!["kube-system".to_owned()],
+                scope: AccountScope {
+                    omit_namespaces: vec!["kube-system".to_owned()],
+                    ..AccountScope::default()
+                },
                 ..account("prod-east-1")
             },
             AccountConfig {
-                namespaces: vec!["apps".to_owned()],
-                kinds: vec![
-                    "Deployment".to_owned(),
-                    "Ingress.networking.k8s.io".to_owned(),
-                ],
-                only_spinnaker_managed: true,
+                scope: AccountScope {
+                    context: Some("prod-east-2-admin".to_owned()),
+                    namespaces: vec!["apps".to_owned()],
+                    kinds: vec![
+                        "Deployment".to_owned(),
+                        "Ingress.networking.k8s.io".to_owned(),
+                    ],
+                    only_spinnaker_managed: true,
+                    ..AccountScope::default()
+                },
                 ..account("prod-east-2")
             },
         ],
@@ -61,6 +59,15 @@ fn error_of(config: &AgentConfig) -> ConfigError {
     let again = AgentConfig::from_yaml(&yaml).expect_err("reading refuses it too");
     assert_eq!(err.to_string(), again.to_string());
     err
+}
+
+/// `config` is refused for an empty `field`.
+fn assert_empty(config: &AgentConfig, field: &str) {
+    let err = error_of(config);
+    assert!(
+        matches!(err, ConfigError::Empty { field: f } if f == field),
+        "{err}"
+    );
 }
 
 #[test]
@@ -89,7 +96,11 @@ fn the_file_is_camel_case_and_omits_empty_lists() {
     );
     assert_eq!(first["omitNamespaces"][0].as_str(), Some("kube-system"));
     assert!(first.get("namespaces").is_none(), "{yaml}");
-    assert_eq!(first["onlySpinnakerManaged"].as_bool(), Some(false));
+    assert!(first.get("onlySpinnakerManaged").is_none(), "{yaml}");
+    assert!(first.get("context").is_none(), "{yaml}");
+    let second = &value["accounts"][1];
+    assert_eq!(second["context"].as_str(), Some("prod-east-2-admin"));
+    assert_eq!(second["onlySpinnakerManaged"].as_bool(), Some(true));
     assert_eq!(value["budget"]["concurrentSyncs"].as_u64(), Some(4));
     assert_eq!(value["budget"]["maxBufferedBytes"].as_u64(), Some(64 << 20));
 }
@@ -109,8 +120,8 @@ accounts:
     assert_eq!(config.budget.concurrent_syncs, 4);
     assert_eq!(config.budget.max_buffered_bytes, 64 << 20);
     let account = config.account("prod-east-1").expect("listed");
-    assert!(account.namespaces.is_empty() && account.kinds.is_empty());
-    assert!(!account.only_spinnaker_managed);
+    assert!(account.scope.namespaces.is_empty() && account.scope.kinds.is_empty());
+    assert!(!account.scope.only_spinnaker_managed);
     assert!(config.account("other").is_none());
 }
 
@@ -151,16 +162,7 @@ fn duplicate_accounts() {
 fn hub_address() {
     let mut config = config();
     config.hub.address = String::new();
-    let err = error_of(&config);
-    assert!(
-        matches!(
-            err,
-            ConfigError::Empty {
-                field: "hub.address"
-            }
-        ),
-        "{err}"
-    );
+    assert_empty(&config, "hub.address");
 
     config.hub.address = "https://hub:443".to_owned();
     let err = error_of(&config);
@@ -177,44 +179,24 @@ fn tls_files() {
     if let Some(tls) = config.hub.tls.as_mut() {
         tls.key_file.clear();
     }
-    let err = error_of(&config);
-    assert!(
-        matches!(
-            err,
-            ConfigError::Empty {
-                field: "hub.tls.keyFile"
-            }
-        ),
-        "{err}"
-    );
+    assert_empty(&config, "hub.tls.keyFile");
 }
 
 #[test]
 fn shard_ref() {
     let mut config = config();
     config.shard.namespace.clear();
-    let err = error_of(&config);
-    assert!(
-        matches!(
-            err,
-            ConfigError::Empty {
-                field: "shard.namespace"
-            }
-        ),
-        "{err}"
-    );
+    assert_empty(&config, "shard.namespace");
     let mut config = self::config();
     config.shard.name.clear();
-    let err = error_of(&config);
-    assert!(
-        matches!(
-            err,
-            ConfigError::Empty {
-                field: "shard.name"
-            }
-        ),
-        "{err}"
-    );
+    assert_empty(&config, "shard.name");
+}
+
+#[test]
+fn an_account_context_is_not_empty() {
+    let mut config = config();
+    config.accounts[0].scope.context = Some(String::new());
+    assert_empty(&config, "accounts[].context");
 }
 
 #[test]
@@ -244,7 +226,7 @@ fn account_names() {
 #[test]
 fn namespaces_must_be_names() {
     let mut config = config();
-    config.accounts[0].omit_namespaces = vec!["Kube_System".to_owned()];
+    config.accounts[0].scope.omit_namespaces = vec!["Kube_System".to_owned()];
     let err = error_of(&config);
     assert_eq!(err.label(), "InvalidName");
     assert!(
@@ -281,7 +263,7 @@ fn kubeconfig_files_stay_in_their_directory() {
 #[test]
 fn include_and_exclude_lists_are_exclusive() {
     let mut config = config();
-    config.accounts[0].namespaces = vec!["apps".to_owned()];
+    config.accounts[0].scope.namespaces = vec!["apps".to_owned()];
     let err = error_of(&config);
     assert_eq!(
         err.to_string(),
@@ -289,7 +271,7 @@ fn include_and_exclude_lists_are_exclusive() {
     );
 
     let mut config = self::config();
-    config.accounts[1].omit_kinds = vec!["Secret".to_owned()];
+    config.accounts[1].scope.omit_kinds = vec!["Secret".to_owned()];
     let err = error_of(&config);
     assert!(
         matches!(&err, ConfigError::ConflictingFilters { account, include: "kinds", exclude: "omitKinds" } if account == "prod-east-2"),
@@ -333,28 +315,23 @@ fn budget_from_spec() {
 
 #[test]
 fn account_from_spec() {
-    let spec = AccountSpec {
-        name: "prod-east-1".to_owned(),
-        kubeconfig_secret_ref: Some(SecretKeyRef::new("kc-prod-east-1")),
-        in_cluster: false,
+    let scope = AccountScope {
+        context: Some("admin@prod-east-1".to_owned()),
         namespaces: vec!["apps".to_owned()],
-        omit_namespaces: Vec::new(),
-        kinds: Vec::new(),
         omit_kinds: vec!["Secret".to_owned()],
         only_spinnaker_managed: true,
+        ..AccountScope::default()
+    };
+    let spec = AccountSpec {
+        scope: scope.clone(),
+        ..AccountSpec::new("prod-east-1", "kc-prod-east-1")
     };
     let config = AccountConfig::from_spec(&spec, kubeconfig_file_name(&spec.name));
     assert_eq!(
         config,
         AccountConfig {
-            name: "prod-east-1".to_owned(),
-            kubeconfig_file: "prod-east-1.kubeconfig".to_owned(),
-            in_cluster: false,
-            namespaces: vec!["apps".to_owned()],
-            omit_namespaces: Vec::new(),
-            kinds: Vec::new(),
-            omit_kinds: vec!["Secret".to_owned()],
-            only_spinnaker_managed: true,
+            scope,
+            ..account("prod-east-1")
         }
     );
     config.validate().expect("valid");

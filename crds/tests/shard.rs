@@ -4,8 +4,8 @@
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::Resource;
 use scale_agent_crds::{
-    AccountState, AccountStatus, AgentShard, AgentShardSpec, AgentShardStatus, Budget, ConfigError,
-    ShardRef, condition_status, condition_type, new_condition,
+    AccountSpec, AccountState, AccountStatus, AgentShard, AgentShardSpec, AgentShardStatus, Budget,
+    ConfigError, ShardRef, condition_status, condition_type, new_condition,
 };
 use serde_json::json;
 
@@ -19,6 +19,7 @@ spec:
   accounts:
     - name: prod-east-1
       kubeconfigSecretRef: { name: kc-prod-east-1, key: kubeconfig }
+      context: prod-east-1-admin
       namespaces: []
       omitNamespaces: [kube-system]
       kinds: []
@@ -29,6 +30,13 @@ spec:
 
 fn time(seconds: i64) -> Time {
     Time(Timestamp::from_second(seconds).expect("a valid time"))
+}
+
+fn kubeconfig_key(account: &AccountSpec) -> &str {
+    account
+        .kubeconfig_secret_ref
+        .as_ref()
+        .map_or("", |r| r.key.as_str())
 }
 
 #[test]
@@ -42,15 +50,9 @@ fn the_architecture_example_reads() {
         Some("agent-mtls")
     );
     let account = shard.spec.account("prod-east-1").expect("account");
-    assert_eq!(account.omit_namespaces, ["kube-system"]);
-    assert_eq!(
-        account
-            .kubeconfig_secret_ref
-            .as_ref()
-            .expect("a kubeconfig")
-            .key,
-        "kubeconfig"
-    );
+    assert_eq!(account.scope.omit_namespaces, ["kube-system"]);
+    assert_eq!(account.scope.context.as_deref(), Some("prod-east-1-admin"));
+    assert_eq!(kubeconfig_key(account), "kubeconfig");
     assert_eq!(shard.spec.budget, Budget::default());
     assert_eq!(
         shard.shard_ref(),
@@ -68,17 +70,10 @@ fn a_minimal_spec_gets_the_defaults() {
     assert_eq!(spec.budget.concurrent_syncs, 4);
     assert_eq!(spec.budget.max_buffered_bytes.0, "64Mi");
     assert!(!spec.paused);
-    let account: scale_agent_crds::AccountSpec =
+    let account: AccountSpec =
         serde_json::from_value(json!({ "name": "a", "kubeconfigSecretRef": { "name": "kc" } }))
             .expect("minimal account");
-    assert_eq!(
-        account
-            .kubeconfig_secret_ref
-            .as_ref()
-            .expect("a kubeconfig")
-            .key,
-        "kubeconfig"
-    );
+    assert_eq!(kubeconfig_key(&account), "kubeconfig");
 }
 
 #[test]
@@ -358,14 +353,7 @@ fn objects_written_by_the_api_server_read() {
         "defaulted by the server"
     );
     let account = shard.spec.account("prod-east-1").expect("account");
-    assert_eq!(
-        account
-            .kubeconfig_secret_ref
-            .as_ref()
-            .expect("a kubeconfig")
-            .key,
-        "kubeconfig"
-    );
+    assert_eq!(kubeconfig_key(account), "kubeconfig");
     let status = shard.status.as_ref().expect("status");
     assert_eq!((status.replicas, status.ready_replicas), (2, 1));
     assert_eq!(

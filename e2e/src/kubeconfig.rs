@@ -8,6 +8,17 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::{Error, Result};
 
+/// What the run's kubeconfigs need of `--allow-kubeconfig` (and of an agent config's
+/// `allowKubeconfig`): their clusters listen on 127.0.0.1, a loopback address the
+/// operator and the agents refuse by default. Link-local servers stay refused.
+pub const NEEDS: scale_agent_crds::KubeconfigFeature =
+    scale_agent_crds::KubeconfigFeature::Loopback;
+
+/// [`NEEDS`] as an agent config's allowance.
+pub fn allow() -> scale_agent_crds::KubeconfigAllow {
+    scale_agent_crds::KubeconfigAllow(vec![NEEDS])
+}
+
 /// Renders a kubeconfig for `server` whose single context is `name`, trusting `ca_pem` and
 /// authenticating with the client certificate `cert_pem` / `key_pem`.
 pub fn render(name: &str, server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {

@@ -156,7 +156,8 @@ impl Operator {
             "--lease-duration={}s",
             options.lease_duration_seconds
         ))
-        .arg("--log-format=json");
+        .arg("--log-format=json")
+        .arg(format!("--allow-kubeconfig={}", crate::kubeconfig::NEEDS));
         if let Some(hub) = &options.default_hub {
             cmd.arg(format!("--default-hub={hub}"));
         }

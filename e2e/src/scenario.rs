@@ -69,16 +69,10 @@ pub async fn scenario_with(
 /// Account `name` streaming the ConfigMaps and Deployments of namespace `ns`, its
 /// kubeconfig in `<name>.kubeconfig`.
 pub fn account(name: &str, ns: &str) -> AccountConfig {
-    AccountConfig {
-        name: name.into(),
-        kubeconfig_file: format!("{name}.kubeconfig"),
-        in_cluster: false,
-        namespaces: vec![ns.into()],
-        omit_namespaces: vec![],
-        kinds: vec!["ConfigMap".into(), "Deployment".into()],
-        omit_kinds: vec![],
-        only_spinnaker_managed: false,
-    }
+    let mut account = AccountConfig::new(name);
+    account.scope.namespaces = vec![ns.into()];
+    account.scope.kinds = vec!["ConfigMap".into(), "Deployment".into()];
+    account
 }
 
 /// The config of an agent of shard `shard` (in the scenario's namespace) streaming
@@ -92,7 +86,7 @@ pub fn config(s: &Scenario, shard: &str, accounts: Vec<AccountConfig>) -> AgentC
         },
         accounts,
         budget: BudgetConfig::default(),
-        allow_kubeconfig: Default::default(),
+        allow_kubeconfig: crate::kubeconfig::allow(),
     }
 }
 

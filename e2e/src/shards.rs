@@ -85,7 +85,7 @@ mod tests {
         .expect("an AgentShard");
         let names: Vec<_> = one.spec.accounts.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
-        assert_eq!(one.spec.accounts[0].namespaces, ["ns"]);
+        assert_eq!(one.spec.accounts[0].scope.namespaces, ["ns"]);
         assert!(one.spec.hub.is_some());
         let none: AgentShard =
             serde_yaml::from_str(&configmap_shard("ns", "idle", &[], "")).expect("an AgentShard");

@@ -129,6 +129,13 @@ async fn kubeconfig_attacks(env: Arc<Env>) -> anyhow::Result<()> {
             .map(|a| account(a, &s.ns))
             .collect(),
     );
+    // The attacker's server speaks plain HTTP on loopback: both allowed here, so what
+    // refuses the tokenFile kubeconfig is its tokenFile (plain HTTP is refused by default
+    // too: crds/src/kubeconfig.rs, e2e/tests/operator.rs).
+    cfg.allow_kubeconfig = scale_agent_crds::KubeconfigAllow(vec![
+        scale_agent_e2e::kubeconfig::NEEDS,
+        KubeconfigFeature::Http,
+    ]);
     let agent = start_agent(&env, &s, "kcattack-0", &cfg, &kcs, FAST_LEASES)?;
     // The good account streams: the agent has read every kubeconfig by now.
     wait_state(&s.hub, "kc-good", "Connected", Duration::from_secs(60))
@@ -166,8 +173,12 @@ async fn kubeconfig_attacks(env: Arc<Env>) -> anyhow::Result<()> {
 
     // The same kubeconfigs once the operator allows exec and files: the harm happens,
     // so the refusal above is what prevented it.
-    cfg.allow_kubeconfig =
-        scale_agent_crds::KubeconfigAllow(vec![KubeconfigFeature::Exec, KubeconfigFeature::Files]);
+    cfg.allow_kubeconfig = scale_agent_crds::KubeconfigAllow(vec![
+        KubeconfigFeature::Exec,
+        KubeconfigFeature::Files,
+        KubeconfigFeature::Http,
+        scale_agent_e2e::kubeconfig::NEEDS,
+    ]);
     agent.update(&cfg, &kcs)?;
     wait::until(
         "the allowed exec plugin to run",
@@ -481,11 +492,9 @@ async fn filter_changes(env: Arc<Env>) -> anyhow::Result<()> {
         put_cm(&cms_a, &format!("a-{i}"), "1").await?;
         put_cm(&cms_b, &format!("b-{i}"), "1").await?;
     }
-    let base = AccountConfig {
-        namespaces: vec![],
-        kinds: vec!["ConfigMap".into(), "Namespace".into()],
-        ..account("filters-a", &a)
-    };
+    let mut base = account("filters-a", &a);
+    base.scope.namespaces = vec![];
+    base.scope.kinds = vec!["ConfigMap".into(), "Namespace".into()];
     let with = |f: &dyn Fn(&mut AccountConfig)| {
         let mut acc = base.clone();
         f(&mut acc);
@@ -512,7 +521,7 @@ async fn filter_changes(env: Arc<Env>) -> anyhow::Result<()> {
     .with_context(|| agent_log(&agent))?;
 
     // omitNamespaces added: b's ConfigMaps and the Namespace b leave the cache.
-    let omit_b = with(&|acc| acc.omit_namespaces = vec![b.clone()]);
+    let omit_b = with(&|acc| acc.scope.omit_namespaces = vec![b.clone()]);
     agent.update(&omit_b, &kcs)?;
     let only_a = BTreeMap::from([(a.clone(), names("a")), (b.clone(), BTreeSet::new())]);
     let took = wait_cache(
@@ -545,7 +554,7 @@ async fn filter_changes(env: Arc<Env>) -> anyhow::Result<()> {
     eprintln!("filters: omitNamespaces removed, cache equal in {took:?}");
 
     // ConfigMap removed from kinds: every ConfigMap leaves the cache.
-    let no_cms = with(&|acc| acc.kinds = vec!["Namespace".into()]);
+    let no_cms = with(&|acc| acc.scope.kinds = vec!["Namespace".into()]);
     agent.update(&no_cms, &kcs)?;
     let none = BTreeMap::from([(a.clone(), BTreeSet::new()), (b.clone(), BTreeSet::new())]);
     let took = wait_cache(
@@ -573,8 +582,8 @@ async fn filter_changes(env: Arc<Env>) -> anyhow::Result<()> {
     agent.proc.signal(Signal::SIGKILL);
     agent.proc.stop(Duration::from_secs(1));
     put_cm(&cms_a, "a-new", "1").await?;
-    let mut cfg = with(&|acc| acc.omit_namespaces = vec![b.clone()]);
-    cfg.accounts[0].kinds = vec!["ConfigMap".into(), "Namespace".into()];
+    let mut cfg = with(&|acc| acc.scope.omit_namespaces = vec![b.clone()]);
+    cfg.accounts[0].scope.kinds = vec!["ConfigMap".into(), "Namespace".into()];
     let agent = start_agent(&env, &s, "filters-1", &cfg, &kcs, FAST_LEASES)?;
     let mut want = only_a.clone();
     want.entry(a.clone()).or_default().insert("a-new".into());
@@ -713,9 +722,10 @@ async fn accounts_share_a_connection(env: Arc<Env>) -> anyhow::Result<()> {
     // Every account streams the default kinds of the test's namespace: many watches each.
     let accounts: Vec<AccountConfig> = pairs
         .iter()
-        .map(|(n, _)| AccountConfig {
-            kinds: vec![],
-            ..account(n, &s.ns)
+        .map(|(n, _)| {
+            let mut a = account(n, &s.ns);
+            a.scope.kinds = vec![];
+            a
         })
         .collect();
     let cfg = config(&s, "conns", accounts);

@@ -736,8 +736,8 @@ async fn client_side_reapply_is_unchanged(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kubectl auth can-i` as the installed ServiceAccounts: the operator writes a shard's
-/// children only in namespaces opened with manifests/shard-namespace, changes only its own
+/// `kubectl auth can-i` as the installed ServiceAccounts: the operator reads Secrets and
+/// writes a shard's children only in namespaces opened with manifests/shard-namespace, changes only its own
 /// webhook configuration and Lease; the hub only reads AgentShards.
 async fn service_accounts_hold_only_what_they_need(env: &Env) -> anyhow::Result<()> {
     let cp = &env.cp;
@@ -762,6 +762,13 @@ async fn service_accounts_hold_only_what_they_need(env: &Env) -> anyhow::Result<
         ),
         (OPERATOR_SA, &["create", "secrets", "-A"], false),
         (OPERATOR_SA, &["create", "secrets", "-n", &elsewhere], false),
+        // Issue 21: no Secret read outside the namespaces opened to it.
+        (OPERATOR_SA, &["get", "secrets", "-n", &elsewhere], false),
+        (OPERATOR_SA, &["list", "secrets", "-A"], false),
+        (OPERATOR_SA, &["watch", "secrets", "-n", &elsewhere], false),
+        (OPERATOR_SA, &["get", "secrets", "-n", "kube-system"], false),
+        (OPERATOR_SA, &["get", "secrets", "-n", &shards], true),
+        (OPERATOR_SA, &["watch", "secrets", "-n", &shards], true),
         (
             OPERATOR_SA,
             &["create", "deployments.apps", "-n", &elsewhere],
@@ -1205,14 +1212,14 @@ fn start_agent(
                 name: account.into(),
                 kubeconfig_file: kubeconfig_file.clone(),
                 in_cluster: false,
-                namespaces: vec![ns.to_owned()],
-                omit_namespaces: vec![],
-                kinds: vec!["ConfigMap".into()],
-                omit_kinds: vec![],
-                only_spinnaker_managed: false,
+                scope: scale_agent_crds::AccountScope {
+                    namespaces: vec![ns.to_owned()],
+                    kinds: vec!["ConfigMap".into()],
+                    ..Default::default()
+                },
             }],
             budget: BudgetConfig::default(),
-            allow_kubeconfig: Default::default(),
+            allow_kubeconfig: scale_agent_e2e::kubeconfig::allow(),
         },
         &BTreeMap::from([(kubeconfig_file, kc)]),
         &cp.run_dir.join(ns),

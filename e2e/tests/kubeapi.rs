@@ -92,10 +92,9 @@ struct Rig {
 }
 
 fn stream_all_kinds(name: &str, ns: &str) -> AccountConfig {
-    AccountConfig {
-        kinds: vec![],
-        ..account(name, ns)
-    }
+    let mut a = account(name, ns);
+    a.scope.kinds = vec![];
+    a
 }
 
 async fn rig(env: &Env, name: &str, extra_hub_args: &[&str]) -> anyhow::Result<Rig> {

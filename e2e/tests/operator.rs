@@ -50,6 +50,7 @@ fn main() {
             handoff_within_10s_after_the_owner_is_deleted => handoff,
             account_moved_in_one_apply_never_in_two_configs => move_account,
             missing_secret_garbage_and_refused_kubeconfigs_in_status => invalid_accounts,
+            secrets_that_are_not_kubeconfigs_are_never_quoted_and_servers_are_checked => kubeconfig_trust,
             shard_deletion_garbage_collects_children => deletion,
             kubectl_wait_for_ready => kubectl_wait,
             no_status_write_on_noop_reconcile => no_op,
@@ -329,7 +330,9 @@ async fn account_edit(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         );
         env.apply(&edited)?;
         env.wait_config("config with a (filtered) and b", &ns, "east", 30, |c| {
-            c.account("b").is_some() && c.account("a").is_some_and(|a| a.namespaces == ["default"])
+            c.account("b").is_some()
+                && c.account("a")
+                    .is_some_and(|a| a.scope.namespaces == ["default"])
         })
         .await?;
         env.wait_shard("east serving 2 accounts", &ns, "east", 30, |s| {
@@ -741,6 +744,81 @@ async fn invalid_accounts(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         env.kubeconfig_secret(&ns, "kc-missing")?;
         env.wait_config("config with missing", &ns, "mixed", 15, |c| c.account("missing").is_some()).await?;
         env.wait_shard("missing served", &ns, "mixed", 15, |s| served(s, "missing")).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Issue 21: whoever may write AgentShards may name any Secret of the namespace; what the
+/// operator says of one that is not a kubeconfig (a service-account token, a private key)
+/// never carries its content, in the status or in an Event. Plain-HTTP and link-local
+/// servers are refused, naming the flag; a kubeconfig with two contexts is usable with
+/// the account's `context` and Invalid without it.
+async fn kubeconfig_trust(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
+    const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6IlRFU1RLRVkifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dGVhbTphZG1pbiJ9.VEhJU0lTVEhFU0lHTkFUVVJF";
+    const KEY: &str = "-----BEGIN EC PRIVATE KEY-----\n    MHcCAQEEIFRISVNJU1RIRVBSSVZBVEVLRVlUSElTSVNUSEVQUklWQVRFS0VZoAoG\n    -----END EC PRIVATE KEY-----";
+    const FRAGMENTS: [&str; 4] = ["eyJhbGci", "VEhJU0lT", "MHcCAQEE", "FRISVNJU1RI"];
+    in_namespace(env, "trust", |env, ns| async move {
+        let secret = |name: &str, body: &str| {
+            env.apply(&format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\nstringData:\n  kubeconfig: |\n    {body}\n"
+            ))
+        };
+        let kubeconfig = |clusters: &str, contexts: &str| {
+            format!("apiVersion: v1\n    kind: Config\n    clusters: [{clusters}]\n    contexts: [{contexts}]\n    users: [{{name: u, user: {{token: abc}}}}]")
+        };
+        secret("kc-token", JWT)?;
+        secret("kc-key", KEY)?;
+        secret("kc-http", &kubeconfig("{name: c, cluster: {server: 'http://10.0.0.1:8080'}}", "{name: x, context: {cluster: c, user: u}}"))?;
+        secret("kc-metadata", &kubeconfig("{name: c, cluster: {server: 'https://169.254.169.254'}}", "{name: x, context: {cluster: c, user: u}}"))?;
+        let two = kubeconfig(
+            "{name: a, cluster: {server: 'https://192.0.2.1'}}, {name: b, cluster: {server: 'https://192.0.2.2'}}",
+            "{name: ctx-a, context: {cluster: a, user: u}}, {name: ctx-b, context: {cluster: b, user: u}}",
+        );
+        secret("kc-two", &two)?;
+        let mut shard = shard_yaml(
+            &ns,
+            "trust",
+            &[("token", "kc-token"), ("key", "kc-key"), ("http", "kc-http"), ("metadata", "kc-metadata"), ("two", "kc-two"), ("chosen", "kc-two")],
+            "",
+        );
+        shard = shard.replace("  - name: chosen\n", "  - name: chosen\n    context: ctx-b\n");
+        env.apply(&shard)?;
+        let s = env
+            .wait_shard("trust to report its accounts", &ns, "trust", 60, |s| {
+                s.status_is_current() && s.status.as_ref().is_some_and(|st| st.accounts.len() == 6)
+            })
+            .await?;
+        let st = |n: &str| s.account_status(n).cloned().context(format!("status of {n}"));
+        for (name, reason, says) in [
+            ("token", "KubeconfigInvalid", "kc-token"),
+            ("key", "KubeconfigInvalid", "kc-key"),
+            ("http", "KubeconfigRefused", "--allow-kubeconfig=http"),
+            ("metadata", "KubeconfigRefused", "--allow-kubeconfig=link-local"),
+            ("two", "KubeconfigInvalid", "set the account's context"),
+        ] {
+            let a = st(name)?;
+            ensure!(
+                a.state == AccountState::Invalid && a.reason == reason && a.message.contains(says),
+                "{name}: {a:?}"
+            );
+        }
+        ensure!(st("chosen")?.state.served(), "chosen: {:?}", st("chosen")?);
+        let status = serde_json::to_string(&s.status)?;
+        // The Warning Events about the invalid accounts carry none of it either.
+        let events = wait::until("the Events about the invalid accounts", Duration::from_secs(20), || {
+            let env = env.clone();
+            let ns = ns.clone();
+            async move {
+                let out = env.cp.kubectl(["get", "events", "-n", &ns, "-o", "json"]).ok()?;
+                out.contains("kc-token").then_some(out)
+            }
+        })
+        .await?;
+        for fragment in FRAGMENTS {
+            ensure!(!status.contains(fragment), "the status quotes a Secret: {status}");
+            ensure!(!events.contains(fragment), "an Event quotes a Secret: {events}");
+        }
         Ok(())
     })
     .await

@@ -70,6 +70,7 @@ fn main() {
             conflict_and_invalid_config_are_failed_and_degraded => conflict_and_invalid,
             a_handoff_in_progress_is_in_progress => handoff,
             a_paused_shard_is_suspended => paused,
+            the_accounts_context_picks_one_of_two_and_streams => chosen_context,
         ],
     );
 }
@@ -220,6 +221,60 @@ async fn streaming(env: Arc<StatusEnv>) -> anyhow::Result<()> {
     ensure!(columns.get(3) == Some(&"1"), "kubectl get ash: {row}");
     expect_gitops(&env.env, ns, "good", "Current", "Healthy").await?;
     event(&env.env, ns, "good", "Ready", "Normal").await?;
+    Ok(())
+}
+
+/// Issue 21.12: a kubeconfig with two contexts and no current-context streams through the
+/// one the account's `context` names (the other points nowhere); without `context` the
+/// account is Invalid saying to set it.
+async fn chosen_context(env: Arc<StatusEnv>) -> anyhow::Result<()> {
+    let t = test(&env, "st-context", Vec::new()).await?;
+    let ns = &t.ns;
+    let text = std::fs::read_to_string(&env.env.cp.management.kubeconfig)?;
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    let real = kc["contexts"][0]["name"]
+        .as_str()
+        .context("the management kubeconfig's context")?
+        .to_owned();
+    let decoy_cluster: serde_yaml::Value =
+        serde_yaml::from_str("{name: decoy, cluster: {server: 'https://192.0.2.1:6443'}}")?;
+    let decoy_context: serde_yaml::Value =
+        serde_yaml::from_str("{name: decoy, context: {cluster: decoy}}")?;
+    if let Some(clusters) = kc["clusters"].as_sequence_mut() {
+        clusters.insert(0, decoy_cluster);
+    }
+    if let Some(contexts) = kc["contexts"].as_sequence_mut() {
+        contexts.insert(0, decoy_context);
+    }
+    if let Some(map) = kc.as_mapping_mut() {
+        map.remove("current-context");
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("two-contexts.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc)?)?;
+    env.env.cp.kubeconfig_secret(ns, "kc", &path)?;
+    let (chosen, unset) = (format!("{ns}-a"), format!("{ns}-b"));
+    let yaml = shard(ns, "ctx", &t.scenario.hub.grpc, &[&chosen, &unset], "").replace(
+        &format!("  - name: {chosen}\n"),
+        &format!("  - name: {chosen}\n    context: {real}\n"),
+    );
+    env.env.apply(&yaml)?;
+    let s = wait_shard(
+        &env.env,
+        "the chosen context streaming",
+        ns,
+        "ctx",
+        90,
+        |s| account_state(s, &chosen) == Some(AccountState::Active),
+    )
+    .await?;
+    let b = s
+        .account_status(&unset)
+        .context("the account without context")?;
+    ensure!(
+        b.state == AccountState::Invalid && b.message.contains("set the account's context"),
+        "{b:?}"
+    );
     Ok(())
 }
 

@@ -671,7 +671,7 @@ async fn quiet_kind_resumes(env: Arc<Env>) -> anyhow::Result<()> {
         .await
         .with_context(|| agent_log(&agent))?;
     // Every kind of the account has started (resumed or relisted), not only ConfigMaps.
-    let kinds = cfg.accounts[0].kinds.len() as u64;
+    let kinds = cfg.accounts[0].scope.kinds.len() as u64;
     let (resumes, relisted) = wait::until(
         "every kind of quiet-a to start",
         Duration::from_secs(20),

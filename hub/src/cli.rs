@@ -328,11 +328,10 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn flags_are_consistent() {
-        Args::command().debug_assert();
+        scale_agent_runtime::flags::assert_consistent::<Args>();
     }
 
     #[test]

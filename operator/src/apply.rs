@@ -26,15 +26,27 @@ use crate::decide::Children;
 use crate::error::{Error, Result};
 use crate::status;
 
-/// Server-side applies `obj` in `ns`; returns it as the server has it.
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
-where
+/// What the operator applies: a shard's child, a typed namespaced object.
+trait ChildObject:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> ChildObject for K where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
         + Serialize
         + DeserializeOwned
-        + std::fmt::Debug,
+        + std::fmt::Debug
 {
+}
+
+/// Server-side applies `obj` in `ns`; returns it as the server has it.
+async fn apply<K: ChildObject>(client: &Client, ns: &str, obj: &K) -> Result<K> {
     let name = obj.meta().name.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     api.patch(
@@ -133,14 +145,7 @@ struct Child<'a> {
 impl Child<'_> {
     /// Applies `obj` unless it is what the operator last applied and still sees
     /// (`seen`); returns it as the server has it when applied.
-    async fn apply<K>(&self, obj: &K, seen: Seen) -> Result<Option<K>>
-    where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
-    {
+    async fn apply<K: ChildObject>(&self, obj: &K, seen: Seen) -> Result<Option<K>> {
         let key = ChildKey {
             kind: K::kind(&()).into_owned(),
             name: obj.meta().name.clone().unwrap_or_default(),

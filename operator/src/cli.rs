@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn flags_are_consistent() {
-        Args::command().debug_assert();
+        scale_agent_runtime::flags::assert_consistent::<Args>();
     }
 
     #[test]

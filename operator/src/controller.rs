@@ -400,11 +400,13 @@ pub async fn run_controller(l: Leading) {
     .reflect(pdb_writer)
     .touched_objects();
     let (managed_secrets, mut secret_writer) = reflector::store();
-    let secrets = watch(
-        Api::<PartialObjectMeta<Secret>>::all(l.client.clone()),
+    // Secrets only in the namespaces with shards, which are opened to the operator: its
+    // RBAC grants no cluster-wide Secret read.
+    let secrets = crate::namespaced::watch_shard_namespaces::<PartialObjectMeta<Secret>>(
+        l.client.clone(),
+        l.store.clone(),
         watcher::Config::default(),
     )
-    .default_backoff()
     .modify(strip_managed_fields)
     .inspect_ok(move |event| reflect_managed(&mut secret_writer, event))
     .touched_objects();
@@ -478,7 +480,7 @@ fn strip_managed_fields<K: Resource>(k: &mut K) {
 }
 
 /// Keeps `writer` (the Secrets the operator manages) current from the watch of every
-/// Secret: a Secret that is not (or no longer) labelled as the operator's is left out.
+/// Secret of the shards' namespaces: a Secret that is not (or no longer) labelled as the operator's is left out.
 fn reflect_managed(
     writer: &mut Writer<PartialObjectMeta<Secret>>,
     event: &Event<PartialObjectMeta<Secret>>,

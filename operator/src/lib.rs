@@ -35,6 +35,7 @@ pub mod decide;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod namespaced;
 pub mod policy;
 pub mod reconcile;
 pub mod replicas;

@@ -140,18 +140,32 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     } else {
         ctx.claims.resolve(shard).await?
     };
-    let secrets = fetch_secrets(
-        &ctx.client,
-        &sref,
-        decide::secrets_to_fetch(shard, &resolutions),
-    )
-    .await?;
-    let tls_secret = match children::tls_source(shard, &ctx.defaults) {
-        TlsSource::None => None,
-        TlsSource::Secret(name) | TlsSource::Issued(name) | TlsSource::CertManager(name) => {
-            fetch_secret(&ctx.client, &sref.namespace, &name).await?
-        }
-    };
+    // The operator reads Secrets only in namespaces opened to it: a refusal here means
+    // this one is not, which the status says (below) as it does for a refused write.
+    let mut forbidden = None;
+    let mut secrets = BTreeMap::new();
+    let mut tls_secret = None;
+    let fetched = async {
+        secrets = fetch_secrets(
+            &ctx.client,
+            &sref,
+            decide::secrets_to_fetch(shard, &resolutions),
+        )
+        .await?;
+        tls_secret = match children::tls_source(shard, &ctx.defaults) {
+            TlsSource::None => None,
+            TlsSource::Secret(name) | TlsSource::Issued(name) | TlsSource::CertManager(name) => {
+                fetch_secret(&ctx.client, &sref.namespace, &name).await?
+            }
+        };
+        Ok::<_, Error>(())
+    }
+    .await;
+    match fetched {
+        Ok(()) => {}
+        Err(e) if e.label() == "ApiForbidden" => forbidden = Some(e),
+        Err(e) => return Err(e),
+    }
     let agent_ca = match &ctx.defaults.agent_ca {
         Some(ca) if !shard.spec.paused => Some(read_ca(&ctx.client, ca).await?),
         _ => None,
@@ -176,6 +190,20 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         &now,
     )?;
     log_waiting(&resolutions);
+    if let Some(e) = forbidden {
+        decision.children = None;
+        for a in &mut decision.observed.accounts {
+            if a.reason == status::reason::SECRET_NOT_FOUND {
+                a.reason = status::reason::NAMESPACE_NOT_OPENED.to_owned();
+                a.message = format!(
+                    "the operator may not read Secrets in namespace {}",
+                    sref.namespace
+                );
+            }
+        }
+        let rv = shard.metadata.resource_version.as_deref();
+        return not_opened(ctx, shard, &sref, rv, &mut decision, now, e).await;
+    }
 
     // Apply.
     let mut resource_version = shard.metadata.resource_version.clone();
@@ -203,28 +231,8 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
             {
                 Ok(d) => Some(d),
                 Err(e) if e.label() == "ApiForbidden" => {
-                    // Say so in the status (the operator may write statuses everywhere),
-                    // then fail the reconcile: it retries with backoff.
-                    decision.observed.config_problem = Some(status::Problem::new(
-                        status::reason::NAMESPACE_NOT_OPENED,
-                        format!(
-                            "the operator may not write this shard's agents in namespace {}: bind the ClusterRole scale-agent-operator-shards to its ServiceAccount there (manifests/shard-namespace); {e}",
-                            sref.namespace
-                        ),
-                    ));
-                    let (written, _) = write_status(
-                        ctx,
-                        shard,
-                        &sref,
-                        resource_version.as_deref(),
-                        &decision.observed,
-                        now,
-                    )
-                    .await?;
-                    if matches!(written, Written::Yes(_)) {
-                        ctx.superseded.replaced(&sref, resource_version.as_deref());
-                    }
-                    return Err(e);
+                    let rv = shard.metadata.resource_version.as_deref();
+                    return not_opened(ctx, shard, &sref, rv, &mut decision, now, e).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -322,6 +330,32 @@ fn observe_replicas(ctx: &Context, sref: &ShardRef, now: &Time) -> Replicas {
 }
 
 /// The operator's CA, or why it cannot issue certificates.
+/// Says in the status that the shard's namespace is not opened to the operator (it may
+/// write statuses everywhere), then fails the reconcile with `e`: it retries with backoff.
+async fn not_opened(
+    ctx: &Context,
+    shard: &AgentShard,
+    sref: &ShardRef,
+    resource_version: Option<&str>,
+    decision: &mut decide::Decision,
+    now: Time,
+    e: Error,
+) -> Result<Action> {
+    decision.observed.config_problem = Some(status::Problem::new(
+        status::reason::NAMESPACE_NOT_OPENED,
+        format!(
+            "the operator may not read Secrets or write this shard's agents in namespace {}: bind the ClusterRole scale-agent-operator-shards to its ServiceAccount there (manifests/shard-namespace); {e}",
+            sref.namespace
+        ),
+    ));
+    let (written, _) =
+        write_status(ctx, shard, sref, resource_version, &decision.observed, now).await?;
+    if matches!(written, Written::Yes(_)) {
+        ctx.superseded.replaced(sref, resource_version);
+    }
+    Err(e)
+}
+
 async fn read_ca(client: &Client, ca: &ShardRef) -> Result<std::result::Result<AgentCa, String>> {
     Ok(match fetch_secret(client, &ca.namespace, &ca.name).await? {
         Some(secret) => AgentCa::from_secret(&secret, &ca.key()),

@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use k8s_openapi::ByteString;
+mod common;
+
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -23,16 +24,12 @@ use kube::runtime::watcher::Event;
 use proptest::prelude::*;
 use scale_agent_crds::{AgentConfig, AgentShard, CONFIG_KEY, ShardRef};
 use scale_agent_hub::core::ownership::{Ownership, Verdict};
-use scale_agent_operator::children::Defaults;
 use scale_agent_operator::claims_index::{ClaimsIndex, Resolution};
-use scale_agent_operator::decide::{self, Decision, Fetched};
-use scale_agent_operator::replicas::Replicas;
+use scale_agent_operator::decide::Decision;
 use scale_agent_operator::{status, webhook};
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 const SHARDS: usize = 6;
-
-const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
 
 fn sref(i: usize) -> ShardRef {
     ShardRef::new(format!("ns-{}", i % 3), format!("shard-{i}"))
@@ -119,19 +116,7 @@ struct World {
 fn secrets() -> BTreeMap<String, Option<Secret>> {
     NAMES
         .iter()
-        .map(|n| {
-            let s = Secret {
-                data: Some(
-                    [(
-                        "kubeconfig".to_owned(),
-                        ByteString(KUBECONFIG.as_bytes().to_vec()),
-                    )]
-                    .into(),
-                ),
-                ..Secret::default()
-            };
-            (format!("kc-{n}"), Some(s))
-        })
+        .map(|n| (format!("kc-{n}"), Some(common::kubeconfig_secret())))
         .collect()
 }
 
@@ -227,22 +212,8 @@ impl World {
                 };
                 let resolutions = self.index.resolve(&shard);
                 let secrets = secrets();
-                let decision = decide::decide(
-                    Fetched {
-                        shard: &shard,
-                        resolutions: &resolutions,
-                        secrets: &secrets,
-                        tls_secret: None,
-                        agent_ca: None,
-                        replicas: &Replicas::default(),
-                    },
-                    &Defaults {
-                        image: Some("example.com/agent:1".into()),
-                        ..Defaults::default()
-                    },
-                    &time(self.seconds()),
-                )
-                .expect("decides");
+                let decision =
+                    common::decide(&shard, &resolutions, &secrets, &time(self.seconds()));
                 let mut rv = shard.metadata.resource_version.clone().expect("rv");
                 if let Some(accounts) = &decision.reserve {
                     let patch = serde_json::json!({ "accounts": accounts });

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use http::{Method, Request, Response, header};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::Secret;
@@ -26,21 +27,17 @@ use kube::{Api, Client};
 use scale_agent_crds::{AgentShard, ShardRef};
 use scale_agent_operator::applied::{Applied, Watched};
 use scale_agent_operator::apply::{self, Written};
-use scale_agent_operator::children::Defaults;
 use scale_agent_operator::claims_index::{self, Resolution};
 use scale_agent_operator::controller::{self, Undecodables};
-use scale_agent_operator::decide::{self, Decision, Fetched};
+use scale_agent_operator::decide::{self, Decision};
 use scale_agent_operator::leader::{Elector, LeaseConfig};
 use scale_agent_operator::metrics::Metrics;
-use scale_agent_operator::replicas::Replicas;
 use scale_agent_operator::status;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tower_test::mock::{self, Handle, SendResponse};
 
 type Mock = Handle<Request<Body>, Response<Body>>;
-
-const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n";
 
 fn mock_client() -> (Client, Mock) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -136,32 +133,13 @@ fn shard(replicas: i32) -> AgentShard {
 }
 
 fn decision(s: &AgentShard) -> Decision {
-    let secret = Secret {
-        data: Some(
-            [(
-                "kubeconfig".to_owned(),
-                ByteString(KUBECONFIG.as_bytes().to_vec()),
-            )]
-            .into(),
-        ),
-        ..Secret::default()
-    };
-    decide::decide(
-        Fetched {
-            shard: s,
-            resolutions: &[("a".to_owned(), Resolution::Owned)].into(),
-            secrets: &[("kc-a".to_owned(), Some(secret))].into(),
-            tls_secret: None,
-            agent_ca: None,
-            replicas: &Replicas::default(),
-        },
-        &Defaults {
-            image: Some("example.com/agent:1".into()),
-            ..Defaults::default()
-        },
+    let secret = common::kubeconfig_secret();
+    common::decide(
+        s,
+        &[("a".to_owned(), Resolution::Owned)].into(),
+        &[("kc-a".to_owned(), Some(secret))].into(),
         &Time(Timestamp::from_second(1_800_000_000).expect("t")),
     )
-    .expect("decides")
 }
 
 /// The writers of the children's watches, and what the reconciler reads of them.

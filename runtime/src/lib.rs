@@ -3,10 +3,12 @@
 //! - [`logging`]: the `--log-format` flag and the tracing subscriber behind it;
 //! - [`metrics`]: metrics declared once per binary and exported with its build;
 //! - [`duration`]: duration flags in one style (`15s`, `500ms`, `10m`, `1h30m`);
+//! - [`flags`]: the check of a binary's flag declarations, and non-zero duration flags;
 //! - [`signal`]: waiting for SIGTERM or Ctrl-C, so a binary can let go of what it holds
 //!   (a Lease, its sessions) before it exits.
 
 pub mod duration;
+pub mod flags;
 pub mod logging;
 pub mod metrics;
 pub mod signal;

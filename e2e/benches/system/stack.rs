@@ -42,14 +42,12 @@ pub struct Account {
 pub fn account(name: &str, kubeconfig: &str, namespaces: Vec<String>, kinds: &[&str]) -> Account {
     Account {
         config: AccountConfig {
-            name: name.into(),
-            kubeconfig_file: format!("{name}.kubeconfig"),
-            in_cluster: false,
-            namespaces,
-            omit_namespaces: vec![],
-            kinds: kinds.iter().map(|k| k.to_string()).collect(),
-            omit_kinds: vec![],
-            only_spinnaker_managed: false,
+            scope: scale_agent_crds::AccountScope {
+                namespaces,
+                kinds: kinds.iter().map(|k| k.to_string()).collect(),
+                ..Default::default()
+            },
+            ..AccountConfig::new(name)
         },
         kubeconfig: kubeconfig.into(),
     }
@@ -194,7 +192,7 @@ impl Stack {
             },
             accounts: accounts.iter().map(|a| a.config.clone()).collect(),
             budget: BudgetConfig::default(),
-            allow_kubeconfig: Default::default(),
+            allow_kubeconfig: scale_agent_e2e::kubeconfig::allow(),
         };
         let kubeconfigs: BTreeMap<String, String> = accounts
             .iter()

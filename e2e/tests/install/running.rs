@@ -95,10 +95,13 @@ impl Installed {
                     "SCALE_AGENT_DEFAULT_HUB".into(),
                     format!("127.0.0.1:{hub_grpc}"),
                 )],
-                args: vec![format!(
-                    "--webhook-url=https://127.0.0.1:{}/validate",
-                    ports["webhook"]
-                )],
+                args: vec![
+                    format!(
+                        "--webhook-url=https://127.0.0.1:{}/validate",
+                        ports["webhook"]
+                    ),
+                    format!("--allow-kubeconfig={}", scale_agent_e2e::kubeconfig::NEEDS),
+                ],
             }
         })
         .await
