@@ -30,6 +30,7 @@ use super::options;
 use super::passthrough::{self, MAX_REQUEST_BODY, Replay};
 use super::path::{self, PathError};
 use super::read;
+use super::scope;
 use super::stale;
 use super::status::Failure;
 use super::{KubeApiConfig, TokenSource};
@@ -251,6 +252,36 @@ impl KubeApi {
             })
     }
 
+    /// [`scope::check`] with what the hub knows of the account: the namespaces its
+    /// agent registered it with, and whether the path's resource is a cluster-scoped
+    /// kind the account streams.
+    fn within_scope(
+        &self,
+        account: &str,
+        method: &http::Method,
+        resource: Option<&path::ResourcePath>,
+    ) -> Result<(), String> {
+        let (limit, streamed_cluster_scoped) = {
+            let core = self.shared.core();
+            let Some(cache) = core.cache.account(account) else {
+                return Ok(());
+            };
+            let limit = cache
+                .scope()
+                .map(|s| s.namespaces.clone())
+                .unwrap_or_default();
+            let streamed = resource.is_some_and(|r| {
+                cache
+                    .kind_for(&r.group, &r.version, &r.resource)
+                    .is_some_and(|k| !k.window.namespaced)
+            });
+            (limit, streamed)
+        };
+        let cluster_scoped = streamed_cluster_scoped
+            || resource.is_some_and(|r| scope::builtin_cluster_scoped(&r.group, &r.resource));
+        scope::check(&limit, method, resource, cluster_scoped)
+    }
+
     async fn serve(&self, req: Request<Incoming>, account: String, rest: String) -> Response<Body> {
         match self.tokens.check(req.headers(), &account) {
             Ok(_) => {}
@@ -307,6 +338,10 @@ impl KubeApi {
             }
             Located::Here { session, tx } => (Some(session), Some(tx)),
         };
+        if let Err(why) = self.within_scope(&account, req.method(), resource.as_ref()) {
+            warn!(path = %clip(&rest), %why, "refused a request outside the account's namespaces");
+            return Failure::forbidden(why).response();
+        }
         if let Some(resource) = &resource {
             match self
                 .answer_from_cache(&req, &account, &rest, resource, stale_since.is_some())
