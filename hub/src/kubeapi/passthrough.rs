@@ -153,7 +153,8 @@ pub fn go_duration(text: &str) -> Option<Duration> {
             _ => return None,
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(seconds).ok()?;
+        // Checked: a sum past what a Duration holds is no duration (not a panic).
+        total = total.checked_add(Duration::try_from_secs_f64(seconds).ok()?)?;
     }
     Some(total)
 }
@@ -465,6 +466,17 @@ mod tests {
         );
         assert_eq!(head_deadline("/api/v1/pods?timeout=0", d), d);
         assert_eq!(head_deadline("/api/v1/pods?timeout=100h", d), MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn a_timeout_too_large_to_add_up_is_the_default_not_a_panic() {
+        // Each part fits a Duration, their sum does not: the API server falls back to
+        // its default for a timeout it cannot parse, and so does the hub.
+        let huge = "10000000000000000000s10000000000000000000s";
+        assert_eq!(go_duration(huge), None);
+        let d = Duration::from_secs(60);
+        assert_eq!(head_deadline(&format!("/api/v1/pods?timeout={huge}"), d), d);
+        assert_eq!(go_duration("1e400h"), None);
     }
 
     #[test]
