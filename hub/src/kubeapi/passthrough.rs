@@ -124,6 +124,43 @@ async fn record_write(
     Response::from_parts(parts, Body::from(bytes))
 }
 
+/// Reads a request body whole: at most [`MAX_REQUEST_BODY`] bytes (413 past it), and
+/// within `deadline` (408 past it), so a client that never finishes its body does
+/// not hold the hub's memory and its connection's task for ever.
+pub async fn read_body<B>(body: B, deadline: Duration) -> Result<Bytes, Failure>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
+    let collect = http_body_util::Limited::new(body, MAX_REQUEST_BODY).collect();
+    match tokio::time::timeout(deadline, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) => {
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(Failure::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    format!("the request body is larger than {MAX_REQUEST_BODY} bytes"),
+                ))
+            } else {
+                Err(Failure::bad_request(format!(
+                    "reading the request body: {}",
+                    crate::core::clip::clip(&err.to_string())
+                )))
+            }
+        }
+        Err(_) => Err(Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Timeout",
+            format!("the request body did not arrive whole within {deadline:?}"),
+        )),
+    }
+}
+
 /// Parses a Go duration as kubectl writes `timeout=` (`32s`, `1m0s`, `500ms`).
 pub fn go_duration(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
@@ -466,6 +503,27 @@ mod tests {
         );
         assert_eq!(head_deadline("/api/v1/pods?timeout=0", d), d);
         assert_eq!(head_deadline("/api/v1/pods?timeout=100h", d), MAX_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_ends_is_cut_at_its_deadline() {
+        // One chunk, then nothing more, never the end.
+        use futures::StreamExt as _;
+        let chunks = futures::stream::iter([Ok::<_, std::io::Error>(hyper::body::Frame::data(
+            Bytes::from_static(b"{\"kind\":"),
+        ))])
+        .chain(futures::stream::pending());
+        let body = http_body_util::StreamBody::new(chunks);
+        let got = read_body(body, Duration::from_millis(50)).await;
+        assert_eq!(
+            got.map_err(|f| (f.code, f.reason)),
+            Err((StatusCode::REQUEST_TIMEOUT, "Timeout"))
+        );
+        let whole = http_body_util::Full::new(Bytes::from_static(b"{}"));
+        assert_eq!(
+            read_body(whole, Duration::from_secs(5)).await.ok(),
+            Some(Bytes::from_static(b"{}"))
+        );
     }
 
     #[test]

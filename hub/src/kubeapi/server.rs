@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -27,7 +26,7 @@ use super::cached::{self, Ctx};
 use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
 use super::options;
-use super::passthrough::{self, MAX_REQUEST_BODY, Replay};
+use super::passthrough::{self, Replay};
 use super::path::{self, PathError};
 use super::read;
 use super::scope;
@@ -217,6 +216,7 @@ impl KubeApi {
     async fn answer_from_cache(
         &self,
         req: &Request<Incoming>,
+        owner: usize,
         account: &str,
         rest: &str,
         resource: &path::ResourcePath,
@@ -240,6 +240,7 @@ impl KubeApi {
         let ctx = Ctx {
             shared: &self.shared,
             snapshots: &self.snapshots,
+            owner,
             barriers: &self.barriers,
             stale,
         };
@@ -283,8 +284,8 @@ impl KubeApi {
     }
 
     async fn serve(&self, req: Request<Incoming>, account: String, rest: String) -> Response<Body> {
-        match self.tokens.check(req.headers(), &account) {
-            Ok(_) => {}
+        let owner = match self.tokens.check(req.headers(), &account) {
+            Ok(line) => line,
             Err(Refusal::Unauthenticated) => {
                 self.shared.metrics.http_unauthorized.inc();
                 debug!("Kubernetes API request without a valid token");
@@ -295,7 +296,7 @@ impl KubeApi {
                 return Failure::forbidden(format!("this token may not use account {account:?}"))
                     .response();
             }
-        }
+        };
         if !self.config.allow_impersonation
             && req
                 .headers()
@@ -344,7 +345,14 @@ impl KubeApi {
         }
         if let Some(resource) = &resource {
             match self
-                .answer_from_cache(&req, &account, &rest, resource, stale_since.is_some())
+                .answer_from_cache(
+                    &req,
+                    owner,
+                    &account,
+                    &rest,
+                    resource,
+                    stale_since.is_some(),
+                )
                 .await
             {
                 Ok(mut response) => {
@@ -383,26 +391,10 @@ impl KubeApi {
                 resource: r.resource,
             });
         let (parts, body) = req.into_parts();
-        let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) => {
-                let too_large = err
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                return if too_large {
-                    Failure::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "RequestEntityTooLarge",
-                        format!("the request body is larger than {MAX_REQUEST_BODY} bytes"),
-                    )
-                    .response()
-                } else {
-                    Failure::bad_request(format!("reading the request body: {err}")).response()
-                };
-            }
+        // The body's deadline is the request's default one (`--kube-api-request-timeout`).
+        let body = match passthrough::read_body(body, self.config.request_timeout).await {
+            Ok(body) => body,
+            Err(refused) => return refused.response(),
         };
         passthrough::replay(
             &self.shared,
