@@ -1005,6 +1005,46 @@ async fn refusals(env: Arc<Env>) -> anyhow::Result<()> {
             path,
         )?;
     }
+    // The target account is limited to namespace `ns` (its AgentShard's `namespaces`):
+    // through the hub, even with the all-accounts token and the cluster's admin
+    // kubeconfig behind it, it reaches nothing of another namespace, no namespaced
+    // kind across all namespaces, and writes nothing cluster-scoped; nor does an
+    // access review describe the admin kubeconfig's rights.
+    for (method, path) in [
+        (
+            "GET",
+            "/api/v1/namespaces/kube-system/configmaps".to_string(),
+        ),
+        ("GET", "/api/v1/namespaces/kube-system/secrets".to_string()),
+        ("GET", "/api/v1/configmaps".to_string()),
+        ("GET", "/api/v1/secrets?watch=true".to_string()),
+        (
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles".to_string(),
+        ),
+        (
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews".to_string(),
+        ),
+        ("DELETE", format!("/api/v1/namespaces/{ns}")),
+    ] {
+        expect_status(
+            &call(&all, method, &path, &[]).await?,
+            403,
+            "Forbidden",
+            &format!("{method} {path} for an account limited to {ns}"),
+        )?;
+    }
+    let (code, body) = call(&all, "GET", &list, &[]).await?;
+    ensure!(
+        code == 200 && body["kind"] == "ConfigMapList",
+        "its own namespace: {code} {body}"
+    );
+    let (code, body) = call(&all, "GET", "/api/v1/namespaces", &[]).await?;
+    ensure!(
+        code == 200 && body["kind"] == "NamespaceList",
+        "cluster-scoped kinds stay readable: {code} {body}"
+    );
     // The cluster's own answers come back unchanged: 404 for a missing object.
     let (code, body) = call(&all, "GET", &format!("{list}/nope"), &[]).await?;
     ensure!(

@@ -35,6 +35,8 @@ pub struct Ctx<'a> {
     pub shared: &'a Arc<Shared>,
     /// Lists kept for their next pages.
     pub snapshots: &'a Snapshots,
+    /// Who asks (the token's line), whose list snapshots the pages come from.
+    pub owner: usize,
     /// Versions reads must reach after the clients' writes.
     pub barriers: &'a Barriers,
     /// The account's agent is away: the cache answers from its last known state and
@@ -74,9 +76,23 @@ pub async fn answer(
                 let _ = tokio::time::timeout(left, rx.changed()).await;
             }
             Step::List(listed) => {
-                return Ok(list::page(ctx.snapshots, &read, Some(listed), fingerprint));
+                return Ok(list::page(
+                    ctx.snapshots,
+                    ctx.owner,
+                    &read,
+                    Some(listed),
+                    fingerprint,
+                ));
             }
-            Step::Continue => return Ok(list::page(ctx.snapshots, &read, None, fingerprint)),
+            Step::Continue => {
+                return Ok(list::page(
+                    ctx.snapshots,
+                    ctx.owner,
+                    &read,
+                    None,
+                    fingerprint,
+                ));
+            }
             Step::Watch(w) => return Ok(watch::serve(Arc::clone(ctx.shared), *w)),
         }
     }

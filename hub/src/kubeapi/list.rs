@@ -217,11 +217,20 @@ pub struct Filtered {
     pub q: u64,
 }
 
-/// Lists kept for their next pages.
+/// Lists kept for their next pages, apart per owner (the token that listed), so
+/// that one token's lists never push another's out: each owner keeps its
+/// [`MAX_SNAPSHOTS`] newest, for [`SNAPSHOT_TTL`] at most.
 #[derive(Default)]
 pub struct Snapshots {
     next: std::sync::atomic::AtomicU64,
-    kept: Mutex<(HashMap<u64, Snapshot>, VecDeque<u64>)>,
+    kept: Mutex<HashMap<usize, Kept>>,
+}
+
+/// One owner's lists, oldest first.
+#[derive(Default)]
+struct Kept {
+    map: HashMap<u64, Snapshot>,
+    order: VecDeque<u64>,
 }
 
 impl std::fmt::Debug for Snapshots {
@@ -231,10 +240,17 @@ impl std::fmt::Debug for Snapshots {
 }
 
 impl Snapshots {
-    fn keep(&self, list: Arc<Filtered>) -> u64 {
+    fn keep(&self, owner: usize, list: Arc<Filtered>) -> u64 {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let mut guard = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *guard;
+        // Owners whose newest list has expired keep nothing.
+        guard.retain(|_, kept| {
+            kept.order
+                .back()
+                .and_then(|newest| kept.map.get(newest))
+                .is_some_and(|s| s.taken.elapsed() <= SNAPSHOT_TTL)
+        });
+        let Kept { map, order } = guard.entry(owner).or_default();
         map.insert(
             id,
             Snapshot {
@@ -256,10 +272,11 @@ impl Snapshots {
         id
     }
 
-    fn get(&self, id: u64) -> Option<Arc<Filtered>> {
+    fn get(&self, owner: usize, id: u64) -> Option<Arc<Filtered>> {
         let guard = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         guard
-            .0
+            .get(&owner)?
+            .map
             .get(&id)
             .filter(|s| s.taken.elapsed() <= SNAPSHOT_TTL)
             .map(|s| Arc::clone(&s.list))
@@ -276,11 +293,18 @@ fn expired() -> Failure {
     )
 }
 
-/// One page of a list, as the API server writes it.
-pub fn page(snapshots: &Snapshots, read: &Read, list: Option<Listed>, q: u64) -> Response<Body> {
+/// One page of a list, as the API server writes it; `owner` names the caller (its
+/// token) whose snapshots keep the next pages.
+pub fn page(
+    snapshots: &Snapshots,
+    owner: usize,
+    read: &Read,
+    list: Option<Listed>,
+    q: u64,
+) -> Response<Body> {
     let (filtered, offset) = match (&read.cont, list) {
         (Some(token), _) => {
-            let Some(snapshot) = snapshots.get(token.s) else {
+            let Some(snapshot) = snapshots.get(owner, token.s) else {
                 return expired().response();
             };
             if snapshot.q != q || token.q != q {
@@ -325,7 +349,7 @@ pub fn page(snapshots: &Snapshots, read: &Read, list: Option<Listed>, q: u64) ->
     if to < total {
         let id = match &read.cont {
             Some(token) => token.s,
-            None => snapshots.keep(Arc::clone(&filtered)),
+            None => snapshots.keep(owner, Arc::clone(&filtered)),
         };
         let token = Token {
             hub: 1,
@@ -448,7 +472,14 @@ mod tests {
     #[tokio::test]
     async fn lists_are_shaped_like_the_api_servers_and_page_through_one_snapshot() {
         let snapshots = Snapshots::default();
-        let (status, all) = json(page(&snapshots, &read(Some("a"), &[]), Some(listed(5)), 1)).await;
+        let (status, all) = json(page(
+            &snapshots,
+            0,
+            &read(Some("a"), &[]),
+            Some(listed(5)),
+            1,
+        ))
+        .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(all["kind"], "DeploymentList");
         assert_eq!(all["apiVersion"], "apps/v1");
@@ -461,7 +492,7 @@ mod tests {
         );
         // Pages of two: the next pages come from the first page's snapshot.
         let first = read(Some("a"), &[("limit", "2")]);
-        let (_, p1) = json(page(&snapshots, &first, Some(listed(5)), 1)).await;
+        let (_, p1) = json(page(&snapshots, 0, &first, Some(listed(5)), 1)).await;
         assert_eq!(names(&p1), ["d00", "d01"]);
         assert_eq!(p1["metadata"]["remainingItemCount"], 3);
         let mut seen = names(&p1);
@@ -471,7 +502,7 @@ mod tests {
             .to_owned();
         loop {
             let next = read(Some("a"), &[("limit", "2"), ("continue", &token)]);
-            let (_, p) = json(page(&snapshots, &next, None, 1)).await;
+            let (_, p) = json(page(&snapshots, 0, &next, None, 1)).await;
             assert_eq!(p["metadata"]["resourceVersion"], "77");
             seen.extend(names(&p));
             match p["metadata"]["continue"].as_str() {
@@ -482,13 +513,13 @@ mod tests {
         assert_eq!(seen, ["d00", "d01", "d02", "d03", "d04"]);
         // Selectors apply before paging; no remaining count with a selector.
         let even = read(Some("a"), &[("limit", "2"), ("labelSelector", "even=true")]);
-        let (_, p) = json(page(&snapshots, &even, Some(listed(5)), 2)).await;
+        let (_, p) = json(page(&snapshots, 0, &even, Some(listed(5)), 2)).await;
         assert_eq!(names(&p), ["d00", "d02"]);
         assert!(p["metadata"].get("remainingItemCount").is_none());
         // A token of another list is refused; an unknown snapshot is expired.
         let wrong = read(Some("a"), &[("limit", "2"), ("continue", &token)]);
         assert_eq!(
-            json(page(&snapshots, &wrong, None, 9)).await.0,
+            json(page(&snapshots, 0, &wrong, None, 9)).await.0,
             StatusCode::BAD_REQUEST
         );
         let gone = Token {
@@ -501,6 +532,7 @@ mod tests {
         .encode();
         let (status, body) = json(page(
             &snapshots,
+            0,
             &read(Some("a"), &[("continue", &gone)]),
             None,
             1,
@@ -508,6 +540,39 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::GONE);
         assert_eq!(body["reason"], "Expired");
+    }
+
+    #[tokio::test]
+    async fn another_owners_lists_do_not_push_out_your_pages() {
+        let snapshots = Snapshots::default();
+        let first = read(Some("a"), &[("limit", "2")]);
+        let (_, p1) = json(page(&snapshots, 1, &first, Some(listed(5)), 1)).await;
+        let token = p1["metadata"]["continue"]
+            .as_str()
+            .expect("a token")
+            .to_owned();
+        // Another token pages through more lists than anyone may keep.
+        for _ in 0..MAX_SNAPSHOTS * 2 {
+            let (status, _) = json(page(&snapshots, 2, &first, Some(listed(5)), 1)).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let next = read(Some("a"), &[("limit", "2"), ("continue", &token)]);
+        let (status, p2) = json(page(&snapshots, 1, &next, None, 1)).await;
+        assert_eq!(status, StatusCode::OK, "{p2}");
+        assert_eq!(names(&p2), ["d02", "d03"]);
+        // Your own lists still push out your oldest.
+        for _ in 0..MAX_SNAPSHOTS {
+            json(page(&snapshots, 1, &first, Some(listed(5)), 1)).await;
+        }
+        assert_eq!(
+            json(page(&snapshots, 1, &next, None, 1)).await.0,
+            StatusCode::GONE
+        );
+        // And nobody continues another owner's list.
+        assert_eq!(
+            json(page(&snapshots, 3, &next, None, 1)).await.0,
+            StatusCode::GONE
+        );
     }
 
     #[test]

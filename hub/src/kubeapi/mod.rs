@@ -13,7 +13,8 @@
 //! [`path`] (routing and what a path names), [`auth`] (bearer tokens and their
 //! accounts), [`locate`] (which session holds an account), [`read`] (which reads the
 //! cache answers), [`list`] (lists and their pages), [`options`] (list options
-//! checked as the API server checks them), [`selector`] (label and field selectors),
+//! checked as the API server checks them), [`selector`] (label and field selectors), [`scope`] (an account's
+//! `namespaces` as a limit),
 //! [`cached`] (the checks under the cache's lock), [`watch`] (watches from the
 //! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
 //! session, flow control), [`passthrough`] (replaying a request through the agent), [`stale`] (reads
@@ -32,6 +33,7 @@ pub mod options;
 pub mod passthrough;
 pub mod path;
 pub mod read;
+pub mod scope;
 pub mod selector;
 pub mod server;
 pub mod stale;

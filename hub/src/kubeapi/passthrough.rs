@@ -124,6 +124,43 @@ async fn record_write(
     Response::from_parts(parts, Body::from(bytes))
 }
 
+/// Reads a request body whole: at most [`MAX_REQUEST_BODY`] bytes (413 past it), and
+/// within `deadline` (408 past it), so a client that never finishes its body does
+/// not hold the hub's memory and its connection's task for ever.
+pub async fn read_body<B>(body: B, deadline: Duration) -> Result<Bytes, Failure>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
+    let collect = http_body_util::Limited::new(body, MAX_REQUEST_BODY).collect();
+    match tokio::time::timeout(deadline, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) => {
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(Failure::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    format!("the request body is larger than {MAX_REQUEST_BODY} bytes"),
+                ))
+            } else {
+                Err(Failure::bad_request(format!(
+                    "reading the request body: {}",
+                    crate::core::clip::clip(&err.to_string())
+                )))
+            }
+        }
+        Err(_) => Err(Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Timeout",
+            format!("the request body did not arrive whole within {deadline:?}"),
+        )),
+    }
+}
+
 /// Parses a Go duration as kubectl writes `timeout=` (`32s`, `1m0s`, `500ms`).
 pub fn go_duration(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
@@ -153,7 +190,8 @@ pub fn go_duration(text: &str) -> Option<Duration> {
             _ => return None,
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(seconds).ok()?;
+        // Checked: a sum past what a Duration holds is no duration (not a panic).
+        total = total.checked_add(Duration::try_from_secs_f64(seconds).ok()?)?;
     }
     Some(total)
 }
@@ -465,6 +503,38 @@ mod tests {
         );
         assert_eq!(head_deadline("/api/v1/pods?timeout=0", d), d);
         assert_eq!(head_deadline("/api/v1/pods?timeout=100h", d), MAX_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_ends_is_cut_at_its_deadline() {
+        // One chunk, then nothing more, never the end.
+        use futures::StreamExt as _;
+        let chunks = futures::stream::iter([Ok::<_, std::io::Error>(hyper::body::Frame::data(
+            Bytes::from_static(b"{\"kind\":"),
+        ))])
+        .chain(futures::stream::pending());
+        let body = http_body_util::StreamBody::new(chunks);
+        let got = read_body(body, Duration::from_millis(50)).await;
+        assert_eq!(
+            got.map_err(|f| (f.code, f.reason)),
+            Err((StatusCode::REQUEST_TIMEOUT, "Timeout"))
+        );
+        let whole = http_body_util::Full::new(Bytes::from_static(b"{}"));
+        assert_eq!(
+            read_body(whole, Duration::from_secs(5)).await.ok(),
+            Some(Bytes::from_static(b"{}"))
+        );
+    }
+
+    #[test]
+    fn a_timeout_too_large_to_add_up_is_the_default_not_a_panic() {
+        // Each part fits a Duration, their sum does not: the API server falls back to
+        // its default for a timeout it cannot parse, and so does the hub.
+        let huge = "10000000000000000000s10000000000000000000s";
+        assert_eq!(go_duration(huge), None);
+        let d = Duration::from_secs(60);
+        assert_eq!(head_deadline(&format!("/api/v1/pods?timeout={huge}"), d), d);
+        assert_eq!(go_duration("1e400h"), None);
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -27,9 +26,10 @@ use super::cached::{self, Ctx};
 use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
 use super::options;
-use super::passthrough::{self, MAX_REQUEST_BODY, Replay};
+use super::passthrough::{self, Replay};
 use super::path::{self, PathError};
 use super::read;
+use super::scope;
 use super::stale;
 use super::status::Failure;
 use super::{KubeApiConfig, TokenSource};
@@ -216,6 +216,7 @@ impl KubeApi {
     async fn answer_from_cache(
         &self,
         req: &Request<Incoming>,
+        owner: usize,
         account: &str,
         rest: &str,
         resource: &path::ResourcePath,
@@ -239,6 +240,7 @@ impl KubeApi {
         let ctx = Ctx {
             shared: &self.shared,
             snapshots: &self.snapshots,
+            owner,
             barriers: &self.barriers,
             stale,
         };
@@ -251,9 +253,39 @@ impl KubeApi {
             })
     }
 
+    /// [`scope::check`] with what the hub knows of the account: the namespaces its
+    /// agent registered it with, and whether the path's resource is a cluster-scoped
+    /// kind the account streams.
+    fn within_scope(
+        &self,
+        account: &str,
+        method: &http::Method,
+        resource: Option<&path::ResourcePath>,
+    ) -> Result<(), String> {
+        let (limit, streamed_cluster_scoped) = {
+            let core = self.shared.core();
+            let Some(cache) = core.cache.account(account) else {
+                return Ok(());
+            };
+            let limit = cache
+                .scope()
+                .map(|s| s.namespaces.clone())
+                .unwrap_or_default();
+            let streamed = resource.is_some_and(|r| {
+                cache
+                    .kind_for(&r.group, &r.version, &r.resource)
+                    .is_some_and(|k| !k.window.namespaced)
+            });
+            (limit, streamed)
+        };
+        let cluster_scoped = streamed_cluster_scoped
+            || resource.is_some_and(|r| scope::builtin_cluster_scoped(&r.group, &r.resource));
+        scope::check(&limit, method, resource, cluster_scoped)
+    }
+
     async fn serve(&self, req: Request<Incoming>, account: String, rest: String) -> Response<Body> {
-        match self.tokens.check(req.headers(), &account) {
-            Ok(_) => {}
+        let owner = match self.tokens.check(req.headers(), &account) {
+            Ok(line) => line,
             Err(Refusal::Unauthenticated) => {
                 self.shared.metrics.http_unauthorized.inc();
                 debug!("Kubernetes API request without a valid token");
@@ -264,7 +296,7 @@ impl KubeApi {
                 return Failure::forbidden(format!("this token may not use account {account:?}"))
                     .response();
             }
-        }
+        };
         if !self.config.allow_impersonation
             && req
                 .headers()
@@ -307,9 +339,20 @@ impl KubeApi {
             }
             Located::Here { session, tx } => (Some(session), Some(tx)),
         };
+        if let Err(why) = self.within_scope(&account, req.method(), resource.as_ref()) {
+            warn!(path = %clip(&rest), %why, "refused a request outside the account's namespaces");
+            return Failure::forbidden(why).response();
+        }
         if let Some(resource) = &resource {
             match self
-                .answer_from_cache(&req, &account, &rest, resource, stale_since.is_some())
+                .answer_from_cache(
+                    &req,
+                    owner,
+                    &account,
+                    &rest,
+                    resource,
+                    stale_since.is_some(),
+                )
                 .await
             {
                 Ok(mut response) => {
@@ -348,26 +391,10 @@ impl KubeApi {
                 resource: r.resource,
             });
         let (parts, body) = req.into_parts();
-        let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) => {
-                let too_large = err
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                return if too_large {
-                    Failure::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "RequestEntityTooLarge",
-                        format!("the request body is larger than {MAX_REQUEST_BODY} bytes"),
-                    )
-                    .response()
-                } else {
-                    Failure::bad_request(format!("reading the request body: {err}")).response()
-                };
-            }
+        // The body's deadline is the request's default one (`--kube-api-request-timeout`).
+        let body = match passthrough::read_body(body, self.config.request_timeout).await {
+            Ok(body) => body,
+            Err(refused) => return refused.response(),
         };
         passthrough::replay(
             &self.shared,
