@@ -362,32 +362,23 @@ mod tests {
             ])
             .is_err()
         );
-        let args = Args::try_parse_from([
+        let with_tokens = [
             "scale-agent-hub",
             "--insecure",
             "--kube-api-addr",
             "127.0.0.1:8443",
             "--kube-api-tokens-file",
             "/run/tokens",
-        ])
-        .expect("parses");
+        ];
+        let args = Args::try_parse_from(with_tokens).expect("parses");
         assert_eq!(
             args.kube_api_tokens_file,
             Some(PathBuf::from("/run/tokens"))
         );
         // Its own certificate needs its key.
         assert!(
-            Args::try_parse_from([
-                "scale-agent-hub",
-                "--insecure",
-                "--kube-api-addr",
-                "127.0.0.1:8443",
-                "--kube-api-tokens-file",
-                "/run/tokens",
-                "--kube-api-tls-cert",
-                "api.crt",
-            ])
-            .is_err()
+            Args::try_parse_from([&with_tokens[..], &["--kube-api-tls-cert", "api.crt"]].concat())
+                .is_err()
         );
     }
 

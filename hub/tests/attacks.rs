@@ -147,7 +147,6 @@ async fn a_process_without_the_proxy_secret_is_not_the_load_balancer() -> Result
 /// grants nothing, and prod-east is never superseded.
 #[tokio::test]
 async fn another_shard_never_takes_an_account_nor_learns_its_cluster() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let mut east = FakeAgent::connect(&hub, "prod-east", "east-0").await?;
     assert!(east.register(&[("cluster-1", "uid-secret-1")]).await?[0].accepted);
@@ -224,7 +223,6 @@ fn post_later(
 /// forged answer; now only prod-east's answer counts.
 #[tokio::test]
 async fn only_the_session_an_operation_went_to_can_answer_it() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let mut east = FakeAgent::connect(&hub, "prod-east", "east-0").await?;
     assert!(east.register(&[("cluster-1", "uid-1")]).await?[0].accepted);
@@ -282,7 +280,6 @@ async fn only_the_session_an_operation_went_to_can_answer_it() -> Result<()> {
 /// and the second runs as its own operation.
 #[tokio::test]
 async fn operation_ids_are_per_account_and_never_stand_for_another_request() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let mut agent = FakeAgent::connect(&hub, "prod-east", "east-0").await?;
     let results = agent
@@ -342,7 +339,6 @@ async fn operation_ids_are_per_account_and_never_stand_for_another_request() -> 
 /// from the stored result.
 #[tokio::test]
 async fn an_operations_result_never_carries_secret_data_or_managed_fields() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let mut agent = FakeAgent::connect(&hub, "prod-east", "east-0").await?;
     assert!(agent.register(&[("cluster-1", "uid-1")]).await?[0].accepted);
@@ -378,7 +374,6 @@ async fn an_operations_result_never_carries_secret_data_or_managed_fields() -> R
 /// other session are served side by side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_register_of_many_accounts_is_capped_and_answered_in_bounded_frames() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let mut other = FakeAgent::connect(&hub, "team-b", "b-0").await?;
     assert!(other.register(&[("team-b-1", "uid-b")]).await?[0].accepted);
@@ -472,7 +467,6 @@ async fn a_register_of_many_accounts_is_capped_and_answered_in_bounded_frames() 
 /// timeout and a real request gets through.
 #[tokio::test]
 async fn slow_and_idle_http_clients_are_cut_off_and_capped() -> Result<()> {
-    logs();
     let hub = hub_with(|c| {
         c.http_limits.header_timeout = Duration::from_millis(500);
         c.http_limits.max_connections = 4;
@@ -518,7 +512,6 @@ async fn slow_and_idle_http_clients_are_cut_off_and_capped() -> Result<()> {
 #[tokio::test]
 async fn slow_and_idle_kube_api_clients_are_cut_off() -> Result<()> {
     use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
-    logs();
     let hub = hub_with(|c| {
         c.http_limits.header_timeout = Duration::from_millis(500);
         c.kube_api = Some(KubeApiConfig::new(

@@ -16,7 +16,6 @@ const LONG: Duration = Duration::from_secs(600);
 
 #[tokio::test]
 async fn registered_events_are_visible_over_http() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
     assert_eq!(agent.welcome.protocol_version, 1);
@@ -126,7 +125,6 @@ async fn registered_events_are_visible_over_http() -> Result<()> {
 
 #[tokio::test]
 async fn a_second_cluster_cannot_take_a_bound_name_and_the_first_keeps_streaming() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let mut first = FakeAgent::connect(&hub, "east", "east-0").await?;
     assert!(first.register(&[("prod-1", "uid-a")]).await?[0].accepted);
@@ -173,10 +171,8 @@ async fn a_second_cluster_cannot_take_a_bound_name_and_the_first_keeps_streaming
 
 #[tokio::test]
 async fn agent_back_within_grace_period_loses_nothing_and_gets_resume_points() -> Result<()> {
-    logs();
     let hub = hub(Duration::from_secs(2)).await?;
-    let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
-    agent.register(&[("prod-1", "uid-a")]).await?;
+    let mut agent = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
     agent
         .sync_start("prod-1", deployments(), pb::SyncMode::FullRelist)
         .await?;
@@ -231,10 +227,8 @@ async fn agent_back_within_grace_period_loses_nothing_and_gets_resume_points() -
 
 #[tokio::test]
 async fn agent_gone_past_grace_period_is_removed_with_its_objects_and_binding() -> Result<()> {
-    logs();
     let hub = hub(Duration::from_secs(1)).await?;
-    let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
-    agent.register(&[("prod-1", "uid-a")]).await?;
+    let mut agent = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
     agent
         .events("prod-1", vec![added("web", "one", "1")])
         .await?;
@@ -265,10 +259,8 @@ async fn agent_gone_past_grace_period_is_removed_with_its_objects_and_binding() 
 
 #[tokio::test]
 async fn a_relist_after_reconnect_drops_objects_that_vanished() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
-    let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
-    agent.register(&[("prod-1", "uid-a")]).await?;
+    let mut agent = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
     agent
         .sync_start("prod-1", deployments(), pb::SyncMode::FullRelist)
         .await?;
@@ -291,8 +283,7 @@ async fn a_relist_after_reconnect_drops_objects_that_vanished() -> Result<()> {
     agent.sync_end("prod-1", namespaces(), "4", 1).await?;
     agent.close();
 
-    let mut back = FakeAgent::connect(&hub, "east", "east-0").await?;
-    back.register(&[("prod-1", "uid-a")]).await?;
+    let mut back = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
     // Deployments are relisted (the agent's resume point was too old); the
     // namespaces watch resumes.
     back.sync_start("prod-1", deployments(), pb::SyncMode::FullRelist)
@@ -319,10 +310,8 @@ async fn a_relist_after_reconnect_drops_objects_that_vanished() -> Result<()> {
 
 #[tokio::test]
 async fn a_newer_session_of_the_same_cluster_supersedes_the_older() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
-    let mut old = FakeAgent::connect(&hub, "east", "east-0").await?;
-    old.register(&[("prod-1", "uid-a")]).await?;
+    let mut old = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
     old.events("prod-1", vec![added("web", "one", "1")]).await?;
     let mut new = FakeAgent::connect(&hub, "east", "east-1").await?;
     let results = new.register(&[("prod-1", "uid-a")]).await?;
@@ -359,10 +348,8 @@ async fn a_newer_session_of_the_same_cluster_supersedes_the_older() -> Result<()
 
 #[tokio::test]
 async fn an_operation_goes_to_the_agent_and_its_result_comes_back() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
-    let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
-    agent.register(&[("prod-1", "uid-a")]).await?;
+    let mut agent = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
     agent
         .events("prod-1", vec![added("web", "frontend", "1")])
         .await?;
@@ -478,7 +465,6 @@ async fn an_operation_goes_to_the_agent_and_its_result_comes_back() -> Result<()
 
 #[tokio::test]
 async fn operations_to_unknown_disconnected_or_silent_accounts_fail_clearly() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let scale = json!({"type": "scale", "kind": "Deployment", "namespace": "web", "name": "frontend", "replicas": 1, "timeoutSeconds": 1});
     let (status, _) = post(&hub, "/v1/accounts/nobody/operations", &scale).await?;
@@ -520,10 +506,8 @@ async fn operations_to_unknown_disconnected_or_silent_accounts_fail_clearly() ->
 
 #[tokio::test]
 async fn an_unanswered_operation_is_resent_to_the_accounts_next_session() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
-    let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
-    agent.register(&[("prod-1", "uid-a")]).await?;
+    let mut agent = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
     let http = {
         let base = hub.http_url();
         tokio::spawn(async move {
@@ -537,8 +521,7 @@ async fn an_unanswered_operation_is_resent_to_the_accounts_next_session() -> Res
     };
     let first = agent.expect_operation().await?;
     agent.close();
-    let mut next = FakeAgent::connect(&hub, "east", "east-1").await?;
-    next.register(&[("prod-1", "uid-a")]).await?;
+    let mut next = FakeAgent::registered(&hub, "east", "east-1", &[("prod-1", "uid-a")]).await?;
     let again = next.expect_operation().await?;
     assert_eq!(
         again.id, first.id,
@@ -585,10 +568,8 @@ async fn bindings_survive_a_restart_with_a_store_file() -> Result<()> {
 
 #[tokio::test]
 async fn bad_hellos_are_refused_while_other_sessions_keep_working() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
-    let mut good = FakeAgent::connect(&hub, "east", "east-0").await?;
-    good.register(&[("prod-1", "uid-a")]).await?;
+    let mut good = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
 
     let v2 = AgentFrame {
         frame: Some(agent_frame::Frame::Hello(hello("east", "future-0", 2))),
@@ -667,7 +648,6 @@ async fn bad_hellos_are_refused_while_other_sessions_keep_working() -> Result<()
 
 #[tokio::test]
 async fn unregister_removed_drops_the_account_at_once() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
     agent
@@ -692,10 +672,8 @@ async fn unregister_removed_drops_the_account_at_once() -> Result<()> {
 
 #[tokio::test]
 async fn shutdown_drains_agent_sessions() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
-    let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
-    agent.register(&[("prod-1", "uid-a")]).await?;
+    let mut agent = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
     let stop = tokio::spawn(hub.shutdown());
     let drain = agent
         .wait_for(|f| match f {
@@ -711,7 +689,6 @@ async fn shutdown_drains_agent_sessions() -> Result<()> {
 
 #[tokio::test]
 async fn frequent_keepalive_pings_are_allowed() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let channel = tonic::transport::Channel::from_shared(hub.grpc_url())?
         .http2_keep_alive_interval(Duration::from_millis(100))
@@ -761,7 +738,6 @@ async fn frequent_keepalive_pings_are_allowed() -> Result<()> {
 
 #[tokio::test]
 async fn a_silent_agent_is_cut_off_after_three_heartbeat_intervals() -> Result<()> {
-    logs();
     let hub = hub_with(|c| c.heartbeat_interval = Duration::from_millis(200)).await?;
     let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
     assert_eq!(
@@ -791,7 +767,6 @@ async fn a_silent_agent_is_cut_off_after_three_heartbeat_intervals() -> Result<(
 
 #[tokio::test]
 async fn hello_may_be_sent_after_the_response_headers_arrive() -> Result<()> {
-    logs();
     let hub = hub(LONG).await?;
     let channel = tonic::transport::Channel::from_shared(hub.grpc_url())?
         .connect()

@@ -81,13 +81,7 @@ async fn not_owner_follows_the_agentshards_in_the_cluster() -> Result<()> {
     assert!(results[0].accepted, "{:?}", results[0]);
     assert!(!results[1].accepted);
     assert_eq!(results[1].reason, RegisterReason::NotOwner as i32);
-    assert!(
-        results[1]
-            .message
-            .contains("owned by AgentShard spinnaker/east"),
-        "{}",
-        results[1].message
-    );
+    assert_owned_by(&results[1], "spinnaker/east");
 
     // The account moves: east lets it go, west takes it. The hub follows.
     apply(&cp, &shard_yaml("west", &["prod-west", "prod-east"]))?;

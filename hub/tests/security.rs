@@ -167,13 +167,7 @@ async fn accounts_are_accepted_only_from_the_shard_that_owns_them() -> Result<()
             .map(|s| format!("{}/{}", s.namespace, s.name))
     };
     assert_eq!(owner(&results[1]).as_deref(), Some("spinnaker/east"));
-    assert!(
-        results[1]
-            .message
-            .contains("owned by AgentShard spinnaker/east"),
-        "{}",
-        results[1].message
-    );
+    assert_owned_by(&results[1], "spinnaker/east");
     assert_eq!(owner(&results[2]).as_deref(), Some("spinnaker/east"));
     assert!(
         results[2].message.contains("Conflict"),
@@ -211,14 +205,12 @@ async fn accounts_are_accepted_only_from_the_shard_that_owns_them() -> Result<()
 
 #[tokio::test]
 async fn an_aged_session_is_drained_and_the_agent_comes_back_with_its_accounts() -> Result<()> {
-    logs();
     let hub = hub_with(|c| {
         c.max_connection_age = Some(Duration::from_millis(1500));
         c.max_connection_age_grace = Duration::from_millis(500);
     })
     .await?;
-    let mut old = FakeAgent::connect(&hub, "east", "east-0").await?;
-    old.register(&[("prod-1", "uid-a")]).await?;
+    let mut old = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
     old.sync_start("prod-1", deployments(), pb::SyncMode::FullRelist)
         .await?;
     old.events("prod-1", vec![added("web", "one", "5")]).await?;
@@ -412,10 +404,8 @@ async fn raw_session(addr: SocketAddr, shard: &str, then: Vec<u8>) -> Result<Sta
 
 #[tokio::test]
 async fn oversized_and_malformed_frames_end_only_their_own_session() -> Result<()> {
-    logs();
     let hub = hub_with(|c| c.max_message_bytes = 64 * 1024).await?;
-    let mut good = FakeAgent::connect(&hub, "east", "east-0").await?;
-    good.register(&[("prod-1", "uid-a")]).await?;
+    let mut good = FakeAgent::registered(&hub, "east", "east-0", &[("prod-1", "uid-a")]).await?;
 
     let mut big = added("web", "big", "1");
     big.body_json = vec![b' '; 100 * 1024].into();

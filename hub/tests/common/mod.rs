@@ -26,14 +26,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Starts a hub on the test default settings ([`Config::local`]: loopback,
-/// any free ports), with the fields a test is about changed by `change`.
+/// any free ports), with the fields a test is about changed by `change`; logs to the
+/// test output when RUST_LOG is set.
 pub async fn hub_with(change: impl FnOnce(&mut Config)) -> Result<RunningHub> {
+    logs();
     let mut config = Config::local();
     change(&mut config);
     Ok(Hub::start(config).await?)
 }
 
-/// Starts a hub on the test default settings with a grace period.
+/// Starts a hub on the test default settings with a grace period (and logs, as
+/// [`hub_with`]).
 pub async fn hub(grace: Duration) -> Result<RunningHub> {
     hub_with(|c| c.grace_period = grace).await
 }
@@ -200,6 +203,19 @@ pub fn hello_frame(shard: &str, replica: &str) -> AgentFrame {
 }
 
 impl FakeAgent {
+    /// An agent of `shard` that connected and registered `accounts` (name, cluster id),
+    /// whatever the hub answered.
+    pub async fn registered(
+        hub: &RunningHub,
+        shard: &str,
+        replica: &str,
+        accounts: &[(&str, &str)],
+    ) -> Result<FakeAgent> {
+        let mut agent = FakeAgent::connect(hub, shard, replica).await?;
+        agent.register(accounts).await?;
+        Ok(agent)
+    }
+
     pub async fn connect(hub: &RunningHub, shard: &str, replica: &str) -> Result<FakeAgent> {
         let first = AgentFrame {
             frame: Some(agent_frame::Frame::Hello(hello(
@@ -532,4 +548,15 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Asserts that a refusal's message names the owning AgentShard `owner` (namespace/name).
+pub fn assert_owned_by(result: &AccountResult, owner: &str) {
+    assert!(
+        result
+            .message
+            .contains(&format!("owned by AgentShard {owner}")),
+        "{}",
+        result.message
+    );
 }
