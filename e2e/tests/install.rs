@@ -563,36 +563,8 @@ async fn people_get_the_roles_they_are_given(env: &Env) -> anyhow::Result<()> {
     ];
     // The controller-manager aggregates the viewer role into `view` and `edit` shortly
     // after the install.
-    let wrong = wait::until(
-        "the built-in roles to carry the AgentShard viewer role",
-        Duration::from_secs(30),
-        || async {
-            let mut wrong = Vec::new();
-            for (user, verb, want) in checks {
-                let out = kubectl_full(
-                    cp,
-                    [
-                        "auth",
-                        "can-i",
-                        verb,
-                        "agentshards.scaleagent.dev",
-                        "-n",
-                        &ns,
-                        "--as",
-                        user,
-                    ],
-                )
-                .ok()?;
-                if (out.stdout.trim() == "yes") != *want {
-                    wrong.push(format!("{user} {verb}: {}", out.stdout.trim()));
-                }
-            }
-            wrong.is_empty().then_some(())
-        },
-    )
-    .await;
-    if wrong.is_err() {
-        let mut seen = Vec::new();
+    let mismatches = || -> anyhow::Result<Vec<String>> {
+        let mut wrong = Vec::new();
         for (user, verb, want) in checks {
             let out = kubectl_full(
                 cp,
@@ -608,13 +580,22 @@ async fn people_get_the_roles_they_are_given(env: &Env) -> anyhow::Result<()> {
                 ],
             )?;
             if (out.stdout.trim() == "yes") != *want {
-                seen.push(format!(
+                wrong.push(format!(
                     "{user} {verb}: {} (want {want})",
                     out.stdout.trim()
                 ));
             }
         }
-        anyhow::bail!("permissions of people:\n  {}", seen.join("\n  "));
+        Ok(wrong)
+    };
+    let settled = wait::until(
+        "the built-in roles to carry the AgentShard viewer role",
+        Duration::from_secs(30),
+        || async { mismatches().ok()?.is_empty().then_some(()) },
+    )
+    .await;
+    if settled.is_err() {
+        anyhow::bail!("permissions of people:\n  {}", mismatches()?.join("\n  "));
     }
     // Not only what can-i says: the viewer really lists, and really cannot create.
     let as_viewer = ["--as", "viewer@example.com", "-n", ns.as_str()];
@@ -868,19 +849,14 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
     // An account removed from the shard is revoked at the hub, and removed with its cache
     // after the grace period.
     env.apply(&shard_yaml(&ns, "first", "install-c"))?;
-    wait::until(
+    until_exported(
+        &installed,
         "the removed account to leave the hub",
-        Duration::from_secs(60),
-        || async {
-            let m = scale_agent_e2e::metrics::scrape(&installed.hub_http())
-                .await
-                .ok()?;
-            m.contains("scale_agent_hub_accounts_removed_total{reason=\"grace_period_expired\"} 1")
-                .then_some(())
-        },
+        60,
+        installed.hub_http(),
+        "scale_agent_hub_accounts_removed_total{reason=\"grace_period_expired\"} 1",
     )
-    .await
-    .with_context(|| installed.diagnostics())?;
+    .await?;
 
     // Every metric the alerts name is one the installed components export.
     let agent_pod = pods
@@ -1041,19 +1017,14 @@ async fn closed_namespace_gets_nothing(env: &Env, installed: &Installed) -> anyh
     let kc = std::fs::read_to_string(&cp.target("cluster-1").context("cluster-1")?.kubeconfig)?;
     secret(env, &closed, "kc-1", &[("kubeconfig", kc.as_str())])?;
     env.apply(&shard_yaml(&closed, "second", "install-b"))?;
-    wait::until(
+    until_exported(
+        installed,
         "the operator to be refused in a namespace not opened",
-        Duration::from_secs(30),
-        || async {
-            let m = scale_agent_e2e::metrics::scrape(&installed.operator_admin())
-                .await
-                .ok()?;
-            m.contains("scale_agent_operator_reconcile_errors_total{error=\"ApiForbidden\"}")
-                .then_some(())
-        },
+        30,
+        installed.operator_admin(),
+        "scale_agent_operator_reconcile_errors_total{error=\"ApiForbidden\"}",
     )
-    .await
-    .with_context(|| installed.diagnostics())?;
+    .await?;
     let deployments = Api::<Deployment>::namespaced(cp.client().await?, &closed);
     ensure!(
         deployments.get_opt("second-agent").await?.is_none(),
@@ -1224,4 +1195,21 @@ fn start_agent(
         &BTreeMap::from([(kubeconfig_file, kc)]),
         &cp.run_dir.join(ns),
     )?)
+}
+
+/// Waits up to `secs` seconds until the metrics at `addr` (one of the installed
+/// components') contain `needle`; the installed components' diagnostics on failure.
+async fn until_exported(
+    installed: &Installed,
+    what: &str,
+    secs: u64,
+    addr: String,
+    needle: &str,
+) -> anyhow::Result<()> {
+    wait::until(what, Duration::from_secs(secs), || async {
+        let m = scale_agent_e2e::metrics::scrape(&addr).await.ok()?;
+        m.contains(needle).then_some(())
+    })
+    .await
+    .with_context(|| installed.diagnostics())
 }

@@ -212,7 +212,16 @@ struct Kubectl<'a> {
     account: String,
 }
 
-impl Kubectl<'_> {
+impl<'a> Kubectl<'a> {
+    /// The installed kubectl, through `rig`'s hub as `account`.
+    fn new(env: &Env, rig: &'a Rig, account: String) -> Kubectl<'a> {
+        Kubectl {
+            bin: env.cp.bins.kubectl.clone(),
+            rig,
+            account,
+        }
+    }
+
     fn hub_args(&self, args: &[&str]) -> Vec<String> {
         let mut all = vec!["--context".to_owned(), self.account.clone()];
         all.extend(args.iter().map(|a| a.to_string()));
@@ -352,11 +361,7 @@ fn deployment(ns: &str, image: &str) -> String {
 async fn clouddriver_command_lines(env: Arc<Env>) -> anyhow::Result<()> {
     let rig = rig(&env, "kcd", &[]).await?;
     let ns = rig.s.ns.clone();
-    let k = Kubectl {
-        bin: env.cp.bins.kubectl.clone(),
-        rig: &rig,
-        account: rig.mgmt.clone(),
-    };
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
     run_command_lines(&k, &ns, true).await
 }
 
@@ -1786,11 +1791,7 @@ async fn stale_reads(env: Arc<Env>) -> anyhow::Result<()> {
         scale_agent_e2e::converge::put_cm(&cms, &format!("s-{i}"), "0").await?;
     }
     cache_caught_up(&rig, &rig.target, &cms).await?;
-    let k = Kubectl {
-        bin: env.cp.bins.kubectl.clone(),
-        rig: &rig,
-        account: rig.target.clone(),
-    };
+    let k = Kubectl::new(&env, &rig, rig.target.clone());
     let get = ["get", "configmaps", "-n", ns.as_str(), "-o", "json"];
     // While connected (this also leaves kubectl's discovery in its disk cache:
     // discovery goes to the cluster).
@@ -1917,11 +1918,7 @@ fn without_age(out: &str) -> Vec<Vec<String>> {
 async fn tables(env: Arc<Env>) -> anyhow::Result<()> {
     let rig = rig(&env, "ktab", &[]).await?;
     let ns = rig.s.ns.clone();
-    let k = Kubectl {
-        bin: env.cp.bins.kubectl.clone(),
-        rig: &rig,
-        account: rig.mgmt.clone(),
-    };
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
     for i in 0..3 {
         k.direct(&[
             "-n",
