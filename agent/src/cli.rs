@@ -88,10 +88,7 @@ pub struct Args {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_are_consistent() {
-        scale_agent_runtime::flags::assert_consistent::<Args>();
-    }
+    scale_agent_runtime::flags_are_consistent!(Args);
 
     #[test]
     fn defaults_fill_in_what_is_not_given() {

@@ -329,10 +329,7 @@ impl Args {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_are_consistent() {
-        scale_agent_runtime::flags::assert_consistent::<Args>();
-    }
+    scale_agent_runtime::flags_are_consistent!(Args);
 
     #[test]
     fn defaults() {

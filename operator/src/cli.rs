@@ -192,10 +192,7 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    #[test]
-    fn flags_are_consistent() {
-        scale_agent_runtime::flags::assert_consistent::<Args>();
-    }
+    scale_agent_runtime::flags_are_consistent!(Args);
 
     #[test]
     fn defaults() {

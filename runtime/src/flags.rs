@@ -6,10 +6,23 @@ use std::time::Duration;
 
 /// Checks a binary's flag declarations (names, conflicts, requirements, defaults) the way
 /// clap does in debug builds, so a test fails at once on a mistake the binary would only
-/// hit when started with that flag. Each binary's flag tests call it once:
-/// `scale_agent_runtime::flags::assert_consistent::<Args>()`.
+/// hit when started with that flag. Each binary's flag tests declare it with
+/// [`flags_are_consistent!`](crate::flags_are_consistent!).
 pub fn assert_consistent<A: clap::CommandFactory>() {
     A::command().debug_assert();
+}
+
+/// The test every binary's flags get, in its `cli.rs` test module:
+/// `scale_agent_runtime::flags_are_consistent!(Args);` declares `flags_are_consistent`,
+/// which runs [`assert_consistent`] on `Args`.
+#[macro_export]
+macro_rules! flags_are_consistent {
+    ($args:ty) => {
+        #[test]
+        fn flags_are_consistent() {
+            $crate::flags::assert_consistent::<$args>();
+        }
+    };
 }
 
 /// A duration flag (`15s`, `500ms`, `1m30s`) that must not be zero: each such flag paces
