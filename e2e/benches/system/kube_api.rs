@@ -5,10 +5,13 @@
 //! against a watch on the API server, both opened before the change; [`CLIENTS`]
 //! clients listing a [`LIST_OBJECTS`]-object kind at once through the hub and on the
 //! API server (`concurrent_list`); and the hub's watch latency again while those lists
-//! run through it.
+//! run through it; and client-go's informer syncing that kind through the hub and on
+//! the API server (`informer_sync`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
@@ -21,6 +24,7 @@ use scale_agent_e2e::workspace_binary;
 use serde_json::json;
 
 use crate::concurrent_list::{self, CLIENTS, ROUNDS};
+use crate::informer_sync;
 use crate::stack::{Stack, configmap_accounts};
 use crate::{Ctx, secs};
 
@@ -41,6 +45,7 @@ pub fn names() -> Vec<(String, &'static str)> {
         ("kube_api.concurrent_list.p99".into(), "s"),
         ("kube_api.concurrent_list.round".into(), "s"),
         ("kube_api.watch_latency_under_list_load".into(), "s"),
+        ("kube_api.informer_sync".into(), "s"),
     ]
 }
 
@@ -107,11 +112,16 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
 
     let mut hub_clients = Vec::with_capacity(CLIENTS);
     let mut direct_clients = Vec::with_capacity(CLIENTS);
+    let mut big_kubeconfig = None;
     for (i, t) in list_tokens.iter().enumerate() {
         let path = hub_kubeconfig(ctx, &server, t, &big.name, &dir, &format!("list-{i}"))?;
         hub_clients.push(scale_agent_e2e::kubeconfig::client(&path).await?);
         direct_clients.push(scale_agent_e2e::kubeconfig::client(&direct).await?);
+        big_kubeconfig.get_or_insert(path);
     }
+    let big_kubeconfig = big_kubeconfig.context("no listing client")?;
+    let informer_through = informer_sync::median(&big_kubeconfig, &big.name, LIST_OBJECTS)?;
+    let informer_direct = informer_sync::median(&direct, &big.name, LIST_OBJECTS)?;
     let listed_through = concurrent_list::measure(&hub_clients, &big.name, LIST_OBJECTS).await?;
     let listed_direct = concurrent_list::measure(&direct_clients, &big.name, LIST_OBJECTS).await?;
     let (stop, load) = concurrent_list::background(hub_clients, big.name.clone(), LIST_OBJECTS);
@@ -186,6 +196,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         .param("changes", json!(CHANGES))
         .param("list_rounds_during", json!(load_rounds))
         .note(format!("median change → the hub's watch while {CLIENTS} clients list {LIST_OBJECTS} objects of another account of the same agent through the hub, round after round: big answers must not hold back the agent's stream")),
+        Figure::new("kube_api", "kube_api.informer_sync", secs(informer_through), "s")
+            .baseline(secs(informer_direct), "the same informer on the cluster's API server")
+            .goal(Goal::RatioAtMost { ratio: 0.5 })
+            .params(&params)
+            .param("objects", json!(LIST_OBJECTS))
+            .param("runs", json!(informer_sync::RUNS))
+            .note("median time from starting client-go's shared informer (e2e/informer, a streaming list: sendInitialEvents=true) until it reported itself synced with every object"),
     ])
 }
 
