@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::Response;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -35,8 +35,49 @@ use crate::state::Shared;
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
 /// A watch without a timeout ends after this (the API server picks 30–60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Events written ahead of the client.
+/// Chunks written ahead of the client.
 const QUEUE: usize = 64;
+/// Events are written in chunks of about this many bytes: a streaming list of
+/// thousands of objects goes out in few writes (and TLS records), not one per object.
+const CHUNK: usize = 64 << 10;
+
+/// The watch's side of its body: events gathered into chunks. A chunk goes out when
+/// it is full and whenever the watch has nothing more to write at once, so a change
+/// waits for no other.
+struct Out {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: BytesMut,
+}
+
+/// The client went away.
+struct Gone;
+
+impl Out {
+    fn new(tx: mpsc::Sender<Result<Bytes, std::io::Error>>) -> Out {
+        Out {
+            tx,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Adds an event, writing the chunk when it is full.
+    async fn push(&mut self, event: &[u8]) -> Result<(), Gone> {
+        self.buf.extend_from_slice(event);
+        if self.buf.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is gathered.
+    async fn flush(&mut self) -> Result<(), Gone> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.tx.send(Ok(chunk)).await.map_err(|_| Gone)
+    }
+}
 
 /// Where a watch starts.
 #[derive(Debug)]
@@ -166,77 +207,77 @@ fn look(shared: &Shared, w: &Watch, cursor: u64) -> Next {
 pub fn serve(shared: Arc<Shared>, mut w: Watch) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
     tokio::spawn(async move {
-        let timeout = w
-            .read
-            .watch
-            .as_ref()
-            .and_then(|a| a.timeout)
-            .unwrap_or(DEFAULT_TIMEOUT);
-        let bookmarks = w.read.watch.as_ref().is_some_and(|a| a.bookmarks);
-        let end = tokio::time::sleep(timeout);
-        tokio::pin!(end);
-        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.reset();
-        let mut cursor = match std::mem::replace(&mut w.start, Start::After(0)) {
-            Start::Objects(items) => {
-                for item in items {
-                    if !selected_object(&w.read, &w.kind, &item.body) {
-                        continue;
-                    }
-                    if tx.send(Ok(line("ADDED", item.body.get()))).await.is_err() {
-                        return;
-                    }
-                }
-                if bookmarks {
-                    let end = bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true);
-                    if tx.send(Ok(end)).await.is_err() {
-                        return;
-                    }
-                }
-                w.mark.rv
-            }
-            Start::After(rv) => rv,
-        };
-        loop {
-            match look(&shared, &w, cursor) {
-                Next::Ended(why) => {
-                    debug!(account = %w.account, kind = %w.kind.kind, why, "watch from the cache ends");
-                    return;
-                }
-                Next::Behind => {
-                    debug!(account = %w.account, kind = %w.kind.kind, "a watch fell behind the window; ending it");
-                    return;
-                }
-                Next::Changes(changes, mark) => {
-                    for c in &changes {
-                        if let Some(ev) = event(&w.read, &w.kind, c)
-                            && tx.send(Ok(ev)).await.is_err()
-                        {
-                            return;
-                        }
-                        cursor = c.rv;
-                    }
-                    cursor = cursor.max(mark.rv);
-                }
-            }
-            tokio::select! {
-                changed = w.changes.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                _ = tick.tick(), if bookmarks => {
-                    if tx.send(Ok(bookmark(&w.kind.kind, &w.api_version, cursor, false))).await.is_err() {
-                        return;
-                    }
-                }
-                () = &mut end => return,
-                () = tx.closed() => return,
-            }
-        }
+        // `Err(Gone)`: the client went away; the task ends either way.
+        let _ = follow(&shared, &mut w, Out::new(tx)).await;
     });
     super::status::json_response(Body::from_stream(ReceiverStream::new(rx)))
+}
+
+/// Writes the watch's events until it ends.
+async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone> {
+    let timeout = w
+        .read
+        .watch
+        .as_ref()
+        .and_then(|a| a.timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let bookmarks = w.read.watch.as_ref().is_some_and(|a| a.bookmarks);
+    let end = tokio::time::sleep(timeout);
+    tokio::pin!(end);
+    let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    let mut cursor = match std::mem::replace(&mut w.start, Start::After(0)) {
+        Start::Objects(items) => {
+            for item in items {
+                if selected_object(&w.read, &w.kind, &item.body) {
+                    out.push(&line("ADDED", item.body.get())).await?;
+                }
+            }
+            if bookmarks {
+                out.push(&bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true))
+                    .await?;
+            }
+            out.flush().await?;
+            w.mark.rv
+        }
+        Start::After(rv) => rv,
+    };
+    loop {
+        match look(shared, w, cursor) {
+            Next::Ended(why) => {
+                debug!(account = %w.account, kind = %w.kind.kind, why, "watch from the cache ends");
+                return Ok(());
+            }
+            Next::Behind => {
+                debug!(account = %w.account, kind = %w.kind.kind, "a watch fell behind the window; ending it");
+                return Ok(());
+            }
+            Next::Changes(changes, mark) => {
+                for c in &changes {
+                    if let Some(ev) = event(&w.read, &w.kind, c) {
+                        out.push(&ev).await?;
+                    }
+                    cursor = c.rv;
+                }
+                out.flush().await?;
+                cursor = cursor.max(mark.rv);
+            }
+        }
+        tokio::select! {
+            changed = w.changes.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tick.tick(), if bookmarks => {
+                out.push(&bookmark(&w.kind.kind, &w.api_version, cursor, false)).await?;
+                out.flush().await?;
+            }
+            () = &mut end => return Ok(()),
+            () = out.tx.closed() => return Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
