@@ -61,6 +61,14 @@ fn main() {
             ("kubectl_prints_the_same_tables_through_the_hub", |e| {
                 Box::pin(tables(e))
             }),
+            (
+                "kubectl_get_name_answers_from_the_cache_as_the_cluster",
+                |e| Box::pin(objects_by_name(e)),
+            ),
+            (
+                "discovery_and_openapi_come_from_the_hub_and_follow_new_crds",
+                |e| Box::pin(discovery_from_memory(e)),
+            ),
         ],
     );
 }
@@ -1257,17 +1265,11 @@ async fn direct_call(
     call(&cluster.client().await?, "GET", path, &[]).await
 }
 
-/// An item as the cache holds it: the stream leaves out `managedFields` and the
-/// last-applied annotation.
+/// An item as the cache holds it: the stream leaves out `managedFields` (kubectl
+/// does not print them either).
 fn as_streamed(mut item: Value) -> Value {
     if let Some(meta) = item.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
-        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-            a.remove("kubectl.kubernetes.io/last-applied-configuration");
-            if a.is_empty() {
-                meta.remove("annotations");
-            }
-        }
     }
     item
 }
@@ -2036,5 +2038,230 @@ spec:
         cache_after - cache_before,
         gets.len()
     );
+    Ok(())
+}
+
+/// `kubectl get KIND NAME -o json|yaml` (how Clouddriver reads every object it deploys)
+/// through the hub prints exactly what it prints against the cluster, the
+/// last-applied annotation of a client-side apply included, and none of these reads
+/// reaches the cluster.
+async fn objects_by_name(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kget", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let applied = k.direct_full(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{ name: settings, namespace: {ns}, labels: {{ app: web }} }}
+data: {{ a: "1", b: two }}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{ name: robot, namespace: {ns} }}
+"#
+        )),
+    )?;
+    ensure!(applied.success, "apply: {}", applied.stderr);
+    k.direct_full(&["apply", "-f", "-"], Some(&deployment(&ns, "nginx:1.27")))?;
+    // Warm kubectl's discovery cache (discovery goes to the cluster).
+    k.hub(&["-n", &ns, "get", "configmaps"], None)?;
+    let gets: Vec<Vec<&str>> = [
+        ("configmap", "settings"),
+        ("serviceaccount", "robot"),
+        ("deployment", "web"),
+        ("namespace", ns.as_str()),
+    ]
+    .iter()
+    .flat_map(|(kind, name)| {
+        ["json", "yaml"].map(|o| vec!["-n", ns.as_str(), "get", *kind, *name, "-o", o])
+    })
+    .collect();
+    // The cache follows the cluster (the Deployment rolls out meanwhile): the same
+    // output within a while.
+    for args in &gets {
+        let mut last = (String::new(), String::new());
+        let same = wait::until(
+            "the same object through the hub and directly",
+            Duration::from_secs(30),
+            || {
+                let outcome = match (k.hub(args, None), k.direct(args)) {
+                    (Ok(t), Ok(d)) => {
+                        let same = t == d;
+                        last = (t, d);
+                        same.then_some(())
+                    }
+                    _ => None,
+                };
+                async move { outcome }
+            },
+        )
+        .await;
+        ensure!(
+            same.is_ok(),
+            "kubectl {args:?}: through the hub\n{}\ndirectly\n{}",
+            last.0,
+            last.1
+        );
+    }
+    // What keeping the last-applied annotation costs the hub's memory, for objects
+    // deployed by a client-side apply as Clouddriver deploys them.
+    for (kind, name) in [("configmap", "settings"), ("deployment", "web")] {
+        let object: Value =
+            serde_json::from_str(&k.hub(&["-n", &ns, "get", kind, name, "-o", "json"], None)?)?;
+        let applied =
+            object["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+                .as_str()
+                .map(str::len);
+        let Some(applied) = applied else {
+            bail!("the client-side apply's annotation is missing: {object}");
+        };
+        eprintln!(
+            "{kind}/{name}: {} bytes as the hub keeps it, {applied} of them the last-applied annotation",
+            object.to_string().len()
+        );
+    }
+    // Counted once everything has settled: each read once more.
+    let (cache_before, cluster_before) = answered(&rig).await?;
+    for args in &gets {
+        k.hub(args, None)?;
+    }
+    let (cache_after, cluster_after) = answered(&rig).await?;
+    eprintln!(
+        "{} reads by name: {} from the cache, {} to the cluster",
+        gets.len(),
+        cache_after - cache_before,
+        cluster_after - cluster_before
+    );
+    ensure!(
+        cache_after - cache_before >= gets.len() as f64 && cluster_after == cluster_before,
+        "of {} reads by name, {} came from the cache and {} went to the cluster",
+        gets.len(),
+        cache_after - cache_before,
+        cluster_after - cluster_before
+    );
+    Ok(())
+}
+
+/// Discovery and OpenAPI through the hub: once the agent follows the cluster's CRDs
+/// and APIServices, a kubectl with an empty discovery cache (a new Clouddriver pod,
+/// every `kubectl` of a CI job) runs without one request reaching the cluster; the
+/// per-group form older clients use (client-go 0.26) and OpenAPI are the cluster's
+/// bytes; a CRD created on the cluster is served through the hub at once.
+async fn discovery_from_memory(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kdisc", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let caches = rig.s.dir.path().join("kubectl-caches");
+    let mut runs = 0;
+    // A kubectl process with nothing cached: discovery, then a list.
+    let mut fresh = |args: &[&str]| {
+        runs += 1;
+        let dir = caches.join(runs.to_string());
+        let mut all = vec!["--cache-dir".to_owned(), dir.display().to_string()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        k.hub_full(&all, None)
+    };
+    // The agent follows CRDs and APIServices shortly after it registers; from then on
+    // the first kubectl fills the hub's memory and the next asks the cluster nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        let (c0, x0) = answered(&rig).await?;
+        let out = fresh(&["-n", ns.as_str(), "get", "configmaps", "-o", "name"])?;
+        let (c1, x1) = answered(&rig).await?;
+        let last = (c1 - c0, x1 - x0);
+        if out.success && x1 == x0 && c1 > c0 {
+            break last;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "a kubectl with an empty discovery cache: {} requests from the hub, {} to the cluster ({})",
+            last.0,
+            last.1,
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "a kubectl with an empty discovery cache: {} requests from the hub, {} to the cluster",
+        last.0, last.1
+    );
+    // The per-group form and OpenAPI (of the other account): the cluster's answers; once
+    // kept, read again without the cluster.
+    let hub = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    let cluster = target(&env, TARGET)?;
+    let paths = [
+        "/version",
+        "/api",
+        "/api/v1",
+        "/apis",
+        "/apis/apps/v1",
+        "/openapi/v2",
+        "/openapi/v3",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (c0, x0) = answered(&rig).await?;
+        for p in paths {
+            let through = call(&hub, "GET", p, &[]).await?;
+            let direct = direct_call(cluster, p).await?;
+            ensure!(through == direct, "{p} differs through the hub");
+        }
+        let (c1, x1) = answered(&rig).await?;
+        eprintln!(
+            "{} discovery and OpenAPI reads: {} from the hub, {} to the cluster",
+            paths.len(),
+            c1 - c0,
+            x1 - x0
+        );
+        if x1 == x0 && c1 - c0 >= paths.len() as f64 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "discovery read again: {} from the hub, {} to the cluster",
+            c1 - c0,
+            x1 - x0
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A new CRD on the cluster: a kubectl through the hub finds its kind.
+    let group = format!("{}.e2e.scaleagent.dev", rig.mgmt);
+    let crd = format!(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{ name: widgets.{group} }}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{ plural: widgets, singular: widget, kind: Widget }}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {{ openAPIV3Schema: {{ type: object, x-kubernetes-preserve-unknown-fields: true }} }}
+"#
+    );
+    let created = k.direct_full(&["apply", "-f", "-"], Some(&crd))?;
+    ensure!(created.success, "creating the CRD: {}", created.stderr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let out = fresh(&["-n", ns.as_str(), "get", &format!("widgets.{group}")])?;
+        if out.success {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err(out.stderr);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    k.direct_full(&["delete", "crd", &format!("widgets.{group}")], None)?;
+    if let Err(last) = found {
+        bail!("kubectl through the hub never found the new CRD's kind: {last}");
+    }
     Ok(())
 }
