@@ -1974,6 +1974,36 @@ spec:
     spec:
       nodeSelector: {{ kubernetes.io/os: linux }}
       containers: [{{ name: agent, image: busybox }}, {{ name: side, image: redis }}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: {ns} }}
+spec:
+  selector: {{ app: web, tier: front }}
+  ports: [{{ port: 80, name: http }}, {{ port: 53, protocol: UDP, name: dns }}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: edge, namespace: {ns} }}
+spec:
+  type: NodePort
+  externalIPs: [192.0.2.10]
+  selector: {{ app: web }}
+  ports: [{{ port: 443 }}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{ name: nightly, namespace: {ns} }}
+spec:
+  schedule: "0 3 * * *"
+  timeZone: Europe/Paris
+  suspend: true
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{{ name: backup, image: busybox }}]
 "#
     );
     let applied = k.direct_full(&["apply", "-f", "-"], Some(&workloads))?;
@@ -1991,6 +2021,8 @@ spec:
         "replicasets",
         "statefulsets",
         "daemonsets",
+        "services",
+        "cronjobs",
     ]
     .iter()
     .flat_map(|kind| {
@@ -2037,6 +2069,24 @@ spec:
         "only {} of {} tables came from the cache",
         cache_after - cache_before,
         gets.len()
+    );
+    // Once settled, each again: not one reaches the cluster.
+    let (cache_before, cluster_before) = answered(&rig).await?;
+    for args in &gets {
+        k.hub(args, None)?;
+    }
+    let (cache_after, cluster_after) = answered(&rig).await?;
+    eprintln!(
+        "{} tables: {} requests from the cache, {} to the cluster",
+        gets.len(),
+        cache_after - cache_before,
+        cluster_after - cluster_before
+    );
+    ensure!(
+        cluster_after == cluster_before,
+        "of {} tables, {} requests went to the cluster",
+        gets.len(),
+        cluster_after - cluster_before
     );
     Ok(())
 }

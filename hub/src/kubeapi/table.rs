@@ -210,9 +210,15 @@ const IMAGES: Column = col(
     1,
 );
 
-/// The container names and images of a pod template, as the API server lays them out.
+/// The container names and images of a workload's pod template, as the API server lays
+/// them out.
 fn containers(o: &Value) -> [Value; 2] {
-    let list = o["spec"]["template"]["spec"]["containers"]
+    template_containers(&o["spec"]["template"])
+}
+
+/// The container names and images of a pod template.
+fn template_containers(template: &Value) -> [Value; 2] {
+    let list = template["spec"]["containers"]
         .as_array()
         .cloned()
         .unwrap_or_default();
@@ -381,12 +387,181 @@ static DAEMON_SET: Printer = Printer {
     },
 };
 
+static SERVICE: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Type",
+            "type determines how the Service is exposed. Defaults to ClusterIP. Valid options are ExternalName, ClusterIP, NodePort, and LoadBalancer. \"ClusterIP\" allocates a cluster-internal IP address for load-balancing to endpoints. Endpoints are determined by the selector or if that is not specified, by manual construction of an Endpoints object or EndpointSlice objects. If clusterIP is \"None\", no virtual IP is allocated and the endpoints are published as a set of endpoints rather than a virtual IP. \"NodePort\" builds on ClusterIP and allocates a port on every node which routes to the same endpoints as the clusterIP. \"LoadBalancer\" builds on NodePort and creates an external load-balancer (if supported in the current cloud) which routes to the same endpoints as the clusterIP. \"ExternalName\" aliases this service to the specified externalName. Several other fields do not apply to ExternalName services. More info: https://kubernetes.io/docs/concepts/services-networking/service/#publishing-services-service-types",
+            0,
+        ),
+        col(
+            "Cluster-IP",
+            "clusterIP is the IP address of the service and is usually assigned randomly. If an address is specified manually, is in-range (as per system configuration), and is not in use, it will be allocated to the service; otherwise creation of the service will fail. This field may not be changed through updates unless the type field is also being changed to ExternalName (which requires this field to be blank) or the type field is being changed from ExternalName (in which case this field may optionally be specified, as describe above).  Valid values are \"None\", empty string (\"\"), or a valid IP address. Setting this to \"None\" makes a \"headless service\" (no virtual IP), which is useful when direct endpoint connections are preferred and proxying is not required.  Only applies to types ClusterIP, NodePort, and LoadBalancer. If this field is specified when creating a Service of type ExternalName, creation will fail. This field will be wiped when updating a Service to type ExternalName. More info: https://kubernetes.io/docs/concepts/services-networking/service/#virtual-ips-and-service-proxies",
+            0,
+        ),
+        col(
+            "External-IP",
+            "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.  These IPs are not managed by Kubernetes.  The user is responsible for ensuring that traffic arrives at a node with this IP.  A common example is external load-balancers that are not part of the Kubernetes system.",
+            0,
+        ),
+        col(
+            "Port(s)",
+            "The list of ports that are exposed by this service. More info: https://kubernetes.io/docs/concepts/services-networking/service/#virtual-ips-and-service-proxies",
+            0,
+        ),
+        AGE,
+        col(
+            "Selector",
+            "Route service traffic to pods with label keys and values matching this selector. If empty or not present, the service is assumed to have an external process managing its endpoints, which Kubernetes will not modify. Only applies to types ClusterIP, NodePort, and LoadBalancer. Ignored if type is ExternalName. More info: https://kubernetes.io/docs/concepts/services-networking/service/",
+            1,
+        ),
+    ],
+    cells: |o, now| {
+        let spec = &o["spec"];
+        let cluster_ip = spec["clusterIPs"][0].as_str().unwrap_or("<none>");
+        let ports: Vec<String> = spec["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let port = p["port"].as_i64().unwrap_or(0);
+                let protocol = p["protocol"].as_str().unwrap_or_default();
+                match p["nodePort"].as_i64().filter(|n| *n > 0) {
+                    Some(node) => format!("{port}:{node}/{protocol}"),
+                    None => format!("{port}/{protocol}"),
+                }
+            })
+            .collect();
+        let ports = if ports.is_empty() {
+            "<none>".to_owned()
+        } else {
+            ports.join(",")
+        };
+        vec![
+            name(o),
+            json!(spec["type"].as_str().unwrap_or_default()),
+            json!(cluster_ip),
+            json!(external_ip(o)),
+            json!(ports),
+            age(o, now),
+            json!(format_labels(&spec["selector"])),
+        ]
+    },
+};
+
+/// kube-apiserver's `getServiceExternalIP`, wide (as Tables are always written).
+fn external_ip(o: &Value) -> String {
+    let spec = &o["spec"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let external = strings(&spec["externalIPs"]);
+    match spec["type"].as_str().unwrap_or_default() {
+        "ClusterIP" | "NodePort" if external.is_empty() => "<none>".into(),
+        "ClusterIP" | "NodePort" => external.join(","),
+        "LoadBalancer" => {
+            let balancers: std::collections::BTreeSet<String> =
+                o["status"]["loadBalancer"]["ingress"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| {
+                        [&i["ip"], &i["hostname"]]
+                            .into_iter()
+                            .filter_map(Value::as_str)
+                            .find(|s| !s.is_empty())
+                            .map(str::to_owned)
+                    })
+                    .collect();
+            let mut all: Vec<String> = balancers.into_iter().collect();
+            all.extend(external);
+            if all.is_empty() {
+                "<pending>".into()
+            } else {
+                all.join(",")
+            }
+        }
+        "ExternalName" => spec["externalName"].as_str().unwrap_or_default().to_owned(),
+        _ => "<unknown>".into(),
+    }
+}
+
+static CRON_JOB: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Schedule",
+            "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.",
+            0,
+        ),
+        col(
+            "Timezone",
+            "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones. If not specified, this will default to the time zone of the kube-controller-manager process. The set of valid time zone names and the time zone offset is loaded from the system-wide time zone database by the API server during CronJob validation and the controller manager during execution. If no system-wide time zone database can be found a bundled version of the database is used instead. If the time zone name becomes invalid during the lifetime of a CronJob or due to a change in host configuration, the controller will stop creating new new Jobs and will create a system event with the reason UnknownTimeZone. More information can be found in https://kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/#time-zones",
+            0,
+        ),
+        Column {
+            name: "Suspend",
+            kind: "boolean",
+            format: "",
+            description: "This flag tells the controller to suspend subsequent executions, it does not apply to already started executions.  Defaults to false.",
+            priority: 0,
+        },
+        int("Active", "A list of pointers to currently running jobs."),
+        col(
+            "Last Schedule",
+            "Information when was the last time the job was successfully scheduled.",
+            0,
+        ),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+        col(
+            "Selector",
+            "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+            1,
+        ),
+    ],
+    cells: |o, now| {
+        let spec = &o["spec"];
+        let job = &spec["jobTemplate"]["spec"];
+        let [names, images] = template_containers(&job["template"]);
+        let last = &o["status"]["lastScheduleTime"];
+        vec![
+            name(o),
+            json!(spec["schedule"].as_str().unwrap_or_default()),
+            json!(spec["timeZone"].as_str().unwrap_or("<none>")),
+            json!(match spec["suspend"].as_bool() {
+                Some(true) => "True",
+                Some(false) => "False",
+                None => "<unset>",
+            }),
+            json!(o["status"]["active"].as_array().map_or(0, Vec::len)),
+            if last.is_null() {
+                json!("<none>")
+            } else {
+                since(last, now)
+            },
+            age(o, now),
+            names,
+            images,
+            json!(format_selector(&job["selector"])),
+        ]
+    },
+};
+
 /// The printer of `kind`, when the hub has it.
 pub fn printer(kind: &KindKey) -> Option<&'static Printer> {
     match (kind.group.as_str(), kind.kind.as_str()) {
         ("", "ConfigMap") => Some(&CONFIG_MAP),
         ("", "Namespace") => Some(&NAMESPACE),
         ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
+        ("", "Service") => Some(&SERVICE),
+        ("batch", "CronJob") => Some(&CRON_JOB),
         ("apps", "Deployment") => Some(&DEPLOYMENT),
         ("apps", "ReplicaSet") => Some(&REPLICA_SET),
         ("apps", "StatefulSet") => Some(&STATEFUL_SET),
@@ -400,9 +575,12 @@ fn name(o: &Value) -> Value {
 }
 
 fn age(o: &Value, now: SystemTime) -> Value {
-    let created = o["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(|t| t.parse::<Timestamp>().ok());
+    since(&o["metadata"]["creationTimestamp"], now)
+}
+
+/// kube-apiserver's `translateTimestampSince`: how long ago `t` was.
+fn since(t: &Value, now: SystemTime) -> Value {
+    let created = t.as_str().and_then(|t| t.parse::<Timestamp>().ok());
     let Some(created) = created else {
         return json!("<unknown>");
     };
@@ -588,6 +766,32 @@ mod tests {
             .is_err()
         );
         assert!(wanted(&accept("application/vnd.kubernetes.protobuf")).is_err());
+    }
+
+    #[test]
+    fn a_load_balancers_external_ips_are_its_addresses_sorted_then_the_specs() {
+        let lb = |ingress: Value, external: Value| {
+            external_ip(&json!({
+                "spec": {"type": "LoadBalancer", "externalIPs": external},
+                "status": {"loadBalancer": {"ingress": ingress}}
+            }))
+        };
+        assert_eq!(lb(json!([]), json!([])), "<pending>");
+        assert_eq!(
+            lb(
+                json!([{"ip": "10.0.0.9"}, {"hostname": "a.example"}, {"ip": "10.0.0.1", "hostname": "x"}]),
+                json!(["192.0.2.1"])
+            ),
+            "10.0.0.1,10.0.0.9,a.example,192.0.2.1"
+        );
+        assert_eq!(
+            external_ip(&json!({"spec": {"type": "ExternalName", "externalName": "db.example"}})),
+            "db.example"
+        );
+        assert_eq!(
+            external_ip(&json!({"spec": {"type": "ClusterIP"}})),
+            "<none>"
+        );
     }
 
     #[test]
