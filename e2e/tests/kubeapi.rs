@@ -2004,6 +2004,31 @@ spec:
         spec:
           restartPolicy: Never
           containers: [{{ name: backup, image: busybox }}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{ name: web, namespace: {ns} }}
+spec:
+  tls: [{{ hosts: [a.example], secretName: web-tls }}]
+  rules:
+  - host: a.example
+    http: {{ paths: [{{ path: /, pathType: Prefix, backend: {{ service: {{ name: web, port: {{ number: 80 }} }} }} }}] }}
+  - host: b.example
+    http: {{ paths: [{{ path: /, pathType: Prefix, backend: {{ service: {{ name: web, port: {{ number: 80 }} }} }} }}] }}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{ name: web-only, namespace: {ns} }}
+spec:
+  podSelector: {{ matchLabels: {{ app: web }} }}
+  policyTypes: [Ingress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{ name: all, namespace: {ns} }}
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
 "#
     );
     let applied = k.direct_full(&["apply", "-f", "-"], Some(&workloads))?;
@@ -2023,6 +2048,8 @@ spec:
         "daemonsets",
         "services",
         "cronjobs",
+        "ingresses",
+        "networkpolicies",
     ]
     .iter()
     .flat_map(|kind| {

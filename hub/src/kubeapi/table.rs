@@ -465,20 +465,7 @@ fn external_ip(o: &Value) -> String {
         "ClusterIP" | "NodePort" if external.is_empty() => "<none>".into(),
         "ClusterIP" | "NodePort" => external.join(","),
         "LoadBalancer" => {
-            let balancers: std::collections::BTreeSet<String> =
-                o["status"]["loadBalancer"]["ingress"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| {
-                        [&i["ip"], &i["hostname"]]
-                            .into_iter()
-                            .filter_map(Value::as_str)
-                            .find(|s| !s.is_empty())
-                            .map(str::to_owned)
-                    })
-                    .collect();
-            let mut all: Vec<String> = balancers.into_iter().collect();
+            let mut all = balancer_addresses(&o["status"]["loadBalancer"]);
             all.extend(external);
             if all.is_empty() {
                 "<pending>".into()
@@ -490,6 +477,104 @@ fn external_ip(o: &Value) -> String {
         _ => "<unknown>".into(),
     }
 }
+
+/// kube-apiserver's `loadBalancerStatusStringer` (wide): each ingress point's IP, else
+/// its hostname, sorted and without repeats.
+fn balancer_addresses(status: &Value) -> Vec<String> {
+    let set: std::collections::BTreeSet<String> = status["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            [&i["ip"], &i["hostname"]]
+                .into_iter()
+                .filter_map(Value::as_str)
+                .find(|s| !s.is_empty())
+                .map(str::to_owned)
+        })
+        .collect();
+    set.into_iter().collect()
+}
+
+/// kube-apiserver's `formatHosts`: the first three named hosts, then how many rules
+/// more; `*` when none is named.
+fn ingress_hosts(rules: &[Value]) -> String {
+    const MAX: usize = 3;
+    let mut shown: Vec<&str> = Vec::new();
+    let mut more = false;
+    for rule in rules {
+        if shown.len() == MAX {
+            more = true;
+        }
+        if let Some(host) = rule["host"].as_str().filter(|h| !more && !h.is_empty()) {
+            shown.push(host);
+        }
+    }
+    if shown.is_empty() {
+        return "*".into();
+    }
+    let list = shown.join(",");
+    if more {
+        format!("{list} + {} more...", rules.len() - MAX)
+    } else {
+        list
+    }
+}
+
+static INGRESS: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Class",
+            "The name of the IngressClass resource that should be used for additional configuration",
+            0,
+        ),
+        col(
+            "Hosts",
+            "Hosts that incoming requests are matched against before the ingress rule",
+            0,
+        ),
+        col(
+            "Address",
+            "Address is a list containing ingress points for the load-balancer",
+            0,
+        ),
+        col("Ports", "Ports of TLS configurations that open", 0),
+        AGE,
+    ],
+    cells: |o, now| {
+        let spec = &o["spec"];
+        let rules = spec["rules"].as_array().map_or(&[][..], Vec::as_slice);
+        let tls = spec["tls"].as_array().is_some_and(|t| !t.is_empty());
+        vec![
+            name(o),
+            json!(spec["ingressClassName"].as_str().unwrap_or("<none>")),
+            json!(ingress_hosts(rules)),
+            json!(balancer_addresses(&o["status"]["loadBalancer"]).join(",")),
+            json!(if tls { "80, 443" } else { "80" }),
+            age(o, now),
+        ]
+    },
+};
+
+static NETWORK_POLICY: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Pod-Selector",
+            "podSelector selects the pods to which this NetworkPolicy object applies. The array of rules is applied to any pods selected by this field. An empty selector matches all pods in the policy's namespace. Multiple network policies can select the same set of pods. In this case, the ingress rules for each are combined additively. This field is optional. If it is not specified, it defaults to an empty selector.",
+            0,
+        ),
+        AGE,
+    ],
+    cells: |o, now| {
+        vec![
+            name(o),
+            json!(format_selector(&o["spec"]["podSelector"])),
+            age(o, now),
+        ]
+    },
+};
 
 static CRON_JOB: Printer = Printer {
     columns: &[
@@ -562,6 +647,8 @@ pub fn printer(kind: &KindKey) -> Option<&'static Printer> {
         ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
         ("", "Service") => Some(&SERVICE),
         ("batch", "CronJob") => Some(&CRON_JOB),
+        ("networking.k8s.io", "Ingress") => Some(&INGRESS),
+        ("networking.k8s.io", "NetworkPolicy") => Some(&NETWORK_POLICY),
         ("apps", "Deployment") => Some(&DEPLOYMENT),
         ("apps", "ReplicaSet") => Some(&REPLICA_SET),
         ("apps", "StatefulSet") => Some(&STATEFUL_SET),
@@ -766,6 +853,21 @@ mod tests {
             .is_err()
         );
         assert!(wanted(&accept("application/vnd.kubernetes.protobuf")).is_err());
+    }
+
+    #[test]
+    fn an_ingress_shows_three_hosts_then_how_many_rules_more() {
+        let rules =
+            |hosts: &[&str]| -> Vec<Value> { hosts.iter().map(|h| json!({"host": h})).collect() };
+        assert_eq!(ingress_hosts(&rules(&[])), "*");
+        assert_eq!(ingress_hosts(&rules(&["", ""])), "*");
+        assert_eq!(ingress_hosts(&rules(&["a", "", "b"])), "a,b");
+        assert_eq!(ingress_hosts(&rules(&["a", "b", "c"])), "a,b,c");
+        assert_eq!(
+            ingress_hosts(&rules(&["a", "b", "c", ""])),
+            "a,b,c + 1 more..."
+        );
+        assert_eq!(ingress_hosts(&rules(&["", "a", "b", "c"])), "a,b,c");
     }
 
     #[test]
