@@ -2005,6 +2005,29 @@ spec:
           restartPolicy: Never
           containers: [{{ name: backup, image: busybox }}]
 ---
+apiVersion: batch/v1
+kind: Job
+metadata: {{ name: migrate, namespace: {ns} }}
+spec:
+  suspend: true
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{ name: migrate, image: busybox }}, {{ name: side, image: redis }}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{ name: once, namespace: {ns} }}
+spec:
+  suspend: true
+  parallelism: 4
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{ name: once, image: busybox }}]
+---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata: {{ name: web, namespace: {ns} }}
@@ -2047,6 +2070,7 @@ spec:
         "statefulsets",
         "daemonsets",
         "services",
+        "jobs",
         "cronjobs",
         "ingresses",
         "networkpolicies",

@@ -576,6 +576,85 @@ static NETWORK_POLICY: Printer = Printer {
     },
 };
 
+const JOB_SELECTOR: Column = col(
+    "Selector",
+    "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+    1,
+);
+
+static JOB: Printer = Printer {
+    columns: &[
+        NAME,
+        col("Status", "Status of the job.", 0),
+        col(
+            "Completions",
+            "The number of pods which reached phase Succeeded. The value increases monotonically for a given spec. However, it may decrease in reaction to scale down of elastic indexed jobs.",
+            0,
+        ),
+        col("Duration", "Time required to complete the job.", 0),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+        JOB_SELECTOR,
+    ],
+    cells: |o, now| {
+        let spec = &o["spec"];
+        let status = &o["status"];
+        let succeeded = status["succeeded"].as_i64().unwrap_or(0);
+        let completions = match spec["completions"].as_i64() {
+            Some(c) => format!("{succeeded}/{c}"),
+            None => match spec["parallelism"].as_i64().unwrap_or(0) {
+                p if p > 1 => format!("{succeeded}/1 of {p}"),
+                _ => format!("{succeeded}/1"),
+            },
+        };
+        let time = |f: &str| status[f].as_str().and_then(|t| t.parse::<Timestamp>().ok());
+        let duration = match (time("startTime"), time("completionTime")) {
+            (None, _) => String::new(),
+            (Some(start), None) => {
+                let now = Timestamp::try_from(now).unwrap_or(start);
+                human_duration(now.as_second() - start.as_second())
+            }
+            (Some(start), Some(end)) => human_duration(end.as_second() - start.as_second()),
+        };
+        // hasJobCondition: the first condition of the type decides.
+        let condition = |t: &str| {
+            status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == t)
+                .is_some_and(|c| c["status"] == "True")
+        };
+        let state = if condition("Complete") {
+            "Complete"
+        } else if condition("Failed") {
+            "Failed"
+        } else if !o["metadata"]["deletionTimestamp"].is_null() {
+            "Terminating"
+        } else if condition("Suspended") {
+            "Suspended"
+        } else if condition("FailureTarget") {
+            "FailureTarget"
+        } else if condition("SuccessCriteriaMet") {
+            "SuccessCriteriaMet"
+        } else {
+            "Running"
+        };
+        let [names, images] = containers(o);
+        vec![
+            name(o),
+            json!(state),
+            json!(completions),
+            json!(duration),
+            age(o, now),
+            names,
+            images,
+            json!(format_selector(&spec["selector"])),
+        ]
+    },
+};
+
 static CRON_JOB: Printer = Printer {
     columns: &[
         NAME,
@@ -605,11 +684,7 @@ static CRON_JOB: Printer = Printer {
         AGE,
         CONTAINERS,
         IMAGES,
-        col(
-            "Selector",
-            "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
-            1,
-        ),
+        JOB_SELECTOR,
     ],
     cells: |o, now| {
         let spec = &o["spec"];
@@ -646,6 +721,7 @@ pub fn printer(kind: &KindKey) -> Option<&'static Printer> {
         ("", "Namespace") => Some(&NAMESPACE),
         ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
         ("", "Service") => Some(&SERVICE),
+        ("batch", "Job") => Some(&JOB),
         ("batch", "CronJob") => Some(&CRON_JOB),
         ("networking.k8s.io", "Ingress") => Some(&INGRESS),
         ("networking.k8s.io", "NetworkPolicy") => Some(&NETWORK_POLICY),
