@@ -69,6 +69,9 @@ fn main() {
                 "discovery_and_openapi_come_from_the_hub_and_follow_new_crds",
                 |e| Box::pin(discovery_from_memory(e)),
             ),
+            ("clouddriver_caching_cycle_never_reaches_the_cluster", |e| {
+                Box::pin(caching_cycle(e))
+            }),
         ],
     );
 }
@@ -315,6 +318,16 @@ impl<'a> Kubectl<'a> {
     }
 
     /// `-o json` through the hub, parsed.
+    /// Through the hub, whatever the exit status, as a kubectl process whose discovery
+    /// cache is `cache_dir` (a new folder: it asks for discovery as a new Clouddriver
+    /// pod or a CI job's kubectl does).
+    fn hub_cached_in(&self, cache_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+        let dir = cache_dir.display().to_string();
+        let mut all = vec!["--cache-dir", dir.as_str()];
+        all.extend_from_slice(args);
+        self.hub_full(&all, None)
+    }
+
     fn hub_json(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Value> {
         let out = self.hub(args, stdin)?;
         serde_json::from_str(&out).with_context(|| format!("kubectl {args:?} printed:\n{out}"))
@@ -2260,11 +2273,7 @@ async fn discovery_from_memory(env: Arc<Env>) -> anyhow::Result<()> {
     // A kubectl process with nothing cached: discovery, then a list.
     let mut fresh = |args: &[&str]| {
         runs += 1;
-        let dir = caches.join(runs.to_string());
-        let mut all = vec!["--cache-dir".to_owned(), dir.display().to_string()];
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        k.hub_full(&all, None)
+        k.hub_cached_in(&caches.join(runs.to_string()), args)
     };
     // The agent follows CRDs and APIServices shortly after it registers; from then on
     // the first kubectl fills the hub's memory and the next asks the cluster nothing.
@@ -2364,5 +2373,145 @@ spec:
     if let Err(last) = found {
         bail!("kubectl through the hub never found the new CRD's kind: {last}");
     }
+    Ok(())
+}
+
+/// Clouddriver's caching cycle for an account (its `kubectl get <every kind> -n <ns> -o
+/// json`, and its Namespace) and one deploy stage (`kubectl apply`, then reads of the
+/// object until it is stable), each a new kubectl process with nothing cached, through
+/// the hub: they print what the same commands print against the cluster; of the
+/// caching cycle not one request reaches the cluster, of the deploy stage only the
+/// apply's.
+async fn caching_cycle(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kcyc", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let caches = rig.s.dir.path().join("kubectl-caches");
+    let applied = k.direct_full(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{ name: settings, namespace: {ns} }}
+data: {{ a: "1" }}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: {ns} }}
+spec: {{ selector: {{ app: web }}, ports: [{{ port: 80 }}] }}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{ name: nightly, namespace: {ns} }}
+spec:
+  schedule: "0 3 * * *"
+  suspend: true
+  jobTemplate: {{ spec: {{ template: {{ spec: {{ restartPolicy: Never, containers: [{{ name: b, image: busybox }}] }} }} }} }}
+"#
+        )),
+    )?;
+    ensure!(applied.success, "apply: {}", applied.stderr);
+    let kinds = "deployment,replicaset,statefulset,daemonset,pod,service,configmap,serviceaccount,persistentvolumeclaim,job,cronjob,horizontalpodautoscaler,ingress,networkpolicy";
+    let cycle: Vec<Vec<&str>> = vec![
+        vec!["get", kinds, "-n", ns.as_str(), "-o", "json"],
+        vec![
+            "get",
+            kinds,
+            "-n",
+            ns.as_str(),
+            "-l",
+            "app.kubernetes.io/managed-by=spinnaker",
+            "-o",
+            "json",
+        ],
+        vec!["get", "namespace", ns.as_str(), "-o", "json"],
+    ];
+    let mut runs = 0;
+    let mut fresh = |args: &[&str]| {
+        runs += 1;
+        k.hub_cached_in(&caches.join(runs.to_string()), args)
+    };
+    // The first kubectl fills the hub's discovery once the agent follows the cluster's
+    // CRDs; the cache follows the cluster (the Deployment rolls out meanwhile): the
+    // same output within a while, then counted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (measured, cache, cluster) = loop {
+        let (c0, x0) = answered(&rig).await?;
+        let mut same = true;
+        let mut last = String::new();
+        for args in &cycle {
+            let through = fresh(args)?;
+            let direct = k.direct(args)?;
+            if !through.success || through.stdout != direct {
+                same = false;
+                last = format!(
+                    "kubectl {args:?}: through the hub\n{}{}\ndirectly\n{direct}",
+                    through.stdout, through.stderr
+                );
+            }
+        }
+        let (c1, x1) = answered(&rig).await?;
+        if same && x1 == x0 {
+            break (cycle.len(), c1 - c0, x1 - x0);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the caching cycle: {} requests from the hub, {} to the cluster; {last}",
+            c1 - c0,
+            x1 - x0
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "caching cycle ({measured} kubectl processes, each with an empty discovery cache): {cache} requests from the hub, {cluster} to the cluster"
+    );
+    // The deploy stage.
+    let (c0, x0) = answered(&rig).await?;
+    let deployed = k.hub_full(
+        &["apply", "-f", "-", "-o", "json"],
+        Some(&deployment(&ns, "nginx:1.27")),
+    )?;
+    ensure!(deployed.success, "apply: {}", deployed.stderr);
+    let (c1, x1) = answered(&rig).await?;
+    let read = ["get", "deployment", "web", "-n", ns.as_str(), "-o", "json"];
+    let stable = wait::until(
+        "the Deployment stable, read through the hub",
+        Duration::from_secs(60),
+        || {
+            let got = fresh(&read)
+                .ok()
+                .filter(|o| o.success)
+                .and_then(|o| serde_json::from_str::<Value>(&o.stdout).ok());
+            let done = got.is_some_and(|d| {
+                d["status"]["observedGeneration"] == d["metadata"]["generation"]
+                    && d["status"]["readyReplicas"] == d["spec"]["replicas"]
+            });
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    ensure!(
+        stable.is_ok(),
+        "the Deployment never looked stable through the hub"
+    );
+    let (c2, x2) = answered(&rig).await?;
+    let through = fresh(&read)?;
+    ensure!(
+        through.stdout == k.direct(&read)?,
+        "the deployed object differs through the hub"
+    );
+    eprintln!(
+        "deploy stage: apply {} from the hub, {} to the cluster; reads until stable {} from the hub, {} to the cluster",
+        c1 - c0,
+        x1 - x0,
+        c2 - c1,
+        x2 - x1
+    );
+    ensure!(
+        x2 == x1,
+        "the deploy stage's reads: {} requests reached the cluster",
+        x2 - x1
+    );
     Ok(())
 }
