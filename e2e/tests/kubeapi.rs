@@ -1875,18 +1875,31 @@ async fn stale_reads(env: Arc<Env>) -> anyhow::Result<()> {
         "the write's 503 took {took:?}"
     );
     eprintln!("a write while the agent is away: 503 in {took:?}");
-    let by_name = call(
+    // One object by name the cache holds: its last known state; one it does not
+    // hold only the cluster could answer.
+    let (code, by_name) = call(
         &hub,
         "GET",
         &format!("/api/v1/namespaces/{ns}/configmaps/s-1"),
         &[],
     )
     .await?;
+    ensure!(
+        code == 200 && by_name["metadata"]["name"] == "s-1",
+        "one object by name while away: {code} {by_name}"
+    );
+    let missing = call(
+        &hub,
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/configmaps/not-cached"),
+        &[],
+    )
+    .await?;
     expect_status(
-        &by_name,
+        &missing,
         503,
         "ServiceUnavailable",
-        "one object by name while away",
+        "an object the cache does not hold while away",
     )?;
     let account = scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
         .await
@@ -2356,11 +2369,21 @@ spec:
     schema: {{ openAPIV3Schema: {{ type: object, x-kubernetes-preserve-unknown-fields: true }} }}
 "#
     );
-    let created = k.direct_full(&["apply", "-f", "-"], Some(&crd))?;
+    // On the target cluster, which the tests counting the management account's
+    // requests do not ask through their hubs.
+    let on_target = |args: &[&str], stdin: Option<&str>| {
+        kubectl::run_full(&env.cp.bins.kubectl, &cluster.kubeconfig, args, stdin)
+    };
+    let kt = Kubectl::new(&env, &rig, rig.target.clone());
+    let created = on_target(&["apply", "-f", "-"], Some(&crd))?;
     ensure!(created.success, "creating the CRD: {}", created.stderr);
     let deadline = Instant::now() + Duration::from_secs(30);
     let found = loop {
-        let out = fresh(&["-n", ns.as_str(), "get", &format!("widgets.{group}")])?;
+        runs += 1;
+        let out = kt.hub_cached_in(
+            &caches.join(runs.to_string()),
+            &["-n", ns.as_str(), "get", &format!("widgets.{group}")],
+        )?;
         if out.success {
             break Ok(());
         }
@@ -2369,7 +2392,7 @@ spec:
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    k.direct_full(&["delete", "crd", &format!("widgets.{group}")], None)?;
+    on_target(&["delete", "crd", &format!("widgets.{group}")], None)?;
     if let Err(last) = found {
         bail!("kubectl through the hub never found the new CRD's kind: {last}");
     }

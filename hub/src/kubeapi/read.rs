@@ -212,12 +212,28 @@ pub const KUBECTL_COMMAND: &str = "kubectl-command";
 
 /// False when the request comes from a kubectl command that computes a write from
 /// what it reads (`kubectl apply`, `edit`, `patch`, `scale`, ...): the object it
-/// patches must be the cluster's own, not the cache's copy a moment behind. Every
-/// other client, and `kubectl get`, reads what the cache shows.
+/// patches must be the cluster's own, not the cache's copy a moment behind; and from
+/// a kubectl older than 1.21, which prints `managedFields` (the cache has none).
+/// Every other client, and `kubectl get`, reads what the cache shows.
 fn reads_to_show(headers: &HeaderMap) -> bool {
-    headers
+    let command = headers
         .get(KUBECTL_COMMAND)
-        .is_none_or(|c| c.to_str().is_ok_and(|c| c == "kubectl get"))
+        .is_none_or(|c| c.to_str().is_ok_and(|c| c == "kubectl get"));
+    command && !prints_managed_fields(headers)
+}
+
+/// kubectl's User-Agent is `kubectl/v1.<minor>.<patch> (...)`; before 1.21 it printed
+/// `managedFields` with `-o json|yaml`.
+fn prints_managed_fields(headers: &HeaderMap) -> bool {
+    let agent = headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Some(version) = agent.strip_prefix("kubectl/v1.") else {
+        return false;
+    };
+    let minor: String = version.chars().take_while(char::is_ascii_digit).collect();
+    minor.parse::<u32>().is_ok_and(|m| m < 21)
 }
 
 /// True when the account's agent streams every object the read could select.
@@ -461,6 +477,31 @@ mod tests {
             h
         };
         assert!(plan(&Method::GET, &one, &[], &command("kubectl get")).is_ok());
+        let agent = |a: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::USER_AGENT, HeaderValue::from_static(a));
+            h
+        };
+        assert!(
+            plan(
+                &Method::GET,
+                &one,
+                &[],
+                &agent("kubectl/v1.20.2 (linux/amd64) kubernetes/faecb19")
+            )
+            .is_err(),
+            "kubectl 1.20 prints managedFields"
+        );
+        for newer in [
+            "kubectl/v1.36.3 (linux/amd64) kubernetes/abc",
+            "kubectl1.20",
+            "Go-http-client/2.0",
+        ] {
+            assert!(
+                plan(&Method::GET, &one, &[], &agent(newer)).is_ok(),
+                "{newer}"
+            );
+        }
         for writes in ["kubectl apply", "kubectl edit", "kubectl scale"] {
             assert!(
                 plan(&Method::GET, &one, &[], &command(writes)).is_err(),
