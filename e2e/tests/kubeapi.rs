@@ -72,6 +72,9 @@ fn main() {
             ("clouddriver_caching_cycle_never_reaches_the_cluster", |e| {
                 Box::pin(caching_cycle(e))
             }),
+            ("kubectl_get_w_prints_from_the_cache", |e| {
+                Box::pin(watched_tables(e))
+            }),
         ],
     );
 }
@@ -700,8 +703,8 @@ async fn run_command_lines(k: &Kubectl<'_>, ns: &str, full: bool) -> anyhow::Res
         None,
     )?;
 
-    // `get -w`: printing a table (the cluster answers the watch) and as JSON (the hub's
-    // cache answers it): both show a ConfigMap created after they started.
+    // `get -w`: printing a table and as JSON (both from the hub's cache): both show a
+    // ConfigMap created after they started.
     for (i, output) in ["wide", "json"].into_iter().enumerate() {
         let name = format!("watched-{i}");
         let printed = k.hub_watch(
@@ -2535,6 +2538,74 @@ spec:
         x2 == x1,
         "the deploy stage's reads: {} requests reached the cluster",
         x2 - x1
+    );
+    Ok(())
+}
+
+/// `kubectl get -w` printing columns through the hub: the list and then the watch of
+/// Tables come from the cache (not one request reaches the cluster), and it prints a
+/// change made on the cluster as kubectl prints it directly.
+async fn watched_tables(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kwat", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let get = ["-n", ns.as_str(), "get", "configmaps"];
+    // Once the hub keeps discovery, a kubectl asks the cluster nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, x0) = answered(&rig).await?;
+        k.hub(&get, None)?;
+        let (_, x1) = answered(&rig).await?;
+        if x1 == x0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "kubectl get kept asking the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (c0, x0) = answered(&rig).await?;
+    let printed = k.hub_watch(
+        &["-n", ns.as_str(), "get", "configmaps", "-w"],
+        "w-1",
+        || {
+            k.direct_full(
+                &[
+                    "-n",
+                    ns.as_str(),
+                    "create",
+                    "configmap",
+                    "w-1",
+                    "--from-literal=a=1",
+                    "--from-literal=b=2",
+                ],
+                None,
+            )
+            .map(|_| ())
+        },
+    )?;
+    let (c1, x1) = answered(&rig).await?;
+    let direct = k.direct(&["-n", ns.as_str(), "get", "configmap", "w-1"])?;
+    let row = |out: &str| {
+        without_age(out)
+            .into_iter()
+            .find(|cells| cells.first().is_some_and(|c| c == "w-1"))
+    };
+    ensure!(
+        row(&printed).is_some() && row(&printed) == row(&direct),
+        "kubectl get -w through the hub printed:\n{printed}\ndirectly:\n{direct}"
+    );
+    eprintln!(
+        "kubectl get -w: {} requests from the hub, {} to the cluster",
+        c1 - c0,
+        x1 - x0
+    );
+    ensure!(
+        x1 == x0 && c1 - c0 >= 2.0,
+        "kubectl get -w: {} requests from the hub, {} to the cluster",
+        c1 - c0,
+        x1 - x0
     );
     Ok(())
 }
