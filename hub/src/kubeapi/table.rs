@@ -1,6 +1,7 @@
-//! Lists answered as `Table`s (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`,
-//! what `kubectl get` asks for to print columns), written as kube-apiserver writes
-//! them: its column definitions (always with the `-o wide` ones, priority 1), one row
+//! Lists (and the watches of `kubectl get -w`, one row per event, see
+//! [`super::watch::Encoder`]) answered as `Table`s (`Accept:
+//! application/json;as=Table;v=v1;g=meta.k8s.io`, what `kubectl get` asks for to
+//! print columns), written as kube-apiserver writes them: its column definitions (always with the `-o wide` ones, priority 1), one row
 //! per object with the cells its printers compute (`pkg/printers/internalversion`),
 //! and the object's metadata (`includeObject=Metadata`, the default) or nothing
 //! (`None`).
