@@ -2,8 +2,8 @@
 //! any client-go or kube-rs program can use an account through the hub with nothing
 //! but a kubeconfig whose `server:` is `https://<hub>:<port>/accounts/<account>`.
 //!
-//! Lists and watches of the kinds the account's agent streams are answered from the
-//! hub's cache, with the cluster's resourceVersions ([`read`], [`cached`], [`watch`]);
+//! Lists, watches and objects by name of the kinds the account's agent streams are
+//! answered from the hub's cache, with the cluster's resourceVersions ([`read`], [`cached`], [`watch`]);
 //! a client's own writes are a read barrier ([`barrier`]). Everything else travels over
 //! the stream of the agent that holds the account, which replays it against the
 //! cluster with the account's credentials ([`passthrough`]); the target cluster never
@@ -19,13 +19,15 @@
 //! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
 //! session, flow control), [`passthrough`] (replaying a request through the agent), [`stale`] (reads
 //! while an account's agent is away),
-//! [`status`] (Kubernetes `Status` answers), [`table`] (lists as
+//! [`discovery`] (discovery and OpenAPI kept while the agent follows what the
+//! cluster serves), [`status`] (Kubernetes `Status` answers), [`table`] (lists as
 //! `Table`s, the columns `kubectl get` prints), [`kubeconfig`] (the kubeconfig Spinnaker
 //! operators paste into Clouddriver).
 
 pub mod auth;
 pub mod barrier;
 pub mod cached;
+pub mod discovery;
 pub mod kubeconfig;
 pub mod list;
 pub mod locate;

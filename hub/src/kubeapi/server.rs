@@ -23,6 +23,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use super::auth::{Refusal, Tokens};
 use super::barrier::Barriers;
 use super::cached::{self, Ctx};
+use super::discovery;
 use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
 use super::options;
@@ -48,6 +49,7 @@ pub struct KubeApi {
     config: KubeApiConfig,
     snapshots: Snapshots,
     barriers: Arc<Barriers>,
+    discovery: discovery::Memory,
 }
 
 /// Starts serving (TLS with the hub's certificate, when it has one); returns the
@@ -104,6 +106,7 @@ pub async fn start(
         config,
         snapshots: Snapshots::default(),
         barriers: Arc::default(),
+        discovery: discovery::Memory::default(),
     });
     let mut incoming = crate::net::tls::incoming(
         listener,
@@ -183,7 +186,63 @@ async fn silent(first_request: &Notify, timeout: Duration) {
     }
 }
 
+/// An answer the hub gave from its memory, counted as such; while the agent is away,
+/// with the Warning saying since when it is not followed.
+fn from_memory(
+    mut response: Response<Body>,
+    account: &str,
+    stale_since: Option<std::time::SystemTime>,
+) -> Response<Body> {
+    let source = match stale_since {
+        Some(since) => {
+            response
+                .headers_mut()
+                .insert(http::header::WARNING, stale::warning(account, since));
+            "stale"
+        }
+        None => "cache",
+    };
+    response
+        .extensions_mut()
+        .insert(passthrough::AnsweredBy(source));
+    response
+}
+
 impl KubeApi {
+    /// Reads the cluster's discovery answer whole, keeps it, and answers the client
+    /// from it (`304` when it holds that version).
+    async fn keep_discovery(
+        &self,
+        account: &str,
+        surface: u64,
+        key: discovery::Key,
+        client: &http::HeaderMap,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        let (parts, body) = response.into_parts();
+        let limited = http_body_util::Limited::new(body, discovery::MAX_ANSWER);
+        let bytes = match http_body_util::BodyExt::collect(limited).await {
+            Ok(c) => c.to_bytes(),
+            Err(err) => {
+                warn!(%err, "a discovery answer of the cluster could not be read whole");
+                return Failure::new(
+                    StatusCode::BAD_GATEWAY,
+                    "InternalError",
+                    format!("the cluster's discovery answer broke off: {err}"),
+                )
+                .response();
+            }
+        };
+        let kept = Arc::new(discovery::Kept::new(&parts.headers, bytes));
+        self.discovery
+            .keep(account, surface, key, Arc::clone(&kept));
+        let mut response = kept.answer(client);
+        response
+            .extensions_mut()
+            .insert(passthrough::AnsweredBy("cluster"));
+        response
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let (account, rest) = match path::route(req.uri().path()) {
             Ok((account, rest)) => (account.to_owned(), rest.to_owned()),
@@ -355,32 +414,33 @@ impl KubeApi {
                 )
                 .await
             {
-                Ok(mut response) => {
-                    let source = match stale_since {
-                        Some(since) => {
-                            response
-                                .headers_mut()
-                                .insert(http::header::WARNING, stale::warning(&account, since));
-                            "stale"
-                        }
-                        None => "cache",
-                    };
-                    response
-                        .extensions_mut()
-                        .insert(passthrough::AnsweredBy(source));
-                    return response;
-                }
+                Ok(response) => return from_memory(response, &account, stale_since),
                 Err(Some(refused)) => return refused,
                 Err(None) => {}
             }
         }
-        let (Some(session), Some(tx)) = (session, tx) else {
-            // Away: what the cache cannot answer waits for the agent.
-            return Failure::disconnected(&account).response();
-        };
+        let is_discovery = discovery::is_discovery(req.method(), &rest);
         let path_and_query = match req.uri().query() {
             Some(q) => format!("{rest}?{q}"),
             None => rest,
+        };
+        // Discovery and OpenAPI from memory, while the agent follows what the
+        // cluster serves.
+        let kept = is_discovery
+            .then(|| {
+                let core = self.shared.core();
+                core.cache.account(&account).and_then(|c| c.api_surface())
+            })
+            .flatten()
+            .map(|surface| (surface, discovery::Key::of(&path_and_query, req.headers())));
+        if let Some((surface, key)) = &kept
+            && let Some(answer) = self.discovery.get(&account, *surface, key)
+        {
+            return from_memory(answer.answer(req.headers()), &account, stale_since);
+        }
+        let (Some(session), Some(tx)) = (session, tx) else {
+            // Away: what the cache cannot answer waits for the agent.
+            return Failure::disconnected(&account).response();
         };
         let barrier = resource
             .filter(|r| r.subresource.as_deref() != Some("log"))
@@ -390,13 +450,19 @@ impl KubeApi {
                 version: r.version,
                 resource: r.resource,
             });
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let client_headers = kept.as_ref().map(|_| {
+            // The full answer is kept, whatever validator the client holds.
+            let headers = parts.headers.clone();
+            parts.headers.remove(http::header::IF_NONE_MATCH);
+            headers
+        });
         // The body's deadline is the request's default one (`--kube-api-request-timeout`).
         let body = match passthrough::read_body(body, self.config.request_timeout).await {
             Ok(body) => body,
             Err(refused) => return refused.response(),
         };
-        passthrough::replay(
+        let response = passthrough::replay(
             &self.shared,
             Replay {
                 account: &account,
@@ -411,6 +477,13 @@ impl KubeApi {
                 barrier,
             },
         )
-        .await
+        .await;
+        match (kept, client_headers) {
+            (Some((surface, key)), Some(headers)) if response.status() == StatusCode::OK => {
+                self.keep_discovery(&account, surface, key, &headers, response)
+                    .await
+            }
+            _ => response,
+        }
     }
 }

@@ -146,8 +146,63 @@ fn at_version(body: &RawValue, rv: u64) -> String {
     }
 }
 
+/// How a watch writes its events: the objects themselves, or (`kubectl get -w`) each
+/// as a Table of one row, as kube-apiserver writes them: the column definitions in the
+/// first event only, the object's resourceVersion as the Table's.
+pub struct Encoder {
+    table: Option<(&'static super::table::Printer, super::table::Include)>,
+    headers_sent: bool,
+}
+
+impl Encoder {
+    /// The encoder of a watch of `kind` asked as `read`.
+    pub fn new(read: &Read, kind: &KindKey) -> Encoder {
+        Encoder {
+            table: read
+                .table
+                .and_then(|t| super::table::printer(kind).map(|p| (p, t.include))),
+            headers_sent: false,
+        }
+    }
+
+    /// One event line.
+    pub fn line(&mut self, kind: &str, object: &str) -> Bytes {
+        let Some((printer, include)) = self.table else {
+            return line(kind, object);
+        };
+        let row = super::table::row(printer, object, include, std::time::SystemTime::now());
+        let rv = serde_json::from_str::<Value>(object)
+            .ok()
+            .and_then(|o| o["metadata"]["resourceVersion"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let mut table = super::table::table(
+            printer,
+            serde_json::json!({ "resourceVersion": rv }),
+            vec![row],
+        );
+        if std::mem::replace(&mut self.headers_sent, true) {
+            table["columnDefinitions"] = Value::Null;
+        }
+        line(kind, &table.to_string())
+    }
+}
+
 /// The event a watch with `read`'s namespace and selectors sees for a change, if any.
 pub fn event(read: &Read, kind: &KindKey, c: &Change) -> Option<Bytes> {
+    let mut plain = Encoder {
+        table: None,
+        headers_sent: false,
+    };
+    change_event(read, kind, c).map(|(t, o)| plain.line(t, &o))
+}
+
+/// The type and object of the event a watch with `read`'s namespace and selectors sees
+/// for a change, if any.
+fn change_event<'a>(
+    read: &Read,
+    kind: &KindKey,
+    c: &'a Change,
+) -> Option<(&'static str, std::borrow::Cow<'a, str>)> {
     if read.namespace.as_ref().is_some_and(|ns| *ns != c.namespace) {
         return None;
     }
@@ -157,14 +212,15 @@ pub fn event(read: &Read, kind: &KindKey, c: &Change) -> Option<Bytes> {
         ChangeType::Deleted => passes(c.prev.as_deref().unwrap_or(&c.body)),
         _ => c.prev.as_deref().is_some_and(passes),
     };
+    let body = || std::borrow::Cow::Borrowed(c.body.get());
     match (c.change, before, now) {
-        (ChangeType::Deleted, true, _) => Some(line("DELETED", c.body.get())),
+        (ChangeType::Deleted, true, _) => Some(("DELETED", body())),
         (ChangeType::Deleted, false, _) => None,
-        (_, false, true) => Some(line("ADDED", c.body.get())),
-        (_, true, true) => Some(line("MODIFIED", c.body.get())),
+        (_, false, true) => Some(("ADDED", body())),
+        (_, true, true) => Some(("MODIFIED", body())),
         (_, true, false) => {
             let prev = c.prev.as_deref().unwrap_or(&c.body);
-            Some(line("DELETED", &at_version(prev, c.rv)))
+            Some(("DELETED", std::borrow::Cow::Owned(at_version(prev, c.rv))))
         }
         (_, false, false) => None,
     }
@@ -222,6 +278,7 @@ async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone
         .and_then(|a| a.timeout)
         .unwrap_or(DEFAULT_TIMEOUT);
     let bookmarks = w.read.watch.as_ref().is_some_and(|a| a.bookmarks);
+    let mut encoder = Encoder::new(&w.read, &w.kind);
     let end = tokio::time::sleep(timeout);
     tokio::pin!(end);
     let mut tick = tokio::time::interval(BOOKMARK_EVERY);
@@ -231,7 +288,7 @@ async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone
         Start::Objects(items) => {
             for item in items {
                 if selected_object(&w.read, &w.kind, &item.body) {
-                    out.push(&line("ADDED", item.body.get())).await?;
+                    out.push(&encoder.line("ADDED", item.body.get())).await?;
                 }
             }
             if bookmarks {
@@ -255,8 +312,8 @@ async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone
             }
             Next::Changes(changes, mark) => {
                 for c in &changes {
-                    if let Some(ev) = event(&w.read, &w.kind, c) {
-                        out.push(&ev).await?;
+                    if let Some((t, o)) = change_event(&w.read, &w.kind, c) {
+                        out.push(&encoder.line(t, &o)).await?;
                     }
                     cursor = c.rv;
                 }
