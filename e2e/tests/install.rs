@@ -295,12 +295,7 @@ async fn chart_lifecycle(env: Arc<Env>) -> anyhow::Result<()> {
     )?;
     let deployments = Api::<Deployment>::namespaced(cp.client().await?, NS);
     for name in ["scale-agent-operator", "scale-agent-hub"] {
-        let d = deployments.get(name).await?;
-        let c = d
-            .spec
-            .and_then(|s| s.template.spec)
-            .and_then(|s| s.containers.into_iter().next())
-            .with_context(|| format!("{name} has no container"))?;
+        let c = first_container(&deployments, name).await?;
         ensure!(
             c.image.as_deref() == Some(upgraded.as_str()),
             "after helm upgrade {name} runs {:?}, not {upgraded}",
@@ -346,6 +341,20 @@ async fn chart_lifecycle(env: Arc<Env>) -> anyhow::Result<()> {
     env.drop_namespace(&ns).await;
     remove(cp, &namespace)?;
     Ok(())
+}
+
+/// The first container of Deployment `name`'s pod template, as applied.
+async fn first_container(
+    deployments: &Api<Deployment>,
+    name: &str,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Container> {
+    deployments
+        .get(name)
+        .await?
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .with_context(|| format!("{name} has no container"))
 }
 
 async fn image_runs(_env: Arc<Env>) -> anyhow::Result<()> {
@@ -1053,12 +1062,7 @@ async fn probes_answer(env: &Env, installed: &Installed) -> anyhow::Result<()> {
         ("scale-agent-hub", &installed.hub),
         ("scale-agent-operator", &installed.operator),
     ] {
-        let d = deployments.get(name).await?;
-        let c = d
-            .spec
-            .and_then(|s| s.template.spec)
-            .and_then(|s| s.containers.into_iter().next())
-            .with_context(|| format!("{name} has no container"))?;
+        let c = first_container(&deployments, name).await?;
         for (kind, probe) in [
             ("readiness", &c.readiness_probe),
             ("liveness", &c.liveness_probe),
