@@ -153,8 +153,10 @@ pub struct Args {
     pub max_connection_age_grace: Duration,
 
     /// File holding the bearer token of the HTTP API: every /v1/... request
-    /// then needs `Authorization: Bearer <token>` (401 otherwise). /healthz
-    /// and /metrics stay open. Re-read when it changes. Without it the API is
+    /// then needs `Authorization: Bearer <token>` (401 otherwise). One token
+    /// for every account, or `<token> <accounts>` lines as in
+    /// --kube-api-tokens-file (403 for another account). /healthz and /metrics
+    /// stay open. Re-read when it changes. Without it the API is
     /// open (a warning is logged).
     #[arg(long, value_name = "PATH")]
     pub api_token_file: Option<PathBuf>,

@@ -85,7 +85,7 @@ pub use net::tls::{TlsConfig, TlsFiles};
 
 use crate::api::http;
 use crate::core::ownership;
-use crate::net::{identity, secret, serve, tls};
+use crate::net::{identity, serve, tls};
 use crate::stream::{grpc, revocation};
 
 use crate::state::Shared;
@@ -116,18 +116,11 @@ impl Hub {
         let shared = Shared::new(config, ownership, shutdown.clone())?;
         let config = &shared.config;
         let api_token = match &config.api_token_file {
-            Some(path) => Some(
-                secret::SecretFile::watch(
-                    "API token",
-                    path,
-                    config.reload_interval,
-                    shutdown.clone(),
-                )
-                .map_err(|message| Error::ApiToken {
-                    path: path.clone(),
-                    message,
-                })?,
-            ),
+            Some(path) => Some(kubeapi::auth::Tokens::watch_api(
+                path,
+                config.reload_interval,
+                shutdown.clone(),
+            )?),
             None => None,
         };
         if let Some(rx) = &shared.ownership {
