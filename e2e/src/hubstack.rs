@@ -16,7 +16,8 @@ use crate::{ControlPlane, Error, Result, workspace_binary};
 pub struct HubStack {
     /// nginx, where agents connect (`nginx.address`).
     pub nginx: Nginx,
-    /// The hub.
+    /// The hub; its JSON API needs [`HubStack::api_token`] (set as the hub's
+    /// `api_token`).
     pub hub: HubProcess,
 }
 
@@ -37,7 +38,9 @@ impl HubStack {
         write_private(&secret_file, &proxy_secret)?;
         let mut args = behind_nginx(&cp.pki, Some(&secret_file));
         args.push("--authorize-shards=*".into());
-        let hub = HubProcess::start(
+        let api = ApiToken::write(run_dir)?;
+        args.push(api.flag());
+        let mut hub = HubProcess::start(
             HubOptions {
                 bin: workspace_binary("scale-agent-hub")?,
                 grace_period: grace.into(),
@@ -48,6 +51,7 @@ impl HubStack {
             run_dir,
         )
         .await?;
+        hub.api_token = Some(api.token);
         tracing::info!("starting nginx in front of the hub");
         let nginx = nginx_in_front(
             &cp.pki,
@@ -59,6 +63,32 @@ impl HubStack {
         )
         .await?;
         Ok(HubStack { nginx, hub })
+    }
+}
+
+/// The JSON API's token for every account, as `just up` gives it (exported as
+/// `HUB_API_TOKEN`): its file is the hub's `--api-token-file`.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    /// The token.
+    pub token: String,
+    /// The file the hub reads it from.
+    pub file: PathBuf,
+}
+
+impl ApiToken {
+    /// A new random token, written to `<run_dir>/hub-api-tokens` (owner-only), allowed
+    /// every account.
+    pub fn write(run_dir: &Path) -> Result<ApiToken> {
+        let token = random_secret()?;
+        let file = run_dir.join("hub-api-tokens");
+        write_private(&file, &format!("{token} *\n"))?;
+        Ok(ApiToken { token, file })
+    }
+
+    /// The hub's flag naming the file.
+    pub fn flag(&self) -> String {
+        format!("--api-token-file={}", self.file.display())
     }
 }
 

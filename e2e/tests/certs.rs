@@ -109,6 +109,10 @@ fn main() {
                 "with_an_issuer_the_operator_writes_a_cert_manager_certificate",
                 |e| Box::pin(cert_manager(e)),
             ),
+            (
+                "the_json_api_refuses_an_anonymous_operation_as_just_up_runs_it",
+                |e| Box::pin(anonymous_operation(e)),
+            ),
         ],
     );
 }
@@ -488,5 +492,55 @@ async fn cert_manager_steps(env: &CertsEnv) -> anyhow::Result<()> {
     ])?;
     env.env.apply(&yaml)?;
     wait_shard(&env.env, "managed Ready", &ns, "managed", 120, ready).await?;
+    Ok(())
+}
+
+/// `just up` gives the hub's JSON API a token (`HUB_API_TOKEN`): an operation without
+/// it is refused before it reaches any account, and the token lets it through.
+async fn anonymous_operation(e: Arc<CertsEnv>) -> anyhow::Result<()> {
+    let hub = &e.stack.hub;
+    let token = hub
+        .api_token
+        .clone()
+        .context("the hub runs with an API token")?;
+    let apply = serde_json::json!({
+        "type": "apply",
+        "manifest": { "apiVersion": "v1", "kind": "ConfigMap",
+                      "metadata": { "name": "anonymous", "namespace": "default" } },
+    });
+    let client = reqwest::Client::new();
+    let post = |token: Option<&str>| {
+        let mut request = client
+            .post(format!(
+                "{}/v1/accounts/no-such-account/operations",
+                hub.http
+            ))
+            .json(&apply);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let anonymous = post(None).await?;
+    ensure!(
+        anonymous.status() == reqwest::StatusCode::UNAUTHORIZED,
+        "an anonymous operation: {}",
+        anonymous.status()
+    );
+    let wrong = post(Some("0123456789abcdef-not-the-token")).await?;
+    ensure!(
+        wrong.status() == reqwest::StatusCode::UNAUTHORIZED,
+        "{}",
+        wrong.status()
+    );
+    // With the token the request reaches the accounts (this one is unknown).
+    let with_token = post(Some(&token)).await?;
+    ensure!(
+        with_token.status() == reqwest::StatusCode::NOT_FOUND,
+        "with the token: {}",
+        with_token.status()
+    );
+    let (status, _) = hub.get("/v1/accounts").await?;
+    ensure!(status == 200, "listing with the token: {status}");
     Ok(())
 }

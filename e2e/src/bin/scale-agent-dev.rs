@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
-use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front, random_secret, write_private};
+use scale_agent_e2e::hubstack::{
+    ApiToken, behind_nginx, nginx_in_front, random_secret, write_private,
+};
 use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
 use scale_agent_e2e::postgres::Postgres;
@@ -127,12 +129,14 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
          export HUB_HTTP={}\n\
          export HUB_GRPC={}\n\
          export LB_GRPC={}\n\
-         export HUB_KUBE_API={}\n",
+         export HUB_KUBE_API={}\n\
+         export HUB_API_TOKEN={}\n",
         dir.join("kubeconfig").display(),
         hub.http,
         hub.grpc,
         stack.nginx.address,
         stack.kube_api,
+        stack.api_token,
     );
     if let Some(url) = &stack.store_url {
         let replicas: Vec<&str> = stack.hubs.iter().map(|h| h.http.as_str()).collect();
@@ -231,6 +235,8 @@ struct Stack {
     kube_api_token: PathBuf,
     /// The CA of the API's certificate.
     kube_api_ca: PathBuf,
+    /// The JSON API's token for every account (`HUB_API_TOKEN`).
+    api_token: String,
 }
 
 impl Stack {
@@ -264,11 +270,14 @@ impl Stack {
         let proxy_secret = random_secret()?;
         let secret_file = run_dir.join("hub-proxy-secret");
         write_private(&secret_file, &proxy_secret)?;
+        // The JSON API: one token for every account, read by every replica.
+        let api = ApiToken::write(run_dir)?;
         let mut hubs = Vec::new();
         for i in 1..=replicas {
             tracing::info!("starting hub replica {i} of {replicas}");
             let mut args = behind_nginx(&cp.pki, Some(&secret_file));
             args.push("--authorize-shards=*".into());
+            args.push(api.flag());
             if i == 1 {
                 args.extend([
                     format!("--kube-api-addr=127.0.0.1:{kube_api_port}"),
@@ -312,6 +321,7 @@ impl Stack {
             kube_api: format!("https://127.0.0.1:{kube_api_port}"),
             kube_api_token,
             kube_api_ca: cp.pki.ca_file.clone(),
+            api_token: api.token,
         })
     }
 }
