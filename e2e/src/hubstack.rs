@@ -1,5 +1,6 @@
 //! The hub behind nginx, as `just up` runs it and the certificate tests use it: agents
-//! connect to nginx with a client certificate from the run's CA; nginx verifies it and
+//! connect to nginx with a client certificate from the agents' CA ([`agents_pki`], not
+//! the API servers' client CA); nginx verifies it and
 //! forwards it to the hub with a secret only the two share; the hub believes a
 //! forwarded certificate only with that secret and only when it chains to the agents'
 //! CA, and accepts an account only from the AgentShard that owns it.
@@ -16,6 +17,9 @@ use crate::{ControlPlane, Error, Result, workspace_binary};
 pub struct HubStack {
     /// nginx, where agents connect (`nginx.address`).
     pub nginx: Nginx,
+    /// The agents' CA: nginx's serving certificate and the agents' client
+    /// certificates.
+    pub agents: Pki,
     /// The hub; its JSON API needs [`HubStack::api_token`] (set as the hub's
     /// `api_token`).
     pub hub: HubProcess,
@@ -36,7 +40,8 @@ impl HubStack {
         let proxy_secret = random_secret()?;
         let secret_file = run_dir.join("hub-proxy-secret");
         write_private(&secret_file, &proxy_secret)?;
-        let mut args = behind_nginx(&cp.pki, Some(&secret_file));
+        let agents = agents_pki(run_dir)?;
+        let mut args = behind_nginx(&agents, Some(&secret_file));
         args.push("--authorize-shards=*".into());
         let api = ApiToken::write(run_dir)?;
         args.push(api.flag());
@@ -54,7 +59,7 @@ impl HubStack {
         hub.api_token = Some(api.token);
         tracing::info!("starting nginx in front of the hub");
         let nginx = nginx_in_front(
-            &cp.pki,
+            &agents,
             "lb",
             Mode::GrpcTls,
             vec![hub.grpc.clone()],
@@ -62,8 +67,15 @@ impl HubStack {
             run_dir,
         )
         .await?;
-        Ok(HubStack { nginx, hub })
+        Ok(HubStack { nginx, agents, hub })
     }
+}
+
+/// The agents' CA, in `<run_dir>/agents-pki`: apart from the control plane's, whose
+/// certificates the API servers take as their clients' (an agent certificate from it
+/// would log in to every API server).
+pub fn agents_pki(run_dir: &Path) -> Result<Pki> {
+    Pki::create_named(&run_dir.join("agents-pki"), "scale-agent agents CA")
 }
 
 /// The JSON API's token for every account, as `just up` gives it (exported as

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use scale_agent_e2e::certs::Pki;
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
 use scale_agent_e2e::hubstack::{
-    ApiToken, behind_nginx, nginx_in_front, random_secret, write_private,
+    ApiToken, agents_pki, behind_nginx, nginx_in_front, random_secret, write_private,
 };
 use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
@@ -94,11 +95,13 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     // SCALE_AGENT_HUB_REPLICAS=2 (or more), that many replicas sharing PostgreSQL.
     let stack = Stack::start(&cp, &run_dir, hub_replicas()?).await?;
     // The operator issues every shard's agents a client certificate naming their shard,
-    // from the run's CA (the one nginx verifies agents with): any shard applied, in any
-    // namespace, reaches the hub through nginx with no manual step.
+    // from the agents' CA (the one nginx verifies agents with; not the API servers'
+    // client CA): any shard applied, in any namespace, reaches the hub through nginx with
+    // no manual step, and no agent certificate logs in to an API server.
     scale_agent_e2e::operator::ensure_namespace(&cp, scale_agent_e2e::operator::NAMESPACE)?;
     cp.apply(
-        &cp.pki
+        &stack
+            .agents
             .ca_secret_yaml(scale_agent_e2e::operator::NAMESPACE, AGENT_CA_SECRET)?,
     )?;
     // The operator, then the example shards (one conflicting pair).
@@ -237,6 +240,8 @@ struct Stack {
     kube_api_ca: PathBuf,
     /// The JSON API's token for every account (`HUB_API_TOKEN`).
     api_token: String,
+    /// The agents' CA (nginx's serving certificate, the agents' client certificates).
+    agents: Pki,
 }
 
 impl Stack {
@@ -272,10 +277,11 @@ impl Stack {
         write_private(&secret_file, &proxy_secret)?;
         // The JSON API: one token for every account, read by every replica.
         let api = ApiToken::write(run_dir)?;
+        let agents = agents_pki(run_dir)?;
         let mut hubs = Vec::new();
         for i in 1..=replicas {
             tracing::info!("starting hub replica {i} of {replicas}");
-            let mut args = behind_nginx(&cp.pki, Some(&secret_file));
+            let mut args = behind_nginx(&agents, Some(&secret_file));
             args.push("--authorize-shards=*".into());
             args.push(api.flag());
             if i == 1 {
@@ -305,7 +311,7 @@ impl Stack {
         }
         tracing::info!("starting nginx in front of the hub");
         let nginx = nginx_in_front(
-            &cp.pki,
+            &agents,
             "lb",
             Mode::GrpcTls,
             hubs.iter().map(|h| h.grpc.clone()).collect(),
@@ -322,6 +328,7 @@ impl Stack {
             kube_api_token,
             kube_api_ca: cp.pki.ca_file.clone(),
             api_token: api.token,
+            agents,
         })
     }
 }
