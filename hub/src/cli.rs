@@ -38,6 +38,13 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// Also serve /healthz and /readyz (only) on this address, with
+    /// connections of their own: point the kubelet's probes there, so that
+    /// callers filling the HTTP API's connections do not fail them. Off when
+    /// unset.
+    #[arg(long, value_name = "ADDR")]
+    pub probe_addr: Option<SocketAddr>,
+
     /// How long the accounts of a dropped stream are kept (shown as
     /// Disconnected) waiting for their agent to come back, before they and
     /// their cache are removed. A number with a unit: ms, s, m, h (e.g. 600s,
@@ -321,6 +328,7 @@ impl Args {
                 header_timeout: self.http_header_timeout,
                 max_connections: self.http_max_connections,
             },
+            probe_addr: self.probe_addr,
             ..Config::new(self.grpc_addr, self.http_addr)
         }
         .with_hub_id(self.hub_id))

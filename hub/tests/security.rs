@@ -515,3 +515,39 @@ async fn an_api_token_for_some_accounts_reads_and_operates_only_on_them() -> Res
     hub.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn probes_answer_on_their_own_port_while_the_api_connections_are_full() -> Result<()> {
+    logs();
+    let hub = hub_with(|c| {
+        c.http_limits.max_connections = 2;
+        c.probe_addr = Some("127.0.0.1:0".parse().expect("an address"));
+    })
+    .await?;
+    // Two idle connections hold every slot of the JSON API's port ...
+    let _idle = [
+        tokio::net::TcpStream::connect(hub.http_addr()).await?,
+        tokio::net::TcpStream::connect(hub.http_addr()).await?,
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let api = client
+        .get(format!("{}/healthz", hub.http_url()))
+        .send()
+        .await;
+    assert!(api.is_err(), "the API's port is full: {api:?}");
+    // ... and the probes, on their port, still answer.
+    let probes = hub.probe_addr().ok_or("no probe address")?;
+    for path in ["/healthz", "/readyz"] {
+        let status = client
+            .get(format!("http://{probes}{path}"))
+            .send()
+            .await?
+            .status();
+        assert_eq!(status.as_u16(), 200, "{path}");
+    }
+    hub.shutdown().await?;
+    Ok(())
+}

@@ -122,11 +122,19 @@ pub fn router(shared: Arc<Shared>, token: Option<Arc<Tokens>>) -> Router {
         ));
     }
     Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(Arc::clone(&shared))
+        .merge(probes(shared))
+        .merge(api)
+}
+
+/// `/healthz` (the process serves) and `/readyz` (see [`readyz`]): on the HTTP API's
+/// port, and alone on `--probe-addr`.
+pub fn probes(shared: Arc<Shared>) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .with_state(shared)
-        .merge(api)
 }
 
 /// An error answer.
