@@ -560,3 +560,55 @@ async fn slow_and_idle_kube_api_clients_are_cut_off() -> Result<()> {
     hub.shutdown().await?;
     Ok(())
 }
+
+/// An HTTP/2 connection to the Kubernetes API that sends requests without a valid token
+/// is closed once the header timeout has passed since it opened: it cannot hold one of
+/// the API's connections by asking again and again (HTTP/2 has no idle timeout of its
+/// own).
+#[tokio::test]
+async fn an_http2_connection_that_never_authenticates_is_closed() -> Result<()> {
+    use http_body_util::Empty;
+    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
+    let hub = hub_with(|c| {
+        c.http_limits.header_timeout = Duration::from_millis(500);
+        c.kube_api = Some(KubeApiConfig::new(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            TokenSource::Text("a-token-of-the-kube-api *\n".into()),
+        ));
+    })
+    .await?;
+    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    let driven = tokio::spawn(conn);
+    let request = || {
+        hyper::Request::get("http://hub/accounts/a/api")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("a request")
+    };
+    // Asking without a token, every 200 ms, for twice the header timeout.
+    let started = Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        match sender.send_request(request()).await {
+            Ok(r) => {
+                assert_eq!(r.status().as_u16(), 401);
+                refused += 1;
+            }
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(refused >= 1, "the first request is answered (401)");
+    let ended = tokio::time::timeout(Duration::from_secs(5), driven).await;
+    assert!(
+        ended.is_ok(),
+        "the connection stays open after {refused} unauthenticated requests"
+    );
+    hub.shutdown().await?;
+    Ok(())
+}

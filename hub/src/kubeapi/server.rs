@@ -130,10 +130,16 @@ pub async fn start(
             let api = Arc::clone(&api);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let first_request = Arc::new(Notify::new());
-                let started = Arc::clone(&first_request);
-                let service = hyper::service::service_fn(move |req| {
-                    started.notify_one();
+                // Until a request with a valid token begins, the connection has the
+                // header timeout from its start to live: one that sends nothing, or
+                // only requests refused 401 (HTTP/2 has no idle timeout of its own),
+                // does not hold one of the API's connections.
+                let authenticated = Arc::new(Notify::new());
+                let started = Arc::clone(&authenticated);
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    if api.tokens.scope(req.headers()).is_ok() {
+                        started.notify_one();
+                    }
                     let api = Arc::clone(&api);
                     async move { Ok::<_, Infallible>(api.handle(req).await) }
                 });
@@ -158,8 +164,8 @@ pub async fn start(
                         conn.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(DRAIN, conn).await;
                     }
-                    () = silent(&first_request, header_timeout) => {
-                        debug!("closed a Kubernetes API connection that sent no request within the header timeout");
+                    () = unauthenticated(&authenticated, header_timeout) => {
+                        debug!("closed a Kubernetes API connection that began no request with a valid token within the header timeout");
                     }
                 }
                 drop(permit);
@@ -170,12 +176,13 @@ pub async fn start(
     Ok((addr, task))
 }
 
-/// Ends when a connection has not begun a request within `timeout` of its start;
-/// never otherwise. The HTTP/1.1 header timeout only starts once the protocol is
-/// known, so without this a client that sends nothing at all would hold its
-/// connection for ever.
-async fn silent(first_request: &Notify, timeout: Duration) {
-    if tokio::time::timeout(timeout, first_request.notified())
+/// Ends when a connection has not begun a request with a valid token within
+/// `timeout` of its start; never otherwise. The HTTP/1.1 header timeout only starts
+/// once the protocol is known, and HTTP/2 has none, so without this a client that
+/// sends nothing at all, or only requests refused 401, would hold its connection for
+/// ever.
+async fn unauthenticated(authenticated: &Notify, timeout: Duration) {
+    if tokio::time::timeout(timeout, authenticated.notified())
         .await
         .is_ok()
     {
