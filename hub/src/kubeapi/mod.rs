@@ -77,6 +77,9 @@ pub struct KubeApiConfig {
     pub window_bytes: u64,
     /// Open connections at most; more are closed at once.
     pub max_connections: usize,
+    /// Watches served from the cache at once per token; more are answered 429, so
+    /// one token's watches cannot take the hub's time from every other's.
+    pub max_watches_per_token: usize,
     /// The certificate the API is served with, when not the hub's own (`Config::tls`);
     /// with neither, it is served over plain HTTP.
     pub tls: Option<crate::net::tls::TlsConfig>,
@@ -84,8 +87,8 @@ pub struct KubeApiConfig {
 
 impl KubeApiConfig {
     /// Defaults on `addr` with `tokens`: impersonation refused, stale reads served,
-    /// 60 s request timeout, 1 MiB window, 4096 connections, the hub's own
-    /// certificate.
+    /// 60 s request timeout, 1 MiB window, 4096 connections, 1000 watches per token,
+    /// the hub's own certificate.
     pub fn new(addr: SocketAddr, tokens: TokenSource) -> KubeApiConfig {
         KubeApiConfig {
             addr,
@@ -95,6 +98,7 @@ impl KubeApiConfig {
             request_timeout: Duration::from_secs(60),
             window_bytes: 1 << 20,
             max_connections: 4096,
+            max_watches_per_token: 1000,
             tls: None,
         }
     }

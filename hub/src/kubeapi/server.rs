@@ -48,6 +48,8 @@ pub struct KubeApi {
     config: KubeApiConfig,
     snapshots: Snapshots,
     barriers: Arc<Barriers>,
+    /// The watches each token holds from the cache.
+    watches: Arc<super::watch::Slots>,
 }
 
 /// Starts serving (TLS with the hub's certificate, when it has one); returns the
@@ -104,6 +106,7 @@ pub async fn start(
         config,
         snapshots: Snapshots::default(),
         barriers: Arc::default(),
+        watches: Arc::default(),
     });
     let mut incoming = crate::net::tls::incoming(
         listener,
@@ -248,6 +251,8 @@ impl KubeApi {
             shared: &self.shared,
             snapshots: &self.snapshots,
             owner,
+            watches: &self.watches,
+            max_watches: self.config.max_watches_per_token,
             barriers: &self.barriers,
             stale,
         };

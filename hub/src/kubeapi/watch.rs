@@ -162,10 +162,53 @@ fn look(shared: &Shared, w: &Watch, cursor: u64) -> Next {
     }
 }
 
-/// Answers the watch: a streaming body fed by a task that follows the window.
-pub fn serve(shared: Arc<Shared>, mut w: Watch) -> Response<Body> {
+/// The watches each token holds, counted against a limit.
+#[derive(Debug, Default)]
+pub struct Slots {
+    held: std::sync::Mutex<std::collections::HashMap<usize, usize>>,
+}
+
+/// One watch of a token: given back when dropped (the watch ended).
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<Slots>,
+    owner: usize,
+}
+
+impl Slots {
+    /// A slot for a watch of `owner` (the token's line), unless it holds `max`.
+    pub fn take(self: &Arc<Slots>, owner: usize, max: usize) -> Option<Slot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(owner).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            slots: Arc::clone(self),
+            owner,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.owner);
+            }
+        }
+    }
+}
+
+/// Answers the watch: a streaming body fed by a task that follows the window; `slot`
+/// is held until the watch ends.
+pub fn serve(shared: Arc<Shared>, mut w: Watch, slot: Slot) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
     tokio::spawn(async move {
+        let _slot = slot;
         let timeout = w
             .read
             .watch
