@@ -612,3 +612,54 @@ async fn an_http2_connection_that_never_authenticates_is_closed() -> Result<()> 
     hub.shutdown().await?;
     Ok(())
 }
+
+/// One client address holding its most Kubernetes API connections has its next ones
+/// closed at once, while another address is still served.
+#[tokio::test]
+async fn one_address_cannot_take_every_kube_api_connection() -> Result<()> {
+    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
+    let hub = hub_with(|c| {
+        let mut api = KubeApiConfig::new(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            TokenSource::Text("a-token-of-the-kube-api *\n".into()),
+        );
+        api.max_connections_per_address = 2;
+        c.kube_api = Some(api);
+    })
+    .await?;
+    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    // Connects from `source` (another loopback address is another client).
+    let from = |source: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{source}:0").parse()?)?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(socket.connect(addr).await?)
+    };
+    let _held = [from("127.0.0.1").await?, from("127.0.0.1").await?];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third from the same address is closed without an answer ...
+    let mut third = from("127.0.0.1").await?;
+    let _ = third
+        .write_all(b"GET /accounts/a/api HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer)).await;
+    assert!(
+        answer.is_empty(),
+        "a third connection from one address was answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // ... while another address is answered (401: no token).
+    let mut other = from("127.0.0.2").await?;
+    other
+        .write_all(b"GET /accounts/a/api HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut answer)).await??;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    hub.shutdown().await?;
+    Ok(())
+}

@@ -97,6 +97,7 @@ pub async fn start(
     };
     info!(%addr, tls = tls_state.is_some(), allow_impersonation = config.allow_impersonation, "serving the Kubernetes API of every account at /accounts/<account>/");
     let max_connections = config.max_connections;
+    let max_per_address = config.max_connections_per_address;
     // The same header timeout as the HTTP API (`--http-header-timeout`): also the idle
     // time of a kept-alive HTTP/1.1 connection.
     let header_timeout = shared.config.http_limits.header_timeout;
@@ -117,9 +118,26 @@ pub async fn start(
     );
     let task = tokio::spawn(async move {
         let limit = Arc::new(Semaphore::new(max_connections));
+        let per_address = Arc::new(super::watch::Slots::<std::net::IpAddr>::default());
         let mut refused: u64 = 0;
+        let mut refused_address: u64 = 0;
         while let Some(conn) = incoming.next().await {
             let Ok(conn) = conn else { continue };
+            let address = tonic::transport::server::Connected::connect_info(&conn)
+                .remote_addr
+                .ip();
+            let Some(address_slot) = per_address.take(address, max_per_address) else {
+                refused_address += 1;
+                if refused_address == 1 || refused_address.is_multiple_of(1000) {
+                    warn!(
+                        %address,
+                        limit = max_per_address,
+                        refused = refused_address,
+                        "too many Kubernetes API connections from one address; closing its new ones"
+                    );
+                }
+                continue;
+            };
             let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
                 refused += 1;
                 if refused == 1 || refused.is_multiple_of(1000) {
@@ -172,6 +190,7 @@ pub async fn start(
                     }
                 }
                 drop(permit);
+                drop(address_slot);
             });
         }
         Ok(())

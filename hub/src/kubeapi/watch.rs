@@ -162,22 +162,31 @@ fn look(shared: &Shared, w: &Watch, cursor: u64) -> Next {
     }
 }
 
-/// The watches each token holds, counted against a limit.
-#[derive(Debug, Default)]
-pub struct Slots {
-    held: std::sync::Mutex<std::collections::HashMap<usize, usize>>,
-}
-
-/// One watch of a token: given back when dropped (the watch ended).
+/// What each owner holds (a token's watches, keyed by its line; an address's
+/// connections), counted against a limit.
 #[derive(Debug)]
-pub struct Slot {
-    slots: Arc<Slots>,
-    owner: usize,
+pub struct Slots<K: std::hash::Hash + Eq + Copy = usize> {
+    held: std::sync::Mutex<std::collections::HashMap<K, usize>>,
 }
 
-impl Slots {
-    /// A slot for a watch of `owner` (the token's line), unless it holds `max`.
-    pub fn take(self: &Arc<Slots>, owner: usize, max: usize) -> Option<Slot> {
+impl<K: std::hash::Hash + Eq + Copy> Default for Slots<K> {
+    fn default() -> Self {
+        Slots {
+            held: std::sync::Mutex::default(),
+        }
+    }
+}
+
+/// One thing an owner holds: given back when dropped.
+#[derive(Debug)]
+pub struct Slot<K: std::hash::Hash + Eq + Copy = usize> {
+    slots: Arc<Slots<K>>,
+    owner: K,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Slots<K> {
+    /// A slot for `owner`, unless it holds `max`.
+    pub fn take(self: &Arc<Slots<K>>, owner: K, max: usize) -> Option<Slot<K>> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let n = held.entry(owner).or_insert(0);
         if *n >= max {
@@ -191,7 +200,7 @@ impl Slots {
     }
 }
 
-impl Drop for Slot {
+impl<K: std::hash::Hash + Eq + Copy> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut held = self.slots.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = held.get_mut(&self.owner) {
