@@ -38,6 +38,13 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// Also serve /healthz and /readyz (only) on this address, with
+    /// connections of their own: point the kubelet's probes there, so that
+    /// callers filling the HTTP API's connections do not fail them. Off when
+    /// unset.
+    #[arg(long, value_name = "ADDR")]
+    pub probe_addr: Option<SocketAddr>,
+
     /// How long the accounts of a dropped stream are kept (shown as
     /// Disconnected) waiting for their agent to come back, before they and
     /// their cache are removed. A number with a unit: ms, s, m, h (e.g. 600s,
@@ -153,8 +160,10 @@ pub struct Args {
     pub max_connection_age_grace: Duration,
 
     /// File holding the bearer token of the HTTP API: every /v1/... request
-    /// then needs `Authorization: Bearer <token>` (401 otherwise). /healthz
-    /// and /metrics stay open. Re-read when it changes. Without it the API is
+    /// then needs `Authorization: Bearer <token>` (401 otherwise). One token
+    /// for every account, or `<token> <accounts>` lines as in
+    /// --kube-api-tokens-file (403 for another account). /healthz and /metrics
+    /// stay open. Re-read when it changes. Without it the API is
     /// open (a warning is logged).
     #[arg(long, value_name = "PATH")]
     pub api_token_file: Option<PathBuf>,
@@ -319,6 +328,7 @@ impl Args {
                 header_timeout: self.http_header_timeout,
                 max_connections: self.http_max_connections,
             },
+            probe_addr: self.probe_addr,
             ..Config::new(self.grpc_addr, self.http_addr)
         }
         .with_hub_id(self.hub_id))

@@ -103,6 +103,9 @@ pub struct Config {
     pub max_accounts_per_frame: usize,
     /// Limits of the HTTP API's connections.
     pub http_limits: HttpLimits,
+    /// Where `/healthz` and `/readyz` are served too, with connections of their own,
+    /// so that callers filling the HTTP API's connections do not make the probes fail.
+    pub probe_addr: Option<SocketAddr>,
 }
 
 /// How the HTTP API keeps slow or idle clients from holding its connections
@@ -165,6 +168,7 @@ impl Config {
             max_accounts_per_session: 10_000,
             max_accounts_per_frame: 1_000,
             http_limits: HttpLimits::default(),
+            probe_addr: None,
         }
     }
 

@@ -39,6 +39,10 @@ pub struct Ctx<'a> {
     pub snapshots: &'a Snapshots,
     /// Who asks (the token's line), whose list snapshots the pages come from.
     pub owner: usize,
+    /// The watches each token holds, and how many it may.
+    pub watches: &'a Arc<watch::Slots>,
+    /// Watches at most per token.
+    pub max_watches: usize,
     /// Versions reads must reach after the clients' writes.
     pub barriers: &'a Barriers,
     /// The account's agent is away: the cache answers from its last known state and
@@ -101,7 +105,20 @@ pub async fn answer(
                     fingerprint,
                 ));
             }
-            Step::Watch(w) => return Ok(watch::serve(Arc::clone(ctx.shared), *w)),
+            Step::Watch(w) => {
+                let Some(slot) = ctx.watches.take(ctx.owner, ctx.max_watches) else {
+                    return Ok(super::status::Failure::new(
+                        http::StatusCode::TOO_MANY_REQUESTS,
+                        "TooManyRequests",
+                        format!(
+                            "this token holds {} watches, the most it may; end one first",
+                            ctx.max_watches
+                        ),
+                    )
+                    .response());
+                };
+                return Ok(watch::serve(Arc::clone(ctx.shared), *w, slot));
+            }
         }
     }
 }

@@ -79,6 +79,12 @@ pub struct KubeApiConfig {
     pub window_bytes: u64,
     /// Open connections at most; more are closed at once.
     pub max_connections: usize,
+    /// Open connections at most from one client address; more are closed at once, so
+    /// one address cannot take every connection.
+    pub max_connections_per_address: usize,
+    /// Watches served from the cache at once per token; more are answered 429, so
+    /// one token's watches cannot take the hub's time from every other's.
+    pub max_watches_per_token: usize,
     /// The certificate the API is served with, when not the hub's own (`Config::tls`);
     /// with neither, it is served over plain HTTP.
     pub tls: Option<crate::net::tls::TlsConfig>,
@@ -86,8 +92,9 @@ pub struct KubeApiConfig {
 
 impl KubeApiConfig {
     /// Defaults on `addr` with `tokens`: impersonation refused, stale reads served,
-    /// 60 s request timeout, 1 MiB window, 4096 connections, the hub's own
-    /// certificate.
+    /// 60 s request timeout, 1 MiB window, 4096 connections (1024 per client
+    /// address), 1000 watches per token,
+    /// the hub's own certificate.
     pub fn new(addr: SocketAddr, tokens: TokenSource) -> KubeApiConfig {
         KubeApiConfig {
             addr,
@@ -97,6 +104,8 @@ impl KubeApiConfig {
             request_timeout: Duration::from_secs(60),
             window_bytes: 1 << 20,
             max_connections: 4096,
+            max_connections_per_address: 1024,
+            max_watches_per_token: 1000,
             tls: None,
         }
     }

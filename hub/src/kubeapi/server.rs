@@ -50,6 +50,8 @@ pub struct KubeApi {
     snapshots: Snapshots,
     barriers: Arc<Barriers>,
     discovery: discovery::Memory,
+    /// The watches each token holds from the cache.
+    watches: Arc<super::watch::Slots>,
 }
 
 /// Starts serving (TLS with the hub's certificate, when it has one); returns the
@@ -97,6 +99,7 @@ pub async fn start(
     };
     info!(%addr, tls = tls_state.is_some(), allow_impersonation = config.allow_impersonation, "serving the Kubernetes API of every account at /accounts/<account>/");
     let max_connections = config.max_connections;
+    let max_per_address = config.max_connections_per_address;
     // The same header timeout as the HTTP API (`--http-header-timeout`): also the idle
     // time of a kept-alive HTTP/1.1 connection.
     let header_timeout = shared.config.http_limits.header_timeout;
@@ -107,6 +110,7 @@ pub async fn start(
         snapshots: Snapshots::default(),
         barriers: Arc::default(),
         discovery: discovery::Memory::default(),
+        watches: Arc::default(),
     });
     let mut incoming = crate::net::tls::incoming(
         listener,
@@ -117,9 +121,26 @@ pub async fn start(
     );
     let task = tokio::spawn(async move {
         let limit = Arc::new(Semaphore::new(max_connections));
+        let per_address = Arc::new(super::watch::Slots::<std::net::IpAddr>::default());
         let mut refused: u64 = 0;
+        let mut refused_address: u64 = 0;
         while let Some(conn) = incoming.next().await {
             let Ok(conn) = conn else { continue };
+            let address = tonic::transport::server::Connected::connect_info(&conn)
+                .remote_addr
+                .ip();
+            let Some(address_slot) = per_address.take(address, max_per_address) else {
+                refused_address += 1;
+                if refused_address == 1 || refused_address.is_multiple_of(1000) {
+                    warn!(
+                        %address,
+                        limit = max_per_address,
+                        refused = refused_address,
+                        "too many Kubernetes API connections from one address; closing its new ones"
+                    );
+                }
+                continue;
+            };
             let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
                 refused += 1;
                 if refused == 1 || refused.is_multiple_of(1000) {
@@ -133,10 +154,16 @@ pub async fn start(
             let api = Arc::clone(&api);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let first_request = Arc::new(Notify::new());
-                let started = Arc::clone(&first_request);
-                let service = hyper::service::service_fn(move |req| {
-                    started.notify_one();
+                // Until a request with a valid token begins, the connection has the
+                // header timeout from its start to live: one that sends nothing, or
+                // only requests refused 401 (HTTP/2 has no idle timeout of its own),
+                // does not hold one of the API's connections.
+                let authenticated = Arc::new(Notify::new());
+                let started = Arc::clone(&authenticated);
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    if api.tokens.scope(req.headers()).is_ok() {
+                        started.notify_one();
+                    }
                     let api = Arc::clone(&api);
                     async move { Ok::<_, Infallible>(api.handle(req).await) }
                 });
@@ -161,11 +188,12 @@ pub async fn start(
                         conn.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(DRAIN, conn).await;
                     }
-                    () = silent(&first_request, header_timeout) => {
-                        debug!("closed a Kubernetes API connection that sent no request within the header timeout");
+                    () = unauthenticated(&authenticated, header_timeout) => {
+                        debug!("closed a Kubernetes API connection that began no request with a valid token within the header timeout");
                     }
                 }
                 drop(permit);
+                drop(address_slot);
             });
         }
         Ok(())
@@ -173,12 +201,13 @@ pub async fn start(
     Ok((addr, task))
 }
 
-/// Ends when a connection has not begun a request within `timeout` of its start;
-/// never otherwise. The HTTP/1.1 header timeout only starts once the protocol is
-/// known, so without this a client that sends nothing at all would hold its
-/// connection for ever.
-async fn silent(first_request: &Notify, timeout: Duration) {
-    if tokio::time::timeout(timeout, first_request.notified())
+/// Ends when a connection has not begun a request with a valid token within
+/// `timeout` of its start; never otherwise. The HTTP/1.1 header timeout only starts
+/// once the protocol is known, and HTTP/2 has none, so without this a client that
+/// sends nothing at all, or only requests refused 401, would hold its connection for
+/// ever.
+async fn unauthenticated(authenticated: &Notify, timeout: Duration) {
+    if tokio::time::timeout(timeout, authenticated.notified())
         .await
         .is_ok()
     {
@@ -300,6 +329,8 @@ impl KubeApi {
             shared: &self.shared,
             snapshots: &self.snapshots,
             owner,
+            watches: &self.watches,
+            max_watches: self.config.max_watches_per_token,
             barriers: &self.barriers,
             stale,
         };
