@@ -80,6 +80,11 @@ pub struct KubeApiConfig {
     /// The certificate the API is served with, when not the hub's own (`Config::tls`);
     /// with neither, it is served over plain HTTP.
     pub tls: Option<crate::net::tls::TlsConfig>,
+    /// With a shared store: the PEM bundle the other replicas' Kubernetes API
+    /// certificates chain to. Requests for an account another replica holds
+    /// are forwarded to it over TLS checked against it; without it they get
+    /// 503 (see `replicas/forward.rs`).
+    pub replica_ca: Option<PathBuf>,
 }
 
 impl KubeApiConfig {
@@ -96,6 +101,7 @@ impl KubeApiConfig {
             window_bytes: 1 << 20,
             max_connections: 4096,
             tls: None,
+            replica_ca: None,
         }
     }
 }

@@ -36,6 +36,7 @@ use super::{KubeApiConfig, TokenSource};
 use crate::Error;
 use crate::core::clip::clip;
 use crate::net::tls::{TlsConfig, TlsState};
+use crate::replicas::forward::{self, Endpoint, Routed};
 use crate::state::Shared;
 
 /// How long open connections get to finish when the hub stops.
@@ -315,6 +316,25 @@ impl KubeApi {
             )
             .response();
         }
+        // Held by another replica: carried there, and its answer streamed back.
+        let req = match forward::route(&self.shared, &account, Endpoint::KubeApi, req).await {
+            Routed::Here(req) => req,
+            Routed::Answered(response) => {
+                let mut response = response.map(Body::new);
+                response
+                    .extensions_mut()
+                    .insert(passthrough::AnsweredBy("replica"));
+                return response;
+            }
+            Routed::Refused(refused) => {
+                let mut response =
+                    Failure::new(refused.status, "ServiceUnavailable", refused.message).response();
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                return response;
+            }
+        };
         let located = locate(&self.shared, &account);
         let resource = path::resource_path(&rest);
         let stale_since = match &located {
