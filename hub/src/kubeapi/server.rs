@@ -17,7 +17,7 @@ use scale_agent_proto::kube_api;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt as _;
+use futures::StreamExt as _;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::auth::{Refusal, Tokens};
@@ -184,6 +184,21 @@ async fn silent(first_request: &Notify, timeout: Duration) {
     }
 }
 
+/// The body of a watch another replica answers, ended cleanly if that replica goes
+/// away mid-stream: a watch that ends is started again from the client's last
+/// resourceVersion (as when the API server closes one), where a broken stream makes
+/// client-go relist.
+fn forwarded_watch(body: Incoming) -> Body {
+    use http_body_util::BodyExt as _;
+    let events = body.into_data_stream().take_while(|chunk| {
+        if let Err(err) = chunk {
+            debug!(%err, "a forwarded watch broke off; ending it");
+        }
+        std::future::ready(chunk.is_ok())
+    });
+    Body::from_stream(events)
+}
+
 impl KubeApi {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let (account, rest) = match path::route(req.uri().path()) {
@@ -317,10 +332,15 @@ impl KubeApi {
             .response();
         }
         // Held by another replica: carried there, and its answer streamed back.
+        let watch = options::ListOptions::from_query(&path::query(req.uri().query())).watch;
         let req = match forward::route(&self.shared, &account, Endpoint::KubeApi, req).await {
             Routed::Here(req) => req,
             Routed::Answered(response) => {
-                let mut response = response.map(Body::new);
+                let mut response = if watch {
+                    response.map(forwarded_watch)
+                } else {
+                    response.map(Body::new)
+                };
                 response
                     .extensions_mut()
                     .insert(passthrough::AnsweredBy("replica"));
