@@ -989,7 +989,12 @@ impl KubeRig {
 
     /// A kubeconfig (file `file`) reaching every account through `server`
     /// (`host:port`) with `token`, a context per account.
-    fn kubeconfig(&self, file: &str, server: &str, token: &str) -> anyhow::Result<std::path::PathBuf> {
+    fn kubeconfig(
+        &self,
+        file: &str,
+        server: &str,
+        token: &str,
+    ) -> anyhow::Result<std::path::PathBuf> {
         let mut clusters = String::new();
         let mut contexts = String::new();
         for (account, _) in &self.rig.accounts {
@@ -1083,7 +1088,10 @@ impl Informer {
         loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(v) => {
-                    self.seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(v.clone());
+                    self.seen
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .push(v.clone());
                     if want(&v) {
                         return Ok(v);
                     }
@@ -1109,8 +1117,14 @@ impl Informer {
             let _ = e.read_to_string(&mut err);
         }
         ensure!(status.success(), "the informer failed: {status}\n{err}");
-        let mut seen = self.seen.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let rx = self.rx.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let mut seen = self
+            .seen
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let rx = self
+            .rx
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
         seen.extend(rx.try_iter());
         Ok((seen, err))
     }
@@ -1152,7 +1166,16 @@ async fn kube_api_through_either_replica(shared: Arc<Shared>) -> anyhow::Result<
             let out = scale_agent_e2e::kubectl::run(
                 kubectl,
                 &kc,
-                ["--context", account, "get", "configmaps", "-n", &ns, "-o", "name"],
+                [
+                    "--context",
+                    account,
+                    "get",
+                    "configmaps",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "name",
+                ],
                 None,
             )
             .with_context(|| rig.logs())?;
@@ -1201,7 +1224,16 @@ async fn kube_api_through_either_replica(shared: Arc<Shared>) -> anyhow::Result<
             let out = scale_agent_e2e::kubectl::run_full(
                 kubectl,
                 &kc,
-                ["--context", account, "get", "configmaps", "-n", &ns, "-o", "name"],
+                [
+                    "--context",
+                    account,
+                    "get",
+                    "configmaps",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "name",
+                ],
                 None,
             )?;
             let allowed = account == &format!("{}-1", "kfwd");
@@ -1278,7 +1310,8 @@ async fn apiserver_cm_lists(client: &kube::Client) -> anyhow::Result<BTreeMap<St
 /// Kubernetes API: the replica holding its account is SIGKILLed; the informer's watch
 /// ends, its re-watch from its last resourceVersion is served by the new holder, it
 /// sees a change made after the kill, and it makes no new LIST (counted by the
-/// informer itself and by the cluster's kube-apiserver) and gets no 410.
+/// informer itself) and gets no 410; the cluster's kube-apiserver serves no LIST but
+/// the agent's checks of its resume points.
 async fn kube_api_holder_killed(shared: Arc<Shared>) -> anyhow::Result<()> {
     let env = &shared.env;
     let mut k = KubeRig::start(&shared, "kkill").await?;
@@ -1305,6 +1338,9 @@ async fn kube_api_holder_killed(shared: Arc<Shared>) -> anyhow::Result<()> {
     })?;
     let cluster = target(env, TARGETS[0])?.client().await?;
     let lists_before = apiserver_cm_lists(&cluster).await?;
+    let agent_admin = k.rig.agents[0].admin.clone();
+    let resumes_before = metric(&agent_admin, "scale_agent_resumes_total").await;
+    let relists_before = metric(&agent_admin, "scale_agent_relists_total").await;
     let mark = informer.mark();
     let killed = Instant::now();
     k.rig
@@ -1320,6 +1356,8 @@ async fn kube_api_holder_killed(shared: Arc<Shared>) -> anyhow::Result<()> {
         .with_context(|| k.rig.logs())?;
     let seen_after = killed.elapsed();
     let lists_after = apiserver_cm_lists(&cluster).await?;
+    let resumes = metric(&agent_admin, "scale_agent_resumes_total").await - resumes_before;
+    let agent_relists = metric(&agent_admin, "scale_agent_relists_total").await - relists_before;
     let (lines, err) = informer.stop()?;
     let requests: Vec<&Value> = lines[mark..]
         .iter()
@@ -1330,22 +1368,23 @@ async fn kube_api_holder_killed(shared: Arc<Shared>) -> anyhow::Result<()> {
         .filter(|v| v["verb"] == "list" || v["verb"] == "watchlist")
         .count();
     let gone = requests.iter().filter(|v| v["code"] == 410).count();
-    let cluster_lists: Vec<(&String, u64)> = lists_after
+    let cluster_lists: u64 = lists_after
         .iter()
-        .map(|(series, n)| (series, n - lists_before.get(series).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
+        .map(|(series, n)| n - lists_before.get(series).copied().unwrap_or(0))
+        .sum();
     eprintln!(
-        "REPLICAS h: holder of {account} SIGKILLed; the informer saw a change made after the kill in {seen_after:.2?}, with {} requests after the kill ({relists} LIST, {gone} 410; the kube-apiserver served ConfigMap LISTs meanwhile: {cluster_lists:?}): {requests:?}",
+        "REPLICAS h: holder of {account} SIGKILLed; the informer saw a change made after the kill in {seen_after:.2?}, with {} requests after the kill ({relists} LIST, {gone} 410): {requests:?}; the cluster served {cluster_lists} ConfigMap LISTs meanwhile, its agent resumed {resumes} kinds (a LIST of one object each, checking the resume point) and relisted {agent_relists}",
         requests.len(),
     );
     ensure!(
         relists == 0 && gone == 0,
         "the informer relisted {relists} times (410: {gone}) after the kill: {requests:?}\n{err}"
     );
+    // The agent's check of each resume point (`limit=1`) is the only LIST the cluster
+    // may see: nothing relisted.
     ensure!(
-        cluster_lists.is_empty(),
-        "the cluster served ConfigMap LISTs after the kill: {cluster_lists:?}"
+        agent_relists == 0 && cluster_lists <= resumes,
+        "after the kill the cluster served {cluster_lists} ConfigMap LISTs; the agent resumed {resumes} kinds and relisted {agent_relists}"
     );
     drop(lb);
     Ok(())

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use futures::StreamExt as _;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,7 +18,6 @@ use scale_agent_proto::kube_api;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
-use futures::StreamExt as _;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::auth::{Refusal, Tokens};
@@ -349,9 +349,10 @@ impl KubeApi {
             Routed::Refused(refused) => {
                 let mut response =
                     Failure::new(refused.status, "ServiceUnavailable", refused.message).response();
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
                 return response;
             }
         };

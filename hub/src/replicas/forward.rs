@@ -313,7 +313,16 @@ where
             )));
         }
     }
-    match forward(&replicas.forwarder, endpoint, &replicas.id(), &id, &url, request).await {
+    match forward(
+        &replicas.forwarder,
+        endpoint,
+        &replicas.id(),
+        &id,
+        &url,
+        request,
+    )
+    .await
+    {
         Ok(response) => {
             shared.metrics.forwarded("forwarded");
             Routed::Answered(response)
