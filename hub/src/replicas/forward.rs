@@ -305,13 +305,13 @@ where
             replicas.id()
         )));
     }
-    if endpoint == Endpoint::KubeApi {
-        if let Err(why) = replicas.forwarder.kube_api_refusal(&url) {
-            shared.metrics.forwarded("refused_insecure");
-            return Routed::Refused(unavailable(format!(
-                "account {account} is held by hub replica {id}, and {why}; send the request to that replica, or see docs/kube-api.md (several replicas)"
-            )));
-        }
+    if endpoint == Endpoint::KubeApi
+        && let Err(why) = replicas.forwarder.kube_api_refusal(&url)
+    {
+        shared.metrics.forwarded("refused_insecure");
+        return Routed::Refused(unavailable(format!(
+            "account {account} is held by hub replica {id}, and {why}; send the request to that replica, or see docs/clouddriver.md (several hub replicas)"
+        )));
     }
     match forward(
         &replicas.forwarder,
