@@ -191,6 +191,14 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "kube_api_tls_cert")]
     pub kube_api_tls_key: Option<PathBuf>,
 
+    /// With a shared store (several replicas): the PEM bundle the replicas'
+    /// Kubernetes API certificates chain to. A request for an account another
+    /// replica holds is forwarded to it over TLS, its certificate checked
+    /// against this bundle (and the host it advertises, --advertise-address);
+    /// without it such requests get 503.
+    #[arg(long, value_name = "PATH", requires = "kube_api_addr")]
+    pub kube_api_replica_ca: Option<PathBuf>,
+
     /// Pass Impersonate-* headers on to the clusters. They act there with the
     /// agent's rights to impersonate, so by default they are refused (403).
     #[arg(long, requires = "kube_api_addr")]
@@ -301,6 +309,7 @@ impl Args {
                 stale_reads: !self.kube_api_no_stale_reads,
                 request_timeout: self.kube_api_request_timeout,
                 tls: kube_api_tls,
+                replica_ca: self.kube_api_replica_ca,
                 ..KubeApiConfig::new(addr, TokenSource::File(tokens))
             }),
             _ => None,

@@ -192,6 +192,12 @@ impl Config {
     /// `http://<advertised address>:<port>`; `None` when the listener's
     /// address is unspecified (0.0.0.0) and nothing is advertised.
     pub fn advertised_api(&self, bound: SocketAddr) -> Option<String> {
+        self.advertised("http", bound)
+    }
+
+    /// `<scheme>://<advertised address>:<port>` of a listener bound at
+    /// `bound`, as other replicas reach it; `None` as for [`Config::advertised_api`].
+    pub fn advertised(&self, scheme: &str, bound: SocketAddr) -> Option<String> {
         let host = match &self.advertise_address {
             Some(host) => host.clone(),
             None if bound.ip().is_unspecified() => return None,
@@ -202,7 +208,7 @@ impl Config {
         } else {
             host
         };
-        Some(format!("http://{host}:{}", bound.port()))
+        Some(format!("{scheme}://{host}:{}", bound.port()))
     }
 
     /// The settings as the hub runs them: the heartbeat interval raised to

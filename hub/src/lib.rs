@@ -242,6 +242,21 @@ impl Hub {
             None => None,
         };
         let (kube_api_addr, kube_api_task) = kube_api.unzip();
+        if let (Some(replicas), Some(addr), Some(api)) =
+            (&shared.replicas, kube_api_addr, &config.kube_api)
+        {
+            // Others forward to it only over TLS (replicas/forward.rs).
+            let tls = api.tls.is_some() || config.tls.is_some();
+            let scheme = if tls { "https" } else { "http" };
+            if let Some(url) = config.advertised(scheme, addr) {
+                replicas.advertise_kube_api(url);
+            }
+            if api.replica_ca.is_none() {
+                warn!(
+                    "with a shared store and no --kube-api-replica-ca, Kubernetes API requests for accounts another replica holds get 503: send each to the replica holding the account, or give the replicas' CA"
+                );
+            }
+        }
         info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
             max_connection_age = ?config.max_connection_age,
             store = %config.store, "hub started");

@@ -88,6 +88,11 @@ pub struct KubeApiConfig {
     /// The certificate the API is served with, when not the hub's own (`Config::tls`);
     /// with neither, it is served over plain HTTP.
     pub tls: Option<crate::net::tls::TlsConfig>,
+    /// With a shared store: the PEM bundle the other replicas' Kubernetes API
+    /// certificates chain to. Requests for an account another replica holds
+    /// are forwarded to it over TLS checked against it; without it they get
+    /// 503 (see `replicas/forward.rs`).
+    pub replica_ca: Option<PathBuf>,
 }
 
 impl KubeApiConfig {
@@ -107,6 +112,7 @@ impl KubeApiConfig {
             max_connections_per_address: 1024,
             max_watches_per_token: 1000,
             tls: None,
+            replica_ca: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use futures::StreamExt as _;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,7 +18,6 @@ use scale_agent_proto::kube_api;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt as _;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::auth::{Refusal, Tokens};
@@ -37,6 +37,7 @@ use super::{KubeApiConfig, TokenSource};
 use crate::Error;
 use crate::core::clip::clip;
 use crate::net::tls::{TlsConfig, TlsState};
+use crate::replicas::forward::{self, Endpoint, Routed};
 use crate::state::Shared;
 
 /// How long open connections get to finish when the hub stops.
@@ -237,6 +238,21 @@ fn from_memory(
     response
 }
 
+/// The body of a watch another replica answers, ended cleanly if that replica goes
+/// away mid-stream: a watch that ends is started again from the client's last
+/// resourceVersion (as when the API server closes one), where a broken stream makes
+/// client-go relist.
+fn forwarded_watch(body: Incoming) -> Body {
+    use http_body_util::BodyExt as _;
+    let events = body.into_data_stream().take_while(|chunk| {
+        if let Err(err) = chunk {
+            debug!(%err, "a forwarded watch broke off; ending it");
+        }
+        std::future::ready(chunk.is_ok())
+    });
+    Body::from_stream(events)
+}
+
 impl KubeApi {
     /// Reads the cluster's discovery answer whole, keeps it, and answers the client
     /// from it (`304` when it holds that version).
@@ -405,6 +421,31 @@ impl KubeApi {
             )
             .response();
         }
+        // Held by another replica: carried there, and its answer streamed back.
+        let watch = options::ListOptions::from_query(&path::query(req.uri().query())).watch;
+        let req = match forward::route(&self.shared, &account, Endpoint::KubeApi, req).await {
+            Routed::Here(req) => req,
+            Routed::Answered(response) => {
+                let mut response = if watch {
+                    response.map(forwarded_watch)
+                } else {
+                    response.map(Body::new)
+                };
+                response
+                    .extensions_mut()
+                    .insert(passthrough::AnsweredBy("replica"));
+                return response;
+            }
+            Routed::Refused(refused) => {
+                let mut response =
+                    Failure::new(refused.status, "ServiceUnavailable", refused.message).response();
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return response;
+            }
+        };
         let located = locate(&self.shared, &account);
         let resource = path::resource_path(&rest);
         let stale_since = match &located {
