@@ -1,6 +1,6 @@
 //! A secret read from a file and re-read when the file changes: the secret a
-//! trusted load balancer proves itself with (the APIs' bearer tokens are
-//! [`crate::kubeapi::auth::Tokens`]). Compared in constant time; never logged.
+//! trusted load balancer proves itself with (the APIs' bearer tokens are the Kubernetes
+//! API's tokens file, in kubeapi/auth.rs). Compared in constant time; never logged.
 
 use std::path::Path;
 use std::sync::Arc;
