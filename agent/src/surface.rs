@@ -66,6 +66,9 @@ impl Follow {
 }
 
 const KINDS: usize = 2;
+/// The watches an account keeps open for this (one per kind, never ending): counted in
+/// the streams it reserves on its cluster's connection.
+pub const WATCHES: usize = KINDS;
 
 fn resources() -> [ApiResource; KINDS] {
     [
