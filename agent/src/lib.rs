@@ -75,7 +75,13 @@ pub async fn run(args: cli::Args) -> Result<()> {
     let (held_tx, held_rx) = tokio_watch::channel(BTreeMap::new());
     let report = report::run(state.clone(), held_rx);
     let members = leases::run(mgmt.clone(), membership.clone(), metrics.clone(), report);
-    let held = held_accounts(config.clone(), members, args.replica_id.clone(), held_tx);
+    let held = held_accounts(
+        config.clone(),
+        members,
+        args.replica_id.clone(),
+        held_tx,
+        state.clone(),
+    );
 
     let admin = tokio::spawn(admin::serve(
         args.admin_addr,
@@ -122,18 +128,23 @@ pub fn held(snapshot: &Snapshot, members: &[String], me: &str) -> BTreeMap<Strin
 }
 
 /// The accounts this replica holds, kept current; `tx` (whose receivers the report
-/// reads) is the channel they go to.
+/// reads) is the channel they go to. Whether it is a member goes to `state` (readiness).
 fn held_accounts(
     mut config: tokio_watch::Receiver<Arc<Snapshot>>,
     mut members: tokio_watch::Receiver<Vec<String>>,
     me: String,
     tx: tokio_watch::Sender<BTreeMap<String, AccountDesired>>,
+    state: Arc<state::State>,
 ) -> tokio_watch::Receiver<BTreeMap<String, AccountDesired>> {
     let first = held(
         &config.borrow_and_update(),
         &members.borrow_and_update(),
         &me,
     );
+    // What it holds is known before it counts as a member, so readiness never sees a
+    // member with its accounts not yet decided.
+    state.set_held(first.keys().cloned().collect());
+    state.set_member(members.borrow().contains(&me));
     tx.send_replace(first);
     let rx = tx.subscribe();
     tokio::spawn(async move {
@@ -147,6 +158,8 @@ fn held_accounts(
                 &members.borrow_and_update(),
                 &me,
             );
+            state.set_held(next.keys().cloned().collect());
+            state.set_member(members.borrow().contains(&me));
             tx.send_if_modified(|cur| {
                 if *cur != next {
                     tracing::info!(accounts = ?next.keys().collect::<Vec<_>>(), "held accounts changed");

@@ -11,6 +11,9 @@ use crate::operations::Cluster;
 #[derive(Default)]
 pub struct State {
     connected: AtomicBool,
+    /// This replica is among the shard's live members (its own Lease counted), so the
+    /// accounts it holds are decided; until then it holds none and is not ready.
+    member: AtomicBool,
     budget: RwLock<Option<crate::budget::Budget>>,
     clusters: RwLock<HashMap<String, Arc<Cluster>>>,
     synced: RwLock<HashMap<String, Vec<Arc<AtomicBool>>>>,
@@ -25,6 +28,11 @@ impl State {
     /// Whether a hub session is established.
     pub fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether this replica is among the shard's live members now.
+    pub fn set_member(&self, member: bool) {
+        self.member.store(member, Ordering::Relaxed);
     }
 
     /// The current session's memory budget.
@@ -190,6 +198,12 @@ impl State {
         if !self.connected.load(Ordering::Relaxed) {
             why.push("not connected to the hub".to_string());
         }
+        if !self.member.load(Ordering::Relaxed) {
+            why.push(
+                "not a member of the shard yet (its Lease is not written or not renewed), so the accounts it holds are not decided"
+                    .to_string(),
+            );
+        }
         let held = self.held.read().map(|h| h.clone()).unwrap_or_default();
         let synced = self.synced.read();
         let problems = self.problems.read();
@@ -233,5 +247,31 @@ impl State {
     /// Accounts that are not streaming, and why.
     pub fn problems(&self) -> BTreeMap<String, String> {
         self.problems.read().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica that has not yet counted itself among the shard's members holds no
+    /// account because nothing is decided yet, not because it has nothing to stream: it
+    /// must not say it is ready (a rollout would take it for a streaming replica).
+    #[test]
+    fn ready_only_once_a_member_with_its_accounts_synced() {
+        let s = State::default();
+        s.set_connected(true);
+        assert!(s.readiness().is_err(), "connected, membership unknown");
+        s.set_member(true);
+        assert_eq!(s.readiness(), Ok(()), "a member holding no account");
+        s.set_held(vec!["a".into()]);
+        assert!(s.readiness().is_err(), "a held account not synced");
+        let flag = Arc::new(AtomicBool::new(false));
+        s.set_sync_flags("a", vec![flag.clone()]);
+        assert!(s.readiness().is_err(), "a held account listing");
+        flag.store(true, Ordering::Relaxed);
+        assert_eq!(s.readiness(), Ok(()));
+        s.set_member(false);
+        assert!(s.readiness().is_err(), "no longer a member");
     }
 }
