@@ -39,6 +39,7 @@ pub mod gitops;
 pub mod guide;
 pub mod hub;
 pub mod hubstack;
+pub mod informer;
 pub mod kubeconfig;
 pub mod kubectl;
 pub mod metrics;

@@ -17,6 +17,7 @@ use anyhow::{Context, bail, ensure};
 use scale_agent_crds::{AccountConfig, ShardRef, TlsConfig, shard_identity_uri};
 use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::converge::wait_state;
+use scale_agent_e2e::informer::Informer;
 use scale_agent_e2e::kubectl::{self, Output};
 use scale_agent_e2e::ports::free_port;
 use scale_agent_e2e::scenario::*;
@@ -1693,7 +1694,6 @@ async fn answered(rig: &Rig) -> anyhow::Result<(f64, f64)> {
 /// and follows a change made on the cluster, and not one of its requests reaches the
 /// cluster.
 async fn informer(env: Arc<Env>) -> anyhow::Result<()> {
-    use std::io::BufRead as _;
     let rig = rig(&env, "kinf", &[]).await?;
     let ns = rig.s.ns.clone();
     let cluster = target(&env, TARGET)?;
@@ -1702,45 +1702,15 @@ async fn informer(env: Arc<Env>) -> anyhow::Result<()> {
         scale_agent_e2e::converge::put_cm(&cms, &format!("i-{i:02}"), "0").await?;
     }
     cache_caught_up(&rig, &rig.target, &cms).await?;
-    let bin = scale_agent_e2e::gitops::go_tool("informer")?;
     let before = answered(&rig).await?;
-    let mut child = Command::new(&bin)
-        .arg(format!("--kubeconfig={}", rig.hub_kubeconfig.display()))
-        .arg(format!("--context={}", rig.target))
-        .arg(format!("--namespace={ns}"))
-        .arg("--for=120s")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let stdout = child.stdout.take().context("the informer's stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str(&line)
-                && tx.send(v).is_err()
-            {
-                return;
-            }
-        }
-    });
-    // Behind a lock so that the test's future stays `Send`.
-    let rx = std::sync::Mutex::new(rx);
+    let informer = Informer::start(
+        &rig.hub_kubeconfig,
+        Some(&rig.target),
+        &ns,
+        Duration::from_secs(120),
+    )?;
     let next = |what: &str, want: fn(&Value) -> bool| -> anyhow::Result<Value> {
-        let rx = rx.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(v) if want(&v) => return Ok(v),
-                Ok(_) => {}
-                Err(_) => bail!("the informer printed no {what} within 60 s\n{}", rig.logs()),
-            }
-        }
+        informer.next(what, &want).with_context(|| rig.logs())
     };
     let start = next("start line", |v| v["event"] == "start")?;
     ensure!(
@@ -1769,14 +1739,7 @@ async fn informer(env: Arc<Env>) -> anyhow::Result<()> {
     next("change of i-03", |v| {
         v["event"] == "updated" && v["name"] == "i-03"
     })?;
-    drop(child.stdin.take());
-    let status = child.wait()?;
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read as _;
-        let _ = e.read_to_string(&mut err);
-    }
-    ensure!(status.success(), "the informer failed: {status}\n{err}");
+    let (_, err) = informer.stop()?;
     let after = answered(&rig).await?;
     eprintln!(
         "client-go informer through the hub: {} requests answered from the cache, {} reached the cluster",

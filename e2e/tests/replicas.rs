@@ -23,6 +23,7 @@ use scale_agent_e2e::churn::{Churn, churn};
 use scale_agent_e2e::converge::{configmaps, converge_all, hub_snapshot, put_cm};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
 use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front};
+use scale_agent_e2e::informer::Informer;
 use scale_agent_e2e::metrics::metric;
 use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::postgres::Postgres;
@@ -934,6 +935,8 @@ fn registered_names(log: &str) -> std::collections::BTreeSet<String> {
 /// account only.
 const KUBE_TOKEN_ALL: &str = "e2e-replicas-kube-api-token-all";
 const KUBE_TOKEN_ONE: &str = "e2e-replicas-kube-api-token-one";
+/// How long an informer of these tests runs at most.
+const INFORMER_RUNS_FOR: Duration = Duration::from_secs(180);
 
 /// [`rig`] whose replicas also serve the accounts' Kubernetes API, over TLS with a
 /// certificate from the run's CA, which is also the replicas' CA.
@@ -1036,100 +1039,6 @@ async fn cm_names(api: &Api<ConfigMap>) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
-/// client-go's informer (`e2e/informer/`) on the ConfigMaps of a namespace, and the
-/// lines it printed.
-struct Informer {
-    child: std::process::Child,
-    rx: std::sync::Mutex<std::sync::mpsc::Receiver<Value>>,
-    /// Every line read so far.
-    seen: std::sync::Mutex<Vec<Value>>,
-}
-
-impl Informer {
-    fn start(kubeconfig: &std::path::Path, context: &str, ns: &str) -> anyhow::Result<Informer> {
-        use std::io::BufRead as _;
-        use std::process::{Command, Stdio};
-        let bin = scale_agent_e2e::gitops::go_tool("informer")?;
-        let mut child = Command::new(&bin)
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--context={context}"))
-            .arg(format!("--namespace={ns}"))
-            .arg("--for=180s")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().context("the informer's stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel::<Value>();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(v) = serde_json::from_str(&line)
-                    && tx.send(v).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Ok(Informer {
-            child,
-            rx: std::sync::Mutex::new(rx),
-            seen: std::sync::Mutex::new(Vec::new()),
-        })
-    }
-
-    /// The next line `want` accepts, within 60 s.
-    fn next(&self, what: &str, want: &dyn Fn(&Value) -> bool) -> anyhow::Result<Value> {
-        let rx = self.rx.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(v) => {
-                    self.seen
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("poisoned"))?
-                        .push(v.clone());
-                    if want(&v) {
-                        return Ok(v);
-                    }
-                }
-                Err(_) => bail!("the informer printed no {what} within 60 s"),
-            }
-        }
-    }
-
-    /// How many lines were read so far.
-    fn mark(&self) -> usize {
-        self.seen.lock().map_or(0, |s| s.len())
-    }
-
-    /// Stops it (closing its input); every line it printed, and what it wrote to
-    /// standard error.
-    fn stop(mut self) -> anyhow::Result<(Vec<Value>, String)> {
-        drop(self.child.stdin.take());
-        let status = self.child.wait()?;
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use std::io::Read as _;
-            let _ = e.read_to_string(&mut err);
-        }
-        ensure!(status.success(), "the informer failed: {status}\n{err}");
-        let mut seen = self
-            .seen
-            .into_inner()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let rx = self
-            .rx
-            .into_inner()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?;
-        seen.extend(rx.try_iter());
-        Ok((seen, err))
-    }
-}
-
 /// (g) Each replica serves the Kubernetes API of every account: kubectl through
 /// either replica lists every account's ConfigMaps as its cluster holds them and
 /// writes through it; a token for one account is still refused the others through
@@ -1163,22 +1072,8 @@ async fn kube_api_through_either_replica(shared: Arc<Shared>) -> anyhow::Result<
                 .into_iter()
                 .map(|n| format!("configmap/{n}"))
                 .collect();
-            let out = scale_agent_e2e::kubectl::run(
-                kubectl,
-                &kc,
-                [
-                    "--context",
-                    account,
-                    "get",
-                    "configmaps",
-                    "-n",
-                    &ns,
-                    "-o",
-                    "name",
-                ],
-                None,
-            )
-            .with_context(|| rig.logs())?;
+            let out = scale_agent_e2e::kubectl::run(kubectl, &kc, list_names(account, &ns), None)
+                .with_context(|| rig.logs())?;
             let mut got: Vec<String> = out.lines().map(str::to_owned).collect();
             got.sort();
             ensure!(
@@ -1221,21 +1116,8 @@ async fn kube_api_through_either_replica(shared: Arc<Shared>) -> anyhow::Result<
     for i in 0..2 {
         let kc = k.kubeconfig(&format!("replica-{i}-one"), &k.replica(i), KUBE_TOKEN_ONE)?;
         for (account, _) in &rig.accounts {
-            let out = scale_agent_e2e::kubectl::run_full(
-                kubectl,
-                &kc,
-                [
-                    "--context",
-                    account,
-                    "get",
-                    "configmaps",
-                    "-n",
-                    &ns,
-                    "-o",
-                    "name",
-                ],
-                None,
-            )?;
+            let out =
+                scale_agent_e2e::kubectl::run_full(kubectl, &kc, list_names(account, &ns), None)?;
             let allowed = account == &format!("{}-1", "kfwd");
             ensure!(
                 out.success == allowed,
@@ -1253,7 +1135,7 @@ async fn kube_api_through_either_replica(shared: Arc<Shared>) -> anyhow::Result<
     let other_addr = metrics_addr(rig.hubs()[other]);
     let carried_before = metric(&other_addr, carried).await;
     let kc = k.kubeconfig("informer", &k.replica(other), KUBE_TOKEN_ALL)?;
-    let informer = Informer::start(&kc, account, &ns)?;
+    let informer = Informer::start(&kc, Some(account), &ns, INFORMER_RUNS_FOR)?;
     let synced = informer
         .next("sync", &|v| v["event"] == "synced")
         .with_context(|| rig.logs())?;
@@ -1285,6 +1167,20 @@ async fn kube_api_through_either_replica(shared: Arc<Shared>) -> anyhow::Result<
         "the informer made {requests} requests through replica {other}, which carried {carried} to the holder"
     );
     Ok(())
+}
+
+/// kubectl's arguments to list the names of `account`'s ConfigMaps in `ns`.
+fn list_names<'a>(account: &'a str, ns: &'a str) -> [&'a str; 8] {
+    [
+        "--context",
+        account,
+        "get",
+        "configmaps",
+        "-n",
+        ns,
+        "-o",
+        "name",
+    ]
 }
 
 /// The kube-apiserver's counts of the LISTs of ConfigMaps it served, by series.
@@ -1328,7 +1224,7 @@ async fn kube_api_holder_killed(shared: Arc<Shared>) -> anyhow::Result<()> {
     let (account, api) = k.rig.accounts[0].clone();
     let holder = k.rig.holder_of(&shared, &account).await?;
     let kc = k.kubeconfig("through-lb", &lb.address, KUBE_TOKEN_ALL)?;
-    let informer = Informer::start(&kc, &account, &ns)?;
+    let informer = Informer::start(&kc, Some(&account), &ns, INFORMER_RUNS_FOR)?;
     informer
         .next("sync", &|v| v["event"] == "synced")
         .with_context(|| k.rig.logs())?;

@@ -506,21 +506,32 @@ async fn slow_and_idle_http_clients_are_cut_off_and_capped() -> Result<()> {
     Ok(())
 }
 
+/// A hub serving the Kubernetes API on a free loopback port, with one token for every
+/// account, its settings changed by `change`; the hub and the API's address.
+async fn kube_api_hub(
+    change: impl FnOnce(&mut scale_agent_hub::Config, &mut scale_agent_hub::kubeapi::KubeApiConfig),
+) -> Result<(RunningHub, std::net::SocketAddr)> {
+    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
+    let hub = hub_with(|c| {
+        let mut api = KubeApiConfig::new(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            TokenSource::Text("a-token-of-the-kube-api *\n".into()),
+        );
+        change(c, &mut api);
+        c.kube_api = Some(api);
+    })
+    .await?;
+    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    Ok((hub, addr))
+}
+
 /// The Kubernetes API of the accounts is a listener of its own, with the same
 /// header timeout as the HTTP API: a client that never finishes its headers,
 /// or stays idle, is closed, and a real request is still answered.
 #[tokio::test]
 async fn slow_and_idle_kube_api_clients_are_cut_off() -> Result<()> {
-    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
-    let hub = hub_with(|c| {
-        c.http_limits.header_timeout = Duration::from_millis(500);
-        c.kube_api = Some(KubeApiConfig::new(
-            "127.0.0.1:0".parse().expect("a socket address"),
-            TokenSource::Text("a-token-of-the-kube-api *\n".into()),
-        ));
-    })
-    .await?;
-    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    let (hub, addr) =
+        kube_api_hub(|c, _| c.http_limits.header_timeout = Duration::from_millis(500)).await?;
     let mut held = Vec::new();
     for i in 0..4 {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
@@ -568,16 +579,8 @@ async fn slow_and_idle_kube_api_clients_are_cut_off() -> Result<()> {
 #[tokio::test]
 async fn an_http2_connection_that_never_authenticates_is_closed() -> Result<()> {
     use http_body_util::Empty;
-    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
-    let hub = hub_with(|c| {
-        c.http_limits.header_timeout = Duration::from_millis(500);
-        c.kube_api = Some(KubeApiConfig::new(
-            "127.0.0.1:0".parse().expect("a socket address"),
-            TokenSource::Text("a-token-of-the-kube-api *\n".into()),
-        ));
-    })
-    .await?;
-    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    let (hub, addr) =
+        kube_api_hub(|c, _| c.http_limits.header_timeout = Duration::from_millis(500)).await?;
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -617,17 +620,7 @@ async fn an_http2_connection_that_never_authenticates_is_closed() -> Result<()> 
 /// closed at once, while another address is still served.
 #[tokio::test]
 async fn one_address_cannot_take_every_kube_api_connection() -> Result<()> {
-    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
-    let hub = hub_with(|c| {
-        let mut api = KubeApiConfig::new(
-            "127.0.0.1:0".parse().expect("a socket address"),
-            TokenSource::Text("a-token-of-the-kube-api *\n".into()),
-        );
-        api.max_connections_per_address = 2;
-        c.kube_api = Some(api);
-    })
-    .await?;
-    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    let (hub, addr) = kube_api_hub(|_, api| api.max_connections_per_address = 2).await?;
     // Connects from `source` (another loopback address is another client).
     let from = |source: &'static str| async move {
         let socket = tokio::net::TcpSocket::new_v4()?;
