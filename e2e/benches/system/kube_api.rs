@@ -6,7 +6,12 @@
 //! clients listing a [`LIST_OBJECTS`]-object kind at once through the hub and on the
 //! API server (`concurrent_list`); and the hub's watch latency again while those lists
 //! run through it; and client-go's informer syncing that kind through the hub and on
-//! the API server (`informer_sync`).
+//! the API server (`informer_sync`); and [`watch_fan_out::WATCHES`] watches of one
+//! account following [`watch_fan_out::RATE`] changes a second, through the hub and on
+//! the API server, with the hub's CPU meanwhile (`watch_fan_out`); and Clouddriver's
+//! caching cycle of [`caching_cycle::ACCOUNTS`] accounts, through the hub and on the
+//! API servers, counting the requests the hub sent on to the clusters
+//! (`caching_cycle`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,9 +28,11 @@ use scale_agent_e2e::converge::put_cm;
 use scale_agent_e2e::workspace_binary;
 use serde_json::json;
 
+use crate::caching_cycle::{self, CycleAccount};
 use crate::concurrent_list::{self, CLIENTS, ROUNDS};
 use crate::informer_sync;
 use crate::stack::{Stack, configmap_accounts};
+use crate::watch_fan_out::{self, FanOut};
 use crate::{Ctx, secs};
 
 /// Objects of the account.
@@ -46,6 +53,10 @@ pub fn names() -> Vec<(String, &'static str)> {
         ("kube_api.concurrent_list.round".into(), "s"),
         ("kube_api.watch_latency_under_list_load".into(), "s"),
         ("kube_api.informer_sync".into(), "s"),
+        ("kube_api.watch_fan_out.p99".into(), "s"),
+        ("kube_api.watch_fan_out.hub_cpu".into(), "cores"),
+        ("kube_api.caching_cycle".into(), "s"),
+        ("kube_api.caching_cycle.cluster_requests".into(), "requests"),
     ]
 }
 
@@ -59,6 +70,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     };
     let account = first(configmap_accounts(ctx, "kapi", 1, OBJECTS).await?)?;
     let big = first(configmap_accounts(ctx, "klist", 1, LIST_OBJECTS).await?)?;
+    let cycled = caching_cycle::accounts(ctx, "kcyc").await?;
     let ns = account.name.clone();
     let dir = ctx.env.cp.run_dir.join("bench").join("kube-api");
     std::fs::create_dir_all(&dir)?;
@@ -74,9 +86,14 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     let list_tokens: Vec<String> = (0..CLIENTS)
         .map(|i| format!("bench-list-{i}-{:016x}", std::process::id()))
         .collect();
+    // So has every connection of the fan-out's watches.
+    let fan_tokens: Vec<String> = (0..watch_fan_out::CONNECTIONS)
+        .map(|i| format!("bench-fan-{i}-{:016x}", std::process::id()))
+        .collect();
     let tokens = dir.join("kube-api-tokens");
     let lines: String = std::iter::once(&token)
         .chain(&list_tokens)
+        .chain(&fan_tokens)
         .map(|t| format!("{t} *\n"))
         .collect();
     std::fs::write(&tokens, lines)?;
@@ -91,15 +108,19 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         ],
     )
     .await?;
-    let expected =
+    let mut expected =
         std::collections::BTreeMap::from([(ns.clone(), OBJECTS), (big.name.clone(), LIST_OBJECTS)]);
+    expected.extend(
+        cycled
+            .iter()
+            .map(|a| (a.name.clone(), caching_cycle::OBJECTS)),
+    );
+    let accounts: Vec<_> = [account.account.clone(), big.account.clone()]
+        .into_iter()
+        .chain(cycled.iter().map(|a| a.account.clone()))
+        .collect();
     let agent = stack
-        .synced_agent(
-            &ctx.env,
-            "kube-api",
-            &[account.account, big.account],
-            &expected,
-        )
+        .synced_agent(&ctx.env, "kube-api", &accounts, &expected)
         .await?;
     let server = format!("https://127.0.0.1:{port}");
     let kubeconfig = hub_kubeconfig(ctx, &server, &token, &ns, &dir, "hub")?;
@@ -129,6 +150,20 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let load_rounds = load.await??;
     let (hub_watch_loaded, _) = loaded?;
+
+    let writer: Api<ConfigMap> = Api::namespaced(account.client.clone(), &ns);
+    watch_fan_out::seed(&writer).await?;
+    let fan_kubeconfigs = fan_tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| hub_kubeconfig(ctx, &server, t, &ns, &dir, &format!("fan-{i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let fan_through =
+        watch_fan_out::measure(&fan_kubeconfigs, &ns, &writer, stack.hub.pid()).await?;
+    let fan_direct =
+        watch_fan_out::measure(&vec![direct.clone(); fan_tokens.len()], &ns, &writer, None).await?;
+
+    let cycle = cycle(ctx, &stack, &cycled, &server, &token, &dir).await?;
     drop(agent);
     drop(stack);
 
@@ -203,7 +238,164 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             .param("objects", json!(LIST_OBJECTS))
             .param("runs", json!(informer_sync::RUNS))
             .note("median time from starting client-go's shared informer (e2e/informer, a streaming list: sendInitialEvents=true) until it reported itself synced with every object"),
-    ])
+    ]
+    .into_iter()
+    .chain(fan_out_figures(&fan_through, &fan_direct, &params))
+    .chain(cycle.figures(&params))
+    .collect())
+}
+
+/// What the caching cycle measured.
+struct Cycle {
+    through: Duration,
+    direct: Duration,
+    /// Requests of the measured cycle through the hub that the hub sent on to a cluster.
+    to_clusters: f64,
+    /// Requests of that cycle the hub answered from its cache.
+    from_cache: f64,
+}
+
+/// Clouddriver's caching cycle of `accounts` through the hub at `server` (with `token`)
+/// and on their clusters' API servers: one cycle each way to fill the discovery caches,
+/// then one measured each way.
+async fn cycle(
+    ctx: &Ctx,
+    stack: &Stack,
+    accounts: &[CycleAccount],
+    server: &str,
+    token: &str,
+    dir: &Path,
+) -> anyhow::Result<Cycle> {
+    let kubeconfigs = accounts
+        .iter()
+        .map(|a| {
+            let path = hub_kubeconfig(
+                ctx,
+                server,
+                token,
+                &a.name,
+                dir,
+                &format!("cycle-{}", a.name),
+            )?;
+            Ok((a.name.clone(), path))
+        })
+        .collect::<anyhow::Result<std::collections::BTreeMap<_, _>>>()?;
+    let through_of = |a: &CycleAccount| kubeconfigs.get(&a.name).cloned().unwrap_or_default();
+    let direct_of = |a: &CycleAccount| a.direct.clone();
+    let kubectl = &ctx.env.cp.bins.kubectl;
+    let caches = dir.join("kubectl-caches");
+    let run = |of: &dyn Fn(&CycleAccount) -> PathBuf, way: &str| {
+        tokio::task::block_in_place(|| {
+            caching_cycle::cycle(kubectl, accounts, of, &caches.join(way))
+        })
+    };
+    run(&through_of, "hub")?;
+    run(&direct_of, "direct")?;
+    let before = answered(stack).await?;
+    let through = run(&through_of, "hub")?;
+    let after = answered(stack).await?;
+    let direct = run(&direct_of, "direct")?;
+    Ok(Cycle {
+        through,
+        direct,
+        to_clusters: after.1 - before.1,
+        from_cache: after.0 - before.0,
+    })
+}
+
+/// The hub's Kubernetes API requests so far: answered from its cache, sent on to a
+/// cluster.
+async fn answered(stack: &Stack) -> anyhow::Result<(f64, f64)> {
+    let addr = stack
+        .hub
+        .http
+        .strip_prefix("http://")
+        .unwrap_or(&stack.hub.http);
+    let text = scale_agent_e2e::metrics::scrape(addr).await?;
+    let name = "scale_agent_hub_kube_api_requests_total";
+    scale_agent_e2e::metrics::require_sum(&text, name)?;
+    Ok((
+        scale_agent_e2e::metrics::sum_with(&text, name, "source=\"cache\""),
+        scale_agent_e2e::metrics::sum_with(&text, name, "source=\"cluster\""),
+    ))
+}
+
+impl Cycle {
+    fn figures(
+        &self,
+        params: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Vec<Figure> {
+        use caching_cycle::{ACCOUNTS, OBJECTS, PARALLEL};
+        let shape = format!(
+            "{ACCOUNTS} accounts (a namespace of {OBJECTS} ConfigMaps each), 3 kubectl processes per account (every cached kind as JSON, the same with Spinnaker's label selector, the Namespace), {PARALLEL} at once, each account with its own kubeconfig and discovery cache (filled by one cycle before)"
+        );
+        vec![
+            Figure::new("kube_api", "kube_api.caching_cycle", secs(self.through), "s")
+                .baseline(secs(self.direct), "the same cycle on the clusters' API servers")
+                .goal(Goal::RatioAtMost { ratio: 0.5 })
+                .params(params)
+                .param("accounts", json!(ACCOUNTS))
+                .param("parallel", json!(PARALLEL))
+                .note(format!("one cycle's time; {shape}")),
+            Figure::new(
+                "kube_api",
+                "kube_api.caching_cycle.cluster_requests",
+                self.to_clusters,
+                "requests",
+            )
+            .goal(Goal::AtMost { limit: 0.0 })
+            .params(params)
+            .param("from_cache", json!(self.from_cache))
+            .note(format!(
+                "requests of the measured cycle through the hub that the hub sent on to a cluster (scale_agent_hub_kube_api_requests_total, source=cluster); {} were answered from its cache",
+                self.from_cache
+            )),
+        ]
+    }
+}
+
+/// `kube_api.watch_fan_out.*`: many watches of one account following its changes,
+/// through the hub against the API server, and the hub's CPU meanwhile.
+fn fan_out_figures(
+    through: &FanOut,
+    direct: &FanOut,
+    params: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Vec<Figure> {
+    use watch_fan_out::{CHANGES, CONNECTIONS, RATE, WATCHES};
+    let p99 = |f: &FanOut| {
+        scale_agent_e2e::bench::stats::percentile(&f.latencies, 99.0)
+            .ok_or_else(|| "no change reached a watch".to_string())
+    };
+    let shape = format!(
+        "{WATCHES} watches of one account's labelled ConfigMaps ({CONNECTIONS} HTTP/2 connections, each with a token of its own at the hub), {CHANGES} changes at {RATE} a second"
+    );
+    let latency = Figure::measured("kube_api", "kube_api.watch_fan_out.p99", p99(through), "s")
+        .baseline_measured(p99(direct), "the same watches on the cluster's API server")
+        .goal(Goal::AtMost { limit: 0.05 })
+        .params(params)
+        .param("watches", json!(WATCHES))
+        .param("changes", json!(CHANGES))
+        .param("rate", json!(RATE))
+        .param("missing", json!(through.missing))
+        .param("missing_baseline", json!(direct.missing))
+        .note(format!(
+            "99th percentile over every (watch, change) of the time from the write's start until the watch showed it; {shape}; a change a watch never showed counts as 30 s ({} through the hub, {} on the API server)",
+            through.missing, direct.missing
+        ));
+    let cores = match &through.cpu {
+        Some(Ok((cpu, wall))) => Ok(cpu / wall),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err("the hub's process was not known".to_string()),
+    };
+    let cpu = Figure::measured("kube_api", "kube_api.watch_fan_out.hub_cpu", cores, "cores")
+        .goal(Goal::AtMost { limit: 1.0 })
+        .params(params)
+        .param("watches", json!(WATCHES))
+        .param("rate", json!(RATE))
+        .note(format!(
+            "the hub's CPU seconds per second from the first write's start until every watch had shown the last change; {shape}"
+        ));
+    vec![latency, cpu]
 }
 
 /// `kube_api.concurrent_list.p99`: every client's time to list the kind, through the

@@ -29,6 +29,7 @@
 
 mod armory;
 mod baseline;
+mod caching_cycle;
 mod concurrent_list;
 mod informer_sync;
 mod ingest;
@@ -40,6 +41,7 @@ mod operator;
 mod params;
 mod reconnect;
 mod stack;
+mod watch_fan_out;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,10 @@
 //! objects, the default kinds, the default budget), for each N: peak resident set
 //! during the initial sync (`VmHWM` when the hub holds everything), steady resident set
 //! after it (median of the second half of the steady window), and established
-//! connections to each cluster's API server. Baseline, in the same run on the same
-//! objects: a process with a kube-rs reflector per kind holding them.
+//! connections to each cluster's API server, and the watches the busiest API server
+//! serves for it. Baseline, in the same run on the same objects: a process with a
+//! kube-rs reflector per account and kind holding them (the watches one per account
+//! would open).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -37,6 +39,10 @@ pub fn names(p: &Params) -> Vec<(String, &'static str)> {
                     "connections",
                 ),
                 (format!("agent_memory_scaling.sync_seconds.{n}"), "s"),
+                (
+                    format!("agent_memory_scaling.watches_per_api_server.{n}"),
+                    "watches",
+                ),
             ]
         })
         .collect()
@@ -51,12 +57,50 @@ struct Measured {
     per_cluster: sampler::Measured<usize>,
     /// Established connections to every cluster's API server.
     to_clusters: usize,
+    /// Watches the busiest API server served for it (more than before it started).
+    watches: sampler::Measured<f64>,
     fds: String,
 }
 
+/// Watches each shared cluster's API server serves (its `apiserver_longrunning_requests`
+/// gauge, verb `WATCH`: its own loopback informers included), by cluster.
+async fn watches_by_cluster(ctx: &Ctx) -> sampler::Measured<Vec<f64>> {
+    let mut out = Vec::with_capacity(ctx.clusters.len());
+    for i in 0..ctx.clusters.len() {
+        let text = async {
+            let client = ctx.client(i).await?;
+            let request = http::Request::get("/metrics").body(Vec::new())?;
+            anyhow::Ok(client.request_text(request).await?)
+        }
+        .await
+        .map_err(|e| {
+            format!(
+                "the metrics of {} could not be read: {e:#}",
+                ctx.clusters[i]
+            )
+        })?;
+        let series = "apiserver_longrunning_requests";
+        if !text.lines().any(|l| l.starts_with(series)) {
+            return Err(format!("{} exports no {series}", ctx.clusters[i]));
+        }
+        out.push(scale_agent_e2e::metrics::sum_with(
+            &text,
+            series,
+            "verb=\"WATCH\"",
+        ));
+    }
+    Ok(out)
+}
+
 /// Measures a started process `pid` until it has synced (`synced` resolves), then over
-/// the steady window.
-async fn measure<F>(ctx: &Ctx, pid: u32, started: Instant, synced: F) -> anyhow::Result<Measured>
+/// the steady window; `watches_before` are [`watches_by_cluster`] before it started.
+async fn measure<F>(
+    ctx: &Ctx,
+    pid: u32,
+    started: Instant,
+    watches_before: &sampler::Measured<Vec<f64>>,
+    synced: F,
+) -> anyhow::Result<Measured>
 where
     F: std::future::Future<Output = anyhow::Result<Instant>>,
 {
@@ -72,6 +116,15 @@ where
     tokio::time::sleep(steady - steady / 2).await;
     sampler.sample_now();
     let steady_kib = sampler.median_rss_kib(from, Instant::now());
+    let watches = match (watches_before, watches_by_cluster(ctx).await) {
+        (Ok(before), Ok(after)) => Ok(after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a - b)
+            .fold(0.0, f64::max)),
+        (Err(e), _) => Err(e.clone()),
+        (_, Err(e)) => Err(e),
+    };
     let ports = ctx.cluster_ports();
     let conns = procfs::connections_by_remote_port(pid)
         .ok_or_else(|| format!("the sockets of process {pid} could not be read"));
@@ -87,6 +140,7 @@ where
         steady_kib,
         per_cluster: conns.map(|_| by_cluster.values().copied().max().unwrap_or(0)),
         to_clusters: by_cluster.values().sum(),
+        watches,
         fds: procfs::open_fds(pid).map_or_else(|| "unknown".into(), |n| n.to_string()),
     })
 }
@@ -113,6 +167,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         let objects: usize = expected.values().sum();
         tracing::info!(accounts = n, objects, "agent_memory_scaling: agent");
         let stack = Stack::start(&ctx.env, &format!("memory-{n}")).await?;
+        let watches_before = watches_by_cluster(ctx).await;
         let started = Instant::now();
         let mut agent = stack.agent(&ctx.env, &format!("mem{n}"), &accounts, &[])?;
         let pid = agent.proc.pid();
@@ -123,7 +178,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 Duration::from_millis(250),
                 Duration::from_secs(1500),
             );
-            measure(ctx, pid, started, synced).await?
+            measure(ctx, pid, started, &watches_before, synced).await?
         };
         let hub_mib = stack.hub.pid().and_then(procfs::memory).map_or_else(
             || "an unknown amount (not readable)".into(),
@@ -145,6 +200,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 .collect::<anyhow::Result<_>>()?,
         };
         let dir = ctx.env.cp.run_dir.join("bench").join(format!("memory-{n}"));
+        let watches_before = watches_by_cluster(ctx).await;
         let started = Instant::now();
         let mut base = Baseline::start(&dir, &format!("reflector-{n}"), &spec)?;
         let pid = base.proc.pid();
@@ -157,7 +213,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 );
                 Ok(at)
             };
-            measure(ctx, pid, started, synced).await?
+            measure(ctx, pid, started, &watches_before, synced).await?
         };
         drop(base);
 
@@ -231,6 +287,23 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             .baseline(secs(base_m.sync), base_what)
             .params(&params)
             .note("process start → every object at the hub (the baseline: every reflector listed)"),
+        );
+        out.push(
+            Figure::measured(
+                "agent_memory_scaling",
+                &format!("agent_memory_scaling.watches_per_api_server.{n}"),
+                agent_m.watches.clone(),
+                "watches",
+            )
+            .baseline_measured(base_m.watches.clone(), base_what)
+            .goal(Goal::AtMost {
+                limit: (kinds + scale_agent::surface::WATCHES) as f64,
+            })
+            .params(&params)
+            .note(format!(
+                "watches the busiest API server ({busiest} of the {n} accounts, one namespace each) served for the process once it had synced, over what it served before the process started (apiserver_longrunning_requests, verb WATCH); the goal: one watch per kind the accounts need, shared by accounts with the same credentials, and the agent's {} watches of the API's surface (CRDs, APIServices)",
+                scale_agent::surface::WATCHES
+            )),
         );
     }
     Ok(out)

@@ -30,6 +30,7 @@ pub struct Stack {
 }
 
 /// One account of an agent: its config and the kubeconfig text of its cluster.
+#[derive(Clone)]
 pub struct Account {
     /// The account as the agent config lists it.
     pub config: AccountConfig,
