@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::{AsyncBufReadExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use scale_agent::cluster_client::Connections;
 use scale_agent_e2e::bench::sampler::{Measured, Sampler};
 
@@ -83,14 +83,33 @@ pub async fn measure(
     let mut watchers = Vec::with_capacity(WATCHES);
     // The connections stay while their watches run.
     let mut leases = Vec::with_capacity(kubeconfigs.len());
+    // Every watch starts at one version read the same way, so none begins with a copy
+    // of the objects: what is measured is the changes going out.
+    let mut from = None;
     for path in kubeconfigs {
         let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
         let clients = connections.clients(&config, PER_CONNECTION).await?;
+        let rv = match &from {
+            Some(rv) => String::clone(rv),
+            None => {
+                let listed = Api::<ConfigMap>::namespaced(clients.client.clone(), ns)
+                    .list(&ListParams::default().labels(&format!("{LABEL}=1")))
+                    .await?;
+                let rv = listed
+                    .metadata
+                    .resource_version
+                    .context("a list without a resourceVersion")?;
+                from.insert(rv).clone()
+            }
+        };
         for _ in 0..PER_CONNECTION {
             watchers.push(tokio::spawn(watch(
                 clients.client.clone(),
-                ns.to_owned(),
+                format!(
+                    "/api/v1/namespaces/{ns}/configmaps?watch=1&labelSelector={LABEL}%3D1&resourceVersion={rv}&timeoutSeconds={}",
+                    LIMIT.as_secs() * 4
+                ),
                 Arc::clone(&ready),
             )));
         }
@@ -173,18 +192,14 @@ async fn write(writer: &Api<ConfigMap>, sent: &Arc<Vec<OnceLock<Instant>>>) -> a
     Ok(())
 }
 
-/// One watch of the labelled objects from now: counts itself in `ready` when the server
-/// answered, and returns each change number it showed with when, until it showed the
-/// last change (or three times [`LIMIT`] after it opened).
+/// One watch (`url`): counts itself in `ready` when the server answered, and returns
+/// each change number it showed with when, until it showed the last change (or three
+/// times [`LIMIT`] after it opened).
 async fn watch(
     client: kube::Client,
-    ns: String,
+    url: String,
     ready: Arc<AtomicUsize>,
 ) -> anyhow::Result<Vec<(usize, Instant)>> {
-    let url = format!(
-        "/api/v1/namespaces/{ns}/configmaps?watch=1&labelSelector={LABEL}%3D1&timeoutSeconds={}",
-        LIMIT.as_secs() * 4
-    );
     let request = http::Request::get(url).body(Vec::new())?;
     let body = client.request_stream(request).await;
     ready.fetch_add(1, Ordering::Relaxed);
