@@ -255,6 +255,17 @@ async fn probe_readiness(
         .send()
         .await
         .is_ok_and(|r| r.status().is_success());
+    write_readiness(client, pod, &container.name, ready).await
+}
+
+/// Writes the pod's Ready and ContainersReady conditions (and its container `container`'s
+/// readiness) as a kubelet does, unless they already say `ready`.
+pub async fn write_readiness(
+    client: &kube::Client,
+    pod: &Pod,
+    container: &str,
+    ready: bool,
+) -> Result<()> {
     let status = if ready { "True" } else { "False" };
     let was = pod
         .status
@@ -281,7 +292,7 @@ async fn probe_readiness(
                 { "type": "Ready", "status": status, "lastTransitionTime": now, "reason": reason },
                 { "type": "ContainersReady", "status": status, "lastTransitionTime": now, "reason": reason },
             ],
-            "containerStatuses": [{ "name": container.name, "ready": ready }],
+            "containerStatuses": [{ "name": container, "ready": ready }],
         }
     });
     Api::<Pod>::namespaced(client.clone(), &ns)

@@ -1,11 +1,15 @@
-//! The operator with its webhook in `deny` mode, and leader failover: a second binary,
-//! because it needs an operator configured differently and it stops the leader. Its
+//! The operator with its webhook in `deny` mode, leader failover, and an operator
+//! upgrade that changes the default agent image (staged over the shards): a second
+//! binary, because it needs an operator configured differently and it replaces the
+//! leader. Its
 //! operators run as the ServiceAccount of `manifests/operator/rbac.yaml`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
 use scale_agent_crds::condition_type;
 use scale_agent_e2e::operator::{Operator, OperatorOptions, service_account_kubeconfig};
 use scale_agent_e2e::operator_env::{self, OperatorEnv, shard_yaml};
@@ -43,6 +47,9 @@ fn main() {
                 Box::pin(deny(e))
             }),
             ("leader_failover_to_the_standby", |e| Box::pin(failover(e))),
+            ("a_new_default_image_rolls_one_shard_at_a_time", |e| {
+                Box::pin(staged_rollout(e))
+            }),
         ],
     );
 }
@@ -153,4 +160,163 @@ async fn failover(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         Ok(())
     })
     .await
+}
+
+/// Replaces the binary's operator with one started with `options` changed by `change`;
+/// returns the options it replaced.
+async fn replace_operator(
+    env: &OperatorEnv,
+    change: impl FnOnce(&mut OperatorOptions),
+) -> anyhow::Result<OperatorOptions> {
+    let mut guard = env.op.lock().await;
+    let old = guard.take().context("no operator")?;
+    let before = old.options.clone();
+    drop(old);
+    let mut options = before.clone();
+    change(&mut options);
+    let next = Operator::start(&env.cp, options).await?;
+    wait::until(
+        "the new operator to lead",
+        Duration::from_secs(30),
+        || async { next.is_leader().await.then_some(()) },
+    )
+    .await?;
+    *guard = Some(next);
+    Ok(before)
+}
+
+/// An operator upgrade that changes `--default-image` restarts the agents of at most
+/// `--max-rolling-shards` shards at a time: with 1, never two shards' agent Deployments
+/// roll out to the new image at once, every shard gets it in the end, and a waiting
+/// shard has an `AgentImageQueued` Event.
+async fn staged_rollout(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
+    const SHARDS: usize = 3;
+    in_namespace(env, "rollout", |env, ns| async move {
+        let staged = |image: &'static str| {
+            move |o: &mut OperatorOptions| {
+                o.default_image = Some(image.into());
+                o.extra_args.retain(|a| !a.starts_with("--max-rolling-shards"));
+                o.extra_args.push("--max-rolling-shards=1".into());
+            }
+        };
+        let original = replace_operator(&env, staged("example.com/agent:1")).await?;
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        let names: Vec<String> = (0..SHARDS).map(|i| format!("roll-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            // Each shard its own account name: names are unique across shards.
+            let account = format!("a{i}");
+            env.apply(&shard_yaml(&ns, name, &[(account.as_str(), "kc-a")], ""))?;
+        }
+        // kwok runs the pods but leaves them unready: here a kubelet whose readiness probes
+        // pass, so each rollout finishes.
+        let client = env.client().await?;
+        let kubelet = tokio::spawn(ready_every_pod(client.clone(), ns.clone()));
+        let deployments: Api<Deployment> = Api::namespaced(client, &ns);
+        let states = || async {
+            let mut out = Vec::with_capacity(SHARDS);
+            for name in &names {
+                let d = deployments.get_opt(&format!("{name}-agent")).await?;
+                out.push(d.map(|d| (image_of(&d), rolling(&d))));
+            }
+            anyhow::Ok(out)
+        };
+        wait::until(
+            "every shard's agents rolled out with example.com/agent:1",
+            Duration::from_secs(120),
+            || async {
+                let s = states().await.ok()?;
+                s.iter()
+                    .all(|d| matches!(d, Some((i, false)) if i == "example.com/agent:1"))
+                    .then_some(())
+            },
+        )
+        .await?;
+
+        replace_operator(&env, staged("example.com/agent:2")).await?;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut most_at_once = 0;
+        let mut polls = 0;
+        loop {
+            let s = states().await?;
+            polls += 1;
+            let new_rolling = s
+                .iter()
+                .filter(|d| matches!(d, Some((i, true)) if i == "example.com/agent:2"))
+                .count();
+            most_at_once = most_at_once.max(new_rolling);
+            if s
+                .iter()
+                .all(|d| matches!(d, Some((i, false)) if i == "example.com/agent:2"))
+            {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "not every shard rolled out to example.com/agent:2 within 180 s: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "staged rollout: {SHARDS} shards, at most {most_at_once} rolling to the new image at once ({polls} polls)"
+        );
+        ensure!(
+            most_at_once == 1,
+            "{most_at_once} shards rolled out to the new default image at once (--max-rolling-shards=1)"
+        );
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(env.client().await?, &ns);
+        let queued = events
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("AgentImageQueued"))
+            .count();
+        ensure!(queued > 0, "no shard said it waits for its turn (AgentImageQueued)");
+        kubelet.abort();
+        replace_operator(&env, |o| *o = original).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Marks every pod of `ns` ready, again and again, as a kubelet whose readiness probes
+/// all pass would.
+async fn ready_every_pod(client: kube::Client, ns: String) {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    loop {
+        if let Ok(list) = pods.list(&Default::default()).await {
+            for pod in &list.items {
+                let container = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.containers.first())
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default();
+                let _ =
+                    scale_agent_e2e::pods::write_readiness(&client, pod, &container, true).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The agent container's image of `d`'s pod template.
+fn image_of(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// Whether `d` is still rolling out, as `kubectl rollout status` sees it.
+fn rolling(d: &Deployment) -> bool {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(st) = &d.status else { return true };
+    st.observed_generation.unwrap_or(0) < d.metadata.generation.unwrap_or(0)
+        || st.updated_replicas.unwrap_or(0) < want
+        || st.available_replicas.unwrap_or(0) < want
+        || st.replicas.unwrap_or(0) > st.updated_replicas.unwrap_or(0)
 }

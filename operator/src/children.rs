@@ -110,6 +110,9 @@ pub struct Defaults {
     pub allowed_service_accounts: Allowed,
     /// The agents' log line format (`--agent-log-format`).
     pub agent_log_format: LogFormat,
+    /// Shards moving to a new default image at a time (0: no limit); see
+    /// [`crate::rollout`].
+    pub max_rolling_shards: usize,
 }
 
 impl Default for Defaults {
@@ -124,6 +127,7 @@ impl Default for Defaults {
             cert_issuer: None,
             cert_lifetime: DEFAULT_CERT_LIFETIME,
             agent_log_format: LogFormat::Text,
+            max_rolling_shards: 0,
             allowed_images: Allowed::default(),
             allowed_service_accounts: Allowed::default(),
         }

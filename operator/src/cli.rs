@@ -186,6 +186,13 @@ pub struct Args {
         default_value_t = LogFormat::Text
     )]
     pub agent_log_format: LogFormat,
+
+    /// At most this many shards move their agents to a new --default-image at a time
+    /// (after an operator upgrade); the others keep their image until one finishes
+    /// rolling out. 0: every shard at once. Shards with their own spec.image roll when
+    /// it changes.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_rolling_shards: usize,
 }
 
 /// What the webhook does with a claim on a name another shard holds.

@@ -428,6 +428,7 @@ pub async fn run_controller(l: Leading) {
             pdbs,
         },
         superseded: Superseded::new(),
+        rollouts: crate::rollout::Rollouts::default(),
     });
     // A shard deleted without a reconcile (no finalizer: the watch just loses it) leaves
     // its records behind; drop them now and then.

@@ -117,7 +117,7 @@ impl Next {
     }
 
     /// This, or `at` when that comes first.
-    fn or_sooner(self, at: Option<Duration>) -> Self {
+    pub fn or_sooner(self, at: Option<Duration>) -> Self {
         match (self.delay(), at) {
             (Some(d), Some(at)) if at < d => Self::At(at),
             _ => self,

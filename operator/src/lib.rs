@@ -39,6 +39,7 @@ pub mod namespaced;
 pub mod policy;
 pub mod reconcile;
 pub mod replicas;
+pub mod rollout;
 pub mod status;
 pub mod superseded;
 pub mod webhook;
@@ -225,6 +226,7 @@ pub async fn run(args: Args) -> Result<()> {
         allowed_images: policy::Allowed::new(args.allowed_images.clone()),
         allowed_service_accounts: policy::Allowed::new(args.allowed_service_accounts.clone()),
         agent_log_format: args.agent_log_format,
+        max_rolling_shards: args.max_rolling_shards,
     };
     let manage = async {
         let mut running: Option<Task> = None;

@@ -28,6 +28,7 @@ use crate::decide::{self, Fetched};
 use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::replicas::Replicas;
+use crate::rollout::{self, Rollouts};
 use crate::status;
 use crate::superseded::Superseded;
 
@@ -57,6 +58,8 @@ pub struct Context {
     pub watched: Watched,
     /// The shard versions the operator's own status writes replaced.
     pub superseded: Superseded,
+    /// The agent image rollouts under way.
+    pub rollouts: Rollouts,
 }
 
 /// Reconciles one shard. Errors are failures to talk to the API server; problems with
@@ -190,6 +193,11 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         &now,
     )?;
     log_waiting(&resolutions);
+    if let Some(children) = decision.children.as_mut()
+        && stage_image(ctx, shard, &sref, &mut children.deployment).await
+    {
+        decision.next = decision.next.or_sooner(Some(ROLLOUT_RETRY));
+    }
     if let Some(e) = forbidden {
         decision.children = None;
         for a in &mut decision.observed.accounts {
@@ -273,6 +281,64 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         .next
         .delay()
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// How soon a shard whose image change waits for its turn looks again.
+const ROLLOUT_RETRY: Duration = Duration::from_secs(5);
+
+/// Staged rollouts ([`crate::rollout`]): when the agents would move to a new default
+/// image while as many other shards as allowed are rolling, `deployment` keeps the image
+/// its agents run now. Returns whether it waits.
+async fn stage_image(
+    ctx: &Context,
+    shard: &AgentShard,
+    sref: &ShardRef,
+    deployment: &mut k8s_openapi::api::apps::v1::Deployment,
+) -> bool {
+    let Some(desired) = rollout::template_image(deployment).map(str::to_owned) else {
+        return false;
+    };
+    let name = scale_agent_crds::deployment_name(&sref.name);
+    let running = ctx
+        .watched
+        .deployments
+        .get(&ObjectRef::new(&name).within(&sref.namespace));
+    let current = running.as_deref().and_then(rollout::template_image);
+    let max = ctx.defaults.max_rolling_shards;
+    let chosen = rollout::image(&desired, shard.spec.image.is_some(), current, || {
+        ctx.rollouts
+            .claim(sref, &desired, &ctx.watched.deployments, max)
+    });
+    if chosen == desired {
+        return false;
+    }
+    let chosen = chosen.to_owned();
+    tracing::info!(current = %chosen, desired = %desired, max, "the agents keep their image until fewer shards are rolling out");
+    if let Some(container) = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.first_mut())
+    {
+        container.image = Some(chosen.clone());
+    }
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Normal,
+        reason: "AgentImageQueued".to_owned(),
+        note: Some(scale_agent_crds::decode::bounded(
+            &format!(
+                "the agents keep {chosen} until fewer than {max} other shards are rolling out to a new default image ({desired})"
+            ),
+            status::MAX_NOTE_BYTES,
+        )),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    let reference = kube::Resource::object_ref(shard, &());
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(error = %e, "publishing an Event failed");
+    }
+    true
 }
 
 /// The shard changed since the cache gave it (usually the cache is behind the operator's
