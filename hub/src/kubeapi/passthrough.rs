@@ -24,9 +24,10 @@ use tracing::{debug, info, warn};
 
 use super::barrier::{self, Barriers};
 use super::status::Failure;
+use crate::core::fair::{Class, Flow};
 use crate::core::registry::SessionId;
 use crate::state::{Outbound, Shared};
-use crate::stream::tunnel::Part;
+use crate::stream::tunnel::{Part, Refused};
 
 /// The largest request body the hub carries (the API server takes at most 3 MiB).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
@@ -40,6 +41,10 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 pub struct Replay<'a> {
     /// The account.
     pub account: &'a str,
+    /// The caller's token (its line in the tokens file).
+    pub token: usize,
+    /// Short or long-running.
+    pub class: Class,
     /// The session holding it.
     pub session: SessionId,
     /// Its outbound frames.
@@ -229,8 +234,28 @@ fn head_deadline(path_and_query: &str, default: Duration) -> Duration {
 pub async fn replay(shared: &Arc<Shared>, r: Replay<'_>) -> Response<Body> {
     let started = Instant::now();
     let deadline = head_deadline(r.path_and_query, r.default_timeout);
-    let Some((id, mut rx)) = shared.tunnels.open(&r.session, r.window) else {
-        return Failure::disconnected(r.account).response();
+    let accounts = shared.core().registry.held_by(&r.session).count();
+    let flow = Flow {
+        account: Arc::from(r.account),
+        token: r.token,
+        class: r.class,
+    };
+    let (id, mut rx) = match shared.tunnels.open(&r.session, r.window, flow, accounts) {
+        Ok(opened) => opened,
+        Err(Refused::NotCarried) => return Failure::disconnected(r.account).response(),
+        Err(Refused::Busy(busy)) => {
+            debug!(account = r.account, %busy, "a request past its fair share of the agent's session; answering 429");
+            let mut response = Failure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                busy.to_string(),
+            )
+            .response();
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
     };
     let mut body = r.body;
     let first = body.split_to(body.len().min(REQUEST_CHUNK));

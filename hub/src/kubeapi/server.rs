@@ -36,6 +36,7 @@ use super::status::Failure;
 use super::{KubeApiConfig, TokenSource};
 use crate::Error;
 use crate::core::clip::clip;
+use crate::core::fair::Class;
 use crate::net::tls::{TlsConfig, TlsState};
 use crate::replicas::forward::{self, Endpoint, Routed};
 use crate::state::Shared;
@@ -514,6 +515,11 @@ impl KubeApi {
             // Away: what the cache cannot answer waits for the agent.
             return Failure::disconnected(&account).response();
         };
+        // Watches, logs and the like take the session's long-running room.
+        let class = Class::of(
+            watch,
+            resource.as_ref().and_then(|r| r.subresource.as_deref()),
+        );
         let barrier = resource
             .filter(|r| r.subresource.as_deref() != Some("log"))
             .map(|r| passthrough::BarrierFor {
@@ -538,6 +544,8 @@ impl KubeApi {
             &self.shared,
             Replay {
                 account: &account,
+                token: owner,
+                class,
                 session,
                 tx,
                 method: &parts.method,
