@@ -117,7 +117,7 @@ pub async fn answer(
                     )
                     .response());
                 };
-                return Ok(watch::serve(Arc::clone(ctx.shared), *w, slot));
+                return Ok(watch::serve(*w, slot));
             }
         }
     }
@@ -220,7 +220,7 @@ fn step(
         read: read.clone(),
         start,
         mark,
-        changes: kind.window.subscribe(),
+        follower: kind.window.follow(),
     })))
 }
 
