@@ -12,4 +12,5 @@ pub mod operations;
 pub mod ownership;
 pub mod registry;
 pub mod resync;
+pub mod slots;
 pub mod window;
