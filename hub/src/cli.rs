@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 use scale_agent_hub::config::{CaBundle, HttpLimits, StoreLocation};
+use scale_agent_hub::core::memory::Bounds;
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
 use scale_agent_hub::{Config, Error, ShardSource, TlsConfig};
 pub use scale_agent_runtime::LogFormat;
@@ -265,6 +266,16 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub kube_api_max_watches_per_token: usize,
 
+    /// The most MiB the hub holds for one token's Kubernetes API requests (bodies on
+    /// their way to an agent, list answers not yet sent); more get 429.
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    pub kube_api_max_held_mib_per_token: usize,
+
+    /// The most MiB the hub holds for every token's Kubernetes API requests
+    /// together; more get 429.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    pub kube_api_max_held_mib: usize,
+
     /// How often the TLS files and the API token file are checked for
     /// changes.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -341,6 +352,10 @@ impl Args {
                 idle_timeout: self.kube_api_idle_timeout,
                 max_connection_age: self.kube_api_max_connection_age,
                 max_watches_per_token: self.kube_api_max_watches_per_token,
+                held: Bounds {
+                    per_token: self.kube_api_max_held_mib_per_token.saturating_mul(1 << 20),
+                    total: self.kube_api_max_held_mib.saturating_mul(1 << 20),
+                },
                 tls: kube_api_tls,
                 replica_ca: self.kube_api_replica_ca,
                 ..KubeApiConfig::new(addr, TokenSource::File(tokens))
@@ -447,14 +462,16 @@ mod tests {
                 defaults.max_connections_per_address,
                 defaults.idle_timeout,
                 defaults.max_connection_age,
-                defaults.max_watches_per_token
+                defaults.max_watches_per_token,
+                defaults.held
             ),
             (
                 library.max_connections,
                 library.max_connections_per_address,
                 library.idle_timeout,
                 library.max_connection_age,
-                library.max_watches_per_token
+                library.max_watches_per_token,
+                library.held
             )
         );
         let set = api(&[
@@ -468,7 +485,18 @@ mod tests {
             "0s",
             "--kube-api-max-watches-per-token",
             "7",
+            "--kube-api-max-held-mib-per-token",
+            "2",
+            "--kube-api-max-held-mib",
+            "3",
         ]);
+        assert_eq!(
+            set.held,
+            Bounds {
+                per_token: 2 << 20,
+                total: 3 << 20
+            }
+        );
         assert_eq!(
             (
                 set.max_connections,

@@ -7,6 +7,7 @@ pub mod answer;
 pub mod cache;
 pub mod clip;
 pub mod fair;
+pub mod memory;
 pub mod operation_request;
 pub mod operations;
 pub mod ownership;

@@ -20,7 +20,7 @@
 //! session, flow control), [`passthrough`] (replaying a request through the agent), [`stale`] (reads
 //! while an account's agent is away),
 //! [`discovery`] (discovery and OpenAPI kept while the agent follows what the
-//! cluster serves), [`status`] (Kubernetes `Status` answers), [`table`] (lists as
+//! cluster serves), [`hold`] (answers that hold their place or bytes until sent), [`status`] (Kubernetes `Status` answers), [`table`] (lists as
 //! `Table`s, the columns `kubectl get` prints), [`kubeconfig`] (the kubeconfig Spinnaker
 //! operators paste into Clouddriver).
 
@@ -28,6 +28,7 @@ pub mod auth;
 pub mod barrier;
 pub mod cached;
 pub mod discovery;
+pub mod hold;
 pub mod kubeconfig;
 pub mod list;
 pub mod locate;
@@ -95,6 +96,9 @@ pub struct KubeApiConfig {
     /// current request), and closed [`AGE_GRACE`] later whatever it still carries;
     /// zero: never.
     pub max_connection_age: Duration,
+    /// Bytes the hub holds for requests (bodies on their way to an agent, list
+    /// answers not yet sent), per token and in total; past them, 429.
+    pub held: crate::core::memory::Bounds,
     /// The certificate the API is served with, when not the hub's own (`Config::tls`);
     /// with neither, it is served over plain HTTP.
     pub tls: Option<crate::net::tls::TlsConfig>,
@@ -109,7 +113,8 @@ impl KubeApiConfig {
     /// Defaults on `addr` with `tokens`: impersonation refused, stale reads served,
     /// 60 s request timeout, 1 MiB window, 4096 connections (1024 per client
     /// address), closed after 5 minutes idle or asked to close at 1 hour old, 1000
-    /// watches per token, the hub's own certificate.
+    /// watches per token, 128 MiB of bodies and unsent lists held per token (512 MiB
+    /// in total), the hub's own certificate.
     pub fn new(addr: SocketAddr, tokens: TokenSource) -> KubeApiConfig {
         KubeApiConfig {
             addr,
@@ -123,6 +128,7 @@ impl KubeApiConfig {
             max_watches_per_token: 1000,
             idle_timeout: Duration::from_secs(5 * 60),
             max_connection_age: Duration::from_secs(60 * 60),
+            held: crate::core::memory::Bounds::default(),
             tls: None,
             replica_ca: None,
         }

@@ -25,6 +25,7 @@ use super::auth::{Refusal, Tokens};
 use super::barrier::Barriers;
 use super::cached::{self, Ctx};
 use super::discovery;
+use super::hold::Holding;
 use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
 use super::options;
@@ -38,6 +39,7 @@ use super::{AGE_GRACE, KubeApiConfig, TokenSource};
 use crate::Error;
 use crate::core::clip::clip;
 use crate::core::fair::Class;
+use crate::core::memory::Memory;
 use crate::net::tls::{TlsConfig, TlsState};
 use crate::replicas::forward::{self, Endpoint, Routed};
 use crate::state::Shared;
@@ -55,6 +57,8 @@ pub struct KubeApi {
     discovery: discovery::Memory,
     /// The watches each token holds from the cache.
     watches: Arc<super::watch::Slots>,
+    /// The bytes held for each token's bodies and unsent lists.
+    memory: Arc<Memory>,
 }
 
 /// Starts serving (TLS with the hub's certificate, when it has one); returns the
@@ -108,6 +112,7 @@ pub async fn start(
     // The same header timeout as the HTTP API (`--http-header-timeout`): also the idle
     // time of a kept-alive HTTP/1.1 connection.
     let header_timeout = shared.config.http_limits.header_timeout;
+    let held = config.held;
     let api = Arc::new(KubeApi {
         shared: Arc::clone(&shared),
         tokens,
@@ -116,6 +121,7 @@ pub async fn start(
         barriers: Arc::default(),
         discovery: discovery::Memory::default(),
         watches: Arc::default(),
+        memory: Arc::new(Memory::new(held)),
     });
     let mut incoming = crate::net::tls::incoming(
         listener,
@@ -176,10 +182,7 @@ pub async fn start(
                     let api = Arc::clone(&api);
                     async move {
                         let response = api.handle(req).await;
-                        Ok::<_, Infallible>(response.map(|body| Tracked {
-                            body,
-                            _request: request,
-                        }))
+                        Ok::<_, Infallible>(response.map(|body| Holding::new(body, request)))
                     }
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -254,32 +257,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-/// An answer's body, holding its request's place in flight until it is sent.
-struct Tracked {
-    body: Body,
-    _request: InFlight,
-}
-
-impl hyper::body::Body for Tracked {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        hyper::body::Body::poll_frame(std::pin::Pin::new(&mut self.body), cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        hyper::body::Body::is_end_stream(&self.body)
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::Body::size_hint(&self.body)
     }
 }
 
@@ -445,6 +422,7 @@ impl KubeApi {
             owner,
             watches: &self.watches,
             max_watches: self.config.max_watches_per_token,
+            memory: &self.memory,
             barriers: &self.barriers,
             stale,
         };
@@ -632,8 +610,15 @@ impl KubeApi {
             parts.headers.remove(http::header::IF_NONE_MATCH);
             headers
         });
-        // The body's deadline is the request's default one (`--kube-api-request-timeout`).
-        let body = match passthrough::read_body(body, self.config.request_timeout).await {
+        // The body's deadline is the request's default one (`--kube-api-request-timeout`);
+        // its bytes count against the token's and the hub's bounds until the agent
+        // has it.
+        let mut held = match self.memory.take(owner, 0) {
+            Ok(held) => held,
+            Err(over) => return passthrough::too_much(over).response(),
+        };
+        let read = passthrough::read_body(body, self.config.request_timeout, &mut held);
+        let body = match read.await {
             Ok(body) => body,
             Err(refused) => return refused.response(),
         };
@@ -649,6 +634,7 @@ impl KubeApi {
                 path_and_query: &path_and_query,
                 headers: &parts.headers,
                 body,
+                held,
                 default_timeout: self.config.request_timeout,
                 window: self.config.window_bytes,
                 barrier,
