@@ -30,7 +30,9 @@ use crate::metrics::Metrics;
 use crate::outbound::{Closed, Outbound};
 use crate::state::State;
 
-/// Requests in flight on one session at most; more are answered 429 at once.
+/// Requests in flight on one session at most; more are answered 429 at once. The hub
+/// sends no more than this, shared fairly between the session's accounts and tokens
+/// (`hub/src/core/fair.rs`, the same number).
 pub const MAX_IN_FLIGHT: usize = 256;
 /// The largest request body accepted (the API server itself takes at most 3 MiB).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;

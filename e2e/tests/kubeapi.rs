@@ -76,6 +76,10 @@ fn main() {
             ("kubectl_get_w_prints_from_the_cache", |e| {
                 Box::pin(watched_tables(e))
             }),
+            (
+                "one_accounts_watches_leave_the_agents_other_account_answered",
+                |e| Box::pin(fair_shares(e)),
+            ),
         ],
     );
 }
@@ -1269,6 +1273,70 @@ async fn streaming(env: Arc<Env>) -> anyhow::Result<()> {
     if text.contains("more response body than the hub granted") {
         bail!("the agent overran a window:\n{}", rig.logs());
     }
+    Ok(())
+}
+
+// ---------- fair shares of an agent ----------
+
+/// Both accounts of the rig are carried by one agent session. Watches the cluster
+/// answers, more than the agent carries at once (256), on the management account:
+/// the hub refuses those past the account's and the token's share (429), so the
+/// target account's requests are still carried and answered (issue 21, item 9).
+async fn fair_shares(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kfair", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let mgmt = hub_client(&rig, &rig.mgmt, Some(TOKEN_ALL)).await?;
+    // Secrets never come from the cache: every watch goes to the cluster.
+    let watch = format!("/api/v1/namespaces/{ns}/secrets?watch=true");
+    let sends = (0..300).map(|_| {
+        let mgmt = mgmt.clone();
+        let watch = watch.clone();
+        async move {
+            let req = http::Request::get(&watch).body(kube::client::Body::empty())?;
+            anyhow::Ok(mgmt.send(req).await?)
+        }
+    });
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for answer in futures::future::join_all(sends).await {
+        let answer = answer?;
+        match answer.status().as_u16() {
+            200 => held.push(answer),
+            429 => refused += 1,
+            other => bail!("a watch of the management account answered {other}"),
+        }
+    }
+    let target = hub_client(&rig, &rig.target, Some(TOKEN_ONE)).await?;
+    for _ in 0..10 {
+        let read = format!("/api/v1/namespaces/{ns}/secrets?limit=1");
+        let got = call(&target, "GET", &read, &[]).await?;
+        ensure!(
+            got.0 == 200,
+            "the target account's read while the management account holds {} watches ({refused} refused): {} {}\n{}",
+            held.len(),
+            got.0,
+            got.1,
+            rig.logs()
+        );
+    }
+    ensure!(refused > 0, "all 300 watches were carried");
+    eprintln!(
+        "FAIR: 300 watches of one account: {} carried, {refused} refused 429; the other account's reads answered",
+        held.len()
+    );
+    drop(held);
+    let agent_metrics = format!("http://{}/metrics", rig.agent.admin);
+    wait::until(
+        "the watches ended at the agent",
+        Duration::from_secs(20),
+        || async {
+            let agent = metric(&agent_metrics, "scale_agent_kube_api_requests_in_flight")
+                .await
+                .ok()?;
+            (agent == 0.0).then_some(())
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 use scale_agent_hub::config::{CaBundle, HttpLimits, StoreLocation};
+use scale_agent_hub::core::memory::Bounds;
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
 use scale_agent_hub::{Config, Error, ShardSource, TlsConfig};
 pub use scale_agent_runtime::LogFormat;
@@ -237,6 +238,44 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub http_max_connections: usize,
 
+    /// The most open HTTP connections from one client address; more are closed
+    /// at once, so one address cannot take every connection.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub http_max_connections_per_address: usize,
+
+    /// The most open Kubernetes API connections; more are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub kube_api_max_connections: usize,
+
+    /// The most open Kubernetes API connections from one client address; more are
+    /// closed at once.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub kube_api_max_connections_per_address: usize,
+
+    /// How long a Kubernetes API connection may stay open with no request in flight
+    /// (HTTP/2 included) before it is closed; 0s: never.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub kube_api_idle_timeout: Duration,
+
+    /// How old a Kubernetes API connection may grow before it is asked to close
+    /// (HTTP/2 GOAWAY; requests in flight get 60 s more to finish); 0s: never.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub kube_api_max_connection_age: Duration,
+
+    /// The most watches one token holds from the cache at once; more get 429.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub kube_api_max_watches_per_token: usize,
+
+    /// The most MiB the hub holds for one token's Kubernetes API requests (bodies on
+    /// their way to an agent, list answers not yet sent); more get 429.
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    pub kube_api_max_held_mib_per_token: usize,
+
+    /// The most MiB the hub holds for every token's Kubernetes API requests
+    /// together; more get 429.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    pub kube_api_max_held_mib: usize,
+
     /// How often the TLS files and the API token file are checked for
     /// changes.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -308,6 +347,15 @@ impl Args {
                 allow_impersonation: self.kube_api_allow_impersonation,
                 stale_reads: !self.kube_api_no_stale_reads,
                 request_timeout: self.kube_api_request_timeout,
+                max_connections: self.kube_api_max_connections,
+                max_connections_per_address: self.kube_api_max_connections_per_address,
+                idle_timeout: self.kube_api_idle_timeout,
+                max_connection_age: self.kube_api_max_connection_age,
+                max_watches_per_token: self.kube_api_max_watches_per_token,
+                held: Bounds {
+                    per_token: self.kube_api_max_held_mib_per_token.saturating_mul(1 << 20),
+                    total: self.kube_api_max_held_mib.saturating_mul(1 << 20),
+                },
                 tls: kube_api_tls,
                 replica_ca: self.kube_api_replica_ca,
                 ..KubeApiConfig::new(addr, TokenSource::File(tokens))
@@ -336,6 +384,7 @@ impl Args {
             http_limits: HttpLimits {
                 header_timeout: self.http_header_timeout,
                 max_connections: self.http_max_connections,
+                max_connections_per_address: self.http_max_connections_per_address,
             },
             probe_addr: self.probe_addr,
             ..Config::new(self.grpc_addr, self.http_addr)
@@ -395,6 +444,68 @@ mod tests {
         assert!(
             Args::try_parse_from([&with_tokens[..], &["--kube-api-tls-cert", "api.crt"]].concat())
                 .is_err()
+        );
+        // The limits: the library's defaults, or what the flags say.
+        let api = |extra: &[&str]| {
+            Args::try_parse_from([&with_tokens[..], extra].concat())
+                .expect("parses")
+                .into_config()
+                .expect("a config")
+                .kube_api
+                .expect("the Kubernetes API")
+        };
+        let defaults = api(&[]);
+        let library = KubeApiConfig::new(defaults.addr, TokenSource::Text(String::new()));
+        assert_eq!(
+            (
+                defaults.max_connections,
+                defaults.max_connections_per_address,
+                defaults.idle_timeout,
+                defaults.max_connection_age,
+                defaults.max_watches_per_token,
+                defaults.held
+            ),
+            (
+                library.max_connections,
+                library.max_connections_per_address,
+                library.idle_timeout,
+                library.max_connection_age,
+                library.max_watches_per_token,
+                library.held
+            )
+        );
+        let set = api(&[
+            "--kube-api-max-connections",
+            "10",
+            "--kube-api-max-connections-per-address",
+            "3",
+            "--kube-api-idle-timeout",
+            "90s",
+            "--kube-api-max-connection-age",
+            "0s",
+            "--kube-api-max-watches-per-token",
+            "7",
+            "--kube-api-max-held-mib-per-token",
+            "2",
+            "--kube-api-max-held-mib",
+            "3",
+        ]);
+        assert_eq!(
+            set.held,
+            Bounds {
+                per_token: 2 << 20,
+                total: 3 << 20
+            }
+        );
+        assert_eq!(
+            (
+                set.max_connections,
+                set.max_connections_per_address,
+                set.idle_timeout,
+                set.max_connection_age,
+                set.max_watches_per_token
+            ),
+            (10, 3, Duration::from_secs(90), Duration::ZERO, 7)
         );
     }
 
@@ -495,6 +606,8 @@ mod tests {
             "7s",
             "--http-max-connections",
             "9",
+            "--http-max-connections-per-address",
+            "4",
             "--authorize-shards",
             "spinnaker",
             "--authorize-shards",
@@ -532,7 +645,8 @@ mod tests {
             set.http_limits,
             HttpLimits {
                 header_timeout: Duration::from_secs(7),
-                max_connections: 9
+                max_connections: 9,
+                max_connections_per_address: 4,
             }
         );
         assert!(matches!(

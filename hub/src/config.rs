@@ -120,13 +120,18 @@ pub struct HttpLimits {
     /// Open connections at most; more wait in the listen backlog until one
     /// closes.
     pub max_connections: usize,
+    /// Open connections at most from one client address; more are closed at once,
+    /// so one address cannot take every connection.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for HttpLimits {
+    /// 30 s for headers, 1024 connections, 256 from one address.
     fn default() -> Self {
         HttpLimits {
             header_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_connections_per_address: 256,
         }
     }
 }

@@ -325,6 +325,12 @@ impl RunningHub {
         self.shutdown.clone()
     }
 
+    /// How many times the hub's registry and cache were locked since it started
+    /// ([`state::Shared::core_locks`]).
+    pub fn core_locks(&self) -> u64 {
+        self.shared.core_locks()
+    }
+
     /// The hub's metrics in Prometheus text format.
     pub fn metrics_text(&self) -> String {
         self.shared.refresh_gauges();

@@ -57,6 +57,8 @@ pub struct Shared {
     /// Who owns which account, when enforced ([`Config::authorize`]).
     pub ownership: Option<OwnershipRx>,
     core: Mutex<Core>,
+    /// Times [`Shared::core`] was taken (see [`Shared::core_locks`]).
+    core_locks: std::sync::atomic::AtomicU64,
     /// Durable bindings.
     pub store: Box<dyn Store>,
     /// This replica's side of a store shared with other replicas
@@ -118,6 +120,7 @@ impl Shared {
             identity,
             ownership,
             core: Mutex::new(core),
+            core_locks: std::sync::atomic::AtomicU64::new(0),
             store,
             replicas,
             sessions: Mutex::new(HashMap::new()),
@@ -135,7 +138,15 @@ impl Shared {
         // Every change under this lock is a whole step of plain data updates;
         // a panic cannot leave it half-way in a way worse than losing the
         // hub, so keep serving rather than fail every later request.
+        self.core_locks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many times registry and cache were locked since the hub started: what
+    /// tests count to prove a path does not take the lock per watch or per request.
+    pub fn core_locks(&self) -> u64 {
+        self.core_locks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<SessionId, SessionHandle>> {

@@ -656,3 +656,137 @@ async fn one_address_cannot_take_every_kube_api_connection() -> Result<()> {
     hub.shutdown().await?;
     Ok(())
 }
+
+/// Opens an HTTP/2 connection to the Kubernetes API; the sender and the task driving
+/// the connection (it ends when the hub closes the connection).
+async fn http2_to(
+    addr: std::net::SocketAddr,
+) -> Result<(
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    Ok((sender, tokio::spawn(conn)))
+}
+
+fn with_token(token: &str) -> hyper::Request<http_body_util::Empty<bytes::Bytes>> {
+    hyper::Request::get("http://hub/accounts/a/api")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .expect("a request")
+}
+
+/// An HTTP/2 connection that authenticated once and then sends nothing is closed after
+/// the idle timeout: idle connections cannot pile up to the API's limit.
+#[tokio::test]
+async fn an_idle_authenticated_http2_connection_is_closed() -> Result<()> {
+    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
+    const TOKEN: &str = "a-token-of-the-kube-api";
+    let hub = hub_with(|c| {
+        let mut api = KubeApiConfig::new(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            TokenSource::Text(format!("{TOKEN} *\n")),
+        );
+        api.idle_timeout = Duration::from_millis(500);
+        c.kube_api = Some(api);
+    })
+    .await?;
+    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    let (mut sender, driven) = http2_to(addr).await?;
+    let answer = sender.send_request(with_token(TOKEN)).await?;
+    assert_ne!(answer.status().as_u16(), 401, "the token is valid");
+    drop(answer);
+    let ended = tokio::time::timeout(Duration::from_secs(5), driven).await;
+    assert!(
+        ended.is_ok(),
+        "an authenticated HTTP/2 connection stayed open while idle"
+    );
+    hub.shutdown().await?;
+    Ok(())
+}
+
+/// A busy HTTP/2 connection is asked to close once past its age, so no connection is
+/// held for ever by a client that keeps it busy.
+#[tokio::test]
+async fn an_http2_connection_past_its_age_is_closed() -> Result<()> {
+    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
+    const TOKEN: &str = "a-token-of-the-kube-api";
+    let hub = hub_with(|c| {
+        let mut api = KubeApiConfig::new(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            TokenSource::Text(format!("{TOKEN} *\n")),
+        );
+        api.idle_timeout = Duration::ZERO;
+        api.max_connection_age = Duration::from_secs(1);
+        c.kube_api = Some(api);
+    })
+    .await?;
+    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    let (mut sender, driven) = http2_to(addr).await?;
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(5) && !driven.is_finished() {
+        match sender.send_request(with_token(TOKEN)).await {
+            Ok(r) => {
+                assert_ne!(r.status().as_u16(), 401);
+                answered += 1;
+            }
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), driven).await;
+    assert!(
+        ended.is_ok(),
+        "a connection kept busy ({answered} requests) outlived its age"
+    );
+    hub.shutdown().await?;
+    Ok(())
+}
+
+/// One client address holding its most JSON API connections has its next ones closed
+/// at once, while another address is still served.
+#[tokio::test]
+async fn one_address_cannot_take_every_json_api_connection() -> Result<()> {
+    let hub = hub_with(|c| {
+        c.http_limits.max_connections_per_address = 2;
+    })
+    .await?;
+    let addr = hub.http_addr();
+    let from = |source: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{source}:0").parse()?)?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(socket.connect(addr).await?)
+    };
+    let _held = [from("127.0.0.1").await?, from("127.0.0.1").await?];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = from("127.0.0.1").await?;
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer)).await;
+    assert!(
+        answer.is_empty(),
+        "a third connection from one address was answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    let mut other = from("127.0.0.2").await?;
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut answer)).await??;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    hub.shutdown().await?;
+    Ok(())
+}

@@ -313,3 +313,50 @@ async fn one_tokens_watches_are_bounded_and_leave_room_for_another() -> Result<(
     hub.shutdown().await?;
     Ok(())
 }
+
+/// The bytes of list answers a token leaves unread are bounded: past the token's bound
+/// its next list is answered 429, while another token still lists, and reading (or
+/// dropping) the answers gives the room back (issue 21, item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unread_lists_are_bounded_per_token() -> Result<()> {
+    common::logs();
+    const OTHER: &str = "another-load-test-token-98765";
+    let hub = common::hub_with(|c| {
+        let mut api = KubeApiConfig::new(
+            "127.0.0.1:0".parse().expect("an address"),
+            TokenSource::Text(format!("{TOKEN} *\n{OTHER} big\n")),
+        );
+        // Two whole lists of the account (about 16 MB each), not three.
+        api.held.per_token = 40 << 20;
+        c.kube_api = Some(api);
+    })
+    .await?;
+    let api = hub.kube_api_addr().expect("the Kubernetes API is served");
+    let _agent = agent_with_objects(&hub).await?;
+    let url = format!("http://{api}/accounts/big/apis/apps/v1/deployments");
+    let held = held_lists(&url, 2).await?;
+    let client = reqwest::Client::new();
+    let third = client.get(&url).bearer_auth(TOKEN).send().await?;
+    let status = third.status().as_u16();
+    let text = third.text().await?;
+    assert_eq!(status, 429, "a third unread list of one token: {text:.200}");
+    assert!(text.contains("this token"), "{text}");
+    let other = client.get(&url).bearer_auth(OTHER).send().await?;
+    assert_eq!(other.status().as_u16(), 200, "another token's list");
+    assert!(other.bytes().await?.len() > OBJECTS * 1500);
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = client.get(&url).bearer_auth(TOKEN).send().await?;
+        if again.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dropped lists never gave their bytes back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.shutdown().await?;
+    Ok(())
+}

@@ -307,6 +307,7 @@ impl AccountCache {
                         name: event.key.name.clone(),
                         body,
                         prev,
+                        encoded: std::sync::OnceLock::new(),
                     });
                 }
                 None => state.api.advance(&event.resource_version),

@@ -6,9 +6,12 @@
 pub mod answer;
 pub mod cache;
 pub mod clip;
+pub mod fair;
+pub mod memory;
 pub mod operation_request;
 pub mod operations;
 pub mod ownership;
 pub mod registry;
 pub mod resync;
+pub mod slots;
 pub mod window;

@@ -23,10 +23,17 @@
 //!
 //! Pure bookkeeping apart from one `tokio::sync::watch` channel that wakes the watches
 //! (and the reads waiting for their own writes) when something changes.
+//!
+//! A change costs per change, not per watch: the kept changes sit behind a lock of
+//! their own, which watches read through a [`Follower`] without the cache's lock (so
+//! thousands of watches waking on a change never hold up the agents' streams), and
+//! each change's watch event is written once, by the first watch that sends it, and
+//! shared by every other ([`Change::encoded`]).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
@@ -72,6 +79,16 @@ pub struct Change {
     pub body: Arc<RawValue>,
     /// The object before the change, when there was one.
     pub prev: Option<Arc<RawValue>>,
+    /// The change as a watch event, once one watch wrote it.
+    pub encoded: OnceLock<Bytes>,
+}
+
+impl Change {
+    /// The change as a watch event: written by `encode` for the first watch that
+    /// asks, the same bytes for every later one.
+    pub fn encoded(&self, encode: impl FnOnce(&Change) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(self)).clone()
+    }
 }
 
 /// Where the kind stands, as watches and waiting reads see it.
@@ -103,11 +120,40 @@ pub struct KindWindow {
     /// A resourceVersion that is not a number was seen: the kind is never answered
     /// from the cache (versions cannot be compared).
     pub opaque: bool,
+    kept: Arc<Mutex<Kept>>,
+    mark: watch::Sender<Mark>,
+}
+
+/// The changes a window keeps, shared with the watches that follow it.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The epoch these changes belong to (as [`Mark::epoch`]).
+    epoch: u64,
     /// Watches from this resourceVersion on are served; `None` right after a relist.
     start: Option<u64>,
     changes: VecDeque<Arc<Change>>,
     bytes: usize,
-    mark: watch::Sender<Mark>,
+}
+
+impl Kept {
+    fn since(&self, rv: u64) -> Result<Vec<Arc<Change>>, TooOld> {
+        if self.start.is_none_or(|start| rv < start) {
+            return Err(TooOld { start: self.start });
+        }
+        // Changes are in resourceVersion order: skip the old ones from the back.
+        let newer = self.changes.iter().rev().take_while(|c| c.rv > rv).count();
+        Ok(self
+            .changes
+            .iter()
+            .skip(self.changes.len() - newer)
+            .cloned()
+            .collect())
+    }
+}
+
+fn kept(kept: &Mutex<Kept>) -> MutexGuard<'_, Kept> {
+    // Changed in whole steps; a panic elsewhere leaves it usable.
+    kept.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Default for KindWindow {
@@ -117,11 +163,39 @@ impl Default for KindWindow {
             namespaced: false,
             live: false,
             opaque: false,
-            start: None,
-            changes: VecDeque::new(),
-            bytes: 0,
+            kept: Arc::default(),
             mark: watch::Sender::new(Mark::default()),
         }
+    }
+}
+
+/// A watch's side of a window: the changes without the cache's lock, and a wake-up
+/// on every change of the kind. It ends when the kind (or its account) leaves the
+/// cache.
+#[derive(Debug)]
+pub struct Follower {
+    kept: Arc<Mutex<Kept>>,
+    mark: watch::Receiver<Mark>,
+}
+
+/// The kind left the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
+
+impl Follower {
+    /// Where the kind stands now (marked as seen: [`Follower::changed`] waits for the
+    /// next change), the epoch of the kept changes and the changes after `rv`.
+    pub fn look(&mut self, rv: u64) -> (Mark, u64, Result<Vec<Arc<Change>>, TooOld>) {
+        // The mark first: a change is kept before the mark moves past it, so every
+        // change up to the mark is in what is read next.
+        let mark = *self.mark.borrow_and_update();
+        let kept = kept(&self.kept);
+        (mark, kept.epoch, kept.since(rv))
+    }
+
+    /// Waits for the kind's next change.
+    pub async fn changed(&mut self) -> Result<(), Gone> {
+        self.mark.changed().await.map_err(|_| Gone)
     }
 }
 
@@ -142,9 +216,17 @@ impl KindWindow {
         self.mark.subscribe()
     }
 
+    /// What a watch follows the kind with.
+    pub fn follow(&self) -> Follower {
+        Follower {
+            kept: Arc::clone(&self.kept),
+            mark: self.mark.subscribe(),
+        }
+    }
+
     /// The oldest resourceVersion a watch can start from, if any.
     pub fn start(&self) -> Option<u64> {
-        self.start
+        kept(&self.kept).start
     }
 
     fn bump(&mut self, rv: u64, new_epoch: bool) {
@@ -174,16 +256,18 @@ impl KindWindow {
 
     /// Records a change applied to the cache outside a full relist.
     pub fn record(&mut self, change: Change) {
-        self.bytes += change.body.get().len();
         let rv = change.rv;
-        // The first change after a relist: every later version is covered.
-        self.start.get_or_insert(rv);
-        self.changes.push_back(Arc::new(change));
-        while self.changes.len() > MAX_CHANGES || (self.bytes > MAX_BYTES && self.changes.len() > 1)
         {
-            if let Some(old) = self.changes.pop_front() {
-                self.bytes -= old.body.get().len();
-                self.start = self.start.map(|s| s.max(old.rv));
+            let mut k = kept(&self.kept);
+            k.bytes += change.body.get().len();
+            // The first change after a relist: every later version is covered.
+            k.start.get_or_insert(rv);
+            k.changes.push_back(Arc::new(change));
+            while k.changes.len() > MAX_CHANGES || (k.bytes > MAX_BYTES && k.changes.len() > 1) {
+                if let Some(old) = k.changes.pop_front() {
+                    k.bytes -= old.body.get().len();
+                    k.start = k.start.map(|s| s.max(old.rv));
+                }
             }
         }
         self.bump(rv, false);
@@ -194,26 +278,20 @@ impl KindWindow {
     /// ones (for nothing until the next change when the list's version is unknown or
     /// older than what the kind showed before), and watches opened before end.
     pub fn restart(&mut self, listed_at: Option<u64>) {
-        self.changes.clear();
-        self.bytes = 0;
         let rv = self.mark().rv;
-        self.start = listed_at.filter(|at| *at >= rv);
+        {
+            let mut k = kept(&self.kept);
+            k.changes.clear();
+            k.bytes = 0;
+            k.start = listed_at.filter(|at| *at >= rv);
+            k.epoch += 1;
+        }
         self.bump(rv, true);
     }
 
     /// The changes after `rv` (oldest first), or how far back the window reaches.
     pub fn since(&self, rv: u64) -> Result<Vec<Arc<Change>>, TooOld> {
-        if self.start.is_none_or(|start| rv < start) {
-            return Err(TooOld { start: self.start });
-        }
-        // Changes are in resourceVersion order: skip the old ones from the back.
-        let newer = self.changes.iter().rev().take_while(|c| c.rv > rv).count();
-        Ok(self
-            .changes
-            .iter()
-            .skip(self.changes.len() - newer)
-            .cloned()
-            .collect())
+        kept(&self.kept).since(rv)
     }
 }
 
@@ -230,6 +308,7 @@ mod tests {
             name: name.into(),
             body: Arc::from(RawValue::from_string(body).expect("json")),
             prev: None,
+            encoded: OnceLock::new(),
         }
     }
 
@@ -317,6 +396,33 @@ mod tests {
         // A list older than what the kind showed before proves nothing.
         w.restart(Some(25));
         assert!(w.since(31).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_follower_reads_the_changes_and_ends_with_the_kind() {
+        let mut w = KindWindow::default();
+        w.restart(None);
+        let mut follower = w.follow();
+        w.record(change(1, "a", 1));
+        follower.changed().await.expect("woken by the change");
+        let (mark, epoch, since) = follower.look(0);
+        assert_eq!((mark.rv, epoch), (1, w.mark().epoch));
+        assert!(since.is_err(), "0 is before the window's start");
+        w.record(change(2, "b", 1));
+        let (_, _, since) = follower.look(1);
+        assert_eq!(rvs(&since.expect("in the window")), [2]);
+        // Each change's event is written once, whoever asks.
+        let changes = w.since(1).expect("in the window");
+        let mut written = 0;
+        for _ in 0..3 {
+            changes[0].encoded(|_| {
+                written += 1;
+                Bytes::from_static(b"event")
+            });
+        }
+        assert_eq!(written, 1);
+        drop(w);
+        assert_eq!(follower.changed().await, Err(Gone));
     }
 
     #[test]

@@ -11,11 +11,13 @@ use axum::body::Body;
 use http::Response;
 
 use super::barrier::Barriers;
+use super::hold::Holding;
 use super::list::{self, Snapshots};
 use super::path::ResourcePath;
 use super::read::{self, Pass, Read, Version};
 use super::watch::{self, Start, Watch};
 use crate::core::cache::ObjectKey;
+use crate::core::memory::Memory;
 use crate::core::window::Mark;
 use crate::state::Shared;
 
@@ -43,6 +45,8 @@ pub struct Ctx<'a> {
     pub watches: &'a Arc<watch::Slots>,
     /// Watches at most per token.
     pub max_watches: usize,
+    /// The bytes held for each token; a page of a list counts until it is sent.
+    pub memory: &'a Arc<Memory>,
     /// Versions reads must reach after the clients' writes.
     pub barriers: &'a Barriers,
     /// The account's agent is away: the cache answers from its last known state and
@@ -88,21 +92,15 @@ pub async fn answer(
                 ))));
             }
             Step::List(listed) => {
-                return Ok(list::page(
-                    ctx.snapshots,
-                    ctx.owner,
-                    &read,
-                    Some(listed),
-                    fingerprint,
+                return Ok(held_until_sent(
+                    ctx,
+                    list::page(ctx.snapshots, ctx.owner, &read, Some(listed), fingerprint),
                 ));
             }
             Step::Continue => {
-                return Ok(list::page(
-                    ctx.snapshots,
-                    ctx.owner,
-                    &read,
-                    None,
-                    fingerprint,
+                return Ok(held_until_sent(
+                    ctx,
+                    list::page(ctx.snapshots, ctx.owner, &read, None, fingerprint),
                 ));
             }
             Step::Watch(w) => {
@@ -117,10 +115,48 @@ pub async fn answer(
                     )
                     .response());
                 };
-                return Ok(watch::serve(Arc::clone(ctx.shared), *w, slot));
+                return Ok(watch::serve(*w, slot));
             }
         }
     }
+}
+
+/// A page counted against its token's bytes until it is sent (a client that leaves
+/// its lists unread holds no more than its bound); 429 past the bound.
+fn held_until_sent(ctx: &Ctx<'_>, page: Response<Body>) -> Response<Body> {
+    let bytes = hyper::body::Body::size_hint(page.body())
+        .exact()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    match ctx.memory.take(ctx.owner, bytes) {
+        Ok(held) => page.map(|body| Body::new(Holding::new(in_parts(body), held))),
+        Err(over) => super::passthrough::too_much(over).response(),
+    }
+}
+
+/// Parts of a page written at a time.
+const PART: usize = 64 << 10;
+
+/// `body` handed to the connection a part at a time (slices of the same bytes): the
+/// connection takes the next part only when it has written the last, so the page
+/// counts as held until it is nearly all sent, not as soon as the connection took it
+/// whole into its buffer.
+fn in_parts(body: Body) -> Body {
+    use futures::StreamExt as _;
+    let parts = body.into_data_stream().flat_map(|whole| {
+        let parts: Vec<Result<bytes::Bytes, axum::Error>> = match whole {
+            Ok(mut bytes) => {
+                let mut parts = Vec::with_capacity(bytes.len() / PART + 1);
+                while !bytes.is_empty() {
+                    parts.push(Ok(bytes.split_to(bytes.len().min(PART))));
+                }
+                parts
+            }
+            Err(err) => vec![Err(err)],
+        };
+        futures::stream::iter(parts)
+    });
+    Body::from_stream(parts)
 }
 
 fn step(
@@ -220,7 +256,7 @@ fn step(
         read: read.clone(),
         start,
         mark,
-        changes: kind.window.subscribe(),
+        follower: kind.window.follow(),
     })))
 }
 

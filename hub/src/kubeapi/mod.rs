@@ -20,7 +20,7 @@
 //! session, flow control), [`passthrough`] (replaying a request through the agent), [`stale`] (reads
 //! while an account's agent is away),
 //! [`discovery`] (discovery and OpenAPI kept while the agent follows what the
-//! cluster serves), [`status`] (Kubernetes `Status` answers), [`table`] (lists as
+//! cluster serves), [`hold`] (answers that hold their place or bytes until sent), [`status`] (Kubernetes `Status` answers), [`table`] (lists as
 //! `Table`s, the columns `kubectl get` prints), [`kubeconfig`] (the kubeconfig Spinnaker
 //! operators paste into Clouddriver).
 
@@ -28,6 +28,7 @@ pub mod auth;
 pub mod barrier;
 pub mod cached;
 pub mod discovery;
+pub mod hold;
 pub mod kubeconfig;
 pub mod list;
 pub mod locate;
@@ -48,6 +49,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::stream::tunnel::Tunnels;
+
+/// How long a connection past its age still gets for the requests it carries.
+pub const AGE_GRACE: Duration = Duration::from_secs(60);
 
 /// Where the bearer tokens of the Kubernetes API come from.
 #[derive(Debug, Clone)]
@@ -85,6 +89,16 @@ pub struct KubeApiConfig {
     /// Watches served from the cache at once per token; more are answered 429, so
     /// one token's watches cannot take the hub's time from every other's.
     pub max_watches_per_token: usize,
+    /// A connection with no request in flight for this long is closed (HTTP/2
+    /// included, which has no idle limit of its own); zero: never.
+    pub idle_timeout: Duration,
+    /// A connection this old is asked to close (HTTP/2 GOAWAY; HTTP/1.1 after its
+    /// current request), and closed [`AGE_GRACE`] later whatever it still carries;
+    /// zero: never.
+    pub max_connection_age: Duration,
+    /// Bytes the hub holds for requests (bodies on their way to an agent, list
+    /// answers not yet sent), per token and in total; past them, 429.
+    pub held: crate::core::memory::Bounds,
     /// The certificate the API is served with, when not the hub's own (`Config::tls`);
     /// with neither, it is served over plain HTTP.
     pub tls: Option<crate::net::tls::TlsConfig>,
@@ -98,8 +112,9 @@ pub struct KubeApiConfig {
 impl KubeApiConfig {
     /// Defaults on `addr` with `tokens`: impersonation refused, stale reads served,
     /// 60 s request timeout, 1 MiB window, 4096 connections (1024 per client
-    /// address), 1000 watches per token,
-    /// the hub's own certificate.
+    /// address), closed after 5 minutes idle or asked to close at 1 hour old, 1000
+    /// watches per token, 128 MiB of bodies and unsent lists held per token (512 MiB
+    /// in total), the hub's own certificate.
     pub fn new(addr: SocketAddr, tokens: TokenSource) -> KubeApiConfig {
         KubeApiConfig {
             addr,
@@ -111,6 +126,9 @@ impl KubeApiConfig {
             max_connections: 4096,
             max_connections_per_address: 1024,
             max_watches_per_token: 1000,
+            idle_timeout: Duration::from_secs(5 * 60),
+            max_connection_age: Duration::from_secs(60 * 60),
+            held: crate::core::memory::Bounds::default(),
             tls: None,
             replica_ca: None,
         }

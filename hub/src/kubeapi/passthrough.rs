@@ -24,9 +24,11 @@ use tracing::{debug, info, warn};
 
 use super::barrier::{self, Barriers};
 use super::status::Failure;
+use crate::core::fair::{Class, Flow};
+use crate::core::memory::{Held, Over};
 use crate::core::registry::SessionId;
 use crate::state::{Outbound, Shared};
-use crate::stream::tunnel::Part;
+use crate::stream::tunnel::{Part, Refused};
 
 /// The largest request body the hub carries (the API server takes at most 3 MiB).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
@@ -40,6 +42,10 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 pub struct Replay<'a> {
     /// The account.
     pub account: &'a str,
+    /// The caller's token (its line in the tokens file).
+    pub token: usize,
+    /// Short or long-running.
+    pub class: Class,
     /// The session holding it.
     pub session: SessionId,
     /// Its outbound frames.
@@ -52,6 +58,8 @@ pub struct Replay<'a> {
     pub headers: &'a HeaderMap,
     /// The request body.
     pub body: Bytes,
+    /// Its bytes, counted until the agent has it.
+    pub held: Held,
     /// How long to wait for the answer's head when the request names no timeout.
     pub default_timeout: Duration,
     /// The response window.
@@ -124,35 +132,53 @@ async fn record_write(
     Response::from_parts(parts, Body::from(bytes))
 }
 
-/// Reads a request body whole: at most [`MAX_REQUEST_BODY`] bytes (413 past it), and
+/// 429: the hub holds as many bytes for the token (or for everybody) as it may.
+pub fn too_much(over: Over) -> Failure {
+    Failure::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        over.to_string(),
+    )
+}
+
+/// Reads a request body whole: at most [`MAX_REQUEST_BODY`] bytes (413 past it), each
+/// counted in `held` as it arrives (429 past the token's or the hub's bound), and
 /// within `deadline` (408 past it), so a client that never finishes its body does
 /// not hold the hub's memory and its connection's task for ever.
-pub async fn read_body<B>(body: B, deadline: Duration) -> Result<Bytes, Failure>
+pub async fn read_body<B>(body: B, deadline: Duration, held: &mut Held) -> Result<Bytes, Failure>
 where
     B: hyper::body::Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: std::fmt::Display,
 {
+    use bytes::{Buf as _, BufMut as _};
     use http_body_util::BodyExt as _;
-    let collect = http_body_util::Limited::new(body, MAX_REQUEST_BODY).collect();
-    match tokio::time::timeout(deadline, collect).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) => {
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(Failure::new(
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        let mut all = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| {
+                Failure::bad_request(format!(
+                    "reading the request body: {}",
+                    crate::core::clip::clip(&err.to_string())
+                ))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if all.len().saturating_add(data.remaining()) > MAX_REQUEST_BODY {
+                return Err(Failure::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "RequestEntityTooLarge",
                     format!("the request body is larger than {MAX_REQUEST_BODY} bytes"),
-                ))
-            } else {
-                Err(Failure::bad_request(format!(
-                    "reading the request body: {}",
-                    crate::core::clip::clip(&err.to_string())
-                )))
+                ));
             }
+            held.grow(data.remaining()).map_err(too_much)?;
+            all.put(data);
         }
+        Ok(all.freeze())
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(read) => read,
         Err(_) => Err(Failure::new(
             StatusCode::REQUEST_TIMEOUT,
             "Timeout",
@@ -229,10 +255,31 @@ fn head_deadline(path_and_query: &str, default: Duration) -> Duration {
 pub async fn replay(shared: &Arc<Shared>, r: Replay<'_>) -> Response<Body> {
     let started = Instant::now();
     let deadline = head_deadline(r.path_and_query, r.default_timeout);
-    let Some((id, mut rx)) = shared.tunnels.open(&r.session, r.window) else {
-        return Failure::disconnected(r.account).response();
+    let accounts = shared.core().registry.held_by(&r.session).count();
+    let flow = Flow {
+        account: Arc::from(r.account),
+        token: r.token,
+        class: r.class,
+    };
+    let (id, mut rx) = match shared.tunnels.open(&r.session, r.window, flow, accounts) {
+        Ok(opened) => opened,
+        Err(Refused::NotCarried) => return Failure::disconnected(r.account).response(),
+        Err(Refused::Busy(busy)) => {
+            debug!(account = r.account, %busy, "a request past its fair share of the agent's session; answering 429");
+            let mut response = Failure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                busy.to_string(),
+            )
+            .response();
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
     };
     let mut body = r.body;
+    let held = r.held;
     let first = body.split_to(body.len().min(REQUEST_CHUNK));
     let request = KubeRequest {
         id,
@@ -313,6 +360,8 @@ pub async fn replay(shared: &Arc<Shared>, r: Replay<'_>) -> Response<Body> {
             .response();
         }
     };
+    // The agent answered: it has the whole body, the hub no longer holds it.
+    drop(held);
     let Ok(status) = StatusCode::from_u16(u16::try_from(head.status).unwrap_or(0)) else {
         warn!(
             account = r.account,
@@ -479,6 +528,7 @@ impl Stream for Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::memory::{Bounds, Memory};
 
     #[test]
     fn go_durations() {
@@ -514,15 +564,63 @@ mod tests {
         ))])
         .chain(futures::stream::pending());
         let body = http_body_util::StreamBody::new(chunks);
-        let got = read_body(body, Duration::from_millis(50)).await;
+        let memory = Arc::new(Memory::default());
+        let mut held = memory.take(0, 0).expect("nothing held");
+        let got = read_body(body, Duration::from_millis(50), &mut held).await;
         assert_eq!(
             got.map_err(|f| (f.code, f.reason)),
             Err((StatusCode::REQUEST_TIMEOUT, "Timeout"))
         );
         let whole = http_body_util::Full::new(Bytes::from_static(b"{}"));
         assert_eq!(
-            read_body(whole, Duration::from_secs(5)).await.ok(),
+            read_body(whole, Duration::from_secs(5), &mut held)
+                .await
+                .ok(),
             Some(Bytes::from_static(b"{}"))
+        );
+    }
+
+    #[tokio::test]
+    async fn request_bodies_held_are_bounded_per_token() {
+        let memory = Arc::new(Memory::new(Bounds {
+            per_token: 3 << 20,
+            total: 8 << 20,
+        }));
+        let body = || http_body_util::Full::new(Bytes::from(vec![b'x'; 2 << 20]));
+        let mut first = memory.take(1, 0).expect("nothing held");
+        read_body(body(), Duration::from_secs(5), &mut first)
+            .await
+            .expect("within the bound");
+        // The first is still on its way to the agent: a second of the same token
+        // would hold more than its bound.
+        let mut second = memory.take(1, 0).expect("nothing more held");
+        let refused = read_body(body(), Duration::from_secs(5), &mut second).await;
+        assert_eq!(
+            refused.map_err(|f| (f.code, f.reason)).err(),
+            Some((StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"))
+        );
+        drop(second);
+        // Another token is not affected; and once the first is sent, room again.
+        let mut other = memory.take(2, 0).expect("nothing held");
+        read_body(body(), Duration::from_secs(5), &mut other)
+            .await
+            .expect("another token");
+        drop(first);
+        let mut again = memory.take(1, 0).expect("given back");
+        read_body(body(), Duration::from_secs(5), &mut again)
+            .await
+            .expect("given back");
+        // Too large for any request: 413 whatever is held.
+        let huge = http_body_util::Full::new(Bytes::from(vec![b'x'; MAX_REQUEST_BODY + 1]));
+        let mut alone = Arc::new(Memory::default())
+            .take(3, 0)
+            .expect("nothing held");
+        assert_eq!(
+            read_body(huge, Duration::from_secs(5), &mut alone)
+                .await
+                .map_err(|f| f.code)
+                .err(),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
         );
     }
 

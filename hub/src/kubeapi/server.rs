@@ -1,6 +1,7 @@
 //! The listener of the per-account Kubernetes API: TLS with the hub's certificate when
-//! it has one (reloaded with it), HTTP/2 and HTTP/1.1, bounded connections and header
-//! timeouts; and the order every request goes through: which account, who is asking,
+//! it has one (reloaded with it), HTTP/2 and HTTP/1.1, bounded connections (overall and
+//! per client address), header timeouts, and idle and age limits per connection; and
+//! the order every request goes through: which account, who is asking,
 //! what they may do, where the account is, then the answer.
 
 use std::convert::Infallible;
@@ -16,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use scale_agent_proto::kube_api;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
@@ -24,6 +25,7 @@ use super::auth::{Refusal, Tokens};
 use super::barrier::Barriers;
 use super::cached::{self, Ctx};
 use super::discovery;
+use super::hold::Holding;
 use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
 use super::options;
@@ -33,9 +35,11 @@ use super::read;
 use super::scope;
 use super::stale;
 use super::status::Failure;
-use super::{KubeApiConfig, TokenSource};
+use super::{AGE_GRACE, KubeApiConfig, TokenSource};
 use crate::Error;
 use crate::core::clip::clip;
+use crate::core::fair::Class;
+use crate::core::memory::Memory;
 use crate::net::tls::{TlsConfig, TlsState};
 use crate::replicas::forward::{self, Endpoint, Routed};
 use crate::state::Shared;
@@ -53,6 +57,8 @@ pub struct KubeApi {
     discovery: discovery::Memory,
     /// The watches each token holds from the cache.
     watches: Arc<super::watch::Slots>,
+    /// The bytes held for each token's bodies and unsent lists.
+    memory: Arc<Memory>,
 }
 
 /// Starts serving (TLS with the hub's certificate, when it has one); returns the
@@ -101,9 +107,12 @@ pub async fn start(
     info!(%addr, tls = tls_state.is_some(), allow_impersonation = config.allow_impersonation, "serving the Kubernetes API of every account at /accounts/<account>/");
     let max_connections = config.max_connections;
     let max_per_address = config.max_connections_per_address;
+    let idle_timeout = config.idle_timeout;
+    let max_age = config.max_connection_age;
     // The same header timeout as the HTTP API (`--http-header-timeout`): also the idle
     // time of a kept-alive HTTP/1.1 connection.
     let header_timeout = shared.config.http_limits.header_timeout;
+    let held = config.held;
     let api = Arc::new(KubeApi {
         shared: Arc::clone(&shared),
         tokens,
@@ -112,6 +121,7 @@ pub async fn start(
         barriers: Arc::default(),
         discovery: discovery::Memory::default(),
         watches: Arc::default(),
+        memory: Arc::new(Memory::new(held)),
     });
     let mut incoming = crate::net::tls::incoming(
         listener,
@@ -122,7 +132,7 @@ pub async fn start(
     );
     let task = tokio::spawn(async move {
         let limit = Arc::new(Semaphore::new(max_connections));
-        let per_address = Arc::new(super::watch::Slots::<std::net::IpAddr>::default());
+        let per_address = Arc::new(crate::core::slots::Slots::<std::net::IpAddr>::default());
         let mut refused: u64 = 0;
         let mut refused_address: u64 = 0;
         while let Some(conn) = incoming.next().await {
@@ -161,12 +171,19 @@ pub async fn start(
                 // does not hold one of the API's connections.
                 let authenticated = Arc::new(Notify::new());
                 let started = Arc::clone(&authenticated);
+                // Requests in flight on the connection, until their answers are sent.
+                let (active, in_flight) = watch::channel(0usize);
+                let active = Arc::new(active);
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     if api.tokens.scope(req.headers()).is_ok() {
                         started.notify_one();
                     }
+                    let request = InFlight::new(&active);
                     let api = Arc::clone(&api);
-                    async move { Ok::<_, Infallible>(api.handle(req).await) }
+                    async move {
+                        let response = api.handle(req).await;
+                        Ok::<_, Infallible>(response.map(|body| Holding::new(body, request)))
+                    }
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
@@ -192,6 +209,16 @@ pub async fn start(
                     () = unauthenticated(&authenticated, header_timeout) => {
                         debug!("closed a Kubernetes API connection that began no request with a valid token within the header timeout");
                     }
+                    () = idle(in_flight, idle_timeout) => {
+                        debug!(?idle_timeout, "closing a Kubernetes API connection with no request in flight");
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(DRAIN, conn).await;
+                    }
+                    () = aged(max_age) => {
+                        debug!(?max_age, "asking a Kubernetes API connection past its age to close");
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(AGE_GRACE, conn).await;
+                    }
                 }
                 drop(permit);
                 drop(address_slot);
@@ -214,6 +241,54 @@ async fn unauthenticated(authenticated: &Notify, timeout: Duration) {
     {
         std::future::pending::<()>().await;
     }
+}
+
+/// Counts a request in flight on its connection until its answer is sent (or
+/// dropped).
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn new(active: &Arc<watch::Sender<usize>>) -> InFlight {
+        active.send_modify(|n| *n += 1);
+        InFlight(Arc::clone(active))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Ends once the connection has had no request in flight for `limit` (HTTP/2 has no
+/// idle limit of its own); never when `limit` is zero.
+async fn idle(mut in_flight: watch::Receiver<usize>, limit: Duration) {
+    if limit.is_zero() {
+        return std::future::pending().await;
+    }
+    loop {
+        // The connection's task holds the sender: an error cannot come first.
+        if in_flight.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        let busy = tokio::time::timeout(limit, async {
+            in_flight.wait_for(|n| *n > 0).await.is_ok()
+        })
+        .await;
+        match busy {
+            Err(_) => return,
+            Ok(true) => continue,
+            Ok(false) => return std::future::pending().await,
+        }
+    }
+}
+
+/// Ends when a connection reaches `limit` of age; never when `limit` is zero.
+async fn aged(limit: Duration) {
+    if limit.is_zero() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(limit).await;
 }
 
 /// An answer the hub gave from its memory, counted as such; while the agent is away,
@@ -347,6 +422,7 @@ impl KubeApi {
             owner,
             watches: &self.watches,
             max_watches: self.config.max_watches_per_token,
+            memory: &self.memory,
             barriers: &self.barriers,
             stale,
         };
@@ -514,6 +590,11 @@ impl KubeApi {
             // Away: what the cache cannot answer waits for the agent.
             return Failure::disconnected(&account).response();
         };
+        // Watches, logs and the like take the session's long-running room.
+        let class = Class::of(
+            watch,
+            resource.as_ref().and_then(|r| r.subresource.as_deref()),
+        );
         let barrier = resource
             .filter(|r| r.subresource.as_deref() != Some("log"))
             .map(|r| passthrough::BarrierFor {
@@ -529,8 +610,15 @@ impl KubeApi {
             parts.headers.remove(http::header::IF_NONE_MATCH);
             headers
         });
-        // The body's deadline is the request's default one (`--kube-api-request-timeout`).
-        let body = match passthrough::read_body(body, self.config.request_timeout).await {
+        // The body's deadline is the request's default one (`--kube-api-request-timeout`);
+        // its bytes count against the token's and the hub's bounds until the agent
+        // has it.
+        let mut held = match self.memory.take(owner, 0) {
+            Ok(held) => held,
+            Err(over) => return passthrough::too_much(over).response(),
+        };
+        let read = passthrough::read_body(body, self.config.request_timeout, &mut held);
+        let body = match read.await {
             Ok(body) => body,
             Err(refused) => return refused.response(),
         };
@@ -538,12 +626,15 @@ impl KubeApi {
             &self.shared,
             Replay {
                 account: &account,
+                token: owner,
+                class,
                 session,
                 tx,
                 method: &parts.method,
                 path_and_query: &path_and_query,
                 headers: &parts.headers,
                 body,
+                held,
                 default_timeout: self.config.request_timeout,
                 window: self.config.window_bytes,
                 barrier,
@@ -557,5 +648,31 @@ impl KubeApi {
             }
             _ => response,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_is_idle_only_with_nothing_in_flight() {
+        let (active, in_flight) = watch::channel(0usize);
+        let active = Arc::new(active);
+        let request = InFlight::new(&active);
+        let limit = Duration::from_millis(100);
+        let idle = tokio::spawn(idle(in_flight.clone(), limit));
+        tokio::time::sleep(limit * 4).await;
+        assert!(!idle.is_finished(), "a request in flight: not idle");
+        drop(request);
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("idle once its request ended")
+            .expect("ran");
+        // A zero limit: never idle.
+        let never = tokio::spawn(super::idle(in_flight, Duration::ZERO));
+        tokio::time::sleep(limit * 2).await;
+        assert!(!never.is_finished());
+        never.abort();
     }
 }

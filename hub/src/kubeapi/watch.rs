@@ -21,15 +21,16 @@ use bytes::{Bytes, BytesMut};
 use http::Response;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use super::list::Item;
 use super::read::{Read, selected, selected_object};
 use crate::core::cache::KindKey;
-use crate::core::window::{Change, ChangeType, Mark, TooOld};
-use crate::state::Shared;
+use crate::core::window::{Change, ChangeType, Follower, Mark, TooOld};
+
+pub use crate::core::slots::{Slot, Slots};
 
 /// How often a watch that asked for bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
@@ -103,8 +104,8 @@ pub struct Watch {
     pub start: Start,
     /// The kind's epoch and version when the watch was planned.
     pub mark: Mark,
-    /// Wakes on every change of the kind.
-    pub changes: watch::Receiver<Mark>,
+    /// The kind's changes, read without the cache's lock, and a wake-up on each.
+    pub follower: Follower,
 }
 
 fn line(kind: &str, object: &str) -> Bytes {
@@ -235,20 +236,14 @@ enum Next {
     Behind,
 }
 
-fn look(shared: &Shared, w: &Watch, cursor: u64) -> Next {
-    let core = shared.core();
-    let Some(kind) = core
-        .cache
-        .account(&w.account)
-        .and_then(|c| c.window(&w.kind))
-    else {
-        return Next::Ended("the account or kind left the cache");
-    };
-    let mark = kind.mark();
-    if mark.epoch != w.mark.epoch {
+/// The watch's next look at the kind's changes: without the cache's lock, so a
+/// change costs the cache's writers nothing per watch.
+fn look(w: &mut Watch, cursor: u64) -> Next {
+    let (mark, epoch, since) = w.follower.look(cursor);
+    if epoch != w.mark.epoch || mark.epoch != w.mark.epoch {
         return Next::Ended("the hub relisted the kind");
     }
-    match kind.since(cursor) {
+    match since {
         Ok(changes) => Next::Changes(changes, mark),
         // No change since the kind was (re)listed: a watch that started with the
         // objects of this epoch has nothing to catch up on. (A watch from a version
@@ -259,71 +254,21 @@ fn look(shared: &Shared, w: &Watch, cursor: u64) -> Next {
     }
 }
 
-/// What each owner holds (a token's watches, keyed by its line; an address's
-/// connections), counted against a limit.
-#[derive(Debug)]
-pub struct Slots<K: std::hash::Hash + Eq + Copy = usize> {
-    held: std::sync::Mutex<std::collections::HashMap<K, usize>>,
-}
-
-impl<K: std::hash::Hash + Eq + Copy> Default for Slots<K> {
-    fn default() -> Self {
-        Slots {
-            held: std::sync::Mutex::default(),
-        }
-    }
-}
-
-/// One thing an owner holds: given back when dropped.
-#[derive(Debug)]
-pub struct Slot<K: std::hash::Hash + Eq + Copy = usize> {
-    slots: Arc<Slots<K>>,
-    owner: K,
-}
-
-impl<K: std::hash::Hash + Eq + Copy> Slots<K> {
-    /// A slot for `owner`, unless it holds `max`.
-    pub fn take(self: &Arc<Slots<K>>, owner: K, max: usize) -> Option<Slot<K>> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let n = held.entry(owner).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            slots: Arc::clone(self),
-            owner,
-        })
-    }
-}
-
-impl<K: std::hash::Hash + Eq + Copy> Drop for Slot<K> {
-    fn drop(&mut self) {
-        let mut held = self.slots.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = held.get_mut(&self.owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.remove(&self.owner);
-            }
-        }
-    }
-}
-
 /// Answers the watch: a streaming body fed by a task that follows the window; `slot`
 /// is held until the watch ends.
-pub fn serve(shared: Arc<Shared>, mut w: Watch, slot: Slot) -> Response<Body> {
+pub fn serve(mut w: Watch, slot: Slot) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
     tokio::spawn(async move {
         // Held until the watch ends.
         let _slot = slot;
         // `Err(Gone)`: the client went away; the task ends either way.
-        let _ = follow(&shared, &mut w, Out::new(tx)).await;
+        let _ = follow(&mut w, Out::new(tx)).await;
     });
     super::status::json_response(Body::from_stream(ReceiverStream::new(rx)))
 }
 
 /// Writes the watch's events until it ends.
-async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone> {
+async fn follow(w: &mut Watch, mut out: Out) -> Result<(), Gone> {
     let timeout = w
         .read
         .watch
@@ -354,7 +299,7 @@ async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone
         Start::After(rv) => rv,
     };
     loop {
-        match look(shared, w, cursor) {
+        match look(w, cursor) {
             Next::Ended(why) => {
                 debug!(account = %w.account, kind = %w.kind.kind, why, "watch from the cache ends");
                 return Ok(());
@@ -366,7 +311,17 @@ async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone
             Next::Changes(changes, mark) => {
                 for c in &changes {
                     if let Some((t, o)) = change_event(&w.read, &w.kind, c) {
-                        out.push(&encoder.line(t, &o)).await?;
+                        // The change as it is, written once for every watch that
+                        // sends it so.
+                        let shared = encoder.table.is_none()
+                            && t == c.change.as_str()
+                            && matches!(o, std::borrow::Cow::Borrowed(_));
+                        if shared {
+                            out.push(&c.encoded(|c| line(c.change.as_str(), c.body.get())))
+                                .await?;
+                        } else {
+                            out.push(&encoder.line(t, &o)).await?;
+                        }
                     }
                     cursor = c.rv;
                 }
@@ -375,8 +330,9 @@ async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone
             }
         }
         tokio::select! {
-            changed = w.changes.changed() => {
+            changed = w.follower.changed() => {
                 if changed.is_err() {
+                    debug!(account = %w.account, kind = %w.kind.kind, "watch from the cache ends: the account or kind left the cache");
                     return Ok(());
                 }
             }
@@ -413,6 +369,7 @@ mod tests {
             name: "cm".into(),
             body: body("cm", now.0, now.1),
             prev: prev.map(|(app, rv)| body("cm", app, rv)),
+            encoded: std::sync::OnceLock::new(),
         }
     }
 

@@ -3,7 +3,8 @@
 //! every failure, and the HTTP API's server, which closes connections whose
 //! client is slow to send headers or idle, and holds at most a fixed number
 //! of connections open (the rest wait in the kernel's listen backlog, where
-//! they cost the hub no file descriptor).
+//! they cost the hub no file descriptor), and at most a fixed number from one
+//! client address (more are closed at once).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::HttpLimits;
+use crate::core::slots::Slots;
 
 /// The first wait after a failed accept.
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
@@ -97,6 +99,8 @@ pub async fn http(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut full_since: Option<Instant> = None;
+    let per_address = Arc::new(Slots::<std::net::IpAddr>::default());
+    let mut refused_address: u64 = 0;
     loop {
         let slot = match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => slot,
@@ -121,6 +125,20 @@ pub async fn http(
             accepted = acceptor.accept() => accepted,
             () = shutdown.cancelled() => break,
         };
+        let Some(address_slot) = per_address.take(peer.ip(), limits.max_connections_per_address)
+        else {
+            refused_address += 1;
+            if refused_address == 1 || refused_address.is_multiple_of(1000) {
+                warn!(
+                    address = %peer.ip(),
+                    limit = limits.max_connections_per_address,
+                    refused = refused_address,
+                    "too many HTTP API connections from one address (--http-max-connections-per-address); closing its new ones"
+                );
+            }
+            // Its slot of the overall limit goes back with `slot`.
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -133,6 +151,7 @@ pub async fn http(
             if let Err(err) = connection.await {
                 debug!(%peer, %err, "HTTP connection ended with an error");
             }
+            drop(address_slot);
             drop(slot);
         });
     }

@@ -10,6 +10,8 @@
 //!   here: an agent that sends more than it was granted has its request ended.
 //! - When a session ends, its requests end with it: their clients get a 503 (no head
 //!   yet) or a broken body (mid-stream).
+//! - A request starts only within its account's and its token's fair share of the
+//!   session ([`crate::core::fair`]); it holds its place until it is forgotten here.
 
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -19,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use scale_agent_proto::v1::{KubeResponseBody, KubeResponseHead};
 use tokio::sync::mpsc;
 
+use crate::core::fair::{Busy, Flow, Limits, Load};
 use crate::core::registry::SessionId;
 
 /// A piece of an agent's answer.
@@ -45,12 +48,35 @@ pub enum Delivery {
 struct Pending {
     tx: mpsc::UnboundedSender<Part>,
     credit: u64,
+    flow: Flow,
 }
 
 #[derive(Default)]
 struct Inner {
     capable: HashSet<SessionId>,
     requests: HashMap<SessionId, HashMap<u64, Pending>>,
+    load: HashMap<SessionId, Load>,
+}
+
+impl Inner {
+    /// Forgets a request and gives its place back.
+    fn remove(&mut self, session: &SessionId, id: u64) {
+        let Some(pending) = self.requests.get_mut(session).and_then(|r| r.remove(&id)) else {
+            return;
+        };
+        if let Some(load) = self.load.get_mut(session) {
+            load.release(&pending.flow);
+        }
+    }
+}
+
+/// Why a request was not opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The session does not carry requests (or has ended).
+    NotCarried,
+    /// Not within the request's fair share now.
+    Busy(Busy),
 }
 
 /// Every request in flight, by session.
@@ -58,6 +84,7 @@ struct Inner {
 pub struct Tunnels {
     next_id: AtomicU64,
     inner: Mutex<Inner>,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Tunnels {
@@ -83,25 +110,37 @@ impl Tunnels {
         self.inner().capable.contains(session)
     }
 
-    /// Registers a request on `session` with `window` bytes of credit; `None` when
-    /// the session does not carry requests (or has ended).
+    /// Registers a request of `flow` on `session` (which holds `accounts` accounts)
+    /// with `window` bytes of credit, when the session carries requests and the flow
+    /// is within its fair share.
     pub fn open(
         &self,
         session: &SessionId,
         window: u64,
-    ) -> Option<(u64, mpsc::UnboundedReceiver<Part>)> {
+        flow: Flow,
+        accounts: usize,
+    ) -> Result<(u64, mpsc::UnboundedReceiver<Part>), Refused> {
         let mut inner = self.inner();
         if !inner.capable.contains(session) {
-            return None;
+            return Err(Refused::NotCarried);
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::unbounded_channel();
         inner
-            .requests
+            .load
             .entry(session.clone())
             .or_default()
-            .insert(id, Pending { tx, credit: window });
-        Some((id, rx))
+            .admit(&flow, accounts, self.limits)
+            .map_err(Refused::Busy)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        inner.requests.entry(session.clone()).or_default().insert(
+            id,
+            Pending {
+                tx,
+                credit: window,
+                flow,
+            },
+        );
+        Ok((id, rx))
     }
 
     /// Hands a frame from `session` to the request it answers.
@@ -111,10 +150,7 @@ impl Tunnels {
             Part::Body(b) => b.id,
         };
         let mut inner = self.inner();
-        let Some(requests) = inner.requests.get_mut(session) else {
-            return Delivery::Unknown;
-        };
-        let Some(pending) = requests.get_mut(&id) else {
+        let Some(pending) = inner.requests.get_mut(session).and_then(|r| r.get_mut(&id)) else {
             return Delivery::Unknown;
         };
         let done = match &part {
@@ -122,7 +158,7 @@ impl Tunnels {
             Part::Body(b) => {
                 let len = b.chunk.len() as u64;
                 if len > pending.credit {
-                    requests.remove(&id);
+                    inner.remove(session, id);
                     return Delivery::OverWindow;
                 }
                 pending.credit -= len;
@@ -132,7 +168,7 @@ impl Tunnels {
         // The client may have gone; its cancel is on its way to the agent.
         let _ = pending.tx.send(part);
         if done {
-            requests.remove(&id);
+            inner.remove(session, id);
         }
         Delivery::Delivered
     }
@@ -151,10 +187,7 @@ impl Tunnels {
 
     /// Forgets a request (answered, or given up); later frames for it are dropped.
     pub fn close(&self, session: &SessionId, id: u64) {
-        let mut inner = self.inner();
-        if let Some(requests) = inner.requests.get_mut(session) {
-            requests.remove(&id);
-        }
+        self.inner().remove(session, id);
     }
 
     /// The session ended: every request on it ends (their receivers see the channel
@@ -162,6 +195,7 @@ impl Tunnels {
     pub fn session_ended(&self, session: &SessionId) -> usize {
         let mut inner = self.inner();
         inner.capable.remove(session);
+        inner.load.remove(session);
         inner.requests.remove(session).map_or(0, |r| r.len())
     }
 
@@ -195,6 +229,14 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    fn short() -> Flow {
+        Flow {
+            account: Arc::from("a"),
+            token: 0,
+            class: crate::core::fair::Class::Short,
+        }
+    }
+
     fn body(id: u64, bytes: usize, done: bool) -> Part {
         Part::Body(KubeResponseBody {
             id,
@@ -208,10 +250,13 @@ mod tests {
     fn an_agent_answers_only_requests_sent_on_its_session() {
         let tunnels = Tunnels::default();
         let (a, b): (SessionId, SessionId) = (Arc::from("a"), Arc::from("b"));
-        assert!(tunnels.open(&a, 10).is_none(), "not capable yet");
+        assert!(
+            matches!(tunnels.open(&a, 10, short(), 1), Err(Refused::NotCarried)),
+            "not capable yet"
+        );
         tunnels.enable(&a);
         tunnels.enable(&b);
-        let (id, mut rx) = tunnels.open(&a, 10).expect("capable");
+        let (id, mut rx) = tunnels.open(&a, 10, short(), 1).expect("capable");
         // Session b guesses the id: dropped, and the request is untouched.
         let forged = Part::Head(KubeResponseHead {
             id,
@@ -238,7 +283,7 @@ mod tests {
         let tunnels = Tunnels::default();
         let s: SessionId = Arc::from("s");
         tunnels.enable(&s);
-        let (id, mut rx) = tunnels.open(&s, 10).expect("capable");
+        let (id, mut rx) = tunnels.open(&s, 10, short(), 1).expect("capable");
         assert_eq!(tunnels.deliver(&s, body(id, 6, false)), Delivery::Delivered);
         assert_eq!(tunnels.deliver(&s, body(id, 4, false)), Delivery::Delivered);
         tunnels.grant(&s, id, 5);
@@ -266,15 +311,72 @@ mod tests {
         let (a, b): (SessionId, SessionId) = (Arc::from("a"), Arc::from("b"));
         tunnels.enable(&a);
         tunnels.enable(&b);
-        let (_, mut ra) = tunnels.open(&a, 1).expect("capable");
-        let (ib, _rb) = tunnels.open(&b, 1).expect("capable");
+        let (_, mut ra) = tunnels.open(&a, 1, short(), 1).expect("capable");
+        let (ib, _rb) = tunnels.open(&b, 1, short(), 1).expect("capable");
         assert_eq!(tunnels.session_ended(&a), 1);
         assert!(matches!(
             ra.try_recv(),
             Err(mpsc::error::TryRecvError::Disconnected)
         ));
         assert!(!tunnels.capable(&a));
-        assert!(tunnels.open(&a, 1).is_none());
+        assert!(matches!(
+            tunnels.open(&a, 1, short(), 1),
+            Err(Refused::NotCarried)
+        ));
         assert_eq!(tunnels.deliver(&b, body(ib, 1, false)), Delivery::Delivered);
+    }
+}
+
+#[cfg(test)]
+mod fair_tests {
+    use super::*;
+    use crate::core::fair::Class;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_request_holds_its_place_until_it_is_forgotten_however_it_ends() {
+        let tunnels = Tunnels::default();
+        let s: SessionId = Arc::from("s");
+        tunnels.enable(&s);
+        let watch = Flow {
+            account: Arc::from("a"),
+            token: 0,
+            class: Class::LongRunning,
+        };
+        // One account alone, one token: it leaves half of the long-running room.
+        let mut open = Vec::new();
+        while let Ok((id, rx)) = tunnels.open(&s, 1, watch.clone(), 1) {
+            open.push((id, rx));
+        }
+        assert_eq!(open.len(), 64);
+        assert!(matches!(
+            tunnels.open(&s, 1, watch.clone(), 1),
+            Err(Refused::Busy(Busy::Token { .. }))
+        ));
+        // Cancelled by the client, answered, or overrunning its window: each gives
+        // its place back.
+        let (cancelled, _) = open.pop().expect("one");
+        tunnels.close(&s, cancelled);
+        let (id, _rx) = tunnels.open(&s, 1, watch.clone(), 1).expect("room again");
+        let done = Part::Body(KubeResponseBody {
+            id,
+            chunk: Default::default(),
+            done: true,
+            error: String::new(),
+        });
+        assert_eq!(tunnels.deliver(&s, done), Delivery::Delivered);
+        let (id, _rx) = tunnels.open(&s, 1, watch.clone(), 1).expect("room again");
+        let over = Part::Body(KubeResponseBody {
+            id,
+            chunk: vec![b'x'; 2].into(),
+            done: false,
+            error: String::new(),
+        });
+        assert_eq!(tunnels.deliver(&s, over), Delivery::OverWindow);
+        assert!(tunnels.open(&s, 1, watch.clone(), 1).is_ok());
+        // A session that ends forgets its load with its requests.
+        tunnels.session_ended(&s);
+        tunnels.enable(&s);
+        assert!(tunnels.open(&s, 1, watch, 1).is_ok());
     }
 }
