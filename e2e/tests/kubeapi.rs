@@ -75,6 +75,10 @@ fn main() {
             ("kubectl_get_w_prints_from_the_cache", |e| {
                 Box::pin(watched_tables(e))
             }),
+            (
+                "kubectl_prints_custom_resources_columns_through_the_hub",
+                |e| Box::pin(custom_resource_tables(e)),
+            ),
         ],
     );
 }
@@ -112,6 +116,16 @@ fn stream_all_kinds(name: &str, ns: &str) -> AccountConfig {
 }
 
 async fn rig(env: &Env, name: &str, extra_hub_args: &[&str]) -> anyhow::Result<Rig> {
+    rig_streaming(env, name, extra_hub_args, &[]).await
+}
+
+/// [`rig`] whose management account streams `kinds` (the default set when empty).
+async fn rig_streaming(
+    env: &Env,
+    name: &str,
+    extra_hub_args: &[&str],
+    kinds: &[&str],
+) -> anyhow::Result<Rig> {
     let pki = &env.cp.pki;
     let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
     let port = free_port()?;
@@ -138,13 +152,12 @@ async fn rig(env: &Env, name: &str, extra_hub_args: &[&str]) -> anyhow::Result<R
     let s = scenario_with(env, name, "600s", None, hub_args).await?;
     let identity = shard_identity_uri(&ShardRef::new(s.ns.clone(), name.to_string()));
     let client = pki.issue_client(&format!("agent-{name}"), "agent", None, &[&identity])?;
+    let mut mgmt_account = stream_all_kinds(&mgmt, &s.ns);
+    mgmt_account.scope.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
     let mut cfg = config(
         &s,
         name,
-        vec![
-            stream_all_kinds(&mgmt, &s.ns),
-            stream_all_kinds(&target, &s.ns),
-        ],
+        vec![mgmt_account, stream_all_kinds(&target, &s.ns)],
     );
     cfg.hub.tls = Some(TlsConfig {
         ca_file: pki.ca_file.display().to_string(),
@@ -1944,8 +1957,9 @@ fn without_age(out: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// `kubectl get` (printed columns, and `-o wide`) through the hub prints what it prints
-/// against the cluster, AGE excepted, and the Tables it asks for come from the cache.
+/// `kubectl get` (printed columns, and `-o wide`) of every kind of the default set, and
+/// of one object by name, through the hub prints what it prints against the cluster,
+/// AGE excepted, and the Tables it asks for come from the cache.
 async fn tables(env: Arc<Env>) -> anyhow::Result<()> {
     let rig = rig(&env, "ktab", &[]).await?;
     let ns = rig.s.ns.clone();
@@ -2081,6 +2095,19 @@ metadata: {{ name: all, namespace: {ns} }}
 spec:
   podSelector: {{}}
   policyTypes: [Egress]
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{ name: web, namespace: {ns} }}
+spec:
+  scaleTargetRef: {{ apiVersion: apps/v1, kind: Deployment, name: web }}
+  minReplicas: 2
+  maxReplicas: 4
+  metrics:
+  - type: Resource
+    resource: {{ name: cpu, target: {{ type: Utilization, averageUtilization: 70 }} }}
+  - type: Resource
+    resource: {{ name: memory, target: {{ type: AverageValue, averageValue: 100Mi }} }}
 "#
     );
     let applied = k.direct_full(&["apply", "-f", "-"], Some(&workloads))?;
@@ -2091,25 +2118,34 @@ spec:
     );
     // Warm kubectl's discovery cache (discovery goes to the cluster).
     k.hub(&["-n", &ns, "get", "configmaps"], None)?;
+    // Every kind, and one object by name (`kubectl get KIND NAME`), each also `-o wide`.
     let gets: Vec<Vec<&str>> = [
-        "configmaps",
-        "serviceaccounts",
-        "deployments",
-        "replicasets",
-        "statefulsets",
-        "daemonsets",
-        "services",
-        "jobs",
-        "cronjobs",
-        "ingresses",
-        "networkpolicies",
+        vec!["configmaps"],
+        vec!["serviceaccounts"],
+        vec!["deployments"],
+        vec!["replicasets"],
+        vec!["statefulsets"],
+        vec!["daemonsets"],
+        vec!["services"],
+        vec!["jobs"],
+        vec!["cronjobs"],
+        vec!["ingresses"],
+        vec!["networkpolicies"],
+        vec!["pods"],
+        vec!["horizontalpodautoscalers"],
+        vec!["deployment", "web"],
+        vec!["configmap", "t-0"],
+        vec!["service", "edge"],
+        vec!["hpa", "web"],
+        vec!["job", "migrate"],
     ]
     .iter()
-    .flat_map(|kind| {
-        [
-            vec!["-n", ns.as_str(), "get", *kind],
-            vec!["-n", ns.as_str(), "get", *kind, "-o", "wide"],
-        ]
+    .flat_map(|what| {
+        let mut get = vec!["-n", ns.as_str(), "get"];
+        get.extend(what.iter().copied());
+        let mut wide = get.clone();
+        wide.extend(["-o", "wide"]);
+        [get, wide]
     })
     .collect();
     let (cache_before, _) = answered(&rig).await?;
@@ -2356,22 +2392,7 @@ async fn discovery_from_memory(env: Arc<Env>) -> anyhow::Result<()> {
     }
     // A new CRD on the cluster: a kubectl through the hub finds its kind.
     let group = format!("{}.e2e.scaleagent.dev", rig.mgmt);
-    let crd = format!(
-        r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{ name: widgets.{group} }}
-spec:
-  group: {group}
-  scope: Namespaced
-  names: {{ plural: widgets, singular: widget, kind: Widget }}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema: {{ openAPIV3Schema: {{ type: object, x-kubernetes-preserve-unknown-fields: true }} }}
-"#
-    );
+    let crd = crd_manifest(&group, "widget", "Widget", "");
     // On the target cluster, which the tests counting the management account's
     // requests do not ask through their hubs.
     let on_target = |args: &[&str], stdin: Option<&str>| {
@@ -2607,5 +2628,132 @@ async fn watched_tables(env: Arc<Env>) -> anyhow::Result<()> {
         c1 - c0,
         x1 - x0
     );
+    Ok(())
+}
+
+/// A namespaced CRD of `group` whose kind is `kind` (plural `<singular>s`), served at
+/// v1 with any fields; `version_extra` is added to its version (YAML, indented 4).
+fn crd_manifest(group: &str, singular: &str, kind: &str, version_extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{ name: {singular}s.{group} }}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{ plural: {singular}s, singular: {singular}, kind: {kind} }}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {{ openAPIV3Schema: {{ type: object, x-kubernetes-preserve-unknown-fields: true }} }}{version_extra}
+"#
+    )
+}
+
+/// A custom resource's `kubectl get` (its CRD's `additionalPrinterColumns`, `-o wide`
+/// and one object by name) through the hub prints what it prints against the cluster,
+/// AGE excepted, and once the hub has read the CRD not one of these reaches the cluster.
+async fn custom_resource_tables(env: Arc<Env>) -> anyhow::Result<()> {
+    let name = "kcrd";
+    let group = format!("{name}-mgmt.e2e.scaleagent.dev");
+    let crd = crd_manifest(
+        &group,
+        "gadget",
+        "Gadget",
+        r#"
+    additionalPrinterColumns:
+    - { name: Size, type: integer, jsonPath: .spec.size }
+    - { name: Color, type: string, jsonPath: .spec.color, description: the gadget's color }
+    - { name: Wheels, type: string, jsonPath: '.spec.parts[?(@.kind=="wheel")].count' }
+    - { name: Shiny, type: boolean, jsonPath: .spec.shiny }
+    - { name: Since, type: date, jsonPath: .spec.since }
+    - { name: Owner, type: string, jsonPath: .metadata.labels.owner, priority: 1 }"#,
+    );
+    let direct = |args: &[&str], stdin: Option<&str>| {
+        kubectl::run_full(
+            &env.cp.bins.kubectl,
+            &env.cp.management.kubeconfig,
+            args,
+            stdin,
+        )
+    };
+    let created = direct(&["apply", "-f", "-"], Some(&crd))?;
+    ensure!(created.success, "creating the CRD: {}", created.stderr);
+    let established = direct(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            &format!("crd/gadgets.{group}"),
+        ],
+        None,
+    )?;
+    ensure!(established.success, "the CRD: {}", established.stderr);
+    let rig = rig_streaming(&env, name, &[], &["ConfigMap", &format!("Gadget.{group}")]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let gadgets = format!(
+        r#"
+apiVersion: {group}/v1
+kind: Gadget
+metadata: {{ name: g1, namespace: {ns}, labels: {{ owner: ann }} }}
+spec:
+  size: 3
+  color: red
+  shiny: true
+  since: "2026-01-01T00:00:00Z"
+  parts: [{{ kind: bolt, count: 9 }}, {{ kind: wheel, count: 4 }}]
+---
+apiVersion: {group}/v1
+kind: Gadget
+metadata: {{ name: g2, namespace: {ns} }}
+spec: {{ size: 1, parts: [{{ kind: bolt, count: 2 }}] }}
+"#
+    );
+    let applied = k.direct_full(&["apply", "-f", "-"], Some(&gadgets))?;
+    ensure!(applied.success, "the gadgets: {}", applied.stderr);
+    let gets: Vec<Vec<&str>> = vec![
+        vec!["-n", ns.as_str(), "get", "gadgets"],
+        vec!["-n", ns.as_str(), "get", "gadgets", "-o", "wide"],
+        vec!["-n", ns.as_str(), "get", "gadget", "g1"],
+        vec!["-n", ns.as_str(), "get", "gadget", "g2", "-o", "wide"],
+    ];
+    // The agent follows the CRDs shortly after it registers; from then on the hub
+    // reads the CRD once and prints from the cache.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (c0, x0) = answered(&rig).await?;
+        let mut differ = None;
+        for args in &gets {
+            let through = k.hub(args, None)?;
+            let direct = k.direct(args)?;
+            if without_age(&through) != without_age(&direct) || through.lines().count() < 2 {
+                differ = Some(format!(
+                    "kubectl {args:?}: through the hub\n{through}\ndirectly\n{direct}"
+                ));
+            }
+        }
+        let (c1, x1) = answered(&rig).await?;
+        if differ.is_none() && x1 == x0 {
+            eprintln!(
+                "{} custom resource tables: {} requests from the cache, 0 to the cluster",
+                gets.len(),
+                c1 - c0
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            direct(&["delete", "crd", &format!("gadgets.{group}")], None)?;
+            bail!(
+                "custom resource tables: {} requests went to the cluster; {}",
+                x1 - x0,
+                differ.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    direct(&["delete", "crd", &format!("gadgets.{group}")], None)?;
     Ok(())
 }

@@ -21,12 +21,14 @@
 //! while an account's agent is away),
 //! [`discovery`] (discovery and OpenAPI kept while the agent follows what the
 //! cluster serves), [`status`] (Kubernetes `Status` answers), [`table`] (lists as
-//! `Table`s, the columns `kubectl get` prints), [`kubeconfig`] (the kubeconfig Spinnaker
+//! `Table`s, the columns `kubectl get` prints), [`columns`] (custom resources' columns,
+//! from their CRDs), [`kubeconfig`] (the kubeconfig Spinnaker
 //! operators paste into Clouddriver).
 
 pub mod auth;
 pub mod barrier;
 pub mod cached;
+pub mod columns;
 pub mod discovery;
 pub mod kubeconfig;
 pub mod list;

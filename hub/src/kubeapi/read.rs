@@ -15,8 +15,8 @@
 //! - a kind the agent does not stream, at another version, mid-relist, or outside the
 //!   account's namespaces or label filter;
 //! - metadata-only answers, Tables of kinds the hub has no printer for
-//!   ([`super::table`]), watches of Tables other than from a version without
-//!   bookmarks (what `kubectl get -w` asks), `pretty`,
+//!   ([`super::table`], [`super::columns`]), watches of Tables other than from a
+//!   version without bookmarks (what `kubectl get -w` asks), `pretty`,
 //!   `resourceVersionMatch=Exact`, parameters the hub does not know, selectors it
 //!   cannot evaluate exactly (a field the kind does not index, a selector the API
 //!   server would refuse), and a `continue` token the cluster issued.
@@ -167,15 +167,14 @@ pub fn plan(
         Some(n) => Version::NotOlderThan(n.parse().map_err(|_| "an opaque resourceVersion")?),
     };
     if read.name.is_some() {
-        // The API server reads one object with `resourceVersion` alone.
-        if query
-            .iter()
-            .any(|(k, _)| !matches!(k.as_str(), "resourceVersion" | "timeout"))
-        {
+        // The API server reads one object with `resourceVersion` alone (and, for a
+        // Table, `includeObject`).
+        let allowed = |k: &str| {
+            matches!(k, "resourceVersion" | "timeout")
+                || (k == "includeObject" && read.table.is_some())
+        };
+        if query.iter().any(|(k, _)| !allowed(k)) {
             return Err("one object by name with list or watch parameters");
-        }
-        if read.table.is_some() {
-            return Err("a Table of one object");
         }
         return Ok(read);
     }
@@ -525,15 +524,18 @@ mod tests {
                 "{pass:?}"
             );
         }
+        let table = accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json");
         assert!(
-            plan(
-                &Method::GET,
-                &one,
-                &[],
-                &accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
-            )
-            .is_err(),
-            "a Table of one object"
+            plan(&Method::GET, &one, &[], &table).is_ok_and(|r| r.table.is_some()),
+            "a Table of one object (kubectl get deploy web)"
+        );
+        assert!(
+            plan(&Method::GET, &one, &q(&[("includeObject", "None")]), &table).is_ok(),
+            "a Table of one object without the object"
+        );
+        assert!(
+            plan(&Method::GET, &one, &q(&[("includeObject", "None")]), &none).is_err(),
+            "includeObject without a Table"
         );
     }
 

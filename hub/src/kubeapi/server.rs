@@ -23,6 +23,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use super::auth::{Refusal, Tokens};
 use super::barrier::Barriers;
 use super::cached::{self, Ctx};
+use super::columns;
 use super::discovery;
 use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
@@ -51,6 +52,8 @@ pub struct KubeApi {
     snapshots: Snapshots,
     barriers: Arc<Barriers>,
     discovery: discovery::Memory,
+    /// The columns of custom resources' Tables.
+    columns: columns::Memory,
     /// The watches each token holds from the cache.
     watches: Arc<super::watch::Slots>,
 }
@@ -111,6 +114,7 @@ pub async fn start(
         snapshots: Snapshots::default(),
         barriers: Arc::default(),
         discovery: discovery::Memory::default(),
+        columns: columns::Memory::default(),
         watches: Arc::default(),
     });
     let mut incoming = crate::net::tls::incoming(
@@ -288,6 +292,109 @@ impl KubeApi {
         response
     }
 
+    /// Before a Table of a custom resource is answered from the cache: the columns its
+    /// CustomResourceDefinition names, asked of the cluster once while the account's
+    /// surface number holds ([`columns`]).
+    async fn learn_columns(
+        &self,
+        req: &Request<Incoming>,
+        account: &str,
+        resource: &path::ResourcePath,
+        session: &crate::core::registry::SessionId,
+        tx: &crate::state::Outbound,
+    ) {
+        if req.method() != http::Method::GET
+            || resource.subresource.is_some()
+            || !matches!(super::table::wanted(req.headers()), Ok(Some(())))
+        {
+            return;
+        }
+        let gvr = (
+            resource.group.as_str(),
+            resource.version.as_str(),
+            resource.resource.as_str(),
+        );
+        let surface = {
+            let core = self.shared.core();
+            let Some(cache) = core.cache.account(account) else {
+                return;
+            };
+            let custom = cache
+                .kind_for(gvr.0, gvr.1, gvr.2)
+                .is_some_and(|k| super::table::Print::built_in(k.key).is_none());
+            match cache.api_surface() {
+                Some(surface) if custom => surface,
+                _ => return,
+            }
+        };
+        if !matches!(
+            self.columns.get(account, surface, gvr),
+            columns::Known::Unknown
+        ) {
+            return;
+        }
+        let name = format!("{}.{}", gvr.2, gvr.0);
+        let path_and_query = format!(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?fieldSelector=metadata.name%3D{name}"
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let response = passthrough::replay(
+            &self.shared,
+            Replay {
+                account,
+                session: session.clone(),
+                tx: tx.clone(),
+                method: &http::Method::GET,
+                path_and_query: &path_and_query,
+                headers: &headers,
+                body: bytes::Bytes::new(),
+                default_timeout: self.config.request_timeout,
+                window: self.config.window_bytes,
+                barrier: None,
+            },
+        )
+        .await;
+        // A request of the hub's own that reached the cluster: counted as such.
+        self.shared
+            .metrics
+            .kube_api("cluster", response.status().as_u16());
+        if response.status().is_client_error() {
+            // Refused (no right to list CRDs, ...): not asked again under this surface.
+            debug!(crd = %clip(&name), status = %response.status(), "the cluster refused the CRD of a custom resource's Table; its Tables go to the cluster");
+            self.columns.keep(
+                account,
+                surface,
+                gvr,
+                Err("the cluster refused to list the CRD"),
+            );
+            return;
+        }
+        if response.status() != StatusCode::OK {
+            debug!(crd = %clip(&name), status = %response.status(), "the cluster did not give the CRD of a custom resource's Table; its Tables go to the cluster");
+            return;
+        }
+        let limited = http_body_util::Limited::new(response.into_body(), columns::MAX_CRD);
+        let Ok(bytes) = http_body_util::BodyExt::collect(limited).await else {
+            debug!(crd = %clip(&name), "the CRD of a custom resource's Table could not be read whole");
+            return;
+        };
+        let found = serde_json::from_slice::<serde_json::Value>(&bytes.to_bytes())
+            .ok()
+            .and_then(|list| list["items"].get(0).cloned());
+        let learned = match found {
+            Some(crd) => columns::Custom::from_crd(&crd, gvr.1).map(Arc::new),
+            None => Err("no CustomResourceDefinition of that name"),
+        };
+        if let Err(why) = &learned {
+            debug!(crd = %clip(&name), why, "a custom resource's Tables go to the cluster");
+        }
+        self.columns.keep(account, surface, gvr, learned);
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let (account, rest) = match path::route(req.uri().path()) {
             Ok((account, rest)) => (account.to_owned(), rest.to_owned()),
@@ -348,6 +455,7 @@ impl KubeApi {
             watches: &self.watches,
             max_watches: self.config.max_watches_per_token,
             barriers: &self.barriers,
+            columns: &self.columns,
             stale,
         };
         let fingerprint = list::fingerprint(account, rest, &query);
@@ -473,6 +581,10 @@ impl KubeApi {
         if let Err(why) = self.within_scope(&account, req.method(), resource.as_ref()) {
             warn!(path = %clip(&rest), %why, "refused a request outside the account's namespaces");
             return Failure::forbidden(why).response();
+        }
+        if let (Some(resource), Some(session), Some(tx)) = (&resource, &session, &tx) {
+            self.learn_columns(&req, &account, resource, session, tx)
+                .await;
         }
         if let Some(resource) = &resource {
             match self
