@@ -2628,7 +2628,110 @@ async fn watched_tables(env: Arc<Env>) -> anyhow::Result<()> {
         c1 - c0,
         x1 - x0
     );
+    // `kubectl get KIND NAME -w`: the object's Table, then a watch of Tables from "0"
+    // (its initial event first), both from the cache; kubectl prints the change.
+    let (c0, x0) = answered(&rig).await?;
+    let printed = k.hub_watch(
+        &[
+            "-n",
+            ns.as_str(),
+            "get",
+            "configmap",
+            "w-1",
+            "-w",
+            "--output-watch-events",
+        ],
+        "MODIFIED",
+        || {
+            k.direct_full(
+                &[
+                    "-n",
+                    ns.as_str(),
+                    "patch",
+                    "configmap",
+                    "w-1",
+                    "-p",
+                    r#"{"data":{"c":"3"}}"#,
+                ],
+                None,
+            )
+            .map(|_| ())
+        },
+    )?;
+    let (c1, x1) = answered(&rig).await?;
+    let modified = without_age(&printed)
+        .into_iter()
+        .find(|cells| cells.first().is_some_and(|c| c == "MODIFIED"));
+    ensure!(
+        modified.as_deref() == Some(&["MODIFIED".to_owned(), "w-1".to_owned(), "3".to_owned()][..]),
+        "kubectl get configmap w-1 -w through the hub printed:\n{printed}"
+    );
+    eprintln!(
+        "kubectl get configmap w-1 -w: {} requests from the hub, {} to the cluster",
+        c1 - c0,
+        x1 - x0
+    );
+    ensure!(
+        x1 == x0,
+        "kubectl get configmap w-1 -w: {} requests to the cluster",
+        x1 - x0
+    );
+    // A streaming list of Tables (initial events, then the bookmark that ends them),
+    // as the API server writes it.
+    let path = format!(
+        "/api/v1/namespaces/{ns}/configmaps?watch=1&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=2"
+    );
+    let accept = [("accept", "application/json;as=Table;v=v1;g=meta.k8s.io")];
+    let hub = hub_client(&rig, &rig.mgmt, Some(TOKEN_ALL)).await?;
+    let (c0, x0) = answered(&rig).await?;
+    let through = call(&hub, "GET", &path, &accept).await?;
+    let (_, x1) = answered(&rig).await?;
+    let direct = call(&env.cp.management.client().await?, "GET", &path, &accept).await?;
+    let (through, direct) = (table_events(&through.1)?, table_events(&direct.1)?);
+    ensure!(
+        through == direct,
+        "a streaming list of Tables:\nthrough the hub {through:#?}\ndirectly {direct:#?}"
+    );
+    ensure!(
+        x1 == x0,
+        "a streaming list of Tables reached the cluster ({} requests from the hub)",
+        answered(&rig).await?.0 - c0
+    );
     Ok(())
+}
+
+/// The events of a watch of Tables (its body, one JSON event a line) as what they
+/// show: the type, whether the Table carries column definitions, each row's cells
+/// without the age, and the row's initial-events-end annotation.
+/// What an event of a watch of Tables shows: its type, whether it carries the column
+/// definitions, the row's cells without the age, the row's initial-events-end annotation.
+type TableEvent = (String, bool, Vec<Value>, Value);
+
+fn table_events(body: &Value) -> anyhow::Result<Vec<TableEvent>> {
+    let text = body
+        .as_str()
+        .map_or_else(|| body.to_string(), str::to_owned);
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let event: Value = serde_json::from_str(line).with_context(|| format!("event {line}"))?;
+        let table = &event["object"];
+        let columns = table["columnDefinitions"].as_array();
+        let age = columns
+            .and_then(|c| c.iter().position(|c| c["name"] == "Age"))
+            .unwrap_or(2);
+        let row = &table["rows"][0];
+        let mut cells = row["cells"].as_array().cloned().unwrap_or_default();
+        if age < cells.len() {
+            cells.remove(age);
+        }
+        out.push((
+            event["type"].as_str().unwrap_or_default().to_owned(),
+            columns.is_some_and(|c| !c.is_empty()),
+            cells,
+            row["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"].clone(),
+        ));
+    }
+    Ok(out)
 }
 
 /// A namespaced CRD of `group` whose kind is `kind` (plural `<singular>s`), served at

@@ -15,8 +15,7 @@
 //! - a kind the agent does not stream, at another version, mid-relist, or outside the
 //!   account's namespaces or label filter;
 //! - metadata-only answers, Tables of kinds the hub has no printer for
-//!   ([`super::table`], [`super::columns`]), watches of Tables other than from a
-//!   version without bookmarks (what `kubectl get -w` asks), `pretty`,
+//!   ([`super::table`], [`super::columns`]), `pretty`,
 //!   `resourceVersionMatch=Exact`, parameters the hub does not know, selectors it
 //!   cannot evaluate exactly (a field the kind does not index, a selector the API
 //!   server would refuse), and a `continue` token the cluster issued.
@@ -183,15 +182,6 @@ pub fn plan(
         return Err("list options the API server refuses");
     }
     if watch {
-        // `kubectl get -w`: a watch from the version of the list it printed. Tables of
-        // initial events and bookmarks are not written by the hub.
-        if read.table.is_some()
-            && (bookmarks
-                || given.send_initial_events.is_some()
-                || matches!(read.version, Version::Latest | Version::Any))
-        {
-            return Err("a watch of Tables with initial events or bookmarks");
-        }
         if read.cont.is_some() || read.limit > 0 {
             return Err("a watch with limit or continue");
         }

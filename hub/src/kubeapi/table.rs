@@ -1417,6 +1417,23 @@ impl Print {
         row
     }
 
+    /// The row of a watch's BOOKMARK, as the API server writes it: the kind's cells of
+    /// an empty object at `rv`, with its metadata (always when it ends the initial
+    /// events, whose annotation the client looks for).
+    pub fn bookmark_row(&self, rv: u64, initial_events_end: bool, include: Include) -> Value {
+        let mut metadata = json!({ "resourceVersion": rv.to_string() });
+        if initial_events_end {
+            metadata["annotations"] = json!({ super::watch::INITIAL_EVENTS_END: "true" });
+        }
+        let include = if initial_events_end {
+            Include::Metadata
+        } else {
+            include
+        };
+        let object = json!({ "metadata": metadata }).to_string();
+        self.row(&object, include, SystemTime::now())
+    }
+
     /// The Table of one object, as the API server answers a read of it by name (and
     /// writes each event of a watch): its row, at its resourceVersion.
     pub fn one(&self, object: &str, include: Include) -> Value {
@@ -1807,7 +1824,7 @@ mod tests {
     }
 
     #[test]
-    fn one_object_is_a_table_of_one_row() {
+    fn one_object_and_a_bookmark_are_tables_of_one_row() {
         let cm =
             r#"{"metadata":{"name":"c","namespace":"a","resourceVersion":"42"},"data":{"a":"1"}}"#;
         let print = Print::BuiltIn(&CONFIG_MAP);
@@ -1816,5 +1833,17 @@ mod tests {
         assert_eq!(one["metadata"]["resourceVersion"], "42");
         assert_eq!(one["rows"][0]["cells"][1], 1);
         assert_eq!(one["rows"][0]["object"]["metadata"]["name"], "c");
+        let end = print.bookmark_row(50, true, Include::None);
+        assert_eq!(end["cells"], json!(["", 0, "<unknown>"]));
+        assert_eq!(
+            end["object"]["metadata"]["annotations"][crate::kubeapi::watch::INITIAL_EVENTS_END],
+            "true"
+        );
+        assert!(
+            print
+                .bookmark_row(51, false, Include::None)
+                .get("object")
+                .is_none()
+        );
     }
 }

@@ -151,7 +151,8 @@ fn at_version(body: &RawValue, rv: u64) -> String {
 
 /// How a watch writes its events: the objects themselves, or (`kubectl get -w`) each
 /// as a Table of one row, as kube-apiserver writes them: the column definitions in the
-/// first event only, the object's resourceVersion as the Table's.
+/// first event only, the object's resourceVersion as the Table's; a BOOKMARK as the row
+/// of an empty object at its version.
 pub struct Encoder {
     table: Option<(Print, Include)>,
     headers_sent: bool,
@@ -174,6 +175,25 @@ impl Encoder {
         };
         let table = print.one(object, *include);
         self.table_line(kind, table)
+    }
+
+    /// A BOOKMARK at `rv` of a watch of `kind`.
+    fn bookmark(
+        &mut self,
+        kind: &str,
+        api_version: &str,
+        rv: u64,
+        initial_events_end: bool,
+    ) -> Bytes {
+        let Some((print, include)) = &self.table else {
+            return bookmark(kind, api_version, rv, initial_events_end);
+        };
+        let row = print.bookmark_row(rv, initial_events_end, *include);
+        let table = print.table(
+            serde_json::json!({ "resourceVersion": rv.to_string() }),
+            vec![row],
+        );
+        self.table_line("BOOKMARK", table)
     }
 
     /// The event of a Table, with the column definitions in the watch's first only.
@@ -343,7 +363,7 @@ async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone
                 }
             }
             if bookmarks {
-                out.push(&bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true))
+                out.push(&encoder.bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true))
                     .await?;
             }
             out.flush().await?;
@@ -379,7 +399,8 @@ async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone
                 }
             }
             _ = tick.tick(), if bookmarks => {
-                out.push(&bookmark(&w.kind.kind, &w.api_version, cursor, false)).await?;
+                out.push(&encoder.bookmark(&w.kind.kind, &w.api_version, cursor, false))
+                    .await?;
                 out.flush().await?;
             }
             () = &mut end => return Ok(()),
