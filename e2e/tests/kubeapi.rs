@@ -2560,6 +2560,91 @@ spec:
         "the deploy stage's reads: {} requests reached the cluster",
         x2 - x1
     );
+    caching_cycle_while_away(&rig, &k, &cycle, &mut fresh).await
+}
+
+/// The agent stopped (the account waits out its grace period): the same caching cycle,
+/// each a new kubectl process with nothing cached, still prints what the cluster holds,
+/// from the hub's last known state, and kubectl shows the Warning saying so; a write
+/// gets 503 at once, saying why.
+async fn caching_cycle_while_away(
+    rig: &Rig,
+    k: &Kubectl<'_>,
+    cycle: &[Vec<&str>],
+    fresh: &mut impl FnMut(&[&str]) -> anyhow::Result<Output>,
+) -> anyhow::Result<()> {
+    // What the hub prints while it follows the cluster, equal to the cluster's (the
+    // Deployment's rollout may still be settling).
+    let mut want = Vec::new();
+    let settled = wait::until(
+        "the caching cycle through the hub equal to the cluster",
+        Duration::from_secs(30),
+        || {
+            let outputs: Option<Vec<String>> = cycle
+                .iter()
+                .map(|args| {
+                    let through = fresh(args).ok().filter(|o| o.success)?;
+                    (k.direct(args).ok()? == through.stdout).then_some(through.stdout)
+                })
+                .collect();
+            let done = outputs.map(|o| want = o).is_some();
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    ensure!(
+        settled.is_ok(),
+        "the caching cycle never settled before the agent stopped"
+    );
+    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    wait::until(
+        "the account Disconnected",
+        Duration::from_secs(60),
+        || async {
+            scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.mgmt)
+                .await
+                .filter(|a| a["state"] == "Disconnected")
+        },
+    )
+    .await?;
+    let warning = format!(
+        "Warning: account {} is disconnected: this answer is the hub's last known state of the cluster, not followed since ",
+        rig.mgmt
+    );
+    for (args, want) in cycle.iter().zip(&want) {
+        let away = fresh(args)?;
+        ensure!(
+            away.success && away.stdout == *want,
+            "kubectl {args:?} while the agent is away:\n{}{}",
+            away.stdout,
+            away.stderr
+        );
+        ensure!(
+            away.stderr.contains(&warning),
+            "kubectl {args:?} while the agent is away printed no warning: {}",
+            away.stderr
+        );
+    }
+    eprintln!(
+        "caching cycle while the agent is away: {} kubectl processes answered from the hub's last known state",
+        cycle.len()
+    );
+    let started = Instant::now();
+    let write = k.hub_full(
+        &["apply", "-f", "-"],
+        Some(&deployment(&rig.s.ns, "nginx:1.28")),
+    )?;
+    let took = started.elapsed();
+    ensure!(
+        !write.success && write.stderr.contains("is disconnected"),
+        "kubectl apply while the agent is away: {}{}",
+        write.stdout,
+        write.stderr
+    );
+    eprintln!(
+        "kubectl apply while the agent is away, {took:?}: {}",
+        write.stderr.trim()
+    );
     Ok(())
 }
 
