@@ -79,6 +79,10 @@ fn main() {
                 "kubectl_prints_custom_resources_columns_through_the_hub",
                 |e| Box::pin(custom_resource_tables(e)),
             ),
+            (
+                "kept_discovery_is_counted_and_forgotten_with_its_account",
+                |e| Box::pin(discovery_forgotten(e)),
+            ),
         ],
     );
 }
@@ -116,15 +120,17 @@ fn stream_all_kinds(name: &str, ns: &str) -> AccountConfig {
 }
 
 async fn rig(env: &Env, name: &str, extra_hub_args: &[&str]) -> anyhow::Result<Rig> {
-    rig_streaming(env, name, extra_hub_args, &[]).await
+    rig_streaming(env, name, extra_hub_args, &[], "600s").await
 }
 
-/// [`rig`] whose management account streams `kinds` (the default set when empty).
+/// [`rig`] whose management account streams `kinds` (the default set when empty),
+/// and whose hub keeps an away account for `grace`.
 async fn rig_streaming(
     env: &Env,
     name: &str,
     extra_hub_args: &[&str],
     kinds: &[&str],
+    grace: &str,
 ) -> anyhow::Result<Rig> {
     let pki = &env.cp.pki;
     let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
@@ -149,7 +155,7 @@ async fn rig_streaming(
         format!("--kube-api-tokens-file={}", tokens.display()),
     ];
     hub_args.extend(extra_hub_args.iter().map(|a| a.to_string()));
-    let s = scenario_with(env, name, "600s", None, hub_args).await?;
+    let s = scenario_with(env, name, grace, None, hub_args).await?;
     let identity = shard_identity_uri(&ShardRef::new(s.ns.clone(), name.to_string()));
     let client = pki.issue_client(&format!("agent-{name}"), "agent", None, &[&identity])?;
     let mut mgmt_account = stream_all_kinds(&mgmt, &s.ns);
@@ -2879,7 +2885,14 @@ async fn custom_resource_tables(env: Arc<Env>) -> anyhow::Result<()> {
         None,
     )?;
     ensure!(established.success, "the CRD: {}", established.stderr);
-    let rig = rig_streaming(&env, name, &[], &["ConfigMap", &format!("Gadget.{group}")]).await?;
+    let rig = rig_streaming(
+        &env,
+        name,
+        &[],
+        &["ConfigMap", &format!("Gadget.{group}")],
+        "600s",
+    )
+    .await?;
     let ns = rig.s.ns.clone();
     let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
     let gadgets = format!(
@@ -2943,5 +2956,64 @@ spec: {{ size: 1, parts: [{{ kind: bolt, count: 2 }}] }}
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     direct(&["delete", "crd", &format!("gadgets.{group}")], None)?;
+    Ok(())
+}
+
+/// What the hub keeps of a cluster's discovery shows in
+/// `scale_agent_hub_kube_api_discovery_bytes`, and is forgotten once the account is
+/// removed (its agent gone past the grace period).
+async fn discovery_forgotten(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig_streaming(&env, "kforget", &[], &[], "3s").await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let caches = rig.s.dir.path().join("kubectl-caches");
+    let bytes = || async {
+        metric(
+            &format!("{}/metrics", rig.s.hub.http),
+            "scale_agent_hub_kube_api_discovery_bytes",
+        )
+        .await
+    };
+    // Once the agent follows the cluster's CRDs, a kubectl with nothing cached leaves
+    // the cluster's discovery in the hub's memory.
+    let mut runs = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kept = loop {
+        runs += 1;
+        let out = k.hub_cached_in(
+            &caches.join(runs.to_string()),
+            &["-n", ns.as_str(), "get", "configmaps"],
+        )?;
+        ensure!(out.success, "kubectl through the hub: {}", out.stderr);
+        let kept = bytes().await?;
+        if kept > 0.0 {
+            break kept;
+        }
+        ensure!(Instant::now() < deadline, "the hub kept no discovery");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("discovery kept for the account: {kept} bytes");
+    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    wait::until("the accounts removed", Duration::from_secs(60), || async {
+        let mgmt = scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.mgmt).await;
+        let target = scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target).await;
+        (mgmt.is_none() && target.is_none()).then_some(())
+    })
+    .await?;
+    let removed = Instant::now();
+    let forgotten = wait::until("the discovery forgotten", Duration::from_secs(30), || {
+        let bytes = bytes();
+        async { (bytes.await.ok()? == 0.0).then_some(()) }
+    })
+    .await;
+    ensure!(
+        forgotten.is_ok(),
+        "{} bytes of discovery still kept 30 s after the accounts were removed",
+        bytes().await.unwrap_or(kept)
+    );
+    eprintln!(
+        "discovery forgotten {:?} after the accounts were removed",
+        removed.elapsed()
+    );
     Ok(())
 }

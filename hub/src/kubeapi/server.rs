@@ -117,6 +117,7 @@ pub async fn start(
         columns: columns::Memory::default(),
         watches: Arc::default(),
     });
+    tokio::spawn(forget_removed(Arc::clone(&api), shutdown.clone()));
     let mut incoming = crate::net::tls::incoming(
         listener,
         "kube-api",
@@ -257,7 +258,52 @@ fn forwarded_watch(body: Incoming) -> Body {
     Body::from_stream(events)
 }
 
+/// How often what the API keeps of accounts that left the hub is dropped.
+const FORGET_EVERY: Duration = Duration::from_secs(10);
+
+/// Drops, every [`FORGET_EVERY`], the discovery answers and custom-resource columns
+/// kept for accounts the hub no longer has (their grace period over, or taken by
+/// another replica), until the hub stops.
+async fn forget_removed(api: Arc<KubeApi>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(FORGET_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => api.forget_removed(),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
 impl KubeApi {
+    /// Forgets what is kept for accounts the cache no longer has.
+    fn forget_removed(&self) {
+        let mut kept = self.discovery.accounts();
+        kept.extend(self.columns.accounts());
+        kept.sort_unstable();
+        kept.dedup();
+        // The cache's lock is taken alone: the memories' locks are not held under it.
+        let gone: Vec<String> = {
+            let core = self.shared.core();
+            kept.into_iter()
+                .filter(|a| core.cache.account(a).is_none())
+                .collect()
+        };
+        for account in &gone {
+            self.discovery.forget(account);
+            self.columns.forget(account);
+            debug!(account = %clip(account), "forgot the discovery and columns kept for an account the hub no longer has");
+        }
+        self.count_discovery();
+    }
+
+    /// Sets the gauge of the discovery bytes kept.
+    fn count_discovery(&self) {
+        self.shared
+            .metrics
+            .kube_api_discovery_bytes
+            .set(i64::try_from(self.discovery.bytes()).unwrap_or(i64::MAX));
+    }
+
     /// Reads the cluster's discovery answer whole, keeps it, and answers the client
     /// from it (`304` when it holds that version).
     async fn keep_discovery(
@@ -283,8 +329,17 @@ impl KubeApi {
             }
         };
         let kept = Arc::new(discovery::Kept::new(&parts.headers, bytes));
-        self.discovery
-            .keep(account, surface, key, Arc::clone(&kept));
+        if let Err(bound) = self
+            .discovery
+            .keep(account, surface, key, Arc::clone(&kept))
+        {
+            debug!(
+                reason = bound.reason(),
+                "a discovery answer passed on without being kept"
+            );
+            self.shared.metrics.discovery_not_kept(bound.reason());
+        }
+        self.count_discovery();
         let mut response = kept.answer(client);
         response
             .extensions_mut()
