@@ -229,6 +229,23 @@ async fn rig_streaming(
 }
 
 impl Rig {
+    /// Kills the agent and waits until the hub says `account` is Disconnected (kept
+    /// for the grace period).
+    async fn stop_agent(&self, account: &str) -> anyhow::Result<()> {
+        self.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
+        wait::until(
+            "the account Disconnected",
+            Duration::from_secs(60),
+            || async {
+                scale_agent_e2e::converge::account_state(&self.s.hub, account)
+                    .await
+                    .filter(|a| a["state"] == "Disconnected")
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     fn logs(&self) -> String {
         format!(
             "agent:\n{}\nhub:\n{}",
@@ -1122,17 +1139,7 @@ async fn refusals(env: Arc<Env>) -> anyhow::Result<()> {
     frozen?;
     // The agent gone (its accounts wait out the grace period): 503 with a message.
 
-    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
-    wait::until(
-        "the account Disconnected",
-        Duration::from_secs(60),
-        || async {
-            scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
-                .await
-                .filter(|a| a["state"] == "Disconnected")
-        },
-    )
-    .await?;
+    rig.stop_agent(&rig.target).await?;
     let got = call(&all, "GET", &list, &[]).await?;
     expect_status(
         &got,
@@ -1845,17 +1852,7 @@ async fn stale_reads(env: Arc<Env>) -> anyhow::Result<()> {
         Ok(n)
     };
     let want = names(&connected.stdout)?;
-    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
-    wait::until(
-        "the account Disconnected",
-        Duration::from_secs(60),
-        || async {
-            scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
-                .await
-                .filter(|a| a["state"] == "Disconnected")
-        },
-    )
-    .await?;
+    rig.stop_agent(&rig.target).await?;
     let away = k.hub_full(&get, None)?;
     ensure!(
         away.success,
@@ -2602,17 +2599,7 @@ async fn caching_cycle_while_away(
         settled.is_ok(),
         "the caching cycle never settled before the agent stopped"
     );
-    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
-    wait::until(
-        "the account Disconnected",
-        Duration::from_secs(60),
-        || async {
-            scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.mgmt)
-                .await
-                .filter(|a| a["state"] == "Disconnected")
-        },
-    )
-    .await?;
+    rig.stop_agent(&rig.mgmt).await?;
     let warning = format!(
         "Warning: account {} is disconnected: this answer is the hub's last known state of the cluster, not followed since ",
         rig.mgmt

@@ -11,12 +11,13 @@
 //! filters leaves the kind without a printer: its Tables go to the cluster.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
+use super::discovery::PerAccount;
 use super::table::{AGE_DOC, NAME_DOC, column, human_duration};
 
 /// The largest CRD list the hub reads for a kind's columns (a CRD with a large
@@ -279,11 +280,13 @@ fn bracket(inside: &str) -> Option<Step> {
 /// Each account's custom-resource columns, kept while its surface number holds.
 #[derive(Debug, Default)]
 pub struct Memory {
-    accounts: Mutex<HashMap<String, Account>>,
+    /// Kept per account.
+    pub accounts: PerAccount<Account>,
 }
 
+/// One account's custom-resource columns.
 #[derive(Debug, Default)]
-struct Account {
+pub struct Account {
     surface: u64,
     /// By (group, version, resource): the columns, or why the hub cannot write them.
     kinds: HashMap<(String, String, String), Result<Arc<Custom>, Unsupported>>,
@@ -303,7 +306,7 @@ pub enum Known {
 impl Memory {
     /// What is kept for the kind while the account's surface is `surface`.
     pub fn get(&self, account: &str, surface: u64, gvr: (&str, &str, &str)) -> Known {
-        let accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        let accounts = self.accounts.lock();
         let Some(a) = accounts.get(account).filter(|a| a.surface == surface) else {
             return Known::Unknown;
         };
@@ -323,7 +326,7 @@ impl Memory {
         gvr: (&str, &str, &str),
         columns: Result<Arc<Custom>, Unsupported>,
     ) {
-        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut accounts = self.accounts.lock();
         let a = accounts.entry(account.to_owned()).or_default();
         if a.surface != surface {
             *a = Account {
@@ -335,24 +338,6 @@ impl Memory {
         if a.kinds.len() < MAX_KINDS_PER_ACCOUNT || a.kinds.contains_key(&key) {
             a.kinds.insert(key, columns);
         }
-    }
-
-    /// The accounts something is kept for.
-    pub fn accounts(&self) -> Vec<String> {
-        self.accounts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    /// Drops what is kept of an account (it is gone).
-    pub fn forget(&self, account: &str) {
-        self.accounts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(account);
     }
 }
 
@@ -454,9 +439,9 @@ mod tests {
         assert!(matches!(memory.get("a", 2, gvr), Known::Unknown));
         memory.keep("a", 2, gvr, Err("odd"));
         assert!(matches!(memory.get("a", 2, gvr), Known::Unsupported(_)));
-        assert_eq!(memory.accounts(), ["a"]);
-        memory.forget("a");
+        assert_eq!(memory.accounts.accounts(), ["a"]);
+        memory.accounts.forget("a");
         assert!(matches!(memory.get("a", 2, gvr), Known::Unknown));
-        assert!(memory.accounts().is_empty());
+        assert!(memory.accounts.accounts().is_empty());
     }
 }

@@ -148,18 +148,52 @@ impl Kept {
     }
 }
 
+/// One account's kept answers.
 #[derive(Debug, Default)]
-struct Account {
+pub struct Account {
     surface: u64,
     answers: HashMap<Key, Arc<Kept>>,
     /// The bodies' bytes.
     bytes: usize,
 }
 
+/// What the hub keeps per account for its Kubernetes API, behind one lock, forgotten
+/// when the account leaves the hub.
+#[derive(Debug)]
+pub struct PerAccount<T> {
+    map: Mutex<HashMap<String, T>>,
+}
+
+impl<T> Default for PerAccount<T> {
+    fn default() -> Self {
+        PerAccount {
+            map: Mutex::default(),
+        }
+    }
+}
+
+impl<T> PerAccount<T> {
+    /// The accounts' entries.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, T>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The accounts something is kept for.
+    pub fn accounts(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Drops what is kept for an account (it is gone).
+    pub fn forget(&self, account: &str) {
+        self.lock().remove(account);
+    }
+}
+
 /// Every account's kept answers.
 #[derive(Debug, Default)]
 pub struct Memory {
-    accounts: Mutex<HashMap<String, Account>>,
+    /// Kept per account.
+    pub accounts: PerAccount<Account>,
 }
 
 /// Why an answer was not kept.
@@ -188,7 +222,7 @@ impl Memory {
     /// The answer kept for `key` while the account's surface is `surface`; answers
     /// kept under another surface are dropped.
     pub fn get(&self, account: &str, surface: u64, key: &Key) -> Option<Arc<Kept>> {
-        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut accounts = self.accounts.lock();
         let a = accounts.get_mut(account)?;
         if a.surface != surface {
             accounts.remove(account);
@@ -217,7 +251,7 @@ impl Memory {
         kept: Arc<Kept>,
         max_bytes: usize,
     ) -> Result<(), NotKept> {
-        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut accounts = self.accounts.lock();
         if accounts.get(account).is_some_and(|a| a.surface != surface) {
             accounts.remove(account);
         }
@@ -244,32 +278,9 @@ impl Memory {
         Ok(())
     }
 
-    /// The accounts something is kept for.
-    pub fn accounts(&self) -> Vec<String> {
-        self.accounts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    /// Drops an account's answers (it is gone).
-    pub fn forget(&self, account: &str) {
-        self.accounts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(account);
-    }
-
     /// Bytes kept, all accounts together.
     pub fn bytes(&self) -> usize {
-        self.accounts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .map(|a| a.bytes)
-            .sum()
+        self.accounts.lock().values().map(|a| a.bytes).sum()
     }
 }
 
@@ -399,11 +410,11 @@ mod tests {
             memory.bytes(),
             total + 10 - (MAX_BYTES_PER_ACCOUNT - mib) + 3
         );
-        let mut accounts = memory.accounts();
+        let mut accounts = memory.accounts.accounts();
         accounts.sort();
         assert_eq!(accounts, ["a", "b", "c"]);
-        memory.forget("a");
-        memory.forget("b");
+        memory.accounts.forget("a");
+        memory.accounts.forget("b");
         assert_eq!(memory.bytes(), 10);
     }
 }

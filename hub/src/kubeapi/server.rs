@@ -277,8 +277,8 @@ async fn forget_removed(api: Arc<KubeApi>, shutdown: tokio_util::sync::Cancellat
 impl KubeApi {
     /// Forgets what is kept for accounts the cache no longer has.
     fn forget_removed(&self) {
-        let mut kept = self.discovery.accounts();
-        kept.extend(self.columns.accounts());
+        let mut kept = self.discovery.accounts.accounts();
+        kept.extend(self.columns.accounts.accounts());
         kept.sort_unstable();
         kept.dedup();
         // The cache's lock is taken alone: the memories' locks are not held under it.
@@ -289,8 +289,8 @@ impl KubeApi {
                 .collect()
         };
         for account in &gone {
-            self.discovery.forget(account);
-            self.columns.forget(account);
+            self.discovery.accounts.forget(account);
+            self.columns.accounts.forget(account);
             debug!(account = %clip(account), "forgot the discovery and columns kept for an account the hub no longer has");
         }
         self.count_discovery();
