@@ -9,7 +9,8 @@
 //! - anything but a GET of a collection or of one object by name, subresources,
 //!   Secrets (the stream scrubs their data);
 //! - one object by name that the cache does not hold (it may be newer than the
-//!   stream), with any parameter but `resourceVersion`, or read by a kubectl command
+//!   stream), with any parameter but `resourceVersion` (and `includeObject` of a
+//!   Table), or read by a kubectl command
 //!   that computes a write from it (`Kubectl-Command` other than `kubectl get`, such
 //!   as the read `kubectl apply` makes before it patches): those read the cluster;
 //! - a kind the agent does not stream, at another version, mid-relist, or outside the
