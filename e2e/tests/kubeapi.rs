@@ -2393,6 +2393,15 @@ async fn discovery_from_memory(env: Arc<Env>) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // What that costs the hub: the kubectl's discovery of one account, and the
+    // per-group discovery and OpenAPI v2 and v3 of the other.
+    let kept = metric(
+        &format!("{}/metrics", rig.s.hub.http),
+        "scale_agent_hub_kube_api_discovery_bytes",
+    )
+    .await?;
+    eprintln!("discovery and OpenAPI kept by the hub: {kept} bytes");
+    ensure!(kept > 0.0, "the hub says it keeps no discovery");
     // A new CRD on the cluster: a kubectl through the hub finds its kind.
     let group = format!("{}.e2e.scaleagent.dev", rig.mgmt);
     let crd = crd_manifest(&group, "widget", "Widget", "");
