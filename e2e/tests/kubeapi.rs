@@ -80,6 +80,14 @@ fn main() {
                 "one_accounts_watches_leave_the_agents_other_account_answered",
                 |e| Box::pin(fair_shares(e)),
             ),
+            (
+                "kubectl_prints_custom_resources_columns_through_the_hub",
+                |e| Box::pin(custom_resource_tables(e)),
+            ),
+            (
+                "kept_discovery_is_counted_and_forgotten_with_its_account",
+                |e| Box::pin(discovery_forgotten(e)),
+            ),
         ],
     );
 }
@@ -117,6 +125,18 @@ fn stream_all_kinds(name: &str, ns: &str) -> AccountConfig {
 }
 
 async fn rig(env: &Env, name: &str, extra_hub_args: &[&str]) -> anyhow::Result<Rig> {
+    rig_streaming(env, name, extra_hub_args, &[], "600s").await
+}
+
+/// [`rig`] whose management account streams `kinds` (the default set when empty),
+/// and whose hub keeps an away account for `grace`.
+async fn rig_streaming(
+    env: &Env,
+    name: &str,
+    extra_hub_args: &[&str],
+    kinds: &[&str],
+    grace: &str,
+) -> anyhow::Result<Rig> {
     let pki = &env.cp.pki;
     let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
     let port = free_port()?;
@@ -140,16 +160,15 @@ async fn rig(env: &Env, name: &str, extra_hub_args: &[&str]) -> anyhow::Result<R
         format!("--kube-api-tokens-file={}", tokens.display()),
     ];
     hub_args.extend(extra_hub_args.iter().map(|a| a.to_string()));
-    let s = scenario_with(env, name, "600s", None, hub_args).await?;
+    let s = scenario_with(env, name, grace, None, hub_args).await?;
     let identity = shard_identity_uri(&ShardRef::new(s.ns.clone(), name.to_string()));
     let client = pki.issue_client(&format!("agent-{name}"), "agent", None, &[&identity])?;
+    let mut mgmt_account = stream_all_kinds(&mgmt, &s.ns);
+    mgmt_account.scope.kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
     let mut cfg = config(
         &s,
         name,
-        vec![
-            stream_all_kinds(&mgmt, &s.ns),
-            stream_all_kinds(&target, &s.ns),
-        ],
+        vec![mgmt_account, stream_all_kinds(&target, &s.ns)],
     );
     cfg.hub.tls = Some(TlsConfig {
         ca_file: pki.ca_file.display().to_string(),
@@ -215,6 +234,23 @@ async fn rig(env: &Env, name: &str, extra_hub_args: &[&str]) -> anyhow::Result<R
 }
 
 impl Rig {
+    /// Kills the agent and waits until the hub says `account` is Disconnected (kept
+    /// for the grace period).
+    async fn stop_agent(&self, account: &str) -> anyhow::Result<()> {
+        self.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
+        wait::until(
+            "the account Disconnected",
+            Duration::from_secs(60),
+            || async {
+                scale_agent_e2e::converge::account_state(&self.s.hub, account)
+                    .await
+                    .filter(|a| a["state"] == "Disconnected")
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     fn logs(&self) -> String {
         format!(
             "agent:\n{}\nhub:\n{}",
@@ -1108,17 +1144,7 @@ async fn refusals(env: Arc<Env>) -> anyhow::Result<()> {
     frozen?;
     // The agent gone (its accounts wait out the grace period): 503 with a message.
 
-    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
-    wait::until(
-        "the account Disconnected",
-        Duration::from_secs(60),
-        || async {
-            scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
-                .await
-                .filter(|a| a["state"] == "Disconnected")
-        },
-    )
-    .await?;
+    rig.stop_agent(&rig.target).await?;
     let got = call(&all, "GET", &list, &[]).await?;
     expect_status(
         &got,
@@ -1857,17 +1883,7 @@ async fn stale_reads(env: Arc<Env>) -> anyhow::Result<()> {
         Ok(n)
     };
     let want = names(&connected.stdout)?;
-    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
-    wait::until(
-        "the account Disconnected",
-        Duration::from_secs(60),
-        || async {
-            scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
-                .await
-                .filter(|a| a["state"] == "Disconnected")
-        },
-    )
-    .await?;
+    rig.stop_agent(&rig.target).await?;
     let away = k.hub_full(&get, None)?;
     ensure!(
         away.success,
@@ -1975,8 +1991,9 @@ fn without_age(out: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// `kubectl get` (printed columns, and `-o wide`) through the hub prints what it prints
-/// against the cluster, AGE excepted, and the Tables it asks for come from the cache.
+/// `kubectl get` (printed columns, and `-o wide`) of every kind of the default set, and
+/// of one object by name, through the hub prints what it prints against the cluster,
+/// AGE excepted, and the Tables it asks for come from the cache.
 async fn tables(env: Arc<Env>) -> anyhow::Result<()> {
     let rig = rig(&env, "ktab", &[]).await?;
     let ns = rig.s.ns.clone();
@@ -2112,6 +2129,19 @@ metadata: {{ name: all, namespace: {ns} }}
 spec:
   podSelector: {{}}
   policyTypes: [Egress]
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{ name: web, namespace: {ns} }}
+spec:
+  scaleTargetRef: {{ apiVersion: apps/v1, kind: Deployment, name: web }}
+  minReplicas: 2
+  maxReplicas: 4
+  metrics:
+  - type: Resource
+    resource: {{ name: cpu, target: {{ type: Utilization, averageUtilization: 70 }} }}
+  - type: Resource
+    resource: {{ name: memory, target: {{ type: AverageValue, averageValue: 100Mi }} }}
 "#
     );
     let applied = k.direct_full(&["apply", "-f", "-"], Some(&workloads))?;
@@ -2122,25 +2152,34 @@ spec:
     );
     // Warm kubectl's discovery cache (discovery goes to the cluster).
     k.hub(&["-n", &ns, "get", "configmaps"], None)?;
+    // Every kind, and one object by name (`kubectl get KIND NAME`), each also `-o wide`.
     let gets: Vec<Vec<&str>> = [
-        "configmaps",
-        "serviceaccounts",
-        "deployments",
-        "replicasets",
-        "statefulsets",
-        "daemonsets",
-        "services",
-        "jobs",
-        "cronjobs",
-        "ingresses",
-        "networkpolicies",
+        vec!["configmaps"],
+        vec!["serviceaccounts"],
+        vec!["deployments"],
+        vec!["replicasets"],
+        vec!["statefulsets"],
+        vec!["daemonsets"],
+        vec!["services"],
+        vec!["jobs"],
+        vec!["cronjobs"],
+        vec!["ingresses"],
+        vec!["networkpolicies"],
+        vec!["pods"],
+        vec!["horizontalpodautoscalers"],
+        vec!["deployment", "web"],
+        vec!["configmap", "t-0"],
+        vec!["service", "edge"],
+        vec!["hpa", "web"],
+        vec!["job", "migrate"],
     ]
     .iter()
-    .flat_map(|kind| {
-        [
-            vec!["-n", ns.as_str(), "get", *kind],
-            vec!["-n", ns.as_str(), "get", *kind, "-o", "wide"],
-        ]
+    .flat_map(|what| {
+        let mut get = vec!["-n", ns.as_str(), "get"];
+        get.extend(what.iter().copied());
+        let mut wide = get.clone();
+        wide.extend(["-o", "wide"]);
+        [get, wide]
     })
     .collect();
     let (cache_before, _) = answered(&rig).await?;
@@ -2385,24 +2424,18 @@ async fn discovery_from_memory(env: Arc<Env>) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // What that costs the hub: the kubectl's discovery of one account, and the
+    // per-group discovery and OpenAPI v2 and v3 of the other.
+    let kept = metric(
+        &format!("{}/metrics", rig.s.hub.http),
+        "scale_agent_hub_kube_api_discovery_bytes",
+    )
+    .await?;
+    eprintln!("discovery and OpenAPI kept by the hub: {kept} bytes");
+    ensure!(kept > 0.0, "the hub says it keeps no discovery");
     // A new CRD on the cluster: a kubectl through the hub finds its kind.
     let group = format!("{}.e2e.scaleagent.dev", rig.mgmt);
-    let crd = format!(
-        r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{ name: widgets.{group} }}
-spec:
-  group: {group}
-  scope: Namespaced
-  names: {{ plural: widgets, singular: widget, kind: Widget }}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema: {{ openAPIV3Schema: {{ type: object, x-kubernetes-preserve-unknown-fields: true }} }}
-"#
-    );
+    let crd = crd_manifest(&group, "widget", "Widget", "");
     // On the target cluster, which the tests counting the management account's
     // requests do not ask through their hubs.
     let on_target = |args: &[&str], stdin: Option<&str>| {
@@ -2570,6 +2603,81 @@ spec:
         "the deploy stage's reads: {} requests reached the cluster",
         x2 - x1
     );
+    caching_cycle_while_away(&rig, &k, &cycle, &mut fresh).await
+}
+
+/// The agent stopped (the account waits out its grace period): the same caching cycle,
+/// each a new kubectl process with nothing cached, still prints what the cluster holds,
+/// from the hub's last known state, and kubectl shows the Warning saying so; a write
+/// gets 503 at once, saying why.
+async fn caching_cycle_while_away(
+    rig: &Rig,
+    k: &Kubectl<'_>,
+    cycle: &[Vec<&str>],
+    fresh: &mut impl FnMut(&[&str]) -> anyhow::Result<Output>,
+) -> anyhow::Result<()> {
+    // What the hub prints while it follows the cluster, equal to the cluster's (the
+    // Deployment's rollout may still be settling).
+    let mut want = Vec::new();
+    let settled = wait::until(
+        "the caching cycle through the hub equal to the cluster",
+        Duration::from_secs(30),
+        || {
+            let outputs: Option<Vec<String>> = cycle
+                .iter()
+                .map(|args| {
+                    let through = fresh(args).ok().filter(|o| o.success)?;
+                    (k.direct(args).ok()? == through.stdout).then_some(through.stdout)
+                })
+                .collect();
+            let done = outputs.map(|o| want = o).is_some();
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    ensure!(
+        settled.is_ok(),
+        "the caching cycle never settled before the agent stopped"
+    );
+    rig.stop_agent(&rig.mgmt).await?;
+    let warning = format!(
+        "Warning: account {} is disconnected: this answer is the hub's last known state of the cluster, not followed since ",
+        rig.mgmt
+    );
+    for (args, want) in cycle.iter().zip(&want) {
+        let away = fresh(args)?;
+        ensure!(
+            away.success && away.stdout == *want,
+            "kubectl {args:?} while the agent is away:\n{}{}",
+            away.stdout,
+            away.stderr
+        );
+        ensure!(
+            away.stderr.contains(&warning),
+            "kubectl {args:?} while the agent is away printed no warning: {}",
+            away.stderr
+        );
+    }
+    eprintln!(
+        "caching cycle while the agent is away: {} kubectl processes answered from the hub's last known state",
+        cycle.len()
+    );
+    let started = Instant::now();
+    let write = k.hub_full(
+        &["apply", "-f", "-"],
+        Some(&deployment(&rig.s.ns, "nginx:1.28")),
+    )?;
+    let took = started.elapsed();
+    ensure!(
+        !write.success && write.stderr.contains("is disconnected"),
+        "kubectl apply while the agent is away: {}{}",
+        write.stdout,
+        write.stderr
+    );
+    eprintln!(
+        "kubectl apply while the agent is away, {took:?}: {}",
+        write.stderr.trim()
+    );
     Ok(())
 }
 
@@ -2637,6 +2745,302 @@ async fn watched_tables(env: Arc<Env>) -> anyhow::Result<()> {
         "kubectl get -w: {} requests from the hub, {} to the cluster",
         c1 - c0,
         x1 - x0
+    );
+    // `kubectl get KIND NAME -w`: the object's Table, then a watch of Tables from "0"
+    // (its initial event first), both from the cache; kubectl prints the change.
+    let (c0, x0) = answered(&rig).await?;
+    let printed = k.hub_watch(
+        &[
+            "-n",
+            ns.as_str(),
+            "get",
+            "configmap",
+            "w-1",
+            "-w",
+            "--output-watch-events",
+        ],
+        "MODIFIED",
+        || {
+            k.direct_full(
+                &[
+                    "-n",
+                    ns.as_str(),
+                    "patch",
+                    "configmap",
+                    "w-1",
+                    "-p",
+                    r#"{"data":{"c":"3"}}"#,
+                ],
+                None,
+            )
+            .map(|_| ())
+        },
+    )?;
+    let (c1, x1) = answered(&rig).await?;
+    let modified = without_age(&printed)
+        .into_iter()
+        .find(|cells| cells.first().is_some_and(|c| c == "MODIFIED"));
+    ensure!(
+        modified.as_deref() == Some(&["MODIFIED".to_owned(), "w-1".to_owned(), "3".to_owned()][..]),
+        "kubectl get configmap w-1 -w through the hub printed:\n{printed}"
+    );
+    eprintln!(
+        "kubectl get configmap w-1 -w: {} requests from the hub, {} to the cluster",
+        c1 - c0,
+        x1 - x0
+    );
+    ensure!(
+        x1 == x0,
+        "kubectl get configmap w-1 -w: {} requests to the cluster",
+        x1 - x0
+    );
+    // A streaming list of Tables (initial events, then the bookmark that ends them),
+    // as the API server writes it.
+    let path = format!(
+        "/api/v1/namespaces/{ns}/configmaps?watch=1&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=2"
+    );
+    let accept = [("accept", "application/json;as=Table;v=v1;g=meta.k8s.io")];
+    let hub = hub_client(&rig, &rig.mgmt, Some(TOKEN_ALL)).await?;
+    let (c0, x0) = answered(&rig).await?;
+    let through = call(&hub, "GET", &path, &accept).await?;
+    let (_, x1) = answered(&rig).await?;
+    let direct = call(&env.cp.management.client().await?, "GET", &path, &accept).await?;
+    let (through, direct) = (table_events(&through.1)?, table_events(&direct.1)?);
+    ensure!(
+        through == direct,
+        "a streaming list of Tables:\nthrough the hub {through:#?}\ndirectly {direct:#?}"
+    );
+    ensure!(
+        x1 == x0,
+        "a streaming list of Tables reached the cluster ({} requests from the hub)",
+        answered(&rig).await?.0 - c0
+    );
+    Ok(())
+}
+
+/// The events of a watch of Tables (its body, one JSON event a line) as what they
+/// show: the type, whether the Table carries column definitions, each row's cells
+/// without the age, and the row's initial-events-end annotation.
+/// What an event of a watch of Tables shows: its type, whether it carries the column
+/// definitions, the row's cells without the age, the row's initial-events-end annotation.
+type TableEvent = (String, bool, Vec<Value>, Value);
+
+fn table_events(body: &Value) -> anyhow::Result<Vec<TableEvent>> {
+    let text = body
+        .as_str()
+        .map_or_else(|| body.to_string(), str::to_owned);
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let event: Value = serde_json::from_str(line).with_context(|| format!("event {line}"))?;
+        let table = &event["object"];
+        let columns = table["columnDefinitions"].as_array();
+        let age = columns
+            .and_then(|c| c.iter().position(|c| c["name"] == "Age"))
+            .unwrap_or(2);
+        let row = &table["rows"][0];
+        let mut cells = row["cells"].as_array().cloned().unwrap_or_default();
+        if age < cells.len() {
+            cells.remove(age);
+        }
+        out.push((
+            event["type"].as_str().unwrap_or_default().to_owned(),
+            columns.is_some_and(|c| !c.is_empty()),
+            cells,
+            row["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"].clone(),
+        ));
+    }
+    Ok(out)
+}
+
+/// A namespaced CRD of `group` whose kind is `kind` (plural `<singular>s`), served at
+/// v1 with any fields; `version_extra` is added to its version (YAML, indented 4).
+fn crd_manifest(group: &str, singular: &str, kind: &str, version_extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{ name: {singular}s.{group} }}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{ plural: {singular}s, singular: {singular}, kind: {kind} }}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {{ openAPIV3Schema: {{ type: object, x-kubernetes-preserve-unknown-fields: true }} }}{version_extra}
+"#
+    )
+}
+
+/// A custom resource's `kubectl get` (its CRD's `additionalPrinterColumns`, `-o wide`
+/// and one object by name) through the hub prints what it prints against the cluster,
+/// AGE excepted, and once the hub has read the CRD not one of these reaches the cluster.
+async fn custom_resource_tables(env: Arc<Env>) -> anyhow::Result<()> {
+    let name = "kcrd";
+    let group = format!("{name}-mgmt.e2e.scaleagent.dev");
+    let crd = crd_manifest(
+        &group,
+        "gadget",
+        "Gadget",
+        r#"
+    additionalPrinterColumns:
+    - { name: Size, type: integer, jsonPath: .spec.size }
+    - { name: Color, type: string, jsonPath: .spec.color, description: the gadget's color }
+    - { name: Wheels, type: string, jsonPath: '.spec.parts[?(@.kind=="wheel")].count' }
+    - { name: Shiny, type: boolean, jsonPath: .spec.shiny }
+    - { name: Since, type: date, jsonPath: .spec.since }
+    - { name: Owner, type: string, jsonPath: .metadata.labels.owner, priority: 1 }"#,
+    );
+    let direct = |args: &[&str], stdin: Option<&str>| {
+        kubectl::run_full(
+            &env.cp.bins.kubectl,
+            &env.cp.management.kubeconfig,
+            args,
+            stdin,
+        )
+    };
+    let created = direct(&["apply", "-f", "-"], Some(&crd))?;
+    ensure!(created.success, "creating the CRD: {}", created.stderr);
+    let established = direct(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            &format!("crd/gadgets.{group}"),
+        ],
+        None,
+    )?;
+    ensure!(established.success, "the CRD: {}", established.stderr);
+    let rig = rig_streaming(
+        &env,
+        name,
+        &[],
+        &["ConfigMap", &format!("Gadget.{group}")],
+        "600s",
+    )
+    .await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let gadgets = format!(
+        r#"
+apiVersion: {group}/v1
+kind: Gadget
+metadata: {{ name: g1, namespace: {ns}, labels: {{ owner: ann }} }}
+spec:
+  size: 3
+  color: red
+  shiny: true
+  since: "2026-01-01T00:00:00Z"
+  parts: [{{ kind: bolt, count: 9 }}, {{ kind: wheel, count: 4 }}]
+---
+apiVersion: {group}/v1
+kind: Gadget
+metadata: {{ name: g2, namespace: {ns} }}
+spec: {{ size: 1, parts: [{{ kind: bolt, count: 2 }}] }}
+"#
+    );
+    let applied = k.direct_full(&["apply", "-f", "-"], Some(&gadgets))?;
+    ensure!(applied.success, "the gadgets: {}", applied.stderr);
+    let gets: Vec<Vec<&str>> = vec![
+        vec!["-n", ns.as_str(), "get", "gadgets"],
+        vec!["-n", ns.as_str(), "get", "gadgets", "-o", "wide"],
+        vec!["-n", ns.as_str(), "get", "gadget", "g1"],
+        vec!["-n", ns.as_str(), "get", "gadget", "g2", "-o", "wide"],
+    ];
+    // The agent follows the CRDs shortly after it registers; from then on the hub
+    // reads the CRD once and prints from the cache.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (c0, x0) = answered(&rig).await?;
+        let mut differ = None;
+        for args in &gets {
+            let through = k.hub(args, None)?;
+            let direct = k.direct(args)?;
+            if without_age(&through) != without_age(&direct) || through.lines().count() < 2 {
+                differ = Some(format!(
+                    "kubectl {args:?}: through the hub\n{through}\ndirectly\n{direct}"
+                ));
+            }
+        }
+        let (c1, x1) = answered(&rig).await?;
+        if differ.is_none() && x1 == x0 {
+            eprintln!(
+                "{} custom resource tables: {} requests from the cache, 0 to the cluster",
+                gets.len(),
+                c1 - c0
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            direct(&["delete", "crd", &format!("gadgets.{group}")], None)?;
+            bail!(
+                "custom resource tables: {} requests went to the cluster; {}",
+                x1 - x0,
+                differ.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    direct(&["delete", "crd", &format!("gadgets.{group}")], None)?;
+    Ok(())
+}
+
+/// What the hub keeps of a cluster's discovery shows in
+/// `scale_agent_hub_kube_api_discovery_bytes`, and is forgotten once the account is
+/// removed (its agent gone past the grace period).
+async fn discovery_forgotten(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig_streaming(&env, "kforget", &[], &[], "3s").await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let caches = rig.s.dir.path().join("kubectl-caches");
+    let bytes = || async {
+        metric(
+            &format!("{}/metrics", rig.s.hub.http),
+            "scale_agent_hub_kube_api_discovery_bytes",
+        )
+        .await
+    };
+    // Once the agent follows the cluster's CRDs, a kubectl with nothing cached leaves
+    // the cluster's discovery in the hub's memory.
+    let mut runs = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kept = loop {
+        runs += 1;
+        let out = k.hub_cached_in(
+            &caches.join(runs.to_string()),
+            &["-n", ns.as_str(), "get", "configmaps"],
+        )?;
+        ensure!(out.success, "kubectl through the hub: {}", out.stderr);
+        let kept = bytes().await?;
+        if kept > 0.0 {
+            break kept;
+        }
+        ensure!(Instant::now() < deadline, "the hub kept no discovery");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("discovery kept for the account: {kept} bytes");
+    rig.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    wait::until("the accounts removed", Duration::from_secs(60), || async {
+        let mgmt = scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.mgmt).await;
+        let target = scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target).await;
+        (mgmt.is_none() && target.is_none()).then_some(())
+    })
+    .await?;
+    let removed = Instant::now();
+    let forgotten = wait::until("the discovery forgotten", Duration::from_secs(30), || {
+        let bytes = bytes();
+        async { (bytes.await.ok()? == 0.0).then_some(()) }
+    })
+    .await;
+    ensure!(
+        forgotten.is_ok(),
+        "{} bytes of discovery still kept 30 s after the accounts were removed",
+        bytes().await.unwrap_or(kept)
+    );
+    eprintln!(
+        "discovery forgotten {:?} after the accounts were removed",
+        removed.elapsed()
     );
     Ok(())
 }

@@ -84,6 +84,12 @@ scale_agent_runtime::metrics! {
         /// Kubernetes API requests carried to agents and not finished (set at
         /// scrape time).
         kube_api_requests_in_flight: Gauge,
+        /// Bytes of the clusters' discovery and OpenAPI answers the hub keeps to answer
+        /// them from memory, all accounts together.
+        kube_api_discovery_bytes: Gauge,
+        /// Discovery and OpenAPI answers passed on without being kept, by the bound
+        /// they would have crossed (`account_answers`, `account_bytes`, `total_bytes`).
+        kube_api_discovery_not_kept: Family<ReasonLabel, Counter>,
         /// Syncs the agents opened, by mode: `full_relist` (everything listed
         /// again) or `resumed_watch` (resumed from the hub's resume point).
         syncs: Family<ModeLabel, Counter>,
@@ -163,6 +169,11 @@ impl Metrics {
         self.kube_api_requests
             .get_or_create(&KubeApiLabel { source, code })
             .inc();
+    }
+
+    /// Counts a discovery answer passed on without being kept.
+    pub fn discovery_not_kept(&self, reason: &'static str) {
+        count(&self.kube_api_discovery_not_kept, reason);
     }
 
     /// Counts a sync opened in `mode`.

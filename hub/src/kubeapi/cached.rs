@@ -11,10 +11,12 @@ use axum::body::Body;
 use http::Response;
 
 use super::barrier::Barriers;
+use super::columns;
 use super::hold::Holding;
 use super::list::{self, Snapshots};
 use super::path::ResourcePath;
 use super::read::{self, Pass, Read, Version};
+use super::table::Print;
 use super::watch::{self, Start, Watch};
 use crate::core::cache::ObjectKey;
 use crate::core::memory::Memory;
@@ -27,9 +29,9 @@ pub const CATCH_UP: Duration = Duration::from_secs(3);
 
 enum Step {
     Wait(tokio::sync::watch::Receiver<Mark>),
-    Object(Arc<serde_json::value::RawValue>),
-    List(list::Listed),
-    Continue,
+    Object(Arc<serde_json::value::RawValue>, Option<Print>),
+    List(list::Listed, Option<Print>),
+    Continue(Option<Print>),
     Watch(Box<Watch>),
 }
 
@@ -49,6 +51,8 @@ pub struct Ctx<'a> {
     pub memory: &'a Arc<Memory>,
     /// Versions reads must reach after the clients' writes.
     pub barriers: &'a Barriers,
+    /// The columns of custom resources' Tables.
+    pub columns: &'a columns::Memory,
     /// The account's agent is away: the cache answers from its last known state and
     /// cannot catch up with anything, so a read that would wait goes elsewhere at once.
     pub stale: bool,
@@ -73,7 +77,7 @@ pub async fn answer(
     let floor = written.max(asked);
     let give_up = Instant::now() + CATCH_UP;
     loop {
-        match step(ctx.shared, account, path, &read, floor)? {
+        match step(ctx, account, path, &read, floor)? {
             Step::Wait(_) if ctx.stale => {
                 return Err("the cache is not followed while the agent is away");
             }
@@ -85,22 +89,38 @@ pub async fn answer(
                 // Woken by the kind's next change; the check runs again.
                 let _ = tokio::time::timeout(left, rx.changed()).await;
             }
-            Step::Object(body) => {
-                return Ok(super::status::json_response(Body::from(format!(
-                    "{}\n",
-                    body.get()
-                ))));
+            Step::Object(body, print) => {
+                return Ok(match (print, read.table) {
+                    (Some(print), Some(ask)) => {
+                        list::table_response(&print.one(body.get(), ask.include))
+                    }
+                    _ => super::status::json_response(Body::from(format!("{}\n", body.get()))),
+                });
             }
-            Step::List(listed) => {
+            Step::List(listed, print) => {
                 return Ok(held_until_sent(
                     ctx,
-                    list::page(ctx.snapshots, ctx.owner, &read, Some(listed), fingerprint),
+                    list::page(
+                        ctx.snapshots,
+                        ctx.owner,
+                        &read,
+                        Some(listed),
+                        fingerprint,
+                        print.as_ref(),
+                    ),
                 ));
             }
-            Step::Continue => {
+            Step::Continue(print) => {
                 return Ok(held_until_sent(
                     ctx,
-                    list::page(ctx.snapshots, ctx.owner, &read, None, fingerprint),
+                    list::page(
+                        ctx.snapshots,
+                        ctx.owner,
+                        &read,
+                        None,
+                        fingerprint,
+                        print.as_ref(),
+                    ),
                 ));
             }
             Step::Watch(w) => {
@@ -160,13 +180,13 @@ fn in_parts(body: Body) -> Body {
 }
 
 fn step(
-    shared: &Shared,
+    ctx: &Ctx<'_>,
     account: &str,
     path: &ResourcePath,
     read: &Read,
     floor: u64,
 ) -> Result<Step, Pass> {
-    let core = shared.core();
+    let core = ctx.shared.core();
     let cache = core.cache.account(account).ok_or("nothing cached")?;
     let scope = cache
         .scope()
@@ -180,9 +200,25 @@ fn step(
     if path.namespace.is_some() && !kind.window.namespaced {
         return Err("a namespace for a cluster-scoped kind");
     }
-    if read.table.is_some() && super::table::printer(kind.key).is_none() {
-        return Err("a Table of a kind the hub has no printer for");
-    }
+    let print = match read.table {
+        None => None,
+        Some(_) => Some(
+            Print::built_in(kind.key)
+                .or_else(|| {
+                    let surface = cache.api_surface()?;
+                    let gvr = (
+                        path.group.as_str(),
+                        path.version.as_str(),
+                        path.resource.as_str(),
+                    );
+                    match ctx.columns.get(account, surface, gvr) {
+                        columns::Known::Columns(c) => Some(Print::Custom(c)),
+                        _ => None,
+                    }
+                })
+                .ok_or("a Table of a kind the hub has no printer for")?,
+        ),
+    };
     if !read.fields.supported(&kind.key.group, &kind.key.kind) {
         return Err("a field the hub does not index");
     }
@@ -214,10 +250,10 @@ fn step(
         let object = cache
             .get(&key)
             .ok_or("one object the cache does not hold")?;
-        return Ok(Step::Object(Arc::clone(&object.body)));
+        return Ok(Step::Object(Arc::clone(&object.body), print));
     }
     if read.cont.is_some() {
-        return Ok(Step::Continue);
+        return Ok(Step::Continue(print));
     }
     let listed = || {
         list::take(
@@ -229,7 +265,7 @@ fn step(
         )
     };
     let Some(ask) = &read.watch else {
-        return Ok(Step::List(listed()));
+        return Ok(Step::List(listed(), print));
     };
     let start = match read.version {
         _ if ask.initial_events => Start::Objects(listed().items),
@@ -254,6 +290,7 @@ fn step(
         kind: kind.key.clone(),
         api_version,
         read: read.clone(),
+        print,
         start,
         mark,
         follower: kind.window.follow(),

@@ -10,6 +10,13 @@
 //! agent reports and is unset when the agent does not follow them (an older agent, no
 //! right to watch them) or registers the account anew. Answers kept under another
 //! number are dropped, so the next request asks the cluster again.
+//!
+//! What is kept is bounded: [`MAX_PER_ACCOUNT`] answers and [`MAX_BYTES_PER_ACCOUNT`]
+//! per account, [`MAX_BYTES`] for all accounts together; an answer past a bound is
+//! passed on and not kept (counted in
+//! `scale_agent_hub_kube_api_discovery_not_kept_total{reason}`), and the bytes kept
+//! are `scale_agent_hub_kube_api_discovery_bytes`. An account's answers are forgotten
+//! when it is removed from the hub (its grace period over).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,6 +30,11 @@ pub const MAX_ANSWER: usize = 64 << 20;
 /// Answers kept per account at most (a cluster's groups, versions and OpenAPI v3
 /// documents, in the few forms clients ask them).
 pub const MAX_PER_ACCOUNT: usize = 512;
+/// Bytes kept per account at most: a cluster's whole discovery and OpenAPI, in the
+/// forms kubectl, helm and client-go ask them (gzip included), is a few tens of MiB.
+pub const MAX_BYTES_PER_ACCOUNT: usize = 64 << 20;
+/// Bytes kept for all accounts together at most.
+pub const MAX_BYTES: usize = 2 << 30;
 
 /// Headers of the cluster's answer that belong to that one request, not to what it
 /// served.
@@ -136,23 +148,81 @@ impl Kept {
     }
 }
 
+/// One account's kept answers.
 #[derive(Debug, Default)]
-struct Account {
+pub struct Account {
     surface: u64,
     answers: HashMap<Key, Arc<Kept>>,
+    /// The bodies' bytes.
+    bytes: usize,
+}
+
+/// What the hub keeps per account for its Kubernetes API, behind one lock, forgotten
+/// when the account leaves the hub.
+#[derive(Debug)]
+pub struct PerAccount<T> {
+    map: Mutex<HashMap<String, T>>,
+}
+
+impl<T> Default for PerAccount<T> {
+    fn default() -> Self {
+        PerAccount {
+            map: Mutex::default(),
+        }
+    }
+}
+
+impl<T> PerAccount<T> {
+    /// The accounts' entries.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, T>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The accounts something is kept for.
+    pub fn accounts(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Drops what is kept for an account (it is gone).
+    pub fn forget(&self, account: &str) {
+        self.lock().remove(account);
+    }
 }
 
 /// Every account's kept answers.
 #[derive(Debug, Default)]
 pub struct Memory {
-    accounts: Mutex<HashMap<String, Account>>,
+    /// Kept per account.
+    pub accounts: PerAccount<Account>,
+}
+
+/// Why an answer was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotKept {
+    /// The account keeps [`MAX_PER_ACCOUNT`] answers already.
+    AccountAnswers,
+    /// The account would keep more than [`MAX_BYTES_PER_ACCOUNT`].
+    AccountBytes,
+    /// All accounts would keep more than [`MAX_BYTES`].
+    TotalBytes,
+}
+
+impl NotKept {
+    /// The metric's label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NotKept::AccountAnswers => "account_answers",
+            NotKept::AccountBytes => "account_bytes",
+            NotKept::TotalBytes => "total_bytes",
+        }
+    }
 }
 
 impl Memory {
     /// The answer kept for `key` while the account's surface is `surface`; answers
     /// kept under another surface are dropped.
     pub fn get(&self, account: &str, surface: u64, key: &Key) -> Option<Arc<Kept>> {
-        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut accounts = self.accounts.lock();
         let a = accounts.get_mut(account)?;
         if a.surface != surface {
             accounts.remove(account);
@@ -161,38 +231,56 @@ impl Memory {
         a.answers.get(key).cloned()
     }
 
-    /// Keeps an answer given while the account's surface was `surface`.
-    pub fn keep(&self, account: &str, surface: u64, key: Key, kept: Arc<Kept>) {
-        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
-        let a = accounts.entry(account.to_owned()).or_default();
-        if a.surface != surface {
-            *a = Account {
-                surface,
-                answers: HashMap::new(),
-            };
-        }
-        if a.answers.len() < MAX_PER_ACCOUNT || a.answers.contains_key(&key) {
-            a.answers.insert(key, kept);
-        }
+    /// Keeps an answer given while the account's surface was `surface`, within the
+    /// bounds.
+    pub fn keep(
+        &self,
+        account: &str,
+        surface: u64,
+        key: Key,
+        kept: Arc<Kept>,
+    ) -> Result<(), NotKept> {
+        self.keep_within(account, surface, key, kept, MAX_BYTES)
     }
 
-    /// Drops an account's answers (it is gone).
-    pub fn forget(&self, account: &str) {
-        self.accounts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(account);
+    fn keep_within(
+        &self,
+        account: &str,
+        surface: u64,
+        key: Key,
+        kept: Arc<Kept>,
+        max_bytes: usize,
+    ) -> Result<(), NotKept> {
+        let mut accounts = self.accounts.lock();
+        if accounts.get(account).is_some_and(|a| a.surface != surface) {
+            accounts.remove(account);
+        }
+        let total: usize = accounts.values().map(|a| a.bytes).sum();
+        let a = accounts
+            .entry(account.to_owned())
+            .or_insert_with(|| Account {
+                surface,
+                ..Account::default()
+            });
+        let replaced = a.answers.get(&key).map_or(0, |k| k.body.len());
+        let size = kept.body.len();
+        if replaced == 0 && a.answers.len() >= MAX_PER_ACCOUNT {
+            return Err(NotKept::AccountAnswers);
+        }
+        if a.bytes - replaced + size > MAX_BYTES_PER_ACCOUNT {
+            return Err(NotKept::AccountBytes);
+        }
+        if total - replaced + size > max_bytes {
+            return Err(NotKept::TotalBytes);
+        }
+        a.bytes = a.bytes - replaced + size;
+        a.answers.insert(key, kept);
+        Ok(())
     }
 
     /// Bytes kept, all accounts together.
     pub fn bytes(&self) -> usize {
-        self.accounts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .flat_map(|a| a.answers.values())
-            .map(|k| k.body.len())
-            .sum()
+        self.accounts.lock().values().map(|a| a.bytes).sum()
     }
 }
 
@@ -253,7 +341,9 @@ mod tests {
             &cluster,
             Bytes::from_static(b"{\"kind\":\"APIGroupList\"}"),
         ));
-        memory.keep("a", 7, Key::of("/apis", &json), Arc::clone(&kept));
+        memory
+            .keep("a", 7, Key::of("/apis", &json), Arc::clone(&kept))
+            .expect("kept");
         assert!(memory.get("a", 7, &Key::of("/apis", &aggregated)).is_none());
         assert!(memory.get("b", 7, &Key::of("/apis", &json)).is_none());
         let got = memory.get("a", 7, &Key::of("/apis", &json)).expect("kept");
@@ -270,5 +360,61 @@ mod tests {
         assert!(memory.get("a", 8, &Key::of("/apis", &json)).is_none());
         assert!(memory.get("a", 7, &Key::of("/apis", &json)).is_none());
         assert_eq!(memory.bytes(), 0);
+    }
+
+    #[test]
+    fn what_is_kept_is_bounded_and_forgotten_with_the_account() {
+        let memory = Memory::default();
+        let body = |n: usize| Arc::new(Kept::new(&HeaderMap::new(), Bytes::from(vec![b'x'; n])));
+        let key = |p: &str| Key::of(p, &HeaderMap::new());
+        let mib = 1 << 20;
+        // Per account: answers and bytes.
+        for i in 0..MAX_PER_ACCOUNT {
+            memory
+                .keep("a", 1, key(&format!("/apis/g{i}")), body(1))
+                .expect("kept");
+        }
+        assert_eq!(
+            memory.keep("a", 1, key("/one-more"), body(1)),
+            Err(NotKept::AccountAnswers)
+        );
+        // The same answer again replaces itself.
+        memory
+            .keep("a", 1, key("/apis/g0"), body(2))
+            .expect("replaced");
+        assert_eq!(memory.bytes(), MAX_PER_ACCOUNT + 1);
+        memory
+            .keep(
+                "b",
+                1,
+                key("/openapi/v2"),
+                body(MAX_BYTES_PER_ACCOUNT - mib),
+            )
+            .expect("kept");
+        assert_eq!(
+            memory.keep("b", 1, key("/openapi/v3"), body(2 * mib)),
+            Err(NotKept::AccountBytes)
+        );
+        // All accounts together.
+        let total = memory.bytes();
+        assert_eq!(
+            memory.keep_within("c", 1, key("/api"), body(10), total + 9),
+            Err(NotKept::TotalBytes)
+        );
+        memory
+            .keep_within("c", 1, key("/api"), body(10), total + 10)
+            .expect("kept");
+        // A new surface starts the account afresh; forgetting drops it.
+        memory.keep("b", 2, key("/api"), body(3)).expect("kept");
+        assert_eq!(
+            memory.bytes(),
+            total + 10 - (MAX_BYTES_PER_ACCOUNT - mib) + 3
+        );
+        let mut accounts = memory.accounts.accounts();
+        accounts.sort();
+        assert_eq!(accounts, ["a", "b", "c"]);
+        memory.accounts.forget("a");
+        memory.accounts.forget("b");
+        assert_eq!(memory.bytes(), 10);
     }
 }

@@ -293,14 +293,26 @@ fn expired() -> Failure {
     )
 }
 
-/// One page of a list, as the API server writes it; `owner` names the caller (its
-/// token) whose snapshots keep the next pages.
+/// A Table as the API server answers it.
+pub fn table_response(table: &Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(format!("{table}\n")));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"),
+    );
+    response
+}
+
+/// One page of a list, as the API server writes it (a Table with `print` when the
+/// read asks for one); `owner` names the caller (its token) whose snapshots keep the
+/// next pages.
 pub fn page(
     snapshots: &Snapshots,
     owner: usize,
     read: &Read,
     list: Option<Listed>,
     q: u64,
+    print: Option<&table::Print>,
 ) -> Response<Body> {
     let (filtered, offset) = match (&read.cont, list) {
         (Some(token), _) => {
@@ -364,20 +376,14 @@ pub fn page(
         }
     }
     if let Some(ask) = &read.table
-        && let Some(printer) = table::printer(&filtered.kind)
+        && let Some(print) = print
     {
         let now = std::time::SystemTime::now();
         let rows = filtered.items[from..to]
             .iter()
-            .map(|i| table::row(printer, i.body.get(), ask.include, now))
+            .map(|i| print.row(i.body.get(), ask.include, now))
             .collect();
-        let body = table::table(printer, Value::Object(metadata), rows);
-        let mut response = Response::new(Body::from(format!("{body}\n")));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"),
-        );
-        return response;
+        return table_response(&print.table(Value::Object(metadata), rows));
     }
     let strip = built_in(&filtered.kind.group);
     let mut out = String::with_capacity(
@@ -478,6 +484,7 @@ mod tests {
             &read(Some("a"), &[]),
             Some(listed(5)),
             1,
+            None,
         ))
         .await;
         assert_eq!(status, StatusCode::OK);
@@ -492,7 +499,7 @@ mod tests {
         );
         // Pages of two: the next pages come from the first page's snapshot.
         let first = read(Some("a"), &[("limit", "2")]);
-        let (_, p1) = json(page(&snapshots, 0, &first, Some(listed(5)), 1)).await;
+        let (_, p1) = json(page(&snapshots, 0, &first, Some(listed(5)), 1, None)).await;
         assert_eq!(names(&p1), ["d00", "d01"]);
         assert_eq!(p1["metadata"]["remainingItemCount"], 3);
         let mut seen = names(&p1);
@@ -502,7 +509,7 @@ mod tests {
             .to_owned();
         loop {
             let next = read(Some("a"), &[("limit", "2"), ("continue", &token)]);
-            let (_, p) = json(page(&snapshots, 0, &next, None, 1)).await;
+            let (_, p) = json(page(&snapshots, 0, &next, None, 1, None)).await;
             assert_eq!(p["metadata"]["resourceVersion"], "77");
             seen.extend(names(&p));
             match p["metadata"]["continue"].as_str() {
@@ -513,13 +520,13 @@ mod tests {
         assert_eq!(seen, ["d00", "d01", "d02", "d03", "d04"]);
         // Selectors apply before paging; no remaining count with a selector.
         let even = read(Some("a"), &[("limit", "2"), ("labelSelector", "even=true")]);
-        let (_, p) = json(page(&snapshots, 0, &even, Some(listed(5)), 2)).await;
+        let (_, p) = json(page(&snapshots, 0, &even, Some(listed(5)), 2, None)).await;
         assert_eq!(names(&p), ["d00", "d02"]);
         assert!(p["metadata"].get("remainingItemCount").is_none());
         // A token of another list is refused; an unknown snapshot is expired.
         let wrong = read(Some("a"), &[("limit", "2"), ("continue", &token)]);
         assert_eq!(
-            json(page(&snapshots, 0, &wrong, None, 9)).await.0,
+            json(page(&snapshots, 0, &wrong, None, 9, None)).await.0,
             StatusCode::BAD_REQUEST
         );
         let gone = Token {
@@ -536,6 +543,7 @@ mod tests {
             &read(Some("a"), &[("continue", &gone)]),
             None,
             1,
+            None,
         ))
         .await;
         assert_eq!(status, StatusCode::GONE);
@@ -546,31 +554,31 @@ mod tests {
     async fn another_owners_lists_do_not_push_out_your_pages() {
         let snapshots = Snapshots::default();
         let first = read(Some("a"), &[("limit", "2")]);
-        let (_, p1) = json(page(&snapshots, 1, &first, Some(listed(5)), 1)).await;
+        let (_, p1) = json(page(&snapshots, 1, &first, Some(listed(5)), 1, None)).await;
         let token = p1["metadata"]["continue"]
             .as_str()
             .expect("a token")
             .to_owned();
         // Another token pages through more lists than anyone may keep.
         for _ in 0..MAX_SNAPSHOTS * 2 {
-            let (status, _) = json(page(&snapshots, 2, &first, Some(listed(5)), 1)).await;
+            let (status, _) = json(page(&snapshots, 2, &first, Some(listed(5)), 1, None)).await;
             assert_eq!(status, StatusCode::OK);
         }
         let next = read(Some("a"), &[("limit", "2"), ("continue", &token)]);
-        let (status, p2) = json(page(&snapshots, 1, &next, None, 1)).await;
+        let (status, p2) = json(page(&snapshots, 1, &next, None, 1, None)).await;
         assert_eq!(status, StatusCode::OK, "{p2}");
         assert_eq!(names(&p2), ["d02", "d03"]);
         // Your own lists still push out your oldest.
         for _ in 0..MAX_SNAPSHOTS {
-            json(page(&snapshots, 1, &first, Some(listed(5)), 1)).await;
+            json(page(&snapshots, 1, &first, Some(listed(5)), 1, None)).await;
         }
         assert_eq!(
-            json(page(&snapshots, 1, &next, None, 1)).await.0,
+            json(page(&snapshots, 1, &next, None, 1, None)).await.0,
             StatusCode::GONE
         );
         // And nobody continues another owner's list.
         assert_eq!(
-            json(page(&snapshots, 3, &next, None, 1)).await.0,
+            json(page(&snapshots, 3, &next, None, 1, None)).await.0,
             StatusCode::GONE
         );
     }

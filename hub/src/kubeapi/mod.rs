@@ -20,13 +20,16 @@
 //! session, flow control), [`passthrough`] (replaying a request through the agent), [`stale`] (reads
 //! while an account's agent is away),
 //! [`discovery`] (discovery and OpenAPI kept while the agent follows what the
-//! cluster serves), [`hold`] (answers that hold their place or bytes until sent), [`status`] (Kubernetes `Status` answers), [`table`] (lists as
-//! `Table`s, the columns `kubectl get` prints), [`kubeconfig`] (the kubeconfig Spinnaker
+//! cluster serves), [`hold`] (answers that hold their place or bytes until sent),
+//! [`status`] (Kubernetes `Status` answers), [`table`] (lists as `Table`s, the columns
+//! `kubectl get` prints), [`columns`] (custom resources' columns, from their CRDs),
+//! [`kubeconfig`] (the kubeconfig Spinnaker
 //! operators paste into Clouddriver).
 
 pub mod auth;
 pub mod barrier;
 pub mod cached;
+pub mod columns;
 pub mod discovery;
 pub mod hold;
 pub mod kubeconfig;

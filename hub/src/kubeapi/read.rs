@@ -9,14 +9,14 @@
 //! - anything but a GET of a collection or of one object by name, subresources,
 //!   Secrets (the stream scrubs their data);
 //! - one object by name that the cache does not hold (it may be newer than the
-//!   stream), with any parameter but `resourceVersion`, or read by a kubectl command
+//!   stream), with any parameter but `resourceVersion` (and `includeObject` of a
+//!   Table), or read by a kubectl command
 //!   that computes a write from it (`Kubectl-Command` other than `kubectl get`, such
 //!   as the read `kubectl apply` makes before it patches): those read the cluster;
 //! - a kind the agent does not stream, at another version, mid-relist, or outside the
 //!   account's namespaces or label filter;
 //! - metadata-only answers, Tables of kinds the hub has no printer for
-//!   ([`super::table`]), watches of Tables other than from a version without
-//!   bookmarks (what `kubectl get -w` asks), `pretty`,
+//!   ([`super::table`], [`super::columns`]), `pretty`,
 //!   `resourceVersionMatch=Exact`, parameters the hub does not know, selectors it
 //!   cannot evaluate exactly (a field the kind does not index, a selector the API
 //!   server would refuse), and a `continue` token the cluster issued.
@@ -167,15 +167,14 @@ pub fn plan(
         Some(n) => Version::NotOlderThan(n.parse().map_err(|_| "an opaque resourceVersion")?),
     };
     if read.name.is_some() {
-        // The API server reads one object with `resourceVersion` alone.
-        if query
-            .iter()
-            .any(|(k, _)| !matches!(k.as_str(), "resourceVersion" | "timeout"))
-        {
+        // The API server reads one object with `resourceVersion` alone (and, for a
+        // Table, `includeObject`).
+        let allowed = |k: &str| {
+            matches!(k, "resourceVersion" | "timeout")
+                || (k == "includeObject" && read.table.is_some())
+        };
+        if query.iter().any(|(k, _)| !allowed(k)) {
             return Err("one object by name with list or watch parameters");
-        }
-        if read.table.is_some() {
-            return Err("a Table of one object");
         }
         return Ok(read);
     }
@@ -184,15 +183,6 @@ pub fn plan(
         return Err("list options the API server refuses");
     }
     if watch {
-        // `kubectl get -w`: a watch from the version of the list it printed. Tables of
-        // initial events and bookmarks are not written by the hub.
-        if read.table.is_some()
-            && (bookmarks
-                || given.send_initial_events.is_some()
-                || matches!(read.version, Version::Latest | Version::Any))
-        {
-            return Err("a watch of Tables with initial events or bookmarks");
-        }
         if read.cont.is_some() || read.limit > 0 {
             return Err("a watch with limit or continue");
         }
@@ -525,15 +515,18 @@ mod tests {
                 "{pass:?}"
             );
         }
+        let table = accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json");
         assert!(
-            plan(
-                &Method::GET,
-                &one,
-                &[],
-                &accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
-            )
-            .is_err(),
-            "a Table of one object"
+            plan(&Method::GET, &one, &[], &table).is_ok_and(|r| r.table.is_some()),
+            "a Table of one object (kubectl get deploy web)"
+        );
+        assert!(
+            plan(&Method::GET, &one, &q(&[("includeObject", "None")]), &table).is_ok(),
+            "a Table of one object without the object"
+        );
+        assert!(
+            plan(&Method::GET, &one, &q(&[("includeObject", "None")]), &none).is_err(),
+            "includeObject without a Table"
         );
     }
 

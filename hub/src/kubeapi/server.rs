@@ -24,6 +24,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use super::auth::{Refusal, Tokens};
 use super::barrier::Barriers;
 use super::cached::{self, Ctx};
+use super::columns;
 use super::discovery;
 use super::hold::Holding;
 use super::list::{self, Snapshots};
@@ -55,6 +56,8 @@ pub struct KubeApi {
     snapshots: Snapshots,
     barriers: Arc<Barriers>,
     discovery: discovery::Memory,
+    /// The columns of custom resources' Tables.
+    columns: columns::Memory,
     /// The watches each token holds from the cache.
     watches: Arc<super::watch::Slots>,
     /// The bytes held for each token's bodies and unsent lists.
@@ -120,9 +123,11 @@ pub async fn start(
         snapshots: Snapshots::default(),
         barriers: Arc::default(),
         discovery: discovery::Memory::default(),
+        columns: columns::Memory::default(),
         watches: Arc::default(),
         memory: Arc::new(Memory::new(held)),
     });
+    tokio::spawn(forget_removed(Arc::clone(&api), shutdown.clone()));
     let mut incoming = crate::net::tls::incoming(
         listener,
         "kube-api",
@@ -328,7 +333,52 @@ fn forwarded_watch(body: Incoming) -> Body {
     Body::from_stream(events)
 }
 
+/// How often what the API keeps of accounts that left the hub is dropped.
+const FORGET_EVERY: Duration = Duration::from_secs(10);
+
+/// Drops, every [`FORGET_EVERY`], the discovery answers and custom-resource columns
+/// kept for accounts the hub no longer has (their grace period over, or taken by
+/// another replica), until the hub stops.
+async fn forget_removed(api: Arc<KubeApi>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(FORGET_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => api.forget_removed(),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
 impl KubeApi {
+    /// Forgets what is kept for accounts the cache no longer has.
+    fn forget_removed(&self) {
+        let mut kept = self.discovery.accounts.accounts();
+        kept.extend(self.columns.accounts.accounts());
+        kept.sort_unstable();
+        kept.dedup();
+        // The cache's lock is taken alone: the memories' locks are not held under it.
+        let gone: Vec<String> = {
+            let core = self.shared.core();
+            kept.into_iter()
+                .filter(|a| core.cache.account(a).is_none())
+                .collect()
+        };
+        for account in &gone {
+            self.discovery.accounts.forget(account);
+            self.columns.accounts.forget(account);
+            debug!(account = %clip(account), "forgot the discovery and columns kept for an account the hub no longer has");
+        }
+        self.count_discovery();
+    }
+
+    /// Sets the gauge of the discovery bytes kept.
+    fn count_discovery(&self) {
+        self.shared
+            .metrics
+            .kube_api_discovery_bytes
+            .set(i64::try_from(self.discovery.bytes()).unwrap_or(i64::MAX));
+    }
+
     /// Reads the cluster's discovery answer whole, keeps it, and answers the client
     /// from it (`304` when it holds that version).
     async fn keep_discovery(
@@ -354,13 +404,133 @@ impl KubeApi {
             }
         };
         let kept = Arc::new(discovery::Kept::new(&parts.headers, bytes));
-        self.discovery
-            .keep(account, surface, key, Arc::clone(&kept));
+        if let Err(bound) = self
+            .discovery
+            .keep(account, surface, key, Arc::clone(&kept))
+        {
+            debug!(
+                reason = bound.reason(),
+                "a discovery answer passed on without being kept"
+            );
+            self.shared.metrics.discovery_not_kept(bound.reason());
+        }
+        self.count_discovery();
         let mut response = kept.answer(client);
         response
             .extensions_mut()
             .insert(passthrough::AnsweredBy("cluster"));
         response
+    }
+
+    /// Before a Table of a custom resource is answered from the cache: the columns its
+    /// CustomResourceDefinition names, asked of the cluster once while the account's
+    /// surface number holds ([`columns`]).
+    async fn learn_columns(
+        &self,
+        req: &Request<Incoming>,
+        owner: usize,
+        account: &str,
+        resource: &path::ResourcePath,
+        session: &crate::core::registry::SessionId,
+        tx: &crate::state::Outbound,
+    ) {
+        if req.method() != http::Method::GET
+            || resource.subresource.is_some()
+            || !matches!(super::table::wanted(req.headers()), Ok(Some(())))
+        {
+            return;
+        }
+        let gvr = (
+            resource.group.as_str(),
+            resource.version.as_str(),
+            resource.resource.as_str(),
+        );
+        let surface = {
+            let core = self.shared.core();
+            let Some(cache) = core.cache.account(account) else {
+                return;
+            };
+            let custom = cache
+                .kind_for(gvr.0, gvr.1, gvr.2)
+                .is_some_and(|k| super::table::Print::built_in(k.key).is_none());
+            match cache.api_surface() {
+                Some(surface) if custom => surface,
+                _ => return,
+            }
+        };
+        if !matches!(
+            self.columns.get(account, surface, gvr),
+            columns::Known::Unknown
+        ) {
+            return;
+        }
+        let name = format!("{}.{}", gvr.2, gvr.0);
+        let path_and_query = format!(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?fieldSelector=metadata.name%3D{name}"
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
+        // Asked on the caller's behalf: counted in its token's share and bytes.
+        let Ok(held) = self.memory.take(owner, 0) else {
+            return;
+        };
+        let response = passthrough::replay(
+            &self.shared,
+            Replay {
+                account,
+                token: owner,
+                class: Class::Short,
+                session: session.clone(),
+                tx: tx.clone(),
+                method: &http::Method::GET,
+                path_and_query: &path_and_query,
+                headers: &headers,
+                body: bytes::Bytes::new(),
+                held,
+                default_timeout: self.config.request_timeout,
+                window: self.config.window_bytes,
+                barrier: None,
+            },
+        )
+        .await;
+        // A request of the hub's own that reached the cluster: counted as such.
+        self.shared
+            .metrics
+            .kube_api("cluster", response.status().as_u16());
+        if response.status().is_client_error() {
+            // Refused (no right to list CRDs, ...): not asked again under this surface.
+            debug!(crd = %clip(&name), status = %response.status(), "the cluster refused the CRD of a custom resource's Table; its Tables go to the cluster");
+            self.columns.keep(
+                account,
+                surface,
+                gvr,
+                Err("the cluster refused to list the CRD"),
+            );
+            return;
+        }
+        if response.status() != StatusCode::OK {
+            debug!(crd = %clip(&name), status = %response.status(), "the cluster did not give the CRD of a custom resource's Table; its Tables go to the cluster");
+            return;
+        }
+        let limited = http_body_util::Limited::new(response.into_body(), columns::MAX_CRD);
+        let Ok(bytes) = http_body_util::BodyExt::collect(limited).await else {
+            debug!(crd = %clip(&name), "the CRD of a custom resource's Table could not be read whole");
+            return;
+        };
+        let found = serde_json::from_slice::<serde_json::Value>(&bytes.to_bytes())
+            .ok()
+            .and_then(|list| list["items"].get(0).cloned());
+        let learned = match found {
+            Some(crd) => columns::Custom::from_crd(&crd, gvr.1).map(Arc::new),
+            None => Err("no CustomResourceDefinition of that name"),
+        };
+        if let Err(why) = &learned {
+            debug!(crd = %clip(&name), why, "a custom resource's Tables go to the cluster");
+        }
+        self.columns.keep(account, surface, gvr, learned);
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
@@ -424,6 +594,7 @@ impl KubeApi {
             max_watches: self.config.max_watches_per_token,
             memory: &self.memory,
             barriers: &self.barriers,
+            columns: &self.columns,
             stale,
         };
         let fingerprint = list::fingerprint(account, rest, &query);
@@ -549,6 +720,10 @@ impl KubeApi {
         if let Err(why) = self.within_scope(&account, req.method(), resource.as_ref()) {
             warn!(path = %clip(&rest), %why, "refused a request outside the account's namespaces");
             return Failure::forbidden(why).response();
+        }
+        if let (Some(resource), Some(session), Some(tx)) = (&resource, &session, &tx) {
+            self.learn_columns(&req, owner, &account, resource, session, tx)
+                .await;
         }
         if let Some(resource) = &resource {
             match self

@@ -10,12 +10,14 @@
 //! any other kind (or of a custom resource, whose `additionalPrinterColumns` the cache
 //! does not know) goes to the cluster.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, header};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
+use super::columns::Custom;
 use crate::core::cache::KindKey;
 
 /// What a row of a Table carries besides its cells (`includeObject`).
@@ -77,6 +79,8 @@ pub fn include(v: &str) -> Result<Include, &'static str> {
 pub struct Printer {
     columns: &'static [Column],
     cells: fn(&Value, SystemTime) -> Vec<Value>,
+    /// The row's `conditions`, for the kinds whose printer sets them (Pods).
+    conditions: Option<fn(&Value) -> Option<Value>>,
 }
 
 struct Column {
@@ -87,8 +91,10 @@ struct Column {
     priority: u8,
 }
 
-const NAME_DOC: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
-const AGE_DOC: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
+/// The API server's description of the Name column.
+pub const NAME_DOC: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
+/// The API server's description of an Age column (`metadata.creationTimestamp`).
+pub const AGE_DOC: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
 
 const fn col(name: &'static str, description: &'static str, priority: u8) -> Column {
     Column {
@@ -120,7 +126,17 @@ const NAME: Column = Column {
 };
 const AGE: Column = col("Age", AGE_DOC, 0);
 
+/// The columns of a workload's Table: Name, its own, then Age and (`-o wide`) its pod
+/// template's Containers and Images and its Selector (described per kind); its rows are
+/// written by [`workload_row`].
+macro_rules! workload_columns {
+    ($($own:expr,)* ; selector: $doc:expr) => {
+        &[NAME, $($own,)* AGE, CONTAINERS, IMAGES, col("Selector", $doc, 1)]
+    };
+}
+
 static CONFIG_MAP: Printer = Printer {
+    conditions: None,
     columns: &[
         NAME,
         col(
@@ -141,6 +157,7 @@ static CONFIG_MAP: Printer = Printer {
 };
 
 static NAMESPACE: Printer = Printer {
+    conditions: None,
     columns: &[NAME, col("Status", "The status of the namespace", 0), AGE],
     cells: |o, now| {
         vec![
@@ -152,13 +169,14 @@ static NAMESPACE: Printer = Printer {
 };
 
 static SERVICE_ACCOUNT: Printer = Printer {
+    conditions: None,
     columns: &[NAME, AGE],
     cells: |o, now| vec![name(o), age(o, now)],
 };
 
 static DEPLOYMENT: Printer = Printer {
-    columns: &[
-        NAME,
+    conditions: None,
+    columns: workload_columns![
         col("Ready", "Number of the pod with ready state", 0),
         col(
             "Up-to-date",
@@ -170,37 +188,22 @@ static DEPLOYMENT: Printer = Printer {
             "Total number of available non-terminating pods (ready for at least minReadySeconds) targeted by this deployment.",
             0,
         ),
-        AGE,
-        col("Containers", "Names of each container in the template.", 1),
-        col(
-            "Images",
-            "Images referenced by each container in the template.",
-            1,
-        ),
-        col(
-            "Selector",
-            "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment. It must match the pod template's labels.",
-            1,
-        ),
+        ; selector: "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment. It must match the pod template's labels."
     ],
     cells: |o, now| {
-        let n = |v: &Value| v.as_i64().unwrap_or(0);
         let status = &o["status"];
-        let [names, images] = containers(o);
-        vec![
-            name(o),
-            json!(format!(
-                "{}/{}",
-                n(&status["readyReplicas"]),
-                n(&o["spec"]["replicas"])
-            )),
-            json!(n(&status["updatedReplicas"])),
-            json!(n(&status["availableReplicas"])),
-            age(o, now),
-            names,
-            images,
-            json!(selector(&o["spec"]["selector"])),
-        ]
+        workload_row(
+            vec![
+                name(o),
+                ready_of_desired(o),
+                int_of(&status["updatedReplicas"]),
+                int_of(&status["availableReplicas"]),
+            ],
+            o,
+            now,
+            &o["spec"]["template"],
+            selector(&o["spec"]["selector"]),
+        )
     },
 };
 
@@ -211,10 +214,35 @@ const IMAGES: Column = col(
     1,
 );
 
-/// The container names and images of a workload's pod template, as the API server lays
-/// them out.
-fn containers(o: &Value) -> [Value; 2] {
-    template_containers(&o["spec"]["template"])
+/// The cells a workload's row has after its own: its age, then (`-o wide`) the
+/// container names and images of its pod template, as the API server lays them out.
+fn age_and_containers(o: &Value, now: SystemTime, template: &Value) -> [Value; 3] {
+    let [names, images] = template_containers(template);
+    [age(o, now), names, images]
+}
+
+/// A workload's row: its own cells, then those [`workload_columns`] adds: its age, its
+/// pod template's container names and images, and its selector as written.
+fn workload_row(
+    mut cells: Vec<Value>,
+    o: &Value,
+    now: SystemTime,
+    template: &Value,
+    selector: String,
+) -> Vec<Value> {
+    cells.extend(age_and_containers(o, now, template));
+    cells.push(json!(selector));
+    cells
+}
+
+/// `ready/desired` replicas of a Deployment or StatefulSet.
+fn ready_of_desired(o: &Value) -> Value {
+    let n = |v: &Value| v.as_i64().unwrap_or(0);
+    json!(format!(
+        "{}/{}",
+        n(&o["status"]["readyReplicas"]),
+        n(&o["spec"]["replicas"])
+    ))
 }
 
 /// The container names and images of a pod template.
@@ -267,8 +295,8 @@ fn format_labels(m: &Value) -> String {
 }
 
 static REPLICA_SET: Printer = Printer {
-    columns: &[
-        NAME,
+    conditions: None,
+    columns: workload_columns![
         int(
             "Desired",
             "Replicas is the number of desired pods. This is a pointer to distinguish between explicit zero and unspecified. Defaults to 1. More info: https://kubernetes.io/docs/concepts/workloads/controllers/replicaset",
@@ -281,31 +309,26 @@ static REPLICA_SET: Printer = Printer {
             "Ready",
             "The number of non-terminating pods targeted by this ReplicaSet with a Ready Condition.",
         ),
-        AGE,
-        CONTAINERS,
-        IMAGES,
-        col(
-            "Selector",
-            "Selector is a label query over pods that should match the replica count. Label keys and values that must match in order to be controlled by this replica set. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
-            1,
-        ),
+        ; selector: "Selector is a label query over pods that should match the replica count. Label keys and values that must match in order to be controlled by this replica set. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors"
     ],
     cells: |o, now| {
-        let [names, images] = containers(o);
-        vec![
-            name(o),
-            int_of(&o["spec"]["replicas"]),
-            int_of(&o["status"]["replicas"]),
-            int_of(&o["status"]["readyReplicas"]),
-            age(o, now),
-            names,
-            images,
-            json!(format_selector(&o["spec"]["selector"])),
-        ]
+        workload_row(
+            vec![
+                name(o),
+                int_of(&o["spec"]["replicas"]),
+                int_of(&o["status"]["replicas"]),
+                int_of(&o["status"]["readyReplicas"]),
+            ],
+            o,
+            now,
+            &o["spec"]["template"],
+            format_selector(&o["spec"]["selector"]),
+        )
     },
 };
 
 static STATEFUL_SET: Printer = Printer {
+    conditions: None,
     columns: &[
         NAME,
         col("Ready", "Number of the pod with ready state", 0),
@@ -314,25 +337,15 @@ static STATEFUL_SET: Printer = Printer {
         IMAGES,
     ],
     cells: |o, now| {
-        let n = |v: &Value| v.as_i64().unwrap_or(0);
-        let [names, images] = containers(o);
-        vec![
-            name(o),
-            json!(format!(
-                "{}/{}",
-                n(&o["status"]["readyReplicas"]),
-                n(&o["spec"]["replicas"])
-            )),
-            age(o, now),
-            names,
-            images,
-        ]
+        let mut cells = vec![name(o), ready_of_desired(o)];
+        cells.extend(age_and_containers(o, now, &o["spec"]["template"]));
+        cells
     },
 };
 
 static DAEMON_SET: Printer = Printer {
-    columns: &[
-        NAME,
+    conditions: None,
+    columns: workload_columns![
         int(
             "Desired",
             "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod). More info: https://kubernetes.io/docs/concepts/workloads/controllers/daemonset/",
@@ -358,37 +371,32 @@ static DAEMON_SET: Printer = Printer {
             "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node. More info: https://kubernetes.io/docs/concepts/configuration/assign-pod-node/",
             0,
         ),
-        AGE,
-        CONTAINERS,
-        IMAGES,
-        col(
-            "Selector",
-            "A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
-            1,
-        ),
+        ; selector: "A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors"
     ],
     cells: |o, now| {
         let st = &o["status"];
-        let [names, images] = containers(o);
-        vec![
-            name(o),
-            int_of(&st["desiredNumberScheduled"]),
-            int_of(&st["currentNumberScheduled"]),
-            int_of(&st["numberReady"]),
-            int_of(&st["updatedNumberScheduled"]),
-            int_of(&st["numberAvailable"]),
-            json!(format_labels(
-                &o["spec"]["template"]["spec"]["nodeSelector"]
-            )),
-            age(o, now),
-            names,
-            images,
-            json!(format_selector(&o["spec"]["selector"])),
-        ]
+        workload_row(
+            vec![
+                name(o),
+                int_of(&st["desiredNumberScheduled"]),
+                int_of(&st["currentNumberScheduled"]),
+                int_of(&st["numberReady"]),
+                int_of(&st["updatedNumberScheduled"]),
+                int_of(&st["numberAvailable"]),
+                json!(format_labels(
+                    &o["spec"]["template"]["spec"]["nodeSelector"]
+                )),
+            ],
+            o,
+            now,
+            &o["spec"]["template"],
+            format_selector(&o["spec"]["selector"]),
+        )
     },
 };
 
 static SERVICE: Printer = Printer {
+    conditions: None,
     columns: &[
         NAME,
         col(
@@ -523,6 +531,7 @@ fn ingress_hosts(rules: &[Value]) -> String {
 }
 
 static INGRESS: Printer = Printer {
+    conditions: None,
     columns: &[
         NAME,
         col(
@@ -559,6 +568,7 @@ static INGRESS: Printer = Printer {
 };
 
 static NETWORK_POLICY: Printer = Printer {
+    conditions: None,
     columns: &[
         NAME,
         col(
@@ -577,15 +587,11 @@ static NETWORK_POLICY: Printer = Printer {
     },
 };
 
-const JOB_SELECTOR: Column = col(
-    "Selector",
-    "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
-    1,
-);
+const JOB_SELECTOR_DOC: &str = "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors";
 
 static JOB: Printer = Printer {
-    columns: &[
-        NAME,
+    conditions: None,
+    columns: workload_columns![
         col("Status", "Status of the job.", 0),
         col(
             "Completions",
@@ -593,10 +599,7 @@ static JOB: Printer = Printer {
             0,
         ),
         col("Duration", "Time required to complete the job.", 0),
-        AGE,
-        CONTAINERS,
-        IMAGES,
-        JOB_SELECTOR,
+        ; selector: JOB_SELECTOR_DOC
     ],
     cells: |o, now| {
         let spec = &o["spec"];
@@ -642,23 +645,19 @@ static JOB: Printer = Printer {
         } else {
             "Running"
         };
-        let [names, images] = containers(o);
-        vec![
-            name(o),
-            json!(state),
-            json!(completions),
-            json!(duration),
-            age(o, now),
-            names,
-            images,
-            json!(format_selector(&spec["selector"])),
-        ]
+        workload_row(
+            vec![name(o), json!(state), json!(completions), json!(duration)],
+            o,
+            now,
+            &spec["template"],
+            format_selector(&spec["selector"]),
+        )
     },
 };
 
 static CRON_JOB: Printer = Printer {
-    columns: &[
-        NAME,
+    conditions: None,
+    columns: workload_columns![
         col(
             "Schedule",
             "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.",
@@ -682,38 +681,530 @@ static CRON_JOB: Printer = Printer {
             "Information when was the last time the job was successfully scheduled.",
             0,
         ),
-        AGE,
-        CONTAINERS,
-        IMAGES,
-        JOB_SELECTOR,
+        ; selector: JOB_SELECTOR_DOC
     ],
     cells: |o, now| {
         let spec = &o["spec"];
         let job = &spec["jobTemplate"]["spec"];
-        let [names, images] = template_containers(&job["template"]);
         let last = &o["status"]["lastScheduleTime"];
-        vec![
-            name(o),
-            json!(spec["schedule"].as_str().unwrap_or_default()),
-            json!(spec["timeZone"].as_str().unwrap_or("<none>")),
-            json!(match spec["suspend"].as_bool() {
-                Some(true) => "True",
-                Some(false) => "False",
-                None => "<unset>",
-            }),
-            json!(o["status"]["active"].as_array().map_or(0, Vec::len)),
-            if last.is_null() {
-                json!("<none>")
-            } else {
-                since(last, now)
-            },
-            age(o, now),
-            names,
-            images,
-            json!(format_selector(&job["selector"])),
-        ]
+        workload_row(
+            vec![
+                name(o),
+                json!(spec["schedule"].as_str().unwrap_or_default()),
+                json!(spec["timeZone"].as_str().unwrap_or("<none>")),
+                json!(match spec["suspend"].as_bool() {
+                    Some(true) => "True",
+                    Some(false) => "False",
+                    None => "<unset>",
+                }),
+                json!(o["status"]["active"].as_array().map_or(0, Vec::len)),
+                if last.is_null() {
+                    json!("<none>")
+                } else {
+                    since(last, now)
+                },
+            ],
+            o,
+            now,
+            &job["template"],
+            format_selector(&job["selector"]),
+        )
     },
 };
+
+static POD: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Ready",
+            "The aggregate readiness state of this pod for accepting traffic.",
+            0,
+        ),
+        col(
+            "Status",
+            "The aggregate status of the containers in this pod.",
+            0,
+        ),
+        col(
+            "Restarts",
+            "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            0,
+        ),
+        AGE,
+        col(
+            "IP",
+            "podIP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+            1,
+        ),
+        col(
+            "Node",
+            "NodeName indicates in which node this pod is scheduled. If empty, this pod is a candidate for scheduling by the scheduler defined in schedulerName. Once this field is set, the kubelet for this node becomes responsible for the lifecycle of this pod. This field should not be used to express a desire for the pod to be scheduled on a specific node. https://kubernetes.io/docs/concepts/scheduling-eviction/assign-pod-node/#nodename",
+            1,
+        ),
+        col(
+            "Nominated Node",
+            "nominatedNodeName is set only when this pod preempts other pods on the node, but it cannot be scheduled right away as preemption victims receive their graceful termination periods. This field does not guarantee that the pod will be scheduled on this node. Scheduler may decide to place the pod elsewhere if other nodes become available sooner. Scheduler may also decide to give the resources on this node to a higher priority pod that is created after preemption. As a result, this field may be different than PodSpec.nodeName when the pod is scheduled.",
+            1,
+        ),
+        col(
+            "Readiness Gates",
+            "If specified, all readiness gates will be evaluated for pod readiness. A pod is ready when all its containers are ready AND all conditions specified in the readiness gates have status equal to \"True\" More info: https://git.k8s.io/enhancements/keps/sig-network/580-pod-readiness-gates",
+            1,
+        ),
+    ],
+    cells: pod_cells,
+    conditions: Some(|o| {
+        let (reason, message) = match o["status"]["phase"].as_str() {
+            Some("Succeeded") => ("Succeeded", "The pod has completed successfully."),
+            Some("Failed") => ("Failed", "The pod failed."),
+            _ => return None,
+        };
+        Some(json!([{
+            "type": "Completed",
+            "status": "True",
+            "reason": reason,
+            "message": message,
+        }]))
+    }),
+};
+
+/// A container status's state, by what kube-apiserver's pod printer looks at.
+struct State<'a> {
+    waiting_reason: Option<&'a str>,
+    terminated: Option<&'a Value>,
+    running: bool,
+}
+
+fn state(c: &Value) -> State<'_> {
+    let s = &c["state"];
+    State {
+        waiting_reason: s["waiting"]
+            .is_object()
+            .then(|| s["waiting"]["reason"].as_str().unwrap_or_default()),
+        terminated: s["terminated"].is_object().then_some(&s["terminated"]),
+        running: s["running"].is_object(),
+    }
+}
+
+/// A terminated container's reason, else `Signal:N`, else `ExitCode:N`.
+fn terminated_reason(t: &Value, prefix: &str) -> String {
+    match t["reason"].as_str().filter(|r| !r.is_empty()) {
+        Some(r) => format!("{prefix}{r}"),
+        None => match t["signal"].as_i64().filter(|s| *s != 0) {
+            Some(signal) => format!("{prefix}Signal:{signal}"),
+            None => format!("{prefix}ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0)),
+        },
+    }
+}
+
+/// The later of `latest` and when the container last terminated.
+fn last_termination(c: &Value, latest: &mut Option<Timestamp>) {
+    let finished = c["lastState"]["terminated"]["finishedAt"]
+        .as_str()
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    if let Some(f) = finished
+        && latest.is_none_or(|l| l < f)
+    {
+        *latest = Some(f);
+    }
+}
+
+/// The elements of a JSON array, none for anything else.
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[][..], Vec::as_slice)
+}
+
+/// kube-apiserver's `printPod`: ready containers, the status a person reads, restarts
+/// (and how long ago the last), then (wide) IP, node, nominated node, readiness gates.
+fn pod_cells(o: &Value, now: SystemTime) -> Vec<Value> {
+    let spec = &o["spec"];
+    let status = &o["status"];
+    let list = items;
+    let phase = status["phase"].as_str().unwrap_or_default();
+    let mut reason = status["reason"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        .unwrap_or(phase)
+        .to_owned();
+    let conditions = list(&status["conditions"]);
+    if conditions
+        .iter()
+        .any(|c| c["type"] == "PodScheduled" && c["reason"] == "SchedulingGated")
+    {
+        reason = "SchedulingGated".into();
+    }
+    let init_specs = list(&spec["initContainers"]);
+    let sidecar = |name: &Value| {
+        init_specs
+            .iter()
+            .any(|c| c["name"] == *name && c["restartPolicy"] == "Always")
+    };
+    let total = list(&spec["containers"]).len()
+        + init_specs
+            .iter()
+            .filter(|c| c["restartPolicy"] == "Always")
+            .count();
+    let mut ready = 0;
+    let mut restarts = 0;
+    let mut sidecar_restarts = 0;
+    let mut last_restart = None;
+    let mut last_sidecar_restart = None;
+    let mut initializing = false;
+    let init_statuses = list(&status["initContainerStatuses"]);
+    for (i, c) in init_statuses.iter().enumerate() {
+        let count = c["restartCount"].as_i64().unwrap_or(0);
+        restarts += count;
+        last_termination(c, &mut last_restart);
+        let is_sidecar = sidecar(&c["name"]);
+        if is_sidecar {
+            sidecar_restarts += count;
+            last_termination(c, &mut last_sidecar_restart);
+        }
+        let st = state(c);
+        match st.terminated {
+            Some(t) if t["exitCode"].as_i64().unwrap_or(0) == 0 => continue,
+            _ if is_sidecar && c["started"].as_bool() == Some(true) => {
+                if c["ready"].as_bool() == Some(true) {
+                    ready += 1;
+                }
+                continue;
+            }
+            Some(t) => reason = terminated_reason(t, "Init:"),
+            None => match st.waiting_reason {
+                Some(w) if !w.is_empty() && w != "PodInitializing" => {
+                    reason = format!("Init:{w}");
+                }
+                _ => reason = format!("Init:{i}/{}", init_specs.len()),
+            },
+        }
+        initializing = true;
+        break;
+    }
+    let initialized = conditions
+        .iter()
+        .find(|c| c["type"] == "Initialized")
+        .is_some_and(|c| c["status"] == "True");
+    if !initializing || initialized {
+        restarts = sidecar_restarts;
+        last_restart = last_sidecar_restart;
+        let mut has_running = false;
+        let mut error_reason = None;
+        for c in list(&status["containerStatuses"]).iter().rev() {
+            restarts += c["restartCount"].as_i64().unwrap_or(0);
+            last_termination(c, &mut last_restart);
+            let st = state(c);
+            match (st.waiting_reason, st.terminated) {
+                (Some(w), _) if !w.is_empty() => reason = w.to_owned(),
+                (_, Some(t)) => {
+                    reason = terminated_reason(t, "");
+                    if t["exitCode"].as_i64().unwrap_or(0) != 0 {
+                        error_reason = Some(reason.clone());
+                    }
+                }
+                _ if c["ready"].as_bool() == Some(true) && st.running => {
+                    has_running = true;
+                    ready += 1;
+                }
+                _ => {}
+            }
+        }
+        if reason == "Completed" {
+            let pod_ready = conditions
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if has_running && pod_ready {
+                reason = "Running".into();
+            } else if let Some(e) = error_reason {
+                reason = e;
+            } else if has_running {
+                reason = "NotReady".into();
+            }
+        }
+    }
+    let deleting = !o["metadata"]["deletionTimestamp"].is_null();
+    if deleting && status["reason"] == "NodeLost" {
+        reason = "Unknown".into();
+    } else if deleting && !matches!(phase, "Succeeded" | "Failed") {
+        reason = "Terminating".into();
+    }
+    let restarts = match last_restart {
+        Some(last) if restarts != 0 => {
+            let ago = Timestamp::try_from(now).map_or(0, |n| n.as_second() - last.as_second());
+            format!("{restarts} ({} ago)", human_duration(ago))
+        }
+        _ => restarts.to_string(),
+    };
+    let or_none = |v: &Value| json!(v.as_str().filter(|s| !s.is_empty()).unwrap_or("<none>"));
+    let gates = list(&spec["readinessGates"]);
+    let readiness_gates = if gates.is_empty() {
+        "<none>".to_owned()
+    } else {
+        let met = gates
+            .iter()
+            .filter(|g| {
+                conditions
+                    .iter()
+                    .find(|c| c["type"] == g["conditionType"])
+                    .is_some_and(|c| c["status"] == "True")
+            })
+            .count();
+        format!("{met}/{}", gates.len())
+    };
+    vec![
+        name(o),
+        json!(format!("{ready}/{total}")),
+        json!(reason),
+        json!(restarts),
+        age(o, now),
+        or_none(&status["podIPs"][0]["ip"]),
+        or_none(&spec["nodeName"]),
+        or_none(&status["nominatedNodeName"]),
+        json!(readiness_gates),
+    ]
+}
+
+static PERSISTENT_VOLUME_CLAIM: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Status",
+            "phase represents the current phase of PersistentVolumeClaim.",
+            0,
+        ),
+        col(
+            "Volume",
+            "volumeName is the binding reference to the PersistentVolume backing this claim.",
+            0,
+        ),
+        col(
+            "Capacity",
+            "capacity represents the actual resources of the underlying volume.",
+            0,
+        ),
+        col(
+            "Access Modes",
+            "accessModes contains the actual access modes the volume backing the PVC has. More info: https://kubernetes.io/docs/concepts/storage/persistent-volumes#access-modes-1",
+            0,
+        ),
+        col("StorageClass", "StorageClass of the pvc", 0),
+        col(
+            "VolumeAttributesClass",
+            "VolumeAttributesClass of the pvc",
+            0,
+        ),
+        AGE,
+        col(
+            "VolumeMode",
+            "volumeMode defines what type of volume is required by the claim. Value of Filesystem is implied when not included in claim spec.",
+            1,
+        ),
+    ],
+    cells: |o, now| {
+        let spec = &o["spec"];
+        let status = &o["status"];
+        let phase = if o["metadata"]["deletionTimestamp"].is_null() {
+            status["phase"].as_str().unwrap_or_default()
+        } else {
+            "Terminating"
+        };
+        let volume = spec["volumeName"].as_str().unwrap_or_default();
+        let (capacity, modes) = if volume.is_empty() {
+            (String::new(), String::new())
+        } else {
+            let capacity = match &status["capacity"]["storage"] {
+                Value::String(q) => q.clone(),
+                _ => "0".to_owned(),
+            };
+            let has = |m: &str| {
+                status["accessModes"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == m))
+            };
+            let modes: Vec<&str> = [
+                ("ReadWriteOnce", "RWO"),
+                ("ReadOnlyMany", "ROX"),
+                ("ReadWriteMany", "RWX"),
+                ("ReadWriteOncePod", "RWOP"),
+            ]
+            .into_iter()
+            .filter(|(m, _)| has(m))
+            .map(|(_, short)| short)
+            .collect();
+            (capacity, modes.join(","))
+        };
+        let class = o["metadata"]["annotations"]["volume.beta.kubernetes.io/storage-class"]
+            .as_str()
+            .or_else(|| spec["storageClassName"].as_str())
+            .unwrap_or_default();
+        vec![
+            name(o),
+            json!(phase),
+            json!(volume),
+            json!(capacity),
+            json!(modes),
+            json!(class),
+            json!(
+                spec["volumeAttributesClassName"]
+                    .as_str()
+                    .unwrap_or("<unset>")
+            ),
+            age(o, now),
+            json!(spec["volumeMode"].as_str().unwrap_or("<unset>")),
+        ]
+    },
+    conditions: None,
+};
+
+static HORIZONTAL_POD_AUTOSCALER: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Reference",
+            "scaleTargetRef points to the target resource to scale, and is used to the pods for which metrics should be collected, as well as to actually change the replica count.",
+            0,
+        ),
+        col(
+            "Targets",
+            "metrics contains the specifications for which to use to calculate the desired replica count (the maximum replica count across all metrics will be used).  The desired replica count is calculated multiplying the ratio between the target value and the current value by the current number of pods.  Ergo, metrics used must decrease as the pod count is increased, and vice-versa.  See the individual metric source types for more information about how each type of metric must respond. If not set, the default metric will be set to 80% average CPU utilization.",
+            0,
+        ),
+        col(
+            "MinPods",
+            "minReplicas is the lower limit for the number of replicas to which the autoscaler can scale down.  It defaults to 1 pod.  minReplicas is allowed to be 0 if the alpha feature gate HPAScaleToZero is enabled and at least one Object or External metric is configured.  Scaling is active as long as at least one metric value is available.",
+            0,
+        ),
+        col(
+            "MaxPods",
+            "maxReplicas is the upper limit for the number of replicas to which the autoscaler can scale up. It cannot be less that minReplicas.",
+            0,
+        ),
+        col(
+            "Replicas",
+            "currentReplicas is current number of replicas of pods managed by this autoscaler, as last seen by the autoscaler.",
+            0,
+        ),
+        AGE,
+    ],
+    cells: |o, now| {
+        let spec = &o["spec"];
+        let target = &spec["scaleTargetRef"];
+        vec![
+            name(o),
+            json!(format!(
+                "{}/{}",
+                target["kind"].as_str().unwrap_or_default(),
+                target["name"].as_str().unwrap_or_default()
+            )),
+            json!(hpa_metrics(spec, &o["status"])),
+            json!(
+                spec["minReplicas"]
+                    .as_i64()
+                    .map_or_else(|| "<unset>".to_owned(), |m| m.to_string())
+            ),
+            int_of(&spec["maxReplicas"]),
+            int_of(&o["status"]["currentReplicas"]),
+            age(o, now),
+        ]
+    },
+    conditions: None,
+};
+
+/// kube-apiserver's `formatHPAMetrics` (autoscaling/v2): `current/target` of the
+/// first two metrics, then how many more. Quantities are written as the API server
+/// serialized them (its canonical form, which its printer prints too).
+fn hpa_metrics(spec: &Value, status: &Value) -> String {
+    const MAX: usize = 2;
+    let specs = items(&spec["metrics"]);
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let statuses = items(&status["currentMetrics"]);
+    let text = |v: &Value| -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            // Go's `(*Quantity)(nil).String()`.
+            _ => "<nil>".into(),
+        }
+    };
+    let list: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let source = |field: &str| (&m[field], &statuses.get(i).unwrap_or(&Value::Null)[field]);
+            let unknown = || "<unknown>".to_owned();
+            match m["type"].as_str().unwrap_or_default() {
+                t @ ("External" | "Object") => {
+                    let (s, c) = source(if t == "External" {
+                        "external"
+                    } else {
+                        "object"
+                    });
+                    match &s["target"]["averageValue"] {
+                        Value::Null => {
+                            let current = if c.is_object() {
+                                text(&c["current"]["value"])
+                            } else {
+                                unknown()
+                            };
+                            format!("{current}/{}", text(&s["target"]["value"]))
+                        }
+                        avg => {
+                            let current = if c["current"]["averageValue"].is_null() {
+                                unknown()
+                            } else {
+                                text(&c["current"]["averageValue"])
+                            };
+                            format!("{current}/{} (avg)", text(avg))
+                        }
+                    }
+                }
+                "Pods" => {
+                    let (s, c) = source("pods");
+                    let current = if c.is_object() {
+                        text(&c["current"]["averageValue"])
+                    } else {
+                        unknown()
+                    };
+                    format!("{current}/{}", text(&s["target"]["averageValue"]))
+                }
+                t @ ("Resource" | "ContainerResource") => {
+                    let (s, c) = source(if t == "Resource" {
+                        "resource"
+                    } else {
+                        "containerResource"
+                    });
+                    let resource = s["name"].as_str().unwrap_or_default();
+                    match &s["target"]["averageValue"] {
+                        Value::Null => {
+                            let current = c["current"]["averageUtilization"]
+                                .as_i64()
+                                .map_or_else(unknown, |u| format!("{u}%"));
+                            let target = s["target"]["averageUtilization"]
+                                .as_i64()
+                                .map_or_else(|| "<auto>".to_owned(), |u| format!("{u}%"));
+                            format!("{resource}: {current}/{target}")
+                        }
+                        avg => {
+                            let current = if c.is_object() {
+                                text(&c["current"]["averageValue"])
+                            } else {
+                                unknown()
+                            };
+                            format!("{resource}: {current}/{}", text(avg))
+                        }
+                    }
+                }
+                _ => "<unknown type>".to_owned(),
+            }
+        })
+        .collect();
+    if list.len() > MAX {
+        format!("{} + {} more...", list[..MAX].join(", "), list.len() - MAX)
+    } else {
+        list.join(", ")
+    }
+}
 
 /// The printer of `kind`, when the hub has it.
 pub fn printer(kind: &KindKey) -> Option<&'static Printer> {
@@ -721,6 +1212,9 @@ pub fn printer(kind: &KindKey) -> Option<&'static Printer> {
         ("", "ConfigMap") => Some(&CONFIG_MAP),
         ("", "Namespace") => Some(&NAMESPACE),
         ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
+        ("", "Pod") => Some(&POD),
+        ("", "PersistentVolumeClaim") => Some(&PERSISTENT_VOLUME_CLAIM),
+        ("autoscaling", "HorizontalPodAutoscaler") => Some(&HORIZONTAL_POD_AUTOSCALER),
         ("", "Service") => Some(&SERVICE),
         ("batch", "Job") => Some(&JOB),
         ("batch", "CronJob") => Some(&CRON_JOB),
@@ -845,47 +1339,128 @@ fn selector(s: &Value) -> String {
         .join(",")
 }
 
-/// The column definitions, as the API server writes them.
-pub fn columns(p: &Printer) -> Value {
-    Value::Array(
-        p.columns
-            .iter()
-            .map(|c| {
-                json!({
-                    "name": c.name,
-                    "type": c.kind,
-                    "format": c.format,
-                    "description": c.description,
-                    "priority": c.priority,
-                })
-            })
-            .collect(),
-    )
-}
-
-/// One row of `object` (its JSON as cached).
-pub fn row(p: &Printer, object: &str, include: Include, now: SystemTime) -> Value {
-    let o: Value = serde_json::from_str(object).unwrap_or(Value::Null);
-    let mut row = json!({ "cells": (p.cells)(&o, now) });
-    if include == Include::Metadata {
-        row["object"] = json!({
-            "kind": "PartialObjectMetadata",
-            "apiVersion": "meta.k8s.io/v1",
-            "metadata": o["metadata"],
-        });
-    }
-    row
-}
-
-/// A whole Table: `metadata` is the list's, `rows` already written.
-pub fn table(p: &Printer, metadata: Value, rows: Vec<Value>) -> Value {
+/// A column definition as the API server writes it.
+pub fn column(name: &str, kind: &str, format: &str, description: &str, priority: i64) -> Value {
     json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": metadata,
-        "columnDefinitions": columns(p),
-        "rows": rows,
+        "name": name,
+        "type": kind,
+        "format": format,
+        "description": description,
+        "priority": priority,
     })
+}
+
+/// What writes a kind's Tables: the hub's printer of a built-in kind, or the columns a
+/// custom resource's definition names ([`super::columns`]).
+#[derive(Clone)]
+pub enum Print {
+    /// A built-in kind.
+    BuiltIn(&'static Printer),
+    /// A custom resource.
+    Custom(Arc<Custom>),
+}
+
+impl std::fmt::Debug for Print {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Print::BuiltIn(p) => write!(f, "BuiltIn({} columns)", p.columns.len()),
+            Print::Custom(c) => write!(f, "Custom({c:?})"),
+        }
+    }
+}
+
+impl Print {
+    /// The built-in printer of `kind`, if the hub has one.
+    pub fn built_in(kind: &KindKey) -> Option<Print> {
+        printer(kind).map(Print::BuiltIn)
+    }
+
+    /// The column definitions, as the API server writes them.
+    pub fn columns(&self) -> Value {
+        match self {
+            Print::BuiltIn(p) => Value::Array(
+                p.columns
+                    .iter()
+                    .map(|c| {
+                        column(
+                            c.name,
+                            c.kind,
+                            c.format,
+                            c.description,
+                            i64::from(c.priority),
+                        )
+                    })
+                    .collect(),
+            ),
+            Print::Custom(c) => c.columns(),
+        }
+    }
+
+    /// One row of `object` (its JSON as cached).
+    pub fn row(&self, object: &str, include: Include, now: SystemTime) -> Value {
+        let o: Value = serde_json::from_str(object).unwrap_or(Value::Null);
+        let (cells, conditions) = match self {
+            Print::BuiltIn(p) => ((p.cells)(&o, now), p.conditions.and_then(|c| c(&o))),
+            Print::Custom(c) => (c.cells(&o, now), None),
+        };
+        let mut row = json!({ "cells": cells });
+        if let Some(conditions) = conditions {
+            row["conditions"] = conditions;
+        }
+        if include == Include::Metadata {
+            row["object"] = json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": o["metadata"],
+            });
+        }
+        row
+    }
+
+    /// The row of a watch's BOOKMARK, as the API server writes it: the kind's cells of
+    /// an empty object at `rv`, with its metadata (always when it ends the initial
+    /// events, whose annotation the client looks for).
+    pub fn bookmark_row(&self, rv: u64, initial_events_end: bool, include: Include) -> Value {
+        let mut metadata = json!({ "resourceVersion": rv.to_string() });
+        if initial_events_end {
+            metadata["annotations"] = json!({ super::watch::INITIAL_EVENTS_END: "true" });
+        }
+        let include = if initial_events_end {
+            Include::Metadata
+        } else {
+            include
+        };
+        let object = json!({ "metadata": metadata }).to_string();
+        self.row(&object, include, SystemTime::now())
+    }
+
+    /// The Table of one object, as the API server answers a read of it by name (and
+    /// writes each event of a watch): its row, at its resourceVersion.
+    pub fn one(&self, object: &str, include: Include) -> Value {
+        let row = self.row(object, include, SystemTime::now());
+        let rv = row["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| {
+                serde_json::from_str::<Value>(object)
+                    .ok()
+                    .and_then(|o| o["metadata"]["resourceVersion"].as_str().map(str::to_owned))
+            })
+            .unwrap_or_default();
+        self.table(json!({ "resourceVersion": rv }), vec![row])
+    }
+
+    /// A whole Table: `metadata` is the list's (or the object's), `rows` already
+    /// written.
+    pub fn table(&self, metadata: Value, rows: Vec<Value>) -> Value {
+        json!({
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": metadata,
+            "columnDefinitions": self.columns(),
+            "rows": rows,
+        })
+    }
 }
 
 /// How long ago, for tests.
@@ -1004,12 +1579,13 @@ mod tests {
         let cm = format!(
             r#"{{"metadata":{{"name":"c","namespace":"a","creationTimestamp":"{created}"}},"data":{{"a":"1","b":"2"}},"binaryData":{{"c":""}}}}"#
         );
-        let r = row(&CONFIG_MAP, &cm, Include::Metadata, now);
+        let r = Print::BuiltIn(&CONFIG_MAP).row(&cm, Include::Metadata, now);
         assert_eq!(r["cells"], json!(["c", 3, "2m5s"]));
         assert_eq!(r["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(r["object"]["metadata"]["namespace"], "a");
         assert!(
-            row(&CONFIG_MAP, &cm, Include::None, now)
+            Print::BuiltIn(&CONFIG_MAP)
+                .row(&cm, Include::None, now)
                 .get("object")
                 .is_none()
         );
@@ -1017,7 +1593,7 @@ mod tests {
             r#"{{"metadata":{{"name":"web","creationTimestamp":"{created}"}},"spec":{{"replicas":3,"selector":{{"matchLabels":{{"z":"1","app":"web"}},"matchExpressions":[{{"key":"tier","operator":"In","values":["b","a"]}},{{"key":"gone","operator":"DoesNotExist"}}]}},"template":{{"spec":{{"containers":[{{"name":"a","image":"nginx:1"}},{{"name":"b","image":"busybox"}}]}}}}}},"status":{{"readyReplicas":2,"updatedReplicas":3}}}}"#
         );
         assert_eq!(
-            row(&DEPLOYMENT, &d, Include::None, now)["cells"],
+            Print::BuiltIn(&DEPLOYMENT).row(&d, Include::None, now)["cells"],
             json!([
                 "web",
                 "2/3",
@@ -1031,27 +1607,243 @@ mod tests {
         );
         let ns = r#"{"metadata":{"name":"n"},"status":{"phase":"Active"}}"#;
         assert_eq!(
-            row(&NAMESPACE, ns, Include::None, now)["cells"],
+            Print::BuiltIn(&NAMESPACE).row(ns, Include::None, now)["cells"],
             json!(["n", "Active", "<unknown>"])
         );
         let rs = format!(
             r#"{{"metadata":{{"name":"web-1","creationTimestamp":"{created}"}},"spec":{{"replicas":2,"selector":{{}},"template":{{"spec":{{"containers":[{{"name":"a","image":"i"}}]}}}}}},"status":{{"replicas":2,"readyReplicas":1}}}}"#
         );
         assert_eq!(
-            row(&REPLICA_SET, &rs, Include::None, now)["cells"],
+            Print::BuiltIn(&REPLICA_SET).row(&rs, Include::None, now)["cells"],
             json!(["web-1", 2, 2, 1, "2m5s", "a", "i", "<none>"])
         );
         let ds = format!(
             r#"{{"metadata":{{"name":"d","creationTimestamp":"{created}"}},"spec":{{"selector":{{"matchLabels":{{"app":"d"}}}},"template":{{"spec":{{"nodeSelector":{{"a.b":"2","a":"1"}},"containers":[{{"name":"a","image":"i"}}]}}}}}},"status":{{"desiredNumberScheduled":3,"numberReady":2}}}}"#
         );
         assert_eq!(
-            row(&DAEMON_SET, &ds, Include::None, now)["cells"],
+            Print::BuiltIn(&DAEMON_SET).row(&ds, Include::None, now)["cells"],
             json!(["d", 3, 0, 2, 0, 0, "a=1,a.b=2", "2m5s", "a", "i", "app=d"])
         );
-        assert_eq!(columns(&DAEMON_SET)[1]["type"], "integer");
-        let cols = columns(&DEPLOYMENT);
+        assert_eq!(Print::BuiltIn(&DAEMON_SET).columns()[1]["type"], "integer");
+        let cols = Print::BuiltIn(&DEPLOYMENT).columns();
         assert_eq!(cols[0]["format"], "name");
         assert_eq!(cols[5]["priority"], 1);
         assert_eq!(cols[1]["format"], "");
+    }
+
+    fn pod(status: Value, spec: Value) -> Value {
+        json!({
+            "metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z", "resourceVersion": "7"},
+            "spec": spec,
+            "status": status,
+        })
+    }
+
+    fn cells_of_pod(o: &Value) -> Value {
+        let now = ago("2026-01-01T00:00:00Z", std::time::Duration::from_secs(600));
+        Print::BuiltIn(&POD).row(&o.to_string(), Include::None, now)["cells"].clone()
+    }
+
+    #[test]
+    fn pods_read_as_kubectl_get_pods_prints_them() {
+        let two = json!({"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1",
+            "readinessGates": [{"conditionType": "x"}, {"conditionType": "y"}]});
+        let crashing = pod(
+            json!({
+                "phase": "Running",
+                "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}],
+                "conditions": [{"type": "x", "status": "True"}, {"type": "y", "status": "False"}],
+                "containerStatuses": [
+                    {"name": "a", "ready": true, "restartCount": 0, "state": {"running": {}}},
+                    {"name": "b", "ready": false, "restartCount": 3,
+                     "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                     "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2026-01-01T00:08:00Z"}}}
+                ]
+            }),
+            two.clone(),
+        );
+        assert_eq!(
+            cells_of_pod(&crashing),
+            json!([
+                "p",
+                "1/2",
+                "CrashLoopBackOff",
+                "3 (2m ago)",
+                "10m",
+                "10.0.0.5",
+                "n1",
+                "<none>",
+                "1/2"
+            ])
+        );
+        let pending = pod(
+            json!({"phase": "Pending"}),
+            json!({"containers": [{"name": "a"}]}),
+        );
+        assert_eq!(
+            cells_of_pod(&pending),
+            json!([
+                "p", "0/1", "Pending", "0", "10m", "<none>", "<none>", "<none>", "<none>"
+            ])
+        );
+        let init = pod(
+            json!({"phase": "Pending", "initContainerStatuses": [
+                {"name": "i", "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}
+            ]}),
+            json!({"containers": [{"name": "a"}], "initContainers": [{"name": "i"}, {"name": "j"}]}),
+        );
+        assert_eq!(cells_of_pod(&init)[2], "Init:0/2");
+        let sidecar = pod(
+            json!({"phase": "Running",
+            "conditions": [{"type": "Initialized", "status": "True"}],
+            "initContainerStatuses": [
+                {"name": "s", "ready": true, "started": true, "restartCount": 1, "state": {"running": {}}}
+            ],
+            "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 0, "state": {"running": {}}}
+            ]}),
+            json!({"containers": [{"name": "a"}], "initContainers": [{"name": "s", "restartPolicy": "Always"}]}),
+        );
+        let cells = cells_of_pod(&sidecar);
+        assert_eq!(
+            (&cells[1], &cells[2], &cells[3]),
+            (&json!("2/2"), &json!("Running"), &json!("1"))
+        );
+        let mut done = pod(
+            json!({"phase": "Succeeded", "containerStatuses": [
+                {"name": "a", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+            ]}),
+            json!({"containers": [{"name": "a"}]}),
+        );
+        assert_eq!(cells_of_pod(&done)[2], "Completed");
+        let row = Print::BuiltIn(&POD).row(&done.to_string(), Include::None, SystemTime::now());
+        assert_eq!(row["conditions"][0]["type"], "Completed");
+        assert_eq!(row["conditions"][0]["reason"], "Succeeded");
+        assert!(
+            Print::BuiltIn(&POD)
+                .row(&crashing.to_string(), Include::None, SystemTime::now())
+                .get("conditions")
+                .is_none()
+        );
+        done["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:09:00Z");
+        assert_eq!(
+            cells_of_pod(&done)[2],
+            "Completed",
+            "a finished pod is not Terminating"
+        );
+        let mut going = crashing.clone();
+        going["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:09:00Z");
+        assert_eq!(cells_of_pod(&going)[2], "Terminating");
+        let failed_init = pod(
+            json!({"phase": "Pending", "initContainerStatuses": [
+                {"name": "i", "restartCount": 0, "state": {"terminated": {"exitCode": 2}}}
+            ]}),
+            json!({"containers": [{"name": "a"}], "initContainers": [{"name": "i"}]}),
+        );
+        assert_eq!(cells_of_pod(&failed_init)[2], "Init:ExitCode:2");
+    }
+
+    #[test]
+    fn claims_show_their_volume_once_bound() {
+        let now = ago("2026-01-01T00:00:00Z", std::time::Duration::from_secs(60));
+        let print = Print::BuiltIn(&PERSISTENT_VOLUME_CLAIM);
+        let pending = json!({"metadata": {"name": "data"}, "spec": {"storageClassName": "fast",
+            "resources": {"requests": {"storage": "1Gi"}}}, "status": {"phase": "Pending"}});
+        assert_eq!(
+            print.row(&pending.to_string(), Include::None, now)["cells"],
+            json!([
+                "data",
+                "Pending",
+                "",
+                "",
+                "",
+                "fast",
+                "<unset>",
+                "<unknown>",
+                "<unset>"
+            ])
+        );
+        let bound = json!({"metadata": {"name": "data", "creationTimestamp": "2026-01-01T00:00:00Z",
+                "annotations": {"volume.beta.kubernetes.io/storage-class": "old"}},
+            "spec": {"volumeName": "pv-1", "volumeMode": "Filesystem", "storageClassName": "fast"},
+            "status": {"phase": "Bound", "capacity": {"storage": "2Gi"},
+                "accessModes": ["ReadWriteMany", "ReadWriteOnce"]}});
+        assert_eq!(
+            print.row(&bound.to_string(), Include::None, now)["cells"],
+            json!([
+                "data",
+                "Bound",
+                "pv-1",
+                "2Gi",
+                "RWO,RWX",
+                "old",
+                "<unset>",
+                "60s",
+                "Filesystem"
+            ])
+        );
+    }
+
+    #[test]
+    fn autoscalers_show_their_targets_as_kubectl_does() {
+        let now = ago("2026-01-01T00:00:00Z", std::time::Duration::from_secs(60));
+        let hpa = json!({
+            "metadata": {"name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {
+                "scaleTargetRef": {"kind": "Deployment", "name": "web"},
+                "maxReplicas": 5,
+                "metrics": [
+                    {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}},
+                    {"type": "Pods", "pods": {"metric": {"name": "qps"}, "target": {"type": "AverageValue", "averageValue": "100m"}}},
+                    {"type": "External", "external": {"metric": {"name": "q"}, "target": {"type": "Value", "value": "3"}}}
+                ]
+            },
+            "status": {"currentReplicas": 2, "currentMetrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 50, "averageValue": "25m"}}}
+            ]}
+        });
+        let print = Print::BuiltIn(&HORIZONTAL_POD_AUTOSCALER);
+        assert_eq!(
+            print.row(&hpa.to_string(), Include::None, now)["cells"],
+            json!([
+                "web",
+                "Deployment/web",
+                "cpu: 50%/80%, <unknown>/100m + 1 more...",
+                "<unset>",
+                5,
+                2,
+                "60s"
+            ])
+        );
+        let none = json!({"metadata": {"name": "x"}, "spec": {"minReplicas": 2, "maxReplicas": 3}});
+        assert_eq!(
+            print.row(&none.to_string(), Include::None, now)["cells"],
+            json!(["x", "/", "<none>", "2", 3, 0, "<unknown>"])
+        );
+    }
+
+    #[test]
+    fn one_object_and_a_bookmark_are_tables_of_one_row() {
+        let cm =
+            r#"{"metadata":{"name":"c","namespace":"a","resourceVersion":"42"},"data":{"a":"1"}}"#;
+        let print = Print::BuiltIn(&CONFIG_MAP);
+        let one = print.one(cm, Include::Metadata);
+        assert_eq!(one["kind"], "Table");
+        assert_eq!(one["metadata"]["resourceVersion"], "42");
+        assert_eq!(one["rows"][0]["cells"][1], 1);
+        assert_eq!(one["rows"][0]["object"]["metadata"]["name"], "c");
+        let end = print.bookmark_row(50, true, Include::None);
+        assert_eq!(end["cells"], json!(["", 0, "<unknown>"]));
+        assert_eq!(
+            end["object"]["metadata"]["annotations"][crate::kubeapi::watch::INITIAL_EVENTS_END],
+            "true"
+        );
+        assert!(
+            print
+                .bookmark_row(51, false, Include::None)
+                .get("object")
+                .is_none()
+        );
     }
 }

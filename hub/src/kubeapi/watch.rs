@@ -27,6 +27,7 @@ use tracing::debug;
 
 use super::list::Item;
 use super::read::{Read, selected, selected_object};
+use super::table::{Include, Print};
 use crate::core::cache::KindKey;
 use crate::core::window::{Change, ChangeType, Follower, Mark, TooOld};
 
@@ -100,6 +101,8 @@ pub struct Watch {
     pub api_version: String,
     /// The request.
     pub read: Read,
+    /// What writes its Tables, when it asks for them.
+    pub print: Option<Print>,
     /// Where it starts.
     pub start: Start,
     /// The kind's epoch and version when the watch was planned.
@@ -149,42 +152,57 @@ fn at_version(body: &RawValue, rv: u64) -> String {
 
 /// How a watch writes its events: the objects themselves, or (`kubectl get -w`) each
 /// as a Table of one row, as kube-apiserver writes them: the column definitions in the
-/// first event only, the object's resourceVersion as the Table's.
+/// first event only, the object's resourceVersion as the Table's; a BOOKMARK as the row
+/// of an empty object at its version.
 pub struct Encoder {
-    table: Option<(&'static super::table::Printer, super::table::Include)>,
+    table: Option<(Print, Include)>,
     headers_sent: bool,
 }
 
 impl Encoder {
-    /// The encoder of a watch of `kind` asked as `read`.
-    pub fn new(read: &Read, kind: &KindKey) -> Encoder {
+    /// The encoder of a watch asked as `read`, whose Tables (if it asks for them)
+    /// `print` writes.
+    pub fn new(read: &Read, print: Option<Print>) -> Encoder {
         Encoder {
-            table: read
-                .table
-                .and_then(|t| super::table::printer(kind).map(|p| (p, t.include))),
+            table: read.table.and_then(|t| print.map(|p| (p, t.include))),
             headers_sent: false,
         }
     }
 
     /// One event line.
     pub fn line(&mut self, kind: &str, object: &str) -> Bytes {
-        let Some((printer, include)) = self.table else {
+        let Some((print, include)) = &self.table else {
             return line(kind, object);
         };
-        let row = super::table::row(printer, object, include, std::time::SystemTime::now());
-        let rv = serde_json::from_str::<Value>(object)
-            .ok()
-            .and_then(|o| o["metadata"]["resourceVersion"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let mut table = super::table::table(
-            printer,
-            serde_json::json!({ "resourceVersion": rv }),
+        let table = print.one(object, *include);
+        self.table_line(kind, table)
+    }
+
+    /// A BOOKMARK at `rv` of a watch of `kind`.
+    fn bookmark(
+        &mut self,
+        kind: &str,
+        api_version: &str,
+        rv: u64,
+        initial_events_end: bool,
+    ) -> Bytes {
+        let Some((print, include)) = &self.table else {
+            return bookmark(kind, api_version, rv, initial_events_end);
+        };
+        let row = print.bookmark_row(rv, initial_events_end, *include);
+        let table = print.table(
+            serde_json::json!({ "resourceVersion": rv.to_string() }),
             vec![row],
         );
+        self.table_line("BOOKMARK", table)
+    }
+
+    /// The event of a Table, with the column definitions in the watch's first only.
+    fn table_line(&mut self, event: &str, mut table: Value) -> Bytes {
         if std::mem::replace(&mut self.headers_sent, true) {
             table["columnDefinitions"] = Value::Null;
         }
-        line(kind, &table.to_string())
+        line(event, &table.to_string())
     }
 }
 
@@ -276,7 +294,7 @@ async fn follow(w: &mut Watch, mut out: Out) -> Result<(), Gone> {
         .and_then(|a| a.timeout)
         .unwrap_or(DEFAULT_TIMEOUT);
     let bookmarks = w.read.watch.as_ref().is_some_and(|a| a.bookmarks);
-    let mut encoder = Encoder::new(&w.read, &w.kind);
+    let mut encoder = Encoder::new(&w.read, w.print.clone());
     let end = tokio::time::sleep(timeout);
     tokio::pin!(end);
     let mut tick = tokio::time::interval(BOOKMARK_EVERY);
@@ -290,7 +308,7 @@ async fn follow(w: &mut Watch, mut out: Out) -> Result<(), Gone> {
                 }
             }
             if bookmarks {
-                out.push(&bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true))
+                out.push(&encoder.bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true))
                     .await?;
             }
             out.flush().await?;
@@ -337,7 +355,8 @@ async fn follow(w: &mut Watch, mut out: Out) -> Result<(), Gone> {
                 }
             }
             _ = tick.tick(), if bookmarks => {
-                out.push(&bookmark(&w.kind.kind, &w.api_version, cursor, false)).await?;
+                out.push(&encoder.bookmark(&w.kind.kind, &w.api_version, cursor, false))
+                    .await?;
                 out.flush().await?;
             }
             () = &mut end => return Ok(()),
