@@ -63,6 +63,7 @@ pub mod kubeapi;
 pub mod metrics;
 pub mod net;
 pub mod replicas;
+pub mod spinnaker;
 pub mod state;
 pub mod store;
 pub mod stream;
@@ -93,6 +94,109 @@ use crate::state::Shared;
 /// The hub.
 #[derive(Debug)]
 pub struct Hub;
+
+/// The accounts this hub serves, as the Clouddriver sync asks for them: the registry
+/// (one hub) or the shared store (replicas; only the leader writes), each with its
+/// owning shard's spec when ownership is enforced.
+struct Served(Arc<Shared>);
+
+impl Served {
+    fn wanted_of(&self, names: Vec<String>) -> Vec<spinnaker::definition::Wanted> {
+        let ownership = self.0.ownership.as_ref().and_then(|rx| rx.borrow().clone());
+        names
+            .into_iter()
+            .map(|name| {
+                let spec = ownership.as_ref().and_then(|o| o.spec(&name).cloned());
+                let mut wanted = spinnaker::definition::Wanted {
+                    name,
+                    ..Default::default()
+                };
+                if let Some(spec) = spec {
+                    wanted.namespaces = spec.scope.namespaces;
+                    wanted.omit_namespaces = spec.scope.omit_namespaces;
+                    wanted.kinds = spec.scope.kinds;
+                    wanted.omit_kinds = spec.scope.omit_kinds;
+                    wanted.only_spinnaker_managed = spec.scope.only_spinnaker_managed;
+                }
+                wanted
+            })
+            .collect()
+    }
+}
+
+impl spinnaker::Accounts for Served {
+    fn may_write(&self) -> bool {
+        self.0.replicas.as_ref().is_none_or(|r| r.is_leader())
+    }
+
+    fn wanted(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<spinnaker::definition::Wanted>, String>> {
+        Box::pin(async move {
+            let names: Vec<String> = match &self.0.replicas {
+                Some(replicas) => replicas
+                    .store()
+                    .accounts(self.0.config.replica_timeout)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|row| row.name)
+                    .collect(),
+                None => self
+                    .0
+                    .core()
+                    .registry
+                    .accounts()
+                    .map(|a| a.name.clone())
+                    .collect(),
+            };
+            Ok(self.wanted_of(names))
+        })
+    }
+}
+
+/// Starts keeping Clouddriver's definitions in step (`--clouddriver-url`).
+fn start_clouddriver_sync(
+    shared: &Arc<Shared>,
+    cd: spinnaker::ClouddriverConfig,
+    minter: Arc<spinnaker::tokens::Minter>,
+) -> Result<(), Error> {
+    if shared.config.kube_api.is_none() {
+        return Err(Error::Setting {
+            setting: "--clouddriver-url",
+            message: "the kubeconfigs pushed to Clouddriver name the hub's Kubernetes API: serve it (--kube-api-addr)".into(),
+        });
+    }
+    let server = cd.kube_api_server.clone();
+    let ca = cd.kube_api_ca_pem.clone();
+    let kubeconfig: spinnaker::Kubeconfig = Arc::new(move |account, token| {
+        let accounts = [account.to_owned()];
+        kubeapi::kubeconfig::render(&kubeapi::kubeconfig::Contexts {
+            server: &server,
+            ca_pem: ca.as_deref(),
+            token,
+            accounts: &accounts,
+        })
+    });
+    spinnaker::start(
+        cd,
+        minter,
+        Arc::new(Served(Arc::clone(shared))),
+        kubeconfig,
+        spinnaker::SyncMetrics {
+            pushes: shared.metrics.clouddriver_pushes.clone(),
+            foreign: shared.metrics.clouddriver_foreign.clone(),
+            in_step: shared.metrics.clouddriver_in_step.clone(),
+            list_failures: shared.metrics.clouddriver_list_failures.clone(),
+        },
+        shared.config.grace_period,
+        shared.shutdown.clone(),
+    )
+    .map_err(|message| Error::Setting {
+        setting: "--clouddriver-url",
+        message,
+    })
+}
 
 /// Binds one of the hub's listening sockets; `what` names it in the error.
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<(TcpListener, SocketAddr), Error> {
@@ -232,6 +336,9 @@ impl Hub {
             Some(api) => Some(kubeapi::server::start(Arc::clone(&shared), api).await?),
             None => None,
         };
+        if let (Some(cd), Some(minter)) = (config.clouddriver.clone(), shared.minter.clone()) {
+            start_clouddriver_sync(&shared, cd, minter)?;
+        }
         let (kube_api_addr, kube_api_task) = kube_api.unzip();
         info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
             max_connection_age = ?config.max_connection_age,

@@ -36,6 +36,7 @@ use super::{KubeApiConfig, TokenSource};
 use crate::Error;
 use crate::core::clip::clip;
 use crate::net::tls::{TlsConfig, TlsState};
+use crate::spinnaker::tokens::Check;
 use crate::state::Shared;
 
 /// How long open connections get to finish when the hub stops.
@@ -284,7 +285,27 @@ impl KubeApi {
     }
 
     async fn serve(&self, req: Request<Incoming>, account: String, rest: String) -> Response<Body> {
+        let minted = match (&self.shared.minter, super::auth::bearer(req.headers())) {
+            (Some(minter), Some(token)) => {
+                minter.check(token, &account, std::time::SystemTime::now())
+            }
+            _ => Check::NotMinted,
+        };
+        match minted {
+            Check::NotMinted | Check::Allowed => {}
+            Check::Invalid => {
+                self.shared.metrics.http_unauthorized.inc();
+                debug!("Kubernetes API request with an invalid or expired minted token");
+                return Failure::unauthorized().response();
+            }
+            Check::OtherAccount => {
+                warn!("a minted token used for an account it was not minted for");
+                return Failure::forbidden(format!("this token may not use account {account:?}"))
+                    .response();
+            }
+        }
         let owner = match self.tokens.check(req.headers(), &account) {
+            _ if minted == Check::Allowed => 0,
             Ok(line) => line,
             Err(Refusal::Unauthenticated) => {
                 self.shared.metrics.http_unauthorized.inc();
