@@ -44,6 +44,8 @@ pub struct AccountCtx {
     pub out: Outbound,
     /// Whether the hub takes WatchProgress frames on this session.
     pub watch_progress: bool,
+    /// Whether the hub takes ApiSurface frames on this session.
+    pub api_surface: bool,
     /// The agent's limits.
     pub budget: Budget,
     /// Metrics.
@@ -330,6 +332,13 @@ async fn serve(
             watch_progress: ctx.watch_progress,
         };
         tasks.spawn(watch::run(kctx, kind, flag));
+    }
+    if ctx.api_surface {
+        tasks.spawn(crate::surface::run(
+            client.clone(),
+            name.clone(),
+            ctx.out.clone(),
+        ));
     }
     loop {
         tokio::select! {

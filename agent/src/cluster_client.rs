@@ -166,16 +166,18 @@ pub fn place(reserved: &[usize], limit: usize, streams: usize) -> Option<usize> 
 
 /// The streams an account keeps open: one watch per kind it names (the default set when
 /// it names none) and namespace it lists (a namespaced kind is watched in each), and one
-/// for its lists and operations. Cluster-scoped kinds are counted per namespace too: a
-/// reservation a little too large costs a connection sooner, one too small a watch that
-/// waits.
+/// for its lists and operations, and the watches of what its cluster serves
+/// ([`crate::surface`], reserved whether or not the hub asks for them). Cluster-scoped
+/// kinds are counted per namespace too: a reservation a little too large costs a
+/// connection sooner, one too small a watch that waits — and a list that waits behind
+/// watches that never end waits for ever.
 pub fn streams_for(config: &scale_agent_crds::AccountConfig) -> usize {
     let kinds = if config.scope.kinds.is_empty() {
         crate::kinds::DEFAULT_KINDS.len()
     } else {
         config.scope.kinds.len()
     };
-    kinds * config.scope.namespaces.len().max(1) + 1
+    kinds * config.scope.namespaces.len().max(1) + 1 + crate::surface::WATCHES
 }
 
 /// What decides how the connection to the account's cluster is made, or `None` when it
@@ -397,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn an_account_reserves_a_stream_per_watch_and_one_more() {
+    fn an_account_reserves_a_stream_per_watch_and_one_more_and_its_surface_watches() {
         let account = |kinds: &[&str], namespaces: &[&str]| {
             let mut a = scale_agent_crds::AccountConfig::new("a");
             a.scope.namespaces = namespaces.iter().map(|n| n.to_string()).collect();
@@ -405,11 +407,13 @@ mod tests {
             a
         };
         let defaults = crate::kinds::DEFAULT_KINDS.len();
-        assert_eq!(streams_for(&account(&[], &[])), defaults + 1);
-        assert_eq!(streams_for(&account(&[], &["a"])), defaults + 1);
+        // The CustomResourceDefinitions and APIServices watched for the hub.
+        let surface = 2;
+        assert_eq!(streams_for(&account(&[], &[])), defaults + 1 + surface);
+        assert_eq!(streams_for(&account(&[], &["a"])), defaults + 1 + surface);
         assert_eq!(
             streams_for(&account(&["ConfigMap", "Deployment"], &["a", "b", "c"])),
-            7
+            7 + surface
         );
     }
 

@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod report;
 pub mod session;
 pub mod state;
+pub mod surface;
 pub mod tls;
 pub mod watch;
 

@@ -34,7 +34,11 @@ use crate::{Error, Result};
 /// Largest frame either side sends (Kubernetes objects reach 1.5 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// The optional protocol features this agent speaks (Hello.capabilities).
-pub const CAPABILITIES: &[&str] = &[WATCH_PROGRESS, scale_agent_proto::kube_api::CAPABILITY];
+pub const CAPABILITIES: &[&str] = &[
+    WATCH_PROGRESS,
+    scale_agent_proto::kube_api::CAPABILITY,
+    crate::surface::CAPABILITY,
+];
 /// Watch bookmarks are passed on to the hub as WatchProgress frames.
 pub const WATCH_PROGRESS: &str = "watch-progress";
 
@@ -207,17 +211,21 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         .await
         .map_err(|_| hub_err("no Welcome within 15s".into()))?
         .map_err(|s| hub_err(format!("{}: {}", s.code(), s.message())))?;
-    let (heartbeat_every, watch_progress) = match welcome.and_then(|f| f.frame) {
+    let (heartbeat_every, watch_progress, api_surface) = match welcome.and_then(|f| f.frame) {
         Some(hub_frame::Frame::Welcome(w)) => {
             // Only what both sides listed may be used.
             let watch_progress = w.capabilities.iter().any(|c| c == WATCH_PROGRESS);
-            tracing::info!(session = %w.session_id, hub = %w.hub_id, watch_progress, "connected to the hub");
+            let api_surface = w
+                .capabilities
+                .iter()
+                .any(|c| c == crate::surface::CAPABILITY);
+            tracing::info!(session = %w.session_id, hub = %w.hub_id, watch_progress, api_surface, "connected to the hub");
             let heartbeat = w
                 .heartbeat_interval
                 .and_then(|d| Duration::try_from(d).ok())
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_secs(10));
-            (heartbeat, watch_progress)
+            (heartbeat, watch_progress, api_surface)
         }
         other => return Err(hub_err(format!("expected Welcome, got {other:?}"))),
     };
@@ -238,6 +246,7 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
     let ctx = AccountCtx {
         out: out.clone(),
         watch_progress,
+        api_surface,
         budget,
         metrics: agent.metrics.clone(),
         state: agent.state.clone(),
@@ -433,6 +442,7 @@ mod reconcile_tests {
         let ctx = AccountCtx {
             out: Outbound::new(tx, budget.clone(), Limits::default()),
             watch_progress: false,
+            api_surface: false,
             budget,
             metrics: Arc::default(),
             state: Arc::default(),

@@ -14,8 +14,8 @@
 //! - [`check_kubeconfig`]: what an account's kubeconfig may ask of the agent.
 //! - [`membership`]: which coordination Leases are live replicas of a shard, the rule the
 //!   agents and the operator share.
-//! - [`objects`]: what of a cluster's object is never sent or kept (managedFields,
-//!   last-applied, a Secret's data).
+//! - [`objects`]: what of a cluster's object is never sent or kept (managedFields, a
+//!   Secret's data and last-applied annotation).
 //! - [`report`]: what each agent replica reports about the accounts it holds, carried in
 //!   its Lease, and what the operator reads from it.
 //!

@@ -1,9 +1,12 @@
 //! What of a cluster's object leaves the agent and is kept or shown by the
-//! hub: never `metadata.managedFields`, never the last-applied annotation
-//! (it repeats the whole manifest, a Secret's data included), and never a
-//! Secret's `data` or `stringData`. The one rule for streamed objects and
-//! operation results alike, applied by the agent before sending and by the
-//! hub again on what it is sent.
+//! hub: never `metadata.managedFields` (kubectl hides them when it prints an
+//! object, and they are often a third of it), never a Secret's `data` or
+//! `stringData`, and never a Secret's last-applied annotation (it repeats the
+//! whole manifest, the data included). Other objects keep their last-applied
+//! annotation: `kubectl get NAME -o json|yaml` prints it, so the hub answers
+//! that read from its cache only with it. The one rule for streamed objects
+//! and operation results alike, applied by the agent before sending and by
+//! the hub again on what it is sent.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Map, Value};
@@ -16,10 +19,13 @@ pub fn is_secret(api_version: &str, kind: &str) -> bool {
     api_version == "v1" && kind == "Secret"
 }
 
-/// Removes managedFields and the last-applied annotation (and the
-/// annotations map, when that was all it held).
-pub fn strip_metadata(metadata: &mut ObjectMeta) {
+/// Removes managedFields and, for a Secret, the last-applied annotation (and
+/// the annotations map, when that was all it held).
+pub fn strip_metadata(metadata: &mut ObjectMeta, secret: bool) {
     metadata.managed_fields = None;
+    if !secret {
+        return;
+    }
     if let Some(annotations) = metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
         if annotations.is_empty() {
@@ -45,17 +51,18 @@ pub fn strip(value: &mut Value) {
             strip(item);
         }
     }
+    let text = |key: &str| object.get(key).and_then(Value::as_str).unwrap_or_default();
+    let secret = is_secret(text("apiVersion"), text("kind"));
     if let Some(Value::Object(metadata)) = object.get_mut("metadata") {
         metadata.remove("managedFields");
-        if let Some(Value::Object(annotations)) = metadata.get_mut("annotations") {
+        if secret && let Some(Value::Object(annotations)) = metadata.get_mut("annotations") {
             annotations.remove(LAST_APPLIED);
             if annotations.is_empty() {
                 metadata.remove("annotations");
             }
         }
     }
-    let text = |key: &str| object.get(key).and_then(Value::as_str).unwrap_or_default();
-    if is_secret(text("apiVersion"), text("kind")) {
+    if secret {
         strip_secret_data(object);
     }
 }
@@ -82,7 +89,7 @@ mod tests {
     }
 
     #[test]
-    fn each_item_of_a_list_is_stripped_and_other_kinds_keep_their_data() {
+    fn each_item_of_a_list_is_stripped_and_other_kinds_keep_their_data_and_last_applied() {
         let mut list = json!({"kind": "List", "apiVersion": "v1", "items": [
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "djE="}},
             {"apiVersion": "v1", "kind": "ConfigMap",
@@ -102,18 +109,29 @@ mod tests {
         );
         assert_eq!(
             list["items"][1],
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}})
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "c", "annotations": {LAST_APPLIED: "{}"}}, "data": {"k": "v"}})
         );
     }
 
     #[test]
     fn typed_metadata_drops_an_annotations_map_left_empty() {
-        let mut meta = ObjectMeta {
+        let applied = ObjectMeta {
             annotations: Some([(LAST_APPLIED.to_owned(), "{}".to_owned())].into()),
             managed_fields: Some(Vec::new()),
             ..ObjectMeta::default()
         };
-        strip_metadata(&mut meta);
-        assert_eq!(meta, ObjectMeta::default());
+        let mut secret = applied.clone();
+        strip_metadata(&mut secret, true);
+        assert_eq!(secret, ObjectMeta::default());
+        let mut other = applied.clone();
+        strip_metadata(&mut other, false);
+        assert_eq!(
+            other,
+            ObjectMeta {
+                managed_fields: None,
+                ..applied
+            }
+        );
     }
 }

@@ -5,6 +5,10 @@
 //	{"event":"start","watchListClient":true}
 //	{"event":"synced","names":["a","b"]}      once the informer has synced
 //	{"event":"added|updated|deleted","name":"x","resourceVersion":"123"}
+//	{"event":"request","verb":"list|watch|watchlist","resourceVersion":"12","code":200}
+//
+// (one "request" line per HTTP request the informer made, once its answer began or
+// failed, code 0 for no answer: a "list" or a "watchlist" is a relist).
 //
 // It runs until its standard input closes or -for passes. The scale-agent end-to-end
 // tests build it (cached outside the repository, keyed by go.sum) and run it through
@@ -17,6 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"sort"
 	"sync"
@@ -37,6 +42,32 @@ type line struct {
 	ResourceVersion string   `json:"resourceVersion,omitempty"`
 	Names           []string `json:"names,omitempty"`
 	WatchList       *bool    `json:"watchListClient,omitempty"`
+	Verb            string   `json:"verb,omitempty"`
+	Code            *int     `json:"code,omitempty"`
+}
+
+// requests prints a "request" line for every request it carries.
+type requests struct {
+	next  http.RoundTripper
+	print func(line)
+}
+
+func (p requests) RoundTrip(r *http.Request) (*http.Response, error) {
+	q := r.URL.Query()
+	verb := "list"
+	if w := q.Get("watch"); w == "true" || w == "1" {
+		verb = "watch"
+		if q.Get("sendInitialEvents") == "true" {
+			verb = "watchlist"
+		}
+	}
+	resp, err := p.next.RoundTrip(r)
+	code := 0
+	if err == nil {
+		code = resp.StatusCode
+	}
+	p.print(line{Event: "request", Verb: verb, ResourceVersion: q.Get("resourceVersion"), Code: &code})
+	return resp, err
 }
 
 func main() {
@@ -58,16 +89,17 @@ func run(kubeconfig, kubeContext, namespace string, runFor time.Duration) error 
 	if err != nil {
 		return fmt.Errorf("reading the kubeconfig %q: %w", kubeconfig, err)
 	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
 	var mu sync.Mutex
 	out := json.NewEncoder(os.Stdout)
 	print := func(l line) {
 		mu.Lock()
 		defer mu.Unlock()
 		_ = out.Encode(l)
+	}
+	cfg.Wrap(func(next http.RoundTripper) http.RoundTripper { return requests{next, print} })
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
 	}
 	watchList := clientfeatures.FeatureGates().Enabled(clientfeatures.WatchListClient)
 	print(line{Event: "start", WatchList: &watchList})

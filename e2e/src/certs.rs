@@ -1,5 +1,7 @@
-//! Certificates generated per run: one CA that signs the API servers' serving
-//! certificates and every client certificate, and a service-account signing key.
+//! Certificates generated per run: the control plane's CA that signs the API servers'
+//! serving certificates and their clients' certificates, and a service-account signing
+//! key; the hub's agents get a CA of their own ([`Pki::create_named`]), so that no
+//! agent certificate logs in to an API server.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -52,10 +54,15 @@ impl std::fmt::Debug for Pki {
 impl Pki {
     /// Creates a new CA and service-account key in `dir`.
     pub fn create(dir: &Path) -> Result<Pki> {
+        Pki::create_named(dir, "scale-agent test CA")
+    }
+
+    /// Creates a new CA named `common_name` (and a service-account key) in `dir`.
+    pub fn create_named(dir: &Path, common_name: &str) -> Result<Pki> {
         fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = name("scale-agent test CA", None);
+        params.distinguished_name = name(common_name, None);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,

@@ -112,6 +112,24 @@ pub fn script(what: &str, blocks: &[Block]) -> String {
     s
 }
 
+/// The command the first of `blocks` that runs one in Deployment `deployment`'s container
+/// (`kubectl ... exec deploy/<deployment> -- <command>`) runs there: its words, up to a
+/// redirection or the end of the command. For tests that run it in a stand-in of the pod.
+pub fn exec_command(blocks: &[Block], deployment: &str) -> Option<Vec<String>> {
+    let exec = format!("exec deploy/{deployment} --");
+    blocks.iter().find_map(|b| {
+        let joined = b.text.replace("\\\n", " ");
+        let line = joined.lines().find(|l| l.contains(&exec))?;
+        let (_, rest) = line.split_once(&exec)?;
+        let words: Vec<String> = rest
+            .split_whitespace()
+            .take_while(|w| !w.starts_with(['>', '<', '|', '&', ';']))
+            .map(str::to_owned)
+            .collect();
+        (!words.is_empty()).then_some(words)
+    })
+}
+
 /// The blocks of the Markdown file at `path`.
 pub fn read(path: &Path) -> Result<Vec<Block>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
@@ -155,6 +173,22 @@ mod tests {
         ] {
             assert!(blocks("g.md", md).is_err(), "{md:?}");
         }
+    }
+
+    #[test]
+    fn exec_command_is_the_words_run_in_the_container() {
+        let md = "<!-- test: run -->\n```sh\nkubectl get x\n```\n<!-- test: skip: no kubelet -->\n```sh\nkubectl -n a exec deploy/hub -- \\\n  /bin/hub kubeconfig \\\n  --server https://h:1 > out\nrm out\n```\n";
+        let b = blocks("g.md", md).expect("blocks");
+        assert_eq!(
+            exec_command(&b, "hub"),
+            Some(vec![
+                "/bin/hub".into(),
+                "kubeconfig".into(),
+                "--server".into(),
+                "https://h:1".into()
+            ])
+        );
+        assert_eq!(exec_command(&b, "operator"), None);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct HubProcess {
     /// `http://127.0.0.1:<port>` of the HTTP API.
     pub http: String,
     http_port: u16,
+    /// The bearer token [`HubProcess::get`] and [`HubProcess::post`] send, when the hub
+    /// runs with `--api-token-file`.
+    pub api_token: Option<String>,
 }
 
 impl HubProcess {
@@ -53,6 +56,7 @@ impl HubProcess {
                     grpc: format!("127.0.0.1:{grpc_port}"),
                     http: format!("http://127.0.0.1:{http_port}"),
                     http_port,
+                    api_token: None,
                 };
                 hub.restart().await?;
                 Ok(hub)
@@ -137,6 +141,9 @@ impl HubProcess {
             .timeout(Duration::from_secs(60));
         if let Some(b) = body {
             req = req.json(b);
+        }
+        if let Some(token) = &self.api_token {
+            req = req.bearer_auth(token);
         }
         let resp = req.send().await.map_err(|e| Error::Http {
             url: url.clone(),

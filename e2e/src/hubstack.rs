@@ -1,5 +1,6 @@
 //! The hub behind nginx, as `just up` runs it and the certificate tests use it: agents
-//! connect to nginx with a client certificate from the run's CA; nginx verifies it and
+//! connect to nginx with a client certificate from the agents' CA ([`agents_pki`], not
+//! the API servers' client CA); nginx verifies it and
 //! forwards it to the hub with a secret only the two share; the hub believes a
 //! forwarded certificate only with that secret and only when it chains to the agents'
 //! CA, and accepts an account only from the AgentShard that owns it.
@@ -16,7 +17,11 @@ use crate::{ControlPlane, Error, Result, workspace_binary};
 pub struct HubStack {
     /// nginx, where agents connect (`nginx.address`).
     pub nginx: Nginx,
-    /// The hub.
+    /// The agents' CA: nginx's serving certificate and the agents' client
+    /// certificates.
+    pub agents: Pki,
+    /// The hub; its JSON API needs [`HubStack::api_token`] (set as the hub's
+    /// `api_token`).
     pub hub: HubProcess,
 }
 
@@ -35,9 +40,12 @@ impl HubStack {
         let proxy_secret = random_secret()?;
         let secret_file = run_dir.join("hub-proxy-secret");
         write_private(&secret_file, &proxy_secret)?;
-        let mut args = behind_nginx(&cp.pki, Some(&secret_file));
+        let agents = agents_pki(run_dir)?;
+        let mut args = behind_nginx(&agents, Some(&secret_file));
         args.push("--authorize-shards=*".into());
-        let hub = HubProcess::start(
+        let api = ApiToken::write(run_dir)?;
+        args.push(api.flag());
+        let mut hub = HubProcess::start(
             HubOptions {
                 bin: workspace_binary("scale-agent-hub")?,
                 grace_period: grace.into(),
@@ -48,9 +56,10 @@ impl HubStack {
             run_dir,
         )
         .await?;
+        hub.api_token = Some(api.token);
         tracing::info!("starting nginx in front of the hub");
         let nginx = nginx_in_front(
-            &cp.pki,
+            &agents,
             "lb",
             Mode::GrpcTls,
             vec![hub.grpc.clone()],
@@ -58,7 +67,40 @@ impl HubStack {
             run_dir,
         )
         .await?;
-        Ok(HubStack { nginx, hub })
+        Ok(HubStack { nginx, agents, hub })
+    }
+}
+
+/// The agents' CA, in `<run_dir>/agents-pki`: apart from the control plane's, whose
+/// certificates the API servers take as their clients' (an agent certificate from it
+/// would log in to every API server).
+pub fn agents_pki(run_dir: &Path) -> Result<Pki> {
+    Pki::create_named(&run_dir.join("agents-pki"), "scale-agent agents CA")
+}
+
+/// The JSON API's token for every account, as `just up` gives it (exported as
+/// `HUB_API_TOKEN`): its file is the hub's `--api-token-file`.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    /// The token.
+    pub token: String,
+    /// The file the hub reads it from.
+    pub file: PathBuf,
+}
+
+impl ApiToken {
+    /// A new random token, written to `<run_dir>/hub-api-tokens` (owner-only), allowed
+    /// every account.
+    pub fn write(run_dir: &Path) -> Result<ApiToken> {
+        let token = random_secret()?;
+        let file = run_dir.join("hub-api-tokens");
+        write_private(&file, &format!("{token} *\n"))?;
+        Ok(ApiToken { token, file })
+    }
+
+    /// The hub's flag naming the file.
+    pub fn flag(&self) -> String {
+        format!("--api-token-file={}", self.file.display())
     }
 }
 

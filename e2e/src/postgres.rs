@@ -210,6 +210,33 @@ impl Postgres {
         Ok(self.url(name))
     }
 
+    /// Creates role `role` that logs in only with `password` (SCRAM, from 127.0.0.1) and
+    /// database `db` it owns; returns the database's URL, without the password.
+    pub fn database_with_password(&self, db: &str, role: &str, password: &str) -> Result<String> {
+        let plain =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain(db) || !plain(role) || !plain(password) {
+            return Err(Error::Invalid {
+                what: format!("database {db:?}, role {role:?}"),
+                message: "use letters, digits and _".into(),
+            });
+        }
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+        )?;
+        self.psql("postgres", &format!("CREATE DATABASE {db} OWNER {role}"))?;
+        let hba = self.data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).map_err(|e| Error::io("reading", &hba, e))?;
+        std::fs::write(
+            &hba,
+            format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rules}"),
+        )
+        .map_err(|e| Error::io("writing", &hba, e))?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        Ok(format!("postgres://{role}@127.0.0.1:{}/{db}", self.port))
+    }
+
     /// Runs `sql` in database `db` with `psql`; returns the rows, one line each, columns
     /// separated by `|`.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {

@@ -1,5 +1,5 @@
 //! Certificates come by themselves: the operator, given a CA (`--agent-ca-secret`, as
-//! `just up` gives it the dev CA), issues every shard's agents a short-lived client
+//! `just up` gives it the agents' CA), issues every shard's agents a short-lived client
 //! certificate naming the shard; agents reach the hub through nginx (which verifies the
 //! certificate and forwards it; the hub accepts an account only from the shard that owns
 //! it), and pick up each renewal without a restart and without losing an event. A TLS
@@ -77,7 +77,7 @@ async fn start() -> anyhow::Result<CertsEnv> {
     let cp = &env.cp;
     let stack = HubStack::start(cp, &cp.run_dir, "30s", None).await?;
     scale_agent_e2e::operator::ensure_namespace(cp, NAMESPACE)?;
-    cp.apply(&cp.pki.ca_secret_yaml(NAMESPACE, CA_SECRET)?)?;
+    cp.apply(&stack.agents.ca_secret_yaml(NAMESPACE, CA_SECRET)?)?;
     let mut fixture = CertsEnv {
         op: tokio::sync::Mutex::new(None),
         stack,
@@ -109,6 +109,13 @@ fn main() {
                 "with_an_issuer_the_operator_writes_a_cert_manager_certificate",
                 |e| Box::pin(cert_manager(e)),
             ),
+            (
+                "the_json_api_refuses_an_anonymous_operation_as_just_up_runs_it",
+                |e| Box::pin(anonymous_operation(e)),
+            ),
+            ("an_agent_certificate_logs_in_to_no_api_server", |e| {
+                Box::pin(agent_certificate_login(e))
+            }),
         ],
     );
 }
@@ -285,7 +292,7 @@ async fn tls_secret_problems(env: Arc<CertsEnv>) -> anyhow::Result<()> {
     );
 
     // Without ca.crt.
-    let mine = env.env.cp.pki.issue_client(
+    let mine = env.stack.agents.issue_client(
         &format!("{ns}-own"),
         "own",
         None,
@@ -307,7 +314,7 @@ async fn tls_secret_problems(env: Arc<CertsEnv>) -> anyhow::Result<()> {
         if ca {
             args.push(format!(
                 "--from-file=ca.crt={}",
-                env.env.cp.pki.ca_file.display()
+                env.stack.agents.ca_file.display()
             ));
         }
         let yaml = env.env.cp.kubectl(args)?;
@@ -326,7 +333,7 @@ async fn tls_secret_problems(env: Arc<CertsEnv>) -> anyhow::Result<()> {
     .await?;
 
     // Naming another shard.
-    let other = env.env.cp.pki.issue_client(
+    let other = env.stack.agents.issue_client(
         &format!("{ns}-other"),
         "other",
         None,
@@ -469,9 +476,8 @@ async fn cert_manager_steps(env: &CertsEnv) -> anyhow::Result<()> {
     );
     // The agents mount the Secret cert-manager fills; do what cert-manager would.
     let pair =
-        env.env
-            .cp
-            .pki
+        env.stack
+            .agents
             .issue_client(&format!("{ns}-managed"), "managed", None, &[&identity])?;
     let yaml = env.env.cp.kubectl([
         "create".to_owned(),
@@ -481,12 +487,113 @@ async fn cert_manager_steps(env: &CertsEnv) -> anyhow::Result<()> {
         format!("--namespace={ns}"),
         format!("--from-file=tls.crt={}", pair.cert_file.display()),
         format!("--from-file=tls.key={}", pair.key_file.display()),
-        format!("--from-file=ca.crt={}", env.env.cp.pki.ca_file.display()),
+        format!("--from-file=ca.crt={}", env.stack.agents.ca_file.display()),
         "--dry-run=client".into(),
         "-o".into(),
         "yaml".into(),
     ])?;
     env.env.apply(&yaml)?;
     wait_shard(&env.env, "managed Ready", &ns, "managed", 120, ready).await?;
+    Ok(())
+}
+
+/// `just up` gives the hub's JSON API a token (`HUB_API_TOKEN`): an operation without
+/// it is refused before it reaches any account, and the token lets it through.
+async fn anonymous_operation(e: Arc<CertsEnv>) -> anyhow::Result<()> {
+    let hub = &e.stack.hub;
+    let token = hub
+        .api_token
+        .clone()
+        .context("the hub runs with an API token")?;
+    let apply = serde_json::json!({
+        "type": "apply",
+        "manifest": { "apiVersion": "v1", "kind": "ConfigMap",
+                      "metadata": { "name": "anonymous", "namespace": "default" } },
+    });
+    let client = reqwest::Client::new();
+    let post = |token: Option<&str>| {
+        let mut request = client
+            .post(format!(
+                "{}/v1/accounts/no-such-account/operations",
+                hub.http
+            ))
+            .json(&apply);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let anonymous = post(None).await?;
+    ensure!(
+        anonymous.status() == reqwest::StatusCode::UNAUTHORIZED,
+        "an anonymous operation: {}",
+        anonymous.status()
+    );
+    let wrong = post(Some("0123456789abcdef-not-the-token")).await?;
+    ensure!(
+        wrong.status() == reqwest::StatusCode::UNAUTHORIZED,
+        "{}",
+        wrong.status()
+    );
+    // With the token the request reaches the accounts (this one is unknown).
+    let with_token = post(Some(&token)).await?;
+    ensure!(
+        with_token.status() == reqwest::StatusCode::NOT_FOUND,
+        "with the token: {}",
+        with_token.status()
+    );
+    let (status, _) = hub.get("/v1/accounts").await?;
+    ensure!(status == 200, "listing with the token: {status}");
+    Ok(())
+}
+
+/// The agents' CA (the Secret the operator issues their certificates from, as `just up`
+/// gives it) is not the API servers' client CA: a certificate it signs is refused by the
+/// API server as by any stranger.
+async fn agent_certificate_login(e: Arc<CertsEnv>) -> anyhow::Result<()> {
+    let cp = &e.env.cp;
+    let data = secret(&e.env, NAMESPACE, CA_SECRET)
+        .await?
+        .and_then(|s| s.data)
+        .context("the agents' CA Secret")?;
+    let text = |key: &str| -> anyhow::Result<String> {
+        Ok(String::from_utf8(
+            data.get(key).context(key.to_owned())?.0.clone(),
+        )?)
+    };
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &text("tls.crt")?,
+        rcgen::KeyPair::from_pem(&text("tls.key")?)?,
+    )?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "an-agent");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let kubeconfig = cp.run_dir.join("agent-login.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        scale_agent_e2e::kubeconfig::render(
+            "agent",
+            &cp.management.server,
+            &cp.pki.ca_pem,
+            &cert.pem(),
+            &key.serialize_pem(),
+        ),
+    )?;
+    let out = scale_agent_e2e::kubectl::run_full(
+        &cp.bins.kubectl,
+        &kubeconfig,
+        ["get", "--raw", "/api"],
+        None,
+    )?;
+    ensure!(
+        !out.success && out.stderr.contains("Unauthorized"),
+        "an agent's certificate at the API server: {} {}",
+        out.stdout,
+        out.stderr
+    );
     Ok(())
 }

@@ -10,11 +10,16 @@
 //! - the operator and hub run as those ServiceAccounts with the manifests' own flags: a
 //!   shard in a namespace opened with `manifests/shard-namespace` streams through them,
 //!   one elsewhere gets nothing, an agent of another shard is refused, a remote (agent
-//!   mode) shard's agent is accepted through a paused AgentShard, and the alerts name
-//!   metrics they really export.
+//!   mode) shard's agent is accepted through a paused AgentShard, the Clouddriver
+//!   kubeconfig the guide has the hub write reads an account through the hub, and the
+//!   alerts and the Grafana dashboard name metrics they really export;
+//! - the Helm chart renders manifests/install and installs, upgrades and uninstalls with
+//!   the real helm.
 
 #[path = "install/cluster.rs"]
 mod cluster;
+#[path = "install/helm.rs"]
+mod helm;
 #[path = "install/image.rs"]
 mod image;
 #[path = "install/kubelet.rs"]
@@ -37,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use cluster::{
-    applied_state, apply_install, hub_volume, kubectl_full, secret, shard_namespace, shard_yaml,
-    stand_in_crds,
+    applied_state, apply_install, hub_volume, kubectl_full, remove, secret, shard_namespace,
+    shard_yaml, stand_in_crds,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
@@ -84,6 +89,14 @@ fn main() {
                 |e| Box::pin(live(e)),
             ),
             ("the_install_guide_runs_as_written", |e| Box::pin(guide(e))),
+            (
+                "helm_chart_with_default_values_renders_manifests_install",
+                |e| Box::pin(chart_renders_install(e)),
+            ),
+            (
+                "helm_chart_installs_a_shard_streams_upgrades_and_uninstalls",
+                |e| Box::pin(chart_lifecycle(e)),
+            ),
         ],
         // The tests share the installed namespace: one at a time.
         Some(1),
@@ -104,35 +117,15 @@ async fn guide(env: Arc<Env>) -> anyhow::Result<()> {
     // Other tests of this binary install scale-agent too: start from nothing.
     let manifests = kustomize::manifests();
     let install = manifests.join("install").display().to_string();
-    kubectl_full(
-        cp,
-        ["delete", "-k", &install, "--ignore-not-found", "--wait"],
-    )?;
-    for args in [
-        &[
-            "delete",
-            "namespace",
-            "spinnaker",
-            "team-b",
-            "--ignore-not-found",
-            "--wait",
-        ][..],
-        &[
-            "delete",
-            "validatingwebhookconfiguration",
-            "scale-agent-operator",
-            "--ignore-not-found",
-        ],
-        &[
-            "delete",
-            "pv",
-            "scale-agent-hub-store",
-            "--ignore-not-found",
-            "--wait",
-        ],
-    ] {
-        cp.kubectl(args)?;
-    }
+    remove(cp, &install)?;
+    cp.kubectl([
+        "delete",
+        "namespace",
+        "spinnaker",
+        "team-b",
+        "--ignore-not-found",
+        "--wait",
+    ])?;
     hub_volume(&env)?;
 
     let dir = tempfile::tempdir()?;
@@ -201,6 +194,167 @@ async fn guide(env: Arc<Env>) -> anyhow::Result<()> {
         "--ignore-not-found",
     ])?;
     Ok(())
+}
+
+/// The chart with its default values renders the objects of `manifests/install`, field
+/// for field, but the Namespace (the release's namespace exists before helm installs), so
+/// the two cannot drift apart.
+async fn chart_renders_install(env: Arc<Env>) -> anyhow::Result<()> {
+    let chart = helm::template(&env.cp, NS, &[])?;
+    let mut install = helm::by_key(kustomize::render(&kustomize::manifests().join("install"))?);
+    ensure!(
+        install.remove(&format!("Namespace//{NS}")).is_some(),
+        "manifests/install makes no Namespace {NS}"
+    );
+    let mut wrong = Vec::new();
+    for key in install.keys().chain(chart.keys()).collect::<BTreeSet<_>>() {
+        match (install.get(key), chart.get(key)) {
+            (Some(a), Some(b)) => helm::differences(key, a, b, &mut wrong),
+            (Some(_), None) => wrong.push(format!("{key}: only in manifests/install")),
+            (None, _) => wrong.push(format!("{key}: only in the chart")),
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "charts/scale-agent (default values) and manifests/install differ (manifests/install ≠ chart):\n  {}",
+        wrong.join("\n  ")
+    );
+    // Released into another namespace, with every optional part, nothing names this one.
+    let elsewhere = helm::template(
+        &env.cp,
+        "elsewhere",
+        &[
+            "certManager.enabled=true",
+            "operator.shardNamespaces={spinnaker}",
+        ],
+    )?;
+    let stale: Vec<&String> = elsewhere
+        .iter()
+        .filter(|(_, o)| o.to_string().contains(NS))
+        .map(|(k, _)| k)
+        .collect();
+    ensure!(
+        stale.is_empty(),
+        "the chart released elsewhere still names {NS} in {stale:?}"
+    );
+    Ok(())
+}
+
+/// A platform team's life with the chart, with the real helm on the control plane: the
+/// namespace from manifests/namespace, `helm install` opening a shard namespace, the
+/// installed operator and hub running (as their ServiceAccounts, with the rendered flags)
+/// and a shard streaming through them; `helm upgrade` to another image moving the
+/// operator, the hub and the agents' default image together; `helm uninstall` leaving
+/// nothing of the release but the CRD (helm never deletes a chart's CRDs).
+async fn chart_lifecycle(env: Arc<Env>) -> anyhow::Result<()> {
+    let cp = &env.cp;
+    let manifests = kustomize::manifests();
+    // Other tests of this binary install scale-agent with kubectl: start from nothing.
+    remove(cp, &manifests.join("install").display().to_string())?;
+    let namespace = manifests.join("namespace").display().to_string();
+    kubectl_full(cp, ["apply", "--server-side", "-k", &namespace])?;
+    hub_volume(&env)?;
+    let ns = env.namespace("helm-shard").await?;
+    let chart = helm::chart().display().to_string();
+    let opened = format!("operator.shardNamespaces={{{ns}}}");
+    helm::run(
+        cp,
+        &[
+            "install",
+            helm::RELEASE,
+            &chart,
+            "--namespace",
+            NS,
+            "--set",
+            &opened,
+        ],
+    )?;
+
+    let installed = Installed::start(&env).await?;
+    let pods = opened_namespace_streams(&env, &installed, &ns).await?;
+    drop(pods);
+    drop(installed);
+
+    let upgraded = format!(
+        "{}:v0.0.0-upgrade",
+        IMAGE.split(':').next().unwrap_or(IMAGE)
+    );
+    let tag = "image.tag=v0.0.0-upgrade";
+    helm::run(
+        cp,
+        &[
+            "upgrade",
+            helm::RELEASE,
+            &chart,
+            "--namespace",
+            NS,
+            "--reuse-values",
+            "--set",
+            tag,
+        ],
+    )?;
+    let deployments = Api::<Deployment>::namespaced(cp.client().await?, NS);
+    for name in ["scale-agent-operator", "scale-agent-hub"] {
+        let c = first_container(&deployments, name).await?;
+        ensure!(
+            c.image.as_deref() == Some(upgraded.as_str()),
+            "after helm upgrade {name} runs {:?}, not {upgraded}",
+            c.image
+        );
+        let agents = c
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.name == "SCALE_AGENT_DEFAULT_IMAGE");
+        ensure!(
+            name != "scale-agent-operator"
+                || agents.as_ref().and_then(|e| e.value.as_deref()) == Some(upgraded.as_str()),
+            "after helm upgrade agents default to {agents:?}, not {upgraded}"
+        );
+    }
+
+    helm::run(
+        cp,
+        &["uninstall", helm::RELEASE, "--namespace", NS, "--wait"],
+    )?;
+    let mut left = Vec::new();
+    for (key, o) in helm::template(cp, NS, &[&opened])? {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        if kind == "CustomResourceDefinition" {
+            continue;
+        }
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        let mut args = vec!["get", kind, name, "--ignore-not-found", "-o", "name"];
+        if let Some(n) = o["metadata"]["namespace"].as_str() {
+            args.extend(["-n", n]);
+        }
+        if !cp.kubectl(args)?.trim().is_empty() {
+            left.push(key);
+        }
+    }
+    ensure!(
+        left.is_empty(),
+        "after helm uninstall these are left: {left:?}"
+    );
+    cp.kubectl(["get", "crd", "agentshards.scaleagent.dev"])
+        .context("helm uninstall removed the CRD (and so every shard)")?;
+    env.drop_namespace(&ns).await;
+    remove(cp, &namespace)?;
+    Ok(())
+}
+
+/// The first container of Deployment `name`'s pod template, as applied.
+async fn first_container(
+    deployments: &Api<Deployment>,
+    name: &str,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Container> {
+    deployments
+        .get(name)
+        .await?
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .with_context(|| format!("{name} has no container"))
 }
 
 async fn image_runs(_env: Arc<Env>) -> anyhow::Result<()> {
@@ -841,7 +995,9 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
     let installed = Installed::start(&env).await?;
     probes_answer(&env, &installed).await?;
     let ns = env.namespace("install-shard").await?;
+    shard_namespace(&env, &ns)?;
     let pods = opened_namespace_streams(&env, &installed, &ns).await?;
+    clouddriver_reads_an_account_through_the_hub(&env, &installed, &ns)?;
     let closed = closed_namespace_gets_nothing(&env, &installed).await?;
     another_shards_agent_is_refused(&env, &installed, &ns).await?;
     let remote = paused_shard_vouches_for_a_remote_agent(&env, &installed).await?;
@@ -858,7 +1014,7 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await?;
 
-    // Every metric the alerts name is one the installed components export.
+    // Every metric the alerts and the dashboard name is one the installed components export.
     let agent_pod = pods
         .running()
         .into_iter()
@@ -875,14 +1031,19 @@ async fn live(env: Arc<Env>) -> anyhow::Result<()> {
             &scale_agent_e2e::metrics::scrape(&addr).await?,
         ));
     }
-    let missing: Vec<String> = metrics::alert_metrics()?
-        .into_iter()
-        .filter(|m| !exported.contains(m))
-        .collect();
-    ensure!(
-        missing.is_empty(),
-        "the alerts name metrics nothing exports: {missing:?} (exported: {exported:?})"
-    );
+    for (what, named) in [
+        ("the alerts", metrics::alert_metrics()?),
+        ("the Grafana dashboard", metrics::dashboard_metrics()?),
+    ] {
+        let missing: Vec<String> = named
+            .into_iter()
+            .filter(|m| !exported.contains(m))
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "{what} name metrics nothing exports: {missing:?} (exported: {exported:?})"
+        );
+    }
 
     drop(pods);
     drop(installed);
@@ -901,12 +1062,7 @@ async fn probes_answer(env: &Env, installed: &Installed) -> anyhow::Result<()> {
         ("scale-agent-hub", &installed.hub),
         ("scale-agent-operator", &installed.operator),
     ] {
-        let d = deployments.get(name).await?;
-        let c = d
-            .spec
-            .and_then(|s| s.template.spec)
-            .and_then(|s| s.containers.into_iter().next())
-            .with_context(|| format!("{name} has no container"))?;
+        let c = first_container(&deployments, name).await?;
         for (kind, probe) in [
             ("readiness", &c.readiness_probe),
             ("liveness", &c.liveness_probe),
@@ -941,7 +1097,61 @@ async fn probes_answer(env: &Env, installed: &Installed) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A shard in namespace `ns`, opened with manifests/shard-namespace, streams through the
+/// docs/install.md's "Wiring Clouddriver": its command, run in the installed hub's pod (the
+/// stand-in), writes a kubeconfig that reads the shard's ConfigMap of account `install-a`
+/// through the hub's Kubernetes API, with the manifests' port, tokens Secret and TLS.
+fn clouddriver_reads_an_account_through_the_hub(
+    env: &Env,
+    installed: &Installed,
+    ns: &str,
+) -> anyhow::Result<()> {
+    const SERVER: &str = "https://scale-agent-hub-grpc.scale-agent-system.svc:8443";
+    let blocks = scale_agent_e2e::guide::read(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/install.md"),
+    )?;
+    let argv = scale_agent_e2e::guide::exec_command(&blocks, "scale-agent-hub").context(
+        "docs/install.md runs nothing in the hub's pod (`kubectl exec deploy/scale-agent-hub --`)",
+    )?;
+    let written = installed.hub.exec(&argv)?;
+    ensure!(
+        written.contains(&format!("{SERVER}/accounts/install-a")),
+        "the kubeconfig does not point account install-a at the hub's Service:\n{written}"
+    );
+    // Cluster DNS and the Service would bring the Service's name to the hub's pod.
+    let kubeconfig = written.replace(
+        SERVER,
+        &format!("https://127.0.0.1:{}", installed.hub.ports["kube-api"]),
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("clouddriver.kubeconfig");
+    std::fs::write(&path, kubeconfig)?;
+    let out = scale_agent_e2e::kubectl::run_full(
+        &env.cp.bins.kubectl,
+        &path,
+        [
+            "--context",
+            "install-a",
+            "-n",
+            ns,
+            "get",
+            "configmap",
+            "install-probe",
+            "-o",
+            "name",
+        ],
+        None,
+    )?;
+    ensure!(
+        out.success && out.stdout.trim() == "configmap/install-probe",
+        "kubectl with the kubeconfig the guide writes: {}{}\n{}",
+        out.stdout,
+        out.stderr,
+        installed.diagnostics()
+    );
+    Ok(())
+}
+
+/// A shard in namespace `ns`, opened to the operator, streams through the
 /// installed hub with a client certificate naming it; the agent pods' stand-in runs.
 async fn opened_namespace_streams(
     env: &Env,
@@ -949,7 +1159,6 @@ async fn opened_namespace_streams(
     ns: &str,
 ) -> anyhow::Result<PodRunner> {
     let cp = &env.cp;
-    shard_namespace(env, ns)?;
     let cluster = cp.target("cluster-1").context("cluster-1")?;
     create_namespace(cluster, ns).await?;
     let kc = std::fs::read_to_string(&cluster.kubeconfig)?;

@@ -61,6 +61,20 @@ fn main() {
             ("kubectl_prints_the_same_tables_through_the_hub", |e| {
                 Box::pin(tables(e))
             }),
+            (
+                "kubectl_get_name_answers_from_the_cache_as_the_cluster",
+                |e| Box::pin(objects_by_name(e)),
+            ),
+            (
+                "discovery_and_openapi_come_from_the_hub_and_follow_new_crds",
+                |e| Box::pin(discovery_from_memory(e)),
+            ),
+            ("clouddriver_caching_cycle_never_reaches_the_cluster", |e| {
+                Box::pin(caching_cycle(e))
+            }),
+            ("kubectl_get_w_prints_from_the_cache", |e| {
+                Box::pin(watched_tables(e))
+            }),
         ],
     );
 }
@@ -307,6 +321,16 @@ impl<'a> Kubectl<'a> {
     }
 
     /// `-o json` through the hub, parsed.
+    /// Through the hub, whatever the exit status, as a kubectl process whose discovery
+    /// cache is `cache_dir` (a new folder: it asks for discovery as a new Clouddriver
+    /// pod or a CI job's kubectl does).
+    fn hub_cached_in(&self, cache_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+        let dir = cache_dir.display().to_string();
+        let mut all = vec!["--cache-dir", dir.as_str()];
+        all.extend_from_slice(args);
+        self.hub_full(&all, None)
+    }
+
     fn hub_json(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Value> {
         let out = self.hub(args, stdin)?;
         serde_json::from_str(&out).with_context(|| format!("kubectl {args:?} printed:\n{out}"))
@@ -679,8 +703,8 @@ async fn run_command_lines(k: &Kubectl<'_>, ns: &str, full: bool) -> anyhow::Res
         None,
     )?;
 
-    // `get -w`: printing a table (the cluster answers the watch) and as JSON (the hub's
-    // cache answers it): both show a ConfigMap created after they started.
+    // `get -w`: printing a table and as JSON (both from the hub's cache): both show a
+    // ConfigMap created after they started.
     for (i, output) in ["wide", "json"].into_iter().enumerate() {
         let name = format!("watched-{i}");
         let printed = k.hub_watch(
@@ -1257,17 +1281,11 @@ async fn direct_call(
     call(&cluster.client().await?, "GET", path, &[]).await
 }
 
-/// An item as the cache holds it: the stream leaves out `managedFields` and the
-/// last-applied annotation.
+/// An item as the cache holds it: the stream leaves out `managedFields` (kubectl
+/// does not print them either).
 fn as_streamed(mut item: Value) -> Value {
     if let Some(meta) = item.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
-        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-            a.remove("kubectl.kubernetes.io/last-applied-configuration");
-            if a.is_empty() {
-                meta.remove("annotations");
-            }
-        }
     }
     item
 }
@@ -1860,18 +1878,31 @@ async fn stale_reads(env: Arc<Env>) -> anyhow::Result<()> {
         "the write's 503 took {took:?}"
     );
     eprintln!("a write while the agent is away: 503 in {took:?}");
-    let by_name = call(
+    // One object by name the cache holds: its last known state; one it does not
+    // hold only the cluster could answer.
+    let (code, by_name) = call(
         &hub,
         "GET",
         &format!("/api/v1/namespaces/{ns}/configmaps/s-1"),
         &[],
     )
     .await?;
+    ensure!(
+        code == 200 && by_name["metadata"]["name"] == "s-1",
+        "one object by name while away: {code} {by_name}"
+    );
+    let missing = call(
+        &hub,
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/configmaps/not-cached"),
+        &[],
+    )
+    .await?;
     expect_status(
-        &by_name,
+        &missing,
         503,
         "ServiceUnavailable",
-        "one object by name while away",
+        "an object the cache does not hold while away",
     )?;
     let account = scale_agent_e2e::converge::account_state(&rig.s.hub, &rig.target)
         .await
@@ -1972,6 +2003,84 @@ spec:
     spec:
       nodeSelector: {{ kubernetes.io/os: linux }}
       containers: [{{ name: agent, image: busybox }}, {{ name: side, image: redis }}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: {ns} }}
+spec:
+  selector: {{ app: web, tier: front }}
+  ports: [{{ port: 80, name: http }}, {{ port: 53, protocol: UDP, name: dns }}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: edge, namespace: {ns} }}
+spec:
+  type: NodePort
+  externalIPs: [192.0.2.10]
+  selector: {{ app: web }}
+  ports: [{{ port: 443 }}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{ name: nightly, namespace: {ns} }}
+spec:
+  schedule: "0 3 * * *"
+  timeZone: Europe/Paris
+  suspend: true
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{{ name: backup, image: busybox }}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{ name: migrate, namespace: {ns} }}
+spec:
+  suspend: true
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{ name: migrate, image: busybox }}, {{ name: side, image: redis }}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{ name: once, namespace: {ns} }}
+spec:
+  suspend: true
+  parallelism: 4
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{ name: once, image: busybox }}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{ name: web, namespace: {ns} }}
+spec:
+  tls: [{{ hosts: [a.example], secretName: web-tls }}]
+  rules:
+  - host: a.example
+    http: {{ paths: [{{ path: /, pathType: Prefix, backend: {{ service: {{ name: web, port: {{ number: 80 }} }} }} }}] }}
+  - host: b.example
+    http: {{ paths: [{{ path: /, pathType: Prefix, backend: {{ service: {{ name: web, port: {{ number: 80 }} }} }} }}] }}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{ name: web-only, namespace: {ns} }}
+spec:
+  podSelector: {{ matchLabels: {{ app: web }} }}
+  policyTypes: [Ingress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{ name: all, namespace: {ns} }}
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
 "#
     );
     let applied = k.direct_full(&["apply", "-f", "-"], Some(&workloads))?;
@@ -1989,6 +2098,11 @@ spec:
         "replicasets",
         "statefulsets",
         "daemonsets",
+        "services",
+        "jobs",
+        "cronjobs",
+        "ingresses",
+        "networkpolicies",
     ]
     .iter()
     .flat_map(|kind| {
@@ -2035,6 +2149,463 @@ spec:
         "only {} of {} tables came from the cache",
         cache_after - cache_before,
         gets.len()
+    );
+    // Once settled, each again: not one reaches the cluster.
+    let (cache_before, cluster_before) = answered(&rig).await?;
+    for args in &gets {
+        k.hub(args, None)?;
+    }
+    let (cache_after, cluster_after) = answered(&rig).await?;
+    eprintln!(
+        "{} tables: {} requests from the cache, {} to the cluster",
+        gets.len(),
+        cache_after - cache_before,
+        cluster_after - cluster_before
+    );
+    ensure!(
+        cluster_after == cluster_before,
+        "of {} tables, {} requests went to the cluster",
+        gets.len(),
+        cluster_after - cluster_before
+    );
+    Ok(())
+}
+
+/// `kubectl get KIND NAME -o json|yaml` (how Clouddriver reads every object it deploys)
+/// through the hub prints exactly what it prints against the cluster, the
+/// last-applied annotation of a client-side apply included, and none of these reads
+/// reaches the cluster.
+async fn objects_by_name(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kget", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let applied = k.direct_full(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{ name: settings, namespace: {ns}, labels: {{ app: web }} }}
+data: {{ a: "1", b: two }}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{ name: robot, namespace: {ns} }}
+"#
+        )),
+    )?;
+    ensure!(applied.success, "apply: {}", applied.stderr);
+    k.direct_full(&["apply", "-f", "-"], Some(&deployment(&ns, "nginx:1.27")))?;
+    // Warm kubectl's discovery cache (discovery goes to the cluster).
+    k.hub(&["-n", &ns, "get", "configmaps"], None)?;
+    let gets: Vec<Vec<&str>> = [
+        ("configmap", "settings"),
+        ("serviceaccount", "robot"),
+        ("deployment", "web"),
+        ("namespace", ns.as_str()),
+    ]
+    .iter()
+    .flat_map(|(kind, name)| {
+        ["json", "yaml"].map(|o| vec!["-n", ns.as_str(), "get", *kind, *name, "-o", o])
+    })
+    .collect();
+    // The cache follows the cluster (the Deployment rolls out meanwhile): the same
+    // output within a while.
+    for args in &gets {
+        let mut last = (String::new(), String::new());
+        let same = wait::until(
+            "the same object through the hub and directly",
+            Duration::from_secs(30),
+            || {
+                let outcome = match (k.hub(args, None), k.direct(args)) {
+                    (Ok(t), Ok(d)) => {
+                        let same = t == d;
+                        last = (t, d);
+                        same.then_some(())
+                    }
+                    _ => None,
+                };
+                async move { outcome }
+            },
+        )
+        .await;
+        ensure!(
+            same.is_ok(),
+            "kubectl {args:?}: through the hub\n{}\ndirectly\n{}",
+            last.0,
+            last.1
+        );
+    }
+    // What keeping the last-applied annotation costs the hub's memory, for objects
+    // deployed by a client-side apply as Clouddriver deploys them.
+    for (kind, name) in [("configmap", "settings"), ("deployment", "web")] {
+        let object: Value =
+            serde_json::from_str(&k.hub(&["-n", &ns, "get", kind, name, "-o", "json"], None)?)?;
+        let applied =
+            object["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+                .as_str()
+                .map(str::len);
+        let Some(applied) = applied else {
+            bail!("the client-side apply's annotation is missing: {object}");
+        };
+        eprintln!(
+            "{kind}/{name}: {} bytes as the hub keeps it, {applied} of them the last-applied annotation",
+            object.to_string().len()
+        );
+    }
+    // Counted once everything has settled: each read once more.
+    let (cache_before, cluster_before) = answered(&rig).await?;
+    for args in &gets {
+        k.hub(args, None)?;
+    }
+    let (cache_after, cluster_after) = answered(&rig).await?;
+    eprintln!(
+        "{} reads by name: {} from the cache, {} to the cluster",
+        gets.len(),
+        cache_after - cache_before,
+        cluster_after - cluster_before
+    );
+    ensure!(
+        cache_after - cache_before >= gets.len() as f64 && cluster_after == cluster_before,
+        "of {} reads by name, {} came from the cache and {} went to the cluster",
+        gets.len(),
+        cache_after - cache_before,
+        cluster_after - cluster_before
+    );
+    Ok(())
+}
+
+/// Discovery and OpenAPI through the hub: once the agent follows the cluster's CRDs
+/// and APIServices, a kubectl with an empty discovery cache (a new Clouddriver pod,
+/// every `kubectl` of a CI job) runs without one request reaching the cluster; the
+/// per-group form older clients use (client-go 0.26) and OpenAPI are the cluster's
+/// bytes; a CRD created on the cluster is served through the hub at once.
+async fn discovery_from_memory(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kdisc", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let caches = rig.s.dir.path().join("kubectl-caches");
+    let mut runs = 0;
+    // A kubectl process with nothing cached: discovery, then a list.
+    let mut fresh = |args: &[&str]| {
+        runs += 1;
+        k.hub_cached_in(&caches.join(runs.to_string()), args)
+    };
+    // The agent follows CRDs and APIServices shortly after it registers; from then on
+    // the first kubectl fills the hub's memory and the next asks the cluster nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        let (c0, x0) = answered(&rig).await?;
+        let out = fresh(&["-n", ns.as_str(), "get", "configmaps", "-o", "name"])?;
+        let (c1, x1) = answered(&rig).await?;
+        let last = (c1 - c0, x1 - x0);
+        if out.success && x1 == x0 && c1 > c0 {
+            break last;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "a kubectl with an empty discovery cache: {} requests from the hub, {} to the cluster ({})",
+            last.0,
+            last.1,
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "a kubectl with an empty discovery cache: {} requests from the hub, {} to the cluster",
+        last.0, last.1
+    );
+    // The per-group form and OpenAPI (of the other account): the cluster's answers; once
+    // kept, read again without the cluster.
+    let hub = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    let cluster = target(&env, TARGET)?;
+    let paths = [
+        "/version",
+        "/api",
+        "/api/v1",
+        "/apis",
+        "/apis/apps/v1",
+        "/openapi/v2",
+        "/openapi/v3",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (c0, x0) = answered(&rig).await?;
+        for p in paths {
+            let through = call(&hub, "GET", p, &[]).await?;
+            let direct = direct_call(cluster, p).await?;
+            ensure!(through == direct, "{p} differs through the hub");
+        }
+        let (c1, x1) = answered(&rig).await?;
+        eprintln!(
+            "{} discovery and OpenAPI reads: {} from the hub, {} to the cluster",
+            paths.len(),
+            c1 - c0,
+            x1 - x0
+        );
+        if x1 == x0 && c1 - c0 >= paths.len() as f64 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "discovery read again: {} from the hub, {} to the cluster",
+            c1 - c0,
+            x1 - x0
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A new CRD on the cluster: a kubectl through the hub finds its kind.
+    let group = format!("{}.e2e.scaleagent.dev", rig.mgmt);
+    let crd = format!(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{ name: widgets.{group} }}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{ plural: widgets, singular: widget, kind: Widget }}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {{ openAPIV3Schema: {{ type: object, x-kubernetes-preserve-unknown-fields: true }} }}
+"#
+    );
+    // On the target cluster, which the tests counting the management account's
+    // requests do not ask through their hubs.
+    let on_target = |args: &[&str], stdin: Option<&str>| {
+        kubectl::run_full(&env.cp.bins.kubectl, &cluster.kubeconfig, args, stdin)
+    };
+    let kt = Kubectl::new(&env, &rig, rig.target.clone());
+    let created = on_target(&["apply", "-f", "-"], Some(&crd))?;
+    ensure!(created.success, "creating the CRD: {}", created.stderr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        runs += 1;
+        let out = kt.hub_cached_in(
+            &caches.join(runs.to_string()),
+            &["-n", ns.as_str(), "get", &format!("widgets.{group}")],
+        )?;
+        if out.success {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err(out.stderr);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    on_target(&["delete", "crd", &format!("widgets.{group}")], None)?;
+    if let Err(last) = found {
+        bail!("kubectl through the hub never found the new CRD's kind: {last}");
+    }
+    Ok(())
+}
+
+/// Clouddriver's caching cycle for an account (its `kubectl get <every kind> -n <ns> -o
+/// json`, and its Namespace) and one deploy stage (`kubectl apply`, then reads of the
+/// object until it is stable), each a new kubectl process with nothing cached, through
+/// the hub: they print what the same commands print against the cluster; of the
+/// caching cycle not one request reaches the cluster, of the deploy stage only the
+/// apply's.
+async fn caching_cycle(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kcyc", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let caches = rig.s.dir.path().join("kubectl-caches");
+    let applied = k.direct_full(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{ name: settings, namespace: {ns} }}
+data: {{ a: "1" }}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: {ns} }}
+spec: {{ selector: {{ app: web }}, ports: [{{ port: 80 }}] }}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{ name: nightly, namespace: {ns} }}
+spec:
+  schedule: "0 3 * * *"
+  suspend: true
+  jobTemplate: {{ spec: {{ template: {{ spec: {{ restartPolicy: Never, containers: [{{ name: b, image: busybox }}] }} }} }} }}
+"#
+        )),
+    )?;
+    ensure!(applied.success, "apply: {}", applied.stderr);
+    let kinds = "deployment,replicaset,statefulset,daemonset,pod,service,configmap,serviceaccount,persistentvolumeclaim,job,cronjob,horizontalpodautoscaler,ingress,networkpolicy";
+    let cycle: Vec<Vec<&str>> = vec![
+        vec!["get", kinds, "-n", ns.as_str(), "-o", "json"],
+        vec![
+            "get",
+            kinds,
+            "-n",
+            ns.as_str(),
+            "-l",
+            "app.kubernetes.io/managed-by=spinnaker",
+            "-o",
+            "json",
+        ],
+        vec!["get", "namespace", ns.as_str(), "-o", "json"],
+    ];
+    let mut runs = 0;
+    let mut fresh = |args: &[&str]| {
+        runs += 1;
+        k.hub_cached_in(&caches.join(runs.to_string()), args)
+    };
+    // The first kubectl fills the hub's discovery once the agent follows the cluster's
+    // CRDs; the cache follows the cluster (the Deployment rolls out meanwhile): the
+    // same output within a while, then counted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (measured, cache, cluster) = loop {
+        let (c0, x0) = answered(&rig).await?;
+        let mut same = true;
+        let mut last = String::new();
+        for args in &cycle {
+            let through = fresh(args)?;
+            let direct = k.direct(args)?;
+            if !through.success || through.stdout != direct {
+                same = false;
+                last = format!(
+                    "kubectl {args:?}: through the hub\n{}{}\ndirectly\n{direct}",
+                    through.stdout, through.stderr
+                );
+            }
+        }
+        let (c1, x1) = answered(&rig).await?;
+        if same && x1 == x0 {
+            break (cycle.len(), c1 - c0, x1 - x0);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the caching cycle: {} requests from the hub, {} to the cluster; {last}",
+            c1 - c0,
+            x1 - x0
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "caching cycle ({measured} kubectl processes, each with an empty discovery cache): {cache} requests from the hub, {cluster} to the cluster"
+    );
+    // The deploy stage.
+    let (c0, x0) = answered(&rig).await?;
+    let deployed = k.hub_full(
+        &["apply", "-f", "-", "-o", "json"],
+        Some(&deployment(&ns, "nginx:1.27")),
+    )?;
+    ensure!(deployed.success, "apply: {}", deployed.stderr);
+    let (c1, x1) = answered(&rig).await?;
+    let read = ["get", "deployment", "web", "-n", ns.as_str(), "-o", "json"];
+    let stable = wait::until(
+        "the Deployment stable, read through the hub",
+        Duration::from_secs(60),
+        || {
+            let got = fresh(&read)
+                .ok()
+                .filter(|o| o.success)
+                .and_then(|o| serde_json::from_str::<Value>(&o.stdout).ok());
+            let done = got.is_some_and(|d| {
+                d["status"]["observedGeneration"] == d["metadata"]["generation"]
+                    && d["status"]["readyReplicas"] == d["spec"]["replicas"]
+            });
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    ensure!(
+        stable.is_ok(),
+        "the Deployment never looked stable through the hub"
+    );
+    let (c2, x2) = answered(&rig).await?;
+    let through = fresh(&read)?;
+    ensure!(
+        through.stdout == k.direct(&read)?,
+        "the deployed object differs through the hub"
+    );
+    eprintln!(
+        "deploy stage: apply {} from the hub, {} to the cluster; reads until stable {} from the hub, {} to the cluster",
+        c1 - c0,
+        x1 - x0,
+        c2 - c1,
+        x2 - x1
+    );
+    ensure!(
+        x2 == x1,
+        "the deploy stage's reads: {} requests reached the cluster",
+        x2 - x1
+    );
+    Ok(())
+}
+
+/// `kubectl get -w` printing columns through the hub: the list and then the watch of
+/// Tables come from the cache (not one request reaches the cluster), and it prints a
+/// change made on the cluster as kubectl prints it directly.
+async fn watched_tables(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kwat", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let get = ["-n", ns.as_str(), "get", "configmaps"];
+    // Once the hub keeps discovery, a kubectl asks the cluster nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, x0) = answered(&rig).await?;
+        k.hub(&get, None)?;
+        let (_, x1) = answered(&rig).await?;
+        if x1 == x0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "kubectl get kept asking the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (c0, x0) = answered(&rig).await?;
+    let printed = k.hub_watch(
+        &["-n", ns.as_str(), "get", "configmaps", "-w"],
+        "w-1",
+        || {
+            k.direct_full(
+                &[
+                    "-n",
+                    ns.as_str(),
+                    "create",
+                    "configmap",
+                    "w-1",
+                    "--from-literal=a=1",
+                    "--from-literal=b=2",
+                ],
+                None,
+            )
+            .map(|_| ())
+        },
+    )?;
+    let (c1, x1) = answered(&rig).await?;
+    let direct = k.direct(&["-n", ns.as_str(), "get", "configmap", "w-1"])?;
+    let row = |out: &str| {
+        without_age(out)
+            .into_iter()
+            .find(|cells| cells.first().is_some_and(|c| c == "w-1"))
+    };
+    ensure!(
+        row(&printed).is_some() && row(&printed) == row(&direct),
+        "kubectl get -w through the hub printed:\n{printed}\ndirectly:\n{direct}"
+    );
+    eprintln!(
+        "kubectl get -w: {} requests from the hub, {} to the cluster",
+        c1 - c0,
+        x1 - x0
+    );
+    ensure!(
+        x1 == x0 && c1 - c0 >= 2.0,
+        "kubectl get -w: {} requests from the hub, {} to the cluster",
+        c1 - c0,
+        x1 - x0
     );
     Ok(())
 }

@@ -98,6 +98,14 @@ fn main() {
                 "f_max_connection_age_spreads_streams_after_a_scale_up",
                 |f| Box::pin(scale_up_spreads_streams(f)),
             ),
+            (
+                "g_kubectl_and_an_informer_reach_every_account_through_either_replica",
+                |f| Box::pin(kube_api_through_either_replica(f)),
+            ),
+            (
+                "h_an_informer_keeps_its_watch_when_the_holder_is_killed",
+                |f| Box::pin(kube_api_holder_killed(f)),
+            ),
         ],
     );
 }
@@ -138,22 +146,27 @@ async fn rig(shared: &Shared, name: &str) -> anyhow::Result<Rig> {
 
 /// [`rig`] with `extra` flags for both replicas.
 async fn rig_with(shared: &Shared, name: &str, extra: &[String]) -> anyhow::Result<Rig> {
+    rig_each(shared, name, [extra.to_vec(), extra.to_vec()]).await
+}
+
+/// [`rig`] with `extra[i]` flags for replica `i`.
+async fn rig_each(shared: &Shared, name: &str, extra: [Vec<String>; 2]) -> anyhow::Result<Rig> {
     let env = &shared.env;
     let db = name.replace('-', "_");
     let url = shared.pg.lock().await.database(&db)?;
     let ids = [format!("{name}-hub-a"), format!("{name}-hub-b")];
-    let args = |id: &str| {
-        let mut args = replica_args(env, &url, id);
-        args.extend_from_slice(extra);
+    let args = |i: usize| {
+        let mut args = replica_args(env, &url, &ids[i]);
+        args.extend_from_slice(&extra[i]);
         args
     };
-    let s = scenario_with(env, name, "120s", None, args(&ids[0])).await?;
+    let s = scenario_with(env, name, "120s", None, args(0)).await?;
     let other = HubProcess::start(
         HubOptions {
             bin: workspace_binary("scale-agent-hub")?,
             grace_period: "120s".into(),
             store: None,
-            args: args(&ids[1]),
+            args: args(1),
             kubeconfig: None,
         },
         &env.test_dir(&s.ns),
@@ -913,4 +926,466 @@ fn registered_names(log: &str) -> std::collections::BTreeSet<String> {
             Some(rest.split('}').next()?.to_owned())
         })
         .collect()
+}
+
+// ---------- the accounts' Kubernetes API through the replicas ----------
+
+/// The bearer token of the Kubernetes API for every account, and one for the first
+/// account only.
+const KUBE_TOKEN_ALL: &str = "e2e-replicas-kube-api-token-all";
+const KUBE_TOKEN_ONE: &str = "e2e-replicas-kube-api-token-one";
+
+/// [`rig`] whose replicas also serve the accounts' Kubernetes API, over TLS with a
+/// certificate from the run's CA, which is also the replicas' CA.
+struct KubeRig {
+    rig: Rig,
+    dir: std::path::PathBuf,
+    /// Replica i's Kubernetes API port.
+    ports: [u16; 2],
+    ca: std::path::PathBuf,
+}
+
+impl KubeRig {
+    async fn start(shared: &Shared, name: &str) -> anyhow::Result<KubeRig> {
+        let env = &shared.env;
+        let pki = &env.cp.pki;
+        let dir = env
+            .cp
+            .run_dir
+            .join(format!("replicas-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let tokens = dir.join("tokens");
+        std::fs::write(
+            &tokens,
+            format!("{KUBE_TOKEN_ALL} *\n{KUBE_TOKEN_ONE} {name}-1\n"),
+        )?;
+        let ports = [
+            scale_agent_e2e::ports::free_port()?,
+            scale_agent_e2e::ports::free_port()?,
+        ];
+        let mut extra = [Vec::new(), Vec::new()];
+        for (i, args) in extra.iter_mut().enumerate() {
+            let cert = pki.issue_server(&format!("hub-{name}-{i}"), &["127.0.0.1", "localhost"])?;
+            args.extend([
+                format!("--kube-api-addr=127.0.0.1:{}", ports[i]),
+                format!("--kube-api-tokens-file={}", tokens.display()),
+                format!("--kube-api-tls-cert={}", cert.cert_file.display()),
+                format!("--kube-api-tls-key={}", cert.key_file.display()),
+                format!("--kube-api-replica-ca={}", pki.ca_file.display()),
+            ]);
+        }
+        Ok(KubeRig {
+            rig: rig_each(shared, name, extra).await?,
+            dir,
+            ports,
+            ca: pki.ca_file.clone(),
+        })
+    }
+
+    /// Replica `i`'s Kubernetes API.
+    fn replica(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
+    }
+
+    /// A kubeconfig (file `file`) reaching every account through `server`
+    /// (`host:port`) with `token`, a context per account.
+    fn kubeconfig(
+        &self,
+        file: &str,
+        server: &str,
+        token: &str,
+    ) -> anyhow::Result<std::path::PathBuf> {
+        let mut clusters = String::new();
+        let mut contexts = String::new();
+        for (account, _) in &self.rig.accounts {
+            clusters.push_str(&format!(
+                "- name: {account}\n  cluster:\n    server: https://{server}/accounts/{account}\n    certificate-authority: {}\n",
+                self.ca.display()
+            ));
+            contexts.push_str(&format!(
+                "- name: {account}\n  context:\n    cluster: {account}\n    user: hub\n"
+            ));
+        }
+        let path = self.dir.join(file);
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n{clusters}contexts:\n{contexts}users:\n- name: hub\n  user:\n    token: {token}\ncurrent-context: {}\n",
+                self.rig.accounts[0].0
+            ),
+        )?;
+        Ok(path)
+    }
+}
+
+/// Where `metric` scrapes `hub`.
+fn metrics_addr(hub: &HubProcess) -> String {
+    hub.http.trim_start_matches("http://").to_owned()
+}
+
+/// The names of the ConfigMaps of `api`, sorted.
+async fn cm_names(api: &Api<ConfigMap>) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// client-go's informer (`e2e/informer/`) on the ConfigMaps of a namespace, and the
+/// lines it printed.
+struct Informer {
+    child: std::process::Child,
+    rx: std::sync::Mutex<std::sync::mpsc::Receiver<Value>>,
+    /// Every line read so far.
+    seen: std::sync::Mutex<Vec<Value>>,
+}
+
+impl Informer {
+    fn start(kubeconfig: &std::path::Path, context: &str, ns: &str) -> anyhow::Result<Informer> {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+        let bin = scale_agent_e2e::gitops::go_tool("informer")?;
+        let mut child = Command::new(&bin)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--context={context}"))
+            .arg(format!("--namespace={ns}"))
+            .arg("--for=180s")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("the informer's stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Informer {
+            child,
+            rx: std::sync::Mutex::new(rx),
+            seen: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The next line `want` accepts, within 60 s.
+    fn next(&self, what: &str, want: &dyn Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let rx = self.rx.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(v) => {
+                    self.seen
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .push(v.clone());
+                    if want(&v) {
+                        return Ok(v);
+                    }
+                }
+                Err(_) => bail!("the informer printed no {what} within 60 s"),
+            }
+        }
+    }
+
+    /// How many lines were read so far.
+    fn mark(&self) -> usize {
+        self.seen.lock().map_or(0, |s| s.len())
+    }
+
+    /// Stops it (closing its input); every line it printed, and what it wrote to
+    /// standard error.
+    fn stop(mut self) -> anyhow::Result<(Vec<Value>, String)> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait()?;
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read as _;
+            let _ = e.read_to_string(&mut err);
+        }
+        ensure!(status.success(), "the informer failed: {status}\n{err}");
+        let mut seen = self
+            .seen
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let rx = self
+            .rx
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        seen.extend(rx.try_iter());
+        Ok((seen, err))
+    }
+}
+
+/// (g) Each replica serves the Kubernetes API of every account: kubectl through
+/// either replica lists every account's ConfigMaps as its cluster holds them and
+/// writes through it; a token for one account is still refused the others through
+/// the replica that forwards; a client-go informer through the replica that does
+/// not hold its account syncs, follows changes over the forwarded watch, and sends
+/// nothing to the cluster.
+async fn kube_api_through_either_replica(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let env = &shared.env;
+    let k = KubeRig::start(&shared, "kfwd").await?;
+    let rig = &k.rig;
+    let ns = rig.s.ns.clone();
+    let kubectl = &env.cp.bins.kubectl;
+    let forwarded = "scale_agent_hub_forwarded_requests_total{outcome=\"forwarded\"}";
+    let forwarded_by = || async {
+        let mut n = 0;
+        for hub in rig.hubs() {
+            n += metric(&metrics_addr(hub), forwarded).await;
+        }
+        n
+    };
+    let before = forwarded_by().await;
+    let mut through_non_holder = 0;
+    for i in 0..2 {
+        let kc = k.kubeconfig(&format!("replica-{i}-all"), &k.replica(i), KUBE_TOKEN_ALL)?;
+        for (account, api) in &rig.accounts {
+            if rig.holder_of(&shared, account).await? != i {
+                through_non_holder += 2;
+            }
+            let want: Vec<String> = cm_names(api)
+                .await?
+                .into_iter()
+                .map(|n| format!("configmap/{n}"))
+                .collect();
+            let out = scale_agent_e2e::kubectl::run(
+                kubectl,
+                &kc,
+                [
+                    "--context",
+                    account,
+                    "get",
+                    "configmaps",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "name",
+                ],
+                None,
+            )
+            .with_context(|| rig.logs())?;
+            let mut got: Vec<String> = out.lines().map(str::to_owned).collect();
+            got.sort();
+            ensure!(
+                got == want,
+                "kubectl through replica {i} lists {account}'s ConfigMaps as {got:?}; the cluster holds {want:?}"
+            );
+            let written = format!("via-replica-{i}");
+            scale_agent_e2e::kubectl::run(
+                kubectl,
+                &kc,
+                [
+                    "--context",
+                    account,
+                    "create",
+                    "configmap",
+                    &written,
+                    "-n",
+                    &ns,
+                    "--from-literal=k=v",
+                ],
+                None,
+            )
+            .with_context(|| rig.logs())?;
+            ensure!(
+                cm_names(api).await?.contains(&written),
+                "kubectl create through replica {i} left no ConfigMap {written} in {account}'s cluster"
+            );
+        }
+    }
+    let forwarded_count = forwarded_by().await - before;
+    eprintln!(
+        "REPLICAS g: {through_non_holder} kubectl requests to replicas not holding the account, {forwarded_count} forwarded"
+    );
+    ensure!(
+        forwarded_count >= through_non_holder,
+        "{forwarded_count} requests forwarded, {through_non_holder} sent to replicas not holding the account"
+    );
+    // The caller's limits go along: a token for account 1 only reads account 1, not
+    // the others, through either replica.
+    for i in 0..2 {
+        let kc = k.kubeconfig(&format!("replica-{i}-one"), &k.replica(i), KUBE_TOKEN_ONE)?;
+        for (account, _) in &rig.accounts {
+            let out = scale_agent_e2e::kubectl::run_full(
+                kubectl,
+                &kc,
+                [
+                    "--context",
+                    account,
+                    "get",
+                    "configmaps",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "name",
+                ],
+                None,
+            )?;
+            let allowed = account == &format!("{}-1", "kfwd");
+            ensure!(
+                out.success == allowed,
+                "the token for kfwd-1 through replica {i} on {account}: success {} ({})",
+                out.success,
+                out.stderr
+            );
+        }
+    }
+    // A client-go informer through the replica that does not hold its account.
+    let (account, api) = &rig.accounts[0];
+    let holder = rig.holder_of(&shared, account).await?;
+    let other = 1 - holder;
+    let carried = "scale_agent_hub_kube_api_requests_total{source=\"replica\",code=\"2xx\"}";
+    let other_addr = metrics_addr(rig.hubs()[other]);
+    let carried_before = metric(&other_addr, carried).await;
+    let kc = k.kubeconfig("informer", &k.replica(other), KUBE_TOKEN_ALL)?;
+    let informer = Informer::start(&kc, account, &ns)?;
+    let synced = informer
+        .next("sync", &|v| v["event"] == "synced")
+        .with_context(|| rig.logs())?;
+    let want = cm_names(api).await?;
+    ensure!(
+        synced["names"] == json!(want),
+        "the informer through replica {other} synced to {} but the cluster holds {want:?}",
+        synced["names"]
+    );
+    put_cm(api, "made-after-sync", "1").await?;
+    informer.next("ConfigMap made after the sync", &|v| {
+        v["event"] == "added" && v["name"] == "made-after-sync"
+    })?;
+    put_cm(api, "seed-1", "changed").await?;
+    informer.next("change of seed-1", &|v| {
+        v["event"] == "updated" && v["name"] == "seed-1"
+    })?;
+    let (lines, _) = informer.stop()?;
+    let requests = lines
+        .iter()
+        .filter(|v| v["event"] == "request" && v["code"] == 200)
+        .count() as u64;
+    let carried = metric(&other_addr, carried).await - carried_before;
+    eprintln!(
+        "REPLICAS g: client-go informer through the replica without the account: {requests} requests answered, {carried} carried to the holder"
+    );
+    ensure!(
+        requests > 0 && carried >= requests,
+        "the informer made {requests} requests through replica {other}, which carried {carried} to the holder"
+    );
+    Ok(())
+}
+
+/// The kube-apiserver's counts of the LISTs of ConfigMaps it served, by series.
+async fn apiserver_cm_lists(client: &kube::Client) -> anyhow::Result<BTreeMap<String, u64>> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains("verb=\"LIST\"")
+                && l.contains("resource=\"configmaps\"")
+        })
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse::<f64>().ok()? as u64))
+        })
+        .collect())
+}
+
+/// (h) A client-go informer through a load balancer in front of both replicas'
+/// Kubernetes API: the replica holding its account is SIGKILLed; the informer's watch
+/// ends, its re-watch from its last resourceVersion is served by the new holder, it
+/// sees a change made after the kill, and it makes no new LIST (counted by the
+/// informer itself) and gets no 410; the cluster's kube-apiserver serves no LIST but
+/// the agent's checks of its resume points.
+async fn kube_api_holder_killed(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let env = &shared.env;
+    let mut k = KubeRig::start(&shared, "kkill").await?;
+    let lb = nginx_in_front(
+        &env.cp.pki,
+        "lb-kkill-kube",
+        Mode::Passthrough,
+        vec![k.replica(0), k.replica(1)],
+        None,
+        &env.test_dir(&k.rig.s.ns),
+    )
+    .await?;
+    let ns = k.rig.s.ns.clone();
+    let (account, api) = k.rig.accounts[0].clone();
+    let holder = k.rig.holder_of(&shared, &account).await?;
+    let kc = k.kubeconfig("through-lb", &lb.address, KUBE_TOKEN_ALL)?;
+    let informer = Informer::start(&kc, &account, &ns)?;
+    informer
+        .next("sync", &|v| v["event"] == "synced")
+        .with_context(|| k.rig.logs())?;
+    put_cm(&api, "before-kill", "1").await?;
+    informer.next("ConfigMap made before the kill", &|v| {
+        v["event"] == "added" && v["name"] == "before-kill"
+    })?;
+    let cluster = target(env, TARGETS[0])?.client().await?;
+    let lists_before = apiserver_cm_lists(&cluster).await?;
+    let agent_admin = k.rig.agents[0].admin.clone();
+    let resumes_before = metric(&agent_admin, "scale_agent_resumes_total").await;
+    let relists_before = metric(&agent_admin, "scale_agent_relists_total").await;
+    let mark = informer.mark();
+    let killed = Instant::now();
+    k.rig
+        .hub_mut(holder)
+        .process()
+        .context("the holder runs")?
+        .signal(Signal::SIGKILL);
+    put_cm(&api, "after-kill", "1").await?;
+    informer
+        .next("ConfigMap made after the kill", &|v| {
+            v["event"] == "added" && v["name"] == "after-kill"
+        })
+        .with_context(|| k.rig.logs())?;
+    let seen_after = killed.elapsed();
+    let lists_after = apiserver_cm_lists(&cluster).await?;
+    let resumes = metric(&agent_admin, "scale_agent_resumes_total").await - resumes_before;
+    let agent_relists = metric(&agent_admin, "scale_agent_relists_total").await - relists_before;
+    let (lines, err) = informer.stop()?;
+    let requests: Vec<&Value> = lines[mark..]
+        .iter()
+        .filter(|v| v["event"] == "request")
+        .collect();
+    let relists = requests
+        .iter()
+        .filter(|v| v["verb"] == "list" || v["verb"] == "watchlist")
+        .count();
+    let gone = requests.iter().filter(|v| v["code"] == 410).count();
+    let cluster_lists: u64 = lists_after
+        .iter()
+        .map(|(series, n)| n - lists_before.get(series).copied().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "REPLICAS h: holder of {account} SIGKILLed; the informer saw a change made after the kill in {seen_after:.2?}, with {} requests after the kill ({relists} LIST, {gone} 410): {requests:?}; the cluster served {cluster_lists} ConfigMap LISTs meanwhile, its agent resumed {resumes} kinds (a LIST of one object each, checking the resume point) and relisted {agent_relists}",
+        requests.len(),
+    );
+    ensure!(
+        relists == 0 && gone == 0,
+        "the informer relisted {relists} times (410: {gone}) after the kill: {requests:?}\n{err}"
+    );
+    // The agent's check of each resume point (`limit=1`) is the only LIST the cluster
+    // may see: nothing relisted.
+    ensure!(
+        agent_relists == 0 && cluster_lists <= resumes,
+        "after the kill the cluster served {cluster_lists} ConfigMap LISTs; the agent resumed {resumes} kinds and relisted {agent_relists}"
+    );
+    drop(lb);
+    Ok(())
 }

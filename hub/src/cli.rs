@@ -39,6 +39,13 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// Also serve /healthz and /readyz (only) on this address, with
+    /// connections of their own: point the kubelet's probes there, so that
+    /// callers filling the HTTP API's connections do not fail them. Off when
+    /// unset.
+    #[arg(long, value_name = "ADDR")]
+    pub probe_addr: Option<SocketAddr>,
+
     /// How long the accounts of a dropped stream are kept (shown as
     /// Disconnected) waiting for their agent to come back, before they and
     /// their cache are removed. A number with a unit: ms, s, m, h (e.g. 600s,
@@ -154,8 +161,10 @@ pub struct Args {
     pub max_connection_age_grace: Duration,
 
     /// File holding the bearer token of the HTTP API: every /v1/... request
-    /// then needs `Authorization: Bearer <token>` (401 otherwise). /healthz
-    /// and /metrics stay open. Re-read when it changes. Without it the API is
+    /// then needs `Authorization: Bearer <token>` (401 otherwise). One token
+    /// for every account, or `<token> <accounts>` lines as in
+    /// --kube-api-tokens-file (403 for another account). /healthz and /metrics
+    /// stay open. Re-read when it changes. Without it the API is
     /// open (a warning is logged).
     #[arg(long, value_name = "PATH")]
     pub api_token_file: Option<PathBuf>,
@@ -182,6 +191,14 @@ pub struct Args {
     /// PEM private key of --kube-api-tls-cert.
     #[arg(long, value_name = "PATH", requires = "kube_api_tls_cert")]
     pub kube_api_tls_key: Option<PathBuf>,
+
+    /// With a shared store (several replicas): the PEM bundle the replicas'
+    /// Kubernetes API certificates chain to. A request for an account another
+    /// replica holds is forwarded to it over TLS, its certificate checked
+    /// against this bundle (and the host it advertises, --advertise-address);
+    /// without it such requests get 503.
+    #[arg(long, value_name = "PATH", requires = "kube_api_addr")]
+    pub kube_api_replica_ca: Option<PathBuf>,
 
     /// Pass Impersonate-* headers on to the clusters. They act there with the
     /// agent's rights to impersonate, so by default they are refused (403).
@@ -336,6 +353,7 @@ impl Args {
                 stale_reads: !self.kube_api_no_stale_reads,
                 request_timeout: self.kube_api_request_timeout,
                 tls: kube_api_tls,
+                replica_ca: self.kube_api_replica_ca,
                 ..KubeApiConfig::new(addr, TokenSource::File(tokens))
             }),
             _ => None,
@@ -395,6 +413,7 @@ impl Args {
                 header_timeout: self.http_header_timeout,
                 max_connections: self.http_max_connections,
             },
+            probe_addr: self.probe_addr,
             ..Config::new(self.grpc_addr, self.http_addr)
         }
         .with_hub_id(self.hub_id))

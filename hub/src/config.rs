@@ -106,6 +106,9 @@ pub struct Config {
     /// Keep Clouddriver's account definitions in step with the accounts served
     /// (`--clouddriver-url`); off when `None`. Needs the Kubernetes API ([`Config::kube_api`]).
     pub clouddriver: Option<crate::spinnaker::ClouddriverConfig>,
+    /// Where `/healthz` and `/readyz` are served too, with connections of their own,
+    /// so that callers filling the HTTP API's connections do not make the probes fail.
+    pub probe_addr: Option<SocketAddr>,
 }
 
 /// How the HTTP API keeps slow or idle clients from holding its connections
@@ -169,6 +172,7 @@ impl Config {
             max_accounts_per_frame: 1_000,
             http_limits: HttpLimits::default(),
             clouddriver: None,
+            probe_addr: None,
         }
     }
 
@@ -192,6 +196,12 @@ impl Config {
     /// `http://<advertised address>:<port>`; `None` when the listener's
     /// address is unspecified (0.0.0.0) and nothing is advertised.
     pub fn advertised_api(&self, bound: SocketAddr) -> Option<String> {
+        self.advertised("http", bound)
+    }
+
+    /// `<scheme>://<advertised address>:<port>` of a listener bound at
+    /// `bound`, as other replicas reach it; `None` as for [`Config::advertised_api`].
+    pub fn advertised(&self, scheme: &str, bound: SocketAddr) -> Option<String> {
         let host = match &self.advertise_address {
             Some(host) => host.clone(),
             None if bound.ip().is_unspecified() => return None,
@@ -202,7 +212,7 @@ impl Config {
         } else {
             host
         };
-        Some(format!("http://{host}:{}", bound.port()))
+        Some(format!("{scheme}://{host}:{}", bound.port()))
     }
 
     /// The settings as the hub runs them: the heartbeat interval raised to

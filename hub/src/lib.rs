@@ -85,8 +85,9 @@ pub use error::Error;
 pub use net::tls::{TlsConfig, TlsFiles};
 
 use crate::api::http;
+use crate::config::HttpLimits;
 use crate::core::ownership;
-use crate::net::{identity, secret, serve, tls};
+use crate::net::{identity, serve, tls};
 use crate::stream::{grpc, revocation};
 
 use crate::state::Shared;
@@ -220,18 +221,11 @@ impl Hub {
         let shared = Shared::new(config, ownership, shutdown.clone())?;
         let config = &shared.config;
         let api_token = match &config.api_token_file {
-            Some(path) => Some(
-                secret::SecretFile::watch(
-                    "API token",
-                    path,
-                    config.reload_interval,
-                    shutdown.clone(),
-                )
-                .map_err(|message| Error::ApiToken {
-                    path: path.clone(),
-                    message,
-                })?,
-            ),
+            Some(path) => Some(kubeapi::auth::Tokens::watch_api(
+                path,
+                config.reload_interval,
+                shutdown.clone(),
+            )?),
             None => None,
         };
         if let Some(rx) = &shared.ownership {
@@ -332,6 +326,21 @@ impl Hub {
             config.http_limits,
             shutdown.clone(),
         ));
+        let probe_addr = match config.probe_addr {
+            Some(addr) => {
+                let (listener, bound) = bind(addr, "probes").await?;
+                // Its own connections: the API's callers cannot fill them. It stops
+                // with the hub.
+                tokio::spawn(serve::http(
+                    listener,
+                    http::probes(Arc::clone(&shared)),
+                    HttpLimits::default(),
+                    shutdown.clone(),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
         let kube_api = match config.kube_api.clone() {
             Some(api) => Some(kubeapi::server::start(Arc::clone(&shared), api).await?),
             None => None,
@@ -340,6 +349,21 @@ impl Hub {
             start_clouddriver_sync(&shared, cd, minter)?;
         }
         let (kube_api_addr, kube_api_task) = kube_api.unzip();
+        if let (Some(replicas), Some(addr), Some(api)) =
+            (&shared.replicas, kube_api_addr, &config.kube_api)
+        {
+            // Others forward to it only over TLS (replicas/forward.rs).
+            let tls = api.tls.is_some() || config.tls.is_some();
+            let scheme = if tls { "https" } else { "http" };
+            if let Some(url) = config.advertised(scheme, addr) {
+                replicas.advertise_kube_api(url);
+            }
+            if api.replica_ca.is_none() {
+                warn!(
+                    "with a shared store and no --kube-api-replica-ca, Kubernetes API requests for accounts another replica holds get 503: send each to the replica holding the account, or give the replicas' CA"
+                );
+            }
+        }
         info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
             max_connection_age = ?config.max_connection_age,
             store = %config.store, "hub started");
@@ -348,6 +372,7 @@ impl Hub {
             grpc_addr,
             http_addr,
             kube_api_addr,
+            probe_addr,
             kube_api_task,
             shutdown,
             shared,
@@ -363,6 +388,7 @@ pub struct RunningHub {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     kube_api_addr: Option<SocketAddr>,
+    probe_addr: Option<SocketAddr>,
     kube_api_task: Option<JoinHandle<std::io::Result<()>>>,
     shutdown: CancellationToken,
     shared: Arc<Shared>,
@@ -384,6 +410,11 @@ impl RunningHub {
     /// The bound address of the accounts' Kubernetes API, when served.
     pub fn kube_api_addr(&self) -> Option<SocketAddr> {
         self.kube_api_addr
+    }
+
+    /// The bound address of the probes (`--probe-addr`), when served.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probe_addr
     }
 
     /// `http://<grpc addr>`, for a plaintext tonic channel.

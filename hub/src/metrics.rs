@@ -107,7 +107,8 @@ scale_agent_runtime::metrics! {
         /// (or let their account go) before they were answered.
         operations_adopted: Counter,
         /// Requests about accounts held by another replica, by outcome
-        /// (`forwarded`, `failed`, `refused_second_hop`).
+        /// (`forwarded`, `failed`, `refused_second_hop`, `refused_insecure`: a
+        /// Kubernetes API request with no TLS path to its holder).
         forwarded_requests: Family<OutcomeLabel, Counter>,
     }
 }

@@ -99,6 +99,7 @@ impl Shared {
                     timeout: config.replica_timeout,
                     grace: config.grace_period,
                 },
+                crate::replicas::forward::Forwarder::for_config(&config)?,
             )?)),
             _ => None,
         };

@@ -560,3 +560,106 @@ async fn slow_and_idle_kube_api_clients_are_cut_off() -> Result<()> {
     hub.shutdown().await?;
     Ok(())
 }
+
+/// An HTTP/2 connection to the Kubernetes API that sends requests without a valid token
+/// is closed once the header timeout has passed since it opened: it cannot hold one of
+/// the API's connections by asking again and again (HTTP/2 has no idle timeout of its
+/// own).
+#[tokio::test]
+async fn an_http2_connection_that_never_authenticates_is_closed() -> Result<()> {
+    use http_body_util::Empty;
+    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
+    let hub = hub_with(|c| {
+        c.http_limits.header_timeout = Duration::from_millis(500);
+        c.kube_api = Some(KubeApiConfig::new(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            TokenSource::Text("a-token-of-the-kube-api *\n".into()),
+        ));
+    })
+    .await?;
+    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    let driven = tokio::spawn(conn);
+    let request = || {
+        hyper::Request::get("http://hub/accounts/a/api")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("a request")
+    };
+    // Asking without a token, every 200 ms, for twice the header timeout.
+    let started = Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        match sender.send_request(request()).await {
+            Ok(r) => {
+                assert_eq!(r.status().as_u16(), 401);
+                refused += 1;
+            }
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(refused >= 1, "the first request is answered (401)");
+    let ended = tokio::time::timeout(Duration::from_secs(5), driven).await;
+    assert!(
+        ended.is_ok(),
+        "the connection stays open after {refused} unauthenticated requests"
+    );
+    hub.shutdown().await?;
+    Ok(())
+}
+
+/// One client address holding its most Kubernetes API connections has its next ones
+/// closed at once, while another address is still served.
+#[tokio::test]
+async fn one_address_cannot_take_every_kube_api_connection() -> Result<()> {
+    use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
+    let hub = hub_with(|c| {
+        let mut api = KubeApiConfig::new(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            TokenSource::Text("a-token-of-the-kube-api *\n".into()),
+        );
+        api.max_connections_per_address = 2;
+        c.kube_api = Some(api);
+    })
+    .await?;
+    let addr = hub.kube_api_addr().expect("the Kubernetes API is served");
+    // Connects from `source` (another loopback address is another client).
+    let from = |source: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{source}:0").parse()?)?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(socket.connect(addr).await?)
+    };
+    let _held = [from("127.0.0.1").await?, from("127.0.0.1").await?];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third from the same address is closed without an answer ...
+    let mut third = from("127.0.0.1").await?;
+    let _ = third
+        .write_all(b"GET /accounts/a/api HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer)).await;
+    assert!(
+        answer.is_empty(),
+        "a third connection from one address was answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // ... while another address is answered (401: no token).
+    let mut other = from("127.0.0.2").await?;
+    other
+        .write_all(b"GET /accounts/a/api HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut answer)).await??;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    hub.shutdown().await?;
+    Ok(())
+}

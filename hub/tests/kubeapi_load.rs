@@ -268,3 +268,48 @@ async fn lists_of_ten_thousand_objects_do_not_block_event_ingestion() -> Result<
     hub.shutdown().await?;
     Ok(())
 }
+
+/// Watches from the cache are counted per token: one token holding its most is
+/// answered 429 for the next, while another token's watch is served, and an ended
+/// watch gives its place back.
+#[tokio::test]
+async fn one_tokens_watches_are_bounded_and_leave_room_for_another() -> Result<()> {
+    common::logs();
+    const OTHER: &str = "another-load-test-token-98765";
+    let hub = common::hub_with(|c| {
+        let mut api = KubeApiConfig::new(
+            "127.0.0.1:0".parse().expect("an address"),
+            TokenSource::Text(format!("{TOKEN} *\n{OTHER} big\n")),
+        );
+        api.max_watches_per_token = 2;
+        c.kube_api = Some(api);
+    })
+    .await?;
+    let api = hub.kube_api_addr().expect("the Kubernetes API is served");
+    let _agent = agent_with_objects(&hub).await?;
+    let url = format!("http://{api}/accounts/big/apis/apps/v1/deployments?watch=true");
+    let client = reqwest::Client::new();
+    let watch = |token: &'static str| client.get(&url).bearer_auth(token).send();
+    let mut held = vec![watch(TOKEN).await?, watch(TOKEN).await?];
+    for w in &held {
+        assert_eq!(w.status().as_u16(), 200);
+    }
+    assert_eq!(watch(TOKEN).await?.status().as_u16(), 429, "a third watch");
+    let other = watch(OTHER).await?;
+    assert_eq!(other.status().as_u16(), 200, "another token's watch");
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = watch(TOKEN).await?;
+        if again.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an ended watch never gave its place back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.shutdown().await?;
+    Ok(())
+}

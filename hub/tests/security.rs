@@ -449,3 +449,105 @@ async fn oversized_and_malformed_frames_end_only_their_own_session() -> Result<(
     hub.shutdown().await?;
     Ok(())
 }
+
+/// A GET with `token`: the status and the JSON body.
+async fn get_as(hub: &RunningHub, path: &str, token: &str) -> Result<(u16, serde_json::Value)> {
+    let resp = reqwest::Client::new()
+        .get(format!("{}{path}", hub.http_url()))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn an_api_token_for_some_accounts_reads_and_operates_only_on_them() -> Result<()> {
+    logs();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens");
+    let all = "0123456789abcdef-all";
+    let team = "0123456789abcdef-team-a";
+    std::fs::write(&file, format!("{all} *\n{team} team-a\n"))?;
+    let hub = hub_with(|c| c.api_token_file = Some(file.clone())).await?;
+    let _agent = FakeAgent::registered(
+        &hub,
+        "team-shard",
+        "team-shard-0",
+        &[("team-a", "cluster-a"), ("team-b", "cluster-b")],
+    )
+    .await?;
+
+    let names = |body: &serde_json::Value| -> Vec<String> {
+        body.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (status, body) = get_as(&hub, "/v1/accounts", all).await?;
+    assert_eq!(
+        (status, names(&body)),
+        (200, vec!["team-a".into(), "team-b".into()])
+    );
+    // The team's token sees only its account, and is refused the other's.
+    let (status, body) = get_as(&hub, "/v1/accounts", team).await?;
+    assert_eq!((status, names(&body)), (200, vec!["team-a".into()]));
+    assert_eq!(get_as(&hub, "/v1/accounts/team-a", team).await?.0, 200);
+    for path in [
+        "/v1/accounts/team-b",
+        "/v1/accounts/team-b/objects",
+        "/v1/accounts/team-b/objects/Deployment/default/web",
+        "/v1/accounts/team%2Db/objects",
+        "/v1/accounts/no-such-account",
+    ] {
+        assert_eq!(get_as(&hub, path, team).await?.0, 403, "{path}");
+    }
+    let op = reqwest::Client::new()
+        .post(format!("{}/v1/accounts/team-b/operations", hub.http_url()))
+        .bearer_auth(team)
+        .json(&serde_json::json!({"type": "apply", "manifest": {}}))
+        .send()
+        .await?;
+    assert_eq!(op.status().as_u16(), 403, "an operation on another account");
+    hub.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn probes_answer_on_their_own_port_while_the_api_connections_are_full() -> Result<()> {
+    logs();
+    let hub = hub_with(|c| {
+        c.http_limits.max_connections = 2;
+        c.probe_addr = Some("127.0.0.1:0".parse().expect("an address"));
+    })
+    .await?;
+    // Two idle connections hold every slot of the JSON API's port ...
+    let _idle = [
+        tokio::net::TcpStream::connect(hub.http_addr()).await?,
+        tokio::net::TcpStream::connect(hub.http_addr()).await?,
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let api = client
+        .get(format!("{}/healthz", hub.http_url()))
+        .send()
+        .await;
+    assert!(api.is_err(), "the API's port is full: {api:?}");
+    // ... and the probes, on their port, still answer.
+    let probes = hub.probe_addr().ok_or("no probe address")?;
+    for path in ["/healthz", "/readyz"] {
+        let status = client
+            .get(format!("http://{probes}{path}"))
+            .send()
+            .await?
+            .status();
+        assert_eq!(status.as_u16(), 200, "{path}");
+    }
+    hub.shutdown().await?;
+    Ok(())
+}

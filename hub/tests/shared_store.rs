@@ -473,3 +473,52 @@ async fn without_its_database_a_replica_serves_what_it_holds_and_recovers() -> R
     a.shutdown().await?;
     Ok(())
 }
+
+/// A free port on 127.0.0.1.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[tokio::test]
+async fn the_stores_password_comes_from_the_environment_not_the_command_line() -> Result<()> {
+    logs();
+    let dir = tempfile::tempdir()?;
+    let reaper = scale_agent_e2e::process::spawn_reaper(dir.path(), std::process::id())?;
+    std::mem::forget(reaper);
+    let pg = Postgres::start(dir.path()).await?;
+    // A URL with no password in it: the password is the environment's.
+    let url = pg.database_with_password("password_env", "hub_role", "s3cretPassw0rd")?;
+    let http = free_port()?;
+    let mut hub = std::process::Command::new(env!("CARGO_BIN_EXE_scale-agent-hub"))
+        .args([
+            "--insecure".to_owned(),
+            format!("--grpc-addr=127.0.0.1:{}", free_port()?),
+            format!("--http-addr=127.0.0.1:{http}"),
+            format!("--store={url}"),
+            "--hub-id=hub-env".to_owned(),
+        ])
+        .env("PGPASSWORD", "s3cretPassw0rd")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let readyz = format!("http://127.0.0.1:{http}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    let ready = loop {
+        match reqwest::get(&readyz).await {
+            Ok(r) if r.status().as_u16() == 200 => break true,
+            Ok(r) => last = r.text().await.unwrap_or_default(),
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    hub.kill()?;
+    hub.wait()?;
+    assert!(ready, "the hub never reached its store: {last}");
+    Ok(())
+}

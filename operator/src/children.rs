@@ -38,6 +38,7 @@ use scale_agent_crds::{
 };
 
 use crate::policy::Allowed;
+use scale_agent_runtime::LogFormat;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "scale-agent-operator";
@@ -107,6 +108,8 @@ pub struct Defaults {
     pub allowed_images: Allowed,
     /// ServiceAccounts a shard may name besides its own and the default.
     pub allowed_service_accounts: Allowed,
+    /// The agents' log line format (`--agent-log-format`).
+    pub agent_log_format: LogFormat,
 }
 
 impl Default for Defaults {
@@ -120,6 +123,7 @@ impl Default for Defaults {
             agent_ca: None,
             cert_issuer: None,
             cert_lifetime: DEFAULT_CERT_LIFETIME,
+            agent_log_format: LogFormat::Text,
             allowed_images: Allowed::default(),
             allowed_service_accounts: Allowed::default(),
         }
@@ -410,6 +414,7 @@ pub fn deployment(
     image: &str,
     service_account: &str,
     tls_secret: Option<&str>,
+    log_format: LogFormat,
 ) -> Deployment {
     let spec = &shard.spec;
     let selector = selector_labels(&shard_ref.name);
@@ -473,11 +478,18 @@ pub fn deployment(
         name: "agent".to_owned(),
         image: Some(image.to_owned()),
         image_pull_policy: spec.image_pull_policy.clone(),
-        args: Some(vec![
-            format!("--config={CONFIG_DIR}/{}", scale_agent_crds::CONFIG_KEY),
-            format!("--kubeconfig-dir={KUBECONFIG_DIR}"),
-            format!("--admin-addr=0.0.0.0:{ADMIN_PORT}"),
-        ]),
+        args: Some(
+            [
+                format!("--config={CONFIG_DIR}/{}", scale_agent_crds::CONFIG_KEY),
+                format!("--kubeconfig-dir={KUBECONFIG_DIR}"),
+                format!("--admin-addr=0.0.0.0:{ADMIN_PORT}"),
+            ]
+            .into_iter()
+            // Text is the agent's own default: the argument only for JSON, so that
+            // Deployments made before the flag existed stay as they are.
+            .chain((log_format == LogFormat::Json).then(|| "--log-format=json".to_owned()))
+            .collect(),
+        ),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),

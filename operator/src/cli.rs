@@ -176,6 +176,16 @@ pub struct Args {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Log line format of the agents the operator runs (their `--log-format`).
+    #[arg(
+        long,
+        env = "SCALE_AGENT_AGENT_LOG_FORMAT",
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    pub agent_log_format: LogFormat,
 }
 
 /// What the webhook does with a claim on a name another shard holds.

@@ -551,7 +551,15 @@ fn build_children(
         tls: tls_secret,
         certificate,
         config_map: children::config_map(sref, &owner, config_yaml),
-        deployment: children::deployment(sref, shard, &owner, image, &sa, tls_mount.as_deref()),
+        deployment: children::deployment(
+            sref,
+            shard,
+            &owner,
+            image,
+            &sa,
+            tls_mount.as_deref(),
+            defaults.agent_log_format,
+        ),
         pdb: children::pdb(sref, shard, &owner),
     })
 }

@@ -224,6 +224,7 @@ pub async fn run(args: Args) -> Result<()> {
         cert_lifetime: args.agent_cert_lifetime.max(MIN_CERT_LIFETIME),
         allowed_images: policy::Allowed::new(args.allowed_images.clone()),
         allowed_service_accounts: policy::Allowed::new(args.allowed_service_accounts.clone()),
+        agent_log_format: args.agent_log_format,
     };
     let manage = async {
         let mut running: Option<Task> = None;

@@ -2,10 +2,16 @@
 //! Measured: `kubectl get configmaps -o json` of every object of a 2,000-object
 //! account through the hub (answered from its cache), against the same command on the
 //! cluster's API server; and a change becoming visible to a watch through the hub,
-//! against a watch on the API server, both opened before the change.
+//! against a watch on the API server, both opened before the change; [`CLIENTS`]
+//! clients listing a [`LIST_OBJECTS`]-object kind at once through the hub and on the
+//! API server (`concurrent_list`); and the hub's watch latency again while those lists
+//! run through it; and client-go's informer syncing that kind through the hub and on
+//! the API server (`informer_sync`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
@@ -17,6 +23,8 @@ use scale_agent_e2e::converge::put_cm;
 use scale_agent_e2e::workspace_binary;
 use serde_json::json;
 
+use crate::concurrent_list::{self, CLIENTS, ROUNDS};
+use crate::informer_sync;
 use crate::stack::{Stack, configmap_accounts};
 use crate::{Ctx, secs};
 
@@ -26,22 +34,31 @@ const OBJECTS: usize = 2_000;
 const KUBECTL_RUNS: usize = 5;
 /// Changes watched each way; the median is reported.
 const CHANGES: usize = 20;
+/// Objects of the kind the concurrent clients list.
+const LIST_OBJECTS: usize = 10_000;
 
 /// The figures this scenario makes, with their units.
 pub fn names() -> Vec<(String, &'static str)> {
     vec![
         ("kube_api.kubectl_get_json".into(), "s"),
         ("kube_api.watch_latency".into(), "s"),
+        ("kube_api.concurrent_list.p99".into(), "s"),
+        ("kube_api.concurrent_list.round".into(), "s"),
+        ("kube_api.watch_latency_under_list_load".into(), "s"),
+        ("kube_api.informer_sync".into(), "s"),
     ]
 }
 
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
-    let seeded = configmap_accounts(ctx, "kapi", 1, OBJECTS).await?;
-    let account = seeded
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no account seeded"))?;
+    let first = |seeded: Vec<crate::stack::ConfigMapAccount>| {
+        seeded
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no account seeded"))
+    };
+    let account = first(configmap_accounts(ctx, "kapi", 1, OBJECTS).await?)?;
+    let big = first(configmap_accounts(ctx, "klist", 1, LIST_OBJECTS).await?)?;
     let ns = account.name.clone();
     let dir = ctx.env.cp.run_dir.join("bench").join("kube-api");
     std::fs::create_dir_all(&dir)?;
@@ -53,8 +70,16 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         .pki
         .issue_server("bench-kube-api", &["127.0.0.1"])?;
     let token = format!("bench-{:016x}", std::process::id());
+    // Every listing client has a token of its own, as separate teams would.
+    let list_tokens: Vec<String> = (0..CLIENTS)
+        .map(|i| format!("bench-list-{i}-{:016x}", std::process::id()))
+        .collect();
     let tokens = dir.join("kube-api-tokens");
-    std::fs::write(&tokens, format!("{token} *\n"))?;
+    let lines: String = std::iter::once(&token)
+        .chain(&list_tokens)
+        .map(|t| format!("{t} *\n"))
+        .collect();
+    std::fs::write(&tokens, lines)?;
     let stack = Stack::start_with(
         &ctx.env,
         "kube-api",
@@ -66,16 +91,44 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         ],
     )
     .await?;
-    let expected = std::collections::BTreeMap::from([(ns.clone(), OBJECTS)]);
+    let expected =
+        std::collections::BTreeMap::from([(ns.clone(), OBJECTS), (big.name.clone(), LIST_OBJECTS)]);
     let agent = stack
-        .synced_agent(&ctx.env, "kube-api", &[account.account], &expected)
+        .synced_agent(
+            &ctx.env,
+            "kube-api",
+            &[account.account, big.account],
+            &expected,
+        )
         .await?;
-    let kubeconfig = hub_kubeconfig(ctx, &format!("https://127.0.0.1:{port}"), &token, &ns, &dir)?;
+    let server = format!("https://127.0.0.1:{port}");
+    let kubeconfig = hub_kubeconfig(ctx, &server, &token, &ns, &dir, "hub")?;
     let direct = ctx.kubeconfig_path(0)?;
     let args = ["get", "configmaps", "-n", ns.as_str(), "-o", "json"];
     let through = kubectl_median(ctx, &kubeconfig, &args)?;
     let on_server = kubectl_median(ctx, &direct, &args)?;
-    let (hub_watch, server_watch) = watch_latency(&kubeconfig, &ns, account.client.clone()).await?;
+    let (hub_watch, server_watch) =
+        watch_latency(&kubeconfig, &ns, account.client.clone(), CHANGES, "idle").await?;
+
+    let mut hub_clients = Vec::with_capacity(CLIENTS);
+    let mut direct_clients = Vec::with_capacity(CLIENTS);
+    let mut big_kubeconfig = None;
+    for (i, t) in list_tokens.iter().enumerate() {
+        let path = hub_kubeconfig(ctx, &server, t, &big.name, &dir, &format!("list-{i}"))?;
+        hub_clients.push(scale_agent_e2e::kubeconfig::client(&path).await?);
+        direct_clients.push(scale_agent_e2e::kubeconfig::client(&direct).await?);
+        big_kubeconfig.get_or_insert(path);
+    }
+    let big_kubeconfig = big_kubeconfig.context("no listing client")?;
+    let informer_through = informer_sync::median(&big_kubeconfig, &big.name, LIST_OBJECTS)?;
+    let informer_direct = informer_sync::median(&direct, &big.name, LIST_OBJECTS)?;
+    let listed_through = concurrent_list::measure(&hub_clients, &big.name, LIST_OBJECTS).await?;
+    let listed_direct = concurrent_list::measure(&direct_clients, &big.name, LIST_OBJECTS).await?;
+    let (stop, load) = concurrent_list::background(hub_clients, big.name.clone(), LIST_OBJECTS);
+    let loaded = watch_latency(&kubeconfig, &ns, account.client.clone(), CHANGES, "loaded").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let load_rounds = load.await??;
+    let (hub_watch_loaded, _) = loaded?;
     drop(agent);
     drop(stack);
 
@@ -111,7 +164,77 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             .params(&params)
             .param("changes", json!(CHANGES))
             .note("median time from the write's start until each watch showed the change; the hub's watch sees it after agent → nginx → hub"),
+        concurrent_p99(&listed_through, &listed_direct, &params),
+        Figure::new(
+            "kube_api",
+            "kube_api.concurrent_list.round",
+            listed_through.round_wall,
+            "s",
+        )
+        .baseline(
+            listed_direct.round_wall,
+            "the same lists at once on the cluster's API server",
+        )
+        .goal(Goal::RatioAtMost { ratio: 0.5 })
+        .params(&params)
+        .param("clients", json!(CLIENTS))
+        .param("objects", json!(LIST_OBJECTS))
+        .param("rounds", json!(ROUNDS))
+        .note("median round's time from the first request until every client had listed every object: the inverse of throughput (≤ 0.5× is ≥ 2× the API server's throughput)"),
+        Figure::new(
+            "kube_api",
+            "kube_api.watch_latency_under_list_load",
+            secs(hub_watch_loaded),
+            "s",
+        )
+        .baseline(secs(hub_watch), "the hub's watch with no lists running (kube_api.watch_latency)")
+        .goal(Goal::WithinOfBaseline {
+            ratio: 1.0,
+            slack: 0.05,
+        })
+        .params(&params)
+        .param("changes", json!(CHANGES))
+        .param("list_rounds_during", json!(load_rounds))
+        .note(format!("median change → the hub's watch while {CLIENTS} clients list {LIST_OBJECTS} objects of another account of the same agent through the hub, round after round: big answers must not hold back the agent's stream")),
+        Figure::new("kube_api", "kube_api.informer_sync", secs(informer_through), "s")
+            .baseline(secs(informer_direct), "the same informer on the cluster's API server")
+            .goal(Goal::RatioAtMost { ratio: 0.5 })
+            .params(&params)
+            .param("objects", json!(LIST_OBJECTS))
+            .param("runs", json!(informer_sync::RUNS))
+            .note("median time from starting client-go's shared informer (e2e/informer, a streaming list: sendInitialEvents=true) until it reported itself synced with every object"),
     ])
+}
+
+/// `kube_api.concurrent_list.p99`: every client's time to list the kind, through the
+/// hub against the API server.
+fn concurrent_p99(
+    through: &concurrent_list::Load,
+    direct: &concurrent_list::Load,
+    params: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Figure {
+    let p99 =
+        |l: &concurrent_list::Load| scale_agent_e2e::bench::stats::percentile(&l.per_client, 99.0);
+    let figure = match p99(through) {
+        Some(v) => Figure::new("kube_api", "kube_api.concurrent_list.p99", v, "s"),
+        None => Figure::not_measured(
+            "kube_api",
+            "kube_api.concurrent_list.p99",
+            "s",
+            "no client finished a list",
+        ),
+    };
+    let figure = match p99(direct) {
+        Some(b) => figure.baseline(b, "the same lists at once on the cluster's API server"),
+        None => figure,
+    };
+    figure
+        .goal(Goal::AtMost { limit: 0.3 })
+        .params(params)
+        .param("clients", json!(CLIENTS))
+        .param("objects", json!(LIST_OBJECTS))
+        .param("rounds", json!(ROUNDS))
+        .note(format!("99th percentile of each client's time to list every object in pages of 500, {CLIENTS} clients at once, each with its own connection and token"))
 }
 
 /// Writes a kubeconfig for `account` with `scale-agent-hub kubeconfig`.
@@ -121,10 +244,11 @@ fn hub_kubeconfig(
     token: &str,
     account: &str,
     dir: &Path,
+    name: &str,
 ) -> anyhow::Result<PathBuf> {
-    let token_file = dir.join("kube-api-token");
+    let token_file = dir.join(format!("{name}-token"));
     std::fs::write(&token_file, token)?;
-    let out = dir.join("hub-kubeconfig");
+    let out = dir.join(format!("{name}-kubeconfig"));
     let status = std::process::Command::new(workspace_binary("scale-agent-hub")?)
         .arg("kubeconfig")
         .arg(format!("--server={server}"))
@@ -156,18 +280,20 @@ fn kubectl_median(ctx: &Ctx, kubeconfig: &Path, args: &[&str]) -> anyhow::Result
     Ok(times[times.len() / 2])
 }
 
-/// The medians of [`CHANGES`] changes' time to a watch through the hub and to a watch
-/// on the API server.
+/// The medians of `changes` changes' (each writing a value marked `tag`) time to a watch through the hub and to a watch on
+/// the API server.
 async fn watch_latency(
     kubeconfig: &Path,
     ns: &str,
     direct_client: kube::Client,
+    changes: usize,
+    tag: &str,
 ) -> anyhow::Result<(Duration, Duration)> {
     let through: Api<ConfigMap> =
         Api::namespaced(scale_agent_e2e::kubeconfig::client(kubeconfig).await?, ns);
     let direct: Api<ConfigMap> = Api::namespaced(direct_client, ns);
     let (mut to_hub, mut to_server) = (Vec::new(), Vec::new());
-    for i in 0..CHANGES {
+    for i in 0..changes {
         let name = format!("obj-{i}");
         let fields = format!("metadata.name={name}");
         let lp = ListParams::default().fields(&fields);
@@ -187,7 +313,7 @@ async fn watch_latency(
         let mut hub_stream = through.watch(&wp, &hub_rv).await?.boxed();
         let mut server_stream = direct.watch(&wp, &server_rv).await?.boxed();
         let changed = Instant::now();
-        put_cm(&direct, &name, &format!("watched-{i}")).await?;
+        put_cm(&direct, &name, &format!("watched-{tag}-{i}")).await?;
         let limit = Duration::from_secs(30);
         let (a, b) = tokio::join!(
             tokio::time::timeout(limit, first_modified(&mut hub_stream, changed)),
@@ -198,7 +324,7 @@ async fn watch_latency(
     }
     to_hub.sort();
     to_server.sort();
-    Ok((to_hub[CHANGES / 2], to_server[CHANGES / 2]))
+    Ok((to_hub[changes / 2], to_server[changes / 2]))
 }
 
 /// How long after `since` the watch shows a modification; `None` when it ends first.

@@ -17,8 +17,11 @@
 //! - `reconnect`: nginx restarted under load: relists, and time until the cache equals
 //!   the clusters again;
 //! - `kube_api`: `kubectl get -o json` of a 2,000-object account through the hub's
-//!   Kubernetes API against the API server, and change → seen by a watch through the
-//!   hub against a watch on the API server;
+//!   Kubernetes API against the API server, change → seen by a watch through the
+//!   hub against a watch on the API server, 50 clients listing a 10,000-object kind at
+//!   once through the hub against the API server, the hub's watch latency while
+//!   they do, and client-go's informer syncing that kind through the hub against the
+//!   API server;
 //! - `armory_workload`: one agent, 100 accounts, deploys and deletes every minute, kwok
 //!   running the pods, next to a reflector baseline under the same workload;
 //! - `operator_convergence`: 1,000 AgentShards applied at once → every status final;
@@ -26,6 +29,8 @@
 
 mod armory;
 mod baseline;
+mod concurrent_list;
+mod informer_sync;
 mod ingest;
 mod initial_sync;
 mod kube_api;

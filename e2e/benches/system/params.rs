@@ -25,7 +25,7 @@ pub const SCENARIOS: [&str; 8] = [
 #[command(name = "system", about)]
 pub struct Params {
     /// Run only these scenarios (comma-separated): hub_ingest, initial_sync,
-    /// agent_memory_scaling, change_latency, reconnect, armory_workload,
+    /// agent_memory_scaling, change_latency, reconnect, kube_api, armory_workload,
     /// operator_convergence.
     #[arg(long, env = "BENCH_ONLY", value_delimiter = ',')]
     pub only: Vec<String>,

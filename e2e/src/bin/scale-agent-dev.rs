@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use scale_agent_e2e::certs::Pki;
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
-use scale_agent_e2e::hubstack::{behind_nginx, nginx_in_front, random_secret, write_private};
+use scale_agent_e2e::hubstack::{
+    ApiToken, agents_pki, behind_nginx, nginx_in_front, random_secret, write_private,
+};
 use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
 use scale_agent_e2e::postgres::Postgres;
@@ -92,11 +95,13 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     // SCALE_AGENT_HUB_REPLICAS=2 (or more), that many replicas sharing PostgreSQL.
     let stack = Stack::start(&cp, &run_dir, hub_replicas()?).await?;
     // The operator issues every shard's agents a client certificate naming their shard,
-    // from the run's CA (the one nginx verifies agents with): any shard applied, in any
-    // namespace, reaches the hub through nginx with no manual step.
+    // from the agents' CA (the one nginx verifies agents with; not the API servers'
+    // client CA): any shard applied, in any namespace, reaches the hub through nginx with
+    // no manual step, and no agent certificate logs in to an API server.
     scale_agent_e2e::operator::ensure_namespace(&cp, scale_agent_e2e::operator::NAMESPACE)?;
     cp.apply(
-        &cp.pki
+        &stack
+            .agents
             .ca_secret_yaml(scale_agent_e2e::operator::NAMESPACE, AGENT_CA_SECRET)?,
     )?;
     // The operator, then the example shards (one conflicting pair).
@@ -127,12 +132,14 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
          export HUB_HTTP={}\n\
          export HUB_GRPC={}\n\
          export LB_GRPC={}\n\
-         export HUB_KUBE_API={}\n",
+         export HUB_KUBE_API={}\n\
+         export HUB_API_TOKEN={}\n",
         dir.join("kubeconfig").display(),
         hub.http,
         hub.grpc,
         stack.nginx.address,
         stack.kube_api,
+        stack.api_token,
     );
     if let Some(url) = &stack.store_url {
         let replicas: Vec<&str> = stack.hubs.iter().map(|h| h.http.as_str()).collect();
@@ -231,6 +238,10 @@ struct Stack {
     kube_api_token: PathBuf,
     /// The CA of the API's certificate.
     kube_api_ca: PathBuf,
+    /// The JSON API's token for every account (`HUB_API_TOKEN`).
+    api_token: String,
+    /// The agents' CA (nginx's serving certificate, the agents' client certificates).
+    agents: Pki,
 }
 
 impl Stack {
@@ -264,11 +275,15 @@ impl Stack {
         let proxy_secret = random_secret()?;
         let secret_file = run_dir.join("hub-proxy-secret");
         write_private(&secret_file, &proxy_secret)?;
+        // The JSON API: one token for every account, read by every replica.
+        let api = ApiToken::write(run_dir)?;
+        let agents = agents_pki(run_dir)?;
         let mut hubs = Vec::new();
         for i in 1..=replicas {
             tracing::info!("starting hub replica {i} of {replicas}");
-            let mut args = behind_nginx(&cp.pki, Some(&secret_file));
+            let mut args = behind_nginx(&agents, Some(&secret_file));
             args.push("--authorize-shards=*".into());
+            args.push(api.flag());
             if i == 1 {
                 args.extend([
                     format!("--kube-api-addr=127.0.0.1:{kube_api_port}"),
@@ -296,7 +311,7 @@ impl Stack {
         }
         tracing::info!("starting nginx in front of the hub");
         let nginx = nginx_in_front(
-            &cp.pki,
+            &agents,
             "lb",
             Mode::GrpcTls,
             hubs.iter().map(|h| h.grpc.clone()).collect(),
@@ -312,6 +327,8 @@ impl Stack {
             kube_api: format!("https://127.0.0.1:{kube_api_port}"),
             kube_api_token,
             kube_api_ca: cp.pki.ca_file.clone(),
+            api_token: api.token,
+            agents,
         })
     }
 }

@@ -100,6 +100,31 @@ pub fn applied_state(env: &Env) -> anyhow::Result<BTreeMap<String, Value>> {
     Ok(state)
 }
 
+/// Removes what `kubectl apply -k <dir>` (or the chart) installed and what the operator
+/// and the hub left beside it: the ValidatingWebhookConfiguration the operator registers
+/// and the hub's volume. Nothing of it need be there.
+pub fn remove(cp: &ControlPlane, dir: &str) -> anyhow::Result<()> {
+    kubectl_full(cp, ["delete", "-k", dir, "--ignore-not-found", "--wait"])?;
+    for args in [
+        &[
+            "delete",
+            "validatingwebhookconfiguration",
+            "scale-agent-operator",
+            "--ignore-not-found",
+        ][..],
+        &[
+            "delete",
+            "pv",
+            "scale-agent-hub-store",
+            "--ignore-not-found",
+            "--wait",
+        ],
+    ] {
+        cp.kubectl(args)?;
+    }
+    Ok(())
+}
+
 /// A volume for the hub's claim: the test control plane has no storage provisioner.
 pub fn hub_volume(env: &Env) -> anyhow::Result<()> {
     let path = env.cp.run_dir.join("hub-store-volume");

@@ -28,6 +28,60 @@ pub struct PodProcess {
     pub proc: Proc,
     /// Container port name → the loopback port the process listens on instead.
     pub ports: HashMap<String, u16>,
+    /// Container port → the loopback port the process listens on instead.
+    container_ports: Vec<(i32, u16)>,
+    /// Mount path → the local folder in its place, longest mount path first.
+    mounts: Vec<(String, PathBuf)>,
+    /// The container's environment.
+    env: BTreeMap<String, String>,
+}
+
+impl PodProcess {
+    /// Runs `argv` in the pod as `kubectl exec` does: the binary `argv[0]` names (this
+    /// workspace's build of it), in the container's environment, with mount paths and the
+    /// container's own addresses (`127.0.0.1:<containerPort>`) in the arguments mapped as
+    /// for the pod's process. Its standard output; an error with its standard error when
+    /// it fails.
+    pub fn exec(&self, argv: &[String]) -> anyhow::Result<String> {
+        let (program, args) = argv.split_first().context("nothing to exec")?;
+        let binary = program.rsplit('/').next().context("empty program")?;
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                let mut a = localize(a, &self.mounts);
+                for (container, local) in &self.container_ports {
+                    a = a.replace(
+                        &format!("127.0.0.1:{container}"),
+                        &format!("127.0.0.1:{local}"),
+                    );
+                }
+                a
+            })
+            .collect();
+        let out = Command::new(workspace_binary(binary)?)
+            .args(&args)
+            .env_clear()
+            .envs(&self.env)
+            .output()
+            .with_context(|| format!("running {binary}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{} {} failed ({}): {}",
+            binary,
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+}
+
+/// `arg` with the first mount path it contains replaced by its local folder.
+fn localize(arg: &str, mounts: &[(String, PathBuf)]) -> String {
+    match mounts.iter().find(|(p, _)| arg.contains(p.as_str())) {
+        Some((path, local)) => arg.replace(path.as_str(), &local.display().to_string()),
+        None => arg.to_owned(),
+    }
 }
 
 /// What cluster networking would give the pod: environment values to replace (e.g. an
@@ -93,6 +147,7 @@ pub async fn run(
 
     // Listen addresses: each container port on a free loopback port.
     let mut ports = HashMap::new();
+    let mut container_ports = Vec::new();
     for p in container.ports.clone().unwrap_or_default() {
         let local = free_port()?;
         let from = format!("0.0.0.0:{}", p.container_port);
@@ -101,6 +156,7 @@ pub async fn run(
             *a = a.replace(&from, &to);
         }
         ports.insert(p.name.unwrap_or_default(), local);
+        container_ports.push((p.container_port, local));
     }
 
     // Volumes: Secrets written out (their items, or every key), claims as empty folders.
@@ -143,11 +199,7 @@ pub async fn run(
         .filter_map(|m| Some((m.mount_path, volume_dirs.get(&m.name)?.clone())))
         .collect();
     mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
-    for a in &mut args {
-        if let Some((path, local)) = mounts.iter().find(|(p, _)| a.contains(p.as_str())) {
-            *a = a.replace(path.as_str(), &local.display().to_string());
-        }
-    }
+    let mut args: Vec<String> = args.iter().map(|a| localize(a, &mounts)).collect();
 
     let o = overrides(&ports);
     let env_map: BTreeMap<String, String> = env.into_iter().chain(o.env).collect();
@@ -162,7 +214,13 @@ pub async fn run(
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info,kube=warn");
     let proc = Proc::spawn(&pod_name, cmd, &cp.run_dir)?;
-    Ok(PodProcess { proc, ports })
+    Ok(PodProcess {
+        proc,
+        ports,
+        container_ports,
+        mounts,
+        env: env_map,
+    })
 }
 
 /// `$(NAME)` replaced by the value of an earlier variable, as the kubelet does; unknown

@@ -76,9 +76,13 @@ pub fn render(dir: &Path) -> anyhow::Result<Vec<Value>> {
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout)?;
+    objects(&String::from_utf8(out.stdout)?)
+}
+
+/// The objects of a YAML stream (`---` between documents; empty documents left out).
+pub fn objects(text: &str) -> anyhow::Result<Vec<Value>> {
     let mut objects = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml::Deserializer::from_str(text) {
         let v = Value::deserialize(doc)?;
         if !v.is_null() {
             objects.push(v);

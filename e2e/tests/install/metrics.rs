@@ -1,4 +1,4 @@
-//! Which metrics the components export, and which the alerts name.
+//! Which metrics the components export, and which the alerts and the dashboard name.
 
 use std::collections::BTreeSet;
 
@@ -41,17 +41,43 @@ pub fn alert_metrics() -> anyhow::Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
     for group in rule["spec"]["groups"].as_array().into_iter().flatten() {
         for r in group["rules"].as_array().into_iter().flatten() {
-            let expr = r["expr"].as_str().unwrap_or_default();
-            for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-            {
-                if token.starts_with("scale_agent_") {
-                    names.insert(token.to_owned());
-                }
-            }
+            named_in(r["expr"].as_str().unwrap_or_default(), &mut names);
         }
     }
     if names.is_empty() {
         bail!("the PrometheusRule names no scale-agent metric");
     }
     Ok(names)
+}
+
+/// The scale-agent metrics the queries of the Grafana dashboard
+/// (manifests/grafana/scale-agent.json) name.
+pub fn dashboard_metrics() -> anyhow::Result<BTreeSet<String>> {
+    let path = kustomize::manifests().join("grafana/scale-agent.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let mut names = BTreeSet::new();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            named_in(expr, &mut names);
+            queries += 1;
+        }
+    }
+    if names.is_empty() || queries == 0 {
+        bail!(
+            "{} has no query naming a scale-agent metric",
+            path.display()
+        );
+    }
+    Ok(names)
+}
+
+/// Adds the scale-agent metric names PromQL `expr` names to `names`.
+fn named_in(expr: &str, names: &mut BTreeSet<String>) {
+    for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+        if token.starts_with("scale_agent_") {
+            names.insert(token.to_owned());
+        }
+    }
 }

@@ -65,6 +65,17 @@ impl Installed {
             "scale-agent-hub-api-token",
             &[("token", token.as_str())],
         )?;
+        // The Kubernetes API's tokens file, and the token Clouddriver's kubeconfig gets.
+        let kube_api_token = format!("install-kube-api-{}", std::process::id());
+        secret(
+            env,
+            NS,
+            "scale-agent-hub-kube-api-tokens",
+            &[
+                ("tokens", format!("{kube_api_token} *").as_str()),
+                ("clouddriver", kube_api_token.as_str()),
+            ],
+        )?;
 
         let hub = kubelet::run(cp, NS, "scale-agent-hub", dir.path(), |_| Overrides {
             env: Vec::new(),

@@ -21,13 +21,15 @@
 //!
 //! With an API token (`--api-token-file`), every `/v1/...` request needs
 //! `Authorization: Bearer <token>`; without it or with another token the answer
-//! is 401. `/healthz` and `/metrics` stay open. The file is re-read when it
-//! changes, so the token can be rotated without a restart.
+//! is 401. The file holds one token for every account, or lines of `<token>
+//! <accounts>` as the Kubernetes API's tokens file ([`auth`]): a token for some
+//! accounts lists only those, and gets 403 for anything about another (known or
+//! not). `/healthz` and `/metrics` stay open. The file is re-read when it
+//! changes, so a token can be rotated without a restart.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -35,6 +37,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::warn;
@@ -44,40 +47,58 @@ use crate::core::cache::{AccountCache, CachedObject, ObjectKey};
 use crate::core::operation_request::{self, OperationRequest};
 use crate::core::operations::Outcome;
 use crate::core::registry::{Account, AccountState};
-use crate::net::secret::SecretFile;
+use crate::kubeapi::auth::{self, Scope, Tokens};
+use crate::replicas;
 use crate::state::{Core, Shared};
 use crate::stream::routing::{self, NotRouted, Operated};
 
 async fn require_token(
-    State((shared, token)): State<(Arc<Shared>, Arc<SecretFile>)>,
-    request: Request,
+    State((shared, tokens)): State<(Arc<Shared>, Arc<Tokens>)>,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
-    let message = match presented {
-        Some(t) if token.matches(t.as_bytes()) => return next.run(request).await,
-        Some(_) => "the bearer token is not valid",
-        None => "this API needs an Authorization: Bearer <token> header",
+    let path = request.uri().path();
+    let (status, message) = match tokens.scope(request.headers()) {
+        Ok((line, scope)) => {
+            // A token for some accounts may list them (the list shows only those)
+            // and use each; anything else about an account is refused, known or not,
+            // so that a token cannot probe for the names of others.
+            let allowed = match replicas::forward::account_in_path(path) {
+                Some(account) => scope.allows(&account),
+                None => scope == Scope::All || path == "/v1/accounts",
+            };
+            if allowed {
+                request.extensions_mut().insert(scope);
+                return next.run(request).await;
+            }
+            warn!(path = %path, token_line = line, "HTTP API request refused: the token is not allowed this account");
+            (
+                StatusCode::FORBIDDEN,
+                "the bearer token is not allowed this account",
+            )
+        }
+        Err(_) if auth::bearer(request.headers()).is_some() => {
+            (StatusCode::UNAUTHORIZED, "the bearer token is not valid")
+        }
+        Err(_) => (
+            StatusCode::UNAUTHORIZED,
+            "this API needs an Authorization: Bearer <token> header",
+        ),
     };
     shared.metrics.http_unauthorized.inc();
-    warn!(path = %request.uri().path(), message, "HTTP API request refused");
-    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer realm=\"scale-agent-hub\""),
-    );
+    let mut response = ApiError::new(status, message).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        warn!(path = %path, message, "HTTP API request refused");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"scale-agent-hub\""),
+        );
+    }
     response
 }
 
 /// The router over the shared state; `/v1/...` needs `token` when set.
-pub fn router(shared: Arc<Shared>, token: Option<Arc<SecretFile>>) -> Router {
+pub fn router(shared: Arc<Shared>, token: Option<Arc<Tokens>>) -> Router {
     let mut api = Router::new()
         .route("/v1/accounts", get(list_accounts))
         .route("/v1/accounts/{account}", get(get_account))
@@ -101,11 +122,19 @@ pub fn router(shared: Arc<Shared>, token: Option<Arc<SecretFile>>) -> Router {
         ));
     }
     Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(Arc::clone(&shared))
+        .merge(probes(shared))
+        .merge(api)
+}
+
+/// `/healthz` (the process serves) and `/readyz` (see [`readyz`]): on the HTTP API's
+/// port, and alone on `--probe-addr`.
+pub fn probes(shared: Arc<Shared>) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .with_state(shared)
-        .merge(api)
 }
 
 /// An error answer.
@@ -266,8 +295,11 @@ fn bad_page(message: String) -> Response {
 
 async fn list_accounts(
     State(shared): State<Arc<Shared>>,
+    scope: Option<Extension<Scope>>,
     Query(query): Query<PageQuery>,
 ) -> Response {
+    // Without an API token, every account; with one, those its token may use.
+    let visible = |name: &str| scope.as_ref().is_none_or(|s| s.allows(name));
     let (limit, after) = match query
         .limit()
         .and_then(|l| Ok((l, query.after::<String>()?)))
@@ -288,6 +320,7 @@ async fn list_accounts(
                 let (views, next) = page::take(
                     rows.into_iter()
                         .filter(|row| after.as_ref().is_none_or(|a| row.name > *a))
+                        .filter(|row| visible(&row.name))
                         .map(|row| {
                             let name = row.name.clone();
                             let view = match core.registry.get(&name) {
@@ -314,6 +347,7 @@ async fn list_accounts(
         page::take(
             core.registry
                 .accounts_after(after.as_deref())
+                .filter(|a| visible(&a.name))
                 .map(|a| (a.name.clone(), account_view(&shared, &core, a, now))),
             limit,
         )

@@ -198,6 +198,9 @@ pub struct AccountCache {
     next_generation: u64,
     /// What the current registration streams; `None`: not said.
     scope: Option<Scope>,
+    /// The cluster's served APIs as the agent follows them (see
+    /// [`AccountCache::api_surface`]).
+    api_surface: Option<u64>,
     /// What changed since the store last took it; `None` when no store
     /// takes changes (one replica).
     dirty: Option<Dirty>,
@@ -444,6 +447,23 @@ impl AccountCache {
             state.api.live = false;
         }
         self.scope = scope;
+        self.api_surface = None;
+    }
+
+    /// The agent says whether it follows the cluster's CRDs and APIServices, and
+    /// that what the cluster serves may have changed.
+    pub fn surface_changed(&mut self, followed: bool) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        self.api_surface =
+            followed.then(|| NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    }
+
+    /// A number that stays the same while what the cluster serves (its discovery
+    /// and OpenAPI) does, as far as the agent follows it; `None` when it does not
+    /// (an older agent, no right to watch CRDs and APIServices, or not said since
+    /// the account was last registered). Unique across accounts and sessions.
+    pub fn api_surface(&self) -> Option<u64> {
+        self.api_surface
     }
 
     /// What the current registration streams, when it said.

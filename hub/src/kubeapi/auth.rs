@@ -9,6 +9,9 @@
 //! 77b1e2...team-a-token               team-a-prod,team-a-staging
 //! ```
 //!
+//! The JSON API's `--api-token-file` has the same format, or (as before per-account
+//! tokens) one token alone, which may use every account.
+//!
 //! Tokens are compared in constant time. A request with no token, or one that is not in
 //! the file, gets 401; a token used for an account it is not allowed gets 403 (whether
 //! or not the account exists, so a token cannot probe for the names of others).
@@ -143,6 +146,25 @@ fn read(path: &Path) -> Result<Arc<Vec<Entry>>, String> {
     entries(&text).map(Arc::new)
 }
 
+/// The JSON API's file: one token alone may use every account (the file's format before
+/// per-account tokens); otherwise lines as in the Kubernetes API's file.
+fn api_entries(text: &str) -> Result<Vec<Entry>, String> {
+    let alone = text.trim();
+    if !alone.is_empty() && !alone.starts_with('#') && !alone.contains(char::is_whitespace) {
+        return Ok(vec![Entry {
+            token: alone.as_bytes().to_vec(),
+            scope: Scope::All,
+            line: 1,
+        }]);
+    }
+    entries(text)
+}
+
+fn read_api(path: &Path) -> Result<Arc<Vec<Entry>>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    api_entries(&text).map(Arc::new)
+}
+
 /// True when `next` lets in other tokens or other accounts than `current`
 /// (a moved line alone is no change).
 fn differs(current: &Arc<Vec<Entry>>, next: &Arc<Vec<Entry>>) -> bool {
@@ -171,12 +193,33 @@ impl Tokens {
         }))
     }
 
-    /// Reads the file, and checks it every `interval` for changes. A file that becomes
-    /// unreadable or invalid keeps the tokens loaded before (logged once).
+    /// Reads the Kubernetes API's file, and checks it every `interval` for changes. A
+    /// file that becomes unreadable or invalid keeps the tokens loaded before (logged
+    /// once).
     pub fn watch(
         path: &Path,
         interval: Duration,
         shutdown: CancellationToken,
+    ) -> Result<Arc<Tokens>, crate::Error> {
+        Tokens::watch_with(path, interval, shutdown, read, "Kubernetes API tokens file")
+    }
+
+    /// Reads the JSON API's file (`--api-token-file`: one token for every account, or
+    /// lines as in the Kubernetes API's file), as [`Tokens::watch`] does.
+    pub fn watch_api(
+        path: &Path,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Tokens>, crate::Error> {
+        Tokens::watch_with(path, interval, shutdown, read_api, "HTTP API token file")
+    }
+
+    fn watch_with(
+        path: &Path,
+        interval: Duration,
+        shutdown: CancellationToken,
+        read: fn(&Path) -> Result<Arc<Vec<Entry>>, String>,
+        what: &'static str,
     ) -> Result<Arc<Tokens>, crate::Error> {
         let file = Reloaded::watch(
             path,
@@ -184,12 +227,12 @@ impl Tokens {
             shutdown,
             read,
             differs,
-            |path, reload| match reload {
+            move |path, reload| match reload {
                 Reload::Changed(tokens) => {
-                    info!(path = %path.display(), tokens = tokens.len(), "Kubernetes API tokens file changed; the new tokens are in use");
+                    info!(path = %path.display(), tokens = tokens.len(), "{what} changed; the new tokens are in use");
                 }
                 Reload::Failed(err) => {
-                    warn!(path = %path.display(), %err, "cannot read the Kubernetes API tokens file; the tokens loaded before stay in use");
+                    warn!(path = %path.display(), %err, "cannot read the {what}; the tokens loaded before stay in use");
                 }
             },
         )
@@ -207,6 +250,17 @@ impl Tokens {
     /// Lets a request in for `account`, or says why not. Returns the token's line in
     /// the file, to name the caller in logs.
     pub fn check(&self, headers: &HeaderMap, account: &str) -> Result<usize, Refusal> {
+        let (line, scope) = self.scope(headers)?;
+        if scope.allows(account) {
+            Ok(line)
+        } else {
+            Err(Refusal::NotAllowed)
+        }
+    }
+
+    /// The accounts a request's token may use, and the token's line in the file; or
+    /// [`Refusal::Unauthenticated`].
+    pub fn scope(&self, headers: &HeaderMap) -> Result<(usize, Scope), Refusal> {
         let presented = bearer(headers).ok_or(Refusal::Unauthenticated)?;
         let entries = self.snapshot();
         // Compare against every token, so the time taken says nothing about which
@@ -218,11 +272,7 @@ impl Tokens {
             }
         }
         let entry = found.ok_or(Refusal::Unauthenticated)?;
-        if entry.scope.allows(account) {
-            Ok(entry.line)
-        } else {
-            Err(Refusal::NotAllowed)
-        }
+        Ok((entry.line, entry.scope.clone()))
     }
 }
 
@@ -297,6 +347,17 @@ mod tests {
                 Err(Refusal::Unauthenticated),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_json_api_file_may_hold_one_token_for_every_account() {
+        let one = api_entries("  short-but-old\n").expect("one token");
+        assert_eq!((one.len(), &one[0].scope), (1, &Scope::All));
+        let lines = api_entries(&format!("{ALL} *\n{TEAM} team-a\n")).expect("lines");
+        assert_eq!(lines[1].scope, Scope::Accounts(vec!["team-a".into()]));
+        for bad in ["", "# only a comment", "short team-a"] {
+            assert!(api_entries(bad).is_err(), "{bad:?} should be refused");
         }
     }
 }

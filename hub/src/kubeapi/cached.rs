@@ -15,6 +15,7 @@ use super::list::{self, Snapshots};
 use super::path::ResourcePath;
 use super::read::{self, Pass, Read, Version};
 use super::watch::{self, Start, Watch};
+use crate::core::cache::ObjectKey;
 use crate::core::window::Mark;
 use crate::state::Shared;
 
@@ -24,6 +25,7 @@ pub const CATCH_UP: Duration = Duration::from_secs(3);
 
 enum Step {
     Wait(tokio::sync::watch::Receiver<Mark>),
+    Object(Arc<serde_json::value::RawValue>),
     List(list::Listed),
     Continue,
     Watch(Box<Watch>),
@@ -37,6 +39,10 @@ pub struct Ctx<'a> {
     pub snapshots: &'a Snapshots,
     /// Who asks (the token's line), whose list snapshots the pages come from.
     pub owner: usize,
+    /// The watches each token holds, and how many it may.
+    pub watches: &'a Arc<watch::Slots>,
+    /// Watches at most per token.
+    pub max_watches: usize,
     /// Versions reads must reach after the clients' writes.
     pub barriers: &'a Barriers,
     /// The account's agent is away: the cache answers from its last known state and
@@ -75,6 +81,12 @@ pub async fn answer(
                 // Woken by the kind's next change; the check runs again.
                 let _ = tokio::time::timeout(left, rx.changed()).await;
             }
+            Step::Object(body) => {
+                return Ok(super::status::json_response(Body::from(format!(
+                    "{}\n",
+                    body.get()
+                ))));
+            }
             Step::List(listed) => {
                 return Ok(list::page(
                     ctx.snapshots,
@@ -93,7 +105,20 @@ pub async fn answer(
                     fingerprint,
                 ));
             }
-            Step::Watch(w) => return Ok(watch::serve(Arc::clone(ctx.shared), *w)),
+            Step::Watch(w) => {
+                let Some(slot) = ctx.watches.take(ctx.owner, ctx.max_watches) else {
+                    return Ok(super::status::Failure::new(
+                        http::StatusCode::TOO_MANY_REQUESTS,
+                        "TooManyRequests",
+                        format!(
+                            "this token holds {} watches, the most it may; end one first",
+                            ctx.max_watches
+                        ),
+                    )
+                    .response());
+                };
+                return Ok(watch::serve(Arc::clone(ctx.shared), *w, slot));
+            }
         }
     }
 }
@@ -125,7 +150,9 @@ fn step(
     if !read.fields.supported(&kind.key.group, &kind.key.kind) {
         return Err("a field the hub does not index");
     }
-    if !read::in_scope(scope, read, kind.key) {
+    // One object the cache holds is one the agent streams; one it does not hold is
+    // asked of the cluster, so the account's filters need no check.
+    if read.name.is_none() && !read::in_scope(scope, read, kind.key) {
         return Err("outside what the agent streams");
     }
     // An agent watching several namespaces apart merges their changes as they come,
@@ -138,6 +165,20 @@ fn step(
     let mark = kind.window.mark();
     if mark.rv < floor {
         return Ok(Step::Wait(kind.window.subscribe()));
+    }
+    if let Some(name) = &read.name {
+        let key = ObjectKey {
+            group: kind.key.group.clone(),
+            kind: kind.key.kind.clone(),
+            namespace: path.namespace.clone().unwrap_or_default(),
+            name: name.clone(),
+        };
+        // Not held: created a moment ago, outside the account's filters, or absent;
+        // the cluster says which.
+        let object = cache
+            .get(&key)
+            .ok_or("one object the cache does not hold")?;
+        return Ok(Step::Object(Arc::clone(&object.body)));
     }
     if read.cont.is_some() {
         return Ok(Step::Continue);

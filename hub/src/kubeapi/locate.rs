@@ -1,6 +1,7 @@
-//! Where an account's Kubernetes API is answered: the one place that decides which
-//! live session holds an account. With several hub replicas this is where a request
-//! for an account held by another replica will be sent on to it.
+//! Where an account's Kubernetes API is answered on this replica: the one place that
+//! decides which live session holds an account. With several hub replicas a request
+//! for an account another replica holds was already carried there
+//! (`replicas/forward.rs`) before it gets here.
 
 use std::time::SystemTime;
 

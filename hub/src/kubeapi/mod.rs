@@ -2,8 +2,8 @@
 //! any client-go or kube-rs program can use an account through the hub with nothing
 //! but a kubeconfig whose `server:` is `https://<hub>:<port>/accounts/<account>`.
 //!
-//! Lists and watches of the kinds the account's agent streams are answered from the
-//! hub's cache, with the cluster's resourceVersions ([`read`], [`cached`], [`watch`]);
+//! Lists, watches and objects by name of the kinds the account's agent streams are
+//! answered from the hub's cache, with the cluster's resourceVersions ([`read`], [`cached`], [`watch`]);
 //! a client's own writes are a read barrier ([`barrier`]). Everything else travels over
 //! the stream of the agent that holds the account, which replays it against the
 //! cluster with the account's credentials ([`passthrough`]); the target cluster never
@@ -19,13 +19,15 @@
 //! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
 //! session, flow control), [`passthrough`] (replaying a request through the agent), [`stale`] (reads
 //! while an account's agent is away),
-//! [`status`] (Kubernetes `Status` answers), [`table`] (lists as
+//! [`discovery`] (discovery and OpenAPI kept while the agent follows what the
+//! cluster serves), [`status`] (Kubernetes `Status` answers), [`table`] (lists as
 //! `Table`s, the columns `kubectl get` prints), [`kubeconfig`] (the kubeconfig Spinnaker
 //! operators paste into Clouddriver).
 
 pub mod auth;
 pub mod barrier;
 pub mod cached;
+pub mod discovery;
 pub mod kubeconfig;
 pub mod list;
 pub mod locate;
@@ -77,15 +79,27 @@ pub struct KubeApiConfig {
     pub window_bytes: u64,
     /// Open connections at most; more are closed at once.
     pub max_connections: usize,
+    /// Open connections at most from one client address; more are closed at once, so
+    /// one address cannot take every connection.
+    pub max_connections_per_address: usize,
+    /// Watches served from the cache at once per token; more are answered 429, so
+    /// one token's watches cannot take the hub's time from every other's.
+    pub max_watches_per_token: usize,
     /// The certificate the API is served with, when not the hub's own (`Config::tls`);
     /// with neither, it is served over plain HTTP.
     pub tls: Option<crate::net::tls::TlsConfig>,
+    /// With a shared store: the PEM bundle the other replicas' Kubernetes API
+    /// certificates chain to. Requests for an account another replica holds
+    /// are forwarded to it over TLS checked against it; without it they get
+    /// 503 (see `replicas/forward.rs`).
+    pub replica_ca: Option<PathBuf>,
 }
 
 impl KubeApiConfig {
     /// Defaults on `addr` with `tokens`: impersonation refused, stale reads served,
-    /// 60 s request timeout, 1 MiB window, 4096 connections, the hub's own
-    /// certificate.
+    /// 60 s request timeout, 1 MiB window, 4096 connections (1024 per client
+    /// address), 1000 watches per token,
+    /// the hub's own certificate.
     pub fn new(addr: SocketAddr, tokens: TokenSource) -> KubeApiConfig {
         KubeApiConfig {
             addr,
@@ -95,7 +109,10 @@ impl KubeApiConfig {
             request_timeout: Duration::from_secs(60),
             window_bytes: 1 << 20,
             max_connections: 4096,
+            max_connections_per_address: 1024,
+            max_watches_per_token: 1000,
             tls: None,
+            replica_ca: None,
         }
     }
 }

@@ -6,14 +6,17 @@
 //! A read is answered from the cache only when the answer is exactly what the cluster
 //! would give (up to the stream's lag, which [`super::barrier`] closes for the
 //! client's own writes); everything else goes to the cluster:
-//! - anything but a GET of a collection (one object by name is read from the cluster:
-//!   that is what `kubectl apply` reads before it writes, and it needs the
-//!   `last-applied-configuration` annotation and `managedFields` that the stream leaves
-//!   out), subresources, Secrets (the stream scrubs their data);
+//! - anything but a GET of a collection or of one object by name, subresources,
+//!   Secrets (the stream scrubs their data);
+//! - one object by name that the cache does not hold (it may be newer than the
+//!   stream), with any parameter but `resourceVersion`, or read by a kubectl command
+//!   that computes a write from it (`Kubectl-Command` other than `kubectl get`, such
+//!   as the read `kubectl apply` makes before it patches): those read the cluster;
 //! - a kind the agent does not stream, at another version, mid-relist, or outside the
 //!   account's namespaces or label filter;
 //! - metadata-only answers, Tables of kinds the hub has no printer for
-//!   ([`super::table`]), watches of Tables, `pretty`,
+//!   ([`super::table`]), watches of Tables other than from a version without
+//!   bookmarks (what `kubectl get -w` asks), `pretty`,
 //!   `resourceVersionMatch=Exact`, parameters the hub does not know, selectors it
 //!   cannot evaluate exactly (a field the kind does not index, a selector the API
 //!   server would refuse), and a `continue` token the cluster issued.
@@ -69,6 +72,8 @@ pub struct WatchAsk {
 pub struct Read {
     /// The namespace, when the path names one.
     pub namespace: Option<String>,
+    /// One object by name (a GET of `<resource>/<name>`), not a collection.
+    pub name: Option<String>,
     /// `labelSelector`.
     pub labels: LabelSelector,
     /// `fieldSelector`.
@@ -95,8 +100,8 @@ pub fn plan(
     if method != Method::GET {
         return Err("not a GET");
     }
-    if path.name.is_some() {
-        return Err("one object by name");
+    if path.name.is_some() && !reads_to_show(headers) {
+        return Err("one object read by a kubectl command that writes what it read");
     }
     if path.subresource.is_some() {
         return Err("a subresource");
@@ -107,6 +112,7 @@ pub fn plan(
     let table = table::wanted(headers)?;
     let mut read = Read {
         namespace: path.namespace.clone(),
+        name: path.name.clone(),
         labels: LabelSelector::default(),
         fields: FieldSelector::default(),
         limit: 0,
@@ -160,13 +166,32 @@ pub fn plan(
         Some("0") => Version::Any,
         Some(n) => Version::NotOlderThan(n.parse().map_err(|_| "an opaque resourceVersion")?),
     };
+    if read.name.is_some() {
+        // The API server reads one object with `resourceVersion` alone.
+        if query
+            .iter()
+            .any(|(k, _)| !matches!(k.as_str(), "resourceVersion" | "timeout"))
+        {
+            return Err("one object by name with list or watch parameters");
+        }
+        if read.table.is_some() {
+            return Err("a Table of one object");
+        }
+        return Ok(read);
+    }
     let given = options::ListOptions::from_query(query);
     if !options::validate(&given).is_empty() {
         return Err("list options the API server refuses");
     }
     if watch {
-        if read.table.is_some() {
-            return Err("a watch of Tables");
+        // `kubectl get -w`: a watch from the version of the list it printed. Tables of
+        // initial events and bookmarks are not written by the hub.
+        if read.table.is_some()
+            && (bookmarks
+                || given.send_initial_events.is_some()
+                || matches!(read.version, Version::Latest | Version::Any))
+        {
+            return Err("a watch of Tables with initial events or bookmarks");
         }
         if read.cont.is_some() || read.limit > 0 {
             return Err("a watch with limit or continue");
@@ -186,6 +211,36 @@ pub fn plan(
         return Err("continue with a resourceVersion");
     }
     Ok(read)
+}
+
+/// The header kubectl (since 1.22, unless `KUBECTL_COMMAND_HEADERS=false`) names its
+/// command in.
+pub const KUBECTL_COMMAND: &str = "kubectl-command";
+
+/// False when the request comes from a kubectl command that computes a write from
+/// what it reads (`kubectl apply`, `edit`, `patch`, `scale`, ...): the object it
+/// patches must be the cluster's own, not the cache's copy a moment behind; and from
+/// a kubectl older than 1.21, which prints `managedFields` (the cache has none).
+/// Every other client, and `kubectl get`, reads what the cache shows.
+fn reads_to_show(headers: &HeaderMap) -> bool {
+    let command = headers
+        .get(KUBECTL_COMMAND)
+        .is_none_or(|c| c.to_str().is_ok_and(|c| c == "kubectl get"));
+    command && !prints_managed_fields(headers)
+}
+
+/// kubectl's User-Agent is `kubectl/v1.<minor>.<patch> (...)`; before 1.21 it printed
+/// `managedFields` with `-o json|yaml`.
+fn prints_managed_fields(headers: &HeaderMap) -> bool {
+    let agent = headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Some(version) = agent.strip_prefix("kubectl/v1.") else {
+        return false;
+    };
+    let minor: String = version.chars().take_while(char::is_ascii_digit).collect();
+    minor.parse::<u32>().is_ok_and(|m| m < 21)
 }
 
 /// True when the account's agent streams every object the read could select.
@@ -327,15 +382,6 @@ mod tests {
         let none = HeaderMap::new();
         assert!(plan(&Method::GET, &list, &[], &none).is_ok());
         assert!(plan(&Method::POST, &list, &[], &none).is_err());
-        assert!(
-            plan(
-                &Method::GET,
-                &rp(Some("a"), "deployments", Some("web")),
-                &[],
-                &none
-            )
-            .is_err()
-        );
         let mut secrets = rp(Some("a"), "secrets", None);
         secrets.group = String::new();
         assert!(plan(&Method::GET, &secrets, &[], &none).is_err());
@@ -421,6 +467,73 @@ mod tests {
                 timeout: Some(Duration::from_secs(300)),
                 initial_events: false,
             })
+        );
+    }
+
+    #[test]
+    fn one_object_by_name_is_planned_unless_a_kubectl_write_reads_it() {
+        let one = rp(Some("a"), "deployments", Some("web"));
+        let none = HeaderMap::new();
+        let read =
+            plan(&Method::GET, &one, &q(&[("resourceVersion", "0")]), &none).expect("planned");
+        assert_eq!(read.name.as_deref(), Some("web"));
+        assert_eq!(read.version, Version::Any);
+        let command = |c: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(KUBECTL_COMMAND, HeaderValue::from_static(c));
+            h
+        };
+        assert!(plan(&Method::GET, &one, &[], &command("kubectl get")).is_ok());
+        let agent = |a: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::USER_AGENT, HeaderValue::from_static(a));
+            h
+        };
+        assert!(
+            plan(
+                &Method::GET,
+                &one,
+                &[],
+                &agent("kubectl/v1.20.2 (linux/amd64) kubernetes/faecb19")
+            )
+            .is_err(),
+            "kubectl 1.20 prints managedFields"
+        );
+        for newer in [
+            "kubectl/v1.36.3 (linux/amd64) kubernetes/abc",
+            "kubectl1.20",
+            "Go-http-client/2.0",
+        ] {
+            assert!(
+                plan(&Method::GET, &one, &[], &agent(newer)).is_ok(),
+                "{newer}"
+            );
+        }
+        for writes in ["kubectl apply", "kubectl edit", "kubectl scale"] {
+            assert!(
+                plan(&Method::GET, &one, &[], &command(writes)).is_err(),
+                "{writes}"
+            );
+        }
+        for pass in [
+            ("labelSelector", "app=web"),
+            ("watch", "true"),
+            ("pretty", "1"),
+        ] {
+            assert!(
+                plan(&Method::GET, &one, &q(&[pass]), &none).is_err(),
+                "{pass:?}"
+            );
+        }
+        assert!(
+            plan(
+                &Method::GET,
+                &one,
+                &[],
+                &accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+            )
+            .is_err(),
+            "a Table of one object"
         );
     }
 

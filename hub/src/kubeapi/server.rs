@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use futures::StreamExt as _;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,12 +18,12 @@ use scale_agent_proto::kube_api;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt as _;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::auth::{Refusal, Tokens};
 use super::barrier::Barriers;
 use super::cached::{self, Ctx};
+use super::discovery;
 use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
 use super::options;
@@ -37,6 +38,7 @@ use crate::Error;
 use crate::core::clip::clip;
 use crate::net::tls::{TlsConfig, TlsState};
 use crate::spinnaker::tokens::Check;
+use crate::replicas::forward::{self, Endpoint, Routed};
 use crate::state::Shared;
 
 /// How long open connections get to finish when the hub stops.
@@ -49,6 +51,9 @@ pub struct KubeApi {
     config: KubeApiConfig,
     snapshots: Snapshots,
     barriers: Arc<Barriers>,
+    discovery: discovery::Memory,
+    /// The watches each token holds from the cache.
+    watches: Arc<super::watch::Slots>,
 }
 
 /// Starts serving (TLS with the hub's certificate, when it has one); returns the
@@ -96,6 +101,7 @@ pub async fn start(
     };
     info!(%addr, tls = tls_state.is_some(), allow_impersonation = config.allow_impersonation, "serving the Kubernetes API of every account at /accounts/<account>/");
     let max_connections = config.max_connections;
+    let max_per_address = config.max_connections_per_address;
     // The same header timeout as the HTTP API (`--http-header-timeout`): also the idle
     // time of a kept-alive HTTP/1.1 connection.
     let header_timeout = shared.config.http_limits.header_timeout;
@@ -105,6 +111,8 @@ pub async fn start(
         config,
         snapshots: Snapshots::default(),
         barriers: Arc::default(),
+        discovery: discovery::Memory::default(),
+        watches: Arc::default(),
     });
     let mut incoming = crate::net::tls::incoming(
         listener,
@@ -115,9 +123,26 @@ pub async fn start(
     );
     let task = tokio::spawn(async move {
         let limit = Arc::new(Semaphore::new(max_connections));
+        let per_address = Arc::new(super::watch::Slots::<std::net::IpAddr>::default());
         let mut refused: u64 = 0;
+        let mut refused_address: u64 = 0;
         while let Some(conn) = incoming.next().await {
             let Ok(conn) = conn else { continue };
+            let address = tonic::transport::server::Connected::connect_info(&conn)
+                .remote_addr
+                .ip();
+            let Some(address_slot) = per_address.take(address, max_per_address) else {
+                refused_address += 1;
+                if refused_address == 1 || refused_address.is_multiple_of(1000) {
+                    warn!(
+                        %address,
+                        limit = max_per_address,
+                        refused = refused_address,
+                        "too many Kubernetes API connections from one address; closing its new ones"
+                    );
+                }
+                continue;
+            };
             let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
                 refused += 1;
                 if refused == 1 || refused.is_multiple_of(1000) {
@@ -131,10 +156,16 @@ pub async fn start(
             let api = Arc::clone(&api);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let first_request = Arc::new(Notify::new());
-                let started = Arc::clone(&first_request);
-                let service = hyper::service::service_fn(move |req| {
-                    started.notify_one();
+                // Until a request with a valid token begins, the connection has the
+                // header timeout from its start to live: one that sends nothing, or
+                // only requests refused 401 (HTTP/2 has no idle timeout of its own),
+                // does not hold one of the API's connections.
+                let authenticated = Arc::new(Notify::new());
+                let started = Arc::clone(&authenticated);
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    if api.tokens.scope(req.headers()).is_ok() {
+                        started.notify_one();
+                    }
                     let api = Arc::clone(&api);
                     async move { Ok::<_, Infallible>(api.handle(req).await) }
                 });
@@ -159,11 +190,12 @@ pub async fn start(
                         conn.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(DRAIN, conn).await;
                     }
-                    () = silent(&first_request, header_timeout) => {
-                        debug!("closed a Kubernetes API connection that sent no request within the header timeout");
+                    () = unauthenticated(&authenticated, header_timeout) => {
+                        debug!("closed a Kubernetes API connection that began no request with a valid token within the header timeout");
                     }
                 }
                 drop(permit);
+                drop(address_slot);
             });
         }
         Ok(())
@@ -171,12 +203,13 @@ pub async fn start(
     Ok((addr, task))
 }
 
-/// Ends when a connection has not begun a request within `timeout` of its start;
-/// never otherwise. The HTTP/1.1 header timeout only starts once the protocol is
-/// known, so without this a client that sends nothing at all would hold its
-/// connection for ever.
-async fn silent(first_request: &Notify, timeout: Duration) {
-    if tokio::time::timeout(timeout, first_request.notified())
+/// Ends when a connection has not begun a request with a valid token within
+/// `timeout` of its start; never otherwise. The HTTP/1.1 header timeout only starts
+/// once the protocol is known, and HTTP/2 has none, so without this a client that
+/// sends nothing at all, or only requests refused 401, would hold its connection for
+/// ever.
+async fn unauthenticated(authenticated: &Notify, timeout: Duration) {
+    if tokio::time::timeout(timeout, authenticated.notified())
         .await
         .is_ok()
     {
@@ -184,7 +217,78 @@ async fn silent(first_request: &Notify, timeout: Duration) {
     }
 }
 
+/// An answer the hub gave from its memory, counted as such; while the agent is away,
+/// with the Warning saying since when it is not followed.
+fn from_memory(
+    mut response: Response<Body>,
+    account: &str,
+    stale_since: Option<std::time::SystemTime>,
+) -> Response<Body> {
+    let source = match stale_since {
+        Some(since) => {
+            response
+                .headers_mut()
+                .insert(http::header::WARNING, stale::warning(account, since));
+            "stale"
+        }
+        None => "cache",
+    };
+    response
+        .extensions_mut()
+        .insert(passthrough::AnsweredBy(source));
+    response
+}
+
+/// The body of a watch another replica answers, ended cleanly if that replica goes
+/// away mid-stream: a watch that ends is started again from the client's last
+/// resourceVersion (as when the API server closes one), where a broken stream makes
+/// client-go relist.
+fn forwarded_watch(body: Incoming) -> Body {
+    use http_body_util::BodyExt as _;
+    let events = body.into_data_stream().take_while(|chunk| {
+        if let Err(err) = chunk {
+            debug!(%err, "a forwarded watch broke off; ending it");
+        }
+        std::future::ready(chunk.is_ok())
+    });
+    Body::from_stream(events)
+}
+
 impl KubeApi {
+    /// Reads the cluster's discovery answer whole, keeps it, and answers the client
+    /// from it (`304` when it holds that version).
+    async fn keep_discovery(
+        &self,
+        account: &str,
+        surface: u64,
+        key: discovery::Key,
+        client: &http::HeaderMap,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        let (parts, body) = response.into_parts();
+        let limited = http_body_util::Limited::new(body, discovery::MAX_ANSWER);
+        let bytes = match http_body_util::BodyExt::collect(limited).await {
+            Ok(c) => c.to_bytes(),
+            Err(err) => {
+                warn!(%err, "a discovery answer of the cluster could not be read whole");
+                return Failure::new(
+                    StatusCode::BAD_GATEWAY,
+                    "InternalError",
+                    format!("the cluster's discovery answer broke off: {err}"),
+                )
+                .response();
+            }
+        };
+        let kept = Arc::new(discovery::Kept::new(&parts.headers, bytes));
+        self.discovery
+            .keep(account, surface, key, Arc::clone(&kept));
+        let mut response = kept.answer(client);
+        response
+            .extensions_mut()
+            .insert(passthrough::AnsweredBy("cluster"));
+        response
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let (account, rest) = match path::route(req.uri().path()) {
             Ok((account, rest)) => (account.to_owned(), rest.to_owned()),
@@ -242,6 +346,8 @@ impl KubeApi {
             shared: &self.shared,
             snapshots: &self.snapshots,
             owner,
+            watches: &self.watches,
+            max_watches: self.config.max_watches_per_token,
             barriers: &self.barriers,
             stale,
         };
@@ -336,6 +442,31 @@ impl KubeApi {
             )
             .response();
         }
+        // Held by another replica: carried there, and its answer streamed back.
+        let watch = options::ListOptions::from_query(&path::query(req.uri().query())).watch;
+        let req = match forward::route(&self.shared, &account, Endpoint::KubeApi, req).await {
+            Routed::Here(req) => req,
+            Routed::Answered(response) => {
+                let mut response = if watch {
+                    response.map(forwarded_watch)
+                } else {
+                    response.map(Body::new)
+                };
+                response
+                    .extensions_mut()
+                    .insert(passthrough::AnsweredBy("replica"));
+                return response;
+            }
+            Routed::Refused(refused) => {
+                let mut response =
+                    Failure::new(refused.status, "ServiceUnavailable", refused.message).response();
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return response;
+            }
+        };
         let located = locate(&self.shared, &account);
         let resource = path::resource_path(&rest);
         let stale_since = match &located {
@@ -376,32 +507,33 @@ impl KubeApi {
                 )
                 .await
             {
-                Ok(mut response) => {
-                    let source = match stale_since {
-                        Some(since) => {
-                            response
-                                .headers_mut()
-                                .insert(http::header::WARNING, stale::warning(&account, since));
-                            "stale"
-                        }
-                        None => "cache",
-                    };
-                    response
-                        .extensions_mut()
-                        .insert(passthrough::AnsweredBy(source));
-                    return response;
-                }
+                Ok(response) => return from_memory(response, &account, stale_since),
                 Err(Some(refused)) => return refused,
                 Err(None) => {}
             }
         }
-        let (Some(session), Some(tx)) = (session, tx) else {
-            // Away: what the cache cannot answer waits for the agent.
-            return Failure::disconnected(&account).response();
-        };
+        let is_discovery = discovery::is_discovery(req.method(), &rest);
         let path_and_query = match req.uri().query() {
             Some(q) => format!("{rest}?{q}"),
             None => rest,
+        };
+        // Discovery and OpenAPI from memory, while the agent follows what the
+        // cluster serves.
+        let kept = is_discovery
+            .then(|| {
+                let core = self.shared.core();
+                core.cache.account(&account).and_then(|c| c.api_surface())
+            })
+            .flatten()
+            .map(|surface| (surface, discovery::Key::of(&path_and_query, req.headers())));
+        if let Some((surface, key)) = &kept
+            && let Some(answer) = self.discovery.get(&account, *surface, key)
+        {
+            return from_memory(answer.answer(req.headers()), &account, stale_since);
+        }
+        let (Some(session), Some(tx)) = (session, tx) else {
+            // Away: what the cache cannot answer waits for the agent.
+            return Failure::disconnected(&account).response();
         };
         let barrier = resource
             .filter(|r| r.subresource.as_deref() != Some("log"))
@@ -411,13 +543,19 @@ impl KubeApi {
                 version: r.version,
                 resource: r.resource,
             });
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let client_headers = kept.as_ref().map(|_| {
+            // The full answer is kept, whatever validator the client holds.
+            let headers = parts.headers.clone();
+            parts.headers.remove(http::header::IF_NONE_MATCH);
+            headers
+        });
         // The body's deadline is the request's default one (`--kube-api-request-timeout`).
         let body = match passthrough::read_body(body, self.config.request_timeout).await {
             Ok(body) => body,
             Err(refused) => return refused.response(),
         };
-        passthrough::replay(
+        let response = passthrough::replay(
             &self.shared,
             Replay {
                 account: &account,
@@ -432,6 +570,13 @@ impl KubeApi {
                 barrier,
             },
         )
-        .await
+        .await;
+        match (kept, client_headers) {
+            (Some((surface, key)), Some(headers)) if response.status() == StatusCode::OK => {
+                self.keep_discovery(&account, surface, key, &headers, response)
+                    .await
+            }
+            _ => response,
+        }
     }
 }

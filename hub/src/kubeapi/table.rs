@@ -1,6 +1,7 @@
-//! Lists answered as `Table`s (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`,
-//! what `kubectl get` asks for to print columns), written as kube-apiserver writes
-//! them: its column definitions (always with the `-o wide` ones, priority 1), one row
+//! Lists (and the watches of `kubectl get -w`, one row per event, see
+//! [`super::watch::Encoder`]) answered as `Table`s (`Accept:
+//! application/json;as=Table;v=v1;g=meta.k8s.io`, what `kubectl get` asks for to
+//! print columns), written as kube-apiserver writes them: its column definitions (always with the `-o wide` ones, priority 1), one row
 //! per object with the cells its printers compute (`pkg/printers/internalversion`),
 //! and the object's metadata (`includeObject=Metadata`, the default) or nothing
 //! (`None`).
@@ -210,9 +211,15 @@ const IMAGES: Column = col(
     1,
 );
 
-/// The container names and images of a pod template, as the API server lays them out.
+/// The container names and images of a workload's pod template, as the API server lays
+/// them out.
 fn containers(o: &Value) -> [Value; 2] {
-    let list = o["spec"]["template"]["spec"]["containers"]
+    template_containers(&o["spec"]["template"])
+}
+
+/// The container names and images of a pod template.
+fn template_containers(template: &Value) -> [Value; 2] {
+    let list = template["spec"]["containers"]
         .as_array()
         .cloned()
         .unwrap_or_default();
@@ -381,12 +388,344 @@ static DAEMON_SET: Printer = Printer {
     },
 };
 
+static SERVICE: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Type",
+            "type determines how the Service is exposed. Defaults to ClusterIP. Valid options are ExternalName, ClusterIP, NodePort, and LoadBalancer. \"ClusterIP\" allocates a cluster-internal IP address for load-balancing to endpoints. Endpoints are determined by the selector or if that is not specified, by manual construction of an Endpoints object or EndpointSlice objects. If clusterIP is \"None\", no virtual IP is allocated and the endpoints are published as a set of endpoints rather than a virtual IP. \"NodePort\" builds on ClusterIP and allocates a port on every node which routes to the same endpoints as the clusterIP. \"LoadBalancer\" builds on NodePort and creates an external load-balancer (if supported in the current cloud) which routes to the same endpoints as the clusterIP. \"ExternalName\" aliases this service to the specified externalName. Several other fields do not apply to ExternalName services. More info: https://kubernetes.io/docs/concepts/services-networking/service/#publishing-services-service-types",
+            0,
+        ),
+        col(
+            "Cluster-IP",
+            "clusterIP is the IP address of the service and is usually assigned randomly. If an address is specified manually, is in-range (as per system configuration), and is not in use, it will be allocated to the service; otherwise creation of the service will fail. This field may not be changed through updates unless the type field is also being changed to ExternalName (which requires this field to be blank) or the type field is being changed from ExternalName (in which case this field may optionally be specified, as describe above).  Valid values are \"None\", empty string (\"\"), or a valid IP address. Setting this to \"None\" makes a \"headless service\" (no virtual IP), which is useful when direct endpoint connections are preferred and proxying is not required.  Only applies to types ClusterIP, NodePort, and LoadBalancer. If this field is specified when creating a Service of type ExternalName, creation will fail. This field will be wiped when updating a Service to type ExternalName. More info: https://kubernetes.io/docs/concepts/services-networking/service/#virtual-ips-and-service-proxies",
+            0,
+        ),
+        col(
+            "External-IP",
+            "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.  These IPs are not managed by Kubernetes.  The user is responsible for ensuring that traffic arrives at a node with this IP.  A common example is external load-balancers that are not part of the Kubernetes system.",
+            0,
+        ),
+        col(
+            "Port(s)",
+            "The list of ports that are exposed by this service. More info: https://kubernetes.io/docs/concepts/services-networking/service/#virtual-ips-and-service-proxies",
+            0,
+        ),
+        AGE,
+        col(
+            "Selector",
+            "Route service traffic to pods with label keys and values matching this selector. If empty or not present, the service is assumed to have an external process managing its endpoints, which Kubernetes will not modify. Only applies to types ClusterIP, NodePort, and LoadBalancer. Ignored if type is ExternalName. More info: https://kubernetes.io/docs/concepts/services-networking/service/",
+            1,
+        ),
+    ],
+    cells: |o, now| {
+        let spec = &o["spec"];
+        let cluster_ip = spec["clusterIPs"][0].as_str().unwrap_or("<none>");
+        let ports: Vec<String> = spec["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let port = p["port"].as_i64().unwrap_or(0);
+                let protocol = p["protocol"].as_str().unwrap_or_default();
+                match p["nodePort"].as_i64().filter(|n| *n > 0) {
+                    Some(node) => format!("{port}:{node}/{protocol}"),
+                    None => format!("{port}/{protocol}"),
+                }
+            })
+            .collect();
+        let ports = if ports.is_empty() {
+            "<none>".to_owned()
+        } else {
+            ports.join(",")
+        };
+        vec![
+            name(o),
+            json!(spec["type"].as_str().unwrap_or_default()),
+            json!(cluster_ip),
+            json!(external_ip(o)),
+            json!(ports),
+            age(o, now),
+            json!(format_labels(&spec["selector"])),
+        ]
+    },
+};
+
+/// kube-apiserver's `getServiceExternalIP`, wide (as Tables are always written).
+fn external_ip(o: &Value) -> String {
+    let spec = &o["spec"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let external = strings(&spec["externalIPs"]);
+    match spec["type"].as_str().unwrap_or_default() {
+        "ClusterIP" | "NodePort" if external.is_empty() => "<none>".into(),
+        "ClusterIP" | "NodePort" => external.join(","),
+        "LoadBalancer" => {
+            let mut all = balancer_addresses(&o["status"]["loadBalancer"]);
+            all.extend(external);
+            if all.is_empty() {
+                "<pending>".into()
+            } else {
+                all.join(",")
+            }
+        }
+        "ExternalName" => spec["externalName"].as_str().unwrap_or_default().to_owned(),
+        _ => "<unknown>".into(),
+    }
+}
+
+/// kube-apiserver's `loadBalancerStatusStringer` (wide): each ingress point's IP, else
+/// its hostname, sorted and without repeats.
+fn balancer_addresses(status: &Value) -> Vec<String> {
+    let set: std::collections::BTreeSet<String> = status["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            [&i["ip"], &i["hostname"]]
+                .into_iter()
+                .filter_map(Value::as_str)
+                .find(|s| !s.is_empty())
+                .map(str::to_owned)
+        })
+        .collect();
+    set.into_iter().collect()
+}
+
+/// kube-apiserver's `formatHosts`: the first three named hosts, then how many rules
+/// more; `*` when none is named.
+fn ingress_hosts(rules: &[Value]) -> String {
+    const MAX: usize = 3;
+    let mut shown: Vec<&str> = Vec::new();
+    let mut more = false;
+    for rule in rules {
+        if shown.len() == MAX {
+            more = true;
+        }
+        if let Some(host) = rule["host"].as_str().filter(|h| !more && !h.is_empty()) {
+            shown.push(host);
+        }
+    }
+    if shown.is_empty() {
+        return "*".into();
+    }
+    let list = shown.join(",");
+    if more {
+        format!("{list} + {} more...", rules.len() - MAX)
+    } else {
+        list
+    }
+}
+
+static INGRESS: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Class",
+            "The name of the IngressClass resource that should be used for additional configuration",
+            0,
+        ),
+        col(
+            "Hosts",
+            "Hosts that incoming requests are matched against before the ingress rule",
+            0,
+        ),
+        col(
+            "Address",
+            "Address is a list containing ingress points for the load-balancer",
+            0,
+        ),
+        col("Ports", "Ports of TLS configurations that open", 0),
+        AGE,
+    ],
+    cells: |o, now| {
+        let spec = &o["spec"];
+        let rules = spec["rules"].as_array().map_or(&[][..], Vec::as_slice);
+        let tls = spec["tls"].as_array().is_some_and(|t| !t.is_empty());
+        vec![
+            name(o),
+            json!(spec["ingressClassName"].as_str().unwrap_or("<none>")),
+            json!(ingress_hosts(rules)),
+            json!(balancer_addresses(&o["status"]["loadBalancer"]).join(",")),
+            json!(if tls { "80, 443" } else { "80" }),
+            age(o, now),
+        ]
+    },
+};
+
+static NETWORK_POLICY: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Pod-Selector",
+            "podSelector selects the pods to which this NetworkPolicy object applies. The array of rules is applied to any pods selected by this field. An empty selector matches all pods in the policy's namespace. Multiple network policies can select the same set of pods. In this case, the ingress rules for each are combined additively. This field is optional. If it is not specified, it defaults to an empty selector.",
+            0,
+        ),
+        AGE,
+    ],
+    cells: |o, now| {
+        vec![
+            name(o),
+            json!(format_selector(&o["spec"]["podSelector"])),
+            age(o, now),
+        ]
+    },
+};
+
+const JOB_SELECTOR: Column = col(
+    "Selector",
+    "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+    1,
+);
+
+static JOB: Printer = Printer {
+    columns: &[
+        NAME,
+        col("Status", "Status of the job.", 0),
+        col(
+            "Completions",
+            "The number of pods which reached phase Succeeded. The value increases monotonically for a given spec. However, it may decrease in reaction to scale down of elastic indexed jobs.",
+            0,
+        ),
+        col("Duration", "Time required to complete the job.", 0),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+        JOB_SELECTOR,
+    ],
+    cells: |o, now| {
+        let spec = &o["spec"];
+        let status = &o["status"];
+        let succeeded = status["succeeded"].as_i64().unwrap_or(0);
+        let completions = match spec["completions"].as_i64() {
+            Some(c) => format!("{succeeded}/{c}"),
+            None => match spec["parallelism"].as_i64().unwrap_or(0) {
+                p if p > 1 => format!("{succeeded}/1 of {p}"),
+                _ => format!("{succeeded}/1"),
+            },
+        };
+        let time = |f: &str| status[f].as_str().and_then(|t| t.parse::<Timestamp>().ok());
+        let duration = match (time("startTime"), time("completionTime")) {
+            (None, _) => String::new(),
+            (Some(start), None) => {
+                let now = Timestamp::try_from(now).unwrap_or(start);
+                human_duration(now.as_second() - start.as_second())
+            }
+            (Some(start), Some(end)) => human_duration(end.as_second() - start.as_second()),
+        };
+        // hasJobCondition: the first condition of the type decides.
+        let condition = |t: &str| {
+            status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == t)
+                .is_some_and(|c| c["status"] == "True")
+        };
+        let state = if condition("Complete") {
+            "Complete"
+        } else if condition("Failed") {
+            "Failed"
+        } else if !o["metadata"]["deletionTimestamp"].is_null() {
+            "Terminating"
+        } else if condition("Suspended") {
+            "Suspended"
+        } else if condition("FailureTarget") {
+            "FailureTarget"
+        } else if condition("SuccessCriteriaMet") {
+            "SuccessCriteriaMet"
+        } else {
+            "Running"
+        };
+        let [names, images] = containers(o);
+        vec![
+            name(o),
+            json!(state),
+            json!(completions),
+            json!(duration),
+            age(o, now),
+            names,
+            images,
+            json!(format_selector(&spec["selector"])),
+        ]
+    },
+};
+
+static CRON_JOB: Printer = Printer {
+    columns: &[
+        NAME,
+        col(
+            "Schedule",
+            "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.",
+            0,
+        ),
+        col(
+            "Timezone",
+            "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones. If not specified, this will default to the time zone of the kube-controller-manager process. The set of valid time zone names and the time zone offset is loaded from the system-wide time zone database by the API server during CronJob validation and the controller manager during execution. If no system-wide time zone database can be found a bundled version of the database is used instead. If the time zone name becomes invalid during the lifetime of a CronJob or due to a change in host configuration, the controller will stop creating new new Jobs and will create a system event with the reason UnknownTimeZone. More information can be found in https://kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/#time-zones",
+            0,
+        ),
+        Column {
+            name: "Suspend",
+            kind: "boolean",
+            format: "",
+            description: "This flag tells the controller to suspend subsequent executions, it does not apply to already started executions.  Defaults to false.",
+            priority: 0,
+        },
+        int("Active", "A list of pointers to currently running jobs."),
+        col(
+            "Last Schedule",
+            "Information when was the last time the job was successfully scheduled.",
+            0,
+        ),
+        AGE,
+        CONTAINERS,
+        IMAGES,
+        JOB_SELECTOR,
+    ],
+    cells: |o, now| {
+        let spec = &o["spec"];
+        let job = &spec["jobTemplate"]["spec"];
+        let [names, images] = template_containers(&job["template"]);
+        let last = &o["status"]["lastScheduleTime"];
+        vec![
+            name(o),
+            json!(spec["schedule"].as_str().unwrap_or_default()),
+            json!(spec["timeZone"].as_str().unwrap_or("<none>")),
+            json!(match spec["suspend"].as_bool() {
+                Some(true) => "True",
+                Some(false) => "False",
+                None => "<unset>",
+            }),
+            json!(o["status"]["active"].as_array().map_or(0, Vec::len)),
+            if last.is_null() {
+                json!("<none>")
+            } else {
+                since(last, now)
+            },
+            age(o, now),
+            names,
+            images,
+            json!(format_selector(&job["selector"])),
+        ]
+    },
+};
+
 /// The printer of `kind`, when the hub has it.
 pub fn printer(kind: &KindKey) -> Option<&'static Printer> {
     match (kind.group.as_str(), kind.kind.as_str()) {
         ("", "ConfigMap") => Some(&CONFIG_MAP),
         ("", "Namespace") => Some(&NAMESPACE),
         ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
+        ("", "Service") => Some(&SERVICE),
+        ("batch", "Job") => Some(&JOB),
+        ("batch", "CronJob") => Some(&CRON_JOB),
+        ("networking.k8s.io", "Ingress") => Some(&INGRESS),
+        ("networking.k8s.io", "NetworkPolicy") => Some(&NETWORK_POLICY),
         ("apps", "Deployment") => Some(&DEPLOYMENT),
         ("apps", "ReplicaSet") => Some(&REPLICA_SET),
         ("apps", "StatefulSet") => Some(&STATEFUL_SET),
@@ -400,9 +739,12 @@ fn name(o: &Value) -> Value {
 }
 
 fn age(o: &Value, now: SystemTime) -> Value {
-    let created = o["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(|t| t.parse::<Timestamp>().ok());
+    since(&o["metadata"]["creationTimestamp"], now)
+}
+
+/// kube-apiserver's `translateTimestampSince`: how long ago `t` was.
+fn since(t: &Value, now: SystemTime) -> Value {
+    let created = t.as_str().and_then(|t| t.parse::<Timestamp>().ok());
     let Some(created) = created else {
         return json!("<unknown>");
     };
@@ -588,6 +930,47 @@ mod tests {
             .is_err()
         );
         assert!(wanted(&accept("application/vnd.kubernetes.protobuf")).is_err());
+    }
+
+    #[test]
+    fn an_ingress_shows_three_hosts_then_how_many_rules_more() {
+        let rules =
+            |hosts: &[&str]| -> Vec<Value> { hosts.iter().map(|h| json!({"host": h})).collect() };
+        assert_eq!(ingress_hosts(&rules(&[])), "*");
+        assert_eq!(ingress_hosts(&rules(&["", ""])), "*");
+        assert_eq!(ingress_hosts(&rules(&["a", "", "b"])), "a,b");
+        assert_eq!(ingress_hosts(&rules(&["a", "b", "c"])), "a,b,c");
+        assert_eq!(
+            ingress_hosts(&rules(&["a", "b", "c", ""])),
+            "a,b,c + 1 more..."
+        );
+        assert_eq!(ingress_hosts(&rules(&["", "a", "b", "c"])), "a,b,c");
+    }
+
+    #[test]
+    fn a_load_balancers_external_ips_are_its_addresses_sorted_then_the_specs() {
+        let lb = |ingress: Value, external: Value| {
+            external_ip(&json!({
+                "spec": {"type": "LoadBalancer", "externalIPs": external},
+                "status": {"loadBalancer": {"ingress": ingress}}
+            }))
+        };
+        assert_eq!(lb(json!([]), json!([])), "<pending>");
+        assert_eq!(
+            lb(
+                json!([{"ip": "10.0.0.9"}, {"hostname": "a.example"}, {"ip": "10.0.0.1", "hostname": "x"}]),
+                json!(["192.0.2.1"])
+            ),
+            "10.0.0.1,10.0.0.9,a.example,192.0.2.1"
+        );
+        assert_eq!(
+            external_ip(&json!({"spec": {"type": "ExternalName", "externalName": "db.example"}})),
+            "db.example"
+        );
+        assert_eq!(
+            external_ip(&json!({"spec": {"type": "ClusterIP"}})),
+            "<none>"
+        );
     }
 
     #[test]

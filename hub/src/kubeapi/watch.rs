@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::Response;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -35,8 +35,49 @@ use crate::state::Shared;
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
 /// A watch without a timeout ends after this (the API server picks 30–60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Events written ahead of the client.
+/// Chunks written ahead of the client.
 const QUEUE: usize = 64;
+/// Events are written in chunks of about this many bytes: a streaming list of
+/// thousands of objects goes out in few writes (and TLS records), not one per object.
+const CHUNK: usize = 64 << 10;
+
+/// The watch's side of its body: events gathered into chunks. A chunk goes out when
+/// it is full and whenever the watch has nothing more to write at once, so a change
+/// waits for no other.
+struct Out {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: BytesMut,
+}
+
+/// The client went away.
+struct Gone;
+
+impl Out {
+    fn new(tx: mpsc::Sender<Result<Bytes, std::io::Error>>) -> Out {
+        Out {
+            tx,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Adds an event, writing the chunk when it is full.
+    async fn push(&mut self, event: &[u8]) -> Result<(), Gone> {
+        self.buf.extend_from_slice(event);
+        if self.buf.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is gathered.
+    async fn flush(&mut self) -> Result<(), Gone> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.tx.send(Ok(chunk)).await.map_err(|_| Gone)
+    }
+}
 
 /// Where a watch starts.
 #[derive(Debug)]
@@ -105,8 +146,63 @@ fn at_version(body: &RawValue, rv: u64) -> String {
     }
 }
 
+/// How a watch writes its events: the objects themselves, or (`kubectl get -w`) each
+/// as a Table of one row, as kube-apiserver writes them: the column definitions in the
+/// first event only, the object's resourceVersion as the Table's.
+pub struct Encoder {
+    table: Option<(&'static super::table::Printer, super::table::Include)>,
+    headers_sent: bool,
+}
+
+impl Encoder {
+    /// The encoder of a watch of `kind` asked as `read`.
+    pub fn new(read: &Read, kind: &KindKey) -> Encoder {
+        Encoder {
+            table: read
+                .table
+                .and_then(|t| super::table::printer(kind).map(|p| (p, t.include))),
+            headers_sent: false,
+        }
+    }
+
+    /// One event line.
+    pub fn line(&mut self, kind: &str, object: &str) -> Bytes {
+        let Some((printer, include)) = self.table else {
+            return line(kind, object);
+        };
+        let row = super::table::row(printer, object, include, std::time::SystemTime::now());
+        let rv = serde_json::from_str::<Value>(object)
+            .ok()
+            .and_then(|o| o["metadata"]["resourceVersion"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let mut table = super::table::table(
+            printer,
+            serde_json::json!({ "resourceVersion": rv }),
+            vec![row],
+        );
+        if std::mem::replace(&mut self.headers_sent, true) {
+            table["columnDefinitions"] = Value::Null;
+        }
+        line(kind, &table.to_string())
+    }
+}
+
 /// The event a watch with `read`'s namespace and selectors sees for a change, if any.
 pub fn event(read: &Read, kind: &KindKey, c: &Change) -> Option<Bytes> {
+    let mut plain = Encoder {
+        table: None,
+        headers_sent: false,
+    };
+    change_event(read, kind, c).map(|(t, o)| plain.line(t, &o))
+}
+
+/// The type and object of the event a watch with `read`'s namespace and selectors sees
+/// for a change, if any.
+fn change_event<'a>(
+    read: &Read,
+    kind: &KindKey,
+    c: &'a Change,
+) -> Option<(&'static str, std::borrow::Cow<'a, str>)> {
     if read.namespace.as_ref().is_some_and(|ns| *ns != c.namespace) {
         return None;
     }
@@ -116,14 +212,15 @@ pub fn event(read: &Read, kind: &KindKey, c: &Change) -> Option<Bytes> {
         ChangeType::Deleted => passes(c.prev.as_deref().unwrap_or(&c.body)),
         _ => c.prev.as_deref().is_some_and(passes),
     };
+    let body = || std::borrow::Cow::Borrowed(c.body.get());
     match (c.change, before, now) {
-        (ChangeType::Deleted, true, _) => Some(line("DELETED", c.body.get())),
+        (ChangeType::Deleted, true, _) => Some(("DELETED", body())),
         (ChangeType::Deleted, false, _) => None,
-        (_, false, true) => Some(line("ADDED", c.body.get())),
-        (_, true, true) => Some(line("MODIFIED", c.body.get())),
+        (_, false, true) => Some(("ADDED", body())),
+        (_, true, true) => Some(("MODIFIED", body())),
         (_, true, false) => {
             let prev = c.prev.as_deref().unwrap_or(&c.body);
-            Some(line("DELETED", &at_version(prev, c.rv)))
+            Some(("DELETED", std::borrow::Cow::Owned(at_version(prev, c.rv))))
         }
         (_, false, false) => None,
     }
@@ -162,81 +259,135 @@ fn look(shared: &Shared, w: &Watch, cursor: u64) -> Next {
     }
 }
 
-/// Answers the watch: a streaming body fed by a task that follows the window.
-pub fn serve(shared: Arc<Shared>, mut w: Watch) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
-    tokio::spawn(async move {
-        let timeout = w
-            .read
-            .watch
-            .as_ref()
-            .and_then(|a| a.timeout)
-            .unwrap_or(DEFAULT_TIMEOUT);
-        let bookmarks = w.read.watch.as_ref().is_some_and(|a| a.bookmarks);
-        let end = tokio::time::sleep(timeout);
-        tokio::pin!(end);
-        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.reset();
-        let mut cursor = match std::mem::replace(&mut w.start, Start::After(0)) {
-            Start::Objects(items) => {
-                for item in items {
-                    if !selected_object(&w.read, &w.kind, &item.body) {
-                        continue;
-                    }
-                    if tx.send(Ok(line("ADDED", item.body.get()))).await.is_err() {
-                        return;
-                    }
-                }
-                if bookmarks {
-                    let end = bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true);
-                    if tx.send(Ok(end)).await.is_err() {
-                        return;
-                    }
-                }
-                w.mark.rv
-            }
-            Start::After(rv) => rv,
-        };
-        loop {
-            match look(&shared, &w, cursor) {
-                Next::Ended(why) => {
-                    debug!(account = %w.account, kind = %w.kind.kind, why, "watch from the cache ends");
-                    return;
-                }
-                Next::Behind => {
-                    debug!(account = %w.account, kind = %w.kind.kind, "a watch fell behind the window; ending it");
-                    return;
-                }
-                Next::Changes(changes, mark) => {
-                    for c in &changes {
-                        if let Some(ev) = event(&w.read, &w.kind, c)
-                            && tx.send(Ok(ev)).await.is_err()
-                        {
-                            return;
-                        }
-                        cursor = c.rv;
-                    }
-                    cursor = cursor.max(mark.rv);
-                }
-            }
-            tokio::select! {
-                changed = w.changes.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                _ = tick.tick(), if bookmarks => {
-                    if tx.send(Ok(bookmark(&w.kind.kind, &w.api_version, cursor, false))).await.is_err() {
-                        return;
-                    }
-                }
-                () = &mut end => return,
-                () = tx.closed() => return,
+/// What each owner holds (a token's watches, keyed by its line; an address's
+/// connections), counted against a limit.
+#[derive(Debug)]
+pub struct Slots<K: std::hash::Hash + Eq + Copy = usize> {
+    held: std::sync::Mutex<std::collections::HashMap<K, usize>>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Default for Slots<K> {
+    fn default() -> Self {
+        Slots {
+            held: std::sync::Mutex::default(),
+        }
+    }
+}
+
+/// One thing an owner holds: given back when dropped.
+#[derive(Debug)]
+pub struct Slot<K: std::hash::Hash + Eq + Copy = usize> {
+    slots: Arc<Slots<K>>,
+    owner: K,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Slots<K> {
+    /// A slot for `owner`, unless it holds `max`.
+    pub fn take(self: &Arc<Slots<K>>, owner: K, max: usize) -> Option<Slot<K>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(owner).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            slots: Arc::clone(self),
+            owner,
+        })
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.owner);
             }
         }
+    }
+}
+
+/// Answers the watch: a streaming body fed by a task that follows the window; `slot`
+/// is held until the watch ends.
+pub fn serve(shared: Arc<Shared>, mut w: Watch, slot: Slot) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
+    tokio::spawn(async move {
+        // Held until the watch ends.
+        let _slot = slot;
+        // `Err(Gone)`: the client went away; the task ends either way.
+        let _ = follow(&shared, &mut w, Out::new(tx)).await;
     });
     super::status::json_response(Body::from_stream(ReceiverStream::new(rx)))
+}
+
+/// Writes the watch's events until it ends.
+async fn follow(shared: &Shared, w: &mut Watch, mut out: Out) -> Result<(), Gone> {
+    let timeout = w
+        .read
+        .watch
+        .as_ref()
+        .and_then(|a| a.timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let bookmarks = w.read.watch.as_ref().is_some_and(|a| a.bookmarks);
+    let mut encoder = Encoder::new(&w.read, &w.kind);
+    let end = tokio::time::sleep(timeout);
+    tokio::pin!(end);
+    let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    let mut cursor = match std::mem::replace(&mut w.start, Start::After(0)) {
+        Start::Objects(items) => {
+            for item in items {
+                if selected_object(&w.read, &w.kind, &item.body) {
+                    out.push(&encoder.line("ADDED", item.body.get())).await?;
+                }
+            }
+            if bookmarks {
+                out.push(&bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true))
+                    .await?;
+            }
+            out.flush().await?;
+            w.mark.rv
+        }
+        Start::After(rv) => rv,
+    };
+    loop {
+        match look(shared, w, cursor) {
+            Next::Ended(why) => {
+                debug!(account = %w.account, kind = %w.kind.kind, why, "watch from the cache ends");
+                return Ok(());
+            }
+            Next::Behind => {
+                debug!(account = %w.account, kind = %w.kind.kind, "a watch fell behind the window; ending it");
+                return Ok(());
+            }
+            Next::Changes(changes, mark) => {
+                for c in &changes {
+                    if let Some((t, o)) = change_event(&w.read, &w.kind, c) {
+                        out.push(&encoder.line(t, &o)).await?;
+                    }
+                    cursor = c.rv;
+                }
+                out.flush().await?;
+                cursor = cursor.max(mark.rv);
+            }
+        }
+        tokio::select! {
+            changed = w.changes.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tick.tick(), if bookmarks => {
+                out.push(&bookmark(&w.kind.kind, &w.api_version, cursor, false)).await?;
+                out.flush().await?;
+            }
+            () = &mut end => return Ok(()),
+            () = out.tx.closed() => return Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

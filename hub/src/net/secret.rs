@@ -1,6 +1,6 @@
-//! A secret read from a file and re-read when the file changes: the HTTP
-//! API's bearer token, and the secret a trusted load balancer proves itself
-//! with. Compared in constant time; never logged.
+//! A secret read from a file and re-read when the file changes: the secret a
+//! trusted load balancer proves itself with (the APIs' bearer tokens are the Kubernetes
+//! API's tokens file, in kubeapi/auth.rs). Compared in constant time; never logged.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use crate::net::reload::{Reload, Reloaded};
 
 /// The current contents of a secret file (surrounding whitespace trimmed).
 pub struct SecretFile {
-    /// What the secret is for, in log lines ("API token", "proxy secret").
+    /// What the secret is for, in log lines ("proxy secret").
     what: &'static str,
     file: Arc<Reloaded<Vec<u8>>>,
 }

@@ -20,8 +20,18 @@
 //!
 //! Forwarded requests keep the caller's own credentials (the API's bearer
 //! token, or the account token of the Kubernetes API), and the holder checks
-//! them again: a replica gets nothing through another that it would not get
-//! directly.
+//! them again (the account's token, its namespaces, impersonation): a replica
+//! gets nothing through another that it would not get directly.
+//!
+//! The Kubernetes API is forwarded only over TLS, to a holder whose
+//! certificate chains to the replicas' CA (`--kube-api-replica-ca`): the
+//! caller's bearer token goes to no process that cannot prove it is a hub
+//! replica, whatever the store names as the holder's address. Without that CA
+//! (or to a holder serving plain HTTP) a request for an account held elsewhere
+//! gets 503 saying so. A forwarded answer streams through as it comes
+//! (watches, `logs -f`): the client's reading paces the holder's sending, and
+//! a client that goes away closes the forwarded connection, which ends the
+//! request at the holder.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +46,12 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
 use tracing::{debug, warn};
 
 use crate::core::clip::clip;
@@ -104,21 +117,87 @@ pub enum Routed<B> {
     Refused(Refused),
 }
 
-/// The HTTP client replicas forward with.
+/// The HTTP clients replicas forward with: plain HTTP for the JSON API, TLS
+/// checked against the replicas' CA for the Kubernetes API.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     client: Client<HttpConnector, ForwardBody>,
+    /// `None` without `--kube-api-replica-ca`: Kubernetes API requests are not
+    /// forwarded.
+    kube: Option<Client<HttpsConnector<HttpConnector>, ForwardBody>>,
 }
 
 impl Default for Forwarder {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        Forwarder { client }
+        Forwarder {
+            client: client(tcp()),
+            kube: None,
+        }
+    }
+}
+
+fn tcp() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    connector
+}
+
+fn client<C>(connector: C) -> Client<C, ForwardBody>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+impl Forwarder {
+    /// The forwarder `config` asks for: Kubernetes API requests too when it
+    /// serves that API with `--kube-api-replica-ca`.
+    pub fn for_config(config: &crate::Config) -> Result<Forwarder, crate::Error> {
+        let Some(path) = config.kube_api.as_ref().and_then(|k| k.replica_ca.as_ref()) else {
+            return Ok(Forwarder::default());
+        };
+        let pem = std::fs::read(path).map_err(|e| crate::Error::Tls {
+            message: format!("--kube-api-replica-ca {}: {e}", path.display()),
+        })?;
+        Forwarder::with_kube_api(&pem)
+    }
+
+    /// A forwarder that also forwards Kubernetes API requests, over TLS to
+    /// holders whose certificate chains to `replica_ca` (a PEM bundle).
+    pub fn with_kube_api(replica_ca: &[u8]) -> Result<Forwarder, crate::Error> {
+        let invalid = |message: String| crate::Error::Tls {
+            message: format!("--kube-api-replica-ca: {message}"),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(replica_ca) {
+            roots
+                .add(cert.map_err(|e| invalid(e.to_string()))?)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(invalid("no PEM certificate".into()));
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = tcp();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(Forwarder {
+            kube: Some(client(connector)),
+            ..Forwarder::default()
+        })
     }
 }
 
@@ -226,7 +305,24 @@ where
             replicas.id()
         )));
     }
-    match forward(&replicas.forwarder, &replicas.id(), &id, &url, request).await {
+    if endpoint == Endpoint::KubeApi
+        && let Err(why) = replicas.forwarder.kube_api_refusal(&url)
+    {
+        shared.metrics.forwarded("refused_insecure");
+        return Routed::Refused(unavailable(format!(
+            "account {account} is held by hub replica {id}, and {why}; send the request to that replica, or see docs/clouddriver.md (several hub replicas)"
+        )));
+    }
+    match forward(
+        &replicas.forwarder,
+        endpoint,
+        &replicas.id(),
+        &id,
+        &url,
+        request,
+    )
+    .await
+    {
         Ok(response) => {
             shared.metrics.forwarded("forwarded");
             Routed::Answered(response)
@@ -252,8 +348,27 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+impl Forwarder {
+    /// Why a Kubernetes API request cannot go to the holder at `url`, if it
+    /// cannot: only over TLS, checked against the replicas' CA.
+    fn kube_api_refusal(&self, url: &str) -> Result<(), &'static str> {
+        if self.kube.is_none() {
+            return Err(
+                "this replica forwards Kubernetes API requests only with --kube-api-replica-ca (the CA the replicas' certificates chain to)",
+            );
+        }
+        if !url.starts_with("https://") {
+            return Err(
+                "that replica serves the Kubernetes API without TLS: requests with bearer tokens are not forwarded in the clear",
+            );
+        }
+        Ok(())
+    }
+}
+
 async fn forward<B>(
     forwarder: &Forwarder,
+    endpoint: Endpoint,
     me: &str,
     to: &str,
     base: &str,
@@ -282,11 +397,13 @@ where
     );
     let body = body.map_err(Into::into).boxed_unsync();
     debug!(replica = %to, %path, "forwarding");
-    let mut response = forwarder
-        .client
-        .request(Request::from_parts(parts, body))
-        .await
-        .map_err(|e| e.to_string())?;
+    let request = Request::from_parts(parts, body);
+    let sent = match (endpoint, &forwarder.kube) {
+        (Endpoint::KubeApi, Some(kube)) => kube.request(request).await,
+        (Endpoint::KubeApi, None) => return Err("no TLS client for the Kubernetes API".into()),
+        (Endpoint::Api, _) => forwarder.client.request(request).await,
+    };
+    let mut response = sent.map_err(|e| error_chain(&e))?;
     for name in &HOP_BY_HOP {
         response.headers_mut().remove(name);
     }
@@ -294,6 +411,19 @@ where
         response.headers_mut().insert(SERVED_BY, value);
     }
     Ok(response)
+}
+
+/// An error and its causes, `: `-separated (a TLS refusal is a cause of the
+/// client's "connect error").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The account a JSON API path is about: `/v1/accounts/{account}[/...]`.

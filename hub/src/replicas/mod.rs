@@ -88,9 +88,14 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    /// This replica (`id`) on the store at `url`; nothing is connected until
-    /// [`Replicas::start`].
-    pub fn new(url: &str, id: &str, timing: Timing) -> Result<Replicas, crate::Error> {
+    /// This replica (`id`) on the store at `url`, forwarding with
+    /// `forwarder`; nothing is connected until [`Replicas::start`].
+    pub fn new(
+        url: &str,
+        id: &str,
+        timing: Timing,
+        forwarder: Forwarder,
+    ) -> Result<Replicas, crate::Error> {
         let store = PgStore::new(url).map_err(crate::Error::Store)?;
         let (health, _) = watch::channel(Health::Starting(format!(
             "connecting to the shared store {}",
@@ -109,7 +114,7 @@ impl Replicas {
             timing,
             answering_since: Mutex::new(None),
             task: Mutex::new(None),
-            forwarder: Forwarder::default(),
+            forwarder,
         })
     }
 

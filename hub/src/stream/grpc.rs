@@ -23,7 +23,11 @@ use crate::stream::session::Session;
 
 /// Capabilities this hub supports (Welcome.capabilities is the intersection
 /// with the agent's).
-pub const CAPABILITIES: &[&str] = &["watch-progress", scale_agent_proto::kube_api::CAPABILITY];
+pub const CAPABILITIES: &[&str] = &[
+    "watch-progress",
+    scale_agent_proto::kube_api::CAPABILITY,
+    "api-surface",
+];
 
 /// Frames queued towards one agent before the hub waits for it to read.
 const OUTBOUND_QUEUE: usize = 256;
@@ -59,6 +63,7 @@ fn frame_name(f: &agent_frame::Frame) -> &'static str {
         agent_frame::Frame::WatchProgress(_) => "WatchProgress",
         agent_frame::Frame::KubeResponseHead(_) => "KubeResponseHead",
         agent_frame::Frame::KubeResponseBody(_) => "KubeResponseBody",
+        agent_frame::Frame::ApiSurface(_) => "ApiSurface",
     }
 }
 

@@ -199,6 +199,15 @@ pub fn watch_progress(session: &Session, progress: &pb::WatchProgress) {
     );
 }
 
+/// The agent follows the account's CRDs and APIServices (or no longer does), and
+/// what the cluster serves may have changed.
+pub fn api_surface(session: &Session, surface: &pb::ApiSurface) {
+    on_held(session, &surface.account, "api_surface_not_held", |cache| {
+        cache.surface_changed(surface.followed);
+    });
+    debug!(account = %clip(&surface.account), followed = surface.followed, "the cluster's served APIs changed");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

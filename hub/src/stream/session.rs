@@ -287,6 +287,10 @@ impl Session {
                 ingest::watch_progress(self, &progress);
                 true
             }
+            Some(agent_frame::Frame::ApiSurface(surface)) => {
+                ingest::api_surface(self, &surface);
+                true
+            }
             Some(agent_frame::Frame::OperationResult(result)) => {
                 routing::result(self, result);
                 true

@@ -50,8 +50,35 @@ fn owner() -> OwnerReference {
 
 fn template(s: &AgentShard) -> PodTemplateSpec {
     let r = ShardRef::new("ns", "east");
-    let d = deployment(&r, s, &owner(), "img:1", "east-agent", None);
+    let d = deployment(
+        &r,
+        s,
+        &owner(),
+        "img:1",
+        "east-agent",
+        None,
+        LogFormat::Text,
+    );
     d.spec.expect("spec").template
+}
+
+#[test]
+fn agents_log_json_only_when_the_operator_says_so() {
+    let r = ShardRef::new("ns", "east");
+    let args = |format| {
+        deployment(&r, &shard(&["a"]), &owner(), "img:1", "sa", None, format)
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].args.clone().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    assert!(args(LogFormat::Json).contains(&"--log-format=json".to_owned()));
+    // Text is the agent's default: no argument, so existing Deployments do not change.
+    assert!(
+        !args(LogFormat::Text)
+            .iter()
+            .any(|a| a.starts_with("--log-format"))
+    );
 }
 
 #[test]
@@ -98,19 +125,27 @@ fn agents_get_default_resources_unless_the_shard_sets_its_own() {
 fn image_resources_and_tls_change_the_pod_template() {
     let base = shard(&["a"]);
     let r = ShardRef::new("ns", "east");
-    let t1 = deployment(&r, &base, &owner(), "img:1", "sa", None)
+    let t1 = deployment(&r, &base, &owner(), "img:1", "sa", None, LogFormat::Text)
         .spec
         .expect("spec")
         .template;
-    let t2 = deployment(&r, &base, &owner(), "img:2", "sa", None)
+    let t2 = deployment(&r, &base, &owner(), "img:2", "sa", None, LogFormat::Text)
         .spec
         .expect("spec")
         .template;
     assert_ne!(t1, t2);
-    let t3 = deployment(&r, &base, &owner(), "img:1", "sa", Some("mtls"))
-        .spec
-        .expect("spec")
-        .template;
+    let t3 = deployment(
+        &r,
+        &base,
+        &owner(),
+        "img:1",
+        "sa",
+        Some("mtls"),
+        LogFormat::Text,
+    )
+    .spec
+    .expect("spec")
+    .template;
     assert_ne!(t1, t3);
 }
 
@@ -168,6 +203,7 @@ fn tls_comes_from_the_shard_then_the_operators_certificates_then_the_default_sec
         "img:1",
         "sa",
         Some("agent-mtls-east"),
+        LogFormat::Text,
     );
     let vols = d
         .spec

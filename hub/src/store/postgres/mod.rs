@@ -127,8 +127,14 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The environment variable the database password is read from when the URL holds
+/// none (libpq's name for it): a Kubernetes Secret becomes it with `secretKeyRef`, and
+/// it appears on no command line.
+pub const PASSWORD_ENV: &str = "PGPASSWORD";
+
 impl PgStore {
-    /// A store on the database at `url`. Nothing is connected yet: the
+    /// A store on the database at `url`; its password, when the URL has none, from
+    /// [`PASSWORD_ENV`]. Nothing is connected yet: the
     /// first call connects (and [`PgStore::migrate`] must come first).
     pub fn new(url: &str) -> Result<PgStore, StoreError> {
         let location = redact(url);
@@ -138,6 +144,11 @@ impl PgStore {
                 what: "reading the URL",
                 message: e.to_string(),
             })?;
+        if config.get_password().is_some() {
+            tracing::warn!(store = %location, "the --store URL holds the database password, which any local user may read on the hub's command line: give it in the environment (PGPASSWORD) instead");
+        } else if let Some(password) = std::env::var_os(PASSWORD_ENV).filter(|p| !p.is_empty()) {
+            config.password(password.as_encoded_bytes());
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
