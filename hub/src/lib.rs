@@ -102,26 +102,20 @@ pub struct Hub;
 struct Served(Arc<Shared>);
 
 impl Served {
-    fn wanted_of(&self, names: Vec<String>) -> Vec<spinnaker::definition::Wanted> {
-        let ownership = self.0.ownership.as_ref().and_then(|rx| rx.borrow().clone());
-        names
+    fn wanted_of(&self, names: Vec<String>) -> Result<Vec<spinnaker::definition::Wanted>, String> {
+        let ownership = match &self.0.ownership {
+            None => None,
+            Some(rx) => Some(rx.borrow().clone().ok_or(
+                "the AgentShards are not listed yet (what Clouddriver is told of an account comes from its shard)",
+            )?),
+        };
+        Ok(names
             .into_iter()
             .map(|name| {
-                let spec = ownership.as_ref().and_then(|o| o.spec(&name).cloned());
-                let mut wanted = spinnaker::definition::Wanted {
-                    name,
-                    ..Default::default()
-                };
-                if let Some(spec) = spec {
-                    wanted.namespaces = spec.scope.namespaces;
-                    wanted.omit_namespaces = spec.scope.omit_namespaces;
-                    wanted.kinds = spec.scope.kinds;
-                    wanted.omit_kinds = spec.scope.omit_kinds;
-                    wanted.only_spinnaker_managed = spec.scope.only_spinnaker_managed;
-                }
-                wanted
+                let spec = ownership.as_ref().and_then(|o| o.spec(&name));
+                spinnaker::definition::Wanted::of(name, spec, ownership.is_some())
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -143,15 +137,12 @@ impl spinnaker::Accounts for Served {
                     .into_iter()
                     .map(|row| row.name)
                     .collect(),
-                None => self
-                    .0
-                    .core()
-                    .registry
-                    .accounts()
-                    .map(|a| a.name.clone())
-                    .collect(),
+                None => {
+                    let core = self.0.core();
+                    core.registry.accounts().map(|a| a.name.clone()).collect()
+                }
             };
-            Ok(self.wanted_of(names))
+            self.wanted_of(names)
         })
     }
 }
@@ -166,6 +157,12 @@ fn start_clouddriver_sync(
         return Err(Error::Setting {
             setting: "--clouddriver-url",
             message: "the kubeconfigs pushed to Clouddriver name the hub's Kubernetes API: serve it (--kube-api-addr)".into(),
+        });
+    }
+    if cd.token_key.is_none() && shared.replicas.is_some() {
+        return Err(Error::Setting {
+            setting: "--clouddriver-token-key-file",
+            message: "hub replicas sharing a store check each other's minted tokens: give every replica the same key file".into(),
         });
     }
     let server = cd.kube_api_server.clone();

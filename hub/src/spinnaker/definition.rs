@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use scale_agent_crds::AccountSpec;
 use serde_json::{Value, json};
 
 /// What a definition of one account says, apart from its kubeconfig.
@@ -28,6 +29,32 @@ pub struct Wanted {
     pub only_spinnaker_managed: bool,
     /// `permissions`: READ / WRITE / EXECUTE → roles.
     pub permissions: BTreeMap<String, Vec<String>>,
+    /// False when the hub enforces ownership and no shard lists the account any more
+    /// (it is served within its grace period): its definition is left as it is, neither
+    /// created, updated with empty settings, nor deleted before the grace period ends.
+    pub listed: bool,
+}
+
+impl Wanted {
+    /// What the definition of account `name` says. `spec` is its entry in the spec of
+    /// the shard that owns it; with `enforced` (the hub follows the AgentShards), `None`
+    /// means no shard lists it any more ([`Wanted::listed`] false).
+    pub fn of(name: String, spec: Option<&AccountSpec>, enforced: bool) -> Wanted {
+        let mut wanted = Wanted {
+            name,
+            listed: !enforced || spec.is_some(),
+            ..Wanted::default()
+        };
+        if let Some(spec) = spec {
+            let scope = spec.scope.clone();
+            wanted.namespaces = scope.namespaces;
+            wanted.omit_namespaces = scope.omit_namespaces;
+            wanted.kinds = scope.kinds;
+            wanted.omit_kinds = scope.omit_kinds;
+            wanted.only_spinnaker_managed = scope.only_spinnaker_managed;
+        }
+        wanted
+    }
 }
 
 /// The first line of the kubeconfig of every definition this hub made.
@@ -111,14 +138,24 @@ impl Action {
 
 /// What to do so that Clouddriver's `kubernetes` definitions (`current`) hold
 /// `desired` (name → definition): create what is missing, update what is ours and
-/// differs, delete what is ours and no longer wanted, never touch another's.
-pub fn plan(desired: &BTreeMap<String, Value>, current: &[Value], server: &str) -> Vec<Action> {
+/// differs, delete what is ours and no longer wanted, never touch another's. The
+/// definitions of `kept` (served, but listed by no shard: see [`Wanted::listed`]) are
+/// left as they are.
+pub fn plan(
+    desired: &BTreeMap<String, Value>,
+    kept: &BTreeSet<String>,
+    current: &[Value],
+    server: &str,
+) -> Vec<Action> {
     let by_name: BTreeMap<&str, &Value> = current
         .iter()
         .filter_map(|d| Some((d.get("name")?.as_str()?, d)))
         .collect();
     let mut actions = Vec::new();
     for (name, want) in desired {
+        if kept.contains(name) {
+            continue;
+        }
         match by_name.get(name.as_str()) {
             None => actions.push(Action::Create(want.clone())),
             Some(have) if !is_ours(have, server) => actions.push(Action::Foreign(name.clone())),
@@ -126,7 +163,7 @@ pub fn plan(desired: &BTreeMap<String, Value>, current: &[Value], server: &str) 
             Some(_) => {}
         }
     }
-    let wanted: BTreeSet<&str> = desired.keys().map(String::as_str).collect();
+    let wanted: BTreeSet<&str> = desired.keys().chain(kept).map(String::as_str).collect();
     for (name, have) in by_name {
         if !wanted.contains(name) && is_ours(have, server) {
             actions.push(Action::Delete(name.to_owned()));
@@ -174,6 +211,8 @@ mod tests {
             stored(want("changed", &["a"])),
             stored(json!({"type": "kubernetes", "name": "theirs", "kubeconfigFile": "/x"})),
             stored(want("gone", &[])),
+            // Served within its grace period, listed by no shard: left as it is.
+            stored(want("leaving", &["a"])),
             // Made by another hub, or by hand: not ours to delete.
             stored(
                 json!({"type": "kubernetes", "name": "hand", "kubeconfigContents": "apiVersion: v1"}),
@@ -187,7 +226,8 @@ mod tests {
                 "",
             )),
         ];
-        let actions = plan(&desired, &current, HUB);
+        let kept = BTreeSet::from(["leaving".to_owned()]);
+        let actions = plan(&desired, &kept, &current, HUB);
         let summary: Vec<(&str, &str)> = actions.iter().map(|a| (a.verb(), a.account())).collect();
         assert_eq!(
             summary,

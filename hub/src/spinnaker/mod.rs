@@ -8,12 +8,13 @@
 //! kubeconfig naming the hub's Kubernetes API for that account and a token minted for
 //! it alone ([`tokens`]); a definition the hub made that says something else (the
 //! shard's namespaces, kinds, permissions, or the next token) is updated; one the hub
-//! made for an account it no longer serves is deleted. A definition of the same name
-//! the hub did not make is left alone and reported. A change Clouddriver refuses or
-//! cannot take is retried with a backoff of its own, so one account never holds back
-//! the others.
+//! made for an account it no longer serves is deleted. An account no shard lists any
+//! more, still served within its grace period, keeps its definition as it is. A
+//! definition of the same name the hub did not make is left alone and reported. A change
+//! Clouddriver refuses or cannot take is retried with a backoff of its own, so one
+//! account never holds back the others.
 //!
-//! This folder depends on `core` and `store` only; the root hands it the accounts
+//! This folder imports `core` alone (`hub/tests/layout.rs`); the root hands it the accounts
 //! ([`Accounts`]) and the kubeconfig of an account ([`Kubeconfig`]).
 
 pub mod client;
@@ -153,7 +154,12 @@ pub fn start(
             };
             let now = SystemTime::now();
             let mut desired = BTreeMap::new();
-            for w in &wanted {
+            let kept: BTreeSet<String> = wanted
+                .iter()
+                .filter(|w| !w.listed)
+                .map(|w| w.name.clone())
+                .collect();
+            for w in wanted.iter().filter(|w| w.listed) {
                 let token = minter.token(&w.name, now);
                 match kubeconfig(&w.name, &token) {
                     Ok(k) => {
@@ -175,7 +181,7 @@ pub fn start(
                     continue;
                 }
             };
-            let actions = definition::plan(&desired, &current, &config.kube_api_server);
+            let actions = definition::plan(&desired, &kept, &current, &config.kube_api_server);
             let foreign: BTreeSet<String> = actions
                 .iter()
                 .filter(|a| matches!(a, Action::Foreign(_)))
@@ -190,7 +196,7 @@ pub fn start(
                 .set(i64::try_from(reported.len()).unwrap_or(i64::MAX));
             let changing = actions
                 .iter()
-                .filter(|a| !matches!(a, Action::Foreign(_)))
+                .filter(|a| matches!(a, Action::Create(_) | Action::Update(_)))
                 .count();
             metrics.in_step.set(
                 i64::try_from(desired.len().saturating_sub(changing + reported.len()))
