@@ -85,6 +85,8 @@ struct Data {
     /// The credentials the poller loaded, by name (the `BasicCredentialsLoader`'s
     /// `loadedDefinitions`).
     loaded: BTreeMap<String, Value>,
+    /// Names whose writes fail ([`Clouddriver::fail_writes_of`]).
+    failing: std::collections::BTreeSet<String>,
 }
 
 /// The stand-in's state, kept across restarts of its listener (as Clouddriver's
@@ -324,6 +326,17 @@ impl Clouddriver {
         self.data().accounts.keys().cloned().collect()
     }
 
+    /// Removes the stored definition of `name`, as an operator would by hand; false
+    /// when there was none.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut data = self.data();
+        let removed = data.accounts.remove(name).is_some();
+        if removed {
+            self.record(&mut data, name, None);
+        }
+        removed
+    }
+
     /// Stores a definition directly, as an operator with another tool would.
     pub fn put(&self, body: Value, user: &str) -> Result<(), String> {
         let (name, body) = read_definition(&body)?;
@@ -341,6 +354,26 @@ impl Clouddriver {
             },
         );
         Ok(())
+    }
+
+    /// A fault a test injects: from now on every create, update or delete of `name`
+    /// fails as when Clouddriver's database refuses the row (the SQL error becomes an
+    /// `SqlAccountDefinitionException`, a `UserException`: 400, its message quoting the
+    /// definition, token included, as Clouddriver's does). Other names are unaffected.
+    pub fn fail_writes_of(&self, name: &str) {
+        self.data().failing.insert(name.to_owned());
+    }
+
+    /// The 400 of a refused write of `name`, if a test made its writes fail.
+    fn failing(&self, name: &str, body: Option<&Value>, uri: &Uri) -> Option<Response> {
+        self.data().failing.contains(name).then(|| {
+            let shown = body.map_or_else(|| name.to_owned(), Value::to_string);
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("Cannot create account with definition {shown}"),
+                uri,
+            )
+        })
     }
 
     /// One run of the poller: the loaded credentials follow the stored definitions; an
@@ -508,6 +541,9 @@ async fn create(
         Ok(d) => d,
         Err(e) => return *e,
     };
+    if let Some(refused) = cd.failing(&name, Some(&body), &uri) {
+        return refused;
+    }
     let mut data = cd.data();
     if data.loaded.contains_key(&name) {
         return error(
@@ -578,6 +614,9 @@ async fn update(
             &uri,
         );
     }
+    if let Some(refused) = cd.failing(&name, Some(&body), &uri) {
+        return refused;
+    }
     let mut data = cd.data();
     if !data.loaded.contains_key(&name) {
         return error(
@@ -602,6 +641,9 @@ async fn update(
 async fn delete(State(cd): State<Clouddriver>, Path(name): Path<String>, uri: Uri) -> Response {
     if let Err(e) = cd.enabled(&uri) {
         return *e;
+    }
+    if let Some(refused) = cd.failing(&name, None, &uri) {
+        return refused;
     }
     let mut data = cd.data();
     if data.accounts.remove(&name).is_none() {

@@ -109,8 +109,10 @@ fn backoff_after(failures: u32) -> Duration {
     Duration::from_secs(secs).min(MAX_BACKOFF)
 }
 
-/// Starts the sync; it ends with `shutdown`. `grace` holds deletes back after the
-/// start, while agents reconnect.
+/// Starts the sync; it ends with `shutdown`. A definition the hub made is deleted once
+/// this writer has seen its account served by no shard for `grace` (the hub's grace
+/// period): an account moving between shards, or whose agent reconnects after a
+/// restart of the hub, keeps its definition.
 pub fn start(
     config: ClouddriverConfig,
     minter: Arc<Minter>,
@@ -124,7 +126,9 @@ pub fn start(
     info!(url = %config.url, server = %config.kube_api_server, interval = ?config.interval,
         "keeping Clouddriver's kubernetes account definitions in step with the accounts served");
     tokio::spawn(async move {
-        let started = Instant::now();
+        // Since when this writer has seen each account it made a definition for served
+        // by no shard: deleted once that is `grace` ago.
+        let mut unserved: HashMap<String, Instant> = HashMap::new();
         let mut backoff: HashMap<String, Backoff> = HashMap::new();
         let mut reported: BTreeSet<String> = BTreeSet::new();
         let mut was_writer = false;
@@ -203,14 +207,29 @@ pub fn start(
                     .unwrap_or(i64::MAX),
             );
             backoff.retain(|name, _| actions.iter().any(|a| a.account() == name));
+            let seen = Instant::now();
+            unserved.retain(|name, _| {
+                actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Delete(n) if n == name))
+            });
+            for action in &actions {
+                if let Action::Delete(name) = action {
+                    unserved.entry(name.clone()).or_insert(seen);
+                }
+            }
             for action in actions {
                 if matches!(action, Action::Foreign(_)) {
                     continue;
                 }
-                if matches!(action, Action::Delete(_)) && started.elapsed() < grace {
+                if let Action::Delete(name) = &action
+                    && unserved
+                        .get(name)
+                        .is_some_and(|since| since.elapsed() < grace)
+                {
                     debug!(
-                        account = action.account(),
-                        "Clouddriver sync: delete held back while agents reconnect after the start"
+                        account = %name,
+                        "Clouddriver sync: delete held back until the account has been served by no shard for the grace period"
                     );
                     continue;
                 }
