@@ -371,7 +371,7 @@ async fn replicas(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     let server = format!("https://127.0.0.1:{}", ports[0]);
     let users = ["hub-a", "hub-b"];
     let args = |i: usize| -> Vec<String> {
-        vec![
+        let mut args = vec![
             format!("--store={url}"),
             format!("--hub-id=clouddriver-{}", users[i]),
             "--replica-heartbeat=500ms".into(),
@@ -385,7 +385,17 @@ async fn replicas(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             format!("--clouddriver-user={}", users[i]),
             format!("--clouddriver-token-key-file={}", key.display()),
             "--clouddriver-sync-interval=500ms".into(),
-        ]
+        ];
+        // The second writes the CA into its kubeconfigs, the first does not: were both
+        // writing, each would find the other's definition changed and rewrite it, so a
+        // second writer cannot hide behind an identical definition.
+        if i == 1 {
+            args.push(format!(
+                "--clouddriver-kube-api-ca-file={}",
+                env.cp.pki.ca_file.display()
+            ));
+        }
+        args
     };
     let mut s = scenario_with(&env, "cd-replicas", "120s", None, args(0)).await?;
     let ns = s.ns.clone();
