@@ -7,7 +7,8 @@
 //! - an account that streams appears as a `kubernetes` definition whose kubeconfig,
 //!   given to kubectl, reads that account through the hub, and is refused (403) for
 //!   any other account;
-//! - a change of what the definition carries (the account's kinds) updates it;
+//! - it carries the account's permissions and environment from the shard, and a change
+//!   of them updates it;
 //! - an account its shard drops stays defined during the grace period, then goes;
 //! - a definition of the same name someone else made is left alone and reported (a
 //!   metric and a log line);
@@ -59,15 +60,14 @@ const HUMAN_TOKENS: &str = "e2e-a-person-with-no-account-here nobody\n";
 const HUB_USER: &str = "scale-agent-hub";
 
 /// A shard of `ns` streaming the ConfigMaps of `ns` in the management cluster to `hub`
-/// for each `(account, kinds)`.
-fn shard(ns: &str, hub: &str, accounts: &[(&str, &[&str])]) -> String {
+/// for each `(account, extra lines of its entry)`.
+fn shard(ns: &str, hub: &str, accounts: &[(&str, &str)]) -> String {
     let mut y = format!(
         "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: cd\n  namespace: {ns}\nspec:\n  hub: {{ address: \"{hub}\" }}\n  accounts:\n"
     );
-    for (name, kinds) in accounts {
+    for (name, extra) in accounts {
         y.push_str(&format!(
-            "  - name: {name}\n    kubeconfigSecretRef: {{ name: kc }}\n    namespaces: [{ns}]\n    kinds: [{}]\n",
-            kinds.join(", ")
+            "  - name: {name}\n    kubeconfigSecretRef: {{ name: kc }}\n    namespaces: [{ns}]\n    kinds: [ConfigMap]\n{extra}"
         ));
     }
     y
@@ -158,11 +158,12 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         "someone-else",
     )
     .map_err(anyhow::Error::msg)?;
-    let cm: &[&str] = &["ConfigMap"];
+    // What a Clouddriver account carries besides the stream: permissions, environment.
+    let readers = "    permissions: { READ: [dev], WRITE: [ops] }\n    environment: prod\n";
     env.apply(&shard(
         &ns,
         &s.hub.grpc,
-        &[(&refused, cm), (&a, cm), (&b, cm), (&theirs, cm)],
+        &[(&refused, ""), (&a, readers), (&b, ""), (&theirs, "")],
     ))?;
     env.cp.kubectl([
         "create",
@@ -179,8 +180,10 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     defined(&cd, "b's definition", &b, ours).await?;
     ensure!(
         strings(&def_a.body["namespaces"]) == [ns.clone()]
-            && strings(&def_a.body["kinds"]) == ["ConfigMap"],
-        "a's definition carries the shard's namespaces and kinds: {}",
+            && strings(&def_a.body["kinds"]) == ["ConfigMap"]
+            && def_a.body["permissions"] == json!({"READ": ["dev"], "WRITE": ["ops"]})
+            && def_a.body["environment"] == json!("prod"),
+        "a's definition carries the shard's namespaces, kinds, permissions and environment: {}",
         def_a.body
     );
     ensure!(
@@ -273,20 +276,17 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         "the hub's log names {theirs} as not its own"
     );
 
-    // A change of what the definition carries updates it; b is left as it is.
+    // A change of what the definition carries (a's permissions) updates it; b is left
+    // as it is.
     let b_before = cd.stored(&b).context("b")?;
+    let writers = "    permissions: { READ: [dev, qa], WRITE: [ops] }\n    environment: prod\n";
     env.apply(&shard(
         &ns,
         &s.hub.grpc,
-        &[
-            (&refused, cm),
-            (&a, &["ConfigMap", "Service"]),
-            (&b, cm),
-            (&theirs, cm),
-        ],
+        &[(&refused, ""), (&a, writers), (&b, ""), (&theirs, "")],
     ))?;
-    defined(&cd, "a's definition with the new kinds", &a, |d| {
-        strings(&d.body["kinds"]) == ["ConfigMap", "Service"]
+    defined(&cd, "a's definition with the new permissions", &a, |d| {
+        d.body["permissions"] == json!({"READ": ["dev", "qa"], "WRITE": ["ops"]})
     })
     .await?;
     ensure!(
@@ -299,11 +299,7 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     env.apply(&shard(
         &ns,
         &s.hub.grpc,
-        &[
-            (&refused, cm),
-            (&a, &["ConfigMap", "Service"]),
-            (&theirs, cm),
-        ],
+        &[(&refused, ""), (&a, writers), (&theirs, "")],
     ))?;
     // The hub lets go of b (its agent says it is removed: no longer Connected).
     wait::until("b no longer streaming", Duration::from_secs(60), || async {

@@ -13,7 +13,7 @@ use scale_agent_crds::AccountSpec;
 use serde_json::{Value, json};
 
 /// What a definition of one account says, apart from its kubeconfig.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
     /// The account name.
     pub name: String,
@@ -29,10 +29,35 @@ pub struct Wanted {
     pub only_spinnaker_managed: bool,
     /// `permissions`: READ / WRITE / EXECUTE → roles.
     pub permissions: BTreeMap<String, Vec<String>>,
+    /// `environment` (Clouddriver: the name when unset).
+    pub environment: Option<String>,
+    /// `accountType` (Clouddriver: the name when unset).
+    pub account_type: Option<String>,
+    /// `cacheThreads`.
+    pub cache_threads: u32,
     /// False when the hub enforces ownership and no shard lists the account any more
     /// (it is served within its grace period): its definition is left as it is, neither
     /// created, updated with empty settings, nor deleted before the grace period ends.
     pub listed: bool,
+}
+
+impl Default for Wanted {
+    fn default() -> Self {
+        Wanted {
+            name: String::new(),
+            namespaces: Vec::new(),
+            omit_namespaces: Vec::new(),
+            kinds: Vec::new(),
+            omit_kinds: Vec::new(),
+            only_spinnaker_managed: false,
+            permissions: BTreeMap::new(),
+            environment: None,
+            account_type: None,
+            // Clouddriver's default; a `null` would read as 0.
+            cache_threads: 1,
+            listed: false,
+        }
+    }
 }
 
 impl Wanted {
@@ -52,6 +77,20 @@ impl Wanted {
             wanted.kinds = scope.kinds;
             wanted.omit_kinds = scope.omit_kinds;
             wanted.only_spinnaker_managed = scope.only_spinnaker_managed;
+            let settings = spec.spinnaker.clone();
+            let permissions = settings.permissions;
+            wanted.permissions = [
+                ("READ", permissions.read),
+                ("WRITE", permissions.write),
+                ("EXECUTE", permissions.execute),
+            ]
+            .into_iter()
+            .filter(|(_, roles)| !roles.is_empty())
+            .map(|(action, roles)| (action.to_owned(), roles))
+            .collect();
+            wanted.environment = settings.environment;
+            wanted.account_type = settings.account_type;
+            wanted.cache_threads = settings.cache_threads.unwrap_or(1);
         }
         wanted
     }
@@ -78,6 +117,9 @@ pub fn render(wanted: &Wanted, server: &str, kubeconfig: &str) -> Value {
         "omitKinds": wanted.omit_kinds,
         "onlySpinnakerManaged": wanted.only_spinnaker_managed,
         "permissions": wanted.permissions,
+        "environment": wanted.environment,
+        "accountType": wanted.account_type,
+        "cacheThreads": wanted.cache_threads,
     })
 }
 
@@ -237,6 +279,32 @@ mod tests {
                 ("foreign", "theirs"),
                 ("delete", "gone"),
             ]
+        );
+    }
+
+    #[test]
+    fn the_shard_entry_says_what_clouddriver_is_told() {
+        let mut spec = AccountSpec::new("east", "kc");
+        spec.scope.namespaces = vec!["web".into()];
+        spec.spinnaker.permissions.read = vec!["dev".into(), "ops".into()];
+        spec.spinnaker.permissions.write = vec!["ops".into()];
+        spec.spinnaker.environment = Some("prod".into());
+        spec.spinnaker.cache_threads = Some(4);
+        let d = render(&Wanted::of("east".into(), Some(&spec), true), HUB, "");
+        assert_eq!(d["namespaces"], json!(["web"]));
+        assert_eq!(
+            d["permissions"],
+            json!({"READ": ["dev", "ops"], "WRITE": ["ops"]})
+        );
+        assert_eq!(d["environment"], json!("prod"));
+        assert_eq!(d["accountType"], Value::Null);
+        assert_eq!(d["cacheThreads"], json!(4));
+        // Listed by no shard while ownership is enforced: kept as it is.
+        assert!(!Wanted::of("east".into(), None, true).listed);
+        assert!(Wanted::of("east".into(), None, false).listed);
+        assert_eq!(
+            render(&Wanted::of("east".into(), None, false), HUB, "")["cacheThreads"],
+            json!(1)
         );
     }
 
