@@ -99,6 +99,15 @@ async fn defined(
     .await?)
 }
 
+/// A definition as a failure message shows it: without its kubeconfig (a token).
+fn without_kubeconfig(definition: &Value) -> Value {
+    let mut shown = definition.clone();
+    if let Some(o) = shown.as_object_mut() {
+        o.remove("kubeconfigContents");
+    }
+    shown
+}
+
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
@@ -184,7 +193,7 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             && def_a.body["permissions"] == json!({"READ": ["dev"], "WRITE": ["ops"]})
             && def_a.body["environment"] == json!("prod"),
         "a's definition carries the shard's namespaces, kinds, permissions and environment: {}",
-        def_a.body
+        without_kubeconfig(&def_a.body)
     );
     ensure!(
         cd.stored(&refused).is_none(),
