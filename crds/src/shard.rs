@@ -296,6 +296,62 @@ pub struct AccountSpec {
     /// Which context of the kubeconfig, and what of the cluster, the account streams.
     #[serde(flatten)]
     pub scope: AccountScope,
+
+    /// What Clouddriver is told of the account besides what it streams.
+    #[serde(flatten)]
+    pub spinnaker: SpinnakerSettings,
+}
+
+/// What Clouddriver is told of an account besides what the stream already says: read by
+/// the hub when it keeps Clouddriver's account definitions (`--clouddriver-url`), ignored
+/// by the agents. The names are those of a Clouddriver `kubernetes` account.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpinnakerSettings {
+    /// Fiat roles allowed each action on the account in Spinnaker (as a Clouddriver account's permissions): READ sees it, WRITE deploys to it, EXECUTE runs pipelines with it. Unset: everyone may.
+    #[serde(default, skip_serializing_if = "Permissions::is_empty")]
+    pub permissions: Permissions,
+
+    /// The account's environment in Spinnaker (e.g. prod, staging); unset: Clouddriver uses the account name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = DNS_LABEL_MAX_LEN))]
+    pub environment: Option<String>,
+
+    /// The account's type in Spinnaker; unset: Clouddriver uses the account name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = DNS_LABEL_MAX_LEN))]
+    pub account_type: Option<String>,
+
+    /// Threads Clouddriver caches the account with; unset: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub cache_threads: Option<u32>,
+}
+
+/// Fiat roles per action on a Spinnaker account.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Permissions {
+    /// Roles that see the account.
+    #[serde(rename = "READ", default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_FILTER_ITEMS), inner(length(min = 1, max = DNS_SUBDOMAIN_MAX_LEN)))]
+    pub read: Vec<String>,
+
+    /// Roles that deploy to the account.
+    #[serde(rename = "WRITE", default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_FILTER_ITEMS), inner(length(min = 1, max = DNS_SUBDOMAIN_MAX_LEN)))]
+    pub write: Vec<String>,
+
+    /// Roles that run pipelines with the account.
+    #[serde(rename = "EXECUTE", default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_FILTER_ITEMS), inner(length(min = 1, max = DNS_SUBDOMAIN_MAX_LEN)))]
+    pub execute: Vec<String>,
+}
+
+impl Permissions {
+    /// True when no action names a role.
+    pub fn is_empty(&self) -> bool {
+        self.read.is_empty() && self.write.is_empty() && self.execute.is_empty()
+    }
 }
 
 /// Which context of an account's kubeconfig the agent uses and what of that cluster it
@@ -688,6 +744,7 @@ impl AccountSpec {
             kubeconfig_secret_ref: Some(SecretKeyRef::new(secret)),
             in_cluster: false,
             scope: AccountScope::default(),
+            spinnaker: SpinnakerSettings::default(),
         }
     }
 

@@ -29,6 +29,7 @@ pub mod bench;
 pub mod bins;
 pub mod certs;
 pub mod churn;
+pub mod clouddriver;
 pub mod controlplane;
 pub mod converge;
 pub mod crd;

@@ -8,6 +8,7 @@ use clap::{ArgGroup, Parser};
 use scale_agent_hub::config::{CaBundle, HttpLimits, StoreLocation};
 use scale_agent_hub::core::memory::Bounds;
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
+use scale_agent_hub::spinnaker::ClouddriverConfig;
 use scale_agent_hub::{Config, Error, ShardSource, TlsConfig};
 pub use scale_agent_runtime::LogFormat;
 use scale_agent_runtime::parse_duration;
@@ -216,6 +217,49 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub kube_api_request_timeout: Duration,
 
+    /// Keep Clouddriver's kubernetes account definitions (its account storage API,
+    /// `account.storage.enabled`) in step with the accounts this hub serves: created
+    /// when an account streams, updated when its shard changes it, deleted after its
+    /// grace period when no shard streams it. Needs --kube-api-addr and
+    /// --clouddriver-kube-api-server. See docs/clouddriver.md.
+    #[arg(long, value_name = "URL", requires_all = ["kube_api_addr", "clouddriver_kube_api_server"])]
+    pub clouddriver_url: Option<String>,
+
+    /// The user named to Clouddriver in X-SPINNAKER-USER (with Fiat on, an account
+    /// manager).
+    #[arg(long, value_name = "NAME", default_value = "scale-agent-hub")]
+    pub clouddriver_user: String,
+
+    /// PEM CA bundle that signs Clouddriver's certificate (https:// URLs); the
+    /// system's roots when unset.
+    #[arg(long, value_name = "PATH", requires = "clouddriver_url")]
+    pub clouddriver_ca_file: Option<PathBuf>,
+
+    /// This hub's Kubernetes API as Clouddriver reaches it, e.g.
+    /// https://scale-agent-hub.spinnaker:8443: the server of the kubeconfigs pushed.
+    #[arg(long, value_name = "URL", requires = "clouddriver_url")]
+    pub clouddriver_kube_api_server: Option<String>,
+
+    /// PEM CA bundle of the hub's Kubernetes API, written into the kubeconfigs pushed
+    /// (when Clouddriver does not trust its certificate already).
+    #[arg(long, value_name = "PATH", requires = "clouddriver_url")]
+    pub clouddriver_kube_api_ca_file: Option<PathBuf>,
+
+    /// File holding the key (at least 32 bytes) the per-account tokens of the
+    /// kubeconfigs pushed are minted with; every replica needs the same file. Unset:
+    /// a random key per start (one hub only: its tokens die with it).
+    #[arg(long, value_name = "PATH", requires = "clouddriver_url")]
+    pub clouddriver_token_key_file: Option<PathBuf>,
+
+    /// How often the per-account tokens turn; a token is accepted for one to two
+    /// periods, and the next one is pushed when the period turns.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub clouddriver_token_rotation: Duration,
+
+    /// How often Clouddriver's definitions are compared with the accounts served.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub clouddriver_sync_interval: Duration,
+
     /// The most accounts one agent session may hold; registrations past it
     /// are refused (INVALID, with the limit in the message).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
@@ -362,7 +406,39 @@ impl Args {
             }),
             _ => None,
         };
+        let read = |setting: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| Error::Setting {
+                setting,
+                message: format!("{}: {e}", path.display()),
+            })
+        };
+        let clouddriver = match (self.clouddriver_url, self.clouddriver_kube_api_server) {
+            (Some(url), Some(server)) => Some(ClouddriverConfig {
+                url,
+                user: self.clouddriver_user,
+                ca_pem: self
+                    .clouddriver_ca_file
+                    .as_ref()
+                    .map(|p| read("--clouddriver-ca-file", p))
+                    .transpose()?,
+                kube_api_server: server,
+                kube_api_ca_pem: self
+                    .clouddriver_kube_api_ca_file
+                    .as_ref()
+                    .map(|p| read("--clouddriver-kube-api-ca-file", p))
+                    .transpose()?,
+                interval: self.clouddriver_sync_interval,
+                token_key: self
+                    .clouddriver_token_key_file
+                    .as_ref()
+                    .map(|p| read("--clouddriver-token-key-file", p))
+                    .transpose()?,
+                token_rotation: self.clouddriver_token_rotation,
+            }),
+            _ => None,
+        };
         Ok(Config {
+            clouddriver,
             grace_period: self.grace_period,
             store: self.store.unwrap_or_default(),
             advertise_address: self.advertise_address,

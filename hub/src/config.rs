@@ -103,6 +103,9 @@ pub struct Config {
     pub max_accounts_per_frame: usize,
     /// Limits of the HTTP API's connections.
     pub http_limits: HttpLimits,
+    /// Keep Clouddriver's account definitions in step with the accounts served
+    /// (`--clouddriver-url`); off when `None`. Needs the Kubernetes API ([`Config::kube_api`]).
+    pub clouddriver: Option<crate::spinnaker::ClouddriverConfig>,
     /// Where `/healthz` and `/readyz` are served too, with connections of their own,
     /// so that callers filling the HTTP API's connections do not make the probes fail.
     pub probe_addr: Option<SocketAddr>,
@@ -173,6 +176,7 @@ impl Config {
             max_accounts_per_session: 10_000,
             max_accounts_per_frame: 1_000,
             http_limits: HttpLimits::default(),
+            clouddriver: None,
             probe_addr: None,
         }
     }

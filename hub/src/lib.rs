@@ -63,6 +63,7 @@ pub mod kubeapi;
 pub mod metrics;
 pub mod net;
 pub mod replicas;
+pub mod spinnaker;
 pub mod state;
 pub mod store;
 pub mod stream;
@@ -94,6 +95,106 @@ use crate::state::Shared;
 /// The hub.
 #[derive(Debug)]
 pub struct Hub;
+
+/// The accounts this hub serves, as the Clouddriver sync asks for them: the registry
+/// (one hub) or the shared store (replicas; only the leader writes), each with its
+/// owning shard's spec when ownership is enforced.
+struct Served(Arc<Shared>);
+
+impl Served {
+    fn wanted_of(&self, names: Vec<String>) -> Result<Vec<spinnaker::definition::Wanted>, String> {
+        let ownership = match &self.0.ownership {
+            None => None,
+            Some(rx) => Some(rx.borrow().clone().ok_or(
+                "the AgentShards are not listed yet (what Clouddriver is told of an account comes from its shard)",
+            )?),
+        };
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let spec = ownership.as_ref().and_then(|o| o.spec(&name));
+                spinnaker::definition::Wanted::of(name, spec, ownership.is_some())
+            })
+            .collect())
+    }
+}
+
+impl spinnaker::Accounts for Served {
+    fn may_write(&self) -> bool {
+        self.0.replicas.as_ref().is_none_or(|r| r.is_leader())
+    }
+
+    fn wanted(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<spinnaker::definition::Wanted>, String>> {
+        Box::pin(async move {
+            let names: Vec<String> = match &self.0.replicas {
+                Some(replicas) => replicas
+                    .store()
+                    .accounts(self.0.config.replica_timeout)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|row| row.name)
+                    .collect(),
+                None => {
+                    let core = self.0.core();
+                    core.registry.accounts().map(|a| a.name.clone()).collect()
+                }
+            };
+            self.wanted_of(names)
+        })
+    }
+}
+
+/// Starts keeping Clouddriver's definitions in step (`--clouddriver-url`).
+fn start_clouddriver_sync(
+    shared: &Arc<Shared>,
+    cd: spinnaker::ClouddriverConfig,
+    minter: Arc<spinnaker::tokens::Minter>,
+) -> Result<(), Error> {
+    if shared.config.kube_api.is_none() {
+        return Err(Error::Setting {
+            setting: "--clouddriver-url",
+            message: "the kubeconfigs pushed to Clouddriver name the hub's Kubernetes API: serve it (--kube-api-addr)".into(),
+        });
+    }
+    if cd.token_key.is_none() && shared.replicas.is_some() {
+        return Err(Error::Setting {
+            setting: "--clouddriver-token-key-file",
+            message: "hub replicas sharing a store check each other's minted tokens: give every replica the same key file".into(),
+        });
+    }
+    let server = cd.kube_api_server.clone();
+    let ca = cd.kube_api_ca_pem.clone();
+    let kubeconfig: spinnaker::Kubeconfig = Arc::new(move |account, token| {
+        let accounts = [account.to_owned()];
+        kubeapi::kubeconfig::render(&kubeapi::kubeconfig::Contexts {
+            server: &server,
+            ca_pem: ca.as_deref(),
+            token,
+            accounts: &accounts,
+        })
+    });
+    spinnaker::start(
+        cd,
+        minter,
+        Arc::new(Served(Arc::clone(shared))),
+        kubeconfig,
+        spinnaker::SyncMetrics {
+            pushes: shared.metrics.clouddriver_pushes.clone(),
+            foreign: shared.metrics.clouddriver_foreign.clone(),
+            in_step: shared.metrics.clouddriver_in_step.clone(),
+            list_failures: shared.metrics.clouddriver_list_failures.clone(),
+        },
+        shared.config.grace_period,
+        shared.shutdown.clone(),
+    )
+    .map_err(|message| Error::Setting {
+        setting: "--clouddriver-url",
+        message,
+    })
+}
 
 /// Binds one of the hub's listening sockets; `what` names it in the error.
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<(TcpListener, SocketAddr), Error> {
@@ -241,6 +342,9 @@ impl Hub {
             Some(api) => Some(kubeapi::server::start(Arc::clone(&shared), api).await?),
             None => None,
         };
+        if let (Some(cd), Some(minter)) = (config.clouddriver.clone(), shared.minter.clone()) {
+            start_clouddriver_sync(&shared, cd, minter)?;
+        }
         let (kube_api_addr, kube_api_task) = kube_api.unzip();
         if let (Some(replicas), Some(addr), Some(api)) =
             (&shared.replicas, kube_api_addr, &config.kube_api)

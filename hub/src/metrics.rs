@@ -43,6 +43,16 @@ scale_agent_runtime::metrics! {
     pub struct Metrics {
         /// Live agent sessions.
         sessions: Gauge,
+        /// Changes sent to Clouddriver's account storage API, by action (create, update,
+        /// delete) and outcome (ok, refused, unreachable, malformed).
+        clouddriver_pushes: Family<crate::spinnaker::PushLabel, Counter>,
+        /// Clouddriver definitions named like a served account that this hub did not
+        /// make (left alone).
+        clouddriver_foreign: Gauge,
+        /// Served accounts whose Clouddriver definition says what the hub wants.
+        clouddriver_in_step: Gauge,
+        /// Failed lists of Clouddriver's kubernetes definitions.
+        clouddriver_list_failures: Counter,
         /// Accounts by state (set at scrape time).
         accounts: Family<StateLabel, Gauge>,
         /// Cached objects (set at scrape time).

@@ -71,6 +71,9 @@ pub struct Shared {
     pub tunnels: crate::kubeapi::Tunnels,
     /// Metrics.
     pub metrics: Metrics,
+    /// Mints and checks the per-account tokens of the kubeconfigs pushed to
+    /// Clouddriver (`--clouddriver-url`); `None` without it.
+    pub minter: Option<Arc<crate::spinnaker::tokens::Minter>>,
     /// Cancelled when the hub shuts down.
     pub shutdown: CancellationToken,
 }
@@ -102,6 +105,24 @@ impl Shared {
             )?)),
             _ => None,
         };
+        let minter = match &config.clouddriver {
+            Some(cd) => {
+                let minted = match &cd.token_key {
+                    Some(key) => crate::spinnaker::tokens::Minter::new(
+                        key.trim_ascii().to_vec(),
+                        cd.token_rotation,
+                    ),
+                    None => crate::spinnaker::tokens::Minter::random(cd.token_rotation),
+                };
+                Some(Arc::new(minted.map_err(|message| {
+                    crate::Error::Setting {
+                        setting: "--clouddriver-token-key-file",
+                        message,
+                    }
+                })?))
+            }
+            None => None,
+        };
         let mut core = Core::default();
         if replicas.is_some() {
             // The changes of every account are written behind to the shared
@@ -127,6 +148,7 @@ impl Shared {
             operations: Operations::default(),
             tunnels: crate::kubeapi::Tunnels::default(),
             metrics: Metrics::default(),
+            minter,
             shutdown,
         });
         shared.schedule_expiry(expiries);

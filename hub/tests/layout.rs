@@ -140,6 +140,18 @@ fn the_hub_folders_import_one_way_but_through_the_root() {
 }
 
 #[test]
+fn spinnaker_imports_core_alone() {
+    let graph = folder_graph();
+    let to = graph
+        .get("spinnaker")
+        .expect("hub/src/spinnaker imports core at least");
+    assert!(
+        to.iter().all(|t| t == "core"),
+        "spinnaker/ imports more than core/ (the root hands it what it needs): {to:?}"
+    );
+}
+
+#[test]
 fn a_cycle_between_two_folders_is_found() {
     let graph: BTreeMap<String, BTreeSet<String>> = [
         ("stream".to_owned(), ["replicas".to_owned()].into()),

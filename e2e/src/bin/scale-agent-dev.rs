@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use scale_agent_e2e::certs::Pki;
+use scale_agent_e2e::clouddriver::{Clouddriver, Running, Settings};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
 use scale_agent_e2e::hubstack::{
     ApiToken, agents_pki, behind_nginx, nginx_in_front, random_secret, write_private,
@@ -133,13 +134,15 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
          export HUB_GRPC={}\n\
          export LB_GRPC={}\n\
          export HUB_KUBE_API={}\n\
-         export HUB_API_TOKEN={}\n",
+         export HUB_API_TOKEN={}\n\
+         export CLOUDDRIVER_URL={}\n",
         dir.join("kubeconfig").display(),
         hub.http,
         hub.grpc,
         stack.nginx.address,
         stack.kube_api,
         stack.api_token,
+        stack.clouddriver.url(),
     );
     if let Some(url) = &stack.store_url {
         let replicas: Vec<&str> = stack.hubs.iter().map(|h| h.http.as_str()).collect();
@@ -242,6 +245,9 @@ struct Stack {
     api_token: String,
     /// The agents' CA (nginx's serving certificate, the agents' client certificates).
     agents: Pki,
+    /// The stand-in of Clouddriver's account storage API the hub keeps the accounts'
+    /// definitions in (`CLOUDDRIVER_URL`).
+    clouddriver: Running,
 }
 
 impl Stack {
@@ -278,6 +284,17 @@ impl Stack {
         // The JSON API: one token for every account, read by every replica.
         let api = ApiToken::write(run_dir)?;
         let agents = agents_pki(run_dir)?;
+        // Clouddriver's account storage API (the e2e stand-in): the hub that serves the
+        // accounts' Kubernetes API keeps a definition of every account there.
+        let clouddriver = Clouddriver::new(Settings::default())
+            .serve("127.0.0.1:0".parse().map_err(|e| Error::Invalid {
+                what: "the stand-in Clouddriver's address".into(),
+                message: format!("{e}"),
+            })?)
+            .await
+            .map_err(|e| Error::io("serving the stand-in Clouddriver on", run_dir, e))?;
+        let token_key = run_dir.join("clouddriver-token-key");
+        write_private(&token_key, &random_secret()?)?;
         let mut hubs = Vec::new();
         for i in 1..=replicas {
             tracing::info!("starting hub replica {i} of {replicas}");
@@ -290,6 +307,18 @@ impl Stack {
                     format!("--kube-api-tokens-file={}", tokens_file.display()),
                     format!("--kube-api-tls-cert={}", kube_api_cert.cert_file.display()),
                     format!("--kube-api-tls-key={}", kube_api_cert.key_file.display()),
+                ]);
+                // Only the replicas' leader writes to Clouddriver, and only this
+                // replica serves the Kubernetes API the definitions name: with several
+                // replicas the definitions are kept only while it leads.
+                args.extend([
+                    format!("--clouddriver-url={}", clouddriver.url()),
+                    format!("--clouddriver-kube-api-server=https://127.0.0.1:{kube_api_port}"),
+                    format!(
+                        "--clouddriver-kube-api-ca-file={}",
+                        cp.pki.ca_file.display()
+                    ),
+                    format!("--clouddriver-token-key-file={}", token_key.display()),
                 ]);
             }
             if let Some(url) = &store_url {
@@ -329,6 +358,7 @@ impl Stack {
             kube_api_ca: cp.pki.ca_file.clone(),
             api_token: api.token,
             agents,
+            clouddriver,
         })
     }
 }

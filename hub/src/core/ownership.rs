@@ -34,6 +34,8 @@ use tracing::{info, warn};
 #[derive(Debug, Clone, Default)]
 pub struct Ownership {
     claims: Claims,
+    /// Each account's entry in the spec of the shard that owns it.
+    specs: HashMap<String, scale_agent_crds::AccountSpec>,
 }
 
 /// The answer for one account and one shard.
@@ -53,9 +55,26 @@ pub enum Verdict {
 impl Ownership {
     /// The index over these shards.
     pub fn from_shards<'a>(shards: impl IntoIterator<Item = &'a AgentShard>) -> Ownership {
-        Ownership {
-            claims: Claims::from_shards(shards),
+        let shards: Vec<&AgentShard> = shards.into_iter().collect();
+        let claims = Claims::from_shards(shards.iter().copied());
+        let mut specs = HashMap::new();
+        for shard in &shards {
+            let Some(me) = shard.shard_ref() else {
+                continue;
+            };
+            for account in &shard.spec.accounts {
+                if claims.owner(&account.name).is_some_and(|o| o.shard == me) {
+                    specs.insert(account.name.clone(), account.clone());
+                }
+            }
         }
+        Ownership { claims, specs }
+    }
+
+    /// `account`'s entry in the spec of the shard that owns it (what Clouddriver is told
+    /// of the account: its namespaces, kinds, permissions).
+    pub fn spec(&self, account: &str) -> Option<&scale_agent_crds::AccountSpec> {
+        self.specs.get(account)
     }
 
     /// Number of shards indexed (those being deleted are not).

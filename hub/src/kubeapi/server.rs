@@ -43,6 +43,7 @@ use crate::core::fair::Class;
 use crate::core::memory::Memory;
 use crate::net::tls::{TlsConfig, TlsState};
 use crate::replicas::forward::{self, Endpoint, Routed};
+use crate::spinnaker::tokens::Check;
 use crate::state::Shared;
 
 /// How long open connections get to finish when the hub stops.
@@ -180,7 +181,7 @@ pub async fn start(
                 let (active, in_flight) = watch::channel(0usize);
                 let active = Arc::new(active);
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    if api.tokens.scope(req.headers()).is_ok() {
+                    if api.authenticated(req.headers()) {
                         started.notify_one();
                     }
                     let request = InFlight::new(&active);
@@ -294,6 +295,18 @@ async fn aged(limit: Duration) {
         std::future::pending::<()>().await;
     }
     tokio::time::sleep(limit).await;
+}
+
+/// The key the watches of `account`'s minted token are counted under: apart from
+/// every line of the tokens file (the top bit set) and, but for a hash collision, from
+/// every other account's.
+fn minted_owner(account: &str) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    account.hash(&mut hasher);
+    // On 32-bit targets the cast keeps the hash's low half: still a hash.
+    let hash = hasher.finish() as usize;
+    hash | (1 << (usize::BITS - 1))
 }
 
 /// An answer the hub gave from its memory, counted as such; while the agent is away,
@@ -636,9 +649,38 @@ impl KubeApi {
         scope::check(&limit, method, resource, cluster_scoped)
     }
 
+    /// True when `headers` carry a token of the tokens file or a valid minted one
+    /// (for any account): the connection may stay past the header timeout.
+    fn authenticated(&self, headers: &http::HeaderMap) -> bool {
+        self.tokens.scope(headers).is_ok()
+            || self.shared.minter.as_ref().is_some_and(|minter| {
+                super::auth::bearer(headers)
+                    .is_some_and(|t| minter.is_valid(t, std::time::SystemTime::now()))
+            })
+    }
+
+    /// Who is asking for `account`: the key their watches from the cache are counted
+    /// under (a tokens-file token's line, or one key per account for the tokens the hub
+    /// minted), or why not. A minted token is checked first: it names its account, so
+    /// one used for another account is refused whatever the file says.
+    fn authorize(&self, headers: &http::HeaderMap, account: &str) -> Result<usize, Refusal> {
+        let minted = match (&self.shared.minter, super::auth::bearer(headers)) {
+            (Some(minter), Some(token)) => {
+                minter.check(token, account, std::time::SystemTime::now())
+            }
+            _ => Check::NotMinted,
+        };
+        match minted {
+            Check::Allowed => Ok(minted_owner(account)),
+            Check::NotMinted => self.tokens.check(headers, account),
+            Check::Invalid => Err(Refusal::Unauthenticated),
+            Check::OtherAccount => Err(Refusal::NotAllowed),
+        }
+    }
+
     async fn serve(&self, req: Request<Incoming>, account: String, rest: String) -> Response<Body> {
-        let owner = match self.tokens.check(req.headers(), &account) {
-            Ok(line) => line,
+        let owner = match self.authorize(req.headers(), &account) {
+            Ok(owner) => owner,
             Err(Refusal::Unauthenticated) => {
                 self.shared.metrics.http_unauthorized.inc();
                 debug!("Kubernetes API request without a valid token");

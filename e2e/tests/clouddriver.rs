@@ -1,0 +1,487 @@
+//! Clouddriver follows the shards (issue 20, item 1), against the real control plane:
+//! the operator turns AgentShards into agent pods (the stand-in kubelet runs them), the
+//! agents stream to a hub started with `--clouddriver-url`, and the stand-in of
+//! Clouddriver's account storage API (`scale_agent_e2e::clouddriver`, written from
+//! Clouddriver's source) is Clouddriver. What a Spinnaker user sees:
+//!
+//! - an account that streams appears as a `kubernetes` definition whose kubeconfig,
+//!   given to kubectl, reads that account through the hub, and is refused (403) for
+//!   any other account;
+//! - it carries the account's permissions and environment from the shard, and a change
+//!   of them updates it;
+//! - an account its shard drops stays defined during the grace period, then goes;
+//! - a definition of the same name someone else made is left alone and reported (a
+//!   metric and a log line);
+//! - an account whose writes Clouddriver refuses holds back none of the others, and
+//!   its refusal (whose message quotes the token) leaves no token in the hub's log;
+//! - of two hub replicas sharing a store (a real PostgreSQL), only the leader writes;
+//!   when it stops, the other takes over.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use scale_agent_e2e::clouddriver::{Clouddriver, Settings, Stored};
+use scale_agent_e2e::converge::{account_state, wait_state};
+use scale_agent_e2e::hub::{HubOptions, HubProcess};
+use scale_agent_e2e::hubstack::{random_secret, write_private};
+use scale_agent_e2e::kubectl;
+use scale_agent_e2e::metrics;
+use scale_agent_e2e::operator::OperatorOptions;
+use scale_agent_e2e::operator_env::OperatorEnv;
+use scale_agent_e2e::pods::PodRunner;
+use scale_agent_e2e::ports::free_port;
+use scale_agent_e2e::postgres::Postgres;
+use scale_agent_e2e::runner;
+use scale_agent_e2e::scenario::{Scenario, account, config, scenario_with, start_connected};
+use scale_agent_e2e::{wait, workspace_binary};
+use serde_json::{Value, json};
+
+/// The hub's grace period: long enough to see a dropped account still defined.
+const GRACE: Duration = Duration::from_secs(15);
+
+fn main() {
+    runner::run(
+        None,
+        OperatorEnv::start(OperatorOptions::default(), |_, _| Ok(())),
+        scale_agent_e2e::tests![
+            clouddriver_definitions_follow_the_shards => follow,
+            one_of_two_replicas_writes_and_the_other_takes_over => replicas,
+        ],
+    );
+}
+
+/// The Kubernetes API's tokens file (the hub needs one): a person's token for an account
+/// no test streams.
+const HUMAN_TOKENS: &str = "e2e-a-person-with-no-account-here nobody\n";
+
+/// The user the hub names to Clouddriver (`--clouddriver-user`'s default).
+const HUB_USER: &str = "scale-agent-hub";
+
+/// A shard of `ns` streaming the ConfigMaps of `ns` in the management cluster to `hub`
+/// for each `(account, extra lines of its entry)`.
+fn shard(ns: &str, hub: &str, accounts: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: cd\n  namespace: {ns}\nspec:\n  hub: {{ address: \"{hub}\" }}\n  accounts:\n"
+    );
+    for (name, extra) in accounts {
+        y.push_str(&format!(
+            "  - name: {name}\n    kubeconfigSecretRef: {{ name: kc }}\n    namespaces: [{ns}]\n    kinds: [ConfigMap]\n{extra}"
+        ));
+    }
+    y
+}
+
+/// A hub's metrics text.
+async fn metrics_of(hub: &HubProcess) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("{}/metrics", hub.http))
+        .await?
+        .text()
+        .await?)
+}
+
+/// The scenario hub's metrics text.
+async fn hub_metrics(s: &Scenario) -> anyhow::Result<String> {
+    metrics_of(&s.hub).await
+}
+
+/// Waits until Clouddriver stores a definition of `name` that `check` accepts.
+async fn defined(
+    cd: &Clouddriver,
+    what: &str,
+    name: &str,
+    check: impl Fn(&Stored) -> bool,
+) -> anyhow::Result<Stored> {
+    Ok(wait::until(what, Duration::from_secs(90), || async {
+        cd.stored(name).filter(&check)
+    })
+    .await?)
+}
+
+/// A definition as a failure message shows it: without its kubeconfig (a token).
+fn without_kubeconfig(definition: &Value) -> Value {
+    let mut shown = definition.clone();
+    if let Some(o) = shown.as_object_mut() {
+        o.remove("kubeconfigContents");
+    }
+    shown
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
+    let cd = Clouddriver::new(Settings {
+        storage_enabled: true,
+        reload: Duration::from_millis(500),
+    });
+    let running = cd.serve("127.0.0.1:0".parse()?).await?;
+    let pki = &env.cp.pki;
+    let cert = pki.issue_server("hub-clouddriver", &["127.0.0.1", "localhost"])?;
+    let port = free_port()?;
+    let dir = tempfile::tempdir()?;
+    // The file holds a person's token, for another account: the only tokens Clouddriver
+    // holds are the ones the hub mints.
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, HUMAN_TOKENS)?;
+    let kube_api = format!("https://127.0.0.1:{port}");
+    let s = scenario_with(
+        &env,
+        "clouddriver",
+        &format!("{}s", GRACE.as_secs()),
+        None,
+        vec![
+            "--authorize-shards=*".into(),
+            format!("--kube-api-addr=127.0.0.1:{port}"),
+            format!("--kube-api-tokens-file={}", tokens.display()),
+            format!("--kube-api-tls-cert={}", cert.cert_file.display()),
+            format!("--kube-api-tls-key={}", cert.key_file.display()),
+            format!("--clouddriver-url={}", running.url()),
+            format!("--clouddriver-kube-api-server={kube_api}"),
+            format!("--clouddriver-kube-api-ca-file={}", pki.ca_file.display()),
+            "--clouddriver-sync-interval=500ms".into(),
+        ],
+    )
+    .await?;
+    let ns = s.ns.clone();
+    env.kubeconfig_secret(&ns, "kc")?;
+    let _pods = PodRunner::for_test(&env, &ns).await?;
+    let hub_log = env.test_dir(&ns).join("logs/hub.log");
+
+    // `0-refused` sorts first: the hub meets Clouddriver's refusal before the others.
+    let refused = format!("{ns}-0-refused");
+    let a = format!("{ns}-a");
+    let b = format!("{ns}-b");
+    let theirs = format!("{ns}-theirs");
+    cd.fail_writes_of(&refused);
+    cd.put(
+        json!({"type": "kubernetes", "name": theirs, "kubeconfigFile": "/theirs/kubeconfig", "namespaces": ["theirs"]}),
+        "someone-else",
+    )
+    .map_err(anyhow::Error::msg)?;
+    // What a Clouddriver account carries besides the stream: permissions, environment.
+    let readers = "    permissions: { READ: [dev], WRITE: [ops] }\n    environment: prod\n";
+    env.apply(&shard(
+        &ns,
+        &s.hub.grpc,
+        &[(&refused, ""), (&a, readers), (&b, ""), (&theirs, "")],
+    ))?;
+    env.cp.kubectl([
+        "create",
+        "configmap",
+        "seen-through-the-hub",
+        "-n",
+        &ns,
+        "--from-literal=k=v",
+    ])?;
+
+    // Created, by the hub, saying what the shard says; despite the refused one.
+    let ours = |d: &Stored| d.modified_by == HUB_USER;
+    let def_a = defined(&cd, "a's definition", &a, ours).await?;
+    defined(&cd, "b's definition", &b, ours).await?;
+    ensure!(
+        strings(&def_a.body["namespaces"]) == [ns.clone()]
+            && strings(&def_a.body["kinds"]) == ["ConfigMap"]
+            && def_a.body["permissions"] == json!({"READ": ["dev"], "WRITE": ["ops"]})
+            && def_a.body["environment"] == json!("prod"),
+        "a's definition carries the shard's namespaces, kinds, permissions and environment: {}",
+        without_kubeconfig(&def_a.body)
+    );
+    ensure!(
+        cd.stored(&refused).is_none(),
+        "the refused account is not stored"
+    );
+    let text = wait::until(
+        "the refused create counted",
+        Duration::from_secs(30),
+        || async {
+            let text = hub_metrics(&s).await.ok()?;
+            (metrics::sample(
+                &text,
+                "scale_agent_hub_clouddriver_pushes_total{action=\"create\",outcome=\"refused\"}",
+            )? >= 1.0)
+                .then_some(text)
+        },
+    )
+    .await?;
+    ensure!(
+        metrics::require(
+            &text,
+            "scale_agent_hub_clouddriver_pushes_total{action=\"create\",outcome=\"ok\"}"
+        )? >= 2.0,
+        "the others were created: {text}"
+    );
+
+    // The kubeconfig Clouddriver got works with kubectl for its account, through the
+    // hub, once the account streams...
+    let kubeconfig = def_a.body["kubeconfigContents"]
+        .as_str()
+        .context("a kubeconfig in a's definition")?
+        .to_owned();
+    let kc_a = dir.path().join("a.kubeconfig");
+    std::fs::write(&kc_a, &kubeconfig)?;
+    wait_state(&s.hub, &a, "Connected", Duration::from_secs(60)).await?;
+    let listed = wait::until(
+        "kubectl with a's kubeconfig lists the ConfigMap",
+        Duration::from_secs(60),
+        || async {
+            kubectl::run(
+                &env.cp.bins.kubectl,
+                &kc_a,
+                ["get", "configmaps", "-n", &ns, "-o", "name"],
+                None,
+            )
+            .ok()
+            .filter(|out| out.contains("configmap/seen-through-the-hub"))
+        },
+    )
+    .await?;
+    eprintln!("kubectl through the hub as {a}: {listed}");
+    // ... and is refused for another account.
+    let kc_other = dir.path().join("a-for-b.kubeconfig");
+    std::fs::write(
+        &kc_other,
+        kubeconfig.replace(&format!("/accounts/{a}\""), &format!("/accounts/{b}\"")),
+    )?;
+    wait_state(&s.hub, &b, "Connected", Duration::from_secs(60)).await?;
+    let other = kubectl::run_full(
+        &env.cp.bins.kubectl,
+        &kc_other,
+        ["get", "configmaps", "-n", &ns, "-o", "name"],
+        None,
+    )?;
+    ensure!(
+        !other.success
+            && (other.stderr.contains("Forbidden") || other.stderr.contains("may not use account")),
+        "a's token used for {b} is refused 403: {other:?}"
+    );
+
+    // Someone else's definition: left alone, reported.
+    let text = wait::until(
+        "the foreign definition reported",
+        Duration::from_secs(30),
+        || async {
+            let text = hub_metrics(&s).await.ok()?;
+            (metrics::sample(&text, "scale_agent_hub_clouddriver_foreign")? >= 1.0).then_some(text)
+        },
+    )
+    .await?;
+    ensure!(
+        metrics::require(&text, "scale_agent_hub_clouddriver_foreign")? == 1.0,
+        "{text}"
+    );
+    let log = std::fs::read_to_string(&hub_log)?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains(&theirs) && l.contains("did not make")),
+        "the hub's log names {theirs} as not its own"
+    );
+
+    // A change of what the definition carries (a's permissions) updates it; b is left
+    // as it is.
+    let b_before = cd.stored(&b).context("b")?;
+    let writers = "    permissions: { READ: [dev, qa], WRITE: [ops] }\n    environment: prod\n";
+    env.apply(&shard(
+        &ns,
+        &s.hub.grpc,
+        &[(&refused, ""), (&a, writers), (&b, ""), (&theirs, "")],
+    ))?;
+    defined(&cd, "a's definition with the new permissions", &a, |d| {
+        d.body["permissions"] == json!({"READ": ["dev", "qa"], "WRITE": ["ops"]})
+    })
+    .await?;
+    ensure!(
+        cd.stored(&b).map(|d| d.body) == Some(b_before.body.clone()),
+        "b's definition did not change"
+    );
+
+    // b leaves its shard: defined, as it was, for the grace period; then gone.
+    let left = Instant::now();
+    env.apply(&shard(
+        &ns,
+        &s.hub.grpc,
+        &[(&refused, ""), (&a, writers), (&theirs, "")],
+    ))?;
+    // The hub lets go of b (its agent says it is removed: no longer Connected).
+    wait::until("b no longer streaming", Duration::from_secs(60), || async {
+        account_state(&s.hub, &b)
+            .await
+            .is_none_or(|a| a["state"] != "Connected")
+            .then_some(())
+    })
+    .await?;
+    // Two sync intervals: a hub that deleted on leaving would have done it by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(
+        cd.stored(&b).map(|d| d.body) == Some(b_before.body.clone()),
+        "b is still defined during the grace period, as it was"
+    );
+    wait::until(
+        "b's definition deleted after the grace period",
+        Duration::from_secs(90),
+        || async { cd.stored(&b).is_none().then_some(()) },
+    )
+    .await?;
+    ensure!(
+        left.elapsed() >= GRACE,
+        "b's definition was deleted {:?} after b left its shard, within the grace period {GRACE:?}",
+        left.elapsed()
+    );
+    ensure!(cd.stored(&a).is_some(), "a is still defined when b goes");
+    let theirs_now = cd.stored(&theirs).context("theirs")?;
+    ensure!(
+        theirs_now.modified_by == "someone-else"
+            && theirs_now.body["kubeconfigFile"] == json!("/theirs/kubeconfig"),
+        "someone else's definition was never overwritten: {:?}",
+        theirs_now
+    );
+
+    // Nothing a token is ever logged (the refusal's message quoted one).
+    let log = std::fs::read_to_string(&hub_log)?;
+    ensure!(!log.contains("sa1."), "the hub's log holds a minted token");
+    running.stop();
+    Ok(())
+}
+
+/// Two replicas on one PostgreSQL database, each naming itself to Clouddriver
+/// (`--clouddriver-user`), so that what Clouddriver stores says which one wrote.
+async fn replicas(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
+    let pg = Postgres::start(&env.cp.run_dir).await?;
+    let url = pg.database("clouddriver_replicas")?;
+    let cd = Clouddriver::new(Settings {
+        storage_enabled: true,
+        reload: Duration::from_millis(500),
+    });
+    let running = cd.serve("127.0.0.1:0".parse()?).await?;
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("token-key");
+    write_private(&key, &random_secret()?)?;
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, HUMAN_TOKENS)?;
+    let cert = env
+        .cp
+        .pki
+        .issue_server("hub-clouddriver-replicas", &["127.0.0.1", "localhost"])?;
+    let ports = [free_port()?, free_port()?];
+    // In a cluster both replicas sit behind one Service; here the first's address
+    // stands for it. The marker of the hub's definitions names it, the same for both.
+    let server = format!("https://127.0.0.1:{}", ports[0]);
+    let users = ["hub-a", "hub-b"];
+    let args = |i: usize| -> Vec<String> {
+        let mut args = vec![
+            format!("--store={url}"),
+            format!("--hub-id=clouddriver-{}", users[i]),
+            "--replica-heartbeat=500ms".into(),
+            "--replica-timeout=3s".into(),
+            format!("--kube-api-addr=127.0.0.1:{}", ports[i]),
+            format!("--kube-api-tokens-file={}", tokens.display()),
+            format!("--kube-api-tls-cert={}", cert.cert_file.display()),
+            format!("--kube-api-tls-key={}", cert.key_file.display()),
+            format!("--clouddriver-url={}", running.url()),
+            format!("--clouddriver-kube-api-server={server}"),
+            format!("--clouddriver-user={}", users[i]),
+            format!("--clouddriver-token-key-file={}", key.display()),
+            "--clouddriver-sync-interval=500ms".into(),
+        ];
+        // The second writes the CA into its kubeconfigs, the first does not: were both
+        // writing, each would find the other's definition changed and rewrite it, so a
+        // second writer cannot hide behind an identical definition.
+        if i == 1 {
+            args.push(format!(
+                "--clouddriver-kube-api-ca-file={}",
+                env.cp.pki.ca_file.display()
+            ));
+        }
+        args
+    };
+    let mut s = scenario_with(&env, "cd-replicas", "120s", None, args(0)).await?;
+    let ns = s.ns.clone();
+    let mut other = HubProcess::start(
+        HubOptions {
+            bin: workspace_binary("scale-agent-hub")?,
+            grace_period: "120s".into(),
+            store: None,
+            args: args(1),
+            kubeconfig: None,
+        },
+        &env.test_dir(&ns),
+    )
+    .await?;
+    let name = format!("{ns}-a");
+    let cfg = config(&s, "cd", vec![account(&name, &ns)]);
+    let kcs: BTreeMap<String, String> = [(
+        format!("{name}.kubeconfig"),
+        std::fs::read_to_string(&env.cp.management.kubeconfig)?,
+    )]
+    .into();
+    let _agent = start_connected(&env, &s, "cd-0", &cfg, &kcs, &[], &name).await?;
+
+    // Exactly one leader; the definition is the leader's, and the other pushed nothing.
+    let replicas = [&s.hub, &other];
+    let leader = wait::until("one leader", Duration::from_secs(30), || async {
+        let mut leaders = Vec::new();
+        for (i, hub) in replicas.iter().enumerate() {
+            let text = metrics_of(hub).await.ok()?;
+            if metrics::sample(&text, "scale_agent_hub_replica_leader")? == 1.0 {
+                leaders.push(i);
+            }
+        }
+        (leaders.len() == 1).then(|| leaders[0])
+    })
+    .await?;
+    let follower = 1 - leader;
+    defined(&cd, "the account's definition", &name, |d| {
+        d.modified_by == users[leader]
+    })
+    .await?;
+    // A few more rounds: the follower still writes nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // (An empty family is not exposed: the leader's shows the metric's name is right.)
+    let leader_text = metrics_of(replicas[leader]).await?;
+    ensure!(
+        metrics::require_sum(&leader_text, "scale_agent_hub_clouddriver_pushes_total")? >= 1.0,
+        "the leader pushed: {leader_text}"
+    );
+    let text = metrics_of(replicas[follower]).await?;
+    ensure!(
+        metrics::sum(&text, "scale_agent_hub_clouddriver_pushes_total") == 0.0,
+        "the follower pushed to Clouddriver: {text}"
+    );
+    ensure!(
+        cd.stored(&name)
+            .is_some_and(|d| d.modified_by == users[leader]),
+        "the definition is the leader's"
+    );
+
+    // The leader stops; someone deletes the definition in Clouddriver; the other
+    // replica, leader now, makes it again.
+    if leader == 0 {
+        s.hub.stop();
+    } else {
+        other.stop();
+    }
+    ensure!(cd.remove(&name), "the definition was stored");
+    defined(
+        &cd,
+        "the definition made again by the other replica",
+        &name,
+        |d| d.modified_by == users[follower],
+    )
+    .await?;
+    let text = metrics_of(if leader == 0 { &other } else { &s.hub }).await?;
+    ensure!(
+        metrics::require(&text, "scale_agent_hub_replica_leader")? == 1.0,
+        "the replica that took over leads: {text}"
+    );
+    running.stop();
+    drop(pg);
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Clouddriver follows the shards (`--clouddriver-url`): the hub keeps Clouddriver's
+//! `kubernetes` account definitions (its account storage API, Spinnaker ≥ 1.28 with
+//! `account.storage.enabled`) in step with the accounts it serves.
+//!
+//! Every `--clouddriver-sync-interval` the writer (the one hub, or the replicas' leader)
+//! lists Clouddriver's definitions and [`definition::plan`]s: an account the hub serves
+//! (streaming, or within its grace period) and Clouddriver lacks is created, with a
+//! kubeconfig naming the hub's Kubernetes API for that account and a token minted for
+//! it alone ([`tokens`]); a definition the hub made that says something else (the
+//! shard's namespaces, kinds, permissions, or the next token) is updated; one the hub
+//! made for an account it no longer serves is deleted. An account no shard lists any
+//! more, still served within its grace period, keeps its definition as it is. A
+//! definition of the same name the hub did not make is left alone and reported. A change
+//! Clouddriver refuses or cannot take is retried with a backoff of its own, so one
+//! account never holds back the others.
+//!
+//! This folder imports `core` alone (`hub/tests/layout.rs`); the root hands it the accounts
+//! ([`Accounts`]) and the kubeconfig of an account ([`Kubeconfig`]).
+
+pub mod client;
+pub mod definition;
+pub mod tokens;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::BoxFuture;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::client::Client;
+use self::definition::{Action, Wanted};
+use self::tokens::Minter;
+
+/// Longest wait before a refused change is tried again.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How to reach Clouddriver and what to tell it.
+#[derive(Debug, Clone)]
+pub struct ClouddriverConfig {
+    /// Clouddriver's base URL, e.g. `http://spin-clouddriver:7002`.
+    pub url: String,
+    /// Sent as `X-SPINNAKER-USER`.
+    pub user: String,
+    /// The CA that signs Clouddriver's certificate (PEM), for `https://` URLs; the
+    /// system's roots when `None`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The hub's Kubernetes API as Clouddriver reaches it (the kubeconfigs' server).
+    pub kube_api_server: String,
+    /// The CA of the hub's Kubernetes API, written into the kubeconfigs.
+    pub kube_api_ca_pem: Option<Vec<u8>>,
+    /// How often the definitions are compared and changed.
+    pub interval: Duration,
+    /// The key the account tokens are minted with (shared by replicas); random when
+    /// `None` (one hub).
+    pub token_key: Option<Vec<u8>>,
+    /// How often the tokens turn.
+    pub token_rotation: Duration,
+}
+
+/// The accounts the hub serves, as the root knows them.
+pub trait Accounts: Send + Sync {
+    /// True when this hub is the one that writes (one hub, or the replicas' leader).
+    fn may_write(&self) -> bool;
+    /// Every account served (streaming, or within its grace period), with what its
+    /// shard says of it.
+    fn wanted(&self) -> BoxFuture<'_, Result<Vec<Wanted>, String>>;
+}
+
+/// The kubeconfig of `(account, token)`.
+pub type Kubeconfig = Arc<dyn Fn(&str, &str) -> Result<String, String> + Send + Sync>;
+
+/// What was done with a definition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PushLabel {
+    /// `create`, `update` or `delete`.
+    pub action: &'static str,
+    /// `ok`, `refused`, `unreachable`.
+    pub outcome: &'static str,
+}
+
+/// The metrics of the sync (fields of the hub's metrics).
+#[derive(Debug, Clone, Default)]
+pub struct SyncMetrics {
+    /// Changes sent, by action and outcome.
+    pub pushes: Family<PushLabel, Counter>,
+    /// Definitions of a served account's name that the hub did not make.
+    pub foreign: Gauge,
+    /// Accounts whose definition says what the hub wants.
+    pub in_step: Gauge,
+    /// Lists of Clouddriver's definitions that failed.
+    pub list_failures: Counter,
+}
+
+/// The retry state of one account.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    next: Instant,
+}
+
+fn backoff_after(failures: u32) -> Duration {
+    let secs = 1u64 << failures.min(9);
+    Duration::from_secs(secs).min(MAX_BACKOFF)
+}
+
+/// Starts the sync; it ends with `shutdown`. A definition the hub made is deleted once
+/// this writer has seen its account served by no shard for `grace` (the hub's grace
+/// period): an account moving between shards, or whose agent reconnects after a
+/// restart of the hub, keeps its definition.
+pub fn start(
+    config: ClouddriverConfig,
+    minter: Arc<Minter>,
+    accounts: Arc<dyn Accounts>,
+    kubeconfig: Kubeconfig,
+    metrics: SyncMetrics,
+    grace: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let client = Client::new(&config.url, &config.user, config.ca_pem.as_deref())?;
+    info!(url = %config.url, server = %config.kube_api_server, interval = ?config.interval,
+        "keeping Clouddriver's kubernetes account definitions in step with the accounts served");
+    tokio::spawn(async move {
+        // Since when this writer has seen each account it made a definition for served
+        // by no shard: deleted once that is `grace` ago.
+        let mut unserved: HashMap<String, Instant> = HashMap::new();
+        let mut backoff: HashMap<String, Backoff> = HashMap::new();
+        let mut reported: BTreeSet<String> = BTreeSet::new();
+        let mut was_writer = false;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(config.interval) => {}
+            }
+            let writer = accounts.may_write();
+            if writer != was_writer {
+                info!(
+                    writer,
+                    "Clouddriver sync: this hub {} the writer",
+                    if writer { "is now" } else { "is no longer" }
+                );
+                was_writer = writer;
+            }
+            if !writer {
+                continue;
+            }
+            let wanted = match accounts.wanted().await {
+                Ok(w) => w,
+                Err(err) => {
+                    warn!(%err, "Clouddriver sync: cannot list the accounts served; trying again");
+                    continue;
+                }
+            };
+            let now = SystemTime::now();
+            let mut desired = BTreeMap::new();
+            let kept: BTreeSet<String> = wanted
+                .iter()
+                .filter(|w| !w.listed)
+                .map(|w| w.name.clone())
+                .collect();
+            for w in wanted.iter().filter(|w| w.listed) {
+                let token = minter.token(&w.name, now);
+                match kubeconfig(&w.name, &token) {
+                    Ok(k) => {
+                        desired.insert(
+                            w.name.clone(),
+                            definition::render(w, &config.kube_api_server, &k),
+                        );
+                    }
+                    Err(err) => {
+                        warn!(account = %w.name, %err, "Clouddriver sync: no kubeconfig for the account")
+                    }
+                }
+            }
+            let current = match client.list().await {
+                Ok(c) => c,
+                Err(err) => {
+                    metrics.list_failures.inc();
+                    warn!(%err, "Clouddriver sync: cannot list Clouddriver's kubernetes definitions; trying again");
+                    continue;
+                }
+            };
+            let actions = definition::plan(&desired, &kept, &current, &config.kube_api_server);
+            let foreign: BTreeSet<String> = actions
+                .iter()
+                .filter(|a| matches!(a, Action::Foreign(_)))
+                .map(|a| a.account().to_owned())
+                .collect();
+            for name in foreign.difference(&reported) {
+                warn!(account = %name, "Clouddriver has a kubernetes definition of this name that this hub did not make: left alone (delete it in Clouddriver for the hub to create its own)");
+            }
+            reported = foreign;
+            metrics
+                .foreign
+                .set(i64::try_from(reported.len()).unwrap_or(i64::MAX));
+            let changing = actions
+                .iter()
+                .filter(|a| matches!(a, Action::Create(_) | Action::Update(_)))
+                .count();
+            metrics.in_step.set(
+                i64::try_from(desired.len().saturating_sub(changing + reported.len()))
+                    .unwrap_or(i64::MAX),
+            );
+            backoff.retain(|name, _| actions.iter().any(|a| a.account() == name));
+            let seen = Instant::now();
+            unserved.retain(|name, _| {
+                actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Delete(n) if n == name))
+            });
+            for action in &actions {
+                if let Action::Delete(name) = action {
+                    unserved.entry(name.clone()).or_insert(seen);
+                }
+            }
+            for action in actions {
+                if matches!(action, Action::Foreign(_)) {
+                    continue;
+                }
+                if let Action::Delete(name) = &action
+                    && unserved
+                        .get(name)
+                        .is_some_and(|since| since.elapsed() < grace)
+                {
+                    debug!(
+                        account = %name,
+                        "Clouddriver sync: delete held back until the account has been served by no shard for the grace period"
+                    );
+                    continue;
+                }
+                let account = action.account().to_owned();
+                if backoff
+                    .get(&account)
+                    .is_some_and(|b| b.next > Instant::now())
+                {
+                    continue;
+                }
+                match client.apply(&action).await {
+                    Ok(()) => {
+                        info!(%account, action = action.verb(), "Clouddriver sync: definition pushed");
+                        metrics
+                            .pushes
+                            .get_or_create(&PushLabel {
+                                action: action.verb(),
+                                outcome: "ok",
+                            })
+                            .inc();
+                        backoff.remove(&account);
+                    }
+                    Err(err) => {
+                        let entry = backoff.entry(account.clone()).or_insert(Backoff {
+                            failures: 0,
+                            next: Instant::now(),
+                        });
+                        entry.failures += 1;
+                        let wait = backoff_after(entry.failures);
+                        entry.next = Instant::now() + wait;
+                        metrics
+                            .pushes
+                            .get_or_create(&PushLabel {
+                                action: action.verb(),
+                                outcome: err.outcome(),
+                            })
+                            .inc();
+                        warn!(%account, action = action.verb(), %err, retry_in = ?wait, "Clouddriver sync: change not made");
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff_after(1), Duration::from_secs(2));
+        assert_eq!(backoff_after(2), Duration::from_secs(4));
+        assert_eq!(backoff_after(30), MAX_BACKOFF);
+    }
+}
