@@ -41,6 +41,7 @@ pub mod hub;
 pub mod hubstack;
 pub mod kubeconfig;
 pub mod kubectl;
+pub mod kubelet;
 pub mod metrics;
 pub mod nginx;
 pub mod operator;
