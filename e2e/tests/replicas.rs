@@ -1433,8 +1433,10 @@ async fn exec_through_the_other_replica(shared: Arc<Shared>) -> anyhow::Result<(
             &ns,
             "p",
             "--",
-            "wc",
+            "sh",
             "-c",
+            // kwok never closes a command's standard input: read exactly the payload.
+            &format!("head -c {} | wc -c", payload.len()),
         ],
         Some(payload.as_str()),
     )?;
