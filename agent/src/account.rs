@@ -222,6 +222,7 @@ async fn serve(
     let AccountClients {
         client,
         proxy,
+        upgrade,
         lease: _lease,
     } = clients;
     let name = account.name.clone();
@@ -294,6 +295,7 @@ async fn serve(
         Arc::new(Cluster {
             client: client.clone(),
             proxy,
+            upgrade,
             discovery,
         }),
     );

@@ -23,6 +23,11 @@
 //! control is per connection too, and a caller that stops reading a large answer must not
 //! hold the watches back.
 //!
+//! Connection upgrades the hub carries (exec, attach, port-forward) go over HTTP/1.1, as
+//! kubectl's do: the API server takes WebSocket and SPDY upgrades only there. Each takes
+//! a connection of its own for as long as it lasts, made by the same transport offering
+//! only `http/1.1`; nothing else shares it.
+//!
 //! A server that does not offer `h2` (plain `http://`, or a proxy in front that speaks
 //! HTTP/1.1 only) is spoken to in HTTP/1.1, one connection per request in flight.
 //!
@@ -71,6 +76,9 @@ pub struct AccountClients {
     /// The hub's Kubernetes API requests: never retried, so a caller's request reaches
     /// the cluster at most once.
     pub proxy: kube::Client,
+    /// The hub's connection upgrades (exec, attach, port-forward): HTTP/1.1, one
+    /// connection each, never retried.
+    pub upgrade: kube::Client,
     /// The streams this account reserved; given back when dropped.
     pub lease: StreamLease,
 }
@@ -89,6 +97,8 @@ struct Transport {
     slots: Vec<Slot>,
     /// The connection for the hub's Kubernetes API requests.
     proxy: Pool,
+    /// HTTP/1.1 connections for the hub's connection upgrades, one each.
+    upgrade: Pool,
     /// Builds another watch connection.
     connector: HttpsConnector<HttpConnector>,
     /// Whether the server speaks HTTP/2.
@@ -100,7 +110,8 @@ struct Transport {
 impl Transport {
     /// A transport with no connection yet, and the server's stream limit.
     async fn new(config: &kube::Config) -> Result<Self, kube::Error> {
-        let connector = connector(config)?;
+        let upgrade = pool(&connector(config, false)?, false);
+        let connector = connector(config, true)?;
         let (limit, http2) = match probe_max_streams(&connector, &config.cluster_url).await {
             Ok(Some(n)) => (n.max(1), true),
             // HTTP/1.1: one connection per request, nothing to share.
@@ -115,6 +126,7 @@ impl Transport {
             limit,
             slots: Vec::new(),
             proxy: pool(&connector, http2),
+            upgrade,
             connector,
             http2,
             next_slot: 0,
@@ -275,8 +287,9 @@ impl Connections {
         let slot = &mut transport.slots[index];
         // The clients first: a lease dropped here, under the lock, would wait for it.
         let built = client(config, slot.pool.clone(), config.default_retry)
-            .and_then(|c| Ok((c, client(config, transport.proxy.clone(), false)?)));
-        let (client, proxy) = match built {
+            .and_then(|c| Ok((c, client(config, transport.proxy.clone(), false)?)))
+            .and_then(|(c, p)| Ok((c, p, client(config, transport.upgrade.clone(), false)?)));
+        let (client, proxy, upgrade) = match built {
             Ok(clients) => clients,
             Err(e) => {
                 transport.slots.retain(|s| s.reserved > 0);
@@ -293,6 +306,7 @@ impl Connections {
         Some(Ok(AccountClients {
             client,
             proxy,
+            upgrade,
             lease,
         }))
     }
@@ -305,8 +319,12 @@ impl Connections {
 }
 
 /// The connector of `config`'s transport: kube's TLS settings, ALPN offering h2 then
-/// http/1.1, so a server that does not take HTTP/2 answers in 1.1.
-fn connector(config: &kube::Config) -> Result<HttpsConnector<HttpConnector>, kube::Error> {
+/// http/1.1, so a server that does not take HTTP/2 answers in 1.1; only http/1.1
+/// without `http2` (connection upgrades).
+fn connector(
+    config: &kube::Config,
+    http2: bool,
+) -> Result<HttpsConnector<HttpConnector>, kube::Error> {
     let tls = config.rustls_client_config()?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -322,7 +340,11 @@ fn connector(config: &kube::Config) -> Result<HttpsConnector<HttpConnector>, kub
         builder =
             builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
     }
-    Ok(builder.enable_all_versions().wrap_connector(http))
+    if http2 {
+        Ok(builder.enable_all_versions().wrap_connector(http))
+    } else {
+        Ok(builder.enable_http1().wrap_connector(http))
+    }
 }
 
 /// A connection pool of its own: over HTTP/2, one connection. Told that the server

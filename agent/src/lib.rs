@@ -10,7 +10,8 @@
 //! - [`batch`], [`outbound`], [`budget`]: events into batches, batches onto the stream,
 //!   bounded memory and backpressure.
 //! - [`operations`]: apply, delete, patch, scale, rollout restart, get.
-//! - [`proxy`]: Kubernetes API requests the hub carries, replayed against the cluster.
+//! - [`proxy`]: Kubernetes API requests the hub carries, replayed against the cluster;
+//!   [`upgrade`]: the upgraded connections of exec, attach and port-forward.
 //! - [`report`]: what this replica tells the operator, through its Lease.
 //! - [`tls`]: the hub TLS files, and reconnecting when they are renewed.
 
@@ -35,6 +36,7 @@ pub mod session;
 pub mod state;
 pub mod surface;
 pub mod tls;
+pub mod upgrade;
 pub mod watch;
 
 use std::collections::BTreeMap;

@@ -28,6 +28,8 @@ pub struct Cluster {
     /// The same client without retries, for the Kubernetes API requests the hub
     /// carries: their own client decides whether to try again.
     pub proxy: kube::Client,
+    /// For the connection upgrades the hub carries (HTTP/1.1).
+    pub upgrade: kube::Client,
     /// The cluster's API resources.
     pub discovery: Discovery,
 }

@@ -10,6 +10,9 @@
 //!   request to the API server; the end of the session does the same for every request.
 //! - Requests are replayed without retries: the client that sent them decides whether
 //!   to try again, as it would talking to the cluster directly.
+//! - A request naming an `upgrade` (exec, attach, port-forward) is made over HTTP/1.1
+//!   with the same upgrade; on `101` the connection's bytes are carried both ways by
+//!   [`crate::upgrade`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -29,6 +32,7 @@ use tokio::task::AbortHandle;
 use crate::metrics::Metrics;
 use crate::outbound::{Closed, Outbound};
 use crate::state::State;
+use crate::upgrade::Credit;
 
 /// Requests in flight on one session at most; more are answered 429 at once. The hub
 /// sends no more than this, shared fairly between the session's accounts and tokens
@@ -55,6 +59,8 @@ pub struct Proxy {
 struct InFlight {
     body: Option<mpsc::UnboundedSender<(Bytes, bool)>>,
     window: Arc<Semaphore>,
+    /// For an upgrade: the client's bytes the hub may still send.
+    credit: Option<Arc<Credit>>,
     task: AbortHandle,
 }
 
@@ -130,6 +136,8 @@ impl Proxy {
         let cluster = self.state.cluster(&req.account);
         let inflight = Arc::downgrade(&self.inflight);
         let task_window = window.clone();
+        let credit = (!req.upgrade.is_empty()).then(|| Credit::new(initial));
+        let task_credit = credit.clone();
         self.metrics.kube_api_requests.inc();
         let gauge = InFlightGauge::new(&self.metrics);
         let task = tokio::spawn(tracing::Instrument::instrument(
@@ -137,8 +145,20 @@ impl Proxy {
                 // Dropped when the task ends or is aborted.
                 let _gauge = gauge;
                 let chunk = usize::try_from(initial).unwrap_or(MAX_CHUNK).min(MAX_CHUNK);
-                let client = cluster.map(|c| c.proxy.clone());
-                let outcome = replay(&out, req, client, body_rx, &task_window, chunk).await;
+                let upgrade = task_credit.is_some();
+                let client = cluster.map(|c| {
+                    if upgrade {
+                        c.upgrade.clone()
+                    } else {
+                        c.proxy.clone()
+                    }
+                });
+                let flow = Flow {
+                    window: &task_window,
+                    credit: task_credit.as_deref(),
+                    chunk,
+                };
+                let outcome = replay(&out, req, client, body_rx, flow).await;
                 if let Err(Closed) = outcome {
                     tracing::debug!("the session ended during the request");
                 }
@@ -151,6 +171,7 @@ impl Proxy {
             InFlight {
                 body,
                 window,
+                credit,
                 task: task.abort_handle(),
             },
         );
@@ -162,6 +183,20 @@ impl Proxy {
         let Some(r) = map.get_mut(&part.id) else {
             return;
         };
+        let over = r
+            .credit
+            .as_ref()
+            .is_some_and(|c| !c.take(part.chunk.len() as u64));
+        if over {
+            tracing::warn!(
+                id = part.id,
+                "the hub sent more of an upgraded connection than the agent granted; the connection is ended"
+            );
+            if let Some(r) = map.remove(&part.id) {
+                r.task.abort();
+            }
+            return;
+        }
         if let Some(tx) = &r.body {
             // The task may have given up on the request already; then nobody reads.
             let _ = tx.send((part.chunk, part.done));
@@ -262,11 +297,18 @@ enum Invalid {
     TooLarge,
     #[error("the request body did not arrive")]
     BodyLost,
+    #[error("the upgrade asked for is not a header value")]
+    Upgrade,
 }
 
 /// Builds the request the cluster gets: the hub's method, path, headers and body, with
 /// the hop-by-hop and credential headers left out (the account's client adds its own).
 fn build(req: &KubeRequest, body: Bytes) -> Result<Request<kube::client::Body>, Invalid> {
+    let upgrade = if req.upgrade.is_empty() {
+        None
+    } else {
+        Some(HeaderValue::from_str(&req.upgrade).map_err(|_| Invalid::Upgrade)?)
+    };
     let method = Method::from_bytes(req.method.as_bytes())
         .map_err(|_| Invalid::Method(req.method.clone()))?;
     if !req.path.starts_with('/') || req.path.starts_with("//") {
@@ -289,6 +331,14 @@ fn build(req: &KubeRequest, body: Bytes) -> Result<Request<kube::client::Body>, 
         };
         builder = builder.header(name, value);
     }
+    if let Some(protocol) = upgrade {
+        builder = builder
+            .header(
+                http::header::CONNECTION,
+                HeaderValue::from_static("Upgrade"),
+            )
+            .header(http::header::UPGRADE, protocol);
+    }
     builder
         .body(kube::client::Body::from(body))
         .map_err(|_| Invalid::Path)
@@ -297,9 +347,10 @@ fn build(req: &KubeRequest, body: Bytes) -> Result<Request<kube::client::Body>, 
 /// The whole request body: the first part from the request, then the parts that follow.
 async fn collect_body(
     req: &KubeRequest,
-    mut rx: mpsc::UnboundedReceiver<(Bytes, bool)>,
+    rx: &mut mpsc::UnboundedReceiver<(Bytes, bool)>,
 ) -> Result<Bytes, Invalid> {
-    if req.body_done {
+    // An upgrade has no body: what follows it is the upgraded connection's.
+    if req.body_done || !req.upgrade.is_empty() {
         return Ok(req.body.clone());
     }
     let mut all = BytesMut::from(&req.body[..]);
@@ -330,15 +381,29 @@ fn deadline(req: &KubeRequest) -> Option<Duration> {
     )
 }
 
+/// How much of an answer (and of an upgraded connection) may be in flight.
+struct Flow<'a> {
+    /// The hub's grants for the answer.
+    window: &'a Semaphore,
+    /// For an upgrade: the hub's credit for the client's bytes.
+    credit: Option<&'a Credit>,
+    /// The largest part sent in one frame.
+    chunk: usize,
+}
+
 /// Replays one request and streams its answer; `Err(Closed)` when the session ended.
 async fn replay(
     out: &Outbound,
     req: KubeRequest,
     client: Option<kube::Client>,
-    body_rx: mpsc::UnboundedReceiver<(Bytes, bool)>,
-    window: &Semaphore,
-    chunk: usize,
+    mut body_rx: mpsc::UnboundedReceiver<(Bytes, bool)>,
+    flow: Flow<'_>,
 ) -> Result<(), Closed> {
+    let Flow {
+        window,
+        credit,
+        chunk,
+    } = flow;
     let id = req.id;
     let Some(client) = client else {
         tracing::info!("request for an account this replica does not stream");
@@ -356,7 +421,7 @@ async fn replay(
     };
     let limit = deadline(&req);
     let head = async {
-        let body = collect_body(&req, body_rx).await?;
+        let body = collect_body(&req, &mut body_rx).await?;
         let request = build(&req, body)?;
         Ok::<_, Invalid>(client.send(request).await)
     };
@@ -405,6 +470,9 @@ async fn replay(
         }
         Ok(Ok(r)) => r,
     };
+    let mut response = response;
+    let switched = (response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| hyper::upgrade::on(&mut response));
     let (parts, mut body) = response.into_parts();
     tracing::debug!(status = parts.status.as_u16(), "the cluster answered");
     let headers = parts
@@ -422,6 +490,23 @@ async fn replay(
         headers,
     }))
     .await?;
+    if let Some(switched) = switched {
+        let (Some(credit), Ok(io)) = (credit, switched.await) else {
+            tracing::warn!(
+                "the cluster switched protocols but the connection could not be taken over"
+            );
+            return out
+                .send(Frame::KubeResponseBody(KubeResponseBody {
+                    id,
+                    chunk: Bytes::new(),
+                    done: true,
+                    error: "the cluster switched protocols, but the agent could not take the connection over".into(),
+                }))
+                .await;
+        };
+        tracing::info!(protocol = %short(&req.upgrade), "connection upgraded at the cluster");
+        return crate::upgrade::pump(out, id, io, body_rx, window, credit, chunk).await;
+    }
     loop {
         let error = match body.frame().await {
             None => String::new(),
@@ -531,21 +616,24 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send((Bytes::from_static(b"1"), false)).expect("open");
         tx.send((Bytes::from_static(b"}"), true)).expect("open");
+        let mut rx = rx;
         assert_eq!(
-            collect_body(&req, rx).await.expect("whole"),
+            collect_body(&req, &mut rx).await.expect("whole"),
             Bytes::from_static(b"{\"a\":1}")
         );
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send((Bytes::from(vec![b'x'; MAX_REQUEST_BODY]), true))
             .expect("open");
+        let mut rx = rx;
         assert!(matches!(
-            collect_body(&req, rx).await,
+            collect_body(&req, &mut rx).await,
             Err(Invalid::TooLarge)
         ));
         let (tx, rx) = mpsc::unbounded_channel::<(Bytes, bool)>();
         drop(tx);
+        let mut rx = rx;
         assert!(matches!(
-            collect_body(&req, rx).await,
+            collect_body(&req, &mut rx).await,
             Err(Invalid::BodyLost)
         ));
     }

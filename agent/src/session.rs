@@ -37,6 +37,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 pub const CAPABILITIES: &[&str] = &[
     WATCH_PROGRESS,
     scale_agent_proto::kube_api::CAPABILITY,
+    scale_agent_proto::kube_api::UPGRADE_CAPABILITY,
     crate::surface::CAPABILITY,
 ];
 /// Watch bookmarks are passed on to the hub as WatchProgress frames.

@@ -415,6 +415,9 @@ impl Cluster {
             ),
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             "--allow-privileged=true".into(),
+            // Nodes' kubelets (kwok, `kubelet.rs`) are reached at their InternalIP,
+            // 127.0.0.1: their host names resolve nowhere.
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--authorization-mode=RBAC".into(),
             format!("--cert-dir={}", dir.display()),
             "--profiling=false".into(),
@@ -505,7 +508,7 @@ fn start_kwok(bins: &Binaries, run_dir: &Path, mgmt: &Cluster) -> Result<Proc> {
 }
 
 /// The stages kwok plays: nodes and pods become ready at once.
-fn kwok_stages() -> PathBuf {
+pub fn kwok_stages() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("kwok/stages.yaml")
 }
 
@@ -513,38 +516,43 @@ fn kwok_stages() -> PathBuf {
 pub const KWOK_ANNOTATION: &str = "kwok.x-k8s.io/node";
 
 async fn create_nodes(client: &kube::Client, count: usize) -> Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
     for i in 0..count {
-        let name = format!("kwok-node-{i}");
-        let node: Node = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "annotations": { KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0" },
-                "labels": {
-                    "kubernetes.io/hostname": name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                    "type": "kwok",
-                },
-            },
-            "status": {
-                "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
-                "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" },
-            },
-        }))
-        .map_err(|e| Error::Kubeconfig {
-            path: PathBuf::from("<node manifest>"),
-            message: e.to_string(),
-        })?;
-        match nodes.create(&PostParams::default(), &node).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(Error::kube(format!("creating node {name}"), e)),
-        }
+        create_node(client, &format!("kwok-node-{i}"), "fake").await?;
     }
     Ok(())
+}
+
+/// Creates the Node `name` (if absent), handed to the kwok whose annotation selector
+/// is `KWOK_ANNOTATION=kwok`.
+pub async fn create_node(client: &kube::Client, name: &str, kwok: &str) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": { KWOK_ANNOTATION: kwok, "node.alpha.kubernetes.io/ttl": "0" },
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+        },
+        "status": {
+            "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+            "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+        },
+    }))
+    .map_err(|e| Error::Kubeconfig {
+        path: PathBuf::from("<node manifest>"),
+        message: e.to_string(),
+    })?;
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube(format!("creating node {name}"), e)),
+    }
 }
 
 /// Waits until plain-HTTP `GET path` on 127.0.0.1:`port` answers with a body containing

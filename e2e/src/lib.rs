@@ -43,6 +43,7 @@ pub mod hubstack;
 pub mod informer;
 pub mod kubeconfig;
 pub mod kubectl;
+pub mod kubelet;
 pub mod metrics;
 pub mod nginx;
 pub mod operator;

@@ -3,7 +3,8 @@
 //! hub's kubeconfig (with the installed kubectl and with Debian's older one), compared
 //! with the same commands run directly against the cluster; the hub's own refusals
 //! (401, 403, 404, 503, 504, Impersonate-*, unsafe paths) as Kubernetes Status
-//! objects; streaming with flow control and cancellation.
+//! objects; streaming with flow control and cancellation; exec, port-forward and cp
+//! (connection upgrades) through the hub to a node whose kubelet is kwok.
 //!
 //! One account streams the management cluster (it has controllers and kwok, so
 //! Deployments roll out, Jobs run and Events exist), another a bare target cluster.
@@ -87,6 +88,22 @@ fn main() {
             (
                 "kept_discovery_is_counted_and_forgotten_with_its_account",
                 |e| Box::pin(discovery_forgotten(e)),
+            ),
+            (
+                "kubectl_exec_port_forward_and_cp_work_through_the_hub",
+                |e| Box::pin(interactive(e)),
+            ),
+            (
+                "debian_kubectl_execs_and_port_forwards_over_spdy_through_the_hub",
+                |e| Box::pin(interactive_spdy(e)),
+            ),
+            (
+                "exec_and_a_nodes_proxy_are_authorized_as_any_request",
+                |e| Box::pin(interactive_refusals(e)),
+            ),
+            (
+                "an_exec_whose_client_stops_reading_holds_back_only_itself",
+                |e| Box::pin(interactive_flow(e)),
             ),
         ],
     );
@@ -3041,6 +3058,419 @@ async fn discovery_forgotten(env: Arc<Env>) -> anyhow::Result<()> {
     eprintln!(
         "discovery forgotten {:?} after the accounts were removed",
         removed.elapsed()
+    );
+    Ok(())
+}
+
+// ---------- exec, port-forward, cp: connection upgrades carried through the agent ----------
+
+/// Bytes that do not repeat in any short period (a file `kubectl cp` carries).
+fn payload(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// kubectl with `kubeconfig`, the exit code and what it printed.
+fn kubectl_status(
+    bin: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<(i32, String, String)> {
+    use std::io::Write as _;
+    // Never waits for ever: a kubectl still running after 120 s is ended (exit 124).
+    let mut child = Command::new("timeout")
+        .arg("120")
+        .arg(bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(bytes)?;
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A node of the target cluster whose kubelet is kwok (exec runs local commands in
+/// `work`, port-forward reaches an echo server), the rig's namespace in the target
+/// cluster and a pod `p` in it on that node, Ready.
+async fn kubelet_and_pod(
+    env: &Env,
+    rig: &Rig,
+    node: &str,
+) -> anyhow::Result<(scale_agent_e2e::kubelet::FakeKubelet, PathBuf)> {
+    let work = env.test_dir(&rig.s.ns).join("kubelet").join("work");
+    let kubelet = scale_agent_e2e::kubelet::with_pod(
+        &env.cp.bins,
+        &env.cp.pki,
+        target(env, TARGET)?,
+        node,
+        &env.cp.run_dir,
+        &work,
+        &rig.s.ns,
+        "p",
+    )
+    .await?;
+    Ok((kubelet, work))
+}
+
+async fn interactive(env: Arc<Env>) -> anyhow::Result<()> {
+    let bin = env.cp.bins.kubectl.clone();
+    exec_port_forward_cp(&env, "kexec", bin).await
+}
+
+async fn interactive_spdy(env: Arc<Env>) -> anyhow::Result<()> {
+    // Debian's kubectl 1.20 speaks SPDY only.
+    let bin = debian_kubectl_binary()?;
+    exec_port_forward_cp(&env, "kexecspdy", bin).await
+}
+
+/// `kubectl exec` (output, exit code, standard input), `cp` both ways and
+/// `port-forward` through the hub with the kubectl `bin`.
+async fn exec_port_forward_cp(env: &Env, name: &str, bin: PathBuf) -> anyhow::Result<()> {
+    let rig = rig(env, name, &[]).await?;
+    let (kubelet, work) = kubelet_and_pod(env, &rig, &format!("{name}-node")).await?;
+    let ns = rig.s.ns.clone();
+    let direct = target(env, TARGET)?.kubeconfig.clone();
+    let hub = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut all = vec!["--context", rig.target.as_str()];
+        all.extend_from_slice(args);
+        kubectl_status(&bin, &rig.hub_kubeconfig, &all, stdin)
+    };
+    let logs = || {
+        format!(
+            "{}\nkwok:\n{}",
+            rig.logs(),
+            scale_agent_e2e::process::tail(&kubelet.log, 20)
+        )
+    };
+
+    // A command's output, error output and exit code, as directly.
+    let command = [
+        "exec",
+        "-n",
+        &ns,
+        "p",
+        "--",
+        "sh",
+        "-c",
+        "echo out-$((6*7)); echo err >&2; exit 3",
+    ];
+    let through = hub(&command, None)?;
+    let straight = kubectl_status(&bin, &direct, &command, None)?;
+    eprintln!(
+        "exec through the hub: exit {} {:?}; directly: exit {} {:?}",
+        through.0, through.1, straight.0, straight.1
+    );
+    ensure!(
+        through.1 == "out-42\n" && through.2.contains("err"),
+        "exec through the hub printed {:?} / {:?}\n{}",
+        through.1,
+        through.2,
+        logs()
+    );
+    ensure!(
+        through.0 == straight.0 && through.0 != 0,
+        "exit code through the hub {} (stderr {:?}), directly {}",
+        through.0,
+        through.2,
+        straight.0
+    );
+
+    // Standard input carries a file of a few MiB into the pod, `kubectl cp` carries it
+    // back out: checksums equal. (kwok never closes a command's standard input, so
+    // the command reads exactly the file's length rather than to the end, and `kubectl
+    // cp` into the pod, whose tar reads to the end, would wait for ever with kwok.)
+    let data = payload(3 << 20);
+    let inside = work.join("in-pod.bin");
+    let (code, _, err) = hub(
+        &[
+            "exec",
+            "-i",
+            "-n",
+            &ns,
+            "p",
+            "--",
+            "sh",
+            "-c",
+            &format!("head -c {} > {}", data.len(), inside.display()),
+        ],
+        Some(data.as_slice()),
+    )?;
+    ensure!(
+        code == 0,
+        "exec -i through the hub: exit {code}, {err}\n{}",
+        logs()
+    );
+    ensure!(
+        sha256(&std::fs::read(&inside)?) == sha256(&data),
+        "the file written through the pod's standard input differs"
+    );
+    let back = env.test_dir(&ns).join("kubelet/down.bin");
+    let (code, _, err) = hub(
+        &[
+            "cp",
+            &format!("{ns}/p:{}", inside.display()),
+            &back.display().to_string(),
+        ],
+        None,
+    )?;
+    ensure!(code == 0, "kubectl cp down: exit {code}: {err}\n{}", logs());
+    ensure!(
+        sha256(&std::fs::read(&back)?) == sha256(&data),
+        "the file copied out of the pod differs"
+    );
+
+    // port-forward: a TCP payload there and back through the hub.
+    let local_port = free_port()?;
+    let mut forward = Command::new(&bin)
+        .arg("--kubeconfig")
+        .arg(&rig.hub_kubeconfig)
+        .args(["--context", &rig.target, "port-forward", "-n", &ns, "pod/p"])
+        .arg(format!("{local_port}:80"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let round_trip = async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut conn = loop {
+            match tokio::net::TcpStream::connect(("127.0.0.1", local_port)).await {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => bail!("kubectl port-forward never listened: {e}"),
+            }
+        };
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let sent = payload(1 << 20);
+        let (mut r, mut w) = conn.split();
+        let write = async {
+            w.write_all(&sent).await?;
+            w.flush().await
+        };
+        let mut got = vec![0u8; sent.len()];
+        let read = r.read_exact(&mut got);
+        let (wrote, read) =
+            tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(write, read) })
+                .await
+                .context("the port-forwarded echo did not come back in 30 s")?;
+        wrote?;
+        read?;
+        ensure!(got == sent, "the port-forwarded echo differs");
+        Ok(())
+    };
+    let outcome = round_trip.await;
+    let _ = forward.kill();
+    let printed = forward.wait_with_output()?;
+    outcome.with_context(|| {
+        format!(
+            "kubectl port-forward: {}{}\n{}",
+            String::from_utf8_lossy(&printed.stdout),
+            String::from_utf8_lossy(&printed.stderr),
+            logs()
+        )
+    })?;
+    Ok(())
+}
+
+/// An upgrade request (as kubectl's WebSocket exec) with curl, HTTP/1.1; the status.
+fn upgrade_status(rig: &Rig, account: &str, token: &str, path: &str) -> anyhow::Result<u16> {
+    let out = Command::new("curl")
+        .args(["-sS", "--http1.1", "--max-time", "10", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}"])
+        .arg("--cacert")
+        .arg(&rig.ca_file)
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
+        .args(["-H", "Sec-WebSocket-Version: 13"])
+        .args(["-H", "Sec-WebSocket-Key: c2NhbGUtYWdlbnQtZTJlLWtleQ=="])
+        .args(["-H", "Sec-WebSocket-Protocol: v5.channel.k8s.io"])
+        .arg(format!("{}/accounts/{account}{path}", rig.kube_api))
+        .output()?;
+    let code = String::from_utf8_lossy(&out.stdout);
+    code.trim().parse().with_context(|| {
+        format!(
+            "curl printed {code:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+async fn interactive_refusals(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kexecref", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let exec = |ns: &str| {
+        format!("/api/v1/namespaces/{ns}/pods/p/exec?command=id&stdout=true&stderr=true")
+    };
+    // A token for the target account only, used for the other account: 403.
+    let code = upgrade_status(&rig, &rig.mgmt, TOKEN_ONE, &exec(&ns))?;
+    ensure!(code == 403, "exec with another account's token: {code}");
+    // The target account is limited to the rig's namespace: an exec in another is
+    // refused by the hub (403) before anything reaches the cluster.
+    let code = upgrade_status(&rig, &rig.target, TOKEN_ALL, &exec("kube-system"))?;
+    ensure!(
+        code == 403,
+        "exec outside the account's namespaces: {code}\n{}",
+        rig.logs()
+    );
+    // A node's kubelet serves every namespace (and `run` executes commands without an
+    // upgrade): refused for a limited account, whatever the method.
+    let client = hub_client(&rig, &rig.target, Some(TOKEN_ALL)).await?;
+    for (method, path) in [
+        ("GET", "/api/v1/nodes/kwok-node-0/proxy/pods"),
+        (
+            "GET",
+            "/api/v1/nodes/kwok-node-0/proxy/containerLogs/kube-system/p/c",
+        ),
+        (
+            "POST",
+            "/api/v1/nodes/kwok-node-0/proxy/run/kube-system/p/c?cmd=id",
+        ),
+    ] {
+        expect_status(
+            &call(&client, method, path, &[]).await?,
+            403,
+            "Forbidden",
+            &format!("{method} {path} for an account limited to namespaces"),
+        )?;
+    }
+    // In its namespace the exec is carried (no kubelet here: whatever the cluster
+    // answers, not the hub's 403 or 400).
+    let code = upgrade_status(&rig, &rig.target, TOKEN_ONE, &exec(&ns))?;
+    ensure!(
+        code != 403 && code != 400,
+        "exec in the account's namespace: {code}\n{}",
+        rig.logs()
+    );
+    Ok(())
+}
+
+/// Whether a process of this machine runs `yes <marker>` (what kwok runs for an exec).
+fn yes_running(marker: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(Result::ok).any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| c == format!("yes\0{marker}\0").as_bytes())
+    })
+}
+
+async fn interactive_flow(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kexecflow", &[]).await?;
+    let (kubelet, _work) = kubelet_and_pod(&env, &rig, "kexecflow-node").await?;
+    let ns = rig.s.ns.clone();
+    let bin = env.cp.bins.kubectl.clone();
+    let logs = || {
+        format!(
+            "{}\nkwok:\n{}",
+            rig.logs(),
+            scale_agent_e2e::process::tail(&kubelet.log, 20)
+        )
+    };
+    // A client that never reads what its command writes, for ever.
+    let marker = format!("scale-agent-e2e-{}", std::process::id());
+    let mut stalled = Command::new(&bin)
+        .arg("--kubeconfig")
+        .arg(&rig.hub_kubeconfig)
+        .args(["--context", &rig.target, "exec", "-n", &ns, "p", "--"])
+        .args(["sh", "-c", &format!("exec yes {marker}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let outcome = async {
+        let started = Instant::now();
+        while !yes_running(&marker) {
+            ensure!(
+                started.elapsed() < Duration::from_secs(20),
+                "the command never ran\n{}",
+                logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let every window and buffer on the way fill up.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Meanwhile the account's other requests, another exec included, go on.
+        let t = Instant::now();
+        let (code, out, err) = kubectl_status(
+            &bin,
+            &rig.hub_kubeconfig,
+            &[
+                "--context",
+                &rig.target,
+                "exec",
+                "-n",
+                &ns,
+                "p",
+                "--",
+                "echo",
+                "alive",
+            ],
+            None,
+        )?;
+        ensure!(
+            code == 0 && out == "alive\n",
+            "another exec beside a stalled one: exit {code}, {out:?} {err}\n{}",
+            logs()
+        );
+        let (code, _, err) = kubectl_status(
+            &bin,
+            &rig.hub_kubeconfig,
+            &["--context", &rig.target, "get", "pods", "-n", &ns],
+            None,
+        )?;
+        ensure!(code == 0, "a read beside a stalled exec: {err}");
+        eprintln!(
+            "beside an exec whose client stopped reading: another exec and a read took {:?}",
+            t.elapsed()
+        );
+        Ok(())
+    }
+    .await;
+    // Ending the client ends the command where it runs.
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+    outcome?;
+    let ended = Instant::now();
+    while yes_running(&marker) {
+        ensure!(
+            ended.elapsed() < Duration::from_secs(20),
+            "the command still runs 20 s after its client went away\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "the command ended {:?} after its client went away",
+        ended.elapsed()
     );
     Ok(())
 }

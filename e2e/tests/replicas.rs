@@ -107,6 +107,10 @@ fn main() {
                 "h_an_informer_keeps_its_watch_when_the_holder_is_killed",
                 |f| Box::pin(kube_api_holder_killed(f)),
             ),
+            (
+                "i_kubectl_exec_through_the_replica_not_holding_the_account",
+                |f| Box::pin(exec_through_the_other_replica(f)),
+            ),
         ],
     );
 }
@@ -1283,5 +1287,67 @@ async fn kube_api_holder_killed(shared: Arc<Shared>) -> anyhow::Result<()> {
         "after the kill the cluster served {cluster_lists} ConfigMap LISTs; the agent resumed {resumes} kinds and relisted {agent_relists}"
     );
     drop(lb);
+    Ok(())
+}
+
+/// `kubectl exec` reaching the replica that does not hold the account: the upgrade is
+/// forwarded to the holder and the two connections joined.
+async fn exec_through_the_other_replica(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let env = &shared.env;
+    let k = KubeRig::start(&shared, "kexecfwd").await?;
+    let rig = &k.rig;
+    let ns = rig.s.ns.clone();
+    let kubectl = &env.cp.bins.kubectl;
+    let cluster = target(env, TARGETS[0])?;
+    let kubelet = scale_agent_e2e::kubelet::with_pod(
+        &env.cp.bins,
+        &env.cp.pki,
+        cluster,
+        "kexecfwd-node",
+        &env.cp.run_dir,
+        &env.test_dir(&ns).join("kubelet-work"),
+        &ns,
+        "p",
+    )
+    .await?;
+    let (account, _) = &rig.accounts[0];
+    let other = 1 - rig.holder_of(&shared, account).await?;
+    let kc = k.kubeconfig("exec-other", &k.replica(other), KUBE_TOKEN_ALL)?;
+    let spliced = "scale_agent_hub_kube_api_requests_total{source=\"replica\",code=\"1xx\"}";
+    let other_addr = metrics_addr(rig.hubs()[other]);
+    let spliced_before = metric(&other_addr, spliced).await;
+    let payload = "x".repeat(1 << 20);
+    let out = scale_agent_e2e::kubectl::run_full(
+        kubectl,
+        &kc,
+        [
+            "--context",
+            account,
+            "exec",
+            "-i",
+            "-n",
+            &ns,
+            "p",
+            "--",
+            "sh",
+            "-c",
+            // kwok never closes a command's standard input: read exactly the payload.
+            &format!("head -c {} | wc -c", payload.len()),
+        ],
+        Some(payload.as_str()),
+    )?;
+    ensure!(
+        out.success && out.stdout.trim() == payload.len().to_string(),
+        "kubectl exec -i through replica {other}, which does not hold {account}: {:?} {}\n{}\nkwok:\n{}",
+        out.stdout,
+        out.stderr,
+        rig.logs(),
+        scale_agent_e2e::process::tail(&kubelet.log, 20)
+    );
+    let spliced_count = metric(&other_addr, spliced).await - spliced_before;
+    ensure!(
+        spliced_count >= 1,
+        "replica {other} answered no upgrade from the holder ({spliced_count})"
+    );
     Ok(())
 }

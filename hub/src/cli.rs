@@ -260,6 +260,16 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub clouddriver_sync_interval: Duration,
 
+    /// An exec, attach or port-forward connection with no byte either way for this
+    /// long is closed (the kubelet's default streaming idle timeout).
+    #[arg(long, value_name = "DURATION", default_value = "4h", value_parser = parse_duration)]
+    pub kube_api_stream_idle_timeout: Duration,
+
+    /// An exec, attach or port-forward connection is closed this long after it
+    /// began, however busy.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub kube_api_stream_max_duration: Duration,
+
     /// The most accounts one agent session may hold; registrations past it
     /// are refused (INVALID, with the limit in the message).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
@@ -400,6 +410,9 @@ impl Args {
                     per_token: self.kube_api_max_held_mib_per_token.saturating_mul(1 << 20),
                     total: self.kube_api_max_held_mib.saturating_mul(1 << 20),
                 },
+
+                stream_idle_timeout: self.kube_api_stream_idle_timeout,
+                stream_max_duration: self.kube_api_stream_max_duration,
                 tls: kube_api_tls,
                 replica_ca: self.kube_api_replica_ca,
                 ..KubeApiConfig::new(addr, TokenSource::File(tokens))

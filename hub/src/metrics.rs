@@ -34,7 +34,7 @@ pub struct KubeApiLabel {
     /// `cluster` (carried to the agent), `cache` (from the hub's cache) or `hub`
     /// (refused by the hub itself).
     pub source: &'static str,
-    /// The HTTP status class: `2xx`, `3xx`, `4xx`, `5xx`.
+    /// The HTTP status class: `1xx` (a switch of protocols), `2xx`, `3xx`, `4xx`, `5xx`.
     pub code: &'static str,
 }
 
@@ -171,6 +171,8 @@ impl Metrics {
     /// Counts a Kubernetes API answer.
     pub fn kube_api(&self, source: &'static str, status: u16) {
         let code = match status {
+            // 101: an exec, attach or port-forward switched protocols.
+            100..=199 => "1xx",
             200..=299 => "2xx",
             300..=399 => "3xx",
             400..=499 => "4xx",

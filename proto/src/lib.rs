@@ -48,6 +48,10 @@ pub mod kube_api {
     /// Kubernetes API requests on the stream.
     pub const CAPABILITY: &str = "kube-api";
 
+    /// The capability both sides list to carry connection upgrades (exec,
+    /// attach, port-forward) as `KubeRequest.upgrade`, besides [`CAPABILITY`].
+    pub const UPGRADE_CAPABILITY: &str = "kube-upgrade";
+
     /// Headers that belong to one HTTP connection, not to the request or the
     /// answer (RFC 9110 §7.6.1, plus `host` and the framing headers the
     /// receiving side writes itself): never carried over the stream.

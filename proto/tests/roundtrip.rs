@@ -139,6 +139,10 @@ fn agent_frames() -> Vec<agent_frame::Frame> {
             done: true,
             error: String::new(),
         }),
+        Frame::KubeWindow(KubeWindow {
+            id: 8,
+            bytes: 64 << 10,
+        }),
     ]
 }
 
@@ -251,6 +255,17 @@ fn hub_frames() -> Vec<hub_frame::Frame> {
             body: Bytes::from_static(b"kind: Deployment\n"),
             body_done: false,
             window_bytes: 1 << 20,
+            upgrade: String::new(),
+        }),
+        Frame::KubeRequest(KubeRequest {
+            id: 8,
+            account: "prod-east-1".into(),
+            method: "GET".into(),
+            path: "/api/v1/namespaces/web/pods/web-0/exec?command=sh&stdin=true".into(),
+            body_done: false,
+            window_bytes: 1 << 20,
+            upgrade: "websocket".into(),
+            ..Default::default()
         }),
         Frame::KubeRequestBody(KubeRequestBody {
             id: 7,
@@ -286,7 +301,7 @@ fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(message: &M) {
 #[test]
 fn every_agent_frame_round_trips() {
     let frames = agent_frames();
-    assert_eq!(frames.len(), 11, "a new AgentFrame kind needs a case here");
+    assert_eq!(frames.len(), 12, "a new AgentFrame kind needs a case here");
     for frame in frames {
         round_trip(&AgentFrame { frame: Some(frame) });
     }
@@ -297,7 +312,7 @@ fn every_hub_frame_round_trips() {
     let frames = hub_frames();
     assert_eq!(
         frames.len(),
-        9 + 6,
+        10 + 6,
         "a new HubFrame or Operation kind needs a case here"
     );
     for frame in frames {

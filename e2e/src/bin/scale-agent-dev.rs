@@ -95,6 +95,26 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     // The hub (Clouddriver's side) and nginx in front of it; with
     // SCALE_AGENT_HUB_REPLICAS=2 (or more), that many replicas sharing PostgreSQL.
     let stack = Stack::start(&cp, &run_dir, hub_replicas()?).await?;
+    // kwok as the kubelet of one node per target cluster, with the pod `demo/web` on
+    // it, so `kubectl exec` and `kubectl port-forward` through the hub work at once
+    // (docs/clouddriver.md): exec runs local commands in `run/kubelets/work`,
+    // port-forward reaches an echo server.
+    let work = run_dir.join("kubelets").join("work");
+    let mut kubelets = Vec::new();
+    for t in &cp.targets {
+        let kubelet = scale_agent_e2e::kubelet::with_pod(
+            &cp.bins,
+            &cp.pki,
+            t,
+            &format!("{}-node-0", t.name),
+            &run_dir,
+            &work,
+            "demo",
+            "web",
+        )
+        .await?;
+        kubelets.push(kubelet);
+    }
     // The operator issues every shard's agents a client certificate naming their shard,
     // from the agents' CA (the one nginx verifies agents with; not the API servers'
     // client CA): any shard applied, in any namespace, reaches the hub through nginx with
@@ -171,6 +191,7 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     tracing::info!("stopping");
     let _ = std::fs::remove_file(&ready);
     drop(pods);
+    drop(kubelets);
     drop(operator);
     drop(stack);
     drop(cp);

@@ -17,7 +17,9 @@
 //! `namespaces` as a limit),
 //! [`cached`] (the checks under the cache's lock), [`watch`] (watches from the
 //! cache), [`barrier`] (read your writes), [`tunnel`] (requests in flight per
-//! session, flow control), [`passthrough`] (replaying a request through the agent), [`stale`] (reads
+//! session, flow control), [`passthrough`] (replaying a request through the agent),
+//! [`upgrade`] (exec, attach, port-forward: an upgraded connection carried through the
+//! agent), [`stale`] (reads
 //! while an account's agent is away),
 //! [`discovery`] (discovery and OpenAPI kept while the agent follows what the
 //! cluster serves), [`hold`] (answers that hold their place or bytes until sent),
@@ -45,6 +47,7 @@ pub mod server;
 pub mod stale;
 pub mod status;
 pub mod table;
+pub mod upgrade;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -82,8 +85,14 @@ pub struct KubeApiConfig {
     /// How long the hub waits for the head of the cluster's answer when the request
     /// names no `timeout`; past it the client gets 504.
     pub request_timeout: Duration,
-    /// Bytes of a response body the agent may send ahead of what the client read.
+    /// Bytes of a response body the agent may send ahead of what the client read;
+    /// for exec, attach and port-forward, also each direction's bytes in flight.
     pub window_bytes: u64,
+    /// An upgraded connection (exec, attach, port-forward) with no byte either way
+    /// for this long is closed (`upgrade.rs`).
+    pub stream_idle_timeout: Duration,
+    /// An upgraded connection is closed this long after it began, however busy.
+    pub stream_max_duration: Duration,
     /// Open connections at most; more are closed at once.
     pub max_connections: usize,
     /// Open connections at most from one client address; more are closed at once, so
@@ -115,7 +124,8 @@ pub struct KubeApiConfig {
 impl KubeApiConfig {
     /// Defaults on `addr` with `tokens`: impersonation refused, stale reads served,
     /// 60 s request timeout, 1 MiB window, 4096 connections (1024 per client
-    /// address), closed after 5 minutes idle or asked to close at 1 hour old, 1000
+    /// address), closed after 5 minutes idle or asked to close at 1 hour old, upgraded
+    /// connections (exec, attach, port-forward) closed after 4 h idle or 24 h, 1000
     /// watches per token, 128 MiB of bodies and unsent lists held per token (512 MiB
     /// in total), the hub's own certificate.
     pub fn new(addr: SocketAddr, tokens: TokenSource) -> KubeApiConfig {
@@ -126,6 +136,8 @@ impl KubeApiConfig {
             stale_reads: true,
             request_timeout: Duration::from_secs(60),
             window_bytes: 1 << 20,
+            stream_idle_timeout: Duration::from_secs(4 * 3600),
+            stream_max_duration: Duration::from_secs(24 * 3600),
             max_connections: 4096,
             max_connections_per_address: 1024,
             max_watches_per_token: 1000,

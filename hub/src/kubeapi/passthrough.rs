@@ -5,6 +5,10 @@
 //! client has read (the hub grants more as the client reads), so a slow client holds
 //! back its own answer and nothing else on the stream. When the client goes away the
 //! request is cancelled at the agent, which closes it at the API server.
+//!
+//! A connection upgrade (exec, attach, port-forward) is replayed the same way; when the
+//! cluster switches protocols the answer is a `101` carrying a [`Switched`], the
+//! agent's side of the connection, which [`super::upgrade`] carries on.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,6 +71,8 @@ pub struct Replay<'a> {
     /// For a request that names a resource: where a successful write's version is
     /// recorded, so the client's later reads reflect it.
     pub barrier: Option<BarrierFor>,
+    /// For a connection upgrade: the protocol the client asked for (its `Upgrade`).
+    pub upgrade: Option<String>,
 }
 
 /// The kind a write is to, and where its version goes.
@@ -289,8 +295,10 @@ pub async fn replay(shared: &Arc<Shared>, r: Replay<'_>) -> Response<Body> {
         headers: forwarded_headers(r.headers),
         deadline: Some(prost_types::Timestamp::from(SystemTime::now() + deadline)),
         body: first,
-        body_done: body.is_empty(),
+        // An upgrade's "body" is the client's side of the connection, after the switch.
+        body_done: body.is_empty() && r.upgrade.is_none(),
         window_bytes: r.window,
+        upgrade: r.upgrade.clone().unwrap_or_default(),
     };
     let mut cancel = CancelOnDrop {
         shared: Arc::clone(shared),
@@ -324,7 +332,7 @@ pub async fn replay(shared: &Arc<Shared>, r: Replay<'_>) -> Response<Body> {
             match rx.recv().await? {
                 Part::Head(head) => return Some(head),
                 // A body before the head: the agent is confused; ignore it.
-                Part::Body(_) => continue,
+                Part::Body(_) | Part::Window(_) => continue,
             }
         }
     })
@@ -402,6 +410,35 @@ pub async fn replay(shared: &Arc<Shared>, r: Replay<'_>) -> Response<Body> {
         unacked: 0,
         done: false,
     };
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(protocol) = r
+            .upgrade
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok())
+        else {
+            warn!(
+                account = r.account,
+                "the cluster switched protocols for a request that asked for no upgrade"
+            );
+            return Failure::new(
+                StatusCode::BAD_GATEWAY,
+                "InternalError",
+                "the cluster switched protocols for a request that asked for no upgrade",
+            )
+            .response();
+        };
+        info!(account = r.account, method = %r.method, path = %short(r.path_and_query), protocol = ?protocol, took = ?started.elapsed(), "connection upgraded at the cluster");
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("Upgrade"),
+        );
+        headers.insert(http::header::UPGRADE, protocol);
+        response
+            .extensions_mut()
+            .insert(Switched(Arc::new(std::sync::Mutex::new(Some(answer)))));
+        return response;
+    }
     *response.body_mut() = Body::from_stream(answer);
     match &r.barrier {
         Some(barrier) if write && status.is_success() => {
@@ -451,8 +488,27 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// The response body: the agent's parts as the client reads them.
-struct Answer {
+/// The agent's side of a connection the cluster upgraded (on a `101` answer): taken
+/// once, by [`Switched::take`].
+#[derive(Clone)]
+pub struct Switched(Arc<std::sync::Mutex<Option<Answer>>>);
+
+impl std::fmt::Debug for Switched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Switched").finish_non_exhaustive()
+    }
+}
+
+impl Switched {
+    /// The connection's answer half, the first time.
+    pub fn take(&self) -> Option<Answer> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The response body: the agent's parts as the client reads them; for an upgraded
+/// connection, the agent's side of it.
+pub struct Answer {
     rx: mpsc::UnboundedReceiver<Part>,
     cancel: CancelOnDrop,
     window: u64,
@@ -461,8 +517,39 @@ struct Answer {
 }
 
 impl Answer {
+    /// The next part from the agent; `None` when its session ended or it overran its
+    /// window.
+    pub async fn next(&mut self) -> Option<Part> {
+        self.rx.recv().await
+    }
+
+    /// The bytes in flight either way.
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// The agent finished the answer: nothing to cancel.
+    pub fn finished(&mut self) {
+        self.done = true;
+        self.cancel.armed = false;
+    }
+
+    /// Sends the agent more of the client's side of an upgraded connection (`done`:
+    /// the client closed its sending side); `false` when the session is gone.
+    pub async fn send(&self, chunk: Bytes, done: bool) -> bool {
+        let c = &self.cancel;
+        let part = KubeRequestBody {
+            id: c.id,
+            chunk,
+            done,
+        };
+        c.tx.send(Ok(frame(hub_frame::Frame::KubeRequestBody(part))))
+            .await
+            .is_ok()
+    }
+
     /// Grants the agent what the client has read, in steps of a quarter window.
-    fn read(&mut self, bytes: u64) {
+    pub fn read(&mut self, bytes: u64) {
         self.unacked += bytes;
         if self.unacked < (self.window / 4).max(1) {
             return;
@@ -501,7 +588,7 @@ impl Stream for Answer {
                         "the agent's answer ended before it was complete",
                     ))));
                 }
-                Poll::Ready(Some(Part::Head(_))) => continue,
+                Poll::Ready(Some(Part::Head(_) | Part::Window(_))) => continue,
                 Poll::Ready(Some(Part::Body(b))) => {
                     if b.done {
                         self.done = true;

@@ -13,7 +13,10 @@
 //! - discovery (`/api`, `/apis`, `/version`, `/openapi/…`), read only.
 //!
 //! What it may not: requests in any other namespace; lists, watches and deletes of a
-//! namespaced kind across all namespaces; and every write outside its namespaces,
+//! namespaced kind across all namespaces; anything through a cluster-scoped object's
+//! `proxy` (`nodes/<node>/proxy/...` reaches the node's kubelet, which serves every
+//! namespace's pods, logs and exec — `POST .../run/...` runs a command without any
+//! upgrade); and every write outside its namespaces,
 //! cluster-scoped writes included — among them SelfSubjectAccessReviews and
 //! SelfSubjectRulesReviews, whose answer would describe the kubeconfig's rights, not
 //! the account's.
@@ -89,6 +92,13 @@ pub fn check(
                 clip(ns)
             ))
         };
+    }
+    if path.subresource.as_deref() == Some("proxy") {
+        return Err(format!(
+            "this account is limited to namespaces {limit:?}: {}/{}/proxy reaches every namespace (a node's kubelet serves all its pods, their logs and exec)",
+            clip(&path.resource),
+            clip(path.name.as_deref().unwrap_or_default())
+        ));
     }
     if !cluster_scoped {
         return Err(format!(
@@ -191,6 +201,30 @@ mod tests {
         ] {
             assert!(decide(m.clone(), p, true).is_err(), "{m} {p}");
         }
+    }
+
+    #[test]
+    fn a_nodes_proxy_is_refused_whatever_the_method() {
+        for (m, p) in [
+            (Method::GET, "/api/v1/nodes/n1/proxy"),
+            (Method::GET, "/api/v1/nodes/n1/proxy/pods"),
+            (
+                Method::GET,
+                "/api/v1/nodes/n1/proxy/containerLogs/kube-system/p/c",
+            ),
+            (Method::POST, "/api/v1/nodes/n1/proxy/run/kube-system/p/c"),
+            (Method::GET, "/api/v1/nodes/n1:10250/proxy/exec/team-a/p/c"),
+        ] {
+            let decided = decide(m.clone(), p, false);
+            assert!(
+                decided.as_ref().is_err_and(|why| why.contains("proxy")),
+                "{m} {p}: {decided:?}"
+            );
+        }
+        // The node itself may still be read; an unlimited account may use the proxy.
+        assert_eq!(decide(Method::GET, "/api/v1/nodes/n1", false), Ok(()));
+        let p = resource_path("/api/v1/nodes/n1/proxy/run/a/b/c");
+        assert_eq!(check(&[], &Method::POST, p.as_ref(), true), Ok(()));
     }
 
     #[test]

@@ -36,6 +36,7 @@ use super::read;
 use super::scope;
 use super::stale;
 use super::status::Failure;
+use super::upgrade;
 use super::{AGE_GRACE, KubeApiConfig, TokenSource};
 use crate::Error;
 use crate::core::clip::clip;
@@ -200,7 +201,8 @@ pub async fn start(
                     .http2()
                     .timer(TokioTimer::new())
                     .keep_alive_interval(Some(Duration::from_secs(30)));
-                let conn = builder.serve_connection(TokioIo::new(conn), service);
+                // With upgrades: exec, attach and port-forward (`upgrade.rs`).
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(conn), service);
                 tokio::pin!(conn);
                 tokio::select! {
                     r = conn.as_mut() => {
@@ -506,6 +508,7 @@ impl KubeApi {
                 default_timeout: self.config.request_timeout,
                 window: self.config.window_bytes,
                 barrier: None,
+                upgrade: None,
             },
         )
         .await;
@@ -678,7 +681,12 @@ impl KubeApi {
         }
     }
 
-    async fn serve(&self, req: Request<Incoming>, account: String, rest: String) -> Response<Body> {
+    async fn serve(
+        &self,
+        mut req: Request<Incoming>,
+        account: String,
+        rest: String,
+    ) -> Response<Body> {
         let owner = match self.authorize(req.headers(), &account) {
             Ok(owner) => owner,
             Err(Refusal::Unauthenticated) => {
@@ -704,17 +712,23 @@ impl KubeApi {
             )
             .response();
         }
-        if req.headers().contains_key(http::header::UPGRADE) {
-            return Failure::bad_request(
-                "exec, attach and port-forward (connection upgrades) are not carried by the hub",
-            )
-            .response();
-        }
+        // exec, attach, port-forward: authorized as any other request below, then
+        // carried through the agent (`upgrade.rs`).
+        let upgrade = match upgrade::requested(req.headers()) {
+            Ok(upgrade) => upgrade,
+            Err(refused) => return refused.response(),
+        };
+        let mut client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         // Held by another replica: carried there, and its answer streamed back.
         let watch = options::ListOptions::from_query(&path::query(req.uri().query())).watch;
         let req = match forward::route(&self.shared, &account, Endpoint::KubeApi, req).await {
             Routed::Here(req) => req,
-            Routed::Answered(response) => {
+            Routed::Answered(mut response) => {
+                if let Some(client) = client_upgrade.take()
+                    && response.status() == StatusCode::SWITCHING_PROTOCOLS
+                {
+                    forward::splice(&account, client, &mut response, upgrade.as_deref());
+                }
                 let mut response = if watch {
                     response.map(forwarded_watch)
                 } else {
@@ -762,6 +776,14 @@ impl KubeApi {
         if let Err(why) = self.within_scope(&account, req.method(), resource.as_ref()) {
             warn!(path = %clip(&rest), %why, "refused a request outside the account's namespaces");
             return Failure::forbidden(why).response();
+        }
+        if let (Some(protocol), Some(client)) = (upgrade, client_upgrade) {
+            let (Some(session), Some(tx)) = (session, tx) else {
+                return Failure::disconnected(&account).response();
+            };
+            return self
+                .upgrade(req, owner, &account, rest, session, tx, protocol, client)
+                .await;
         }
         if let (Some(resource), Some(session), Some(tx)) = (&resource, &session, &tx) {
             self.learn_columns(&req, owner, &account, resource, session, tx)
@@ -855,6 +877,7 @@ impl KubeApi {
                 default_timeout: self.config.request_timeout,
                 window: self.config.window_bytes,
                 barrier,
+                upgrade: None,
             },
         )
         .await;
@@ -865,6 +888,86 @@ impl KubeApi {
             }
             _ => response,
         }
+    }
+
+    /// Carries an authorized connection upgrade (exec, attach, port-forward) to the
+    /// cluster through the agent; on `101`, the connection's bytes both ways until
+    /// either end closes it or a limit passes (`upgrade.rs`).
+    #[allow(clippy::too_many_arguments)]
+    async fn upgrade(
+        &self,
+        req: Request<Incoming>,
+        owner: usize,
+        account: &str,
+        rest: String,
+        session: crate::core::registry::SessionId,
+        tx: crate::state::Outbound,
+        protocol: String,
+        client: hyper::upgrade::OnUpgrade,
+    ) -> Response<Body> {
+        if !self.shared.tunnels.carries_upgrades(&session) {
+            return Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!(
+                    "account {account:?} is streamed by an agent that cannot carry exec, attach or port-forward; upgrade the agent"
+                ),
+            )
+            .response();
+        }
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest,
+        };
+        let (parts, _) = req.into_parts();
+        let held = match self.memory.take(owner, 0) {
+            Ok(held) => held,
+            Err(over) => return passthrough::too_much(over).response(),
+        };
+        let mut response = passthrough::replay(
+            &self.shared,
+            Replay {
+                account,
+                // Exec, attach and port-forward take the session's long-running room.
+                token: owner,
+                class: Class::LongRunning,
+                session,
+                tx,
+                method: &parts.method,
+                path_and_query: &path_and_query,
+                headers: &parts.headers,
+                body: bytes::Bytes::new(),
+                held,
+                default_timeout: self.config.request_timeout,
+                window: self.config.window_bytes,
+                barrier: None,
+                upgrade: Some(protocol),
+            },
+        )
+        .await;
+        let Some(switched) = response.extensions_mut().remove::<passthrough::Switched>() else {
+            // Refused by the cluster (or the hub): an ordinary answer.
+            return response;
+        };
+        let Some(agent) = switched.take() else {
+            return response;
+        };
+        let limits = upgrade::Limits {
+            idle: self.config.stream_idle_timeout,
+            total: self.config.stream_max_duration,
+        };
+        let account = account.to_owned();
+        tokio::spawn(
+            async move {
+                match client.await {
+                    Ok(io) => upgrade::carry(upgrade::client_io(io), agent, limits, &account).await,
+                    // `agent` drops: the session is cancelled at the agent.
+                    Err(err) => debug!(%err, "the client's connection was not upgraded"),
+                }
+            }
+            .instrument(tracing::Span::current()),
+        );
+        response
     }
 }
 

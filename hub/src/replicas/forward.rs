@@ -31,7 +31,10 @@
 //! gets 503 saying so. A forwarded answer streams through as it comes
 //! (watches, `logs -f`): the client's reading paces the holder's sending, and
 //! a client that goes away closes the forwarded connection, which ends the
-//! request at the holder.
+//! request at the holder. A connection upgrade (exec, attach, port-forward)
+//! is forwarded with its `Upgrade`, and when the holder switches protocols
+//! the two connections are joined byte for byte ([`splice`]): the holder
+//! keeps the session's limits, and either end closing closes the other.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -387,8 +390,15 @@ where
     parts.uri = format!("{}{path}", base.trim_end_matches('/'))
         .parse()
         .map_err(|e| format!("bad URL {base}{path}: {e}"))?;
+    let upgrade = parts.headers.get(header::UPGRADE).cloned();
     for name in HOP_BY_HOP.iter().chain([&header::HOST]) {
         parts.headers.remove(name);
+    }
+    if let Some(protocol) = upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
     }
     parts.version = http::Version::HTTP_11;
     parts.headers.insert(
@@ -411,6 +421,41 @@ where
         response.headers_mut().insert(SERVED_BY, value);
     }
     Ok(response)
+}
+
+/// Joins a client's connection, upgraded once this replica answers with
+/// `response` (the holder's `101`), to the holder's upgraded connection, byte
+/// for byte, until either end closes. `response` gets the `Upgrade` the client
+/// asked for back (hop-by-hop headers are not forwarded).
+pub fn splice(
+    account: &str,
+    client: hyper::upgrade::OnUpgrade,
+    response: &mut Response<Incoming>,
+    protocol: Option<&str>,
+) {
+    let holder = hyper::upgrade::on(&mut *response);
+    if let Some(value) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        response.headers_mut().insert(header::UPGRADE, value);
+    }
+    let account = account.to_owned();
+    tokio::spawn(async move {
+        let (client, holder) = match (client.await, holder.await) {
+            (Ok(c), Ok(h)) => (c, h),
+            (c, h) => {
+                debug!(%account, client = c.is_ok(), holder = h.is_ok(), "a forwarded upgrade was not taken over on both sides");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut holder = hyper_util::rt::TokioIo::new(holder);
+        match tokio::io::copy_bidirectional(&mut client, &mut holder).await {
+            Ok((up, down)) => debug!(%account, up, down, "forwarded upgraded connection closed"),
+            Err(err) => debug!(%account, %err, "forwarded upgraded connection broke off"),
+        }
+    });
 }
 
 /// An error and its causes, `: `-separated (a TLS refusal is a cause of the

@@ -26,6 +26,7 @@ use crate::stream::session::Session;
 pub const CAPABILITIES: &[&str] = &[
     "watch-progress",
     scale_agent_proto::kube_api::CAPABILITY,
+    scale_agent_proto::kube_api::UPGRADE_CAPABILITY,
     "api-surface",
 ];
 
@@ -64,6 +65,7 @@ fn frame_name(f: &agent_frame::Frame) -> &'static str {
         agent_frame::Frame::KubeResponseHead(_) => "KubeResponseHead",
         agent_frame::Frame::KubeResponseBody(_) => "KubeResponseBody",
         agent_frame::Frame::ApiSurface(_) => "ApiSurface",
+        agent_frame::Frame::KubeWindow(_) => "KubeWindow",
     }
 }
 
@@ -221,6 +223,9 @@ impl HubService {
         let kube_api = capabilities
             .iter()
             .any(|c| c == scale_agent_proto::kube_api::CAPABILITY);
+        let kube_upgrade = capabilities
+            .iter()
+            .any(|c| c == scale_agent_proto::kube_api::UPGRADE_CAPABILITY);
         let config = &self.shared.config;
         let welcome = Welcome {
             session_id: id.to_string(),
@@ -246,6 +251,9 @@ impl HubService {
         let session = Session::open(Arc::clone(&self.shared), id, handle, source);
         if kube_api {
             self.shared.tunnels.enable(&session.id);
+            if kube_upgrade {
+                self.shared.tunnels.enable_upgrades(&session.id);
+            }
         }
         Ok(session)
     }

@@ -304,6 +304,10 @@ impl Session {
                 tunnel::from_agent(&self.shared, &self.id, Part::Body(body));
                 true
             }
+            Some(agent_frame::Frame::KubeWindow(window)) => {
+                tunnel::from_agent(&self.shared, &self.id, Part::Window(window));
+                true
+            }
             None => {
                 debug!("a frame of a kind this hub does not know; ignored");
                 self.shared.metrics.frame_ignored("unknown_frame_kind");

@@ -12,13 +12,17 @@
 //!   yet) or a broken body (mid-stream).
 //! - A request starts only within its account's and its token's fair share of the
 //!   session ([`crate::core::fair`]); it holds its place until it is forgotten here.
+//! - A connection upgrade (exec, attach, port-forward) is a request too, on a session
+//!   that also carries upgrades: after its `101` head the body is the cluster's side of
+//!   the connection, under the same credit, and the agent's `KubeWindow` grants reach
+//!   the hub's side of the connection here (`kubeapi/upgrade.rs`).
 
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use scale_agent_proto::v1::{KubeResponseBody, KubeResponseHead};
+use scale_agent_proto::v1::{KubeResponseBody, KubeResponseHead, KubeWindow};
 use tokio::sync::mpsc;
 
 use crate::core::fair::{Busy, Flow, Limits, Load};
@@ -31,6 +35,9 @@ pub enum Part {
     Head(KubeResponseHead),
     /// Body bytes; the last has `done`.
     Body(KubeResponseBody),
+    /// For an upgraded connection: the agent wrote that much of the client's bytes to
+    /// the cluster, the hub may send that much more.
+    Window(KubeWindow),
 }
 
 /// What happened to a frame from an agent.
@@ -54,6 +61,7 @@ struct Pending {
 #[derive(Default)]
 struct Inner {
     capable: HashSet<SessionId>,
+    upgrades: HashSet<SessionId>,
     requests: HashMap<SessionId, HashMap<u64, Pending>>,
     load: HashMap<SessionId, Load>,
 }
@@ -105,6 +113,17 @@ impl Tunnels {
         self.inner().capable.insert(session.clone());
     }
 
+    /// The session also carries connection upgrades (both sides listed
+    /// `kube-upgrade`).
+    pub fn enable_upgrades(&self, session: &SessionId) {
+        self.inner().upgrades.insert(session.clone());
+    }
+
+    /// True when the session carries connection upgrades.
+    pub fn carries_upgrades(&self, session: &SessionId) -> bool {
+        self.inner().upgrades.contains(session)
+    }
+
     /// True when the session carries Kubernetes API requests.
     pub fn capable(&self, session: &SessionId) -> bool {
         self.inner().capable.contains(session)
@@ -148,13 +167,14 @@ impl Tunnels {
         let id = match &part {
             Part::Head(h) => h.id,
             Part::Body(b) => b.id,
+            Part::Window(w) => w.id,
         };
         let mut inner = self.inner();
         let Some(pending) = inner.requests.get_mut(session).and_then(|r| r.get_mut(&id)) else {
             return Delivery::Unknown;
         };
         let done = match &part {
-            Part::Head(_) => false,
+            Part::Head(_) | Part::Window(_) => false,
             Part::Body(b) => {
                 let len = b.chunk.len() as u64;
                 if len > pending.credit {
@@ -196,6 +216,7 @@ impl Tunnels {
         let mut inner = self.inner();
         inner.capable.remove(session);
         inner.load.remove(session);
+        inner.upgrades.remove(session);
         inner.requests.remove(session).map_or(0, |r| r.len())
     }
 
