@@ -369,8 +369,16 @@ fn fan_out_figures(
     let shape = format!(
         "{WATCHES} watches of one account's labelled ConfigMaps ({CONNECTIONS} HTTP/2 connections, each with a token of its own at the hub), {CHANGES} changes at {RATE} a second"
     );
+    // A change the API server's watches never showed counts as 30 s there: such a
+    // baseline would make any figure look like a win, so it is not one.
+    let baseline = match direct.missing {
+        0 => p99(direct),
+        n => Err(format!(
+            "the API server's watches never showed {n} (watch, change) pairs (it closes watches it finds slow), so their p99 is the 30 s counted for a miss"
+        )),
+    };
     let latency = Figure::measured("kube_api", "kube_api.watch_fan_out.p99", p99(through), "s")
-        .baseline_measured(p99(direct), "the same watches on the cluster's API server")
+        .baseline_measured(baseline, "the same watches on the cluster's API server")
         .goal(Goal::AtMost { limit: 0.05 })
         .params(params)
         .param("watches", json!(WATCHES))
