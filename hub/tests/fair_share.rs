@@ -10,11 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{FakeAgent, Result, hello, open};
+use common::{FakeAgent, Result};
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
-use scale_agent_proto::PROTOCOL_VERSION;
 use scale_agent_proto::v1::{
-    AgentFrame, HttpHeader, KubeResponseBody, KubeResponseHead, agent_frame, hub_frame,
+    HttpHeader, KubeResponseBody, KubeResponseHead, agent_frame, hub_frame,
 };
 
 const TOKEN_A: &str = "token-of-account-a-0123456789";
@@ -109,12 +108,7 @@ async fn one_accounts_watches_leave_the_agents_other_accounts_answered() -> Resu
     })
     .await?;
     let api = hub.kube_api_addr().expect("the Kubernetes API is served");
-    let mut hello = hello("shared", "shared-0", PROTOCOL_VERSION);
-    hello.capabilities = vec![scale_agent_proto::kube_api::CAPABILITY.into()];
-    let first = AgentFrame {
-        frame: Some(agent_frame::Frame::Hello(hello)),
-    };
-    let mut agent = FakeAgent::from_opened(open(&hub.grpc_url(), first).await??);
+    let mut agent = FakeAgent::connect_carrying_requests(&hub, "shared", "shared-0").await?;
     let results = agent
         .register(&[("a", "cluster-a"), ("b", "cluster-b")])
         .await?;

@@ -14,12 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{FakeAgent, Result, deployments, hello, object, open};
+use common::{FakeAgent, Result, deployments, object};
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
-use scale_agent_proto::PROTOCOL_VERSION;
-use scale_agent_proto::v1::{
-    self as pb, AgentFrame, EventType, StreamScope, agent_frame, hub_frame,
-};
+use scale_agent_proto::v1::{self as pb, EventType, StreamScope, agent_frame, hub_frame};
 
 const TOKEN: &str = "load-test-token-0123456789";
 const OBJECTS: usize = 10_000;
@@ -30,12 +27,7 @@ fn body_of(i: usize) -> String {
 }
 
 async fn agent_with_objects(hub: &scale_agent_hub::RunningHub) -> Result<FakeAgent> {
-    let mut hello = hello("load", "load-0", PROTOCOL_VERSION);
-    hello.capabilities = vec![scale_agent_proto::kube_api::CAPABILITY.into()];
-    let first = AgentFrame {
-        frame: Some(agent_frame::Frame::Hello(hello)),
-    };
-    let mut agent = FakeAgent::from_opened(open(&hub.grpc_url(), first).await??);
+    let mut agent = FakeAgent::connect_carrying_requests(hub, "load", "load-0").await?;
     agent
         .send(agent_frame::Frame::Register(pb::Register {
             accounts: vec![pb::Account {

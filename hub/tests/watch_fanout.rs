@@ -10,13 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{FakeAgent, Result, deployments, hello, object, open};
+use common::{FakeAgent, Result, deployments, object};
 use scale_agent_hub::RunningHub;
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
-use scale_agent_proto::PROTOCOL_VERSION;
-use scale_agent_proto::v1::{
-    self as pb, AgentFrame, EventType, StreamScope, agent_frame, hub_frame,
-};
+use scale_agent_proto::v1::{self as pb, EventType, StreamScope, agent_frame, hub_frame};
 
 const TOKEN: &str = "fan-out-test-token-0123456789";
 /// Changes counted per round.
@@ -25,12 +22,7 @@ const CHANGES: usize = 5;
 async fn agent_streaming(hub: &RunningHub) -> Result<FakeAgent> {
     // A real agent carries requests too: the hub answers from the cache only for
     // such agents.
-    let mut hello = hello("fan", "fan-0", PROTOCOL_VERSION);
-    hello.capabilities = vec![scale_agent_proto::kube_api::CAPABILITY.into()];
-    let first = AgentFrame {
-        frame: Some(agent_frame::Frame::Hello(hello)),
-    };
-    let mut agent = FakeAgent::from_opened(open(&hub.grpc_url(), first).await??);
+    let mut agent = FakeAgent::connect_carrying_requests(hub, "fan", "fan-0").await?;
     agent
         .send(agent_frame::Frame::Register(pb::Register {
             accounts: vec![pb::Account {

@@ -98,30 +98,10 @@ pub async fn answer(
                 });
             }
             Step::List(listed, print) => {
-                return Ok(held_until_sent(
-                    ctx,
-                    list::page(
-                        ctx.snapshots,
-                        ctx.owner,
-                        &read,
-                        Some(listed),
-                        fingerprint,
-                        print.as_ref(),
-                    ),
-                ));
+                return Ok(page(ctx, &read, Some(listed), fingerprint, print.as_ref()));
             }
             Step::Continue(print) => {
-                return Ok(held_until_sent(
-                    ctx,
-                    list::page(
-                        ctx.snapshots,
-                        ctx.owner,
-                        &read,
-                        None,
-                        fingerprint,
-                        print.as_ref(),
-                    ),
-                ));
+                return Ok(page(ctx, &read, None, fingerprint, print.as_ref()));
             }
             Step::Watch(w) => {
                 let Some(slot) = ctx.watches.take(ctx.owner, ctx.max_watches) else {
@@ -139,6 +119,21 @@ pub async fn answer(
             }
         }
     }
+}
+
+/// A page of the list (`listed`) or of the list kept for the request's continue
+/// token (`None`), held until sent.
+fn page(
+    ctx: &Ctx<'_>,
+    read: &Read,
+    listed: Option<list::Listed>,
+    fingerprint: u64,
+    print: Option<&Print>,
+) -> Response<Body> {
+    held_until_sent(
+        ctx,
+        list::page(ctx.snapshots, ctx.owner, read, listed, fingerprint, print),
+    )
 }
 
 /// A page counted against its token's bytes until it is sent (a client that leaves

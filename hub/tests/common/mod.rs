@@ -227,6 +227,21 @@ impl FakeAgent {
         Ok(FakeAgent::from_opened(open(&hub.grpc_url(), first).await??))
     }
 
+    /// An agent of `shard` that says it carries Kubernetes API requests (the hub answers
+    /// from the cache, and passes requests on, only for such agents); not registered yet.
+    pub async fn connect_carrying_requests(
+        hub: &RunningHub,
+        shard: &str,
+        replica: &str,
+    ) -> Result<FakeAgent> {
+        let mut hello = hello(shard, replica, PROTOCOL_VERSION);
+        hello.capabilities = vec![scale_agent_proto::kube_api::CAPABILITY.into()];
+        let first = AgentFrame {
+            frame: Some(agent_frame::Frame::Hello(hello)),
+        };
+        Ok(FakeAgent::from_opened(open(&hub.grpc_url(), first).await??))
+    }
+
     /// A fake agent over a stream opened with [`open_on`].
     pub fn from_opened((tx, inbound, welcome): Opened) -> FakeAgent {
         FakeAgent {
