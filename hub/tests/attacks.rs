@@ -616,24 +616,30 @@ async fn an_http2_connection_that_never_authenticates_is_closed() -> Result<()> 
     Ok(())
 }
 
-/// One client address holding its most Kubernetes API connections has its next ones
-/// closed at once, while another address is still served.
-#[tokio::test]
-async fn one_address_cannot_take_every_kube_api_connection() -> Result<()> {
-    let (hub, addr) = kube_api_hub(|_, api| api.max_connections_per_address = 2).await?;
+/// With two connections held from 127.0.0.1 to `addr` (capped at two per address), a
+/// third from there is closed without an answer to `request_line`, while one from
+/// 127.0.0.2 is answered, its status line starting with `answered`.
+async fn two_per_address(
+    addr: std::net::SocketAddr,
+    request_line: &[u8],
+    answered: &str,
+) -> Result<()> {
     // Connects from `source` (another loopback address is another client).
     let from = |source: &'static str| async move {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(format!("{source}:0").parse()?)?;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(socket.connect(addr).await?)
     };
+    let request = [
+        request_line,
+        b" HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n",
+    ]
+    .concat();
     let _held = [from("127.0.0.1").await?, from("127.0.0.1").await?];
     tokio::time::sleep(Duration::from_millis(200)).await;
     // A third from the same address is closed without an answer ...
     let mut third = from("127.0.0.1").await?;
-    let _ = third
-        .write_all(b"GET /accounts/a/api HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
-        .await;
+    let _ = third.write_all(&request).await;
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer)).await;
     assert!(
@@ -641,18 +647,26 @@ async fn one_address_cannot_take_every_kube_api_connection() -> Result<()> {
         "a third connection from one address was answered: {}",
         String::from_utf8_lossy(&answer)
     );
-    // ... while another address is answered (401: no token).
+    // ... while another address is answered.
     let mut other = from("127.0.0.2").await?;
-    other
-        .write_all(b"GET /accounts/a/api HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
-        .await?;
+    other.write_all(&request).await?;
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut answer)).await??;
     assert!(
-        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 401"),
+        String::from_utf8_lossy(&answer).starts_with(answered),
         "{}",
         String::from_utf8_lossy(&answer)
     );
+    Ok(())
+}
+
+/// One client address holding its most Kubernetes API connections has its next ones
+/// closed at once, while another address is still served.
+#[tokio::test]
+async fn one_address_cannot_take_every_kube_api_connection() -> Result<()> {
+    let (hub, addr) = kube_api_hub(|_, api| api.max_connections_per_address = 2).await?;
+    // Another address is answered 401: no token.
+    two_per_address(addr, b"GET /accounts/a/api", "HTTP/1.1 401").await?;
     hub.shutdown().await?;
     Ok(())
 }
@@ -757,36 +771,7 @@ async fn one_address_cannot_take_every_json_api_connection() -> Result<()> {
         c.http_limits.max_connections_per_address = 2;
     })
     .await?;
-    let addr = hub.http_addr();
-    let from = |source: &'static str| async move {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(format!("{source}:0").parse()?)?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(socket.connect(addr).await?)
-    };
-    let _held = [from("127.0.0.1").await?, from("127.0.0.1").await?];
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut third = from("127.0.0.1").await?;
-    let _ = third
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
-        .await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer)).await;
-    assert!(
-        answer.is_empty(),
-        "a third connection from one address was answered: {}",
-        String::from_utf8_lossy(&answer)
-    );
-    let mut other = from("127.0.0.2").await?;
-    other
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut answer)).await??;
-    assert!(
-        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+    two_per_address(hub.http_addr(), b"GET /healthz", "HTTP/1.1 200").await?;
     hub.shutdown().await?;
     Ok(())
 }
