@@ -110,6 +110,10 @@ fn main() {
                 "kubectl_reaches_accounts_by_host_name_with_their_own_tokens",
                 |e| Box::pin(by_host_name(e)),
             ),
+            (
+                "kubectl_attach_and_logs_f_end_at_the_cluster_with_their_client",
+                |e| Box::pin(attach_and_logs(e)),
+            ),
         ],
     );
 }
@@ -3648,5 +3652,121 @@ async fn echo_through(local_port: u16, payload: &[u8]) -> anyhow::Result<()> {
         .await
         .context("the port-forwarded echo did not come back in 20 s")??;
     ensure!(got == payload, "the port-forwarded echo differs");
+    Ok(())
+}
+
+// ---------- attach and logs -f ----------
+
+/// A kubectl that keeps printing (`logs -f`, `attach`) through the hub: its lines as
+/// they come.
+struct Following {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Following {
+    fn start(bin: &Path, kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Following> {
+        let mut child = Command::new(bin)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let lines = kubectl::lines_of(child.stdout.take().context("kubectl's stdout")?);
+        Ok(Following { child, lines })
+    }
+
+    /// Whether a line containing `text` comes within `limit`; every line printed on the
+    /// way goes into `seen`.
+    fn printed(&self, text: &str, limit: Duration, seen: &mut Vec<String>) -> bool {
+        let deadline = Instant::now() + limit;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.contains(text) {
+                return true;
+            }
+            seen.push(line);
+        }
+        false
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kubectl logs -f` and `kubectl attach` through the hub print what the container
+/// writes as it writes it, and a client ended mid-stream ends the session at the
+/// cluster: kwok (the node's kubelet) closes the log file it was following for it.
+async fn attach_and_logs(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kattach", &[]).await?;
+    let (kubelet, work) = kubelet_and_pod(&env, &rig, "kattach-node").await?;
+    let ns = rig.s.ns.clone();
+    let bin = env.cp.bins.kubectl.clone();
+    let file = scale_agent_e2e::kubelet::log_file(&work);
+    let logs = || rig.logs_with(&kubelet);
+    let append = |text: &str| -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&file)?;
+        f.write_all(scale_agent_e2e::kubelet::log_line(text).as_bytes())?;
+        Ok(())
+    };
+    ensure!(
+        kubelet.open_count(&file) == 0,
+        "kwok holds the log file before any client"
+    );
+    for (what, command) in [
+        ("logs -f", vec!["logs", "-f", "-n", ns.as_str(), "p"]),
+        ("attach", vec!["attach", "-n", ns.as_str(), "p"]),
+    ] {
+        let mut args = vec!["--context", rig.target.as_str()];
+        args.extend(command);
+        let client = Following::start(&bin, &rig.hub_kubeconfig, &args)?;
+        // Written after the client began: it comes through as it is written.
+        let marker = format!("{}-{}", what.replace(' ', ""), std::process::id());
+        let opened = within_20s(|| kubelet.open_count(&file) > 0).await;
+        let seen = (|| {
+            ensure!(
+                opened.is_some(),
+                "kwok never opened the log file for {what}"
+            );
+            // Appended again each second: a line written while kwok still looks for
+            // the file's end is not followed, as a container's own output then.
+            let mut seen = Vec::new();
+            for _ in 0..20 {
+                append(&marker)?;
+                if client.printed(&marker, Duration::from_secs(1), &mut seen) {
+                    return Ok(());
+                }
+            }
+            bail!("no line with {marker:?} in 20 s; printed: {seen:?}")
+        })();
+        seen.with_context(|| format!("kubectl {what} through the hub\n{}", logs()))?;
+        // The client goes away mid-stream: the kubelet stops following for it. (kwok's
+        // attach notices its connection closed at its next write, as a kubelet's does
+        // with a container that keeps writing: lines go on being appended.)
+        drop(client);
+        let ended = within_20s(|| {
+            let _ = append("after the client went away");
+            kubelet.open_count(&file) == 0
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "kwok still follows the log file for {what} 20 s after its client went away\n{}",
+                logs()
+            )
+        })?;
+        eprintln!(
+            "kubectl {what}: the kubelet stopped following {ended:?} after its client went away"
+        );
+    }
     Ok(())
 }
