@@ -12,6 +12,12 @@ use crate::hub::{HubOptions, HubProcess};
 use crate::nginx::{Mode, Nginx, NginxOptions};
 use crate::{ControlPlane, Error, Result, workspace_binary};
 
+/// The hub's domain for accounts by host name (`--kube-api-host-suffix`) in `just up`
+/// and the end-to-end tests: account `a` at `a.hub.test`, reached at 127.0.0.1 with
+/// `tls-server-name` (no DNS); their Kubernetes API certificates also name
+/// `*.hub.test`.
+pub const HOST_SUFFIX: &str = "hub.test";
+
 /// The hub and its load balancer. Dropping it stops nginx, then the hub.
 #[derive(Debug)]
 pub struct HubStack {

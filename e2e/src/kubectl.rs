@@ -76,6 +76,24 @@ where
     }
 }
 
+/// The lines a process prints on `stdout`, as they come (a thread reads them; the
+/// channel ends with the output).
+pub fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Parses kubectl's table output into rows of (column, value), cutting each line at the
 /// header's column offsets, so empty cells stay empty instead of shifting the others.
 pub fn table(output: &str) -> Vec<Vec<(String, String)>> {

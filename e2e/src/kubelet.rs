@@ -32,7 +32,36 @@ pub struct FakeKubelet {
     pub port: u16,
     /// kwok's log.
     pub log: PathBuf,
-    _proc: Proc,
+    proc: Proc,
+}
+
+impl FakeKubelet {
+    /// How many times kwok has `file` open now: a `logs -f` or an `attach` it serves
+    /// from the file holds it open until the session ends.
+    pub fn open_count(&self, file: &Path) -> usize {
+        let fds = PathBuf::from(format!("/proc/{}/fd", self.proc.pid()));
+        let Ok(entries) = std::fs::read_dir(&fds) else {
+            return 0;
+        };
+        entries
+            .filter_map(std::result::Result::ok)
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|target| target == file))
+            .count()
+    }
+}
+
+/// The file every container's log and attach read from in [`local_config`]: in its
+/// work folder, lines in the container runtime's log format ([`log_line`]).
+pub fn log_file(work_dir: &Path) -> PathBuf {
+    work_dir.join("container.log")
+}
+
+/// One line of a container's log as the container runtime writes it (what kwok reads
+/// for `kubectl logs` and `kubectl attach`): a time, the stream, `F` (a full line).
+pub fn log_line(text: &str) -> String {
+    // RFC 3339 with nanoseconds, in UTC.
+    let at = k8s_openapi::jiff::Timestamp::now();
+    format!("{at:.9} stdout F {text}\n")
 }
 
 /// A TCP echo server on 127.0.0.1, for as long as the process lives (what a
@@ -67,12 +96,14 @@ pub fn pod_yaml(namespace: &str, name: &str, node: &str) -> String {
     )
 }
 
-/// A config that makes every pod's exec run local commands in `work_dir`, and every
-/// port-forward reach `forward_to` (a port on 127.0.0.1).
+/// A config that makes every pod's exec run local commands in `work_dir`, every
+/// port-forward reach `forward_to` (a port on 127.0.0.1), and every container's logs
+/// and attach read (and follow) [`log_file`].
 pub fn local_config(work_dir: &Path, forward_to: u16) -> String {
     format!(
-        "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterExec\nmetadata: {{ name: local }}\nspec:\n  execs:\n  - local: {{ workDir: {work:?} }}\n---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterPortForward\nmetadata: {{ name: local }}\nspec:\n  forwards:\n  - target: {{ port: {forward_to}, address: 127.0.0.1 }}\n",
+        "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterExec\nmetadata: {{ name: local }}\nspec:\n  execs:\n  - local: {{ workDir: {work:?} }}\n---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterPortForward\nmetadata: {{ name: local }}\nspec:\n  forwards:\n  - target: {{ port: {forward_to}, address: 127.0.0.1 }}\n---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterLogs\nmetadata: {{ name: local }}\nspec:\n  logs:\n  - {{ logsFile: {logs:?}, follow: true }}\n---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterAttach\nmetadata: {{ name: local }}\nspec:\n  attaches:\n  - {{ logsFile: {logs:?} }}\n",
         work = work_dir.display().to_string(),
+        logs = log_file(work_dir).display().to_string(),
     )
 }
 
@@ -150,12 +181,12 @@ pub async fn start(
         node: node.to_owned(),
         port,
         log,
-        _proc: proc,
+        proc,
     })
 }
 
-/// [`start`] with exec running local commands in `work_dir` and port-forward reaching
-/// an [`echo_server`], then the pod `namespace/pod` ([`pod_yaml`]) on the node, Ready.
+/// [`start`] with exec running local commands in `work_dir`, port-forward reaching
+/// an [`echo_server`] and logs and attach following [`log_file`], then the pod `namespace/pod` ([`pod_yaml`]) on the node, Ready.
 #[allow(clippy::too_many_arguments)]
 pub async fn with_pod(
     bins: &Binaries,
@@ -168,6 +199,11 @@ pub async fn with_pod(
     pod: &str,
 ) -> Result<FakeKubelet> {
     std::fs::create_dir_all(work_dir).map_err(|e| Error::io("creating", work_dir, e))?;
+    let logs = log_file(work_dir);
+    if !logs.exists() {
+        std::fs::write(&logs, log_line("the example pod started"))
+            .map_err(|e| Error::io("writing", &logs, e))?;
+    }
     let echo = echo_server()?;
     let kubelet = start(
         bins,

@@ -31,6 +31,30 @@ pub fn free_port() -> Result<u16> {
     Ok(port)
 }
 
+/// Connects to `port` on 127.0.0.1 once something listens there (a `kubectl
+/// port-forward` starting up), trying every 100 ms for up to `limit`.
+pub async fn connect_when_listening(
+    port: u16,
+    limit: std::time::Duration,
+) -> Result<tokio::net::TcpStream> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
+            Ok(conn) => return Ok(conn),
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "connecting (nothing listened in time) to",
+                    format!("127.0.0.1:{port}"),
+                    e,
+                ));
+            }
+        }
+    }
+}
+
 /// Whether `error` is a component that could not bind its port: it exited or never
 /// became ready, and its log says the address was in use.
 pub fn lost_its_port(error: &Error) -> bool {

@@ -18,9 +18,10 @@ use anyhow::{Context, bail, ensure};
 use scale_agent_crds::{AccountConfig, ShardRef, TlsConfig, shard_identity_uri};
 use scale_agent_e2e::agent::AgentProcess;
 use scale_agent_e2e::converge::wait_state;
+use scale_agent_e2e::hubstack::HOST_SUFFIX;
 use scale_agent_e2e::informer::Informer;
 use scale_agent_e2e::kubectl::{self, Output};
-use scale_agent_e2e::ports::free_port;
+use scale_agent_e2e::ports::{connect_when_listening, free_port};
 use scale_agent_e2e::scenario::*;
 use scale_agent_e2e::{Env, runner, wait};
 use serde_json::{Value, json};
@@ -105,6 +106,14 @@ fn main() {
                 "an_exec_whose_client_stops_reading_holds_back_only_itself",
                 |e| Box::pin(interactive_flow(e)),
             ),
+            (
+                "kubectl_reaches_accounts_by_host_name_with_their_own_tokens",
+                |e| Box::pin(by_host_name(e)),
+            ),
+            (
+                "kubectl_attach_and_logs_f_end_at_the_cluster_with_their_client",
+                |e| Box::pin(attach_and_logs(e)),
+            ),
         ],
     );
 }
@@ -155,7 +164,12 @@ async fn rig_streaming(
     grace: &str,
 ) -> anyhow::Result<Rig> {
     let pki = &env.cp.pki;
-    let hub_cert = pki.issue_server(&format!("hub-{name}"), &["127.0.0.1", "localhost"])?;
+    // Also `*.<HOST_SUFFIX>`: accounts by host name.
+    let wildcard = format!("*.{HOST_SUFFIX}");
+    let hub_cert = pki.issue_server(
+        &format!("hub-{name}"),
+        &["127.0.0.1", "localhost", &wildcard],
+    )?;
     let port = free_port()?;
     let dir = env
         .cp
@@ -217,20 +231,13 @@ async fn rig_streaming(
     std::fs::write(&token_file, format!("{TOKEN_ALL}\n"))?;
     let hub_kubeconfig = dir.join("hub-kubeconfig");
     let kube_api = format!("https://127.0.0.1:{port}");
-    let out = Command::new(scale_agent_e2e::workspace_binary("scale-agent-hub")?)
-        .arg("kubeconfig")
-        .arg(format!("--server={kube_api}"))
-        .arg(format!("--token-file={}", token_file.display()))
-        .arg(format!("--certificate-authority={}", pki.ca_file.display()))
-        .arg(format!("--hub-api={}", s.hub.http))
-        .arg(format!("--output={}", hub_kubeconfig.display()))
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "scale-agent-hub kubeconfig: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&hub_kubeconfig)?;
+    let text = write_kubeconfig(
+        &kube_api,
+        &token_file,
+        &pki.ca_file,
+        &[format!("--hub-api={}", s.hub.http)],
+        &hub_kubeconfig,
+    )?;
     for account in [&mgmt, &target] {
         ensure!(
             text.contains(&format!("{kube_api}/accounts/{account}")),
@@ -248,6 +255,31 @@ async fn rig_streaming(
         hub_log: env.test_dir(&s.ns).join("logs/hub.log"),
         s,
     })
+}
+
+/// Writes a kubeconfig with `scale-agent-hub kubeconfig` (the hub's API at `server`,
+/// the token in `token_file`, the CA `ca`, and `args`) to `out`; its text.
+fn write_kubeconfig(
+    server: &str,
+    token_file: &Path,
+    ca: &Path,
+    args: &[String],
+    out: &Path,
+) -> anyhow::Result<String> {
+    let done = Command::new(scale_agent_e2e::workspace_binary("scale-agent-hub")?)
+        .arg("kubeconfig")
+        .arg(format!("--server={server}"))
+        .arg(format!("--token-file={}", token_file.display()))
+        .arg(format!("--certificate-authority={}", ca.display()))
+        .args(args)
+        .arg(format!("--output={}", out.display()))
+        .output()?;
+    ensure!(
+        done.status.success(),
+        "scale-agent-hub kubeconfig {args:?}: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    Ok(std::fs::read_to_string(out)?)
 }
 
 impl Rig {
@@ -273,6 +305,15 @@ impl Rig {
             "agent:\n{}\nhub:\n{}",
             agent_log(&self.agent),
             scale_agent_e2e::process::tail(&self.hub_log, 30)
+        )
+    }
+
+    /// [`Rig::logs`] and the end of the log of `kubelet` (kwok).
+    fn logs_with(&self, kubelet: &scale_agent_e2e::kubelet::FakeKubelet) -> String {
+        format!(
+            "{}\nkwok:\n{}",
+            self.logs(),
+            scale_agent_e2e::process::tail(&kubelet.log, 20)
         )
     }
 }
@@ -339,7 +380,6 @@ impl<'a> Kubectl<'a> {
         expect: &str,
         then: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<String> {
-        use std::io::BufRead as _;
         let mut child = Command::new(&self.bin)
             .arg("--kubeconfig")
             .arg(&self.rig.hub_kubeconfig)
@@ -348,18 +388,7 @@ impl<'a> Kubectl<'a> {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
-        let stdout = child.stdout.take().context("kubectl's stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = kubectl::lines_of(child.stdout.take().context("kubectl's stdout")?);
         // Let the watch start before the change.
         std::thread::sleep(Duration::from_millis(1500));
         let outcome = then();
@@ -3162,13 +3191,7 @@ async fn exec_port_forward_cp(env: &Env, name: &str, bin: PathBuf) -> anyhow::Re
         all.extend_from_slice(args);
         kubectl_status(&bin, &rig.hub_kubeconfig, &all, stdin)
     };
-    let logs = || {
-        format!(
-            "{}\nkwok:\n{}",
-            rig.logs(),
-            scale_agent_e2e::process::tail(&kubelet.log, 20)
-        )
-    };
+    let logs = || rig.logs_with(&kubelet);
 
     // A command's output, error output and exit code, as directly.
     let command = [
@@ -3258,16 +3281,7 @@ async fn exec_port_forward_cp(env: &Env, name: &str, bin: PathBuf) -> anyhow::Re
         .stderr(Stdio::piped())
         .spawn()?;
     let round_trip = async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut conn = loop {
-            match tokio::net::TcpStream::connect(("127.0.0.1", local_port)).await {
-                Ok(c) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                Err(e) => bail!("kubectl port-forward never listened: {e}"),
-            }
-        };
+        let mut conn = connect_when_listening(local_port, Duration::from_secs(20)).await?;
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let sent = payload(1 << 20);
         let (mut r, mut w) = conn.split();
@@ -3388,13 +3402,7 @@ async fn interactive_flow(env: Arc<Env>) -> anyhow::Result<()> {
     let (kubelet, _work) = kubelet_and_pod(&env, &rig, "kexecflow-node").await?;
     let ns = rig.s.ns.clone();
     let bin = env.cp.bins.kubectl.clone();
-    let logs = || {
-        format!(
-            "{}\nkwok:\n{}",
-            rig.logs(),
-            scale_agent_e2e::process::tail(&kubelet.log, 20)
-        )
-    };
+    let logs = || rig.logs_with(&kubelet);
     // A client that never reads what its command writes, for ever.
     let marker = format!("scale-agent-e2e-{}", std::process::id());
     let mut stalled = Command::new(&bin)
@@ -3407,15 +3415,11 @@ async fn interactive_flow(env: Arc<Env>) -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let outcome = async {
-        let started = Instant::now();
-        while !yes_running(&marker) {
-            ensure!(
-                started.elapsed() < Duration::from_secs(20),
-                "the command never ran\n{}",
-                logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        ensure!(
+            within_20s(|| yes_running(&marker)).await.is_some(),
+            "the command never ran\n{}",
+            logs()
+        );
         // Let every window and buffer on the way fill up.
         tokio::time::sleep(Duration::from_secs(2)).await;
         // Meanwhile the account's other requests, another exec included, go on.
@@ -3459,18 +3463,310 @@ async fn interactive_flow(env: Arc<Env>) -> anyhow::Result<()> {
     let _ = stalled.kill();
     let _ = stalled.wait();
     outcome?;
-    let ended = Instant::now();
-    while yes_running(&marker) {
-        ensure!(
-            ended.elapsed() < Duration::from_secs(20),
-            "the command still runs 20 s after its client went away\n{}",
-            logs()
-        );
+    let ended = within_20s(|| !yes_running(&marker))
+        .await
+        .with_context(|| {
+            format!(
+                "the command still runs 20 s after its client went away\n{}",
+                logs()
+            )
+        })?;
+    eprintln!("the command ended {ended:?} after its client went away");
+    Ok(())
+}
+
+/// Polls `done` every 100 ms for up to 20 s: how long until it held, `None` if it
+/// never did.
+async fn within_20s(mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if done() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!(
-        "the command ended {:?} after its client went away",
-        ended.elapsed()
+}
+
+// ---------- accounts by host name ----------
+
+/// curl to `https://<host>:<port><path>` resolved to 127.0.0.1 (so the TLS server name
+/// and `Host` are `host`), with `token` and extra arguments; the status and the body.
+fn curl_host(
+    rig: &Rig,
+    host: &str,
+    path: &str,
+    token: &str,
+    extra: &[&str],
+) -> anyhow::Result<(u16, String)> {
+    let port = rig
+        .kube_api
+        .rsplit(':')
+        .next()
+        .context("the Kubernetes API's port")?;
+    let body = tempfile::NamedTempFile::new()?;
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "%{http_code}", "-o"])
+        .arg(body.path())
+        .arg("--cacert")
+        .arg(&rig.ca_file)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(extra)
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()?;
+    let code = String::from_utf8_lossy(&out.stdout);
+    let code = code.trim().parse().with_context(|| {
+        format!(
+            "curl printed {code:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok((code, std::fs::read_to_string(body.path())?))
+}
+
+/// With `--kube-api-host-suffix`, the kubeconfig `scale-agent-hub kubeconfig
+/// --host-suffix` writes for a hub at 127.0.0.1 (`tls-server-name:
+/// <account>.hub.test`, no DNS) lets the installed kubectl use an account with paths
+/// that drop the server's (`get --raw /api`, which the path form answers 404), and
+/// `get`, `exec` and `port-forward` as through the path form; the host name selects the
+/// account and nothing else: a token of one account at another's host name is refused.
+async fn by_host_name(env: Arc<Env>) -> anyhow::Result<()> {
+    let suffix_flag = format!("--kube-api-host-suffix={HOST_SUFFIX}");
+    let rig = rig(&env, "khost", &[&suffix_flag]).await?;
+    let (kubelet, _work) = kubelet_and_pod(&env, &rig, "khost-node").await?;
+    let ns = rig.s.ns.clone();
+    let bin = env.cp.bins.kubectl.clone();
+    let logs = || rig.logs_with(&kubelet);
+    // The hub's subcommand writes the host-name form.
+    let token_file = env.test_dir(&ns).join("host-token");
+    std::fs::write(&token_file, format!("{TOKEN_ALL}\n"))?;
+    let by_host = env.test_dir(&ns).join("hub-kubeconfig-by-host");
+    let text = write_kubeconfig(
+        &rig.kube_api,
+        &token_file,
+        &rig.ca_file,
+        &[
+            format!("--host-suffix={HOST_SUFFIX}"),
+            format!("--account={}", rig.target),
+            format!("--account={}", rig.mgmt),
+        ],
+        &by_host,
+    )?;
+    ensure!(
+        text.contains(&format!(
+            "server: \"{}\"\n    tls-server-name: \"{}.{HOST_SUFFIX}\"",
+            rig.kube_api, rig.target
+        )),
+        "the host-name kubeconfig:\n{text}"
     );
+    let run = |kubeconfig: &Path, args: &[&str]| {
+        let mut all = vec!["--context", rig.target.as_str()];
+        all.extend_from_slice(args);
+        kubectl_status(&bin, kubeconfig, &all, None)
+    };
+
+    // A path of its own, the server's dropped: 404 in the path form, the account's
+    // answer by host name.
+    let (code, _, err) = run(&rig.hub_kubeconfig, &["get", "--raw", "/api"])?;
+    eprintln!("kubectl get --raw /api, the path form: exit {code}: {err}");
+    ensure!(
+        code != 0,
+        "get --raw /api in the path form reached an account"
+    );
+    let (code, out, err) = run(&by_host, &["get", "--raw", "/api"])?;
+    ensure!(
+        code == 0 && serde_json::from_str::<Value>(&out)?["kind"] == "APIVersions",
+        "get --raw /api by host name: exit {code}, {out} {err}\n{}",
+        logs()
+    );
+    // Reads, an exec and a port-forward by host name, as through the path form.
+    let pods = ["get", "pods", "-n", &ns, "-o", "name"];
+    let (code, named, err) = run(&by_host, &pods)?;
+    ensure!(code == 0, "get pods by host name: {err}\n{}", logs());
+    let (_, pathed, _) = run(&rig.hub_kubeconfig, &pods)?;
+    ensure!(
+        named == "pod/p\n" && named == pathed,
+        "get pods by host name printed {named:?}, by path {pathed:?}"
+    );
+    let (code, out, err) = run(&by_host, &["exec", "-n", &ns, "p", "--", "echo", "by-host"])?;
+    ensure!(
+        code == 0 && out == "by-host\n",
+        "exec by host name: exit {code}, {out:?} {err}\n{}",
+        logs()
+    );
+    let local_port = free_port()?;
+    let mut forward = Command::new(&bin)
+        .arg("--kubeconfig")
+        .arg(&by_host)
+        .args(["--context", &rig.target, "port-forward", "-n", &ns, "pod/p"])
+        .arg(format!("{local_port}:80"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let echoed = echo_through(local_port, b"through the account's host name").await;
+    let _ = forward.kill();
+    let printed = forward.wait_with_output()?;
+    echoed.with_context(|| {
+        format!(
+            "port-forward by host name: {}\n{}",
+            String::from_utf8_lossy(&printed.stderr),
+            logs()
+        )
+    })?;
+
+    // The host name selects the account; the token must still be allowed it.
+    let target_host = format!("{}.{HOST_SUFFIX}", rig.target);
+    let mgmt_host = format!("{}.{HOST_SUFFIX}", rig.mgmt);
+    let (code, body) = curl_host(&rig, &mgmt_host, "/api", TOKEN_ONE, &[])?;
+    ensure!(
+        code == 403,
+        "the target's token at the other account's host name: {code} {body}"
+    );
+    let (code, _) = curl_host(&rig, &target_host, "/api", TOKEN_ONE, &[])?;
+    ensure!(
+        code == 200,
+        "the target's token at its own host name: {code}"
+    );
+    // A connection opened for one account's name asking for another: 421.
+    let other = format!("Host: {mgmt_host}");
+    let (code, body) = curl_host(&rig, &target_host, "/api", TOKEN_ALL, &["-H", &other])?;
+    ensure!(
+        code == 421,
+        "Host naming another account than the TLS server name: {code} {body}"
+    );
+    Ok(())
+}
+
+/// Connects to a port-forward's local port (waiting up to 20 s for it to listen) and
+/// checks that `payload` comes back (an echo server at the other end).
+async fn echo_through(local_port: u16, payload: &[u8]) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = connect_when_listening(local_port, Duration::from_secs(20)).await?;
+    conn.write_all(payload).await?;
+    let mut got = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(20), conn.read_exact(&mut got))
+        .await
+        .context("the port-forwarded echo did not come back in 20 s")??;
+    ensure!(got == payload, "the port-forwarded echo differs");
+    Ok(())
+}
+
+// ---------- attach and logs -f ----------
+
+/// A kubectl that keeps printing (`logs -f`, `attach`) through the hub: its lines as
+/// they come.
+struct Following {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Following {
+    fn start(bin: &Path, kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Following> {
+        let mut child = Command::new(bin)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let lines = kubectl::lines_of(child.stdout.take().context("kubectl's stdout")?);
+        Ok(Following { child, lines })
+    }
+
+    /// Whether a line containing `text` comes within `limit`; every line printed on the
+    /// way goes into `seen`.
+    fn printed(&self, text: &str, limit: Duration, seen: &mut Vec<String>) -> bool {
+        let deadline = Instant::now() + limit;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.contains(text) {
+                return true;
+            }
+            seen.push(line);
+        }
+        false
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kubectl logs -f` and `kubectl attach` through the hub print what the container
+/// writes as it writes it, and a client ended mid-stream ends the session at the
+/// cluster: kwok (the node's kubelet) closes the log file it was following for it.
+async fn attach_and_logs(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kattach", &[]).await?;
+    let (kubelet, work) = kubelet_and_pod(&env, &rig, "kattach-node").await?;
+    let ns = rig.s.ns.clone();
+    let bin = env.cp.bins.kubectl.clone();
+    let file = scale_agent_e2e::kubelet::log_file(&work);
+    let logs = || rig.logs_with(&kubelet);
+    let append = |text: &str| -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&file)?;
+        f.write_all(scale_agent_e2e::kubelet::log_line(text).as_bytes())?;
+        Ok(())
+    };
+    ensure!(
+        kubelet.open_count(&file) == 0,
+        "kwok holds the log file before any client"
+    );
+    for (what, command) in [
+        ("logs -f", vec!["logs", "-f", "-n", ns.as_str(), "p"]),
+        ("attach", vec!["attach", "-n", ns.as_str(), "p"]),
+    ] {
+        let mut args = vec!["--context", rig.target.as_str()];
+        args.extend(command);
+        let client = Following::start(&bin, &rig.hub_kubeconfig, &args)?;
+        // Written after the client began: it comes through as it is written.
+        let marker = format!("{}-{}", what.replace(' ', ""), std::process::id());
+        let opened = within_20s(|| kubelet.open_count(&file) > 0).await;
+        let seen = (|| {
+            ensure!(
+                opened.is_some(),
+                "kwok never opened the log file for {what}"
+            );
+            // Appended again each second: a line written while kwok still looks for
+            // the file's end is not followed, as a container's own output then.
+            let mut seen = Vec::new();
+            for _ in 0..20 {
+                append(&marker)?;
+                if client.printed(&marker, Duration::from_secs(1), &mut seen) {
+                    return Ok(());
+                }
+            }
+            bail!("no line with {marker:?} in 20 s; printed: {seen:?}")
+        })();
+        seen.with_context(|| format!("kubectl {what} through the hub\n{}", logs()))?;
+        // The client goes away mid-stream: the kubelet stops following for it. (kwok's
+        // attach notices its connection closed at its next write, as a kubelet's does
+        // with a container that keeps writing: lines go on being appended.)
+        drop(client);
+        let ended = within_20s(|| {
+            let _ = append("after the client went away");
+            kubelet.open_count(&file) == 0
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "kwok still follows the log file for {what} 20 s after its client went away\n{}",
+                logs()
+            )
+        })?;
+        eprintln!(
+            "kubectl {what}: the kubelet stopped following {ended:?} after its client went away"
+        );
+    }
     Ok(())
 }

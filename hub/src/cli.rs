@@ -201,6 +201,13 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "kube_api_addr")]
     pub kube_api_replica_ca: Option<PathBuf>,
 
+    /// Serve each account also at a host name under this domain: account `prod` at
+    /// https://prod.<DOMAIN>/, its API at the root, chosen by the Host header or the
+    /// TLS server name (SNI), for clients that drop a server URL's path. Only accounts
+    /// whose names are DNS labels have one; the certificate needs `*.<DOMAIN>`.
+    #[arg(long, value_name = "DOMAIN", requires = "kube_api_addr")]
+    pub kube_api_host_suffix: Option<String>,
+
     /// Pass Impersonate-* headers on to the clusters. They act there with the
     /// agent's rights to impersonate, so by default they are refused (403).
     #[arg(long, requires = "kube_api_addr")]
@@ -396,6 +403,15 @@ impl Args {
             (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key, None)?),
             _ => None,
         };
+        let host_suffix = self
+            .kube_api_host_suffix
+            .as_deref()
+            .map(scale_agent_hub::kubeapi::host::check_suffix)
+            .transpose()
+            .map_err(|message| Error::Setting {
+                setting: "--kube-api-host-suffix",
+                message,
+            })?;
         let kube_api = match (self.kube_api_addr, self.kube_api_tokens_file) {
             (Some(addr), Some(tokens)) => Some(KubeApiConfig {
                 allow_impersonation: self.kube_api_allow_impersonation,
@@ -415,6 +431,7 @@ impl Args {
                 stream_max_duration: self.kube_api_stream_max_duration,
                 tls: kube_api_tls,
                 replica_ca: self.kube_api_replica_ca,
+                host_suffix,
                 ..KubeApiConfig::new(addr, TokenSource::File(tokens))
             }),
             _ => None,

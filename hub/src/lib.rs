@@ -174,6 +174,7 @@ fn start_clouddriver_sync(
             ca_pem: ca.as_deref(),
             token,
             accounts: &accounts,
+            host_suffix: None,
         })
     });
     spinnaker::start(

@@ -775,3 +775,63 @@ async fn one_address_cannot_take_every_json_api_connection() -> Result<()> {
     hub.shutdown().await?;
     Ok(())
 }
+
+/// Sends one raw HTTP/1.1 request to `addr` (`Connection: close`); the whole answer.
+async fn raw_answer(addr: std::net::SocketAddr, head: &str) -> Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// An account's host name (`--kube-api-host-suffix`) selects the account and nothing
+/// else: a token allowed account `a` sent to `b.<domain>` is refused 403 (HTTP/1.1
+/// `Host`, HTTP/2 `:authority`, and a path naming `b` under `a`'s host name alike),
+/// while at `a.<domain>` it reaches account `a` (here unknown: no agent streams it).
+#[tokio::test]
+async fn an_accounts_host_name_takes_nothing_from_the_token() -> Result<()> {
+    use scale_agent_hub::kubeapi::TokenSource;
+    const TOKEN_A: &str = "a-token-for-account-a-only";
+    let (hub, addr) = kube_api_hub(|_, api| {
+        api.tokens = TokenSource::Text(format!("{TOKEN_A} a\nthe-token-for-account-b-only b\n"));
+        api.host_suffix = Some("hub.test".into());
+    })
+    .await?;
+    let get = |path: &str, host: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN_A}")
+    };
+    for (path, host) in [
+        ("/api", "b.hub.test"),
+        ("/api", "B.HUB.TEST:8443"),
+        ("/accounts/b/api", "a.hub.test"),
+    ] {
+        let answer = raw_answer(addr, &get(path, host)).await?;
+        assert!(
+            answer.starts_with("HTTP/1.1 403"),
+            "{path} at {host} with a's token: {answer}"
+        );
+    }
+    let answer = raw_answer(addr, &get("/api", "a.hub.test:8443")).await?;
+    assert!(
+        answer.starts_with("HTTP/1.1 404") && answer.contains("account \\\"a\\\" is not known"),
+        "/api at a's host name with a's token reaches account a: {answer}"
+    );
+    // The hub's own name is no account: the answer says where accounts are.
+    let answer = raw_answer(addr, &get("/api", "hub.test")).await?;
+    assert!(
+        answer.starts_with("HTTP/1.1 404") && answer.contains("https://<account>.hub.test/"),
+        "{answer}"
+    );
+    // HTTP/2 names its host in `:authority`.
+    let (mut sender, _conn) = http2_to(addr).await?;
+    let request = hyper::Request::get("http://b.hub.test/api")
+        .header("authorization", format!("Bearer {TOKEN_A}"))
+        .body(http_body_util::Empty::new())?;
+    let status = sender.send_request(request).await?.status();
+    assert_eq!(status, 403, "HTTP/2 to b's host name with a's token");
+    hub.shutdown().await?;
+    Ok(())
+}

@@ -438,7 +438,7 @@ fn concurrent_p99(
 }
 
 /// Writes a kubeconfig for `account` with `scale-agent-hub kubeconfig`.
-fn hub_kubeconfig(
+pub fn hub_kubeconfig(
     ctx: &Ctx,
     server: &str,
     token: &str,

@@ -22,6 +22,10 @@
 //!   once through the hub against the API server, the hub's watch latency while
 //!   they do, and client-go's informer syncing that kind through the hub against the
 //!   API server;
+//! - `kube_api_interactive`: `kubectl port-forward` throughput (MiB/s of a TCP payload
+//!   to an echo server and back) and `kubectl exec` round trips (a line through `cat`
+//!   in one session) through the hub, against the same on the API server, with kwok as
+//!   the node's kubelet;
 //! - `armory_workload`: one agent, 100 accounts, deploys and deletes every minute, kwok
 //!   running the pods, next to a reflector baseline under the same workload;
 //! - `operator_convergence`: 1,000 AgentShards applied at once → every status final;
@@ -34,6 +38,7 @@ mod concurrent_list;
 mod informer_sync;
 mod ingest;
 mod initial_sync;
+mod interactive;
 mod kube_api;
 mod latency;
 mod memory;
@@ -236,6 +241,9 @@ async fn run(p: Params) -> anyhow::Result<()> {
                 "change_latency" => settle(s, latency::run(&ctx).await, latency::names()),
                 "reconnect" => settle(s, reconnect::run(&ctx).await, reconnect::names()),
                 "kube_api" => settle(s, kube_api::run(&ctx).await, kube_api::names()),
+                "kube_api_interactive" => {
+                    settle(s, interactive::run(&ctx).await, interactive::names())
+                }
                 "armory_workload" => settle(s, armory::run(&ctx).await, armory::names()),
                 "operator_convergence" => settle(s, operator::run(&ctx).await, operator::names()),
                 _ => (Vec::new(), None),

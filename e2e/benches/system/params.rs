@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "hub_ingest",
     "initial_sync",
     "agent_memory_scaling",
     "change_latency",
     "reconnect",
     "kube_api",
+    "kube_api_interactive",
     "armory_workload",
     "operator_convergence",
 ];
@@ -25,8 +26,8 @@ pub const SCENARIOS: [&str; 8] = [
 #[command(name = "system", about)]
 pub struct Params {
     /// Run only these scenarios (comma-separated): hub_ingest, initial_sync,
-    /// agent_memory_scaling, change_latency, reconnect, kube_api, armory_workload,
-    /// operator_convergence.
+    /// agent_memory_scaling, change_latency, reconnect, kube_api, kube_api_interactive,
+    /// armory_workload, operator_convergence.
     #[arg(long, env = "BENCH_ONLY", value_delimiter = ',')]
     pub only: Vec<String>,
 

@@ -10,7 +10,7 @@ use scale_agent_e2e::certs::Pki;
 use scale_agent_e2e::clouddriver::{Clouddriver, Running, Settings};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
 use scale_agent_e2e::hubstack::{
-    ApiToken, agents_pki, behind_nginx, nginx_in_front, random_secret, write_private,
+    ApiToken, HOST_SUFFIX, agents_pki, behind_nginx, nginx_in_front, random_secret, write_private,
 };
 use scale_agent_e2e::nginx::{Mode, Nginx};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
@@ -140,8 +140,14 @@ async fn up(dir: &Path, targets: usize, crd: &Path) -> Result<()> {
     // containers).
     let pods = PodRunner::start(cp.client().await?, RunnerConfig::new(&cp, run_dir.clone())?);
     // The kubeconfig of the accounts' Kubernetes API on the hub, one context per
-    // example account, written by the hub's own subcommand.
-    hub_kubeconfig(&stack, &dir.join("hub-kubeconfig"))?;
+    // example account, written by the hub's own subcommand; and the same naming each
+    // account by host name (for clients that drop a server URL's path).
+    hub_kubeconfig(&stack, &dir.join("hub-kubeconfig"), &[])?;
+    hub_kubeconfig(
+        &stack,
+        &dir.join("hub-kubeconfig-by-host"),
+        &[format!("--host-suffix={HOST_SUFFIX}")],
+    )?;
 
     let hub = stack.hubs.first().ok_or_else(|| Error::Invalid {
         what: "the hub".into(),
@@ -206,11 +212,12 @@ const AGENT_CA_SECRET: &str = "scale-agent-agent-ca";
 const EXAMPLE_ACCOUNTS: [&str; 4] = ["cluster-1", "cluster-2", "cluster-3", "team-b-sandbox"];
 
 /// Writes the kubeconfig of the accounts' Kubernetes API with `scale-agent-hub
-/// kubeconfig`.
-fn hub_kubeconfig(stack: &Stack, out: &Path) -> Result<()> {
+/// kubeconfig` (and `extra` flags).
+fn hub_kubeconfig(stack: &Stack, out: &Path, extra: &[String]) -> Result<()> {
     let bin = workspace_binary("scale-agent-hub")?;
     let mut cmd = std::process::Command::new(&bin);
     cmd.arg("kubeconfig")
+        .args(extra)
         .arg(format!("--server={}", stack.kube_api))
         .arg(format!("--token-file={}", stack.kube_api_token.display()))
         .arg(format!(
@@ -290,9 +297,12 @@ impl Stack {
         let kube_api_token = run_dir.join("kube-api-token");
         write_private(&kube_api_token, &format!("{token}\n"))?;
         let kube_api_port = scale_agent_e2e::ports::free_port()?;
+        // Accounts by host name too (`<account>.hub.test`, chosen by the TLS server
+        // name at 127.0.0.1): the certificate names `*.hub.test`.
+        let wildcard = format!("*.{HOST_SUFFIX}");
         let kube_api_cert = cp
             .pki
-            .issue_server("hub-kube-api", &["127.0.0.1", "localhost"])?;
+            .issue_server("hub-kube-api", &["127.0.0.1", "localhost", &wildcard])?;
         // Agents come through nginx, which verifies their certificates and forwards
         // them. Every local process can connect from 127.0.0.1, so the address alone
         // proves nothing: nginx also sends a secret only it and the hubs know, and a
@@ -328,6 +338,7 @@ impl Stack {
                     format!("--kube-api-tokens-file={}", tokens_file.display()),
                     format!("--kube-api-tls-cert={}", kube_api_cert.cert_file.display()),
                     format!("--kube-api-tls-key={}", kube_api_cert.key_file.display()),
+                    format!("--kube-api-host-suffix={HOST_SUFFIX}"),
                 ]);
                 // Only the replicas' leader writes to Clouddriver, and only this
                 // replica serves the Kubernetes API the definitions name: with several

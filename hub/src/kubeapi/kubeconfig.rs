@@ -29,6 +29,59 @@ pub struct Contexts<'a> {
     pub token: &'a str,
     /// The accounts, one context each.
     pub accounts: &'a [String],
+    /// The hub's `--kube-api-host-suffix`: each account whose name is a DNS label is
+    /// named by host name (`https://<account>.<suffix>[:port]`, the server's port),
+    /// or, when the server is an IP address, by TLS server name (`tls-server-name`)
+    /// at that address; other accounts keep the path form.
+    pub host_suffix: Option<&'a str>,
+}
+
+/// Where a context's cluster is: its `server`, and the TLS server name it is
+/// checked against, when not the server's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    server: String,
+    tls_server_name: Option<String>,
+}
+
+/// Where `account`'s API is for a client, from the hub's `base` URL (scheme and
+/// authority, maybe a path) and its host suffix.
+fn endpoint(base: &str, account: &str, host_suffix: Option<&str>) -> Endpoint {
+    let by_path = || Endpoint {
+        server: format!("{base}/accounts/{account}"),
+        tls_server_name: None,
+    };
+    let Some(suffix) = host_suffix else {
+        return by_path();
+    };
+    if !super::host::is_label(account) {
+        return by_path();
+    }
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return by_path();
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_name = format!("{account}.{suffix}");
+    // `host:port`, `[v6]:port`, or a host alone.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    let is_address = host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok();
+    if is_address {
+        // No DNS name to reach: the address, the account's name in the TLS handshake.
+        return Endpoint {
+            server: format!("{scheme}://{authority}"),
+            tls_server_name: Some(host_name),
+        };
+    }
+    Endpoint {
+        server: match port {
+            Some(port) => format!("{scheme}://{host_name}:{port}"),
+            None => format!("{scheme}://{host_name}"),
+        },
+        tls_server_name: None,
+    }
 }
 
 fn quoted(text: &str) -> String {
@@ -47,14 +100,25 @@ pub fn render(c: &Contexts<'_>) -> Result<String, String> {
             "--server {base:?} must be an http:// or https:// URL"
         ));
     }
+    let suffix = c
+        .host_suffix
+        .map(super::host::check_suffix)
+        .transpose()
+        .map_err(|e| format!("--host-suffix: {e}"))?;
     let mut out = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
     for account in c.accounts {
         validate_name(account)?;
+        let at = endpoint(base, account, suffix.as_deref());
+        if at.tls_server_name.is_some() && !base.starts_with("https://") {
+            return Err(format!(
+                "--server {base:?} is an address: accounts by host name are told apart there by the TLS server name, so it must be https://"
+            ));
+        }
         out.push_str(&format!("- name: {}\n  cluster:\n", quoted(account)));
-        out.push_str(&format!(
-            "    server: {}\n",
-            quoted(&format!("{base}/accounts/{account}"))
-        ));
+        out.push_str(&format!("    server: {}\n", quoted(&at.server)));
+        if let Some(name) = &at.tls_server_name {
+            out.push_str(&format!("    tls-server-name: {}\n", quoted(name)));
+        }
         if let Some(ca) = c.ca_pem {
             out.push_str(&format!(
                 "    certificate-authority-data: {}\n",
@@ -109,6 +173,14 @@ pub struct Args {
     /// File holding the JSON API's bearer token (the hub's --api-token-file).
     #[arg(long, value_name = "PATH")]
     pub api_token_file: Option<PathBuf>,
+
+    /// The hub's --kube-api-host-suffix: contexts name each account by host name
+    /// (https://<account>.<DOMAIN>:<port of --server>; with an IP address as
+    /// --server, that address and `tls-server-name: <account>.<DOMAIN>`), so that
+    /// clients that drop the server's path reach the account. Accounts whose names
+    /// are not DNS labels keep the path form.
+    #[arg(long, value_name = "DOMAIN")]
+    pub host_suffix: Option<String>,
 
     /// Where to write the kubeconfig (mode 0600); standard output when unset.
     #[arg(long, short, value_name = "PATH")]
@@ -197,7 +269,27 @@ pub async fn run(args: Args) -> Result<(), String> {
         ca_pem: ca.as_deref(),
         token: &token,
         accounts: &accounts,
+        host_suffix: args.host_suffix.as_deref(),
     })?;
+    if args.host_suffix.is_some() {
+        let by_path: Vec<&str> = accounts
+            .iter()
+            .filter(|a| !super::host::is_label(a))
+            .map(String::as_str)
+            .collect();
+        if !by_path.is_empty() {
+            eprintln!(
+                "scale-agent-hub kubeconfig: {} account(s) keep the path form, their names not being DNS labels (lowercase letters, digits, -): {}",
+                by_path.len(),
+                by_path
+                    .iter()
+                    .take(20)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     match &args.output {
         None => {
             use std::io::Write as _;
@@ -235,6 +327,7 @@ mod tests {
             ca_pem: Some(b"PEM"),
             token: "t0k3n\"quoted",
             accounts: &accounts,
+            host_suffix: None,
         })
         .expect("renders");
         assert!(text.contains("server: \"https://hub:8443/accounts/prod-1\""));
@@ -249,6 +342,7 @@ mod tests {
                 ca_pem: None,
                 token: "t",
                 accounts: &accounts,
+                host_suffix: None,
             })
             .is_err()
         );
@@ -258,6 +352,56 @@ mod tests {
                 ca_pem: None,
                 token: "t",
                 accounts: &["bad name".to_owned()],
+                host_suffix: None,
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn accounts_by_host_name_or_by_tls_server_name_at_an_address() {
+        let accounts = vec!["prod".to_owned(), "Team_B".to_owned()];
+        let text = |server: &str| {
+            render(&Contexts {
+                server,
+                ca_pem: None,
+                token: "t",
+                accounts: &accounts,
+                host_suffix: Some("Hub.Example.com"),
+            })
+        };
+        let named = text("https://hub.example.com:8443").expect("renders");
+        assert!(
+            named.contains("server: \"https://prod.hub.example.com:8443\""),
+            "{named}"
+        );
+        // Not a DNS label: the path form.
+        assert!(
+            named.contains("server: \"https://hub.example.com:8443/accounts/Team_B\""),
+            "{named}"
+        );
+        assert!(!named.contains("tls-server-name"), "{named}");
+        let no_port = text("https://hub.example.com").expect("renders");
+        assert!(
+            no_port.contains("server: \"https://prod.hub.example.com\""),
+            "{no_port}"
+        );
+        let at_address = text("https://127.0.0.1:8443").expect("renders");
+        assert!(
+            at_address.contains(
+                "server: \"https://127.0.0.1:8443\"\n    tls-server-name: \"prod.hub.example.com\""
+            ),
+            "{at_address}"
+        );
+        // An address over plain HTTP has no server name to tell accounts apart.
+        assert!(text("http://127.0.0.1:8080").is_err());
+        assert!(
+            render(&Contexts {
+                server: "https://hub",
+                ca_pem: None,
+                token: "t",
+                accounts: &accounts,
+                host_suffix: Some("*.example.com"),
             })
             .is_err()
         );

@@ -22,7 +22,8 @@
 //! agent), [`stale`] (reads
 //! while an account's agent is away),
 //! [`discovery`] (discovery and OpenAPI kept while the agent follows what the
-//! cluster serves), [`hold`] (answers that hold their place or bytes until sent),
+//! cluster serves), [`hold`] (answers that hold their place or bytes until sent), [`host`]
+//! (accounts by host name),
 //! [`status`] (Kubernetes `Status` answers), [`table`] (lists as `Table`s, the columns
 //! `kubectl get` prints), [`columns`] (custom resources' columns, from their CRDs),
 //! [`kubeconfig`] (the kubeconfig Spinnaker
@@ -34,6 +35,7 @@ pub mod cached;
 pub mod columns;
 pub mod discovery;
 pub mod hold;
+pub mod host;
 pub mod kubeconfig;
 pub mod list;
 pub mod locate;
@@ -119,6 +121,11 @@ pub struct KubeApiConfig {
     /// are forwarded to it over TLS checked against it; without it they get
     /// 503 (see `replicas/forward.rs`).
     pub replica_ca: Option<PathBuf>,
+    /// The hub's domain for accounts by host name: account `a` is also served at
+    /// `a.<suffix>`, chosen by `Host` or the TLS server name ([`host`]); only paths
+    /// under `/accounts/<account>/` when unset. Lowercase, as [`host::check_suffix`]
+    /// returns it.
+    pub host_suffix: Option<String>,
 }
 
 impl KubeApiConfig {
@@ -146,6 +153,7 @@ impl KubeApiConfig {
             held: crate::core::memory::Bounds::default(),
             tls: None,
             replica_ca: None,
+            host_suffix: None,
         }
     }
 }

@@ -27,6 +27,7 @@ use super::cached::{self, Ctx};
 use super::columns;
 use super::discovery;
 use super::hold::Holding;
+use super::host::{self, Selected};
 use super::list::{self, Snapshots};
 use super::locate::{Located, locate};
 use super::options;
@@ -171,6 +172,8 @@ pub async fn start(
             };
             let api = Arc::clone(&api);
             let shutdown = shutdown.clone();
+            // The TLS server name may name the account (`host.rs`).
+            let server_name: Option<Arc<str>> = conn.server_name().map(Arc::from);
             tokio::spawn(async move {
                 // Until a request with a valid token begins, the connection has the
                 // header timeout from its start to live: one that sends nothing, or
@@ -187,8 +190,9 @@ pub async fn start(
                     }
                     let request = InFlight::new(&active);
                     let api = Arc::clone(&api);
+                    let server_name = server_name.clone();
                     async move {
-                        let response = api.handle(req).await;
+                        let response = api.handle(req, server_name.as_deref()).await;
                         Ok::<_, Infallible>(response.map(|body| Holding::new(body, request)))
                     }
                 });
@@ -309,6 +313,37 @@ fn minted_owner(account: &str) -> usize {
     // On 32-bit targets the cast keeps the hash's low half: still a hash.
     let hash = hasher.finish() as usize;
     hash | (1 << (usize::BITS - 1))
+}
+
+/// The host a request names: HTTP/2's `:authority` (or an absolute URI's), else the
+/// `Host` header.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+}
+
+/// Rewrites a request for `account` by host name into the path form
+/// (`/accounts/<account>/<path>`), the one form the rest of the way knows (the hop to
+/// the replica holding the account keeps the path, not the host).
+fn in_path_form<B>(req: &mut Request<B>, account: &str) {
+    let mut parts = req.uri().clone().into_parts();
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{}{account}{}?{query}", path::PREFIX, req.uri().path()),
+        None => format!("{}{account}{}", path::PREFIX, req.uri().path()),
+    };
+    // Built from a path that parsed, a valid account name and a query that parsed.
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(path_and_query) {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
 }
 
 /// An answer the hub gave from its memory, counted as such; while the agent is away,
@@ -549,16 +584,48 @@ impl KubeApi {
         self.columns.keep(account, surface, gvr, learned);
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let (account, rest) = match path::route(req.uri().path()) {
-            Ok((account, rest)) => (account.to_owned(), rest.to_owned()),
-            Err(PathError::NotAccount) => {
+    /// Which account `req` is for (by its path, its host or its TLS `server_name`), then
+    /// [`KubeApi::serve`].
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        server_name: Option<&str>,
+    ) -> Response<Body> {
+        let suffix = self.config.host_suffix.as_deref();
+        let selected = host::select(suffix, server_name, request_host(&req), req.uri().path());
+        let routed = match selected {
+            Selected::Path => path::route(req.uri().path())
+                .map(|(account, rest)| (account.to_owned(), rest.to_owned())),
+            Selected::Host(account) => {
+                let rest = req.uri().path().to_owned();
+                path::check(&rest).map(|()| {
+                    in_path_form(&mut req, &account);
+                    (account, rest)
+                })
+            }
+            Selected::Misdirected { server_name, host } => {
+                debug!(server_name = %clip(&server_name), host = %clip(&host), "a request whose host and TLS server name name different accounts");
                 return Failure::new(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    "the Kubernetes API of an account is served under /accounts/<account>/",
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "BadRequest",
+                    format!(
+                        "this connection was opened for account {server_name:?}, and the request is for account {host:?}: open a connection for that host name"
+                    ),
                 )
                 .response();
+            }
+        };
+        let (account, rest) = match routed {
+            Ok(routed) => routed,
+            Err(PathError::NotAccount) => {
+                let message = match suffix {
+                    Some(suffix) => format!(
+                        "the Kubernetes API of an account is served under /accounts/<account>/, and at https://<account>.{suffix}/"
+                    ),
+                    None => "the Kubernetes API of an account is served under /accounts/<account>/"
+                        .to_owned(),
+                };
+                return Failure::new(StatusCode::NOT_FOUND, "NotFound", message).response();
             }
             Err(err) => return Failure::bad_request(err.to_string()).response(),
         };

@@ -281,6 +281,16 @@ enum ConnIo {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl Conn {
+    /// The server name (SNI) the client asked for in its TLS handshake, if any.
+    pub fn server_name(&self) -> Option<&str> {
+        match &self.io {
+            ConnIo::Plain(_) => None,
+            ConnIo::Tls(stream) => stream.get_ref().1.server_name(),
+        }
+    }
+}
+
 impl Connected for Conn {
     type ConnectInfo = PeerInfo;
 
