@@ -48,12 +48,43 @@ pub struct Snapshot {
     pub accounts: BTreeMap<String, AccountDesired>,
 }
 
+/// The bytes a load read: the config file's text and each account's kubeconfig file
+/// (`None` when it could not be read). A reload that reads the same bytes again has
+/// nothing to parse: parsing every kubeconfig every `--reload-interval` was most of an
+/// idle agent's CPU at a hundred accounts (YAML, certificates and all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inputs {
+    config: String,
+    kubeconfigs: Vec<(PathBuf, Option<String>)>,
+}
+
+impl Inputs {
+    /// True when the files still hold what was read: the config file first, then the
+    /// kubeconfig files it named (the same ones, as the config is the same).
+    fn unchanged(&self, config_path: &Path) -> bool {
+        std::fs::read_to_string(config_path).is_ok_and(|text| text == self.config)
+            && self
+                .kubeconfigs
+                .iter()
+                .all(|(path, text)| std::fs::read_to_string(path).ok() == *text)
+    }
+}
+
 /// Reads the config file and every account's kubeconfig file.
 pub fn load(config_path: &Path, kubeconfig_dir: &Path) -> Result<Snapshot> {
+    load_with_inputs(config_path, kubeconfig_dir).map(|(snapshot, _)| snapshot)
+}
+
+/// [`load`], and the bytes it read.
+fn load_with_inputs(config_path: &Path, kubeconfig_dir: &Path) -> Result<(Snapshot, Inputs)> {
     let text = std::fs::read_to_string(config_path).map_err(|source| Error::Read {
         path: config_path.to_path_buf(),
         source,
     })?;
+    let mut inputs = Inputs {
+        config: text.clone(),
+        kubeconfigs: Vec::new(),
+    };
     let config = AgentConfig::from_yaml(&text).map_err(|source| Error::Config {
         path: config_path.to_path_buf(),
         source,
@@ -69,8 +100,11 @@ pub fn load(config_path: &Path, kubeconfig_dir: &Path) -> Result<Snapshot> {
             let kubeconfig = if a.in_cluster {
                 Ok(UsableKubeconfig::default())
             } else {
-                std::fs::read_to_string(&path)
-                    .map_err(|e| format!("reading {}: {e}", path.display()))
+                let read = std::fs::read_to_string(&path);
+                inputs
+                    .kubeconfigs
+                    .push((path.clone(), read.as_ref().ok().cloned()));
+                read.map_err(|e| format!("reading {}: {e}", path.display()))
                     .and_then(|text| {
                         match scale_agent_crds::check_kubeconfig(
                             text.as_bytes(),
@@ -94,12 +128,13 @@ pub fn load(config_path: &Path, kubeconfig_dir: &Path) -> Result<Snapshot> {
             )
         })
         .collect();
-    Ok(Snapshot {
+    let snapshot = Snapshot {
         shard: config.shard,
         hub: config.hub,
         budget: config.budget,
         accounts,
-    })
+    };
+    Ok((snapshot, inputs))
 }
 
 /// Loads the files, then keeps reloading them every `interval`, publishing a new
@@ -110,15 +145,19 @@ pub fn watch(
     kubeconfig_dir: PathBuf,
     interval: Duration,
 ) -> Result<watch::Receiver<Arc<Snapshot>>> {
-    let first = load(&config_path, &kubeconfig_dir)?;
+    let (first, mut read) = load_with_inputs(&config_path, &kubeconfig_dir)?;
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         let mut last_error = None;
         loop {
             tokio::time::sleep(interval).await;
-            match load(&config_path, &kubeconfig_dir) {
-                Ok(next) => {
+            if last_error.is_none() && read.unchanged(&config_path) {
+                continue;
+            }
+            match load_with_inputs(&config_path, &kubeconfig_dir) {
+                Ok((next, inputs)) => {
                     last_error = None;
+                    read = inputs;
                     let changed = **tx.borrow() != next;
                     if changed {
                         tracing::info!(accounts = next.accounts.len(), "config reloaded");
@@ -223,6 +262,25 @@ mod tests {
         std::fs::write(&path, "shard: 3").expect("write");
         let err = load(&path, dir.path()).expect_err("invalid");
         assert!(err.to_string().contains("config.yaml"), "{err}");
+    }
+
+    #[test]
+    fn the_same_bytes_read_again_are_unchanged_and_any_edit_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(dir.path(), &["a", "b"]);
+        std::fs::write(dir.path().join("a.kubeconfig"), "first").expect("write");
+        let (_, read) = load_with_inputs(&path, dir.path()).expect("load");
+        assert!(read.unchanged(&path), "nothing was written");
+        // A kubeconfig edited, one appearing, the config edited: each is a change.
+        std::fs::write(dir.path().join("a.kubeconfig"), "second").expect("write");
+        assert!(!read.unchanged(&path));
+        std::fs::write(dir.path().join("a.kubeconfig"), "first").expect("write");
+        std::fs::write(dir.path().join("b.kubeconfig"), "new").expect("write");
+        assert!(!read.unchanged(&path));
+        std::fs::remove_file(dir.path().join("b.kubeconfig")).expect("rm");
+        assert!(read.unchanged(&path));
+        write_config(dir.path(), &["a"]);
+        assert!(!read.unchanged(&path));
     }
 
     #[tokio::test]
