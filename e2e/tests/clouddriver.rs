@@ -11,9 +11,11 @@
 //!   of them updates it;
 //! - an account its shard drops stays defined during the grace period, then goes;
 //! - a definition of the same name someone else made is left alone and reported (a
-//!   metric and a log line);
-//! - an account whose writes Clouddriver refuses holds back none of the others, and
-//!   its refusal (whose message quotes the token) leaves no token in the hub's log;
+//!   metric, a log line and a Warning Event on the AgentShard);
+//! - an account whose writes Clouddriver refuses holds back none of the others, is
+//!   reported by one Warning Event on its AgentShard (not one per retry) and a metric,
+//!   and its refusal (whose message quotes the token) leaves no token in the hub's log
+//!   or the Event;
 //! - of two hub replicas sharing a store (a real PostgreSQL), only the leader writes;
 //!   when it stops, the other takes over.
 
@@ -96,6 +98,58 @@ async fn defined(
     Ok(wait::until(what, Duration::from_secs(90), || async {
         cd.stored(name).filter(&check)
     })
+    .await?)
+}
+
+/// The Events on the AgentShard `cd` of `ns` with `reason`, as `(type, note)`, each
+/// as many times as it was published (kube's recorder counts a repeat in `series`).
+fn shard_events(
+    env: &OperatorEnv,
+    ns: &str,
+    reason: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let out = env
+        .cp
+        .kubectl(["get", "events.events.k8s.io", "-n", ns, "-o", "json"])?;
+    let list: Value = serde_json::from_str(&out)?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["regarding"]["kind"] == "AgentShard"
+                && e["regarding"]["name"] == "cd"
+                && e["reason"] == reason
+        })
+        .flat_map(|e| {
+            let times = e["series"]["count"].as_u64().unwrap_or(1);
+            let event = (
+                e["type"].as_str().unwrap_or("").to_owned(),
+                e["note"].as_str().unwrap_or("").to_owned(),
+            );
+            std::iter::repeat_n(event, usize::try_from(times).unwrap_or(usize::MAX))
+        })
+        .collect())
+}
+
+/// Waits for an Event on the AgentShard `cd` of `ns` with `reason` whose note names
+/// `account`; returns its `(type, note)`.
+async fn shard_event(
+    env: &OperatorEnv,
+    ns: &str,
+    reason: &str,
+    account: &str,
+) -> anyhow::Result<(String, String)> {
+    Ok(wait::until(
+        &format!("a {reason} Event on the AgentShard naming {account}"),
+        Duration::from_secs(30),
+        || async {
+            shard_events(env, ns, reason)
+                .ok()?
+                .into_iter()
+                .find(|(_, note)| note.contains(&format!("account {account}")))
+        },
+    )
     .await?)
 }
 
@@ -219,6 +273,31 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         )? >= 2.0,
         "the others were created: {text}"
     );
+    // ... and told where a platform team looks: a Warning Event on the AgentShard that
+    // declares the account, saying what Clouddriver answered without the definition
+    // (its kubeconfig holds a token); the accounts pushed, a Normal one each.
+    let (kind, note) = shard_event(&env, &ns, "ClouddriverAccountRefused", &refused).await?;
+    ensure!(
+        kind == "Warning" && note.contains("400") && !note.contains("sa1."),
+        "the refusal's Event is a Warning naming Clouddriver's status, no token: {kind} {note}"
+    );
+    let (kind, _) = shard_event(&env, &ns, "ClouddriverAccountPushed", &a).await?;
+    ensure!(kind == "Normal", "a's create is a Normal Event: {kind}");
+    // One refusal, one Event: the retries that meet the same answer add none.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let refusals: Vec<(String, String)> = shard_events(&env, &ns, "ClouddriverAccountRefused")?
+        .into_iter()
+        .filter(|(_, note)| note.contains(&format!("account {refused}:")))
+        .collect();
+    ensure!(
+        refusals.len() == 1,
+        "one Event for the refused account, not one per retry: {refusals:?}"
+    );
+    let text = hub_metrics(&s).await?;
+    ensure!(
+        metrics::require(&text, "scale_agent_hub_clouddriver_refused")? == 1.0,
+        "one account refused: {text}"
+    );
 
     // The kubeconfig Clouddriver got works with kubectl for its account, through the
     // hub, once the account streams...
@@ -284,6 +363,11 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             .any(|l| l.contains(&theirs) && l.contains("did not make")),
         "the hub's log names {theirs} as not its own"
     );
+    let (kind, _) = shard_event(&env, &ns, "ClouddriverAccountForeign", &theirs).await?;
+    ensure!(
+        kind == "Warning",
+        "the foreign definition is a Warning Event: {kind}"
+    );
 
     // A change of what the definition carries (a's permissions) updates it; b is left
     // as it is.
@@ -347,6 +431,7 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     // Nothing a token is ever logged (the refusal's message quoted one).
     let log = std::fs::read_to_string(&hub_log)?;
     ensure!(!log.contains("sa1."), "the hub's log holds a minted token");
+
     running.stop();
     Ok(())
 }
