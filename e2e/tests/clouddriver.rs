@@ -16,6 +16,8 @@
 //!   reported by one Warning Event on its AgentShard (not one per retry) and a metric,
 //!   and its refusal (whose message quotes the token) leaves no token in the hub's log
 //!   or the Event;
+//! - Clouddriver down for a minute while the shard changes: once it answers again, the
+//!   hub makes the changes;
 //! - of two hub replicas sharing a store (a real PostgreSQL), only the leader writes;
 //!   when it stops, the other takes over.
 
@@ -42,6 +44,9 @@ use serde_json::{Value, json};
 
 /// The hub's grace period: long enough to see a dropped account still defined.
 const GRACE: Duration = Duration::from_secs(15);
+
+/// How long Clouddriver is down while the shards change.
+const OUTAGE: Duration = Duration::from_secs(60);
 
 fn main() {
     runner::run(
@@ -432,6 +437,45 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     let log = std::fs::read_to_string(&hub_log)?;
     ensure!(!log.contains("sa1."), "the hub's log holds a minted token");
 
+    // Clouddriver down for a minute (its database stays: what it stores outlives its
+    // process), during which the shard changes: a's environment, and a new account c.
+    // Once it answers again, the hub makes both changes.
+    let addr = running.addr;
+    running.stop();
+    let c = format!("{ns}-c");
+    let staging = "    permissions: { READ: [dev, qa], WRITE: [ops] }\n    environment: staging\n";
+    env.apply(&shard(
+        &ns,
+        &s.hub.grpc,
+        &[(&refused, ""), (&a, staging), (&theirs, ""), (&c, "")],
+    ))?;
+    let failures =
+        |text: &str| metrics::sample(text, "scale_agent_hub_clouddriver_list_failures_total");
+    let before = failures(&hub_metrics(&s).await?).unwrap_or(0.0);
+    tokio::time::sleep(OUTAGE).await;
+    let text = hub_metrics(&s).await?;
+    ensure!(
+        failures(&text).unwrap_or(0.0) > before,
+        "the hub tried Clouddriver while it was down: {text}"
+    );
+    ensure!(
+        cd.stored(&c).is_none(),
+        "nothing was stored while Clouddriver was down"
+    );
+    let back = Instant::now();
+    let running = cd.serve(addr).await?;
+    defined(&cd, "c defined once Clouddriver is back", &c, ours).await?;
+    defined(
+        &cd,
+        "a's new environment once Clouddriver is back",
+        &a,
+        |d| d.body["environment"] == json!("staging"),
+    )
+    .await?;
+    eprintln!(
+        "after {OUTAGE:?} down, Clouddriver in step {:?} after it answered again",
+        back.elapsed()
+    );
     running.stop();
     Ok(())
 }
