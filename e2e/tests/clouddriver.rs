@@ -18,6 +18,10 @@
 //!   or the Event;
 //! - Clouddriver down for a minute while the shard changes: once it answers again, the
 //!   hub makes the changes;
+//! - for a Clouddriver without the account storage API (`--clouddriver-secret`), a
+//!   Secret holds each account's kubeconfig (which kubectl uses through the hub, for
+//!   that account only) and a `clouddriver-local.yml` listing it at the path the Secret
+//!   is mounted at; an account its shard drops leaves it after the grace period;
 //! - of two hub replicas sharing a store (a real PostgreSQL), only the leader writes;
 //!   when it stops, the other takes over.
 
@@ -45,6 +49,9 @@ use serde_json::{Value, json};
 /// The hub's grace period: long enough to see a dropped account still defined.
 const GRACE: Duration = Duration::from_secs(15);
 
+/// An account's entry streaming only what Spinnaker manages.
+const SPINNAKER_MANAGED: &str = "    onlySpinnakerManaged: true\n";
+
 /// How long Clouddriver is down while the shards change.
 const OUTAGE: Duration = Duration::from_secs(60);
 
@@ -55,6 +62,7 @@ fn main() {
         scale_agent_e2e::tests![
             clouddriver_definitions_follow_the_shards => follow,
             one_of_two_replicas_writes_and_the_other_takes_over => replicas,
+            a_secret_of_kubeconfigs_for_a_clouddriver_without_the_api => secret,
         ],
     );
 }
@@ -612,5 +620,203 @@ async fn replicas(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     );
     running.stop();
     drop(pg);
+    Ok(())
+}
+
+/// The data of the Secret `name` in `ns`, decoded; `None` while there is none.
+fn secret_data(env: &OperatorEnv, ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
+    use base64::Engine as _;
+    let out = env
+        .cp
+        .kubectl(["get", "secret", name, "-n", ns, "-o", "json"])
+        .ok()?;
+    let secret: Value = serde_json::from_str(&out).ok()?;
+    secret["data"].as_object().map(|data| {
+        data.iter()
+            .filter_map(|(k, v)| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str()?)
+                    .ok()?;
+                Some((k.clone(), String::from_utf8(bytes).ok()?))
+            })
+            .collect()
+    })
+}
+
+/// The names of the accounts `clouddriver-local.yml` lists, with their `kubeconfigFile`.
+fn fragment_accounts(data: &BTreeMap<String, String>) -> BTreeMap<String, Value> {
+    data.get("clouddriver-local.yml")
+        .and_then(|f| serde_yaml::from_str::<Value>(f).ok())
+        .and_then(|v| v["kubernetes"]["accounts"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|a| Some((a["name"].as_str()?.to_owned(), a)))
+        .collect()
+}
+
+/// A Clouddriver without the account storage API: the hub keeps a Secret in its
+/// namespace (here the test's) that it mounts.
+async fn secret(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
+    const MOUNT: &str = "/opt/spinnaker/config/scale-agent";
+    let pki = &env.cp.pki;
+    let cert = pki.issue_server("hub-clouddriver-secret", &["127.0.0.1", "localhost"])?;
+    let port = free_port()?;
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, HUMAN_TOKENS)?;
+    // Clouddriver's namespace, with no Secret a run before left there.
+    let cd_ns = "scale-agent-e2e-clouddriver";
+    let _ = env.cp.kubectl(["create", "namespace", cd_ns]);
+    env.cp.kubectl([
+        "delete",
+        "secret",
+        "clouddriver-accounts",
+        "-n",
+        cd_ns,
+        "--ignore-not-found",
+    ])?;
+    let s = scenario_with(
+        &env,
+        "cd-secret",
+        &format!("{}s", GRACE.as_secs()),
+        None,
+        vec![
+            "--authorize-shards=*".into(),
+            format!("--kube-api-addr=127.0.0.1:{port}"),
+            format!("--kube-api-tokens-file={}", tokens.display()),
+            format!("--kube-api-tls-cert={}", cert.cert_file.display()),
+            format!("--kube-api-tls-key={}", cert.key_file.display()),
+            "--clouddriver-secret=scale-agent-e2e-clouddriver/clouddriver-accounts".into(),
+            format!("--clouddriver-secret-mount-path={MOUNT}"),
+            format!("--clouddriver-kube-api-server=https://127.0.0.1:{port}"),
+            format!("--clouddriver-kube-api-ca-file={}", pki.ca_file.display()),
+            "--clouddriver-sync-interval=500ms".into(),
+        ],
+    )
+    .await?;
+    let ns = s.ns.clone();
+    env.kubeconfig_secret(&ns, "kc")?;
+    let _pods = PodRunner::for_test(&env, &ns).await?;
+    let a = format!("{ns}-a");
+    let b = format!("{ns}-b");
+    let a_entry = SPINNAKER_MANAGED.to_owned();
+    let b_entry = String::new();
+    env.apply(&shard(&ns, &s.hub.grpc, &[(&a, &a_entry), (&b, &b_entry)]))?;
+    env.cp.kubectl([
+        "create",
+        "configmap",
+        "seen-through-the-hub",
+        "-n",
+        &ns,
+        "--from-literal=k=v",
+    ])?;
+
+    // The Secret lists both, each at the path of its kubeconfig in the mount.
+    let data = wait::until(
+        "the Secret lists both accounts",
+        Duration::from_secs(90),
+        || async {
+            let data = secret_data(&env, cd_ns, "clouddriver-accounts")?;
+            let listed = fragment_accounts(&data);
+            (listed.contains_key(&a) && listed.contains_key(&b)).then_some(data)
+        },
+    )
+    .await?;
+    let listed = fragment_accounts(&data);
+    ensure!(
+        listed[&a]["kubeconfigFile"] == json!(format!("{MOUNT}/{a}.kubeconfig"))
+            && strings(&listed[&a]["namespaces"]) == [ns.clone()]
+            && listed[&a]["onlySpinnakerManaged"] == json!(true)
+            && listed[&b]["onlySpinnakerManaged"] == json!(false),
+        "a's entry names its file in the mount, its namespaces and onlySpinnakerManaged: {}",
+        listed[&a]
+    );
+    let kubeconfig = data
+        .get(&format!("{a}.kubeconfig"))
+        .context("a's kubeconfig in the Secret")?;
+
+    // a's kubeconfig works with kubectl through the hub, for a...
+    let kc_a = dir.path().join("a.kubeconfig");
+    std::fs::write(&kc_a, kubeconfig)?;
+    wait_state(&s.hub, &a, "Connected", Duration::from_secs(60)).await?;
+    wait::until(
+        "kubectl with a's kubeconfig from the Secret lists the ConfigMap",
+        Duration::from_secs(60),
+        || async {
+            kubectl::run(
+                &env.cp.bins.kubectl,
+                &kc_a,
+                ["get", "configmaps", "-n", &ns, "-o", "name"],
+                None,
+            )
+            .ok()
+            .filter(|out| out.contains("configmap/seen-through-the-hub"))
+        },
+    )
+    .await?;
+    // ... and only for a.
+    let kc_other = dir.path().join("a-for-b.kubeconfig");
+    std::fs::write(
+        &kc_other,
+        kubeconfig.replace(&format!("/accounts/{a}\""), &format!("/accounts/{b}\"")),
+    )?;
+    wait_state(&s.hub, &b, "Connected", Duration::from_secs(60)).await?;
+    let other = kubectl::run_full(
+        &env.cp.bins.kubectl,
+        &kc_other,
+        ["get", "configmaps", "-n", &ns, "-o", "name"],
+        None,
+    )?;
+    ensure!(
+        !other.success
+            && (other.stderr.contains("Forbidden") || other.stderr.contains("may not use account")),
+        "a's token used for {b} is refused 403: {other:?}"
+    );
+
+    // b leaves its shard: listed during the grace period, then gone; a stays.
+    let left = Instant::now();
+    env.apply(&shard(&ns, &s.hub.grpc, &[(&a, &a_entry)]))?;
+    wait::until("b no longer streaming", Duration::from_secs(60), || async {
+        account_state(&s.hub, &b)
+            .await
+            .is_none_or(|a| a["state"] != "Connected")
+            .then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = secret_data(&env, cd_ns, "clouddriver-accounts").context("the Secret")?;
+    ensure!(
+        fragment_accounts(&during).contains_key(&b)
+            && during.contains_key(&format!("{b}.kubeconfig")),
+        "b is still in the Secret during the grace period"
+    );
+    wait::until(
+        "b gone from the Secret after the grace period",
+        Duration::from_secs(90),
+        || async {
+            let data = secret_data(&env, cd_ns, "clouddriver-accounts")?;
+            (!fragment_accounts(&data).contains_key(&b)
+                && !data.contains_key(&format!("{b}.kubeconfig")))
+            .then_some(())
+        },
+    )
+    .await?;
+    ensure!(
+        left.elapsed() >= GRACE,
+        "b left the Secret {:?} after leaving its shard, within the grace period {GRACE:?}",
+        left.elapsed()
+    );
+    let after = secret_data(&env, cd_ns, "clouddriver-accounts").context("the Secret")?;
+    ensure!(
+        fragment_accounts(&after).contains_key(&a)
+            && after.contains_key(&format!("{a}.kubeconfig")),
+        "a is still in the Secret when b goes"
+    );
+    // Nothing of a token in the hub's log.
+    let log = std::fs::read_to_string(env.test_dir(&ns).join("logs/hub.log"))?;
+    ensure!(!log.contains("sa1."), "the hub's log holds a minted token");
+    let _ = env
+        .cp
+        .kubectl(["delete", "secret", "clouddriver-accounts", "-n", cd_ns]);
     Ok(())
 }

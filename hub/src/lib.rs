@@ -213,7 +213,8 @@ async fn sync_recorder(shared: &Shared) -> Option<kube::runtime::events::Recorde
     ))
 }
 
-/// Starts keeping Clouddriver's definitions in step (`--clouddriver-url`).
+/// Starts keeping Clouddriver's definitions in step (`--clouddriver-url`), or the Secret
+/// of them (`--clouddriver-secret`).
 async fn start_clouddriver_sync(
     shared: &Arc<Shared>,
     cd: spinnaker::ClouddriverConfig,
@@ -221,8 +222,8 @@ async fn start_clouddriver_sync(
 ) -> Result<(), Error> {
     if shared.config.kube_api.is_none() {
         return Err(Error::Setting {
-            setting: "--clouddriver-url",
-            message: "the kubeconfigs pushed to Clouddriver name the hub's Kubernetes API: serve it (--kube-api-addr)".into(),
+            setting: "--clouddriver-kube-api-server",
+            message: "the kubeconfigs given to Clouddriver name the hub's Kubernetes API: serve it (--kube-api-addr)".into(),
         });
     }
     if cd.token_key.is_none() && shared.replicas.is_some() {
@@ -251,6 +252,26 @@ async fn start_clouddriver_sync(
         list_failures: shared.metrics.clouddriver_list_failures.clone(),
         refused: shared.metrics.clouddriver_refused.clone(),
     };
+    if let Some(target) = cd.secret.clone() {
+        let client = kube_client(shared)
+            .await
+            .map_err(|message| Error::Setting {
+                setting: "--clouddriver-secret",
+                message: format!("no Kubernetes client to write the Secret with: {message}"),
+            })?;
+        spinnaker::secret::start(
+            target,
+            client,
+            cd.kube_api_server.clone(),
+            cd.interval,
+            Arc::clone(&minter),
+            Arc::clone(&accounts),
+            Arc::clone(&kubeconfig),
+            metrics.clone(),
+            shared.config.grace_period,
+            shared.shutdown.clone(),
+        );
+    }
     spinnaker::start(
         cd,
         minter,

@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod definition;
+pub mod secret;
 pub mod tokens;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -44,8 +45,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How to reach Clouddriver and what to tell it.
 #[derive(Debug, Clone)]
 pub struct ClouddriverConfig {
-    /// Clouddriver's base URL, e.g. `http://spin-clouddriver:7002`.
-    pub url: String,
+    /// Clouddriver's base URL, e.g. `http://spin-clouddriver:7002`: its account storage
+    /// API is kept in step (`--clouddriver-url`).
+    pub url: Option<String>,
+    /// The Secret kept for a Clouddriver without that API (`--clouddriver-secret`).
+    pub secret: Option<secret::SecretTarget>,
     /// Sent as `X-SPINNAKER-USER`.
     pub user: String,
     /// The CA that signs Clouddriver's certificate (PEM), for `https://` URLs; the
@@ -166,9 +170,9 @@ struct Backoff {
     next: Instant,
 }
 
-/// Since when this writer has seen each account whose definition it made served by no
-/// shard: removed once that is the grace period ago. An account moving between shards,
-/// or whose agent reconnects after a restart of the hub, keeps it.
+/// Since when this writer has seen each account whose definition (or Secret entry) it
+/// made served by no shard: removed once that is the grace period ago. An account moving
+/// between shards, or whose agent reconnects after a restart of the hub, keeps it.
 #[derive(Debug, Default)]
 struct Leaving(HashMap<String, Instant>);
 
@@ -207,7 +211,9 @@ pub fn start(
     grace: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let url = config.url.clone();
+    let Some(url) = config.url.clone() else {
+        return Ok(());
+    };
     let client = Client::new(&url, &config.user, config.ca_pem.as_deref())?;
     info!(%url, server = %config.kube_api_server, interval = ?config.interval,
         "keeping Clouddriver's kubernetes account definitions in step with the accounts served");
