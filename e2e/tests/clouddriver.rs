@@ -21,7 +21,9 @@
 //! - for a Clouddriver without the account storage API (`--clouddriver-secret`), a
 //!   Secret holds each account's kubeconfig (which kubectl uses through the hub, for
 //!   that account only) and a `clouddriver-local.yml` listing it at the path the Secret
-//!   is mounted at; an account its shard drops leaves it after the grace period;
+//!   is mounted at; an account its shard drops leaves it after the grace period; the
+//!   accounts name one of two contexts of their kubeconfig (`context`), not its
+//!   current-context, and the agents read the cluster through it;
 //! - of two hub replicas sharing a store (a real PostgreSQL), only the leader writes;
 //!   when it stops, the other takes over.
 
@@ -239,7 +241,12 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     env.apply(&shard(
         &ns,
         &s.hub.grpc,
-        &[(&refused, ""), (&a, readers), (&b, ""), (&theirs, "")],
+        &[
+            (&refused, ""),
+            (&a, readers),
+            (&b, SPINNAKER_MANAGED),
+            (&theirs, ""),
+        ],
     ))?;
     env.cp.kubectl([
         "create",
@@ -253,7 +260,14 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     // Created, by the hub, saying what the shard says; despite the refused one.
     let ours = |d: &Stored| d.modified_by == HUB_USER;
     let def_a = defined(&cd, "a's definition", &a, ours).await?;
-    defined(&cd, "b's definition", &b, ours).await?;
+    let def_b = defined(&cd, "b's definition", &b, ours).await?;
+    ensure!(
+        def_b.body["onlySpinnakerManaged"] == json!(true)
+            && def_a.body["onlySpinnakerManaged"] == json!(false),
+        "the shard's onlySpinnakerManaged is carried into the definitions: {} {}",
+        without_kubeconfig(&def_a.body),
+        without_kubeconfig(&def_b.body)
+    );
     ensure!(
         strings(&def_a.body["namespaces"]) == [ns.clone()]
             && strings(&def_a.body["kinds"]) == ["ConfigMap"]
@@ -389,7 +403,12 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     env.apply(&shard(
         &ns,
         &s.hub.grpc,
-        &[(&refused, ""), (&a, writers), (&b, ""), (&theirs, "")],
+        &[
+            (&refused, ""),
+            (&a, writers),
+            (&b, SPINNAKER_MANAGED),
+            (&theirs, ""),
+        ],
     ))?;
     defined(&cd, "a's definition with the new permissions", &a, |d| {
         d.body["permissions"] == json!({"READ": ["dev", "qa"], "WRITE": ["ops"]})
@@ -623,6 +642,35 @@ async fn replicas(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes to `path` the management cluster's kubeconfig with a second context, made
+/// current, naming a cluster that is not there; returns the name of the real one.
+fn two_contexts(env: &OperatorEnv, path: &std::path::Path) -> anyhow::Result<String> {
+    use serde_yaml::Value as Yaml;
+    let text = std::fs::read_to_string(&env.cp.management.kubeconfig)?;
+    let mut kc: Yaml = serde_yaml::from_str(&text)?;
+    let real = kc["current-context"]
+        .as_str()
+        .context("the management kubeconfig's current-context")?
+        .to_owned();
+    let user = kc["contexts"][0]["context"]["user"].clone();
+    let cluster: Yaml =
+        serde_yaml::from_str("{name: elsewhere, cluster: {server: 'https://192.0.2.1:6443'}}")?;
+    let mut context: Yaml =
+        serde_yaml::from_str("{name: elsewhere, context: {cluster: elsewhere}}")?;
+    context["context"]["user"] = user;
+    kc["clusters"]
+        .as_sequence_mut()
+        .context("clusters")?
+        .push(cluster);
+    kc["contexts"]
+        .as_sequence_mut()
+        .context("contexts")?
+        .push(context);
+    kc["current-context"] = Yaml::from("elsewhere");
+    std::fs::write(path, serde_yaml::to_string(&kc)?)?;
+    Ok(real)
+}
+
 /// The data of the Secret `name` in `ns`, decoded; `None` while there is none.
 fn secret_data(env: &OperatorEnv, ns: &str, name: &str) -> Option<BTreeMap<String, String>> {
     use base64::Engine as _;
@@ -695,12 +743,17 @@ async fn secret(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     )
     .await?;
     let ns = s.ns.clone();
-    env.kubeconfig_secret(&ns, "kc")?;
+    // The accounts' kubeconfig has two contexts, the current one naming a cluster that
+    // is not there: the accounts name the other (`context`), and only an agent that
+    // uses it reads the cluster (kubectl through the hub below).
+    let two = dir.path().join("two-contexts.kubeconfig");
+    let real = two_contexts(&env, &two)?;
+    env.cp.kubeconfig_secret(&ns, "kc", &two)?;
     let _pods = PodRunner::for_test(&env, &ns).await?;
     let a = format!("{ns}-a");
     let b = format!("{ns}-b");
-    let a_entry = SPINNAKER_MANAGED.to_owned();
-    let b_entry = String::new();
+    let a_entry = format!("    context: {real}\n{SPINNAKER_MANAGED}");
+    let b_entry = format!("    context: {real}\n");
     env.apply(&shard(&ns, &s.hub.grpc, &[(&a, &a_entry), (&b, &b_entry)]))?;
     env.cp.kubectl([
         "create",
