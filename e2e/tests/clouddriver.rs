@@ -168,6 +168,57 @@ async fn shard_event(
     .await?)
 }
 
+/// `kubeconfig` (account `a`'s, as Clouddriver got it) works with kubectl through the hub
+/// once `a` streams: it lists the test's ConfigMap; the same token for account `b` is
+/// refused (403).
+async fn works_for_its_account_only(
+    env: &OperatorEnv,
+    s: &Scenario,
+    dir: &std::path::Path,
+    kubeconfig: &str,
+    a: &str,
+    b: &str,
+) -> anyhow::Result<()> {
+    let ns = &s.ns;
+    let kc_a = dir.join(format!("{a}.kubeconfig"));
+    std::fs::write(&kc_a, kubeconfig)?;
+    wait_state(&s.hub, a, "Connected", Duration::from_secs(60)).await?;
+    let listed = wait::until(
+        "kubectl with a's kubeconfig lists the ConfigMap",
+        Duration::from_secs(60),
+        || async {
+            kubectl::run(
+                &env.cp.bins.kubectl,
+                &kc_a,
+                ["get", "configmaps", "-n", ns, "-o", "name"],
+                None,
+            )
+            .ok()
+            .filter(|out| out.contains("configmap/seen-through-the-hub"))
+        },
+    )
+    .await?;
+    eprintln!("kubectl through the hub as {a}: {listed}");
+    let kc_other = dir.join(format!("{a}-for-{b}.kubeconfig"));
+    std::fs::write(
+        &kc_other,
+        kubeconfig.replace(&format!("/accounts/{a}\""), &format!("/accounts/{b}\"")),
+    )?;
+    wait_state(&s.hub, b, "Connected", Duration::from_secs(60)).await?;
+    let other = kubectl::run_full(
+        &env.cp.bins.kubectl,
+        &kc_other,
+        ["get", "configmaps", "-n", ns, "-o", "name"],
+        None,
+    )?;
+    ensure!(
+        !other.success
+            && (other.stderr.contains("Forbidden") || other.stderr.contains("may not use account")),
+        "a's token used for {b} is refused 403: {other:?}"
+    );
+    Ok(())
+}
+
 /// A definition as a failure message shows it: without its kubeconfig (a token).
 fn without_kubeconfig(definition: &Value) -> Value {
     let mut shown = definition.clone();
@@ -327,48 +378,12 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     );
 
     // The kubeconfig Clouddriver got works with kubectl for its account, through the
-    // hub, once the account streams...
+    // hub, once the account streams, and is refused for another account.
     let kubeconfig = def_a.body["kubeconfigContents"]
         .as_str()
         .context("a kubeconfig in a's definition")?
         .to_owned();
-    let kc_a = dir.path().join("a.kubeconfig");
-    std::fs::write(&kc_a, &kubeconfig)?;
-    wait_state(&s.hub, &a, "Connected", Duration::from_secs(60)).await?;
-    let listed = wait::until(
-        "kubectl with a's kubeconfig lists the ConfigMap",
-        Duration::from_secs(60),
-        || async {
-            kubectl::run(
-                &env.cp.bins.kubectl,
-                &kc_a,
-                ["get", "configmaps", "-n", &ns, "-o", "name"],
-                None,
-            )
-            .ok()
-            .filter(|out| out.contains("configmap/seen-through-the-hub"))
-        },
-    )
-    .await?;
-    eprintln!("kubectl through the hub as {a}: {listed}");
-    // ... and is refused for another account.
-    let kc_other = dir.path().join("a-for-b.kubeconfig");
-    std::fs::write(
-        &kc_other,
-        kubeconfig.replace(&format!("/accounts/{a}\""), &format!("/accounts/{b}\"")),
-    )?;
-    wait_state(&s.hub, &b, "Connected", Duration::from_secs(60)).await?;
-    let other = kubectl::run_full(
-        &env.cp.bins.kubectl,
-        &kc_other,
-        ["get", "configmaps", "-n", &ns, "-o", "name"],
-        None,
-    )?;
-    ensure!(
-        !other.success
-            && (other.stderr.contains("Forbidden") || other.stderr.contains("may not use account")),
-        "a's token used for {b} is refused 403: {other:?}"
-    );
+    works_for_its_account_only(&env, &s, dir.path(), &kubeconfig, &a, &b).await?;
 
     // Someone else's definition: left alone, reported.
     let text = wait::until(
@@ -788,43 +803,8 @@ async fn secret(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         .get(&format!("{a}.kubeconfig"))
         .context("a's kubeconfig in the Secret")?;
 
-    // a's kubeconfig works with kubectl through the hub, for a...
-    let kc_a = dir.path().join("a.kubeconfig");
-    std::fs::write(&kc_a, kubeconfig)?;
-    wait_state(&s.hub, &a, "Connected", Duration::from_secs(60)).await?;
-    wait::until(
-        "kubectl with a's kubeconfig from the Secret lists the ConfigMap",
-        Duration::from_secs(60),
-        || async {
-            kubectl::run(
-                &env.cp.bins.kubectl,
-                &kc_a,
-                ["get", "configmaps", "-n", &ns, "-o", "name"],
-                None,
-            )
-            .ok()
-            .filter(|out| out.contains("configmap/seen-through-the-hub"))
-        },
-    )
-    .await?;
-    // ... and only for a.
-    let kc_other = dir.path().join("a-for-b.kubeconfig");
-    std::fs::write(
-        &kc_other,
-        kubeconfig.replace(&format!("/accounts/{a}\""), &format!("/accounts/{b}\"")),
-    )?;
-    wait_state(&s.hub, &b, "Connected", Duration::from_secs(60)).await?;
-    let other = kubectl::run_full(
-        &env.cp.bins.kubectl,
-        &kc_other,
-        ["get", "configmaps", "-n", &ns, "-o", "name"],
-        None,
-    )?;
-    ensure!(
-        !other.success
-            && (other.stderr.contains("Forbidden") || other.stderr.contains("may not use account")),
-        "a's token used for {b} is refused 403: {other:?}"
-    );
+    // a's kubeconfig works with kubectl through the hub, for a only.
+    works_for_its_account_only(&env, &s, dir.path(), kubeconfig, &a, &b).await?;
 
     // b leaves its shard: listed during the grace period, then gone; a stays.
     let left = Instant::now();

@@ -193,6 +193,47 @@ impl Leaving {
     }
 }
 
+/// One round's accounts: those a shard lists, each with its kubeconfig (a token minted
+/// now), and those served but listed by no shard (whose definition or entry is kept as
+/// it is).
+struct Round {
+    listed: Vec<(Wanted, String)>,
+    kept: BTreeSet<String>,
+}
+
+/// The accounts served, for one round of `what` (the sync, or the Secret); `None` (and
+/// a warning) when they cannot be listed.
+async fn served(
+    accounts: &dyn Accounts,
+    minter: &Minter,
+    kubeconfig: &Kubeconfig,
+    what: &str,
+) -> Option<Round> {
+    let wanted = match accounts.wanted().await {
+        Ok(w) => w,
+        Err(err) => {
+            warn!(%err, "{what}: cannot list the accounts served; trying again");
+            return None;
+        }
+    };
+    let now = SystemTime::now();
+    let mut round = Round {
+        listed: Vec::new(),
+        kept: BTreeSet::new(),
+    };
+    for w in wanted {
+        if !w.listed {
+            round.kept.insert(w.name);
+            continue;
+        }
+        match kubeconfig(&w.name, &minter.token(&w.name, now)) {
+            Ok(k) => round.listed.push((w, k)),
+            Err(err) => warn!(account = %w.name, %err, "{what}: no kubeconfig for the account"),
+        }
+    }
+    Some(round)
+}
+
 fn backoff_after(failures: u32) -> Duration {
     let secs = 1u64 << failures.min(9);
     Duration::from_secs(secs).min(MAX_BACKOFF)
@@ -242,34 +283,22 @@ pub fn start(
             if !writer {
                 continue;
             }
-            let wanted = match accounts.wanted().await {
-                Ok(w) => w,
-                Err(err) => {
-                    warn!(%err, "Clouddriver sync: cannot list the accounts served; trying again");
-                    continue;
-                }
+            let Some(round) =
+                served(accounts.as_ref(), &minter, &kubeconfig, "Clouddriver sync").await
+            else {
+                continue;
             };
-            let now = SystemTime::now();
-            let mut desired = BTreeMap::new();
-            let kept: BTreeSet<String> = wanted
+            let kept = round.kept;
+            let desired: BTreeMap<String, serde_json::Value> = round
+                .listed
                 .iter()
-                .filter(|w| !w.listed)
-                .map(|w| w.name.clone())
+                .map(|(w, k)| {
+                    (
+                        w.name.clone(),
+                        definition::render(w, &config.kube_api_server, k),
+                    )
+                })
                 .collect();
-            for w in wanted.iter().filter(|w| w.listed) {
-                let token = minter.token(&w.name, now);
-                match kubeconfig(&w.name, &token) {
-                    Ok(k) => {
-                        desired.insert(
-                            w.name.clone(),
-                            definition::render(w, &config.kube_api_server, &k),
-                        );
-                    }
-                    Err(err) => {
-                        warn!(account = %w.name, %err, "Clouddriver sync: no kubeconfig for the account")
-                    }
-                }
-            }
             let current = match client.list().await {
                 Ok(c) => c,
                 Err(err) => {

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::definition::{self, Wanted};
 use super::tokens::Minter;
-use super::{Accounts, Kubeconfig, Leaving, PushLabel, SyncMetrics};
+use super::{Accounts, Kubeconfig, Leaving, PushLabel, SyncMetrics, served};
 
 /// The fragment's key in the Secret.
 pub const FRAGMENT: &str = "clouddriver-local.yml";
@@ -236,33 +236,24 @@ pub fn start(
             if !accounts.may_write() {
                 continue;
             }
-            let wanted = match accounts.wanted().await {
-                Ok(w) => w,
-                Err(err) => {
-                    warn!(%err, "Clouddriver Secret: cannot list the accounts served; trying again");
-                    continue;
-                }
+            let Some(round) = served(
+                accounts.as_ref(),
+                &minter,
+                &kubeconfig,
+                "Clouddriver Secret",
+            )
+            .await
+            else {
+                continue;
             };
-            let now = SystemTime::now();
-            let kept: BTreeSet<String> = wanted
-                .iter()
-                .filter(|w| !w.listed)
-                .map(|w| w.name.clone())
-                .collect();
+            let kept = round.kept;
             let mut desired = BTreeMap::new();
-            for w in wanted.iter().filter(|w| w.listed) {
+            for (w, k) in round.listed {
                 if key_of(&w.name).is_none() {
                     warn!(account = %crate::core::clip::clip(&w.name), "Clouddriver Secret: an account name a Secret key cannot hold; left out");
                     continue;
                 }
-                match kubeconfig(&w.name, &minter.token(&w.name, now)) {
-                    Ok(k) => {
-                        desired.insert(w.name.clone(), (entry(w, &server, &target.mount_path), k));
-                    }
-                    Err(err) => {
-                        warn!(account = %w.name, %err, "Clouddriver Secret: no kubeconfig for the account")
-                    }
-                }
+                desired.insert(w.name.clone(), (entry(&w, &server, &target.mount_path), k));
             }
             let existing = match api.get_opt(&target.name).await {
                 Ok(s) => s,
