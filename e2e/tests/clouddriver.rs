@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use scale_agent_e2e::certs::CertPair;
 use scale_agent_e2e::clouddriver::{Clouddriver, Settings, Stored};
 use scale_agent_e2e::converge::{account_state, wait_state};
 use scale_agent_e2e::hub::{HubOptions, HubProcess};
@@ -88,6 +89,30 @@ fn shard(ns: &str, hub: &str, accounts: &[(&str, &str)]) -> String {
         ));
     }
     y
+}
+
+/// The flags of a scenario's hub: its Kubernetes API on `127.0.0.1:port` with `cert`
+/// (signed by `ca`, which the kubeconfigs given to Clouddriver name) and the `tokens`
+/// file, the shards of every namespace watched, a round every 500 ms, and `clouddriver`
+/// (where the accounts go).
+fn hub_args(
+    port: u16,
+    cert: &CertPair,
+    ca: &std::path::Path,
+    tokens: &std::path::Path,
+    clouddriver: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let mut args = vec![
+        "--authorize-shards=*".into(),
+        format!("--kube-api-addr=127.0.0.1:{port}"),
+        format!("--kube-api-tokens-file={}", tokens.display()),
+        format!("--kube-api-tls-cert={}", cert.cert_file.display()),
+        format!("--kube-api-tls-key={}", cert.key_file.display()),
+        format!("--clouddriver-kube-api-ca-file={}", ca.display()),
+        "--clouddriver-sync-interval=500ms".into(),
+    ];
+    args.extend(clouddriver);
+    args
 }
 
 /// A hub's metrics text.
@@ -258,17 +283,16 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         "clouddriver",
         &format!("{}s", GRACE.as_secs()),
         None,
-        vec![
-            "--authorize-shards=*".into(),
-            format!("--kube-api-addr=127.0.0.1:{port}"),
-            format!("--kube-api-tokens-file={}", tokens.display()),
-            format!("--kube-api-tls-cert={}", cert.cert_file.display()),
-            format!("--kube-api-tls-key={}", cert.key_file.display()),
-            format!("--clouddriver-url={}", running.url()),
-            format!("--clouddriver-kube-api-server={kube_api}"),
-            format!("--clouddriver-kube-api-ca-file={}", pki.ca_file.display()),
-            "--clouddriver-sync-interval=500ms".into(),
-        ],
+        hub_args(
+            port,
+            &cert,
+            &pki.ca_file,
+            &tokens,
+            [
+                format!("--clouddriver-url={}", running.url()),
+                format!("--clouddriver-kube-api-server={kube_api}"),
+            ],
+        ),
     )
     .await?;
     let ns = s.ns.clone();
@@ -743,18 +767,17 @@ async fn secret(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         "cd-secret",
         &format!("{}s", GRACE.as_secs()),
         None,
-        vec![
-            "--authorize-shards=*".into(),
-            format!("--kube-api-addr=127.0.0.1:{port}"),
-            format!("--kube-api-tokens-file={}", tokens.display()),
-            format!("--kube-api-tls-cert={}", cert.cert_file.display()),
-            format!("--kube-api-tls-key={}", cert.key_file.display()),
-            "--clouddriver-secret=scale-agent-e2e-clouddriver/clouddriver-accounts".into(),
-            format!("--clouddriver-secret-mount-path={MOUNT}"),
-            format!("--clouddriver-kube-api-server=https://127.0.0.1:{port}"),
-            format!("--clouddriver-kube-api-ca-file={}", pki.ca_file.display()),
-            "--clouddriver-sync-interval=500ms".into(),
-        ],
+        hub_args(
+            port,
+            &cert,
+            &pki.ca_file,
+            &tokens,
+            [
+                "--clouddriver-secret=scale-agent-e2e-clouddriver/clouddriver-accounts".into(),
+                format!("--clouddriver-secret-mount-path={MOUNT}"),
+                format!("--clouddriver-kube-api-server=https://127.0.0.1:{port}"),
+            ],
+        ),
     )
     .await?;
     let ns = s.ns.clone();

@@ -243,14 +243,19 @@ async fn start_clouddriver_sync(
             accounts: &accounts,
         })
     });
-    let accounts: Arc<dyn spinnaker::Accounts> =
-        Arc::new(Served(Arc::clone(shared), sync_recorder(shared).await));
-    let metrics = spinnaker::SyncMetrics {
-        pushes: shared.metrics.clouddriver_pushes.clone(),
-        foreign: shared.metrics.clouddriver_foreign.clone(),
-        in_step: shared.metrics.clouddriver_in_step.clone(),
-        list_failures: shared.metrics.clouddriver_list_failures.clone(),
-        refused: shared.metrics.clouddriver_refused.clone(),
+    let sources = spinnaker::Sources {
+        minter,
+        accounts: Arc::new(Served(Arc::clone(shared), sync_recorder(shared).await)),
+        kubeconfig,
+        metrics: spinnaker::SyncMetrics {
+            pushes: shared.metrics.clouddriver_pushes.clone(),
+            foreign: shared.metrics.clouddriver_foreign.clone(),
+            in_step: shared.metrics.clouddriver_in_step.clone(),
+            list_failures: shared.metrics.clouddriver_list_failures.clone(),
+            refused: shared.metrics.clouddriver_refused.clone(),
+        },
+        grace: shared.config.grace_period,
+        shutdown: shared.shutdown.clone(),
     };
     if let Some(target) = cd.secret.clone() {
         let client = kube_client(shared)
@@ -264,24 +269,10 @@ async fn start_clouddriver_sync(
             client,
             cd.kube_api_server.clone(),
             cd.interval,
-            Arc::clone(&minter),
-            Arc::clone(&accounts),
-            Arc::clone(&kubeconfig),
-            metrics.clone(),
-            shared.config.grace_period,
-            shared.shutdown.clone(),
+            sources.clone(),
         );
     }
-    spinnaker::start(
-        cd,
-        minter,
-        accounts,
-        kubeconfig,
-        metrics,
-        shared.config.grace_period,
-        shared.shutdown.clone(),
-    )
-    .map_err(|message| Error::Setting {
+    spinnaker::start(cd, sources).map_err(|message| Error::Setting {
         setting: "--clouddriver-url",
         message,
     })

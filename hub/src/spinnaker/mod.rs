@@ -163,6 +163,24 @@ pub struct SyncMetrics {
     pub refused: Gauge,
 }
 
+/// What a writer (the account storage API's sync, or the Secret's) works from.
+#[derive(Clone)]
+pub struct Sources {
+    /// Mints each account's token.
+    pub minter: Arc<Minter>,
+    /// The accounts served, and where what became of them is reported.
+    pub accounts: Arc<dyn Accounts>,
+    /// The kubeconfig of an account.
+    pub kubeconfig: Kubeconfig,
+    /// The sync's metrics.
+    pub metrics: SyncMetrics,
+    /// The hub's grace period: how long an account served by no shard keeps what was
+    /// written for it.
+    pub grace: Duration,
+    /// Ends the writer.
+    pub shutdown: CancellationToken,
+}
+
 /// The retry state of one account.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
@@ -243,15 +261,15 @@ fn backoff_after(failures: u32) -> Duration {
 /// this writer has seen its account served by no shard for `grace` (the hub's grace
 /// period): an account moving between shards, or whose agent reconnects after a
 /// restart of the hub, keeps its definition.
-pub fn start(
-    config: ClouddriverConfig,
-    minter: Arc<Minter>,
-    accounts: Arc<dyn Accounts>,
-    kubeconfig: Kubeconfig,
-    metrics: SyncMetrics,
-    grace: Duration,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
+pub fn start(config: ClouddriverConfig, sources: Sources) -> Result<(), String> {
+    let Sources {
+        minter,
+        accounts,
+        kubeconfig,
+        metrics,
+        grace,
+        shutdown,
+    } = sources;
     let Some(url) = config.url.clone() else {
         return Ok(());
     };

@@ -13,7 +13,6 @@
 //! that name the hub did not make is left alone and reported.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
@@ -21,12 +20,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::definition::{self, Wanted};
-use super::tokens::Minter;
-use super::{Accounts, Kubeconfig, Leaving, PushLabel, SyncMetrics, served};
+use super::{Leaving, PushLabel, Sources, served};
 
 /// The fragment's key in the Secret.
 pub const FRAGMENT: &str = "clouddriver-local.yml";
@@ -209,19 +206,21 @@ fn is_ours(secret: &Secret, server: &str) -> bool {
 }
 
 /// Starts keeping the Secret; it ends with `shutdown`.
-#[allow(clippy::too_many_arguments)]
 pub fn start(
     target: SecretTarget,
     client: Client,
     server: String,
     interval: Duration,
-    minter: Arc<Minter>,
-    accounts: Arc<dyn Accounts>,
-    kubeconfig: Kubeconfig,
-    metrics: SyncMetrics,
-    grace: Duration,
-    shutdown: CancellationToken,
+    sources: Sources,
 ) {
+    let Sources {
+        minter,
+        accounts,
+        kubeconfig,
+        metrics,
+        grace,
+        shutdown,
+    } = sources;
     info!(secret = %format!("{}/{}", target.namespace, target.name), mount_path = %target.mount_path,
         "keeping a Secret of the accounts served for Clouddriver (kubeconfigs and clouddriver-local.yml)");
     let api: Api<Secret> = Api::namespaced(client, &target.namespace);
