@@ -202,6 +202,34 @@ mod tests {
         path
     }
 
+    /// Issue 20: the account's `context` chooses one of a kubeconfig's contexts, whatever
+    /// its current-context says; an unknown one makes the account unusable, saying why.
+    #[test]
+    fn the_accounts_context_chooses_among_several() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kc = dir.path().join("kc");
+        std::fs::create_dir_all(&kc).expect("mkdir");
+        let two = "apiVersion: v1\nkind: Config\nclusters:\n- name: a\n  cluster: { server: 'https://192.0.2.1:1' }\n- name: b\n  cluster: { server: 'https://192.0.2.2:1' }\ncontexts:\n- name: ctx-a\n  context: { cluster: a }\n- name: ctx-b\n  context: { cluster: b }\ncurrent-context: ctx-a\n";
+        for a in ["named", "current", "unknown"] {
+            std::fs::write(kc.join(format!("{a}.kubeconfig")), two).expect("write");
+        }
+        let cfg = "shard: { namespace: ns, name: s }\nhub: { address: \"127.0.0.1:9090\" }\nbudget: { concurrentSyncs: 2, maxBufferedBytes: 1048576 }\naccounts:\n- name: named\n  kubeconfigFile: named.kubeconfig\n  context: ctx-b\n- name: current\n  kubeconfigFile: current.kubeconfig\n- name: unknown\n  kubeconfigFile: unknown.kubeconfig\n  context: nope\n";
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, cfg).expect("write");
+        let snap = load(&path, &kc).expect("load");
+        let context = |a: &str| {
+            snap.accounts[a]
+                .kubeconfig
+                .as_ref()
+                .map(|k| k.context.clone())
+                .map_err(Clone::clone)
+        };
+        assert_eq!(context("named"), Ok("ctx-b".to_owned()));
+        assert_eq!(context("current"), Ok("ctx-a".to_owned()));
+        let err = context("unknown").expect_err("no such context");
+        assert!(err.contains("\"nope\" is not among its contexts"), "{err}");
+    }
+
     #[test]
     fn missing_kubeconfig_is_reported_per_account() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -9,6 +9,7 @@ use scale_agent_hub::config::{CaBundle, HttpLimits, StoreLocation};
 use scale_agent_hub::core::memory::Bounds;
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
 use scale_agent_hub::spinnaker::ClouddriverConfig;
+use scale_agent_hub::spinnaker::secret::SecretTarget;
 use scale_agent_hub::{Config, Error, ShardSource, TlsConfig};
 pub use scale_agent_runtime::LogFormat;
 use scale_agent_runtime::parse_duration;
@@ -30,6 +31,7 @@ use scale_agent_runtime::parse_duration;
 #[command(name = "scale-agent-hub", version, about, long_about)]
 // Plaintext must be asked for: one of --tls-cert and --insecure is required.
 #[command(group(ArgGroup::new("transport").required(true).args(["tls_cert", "insecure"])))]
+#[command(group(ArgGroup::new("clouddriver_target").args(["clouddriver_url", "clouddriver_secret"])))]
 pub struct Args {
     /// Address of the gRPC server agents connect to (AgentHub.Connect).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
@@ -232,6 +234,23 @@ pub struct Args {
     #[arg(long, value_name = "URL", requires_all = ["kube_api_addr", "clouddriver_kube_api_server"])]
     pub clouddriver_url: Option<String>,
 
+    /// For a Clouddriver without the account storage API: keep the Secret
+    /// NAMESPACE/NAME (in Clouddriver's namespace) holding each account's kubeconfig and
+    /// a clouddriver-local.yml listing them, updated as the shards change. Instead of
+    /// --clouddriver-url. Needs --kube-api-addr and --clouddriver-kube-api-server. See
+    /// docs/clouddriver.md.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires_all = ["kube_api_addr", "clouddriver_kube_api_server"])]
+    pub clouddriver_secret: Option<String>,
+
+    /// Where Clouddriver's pod mounts the Secret of --clouddriver-secret: the
+    /// kubeconfigFile of each account in its clouddriver-local.yml.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/opt/spinnaker/config/scale-agent"
+    )]
+    pub clouddriver_secret_mount_path: String,
+
     /// The user named to Clouddriver in X-SPINNAKER-USER (with Fiat on, an account
     /// manager).
     #[arg(long, value_name = "NAME", default_value = "scale-agent-hub")]
@@ -244,18 +263,18 @@ pub struct Args {
 
     /// This hub's Kubernetes API as Clouddriver reaches it, e.g.
     /// https://scale-agent-hub.spinnaker:8443: the server of the kubeconfigs pushed.
-    #[arg(long, value_name = "URL", requires = "clouddriver_url")]
+    #[arg(long, value_name = "URL", requires = "clouddriver_target")]
     pub clouddriver_kube_api_server: Option<String>,
 
     /// PEM CA bundle of the hub's Kubernetes API, written into the kubeconfigs pushed
     /// (when Clouddriver does not trust its certificate already).
-    #[arg(long, value_name = "PATH", requires = "clouddriver_url")]
+    #[arg(long, value_name = "PATH", requires = "clouddriver_target")]
     pub clouddriver_kube_api_ca_file: Option<PathBuf>,
 
     /// File holding the key (at least 32 bytes) the per-account tokens of the
     /// kubeconfigs pushed are minted with; every replica needs the same file. Unset:
     /// a random key per start (one hub only: its tokens die with it).
-    #[arg(long, value_name = "PATH", requires = "clouddriver_url")]
+    #[arg(long, value_name = "PATH", requires = "clouddriver_target")]
     pub clouddriver_token_key_file: Option<PathBuf>,
 
     /// How often the per-account tokens turn; a token is accepted for one to two
@@ -442,9 +461,27 @@ impl Args {
                 message: format!("{}: {e}", path.display()),
             })
         };
-        let clouddriver = match (self.clouddriver_url, self.clouddriver_kube_api_server) {
-            (Some(url), Some(server)) => Some(ClouddriverConfig {
+        let secret = self
+            .clouddriver_secret
+            .as_deref()
+            .map(|spec| {
+                SecretTarget::parse(spec, &self.clouddriver_secret_mount_path).map_err(|message| {
+                    Error::Setting {
+                        setting: "--clouddriver-secret",
+                        message,
+                    }
+                })
+            })
+            .transpose()?;
+        let clouddriver = match (
+            self.clouddriver_url,
+            secret,
+            self.clouddriver_kube_api_server,
+        ) {
+            (None, None, _) | (_, _, None) => None,
+            (url, secret, Some(server)) => Some(ClouddriverConfig {
                 url,
+                secret,
                 user: self.clouddriver_user,
                 ca_pem: self
                     .clouddriver_ca_file
@@ -465,7 +502,6 @@ impl Args {
                     .transpose()?,
                 token_rotation: self.clouddriver_token_rotation,
             }),
-            _ => None,
         };
         Ok(Config {
             clouddriver,

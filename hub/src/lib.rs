@@ -98,8 +98,10 @@ pub struct Hub;
 
 /// The accounts this hub serves, as the Clouddriver sync asks for them: the registry
 /// (one hub) or the shared store (replicas; only the leader writes), each with its
-/// owning shard's spec when ownership is enforced.
-struct Served(Arc<Shared>);
+/// owning shard's spec when ownership is enforced. What became of an account's
+/// definition is published as an Event on the AgentShard that owns it (with
+/// `--authorize-shards`: the hub knows the shards then).
+struct Served(Arc<Shared>, Option<kube::runtime::events::Recorder>);
 
 impl Served {
     fn wanted_of(&self, names: Vec<String>) -> Result<Vec<spinnaker::definition::Wanted>, String> {
@@ -145,18 +147,83 @@ impl spinnaker::Accounts for Served {
             self.wanted_of(names)
         })
     }
+
+    fn report(&self, account: &str, report: &spinnaker::Report) {
+        let (Some(recorder), Some(ownership)) = (&self.1, &self.0.ownership) else {
+            return;
+        };
+        let Some(reference) = ownership
+            .borrow()
+            .as_ref()
+            .and_then(|o| o.owner_reference(account).cloned())
+        else {
+            return;
+        };
+        let event = kube::runtime::events::Event {
+            type_: if report.warning() {
+                kube::runtime::events::EventType::Warning
+            } else {
+                kube::runtime::events::EventType::Normal
+            },
+            reason: report.reason().to_owned(),
+            note: Some(report.note(account)),
+            action: "ClouddriverSync".to_owned(),
+            secondary: None,
+        };
+        let recorder = recorder.clone();
+        let reason = report.reason();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!(error = %e, reason, "publishing an Event on an AgentShard failed");
+            }
+        });
+    }
 }
 
-/// Starts keeping Clouddriver's definitions in step (`--clouddriver-url`).
-fn start_clouddriver_sync(
+/// The hub's client of the cluster it runs in: the one AgentShards are watched with, else
+/// the default (in-cluster, or KUBECONFIG).
+async fn kube_client(shared: &Shared) -> Result<kube::Client, String> {
+    if let Some(ShardSource::Watch {
+        client: Some(c), ..
+    }) = &shared.config.authorize
+    {
+        return Ok(c.clone());
+    }
+    kube::Client::try_default().await.map_err(|e| e.to_string())
+}
+
+/// The recorder of the Clouddriver sync's Events, when the hub watches AgentShards.
+async fn sync_recorder(shared: &Shared) -> Option<kube::runtime::events::Recorder> {
+    if !matches!(shared.config.authorize, Some(ShardSource::Watch { .. })) {
+        return None;
+    }
+    let client = match kube_client(shared).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "no Kubernetes client for the Clouddriver sync's Events: they are not published");
+            return None;
+        }
+    };
+    Some(kube::runtime::events::Recorder::new(
+        client,
+        kube::runtime::events::Reporter {
+            controller: "scale-agent-hub".to_owned(),
+            instance: Some(shared.config.hub_id.clone()),
+        },
+    ))
+}
+
+/// Starts keeping Clouddriver's definitions in step (`--clouddriver-url`), or the Secret
+/// of them (`--clouddriver-secret`).
+async fn start_clouddriver_sync(
     shared: &Arc<Shared>,
     cd: spinnaker::ClouddriverConfig,
     minter: Arc<spinnaker::tokens::Minter>,
 ) -> Result<(), Error> {
     if shared.config.kube_api.is_none() {
         return Err(Error::Setting {
-            setting: "--clouddriver-url",
-            message: "the kubeconfigs pushed to Clouddriver name the hub's Kubernetes API: serve it (--kube-api-addr)".into(),
+            setting: "--clouddriver-kube-api-server",
+            message: "the kubeconfigs given to Clouddriver name the hub's Kubernetes API: serve it (--kube-api-addr)".into(),
         });
     }
     if cd.token_key.is_none() && shared.replicas.is_some() {
@@ -177,21 +244,36 @@ fn start_clouddriver_sync(
             host_suffix: None,
         })
     });
-    spinnaker::start(
-        cd,
+    let sources = spinnaker::Sources {
         minter,
-        Arc::new(Served(Arc::clone(shared))),
+        accounts: Arc::new(Served(Arc::clone(shared), sync_recorder(shared).await)),
         kubeconfig,
-        spinnaker::SyncMetrics {
+        metrics: spinnaker::SyncMetrics {
             pushes: shared.metrics.clouddriver_pushes.clone(),
             foreign: shared.metrics.clouddriver_foreign.clone(),
             in_step: shared.metrics.clouddriver_in_step.clone(),
             list_failures: shared.metrics.clouddriver_list_failures.clone(),
+            refused: shared.metrics.clouddriver_refused.clone(),
         },
-        shared.config.grace_period,
-        shared.shutdown.clone(),
-    )
-    .map_err(|message| Error::Setting {
+        grace: shared.config.grace_period,
+        shutdown: shared.shutdown.clone(),
+    };
+    if let Some(target) = cd.secret.clone() {
+        let client = kube_client(shared)
+            .await
+            .map_err(|message| Error::Setting {
+                setting: "--clouddriver-secret",
+                message: format!("no Kubernetes client to write the Secret with: {message}"),
+            })?;
+        spinnaker::secret::start(
+            target,
+            client,
+            cd.kube_api_server.clone(),
+            cd.interval,
+            sources.clone(),
+        );
+    }
+    spinnaker::start(cd, sources).map_err(|message| Error::Setting {
         setting: "--clouddriver-url",
         message,
     })
@@ -344,7 +426,7 @@ impl Hub {
             None => None,
         };
         if let (Some(cd), Some(minter)) = (config.clouddriver.clone(), shared.minter.clone()) {
-            start_clouddriver_sync(&shared, cd, minter)?;
+            start_clouddriver_sync(&shared, cd, minter).await?;
         }
         let (kube_api_addr, kube_api_task) = kube_api.unzip();
         if let (Some(replicas), Some(addr), Some(api)) =

@@ -53,6 +53,9 @@ scale_agent_runtime::metrics! {
         clouddriver_in_step: Gauge,
         /// Failed lists of Clouddriver's kubernetes definitions.
         clouddriver_list_failures: Counter,
+        /// Served accounts whose last change Clouddriver refused (each also a Warning
+        /// Event on its AgentShard).
+        clouddriver_refused: Gauge,
         /// Accounts by state (set at scrape time).
         accounts: Family<StateLabel, Gauge>,
         /// Cached objects (set at scrape time).

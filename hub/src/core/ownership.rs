@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource as _};
 use scale_agent_crds::claims::Claims;
 use scale_agent_crds::decode::{self, Undecodable};
 use scale_agent_crds::{AgentShard, ShardRef};
@@ -36,6 +37,8 @@ pub struct Ownership {
     claims: Claims,
     /// Each account's entry in the spec of the shard that owns it.
     specs: HashMap<String, scale_agent_crds::AccountSpec>,
+    /// Each shard as an Event names it (with its uid, which `kubectl describe` matches).
+    refs: HashMap<ShardRef, ObjectReference>,
 }
 
 /// The answer for one account and one shard.
@@ -58,17 +61,28 @@ impl Ownership {
         let shards: Vec<&AgentShard> = shards.into_iter().collect();
         let claims = Claims::from_shards(shards.iter().copied());
         let mut specs = HashMap::new();
+        let mut refs = HashMap::new();
         for shard in &shards {
             let Some(me) = shard.shard_ref() else {
                 continue;
             };
+            refs.insert(me.clone(), shard.object_ref(&()));
             for account in &shard.spec.accounts {
                 if claims.owner(&account.name).is_some_and(|o| o.shard == me) {
                     specs.insert(account.name.clone(), account.clone());
                 }
             }
         }
-        Ownership { claims, specs }
+        Ownership {
+            claims,
+            specs,
+            refs,
+        }
+    }
+
+    /// The AgentShard that owns `account`, as an Event about it names it.
+    pub fn owner_reference(&self, account: &str) -> Option<&ObjectReference> {
+        self.refs.get(&self.owner(account)?)
     }
 
     /// `account`'s entry in the spec of the shard that owns it (what Clouddriver is told

@@ -290,7 +290,9 @@ mod tests {
         spec.spinnaker.permissions.write = vec!["ops".into()];
         spec.spinnaker.environment = Some("prod".into());
         spec.spinnaker.cache_threads = Some(4);
+        spec.scope.only_spinnaker_managed = true;
         let d = render(&Wanted::of("east".into(), Some(&spec), true), HUB, "");
+        assert_eq!(d["onlySpinnakerManaged"], json!(true));
         assert_eq!(d["namespaces"], json!(["web"]));
         assert_eq!(
             d["permissions"],

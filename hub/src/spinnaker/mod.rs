@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod definition;
+pub mod secret;
 pub mod tokens;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,9 +34,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::client::Client;
+use self::client::{CallError, Client};
 use self::definition::{Action, Wanted};
 use self::tokens::Minter;
+use crate::core::clip::clip;
 
 /// Longest wait before a refused change is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -43,8 +45,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How to reach Clouddriver and what to tell it.
 #[derive(Debug, Clone)]
 pub struct ClouddriverConfig {
-    /// Clouddriver's base URL, e.g. `http://spin-clouddriver:7002`.
-    pub url: String,
+    /// Clouddriver's base URL, e.g. `http://spin-clouddriver:7002`: its account storage
+    /// API is kept in step (`--clouddriver-url`).
+    pub url: Option<String>,
+    /// The Secret kept for a Clouddriver without that API (`--clouddriver-secret`).
+    pub secret: Option<secret::SecretTarget>,
     /// Sent as `X-SPINNAKER-USER`.
     pub user: String,
     /// The CA that signs Clouddriver's certificate (PEM), for `https://` URLs; the
@@ -70,6 +75,64 @@ pub trait Accounts: Send + Sync {
     /// Every account served (streaming, or within its grace period), with what its
     /// shard says of it.
     fn wanted(&self) -> BoxFuture<'_, Result<Vec<Wanted>, String>>;
+    /// Tells the platform team what became of `account`'s definition (an Event on the
+    /// AgentShard that declares it); called once per change, not once per round.
+    fn report(&self, account: &str, report: &Report);
+}
+
+/// What became of one account's definition, as a platform team is told (an Event on its
+/// AgentShard). Nothing here quotes a definition: its kubeconfig holds a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Clouddriver made the change (`create`, `update`, `delete`).
+    Pushed {
+        /// The change.
+        action: &'static str,
+    },
+    /// Clouddriver answered the change with an error.
+    Refused {
+        /// The change.
+        action: &'static str,
+        /// Why, as Clouddriver said it (clipped; withheld when it quotes the
+        /// definition).
+        message: String,
+    },
+    /// Clouddriver has a definition of the account's name that this hub did not make.
+    Foreign,
+}
+
+impl Report {
+    /// The Event's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Report::Pushed { .. } => "ClouddriverAccountPushed",
+            Report::Refused { .. } => "ClouddriverAccountRefused",
+            Report::Foreign => "ClouddriverAccountForeign",
+        }
+    }
+
+    /// True for what a platform team must act on (a Warning Event).
+    pub fn warning(&self) -> bool {
+        !matches!(self, Report::Pushed { .. })
+    }
+
+    /// The Event's note: bounded (the account name and Clouddriver's message clipped),
+    /// well under the 1 KiB the API server accepts.
+    pub fn note(&self, account: &str) -> String {
+        let account = clip(account);
+        match self {
+            Report::Pushed { action } => {
+                format!("Clouddriver's kubernetes account {account}: {action}d by the hub")
+            }
+            Report::Refused { action, message } => format!(
+                "Clouddriver refused to {action} its kubernetes account {account}: {}; the hub tries again with a backoff",
+                clip(message)
+            ),
+            Report::Foreign => format!(
+                "Clouddriver already has a kubernetes account {account} that this hub did not make: left alone, and this account is not defined in Clouddriver by the hub (delete that definition in Clouddriver for the hub to create its own, or rename the account)"
+            ),
+        }
+    }
 }
 
 /// The kubeconfig of `(account, token)`.
@@ -95,6 +158,27 @@ pub struct SyncMetrics {
     pub in_step: Gauge,
     /// Lists of Clouddriver's definitions that failed.
     pub list_failures: Counter,
+    /// Served accounts whose last change Clouddriver refused (tried again with a
+    /// backoff).
+    pub refused: Gauge,
+}
+
+/// What a writer (the account storage API's sync, or the Secret's) works from.
+#[derive(Clone)]
+pub struct Sources {
+    /// Mints each account's token.
+    pub minter: Arc<Minter>,
+    /// The accounts served, and where what became of them is reported.
+    pub accounts: Arc<dyn Accounts>,
+    /// The kubeconfig of an account.
+    pub kubeconfig: Kubeconfig,
+    /// The sync's metrics.
+    pub metrics: SyncMetrics,
+    /// The hub's grace period: how long an account served by no shard keeps what was
+    /// written for it.
+    pub grace: Duration,
+    /// Ends the writer.
+    pub shutdown: CancellationToken,
 }
 
 /// The retry state of one account.
@@ -102,6 +186,70 @@ pub struct SyncMetrics {
 struct Backoff {
     failures: u32,
     next: Instant,
+}
+
+/// Since when this writer has seen each account whose definition (or Secret entry) it
+/// made served by no shard: removed once that is the grace period ago. An account moving
+/// between shards, or whose agent reconnects after a restart of the hub, keeps it.
+#[derive(Debug, Default)]
+struct Leaving(HashMap<String, Instant>);
+
+impl Leaving {
+    /// Of `gone` (the accounts no longer served that still have one), those whose removal
+    /// waits: seen gone for less than `grace`. Forgets the accounts no longer gone.
+    fn held(&mut self, gone: &BTreeSet<String>, grace: Duration) -> BTreeSet<String> {
+        let now = Instant::now();
+        self.0.retain(|name, _| gone.contains(name));
+        for name in gone {
+            self.0.entry(name.clone()).or_insert(now);
+        }
+        self.0
+            .iter()
+            .filter(|(_, since)| since.elapsed() < grace)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+/// One round's accounts: those a shard lists, each with its kubeconfig (a token minted
+/// now), and those served but listed by no shard (whose definition or entry is kept as
+/// it is).
+struct Round {
+    listed: Vec<(Wanted, String)>,
+    kept: BTreeSet<String>,
+}
+
+/// The accounts served, for one round of `what` (the sync, or the Secret); `None` (and
+/// a warning) when they cannot be listed.
+async fn served(
+    accounts: &dyn Accounts,
+    minter: &Minter,
+    kubeconfig: &Kubeconfig,
+    what: &str,
+) -> Option<Round> {
+    let wanted = match accounts.wanted().await {
+        Ok(w) => w,
+        Err(err) => {
+            warn!(%err, "{what}: cannot list the accounts served; trying again");
+            return None;
+        }
+    };
+    let now = SystemTime::now();
+    let mut round = Round {
+        listed: Vec::new(),
+        kept: BTreeSet::new(),
+    };
+    for w in wanted {
+        if !w.listed {
+            round.kept.insert(w.name);
+            continue;
+        }
+        match kubeconfig(&w.name, &minter.token(&w.name, now)) {
+            Ok(k) => round.listed.push((w, k)),
+            Err(err) => warn!(account = %w.name, %err, "{what}: no kubeconfig for the account"),
+        }
+    }
+    Some(round)
 }
 
 fn backoff_after(failures: u32) -> Duration {
@@ -113,24 +261,28 @@ fn backoff_after(failures: u32) -> Duration {
 /// this writer has seen its account served by no shard for `grace` (the hub's grace
 /// period): an account moving between shards, or whose agent reconnects after a
 /// restart of the hub, keeps its definition.
-pub fn start(
-    config: ClouddriverConfig,
-    minter: Arc<Minter>,
-    accounts: Arc<dyn Accounts>,
-    kubeconfig: Kubeconfig,
-    metrics: SyncMetrics,
-    grace: Duration,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
-    let client = Client::new(&config.url, &config.user, config.ca_pem.as_deref())?;
-    info!(url = %config.url, server = %config.kube_api_server, interval = ?config.interval,
+pub fn start(config: ClouddriverConfig, sources: Sources) -> Result<(), String> {
+    let Sources {
+        minter,
+        accounts,
+        kubeconfig,
+        metrics,
+        grace,
+        shutdown,
+    } = sources;
+    let Some(url) = config.url.clone() else {
+        return Ok(());
+    };
+    let client = Client::new(&url, &config.user, config.ca_pem.as_deref())?;
+    info!(%url, server = %config.kube_api_server, interval = ?config.interval,
         "keeping Clouddriver's kubernetes account definitions in step with the accounts served");
     tokio::spawn(async move {
-        // Since when this writer has seen each account it made a definition for served
-        // by no shard: deleted once that is `grace` ago.
-        let mut unserved: HashMap<String, Instant> = HashMap::new();
+        let mut leaving = Leaving::default();
         let mut backoff: HashMap<String, Backoff> = HashMap::new();
         let mut reported: BTreeSet<String> = BTreeSet::new();
+        // The last refusal reported of each account (reported again only when it says
+        // something else), until a change of it goes through.
+        let mut refusals: HashMap<String, Report> = HashMap::new();
         let mut was_writer = false;
         loop {
             tokio::select! {
@@ -149,34 +301,22 @@ pub fn start(
             if !writer {
                 continue;
             }
-            let wanted = match accounts.wanted().await {
-                Ok(w) => w,
-                Err(err) => {
-                    warn!(%err, "Clouddriver sync: cannot list the accounts served; trying again");
-                    continue;
-                }
+            let Some(round) =
+                served(accounts.as_ref(), &minter, &kubeconfig, "Clouddriver sync").await
+            else {
+                continue;
             };
-            let now = SystemTime::now();
-            let mut desired = BTreeMap::new();
-            let kept: BTreeSet<String> = wanted
+            let kept = round.kept;
+            let desired: BTreeMap<String, serde_json::Value> = round
+                .listed
                 .iter()
-                .filter(|w| !w.listed)
-                .map(|w| w.name.clone())
+                .map(|(w, k)| {
+                    (
+                        w.name.clone(),
+                        definition::render(w, &config.kube_api_server, k),
+                    )
+                })
                 .collect();
-            for w in wanted.iter().filter(|w| w.listed) {
-                let token = minter.token(&w.name, now);
-                match kubeconfig(&w.name, &token) {
-                    Ok(k) => {
-                        desired.insert(
-                            w.name.clone(),
-                            definition::render(w, &config.kube_api_server, &k),
-                        );
-                    }
-                    Err(err) => {
-                        warn!(account = %w.name, %err, "Clouddriver sync: no kubeconfig for the account")
-                    }
-                }
-            }
             let current = match client.list().await {
                 Ok(c) => c,
                 Err(err) => {
@@ -193,6 +333,7 @@ pub fn start(
                 .collect();
             for name in foreign.difference(&reported) {
                 warn!(account = %name, "Clouddriver has a kubernetes definition of this name that this hub did not make: left alone (delete it in Clouddriver for the hub to create its own)");
+                accounts.report(name, &Report::Foreign);
             }
             reported = foreign;
             metrics
@@ -207,25 +348,25 @@ pub fn start(
                     .unwrap_or(i64::MAX),
             );
             backoff.retain(|name, _| actions.iter().any(|a| a.account() == name));
-            let seen = Instant::now();
-            unserved.retain(|name, _| {
+            refusals.retain(|name, _| {
                 actions
                     .iter()
-                    .any(|a| matches!(a, Action::Delete(n) if n == name))
+                    .any(|a| a.account() == name && !matches!(a, Action::Foreign(_)))
             });
-            for action in &actions {
-                if let Action::Delete(name) = action {
-                    unserved.entry(name.clone()).or_insert(seen);
-                }
-            }
+            let gone: BTreeSet<String> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Delete(name) => Some(name.clone()),
+                    _ => None,
+                })
+                .collect();
+            let held = leaving.held(&gone, grace);
             for action in actions {
                 if matches!(action, Action::Foreign(_)) {
                     continue;
                 }
                 if let Action::Delete(name) = &action
-                    && unserved
-                        .get(name)
-                        .is_some_and(|since| since.elapsed() < grace)
+                    && held.contains(name)
                 {
                     debug!(
                         account = %name,
@@ -251,6 +392,13 @@ pub fn start(
                             })
                             .inc();
                         backoff.remove(&account);
+                        refusals.remove(&account);
+                        accounts.report(
+                            &account,
+                            &Report::Pushed {
+                                action: action.verb(),
+                            },
+                        );
                     }
                     Err(err) => {
                         let entry = backoff.entry(account.clone()).or_insert(Backoff {
@@ -268,9 +416,27 @@ pub fn start(
                             })
                             .inc();
                         warn!(%account, action = action.verb(), %err, retry_in = ?wait, "Clouddriver sync: change not made");
+                        // Per account: what Clouddriver said of this definition (no
+                        // answer at all concerns every account: the log and the metrics).
+                        if let CallError::Refused {
+                            status, message, ..
+                        } = &err
+                        {
+                            let report = Report::Refused {
+                                action: action.verb(),
+                                message: format!("{status}: {message}"),
+                            };
+                            if refusals.get(&account) != Some(&report) {
+                                accounts.report(&account, &report);
+                                refusals.insert(account.clone(), report);
+                            }
+                        }
                     }
                 }
             }
+            metrics
+                .refused
+                .set(i64::try_from(refusals.len()).unwrap_or(i64::MAX));
         }
     });
     Ok(())
@@ -279,6 +445,24 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_gone_is_held_for_the_grace_period_from_when_it_was_first_seen_gone() {
+        let grace = Duration::from_millis(50);
+        let mut leaving = Leaving::default();
+        let both = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        assert_eq!(leaving.held(&both, grace), both);
+        std::thread::sleep(grace + Duration::from_millis(10));
+        // a, gone since the first round: no longer held. b is served again (not gone):
+        // forgotten.
+        assert!(
+            leaving
+                .held(&BTreeSet::from(["a".to_owned()]), grace)
+                .is_empty()
+        );
+        // b gone again waits anew; a's wait still counts from when it was first seen.
+        assert_eq!(leaving.held(&both, grace), BTreeSet::from(["b".to_owned()]));
+    }
 
     #[test]
     fn the_backoff_doubles_up_to_five_minutes() {

@@ -508,3 +508,56 @@ fn a_shard_without_a_uid_is_an_error_not_a_panic() {
         })
     ));
 }
+
+/// Issue 20: an account names which context of a multi-context kubeconfig it uses. The
+/// one it names is used (and carried into the agent config); an unknown one, or none
+/// when the kubeconfig has several contexts and no current-context, is Invalid with the
+/// reason.
+#[test]
+fn an_accounts_context_picks_one_of_several_and_an_unknown_one_is_invalid() {
+    let two = "apiVersion: v1\nkind: Config\nclusters:\n- name: a\n  cluster:\n    server: https://192.0.2.1:6443\n- name: b\n  cluster:\n    server: https://192.0.2.2:6443\ncontexts:\n- name: ctx-a\n  context:\n    cluster: a\n- name: ctx-b\n  context:\n    cluster: b\n";
+    let mut s = shard(&["named", "unknown", "several"]);
+    s.spec.accounts[0].scope.context = Some("ctx-b".into());
+    s.spec.accounts[1].scope.context = Some("nope".into());
+    let d = run(
+        &s,
+        &owned(&["named", "unknown", "several"]),
+        &secrets(&[
+            ("kc-named", secret(Some(two))),
+            ("kc-unknown", secret(Some(two))),
+            ("kc-several", secret(Some(two))),
+        ]),
+    );
+    let by_name: BTreeMap<&str, _> = d
+        .observed
+        .accounts
+        .iter()
+        .map(|a| (a.name.as_str(), a))
+        .collect();
+    assert_eq!(
+        by_name["named"].reason, "NoReplica",
+        "{:?}",
+        by_name["named"]
+    );
+    let unknown = by_name["unknown"];
+    assert_eq!(
+        (unknown.state, unknown.reason.as_str()),
+        (AccountState::Invalid, "KubeconfigInvalid")
+    );
+    assert!(
+        unknown.message.contains("\"nope\"") && unknown.message.contains("not among its contexts"),
+        "{}",
+        unknown.message
+    );
+    assert!(
+        by_name["several"]
+            .message
+            .contains("set the account's context"),
+        "{}",
+        by_name["several"].message
+    );
+    let cfg = config(&d);
+    let names: Vec<&str> = cfg.accounts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["named"]);
+    assert_eq!(cfg.accounts[0].scope.context.as_deref(), Some("ctx-b"));
+}
