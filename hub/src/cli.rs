@@ -194,10 +194,14 @@ pub struct Args {
     pub kube_api_tls_key: Option<PathBuf>,
 
     /// With a shared store (several replicas): the PEM bundle the replicas'
-    /// Kubernetes API certificates chain to. A request for an account another
-    /// replica holds is forwarded to it over TLS, its certificate checked
-    /// against this bundle (and the host it advertises, --advertise-address);
-    /// without it such requests get 503.
+    /// Kubernetes API certificates chain to. Each replica's certificate is its
+    /// identity: it names the replica (URI SAN spiffe://scaleagent.dev/hub/<--hub-id>;
+    /// the hub does not start otherwise) and allows client use. A request for an
+    /// account another replica holds is forwarded to it over TLS, its certificate
+    /// checked against this bundle, the host it advertises (--advertise-address)
+    /// and the replica the store names as the holder, this replica presenting its
+    /// own; a request marked forwarded is served only to the replica it names.
+    /// Without it such requests get 503.
     #[arg(long, value_name = "PATH", requires = "kube_api_addr")]
     pub kube_api_replica_ca: Option<PathBuf>,
 

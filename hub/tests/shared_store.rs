@@ -16,19 +16,6 @@ use scale_agent_proto::v1::{RegisterReason, hub_frame};
 
 const LONG: Duration = Duration::from_secs(600);
 
-/// A PostgreSQL server of the test's own, with database `name`, and the
-/// folder of its logs: stopped and removed when the test ends, also when it
-/// fails (and by a reaper, should the test process be killed).
-async fn postgres(name: &str) -> Result<(Postgres, String, tempfile::TempDir)> {
-    let dir = tempfile::tempdir()?;
-    let reaper = scale_agent_e2e::process::spawn_reaper(dir.path(), std::process::id())?;
-    // It outlives the test and stops what it left when the process ends.
-    std::mem::forget(reaper);
-    let pg = Postgres::start(dir.path()).await?;
-    let url = pg.database(name)?;
-    Ok((pg, url, dir))
-}
-
 /// A hub replica on the database at `url`, heartbeating every 200 ms.
 async fn replica(url: &str, id: &str) -> Result<RunningHub> {
     hub_with(|c| {
@@ -39,6 +26,17 @@ async fn replica(url: &str, id: &str) -> Result<RunningHub> {
         c.replica_timeout = Duration::from_secs(2);
     })
     .await
+}
+
+/// Replicas `hub-a` and `hub-b` on the database at `url`, once both are ready.
+async fn two_replicas(url: &str) -> Result<(RunningHub, RunningHub)> {
+    let a = replica(url, "hub-a").await?;
+    let b = replica(url, "hub-b").await?;
+    eventually("both ready", || async {
+        Ok(ready(&a).await? && ready(&b).await?)
+    })
+    .await?;
+    Ok((a, b))
 }
 
 /// Waits until `check` holds (at most 10 s).
@@ -88,12 +86,7 @@ async fn any_replica_answers_for_an_account_another_holds() -> Result<()> {
     logs();
     // Stopped when the test ends.
     let (_pg, url, _dir) = postgres("forwarding").await?;
-    let a = replica(&url, "hub-a").await?;
-    let b = replica(&url, "hub-b").await?;
-    eventually("both ready", || async {
-        Ok(ready(&a).await? && ready(&b).await?)
-    })
-    .await?;
+    let (a, b) = two_replicas(&url).await?;
     let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
     assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     agent
@@ -246,12 +239,7 @@ async fn a_replica_that_lost_an_account_cannot_write_over_its_new_holder() -> Re
 async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache() -> Result<()> {
     logs();
     let (pg, url, _dir) = postgres("takeover").await?;
-    let a = replica(&url, "hub-a").await?;
-    let b = replica(&url, "hub-b").await?;
-    eventually("both ready", || async {
-        Ok(ready(&a).await? && ready(&b).await?)
-    })
-    .await?;
+    let (a, b) = two_replicas(&url).await?;
     let mut first = FakeAgent::connect(&a, "east", "east-0").await?;
     assert!(first.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     first
@@ -343,12 +331,7 @@ async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache(
 async fn replicas_racing_for_new_names_bind_each_once() -> Result<()> {
     logs();
     let (pg, url, _dir) = postgres("races").await?;
-    let a = replica(&url, "hub-a").await?;
-    let b = replica(&url, "hub-b").await?;
-    eventually("both ready", || async {
-        Ok(ready(&a).await? && ready(&b).await?)
-    })
-    .await?;
+    let (a, b) = two_replicas(&url).await?;
     const NAMES: usize = 20;
     let mut east = FakeAgent::connect(&a, "east", "east-0").await?;
     let mut west = FakeAgent::connect(&b, "east", "east-1").await?;

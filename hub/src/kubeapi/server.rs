@@ -74,7 +74,14 @@ pub async fn start(
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), Error> {
     let shutdown = shared.shutdown.clone();
     let reload_interval = shared.config.reload_interval;
-    let tls = config.tls.as_ref().or(shared.config.tls.as_ref());
+    // A client certificate is asked for (never required) with the replicas' CA: a
+    // replica forwarding a request proves with it which replica it is.
+    let tls = config
+        .tls
+        .as_ref()
+        .or(shared.config.tls.as_ref())
+        .map(|tls| tls.with_client_ca(config.replica_ca.as_deref()))
+        .transpose()?;
     let tokens = match &config.tokens {
         TokenSource::File(path) => Tokens::watch(path, reload_interval, shutdown.clone())?,
         TokenSource::Text(text) => Tokens::from_text(text).map_err(|message| Error::Setting {
@@ -89,7 +96,7 @@ pub async fn start(
     };
     let listener = TcpListener::bind(config.addr).await.map_err(bind)?;
     let addr = listener.local_addr().map_err(bind)?;
-    let tls_state = match tls {
+    let tls_state = match &tls {
         Some(tls) => {
             let state = TlsState::with(tls.https_server_config()?);
             if let Some(files) = &tls.files {
@@ -144,9 +151,10 @@ pub async fn start(
         let mut refused_address: u64 = 0;
         while let Some(conn) = incoming.next().await {
             let Ok(conn) = conn else { continue };
-            let address = tonic::transport::server::Connected::connect_info(&conn)
-                .remote_addr
-                .ip();
+            let info = tonic::transport::server::Connected::connect_info(&conn);
+            let address = info.remote_addr.ip();
+            // The client certificate the handshake verified, if the client gave one.
+            let peer = info.client_cert.map(Arc::new);
             let Some(address_slot) = per_address.take(address, max_per_address) else {
                 refused_address += 1;
                 if refused_address == 1 || refused_address.is_multiple_of(1000) {
@@ -187,8 +195,9 @@ pub async fn start(
                     }
                     let request = InFlight::new(&active);
                     let api = Arc::clone(&api);
+                    let peer = peer.clone();
                     async move {
-                        let response = api.handle(req).await;
+                        let response = api.handle(req, peer.as_deref()).await;
                         Ok::<_, Infallible>(response.map(|body| Holding::new(body, request)))
                     }
                 });
@@ -549,7 +558,11 @@ impl KubeApi {
         self.columns.keep(account, surface, gvr, learned);
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<&rustls_pki_types::CertificateDer<'static>>,
+    ) -> Response<Body> {
         let (account, rest) = match path::route(req.uri().path()) {
             Ok((account, rest)) => (account.to_owned(), rest.to_owned()),
             Err(PathError::NotAccount) => {
@@ -563,7 +576,7 @@ impl KubeApi {
             Err(err) => return Failure::bad_request(err.to_string()).response(),
         };
         let span = info_span!("kube_api", %account, method = %req.method());
-        let response = self.serve(req, account, rest).instrument(span).await;
+        let response = self.serve(req, account, rest, peer).instrument(span).await;
         let source = response
             .extensions()
             .get::<passthrough::AnsweredBy>()
@@ -686,7 +699,14 @@ impl KubeApi {
         mut req: Request<Incoming>,
         account: String,
         rest: String,
+        peer: Option<&rustls_pki_types::CertificateDer<'static>>,
     ) -> Response<Body> {
+        // Marked as forwarded by another replica: only that replica may say so.
+        if let Err(why) = forward::check_forwarded(req.headers(), peer) {
+            self.shared.metrics.forwarded("refused_unproven");
+            warn!(%why, "refused a request marked as forwarded by a hub replica");
+            return Failure::forbidden(why).response();
+        }
         let owner = match self.authorize(req.headers(), &account) {
             Ok(owner) => owner,
             Err(Refusal::Unauthenticated) => {
