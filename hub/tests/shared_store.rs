@@ -464,15 +464,14 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-#[tokio::test]
-async fn the_stores_password_comes_from_the_environment_not_the_command_line() -> Result<()> {
-    logs();
-    let dir = tempfile::tempdir()?;
-    let reaper = scale_agent_e2e::process::spawn_reaper(dir.path(), std::process::id())?;
-    std::mem::forget(reaper);
-    let pg = Postgres::start(dir.path()).await?;
-    // A URL with no password in it: the password is the environment's.
-    let url = pg.database_with_password("password_env", "hub_role", "s3cretPassw0rd")?;
+/// Runs the hub binary on the PostgreSQL store `url` with `args` and `envs` until it is
+/// ready (at most 20 s): whether it got there, what it answered last, and its log.
+async fn hub_binary(
+    url: &str,
+    args: &[String],
+    envs: &[(&str, &str)],
+    log: &std::path::Path,
+) -> Result<(bool, String, String)> {
     let http = free_port()?;
     let mut hub = std::process::Command::new(env!("CARGO_BIN_EXE_scale-agent-hub"))
         .args([
@@ -480,11 +479,13 @@ async fn the_stores_password_comes_from_the_environment_not_the_command_line() -
             format!("--grpc-addr=127.0.0.1:{}", free_port()?),
             format!("--http-addr=127.0.0.1:{http}"),
             format!("--store={url}"),
-            "--hub-id=hub-env".to_owned(),
+            "--hub-id=hub-bin".to_owned(),
         ])
-        .env("PGPASSWORD", "s3cretPassw0rd")
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log)?)
         .spawn()?;
     let readyz = format!("http://127.0.0.1:{http}/readyz");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -502,6 +503,97 @@ async fn the_stores_password_comes_from_the_environment_not_the_command_line() -
     };
     hub.kill()?;
     hub.wait()?;
-    assert!(ready, "the hub never reached its store: {last}");
+    Ok((ready, last, std::fs::read_to_string(log)?))
+}
+
+/// The database password reaches the hub from the environment (PGPASSWORD) or a file
+/// (`--store-password-file`), so it is on no command line; one left in the URL still
+/// works, is warned about, and appears in no log line.
+#[tokio::test]
+async fn the_stores_password_comes_from_a_file_or_the_environment_not_the_command_line()
+-> Result<()> {
+    logs();
+    let dir = tempfile::tempdir()?;
+    let reaper = scale_agent_e2e::process::spawn_reaper(dir.path(), std::process::id())?;
+    std::mem::forget(reaper);
+    let pg = Postgres::start(dir.path()).await?;
+    const PASSWORD: &str = "s3cretPassw0rd";
+    // A URL with no password in it.
+    let url = pg.database_with_password("password_env", "hub_role", PASSWORD)?;
+    let log = dir.path().join("hub.log");
+
+    let (ready, last, _) = hub_binary(&url, &[], &[("PGPASSWORD", PASSWORD)], &log).await?;
+    assert!(
+        ready,
+        "with PGPASSWORD the hub never reached its store: {last}"
+    );
+
+    let file = dir.path().join("password");
+    std::fs::write(&file, format!("{PASSWORD}\n"))?;
+    let with_file = [format!("--store-password-file={}", file.display())];
+    let (ready, last, _) = hub_binary(&url, &with_file, &[], &log).await?;
+    assert!(
+        ready,
+        "with --store-password-file the hub never reached its store: {last}"
+    );
+
+    let in_url = url.replacen("hub_role@", &format!("hub_role:{PASSWORD}@"), 1);
+    let (ready, last, text) = hub_binary(&in_url, &[], &[], &log).await?;
+    assert!(
+        ready,
+        "with the password in the URL the hub never reached its store: {last}"
+    );
+    assert!(
+        text.contains("holds the database password"),
+        "no warning about the password in the URL:\n{text}"
+    );
+    assert!(
+        !text.contains(PASSWORD),
+        "the password appears in the hub's log:\n{text}"
+    );
+    Ok(())
+}
+
+/// The hub reaches PostgreSQL over TLS, the server's certificate checked against the
+/// CA the URL names (`sslmode=verify-full`, also the default), and refuses a server
+/// whose certificate does not chain to it.
+#[tokio::test]
+async fn the_store_is_reached_over_tls_and_an_unknown_server_is_refused() -> Result<()> {
+    let (pg, url, dir) = postgres("store_tls").await?;
+    let a = replica(&url, "hub-tls").await?;
+    eventually("ready", || ready(&a)).await?;
+    let sessions = pg.psql(
+        "store_tls",
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+         WHERE a.application_name = 'scale-agent-hub'",
+    )?;
+    assert!(
+        !sessions.is_empty() && sessions.lines().all(|l| l == "t"),
+        "the hub's sessions, TLS or not: {sessions:?}"
+    );
+    a.shutdown().await?;
+
+    // The same server, checked against another CA: the server cannot prove it is the
+    // database named, and the hub says so instead of sending its queries.
+    let other = scale_agent_e2e::certs::Pki::create_named(&dir.path().join("other-ca"), "other")?;
+    let impostor_url = url.replace(
+        &pg.ca_file.display().to_string(),
+        &other.ca_file.display().to_string(),
+    );
+    assert_ne!(impostor_url, url);
+    let b = replica(&impostor_url, "hub-untrusting").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let (status, body) = get(&b, "/readyz").await?;
+        assert_ne!(status, 200, "ready on a server it cannot trust");
+        let body = body.to_string();
+        if body.contains("certificate") || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(answer.contains("certificate"), "{answer}");
+    eprintln!("an unknown server: {answer}");
+    b.shutdown().await?;
     Ok(())
 }
