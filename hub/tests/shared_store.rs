@@ -597,3 +597,82 @@ async fn the_store_is_reached_over_tls_and_an_unknown_server_is_refused() -> Res
     b.shutdown().await?;
     Ok(())
 }
+
+/// An operation's request (an apply's manifest may carry a Secret's data) is kept in
+/// the shared store while it is in flight (another replica sends it again should its
+/// replica die) and dropped once answered; its outcome, and the digest that tells a
+/// repeated POST from another request, stay.
+#[tokio::test]
+async fn an_operations_request_is_not_kept_past_its_answer() -> Result<()> {
+    use scale_agent_hub::store::postgres::PgStore;
+    use serde_json::json;
+    const SECRET: &str = "hunter2-in-a-manifest";
+    let (pg, url, _dir) = postgres("op_payloads").await?;
+    let (a, b) = two_replicas(&url).await?;
+    let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
+    assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
+    let apply = json!({
+        "type": "apply",
+        "id": "op-secret",
+        "manifest": {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "db", "namespace": "web"},
+            "stringData": {"password": SECRET}
+        }
+    });
+    // Through the replica without the stream.
+    let posted = {
+        let url = format!("{}/v1/accounts/prod-1/operations", b.http_url());
+        let apply = apply.clone();
+        tokio::spawn(async move {
+            let resp = reqwest::Client::new().post(url).json(&apply).send().await?;
+            let status = resp.status().as_u16();
+            Ok::<_, Error>((status, resp.text().await?))
+        })
+    };
+    let op = agent.expect_operation().await?;
+    let holding = |sql: &str| pg.psql("op_payloads", sql);
+    let with_secret = format!(
+        "SELECT count(*) FROM operations
+         WHERE position('{SECRET}' in encode(frame, 'escape')) > 0
+            OR position('{SECRET}' in COALESCE(outcome::text, '')) > 0"
+    );
+    assert_eq!(
+        holding(&with_secret)?,
+        "1",
+        "in flight, the request is recorded"
+    );
+    agent
+        .answer(
+            &op.id,
+            true,
+            "applied",
+            json!({"kind": "Secret", "metadata": {"name": "db", "namespace": "web"}}),
+        )
+        .await?;
+    let (status, body) = posted.await??;
+    assert_eq!(status, 200, "{body}");
+    eventually("the outcome recorded", || async {
+        Ok(holding("SELECT count(*) FROM operations WHERE outcome IS NOT NULL")? == "1")
+    })
+    .await?;
+    assert_eq!(
+        holding(&with_secret)?,
+        "0",
+        "the answered operation's manifest is still in the store: {}",
+        holding("SELECT encode(frame, 'escape') FROM operations")?
+    );
+    assert_eq!(holding("SELECT length(frame) FROM operations")?, "0");
+    // Any replica still finds the outcome of the caller's id, and the request's digest.
+    let store = PgStore::new(&url)?;
+    let (wire_id, outcome) = store
+        .find_outcome("prod-1", "op-secret")
+        .await?
+        .ok_or("the outcome is found")?;
+    assert_eq!(wire_id, op.id);
+    assert_eq!(outcome["success"], true, "{outcome}");
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(())
+}
