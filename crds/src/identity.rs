@@ -2,6 +2,10 @@
 //! `spiffe://scaleagent.dev/ns/<namespace>/shard/<name>`. The hub reads it (from the TLS
 //! session, or from the certificate a trusted load balancer forwards) to know which shard
 //! is speaking, and accepts an account only from the shard that owns it.
+//!
+//! A hub replica's certificate names the replica the same way,
+//! `spiffe://scaleagent.dev/hub/<replica id>`: replicas that share a store check it on
+//! each other when one forwards a request to the holder of an account.
 
 use crate::ShardRef;
 
@@ -10,6 +14,19 @@ const PREFIX: &str = "spiffe://scaleagent.dev/ns/";
 /// The URI SAN for `shard`.
 pub fn shard_identity_uri(shard: &ShardRef) -> String {
     format!("{PREFIX}{}/shard/{}", shard.namespace, shard.name)
+}
+
+const REPLICA_PREFIX: &str = "spiffe://scaleagent.dev/hub/";
+
+/// The URI SAN of hub replica `id` (its `--hub-id`).
+pub fn hub_replica_identity_uri(id: &str) -> String {
+    format!("{REPLICA_PREFIX}{id}")
+}
+
+/// The hub replica a URI SAN names, when it is a replica identity.
+pub fn parse_hub_replica_identity_uri(uri: &str) -> Option<&str> {
+    uri.strip_prefix(REPLICA_PREFIX)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// The shard a URI SAN names, when it is a shard identity.
@@ -31,6 +48,21 @@ mod tests {
         let uri = shard_identity_uri(&s);
         assert_eq!(uri, "spiffe://scaleagent.dev/ns/spinnaker/shard/prod-east");
         assert_eq!(parse_shard_identity_uri(&uri), Some(s));
+    }
+
+    #[test]
+    fn hub_replicas_round_trip_and_are_not_shards() {
+        let uri = hub_replica_identity_uri("hub-a");
+        assert_eq!(uri, "spiffe://scaleagent.dev/hub/hub-a");
+        assert_eq!(parse_hub_replica_identity_uri(&uri), Some("hub-a"));
+        assert_eq!(parse_shard_identity_uri(&uri), None);
+        for bad in [
+            "spiffe://scaleagent.dev/hub/",
+            "spiffe://scaleagent.dev/hub/a/b",
+            "spiffe://scaleagent.dev/ns/a/shard/b",
+        ] {
+            assert_eq!(parse_hub_replica_identity_uri(bad), None, "{bad}");
+        }
     }
 
     #[test]

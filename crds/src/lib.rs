@@ -39,7 +39,10 @@ pub use config::{
     kubeconfig_file_name, kubeconfig_secret_name, validate_account_name, validate_hub_address,
 };
 pub use error::{ConfigError, QuantityProblem};
-pub use identity::{parse_shard_identity_uri, shard_identity_uri};
+pub use identity::{
+    hub_replica_identity_uri, parse_hub_replica_identity_uri, parse_shard_identity_uri,
+    shard_identity_uri,
+};
 pub use kubeconfig::{
     KubeconfigAllow, KubeconfigFeature, KubeconfigProblem, KubeconfigTarget, check_kubeconfig,
 };

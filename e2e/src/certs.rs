@@ -97,6 +97,23 @@ impl Pki {
         self.issue(file_stem, params)
     }
 
+    /// Issues hub replica `id`'s certificate: serving its Kubernetes API on `hosts`, and
+    /// its identity to the other replicas (the URI SAN naming it, client use too), as
+    /// `--kube-api-replica-ca` asks for.
+    pub fn issue_replica(&self, file_stem: &str, id: &str, hosts: &[&str]) -> Result<CertPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(id, None);
+        params.subject_alt_names = hosts.iter().map(|h| san(h)).collect::<Result<_>>()?;
+        params
+            .subject_alt_names
+            .push(san(&scale_agent_crds::hub_replica_identity_uri(id))?);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue(file_stem, params)
+    }
+
     /// The CA as a Secret `name` in namespace `ns` (`tls.crt`, `tls.key`), as the
     /// operator's `--agent-ca-secret` reads it: created, or replaced.
     pub fn ca_secret_yaml(&self, ns: &str, name: &str) -> Result<String> {

@@ -1,6 +1,8 @@
 //! PostgreSQL (Debian's package) as the store several hub replicas share, for `just up`
 //! and the end-to-end tests: `initdb` into a data folder of its own, `postgres` on
-//! 127.0.0.1 and a free port, trust authentication for the loopback only. PostgreSQL
+//! 127.0.0.1 and a free port, trust authentication for the loopback only, TLS with a
+//! certificate from a CA of its own, which its URLs name (`sslmode=verify-full`, as the
+//! hub connects by default). PostgreSQL
 //! refuses to run as root, so when the harness is root the server runs as the `postgres`
 //! system user (the package creates it; the harness creates `scale-agent-pg` when it is
 //! missing).
@@ -90,6 +92,8 @@ pub struct Postgres {
     run_dir: PathBuf,
     /// The port on 127.0.0.1.
     pub port: u16,
+    /// The CA the server's certificate (127.0.0.1, localhost) chains to.
+    pub ca_file: PathBuf,
 }
 
 impl Postgres {
@@ -132,6 +136,7 @@ impl Postgres {
                 tail: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
+        let ca_file = server_certificate(run_dir, &data, port, user)?;
         let mut pg = Postgres {
             proc: None,
             bin,
@@ -139,6 +144,7 @@ impl Postgres {
             user,
             run_dir: run_dir.to_path_buf(),
             port,
+            ca_file,
         };
         pg.restart().await?;
         Ok(pg)
@@ -156,7 +162,9 @@ impl Postgres {
             .args(["-c", "unix_socket_directories="])
             // A test server: durability across a machine crash is not wanted, speed is.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
-            .args(["-c", "max_connections=200"]);
+            .args(["-c", "max_connections=200"])
+            // server.crt and server.key in the data folder.
+            .args(["-c", "ssl=on"]);
         as_user(&mut cmd, self.user);
         let mut proc = Proc::spawn(&format!("postgres-{}", self.port), cmd, &self.run_dir)?;
         wait_ready(
@@ -190,7 +198,17 @@ impl Postgres {
 
     /// The connection URL of database `db`.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{ROLE}@127.0.0.1:{}/{db}", self.port)
+        self.url_as(ROLE, db)
+    }
+
+    /// The connection URL of database `db` as `role`: TLS, the server's certificate
+    /// checked against [`Postgres::ca_file`] and the host.
+    pub fn url_as(&self, role: &str, db: &str) -> String {
+        format!(
+            "postgres://{role}@127.0.0.1:{}/{db}?sslmode=verify-full&sslrootcert={}",
+            self.port,
+            self.ca_file.display()
+        )
     }
 
     /// Creates database `name` (a fresh one per test) and returns its URL.
@@ -234,7 +252,7 @@ impl Postgres {
         )
         .map_err(|e| Error::io("writing", &hba, e))?;
         self.psql("postgres", "SELECT pg_reload_conf()")?;
-        Ok(format!("postgres://{role}@127.0.0.1:{}/{db}", self.port))
+        Ok(self.url_as(role, db))
     }
 
     /// Runs `sql` in database `db` with `psql`; returns the rows, one line each, columns
@@ -272,6 +290,37 @@ impl Drop for Postgres {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.data);
     }
+}
+
+/// Writes the server's certificate and key into `data` (`server.crt`, `server.key`,
+/// the key readable by the server's user only, as PostgreSQL demands), from a CA of
+/// its own in `<run_dir>/postgres-<port>-pki`; returns the CA's file.
+fn server_certificate(
+    run_dir: &Path,
+    data: &Path,
+    port: u16,
+    user: Option<(u32, u32)>,
+) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let pki = crate::certs::Pki::create_named(
+        &run_dir.join(format!("postgres-{port}-pki")),
+        "PostgreSQL test CA",
+    )?;
+    let pair = pki.issue_server("server", &["127.0.0.1", "localhost"])?;
+    for (name, text, mode) in [
+        ("server.crt", &pair.cert_pem, 0o644),
+        ("server.key", &pair.key_pem, 0o600),
+    ] {
+        let path = data.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io("writing", &path, e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("setting the mode of", &path, e))?;
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|e| Error::io("handing to the PostgreSQL user", &path, e))?;
+        }
+    }
+    Ok(pki.ca_file)
 }
 
 /// The data folders' name: `<prefix><pid of the harness>-<port>`.

@@ -154,12 +154,17 @@ async fn rig_with(shared: &Shared, name: &str, extra: &[String]) -> anyhow::Resu
     rig_each(shared, name, [extra.to_vec(), extra.to_vec()]).await
 }
 
+/// The ids (`--hub-id`) of the two replicas of rig `name`.
+fn replica_ids(name: &str) -> [String; 2] {
+    [format!("{name}-hub-a"), format!("{name}-hub-b")]
+}
+
 /// [`rig`] with `extra[i]` flags for replica `i`.
 async fn rig_each(shared: &Shared, name: &str, extra: [Vec<String>; 2]) -> anyhow::Result<Rig> {
     let env = &shared.env;
     let db = name.replace('-', "_");
     let url = shared.pg.lock().await.database(&db)?;
-    let ids = [format!("{name}-hub-a"), format!("{name}-hub-b")];
+    let ids = replica_ids(name);
     let args = |i: usize| {
         let mut args = replica_args(env, &url, &ids[i]);
         args.extend_from_slice(&extra[i]);
@@ -943,7 +948,7 @@ const KUBE_TOKEN_ONE: &str = "e2e-replicas-kube-api-token-one";
 const INFORMER_RUNS_FOR: Duration = Duration::from_secs(180);
 
 /// [`rig`] whose replicas also serve the accounts' Kubernetes API, over TLS with a
-/// certificate from the run's CA, which is also the replicas' CA.
+/// certificate from the run's CA naming the replica, which is also the replicas' CA.
 struct KubeRig {
     rig: Rig,
     dir: std::path::PathBuf,
@@ -971,8 +976,14 @@ impl KubeRig {
             scale_agent_e2e::ports::free_port()?,
         ];
         let mut extra = [Vec::new(), Vec::new()];
+        let ids = replica_ids(name);
         for (i, args) in extra.iter_mut().enumerate() {
-            let cert = pki.issue_server(&format!("hub-{name}-{i}"), &["127.0.0.1", "localhost"])?;
+            // Its identity to the other replica too (the URI SAN naming its --hub-id).
+            let cert = pki.issue_replica(
+                &format!("hub-{name}-{i}"),
+                &ids[i],
+                &["127.0.0.1", "localhost"],
+            )?;
             args.extend([
                 format!("--kube-api-addr=127.0.0.1:{}", ports[i]),
                 format!("--kube-api-tokens-file={}", tokens.display()),

@@ -58,14 +58,25 @@ pub struct Args {
 
     /// Where the hub keeps its state. A file path: a SQLite database holding
     /// the account bindings (name to cluster id and shard), so they survive a
-    /// restart, for one hub. A `postgres://user:password@host:port/database`
-    /// URL: a PostgreSQL database several hub replicas share behind one load
+    /// restart, for one hub. A
+    /// `postgres://user@host:port/database?sslrootcert=/path/ca.crt` URL: a
+    /// PostgreSQL database several hub replicas share behind one load
     /// balancer (bindings, which replica holds which account, resume points,
     /// operations in flight); each replica forwards requests about accounts
     /// another holds to it. The hub creates and migrates its tables itself.
     /// Without it bindings live in memory only.
     #[arg(long, value_name = "PATH|URL", value_parser = parse_store)]
     pub store: Option<StoreLocation>,
+
+    /// With a postgres:// --store: a file holding the database password (e.g. a
+    /// mounted Secret), read at start, so that it is on no command line. A
+    /// password in the URL still wins, with a warning; without either, the
+    /// environment's PGPASSWORD. TLS is set in the URL as libpq reads it:
+    /// sslmode=verify-full (the default: the server's certificate chained to
+    /// sslrootcert=<CA file>, or the system's CAs, and naming the host) or
+    /// sslmode=disable (plain TCP, warned about).
+    #[arg(long, value_name = "PATH")]
+    pub store_password_file: Option<PathBuf>,
 
     /// This replica's id: sent to agents in Welcome and, with a shared store,
     /// the name other replicas know it by (in Kubernetes, the pod name).
@@ -196,10 +207,14 @@ pub struct Args {
     pub kube_api_tls_key: Option<PathBuf>,
 
     /// With a shared store (several replicas): the PEM bundle the replicas'
-    /// Kubernetes API certificates chain to. A request for an account another
-    /// replica holds is forwarded to it over TLS, its certificate checked
-    /// against this bundle (and the host it advertises, --advertise-address);
-    /// without it such requests get 503.
+    /// Kubernetes API certificates chain to. Each replica's certificate is its
+    /// identity: it names the replica (URI SAN spiffe://scaleagent.dev/hub/<--hub-id>;
+    /// the hub does not start otherwise) and allows client use. A request for an
+    /// account another replica holds is forwarded to it over TLS, its certificate
+    /// checked against this bundle, the host it advertises (--advertise-address)
+    /// and the replica the store names as the holder, this replica presenting its
+    /// own; a request marked forwarded is served only to the replica it names.
+    /// Without it such requests get 503.
     #[arg(long, value_name = "PATH", requires = "kube_api_addr")]
     pub kube_api_replica_ca: Option<PathBuf>,
 
@@ -507,6 +522,7 @@ impl Args {
             clouddriver,
             grace_period: self.grace_period,
             store: self.store.unwrap_or_default(),
+            store_password_file: self.store_password_file,
             advertise_address: self.advertise_address,
             replica_heartbeat: self.replica_heartbeat,
             replica_timeout: self.replica_timeout,

@@ -38,6 +38,9 @@ pub struct Config {
     /// Where bindings (and, shared between replicas, the registry, resume
     /// points and operations in flight) are kept.
     pub store: StoreLocation,
+    /// A file holding the password of a PostgreSQL store (`--store-password-file`),
+    /// when the URL holds none; read at start.
+    pub store_password_file: Option<PathBuf>,
     /// The host or address other replicas reach this one's HTTP API at, for
     /// forwarding (with a shared store); the HTTP listener's address when
     /// `None` and it is a specific one.
@@ -153,6 +156,7 @@ impl Config {
             http_addr,
             grace_period: Duration::from_secs(600),
             store: StoreLocation::Memory,
+            store_password_file: None,
             advertise_address: None,
             replica_heartbeat: Duration::from_secs(2),
             replica_timeout: Duration::from_secs(10),

@@ -85,3 +85,19 @@ impl Error {
         }
     }
 }
+
+/// An error and its causes, `: `-separated (a TLS refusal is a cause of a client's
+/// "connect error"); a cause whose text its error already ends with is not repeated.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -117,7 +117,9 @@ scale_agent_runtime::metrics! {
         operations_adopted: Counter,
         /// Requests about accounts held by another replica, by outcome
         /// (`forwarded`, `failed`, `refused_second_hop`, `refused_insecure`: a
-        /// Kubernetes API request with no TLS path to its holder).
+        /// Kubernetes API request with no TLS path to its holder), and requests
+        /// marked forwarded refused because their connection's certificate does
+        /// not name the replica the mark names (`refused_unproven`).
         forwarded_requests: Family<OutcomeLabel, Counter>,
     }
 }

@@ -94,7 +94,8 @@ impl Shared {
         let bindings = store.load()?;
         let replicas = match &config.store {
             StoreLocation::Postgres(url) => Some(Arc::new(Replicas::new(
-                url,
+                crate::store::PgStore::open(url, config.store_password_file.as_deref())
+                    .map_err(crate::Error::Store)?,
                 &config.hub_id,
                 Timing {
                     heartbeat: config.replica_heartbeat,

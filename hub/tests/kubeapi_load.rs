@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{FakeAgent, Result, deployments, object};
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
-use scale_agent_proto::v1::{self as pb, EventType, StreamScope, agent_frame, hub_frame};
+use scale_agent_proto::v1::EventType;
 
 const TOKEN: &str = "load-test-token-0123456789";
 const OBJECTS: usize = 10_000;
@@ -29,33 +29,7 @@ fn body_of(i: usize) -> String {
 async fn agent_with_objects(hub: &scale_agent_hub::RunningHub) -> Result<FakeAgent> {
     let mut agent = FakeAgent::connect_carrying_requests(hub, "load", "load-0").await?;
     agent
-        .send(agent_frame::Frame::Register(pb::Register {
-            accounts: vec![pb::Account {
-                name: "big".into(),
-                cluster_id: "cluster-big".into(),
-                server_url: "https://big.example:6443".into(),
-                kubernetes_version: "v1.36.0".into(),
-                scope: Some(StreamScope::default()),
-            }],
-        }))
-        .await?;
-    let accepted = agent
-        .wait_for(|f| match f {
-            hub_frame::Frame::RegisterResult(r) => Some(r.accounts.clone()),
-            _ => None,
-        })
-        .await?;
-    assert!(accepted[0].accepted, "{accepted:?}");
-    agent
-        .send(agent_frame::Frame::SyncStart(pb::SyncStart {
-            account: "big".into(),
-            kind: Some(deployments()),
-            mode: pb::SyncMode::FullRelist as i32,
-            resource_version: String::new(),
-            resource: "deployments".into(),
-            namespaced: true,
-            ..Default::default()
-        }))
+        .register_and_start_sync("big", "cluster-big", deployments(), "deployments")
         .await?;
     let mut rv = 1000;
     for chunk in 0..(OBJECTS / 500) {

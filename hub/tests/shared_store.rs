@@ -16,19 +16,6 @@ use scale_agent_proto::v1::{RegisterReason, hub_frame};
 
 const LONG: Duration = Duration::from_secs(600);
 
-/// A PostgreSQL server of the test's own, with database `name`, and the
-/// folder of its logs: stopped and removed when the test ends, also when it
-/// fails (and by a reaper, should the test process be killed).
-async fn postgres(name: &str) -> Result<(Postgres, String, tempfile::TempDir)> {
-    let dir = tempfile::tempdir()?;
-    let reaper = scale_agent_e2e::process::spawn_reaper(dir.path(), std::process::id())?;
-    // It outlives the test and stops what it left when the process ends.
-    std::mem::forget(reaper);
-    let pg = Postgres::start(dir.path()).await?;
-    let url = pg.database(name)?;
-    Ok((pg, url, dir))
-}
-
 /// A hub replica on the database at `url`, heartbeating every 200 ms.
 async fn replica(url: &str, id: &str) -> Result<RunningHub> {
     hub_with(|c| {
@@ -39,6 +26,17 @@ async fn replica(url: &str, id: &str) -> Result<RunningHub> {
         c.replica_timeout = Duration::from_secs(2);
     })
     .await
+}
+
+/// Replicas `hub-a` and `hub-b` on the database at `url`, once both are ready.
+async fn two_replicas(url: &str) -> Result<(RunningHub, RunningHub)> {
+    let a = replica(url, "hub-a").await?;
+    let b = replica(url, "hub-b").await?;
+    eventually("both ready", || async {
+        Ok(ready(&a).await? && ready(&b).await?)
+    })
+    .await?;
+    Ok((a, b))
 }
 
 /// Waits until `check` holds (at most 10 s).
@@ -88,12 +86,7 @@ async fn any_replica_answers_for_an_account_another_holds() -> Result<()> {
     logs();
     // Stopped when the test ends.
     let (_pg, url, _dir) = postgres("forwarding").await?;
-    let a = replica(&url, "hub-a").await?;
-    let b = replica(&url, "hub-b").await?;
-    eventually("both ready", || async {
-        Ok(ready(&a).await? && ready(&b).await?)
-    })
-    .await?;
+    let (a, b) = two_replicas(&url).await?;
     let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
     assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     agent
@@ -246,12 +239,7 @@ async fn a_replica_that_lost_an_account_cannot_write_over_its_new_holder() -> Re
 async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache() -> Result<()> {
     logs();
     let (pg, url, _dir) = postgres("takeover").await?;
-    let a = replica(&url, "hub-a").await?;
-    let b = replica(&url, "hub-b").await?;
-    eventually("both ready", || async {
-        Ok(ready(&a).await? && ready(&b).await?)
-    })
-    .await?;
+    let (a, b) = two_replicas(&url).await?;
     let mut first = FakeAgent::connect(&a, "east", "east-0").await?;
     assert!(first.register(&[("prod-1", "uid-a")]).await?[0].accepted);
     first
@@ -343,12 +331,7 @@ async fn a_replica_taking_an_account_over_resumes_from_the_written_behind_cache(
 async fn replicas_racing_for_new_names_bind_each_once() -> Result<()> {
     logs();
     let (pg, url, _dir) = postgres("races").await?;
-    let a = replica(&url, "hub-a").await?;
-    let b = replica(&url, "hub-b").await?;
-    eventually("both ready", || async {
-        Ok(ready(&a).await? && ready(&b).await?)
-    })
-    .await?;
+    let (a, b) = two_replicas(&url).await?;
     const NAMES: usize = 20;
     let mut east = FakeAgent::connect(&a, "east", "east-0").await?;
     let mut west = FakeAgent::connect(&b, "east", "east-1").await?;
@@ -481,15 +464,14 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-#[tokio::test]
-async fn the_stores_password_comes_from_the_environment_not_the_command_line() -> Result<()> {
-    logs();
-    let dir = tempfile::tempdir()?;
-    let reaper = scale_agent_e2e::process::spawn_reaper(dir.path(), std::process::id())?;
-    std::mem::forget(reaper);
-    let pg = Postgres::start(dir.path()).await?;
-    // A URL with no password in it: the password is the environment's.
-    let url = pg.database_with_password("password_env", "hub_role", "s3cretPassw0rd")?;
+/// Runs the hub binary on the PostgreSQL store `url` with `args` and `envs` until it is
+/// ready (at most 20 s): whether it got there, what it answered last, and its log.
+async fn hub_binary(
+    url: &str,
+    args: &[String],
+    envs: &[(&str, &str)],
+    log: &std::path::Path,
+) -> Result<(bool, String, String)> {
     let http = free_port()?;
     let mut hub = std::process::Command::new(env!("CARGO_BIN_EXE_scale-agent-hub"))
         .args([
@@ -497,11 +479,13 @@ async fn the_stores_password_comes_from_the_environment_not_the_command_line() -
             format!("--grpc-addr=127.0.0.1:{}", free_port()?),
             format!("--http-addr=127.0.0.1:{http}"),
             format!("--store={url}"),
-            "--hub-id=hub-env".to_owned(),
+            "--hub-id=hub-bin".to_owned(),
         ])
-        .env("PGPASSWORD", "s3cretPassw0rd")
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log)?)
         .spawn()?;
     let readyz = format!("http://127.0.0.1:{http}/readyz");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -519,6 +503,176 @@ async fn the_stores_password_comes_from_the_environment_not_the_command_line() -
     };
     hub.kill()?;
     hub.wait()?;
-    assert!(ready, "the hub never reached its store: {last}");
+    Ok((ready, last, std::fs::read_to_string(log)?))
+}
+
+/// The database password reaches the hub from the environment (PGPASSWORD) or a file
+/// (`--store-password-file`), so it is on no command line; one left in the URL still
+/// works, is warned about, and appears in no log line.
+#[tokio::test]
+async fn the_stores_password_comes_from_a_file_or_the_environment_not_the_command_line()
+-> Result<()> {
+    logs();
+    let dir = tempfile::tempdir()?;
+    let reaper = scale_agent_e2e::process::spawn_reaper(dir.path(), std::process::id())?;
+    std::mem::forget(reaper);
+    let pg = Postgres::start(dir.path()).await?;
+    const PASSWORD: &str = "s3cretPassw0rd";
+    // A URL with no password in it.
+    let url = pg.database_with_password("password_env", "hub_role", PASSWORD)?;
+    let log = dir.path().join("hub.log");
+
+    let (ready, last, _) = hub_binary(&url, &[], &[("PGPASSWORD", PASSWORD)], &log).await?;
+    assert!(
+        ready,
+        "with PGPASSWORD the hub never reached its store: {last}"
+    );
+
+    let file = dir.path().join("password");
+    std::fs::write(&file, format!("{PASSWORD}\n"))?;
+    let with_file = [format!("--store-password-file={}", file.display())];
+    let (ready, last, _) = hub_binary(&url, &with_file, &[], &log).await?;
+    assert!(
+        ready,
+        "with --store-password-file the hub never reached its store: {last}"
+    );
+
+    let in_url = url.replacen("hub_role@", &format!("hub_role:{PASSWORD}@"), 1);
+    let (ready, last, text) = hub_binary(&in_url, &[], &[], &log).await?;
+    assert!(
+        ready,
+        "with the password in the URL the hub never reached its store: {last}"
+    );
+    assert!(
+        text.contains("holds the database password"),
+        "no warning about the password in the URL:\n{text}"
+    );
+    assert!(
+        !text.contains(PASSWORD),
+        "the password appears in the hub's log:\n{text}"
+    );
+    Ok(())
+}
+
+/// The hub reaches PostgreSQL over TLS, the server's certificate checked against the
+/// CA the URL names (`sslmode=verify-full`, also the default), and refuses a server
+/// whose certificate does not chain to it.
+#[tokio::test]
+async fn the_store_is_reached_over_tls_and_an_unknown_server_is_refused() -> Result<()> {
+    let (pg, url, dir) = postgres("store_tls").await?;
+    let a = replica(&url, "hub-tls").await?;
+    eventually("ready", || ready(&a)).await?;
+    let sessions = pg.psql(
+        "store_tls",
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+         WHERE a.application_name = 'scale-agent-hub'",
+    )?;
+    assert!(
+        !sessions.is_empty() && sessions.lines().all(|l| l == "t"),
+        "the hub's sessions, TLS or not: {sessions:?}"
+    );
+    a.shutdown().await?;
+
+    // The same server, checked against another CA: the server cannot prove it is the
+    // database named, and the hub says so instead of sending its queries.
+    let other = scale_agent_e2e::certs::Pki::create_named(&dir.path().join("other-ca"), "other")?;
+    let impostor_url = url.replace(
+        &pg.ca_file.display().to_string(),
+        &other.ca_file.display().to_string(),
+    );
+    assert_ne!(impostor_url, url);
+    let b = replica(&impostor_url, "hub-untrusting").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let (status, body) = get(&b, "/readyz").await?;
+        assert_ne!(status, 200, "ready on a server it cannot trust");
+        let body = body.to_string();
+        if body.contains("certificate") || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(answer.contains("certificate"), "{answer}");
+    eprintln!("an unknown server: {answer}");
+    b.shutdown().await?;
+    Ok(())
+}
+
+/// An operation's request (an apply's manifest may carry a Secret's data) is kept in
+/// the shared store while it is in flight (another replica sends it again should its
+/// replica die) and dropped once answered; its outcome, and the digest that tells a
+/// repeated POST from another request, stay.
+#[tokio::test]
+async fn an_operations_request_is_not_kept_past_its_answer() -> Result<()> {
+    use scale_agent_hub::store::postgres::PgStore;
+    use serde_json::json;
+    const SECRET: &str = "hunter2-in-a-manifest";
+    let (pg, url, _dir) = postgres("op_payloads").await?;
+    let (a, b) = two_replicas(&url).await?;
+    let mut agent = FakeAgent::connect(&a, "east", "east-0").await?;
+    assert!(agent.register(&[("prod-1", "uid-a")]).await?[0].accepted);
+    let apply = json!({
+        "type": "apply",
+        "id": "op-secret",
+        "manifest": {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "db", "namespace": "web"},
+            "stringData": {"password": SECRET}
+        }
+    });
+    // Through the replica without the stream.
+    let posted = {
+        let url = format!("{}/v1/accounts/prod-1/operations", b.http_url());
+        let apply = apply.clone();
+        tokio::spawn(async move {
+            let resp = reqwest::Client::new().post(url).json(&apply).send().await?;
+            let status = resp.status().as_u16();
+            Ok::<_, Error>((status, resp.text().await?))
+        })
+    };
+    let op = agent.expect_operation().await?;
+    let holding = |sql: &str| pg.psql("op_payloads", sql);
+    let with_secret = format!(
+        "SELECT count(*) FROM operations
+         WHERE position('{SECRET}' in encode(frame, 'escape')) > 0
+            OR position('{SECRET}' in COALESCE(outcome::text, '')) > 0"
+    );
+    assert_eq!(
+        holding(&with_secret)?,
+        "1",
+        "in flight, the request is recorded"
+    );
+    agent
+        .answer(
+            &op.id,
+            true,
+            "applied",
+            json!({"kind": "Secret", "metadata": {"name": "db", "namespace": "web"}}),
+        )
+        .await?;
+    let (status, body) = posted.await??;
+    assert_eq!(status, 200, "{body}");
+    eventually("the outcome recorded", || async {
+        Ok(holding("SELECT count(*) FROM operations WHERE outcome IS NOT NULL")? == "1")
+    })
+    .await?;
+    assert_eq!(
+        holding(&with_secret)?,
+        "0",
+        "the answered operation's manifest is still in the store: {}",
+        holding("SELECT encode(frame, 'escape') FROM operations")?
+    );
+    assert_eq!(holding("SELECT length(frame) FROM operations")?, "0");
+    // Any replica still finds the outcome of the caller's id, and the request's digest.
+    let store = PgStore::new(&url)?;
+    let (wire_id, outcome) = store
+        .find_outcome("prod-1", "op-secret")
+        .await?
+        .ok_or("the outcome is found")?;
+    assert_eq!(wire_id, op.id);
+    assert_eq!(outcome["success"], true, "{outcome}");
+    a.shutdown().await?;
+    b.shutdown().await?;
     Ok(())
 }

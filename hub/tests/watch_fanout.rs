@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{FakeAgent, Result, deployments, object};
 use scale_agent_hub::RunningHub;
 use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
-use scale_agent_proto::v1::{self as pb, EventType, StreamScope, agent_frame, hub_frame};
+use scale_agent_proto::v1::EventType;
 
 const TOKEN: &str = "fan-out-test-token-0123456789";
 /// Changes counted per round.
@@ -24,33 +24,7 @@ async fn agent_streaming(hub: &RunningHub) -> Result<FakeAgent> {
     // such agents.
     let mut agent = FakeAgent::connect_carrying_requests(hub, "fan", "fan-0").await?;
     agent
-        .send(agent_frame::Frame::Register(pb::Register {
-            accounts: vec![pb::Account {
-                name: "fan".into(),
-                cluster_id: "cluster-fan".into(),
-                server_url: "https://fan.example:6443".into(),
-                kubernetes_version: "v1.36.0".into(),
-                scope: Some(StreamScope::default()),
-            }],
-        }))
-        .await?;
-    let accepted = agent
-        .wait_for(|f| match f {
-            hub_frame::Frame::RegisterResult(r) => Some(r.accounts.clone()),
-            _ => None,
-        })
-        .await?;
-    assert!(accepted[0].accepted, "{accepted:?}");
-    agent
-        .send(agent_frame::Frame::SyncStart(pb::SyncStart {
-            account: "fan".into(),
-            kind: Some(deployments()),
-            mode: pb::SyncMode::FullRelist as i32,
-            resource_version: String::new(),
-            resource: "deployments".into(),
-            namespaced: true,
-            ..Default::default()
-        }))
+        .register_and_start_sync("fan", "cluster-fan", deployments(), "deployments")
         .await?;
     let events = (0..10)
         .map(|i| {

@@ -116,10 +116,14 @@ pub struct KubeApiConfig {
     /// The certificate the API is served with, when not the hub's own (`Config::tls`);
     /// with neither, it is served over plain HTTP.
     pub tls: Option<crate::net::tls::TlsConfig>,
-    /// With a shared store: the PEM bundle the other replicas' Kubernetes API
-    /// certificates chain to. Requests for an account another replica holds
-    /// are forwarded to it over TLS checked against it; without it they get
-    /// 503 (see `replicas/forward.rs`).
+    /// With a shared store: the PEM bundle the replicas' Kubernetes API
+    /// certificates chain to. Each replica's certificate names it (URI SAN
+    /// `spiffe://scaleagent.dev/hub/<hub id>`, checked at start). Requests for an
+    /// account another replica holds are forwarded to it over TLS, its certificate
+    /// checked against the bundle and to name the holder, this replica's presented
+    /// as a client certificate; a request marked forwarded is served only from a
+    /// connection whose certificate names the replica the mark names. Without it
+    /// such requests get 503, and marked ones 403 (see `replicas/forward.rs`).
     pub replica_ca: Option<PathBuf>,
     /// The hub's domain for accounts by host name: account `a` is also served at
     /// `a.<suffix>`, chosen by `Host` or the TLS server name ([`host`]); only paths

@@ -75,7 +75,14 @@ pub async fn start(
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), Error> {
     let shutdown = shared.shutdown.clone();
     let reload_interval = shared.config.reload_interval;
-    let tls = config.tls.as_ref().or(shared.config.tls.as_ref());
+    // A client certificate is asked for (never required) with the replicas' CA: a
+    // replica forwarding a request proves with it which replica it is.
+    let tls = config
+        .tls
+        .as_ref()
+        .or(shared.config.tls.as_ref())
+        .map(|tls| tls.with_client_ca(config.replica_ca.as_deref()))
+        .transpose()?;
     let tokens = match &config.tokens {
         TokenSource::File(path) => Tokens::watch(path, reload_interval, shutdown.clone())?,
         TokenSource::Text(text) => Tokens::from_text(text).map_err(|message| Error::Setting {
@@ -90,7 +97,7 @@ pub async fn start(
     };
     let listener = TcpListener::bind(config.addr).await.map_err(bind)?;
     let addr = listener.local_addr().map_err(bind)?;
-    let tls_state = match tls {
+    let tls_state = match &tls {
         Some(tls) => {
             let state = TlsState::with(tls.https_server_config()?);
             if let Some(files) = &tls.files {
@@ -145,9 +152,10 @@ pub async fn start(
         let mut refused_address: u64 = 0;
         while let Some(conn) = incoming.next().await {
             let Ok(conn) = conn else { continue };
-            let address = tonic::transport::server::Connected::connect_info(&conn)
-                .remote_addr
-                .ip();
+            let info = tonic::transport::server::Connected::connect_info(&conn);
+            let address = info.remote_addr.ip();
+            // The client certificate the handshake verified, if the client gave one.
+            let peer = info.client_cert.map(Arc::new);
             let Some(address_slot) = per_address.take(address, max_per_address) else {
                 refused_address += 1;
                 if refused_address == 1 || refused_address.is_multiple_of(1000) {
@@ -191,8 +199,11 @@ pub async fn start(
                     let request = InFlight::new(&active);
                     let api = Arc::clone(&api);
                     let server_name = server_name.clone();
+                    let peer = peer.clone();
                     async move {
-                        let response = api.handle(req, server_name.as_deref()).await;
+                        let response = api
+                            .handle(req, server_name.as_deref(), peer.as_deref())
+                            .await;
                         Ok::<_, Infallible>(response.map(|body| Holding::new(body, request)))
                     }
                 });
@@ -590,6 +601,7 @@ impl KubeApi {
         &self,
         mut req: Request<Incoming>,
         server_name: Option<&str>,
+        peer: Option<&rustls_pki_types::CertificateDer<'static>>,
     ) -> Response<Body> {
         let suffix = self.config.host_suffix.as_deref();
         let selected = host::select(suffix, server_name, request_host(&req), req.uri().path());
@@ -630,7 +642,7 @@ impl KubeApi {
             Err(err) => return Failure::bad_request(err.to_string()).response(),
         };
         let span = info_span!("kube_api", %account, method = %req.method());
-        let response = self.serve(req, account, rest).instrument(span).await;
+        let response = self.serve(req, account, rest, peer).instrument(span).await;
         let source = response
             .extensions()
             .get::<passthrough::AnsweredBy>()
@@ -753,7 +765,14 @@ impl KubeApi {
         mut req: Request<Incoming>,
         account: String,
         rest: String,
+        peer: Option<&rustls_pki_types::CertificateDer<'static>>,
     ) -> Response<Body> {
+        // Marked as forwarded by another replica: only that replica may say so.
+        if let Err(why) = forward::check_forwarded(req.headers(), peer) {
+            self.shared.metrics.forwarded("refused_unproven");
+            warn!(%why, "refused a request marked as forwarded by a hub replica");
+            return Failure::forbidden(why).response();
+        }
         let owner = match self.authorize(req.headers(), &account) {
             Ok(owner) => owner,
             Err(Refusal::Unauthenticated) => {

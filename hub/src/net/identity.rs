@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use x509_parser::extensions::GeneralName;
 
+use crate::core::clip::clip;
 use crate::core::registry::ShardRef;
 use crate::net::secret::SecretFile;
 
@@ -411,37 +412,98 @@ pub fn decode_forwarded_cert(value: &str) -> Result<CertificateDer<'static>, Str
         .map_err(|e| format!("not a PEM certificate: {e}"))
 }
 
+/// The URI SANs of certificate `der`; why they cannot be read, as the rest of a
+/// sentence about the certificate.
+fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("is not an X.509 certificate: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("has a bad subjectAltName extension: {e}"))?;
+    Ok(san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The one thing `parse` finds in the URI SANs of certificate `der` (several URIs
+/// naming the same are fine): `Ok(None)` when none names anything, `Err` with the
+/// two when two name different things.
+fn one_named<T: PartialEq>(
+    der: &[u8],
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Result<Option<T>, (T, T)>, String> {
+    let mut found: Option<T> = None;
+    for uri in uri_sans(der)? {
+        let Some(named) = parse(&uri) else { continue };
+        match found {
+            Some(other) if other != named => return Ok(Err((other, named))),
+            _ => found = Some(named),
+        }
+    }
+    Ok(Ok(found))
+}
+
 /// The shard a certificate's URI SANs name. Exactly one shard must be named
 /// (several URIs naming the same shard are fine).
 pub fn shard_from_cert(der: &[u8]) -> Result<ShardRef, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| format!("bad subjectAltName extension: {e}"))?;
-    let mut found: Option<ShardRef> = None;
-    for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
-        if let GeneralName::URI(uri) = name
-            && let Some(shard) = parse_shard_identity_uri(uri)
-        {
-            let shard = ShardRef {
-                namespace: shard.namespace,
-                name: shard.name,
-            };
-            match &found {
-                Some(other) if *other != shard => {
-                    return Err(format!(
-                        "it names two shards ({other} and {shard}); it must name one"
-                    ));
-                }
-                _ => found = Some(shard),
-            }
-        }
-    }
-    found.ok_or_else(|| {
-        "it names no shard: a URI SAN spiffe://scaleagent.dev/ns/<namespace>/shard/<name> is required"
-            .to_owned()
+    let named = one_named(der, |uri| {
+        parse_shard_identity_uri(uri).map(|shard| ShardRef {
+            namespace: shard.namespace,
+            name: shard.name,
+        })
     })
+    .map_err(|e| format!("it {e}"))?;
+    match named {
+        Ok(Some(shard)) => Ok(shard),
+        Ok(None) => Err(
+            "it names no shard: a URI SAN spiffe://scaleagent.dev/ns/<namespace>/shard/<name> is required"
+                .to_owned(),
+        ),
+        Err((one, other)) => Err(format!(
+            "it names two shards ({one} and {other}); it must name one"
+        )),
+    }
+}
+
+/// The hub replica a certificate's URI SANs name
+/// (`spiffe://scaleagent.dev/hub/<id>`, [`scale_agent_crds::hub_replica_identity_uri`]).
+/// Exactly one replica must be named. Why not, as the rest of a sentence about the
+/// certificate ("the certificate ...").
+pub fn replica_from_cert(der: &[u8]) -> Result<String, String> {
+    let named = one_named(der, |uri| {
+        scale_agent_crds::parse_hub_replica_identity_uri(uri).map(str::to_owned)
+    })?;
+    match named {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err(
+            "names no hub replica (a URI SAN spiffe://scaleagent.dev/hub/<replica id>)".to_owned(),
+        ),
+        Err((one, other)) => Err(format!(
+            "names two hub replicas ({}, {}); it must name one",
+            clip(&one),
+            clip(&other)
+        )),
+    }
+}
+
+/// Checks that the certificate `der` names hub replica `id`; why not otherwise, as
+/// the rest of a sentence about the certificate.
+pub fn check_replica(der: &[u8], id: &str) -> Result<(), String> {
+    let named = replica_from_cert(der)?;
+    if named == id {
+        Ok(())
+    } else {
+        Err(format!(
+            "names hub replica {}, not {}",
+            clip(&named),
+            clip(id)
+        ))
+    }
 }
 
 /// Parses a `--trusted-proxy` value: a CIDR, or a bare address (a /32 or

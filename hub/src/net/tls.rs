@@ -100,8 +100,38 @@ impl TlsConfig {
     /// A rustls server configuration (HTTP/2 via ALPN, client certificates
     /// required when a client CA is set).
     pub fn server_config(&self) -> Result<ServerConfig, Error> {
+        let verifier = match &self.client_ca_pem {
+            Some(pem) => Some(client_verifier(pem)?),
+            None => None,
+        };
+        let mut config = self.build(verifier)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+
+    /// This certificate and key, and `verifier` for client certificates (none asked
+    /// for without one).
+    fn build(&self, verifier: Option<Arc<dyn ClientCertVerifier>>) -> Result<ServerConfig, Error> {
         let invalid = |message: String| Error::Tls { message };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (certs, key) = self.certified()?;
+        let builder = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(e.to_string()))?;
+        let builder = match verifier {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        builder
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid(format!("certificate and key: {e}")))
+    }
+
+    /// The certificate chain and its key, parsed.
+    pub fn certified(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+        let invalid = |message: String| Error::Tls { message };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.cert_pem)
             .collect::<Result<_, _>>()
             .map_err(|e| invalid(format!("server certificate: {e}")))?;
@@ -110,34 +140,58 @@ impl TlsConfig {
         }
         let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
             .map_err(|e| invalid(format!("private key: {e}")))?;
-        let builder = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| invalid(e.to_string()))?;
-        let builder = match &self.client_ca_pem {
-            Some(pem) => builder.with_client_cert_verifier(client_verifier(pem)?),
-            None => builder.with_no_client_auth(),
-        };
-        let mut config = builder
-            .with_single_cert(certs, key)
-            .map_err(|e| invalid(format!("certificate and key: {e}")))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(config)
+        Ok((certs, key))
     }
 }
 
 impl TlsConfig {
     /// The rustls configuration of the per-account Kubernetes API: the same
-    /// certificate, no client certificate asked for (clients authenticate with
-    /// bearer tokens), HTTP/2 or HTTP/1.1.
+    /// certificate, HTTP/2 or HTTP/1.1. Clients authenticate with bearer tokens, so a
+    /// client certificate is never required; with `client_ca_pem` (the replicas' CA,
+    /// `--kube-api-replica-ca`) one is asked for, and one offered must chain to it: a
+    /// hub replica forwarding a request proves with it which replica it is
+    /// (`replicas/forward.rs`).
     pub fn https_server_config(&self) -> Result<ServerConfig, Error> {
-        let plain = TlsConfig {
-            client_ca_pem: None,
-            ..self.clone()
+        let verifier = match &self.client_ca_pem {
+            Some(pem) => Some(verifier_of(pem, true)?),
+            None => None,
         };
-        let mut config = plain.server_config()?;
+        let mut config = self.build(verifier)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }
+
+    /// This certificate with `client_ca` (read now, and followed with the
+    /// certificate's files) as the CA of client certificates, or none.
+    pub fn with_client_ca(&self, client_ca: Option<&Path>) -> Result<TlsConfig, Error> {
+        Ok(TlsConfig {
+            client_ca_pem: client_ca
+                .map(|p| read_file("client CA bundle", p))
+                .transpose()?,
+            files: self.files.clone().map(|f| TlsFiles {
+                client_ca: client_ca.map(Path::to_owned),
+                ..f
+            }),
+            ..self.clone()
+        })
+    }
+}
+
+/// The CAs of a PEM bundle, `what` naming it in errors.
+pub fn roots_of(pem: &[u8], what: &str) -> Result<rustls::RootCertStore, Error> {
+    let invalid = |message: String| Error::Tls {
+        message: format!("{what}: {message}"),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots
+            .add(cert.map_err(|e| invalid(e.to_string()))?)
+            .map_err(|e| invalid(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("no PEM certificate".into()));
+    }
+    Ok(roots)
 }
 
 /// The verifier of client certificates signed by the CAs of a PEM bundle:
@@ -145,25 +199,28 @@ impl TlsConfig {
 /// balancer forwards, so both accept exactly the same certificates (chained
 /// to the bundle, valid now).
 pub fn client_verifier(pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, Error> {
-    let invalid = |message: String| Error::Tls { message };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| invalid(format!("client CA bundle: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| invalid(format!("client CA bundle: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(invalid("client CA bundle: no PEM certificate".into()));
-    }
+    verifier_of(pem, false)
+}
+
+/// [`client_verifier`]; `optional`: a client without a certificate is let through
+/// (one with a certificate must still chain to the bundle).
+fn verifier_of(pem: &[u8], optional: bool) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+    let roots = roots_of(pem, "client CA bundle")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .map_err(|e| invalid(format!("client CA bundle: {e}")))
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder.build().map_err(|e| Error::Tls {
+        message: format!("client CA bundle: {e}"),
+    })
 }
 
 impl TlsFiles {
-    fn read(&self) -> Result<TlsConfig, Error> {
+    /// Reads the files.
+    pub fn read(&self) -> Result<TlsConfig, Error> {
         Ok(TlsConfig {
             cert_pem: read_file("certificate", &self.cert)?,
             key_pem: read_file("private key", &self.key)?,

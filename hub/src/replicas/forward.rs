@@ -16,19 +16,28 @@
 //! replica receiving one for an account it does not hold answers 503 (the
 //! account moved meanwhile) instead of forwarding again, so a request makes
 //! at most one hop and never loops. The header grants nothing: a client that
-//! sets it only loses forwarding.
+//! sets it only loses forwarding (and, on the Kubernetes API, is refused 403
+//! unless it is the replica it names).
 //!
 //! Forwarded requests keep the caller's own credentials (the API's bearer
 //! token, or the account token of the Kubernetes API), and the holder checks
 //! them again (the account's token, its namespaces, impersonation): a replica
 //! gets nothing through another that it would not get directly.
 //!
-//! The Kubernetes API is forwarded only over TLS, to a holder whose
-//! certificate chains to the replicas' CA (`--kube-api-replica-ca`): the
-//! caller's bearer token goes to no process that cannot prove it is a hub
-//! replica, whatever the store names as the holder's address. Without that CA
-//! (or to a holder serving plain HTTP) a request for an account held elsewhere
-//! gets 503 saying so. A forwarded answer streams through as it comes
+//! The Kubernetes API is forwarded only over TLS, and both replicas prove which
+//! replica they are (`--kube-api-replica-ca`): each replica's Kubernetes API
+//! certificate chains to the replicas' CA and names it
+//! (`spiffe://scaleagent.dev/hub/<replica id>`). The forwarding replica accepts
+//! the holder only when its certificate names the replica the store says holds
+//! the account ([`HolderVerifier`]): an address in the database grants nothing,
+//! and a row pointing at another process, even one with a valid certificate of
+//! another replica, gets no caller's token. It presents its own certificate as
+//! a client certificate, and the holder serves a request marked forwarded only
+//! from a connection whose certificate names the replica the mark names
+//! ([`check_forwarded`]). Without that CA (or to a holder serving plain HTTP) a
+//! request for an account held elsewhere gets 503 saying so.
+//!
+//! A forwarded answer streams through as it comes
 //! (watches, `logs -f`): the client's reading paces the holder's sending, and
 //! a client that goes away closes the forwarded connection, which ends the
 //! request at the holder. A connection upgrade (exec, attach, port-forward)
@@ -36,8 +45,9 @@
 //! the two connections are joined byte for byte ([`splice`]): the holder
 //! keeps the session's limits, and either end closing closes the other.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -53,11 +63,15 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject as _;
 use tracing::{debug, warn};
 
 use crate::core::clip::clip;
+use crate::net::identity::check_replica;
+use crate::net::tls::TlsConfig;
 use crate::state::Shared;
 
 /// Marks a request one replica forwarded to another (its value names the
@@ -121,13 +135,34 @@ pub enum Routed<B> {
 }
 
 /// The HTTP clients replicas forward with: plain HTTP for the JSON API, TLS
-/// checked against the replicas' CA for the Kubernetes API.
+/// both ways under the replicas' CA for the Kubernetes API.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     client: Client<HttpConnector, ForwardBody>,
     /// `None` without `--kube-api-replica-ca`: Kubernetes API requests are not
     /// forwarded.
-    kube: Option<Client<HttpsConnector<HttpConnector>, ForwardBody>>,
+    kube: Option<Arc<KubeForwarding>>,
+}
+
+type KubeClient = Client<HttpsConnector<HttpConnector>, ForwardBody>;
+
+/// The most holders a replica keeps a Kubernetes API client for; past it they are
+/// all made again (a store naming ever new holders cannot grow this).
+const MAX_HOLDER_CLIENTS: usize = 64;
+
+/// Kubernetes API requests to other replicas: the replicas' CA, this replica's own
+/// certificate, and one client per holder, whose connections were checked to reach
+/// that replica (never one checked for another: connections are pooled per client).
+struct KubeForwarding {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    identity: Arc<Identity>,
+    clients: Mutex<HashMap<String, KubeClient>>,
+}
+
+impl std::fmt::Debug for KubeForwarding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeForwarding").finish_non_exhaustive()
+    }
 }
 
 impl Default for Forwarder {
@@ -155,41 +190,85 @@ where
         .build(connector)
 }
 
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 impl Forwarder {
     /// The forwarder `config` asks for: Kubernetes API requests too when it
-    /// serves that API with `--kube-api-replica-ca`.
+    /// serves that API with `--kube-api-replica-ca`, this replica proving itself
+    /// with the API's certificate.
     pub fn for_config(config: &crate::Config) -> Result<Forwarder, crate::Error> {
-        let Some(path) = config.kube_api.as_ref().and_then(|k| k.replica_ca.as_ref()) else {
+        let Some(api) = config.kube_api.as_ref() else {
+            return Ok(Forwarder::default());
+        };
+        let Some(path) = api.replica_ca.as_ref() else {
             return Ok(Forwarder::default());
         };
         let pem = std::fs::read(path).map_err(|e| crate::Error::Tls {
             message: format!("--kube-api-replica-ca {}: {e}", path.display()),
         })?;
-        Forwarder::with_kube_api(&pem)
+        let Some(tls) = api.tls.as_ref().or(config.tls.as_ref()) else {
+            return Err(crate::Error::Setting {
+                setting: "--kube-api-replica-ca",
+                message: "replicas forward Kubernetes API requests to each other over TLS, each proving which replica it is with its certificate: serve the Kubernetes API with TLS (--kube-api-tls-cert, or the hub's --tls-cert)".into(),
+            });
+        };
+        Forwarder::with_kube_api(&pem, tls, &config.hub_id, config.reload_interval)
     }
 
     /// A forwarder that also forwards Kubernetes API requests, over TLS to
-    /// holders whose certificate chains to `replica_ca` (a PEM bundle).
-    pub fn with_kube_api(replica_ca: &[u8]) -> Result<Forwarder, crate::Error> {
-        let invalid = |message: String| crate::Error::Tls {
-            message: format!("--kube-api-replica-ca: {message}"),
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(replica_ca) {
-            roots
-                .add(cert.map_err(|e| invalid(e.to_string()))?)
-                .map_err(|e| invalid(e.to_string()))?;
+    /// holders whose certificate chains to `replica_ca` (a PEM bundle) and names
+    /// the holder, presenting `identity` (this replica's certificate, which must
+    /// name `me`; its files re-read every `reload`).
+    pub fn with_kube_api(
+        replica_ca: &[u8],
+        identity: &TlsConfig,
+        me: &str,
+        reload: Duration,
+    ) -> Result<Forwarder, crate::Error> {
+        let roots = crate::net::tls::roots_of(replica_ca, "--kube-api-replica-ca")?;
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| crate::Error::Tls {
+            message: format!("--kube-api-replica-ca: {e}"),
+        })?;
+        let identity = Identity::new(identity, me, reload)?;
+        Ok(Forwarder {
+            kube: Some(Arc::new(KubeForwarding {
+                webpki,
+                identity: Arc::new(identity),
+                clients: Mutex::default(),
+            })),
+            ..Forwarder::default()
+        })
+    }
+}
+
+impl KubeForwarding {
+    /// The client whose connections reach replica `holder` only.
+    fn client_for(&self, holder: &str) -> Result<KubeClient, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(holder) {
+            return Ok(client.clone());
         }
-        if roots.is_empty() {
-            return Err(invalid("no PEM certificate".into()));
+        if clients.len() >= MAX_HOLDER_CLIENTS {
+            clients.clear();
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let verifier = Arc::new(HolderVerifier {
+            webpki: Arc::clone(&self.webpki),
+            holder: holder.to_owned(),
+        });
+        let identity: Arc<dyn ResolvesClientCert> = self.identity.clone();
+        let tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(identity);
         let mut http = tcp();
         http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -197,11 +276,174 @@ impl Forwarder {
             .https_only()
             .enable_http1()
             .wrap_connector(http);
-        Ok(Forwarder {
-            kube: Some(client(connector)),
-            ..Forwarder::default()
+        let made = client(connector);
+        clients.insert(holder.to_owned(), made.clone());
+        Ok(made)
+    }
+}
+
+/// Checks a holder's certificate as any server's (chained to the replicas' CA,
+/// valid now, naming the address connected to), and that it names `holder`, the
+/// replica the store says holds the account.
+#[derive(Debug)]
+struct HolderVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    holder: String,
+}
+
+impl ServerCertVerifier for HolderVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        check_replica(end_entity, &self.holder).map_err(|why| {
+            rustls::Error::General(format!(
+                "the server at this address is not the hub replica the store names: its certificate {why}"
+            ))
+        })?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// This replica's certificate as the client certificate of its forwarded
+/// requests: the Kubernetes API's, re-read from its files at most every reload
+/// interval when a handshake needs it (a renewed certificate is used from then on).
+#[derive(Debug)]
+struct Identity {
+    me: String,
+    files: Option<crate::net::tls::TlsFiles>,
+    reload: Duration,
+    current: Mutex<(Arc<CertifiedKey>, Instant)>,
+}
+
+impl Identity {
+    fn new(tls: &TlsConfig, me: &str, reload: Duration) -> Result<Identity, crate::Error> {
+        let certified = certified_key(tls, me)?;
+        Ok(Identity {
+            me: me.to_owned(),
+            files: tls.files.clone().map(|f| crate::net::tls::TlsFiles {
+                client_ca: None,
+                ..f
+            }),
+            reload,
+            current: Mutex::new((certified, Instant::now())),
         })
     }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(files) = &self.files
+            && current.1.elapsed() >= self.reload
+        {
+            current.1 = Instant::now();
+            match files.read().and_then(|tls| certified_key(&tls, &self.me)) {
+                Ok(next) => current.0 = next,
+                Err(err) => {
+                    warn!(%err, "cannot use this replica's Kubernetes API certificate files as its identity to the other replicas; the certificate loaded before stays in use");
+                }
+            }
+        }
+        Arc::clone(&current.0)
+    }
+}
+
+impl ResolvesClientCert for Identity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// `tls`'s certificate and key as rustls signs with them, once its certificate is
+/// seen to name replica `me`.
+fn certified_key(tls: &TlsConfig, me: &str) -> Result<Arc<CertifiedKey>, crate::Error> {
+    let (certs, key) = tls.certified()?;
+    let named = match certs.first() {
+        Some(cert) => check_replica(cert, me),
+        None => Err("is missing".to_owned()),
+    };
+    if let Err(why) = named {
+        return Err(crate::Error::Setting {
+            setting: "--kube-api-replica-ca",
+            message: format!(
+                "this replica's Kubernetes API certificate is its identity to the other replicas (it presents it when it forwards a request to them, they check it when they forward one to it), and it {why}: give it the URI SAN {} and start the replica with that --hub-id",
+                scale_agent_crds::hub_replica_identity_uri(me)
+            ),
+        });
+    }
+    let signer = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| crate::Error::Tls {
+            message: format!("the Kubernetes API's private key: {e}"),
+        })?;
+    Ok(Arc::new(CertifiedKey::new(certs, signer)))
+}
+
+/// Whether a request marked forwarded ([`FORWARDED_BY`]) comes from the replica
+/// the mark names: its connection's client certificate (chained to the replicas'
+/// CA, checked at the handshake) must name that replica. An unmarked request
+/// passes. Why not otherwise.
+pub fn check_forwarded(
+    headers: &http::HeaderMap,
+    peer: Option<&CertificateDer<'_>>,
+) -> Result<(), String> {
+    let Some(from) = headers.get(FORWARDED_BY) else {
+        return Ok(());
+    };
+    let from = String::from_utf8_lossy(from.as_bytes());
+    let Some(cert) = peer else {
+        return Err(format!(
+            "this request says hub replica {} forwarded it ({FORWARDED_BY}), but its connection has no hub replica's certificate (chained to --kube-api-replica-ca): only replicas forward requests",
+            clip(&from)
+        ));
+    };
+    check_replica(cert, &from).map_err(|why| {
+        format!(
+            "this request says hub replica {} forwarded it ({FORWARDED_BY}), but the certificate of its connection {why}",
+            clip(&from)
+        )
+    })
 }
 
 /// Where `account`'s requests to `endpoint` are answered.
@@ -409,11 +651,11 @@ where
     debug!(replica = %to, %path, "forwarding");
     let request = Request::from_parts(parts, body);
     let sent = match (endpoint, &forwarder.kube) {
-        (Endpoint::KubeApi, Some(kube)) => kube.request(request).await,
+        (Endpoint::KubeApi, Some(kube)) => kube.client_for(to)?.request(request).await,
         (Endpoint::KubeApi, None) => return Err("no TLS client for the Kubernetes API".into()),
         (Endpoint::Api, _) => forwarder.client.request(request).await,
     };
-    let mut response = sent.map_err(|e| error_chain(&e))?;
+    let mut response = sent.map_err(|e| crate::error::chain(&e))?;
     for name in &HOP_BY_HOP {
         response.headers_mut().remove(name);
     }
@@ -456,19 +698,6 @@ pub fn splice(
             Err(err) => debug!(%account, %err, "forwarded upgraded connection broke off"),
         }
     });
-}
-
-/// An error and its causes, `: `-separated (a TLS refusal is a cause of the
-/// client's "connect error").
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The account a JSON API path is about: `/v1/accounts/{account}[/...]`.

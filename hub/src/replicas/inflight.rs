@@ -3,7 +3,9 @@
 //!
 //! - The replica sending an operation to an agent records it in the shared
 //!   store first ([`record`]), and its outcome when the agent answers
-//!   ([`finish`]).
+//!   ([`finish`]); the request (an apply's manifest, which may carry a
+//!   Secret's data) is dropped from the store then, its digest (the wire id)
+//!   kept.
 //! - A POST repeating a caller's id gets the stored outcome, on any replica
 //!   ([`finished`]): the caller whose first POST died with its replica learns
 //!   what happened by posting again.
@@ -38,14 +40,15 @@ pub async fn finished(
     kind: &operation::Kind,
 ) -> Option<Result<Outcome, String>> {
     let replicas = shared.replicas.as_ref()?;
-    let (frame, value) = match replicas.store().find_outcome(&key.account, &key.id).await {
+    let (wire_id, value) = match replicas.store().find_outcome(&key.account, &key.id).await {
         Ok(found) => found?,
         Err(err) => {
             debug!(account = %key.account, operation = %key.id, %err, "could not look the operation up in the shared store");
             return None;
         }
     };
-    if frame.kind.as_ref() != Some(kind) {
+    // The request itself is not kept past its answer; its digest is.
+    if wire_id != crate::core::operations::wire_id(key, kind) {
         return Some(Err(format!(
             "operation id {} on account {} was already used for a different request; use a new id for a new request",
             key.id, key.account

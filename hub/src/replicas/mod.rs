@@ -88,15 +88,14 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    /// This replica (`id`) on the store at `url`, forwarding with
-    /// `forwarder`; nothing is connected until [`Replicas::start`].
+    /// This replica (`id`) on `store`, forwarding with `forwarder`; nothing is
+    /// connected until [`Replicas::start`].
     pub fn new(
-        url: &str,
+        store: PgStore,
         id: &str,
         timing: Timing,
         forwarder: Forwarder,
     ) -> Result<Replicas, crate::Error> {
-        let store = PgStore::new(url).map_err(crate::Error::Store)?;
         let (health, _) = watch::channel(Health::Starting(format!(
             "connecting to the shared store {}",
             store.location()

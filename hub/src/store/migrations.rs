@@ -126,6 +126,15 @@ CREATE INDEX operations_by_caller ON operations (account, caller_id);
 ALTER TABLE resume_points ADD COLUMN IF NOT EXISTS selection TEXT NOT NULL DEFAULT '';
 ",
     },
+    Migration {
+        version: 3,
+        name: "operations keep their request only until they are answered",
+        sql: "
+-- A finished operation keeps its outcome and its wire id (a digest of the request);
+-- the request itself (an apply's manifest may carry a Secret's data) goes.
+UPDATE operations SET frame = ''::bytea WHERE outcome IS NOT NULL;
+",
+    },
 ];
 
 /// The migrations not in `applied`, in order; an error naming the unknown

@@ -132,6 +132,25 @@ pub fn trusting_localhost(config: &mut Config, ca: &Ca) {
     });
 }
 
+/// A PostgreSQL server of the test's own (Debian's, started by the e2e harness) with
+/// database `name`, and a folder for the test's files: stopped and removed when the
+/// test ends, also when it fails (and by a reaper, should the test process be killed).
+pub async fn postgres(
+    name: &str,
+) -> Result<(
+    scale_agent_e2e::postgres::Postgres,
+    String,
+    tempfile::TempDir,
+)> {
+    let dir = tempfile::tempdir()?;
+    let reaper = scale_agent_e2e::process::spawn_reaper(dir.path(), std::process::id())?;
+    // It outlives the test and stops what it left when the process ends.
+    std::mem::forget(reaper);
+    let pg = scale_agent_e2e::postgres::Postgres::start(dir.path()).await?;
+    let url = pg.database(name)?;
+    Ok((pg, url, dir))
+}
+
 /// One fake agent replica: one stream.
 pub struct FakeAgent {
     tx: mpsc::Sender<AgentFrame>,
@@ -316,6 +335,46 @@ impl FakeAgent {
             hub_frame::Frame::RegisterResult(r) => Some(r.accounts.clone()),
             _ => None,
         })
+        .await
+    }
+
+    /// Registers `account` (on cluster `cluster`, streaming every namespace) and starts
+    /// a full sync of `resource` (namespaced, of kind `gvk`): what an agent sends before
+    /// the hub answers reads of the kind from its cache. An error when it is refused.
+    pub async fn register_and_start_sync(
+        &mut self,
+        account: &str,
+        cluster: &str,
+        gvk: GroupVersionKind,
+        resource: &str,
+    ) -> Result<()> {
+        self.send(agent_frame::Frame::Register(pb::Register {
+            accounts: vec![pb::Account {
+                name: account.into(),
+                cluster_id: cluster.into(),
+                server_url: format!("https://{cluster}.example:6443"),
+                kubernetes_version: "v1.36.0".into(),
+                scope: Some(pb::StreamScope::default()),
+            }],
+        }))
+        .await?;
+        let accepted = self
+            .wait_for(|f| match f {
+                hub_frame::Frame::RegisterResult(r) => Some(r.accounts.clone()),
+                _ => None,
+            })
+            .await?;
+        if !accepted.first().is_some_and(|a| a.accepted) {
+            return Err(format!("account {account} was refused: {accepted:?}").into());
+        }
+        self.send(agent_frame::Frame::SyncStart(pb::SyncStart {
+            account: account.into(),
+            kind: Some(gvk),
+            mode: pb::SyncMode::FullRelist as i32,
+            resource: resource.into(),
+            namespaced: true,
+            ..Default::default()
+        }))
         .await
     }
 

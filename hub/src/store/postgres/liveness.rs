@@ -138,7 +138,7 @@ impl PgStore {
             );
             let removed = tx
                 .execute(
-                    "UPDATE operations SET owner = NULL, finished_at = now(),
+                    "UPDATE operations SET owner = NULL, finished_at = now(), frame = ''::bytea,
                          outcome = jsonb_build_object('id', caller_id, 'success', false, 'result', NULL,
                              'errorCode', 'UNKNOWN_ACCOUNT',
                              'message', 'the account was removed (its agent did not come back within the grace period) before the operation was answered; it may or may not have taken effect')
@@ -151,7 +151,7 @@ impl PgStore {
                 0
             } else {
                 tx.execute(
-                    "UPDATE operations o SET owner = NULL, finished_at = now(),
+                    "UPDATE operations o SET owner = NULL, finished_at = now(), frame = ''::bytea,
                          outcome = jsonb_build_object('id', caller_id, 'success', false, 'result', NULL,
                              'errorCode', 'DEADLINE_EXCEEDED',
                              'message', 'no replica received a result before the deadline (the replica that sent it stopped); the operation may or may not have taken effect')

@@ -23,6 +23,7 @@
 //! is an error like one that refuses, never a hung registration.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,13 +36,15 @@ use scale_agent_proto::v1 as pb;
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
 
 mod accounts;
 mod claims;
 mod liveness;
 mod operations;
+pub mod tls;
 mod writes;
 
 pub use accounts::*;
@@ -65,6 +68,7 @@ pub const CLAIMS_CHANNEL: &str = "scale_agent_claims";
 pub struct PgStore {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: tls::Connector,
     location: String,
 }
 
@@ -127,25 +131,60 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The environment variable the database password is read from when the URL holds
-/// none (libpq's name for it): a Kubernetes Secret becomes it with `secretKeyRef`, and
-/// it appears on no command line.
+/// The environment variable the database password is read from when neither the URL
+/// nor `--store-password-file` gives one (libpq's name for it): a Kubernetes Secret
+/// becomes it with `secretKeyRef`, and it appears on no command line.
 pub const PASSWORD_ENV: &str = "PGPASSWORD";
 
 impl PgStore {
-    /// A store on the database at `url`; its password, when the URL has none, from
-    /// [`PASSWORD_ENV`]. Nothing is connected yet: the
-    /// first call connects (and [`PgStore::migrate`] must come first).
+    /// A store on the database at `url` (TLS as [`tls::parse`] reads it); its
+    /// password, when the URL has none, from [`PASSWORD_ENV`]. Nothing is connected
+    /// yet: the first call connects (and [`PgStore::migrate`] must come first).
     pub fn new(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::open(url, None)
+    }
+
+    /// [`PgStore::new`], the password read from `password_file` when given
+    /// (`--store-password-file`; a password in the URL still wins, with a warning).
+    pub fn open(url: &str, password_file: Option<&Path>) -> Result<PgStore, StoreError> {
         let location = redact(url);
-        let mut config =
-            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Postgres {
-                location: location.clone(),
-                what: "reading the URL",
-                message: e.to_string(),
-            })?;
+        let invalid = |what: &'static str, message: String| StoreError::Postgres {
+            location: location.clone(),
+            what,
+            message,
+        };
+        let (url, tls) =
+            tls::parse(url).map_err(|m| invalid("reading the URL's TLS settings", m))?;
+        let mut config = tokio_postgres::Config::from_str(&url)
+            .map_err(|e| invalid("reading the URL", e.to_string()))?;
+        match &tls {
+            tls::PgTls::Disable => {
+                tracing::warn!(store = %location, "sslmode=disable: the hub reaches PostgreSQL in the clear (the password, every account's objects and the operations cross the network readable); use sslmode=verify-full with sslrootcert=<CA file>");
+                config.ssl_mode(SslMode::Disable);
+            }
+            tls::PgTls::VerifyFull { root } => {
+                tracing::info!(store = %location, sslrootcert = ?root, "PostgreSQL over TLS, its certificate checked against sslrootcert (the system's CAs when unset) and the host");
+                config.ssl_mode(SslMode::Require);
+            }
+        }
+        let connector = tls::Connector::new(&tls).map_err(|m| invalid("setting up TLS", m))?;
         if config.get_password().is_some() {
-            tracing::warn!(store = %location, "the --store URL holds the database password, which any local user may read on the hub's command line: give it in the environment (PGPASSWORD) instead");
+            tracing::warn!(store = %location, "the --store URL holds the database password, which any local user may read on the hub's command line: give it in --store-password-file or the environment (PGPASSWORD) instead");
+        } else if let Some(file) = password_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    "reading --store-password-file",
+                    format!("{}: {e}", file.display()),
+                )
+            })?;
+            let password = text.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return Err(invalid(
+                    "reading --store-password-file",
+                    format!("{} is empty", file.display()),
+                ));
+            }
+            config.password(password);
         } else if let Some(password) = std::env::var_os(PASSWORD_ENV).filter(|p| !p.is_empty()) {
             config.password(password.as_encoded_bytes());
         }
@@ -159,7 +198,7 @@ impl PgStore {
         }
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -171,14 +210,11 @@ impl PgStore {
             .create_timeout(Some(CALL_TIMEOUT))
             .recycle_timeout(Some(CALL_TIMEOUT))
             .build()
-            .map_err(|e| StoreError::Postgres {
-                location: location.clone(),
-                what: "building the connection pool",
-                message: e.to_string(),
-            })?;
+            .map_err(|e| invalid("building the connection pool", e.to_string()))?;
         Ok(PgStore {
             pool,
             config,
+            tls: connector,
             location,
         })
     }
@@ -212,7 +248,11 @@ impl PgStore {
     }
 
     async fn client(&self, what: &'static str) -> Result<deadpool_postgres::Client, StoreError> {
-        self.pool.get().await.map_err(|e| self.error(what, e))
+        // The causes too: a refused TLS handshake says why only in its cause.
+        self.pool
+            .get()
+            .await
+            .map_err(|e| self.error(what, crate::error::chain(&e)))
     }
 
     /// Runs one statement on a connection of its own, within
@@ -309,9 +349,9 @@ impl PgStore {
         self.bounded(WHAT, async {
             let (client, mut connection) = self
                 .config
-                .connect(NoTls)
+                .connect(self.tls.clone())
                 .await
-                .map_err(|e| self.error(WHAT, e))?;
+                .map_err(|e| self.error(WHAT, crate::error::chain(&e)))?;
             let (tx, rx) = mpsc::channel(1024);
             let client = Arc::new(client);
             let alive = Arc::clone(&client);

@@ -46,7 +46,10 @@ impl PgStore {
     }
 
     /// Records the outcome of operation `wire_id` on `account` (the first
-    /// one wins).
+    /// one wins), and drops the frame that was sent: a request (an apply's
+    /// manifest may carry a Secret's data) is kept only until it is answered.
+    /// Its wire id, a digest of the request, still tells a repeated POST from
+    /// another request under the same caller's id.
     pub async fn finish_operation(
         &self,
         account: &str,
@@ -55,7 +58,8 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         self.execute(
             "recording an operation's outcome",
-            "UPDATE operations SET outcome = $3, finished_at = now(), owner = NULL
+            "UPDATE operations SET outcome = $3, finished_at = now(), owner = NULL,
+                 frame = ''::bytea
              WHERE account = $1 AND wire_id = $2 AND outcome IS NULL",
             &[&account, &wire_id, outcome],
         )
@@ -85,28 +89,26 @@ impl PgStore {
     }
 
     /// The latest finished operation a caller posted as `caller_id` on
-    /// `account`: the frame it sent (what it asked for) and its outcome.
+    /// `account`: its wire id (a digest of what it asked for,
+    /// [`crate::core::operations::wire_id`]) and its outcome.
     pub async fn find_outcome(
         &self,
         account: &str,
         caller_id: &str,
-    ) -> Result<Option<(pb::Operation, serde_json::Value)>, StoreError> {
+    ) -> Result<Option<(String, serde_json::Value)>, StoreError> {
         const WHAT: &str = "looking an operation up";
         self.bounded(WHAT, async {
             let client = self.client(WHAT).await?;
             let row = client
                 .query_opt(
-                    "SELECT frame, outcome FROM operations
+                    "SELECT wire_id, outcome FROM operations
                      WHERE account = $1 AND caller_id = $2 AND outcome IS NOT NULL
                      ORDER BY finished_at DESC LIMIT 1",
                     &[&account, &caller_id],
                 )
                 .await
                 .map_err(|e| self.error(WHAT, e))?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            Ok(Some((self.frame(&row)?, row.get("outcome"))))
+            Ok(row.map(|row| (row.get("wire_id"), row.get("outcome"))))
         })
         .await
     }
