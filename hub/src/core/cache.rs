@@ -29,6 +29,7 @@
 //! the changes behind, and a replica taking the account over starts from
 //! them ([`Cache::restore`]).
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -269,22 +270,26 @@ fn not_older(next: &str, current: Option<&str>) -> bool {
 
 impl AccountCache {
     fn kind_mut(&mut self, kind: &KindKey, version: &str) -> &mut KindState {
-        // Whatever reaches a kind's state may move its resume point.
-        if let Some(dirty) = &mut self.dirty {
-            dirty.resume = true;
-        }
-        let state = self.kinds.entry(kind.clone()).or_default();
-        if !version.is_empty() {
-            version.clone_into(&mut state.version);
-        }
-        state
+        kind_state(&mut self.kinds, &mut self.dirty, kind, version)
     }
 
     /// Applies one event.
     pub fn apply(&mut self, event: Event) {
         let kind = event.key.kind_key();
-        let prev = self.objects.get(&event.key).map(|o| Arc::clone(&o.body));
-        let state = self.kind_mut(&kind, &event.version);
+        let Self {
+            objects,
+            kinds,
+            dirty,
+            ..
+        } = self;
+        // One search of the objects for the read and the write (a profile of the hub's
+        // ingest put 40 % of its CPU in comparing keys, when this searched twice).
+        let entry = objects.entry(event.key);
+        let prev = match &entry {
+            Entry::Occupied(o) => Some(Arc::clone(&o.get().body)),
+            Entry::Vacant(_) => None,
+        };
+        let state = kind_state(kinds, dirty, &kind, &event.version);
         if state.in_full_relist() {
             state.api.advance(&event.resource_version);
         } else {
@@ -303,8 +308,8 @@ impl AccountCache {
                     state.api.record(window::Change {
                         rv,
                         change,
-                        namespace: event.key.namespace.clone(),
-                        name: event.key.name.clone(),
+                        namespace: entry.key().namespace.clone(),
+                        name: entry.key().name.clone(),
                         body,
                         prev,
                         encoded: std::sync::OnceLock::new(),
@@ -327,24 +332,31 @@ impl AccountCache {
                 }
             }
         }
-        if let Some(dirty) = &mut self.dirty {
-            dirty.keys.insert(event.key.clone());
+        if let Some(dirty) = dirty {
+            dirty.keys.insert(entry.key().clone());
         }
         match event.change {
             Change::Upsert => {
-                self.objects.insert(
-                    event.key,
-                    CachedObject {
-                        version: event.version,
-                        uid: event.uid,
-                        resource_version: event.resource_version,
-                        body: event.body,
-                        seen_in_sync,
-                    },
-                );
+                let object = CachedObject {
+                    version: event.version,
+                    uid: event.uid,
+                    resource_version: event.resource_version,
+                    body: event.body,
+                    seen_in_sync,
+                };
+                match entry {
+                    Entry::Occupied(mut o) => {
+                        o.insert(object);
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(object);
+                    }
+                }
             }
             Change::Delete => {
-                self.objects.remove(&event.key);
+                if let Entry::Occupied(o) = entry {
+                    o.remove();
+                }
             }
         }
     }
@@ -716,6 +728,24 @@ impl Cache {
     pub fn total(&self) -> usize {
         self.accounts.values().map(AccountCache::len).sum()
     }
+}
+
+/// A kind's state, made when missing, its API version updated; whatever reaches a
+/// kind's state may move its resume point, so the store's next take includes them.
+fn kind_state<'a>(
+    kinds: &'a mut HashMap<KindKey, KindState>,
+    dirty: &mut Option<Dirty>,
+    kind: &KindKey,
+    version: &str,
+) -> &'a mut KindState {
+    if let Some(dirty) = dirty {
+        dirty.resume = true;
+    }
+    let state = kinds.entry(kind.clone()).or_default();
+    if !version.is_empty() {
+        version.clone_into(&mut state.version);
+    }
+    state
 }
 
 #[cfg(test)]
