@@ -128,7 +128,7 @@ image profile="release":
         fi
     fi
     case "{{profile}}" in
-        release) cargo build --release --locked -p scale-agent -p scale-agent-operator -p scale-agent-hub --bins ;;
+        release) cargo build --release --locked -p scale-agent-cmd ;;
         debug) cargo build --locked --workspace --bins ;;
         *) echo "profile is release or debug" >&2; exit 1 ;;
     esac

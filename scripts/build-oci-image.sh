@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the scale-agent container image without a container engine: an OCI image
 # archive (an OCI image layout in a tar file, plus Docker's manifest.json) made from
-# binaries already built on this host.
+# the scale-agent executable (package scale-agent-cmd: the agent, operator and hub in
+# one) already built on this host.
 #
 #   scripts/build-oci-image.sh [--profile release|debug] [--out FILE]
 #
@@ -9,10 +10,10 @@
 # (scale-agent-<version>-debug.oci.tar for debug builds, tagged v<version>-debug).
 # IMAGE=<registry/name> changes the image name (default ghcr.io/scale-agent/scale-agent).
 #
-# The image has one layer (scripts/image-rootfs.sh: the binaries, their shared
-# libraries, passwd/group for 65532, the CA bundle), runs as 65532:65532, and its
-# entrypoint is the agent (the operator starts agent pods with arguments only; the
-# operator and hub Deployments set their command). The archive is reproducible: the
+# The image has one layer (scripts/image-rootfs.sh: the executable and the operator's
+# and hub's names as links to it, its shared libraries, passwd/group for 65532, the CA
+# bundle), runs as 65532:65532, and its entrypoint is the agent (the operator starts
+# agent pods with arguments only; the operator and hub Deployments set their command). The archive is reproducible: the
 # same binaries and commit give the same digests (file times are the commit's time,
 # owners and order are fixed, gzip stores no name or time).
 #

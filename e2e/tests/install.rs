@@ -390,8 +390,33 @@ async fn image_runs(_env: Arc<Env>) -> anyhow::Result<()> {
         problems.join("\n  ")
     );
 
-    // Each binary answers --version and --help from the image's own root filesystem
-    // (its libraries, no host file), as the image's user.
+    // One executable: the operator's and the hub's names are links to the agent's.
+    let bin_dir = image.rootfs.join("usr/local/bin");
+    let mut names: Vec<String> = std::fs::read_dir(&bin_dir)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<anyhow::Result<_>>()?;
+    names.sort();
+    ensure!(
+        names == ["scale-agent", "scale-agent-hub", "scale-agent-operator"],
+        "/usr/local/bin holds {names:?}"
+    );
+    ensure!(
+        std::fs::symlink_metadata(bin_dir.join("scale-agent"))?.is_file(),
+        "/usr/local/bin/scale-agent is not a regular file"
+    );
+    for link in ["scale-agent-operator", "scale-agent-hub"] {
+        let target = std::fs::read_link(bin_dir.join(link))
+            .with_context(|| format!("/usr/local/bin/{link} is not a link"))?;
+        ensure!(
+            target == std::path::Path::new("scale-agent"),
+            "/usr/local/bin/{link} links to {}, not scale-agent",
+            target.display()
+        );
+    }
+
+    // Each program answers --version and --help from the image's own root filesystem
+    // (its libraries, no host file), as the image's user, under its own name and as a
+    // first argument of scale-agent.
     let version = env!("CARGO_PKG_VERSION");
     let entrypoint: Vec<String> = serde_json::from_value(config["Entrypoint"].clone())
         .context("the image has no Entrypoint")?;
@@ -408,6 +433,17 @@ async fn image_runs(_env: Arc<Env>) -> anyhow::Result<()> {
         );
         let help = image::in_image(&image.rootfs, user, &[&path, "--help"])?;
         ensure!(help.contains("Usage:"), "{bin} --help printed {help:?}");
+    }
+    for (sub, bin) in [
+        ("operator", "scale-agent-operator"),
+        ("hub", "scale-agent-hub"),
+    ] {
+        let argv = ["/usr/local/bin/scale-agent", sub, "--version"];
+        let out = image::in_image(&image.rootfs, user, &argv)?;
+        ensure!(
+            out.trim() == format!("{bin} {version}"),
+            "{argv:?} printed {out:?}"
+        );
     }
 
     // A long-running binary: the hub serves from the image, and its process is not root.

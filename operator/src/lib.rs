@@ -110,6 +110,16 @@ impl Essential {
     }
 }
 
+/// The operator's `main`: parses `args` (the program name first), sets up logging and
+/// runs the operator ([`run`]). Its own binary and the image's `scale-agent` executable
+/// (as `scale-agent-operator`) call it.
+pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    use clap::Parser as _;
+    let args = Args::parse_from(args);
+    scale_agent_runtime::init_logging(args.log_format, "info,kube_runtime=warn,kube_client=warn");
+    scale_agent_runtime::run_to_exit("scale-agent-operator", run(args))
+}
+
 /// Runs the operator until SIGTERM or Ctrl-C, or until a task it cannot run without
 /// ends; either way it gives its Lease up before returning.
 pub async fn run(args: Args) -> Result<()> {
