@@ -1,7 +1,15 @@
 # syntax=docker/dockerfile:1
 # The scale-agent container image, for hosts with a container engine:
 #
-#   docker build -t ghcr.io/scale-agent/scale-agent:v0.1.0 .
+#   docker build -t ghcr.io/scale-agent/scale-agent:v0.1.0 \
+#     --build-arg REVISION="$(git rev-parse HEAD)" .
+#
+# VERSION (the workspace's version; a test keeps the default equal to it) and REVISION
+# (the commit) become the image's org.opencontainers.image.version and .revision labels,
+# as in the archive scripts/build-oci-image.sh writes. The executable is built with
+# `cargo auditable`, so its crate list is embedded for scanners (`cargo audit bin`, syft,
+# trivy, grype); `docker buildx build --sbom=true` writes an SBOM from it, as the
+# script's scripts/sbom.py does beside the archive.
 #
 # Without one, `just image` builds the same image (same files, same user, same
 # entrypoint) as an OCI archive: both use scripts/image-rootfs.sh.
@@ -17,14 +25,18 @@
 # Deployments set `command`.
 
 ARG RUST_VERSION=1.95
+ARG CARGO_AUDITABLE_VERSION=0.7.7
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+ARG CARGO_AUDITABLE_VERSION
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    cargo install --locked "cargo-auditable@${CARGO_AUDITABLE_VERSION}"
 WORKDIR /src
 COPY . .
 # The executable is copied out of the cached target folder within the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p scale-agent-cmd \
+    cargo auditable build --release --locked -p scale-agent-cmd \
     && mkdir /out \
     && cp target/release/scale-agent /out/ \
     && scripts/image-rootfs.sh /out /rootfs
@@ -32,6 +44,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # No shell, no package manager: the executable and its links, its shared libraries,
 # passwd/group, CAs.
 FROM scratch
+ARG VERSION=0.1.0
+ARG REVISION=unknown
 COPY --from=build /rootfs/ /
 COPY --from=build --chown=65532:65532 /rootfs/home/nonroot /home/nonroot
 USER 65532:65532
@@ -40,5 +54,7 @@ ENV PATH=/usr/local/bin
 ENTRYPOINT ["/usr/local/bin/scale-agent"]
 LABEL org.opencontainers.image.title="scale-agent" \
       org.opencontainers.image.description="scale-agent, scale-agent-operator and scale-agent-hub" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="https://github.com/scale-agent/scale-agent" \
       org.opencontainers.image.licenses="Apache-2.0"
