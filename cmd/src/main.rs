@@ -9,6 +9,7 @@
 //! | `scale-agent-operator ARGS` | the operator |
 //! | `scale-agent-hub ARGS` (also `scale-agent-hub kubeconfig ...`) | the hub |
 //! | `scale-agent operator ARGS`, `scale-agent hub ARGS` | the operator, the hub |
+//! | `scale-agent migrate ARGS` | Clouddriver accounts into AgentShards |
 //! | `scale-agent ARGS` (anything else) | the agent |
 //!
 //! The image's entrypoint is `scale-agent`: the operator starts agent pods with the
@@ -25,6 +26,7 @@ enum Program {
     Agent,
     Operator,
     Hub,
+    Migrate,
 }
 
 impl Program {
@@ -34,6 +36,7 @@ impl Program {
             Program::Agent => "scale-agent",
             Program::Operator => "scale-agent-operator",
             Program::Hub => "scale-agent-hub",
+            Program::Migrate => "scale-agent migrate",
         }
     }
 }
@@ -54,6 +57,7 @@ fn choose(mut args: Vec<OsString>) -> (Program, Vec<OsString>) {
         Some("agent") => Program::Agent,
         Some("operator") => Program::Operator,
         Some("hub") => Program::Hub,
+        Some("migrate") => Program::Migrate,
         _ => return (Program::Agent, args),
     };
     args.splice(0..2, [OsString::from(sub.name())]);
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         (Program::Agent, args) => scale_agent::main_with(args),
         (Program::Operator, args) => scale_agent_operator::main_with(args),
         (Program::Hub, args) => scale_agent_hub::cmd::main_with(args),
+        (Program::Migrate, args) => scale_agent_operator::migrate::main_with(args),
     }
 }
 
@@ -140,6 +145,13 @@ mod tests {
             (
                 Program::Operator,
                 vec!["scale-agent-operator".into(), "--help".into()]
+            )
+        );
+        assert_eq!(
+            chosen(&["scale-agent", "migrate", "-f", "c.yml"]),
+            (
+                Program::Migrate,
+                vec!["scale-agent migrate".into(), "-f".into(), "c.yml".into()]
             )
         );
         assert_eq!(

@@ -22,6 +22,8 @@
 //! - [`webhook`]: the validating admission webhook and its certificate.
 //! - [`leader`]: Lease leader election (only the leader reconciles).
 //! - [`metrics`]: Prometheus metrics and the admin server.
+//! - [`migrate`]: `scale-agent migrate`, a Clouddriver configuration's Kubernetes
+//!   accounts as AgentShards and kubeconfig Secrets (pure, but for its CLI).
 //! - [`cli`], [`error`].
 
 pub mod applied;
@@ -35,6 +37,7 @@ pub mod decide;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod migrate;
 pub mod namespaced;
 pub mod policy;
 pub mod reconcile;
