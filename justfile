@@ -66,7 +66,7 @@ test: prereqs build-k8s
     @# The tests' build can rebuild a binary (dev-dependencies add features), so build it
     @# before the image: the image test checks the archive is not older than the binaries.
     cargo test --workspace --no-run
-    @# The image test runs this archive; made from the debug binaries to spare a release build.
+    @# The image test runs this archive (and its SBOM); a debug build spares a release build.
     scripts/build-oci-image.sh --profile debug
     cargo test --workspace --no-fail-fast
 
@@ -116,23 +116,22 @@ image profile="release":
     set -euo pipefail
     # Output: target/images/scale-agent-<version>[-debug].oci.tar. Load it with `docker load -i`,
     # or push it with `skopeo copy oci-archive:<file> docker://<registry>/<name>:<tag>`.
-    # The image is written by scripts/build-oci-image.sh with tar, gzip, coreutils and ldd.
+    # The image is written by scripts/build-oci-image.sh with tar, gzip, coreutils, ldd and
+    # python3 (the SBOM); it builds the executable itself, with cargo auditable.
     missing=()
-    for tool in tar gzip sha256sum ldd; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    for tool in tar gzip sha256sum ldd python3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-            echo "installing ${missing[*]} (Debian packages tar gzip coreutils libc-bin) ..."
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tar gzip coreutils libc-bin >/dev/null
+            echo "installing ${missing[*]} (Debian packages tar gzip coreutils libc-bin python3) ..."
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tar gzip coreutils libc-bin python3 >/dev/null
         else
-            echo "missing: ${missing[*]} — install with: sudo apt-get install tar gzip coreutils libc-bin" >&2; exit 1
+            echo "missing: ${missing[*]} — install with: sudo apt-get install tar gzip coreutils libc-bin python3" >&2; exit 1
         fi
     fi
     case "{{profile}}" in
-        release) cargo build --release --locked -p scale-agent -p scale-agent-operator -p scale-agent-hub --bins ;;
-        debug) cargo build --locked --workspace --bins ;;
+        release|debug) scripts/build-oci-image.sh --profile "{{profile}}" ;;
         *) echo "profile is release or debug" >&2; exit 1 ;;
     esac
-    scripts/build-oci-image.sh --profile "{{profile}}"
 
 # Build (once, cached outside the repository) the Kubernetes binaries of the test control plane.
 build-k8s:

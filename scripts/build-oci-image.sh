@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Builds the scale-agent container image without a container engine: an OCI image
-# archive (an OCI image layout in a tar file, plus Docker's manifest.json) made from
-# binaries already built on this host.
+# archive (an OCI image layout in a tar file, plus Docker's manifest.json) holding the
+# scale-agent executable (package scale-agent-cmd: the agent, operator and hub in one),
+# built first with `cargo auditable build` so that it carries its crate list for
+# scanners (scripts/cargo-auditable.sh installs cargo-auditable once, outside the
+# repository), and its SBOM beside the archive.
 #
 #   scripts/build-oci-image.sh [--profile release|debug] [--out FILE]
 #
 # Defaults: --profile release, --out target/images/scale-agent-<version>.oci.tar
 # (scale-agent-<version>-debug.oci.tar for debug builds, tagged v<version>-debug).
+# The SBOM (CycloneDX JSON, scripts/sbom.py: exactly the crates compiled into the
+# executable, as its embedded list names them) goes beside the archive, its name with
+# .cdx.json for .oci.tar: target/images/scale-agent-<version>.cdx.json.
 # IMAGE=<registry/name> changes the image name (default ghcr.io/scale-agent/scale-agent).
 #
-# The image has one layer (scripts/image-rootfs.sh: the binaries, their shared
-# libraries, passwd/group for 65532, the CA bundle), runs as 65532:65532, and its
-# entrypoint is the agent (the operator starts agent pods with arguments only; the
-# operator and hub Deployments set their command). The archive is reproducible: the
+# The image has one layer (scripts/image-rootfs.sh: the executable and the operator's
+# and hub's names as links to it, its shared libraries, passwd/group for 65532, the CA
+# bundle), runs as 65532:65532, and its entrypoint is the agent (the operator starts
+# agent pods with arguments only; the operator and hub Deployments set their command). The archive is reproducible: the
 # same binaries and commit give the same digests (file times are the commit's time,
 # owners and order are fixed, gzip stores no name or time).
 #
@@ -33,8 +39,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 case $profile in release|debug) ;; *) die "--profile is release or debug, not $profile" ;; esac
-for tool in tar gzip sha256sum ldd stat date; do
-    command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install tar gzip coreutils libc-bin)"
+for tool in tar gzip sha256sum ldd stat date python3; do
+    command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install tar gzip coreutils libc-bin python3)"
 done
 
 version=$(awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version *=/ { print $2; exit }' "$root/Cargo.toml")
@@ -55,6 +61,13 @@ case $(uname -m) in
     *) die "unsupported machine $(uname -m)" ;;
 esac
 revision=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)
+
+# The executable, its crate list embedded (the .dep-v0 section) by cargo auditable.
+auditable=$("$root/scripts/cargo-auditable.sh")
+build=(auditable build --locked -p scale-agent-cmd)
+if [ "$profile" = release ]; then build+=(--release); fi
+echo "build-oci-image: cargo ${build[*]}" >&2
+(cd "$root" && PATH="$(dirname "$auditable"):$PATH" cargo "${build[@]}")
 epoch=${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)}
 created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
 
@@ -111,4 +124,19 @@ tar --format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete
     --sort=name --mtime="@$epoch" --owner=0 --group=0 --numeric-owner \
     -C "$layout" -cf "$out.tmp" blobs index.json manifest.json oci-layout
 mv "$out.tmp" "$out"
-echo "built $out: $image:$tag, manifest sha256:$manifest_digest, layer $((layer_size / 1048576)) MiB compressed" >&2
+
+# The SBOM, beside the archive; cargo metadata adds the licenses when it can.
+sbom=${out%.tar}
+sbom=${sbom%.oci}.cdx.json
+metadata=()
+host=$(rustc -vV | sed -n 's/^host: //p')
+if (cd "$root" && cargo metadata --format-version 1 --locked --offline --filter-platform "$host") \
+    > "$work/metadata.json" 2>/dev/null; then
+    metadata=("$work/metadata.json")
+else
+    echo "build-oci-image: warning: cargo metadata failed; the SBOM names no licenses" >&2
+fi
+python3 "$root/scripts/sbom.py" "$bin_dir/scale-agent" "$image:$tag" "$version" "$revision" \
+    "$created" "${metadata[@]}" > "$sbom.tmp"
+mv "$sbom.tmp" "$sbom"
+echo "built $out: $image:$tag, manifest sha256:$manifest_digest, layer $((layer_size / 1048576)) MiB compressed; SBOM $sbom" >&2

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Assembles the root filesystem of the scale-agent container image: the three binaries,
-# the shared libraries they load (as `ldd` names them), a passwd/group entry for the
-# non-root user 65532, and the CA bundle (kubeconfigs of managed clusters may rely on
-# public CAs). Nothing else: no shell, no package manager.
+# Assembles the root filesystem of the scale-agent container image: the one executable
+# (`scale-agent`: the agent, operator and hub, chosen by the name it runs as) and the two
+# other names as symbolic links to it, the shared libraries it loads (as `ldd` names
+# them), a passwd/group entry for the non-root user 65532, and the CA bundle (kubeconfigs
+# of managed clusters may rely on public CAs). Nothing else: no shell, no package manager.
 #
 # Both image builds use it, so both images hold the same files: the Dockerfile (in its
 # builder stage) and scripts/build-oci-image.sh (on the host, no container engine).
 #
 #   scripts/image-rootfs.sh BIN_DIR ROOTFS_DIR
 #
-# BIN_DIR holds scale-agent, scale-agent-operator and scale-agent-hub (e.g. target/release).
+# BIN_DIR holds the scale-agent executable built by the scale-agent-cmd package (e.g.
+# target/release).
 # ROOTFS_DIR must not exist yet. Run as root, the home folder is given to 65532 and /tmp
 # gets mode 1777; otherwise the archive packer sets owners and modes itself.
 set -euo pipefail
 
-BINARIES=(scale-agent scale-agent-operator scale-agent-hub)
+BINARY=scale-agent
+# The names the manifests start the operator and the hub by (their `command`).
+LINKS=(scale-agent-operator scale-agent-hub)
 UID_GID=65532
 
 die() { echo "image-rootfs: $*" >&2; exit 1; }
@@ -29,18 +33,19 @@ done
 
 mkdir -p "$rootfs"/{usr/local/bin,etc/ssl/certs,home/nonroot,tmp}
 
-# The binaries.
-for b in "${BINARIES[@]}"; do
-    [ -x "$bin_dir/$b" ] || die "$bin_dir/$b is missing; build it first (cargo build --release --bins)"
-    install -m 0755 "$bin_dir/$b" "$rootfs/usr/local/bin/$b"
+# The executable, and the other programs' names as links to it.
+[ -x "$bin_dir/$BINARY" ] || die "$bin_dir/$BINARY is missing; build it first (cargo build --release -p scale-agent-cmd)"
+install -m 0755 "$bin_dir/$BINARY" "$rootfs/usr/local/bin/$BINARY"
+for name in "${LINKS[@]}"; do
+    ln -s "$BINARY" "$rootfs/usr/local/bin/$name"
 done
 
 # The shared libraries and the dynamic loader, at the paths ldd resolves them to (the
 # loader's built-in search path includes them, so no ld.so.cache is needed). Copied
 # through symlinks: the image holds the real files under the names the binaries ask for.
-libs=$(for b in "${BINARIES[@]}"; do ldd "$bin_dir/$b"; done |
+libs=$(ldd "$bin_dir/$BINARY" |
     awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
-[ -n "$libs" ] || die "ldd names no library; are the binaries dynamically linked ELF files?"
+[ -n "$libs" ] || die "ldd names no library; is $BINARY a dynamically linked ELF file?"
 for lib in $libs; do
     [ -f "$lib" ] || die "ldd names $lib, which does not exist"
     mkdir -p "$rootfs$(dirname "$lib")"

@@ -19,7 +19,15 @@ use scale_agent_runtime::flags::positive_duration;
 /// Replicas of one shard split its accounts among themselves through one
 /// coordination Lease per replica in the shard's namespace.
 #[derive(Debug, Parser)]
-#[command(name = "scale-agent", version, about, long_about)]
+#[command(
+    name = "scale-agent",
+    version,
+    about,
+    long_about,
+    after_long_help = "The same executable runs the operator and the hub: started as \
+        scale-agent-operator or scale-agent-hub (links to it in the image), or as \
+        `scale-agent operator ...` and `scale-agent hub ...`."
+)]
 pub struct Args {
     /// The agent config file: hub address and TLS, accounts, budget. Written by
     /// the operator into the shard's ConfigMap; reloaded when it changes.

@@ -48,6 +48,15 @@ use tokio::sync::watch as tokio_watch;
 
 use crate::config::{AccountDesired, Snapshot};
 
+/// The agent's `main`: parses `args` (the program name first), sets up logging and runs
+/// the agent until SIGTERM or Ctrl-C. The image's `scale-agent` executable calls it.
+pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    use clap::Parser as _;
+    let args = cli::Args::parse_from(args);
+    scale_agent_runtime::init_logging(args.log_format, "info,kube_client=warn");
+    scale_agent_runtime::run_to_exit("scale-agent", run(args))
+}
+
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub async fn run(args: cli::Args) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());

@@ -342,6 +342,42 @@ pub fn validate_account_name(name: &str) -> Result<(), ConfigError> {
     check_dns_label(name, || "account name".to_owned())
 }
 
+/// Checks a namespace name is a DNS-1123 label (what the CRD's pattern for an account's
+/// namespaces and omitNamespaces says).
+pub fn validate_namespace(name: &str) -> Result<(), ConfigError> {
+    check_dns_label(name, || "namespace".to_owned())
+}
+
+/// Checks a kind to watch has the form the CRD's [`KIND_PATTERN`](crate::KIND_PATTERN)
+/// says: a Kind (a letter, then letters and digits), optionally followed by `.` and its
+/// API group (DNS-1123 labels joined by `.`), at most 253 characters.
+pub fn validate_kind(kind: &str) -> Result<(), ConfigError> {
+    let (name, group) = kind.split_once('.').unwrap_or((kind, ""));
+    let reason = if kind.len() > crate::DNS_SUBDOMAIN_MAX_LEN {
+        Some("it is longer than 253 characters")
+    } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        Some("it does not start with a letter")
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Some("its Kind has a character other than letters and digits")
+    } else if kind.contains('.')
+        && group
+            .split('.')
+            .any(|label| check_dns_label(label, String::new).is_err())
+    {
+        Some("its API group is not DNS labels joined by '.'")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(ConfigError::InvalidName {
+            field: "kind".to_owned(),
+            value: kind.to_owned(),
+            reason,
+        }),
+    }
+}
+
 fn check_dns_label(value: &str, field: impl FnOnce() -> String) -> Result<(), ConfigError> {
     let reason = if value.is_empty() {
         Some("it is empty")

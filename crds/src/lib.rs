@@ -37,6 +37,7 @@ pub use config::{
     AccountConfig, AgentConfig, BudgetConfig, CONFIG_KEY, DEFAULT_MAX_BUFFERED_BYTES_VALUE,
     HubConfig, TlsConfig, agent_tls_secret_name, config_map_name, deployment_name,
     kubeconfig_file_name, kubeconfig_secret_name, validate_account_name, validate_hub_address,
+    validate_kind, validate_namespace,
 };
 pub use error::{ConfigError, QuantityProblem};
 pub use identity::{

@@ -336,3 +336,60 @@ fn account_from_spec() {
     );
     config.validate().expect("valid");
 }
+
+/// `validate_kind` and `validate_namespace` (what `scale-agent migrate` checks each entry
+/// with before it writes a shard) accept exactly what the CRD's patterns accept.
+#[test]
+fn kind_and_namespace_checks_agree_with_the_crd_patterns() {
+    use scale_agent_crds::{DNS_LABEL_PATTERN, KIND_PATTERN, validate_kind, validate_namespace};
+    let kind = regex::Regex::new(KIND_PATTERN).expect("KIND_PATTERN compiles");
+    let label = regex::Regex::new(DNS_LABEL_PATTERN).expect("DNS_LABEL_PATTERN compiles");
+    let samples = [
+        "Deployment",
+        "deployment",
+        "replicaSet",
+        "ConfigMap",
+        "Ingress.networking.k8s.io",
+        "ingress.networking.k8s.io",
+        "SealedSecret.bitnami.com",
+        "v1",
+        "a",
+        "",
+        "1Pod",
+        "Pod.",
+        ".Pod",
+        "Pod..apps",
+        "Pod.Apps",
+        "Pod.-apps",
+        "Pod.apps-",
+        "Pod-x",
+        "Pod_x",
+        "Pod.ap_ps",
+        "kube-system",
+        "team-a",
+        "-team",
+        "team-",
+        "Team",
+        "a.b",
+        "ünicode",
+    ];
+    for s in samples {
+        assert_eq!(
+            validate_kind(s).is_ok(),
+            kind.is_match(s),
+            "validate_kind({s:?})"
+        );
+        let ns_ok = label.is_match(s) && s.len() <= 63;
+        assert_eq!(
+            validate_namespace(s).is_ok(),
+            ns_ok,
+            "validate_namespace({s:?})"
+        );
+    }
+    let long_group = format!("Pod.{}", ["abcdefghij"; 25].join("."));
+    assert!(long_group.len() > 253 && kind.is_match(&long_group));
+    assert!(
+        validate_kind(&long_group).is_err(),
+        "the CRD's maxLength is 253"
+    );
+}

@@ -64,3 +64,37 @@ pub async fn client(path: &Path) -> Result<kube::Client> {
         .map_err(|e| err(e.to_string()))?;
     kube::Client::try_from(config).map_err(|e| err(e.to_string()))
 }
+
+/// `kubeconfig` (one of the run's, with one context) with a decoy cluster and context put
+/// first (an address nothing answers at) and no current-context: only an account's
+/// `context` naming the real one makes it usable. The new kubeconfig and the real
+/// context's name.
+pub fn with_decoy_context(kubeconfig: &str) -> Result<(String, String)> {
+    let invalid = |message: String| Error::Invalid {
+        what: "a kubeconfig with a decoy context".to_owned(),
+        message,
+    };
+    let mut kc: serde_yaml::Value =
+        serde_yaml::from_str(kubeconfig).map_err(|e| invalid(e.to_string()))?;
+    let real = kc["contexts"][0]["name"]
+        .as_str()
+        .ok_or_else(|| invalid("the kubeconfig names no context".to_owned()))?
+        .to_owned();
+    let decoy_cluster: serde_yaml::Value =
+        serde_yaml::from_str("{name: decoy, cluster: {server: 'https://192.0.2.1:6443'}}")
+            .map_err(|e| invalid(e.to_string()))?;
+    let decoy_context: serde_yaml::Value =
+        serde_yaml::from_str("{name: decoy, context: {cluster: decoy}}")
+            .map_err(|e| invalid(e.to_string()))?;
+    if let Some(clusters) = kc["clusters"].as_sequence_mut() {
+        clusters.insert(0, decoy_cluster);
+    }
+    if let Some(contexts) = kc["contexts"].as_sequence_mut() {
+        contexts.insert(0, decoy_context);
+    }
+    if let Some(map) = kc.as_mapping_mut() {
+        map.remove("current-context");
+    }
+    let text = serde_yaml::to_string(&kc).map_err(|e| invalid(e.to_string()))?;
+    Ok((text, real))
+}

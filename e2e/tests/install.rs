@@ -390,8 +390,33 @@ async fn image_runs(_env: Arc<Env>) -> anyhow::Result<()> {
         problems.join("\n  ")
     );
 
-    // Each binary answers --version and --help from the image's own root filesystem
-    // (its libraries, no host file), as the image's user.
+    // One executable: the operator's and the hub's names are links to the agent's.
+    let bin_dir = image.rootfs.join("usr/local/bin");
+    let mut names: Vec<String> = std::fs::read_dir(&bin_dir)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<anyhow::Result<_>>()?;
+    names.sort();
+    ensure!(
+        names == ["scale-agent", "scale-agent-hub", "scale-agent-operator"],
+        "/usr/local/bin holds {names:?}"
+    );
+    ensure!(
+        std::fs::symlink_metadata(bin_dir.join("scale-agent"))?.is_file(),
+        "/usr/local/bin/scale-agent is not a regular file"
+    );
+    for link in ["scale-agent-operator", "scale-agent-hub"] {
+        let target = std::fs::read_link(bin_dir.join(link))
+            .with_context(|| format!("/usr/local/bin/{link} is not a link"))?;
+        ensure!(
+            target == std::path::Path::new("scale-agent"),
+            "/usr/local/bin/{link} links to {}, not scale-agent",
+            target.display()
+        );
+    }
+
+    // Each program answers --version and --help from the image's own root filesystem
+    // (its libraries, no host file), as the image's user, under its own name and as a
+    // first argument of scale-agent.
     let version = env!("CARGO_PKG_VERSION");
     let entrypoint: Vec<String> = serde_json::from_value(config["Entrypoint"].clone())
         .context("the image has no Entrypoint")?;
@@ -409,6 +434,124 @@ async fn image_runs(_env: Arc<Env>) -> anyhow::Result<()> {
         let help = image::in_image(&image.rootfs, user, &[&path, "--help"])?;
         ensure!(help.contains("Usage:"), "{bin} --help printed {help:?}");
     }
+    for (sub, bin) in [
+        ("operator", "scale-agent-operator"),
+        ("hub", "scale-agent-hub"),
+    ] {
+        let argv = ["/usr/local/bin/scale-agent", sub, "--version"];
+        let out = image::in_image(&image.rootfs, user, &argv)?;
+        ensure!(
+            out.trim() == format!("{bin} {version}"),
+            "{argv:?} printed {out:?}"
+        );
+    }
+
+    // The version and revision labels, the same keys the Dockerfile declares.
+    let labels = config["Labels"]
+        .as_object()
+        .context("the image has no labels")?;
+    ensure!(
+        labels["org.opencontainers.image.version"] == version,
+        "version label {}",
+        labels["org.opencontainers.image.version"]
+    );
+    let revision = labels["org.opencontainers.image.revision"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        revision == "unknown"
+            || (revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())),
+        "revision label {revision:?}"
+    );
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dockerfile = std::fs::read_to_string(repo.join("Dockerfile"))?;
+    let declared = image::dockerfile_labels(&dockerfile);
+    let archived: BTreeSet<String> = labels.keys().cloned().collect();
+    ensure!(
+        declared == archived,
+        "the Dockerfile's labels {declared:?} are not the archive's {archived:?}"
+    );
+    ensure!(
+        dockerfile.contains(&format!("ARG VERSION={version}\n")),
+        "the Dockerfile's VERSION default is not the workspace's version {version}"
+    );
+
+    // The SBOM beside the archive names what the executable holds: the workspace's crates
+    // (not the test harness), exactly the crates its embedded list names.
+    let sbom_path = image::sbom_path(&archive);
+    let sbom: Value = serde_json::from_slice(
+        &std::fs::read(&sbom_path)
+            .with_context(|| format!("no SBOM at {}", sbom_path.display()))?,
+    )
+    .context("parsing the SBOM")?;
+    ensure!(
+        sbom["bomFormat"] == "CycloneDX" && sbom["specVersion"] == "1.5",
+        "the SBOM is not CycloneDX 1.5"
+    );
+    ensure!(
+        sbom["metadata"]["component"]["bom-ref"] == image.repo_tag.as_str()
+            && sbom["metadata"]["component"]["version"] == version,
+        "the SBOM is about {}",
+        sbom["metadata"]["component"]
+    );
+    let listed: BTreeSet<(String, String)> = sbom["components"]
+        .as_array()
+        .context("the SBOM has no components")?
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_owned(),
+                c["version"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for krate in [
+        "scale-agent-cmd",
+        "scale-agent",
+        "scale-agent-operator",
+        "scale-agent-hub",
+        "scale-agent-crds",
+        "scale-agent-runtime",
+        "scale-agent-proto",
+    ] {
+        ensure!(
+            listed.contains(&(krate.to_owned(), version.to_owned())),
+            "the SBOM does not name {krate} {version}"
+        );
+    }
+    ensure!(
+        !listed.iter().any(|(name, _)| name == "scale-agent-e2e"),
+        "the SBOM names the test harness"
+    );
+    let embedded = image::embedded_crates(&image.rootfs.join("usr/local/bin/scale-agent"))?
+        .context(
+            "the executable has no embedded crate list (.dep-v0): not built with cargo auditable",
+        )?;
+    let in_binary: BTreeSet<(String, String)> = embedded["packages"]
+        .as_array()
+        .context(".dep-v0 has no packages")?
+        .iter()
+        .filter(|p| p["kind"].as_str().unwrap_or("runtime") == "runtime")
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["version"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    ensure!(
+        in_binary == listed,
+        "the SBOM lists {} crates, the executable {}; only in the SBOM: {:?}; only in the executable: {:?}",
+        listed.len(),
+        in_binary.len(),
+        listed.difference(&in_binary).take(5).collect::<Vec<_>>(),
+        in_binary.difference(&listed).take(5).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "{}: {} crates, as the executable's embedded list names them",
+        sbom_path.display(),
+        listed.len()
+    );
 
     // A long-running binary: the hub serves from the image, and its process is not root.
     let grpc = scale_agent_e2e::ports::free_port()?;

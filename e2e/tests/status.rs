@@ -231,27 +231,10 @@ async fn chosen_context(env: Arc<StatusEnv>) -> anyhow::Result<()> {
     let t = test(&env, "st-context", Vec::new()).await?;
     let ns = &t.ns;
     let text = std::fs::read_to_string(&env.env.cp.management.kubeconfig)?;
-    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text)?;
-    let real = kc["contexts"][0]["name"]
-        .as_str()
-        .context("the management kubeconfig's context")?
-        .to_owned();
-    let decoy_cluster: serde_yaml::Value =
-        serde_yaml::from_str("{name: decoy, cluster: {server: 'https://192.0.2.1:6443'}}")?;
-    let decoy_context: serde_yaml::Value =
-        serde_yaml::from_str("{name: decoy, context: {cluster: decoy}}")?;
-    if let Some(clusters) = kc["clusters"].as_sequence_mut() {
-        clusters.insert(0, decoy_cluster);
-    }
-    if let Some(contexts) = kc["contexts"].as_sequence_mut() {
-        contexts.insert(0, decoy_context);
-    }
-    if let Some(map) = kc.as_mapping_mut() {
-        map.remove("current-context");
-    }
+    let (two, real) = scale_agent_e2e::kubeconfig::with_decoy_context(&text)?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("two-contexts.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&kc)?)?;
+    std::fs::write(&path, two)?;
     env.env.cp.kubeconfig_secret(ns, "kc", &path)?;
     let (chosen, unset) = (format!("{ns}-a"), format!("{ns}-b"));
     let yaml = shard(ns, "ctx", &t.scenario.hub.grpc, &[&chosen, &unset], "").replace(

@@ -52,10 +52,13 @@
 //! - [`api`]: the JSON API; [`kubeapi`]: the Kubernetes API of every account.
 //! - [`net`]: TLS, identity, the accept loops and their limits, reloaded files.
 //! - [`store`]: the SQLite store of one hub, or the PostgreSQL store replicas share.
+//! - [`cli`] and [`cmd`]: the `scale-agent-hub` program's flags and `main`.
 //! - At the root, the wiring every folder reads: [`config`], [`state`]
 //!   (the [`state::Shared`] context), [`metrics`], [`error`].
 
 pub mod api;
+pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod core;
 pub mod error;
@@ -67,6 +70,10 @@ pub mod spinnaker;
 pub mod state;
 pub mod store;
 pub mod stream;
+
+// The flags (`cli`) name the library's items as `scale_agent_hub::...`, as they did when
+// they lived in the binary; this keeps those paths valid inside the library.
+extern crate self as scale_agent_hub;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -22,6 +22,8 @@
 //! - [`webhook`]: the validating admission webhook and its certificate.
 //! - [`leader`]: Lease leader election (only the leader reconciles).
 //! - [`metrics`]: Prometheus metrics and the admin server.
+//! - [`migrate`]: `scale-agent migrate`, a Clouddriver configuration's Kubernetes
+//!   accounts as AgentShards and kubeconfig Secrets (pure, but for its CLI).
 //! - [`cli`], [`error`].
 
 pub mod applied;
@@ -35,6 +37,7 @@ pub mod decide;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod migrate;
 pub mod namespaced;
 pub mod policy;
 pub mod reconcile;
@@ -108,6 +111,16 @@ impl Essential {
             None => futures::future::pending().await,
         }
     }
+}
+
+/// The operator's `main`: parses `args` (the program name first), sets up logging and
+/// runs the operator ([`run`]). Its own binary and the image's `scale-agent` executable
+/// (as `scale-agent-operator`) call it.
+pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    use clap::Parser as _;
+    let args = Args::parse_from(args);
+    scale_agent_runtime::init_logging(args.log_format, "info,kube_runtime=warn,kube_client=warn");
+    scale_agent_runtime::run_to_exit("scale-agent-operator", run(args))
 }
 
 /// Runs the operator until SIGTERM or Ctrl-C, or until a task it cannot run without

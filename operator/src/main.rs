@@ -1,19 +1,8 @@
-//! `scale-agent-operator`: see the library's documentation and `--help`.
+//! `scale-agent-operator`: see the library's documentation and `--help`. The image runs
+//! the same code through its one executable, `scale-agent` (cmd/).
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use scale_agent_operator::cli::Args;
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    scale_agent_runtime::init_logging(args.log_format, "info,kube_runtime=warn,kube_client=warn");
-    match scale_agent_operator::run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "scale-agent-operator failed");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> ExitCode {
+    scale_agent_operator::main_with(std::env::args_os())
 }

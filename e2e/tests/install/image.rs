@@ -1,10 +1,12 @@
 //! Running the image's binaries as a container runtime would, on a host with no runtime:
 //! from the unpacked root filesystem (chroot), as the image's user.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, ensure};
+use serde_json::Value;
 
 /// The archive to test: `$SCALE_AGENT_IMAGE_ARCHIVE`, else the one `just test` builds
 /// (`scripts/build-oci-image.sh --profile debug`:
@@ -46,6 +48,92 @@ pub fn image_archive() -> anyhow::Result<PathBuf> {
         }
     }
     Ok(archive)
+}
+
+/// The SBOM the image script writes beside `archive`: its file name with `.cdx.json` for
+/// `.oci.tar`.
+pub fn sbom_path(archive: &Path) -> PathBuf {
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".tar").unwrap_or(&name);
+    let stem = stem.strip_suffix(".oci").unwrap_or(stem);
+    archive.with_file_name(format!("{stem}.cdx.json"))
+}
+
+/// The crate list `cargo auditable` embedded in the 64-bit little-endian ELF executable
+/// at `path`, read as its format says (the `.dep-v0` section: zlib-compressed JSON),
+/// independently of scripts/sbom.py; `None` when it has none.
+pub fn embedded_crates(path: &Path) -> anyhow::Result<Option<Value>> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(
+        data.starts_with(b"\x7fELF") && data.get(4) == Some(&2) && data.get(5) == Some(&1),
+        "{} is not a 64-bit little-endian ELF file",
+        path.display()
+    );
+    let int = |at: usize, len: usize| -> anyhow::Result<usize> {
+        let bytes = data
+            .get(at..at + len)
+            .context("the ELF file is cut short")?;
+        let mut le = [0u8; 8];
+        le[..len].copy_from_slice(bytes);
+        Ok(usize::try_from(u64::from_le_bytes(le))?)
+    };
+    let (shoff, shentsize, shnum, shstrndx) =
+        (int(0x28, 8)?, int(0x3a, 2)?, int(0x3c, 2)?, int(0x3e, 2)?);
+    // A section header: name (4 bytes), type (4), flags (8), addr (8), offset (8), size (8).
+    let section = |i: usize| -> anyhow::Result<(usize, usize, usize)> {
+        let h = shoff + i * shentsize;
+        Ok((int(h, 4)?, int(h + 24, 8)?, int(h + 32, 8)?))
+    };
+    let (_, names, _) = section(shstrndx)?;
+    for i in 0..shnum {
+        let (name, offset, size) = section(i)?;
+        let start = names + name;
+        let len = data
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|&b| b == 0))
+            .context("a section name runs off the end")?;
+        if &data[start..start + len] == b".dep-v0" {
+            let compressed = data
+                .get(offset..offset + size)
+                .context(".dep-v0 runs off the end")?;
+            let mut json = Vec::new();
+            flate2::read::ZlibDecoder::new(compressed)
+                .read_to_end(&mut json)
+                .context("inflating .dep-v0")?;
+            return Ok(Some(
+                serde_json::from_slice(&json).context("parsing .dep-v0")?,
+            ));
+        }
+    }
+    Ok(None)
+}
+
+/// The label keys of the Dockerfile's `LABEL` instructions.
+pub fn dockerfile_labels(dockerfile: &str) -> std::collections::BTreeSet<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    let mut in_label = false;
+    for line in dockerfile.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("LABEL ") {
+            in_label = true;
+            keys.extend(label_keys(rest));
+        } else if in_label {
+            keys.extend(label_keys(line));
+        }
+        if !line.ends_with('\\') {
+            in_label = false;
+        }
+    }
+    keys
+}
+
+fn label_keys(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split_whitespace()
+        .filter_map(|word| word.split_once('=').map(|(k, _)| k.to_owned()))
+        .filter(|k| !k.is_empty() && !k.starts_with('"'))
 }
 
 /// Runs `argv` inside `rootfs` as `user` (uid:gid) with no supplementary group; its stdout.
