@@ -321,6 +321,16 @@ impl Clouddriver {
         self.data().accounts.get(name).cloned()
     }
 
+    /// Every revision of `name` so far, oldest first (`None`: deleted), as
+    /// `/credentials/{name}/history` keeps them.
+    pub fn revisions(&self, name: &str) -> Vec<Option<Value>> {
+        self.data()
+            .history
+            .get(name)
+            .map(|h| h.iter().map(|(_, body)| body.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Every stored name.
     pub fn names(&self) -> Vec<String> {
         self.data().accounts.keys().cloned().collect()

@@ -80,8 +80,13 @@ const HUB_USER: &str = "scale-agent-hub";
 /// A shard of `ns` streaming the ConfigMaps of `ns` in the management cluster to `hub`
 /// for each `(account, extra lines of its entry)`.
 fn shard(ns: &str, hub: &str, accounts: &[(&str, &str)]) -> String {
+    named_shard("cd", ns, hub, accounts)
+}
+
+/// [`shard`] named `name`.
+fn named_shard(name: &str, ns: &str, hub: &str, accounts: &[(&str, &str)]) -> String {
     let mut y = format!(
-        "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: cd\n  namespace: {ns}\nspec:\n  hub: {{ address: \"{hub}\" }}\n  accounts:\n"
+        "apiVersion: scaleagent.dev/v1alpha1\nkind: AgentShard\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  hub: {{ address: \"{hub}\" }}\n  accounts:\n"
     );
     for (name, extra) in accounts {
         y.push_str(&format!(
@@ -541,6 +546,48 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     eprintln!(
         "after {OUTAGE:?} down, Clouddriver in step {:?} after it answered again",
         back.elapsed()
+    );
+
+    // c moves to another shard, the way a platform team moves an account: added to the
+    // new shard (which waits for it: the account is the old shard's), then dropped from
+    // the old one. Its definition is never deleted and re-created: it stays, as it was,
+    // through the move and past the grace period.
+    let c_before = cd.revisions(&c);
+    let c_def = cd.stored(&c).context("c")?.body;
+    env.apply(&named_shard("cd2", &ns, &s.hub.grpc, &[(&c, "")]))?;
+    env.apply(&shard(
+        &ns,
+        &s.hub.grpc,
+        &[(&refused, ""), (&a, staging), (&theirs, "")],
+    ))?;
+    let moved = Instant::now();
+    wait::until(
+        "c streaming from its new shard",
+        Duration::from_secs(90),
+        || async {
+            account_state(&s.hub, &c)
+                .await
+                .filter(|a| {
+                    a["state"] == "Connected"
+                        && a["shard"].as_str().is_some_and(|s| s.ends_with("/cd2"))
+                })
+                .map(|_| ())
+        },
+    )
+    .await?;
+    let settle = GRACE + Duration::from_secs(3);
+    tokio::time::sleep(settle.saturating_sub(moved.elapsed())).await;
+    let c_after = cd.revisions(&c);
+    ensure!(
+        c_after.len() >= c_before.len()
+            && c_after[c_before.len()..].iter().all(Option::is_some)
+            && cd.stored(&c).map(|d| d.body) == Some(c_def),
+        "c's definition was deleted or changed by its move to another shard: {} revisions after the move, deleted in {}",
+        c_after.len() - c_before.len(),
+        c_after[c_before.len()..]
+            .iter()
+            .filter(|r| r.is_none())
+            .count()
     );
     running.stop();
     Ok(())
