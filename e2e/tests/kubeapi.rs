@@ -2735,17 +2735,17 @@ async fn watched_tables(env: Arc<Env>) -> anyhow::Result<()> {
     let ns = rig.s.ns.clone();
     let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
     let get = ["-n", ns.as_str(), "get", "configmaps"];
-    // Once the hub keeps discovery, a kubectl asks the cluster nothing. What the hub
-    // keeps is dropped while the agent is still reporting the cluster's API surface
-    // (CRDs, APIServices), so two kubectl runs in a row must ask the cluster nothing.
+    // Once the hub keeps discovery, a kubectl asks the cluster nothing. The hub keeps
+    // it only once the agent reports the cluster's API surface (CRDs, APIServices), so
+    // each try is a kubectl with an empty discovery cache: one whose discovery (and
+    // `/version`) all came from the hub shows the hub keeps it.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut quiet = 0;
     loop {
         let (_, x0) = answered(&rig).await?;
-        k.hub(&get, None)?;
+        let cache = tempfile::tempdir()?;
+        let tried = k.hub_cached_in(cache.path(), &get)?;
         let (_, x1) = answered(&rig).await?;
-        quiet = if x1 == x0 { quiet + 1 } else { 0 };
-        if quiet == 2 {
+        if tried.success && x1 == x0 {
             break;
         }
         ensure!(
