@@ -2730,23 +2730,19 @@ async fn caching_cycle_while_away(
 /// `kubectl get -w` printing columns through the hub: the list and then the watch of
 /// Tables come from the cache (not one request reaches the cluster), and it prints a
 /// change made on the cluster as kubectl prints it directly.
-async fn watched_tables(env: Arc<Env>) -> anyhow::Result<()> {
-    let rig = rig(&env, "kwat", &[]).await?;
-    let ns = rig.s.ns.clone();
-    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
-    let get = ["-n", ns.as_str(), "get", "configmaps"];
-    // Once the hub keeps discovery, a kubectl asks the cluster nothing. The hub keeps
-    // it only once the agent reports the cluster's API surface (CRDs, APIServices), so
-    // each try is a kubectl with an empty discovery cache: one whose discovery (and
-    // `/version`) all came from the hub shows the hub keeps it.
+/// Waits until the hub keeps the account's discovery: a kubectl with an empty discovery
+/// cache running `get` asks the cluster nothing. The hub keeps discovery (`/version`
+/// included) only while the agent's report of the cluster's API surface stands, and
+/// drops it when that changes (as it does while the APIServices settle after a start).
+async fn discovery_kept(rig: &Rig, k: &Kubectl<'_>, get: &[&str]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, x0) = answered(&rig).await?;
+        let (_, x0) = answered(rig).await?;
         let cache = tempfile::tempdir()?;
-        let tried = k.hub_cached_in(cache.path(), &get)?;
-        let (_, x1) = answered(&rig).await?;
+        let tried = k.hub_cached_in(cache.path(), get)?;
+        let (_, x1) = answered(rig).await?;
         if tried.success && x1 == x0 {
-            break;
+            return Ok(());
         }
         ensure!(
             Instant::now() < deadline,
@@ -2754,6 +2750,14 @@ async fn watched_tables(env: Arc<Env>) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+async fn watched_tables(env: Arc<Env>) -> anyhow::Result<()> {
+    let rig = rig(&env, "kwat", &[]).await?;
+    let ns = rig.s.ns.clone();
+    let k = Kubectl::new(&env, &rig, rig.mgmt.clone());
+    let get = ["-n", ns.as_str(), "get", "configmaps"];
+    discovery_kept(&rig, &k, &get).await?;
     let (c0, x0) = answered(&rig).await?;
     let printed = k.hub_watch(
         &["-n", ns.as_str(), "get", "configmaps", "-w"],
@@ -2798,6 +2802,7 @@ async fn watched_tables(env: Arc<Env>) -> anyhow::Result<()> {
     );
     // `kubectl get KIND NAME -w`: the object's Table, then a watch of Tables from "0"
     // (its initial event first), both from the cache; kubectl prints the change.
+    discovery_kept(&rig, &k, &get).await?;
     let (c0, x0) = answered(&rig).await?;
     let printed = k.hub_watch(
         &[
