@@ -552,9 +552,15 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
     // new shard (which waits for it: the account is the old shard's), then dropped from
     // the old one. Its definition is never deleted and re-created: it stays, as it was,
     // through the move and past the grace period.
+    // The new shard already streams another account, d: the move waits for no new
+    // agent pod to start (a start on a loaded machine can outlast the grace period, and
+    // the hub rightly deletes an account unserved that long).
+    let d = format!("{ns}-d");
+    env.apply(&named_shard("cd2", &ns, &s.hub.grpc, &[(&d, "")]))?;
+    wait_state(&s.hub, &d, "Connected", Duration::from_secs(90)).await?;
     let c_before = cd.revisions(&c);
     let c_def = cd.stored(&c).context("c")?.body;
-    env.apply(&named_shard("cd2", &ns, &s.hub.grpc, &[(&c, "")]))?;
+    env.apply(&named_shard("cd2", &ns, &s.hub.grpc, &[(&d, ""), (&c, "")]))?;
     env.apply(&shard(
         &ns,
         &s.hub.grpc,
@@ -575,6 +581,11 @@ async fn follow(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         },
     )
     .await?;
+    ensure!(
+        moved.elapsed() < GRACE,
+        "c's move took {:?}, longer than the grace period {GRACE:?}",
+        moved.elapsed()
+    );
     let settle = GRACE + Duration::from_secs(3);
     tokio::time::sleep(settle.saturating_sub(moved.elapsed())).await;
     let c_after = cd.revisions(&c);
