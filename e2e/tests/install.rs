@@ -55,13 +55,17 @@ use scale_agent_e2e::converge::{configmaps, create_namespace, put_cm};
 use scale_agent_e2e::pods::{PodRunner, RunnerConfig};
 use scale_agent_e2e::process::tail;
 use scale_agent_e2e::{Env, runner, wait, workspace_binary};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The image the manifests name, at this workspace's version.
 const IMAGE: &str = concat!(
     "ghcr.io/scale-agent/scale-agent:v",
     env!("CARGO_PKG_VERSION")
 );
+/// The domain the chart's hub serves accounts' host names under (`hub.kubeApi.hostSuffix`).
+const HOST_SUFFIX: &str = "hub.example.test";
+/// [`HOST_SUFFIX`] as a `--set` of the chart.
+const HOST_SUFFIX_VALUE: &str = "hub.kubeApi.hostSuffix=hub.example.test";
 const BINARIES: &[&str] = &["scale-agent", "scale-agent-operator", "scale-agent-hub"];
 const OPERATOR_SA: &str = "system:serviceaccount:scale-agent-system:scale-agent-operator";
 const HUB_SA: &str = "system:serviceaccount:scale-agent-system:scale-agent-hub";
@@ -226,8 +230,27 @@ async fn chart_renders_install(env: Arc<Env>) -> anyhow::Result<()> {
         &[
             "certManager.enabled=true",
             "operator.shardNamespaces={spinnaker}",
+            HOST_SUFFIX_VALUE,
         ],
     )?;
+    // Accounts by host name: the hub serves them, and its certificate names them.
+    let hub = elsewhere
+        .get("Deployment/elsewhere/scale-agent-hub")
+        .context("the chart's hub Deployment")?;
+    ensure!(
+        hub.to_string()
+            .contains(&format!("--kube-api-host-suffix={HOST_SUFFIX}")),
+        "hub.kubeApi.hostSuffix does not reach the hub's flags: {hub}"
+    );
+    let cert = elsewhere
+        .get("Certificate/elsewhere/scale-agent-hub-tls")
+        .context("the chart's hub Certificate")?;
+    ensure!(
+        cert["spec"]["dnsNames"]
+            .as_array()
+            .is_some_and(|names| names.contains(&json!(format!("*.{HOST_SUFFIX}")))),
+        "with hub.kubeApi.hostSuffix the hub's certificate does not name *.{HOST_SUFFIX}: {cert}"
+    );
     let stale: Vec<&String> = elsewhere
         .iter()
         .filter(|(_, o)| o.to_string().contains(NS))
@@ -267,6 +290,8 @@ async fn chart_lifecycle(env: Arc<Env>) -> anyhow::Result<()> {
             NS,
             "--set",
             &opened,
+            "--set",
+            HOST_SUFFIX_VALUE,
         ],
     )?;
 
