@@ -11,15 +11,19 @@ default:
 # Start everything locally: control plane + 3 target clusters, CRD, hub, nginx, operator,
 # example shards and their agents; ends with `kubectl get agentshards -A`.
 # SCALE_AGENT_HUB_REPLICAS=2 just up: two hub replicas behind nginx sharing PostgreSQL.
-up: prereqs build-k8s
+up: prereqs
     #!/usr/bin/env bash
     set -euo pipefail
     if [ -f "{{dev}}/dev.pid" ] && kill -0 "$(cat "{{dev}}/dev.pid")" 2>/dev/null; then
         echo "already up (pid $(cat "{{dev}}/dev.pid")); run 'just down' first" >&2; exit 1
     fi
-    echo "building scale-agent ..."
-    cargo build -q --workspace --bins
     mkdir -p "{{dev}}"
+    # The control plane's Go build (its module downloads above all) runs beside cargo's.
+    e2e/scripts/build-k8s.sh > "{{dev}}/build-k8s.log" 2>&1 &
+    k8s=$!
+    echo "building scale-agent and (first run only) the control plane (log: .dev/build-k8s.log) ..."
+    cargo build -q --workspace --bins
+    wait "$k8s" || { echo "building the control plane failed; last lines of .dev/build-k8s.log:" >&2; tail -n 30 "{{dev}}/build-k8s.log" >&2; exit 1; }
     rm -f "{{dev}}/ready"
     nohup setsid target/debug/scale-agent-dev up --dir "{{dev}}" > "{{dev}}/dev.log" 2>&1 &
     echo $! > "{{dev}}/dev.pid"

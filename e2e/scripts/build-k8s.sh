@@ -18,7 +18,8 @@ cache=${SCALE_AGENT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scale-agent}
 dest="$cache/k8s-v$version-$key"
 bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
-complete() { for b in "${bins[@]}"; do [ -x "$dest/bin/$b" ] || return 1; done; }
+built() { for b in "${bins[@]}"; do [ -x "$1/$b" ] || return 1; done; }
+complete() { built "$dest/bin"; }
 if complete; then echo "$dest/bin"; exit 0; fi
 
 mkdir -p "$cache"
@@ -34,17 +35,17 @@ ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$version -X k8s.io/c
 echo "build-k8s: building Kubernetes v$version control plane binaries into $dest" >&2
 echo "build-k8s: the first build takes several minutes on 2 cores; later runs reuse it" >&2
 cd "$here"
-build() {
-  local name=$1 pkg=$2 start=$SECONDS
-  echo "build-k8s: [$name] go build $pkg ..." >&2
-  go build -trimpath -ldflags "$ldflags" -o "$tmp/bin/$name" "$pkg"
-  echo "build-k8s: [$name] done in $((SECONDS - start))s" >&2
-}
-build etcd ./etcd
-build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
-build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
-build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
-build kwok sigs.k8s.io/kwok/cmd/kwok
+# One `go build` for all five: the packages they share compile once, and the Go tool
+# overlaps one binary's link with the others' compiles.
+echo "build-k8s: go build ${bins[*]} ..." >&2
+start=$SECONDS
+go build -trimpath -ldflags "$ldflags" -o "$tmp/bin/" ./etcd \
+  k8s.io/kubernetes/cmd/kube-apiserver \
+  k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler \
+  sigs.k8s.io/kwok/cmd/kwok
+echo "build-k8s: done in $((SECONDS - start))s" >&2
+built "$tmp/bin" || { echo "build-k8s: go build left out one of ${bins[*]}" >&2; exit 1; }
 rm -rf "$dest"
 mv "$tmp" "$dest"
 trap - EXIT
