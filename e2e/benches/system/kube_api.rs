@@ -362,23 +362,33 @@ fn fan_out_figures(
     params: &std::collections::BTreeMap<String, serde_json::Value>,
 ) -> Vec<Figure> {
     use watch_fan_out::{CHANGES, CONNECTIONS, RATE, WATCHES};
-    let p99 = |f: &FanOut| {
-        scale_agent_e2e::bench::stats::percentile(&f.latencies, 99.0)
+    let p99_of = |times: &[f64]| {
+        scale_agent_e2e::bench::stats::percentile(times, 99.0)
             .ok_or_else(|| "no change reached a watch".to_string())
     };
+    let p99 = |f: &FanOut| p99_of(&f.latencies());
     let shape = format!(
         "{WATCHES} watches of one account's labelled ConfigMaps ({CONNECTIONS} HTTP/2 connections, each with a token of its own at the hub), {CHANGES} changes at {RATE} a second"
     );
-    // A change the API server's watches never showed counts as 30 s there: such a
-    // baseline would make any figure look like a win, so it is not one.
-    let baseline = match direct.missing {
-        0 => p99(direct),
-        n => Err(format!(
-            "the API server's watches never showed {n} (watch, change) pairs (it closes watches it finds slow), so their p99 is the 30 s counted for a miss"
-        )),
+    // A change the API server's watches never showed would count as 30 s there, and
+    // such a baseline would make any figure look like a win: when it dropped some, its
+    // p99 is over the pairs it showed (in its favour), and the note says how many it
+    // never showed.
+    let (baseline, baseline_what) = match direct.missing {
+        0 => (
+            p99(direct),
+            "the same watches on the cluster's API server".to_string(),
+        ),
+        n => (
+            p99_of(&direct.shown),
+            format!(
+                "the same watches on the cluster's API server, over the {} (watch, change) pairs it showed: it never showed {n} (it closes watches it finds slow)",
+                direct.shown.len()
+            ),
+        ),
     };
     let latency = Figure::measured("kube_api", "kube_api.watch_fan_out.p99", p99(through), "s")
-        .baseline_measured(baseline, "the same watches on the cluster's API server")
+        .baseline_measured(baseline, &baseline_what)
         .goal(Goal::AtMost { limit: 0.05 })
         .params(params)
         .param("watches", json!(WATCHES))
@@ -387,7 +397,7 @@ fn fan_out_figures(
         .param("missing", json!(through.missing))
         .param("missing_baseline", json!(direct.missing))
         .note(format!(
-            "99th percentile over every (watch, change) of the time from the write's start until the watch showed it; {shape}; a change a watch never showed counts as 30 s ({} through the hub, {} on the API server)",
+            "99th percentile over every (watch, change) of the time from the write's start until the watch showed it; {shape}; a change a watch never showed through the hub counts as 30 s ({} such); the API server never showed {}",
             through.missing, direct.missing
         ));
     let cores = match &through.cpu {

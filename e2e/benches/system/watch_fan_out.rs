@@ -41,14 +41,23 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// What one way measured.
 pub struct FanOut {
-    /// Each (watch, change)'s time in seconds; a change a watch never showed counts as
-    /// [`LIMIT`].
-    pub latencies: Vec<f64>,
+    /// Each (watch, change) the watch showed: its time in seconds.
+    pub shown: Vec<f64>,
     /// (watch, change) pairs never shown within [`LIMIT`].
     pub missing: usize,
     /// CPU seconds the process asked about used from the first write's start until
     /// every watch ended, and that window's seconds.
     pub cpu: Option<Measured<(f64, f64)>>,
+}
+
+impl FanOut {
+    /// Every (watch, change)'s time in seconds, a change a watch never showed counted
+    /// as [`LIMIT`].
+    pub fn latencies(&self) -> Vec<f64> {
+        let mut all = self.shown.clone();
+        all.extend(std::iter::repeat_n(LIMIT.as_secs_f64(), self.missing));
+        all
+    }
 }
 
 /// Makes the [`OBJECTS`] watched objects in `ns` (on the cluster, through `writer`).
@@ -132,7 +141,7 @@ pub async fn measure(
     }
     write(writer, &sent).await?;
     // Every watch ends by itself once it showed the last change, or at the limit.
-    let mut latencies = Vec::with_capacity(WATCHES * CHANGES);
+    let mut shown_times = Vec::with_capacity(WATCHES * CHANGES);
     let mut missing = 0;
     for w in watchers {
         let seen = w.await.context("a watch task")??;
@@ -142,12 +151,11 @@ pub async fn measure(
                 continue;
             };
             if !std::mem::replace(&mut shown[seq], true) {
-                latencies.push(at.saturating_duration_since(*started).as_secs_f64());
+                shown_times.push(at.saturating_duration_since(*started).as_secs_f64());
             }
         }
         let never = shown.iter().filter(|s| !**s).count();
         missing += never;
-        latencies.extend(std::iter::repeat_n(LIMIT.as_secs_f64(), never));
     }
     let cpu = sampler.map(|s| {
         s.sample_now();
@@ -155,7 +163,7 @@ pub async fn measure(
     });
     drop(leases);
     Ok(FanOut {
-        latencies,
+        shown: shown_times,
         missing,
         cpu,
     })
