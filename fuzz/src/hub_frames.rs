@@ -505,10 +505,10 @@ impl Hub {
             for (key, _) in cache.objects() {
                 let sent = (
                     account.clone(),
-                    key.group.clone(),
-                    key.kind.clone(),
-                    key.namespace.clone(),
-                    key.name.clone(),
+                    key.group.to_owned(),
+                    key.kind.to_owned(),
+                    key.namespace.to_owned(),
+                    key.name.to_owned(),
                 );
                 assert!(
                     self.upserted.contains(&sent),

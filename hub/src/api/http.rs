@@ -43,7 +43,7 @@ use serde_json::value::RawValue;
 use tracing::warn;
 
 use crate::api::page::{self, PageQuery};
-use crate::core::cache::{AccountCache, CachedObject, ObjectKey};
+use crate::core::cache::{AccountCache, CachedObject, ObjectKey, ObjectRef};
 use crate::core::operation_request::{self, OperationRequest};
 use crate::core::operations::Outcome;
 use crate::core::registry::{Account, AccountState};
@@ -424,13 +424,13 @@ pub struct ObjectView<'a> {
     object: &'a RawValue,
 }
 
-fn view<'a>(key: &'a ObjectKey, object: &'a CachedObject) -> ObjectView<'a> {
+fn view<'a>(key: ObjectRef<'a>, object: &'a CachedObject) -> ObjectView<'a> {
     ObjectView {
-        kind: &key.kind,
-        group: &key.group,
+        kind: key.kind,
+        group: key.group,
         version: &object.version,
-        namespace: &key.namespace,
-        name: &key.name,
+        namespace: key.namespace,
+        name: key.name,
         uid: &object.uid,
         resource_version: &object.resource_version,
         object: &object.body,
@@ -440,12 +440,12 @@ fn view<'a>(key: &'a ObjectKey, object: &'a CachedObject) -> ObjectView<'a> {
 /// The key of an object in a continue token.
 type TokenKey = (String, String, String, String);
 
-fn token_key(key: &ObjectKey) -> TokenKey {
+fn token_key(key: ObjectRef<'_>) -> TokenKey {
     (
-        key.group.clone(),
-        key.kind.clone(),
-        key.namespace.clone(),
-        key.name.clone(),
+        key.group.to_owned(),
+        key.kind.to_owned(),
+        key.namespace.to_owned(),
+        key.name.to_owned(),
     )
 }
 
@@ -457,7 +457,7 @@ fn object_views<'a>(
     account: &str,
     after: Option<&ObjectKey>,
     limit: usize,
-    keep: impl Fn(&ObjectKey) -> bool,
+    keep: impl Fn(ObjectRef<'_>) -> bool,
 ) -> Result<(Vec<ObjectView<'a>>, Option<String>), ApiError> {
     if core.registry.get(account).is_none() {
         return Err(unknown_account(account));
@@ -469,7 +469,7 @@ fn object_views<'a>(
             page::take(
                 cache
                     .objects_after(after)
-                    .filter(|(k, _)| keep(k))
+                    .filter(|(k, _)| keep(*k))
                     .map(|(k, o)| (token_key(k), view(k, o))),
                 limit,
             )
@@ -492,9 +492,9 @@ impl KindFilter {
         }
     }
 
-    fn matches(&self, key: &ObjectKey) -> bool {
+    fn matches(&self, key: ObjectRef<'_>) -> bool {
         key.kind.eq_ignore_ascii_case(&self.kind)
-            && self.group.as_ref().is_none_or(|g| *g == key.group)
+            && self.group.as_deref().is_none_or(|g| g == key.group)
     }
 }
 

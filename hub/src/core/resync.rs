@@ -9,21 +9,15 @@
 
 use std::collections::BTreeMap;
 
-use crate::core::cache::{CachedObject, KindKey, ObjectKey};
+use crate::core::cache::{CachedObject, NsName};
 
-/// The objects of `kind` that the relist numbered `generation` did not list:
-/// the ones to drop when it ends. Objects of other kinds are never part of it.
-pub fn unlisted(
-    objects: &BTreeMap<ObjectKey, CachedObject>,
-    kind: &KindKey,
-    generation: u64,
-) -> Vec<ObjectKey> {
+/// The objects of a kind (`objects`) that the relist numbered `generation` did
+/// not list: the ones to drop when it ends.
+pub fn unlisted(objects: &BTreeMap<NsName, CachedObject>, generation: u64) -> Vec<NsName> {
     objects
         .iter()
-        .filter(|(key, object)| {
-            key.group == kind.group && key.kind == kind.kind && object.seen_in_sync != generation
-        })
-        .map(|(key, _)| key.clone())
+        .filter(|(_, object)| object.seen_in_sync != generation)
+        .map(|(at, _)| at.clone())
         .collect()
 }
 
@@ -35,13 +29,8 @@ mod tests {
 
     use super::*;
 
-    fn key(kind: &str, name: &str) -> ObjectKey {
-        ObjectKey {
-            group: "apps".into(),
-            kind: kind.into(),
-            namespace: "ns".into(),
-            name: name.into(),
-        }
+    fn at(name: &str) -> NsName {
+        NsName::new("ns", name)
     }
 
     fn object(seen_in_sync: u64) -> CachedObject {
@@ -55,24 +44,16 @@ mod tests {
     }
 
     #[test]
-    fn only_the_relisted_kinds_objects_the_relist_missed() {
+    fn only_the_objects_the_relist_missed() {
         let objects = BTreeMap::from([
-            (key("Deployment", "listed"), object(7)),
-            (key("Deployment", "gone"), object(3)),
-            (key("Deployment", "never-relisted"), object(0)),
-            (key("ReplicaSet", "other-kind"), object(3)),
+            (at("listed"), object(7)),
+            (at("gone"), object(3)),
+            (at("never-relisted"), object(0)),
         ]);
-        let kind = KindKey {
-            group: "apps".into(),
-            kind: "Deployment".into(),
-        };
         assert_eq!(
-            unlisted(&objects, &kind, 7),
-            vec![
-                key("Deployment", "gone"),
-                key("Deployment", "never-relisted")
-            ]
+            unlisted(&objects, 7),
+            vec![at("gone"), at("never-relisted")]
         );
-        assert!(unlisted(&BTreeMap::new(), &kind, 7).is_empty());
+        assert!(unlisted(&BTreeMap::new(), 7).is_empty());
     }
 }

@@ -12,7 +12,7 @@ use scale_agent_proto::v1::{self as pb, hub_frame};
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
-use crate::core::cache::{AccountCache, Change, Event, KindKey, ObjectKey, SyncMode};
+use crate::core::cache::{AccountCache, Change, Event, KindKey, NsName, ObjectKey, SyncMode};
 use crate::core::clip::clip;
 use crate::metrics::Metrics;
 use crate::stream::session::Session;
@@ -74,6 +74,13 @@ pub fn parse_events(metrics: &Metrics, account: &str, events: Vec<pb::ObjectEven
         if ev.name.is_empty() {
             metrics.event_rejected("missing_name");
             warn!(account = %clip(account), kind = %clip(&kind.kind), "event without a name; dropped");
+            continue;
+        }
+        // No API server names anything with a NUL; one would blur where the cache
+        // keeps the object (`NsName`).
+        if !NsName::valid(&ev.name) || !NsName::valid(&ev.namespace) {
+            metrics.event_rejected("nul_in_name");
+            warn!(account = %clip(account), kind = %clip(&kind.kind), name = %clip(&ev.name.replace('\0', "\\0")), "event with a NUL in its namespace or name; dropped");
             continue;
         }
         let body: Arc<RawValue> = match serde_json::from_slice::<Box<RawValue>>(&ev.body_json) {
@@ -240,6 +247,12 @@ mod tests {
             no_kind,
             deployment(pb::EventType::Modified, "", b"{}"),
             deployment(pb::EventType::Modified, "bad-body", b"{not json"),
+            // A NUL would make namespace "a\0b", name "c" the place of "a", "b\0c".
+            deployment(pb::EventType::Modified, "b\0c", b"{}"),
+            pb::ObjectEvent {
+                namespace: "a\0b".into(),
+                ..deployment(pb::EventType::Modified, "c", b"{}")
+            },
             // A deletion needs no body.
             deployment(pb::EventType::Deleted, "gone", b""),
         ];
@@ -252,15 +265,16 @@ mod tests {
         assert_eq!(parsed[0].body.get(), "{\"spec\":{}}");
         assert_eq!(parsed[0].version, "v1");
         let text = metrics.encode();
-        for reason in [
-            "unspecified_type",
-            "missing_kind",
-            "missing_name",
-            "malformed_body",
+        for (reason, times) in [
+            ("unspecified_type", 1),
+            ("missing_kind", 1),
+            ("missing_name", 1),
+            ("malformed_body", 1),
+            ("nul_in_name", 2),
         ] {
             assert!(
                 text.contains(&format!(
-                    "scale_agent_hub_events_rejected_total{{reason=\"{reason}\"}} 1"
+                    "scale_agent_hub_events_rejected_total{{reason=\"{reason}\"}} {times}"
                 )),
                 "{reason}: {text}"
             );

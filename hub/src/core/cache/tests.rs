@@ -40,7 +40,7 @@ fn holding(name: &str) -> (AccountCache, KindKey) {
 }
 
 fn names(cache: &AccountCache) -> Vec<String> {
-    cache.objects().map(|(k, _)| k.name.clone()).collect()
+    cache.objects().map(|(k, _)| k.name.to_owned()).collect()
 }
 
 #[test]
@@ -215,4 +215,57 @@ fn removing_an_account_drops_its_objects() {
     assert_eq!(cache.remove("a"), 1);
     assert_eq!(cache.total(), 1);
     assert!(cache.account("a").is_none());
+}
+
+#[test]
+fn places_sort_as_namespace_then_name() {
+    let parts = [
+        ("", "a"),
+        ("a", "x"),
+        ("a", "x-y"),
+        ("a-b", "x"),
+        ("a.b", "a"),
+        ("ab", ""),
+        ("b", "a"),
+    ];
+    for (x_ns, x_name) in parts {
+        for (y_ns, y_name) in parts {
+            let (x, y) = (NsName::new(x_ns, x_name), NsName::new(y_ns, y_name));
+            assert_eq!(
+                x.cmp(&y),
+                (x_ns, x_name).cmp(&(y_ns, y_name)),
+                "{x:?} against {y:?}"
+            );
+            assert_eq!((x.namespace(), x.name()), (x_ns, x_name));
+        }
+    }
+}
+
+#[test]
+fn pages_go_on_across_kinds_in_key_order() {
+    let mut c = AccountCache::default();
+    let svc = KindKey {
+        group: String::new(),
+        kind: "Service".into(),
+    };
+    let k = deploy();
+    upsert(&mut c, &k, "web", "1");
+    upsert(&mut c, &k, "api", "2");
+    c.apply(event(Change::Upsert, &svc, "a", "front", "3"));
+    c.apply(event(Change::Upsert, &svc, "b", "back", "4"));
+    let all: Vec<ObjectKey> = c.objects().map(|(k, _)| k.to_key()).collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted, "every object in key order");
+    assert_eq!(all.len(), 4);
+    for (i, after) in all.iter().enumerate() {
+        let rest: Vec<ObjectKey> = c
+            .objects_after(Some(after))
+            .map(|(k, _)| k.to_key())
+            .collect();
+        assert_eq!(rest, all[i + 1..], "after {after:?}");
+    }
+    let in_a: Vec<&str> = c.objects_of(&svc, Some("a")).map(|(k, _)| k.name).collect();
+    assert_eq!(in_a, ["front"]);
+    assert_eq!(c.objects_of(&svc, None).count(), 2);
 }
