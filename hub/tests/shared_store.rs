@@ -28,10 +28,28 @@ async fn replica(url: &str, id: &str) -> Result<RunningHub> {
     .await
 }
 
-/// Replicas `hub-a` and `hub-b` on the database at `url`, once both are ready.
+/// Replica `id` as [`replica`], also serving the Kubernetes API under the replicas'
+/// CA `cas`: the listener where the others forward it requests (both APIs').
+async fn forwarding_replica(url: &str, id: &str, cas: &ReplicaCa) -> Result<RunningHub> {
+    let api = cas.kube_api(id, "unused-kube-api-token *\n")?;
+    hub_with(|c| {
+        c.grace_period = LONG;
+        c.store = StoreLocation::Postgres(url.to_owned());
+        c.hub_id = id.to_owned();
+        c.replica_heartbeat = Duration::from_millis(200);
+        c.replica_timeout = Duration::from_secs(2);
+        c.kube_api = Some(api);
+    })
+    .await
+}
+
+/// Replicas `hub-a` and `hub-b` on the database at `url`, forwarding requests to each
+/// other, once both are ready.
 async fn two_replicas(url: &str) -> Result<(RunningHub, RunningHub)> {
-    let a = replica(url, "hub-a").await?;
-    let b = replica(url, "hub-b").await?;
+    // Its file is read when the replicas start.
+    let cas = ReplicaCa::new()?;
+    let a = forwarding_replica(url, "hub-a", &cas).await?;
+    let b = forwarding_replica(url, "hub-b", &cas).await?;
     eventually("both ready", || async {
         Ok(ready(&a).await? && ready(&b).await?)
     })
@@ -131,15 +149,19 @@ async fn forwarded_requests_carry_the_callers_token_and_the_holder_checks_it() -
     let dir = tempfile::tempdir()?;
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n")?;
+    let cas = ReplicaCa::new()?;
     let with_token = |id: &'static str| {
         let (url, token) = (url.clone(), token.clone());
+        let api = cas.kube_api(id, "unused-kube-api-token *\n");
         async move {
+            let api = api?;
             hub_with(move |c| {
                 c.store = StoreLocation::Postgres(url);
                 c.hub_id = id.into();
                 c.replica_heartbeat = Duration::from_millis(200);
                 c.replica_timeout = Duration::from_secs(2);
                 c.api_token_file = Some(token);
+                c.kube_api = Some(api);
             })
             .await
         }
