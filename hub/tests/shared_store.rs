@@ -698,3 +698,53 @@ async fn an_operations_request_is_not_kept_past_its_answer() -> Result<()> {
     b.shutdown().await?;
     Ok(())
 }
+
+/// A password rotated in `--store-password-file` (as a Kubernetes Secret is updated in
+/// place) is used from the next connection on: once the database takes only the new
+/// one and drops the hub's connections, the hub connects again, without a restart.
+#[tokio::test]
+async fn a_password_rotated_in_its_file_is_used_when_the_store_reconnects() -> Result<()> {
+    logs();
+    let (pg, _, dir) = postgres("password_rotated").await?;
+    let url = pg.database_with_password("rotated", "rotated_role", "firstPassw0rd")?;
+    let file = dir.path().join("store-password");
+    std::fs::write(&file, "firstPassw0rd\n")?;
+    let hub = hub_with(|c| {
+        c.grace_period = LONG;
+        c.store = StoreLocation::Postgres(url.clone());
+        c.store_password_file = Some(file.clone());
+        c.hub_id = "hub-rotated".into();
+        c.replica_heartbeat = Duration::from_millis(200);
+        c.replica_timeout = Duration::from_secs(2);
+    })
+    .await?;
+    eventually("ready", || ready(&hub)).await?;
+
+    std::fs::write(&file, "secondPassw0rd\n")?;
+    pg.psql(
+        "rotated",
+        "ALTER ROLE rotated_role PASSWORD 'secondPassw0rd'",
+    )?;
+    pg.psql(
+        "rotated",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rotated_role'",
+    )?;
+    // A registration needs the store (its claim): accepted once the hub connects
+    // again, with the new password.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
+        let results = agent.register(&[("prod-1", "uid-a")]).await;
+        match results {
+            Ok(results) if results.first().is_some_and(|r| r.accepted) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the hub never used the rotated password: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eventually("ready again", || ready(&hub)).await?;
+    hub.shutdown().await?;
+    Ok(())
+}
