@@ -324,6 +324,20 @@ async fn a_json_api_request_reaches_no_address_in_the_database_but_the_holder() 
     let (status, body) = (served.status().as_u16(), served.text().await?);
     assert_eq!((status, served_by.as_str()), (200, "hub-a"), "{body}");
     assert!(body.contains("frontend"), "{body}");
+    // At the holder's Kubernetes API port, a JSON API request marked forwarded is
+    // served only from the replica the mark names.
+    let a = pair.a.kube_api_addr().expect("served");
+    let json = "/v1/accounts/prod-1/objects";
+    let forged = [("x-scale-agent-forwarded-by", "hub-b")];
+    let (status, _, body) = get(&tls_client(&cas.ca, None)?, a, json, &forged).await?;
+    assert_eq!(
+        status, 403,
+        "a forged forwarded JSON API request was served: {body}"
+    );
+    let real = tls_client(&cas.ca, Some(&cas.cert("hub-b")?))?;
+    let (status, _, body) = get(&real, a, json, &forged).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("frontend"), "{body}");
 
     let (plain, seen_plain) = recording_server(None).await?;
     let (tls, seen_tls) = recording_server(Some(&cas.cert("hub-c")?)).await?;

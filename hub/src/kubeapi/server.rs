@@ -211,6 +211,7 @@ pub async fn start(
                         // Another replica's forwarded JSON API request (replicas/forward.rs).
                         let response = if forward::is_forwarded_json_api(&req) {
                             forward::serve_forwarded_json_api(
+                                &api.shared,
                                 api.json_api.clone(),
                                 req,
                                 peer.as_deref(),

@@ -459,6 +459,7 @@ pub fn is_forwarded_json_api<B>(request: &Request<B>) -> bool {
 /// its connection's certificate (`peer`) names the replica its mark names; 403
 /// otherwise.
 pub async fn serve_forwarded_json_api<B>(
+    shared: &Shared,
     json_api: axum::Router,
     request: Request<B>,
     peer: Option<&CertificateDer<'_>>,
@@ -468,6 +469,7 @@ where
     B::Error: Into<BoxError>,
 {
     if let Err(why) = check_forwarded(request.headers(), peer) {
+        shared.metrics.forwarded("refused_unproven");
         warn!(%why, "refused a JSON API request marked as forwarded by a hub replica");
         return (
             StatusCode::FORBIDDEN,
