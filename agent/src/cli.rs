@@ -86,6 +86,13 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = positive_duration)]
     pub keepalive_interval: Duration,
 
+    /// Mebibytes of Kubernetes API request bodies held at once per hub session, until
+    /// the cluster has them; a request whose body does not fit gets 429 (Retry-After),
+    /// so many large bodies at once cannot grow the agent past it. At least 16, the
+    /// largest body: any one body fits once the others are through.
+    #[arg(long, value_name = "MIB", default_value_t = crate::proxy::DEFAULT_HELD_REQUEST_MIB, value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_held_request_mib: u32,
+
     /// Log line format: human-readable text, or one JSON object per line for
     /// log collectors.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
@@ -118,6 +125,7 @@ mod tests {
         assert_eq!(args.lease_renew_interval, Duration::from_secs(3));
         assert_eq!(args.reload_interval, Duration::from_secs(2));
         assert_eq!(args.keepalive_interval, Duration::from_secs(20));
+        assert_eq!(args.max_held_request_mib, 64);
     }
 
     fn parse(flags: &[&str]) -> Result<Args, clap::Error> {

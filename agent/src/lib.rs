@@ -110,6 +110,7 @@ pub async fn run(args: cli::Args) -> Result<()> {
         ops: Arc::new(operations::Operations::default()),
         keepalive: args.keepalive_interval,
         tls_poll: args.reload_interval,
+        held_request_mib: args.max_held_request_mib,
         shutdown: stop_rx,
     }));
 

@@ -40,6 +40,8 @@ scale_agent_runtime::metrics! {
         kube_api_requests_in_flight: Gauge,
         /// Kubernetes API requests from the hub replayed, by any outcome.
         kube_api_requests: Counter,
+        /// Bytes of Kubernetes API request bodies held until the cluster has them (at most --max-held-request-mib per hub session).
+        kube_api_request_bytes_held: Gauge,
     }
 }
 

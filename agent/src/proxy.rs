@@ -10,6 +10,10 @@
 //!   request to the API server; the end of the session does the same for every request.
 //! - Requests are replayed without retries: the client that sent them decides whether
 //!   to try again, as it would talking to the cluster directly.
+//! - Request bodies are held until the cluster has them, at most a byte budget per
+//!   session (`--max-held-request-mib`, [`HeldBodies`]): a request whose body does not
+//!   fit in what is left is answered 429 with `Retry-After` and its bytes given back,
+//!   so many large bodies at once cost the agent at most the budget.
 //! - A request naming an `upgrade` (exec, attach, port-forward) is made over HTTP/1.1
 //!   with the same upgrade; on `101` the connection's bytes are carried both ways by
 //!   [`crate::upgrade`].
@@ -21,12 +25,13 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::BodyExt as _;
+use prometheus_client::metrics::gauge::Gauge;
 use scale_agent_proto::kube_api;
 use scale_agent_proto::v1::{
     HttpHeader, KubeCancel, KubeRequest, KubeRequestBody, KubeResponseBody, KubeResponseHead,
     KubeWindow, agent_frame::Frame,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
 use crate::metrics::Metrics;
@@ -42,6 +47,9 @@ pub const MAX_IN_FLIGHT: usize = 256;
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
 /// The largest body part sent in one frame.
 pub const MAX_CHUNK: usize = 256 << 10;
+/// Mebibytes of request bodies held per session at most, by default
+/// (`--max-held-request-mib`).
+pub const DEFAULT_HELD_REQUEST_MIB: u32 = 64;
 /// The largest window the hub may grant for one response.
 const MAX_WINDOW: u64 = 64 << 20;
 /// Characters of a request path shown in logs.
@@ -54,10 +62,73 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     out: Outbound,
     inflight: Arc<Mutex<HashMap<u64, InFlight>>>,
+    bodies: HeldBodies,
+}
+
+/// The bytes of request bodies one session holds until the cluster has them: at most
+/// a budget, counted in `scale_agent_kube_api_request_bytes_held`.
+#[derive(Clone)]
+pub struct HeldBodies {
+    budget: Arc<Semaphore>,
+    mib: u32,
+    gauge: Gauge,
+}
+
+/// Bytes of a request body held, given back (and uncounted) when dropped.
+pub struct Held {
+    _permit: OwnedSemaphorePermit,
+    bytes: i64,
+    gauge: Gauge,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.bytes);
+    }
+}
+
+/// Part of a request body (or of an upgraded connection's client bytes, never held) on
+/// its way to the task replaying the request.
+pub type Part = (Bytes, bool, Option<Held>);
+
+impl HeldBodies {
+    /// A budget of `mib` MiB (at least 1), counted in `metrics`.
+    pub fn new(mib: u32, metrics: &Metrics) -> HeldBodies {
+        let mib = mib.max(1);
+        let bytes = (mib as usize).saturating_mul(1 << 20);
+        HeldBodies {
+            budget: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+            mib,
+            gauge: metrics.kube_api_request_bytes_held.clone(),
+        }
+    }
+
+    /// `bytes` more held, or `None` when they do not fit in what is left.
+    fn take(&self, bytes: usize) -> Option<Held> {
+        let permits = u32::try_from(bytes).ok()?;
+        let permit = Arc::clone(&self.budget)
+            .try_acquire_many_owned(permits)
+            .ok()?;
+        let bytes = i64::from(permits);
+        self.gauge.inc_by(bytes);
+        Some(Held {
+            _permit: permit,
+            bytes,
+            gauge: self.gauge.clone(),
+        })
+    }
+
+    /// Why a body was refused, for the client.
+    fn refusal(&self) -> String {
+        format!(
+            "the agent already holds {} MiB of request bodies for this hub session, the most it holds (--max-held-request-mib); retry",
+            self.mib
+        )
+    }
 }
 
 struct InFlight {
-    body: Option<mpsc::UnboundedSender<(Bytes, bool)>>,
+    body: Option<mpsc::UnboundedSender<Part>>,
     window: Arc<Semaphore>,
     /// For an upgrade: the client's bytes the hub may still send.
     credit: Option<Arc<Credit>>,
@@ -86,14 +157,28 @@ fn short(path: &str) -> &str {
 }
 
 impl Proxy {
-    /// The proxy of a new session.
-    pub fn new(state: Arc<State>, metrics: Arc<Metrics>, out: Outbound) -> Proxy {
+    /// The proxy of a new session, holding request bodies within `bodies`.
+    pub fn new(
+        state: Arc<State>,
+        metrics: Arc<Metrics>,
+        out: Outbound,
+        bodies: HeldBodies,
+    ) -> Proxy {
         Proxy {
             state,
             metrics,
             out,
             inflight: Arc::default(),
+            bodies,
         }
+    }
+
+    /// Answers request `id` 429 with `message` (in the background).
+    fn too_many(&self, id: u64, message: String) {
+        let out = self.out.clone();
+        tokio::spawn(async move {
+            let _ = answer_status(&out, id, 429, "TooManyRequests", &message).await;
+        });
     }
 
     /// Requests in flight now.
@@ -113,20 +198,19 @@ impl Proxy {
         let out = self.out.clone();
         if map.len() >= MAX_IN_FLIGHT {
             tracing::warn!(parent: &span, limit = MAX_IN_FLIGHT, "too many Kubernetes API requests in flight; answering 429");
-            tokio::spawn(async move {
-                let _ = answer_status(
-                    &out,
-                    id,
-                    429,
-                    "TooManyRequests",
-                    &format!(
-                        "the agent already carries {MAX_IN_FLIGHT} requests for this hub session; retry"
-                    ),
-                )
-                .await;
-            });
+            self.too_many(
+                id,
+                format!(
+                    "the agent already carries {MAX_IN_FLIGHT} requests for this hub session; retry"
+                ),
+            );
             return;
         }
+        let Some(first) = self.bodies.take(req.body.len()) else {
+            tracing::warn!(parent: &span, limit_mib = self.bodies.mib, "request bodies held past the budget; answering 429");
+            self.too_many(id, self.bodies.refusal());
+            return;
+        };
         let (body_tx, body_rx) = mpsc::unbounded_channel();
         let body = if req.body_done { None } else { Some(body_tx) };
         let initial = req.window_bytes.clamp(1, MAX_WINDOW);
@@ -158,7 +242,7 @@ impl Proxy {
                     credit: task_credit.as_deref(),
                     chunk,
                 };
-                let outcome = replay(&out, req, client, body_rx, flow).await;
+                let outcome = replay(&out, req, first, client, body_rx, flow).await;
                 if let Err(Closed) = outcome {
                     tracing::debug!("the session ended during the request");
                 }
@@ -197,9 +281,30 @@ impl Proxy {
             }
             return;
         }
+        // An upgraded connection's bytes are bounded by its credit instead.
+        let held = match r.credit {
+            Some(_) => None,
+            None if r.body.is_none() => None,
+            None => match self.bodies.take(part.chunk.len()) {
+                Some(held) => Some(held),
+                None => {
+                    tracing::warn!(
+                        id = part.id,
+                        limit_mib = self.bodies.mib,
+                        "request bodies held past the budget; answering 429"
+                    );
+                    // What it held so far goes with its task.
+                    if let Some(r) = map.remove(&part.id) {
+                        r.task.abort();
+                    }
+                    self.too_many(part.id, self.bodies.refusal());
+                    return;
+                }
+            },
+        };
         if let Some(tx) = &r.body {
             // The task may have given up on the request already; then nobody reads.
-            let _ = tx.send((part.chunk, part.done));
+            let _ = tx.send((part.chunk, part.done, held));
         }
         if part.done {
             r.body = None;
@@ -268,13 +373,21 @@ async fn answer_status(
     reason: &str,
     message: &str,
 ) -> Result<(), Closed> {
+    let mut headers = vec![HttpHeader {
+        name: "content-type".into(),
+        value: Bytes::from_static(b"application/json"),
+    }];
+    if code == 429 {
+        // client-go waits this long and retries by itself.
+        headers.push(HttpHeader {
+            name: "retry-after".into(),
+            value: Bytes::from_static(b"1"),
+        });
+    }
     out.send(Frame::KubeResponseHead(KubeResponseHead {
         id,
         status: u32::from(code),
-        headers: vec![HttpHeader {
-            name: "content-type".into(),
-            value: Bytes::from_static(b"application/json"),
-        }],
+        headers,
     }))
     .await?;
     out.send(Frame::KubeResponseBody(KubeResponseBody {
@@ -344,10 +457,13 @@ fn build(req: &KubeRequest, body: Bytes) -> Result<Request<kube::client::Body>, 
         .map_err(|_| Invalid::Path)
 }
 
-/// The whole request body: the first part from the request, then the parts that follow.
+/// The whole request body: the first part from the request, then the parts that
+/// follow; and what holds their bytes in the session's budget (`held`, which gets the
+/// parts' own).
 async fn collect_body(
     req: &KubeRequest,
-    rx: &mut mpsc::UnboundedReceiver<(Bytes, bool)>,
+    rx: &mut mpsc::UnboundedReceiver<Part>,
+    held: &mut Vec<Held>,
 ) -> Result<Bytes, Invalid> {
     // An upgrade has no body: what follows it is the upgraded connection's.
     if req.body_done || !req.upgrade.is_empty() {
@@ -355,9 +471,10 @@ async fn collect_body(
     }
     let mut all = BytesMut::from(&req.body[..]);
     loop {
-        let Some((chunk, done)) = rx.recv().await else {
+        let Some((chunk, done, part)) = rx.recv().await else {
             return Err(Invalid::BodyLost);
         };
+        held.extend(part);
         if all.len() + chunk.len() > MAX_REQUEST_BODY {
             return Err(Invalid::TooLarge);
         }
@@ -395,8 +512,9 @@ struct Flow<'a> {
 async fn replay(
     out: &Outbound,
     req: KubeRequest,
+    first: Held,
     client: Option<kube::Client>,
-    mut body_rx: mpsc::UnboundedReceiver<(Bytes, bool)>,
+    mut body_rx: mpsc::UnboundedReceiver<Part>,
     flow: Flow<'_>,
 ) -> Result<(), Closed> {
     let Flow {
@@ -421,9 +539,13 @@ async fn replay(
     };
     let limit = deadline(&req);
     let head = async {
-        let body = collect_body(&req, &mut body_rx).await?;
+        let mut held = vec![first];
+        let body = collect_body(&req, &mut body_rx, &mut held).await?;
         let request = build(&req, body)?;
-        Ok::<_, Invalid>(client.send(request).await)
+        let sent = client.send(request).await;
+        // The cluster has the body (or will never take it): its bytes are given back.
+        drop(held);
+        Ok::<_, Invalid>(sent)
     };
     let sent = match limit {
         Some(left) => match tokio::time::timeout(left, head).await {
@@ -614,27 +736,43 @@ mod tests {
         req.body_done = false;
         req.body = Bytes::from_static(b"{\"a\":");
         let (tx, rx) = mpsc::unbounded_channel();
-        tx.send((Bytes::from_static(b"1"), false)).expect("open");
-        tx.send((Bytes::from_static(b"}"), true)).expect("open");
+        tx.send((Bytes::from_static(b"1"), false, None))
+            .expect("open");
+        tx.send((Bytes::from_static(b"}"), true, None))
+            .expect("open");
         let mut rx = rx;
+        let mut held = Vec::new();
         assert_eq!(
-            collect_body(&req, &mut rx).await.expect("whole"),
+            collect_body(&req, &mut rx, &mut held).await.expect("whole"),
             Bytes::from_static(b"{\"a\":1}")
         );
         let (tx, rx) = mpsc::unbounded_channel();
-        tx.send((Bytes::from(vec![b'x'; MAX_REQUEST_BODY]), true))
+        tx.send((Bytes::from(vec![b'x'; MAX_REQUEST_BODY]), true, None))
             .expect("open");
         let mut rx = rx;
         assert!(matches!(
-            collect_body(&req, &mut rx).await,
+            collect_body(&req, &mut rx, &mut held).await,
             Err(Invalid::TooLarge)
         ));
-        let (tx, rx) = mpsc::unbounded_channel::<(Bytes, bool)>();
+        let (tx, rx) = mpsc::unbounded_channel::<Part>();
         drop(tx);
         let mut rx = rx;
         assert!(matches!(
-            collect_body(&req, &mut rx).await,
+            collect_body(&req, &mut rx, &mut held).await,
             Err(Invalid::BodyLost)
         ));
+    }
+
+    #[test]
+    fn request_bodies_held_stay_within_the_budget_and_are_given_back() {
+        let metrics = Metrics::default();
+        let bodies = HeldBodies::new(1, &metrics);
+        let first = bodies.take(600 << 10).expect("fits");
+        assert!(bodies.take(600 << 10).is_none(), "past the budget");
+        assert_eq!(metrics.kube_api_request_bytes_held.get(), 600 << 10);
+        drop(first);
+        assert_eq!(metrics.kube_api_request_bytes_held.get(), 0);
+        assert!(bodies.take(1 << 20).is_some(), "given back");
+        assert!(bodies.refusal().contains("--max-held-request-mib"));
     }
 }

@@ -63,6 +63,8 @@ pub struct Agent {
     pub keepalive: Duration,
     /// How often the hub TLS files are checked for a renewed certificate.
     pub tls_poll: Duration,
+    /// MiB of Kubernetes API request bodies held per session at most.
+    pub held_request_mib: u32,
     /// Set to true to end the session for good.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -254,7 +256,13 @@ async fn session(agent: &mut Agent, hub: &HubConfig, budget: Budget) -> Result<E
         connections: agent.connections.clone(),
     };
     let mut running: HashMap<String, Running> = HashMap::new();
-    let proxy = Proxy::new(agent.state.clone(), agent.metrics.clone(), out.clone());
+    let bodies = crate::proxy::HeldBodies::new(agent.held_request_mib, &agent.metrics);
+    let proxy = Proxy::new(
+        agent.state.clone(),
+        agent.metrics.clone(),
+        out.clone(),
+        bodies,
+    );
     let held = agent.held.borrow_and_update().clone();
     reconcile(&ctx, &mut running, &held, &configured(&agent.config)).await;
     let mut heartbeat = tokio::time::interval(heartbeat_every);

@@ -58,7 +58,7 @@ pub async fn pump(
     out: &Outbound,
     id: u64,
     io: Upgraded,
-    mut from_hub: mpsc::UnboundedReceiver<(Bytes, bool)>,
+    mut from_hub: mpsc::UnboundedReceiver<crate::proxy::Part>,
     window: &Semaphore,
     credit: &Credit,
     chunk: usize,
@@ -93,7 +93,7 @@ pub async fn pump(
         }
     };
     let to_cluster = async {
-        while let Some((part, done)) = from_hub.recv().await {
+        while let Some((part, done, _)) = from_hub.recv().await {
             if !part.is_empty() {
                 let len = part.len() as u64;
                 if let Err(e) = writer.write_all(&part).await {

@@ -129,6 +129,10 @@ struct Rig {
     configs: Vec<AgentConfig>,
     accounts: Vec<(String, Api<ConfigMap>)>,
     agent_args: Vec<String>,
+    /// Where the Kubernetes API's tokens and kubeconfigs are written.
+    kube_dir: std::path::PathBuf,
+    /// Replica i's Kubernetes API port.
+    kube_ports: [u16; 2],
 }
 
 /// The flags of a hub replica `id` on the database at `url`.
@@ -143,6 +147,49 @@ fn replica_args(env: &Env, url: &str, id: &str) -> Vec<String> {
     // CA and forwards them; the hub checks them against it too.
     args.extend(behind_nginx(&env.cp.pki, None));
     args
+}
+
+/// The flags that make replicas `ids` of rig `name` serve the accounts' Kubernetes
+/// API, over TLS with a certificate from the run's CA naming the replica, which is also
+/// the replicas' CA: where the replicas forward each other's requests (both APIs'),
+/// proving which replica they are. Also the directory of its tokens file and the ports.
+fn kube_api_args(
+    env: &Env,
+    name: &str,
+    ids: &[String; 2],
+) -> anyhow::Result<(std::path::PathBuf, [u16; 2], [Vec<String>; 2])> {
+    let pki = &env.cp.pki;
+    let dir = env
+        .cp
+        .run_dir
+        .join(format!("replicas-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let tokens = dir.join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("{KUBE_TOKEN_ALL} *\n{KUBE_TOKEN_ONE} {name}-1\n"),
+    )?;
+    let ports = [
+        scale_agent_e2e::ports::free_port()?,
+        scale_agent_e2e::ports::free_port()?,
+    ];
+    let mut args = [Vec::new(), Vec::new()];
+    for (i, args) in args.iter_mut().enumerate() {
+        // Its identity to the other replica too (the URI SAN naming its --hub-id).
+        let cert = pki.issue_replica(
+            &format!("hub-{name}-{i}"),
+            &ids[i],
+            &["127.0.0.1", "localhost"],
+        )?;
+        args.extend([
+            format!("--kube-api-addr=127.0.0.1:{}", ports[i]),
+            format!("--kube-api-tokens-file={}", tokens.display()),
+            format!("--kube-api-tls-cert={}", cert.cert_file.display()),
+            format!("--kube-api-tls-key={}", cert.key_file.display()),
+            format!("--kube-api-replica-ca={}", pki.ca_file.display()),
+        ]);
+    }
+    Ok((dir, ports, args))
 }
 
 async fn rig(shared: &Shared, name: &str) -> anyhow::Result<Rig> {
@@ -165,8 +212,10 @@ async fn rig_each(shared: &Shared, name: &str, extra: [Vec<String>; 2]) -> anyho
     let db = name.replace('-', "_");
     let url = shared.pg.lock().await.database(&db)?;
     let ids = replica_ids(name);
+    let (kube_dir, kube_ports, kube_args) = kube_api_args(env, name, &ids)?;
     let args = |i: usize| {
         let mut args = replica_args(env, &url, &ids[i]);
+        args.extend_from_slice(&kube_args[i]);
         args.extend_from_slice(&extra[i]);
         args
     };
@@ -206,6 +255,8 @@ async fn rig_each(shared: &Shared, name: &str, extra: [Vec<String>; 2]) -> anyho
         configs: Vec::new(),
         accounts: Vec::new(),
         agent_args,
+        kube_dir,
+        kube_ports,
     };
     for (i, cluster) in TARGETS.iter().enumerate() {
         let account_name = format!("{name}-{}", i + 1);
@@ -959,44 +1010,12 @@ struct KubeRig {
 
 impl KubeRig {
     async fn start(shared: &Shared, name: &str) -> anyhow::Result<KubeRig> {
-        let env = &shared.env;
-        let pki = &env.cp.pki;
-        let dir = env
-            .cp
-            .run_dir
-            .join(format!("replicas-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let tokens = dir.join("tokens");
-        std::fs::write(
-            &tokens,
-            format!("{KUBE_TOKEN_ALL} *\n{KUBE_TOKEN_ONE} {name}-1\n"),
-        )?;
-        let ports = [
-            scale_agent_e2e::ports::free_port()?,
-            scale_agent_e2e::ports::free_port()?,
-        ];
-        let mut extra = [Vec::new(), Vec::new()];
-        let ids = replica_ids(name);
-        for (i, args) in extra.iter_mut().enumerate() {
-            // Its identity to the other replica too (the URI SAN naming its --hub-id).
-            let cert = pki.issue_replica(
-                &format!("hub-{name}-{i}"),
-                &ids[i],
-                &["127.0.0.1", "localhost"],
-            )?;
-            args.extend([
-                format!("--kube-api-addr=127.0.0.1:{}", ports[i]),
-                format!("--kube-api-tokens-file={}", tokens.display()),
-                format!("--kube-api-tls-cert={}", cert.cert_file.display()),
-                format!("--kube-api-tls-key={}", cert.key_file.display()),
-                format!("--kube-api-replica-ca={}", pki.ca_file.display()),
-            ]);
-        }
+        let rig = rig(shared, name).await?;
         Ok(KubeRig {
-            rig: rig_each(shared, name, extra).await?,
-            dir,
-            ports,
-            ca: pki.ca_file.clone(),
+            dir: rig.kube_dir.clone(),
+            ports: rig.kube_ports,
+            ca: shared.env.cp.pki.ca_file.clone(),
+            rig,
         })
     }
 

@@ -407,9 +407,10 @@ impl Hub {
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
         );
+        let json_api = http::router(Arc::clone(&shared), api_token);
         let http_task = tokio::spawn(serve::http(
             http_listener,
-            http::router(Arc::clone(&shared), api_token),
+            json_api.clone(),
             config.http_limits,
             shutdown.clone(),
         ));
@@ -429,7 +430,7 @@ impl Hub {
             None => None,
         };
         let kube_api = match config.kube_api.clone() {
-            Some(api) => Some(kubeapi::server::start(Arc::clone(&shared), api).await?),
+            Some(api) => Some(kubeapi::server::start(Arc::clone(&shared), api, json_api).await?),
             None => None,
         };
         if let (Some(cd), Some(minter)) = (config.clouddriver.clone(), shared.minter.clone()) {
@@ -447,9 +448,13 @@ impl Hub {
             }
             if api.replica_ca.is_none() {
                 warn!(
-                    "with a shared store and no --kube-api-replica-ca, Kubernetes API requests for accounts another replica holds get 503: send each to the replica holding the account, or give the replicas' CA"
+                    "with a shared store and no --kube-api-replica-ca, requests (JSON API and Kubernetes API) for accounts another replica holds get 503: send each to the replica holding the account, or give the replicas' CA"
                 );
             }
+        } else if shared.replicas.is_some() {
+            warn!(
+                "with a shared store and no --kube-api-addr, JSON API requests for accounts another replica holds get 503: the replicas forward each other's requests only over the Kubernetes API's TLS listener, proving which replica they are (--kube-api-replica-ca)"
+            );
         }
         info!(%grpc_addr, %http_addr, hub_id = %config.hub_id, grace_period = ?config.grace_period,
             max_connection_age = ?config.max_connection_age,

@@ -97,13 +97,21 @@ async fn carry(mut agent: FakeAgent, seen: Arc<Mutex<Seen>>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_accounts_watches_leave_the_agents_other_accounts_answered() -> Result<()> {
+/// A hub whose Kubernetes API takes `tokens` (a tokens file's text), and one agent
+/// streaming accounts `a` and `b` that carries requests as [`carry`] does; the API's
+/// address, and what the agent saw.
+async fn shared_agent(
+    tokens: &str,
+) -> Result<(
+    scale_agent_hub::RunningHub,
+    std::net::SocketAddr,
+    Arc<Mutex<Seen>>,
+)> {
     common::logs();
     let hub = common::hub_with(|c| {
         c.kube_api = Some(KubeApiConfig::new(
             "127.0.0.1:0".parse().expect("an address"),
-            TokenSource::Text(format!("{TOKEN_A} a\n{TOKEN_B} b\n")),
+            TokenSource::Text(tokens.to_owned()),
         ));
     })
     .await?;
@@ -115,15 +123,23 @@ async fn one_accounts_watches_leave_the_agents_other_accounts_answered() -> Resu
     assert!(results.iter().all(|r| r.accepted), "{results:?}");
     let seen = Arc::new(Mutex::new(Seen::default()));
     tokio::spawn(carry(agent, Arc::clone(&seen)));
+    Ok((hub, api, seen))
+}
 
-    // Nothing of these accounts is cached: every request goes to the agent.
+/// The ConfigMaps of `account` through the Kubernetes API at `api` (a watch of them
+/// when `watch`). Nothing of these accounts is cached: every request goes to the agent.
+fn configmaps(api: std::net::SocketAddr, account: &str, watch: bool) -> String {
+    format!(
+        "http://{api}/accounts/{account}/api/v1/namespaces/default/configmaps{}",
+        if watch { "?watch=true" } else { "" }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_accounts_watches_leave_the_agents_other_accounts_answered() -> Result<()> {
+    let (hub, api, seen) = shared_agent(&format!("{TOKEN_A} a\n{TOKEN_B} b\n")).await?;
     let client = reqwest::Client::new();
-    let url = |account: &str, watch: bool| {
-        format!(
-            "http://{api}/accounts/{account}/api/v1/namespaces/default/configmaps{}",
-            if watch { "?watch=true" } else { "" }
-        )
-    };
+    let url = |account: &str, watch: bool| configmaps(api, account, watch);
     let watches = futures::future::join_all(
         (0..WATCHES).map(|_| client.get(url("a", true)).bearer_auth(TOKEN_A).send()),
     )
@@ -190,6 +206,72 @@ async fn one_accounts_watches_leave_the_agents_other_accounts_answered() -> Resu
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    hub.shutdown().await?;
+    Ok(())
+}
+
+/// A token for every account (`*`) is one token, wherever it goes: its watches on
+/// every account of the agent at once take at most its one token's share of the
+/// agent's room, not each account's share, and the accounts' own tokens are still
+/// carried, their watches too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_for_every_account_takes_one_tokens_share_not_every_accounts() -> Result<()> {
+    const TOKEN_ALL: &str = "token-of-every-account-0123456789";
+    let tokens = format!("{TOKEN_ALL} *\n{TOKEN_A} a\n{TOKEN_B} b\n");
+    let (hub, api, seen) = shared_agent(&tokens).await?;
+    let client = reqwest::Client::new();
+    // As many watches as the agent carries, on each account.
+    let watches = futures::future::join_all((0..2 * WATCHES).map(|i| {
+        let account = if i % 2 == 0 { "a" } else { "b" };
+        client
+            .get(configmaps(api, account, true))
+            .bearer_auth(TOKEN_ALL)
+            .send()
+    }))
+    .await;
+    let mut held = Vec::new();
+    for w in watches {
+        let w = w?;
+        match w.status().as_u16() {
+            200 => held.push(w),
+            429 => {}
+            other => panic!("a watch of the all-accounts token answered {other}"),
+        }
+    }
+    // The long-running room is half the agent's 256; one token leaves at least half
+    // of what is free to the others, on every account together.
+    assert!(
+        held.len() <= AGENT_IN_FLIGHT / 4,
+        "the all-accounts token holds {} watches through one agent",
+        held.len()
+    );
+    for (account, token) in [("a", TOKEN_A), ("b", TOKEN_B)] {
+        for watch in [false, true] {
+            let answer = client
+                .get(configmaps(api, account, watch))
+                .bearer_auth(token)
+                .send()
+                .await?;
+            let status = answer.status().as_u16();
+            let text = if watch {
+                String::new()
+            } else {
+                answer.text().await?
+            };
+            assert_eq!(
+                status,
+                200,
+                "account {account}'s own token (watch: {watch}) while the all-accounts token holds {} watches: {text}",
+                held.len()
+            );
+        }
+    }
+    assert_eq!(
+        seen.lock().expect("not poisoned").refused,
+        0,
+        "the hub asked the agent for more than it carries"
+    );
+    drop(held);
     hub.shutdown().await?;
     Ok(())
 }

@@ -7,59 +7,36 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Ca, FakeAgent, Result, deployments, object, postgres};
+use common::{Ca, FakeAgent, ReplicaCa, Result, deployments, object, postgres};
 use http_body_util::{BodyExt as _, Empty};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use scale_agent_hub::RunningHub;
 use scale_agent_hub::config::StoreLocation;
-use scale_agent_hub::kubeapi::{KubeApiConfig, TokenSource};
-use scale_agent_hub::{RunningHub, TlsConfig};
 use scale_agent_proto::v1::EventType;
 
 const TOKEN: &str = "replica-trust-token-0123456789";
 /// An account's Deployments, answered from the holder's cache.
 const DEPLOYMENTS: &str = "/accounts/prod-1/apis/apps/v1/deployments";
 
-/// A hub replica's certificate: the loopback address, and the URI SAN naming replica
-/// `id` (written out, as an operator's CA would).
-fn replica_cert(ca: &Ca, id: &str) -> Result<(String, String)> {
-    ca.leaf(
-        &["127.0.0.1", "localhost"],
-        &[&format!("spiffe://scaleagent.dev/hub/{id}")],
-    )
-}
-
-/// Replica `id` on the database at `url`, serving the Kubernetes API over TLS with
-/// `cert`, the replicas' CA in file `ca_file`.
-async fn replica(
-    url: &str,
-    id: &str,
-    cert: (String, String),
-    ca_file: &Path,
-) -> Result<RunningHub> {
+/// Replica `id` on the database at `url`, serving the Kubernetes API over TLS under
+/// the replicas' CA `cas`, and the JSON API with `TOKEN` too.
+async fn replica(url: &str, id: &str, cas: &ReplicaCa) -> Result<RunningHub> {
+    let api = cas.kube_api(id, &format!("{TOKEN} *\n"))?;
+    let token_file = cas.file.with_file_name(format!("{id}-api-token"));
+    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
     common::hub_with(|c| {
         c.store = StoreLocation::Postgres(url.to_owned());
         c.hub_id = id.to_owned();
         c.grace_period = Duration::from_secs(600);
         c.replica_heartbeat = Duration::from_millis(200);
         c.replica_timeout = Duration::from_secs(2);
-        let mut api = KubeApiConfig::new(
-            "127.0.0.1:0".parse().expect("an address"),
-            TokenSource::Text(format!("{TOKEN} *\n")),
-        );
-        api.tls = Some(TlsConfig {
-            cert_pem: cert.0.into_bytes(),
-            key_pem: cert.1.into_bytes(),
-            client_ca_pem: None,
-            files: None,
-        });
-        api.replica_ca = Some(ca_file.to_owned());
         c.kube_api = Some(api);
+        c.api_token_file = Some(token_file);
     })
     .await
 }
@@ -72,9 +49,9 @@ struct Pair {
     _agent: FakeAgent,
 }
 
-async fn pair(url: &str, ca: &Ca, ca_file: &Path) -> Result<Pair> {
-    let a = replica(url, "hub-a", replica_cert(ca, "hub-a")?, ca_file).await?;
-    let b = replica(url, "hub-b", replica_cert(ca, "hub-b")?, ca_file).await?;
+async fn pair(url: &str, cas: &ReplicaCa) -> Result<Pair> {
+    let a = replica(url, "hub-a", cas).await?;
+    let b = replica(url, "hub-b", cas).await?;
     common::eventually(Duration::from_secs(10), || async {
         Ok(
             common::get(&a, "/readyz").await?.0 == 200
@@ -172,14 +149,13 @@ async fn get(
 /// themselves forward with their certificates.
 #[tokio::test]
 async fn a_forwarded_request_is_served_only_to_the_replica_it_names() -> Result<()> {
-    let (_pg, url, dir) = postgres("forged_forwarded").await?;
-    let ca = Ca::new("replicas")?;
-    let ca_file = dir.path().join("replicas-ca.pem");
-    std::fs::write(&ca_file, ca.pem())?;
-    let pair = pair(&url, &ca, &ca_file).await?;
+    let (_pg, url, _dir) = postgres("forged_forwarded").await?;
+    let cas = ReplicaCa::new()?;
+    let ca = &cas.ca;
+    let pair = pair(&url, &cas).await?;
     let a = pair.a.kube_api_addr().expect("served");
     let b = pair.b.kube_api_addr().expect("served");
-    let anonymous = tls_client(&ca, None)?;
+    let anonymous = tls_client(ca, None)?;
 
     // The holder answers; the other replica forwards to it, both proving who they are.
     let (status, _, body) = get(&anonymous, a, DEPLOYMENTS, &[]).await?;
@@ -198,12 +174,12 @@ async fn a_forwarded_request_is_served_only_to_the_replica_it_names() -> Result<
         "{body}"
     );
     // A replica's valid certificate, of another replica than the one claimed.
-    let other = tls_client(&ca, Some(&replica_cert(&ca, "hub-c")?))?;
+    let other = tls_client(ca, Some(&cas.cert("hub-c")?))?;
     let (status, _, body) = get(&other, a, DEPLOYMENTS, &forged).await?;
     assert_eq!(status, 403, "hub-c passed for hub-b: {body}");
     assert!(body.contains("hub-c"), "{body}");
     // The replica named, with its certificate: served.
-    let real = tls_client(&ca, Some(&replica_cert(&ca, "hub-b")?))?;
+    let real = tls_client(ca, Some(&cas.cert("hub-b")?))?;
     let (status, _, body) = get(&real, a, DEPLOYMENTS, &forged).await?;
     assert_eq!(status, 200, "{body}");
     let metrics = pair.a.metrics_text();
@@ -218,21 +194,27 @@ async fn a_forwarded_request_is_served_only_to_the_replica_it_names() -> Result<
     Ok(())
 }
 
-/// A TLS server on the loopback presenting `cert` that answers every request 200 and
-/// keeps each request's `Authorization` header: a process the database could point at.
+/// A server on the loopback, over TLS presenting `cert` when given (else plain HTTP),
+/// that answers every request 200 and keeps each request's `Authorization` header: a
+/// process the database could point at.
 async fn recording_server(
-    cert: &(String, String),
+    cert: Option<&(String, String)>,
 ) -> Result<(std::net::SocketAddr, Arc<Mutex<Vec<String>>>)> {
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![CertificateDer::from_pem_slice(cert.0.as_bytes())?],
-        PrivateKeyDer::from_pem_slice(cert.1.as_bytes())?,
-    )?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = match cert {
+        Some(cert) => {
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(cert.0.as_bytes())?],
+                PrivateKeyDer::from_pem_slice(cert.1.as_bytes())?,
+            )?;
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -242,9 +224,6 @@ async fn recording_server(
             let acceptor = acceptor.clone();
             let seen = Arc::clone(&recorded);
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let token = req
@@ -261,9 +240,20 @@ async fn recording_server(
                             ))
                         }
                     });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match acceptor {
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                .await
+                        }
+                        Err(_) => return,
+                    },
+                    None => {
+                        http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                            .await
+                    }
+                };
             });
         }
     });
@@ -276,13 +266,11 @@ async fn recording_server(
 #[tokio::test]
 async fn an_address_in_the_database_gets_no_token_unless_its_certificate_names_the_holder()
 -> Result<()> {
-    let (pg, url, dir) = postgres("row_impostor").await?;
-    let ca = Ca::new("replicas")?;
-    let ca_file = dir.path().join("replicas-ca.pem");
-    std::fs::write(&ca_file, ca.pem())?;
-    let pair = pair(&url, &ca, &ca_file).await?;
+    let (pg, url, _dir) = postgres("row_impostor").await?;
+    let cas = ReplicaCa::new()?;
+    let pair = pair(&url, &cas).await?;
     let b = pair.b.kube_api_addr().expect("served");
-    let (impostor, seen) = recording_server(&replica_cert(&ca, "hub-c")?).await?;
+    let (impostor, seen) = recording_server(Some(&cas.cert("hub-c")?)).await?;
     pg.psql(
         "row_impostor",
         &format!(
@@ -291,7 +279,7 @@ async fn an_address_in_the_database_gets_no_token_unless_its_certificate_names_t
              UPDATE accounts SET holder = 'hub-x' WHERE name = 'prod-1'"
         ),
     )?;
-    let client = tls_client(&ca, None)?;
+    let client = tls_client(&cas.ca, None)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let (status, body) = loop {
         let (status, served_by, body) = get(&client, b, DEPLOYMENTS, &[]).await?;
@@ -305,6 +293,84 @@ async fn an_address_in_the_database_gets_no_token_unless_its_certificate_names_t
     assert!(
         tokens.is_empty(),
         "the caller's token reached the process the database pointed at: {tokens:?}"
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("hub-x") && body.contains("hub-c"), "{body}");
+    pair.a.shutdown().await?;
+    pair.b.shutdown().await?;
+    Ok(())
+}
+
+/// JSON API requests go between replicas the same way, with the replicas' identities:
+/// forwarded to the holder, and never to an address the database names that does not
+/// prove it is the holder. Here the database says account `prod-1` is held by replica
+/// `hub-x`, whose JSON API address is a plain HTTP listener and whose Kubernetes API
+/// address serves another replica's certificate (`hub-c`): the replica asked answers
+/// 503 and the caller's token reaches neither.
+#[tokio::test]
+async fn a_json_api_request_reaches_no_address_in_the_database_but_the_holder() -> Result<()> {
+    let (pg, url, _dir) = postgres("json_impostor").await?;
+    let cas = ReplicaCa::new()?;
+    let pair = pair(&url, &cas).await?;
+    let client = reqwest::Client::new();
+    let objects = format!("{}/v1/accounts/prod-1/objects", pair.b.http_url());
+    let served = client.get(&objects).bearer_auth(TOKEN).send().await?;
+    let served_by = served
+        .headers()
+        .get("x-scale-agent-served-by")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let (status, body) = (served.status().as_u16(), served.text().await?);
+    assert_eq!((status, served_by.as_str()), (200, "hub-a"), "{body}");
+    assert!(body.contains("frontend"), "{body}");
+    // At the holder's Kubernetes API port, a JSON API request marked forwarded is
+    // served only from the replica the mark names.
+    let a = pair.a.kube_api_addr().expect("served");
+    let json = "/v1/accounts/prod-1/objects";
+    let forged = [("x-scale-agent-forwarded-by", "hub-b")];
+    let (status, _, body) = get(&tls_client(&cas.ca, None)?, a, json, &forged).await?;
+    assert_eq!(
+        status, 403,
+        "a forged forwarded JSON API request was served: {body}"
+    );
+    let real = tls_client(&cas.ca, Some(&cas.cert("hub-b")?))?;
+    let (status, _, body) = get(&real, a, json, &forged).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("frontend"), "{body}");
+
+    let (plain, seen_plain) = recording_server(None).await?;
+    let (tls, seen_tls) = recording_server(Some(&cas.cert("hub-c")?)).await?;
+    pg.psql(
+        "json_impostor",
+        &format!(
+            "INSERT INTO replicas (id, api_url, kube_api_url, heartbeat_at)
+             VALUES ('hub-x', 'http://{plain}', 'https://{tls}', now() + interval '1 hour');
+             UPDATE accounts SET holder = 'hub-x' WHERE name = 'prod-1'"
+        ),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let answer = client.get(&objects).bearer_auth(TOKEN).send().await?;
+        let served_by = answer
+            .headers()
+            .get("x-scale-agent-served-by")
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        let (status, body) = (answer.status().as_u16(), answer.text().await?);
+        // Until replica b reads the row, it may still forward to hub-a.
+        if served_by != b"hub-a" || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tokens: Vec<String> = [seen_plain, seen_tls]
+        .iter()
+        .flat_map(|seen| seen.lock().expect("not poisoned").clone())
+        .collect();
+    assert!(
+        tokens.is_empty(),
+        "the caller's token reached a process the database pointed at: {tokens:?}"
     );
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("hub-x") && body.contains("hub-c"), "{body}");

@@ -28,10 +28,28 @@ async fn replica(url: &str, id: &str) -> Result<RunningHub> {
     .await
 }
 
-/// Replicas `hub-a` and `hub-b` on the database at `url`, once both are ready.
+/// Replica `id` as [`replica`], also serving the Kubernetes API under the replicas'
+/// CA `cas`: the listener where the others forward it requests (both APIs').
+async fn forwarding_replica(url: &str, id: &str, cas: &ReplicaCa) -> Result<RunningHub> {
+    let api = cas.kube_api(id, "unused-kube-api-token *\n")?;
+    hub_with(|c| {
+        c.grace_period = LONG;
+        c.store = StoreLocation::Postgres(url.to_owned());
+        c.hub_id = id.to_owned();
+        c.replica_heartbeat = Duration::from_millis(200);
+        c.replica_timeout = Duration::from_secs(2);
+        c.kube_api = Some(api);
+    })
+    .await
+}
+
+/// Replicas `hub-a` and `hub-b` on the database at `url`, forwarding requests to each
+/// other, once both are ready.
 async fn two_replicas(url: &str) -> Result<(RunningHub, RunningHub)> {
-    let a = replica(url, "hub-a").await?;
-    let b = replica(url, "hub-b").await?;
+    // Its file is read when the replicas start.
+    let cas = ReplicaCa::new()?;
+    let a = forwarding_replica(url, "hub-a", &cas).await?;
+    let b = forwarding_replica(url, "hub-b", &cas).await?;
     eventually("both ready", || async {
         Ok(ready(&a).await? && ready(&b).await?)
     })
@@ -131,15 +149,19 @@ async fn forwarded_requests_carry_the_callers_token_and_the_holder_checks_it() -
     let dir = tempfile::tempdir()?;
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n")?;
+    let cas = ReplicaCa::new()?;
     let with_token = |id: &'static str| {
         let (url, token) = (url.clone(), token.clone());
+        let api = cas.kube_api(id, "unused-kube-api-token *\n");
         async move {
+            let api = api?;
             hub_with(move |c| {
                 c.store = StoreLocation::Postgres(url);
                 c.hub_id = id.into();
                 c.replica_heartbeat = Duration::from_millis(200);
                 c.replica_timeout = Duration::from_secs(2);
                 c.api_token_file = Some(token);
+                c.kube_api = Some(api);
             })
             .await
         }
@@ -674,5 +696,55 @@ async fn an_operations_request_is_not_kept_past_its_answer() -> Result<()> {
     assert_eq!(outcome["success"], true, "{outcome}");
     a.shutdown().await?;
     b.shutdown().await?;
+    Ok(())
+}
+
+/// A password rotated in `--store-password-file` (as a Kubernetes Secret is updated in
+/// place) is used from the next connection on: once the database takes only the new
+/// one and drops the hub's connections, the hub connects again, without a restart.
+#[tokio::test]
+async fn a_password_rotated_in_its_file_is_used_when_the_store_reconnects() -> Result<()> {
+    logs();
+    let (pg, _, dir) = postgres("password_rotated").await?;
+    let url = pg.database_with_password("rotated", "rotated_role", "firstPassw0rd")?;
+    let file = dir.path().join("store-password");
+    std::fs::write(&file, "firstPassw0rd\n")?;
+    let hub = hub_with(|c| {
+        c.grace_period = LONG;
+        c.store = StoreLocation::Postgres(url.clone());
+        c.store_password_file = Some(file.clone());
+        c.hub_id = "hub-rotated".into();
+        c.replica_heartbeat = Duration::from_millis(200);
+        c.replica_timeout = Duration::from_secs(2);
+    })
+    .await?;
+    eventually("ready", || ready(&hub)).await?;
+
+    std::fs::write(&file, "secondPassw0rd\n")?;
+    pg.psql(
+        "rotated",
+        "ALTER ROLE rotated_role PASSWORD 'secondPassw0rd'",
+    )?;
+    pg.psql(
+        "rotated",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rotated_role'",
+    )?;
+    // A registration needs the store (its claim): accepted once the hub connects
+    // again, with the new password.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut agent = FakeAgent::connect(&hub, "east", "east-0").await?;
+        let results = agent.register(&[("prod-1", "uid-a")]).await;
+        match results {
+            Ok(results) if results.first().is_some_and(|r| r.accepted) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the hub never used the rotated password: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eventually("ready again", || ready(&hub)).await?;
+    hub.shutdown().await?;
     Ok(())
 }

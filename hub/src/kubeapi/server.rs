@@ -65,13 +65,17 @@ pub struct KubeApi {
     watches: Arc<super::watch::Slots>,
     /// The bytes held for each token's bodies and unsent lists.
     memory: Arc<Memory>,
+    /// The JSON API, for the requests other replicas forward here.
+    json_api: axum::Router,
 }
 
 /// Starts serving (TLS with the hub's certificate, when it has one); returns the
 /// bound address and the server's task, which ends when the hub shuts down.
+/// `json_api` serves the JSON API requests other replicas forward here.
 pub async fn start(
     shared: Arc<Shared>,
     config: KubeApiConfig,
+    json_api: axum::Router,
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), Error> {
     let shutdown = shared.shutdown.clone();
     let reload_interval = shared.config.reload_interval;
@@ -136,6 +140,7 @@ pub async fn start(
         columns: columns::Memory::default(),
         watches: Arc::default(),
         memory: Arc::new(Memory::new(held)),
+        json_api,
     });
     tokio::spawn(forget_removed(Arc::clone(&api), shutdown.clone()));
     let mut incoming = crate::net::tls::incoming(
@@ -193,7 +198,9 @@ pub async fn start(
                 let (active, in_flight) = watch::channel(0usize);
                 let active = Arc::new(active);
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    if api.authenticated(req.headers()) {
+                    if api.authenticated(req.headers())
+                        || forward::from_replica(req.headers(), peer.as_deref())
+                    {
                         started.notify_one();
                     }
                     let request = InFlight::new(&active);
@@ -201,9 +208,19 @@ pub async fn start(
                     let server_name = server_name.clone();
                     let peer = peer.clone();
                     async move {
-                        let response = api
-                            .handle(req, server_name.as_deref(), peer.as_deref())
-                            .await;
+                        // Another replica's forwarded JSON API request (replicas/forward.rs).
+                        let response = if forward::is_forwarded_json_api(&req) {
+                            forward::serve_forwarded_json_api(
+                                &api.shared,
+                                api.json_api.clone(),
+                                req,
+                                peer.as_deref(),
+                            )
+                            .await
+                        } else {
+                            api.handle(req, server_name.as_deref(), peer.as_deref())
+                                .await
+                        };
                         Ok::<_, Infallible>(response.map(|body| Holding::new(body, request)))
                     }
                 });

@@ -24,7 +24,7 @@
 //! them again (the account's token, its namespaces, impersonation): a replica
 //! gets nothing through another that it would not get directly.
 //!
-//! The Kubernetes API is forwarded only over TLS, and both replicas prove which
+//! Requests are forwarded only over TLS, and both replicas prove which
 //! replica they are (`--kube-api-replica-ca`): each replica's Kubernetes API
 //! certificate chains to the replicas' CA and names it
 //! (`spiffe://scaleagent.dev/hub/<replica id>`). The forwarding replica accepts
@@ -36,6 +36,14 @@
 //! from a connection whose certificate names the replica the mark names
 //! ([`check_forwarded`]). Without that CA (or to a holder serving plain HTTP) a
 //! request for an account held elsewhere gets 503 saying so.
+//!
+//! The JSON API goes the same way, on the same connections: its listener serves
+//! plain HTTP, so a JSON API request is forwarded to the holder's *Kubernetes
+//! API* listener (TLS, the replicas' identities), which serves a JSON API path
+//! only to a request marked forwarded by the replica its connection's
+//! certificate names ([`serve_forwarded_json_api`]). No caller's token ever
+//! goes in the clear, nor to an address the store names without that address
+//! proving it is the holder.
 //!
 //! A forwarded answer streams through as it comes
 //! (watches, `logs -f`): the client's reading paces the holder's sending, and
@@ -134,13 +142,11 @@ pub enum Routed<B> {
     Refused(Refused),
 }
 
-/// The HTTP clients replicas forward with: plain HTTP for the JSON API, TLS
-/// both ways under the replicas' CA for the Kubernetes API.
-#[derive(Debug, Clone)]
+/// The HTTP clients replicas forward with (both APIs): TLS both ways under the
+/// replicas' CA.
+#[derive(Debug, Clone, Default)]
 pub struct Forwarder {
-    client: Client<HttpConnector, ForwardBody>,
-    /// `None` without `--kube-api-replica-ca`: Kubernetes API requests are not
-    /// forwarded.
+    /// `None` without `--kube-api-replica-ca`: nothing is forwarded.
     kube: Option<Arc<KubeForwarding>>,
 }
 
@@ -162,15 +168,6 @@ struct KubeForwarding {
 impl std::fmt::Debug for KubeForwarding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeForwarding").finish_non_exhaustive()
-    }
-}
-
-impl Default for Forwarder {
-    fn default() -> Self {
-        Forwarder {
-            client: client(tcp()),
-            kube: None,
-        }
     }
 }
 
@@ -243,7 +240,6 @@ impl Forwarder {
                 identity: Arc::new(identity),
                 clients: Mutex::default(),
             })),
-            ..Forwarder::default()
         })
     }
 }
@@ -446,6 +442,49 @@ pub fn check_forwarded(
     })
 }
 
+/// Whether `headers` mark a request forwarded by the replica its connection's
+/// certificate (`peer`) names.
+pub fn from_replica(headers: &http::HeaderMap, peer: Option<&CertificateDer<'_>>) -> bool {
+    headers.contains_key(FORWARDED_BY) && check_forwarded(headers, peer).is_ok()
+}
+
+/// Whether `request`, come to the Kubernetes API listener, is a JSON API request
+/// another replica forwarded there (see [`serve_forwarded_json_api`]).
+pub fn is_forwarded_json_api<B>(request: &Request<B>) -> bool {
+    request.headers().contains_key(FORWARDED_BY) && account_in_path(request.uri().path()).is_some()
+}
+
+/// Serves with `json_api` (the JSON API's router, its token check included) a JSON
+/// API request another replica forwarded to this one's Kubernetes API listener, once
+/// its connection's certificate (`peer`) names the replica its mark names; 403
+/// otherwise.
+pub async fn serve_forwarded_json_api<B>(
+    shared: &Shared,
+    json_api: axum::Router,
+    request: Request<B>,
+    peer: Option<&CertificateDer<'_>>,
+) -> axum::response::Response
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if let Err(why) = check_forwarded(request.headers(), peer) {
+        shared.metrics.forwarded("refused_unproven");
+        warn!(%why, "refused a JSON API request marked as forwarded by a hub replica");
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({ "error": why })),
+        )
+            .into_response();
+    }
+    let service = hyper_util::service::TowerToHyperService::new(json_api);
+    let request = request.map(axum::body::Body::new);
+    match hyper::service::Service::call(&service, request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
 /// Where `account`'s requests to `endpoint` are answered.
 pub async fn locate(shared: &Shared, account: &str, endpoint: Endpoint) -> Holder {
     let Some(replicas) = shared.replicas.as_ref() else {
@@ -498,14 +537,18 @@ pub async fn locate(shared: &Shared, account: &str, endpoint: Endpoint) -> Holde
             row.holder
         ));
     }
-    let url = match endpoint {
-        Endpoint::Api => row.holder_api_url,
-        Endpoint::KubeApi => row.holder_kube_api_url,
-    }
-    .unwrap_or_default();
+    // Both APIs are forwarded to the holder's Kubernetes API listener: the one
+    // served over TLS with the replica's identity (see the module documentation).
+    let url = row.holder_kube_api_url.unwrap_or_default();
     if url.is_empty() {
+        let why = match endpoint {
+            Endpoint::Api => {
+                "which serves no Kubernetes API (--kube-api-addr), where the replicas forward each other's requests over TLS"
+            }
+            Endpoint::KubeApi => "which does not serve this API",
+        };
         return Holder::Unavailable(format!(
-            "account {account} is held by hub replica {}, which does not serve this API",
+            "account {account} is held by hub replica {}, {why}",
             row.holder
         ));
     }
@@ -550,24 +593,13 @@ where
             replicas.id()
         )));
     }
-    if endpoint == Endpoint::KubeApi
-        && let Err(why) = replicas.forwarder.kube_api_refusal(&url)
-    {
+    if let Err(why) = replicas.forwarder.refusal(&url) {
         shared.metrics.forwarded("refused_insecure");
         return Routed::Refused(unavailable(format!(
             "account {account} is held by hub replica {id}, and {why}; send the request to that replica, or see docs/clouddriver.md (several hub replicas)"
         )));
     }
-    match forward(
-        &replicas.forwarder,
-        endpoint,
-        &replicas.id(),
-        &id,
-        &url,
-        request,
-    )
-    .await
-    {
+    match forward(&replicas.forwarder, &replicas.id(), &id, &url, request).await {
         Ok(response) => {
             shared.metrics.forwarded("forwarded");
             Routed::Answered(response)
@@ -594,12 +626,12 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 impl Forwarder {
-    /// Why a Kubernetes API request cannot go to the holder at `url`, if it
-    /// cannot: only over TLS, checked against the replicas' CA.
-    fn kube_api_refusal(&self, url: &str) -> Result<(), &'static str> {
+    /// Why a request cannot go to the holder at `url`, if it cannot: only over
+    /// TLS, checked against the replicas' CA.
+    fn refusal(&self, url: &str) -> Result<(), &'static str> {
         if self.kube.is_none() {
             return Err(
-                "this replica forwards Kubernetes API requests only with --kube-api-replica-ca (the CA the replicas' certificates chain to)",
+                "this replica forwards requests (with their callers' tokens) only with --kube-api-replica-ca, the CA the replicas' certificates chain to, to the holder proving which replica it is",
             );
         }
         if !url.starts_with("https://") {
@@ -613,7 +645,6 @@ impl Forwarder {
 
 async fn forward<B>(
     forwarder: &Forwarder,
-    endpoint: Endpoint,
     me: &str,
     to: &str,
     base: &str,
@@ -650,11 +681,10 @@ where
     let body = body.map_err(Into::into).boxed_unsync();
     debug!(replica = %to, %path, "forwarding");
     let request = Request::from_parts(parts, body);
-    let sent = match (endpoint, &forwarder.kube) {
-        (Endpoint::KubeApi, Some(kube)) => kube.client_for(to)?.request(request).await,
-        (Endpoint::KubeApi, None) => return Err("no TLS client for the Kubernetes API".into()),
-        (Endpoint::Api, _) => forwarder.client.request(request).await,
+    let Some(kube) = &forwarder.kube else {
+        return Err("no TLS client for the other replicas".into());
     };
+    let sent = kube.client_for(to)?.request(request).await;
     let mut response = sent.map_err(|e| crate::error::chain(&e))?;
     for name in &HOP_BY_HOP {
         response.headers_mut().remove(name);

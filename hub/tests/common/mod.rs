@@ -106,6 +106,60 @@ impl Ca {
     }
 }
 
+/// The replicas' CA (`--kube-api-replica-ca`, in a file of its own temporary
+/// directory): replicas forward requests to each other only under it.
+pub struct ReplicaCa {
+    pub ca: Ca,
+    pub file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ReplicaCa {
+    pub fn new() -> Result<ReplicaCa> {
+        let ca = Ca::new("replicas")?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("replicas-ca.pem");
+        std::fs::write(&file, ca.pem())?;
+        Ok(ReplicaCa {
+            ca,
+            file,
+            _dir: dir,
+        })
+    }
+
+    /// Hub replica `id`'s certificate: the loopback address, and the URI SAN naming
+    /// it (written out, as an operator's CA would).
+    pub fn cert(&self, id: &str) -> Result<(String, String)> {
+        self.ca.leaf(
+            &["127.0.0.1", "localhost"],
+            &[&format!("spiffe://scaleagent.dev/hub/{id}")],
+        )
+    }
+
+    /// Replica `id`'s Kubernetes API over TLS with [`ReplicaCa::cert`] and `tokens` (a
+    /// tokens file's text), under this CA: where the other replicas forward it
+    /// requests, both APIs'.
+    pub fn kube_api(
+        &self,
+        id: &str,
+        tokens: &str,
+    ) -> Result<scale_agent_hub::kubeapi::KubeApiConfig> {
+        let (cert, key) = self.cert(id)?;
+        let mut api = scale_agent_hub::kubeapi::KubeApiConfig::new(
+            "127.0.0.1:0".parse()?,
+            scale_agent_hub::kubeapi::TokenSource::Text(tokens.to_owned()),
+        );
+        api.tls = Some(scale_agent_hub::TlsConfig {
+            cert_pem: cert.into_bytes(),
+            key_pem: key.into_bytes(),
+            client_ca_pem: None,
+            files: None,
+        });
+        api.replica_ca = Some(self.file.clone());
+        Ok(api)
+    }
+}
+
 /// URL-encodes a PEM as nginx's `$ssl_client_escaped_cert` does.
 pub fn escape(pem: &str) -> String {
     percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC).to_string()

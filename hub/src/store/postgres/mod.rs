@@ -23,7 +23,7 @@
 //! is an error like one that refuses, never a hung registration.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -67,9 +67,71 @@ pub const CLAIMS_CHANNEL: &str = "scale_agent_claims";
 /// The shared PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
+    connect: Connect,
+    location: String,
+}
+
+/// How the store connects: `config` and its TLS, the password re-read from
+/// `--store-password-file` for each new connection (a password rotated in the file,
+/// as a Kubernetes Secret is, is used from the next connection on, without a
+/// restart).
+#[derive(Clone)]
+struct Connect {
     config: tokio_postgres::Config,
     tls: tls::Connector,
-    location: String,
+    password_file: Option<PathBuf>,
+}
+
+impl Connect {
+    /// The settings of the next connection: `config`, with the password the file
+    /// holds now (the one read before stays when it cannot be read, with a warning).
+    fn config(&self) -> tokio_postgres::Config {
+        let mut config = self.config.clone();
+        if let Some(file) = &self.password_file {
+            match read_password(file) {
+                Ok(password) => {
+                    config.password(password);
+                }
+                Err(why) => {
+                    tracing::warn!(%why, "cannot read --store-password-file again; connecting with the password read before");
+                }
+            }
+        }
+        config
+    }
+}
+
+impl deadpool_postgres::Connect for Connect {
+    fn connect(
+        &self,
+        _: &tokio_postgres::Config,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let config = self.config();
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let (client, connection) = config.connect(tls).await?;
+            let task = tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::warn!(%err, "a connection to the store broke off");
+                }
+            });
+            Ok((client, task))
+        })
+    }
+}
+
+/// The password `file` holds (`--store-password-file`: one line, its line end
+/// dropped), or why not.
+fn read_password(file: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let password = text.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(format!("{} is empty", file.display()));
+    }
+    Ok(password.to_owned())
 }
 
 impl std::fmt::Debug for PgStore {
@@ -168,23 +230,14 @@ impl PgStore {
             }
         }
         let connector = tls::Connector::new(&tls).map_err(|m| invalid("setting up TLS", m))?;
+        let mut reread = None;
         if config.get_password().is_some() {
             tracing::warn!(store = %location, "the --store URL holds the database password, which any local user may read on the hub's command line: give it in --store-password-file or the environment (PGPASSWORD) instead");
         } else if let Some(file) = password_file {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                invalid(
-                    "reading --store-password-file",
-                    format!("{}: {e}", file.display()),
-                )
-            })?;
-            let password = text.trim_end_matches(['\r', '\n']);
-            if password.is_empty() {
-                return Err(invalid(
-                    "reading --store-password-file",
-                    format!("{} is empty", file.display()),
-                ));
-            }
+            let password =
+                read_password(file).map_err(|m| invalid("reading --store-password-file", m))?;
             config.password(password);
+            reread = Some(file.to_owned());
         } else if let Some(password) = std::env::var_os(PASSWORD_ENV).filter(|p| !p.is_empty()) {
             config.password(password.as_encoded_bytes());
         }
@@ -196,9 +249,14 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("scale-agent-hub");
         }
-        let manager = Manager::from_config(
-            config.clone(),
-            connector.clone(),
+        let connect = Connect {
+            config: config.clone(),
+            tls: connector,
+            password_file: reread,
+        };
+        let manager = Manager::from_connect(
+            config,
+            connect.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -213,8 +271,7 @@ impl PgStore {
             .map_err(|e| invalid("building the connection pool", e.to_string()))?;
         Ok(PgStore {
             pool,
-            config,
-            tls: connector,
+            connect,
             location,
         })
     }
@@ -348,8 +405,9 @@ impl PgStore {
         const WHAT: &str = "listening for claims";
         self.bounded(WHAT, async {
             let (client, mut connection) = self
-                .config
-                .connect(self.tls.clone())
+                .connect
+                .config()
+                .connect(self.connect.tls.clone())
                 .await
                 .map_err(|e| self.error(WHAT, crate::error::chain(&e)))?;
             let (tx, rx) = mpsc::channel(1024);
