@@ -112,20 +112,23 @@ async fn shared_watches(env: Arc<Env>) -> anyhow::Result<()> {
     // Two identities: two sets of watches on the API server, not three (one per
     // account, as before).
     let server = cluster_server(&env)?;
+    let last = std::sync::Mutex::new((0.0, 0.0));
     let open = wait::until(
         "the agent's watches to settle",
         Duration::from_secs(30),
         || async {
-            let now = api_server_watches(&env).await.ok()?;
+            let now = api_server_watches(&env).await.ok()? - before;
             let agent_says = agent_watches(&agent, &server).await;
-            (now - before <= 2.0 * WATCHES_PER_IDENTITY && agent_says == 2.0 * WATCHES_PER_IDENTITY)
-                .then_some(now - before)
+            *last.lock().ok()? = (now, agent_says);
+            (now <= 2.0 * WATCHES_PER_IDENTITY && agent_says == 2.0 * WATCHES_PER_IDENTITY)
+                .then_some(now)
         },
     )
     .await
     .with_context(|| {
+        let (api_server, agent_says) = *last.lock().unwrap_or_else(|e| e.into_inner());
         format!(
-            "three accounts of two identities on {CLUSTER}: the API server serves more than {} watches for the agent: {}",
+            "three accounts of two identities on {CLUSTER}: the API server serves {api_server} watches for the agent, which counts {agent_says} (want at most {} and exactly that): {}",
             2.0 * WATCHES_PER_IDENTITY,
             agent_log(&agent)
         )
@@ -143,7 +146,7 @@ async fn shared_watches(env: Arc<Env>) -> anyhow::Result<()> {
     sees("share-a", ns_b.clone(), &[]).await?;
 
     // Removing share-b leaves share-a streaming on the shared watch, with no relist.
-    let relists = relists(&agent).await;
+    let relisted = relists(&agent).await;
     cfg.accounts.retain(|a| a.name != "share-b");
     agent.update(&cfg, &kcs)?;
     wait::until(
@@ -166,7 +169,7 @@ async fn shared_watches(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(
-        relists(&agent).await == relists,
+        relists(&agent).await == relisted,
         "removing share-b made the agent relist: {}",
         agent_log(&agent)
     );
@@ -228,10 +231,10 @@ async fn token_kubeconfig(env: &Env, ns: &str) -> anyhow::Result<String> {
             "other",
             &PostParams::default(),
             &TokenRequest {
-                spec: TokenRequestSpec {
+                spec: Some(TokenRequestSpec {
                     expiration_seconds: Some(3600),
                     ..TokenRequestSpec::default()
-                },
+                }),
                 ..TokenRequest::default()
             },
         )
