@@ -33,6 +33,7 @@ use crate::kinds;
 use crate::metrics::{Metrics, RelistCause};
 use crate::operations::Cluster;
 use crate::outbound::{Closed, Outbound};
+use crate::shared::Shared;
 use crate::state::State;
 use crate::watch::{self, KindCtx, Start};
 use crate::{Error, Result};
@@ -139,8 +140,12 @@ async fn connect(
     };
     let server = config.cluster_url.to_string();
     let ca = config.root_cert.clone().unwrap_or_default();
+    let shares = crate::cluster_client::identity_key(&config).is_some();
     let clients = connections
-        .clients(&config, crate::cluster_client::streams_for(&desired.config))
+        .clients(
+            &config,
+            crate::cluster_client::streams_for(&desired.config, shares),
+        )
         .await
         .map_err(|e| kc_err(e.to_string()))?;
     let client = clients.client.clone();
@@ -224,7 +229,13 @@ async fn serve(
         proxy,
         upgrade,
         lease: _lease,
+        identity,
     } = clients;
+    let shared = identity.map(|identity| Shared {
+        connections: ctx.connections.clone(),
+        identity,
+        metrics: ctx.metrics.clone(),
+    });
     let name = account.name.clone();
     ctx.out
         .send(Frame::Register(Register {
@@ -332,15 +343,29 @@ async fn serve(
             budget: ctx.budget.clone(),
             metrics: ctx.metrics.clone(),
             watch_progress: ctx.watch_progress,
+            server: account.server_url.clone(),
+            shared: shared.clone(),
         };
         tasks.spawn(watch::run(kctx, kind, flag));
     }
     if ctx.api_surface {
-        tasks.spawn(crate::surface::run(
-            client.clone(),
-            name.clone(),
-            ctx.out.clone(),
-        ));
+        match &shared {
+            Some(shared) => tasks.spawn(crate::surface::run_shared(
+                shared.surface(),
+                name.clone(),
+                ctx.out.clone(),
+            )),
+            None => {
+                let open: Vec<_> = (0..crate::surface::WATCHES)
+                    .map(|_| ctx.metrics.watch_opened(&account.server_url))
+                    .collect();
+                let surface = crate::surface::run(client.clone(), name.clone(), ctx.out.clone());
+                tasks.spawn(async move {
+                    let _open = open;
+                    surface.await
+                })
+            }
+        };
     }
     loop {
         tokio::select! {

@@ -12,8 +12,10 @@
 //! An HTTP/2 connection carries at most the number of streams the server allows (a
 //! kube-apiserver: 100, its `--http2-max-streams-per-connection`); a request past that
 //! waits for a stream to end, and a watch never ends on its own. So each account reserves
-//! as many streams as it keeps open (one watch per kind, and one for its lists and
-//! operations, which come and go) on a connection that has room ([`place`]), and a
+//! as many streams as it keeps open (one for its lists and operations, which come and go,
+//! and, when it watches alone, one per watch; a watch shared by the accounts of one
+//! identity, [`crate::shared`], reserves its own) on a connection that has room
+//! ([`place`]), and a
 //! transport gets another connection when none has, as Go's HTTP/2 client (client-go's)
 //! opens another when one is full. The limit is the server's own, read once per transport
 //! from its HTTP/2 SETTINGS ([`probe_max_streams`]).
@@ -67,7 +69,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 type Pool = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Body>;
 
 /// What decides an account's connection: two accounts with the same key may share one.
-type Key = [u8; 32];
+pub type Key = [u8; 32];
 
 /// The clients of one account, and its share of a connection.
 pub struct AccountClients {
@@ -81,12 +83,16 @@ pub struct AccountClients {
     pub upgrade: kube::Client,
     /// The streams this account reserved; given back when dropped.
     pub lease: StreamLease,
+    /// Who the account is to its cluster, when accounts may share its watches.
+    pub identity: Option<crate::shared::Identity>,
 }
 
 /// Every connection of the agent, by transport.
 #[derive(Default)]
 pub struct Connections {
     transports: Mutex<HashMap<Key, Transport>>,
+    /// The watches accounts of the same identity share.
+    pub(crate) shared: crate::shared::Registry,
 }
 
 /// The connections of one transport.
@@ -183,7 +189,14 @@ pub fn place(reserved: &[usize], limit: usize, streams: usize) -> Option<usize> 
 /// kinds are counted per namespace too: a reservation a little too large costs a
 /// connection sooner, one too small a watch that waits — and a list that waits behind
 /// watches that never end waits for ever.
-pub fn streams_for(config: &scale_agent_crds::AccountConfig) -> usize {
+///
+/// An account whose watches are shared (`shared`: its cluster identity is known, see
+/// [`identity_key`]) keeps one stream of its own, for its lists and operations: the
+/// shared watches reserve their streams themselves ([`crate::shared`]).
+pub fn streams_for(config: &scale_agent_crds::AccountConfig, shared: bool) -> usize {
+    if shared {
+        return 1;
+    }
     let kinds = if config.scope.kinds.is_empty() {
         crate::kinds::DEFAULT_KINDS.len()
     } else {
@@ -228,6 +241,62 @@ fn transport_key(config: &kube::Config) -> Option<Key> {
     }
     if let Some(key) = &auth.client_key_data {
         field("key", key.expose_secret().as_bytes());
+    }
+    Some(h.finalize().into())
+}
+
+/// Who the agent is to the cluster with `config`, as a hash: its connection
+/// ([`transport_key`]) and what authenticates its requests (token, token file, basic
+/// auth, impersonation, extra headers). Accounts with the same identity see the same
+/// objects, so they may share watches ([`crate::shared`]); `None` when it cannot be
+/// told: an exec plugin or an auth provider (their tokens may differ between two runs),
+/// or a client certificate read from a file. Only the hash is kept; nothing it hashes is
+/// ever logged.
+pub fn identity_key(config: &kube::Config) -> Option<Key> {
+    let auth = &config.auth_info;
+    if auth.auth_provider.is_some() {
+        return None;
+    }
+    let transport = transport_key(config)?;
+    let mut h = Sha256::new();
+    let mut field = |tag: &str, bytes: &[u8]| {
+        h.update(tag.as_bytes());
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field("transport", &transport);
+    if let Some(user) = &auth.username {
+        field("username", user.as_bytes());
+    }
+    if let Some(password) = &auth.password {
+        field("password", password.expose_secret().as_bytes());
+    }
+    if let Some(token) = &auth.token {
+        field("token", token.expose_secret().as_bytes());
+    }
+    if let Some(file) = &auth.token_file {
+        field("token-file", file.as_bytes());
+    }
+    if let Some(user) = &auth.impersonate {
+        field("as", user.as_bytes());
+    }
+    if let Some(uid) = &auth.impersonate_uid {
+        field("as-uid", uid.as_bytes());
+    }
+    for group in auth.impersonate_groups.iter().flatten() {
+        field("as-group", group.as_bytes());
+    }
+    let mut extra: Vec<_> = auth.impersonate_user_extra.iter().flatten().collect();
+    extra.sort();
+    for (name, values) in extra {
+        field("as-extra", name.as_bytes());
+        for v in values {
+            field("as-extra-value", v.as_bytes());
+        }
+    }
+    for (name, value) in &config.headers {
+        field("header", name.as_str().as_bytes());
+        field("header-value", value.as_bytes());
     }
     Some(h.finalize().into())
 }
@@ -303,11 +372,17 @@ impl Connections {
             slot: slot.id,
             streams,
         };
+        let identity = identity_key(config).map(|key| crate::shared::Identity {
+            key,
+            config: Arc::new(config.clone()),
+            server: config.cluster_url.to_string(),
+        });
         Some(Ok(AccountClients {
             client,
             proxy,
             upgrade,
             lease,
+            identity,
         }))
     }
 
@@ -431,12 +506,23 @@ mod tests {
         let defaults = crate::kinds::DEFAULT_KINDS.len();
         // The CustomResourceDefinitions and APIServices watched for the hub.
         let surface = 2;
-        assert_eq!(streams_for(&account(&[], &[])), defaults + 1 + surface);
-        assert_eq!(streams_for(&account(&[], &["a"])), defaults + 1 + surface);
         assert_eq!(
-            streams_for(&account(&["ConfigMap", "Deployment"], &["a", "b", "c"])),
+            streams_for(&account(&[], &[]), false),
+            defaults + 1 + surface
+        );
+        assert_eq!(
+            streams_for(&account(&[], &["a"]), false),
+            defaults + 1 + surface
+        );
+        assert_eq!(
+            streams_for(
+                &account(&["ConfigMap", "Deployment"], &["a", "b", "c"]),
+                false
+            ),
             7 + surface
         );
+        // Shared watches reserve their own streams: the account keeps one for its lists.
+        assert_eq!(streams_for(&account(&[], &["a", "b"]), true), 1);
     }
 
     fn config(yaml: &str) -> kube::Config {
@@ -479,5 +565,46 @@ mod tests {
             "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: get-token",
         ));
         assert_eq!(transport_key(&exec), None);
+    }
+
+    #[test]
+    fn accounts_share_watches_only_with_the_same_server_and_credentials() {
+        let server = "https://10.0.0.1:6443";
+        let a = config(&kubeconfig(server, "    token: a"));
+        // The same credentials in another kubeconfig: one identity.
+        assert!(identity_key(&a).is_some());
+        assert_eq!(
+            identity_key(&a),
+            identity_key(&config(&kubeconfig(server, "    token: a")))
+        );
+        // Another token shares the connection, never the watches: its rights may differ.
+        let b = config(&kubeconfig(server, "    token: b"));
+        assert_eq!(transport_key(&a), transport_key(&b));
+        assert_ne!(identity_key(&a), identity_key(&b));
+        for other in [
+            kubeconfig("https://10.0.0.2:6443", "    token: a"),
+            kubeconfig(server, "    token: a\n    as: someone"),
+            kubeconfig(server, "    username: u\n    password: p"),
+            kubeconfig(server, "    tokenFile: /var/run/token"),
+            kubeconfig(
+                server,
+                "    client-certificate-data: Y2VydDE=\n    client-key-data: a2V5MQ==",
+            ),
+        ] {
+            assert_ne!(identity_key(&config(&other)), identity_key(&a), "{other}");
+        }
+        let cert = |key: &str| {
+            identity_key(&config(&kubeconfig(
+                server,
+                &format!("    client-certificate-data: Y2VydDE=\n    client-key-data: {key}"),
+            )))
+        };
+        assert_ne!(cert("a2V5MQ=="), cert("a2V5Mg=="));
+        // Tokens an exec plugin gives may differ from one run to the next: never shared.
+        let exec = config(&kubeconfig(
+            server,
+            "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: get-token",
+        ));
+        assert_eq!(identity_key(&exec), None);
     }
 }

@@ -6,7 +6,8 @@
 //! - [`leases`] and [`assignment`]: replicas of one shard split its accounts.
 //! - [`session`]: the hub connection, reconnects, frame routing.
 //! - [`account`], [`kinds`], [`watch`], [`objects`]: per-account discovery, watches, and
-//!   what of each object is sent; [`cluster_client`]: one HTTP/2 connection per cluster.
+//!   what of each object is sent; [`cluster_client`]: one HTTP/2 connection per cluster;
+//!   [`shared`]: one watch per kind for the accounts of one cluster and user.
 //! - [`batch`], [`outbound`], [`budget`]: events into batches, batches onto the stream,
 //!   bounded memory and backpressure.
 //! - [`operations`]: apply, delete, patch, scale, rollout restart, get.
@@ -33,6 +34,7 @@ pub mod outbound;
 pub mod proxy;
 pub mod report;
 pub mod session;
+pub mod shared;
 pub mod state;
 pub mod surface;
 pub mod tls;

@@ -42,6 +42,8 @@ scale_agent_runtime::metrics! {
         kube_api_requests: Counter,
         /// Bytes of Kubernetes API request bodies held until the cluster has them (at most --max-held-request-mib per hub session).
         kube_api_request_bytes_held: Gauge,
+        /// Watches the agent keeps open on each cluster's API server (by its URL): one per kind for all the accounts of one identity, and the watches of accounts that watch on their own.
+        watches_open: Family<ServerLabels, Gauge>,
     }
 }
 
@@ -60,6 +62,8 @@ pub enum RelistCause {
     SeveralNamespaces,
     /// The kind is no longer watched: listed empty so the hub drops what it cached.
     KindRemoved,
+    /// The account fell too far behind the watch it shares with other accounts.
+    FellBehind,
 }
 
 impl RelistCause {
@@ -72,6 +76,7 @@ impl RelistCause {
             Self::SuspiciousResume => "suspicious_resume",
             Self::SeveralNamespaces => "several_namespaces",
             Self::KindRemoved => "kind_removed",
+            Self::FellBehind => "fell_behind",
         }
     }
 }
@@ -111,7 +116,45 @@ impl KindLabels {
     }
 }
 
+/// The label of a per-cluster metric: the API server's URL (bounded by the clusters the
+/// config names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServerLabels {
+    /// The server's URL.
+    pub server: String,
+}
+
+/// One open watch, counted in `watches_open` until dropped.
+pub struct OpenWatch(Gauge);
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Metrics {
+    /// Counts a watch open on `server` for as long as the returned guard lives.
+    pub fn watch_opened(&self, server: &str) -> OpenWatch {
+        let gauge = self
+            .watches_open
+            .get_or_create(&ServerLabels {
+                server: server.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        OpenWatch(gauge)
+    }
+
+    /// Watches open on `server` now.
+    pub fn watches_open_on(&self, server: &str) -> i64 {
+        self.watches_open
+            .get(&ServerLabels {
+                server: server.to_owned(),
+            })
+            .map_or(0, |g| g.get())
+    }
+
     /// Counts one bookmark of `kind` passed on to the hub as watch progress.
     pub fn watch_progressed(&self, kind: &KindLabels) {
         self.watch_progress.get_or_create(kind).inc();

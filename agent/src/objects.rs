@@ -53,6 +53,34 @@ fn omitted_namespaces(config: &AccountConfig, kind: &WatchedKind) -> Option<Stri
     Some(sel.join(","))
 }
 
+/// The label of [`SPINNAKER_MANAGED`] and its value.
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "spinnaker");
+
+/// Whether an object of a namespaced kind in `namespace` is within what the account
+/// streams: the namespaces the API server selects for it (its `namespaces`, each watched
+/// on its own, or else all but `omitNamespaces`, by [`Selectors::of`]'s field selector),
+/// for a watch of every namespace that others share.
+pub fn in_namespaces(config: &AccountConfig, namespace: Option<&str>) -> bool {
+    let ns = namespace.unwrap_or_default();
+    if config.scope.namespaces.is_empty() {
+        !config.scope.omit_namespaces.iter().any(|o| o == ns)
+    } else {
+        config.scope.namespaces.iter().any(|n| n == ns)
+    }
+}
+
+/// Whether `obj` carries the labels [`Selectors::of`]'s label selector asks for (always,
+/// without `onlySpinnakerManaged`).
+pub fn labelled(config: &AccountConfig, obj: &DynamicObject) -> bool {
+    !config.scope.only_spinnaker_managed
+        || obj
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY.0))
+            .is_some_and(|v| v == MANAGED_BY.1)
+}
+
 /// Turns an object into the event the hub receives. Returns `None` for an object the
 /// account does not stream, or one that cannot be encoded.
 pub fn encode(
@@ -109,6 +137,14 @@ pub fn strip_result(mut value: serde_json::Value) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_label_matched_here_is_the_selector_the_api_server_is_given() {
+        assert_eq!(
+            SPINNAKER_MANAGED,
+            format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
+        );
+    }
     use kube::discovery::ApiResource;
     use scale_agent_crds::AccountScope;
     use scale_agent_crds::objects::LAST_APPLIED;

@@ -91,6 +91,57 @@ fn resources() -> [ApiResource; KINDS] {
 
 /// Follows `account`'s CRDs and APIServices until the session closes.
 pub async fn run(client: Client, account: String, out: Outbound) -> Result<(), Closed> {
+    follow(client, |followed| {
+        out.send(Frame::ApiSurface(ApiSurface {
+            account: account.clone(),
+            followed,
+        }))
+    })
+    .await
+}
+
+/// Tells `account`'s hub what the follower its identity shares ([`crate::shared`])
+/// decides: followed on joining when it is, and on every change after; no longer
+/// followed once, when it was.
+pub async fn run_shared(
+    mut surface: tokio::sync::watch::Receiver<crate::shared::Surface>,
+    account: String,
+    out: Outbound,
+) -> Result<(), Closed> {
+    let mut told = 0u64;
+    let mut followed = false;
+    loop {
+        let now = *surface.borrow_and_update();
+        if now.told != told {
+            told = now.told;
+            let tell = match now.followed {
+                Some(true) => Some(true),
+                Some(false) => followed.then_some(false),
+                None => None,
+            };
+            if let Some(f) = tell {
+                followed = f;
+                out.send(Frame::ApiSurface(ApiSurface {
+                    account: account.clone(),
+                    followed: f,
+                }))
+                .await?;
+            }
+        }
+        if surface.changed().await.is_err() {
+            // The follower is gone (it ends only once nobody listens).
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Follows a cluster's CRDs and APIServices with `client`, and `tell`s each decision
+/// (followed or not), until telling fails.
+pub async fn follow<F, T>(client: Client, mut tell: F) -> Result<(), Closed>
+where
+    F: FnMut(bool) -> T,
+    T: std::future::Future<Output = Result<(), Closed>>,
+{
     loop {
         let watches = resources().into_iter().enumerate().map(|(i, ar)| {
             // Names and versions only: a CRD's schema can be large.
@@ -108,15 +159,10 @@ pub async fn run(client: Client, account: String, out: Outbound) -> Result<(), C
         let mut follow = Follow::default();
         while let Some((kind, s)) = seen.next().await {
             if let Some(followed) = follow.decide(kind, s) {
-                out.send(Frame::ApiSurface(ApiSurface {
-                    account: account.clone(),
-                    followed,
-                }))
-                .await?;
+                tell(followed).await?;
             }
             if s == Seen::Failed {
                 tracing::info!(
-                    account,
                     "watching the cluster's CRDs and APIServices failed; the hub keeps none of its discovery until it works again"
                 );
                 break;

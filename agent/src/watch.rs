@@ -8,6 +8,10 @@
 //! `namespaces`, one watch per namespace, merged; when any of them expires (410 Gone)
 //! the whole kind is relisted, so the hub can drop exactly what vanished. No object is
 //! kept in memory; events leave through the kind's [`KindSender`].
+//!
+//! An account whose cluster identity others share ([`crate::shared`]) lists on its own
+//! but watches through the kind's shared watch, taking what its filters select
+//! ([`crate::shared::view`]); it watches alone when the kind cannot be shared.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,9 +30,11 @@ use tracing::Instrument;
 use crate::batch::KindSender;
 use crate::budget::Budget;
 use crate::kinds::WatchedKind;
-use crate::metrics::{KindLabels, Metrics, RelistCause};
+use crate::metrics::{KindLabels, Metrics, OpenWatch, RelistCause};
 use crate::objects::{self, Selectors};
 use crate::outbound::{Closed, Outbound};
+use crate::shared::view::View;
+use crate::shared::{Item, Shared, Subscription};
 
 /// Objects per list page.
 const PAGE_SIZE: u32 = 500;
@@ -60,6 +66,10 @@ pub struct KindCtx {
     pub selection: String,
     /// Whether the hub takes WatchProgress frames on this session.
     pub watch_progress: bool,
+    /// The cluster's URL (the label of `watches_open`).
+    pub server: String,
+    /// The watches the account's identity shares, when it can share.
+    pub shared: Option<Shared>,
 }
 
 /// How a kind's watch starts.
@@ -96,6 +106,8 @@ struct KindWatch {
     told_hub: String,
     /// The kind's label on per-kind metrics.
     label: KindLabels,
+    /// While listing for a shared watch: the uids listed.
+    uids: Option<Vec<String>>,
 }
 
 impl KindWatch {
@@ -129,6 +141,7 @@ impl KindWatch {
             synced,
             told_hub: String::new(),
             label,
+            uids: None,
         }
     }
 
@@ -174,6 +187,9 @@ impl KindWatch {
                 }))
                 .await?;
         }
+        if let Some(shared) = self.ctx.shared.clone() {
+            start = self.shared(&shared, start).await?;
+        }
         loop {
             let versions = match start {
                 Ok(versions) => versions,
@@ -191,15 +207,125 @@ impl KindWatch {
     /// The newest resourceVersion the API server has for the kind (a one-item list of
     /// metadata); `None` when it cannot be read, and then nothing is judged by it.
     async fn newest_version(&self) -> Option<String> {
-        let api = self.apis.first()?;
-        match api.list_metadata(&ListParams::default().limit(1)).await {
-            Ok(list) => list.metadata.resource_version.filter(|v| !v.is_empty()),
-            Err(e) => {
-                let error = e.to_string();
+        match newest_version(self.apis.first()?).await {
+            Ok(v) => Some(v),
+            Err(error) => {
                 tracing::debug!(error = %truncate(&error, 512), "cannot read the newest resourceVersion; resuming unchecked");
                 None
             }
         }
+    }
+
+    /// Streams the kind through its shared watch, from `start` (resume or relist), for
+    /// as long as it is shared; returns where to go on alone when it is not (at once,
+    /// when it cannot be shared).
+    async fn shared(
+        &mut self,
+        shared: &Shared,
+        start: Result<Vec<String>, RelistCause>,
+    ) -> Result<Result<Vec<String>, RelistCause>, Closed> {
+        let namespaces = if self.apis.len() > 1 {
+            self.ctx.config.scope.namespaces.clone()
+        } else {
+            Vec::new()
+        };
+        let from = match &start {
+            Ok(versions) => match versions.as_slice() {
+                [v] => match v.parse::<u64>() {
+                    Ok(v) => Some(v),
+                    Err(_) => return Ok(start),
+                },
+                _ => return Ok(start),
+            },
+            Err(_) => None,
+        };
+        let Some(mut sub) = shared.join(&self.kind, from).await else {
+            return Ok(start);
+        };
+        let mut view = match start {
+            Ok(_) => View::resumed(from.unwrap_or_default(), &self.ctx.config),
+            Err(cause) => self.relist_shared(cause, &namespaces).await?,
+        };
+        loop {
+            // As in `watch`: a burst that arrived together becomes one frame.
+            if self
+                .sender
+                .due()
+                .is_some_and(|due| due <= tokio::time::Instant::now())
+            {
+                self.sender.flush().await?;
+            }
+            let next = match sub.items.recv().now_or_never() {
+                Some(next) => next,
+                None => {
+                    self.sender.flush().await?;
+                    sub.items.recv().await
+                }
+            };
+            let Some(item) = next else {
+                tracing::warn!("fell behind the shared watch; relisting");
+                sub = match self.rejoin(shared, sub).await {
+                    Some(sub) => sub,
+                    None => return Ok(Err(RelistCause::FellBehind)),
+                };
+                view = self
+                    .relist_shared(RelistCause::FellBehind, &namespaces)
+                    .await?;
+                continue;
+            };
+            match &*item {
+                Item::Change(ty, obj, version) => {
+                    if let Some(ty) = view.admit(&self.ctx.config, &self.kind, *ty, obj, *version)
+                        && let Some(ev) = self.encode(ty, DynamicObject::clone(obj))
+                    {
+                        self.told_hub.clone_from(&ev.resource_version);
+                        self.sender.event(ev).await?;
+                    }
+                }
+                Item::Bookmark(version) => {
+                    if view.bookmark(*version) {
+                        self.progress(version.to_string()).await?;
+                    }
+                }
+                Item::Expired(version) => {
+                    if !view.covers(*version) {
+                        tracing::info!("watch expired (410 Gone); relisting");
+                        view = self
+                            .relist_shared(RelistCause::Expired, &namespaces)
+                            .await?;
+                    }
+                }
+                Item::Unshared => {
+                    tracing::info!("the kind is no longer shared; watching it alone");
+                    return Ok(Ok(view.versions(&namespaces)));
+                }
+            }
+        }
+    }
+
+    /// Leaves the shared watch and joins it again, to list.
+    async fn rejoin(&self, shared: &Shared, old: Subscription) -> Option<Subscription> {
+        drop(old);
+        shared.join(&self.kind, None).await
+    }
+
+    /// Relists the kind (after joining its shared watch) for `cause`.
+    async fn relist_shared(
+        &mut self,
+        cause: RelistCause,
+        namespaces: &[String],
+    ) -> Result<View, Closed> {
+        self.ctx.metrics.relist(cause);
+        self.uids = Some(Vec::new());
+        let versions = self.list().await?;
+        let uids = self.uids.take().unwrap_or_default();
+        let versions: Vec<u64> = versions.iter().map(|v| v.parse().unwrap_or(0)).collect();
+        Ok(View::listed(
+            namespaces,
+            &versions,
+            uids.iter().map(String::as_str),
+            &self.ctx.config,
+        ))
     }
 
     /// Lists every object of the kind between SyncStart and SyncEnd, within a sync
@@ -250,6 +376,9 @@ impl KindWatch {
     async fn list_once(&mut self) -> Result<Result<(Vec<String>, u64), String>, Closed> {
         let mut versions = Vec::with_capacity(self.apis.len());
         let mut count = 0u64;
+        if let Some(uids) = self.uids.as_mut() {
+            uids.clear();
+        }
         for api in self.apis.clone() {
             let mut params = ListParams::default().limit(PAGE_SIZE);
             params.label_selector.clone_from(&self.selectors.labels);
@@ -261,6 +390,9 @@ impl KindWatch {
                 };
                 for obj in page.items {
                     if let Some(ev) = self.encode(EventType::Added, obj) {
+                        if let Some(uids) = self.uids.as_mut() {
+                            uids.push(ev.uid.clone());
+                        }
                         count += 1;
                         self.sender.event(ev).await?;
                     }
@@ -335,7 +467,7 @@ impl KindWatch {
                 }
                 Step::Ended => watches.push(self.open(i, versions[i].clone(), Duration::ZERO)),
                 Step::Expired => return Ok(()),
-                Step::Failed(e) => {
+                Step::Forbidden(e) | Step::Failed(e) => {
                     failures[i] += 1;
                     self.failed(failures[i], "watch", &e);
                     watches.push(self.open(i, versions[i].clone(), retry_delay(failures[i])));
@@ -376,32 +508,14 @@ impl KindWatch {
         version: String,
         delay: Duration,
     ) -> BoxStream<'static, (usize, Step)> {
-        let api = self.apis[i].clone();
-        let mut params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
-        params.bookmarks = true;
-        params.label_selector.clone_from(&self.selectors.labels);
-        params.field_selector.clone_from(&self.selectors.fields);
-        let opened = async move {
-            tokio::time::sleep(delay).await;
-            api.watch(&params, &version).await
-        };
-        let steps = stream::once(opened)
-            .flat_map(|opened| match opened {
-                Ok(events) => events
-                    .map(classify)
-                    .take_until(tokio::time::sleep(WATCH_DEAD_AFTER))
-                    .chain(stream::once(async { Step::Ended }))
-                    .boxed(),
-                Err(e) => stream::once(async move { classify(Err(e)) }).boxed(),
-            })
-            .boxed();
-        // After the step that ends it, the watch (and its connection) is dropped at once.
-        stream::unfold(Some(steps), move |steps| async move {
-            let mut steps = steps?;
-            let step = steps.next().await?;
-            let rest = (!step.ends_the_watch()).then_some(steps);
-            Some(((i, step), rest))
-        })
+        open(
+            self.apis[i].clone(),
+            &self.selectors,
+            version,
+            delay,
+            self.ctx.metrics.watch_opened(&self.ctx.server),
+        )
+        .map(move |step| (i, step))
         .boxed()
     }
 
@@ -423,9 +537,60 @@ impl KindWatch {
     }
 }
 
+/// One watch of `api` from `version` with `selectors`, after `delay`, counted in
+/// `watches_open` (by `open`) until it ends. The stream stops after the first step that
+/// ends the watch.
+pub(crate) fn open(
+    api: Api<DynamicObject>,
+    selectors: &Selectors,
+    version: String,
+    delay: Duration,
+    open: OpenWatch,
+) -> BoxStream<'static, Step> {
+    let mut params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+    params.bookmarks = true;
+    params.label_selector.clone_from(&selectors.labels);
+    params.field_selector.clone_from(&selectors.fields);
+    let opened = async move {
+        tokio::time::sleep(delay).await;
+        api.watch(&params, &version).await
+    };
+    let steps = stream::once(opened)
+        .flat_map(|opened| match opened {
+            Ok(events) => events
+                .map(classify)
+                .take_until(tokio::time::sleep(WATCH_DEAD_AFTER))
+                .chain(stream::once(async { Step::Ended }))
+                .boxed(),
+            Err(e) => stream::once(async move { classify(Err(e)) }).boxed(),
+        })
+        .boxed();
+    // After the step that ends it, the watch (and its connection) is dropped at once.
+    stream::unfold(Some((steps, open)), |state| async move {
+        let (mut steps, open) = state?;
+        let step = steps.next().await?;
+        let rest = (!step.ends_the_watch()).then_some((steps, open));
+        Some((step, rest))
+    })
+    .boxed()
+}
+
+/// The newest resourceVersion the API server has for `api`'s kind (a one-item list of
+/// metadata), or why it cannot be read.
+pub(crate) async fn newest_version(api: &Api<DynamicObject>) -> Result<String, String> {
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(list) => list
+            .metadata
+            .resource_version
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| "the list has no resourceVersion".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// What one item of a watch means for the loop.
 #[derive(Debug)]
-enum Step {
+pub(crate) enum Step {
     /// An object was added, changed or deleted.
     Change(EventType, Box<DynamicObject>),
     /// The watch is current up to this resourceVersion.
@@ -440,11 +605,16 @@ enum Step {
     Expired,
     /// The watch failed: watch again from the last resourceVersion after a pause.
     Failed(String),
+    /// The watch was refused (403): the same, unless a narrower one may do.
+    Forbidden(String),
 }
 
 impl Step {
     fn ends_the_watch(&self) -> bool {
-        matches!(self, Step::Ended | Step::Expired | Step::Failed(_))
+        matches!(
+            self,
+            Step::Ended | Step::Expired | Step::Failed(_) | Step::Forbidden(_)
+        )
     }
 }
 
@@ -471,6 +641,8 @@ fn refused(status: &Status) -> Step {
     });
     if status.code == 410 || about_the_version {
         Step::Expired
+    } else if status.code == 403 {
+        Step::Forbidden(format!("{} ({})", status.message, status.code))
     } else {
         Step::Failed(format!("{} ({})", status.message, status.code))
     }
@@ -485,12 +657,12 @@ fn ahead(rv: &str, newest: &str) -> bool {
 
 /// The pause before retrying a failed list or watch: 250 ms per consecutive failure,
 /// at most 5 s.
-fn retry_delay(failures: u32) -> Duration {
+pub(crate) fn retry_delay(failures: u32) -> Duration {
     Duration::from_millis(250 * u64::from(failures.clamp(1, 20)))
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
-fn truncate(text: &str, max: usize) -> &str {
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }
@@ -554,6 +726,8 @@ mod loop_tests {
             start,
             selection: "sel".into(),
             watch_progress,
+            server: "https://test".into(),
+            shared: None,
         };
         let kind = WatchedKind {
             resource: ApiResource {

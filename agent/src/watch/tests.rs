@@ -43,8 +43,14 @@ fn only_a_version_the_server_cannot_watch_from_relists() {
         )))),
         Step::Expired
     ));
+    // A refusal is told apart (a shared cluster-wide watch then gives way to each
+    // account's own), and retried from the same version by an account's own watch.
+    assert!(matches!(
+        classify(Ok(WatchEvent::Error(status(403, vec![])))),
+        Step::Forbidden(_)
+    ));
     // Everything else is retried from the same version.
-    for code in [403, 429, 500, 503, 504] {
+    for code in [429, 500, 503, 504] {
         assert!(
             matches!(
                 classify(Ok(WatchEvent::Error(status(code, vec![])))),
@@ -70,6 +76,7 @@ fn steps_that_end_a_watch() {
     assert!(Step::Ended.ends_the_watch());
     assert!(Step::Expired.ends_the_watch());
     assert!(Step::Failed(String::new()).ends_the_watch());
+    assert!(Step::Forbidden(String::new()).ends_the_watch());
     assert!(!Step::Bookmark(String::new()).ends_the_watch());
     assert!(!Step::Skipped(String::new()).ends_the_watch());
 }

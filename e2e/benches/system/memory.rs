@@ -258,10 +258,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 ctx.p.steady_seconds
             )),
         );
-        // The fewest connections the busiest server's accounts can stream over.
+        // The fewest connections the busiest server's accounts can stream over: they
+        // share one watch per kind and the surface's watches (one identity), and each
+        // reserves one stream for its lists and operations.
         let busiest = n.div_ceil(clusters);
-        // Whole accounts per connection: each reserves its watches and one stream more.
-        let least = busiest.div_ceil((API_SERVER_STREAMS / (kinds + 1)).max(1));
+        let least = (busiest + kinds + scale_agent::surface::WATCHES).div_ceil(API_SERVER_STREAMS);
         out.push(
             Figure::measured(
                 "agent_memory_scaling",
@@ -273,8 +274,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             .goal(Goal::AtMost { limit: 2.0 })
             .params(&params)
             .note(format!(
-                "established TCP connections to the busiest API server ({n} accounts over {clusters} API servers); {} in all, {} open file descriptors (the baseline: {} and {}). Its {busiest} accounts keep {} watches open each and reserve one stream more: at the API server's {API_SERVER_STREAMS} streams per connection (kube-apiserver's default) they need at least {least} connections",
-                agent_m.to_clusters, agent_m.fds, base_m.to_clusters, base_m.fds, kinds
+                "established TCP connections to the busiest API server ({n} accounts over {clusters} API servers); {} in all, {} open file descriptors (the baseline: {} and {}). Its {busiest} accounts share {} watches (one identity) and each reserves one stream for its lists and operations: at the API server's {API_SERVER_STREAMS} streams per connection (kube-apiserver's default) they need at least {least} connections",
+                agent_m.to_clusters,
+                agent_m.fds,
+                base_m.to_clusters,
+                base_m.fds,
+                kinds + scale_agent::surface::WATCHES
             )),
         );
         out.push(
