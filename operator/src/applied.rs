@@ -6,7 +6,9 @@
 //! A child is applied again when what the shard asks of it changed (a hash of the
 //! desired object), or when the child as the operator's watches show it is no longer
 //! what the operator's last apply left (deleted, edited by someone else, its labels or
-//! owner changed). The children the operator does not watch (ServiceAccount, Role,
+//! owner changed); when the watch does not show at all a child the operator applied as
+//! it would now, the API server is asked first ([`unconfirmed`]): the watch may not
+//! have caught up with that apply. The children the operator does not watch (ServiceAccount, Role,
 //! RoleBinding, cert-manager Certificate) are applied again once they were last applied
 //! [`RESYNC`] ago, which is when the periodic resync looks at every shard anyway.
 //!
@@ -73,6 +75,14 @@ pub fn needs_apply(record: Option<&Record>, desired: u64, seen: Seen, now: Insta
         Seen::Watched(None) => true,
         Seen::Unwatched => now.saturating_duration_since(r.at) >= resync_after(),
     }
+}
+
+/// Whether a watched child that [`needs_apply`] would apply only because the watch does
+/// not show it is the very object the operator last applied (`record`): the watch may
+/// simply not have caught up with that apply yet, so the API server is asked before it
+/// is applied again (as it is when the read finds it gone or changed).
+pub fn unconfirmed(record: &Record, desired: u64, seen: Seen) -> bool {
+    record.desired == desired && seen == Seen::Watched(None)
 }
 
 /// How long an unwatched child is left alone: a little under [`RESYNC`], so that the
@@ -276,6 +286,18 @@ mod tests {
         assert!(needs_apply(Some(&r), 2, Seen::Unwatched, now));
         assert!(needs_apply(Some(&r), 1, Seen::Watched(None), now));
         assert!(needs_apply(Some(&r), 1, Seen::Watched(Some(8)), now));
+    }
+
+    #[test]
+    fn a_child_the_watch_does_not_show_yet_is_read_before_it_is_applied_again() {
+        let now = Instant::now();
+        let r = record(1, 7, now);
+        assert!(unconfirmed(&r, 1, Seen::Watched(None)));
+        // Shown, changed, never applied, or not watched: the usual rule alone.
+        assert!(!unconfirmed(&r, 1, Seen::Watched(Some(7))));
+        assert!(!unconfirmed(&r, 1, Seen::Watched(Some(8))));
+        assert!(!unconfirmed(&r, 2, Seen::Watched(None)));
+        assert!(!unconfirmed(&r, 1, Seen::Unwatched));
     }
 
     #[test]

@@ -14,9 +14,7 @@ use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
-use scale_agent_crds::{
-    AccountState, AccountStatus, AgentShard, AgentShardStatus, ShardRef, deployment_name,
-};
+use scale_agent_crds::{AgentShard, AgentShardStatus, ShardRef, deployment_name};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -113,8 +111,12 @@ pub async fn children(
             .get(&ObjectRef::new(&dep_name).within(ns))
         {
             Some(d) => d.as_ref().clone(),
-            // Gone from the watch since it was looked at: apply it.
-            None => apply::<Deployment>(client, ns, &c.deployment).await?,
+            // Not in the watch (it lags behind, or the Deployment went since it was
+            // looked at): as the API server has it, else applied.
+            None => match read_deployment(client, shard).await? {
+                Some(d) => d,
+                None => apply::<Deployment>(client, ns, &c.deployment).await?,
+            },
         },
     };
     match &c.pdb {
@@ -150,9 +152,24 @@ impl Child<'_> {
             kind: K::kind(&()).into_owned(),
             name: obj.meta().name.clone().unwrap_or_default(),
         };
+        let desired = applied::desired_hash(obj);
+        if let Some(last) = self.applied.get(self.shard, &key)
+            && applied::unconfirmed(&last, desired, seen)
+        {
+            // The watch has not shown the operator's last apply of this very object
+            // yet (it lags behind, or the child is gone): a read tells which, where
+            // applying it again would be a write, and a watch event, for nothing.
+            let ns = &self.shard.namespace;
+            let found = Api::<K>::namespaced(self.client.clone(), ns)
+                .get_metadata_opt(&key.name)
+                .await
+                .map_err(|e| Error::kube(format!("reading {} {ns}/{}", key.kind, key.name), e))?;
+            if found.is_some_and(|m| applied::fingerprint(&m.metadata) == last.observed) {
+                return Ok(None);
+            }
+        }
         let write = apply(self.client, &self.shard.namespace, obj);
-        self.when_needed(key, applied::desired_hash(obj), seen, write)
-            .await
+        self.when_needed(key, desired, seen, write).await
     }
 
     /// [`apply_certificate`], when it needs it (the Certificate is not watched).
@@ -274,39 +291,38 @@ pub enum Written {
     Stale,
 }
 
-/// Records `accounts` in the shard's status before its agent config carries them (the
-/// conditions follow with the full status write), only onto the version of the shard
-/// they were decided from (`resource_version`).
+/// Records the accounts of `reserved` ([`status::reserved`]) in the shard's status
+/// (`old`) before its agent config carries them (the other conditions follow with the
+/// full status write), only onto the version of the shard they were decided from
+/// (`resource_version`).
 pub async fn reserve(
     client: &Client,
     shard: &ShardRef,
     resource_version: Option<&str>,
-    accounts: &[AccountStatus],
+    old: Option<&AgentShardStatus>,
+    reserved: &AgentShardStatus,
 ) -> Result<Written> {
-    let count = |s: AccountState| {
-        i32::try_from(accounts.iter().filter(|a| a.state == s).count()).unwrap_or(i32::MAX)
+    let Some(patch) = status::patch(old, reserved) else {
+        return Ok(Written::Unchanged);
     };
-    let patch = serde_json::json!({
-        "accounts": accounts,
-        "activeAccounts": count(AccountState::Active),
-        "conflicts": count(AccountState::Conflict),
-    });
     patch_status(client, shard, resource_version, patch).await
 }
 
-/// Writes `new` as the status of `shard` (as read, at `resource_version`) when it differs
-/// from the stored one (only the fields that changed, and only onto that version), and
-/// publishes the Events its transitions deserve.
+/// Writes `new` as the status of `shard` (as read, at `resource_version`, its status
+/// then `stored`: the one read, or what the reserve just wrote) when it differs from
+/// `stored` (only the fields that changed, and only onto that version), and publishes
+/// the Events its transitions since the status read deserve.
 pub async fn status(
     client: &Client,
     recorder: &Recorder,
     shard: &AgentShard,
     sref: &ShardRef,
     resource_version: Option<&str>,
+    stored: Option<&AgentShardStatus>,
     new: &AgentShardStatus,
 ) -> Result<Written> {
     let old = shard.status.as_ref();
-    let Some(patch) = status::patch(old, new) else {
+    let Some(patch) = status::patch(stored, new) else {
         return Ok(Written::Unchanged);
     };
     let written = patch_status(client, sref, resource_version, patch).await?;

@@ -74,7 +74,12 @@ pub async fn watch_shards(
         if let Some(u) = sifted.undecodable {
             undecodable.report(u);
         }
-        if let Some(event) = sifted.event {
+        if let Some(mut event) = sifted.event {
+            // Who wrote which field is not what the operator reads: the cache and the
+            // claims index keep the shards without it.
+            if let Event::Apply(s) | Event::InitApply(s) | Event::Delete(s) = &mut event {
+                strip_managed_fields(s);
+            }
             match &event {
                 Event::Apply(s) | Event::InitApply(s) | Event::Delete(s) if decoded => {
                     undecodable.forget(s.shard_ref().as_ref());
@@ -201,6 +206,12 @@ pub struct Leading {
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
+
+/// How many shards are reconciled at once. Each reconcile holds its shard's kubeconfigs
+/// and children in memory and a connection to the API server while it waits for it, so
+/// a thousand shards created at once would otherwise hold a thousand of each; the API
+/// server is what a reconcile waits for, and this many keep it busy.
+pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
 
 /// How long the leader waits for the replicas' Leases and pods before reconciling.
 const REPLICAS_WAIT: Duration = Duration::from_secs(30);
@@ -407,7 +418,6 @@ pub async fn run_controller(l: Leading) {
         l.store.clone(),
         watcher::Config::default(),
     )
-    .modify(strip_managed_fields)
     .inspect_ok(move |event| reflect_managed(&mut secret_writer, event))
     .touched_objects();
     l.claims.lead(Some(tx));
@@ -464,7 +474,11 @@ pub async fn run_controller(l: Leading) {
             shards_for_secret(&store.state(), &secret, &defaults)
         })
         .reconcile_on(replica_triggers)
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(50)))
+        .with_config(
+            ControllerConfig::default()
+                .debounce(Duration::from_millis(50))
+                .concurrency(MAX_CONCURRENT_RECONCILES),
+        )
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| {
             if let Err(e) = result {
@@ -476,7 +490,7 @@ pub async fn run_controller(l: Leading) {
 }
 
 /// What the operator's stores keep of an object: not who wrote which field.
-fn strip_managed_fields<K: Resource>(k: &mut K) {
+pub(crate) fn strip_managed_fields<K: Resource>(k: &mut K) {
     k.meta_mut().managed_fields = None;
 }
 

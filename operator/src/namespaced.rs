@@ -50,7 +50,8 @@ pub fn shard_namespaces(shards: &Store<AgentShard>) -> BTreeSet<String> {
 }
 
 /// Events of `K` (selected by `config`) in each namespace that holds an AgentShard of
-/// `shards`, merged; see the module documentation. The watches stop when the stream is
+/// `shards`, merged, the objects without their managedFields (neither the merge nor the
+/// store fed by it keeps them); see the module documentation. The watches stop when the stream is
 /// dropped.
 pub fn watch_shard_namespaces<K>(
     client: Client,
@@ -87,7 +88,9 @@ where
                     continue;
                 }
                 let api = Api::<K>::namespaced(client.clone(), &ns);
-                let events = watcher::watcher(api, config.clone()).default_backoff();
+                let events = watcher::watcher(api, config.clone())
+                    .default_backoff()
+                    .modify(crate::controller::strip_managed_fields);
                 let tx = tx.clone();
                 let name = ns.clone();
                 running.insert(

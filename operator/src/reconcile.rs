@@ -215,14 +215,33 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
 
     // Apply.
     let mut resource_version = shard.metadata.resource_version.clone();
+    // The status as stored once the reserve is written: what the status write below
+    // starts from.
+    let mut reserved = None;
     if let Some(accounts) = &decision.reserve {
-        match apply::reserve(&ctx.client, &sref, resource_version.as_deref(), accounts).await? {
+        let after = status::reserved(
+            shard.status.as_ref(),
+            accounts,
+            shard.metadata.generation,
+            now.clone(),
+        );
+        match apply::reserve(
+            &ctx.client,
+            &sref,
+            resource_version.as_deref(),
+            shard.status.as_ref(),
+            &after,
+        )
+        .await?
+        {
             Written::Yes(rv) => {
                 ctx.metrics.status_writes.inc();
                 ctx.superseded.replaced(&sref, resource_version.as_deref());
                 resource_version = rv;
+                reserved = Some(after);
             }
-            Written::Unchanged | Written::Stale => return Ok(stale()),
+            Written::Unchanged => {}
+            Written::Stale => return Ok(stale()),
         }
     }
     let deployment = match &decision.children {
@@ -256,6 +275,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         shard,
         &sref,
         resource_version.as_deref(),
+        reserved.as_ref().or(shard.status.as_ref()),
         &decision.observed,
         now,
     )
@@ -341,32 +361,35 @@ async fn stage_image(
     true
 }
 
-/// The shard changed since the cache gave it (usually the cache is behind the operator's
-/// own last write): the watch brings the newer version, which triggers a new reconcile;
-/// the requeue is a safety net. The names granted stay reserved until then.
-/// The status computed from what the reconcile observed, written when it changed;
-/// returns it with what became of the write.
+/// The status computed from what the reconcile observed, starting from `stored` (the
+/// shard's status as stored at `resource_version`), written when it changed; returns it
+/// with what became of the write.
 async fn write_status(
     ctx: &Context,
     shard: &AgentShard,
     sref: &ShardRef,
     resource_version: Option<&str>,
+    stored: Option<&AgentShardStatus>,
     observed: &status::Observed,
     now: Time,
 ) -> Result<(Written, AgentShardStatus)> {
-    let new = status::compute(shard.status.as_ref(), observed, now);
+    let new = status::compute(stored, observed, now);
     let written = apply::status(
         &ctx.client,
         &ctx.recorder,
         shard,
         sref,
         resource_version,
+        stored,
         &new,
     )
     .await?;
     Ok((written, new))
 }
 
+/// The shard changed since the cache gave it (usually the cache is behind the operator's
+/// own last write): the watch brings the newer version, which triggers a new reconcile;
+/// the requeue is a safety net. The names granted stay reserved until then.
 fn stale() -> Action {
     tracing::debug!("the shard changed since it was read; deciding again on the newer version");
     Action::requeue(HANDOFF_RETRY)
@@ -414,8 +437,16 @@ async fn not_opened(
             sref.namespace
         ),
     ));
-    let (written, _) =
-        write_status(ctx, shard, sref, resource_version, &decision.observed, now).await?;
+    let (written, _) = write_status(
+        ctx,
+        shard,
+        sref,
+        resource_version,
+        shard.status.as_ref(),
+        &decision.observed,
+        now,
+    )
+    .await?;
     if matches!(written, Written::Yes(_)) {
         ctx.superseded.replaced(sref, resource_version);
     }
@@ -438,21 +469,30 @@ async fn fetch_secret(client: &Client, ns: &str, name: &str) -> Result<Option<Se
         .map_err(|e| Error::kube(format!("reading Secret {ns}/{name}"), e))
 }
 
+/// How many of a shard's kubeconfig Secrets are read at once: a reconcile waits for one
+/// round trip, not one per account.
+const PARALLEL_SECRET_READS: usize = 8;
+
 async fn fetch_secrets(
     client: &Client,
     sref: &ShardRef,
     names: BTreeSet<String>,
 ) -> Result<BTreeMap<String, Option<Secret>>> {
+    use futures::{StreamExt, TryStreamExt};
     let api: Api<Secret> = Api::namespaced(client.clone(), &sref.namespace);
-    let mut out = BTreeMap::new();
-    for name in names {
-        let secret = api
-            .get_opt(&name)
-            .await
-            .map_err(|e| Error::kube(format!("reading Secret {}/{name}", sref.namespace), e))?;
-        out.insert(name, secret);
-    }
-    Ok(out)
+    futures::stream::iter(names)
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let secret = api.get_opt(&name).await.map_err(|e| {
+                    Error::kube(format!("reading Secret {}/{name}", sref.namespace), e)
+                })?;
+                Ok::<_, Error>((name, secret))
+            }
+        })
+        .buffer_unordered(PARALLEL_SECRET_READS)
+        .try_collect()
+        .await
 }
 
 fn log_waiting(resolutions: &BTreeMap<String, Resolution>) {

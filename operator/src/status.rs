@@ -262,6 +262,44 @@ pub fn holds(status: &AgentShardStatus) -> BTreeSet<String> {
         .collect()
 }
 
+/// The status the reserve write leaves (see [`crate::decide::Decision::reserve`]): `old`
+/// with `accounts` and their counts and, on first sight (no conditions yet), Ready
+/// `Unknown`, since the operator has not looked at the shard's agents yet. The status
+/// write that follows in the same reconcile starts from it, so it says what the
+/// operator then saw rather than first sight again (a third write).
+pub fn reserved(
+    old: Option<&AgentShardStatus>,
+    accounts: &[AccountStatus],
+    generation: Option<i64>,
+    now: Time,
+) -> AgentShardStatus {
+    let mut st = old.cloned().unwrap_or_default();
+    st.accounts = accounts.to_vec();
+    let count = |s: AccountState| {
+        i32::try_from(accounts.iter().filter(|a| a.state == s).count()).unwrap_or(i32::MAX)
+    };
+    st.active_accounts = count(AccountState::Active);
+    st.conflicts = count(AccountState::Conflict);
+    if st.conditions.is_empty() {
+        st.set_condition(first_sight(generation, now));
+    }
+    st
+}
+
+/// Ready on first sight: `Unknown`, the operator has not looked at the agents yet.
+fn first_sight(
+    generation: Option<i64>,
+    now: Time,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    unknown_condition(
+        condition_type::READY,
+        reason::RECONCILING,
+        "the operator has not looked at this shard's agents yet",
+        generation,
+        now,
+    )
+}
+
 /// The JSON merge patch of `status` that turns `old` into `new`, carrying only the
 /// fields that changed (so what this version cannot read, like an account state
 /// a newer version wrote, is not written back unless it is replaced); `None` when
@@ -441,13 +479,7 @@ pub fn compute(old: Option<&AgentShardStatus>, obs: &Observed, now: Time) -> Age
     // Ready, Reconciling, Stalled
     let verdict = verdict(obs, &invalid, &conflicts, unique_message);
     if first_sight {
-        st.set_condition(unknown_condition(
-            condition_type::READY,
-            reason::RECONCILING,
-            "the operator has not looked at this shard's agents yet",
-            generation,
-            now.clone(),
-        ));
+        st.set_condition(self::first_sight(generation, now.clone()));
     } else {
         st.set_condition(cond(
             condition_type::READY,

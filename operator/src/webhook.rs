@@ -77,11 +77,21 @@ pub fn check(new: &AgentShard, old: Option<&AgentShard>, others: &[Arc<AgentShar
     if added.is_empty() {
         return Vec::new();
     }
+    // Only the shards that name an added account in their spec or status have a stake
+    // in it ([`scale_agent_crds::claims::stakes`]): the rule runs over those alone, not
+    // over every shard of the cluster at each admission.
+    let concerned = |o: &AgentShard| {
+        let names = |n: &str| added.contains(&n);
+        o.account_names().any(names)
+            || o.status
+                .as_ref()
+                .is_some_and(|st| st.accounts.iter().any(|a| names(&a.name)))
+    };
     let mut claims = Claims::from_shards(
         others
             .iter()
             .map(Arc::as_ref)
-            .filter(|o| o.shard_ref().as_ref() != Some(&me)),
+            .filter(|o| o.shard_ref().as_ref() != Some(&me) && concerned(o)),
     );
     claims.upsert(new);
     added
@@ -636,6 +646,30 @@ mod tests {
             None,
             &[Arc::new(a), Arc::new(b)],
         );
+        assert_eq!(t[0].owner, ShardRef::new("ns1", "a"));
+    }
+
+    #[test]
+    fn a_shard_releasing_a_name_still_owns_it() {
+        // a's spec dropped x, its status still holds it: x is a's until it lets it go.
+        let mut a = shard("ns1", "a", 10, &["other"]);
+        a.status = Some(AgentShardStatus {
+            accounts: vec![account(
+                "x",
+                AccountState::Active,
+                reason::SERVING,
+                String::new(),
+                None,
+            )],
+            ..AgentShardStatus::default()
+        });
+        let unrelated = Arc::new(shard("ns2", "b", 1, &["y"]));
+        let t = check(
+            &shard("ns3", "c", 20, &["x"]),
+            None,
+            &[unrelated, Arc::new(a)],
+        );
+        assert_eq!(t.len(), 1);
         assert_eq!(t[0].owner, ShardRef::new("ns1", "a"));
     }
 

@@ -509,7 +509,16 @@ async fn the_status_is_a_merge_patch_of_what_changed_on_the_version_read_then_ev
     let task = {
         let (s, new) = (s.clone(), new.clone());
         tokio::spawn(async move {
-            apply::status(&client, &recorder, &s, &sref(), Some("8"), &new).await
+            apply::status(
+                &client,
+                &recorder,
+                &s,
+                &sref(),
+                Some("8"),
+                s.status.as_ref(),
+                &new,
+            )
+            .await
         })
     };
     let (seen, send) = next(&mut handle).await;
@@ -540,7 +549,15 @@ async fn the_status_is_a_merge_patch_of_what_changed_on_the_version_read_then_ev
     let recorder = test_recorder(&client);
     let unchanged = tokio::time::timeout(
         Duration::from_secs(5),
-        apply::status(&client, &recorder, &current, &sref(), Some("9"), &new),
+        apply::status(
+            &client,
+            &recorder,
+            &current,
+            &sref(),
+            Some("9"),
+            current.status.as_ref(),
+            &new,
+        ),
     )
     .await
     .expect("no request is made");
@@ -566,7 +583,16 @@ async fn a_status_change_publishes_its_events() {
     let (client, mut handle) = mock_client();
     let recorder = test_recorder(&client);
     let task = tokio::spawn(async move {
-        apply::status(&client, &recorder, &s, &sref(), Some("7"), &new).await
+        apply::status(
+            &client,
+            &recorder,
+            &s,
+            &sref(),
+            Some("7"),
+            s.status.as_ref(),
+            &new,
+        )
+        .await
     });
     let (seen, send) = next(&mut handle).await;
     assert_eq!(seen.method, Method::PATCH);
@@ -602,21 +628,29 @@ async fn a_status_write_that_loses_a_race_is_stale_not_an_error_and_publishes_no
         let s = shard(1);
         let d = decision(&s);
         let accounts = d.reserve.clone().expect("a new shard reserves");
+        let reserved = status::reserved(
+            s.status.as_ref(),
+            &accounts,
+            s.metadata.generation,
+            Time(Timestamp::from_second(1_800_000_000).expect("t")),
+        );
         let (client, mut handle) = mock_client();
-        let task =
-            tokio::spawn(
-                async move { apply::reserve(&client, &sref(), Some("7"), &accounts).await },
-            );
+        let task = tokio::spawn(async move {
+            apply::reserve(&client, &sref(), Some("7"), s.status.as_ref(), &reserved).await
+        });
         let (seen, send) = next(&mut handle).await;
         assert_status_patch(&seen);
         assert_eq!(seen.body["metadata"], json!({ "resourceVersion": "7" }));
-        // The reservation: the accounts and their counts, nothing else.
-        let keys: Vec<&String> = seen.body["status"]
-            .as_object()
-            .expect("status")
-            .keys()
-            .collect();
-        assert_eq!(keys, ["accounts", "activeAccounts", "conflicts"]);
+        // The reservation: the accounts and their counts, and (first sight) Ready
+        // Unknown alone; no observedGeneration (the status write brings it).
+        let st = seen.body["status"].as_object().expect("status");
+        for key in ["accounts", "activeAccounts", "conflicts"] {
+            assert!(st.contains_key(key), "{key}");
+        }
+        assert!(!st.contains_key("observedGeneration"));
+        assert_eq!(st["conditions"].as_array().map(Vec::len), Some(1));
+        assert_eq!(st["conditions"][0]["type"], "Ready");
+        assert_eq!(st["conditions"][0]["status"], "Unknown");
         respond(send, code, &failure(code, "Conflict"));
         assert_eq!(
             task.await.expect("joins").expect("not an error"),
@@ -629,9 +663,17 @@ async fn a_status_write_that_loses_a_race_is_stale_not_an_error_and_publishes_no
 async fn other_status_write_failures_are_errors_naming_the_shard() {
     let s = shard(1);
     let accounts = decision(&s).reserve.expect("reserves");
+    let reserved = status::reserved(
+        None,
+        &accounts,
+        Some(1),
+        Time(Timestamp::from_second(1).expect("t")),
+    );
     let (client, mut handle) = mock_client();
     let task =
-        tokio::spawn(async move { apply::reserve(&client, &sref(), Some("7"), &accounts).await });
+        tokio::spawn(
+            async move { apply::reserve(&client, &sref(), Some("7"), None, &reserved).await },
+        );
     let (_, send) = next(&mut handle).await;
     respond(send, 422, &failure(422, "Invalid"));
     let e = task.await.expect("joins").expect_err("an error");

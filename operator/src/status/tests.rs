@@ -393,3 +393,23 @@ fn paused_only_touches_the_summary_conditions() {
     assert_eq!(paused.accounts, running.accounts);
     assert_eq!(summary(&paused), sum("False", "Paused", "False", "False"));
 }
+
+#[test]
+fn the_reserve_says_first_sight_so_the_status_write_after_it_says_what_was_seen() {
+    let accounts = vec![active("a"), conflict("b", "ns/other")];
+    let first = reserved(None, &accounts, Some(3), t(1));
+    assert_eq!((first.active_accounts, first.conflicts), (1, 1));
+    assert_eq!(first.accounts, accounts);
+    let ready = first.condition(condition_type::READY).expect("ready");
+    assert_eq!(ready.status, condition_status::UNKNOWN);
+    // Not observed yet: the generation comes with the full status.
+    assert_eq!(first.observed_generation, None);
+    // The status write of the same reconcile: the verdict, at once.
+    let o = obs(vec![active("a")], Some(rolled_out()));
+    let s = compute(Some(&first), &o, t(2));
+    assert_eq!(summary(&s), sum("True", "Ready", "False", "False"));
+    // A status with conditions keeps them: only the accounts are recorded.
+    let again = reserved(Some(&s), &[active("a"), active("c")], Some(4), t(3));
+    assert_eq!(again.conditions, s.conditions);
+    assert_eq!((again.active_accounts, again.conflicts), (2, 0));
+}
