@@ -195,9 +195,11 @@ impl Writers {
     }
 }
 
-/// Answers every request `apply::children` makes as the API server would a server-side
-/// apply (a uid, a new resourceVersion, a generation for what has a spec) until it
-/// returns; the objects as answered, and the paths written.
+/// Answers every request `apply::children` makes until it returns: a server-side apply
+/// as the API server would (a uid, a new resourceVersion, a generation for what has a
+/// spec), and a read (of a child the watches do not show) with 404, as for a child
+/// someone deleted; the objects as answered, and the paths written (a read is marked
+/// `GET <path>`).
 async fn serve_applies(
     handle: &mut Mock,
     task: tokio::task::JoinHandle<scale_agent_operator::error::Result<Deployment>>,
@@ -213,6 +215,11 @@ async fn serve_applies(
             }
             req = handle.next_request() => {
                 let (req, send) = req.expect("the client is still there");
+                if req.method() == Method::GET {
+                    paths.push(format!("GET {}", req.uri().path()));
+                    respond(send, 404, &failure(404, "NotFound"));
+                    continue;
+                }
                 assert_eq!(req.method(), Method::PATCH, "{}", req.uri());
                 paths.push(req.uri().path().to_owned());
                 let bytes = req.into_body().collect_bytes().await.expect("a body");
@@ -275,7 +282,8 @@ async fn an_unchanged_shard_has_its_children_applied_once_and_put_back_when_chan
     assert_eq!(d.status.and_then(|s| s.ready_replicas), Some(2));
 
     // Someone edits the ConfigMap and deletes the kubeconfig Secret: both are put back,
-    // nothing else is written.
+    // nothing else is written. The Secret the watch no longer shows is read first (the
+    // watch may only lag behind the last apply); the read finds it gone.
     let mut cm = objects
         .iter()
         .find(|o| o["kind"] == "ConfigMap")
@@ -301,6 +309,7 @@ async fn an_unchanged_shard_has_its_children_applied_once_and_put_back_when_chan
         [
             "/api/v1/namespaces/ns/configmaps/east-agent-config",
             "/api/v1/namespaces/ns/secrets/east-agent-kubeconfigs",
+            "GET /api/v1/namespaces/ns/secrets/east-agent-kubeconfigs",
         ]
     );
     for o in &objects {
