@@ -1,6 +1,7 @@
 //! Watches served from the cache: the changes of a kind after a resourceVersion, from
 //! the kind's window ([`crate::core::window`]), written as the API server writes a watch
-//! (one JSON event per line), with bookmarks when asked.
+//! (one JSON event per line, or length-prefixed protobuf `WatchEvent`s when the client
+//! prefers them and the kind has them, [`super::protobuf`]), with bookmarks when asked.
 //!
 //! - Without a resourceVersion (or with "0"), or with `sendInitialEvents=true`, the
 //!   watch starts with an ADDED event per object, then follows the changes, as the API
