@@ -1829,10 +1829,25 @@ async fn answered(rig: &Rig) -> anyhow::Result<(f64, f64)> {
     ))
 }
 
+/// The hub's answers from the cache so far, by content type (`json`, `table`,
+/// `protobuf`, `json_not_protobuf`).
+async fn cache_answers_as(rig: &Rig, content_type: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("{}/metrics", rig.s.hub.http))
+        .await?
+        .text()
+        .await?;
+    Ok(scale_agent_e2e::metrics::sum_with(
+        &text,
+        "scale_agent_hub_kube_api_cache_answers_total",
+        &format!("content_type=\"{content_type}\""),
+    ))
+}
+
 /// client-go's own informer (`e2e/informer/`, client-go 0.36: it lists with a streaming
-/// watch, `sendInitialEvents=true`) through the hub: it syncs to what the cluster holds
-/// and follows a change made on the cluster, and not one of its requests reaches the
-/// cluster.
+/// watch, `sendInitialEvents=true`, and asks Kubernetes protobuf first for built-in
+/// kinds) through the hub: it syncs to what the cluster holds and follows a change made
+/// on the cluster, not one of its requests reaches the cluster, and the hub answered
+/// it in protobuf (decoded by client-go itself), never falling back to JSON.
 async fn informer(env: Arc<Env>) -> anyhow::Result<()> {
     let rig = rig(&env, "kinf", &[]).await?;
     let ns = rig.s.ns.clone();
@@ -1843,6 +1858,8 @@ async fn informer(env: Arc<Env>) -> anyhow::Result<()> {
     }
     cache_caught_up(&rig, &rig.target, &cms).await?;
     let before = answered(&rig).await?;
+    let protobuf_before = cache_answers_as(&rig, "protobuf").await?;
+    let json_before = cache_answers_as(&rig, "json_not_protobuf").await?;
     let informer = Informer::start(
         &rig.hub_kubeconfig,
         Some(&rig.target),
@@ -1895,6 +1912,13 @@ async fn informer(env: Arc<Env>) -> anyhow::Result<()> {
     ensure!(
         after.0 > before.0,
         "no request of the informer was answered from the cache"
+    );
+    let protobuf = cache_answers_as(&rig, "protobuf").await? - protobuf_before;
+    let json = cache_answers_as(&rig, "json_not_protobuf").await? - json_before;
+    eprintln!("client-go informer through the hub: {protobuf} answers in protobuf, {json} in JSON");
+    ensure!(
+        protobuf >= 1.0 && json == 0.0,
+        "the hub answered the informer's protobuf asks {protobuf} times in protobuf and {json} times in JSON"
     );
     Ok(())
 }

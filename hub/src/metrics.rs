@@ -38,6 +38,14 @@ pub struct KubeApiLabel {
     pub code: &'static str,
 }
 
+/// The content type of an answer from the Kubernetes API's cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ContentTypeLabel {
+    /// `json`, `table`, `protobuf`, or `json_not_protobuf` (protobuf asked first,
+    /// JSON answered: a kind the protobuf schema lacks, or an object it cannot write).
+    pub content_type: &'static str,
+}
+
 scale_agent_runtime::metrics! {
     /// Every metric of the hub.
     pub struct Metrics {
@@ -94,6 +102,9 @@ scale_agent_runtime::metrics! {
         /// Requests to the accounts' Kubernetes API, by source (cluster, cache, stale: the
         /// cache of an account whose agent is away, hub) and status class.
         kube_api_requests: Family<KubeApiLabel, Counter>,
+        /// Successful answers from the cache (lists, watches, objects by name), by
+        /// the content type they were written in.
+        kube_api_cache_answers: Family<ContentTypeLabel, Counter>,
         /// Kubernetes API requests carried to agents and not finished (set at
         /// scrape time).
         kube_api_requests_in_flight: Gauge,
@@ -185,6 +196,13 @@ impl Metrics {
         };
         self.kube_api_requests
             .get_or_create(&KubeApiLabel { source, code })
+            .inc();
+    }
+
+    /// Counts an answer from the cache written as `content_type`.
+    pub fn kube_api_cache_answer(&self, content_type: &'static str) {
+        self.kube_api_cache_answers
+            .get_or_create(&ContentTypeLabel { content_type })
             .inc();
     }
 

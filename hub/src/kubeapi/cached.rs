@@ -29,7 +29,11 @@ pub const CATCH_UP: Duration = Duration::from_secs(3);
 
 enum Step {
     Wait(tokio::sync::watch::Receiver<Mark>),
-    Object(Arc<serde_json::value::RawValue>, Option<Print>),
+    Object(
+        Arc<serde_json::value::RawValue>,
+        Option<Print>,
+        Option<super::protobuf::Kind>,
+    ),
     List(list::Listed, Option<Print>),
     Continue(Option<Print>),
     Watch(Box<Watch>),
@@ -89,7 +93,14 @@ pub async fn answer(
                 // Woken by the kind's next change; the check runs again.
                 let _ = tokio::time::timeout(left, rx.changed()).await;
             }
-            Step::Object(body, print) => {
+            Step::Object(body, print, pb) => {
+                if let Some(pb) = pb {
+                    match super::protobuf::object(&pb, body.get()) {
+                        Ok(bytes) => return Ok(super::protobuf::response(bytes)),
+                        // Answered in JSON, as the client accepts.
+                        Err(err) => super::protobuf::schema().refuse(&pb, &err),
+                    }
+                }
                 return Ok(match (print, read.table) {
                     (Some(print), Some(ask)) => {
                         list::table_response(&print.one(body.get(), ask.include))
@@ -245,7 +256,11 @@ fn step(
         let object = cache
             .get(&key)
             .ok_or("one object the cache does not hold")?;
-        return Ok(Step::Object(Arc::clone(&object.body), print));
+        let pb = read
+            .protobuf
+            .then(|| super::protobuf::schema().kind(&kind.key.group, &path.version, &kind.key.kind))
+            .flatten();
+        return Ok(Step::Object(Arc::clone(&object.body), print, pb));
     }
     if read.cont.is_some() {
         return Ok(Step::Continue(print));

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::protobuf;
 use super::read::{Read, selected_object};
 use super::status::Failure;
 use super::table;
@@ -385,11 +386,11 @@ pub fn page(
     } else {
         total
     };
-    let mut metadata = serde_json::Map::new();
-    metadata.insert(
-        "resourceVersion".into(),
-        Value::String(filtered.rv.to_string()),
-    );
+    let mut meta = protobuf::ListMeta {
+        resource_version: filtered.rv.to_string(),
+        cont: None,
+        remaining: None,
+    };
     if to < total {
         let id = match &read.cont {
             Some(token) => token.s,
@@ -402,28 +403,45 @@ pub fn page(
             rv: filtered.rv,
             q,
         };
-        metadata.insert("continue".into(), Value::String(token.encode()));
+        meta.cont = Some(token.encode());
         if read.labels.is_empty() && read.fields.is_empty() {
-            metadata.insert("remainingItemCount".into(), Value::from(total - to));
+            meta.remaining = i64::try_from(total - to).ok();
         }
+    }
+    let items = &filtered.items[from..to];
+    if read.protobuf
+        && let Some(kind) = protobuf::schema().kind_of(&filtered.api_version, &filtered.kind.kind)
+    {
+        match protobuf::list(&kind, &meta, items.iter().map(|i| i.body.get())) {
+            Ok(bytes) => return protobuf::response(bytes),
+            // Answered in JSON, as the client accepts.
+            Err(err) => protobuf::schema().refuse(&kind, &err),
+        }
+    }
+    let mut metadata = serde_json::Map::new();
+    metadata.insert(
+        "resourceVersion".into(),
+        Value::String(meta.resource_version),
+    );
+    if let Some(token) = meta.cont {
+        metadata.insert("continue".into(), Value::String(token));
+    }
+    if let Some(n) = meta.remaining {
+        metadata.insert("remainingItemCount".into(), Value::from(n));
     }
     if let Some(ask) = &read.table
         && let Some(print) = print
     {
         let now = std::time::SystemTime::now();
-        let rows = filtered.items[from..to]
+        let rows = items
             .iter()
             .map(|i| print.row(i.body.get(), ask.include, now))
             .collect();
         return table_response(&print.table(Value::Object(metadata), rows));
     }
     let strip = built_in(&filtered.kind.group);
-    let mut out = String::with_capacity(
-        64 + filtered.items[from..to]
-            .iter()
-            .map(|i| i.body.get().len() + 1)
-            .sum::<usize>(),
-    );
+    let mut out =
+        String::with_capacity(64 + items.iter().map(|i| i.body.get().len() + 1).sum::<usize>());
     out.push_str("{\"kind\":");
     out.push_str(&Value::String(format!("{}List", filtered.kind.kind)).to_string());
     out.push_str(",\"apiVersion\":");
@@ -431,7 +449,7 @@ pub fn page(
     out.push_str(",\"metadata\":");
     out.push_str(&Value::Object(metadata).to_string());
     out.push_str(",\"items\":[");
-    for (n, item) in filtered.items[from..to].iter().enumerate() {
+    for (n, item) in items.iter().enumerate() {
         if n > 0 {
             out.push(',');
         }

@@ -25,7 +25,8 @@
 //! cluster serves), [`hold`] (answers that hold their place or bytes until sent), [`host`]
 //! (accounts by host name),
 //! [`status`] (Kubernetes `Status` answers), [`table`] (lists as `Table`s, the columns
-//! `kubectl get` prints), [`columns`] (custom resources' columns, from their CRDs),
+//! `kubectl get` prints), [`protobuf`] (Kubernetes protobuf of the built-in kinds,
+//! transcoded from the cached JSON by the upstream schema), [`columns`] (custom resources' columns, from their CRDs),
 //! [`kubeconfig`] (the kubeconfig Spinnaker
 //! operators paste into Clouddriver).
 
@@ -42,6 +43,7 @@ pub mod locate;
 pub mod options;
 pub mod passthrough;
 pub mod path;
+pub mod protobuf;
 pub mod read;
 pub mod scope;
 pub mod selector;

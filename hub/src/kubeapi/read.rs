@@ -37,7 +37,7 @@ use super::list::Token;
 use super::options::{self, NOT_OLDER_THAN, go_bool};
 use super::path::ResourcePath;
 use super::selector::{self, FieldSelector, LabelSelector};
-use super::table::{self, Include, TableAsk};
+use super::table::{self, Include, Media, TableAsk};
 use crate::core::cache::{KindKey, Scope};
 /// Why a read goes to the cluster (for logs).
 pub type Pass = &'static str;
@@ -88,6 +88,9 @@ pub struct Read {
     pub watch: Option<WatchAsk>,
     /// Set when the answer is a `Table` (`Accept: ...;as=Table;v=v1;g=meta.k8s.io`).
     pub table: Option<TableAsk>,
+    /// The client prefers Kubernetes protobuf, JSON second (client-go for built-in
+    /// kinds): protobuf when the kind transcodes ([`super::protobuf`]).
+    pub protobuf: bool,
 }
 
 /// Decides from the request alone whether the cache may answer it.
@@ -109,7 +112,7 @@ pub fn plan(
     if path.group.is_empty() && path.resource == "secrets" {
         return Err("Secrets");
     }
-    let table = table::wanted(headers)?;
+    let media = table::wanted(headers)?;
     let mut read = Read {
         namespace: path.namespace.clone(),
         name: path.name.clone(),
@@ -119,9 +122,10 @@ pub fn plan(
         cont: None,
         version: Version::Latest,
         watch: None,
-        table: table.map(|()| TableAsk {
+        table: (media == Media::Table).then_some(TableAsk {
             include: Include::Metadata,
         }),
+        protobuf: media == Media::Protobuf,
     };
     let mut watch = false;
     let mut bookmarks = false;

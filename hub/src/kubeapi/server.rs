@@ -427,6 +427,28 @@ async fn forget_removed(api: Arc<KubeApi>, shutdown: tokio_util::sync::Cancellat
     }
 }
 
+/// The `content_type` label of an answer from the cache to a client that asked for
+/// `media`.
+fn cache_content_type(
+    media: Result<super::table::Media, &'static str>,
+    response: &Response<Body>,
+) -> &'static str {
+    let written = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if written.starts_with(super::protobuf::MEDIA_TYPE) {
+        "protobuf"
+    } else if written.contains("as=Table") {
+        "table"
+    } else if media == Ok(super::table::Media::Protobuf) {
+        "json_not_protobuf"
+    } else {
+        "json"
+    }
+}
+
 impl KubeApi {
     /// Forgets what is kept for accounts the cache no longer has.
     fn forget_removed(&self) {
@@ -514,7 +536,7 @@ impl KubeApi {
     ) {
         if req.method() != http::Method::GET
             || resource.subresource.is_some()
-            || !matches!(super::table::wanted(req.headers()), Ok(Some(())))
+            || super::table::wanted(req.headers()) != Ok(super::table::Media::Table)
         {
             return;
         }
@@ -659,6 +681,7 @@ impl KubeApi {
             Err(err) => return Failure::bad_request(err.to_string()).response(),
         };
         let span = info_span!("kube_api", %account, method = %req.method());
+        let media = super::table::wanted(req.headers());
         let response = self.serve(req, account, rest, peer).instrument(span).await;
         let source = response
             .extensions()
@@ -667,6 +690,11 @@ impl KubeApi {
         self.shared
             .metrics
             .kube_api(source, response.status().as_u16());
+        if matches!(source, "cache" | "stale") && response.status().is_success() {
+            self.shared
+                .metrics
+                .kube_api_cache_answer(cache_content_type(media, &response));
+        }
         response
     }
 

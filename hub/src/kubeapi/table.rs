@@ -36,16 +36,29 @@ pub struct TableAsk {
     pub include: Include,
 }
 
-/// How the client wants a list: `None` for plain JSON, `Some` for a `meta.k8s.io/v1`
-/// Table; `Err` when the hub does not write what it asks for (metadata-only answers,
-/// protobuf alone, a v1beta1 Table).
-pub fn wanted(headers: &HeaderMap) -> Result<Option<()>, &'static str> {
+/// What a client asks an answer to be written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// JSON.
+    Json,
+    /// A `meta.k8s.io/v1` Table (JSON).
+    Table,
+    /// Kubernetes protobuf first, JSON as its second choice (client-go's ask for
+    /// built-in kinds): protobuf when the hub can write it ([`super::protobuf`]),
+    /// JSON otherwise.
+    Protobuf,
+}
+
+/// How the client wants a list; `Err` when the hub does not write what it asks for
+/// (metadata-only answers, protobuf alone, a v1beta1 Table).
+pub fn wanted(headers: &HeaderMap) -> Result<Media, &'static str> {
     let Some(accept) = headers.get(header::ACCEPT) else {
-        return Ok(None);
+        return Ok(Media::Json);
     };
     let accept = accept
         .to_str()
         .map_err(|_| "an Accept header that is not text")?;
+    let mut protobuf_first = false;
     // The API server answers with the first media type it can write.
     for t in accept.split(',') {
         let mut parts = t.split(';').map(str::trim);
@@ -56,10 +69,18 @@ pub fn wanted(headers: &HeaderMap) -> Result<Option<()>, &'static str> {
             ("application/json", Some("Table"))
                 if param("v") == Some("v1") && param("g") == Some("meta.k8s.io") =>
             {
-                return Ok(Some(()));
+                // A Table is never written in protobuf: its JSON, as before.
+                return Ok(Media::Table);
             }
             (_, Some(_)) => return Err("an answer the hub does not write (as=...)"),
-            ("application/json" | "*/*" | "application/*" | "", None) => return Ok(None),
+            (super::protobuf::MEDIA_TYPE, None) => protobuf_first = true,
+            ("application/json" | "*/*" | "application/*" | "", None) => {
+                return Ok(if protobuf_first {
+                    Media::Protobuf
+                } else {
+                    Media::Json
+                });
+            }
             _ => {}
         }
     }
@@ -1487,15 +1508,22 @@ mod tests {
             wanted(&accept(
                 "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
             )),
-            Ok(Some(()))
+            Ok(Media::Table)
         );
-        assert_eq!(wanted(&HeaderMap::new()), Ok(None));
-        assert_eq!(wanted(&accept("application/json, */*")), Ok(None));
+        assert_eq!(wanted(&HeaderMap::new()), Ok(Media::Json));
+        assert_eq!(wanted(&accept("application/json, */*")), Ok(Media::Json));
+        // client-go's ask for built-in kinds: protobuf, JSON as the second choice.
         assert_eq!(
             wanted(&accept(
                 "application/vnd.kubernetes.protobuf, application/json"
             )),
-            Ok(None)
+            Ok(Media::Protobuf)
+        );
+        assert_eq!(
+            wanted(&accept(
+                "application/json, application/vnd.kubernetes.protobuf"
+            )),
+            Ok(Media::Json)
         );
         assert!(wanted(&accept("application/json;as=Table;v=v1beta1;g=meta.k8s.io")).is_err());
         assert!(
@@ -1504,6 +1532,7 @@ mod tests {
             ))
             .is_err()
         );
+        // Protobuf alone: nothing to fall back to when an object does not transcode.
         assert!(wanted(&accept("application/vnd.kubernetes.protobuf")).is_err());
     }
 

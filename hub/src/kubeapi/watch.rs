@@ -1,6 +1,7 @@
 //! Watches served from the cache: the changes of a kind after a resourceVersion, from
 //! the kind's window ([`crate::core::window`]), written as the API server writes a watch
-//! (one JSON event per line), with bookmarks when asked.
+//! (one JSON event per line, or length-prefixed protobuf `WatchEvent`s when the client
+//! prefers them and the kind has them, [`super::protobuf`]), with bookmarks when asked.
 //!
 //! - Without a resourceVersion (or with "0"), or with `sendInitialEvents=true`, the
 //!   watch starts with an ADDED event per object, then follows the changes, as the API
@@ -26,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use super::list::Item;
+use super::protobuf;
 use super::read::{Read, selected, selected_object};
 use super::table::{Include, Print};
 use crate::core::cache::KindKey;
@@ -125,16 +127,23 @@ fn line(kind: &str, object: &str) -> Bytes {
 pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 fn bookmark(kind: &str, api_version: &str, rv: u64, initial_events_end: bool) -> Bytes {
+    line(
+        "BOOKMARK",
+        &bookmark_object(kind, api_version, rv, initial_events_end).to_string(),
+    )
+}
+
+/// The object of a BOOKMARK: only its kind and version.
+fn bookmark_object(kind: &str, api_version: &str, rv: u64, initial_events_end: bool) -> Value {
     let mut metadata = serde_json::json!({ "resourceVersion": rv.to_string() });
     if initial_events_end {
         metadata["annotations"] = serde_json::json!({ INITIAL_EVENTS_END: "true" });
     }
-    let object = serde_json::json!({
+    serde_json::json!({
         "kind": kind,
         "apiVersion": api_version,
         "metadata": metadata,
-    });
-    line("BOOKMARK", &object.to_string())
+    })
 }
 
 /// `body` with its `metadata.resourceVersion` set to `rv`.
@@ -150,32 +159,38 @@ fn at_version(body: &RawValue, rv: u64) -> String {
     }
 }
 
-/// How a watch writes its events: the objects themselves, or (`kubectl get -w`) each
-/// as a Table of one row, as kube-apiserver writes them: the column definitions in the
-/// first event only, the object's resourceVersion as the Table's; a BOOKMARK as the row
-/// of an empty object at its version.
+/// How a watch writes its events: the objects themselves (JSON lines, or Kubernetes
+/// protobuf frames when the client prefers it and the kind has it), or (`kubectl get
+/// -w`) each as a Table of one row, as kube-apiserver writes them: the column
+/// definitions in the first event only, the object's resourceVersion as the Table's; a
+/// BOOKMARK as the row of an empty object at its version.
 pub struct Encoder {
     table: Option<(Print, Include)>,
+    protobuf: Option<protobuf::Kind>,
     headers_sent: bool,
 }
 
 impl Encoder {
     /// The encoder of a watch asked as `read`, whose Tables (if it asks for them)
-    /// `print` writes.
-    pub fn new(read: &Read, print: Option<Print>) -> Encoder {
+    /// `print` writes, in protobuf of `protobuf` when given.
+    pub fn new(read: &Read, print: Option<Print>, protobuf: Option<protobuf::Kind>) -> Encoder {
         Encoder {
             table: read.table.and_then(|t| print.map(|p| (p, t.include))),
+            protobuf,
             headers_sent: false,
         }
     }
 
-    /// One event line.
-    pub fn line(&mut self, kind: &str, object: &str) -> Bytes {
+    /// One event; `Err` when the watch is protobuf and the object has none.
+    pub fn line(&mut self, kind: &str, object: &str) -> Result<Bytes, protobuf::Untranscodable> {
+        if let Some(pb) = &self.protobuf {
+            return protobuf::watch_event(pb, kind, object).map(Bytes::from);
+        }
         let Some((print, include)) = &self.table else {
-            return line(kind, object);
+            return Ok(line(kind, object));
         };
         let table = print.one(object, *include);
-        self.table_line(kind, table)
+        Ok(self.table_line(kind, table))
     }
 
     /// A BOOKMARK at `rv` of a watch of `kind`.
@@ -185,16 +200,20 @@ impl Encoder {
         api_version: &str,
         rv: u64,
         initial_events_end: bool,
-    ) -> Bytes {
+    ) -> Result<Bytes, protobuf::Untranscodable> {
+        if let Some(pb) = &self.protobuf {
+            let json = bookmark_object(kind, api_version, rv, initial_events_end);
+            return protobuf::watch_event(pb, "BOOKMARK", &json.to_string()).map(Bytes::from);
+        }
         let Some((print, include)) = &self.table else {
-            return bookmark(kind, api_version, rv, initial_events_end);
+            return Ok(bookmark(kind, api_version, rv, initial_events_end));
         };
         let row = print.bookmark_row(rv, initial_events_end, *include);
         let table = print.table(
             serde_json::json!({ "resourceVersion": rv.to_string() }),
             vec![row],
         );
-        self.table_line("BOOKMARK", table)
+        Ok(self.table_line("BOOKMARK", table))
     }
 
     /// The event of a Table, with the column definitions in the watch's first only.
@@ -208,11 +227,7 @@ impl Encoder {
 
 /// The event a watch with `read`'s namespace and selectors sees for a change, if any.
 pub fn event(read: &Read, kind: &KindKey, c: &Change) -> Option<Bytes> {
-    let mut plain = Encoder {
-        table: None,
-        headers_sent: false,
-    };
-    change_event(read, kind, c).map(|(t, o)| plain.line(t, &o))
+    change_event(read, kind, c).map(|(t, o)| line(t, &o))
 }
 
 /// The type and object of the event a watch with `read`'s namespace and selectors sees
@@ -276,17 +291,64 @@ fn look(w: &mut Watch, cursor: u64) -> Next {
 /// is held until the watch ends.
 pub fn serve(mut w: Watch, slot: Slot) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
+    let pb = w
+        .read
+        .protobuf
+        .then(|| protobuf::schema().kind_of(&w.api_version, &w.kind.kind))
+        .flatten();
+    let media = if pb.is_some() {
+        protobuf::WATCH_MEDIA_TYPE
+    } else {
+        "application/json"
+    };
     tokio::spawn(async move {
         // Held until the watch ends.
         let _slot = slot;
-        // `Err(Gone)`: the client went away; the task ends either way.
-        let _ = follow(&mut w, Out::new(tx)).await;
+        let mut encoder = Encoder::new(&w.read, w.print.clone(), pb.clone());
+        match follow(&mut w, &mut encoder, Out::new(tx)).await {
+            // The client went away, or the watch ended.
+            Ok(()) | Err(Ended::Gone) => {}
+            // A content type cannot change midway: the watch ends, and the kind is
+            // answered in JSON from then on (the client watches again from its last
+            // version, in JSON).
+            Err(Ended::Untranscodable(err)) => {
+                if let Some(pb) = &pb {
+                    protobuf::schema().refuse(pb, &err);
+                }
+                debug!(account = %w.account, kind = %w.kind.kind, error = %err, "a protobuf watch ends: an object without protobuf");
+            }
+        }
     });
-    super::status::json_response(Body::from_stream(ReceiverStream::new(rx)))
+    let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(media),
+    );
+    response
+}
+
+/// Why a watch ended early.
+enum Ended {
+    /// The client went away.
+    Gone,
+    /// An object has no protobuf.
+    Untranscodable(protobuf::Untranscodable),
+}
+
+impl From<Gone> for Ended {
+    fn from(_: Gone) -> Ended {
+        Ended::Gone
+    }
+}
+
+impl From<protobuf::Untranscodable> for Ended {
+    fn from(err: protobuf::Untranscodable) -> Ended {
+        Ended::Untranscodable(err)
+    }
 }
 
 /// Writes the watch's events until it ends.
-async fn follow(w: &mut Watch, mut out: Out) -> Result<(), Gone> {
+async fn follow(w: &mut Watch, encoder: &mut Encoder, mut out: Out) -> Result<(), Ended> {
     let timeout = w
         .read
         .watch
@@ -294,7 +356,6 @@ async fn follow(w: &mut Watch, mut out: Out) -> Result<(), Gone> {
         .and_then(|a| a.timeout)
         .unwrap_or(DEFAULT_TIMEOUT);
     let bookmarks = w.read.watch.as_ref().is_some_and(|a| a.bookmarks);
-    let mut encoder = Encoder::new(&w.read, w.print.clone());
     let end = tokio::time::sleep(timeout);
     tokio::pin!(end);
     let mut tick = tokio::time::interval(BOOKMARK_EVERY);
@@ -304,11 +365,11 @@ async fn follow(w: &mut Watch, mut out: Out) -> Result<(), Gone> {
         Start::Objects(items) => {
             for item in items {
                 if selected_object(&w.read, &w.kind, &item.body) {
-                    out.push(&encoder.line("ADDED", item.body.get())).await?;
+                    out.push(&encoder.line("ADDED", item.body.get())?).await?;
                 }
             }
             if bookmarks {
-                out.push(&encoder.bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true))
+                out.push(&encoder.bookmark(&w.kind.kind, &w.api_version, w.mark.rv, true)?)
                     .await?;
             }
             out.flush().await?;
@@ -332,13 +393,14 @@ async fn follow(w: &mut Watch, mut out: Out) -> Result<(), Gone> {
                         // The change as it is, written once for every watch that
                         // sends it so.
                         let shared = encoder.table.is_none()
+                            && encoder.protobuf.is_none()
                             && t == c.change.as_str()
                             && matches!(o, std::borrow::Cow::Borrowed(_));
                         if shared {
                             out.push(&c.encoded(|c| line(c.change.as_str(), c.body.get())))
                                 .await?;
                         } else {
-                            out.push(&encoder.line(t, &o)).await?;
+                            out.push(&encoder.line(t, &o)?).await?;
                         }
                     }
                     cursor = c.rv;
@@ -355,7 +417,7 @@ async fn follow(w: &mut Watch, mut out: Out) -> Result<(), Gone> {
                 }
             }
             _ = tick.tick(), if bookmarks => {
-                out.push(&encoder.bookmark(&w.kind.kind, &w.api_version, cursor, false))
+                out.push(&encoder.bookmark(&w.kind.kind, &w.api_version, cursor, false)?)
                     .await?;
                 out.flush().await?;
             }
