@@ -26,6 +26,10 @@ enum Listed {
 pub struct View {
     /// The newest version handed on or resumed from: nothing older is handed on again.
     seen: u64,
+    /// The newest version the account told the hub of (a change handed on, a bookmark,
+    /// or where it resumed): a change the account does not select moves `seen` but not
+    /// this, so the next bookmark still tells the hub how far the account is current.
+    told: u64,
     listed: Listed,
     /// With a label selector: the uids of the objects the account streams now, so a
     /// change that makes an object match (or stop matching) is handed on as the API
@@ -38,6 +42,7 @@ impl View {
     pub fn resumed(version: u64, config: &AccountConfig) -> View {
         View {
             seen: version,
+            told: version,
             listed: Listed::Nothing,
             selected: tracks(config).then(HashSet::new),
         }
@@ -65,6 +70,7 @@ impl View {
         };
         View {
             seen: 0,
+            told: 0,
             listed,
             selected: tracks(config).then(|| uids.map(str::to_owned).collect()),
         }
@@ -93,6 +99,23 @@ impl View {
     /// it already or does not select it, else the event type its own watch would have
     /// had (a label selector turns a change into an add or a delete).
     pub fn admit(
+        &mut self,
+        config: &AccountConfig,
+        kind: &WatchedKind,
+        ty: EventType,
+        obj: &DynamicObject,
+        version: Option<u64>,
+    ) -> Option<EventType> {
+        let handed = self.select(config, kind, ty, obj, version);
+        if handed.is_some()
+            && let Some(v) = version
+        {
+            self.told = self.told.max(v);
+        }
+        handed
+    }
+
+    fn select(
         &mut self,
         config: &AccountConfig,
         kind: &WatchedKind,
@@ -129,10 +152,11 @@ impl View {
             Listed::All(l) => *l,
             Listed::Namespaces(m) => m.values().copied().max().unwrap_or(0),
         };
-        if version <= self.seen || version <= listed {
+        if version <= self.told || version <= listed {
             return false;
         }
-        self.seen = version;
+        self.seen = self.seen.max(version);
+        self.told = version;
         true
     }
 

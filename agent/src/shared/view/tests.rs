@@ -112,3 +112,31 @@ fn bookmarks_and_expiries_count_against_what_the_account_has() {
     // A resumed account has listed nothing: any expiry relists it.
     assert!(!View::resumed(50, &c).covers(1));
 }
+
+#[test]
+fn a_bookmark_after_changes_the_account_does_not_select_still_tells_the_hub() {
+    // The account streams namespace "quiet"; the shared watch also carries "busy".
+    let c = config("namespaces: [quiet]\n");
+    let k = configmaps();
+    let mut v = View::resumed(10, &c);
+    for (i, version) in (11..=20).enumerate() {
+        let uid = format!("b-{i}");
+        assert_eq!(
+            v.admit(&c, &k, MODIFIED, &cm("busy", &uid, false), Some(version)),
+            None
+        );
+    }
+    // The API server's next bookmark is at the newest change it sent, one the account
+    // did not take: the hub must still hear that the account is current up to it.
+    assert!(
+        v.bookmark(20),
+        "the bookmark tells the hub the account is current to 20"
+    );
+    assert!(!v.bookmark(20), "the same again");
+    // A change the account takes, then a bookmark at it: nothing new to tell.
+    assert_eq!(
+        v.admit(&c, &k, MODIFIED, &cm("quiet", "q", false), Some(21)),
+        Some(MODIFIED)
+    );
+    assert!(!v.bookmark(21));
+}
