@@ -162,6 +162,14 @@ impl KindSender {
         self.out.send(frame).await
     }
 
+    /// Sends the waiting events if they are due by now.
+    pub async fn flush_if_due(&mut self) -> Result<(), Closed> {
+        if self.due().is_some_and(|due| due <= Instant::now()) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     /// When the waiting events are due (see [`Batch::due`]).
     pub fn due(&self) -> Option<Instant> {
         self.batch.due()

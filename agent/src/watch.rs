@@ -248,13 +248,7 @@ impl KindWatch {
         };
         loop {
             // As in `watch`: a burst that arrived together becomes one frame.
-            if self
-                .sender
-                .due()
-                .is_some_and(|due| due <= tokio::time::Instant::now())
-            {
-                self.sender.flush().await?;
-            }
+            self.sender.flush_if_due().await?;
             let next = match sub.items.recv().now_or_never() {
                 Some(next) => next,
                 None => {
@@ -426,13 +420,7 @@ impl KindWatch {
             // have nothing more at hand the batch goes out. A burst that arrived together
             // becomes one frame, and a lone change does not wait for others that may
             // never come. A stream that never pauses is bounded by the linger.
-            if self
-                .sender
-                .due()
-                .is_some_and(|due| due <= tokio::time::Instant::now())
-            {
-                self.sender.flush().await?;
-            }
+            self.sender.flush_if_due().await?;
             let next = match watches.next().now_or_never() {
                 Some(next) => next,
                 None => {
