@@ -16,16 +16,18 @@ use scale_agent_proto::v1::{RegisterReason, hub_frame};
 
 const LONG: Duration = Duration::from_secs(600);
 
+/// The settings of hub replica `id` on the database at `url`, heartbeating every 200 ms.
+fn replica_config(c: &mut scale_agent_hub::Config, url: &str, id: &str) {
+    c.grace_period = LONG;
+    c.store = StoreLocation::Postgres(url.to_owned());
+    c.hub_id = id.to_owned();
+    c.replica_heartbeat = Duration::from_millis(200);
+    c.replica_timeout = Duration::from_secs(2);
+}
+
 /// A hub replica on the database at `url`, heartbeating every 200 ms.
 async fn replica(url: &str, id: &str) -> Result<RunningHub> {
-    hub_with(|c| {
-        c.grace_period = LONG;
-        c.store = StoreLocation::Postgres(url.to_owned());
-        c.hub_id = id.to_owned();
-        c.replica_heartbeat = Duration::from_millis(200);
-        c.replica_timeout = Duration::from_secs(2);
-    })
-    .await
+    hub_with(|c| replica_config(c, url, id)).await
 }
 
 /// Replica `id` as [`replica`], also serving the Kubernetes API under the replicas'
@@ -33,11 +35,7 @@ async fn replica(url: &str, id: &str) -> Result<RunningHub> {
 async fn forwarding_replica(url: &str, id: &str, cas: &ReplicaCa) -> Result<RunningHub> {
     let api = cas.kube_api(id, "unused-kube-api-token *\n")?;
     hub_with(|c| {
-        c.grace_period = LONG;
-        c.store = StoreLocation::Postgres(url.to_owned());
-        c.hub_id = id.to_owned();
-        c.replica_heartbeat = Duration::from_millis(200);
-        c.replica_timeout = Duration::from_secs(2);
+        replica_config(c, url, id);
         c.kube_api = Some(api);
     })
     .await
