@@ -236,9 +236,7 @@ struct KindState {
 
 impl KindState {
     fn in_full_relist(&self) -> bool {
-        self.open
-            .as_ref()
-            .is_some_and(|o| o.mode == SyncMode::FullRelist)
+        full_relist(self.open.as_ref())
     }
 
     /// The cache holds the kind exactly as the cluster has it (up to the stream's
@@ -388,10 +386,7 @@ impl AccountCache {
             Entry::Occupied(o) => Some(Arc::clone(&o.get().body)),
             Entry::Vacant(_) => None,
         };
-        let in_full_relist = open
-            .as_ref()
-            .is_some_and(|o| o.mode == SyncMode::FullRelist);
-        if in_full_relist {
+        if full_relist(open.as_ref()) {
             api.advance(&event.resource_version);
         } else {
             match window::parse_rv(&event.resource_version) {
@@ -847,6 +842,11 @@ impl Cache {
     }
 }
 
+/// Whether `open` is a full relist.
+fn full_relist(open: Option<&OpenSync>) -> bool {
+    open.is_some_and(|o| o.mode == SyncMode::FullRelist)
+}
+
 /// A kind's state, made when missing, its API version updated; whatever reaches a
 /// kind's state may move its resume point, so the store's next take includes them.
 fn kind_state<'a>(
@@ -865,17 +865,10 @@ fn owned_kind_state<'a>(
     kind: KindKey,
     version: &str,
 ) -> &'a mut KindState {
-    touched(kinds.entry(kind).or_default(), dirty, version)
-}
-
-fn touched<'a>(
-    state: &'a mut KindState,
-    dirty: &mut Option<Dirty>,
-    version: &str,
-) -> &'a mut KindState {
     if let Some(dirty) = dirty {
         dirty.resume = true;
     }
+    let state = kinds.entry(kind).or_default();
     if !version.is_empty() && state.version != version {
         version.clone_into(&mut state.version);
     }
