@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use scale_agent_e2e::bench::goal::Goal;
 use scale_agent_e2e::bench::report::Figure;
 use serde_json::Value;
 
@@ -78,6 +79,7 @@ pub async fn run(_p: &Params) -> anyhow::Result<Vec<Figure>> {
                     f64::from(batch) / bare,
                     "decode the same frames, check each body is JSON, keep it in a hash map",
                 )
+                .goal(Goal::RatioAtLeast { ratio: 0.5 })
                 .param("events_per_frame", batch)
                 .param("cached_objects", 100_000)
                 .param("object_bytes", 1200)

@@ -186,7 +186,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             "s",
         )
         .baseline(secs(on_server), "the same command on the cluster's API server")
-        .goal(Goal::RatioAtMost { ratio: 1.0 })
+        .goal(Goal::RatioAtMost { ratio: 0.5 })
         .params(&params)
         .param("runs", json!(KUBECTL_RUNS))
         .note("median of the runs, each a whole kubectl process (start, discovery, list, JSON printing) listing every object of the account"),

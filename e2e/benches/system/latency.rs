@@ -288,8 +288,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
         Figure::new("change_latency", "change_latency.p99", hub.p99, "ms")
             .baseline(bare.p99, base_what)
             .goal(Goal::WithinOfBaseline {
-                ratio: 1.5,
-                slack: 5.0,
+                ratio: 1.2,
+                slack: 2.0,
             })
             .params(&params)
             .note(lost),

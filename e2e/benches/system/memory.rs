@@ -238,7 +238,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 "MiB",
             )
             .baseline_measured(base_m.peak_kib.clone().map(mib), base_what)
-            .goal(Goal::AtMost { limit: 256.0 })
+            .goal(Goal::AtMost { limit: 128.0 })
             .params(&params)
             .note(format!(
                 "VmHWM at the end of the initial sync; the hub then held {hub_mib}"

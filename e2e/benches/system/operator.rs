@@ -442,7 +442,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
                 write_seconds * conv_writes.len() as f64,
                 "the same number of writes by a bare client, at the rate it created the kubeconfig Secrets (16 at a time)",
             )
-            .goal(Goal::AtMost { limit: 60.0 })
+            .goal(Goal::AtMost { limit: 20.0 })
             .params(&params)
             .note(format!(
                 "from the first create until every status was final (current generation, every account served or Conflict, every name served by exactly one shard), seen by a watch; creating the shards took {:.1} s; {} reads and {} writes by the operator until {:.1} s without a write",
@@ -461,10 +461,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Figure>> {
             )),
         Figure::measured("operator_convergence", "operator_convergence.peak_rss", peak.map(mib), "MiB")
             .baseline_measured(base_peak.map(mib), "kube-rs reflector holding the same AgentShards")
+            .goal(Goal::RatioAtMost { ratio: 1.3 })
             .params(&params)
             .note("VmHWM of the operator over the convergence and the edit"),
         Figure::new("operator_convergence", "operator_convergence.edit_settle", secs(settled - edit_started), "s")
             .baseline(secs(patch_rtt), "the edit's own API round trip")
+            .goal(Goal::AtMost { limit: 0.2 })
             .params(&params)
             .note(format!(
                 "one account added to {}/{}: from the patch until its status showed the new generation with the account served; every shard still final afterwards: {all_still_final}",

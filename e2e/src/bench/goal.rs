@@ -1,11 +1,13 @@
-//! The goals figures are judged by, as the issue states them: an absolute limit ("peak ≤
-//! 256 MiB"), a ratio to the baseline ("≤ 1.3× the bare LISTs"), or a ratio with an
-//! allowance ("p99 ≤ 1.5× the bare watcher's + 5 ms"). Pure: whether a value meets its
-//! goal, what value the goal allows, and how the goal reads in a report.
+//! The goals figures are judged by: an absolute limit ("peak ≤ 128 MiB"), a ratio to the
+//! baseline ("≤ 0.8× the bare LISTs"), a ratio with an allowance ("p99 ≤ 1.2× the bare
+//! watcher's + 2 ms"), or, for a rate, a share of the baseline's rate to reach ("≥ 0.5×
+//! the bare decoder's events per second"). Pure: whether a value meets its goal, what
+//! value the goal allows, and how the goal reads in a report.
 
 use serde::{Deserialize, Serialize};
 
-/// What a figure must reach. Every goal here is an upper bound: lower is better.
+/// What a figure must reach. Every goal is an upper bound (lower is better) but
+/// [`Goal::RatioAtLeast`], a lower bound for rates.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Goal {
@@ -27,6 +29,11 @@ pub enum Goal {
         /// The allowance, in the figure's unit.
         slack: f64,
     },
+    /// The value is at least `ratio` times the baseline: higher is better.
+    RatioAtLeast {
+        /// The smallest ratio that meets the goal.
+        ratio: f64,
+    },
 }
 
 impl Goal {
@@ -35,7 +42,9 @@ impl Goal {
     pub fn allowed(&self, baseline: Option<f64>) -> Option<f64> {
         match *self {
             Goal::AtMost { limit } => Some(limit),
-            Goal::RatioAtMost { ratio } => baseline.filter(|b| b.is_finite()).map(|b| ratio * b),
+            Goal::RatioAtMost { ratio } | Goal::RatioAtLeast { ratio } => {
+                baseline.filter(|b| b.is_finite()).map(|b| ratio * b)
+            }
             Goal::WithinOfBaseline { ratio, slack } => baseline
                 .filter(|b| b.is_finite())
                 .map(|b| ratio * b + slack),
@@ -46,7 +55,31 @@ impl Goal {
     /// relative goal without a baseline).
     pub fn met(&self, value: Option<f64>, baseline: Option<f64>) -> Option<bool> {
         let value = value.filter(|v| v.is_finite())?;
-        self.allowed(baseline).map(|allowed| value <= allowed)
+        self.allowed(baseline).map(|allowed| {
+            if self.higher_is_better() {
+                value >= allowed
+            } else {
+                value <= allowed
+            }
+        })
+    }
+
+    /// Whether the goal is a lower bound (a rate to reach) rather than an upper one.
+    pub fn higher_is_better(&self) -> bool {
+        matches!(self, Goal::RatioAtLeast { .. })
+    }
+
+    /// For a value that misses the goal: how far from what it allows, as a fraction of
+    /// that (0.42: 42 % over an upper bound, or 42 % short of a lower one).
+    pub fn missed_by(&self, value: f64, allowed: f64) -> Option<f64> {
+        if allowed <= 0.0 || !value.is_finite() {
+            return None;
+        }
+        Some(if self.higher_is_better() {
+            1.0 - value / allowed
+        } else {
+            value / allowed - 1.0
+        })
     }
 
     /// How the goal reads in a report, e.g. `≤ 256 MiB`, `ratio ≤ 1.3`,
@@ -55,6 +88,7 @@ impl Goal {
         match *self {
             Goal::AtMost { limit } => format!("≤ {} {unit}", number(limit)),
             Goal::RatioAtMost { ratio } => format!("ratio ≤ {}", number(ratio)),
+            Goal::RatioAtLeast { ratio } => format!("ratio ≥ {}", number(ratio)),
             Goal::WithinOfBaseline { ratio, slack } => {
                 format!("≤ {} × baseline + {} {unit}", number(ratio), number(slack))
             }
@@ -124,6 +158,21 @@ mod tests {
         assert_eq!(g.met(Some(20.0), Some(10.0)), Some(true));
         assert_eq!(g.met(Some(20.5), Some(10.0)), Some(false));
         assert_eq!(g.describe("ms"), "≤ 1.5 × baseline + 5 ms");
+    }
+
+    #[test]
+    fn a_rate_to_reach_is_a_lower_bound() {
+        let g = Goal::RatioAtLeast { ratio: 0.5 };
+        assert_eq!(g.met(Some(5.0), Some(10.0)), Some(true));
+        assert_eq!(g.met(Some(4.4), Some(10.0)), Some(false));
+        assert_eq!(g.met(Some(4.4), None), None);
+        let short = g.missed_by(4.0, 5.0).expect("short");
+        assert!((short - 0.2).abs() < 1e-9);
+        assert_eq!(g.describe("events/s"), "ratio ≥ 0.5");
+        let over = Goal::AtMost { limit: 10.0 }
+            .missed_by(12.0, 10.0)
+            .expect("over");
+        assert!((over - 0.2).abs() < 1e-9);
     }
 
     #[test]

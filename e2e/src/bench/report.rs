@@ -163,11 +163,11 @@ impl Figure {
         }
     }
 
-    /// For a missed goal: how far the value is over what the goal allows, as a fraction
-    /// (0.42: 42 % over).
+    /// For a missed goal: how far the value is from what the goal allows, as a fraction
+    /// (0.42: 42 % over an upper bound, or short of a rate to reach).
     pub fn over_by(&self) -> Option<f64> {
-        match (self.met, self.value, self.allowed) {
-            (Some(false), Some(v), Some(a)) if a > 0.0 => Some(v / a - 1.0),
+        match (self.met, self.value, self.allowed, self.goal_spec) {
+            (Some(false), Some(v), Some(a), Some(goal)) => goal.missed_by(v, a),
             _ => None,
         }
     }
@@ -277,7 +277,14 @@ impl Report {
             let goal = f.goal.clone().unwrap_or_else(|| "—".into());
             let met = match (f.met, f.over_by()) {
                 (Some(true), _) => "yes".to_string(),
-                (Some(false), Some(over)) => format!("**no** ({} % over)", number(over * 100.0)),
+                (Some(false), Some(by)) => {
+                    let side = if f.goal_spec.is_some_and(|g| g.higher_is_better()) {
+                        "short"
+                    } else {
+                        "over"
+                    };
+                    format!("**no** ({} % {side})", number(by * 100.0))
+                }
                 (Some(false), None) => "**no**".to_string(),
                 (None, _) => "—".to_string(),
             };
