@@ -401,15 +401,16 @@ impl AccountCache {
                         (Some(p), "null") if event.change == Change::Delete => Arc::clone(p),
                         _ => Arc::clone(&event.body),
                     };
-                    api.record(window::Change {
+                    api.record(window::Change::new(
                         rv,
                         change,
-                        namespace: entry.key().namespace().to_owned(),
-                        name: entry.key().name().to_owned(),
+                        (
+                            entry.key().namespace().to_owned(),
+                            entry.key().name().to_owned(),
+                        ),
                         body,
                         prev,
-                        encoded: std::sync::OnceLock::new(),
-                    });
+                    ));
                 }
                 None => api.advance(&event.resource_version),
             }

@@ -30,7 +30,7 @@
 //! each change's watch event is written once, by the first watch that sends it, and
 //! shared by every other ([`Change::encoded`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -81,9 +81,63 @@ pub struct Change {
     pub prev: Option<Arc<RawValue>>,
     /// The change as a watch event, once one watch wrote it.
     pub encoded: OnceLock<Bytes>,
+    /// The labels of `body` and of `prev`, once one watch with a label selector read
+    /// them: a change read by thousands of selecting watches is parsed once.
+    pub labels: OnceLock<(Labels, Option<Labels>)>,
+}
+
+/// An object's `metadata.labels`.
+pub type Labels = BTreeMap<String, String>;
+
+/// The labels of an object's JSON (none when it has none or is not an object).
+pub fn labels_of(body: &RawValue) -> Labels {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(default)]
+        labels: Option<Labels>,
+    }
+    #[derive(serde::Deserialize)]
+    struct WithMeta {
+        #[serde(default)]
+        metadata: Option<Meta>,
+    }
+    serde_json::from_str::<WithMeta>(body.get())
+        .ok()
+        .and_then(|o| o.metadata)
+        .and_then(|m| m.labels)
+        .unwrap_or_default()
 }
 
 impl Change {
+    /// A change of `namespace`/`name` at `rv`, nothing of it encoded or parsed yet.
+    pub fn new(
+        rv: u64,
+        change: ChangeType,
+        (namespace, name): (String, String),
+        body: Arc<RawValue>,
+        prev: Option<Arc<RawValue>>,
+    ) -> Change {
+        Change {
+            rv,
+            change,
+            namespace,
+            name,
+            body,
+            prev,
+            encoded: OnceLock::new(),
+            labels: OnceLock::new(),
+        }
+    }
+
+    /// The labels of the object after the change and before it (when there was a
+    /// before), parsed for the first watch that asks.
+    pub fn labels(&self) -> (&Labels, Option<&Labels>) {
+        let (now, before) = self
+            .labels
+            .get_or_init(|| (labels_of(&self.body), self.prev.as_deref().map(labels_of)));
+        (now, before.as_ref())
+    }
+
     /// The change as a watch event: written by `encode` for the first watch that
     /// asks, the same bytes for every later one.
     pub fn encoded(&self, encode: impl FnOnce(&Change) -> Bytes) -> Bytes {
@@ -301,15 +355,13 @@ mod tests {
 
     fn change(rv: u64, name: &str, size: usize) -> Change {
         let body = format!("{{\"x\":\"{}\"}}", "a".repeat(size));
-        Change {
+        Change::new(
             rv,
-            change: ChangeType::Modified,
-            namespace: "ns".into(),
-            name: name.into(),
-            body: Arc::from(RawValue::from_string(body).expect("json")),
-            prev: None,
-            encoded: OnceLock::new(),
-        }
+            ChangeType::Modified,
+            ("ns".into(), name.into()),
+            Arc::from(RawValue::from_string(body).expect("json")),
+            None,
+        )
     }
 
     fn rvs(changes: &[Arc<Change>]) -> Vec<u64> {

@@ -25,7 +25,6 @@
 //! client-go's informers since 0.35) are watches that start with every object; list
 //! options the API server refuses get its own `422` ([`super::options`]).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
@@ -39,6 +38,7 @@ use super::path::ResourcePath;
 use super::selector::{self, FieldSelector, LabelSelector};
 use super::table::{self, Include, Media, TableAsk};
 use crate::core::cache::{KindKey, Scope};
+use crate::core::window::Labels;
 /// Why a read goes to the cluster (for logs).
 pub type Pass = &'static str;
 
@@ -282,10 +282,10 @@ pub fn in_scope(scope: &Scope, read: &Read, kind: &KindKey) -> bool {
     true
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Meta {
     #[serde(default)]
-    labels: Option<BTreeMap<String, String>>,
+    labels: Option<Labels>,
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -304,26 +304,30 @@ pub fn selected_object(read: &Read, kind: &KindKey, body: &RawValue) -> bool {
     if read.labels.is_empty() && read.fields.is_empty() {
         return true;
     }
-    let meta = serde_json::from_str::<WithMeta>(body.get())
+    let Meta {
+        labels,
+        name,
+        namespace,
+    } = serde_json::from_str::<WithMeta>(body.get())
         .ok()
-        .and_then(|o| o.metadata);
-    let (namespace, name) = meta
-        .as_ref()
-        .map_or(("", ""), |m| (m.namespace.as_str(), m.name.as_str()));
-    selected(read, kind, namespace, name, body)
+        .and_then(|o| o.metadata)
+        .unwrap_or_default();
+    let labels = labels.unwrap_or_default();
+    selected(read, kind, &namespace, &name, || &labels, body)
 }
 
-/// True when the object passes the read's selectors.
-pub fn selected(read: &Read, kind: &KindKey, namespace: &str, name: &str, body: &RawValue) -> bool {
-    if !read.labels.is_empty() {
-        let labels = serde_json::from_str::<WithMeta>(body.get())
-            .ok()
-            .and_then(|o| o.metadata)
-            .and_then(|m| m.labels)
-            .unwrap_or_default();
-        if !read.labels.matches(&labels) {
-            return false;
-        }
+/// True when the object passes the read's selectors; `labels` gives the object's
+/// labels (asked only when the read selects by label).
+pub fn selected<'l>(
+    read: &Read,
+    kind: &KindKey,
+    namespace: &str,
+    name: &str,
+    labels: impl FnOnce() -> &'l Labels,
+    body: &RawValue,
+) -> bool {
+    if !read.labels.is_empty() && !read.labels.matches(labels()) {
+        return false;
     }
     if !read.fields.is_empty() {
         let object = if read.fields.only_metadata() {

@@ -240,11 +240,18 @@ fn change_event<'a>(
     if read.namespace.as_ref().is_some_and(|ns| *ns != c.namespace) {
         return None;
     }
-    let passes = |body: &RawValue| selected(read, kind, &c.namespace, &c.name, body);
-    let now = c.change != ChangeType::Deleted && passes(&c.body);
+    // The labels are parsed once per change, for every watch that selects by them.
+    let labels = |before: bool| {
+        let (now, prev) = c.labels();
+        if before { prev.unwrap_or(now) } else { now }
+    };
+    let passes = |body: &RawValue, before: bool| {
+        selected(read, kind, &c.namespace, &c.name, || labels(before), body)
+    };
+    let now = c.change != ChangeType::Deleted && passes(&c.body, false);
     let before = match c.change {
-        ChangeType::Deleted => passes(c.prev.as_deref().unwrap_or(&c.body)),
-        _ => c.prev.as_deref().is_some_and(passes),
+        ChangeType::Deleted => passes(c.prev.as_deref().unwrap_or(&c.body), true),
+        _ => c.prev.as_deref().is_some_and(|p| passes(p, true)),
     };
     let body = || std::borrow::Cow::Borrowed(c.body.get());
     match (c.change, before, now) {
@@ -443,15 +450,13 @@ mod tests {
     }
 
     fn change(t: ChangeType, prev: Option<(&str, u64)>, now: (&str, u64)) -> Change {
-        Change {
-            rv: now.1,
-            change: t,
-            namespace: "a".into(),
-            name: "cm".into(),
-            body: body("cm", now.0, now.1),
-            prev: prev.map(|(app, rv)| body("cm", app, rv)),
-            encoded: std::sync::OnceLock::new(),
-        }
+        Change::new(
+            now.1,
+            t,
+            ("a".into(), "cm".into()),
+            body("cm", now.0, now.1),
+            prev.map(|(app, rv)| body("cm", app, rv)),
+        )
     }
 
     fn read(selector: &str) -> Read {
@@ -520,6 +525,33 @@ mod tests {
             ),
             s("MODIFIED", "7")
         );
+    }
+
+    #[test]
+    fn a_change_is_parsed_for_labels_once_whatever_the_number_of_selecting_watches() {
+        let c = change(ChangeType::Modified, Some(("api", 5)), ("web", 6));
+        // A watch without a selector never parses the object.
+        let _ = seen(&read(""), &c);
+        assert!(c.labels.get().is_none());
+        let _ = seen(&read("app=web"), &c);
+        let (now, before) = c
+            .labels
+            .get()
+            .expect("parsed for the first selecting watch");
+        assert_eq!(now.get("app").map(String::as_str), Some("web"));
+        assert_eq!(
+            before
+                .as_ref()
+                .and_then(|b| b.get("app"))
+                .map(String::as_str),
+            Some("api")
+        );
+        // Later watches read what the first parsed: the same allocation.
+        let first: *const _ = c.labels.get().expect("parsed");
+        for selector in ["app=api", "app!=web", "app"] {
+            let _ = seen(&read(selector), &c);
+        }
+        assert!(std::ptr::eq(first, c.labels.get().expect("parsed")));
     }
 
     #[test]
