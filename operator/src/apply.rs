@@ -202,7 +202,7 @@ impl Child<'_> {
                 .get_metadata_opt(&key.name)
                 .await
                 .map_err(|e| Error::kube(format!("reading {} {ns}/{}", key.kind, key.name), e))?;
-            return Ok(!found.is_some_and(|m| applied::fingerprint(&m.metadata) == last.observed));
+            return Ok(found.is_none_or(|m| applied::fingerprint(&m.metadata) != last.observed));
         }
         Ok(applied::needs_apply(last.as_ref(), desired, seen, self.now))
     }

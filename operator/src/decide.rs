@@ -109,8 +109,8 @@ pub struct KubeconfigsChild {
     /// The Secrets it copies that the reconcile knows only by an earlier check: to read
     /// before it is applied.
     pub unread: BTreeSet<String>,
-    /// What it copies: (Secret name, key, version) → the account whose entry holds it.
-    pub from: BTreeMap<(String, String, Version), String>,
+    /// What it copies: (Secret name, key, version) and the account whose entry holds it.
+    pub from: Vec<((String, String, Version), String)>,
 }
 
 /// When to reconcile the shard again without a change.
@@ -418,23 +418,18 @@ fn kubeconfig<'a>(
                     .entry(name.clone())
                     .or_insert_with(|| Checked {
                         version: version.clone(),
-                        verdicts: BTreeMap::new(),
+                        verdicts: Vec::new(),
                     })
-                    .verdicts
-                    .insert(u, verdict.clone());
+                    .record(u, verdict.clone());
             }
             (verdict, data.get(key).map(|b| b.0.as_slice()))
         }
         Source::Known(c) => {
             // The reconcile reads a Secret whose check lacks a use (kubeconfigs::usable).
-            let verdict = c
-                .verdicts
-                .get(&u)
-                .cloned()
-                .ok_or_else(|| Error::Unchecked {
-                    secret: format!("{}/{name}", sref.namespace),
-                    key: key.clone(),
-                })?;
+            let verdict = c.verdict(&u).cloned().ok_or_else(|| Error::Unchecked {
+                secret: format!("{}/{name}", sref.namespace),
+                key: key.clone(),
+            })?;
             (verdict, None)
         }
     };

@@ -78,8 +78,24 @@ pub type Verdict = Result<(), (&'static str, String)>;
 pub struct Checked {
     /// The version read.
     pub version: Version,
-    /// The verdict on each use checked.
-    pub verdicts: BTreeMap<Use, Verdict>,
+    /// The verdict on each use checked (usually one: a list, not a map, for the
+    /// memory of 10,000 of them).
+    pub verdicts: Vec<(Use, Verdict)>,
+}
+
+impl Checked {
+    /// The verdict on `u`, if it was checked.
+    pub fn verdict(&self, u: &Use) -> Option<&Verdict> {
+        self.verdicts.iter().find(|(c, _)| c == u).map(|(_, v)| v)
+    }
+
+    /// Records the verdict on `u`.
+    pub fn record(&mut self, u: Use, verdict: Verdict) {
+        match self.verdicts.iter_mut().find(|(c, _)| *c == u) {
+            Some((_, v)) => *v = verdict,
+            None => self.verdicts.push((u, verdict)),
+        }
+    }
 }
 
 /// A kubeconfig Secret as one reconcile has it.
@@ -159,7 +175,7 @@ pub fn usable(
         return false;
     };
     *watched == checked.version
-        && uses.iter().all(|u| checked.verdicts.contains_key(u))
+        && uses.iter().all(|u| checked.verdict(u).is_some())
         && now.saturating_duration_since(checked_at) < RECHECK
 }
 
@@ -170,7 +186,7 @@ pub struct Copied {
     pub desired: u64,
     /// Each Secret version and key copied (Secret name, key, version), and the account
     /// whose entry holds it.
-    pub from: BTreeMap<(String, String, Version), String>,
+    pub from: Vec<((String, String, Version), String)>,
 }
 
 /// The Secrets of `unread` (known by their check at the version `known` gives) whose
@@ -192,8 +208,9 @@ pub fn reusable<'a>(
             .map(|u| {
                 copied
                     .from
-                    .get(&(name.clone(), u.key.clone(), version.clone()))
-                    .map(|account| (u.key.clone(), account.clone()))
+                    .iter()
+                    .find(|((s, k, v), _)| s == name && *k == u.key && v == version)
+                    .map(|(_, account)| (u.key.clone(), account.clone()))
             })
             .collect();
         if let Some(entries) = entries.filter(|e| !e.is_empty()) {
