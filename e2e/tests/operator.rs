@@ -2,7 +2,8 @@
 //! owner references, account edits without a rollout, image changes with one, conflicts
 //! across namespaces with the Event and the webhook warning, handoff after the owner is
 //! deleted, a move between shards in one apply with no overlap, invalid accounts in
-//! status, garbage collection, `kubectl wait`, no status write on a no-op reconcile, and
+//! status, kubeconfig Secrets rotated, broken, deleted and created again, garbage
+//! collection, `kubectl wait`, no status write on a no-op reconcile, and
 //! a second operator that stays standby.
 //!
 //! No agent runs in these tests but in `kubectl_wait_for_ready`: the accounts a shard
@@ -20,7 +21,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use scale_agent_crds::{AccountState, AgentConfig, AgentShard, CONFIG_KEY, condition_type};
@@ -50,6 +51,7 @@ fn main() {
             handoff_within_10s_after_the_owner_is_deleted => handoff,
             account_moved_in_one_apply_never_in_two_configs => move_account,
             missing_secret_garbage_and_refused_kubeconfigs_in_status => invalid_accounts,
+            rotated_invalid_deleted_and_recreated_kubeconfig_secrets_reach_the_agents => rotated_secret,
             secrets_that_are_not_kubeconfigs_are_never_quoted_and_servers_are_checked => kubeconfig_trust,
             shard_deletion_garbage_collects_children => deletion,
             kubectl_wait_for_ready => kubectl_wait,
@@ -744,6 +746,112 @@ async fn invalid_accounts(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
         env.kubeconfig_secret(&ns, "kc-missing")?;
         env.wait_config("config with missing", &ns, "mixed", 15, |c| c.account("missing").is_some()).await?;
         env.wait_shard("missing served", &ns, "mixed", 15, |s| served(s, "missing")).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Issue 23: the operator reads an account's kubeconfig Secret again only when the watch
+/// shows another version of it, and the agents' kubeconfig Secret copies kubeconfigs it
+/// knows only by their check. A rotated Secret still reaches the agents (with the other
+/// account's copy intact), one that becomes invalid or is deleted still shows in the
+/// status and leaves the agents, and one created again comes back.
+async fn rotated_secret(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
+    in_namespace(env, "rotate", |env, ns| async move {
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.kubeconfig_secret(&ns, "kc-b")?;
+        env.apply(&shard_yaml(
+            &ns,
+            "east",
+            &[("a", "kc-a"), ("b", "kc-b")],
+            "",
+        ))?;
+        env.wait_shard("east serving a and b", &ns, "east", 60, |s| {
+            reconciled(s) && served(s, "a") && served(s, "b")
+        })
+        .await?;
+        let client = env.client().await?;
+        let secrets: Api<Secret> = Api::namespaced(client, &ns);
+        let source = std::fs::read_to_string(&env.cp.management.kubeconfig)?;
+        // The agents' copies of a and b once they are `a` and `b` (`None`: not copied).
+        let copies = |a: Option<String>, b: Option<String>| {
+            let secrets = secrets.clone();
+            let want = (a, b);
+            async move {
+                let data = secrets
+                    .get_opt("east-agent-kubeconfigs")
+                    .await
+                    .ok()??
+                    .data?;
+                let copy = |n: &str| {
+                    data.get(&format!("{n}.kubeconfig"))
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                };
+                ((copy("a"), copy("b")) == want).then_some(())
+            }
+        };
+        let both = || copies(Some(source.clone()), Some(source.clone()));
+        wait::until(
+            "the agents' copies of a and b",
+            Duration::from_secs(30),
+            both,
+        )
+        .await?;
+        let set = |body: String| {
+            let secrets = secrets.clone();
+            async move {
+                secrets
+                    .patch(
+                        "kc-a",
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({ "stringData": { "kubeconfig": body } })),
+                    )
+                    .await
+            }
+        };
+
+        // Rotated credentials: new bytes for a; b's copy stays.
+        let rotated = format!("{source}\n# rotated credentials\n");
+        set(rotated.clone()).await?;
+        wait::until(
+            "the rotated kubeconfig copied for a",
+            Duration::from_secs(30),
+            || copies(Some(rotated.clone()), Some(source.clone())),
+        )
+        .await?;
+
+        // No longer a kubeconfig: Invalid, and out of the agents' kubeconfigs and config.
+        set("this is not a kubeconfig: [".to_owned()).await?;
+        env.wait_shard("a invalid", &ns, "east", 30, |s| {
+            s.account_status("a").is_some_and(|a| {
+                a.state == AccountState::Invalid && a.reason == "KubeconfigInvalid"
+            }) && served(s, "b")
+        })
+        .await?;
+        wait::until("a's copy removed", Duration::from_secs(30), || {
+            copies(None, Some(source.clone()))
+        })
+        .await?;
+        env.wait_config("config without a", &ns, "east", 30, |c| {
+            c.account("a").is_none() && c.account("b").is_some()
+        })
+        .await?;
+
+        // Deleted: SecretNotFound.
+        secrets.delete("kc-a", &DeleteParams::default()).await?;
+        env.wait_shard("a's Secret not found", &ns, "east", 30, |s| {
+            s.account_status("a")
+                .is_some_and(|a| a.reason == "SecretNotFound")
+        })
+        .await?;
+
+        // Created again: served, copied again.
+        env.kubeconfig_secret(&ns, "kc-a")?;
+        env.wait_shard("a served again", &ns, "east", 30, |s| {
+            served(s, "a") && served(s, "b")
+        })
+        .await?;
+        wait::until("a copied again", Duration::from_secs(30), both).await?;
         Ok(())
     })
     .await

@@ -57,10 +57,10 @@ async fn apply<K: ChildObject>(client: &Client, ns: &str, obj: &K) -> Result<K> 
 }
 
 /// Applies every child of `shard` (whose uid is `owner_uid`) that needs it
-/// ([`applied::needs_apply`]): the agents' identity, then the kubeconfigs, the TLS
-/// Secret or cert-manager Certificate, and the config (the Deployment mounts them), the
-/// Deployment, and the PodDisruptionBudget — or deletes the budget the shard owns when
-/// it needs none.
+/// ([`applied::needs_apply`]): the agents' identity, then at once the kubeconfigs, the
+/// TLS Secret or cert-manager Certificate, and the config (the Deployment mounts them),
+/// then the Deployment, and the PodDisruptionBudget — or deletes the budget the shard
+/// owns when it needs none.
 /// Returns the Deployment as the server has it, with its status (as the watch shows it
 /// when it was left as it is).
 pub async fn children(
@@ -84,22 +84,38 @@ pub async fn children(
         child.apply(binding, Seen::Unwatched).await?;
     }
     let seen_secret = |s: &Secret| watched.secret(ns, s.metadata.name.as_deref().unwrap_or(""));
-    child
-        .apply(&c.kubeconfigs, seen_secret(&c.kubeconfigs))
-        .await?;
-    if let Some(tls) = &c.tls {
-        child.apply(tls, seen_secret(tls)).await?;
-    }
-    if let Some(cert) = &c.certificate {
-        child.apply_certificate(cert).await?;
-    }
     let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
-    child
-        .apply(
-            &c.config_map,
-            watched.config_map(ns, &name(&c.config_map.metadata)),
-        )
-        .await?;
+    // What the Deployment mounts, at once: each is its own volume, which kubelet
+    // refreshes on its own, so their order would promise the agents nothing, and an
+    // edit waits for one round trip instead of one each.
+    let kubeconfigs = async {
+        // Without its data the reconcile found it need not be applied (kubeconfigs_due).
+        if let Some(kubeconfigs) = &c.kubeconfigs.secret {
+            child
+                .apply_as(kubeconfigs, c.kubeconfigs.desired, seen_secret(kubeconfigs))
+                .await?;
+        }
+        Ok::<_, Error>(())
+    };
+    let tls = async {
+        if let Some(tls) = &c.tls {
+            child.apply(tls, seen_secret(tls)).await?;
+        }
+        if let Some(cert) = &c.certificate {
+            child.apply_certificate(cert).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    let config = async {
+        child
+            .apply(
+                &c.config_map,
+                watched.config_map(ns, &name(&c.config_map.metadata)),
+            )
+            .await?;
+        Ok::<_, Error>(())
+    };
+    futures::try_join!(kubeconfigs, tls, config)?;
     let dep_name = name(&c.deployment.metadata);
     let dep = match child
         .apply(&c.deployment, watched.deployment(ns, &dep_name))
@@ -148,13 +164,35 @@ impl Child<'_> {
     /// Applies `obj` unless it is what the operator last applied and still sees
     /// (`seen`); returns it as the server has it when applied.
     async fn apply<K: ChildObject>(&self, obj: &K, seen: Seen) -> Result<Option<K>> {
+        self.apply_as(obj, applied::desired_hash(obj), seen).await
+    }
+
+    /// [`Self::apply`], with `desired` standing for the object's content.
+    async fn apply_as<K: ChildObject>(
+        &self,
+        obj: &K,
+        desired: u64,
+        seen: Seen,
+    ) -> Result<Option<K>> {
         let key = ChildKey {
             kind: K::kind(&()).into_owned(),
             name: obj.meta().name.clone().unwrap_or_default(),
         };
-        let desired = applied::desired_hash(obj);
-        if let Some(last) = self.applied.get(self.shard, &key)
-            && applied::unconfirmed(&last, desired, seen)
+        if !self.due::<K>(&key, desired, seen).await? {
+            return Ok(None);
+        }
+        let written = self
+            .write(key, desired, apply(self.client, &self.shard.namespace, obj))
+            .await?;
+        Ok(Some(written))
+    }
+
+    /// Whether the child `key`, whose desired object hashes to `desired`, seen as
+    /// `seen`, must be applied ([`applied::needs_apply`]).
+    async fn due<K: ChildObject>(&self, key: &ChildKey, desired: u64, seen: Seen) -> Result<bool> {
+        let last = self.applied.get(self.shard, key);
+        if let Some(last) = &last
+            && applied::unconfirmed(last, desired, seen)
         {
             // The watch has not shown the operator's last apply of this very object
             // yet (it lags behind, or the child is gone): a read tells which, where
@@ -164,12 +202,9 @@ impl Child<'_> {
                 .get_metadata_opt(&key.name)
                 .await
                 .map_err(|e| Error::kube(format!("reading {} {ns}/{}", key.kind, key.name), e))?;
-            if found.is_some_and(|m| applied::fingerprint(&m.metadata) == last.observed) {
-                return Ok(None);
-            }
+            return Ok(found.is_none_or(|m| applied::fingerprint(&m.metadata) != last.observed));
         }
-        let write = apply(self.client, &self.shard.namespace, obj);
-        self.when_needed(key, desired, seen, write).await
+        Ok(applied::needs_apply(last.as_ref(), desired, seen, self.now))
     }
 
     /// [`apply_certificate`], when it needs it (the Certificate is not watched).
@@ -178,25 +213,24 @@ impl Child<'_> {
             kind: "Certificate".to_owned(),
             name: cert.metadata.name.clone().unwrap_or_default(),
         };
+        let desired = applied::desired_hash(cert);
+        let last = self.applied.get(self.shard, &key);
+        if !applied::needs_apply(last.as_ref(), desired, Seen::Unwatched, self.now) {
+            return Ok(());
+        }
         let write = apply_certificate(self.client, &self.shard.namespace, cert);
-        self.when_needed(key, applied::desired_hash(cert), Seen::Unwatched, write)
-            .await?;
+        self.write(key, desired, write).await?;
         Ok(())
     }
 
-    /// Runs `write` (the apply of `key`, whose desired object hashes to `desired`) when
-    /// [`applied::needs_apply`] says so, and records what it left.
-    async fn when_needed<K: Resource>(
+    /// Runs `write` (the apply of `key`, whose desired object hashes to `desired`) and
+    /// records what it left.
+    async fn write<K: Resource>(
         &self,
         key: ChildKey,
         desired: u64,
-        seen: Seen,
         write: impl Future<Output = Result<K>>,
-    ) -> Result<Option<K>> {
-        let last = self.applied.get(self.shard, &key);
-        if !applied::needs_apply(last.as_ref(), desired, seen, self.now) {
-            return Ok(None);
-        }
+    ) -> Result<K> {
         match write.await {
             Ok(k) => {
                 let record = Record {
@@ -205,7 +239,7 @@ impl Child<'_> {
                     at: self.now,
                 };
                 self.applied.record(self.shard, key, record);
-                Ok(Some(k))
+                Ok(k)
             }
             Err(e) => {
                 self.applied.forget_child(self.shard, &key);
@@ -213,6 +247,31 @@ impl Child<'_> {
             }
         }
     }
+}
+
+/// Whether the agents' kubeconfig Secret of `shard`, whose content hashes to `desired`
+/// ([`crate::decide::KubeconfigsChild`]), must be applied: the reconcile reads the
+/// Secrets it copies only then.
+pub async fn kubeconfigs_due(
+    client: &Client,
+    shard: &ShardRef,
+    desired: u64,
+    applied: &Applied,
+    watched: &Watched,
+) -> Result<bool> {
+    let child = Child {
+        client,
+        shard,
+        applied,
+        now: Instant::now(),
+    };
+    let name = scale_agent_crds::kubeconfig_secret_name(&shard.name);
+    let seen = watched.secret(&shard.namespace, &name);
+    let key = ChildKey {
+        kind: Secret::kind(&()).into_owned(),
+        name,
+    };
+    child.due::<Secret>(&key, desired, seen).await
 }
 
 /// Server-side applies a cert-manager Certificate; returns it as the server has it.

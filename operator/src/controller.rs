@@ -37,6 +37,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use crate::applied::{Applied, Watched};
 use crate::children::{self, Defaults, FIELD_MANAGER, TlsSource};
 use crate::claims_index::ClaimsHandle;
+use crate::kubeconfigs::Kubeconfigs;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 use crate::superseded::Superseded;
@@ -411,14 +412,22 @@ pub async fn run_controller(l: Leading) {
     .reflect(pdb_writer)
     .touched_objects();
     let (managed_secrets, mut secret_writer) = reflector::store();
+    let kubeconfigs = Arc::new(Kubeconfigs::new());
     // Secrets only in the namespaces with shards, which are opened to the operator: its
-    // RBAC grants no cluster-wide Secret read.
+    // RBAC grants no cluster-wide Secret read. Their metadata only: the versions tell a
+    // reconcile which kubeconfig Secrets it must read (crate::kubeconfigs).
     let secrets = crate::namespaced::watch_shard_namespaces::<PartialObjectMeta<Secret>>(
         l.client.clone(),
         l.store.clone(),
         watcher::Config::default(),
     )
-    .inspect_ok(move |event| reflect_managed(&mut secret_writer, event))
+    .inspect_ok({
+        let kubeconfigs = Arc::clone(&kubeconfigs);
+        move |event| {
+            kubeconfigs.watched(event);
+            reflect_managed(&mut secret_writer, event);
+        }
+    })
     .touched_objects();
     l.claims.lead(Some(tx));
     let ctx = Arc::new(Context {
@@ -439,6 +448,7 @@ pub async fn run_controller(l: Leading) {
         },
         superseded: Superseded::new(),
         rollouts: crate::rollout::Rollouts::default(),
+        kubeconfigs,
     });
     // A shard deleted without a reconcile (no finalizer: the watch just loses it) leaves
     // its records behind; drop them now and then.
@@ -454,6 +464,7 @@ pub async fn run_controller(l: Leading) {
                 };
                 ctx.applied.retain(exists);
                 ctx.superseded.retain(exists);
+                ctx.kubeconfigs.retain(exists);
             }
         }))
     };

@@ -25,19 +25,22 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use kube::api::DynamicObject;
 use scale_agent_crds::{
-    AccountSpec, AccountState, AccountStatus, AgentConfig, AgentShard, KubeconfigProblem, ShardRef,
-    claims,
+    AccountSpec, AccountState, AccountStatus, AgentConfig, AgentShard, ShardRef, claims,
 };
+use serde::Serialize;
 
+use crate::applied;
 use crate::certs::{self, AgentCa, Assessment};
 use crate::children::{self, Defaults, TlsSource};
 use crate::claims_index::Resolution;
 use crate::error::{Error, Result};
+use crate::kubeconfigs::{self, Checked, Source, Use, Version};
 use crate::policy;
 use crate::replicas::Replicas;
 use crate::status::{self, Observed, Problem, ReplicaSummary, reason};
@@ -58,8 +61,9 @@ pub struct Fetched<'a> {
     pub shard: &'a AgentShard,
     /// The claims index's answer for every name in the spec (unused when paused).
     pub resolutions: &'a BTreeMap<String, Resolution>,
-    /// The kubeconfig Secrets of the accounts the shard owns, by name; `None`: not found.
-    pub secrets: &'a BTreeMap<String, Option<Secret>>,
+    /// The kubeconfig Secrets of the accounts the shard owns, by name, read or known by
+    /// an earlier check ([`crate::kubeconfigs`]); `None`: not found.
+    pub secrets: &'a BTreeMap<String, Option<Source>>,
     /// The TLS Secret the agents would mount ([`children::tls_source`]), as found;
     /// `None`: not found, or the shard has none.
     pub tls_secret: Option<&'a Secret>,
@@ -77,7 +81,7 @@ pub struct Children {
     /// operator names a ServiceAccount.
     pub identity: Option<(ServiceAccount, Role, RoleBinding)>,
     /// The kubeconfigs of the accounts served.
-    pub kubeconfigs: Secret,
+    pub kubeconfigs: KubeconfigsChild,
     /// The agents' client certificate, when the operator issues it.
     pub tls: Option<Secret>,
     /// The cert-manager Certificate making it, when a cert-manager issuer does.
@@ -89,6 +93,24 @@ pub struct Children {
     /// The PodDisruptionBudget; `None`: the shard runs one replica, and a budget it owns
     /// is deleted.
     pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// The agents' kubeconfig Secret: a copy of the served accounts' kubeconfigs, which
+/// can be written only with the data of every Secret it copies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubeconfigsChild {
+    /// A hash of what it holds, the `desired` of its applied record
+    /// ([`crate::applied`]): its metadata and, per account, the Secret, version and key
+    /// its kubeconfig is copied from (a version's data never changes), so that whether
+    /// it must be applied is known without reading those Secrets.
+    pub desired: u64,
+    /// The Secret, when the reconcile read every Secret it copies.
+    pub secret: Option<Secret>,
+    /// The Secrets it copies that the reconcile knows only by an earlier check: to read
+    /// before it is applied.
+    pub unread: BTreeSet<String>,
+    /// What it copies: (Secret name, key, version) and the account whose entry holds it.
+    pub from: Vec<((String, String, Version), String)>,
 }
 
 /// When to reconcile the shard again without a change.
@@ -142,20 +164,37 @@ pub struct Decision {
     pub reserve: Option<Vec<AccountStatus>>,
     /// When to look again.
     pub next: Next,
+    /// What checking the Secrets read by this reconcile found, by name: what later
+    /// reconciles go by while the Secrets stay as they are ([`crate::kubeconfigs`]).
+    pub checked: BTreeMap<String, Checked>,
 }
 
-/// The kubeconfig Secrets to fetch: those of the accounts the shard owns.
+/// The kubeconfig Secrets the shard needs: those of the accounts it owns, by name, with
+/// the uses (key, context) the accounts make of each.
 pub fn secrets_to_fetch(
     shard: &AgentShard,
     resolutions: &BTreeMap<String, Resolution>,
-) -> BTreeSet<String> {
-    shard
-        .spec
-        .accounts
-        .iter()
-        .filter(|a| resolutions.get(&a.name) == Some(&Resolution::Owned))
-        .filter_map(|a| a.kubeconfig_secret_name().map(str::to_owned))
-        .collect()
+) -> BTreeMap<String, BTreeSet<Use>> {
+    let mut out: BTreeMap<String, BTreeSet<Use>> = BTreeMap::new();
+    for a in &shard.spec.accounts {
+        if resolutions.get(&a.name) != Some(&Resolution::Owned) {
+            continue;
+        }
+        if let Some(r) = &a.kubeconfig_secret_ref {
+            out.entry(r.name.clone())
+                .or_default()
+                .insert(use_of(a, &r.key));
+        }
+    }
+    out
+}
+
+/// The use account `a` makes of key `key` of its kubeconfig Secret.
+fn use_of(a: &AccountSpec, key: &str) -> Use {
+    Use {
+        key: key.to_owned(),
+        context: a.scope.context.clone(),
+    }
 }
 
 /// Decides one reconcile of `f.shard` at `now` (see the module documentation).
@@ -181,6 +220,7 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
             children: None,
             reserve: None,
             next: Next::AwaitChange,
+            checked: BTreeMap::new(),
         });
     }
     let at = now.0;
@@ -193,21 +233,24 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
 
     let mut accounts: Vec<AccountStatus> = Vec::with_capacity(shard.spec.accounts.len());
     let mut served: Vec<&AccountSpec> = Vec::new();
-    let mut kubeconfigs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut kubeconfigs: BTreeMap<String, KubeconfigCopy<'_>> = BTreeMap::new();
+    let mut checked = BTreeMap::new();
     let mut waiting = false;
     for a in &shard.spec.accounts {
         let state = match f.resolutions.get(&a.name) {
-            Some(Resolution::Owned) => match kubeconfig(&sref, a, f.secrets, defaults) {
-                Ok(bytes) => {
-                    if let Some(bytes) = bytes {
-                        kubeconfigs.insert(a.name.clone(), bytes);
+            Some(Resolution::Owned) => {
+                match kubeconfig(&sref, a, f.secrets, defaults, &mut checked)? {
+                    Ok(copy) => {
+                        if let Some(copy) = copy {
+                            kubeconfigs.insert(a.name.clone(), copy);
+                        }
+                        served.push(a);
+                        let v = f.replicas.account(&a.name);
+                        status::account(&a.name, v.state, &v.reason, v.message, None)
                     }
-                    served.push(a);
-                    let v = f.replicas.account(&a.name);
-                    status::account(&a.name, v.state, &v.reason, v.message, None)
+                    Err((r, m)) => status::account(&a.name, AccountState::Invalid, r, m, None),
                 }
-                Err((r, m)) => status::account(&a.name, AccountState::Invalid, r, m, None),
-            },
+            }
             Some(Resolution::Taken { owner, releasing }) => {
                 waiting |= *releasing;
                 let (r, m) = if *releasing {
@@ -317,66 +360,87 @@ pub fn decide(f: Fetched<'_>, defaults: &Defaults, now: &Time) -> Result<Decisio
         children,
         reserve,
         next: base.or_sooner(soonest),
+        checked,
     })
 }
 
+/// A served account's kubeconfig as the agents' kubeconfig Secret copies it.
+#[derive(Debug, Serialize)]
+struct KubeconfigCopy<'a> {
+    /// The Secret, version and key it comes from.
+    secret: &'a str,
+    version: Option<&'a Version>,
+    key: &'a str,
+    /// The kubeconfig, when the reconcile read the Secret.
+    #[serde(skip)]
+    bytes: Option<&'a [u8]>,
+}
+
 /// The account's kubeconfig, checked (`None` for an in-cluster account); or why it
-/// cannot be used (reason, message).
-fn kubeconfig(
+/// cannot be used (reason, message). A Secret read by this reconcile is checked here
+/// (the verdict goes into `checked`); one known by an earlier check has its verdict.
+fn kubeconfig<'a>(
     sref: &ShardRef,
-    a: &AccountSpec,
-    secrets: &BTreeMap<String, Option<Secret>>,
+    a: &'a AccountSpec,
+    secrets: &'a BTreeMap<String, Option<Source>>,
     defaults: &Defaults,
-) -> Result<Option<Vec<u8>>, (&'static str, String)> {
+    checked: &mut BTreeMap<String, Checked>,
+) -> Result<Result<Option<KubeconfigCopy<'a>>, (&'static str, String)>> {
     let Some(r) = &a.kubeconfig_secret_ref else {
-        return if a.in_cluster {
+        return Ok(if a.in_cluster {
             Ok(None)
         } else {
             Err((
                 reason::KUBECONFIG_INVALID,
                 "set kubeconfigSecretRef or inCluster: true".to_owned(),
             ))
-        };
+        });
     };
     if a.in_cluster {
-        return Err((
+        return Ok(Err((
             reason::KUBECONFIG_INVALID,
             "kubeconfigSecretRef and inCluster cannot both be set".to_owned(),
-        ));
+        )));
     }
     let (name, key) = (&r.name, &r.key);
-    let secret = secrets.get(name).and_then(Option::as_ref).ok_or_else(|| {
-        (
+    let Some(source) = secrets.get(name).and_then(Option::as_ref) else {
+        return Ok(Err((
             reason::SECRET_NOT_FOUND,
             format!("Secret {name} not found in namespace {}", sref.namespace),
-        )
-    })?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .ok_or_else(|| {
-            (
-                reason::SECRET_KEY_NOT_FOUND,
-                format!("Secret {name} has no key {key}"),
-            )
-        })?;
-    scale_agent_crds::check_kubeconfig(
-        &bytes.0,
-        a.scope.context.as_deref(),
-        &defaults.allow_kubeconfig,
-    )
-    .map(|_| Some(bytes.0.clone()))
-    .map_err(|why| {
-        let reason = match why {
-            KubeconfigProblem::Refused { .. } => reason::KUBECONFIG_REFUSED,
-            _ => reason::KUBECONFIG_INVALID,
-        };
-        (
-            reason,
-            format!("the kubeconfig in Secret {name} key {key}: {why}"),
-        )
-    })
+        )));
+    };
+    let u = use_of(a, key);
+    let (verdict, bytes) = match source {
+        Source::Read { version, data } => {
+            let verdict = kubeconfigs::verdict(name, data, &u, &defaults.allow_kubeconfig);
+            if let Some(version) = version {
+                checked
+                    .entry(name.clone())
+                    .or_insert_with(|| Checked {
+                        version: version.clone(),
+                        verdicts: Vec::new(),
+                    })
+                    .record(u, verdict.clone());
+            }
+            (verdict, data.get(key).map(|b| b.0.as_slice()))
+        }
+        Source::Known(c) => {
+            // The reconcile reads a Secret whose check lacks a use (kubeconfigs::usable).
+            let verdict = c.verdict(&u).cloned().ok_or_else(|| Error::Unchecked {
+                secret: format!("{}/{name}", sref.namespace),
+                key: key.clone(),
+            })?;
+            (verdict, None)
+        }
+    };
+    Ok(verdict.map(|()| {
+        Some(KubeconfigCopy {
+            secret: name,
+            version: source.version(),
+            key,
+            bytes,
+        })
+    }))
 }
 
 /// How the agents get their TLS material, as decided.
@@ -514,7 +578,7 @@ fn build_children(
     sref: &ShardRef,
     defaults: &Defaults,
     config_yaml: String,
-    kubeconfigs: &BTreeMap<String, Vec<u8>>,
+    kubeconfigs: &BTreeMap<String, KubeconfigCopy<'_>>,
     image: &str,
     tls: TlsPlan,
 ) -> Result<Children> {
@@ -547,7 +611,7 @@ fn build_children(
                 children::role_binding(sref, &owner),
             )
         }),
-        kubeconfigs: children::kubeconfig_secret(sref, &owner, kubeconfigs),
+        kubeconfigs: kubeconfigs_child(sref, &owner, kubeconfigs),
         tls: tls_secret,
         certificate,
         config_map: children::config_map(sref, &owner, config_yaml),
@@ -562,6 +626,41 @@ fn build_children(
         ),
         pdb: children::pdb(sref, shard, &owner),
     })
+}
+
+/// The agents' kubeconfig Secret copying `kubeconfigs` (account → its copy).
+fn kubeconfigs_child(
+    sref: &ShardRef,
+    owner: &OwnerReference,
+    kubeconfigs: &BTreeMap<String, KubeconfigCopy<'_>>,
+) -> KubeconfigsChild {
+    let empty = children::kubeconfig_secret(sref, owner, &BTreeMap::new());
+    let desired = applied::desired_hash(&(&empty, kubeconfigs));
+    let unread: BTreeSet<String> = kubeconfigs
+        .values()
+        .filter(|c| c.bytes.is_none())
+        .map(|c| c.secret.to_owned())
+        .collect();
+    let secret = unread.is_empty().then(|| {
+        let data: BTreeMap<String, Vec<u8>> = kubeconfigs
+            .iter()
+            .filter_map(|(account, c)| Some((account.clone(), c.bytes?.to_vec())))
+            .collect();
+        children::kubeconfig_secret(sref, owner, &data)
+    });
+    let from = kubeconfigs
+        .iter()
+        .filter_map(|(account, c)| {
+            let key = (c.secret.to_owned(), c.key.to_owned(), c.version?.clone());
+            Some((key, account.clone()))
+        })
+        .collect();
+    KubeconfigsChild {
+        desired,
+        secret,
+        unread,
+        from,
+    }
 }
 
 /// The accounts the stored status shows in the agent config that the spec no longer

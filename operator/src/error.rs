@@ -64,6 +64,16 @@ pub enum Error {
     #[error("configuring the Kubernetes client: {0}")]
     ClientConfig(String),
 
+    /// A reconcile went by an earlier check of a kubeconfig Secret that did not check
+    /// the key (or context) an account uses: it reads the Secret next time.
+    #[error("the kubeconfig Secret {secret} was not checked for key {key}")]
+    Unchecked {
+        /// The Secret, `namespace/name`.
+        secret: String,
+        /// The key.
+        key: String,
+    },
+
     /// The claims index task is gone: no ownership decision can be made.
     #[error("the claims index stopped")]
     IndexStopped,
@@ -104,6 +114,7 @@ impl Error {
             Self::Certificate(_) => "Certificate",
             Self::Serve { .. } => "Serve",
             Self::ClientConfig(_) => "ClientConfig",
+            Self::Unchecked { .. } => "Unchecked",
             Self::IndexStopped => "IndexStopped",
             Self::TaskEnded { .. } => "TaskEnded",
         }

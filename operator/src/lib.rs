@@ -12,6 +12,9 @@
 //!   checks of a TLS Secret a shard names (pure).
 //! - [`policy`]: the images and ServiceAccounts a shard may ask for (pure).
 //! - [`status`]: the status and Events, computed from what was observed.
+//! - [`kubeconfigs`]: the accounts' kubeconfig Secrets as the operator checked them
+//!   (versions and verdicts, never data), and whether a reconcile must read one (pure
+//!   rule).
 //! - [`applied`]: what the operator last applied of each child, and whether a child
 //!   needs applying again (pure rule).
 //! - [`apply`]: the reconciler's writes (server-side apply, status patches, Events).
@@ -35,6 +38,7 @@ pub mod cli;
 pub mod controller;
 pub mod decide;
 pub mod error;
+pub mod kubeconfigs;
 pub mod leader;
 pub mod metrics;
 pub mod migrate;

@@ -40,6 +40,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The annotation `kubectl apply` leaves on what it applied: the whole object as
+/// applied, for a Secret its data.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the merge and the stores fed by it keep of an object: neither who wrote which
+/// field nor the copy `kubectl apply` left in [`LAST_APPLIED`] (a metadata watch of
+/// Secrets would otherwise hold the data of every Secret applied with kubectl).
+fn trim<K: Resource>(k: &mut K) {
+    crate::controller::strip_managed_fields(k);
+    if let Some(a) = k.meta_mut().annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
 /// The namespaces `shards` are in.
 pub fn shard_namespaces(shards: &Store<AgentShard>) -> BTreeSet<String> {
     shards
@@ -50,9 +64,9 @@ pub fn shard_namespaces(shards: &Store<AgentShard>) -> BTreeSet<String> {
 }
 
 /// Events of `K` (selected by `config`) in each namespace that holds an AgentShard of
-/// `shards`, merged, the objects without their managedFields (neither the merge nor the
-/// store fed by it keeps them); see the module documentation. The watches stop when the stream is
-/// dropped.
+/// `shards`, merged, the objects without their managedFields and last-applied copy
+/// ([`trim`]: neither the merge nor the stores fed by it keep them); see the module
+/// documentation. The watches stop when the stream is dropped.
 pub fn watch_shard_namespaces<K>(
     client: Client,
     shards: Store<AgentShard>,
@@ -90,7 +104,7 @@ where
                 let api = Api::<K>::namespaced(client.clone(), &ns);
                 let events = watcher::watcher(api, config.clone())
                     .default_backoff()
-                    .modify(crate::controller::strip_managed_fields);
+                    .modify(trim);
                 let tx = tx.clone();
                 let name = ns.clone();
                 running.insert(
@@ -251,6 +265,28 @@ mod tests {
     /// A relist of one namespace drops only that namespace's vanished objects, and a
     /// namespace left by its last shard forgets its objects; the store fed by the merge
     /// never sees another namespace's relist.
+    /// A Secret created with `kubectl apply` carries its data in an annotation, which a
+    /// metadata watch delivers: the merge does not keep it.
+    #[test]
+    fn the_copy_kubectl_apply_leaves_is_not_kept() {
+        let mut s = secret("a", "kc");
+        s.metadata.annotations = Some(
+            [
+                (
+                    LAST_APPLIED.to_owned(),
+                    "{\"data\":{\"kubeconfig\":\"c2VjcmV0\"}}".to_owned(),
+                ),
+                ("team".to_owned(), "x".to_owned()),
+            ]
+            .into(),
+        );
+        trim(&mut s);
+        assert_eq!(
+            s.metadata.annotations,
+            Some([("team".to_owned(), "x".to_owned())].into())
+        );
+    }
+
     #[test]
     fn a_relist_of_one_namespace_leaves_the_others_alone() {
         let mut m = Merge::<Secret>::default();

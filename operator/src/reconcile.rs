@@ -1,5 +1,6 @@
 //! One shard's reconcile: fetch (the shard, the claims index's answer, the kubeconfig
-//! Secrets of the accounts it owns), [`decide`](crate::decide::decide), then apply
+//! Secrets of the accounts it owns — those not checked before at the version the watch
+//! shows, [`crate::kubeconfigs`]), [`decide`](crate::decide::decide), then apply
 //! ([`crate::apply`]): record newly held names, apply the children, write the status
 //! when it changed, and tell the index what the status now holds.
 
@@ -7,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -16,16 +18,18 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
+use scale_agent_crds::kubeconfig_file_name;
 use scale_agent_crds::membership::SHARD_LABEL;
 use scale_agent_crds::{AgentShard, AgentShardStatus, ShardRef, condition_status, condition_type};
 
-use crate::applied::{Applied, Watched};
+use crate::applied::{Applied, ChildKey, Watched};
 use crate::apply::{self, Written};
 use crate::certs::AgentCa;
 use crate::children::{self, Defaults, TlsSource};
 use crate::claims_index::{ClaimsHandle, Resolution};
 use crate::decide::{self, Fetched};
 use crate::error::{Error, Result};
+use crate::kubeconfigs::{self, Copied, Kubeconfigs, Source, Use};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::replicas::Replicas;
 use crate::rollout::{self, Rollouts};
@@ -60,6 +64,8 @@ pub struct Context {
     pub superseded: Superseded,
     /// The agent image rollouts under way.
     pub rollouts: Rollouts,
+    /// The kubeconfig Secrets' versions and checks.
+    pub kubeconfigs: Arc<Kubeconfigs>,
 }
 
 /// Reconciles one shard. Errors are failures to talk to the API server; problems with
@@ -126,6 +132,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         // Garbage collection removes the children; the watch frees the names.
         ctx.applied.forget(&sref);
         ctx.superseded.forget(&sref);
+        ctx.kubeconfigs.retain(|s| s != &sref);
         return Ok(Action::await_change());
     }
     if ctx
@@ -138,6 +145,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     }
 
     // Fetch.
+    let fetch_started = Instant::now();
     let resolutions = if shard.spec.paused {
         BTreeMap::new()
     } else {
@@ -148,13 +156,9 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     let mut forbidden = None;
     let mut secrets = BTreeMap::new();
     let mut tls_secret = None;
+    let needed = decide::secrets_to_fetch(shard, &resolutions);
     let fetched = async {
-        secrets = fetch_secrets(
-            &ctx.client,
-            &sref,
-            decide::secrets_to_fetch(shard, &resolutions),
-        )
-        .await?;
+        secrets = kubeconfig_sources(ctx, &sref, &needed).await?;
         tls_secret = match children::tls_source(shard, &ctx.defaults) {
             TlsSource::None => None,
             TlsSource::Secret(name) | TlsSource::Issued(name) | TlsSource::CertManager(name) => {
@@ -180,18 +184,56 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
     }
 
     // Decide.
-    let mut decision = decide::decide(
-        Fetched {
-            shard,
-            resolutions: &resolutions,
-            secrets: &secrets,
-            tls_secret: tls_secret.as_ref(),
-            agent_ca: agent_ca.as_ref(),
-            replicas: &replicas,
-        },
-        &ctx.defaults,
-        &now,
-    )?;
+    let decide_on = |secrets: &BTreeMap<String, Option<Source>>| {
+        let mut decision = decide::decide(
+            Fetched {
+                shard,
+                resolutions: &resolutions,
+                secrets,
+                tls_secret: tls_secret.as_ref(),
+                agent_ca: agent_ca.as_ref(),
+                replicas: &replicas,
+            },
+            &ctx.defaults,
+            &now,
+        )?;
+        for (name, checked) in std::mem::take(&mut decision.checked) {
+            ctx.kubeconfigs
+                .checked(&sref.namespace, &name, checked, fetch_started);
+        }
+        Ok::<_, Error>(decision)
+    };
+    let mut decision = decide_on(&secrets)?;
+    // The agents' kubeconfig Secret copies kubeconfigs known only by an earlier check:
+    // read them, and decide again on what was read, only when it must be applied.
+    if forbidden.is_none()
+        && let Some(c) = &decision.children
+        && c.kubeconfigs.secret.is_none()
+    {
+        let kc = c.kubeconfigs.clone();
+        let read = async {
+            let due =
+                apply::kubeconfigs_due(&ctx.client, &sref, kc.desired, &ctx.applied, &ctx.watched);
+            if !due.await? {
+                return Ok(None);
+            }
+            copy_sources(ctx, &sref, &needed, &secrets, &kc.unread)
+                .await
+                .map(Some)
+        };
+        let read = read.await;
+        match read {
+            Ok(Some(read)) => {
+                secrets.extend(read);
+                decision = decide_on(&secrets)?;
+            }
+            Ok(None) => {}
+            Err(e) if e.label() == "ApiForbidden" => forbidden = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    drop(secrets);
+    let decided = fetch_started.elapsed();
     log_waiting(&resolutions);
     if let Some(children) = decision.children.as_mut()
         && stage_image(ctx, shard, &sref, &mut children.deployment).await
@@ -244,6 +286,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
             Written::Stale => return Ok(stale()),
         }
     }
+    let reserved_at = fetch_started.elapsed();
     let deployment = match &decision.children {
         Some(c) => {
             match apply::children(
@@ -256,7 +299,16 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
             )
             .await
             {
-                Ok(d) => Some(d),
+                Ok(d) => {
+                    if c.kubeconfigs.secret.is_some() {
+                        let copied = Copied {
+                            desired: c.kubeconfigs.desired,
+                            from: c.kubeconfigs.from.clone(),
+                        };
+                        ctx.kubeconfigs.applied(&sref, copied);
+                    }
+                    Some(d)
+                }
                 Err(e) if e.label() == "ApiForbidden" => {
                     let rv = shard.metadata.resource_version.as_deref();
                     return not_opened(ctx, shard, &sref, rv, &mut decision, now, e).await;
@@ -267,6 +319,7 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         None if decision.observed.paused => None,
         None => apply::read_deployment(&ctx.client, &sref).await?,
     };
+    let applied_at = fetch_started.elapsed();
     decision.observed.deployment = deployment
         .as_ref()
         .map(|d| status::DeploymentView::of(shard.spec.replicas, d));
@@ -284,10 +337,16 @@ async fn reconcile_shard(shard: &AgentShard, ctx: &Context) -> Result<Action> {
         Written::Yes(_) => {
             ctx.metrics.status_writes.inc();
             ctx.superseded.replaced(&sref, resource_version.as_deref());
+            // Where the reconcile's time went (ms since it started fetching): with the
+            // API server's latency, what an edit waits for.
             tracing::info!(
                 active = new.active_accounts,
                 conflicts = new.conflicts,
                 ready = ready(&new),
+                decided_ms = ms(decided),
+                reserved_ms = ms(reserved_at),
+                applied_ms = ms(applied_at),
+                written_ms = ms(fetch_started.elapsed()),
                 "status written"
             );
         }
@@ -473,13 +532,125 @@ async fn fetch_secret(client: &Client, ns: &str, name: &str) -> Result<Option<Se
 /// round trip, not one per account.
 const PARALLEL_SECRET_READS: usize = 8;
 
-async fn fetch_secrets(
-    client: &Client,
+/// The kubeconfig Secrets a reconcile needs (`needed`: name → the uses made of it):
+/// those checked before at the version the watch shows, by that check; the others read
+/// ([`crate::kubeconfigs`]).
+async fn kubeconfig_sources(
+    ctx: &Context,
+    sref: &ShardRef,
+    needed: &BTreeMap<String, BTreeSet<Use>>,
+) -> Result<BTreeMap<String, Option<Source>>> {
+    let now = Instant::now();
+    let mut sources = BTreeMap::new();
+    let mut to_read = BTreeSet::new();
+    for (name, uses) in needed {
+        match ctx.kubeconfigs.usable(&sref.namespace, name, uses, now) {
+            Some(checked) => {
+                sources.insert(name.clone(), Some(Source::Known(checked)));
+            }
+            None => {
+                to_read.insert(name.clone());
+            }
+        }
+    }
+    if !to_read.is_empty() {
+        tracing::debug!(
+            known = sources.len(),
+            read = to_read.len(),
+            "reading kubeconfig Secrets"
+        );
+    }
+    sources.extend(read_sources(ctx, sref, to_read).await?);
+    Ok(sources)
+}
+
+/// The kubeconfig Secrets `unread` (known so far only by their check, at the versions
+/// `known` gives) with the data the agents' kubeconfig Secret is to copy: what that
+/// Secret holds already at the same version and key is taken from it, as the operator
+/// last applied it (one read, at once with the others); the others are read.
+async fn copy_sources(
+    ctx: &Context,
+    sref: &ShardRef,
+    needed: &BTreeMap<String, BTreeSet<Use>>,
+    known: &BTreeMap<String, Option<Source>>,
+    unread: &BTreeSet<String>,
+) -> Result<BTreeMap<String, Option<Source>>> {
+    let version = |name: &str| {
+        known
+            .get(name)
+            .and_then(Option::as_ref)
+            .and_then(Source::version)
+    };
+    let own_name = scale_agent_crds::kubeconfig_secret_name(&sref.name);
+    let record = ctx.applied.get(
+        sref,
+        &ChildKey {
+            kind: "Secret".to_owned(),
+            name: own_name.clone(),
+        },
+    );
+    let reuse = match (ctx.kubeconfigs.copied(sref), record) {
+        (Some(copied), Some(record)) if copied.desired == record.desired => {
+            kubeconfigs::reusable(unread, needed, version, &copied)
+        }
+        _ => BTreeMap::new(),
+    };
+    let rest: BTreeSet<String> = unread
+        .iter()
+        .filter(|n| !reuse.contains_key(*n))
+        .cloned()
+        .collect();
+    let own = async {
+        if reuse.is_empty() {
+            return Ok(None);
+        }
+        fetch_secret(&ctx.client, &sref.namespace, &own_name).await
+    };
+    let (own, mut sources) = futures::try_join!(own, read_sources(ctx, sref, rest))?;
+    // Only the very Secret the operator applied holds what the record says.
+    let own = own
+        .filter(|s| record.is_some_and(|r| crate::applied::fingerprint(&s.metadata) == r.observed));
+    let mut missing = BTreeSet::new();
+    for (secret, keys) in reuse {
+        let data: Option<BTreeMap<String, ByteString>> = keys
+            .into_iter()
+            .map(|(key, account)| {
+                let copy = own
+                    .as_ref()?
+                    .data
+                    .as_ref()?
+                    .get(&kubeconfig_file_name(&account))?;
+                Some((key, copy.clone()))
+            })
+            .collect();
+        match (data, version(secret.as_str())) {
+            (Some(data), Some(v)) => {
+                let source = Source::Read {
+                    version: Some(v.clone()),
+                    data,
+                };
+                sources.insert(secret, Some(source));
+            }
+            _ => {
+                missing.insert(secret);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        sources.extend(read_sources(ctx, sref, missing).await?);
+    }
+    Ok(sources)
+}
+
+/// Reads the kubeconfig Secrets `names` of the shard's namespace, [`PARALLEL_SECRET_READS`]
+/// at a time; `None`: not found (and its earlier check forgotten).
+async fn read_sources(
+    ctx: &Context,
     sref: &ShardRef,
     names: BTreeSet<String>,
-) -> Result<BTreeMap<String, Option<Secret>>> {
+) -> Result<BTreeMap<String, Option<Source>>> {
     use futures::{StreamExt, TryStreamExt};
-    let api: Api<Secret> = Api::namespaced(client.clone(), &sref.namespace);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &sref.namespace);
     futures::stream::iter(names)
         .map(|name| {
             let api = api.clone();
@@ -487,12 +658,20 @@ async fn fetch_secrets(
                 let secret = api.get_opt(&name).await.map_err(|e| {
                     Error::kube(format!("reading Secret {}/{name}", sref.namespace), e)
                 })?;
-                Ok::<_, Error>((name, secret))
+                if secret.is_none() {
+                    ctx.kubeconfigs.gone(&sref.namespace, &name);
+                }
+                Ok::<_, Error>((name, secret.map(Source::read)))
             }
         })
         .buffer_unordered(PARALLEL_SECRET_READS)
         .try_collect()
         .await
+}
+
+/// A duration in whole milliseconds, for a log line.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn log_waiting(resolutions: &BTreeMap<String, Resolution>) {

@@ -31,10 +31,10 @@ fn one_account() -> AgentShard {
     }))
 }
 
-fn kc() -> BTreeMap<String, Option<Secret>> {
+fn kc() -> BTreeMap<String, Option<Source>> {
     [(
         "kc-a".to_owned(),
-        Some(Secret {
+        Some(Source::read(Secret {
             data: Some(
                 [(
                     "kubeconfig".to_owned(),
@@ -43,7 +43,7 @@ fn kc() -> BTreeMap<String, Option<Secret>> {
                 .into(),
             ),
             ..Secret::default()
-        }),
+        })),
     )]
     .into()
 }
@@ -326,5 +326,11 @@ fn an_in_cluster_account_needs_no_kubeconfig() {
     let config =
         AgentConfig::from_yaml(&c.config_map.data.expect("data")[CONFIG_KEY]).expect("config");
     assert!(config.accounts[0].in_cluster);
-    assert!(c.kubeconfigs.data.unwrap_or_default().is_empty());
+    assert!(
+        c.kubeconfigs
+            .secret
+            .and_then(|s| s.data)
+            .unwrap_or_default()
+            .is_empty()
+    );
 }

@@ -67,16 +67,17 @@ fn owned(names: &[&str]) -> BTreeMap<String, Resolution> {
         .collect()
 }
 
-fn secrets(list: &[(&str, Option<Secret>)]) -> BTreeMap<String, Option<Secret>> {
+/// The Secrets as a reconcile that read them has them.
+fn secrets(list: &[(&str, Option<Secret>)]) -> BTreeMap<String, Option<Source>> {
     list.iter()
-        .map(|(n, s)| ((*n).to_owned(), s.clone()))
+        .map(|(n, s)| ((*n).to_owned(), s.clone().map(Source::read)))
         .collect()
 }
 
 fn run(
     s: &AgentShard,
     r: &BTreeMap<String, Resolution>,
-    sec: &BTreeMap<String, Option<Secret>>,
+    sec: &BTreeMap<String, Option<Source>>,
 ) -> Decision {
     decide(
         Fetched {
@@ -176,7 +177,12 @@ fn owned_and_usable_accounts_are_served_and_reserved_first() {
     let c = config(&d);
     assert_eq!(c.accounts.len(), 2);
     let children = d.children.as_ref().expect("children");
-    let kc = children.kubeconfigs.data.as_ref().expect("data");
+    let kc = children
+        .kubeconfigs
+        .secret
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .expect("data");
     assert!(kc.contains_key("a.kubeconfig") && kc.contains_key("b.kubeconfig"));
     assert!(children.identity.is_some() && children.pdb.is_none());
     // A shard with no status yet: its names are recorded before any config carries them.
@@ -248,7 +254,10 @@ fn taken_accounts_conflict_and_stay_out_of_the_config() {
             releasing: true,
         },
     );
-    assert_eq!(secrets_to_fetch(&s, &r), ["kc-a".to_owned()].into());
+    assert_eq!(
+        secrets_to_fetch(&s, &r).into_keys().collect::<Vec<_>>(),
+        ["kc-a"]
+    );
     let d = run(&s, &r, &secrets(&[("kc-a", secret(Some(KUBECONFIG)))]));
     assert_eq!(
         states(&d),
@@ -560,4 +569,136 @@ fn an_accounts_context_picks_one_of_several_and_an_unknown_one_is_invalid() {
     let names: Vec<&str> = cfg.accounts.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["named"]);
     assert_eq!(cfg.accounts[0].scope.context.as_deref(), Some("ctx-b"));
+}
+
+/// A Secret as the API server has it: with a uid and a resourceVersion.
+fn versioned(data: &str, rv: &str) -> Option<Secret> {
+    let mut s = secret(Some(data))?;
+    s.metadata.uid = Some("uid-kc".into());
+    s.metadata.resource_version = Some(rv.into());
+    Some(s)
+}
+
+/// What a later reconcile has of Secrets an earlier one read and checked (`d.checked`):
+/// their checks, not their data.
+fn known(d: &Decision) -> BTreeMap<String, Option<Source>> {
+    d.checked
+        .iter()
+        .map(|(n, c)| {
+            (
+                n.clone(),
+                Some(Source::Known(std::sync::Arc::new(c.clone()))),
+            )
+        })
+        .collect()
+}
+
+/// Issue 23: a reconcile of a shard whose kubeconfig Secrets did not change reads none:
+/// their checks give the accounts' states, and the agents' kubeconfig Secret is known to
+/// be as it should (the same `desired` as when it was written), so it is not written
+/// and its Secrets need not be read.
+#[test]
+fn secrets_known_by_their_check_decide_as_when_read_without_their_data() {
+    let s = shard(&["a", "b", "bad"]);
+    let r = owned(&["a", "b", "bad"]);
+    let read = secrets(&[
+        ("kc-a", versioned(KUBECONFIG, "10")),
+        ("kc-b", versioned(KUBECONFIG, "11")),
+        ("kc-bad", versioned("not: [a kubeconfig", "12")),
+    ]);
+    let first = run(&s, &r, &read);
+    assert_eq!(
+        first.checked.keys().collect::<Vec<_>>(),
+        ["kc-a", "kc-b", "kc-bad"]
+    );
+    let written = first
+        .children
+        .as_ref()
+        .expect("children")
+        .kubeconfigs
+        .clone();
+    assert!(written.secret.is_some() && written.unread.is_empty());
+
+    let later = run(&s, &r, &known(&first));
+    assert_eq!(states(&later), states(&first));
+    assert_eq!(later.observed.accounts, first.observed.accounts);
+    assert!(
+        later.checked.is_empty(),
+        "nothing was read, nothing checked"
+    );
+    let kc = later
+        .children
+        .as_ref()
+        .expect("children")
+        .kubeconfigs
+        .clone();
+    assert_eq!(
+        kc.desired, written.desired,
+        "the same content, known without reading"
+    );
+    assert!(kc.secret.is_none());
+    assert_eq!(
+        kc.unread.into_iter().collect::<Vec<_>>(),
+        ["kc-a", "kc-b"],
+        "to write it, the served accounts' Secrets would be read (not the invalid one)"
+    );
+}
+
+/// A rotated kubeconfig Secret (a new resourceVersion) changes what the agents'
+/// kubeconfig Secret must hold, so it is written again, with the new data.
+#[test]
+fn a_rotated_secret_changes_the_agents_kubeconfig_secret() {
+    let s = shard(&["a"]);
+    let r = owned(&["a"]);
+    let before = run(&s, &r, &secrets(&[("kc-a", versioned(KUBECONFIG, "10"))]));
+    let rotated = KUBECONFIG.replace("192.0.2.1", "192.0.2.2");
+    let after = run(&s, &r, &secrets(&[("kc-a", versioned(&rotated, "11"))]));
+    let (b, a) = (
+        &before.children.as_ref().expect("children").kubeconfigs,
+        &after.children.as_ref().expect("children").kubeconfigs,
+    );
+    assert_ne!(a.desired, b.desired);
+    let data = a
+        .secret
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .expect("data");
+    assert_eq!(data["a.kubeconfig"].0, rotated.as_bytes());
+}
+
+/// A check that lacks a use an account makes is never taken for a verdict: the
+/// reconcile fails (and reads the Secret next time) rather than decide without it.
+#[test]
+fn a_check_without_the_use_is_an_error_not_a_verdict() {
+    let s = shard(&["a"]);
+    let r = owned(&["a"]);
+    let first = run(&s, &r, &secrets(&[("kc-a", versioned(KUBECONFIG, "10"))]));
+    let mut other = first.checked["kc-a"].clone();
+    other.verdicts = other
+        .verdicts
+        .into_iter()
+        .map(|(mut u, v)| {
+            u.key = "other".into();
+            (u, v)
+        })
+        .collect();
+    let sec = [(
+        "kc-a".to_owned(),
+        Some(Source::Known(std::sync::Arc::new(other))),
+    )]
+    .into();
+    let e = decide(
+        Fetched {
+            shard: &s,
+            resolutions: &r,
+            secrets: &sec,
+            tls_secret: None,
+            agent_ca: None,
+            replicas: &Replicas::default(),
+        },
+        &defaults(),
+        &t(1_000),
+    )
+    .expect_err("unchecked");
+    assert_eq!(e.label(), "Unchecked");
 }

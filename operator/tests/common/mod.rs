@@ -9,6 +9,7 @@ use scale_agent_crds::AgentShard;
 use scale_agent_operator::children::Defaults;
 use scale_agent_operator::claims_index::Resolution;
 use scale_agent_operator::decide::{self, Decision, Fetched};
+use scale_agent_operator::kubeconfigs::Source;
 use scale_agent_operator::replicas::Replicas;
 
 /// A kubeconfig every check accepts with the operator's defaults: an `https://` server at a
@@ -29,7 +30,7 @@ pub fn kubeconfig_secret() -> Secret {
     }
 }
 
-/// What the operator decides for `shard` at `now`, with these claims and Secrets, no TLS
+/// What the operator decides for `shard` at `now`, with these claims and Secrets (read), no TLS
 /// and no replica, its defaults naming the shards' image.
 pub fn decide(
     shard: &AgentShard,
@@ -37,11 +38,15 @@ pub fn decide(
     secrets: &BTreeMap<String, Option<Secret>>,
     now: &Time,
 ) -> Decision {
+    let secrets: BTreeMap<String, Option<Source>> = secrets
+        .iter()
+        .map(|(name, s)| (name.clone(), s.clone().map(Source::read)))
+        .collect();
     decide::decide(
         Fetched {
             shard,
             resolutions,
-            secrets,
+            secrets: &secrets,
             tls_secret: None,
             agent_ca: None,
             replicas: &Replicas::default(),
