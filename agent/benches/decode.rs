@@ -97,10 +97,7 @@ fn benches(c: &mut Criterion) {
     let resource = pods();
     let text = page(PAGE);
     // Both ways send the same objects.
-    let (old, new) = (
-        page_dynamic(&text, &resource),
-        page_lean(&text, &resource),
-    );
+    let (old, new) = (page_dynamic(&text, &resource), page_lean(&text, &resource));
     assert_eq!(old.len(), new.len());
     for (o, n) in old.iter().zip(&new) {
         let o: serde_json::Value = serde_json::from_slice(o).expect("json");

@@ -129,7 +129,9 @@ pub fn encode_written(
     ty: EventType,
     obj: &Written,
 ) -> Option<ObjectEvent> {
-    event(kind, gvk, config, ty, &obj.metadata, || Some(obj.body.clone()))
+    event(kind, gvk, config, ty, &obj.metadata, || {
+        Some(obj.body.clone())
+    })
 }
 
 /// The event of an object with `meta` and the body `body` gives, unless the account
@@ -310,7 +312,9 @@ mod tests {
         });
         let written = Written::of(&namespaces, ns).expect("written");
         assert!(encode_written(&namespaces, &gvk, &omit, EventType::Added, &written).is_none());
-        assert!(encode_written(&namespaces, &gvk, &account(), EventType::Added, &written).is_some());
+        assert!(
+            encode_written(&namespaces, &gvk, &account(), EventType::Added, &written).is_some()
+        );
     }
 
     #[test]

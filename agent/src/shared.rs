@@ -585,12 +585,7 @@ impl Source {
         });
     }
 
-    fn open(
-        &self,
-        api: &Api<LeanObject>,
-        from: u64,
-        delay: Duration,
-    ) -> BoxStream<'static, Step> {
+    fn open(&self, api: &Api<LeanObject>, from: u64, delay: Duration) -> BoxStream<'static, Step> {
         watch::open(
             api.clone(),
             &Selectors::default(),

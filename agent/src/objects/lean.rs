@@ -84,7 +84,12 @@ impl LeanObject {
     /// leaves the agent (managedFields; a Secret's data and last-applied annotation).
     pub fn body(&self, resource: &ApiResource) -> Result<Vec<u8>, serde_json::Error> {
         let secret = objects::is_secret(&resource.api_version, &resource.kind);
-        let raw: usize = self.kept.iter().flatten().map(|v| v.get().len()).sum::<usize>()
+        let raw: usize = self
+            .kept
+            .iter()
+            .flatten()
+            .map(|v| v.get().len())
+            .sum::<usize>()
             + self
                 .fields
                 .iter()

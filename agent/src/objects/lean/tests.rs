@@ -96,7 +96,10 @@ fn what_never_leaves_is_not_sent() {
         let new = String::from_utf8(new_body(&resource, text)).expect("UTF-8");
         assert!(text.contains("\"managedFields\""));
         assert!(!new.contains("managedFields"), "{new}");
-        assert!(!new.contains("futureField"), "ObjectMeta knows no such field");
+        assert!(
+            !new.contains("futureField"),
+            "ObjectMeta knows no such field"
+        );
     }
     let secret = String::from_utf8(new_body(&resource("", "v1", "Secret", "secrets"), SECRET))
         .expect("UTF-8");
@@ -114,7 +117,10 @@ fn what_never_leaves_is_not_sent() {
     let pod = json(&new_body(&resource("", "v1", "Pod", "pods"), POD));
     assert!(pod["metadata"]["annotations"][objects::LAST_APPLIED].is_string());
     let foreign = resource("example.com", "v1", "Secret", "secrets");
-    assert_eq!(json(&new_body(&foreign, SECRET))["data"]["password"], "aHVudGVyMg==");
+    assert_eq!(
+        json(&new_body(&foreign, SECRET))["data"]["password"],
+        "aHVudGVyMg=="
+    );
 }
 
 #[test]
@@ -125,7 +131,10 @@ fn a_secret_whose_annotations_held_only_last_applied_has_none() {
         new_body(&secret, text),
         br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s"}}"#
     );
-    assert_eq!(json(&new_body(&secret, text)), json(&old_body(&secret, text)));
+    assert_eq!(
+        json(&new_body(&secret, text)),
+        json(&old_body(&secret, text))
+    );
 }
 
 #[test]
