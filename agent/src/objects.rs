@@ -2,13 +2,18 @@
 //! the API server applies (`onlySpinnakerManaged`, `omitNamespaces`), the filters it
 //! cannot express (Namespace objects by name), and the object stripped of what the hub
 //! does not need or must not see (managedFields, a Secret's data and its last-applied
-//! annotation).
+//! annotation). Streamed objects are read as [`LeanObject`]s, never as trees.
 
-use kube::api::DynamicObject;
+use bytes::Bytes;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use scale_agent_crds::{AccountConfig, objects};
 use scale_agent_proto::v1::{EventType, GroupVersionKind, ObjectEvent};
 
 use crate::kinds::WatchedKind;
+
+pub mod lean;
+
+pub use lean::{LeanList, LeanObject};
 
 /// The label Spinnaker puts on what it deploys.
 pub const SPINNAKER_MANAGED: &str = "app.kubernetes.io/managed-by=spinnaker";
@@ -69,30 +74,78 @@ pub fn in_namespaces(config: &AccountConfig, namespace: Option<&str>) -> bool {
     }
 }
 
-/// Whether `obj` carries the labels [`Selectors::of`]'s label selector asks for (always,
-/// without `onlySpinnakerManaged`).
-pub fn labelled(config: &AccountConfig, obj: &DynamicObject) -> bool {
+/// Whether an object with `metadata` carries the labels [`Selectors::of`]'s label
+/// selector asks for (always, without `onlySpinnakerManaged`).
+pub fn labelled(config: &AccountConfig, metadata: &ObjectMeta) -> bool {
     !config.scope.only_spinnaker_managed
-        || obj
-            .metadata
+        || metadata
             .labels
             .as_ref()
             .and_then(|l| l.get(MANAGED_BY.0))
             .is_some_and(|v| v == MANAGED_BY.1)
 }
 
-/// Turns an object into the event the hub receives. Returns `None` for an object the
-/// account does not stream, or one that cannot be encoded.
+/// Turns an object into the event the hub receives, stripped by the one rule in
+/// [`scale_agent_crds::objects`] (see [`LeanObject::body`]). Returns `None` for an
+/// object the account does not stream, or one that cannot be encoded.
 pub fn encode(
     kind: &WatchedKind,
     gvk: &GroupVersionKind,
     config: &AccountConfig,
     ty: EventType,
-    mut obj: DynamicObject,
+    obj: &LeanObject,
 ) -> Option<ObjectEvent> {
-    let name = obj.metadata.name.clone().unwrap_or_default();
-    let core = kind.resource.group.is_empty();
-    if core && kind.resource.kind == "Namespace" {
+    event(kind, gvk, config, ty, &obj.metadata, || {
+        obj.body(&kind.resource).ok().map(Bytes::from)
+    })
+}
+
+/// An object of a shared watch as every account on it sends it: what they read of its
+/// metadata, and its body, written once for all of them.
+#[derive(Debug)]
+pub struct Written {
+    /// What the agent reads of the object's metadata (see [`LeanObject::metadata`]).
+    pub metadata: ObjectMeta,
+    /// The object as the hub receives it.
+    pub body: Bytes,
+}
+
+impl Written {
+    /// `obj`, of `kind`, written; `None` when it cannot be.
+    pub fn of(kind: &WatchedKind, obj: LeanObject) -> Option<Written> {
+        let body = obj.body(&kind.resource).ok()?;
+        Some(Written {
+            metadata: obj.metadata,
+            body: body.into(),
+        })
+    }
+}
+
+/// [`encode`] for an object written already.
+pub fn encode_written(
+    kind: &WatchedKind,
+    gvk: &GroupVersionKind,
+    config: &AccountConfig,
+    ty: EventType,
+    obj: &Written,
+) -> Option<ObjectEvent> {
+    event(kind, gvk, config, ty, &obj.metadata, || {
+        Some(obj.body.clone())
+    })
+}
+
+/// The event of an object with `meta` and the body `body` gives, unless the account
+/// does not stream it.
+fn event(
+    kind: &WatchedKind,
+    gvk: &GroupVersionKind,
+    config: &AccountConfig,
+    ty: EventType,
+    meta: &ObjectMeta,
+    body: impl FnOnce() -> Option<Bytes>,
+) -> Option<ObjectEvent> {
+    let name = meta.name.clone().unwrap_or_default();
+    if kind.resource.group.is_empty() && kind.resource.kind == "Namespace" {
         if !config.scope.namespaces.is_empty() && !config.scope.namespaces.contains(&name) {
             return None;
         }
@@ -100,31 +153,15 @@ pub fn encode(
             return None;
         }
     }
-    strip(&mut obj, core && kind.resource.kind == "Secret");
-    obj.types = Some(kube::api::TypeMeta {
-        api_version: kind.resource.api_version.clone(),
-        kind: kind.resource.kind.clone(),
-    });
-    let body = serde_json::to_vec(&obj).ok()?;
-    let meta = obj.metadata;
     Some(ObjectEvent {
         r#type: ty as i32,
         kind: Some(gvk.clone()),
-        namespace: meta.namespace.unwrap_or_default(),
+        namespace: meta.namespace.clone().unwrap_or_default(),
         name,
-        uid: meta.uid.unwrap_or_default(),
-        resource_version: meta.resource_version.unwrap_or_default(),
-        body_json: body.into(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone().unwrap_or_default(),
+        body_json: body()?,
     })
-}
-
-/// Removes what the hub does not need or must not see, by the one rule in
-/// [`scale_agent_crds::objects`].
-pub fn strip(obj: &mut DynamicObject, secret: bool) {
-    objects::strip_metadata(&mut obj.metadata, secret);
-    if secret && let Some(body) = obj.data.as_object_mut() {
-        objects::strip_secret_data(body);
-    }
 }
 
 /// An operation's result (the object, or list, as the API server answered)
@@ -180,13 +217,13 @@ mod tests {
             version: "v1".into(),
             kind: name.clone(),
         };
-        let obj: DynamicObject = serde_json::from_value(object).expect("object");
+        let obj: LeanObject = serde_json::from_str(&object.to_string()).expect("object");
         encode(
             &kind(&name, namespaced),
             &gvk,
             config,
             EventType::Added,
-            obj,
+            &obj,
         )
     }
 
@@ -244,6 +281,40 @@ mod tests {
             "{body}"
         );
         assert_eq!(body["type"], "Opaque");
+    }
+
+    /// An account on a shared watch sends what its own watch would have sent.
+    #[test]
+    fn an_object_written_once_for_a_shared_watch_is_sent_as_its_own() {
+        let text = r#"{"kind":"Secret","apiVersion":"v1","metadata":{"name":"s","namespace":"ns","uid":"u","resourceVersion":"9","managedFields":[{}],"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{}","keep":"me"}},"data":{"k":"djE="},"type":"Opaque"}"#;
+        let secrets = kind("Secret", true);
+        let gvk = GroupVersionKind {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "Secret".into(),
+        };
+        let obj: LeanObject = serde_json::from_str(text).expect("object");
+        let own = encode(&secrets, &gvk, &account(), EventType::Modified, &obj).expect("event");
+        let written = Written::of(&secrets, obj).expect("written");
+        let shared = encode_written(&secrets, &gvk, &account(), EventType::Modified, &written);
+        assert_eq!(shared.as_ref(), Some(&own));
+        assert_eq!(
+            own.body_json.as_ref(),
+            br#"{"apiVersion":"v1","kind":"Secret","metadata":{"annotations":{"keep":"me"},"name":"s","namespace":"ns","resourceVersion":"9","uid":"u"},"type":"Opaque"}"#
+        );
+        // The Namespace filters hold for it too.
+        let namespaces = kind("Namespace", false);
+        let ns: LeanObject =
+            serde_json::from_str(r#"{"metadata":{"name":"kube-system"}}"#).expect("object");
+        let omit = scoped(AccountScope {
+            omit_namespaces: vec!["kube-system".into()],
+            ..AccountScope::default()
+        });
+        let written = Written::of(&namespaces, ns).expect("written");
+        assert!(encode_written(&namespaces, &gvk, &omit, EventType::Added, &written).is_none());
+        assert!(
+            encode_written(&namespaces, &gvk, &account(), EventType::Added, &written).is_some()
+        );
     }
 
     #[test]

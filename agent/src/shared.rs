@@ -40,14 +40,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 use scale_agent_proto::v1::EventType;
 use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
 
 use crate::cluster_client::{Connections, Key};
 use crate::kinds::WatchedKind;
 use crate::metrics::Metrics;
-use crate::objects::Selectors;
+use crate::objects::{LeanObject, Selectors, Written};
 use crate::watch::{self, Step};
 
 pub mod view;
@@ -102,8 +102,9 @@ impl SourceKey {
 /// What a source passes on to its subscribers.
 #[derive(Debug)]
 pub enum Item {
-    /// A change, with its resourceVersion when it is a number.
-    Change(EventType, Arc<DynamicObject>, Option<u64>),
+    /// A change, written once for every subscriber, with its resourceVersion when it is
+    /// a number.
+    Change(EventType, Arc<Written>, Option<u64>),
     /// The watch is current up to this resourceVersion.
     Bookmark(u64),
     /// Relist: the source's watch expired; it goes on from this resourceVersion, which
@@ -342,7 +343,7 @@ impl Source {
                 return;
             }
         };
-        let api: Api<DynamicObject> = Api::all_with(clients.client.clone(), &self.kind.resource);
+        let api: Api<LeanObject> = Api::all_with(clients.client.clone(), &self.kind.resource);
         let mut watch: Option<BoxStream<'static, Step>> = None;
         loop {
             let next = {
@@ -414,7 +415,7 @@ impl Source {
     async fn control(
         &mut self,
         c: Control,
-        api: &Api<DynamicObject>,
+        api: &Api<LeanObject>,
         watch: &mut Option<BoxStream<'static, Step>>,
     ) -> Flow {
         match c {
@@ -475,7 +476,7 @@ impl Source {
     async fn step(
         &mut self,
         step: Step,
-        api: &Api<DynamicObject>,
+        api: &Api<LeanObject>,
         watch: &mut Option<BoxStream<'static, Step>>,
     ) -> Flow {
         match step {
@@ -489,7 +490,15 @@ impl Source {
                 if let Some(v) = version {
                     self.advance(v);
                 }
-                self.send(Item::Change(ty, Arc::from(obj), version));
+                let name = obj.metadata.name.clone().unwrap_or_default();
+                match Written::of(&self.kind, *obj) {
+                    Some(written) => self.send(Item::Change(ty, Arc::new(written), version)),
+                    None => {
+                        self.metrics.watch_errors.inc();
+                        let name = watch::truncate(&name, 256);
+                        tracing::warn!(%name, "an object that cannot be written was skipped");
+                    }
+                }
             }
             Step::Bookmark(version) => {
                 self.failures = 0;
@@ -576,12 +585,7 @@ impl Source {
         });
     }
 
-    fn open(
-        &self,
-        api: &Api<DynamicObject>,
-        from: u64,
-        delay: Duration,
-    ) -> BoxStream<'static, Step> {
+    fn open(&self, api: &Api<LeanObject>, from: u64, delay: Duration) -> BoxStream<'static, Step> {
         watch::open(
             api.clone(),
             &Selectors::default(),
@@ -593,7 +597,7 @@ impl Source {
 
     /// The newest resourceVersion of the kind, retried while anybody waits for it;
     /// [`Flow::Unshare`] when it is not a number, [`Flow::End`] when nobody waits.
-    async fn newest(&mut self, api: &Api<DynamicObject>) -> Result<u64, Flow> {
+    async fn newest(&mut self, api: &Api<LeanObject>) -> Result<u64, Flow> {
         let mut failures = 0u32;
         loop {
             match watch::newest_version(api).await {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::stream::{self, BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
-use kube::api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::core::Status;
 use scale_agent_crds::AccountConfig;
 use scale_agent_proto::v1::{
@@ -31,7 +31,7 @@ use crate::batch::KindSender;
 use crate::budget::Budget;
 use crate::kinds::WatchedKind;
 use crate::metrics::{KindLabels, Metrics, OpenWatch, RelistCause};
-use crate::objects::{self, Selectors};
+use crate::objects::{self, LeanList, LeanObject, Selectors};
 use crate::outbound::{Closed, Outbound};
 use crate::shared::view::View;
 use crate::shared::{Item, Shared, Subscription};
@@ -100,7 +100,7 @@ struct KindWatch {
     kind: WatchedKind,
     gvk: GroupVersionKind,
     /// One per listed namespace, or one over all namespaces.
-    apis: Vec<Api<DynamicObject>>,
+    apis: Vec<Api<LeanObject>>,
     selectors: Selectors,
     sender: KindSender,
     synced: Arc<AtomicBool>,
@@ -270,8 +270,15 @@ impl KindWatch {
             };
             match &*item {
                 Item::Change(ty, obj, version) => {
-                    if let Some(ty) = view.admit(&self.ctx.config, &self.kind, *ty, obj, *version)
-                        && let Some(ev) = self.encode(ty, DynamicObject::clone(obj))
+                    if let Some(ty) =
+                        view.admit(&self.ctx.config, &self.kind, *ty, &obj.metadata, *version)
+                        && let Some(ev) = objects::encode_written(
+                            &self.kind,
+                            &self.gvk,
+                            &self.ctx.config,
+                            ty,
+                            obj,
+                        )
                     {
                         self.told_hub.clone_from(&ev.resource_version);
                         self.sender.event(ev).await?;
@@ -378,11 +385,11 @@ impl KindWatch {
             params.label_selector.clone_from(&self.selectors.labels);
             params.field_selector.clone_from(&self.selectors.fields);
             loop {
-                let page = match api.list(&params).await {
+                let page = match list_page(&self.ctx.client, &api, &params).await {
                     Ok(page) => page,
-                    Err(e) => return Ok(Err(e.to_string())),
+                    Err(e) => return Ok(Err(e)),
                 };
-                for obj in page.items {
+                for obj in &page.items {
                     if let Some(ev) = self.encode(EventType::Added, obj) {
                         if let Some(uids) = self.uids.as_mut() {
                             uids.push(ev.uid.clone());
@@ -438,7 +445,7 @@ impl KindWatch {
                     if let Some(version) = obj.metadata.resource_version.as_ref() {
                         versions[i].clone_from(version);
                     }
-                    if let Some(ev) = self.encode(ty, *obj) {
+                    if let Some(ev) = self.encode(ty, &obj) {
                         self.told_hub.clone_from(&ev.resource_version);
                         self.sender.event(ev).await?;
                     }
@@ -510,7 +517,7 @@ impl KindWatch {
     fn encode(
         &self,
         ty: EventType,
-        obj: DynamicObject,
+        obj: &LeanObject,
     ) -> Option<scale_agent_proto::v1::ObjectEvent> {
         objects::encode(&self.kind, &self.gvk, &self.ctx.config, ty, obj)
     }
@@ -529,7 +536,7 @@ impl KindWatch {
 /// `watches_open` (by `open`) until it ends. The stream stops after the first step that
 /// ends the watch.
 pub(crate) fn open(
-    api: Api<DynamicObject>,
+    api: Api<LeanObject>,
     selectors: &Selectors,
     version: String,
     delay: Duration,
@@ -563,9 +570,28 @@ pub(crate) fn open(
     .boxed()
 }
 
+/// One page of a list of `api`'s kind: kube's own list, read as a [`LeanList`] (straight
+/// from the response's text) instead of kube's `ObjectList`. The error says why, without
+/// the response (it may hold a Secret).
+async fn list_page(
+    client: &kube::Client,
+    api: &Api<LeanObject>,
+    params: &ListParams,
+) -> Result<LeanList, String> {
+    let mut request = kube::core::Request::new(api.resource_url())
+        .list(params)
+        .map_err(|e| e.to_string())?;
+    request.extensions_mut().insert("list");
+    let text = client
+        .request_text(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("the list cannot be read: {e}"))
+}
+
 /// The newest resourceVersion the API server has for `api`'s kind (a one-item list of
 /// metadata), or why it cannot be read.
-pub(crate) async fn newest_version(api: &Api<DynamicObject>) -> Result<String, String> {
+pub(crate) async fn newest_version(api: &Api<LeanObject>) -> Result<String, String> {
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(list) => list
             .metadata
@@ -580,7 +606,7 @@ pub(crate) async fn newest_version(api: &Api<DynamicObject>) -> Result<String, S
 #[derive(Debug)]
 pub(crate) enum Step {
     /// An object was added, changed or deleted.
-    Change(EventType, Box<DynamicObject>),
+    Change(EventType, Box<LeanObject>),
     /// The watch is current up to this resourceVersion.
     Bookmark(String),
     /// An item that could not be read; the watch goes on without it.
@@ -607,7 +633,7 @@ impl Step {
 }
 
 /// Reads one item of a watch stream (or the error opening it).
-fn classify(item: Result<WatchEvent<DynamicObject>, kube::Error>) -> Step {
+fn classify(item: Result<WatchEvent<LeanObject>, kube::Error>) -> Step {
     match item {
         Ok(WatchEvent::Added(o)) => Step::Change(EventType::Added, Box::new(o)),
         Ok(WatchEvent::Modified(o)) => Step::Change(EventType::Modified, Box::new(o)),
@@ -835,6 +861,21 @@ mod loop_tests {
             }
         }
 
+        /// The bodies of the next frame to the hub, a batch of events.
+        async fn bodies(&mut self) -> Vec<serde_json::Value> {
+            let f = tokio::time::timeout(Duration::from_secs(5), self.frames.recv())
+                .await
+                .expect("a frame within 5 s")
+                .expect("the session is open");
+            let Some(Frame::EventBatch(b)) = f.frame else {
+                panic!("expected a batch, got {f:?}");
+            };
+            b.events
+                .iter()
+                .map(|e| serde_json::from_slice(&e.body_json).expect("a JSON body"))
+                .collect()
+        }
+
         async fn no_frame(&mut self) {
             let f = tokio::time::timeout(Duration::from_millis(200), self.frames.recv()).await;
             assert!(f.is_err(), "unexpected frame {f:?}");
@@ -847,8 +888,9 @@ mod loop_tests {
             .expect("the client reads");
     }
 
+    /// A watch event as the API server writes it: its type before its object.
     fn event(ty: &str, object: serde_json::Value) -> Bytes {
-        line(serde_json::json!({ "type": ty, "object": object }))
+        Bytes::from(format!("{{\"type\":\"{ty}\",\"object\":{object}}}\n"))
     }
 
     fn bookmark(version: &str) -> Bytes {
@@ -900,6 +942,35 @@ mod loop_tests {
         rig.watch("20").await;
         assert_eq!(rig.metrics.relists(RelistCause::Expired), 1);
         assert_eq!(rig.metrics.relists(RelistCause::NoResumePoint), 1);
+    }
+
+    /// What kube's list and watch read reaches the hub whole, as the API server wrote
+    /// it, but for what never leaves the agent.
+    #[tokio::test]
+    async fn listed_and_watched_objects_reach_the_hub_whole_and_stripped() {
+        let full = |name: &str, version: &str| {
+            let mut o = cm(name, version);
+            o["metadata"]["managedFields"] = serde_json::json!([{ "manager": "kubectl" }]);
+            o["metadata"]["labels"] = serde_json::json!({ "app": "web" });
+            o["data"] = serde_json::json!({ "k": "v \u{e9} \"q\" \\ \n" });
+            o
+        };
+        let sent = |o: serde_json::Value| {
+            let mut o = o;
+            o["metadata"]
+                .as_object_mut()
+                .expect("metadata")
+                .remove("managedFields");
+            o
+        };
+        let mut rig = start(None, true);
+        rig.list(vec![full("x", "5")], "10").await;
+        assert_eq!(rig.frame().await, "SyncStart");
+        assert_eq!(rig.bodies().await, vec![sent(full("x", "5"))]);
+        assert_eq!(rig.frame().await, "SyncEnd 10 1");
+        let body = rig.watch("10").await;
+        send(&body, event("MODIFIED", full("x", "11"))).await;
+        assert_eq!(rig.bodies().await, vec![sent(full("x", "11"))]);
     }
 
     #[tokio::test]

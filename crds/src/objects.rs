@@ -14,9 +14,22 @@ use serde_json::{Map, Value};
 /// The annotation that repeats an object's last applied manifest.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// The field of metadata that never leaves.
+pub const MANAGED_FIELDS: &str = "managedFields";
+
+/// The top-level fields of a Secret that never leave.
+pub const SECRET_DATA: [&str; 2] = ["data", "stringData"];
+
 /// True for a core `v1` Secret, whose data is never sent.
 pub fn is_secret(api_version: &str, kind: &str) -> bool {
     api_version == "v1" && kind == "Secret"
+}
+
+/// Whether top-level field `key` of an object is kept: all but a Secret's
+/// [`SECRET_DATA`] (for a reader of an object's fields one by one, as
+/// [`strip_secret_data`] is for one in JSON form).
+pub fn keeps_field(secret: bool, key: &str) -> bool {
+    !(secret && SECRET_DATA.contains(&key))
 }
 
 /// Removes managedFields and, for a Secret, the last-applied annotation (and
@@ -36,8 +49,9 @@ pub fn strip_metadata(metadata: &mut ObjectMeta, secret: bool) {
 
 /// Removes a Secret's `data` and `stringData` from its body.
 pub fn strip_secret_data(body: &mut Map<String, Value>) {
-    body.remove("data");
-    body.remove("stringData");
+    for key in SECRET_DATA {
+        body.remove(key);
+    }
 }
 
 /// [`strip_metadata`] and, for a Secret, [`strip_secret_data`] on an object
@@ -54,7 +68,7 @@ pub fn strip(value: &mut Value) {
     let text = |key: &str| object.get(key).and_then(Value::as_str).unwrap_or_default();
     let secret = is_secret(text("apiVersion"), text("kind"));
     if let Some(Value::Object(metadata)) = object.get_mut("metadata") {
-        metadata.remove("managedFields");
+        metadata.remove(MANAGED_FIELDS);
         if secret && let Some(Value::Object(annotations)) = metadata.get_mut("annotations") {
             annotations.remove(LAST_APPLIED);
             if annotations.is_empty() {
@@ -112,6 +126,12 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "ConfigMap",
                    "metadata": {"name": "c", "annotations": {LAST_APPLIED: "{}"}}, "data": {"k": "v"}})
         );
+    }
+
+    #[test]
+    fn field_by_field_only_a_secrets_data_is_left_out() {
+        assert!(!keeps_field(true, "data") && !keeps_field(true, "stringData"));
+        assert!(keeps_field(true, "type") && keeps_field(false, "data"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use kube::api::DynamicObject;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use scale_agent_crds::AccountConfig;
 use scale_agent_proto::v1::EventType;
 
@@ -103,10 +103,10 @@ impl View {
         config: &AccountConfig,
         kind: &WatchedKind,
         ty: EventType,
-        obj: &DynamicObject,
+        meta: &ObjectMeta,
         version: Option<u64>,
     ) -> Option<EventType> {
-        let handed = self.select(config, kind, ty, obj, version);
+        let handed = self.select(config, kind, ty, meta, version);
         if handed.is_some()
             && let Some(v) = version
         {
@@ -120,20 +120,20 @@ impl View {
         config: &AccountConfig,
         kind: &WatchedKind,
         ty: EventType,
-        obj: &DynamicObject,
+        meta: &ObjectMeta,
         version: Option<u64>,
     ) -> Option<EventType> {
-        if !self.fresh(obj.metadata.namespace.as_deref(), version) {
+        if !self.fresh(meta.namespace.as_deref(), version) {
             return None;
         }
-        if kind.namespaced && !objects::in_namespaces(config, obj.metadata.namespace.as_deref()) {
+        if kind.namespaced && !objects::in_namespaces(config, meta.namespace.as_deref()) {
             return None;
         }
         let Some(selected) = self.selected.as_mut() else {
             return Some(ty);
         };
-        let uid = obj.metadata.uid.clone().unwrap_or_default();
-        let matches = objects::labelled(config, obj);
+        let uid = meta.uid.clone().unwrap_or_default();
+        let matches = objects::labelled(config, meta);
         match ty {
             EventType::Deleted => (selected.remove(&uid) || matches).then_some(EventType::Deleted),
             _ if matches => Some(if selected.insert(uid) {

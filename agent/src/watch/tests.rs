@@ -63,10 +63,10 @@ fn only_a_version_the_server_cannot_watch_from_relists() {
 
 #[test]
 fn bookmarks_carry_their_version() {
-    let bookmark: WatchEvent<DynamicObject> = serde_json::from_value(serde_json::json!({
-        "type": "BOOKMARK",
-        "object": { "kind": "ConfigMap", "apiVersion": "v1", "metadata": { "resourceVersion": "1234" } }
-    }))
+    // As the API server writes it.
+    let bookmark: WatchEvent<LeanObject> = serde_json::from_str(
+        r#"{"type":"BOOKMARK","object":{"kind":"ConfigMap","apiVersion":"v1","metadata":{"resourceVersion":"1234","annotations":{"k8s.io/initial-events-end":"true"}}}}"#,
+    )
     .expect("bookmark");
     assert!(matches!(classify(Ok(bookmark)), Step::Bookmark(v) if v == "1234"));
 }

@@ -2,6 +2,7 @@
 //! would have given it.
 
 use super::*;
+use crate::objects::LeanObject;
 use kube::discovery::ApiResource;
 
 fn config(yaml: &str) -> AccountConfig {
@@ -21,17 +22,17 @@ fn configmaps() -> WatchedKind {
     }
 }
 
-fn cm(ns: &str, uid: &str, managed: bool) -> DynamicObject {
+fn cm(ns: &str, uid: &str, managed: bool) -> LeanObject {
     let labels = if managed {
         serde_json::json!({ "app.kubernetes.io/managed-by": "spinnaker" })
     } else {
         serde_json::json!({})
     };
-    serde_json::from_value(serde_json::json!({
+    let object = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": { "name": uid, "namespace": ns, "uid": uid, "labels": labels }
-    }))
-    .expect("object")
+    });
+    serde_json::from_str(&object.to_string()).expect("object")
 }
 
 const ADDED: EventType = EventType::Added;
@@ -45,7 +46,8 @@ fn an_account_takes_only_its_namespaces_and_nothing_twice() {
     let ns = ["web".to_string(), "api".to_string()];
     // Listed web at 10 and api at 20 (one after the other).
     let mut v = View::listed(&ns, &[10, 20], std::iter::empty(), &c);
-    let mut admit = |ty, obj: DynamicObject, version| v.admit(&c, &k, ty, &obj, Some(version));
+    let mut admit =
+        |ty, obj: LeanObject, version| v.admit(&c, &k, ty, &obj.metadata, Some(version));
     // What each list covered is not handed on again.
     assert_eq!(admit(ADDED, cm("api", "1", false), 15), None);
     assert_eq!(admit(ADDED, cm("web", "2", false), 16), Some(ADDED));
@@ -64,7 +66,8 @@ fn omitted_namespaces_are_left_out_of_a_watch_of_all() {
     let c = config("omitNamespaces: [kube-system]");
     let k = configmaps();
     let mut v = View::resumed(5, &c);
-    let mut admit = |ty, obj: DynamicObject, version| v.admit(&c, &k, ty, &obj, Some(version));
+    let mut admit =
+        |ty, obj: LeanObject, version| v.admit(&c, &k, ty, &obj.metadata, Some(version));
     assert_eq!(admit(ADDED, cm("kube-system", "1", false), 6), None);
     assert_eq!(admit(ADDED, cm("web", "2", false), 7), Some(ADDED));
     // Older than the resume point: the hub has it.
@@ -78,7 +81,8 @@ fn a_label_selector_turns_changes_into_adds_and_deletes_as_the_api_server_would(
     let k = configmaps();
     // Listed: object "1" (managed).
     let mut v = View::listed(&[], &[10], ["1"].into_iter(), &c);
-    let mut admit = |ty, obj: DynamicObject, version| v.admit(&c, &k, ty, &obj, Some(version));
+    let mut admit =
+        |ty, obj: LeanObject, version| v.admit(&c, &k, ty, &obj.metadata, Some(version));
     // "1" loses its label: to the account it is gone.
     assert_eq!(admit(MODIFIED, cm("web", "1", false), 11), Some(DELETED));
     // Changed again, still unlabelled: nothing.
@@ -94,7 +98,13 @@ fn a_label_selector_turns_changes_into_adds_and_deletes_as_the_api_server_would(
     let plain = config("");
     let mut v = View::listed(&[], &[10], std::iter::empty(), &plain);
     assert_eq!(
-        v.admit(&plain, &k, MODIFIED, &cm("web", "2", false), Some(11)),
+        v.admit(
+            &plain,
+            &k,
+            MODIFIED,
+            &cm("web", "2", false).metadata,
+            Some(11)
+        ),
         Some(MODIFIED)
     );
 }
@@ -122,7 +132,13 @@ fn a_bookmark_after_changes_the_account_does_not_select_still_tells_the_hub() {
     for (i, version) in (11..=20).enumerate() {
         let uid = format!("b-{i}");
         assert_eq!(
-            v.admit(&c, &k, MODIFIED, &cm("busy", &uid, false), Some(version)),
+            v.admit(
+                &c,
+                &k,
+                MODIFIED,
+                &cm("busy", &uid, false).metadata,
+                Some(version)
+            ),
             None
         );
     }
@@ -135,7 +151,13 @@ fn a_bookmark_after_changes_the_account_does_not_select_still_tells_the_hub() {
     assert!(!v.bookmark(20), "the same again");
     // A change the account takes, then a bookmark at it: nothing new to tell.
     assert_eq!(
-        v.admit(&c, &k, MODIFIED, &cm("quiet", "q", false), Some(21)),
+        v.admit(
+            &c,
+            &k,
+            MODIFIED,
+            &cm("quiet", "q", false).metadata,
+            Some(21)
+        ),
         Some(MODIFIED)
     );
     assert!(!v.bookmark(21));
