@@ -91,10 +91,7 @@ pub async fn run(ctx: KindCtx, kind: WatchedKind, synced: Arc<AtomicBool>) -> Re
         .await
 }
 
-/// The state of one kind's list-and-watch loop. An account keeps a task of it per
-/// kind for as long as it streams, mostly waiting on its shared watch; the futures
-/// of a list and of an own watch (kube's requests, several KiB each) are boxed where
-/// they are awaited, so a waiting task holds only what it waits with.
+/// The state of one kind's list-and-watch loop.
 struct KindWatch {
     ctx: KindCtx,
     kind: WatchedKind,
@@ -155,7 +152,7 @@ impl KindWatch {
                 tracing::info!("several namespaces are watched: relisting instead of resuming");
                 Start::Relist(RelistCause::SeveralNamespaces)
             }
-            Start::Resume(rv) => match Box::pin(self.newest_version()).await {
+            Start::Resume(rv) => match self.newest_version().await {
                 Some(newest) if ahead(&rv, &newest) => {
                     tracing::warn!(resume_point = %truncate(&rv, 64), newest = %newest,
                         "the hub's resume point is ahead of the API server's newest resourceVersion; relisting instead of resuming");
@@ -198,10 +195,10 @@ impl KindWatch {
                 Ok(versions) => versions,
                 Err(cause) => {
                     self.ctx.metrics.relist(cause);
-                    Box::pin(self.list()).await?
+                    self.list().await?
                 }
             };
-            Box::pin(self.watch(versions)).await?;
+            self.watch(versions).await?;
             tracing::info!("watch expired (410 Gone); relisting");
             start = Err(RelistCause::Expired);
         }
@@ -242,12 +239,12 @@ impl KindWatch {
             },
             Err(_) => None,
         };
-        let Some(mut sub) = Box::pin(shared.join(&self.kind, from)).await else {
+        let Some(mut sub) = shared.join(&self.kind, from).await else {
             return Ok(start);
         };
         let mut view = match start {
             Ok(_) => View::resumed(from.unwrap_or_default(), &self.ctx.config),
-            Err(cause) => Box::pin(self.relist_shared(cause, &namespaces)).await?,
+            Err(cause) => self.relist_shared(cause, &namespaces).await?,
         };
         loop {
             // As in `watch`: a burst that arrived together becomes one frame.
@@ -261,11 +258,13 @@ impl KindWatch {
             };
             let Some(item) = next else {
                 tracing::warn!("fell behind the shared watch; relisting");
-                sub = match Box::pin(self.rejoin(shared, sub)).await {
+                sub = match self.rejoin(shared, sub).await {
                     Some(sub) => sub,
                     None => return Ok(Err(RelistCause::FellBehind)),
                 };
-                view = Box::pin(self.relist_shared(RelistCause::FellBehind, &namespaces)).await?;
+                view = self
+                    .relist_shared(RelistCause::FellBehind, &namespaces)
+                    .await?;
                 continue;
             };
             match &*item {
@@ -292,8 +291,9 @@ impl KindWatch {
                 Item::Expired(version) => {
                     if !view.covers(*version) {
                         tracing::info!("watch expired (410 Gone); relisting");
-                        view =
-                            Box::pin(self.relist_shared(RelistCause::Expired, &namespaces)).await?;
+                        view = self
+                            .relist_shared(RelistCause::Expired, &namespaces)
+                            .await?;
                     }
                 }
                 Item::Unshared => {
@@ -318,7 +318,7 @@ impl KindWatch {
     ) -> Result<View, Closed> {
         self.ctx.metrics.relist(cause);
         self.uids = Some(Vec::new());
-        let versions = Box::pin(self.list()).await?;
+        let versions = self.list().await?;
         let uids = self.uids.take().unwrap_or_default();
         let versions: Vec<u64> = versions.iter().map(|v| v.parse().unwrap_or(0)).collect();
         Ok(View::listed(
