@@ -111,13 +111,15 @@ pub struct Written {
 }
 
 impl Written {
-    /// `obj`, of `kind`, written; `None` when it cannot be.
-    pub fn of(kind: &WatchedKind, obj: LeanObject) -> Option<Written> {
-        let body = obj.body(&kind.resource).ok()?;
-        Some(Written {
-            metadata: obj.metadata,
-            body: body.into(),
-        })
+    /// `obj`, of `kind`, written; the object's name when it cannot be.
+    pub fn of(kind: &WatchedKind, obj: LeanObject) -> Result<Written, String> {
+        match obj.body(&kind.resource) {
+            Ok(body) => Ok(Written {
+                metadata: obj.metadata,
+                body: body.into(),
+            }),
+            Err(_) => Err(obj.metadata.name.unwrap_or_default()),
+        }
     }
 }
 

@@ -490,10 +490,9 @@ impl Source {
                 if let Some(v) = version {
                     self.advance(v);
                 }
-                let name = obj.metadata.name.clone().unwrap_or_default();
                 match Written::of(&self.kind, *obj) {
-                    Some(written) => self.send(Item::Change(ty, Arc::new(written), version)),
-                    None => {
+                    Ok(written) => self.send(Item::Change(ty, Arc::new(written), version)),
+                    Err(name) => {
                         self.metrics.watch_errors.inc();
                         let name = watch::truncate(&name, 256);
                         tracing::warn!(%name, "an object that cannot be written was skipped");
