@@ -62,9 +62,30 @@ async fn deny(env: Arc<OperatorEnv>) -> anyhow::Result<()> {
             env.kubeconfig_secret(&owner_ns, "kc-x")?;
             env.kubeconfig_secret(&ns, "kc-x")?;
             env.apply(&shard_yaml(&owner_ns, "owner", &[("x", "kc-x")], ""))?;
-            env.wait_shard("owner serving x", &owner_ns, "owner", 60, |s| {
-                s.account_status("x").is_some_and(|a| a.state.served())
-            })
+            let owner = env
+                .wait_shard("owner serving x", &owner_ns, "owner", 60, |s| {
+                    s.account_status("x").is_some_and(|a| a.state.served())
+                })
+                .await?;
+            // Creation times count in whole seconds, and two claims made in the same
+            // second tie, broken by the shards' names ("deny-late-…" sorts first) unless
+            // the owner's status already shows it serving x. The webhook reads statuses
+            // from the operator's watch, a moment behind the status this test just read:
+            // claim x from a later second, so the rule decides by age alone.
+            let created = owner
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .context("the owner has no creationTimestamp")?
+                .0
+                .as_second();
+            wait::until(
+                "the second after the owner's creation",
+                Duration::from_secs(3),
+                || async move {
+                    (k8s_openapi::jiff::Timestamp::now().as_second() > created).then_some(())
+                },
+            )
             .await?;
             let out = env.cp.kubectl_stdin(
                 ["apply", "-f", "-"],
