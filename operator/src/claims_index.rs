@@ -174,6 +174,25 @@ impl ClaimsIndex {
         out
     }
 
+    /// The names `new` adds (not in `old`) that the rule, grants included, gives to
+    /// another shard, each with that owner: what the admission webhook answers, so it
+    /// agrees with the reconciles (a name granted to a shard whose status does not show
+    /// it yet is that shard's here too). Changes nothing.
+    pub fn taken(&self, new: &AgentShard, old: Option<&AgentShard>) -> Vec<(String, ShardRef)> {
+        let Some(me) = new.shard_ref() else {
+            return Vec::new();
+        };
+        let mine = claims::stakes(new);
+        new.account_names()
+            .filter(|name| old.is_none_or(|o| o.spec.account(name).is_none()))
+            .filter_map(|name| {
+                let my = mine.get(name)?;
+                let owner = claims::owner(&self.effective(name, Some((&me, my))))?;
+                (owner.shard != me).then(|| (name.to_owned(), owner.shard))
+            })
+            .collect()
+    }
+
     /// `shard`'s status was just written holding exactly `holds`: its grants of other
     /// names end (its agent config does not carry them). Returns the shards to reconcile.
     pub fn published(&mut self, shard: &ShardRef, holds: &BTreeSet<String>) -> BTreeSet<ShardRef> {
@@ -258,6 +277,12 @@ enum Msg {
         Box<AgentShard>,
         oneshot::Sender<BTreeMap<String, Resolution>>,
     ),
+    /// The admission webhook asks which names a create or update (new, old) would
+    /// claim from another shard.
+    Taken(
+        Box<(AgentShard, Option<AgentShard>)>,
+        oneshot::Sender<Vec<(String, ShardRef)>>,
+    ),
     /// A reconcile wrote a status holding these names.
     Published(ShardRef, BTreeSet<String>),
     /// Leadership starts (where to send triggers) or ends.
@@ -275,6 +300,7 @@ impl std::fmt::Debug for Msg {
         f.write_str(match self {
             Msg::Watched(_) => "Watched",
             Msg::Resolve(..) => "Resolve",
+            Msg::Taken(..) => "Taken",
             Msg::Published(..) => "Published",
             Msg::Lead(_) => "Lead",
         })
@@ -293,6 +319,20 @@ impl ClaimsHandle {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Msg::Resolve(Box::new(shard.clone()), reply))
+            .map_err(|_| Error::IndexStopped)?;
+        answer.await.map_err(|_| Error::IndexStopped)
+    }
+
+    /// The names `new` adds to `old` that another shard owns, with their owners
+    /// ([`ClaimsIndex::taken`]).
+    pub async fn taken(
+        &self,
+        new: AgentShard,
+        old: Option<AgentShard>,
+    ) -> Result<Vec<(String, ShardRef)>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Taken(Box::new((new, old)), reply))
             .map_err(|_| Error::IndexStopped)?;
         answer.await.map_err(|_| Error::IndexStopped)
     }
@@ -350,6 +390,11 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Msg>) {
             },
             Msg::Resolve(shard, reply) => {
                 let _ = reply.send(index.resolve(&shard));
+                BTreeSet::new()
+            }
+            Msg::Taken(review, reply) => {
+                let (new, old) = *review;
+                let _ = reply.send(index.taken(&new, old.as_ref()));
                 BTreeSet::new()
             }
             Msg::Published(shard, holds) => index.published(&shard, &holds),

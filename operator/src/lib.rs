@@ -204,7 +204,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
     tasks.spawn(
         "webhook",
-        server.run(client.clone(), store.clone(), metrics.clone()),
+        server.run(client.clone(), claims.clone(), metrics.clone()),
     );
 
     tokio::select! {

@@ -26,16 +26,15 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use scale_agent_crds::claims::Claims;
 use scale_agent_crds::{AgentShard, ShardRef};
 
 use crate::children::FIELD_MANAGER;
+use crate::claims_index::ClaimsHandle;
 use crate::cli::WebhookMode;
 use crate::error::{Error, Result};
 use crate::metrics::{AdmissionLabels, Metrics};
@@ -62,73 +61,32 @@ impl Taken {
     }
 }
 
-/// The accounts `new` adds (not in `old`) that the ownership rule
-/// ([`scale_agent_crds::claims`]) gives to another shard, `new` stored as asked among
-/// `others` — what the reconciler will decide (a copy of `new` in `others`, the stored
-/// one, is left out).
-pub fn check(new: &AgentShard, old: Option<&AgentShard>, others: &[Arc<AgentShard>]) -> Vec<Taken> {
-    let Some(me) = new.shard_ref() else {
-        return Vec::new();
-    };
-    let added: Vec<&str> = new
-        .account_names()
-        .filter(|name| old.is_none_or(|o| o.spec.account(name).is_none()))
-        .collect();
-    if added.is_empty() {
-        return Vec::new();
-    }
-    // Only the shards that name an added account in their spec or status have a stake
-    // in it ([`scale_agent_crds::claims::stakes`]): the rule runs over those alone, not
-    // over every shard of the cluster at each admission.
-    let concerned = |o: &AgentShard| {
-        let names = |n: &str| added.contains(&n);
-        o.account_names().any(names)
-            || o.status
-                .as_ref()
-                .is_some_and(|st| st.accounts.iter().any(|a| names(&a.name)))
-    };
-    let mut claims = Claims::from_shards(
-        others
-            .iter()
-            .map(Arc::as_ref)
-            .filter(|o| o.shard_ref().as_ref() != Some(&me) && concerned(o)),
-    );
-    claims.upsert(new);
-    added
-        .into_iter()
-        .filter_map(|name| {
-            let owner = claims.owner(name)?;
-            (owner.shard != me).then(|| Taken {
-                account: name.to_owned(),
-                owner: owner.shard,
-            })
-        })
-        .collect()
-}
-
-/// Answers one AdmissionReview of an AgentShard.
-pub fn review(
-    req: &AdmissionRequest<DynamicObject>,
-    mode: WebhookMode,
-    others: &[Arc<AgentShard>],
-) -> (AdmissionResponse, &'static str) {
-    let resp = AdmissionResponse::from(req);
+/// The shard a create or update of an AgentShard asks for, and the stored one it
+/// replaces; `None` for any other operation, or an object that does not decode (the API
+/// server's schema validation speaks for the shape).
+pub fn admitted(req: &AdmissionRequest<DynamicObject>) -> Option<(AgentShard, Option<AgentShard>)> {
     if !matches!(req.operation, Operation::Create | Operation::Update) {
-        return (resp, "allowed");
+        return None;
     }
     let parse = |o: &Option<DynamicObject>| -> Option<AgentShard> {
         let v = serde_json::to_value(o.as_ref()?).ok()?;
         serde_json::from_value(v).ok()
     };
-    let Some(mut new) = parse(&req.object) else {
-        // Not ours to judge: the API server's schema validation speaks for the shape.
-        return (resp, "allowed");
-    };
+    let mut new = parse(&req.object)?;
     if new.metadata.namespace.is_none() {
         new.metadata.namespace = req.namespace.clone();
     }
-    let old = parse(&req.old_object);
-    let taken = check(&new, old.as_ref(), others);
+    Some((new, parse(&req.old_object)))
+}
+
+/// The answer to one AdmissionReview, given the names it would take from other shards
+/// (as the claims index says: [`crate::claims_index::ClaimsIndex::taken`]).
+pub fn answer(
+    req: &AdmissionRequest<DynamicObject>,
+    mode: WebhookMode,
+    taken: &[Taken],
+) -> (AdmissionResponse, &'static str) {
+    let resp = AdmissionResponse::from(req);
     if taken.is_empty() {
         return (resp, "allowed");
     }
@@ -146,7 +104,7 @@ pub fn review(
 #[derive(Clone)]
 struct WebhookState {
     mode: WebhookMode,
-    shards: Store<AgentShard>,
+    claims: ClaimsHandle,
     metrics: Arc<Metrics>,
 }
 
@@ -161,8 +119,23 @@ async fn handle(
             return Json(AdmissionResponse::invalid(e.to_string()).into_review());
         }
     };
-    let others = state.shards.state();
-    let (resp, result) = review(&req, state.mode, &others);
+    let (resp, result) = match admitted(&req) {
+        None => (AdmissionResponse::from(&req), "allowed"),
+        Some((new, old)) => match state.claims.taken(new, old).await {
+            Ok(taken) => {
+                let taken: Vec<Taken> = taken
+                    .into_iter()
+                    .map(|(account, owner)| Taken { account, owner })
+                    .collect();
+                answer(&req, state.mode, &taken)
+            }
+            // The index ends only with the process; the reconciler stays the authority.
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook: no claims index to ask; allowed");
+                (AdmissionResponse::from(&req), "allowed")
+            }
+        },
+    };
     tracing::info!(
         shard = %format!("{}/{}", req.namespace.clone().unwrap_or_default(), req.name),
         result,
@@ -493,7 +466,7 @@ impl WebhookServer {
     pub async fn run(
         self,
         client: Client,
-        shards: Store<AgentShard>,
+        claims: ClaimsHandle,
         metrics: Arc<Metrics>,
     ) -> Result<()> {
         let bundle = self.cert.ensure(&client).await?;
@@ -519,7 +492,7 @@ impl WebhookServer {
             .route(PATH, post(handle))
             .with_state(WebhookState {
                 mode: self.mode,
-                shards,
+                claims,
                 metrics,
             });
 
@@ -592,6 +565,7 @@ impl WebhookServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claims_index::ClaimsIndex;
     use crate::status::{account, reason};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use scale_agent_crds::{
@@ -609,6 +583,47 @@ mod tests {
         s.metadata.namespace = Some(ns.into());
         s.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).expect("t")));
         s
+    }
+
+    /// What the webhook answers with `others` known to the claims index.
+    fn check(new: &AgentShard, old: Option<&AgentShard>, others: &[Arc<AgentShard>]) -> Vec<Taken> {
+        let mut index = ClaimsIndex::new();
+        for o in others {
+            index.observe(o);
+        }
+        taken(&index, new, old)
+    }
+
+    fn taken(index: &ClaimsIndex, new: &AgentShard, old: Option<&AgentShard>) -> Vec<Taken> {
+        index
+            .taken(new, old)
+            .into_iter()
+            .map(|(account, owner)| Taken { account, owner })
+            .collect()
+    }
+
+    #[test]
+    fn a_name_granted_before_its_status_shows_it_is_taken() {
+        // Both created in the same second: the tie goes to the name that sorts first
+        // ("a-late" before "b-owner") unless the owner's status shows it serving. The
+        // owner's reconcile has been given x, its status is not written (or not watched)
+        // yet: the webhook answers as the reconciles will, x is the owner's.
+        let owner = shard("b-owner", "owner", 10, &["x"]);
+        let late = shard("a-late", "late", 10, &["x"]);
+        let mut index = ClaimsIndex::new();
+        index.observe(&owner);
+        assert!(
+            taken(&index, &late, None).is_empty(),
+            "the tie alone gives x to late"
+        );
+        index.resolve(&owner);
+        assert_eq!(
+            taken(&index, &late, None),
+            vec![Taken {
+                account: "x".into(),
+                owner: ShardRef::new("b-owner", "owner")
+            }]
+        );
     }
 
     #[test]
@@ -703,10 +718,12 @@ mod tests {
         let review_in: AdmissionReview<DynamicObject> =
             serde_json::from_value(review_json).expect("review");
         let req: AdmissionRequest<DynamicObject> = review_in.try_into().expect("request");
-        let (resp, result) = review(&req, WebhookMode::Deny, std::slice::from_ref(&a));
+        let (new, old) = admitted(&req).expect("an AgentShard create");
+        let t = check(&new, old.as_ref(), std::slice::from_ref(&a));
+        let (resp, result) = answer(&req, WebhookMode::Deny, &t);
         assert_eq!(result, "denied");
         assert!(!resp.allowed && resp.result.message.contains("ns1/a"));
-        let (resp, result) = review(&req, WebhookMode::Warn, std::slice::from_ref(&a));
+        let (resp, result) = answer(&req, WebhookMode::Warn, &t);
         assert_eq!(result, "warned");
         assert!(resp.allowed);
         assert!(resp.warnings.expect("warnings")[0].contains("ns1/a"));

@@ -26,7 +26,7 @@ use scale_agent_crds::{AgentConfig, AgentShard, CONFIG_KEY, ShardRef};
 use scale_agent_hub::core::ownership::{Ownership, Verdict};
 use scale_agent_operator::claims_index::{ClaimsIndex, Resolution};
 use scale_agent_operator::decide::Decision;
-use scale_agent_operator::{status, webhook};
+use scale_agent_operator::status;
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 const SHARDS: usize = 6;
@@ -345,10 +345,8 @@ impl World {
             let me = s.shard_ref().expect("ref");
             // The index's answer, without granting anything.
             let resolutions = self.index.clone().resolve(s);
-            let taken: BTreeMap<String, ShardRef> = webhook::check(s, None, &shards)
-                .into_iter()
-                .map(|t| (t.account, t.owner))
-                .collect();
+            // What the webhook answers (it asks the index): a create of `s`.
+            let taken: BTreeMap<String, ShardRef> = self.index.taken(s, None).into_iter().collect();
             for (n, r) in &resolutions {
                 let verdict = hub.check(n, &me);
                 match r {
