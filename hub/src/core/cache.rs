@@ -404,10 +404,7 @@ impl AccountCache {
                     api.record(window::Change::new(
                         rv,
                         change,
-                        (
-                            entry.key().namespace().to_owned(),
-                            entry.key().name().to_owned(),
-                        ),
+                        entry.key().clone(),
                         body,
                         prev,
                     ));
@@ -425,7 +422,10 @@ impl AccountCache {
             }
             _ => {
                 if !event.resource_version.is_empty() {
-                    *resume = Some(event.resource_version.clone());
+                    // Into the kind's last resume point's buffer: no allocation per event.
+                    resume
+                        .get_or_insert_default()
+                        .clone_from(&event.resource_version);
                 }
             }
         }
@@ -780,13 +780,17 @@ impl Cache {
 
     /// The cache of `account`, created when missing.
     pub fn account_mut(&mut self, account: &str) -> &mut AccountCache {
-        let noting = self.noting;
-        self.accounts
-            .entry(account.to_owned())
-            .or_insert_with(|| AccountCache {
-                dirty: noting.then(Dirty::default),
+        // Looked up before it is copied: every frame of an account finds it.
+        if !self.accounts.contains_key(account) {
+            let cache = AccountCache {
+                dirty: self.noting.then(Dirty::default),
                 ..AccountCache::default()
-            })
+            };
+            self.accounts.insert(account.to_owned(), cache);
+        }
+        self.accounts
+            .get_mut(account)
+            .expect("the account's cache was just made")
     }
 
     /// Replaces the cache of `account` with what a store kept: `objects`,
