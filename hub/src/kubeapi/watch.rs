@@ -237,7 +237,11 @@ fn change_event<'a>(
     kind: &KindKey,
     c: &'a Change,
 ) -> Option<(&'static str, std::borrow::Cow<'a, str>)> {
-    if read.namespace.as_ref().is_some_and(|ns| ns != c.namespace()) {
+    if read
+        .namespace
+        .as_ref()
+        .is_some_and(|ns| ns != c.namespace())
+    {
         return None;
     }
     // The labels are parsed once per change, for every watch that selects by them.
