@@ -37,6 +37,8 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
+use crate::core::cache::NsName;
+
 /// Changes kept per kind at most.
 pub const MAX_CHANGES: usize = 1024;
 /// Bytes of object bodies kept per kind at most.
@@ -71,10 +73,8 @@ pub struct Change {
     pub rv: u64,
     /// What happened.
     pub change: ChangeType,
-    /// The object's namespace ("" for cluster-scoped kinds).
-    pub namespace: String,
-    /// The object's name.
-    pub name: String,
+    /// Where the object is: its namespace ("" for cluster-scoped kinds) and name.
+    pub at: NsName,
     /// The object after the change (the last state for a deletion).
     pub body: Arc<RawValue>,
     /// The object before the change, when there was one.
@@ -113,20 +113,29 @@ impl Change {
     pub fn new(
         rv: u64,
         change: ChangeType,
-        (namespace, name): (String, String),
+        at: NsName,
         body: Arc<RawValue>,
         prev: Option<Arc<RawValue>>,
     ) -> Change {
         Change {
             rv,
             change,
-            namespace,
-            name,
+            at,
             body,
             prev,
             encoded: OnceLock::new(),
             labels: OnceLock::new(),
         }
+    }
+
+    /// The object's namespace ("" for cluster-scoped kinds).
+    pub fn namespace(&self) -> &str {
+        self.at.namespace()
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        self.at.name()
     }
 
     /// The labels of the object after the change and before it (when there was a
@@ -358,7 +367,7 @@ mod tests {
         Change::new(
             rv,
             ChangeType::Modified,
-            ("ns".into(), name.into()),
+            NsName::new("ns", name),
             Arc::from(RawValue::from_string(body).expect("json")),
             None,
         )

@@ -237,7 +237,11 @@ fn change_event<'a>(
     kind: &KindKey,
     c: &'a Change,
 ) -> Option<(&'static str, std::borrow::Cow<'a, str>)> {
-    if read.namespace.as_ref().is_some_and(|ns| *ns != c.namespace) {
+    if read
+        .namespace
+        .as_ref()
+        .is_some_and(|ns| ns != c.namespace())
+    {
         return None;
     }
     // The labels are parsed once per change, for every watch that selects by them.
@@ -246,7 +250,7 @@ fn change_event<'a>(
         if before { prev.unwrap_or(now) } else { now }
     };
     let passes = |body: &RawValue, before: bool| {
-        selected(read, kind, &c.namespace, &c.name, || labels(before), body)
+        selected(read, kind, c.namespace(), c.name(), || labels(before), body)
     };
     let now = c.change != ChangeType::Deleted && passes(&c.body, false);
     let before = match c.change {
@@ -453,7 +457,7 @@ mod tests {
         Change::new(
             now.1,
             t,
-            ("a".into(), "cm".into()),
+            crate::core::cache::NsName::new("a", "cm"),
             body("cm", now.0, now.1),
             prev.map(|(app, rv)| body("cm", app, rv)),
         )

@@ -20,16 +20,19 @@ use crate::stream::session::Session;
 /// The cache's key of a kind, and the version it is watched at; `None`
 /// when the frame names no kind.
 fn kind_key(gvk: Option<&pb::GroupVersionKind>) -> Option<(KindKey, String)> {
-    let gvk = gvk?;
-    if gvk.kind.is_empty() {
-        return None;
-    }
+    owned_kind_key(gvk.cloned())
+}
+
+/// [`kind_key`] of a kind the frame gives up: its strings move, not copied
+/// (an event's kind, once per event).
+fn owned_kind_key(gvk: Option<pb::GroupVersionKind>) -> Option<(KindKey, String)> {
+    let gvk = gvk.filter(|gvk| !gvk.kind.is_empty())?;
     Some((
         KindKey {
-            group: gvk.group.clone(),
-            kind: gvk.kind.clone(),
+            group: gvk.group,
+            kind: gvk.kind,
         },
-        gvk.version.clone(),
+        gvk.version,
     ))
 }
 
@@ -66,7 +69,7 @@ pub fn parse_events(metrics: &Metrics, account: &str, events: Vec<pb::ObjectEven
                 continue;
             }
         };
-        let Some((kind, version)) = kind_key(ev.kind.as_ref()) else {
+        let Some((kind, version)) = owned_kind_key(ev.kind) else {
             metrics.event_rejected("missing_kind");
             warn!(account = %clip(account), name = %clip(&ev.name), "event without a kind; dropped");
             continue;
