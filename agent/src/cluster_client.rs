@@ -683,7 +683,9 @@ mod tests {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     loop {
-                        let Ok(n) = conn.read(&mut chunk).await else { return };
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }

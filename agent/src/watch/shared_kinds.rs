@@ -232,13 +232,8 @@ impl Streaming {
                 if let Some(ty) =
                     self.view
                         .admit(&watch.ctx.config, &watch.kind, *ty, &obj.metadata, *version)
-                    && let Some(ev) = objects::encode_written(
-                        &watch.kind,
-                        &watch.gvk,
-                        &watch.ctx.config,
-                        ty,
-                        obj,
-                    )
+                    && let Some(ev) =
+                        objects::encode_written(&watch.kind, &watch.gvk, &watch.ctx.config, ty, obj)
                 {
                     watch.told_hub.clone_from(&ev.resource_version);
                     watch.sender.event(ev).await?;
@@ -257,7 +252,9 @@ impl Streaming {
             }
             Item::Unshared => {
                 tracing::info!(kind = %watch.kind.resource.kind, "the kind is no longer shared; watching it alone");
-                return Ok(Some(Next::Alone(Ok(self.view.versions(&watch.namespaces())))));
+                return Ok(Some(Next::Alone(Ok(self
+                    .view
+                    .versions(&watch.namespaces())))));
             }
         }
         Ok(None)
