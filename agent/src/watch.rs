@@ -238,15 +238,25 @@ impl KindWatch {
         shared.join(&self.kind, None).await
     }
 
-    /// Relists the kind (after joining its shared watch) for `cause`.
+    /// Relists the kind (after joining its shared watch) for `cause`. Until its sync slot
+    /// comes, it holds no room for the list (as [`Self::list`]).
     async fn relist_shared(
         &mut self,
         cause: RelistCause,
         namespaces: &[String],
     ) -> Result<View, Closed> {
         self.ctx.metrics.relist(cause);
+        let slot = self.ctx.budget.sync_slot().await;
+        Box::pin(self.relist_shared_in_slot(slot, namespaces)).await
+    }
+
+    async fn relist_shared_in_slot(
+        &mut self,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        namespaces: &[String],
+    ) -> Result<View, Closed> {
         self.uids = Some(Vec::new());
-        let versions = self.list().await?;
+        let versions = self.list_in_slot(slot).await?;
         let uids = self.uids.take().unwrap_or_default();
         let versions: Vec<u64> = versions.iter().map(|v| v.parse().unwrap_or(0)).collect();
         Ok(View::listed(

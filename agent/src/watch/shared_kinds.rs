@@ -47,7 +47,7 @@ enum Outcome {
     /// Current on its shared watch: its changes are handed to it here.
     Streaming(Box<Streaming>),
     /// Not shared (any more): it goes on alone from there.
-    Alone(KindWatch, Result<Vec<String>, RelistCause>),
+    Alone(Box<KindWatch>, Result<Vec<String>, RelistCause>),
 }
 
 type Work = BoxFuture<'static, (usize, Result<Outcome, Closed>)>;
@@ -75,9 +75,14 @@ async fn drive(
         streaming.push(None);
         let mut watch = KindWatch::new(ctx.clone(), kind, synced);
         let shared = shared.clone();
+        // Every kind waits in here for its sync slot at the start: small, with what it
+        // does at length (resuming, listing) boxed.
         working.push(work(i, kind_span(&watch), async move {
-            let start = watch.first(start).await?;
-            watch.join(&shared, start).await
+            let start = Box::pin(watch.first(start)).await?;
+            Ok(match watch.join(&shared, &start).await? {
+                Some((sub, view)) => Outcome::Streaming(Box::new(Streaming { watch, sub, view })),
+                None => Outcome::Alone(Box::new(watch), start),
+            })
         }));
     }
     // Where the next look for changes starts, so that every kind gets its turn.
@@ -123,7 +128,10 @@ async fn drive(
                         let shared = shared.clone();
                         working.push(work(i, kind_span(&watch), async move {
                             let Some(sub) = watch.rejoin(&shared, sub).await else {
-                                return Ok(Outcome::Alone(watch, Err(RelistCause::FellBehind)));
+                                return Ok(Outcome::Alone(
+                                    Box::new(watch),
+                                    Err(RelistCause::FellBehind),
+                                ));
                             };
                             let namespaces = watch.namespaces();
                             let view = watch
@@ -132,7 +140,7 @@ async fn drive(
                             Ok(Outcome::Streaming(Box::new(Streaming { watch, sub, view })))
                         }));
                     }
-                    Next::Alone(start) => go_alone(&mut alone, kind.watch, start),
+                    Next::Alone(start) => go_alone(&mut alone, Box::new(kind.watch), start),
                 }
             }
             Event::Done(i, done) => match done? {
@@ -184,11 +192,11 @@ fn kind_span(watch: &KindWatch) -> tracing::Span {
 /// Kind `watch` goes on alone, from `start`, in a task of its own.
 fn go_alone(
     alone: &mut JoinSet<Result<(), Closed>>,
-    watch: KindWatch,
+    watch: Box<KindWatch>,
     start: Result<Vec<String>, RelistCause>,
 ) {
     let span = kind_span(&watch);
-    alone.spawn(watch.alone(start).instrument(span));
+    alone.spawn((*watch).alone(start).instrument(span));
 }
 
 impl Streaming {
@@ -272,37 +280,34 @@ impl KindWatch {
         }
     }
 
-    /// Joins the kind's shared watch from `start` (resume or relist): streaming on it,
-    /// or alone at once when the kind cannot be shared (or `start` cannot resume it).
+    /// Joins the kind's shared watch from `start` (resume or relist), and lists when
+    /// `start` says so; `None` when the kind cannot be shared (or `start` cannot resume
+    /// it): it goes on alone, from `start`.
     async fn join(
-        mut self,
+        &mut self,
         shared: &Shared,
-        start: Result<Vec<String>, RelistCause>,
-    ) -> Result<Outcome, Closed> {
-        let from = match &start {
+        start: &Result<Vec<String>, RelistCause>,
+    ) -> Result<Option<(Subscription, View)>, Closed> {
+        let from = match start {
             Ok(versions) => match versions.as_slice() {
                 [v] => match v.parse::<u64>() {
                     Ok(v) => Some(v),
-                    Err(_) => return Ok(Outcome::Alone(self, start)),
+                    Err(_) => return Ok(None),
                 },
-                _ => return Ok(Outcome::Alone(self, start)),
+                _ => return Ok(None),
             },
             Err(_) => None,
         };
         let Some(sub) = shared.join(&self.kind, from).await else {
-            return Ok(Outcome::Alone(self, start));
+            return Ok(None);
         };
         let view = match start {
             Ok(_) => View::resumed(from.unwrap_or_default(), &self.ctx.config),
             Err(cause) => {
                 let namespaces = self.namespaces();
-                self.relist_shared(cause, &namespaces).await?
+                self.relist_shared(*cause, &namespaces).await?
             }
         };
-        Ok(Outcome::Streaming(Box::new(Streaming {
-            watch: self,
-            sub,
-            view,
-        })))
+        Ok(Some((sub, view)))
     }
 }
