@@ -70,7 +70,9 @@ pub async fn run(
         async move {
             let mut backoff = Duration::from_secs(1);
             loop {
-                match connect(&ctx.connections, &desired).await {
+                // Boxed, as the discovery below: the account's task holds no room for
+                // them while it streams.
+                match Box::pin(connect(&ctx.connections, &desired)).await {
                     Ok((clients, account)) => {
                         backoff = Duration::from_secs(1);
                         match serve(&ctx, &desired, clients, account, &mut results).await {
@@ -284,7 +286,7 @@ async fn serve(
     ctx.state.clear_problem(&name);
     ctx.state.set_accepted(&name);
 
-    let discovery = match Discovery::new(client.clone()).run_aggregated().await {
+    let discovery = match Box::pin(Discovery::new(client.clone()).run_aggregated()).await {
         Ok(d) => d,
         Err(e) => {
             let msg = format!("discovery failed: {e}");
@@ -329,24 +331,39 @@ async fn serve(
     ctx.metrics.accounts_streaming.inc();
     let _streaming = scopeguard(ctx.metrics.clone());
     let mut tasks = JoinSet::new();
-    for (kind, flag) in watched.into_iter().zip(flags) {
+    // One for every kind of the account.
+    let kctx = Arc::new(KindCtx {
+        selection: selection.clone(),
+        account: name.clone(),
+        client: client.clone(),
+        config: desired.config.clone(),
+        out: ctx.out.clone(),
+        budget: ctx.budget.clone(),
+        metrics: ctx.metrics.clone(),
+        watch_progress: ctx.watch_progress,
+        server: account.server_url.clone(),
+    });
+    let kinds = watched.into_iter().zip(flags).map(|(kind, flag)| {
         let start = starts
             .remove(&(kind.resource.group.clone(), kind.resource.kind.clone()))
             .unwrap_or(Start::Relist(RelistCause::NoResumePoint));
-        let kctx = KindCtx {
-            start,
-            selection: selection.clone(),
-            account: name.clone(),
-            client: client.clone(),
-            config: desired.config.clone(),
-            out: ctx.out.clone(),
-            budget: ctx.budget.clone(),
-            metrics: ctx.metrics.clone(),
-            watch_progress: ctx.watch_progress,
-            server: account.server_url.clone(),
-            shared: shared.clone(),
-        };
-        tasks.spawn(watch::run(kctx, kind, flag));
+        (kind, start, flag)
+    });
+    match &shared {
+        // Every kind through one task: most of them only take their shared watch's
+        // changes.
+        Some(shared) => {
+            tasks.spawn(watch::shared_kinds::run(
+                kctx,
+                shared.clone(),
+                kinds.collect(),
+            ));
+        }
+        None => {
+            for (kind, start, flag) in kinds {
+                tasks.spawn(watch::run(kctx.clone(), start, kind, flag));
+            }
+        }
     }
     if ctx.api_surface {
         match &shared {

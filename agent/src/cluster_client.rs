@@ -9,6 +9,12 @@
 //! accounts that differ only in them share a connection safely; a client certificate is
 //! the connection's identity, so a different one means a different connection.
 //!
+//! Accounts of one identity (the same transport and credentials, [`identity_key`]) share
+//! their kube clients as well ([`client_key`]): the watch client of each connection, and
+//! the proxy and upgrade clients of the transport. A kube client keeps a request buffer
+//! and its worker task; one per account was ≈ 10 MiB at 500 accounts of three
+//! identities. An account with other credentials never gets another's client.
+//!
 //! An HTTP/2 connection carries at most the number of streams the server allows (a
 //! kube-apiserver: 100, its `--http2-max-streams-per-connection`); a request past that
 //! waits for a stream to end, and a watch never ends on its own. So each account reserves
@@ -111,6 +117,41 @@ struct Transport {
     http2: bool,
     /// Numbers the slots, so a lease finds its own after others were removed.
     next_slot: u64,
+    /// The proxy and upgrade clients of each identity on this transport, shared by its
+    /// accounts.
+    clients: HashMap<Key, Cached<(kube::Client, kube::Client)>>,
+}
+
+/// A client kept for the accounts of one identity ([`client_key`]), and how many of
+/// their leases use it: it goes with the last.
+struct Cached<T> {
+    value: T,
+    users: usize,
+}
+
+/// Takes a user of the client of `key` in `cache` (when it is there) away; the client
+/// goes with the last.
+fn release<T>(cache: &mut HashMap<Key, Cached<T>>, key: &Key) {
+    if let Some(c) = cache.get_mut(key) {
+        c.users = c.users.saturating_sub(1);
+        if c.users == 0 {
+            cache.remove(key);
+        }
+    }
+}
+
+/// Adds a user of `value` as the client of `key` in `cache`.
+fn keep<T>(cache: &mut HashMap<Key, Cached<T>>, key: Key, value: &T)
+where
+    T: Clone,
+{
+    cache
+        .entry(key)
+        .or_insert_with(|| Cached {
+            value: value.clone(),
+            users: 0,
+        })
+        .users += 1;
 }
 
 impl Transport {
@@ -136,6 +177,7 @@ impl Transport {
             connector,
             http2,
             next_slot: 0,
+            clients: HashMap::new(),
         })
     }
 }
@@ -144,6 +186,8 @@ struct Slot {
     id: u64,
     pool: Pool,
     reserved: usize,
+    /// The watch client of each identity on this connection, shared by its accounts.
+    clients: HashMap<Key, Cached<kube::Client>>,
 }
 
 /// An account's reservation on a connection; dropping it gives the streams back, and the
@@ -153,6 +197,8 @@ pub struct StreamLease {
     key: Key,
     slot: u64,
     streams: usize,
+    /// The identity's clients this lease uses ([`client_key`]), when they are shared.
+    client: Option<Key>,
 }
 
 impl Drop for StreamLease {
@@ -167,6 +213,12 @@ impl Drop for StreamLease {
         };
         if let Some(slot) = transport.slots.iter_mut().find(|s| s.id == self.slot) {
             slot.reserved = slot.reserved.saturating_sub(self.streams);
+            if let Some(key) = &self.client {
+                release(&mut slot.clients, key);
+            }
+        }
+        if let Some(key) = &self.client {
+            release(&mut transport.clients, key);
         }
         transport.slots.retain(|s| s.reserved > 0);
         if transport.slots.is_empty() {
@@ -301,6 +353,19 @@ pub fn identity_key(config: &kube::Config) -> Option<Key> {
     Some(h.finalize().into())
 }
 
+/// Which accounts may share kube clients (and so the state each keeps: its request
+/// buffer, its layers): those of one identity ([`identity_key`]: the same server, TLS
+/// and credentials) whose clients would be built alike (default namespace, retries).
+/// Accounts with other credentials never share one.
+fn client_key(identity: &Key, config: &kube::Config) -> Key {
+    let mut h = Sha256::new();
+    h.update(identity);
+    h.update((config.default_namespace.len() as u64).to_be_bytes());
+    h.update(config.default_namespace.as_bytes());
+    h.update([u8::from(config.default_retry)]);
+    h.finalize().into()
+}
+
 impl Connections {
     /// The clients of an account with kubeconfig `config` that keeps `streams` open: on a
     /// connection shared with the other accounts of the same transport that has room,
@@ -349,15 +414,30 @@ impl Connections {
                     id: transport.next_slot,
                     pool: pool(&transport.connector, transport.http2),
                     reserved: 0,
+                    clients: HashMap::new(),
                 });
                 transport.slots.len() - 1
             }
         };
         let slot = &mut transport.slots[index];
+        let identity = identity_key(config);
+        let shared = identity.map(|identity| client_key(&identity, config));
         // The clients first: a lease dropped here, under the lock, would wait for it.
-        let built = client(config, slot.pool.clone(), config.default_retry)
-            .and_then(|c| Ok((c, client(config, transport.proxy.clone(), false)?)))
-            .and_then(|(c, p)| Ok((c, p, client(config, transport.upgrade.clone(), false)?)));
+        // Accounts of one identity share them (on this connection: the watch client).
+        let watch = shared.and_then(|k| slot.clients.get(&k).map(|c| c.value.clone()));
+        let others = shared.and_then(|k| transport.clients.get(&k).map(|c| c.value.clone()));
+        let built = match watch {
+            Some(c) => Ok(c),
+            None => client(config, slot.pool.clone(), config.default_retry),
+        }
+        .and_then(|c| match others {
+            Some((p, u)) => Ok((c, p, u)),
+            None => Ok((
+                c,
+                client(config, transport.proxy.clone(), false)?,
+                client(config, transport.upgrade.clone(), false)?,
+            )),
+        });
         let (client, proxy, upgrade) = match built {
             Ok(clients) => clients,
             Err(e) => {
@@ -366,13 +446,18 @@ impl Connections {
             }
         };
         slot.reserved += streams;
+        if let Some(k) = shared {
+            keep(&mut slot.clients, k, &client);
+            keep(&mut transport.clients, k, &(proxy.clone(), upgrade.clone()));
+        }
         let lease = StreamLease {
             connections: self.clone(),
             key,
             slot: slot.id,
             streams,
+            client: shared,
         };
-        let identity = identity_key(config).map(|key| crate::shared::Identity {
+        let identity = identity.map(|key| crate::shared::Identity {
             key,
             config: Arc::new(config.clone()),
             server: config.cluster_url.to_string(),
@@ -384,6 +469,20 @@ impl Connections {
             lease,
             identity,
         }))
+    }
+
+    /// The watch clients and the proxy and upgrade pairs kept for sharing, over every
+    /// transport.
+    #[cfg(test)]
+    fn shared_clients(&self) -> (usize, usize) {
+        let transports = self.lock();
+        let watch = transports
+            .values()
+            .flat_map(|t| &t.slots)
+            .map(|s| s.clients.len())
+            .sum();
+        let others = transports.values().map(|t| t.clients.len()).sum();
+        (watch, others)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Transport>> {
@@ -565,6 +664,95 @@ mod tests {
             "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: get-token",
         ));
         assert_eq!(transport_key(&exec), None);
+    }
+
+    /// A plain-HTTP API server on 127.0.0.1 that answers every request and records the
+    /// `Authorization` header each came with.
+    async fn recording_server() -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                            buf.drain(..end + 4);
+                            let auth = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (name, value) = l.split_once(':')?;
+                                    name.eq_ignore_ascii_case("authorization")
+                                        .then(|| value.trim().to_owned())
+                                })
+                                .unwrap_or_default();
+                            record.lock().expect("record").push(auth);
+                            let body = r#"{"major":"1","minor":"30","gitVersion":"v1.30.0"}"#;
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if conn.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    async fn config_async(yaml: &str) -> kube::Config {
+        let kc = kube::config::Kubeconfig::from_yaml(yaml).expect("kubeconfig");
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("config")
+    }
+
+    /// Accounts of one identity share their kube clients; an account with another token
+    /// to the same server (the same connection) never sends with another's client: each
+    /// request carries the account's own token.
+    #[tokio::test]
+    async fn accounts_share_clients_only_with_the_same_credentials() {
+        let (server, seen) = recording_server().await;
+        let connections = Arc::new(Connections::default());
+        let a = config_async(&kubeconfig(&server, "    token: token-a")).await;
+        let b = config_async(&kubeconfig(&server, "    token: token-b")).await;
+        let a1 = connections.clients(&a, 1).await.expect("clients");
+        let a2 = connections.clients(&a, 1).await.expect("clients");
+        let b1 = connections.clients(&b, 1).await.expect("clients");
+        // Two identities on one transport: two watch clients, two proxy and upgrade pairs.
+        assert_eq!(connections.shared_clients(), (2, 2));
+        for (clients, token) in [(&a1, "token-a"), (&a2, "token-a"), (&b1, "token-b")] {
+            for c in [&clients.client, &clients.proxy, &clients.upgrade] {
+                c.apiserver_version().await.expect("version");
+                let sent = seen.lock().expect("seen").pop();
+                assert_eq!(sent.as_deref(), Some(format!("Bearer {token}").as_str()));
+            }
+        }
+        // The clients go with the last account that uses them.
+        drop(a1);
+        assert_eq!(connections.shared_clients(), (2, 2));
+        drop(b1);
+        assert_eq!(connections.shared_clients(), (1, 1));
+        drop(a2);
+        assert_eq!(connections.shared_clients(), (0, 0));
     }
 
     #[test]

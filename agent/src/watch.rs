@@ -11,7 +11,9 @@
 //!
 //! An account whose cluster identity others share ([`crate::shared`]) lists on its own
 //! but watches through the kind's shared watch, taking what its filters select
-//! ([`crate::shared::view`]); it watches alone when the kind cannot be shared.
+//! ([`crate::shared::view`]); it watches alone when the kind cannot be shared. Such an
+//! account's kinds are streamed by one task ([`shared_kinds`]); a kind watched alone
+//! has a task of its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +36,9 @@ use crate::metrics::{KindLabels, Metrics, OpenWatch, RelistCause};
 use crate::objects::{self, LeanList, LeanObject, Selectors};
 use crate::outbound::{Closed, Outbound};
 use crate::shared::view::View;
-use crate::shared::{Item, Shared, Subscription};
+use crate::shared::{Shared, Subscription};
+
+pub mod shared_kinds;
 
 /// Objects per list page.
 const PAGE_SIZE: u32 = 500;
@@ -44,8 +48,7 @@ const WATCH_TIMEOUT_SECS: u32 = 290;
 /// dropped silently) and started again.
 const WATCH_DEAD_AFTER: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 5);
 
-/// What a kind watcher needs.
-#[derive(Clone)]
+/// What a kind watcher needs: one for every kind of an account.
 pub struct KindCtx {
     /// The account's name.
     pub account: String,
@@ -59,8 +62,6 @@ pub struct KindCtx {
     pub budget: Budget,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// How the kind starts: resuming from the hub's resourceVersion, or relisting.
-    pub start: Start,
     /// The account's selection fingerprint, sent with every full relist (see
     /// [`crate::account::selection`]).
     pub selection: String,
@@ -68,8 +69,6 @@ pub struct KindCtx {
     pub watch_progress: bool,
     /// The cluster's URL (the label of `watches_open`).
     pub server: String,
-    /// The watches the account's identity shares, when it can share.
-    pub shared: Option<Shared>,
 }
 
 /// How a kind's watch starts.
@@ -81,19 +80,29 @@ pub enum Start {
     Relist(RelistCause),
 }
 
-/// Streams `kind` until the session ends. `synced` is set once the kind is current at
-/// the hub (listed, or resumed).
-pub async fn run(ctx: KindCtx, kind: WatchedKind, synced: Arc<AtomicBool>) -> Result<(), Closed> {
+/// Streams `kind` alone (not through a shared watch) until the session ends, from
+/// `start`. `synced` is set once the kind is current at the hub (listed, or resumed).
+/// The kinds of an account whose identity shares watches go through
+/// [`shared_kinds::run`] instead.
+pub async fn run(
+    ctx: Arc<KindCtx>,
+    start: Start,
+    kind: WatchedKind,
+    synced: Arc<AtomicBool>,
+) -> Result<(), Closed> {
     let span = tracing::info_span!("watch", account = %ctx.account, kind = %kind.resource.kind);
-    KindWatch::new(ctx, kind, synced)
-        .run()
-        .instrument(span)
-        .await
+    async move {
+        let mut watch = KindWatch::new(ctx, kind, synced);
+        let start = watch.first(start).await?;
+        watch.alone(start).await
+    }
+    .instrument(span)
+    .await
 }
 
 /// The state of one kind's list-and-watch loop.
 struct KindWatch {
-    ctx: KindCtx,
+    ctx: Arc<KindCtx>,
     kind: WatchedKind,
     gvk: GroupVersionKind,
     /// One per listed namespace, or one over all namespaces.
@@ -111,7 +120,7 @@ struct KindWatch {
 }
 
 impl KindWatch {
-    fn new(ctx: KindCtx, kind: WatchedKind, synced: Arc<AtomicBool>) -> KindWatch {
+    fn new(ctx: Arc<KindCtx>, kind: WatchedKind, synced: Arc<AtomicBool>) -> KindWatch {
         let gvk = GroupVersionKind {
             group: kind.resource.group.clone(),
             version: kind.resource.version.clone(),
@@ -145,8 +154,11 @@ impl KindWatch {
         }
     }
 
-    async fn run(mut self) -> Result<(), Closed> {
-        let first = match self.ctx.start.clone() {
+    /// How the kind goes on from `start`: from the resourceVersion(s) it resumed at, or
+    /// to relist for a cause. A resume point is checked against the server first, and
+    /// the hub told the kind is streamed.
+    async fn first(&mut self, start: Start) -> Result<Result<Vec<String>, RelistCause>, Closed> {
+        let first = match start {
             // One resourceVersion cannot resume several per-namespace watches safely.
             Start::Resume(_) if self.apis.len() > 1 => {
                 tracing::info!("several namespaces are watched: relisting instead of resuming");
@@ -162,7 +174,7 @@ impl KindWatch {
             },
             relist => relist,
         };
-        let mut start = match first {
+        let start = match first {
             Start::Resume(rv) => {
                 tracing::info!(resource_version = %rv, "resuming the watch");
                 self.ctx.metrics.resumes.inc();
@@ -187,9 +199,12 @@ impl KindWatch {
                 }))
                 .await?;
         }
-        if let Some(shared) = self.ctx.shared.clone() {
-            start = self.shared(&shared, start).await?;
-        }
+        Ok(start)
+    }
+
+    /// Lists (when `start` says so) and watches the kind alone, relisting whenever its
+    /// watch expires, until the session ends.
+    async fn alone(mut self, mut start: Result<Vec<String>, RelistCause>) -> Result<(), Closed> {
         loop {
             let versions = match start {
                 Ok(versions) => versions,
@@ -207,99 +222,12 @@ impl KindWatch {
     /// The newest resourceVersion the API server has for the kind (a one-item list of
     /// metadata); `None` when it cannot be read, and then nothing is judged by it.
     async fn newest_version(&self) -> Option<String> {
-        match newest_version(self.apis.first()?).await {
+        // Boxed: the kind's future stays small for the rest of its life.
+        match Box::pin(newest_version(self.apis.first()?)).await {
             Ok(v) => Some(v),
             Err(error) => {
                 tracing::debug!(error = %truncate(&error, 512), "cannot read the newest resourceVersion; resuming unchecked");
                 None
-            }
-        }
-    }
-
-    /// Streams the kind through its shared watch, from `start` (resume or relist), for
-    /// as long as it is shared; returns where to go on alone when it is not (at once,
-    /// when it cannot be shared).
-    async fn shared(
-        &mut self,
-        shared: &Shared,
-        start: Result<Vec<String>, RelistCause>,
-    ) -> Result<Result<Vec<String>, RelistCause>, Closed> {
-        let namespaces = if self.apis.len() > 1 {
-            self.ctx.config.scope.namespaces.clone()
-        } else {
-            Vec::new()
-        };
-        let from = match &start {
-            Ok(versions) => match versions.as_slice() {
-                [v] => match v.parse::<u64>() {
-                    Ok(v) => Some(v),
-                    Err(_) => return Ok(start),
-                },
-                _ => return Ok(start),
-            },
-            Err(_) => None,
-        };
-        let Some(mut sub) = shared.join(&self.kind, from).await else {
-            return Ok(start);
-        };
-        let mut view = match start {
-            Ok(_) => View::resumed(from.unwrap_or_default(), &self.ctx.config),
-            Err(cause) => self.relist_shared(cause, &namespaces).await?,
-        };
-        loop {
-            // As in `watch`: a burst that arrived together becomes one frame.
-            self.sender.flush_if_due().await?;
-            let next = match sub.items.recv().now_or_never() {
-                Some(next) => next,
-                None => {
-                    self.sender.flush().await?;
-                    sub.items.recv().await
-                }
-            };
-            let Some(item) = next else {
-                tracing::warn!("fell behind the shared watch; relisting");
-                sub = match self.rejoin(shared, sub).await {
-                    Some(sub) => sub,
-                    None => return Ok(Err(RelistCause::FellBehind)),
-                };
-                view = self
-                    .relist_shared(RelistCause::FellBehind, &namespaces)
-                    .await?;
-                continue;
-            };
-            match &*item {
-                Item::Change(ty, obj, version) => {
-                    if let Some(ty) =
-                        view.admit(&self.ctx.config, &self.kind, *ty, &obj.metadata, *version)
-                        && let Some(ev) = objects::encode_written(
-                            &self.kind,
-                            &self.gvk,
-                            &self.ctx.config,
-                            ty,
-                            obj,
-                        )
-                    {
-                        self.told_hub.clone_from(&ev.resource_version);
-                        self.sender.event(ev).await?;
-                    }
-                }
-                Item::Bookmark(version) => {
-                    if view.bookmark(*version) {
-                        self.progress(version.to_string()).await?;
-                    }
-                }
-                Item::Expired(version) => {
-                    if !view.covers(*version) {
-                        tracing::info!("watch expired (410 Gone); relisting");
-                        view = self
-                            .relist_shared(RelistCause::Expired, &namespaces)
-                            .await?;
-                    }
-                }
-                Item::Unshared => {
-                    tracing::info!("the kind is no longer shared; watching it alone");
-                    return Ok(Ok(view.versions(&namespaces)));
-                }
             }
         }
     }
@@ -310,15 +238,25 @@ impl KindWatch {
         shared.join(&self.kind, None).await
     }
 
-    /// Relists the kind (after joining its shared watch) for `cause`.
+    /// Relists the kind (after joining its shared watch) for `cause`. Until its sync slot
+    /// comes, it holds no room for the list (as [`Self::list`]).
     async fn relist_shared(
         &mut self,
         cause: RelistCause,
         namespaces: &[String],
     ) -> Result<View, Closed> {
         self.ctx.metrics.relist(cause);
+        let slot = self.ctx.budget.sync_slot().await;
+        Box::pin(self.relist_shared_in_slot(slot, namespaces)).await
+    }
+
+    async fn relist_shared_in_slot(
+        &mut self,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        namespaces: &[String],
+    ) -> Result<View, Closed> {
         self.uids = Some(Vec::new());
-        let versions = self.list().await?;
+        let versions = self.list_in_slot(slot).await?;
         let uids = self.uids.take().unwrap_or_default();
         let versions: Vec<u64> = versions.iter().map(|v| v.parse().unwrap_or(0)).collect();
         Ok(View::listed(
@@ -333,7 +271,16 @@ impl KindWatch {
     /// slot of the budget. Returns the resourceVersion of each API's list, to watch
     /// from. A failed list starts over with a new SyncStart.
     async fn list(&mut self) -> Result<Vec<String>, Closed> {
-        let _slot = self.ctx.budget.sync_slot().await;
+        // The slot first, then the list's own state, boxed: a kind waiting for its turn
+        // (every kind at the start, 7,500 at 500 accounts) holds no room for a list.
+        let slot = self.ctx.budget.sync_slot().await;
+        Box::pin(self.list_in_slot(slot)).await
+    }
+
+    async fn list_in_slot(
+        &mut self,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Vec<String>, Closed> {
         let mut failures = 0u32;
         loop {
             self.sender
@@ -737,11 +684,9 @@ mod loop_tests {
             out: Outbound::new(tx, budget.clone(), Limits::default()),
             budget,
             metrics: metrics.clone(),
-            start,
             selection: "sel".into(),
             watch_progress,
             server: "https://test".into(),
-            shared: None,
         };
         let kind = WatchedKind {
             resource: ApiResource {
@@ -753,7 +698,7 @@ mod loop_tests {
             },
             namespaced: true,
         };
-        tokio::spawn(run(ctx, kind, Arc::default()));
+        tokio::spawn(run(Arc::new(ctx), start, kind, Arc::default()));
         Rig {
             api,
             frames,
