@@ -406,7 +406,7 @@ async fn stage_image(
         reason: "AgentImageQueued".to_owned(),
         note: Some(scale_agent_crds::decode::bounded(
             &format!(
-                "the agents keep {chosen} until fewer than {max} other shards are rolling out to a new default image ({desired})"
+                "the agents keep {chosen} until fewer than {max} other shards' agents are rolling out (a Deployment whose agents are not all available counts), then move to the new default image {desired}"
             ),
             status::MAX_NOTE_BYTES,
         )),
