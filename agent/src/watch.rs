@@ -238,29 +238,34 @@ impl KindWatch {
         shared.join(&self.kind, None).await
     }
 
+    /// The namespaces the kind is listed and watched in one by one; empty when it is
+    /// over all namespaces (or cluster-scoped).
+    fn namespaces(&self) -> Vec<String> {
+        if self.apis.len() > 1 {
+            self.ctx.config.scope.namespaces.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Relists the kind (after joining its shared watch) for `cause`. Until its sync slot
     /// comes, it holds no room for the list (as [`Self::list`]).
-    async fn relist_shared(
-        &mut self,
-        cause: RelistCause,
-        namespaces: &[String],
-    ) -> Result<View, Closed> {
+    async fn relist_shared(&mut self, cause: RelistCause) -> Result<View, Closed> {
         self.ctx.metrics.relist(cause);
         let slot = self.ctx.budget.sync_slot().await;
-        Box::pin(self.relist_shared_in_slot(slot, namespaces)).await
+        Box::pin(self.relist_shared_in_slot(slot)).await
     }
 
     async fn relist_shared_in_slot(
         &mut self,
         slot: tokio::sync::OwnedSemaphorePermit,
-        namespaces: &[String],
     ) -> Result<View, Closed> {
         self.uids = Some(Vec::new());
         let versions = self.list_in_slot(slot).await?;
         let uids = self.uids.take().unwrap_or_default();
         let versions: Vec<u64> = versions.iter().map(|v| v.parse().unwrap_or(0)).collect();
         Ok(View::listed(
-            namespaces,
+            &self.namespaces(),
             &versions,
             uids.iter().map(String::as_str),
             &self.ctx.config,

@@ -118,8 +118,7 @@ async fn drive(
                     Next::Relist(cause) => {
                         let Streaming { mut watch, sub, .. } = *kind;
                         working.push(work(i, kind_span(&watch), async move {
-                            let namespaces = watch.namespaces();
-                            let view = watch.relist_shared(cause, &namespaces).await?;
+                            let view = watch.relist_shared(cause).await?;
                             Ok(Outcome::Streaming(Box::new(Streaming { watch, sub, view })))
                         }));
                     }
@@ -133,10 +132,7 @@ async fn drive(
                                     Err(RelistCause::FellBehind),
                                 ));
                             };
-                            let namespaces = watch.namespaces();
-                            let view = watch
-                                .relist_shared(RelistCause::FellBehind, &namespaces)
-                                .await?;
+                            let view = watch.relist_shared(RelistCause::FellBehind).await?;
                             Ok(Outcome::Streaming(Box::new(Streaming { watch, sub, view })))
                         }));
                     }
@@ -270,16 +266,6 @@ impl Streaming {
 }
 
 impl KindWatch {
-    /// The namespaces the kind is listed and watched in one by one; empty when it is
-    /// over all namespaces (or cluster-scoped).
-    fn namespaces(&self) -> Vec<String> {
-        if self.apis.len() > 1 {
-            self.ctx.config.scope.namespaces.clone()
-        } else {
-            Vec::new()
-        }
-    }
-
     /// Joins the kind's shared watch from `start` (resume or relist), and lists when
     /// `start` says so; `None` when the kind cannot be shared (or `start` cannot resume
     /// it): it goes on alone, from `start`.
@@ -303,10 +289,7 @@ impl KindWatch {
         };
         let view = match start {
             Ok(_) => View::resumed(from.unwrap_or_default(), &self.ctx.config),
-            Err(cause) => {
-                let namespaces = self.namespaces();
-                self.relist_shared(*cause, &namespaces).await?
-            }
+            Err(cause) => self.relist_shared(*cause).await?,
         };
         Ok(Some((sub, view)))
     }
