@@ -154,8 +154,7 @@ impl ClaimsIndex {
             let Some(my) = mine.get(name) else {
                 continue;
             };
-            let stakes = self.effective(name, Some((&sref, my)));
-            let resolution = match claims::owner(&stakes) {
+            let resolution = match self.owner_with(name, &sref, my) {
                 Some(o) if o.shard != sref => Resolution::Taken {
                     owner: o.shard,
                     releasing: o.releasing,
@@ -187,7 +186,7 @@ impl ClaimsIndex {
             .filter(|name| old.is_none_or(|o| o.spec.account(name).is_none()))
             .filter_map(|name| {
                 let my = mine.get(name)?;
-                let owner = claims::owner(&self.effective(name, Some((&me, my))))?;
+                let owner = self.owner_with(name, &me, my)?;
                 (owner.shard != me).then(|| (name.to_owned(), owner.shard))
             })
             .collect()
@@ -218,6 +217,12 @@ impl ClaimsIndex {
             .iter()
             .filter(move |(_, g)| g.shard() == shard)
             .map(|(n, _)| n.clone())
+    }
+
+    /// The owner of `name` as `shard` would be judged with its own copy's stake `mine`
+    /// (the grants folded in).
+    fn owner_with(&self, name: &str, shard: &ShardRef, mine: &Stake) -> Option<Owner> {
+        claims::owner(&self.effective(name, Some((shard, mine))))
     }
 
     /// The stakes in `name` with the grants folded in, and `replace`'s stake (the

@@ -51,6 +51,14 @@ pub struct Taken {
     pub owner: ShardRef,
 }
 
+impl From<(String, ShardRef)> for Taken {
+    /// An account name and its owner, as [`crate::claims_index::ClaimsIndex::taken`]
+    /// gives them.
+    fn from((account, owner): (String, ShardRef)) -> Self {
+        Self { account, owner }
+    }
+}
+
 impl Taken {
     /// The message shown to the user (as a warning, or as the rejection).
     pub fn message(&self) -> String {
@@ -123,10 +131,7 @@ async fn handle(
         None => (AdmissionResponse::from(&req), "allowed"),
         Some((new, old)) => match state.claims.taken(new, old).await {
             Ok(taken) => {
-                let taken: Vec<Taken> = taken
-                    .into_iter()
-                    .map(|(account, owner)| Taken { account, owner })
-                    .collect();
+                let taken: Vec<Taken> = taken.into_iter().map(Taken::from).collect();
                 answer(&req, state.mode, &taken)
             }
             // The index ends only with the process; the reconciler stays the authority.
@@ -595,11 +600,7 @@ mod tests {
     }
 
     fn taken(index: &ClaimsIndex, new: &AgentShard, old: Option<&AgentShard>) -> Vec<Taken> {
-        index
-            .taken(new, old)
-            .into_iter()
-            .map(|(account, owner)| Taken { account, owner })
-            .collect()
+        index.taken(new, old).into_iter().map(Taken::from).collect()
     }
 
     #[test]
